@@ -1,0 +1,54 @@
+//! The HTTP API on port 7070: the Jaeger query API, health endpoints and
+//! Strand's own `/metrics`.
+
+mod jaeger;
+mod params;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::pipeline::Pipeline;
+use crate::telemetry::Metrics;
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Metrics,
+    /// False while the stores fail to flush; `/readyz` reports it.
+    pub healthy: Arc<AtomicBool>,
+}
+
+/// The API router; testable without a socket.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(jaeger::router())
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    if state.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: flushing to the stores fails, see the daemon's log",
+        )
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

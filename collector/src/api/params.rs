@@ -1,0 +1,128 @@
+//! Parsers for query parameters in the formats Jaeger clients send.
+
+use crate::model::TraceId;
+
+/// Parses a Go `time.Duration` string (`1.5s`, `100ms`, `2h45m`, `500us`,
+/// `1µs`), which is what Jaeger's `minDuration`/`maxDuration` take, into
+/// nanoseconds.
+pub fn parse_go_duration(input: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid duration {input:?}: use e.g. 1.5s, 100ms, 2h45m, 500us");
+    let s = input.trim();
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let (number, tail) = rest.split_at(number_len);
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let nanos_per_unit = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(invalid()),
+        };
+        total += value * nanos_per_unit;
+        rest = tail;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(total.round() as u64)
+}
+
+/// Parses Jaeger's `lookback` (`1h`, `2d`, any Go duration) into nanoseconds.
+pub fn parse_lookback(input: &str) -> Result<u64, String> {
+    match input.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .ok()
+            .and_then(|d| d.checked_mul(86_400 * 1_000_000_000))
+            .ok_or_else(|| format!("invalid lookback {input:?}: use e.g. 1h or 2d")),
+        None => parse_go_duration(input),
+    }
+}
+
+/// Parses a trace id in hex. Like Jaeger, accepts ids shorter than 32 digits
+/// (leading zeros dropped, or 64-bit ids).
+pub fn parse_trace_id(input: &str) -> Result<TraceId, String> {
+    let invalid = || format!("invalid trace id {input:?}: expected up to 32 hex digits");
+    if input.is_empty() || input.len() > 32 || !input.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    let padded = format!("{input:0>32}");
+    let bytes = hex::decode(padded).map_err(|_| invalid())?;
+    let id: TraceId = bytes.try_into().map_err(|_| invalid())?;
+    if id == [0; 16] {
+        return Err(invalid());
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1.5s"), Ok(1_500_000_000));
+        assert_eq!(parse_go_duration("100ms"), Ok(100_000_000));
+        assert_eq!(parse_go_duration("500us"), Ok(500_000));
+        assert_eq!(parse_go_duration("1µs"), Ok(1_000));
+        assert_eq!(
+            parse_go_duration("2h45m"),
+            Ok((2 * 3600 + 45 * 60) * 1_000_000_000)
+        );
+        assert_eq!(parse_go_duration("0"), Ok(0));
+        for bad in ["", "5", "ms", "1x", "1..2s", "-1s", "1s2"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lookbacks() {
+        assert_eq!(parse_lookback("2d"), Ok(2 * 86_400 * 1_000_000_000));
+        assert_eq!(parse_lookback("1h"), Ok(3_600 * 1_000_000_000));
+        assert!(parse_lookback("xd").is_err());
+    }
+
+    #[test]
+    fn trace_ids() {
+        assert_eq!(parse_trace_id("01").unwrap()[15], 1);
+        assert_eq!(
+            parse_trace_id("5b8efff798038103d269b633813fc60c").unwrap()[0],
+            0x5b
+        );
+        for bad in ["", "zz", "0", "5b8efff798038103d269b633813fc60c00"] {
+            assert!(parse_trace_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC{0,20}") {
+            let _ = parse_go_duration(&s);
+            let _ = parse_lookback(&s);
+            let _ = parse_trace_id(&s);
+        }
+
+        #[test]
+        fn whole_milliseconds_round_trip(ms in 0u64..10_000_000) {
+            prop_assert_eq!(parse_go_duration(&format!("{ms}ms")), Ok(ms * 1_000_000));
+        }
+    }
+}

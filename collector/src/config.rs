@@ -1,0 +1,316 @@
+//! Configuration: command-line flags, `STRAND_*` environment variables and an
+//! optional TOML file, merged in that order of precedence into one validated
+//! [`Config`].
+//!
+//! The TOML file takes the same settings as the flags, in snake_case, plus a
+//! `version` (currently 1). Unknown keys are errors, so a typo never silently
+//! falls back to a default:
+//!
+//! ```toml
+//! version = 1
+//! data_dir = "/var/lib/strand"
+//! listen = "0.0.0.0"
+//! max_body_bytes = 16777216
+//! flush_interval = "1s"
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::pipeline::PipelineLimits;
+
+const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
+const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
+const DEFAULT_HTTP_PORT: u16 = 7070;
+const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
+const DEFAULT_WAL_QUEUE_BYTES: usize = 256 << 20;
+const CONFIG_VERSION: u32 = 1;
+
+/// Strand: traces, logs and metrics for microservices, in one daemon.
+#[derive(Debug, Parser)]
+#[command(name = "strand", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: receive OTLP, store it on local disk, serve the UI and APIs.
+    Serve(ServeArgs),
+}
+
+/// Flags of `strand serve`. Each can also be set through its environment
+/// variable or the config file; flags win over environment, environment over file.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file with any of the settings below.
+    #[arg(long, env = "STRAND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for all data: write-ahead log and stores [default: ./strand-data]
+    #[arg(long, env = "STRAND_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address every listener binds to unless its own address is given
+    /// (0.0.0.0 to accept connections from other hosts) [default: 127.0.0.1]
+    #[arg(long, env = "STRAND_LISTEN", value_name = "IP")]
+    pub listen: Option<IpAddr>,
+
+    /// OTLP/gRPC listener for traces [default: 127.0.0.1:4317]
+    #[arg(long, env = "STRAND_OTLP_GRPC", value_name = "ADDR")]
+    pub otlp_grpc: Option<SocketAddr>,
+
+    /// OTLP/HTTP listener (/v1/traces) [default: 127.0.0.1:4318]
+    #[arg(long, env = "STRAND_OTLP_HTTP", value_name = "ADDR")]
+    pub otlp_http: Option<SocketAddr>,
+
+    /// HTTP listener for the UI, query APIs, /metrics, /healthz and /readyz
+    /// [default: 127.0.0.1:7070]
+    #[arg(long, env = "STRAND_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// Largest accepted ingest request body, after decompression, in bytes;
+    /// larger ones get 413 / RESOURCE_EXHAUSTED [default: 16777216]
+    #[arg(long, env = "STRAND_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// How often spans in memory are written to the stores, e.g. 500ms, 2s
+    /// [default: 1s]
+    #[arg(long, env = "STRAND_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub flush_interval: Option<Duration>,
+
+    /// Spans held in memory before ingest answers 429 / RESOURCE_EXHAUSTED
+    /// (bounds memory when the disk cannot keep up) [default: 1000000]
+    #[arg(long, env = "STRAND_MAX_BUFFERED_SPANS", value_name = "SPANS")]
+    pub max_buffered_spans: Option<usize>,
+
+    /// Bytes of requests allowed to wait for the write-ahead log before ingest
+    /// answers 429 / RESOURCE_EXHAUSTED [default: 268435456]
+    #[arg(long, env = "STRAND_WAL_QUEUE_BYTES", value_name = "BYTES")]
+    pub wal_queue_bytes: Option<usize>,
+}
+
+/// The config file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    version: Option<u32>,
+    data_dir: Option<PathBuf>,
+    listen: Option<IpAddr>,
+    otlp_grpc: Option<SocketAddr>,
+    otlp_http: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    max_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    flush_interval: Option<Duration>,
+    max_buffered_spans: Option<usize>,
+    wal_queue_bytes: Option<usize>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+    pub max_body_bytes: usize,
+    pub limits: PipelineLimits,
+}
+
+impl ServeArgs {
+    /// Merges flags/env with the config file (if any) and validates the result.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        if let Some(version) = file.version
+            && version != CONFIG_VERSION
+        {
+            bail!("config file version {version} is not supported: use version = {CONFIG_VERSION}");
+        }
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let config = Config {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("strand-data")),
+            otlp_grpc: self
+                .otlp_grpc
+                .or(file.otlp_grpc)
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_GRPC_PORT)),
+            otlp_http: self
+                .otlp_http
+                .or(file.otlp_http)
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_HTTP_PORT)),
+            http: self
+                .http
+                .or(file.http)
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_HTTP_PORT)),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            limits: PipelineLimits {
+                flush_interval: self
+                    .flush_interval
+                    .or(file.flush_interval)
+                    .unwrap_or(DEFAULT_FLUSH_INTERVAL),
+                max_buffered_spans: self
+                    .max_buffered_spans
+                    .or(file.max_buffered_spans)
+                    .unwrap_or(DEFAULT_MAX_BUFFERED_SPANS),
+                wal_queue_bytes: self
+                    .wal_queue_bytes
+                    .or(file.wal_queue_bytes)
+                    .unwrap_or(DEFAULT_WAL_QUEUE_BYTES),
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+impl Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(1024..=(512 << 20)).contains(&self.max_body_bytes) {
+            bail!(
+                "max_body_bytes must be between 1 KiB and 512 MiB, got {}",
+                self.max_body_bytes
+            );
+        }
+        if self.limits.flush_interval < Duration::from_millis(10) {
+            bail!("flush_interval must be at least 10ms");
+        }
+        if self.limits.max_buffered_spans == 0 {
+            bail!("max_buffered_spans must be positive");
+        }
+        if self.limits.wal_queue_bytes < self.max_body_bytes {
+            bail!(
+                "wal_queue_bytes ({}) must be at least max_body_bytes ({}), or large requests could never be accepted",
+                self.limits.wal_queue_bytes,
+                self.max_body_bytes
+            );
+        }
+        let addrs = [self.otlp_grpc, self.otlp_http, self.http];
+        for (i, a) in addrs.iter().enumerate() {
+            if a.port() != 0 && addrs[i + 1..].contains(a) {
+                bail!("two listeners are configured on the same address {a}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_config(toml: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strand.toml");
+        std::fs::write(&path, toml).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .into_config()
+    }
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let config = ServeArgs::default().into_config().unwrap();
+        assert_eq!(config.otlp_grpc.to_string(), "127.0.0.1:4317");
+        assert_eq!(config.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(config.http.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.data_dir, PathBuf::from("strand-data"));
+        assert_eq!(config.max_body_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn listen_moves_every_default_address() {
+        let config = ServeArgs {
+            listen: Some("0.0.0.0".parse().unwrap()),
+            http: Some("127.0.0.1:9999".parse().unwrap()),
+            ..ServeArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(config.otlp_grpc.to_string(), "0.0.0.0:4317");
+        assert_eq!(config.http.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn file_settings_apply_and_flags_win() {
+        let config = file_config(
+            "version = 1\ndata_dir = \"/tmp/x\"\nflush_interval = \"250ms\"\nmax_body_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.limits.flush_interval, Duration::from_millis(250));
+        assert_eq!(config.max_body_bytes, 4096);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strand.toml");
+        std::fs::write(&path, "data_dir = \"/from/file\"").unwrap();
+        let config = ServeArgs {
+            config: Some(path),
+            data_dir: Some("/from/flag".into()),
+            ..ServeArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+    }
+
+    #[test]
+    fn bad_files_are_explained() {
+        let error = format!("{:#}", file_config("data_dri = \"x\"").unwrap_err());
+        assert!(error.contains("unknown field `data_dri`"), "{error}");
+        let error = format!("{:#}", file_config("version = 2").unwrap_err());
+        assert!(error.contains("version 2 is not supported"), "{error}");
+        let error = format!(
+            "{:#}",
+            file_config("flush_interval = \"soon\"").unwrap_err()
+        );
+        assert!(error.contains("flush_interval"), "{error}");
+        let error = format!("{:#}", file_config("max_body_bytes = 1").unwrap_err());
+        assert!(error.contains("max_body_bytes"), "{error}");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,293 @@
+//! OTLP trace requests -> `model::Span`, with validation.
+//!
+//! A span with an invalid trace or span id is rejected on its own (OTLP partial
+//! success); the rest of the request is kept. Names lose NUL bytes (the store
+//! uses NUL as a key separator) and a resource without `service.name` gets
+//! `unknown_service`, as the OpenTelemetry resource spec says.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as otlp_common;
+use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
+
+use crate::model::{
+    AttrValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, StatusCode, TraceId,
+};
+
+const SERVICE_NAME: &str = "service.name";
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// The accepted spans of a request and what was rejected.
+#[derive(Debug, Default)]
+pub struct ConvertedSpans {
+    pub spans: Vec<Span>,
+    pub rejected: u64,
+    /// The first rejection reason, for the partial-success message.
+    pub first_error: Option<String>,
+}
+
+/// Converts and validates every span of an export request.
+pub fn convert_trace_request(request: ExportTraceServiceRequest) -> ConvertedSpans {
+    let mut out = ConvertedSpans::default();
+    for resource_spans in request.resource_spans {
+        let resource = Arc::new(convert_resource(
+            resource_spans
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default(),
+        ));
+        for scope_spans in resource_spans.scope_spans {
+            let scope = Arc::new(
+                scope_spans
+                    .scope
+                    .map(|s| Scope {
+                        name: s.name,
+                        version: s.version,
+                    })
+                    .unwrap_or_default(),
+            );
+            for span in scope_spans.spans {
+                match convert_span(span, &resource, &scope) {
+                    Ok(span) => out.spans.push(span),
+                    Err(reason) => {
+                        out.rejected += 1;
+                        out.first_error.get_or_insert(reason);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn convert_resource(attributes: Vec<otlp_common::KeyValue>) -> Resource {
+    let mut service = None;
+    let mut rest = Vec::with_capacity(attributes.len());
+    for kv in convert_attributes(attributes) {
+        match (kv.key.as_str(), &kv.value) {
+            (SERVICE_NAME, AttrValue::Str(name)) if !name.is_empty() => {
+                service = Some(clean_name(name))
+            }
+            _ => rest.push(kv),
+        }
+    }
+    Resource {
+        service: service.unwrap_or_else(|| UNKNOWN_SERVICE.to_string()),
+        attributes: rest,
+    }
+}
+
+fn convert_span(
+    span: otlp_trace::Span,
+    resource: &Arc<Resource>,
+    scope: &Arc<Scope>,
+) -> Result<Span, String> {
+    let trace_id = parse_trace_id(&span.trace_id).ok_or_else(|| {
+        format!(
+            "span {:?}: trace_id must be 16 bytes and not all zero, got {} bytes",
+            span.name,
+            span.trace_id.len()
+        )
+    })?;
+    let span_id = parse_span_id(&span.span_id).ok_or_else(|| {
+        format!(
+            "span {:?}: span_id must be 8 bytes and not all zero, got {} bytes",
+            span.name,
+            span.span_id.len()
+        )
+    })?;
+    let parent_span_id = match span.parent_span_id.len() {
+        0 => None,
+        _ => Some(span_id_or_zero(&span.parent_span_id).ok_or_else(|| {
+            format!(
+                "span {:?}: parent_span_id must be empty or 8 bytes, got {} bytes",
+                span.name,
+                span.parent_span_id.len()
+            )
+        })?)
+        .filter(|id| *id != [0; 8]),
+    };
+    let status = span.status.unwrap_or_default();
+    Ok(Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        trace_state: span.trace_state,
+        flags: span.flags,
+        name: clean_name(&span.name),
+        kind: match otlp_trace::span::SpanKind::try_from(span.kind) {
+            Ok(otlp_trace::span::SpanKind::Internal) => SpanKind::Internal,
+            Ok(otlp_trace::span::SpanKind::Server) => SpanKind::Server,
+            Ok(otlp_trace::span::SpanKind::Client) => SpanKind::Client,
+            Ok(otlp_trace::span::SpanKind::Producer) => SpanKind::Producer,
+            Ok(otlp_trace::span::SpanKind::Consumer) => SpanKind::Consumer,
+            _ => SpanKind::Unspecified,
+        },
+        start_unix_nano: span.start_time_unix_nano,
+        end_unix_nano: span.end_time_unix_nano,
+        attributes: convert_attributes(span.attributes),
+        events: span
+            .events
+            .into_iter()
+            .map(|e| Event {
+                time_unix_nano: e.time_unix_nano,
+                name: e.name,
+                attributes: convert_attributes(e.attributes),
+            })
+            .collect(),
+        // A link without a valid target says nothing; drop it, keep the span.
+        links: span
+            .links
+            .into_iter()
+            .filter_map(|l| {
+                Some(Link {
+                    trace_id: parse_trace_id(&l.trace_id)?,
+                    span_id: parse_span_id(&l.span_id)?,
+                    attributes: convert_attributes(l.attributes),
+                })
+            })
+            .collect(),
+        status_code: match otlp_trace::status::StatusCode::try_from(status.code) {
+            Ok(otlp_trace::status::StatusCode::Ok) => StatusCode::Ok,
+            Ok(otlp_trace::status::StatusCode::Error) => StatusCode::Error,
+            _ => StatusCode::Unset,
+        },
+        status_message: status.message,
+        resource: resource.clone(),
+        scope: scope.clone(),
+    })
+}
+
+fn parse_trace_id(bytes: &[u8]) -> Option<TraceId> {
+    TraceId::try_from(bytes).ok().filter(|id| *id != [0; 16])
+}
+
+fn parse_span_id(bytes: &[u8]) -> Option<SpanId> {
+    span_id_or_zero(bytes).filter(|id| *id != [0; 8])
+}
+
+fn span_id_or_zero(bytes: &[u8]) -> Option<SpanId> {
+    SpanId::try_from(bytes).ok()
+}
+
+fn clean_name(name: &str) -> String {
+    if name.contains('\0') {
+        name.replace('\0', "\u{fffd}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Attributes without a value carry nothing and are dropped.
+fn convert_attributes(attributes: Vec<otlp_common::KeyValue>) -> Vec<KeyValue> {
+    attributes
+        .into_iter()
+        .filter_map(|kv| {
+            Some(KeyValue {
+                value: convert_value(kv.value?)?,
+                key: kv.key,
+            })
+        })
+        .collect()
+}
+
+fn convert_value(value: otlp_common::AnyValue) -> Option<AttrValue> {
+    use otlp_common::any_value::Value;
+    Some(match value.value? {
+        Value::StringValue(s) => AttrValue::Str(s),
+        Value::BoolValue(b) => AttrValue::Bool(b),
+        Value::IntValue(i) => AttrValue::Int(i),
+        Value::DoubleValue(d) => AttrValue::Double(d),
+        Value::BytesValue(b) => AttrValue::Bytes(b),
+        Value::ArrayValue(a) => {
+            AttrValue::Array(a.values.into_iter().filter_map(convert_value).collect())
+        }
+        Value::KvlistValue(kv) => AttrValue::Map(convert_attributes(kv.values)),
+        // Only meaningful with a profiles dictionary, which traces never have.
+        Value::StringValueStrindex(_) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a JSON request (OTLP/JSON encoding) through the converter and
+    /// compares a compact rendering with `expect`.
+    fn check(json: &str, expect: &str) {
+        let request: ExportTraceServiceRequest = serde_json::from_str(json).unwrap();
+        let converted = convert_trace_request(request);
+        let mut got = String::new();
+        for span in &converted.spans {
+            got.push_str(&format!(
+                "{} {} parent={:?} svc={} kind={:?} status={:?} dur={} attrs={:?} res={:?} scope={} links={}\n",
+                hex::encode(span.trace_id),
+                hex::encode(span.span_id),
+                span.parent_span_id.map(hex::encode),
+                span.service(),
+                span.kind,
+                span.status_code,
+                span.duration_nanos(),
+                span.attributes
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value.to_display_string()))
+                    .collect::<Vec<_>>(),
+                span.resource
+                    .attributes
+                    .iter()
+                    .map(|kv| kv.key.as_str())
+                    .collect::<Vec<_>>(),
+                span.scope.name,
+                span.links.len(),
+            ));
+        }
+        if let Some(error) = &converted.first_error {
+            got.push_str(&format!("rejected={} {error}\n", converted.rejected));
+        }
+        assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
+    }
+
+    #[test]
+    fn converts_a_full_span() {
+        check(
+            r#"{"resourceSpans":[{"resource":{"attributes":[
+                {"key":"service.name","value":{"stringValue":"order"}},
+                {"key":"host.name","value":{"stringValue":"h1"}}]},
+              "scopeSpans":[{"scope":{"name":"shop","version":"1"},"spans":[{
+                "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+                "parentSpanId":"eee19b7ec3c1b173","name":"POST /orders","kind":2,
+                "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
+                "attributes":[{"key":"http.status_code","value":{"intValue":"500"}},
+                              {"key":"ok","value":{"boolValue":true}},
+                              {"key":"tags","value":{"arrayValue":{"values":[{"stringValue":"a"}]}}}],
+                "links":[{"traceId":"5b8efff798038103d269b633813fc60d","spanId":"eee19b7ec3c1b175"},
+                         {"traceId":"00","spanId":"eee19b7ec3c1b175"}],
+                "status":{"code":2,"message":"boom"}}]}]}]}"#,
+            r#"5b8efff798038103d269b633813fc60c eee19b7ec3c1b174 parent=Some("eee19b7ec3c1b173") svc=order kind=Server status=Error dur=1000000000 attrs=["http.status_code=500", "ok=true", "tags=[\"a\"]"] res=["host.name"] scope=shop links=1"#,
+        );
+    }
+
+    #[test]
+    fn missing_service_name_is_unknown_service() {
+        check(
+            r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{
+                "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+                "parentSpanId":"0000000000000000","name":"x"}]}]}]}"#,
+            r#"5b8efff798038103d269b633813fc60c eee19b7ec3c1b174 parent=None svc=unknown_service kind=Unspecified status=Unset dur=0 attrs=[] res=[] scope= links=0"#,
+        );
+    }
+
+    #[test]
+    fn invalid_ids_reject_only_their_span() {
+        check(
+            r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"a"}}]},
+              "scopeSpans":[{"spans":[
+                {"traceId":"00000000000000000000000000000000","spanId":"eee19b7ec3c1b174","name":"zero"},
+                {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"ee","name":"short"},
+                {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"good"}]}]}]}"#,
+            r#"5b8efff798038103d269b633813fc60c eee19b7ec3c1b174 parent=None svc=a kind=Unspecified status=Unset dur=0 attrs=[] res=[] scope= links=0
+rejected=2 span "zero": trace_id must be 16 bytes and not all zero, got 16 bytes"#,
+        );
+    }
+}

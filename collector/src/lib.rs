@@ -1,0 +1,141 @@
+//! Strand: observability for microservices in one daemon.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, environment and config file -> [`Config`].
+//! - `ingest`: the wire edge — OTLP over gRPC and HTTP, decoded and validated
+//!   into [`model`] types. The only place that knows OTLP.
+//! - `pipeline`: the data path — WAL append with group commit, the in-memory
+//!   head, acknowledgement, and the flusher that moves the head to the stores.
+//! - `wal`: the write-ahead log. `codec`: the span encoding the WAL and the
+//!   span blocks share.
+//! - `store`: embedded storage engines (`store::traces`: zstd span blocks with a
+//!   sled index).
+//! - `query`: search semantics over the stores.
+//! - `api`: the HTTP API on the UI port (Jaeger-compatible query API, health,
+//!   `/metrics`).
+//! - `telemetry`: Strand's own metrics.
+//!
+//! [`run`] wires them together; `main.rs` only parses flags and waits for a signal.
+
+mod api;
+mod codec;
+pub mod config;
+mod ingest;
+pub mod model;
+mod pipeline;
+mod query;
+mod store;
+mod telemetry;
+mod wal;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// How long servers get to finish in-flight requests on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until `shutdown` resolves, then stops accepting requests,
+/// flushes everything to the stores and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = telemetry::Metrics::new();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let pipeline = {
+        let data_dir = config.data_dir.clone();
+        let limits = config.limits.clone();
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || pipeline::Pipeline::open(&data_dir, limits, metrics))
+            .await
+            .context("opening the data directory")??
+    };
+
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let grpc_listener = bind(config.otlp_grpc).await?;
+    let otlp_http_listener = bind(config.otlp_http).await?;
+    let http_listener = bind(config.http).await?;
+    tracing::info!(
+        otlp_grpc = %grpc_listener.local_addr()?,
+        otlp_http = %otlp_http_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "StrandListening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ingest::grpc::trace_service(
+                pipeline.clone(),
+                config.max_body_bytes,
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                stopped(),
+            ),
+    );
+    let otlp_http = tokio::spawn(
+        axum::serve(
+            otlp_http_listener,
+            ingest::http::router(pipeline.clone(), config.max_body_bytes),
+        )
+        .with_graceful_shutdown(stopped())
+        .into_future(),
+    );
+    let healthy = Arc::new(AtomicBool::new(true));
+    let api_state = Arc::new(api::ApiState {
+        pipeline: pipeline.clone(),
+        metrics,
+        healthy: healthy.clone(),
+    });
+    let http = tokio::spawn(
+        axum::serve(http_listener, api::router(api_state))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    let (flusher_stop_tx, flusher_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let flusher = tokio::spawn(pipeline.clone().run_flusher(healthy, async move {
+        let _ = flusher_stop_rx.await;
+    }));
+
+    shutdown.await;
+    tracing::info!("StrandShuttingDown");
+    let _ = stop_tx.send(true);
+    let servers = async {
+        let (grpc, otlp_http, http) = tokio::join!(grpc, otlp_http, http);
+        grpc.context("OTLP/gRPC server task")?
+            .context("OTLP/gRPC server")?;
+        otlp_http
+            .context("OTLP/HTTP server task")?
+            .context("OTLP/HTTP server")?;
+        http.context("HTTP server task")?.context("HTTP server")?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("ShutdownGraceExpired: closing remaining connections"),
+    }
+    let _ = flusher_stop_tx.send(());
+    flusher.await.context("flusher task")?;
+    tracing::info!("StrandStopped");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Strand's own span types: what ingest produces and what every store and query
+//! consumes. They are deliberately independent of OTLP's generated structs so that
+//! stores never see wire types, and they carry only what Strand shows or searches.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A W3C trace id (16 bytes, never all zero once validated).
+pub type TraceId = [u8; 16];
+/// A W3C span id (8 bytes, never all zero once validated).
+pub type SpanId = [u8; 8];
+
+/// An attribute value as OTLP defines it; arrays and maps nest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AttrValue {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Array(Vec<AttrValue>),
+    Map(Vec<KeyValue>),
+}
+
+impl AttrValue {
+    /// The value as search and display compare it: strings bare, everything else
+    /// in its JSON form (so `http.status_code=500` matches an integer 500).
+    pub fn to_display_string(&self) -> String {
+        match self {
+            AttrValue::Str(s) => s.clone(),
+            AttrValue::Bool(b) => b.to_string(),
+            AttrValue::Int(i) => i.to_string(),
+            AttrValue::Double(d) => d.to_string(),
+            AttrValue::Bytes(b) => hex::encode(b),
+            AttrValue::Array(_) | AttrValue::Map(_) => self.to_json().to_string(),
+        }
+    }
+
+    /// The value as JSON, used for nested values that have no flat form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            AttrValue::Str(s) => s.clone().into(),
+            AttrValue::Bool(b) => (*b).into(),
+            AttrValue::Int(i) => (*i).into(),
+            AttrValue::Double(d) => (*d).into(),
+            AttrValue::Bytes(b) => hex::encode(b).into(),
+            AttrValue::Array(items) => items.iter().map(AttrValue::to_json).collect(),
+            AttrValue::Map(entries) => entries
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.to_json()))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        }
+    }
+}
+
+/// One attribute: a key and its value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: AttrValue,
+}
+
+impl KeyValue {
+    pub fn new(key: impl Into<String>, value: AttrValue) -> Self {
+        KeyValue {
+            key: key.into(),
+            value,
+        }
+    }
+}
+
+/// The entity that produced telemetry. `service` is lifted out of the
+/// `service.name` attribute because every query filters on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub service: String,
+    /// Resource attributes other than `service.name`.
+    pub attributes: Vec<KeyValue>,
+}
+
+/// The instrumentation library that produced a span.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    pub name: String,
+    pub version: String,
+}
+
+/// The role of a span in a request, as OTLP defines it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum SpanKind {
+    #[default]
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    /// The lowercase name Jaeger uses (`server`, `client`, ...); empty when unspecified.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "",
+            SpanKind::Internal => "internal",
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+
+    /// Parses the names `as_str` produces (`unspecified` for the empty one).
+    pub fn parse(name: &str) -> Option<SpanKind> {
+        Some(match name {
+            "" | "unspecified" => SpanKind::Unspecified,
+            "internal" => SpanKind::Internal,
+            "server" => SpanKind::Server,
+            "client" => SpanKind::Client,
+            "producer" => SpanKind::Producer,
+            "consumer" => SpanKind::Consumer,
+            _ => return None,
+        })
+    }
+}
+
+/// Outcome of a span as OTLP defines it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusCode {
+    #[default]
+    Unset,
+    Ok,
+    Error,
+}
+
+/// A timestamped annotation on a span (an exception, a retry, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_unix_nano: u64,
+    pub name: String,
+    pub attributes: Vec<KeyValue>,
+}
+
+/// A causal relation to a span of possibly another trace (batch consumers,
+/// asynchronous messages).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub attributes: Vec<KeyValue>,
+}
+
+/// One span, with its resource and scope shared between the spans of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_state: String,
+    pub flags: u32,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub attributes: Vec<KeyValue>,
+    pub events: Vec<Event>,
+    pub links: Vec<Link>,
+    pub status_code: StatusCode,
+    pub status_message: String,
+    pub resource: Arc<Resource>,
+    pub scope: Arc<Scope>,
+}
+
+impl Span {
+    /// Duration in nanoseconds; zero when a client sent an end before its start.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code == StatusCode::Error
+    }
+
+    pub fn service(&self) -> &str {
+        &self.resource.service
+    }
+
+    /// Tags that are not attributes but that Jaeger users see and search as
+    /// tags: span kind, status and instrumentation scope.
+    pub fn derived_tags(&self) -> Vec<KeyValue> {
+        let mut tags = Vec::new();
+        if self.kind != SpanKind::Unspecified {
+            tags.push(KeyValue::new(
+                "span.kind",
+                AttrValue::Str(self.kind.as_str().into()),
+            ));
+        }
+        match self.status_code {
+            StatusCode::Unset => {}
+            StatusCode::Ok => tags.push(KeyValue::new(
+                "otel.status_code",
+                AttrValue::Str("OK".into()),
+            )),
+            StatusCode::Error => {
+                tags.push(KeyValue::new("error", AttrValue::Bool(true)));
+                tags.push(KeyValue::new(
+                    "otel.status_code",
+                    AttrValue::Str("ERROR".into()),
+                ));
+            }
+        }
+        if !self.status_message.is_empty() {
+            tags.push(KeyValue::new(
+                "otel.status_description",
+                AttrValue::Str(self.status_message.clone()),
+            ));
+        }
+        if !self.scope.name.is_empty() {
+            tags.push(KeyValue::new(
+                "otel.scope.name",
+                AttrValue::Str(self.scope.name.clone()),
+            ));
+        }
+        if !self.scope.version.is_empty() {
+            tags.push(KeyValue::new(
+                "otel.scope.version",
+                AttrValue::Str(self.scope.version.clone()),
+            ));
+        }
+        tags
+    }
+}

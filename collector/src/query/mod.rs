@@ -1,0 +1,3 @@
+//! Query semantics on top of the stores: what matches, in which order.
+
+pub mod traces;

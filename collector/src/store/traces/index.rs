@@ -1,0 +1,257 @@
+//! The sled key layout of the trace store. One tree holds every key, each kind
+//! under its own one-byte prefix, so a flush commits blocks' index entries,
+//! search entries, dependency counts and the WAL checkpoint in one atomic batch.
+//!
+//! | prefix | key                                              | value                  |
+//! |--------|--------------------------------------------------|------------------------|
+//! | `T`    | trace id, block seq (u64 BE)                     | `BlockRef`             |
+//! | `S`    | service, 0, start ns (u64 BE), trace id          | `ServiceEntry`         |
+//! | `V`    | service                                          | empty                  |
+//! | `O`    | service, 0, span kind byte, operation            | empty                  |
+//! | `D`    | hour start ns (u64 BE), parent, 0, child         | calls u64, errors u64  |
+//! | `M`    | name                                             | metadata               |
+//!
+//! Names are stored with NUL bytes replaced at ingest, so 0 separates fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{SpanKind, TraceId};
+use crate::store::{Result, StoreError};
+
+pub const TRACE_BLOCKS: u8 = b'T';
+pub const SERVICE_TRACES: u8 = b'S';
+pub const SERVICES: u8 = b'V';
+pub const OPERATIONS: u8 = b'O';
+pub const DEPENDENCIES: u8 = b'D';
+
+pub const META_CHECKPOINT: &[u8] = b"Mcheckpoint";
+pub const META_NEXT_BLOCK: &[u8] = b"Mnext_block";
+pub const META_FORMAT: &[u8] = b"Mformat";
+pub const META_SEGMENT_PREFIX: &[u8] = b"Msegment/";
+/// Bumped when the layout above changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
+
+/// What the search index remembers of one service's spans in one trace, as seen
+/// in one flush: enough to skip traces without reading their blocks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub operations: Vec<OperationEntry>,
+    pub error: bool,
+}
+
+/// Duration range of one operation's spans.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationEntry {
+    pub name: String,
+    pub min_duration_nanos: u64,
+    pub max_duration_nanos: u64,
+}
+
+impl ServiceEntry {
+    pub fn add(&mut self, operation: &str, duration_nanos: u64, error: bool) {
+        self.error |= error;
+        match self.operations.iter_mut().find(|o| o.name == operation) {
+            Some(entry) => {
+                entry.min_duration_nanos = entry.min_duration_nanos.min(duration_nanos);
+                entry.max_duration_nanos = entry.max_duration_nanos.max(duration_nanos);
+            }
+            None => self.operations.push(OperationEntry {
+                name: operation.to_string(),
+                min_duration_nanos: duration_nanos,
+                max_duration_nanos: duration_nanos,
+            }),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ServiceEntry> {
+        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("search entry: {e}")))
+    }
+}
+
+pub fn trace_blocks_prefix(trace_id: &TraceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + 16 + 8);
+    key.push(TRACE_BLOCKS);
+    key.extend_from_slice(trace_id);
+    key
+}
+
+pub fn trace_block_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
+    let mut key = trace_blocks_prefix(trace_id);
+    key.extend_from_slice(&block_seq.to_be_bytes());
+    key
+}
+
+pub fn service_traces_prefix(service: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + service.len() + 1 + 8 + 16);
+    key.push(SERVICE_TRACES);
+    key.extend_from_slice(service.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn service_trace_key(service: &str, start_nanos: u64, trace_id: &TraceId) -> Vec<u8> {
+    let mut key = service_traces_prefix(service);
+    key.extend_from_slice(&start_nanos.to_be_bytes());
+    key.extend_from_slice(trace_id);
+    key
+}
+
+/// Splits an `S` key into its start time and trace id.
+pub fn parse_service_trace_key(key: &[u8]) -> Result<(u64, TraceId)> {
+    let tail = key
+        .len()
+        .checked_sub(24)
+        .map(|at| &key[at..])
+        .ok_or_else(|| StoreError::Corrupt("search key too short".into()))?;
+    let start = u64::from_be_bytes(tail[0..8].try_into().expect("8 bytes"));
+    let trace_id = tail[8..24].try_into().expect("16 bytes");
+    Ok((start, trace_id))
+}
+
+pub fn service_key(service: &str) -> Vec<u8> {
+    let mut key = vec![SERVICES];
+    key.extend_from_slice(service.as_bytes());
+    key
+}
+
+pub fn operation_key(service: &str, kind: SpanKind, operation: &str) -> Vec<u8> {
+    let mut key = vec![OPERATIONS];
+    key.extend_from_slice(service.as_bytes());
+    key.push(0);
+    key.push(kind_byte(kind));
+    key.extend_from_slice(operation.as_bytes());
+    key
+}
+
+/// Splits an `O` key into service, kind and operation.
+pub fn parse_operation_key(key: &[u8]) -> Option<(String, SpanKind, String)> {
+    let body = key.strip_prefix(&[OPERATIONS])?;
+    let nul = body.iter().position(|&b| b == 0)?;
+    let service = std::str::from_utf8(&body[..nul]).ok()?;
+    let kind = kind_from_byte(*body.get(nul + 1)?)?;
+    let operation = std::str::from_utf8(body.get(nul + 2..)?).ok()?;
+    Some((service.to_string(), kind, operation.to_string()))
+}
+
+pub fn dependency_key(hour_start_nanos: u64, parent: &str, child: &str) -> Vec<u8> {
+    let mut key = vec![DEPENDENCIES];
+    key.extend_from_slice(&hour_start_nanos.to_be_bytes());
+    key.extend_from_slice(parent.as_bytes());
+    key.push(0);
+    key.extend_from_slice(child.as_bytes());
+    key
+}
+
+/// Splits a `D` key into hour, parent and child.
+pub fn parse_dependency_key(key: &[u8]) -> Option<(u64, String, String)> {
+    let body = key.strip_prefix(&[DEPENDENCIES])?;
+    let hour = u64::from_be_bytes(body.get(0..8)?.try_into().ok()?);
+    let names = &body[8..];
+    let nul = names.iter().position(|&b| b == 0)?;
+    let parent = std::str::from_utf8(&names[..nul]).ok()?;
+    let child = std::str::from_utf8(&names[nul + 1..]).ok()?;
+    Some((hour, parent.to_string(), child.to_string()))
+}
+
+pub fn encode_counts(calls: u64, errors: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&calls.to_be_bytes());
+    out[8..].copy_from_slice(&errors.to_be_bytes());
+    out
+}
+
+pub fn decode_counts(bytes: &[u8]) -> (u64, u64) {
+    let read = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    (read(0..8), read(8..16))
+}
+
+pub fn segment_key(segment: u32) -> Vec<u8> {
+    let mut key = META_SEGMENT_PREFIX.to_vec();
+    key.extend_from_slice(&segment.to_be_bytes());
+    key
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("metadata value has the wrong length".into()))
+}
+
+fn kind_byte(kind: SpanKind) -> u8 {
+    match kind {
+        SpanKind::Unspecified => 0,
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn kind_from_byte(byte: u8) -> Option<SpanKind> {
+    Some(match byte {
+        0 => SpanKind::Unspecified,
+        1 => SpanKind::Internal,
+        2 => SpanKind::Server,
+        3 => SpanKind::Client,
+        4 => SpanKind::Producer,
+        5 => SpanKind::Consumer,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let key = service_trace_key("order", 42, &[7; 16]);
+        assert!(key.starts_with(&service_traces_prefix("order")));
+        assert_eq!(parse_service_trace_key(&key).unwrap(), (42, [7; 16]));
+
+        let key = operation_key("order", SpanKind::Client, "GET /x");
+        assert_eq!(
+            parse_operation_key(&key),
+            Some(("order".into(), SpanKind::Client, "GET /x".into()))
+        );
+
+        let key = dependency_key(HOUR_NANOS, "gateway", "order");
+        assert_eq!(
+            parse_dependency_key(&key),
+            Some((HOUR_NANOS, "gateway".into(), "order".into()))
+        );
+        assert_eq!(decode_counts(&encode_counts(3, 1)), (3, 1));
+    }
+
+    #[test]
+    fn service_prefixes_do_not_overlap() {
+        // "order" must not match the keys of "orders".
+        let key = service_trace_key("orders", 1, &[1; 16]);
+        assert!(!key.starts_with(&service_traces_prefix("order")));
+    }
+
+    #[test]
+    fn service_entry_tracks_duration_ranges() {
+        let mut entry = ServiceEntry::default();
+        entry.add("a", 10, false);
+        entry.add("a", 5, true);
+        entry.add("b", 7, false);
+        assert!(entry.error);
+        assert_eq!(entry.operations[0].min_duration_nanos, 5);
+        assert_eq!(entry.operations[0].max_duration_nanos, 10);
+        assert_eq!(ServiceEntry::decode(&entry.encode()).unwrap(), entry);
+    }
+}

@@ -1,0 +1,619 @@
+//! The span store.
+//!
+//! Spans land in an in-memory head (queryable at once) as soon as the WAL has
+//! them. A flush moves the whole head to disk: traces sorted by id, packed into
+//! zstd blocks appended to segment files, and one sled batch that indexes them
+//! (trace id -> blocks, per-service search entries, names, dependency counts)
+//! and records the WAL sequence number the flush covers. That batch is the
+//! commit point: after it the WAL up to that number can go; before it a crash
+//! replays the WAL and the uncommitted block bytes are cut off on open.
+//!
+//! A trace whose spans arrived across several flushes simply has several block
+//! references; reads merge them with the head.
+
+mod blocks;
+mod deps;
+mod index;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::model::{Span, SpanKind, TraceId};
+use crate::store::{Result, StoreError};
+use crate::telemetry::Metrics;
+
+pub use index::ServiceEntry;
+
+use blocks::{BlockRef, Segments};
+use deps::DependencyTracker;
+
+/// Uncompressed bytes of span tables per block: large enough to compress well,
+/// small enough that reading one trace decompresses little.
+const BLOCK_TARGET_BYTES: usize = 512 << 10;
+
+/// Calls from one service to another, summed over a time range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DependencyLink {
+    pub parent: String,
+    pub child: String,
+    pub call_count: u64,
+    pub error_count: u64,
+}
+
+/// A hit from the search index: one service's spans in one trace.
+#[derive(Clone, Debug)]
+pub struct SearchCandidate {
+    pub trace_id: TraceId,
+    pub entry: ServiceEntry,
+}
+
+#[derive(Default)]
+struct Head {
+    traces: HashMap<TraceId, Vec<Span>>,
+    spans: usize,
+    /// Highest WAL sequence number applied.
+    max_seq: u64,
+}
+
+/// A head being flushed: still visible to queries until its index is committed.
+struct Flushing {
+    traces: HashMap<TraceId, Vec<Span>>,
+    spans: usize,
+}
+
+#[derive(Default)]
+struct Names {
+    services: BTreeSet<String>,
+    operations: BTreeMap<String, BTreeSet<(String, SpanKind)>>,
+}
+
+/// State only the (single) flusher touches.
+struct FlushState {
+    next_block: u64,
+    dependencies: DependencyTracker,
+}
+
+/// See the module docs.
+pub struct TraceStore {
+    db: sled::Db,
+    segments: Segments,
+    head: Mutex<Head>,
+    flushing: RwLock<Option<Arc<Flushing>>>,
+    names: RwLock<Names>,
+    flush_state: Mutex<FlushState>,
+    metrics: Metrics,
+}
+
+impl TraceStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, metrics: Metrics) -> Result<TraceStore> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("index"))
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()?;
+        match db.get(index::META_FORMAT)? {
+            None => {
+                db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
+            }
+            Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
+            Some(_) => {
+                return Err(StoreError::Corrupt(
+                    "trace index was written by an incompatible version of strand".into(),
+                ));
+            }
+        }
+        let mut committed = HashMap::new();
+        for entry in db.scan_prefix(index::META_SEGMENT_PREFIX) {
+            let (key, value) = entry?;
+            let id = key[index::META_SEGMENT_PREFIX.len()..]
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("segment key".into()))?;
+            committed.insert(id, index::decode_u64(&value)?);
+        }
+        let segments = Segments::open(&dir.join("blocks"), &committed)?;
+        let next_block = match db.get(index::META_NEXT_BLOCK)? {
+            Some(v) => index::decode_u64(&v)?,
+            None => 0,
+        };
+
+        let mut names = Names::default();
+        for entry in db.scan_prefix([index::SERVICES]) {
+            let (key, _) = entry?;
+            names
+                .services
+                .insert(String::from_utf8_lossy(&key[1..]).into_owned());
+        }
+        for entry in db.scan_prefix([index::OPERATIONS]) {
+            let (key, _) = entry?;
+            if let Some((service, kind, operation)) = index::parse_operation_key(&key) {
+                names
+                    .operations
+                    .entry(service)
+                    .or_default()
+                    .insert((operation, kind));
+            }
+        }
+
+        let store = TraceStore {
+            db,
+            segments,
+            head: Mutex::new(Head::default()),
+            flushing: RwLock::new(None),
+            names: RwLock::new(names),
+            flush_state: Mutex::new(FlushState {
+                next_block,
+                dependencies: DependencyTracker::default(),
+            }),
+            metrics,
+        };
+        store.update_size_metric();
+        Ok(store)
+    }
+
+    /// The WAL sequence number up to which everything is in blocks.
+    pub fn checkpoint(&self) -> Result<u64> {
+        match self.db.get(index::META_CHECKPOINT)? {
+            Some(v) => index::decode_u64(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Adds durable spans to the head. Called in WAL sequence order.
+    pub fn apply(&self, seq: u64, spans: Vec<Span>) {
+        self.note_names(&spans);
+        let mut head = self.head.lock().expect("not poisoned");
+        head.spans += spans.len();
+        head.max_seq = head.max_seq.max(seq);
+        for span in spans {
+            head.traces.entry(span.trace_id).or_default().push(span);
+        }
+        self.metrics.head_spans.set(head.spans as i64);
+    }
+
+    /// Spans held in memory (head and any flush in progress): what ingest
+    /// checks to keep memory bounded.
+    pub fn buffered_spans(&self) -> usize {
+        let head = self.head.lock().expect("not poisoned").spans;
+        let flushing = self
+            .flushing
+            .read()
+            .expect("not poisoned")
+            .as_ref()
+            .map_or(0, |f| f.spans);
+        head + flushing
+    }
+
+    fn note_names(&self, spans: &[Span]) {
+        let new: HashSet<(&str, &str, SpanKind)> = {
+            let names = self.names.read().expect("not poisoned");
+            spans
+                .iter()
+                .filter(|s| {
+                    !names
+                        .operations
+                        .get(s.service())
+                        .is_some_and(|ops| ops.contains(&(s.name.clone(), s.kind)))
+                })
+                .map(|s| (s.service(), s.name.as_str(), s.kind))
+                .collect()
+        };
+        if new.is_empty() {
+            return;
+        }
+        let mut names = self.names.write().expect("not poisoned");
+        for (service, operation, kind) in new {
+            names.services.insert(service.to_string());
+            names
+                .operations
+                .entry(service.to_string())
+                .or_default()
+                .insert((operation.to_string(), kind));
+        }
+    }
+
+    /// Moves the head to span blocks and commits their index. Returns the WAL
+    /// sequence number now covered, or `None` when there was nothing to flush.
+    pub fn flush(&self) -> Result<Option<u64>> {
+        let mut state = self.flush_state.lock().expect("not poisoned");
+        let started = Instant::now();
+        let (snapshot, max_seq) = {
+            let mut head = self.head.lock().expect("not poisoned");
+            if head.traces.is_empty() {
+                return Ok(None);
+            }
+            let head = std::mem::take(&mut *head);
+            let snapshot = Arc::new(Flushing {
+                traces: head.traces,
+                spans: head.spans,
+            });
+            *self.flushing.write().expect("not poisoned") = Some(snapshot.clone());
+            (snapshot, head.max_seq)
+        };
+        self.metrics.head_spans.set(0);
+
+        let result = self.write_snapshot(&mut state, &snapshot, max_seq);
+        drop(snapshot);
+        match &result {
+            Ok(()) => {
+                *self.flushing.write().expect("not poisoned") = None;
+                self.metrics
+                    .store_flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.update_size_metric();
+            }
+            Err(error) => {
+                // Put the spans back so nothing acknowledged is lost; the next
+                // flush retries them.
+                self.metrics.store_flush_errors.inc();
+                tracing::error!(%error, "SpanStoreFlushError");
+                let flushing = self.flushing.write().expect("not poisoned").take();
+                if let Some(flushing) = flushing {
+                    let mut head = self.head.lock().expect("not poisoned");
+                    let flushing = Arc::try_unwrap(flushing).unwrap_or_else(|shared| Flushing {
+                        traces: shared.traces.clone(),
+                        spans: shared.spans,
+                    });
+                    head.spans += flushing.spans;
+                    head.max_seq = head.max_seq.max(max_seq);
+                    for (trace_id, mut spans) in flushing.traces {
+                        head.traces.entry(trace_id).or_default().append(&mut spans);
+                    }
+                    self.metrics.head_spans.set(head.spans as i64);
+                }
+            }
+        }
+        result.map(|()| Some(max_seq))
+    }
+
+    fn write_snapshot(
+        &self,
+        state: &mut FlushState,
+        snapshot: &Flushing,
+        max_seq: u64,
+    ) -> Result<()> {
+        let mut trace_ids: Vec<&TraceId> = snapshot.traces.keys().collect();
+        trace_ids.sort();
+
+        // Cut the sorted traces into blocks of about BLOCK_TARGET_BYTES.
+        let mut encoded_blocks = Vec::new();
+        let mut block_traces: Vec<Vec<&TraceId>> = Vec::new();
+        let mut current: Vec<(&TraceId, &[Span])> = Vec::new();
+        let mut current_bytes = 0;
+        for trace_id in &trace_ids {
+            let spans = snapshot.traces[*trace_id].as_slice();
+            current_bytes += spans.iter().map(estimated_size).sum::<usize>();
+            current.push((trace_id, spans));
+            if current_bytes >= BLOCK_TARGET_BYTES {
+                encoded_blocks.push(blocks::encode_block(&current));
+                block_traces.push(current.drain(..).map(|(id, _)| id).collect());
+                current_bytes = 0;
+            }
+        }
+        if !current.is_empty() {
+            encoded_blocks.push(blocks::encode_block(&current));
+            block_traces.push(current.drain(..).map(|(id, _)| id).collect());
+        }
+        let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
+
+        let mut batch = sled::Batch::default();
+        for (block_ref, ids) in refs.iter().zip(&block_traces) {
+            let block_seq = state.next_block;
+            state.next_block += 1;
+            for trace_id in ids {
+                batch.insert(
+                    index::trace_block_key(trace_id, block_seq),
+                    &block_ref.to_bytes(),
+                );
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (trace_id, spans) in &snapshot.traces {
+            let mut per_service: HashMap<&str, (u64, ServiceEntry)> = HashMap::new();
+            for span in spans {
+                let (start, entry) = per_service
+                    .entry(span.service())
+                    .or_insert((u64::MAX, ServiceEntry::default()));
+                *start = (*start).min(span.start_unix_nano);
+                entry.add(&span.name, span.duration_nanos(), span.is_error());
+                names.insert((span.service(), span.kind, span.name.as_str()));
+            }
+            for (service, (start, entry)) in per_service {
+                batch.insert(
+                    index::service_trace_key(service, start, trace_id),
+                    entry.encode(),
+                );
+            }
+        }
+        for (service, kind, operation) in names {
+            batch.insert(index::service_key(service), &[]);
+            batch.insert(index::operation_key(service, kind, operation), &[]);
+        }
+
+        let edges = state
+            .dependencies
+            .observe(snapshot.traces.values().flatten());
+        let mut counts: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+        for edge in edges {
+            let hour = edge.child_start_nanos - edge.child_start_nanos % index::HOUR_NANOS;
+            let key = index::dependency_key(hour, &edge.parent, &edge.child);
+            let count = counts.entry(key).or_default();
+            count.0 += 1;
+            count.1 += u64::from(edge.error);
+        }
+        for (key, (calls, errors)) in counts {
+            let (old_calls, old_errors) = self
+                .db
+                .get(&key)?
+                .map_or((0, 0), |v| index::decode_counts(&v));
+            batch.insert(
+                key,
+                &index::encode_counts(old_calls + calls, old_errors + errors),
+            );
+        }
+
+        batch.insert(index::META_CHECKPOINT, &max_seq.to_be_bytes());
+        batch.insert(index::META_NEXT_BLOCK, &state.next_block.to_be_bytes());
+        batch.insert(index::segment_key(segment), &segment_len.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every span of a trace, from blocks and memory, in start order; empty when
+    /// the trace is unknown.
+    pub fn trace(&self, trace_id: &TraceId) -> Result<Vec<Span>> {
+        let mut spans = Vec::new();
+        for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
+            let (_, value) = entry?;
+            let block = self.segments.read(BlockRef::from_bytes(&value)?)?;
+            spans.extend(blocks::decode_trace(&block, trace_id)?);
+        }
+        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref()
+            && let Some(buffered) = flushing.traces.get(trace_id)
+        {
+            spans.extend(buffered.iter().cloned());
+        }
+        if let Some(buffered) = self.head.lock().expect("not poisoned").traces.get(trace_id) {
+            spans.extend(buffered.iter().cloned());
+        }
+        // A span sent twice (a client retrying an export) is shown once.
+        let mut seen = HashSet::new();
+        spans.retain(|s| seen.insert(s.span_id));
+        spans.sort_by_key(|s| (s.start_unix_nano, s.span_id));
+        Ok(spans)
+    }
+
+    /// Ids of in-memory traces with a span that satisfies `matches`.
+    pub fn buffered_traces_matching(&self, matches: impl Fn(&Span) -> bool) -> Vec<TraceId> {
+        let mut ids = HashSet::new();
+        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref() {
+            ids.extend(
+                flushing
+                    .traces
+                    .iter()
+                    .filter(|(_, spans)| spans.iter().any(&matches))
+                    .map(|(id, _)| *id),
+            );
+        }
+        let head = self.head.lock().expect("not poisoned");
+        ids.extend(
+            head.traces
+                .iter()
+                .filter(|(_, spans)| spans.iter().any(&matches))
+                .map(|(id, _)| *id),
+        );
+        ids.into_iter().collect()
+    }
+
+    /// Search-index entries of `service` whose spans start in `[start, end]`
+    /// (nanoseconds), newest first. Covers flushed data only; see
+    /// [`TraceStore::buffered_traces_matching`] for the rest.
+    pub fn search_candidates(
+        &self,
+        service: &str,
+        start_nanos: u64,
+        end_nanos: u64,
+    ) -> impl Iterator<Item = Result<SearchCandidate>> + '_ {
+        let prefix = index::service_traces_prefix(service);
+        let low = index::service_trace_key(service, start_nanos, &[0; 16]);
+        let high = index::service_trace_key(service, end_nanos, &[0xff; 16]);
+        debug_assert!(low.starts_with(&prefix));
+        self.db.range(low..=high).rev().map(|entry| {
+            let (key, value) = entry?;
+            let (_, trace_id) = index::parse_service_trace_key(&key)?;
+            Ok(SearchCandidate {
+                trace_id,
+                entry: ServiceEntry::decode(&value)?,
+            })
+        })
+    }
+
+    /// Services that sent spans, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let names = self.names.read().expect("not poisoned");
+        names.services.iter().cloned().collect()
+    }
+
+    /// Operations (span names) of a service with their span kinds, sorted.
+    pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        let names = self.names.read().expect("not poisoned");
+        names
+            .operations
+            .get(service)
+            .map(|ops| ops.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Service-to-service calls whose child span started in
+    /// `[start, end]` (hour granularity), flushed data only.
+    pub fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>> {
+        let first_hour = start_nanos - start_nanos % index::HOUR_NANOS;
+        let low = index::dependency_key(first_hour, "", "");
+        let high = index::dependency_key(end_nanos.saturating_add(1), "", "");
+        let mut links: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for entry in self.db.range(low..high) {
+            let (key, value) = entry?;
+            let Some((_, parent, child)) = index::parse_dependency_key(&key) else {
+                continue;
+            };
+            let (calls, errors) = index::decode_counts(&value);
+            let link = links.entry((parent, child)).or_default();
+            link.0 += calls;
+            link.1 += errors;
+        }
+        Ok(links
+            .into_iter()
+            .map(
+                |((parent, child), (call_count, error_count))| DependencyLink {
+                    parent,
+                    child,
+                    call_count,
+                    error_count,
+                },
+            )
+            .collect())
+    }
+
+    /// Bytes on disk: span blocks and index.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.disk_bytes() + self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn update_size_metric(&self) {
+        self.metrics
+            .store_size_bytes
+            .with_label_values(&["traces"])
+            .set(self.disk_bytes() as i64);
+    }
+}
+
+/// Rough uncompressed size of a span, to cut blocks; exactness does not matter.
+fn estimated_size(span: &Span) -> usize {
+    let attributes: usize = span.attributes.iter().map(|kv| kv.key.len() + 16).sum();
+    96 + span.name.len() + attributes + span.events.len() * 64 + span.links.len() * 40
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_span;
+
+    fn span(trace: u8, id: u8, parent: Option<u8>, service: &str) -> Span {
+        let mut span = sample_span(trace, id, service);
+        span.parent_span_id = parent.map(|p| [p; 8]);
+        span
+    }
+
+    #[test]
+    fn spans_are_queryable_before_and_after_flush_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        store.apply(
+            1,
+            vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
+        );
+        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
+
+        assert_eq!(store.flush().unwrap(), Some(1));
+        assert_eq!(store.flush().unwrap(), None);
+        // The rest of trace 1 arrives in a later batch.
+        store.apply(2, vec![span(1, 2, Some(1), "order")]);
+        let trace = store.trace(&[1; 16]).unwrap();
+        assert_eq!(trace.len(), 2);
+        store.flush().unwrap();
+        drop(store);
+
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), 2);
+        let trace = store.trace(&[1; 16]).unwrap();
+        assert_eq!(trace.len(), 2);
+        assert_eq!(trace[1].parent_span_id, Some([1; 8]));
+        assert!(store.trace(&[9; 16]).unwrap().is_empty());
+        assert_eq!(store.services(), vec!["gateway", "order"]);
+        assert_eq!(store.operations("order").len(), 2);
+    }
+
+    #[test]
+    fn dependencies_are_counted_across_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        store.apply(1, vec![span(1, 1, None, "gateway")]);
+        store.flush().unwrap();
+        store.apply(
+            2,
+            vec![span(1, 2, Some(1), "order"), span(1, 3, Some(2), "payment")],
+        );
+        store.flush().unwrap();
+        let links = store.dependencies(0, u64::MAX).unwrap();
+        let pairs: Vec<_> = links
+            .iter()
+            .map(|l| {
+                (
+                    l.parent.as_str(),
+                    l.child.as_str(),
+                    l.call_count,
+                    l.error_count,
+                )
+            })
+            .collect();
+        // sample_span marks every span as an error.
+        assert_eq!(
+            pairs,
+            vec![("gateway", "order", 1, 1), ("order", "payment", 1, 1)]
+        );
+    }
+
+    #[test]
+    fn search_candidates_come_newest_first_within_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let mut spans = Vec::new();
+        for trace in 1..=5u8 {
+            let mut s = span(trace, 1, None, "order");
+            s.start_unix_nano = u64::from(trace) * 1000;
+            s.end_unix_nano = s.start_unix_nano + 10;
+            spans.push(s);
+        }
+        spans.push(span(6, 1, None, "orders"));
+        store.apply(1, spans);
+        store.flush().unwrap();
+        let found: Vec<_> = store
+            .search_candidates("order", 2000, 4000)
+            .map(|c| c.unwrap().trace_id[0])
+            .collect();
+        assert_eq!(found, vec![4, 3, 2]);
+    }
+
+    #[test]
+    fn many_traces_span_several_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let mut spans = Vec::new();
+        for trace in 0..=255u8 {
+            for id in 1..=40u8 {
+                let mut s = span(trace, id, None, "svc");
+                s.span_id = [trace, id, 1, 1, 1, 1, 1, 1];
+                spans.push(s);
+            }
+        }
+        store.apply(1, spans);
+        store.flush().unwrap();
+        let refs: Vec<_> = store
+            .db
+            .scan_prefix([index::TRACE_BLOCKS])
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(refs.len(), 256, "each trace is in exactly one block");
+        let distinct: HashSet<_> = refs.iter().collect();
+        assert!(distinct.len() > 1, "traces were cut into several blocks");
+        for trace in [0u8, 77, 255] {
+            assert_eq!(store.trace(&[trace; 16]).unwrap().len(), 40);
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The write-ahead log: what makes an acknowledgement mean "durable".
+//!
+//! Every accepted request becomes one record. A single writer thread takes all
+//! records queued since its last fsync, writes them, fsyncs once and only then
+//! applies them (in sequence order) to the in-memory head and acknowledges them:
+//! concurrent writers share one fsync (group commit).
+//!
+//! On disk the log is a directory of segment files named after the first
+//! sequence number they hold. A record is
+//! `[payload len u32][crc32 u32][seq u64][kind u8][payload]`, little endian, the
+//! checksum covering seq, kind and payload. Replay stops a segment at the first
+//! short or corrupt record (a torn tail after a crash), logs it and truncates
+//! the segment there. Segments whose every record has been flushed to the stores
+//! are deleted by [`Wal::truncate_through`].
+//!
+//! Memory is bounded by a byte budget for queued records: when it is used up,
+//! [`Wal::append`] fails at once with [`WalError::Overloaded`] so ingest can
+//! answer 429 / RESOURCE_EXHAUSTED instead of buffering without limit.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::telemetry::Metrics;
+
+const HEADER_LEN: usize = 4 + 4 + 8 + 1;
+/// Larger records are corrupt by definition: requests are capped far below this.
+const MAX_RECORD_LEN: u32 = 1 << 30;
+/// A new segment starts once the active one is this large.
+const SEGMENT_TARGET_BYTES: u64 = 64 << 20;
+/// Upper bound of bytes written per group commit, so one fsync never waits on
+/// an unbounded backlog.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+/// What is stored in a record's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A span table as written by `codec::encode_spans`.
+    Spans = 1,
+}
+
+impl RecordKind {
+    fn from_byte(b: u8) -> Option<RecordKind> {
+        match b {
+            1 => Some(RecordKind::Spans),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("ingest queue is full, retry later")]
+    Overloaded,
+    #[error("write-ahead log is shut down")]
+    Closed,
+    #[error("write-ahead log i/o failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Called on the writer thread once a record is durable, in sequence order.
+pub type OnDurable = Box<dyn FnOnce(u64) + Send>;
+
+enum Command {
+    Append {
+        kind: RecordKind,
+        payload: Vec<u8>,
+        on_durable: OnDurable,
+        ack: oneshot::Sender<Result<u64, WalError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    TruncateThrough(u64),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the log; cheap to clone, all clones feed the one writer thread.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Command>,
+    queue_budget: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// A record read back during replay.
+pub struct ReplayedRecord {
+    pub seq: u64,
+    pub kind: RecordKind,
+    pub payload: Vec<u8>,
+}
+
+struct Segment {
+    first_seq: u64,
+    last_seq: Option<u64>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl Wal {
+    /// Reads every intact record in `dir` in sequence order, calling `apply` for
+    /// those after `after_seq`; then starts the writer thread, which appends
+    /// after the last record found. Old segments stay until truncated.
+    pub fn open(
+        dir: &Path,
+        after_seq: u64,
+        queue_budget_bytes: usize,
+        metrics: Metrics,
+        mut apply: impl FnMut(ReplayedRecord),
+    ) -> Result<Wal, WalError> {
+        fs::create_dir_all(dir)?;
+        let mut segments = list_segments(dir)?;
+        let mut next_seq = after_seq + 1;
+        for segment in &mut segments {
+            let file = File::open(&segment.path)?;
+            let (records_end, last) = read_segment(file, &segment.path, |record| {
+                if record.seq > after_seq {
+                    apply(record);
+                }
+            })?;
+            if records_end < segment.bytes {
+                tracing::warn!(
+                    segment = %segment.path.display(),
+                    valid_bytes = records_end,
+                    file_bytes = segment.bytes,
+                    "WalTornTailTruncated: the rest of this segment is not replayable"
+                );
+                OpenOptions::new()
+                    .write(true)
+                    .open(&segment.path)?
+                    .set_len(records_end)?;
+                segment.bytes = records_end;
+            }
+            segment.last_seq = last;
+            if let Some(last) = last {
+                next_seq = next_seq.max(last + 1);
+            }
+        }
+        metrics
+            .wal_size_bytes
+            .set(segments.iter().map(|s| s.bytes as i64).sum());
+
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            closed: segments,
+            active: None,
+            next_seq,
+            metrics: metrics.clone(),
+        };
+        thread::Builder::new()
+            .name("strand-wal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Wal {
+            tx,
+            queue_budget: Arc::new(Semaphore::new(
+                queue_budget_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+            metrics,
+        })
+    }
+
+    /// Queues a record and waits until it is fsynced and `on_durable` has run.
+    /// Fails at once with `Overloaded` when the queue's byte budget is used up.
+    pub async fn append(
+        &self,
+        kind: RecordKind,
+        payload: Vec<u8>,
+        on_durable: OnDurable,
+    ) -> Result<u64, WalError> {
+        let cost = u32::try_from(payload.len().max(1)).map_err(|_| WalError::Overloaded)?;
+        let permit = self
+            .queue_budget
+            .clone()
+            .try_acquire_many_owned(cost)
+            .map_err(|_| WalError::Overloaded)?;
+        self.metrics.ingest_queue_bytes.add(i64::from(cost));
+        let (ack, done) = oneshot::channel();
+        let sent = self.tx.send(Command::Append {
+            kind,
+            payload,
+            on_durable,
+            ack,
+            _permit: permit,
+        });
+        let result = match sent {
+            Ok(()) => done.await.unwrap_or(Err(WalError::Closed)),
+            Err(_) => Err(WalError::Closed),
+        };
+        self.metrics.ingest_queue_bytes.sub(i64::from(cost));
+        result
+    }
+
+    /// Deletes segments whose records are all at or below `seq` (they are safe
+    /// in the stores). Asynchronous: done by the writer between group commits.
+    pub fn truncate_through(&self, seq: u64) {
+        let _ = self.tx.send(Command::TruncateThrough(seq));
+    }
+
+    /// Finishes queued appends and stops the writer thread.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.wal"))
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(first_seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push(Segment {
+            first_seq,
+            last_seq: None,
+            path: entry.path(),
+            bytes: entry.metadata()?.len(),
+        });
+    }
+    segments.sort_by_key(|s| s.first_seq);
+    Ok(segments)
+}
+
+/// Reads records until the end or the first damaged one; returns the byte
+/// length of the intact prefix and the last sequence number in it.
+fn read_segment(
+    file: File,
+    path: &Path,
+    mut each: impl FnMut(ReplayedRecord),
+) -> io::Result<(u64, Option<u64>)> {
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut last = None;
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        match read_full(&mut reader, &mut header)? {
+            0 => break,
+            n if n < HEADER_LEN => break,
+            _ => {}
+        }
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let kind_byte = header[16];
+        if len > MAX_RECORD_LEN {
+            tracing::warn!(segment = %path.display(), offset, len, "WalRecordCorrupt: impossible length");
+            break;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if read_full(&mut reader, &mut payload)? < payload.len() {
+            break;
+        }
+        if record_crc(seq, kind_byte, &payload) != crc {
+            tracing::warn!(segment = %path.display(), offset, seq, "WalRecordCorrupt: checksum mismatch");
+            break;
+        }
+        let Some(kind) = RecordKind::from_byte(kind_byte) else {
+            tracing::warn!(segment = %path.display(), offset, kind_byte, "WalRecordCorrupt: unknown kind");
+            break;
+        };
+        offset += (HEADER_LEN + payload.len()) as u64;
+        last = Some(seq);
+        each(ReplayedRecord { seq, kind, payload });
+    }
+    Ok((offset, last))
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn record_crc(seq: u64, kind: u8, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(&[kind]);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+struct ActiveSegment {
+    segment: Segment,
+    out: BufWriter<File>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    closed: Vec<Segment>,
+    active: Option<ActiveSegment>,
+    next_seq: u64,
+    metrics: Metrics,
+}
+
+struct Pending {
+    seq: u64,
+    on_durable: OnDurable,
+    ack: oneshot::Sender<Result<u64, WalError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let mut group_bytes = 0;
+            while group_bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(command) => {
+                        if let Command::Append { payload, .. } = &command {
+                            group_bytes += payload.len();
+                        }
+                        group.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+
+            let mut pending = Vec::new();
+            let mut shutdown = None;
+            let mut write_result = Ok(());
+            for command in group {
+                match command {
+                    Command::Append {
+                        kind,
+                        payload,
+                        on_durable,
+                        ack,
+                        _permit,
+                    } => {
+                        let seq = self.next_seq;
+                        if write_result.is_ok() {
+                            write_result = self.write(seq, kind, &payload);
+                        }
+                        self.next_seq += 1;
+                        pending.push(Pending {
+                            seq,
+                            on_durable,
+                            ack,
+                            _permit,
+                        });
+                    }
+                    // Safe in the middle of a group: a segment whose last record is
+                    // at or below `seq` holds no record of this group.
+                    Command::TruncateThrough(seq) => self.truncate_through(seq),
+                    Command::Shutdown(done) => shutdown = Some(done),
+                }
+            }
+            if !pending.is_empty() && write_result.is_ok() {
+                write_result = self.sync();
+            }
+            match write_result {
+                Ok(()) => {
+                    for p in pending {
+                        (p.on_durable)(p.seq);
+                        let _ = p.ack.send(Ok(p.seq));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "WalWriteError: failing this group and starting a new segment");
+                    // After a failed write or fsync the file's state is unknown;
+                    // never append to it again.
+                    self.close_active();
+                    for p in pending {
+                        let _ = p.ack.send(Err(WalError::Io(io::Error::new(
+                            error.kind(),
+                            error.to_string(),
+                        ))));
+                    }
+                }
+            }
+            if let Some(done) = shutdown {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, seq: u64, kind: RecordKind, payload: &[u8]) -> io::Result<()> {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.segment.bytes >= SEGMENT_TARGET_BYTES)
+        {
+            self.close_active();
+        }
+        let active = match &mut self.active {
+            Some(active) => active,
+            None => {
+                let path = segment_path(&self.dir, seq);
+                let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                // Make the new file's directory entry durable too.
+                File::open(&self.dir)?.sync_all()?;
+                self.active.insert(ActiveSegment {
+                    segment: Segment {
+                        first_seq: seq,
+                        last_seq: None,
+                        path,
+                        bytes: 0,
+                    },
+                    out: BufWriter::with_capacity(1 << 20, file),
+                })
+            }
+        };
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l <= MAX_RECORD_LEN)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        let kind = kind as u8;
+        let mut header = [0u8; HEADER_LEN];
+        header[0..4].copy_from_slice(&len.to_le_bytes());
+        header[4..8].copy_from_slice(&record_crc(seq, kind, payload).to_le_bytes());
+        header[8..16].copy_from_slice(&seq.to_le_bytes());
+        header[16] = kind;
+        active.out.write_all(&header)?;
+        active.out.write_all(payload)?;
+        let written = (HEADER_LEN + payload.len()) as u64;
+        active.segment.bytes += written;
+        active.segment.last_seq = Some(seq);
+        self.metrics.wal_written_bytes.inc_by(written);
+        self.metrics.wal_size_bytes.add(written as i64);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let Some(active) = &mut self.active else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        active.out.flush()?;
+        active.out.get_ref().sync_data()?;
+        self.metrics
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn close_active(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            let _ = active.out.flush();
+            self.closed.push(active.segment);
+        }
+    }
+
+    fn truncate_through(&mut self, seq: u64) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.segment.last_seq.is_some_and(|last| last <= seq))
+        {
+            self.close_active();
+        }
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
+            .into_iter()
+            .partition(|s| s.last_seq.is_none_or(|last| last <= seq));
+        self.closed = keep;
+        for segment in done {
+            match fs::remove_file(&segment.path) {
+                Ok(()) => self.metrics.wal_size_bytes.sub(segment.bytes as i64),
+                Err(error) => {
+                    tracing::warn!(segment = %segment.path.display(), %error, "WalSegmentDeleteError")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn open(dir: &Path, after: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
+        let mut seen = Vec::new();
+        let wal = Wal::open(dir, after, 1 << 20, Metrics::new(), |r| {
+            seen.push((r.seq, r.payload))
+        })
+        .unwrap();
+        (wal, seen)
+    }
+
+    async fn append(wal: &Wal, payload: &[u8]) -> u64 {
+        wal.append(RecordKind::Spans, payload.to_vec(), Box::new(|_| {}))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn replays_records_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, seen) = open(dir.path(), 0);
+        assert!(seen.is_empty());
+        assert_eq!(append(&wal, b"one").await, 1);
+        assert_eq!(append(&wal, b"two").await, 2);
+        wal.shutdown().await;
+
+        let (wal, seen) = open(dir.path(), 1);
+        assert_eq!(seen, vec![(2, b"two".to_vec())]);
+        // Appends continue the sequence.
+        assert_eq!(append(&wal, b"three").await, 3);
+    }
+
+    #[tokio::test]
+    async fn applies_in_order_before_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..50u8 {
+            let wal = wal.clone();
+            let applied = applied.clone();
+            tasks.push(tokio::spawn(async move {
+                let probe = applied.clone();
+                let seq = wal
+                    .append(
+                        RecordKind::Spans,
+                        vec![i],
+                        Box::new(move |seq| applied.lock().unwrap().push(seq)),
+                    )
+                    .await
+                    .unwrap();
+                assert!(probe.lock().unwrap().contains(&seq));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let applied = applied.lock().unwrap().clone();
+        let mut sorted = applied.clone();
+        sorted.sort();
+        assert_eq!(applied, sorted);
+        assert_eq!(applied.len(), 50);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_skipped_and_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"kept").await;
+        append(&wal, b"torn").await;
+        wal.shutdown().await;
+        let segment = list_segments(dir.path()).unwrap().remove(0);
+        let len = fs::metadata(&segment.path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&segment.path)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
+
+        let (wal, seen) = open(dir.path(), 0);
+        assert_eq!(seen, vec![(1, b"kept".to_vec())]);
+        assert_eq!(
+            fs::metadata(&segment.path).unwrap().len(),
+            (HEADER_LEN + 4) as u64
+        );
+        // The torn record's sequence number is reused: it was never acknowledged.
+        assert_eq!(append(&wal, b"next").await, 2);
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_stops_replay_of_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"good").await;
+        append(&wal, b"flipped").await;
+        wal.shutdown().await;
+        let segment = list_segments(dir.path()).unwrap().remove(0);
+        let mut bytes = fs::read(&segment.path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&segment.path, bytes).unwrap();
+        let (_, seen) = open(dir.path(), 0);
+        assert_eq!(seen, vec![(1, b"good".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn truncation_deletes_flushed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"a").await;
+        append(&wal, b"b").await;
+        wal.truncate_through(2);
+        // The next append starts a fresh segment after the truncation.
+        assert_eq!(append(&wal, b"c").await, 3);
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].first_seq, 3);
+        wal.shutdown().await;
+        let (_, seen) = open(dir.path(), 0);
+        assert_eq!(seen, vec![(3, b"c".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn overload_is_reported_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), 0, 8, Metrics::new(), |_| {}).unwrap();
+        let err = wal
+            .append(RecordKind::Spans, vec![0; 9], Box::new(|_| {}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WalError::Overloaded));
+    }
+}
