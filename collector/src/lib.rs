@@ -84,6 +84,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
+            ))
             .add_service(ingest::grpc::trace_service(
                 pipeline.clone(),
                 config.max_body_bytes,

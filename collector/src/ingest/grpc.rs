@@ -2,14 +2,20 @@
 
 use std::sync::Arc;
 
+use axum::http::HeaderMap;
+use http_body::Frame;
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
+
+type Response<B> = axum::http::Response<B>;
 
 use super::export_traces;
 use crate::pipeline::Pipeline;
@@ -23,9 +29,9 @@ impl TraceService for TraceGrpc {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
         match export_traces(&self.pipeline, request.into_inner(), "grpc").await {
-            Ok(response) => Ok(Response::new(response)),
+            Ok(response) => Ok(tonic::Response::new(response)),
             Err(error) => {
                 self.pipeline.refuse_request(error.reason());
                 Err(error.into())
@@ -45,4 +51,41 @@ pub fn trace_service(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes)
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE; OTLP clients
+/// expect RESOURCE_EXHAUSTED for that (the gRPC twin of HTTP 413), with a
+/// message in our words. This rewrites exactly that status, whether it comes in
+/// the response headers or, as tonic sends it once it has read the message
+/// header, in the trailers.
+pub fn oversized_as_resource_exhausted(
+    max_message_bytes: usize,
+) -> impl Fn(Response<Body>) -> Response<Body> + Clone {
+    move |response| {
+        let rewrite = move |headers: &mut HeaderMap| {
+            let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+                && headers
+                    .get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    // grpc-message is percent-encoded.
+                    .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+            if oversized {
+                let error = super::IngestError::TooLarge {
+                    limit: max_message_bytes,
+                };
+                // Replaces grpc-status and grpc-message, percent-encoded.
+                let _ = Status::from(error).add_header(headers);
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        rewrite(&mut parts.headers);
+        let body = body.map_frame(move |frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                rewrite(&mut trailers);
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        });
+        Response::from_parts(parts, Body::new(body))
+    }
 }
