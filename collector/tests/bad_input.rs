@@ -113,7 +113,9 @@ async fn http_ingest_rejects_bad_bodies_clearly() {
     let proto = "application/x-protobuf";
     let json = "application/json";
 
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (case, content type, content encoding, body, status, message)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "garbage protobuf",
             proto,
