@@ -6,7 +6,6 @@
 //! |--------|--------------------------------------------------|------------------------|
 //! | `T`    | trace id, block seq (u64 BE)                     | `BlockRef`             |
 //! | `S`    | service, 0, start ns (u64 BE), trace id          | `ServiceEntry`         |
-//! | `V`    | service                                          | empty                  |
 //! | `O`    | service, 0, span kind byte, operation            | empty                  |
 //! | `D`    | hour start ns (u64 BE), parent, 0, child         | calls u64, errors u64  |
 //! | `M`    | name                                             | metadata               |
@@ -20,7 +19,6 @@ use crate::store::{Result, StoreError};
 
 pub const TRACE_BLOCKS: u8 = b'T';
 pub const SERVICE_TRACES: u8 = b'S';
-pub const SERVICES: u8 = b'V';
 pub const OPERATIONS: u8 = b'O';
 pub const DEPENDENCIES: u8 = b'D';
 
@@ -112,12 +110,6 @@ pub fn parse_service_trace_key(key: &[u8]) -> Result<(u64, TraceId)> {
     let start = u64::from_be_bytes(tail[0..8].try_into().expect("8 bytes"));
     let trace_id = tail[8..24].try_into().expect("16 bytes");
     Ok((start, trace_id))
-}
-
-pub fn service_key(service: &str) -> Vec<u8> {
-    let mut key = vec![SERVICES];
-    key.extend_from_slice(service.as_bytes());
-    key
 }
 
 pub fn operation_key(service: &str, kind: SpanKind, operation: &str) -> Vec<u8> {

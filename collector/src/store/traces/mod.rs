@@ -63,10 +63,28 @@ struct Flushing {
     spans: usize,
 }
 
+/// service -> operation -> span kinds seen.
 #[derive(Default)]
 struct Names {
-    services: BTreeSet<String>,
-    operations: BTreeMap<String, BTreeSet<(String, SpanKind)>>,
+    operations: BTreeMap<String, BTreeMap<String, BTreeSet<SpanKind>>>,
+}
+
+impl Names {
+    fn contains(&self, service: &str, operation: &str, kind: SpanKind) -> bool {
+        self.operations
+            .get(service)
+            .and_then(|ops| ops.get(operation))
+            .is_some_and(|kinds| kinds.contains(&kind))
+    }
+
+    fn insert(&mut self, service: &str, operation: &str, kind: SpanKind) {
+        self.operations
+            .entry(service.to_string())
+            .or_default()
+            .entry(operation.to_string())
+            .or_default()
+            .insert(kind);
+    }
 }
 
 /// State only the (single) flusher touches.
@@ -122,20 +140,10 @@ impl TraceStore {
         };
 
         let mut names = Names::default();
-        for entry in db.scan_prefix([index::SERVICES]) {
-            let (key, _) = entry?;
-            names
-                .services
-                .insert(String::from_utf8_lossy(&key[1..]).into_owned());
-        }
         for entry in db.scan_prefix([index::OPERATIONS]) {
             let (key, _) = entry?;
             if let Some((service, kind, operation)) = index::parse_operation_key(&key) {
-                names
-                    .operations
-                    .entry(service)
-                    .or_default()
-                    .insert((operation, kind));
+                names.insert(&service, &operation, kind);
             }
         }
 
@@ -193,12 +201,7 @@ impl TraceStore {
             let names = self.names.read().expect("not poisoned");
             spans
                 .iter()
-                .filter(|s| {
-                    !names
-                        .operations
-                        .get(s.service())
-                        .is_some_and(|ops| ops.contains(&(s.name.clone(), s.kind)))
-                })
+                .filter(|s| !names.contains(s.service(), &s.name, s.kind))
                 .map(|s| (s.service(), s.name.as_str(), s.kind))
                 .collect()
         };
@@ -207,12 +210,7 @@ impl TraceStore {
         }
         let mut names = self.names.write().expect("not poisoned");
         for (service, operation, kind) in new {
-            names.services.insert(service.to_string());
-            names
-                .operations
-                .entry(service.to_string())
-                .or_default()
-                .insert((operation.to_string(), kind));
+            names.insert(service, operation, kind);
         }
     }
 
@@ -331,7 +329,6 @@ impl TraceStore {
             }
         }
         for (service, kind, operation) in names {
-            batch.insert(index::service_key(service), &[]);
             batch.insert(index::operation_key(service, kind, operation), &[]);
         }
 
@@ -437,7 +434,7 @@ impl TraceStore {
     /// Services that sent spans, sorted.
     pub fn services(&self) -> Vec<String> {
         let names = self.names.read().expect("not poisoned");
-        names.services.iter().cloned().collect()
+        names.operations.keys().cloned().collect()
     }
 
     /// Operations (span names) of a service with their span kinds, sorted.
@@ -446,8 +443,10 @@ impl TraceStore {
         names
             .operations
             .get(service)
-            .map(|ops| ops.iter().cloned().collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .flat_map(|(name, kinds)| kinds.iter().map(|kind| (name.clone(), *kind)))
+            .collect()
     }
 
     /// Service-to-service calls whose child span started in
