@@ -1,0 +1,292 @@
+//! Running the `strand` binary under test and observing it from outside:
+//! start on free loopback ports, wait for `/readyz`, stop with SIGTERM, read
+//! its resident memory from `/proc` and the size of its data directory.
+//!
+//! Everything is measured from outside the process on purpose: the numbers
+//! must hold for the real binary as an operator runs it, not for a library
+//! embedded in the benchmark.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long a starting daemon may take to answer `/readyz`; generous because
+/// a restart may replay a write-ahead log.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A `strand serve` child process; killed if dropped while still running, so
+/// an aborted benchmark never leaves a daemon behind.
+pub struct Daemon {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    log: PathBuf,
+}
+
+/// How a SIGTERM'd daemon ended.
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub took: Duration,
+}
+
+/// A loopback address nobody listens on right now. The port is released
+/// before the daemon binds it; on a benchmark machine that race is harmless.
+fn free_addr() -> Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("finding a free loopback port")
+}
+
+impl Daemon {
+    /// Starts `binary serve` on `data_dir` (stderr appended to `log`) with
+    /// fresh ports and waits until `/readyz` answers 200.
+    pub async fn start(binary: &Path, data_dir: &Path, log: &Path) -> Result<Daemon> {
+        if !binary.is_file() {
+            bail!(
+                "strand binary not found at {} (build it with `cargo build --release -p strand`, or pass --strand PATH)",
+                binary.display()
+            );
+        }
+        let (grpc, otlp_http, http) = (free_addr()?, free_addr()?, free_addr()?);
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening daemon log {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--otlp-grpc", &grpc.to_string()])
+            .args(["--otlp-http", &otlp_http.to_string()])
+            .args(["--http", &http.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            grpc,
+            http,
+            log: log.to_path_buf(),
+        };
+        daemon.wait_ready().await?;
+        Ok(daemon)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .context("building HTTP client")?;
+        let url = format!("{}/readyz", self.http_url());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.exited()? {
+                bail!(
+                    "strand exited with {status} before it was ready; its log ends with:\n{}",
+                    self.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "strand did not answer {url} with 200 within {}s; its log ends with:\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(child) => child.try_wait().context("checking on the strand process"),
+            None => Ok(None),
+        }
+    }
+
+    /// The last lines the daemon logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the process to exit (it
+    /// flushes everything in memory first). Kills it if it does not.
+    pub async fn stop(mut self, timeout: Duration) -> Result<Stopped> {
+        let started = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            bail!("strand is not running");
+        };
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on the pid of our own child, which has not been
+        // reaped yet (so the pid cannot have been reused).
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            let error = std::io::Error::last_os_error();
+            let _ = child.kill();
+            return Err(error).context("sending SIGTERM to strand");
+        }
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for strand to exit")? {
+                return Ok(Stopped {
+                    status,
+                    took: started.elapsed(),
+                });
+            }
+            if started.elapsed() >= timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "strand did not exit within {}s of SIGTERM (killed it); its log ends with:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Resident set size of `pid` in bytes (VmRSS), `None` if the process is
+/// gone or /proc is unavailable.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Total length of all regular files under `path`, recursively (apparent
+/// size, as `du --apparent-size -b` counts it; symlinks are not followed).
+pub fn dir_bytes(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    let entries =
+        std::fs::read_dir(path).with_context(|| format!("reading directory {}", path.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading directory {}", path.display()))?;
+        let metadata = entry
+            .metadata()
+            .with_context(|| format!("stat {}", entry.path().display()))?;
+        if metadata.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else if metadata.is_file() {
+            total += metadata.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Bytes per top-level entry of `path` (e.g. write-ahead log vs. stores),
+/// for the progress output.
+pub fn dir_breakdown(path: &Path) -> Result<Vec<(String, u64)>> {
+    let mut parts = Vec::new();
+    for entry in
+        std::fs::read_dir(path).with_context(|| format!("reading directory {}", path.display()))?
+    {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        let bytes = if metadata.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            metadata.len()
+        };
+        parts.push((entry.file_name().to_string_lossy().into_owned(), bytes));
+    }
+    parts.sort();
+    Ok(parts)
+}
+
+/// A scratch directory under the system temp dir holding the daemon's data
+/// directory and log; removed on drop unless the user asked to keep it.
+pub struct Scratch {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    pub fn create(keep: bool) -> Result<Scratch> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("strand-bench-{}-{nanos:09}", std::process::id()));
+        std::fs::create_dir_all(path.join("data"))
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch { path, keep })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path.join("strand.log")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept {}", self.path.display());
+        } else if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("could not remove {}: {error}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_own_rss_and_a_directory() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let scratch = Scratch::create(false).unwrap();
+        std::fs::write(scratch.data_dir().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(scratch.data_dir().join("sub")).unwrap();
+        std::fs::write(scratch.data_dir().join("sub/b"), [0u8; 23]).unwrap();
+        assert_eq!(dir_bytes(&scratch.data_dir()).unwrap(), 123);
+        assert_eq!(
+            dir_breakdown(&scratch.data_dir()).unwrap(),
+            vec![("a".to_string(), 100), ("sub".to_string(), 23)]
+        );
+        let path = scratch.path.clone();
+        drop(scratch);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,110 @@
+//! `strand-bench`: load generator and benchmark for the `strand` daemon.
+//!
+//! It drives the real binary from outside (OTLP/gRPC in, Jaeger query API
+//! out, RSS from /proc, bytes from the data directory), so the numbers are
+//! the ones an operator would see. Progress goes to stderr; the result is a
+//! single JSON line on stdout, easy to append to a results file and diff.
+
+mod daemon;
+mod report;
+mod stats;
+mod traces;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strand-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace ingest over OTLP/gRPC, storage cost, restart, and trace-by-id
+    /// query latency.
+    ///
+    /// By default spawns `--strand` on a fresh temporary data directory,
+    /// loads it, stops it with SIGTERM, measures the data directory, restarts
+    /// it on the same directory and queries sampled traces. With
+    /// `--target-grpc` it loads an already running daemon instead (no
+    /// restart phase).
+    Traces(TracesArgs),
+}
+
+/// Options of `strand-bench traces`.
+#[derive(Args, Debug, Clone)]
+pub struct TracesArgs {
+    /// The strand binary to spawn (ignored with --target-grpc).
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// OTLP/gRPC address of an already running daemon, e.g. 127.0.0.1:4317;
+    /// switches to attach mode.
+    #[arg(long, value_name = "ADDR")]
+    pub target_grpc: Option<String>,
+
+    /// Query API base URL of the running daemon, e.g. http://127.0.0.1:7070
+    /// (without it, attach mode skips the lookups).
+    #[arg(long, value_name = "URL", requires = "target_grpc")]
+    pub target_http: Option<String>,
+
+    /// Pid of the running daemon, to sample its RSS.
+    #[arg(long, value_name = "PID", requires = "target_grpc")]
+    pub pid: Option<u32>,
+
+    /// Data directory of the running daemon, to measure bytes on disk.
+    #[arg(long, value_name = "DIR", requires = "target_grpc")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Length of the load phase in seconds (ignored with --spans).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub duration: u64,
+
+    /// Concurrent gRPC clients, each on its own connection.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clients: usize,
+
+    /// Traces per export request (about 10 spans each).
+    #[arg(long, value_name = "N", default_value_t = 25)]
+    pub traces_per_request: usize,
+
+    /// Stop after this many spans were sent instead of after --duration.
+    #[arg(long, value_name = "N")]
+    pub spans: Option<u64>,
+
+    /// Trace-by-id queries after the load (after 100 warm-up queries).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub lookups: usize,
+
+    /// Compress export requests with gzip, as SDKs configured with
+    /// `compression = gzip` do.
+    #[arg(long)]
+    pub gzip: bool,
+
+    /// Keep the temporary data directory and daemon log.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Traces(args) => traces::run(&args).await,
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("strand-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
