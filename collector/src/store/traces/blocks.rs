@@ -1,5 +1,5 @@
 //! Span blocks: zstd-compressed groups of whole traces, appended to segment
-//! files that are never rewritten.
+//! files that are never rewritten (search tables, see `search`, share them).
 //!
 //! A block decompresses to a directory `[count u32]` + `count x [trace id
 //! (16), offset u32, len u32]` followed by one span table (see `codec`) per
@@ -26,7 +26,7 @@ const ZSTD_LEVEL: i32 = 3;
 const MAX_BLOCK_LEN: u32 = 256 << 20;
 
 /// Where a block lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockRef {
     pub segment: u32,
     pub offset: u64,
@@ -67,8 +67,13 @@ pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Vec<u8> {
         tables.extend_from_slice(&table);
     }
     directory.extend_from_slice(&tables);
+    seal(&directory)
+}
+
+/// Compresses and checksums bytes for a segment file.
+pub fn seal(raw: &[u8]) -> Vec<u8> {
     // Compressing an in-memory buffer only fails on invalid parameters.
-    let compressed = zstd::bulk::compress(&directory, ZSTD_LEVEL).unwrap_or_default();
+    let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_default();
     let mut block = Vec::with_capacity(BLOCK_HEADER_LEN + compressed.len());
     block.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
     block.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
@@ -76,9 +81,9 @@ pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Vec<u8> {
     block
 }
 
-/// Decodes the spans of one trace from a block read from disk.
-pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("span block: {what}"));
+/// Checks and decompresses what [`seal`] made.
+pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("segment block: {what}"));
     if block.len() < BLOCK_HEADER_LEN {
         return Err(corrupt("shorter than its header"));
     }
@@ -88,7 +93,13 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
     if len as usize != compressed.len() || crc32fast::hash(compressed) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let raw = zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"))?;
+    zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"))
+}
+
+/// Decodes the spans of one trace from a block read from disk.
+pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("span block: {what}"));
+    let raw = unseal(block)?;
     let count = raw
         .get(0..4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)

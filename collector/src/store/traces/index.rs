@@ -5,20 +5,18 @@
 //! | prefix | key                                              | value                  |
 //! |--------|--------------------------------------------------|------------------------|
 //! | `T`    | trace id, block seq (u64 BE)                     | `BlockRef`             |
-//! | `S`    | service, 0, start ns (u64 BE), trace id          | `ServiceEntry`         |
+//! | `B`    | newest row start ns (u64 BE), table seq (u64 BE) | `search::TableRef`     |
 //! | `O`    | service, 0, span kind byte, operation            | empty                  |
 //! | `D`    | hour start ns (u64 BE), parent, 0, child         | calls u64, errors u64  |
 //! | `M`    | name                                             | metadata               |
 //!
 //! Names are stored with NUL bytes replaced at ingest, so 0 separates fields.
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 
 pub const TRACE_BLOCKS: u8 = b'T';
-pub const SERVICE_TRACES: u8 = b'S';
+pub const SEARCH_TABLES: u8 = b'B';
 pub const OPERATIONS: u8 = b'O';
 pub const DEPENDENCIES: u8 = b'D';
 
@@ -27,50 +25,9 @@ pub const META_NEXT_BLOCK: &[u8] = b"Mnext_block";
 pub const META_FORMAT: &[u8] = b"Mformat";
 pub const META_SEGMENT_PREFIX: &[u8] = b"Msegment/";
 /// Bumped when the layout above changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
-
-/// What the search index remembers of one service's spans in one trace, as seen
-/// in one flush: enough to skip traces without reading their blocks.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceEntry {
-    pub operations: Vec<OperationEntry>,
-    pub error: bool,
-}
-
-/// Duration range of one operation's spans.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OperationEntry {
-    pub name: String,
-    pub min_duration_nanos: u64,
-    pub max_duration_nanos: u64,
-}
-
-impl ServiceEntry {
-    pub fn add(&mut self, operation: &str, duration_nanos: u64, error: bool) {
-        self.error |= error;
-        match self.operations.iter_mut().find(|o| o.name == operation) {
-            Some(entry) => {
-                entry.min_duration_nanos = entry.min_duration_nanos.min(duration_nanos);
-                entry.max_duration_nanos = entry.max_duration_nanos.max(duration_nanos);
-            }
-            None => self.operations.push(OperationEntry {
-                name: operation.to_string(),
-                min_duration_nanos: duration_nanos,
-                max_duration_nanos: duration_nanos,
-            }),
-        }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<ServiceEntry> {
-        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("search entry: {e}")))
-    }
-}
 
 pub fn trace_blocks_prefix(trace_id: &TraceId) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + 16 + 8);
@@ -85,31 +42,20 @@ pub fn trace_block_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
     key
 }
 
-pub fn service_traces_prefix(service: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + service.len() + 1 + 8 + 16);
-    key.push(SERVICE_TRACES);
-    key.extend_from_slice(service.as_bytes());
-    key.push(0);
+pub fn search_table_key(max_start_nanos: u64, table_seq: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = SEARCH_TABLES;
+    key[1..9].copy_from_slice(&max_start_nanos.to_be_bytes());
+    key[9..17].copy_from_slice(&table_seq.to_be_bytes());
     key
 }
 
-pub fn service_trace_key(service: &str, start_nanos: u64, trace_id: &TraceId) -> Vec<u8> {
-    let mut key = service_traces_prefix(service);
-    key.extend_from_slice(&start_nanos.to_be_bytes());
-    key.extend_from_slice(trace_id);
-    key
-}
-
-/// Splits an `S` key into its start time and trace id.
-pub fn parse_service_trace_key(key: &[u8]) -> Result<(u64, TraceId)> {
-    let tail = key
-        .len()
-        .checked_sub(24)
-        .map(|at| &key[at..])
-        .ok_or_else(|| StoreError::Corrupt("search key too short".into()))?;
-    let start = u64::from_be_bytes(tail[0..8].try_into().expect("8 bytes"));
-    let trace_id = tail[8..24].try_into().expect("16 bytes");
-    Ok((start, trace_id))
+/// The newest start time in the table a `B` key points at.
+pub fn parse_search_table_key(key: &[u8]) -> Result<u64> {
+    key.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("search table key too short".into()))
 }
 
 pub fn operation_key(service: &str, kind: SpanKind, operation: &str) -> Vec<u8> {
@@ -210,9 +156,9 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let key = service_trace_key("order", 42, &[7; 16]);
-        assert!(key.starts_with(&service_traces_prefix("order")));
-        assert_eq!(parse_service_trace_key(&key).unwrap(), (42, [7; 16]));
+        let key = search_table_key(42, 7);
+        assert_eq!(parse_search_table_key(&key).unwrap(), 42);
+        assert!(search_table_key(42, u64::MAX) < search_table_key(43, 0));
 
         let key = operation_key("order", SpanKind::Client, "GET /x");
         assert_eq!(
@@ -226,24 +172,5 @@ mod tests {
             Some((HOUR_NANOS, "gateway".into(), "order".into()))
         );
         assert_eq!(decode_counts(&encode_counts(3, 1)), (3, 1));
-    }
-
-    #[test]
-    fn service_prefixes_do_not_overlap() {
-        // "order" must not match the keys of "orders".
-        let key = service_trace_key("orders", 1, &[1; 16]);
-        assert!(!key.starts_with(&service_traces_prefix("order")));
-    }
-
-    #[test]
-    fn service_entry_tracks_duration_ranges() {
-        let mut entry = ServiceEntry::default();
-        entry.add("a", 10, false);
-        entry.add("a", 5, true);
-        entry.add("b", 7, false);
-        assert!(entry.error);
-        assert_eq!(entry.operations[0].min_duration_nanos, 5);
-        assert_eq!(entry.operations[0].max_duration_nanos, 10);
-        assert_eq!(ServiceEntry::decode(&entry.encode()).unwrap(), entry);
     }
 }

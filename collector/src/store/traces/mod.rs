@@ -2,8 +2,9 @@
 //!
 //! Spans land in an in-memory head (queryable at once) as soon as the WAL has
 //! them. A flush moves the whole head to disk: traces sorted by id, packed into
-//! zstd blocks appended to segment files, and one sled batch that indexes them
-//! (trace id -> blocks, per-service search entries, names, dependency counts)
+//! zstd blocks appended to segment files together with the flush's search
+//! tables, and one sled batch that indexes them (trace id -> blocks, one key
+//! per search table, names, dependency counts)
 //! and records the WAL sequence number the flush covers. That batch is the
 //! commit point: after it the WAL up to that number can go; before it a crash
 //! replays the WAL and the uncommitted block bytes are cut off on open.
@@ -14,6 +15,7 @@
 mod blocks;
 mod deps;
 mod index;
+mod search;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -24,7 +26,7 @@ use crate::model::{Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
 
-pub use index::ServiceEntry;
+pub use search::{Candidates, ServiceEntry};
 
 use blocks::{BlockRef, Segments};
 use deps::DependencyTracker;
@@ -40,13 +42,6 @@ pub struct DependencyLink {
     pub child: String,
     pub call_count: u64,
     pub error_count: u64,
-}
-
-/// A hit from the search index: one service's spans in one trace.
-#[derive(Clone, Debug)]
-pub struct SearchCandidate {
-    pub trace_id: TraceId,
-    pub entry: ServiceEntry,
 }
 
 #[derive(Default)]
@@ -296,6 +291,13 @@ impl TraceStore {
             encoded_blocks.push(blocks::encode_block(&current));
             block_traces.push(current.drain(..).map(|(id, _)| id).collect());
         }
+        let tables = search::build_tables(
+            trace_ids
+                .iter()
+                .map(|id| (*id, snapshot.traces[*id].as_slice())),
+        );
+        let block_count = encoded_blocks.len();
+        encoded_blocks.extend(tables.iter().map(|t| t.bytes.clone()));
         let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
 
         let mut batch = sled::Batch::default();
@@ -309,25 +311,26 @@ impl TraceStore {
                 );
             }
         }
-
-        let mut names = HashSet::new();
-        for (trace_id, spans) in &snapshot.traces {
-            let mut per_service: HashMap<&str, (u64, ServiceEntry)> = HashMap::new();
-            for span in spans {
-                let (start, entry) = per_service
-                    .entry(span.service())
-                    .or_insert((u64::MAX, ServiceEntry::default()));
-                *start = (*start).min(span.start_unix_nano);
-                entry.add(&span.name, span.duration_nanos(), span.is_error());
-                names.insert((span.service(), span.kind, span.name.as_str()));
-            }
-            for (service, (start, entry)) in per_service {
-                batch.insert(
-                    index::service_trace_key(service, start, trace_id),
-                    entry.encode(),
-                );
-            }
+        for (table_ref, table) in refs[block_count..].iter().zip(tables) {
+            let table_seq = state.next_block;
+            state.next_block += 1;
+            let value = search::TableRef {
+                table: *table_ref,
+                min_start_nanos: table.min_start_nanos,
+                services: table.services,
+            };
+            batch.insert(
+                &index::search_table_key(table.max_start_nanos, table_seq),
+                value.encode(),
+            );
         }
+
+        let names: HashSet<_> = snapshot
+            .traces
+            .values()
+            .flatten()
+            .map(|span| (span.service(), span.kind, span.name.as_str()))
+            .collect();
         for (service, kind, operation) in names {
             batch.insert(index::operation_key(service, kind, operation), &[]);
         }
@@ -416,19 +419,8 @@ impl TraceStore {
         service: &str,
         start_nanos: u64,
         end_nanos: u64,
-    ) -> impl Iterator<Item = Result<SearchCandidate>> + '_ {
-        let prefix = index::service_traces_prefix(service);
-        let low = index::service_trace_key(service, start_nanos, &[0; 16]);
-        let high = index::service_trace_key(service, end_nanos, &[0xff; 16]);
-        debug_assert!(low.starts_with(&prefix));
-        self.db.range(low..=high).rev().map(|entry| {
-            let (key, value) = entry?;
-            let (_, trace_id) = index::parse_service_trace_key(&key)?;
-            Ok(SearchCandidate {
-                trace_id,
-                entry: ServiceEntry::decode(&value)?,
-            })
-        })
+    ) -> Candidates<'_> {
+        Candidates::new(&self.db, &self.segments, service, start_nanos, end_nanos)
     }
 
     /// Services that sent spans, sorted.
@@ -587,6 +579,31 @@ mod tests {
             .map(|c| c.unwrap().trace_id[0])
             .collect();
         assert_eq!(found, vec![4, 3, 2]);
+    }
+
+    #[test]
+    fn search_candidates_merge_flushes_in_start_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let at = |trace: u8, start: u64| {
+            let mut s = span(trace, 1, None, "order");
+            s.start_unix_nano = start;
+            s.end_unix_nano = start + 10;
+            s
+        };
+        store.apply(1, vec![at(1, 1000), at(5, 5000)]);
+        store.flush().unwrap();
+        // A late batch: older than the newest trace already flushed.
+        store.apply(2, vec![at(3, 3000), at(4, 4000)]);
+        store.flush().unwrap();
+        store.apply(3, vec![at(9, 9000)]);
+        store.flush().unwrap();
+        let found: Vec<_> = store
+            .search_candidates("order", 0, 8000)
+            .map(|c| c.unwrap().trace_id[0])
+            .collect();
+        assert_eq!(found, vec![5, 4, 3, 1]);
+        assert!(store.search_candidates("payment", 0, 8000).next().is_none());
     }
 
     #[test]
