@@ -7,6 +7,12 @@ use clap::Parser;
 use strand::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// Ingest allocates and frees millions of small attribute strings per second
+/// across threads; mimalloc does that with far less time and fragmentation
+/// than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -2,6 +2,8 @@
 //! consumes. They are deliberately independent of OTLP's generated structs so that
 //! stores never see wire types, and they carry only what Strand shows or searches.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,35 @@ use serde::{Deserialize, Serialize};
 pub type TraceId = [u8; 16];
 /// A W3C span id (8 bytes, never all zero once validated).
 pub type SpanId = [u8; 8];
+
+/// A map keyed by trace or span ids. The ids are random already, so hashing
+/// them again (SipHash, the default) is wasted work on the ingest path.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Folds id bytes into a word; see [`IdMap`]. Not for attacker-chosen keys
+/// where collisions matter more than speed: a client choosing ids only slows
+/// its own traces.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_usize(&mut self, _length: usize) {
+        // Arrays hash their length first; ids have a fixed one.
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// An attribute value as OTLP defines it; arrays and maps nest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

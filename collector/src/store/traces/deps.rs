@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{Span, SpanId};
+use crate::model::{IdMap, Span, SpanId};
 
 const RECENT_SPANS_PER_GENERATION: usize = 1 << 20;
 const WAITING_CHILDREN_PER_GENERATION: usize = 1 << 17;
@@ -32,16 +32,16 @@ struct WaitingChild {
 
 /// A map bounded by keeping two generations.
 struct Generations<V> {
-    current: HashMap<SpanId, V>,
-    previous: HashMap<SpanId, V>,
+    current: IdMap<SpanId, V>,
+    previous: IdMap<SpanId, V>,
     capacity: usize,
 }
 
 impl<V> Generations<V> {
     fn new(capacity: usize) -> Self {
         Generations {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            current: IdMap::default(),
+            previous: IdMap::default(),
             capacity,
         }
     }

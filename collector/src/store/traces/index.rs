@@ -1,6 +1,7 @@
 //! The sled key layout of the trace store. One tree holds every key, each kind
-//! under its own one-byte prefix, so a flush commits blocks' index entries,
-//! search entries, dependency counts and the WAL checkpoint in one atomic batch.
+//! under its own one-byte prefix. A flush writes its `T` keys first (under a
+//! reservation, see `TraceStore::open`) and commits everything else, with the
+//! WAL checkpoint, in one atomic batch.
 //!
 //! | prefix | key                                              | value                  |
 //! |--------|--------------------------------------------------|------------------------|
@@ -22,6 +23,8 @@ pub const DEPENDENCIES: u8 = b'D';
 
 pub const META_CHECKPOINT: &[u8] = b"Mcheckpoint";
 pub const META_NEXT_BLOCK: &[u8] = b"Mnext_block";
+/// Block numbers a flush in progress may have used in `T` keys.
+pub const META_RESERVED_BLOCKS: &[u8] = b"Mreserved_blocks";
 pub const META_FORMAT: &[u8] = b"Mformat";
 pub const META_SEGMENT_PREFIX: &[u8] = b"Msegment/";
 /// Bumped when the layout above changes incompatibly.
@@ -40,6 +43,15 @@ pub fn trace_block_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
     let mut key = trace_blocks_prefix(trace_id);
     key.extend_from_slice(&block_seq.to_be_bytes());
     key
+}
+
+/// The block number at the end of a `T` key.
+pub fn trace_key_block_seq(key: &[u8]) -> Result<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("trace key too short".into()))
 }
 
 pub fn search_table_key(max_start_nanos: u64, table_seq: u64) -> [u8; 17] {
@@ -156,6 +168,11 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
+        assert_eq!(
+            trace_key_block_seq(&trace_block_key(&[3; 16], 9)).unwrap(),
+            9
+        );
+
         let key = search_table_key(42, 7);
         assert_eq!(parse_search_table_key(&key).unwrap(), 42);
         assert!(search_table_key(42, u64::MAX) < search_table_key(43, 0));

@@ -3,11 +3,12 @@
 //! Spans land in an in-memory head (queryable at once) as soon as the WAL has
 //! them. A flush moves the whole head to disk: traces sorted by id, packed into
 //! zstd blocks appended to segment files together with the flush's search
-//! tables, and one sled batch that indexes them (trace id -> blocks, one key
-//! per search table, names, dependency counts)
-//! and records the WAL sequence number the flush covers. That batch is the
-//! commit point: after it the WAL up to that number can go; before it a crash
-//! replays the WAL and the uncommitted block bytes are cut off on open.
+//! tables; then sled keys map each trace id to its blocks, and one sled batch
+//! adds a key per search table, names and dependency counts and records the
+//! WAL sequence number the flush covers. That batch is the commit point: after
+//! it the WAL up to that number can go; before it a crash replays the WAL, and
+//! on open the uncommitted block bytes are cut off and the trace keys written
+//! for them deleted.
 //!
 //! A trace whose spans arrived across several flushes simply has several block
 //! references; reads merge them with the head.
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::model::{Span, SpanKind, TraceId};
+use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
 
@@ -46,7 +47,7 @@ pub struct DependencyLink {
 
 #[derive(Default)]
 struct Head {
-    traces: HashMap<TraceId, Vec<Span>>,
+    traces: IdMap<TraceId, Vec<Span>>,
     spans: usize,
     /// Highest WAL sequence number applied.
     max_seq: u64,
@@ -54,7 +55,7 @@ struct Head {
 
 /// A head being flushed: still visible to queries until its index is committed.
 struct Flushing {
-    traces: HashMap<TraceId, Vec<Span>>,
+    traces: IdMap<TraceId, Vec<Span>>,
     spans: usize,
 }
 
@@ -133,6 +134,7 @@ impl TraceStore {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
         };
+        drop_uncommitted_trace_keys(&db, next_block)?;
 
         let mut names = Names::default();
         for entry in db.scan_prefix([index::OPERATIONS]) {
@@ -300,17 +302,27 @@ impl TraceStore {
         encoded_blocks.extend(tables.iter().map(|t| t.bytes.clone()));
         let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
 
-        let mut batch = sled::Batch::default();
+        // One key per trace cannot go in the commit batch: sled keeps large
+        // batches in memory for good. They are written first, under a
+        // reservation of their block numbers that `open` uses to delete them
+        // if the commit below never happens.
+        let first_seq = state.next_block;
+        self.db.insert(
+            index::META_RESERVED_BLOCKS,
+            &(first_seq + refs.len() as u64).to_be_bytes(),
+        )?;
         for (block_ref, ids) in refs.iter().zip(&block_traces) {
             let block_seq = state.next_block;
             state.next_block += 1;
             for trace_id in ids {
-                batch.insert(
+                self.db.insert(
                     index::trace_block_key(trace_id, block_seq),
                     &block_ref.to_bytes(),
-                );
+                )?;
             }
         }
+
+        let mut batch = sled::Batch::default();
         for (table_ref, table) in refs[block_count..].iter().zip(tables) {
             let table_seq = state.next_block;
             state.next_block += 1;
@@ -484,6 +496,35 @@ impl TraceStore {
     }
 }
 
+/// Deletes the trace keys of a flush that crashed before its commit: they
+/// point at block bytes that were cut off, and their block numbers are about
+/// to be used again. A full scan, but only after such a crash.
+fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Result<()> {
+    let reserved = match db.get(index::META_RESERVED_BLOCKS)? {
+        Some(v) => index::decode_u64(&v)?,
+        None => return Ok(()),
+    };
+    if reserved <= committed_next_block {
+        return Ok(());
+    }
+    let mut dropped = 0u64;
+    for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
+        let (key, _) = entry?;
+        let seq = index::trace_key_block_seq(&key)?;
+        if (committed_next_block..reserved).contains(&seq) {
+            db.remove(key)?;
+            dropped += 1;
+        }
+    }
+    db.insert(
+        index::META_RESERVED_BLOCKS,
+        &committed_next_block.to_be_bytes(),
+    )?;
+    db.flush()?;
+    tracing::warn!(dropped, "SpanIndexUncommittedKeysDropped");
+    Ok(())
+}
+
 /// Rough uncompressed size of a span, to cut blocks; exactness does not matter.
 fn estimated_size(span: &Span) -> usize {
     let attributes: usize = span.attributes.iter().map(|kv| kv.key.len() + 16).sum();
@@ -604,6 +645,30 @@ mod tests {
             .collect();
         assert_eq!(found, vec![5, 4, 3, 1]);
         assert!(store.search_candidates("payment", 0, 8000).next().is_none());
+    }
+
+    #[test]
+    fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        store.apply(1, vec![span(1, 1, None, "order")]);
+        store.flush().unwrap();
+        let next_block =
+            index::decode_u64(&store.db.get(index::META_NEXT_BLOCK).unwrap().unwrap()).unwrap();
+        // What a flush that crashed after writing its trace keys leaves.
+        store
+            .db
+            .insert(index::META_RESERVED_BLOCKS, &(next_block + 1).to_be_bytes())
+            .unwrap();
+        let stale = index::trace_block_key(&[2; 16], next_block);
+        store.db.insert(&stale, &[0u8; 16]).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        assert!(store.db.get(&stale).unwrap().is_none());
+        assert!(store.trace(&[2; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn build_tables<'a>(
 ) -> Vec<EncodedTable> {
     // Rows of one trace can fall into different hours (a late span); each goes
     // to its hour's table.
-    let mut by_hour: BTreeMap<u64, Vec<(TraceId, Vec<(&str, RowSummary)>)>> = BTreeMap::new();
+    let mut by_hour: BTreeMap<u64, Vec<TraceRows>> = BTreeMap::new();
     for (trace_id, spans) in traces {
         let mut per_service: BTreeMap<&str, RowSummary> = BTreeMap::new();
         for span in spans {
@@ -140,6 +140,9 @@ pub fn build_tables<'a>(
         .collect()
 }
 
+/// The rows of one trace that fall in one hour, by service.
+type TraceRows<'a> = (TraceId, Vec<(&'a str, RowSummary<'a>)>);
+
 struct RowSummary<'a> {
     start_nanos: u64,
     error: bool,
@@ -168,7 +171,7 @@ impl<'a> RowSummary<'a> {
     }
 }
 
-fn encode_table(traces: &[(TraceId, Vec<(&str, RowSummary)>)]) -> EncodedTable {
+fn encode_table(traces: &[TraceRows]) -> EncodedTable {
     let starts = traces
         .iter()
         .flat_map(|(_, rows)| rows.iter().map(|(_, row)| row.start_nanos));
