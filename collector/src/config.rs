@@ -23,11 +23,14 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::pipeline::PipelineLimits;
+use crate::store::logs::LogRetention;
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
 const DEFAULT_HTTP_PORT: u16 = 7070;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+const DEFAULT_LOG_PARTITION: Duration = Duration::from_secs(3600);
+const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
 const DEFAULT_WAL_QUEUE_BYTES: usize = 256 << 20;
@@ -96,6 +99,20 @@ pub struct ServeArgs {
     /// answers 429 / RESOURCE_EXHAUSTED [default: 268435456]
     #[arg(long, env = "STRAND_WAL_QUEUE_BYTES", value_name = "BYTES")]
     pub wal_queue_bytes: Option<usize>,
+
+    /// Time span of one log index partition; retention drops whole partitions
+    /// [default: 1h]
+    #[arg(long, env = "STRAND_LOG_PARTITION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub log_partition: Option<Duration>,
+
+    /// Logs older than this are deleted, e.g. 7d, 36h [default: 7d]
+    #[arg(long, env = "STRAND_LOG_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
+
+    /// Oldest log partitions are deleted while logs take more disk than this
+    /// (0 = no size limit) [default: 0]
+    #[arg(long, env = "STRAND_LOG_RETENTION_BYTES", value_name = "BYTES")]
+    pub log_retention_bytes: Option<u64>,
 }
 
 /// The config file's shape; every field optional.
@@ -113,6 +130,11 @@ struct FileConfig {
     flush_interval: Option<Duration>,
     max_buffered_spans: Option<usize>,
     wal_queue_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    log_partition: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    log_retention: Option<Duration>,
+    log_retention_bytes: Option<u64>,
 }
 
 mod humantime_serde_opt {
@@ -136,6 +158,14 @@ pub struct Config {
     pub http: SocketAddr,
     pub max_body_bytes: usize,
     pub limits: PipelineLimits,
+    pub logs: LogSettings,
+}
+
+/// How logs are partitioned and kept.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub partition: Duration,
+    pub retention: LogRetention,
 }
 
 impl ServeArgs {
@@ -189,6 +219,22 @@ impl ServeArgs {
                     .or(file.wal_queue_bytes)
                     .unwrap_or(DEFAULT_WAL_QUEUE_BYTES),
             },
+            logs: LogSettings {
+                partition: self
+                    .log_partition
+                    .or(file.log_partition)
+                    .unwrap_or(DEFAULT_LOG_PARTITION),
+                retention: LogRetention {
+                    max_age: self
+                        .log_retention
+                        .or(file.log_retention)
+                        .unwrap_or(DEFAULT_LOG_RETENTION),
+                    max_bytes: self
+                        .log_retention_bytes
+                        .or(file.log_retention_bytes)
+                        .unwrap_or(0),
+                },
+            },
         };
         config.validate()?;
         Ok(config)
@@ -211,6 +257,12 @@ impl Config {
         }
         if self.limits.flush_interval < Duration::from_millis(10) {
             bail!("flush_interval must be at least 10ms");
+        }
+        if self.logs.partition < Duration::from_secs(1) {
+            bail!("log_partition must be at least 1s");
+        }
+        if self.logs.retention.max_age < self.logs.partition {
+            bail!("log_retention must be at least one log_partition");
         }
         if self.limits.max_buffered_spans == 0 {
             bail!("max_buffered_spans must be positive");

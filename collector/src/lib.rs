@@ -52,10 +52,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let pipeline = {
         let data_dir = config.data_dir.clone();
         let limits = config.limits.clone();
+        let log_settings = config.logs.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || pipeline::Pipeline::open(&data_dir, limits, metrics))
-            .await
-            .context("opening the data directory")??
+        tokio::task::spawn_blocking(move || {
+            pipeline::Pipeline::open(&data_dir, limits, log_settings, metrics)
+        })
+        .await
+        .context("opening the data directory")??
     };
 
     let bind = |addr| async move {
@@ -91,6 +94,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 pipeline.clone(),
                 config.max_body_bytes,
             ))
+            .add_service(ingest::grpc::logs_service(
+                pipeline.clone(),
+                config.max_body_bytes,
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 stopped(),
@@ -111,9 +118,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         healthy: healthy.clone(),
     });
     let http = tokio::spawn(
-        axum::serve(http_listener, api::router(api_state))
-            .with_graceful_shutdown(stopped())
-            .into_future(),
+        axum::serve(
+            http_listener,
+            api::router(api_state).merge(ingest::http::bulk_router(
+                pipeline.clone(),
+                config.max_body_bytes,
+            )),
+        )
+        .with_graceful_shutdown(stopped())
+        .into_future(),
     );
     let (flusher_stop_tx, flusher_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn(pipeline.clone().run_flusher(healthy, async move {

@@ -13,6 +13,13 @@ pub type TraceId = [u8; 16];
 /// A W3C span id (8 bytes, never all zero once validated).
 pub type SpanId = [u8; 8];
 
+/// Now, in unix nanoseconds: the time given to records that carry none.
+pub fn now_unix_nano() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// A map keyed by trace or span ids. The ids are random already, so hashing
 /// them again (SipHash, the default) is wasted work on the ingest path.
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
@@ -263,5 +270,65 @@ impl Span {
             ));
         }
         tags
+    }
+}
+
+/// How severe a log record is, in the OTLP severity ranges (1-4 trace, 5-8
+/// debug, 9-12 info, 13-16 warn, 17-20 error, 21-24 fatal); 0 when unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Severity(pub u8);
+
+impl Severity {
+    /// The level name every log query uses (`severity:error`): one of trace,
+    /// debug, info, warn, error, fatal, or `unknown`.
+    pub fn level(self) -> &'static str {
+        match self.0 {
+            1..=4 => "trace",
+            5..=8 => "debug",
+            9..=12 => "info",
+            13..=16 => "warn",
+            17..=20 => "error",
+            21..=24 => "fatal",
+            _ => "unknown",
+        }
+    }
+
+    /// Reads a level name as loggers write it (`ERROR`, `warning`, `Err`,
+    /// `crit`, ...): how shippers that send only text are understood.
+    pub fn from_text(text: &str) -> Severity {
+        let lower = text.trim().to_ascii_lowercase();
+        Severity(match lower.as_str() {
+            "trace" | "finest" | "finer" => 1,
+            "debug" | "dbug" | "fine" | "verbose" => 5,
+            "info" | "information" | "informational" | "notice" => 9,
+            "warn" | "warning" | "wrn" => 13,
+            "error" | "err" | "eror" | "severe" => 17,
+            "fatal" | "crit" | "critical" | "alert" | "emerg" | "emergency" | "panic" => 21,
+            _ => 0,
+        })
+    }
+}
+
+/// One log line, with its resource shared between the records of a batch.
+/// The body is kept as text (structured bodies in their JSON form) because
+/// that is what full-text search and display need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRecord {
+    /// When the event happened; the observed time when the producer gave none.
+    pub time_unix_nano: u64,
+    pub severity: Severity,
+    /// The producer's own severity name, shown as sent.
+    pub severity_text: String,
+    pub body: String,
+    pub trace_id: Option<TraceId>,
+    pub span_id: Option<SpanId>,
+    pub resource: Arc<Resource>,
+    pub scope: Arc<Scope>,
+    pub attributes: Vec<KeyValue>,
+}
+
+impl LogRecord {
+    pub fn service(&self) -> &str {
+        &self.resource.service
     }
 }

@@ -1,15 +1,19 @@
 //! The data path between the wire and the stores:
-//! `decoded spans -> WAL (group commit) -> head -> ack`, and the flusher that
-//! moves the head into the stores and trims the WAL behind it.
+//! `decoded spans or logs -> WAL (group commit) -> store -> ack`, and the
+//! background loops that flush spans to blocks, commit the log indexes, apply
+//! log retention and trim the WAL behind what every store has made durable.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::codec;
-use crate::model::Span;
+use crate::config::LogSettings;
+use crate::model::{LogRecord, Span};
+use crate::store::logs::LogStore;
 use crate::store::traces::TraceStore;
 use crate::telemetry::Metrics;
 use crate::wal::{RecordKind, Wal, WalError};
@@ -35,13 +39,25 @@ pub struct PipelineLimits {
     pub flush_interval: Duration,
 }
 
+/// How often log indexes are committed: the bound on how long an
+/// acknowledged log takes to become searchable.
+const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often log retention is checked.
+const LOG_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Shared by every ingest endpoint; see the module docs.
 pub struct Pipeline {
     wal: Wal,
     traces: Arc<TraceStore>,
+    logs: Arc<LogStore>,
+    log_settings: LogSettings,
     limits: PipelineLimits,
     metrics: Metrics,
     flush_wanted: Notify,
+    /// WAL sequence numbers through which each store has made everything
+    /// durable; the WAL is trimmed to the lower of the two.
+    traces_durable_through: AtomicU64,
+    logs_durable_through: AtomicU64,
 }
 
 impl Pipeline {
@@ -50,6 +66,7 @@ impl Pipeline {
     pub fn open(
         data_dir: &Path,
         limits: PipelineLimits,
+        log_settings: LogSettings,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Pipeline>> {
         use anyhow::Context;
@@ -57,20 +74,44 @@ impl Pipeline {
             TraceStore::open(&data_dir.join("traces"), metrics.clone())
                 .context("opening the trace store")?,
         );
-        let checkpoint = traces
+        let logs = Arc::new(
+            LogStore::open(
+                &data_dir.join("logs"),
+                log_settings.partition,
+                metrics.clone(),
+            )
+            .context("opening the log store")?,
+        );
+        let traces_checkpoint = traces
             .checkpoint()
             .context("reading the trace store checkpoint")?;
-        let mut replayed = 0usize;
+        let (mut replayed_spans, mut replayed_logs) = (0usize, 0usize);
+        // The WAL only holds records some store may lack: replay all of it.
+        // Spans at or below the trace checkpoint are skipped here; log
+        // partitions skip what they have committed themselves.
         let wal = Wal::open(
             &data_dir.join("wal"),
-            checkpoint,
+            0,
+            traces_checkpoint.max(logs.committed_through()),
             limits.wal_queue_bytes,
             metrics.clone(),
             |record| match record.kind {
+                RecordKind::Spans if record.seq <= traces_checkpoint => {}
                 RecordKind::Spans => match codec::decode_spans(&record.payload, None) {
                     Ok(spans) => {
-                        replayed += spans.len();
+                        replayed_spans += spans.len();
                         traces.apply(record.seq, spans);
+                    }
+                    Err(error) => {
+                        tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
+                    }
+                },
+                RecordKind::Logs => match codec::decode_logs(&record.payload) {
+                    Ok(records) => {
+                        replayed_logs += records.len();
+                        if let Err(error) = logs.apply(record.seq, records) {
+                            tracing::error!(seq = record.seq, %error, "LogReplayError");
+                        }
                     }
                     Err(error) => {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
@@ -79,14 +120,29 @@ impl Pipeline {
             },
         )
         .context("opening the write-ahead log")?;
-        tracing::info!(checkpoint, replayed_spans = replayed, "WalReplayed");
+        // Replayed logs are searchable once the daemon says it is ready.
+        logs.commit().context("committing replayed logs")?;
+        tracing::info!(
+            traces_checkpoint,
+            replayed_spans,
+            replayed_logs,
+            "WalReplayed"
+        );
         Ok(Arc::new(Pipeline {
             wal,
             traces,
+            logs,
+            log_settings,
             limits,
             metrics,
             flush_wanted: Notify::new(),
+            traces_durable_through: AtomicU64::new(0),
+            logs_durable_through: AtomicU64::new(0),
         }))
+    }
+
+    pub fn logs(&self) -> &Arc<LogStore> {
+        &self.logs
     }
 
     pub fn traces(&self) -> &Arc<TraceStore> {
@@ -136,6 +192,59 @@ impl Pipeline {
         }
     }
 
+    /// Makes log records durable; returns once they are (they become
+    /// searchable at the next log commit).
+    pub async fn accept_logs(
+        &self,
+        records: Vec<LogRecord>,
+        transport: &str,
+    ) -> Result<(), AcceptError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let count = records.len();
+        let payload = codec::encode_logs(&records);
+        let store = self.logs.clone();
+        let appended = self
+            .wal
+            .append(
+                RecordKind::Logs,
+                payload,
+                Box::new(move |seq| {
+                    if let Err(error) = store.apply(seq, records) {
+                        // The WAL has the records: they are indexed on replay.
+                        tracing::error!(seq, %error, "LogIndexError");
+                    }
+                }),
+            )
+            .await;
+        match appended {
+            Ok(_) => {
+                self.metrics
+                    .logs_received
+                    .with_label_values(&[transport])
+                    .inc_by(count as u64);
+                Ok(())
+            }
+            Err(WalError::Overloaded) => {
+                self.reject_logs(count, "overloaded");
+                Err(AcceptError::Overloaded)
+            }
+            Err(error) => {
+                self.reject_logs(count, "unavailable");
+                Err(AcceptError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// Counts log records refused before reaching the WAL.
+    pub fn reject_logs(&self, records: usize, reason: &str) {
+        self.metrics
+            .logs_rejected
+            .with_label_values(&[reason])
+            .inc_by(records as u64);
+    }
+
     /// Counts spans refused before reaching the WAL.
     pub fn reject(&self, spans: usize, reason: &str) {
         self.metrics
@@ -152,46 +261,111 @@ impl Pipeline {
             .inc();
     }
 
-    /// Flushes the head to the stores and trims the WAL; returns whether the
-    /// last flush succeeded (what `/readyz` reports).
+    /// Flushes the span head to blocks and trims the WAL; returns whether the
+    /// flush succeeded (what `/readyz` reports).
     pub async fn flush(self: &Arc<Self>) -> bool {
         let pipeline = self.clone();
+        // Read before the flush: every record up to here is in the head that
+        // the flush takes, or was flushed before.
+        let applied = self.wal.applied_through();
         let flushed = tokio::task::spawn_blocking(move || pipeline.traces.flush()).await;
-        match flushed {
-            Ok(Ok(Some(seq))) => {
-                self.wal.truncate_through(seq);
-                true
-            }
-            Ok(Ok(None)) => true,
+        let through = match flushed {
+            Ok(Ok(Some(seq))) => seq.max(applied),
+            Ok(Ok(None)) => applied,
             // The store logged the error and kept the spans for the next try.
-            Ok(Err(_)) => false,
+            Ok(Err(_)) => return false,
             Err(error) => {
                 tracing::error!(%error, "SpanStoreFlushPanicked");
+                return false;
+            }
+        };
+        self.traces_durable_through
+            .fetch_max(through, Ordering::AcqRel);
+        self.trim_wal();
+        true
+    }
+
+    /// Commits the log indexes (making new logs searchable) and trims the WAL.
+    pub async fn commit_logs(self: &Arc<Self>) -> bool {
+        let pipeline = self.clone();
+        let applied = self.wal.applied_through();
+        match tokio::task::spawn_blocking(move || pipeline.logs.commit()).await {
+            Ok(Ok(_)) => {
+                self.logs_durable_through
+                    .fetch_max(applied, Ordering::AcqRel);
+                self.trim_wal();
+                true
+            }
+            Ok(Err(error)) => {
+                self.metrics.store_flush_errors.inc();
+                tracing::error!(%error, "LogCommitError");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "LogCommitPanicked");
                 false
             }
         }
     }
 
-    /// Flushes periodically, or sooner when the head fills up, until `stop`
-    /// resolves; then flushes a last time and closes the WAL.
+    fn trim_wal(&self) {
+        let through = self
+            .traces_durable_through
+            .load(Ordering::Acquire)
+            .min(self.logs_durable_through.load(Ordering::Acquire));
+        if through > 0 {
+            self.wal.truncate_through(through);
+        }
+    }
+
+    /// Runs the background work until `stop` resolves: span flushes
+    /// (periodically, or sooner when the head fills up), log commits and log
+    /// retention. Then flushes and commits a last time and closes the WAL.
     pub async fn run_flusher(
         self: Arc<Self>,
         healthy: Arc<std::sync::atomic::AtomicBool>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        use std::sync::atomic::Ordering;
         tokio::pin!(stop);
+        let mut flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
+        let mut commit_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
+        let mut retention = tokio::time::interval(LOG_RETENTION_INTERVAL);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = tokio::time::sleep(self.limits.flush_interval) => {}
-                _ = self.flush_wanted.notified() => {}
+                _ = tokio::time::sleep_until(flush_at) => {
+                    healthy.store(self.flush().await, Ordering::Relaxed);
+                    flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
+                }
+                _ = self.flush_wanted.notified() => {
+                    healthy.store(self.flush().await, Ordering::Relaxed);
+                    flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
+                }
+                _ = commit_logs.tick() => {
+                    self.commit_logs().await;
+                }
+                _ = retention.tick() => self.enforce_log_retention().await,
             }
-            healthy.store(self.flush().await, Ordering::Relaxed);
         }
-        if !self.flush().await {
+        if !self.flush().await || !self.commit_logs().await {
             tracing::error!("FinalFlushError: data stays in the WAL and is replayed on next start");
         }
         self.wal.shutdown().await;
+    }
+
+    async fn enforce_log_retention(self: &Arc<Self>) {
+        let pipeline = self.clone();
+        let now = crate::model::now_unix_nano();
+        let dropped = tokio::task::spawn_blocking(move || {
+            pipeline
+                .logs
+                .enforce_retention(pipeline.log_settings.retention, now)
+        })
+        .await;
+        match dropped {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "LogRetentionError"),
+            Err(error) => tracing::error!(%error, "LogRetentionPanicked"),
+        }
     }
 }

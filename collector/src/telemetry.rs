@@ -16,6 +16,8 @@ pub struct Metrics {
     pub spans_received: IntCounterVec,
     /// Spans not accepted, by reason (`invalid`, `malformed`, `too_large`, `overloaded`, `unavailable`).
     pub spans_rejected: IntCounterVec,
+    pub logs_received: IntCounterVec,
+    pub logs_rejected: IntCounterVec,
     /// Ingest requests refused as a whole, by reason (`malformed`, `too_large`, `overloaded`, `unavailable`).
     pub requests_rejected: IntCounterVec,
     pub wal_written_bytes: IntCounter,
@@ -43,6 +45,19 @@ impl Metrics {
                     "Spans accepted and durably written",
                 ),
                 &["transport"],
+            )
+            .expect("valid metric"),
+            logs_received: IntCounterVec::new(
+                Opts::new(
+                    "strand_logs_received_total",
+                    "Log records acknowledged (durable), by transport",
+                ),
+                &["transport"],
+            )
+            .expect("valid metric"),
+            logs_rejected: IntCounterVec::new(
+                Opts::new("strand_logs_rejected_total", "Log records not accepted"),
+                &["reason"],
             )
             .expect("valid metric"),
             spans_rejected: IntCounterVec::new(
@@ -109,6 +124,8 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.spans_received.clone()),
             Box::new(metrics.spans_rejected.clone()),
+            Box::new(metrics.logs_received.clone()),
+            Box::new(metrics.logs_rejected.clone()),
             Box::new(metrics.requests_rejected.clone()),
             Box::new(metrics.wal_written_bytes.clone()),
             Box::new(metrics.wal_size_bytes.clone()),

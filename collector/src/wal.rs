@@ -21,6 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
@@ -44,12 +45,15 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 pub enum RecordKind {
     /// A span table as written by `codec::encode_spans`.
     Spans = 1,
+    /// Log records as written by `codec::encode_logs`.
+    Logs = 2,
 }
 
 impl RecordKind {
     fn from_byte(b: u8) -> Option<RecordKind> {
         match b {
             1 => Some(RecordKind::Spans),
+            2 => Some(RecordKind::Logs),
             _ => None,
         }
     }
@@ -84,6 +88,10 @@ enum Command {
 #[derive(Clone)]
 pub struct Wal {
     tx: mpsc::Sender<Command>,
+    /// Every durable record up to this sequence number has had its
+    /// `on_durable` run (or was replayed): what stores may checkpoint to when
+    /// they hold nothing newer.
+    applied_through: Arc<AtomicU64>,
     queue_budget: Arc<Semaphore>,
     metrics: Metrics,
 }
@@ -105,17 +113,20 @@ struct Segment {
 impl Wal {
     /// Reads every intact record in `dir` in sequence order, calling `apply` for
     /// those after `after_seq`; then starts the writer thread, which appends
-    /// after the last record found. Old segments stay until truncated.
+    /// after the last record found and after `used_through`, the highest
+    /// sequence number any store has recorded (so numbers are never reused
+    /// even when every segment was trimmed). Old segments stay until truncated.
     pub fn open(
         dir: &Path,
         after_seq: u64,
+        used_through: u64,
         queue_budget_bytes: usize,
         metrics: Metrics,
         mut apply: impl FnMut(ReplayedRecord),
     ) -> Result<Wal, WalError> {
         fs::create_dir_all(dir)?;
         let mut segments = list_segments(dir)?;
-        let mut next_seq = after_seq + 1;
+        let mut next_seq = after_seq.max(used_through) + 1;
         for segment in &mut segments {
             let file = File::open(&segment.path)?;
             let (records_end, last) = read_segment(file, &segment.path, |record| {
@@ -146,11 +157,13 @@ impl Wal {
             .set(segments.iter().map(|s| s.bytes as i64).sum());
 
         let (tx, rx) = mpsc::channel();
+        let applied_through = Arc::new(AtomicU64::new(next_seq - 1));
         let writer = Writer {
             dir: dir.to_path_buf(),
             closed: segments,
             active: None,
             next_seq,
+            applied_through: applied_through.clone(),
             metrics: metrics.clone(),
         };
         thread::Builder::new()
@@ -158,6 +171,7 @@ impl Wal {
             .spawn(move || writer.run(rx))?;
         Ok(Wal {
             tx,
+            applied_through,
             queue_budget: Arc::new(Semaphore::new(
                 queue_budget_bytes.min(Semaphore::MAX_PERMITS),
             )),
@@ -194,6 +208,11 @@ impl Wal {
         };
         self.metrics.ingest_queue_bytes.sub(i64::from(cost));
         result
+    }
+
+    /// See the field of the same name.
+    pub fn applied_through(&self) -> u64 {
+        self.applied_through.load(Ordering::Acquire)
     }
 
     /// Deletes segments whose records are all at or below `seq` (they are safe
@@ -309,6 +328,7 @@ struct ActiveSegment {
 }
 
 struct Writer {
+    applied_through: Arc<AtomicU64>,
     dir: PathBuf,
     closed: Vec<Segment>,
     active: Option<ActiveSegment>,
@@ -377,6 +397,7 @@ impl Writer {
                 Ok(()) => {
                     for p in pending {
                         (p.on_durable)(p.seq);
+                        self.applied_through.store(p.seq, Ordering::Release);
                         let _ = p.ack.send(Ok(p.seq));
                     }
                 }
@@ -496,7 +517,7 @@ mod tests {
 
     fn open(dir: &Path, after: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let wal = Wal::open(dir, after, 1 << 20, Metrics::new(), |r| {
+        let wal = Wal::open(dir, after, 0, 1 << 20, Metrics::new(), |r| {
             seen.push((r.seq, r.payload))
         })
         .unwrap();
@@ -618,7 +639,7 @@ mod tests {
     #[tokio::test]
     async fn overload_is_reported_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), 0, 8, Metrics::new(), |_| {}).unwrap();
+        let wal = Wal::open(dir.path(), 0, 0, 8, Metrics::new(), |_| {}).unwrap();
         let err = wal
             .append(RecordKind::Spans, vec![0; 9], Box::new(|_| {}))
             .await

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -18,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::params::{parse_go_duration, parse_lookback, parse_trace_id};
+use crate::model::now_unix_nano as now_nanos;
 use crate::model::{AttrValue, KeyValue, Resource, Span, SpanKind};
 use crate::query::traces::{TraceQuery, search};
 
@@ -327,12 +327,6 @@ async fn dependencies(
             })
             .collect(),
     ))
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// One trace in Jaeger's JSON shape: spans with references, tags and logs,

@@ -1,7 +1,8 @@
-//! The HTTP API on port 7070: the Jaeger query API, health endpoints and
-//! Strand's own `/metrics`.
+//! The HTTP API on port 7070: the Jaeger query API, the native log API,
+//! health endpoints and Strand's own `/metrics`.
 
 mod jaeger;
+mod logs;
 mod params;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(jaeger::router())
+        .merge(logs::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

@@ -5,6 +5,26 @@ use crate::model::TraceId;
 /// Parses a Go `time.Duration` string (`1.5s`, `100ms`, `2h45m`, `500us`,
 /// `1µs`), which is what Jaeger's `minDuration`/`maxDuration` take, into
 /// nanoseconds.
+/// A point in time as log APIs take it: RFC 3339 in UTC
+/// (`2026-11-25T10:00:00Z`, fractions allowed), or a unix epoch number whose unit is told by its size
+/// (seconds, milliseconds, microseconds or nanoseconds), as Loki accepts.
+pub fn parse_time(input: &str) -> Result<u64, String> {
+    let input = input.trim();
+    if let Ok(number) = input.parse::<u64>() {
+        return Ok(match number {
+            0..100_000_000_000 => number.saturating_mul(1_000_000_000),
+            100_000_000_000..100_000_000_000_000 => number * 1_000_000,
+            100_000_000_000_000..100_000_000_000_000_000 => number * 1_000,
+            _ => number,
+        });
+    }
+    let time = humantime::parse_rfc3339_weak(input)
+        .map_err(|_| format!("'{input}' is neither RFC 3339 nor a unix timestamp"))?;
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .map_err(|_| format!("'{input}' is before 1970"))
+}
+
 pub fn parse_go_duration(input: &str) -> Result<u64, String> {
     let invalid = || format!("invalid duration {input:?}: use e.g. 1.5s, 100ms, 2h45m, 500us");
     let s = input.trim();
@@ -76,6 +96,21 @@ pub fn parse_trace_id(input: &str) -> Result<TraceId, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn times_in_every_unit() {
+        let nanos = 1_764_064_800_000_000_000;
+        assert_eq!(parse_time("1764064800"), Ok(nanos));
+        assert_eq!(parse_time("1764064800000"), Ok(nanos));
+        assert_eq!(parse_time("1764064800000000"), Ok(nanos));
+        assert_eq!(parse_time("1764064800000000000"), Ok(nanos));
+        assert_eq!(parse_time("2025-11-25T10:00:00Z"), Ok(nanos));
+        assert_eq!(
+            parse_time("2025-11-25T10:00:00.5Z"),
+            Ok(nanos + 500_000_000)
+        );
+        assert!(parse_time("yesterday").unwrap_err().contains("yesterday"));
+    }
 
     #[test]
     fn go_durations() {

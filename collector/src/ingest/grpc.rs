@@ -1,4 +1,5 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`
+//! and `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
 
 use std::sync::Arc;
 
@@ -17,7 +18,14 @@ use tonic::{Request, Status};
 
 type Response<B> = axum::http::Response<B>;
 
-use super::export_traces;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+
+use super::{export_logs, export_traces};
 use crate::pipeline::Pipeline;
 
 struct TraceGrpc {
@@ -48,6 +56,37 @@ pub fn trace_service(
     max_message_bytes: usize,
 ) -> TraceServiceServer<impl TraceService> {
     TraceServiceServer::new(TraceGrpc { pipeline })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes)
+}
+
+struct LogsGrpc {
+    pipeline: Arc<Pipeline>,
+}
+
+#[tonic::async_trait]
+impl LogsService for LogsGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
+        match export_logs(&self.pipeline, request.into_inner(), "grpc").await {
+            Ok(response) => Ok(tonic::Response::new(response)),
+            Err(error) => {
+                self.pipeline.refuse_request(error.reason());
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// The gRPC logs service, with the same limits as [`trace_service`].
+pub fn logs_service(
+    pipeline: Arc<Pipeline>,
+    max_message_bytes: usize,
+) -> LogsServiceServer<impl LogsService> {
+    LogsServiceServer::new(LogsGrpc { pipeline })
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes)

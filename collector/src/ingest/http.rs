@@ -1,4 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip.
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs` with protobuf or JSON
+//! bodies, optionally gzip; and the Elasticsearch bulk API for log shippers.
 //!
 //! Answers follow the OTLP/HTTP spec: the response body uses the request's
 //! encoding; failures carry a `google.rpc.Status` with a message that says what
@@ -9,15 +10,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use super::{IngestError, export_traces};
+use super::{IngestError, bulk, export_logs, export_traces};
 use crate::pipeline::Pipeline;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -47,11 +49,38 @@ enum Encoding {
 /// The OTLP/HTTP router (port 4318 by default).
 pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/v1/traces", post(export))
+        .route(
+            "/v1/traces",
+            post(
+                |State(ingest): State<HttpIngest>, headers: HeaderMap, body: Body| {
+                    export(
+                        ingest,
+                        headers,
+                        body,
+                        "ExportTraceServiceRequest",
+                        |p, r| async move { export_traces(&p, r, "http").await },
+                    )
+                },
+            ),
+        )
+        .route(
+            "/v1/logs",
+            post(
+                |State(ingest): State<HttpIngest>, headers: HeaderMap, body: Body| {
+                    export(
+                        ingest,
+                        headers,
+                        body,
+                        "ExportLogsServiceRequest",
+                        |p, r| async move { export_logs(&p, r, "http").await },
+                    )
+                },
+            ),
+        )
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not an OTLP/HTTP endpoint: POST /v1/traces",
+                "not an OTLP/HTTP endpoint: POST /v1/traces or /v1/logs",
             )
         })
         // Limits are enforced by `read_body`, after decompression too.
@@ -62,15 +91,102 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
         })
 }
 
-async fn export(State(ingest): State<HttpIngest>, headers: HeaderMap, body: Body) -> Response {
+/// Elasticsearch's bulk API (`POST /_bulk`, `POST /{index}/_bulk`), served on
+/// the API port so log shippers configured for Elasticsearch (Fluent Bit,
+/// Vector, Logstash, Filebeat) work unchanged.
+pub fn bulk_router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/_bulk", post(bulk).put(bulk))
+        .route("/{index}/_bulk", post(bulk_into).put(bulk_into))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(HttpIngest {
+            pipeline,
+            max_body_bytes,
+        })
+}
+
+async fn bulk_into(
+    State(ingest): State<HttpIngest>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    store_bulk(ingest, Some(index), headers, body).await
+}
+
+async fn bulk(State(ingest): State<HttpIngest>, headers: HeaderMap, body: Body) -> Response {
+    store_bulk(ingest, None, headers, body).await
+}
+
+/// Items the daemon could not store (overload, WAL failure) are answered
+/// 429 per item, as Elasticsearch does, so shippers retry just those.
+async fn store_bulk(
+    ingest: HttpIngest,
+    index: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = std::time::Instant::now();
+    let body = match read_body(&headers, body, ingest.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => {
+            ingest.pipeline.refuse_request(error.reason());
+            return elasticsearch_error(error.http_status(), &error.to_string());
+        }
+    };
+    let request = match bulk::parse_bulk(&body, index.as_deref(), crate::model::now_unix_nano()) {
+        Ok(request) => request,
+        Err(error) => {
+            ingest.pipeline.refuse_request("malformed");
+            return elasticsearch_error(StatusCode::BAD_REQUEST, &error.to_string());
+        }
+    };
+    let stored = ingest
+        .pipeline
+        .accept_logs(request.records, "bulk")
+        .await
+        .is_ok();
+    let took_ms = started.elapsed().as_millis() as u64;
+    axum::Json(bulk::bulk_response(&request.items, took_ms, stored)).into_response()
+}
+
+/// A request-level error in Elasticsearch's shape.
+fn elasticsearch_error(status: StatusCode, reason: &str) -> Response {
+    let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "content_too_long_exception"
+    } else {
+        "illegal_argument_exception"
+    };
+    let error = serde_json::json!({"type": kind, "reason": reason});
+    let body = serde_json::json!({
+        "error": {"root_cause": [error.clone()], "type": kind, "reason": reason},
+        "status": status.as_u16(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Decodes one export request of any signal, hands it to `handle`, and
+/// answers in the request's encoding.
+async fn export<Request, Reply, Handled>(
+    ingest: HttpIngest,
+    headers: HeaderMap,
+    body: Body,
+    message: &'static str,
+    handle: impl FnOnce(Arc<Pipeline>, Request) -> Handled,
+) -> Response
+where
+    Request: Message + Default + DeserializeOwned,
+    Reply: Message + Serialize,
+    Handled: Future<Output = Result<Reply, IngestError>>,
+{
     let encoding = match request_encoding(&headers) {
         Ok(encoding) => encoding,
         Err(error) => return refuse(&ingest, Encoding::Json, error),
     };
     let result = async {
         let body = read_body(&headers, body, ingest.max_body_bytes).await?;
-        let request = decode(encoding, &body)?;
-        export_traces(&ingest.pipeline, request, "http").await
+        let request = decode::<Request>(encoding, &body, message)?;
+        handle(ingest.pipeline.clone(), request).await
     }
     .await;
     match result {
@@ -107,7 +223,11 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 
 /// Reads the body within the size limit, and inflates it if gzip-encoded
 /// (within the same limit, so a small bomb cannot expand without bound).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, IngestError> {
     let too_large = IngestError::TooLarge { limit };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -155,14 +275,16 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     Ok(body)
 }
 
-fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
+fn decode<Request: Message + Default + DeserializeOwned>(
+    encoding: Encoding,
+    body: &[u8],
+    message: &str,
+) -> Result<Request, IngestError> {
     match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
-            IngestError::Malformed(format!("invalid protobuf ExportTraceServiceRequest: {e}"))
-        }),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-            IngestError::Malformed(format!("invalid JSON ExportTraceServiceRequest: {e}"))
-        }),
+        Encoding::Protobuf => Request::decode(body)
+            .map_err(|e| IngestError::Malformed(format!("invalid protobuf {message}: {e}"))),
+        Encoding::Json => serde_json::from_slice(body)
+            .map_err(|e| IngestError::Malformed(format!("invalid JSON {message}: {e}"))),
     }
 }
 
@@ -196,15 +318,22 @@ fn with_content_type(status: StatusCode, encoding: Encoding, body: Vec<u8>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use proptest::prelude::*;
 
     proptest! {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = decode(Encoding::Protobuf, &bytes);
-            let _ = decode(Encoding::Json, &bytes);
-            if let Ok(request) = decode(Encoding::Protobuf, &bytes) {
+            let traces = |encoding| decode::<ExportTraceServiceRequest>(encoding, &bytes, "traces");
+            let logs = |encoding| decode::<ExportLogsServiceRequest>(encoding, &bytes, "logs");
+            let _ = traces(Encoding::Json);
+            let _ = logs(Encoding::Json);
+            if let Ok(request) = traces(Encoding::Protobuf) {
                 let _ = super::super::otlp::convert_trace_request(request);
+            }
+            if let Ok(request) = logs(Encoding::Protobuf) {
+                let _ = super::super::otlp::convert_logs_request(request, 1);
             }
         }
 
@@ -213,7 +342,7 @@ mod tests {
             let mut json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"x","startTimeUnixNano":"1","attributes":[{"key":"k","value":{"intValue":"5"}}]}]}]}]}"#.to_vec();
             let at = cut.min(json.len() - 1);
             json[at] ^= flip;
-            if let Ok(request) = decode(Encoding::Json, &json) {
+            if let Ok(request) = decode::<ExportTraceServiceRequest>(Encoding::Json, &json, "traces") {
                 let _ = super::super::otlp::convert_trace_request(request);
             }
         }

@@ -1,7 +1,8 @@
-//! The ingest edge: OTLP over gRPC and HTTP. The only modules that know the
-//! OTLP wire types; they decode, validate, convert to `model` and hand the
-//! result to the `Pipeline`.
+//! The ingest edge: OTLP over gRPC and HTTP, and the Elasticsearch bulk API.
+//! The only modules that know the wire types; they decode, validate, convert
+//! to `model` and hand the result to the `Pipeline`.
 
+mod bulk;
 pub mod grpc;
 pub mod http;
 mod otlp;
@@ -126,6 +127,40 @@ async fn export_traces(
             .first_error
             .map(|error_message| ExportTracePartialSuccess {
                 rejected_spans: converted.rejected as i64,
+                error_message,
+            }),
+    })
+}
+
+/// Converts, validates and stores one log export request; shared by both
+/// transports. Invalid records are reported as OTLP partial success.
+async fn export_logs(
+    pipeline: &crate::pipeline::Pipeline,
+    request: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    transport: &str,
+) -> Result<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse, IngestError>
+{
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceResponse,
+    };
+    let converted = otlp::convert_logs_request(request, crate::model::now_unix_nano());
+    if converted.rejected > 0 {
+        pipeline.reject_logs(converted.rejected as usize, "invalid");
+    }
+    let accepted = converted.records.len();
+    pipeline
+        .accept_logs(converted.records, transport)
+        .await
+        .map_err(|error| {
+            let error = IngestError::from(error);
+            tracing::debug!(records = accepted, %error, "LogsRejected");
+            error
+        })?;
+    Ok(ExportLogsServiceResponse {
+        partial_success: converted
+            .first_error
+            .map(|error_message| ExportLogsPartialSuccess {
+                rejected_log_records: converted.rejected as i64,
                 error_message,
             }),
     })

@@ -1,18 +1,22 @@
-//! OTLP trace requests -> `model::Span`, with validation.
+//! OTLP trace and log requests -> `model::Span` / `model::LogRecord`, with
+//! validation.
 //!
-//! A span with an invalid trace or span id is rejected on its own (OTLP partial
+//! A span or log record with an invalid trace or span id is rejected on its own (OTLP partial
 //! success); the rest of the request is kept. Names lose NUL bytes (the store
 //! uses NUL as a key separator) and a resource without `service.name` gets
 //! `unknown_service`, as the OpenTelemetry resource spec says.
 
 use std::sync::Arc;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
+use opentelemetry_proto::tonic::logs::v1 as otlp_logs;
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 
 use crate::model::{
-    AttrValue, Event, KeyValue, Link, Resource, Scope, Span, SpanId, SpanKind, StatusCode, TraceId,
+    AttrValue, Event, KeyValue, Link, LogRecord, Resource, Scope, Severity, Span, SpanId, SpanKind,
+    StatusCode, TraceId,
 };
 
 const SERVICE_NAME: &str = "service.name";
@@ -59,6 +63,115 @@ pub fn convert_trace_request(request: ExportTraceServiceRequest) -> ConvertedSpa
         }
     }
     out
+}
+
+/// The accepted log records of a request and what was rejected.
+#[derive(Debug, Default)]
+pub struct ConvertedLogs {
+    pub records: Vec<LogRecord>,
+    pub rejected: u64,
+    /// The first rejection reason, for the partial-success message.
+    pub first_error: Option<String>,
+}
+
+/// Converts and validates every log record of an export request. Records
+/// without a time get the observed time, or `now_unix_nano`.
+pub fn convert_logs_request(
+    request: ExportLogsServiceRequest,
+    now_unix_nano: u64,
+) -> ConvertedLogs {
+    let mut out = ConvertedLogs::default();
+    let mut position = 0usize;
+    for resource_logs in request.resource_logs {
+        let resource = Arc::new(convert_resource(
+            resource_logs
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default(),
+        ));
+        for scope_logs in resource_logs.scope_logs {
+            let scope = Arc::new(
+                scope_logs
+                    .scope
+                    .map(|s| Scope {
+                        name: s.name,
+                        version: s.version,
+                    })
+                    .unwrap_or_default(),
+            );
+            for record in scope_logs.log_records {
+                match convert_log(record, &resource, &scope, now_unix_nano) {
+                    Ok(record) => out.records.push(record),
+                    Err(reason) => {
+                        out.rejected += 1;
+                        out.first_error
+                            .get_or_insert(format!("log record {position}: {reason}"));
+                    }
+                }
+                position += 1;
+            }
+        }
+    }
+    out
+}
+
+fn convert_log(
+    record: otlp_logs::LogRecord,
+    resource: &Arc<Resource>,
+    scope: &Arc<Scope>,
+    now_unix_nano: u64,
+) -> Result<LogRecord, String> {
+    // SDKs send no trace as empty bytes or as all zeros.
+    let trace_id = match record.trace_id.as_slice() {
+        [] => None,
+        bytes if bytes.len() == 16 => parse_trace_id(bytes),
+        bytes => return Err(format!("trace_id must be 16 bytes, got {}", bytes.len())),
+    };
+    let span_id = match record.span_id.as_slice() {
+        [] => None,
+        bytes if bytes.len() == 8 => parse_span_id(bytes),
+        bytes => return Err(format!("span_id must be 8 bytes, got {}", bytes.len())),
+    };
+    let severity = match u8::try_from(record.severity_number) {
+        Ok(number @ 1..=24) => Severity(number),
+        _ => Severity::from_text(&record.severity_text),
+    };
+    let severity_text = if record.severity_text.is_empty() && severity.0 != 0 {
+        severity.level().to_ascii_uppercase()
+    } else {
+        record.severity_text
+    };
+    let body = match record.body.and_then(convert_value) {
+        Some(AttrValue::Str(text)) => text,
+        Some(other) => other.to_json().to_string(),
+        None => String::new(),
+    };
+    let mut attributes = convert_attributes(record.attributes);
+    if !record.event_name.is_empty() {
+        attributes.push(KeyValue::new(
+            "event.name",
+            AttrValue::Str(record.event_name),
+        ));
+    }
+    let time_unix_nano = [
+        record.time_unix_nano,
+        record.observed_time_unix_nano,
+        now_unix_nano,
+    ]
+    .into_iter()
+    .find(|t| *t != 0)
+    .unwrap_or(now_unix_nano);
+    Ok(LogRecord {
+        time_unix_nano,
+        severity,
+        severity_text,
+        body,
+        trace_id,
+        span_id,
+        resource: resource.clone(),
+        scope: scope.clone(),
+        attributes,
+    })
 }
 
 fn convert_resource(attributes: Vec<otlp_common::KeyValue>) -> Resource {

@@ -1,6 +1,7 @@
 //! Embedded storage engines, one per signal. Stores know nothing about HTTP,
 //! OTLP or each other; they take `model` types and own their on-disk formats.
 
+pub mod logs;
 pub mod traces;
 
 use crate::codec::CodecError;
@@ -14,6 +15,8 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error("search index failed: {0}")]
+    Search(String),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
 }

@@ -1,0 +1,673 @@
+//! Log search over the partitions of the log store: newest-first pages with
+//! exact cursors, histograms split by severity, facet counts, all logs of a
+//! trace, and "what arrived since" for live tail.
+//!
+//! Order is by (timestamp, id), id being unique and increasing with arrival,
+//! so ties never reorder between pages. Partitions cover disjoint time ranges,
+//! so a page is filled from the newest partition down and stops as soon as it
+//! is full.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+
+use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
+
+use crate::model::{LogRecord, TraceId};
+use crate::store::StoreError;
+use crate::store::logs::{LEVELS, LogFields, LogStore, record_of};
+
+/// Most records one trace's log view returns.
+const MAX_TRACE_LOGS: usize = 10_000;
+
+/// Why a log query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogQueryError {
+    #[error("invalid query: {0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<tantivy::TantivyError> for LogQueryError {
+    fn from(error: tantivy::TantivyError) -> Self {
+        LogQueryError::Store(error.into())
+    }
+}
+
+type QueryResult<T> = Result<T, LogQueryError>;
+
+/// Where a page ended: the (timestamp, id) of its last record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub time_unix_nano: u64,
+    pub id: u64,
+}
+
+impl Cursor {
+    /// The opaque form handed to clients.
+    pub fn encode(self) -> String {
+        format!("{:x}-{:x}", self.time_unix_nano, self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (time, id) = text.split_once('-')?;
+        Some(Cursor {
+            time_unix_nano: u64::from_str_radix(time, 16).ok()?,
+            id: u64::from_str_radix(id, 16).ok()?,
+        })
+    }
+}
+
+/// A log search: query text in tantivy syntax (empty: everything) over a
+/// time range, in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct LogQuery {
+    pub text: String,
+    pub start_nanos: u64,
+    pub end_nanos: u64,
+}
+
+/// A stored record with its id (what cursors and tail positions refer to).
+#[derive(Clone, Debug)]
+pub struct LogHit {
+    pub id: u64,
+    pub record: LogRecord,
+}
+
+/// One page of results.
+#[derive(Debug)]
+pub struct LogPage {
+    pub hits: Vec<LogHit>,
+    /// Matches in the whole range, not just this page.
+    pub total: u64,
+    /// Set when more matches are older than this page.
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Counts per time bucket, by severity level (indexed like `LEVELS`).
+#[derive(Debug)]
+pub struct Histogram {
+    pub start_nanos: u64,
+    pub step_nanos: u64,
+    pub buckets: Vec<[u64; LEVELS.len()]>,
+}
+
+/// Top values for the facet sidebar.
+#[derive(Debug, Default)]
+pub struct Facets {
+    pub total: u64,
+    pub services: Vec<(String, u64)>,
+    pub severities: Vec<(String, u64)>,
+    pub attribute_keys: Vec<(String, u64)>,
+}
+
+impl LogQuery {
+    /// The query with its time range, parsed once for every partition.
+    fn compile(&self, store: &LogStore) -> QueryResult<Box<dyn Query>> {
+        let text = self.text.trim();
+        let user: Box<dyn Query> = if text.is_empty() || text == "*" {
+            Box::new(AllQuery)
+        } else {
+            store
+                .parse_query(text)
+                .map_err(|e| LogQueryError::Syntax(e.to_string()))?
+        };
+        let fields = store.fields();
+        let range = RangeQuery::new(
+            Bound::Included(Term::from_field_u64(fields.timestamp, self.start_nanos)),
+            Bound::Included(Term::from_field_u64(fields.timestamp, self.end_nanos)),
+        );
+        Ok(Box::new(BooleanQuery::new(vec![
+            (Occur::Must, user),
+            (Occur::Must, Box::new(range)),
+        ])))
+    }
+}
+
+/// Checks query syntax without running it (for endpoints that stream).
+pub fn validate(store: &LogStore, text: &str) -> QueryResult<()> {
+    LogQuery {
+        text: text.into(),
+        start_nanos: 0,
+        end_nanos: 0,
+    }
+    .compile(store)
+    .map(|_| ())
+}
+
+/// The newest `limit` matches older than `cursor` (or the newest overall).
+pub fn search(
+    store: &LogStore,
+    query: &LogQuery,
+    limit: usize,
+    cursor: Option<Cursor>,
+) -> QueryResult<LogPage> {
+    let compiled = query.compile(store)?;
+    let fields = *store.fields();
+    let before = cursor.map(|c| (c.time_unix_nano, c.id));
+    let mut total = 0;
+    let mut hits: Vec<((u64, u64), LogHit)> = Vec::new();
+    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        let searcher = partition.searcher();
+        total += searcher.search(&compiled, &Count)? as u64;
+        if hits.len() >= limit || limit == 0 {
+            continue;
+        }
+        let top =
+            TopDocs::with_limit(limit - hits.len()).order_by(move |segment: &SegmentReader| {
+                let keys = SortKeys::new(segment);
+                move |doc: DocId| {
+                    let key = keys.key(doc);
+                    // Records at or after the cursor sort below every real key.
+                    match before {
+                        Some(before) if key >= before => (0, 0),
+                        _ => key,
+                    }
+                }
+            });
+        for (key, address) in searcher.search(&compiled, &top)? {
+            if key != (0, 0) {
+                hits.push((key, load_hit(&searcher, &fields, address, key.1)?));
+            }
+        }
+    }
+    let next_cursor = (hits.len() == limit && limit > 0)
+        .then(|| hits.last())
+        .flatten()
+        .map(|((time_unix_nano, id), _)| Cursor {
+            time_unix_nano: *time_unix_nano,
+            id: *id,
+        });
+    Ok(LogPage {
+        hits: hits.into_iter().map(|(_, hit)| hit).collect(),
+        total,
+        next_cursor,
+    })
+}
+
+/// Matches that arrived after the record with id `after` (any timestamp), in
+/// arrival order, at most `limit`: what live tail polls for.
+pub fn arrived_after(
+    store: &LogStore,
+    text: &str,
+    after: u64,
+    limit: usize,
+) -> QueryResult<Vec<LogHit>> {
+    let query = LogQuery {
+        text: text.into(),
+        start_nanos: 0,
+        end_nanos: u64::MAX,
+    };
+    let compiled = query.compile(store)?;
+    let fields = *store.fields();
+    let mut hits = Vec::new();
+    for partition in store.partitions_between(0, u64::MAX) {
+        let searcher = partition.searcher();
+        // Oldest arrival first: invert the id so the top keys are the lowest.
+        let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
+            let keys = SortKeys::new(segment);
+            move |doc: DocId| {
+                let (_, id) = keys.key(doc);
+                if id > after { u64::MAX - id } else { 0 }
+            }
+        });
+        for (key, address) in searcher.search(&compiled, &top)? {
+            if key != 0 {
+                hits.push(load_hit(&searcher, &fields, address, u64::MAX - key)?);
+            }
+        }
+    }
+    hits.sort_by_key(|hit| hit.id);
+    hits.truncate(limit);
+    Ok(hits)
+}
+
+/// The id of the newest arrival, where a new tail starts.
+pub fn last_arrival(store: &LogStore) -> QueryResult<u64> {
+    let mut last = 0;
+    for partition in store.partitions_between(0, u64::MAX) {
+        let searcher = partition.searcher();
+        let top = TopDocs::with_limit(1).order_by(move |segment: &SegmentReader| {
+            let keys = SortKeys::new(segment);
+            move |doc: DocId| keys.key(doc).1
+        });
+        for (id, _) in searcher.search(&AllQuery, &top)? {
+            last = last.max(id);
+        }
+    }
+    Ok(last)
+}
+
+/// Every log of a trace, oldest first.
+pub fn trace_logs(store: &LogStore, trace_id: &TraceId) -> QueryResult<Vec<LogHit>> {
+    let fields = *store.fields();
+    let query = TermQuery::new(
+        Term::from_field_text(fields.trace_id, &hex::encode(trace_id)),
+        IndexRecordOption::Basic,
+    );
+    let mut hits = Vec::new();
+    for partition in store.partitions_between(0, u64::MAX) {
+        let searcher = partition.searcher();
+        let top = TopDocs::with_limit(MAX_TRACE_LOGS).order_by(|segment: &SegmentReader| {
+            let keys = SortKeys::new(segment);
+            move |doc: DocId| keys.key(doc)
+        });
+        for (key, address) in searcher.search(&query, &top)? {
+            hits.push((key, load_hit(&searcher, &fields, address, key.1)?));
+        }
+    }
+    hits.sort_by_key(|(key, _)| *key);
+    hits.truncate(MAX_TRACE_LOGS);
+    Ok(hits.into_iter().map(|(_, hit)| hit).collect())
+}
+
+/// Counts of matches per bucket of `step` nanoseconds from the query start.
+pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryResult<Histogram> {
+    let compiled = query.compile(store)?;
+    let step_nanos = step_nanos.max(1);
+    let start = query.start_nanos - query.start_nanos % step_nanos;
+    let buckets = ((query.end_nanos - start) / step_nanos + 1) as usize;
+    let collector = HistogramCollector {
+        start,
+        step: step_nanos,
+        buckets,
+    };
+    let mut counts = vec![[0u64; LEVELS.len()]; buckets];
+    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        for (bucket, partial) in partition
+            .searcher()
+            .search(&compiled, &collector)?
+            .into_iter()
+            .enumerate()
+        {
+            for (level, count) in partial.iter().enumerate() {
+                counts[bucket][level] += count;
+            }
+        }
+    }
+    Ok(Histogram {
+        start_nanos: start,
+        step_nanos,
+        buckets: counts,
+    })
+}
+
+/// Top `limit` services, severities and attribute keys among the matches.
+pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<Facets> {
+    let compiled = query.compile(store)?;
+    let mut facets = Facets::default();
+    let mut counts: [HashMap<String, u64>; 3] = Default::default();
+    let names = ["service", "severity", "attribute_keys"];
+    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        let searcher = partition.searcher();
+        let collector = (
+            Count,
+            TermCounts(names[0]),
+            TermCounts(names[1]),
+            TermCounts(names[2]),
+        );
+        let (total, services, severities, keys) = searcher.search(&compiled, &collector)?;
+        facets.total += total as u64;
+        for (into, from) in counts.iter_mut().zip([services, severities, keys]) {
+            for (value, count) in from {
+                *into.entry(value).or_default() += count;
+            }
+        }
+    }
+    let top = |counts: HashMap<String, u64>| {
+        let mut values: Vec<(String, u64)> = counts.into_iter().collect();
+        values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        values.truncate(limit);
+        values
+    };
+    let [services, severities, keys] = counts;
+    facets.services = top(services);
+    facets.severities = top(severities);
+    facets.attribute_keys = top(keys);
+    Ok(facets)
+}
+
+fn load_hit(
+    searcher: &Searcher,
+    fields: &LogFields,
+    address: DocAddress,
+    id: u64,
+) -> QueryResult<LogHit> {
+    let doc = searcher.doc(address)?;
+    let record = record_of(fields, &doc)
+        .ok_or_else(|| StoreError::Corrupt("stored log record is undecodable".into()))?;
+    Ok(LogHit { id, record })
+}
+
+/// Reads (timestamp, id) of a segment's documents.
+struct SortKeys {
+    timestamp: Option<tantivy::columnar::Column<u64>>,
+    id: Option<tantivy::columnar::Column<u64>>,
+}
+
+impl SortKeys {
+    fn new(segment: &SegmentReader) -> SortKeys {
+        let fast = segment.fast_fields();
+        SortKeys {
+            timestamp: fast.u64("timestamp").ok(),
+            id: fast.u64("id").ok(),
+        }
+    }
+
+    fn key(&self, doc: DocId) -> (u64, u64) {
+        let read = |column: &Option<tantivy::columnar::Column<u64>>| {
+            column.as_ref().and_then(|c| c.first(doc)).unwrap_or(0)
+        };
+        (read(&self.timestamp), read(&self.id))
+    }
+}
+
+struct HistogramCollector {
+    start: u64,
+    step: u64,
+    buckets: usize,
+}
+
+struct HistogramSegment {
+    start: u64,
+    step: u64,
+    timestamp: Option<tantivy::columnar::Column<u64>>,
+    level: Option<tantivy::columnar::Column<u64>>,
+    counts: Vec<[u64; LEVELS.len()]>,
+}
+
+impl Collector for HistogramCollector {
+    type Fruit = Vec<[u64; LEVELS.len()]>;
+    type Child = HistogramSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<HistogramSegment> {
+        let fast = segment.fast_fields();
+        Ok(HistogramSegment {
+            start: self.start,
+            step: self.step,
+            timestamp: fast.u64("timestamp").ok(),
+            level: fast.u64("level").ok(),
+            counts: vec![[0; LEVELS.len()]; self.buckets],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        let mut merged = vec![[0; LEVELS.len()]; self.buckets];
+        for fruit in fruits {
+            for (into, from) in merged.iter_mut().zip(fruit) {
+                for (a, b) in into.iter_mut().zip(from) {
+                    *a += b;
+                }
+            }
+        }
+        Ok(merged)
+    }
+}
+
+impl SegmentCollector for HistogramSegment {
+    type Fruit = Vec<[u64; LEVELS.len()]>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let Some(time) = self.timestamp.as_ref().and_then(|c| c.first(doc)) else {
+            return;
+        };
+        let level = self.level.as_ref().and_then(|c| c.first(doc)).unwrap_or(0) as usize;
+        let bucket = (time.saturating_sub(self.start) / self.step) as usize;
+        if let Some(counts) = self.counts.get_mut(bucket) {
+            counts[level.min(LEVELS.len() - 1)] += 1;
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.counts
+    }
+}
+
+/// Counts the values of a string fast field among the matches.
+struct TermCounts(&'static str);
+
+struct TermCountsSegment {
+    column: Option<tantivy::columnar::StrColumn>,
+    counts: HashMap<u64, u64>,
+}
+
+impl Collector for TermCounts {
+    type Fruit = HashMap<String, u64>;
+    type Child = TermCountsSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<TermCountsSegment> {
+        Ok(TermCountsSegment {
+            column: segment.fast_fields().str(self.0)?,
+            counts: HashMap::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        let mut merged = HashMap::new();
+        for fruit in fruits {
+            for (value, count) in fruit {
+                *merged.entry(value).or_default() += count;
+            }
+        }
+        Ok(merged)
+    }
+}
+
+impl SegmentCollector for TermCountsSegment {
+    type Fruit = HashMap<String, u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(column) = &self.column {
+            for ord in column.term_ords(doc) {
+                *self.counts.entry(ord).or_default() += 1;
+            }
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        let Some(column) = self.column else {
+            return HashMap::new();
+        };
+        let mut values = HashMap::new();
+        let mut text = String::new();
+        for (ord, count) in self.counts {
+            text.clear();
+            if column.ord_to_str(ord, &mut text).unwrap_or(false) {
+                values.insert(text.clone(), count);
+            }
+        }
+        values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_log;
+    use crate::model::{AttrValue, KeyValue, Severity};
+    use crate::store::logs::LogRetention;
+    use crate::telemetry::Metrics;
+
+    const HOUR: u64 = 3_600 * 1_000_000_000;
+    const BASE: u64 = 1_000 * HOUR;
+
+    fn log(service: &str, at: u64, body: &str, severity: u8, order: i64) -> LogRecord {
+        let mut record = sample_log(service, at, body);
+        record.severity = Severity(severity);
+        record.trace_id = (order % 2 == 0).then_some([order as u8; 16]);
+        record.attributes = vec![KeyValue::new("order_id", AttrValue::Int(order))];
+        record
+    }
+
+    /// Twenty logs over two hours (two partitions), committed.
+    fn store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), Duration::from_secs(3600), Metrics::new()).unwrap();
+        let records: Vec<LogRecord> = (0..20i64)
+            .map(|i| {
+                let (service, body, severity) = match i % 4 {
+                    0 => ("payment", "card declined for order", 17),
+                    1 => ("order", "order created", 9),
+                    2 => ("inventory", "stock reserved", 9),
+                    _ => ("gateway", "GET /api/orders 200", 13),
+                };
+                log(service, BASE + i as u64 * HOUR / 10, body, severity, i)
+            })
+            .collect();
+        store.apply(1, records).unwrap();
+        store.commit().unwrap();
+        (dir, store)
+    }
+
+    fn query(text: &str) -> LogQuery {
+        LogQuery {
+            text: text.into(),
+            start_nanos: 0,
+            end_nanos: u64::MAX,
+        }
+    }
+
+    fn orders(page: &LogPage) -> Vec<i64> {
+        page.hits
+            .iter()
+            .map(|h| match h.record.attributes[0].value {
+                AttrValue::Int(i) => i,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    use std::time::Duration;
+
+    #[test]
+    fn term_phrase_field_and_attribute_queries() {
+        let (_dir, store) = store();
+        let page = search(&store, &query("declined"), 100, None).unwrap();
+        assert_eq!(page.total, 5);
+        assert_eq!(orders(&page), vec![16, 12, 8, 4, 0], "newest first");
+        let phrase = search(&store, &query("\"card declined\""), 100, None).unwrap();
+        assert_eq!(phrase.total, 5);
+        assert_eq!(
+            search(&store, &query("\"declined card\""), 100, None)
+                .unwrap()
+                .total,
+            0
+        );
+        let field = search(&store, &query("service:order AND severity:info"), 100, None).unwrap();
+        assert_eq!(orders(&field), vec![17, 13, 9, 5, 1]);
+        let attribute = search(&store, &query("attributes.order_id:13"), 100, None).unwrap();
+        assert_eq!(orders(&attribute), vec![13]);
+        let resource = search(&store, &query("resource.host.name:h"), 100, None).unwrap();
+        assert_eq!(resource.total, 20);
+        assert!(matches!(
+            search(&store, &query("service:(unclosed"), 10, None),
+            Err(LogQueryError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn time_range_and_cursor_pages_cover_everything_once() {
+        let (_dir, store) = store();
+        let mut within = query("");
+        within.start_nanos = BASE + 5 * HOUR / 10;
+        within.end_nanos = BASE + 14 * HOUR / 10;
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = search(&store, &within, 3, cursor).unwrap();
+            assert_eq!(page.total, 10);
+            seen.extend(orders(&page));
+            match page.next_cursor {
+                Some(next) => cursor = Some(Cursor::decode(&next.encode()).unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (5..=14).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn histogram_and_facets_add_up() {
+        let (_dir, store) = store();
+        let all = query("");
+        let histogram = histogram(&store, &all, HOUR / 2).unwrap();
+        let counted: u64 = histogram.buckets.iter().flatten().sum();
+        assert_eq!(counted, 20);
+        let errors: u64 = histogram.buckets.iter().map(|b| b[5]).sum();
+        assert_eq!(errors, 5);
+
+        let facets = facets(&store, &query("severity:info"), 10).unwrap();
+        assert_eq!(facets.total, 10);
+        assert_eq!(
+            facets.services,
+            vec![("inventory".to_string(), 5), ("order".to_string(), 5)]
+        );
+        assert_eq!(facets.severities, vec![("info".to_string(), 10)]);
+        assert_eq!(facets.attribute_keys, vec![("order_id".to_string(), 10)]);
+    }
+
+    #[test]
+    fn trace_logs_and_arrivals() {
+        let (_dir, store) = store();
+        let logs = trace_logs(&store, &[4; 16]).unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].record.body, "card declined for order");
+
+        let last = last_arrival(&store).unwrap();
+        store
+            .apply(2, vec![log("payment", BASE, "late refund", 9, 99)])
+            .unwrap();
+        store.commit().unwrap();
+        let arrived = arrived_after(&store, "refund OR declined", last, 10).unwrap();
+        assert_eq!(arrived.len(), 1);
+        assert_eq!(arrived[0].record.body, "late refund");
+    }
+
+    #[test]
+    fn replay_never_duplicates_and_retention_drops_old_partitions() {
+        let (dir, store) = store();
+        drop(store);
+        let store = LogStore::open(dir.path(), Duration::from_secs(3600), Metrics::new()).unwrap();
+        // The WAL replays record 1 again after a crash: already committed.
+        store
+            .apply(
+                1,
+                vec![log("payment", BASE, "card declined for order", 17, 0)],
+            )
+            .unwrap();
+        store.commit().unwrap();
+        assert_eq!(search(&store, &query(""), 100, None).unwrap().total, 20);
+
+        let retention = LogRetention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 0,
+        };
+        assert_eq!(
+            store
+                .enforce_retention(retention, BASE + 2 * HOUR + 1)
+                .unwrap(),
+            1
+        );
+        let page = search(&store, &query(""), 100, None).unwrap();
+        assert_eq!(page.total, 10, "the newer partition stays");
+        assert_eq!(orders(&page).last(), Some(&10));
+    }
+}

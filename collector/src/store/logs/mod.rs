@@ -1,0 +1,388 @@
+//! The log store: one tantivy index per time partition (an hour by default).
+//!
+//! Records reach the store from the WAL writer thread once durable, and are
+//! added to the writer of the partition their timestamp falls in. A commit
+//! cycle (every half second) commits every partition that received records
+//! and reloads its reader, which is what makes a record searchable. Each
+//! partition's commit carries, as its payload, the highest WAL sequence number
+//! it contains all records of; replay skips records a partition already has,
+//! so replaying the WAL twice never duplicates a log.
+//!
+//! Retention drops whole partitions, oldest first, by age and by total size.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{Query, QueryParser, QueryParserError};
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, Searcher};
+
+pub use schema::{LEVELS, LogFields, record_of};
+
+use crate::model::LogRecord;
+use crate::store::{Result, StoreError};
+use crate::telemetry::Metrics;
+
+/// Indexing memory of the newest partition's writer (split across threads).
+const HOT_WRITER_BYTES: usize = 96 << 20;
+const HOT_WRITER_THREADS: usize = 2;
+/// Writers of older partitions (late records, replay) get tantivy's minimum
+/// and are closed after each commit.
+const COLD_WRITER_BYTES: usize = 15 << 20;
+/// Records per WAL record are numbered below this in document ids.
+const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
+
+impl From<tantivy::TantivyError> for StoreError {
+    fn from(error: tantivy::TantivyError) -> Self {
+        StoreError::Search(error.to_string())
+    }
+}
+
+/// When partitions are dropped.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRetention {
+    /// Partitions whose newest possible record is older than this go.
+    pub max_age: Duration,
+    /// Oldest partitions go while the store is larger than this (0: no limit).
+    pub max_bytes: u64,
+}
+
+/// One time partition.
+pub struct Partition {
+    pub start_nanos: u64,
+    pub end_nanos: u64,
+    dir: PathBuf,
+    index: Index,
+    reader: IndexReader,
+    writer: RwLock<Option<IndexWriter>>,
+    /// Highest WAL sequence number added to the writer.
+    added_through: AtomicU64,
+    /// Highest WAL sequence number all of whose records are committed.
+    committed_through: AtomicU64,
+}
+
+impl Partition {
+    /// A searcher over what the last commit made visible.
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    fn has_uncommitted(&self) -> bool {
+        self.added_through.load(Ordering::Acquire) > self.committed_through.load(Ordering::Acquire)
+    }
+}
+
+/// See the module docs.
+pub struct LogStore {
+    dir: PathBuf,
+    schema: tantivy::schema::Schema,
+    fields: LogFields,
+    tokenizers: tantivy::tokenizer::TokenizerManager,
+    partition_nanos: u64,
+    partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
+    /// Serialises commit cycles and retention.
+    maintenance: Mutex<()>,
+    metrics: Metrics,
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `dir` with partitions `partition` long.
+    pub fn open(dir: &Path, partition: Duration, metrics: Metrics) -> Result<LogStore> {
+        fs::create_dir_all(dir)?;
+        let (schema, fields) = schema::build();
+        let partition_nanos = u64::try_from(partition.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1_000_000_000);
+        let store = LogStore {
+            dir: dir.to_path_buf(),
+            schema,
+            fields,
+            tokenizers: schema::tokenizers(),
+            partition_nanos,
+            partitions: RwLock::new(BTreeMap::new()),
+            maintenance: Mutex::new(()),
+            metrics,
+        };
+        let mut partitions = BTreeMap::new();
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(start) = partition_start(&path) else {
+                continue;
+            };
+            partitions.insert(start, Arc::new(store.open_partition(start)?));
+        }
+        *store.partitions.write().expect("not poisoned") = partitions;
+        store.update_size_metric();
+        Ok(store)
+    }
+
+    pub fn fields(&self) -> &LogFields {
+        &self.fields
+    }
+
+    /// The highest WAL sequence number any partition has committed: the WAL
+    /// must never hand out a number at or below it again.
+    pub fn committed_through(&self) -> u64 {
+        self.partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .map(|p| p.committed_through.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Adds durable records; called in WAL sequence order (at ingest and on
+    /// replay). Records a partition already committed are skipped.
+    pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<()> {
+        let mut by_partition: BTreeMap<u64, Vec<(u64, &LogRecord)>> = BTreeMap::new();
+        for (position, record) in records.iter().enumerate() {
+            let id = seq * MAX_RECORDS_PER_WAL_RECORD + position as u64;
+            by_partition
+                .entry(self.partition_of(record.time_unix_nano))
+                .or_default()
+                .push((id, record));
+        }
+        for (start, records) in by_partition {
+            let partition = self.partition(start)?;
+            if seq <= partition.committed_through.load(Ordering::Acquire) {
+                continue;
+            }
+            self.ensure_writer(&partition)?;
+            let writer = partition.writer.read().expect("not poisoned");
+            let writer = writer.as_ref().expect("ensured above");
+            for (id, record) in records {
+                writer.add_document(schema::to_document(&self.fields, record, id))?;
+            }
+            partition.added_through.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Commits every partition holding uncommitted records and makes them
+    /// searchable. Returns the number of partitions committed.
+    pub fn commit(&self) -> Result<usize> {
+        let _maintenance = self.maintenance.lock().expect("not poisoned");
+        let newest = self.newest_start();
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .filter(|p| p.has_uncommitted())
+            .cloned()
+            .collect();
+        for partition in &partitions {
+            let mut writer = partition.writer.write().expect("not poisoned");
+            let Some(index_writer) = writer.as_mut() else {
+                continue;
+            };
+            let through = partition.added_through.load(Ordering::Acquire);
+            let mut prepared = index_writer.prepare_commit()?;
+            prepared.set_payload(&through.to_string());
+            prepared.commit()?;
+            partition
+                .committed_through
+                .store(through, Ordering::Release);
+            if Some(partition.start_nanos) != newest {
+                // Late records are rare: free the writer's memory.
+                *writer = None;
+            }
+            drop(writer);
+            partition.reader.reload()?;
+        }
+        if !partitions.is_empty() {
+            self.update_size_metric();
+        }
+        Ok(partitions.len())
+    }
+
+    /// Drops partitions past the retention limits; returns how many.
+    pub fn enforce_retention(&self, retention: LogRetention, now_nanos: u64) -> Result<usize> {
+        let _maintenance = self.maintenance.lock().expect("not poisoned");
+        let oldest_kept = now_nanos
+            .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
+        let mut doomed = Vec::new();
+        {
+            let partitions = self.partitions.read().expect("not poisoned");
+            let mut sizes: Vec<(u64, u64)> = partitions
+                .values()
+                .map(|p| (p.start_nanos, dir_bytes(&p.dir)))
+                .collect();
+            let mut total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
+            // Oldest first; the newest partition always stays.
+            sizes.pop();
+            for (start, bytes) in sizes {
+                let partition = &partitions[&start];
+                let too_old = partition.end_nanos <= oldest_kept;
+                let too_big = retention.max_bytes > 0 && total > retention.max_bytes;
+                if too_old || too_big {
+                    doomed.push(start);
+                    total -= bytes;
+                }
+            }
+        }
+        for start in &doomed {
+            let removed = self.partitions.write().expect("not poisoned").remove(start);
+            if let Some(partition) = removed {
+                let dir = partition.dir.clone();
+                drop(partition);
+                // Open searchers keep their mapped files readable after this.
+                fs::remove_dir_all(&dir)?;
+                tracing::info!(partition = %dir.display(), "LogPartitionDropped");
+            }
+        }
+        if !doomed.is_empty() {
+            self.update_size_metric();
+        }
+        Ok(doomed.len())
+    }
+
+    /// Parses a query in tantivy's syntax; body is the default field.
+    pub fn parse_query(&self, text: &str) -> std::result::Result<Box<dyn Query>, QueryParserError> {
+        let mut parser = QueryParser::new(
+            self.schema.clone(),
+            vec![self.fields.body],
+            self.tokenizers.clone(),
+        );
+        parser.set_conjunction_by_default();
+        parser.parse_query(text)
+    }
+
+    /// Partitions that may hold records in `[start, end]`, newest first.
+    pub fn partitions_between(&self, start_nanos: u64, end_nanos: u64) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .rev()
+            .filter(|p| p.start_nanos <= end_nanos && p.end_nanos > start_nanos)
+            .cloned()
+            .collect()
+    }
+
+    /// Bytes of all partitions on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.dir)
+    }
+
+    fn partition_of(&self, time_unix_nano: u64) -> u64 {
+        time_unix_nano - time_unix_nano % self.partition_nanos
+    }
+
+    fn newest_start(&self) -> Option<u64> {
+        self.partitions
+            .read()
+            .expect("not poisoned")
+            .keys()
+            .next_back()
+            .copied()
+    }
+
+    fn partition(&self, start: u64) -> Result<Arc<Partition>> {
+        if let Some(partition) = self.partitions.read().expect("not poisoned").get(&start) {
+            return Ok(partition.clone());
+        }
+        let mut partitions = self.partitions.write().expect("not poisoned");
+        if let Some(partition) = partitions.get(&start) {
+            return Ok(partition.clone());
+        }
+        let partition = Arc::new(self.open_partition(start)?);
+        partitions.insert(start, partition.clone());
+        Ok(partition)
+    }
+
+    fn open_partition(&self, start: u64) -> Result<Partition> {
+        let dir = self.dir.join(format!("{}", start / 1_000_000_000));
+        fs::create_dir_all(&dir)?;
+        let directory = MmapDirectory::open(&dir)
+            .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
+        let exists = Index::exists(&directory)
+            .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
+        let mut index = if exists {
+            Index::open(directory)?
+        } else {
+            Index::builder()
+                .schema(self.schema.clone())
+                .tokenizers(self.tokenizers.clone())
+                .fast_field_tokenizers(self.tokenizers.clone())
+                .settings(IndexSettings {
+                    docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+                    ..IndexSettings::default()
+                })
+                .open_or_create(directory)?
+        };
+        index.set_tokenizers(self.tokenizers.clone());
+        index.set_fast_field_tokenizers(self.tokenizers.clone());
+        let committed = index
+            .load_metas()?
+            .payload
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Partition {
+            start_nanos: start,
+            end_nanos: start.saturating_add(self.partition_nanos),
+            dir,
+            index,
+            reader,
+            writer: RwLock::new(None),
+            added_through: AtomicU64::new(committed),
+            committed_through: AtomicU64::new(committed),
+        })
+    }
+
+    fn ensure_writer(&self, partition: &Partition) -> Result<()> {
+        if partition.writer.read().expect("not poisoned").is_some() {
+            return Ok(());
+        }
+        let mut writer = partition.writer.write().expect("not poisoned");
+        if writer.is_none() {
+            let hot = self.newest_start() == Some(partition.start_nanos);
+            let (threads, bytes) = if hot {
+                (HOT_WRITER_THREADS, HOT_WRITER_BYTES)
+            } else {
+                (1, COLD_WRITER_BYTES)
+            };
+            *writer = Some(partition.index.writer_with_num_threads(threads, bytes)?);
+        }
+        Ok(())
+    }
+
+    fn update_size_metric(&self) {
+        self.metrics
+            .store_size_bytes
+            .with_label_values(&["logs"])
+            .set(self.disk_bytes() as i64);
+    }
+}
+
+fn partition_start(path: &Path) -> Option<u64> {
+    let seconds: u64 = path.file_name()?.to_str()?.parse().ok()?;
+    seconds.checked_mul(1_000_000_000)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,191 @@
+//! The tantivy schema of a log partition and the conversion of a record into a
+//! document.
+//!
+//! Everything a query filters, sorts or counts on is indexed or a fast field;
+//! the record itself is stored once, in the WAL's binary encoding, so a hit
+//! decodes back into the exact `LogRecord` that was ingested.
+
+use std::collections::BTreeMap;
+
+use tantivy::TantivyDocument;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, Schema, TextFieldIndexing,
+    TextOptions,
+};
+use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer, TokenizerManager};
+
+use crate::codec;
+use crate::model::{AttrValue, KeyValue, LogRecord};
+
+/// Tokenizer for exact values matched case-insensitively (severity, ids).
+const RAW_LOWERCASE: &str = "raw_lowercase";
+
+/// The fields of a log document.
+#[derive(Clone, Copy, Debug)]
+pub struct LogFields {
+    /// Event time, unix nanoseconds: range filters and newest-first order.
+    pub timestamp: Field,
+    /// Unique per record (WAL sequence and position): breaks timestamp ties
+    /// so cursors are exact.
+    pub id: Field,
+    /// Severity range as a small number (see `level_number`), for histograms.
+    pub level: Field,
+    /// Level name: `severity:error`, and severity facets.
+    pub severity: Field,
+    pub service: Field,
+    pub body: Field,
+    pub trace_id: Field,
+    pub span_id: Field,
+    pub attributes: Field,
+    pub resource: Field,
+    /// Names of the record's attributes, for the "common keys" facet.
+    pub attribute_keys: Field,
+    /// The whole record, `codec::encode_logs` of one record.
+    pub record: Field,
+}
+
+/// Severity levels in the order `level_number` numbers them.
+pub const LEVELS: [&str; 7] = [
+    "unknown", "trace", "debug", "info", "warn", "error", "fatal",
+];
+
+/// Position of a level name in [`LEVELS`].
+pub fn level_number(level: &str) -> u64 {
+    LEVELS.iter().position(|l| *l == level).unwrap_or(0) as u64
+}
+
+/// Builds the schema; the same for every partition.
+pub fn build() -> (Schema, LogFields) {
+    let mut builder = Schema::builder();
+    let exact = |tokenizer: &str| {
+        TextOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(tokenizer)
+                    .set_index_option(IndexRecordOption::Basic),
+            )
+            .set_fast(tokenizer)
+    };
+    let json = || {
+        JsonObjectOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("default")
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            )
+            .set_expand_dots_enabled()
+    };
+    let fields = LogFields {
+        timestamp: builder.add_u64_field("timestamp", INDEXED | FAST),
+        id: builder.add_u64_field("id", FAST),
+        level: builder.add_u64_field("level", FAST),
+        severity: builder.add_text_field("severity", exact(RAW_LOWERCASE)),
+        service: builder.add_text_field("service", exact("raw")),
+        body: builder.add_text_field(
+            "body",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("default")
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        ),
+        trace_id: builder.add_text_field(
+            "trace_id",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(RAW_LOWERCASE)
+                    .set_index_option(IndexRecordOption::Basic),
+            ),
+        ),
+        span_id: builder.add_text_field(
+            "span_id",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(RAW_LOWERCASE)
+                    .set_index_option(IndexRecordOption::Basic),
+            ),
+        ),
+        attributes: builder.add_json_field("attributes", json()),
+        resource: builder.add_json_field("resource", json()),
+        attribute_keys: builder
+            .add_text_field("attribute_keys", TextOptions::default().set_fast("raw")),
+        record: builder.add_bytes_field("record", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// The tokenizers the schema refers to, beyond tantivy's defaults.
+pub fn tokenizers() -> TokenizerManager {
+    let manager = TokenizerManager::default();
+    manager.register(
+        RAW_LOWERCASE,
+        TextAnalyzer::builder(RawTokenizer::default())
+            .filter(LowerCaser)
+            .build(),
+    );
+    manager
+}
+
+/// The document of one record; `id` must be unique in the store.
+pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    let level = record.severity.level();
+    doc.add_u64(fields.timestamp, record.time_unix_nano);
+    doc.add_u64(fields.id, id);
+    doc.add_u64(fields.level, level_number(level));
+    doc.add_text(fields.severity, level);
+    doc.add_text(fields.service, record.service());
+    doc.add_text(fields.body, &record.body);
+    if let Some(trace_id) = record.trace_id {
+        doc.add_text(fields.trace_id, hex::encode(trace_id));
+    }
+    if let Some(span_id) = record.span_id {
+        doc.add_text(fields.span_id, hex::encode(span_id));
+    }
+    if !record.attributes.is_empty() {
+        doc.add_object(fields.attributes, json_object(&record.attributes));
+        for kv in &record.attributes {
+            doc.add_text(fields.attribute_keys, &kv.key);
+        }
+    }
+    if !record.resource.attributes.is_empty() {
+        doc.add_object(fields.resource, json_object(&record.resource.attributes));
+    }
+    doc.add_bytes(
+        fields.record,
+        &codec::encode_logs(std::slice::from_ref(record)),
+    );
+    doc
+}
+
+fn json_object(attributes: &[KeyValue]) -> BTreeMap<String, tantivy::schema::OwnedValue> {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), json_value(&kv.value)))
+        .collect()
+}
+
+fn json_value(value: &AttrValue) -> tantivy::schema::OwnedValue {
+    use tantivy::schema::OwnedValue;
+    match value {
+        AttrValue::Str(s) => OwnedValue::Str(s.clone()),
+        AttrValue::Bool(b) => OwnedValue::Bool(*b),
+        AttrValue::Int(i) => OwnedValue::I64(*i),
+        AttrValue::Double(d) => OwnedValue::F64(*d),
+        AttrValue::Bytes(b) => OwnedValue::Str(hex::encode(b)),
+        AttrValue::Array(items) => OwnedValue::Array(items.iter().map(json_value).collect()),
+        AttrValue::Map(entries) => OwnedValue::Object(
+            entries
+                .iter()
+                .map(|kv| (kv.key.clone(), json_value(&kv.value)))
+                .collect(),
+        ),
+    }
+}
+
+/// Decodes the stored record of a document.
+pub fn record_of(fields: &LogFields, doc: &TantivyDocument) -> Option<LogRecord> {
+    use tantivy::schema::Value;
+    let bytes = doc.get_first(fields.record)?.as_bytes()?;
+    codec::decode_logs(bytes).ok()?.into_iter().next()
+}
