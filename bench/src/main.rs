@@ -5,7 +5,9 @@
 //! the ones an operator would see. Progress goes to stderr; the result is a
 //! single JSON line on stdout, easy to append to a results file and diff.
 
+mod baseline;
 mod daemon;
+mod logs;
 mod report;
 mod stats;
 mod traces;
@@ -34,6 +36,51 @@ enum Command {
     /// `--target-grpc` it loads an already running daemon instead (no
     /// restart phase).
     Traces(TracesArgs),
+
+    /// Log ingest over OTLP/gRPC with durable acks, time until searchable,
+    /// bytes on disk against raw bytes, search and histogram latency after a
+    /// restart, and bare tantivy indexing the same documents for comparison.
+    Logs(LogsArgs),
+}
+
+/// Options of `strand-bench logs`.
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// Length of the load phase in seconds (ignored with --lines).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub duration: u64,
+
+    /// Stop after this many lines were sent instead of after --duration.
+    #[arg(long, value_name = "N")]
+    pub lines: Option<u64>,
+
+    /// Concurrent gRPC clients, each on its own connection.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clients: usize,
+
+    /// Log lines per export request.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub lines_per_request: usize,
+
+    /// Term queries and histogram queries each, after the restart.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub queries: usize,
+
+    /// Skip indexing the same documents with bare tantivy.
+    #[arg(long)]
+    pub no_baseline: bool,
+
+    /// Compress export requests with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+
+    /// Keep the temporary data directory and daemon log.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `strand-bench traces`.
@@ -96,6 +143,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Traces(args) => traces::run(&args).await,
+        Command::Logs(args) => logs::run(&args).await,
     };
     match result {
         Ok(line) => {
