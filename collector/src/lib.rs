@@ -40,6 +40,18 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
+/// The log index exactly as the daemon builds it (schema, settings, writer
+/// sizing, record -> document) and the OTLP conversion in front of it: public
+/// so `strand-bench` can index the daemon's own documents with bare tantivy
+/// and measure what the protocol and the WAL cost on top.
+pub mod log_index {
+    pub use crate::ingest::otlp::{ConvertedLogs, convert_logs_request};
+    pub use crate::store::logs::schema::{
+        HOT_WRITER_BYTES, HOT_WRITER_THREADS, LogFields, build, index_settings, to_document,
+        tokenizers,
+    };
+}
+
 /// How long servers get to finish in-flight requests on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

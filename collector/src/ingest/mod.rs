@@ -5,7 +5,7 @@
 mod bulk;
 pub mod grpc;
 pub mod http;
-mod otlp;
+pub(crate) mod otlp;
 
 use axum::http::StatusCode as HttpStatus;
 

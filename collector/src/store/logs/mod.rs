@@ -10,7 +10,7 @@
 //!
 //! Retention drops whole partitions, oldest first, by age and by total size.
 
-mod schema;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{Query, QueryParser, QueryParserError};
-use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, Searcher};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
 
@@ -30,9 +29,6 @@ use crate::model::LogRecord;
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
 
-/// Indexing memory of the newest partition's writer (split across threads).
-const HOT_WRITER_BYTES: usize = 96 << 20;
-const HOT_WRITER_THREADS: usize = 2;
 /// Writers of older partitions (late records, replay) get tantivy's minimum
 /// and are closed after each commit.
 const COLD_WRITER_BYTES: usize = 15 << 20;
@@ -313,10 +309,7 @@ impl LogStore {
                 .schema(self.schema.clone())
                 .tokenizers(self.tokenizers.clone())
                 .fast_field_tokenizers(self.tokenizers.clone())
-                .settings(IndexSettings {
-                    docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
-                    ..IndexSettings::default()
-                })
+                .settings(schema::index_settings())
                 .open_or_create(directory)?
         };
         index.set_tokenizers(self.tokenizers.clone());
@@ -350,7 +343,7 @@ impl LogStore {
         if writer.is_none() {
             let hot = self.newest_start() == Some(partition.start_nanos);
             let (threads, bytes) = if hot {
-                (HOT_WRITER_THREADS, HOT_WRITER_BYTES)
+                (schema::HOT_WRITER_THREADS, schema::HOT_WRITER_BYTES)
             } else {
                 (1, COLD_WRITER_BYTES)
             };

@@ -4,15 +4,21 @@
 //! Everything a query filters, sorts or counts on is indexed or a fast field;
 //! the record itself is stored once, in the WAL's binary encoding, so a hit
 //! decodes back into the exact `LogRecord` that was ingested.
+//!
+//! Results are ordered by time, never by relevance, so no field keeps
+//! fieldnorms, and the timestamp is a fast field only (tantivy answers range
+//! queries on fast fields from the column; an inverted index of nanosecond
+//! timestamps would hold one term per record).
 
 use std::collections::BTreeMap;
 
-use tantivy::TantivyDocument;
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, Schema, TextFieldIndexing,
+    FAST, Field, IndexRecordOption, JsonObjectOptions, STORED, Schema, TextFieldIndexing,
     TextOptions,
 };
+use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer, TokenizerManager};
+use tantivy::{IndexSettings, TantivyDocument};
 
 use crate::codec;
 use crate::model::{AttrValue, KeyValue, LogRecord};
@@ -54,57 +60,59 @@ pub fn level_number(level: &str) -> u64 {
     LEVELS.iter().position(|l| *l == level).unwrap_or(0) as u64
 }
 
+/// Indexing memory of the writer of the newest partition (split across its
+/// threads): enough that a half-second commit cycle rarely fills it.
+pub const HOT_WRITER_BYTES: usize = 96 << 20;
+/// Indexing threads of the newest partition's writer.
+pub const HOT_WRITER_THREADS: usize = 2;
+
+/// Settings of a new partition: zstd-compressed stored records in blocks
+/// large enough for repetitive log lines to compress well, small enough that
+/// fetching a page of hits decompresses little.
+pub fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+        docstore_blocksize: 64 << 10,
+        ..IndexSettings::default()
+    }
+}
+
 /// Builds the schema; the same for every partition.
 pub fn build() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
+    let indexing = |tokenizer: &str, record: IndexRecordOption| {
+        TextFieldIndexing::default()
+            .set_tokenizer(tokenizer)
+            .set_index_option(record)
+            .set_fieldnorms(false)
+    };
     let exact = |tokenizer: &str| {
         TextOptions::default()
-            .set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(tokenizer)
-                    .set_index_option(IndexRecordOption::Basic),
-            )
+            .set_indexing_options(indexing(tokenizer, IndexRecordOption::Basic))
             .set_fast(tokenizer)
     };
+    let id = || {
+        TextOptions::default()
+            .set_indexing_options(indexing(RAW_LOWERCASE, IndexRecordOption::Basic))
+    };
+    let full_text = IndexRecordOption::WithFreqsAndPositions;
     let json = || {
         JsonObjectOptions::default()
-            .set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("default")
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            )
+            .set_indexing_options(indexing("default", full_text))
             .set_expand_dots_enabled()
     };
     let fields = LogFields {
-        timestamp: builder.add_u64_field("timestamp", INDEXED | FAST),
+        timestamp: builder.add_u64_field("timestamp", FAST),
         id: builder.add_u64_field("id", FAST),
         level: builder.add_u64_field("level", FAST),
         severity: builder.add_text_field("severity", exact(RAW_LOWERCASE)),
         service: builder.add_text_field("service", exact("raw")),
         body: builder.add_text_field(
             "body",
-            TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("default")
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            ),
+            TextOptions::default().set_indexing_options(indexing("default", full_text)),
         ),
-        trace_id: builder.add_text_field(
-            "trace_id",
-            TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(RAW_LOWERCASE)
-                    .set_index_option(IndexRecordOption::Basic),
-            ),
-        ),
-        span_id: builder.add_text_field(
-            "span_id",
-            TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(RAW_LOWERCASE)
-                    .set_index_option(IndexRecordOption::Basic),
-            ),
-        ),
+        trace_id: builder.add_text_field("trace_id", id()),
+        span_id: builder.add_text_field("span_id", id()),
         attributes: builder.add_json_field("attributes", json()),
         resource: builder.add_json_field("resource", json()),
         attribute_keys: builder
