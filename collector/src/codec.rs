@@ -321,6 +321,22 @@ pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogRecord>, CodecError> {
         .collect()
 }
 
+/// Encodes metric series with their samples for the WAL.
+pub fn encode_samples(series: &[crate::model::SeriesSamples]) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(postcard::to_stdvec(series).unwrap_or_default());
+    out
+}
+
+/// Decodes what [`encode_samples`] wrote.
+pub fn decode_samples(bytes: &[u8]) -> Result<Vec<crate::model::SeriesSamples>, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    Ok(postcard::from_bytes(body)?)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::pipeline::PipelineLimits;
 use crate::store::logs::LogRetention;
+use crate::store::metrics::SeriesLimits;
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
@@ -31,6 +32,9 @@ const DEFAULT_HTTP_PORT: u16 = 7070;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 const DEFAULT_LOG_PARTITION: Duration = Duration::from_secs(3600);
 const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_METRIC_RETENTION: Duration = Duration::from_secs(15 * 24 * 3600);
+const DEFAULT_MAX_SERIES: usize = 1_000_000;
+const DEFAULT_MAX_SERIES_PER_METRIC: usize = 100_000;
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
 const DEFAULT_WAL_QUEUE_BYTES: usize = 256 << 20;
@@ -113,6 +117,24 @@ pub struct ServeArgs {
     /// (0 = no size limit) [default: 0]
     #[arg(long, env = "STRAND_LOG_RETENTION_BYTES", value_name = "BYTES")]
     pub log_retention_bytes: Option<u64>,
+
+    /// Metric samples older than this are deleted [default: 15d]
+    #[arg(long, env = "STRAND_METRIC_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub metric_retention: Option<Duration>,
+
+    /// Oldest metric chunk files are deleted while metrics take more disk than
+    /// this (0 = no size limit) [default: 0]
+    #[arg(long, env = "STRAND_METRIC_RETENTION_BYTES", value_name = "BYTES")]
+    pub metric_retention_bytes: Option<u64>,
+
+    /// New metric series beyond this many in total are refused [default: 1000000]
+    #[arg(long, env = "STRAND_MAX_SERIES", value_name = "SERIES")]
+    pub max_series: Option<usize>,
+
+    /// New series of one metric name beyond this many are refused, with an
+    /// error naming the metric [default: 100000]
+    #[arg(long, env = "STRAND_MAX_SERIES_PER_METRIC", value_name = "SERIES")]
+    pub max_series_per_metric: Option<usize>,
 }
 
 /// The config file's shape; every field optional.
@@ -135,6 +157,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     log_retention: Option<Duration>,
     log_retention_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    metric_retention: Option<Duration>,
+    metric_retention_bytes: Option<u64>,
+    max_series: Option<usize>,
+    max_series_per_metric: Option<usize>,
 }
 
 mod humantime_serde_opt {
@@ -159,6 +186,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub limits: PipelineLimits,
     pub logs: LogSettings,
+    pub metrics: MetricSettings,
+}
+
+/// How long metrics are kept and how many series may exist.
+#[derive(Clone, Debug)]
+pub struct MetricSettings {
+    pub retention: Duration,
+    /// 0: no size limit.
+    pub retention_bytes: u64,
+    pub limits: SeriesLimits,
 }
 
 /// How logs are partitioned and kept.
@@ -235,6 +272,26 @@ impl ServeArgs {
                         .unwrap_or(0),
                 },
             },
+            metrics: MetricSettings {
+                retention: self
+                    .metric_retention
+                    .or(file.metric_retention)
+                    .unwrap_or(DEFAULT_METRIC_RETENTION),
+                retention_bytes: self
+                    .metric_retention_bytes
+                    .or(file.metric_retention_bytes)
+                    .unwrap_or(0),
+                limits: SeriesLimits {
+                    max_series: self
+                        .max_series
+                        .or(file.max_series)
+                        .unwrap_or(DEFAULT_MAX_SERIES),
+                    max_series_per_metric: self
+                        .max_series_per_metric
+                        .or(file.max_series_per_metric)
+                        .unwrap_or(DEFAULT_MAX_SERIES_PER_METRIC),
+                },
+            },
         };
         config.validate()?;
         Ok(config)
@@ -263,6 +320,12 @@ impl Config {
         }
         if self.logs.retention.max_age < self.logs.partition {
             bail!("log_retention must be at least one log_partition");
+        }
+        if self.metrics.limits.max_series == 0 || self.metrics.limits.max_series_per_metric == 0 {
+            bail!("max_series and max_series_per_metric must be positive");
+        }
+        if self.metrics.retention < Duration::from_secs(60) {
+            bail!("metric_retention must be at least 1m");
         }
         if self.limits.max_buffered_spans == 0 {
             bail!("max_buffered_spans must be positive");

@@ -65,9 +65,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let data_dir = config.data_dir.clone();
         let limits = config.limits.clone();
         let log_settings = config.logs.clone();
+        let metric_settings = config.metrics.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            pipeline::Pipeline::open(&data_dir, limits, log_settings, metrics)
+            pipeline::Pipeline::open(&data_dir, limits, log_settings, metric_settings, metrics)
         })
         .await
         .context("opening the data directory")??
@@ -97,6 +98,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
+    let metrics_converter = Arc::new(ingest::otlp_metrics::MetricsConverter::new(
+        config.metrics.limits.max_series,
+    ));
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
@@ -110,6 +114,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 pipeline.clone(),
                 config.max_body_bytes,
             ))
+            .add_service(ingest::grpc::metrics_service(
+                pipeline.clone(),
+                metrics_converter.clone(),
+                config.max_body_bytes,
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 stopped(),
@@ -118,7 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let otlp_http = tokio::spawn(
         axum::serve(
             otlp_http_listener,
-            ingest::http::router(pipeline.clone(), config.max_body_bytes),
+            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),
@@ -132,10 +141,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let http = tokio::spawn(
         axum::serve(
             http_listener,
-            api::router(api_state).merge(ingest::http::bulk_router(
-                pipeline.clone(),
-                config.max_body_bytes,
-            )),
+            api::router(api_state)
+                .merge(ingest::http::bulk_router(
+                    pipeline.clone(),
+                    config.max_body_bytes,
+                ))
+                .merge(ingest::remote_write::router(
+                    pipeline.clone(),
+                    config.max_body_bytes,
+                )),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),

@@ -1,5 +1,5 @@
-//! Strand's own span types: what ingest produces and what every store and query
-//! consumes. They are deliberately independent of OTLP's generated structs so that
+//! Strand's own span, log and metric types: what ingest produces and what every
+//! store and query consumes. They are deliberately independent of OTLP's generated structs so that
 //! stores never see wire types, and they carry only what Strand shows or searches.
 
 use std::collections::HashMap;
@@ -331,4 +331,101 @@ impl LogRecord {
     pub fn service(&self) -> &str {
         &self.resource.service
     }
+}
+
+/// One label of a metric series. `__name__` holds the metric name, as in
+/// Prometheus, so a series is fully identified by its sorted labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Label {
+        Label {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// The label that holds a series' metric name.
+pub const METRIC_NAME_LABEL: &str = "__name__";
+
+/// Prometheus's staleness marker: a NaN with this exact bit pattern says "this
+/// series ended here" and is stored like any value.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// One sample of a series: milliseconds since the epoch and a value.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+/// Samples of one series, oldest first. `labels` are sorted by name, names
+/// are unique and values non-empty (an empty value means "no such label").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesSamples {
+    pub labels: Vec<Label>,
+    pub samples: Vec<MetricSample>,
+}
+
+impl SeriesSamples {
+    /// The metric name (`__name__`), or "" when the series has none.
+    pub fn metric_name(&self) -> &str {
+        self.labels
+            .iter()
+            .find(|l| l.name == METRIC_NAME_LABEL)
+            .map_or("", |l| l.value.as_str())
+    }
+}
+
+/// Sorts labels by name, drops empty values and, of repeated names, keeps the
+/// last: the one canonical form a series is identified by.
+pub fn canonical_labels(mut labels: Vec<Label>) -> Vec<Label> {
+    labels.retain(|l| !l.value.is_empty());
+    labels.reverse();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels.dedup_by(|later, earlier| later.name == earlier.name);
+    labels
+}
+
+/// What a metric is, as the Prometheus metadata API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+    GaugeHistogram,
+    Summary,
+    Info,
+    StateSet,
+    Unknown,
+}
+
+impl MetricKind {
+    /// The name the Prometheus API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+            MetricKind::GaugeHistogram => "gaugehistogram",
+            MetricKind::Summary => "summary",
+            MetricKind::Info => "info",
+            MetricKind::StateSet => "stateset",
+            MetricKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Type, help and unit of a metric family, keyed by the family's name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricMetadata {
+    pub metric: String,
+    pub kind: MetricKind,
+    pub help: String,
+    pub unit: String,
 }

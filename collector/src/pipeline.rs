@@ -1,7 +1,8 @@
 //! The data path between the wire and the stores:
-//! `decoded spans or logs -> WAL (group commit) -> store -> ack`, and the
-//! background loops that flush spans to blocks, commit the log indexes, apply
-//! log retention and trim the WAL behind what every store has made durable.
+//! `decoded spans, logs or samples -> WAL (group commit) -> store -> ack`, and
+//! the background loops that flush spans to blocks, commit the log indexes,
+//! snapshot the metrics head, apply retention and trim the WAL behind what
+//! every store has made durable.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::codec;
-use crate::config::LogSettings;
-use crate::model::{LogRecord, Span};
+use crate::config::{LogSettings, MetricSettings};
+use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
 use crate::store::logs::LogStore;
+use crate::store::metrics::MetricStore;
 use crate::store::traces::TraceStore;
 use crate::telemetry::Metrics;
 use crate::wal::{RecordKind, Wal, WalError};
@@ -42,22 +44,38 @@ pub struct PipelineLimits {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often log retention is checked.
-const LOG_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How often log and metric retention is checked.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the metrics head is written out (sealed chunks and a snapshot of
+/// the open ones): what bounds the WAL the metrics store holds back.
+const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Samples of one request that were not stored, and the first reason.
+#[derive(Debug, Default)]
+pub struct SampleRejections {
+    pub rejected: u64,
+    pub first_error: Option<String>,
+}
 
 /// Shared by every ingest endpoint; see the module docs.
 pub struct Pipeline {
     wal: Wal,
     traces: Arc<TraceStore>,
     logs: Arc<LogStore>,
+    metric_store: Arc<MetricStore>,
+    /// Held across admission and WAL enqueue so that samples reach the
+    /// metrics store in the order they were checked in.
+    sample_admission: std::sync::Mutex<()>,
     log_settings: LogSettings,
+    metric_settings: MetricSettings,
     limits: PipelineLimits,
     metrics: Metrics,
     flush_wanted: Notify,
     /// WAL sequence numbers through which each store has made everything
-    /// durable; the WAL is trimmed to the lower of the two.
+    /// durable; the WAL is trimmed to the lowest.
     traces_durable_through: AtomicU64,
     logs_durable_through: AtomicU64,
+    metrics_durable_through: AtomicU64,
 }
 
 impl Pipeline {
@@ -67,6 +85,7 @@ impl Pipeline {
         data_dir: &Path,
         limits: PipelineLimits,
         log_settings: LogSettings,
+        metric_settings: MetricSettings,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Pipeline>> {
         use anyhow::Context;
@@ -82,17 +101,28 @@ impl Pipeline {
             )
             .context("opening the log store")?,
         );
+        let metric_store = Arc::new(
+            MetricStore::open(
+                &data_dir.join("metrics"),
+                metric_settings.limits.clone(),
+                metrics.clone(),
+            )
+            .context("opening the metrics store")?,
+        );
         let traces_checkpoint = traces
             .checkpoint()
             .context("reading the trace store checkpoint")?;
-        let (mut replayed_spans, mut replayed_logs) = (0usize, 0usize);
+        let metrics_checkpoint = metric_store.checkpoint();
+        let (mut replayed_spans, mut replayed_logs, mut replayed_series) = (0usize, 0usize, 0usize);
         // The WAL only holds records some store may lack: replay all of it.
         // Spans at or below the trace checkpoint are skipped here; log
         // partitions skip what they have committed themselves.
         let wal = Wal::open(
             &data_dir.join("wal"),
             0,
-            traces_checkpoint.max(logs.committed_through()),
+            traces_checkpoint
+                .max(logs.committed_through())
+                .max(metrics_checkpoint),
             limits.wal_queue_bytes,
             metrics.clone(),
             |record| match record.kind {
@@ -117,6 +147,16 @@ impl Pipeline {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
                     }
                 },
+                RecordKind::Samples if record.seq <= metrics_checkpoint => {}
+                RecordKind::Samples => match codec::decode_samples(&record.payload) {
+                    Ok(series) => {
+                        replayed_series += series.len();
+                        metric_store.apply(series);
+                    }
+                    Err(error) => {
+                        tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
+                    }
+                },
             },
         )
         .context("opening the write-ahead log")?;
@@ -126,19 +166,98 @@ impl Pipeline {
             traces_checkpoint,
             replayed_spans,
             replayed_logs,
+            replayed_series,
             "WalReplayed"
         );
         Ok(Arc::new(Pipeline {
             wal,
             traces,
             logs,
+            metric_store,
+            sample_admission: std::sync::Mutex::new(()),
             log_settings,
+            metric_settings,
             limits,
             metrics,
             flush_wanted: Notify::new(),
             traces_durable_through: AtomicU64::new(0),
             logs_durable_through: AtomicU64::new(0),
+            metrics_durable_through: AtomicU64::new(metrics_checkpoint),
         }))
+    }
+
+    pub fn metric_store(&self) -> &Arc<MetricStore> {
+        &self.metric_store
+    }
+
+    /// Makes samples durable and queryable; returns once they are both.
+    /// Samples out of order or beyond the series limits are left out and
+    /// reported; the rest are stored.
+    pub async fn accept_samples(
+        &self,
+        series: Vec<SeriesSamples>,
+        metadata: Vec<MetricMetadata>,
+        transport: &str,
+    ) -> Result<SampleRejections, AcceptError> {
+        self.metric_store.set_metadata(metadata);
+        let (pending, count, rejections) = {
+            let _order = self.sample_admission.lock().expect("not poisoned");
+            let admitted = self.metric_store.admit(series);
+            let rejections = SampleRejections {
+                rejected: admitted.rejected,
+                first_error: admitted.first_error,
+            };
+            if let Some(reason) = &rejections.first_error {
+                let reason = if reason.contains("series limit") {
+                    "series_limit"
+                } else {
+                    "out_of_order"
+                };
+                self.reject_samples(rejections.rejected as usize, reason);
+            }
+            if admitted.series.is_empty() {
+                return Ok(rejections);
+            }
+            let count: usize = admitted.series.iter().map(|s| s.samples.len()).sum();
+            let payload = codec::encode_samples(&admitted.series);
+            let store = self.metric_store.clone();
+            let series = admitted.series;
+            let pending = self.wal.enqueue(
+                RecordKind::Samples,
+                payload,
+                Box::new(move |_| store.apply(series)),
+            );
+            (pending, count, rejections)
+        };
+        let appended = match pending {
+            Ok(pending) => pending.await,
+            Err(error) => Err(error),
+        };
+        match appended {
+            Ok(_) => {
+                self.metrics
+                    .samples_received
+                    .with_label_values(&[transport])
+                    .inc_by(count as u64);
+                Ok(rejections)
+            }
+            Err(WalError::Overloaded) => {
+                self.reject_samples(count, "overloaded");
+                Err(AcceptError::Overloaded)
+            }
+            Err(error) => {
+                self.reject_samples(count, "unavailable");
+                Err(AcceptError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// Counts samples refused.
+    pub fn reject_samples(&self, samples: usize, reason: &str) {
+        self.metrics
+            .samples_rejected
+            .with_label_values(&[reason])
+            .inc_by(samples as u64);
     }
 
     pub fn logs(&self) -> &Arc<LogStore> {
@@ -308,11 +427,35 @@ impl Pipeline {
         }
     }
 
+    /// Writes the metrics head out and trims the WAL.
+    pub async fn flush_metrics(self: &Arc<Self>) -> bool {
+        let pipeline = self.clone();
+        let applied = self.wal.applied_through();
+        match tokio::task::spawn_blocking(move || pipeline.metric_store.flush(applied)).await {
+            Ok(Ok(())) => {
+                self.metrics_durable_through
+                    .fetch_max(applied, Ordering::AcqRel);
+                self.trim_wal();
+                true
+            }
+            Ok(Err(error)) => {
+                self.metrics.store_flush_errors.inc();
+                tracing::error!(%error, "MetricStoreFlushError");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "MetricStoreFlushPanicked");
+                false
+            }
+        }
+    }
+
     fn trim_wal(&self) {
         let through = self
             .traces_durable_through
             .load(Ordering::Acquire)
-            .min(self.logs_durable_through.load(Ordering::Acquire));
+            .min(self.logs_durable_through.load(Ordering::Acquire))
+            .min(self.metrics_durable_through.load(Ordering::Acquire));
         if through > 0 {
             self.wal.truncate_through(through);
         }
@@ -329,7 +472,8 @@ impl Pipeline {
         tokio::pin!(stop);
         let mut flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
         let mut commit_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
-        let mut retention = tokio::time::interval(LOG_RETENTION_INTERVAL);
+        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+        let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -344,28 +488,40 @@ impl Pipeline {
                 _ = commit_logs.tick() => {
                     self.commit_logs().await;
                 }
-                _ = retention.tick() => self.enforce_log_retention().await,
+                _ = flush_metrics.tick() => {
+                    self.flush_metrics().await;
+                }
+                _ = retention.tick() => self.enforce_retention().await,
             }
         }
-        if !self.flush().await || !self.commit_logs().await {
+        if !self.flush().await || !self.commit_logs().await || !self.flush_metrics().await {
             tracing::error!("FinalFlushError: data stays in the WAL and is replayed on next start");
         }
         self.wal.shutdown().await;
     }
 
-    async fn enforce_log_retention(self: &Arc<Self>) {
+    async fn enforce_retention(self: &Arc<Self>) {
         let pipeline = self.clone();
         let now = crate::model::now_unix_nano();
-        let dropped = tokio::task::spawn_blocking(move || {
-            pipeline
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(error) = pipeline
                 .logs
                 .enforce_retention(pipeline.log_settings.retention, now)
+            {
+                tracing::error!(%error, "LogRetentionError");
+            }
+            let settings = &pipeline.metric_settings;
+            if let Err(error) = pipeline.metric_store.enforce_retention(
+                settings.retention,
+                settings.retention_bytes,
+                (now / 1_000_000) as i64,
+            ) {
+                tracing::error!(%error, "MetricRetentionError");
+            }
         })
         .await;
-        match dropped {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "LogRetentionError"),
-            Err(error) => tracing::error!(%error, "LogRetentionPanicked"),
+        if let Err(error) = done {
+            tracing::error!(%error, "RetentionPanicked");
         }
     }
 }

@@ -18,6 +18,12 @@ pub struct Metrics {
     pub spans_rejected: IntCounterVec,
     pub logs_received: IntCounterVec,
     pub logs_rejected: IntCounterVec,
+    /// Metric samples acknowledged, by transport (`grpc`, `http`, `remote_write`, `scrape`, `spans`).
+    pub samples_received: IntCounterVec,
+    /// Metric samples not accepted, by reason (`invalid`, `out_of_order`, `series_limit`, `overloaded`, `unavailable`).
+    pub samples_rejected: IntCounterVec,
+    /// Series the metrics store holds.
+    pub metric_series: IntGauge,
     /// Ingest requests refused as a whole, by reason (`malformed`, `too_large`, `overloaded`, `unavailable`).
     pub requests_rejected: IntCounterVec,
     pub wal_written_bytes: IntCounter,
@@ -58,6 +64,27 @@ impl Metrics {
             logs_rejected: IntCounterVec::new(
                 Opts::new("strand_logs_rejected_total", "Log records not accepted"),
                 &["reason"],
+            )
+            .expect("valid metric"),
+            samples_received: IntCounterVec::new(
+                Opts::new(
+                    "strand_samples_received_total",
+                    "Metric samples acknowledged (durable), by transport",
+                ),
+                &["transport"],
+            )
+            .expect("valid metric"),
+            samples_rejected: IntCounterVec::new(
+                Opts::new(
+                    "strand_samples_rejected_total",
+                    "Metric samples not accepted",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            metric_series: IntGauge::new(
+                "strand_metric_series",
+                "Series held by the metrics store",
             )
             .expect("valid metric"),
             spans_rejected: IntCounterVec::new(
@@ -126,6 +153,9 @@ impl Metrics {
             Box::new(metrics.spans_rejected.clone()),
             Box::new(metrics.logs_received.clone()),
             Box::new(metrics.logs_rejected.clone()),
+            Box::new(metrics.samples_received.clone()),
+            Box::new(metrics.samples_rejected.clone()),
+            Box::new(metrics.metric_series.clone()),
             Box::new(metrics.requests_rejected.clone()),
             Box::new(metrics.wal_written_bytes.clone()),
             Box::new(metrics.wal_size_bytes.clone()),

@@ -47,6 +47,8 @@ pub enum RecordKind {
     Spans = 1,
     /// Log records as written by `codec::encode_logs`.
     Logs = 2,
+    /// Metric samples as written by `codec::encode_samples`.
+    Samples = 3,
 }
 
 impl RecordKind {
@@ -54,6 +56,7 @@ impl RecordKind {
         match b {
             1 => Some(RecordKind::Spans),
             2 => Some(RecordKind::Logs),
+            3 => Some(RecordKind::Samples),
             _ => None,
         }
     }
@@ -187,6 +190,18 @@ impl Wal {
         payload: Vec<u8>,
         on_durable: OnDurable,
     ) -> Result<u64, WalError> {
+        self.enqueue(kind, payload, on_durable)?.await
+    }
+
+    /// Queues a record at once (records are written in the order they are
+    /// queued) and returns what to await for its durability; for callers
+    /// that must order the append with their own state under a lock.
+    pub fn enqueue(
+        &self,
+        kind: RecordKind,
+        payload: Vec<u8>,
+        on_durable: OnDurable,
+    ) -> Result<impl Future<Output = Result<u64, WalError>> + use<>, WalError> {
         let cost = u32::try_from(payload.len().max(1)).map_err(|_| WalError::Overloaded)?;
         let permit = self
             .queue_budget
@@ -202,12 +217,15 @@ impl Wal {
             ack,
             _permit: permit,
         });
-        let result = match sent {
-            Ok(()) => done.await.unwrap_or(Err(WalError::Closed)),
-            Err(_) => Err(WalError::Closed),
-        };
-        self.metrics.ingest_queue_bytes.sub(i64::from(cost));
-        result
+        let queue_bytes = self.metrics.ingest_queue_bytes.clone();
+        Ok(async move {
+            let result = match sent {
+                Ok(()) => done.await.unwrap_or(Err(WalError::Closed)),
+                Err(_) => Err(WalError::Closed),
+            };
+            queue_bytes.sub(i64::from(cost));
+            result
+        })
     }
 
     /// See the field of the same name.

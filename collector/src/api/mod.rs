@@ -1,9 +1,10 @@
-//! The HTTP API on port 7070: the Jaeger query API, the native log API,
-//! health endpoints and Strand's own `/metrics`.
+//! The HTTP API on port 7070: the Jaeger query API, the native log API, the
+//! Prometheus query API, health endpoints and Strand's own `/metrics`.
 
 mod jaeger;
 mod logs;
 mod params;
+mod prom;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(jaeger::router())
         .merge(logs::router())
+        .merge(prom::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

@@ -1,5 +1,5 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`
-//! and `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
+//! OTLP/gRPC: the `Export` methods of
+//! `opentelemetry.proto.collector.{trace,logs,metrics}.v1`'s services.
 
 use std::sync::Arc;
 
@@ -25,7 +25,15 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 
-use super::{export_logs, export_traces};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+
+use super::otlp_metrics::MetricsConverter;
+use super::{export_logs, export_metrics, export_traces};
 use crate::pipeline::Pipeline;
 
 struct TraceGrpc {
@@ -90,6 +98,50 @@ pub fn logs_service(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes)
+}
+
+struct MetricsGrpc {
+    pipeline: Arc<Pipeline>,
+    converter: Arc<MetricsConverter>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for MetricsGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        match export_metrics(
+            &self.pipeline,
+            &self.converter,
+            request.into_inner(),
+            "grpc",
+        )
+        .await
+        {
+            Ok(response) => Ok(tonic::Response::new(response)),
+            Err(error) => {
+                self.pipeline.refuse_request(error.reason());
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// The gRPC metrics service, with the same limits as [`trace_service`]; the
+/// converter is shared with OTLP/HTTP so delta sums accumulate across both.
+pub fn metrics_service(
+    pipeline: Arc<Pipeline>,
+    converter: Arc<MetricsConverter>,
+    max_message_bytes: usize,
+) -> MetricsServiceServer<impl MetricsService> {
+    MetricsServiceServer::new(MetricsGrpc {
+        pipeline,
+        converter,
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(max_message_bytes)
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE; OTLP clients

@@ -1,4 +1,4 @@
-//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs` with protobuf or JSON
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/logs` and `/v1/metrics` with protobuf or JSON
 //! bodies, optionally gzip; and the Elasticsearch bulk API for log shippers.
 //!
 //! Answers follow the OTLP/HTTP spec: the response body uses the request's
@@ -19,7 +19,8 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{IngestError, bulk, export_logs, export_traces};
+use super::otlp_metrics::MetricsConverter;
+use super::{IngestError, bulk, export_logs, export_metrics, export_traces};
 use crate::pipeline::Pipeline;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -47,7 +48,11 @@ enum Encoding {
 }
 
 /// The OTLP/HTTP router (port 4318 by default).
-pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    converter: Arc<MetricsConverter>,
+    max_body_bytes: usize,
+) -> Router {
     Router::new()
         .route(
             "/v1/traces",
@@ -77,10 +82,25 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
                 },
             ),
         )
+        .route(
+            "/v1/metrics",
+            post(
+                move |State(ingest): State<HttpIngest>, headers: HeaderMap, body: Body| {
+                    let converter = converter.clone();
+                    export(
+                        ingest,
+                        headers,
+                        body,
+                        "ExportMetricsServiceRequest",
+                        move |p, r| async move { export_metrics(&p, &converter, r, "http").await },
+                    )
+                },
+            ),
+        )
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not an OTLP/HTTP endpoint: POST /v1/traces or /v1/logs",
+                "not an OTLP/HTTP endpoint: POST /v1/traces, /v1/logs or /v1/metrics",
             )
         })
         // Limits are enforced by `read_body`, after decompression too.
@@ -263,9 +283,21 @@ pub(crate) async fn read_body(
             }
             Bytes::from(inflated)
         }
+        // Snappy's block format, as Prometheus remote write sends it.
+        "snappy" => {
+            let inflated_len = snap::raw::decompress_len(&raw)
+                .map_err(|e| IngestError::Malformed(format!("invalid snappy body: {e}")))?;
+            if inflated_len > limit {
+                return Err(too_large);
+            }
+            let inflated = snap::raw::Decoder::new()
+                .decompress_vec(&raw)
+                .map_err(|e| IngestError::Malformed(format!("invalid snappy body: {e}")))?;
+            Bytes::from(inflated)
+        }
         other => {
             return Err(IngestError::UnsupportedMediaType(format!(
-                "unsupported content encoding {other:?}: send gzip or no encoding"
+                "unsupported content encoding {other:?}: send gzip, snappy or no encoding"
             )));
         }
     };

@@ -6,6 +6,8 @@ mod bulk;
 pub mod grpc;
 pub mod http;
 pub(crate) mod otlp;
+pub(crate) mod otlp_metrics;
+pub mod remote_write;
 
 use axum::http::StatusCode as HttpStatus;
 
@@ -161,6 +163,46 @@ async fn export_logs(
             .first_error
             .map(|error_message| ExportLogsPartialSuccess {
                 rejected_log_records: converted.rejected as i64,
+                error_message,
+            }),
+    })
+}
+
+/// Converts and stores one metrics export request; shared by both
+/// transports. Points that cannot be converted, and samples the store refuses
+/// (out of order, over the series limits), are reported as OTLP partial
+/// success.
+async fn export_metrics(
+    pipeline: &crate::pipeline::Pipeline,
+    converter: &otlp_metrics::MetricsConverter,
+    request: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    transport: &str,
+) -> Result<
+    opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+    IngestError,
+> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+    };
+    let converted = converter.convert(request);
+    if converted.rejected > 0 {
+        pipeline.reject_samples(converted.rejected as usize, "invalid");
+    }
+    let stored = pipeline
+        .accept_samples(converted.series, converted.metadata, transport)
+        .await
+        .map_err(|error| {
+            let error = IngestError::from(error);
+            tracing::debug!(%error, "SamplesRejected");
+            error
+        })?;
+    let rejected = converted.rejected + stored.rejected;
+    Ok(ExportMetricsServiceResponse {
+        partial_success: converted
+            .first_error
+            .or(stored.first_error)
+            .map(|error_message| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected as i64,
                 error_message,
             }),
     })

@@ -2,6 +2,7 @@
 //! OTLP or each other; they take `model` types and own their on-disk formats.
 
 pub mod logs;
+pub mod metrics;
 pub mod traces;
 
 use crate::codec::CodecError;

@@ -1,0 +1,522 @@
+//! The Prometheus HTTP API (`/api/v1/...`) with Prometheus's JSON and error
+//! shapes, so Grafana's Prometheus data source and PromQL tools work
+//! unchanged. Every endpoint takes its parameters from the query string or,
+//! for POST, an `application/x-www-form-urlencoded` body, like Prometheus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::Expr;
+use serde_json::{Value as Json, json};
+use strand_promql::{EvalError, Labels, Limits, Series, SeriesSource, Value, format_value};
+
+use super::ApiState;
+use crate::model::{Label, METRIC_NAME_LABEL};
+use crate::store::metrics::MetricStore;
+
+/// Samples one query may load before it is refused (Prometheus's default).
+const MAX_SAMPLES: usize = 50_000_000;
+/// Longest a query may run, unless the request asks for less.
+const MAX_QUERY_TIME: Duration = Duration::from_secs(120);
+/// The Prometheus API version whose semantics Strand answers with; Grafana
+/// reads it from `buildinfo` to decide what it may ask.
+const PROMETHEUS_COMPATIBLE_VERSION: &str = "2.42.0";
+
+pub fn router() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+}
+
+/// An answer in Prometheus's error shape.
+struct PromError {
+    kind: &'static str,
+    message: String,
+}
+
+impl PromError {
+    fn bad_data(message: impl Into<String>) -> PromError {
+        PromError {
+            kind: "bad_data",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EvalError> for PromError {
+    fn from(error: EvalError) -> Self {
+        PromError {
+            kind: error.error_type(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for PromError {
+    fn into_response(self) -> Response {
+        let status = match self.kind {
+            "bad_data" => StatusCode::BAD_REQUEST,
+            "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+            "timeout" | "canceled" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn success(data: Json) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// Query-string and form parameters, in order; repeated names allowed.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn read(method: &Method, query: Option<String>, body: &Bytes) -> Result<Params, PromError> {
+        let mut params: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+                .map_err(|e| PromError::bad_data(format!("invalid query string: {e}")))?;
+        if method == Method::POST && !body.is_empty() {
+            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+                .map_err(|e| PromError::bad_data(format!("invalid form body: {e}")))?;
+            params.extend(form);
+        }
+        Ok(Params(params))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn required(&self, name: &str) -> Result<&str, PromError> {
+        self.get(name)
+            .ok_or_else(|| PromError::bad_data(format!("missing parameter {name:?}")))
+    }
+
+    /// A time parameter: unix seconds (fractions allowed) or RFC 3339.
+    fn time(&self, name: &str) -> Result<Option<i64>, PromError> {
+        self.get(name)
+            .map(|text| {
+                parse_time(text).ok_or_else(|| {
+                    PromError::bad_data(format!(
+                        "invalid parameter {name:?}: cannot parse {text:?} to a valid timestamp"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// A duration parameter: seconds (fractions allowed) or `5m`, `1h30m`.
+    fn duration(&self, name: &str) -> Result<Option<i64>, PromError> {
+        self.get(name)
+            .map(|text| {
+                parse_duration_ms(text).ok_or_else(|| {
+                    PromError::bad_data(format!(
+                        "invalid parameter {name:?}: cannot parse {text:?} to a valid duration"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn limits(&self) -> Result<Limits, PromError> {
+        let timeout = match self.duration("timeout")? {
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(MAX_QUERY_TIME),
+            _ => MAX_QUERY_TIME,
+        };
+        Ok(Limits {
+            max_samples: MAX_SAMPLES,
+            timeout,
+            ..Limits::default()
+        })
+    }
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds.abs() < 1e13)
+            .then(|| (seconds * 1000.0).round() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn parse_duration_ms(text: &str) -> Option<i64> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (0.0..1e13)
+            .contains(&seconds)
+            .then(|| (seconds * 1000.0).round() as i64);
+    }
+    promql_parser::util::duration::parse_duration(text)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+fn now_ms() -> i64 {
+    (crate::model::now_unix_nano() / 1_000_000) as i64
+}
+
+/// Reads the metrics store for the evaluator.
+struct StoreSource(Arc<MetricStore>);
+
+impl SeriesSource for StoreSource {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Series>, String> {
+        let selected = self
+            .0
+            .select(matchers, start_ms, end_ms)
+            .map_err(|e| e.to_string())?;
+        Ok(selected
+            .into_iter()
+            .map(|s| Series {
+                labels: Labels::from(
+                    s.labels
+                        .into_iter()
+                        .map(|l| (l.name, l.value))
+                        .collect::<Vec<_>>(),
+                ),
+                samples: s
+                    .samples
+                    .into_iter()
+                    .map(|p| (p.timestamp_ms, p.value))
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+async fn query(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let params = Params::read(&method, raw, &body)?;
+        let text = params.required("query")?.to_owned();
+        let time = params.time("time")?.unwrap_or_else(now_ms);
+        let limits = params.limits()?;
+        let source = StoreSource(state.pipeline.metric_store().clone());
+        let value =
+            evaluate(move || strand_promql::instant_query(&source, &text, time, &limits)).await?;
+        Ok::<_, PromError>(success(value_json(&value)))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn query_range(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let params = Params::read(&method, raw, &body)?;
+        let text = params.required("query")?.to_owned();
+        let start = params
+            .time("start")?
+            .ok_or_else(|| PromError::bad_data("missing parameter \"start\""))?;
+        let end = params
+            .time("end")?
+            .ok_or_else(|| PromError::bad_data("missing parameter \"end\""))?;
+        let step = params
+            .duration("step")?
+            .ok_or_else(|| PromError::bad_data("missing parameter \"step\""))?;
+        if end < start {
+            return Err(PromError::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        if step <= 0 {
+            return Err(PromError::bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > 11_000 {
+            return Err(PromError::bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let limits = params.limits()?;
+        let source = StoreSource(state.pipeline.metric_store().clone());
+        let value =
+            evaluate(move || strand_promql::range_query(&source, &text, start, end, step, &limits))
+                .await?;
+        Ok(success(value_json(&value)))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Runs an evaluation off the async threads.
+async fn evaluate(
+    job: impl FnOnce() -> strand_promql::Result<Value> + Send + 'static,
+) -> Result<Value, PromError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| PromError {
+            kind: "internal",
+            message: format!("query evaluation failed: {e}"),
+        })?
+        .map_err(PromError::from)
+}
+
+/// Series selectors of `match[]`, each as a list of matchers.
+fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
+    params
+        .all("match[]")
+        .into_iter()
+        .map(|text| {
+            let expr = strand_promql::parse(text)
+                .map_err(|e| PromError::bad_data(format!("invalid parameter \"match[]\": {e}")))?;
+            let Expr::VectorSelector(selector) = expr else {
+                return Err(PromError::bad_data(format!(
+                    "invalid parameter \"match[]\": {text:?} is not a series selector"
+                )));
+            };
+            let mut matchers = selector.matchers.matchers;
+            if let Some(name) = selector.name {
+                matchers.push(Matcher::new(MatchOp::Equal, METRIC_NAME_LABEL, &name));
+            }
+            Ok(matchers)
+        })
+        .collect()
+}
+
+/// The time range of a metadata request: all time unless given.
+fn range(params: &Params) -> Result<(i64, i64), PromError> {
+    let start = params.time("start")?.unwrap_or(i64::MIN);
+    let end = params.time("end")?.unwrap_or(i64::MAX);
+    if end < start {
+        return Err(PromError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    Ok((start, end))
+}
+
+async fn series(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = || {
+        let params = Params::read(&method, raw, &body)?;
+        let selectors = selectors(&params)?;
+        if selectors.is_empty() {
+            return Err(PromError::bad_data("no match[] parameter provided"));
+        }
+        let (start, end) = range(&params)?;
+        let found = state.pipeline.metric_store().series(&selectors, start, end);
+        Ok::<_, PromError>(success(Json::Array(
+            found.iter().map(|l| labels_json(l)).collect(),
+        )))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn labels(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let run = || {
+        let params = Params::read(&method, raw, &body)?;
+        let selectors = selectors(&params)?;
+        let (start, end) = range(&params)?;
+        let mut names: Vec<String> = state
+            .pipeline
+            .metric_store()
+            .series(&selectors, start, end)
+            .into_iter()
+            .flatten()
+            .map(|l| l.name)
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok::<_, PromError>(success(json!(names)))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn label_values(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let run = || {
+        let params = Params::read(&Method::GET, raw, &Bytes::new())?;
+        let selectors = selectors(&params)?;
+        let (start, end) = range(&params)?;
+        let mut values: Vec<String> = state
+            .pipeline
+            .metric_store()
+            .series(&selectors, start, end)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.name == name)
+            .map(|l| l.value)
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok::<_, PromError>(success(json!(values)))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metadata(State(state): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Response {
+    let run = || {
+        let params = Params::read(&Method::GET, raw, &Bytes::new())?;
+        let limit = match params.get("limit") {
+            Some(text) => text.parse::<i64>().map_err(|_| {
+                PromError::bad_data(format!("invalid parameter \"limit\": {text:?}"))
+            })?,
+            None => -1,
+        };
+        let mut out = serde_json::Map::new();
+        for entry in state.pipeline.metric_store().metadata(params.get("metric")) {
+            if limit >= 0 && out.len() as i64 >= limit {
+                break;
+            }
+            out.insert(
+                entry.metric,
+                json!([{"type": entry.kind.as_str(), "help": entry.help, "unit": entry.unit}]),
+            );
+        }
+        Ok::<_, PromError>(success(Json::Object(out)))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn buildinfo() -> Response {
+    success(json!({
+        "version": PROMETHEUS_COMPATIBLE_VERSION,
+        "revision": concat!("strand-", env!("CARGO_PKG_VERSION")),
+        "branch": "strand",
+        "buildUser": "strand",
+        "buildDate": "",
+        "goVersion": "none (Strand is written in Rust)",
+    }))
+}
+
+fn labels_json(labels: &[Label]) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|l| (l.name.clone(), Json::String(l.value.clone())))
+            .collect(),
+    )
+}
+
+fn promql_labels_json(labels: &Labels) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|(n, v)| (n.to_owned(), Json::String(v.to_owned())))
+            .collect(),
+    )
+}
+
+/// Prometheus's `[<unix seconds>, "<value>"]` pair.
+fn point(t: i64, value: Json) -> Json {
+    let seconds = t as f64 / 1000.0;
+    json!([seconds, value])
+}
+
+fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Scalar { t, v } => json!({
+            "resultType": "scalar",
+            "result": point(*t, Json::String(format_value(*v))),
+        }),
+        Value::String { t, v } => json!({
+            "resultType": "string",
+            "result": point(*t, Json::String(v.clone())),
+        }),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples
+                .iter()
+                .map(|s| json!({
+                    "metric": promql_labels_json(&s.labels),
+                    "value": point(s.t, Json::String(format_value(s.v))),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series
+                .iter()
+                .map(|s| json!({
+                    "metric": promql_labels_json(&s.labels),
+                    "values": s
+                        .samples
+                        .iter()
+                        .map(|&(t, v)| point(t, Json::String(format_value(v))))
+                        .collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse_like_prometheus() {
+        assert_eq!(parse_time("1435781451.781"), Some(1_435_781_451_781));
+        assert_eq!(
+            parse_time("2015-07-01T20:10:51.781Z"),
+            Some(1_435_781_451_781)
+        );
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("NaN"), None);
+        assert_eq!(parse_duration_ms("15"), Some(15_000));
+        assert_eq!(parse_duration_ms("0.5"), Some(500));
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_duration_ms("-1"), None);
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn points_are_seconds_and_string_values() {
+        assert_eq!(
+            point(1_500, Json::String(format_value(f64::INFINITY))),
+            json!([1.5, "+Inf"])
+        );
+    }
+}

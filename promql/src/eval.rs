@@ -1,0 +1,515 @@
+//! The engine: plans which data each selector needs, loads it once, then evaluates the
+//! expression tree at each evaluation timestamp.
+//!
+//! Range queries are evaluated step by step (each step is an instant evaluation); the
+//! series a selector reads are fetched once for the whole query by the planning pass.
+//! Subqueries evaluate their inner expression on a grid of multiples of their step,
+//! which is exactly the grid Prometheus 2.42 uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::{
+    AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+};
+
+use crate::error::{EvalError, Result, exec_err};
+use crate::value::{Labels, METRIC_NAME, Sample, Series, Value, is_stale_nan};
+use crate::{Limits, SeriesSource, aggregate, binary, functions};
+
+/// Interval of subqueries without an explicit step: Prometheus's default global
+/// evaluation interval.
+const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Prometheus API limit on points per series in a range query.
+const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// An intermediate value during evaluation.
+pub(crate) enum Val {
+    Scalar(f64),
+    String(String),
+    /// Samples all stamped with the evaluation time.
+    Vector(Vec<Sample>),
+    Matrix(RangeVal),
+}
+
+/// A range vector with the window it was read over, which rate-like functions
+/// need for extrapolation.
+pub(crate) struct RangeVal {
+    pub series: Vec<Series>,
+    /// Inclusive window start in ms.
+    pub start: i64,
+    /// Inclusive window end in ms.
+    pub end: i64,
+}
+
+impl Val {
+    /// Name of the value's type for error messages.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Val::Scalar(_) => "scalar",
+            Val::String(_) => "string",
+            Val::Vector(_) => "vector",
+            Val::Matrix(_) => "matrix",
+        }
+    }
+}
+
+/// Identity of a selector node in the parsed tree; the tree does not move while a
+/// query runs, so its address is stable.
+fn key(vs: &VectorSelector) -> usize {
+    vs as *const VectorSelector as usize
+}
+
+pub(crate) fn duration_ms(d: &std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => duration_ms(d),
+        Some(Offset::Neg(d)) => duration_ms(d).saturating_neg(),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => duration_ms(&d),
+        Err(e) => duration_ms(&e.duration()).saturating_neg(),
+    }
+}
+
+/// Strips any number of parentheses, as Prometheus does for function arguments.
+pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+/// Evaluation state for one query.
+pub(crate) struct Evaluator<'a> {
+    src: &'a dyn SeriesSource,
+    limits: &'a Limits,
+    deadline: Instant,
+    /// Query start and end, the targets of `@ start()` and `@ end()`.
+    start: i64,
+    end: i64,
+    /// Series of each selector, sorted by labels, loaded once by `plan`.
+    loaded: HashMap<usize, Vec<Series>>,
+    /// Samples held by the result accumulated so far (range queries).
+    result_samples: usize,
+    /// Samples produced while evaluating the current step.
+    step_samples: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(src: &'a dyn SeriesSource, limits: &'a Limits, start: i64, end: i64) -> Self {
+        Evaluator {
+            src,
+            limits,
+            deadline: Instant::now() + limits.timeout,
+            start,
+            end,
+            loaded: HashMap::new(),
+            result_samples: 0,
+            step_samples: 0,
+        }
+    }
+
+    /// Evaluates `expr` at one timestamp and converts the result for the caller.
+    pub(crate) fn instant(&mut self, expr: &Expr, t: i64) -> Result<Value> {
+        self.plan(expr, t, t)?;
+        Ok(match self.eval(expr, t)? {
+            Val::Scalar(v) => Value::Scalar { t, v },
+            Val::String(v) => Value::String { t, v },
+            Val::Vector(mut v) => {
+                if !functions::is_sort_call(expr) {
+                    v.sort_by(|a, b| a.labels.cmp(&b.labels));
+                }
+                Value::Vector(v)
+            }
+            Val::Matrix(m) => Value::Matrix(m.series),
+        })
+    }
+
+    /// Evaluates `expr` at `start, start+step, ... <= end` and assembles a matrix.
+    pub(crate) fn range(&mut self, expr: &Expr, step: i64) -> Result<Value> {
+        if step <= 0 {
+            return Err(EvalError::Parse(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if self.end < self.start {
+            return Err(EvalError::Parse(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        if self.end.saturating_sub(self.start) / step > MAX_POINTS_PER_SERIES {
+            return Err(EvalError::Parse(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
+            ));
+        }
+        let ty = expr.value_type();
+        if !matches!(
+            ty,
+            promql_parser::parser::value::ValueType::Scalar
+                | promql_parser::parser::value::ValueType::Vector
+        ) {
+            return Err(EvalError::Parse(format!(
+                "invalid expression type \"{ty}\" for range query, must be Scalar or instant Vector"
+            )));
+        }
+        self.plan(expr, self.start, self.end)?;
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut t = self.start;
+        while t <= self.end {
+            self.step_samples = 0;
+            let samples = match self.eval(expr, t)? {
+                Val::Scalar(v) => vec![Sample {
+                    labels: Labels::default(),
+                    t,
+                    v,
+                }],
+                Val::Vector(v) => v,
+                other => {
+                    return exec_err(format!("unexpected {} in range query", other.type_name()));
+                }
+            };
+            self.result_samples += samples.len();
+            self.charge(0)?;
+            for s in samples {
+                out.entry(s.labels).or_default().push((t, s.v));
+            }
+            match t.checked_add(step) {
+                Some(n) => t = n,
+                None => break,
+            }
+        }
+        Ok(Value::Matrix(into_series(out)))
+    }
+
+    /// Accounts `n` more samples in memory and checks the limits.
+    pub(crate) fn charge(&mut self, n: usize) -> Result<()> {
+        self.step_samples = self.step_samples.saturating_add(n);
+        if self.step_samples.saturating_add(self.result_samples) > self.limits.max_samples {
+            return Err(EvalError::TooManySamples);
+        }
+        if Instant::now() > self.deadline {
+            return Err(EvalError::Timeout);
+        }
+        Ok(())
+    }
+
+    /// The time a selector or subquery with these modifiers reads at when evaluated at `t`.
+    fn ref_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, t: i64) -> i64 {
+        let base = match at {
+            None => t,
+            Some(AtModifier::Start) => self.start,
+            Some(AtModifier::End) => self.end,
+            Some(AtModifier::At(st)) => system_time_ms(st),
+        };
+        base.saturating_sub(offset_ms(offset))
+    }
+
+    /// Walks the tree once: rejects what Prometheus 2.42 does not support, computes the
+    /// time window each selector needs over evaluation times `[lo, hi]`, and loads it.
+    fn plan(&mut self, expr: &Expr, lo: i64, hi: i64) -> Result<()> {
+        let mut windows: Vec<(&VectorSelector, i64, i64)> = Vec::new();
+        self.collect_windows(expr, lo, hi, &mut windows)?;
+        let mut merged: HashMap<usize, (&VectorSelector, i64, i64)> = HashMap::new();
+        for (vs, a, b) in windows {
+            let e = merged.entry(key(vs)).or_insert((vs, a, b));
+            e.1 = e.1.min(a);
+            e.2 = e.2.max(b);
+        }
+        for (k, (vs, a, b)) in merged {
+            let series = self.select(vs, a, b)?;
+            self.loaded.insert(k, series);
+        }
+        Ok(())
+    }
+
+    fn collect_windows<'e>(
+        &self,
+        expr: &'e Expr,
+        lo: i64,
+        hi: i64,
+        out: &mut Vec<(&'e VectorSelector, i64, i64)>,
+    ) -> Result<()> {
+        match expr {
+            Expr::VectorSelector(vs) => {
+                check_selector(vs)?;
+                let (a, b) = self.window(&vs.at, &vs.offset, lo, hi);
+                out.push((vs, a.saturating_sub(self.limits.lookback_ms), b));
+            }
+            Expr::MatrixSelector(MatrixSelector { vs, range }) => {
+                check_selector(vs)?;
+                let (a, b) = self.window(&vs.at, &vs.offset, lo, hi);
+                out.push((vs, a.saturating_sub(duration_ms(range)), b));
+            }
+            Expr::Subquery(sq) => {
+                let (a, b) = self.window(&sq.at, &sq.offset, lo, hi);
+                self.collect_windows(&sq.expr, a.saturating_sub(duration_ms(&sq.range)), b, out)?;
+            }
+            Expr::Aggregate(a) => {
+                aggregate::check_supported(a)?;
+                if let Some(p) = &a.param {
+                    self.collect_windows(p, lo, hi, out)?;
+                }
+                self.collect_windows(&a.expr, lo, hi, out)?;
+            }
+            Expr::Unary(u) => self.collect_windows(&u.expr, lo, hi, out)?,
+            Expr::Binary(b) => {
+                binary::check_supported(b)?;
+                self.collect_windows(&b.lhs, lo, hi, out)?;
+                self.collect_windows(&b.rhs, lo, hi, out)?;
+            }
+            Expr::Paren(p) => self.collect_windows(&p.expr, lo, hi, out)?,
+            Expr::Call(c) => {
+                functions::check_supported(c)?;
+                for a in &c.args.args {
+                    self.collect_windows(a, lo, hi, out)?;
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+            Expr::Extension(_) => {
+                return Err(EvalError::Parse(
+                    "extension expressions are not supported".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn window(
+        &self,
+        at: &Option<AtModifier>,
+        offset: &Option<Offset>,
+        lo: i64,
+        hi: i64,
+    ) -> (i64, i64) {
+        (self.ref_time(at, offset, lo), self.ref_time(at, offset, hi))
+    }
+
+    /// Fetches the series of a selector over `[a, b]`, sorted by labels.
+    fn select(&mut self, vs: &VectorSelector, a: i64, b: i64) -> Result<Vec<Series>> {
+        let name = vs
+            .name
+            .as_ref()
+            .map(|n| Matcher::new(MatchOp::Equal, METRIC_NAME, n));
+        let mut matchers = vs.matchers.matchers.clone();
+        matchers.extend(name);
+        let mut all: Vec<Series> = self
+            .src
+            .select(&matchers, a, b)
+            .map_err(EvalError::Storage)?;
+        for s in &mut all {
+            s.samples.retain(|(t, _)| *t >= a && *t <= b);
+        }
+        all.sort_by(|x, y| x.labels.cmp(&y.labels));
+        all.dedup_by(|x, y| x.labels == y.labels);
+        if Instant::now() > self.deadline {
+            return Err(EvalError::Timeout);
+        }
+        Ok(all)
+    }
+
+    /// Instant-vector selection: per series, the newest sample in `[ref - lookback, ref]`
+    /// unless it is a staleness marker. Returns each sample with its own timestamp.
+    pub(crate) fn select_instant(&mut self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
+        let rt = self.ref_time(&vs.at, &vs.offset, t);
+        let min = rt.saturating_sub(self.limits.lookback_ms);
+        let out: Vec<Sample> = self
+            .loaded
+            .get(&key(vs))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| {
+                let i = s.samples.partition_point(|(st, _)| *st <= rt);
+                let (st, v) = *s.samples.get(i.checked_sub(1)?)?;
+                (st >= min && !is_stale_nan(v)).then(|| Sample {
+                    labels: s.labels.clone(),
+                    t: st,
+                    v,
+                })
+            })
+            .collect();
+        self.charge(out.len())?;
+        Ok(out)
+    }
+
+    fn select_range(&mut self, ms: &MatrixSelector, t: i64) -> Result<RangeVal> {
+        let end = self.ref_time(&ms.vs.at, &ms.vs.offset, t);
+        let start = end.saturating_sub(duration_ms(&ms.range));
+        let series: Vec<Series> = self
+            .loaded
+            .get(&key(&ms.vs))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| {
+                let from = s.samples.partition_point(|(st, _)| *st < start);
+                let to = s.samples.partition_point(|(st, _)| *st <= end);
+                let samples: Vec<(i64, f64)> = s.samples[from..to.max(from)]
+                    .iter()
+                    .copied()
+                    .filter(|(_, v)| !is_stale_nan(*v))
+                    .collect();
+                (!samples.is_empty()).then(|| Series {
+                    labels: s.labels.clone(),
+                    samples,
+                })
+            })
+            .collect();
+        self.charge(series.iter().map(|s| s.samples.len()).sum())?;
+        Ok(RangeVal { series, start, end })
+    }
+
+    /// Evaluates the inner expression on the subquery grid: multiples of the step in
+    /// `[ref - range, ref]`.
+    fn subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<RangeVal> {
+        let end = self.ref_time(&sq.at, &sq.offset, t);
+        let start = end.saturating_sub(duration_ms(&sq.range));
+        let step = sq
+            .step
+            .as_ref()
+            .map(duration_ms)
+            .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+        if step <= 0 {
+            return exec_err("subquery step must be positive");
+        }
+        let mut ts = start.div_euclid(step).saturating_mul(step);
+        if ts < start {
+            ts = ts.saturating_add(step);
+        }
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        while ts <= end {
+            let samples = match self.eval(&sq.expr, ts)? {
+                Val::Scalar(v) => vec![Sample {
+                    labels: Labels::default(),
+                    t: ts,
+                    v,
+                }],
+                Val::Vector(v) => v,
+                other => {
+                    return exec_err(format!(
+                        "subquery over a {} is not allowed",
+                        other.type_name()
+                    ));
+                }
+            };
+            self.charge(samples.len())?;
+            for s in samples {
+                out.entry(s.labels).or_default().push((ts, s.v));
+            }
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
+        }
+        Ok(RangeVal {
+            series: into_series(out),
+            start,
+            end,
+        })
+    }
+
+    /// Evaluates `expr` at time `t`.
+    pub(crate) fn eval(&mut self, expr: &Expr, t: i64) -> Result<Val> {
+        Ok(match expr {
+            Expr::NumberLiteral(n) => Val::Scalar(n.val),
+            Expr::StringLiteral(s) => Val::String(s.val.clone()),
+            Expr::Paren(p) => self.eval(&p.expr, t)?,
+            Expr::VectorSelector(vs) => {
+                let mut v = self.select_instant(vs, t)?;
+                v.iter_mut().for_each(|s| s.t = t);
+                Val::Vector(v)
+            }
+            Expr::MatrixSelector(ms) => Val::Matrix(self.select_range(ms, t)?),
+            Expr::Subquery(sq) => Val::Matrix(self.subquery(sq, t)?),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Val::Scalar(v) => Val::Scalar(-v),
+                Val::Vector(v) => Val::Vector(unique(
+                    v.into_iter()
+                        .map(|s| Sample {
+                            labels: s.labels.without_name(),
+                            t,
+                            v: -s.v,
+                        })
+                        .collect(),
+                )?),
+                other => return exec_err(format!("unary minus on a {}", other.type_name())),
+            },
+            Expr::Binary(b) => binary::eval(self, b, t)?,
+            Expr::Aggregate(a) => aggregate::eval(self, a, t)?,
+            Expr::Call(c) => functions::eval(self, c, t)?,
+            Expr::Extension(_) => return exec_err("extension expressions are not supported"),
+        })
+    }
+
+    /// Evaluates an expression that must produce an instant vector.
+    pub(crate) fn eval_vector(&mut self, expr: &Expr, t: i64) -> Result<Vec<Sample>> {
+        match self.eval(expr, t)? {
+            Val::Vector(v) => Ok(v),
+            other => exec_err(format!(
+                "expected instant vector, got {}",
+                other.type_name()
+            )),
+        }
+    }
+
+    /// Evaluates an expression that must produce a scalar.
+    pub(crate) fn eval_scalar(&mut self, expr: &Expr, t: i64) -> Result<f64> {
+        match self.eval(expr, t)? {
+            Val::Scalar(v) => Ok(v),
+            other => exec_err(format!("expected scalar, got {}", other.type_name())),
+        }
+    }
+
+    /// Evaluates an expression that must produce a range vector.
+    pub(crate) fn eval_matrix(&mut self, expr: &Expr, t: i64) -> Result<RangeVal> {
+        match self.eval(expr, t)? {
+            Val::Matrix(m) => Ok(m),
+            other => exec_err(format!("expected range vector, got {}", other.type_name())),
+        }
+    }
+}
+
+/// Turns per-labels point lists into series sorted by labels.
+fn into_series(points: BTreeMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
+    points
+        .into_iter()
+        .map(|(labels, samples)| Series { labels, samples })
+        .collect()
+}
+
+/// Prometheus rejects selectors whose matchers all match the empty string; the parser
+/// checks this too, but a defensive check keeps `select` from scanning everything.
+fn check_selector(vs: &VectorSelector) -> Result<()> {
+    if vs.name.is_none() && vs.matchers.is_empty_matchers() {
+        return Err(EvalError::Parse(
+            "vector selector must contain at least one non-empty matcher".into(),
+        ));
+    }
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(EvalError::Parse(
+            "'or' in label matchers is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects a vector holding two samples with the same labels, which Prometheus reports
+/// after functions and operators that drop or rewrite labels.
+pub(crate) fn unique(v: Vec<Sample>) -> Result<Vec<Sample>> {
+    let mut refs: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
+    refs.sort();
+    if refs.windows(2).any(|w| w[0] == w[1]) {
+        return exec_err("vector cannot contain metrics with the same labelset");
+    }
+    Ok(v)
+}

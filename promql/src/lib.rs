@@ -1,0 +1,212 @@
+//! PromQL evaluation with the semantics of Prometheus 2.42.
+//!
+//! Queries are parsed with the `promql-parser` crate and evaluated against any
+//! [`SeriesSource`]; this crate knows nothing about HTTP or how samples are stored.
+//! The result is a [`Value`]; [`format_value`] and [`EvalError::error_type`] give the
+//! pieces of Prometheus's JSON API that depend on evaluation.
+//!
+//! ```
+//! use strand_promql::{instant_query, Labels, Limits, Series, SeriesSource, Value};
+//! use promql_parser::label::Matcher;
+//!
+//! struct One;
+//! impl SeriesSource for One {
+//!     fn select(&self, m: &[Matcher], _: i64, _: i64) -> Result<Vec<Series>, String> {
+//!         let labels = Labels::from(vec![("__name__".to_string(), "up".to_string())]);
+//!         let matches = m.iter().all(|m| m.is_match(labels.get(&m.name).unwrap_or("")));
+//!         Ok(if matches { vec![Series { labels, samples: vec![(0, 1.0)] }] } else { vec![] })
+//!     }
+//! }
+//! let v = instant_query(&One, "sum(up) * 2", 10_000, &Limits::default()).unwrap();
+//! assert!(matches!(v, Value::Vector(s) if s[0].v == 2.0));
+//! ```
+//!
+//! # Layout
+//!
+//! - `eval`: the engine. Plans the data each selector needs and loads it once, then
+//!   evaluates the tree at each step; selectors, staleness, `offset`/`@`, subqueries,
+//!   limits.
+//! - `functions`: the function library (`rate`, `histogram_quantile`, `label_replace`, ...).
+//! - `aggregate`: aggregation operators and grouping.
+//! - `binary`: arithmetic, comparison and set operators and vector matching.
+//! - `value`: labels, samples, series, result values, float formatting.
+//! - `error`: [`EvalError`] and its Prometheus `errorType`.
+//!
+//! Invariant: nothing here panics on any query text or data; every failure is an
+//! [`EvalError`].
+//!
+//! # Known differences from Prometheus 2.42
+//!
+//! - Float samples only: native-histogram functions (`histogram_count`, `histogram_sum`,
+//!   `histogram_fraction`) always return nothing, as 2.42 does for float series.
+//! - Range queries are evaluated step by step. Functions whose result depends on the
+//!   evaluation time under a step-invariant `@` (e.g. `predict_linear(x[5m] @ t, ...)`)
+//!   use the step's time where 2.42 uses the range start.
+//! - `max_samples` is approximate: it counts the samples selected during one step plus
+//!   the points already in the range-query result, not Prometheus's exact peak.
+//! - Two series with the same labels at one step of a range query fail the query
+//!   ("vector cannot contain metrics with the same labelset"); 2.42 does not check this
+//!   in every range-query path.
+//! - `holt_winters` is registered with `promql-parser` under its 2.42 name (process-wide,
+//!   once); syntax newer than 2.42 that the parser accepts (`limitk`, `fill`, `or` inside
+//!   braces, 3.x functions) is rejected as `bad_data`.
+
+#![warn(missing_docs)]
+
+mod aggregate;
+mod binary;
+mod error;
+mod eval;
+mod functions;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use error::{EvalError, Result};
+pub use value::{Labels, STALE_NAN_BITS, Sample, Series, Value, format_value, is_stale_nan};
+
+/// What the evaluator reads from; implemented by the TSDB (and by test doubles), so the
+/// engine stays independent of storage.
+///
+/// `select` returns every series matching all `matchers` with its samples in
+/// `[start_ms, end_ms]` (inclusive), sorted by time. Staleness markers (see
+/// [`STALE_NAN_BITS`]) are returned as samples; the engine honours them.
+pub trait SeriesSource {
+    /// Series matching all matchers, with samples in `[start_ms, end_ms]`.
+    fn select(
+        &self,
+        matchers: &[promql_parser::label::Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> std::result::Result<Vec<Series>, String>;
+}
+
+/// Resource limits of one query, so a single query cannot take the daemon down.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How far back an instant selector looks for a sample (Prometheus: 5m).
+    pub lookback_ms: i64,
+    /// Most samples held in memory at once (Prometheus: 50,000,000).
+    pub max_samples: usize,
+    /// Wall-clock budget of the query (Prometheus: 2m).
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            lookback_ms: 300_000,
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Parses a query, turning parser failures (and, defensively, parser panics) into
+/// `bad_data` errors. Public so that series selectors elsewhere in an API
+/// (`match[]`) are read exactly as queries are.
+pub fn parse(query: &str) -> Result<promql_parser::parser::Expr> {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // promql-parser 0.11 only knows the 3.x name `double_exponential_smoothing`;
+    // 2.42 calls it `holt_winters`. The registry is process-global, hence the Once.
+    REGISTER.call_once(|| {
+        use promql_parser::parser::{Function, register_extra_functions, value::ValueType};
+        let args = vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar];
+        let hw = Function::new("holt_winters", args, 0, ValueType::Vector, false);
+        // Only fails on a clash with a built-in, which would make it parse anyway.
+        let _ = register_extra_functions(vec![hw]);
+    });
+    let query = raw_strings_as_quoted(query);
+    std::panic::catch_unwind(|| promql_parser::parser::parse(&query))
+        .unwrap_or_else(|_| Err("invalid promql query".to_owned()))
+        .map_err(EvalError::Parse)
+}
+
+/// Rewrites every backtick (raw) string into the equivalent double-quoted one.
+/// PromQL's raw strings take no escapes (`` `10\.0` `` is the regex `10\.0`),
+/// but promql-parser 0.11's lexer applies escape rules inside them and
+/// rejects `\.`; quoting them is exact and leaves everything else alone.
+/// Unterminated strings are returned unchanged, for the parser to report.
+fn raw_strings_as_quoted(query: &str) -> std::borrow::Cow<'_, str> {
+    if !query.contains('`') {
+        return query.into();
+    }
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut chars = query.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                out.push(c);
+                loop {
+                    let Some(inner) = chars.next() else {
+                        return query.into();
+                    };
+                    out.push(inner);
+                    if inner == '\\' {
+                        match chars.next() {
+                            Some(escaped) => out.push(escaped),
+                            None => return query.into(),
+                        }
+                    } else if inner == c {
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                out.push(c);
+                for inner in chars.by_ref() {
+                    out.push(inner);
+                    if inner == '\n' {
+                        break;
+                    }
+                }
+            }
+            '`' => {
+                out.push('"');
+                loop {
+                    match chars.next() {
+                        Some('`') => break,
+                        Some('\\') => out.push_str("\\\\"),
+                        Some('"') => out.push_str("\\\""),
+                        Some('\n') => out.push_str("\\n"),
+                        Some(other) => out.push(other),
+                        None => return query.into(),
+                    }
+                }
+                out.push('"');
+            }
+            _ => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Evaluates `query` at `time_ms` (Prometheus `/api/v1/query`).
+pub fn instant_query(
+    src: &dyn SeriesSource,
+    query: &str,
+    time_ms: i64,
+    limits: &Limits,
+) -> Result<Value> {
+    let expr = parse(query)?;
+    eval::Evaluator::new(src, limits, time_ms, time_ms).instant(&expr, time_ms)
+}
+
+/// Evaluates `query` at `start_ms, start_ms + step_ms, ... <= end_ms` (Prometheus
+/// `/api/v1/query_range`). Returns a [`Value::Matrix`] with one point per step where the
+/// expression has a value, series sorted by labels; the expression must be a scalar or
+/// an instant vector.
+pub fn range_query(
+    src: &dyn SeriesSource,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    limits: &Limits,
+) -> Result<Value> {
+    let expr = parse(query)?;
+    eval::Evaluator::new(src, limits, start_ms, end_ms).range(&expr, step_ms)
+}

@@ -1,0 +1,171 @@
+//! Values the evaluator produces and consumes: label sets, samples, series and
+//! the query result type, plus Prometheus's float formatting and staleness marker.
+
+use std::fmt;
+
+/// Name of the label that carries the metric name.
+pub(crate) const METRIC_NAME: &str = "__name__";
+
+/// Bit pattern Prometheus writes as a staleness marker: a NaN that no arithmetic produces.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is a staleness marker (and not just any NaN), so lookups can end a series there.
+pub fn is_stale_nan(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// Formats a sample value the way Prometheus's JSON API does, so responses match byte for byte:
+/// `NaN`, `+Inf`, `-Inf`, otherwise the shortest decimal that round-trips, never in exponent form.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v == f64::INFINITY {
+        "+Inf".to_owned()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_owned()
+    } else {
+        // Rust's `Display` for f64 is shortest round-trip and never uses an exponent,
+        // which is exactly Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
+        v.to_string()
+    }
+}
+
+/// Label set, sorted by name, includes "__name__" when present.
+///
+/// Empty values are dropped on construction because Prometheus treats an empty
+/// label value as an absent label; keeping them would make equal series compare unequal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    /// Value of label `name`, so callers need not know the internal layout.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// All `(name, value)` pairs in name order, for serialisation at the API edge.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The metric name (`__name__`), which the API and UI show separately.
+    pub fn metric_name(&self) -> Option<&str> {
+        self.get(METRIC_NAME)
+    }
+
+    /// Whether the set has no labels, e.g. the result of `sum(x)` or `vector(1)`.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets `name` to `value`; an empty value removes the label (Prometheus semantics).
+    pub(crate) fn set(&mut self, name: &str, value: &str) {
+        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) if value.is_empty() => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = value.to_owned(),
+            Err(_) if value.is_empty() => {}
+            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// Copy without the metric name, for functions and operators that drop it.
+    pub(crate) fn without_name(&self) -> Labels {
+        self.retain(|n| n != METRIC_NAME)
+    }
+
+    /// Copy keeping only labels for which `keep` is true.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Labels {
+        Labels(self.0.iter().filter(|(n, _)| keep(n)).cloned().collect())
+    }
+
+    /// A string that identifies the labels selected by `keep`, used as a hash-map key
+    /// for grouping and vector matching.
+    pub(crate) fn signature(&self, keep: impl Fn(&str) -> bool) -> String {
+        let mut sig = String::new();
+        for (n, v) in self.0.iter().filter(|(n, _)| keep(n)) {
+            sig.push_str(n);
+            sig.push('\u{ff}');
+            sig.push_str(v);
+            sig.push('\u{fe}');
+        }
+        sig
+    }
+}
+
+impl From<Vec<(String, String)>> for Labels {
+    fn from(mut pairs: Vec<(String, String)>) -> Self {
+        pairs.retain(|(_, v)| !v.is_empty());
+        // Stable sort + keep-last dedup: a later duplicate name wins, like a label builder.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for (n, v) in pairs {
+            match out.last_mut() {
+                Some(last) if last.0 == n => last.1 = v,
+                _ => out.push((n, v)),
+            }
+        }
+        Labels(out)
+    }
+}
+
+impl fmt::Display for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (n, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n}={v:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// One series with its samples `(timestamp ms, value)` sorted by time: what storage
+/// returns and what a range query or range-vector result holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Identity of the series.
+    pub labels: Labels,
+    /// Samples sorted by timestamp.
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// One element of an instant vector: a series' value at one evaluation time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Identity of the element.
+    pub labels: Labels,
+    /// Evaluation timestamp in milliseconds.
+    pub t: i64,
+    /// The value.
+    pub v: f64,
+}
+
+/// Result of a query, mirroring Prometheus's four result types (`resultType` in the API).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A single number, e.g. `1 + 1` or `scalar(x)`.
+    Scalar {
+        /// Evaluation timestamp in milliseconds.
+        t: i64,
+        /// The value.
+        v: f64,
+    },
+    /// A string literal query.
+    String {
+        /// Evaluation timestamp in milliseconds.
+        t: i64,
+        /// The string.
+        v: String,
+    },
+    /// An instant vector.
+    Vector(Vec<Sample>),
+    /// A range vector (instant query of `x[5m]`) or the result of a range query.
+    Matrix(Vec<Series>),
+}
