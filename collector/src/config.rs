@@ -22,6 +22,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::ingest::scrape::ScrapeTarget;
+use crate::model::Label;
 use crate::pipeline::PipelineLimits;
 use crate::store::logs::LogRetention;
 use crate::store::metrics::SeriesLimits;
@@ -35,6 +37,8 @@ const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_METRIC_RETENTION: Duration = Duration::from_secs(15 * 24 * 3600);
 const DEFAULT_MAX_SERIES: usize = 1_000_000;
 const DEFAULT_MAX_SERIES_PER_METRIC: usize = 100_000;
+const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
+const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
 const DEFAULT_WAL_QUEUE_BYTES: usize = 256 << 20;
@@ -135,6 +139,12 @@ pub struct ServeArgs {
     /// error naming the metric [default: 100000]
     #[arg(long, env = "STRAND_MAX_SERIES_PER_METRIC", value_name = "SERIES")]
     pub max_series_per_metric: Option<usize>,
+
+    /// How often Strand scrapes its own /metrics into its metrics store, as
+    /// job "strand" (0s: never) [default: 15s]. Other scrape targets are set
+    /// in the config file ([[scrape]] tables).
+    #[arg(long, env = "STRAND_SELF_SCRAPE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub self_scrape_interval: Option<Duration>,
 }
 
 /// The config file's shape; every field optional.
@@ -162,6 +172,26 @@ struct FileConfig {
     metric_retention_bytes: Option<u64>,
     max_series: Option<usize>,
     max_series_per_metric: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    self_scrape_interval: Option<Duration>,
+    #[serde(default)]
+    scrape: Vec<ScrapeFileConfig>,
+}
+
+/// A `[[scrape]]` table: static targets of one job.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScrapeFileConfig {
+    job: String,
+    /// `host:port` of each target.
+    targets: Vec<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    timeout: Option<Duration>,
+    path: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 mod humantime_serde_opt {
@@ -196,6 +226,10 @@ pub struct MetricSettings {
     /// 0: no size limit.
     pub retention_bytes: u64,
     pub limits: SeriesLimits,
+    /// Configured scrape targets (not Strand itself; see `self_scrape_interval`).
+    pub scrape: Vec<ScrapeTarget>,
+    /// How often Strand scrapes its own `/metrics`; `None`: never.
+    pub self_scrape_interval: Option<Duration>,
 }
 
 /// How logs are partitioned and kept.
@@ -291,6 +325,39 @@ impl ServeArgs {
                         .or(file.max_series_per_metric)
                         .unwrap_or(DEFAULT_MAX_SERIES_PER_METRIC),
                 },
+                scrape: file
+                    .scrape
+                    .into_iter()
+                    .flat_map(|job| {
+                        let labels: Vec<Label> = job
+                            .labels
+                            .iter()
+                            .map(|(name, value)| Label::new(name.clone(), value.clone()))
+                            .collect();
+                        job.targets
+                            .into_iter()
+                            .map(|address| {
+                                let interval = job.interval.unwrap_or(DEFAULT_SCRAPE_INTERVAL);
+                                ScrapeTarget {
+                                    job: job.job.clone(),
+                                    address,
+                                    path: job.path.clone().unwrap_or_else(|| "/metrics".into()),
+                                    interval,
+                                    timeout: job
+                                        .timeout
+                                        .unwrap_or(DEFAULT_SCRAPE_TIMEOUT.min(interval)),
+                                    labels: labels.clone(),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+                self_scrape_interval: Some(
+                    self.self_scrape_interval
+                        .or(file.self_scrape_interval)
+                        .unwrap_or(DEFAULT_SCRAPE_INTERVAL),
+                )
+                .filter(|interval| !interval.is_zero()),
             },
         };
         config.validate()?;
@@ -326,6 +393,26 @@ impl Config {
         }
         if self.metrics.retention < Duration::from_secs(60) {
             bail!("metric_retention must be at least 1m");
+        }
+        for target in &self.metrics.scrape {
+            if target.job.is_empty() || target.address.is_empty() {
+                bail!("every [[scrape]] needs a job and non-empty targets");
+            }
+            if target.address.contains('/') {
+                bail!(
+                    "scrape target {:?} must be host:port; put the path in `path`",
+                    target.address
+                );
+            }
+            if !target.path.starts_with('/') {
+                bail!("scrape path {:?} must start with /", target.path);
+            }
+            if target.interval < Duration::from_secs(1) || target.timeout > target.interval {
+                bail!(
+                    "scrape job {:?}: interval must be at least 1s and timeout at most the interval",
+                    target.job
+                );
+            }
         }
         if self.limits.max_buffered_spans == 0 {
             bail!("max_buffered_spans must be positive");
@@ -406,6 +493,24 @@ mod tests {
         .into_config()
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+    }
+
+    #[test]
+    fn scrape_tables_become_targets() {
+        let config = file_config(
+            "[[scrape]]\njob = \"shop\"\ntargets = [\"a:1\", \"b:2\"]\ninterval = \"5s\"\nlabels = { env = \"dev\" }\n",
+        )
+        .unwrap();
+        let targets = &config.metrics.scrape;
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1].address, "b:2");
+        assert_eq!(targets[1].interval, Duration::from_secs(5));
+        assert_eq!(targets[1].timeout, Duration::from_secs(5));
+        assert_eq!(targets[0].labels, [Label::new("env", "dev")]);
+        assert_eq!(
+            config.metrics.self_scrape_interval,
+            Some(Duration::from_secs(15))
+        );
     }
 
     #[test]

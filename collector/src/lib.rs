@@ -3,17 +3,21 @@
 //! # Layout
 //!
 //! - [`config`]: flags, environment and config file -> [`Config`].
-//! - `ingest`: the wire edge — OTLP over gRPC and HTTP, decoded and validated
-//!   into [`model`] types. The only place that knows OTLP.
+//! - `ingest`: the wire edge — OTLP over gRPC and HTTP, Elasticsearch `_bulk`,
+//!   Prometheus remote write and scraping, decoded and validated into
+//!   [`model`] types. The only place that knows the wire formats.
 //! - `pipeline`: the data path — WAL append with group commit, the in-memory
-//!   head, acknowledgement, and the flusher that moves the head to the stores.
-//! - `wal`: the write-ahead log. `codec`: the span encoding the WAL and the
-//!   span blocks share.
-//! - `store`: embedded storage engines (`store::traces`: zstd span blocks with a
-//!   sled index).
-//! - `query`: search semantics over the stores.
-//! - `api`: the HTTP API on the UI port (Jaeger-compatible query API, health,
-//!   `/metrics`).
+//!   heads, acknowledgement, and the background loops that move data to the
+//!   stores.
+//! - `wal`: the write-ahead log. `codec`: the encodings the WAL, span blocks
+//!   and stored log records share.
+//! - `store`: embedded storage engines (`traces`: zstd span blocks with a sled
+//!   index; `logs`: tantivy partitions; `metrics`: Gorilla-chunk TSDB).
+//! - `query`: search semantics over the trace and log stores (PromQL lives in
+//!   the `strand-promql` crate).
+//! - `api`: the HTTP API on the UI port (Jaeger, logs and Prometheus APIs,
+//!   health, `/metrics`).
+//! - `span_metrics`: RED metrics derived from spans at ingest.
 //! - `telemetry`: Strand's own metrics.
 //!
 //! [`run`] wires them together; `main.rs` only parses flags and waits for a signal.
@@ -25,6 +29,7 @@ mod ingest;
 pub mod model;
 mod pipeline;
 mod query;
+mod span_metrics;
 mod store;
 mod telemetry;
 mod wal;
@@ -98,6 +103,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
+    let mut scrape_targets = config.metrics.scrape.clone();
+    if let Some(interval) = config.metrics.self_scrape_interval {
+        scrape_targets.push(ingest::scrape::ScrapeTarget {
+            job: "strand".into(),
+            address: http_listener.local_addr()?.to_string(),
+            path: "/metrics".into(),
+            interval,
+            timeout: interval.min(Duration::from_secs(10)),
+            labels: Vec::new(),
+        });
+    }
+    let scrapers: Vec<_> = scrape_targets
+        .into_iter()
+        .map(|target| tokio::spawn(ingest::scrape::run(pipeline.clone(), target, stopped())))
+        .collect();
     let metrics_converter = Arc::new(ingest::otlp_metrics::MetricsConverter::new(
         config.metrics.limits.max_series,
     ));
@@ -175,6 +195,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("ShutdownGraceExpired: closing remaining connections"),
+    }
+    for scraper in scrapers {
+        let _ = scraper.await;
     }
     let _ = flusher_stop_tx.send(());
     flusher.await.context("flusher task")?;

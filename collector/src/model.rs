@@ -167,7 +167,7 @@ impl SpanKind {
 }
 
 /// Outcome of a span as OTLP defines it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StatusCode {
     #[default]
     Unset,

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::codec;
 use crate::config::{LogSettings, MetricSettings};
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
+use crate::span_metrics::SpanMetrics;
 use crate::store::logs::LogStore;
 use crate::store::metrics::MetricStore;
 use crate::store::traces::TraceStore;
@@ -50,6 +51,10 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// the open ones): what bounds the WAL the metrics store holds back.
 const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the RED metrics derived from spans are written to the metrics
+/// store (a scrape interval, in effect).
+const SPAN_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Samples of one request that were not stored, and the first reason.
 #[derive(Debug, Default)]
 pub struct SampleRejections {
@@ -63,6 +68,7 @@ pub struct Pipeline {
     traces: Arc<TraceStore>,
     logs: Arc<LogStore>,
     metric_store: Arc<MetricStore>,
+    span_metrics: Arc<SpanMetrics>,
     /// Held across admission and WAL enqueue so that samples reach the
     /// metrics store in the order they were checked in.
     sample_admission: std::sync::Mutex<()>,
@@ -174,6 +180,7 @@ impl Pipeline {
             traces,
             logs,
             metric_store,
+            span_metrics: Arc::new(SpanMetrics::default()),
             sample_admission: std::sync::Mutex::new(()),
             log_settings,
             metric_settings,
@@ -284,12 +291,16 @@ impl Pipeline {
         }
         let payload = codec::encode_spans(&spans);
         let store = self.traces.clone();
+        let span_metrics = self.span_metrics.clone();
         let appended = self
             .wal
             .append(
                 RecordKind::Spans,
                 payload,
-                Box::new(move |seq| store.apply(seq, spans)),
+                Box::new(move |seq| {
+                    span_metrics.record(&spans);
+                    store.apply(seq, spans)
+                }),
             )
             .await;
         match appended {
@@ -474,6 +485,7 @@ impl Pipeline {
         let mut commit_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
+        let mut span_metrics = tokio::time::interval(SPAN_METRICS_INTERVAL);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -491,6 +503,7 @@ impl Pipeline {
                 _ = flush_metrics.tick() => {
                     self.flush_metrics().await;
                 }
+                _ = span_metrics.tick() => self.write_span_metrics().await,
                 _ = retention.tick() => self.enforce_retention().await,
             }
         }
@@ -498,6 +511,18 @@ impl Pipeline {
             tracing::error!("FinalFlushError: data stays in the WAL and is replayed on next start");
         }
         self.wal.shutdown().await;
+    }
+
+    /// Writes the current RED counts derived from spans as samples.
+    async fn write_span_metrics(&self) {
+        let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
+        let (series, metadata) = self.span_metrics.samples(now_ms);
+        if series.is_empty() {
+            return;
+        }
+        if let Err(error) = self.accept_samples(series, metadata, "spans").await {
+            tracing::warn!(%error, "SpanMetricsNotStored");
+        }
     }
 
     async fn enforce_retention(self: &Arc<Self>) {

@@ -145,7 +145,7 @@ fn data_set(end: i64) -> Vec<Series> {
                         value += if status == "200" {
                             (10 * s + (s * 7 + k * 13 + (k * k) % 17) % 10) as f64
                         } else {
-                            f64::from(u8::from((s + k) % 7 == 0))
+                            f64::from(u8::from((s + k) % 7 == 0)) * (s % 3 + 1) as f64
                         };
                         (at(k), value)
                     })
@@ -920,6 +920,65 @@ fn aligned_now() -> i64 {
         .unwrap()
         .as_secs() as i64;
     now - now.rem_euclid(SCRAPE)
+}
+
+/// The comparison itself must catch what it is for, or the test passes vacuously.
+#[test]
+fn comparison_catches_differences() {
+    let vector = |samples: &[(&str, f64)]| {
+        Answer::Vector(
+            samples
+                .iter()
+                .map(|(k, v)| (k.to_string(), 100.0, *v))
+                .collect(),
+        )
+    };
+    let base = vector(&[
+        ("{a=\"1\"}", 1.0),
+        ("{a=\"2\"}", f64::NAN),
+        ("{a=\"3\"}", f64::INFINITY),
+    ]);
+    let same_shuffled = vector(&[
+        ("{a=\"3\"}", f64::INFINITY),
+        ("{a=\"2\"}", f64::NAN),
+        ("{a=\"1\"}", 1.0 + 1e-12),
+    ]);
+    assert_eq!(compare(&base, &same_shuffled, false), None);
+    assert!(
+        compare(&base, &same_shuffled, true).is_some(),
+        "order matters for sort()"
+    );
+    for wrong in [
+        vector(&[("{a=\"1\"}", 1.0), ("{a=\"2\"}", f64::NAN)]),
+        vector(&[
+            ("{a=\"1\"}", 1.0),
+            ("{a=\"2\"}", 0.0),
+            ("{a=\"3\"}", f64::INFINITY),
+        ]),
+        vector(&[
+            ("{a=\"1\"}", 1.000001),
+            ("{a=\"2\"}", f64::NAN),
+            ("{a=\"3\"}", f64::INFINITY),
+        ]),
+        vector(&[
+            ("{a=\"1\"}", 1.0),
+            ("{a=\"2\"}", f64::NAN),
+            ("{a=\"4\"}", f64::INFINITY),
+        ]),
+        Answer::Scalar(100.0, 1.0),
+    ] {
+        assert!(compare(&base, &wrong, false).is_some(), "{wrong:?} passed");
+    }
+    let matrix = |points: &[(f64, f64)]| Answer::Matrix(vec![("{}".into(), points.to_vec())]);
+    let m = matrix(&[(60.0, 1.0), (120.0, 2.0)]);
+    assert_eq!(
+        compare(&m, &matrix(&[(60.0, 1.0), (120.0, 2.0)]), false),
+        None
+    );
+    assert!(compare(&m, &matrix(&[(60.0, 1.0)]), false).is_some());
+    assert!(compare(&m, &matrix(&[(60.0, 1.0), (180.0, 2.0)]), false).is_some());
+    assert!(compare(&m, &matrix(&[(60.0, 1.0), (120.0, 2.5)]), false).is_some());
+    assert!(close(0.0, 1e-13) && !close(0.0, 1e-11) && !close(-1.0, f64::NAN));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

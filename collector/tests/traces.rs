@@ -390,6 +390,8 @@ async fn four_services_one_trace_survives_restart() {
 
     let status = daemon.stop();
     assert!(status.success(), "clean shutdown exits 0: {status}");
+    let wal_files = std::fs::read_dir(data.join("wal")).unwrap().count();
+    assert_eq!(wal_files, 0, "a clean shutdown leaves no WAL to replay");
     let daemon = Daemon::start(&data, &[]).await;
     assert_trace_is_stitched(&daemon, &sent).await;
     assert_searches(&daemon, &sent).await;
@@ -398,8 +400,6 @@ async fn four_services_one_trace_survives_restart() {
         .get_json(&format!("/api/traces/{}", sent.order_trace))
         .await;
     assert_eq!(before, after, "same answer after restart");
-    let wal_files = std::fs::read_dir(data.join("wal")).unwrap().count();
-    assert_eq!(wal_files, 0, "a clean shutdown leaves no WAL to replay");
 
     let metrics = reqwest::get(daemon.url("/metrics"))
         .await

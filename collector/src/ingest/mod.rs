@@ -8,6 +8,7 @@ pub mod http;
 pub(crate) mod otlp;
 pub(crate) mod otlp_metrics;
 pub mod remote_write;
+pub mod scrape;
 
 use axum::http::StatusCode as HttpStatus;
 

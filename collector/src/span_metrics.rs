@@ -1,0 +1,248 @@
+//! RED metrics derived from spans at ingest, named as the OpenTelemetry
+//! Collector's `spanmetrics` connector names them, so dashboards written for it
+//! work here:
+//!
+//! - `traces_span_metrics_calls_total{service_name, span_name, span_kind,
+//!   status_code}`: requests; errors are the series with
+//!   `status_code="STATUS_CODE_ERROR"`;
+//! - `traces_span_metrics_duration_seconds_bucket{..., le}`, `_sum`, `_count`:
+//!   the duration histogram, with the connector's default buckets.
+//!
+//! Counts accumulate in memory from acknowledged spans and are written into
+//! the metrics store as cumulative samples on an interval, like a scrape; a
+//! restart starts them from zero, which PromQL's `rate` reads as a counter
+//! reset.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::model::{
+    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples, Span,
+    SpanKind, StatusCode,
+};
+
+/// Upper bounds of the duration buckets, in seconds (the connector's defaults).
+const BUCKETS: [f64; 16] = [
+    0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
+];
+/// Distinct label sets kept; spans beyond it are counted under one overflow
+/// series per service, so a span name with an id in it cannot exhaust memory.
+const MAX_SERIES: usize = 20_000;
+const OVERFLOW_SPAN_NAME: &str = "otel_metric_overflow";
+const CALLS: &str = "traces_span_metrics_calls_total";
+const DURATION: &str = "traces_span_metrics_duration_seconds";
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    service: String,
+    span_name: String,
+    kind: SpanKind,
+    status: StatusCode,
+}
+
+#[derive(Default)]
+struct Counts {
+    calls: u64,
+    seconds_sum: f64,
+    /// Per bucket (not cumulative); the last slot is above every bound.
+    buckets: [u64; BUCKETS.len() + 1],
+}
+
+/// Accumulates RED counts; see the module documentation.
+#[derive(Default)]
+pub struct SpanMetrics {
+    counts: Mutex<HashMap<Key, Counts>>,
+}
+
+impl SpanMetrics {
+    /// Counts acknowledged spans.
+    pub fn record(&self, spans: &[Span]) {
+        let mut counts = self.counts.lock().expect("not poisoned");
+        for span in spans {
+            let mut key = Key {
+                service: span.service().to_owned(),
+                span_name: span.name.clone(),
+                kind: span.kind,
+                status: span.status_code,
+            };
+            if !counts.contains_key(&key) && counts.len() >= MAX_SERIES {
+                key.span_name = OVERFLOW_SPAN_NAME.into();
+            }
+            let entry = counts.entry(key).or_default();
+            let seconds = span.duration_nanos() as f64 / 1e9;
+            entry.calls += 1;
+            entry.seconds_sum += seconds;
+            let bucket = BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(BUCKETS.len());
+            entry.buckets[bucket] += 1;
+        }
+    }
+
+    /// The cumulative series at `now_ms`, and their metadata.
+    pub fn samples(&self, now_ms: i64) -> (Vec<SeriesSamples>, Vec<MetricMetadata>) {
+        let counts = self.counts.lock().expect("not poisoned");
+        let mut out = Vec::with_capacity(counts.len() * (BUCKETS.len() + 4));
+        let sample = |labels: Vec<Label>, value: f64| SeriesSamples {
+            labels: crate::model::canonical_labels(labels),
+            samples: vec![MetricSample {
+                timestamp_ms: now_ms,
+                value,
+            }],
+        };
+        for (key, counts) in counts.iter() {
+            let labels = |name: &str| {
+                vec![
+                    Label::new(METRIC_NAME_LABEL, name),
+                    Label::new("service_name", key.service.clone()),
+                    Label::new("span_name", key.span_name.clone()),
+                    Label::new("span_kind", kind_name(key.kind)),
+                    Label::new("status_code", status_name(key.status)),
+                ]
+            };
+            out.push(sample(labels(CALLS), counts.calls as f64));
+            let mut cumulative = 0;
+            let bounds = BUCKETS.iter().map(|b| strand_promql::format_value(*b));
+            for (bound, count) in bounds
+                .chain(std::iter::once("+Inf".to_owned()))
+                .zip(counts.buckets)
+            {
+                cumulative += count;
+                let mut bucket = labels(&format!("{DURATION}_bucket"));
+                bucket.push(Label::new("le", bound));
+                out.push(sample(bucket, cumulative as f64));
+            }
+            out.push(sample(
+                labels(&format!("{DURATION}_sum")),
+                counts.seconds_sum,
+            ));
+            out.push(sample(
+                labels(&format!("{DURATION}_count")),
+                counts.calls as f64,
+            ));
+        }
+        let metadata = vec![
+            MetricMetadata {
+                metric: CALLS.into(),
+                kind: MetricKind::Counter,
+                help: "Spans received, per service, span name, kind and status".into(),
+                unit: String::new(),
+            },
+            MetricMetadata {
+                metric: DURATION.into(),
+                kind: MetricKind::Histogram,
+                help: "Span durations, per service, span name, kind and status".into(),
+                unit: "seconds".into(),
+            },
+        ];
+        (out, metadata)
+    }
+}
+
+fn kind_name(kind: SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Unspecified => "SPAN_KIND_UNSPECIFIED",
+        SpanKind::Internal => "SPAN_KIND_INTERNAL",
+        SpanKind::Server => "SPAN_KIND_SERVER",
+        SpanKind::Client => "SPAN_KIND_CLIENT",
+        SpanKind::Producer => "SPAN_KIND_PRODUCER",
+        SpanKind::Consumer => "SPAN_KIND_CONSUMER",
+    }
+}
+
+fn status_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::Unset => "STATUS_CODE_UNSET",
+        StatusCode::Ok => "STATUS_CODE_OK",
+        StatusCode::Error => "STATUS_CODE_ERROR",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Resource, Scope};
+
+    fn span(service: &str, name: &str, millis: u64, status: StatusCode) -> Span {
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            flags: 0,
+            name: name.into(),
+            kind: SpanKind::Server,
+            start_unix_nano: 1_000,
+            end_unix_nano: 1_000 + millis * 1_000_000,
+            attributes: vec![],
+            events: vec![],
+            links: vec![],
+            status_code: status,
+            status_message: String::new(),
+            resource: Arc::new(Resource {
+                service: service.into(),
+                attributes: vec![],
+            }),
+            scope: Arc::new(Scope::default()),
+        }
+    }
+
+    fn value(series: &[SeriesSamples], name: &str, extra: &[(&str, &str)]) -> f64 {
+        series
+            .iter()
+            .find(|s| {
+                s.metric_name() == name
+                    && extra
+                        .iter()
+                        .all(|(n, v)| s.labels.iter().any(|l| l.name == *n && l.value == *v))
+            })
+            .map(|s| s.samples[0].value)
+            .unwrap_or(f64::NAN)
+    }
+
+    #[test]
+    fn counts_calls_errors_and_durations() {
+        let metrics = SpanMetrics::default();
+        metrics.record(&[
+            span("payment", "POST /charge", 3, StatusCode::Unset),
+            span("payment", "POST /charge", 300, StatusCode::Unset),
+            span("payment", "POST /charge", 20, StatusCode::Error),
+        ]);
+        let (series, metadata) = metrics.samples(5_000);
+        let ok = [
+            ("status_code", "STATUS_CODE_UNSET"),
+            ("span_name", "POST /charge"),
+        ];
+        assert_eq!(value(&series, CALLS, &ok), 2.0);
+        assert_eq!(
+            value(&series, CALLS, &[("status_code", "STATUS_CODE_ERROR")]),
+            1.0
+        );
+        let bucket = format!("{DURATION}_bucket");
+        assert_eq!(value(&series, &bucket, &[ok[0], ("le", "0.004")]), 1.0);
+        assert_eq!(value(&series, &bucket, &[ok[0], ("le", "0.4")]), 2.0);
+        assert_eq!(value(&series, &bucket, &[ok[0], ("le", "+Inf")]), 2.0);
+        assert!((value(&series, &format!("{DURATION}_sum"), &ok) - 0.303).abs() < 1e-12);
+        assert!(series.iter().all(|s| s.samples[0].timestamp_ms == 5_000));
+        assert_eq!(metadata[0].kind, MetricKind::Counter);
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let metrics = SpanMetrics::default();
+        let spans: Vec<Span> = (0..MAX_SERIES + 50)
+            .map(|i| span("order", &format!("GET /orders/{i}"), 1, StatusCode::Ok))
+            .collect();
+        metrics.record(&spans);
+        let (series, _) = metrics.samples(0);
+        let calls = series.iter().filter(|s| s.metric_name() == CALLS).count();
+        assert_eq!(calls, MAX_SERIES + 1);
+        assert_eq!(
+            value(&series, CALLS, &[("span_name", OVERFLOW_SPAN_NAME)]),
+            50.0
+        );
+    }
+}

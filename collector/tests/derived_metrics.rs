@@ -1,0 +1,138 @@
+//! End to end: metrics Strand makes itself. It scrapes its own `/metrics` (and
+//! any configured target) into its metrics store, with `up` and staleness as
+//! Prometheus has them, and derives RED metrics from the spans it receives —
+//! all queryable with PromQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, eventually};
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::Value;
+
+/// Values of an instant query, keyed by one label.
+async fn instant(daemon: &Daemon, query: &str, key: &str) -> Vec<(String, f64)> {
+    let path = format!("/api/v1/query?query={}", urlencode(query));
+    let (status, body) = daemon.get_json(&path).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let value: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+            (r["metric"][key].as_str().unwrap_or("").to_owned(), value)
+        })
+        .collect()
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn self_scrape_and_configured_targets_report_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // A target that never answers: up 0, like Prometheus.
+    let config = dir.path().join("strand.toml");
+    std::fs::write(
+        &config,
+        "[[scrape]]\njob = \"gone\"\ntargets = [\"127.0.0.1:9\"]\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--self-scrape-interval",
+            "1s",
+        ],
+    )
+    .await;
+    let up = eventually(Duration::from_secs(20), || async {
+        let up = instant(&daemon, "up", "job").await;
+        (up.len() == 2).then_some(up)
+    })
+    .await
+    .expect("up of both jobs");
+    assert!(up.contains(&("strand".to_owned(), 1.0)), "{up:?}");
+    assert!(up.contains(&("gone".to_owned(), 0.0)), "{up:?}");
+    let (_, body) = daemon
+        .get_json("/api/v1/series?match[]=strand_wal_written_bytes_total")
+        .await;
+    assert_eq!(body["data"][0]["job"], Value::from("strand"));
+    let scraped = instant(&daemon, r#"scrape_samples_scraped{job="strand"}"#, "job").await;
+    assert!(scraped[0].1 > 10.0, "{scraped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn red_metrics_are_derived_from_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--self-scrape-interval", "0s"]).await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(daemon.grpc_endpoint())
+        .build()
+        .unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name("payment").build())
+        .with_simple_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("test");
+    for i in 0..5 {
+        let mut span = tracer
+            .span_builder("POST /charge")
+            .with_kind(SpanKind::Server)
+            .start(&tracer);
+        if i == 0 {
+            span.set_status(Status::error("card declined"));
+        }
+        span.end();
+    }
+    provider.force_flush().unwrap();
+    // Derived metrics are written every 15 s, like a scrape.
+    let calls = eventually(Duration::from_secs(40), || async {
+        let calls = instant(
+            &daemon,
+            r#"sum by (status_code) (traces_span_metrics_calls_total{service_name="payment", span_name="POST /charge", span_kind="SPAN_KIND_SERVER"})"#,
+            "status_code",
+        )
+        .await;
+        (calls.len() == 2).then_some(calls)
+    })
+    .await
+    .expect("span metrics");
+    assert!(
+        calls.contains(&("STATUS_CODE_UNSET".to_owned(), 4.0)),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&("STATUS_CODE_ERROR".to_owned(), 1.0)),
+        "{calls:?}"
+    );
+    let count = instant(
+        &daemon,
+        r#"sum(traces_span_metrics_duration_seconds_count{service_name="payment"})"#,
+        "",
+    )
+    .await;
+    assert_eq!(count[0].1, 5.0);
+    let bucket = instant(
+        &daemon,
+        r#"sum(traces_span_metrics_duration_seconds_bucket{service_name="payment", le="+Inf"})"#,
+        "",
+    )
+    .await;
+    assert_eq!(bucket[0].1, 5.0);
+    provider.shutdown().unwrap();
+}
