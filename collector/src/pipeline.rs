@@ -29,6 +29,10 @@ pub enum AcceptError {
     Overloaded,
     #[error("the write-ahead log failed: {0}")]
     Unavailable(String),
+    #[error(
+        "the request converts to {bytes} bytes of samples, more than the write-ahead log queue holds ({limit} bytes, --wal-queue-bytes): send smaller requests"
+    )]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// Limits that keep memory bounded.
@@ -209,10 +213,10 @@ impl Pipeline {
         self.metric_store.set_metadata(metadata);
         let (pending, count, rejections) = {
             let _order = self.sample_admission.lock().expect("not poisoned");
-            let admitted = self.metric_store.admit(series);
+            let mut admitted = self.metric_store.admit(series);
             let rejections = SampleRejections {
                 rejected: admitted.rejected,
-                first_error: admitted.first_error,
+                first_error: admitted.first_error.take(),
             };
             if let Some(reason) = &rejections.first_error {
                 let reason = if reason.contains("series limit") {
@@ -227,13 +231,25 @@ impl Pipeline {
             }
             let count: usize = admitted.series.iter().map(|s| s.samples.len()).sum();
             let payload = codec::encode_samples(&admitted.series);
+            if payload.len() > self.limits.wal_queue_bytes {
+                self.metric_store.undo_admission(&admitted);
+                self.reject_samples(count, "too_large");
+                return Err(AcceptError::TooLarge {
+                    bytes: payload.len(),
+                    limit: self.limits.wal_queue_bytes,
+                });
+            }
             let store = self.metric_store.clone();
-            let series = admitted.series;
+            let series = std::mem::take(&mut admitted.series);
             let pending = self.wal.enqueue(
                 RecordKind::Samples,
                 payload,
                 Box::new(move |_| store.apply(series)),
             );
+            if pending.is_err() {
+                // Not queued: the retry must find these samples new again.
+                self.metric_store.undo_admission(&admitted);
+            }
             (pending, count, rejections)
         };
         let appended = match pending {

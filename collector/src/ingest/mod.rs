@@ -38,6 +38,7 @@ impl From<AcceptError> for IngestError {
         match error {
             AcceptError::Overloaded => IngestError::Overloaded(error),
             AcceptError::Unavailable(_) => IngestError::Unavailable(error),
+            AcceptError::TooLarge { .. } => IngestError::Malformed(error.to_string()),
         }
     }
 }

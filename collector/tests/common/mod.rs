@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod prom;
+pub mod remote_write;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

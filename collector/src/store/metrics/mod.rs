@@ -63,6 +63,9 @@ pub struct Admitted {
     /// Samples refused, and the first reason, for partial-success answers.
     pub rejected: u64,
     pub first_error: Option<String>,
+    /// Each admitted series' newest admitted sample before this admission,
+    /// for [`MetricStore::undo_admission`].
+    previous: Vec<(u32, Option<(i64, u64)>)>,
 }
 
 /// A series and its samples in a queried range.
@@ -376,6 +379,7 @@ impl MetricStore {
             series: Vec::with_capacity(batch.len()),
             rejected: 0,
             first_error: None,
+            previous: Vec::new(),
         };
         let reject = |admitted: &mut Admitted, count: usize, reason: String| {
             admitted.rejected += count as u64;
@@ -415,6 +419,7 @@ impl MetricStore {
                 }
             };
             let state = head.series[id as usize].as_mut().expect("found above");
+            let previous = state.admitted;
             let mut kept = Vec::with_capacity(series.samples.len());
             for sample in series.samples {
                 let bits = sample.value.to_bits();
@@ -451,9 +456,22 @@ impl MetricStore {
             if !kept.is_empty() {
                 series.samples = kept;
                 admitted.series.push(series);
+                admitted.previous.push((id, previous));
             }
         }
         admitted
+    }
+
+    /// Takes back an admission whose WAL append was refused (overload), so
+    /// that the sender's retry is admitted again rather than taken for a
+    /// duplicate. Must run before anything else is admitted.
+    pub fn undo_admission(&self, admitted: &Admitted) {
+        let mut head = self.head.write().expect("not poisoned");
+        for &(id, previous) in &admitted.previous {
+            if let Some(Some(series)) = head.series.get_mut(id as usize) {
+                series.admitted = previous;
+            }
+        }
     }
 
     /// Appends durable samples (from an acknowledged request or the WAL
@@ -942,6 +960,19 @@ mod tests {
 
     fn matcher(name: &str, value: &str) -> Matcher {
         Matcher::new(MatchOp::Equal, name, value)
+    }
+
+    #[test]
+    fn undone_admissions_accept_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
+        let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
+        store.undo_admission(&refused);
+        let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
+        assert_eq!(retry.rejected, 0);
+        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        assert_eq!(got[0].samples.len(), 2);
     }
 
     fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
