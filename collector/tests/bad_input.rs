@@ -1025,3 +1025,45 @@ async fn otlp_metrics_retried_after_overload_are_not_acknowledged_unstored() {
         );
     }
 }
+/// A histogram data point whose bucket series would pass the series limit is
+/// refused whole: a histogram missing some of its buckets (here `+Inf`) gives
+/// wrong quantiles. OTLP partial success counts data points, not samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_limit_never_stores_half_a_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), &["--max-series-per-metric", "2"]).await;
+    let now = now_ms();
+    let otlp = serde_json::json!({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "h"}}]},
+        "scopeMetrics": [{"metrics": [{"name": "lat", "unit": "s", "histogram": {
+            "aggregationTemporality": 2,
+            "dataPoints": [{
+                "timeUnixNano": (now * 1_000_000).to_string(),
+                "count": "6", "sum": 3.0,
+                "explicitBounds": [0.1, 0.5, 1.0],
+                "bucketCounts": ["1", "2", "2", "1"]
+            }]
+        }}]}]
+    }]});
+    let response = reqwest::Client::new()
+        .post(daemon.otlp_http_url("/v1/metrics"))
+        .json(&otlp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let at = Some(now as f64 / 1000.0);
+    let buckets = prom::instant_vector(&daemon, "lat_seconds_bucket", at).await;
+    let count = prom::instant_vector(&daemon, "lat_seconds_count", at).await;
+    assert!(
+        buckets.is_empty() && count.is_empty(),
+        "part of a histogram point stored: buckets {:?}, count {count:?}; answer {answer}",
+        buckets
+            .iter()
+            .map(|(l, v)| (l["le"].clone(), *v))
+            .collect::<Vec<_>>()
+    );
+    let rejected = &answer["partialSuccess"]["rejectedDataPoints"];
+    assert!(rejected == 1 || rejected == "1", "{answer}");
+}

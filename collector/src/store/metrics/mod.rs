@@ -74,6 +74,31 @@ pub struct SelectedSeries {
     pub samples: Vec<MetricSample>,
 }
 
+/// Why the limits refuse a series; `points` is set on one series of each
+/// refused data point, so the point is counted once.
+struct Refusal {
+    reason: String,
+    points: Option<usize>,
+}
+
+/// Identifies the data point a series belongs to: the family name (without
+/// `_bucket`, `_sum`, `_count`) and the labels other than `le` and `quantile`.
+type PointKey = (String, Vec<Label>);
+
+fn point_key(labels: &[Label]) -> PointKey {
+    let name = metric_name(labels);
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    let rest = labels
+        .iter()
+        .filter(|l| !matches!(l.name.as_str(), METRIC_NAME_LABEL | "le" | "quantile"))
+        .cloned()
+        .collect();
+    (family.to_owned(), rest)
+}
+
 /// Where a sealed chunk lives on disk.
 #[derive(Clone, Copy, Debug)]
 struct ChunkRef {
@@ -385,33 +410,17 @@ impl MetricStore {
             admitted.rejected += count as u64;
             admitted.first_error.get_or_insert(reason);
         };
-        for mut series in batch {
+        let refused = self.refused_by_limits(&head, &batch);
+        for (index, mut series) in batch.into_iter().enumerate() {
+            if let Some(refusal) = refused.get(&index) {
+                if let Some(points) = refusal.points {
+                    reject(&mut admitted, points, refusal.reason.clone());
+                }
+                continue;
+            }
             let id = match head.find(&series.labels) {
                 Some(id) => id,
                 None => {
-                    let name = series.metric_name().to_owned();
-                    let of_metric = head.series_per_metric.get(&name).copied().unwrap_or(0);
-                    if of_metric >= self.limits.max_series_per_metric {
-                        reject(
-                            &mut admitted,
-                            series.samples.len(),
-                            format!(
-                                "series limit reached for metric {name:?}: {of_metric} series (--max-series-per-metric)"
-                            ),
-                        );
-                        continue;
-                    }
-                    if head.live_series >= self.limits.max_series {
-                        reject(
-                            &mut admitted,
-                            series.samples.len(),
-                            format!(
-                                "series limit reached: {} series in total; new series of metric {name:?} are refused (--max-series)",
-                                head.live_series
-                            ),
-                        );
-                        continue;
-                    }
                     let id = head.next_id();
                     head.insert(id, series.labels.clone().into(), false);
                     self.metrics.metric_series.set(head.live_series as i64);
@@ -460,6 +469,81 @@ impl MetricStore {
             }
         }
         admitted
+    }
+
+    /// Decides which new series the limits refuse, by batch index. The series
+    /// of one data point (a histogram's buckets, sum and count; a summary's
+    /// quantiles) are admitted or refused together: a histogram without some
+    /// of its buckets gives wrong quantiles. A refused point is counted once,
+    /// as OTLP's partial success counts data points.
+    fn refused_by_limits(&self, head: &Head, batch: &[SeriesSamples]) -> HashMap<usize, Refusal> {
+        let mut groups: Vec<(PointKey, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<PointKey, usize> = HashMap::new();
+        let mut seen: std::collections::HashSet<&[Label]> = std::collections::HashSet::new();
+        for (index, series) in batch.iter().enumerate() {
+            if head.find(&series.labels).is_some() || !seen.insert(&series.labels) {
+                continue;
+            }
+            let key = point_key(&series.labels);
+            let group = *group_of.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(index);
+        }
+        let mut added_per_metric: HashMap<&str, usize> = HashMap::new();
+        let mut added = 0usize;
+        let mut refused = HashMap::new();
+        for (_, members) in groups {
+            let mut needed: HashMap<&str, usize> = HashMap::new();
+            for &index in &members {
+                *needed.entry(batch[index].metric_name()).or_default() += 1;
+            }
+            let over_metric = needed.iter().find_map(|(&name, &n)| {
+                let existing = head.series_per_metric.get(name).copied().unwrap_or(0)
+                    + added_per_metric.get(name).copied().unwrap_or(0);
+                (existing + n > self.limits.max_series_per_metric).then(|| {
+                    format!(
+                        "series limit reached for metric {name:?}: {existing} series (--max-series-per-metric)"
+                    )
+                })
+            });
+            let total: usize = members.len();
+            let reason = over_metric.or_else(|| {
+                (head.live_series + added + total > self.limits.max_series).then(|| {
+                    format!(
+                        "series limit reached: {} series in total; new series of metric {:?} are refused (--max-series)",
+                        head.live_series + added,
+                        batch[members[0]].metric_name()
+                    )
+                })
+            });
+            match reason {
+                Some(reason) => {
+                    let points = members
+                        .iter()
+                        .map(|&i| batch[i].samples.len())
+                        .max()
+                        .unwrap_or(0);
+                    for (position, &index) in members.iter().enumerate() {
+                        refused.insert(
+                            index,
+                            Refusal {
+                                reason: reason.clone(),
+                                points: (position == 0).then_some(points),
+                            },
+                        );
+                    }
+                }
+                None => {
+                    for (name, n) in needed {
+                        *added_per_metric.entry(name).or_default() += n;
+                    }
+                    added += total;
+                }
+            }
+        }
+        refused
     }
 
     /// Takes back an admission whose WAL append was refused (overload), so
@@ -960,6 +1044,44 @@ mod tests {
 
     fn matcher(name: &str, value: &str) -> Matcher {
         Matcher::new(MatchOp::Equal, name, value)
+    }
+
+    #[test]
+    fn a_histogram_point_is_admitted_or_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            SeriesLimits {
+                max_series: 1000,
+                max_series_per_metric: 3,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let point = |job: &str| -> Vec<SeriesSamples> {
+            let mut out: Vec<SeriesSamples> = ["0.1", "1", "+Inf"]
+                .iter()
+                .map(|le| {
+                    let mut s = series("latency_bucket", job, &[(1, 1.0)]);
+                    s.labels.push(Label::new("le", *le));
+                    s
+                })
+                .collect();
+            out.push(series("latency_count", job, &[(1, 1.0)]));
+            out
+        };
+        let first = ingest(&store, point("a"));
+        assert_eq!(first.rejected, 0);
+        // Three more buckets would make six series of latency_bucket.
+        let second = ingest(&store, point("b"));
+        assert_eq!(second.rejected, 1, "one data point");
+        assert!(second.first_error.unwrap().contains("\"latency_bucket\""));
+        let stored = store.series(&[], i64::MIN, i64::MAX);
+        assert!(
+            stored
+                .iter()
+                .all(|labels| label_value(labels, "job") == "a")
+        );
     }
 
     #[test]
