@@ -45,6 +45,15 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
+/// Prometheus remote write 1.0 messages (`prometheus.WriteRequest`), as the
+/// daemon decodes them: public so test and benchmark senders encode exactly
+/// what `/api/v1/write` reads.
+pub mod remote_write {
+    pub use crate::ingest::remote_write::{
+        TimeSeries, WireLabel, WireMetadata, WireSample, WriteRequest,
+    };
+}
+
 /// The log index exactly as the daemon builds it (schema, settings, writer
 /// sizing, record -> document) and the OTLP conversion in front of it: public
 /// so `strand-bench` can index the daemon's own documents with bare tantivy

@@ -29,6 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Daemon;
+use common::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use serde_json::Value;
 
@@ -47,54 +48,6 @@ const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 
 const MAX_REPORTED: usize = 40;
 const MAX_SERIES_PER_MISMATCH: usize = 4;
-
-// --- Remote write 1.0 wire format (prometheus/prompb/remote.proto, types.proto) ---
-
-#[derive(Clone, PartialEq, Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-    #[prost(message, repeated, tag = "3")]
-    metadata: Vec<MetricMetadata>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    /// Milliseconds since the epoch.
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MetricMetadata {
-    /// `MetricType`: 1 counter, 2 gauge, 3 histogram.
-    #[prost(int32, tag = "1")]
-    r#type: i32,
-    #[prost(string, tag = "2")]
-    metric_family_name: String,
-    #[prost(string, tag = "4")]
-    help: String,
-    #[prost(string, tag = "5")]
-    unit: String,
-}
 
 // --- The data ---
 

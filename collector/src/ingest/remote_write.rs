@@ -34,6 +34,7 @@ pub struct WriteRequest {
     pub metadata: Vec<WireMetadata>,
 }
 
+/// One series: its labels and samples.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TimeSeries {
     #[prost(message, repeated, tag = "1")]
@@ -42,6 +43,7 @@ pub struct TimeSeries {
     pub samples: Vec<WireSample>,
 }
 
+/// `prometheus.Label`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireLabel {
     #[prost(string, tag = "1")]
@@ -50,6 +52,7 @@ pub struct WireLabel {
     pub value: String,
 }
 
+/// `prometheus.Sample`: a value at a timestamp in milliseconds.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireSample {
     #[prost(double, tag = "1")]
@@ -58,6 +61,8 @@ pub struct WireSample {
     pub timestamp: i64,
 }
 
+/// `prometheus.MetricMetadata`: type (1 counter, 2 gauge, 3 histogram, 4
+/// gauge histogram, 5 summary, 6 info, 7 state set), help and unit of a family.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireMetadata {
     #[prost(int32, tag = "1")]

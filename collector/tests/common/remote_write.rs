@@ -6,51 +6,12 @@ use prost::Message;
 
 use super::Daemon;
 
-#[derive(Clone, PartialEq, Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-    #[prost(message, repeated, tag = "3")]
-    pub metadata: Vec<MetricMetadata>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    /// Milliseconds since the epoch.
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct MetricMetadata {
-    /// `MetricType`: 1 counter, 2 gauge, 3 histogram, 5 summary.
-    #[prost(int32, tag = "1")]
-    pub r#type: i32,
-    #[prost(string, tag = "2")]
-    pub metric_family_name: String,
-    #[prost(string, tag = "4")]
-    pub help: String,
-    #[prost(string, tag = "5")]
-    pub unit: String,
-}
+/// The daemon's own wire types, so a test sends exactly what it decodes.
+#[allow(unused_imports)] // each test binary uses a different part of the harness
+pub use strand::remote_write::{
+    TimeSeries, WireLabel as Label, WireMetadata as MetricMetadata, WireSample as Sample,
+    WriteRequest,
+};
 
 /// A series with `__name__` = `name`, the other labels as given, and samples
 /// as (milliseconds, value).
