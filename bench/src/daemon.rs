@@ -1,6 +1,7 @@
-//! Running the `strand` binary under test and observing it from outside:
-//! start on free loopback ports, wait for `/readyz`, stop with SIGTERM, read
-//! its resident memory from `/proc` and the size of its data directory.
+//! Running the processes under test and observing them from outside: start
+//! `strand` (or Prometheus, for comparison) on free loopback ports, wait until
+//! it reports ready, stop it with SIGTERM, read its resident memory from
+//! `/proc` and the size of its data directory.
 //!
 //! Everything is measured from outside the process on purpose: the numbers
 //! must hold for the real binary as an operator runs it, not for a library
@@ -8,26 +9,35 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// How long a starting daemon may take to answer `/readyz`; generous because
-/// a restart may replay a write-ahead log.
+/// How long a starting process may take to report ready; generous because a
+/// restart may replay a write-ahead log.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A `strand serve` child process; killed if dropped while still running, so
-/// an aborted benchmark never leaves a daemon behind.
-pub struct Daemon {
+/// A child process serving HTTP; killed if dropped while still running, so
+/// an aborted benchmark never leaves a process behind.
+pub struct Process {
+    /// Program name for messages ("strand", "prometheus").
+    name: &'static str,
     child: Option<Child>,
-    pub grpc: SocketAddr,
-    pub http: SocketAddr,
+    http: SocketAddr,
     log: PathBuf,
 }
 
-/// How a SIGTERM'd daemon ended.
+/// A `strand serve` child process and its ports; dereferences to its
+/// [`Process`].
+pub struct Daemon {
+    process: Process,
+    pub grpc: SocketAddr,
+}
+
+/// How a SIGTERM'd process ended.
 pub struct Stopped {
     pub status: ExitStatus,
     pub took: Duration,
@@ -52,39 +62,108 @@ impl Daemon {
             );
         }
         let (grpc, otlp_http, http) = (free_addr()?, free_addr()?, free_addr()?);
-        let log_file = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening daemon log {}", log.display()))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--otlp-grpc", &grpc.to_string()])
             .args(["--otlp-http", &otlp_http.to_string()])
-            .args(["--http", &http.to_string()])
+            .args(["--http", &http.to_string()]);
+        let process = Process::spawn("strand", command, http, "/readyz", log).await?;
+        Ok(Daemon { process, grpc })
+    }
+
+    /// Base URL of the OTLP/gRPC listener.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the daemon to exit (it
+    /// flushes everything in memory first). Kills it if it does not.
+    pub async fn stop(self, timeout: Duration) -> Result<Stopped> {
+        self.process.stop(timeout).await
+    }
+}
+
+impl Deref for Daemon {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// Starts Prometheus (`binary`) with an empty scrape configuration, its TSDB
+/// in `storage` and the remote-write receiver enabled, on a fresh port, and
+/// waits until `/-/ready` answers 200 (after any WAL replay).
+pub async fn start_prometheus(binary: &Path, storage: &Path, log: &Path) -> Result<Process> {
+    if !binary.is_file() {
+        bail!(
+            "prometheus binary not found at {} (pass --prometheus PATH or --no-prometheus)",
+            binary.display()
+        );
+    }
+    std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
+    let config = storage.with_extension("yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let http = free_addr()?;
+    let mut command = Command::new(binary);
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", storage.display()))
+        .arg(format!("--web.listen-address={http}"))
+        .arg("--web.enable-remote-write-receiver");
+    Process::spawn("prometheus", command, http, "/-/ready", log).await
+}
+
+impl Process {
+    /// Spawns `command` (stdin and stdout discarded, stderr appended to
+    /// `log`) and waits until `http` answers `ready_path` with 200.
+    pub async fn spawn(
+        name: &'static str,
+        mut command: Command,
+        http: SocketAddr,
+        ready_path: &str,
+        log: &Path,
+    ) -> Result<Process> {
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {name} log {}", log.display()))?;
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut daemon = Daemon {
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        let mut process = Process {
+            name,
             child: Some(child),
-            grpc,
             http,
             log: log.to_path_buf(),
         };
-        daemon.wait_ready().await?;
-        Ok(daemon)
+        process.wait_ready(ready_path).await?;
+        Ok(process)
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&mut self, ready_path: &str) -> Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .context("building HTTP client")?;
-        let url = format!("{}/readyz", self.http_url());
+        let url = format!("{}{ready_path}", self.http_url());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(response) = client.get(&url).send().await
@@ -94,13 +173,15 @@ impl Daemon {
             }
             if let Some(status) = self.exited()? {
                 bail!(
-                    "strand exited with {status} before it was ready; its log ends with:\n{}",
+                    "{} exited with {status} before it was ready; its log ends with:\n{}",
+                    self.name,
                     self.log_tail()
                 );
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "strand did not answer {url} with 200 within {}s; its log ends with:\n{}",
+                    "{} did not answer {url} with 200 within {}s; its log ends with:\n{}",
+                    self.name,
                     READY_TIMEOUT.as_secs(),
                     self.log_tail()
                 );
@@ -109,14 +190,12 @@ impl Daemon {
         }
     }
 
+    /// Pid of the process, `None` once it was stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
+    /// Base URL of the HTTP listener (query APIs, remote write).
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http)
     }
@@ -124,24 +203,27 @@ impl Daemon {
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
         match &mut self.child {
-            Some(child) => child.try_wait().context("checking on the strand process"),
+            Some(child) => child
+                .try_wait()
+                .with_context(|| format!("checking on the {} process", self.name)),
             None => Ok(None),
         }
     }
 
-    /// The last lines the daemon logged, for error messages.
+    /// The last lines the process logged, for error messages.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// SIGTERM, then waits up to `timeout` for the process to exit (it
-    /// flushes everything in memory first). Kills it if it does not.
+    /// SIGTERM, then waits up to `timeout` for the process to exit. Kills it
+    /// if it does not.
     pub async fn stop(mut self, timeout: Duration) -> Result<Stopped> {
         let started = Instant::now();
+        let name = self.name;
         let Some(mut child) = self.child.take() else {
-            bail!("strand is not running");
+            bail!("{name} is not running");
         };
         let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
         // SAFETY: kill(2) on the pid of our own child, which has not been
@@ -149,10 +231,13 @@ impl Daemon {
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
             let error = std::io::Error::last_os_error();
             let _ = child.kill();
-            return Err(error).context("sending SIGTERM to strand");
+            return Err(error).with_context(|| format!("sending SIGTERM to {name}"));
         }
         loop {
-            if let Some(status) = child.try_wait().context("waiting for strand to exit")? {
+            if let Some(status) = child
+                .try_wait()
+                .with_context(|| format!("waiting for {name} to exit"))?
+            {
                 return Ok(Stopped {
                     status,
                     took: started.elapsed(),
@@ -162,7 +247,7 @@ impl Daemon {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
-                    "strand did not exit within {}s of SIGTERM (killed it); its log ends with:\n{}",
+                    "{name} did not exit within {}s of SIGTERM (killed it); its log ends with:\n{}",
                     timeout.as_secs(),
                     self.log_tail()
                 );
@@ -172,7 +257,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for Process {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
@@ -228,6 +313,21 @@ pub fn dir_breakdown(path: &Path) -> Result<Vec<(String, u64)>> {
     }
     parts.sort();
     Ok(parts)
+}
+
+/// Prints bytes per top-level entry of `dir` (e.g. whether the write-ahead
+/// log is gone after a clean shutdown) to stderr.
+pub fn print_breakdown(dir: &Path) {
+    match dir_breakdown(dir) {
+        Ok(parts) => {
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|(name, bytes)| format!("{name} {bytes} B"))
+                .collect();
+            eprintln!("{}: {}", dir.display(), parts.join(", "));
+        }
+        Err(error) => eprintln!("cannot list {}: {error:#}", dir.display()),
+    }
 }
 
 /// A scratch directory under the system temp dir holding the daemon's data

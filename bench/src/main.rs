@@ -1,13 +1,16 @@
 //! `strand-bench`: load generator and benchmark for the `strand` daemon.
 //!
-//! It drives the real binary from outside (OTLP/gRPC in, Jaeger query API
-//! out, RSS from /proc, bytes from the data directory), so the numbers are
+//! It drives the real binary from outside (OTLP/gRPC and Prometheus remote
+//! write in, query APIs out, RSS from /proc, bytes from the data directory),
+//! so the numbers are
 //! the ones an operator would see. Progress goes to stderr; the result is a
 //! single JSON line on stdout, easy to append to a results file and diff.
 
 mod baseline;
 mod daemon;
 mod logs;
+mod metrics;
+mod remote_write;
 mod report;
 mod stats;
 mod traces;
@@ -41,6 +44,53 @@ enum Command {
     /// bytes on disk against raw bytes, search and histogram latency after a
     /// restart, and bare tantivy indexing the same documents for comparison.
     Logs(LogsArgs),
+
+    /// Prometheus remote-write ingest with durable acks, bytes per sample on
+    /// disk, memory per active series and PromQL range-query latency after a
+    /// restart, side by side with Prometheus given the identical load.
+    Metrics(MetricsArgs),
+}
+
+/// Options of `strand-bench metrics`.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// The Prometheus binary to compare with.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/prometheus")]
+    pub prometheus: PathBuf,
+
+    /// Measure Strand only.
+    #[arg(long)]
+    pub no_prometheus: bool,
+
+    /// Active series (at least 1000: the queried family `x` alone has 1000).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub series: usize,
+
+    /// Scrapes per series, 15 s apart, ending before now (480 = 2 hours).
+    #[arg(long, value_name = "N", default_value_t = 480)]
+    pub rounds: usize,
+
+    /// Concurrent remote-write clients, each on its own connection and
+    /// owning a disjoint shard of the series.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clients: usize,
+
+    /// Samples per remote-write request (Prometheus's max_samples_per_send).
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    pub samples_per_request: usize,
+
+    /// Measured range queries per system, after the restart (after 5
+    /// warm-up queries).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub queries: usize,
+
+    /// Keep the temporary data directories and logs.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `strand-bench logs`.
@@ -144,6 +194,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Traces(args) => traces::run(&args).await,
         Command::Logs(args) => logs::run(&args).await,
+        Command::Metrics(args) => metrics::run(&args).await,
     };
     match result {
         Ok(line) => {

@@ -174,7 +174,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         }
         if let Some(dir) = &args.data_dir {
             bytes_on_disk = Some(daemon::dir_bytes(dir)?);
-            print_breakdown(dir);
+            daemon::print_breakdown(dir);
         }
         if let Some(http) = &args.target_http {
             lookups =
@@ -197,7 +197,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         report_exit(&stopped);
         shutdown = Some(stopped);
         bytes_on_disk = Some(daemon::dir_bytes(&data_dir)?);
-        print_breakdown(&data_dir);
+        daemon::print_breakdown(&data_dir);
 
         eprintln!("restarting strand on the same data directory");
         let restarted = Instant::now();
@@ -629,21 +629,6 @@ fn report_exit(stopped: &Stopped) {
     );
     if !stopped.status.success() {
         eprintln!("warning: strand did not exit cleanly on SIGTERM");
-    }
-}
-
-/// Prints bytes per top-level entry of the data directory (e.g. whether the
-/// write-ahead log is gone after a clean shutdown).
-fn print_breakdown(dir: &std::path::Path) {
-    match daemon::dir_breakdown(dir) {
-        Ok(parts) => {
-            let parts: Vec<String> = parts
-                .iter()
-                .map(|(name, bytes)| format!("{name} {bytes} B"))
-                .collect();
-            eprintln!("data dir: {}", parts.join(", "));
-        }
-        Err(error) => eprintln!("cannot list {}: {error:#}", dir.display()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the query result type, plus Prometheus's float formatting and staleness marker.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Name of the label that carries the metric name.
 pub(crate) const METRIC_NAME: &str = "__name__";
@@ -34,8 +35,11 @@ pub fn format_value(v: f64) -> String {
 ///
 /// Empty values are dropped on construction because Prometheus treats an empty
 /// label value as an absent label; keeping them would make equal series compare unequal.
+///
+/// Shared behind an `Arc`: evaluation copies a series' labels into every step's
+/// result, and a reference count is much cheaper than a dozen strings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+pub struct Labels(Arc<Vec<(String, String)>>);
 
 impl Labels {
     /// Value of label `name`, so callers need not know the internal layout.
@@ -65,22 +69,27 @@ impl Labels {
     pub(crate) fn set(&mut self, name: &str, value: &str) {
         match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                Arc::make_mut(&mut self.0).remove(i);
             }
-            Ok(i) => self.0[i].1 = value.to_owned(),
+            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = value.to_owned(),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name.to_owned(), value.to_owned())),
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, (name.to_owned(), value.to_owned())),
         }
     }
 
     /// Copy without the metric name, for functions and operators that drop it.
     pub(crate) fn without_name(&self) -> Labels {
+        if self.get(METRIC_NAME).is_none() {
+            return self.clone();
+        }
         self.retain(|n| n != METRIC_NAME)
     }
 
     /// Copy keeping only labels for which `keep` is true.
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Labels {
-        Labels(self.0.iter().filter(|(n, _)| keep(n)).cloned().collect())
+        Labels(Arc::new(
+            self.0.iter().filter(|(n, _)| keep(n)).cloned().collect(),
+        ))
     }
 
     /// A string that identifies the labels selected by `keep`, used as a hash-map key
@@ -109,7 +118,7 @@ impl From<Vec<(String, String)>> for Labels {
                 _ => out.push((n, v)),
             }
         }
-        Labels(out)
+        Labels(Arc::new(out))
     }
 }
 
