@@ -2,7 +2,7 @@
 //! the query result type, plus Prometheus's float formatting and staleness marker.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Name of the label that carries the metric name.
 pub(crate) const METRIC_NAME: &str = "__name__";
@@ -37,22 +37,76 @@ pub fn format_value(v: f64) -> String {
 /// label value as an absent label; keeping them would make equal series compare unequal.
 ///
 /// Shared behind an `Arc`: evaluation copies a series' labels into every step's
-/// result, and a reference count is much cheaper than a dozen strings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Arc<Vec<(String, String)>>);
+/// result, and a reference count is much cheaper than a dozen strings. The
+/// set without its metric name (what most functions return) is made once per
+/// set and kept.
+#[derive(Clone, Default)]
+pub struct Labels(Arc<LabelSet>);
+
+#[derive(Default)]
+struct LabelSet {
+    pairs: Vec<(String, String)>,
+    nameless: OnceLock<Labels>,
+}
+
+impl Labels {
+    fn new(pairs: Vec<(String, String)>) -> Labels {
+        Labels(Arc::new(LabelSet {
+            pairs,
+            nameless: OnceLock::new(),
+        }))
+    }
+
+    fn pairs(&self) -> &[(String, String)] {
+        &self.0.pairs
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Labels) -> bool {
+        self.pairs() == other.pairs()
+    }
+}
+
+impl Eq for Labels {}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pairs().hash(state);
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Labels) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Labels) -> std::cmp::Ordering {
+        self.pairs().cmp(other.pairs())
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.pairs()).finish()
+    }
+}
 
 impl Labels {
     /// Value of label `name`, so callers need not know the internal layout.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        let pairs = self.pairs();
+        pairs
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
-            .map(|i| self.0[i].1.as_str())
+            .map(|i| pairs[i].1.as_str())
     }
 
     /// All `(name, value)` pairs in name order, for serialisation at the API edge.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.pairs().iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// The metric name (`__name__`), which the API and UI show separately.
@@ -62,19 +116,21 @@ impl Labels {
 
     /// Whether the set has no labels, e.g. the result of `sum(x)` or `vector(1)`.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 
     /// Sets `name` to `value`; an empty value removes the label (Prometheus semantics).
     pub(crate) fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        let mut pairs = self.pairs().to_vec();
+        match pairs.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
             Ok(i) if value.is_empty() => {
-                Arc::make_mut(&mut self.0).remove(i);
+                pairs.remove(i);
             }
-            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = value.to_owned(),
-            Err(_) if value.is_empty() => {}
-            Err(i) => Arc::make_mut(&mut self.0).insert(i, (name.to_owned(), value.to_owned())),
+            Ok(i) => pairs[i].1 = value.to_owned(),
+            Err(_) if value.is_empty() => return,
+            Err(i) => pairs.insert(i, (name.to_owned(), value.to_owned())),
         }
+        *self = Labels::new(pairs);
     }
 
     /// Copy without the metric name, for functions and operators that drop it.
@@ -82,21 +138,28 @@ impl Labels {
         if self.get(METRIC_NAME).is_none() {
             return self.clone();
         }
-        self.retain(|n| n != METRIC_NAME)
+        self.0
+            .nameless
+            .get_or_init(|| self.retain(|n| n != METRIC_NAME))
+            .clone()
     }
 
     /// Copy keeping only labels for which `keep` is true.
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Labels {
-        Labels(Arc::new(
-            self.0.iter().filter(|(n, _)| keep(n)).cloned().collect(),
-        ))
+        Labels::new(
+            self.pairs()
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// A string that identifies the labels selected by `keep`, used as a hash-map key
     /// for grouping and vector matching.
     pub(crate) fn signature(&self, keep: impl Fn(&str) -> bool) -> String {
         let mut sig = String::new();
-        for (n, v) in self.0.iter().filter(|(n, _)| keep(n)) {
+        for (n, v) in self.pairs().iter().filter(|(n, _)| keep(n)) {
             sig.push_str(n);
             sig.push('\u{ff}');
             sig.push_str(v);
@@ -118,14 +181,14 @@ impl From<Vec<(String, String)>> for Labels {
                 _ => out.push((n, v)),
             }
         }
-        Labels(Arc::new(out))
+        Labels::new(out)
     }
 }
 
 impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, (n, v)) in self.0.iter().enumerate() {
+        for (i, (n, v)) in self.pairs().iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
