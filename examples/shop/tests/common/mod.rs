@@ -1,0 +1,378 @@
+//! Test harness: the real Strand daemon in-process on free ports, the four
+//! shop services as real processes (the `shop` binary Cargo built for these
+//! tests) on free ports, and polling helpers with deadlines.
+
+// Each test uses a different part of the harness.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// The longest any test waits for something to happen.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A loopback address nothing listens on (yet).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running Strand daemon with a temporary data directory; stopped on drop.
+pub struct Strand {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Strand {
+    /// Starts the daemon on free ports and waits until `/readyz` answers.
+    pub async fn start() -> Strand {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let (grpc, http) = (free_port(), free_port());
+        let config = strand::config::ServeArgs {
+            data_dir: Some(data_dir.path().to_path_buf()),
+            otlp_grpc: Some(grpc),
+            otlp_http: Some(free_port()),
+            http: Some(http),
+            flush_interval: Some(Duration::from_millis(200)),
+            ..Default::default()
+        }
+        .into_config()
+        .expect("valid daemon config");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            if let Err(error) = strand::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("strand failed: {error:#}");
+            }
+        });
+        let strand = Strand {
+            grpc,
+            http,
+            stop: Some(stop),
+            _data_dir: data_dir,
+        };
+        let ready = eventually(Duration::from_secs(60), || async {
+            let response = reqwest::get(strand.url("/readyz")).await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "strand was not ready within 60s");
+        strand
+    }
+
+    /// Where the services send OTLP/gRPC.
+    pub fn otlp_endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// GET on the API port: the JSON body, if the answer is 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> Option<Value> {
+        let response = reqwest::get(self.url(path)).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+}
+
+impl Drop for Strand {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One shop service process; killed on drop. Its output goes to a log file
+/// that is printed if the test fails.
+pub struct Service {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to the deadline) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// How to start the shop.
+#[derive(Default)]
+pub struct ShopOptions {
+    /// Where telemetry goes (nowhere that answers by default).
+    pub otlp_endpoint: Option<String>,
+    /// Extra flags for the gateway.
+    pub gateway_args: Vec<String>,
+}
+
+/// The four services on free ports with their data in a temporary directory.
+pub struct Shop {
+    pub inventory: Service,
+    pub payment: Service,
+    pub order: Service,
+    pub gateway: Service,
+    _data: tempfile::TempDir,
+}
+
+impl Shop {
+    /// Starts inventory, payment, order and gateway (no injected faults) and
+    /// waits until each answers `/health`.
+    pub async fn start(options: ShopOptions) -> Shop {
+        let data = tempfile::tempdir().expect("temporary directory");
+        let endpoint = options
+            .otlp_endpoint
+            .unwrap_or_else(|| format!("http://{}", free_port()));
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "info"),
+        ];
+        let spawn =
+            |name: &'static str, flags: Vec<String>| spawn_service(name, data.path(), &flags, &env);
+        let inventory = spawn(
+            "inventory",
+            strings(&["--fail-rate", "0", "--slow-rate", "0"]),
+        );
+        let payment = spawn(
+            "payment",
+            strings(&[
+                "--decline-rate",
+                "0",
+                "--fail-rate",
+                "0",
+                "--slow-rate",
+                "0",
+            ]),
+        );
+        let order = spawn(
+            "order",
+            strings(&[
+                "--inventory-url",
+                &inventory.url(""),
+                "--payment-url",
+                &payment.url(""),
+                "--upstream-timeout-ms",
+                "2000",
+            ]),
+        );
+        let mut gateway_flags = strings(&[
+            "--order-url",
+            &order.url(""),
+            "--inventory-url",
+            &inventory.url(""),
+        ]);
+        gateway_flags.extend(options.gateway_args);
+        let gateway = spawn("gateway", gateway_flags);
+        let shop = Shop {
+            inventory,
+            payment,
+            order,
+            gateway,
+            _data: data,
+        };
+        for service in [&shop.inventory, &shop.payment, &shop.order, &shop.gateway] {
+            wait_healthy(service).await;
+        }
+        shop
+    }
+
+    /// A URL on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+
+    /// Logs `user` in (password `<user>-password`) and returns the token.
+    pub async fn login(&self, user: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/login"))
+            .json(&json!({"user": user, "password": format!("{user}-password")}))
+            .send()
+            .await
+            .expect("gateway answers");
+        assert_eq!(response.status(), 200, "login of {user}");
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().expect("a token").to_string()
+    }
+}
+
+fn strings(flags: &[&str]) -> Vec<String> {
+    flags.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts `shop <name> --listen <free port> --data-dir <dir>/<name> <flags>`.
+pub fn spawn_service(
+    name: &'static str,
+    data: &Path,
+    flags: &[String],
+    env: &[(&str, &str)],
+) -> Service {
+    let addr = free_port();
+    let log = data.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_shop"))
+        .arg(name)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(if name == "gateway" {
+            Vec::new()
+        } else {
+            vec![
+                "--data-dir".to_string(),
+                data.join(name).display().to_string(),
+            ]
+        })
+        .args(flags)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .expect("the shop binary starts");
+    Service {
+        name,
+        addr,
+        child: Some(child),
+        log,
+    }
+}
+
+/// Waits until `service` answers `GET /health` with 200.
+pub async fn wait_healthy(service: &Service) {
+    let healthy = eventually(DEADLINE, || async {
+        let response = reqwest::get(service.url("/health")).await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    assert!(
+        healthy.is_some(),
+        "{} did not become healthy within {DEADLINE:?}",
+        service.name
+    );
+}
+
+/// A token signed with `secret` for `sub`, audience `aud`, expiring at `exp`
+/// (seconds since the epoch).
+pub fn token(secret: &str, sub: &str, aud: &str, exp: u64) -> String {
+    let claims = json!({"sub": sub, "aud": aud, "iat": exp.saturating_sub(900), "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a signed token")
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The service names of a Jaeger trace.
+pub fn services(trace: &Value) -> Vec<String> {
+    let mut names: Vec<String> = trace["processes"]
+        .as_object()
+        .map(|processes| {
+            processes
+                .values()
+                .filter_map(|p| p["serviceName"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The operation names of a Jaeger trace.
+pub fn operations(trace: &Value) -> Vec<String> {
+    trace["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s["operationName"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
