@@ -506,9 +506,20 @@ fn check_selector(vs: &VectorSelector) -> Result<()> {
 /// Rejects a vector holding two samples with the same labels, which Prometheus reports
 /// after functions and operators that drop or rewrite labels.
 pub(crate) fn unique(v: Vec<Sample>) -> Result<Vec<Sample>> {
-    let mut refs: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
-    refs.sort();
-    if refs.windows(2).any(|w| w[0] == w[1]) {
+    let mut hashes: Vec<(u64, usize)> = v
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.labels.hash64(), i))
+        .collect();
+    hashes.sort_unstable();
+    // Within a run of equal hashes, compare labels pairwise (collisions are
+    // possible, just rare).
+    let duplicate = hashes.chunk_by(|a, b| a.0 == b.0).any(|run| {
+        run.iter()
+            .enumerate()
+            .any(|(i, a)| run[i + 1..].iter().any(|b| v[a.1].labels == v[b.1].labels))
+    });
+    if duplicate {
         return exec_err("vector cannot contain metrics with the same labelset");
     }
     Ok(v)

@@ -47,6 +47,7 @@ pub struct Labels(Arc<LabelSet>);
 struct LabelSet {
     pairs: Vec<(String, String)>,
     nameless: OnceLock<Labels>,
+    hash: OnceLock<u64>,
 }
 
 impl Labels {
@@ -54,11 +55,23 @@ impl Labels {
         Labels(Arc::new(LabelSet {
             pairs,
             nameless: OnceLock::new(),
+            hash: OnceLock::new(),
         }))
     }
 
     fn pairs(&self) -> &[(String, String)] {
         &self.0.pairs
+    }
+
+    /// A hash of the pairs, computed once per set: duplicate checks run at
+    /// every evaluation step and compare hashes before labels.
+    pub(crate) fn hash64(&self) -> u64 {
+        *self.0.hash.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.pairs().hash(&mut hasher);
+            hasher.finish()
+        })
     }
 }
 
@@ -72,7 +85,7 @@ impl Eq for Labels {}
 
 impl std::hash::Hash for Labels {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.pairs().hash(state);
+        state.write_u64(self.hash64());
     }
 }
 
