@@ -32,7 +32,7 @@ const OVERFLOW_SPAN_NAME: &str = "otel_metric_overflow";
 const CALLS: &str = "traces_span_metrics_calls_total";
 const DURATION: &str = "traces_span_metrics_duration_seconds";
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Key {
     service: String,
     span_name: String,
@@ -51,7 +51,72 @@ struct Counts {
 /// Accumulates RED counts; see the module documentation.
 #[derive(Default)]
 pub struct SpanMetrics {
-    counts: Mutex<HashMap<Key, Counts>>,
+    counts: Mutex<Table>,
+}
+
+/// Counts by key, looked up by a hash of the borrowed fields so that the
+/// per-span path (on the WAL writer thread) allocates only for new keys.
+#[derive(Default)]
+struct Table {
+    by_hash: HashMap<u64, Vec<(Key, Counts)>>,
+    len: usize,
+}
+
+impl Table {
+    fn entry(
+        &mut self,
+        service: &str,
+        span_name: &str,
+        kind: SpanKind,
+        status: StatusCode,
+    ) -> &mut Counts {
+        let hash = key_hash(service, span_name, kind, status);
+        let bucket = self.by_hash.entry(hash).or_default();
+        let found = bucket.iter().position(|(k, _)| {
+            k.kind == kind && k.status == status && k.service == service && k.span_name == span_name
+        });
+        let index = match found {
+            Some(index) => index,
+            None => {
+                bucket.push((
+                    Key {
+                        service: service.to_owned(),
+                        span_name: span_name.to_owned(),
+                        kind,
+                        status,
+                    },
+                    Counts::default(),
+                ));
+                self.len += 1;
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[index].1
+    }
+
+    fn contains(&self, service: &str, span_name: &str, kind: SpanKind, status: StatusCode) -> bool {
+        self.by_hash
+            .get(&key_hash(service, span_name, kind, status))
+            .is_some_and(|bucket| {
+                bucket.iter().any(|(k, _)| {
+                    k.kind == kind
+                        && k.status == status
+                        && k.service == service
+                        && k.span_name == span_name
+                })
+            })
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Key, Counts)> {
+        self.by_hash.values().flatten()
+    }
+}
+
+fn key_hash(service: &str, span_name: &str, kind: SpanKind, status: StatusCode) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (service, span_name, kind, status).hash(&mut hasher);
+    hasher.finish()
 }
 
 impl SpanMetrics {
@@ -59,16 +124,15 @@ impl SpanMetrics {
     pub fn record(&self, spans: &[Span]) {
         let mut counts = self.counts.lock().expect("not poisoned");
         for span in spans {
-            let mut key = Key {
-                service: span.service().to_owned(),
-                span_name: span.name.clone(),
-                kind: span.kind,
-                status: span.status_code,
+            let (service, kind, status) = (span.service(), span.kind, span.status_code);
+            let span_name = if counts.len >= MAX_SERIES
+                && !counts.contains(service, &span.name, kind, status)
+            {
+                OVERFLOW_SPAN_NAME
+            } else {
+                span.name.as_str()
             };
-            if !counts.contains_key(&key) && counts.len() >= MAX_SERIES {
-                key.span_name = OVERFLOW_SPAN_NAME.into();
-            }
-            let entry = counts.entry(key).or_default();
+            let entry = counts.entry(service, span_name, kind, status);
             let seconds = span.duration_nanos() as f64 / 1e9;
             entry.calls += 1;
             entry.seconds_sum += seconds;
@@ -83,7 +147,7 @@ impl SpanMetrics {
     /// The cumulative series at `now_ms`, and their metadata.
     pub fn samples(&self, now_ms: i64) -> (Vec<SeriesSamples>, Vec<MetricMetadata>) {
         let counts = self.counts.lock().expect("not poisoned");
-        let mut out = Vec::with_capacity(counts.len() * (BUCKETS.len() + 4));
+        let mut out = Vec::with_capacity(counts.len * (BUCKETS.len() + 4));
         let sample = |labels: Vec<Label>, value: f64| SeriesSamples {
             labels: crate::model::canonical_labels(labels),
             samples: vec![MetricSample {
