@@ -509,7 +509,7 @@ async fn run_load(
         let rss = pid.and_then(daemon::rss_bytes);
         rss_peak = rss_peak.max(rss);
         let elapsed = shared.started.elapsed();
-        if ticks % 2 == 0 {
+        if ticks.is_multiple_of(2) {
             let samples = shared.samples.load(Relaxed);
             eprintln!(
                 "[{:>4}s] {name}: {samples} samples acked, {} samples/s now, {:.0} samples/s avg, \

@@ -381,7 +381,7 @@ async fn run_load(
             rss_last = Some(rss);
         }
         let elapsed = shared.started.elapsed();
-        if ticks % 2 == 0 {
+        if ticks.is_multiple_of(2) {
             let spans = shared.spans.load(Relaxed);
             eprintln!(
                 "[{:>4}s] {spans} spans acked, {} spans/s now, {:.0} spans/s avg, rejected {}, errors {}{}",

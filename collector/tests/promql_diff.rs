@@ -980,11 +980,10 @@ async fn promql_answers_match_prometheus() {
         if let Err(e) = remote_write(&client, &url, body.clone()).await {
             panic!("Prometheus refused the data: {e}\n{}", prometheus.log());
         }
-        if let Some(strand) = &strand {
-            if let Err(e) = remote_write(&client, &strand.url("/api/v1/write"), body.clone()).await
-            {
-                panic!("Strand refused the data: {e}\n{}", strand.log());
-            }
+        if let Some(strand) = &strand
+            && let Err(e) = remote_write(&client, &strand.url("/api/v1/write"), body.clone()).await
+        {
+            panic!("Strand refused the data: {e}\n{}", strand.log());
         }
     }
 
