@@ -64,10 +64,13 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The path of every service's health check.
+pub const HEALTH_PATH: &str = "/health";
+
 /// Adds the un-traced `GET /health` route (answers `{"status":"ok"}`).
 pub fn with_health(router: Router, service: &'static str) -> Router {
     router.route(
-        "/health",
+        HEALTH_PATH,
         get(move || async move { axum::Json(serde_json::json!({"status": "ok", "service": service})) }),
     )
 }
