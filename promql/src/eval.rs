@@ -7,6 +7,7 @@
 //! which is exactly the grid Prometheus 2.42 uses.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher};
@@ -37,7 +38,7 @@ pub(crate) enum Val {
 /// A range vector with the window it was read over, which rate-like functions
 /// need for extrapolation.
 pub(crate) struct RangeVal {
-    pub series: Vec<Series>,
+    pub series: Vec<Window>,
     /// Inclusive window start in ms.
     pub start: i64,
     /// Inclusive window end in ms.
@@ -98,7 +99,7 @@ pub(crate) struct Evaluator<'a> {
     start: i64,
     end: i64,
     /// Series of each selector, sorted by labels, loaded once by `plan`.
-    loaded: HashMap<usize, Vec<Series>>,
+    loaded: HashMap<usize, Vec<Loaded>>,
     /// Samples held by the result accumulated so far (range queries).
     result_samples: usize,
     /// Samples produced while evaluating the current step.
@@ -131,7 +132,15 @@ impl<'a> Evaluator<'a> {
                 }
                 Value::Vector(v)
             }
-            Val::Matrix(m) => Value::Matrix(m.series),
+            Val::Matrix(m) => Value::Matrix(
+                m.series
+                    .into_iter()
+                    .map(|w| Series {
+                        samples: w.samples().to_vec(),
+                        labels: w.labels,
+                    })
+                    .collect(),
+            ),
         })
     }
 
@@ -226,7 +235,11 @@ impl<'a> Evaluator<'a> {
             e.2 = e.2.max(b);
         }
         for (k, (vs, a, b)) in merged {
-            let series = self.select(vs, a, b)?;
+            let series = self
+                .select(vs, a, b)?
+                .into_iter()
+                .map(Loaded::new)
+                .collect();
             self.loaded.insert(k, series);
         }
         Ok(())
@@ -345,27 +358,24 @@ impl<'a> Evaluator<'a> {
     fn select_range(&mut self, ms: &MatrixSelector, t: i64) -> Result<RangeVal> {
         let end = self.ref_time(&ms.vs.at, &ms.vs.offset, t);
         let start = end.saturating_sub(duration_ms(&ms.range));
-        let series: Vec<Series> = self
+        let series: Vec<Window> = self
             .loaded
             .get(&key(&ms.vs))
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
             .filter_map(|s| {
-                let from = s.samples.partition_point(|(st, _)| *st < start);
-                let to = s.samples.partition_point(|(st, _)| *st <= end);
-                let samples: Vec<(i64, f64)> = s.samples[from..to.max(from)]
-                    .iter()
-                    .copied()
-                    .filter(|(_, v)| !is_stale_nan(*v))
-                    .collect();
-                (!samples.is_empty()).then(|| Series {
+                let data = &s.without_stale;
+                let from = data.partition_point(|(st, _)| *st < start);
+                let to = data.partition_point(|(st, _)| *st <= end).max(from);
+                (to > from).then(|| Window {
                     labels: s.labels.clone(),
-                    samples,
+                    data: data.clone(),
+                    range: from..to,
                 })
             })
             .collect();
-        self.charge(series.iter().map(|s| s.samples.len()).sum())?;
+        self.charge(series.iter().map(|s| s.range.len()).sum())?;
         Ok(RangeVal { series, start, end })
     }
 
@@ -412,7 +422,14 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(RangeVal {
-            series: into_series(out),
+            series: out
+                .into_iter()
+                .map(|(labels, samples)| Window {
+                    labels,
+                    range: 0..samples.len(),
+                    data: samples.into(),
+                })
+                .collect(),
             start,
             end,
         })
@@ -485,6 +502,51 @@ fn into_series(points: BTreeMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
         .into_iter()
         .map(|(labels, samples)| Series { labels, samples })
         .collect()
+}
+
+/// A selector's series as loaded once for the whole query: every step reads
+/// windows of these arrays rather than copies.
+pub(crate) struct Loaded {
+    labels: Labels,
+    samples: Arc<[(i64, f64)]>,
+    /// `samples` without staleness markers, which range vectors never see
+    /// (the same array when there are none).
+    without_stale: Arc<[(i64, f64)]>,
+}
+
+impl Loaded {
+    fn new(series: Series) -> Loaded {
+        let samples: Arc<[(i64, f64)]> = series.samples.into();
+        let without_stale = if samples.iter().any(|(_, v)| is_stale_nan(*v)) {
+            samples
+                .iter()
+                .copied()
+                .filter(|(_, v)| !is_stale_nan(*v))
+                .collect()
+        } else {
+            samples.clone()
+        };
+        Loaded {
+            labels: series.labels,
+            samples,
+            without_stale,
+        }
+    }
+}
+
+/// One series of a range vector: a window of its samples, shared with the
+/// loaded series (or with a subquery's result).
+pub(crate) struct Window {
+    pub labels: Labels,
+    data: Arc<[(i64, f64)]>,
+    range: std::ops::Range<usize>,
+}
+
+impl Window {
+    /// The samples in the window, oldest first.
+    pub(crate) fn samples(&self) -> &[(i64, f64)] {
+        &self.data[self.range.clone()]
+    }
 }
 
 /// Prometheus rejects selectors whose matchers all match the empty string; the parser

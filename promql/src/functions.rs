@@ -571,7 +571,7 @@ fn range_function(ev: &mut Evaluator, name: &str, args: &[&Expr], t: i64) -> Res
     let keep_name = name == "last_over_time";
     let mut out = Vec::with_capacity(m.series.len());
     for s in &m.series {
-        let p = &s.samples;
+        let p = s.samples();
         let v = match name {
             "rate" => extrapolated_rate(&m, p, true, true),
             "increase" => extrapolated_rate(&m, p, true, false),
