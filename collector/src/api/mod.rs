@@ -1,10 +1,12 @@
 //! The HTTP API on port 7070: the Jaeger query API, the native log API, the
-//! Prometheus query API, health endpoints and Strand's own `/metrics`.
+//! Prometheus query API, health endpoints, Strand's own `/metrics` and the
+//! embedded web UI (`/`, `/ui/*`).
 
 mod jaeger;
 mod logs;
 mod params;
 mod prom;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(jaeger::router())
         .merge(logs::router())
         .merge(prom::router())
+        .merge(ui::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

@@ -1,0 +1,156 @@
+// Small helpers shared by the views: DOM building, API calls, formatting and
+// a virtualised list that renders only the rows in view.
+
+/** Creates an element: h("a.cls", {href}, child, "text"). */
+export function h(tag, attrs, ...children) {
+  const [name, ...classes] = tag.split(".");
+  const el = document.createElement(name || "div");
+  if (classes.length) el.className = classes.join(" ");
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+export const state = (text, cls = "") => h("p.state" + (cls ? "." + cls : ""), {}, text);
+
+/** An error whose message is what the API said. */
+export class ApiError extends Error {}
+
+/** GET a JSON API; throws ApiError with the server's message on failure. */
+export async function api(path, params) {
+  const qs = params ? "?" + new URLSearchParams(
+    Object.entries(params).filter(([, v]) => v != null && v !== "")).toString() : "";
+  let res;
+  try {
+    res = await fetch(path + qs, { headers: { accept: "application/json" } });
+  } catch (e) {
+    throw new ApiError(`cannot reach Strand: ${e.message}`);
+  }
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok || (body && body.status === "error")) {
+    const msg = body && (body.error || (body.errors && body.errors[0] && body.errors[0].msg));
+    throw new ApiError(msg || `${res.status} ${res.statusText}`);
+  }
+  return body;
+}
+
+/** Microseconds as a short human duration. */
+export function fmtMicros(us) {
+  if (us < 1000) return `${Math.round(us)}µs`;
+  if (us < 1e6) return `${+(us / 1000).toFixed(us < 1e4 ? 2 : 1)}ms`;
+  if (us < 6e7) return `${+(us / 1e6).toFixed(2)}s`;
+  return `${Math.floor(us / 6e7)}m${Math.round((us % 6e7) / 1e6)}s`;
+}
+
+export function fmtTime(ms) {
+  const d = new Date(ms);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+/** Seconds of a range name such as 15m, 1h, 7d. */
+export function rangeSeconds(range) {
+  const m = /^(\d+)([smhd])$/.exec(range || "");
+  if (!m) return 3600;
+  return +m[1] * { s: 1, m: 60, h: 3600, d: 86400 }[m[2]];
+}
+
+export const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
+
+export function select(name, options, value, attrs = {}) {
+  return h("select", { name, ...attrs },
+    options.map((o) => h("option", { value: o, selected: o === value }, o)));
+}
+
+const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2",
+  "#edc948", "#ff9da7", "#9c755f", "#e15759", "#8cd17d", "#499894", "#d37295"];
+
+/**
+ * Colours for services: by position in the sorted list of all known
+ * services (from /api/services), so a service keeps its colour across views
+ * and services rarely share one.
+ */
+export function serviceColors(known, inTrace) {
+  const all = [...new Set([...known, ...inTrace])].sort();
+  return new Map(all.map((s, i) => [s, PALETTE[i % PALETTE.length]]));
+}
+
+/** A stable colour per name (services, series). */
+export function colorFor(name, index) {
+  if (index != null) return PALETTE[index % PALETTE.length];
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
+  return PALETTE[hash % PALETTE.length];
+}
+
+/**
+ * A virtualised list: a scroll container of fixed-height rows where only
+ * the rows in view (plus a margin) exist in the DOM.
+ * `render(item, index)` returns the row element.
+ */
+export class VirtualList {
+  constructor(rowHeight, render, cls = "vlist") {
+    this.rowHeight = rowHeight;
+    this.render = render;
+    this.items = [];
+    this.el = h("div." + cls, { role: "list" });
+    this.spacer = h("div.vlist-spacer");
+    this.el.append(this.spacer);
+    this.drawn = new Map();
+    this.el.addEventListener("scroll", () => this.schedule());
+    this.resize = new ResizeObserver(() => this.schedule());
+    this.resize.observe(this.el);
+  }
+
+  setItems(items) {
+    this.items = items;
+    this.spacer.style.height = `${items.length * this.rowHeight}px`;
+    for (const row of this.drawn.values()) row.remove();
+    this.drawn.clear();
+    this.draw();
+  }
+
+  /** Redraws everything (e.g. after a selection change). */
+  refresh() { this.setItems(this.items); }
+
+  schedule() {
+    if (this.pending) return;
+    this.pending = requestAnimationFrame(() => { this.pending = 0; this.draw(); });
+  }
+
+  draw() {
+    const height = this.el.clientHeight || 600;
+    const first = Math.max(0, Math.floor(this.el.scrollTop / this.rowHeight) - 10);
+    const last = Math.min(this.items.length, Math.ceil((this.el.scrollTop + height) / this.rowHeight) + 10);
+    for (const [i, row] of this.drawn) {
+      if (i < first || i >= last) { row.remove(); this.drawn.delete(i); }
+    }
+    for (let i = first; i < last; i++) {
+      if (this.drawn.has(i)) continue;
+      const row = this.render(this.items[i], i);
+      row.style.top = `${i * this.rowHeight}px`;
+      row.style.height = `${this.rowHeight}px`;
+      row.classList.add("vrow");
+      this.el.append(row);
+      this.drawn.set(i, row);
+    }
+  }
+
+  scrollTo(index) {
+    const top = index * this.rowHeight;
+    if (top < this.el.scrollTop || top > this.el.scrollTop + this.el.clientHeight - this.rowHeight) {
+      this.el.scrollTop = Math.max(0, top - this.el.clientHeight / 3);
+    }
+  }
+}
