@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use axum::Router;
 use http::uri::PathAndQuery;
+use opentelemetry::KeyValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::config::{self, CommonArgs};
 
@@ -84,6 +85,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state = Arc::new(Payments {
         charges: db.open_tree("charges")?,
         args: args.clone(),
+        duration: opentelemetry::global::meter("shop")
+            .f64_histogram("rpc.server.call.duration")
+            .with_unit("s")
+            .with_description("Duration of gRPC calls served.")
+            .build(),
     });
     config::serve("payment", args.listen, router(state, guard.telemetry())).await?;
     db.flush_async().await?;
@@ -93,6 +99,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 struct Payments {
     charges: sled::Tree,
     args: Args,
+    /// `rpc.server.call.duration`: the request rate and latency of Charge.
+    duration: opentelemetry::metrics::Histogram<f64>,
 }
 
 fn router(state: Arc<Payments>, telemetry: &strand_sdk::Telemetry) -> Router {
@@ -101,7 +109,24 @@ fn router(state: Arc<Payments>, telemetry: &strand_sdk::Telemetry) -> Router {
         async move {
             let method = tower::service_fn(move |request: Request<ChargeRequest>| {
                 let state = state.clone();
-                async move { state.charge(request.into_inner()).await.map(Response::new) }
+                async move {
+                    let start = std::time::Instant::now();
+                    let result = state.charge(request.into_inner()).await;
+                    let code = match &result {
+                        Ok(_) => Code::Ok,
+                        Err(status) => status.code(),
+                    };
+                    state.duration.record(
+                        start.elapsed().as_secs_f64(),
+                        &[
+                            KeyValue::new("rpc.system", "grpc"),
+                            KeyValue::new("rpc.service", "shop.payment.v1.Payment"),
+                            KeyValue::new("rpc.method", "Charge"),
+                            KeyValue::new("rpc.grpc.status_code", code as i64),
+                        ],
+                    );
+                    result.map(Response::new)
+                }
             });
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
                 ChargeReply,
@@ -160,10 +185,15 @@ impl Payments {
         let payment_id = format!("pay-{:016x}", rand::random::<u64>());
         let charges = self.charges.clone();
         let (key, value) = (order_id.clone(), payment_id.clone());
-        tokio::task::spawn_blocking(move || charges.insert(key, value.as_bytes()))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        // Durable before it is confirmed: a crash after the answer must not
+        // lose a charge the order service has stored as paid.
+        tokio::task::spawn_blocking(move || {
+            charges.insert(key, value.as_bytes())?;
+            charges.flush()
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         tracing::info!(order_id, user, amount_cents, payment_id, "PaymentCaptured");
         Ok(ChargeReply {
             payment_id,

@@ -107,6 +107,20 @@ impl Strand {
         }
         response.json().await.ok()
     }
+
+    /// Like `get_json`, with query parameters (URL-encoded here).
+    pub async fn get_json_query(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+        let response = reqwest::Client::new()
+            .get(self.url(path))
+            .query(query)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
 }
 
 impl Drop for Strand {
@@ -124,6 +138,10 @@ pub struct Service {
     pub addr: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// How it was started, for `restart`.
+    data: PathBuf,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
@@ -137,6 +155,21 @@ impl Service {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts the process again (after `kill` or `terminate`) on the same
+    /// address, with the same flags and data directory; its output is
+    /// appended to the same log.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.child = Some(start_process(
+            self.name,
+            self.addr,
+            &self.data,
+            &self.flags,
+            &self.env,
+            &self.log,
+        ));
     }
 
     /// Sends SIGTERM and waits (up to the deadline) for the exit status.
@@ -203,6 +236,7 @@ impl Shop {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
             ("RUST_LOG", "info"),
         ];
         let spawn =
@@ -254,6 +288,11 @@ impl Shop {
         shop
     }
 
+    /// Where the services keep their data (`<dir>/<service>`).
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
     /// A URL on the gateway.
     pub fn url(&self, path: &str) -> String {
         self.gateway.url(path)
@@ -286,8 +325,36 @@ pub fn spawn_service(
 ) -> Service {
     let addr = free_port();
     let log = data.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_shop"))
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let child = start_process(name, addr, data, flags, &env, &log);
+    Service {
+        name,
+        addr,
+        child: Some(child),
+        log,
+        data: data.to_path_buf(),
+        flags: flags.to_vec(),
+        env,
+    }
+}
+
+fn start_process(
+    name: &str,
+    addr: SocketAddr,
+    data: &Path,
+    flags: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_shop"))
         .arg(name)
         .arg("--listen")
         .arg(addr.to_string())
@@ -300,18 +367,12 @@ pub fn spawn_service(
             ]
         })
         .args(flags)
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log file"))
         .stderr(file)
         .spawn()
-        .expect("the shop binary starts");
-    Service {
-        name,
-        addr,
-        child: Some(child),
-        log,
-    }
+        .expect("the shop binary starts")
 }
 
 /// Waits until `service` answers `GET /health` with 200.
