@@ -117,6 +117,11 @@ impl ChunkWriter {
         self.count >= SAMPLES_PER_CHUNK
     }
 
+    /// The newest sample's time and value bits.
+    pub fn last(&self) -> Option<(i64, u64)> {
+        (self.count > 0).then_some((self.last_t, self.last_value))
+    }
+
     /// Time of the first and the last sample; meaningless when empty.
     pub fn time_range(&self) -> (i64, i64) {
         (self.min_t, self.last_t)

@@ -368,14 +368,18 @@ impl MetricStore {
             Err(error) => return Err(error.into()),
         }
         for series in head.series.iter_mut().flatten() {
-            let newest = if series.open.is_empty() {
-                series.persisted.last().map(|c| c.max_t)
-            } else {
-                Some(series.open.time_range().1)
-            };
-            // The value bits only matter for equal timestamps, which replay
-            // skips anyway.
-            series.last = newest.map(|t| (t, 0));
+            // The newest value matters for a sender retrying its last sample
+            // after a restart: the same value is a duplicate, not a conflict.
+            series.last = series.open.last().or_else(|| {
+                let newest = series.persisted.last()?;
+                let value = files
+                    .reader(newest.file)
+                    .ok()
+                    .and_then(|file| read_chunk_at(&file, newest).ok())
+                    .and_then(|bytes| chunk::decode(&bytes).ok())
+                    .and_then(|samples| samples.last().copied());
+                Some((newest.max_t, value.map_or(0, |s| s.value.to_bits())))
+            });
             series.admitted = series.last;
         }
         metrics.metric_series.set(head.live_series as i64);
@@ -929,6 +933,14 @@ impl MetricStore {
     }
 }
 
+fn read_chunk_at(file: &File, chunk_ref: &ChunkRef) -> Result<Vec<u8>> {
+    let mut payload = vec![0u8; chunk_ref.len as usize];
+    file.read_exact_at(&mut payload, chunk_ref.offset)?;
+    let entry: ChunkEntry = postcard::from_bytes(&payload)
+        .map_err(|e| StoreError::Corrupt(format!("chunk file {}: {e}", chunk_ref.file)))?;
+    Ok(entry.bytes.to_vec())
+}
+
 fn extend_in_range(out: &mut Vec<MetricSample>, bytes: &[u8], start: i64, end: i64) -> Result<()> {
     let samples = chunk::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     out.extend(
@@ -1082,6 +1094,21 @@ mod tests {
                 .iter()
                 .all(|labels| label_value(labels, "job") == "a")
         );
+    }
+
+    #[test]
+    fn retrying_the_newest_sample_after_reopen_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+            ingest(&store, vec![series("x", "a", &[(1000, 1.5), (2000, 2.5)])]);
+            store.flush(1).unwrap();
+        }
+        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.5)])]);
+        assert_eq!(retry.rejected, 0, "{:?}", retry.first_error);
+        let conflict = ingest(&store, vec![series("x", "a", &[(2000, 9.0)])]);
+        assert_eq!(conflict.rejected, 1);
     }
 
     #[test]
