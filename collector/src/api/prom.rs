@@ -121,24 +121,27 @@ impl Params {
 
     /// A time parameter: unix seconds (fractions allowed) or RFC 3339.
     fn time(&self, name: &str) -> Result<Option<i64>, PromError> {
-        self.get(name)
-            .map(|text| {
-                parse_time(text).ok_or_else(|| {
-                    PromError::bad_data(format!(
-                        "invalid parameter {name:?}: cannot parse {text:?} to a valid timestamp"
-                    ))
-                })
-            })
-            .transpose()
+        self.parsed(name, parse_time, "timestamp")
     }
 
     /// A duration parameter: seconds (fractions allowed) or `5m`, `1h30m`.
     fn duration(&self, name: &str) -> Result<Option<i64>, PromError> {
+        self.parsed(name, parse_duration_ms, "duration")
+    }
+
+    /// A parameter read with `parse`; an unreadable one is `bad_data` naming
+    /// the parameter and what it should have been.
+    fn parsed(
+        &self,
+        name: &str,
+        parse: fn(&str) -> Option<i64>,
+        what: &str,
+    ) -> Result<Option<i64>, PromError> {
         self.get(name)
             .map(|text| {
-                parse_duration_ms(text).ok_or_else(|| {
+                parse(text).ok_or_else(|| {
                     PromError::bad_data(format!(
-                        "invalid parameter {name:?}: cannot parse {text:?} to a valid duration"
+                        "invalid parameter {name:?}: cannot parse {text:?} to a valid {what}"
                     ))
                 })
             })
@@ -253,11 +256,7 @@ async fn query_range(
         let step = params
             .duration("step")?
             .ok_or_else(|| PromError::bad_data("missing parameter \"step\""))?;
-        if end < start {
-            return Err(PromError::bad_data(
-                "invalid parameter \"end\": end timestamp must not be before start time",
-            ));
-        }
+        check_order(start, end)?;
         if step <= 0 {
             return Err(PromError::bad_data(
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
@@ -313,15 +312,20 @@ fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
         .collect()
 }
 
-/// The time range of a metadata request: all time unless given.
-fn range(params: &Params) -> Result<(i64, i64), PromError> {
-    let start = params.time("start")?.unwrap_or(i64::MIN);
-    let end = params.time("end")?.unwrap_or(i64::MAX);
+fn check_order(start: i64, end: i64) -> Result<(), PromError> {
     if end < start {
         return Err(PromError::bad_data(
             "invalid parameter \"end\": end timestamp must not be before start time",
         ));
     }
+    Ok(())
+}
+
+/// The time range of a metadata request: all time unless given.
+fn range(params: &Params) -> Result<(i64, i64), PromError> {
+    let start = params.time("start")?.unwrap_or(i64::MIN);
+    let end = params.time("end")?.unwrap_or(i64::MAX);
+    check_order(start, end)?;
     Ok((start, end))
 }
 
@@ -352,23 +356,8 @@ async fn labels(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let run = || {
-        let params = Params::read(&method, raw, &body)?;
-        let selectors = selectors(&params)?;
-        let (start, end) = range(&params)?;
-        let mut names: Vec<String> = state
-            .pipeline
-            .metric_store()
-            .series(&selectors, start, end)
-            .into_iter()
-            .flatten()
-            .map(|l| l.name)
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok::<_, PromError>(success(json!(names)))
-    };
-    run().unwrap_or_else(IntoResponse::into_response)
+    let params = Params::read(&method, raw, &body);
+    distinct_labels(&state, params, |label| Some(label.name))
 }
 
 async fn label_values(
@@ -376,22 +365,34 @@ async fn label_values(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    let params = Params::read(&Method::GET, raw, &Bytes::new());
+    distinct_labels(&state, params, |label| {
+        (label.name == name).then_some(label.value)
+    })
+}
+
+/// Sorted distinct `pick`s of the labels of the series matching `match[]`
+/// in the requested range: label names and label values alike.
+fn distinct_labels(
+    state: &ApiState,
+    params: Result<Params, PromError>,
+    pick: impl Fn(Label) -> Option<String>,
+) -> Response {
     let run = || {
-        let params = Params::read(&Method::GET, raw, &Bytes::new())?;
+        let params = params?;
         let selectors = selectors(&params)?;
         let (start, end) = range(&params)?;
-        let mut values: Vec<String> = state
+        let mut picked: Vec<String> = state
             .pipeline
             .metric_store()
             .series(&selectors, start, end)
             .into_iter()
             .flatten()
-            .filter(|l| l.name == name)
-            .map(|l| l.value)
+            .filter_map(&pick)
             .collect();
-        values.sort();
-        values.dedup();
-        Ok::<_, PromError>(success(json!(values)))
+        picked.sort();
+        picked.dedup();
+        Ok::<_, PromError>(success(json!(picked)))
     };
     run().unwrap_or_else(IntoResponse::into_response)
 }
