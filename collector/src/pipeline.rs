@@ -218,13 +218,12 @@ impl Pipeline {
                 rejected: admitted.rejected,
                 first_error: admitted.first_error.take(),
             };
-            if let Some(reason) = &rejections.first_error {
-                let reason = if reason.contains("series limit") {
-                    "series_limit"
-                } else {
-                    "out_of_order"
-                };
-                self.reject_samples(rejections.rejected as usize, reason);
+            let by_limits = admitted.rejected_by_limits;
+            if by_limits > 0 {
+                self.reject_samples(by_limits as usize, "series_limit");
+            }
+            if admitted.rejected > by_limits {
+                self.reject_samples((admitted.rejected - by_limits) as usize, "out_of_order");
             }
             if admitted.series.is_empty() {
                 return Ok(rejections);

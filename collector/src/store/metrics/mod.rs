@@ -62,6 +62,9 @@ pub struct Admitted {
     pub series: Vec<SeriesSamples>,
     /// Samples refused, and the first reason, for partial-success answers.
     pub rejected: u64,
+    /// Of `rejected`, those refused by the series limits (the rest were out
+    /// of order or conflicting duplicates).
+    pub rejected_by_limits: u64,
     pub first_error: Option<String>,
     /// Each admitted series' newest admitted sample before this admission,
     /// for [`MetricStore::undo_admission`].
@@ -407,6 +410,7 @@ impl MetricStore {
         let mut admitted = Admitted {
             series: Vec::with_capacity(batch.len()),
             rejected: 0,
+            rejected_by_limits: 0,
             first_error: None,
             previous: Vec::new(),
         };
@@ -419,6 +423,7 @@ impl MetricStore {
             if let Some(refusal) = refused.get(&index) {
                 if let Some(points) = refusal.points {
                     reject(&mut admitted, points, refusal.reason.clone());
+                    admitted.rejected_by_limits += points as u64;
                 }
                 continue;
             }
@@ -1174,6 +1179,7 @@ mod tests {
             )],
         );
         assert_eq!(admitted.rejected, 2);
+        assert_eq!(admitted.rejected_by_limits, 0);
         assert!(admitted.first_error.unwrap().contains("out of order"));
         let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
         let values: Vec<f64> = got[0].samples.iter().map(|s| s.value).collect();
@@ -1197,6 +1203,7 @@ mod tests {
             .collect();
         let admitted = ingest(&store, batch);
         assert_eq!(admitted.rejected, 1);
+        assert_eq!(admitted.rejected_by_limits, 1);
         assert!(admitted.first_error.unwrap().contains("\"requests_total\""));
         assert_eq!(store.series(&[], i64::MIN, i64::MAX).len(), 2);
     }
