@@ -68,6 +68,28 @@ export function rangeSeconds(range) {
 
 export const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
 
+/**
+ * The time window every view shows, from its URL: an absolute `start`/`end`
+ * (epoch ms, e.g. after zooming) wins over a relative `range` ending now.
+ * Returns { start, end, range, absolute } with times in epoch ms.
+ */
+export function timeRange(params) {
+  const range = params.get("range") || "1h";
+  const end = Number(params.get("end")) || Date.now();
+  const start = Number(params.get("start")) || end - rangeSeconds(range) * 1000;
+  return { start, end, range, absolute: Boolean(params.get("start")) };
+}
+
+/**
+ * Calls `reload` on every auto-refresh tick (the header's refresh picker
+ * fires a `strand-refresh` event on window); returns the unsubscribe
+ * function, which a view's cleanup must call.
+ */
+export function onRefresh(reload) {
+  window.addEventListener("strand-refresh", reload);
+  return () => window.removeEventListener("strand-refresh", reload);
+}
+
 export function select(name, options, value, attrs = {}) {
   return h("select", { name, ...attrs },
     options.map((o) => h("option", { value: o, selected: o === value }, o)));

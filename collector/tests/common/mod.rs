@@ -4,7 +4,9 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod prom;
+pub mod browser;
 pub mod remote_write;
+pub mod shop_fixture;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
