@@ -20,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds the client should wait (429 and 503 only).
     pub retry_after: Option<Duration>,
+    /// The order the failure leaves behind, so the client can look it up.
+    pub order_id: Option<String>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            order_id: None,
         }
     }
 
@@ -67,6 +70,12 @@ impl ApiError {
         )
     }
 
+    /// Names the order this failure is about in the answer.
+    pub fn for_order(mut self, id: &str) -> ApiError {
+        self.order_id = Some(id.to_string());
+        self
+    }
+
     /// Adds a `Retry-After` (rounded up to whole seconds, at least 1).
     pub fn retry_after(mut self, wait: Duration) -> ApiError {
         self.retry_after = Some(wait);
@@ -93,7 +102,10 @@ impl IntoResponse for ApiError {
         } else {
             tracing::warn!(code = self.code, status = self.status.as_u16(), message = %self.message, "request refused");
         }
-        let body = json!({"error": self.code, "message": self.message});
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(id) = self.order_id {
+            body["order_id"] = id.into();
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

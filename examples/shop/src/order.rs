@@ -1,17 +1,25 @@
 //! The order service. `POST /orders` validates the order, reserves its
-//! stock at inventory (REST), charges it at payment (gRPC), and stores the
-//! order together with an `OrderCreated` event in an *outbox* tree of its own
-//! sled database, in one transaction. A background task delivers the outbox
-//! to inventory over HTTP, retrying with backoff until inventory takes it,
-//! so an order is never confirmed without its event eventually arriving.
+//! stock at inventory (REST), records it as `pending`, charges it at payment
+//! (gRPC), and stores the confirmed order together with an `OrderCreated`
+//! event in an *outbox* tree of its own sled database, in one transaction. A
+//! background task delivers the outbox to inventory over HTTP, retrying with
+//! backoff until inventory takes it, so an order is never confirmed without
+//! its event eventually arriving.
+//!
+//! A charge whose outcome is unknown (payment down, a timeout, a reply lost
+//! in a crash) leaves the order `pending` and the client gets 503. Another
+//! background task settles pending orders: it asks payment to cancel them
+//! (refunding a charge that was taken, or voiding the order so that none is
+//! taken later), marks them `cancelled` and releases their stock. So every
+//! charge belongs to a confirmed order, and no order stays half-done.
 //!
 //! The event carries the request's trace context in its headers (written by
 //! `Telemetry::send_message` when the order is stored); the consumer's span
 //! links back to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -26,7 +34,7 @@ use tonic::Code;
 use crate::config::{self, CommonArgs, Failure, blocking, with_retries};
 use crate::error::{ApiError, ApiResult};
 use crate::inventory::Item;
-use crate::payment::{ChargeRequest, PaymentClient};
+use crate::payment::{CancelRequest, ChargeRequest, PaymentClient};
 
 /// The header the gateway names the signed-in user in.
 pub const USER_HEADER: &str = "x-shop-user";
@@ -61,6 +69,11 @@ pub struct Args {
     /// Attempts per upstream call (transient failures only)
     #[arg(long, env = "SHOP_UPSTREAM_ATTEMPTS", default_value_t = 3)]
     pub upstream_attempts: u32,
+    /// Age in milliseconds after which a pending order (its charge's outcome
+    /// lost) is cancelled at payment; a request still waiting for its charge
+    /// is never cancelled under it
+    #[arg(long, env = "SHOP_ORDER_SETTLE_AFTER_MS", default_value_t = 5000)]
+    pub settle_after_ms: u64,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -78,9 +91,28 @@ struct Order {
     user: String,
     items: Vec<Item>,
     total_cents: u64,
+    /// The captured charge's id (`confirmed`), the refunded one
+    /// (`cancelled` after a refund), or empty.
     payment_id: String,
-    status: String,
+    status: OrderStatus,
+    /// Why a `declined` or `cancelled` order did not go through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     created_ms: u64,
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OrderStatus {
+    /// Stock reserved, charge asked for, outcome not known yet.
+    Pending,
+    /// Charged; the `OrderCreated` event is in the outbox.
+    Confirmed,
+    /// The payment was refused; nothing charged.
+    Declined,
+    /// Settled after an unknown charge outcome: refunded or voided.
+    Cancelled,
 }
 
 /// What inventory answers to a reservation.
@@ -103,7 +135,15 @@ struct OutboxEntry {
 #[derive(Clone)]
 struct AppState {
     orders: sled::Tree,
+    /// Ids of `pending` orders (-> creation time), so settling them does
+    /// not scan every order ever made.
+    pending: sled::Tree,
     outbox: sled::Tree,
+    /// Orders whose request is still being handled here: never settled
+    /// under the handler's feet.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// How old a pending order must be before it is settled.
+    settle_after: Duration,
     inventory: strand_sdk::HttpClient,
     inventory_url: Arc<str>,
     payment: PaymentClient,
@@ -124,7 +164,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let state = AppState {
         orders: db.open_tree("orders")?,
+        pending: db.open_tree("pending")?,
         outbox: db.open_tree("outbox")?,
+        in_flight: Arc::default(),
+        settle_after: Duration::from_millis(args.settle_after_ms),
         inventory: strand_sdk::HttpClient::new(http.clone(), &telemetry),
         inventory_url: args.inventory_url.trim_end_matches('/').into(),
         payment: PaymentClient::new(&args.payment_url, timeout, &telemetry)?,
@@ -133,8 +176,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         wake_outbox: Arc::new(tokio::sync::Notify::new()),
     };
     let delivery = tokio::spawn(deliver_outbox(state.clone(), http));
+    let settling = tokio::spawn(settle_pending(state.clone()));
     let served = config::serve("order", args.listen, router(state)).await;
     delivery.abort();
+    settling.abort();
     db.flush_async().await?;
     served
 }
@@ -195,6 +240,21 @@ async fn create_order(
     );
 
     let reservation = state.reserve(&id, &request.items).await?;
+    let _handling = InFlight::enter(&state.in_flight, &id);
+    let mut order = Order {
+        id: id.clone(),
+        user: user.clone(),
+        items: request.items,
+        total_cents: reservation.total_cents,
+        payment_id: String::new(),
+        status: OrderStatus::Pending,
+        reason: None,
+        created_ms: config::now_millis(),
+    };
+    // Durable before the charge: if this process dies while the charge is
+    // out, the restarted service finds the order and settles it.
+    state.store(&order, None, true).await?;
+
     let charge = ChargeRequest {
         order_id: id.clone(),
         user: user.clone(),
@@ -202,37 +262,53 @@ async fn create_order(
     };
     let payment = match state.payment.charge(charge).await {
         Ok(reply) => reply,
-        Err(status) => {
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::FailedPrecondition | Code::InvalidArgument
+            ) =>
+        {
+            // Refused outright: nothing was charged.
+            tracing::warn!(
+                order_id = id,
+                user,
+                amount_cents = reservation.total_cents,
+                reason = status.message(),
+                "OrderPaymentDeclined"
+            );
+            order.status = OrderStatus::Declined;
+            order.reason = Some(status.message().to_string());
+            state.store(&order, None, false).await?;
             state.release(&id).await;
-            return Err(match status.code() {
-                Code::FailedPrecondition | Code::InvalidArgument => {
-                    tracing::warn!(
-                        order_id = id,
-                        user,
-                        amount_cents = reservation.total_cents,
-                        reason = status.message(),
-                        "OrderPaymentDeclined"
-                    );
-                    ApiError::new(
-                        StatusCode::PAYMENT_REQUIRED,
-                        "payment_declined",
-                        status.message(),
-                    )
-                }
-                _ => ApiError::unavailable("the payment service", status.message()),
-            });
+            return Err(ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_declined",
+                status.message(),
+            ));
+        }
+        Err(status) => {
+            // Charged or not, we cannot tell: the order stays pending and is
+            // settled (refunded or voided) once payment answers again.
+            tracing::warn!(
+                order_id = id,
+                user,
+                code = ?status.code(),
+                reason = status.message(),
+                "OrderPaymentUnknown"
+            );
+            return Err(ApiError::unavailable(
+                "the payment service",
+                format!(
+                    "{}; the order is not placed and any charge for it will be refunded",
+                    status.message()
+                ),
+            )
+            .for_order(&id));
         }
     };
 
-    let order = Order {
-        id: id.clone(),
-        user: user.clone(),
-        items: request.items,
-        total_cents: reservation.total_cents,
-        payment_id: payment.payment_id,
-        status: "confirmed".into(),
-        created_ms: config::now_millis(),
-    };
+    order.status = OrderStatus::Confirmed;
+    order.payment_id = payment.payment_id;
     // The producer span: the event is "sent" when it is committed to the
     // outbox; its context travels with the message.
     let mut message_headers = HashMap::new();
@@ -249,18 +325,7 @@ async fn create_order(
         attempts: 0,
         next_attempt_ms: 0,
     };
-    let (orders, outbox) = (state.orders.clone(), state.outbox.clone());
-    let (order_bytes, entry_bytes) = (serde_json::to_vec(&order)?, serde_json::to_vec(&entry)?);
-    blocking(move || {
-        (&orders, &outbox)
-            .transaction(|(orders, outbox)| {
-                orders.insert(id.as_bytes(), order_bytes.as_slice())?;
-                outbox.insert(id.as_bytes(), entry_bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| ApiError::internal(format!("storing the order: {e:?}")))
-    })
-    .await?;
+    state.store(&order, Some(&entry), false).await?;
     drop(producer);
     state.wake_outbox.notify_one();
     tracing::info!(
@@ -271,6 +336,34 @@ async fn create_order(
         "OrderCreated"
     );
     Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// Marks an order as being handled by a request of this process for as
+/// long as the value lives (also when the request is dropped midway).
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl InFlight {
+    fn enter(set: &Arc<Mutex<HashSet<String>>>, id: &str) -> InFlight {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        InFlight {
+            set: set.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 async fn get_order(
@@ -295,6 +388,85 @@ async fn get_order(
 }
 
 impl AppState {
+    /// Writes `order`, keeps the pending index in step with its status and,
+    /// for a confirmed order, queues its event — in one transaction.
+    /// `durable` waits for the write to reach the disk.
+    async fn store(
+        &self,
+        order: &Order,
+        event: Option<&OutboxEntry>,
+        durable: bool,
+    ) -> ApiResult<()> {
+        let (orders, pending, outbox) = (
+            self.orders.clone(),
+            self.pending.clone(),
+            self.outbox.clone(),
+        );
+        let id = order.id.clone();
+        let is_pending = order.status == OrderStatus::Pending;
+        let created = order.created_ms.to_be_bytes();
+        let order_bytes = serde_json::to_vec(order)?;
+        let event_bytes = event.map(serde_json::to_vec).transpose()?;
+        blocking(move || {
+            (&orders, &pending, &outbox)
+                .transaction(|(orders, pending, outbox)| {
+                    orders.insert(id.as_bytes(), order_bytes.as_slice())?;
+                    if is_pending {
+                        pending.insert(id.as_bytes(), &created)?;
+                    } else {
+                        pending.remove(id.as_bytes())?;
+                    }
+                    if let Some(event) = &event_bytes {
+                        outbox.insert(id.as_bytes(), event.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| ApiError::internal(format!("storing the order: {e:?}")))?;
+            if durable {
+                orders.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Settles one pending order: cancels it at payment (a refund if it was
+    /// charged), marks it cancelled, and gives its stock back.
+    async fn settle(&self, id: &str) -> ApiResult<()> {
+        let orders = self.orders.clone();
+        let key = id.to_string();
+        let stored = blocking(move || Ok(orders.get(key.as_bytes())?)).await?;
+        let Some(bytes) = stored else {
+            return Err(ApiError::internal(format!(
+                "pending order {id} is not stored"
+            )));
+        };
+        let mut order: Order = serde_json::from_slice(&bytes)?;
+        let cancelled = self
+            .payment
+            .cancel(CancelRequest {
+                order_id: id.to_string(),
+            })
+            .await
+            .map_err(|status| ApiError::unavailable("the payment service", status.message()))?;
+        order.status = OrderStatus::Cancelled;
+        order.reason = Some(format!(
+            "the payment's outcome was not known in time; {}",
+            cancelled.status
+        ));
+        order.payment_id = cancelled.payment_id;
+        self.store(&order, None, true).await?;
+        self.release(id).await;
+        tracing::info!(
+            order_id = id,
+            user = order.user,
+            amount_cents = order.total_cents,
+            payment = cancelled.status,
+            "OrderCancelled"
+        );
+        Ok(())
+    }
+
     /// Reserves the items at inventory; idempotent there (keyed by order
     /// id), so transient failures are retried.
     async fn reserve(&self, order_id: &str, items: &[Item]) -> ApiResult<Reservation> {
@@ -373,6 +545,54 @@ async fn upstream_error(upstream: &str, response: reqwest::Response) -> ApiError
         return ApiError::unavailable(&format!("the {upstream} service"), message);
     }
     ApiError::new(status, code, message)
+}
+
+/// Settles pending orders until aborted: every second, those older than
+/// `settle_after` that no request here is still handling. One that cannot be
+/// settled now (payment still down) is tried again on the next round.
+async fn settle_pending(state: AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pending = state.pending.clone();
+        let oldest = config::now_millis().saturating_sub(state.settle_after.as_millis() as u64);
+        let due = blocking(move || {
+            pending
+                .iter()
+                .map(|entry| {
+                    let (key, created) = entry?;
+                    let created = created
+                        .as_ref()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    Ok((String::from_utf8_lossy(&key).into_owned(), created))
+                })
+                .filter(|entry| !matches!(entry, Ok((_, created)) if *created > oldest))
+                .take(100)
+                .collect::<ApiResult<Vec<_>>>()
+        })
+        .await;
+        let due = match due {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "PendingReadError");
+                continue;
+            }
+        };
+        for (id, _) in due {
+            let handled_here = state
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id);
+            if handled_here {
+                continue;
+            }
+            if let Err(error) = state.settle(&id).await {
+                tracing::warn!(order_id = id, %error, "OrderSettleError");
+            }
+        }
+    }
 }
 
 /// Delivers outbox entries to inventory until aborted: woken by new orders,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -420,6 +421,7 @@ async fn rejected_requests_are_traced_with_their_status() {
         gateway_args: ["--rate-per-second", "1", "--burst", "5"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     })
     .await;
     let client = reqwest::Client::new();
@@ -664,48 +666,208 @@ async fn payment_crashing_mid_run_keeps_orders_consistent() {
         assert_eq!(read["payment_id"], order["payment_id"]);
     }
 
-    // Order's and payment's own records agree: exactly the orders answered
-    // 201 are stored (none answered 503 is), each with a charge of the same
-    // payment id, and no charge is for an order that is not stored.
+    // Every order answered 503 is named in the answer and gets settled:
+    // cancelled, its charge (if the charge was taken before the reply was
+    // lost) refunded.
+    let unsettled: Vec<&str> = seen
+        .iter()
+        .filter(|a| a.status == 503)
+        .map(|a| {
+            a.body["order_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a 503 without its order: {}", a.body))
+        })
+        .collect();
+    for id in &unsettled {
+        let settled = eventually(Duration::from_secs(30), || async {
+            let read: Value = client
+                .get(shop.url(&format!("/api/orders/{id}")))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (read["status"] == "cancelled").then_some(())
+        })
+        .await;
+        assert!(
+            settled.is_some(),
+            "order {id} answered 503 is never settled"
+        );
+    }
+
+    // Order's and payment's own records agree: the confirmed orders are
+    // exactly those answered 201, each with a charge of the same payment id;
+    // every charge belongs to a confirmed order; every cancelled order is
+    // cancelled at payment too (refunded with its payment id, or voided);
+    // nothing is left pending.
     let order_status = shop.order.terminate().expect("order stops");
     assert!(order_status.success());
     let payment_status = shop.payment.terminate().expect("payment stops");
     assert!(payment_status.success());
-    let stored: std::collections::BTreeMap<String, Value> =
-        read_tree(shop.data_dir(), "order", "orders")
+    let stored: BTreeMap<String, Value> = read_tree(shop.data_dir(), "order", "orders")
+        .into_iter()
+        .collect();
+    let charges: BTreeMap<String, Value> = read_tree(shop.data_dir(), "payment", "charges")
+        .into_iter()
+        .collect();
+    let cancelled_at_payment: BTreeMap<String, Value> =
+        read_tree(shop.data_dir(), "payment", "cancelled")
             .into_iter()
             .collect();
-    let charges: std::collections::BTreeMap<String, Value> =
-        read_tree(shop.data_dir(), "payment", "charges")
-            .into_iter()
-            .collect();
+    assert!(read_tree(shop.data_dir(), "order", "pending").is_empty());
+    let with_status = |status: &str| -> Vec<&str> {
+        stored
+            .iter()
+            .filter(|(_, order)| order["status"] == status)
+            .map(|(id, _)| id.as_str())
+            .collect()
+    };
     let mut answered: Vec<&str> = created.iter().map(|o| o["id"].as_str().unwrap()).collect();
     answered.sort();
-    let stored_ids: Vec<&str> = stored.keys().map(String::as_str).collect();
-    assert_eq!(stored_ids, answered, "stored orders vs orders answered 201");
-    for (id, order) in &stored {
+    assert_eq!(
+        with_status("confirmed"),
+        answered,
+        "confirmed orders vs orders answered 201"
+    );
+    let mut cancelled = with_status("cancelled");
+    let mut expected_cancelled = unsettled.clone();
+    cancelled.sort();
+    expected_cancelled.sort();
+    assert_eq!(cancelled, expected_cancelled, "cancelled vs answered 503");
+    assert_eq!(
+        stored.len(),
+        answered.len() + unsettled.len(),
+        "orders in other states: {stored:?}"
+    );
+    for id in &answered {
         assert_eq!(
-            charges.get(id),
-            Some(&order["payment_id"]),
+            charges.get(*id),
+            Some(&stored[*id]["payment_id"]),
             "order {id} is stored as paid without its charge"
         );
     }
-    // A charge saved in the instant before the kill whose reply never reached
-    // order has no order: the shop has no refund or reconciliation yet, so at
-    // most one such charge per client (the request in flight at the kill) is
-    // tolerated here; anything more is a real inconsistency.
     let orphans: Vec<&String> = charges
         .keys()
-        .filter(|id| !stored.contains_key(*id))
+        .filter(|id| stored[id.as_str()]["status"] != "confirmed")
         .collect();
     assert!(
-        orphans.len() <= CLIENTS,
-        "charges for orders that are not stored: {orphans:?}"
+        orphans.is_empty(),
+        "charges without a confirmed order: {orphans:?}"
     );
+    let mut refunds = 0;
+    for id in &unsettled {
+        let record = cancelled_at_payment
+            .get(*id)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("order {id} is cancelled but not at payment"));
+        match record.strip_prefix("refunded:") {
+            Some(payment_id) => {
+                refunds += 1;
+                assert_eq!(stored[*id]["payment_id"], payment_id, "order {id}");
+            }
+            None => assert_eq!(record, "voided", "order {id}"),
+        }
+    }
     let failed = seen.iter().filter(|a| a.status == 503).count();
     eprintln!(
-        "{} orders created, {failed} answered 503, payment down for {:?}",
+        "{} orders created, {failed} answered 503 ({refunds} refunded), payment down for {:?}",
         created.len(),
         restarting - killed
+    );
+}
+
+/// The products' available stock by sku.
+async fn available(client: &reqwest::Client, shop: &Shop, token: &str) -> BTreeMap<String, u64> {
+    let products: Value = client
+        .get(shop.url("/api/products"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    products
+        .as_array()
+        .expect("a product list")
+        .iter()
+        .map(|p| {
+            (
+                p["sku"].as_str().unwrap().to_string(),
+                p["available"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_whose_reply_is_lost_is_refunded() {
+    // Payment takes 3 s, order gives up after 2 s: the charge is captured
+    // after the client was told 503. Order settles it after 6 s.
+    let mut shop = Shop::start(ShopOptions {
+        payment_slow_ms: Some(3000),
+        order_args: ["--settle-after-ms", "6000"].map(String::from).to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let alice = shop.login("alice").await;
+    let before = available(&client, &shop, &alice).await;
+
+    let response = order(&client, &shop, &alice, "kettle", 1).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable", "{body}");
+    let id = body["order_id"]
+        .as_str()
+        .expect("the order is named")
+        .to_string();
+    let read = |client: reqwest::Client| {
+        let (url, alice, id) = (
+            shop.url(&format!("/api/orders/{id}")),
+            alice.clone(),
+            id.clone(),
+        );
+        async move {
+            let response = client.get(url).bearer_auth(alice).send().await.ok()?;
+            assert_eq!(response.status(), 200, "order {id}");
+            response.json::<Value>().await.ok()
+        }
+    };
+    let pending = read(client.clone()).await.unwrap();
+    assert_eq!(pending["status"], "pending", "{pending}");
+
+    let cancelled = eventually(Duration::from_secs(30), || async {
+        let order = read(client.clone()).await?;
+        (order["status"] == "cancelled").then_some(order)
+    })
+    .await
+    .expect("the pending order is settled");
+    let payment_id = cancelled["payment_id"].as_str().unwrap().to_string();
+    assert!(payment_id.starts_with("pay-"), "refunded: {cancelled}");
+    assert!(
+        cancelled["reason"].as_str().unwrap().contains("refunded"),
+        "{cancelled}"
+    );
+    // The stock comes back once the order is cancelled.
+    let restored = eventually(Duration::from_secs(10), || async {
+        (available(&client, &shop, &alice).await == before).then_some(())
+    })
+    .await;
+    assert!(restored.is_some(), "stock not released");
+
+    assert!(shop.order.terminate().expect("order stops").success());
+    assert!(shop.payment.terminate().expect("payment stops").success());
+    assert!(read_tree(shop.data_dir(), "payment", "charges").is_empty());
+    let cancelled_at_payment: BTreeMap<String, Value> =
+        read_tree(shop.data_dir(), "payment", "cancelled")
+            .into_iter()
+            .collect();
+    assert_eq!(
+        cancelled_at_payment.get(&id),
+        Some(&Value::String(format!("refunded:{payment_id}")))
     );
 }

@@ -213,6 +213,10 @@ pub struct ShopOptions {
     pub otlp_endpoint: Option<String>,
     /// Extra flags for the gateway.
     pub gateway_args: Vec<String>,
+    /// Extra flags for order.
+    pub order_args: Vec<String>,
+    /// Makes every charge this slow (milliseconds); none is slow by default.
+    pub payment_slow_ms: Option<u64>,
 }
 
 /// The four services on free ports with their data in a temporary directory.
@@ -245,6 +249,10 @@ impl Shop {
             "inventory",
             strings(&["--fail-rate", "0", "--slow-rate", "0"]),
         );
+        let (slow_rate, slow_ms) = match options.payment_slow_ms {
+            Some(ms) => ("1", ms.to_string()),
+            None => ("0", "0".to_string()),
+        };
         let payment = spawn(
             "payment",
             strings(&[
@@ -253,20 +261,21 @@ impl Shop {
                 "--fail-rate",
                 "0",
                 "--slow-rate",
-                "0",
+                slow_rate,
+                "--slow-ms",
+                &slow_ms,
             ]),
         );
-        let order = spawn(
-            "order",
-            strings(&[
-                "--inventory-url",
-                &inventory.url(""),
-                "--payment-url",
-                &payment.url(""),
-                "--upstream-timeout-ms",
-                "2000",
-            ]),
-        );
+        let mut order_flags = strings(&[
+            "--inventory-url",
+            &inventory.url(""),
+            "--payment-url",
+            &payment.url(""),
+            "--upstream-timeout-ms",
+            "2000",
+        ]);
+        order_flags.extend(options.order_args);
+        let order = spawn("order", order_flags);
         let mut gateway_flags = strings(&[
             "--order-url",
             &order.url(""),
