@@ -73,28 +73,42 @@ pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, t: i64) -> Result<Val>
         grouping.push(l.clone());
     }
     let in_grouping = |n: &str| grouping.iter().any(|g| g == n);
+    let keep = |n: &str| {
+        if without {
+            n != METRIC_NAME && !in_grouping(n)
+        } else {
+            in_grouping(n)
+        }
+    };
 
-    // Groups in order of first appearance, each with its members in input order.
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // Groups in order of first appearance, each with its members in input
+    // order; found by the hash of the grouping labels, and by their exact
+    // signature only when two groups' hashes collide.
+    let mut by_hash: HashMap<u64, usize> = HashMap::new();
+    let mut collided: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
     for mut s in input {
         if let Param::Label(l) = &param {
             s.labels.set(l, &format_value(s.v));
         }
-        let sig = if without {
-            s.labels.signature(|n| n != METRIC_NAME && !in_grouping(n))
-        } else {
-            s.labels.signature(in_grouping)
+        let hash = s.labels.hash_selected(keep);
+        let existing = by_hash.get(&hash).copied();
+        let i = match existing {
+            Some(i) if s.labels.selected_eq(keep, &groups[i].0) => i,
+            Some(_) => {
+                let next = groups.len();
+                let i = *collided.entry(s.labels.signature(keep)).or_insert(next);
+                if i == next {
+                    groups.push((s.labels.retain(keep), Vec::new()));
+                }
+                i
+            }
+            None => {
+                by_hash.insert(hash, groups.len());
+                groups.push((s.labels.retain(keep), Vec::new()));
+                groups.len() - 1
+            }
         };
-        let i = *index.entry(sig).or_insert_with(|| {
-            let labels = if without {
-                s.labels.retain(|n| n != METRIC_NAME && !in_grouping(n))
-            } else {
-                s.labels.retain(in_grouping)
-            };
-            groups.push((labels, Vec::new()));
-            groups.len() - 1
-        });
         groups[i].1.push(s);
     }
 

@@ -168,6 +168,34 @@ impl Labels {
         )
     }
 
+    /// A hash of the labels selected by `keep`: grouping keys its groups by
+    /// it, with `selected_eq` settling collisions, so that no string is built
+    /// per sample per step.
+    pub(crate) fn hash_selected(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for (n, v) in self.pairs().iter().filter(|(n, _)| keep(n)) {
+            hasher.write(n.as_bytes());
+            hasher.write_u8(0xff);
+            hasher.write(v.as_bytes());
+            hasher.write_u8(0xfe);
+        }
+        hasher.finish()
+    }
+
+    /// Whether the labels selected by `keep` are exactly `selected`.
+    pub(crate) fn selected_eq(&self, keep: impl Fn(&str) -> bool, selected: &Labels) -> bool {
+        let mut ours = self.pairs().iter().filter(|(n, _)| keep(n));
+        let mut theirs = selected.pairs().iter();
+        loop {
+            match (ours.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// A string that identifies the labels selected by `keep`, used as a hash-map key
     /// for grouping and vector matching.
     pub(crate) fn signature(&self, keep: impl Fn(&str) -> bool) -> String {
