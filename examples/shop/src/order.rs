@@ -682,3 +682,59 @@ async fn deliver_one(
         tracing::error!(order_id, %error, "OutboxWriteError");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(items: &[(&str, u32)]) -> OrderRequest {
+        OrderRequest {
+            items: items
+                .iter()
+                .map(|(sku, quantity)| Item {
+                    sku: sku.to_string(),
+                    quantity: *quantity,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn orders_are_validated_before_anything_is_reserved() {
+        assert!(validate(&request(&[("kettle", 1), ("coffee-beans", 100)])).is_ok());
+        let refused = [
+            request(&[]),
+            request(&[("kettle", 0)]),
+            request(&[("kettle", MAX_QUANTITY + 1)]),
+            request(&[("", 1)]),
+            request(&[(&"x".repeat(65), 1)]),
+            request(&vec![("kettle", 1); MAX_LINES + 1]),
+        ];
+        for order in refused {
+            let error = validate(&order).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_stored_in_snake_case_and_old_records_still_read() {
+        let order = Order {
+            id: "ord-1".into(),
+            user: "alice".into(),
+            items: Vec::new(),
+            total_cents: 1,
+            payment_id: String::new(),
+            status: OrderStatus::Pending,
+            reason: None,
+            created_ms: 0,
+        };
+        let json = serde_json::to_value(&order).unwrap();
+        assert_eq!(json["status"], "pending");
+        assert!(json.get("reason").is_none());
+        // Records written before orders had a reason.
+        let stored = r#"{"id":"ord-2","user":"bob","items":[],"total_cents":5,
+            "payment_id":"pay-1","status":"confirmed","created_ms":1}"#;
+        let order: Order = serde_json::from_str(stored).unwrap();
+        assert_eq!(order.status, OrderStatus::Confirmed);
+    }
+}
