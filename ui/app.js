@@ -1,17 +1,40 @@
-// Strand's web UI: a hash router over four views. Every view's state lives in
-// its URL (#/traces?service=order, #/trace/<id>, #/logs?q=..., #/metrics?query=...),
+// Strand's web UI: a hash router over the views, and the global controls in
+// the header (time range, auto refresh, theme, keyboard shortcuts, the
+// "unreachable" banner). Every view's state lives in its URL
+// (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { state } from "./lib.js";
+import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
 import * as metrics from "./metrics.js";
+import * as dashboards from "./dashboards.js";
+import * as map from "./map.js";
 
-const VIEWS = { traces, trace, logs, metrics };
+const VIEWS = { traces, trace, logs, metrics, dashboards, dashboard: dashboards, map };
+/** Views that show one thing rather than a time window: no time picker. */
+const TIMELESS = new Set(["trace"]);
+/** The URL params of the time window; `start`/`end` win over `range`. */
+const TIME_KEYS = ["range", "start", "end"];
+const REFRESHES = { off: 0, "5s": 5e3, "15s": 15e3, "30s": 30e3, "1m": 60e3 };
+/** The nav entry of views that have none of their own. */
+const NAV_OF = { trace: "traces", dashboard: "dashboards" };
+/** `g` then a letter: the view it goes to. */
+const GO_KEYS = { t: "traces", l: "logs", m: "metrics", d: "dashboards", s: "map" };
+
 const view = document.getElementById("view");
+const picker = document.getElementById("time-picker");
+const refreshPicker = document.getElementById("refresh-picker");
+const banner = document.getElementById("unreachable");
 let cleanup = null;
 let generation = 0;
+/**
+ * The time window and auto refresh last seen in a URL. They are global: a
+ * URL without them (a nav link, a link a view builds) gets them added, so
+ * they follow the user from view to view.
+ */
+const carried = new URLSearchParams();
 
 /** Parses "#/trace/abc?x=1" into { name: "trace", arg: "abc", params }. */
 export function parseHash(hash) {
@@ -23,22 +46,55 @@ export function parseHash(hash) {
 /** Sets the URL for a view with parameters (empty ones are left out). */
 export function go(name, params = {}) {
   const qs = new URLSearchParams(Object.entries(params).filter(([, v]) => v != null && v !== ""));
-  const hash = `#/${name}${qs.toString() ? "?" + qs : ""}`;
+  navigate(`#/${name}${qs.toString() ? "?" + qs : ""}`);
+}
+
+function navigate(hash) {
   if (location.hash === hash) route(); else location.hash = hash;
+}
+
+function hashOf(name, arg, params) {
+  const qs = params.toString();
+  return `#/${name}${arg ? "/" + encodeURIComponent(arg) : ""}${qs ? "?" + qs : ""}`;
+}
+
+/**
+ * Remembers the URL's time window and refresh, or adds the remembered ones
+ * when the URL has none; returns whether `params` changed.
+ */
+function carry(name, params) {
+  let changed = false;
+  if (!TIMELESS.has(name)) {
+    if (TIME_KEYS.some((k) => params.has(k))) {
+      for (const k of TIME_KEYS) if (params.has(k)) carried.set(k, params.get(k)); else carried.delete(k);
+    } else {
+      for (const k of TIME_KEYS) if (carried.has(k)) { params.set(k, carried.get(k)); changed = true; }
+    }
+  }
+  if (params.has("refresh")) carried.set("refresh", params.get("refresh"));
+  else if (carried.has("refresh")) { params.set("refresh", carried.get("refresh")); changed = true; }
+  return changed;
+}
+
+/** A view's URL with the carried time window and refresh. */
+function linkTo(name) {
+  const params = new URLSearchParams();
+  carry(name, params);
+  return hashOf(name, "", params);
 }
 
 async function route() {
   const { name, arg, params } = parseHash(location.hash);
+  if (carry(name, params)) history.replaceState(null, "", hashOf(name, arg, params));
+  syncHeader(name, params);
   const module = VIEWS[name];
-  for (const a of document.querySelectorAll("[data-nav]")) {
-    a.classList.toggle("active", a.dataset.nav === name || (name === "trace" && a.dataset.nav === "traces"));
-  }
   if (cleanup) { try { cleanup(); } catch (_) { /* view already gone */ } cleanup = null; }
   const mine = ++generation;
   view.replaceChildren();
   view.dataset.view = name;
   if (!module) {
-    view.append(state(`No view called "${name}". Try Traces, Logs or Metrics.`, "error"));
+    const known = [...document.querySelectorAll("nav [data-nav]")].map((a) => a.textContent).join(", ");
+    view.append(state(`No view called "${name}". Try one of: ${known}.`, "error"));
     return;
   }
   try {
@@ -49,6 +105,164 @@ async function route() {
     if (mine === generation) view.replaceChildren(state(`Something went wrong: ${e.message}`, "error"));
   }
 }
+
+/** Shows the URL's window and refresh in the header; links carry them. */
+function syncHeader(name, params) {
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.classList.toggle("active", a.dataset.nav === name || a.dataset.nav === NAV_OF[name]);
+    a.href = linkTo(a.dataset.nav);
+  }
+  const timeless = TIMELESS.has(name);
+  picker.classList.toggle("timeless", timeless);
+  picker.title = timeless ? "This view shows no time window" : "";
+  for (const el of picker.elements) el.disabled = timeless;
+  // A view without a window shows the one the others will get.
+  const win = timeRange(timeless ? carried : params);
+  const range = picker.range;
+  // A range from a link that is not in the list gets an option of its own;
+  // one that is not a range at all means the default hour (see rangeSeconds).
+  const relative = /^\d+[smhd]$/.test(win.range) ? win.range : "1h";
+  if (!win.absolute && ![...range.options].some((o) => o.value === relative)) {
+    range.add(h("option", { value: relative }, `Last ${relative}`), range.options.length - 1);
+  }
+  range.value = win.absolute ? "custom" : relative;
+  showCustom(win.absolute && !timeless, win);
+  const refresh = Object.hasOwn(REFRESHES, params.get("refresh")) ? params.get("refresh") : "off";
+  refreshPicker.value = refresh;
+  startTimer(REFRESHES[refresh]);
+}
+
+function showCustom(shown, win) {
+  picker.querySelector(".custom-range").hidden = !shown;
+  if (shown) {
+    picker.start.value = toLocalInput(win.start);
+    picker.end.value = toLocalInput(win.end);
+  }
+}
+
+/**
+ * Writes the header's params into the current view's URL, keeping the
+ * view's own, and routes; `null` removes a param.
+ */
+function setGlobal(changes) {
+  const { name, arg, params } = parseHash(location.hash);
+  for (const [k, v] of Object.entries(changes)) {
+    if (v == null) { params.delete(k); carried.delete(k); } else { params.set(k, v); carried.set(k, v); }
+  }
+  navigate(hashOf(name, arg, params));
+}
+
+for (const r of RANGES) picker.range.add(h("option", { value: r }, `Last ${r}`));
+picker.range.add(h("option", { value: "custom" }, "Custom…"));
+picker.range.addEventListener("change", () => {
+  if (picker.range.value === "custom") {
+    // Start from the window on screen; the URL changes on Apply.
+    showCustom(true, timeRange(parseHash(location.hash).params));
+    picker.start.focus();
+  } else {
+    setGlobal({ range: picker.range.value, start: null, end: null });
+  }
+});
+picker.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const start = new Date(picker.start.value).getTime();
+  const end = new Date(picker.end.value).getTime();
+  if (!(start < end)) {
+    picker.end.setCustomValidity("the end must be after the start");
+    picker.end.reportValidity();
+    return;
+  }
+  setGlobal({ range: null, start, end });
+});
+picker.end.addEventListener("input", () => picker.end.setCustomValidity(""));
+
+// Auto refresh: a `strand-refresh` event every interval while the page is
+// visible (views reload with onRefresh; a relative window slides).
+for (const r of Object.keys(REFRESHES)) refreshPicker.add(h("option", { value: r }, r === "off" ? "auto: off" : `auto: ${r}`));
+refreshPicker.addEventListener("change", () => setGlobal({ refresh: refreshPicker.value === "off" ? null : refreshPicker.value }));
+let timer = 0;
+let timerEvery = 0;
+function startTimer(every) {
+  if (every === timerEvery) return;
+  clearInterval(timer);
+  timerEvery = every;
+  timer = every ? setInterval(() => { if (!document.hidden && banner.hidden) refresh(true); }, every) : 0;
+}
+
+/**
+ * Reloads the view: in place if it listens to `strand-refresh`, otherwise
+ * (only when asked by the user) by drawing it again.
+ */
+function refresh(auto) {
+  if (hasRefreshSubscribers()) window.dispatchEvent(new Event("strand-refresh"));
+  else if (!auto) route();
+}
+document.getElementById("refresh-now").addEventListener("click", () => refresh(false));
+
+// Strand unreachable: a banner, and /healthz polled until it answers; then
+// the view is drawn again, since what it shows failed to load.
+let probing = false;
+window.addEventListener("strand-unreachable", async () => {
+  if (probing) return;
+  probing = true;
+  banner.hidden = false;
+  for (;;) {
+    await new Promise((done) => setTimeout(done, 3000));
+    try {
+      if ((await fetch("/healthz", { cache: "no-store" })).ok) break;
+    } catch (_) { /* still down */ }
+  }
+  probing = false;
+  banner.hidden = true;
+  route();
+});
+
+// Keyboard shortcuts; never while typing into a field.
+const SHORTCUTS = [
+  ["/", "Focus the search or query box"],
+  ["g t", "Go to traces"], ["g l", "Go to logs"], ["g m", "Go to metrics"],
+  ["g d", "Go to dashboards"], ["g s", "Go to the service map"],
+  ["r", "Refresh"], ["t", "Switch between light and dark"],
+  ["?", "Show this help"], ["Esc", "Close this help, leave a field"],
+];
+const help = h("div.overlay", { id: "help", role: "dialog", "aria-label": "keyboard shortcuts", hidden: true,
+  onclick: (e) => { if (e.target === help) help.hidden = true; } },
+h("div.overlay-box", {},
+  h("div.detail-head", {}, h("h2", {}, "Keyboard shortcuts"),
+    h("button.close", { type: "button", "aria-label": "close", onclick: () => { help.hidden = true; } }, "×")),
+  h("table.kv.shortcuts", {}, SHORTCUTS.map(([keys, what]) =>
+    h("tr", {}, h("th", {}, keys.split(" ").map((k) => h("kbd", {}, k))), h("td", {}, what))))));
+document.body.append(help);
+document.getElementById("help-toggle").addEventListener("click", () => { help.hidden = !help.hidden; });
+
+let pendingG = 0;
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") {
+    help.hidden = true;
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+    return;
+  }
+  if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
+  if (e.target.closest && e.target.closest("input, textarea, select, [contenteditable]")) return;
+  if (pendingG && Date.now() - pendingG < 1500) {
+    pendingG = 0;
+    if (GO_KEYS[e.key]) { e.preventDefault(); navigate(linkTo(GO_KEYS[e.key])); }
+    return;
+  }
+  pendingG = 0;
+  const action = {
+    "/": () => {
+      const box = view.querySelector("form .query") ||
+        view.querySelector("form input:not([type=hidden]):not([type=checkbox]):not([type=radio]), form textarea");
+      if (box) { box.focus(); box.select?.(); }
+    },
+    g: () => { pendingG = Date.now(); },
+    t: toggleTheme,
+    r: () => refresh(false),
+    "?": () => { help.hidden = !help.hidden; },
+  }[e.key];
+  if (action) { e.preventDefault(); action(); }
+});
 
 function toggleTheme() {
   const root = document.documentElement;

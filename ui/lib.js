@@ -33,6 +33,7 @@ export async function api(path, params) {
   try {
     res = await fetch(path + qs, { headers: { accept: "application/json" } });
   } catch (e) {
+    reportUnreachable();
     throw new ApiError(`cannot reach Strand: ${e.message}`);
   }
   let body = null;
@@ -87,7 +88,36 @@ export function timeRange(params) {
  */
 export function onRefresh(reload) {
   window.addEventListener("strand-refresh", reload);
-  return () => window.removeEventListener("strand-refresh", reload);
+  refreshSubscribers++;
+  let subscribed = true;
+  return () => {
+    if (!subscribed) return;
+    subscribed = false;
+    refreshSubscribers--;
+    window.removeEventListener("strand-refresh", reload);
+  };
+}
+
+// How many reloaders listen, so that the app can draw a view that does not
+// subscribe again instead of refreshing it in place.
+let refreshSubscribers = 0;
+export const hasRefreshSubscribers = () => refreshSubscribers > 0;
+
+/**
+ * Tells the app that Strand did not answer at all (a network error, not an
+ * HTTP error): it shows the "unreachable" banner and polls until Strand is
+ * back, then draws the view again.
+ */
+export function reportUnreachable() {
+  window.dispatchEvent(new Event("strand-unreachable"));
+}
+
+/** The value of a datetime-local input for epoch ms, in local time. */
+export function toLocalInput(ms) {
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 export function select(name, options, value, attrs = {}) {

@@ -1,9 +1,11 @@
-// Trace search: service (from /api/services), operation, lookback, tags and
-// minimum duration; results link to the trace view.
+// Trace search: service (from /api/services), operation, tags and a duration
+// range, over the header's time range (`timeRange`); a scatter plot of the
+// results (duration over start time, errors marked) above the list. The
+// search runs again on every auto-refresh tick.
 
-import { api, h, state, select, fmtMicros, fmtTime, serviceColors } from "./lib.js";
+import { api, h, state, select, fmtMicros, fmtTime, serviceColors, timeRange, onRefresh } from "./lib.js";
 
-const LOOKBACKS = ["15m", "1h", "6h", "24h", "2d", "7d"];
+const SVG = "http://www.w3.org/2000/svg";
 
 export async function render(root, { params, current, go }) {
   const p = Object.fromEntries(params);
@@ -25,12 +27,13 @@ export async function render(root, { params, current, go }) {
   }
   const service = services.includes(p.service) ? p.service : services[0];
   const operation = h("select", { name: "operation" }, h("option", { value: "" }, "all operations"));
+  const duration = (name, placeholder) =>
+    h("input", { name, value: p[name] || "", placeholder, size: 6, pattern: "\\d+(\\.\\d+)?(ns|us|µs|ms|s|m|h)" });
   form.append(
     h("label", {}, "Service ", select("service", services, service, { id: "service" })),
     h("label", {}, "Operation ", operation),
-    h("label", {}, "Lookback ", select("lookback", LOOKBACKS, p.lookback || "1h")),
     h("label", {}, "Tags ", h("input", { name: "tags", value: p.tags || "", placeholder: "http.status_code=500 error=true", size: 24 })),
-    h("label", {}, "Min duration ", h("input", { name: "minDuration", value: p.minDuration || "", placeholder: "100ms", size: 6 })),
+    h("label", {}, "Duration ", duration("minDuration", "min 100ms"), "–", duration("maxDuration", "max 2s")),
     h("label", {}, "Limit ", h("input", { name: "limit", value: p.limit || "20", type: "number", min: 1, max: 1500, style: "width:5em" })),
     h("button", { type: "submit" }, "Find traces"),
   );
@@ -45,8 +48,8 @@ export async function render(root, { params, current, go }) {
   loadOperations(service, p.operation);
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    const f = new FormData(form);
-    go("traces", Object.fromEntries(f));
+    // The time range belongs to the header's picker: keep it.
+    go("traces", { ...Object.fromEntries(new FormData(form)), range: p.range, start: p.start, end: p.end });
   });
 
   const tags = {};
@@ -54,25 +57,45 @@ export async function render(root, { params, current, go }) {
     const [k, ...v] = pair.split("=");
     tags[k] = v.join("=");
   }
-  results.append(state("Searching…"));
-  let body;
-  try {
-    body = await api("/api/traces", {
-      service, operation: p.operation, lookback: p.lookback || "1h", limit: p.limit || 20,
-      minDuration: p.minDuration, tags: Object.keys(tags).length ? JSON.stringify(tags) : null,
-    });
-  } catch (e) {
-    if (current()) results.replaceChildren(state(e.message, "error"));
-    return;
-  }
-  if (!current()) return;
-  const traces = (body.data || []).map(summarise).sort((a, b) => b.start - a.start);
-  if (!traces.length) {
-    results.replaceChildren(state(`No traces of ${service} in the last ${p.lookback || "1h"}.`));
-    return;
-  }
-  results.replaceChildren(h("p.muted", {}, `${traces.length} trace${traces.length > 1 ? "s" : ""}`),
-    h("ul.trace-list", {}, traces.map((t) => traceItem(t, serviceColors(services, [])))));
+  const colors = serviceColors(services, []);
+  let searching = false;
+  const search = async () => {
+    if (searching) return; // a slow search is not stacked up by refresh ticks
+    searching = true;
+    try { await runSearch(); } finally { searching = false; }
+  };
+  const runSearch = async () => {
+    // Re-read on every run: a relative range ("last 1h") moves with the clock.
+    const range = timeRange(params);
+    if (!results.childElementCount) results.append(state("Searching…"));
+    let body;
+    try {
+      body = await api("/api/traces", {
+        service, operation: p.operation, limit: p.limit || 20,
+        start: Math.floor(range.start) * 1000, end: Math.ceil(range.end) * 1000,
+        minDuration: p.minDuration, maxDuration: p.maxDuration,
+        tags: Object.keys(tags).length ? JSON.stringify(tags) : null,
+      });
+    } catch (e) {
+      if (current()) results.replaceChildren(state(`Search failed: ${e.message}`, "error"));
+      return;
+    }
+    if (!current()) return;
+    const traces = (body.data || []).map(summarise).sort((a, b) => b.start - a.start);
+    if (!traces.length) {
+      const filtered = p.operation || p.tags || p.minDuration || p.maxDuration;
+      results.replaceChildren(state(`No traces in this range: nothing of ${service}` +
+        `${p.operation ? ` (${p.operation})` : ""} between ${fmtTime(range.start)} and ${fmtTime(range.end)}. ` +
+        (filtered ? "Loosen the filters or widen the time range." : "Widen the time range.")));
+      return;
+    }
+    results.replaceChildren(
+      scatter(traces, results.clientWidth),
+      h("p.muted", {}, `${traces.length} trace${traces.length > 1 ? "s" : ""}`),
+      h("ul.trace-list", {}, traces.map((t) => traceItem(t, colors))));
+  };
+  await search();
+  return onRefresh(search);
 }
 
 function summarise(t) {
@@ -104,4 +127,65 @@ function traceItem(t, colors) {
         h("span.chip", { style: `--c:${colors.get(s)}` }, `${s} ${n}`)),
       h("span.muted", {}, fmtTime(t.start / 1000)),
       h("code.muted", {}, t.id.slice(0, 12))));
+}
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
+
+/**
+ * Duration over start time, one point per trace, errors as red diamonds;
+ * a click opens the trace. The duration axis is logarithmic when durations
+ * spread over more than a decade, so one slow trace does not flatten the rest.
+ */
+function scatter(traces, available) {
+  // Drawn at the width it is shown at, so text and points keep their size.
+  const width = Math.max(360, (available || 900) - 2), height = 180, pad = { l: 64, r: 12, t: 10, b: 22 };
+  const t0 = Math.min(...traces.map((t) => t.start)), t1 = Math.max(...traces.map((t) => t.start));
+  // A lone point (or a burst) sits in the middle of at least a second.
+  const half = (Math.max(t1 - t0, 1e6) / 2) * 1.06, center = (t0 + t1) / 2;
+  const xs = [center - half, center + half];
+  const dMin = Math.max(1, Math.min(...traces.map((t) => t.duration)));
+  const dMax = Math.max(dMin * 2, ...traces.map((t) => t.duration));
+  const log = dMax / dMin > 10;
+  const f = log ? Math.log10 : (v) => v;
+  // Whole decades on a log axis, so both ends carry a label.
+  const [y0, y1] = log ? [Math.floor(f(dMin)), Math.ceil(f(dMax) + 0.05)] : [0, dMax * 1.1];
+  const x = (us) => pad.l + ((us - xs[0]) / (xs[1] - xs[0])) * (width - pad.l - pad.r);
+  const y = (us) => height - pad.b - ((f(Math.max(us, 1)) - y0) / (y1 - y0)) * (height - pad.t - pad.b);
+  const root = svg("svg", { class: "scatter", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `durations of ${traces.length} traces over time`, "data-scale": log ? "log" : "linear" });
+  const yTicks = log
+    ? Array.from({ length: Math.floor(y1) - Math.ceil(y0) + 1 }, (_, i) => 10 ** (Math.ceil(y0) + i))
+    : [0, 0.25, 0.5, 0.75, 1].map((q) => q * dMax);
+  for (const v of yTicks) {
+    root.append(svg("line", { class: "grid", x1: pad.l, x2: width - pad.r, y1: y(v), y2: y(v) }),
+      svg("text", { class: "axis", x: pad.l - 6, y: y(v) + 4, "text-anchor": "end" }, fmtMicros(v)));
+  }
+  for (const [i, q] of [0, 0.5, 1].entries()) {
+    const at = xs[0] + q * (xs[1] - xs[0]);
+    root.append(svg("text", { class: "axis", x: x(at), y: height - 6, "text-anchor": ["start", "middle", "end"][i] },
+      fmtTime(at / 1000).slice(11, 19)));
+  }
+  const mid = (height - pad.b + pad.t) / 2;
+  root.append(svg("text", { class: "axis", x: 12, y: mid, "text-anchor": "middle", transform: `rotate(-90 12 ${mid})` },
+    log ? "duration (log)" : "duration"));
+  // Errors last, so they are drawn on top of the others.
+  for (const t of [...traces].sort((a, b) => Boolean(a.errors) - Boolean(b.errors))) {
+    const cx = x(t.start), cy = y(t.duration), r = Math.min(8, 3 + Math.sqrt(t.spans) / 4);
+    const shape = t.errors
+      ? svg("rect", { x: cx - r, y: cy - r, width: 2 * r, height: 2 * r, transform: `rotate(45 ${cx} ${cy})` })
+      : svg("circle", { cx, cy, r });
+    shape.classList.add("scatter-point");
+    if (t.errors) shape.classList.add("error");
+    shape.dataset.traceId = t.id;
+    shape.append(svg("title", {}, `${t.title}\n${fmtMicros(t.duration)} · ${t.spans} spans` +
+      `${t.errors ? ` · ${t.errors} errors` : ""}\n${fmtTime(t.start / 1000)}`));
+    shape.addEventListener("click", () => { location.hash = `#/trace/${t.id}`; });
+    root.append(shape);
+  }
+  return h("div.scatter-wrap", {}, root);
 }

@@ -14,6 +14,7 @@ mod remote_write;
 mod report;
 mod stats;
 mod traces;
+mod ui;
 mod workload;
 
 use std::path::PathBuf;
@@ -49,6 +50,46 @@ enum Command {
     /// disk, memory per active series and PromQL range-query latency after a
     /// restart, side by side with Prometheus given the identical load.
     Metrics(MetricsArgs),
+
+    /// The web UI's trace view: one trace of `--spans` spans over OTLP, then
+    /// `--runs` cold page loads of `#/trace/<id>` in headless Chromium (via
+    /// chromedriver), each timed from navigation start until the waterfall
+    /// was drawn; plus the bytes the UI transferred.
+    Ui(UiArgs),
+}
+
+/// Options of `strand-bench ui`.
+#[derive(Args, Debug, Clone)]
+pub struct UiArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// The chromedriver binary (default: $STRAND_CHROMEDRIVER, then
+    /// /usr/bin/chromedriver or /usr/lib/chromium/chromedriver).
+    #[arg(long, value_name = "PATH")]
+    pub chromedriver: Option<PathBuf>,
+
+    /// The Chromium binary (default: /usr/bin/chromium if present, else
+    /// whatever chromedriver finds).
+    #[arg(long, value_name = "PATH")]
+    pub chromium: Option<PathBuf>,
+
+    /// Spans in the trace.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub spans: usize,
+
+    /// Cold page loads, each in a fresh browser session.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub runs: usize,
+
+    /// Seed of the generated trace's shape, so runs are comparable.
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Keep the temporary data directory and logs.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `strand-bench metrics`.
@@ -195,6 +236,7 @@ async fn main() -> ExitCode {
         Command::Traces(args) => traces::run(&args).await,
         Command::Logs(args) => logs::run(&args).await,
         Command::Metrics(args) => metrics::run(&args).await,
+        Command::Ui(args) => ui::run(&args).await,
     };
     match result {
         Ok(line) => {

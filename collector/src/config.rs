@@ -38,6 +38,8 @@ const DEFAULT_METRIC_RETENTION: Duration = Duration::from_secs(15 * 24 * 3600);
 const DEFAULT_MAX_SERIES: usize = 1_000_000;
 const DEFAULT_MAX_SERIES_PER_METRIC: usize = 100_000;
 const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
+/// Like a scrape interval: how fresh derived metrics are.
+const DEFAULT_DERIVED_METRICS_INTERVAL: Duration = Duration::from_secs(15);
 const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
@@ -145,6 +147,12 @@ pub struct ServeArgs {
     /// in the config file ([[scrape]] tables).
     #[arg(long, env = "STRAND_SELF_SCRAPE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub self_scrape_interval: Option<Duration>,
+
+    /// How often the metrics derived from spans (RED metrics per service and
+    /// operation, the service graph) are written to the metrics store, like a
+    /// scrape interval [default: 15s]
+    #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub derived_metrics_interval: Option<Duration>,
 }
 
 /// The config file's shape; every field optional.
@@ -174,6 +182,8 @@ struct FileConfig {
     max_series_per_metric: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     self_scrape_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    derived_metrics_interval: Option<Duration>,
     #[serde(default)]
     scrape: Vec<ScrapeFileConfig>,
 }
@@ -230,6 +240,8 @@ pub struct MetricSettings {
     pub scrape: Vec<ScrapeTarget>,
     /// How often Strand scrapes its own `/metrics`; `None`: never.
     pub self_scrape_interval: Option<Duration>,
+    /// How often metrics derived from spans are written.
+    pub derived_interval: Duration,
 }
 
 /// How logs are partitioned and kept.
@@ -358,6 +370,10 @@ impl ServeArgs {
                         .unwrap_or(DEFAULT_SCRAPE_INTERVAL),
                 )
                 .filter(|interval| !interval.is_zero()),
+                derived_interval: self
+                    .derived_metrics_interval
+                    .or(file.derived_metrics_interval)
+                    .unwrap_or(DEFAULT_DERIVED_METRICS_INTERVAL),
             },
         };
         config.validate()?;
@@ -390,6 +406,9 @@ impl Config {
         }
         if self.metrics.limits.max_series == 0 || self.metrics.limits.max_series_per_metric == 0 {
             bail!("max_series and max_series_per_metric must be positive");
+        }
+        if self.metrics.derived_interval < Duration::from_secs(1) {
+            bail!("derived_metrics_interval must be at least 1s");
         }
         if self.metrics.retention < Duration::from_secs(60) {
             bail!("metric_retention must be at least 1m");
@@ -526,6 +545,19 @@ mod tests {
         assert!(error.contains("flush_interval"), "{error}");
         let error = format!("{:#}", file_config("max_body_bytes = 1").unwrap_err());
         assert!(error.contains("max_body_bytes"), "{error}");
+        let error = format!(
+            "{:#}",
+            file_config("derived_metrics_interval = \"100ms\"").unwrap_err()
+        );
+        assert!(error.contains("derived_metrics_interval"), "{error}");
+    }
+
+    #[test]
+    fn derived_metrics_are_written_like_a_scrape() {
+        let config = file_config("").unwrap();
+        assert_eq!(config.metrics.derived_interval, Duration::from_secs(15));
+        let config = file_config("derived_metrics_interval = \"1s\"").unwrap();
+        assert_eq!(config.metrics.derived_interval, Duration::from_secs(1));
     }
 
     #[test]

@@ -16,8 +16,11 @@
 //! - `query`: search semantics over the trace and log stores (PromQL lives in
 //!   the `strand-promql` crate).
 //! - `api`: the HTTP API on the UI port (Jaeger, logs and Prometheus APIs,
-//!   health, `/metrics`).
-//! - `span_metrics`: RED metrics derived from spans at ingest.
+//!   dashboards, health, `/metrics`).
+//! - `span_metrics`: RED metrics derived from spans at ingest;
+//!   `service_graph`: calls, failures and latency per service-to-service
+//!   edge, derived from the edges the span store finds; `derived`: what the
+//!   two share.
 //! - `telemetry`: Strand's own metrics.
 //!
 //! [`run`] wires them together; `main.rs` only parses flags and waits for a signal.
@@ -25,10 +28,12 @@
 mod api;
 mod codec;
 pub mod config;
+mod derived;
 mod ingest;
 pub mod model;
 mod pipeline;
 mod query;
+mod service_graph;
 mod span_metrics;
 mod store;
 mod telemetry;
@@ -162,10 +167,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .into_future(),
     );
     let healthy = Arc::new(AtomicBool::new(true));
+    let dashboards_dir = config.data_dir.join("dashboards");
+    let dashboards = api::DashboardStore::open(dashboards_dir.clone())
+        .with_context(|| format!("opening {}", dashboards_dir.display()))?;
     let api_state = Arc::new(api::ApiState {
         pipeline: pipeline.clone(),
         metrics,
         healthy: healthy.clone(),
+        dashboards,
     });
     let http = tokio::spawn(
         axum::serve(

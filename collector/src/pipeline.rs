@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::codec;
 use crate::config::{LogSettings, MetricSettings};
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
+use crate::service_graph::ServiceGraph;
 use crate::span_metrics::SpanMetrics;
 use crate::store::logs::LogStore;
 use crate::store::metrics::MetricStore;
@@ -55,10 +56,6 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// the open ones): what bounds the WAL the metrics store holds back.
 const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How often the RED metrics derived from spans are written to the metrics
-/// store (a scrape interval, in effect).
-const SPAN_METRICS_INTERVAL: Duration = Duration::from_secs(15);
-
 /// Samples of one request that were not stored, and the first reason.
 #[derive(Debug, Default)]
 pub struct SampleRejections {
@@ -73,6 +70,8 @@ pub struct Pipeline {
     logs: Arc<LogStore>,
     metric_store: Arc<MetricStore>,
     span_metrics: Arc<SpanMetrics>,
+    /// Counts the calls between services that span flushes complete.
+    service_graph: ServiceGraph,
     /// Held across admission and WAL enqueue so that samples reach the
     /// metrics store in the order they were checked in.
     sample_admission: std::sync::Mutex<()>,
@@ -185,6 +184,7 @@ impl Pipeline {
             logs,
             metric_store,
             span_metrics: Arc::new(SpanMetrics::default()),
+            service_graph: ServiceGraph::default(),
             sample_admission: std::sync::Mutex::new(()),
             log_settings,
             metric_settings,
@@ -413,7 +413,14 @@ impl Pipeline {
         // Read before the flush: every record up to here is in the head that
         // the flush takes, or was flushed before.
         let applied = self.wal.applied_through();
-        let flushed = tokio::task::spawn_blocking(move || pipeline.traces.flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = pipeline.traces.flush()?;
+            Ok::<_, crate::store::StoreError>(flushed.map(|flushed| {
+                pipeline.service_graph.record(&flushed.edges);
+                flushed.through_seq
+            }))
+        })
+        .await;
         let through = match flushed {
             Ok(Ok(Some(seq))) => seq.max(applied),
             Ok(Ok(None)) => applied,
@@ -500,7 +507,7 @@ impl Pipeline {
         let mut commit_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
-        let mut span_metrics = tokio::time::interval(SPAN_METRICS_INTERVAL);
+        let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -518,7 +525,7 @@ impl Pipeline {
                 _ = flush_metrics.tick() => {
                     self.flush_metrics().await;
                 }
-                _ = span_metrics.tick() => self.write_span_metrics().await,
+                _ = derived_metrics.tick() => self.write_derived_metrics().await,
                 _ = retention.tick() => self.enforce_retention().await,
             }
         }
@@ -528,15 +535,19 @@ impl Pipeline {
         self.wal.shutdown().await;
     }
 
-    /// Writes the current RED counts derived from spans as samples.
-    async fn write_span_metrics(&self) {
+    /// Writes the current counts derived from spans (RED metrics and the
+    /// service graph) as samples.
+    async fn write_derived_metrics(&self) {
         let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
-        let (series, metadata) = self.span_metrics.samples(now_ms);
+        let (mut series, mut metadata) = self.span_metrics.samples(now_ms);
+        let (graph_series, graph_metadata) = self.service_graph.samples(now_ms);
+        series.extend(graph_series);
+        metadata.extend(graph_metadata);
         if series.is_empty() {
             return;
         }
         if let Err(error) = self.accept_samples(series, metadata, "spans").await {
-            tracing::warn!(%error, "SpanMetricsNotStored");
+            tracing::warn!(%error, "DerivedMetricsNotStored");
         }
     }
 

@@ -8,27 +8,18 @@
 //! - `traces_span_metrics_duration_seconds_bucket{..., le}`, `_sum`, `_count`:
 //!   the duration histogram, with the connector's default buckets.
 //!
-//! Counts accumulate in memory from acknowledged spans and are written into
-//! the metrics store as cumulative samples on an interval, like a scrape; a
-//! restart starts them from zero, which PromQL's `rate` reads as a counter
-//! reset.
+//! Counts accumulate in memory from acknowledged spans; `derived` has how
+//! they become samples.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::model::{
-    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples, Span,
-    SpanKind, StatusCode,
-};
+use crate::derived::{Histogram, OVERFLOW, Snapshot};
+use crate::model::{Label, MetricKind, MetricMetadata, SeriesSamples, Span, SpanKind, StatusCode};
 
-/// Upper bounds of the duration buckets, in seconds (the connector's defaults).
-const BUCKETS: [f64; 16] = [
-    0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
-];
 /// Distinct label sets kept; spans beyond it are counted under one overflow
 /// series per service, so a span name with an id in it cannot exhaust memory.
 const MAX_SERIES: usize = 20_000;
-const OVERFLOW_SPAN_NAME: &str = "otel_metric_overflow";
 const CALLS: &str = "traces_span_metrics_calls_total";
 const DURATION: &str = "traces_span_metrics_duration_seconds";
 
@@ -38,14 +29,6 @@ struct Key {
     span_name: String,
     kind: SpanKind,
     status: StatusCode,
-}
-
-#[derive(Default)]
-struct Counts {
-    calls: u64,
-    seconds_sum: f64,
-    /// Per bucket (not cumulative); the last slot is above every bound.
-    buckets: [u64; BUCKETS.len() + 1],
 }
 
 /// Accumulates RED counts; see the module documentation.
@@ -58,7 +41,7 @@ pub struct SpanMetrics {
 /// per-span path (on the WAL writer thread) allocates only for new keys.
 #[derive(Default)]
 struct Table {
-    by_hash: HashMap<u64, Vec<(Key, Counts)>>,
+    by_hash: HashMap<u64, Vec<(Key, Histogram)>>,
     len: usize,
 }
 
@@ -69,7 +52,7 @@ impl Table {
         span_name: &str,
         kind: SpanKind,
         status: StatusCode,
-    ) -> &mut Counts {
+    ) -> &mut Histogram {
         let hash = key_hash(service, span_name, kind, status);
         let bucket = self.by_hash.entry(hash).or_default();
         let found = bucket.iter().position(|(k, _)| {
@@ -85,7 +68,7 @@ impl Table {
                         kind,
                         status,
                     },
-                    Counts::default(),
+                    Histogram::default(),
                 ));
                 self.len += 1;
                 bucket.len() - 1
@@ -107,8 +90,8 @@ impl Table {
             })
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Key, Counts)> {
-        self.by_hash.values().flatten()
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut (Key, Histogram)> {
+        self.by_hash.values_mut().flatten()
     }
 }
 
@@ -128,63 +111,30 @@ impl SpanMetrics {
             let span_name = if counts.len >= MAX_SERIES
                 && !counts.contains(service, &span.name, kind, status)
             {
-                OVERFLOW_SPAN_NAME
+                OVERFLOW
             } else {
                 span.name.as_str()
             };
-            let entry = counts.entry(service, span_name, kind, status);
-            let seconds = span.duration_nanos() as f64 / 1e9;
-            entry.calls += 1;
-            entry.seconds_sum += seconds;
-            let bucket = BUCKETS
-                .iter()
-                .position(|bound| seconds <= *bound)
-                .unwrap_or(BUCKETS.len());
-            entry.buckets[bucket] += 1;
+            counts
+                .entry(service, span_name, kind, status)
+                .observe_nanos(span.duration_nanos());
         }
     }
 
     /// The cumulative series at `now_ms`, and their metadata.
     pub fn samples(&self, now_ms: i64) -> (Vec<SeriesSamples>, Vec<MetricMetadata>) {
-        let counts = self.counts.lock().expect("not poisoned");
-        let mut out = Vec::with_capacity(counts.len * (BUCKETS.len() + 4));
-        let sample = |labels: Vec<Label>, value: f64| SeriesSamples {
-            labels: crate::model::canonical_labels(labels),
-            samples: vec![MetricSample {
-                timestamp_ms: now_ms,
-                value,
-            }],
-        };
-        for (key, counts) in counts.iter() {
-            let labels = |name: &str| {
-                vec![
-                    Label::new(METRIC_NAME_LABEL, name),
-                    Label::new("service_name", key.service.clone()),
-                    Label::new("span_name", key.span_name.clone()),
-                    Label::new("span_kind", kind_name(key.kind)),
-                    Label::new("status_code", status_name(key.status)),
-                ]
-            };
-            out.push(sample(labels(CALLS), counts.calls as f64));
-            let mut cumulative = 0;
-            let bounds = BUCKETS.iter().map(|b| strand_promql::format_value(*b));
-            for (bound, count) in bounds
-                .chain(std::iter::once("+Inf".to_owned()))
-                .zip(counts.buckets)
-            {
-                cumulative += count;
-                let mut bucket = labels(&format!("{DURATION}_bucket"));
-                bucket.push(Label::new("le", bound));
-                out.push(sample(bucket, cumulative as f64));
-            }
-            out.push(sample(
-                labels(&format!("{DURATION}_sum")),
-                counts.seconds_sum,
-            ));
-            out.push(sample(
-                labels(&format!("{DURATION}_count")),
-                counts.calls as f64,
-            ));
+        let mut counts = self.counts.lock().expect("not poisoned");
+        let mut snapshot = Snapshot::new(now_ms);
+        for (key, histogram) in counts.iter_mut() {
+            let start = histogram.take_start();
+            let labels = [
+                Label::new("service_name", key.service.clone()),
+                Label::new("span_name", key.span_name.clone()),
+                Label::new("span_kind", kind_name(key.kind)),
+                Label::new("status_code", status_name(key.status)),
+            ];
+            snapshot.push(CALLS, &labels, histogram.count() as f64, start);
+            snapshot.push_histogram(DURATION, &labels, histogram, start);
         }
         let metadata = vec![
             MetricMetadata {
@@ -200,7 +150,7 @@ impl SpanMetrics {
                 unit: "seconds".into(),
             },
         ];
-        (out, metadata)
+        (snapshot.into_series(), metadata)
     }
 }
 
@@ -263,7 +213,7 @@ mod tests {
                         .iter()
                         .all(|(n, v)| s.labels.iter().any(|l| l.name == *n && l.value == *v))
             })
-            .map(|s| s.samples[0].value)
+            .map(|s| s.samples.last().unwrap().value)
             .unwrap_or(f64::NAN)
     }
 
@@ -290,7 +240,11 @@ mod tests {
         assert_eq!(value(&series, &bucket, &[ok[0], ("le", "0.4")]), 2.0);
         assert_eq!(value(&series, &bucket, &[ok[0], ("le", "+Inf")]), 2.0);
         assert!((value(&series, &format!("{DURATION}_sum"), &ok) - 0.303).abs() < 1e-12);
-        assert!(series.iter().all(|s| s.samples[0].timestamp_ms == 5_000));
+        // First written: every series starts from zero just before.
+        assert!(series.iter().all(|s| {
+            let times: Vec<i64> = s.samples.iter().map(|p| p.timestamp_ms).collect();
+            times == [5_000 - 1, 5_000] && s.samples[0].value == 0.0
+        }));
         assert_eq!(metadata[0].kind, MetricKind::Counter);
     }
 
@@ -304,9 +258,6 @@ mod tests {
         let (series, _) = metrics.samples(0);
         let calls = series.iter().filter(|s| s.metric_name() == CALLS).count();
         assert_eq!(calls, MAX_SERIES + 1);
-        assert_eq!(
-            value(&series, CALLS, &[("span_name", OVERFLOW_SPAN_NAME)]),
-            50.0
-        );
+        assert_eq!(value(&series, CALLS, &[("span_name", OVERFLOW)]), 50.0);
     }
 }

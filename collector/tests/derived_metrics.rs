@@ -1,12 +1,13 @@
 //! End to end: metrics Strand makes itself. It scrapes its own `/metrics` (and
 //! any configured target) into its metrics store, with `up` and staleness as
-//! Prometheus has them, and derives RED metrics from the spans it receives —
-//! all queryable with PromQL.
+//! Prometheus has them, and derives RED metrics and service graph metrics
+//! from the spans it receives — all queryable with PromQL.
 
 mod common;
 
 use std::time::Duration;
 
+use common::shop_fixture::send_everything;
 use common::{Daemon, eventually};
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
@@ -135,4 +136,77 @@ async fn red_metrics_are_derived_from_spans() {
     .await;
     assert_eq!(bucket[0].1, 5.0);
     provider.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_graph_metrics_are_derived_from_calls_between_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        &[
+            "--self-scrape-interval",
+            "0s",
+            "--derived-metrics-interval",
+            "1s",
+        ],
+    )
+    .await;
+    // gateway -> order -> (inventory, payment), payment failing.
+    send_everything(&daemon).await;
+    let edge = |r: &Value| {
+        format!(
+            "{}->{}",
+            r["metric"]["client"].as_str().unwrap_or("?"),
+            r["metric"]["server"].as_str().unwrap_or("?")
+        )
+    };
+    let by_edge = |query: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let path = format!("/api/v1/query?query={}", urlencode(query));
+            let (status, body) = daemon.get_json(&path).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            let mut values: Vec<(String, f64)> = body["data"]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (edge(r), r["value"][1].as_str().unwrap().parse().unwrap()))
+                .collect();
+            values.sort_by(|a, b| a.0.cmp(&b.0));
+            values
+        }
+    };
+    let edges = ["gateway->order", "order->inventory", "order->payment"];
+    let requests = eventually(Duration::from_secs(30), || async {
+        let requests = by_edge("traces_service_graph_request_total").await;
+        (requests.len() == 3).then_some(requests)
+    })
+    .await
+    .expect("service graph series");
+    let ones: Vec<(String, f64)> = edges.iter().map(|e| (e.to_string(), 1.0)).collect();
+    assert_eq!(requests, ones);
+    // Only the payment call failed (the payment span has error status).
+    let failed = by_edge("traces_service_graph_request_failed_total").await;
+    let expected: Vec<(String, f64)> = edges
+        .iter()
+        .map(|e| (e.to_string(), f64::from(*e == "order->payment")))
+        .collect();
+    assert_eq!(failed, expected);
+    // The called side's duration: order 95 ms, inventory 30 ms, payment 50 ms.
+    let sums = by_edge("traces_service_graph_request_server_seconds_sum").await;
+    for ((name, sum), want) in sums.iter().zip([0.095, 0.030, 0.050]) {
+        assert!((sum - want).abs() < 1e-6, "{name}: {sum}");
+    }
+    let counts = by_edge("traces_service_graph_request_server_seconds_count").await;
+    assert_eq!(counts, ones);
+    let fast = by_edge(r#"traces_service_graph_request_server_seconds_bucket{le="0.01"}"#).await;
+    let slow = by_edge(r#"traces_service_graph_request_server_seconds_bucket{le="0.1"}"#).await;
+    assert!(fast.iter().all(|(_, v)| *v == 0.0), "{fast:?}");
+    assert_eq!(slow, ones);
+    // The series start from zero, so the only call counts in an increase.
+    let increase =
+        by_edge("sum by (client, server) (increase(traces_service_graph_request_total[10m]))")
+            .await;
+    assert_eq!(increase.len(), 3);
+    assert!(increase.iter().all(|(_, v)| *v > 0.0), "{increase:?}");
 }

@@ -84,7 +84,11 @@ async fn browser_follows_a_request_through_traces_logs_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
     let sent = send_everything(&daemon).await;
-    in_browser("ui", |client| async move { walk(&client, &daemon, &sent).await }).await;
+    in_browser(
+        "ui",
+        |client| async move { walk(&client, &daemon, &sent).await },
+    )
+    .await;
 }
 
 const WATERFALL_ROWS: &str = "return [...document.querySelectorAll('.waterfall .wf-row')]

@@ -1,7 +1,8 @@
 //! The HTTP API on port 7070: the Jaeger query API, the native log API, the
-//! Prometheus query API, health endpoints, Strand's own `/metrics` and the
-//! embedded web UI (`/`, `/ui/*`).
+//! Prometheus query API, dashboards, health endpoints, Strand's own
+//! `/metrics` and the embedded web UI (`/`, `/ui/*`).
 
+mod dashboards;
 mod jaeger;
 mod logs;
 mod params;
@@ -20,12 +21,16 @@ use axum::routing::get;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
 
+pub use dashboards::DashboardStore;
+
 /// What the API handlers share.
 pub struct ApiState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Metrics,
     /// False while the stores fail to flush; `/readyz` reports it.
     pub healthy: Arc<AtomicBool>,
+    /// Dashboards saved under the data directory.
+    pub dashboards: DashboardStore,
 }
 
 /// The API router; testable without a socket.
@@ -37,6 +42,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(jaeger::router())
         .merge(logs::router())
         .merge(prom::router())
+        .merge(dashboards::router())
         .merge(ui::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)

@@ -168,4 +168,3 @@ pub async fn click(client: &Client, css: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot click {css}: {e}"))
 }
-

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod prom;
 pub mod browser;
+pub mod prom;
 pub mod remote_write;
 pub mod shop_fixture;
 

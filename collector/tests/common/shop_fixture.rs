@@ -209,4 +209,3 @@ pub async fn send_everything(daemon: &Daemon) -> Sent {
     assert!(ready.is_some(), "the API never showed what was sent");
     sent
 }
-

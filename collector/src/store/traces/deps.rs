@@ -1,16 +1,19 @@
 //! Service-to-service edges derived from spans as they are flushed.
 //!
-//! An edge is a span whose parent belongs to another service. Parent and child
-//! often arrive in different batches, minutes apart, so the tracker remembers
-//! the service of recently seen spans and children still waiting for their
-//! parent. Both memories are bounded: two generations each, the older dropped
-//! when the newer fills up. What is forgotten (very late parents, and spans seen
-//! before a restart) yields no edge — counts are a lower bound, never invented.
+//! An edge is a span whose parent belongs to another service, or a consumer
+//! span linked to a (producer) span of another service: messages carry the
+//! producer's context as a link, not as a parent, because the consumer runs
+//! later and on its own. Parent and child often arrive in different batches,
+//! minutes apart, so the tracker remembers the service of recently seen spans
+//! and children still waiting for their parent. Both memories are bounded: two
+//! generations each, the older dropped when the newer fills up. What is
+//! forgotten (very late parents, and spans seen before a restart) yields no
+//! edge — counts are a lower bound, never invented.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{IdMap, Span, SpanId};
+use crate::model::{IdMap, Span, SpanId, SpanKind};
 
 const RECENT_SPANS_PER_GENERATION: usize = 1 << 20;
 const WAITING_CHILDREN_PER_GENERATION: usize = 1 << 17;
@@ -20,14 +23,41 @@ const WAITING_CHILDREN_PER_GENERATION: usize = 1 << 17;
 pub struct Edge {
     pub parent: Arc<str>,
     pub child: Arc<str>,
-    pub error: bool,
+    /// The call failed: the child span has error status, or the parent span
+    /// does and is the call itself (a client or producer span). A parent that
+    /// is a whole request handler may fail for reasons of its own, so its
+    /// status says nothing about this one call.
+    pub failed: bool,
     pub child_start_nanos: u64,
+    /// How long the callee took: the child span's duration (the server side
+    /// of the call, as the service graph's `server_seconds` measure it).
+    pub child_duration_nanos: u64,
+}
+
+/// What a span remembered as a possible parent tells about its calls.
+struct Caller {
+    service: Arc<str>,
+    /// A client or producer span with error status.
+    call_failed: bool,
 }
 
 struct WaitingChild {
     child: Arc<str>,
     error: bool,
     start_nanos: u64,
+    duration_nanos: u64,
+}
+
+impl WaitingChild {
+    fn edge_from(self, caller: &Caller) -> Edge {
+        Edge {
+            parent: caller.service.clone(),
+            child: self.child,
+            failed: self.error || caller.call_failed,
+            child_start_nanos: self.start_nanos,
+            child_duration_nanos: self.duration_nanos,
+        }
+    }
 }
 
 /// A map bounded by keeping two generations.
@@ -66,7 +96,7 @@ impl<V> Generations<V> {
 
 /// Turns flushed spans into edges; see the module docs.
 pub struct DependencyTracker {
-    service_of: Generations<Arc<str>>,
+    callers: Generations<Caller>,
     waiting: Generations<Vec<WaitingChild>>,
     names: HashMap<String, Arc<str>>,
 }
@@ -74,7 +104,7 @@ pub struct DependencyTracker {
 impl Default for DependencyTracker {
     fn default() -> Self {
         DependencyTracker {
-            service_of: Generations::new(RECENT_SPANS_PER_GENERATION),
+            callers: Generations::new(RECENT_SPANS_PER_GENERATION),
             waiting: Generations::new(WAITING_CHILDREN_PER_GENERATION),
             names: HashMap::new(),
         }
@@ -86,45 +116,45 @@ impl DependencyTracker {
     pub fn observe<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span> + Clone) -> Vec<Edge> {
         let mut edges = Vec::new();
         for span in spans.clone() {
-            let service = self.name(span.service());
+            let caller = Caller {
+                service: self.name(span.service()),
+                call_failed: span.is_error()
+                    && matches!(span.kind, SpanKind::Client | SpanKind::Producer),
+            };
             if let Some(children) = self.waiting.remove(&span.span_id) {
                 edges.extend(
                     children
                         .into_iter()
-                        .filter(|c| c.child != service)
-                        .map(|c| Edge {
-                            parent: service.clone(),
-                            child: c.child,
-                            error: c.error,
-                            child_start_nanos: c.start_nanos,
-                        }),
+                        .filter(|c| c.child != caller.service)
+                        .map(|c| c.edge_from(&caller)),
                 );
             }
-            self.service_of.insert(span.span_id, service);
+            self.callers.insert(span.span_id, caller);
         }
         for span in spans {
-            let Some(parent_id) = span.parent_span_id else {
-                continue;
-            };
-            let child = self.name(span.service());
-            match self.service_of.get(&parent_id) {
-                Some(parent) if *parent != child => edges.push(Edge {
-                    parent: parent.clone(),
-                    child,
+            // Only a consumer's links name its caller; other links (a batch
+            // job citing its inputs, say) are not calls.
+            let links = (span.kind == SpanKind::Consumer)
+                .then_some(&span.links)
+                .into_iter()
+                .flatten()
+                .map(|link| link.span_id);
+            for caller_id in span.parent_span_id.into_iter().chain(links) {
+                let child = WaitingChild {
+                    child: self.name(span.service()),
                     error: span.is_error(),
-                    child_start_nanos: span.start_unix_nano,
-                }),
-                Some(_) => {}
-                None => {
-                    let waiting = WaitingChild {
-                        child,
-                        error: span.is_error(),
-                        start_nanos: span.start_unix_nano,
-                    };
-                    match self.waiting.current.get_mut(&parent_id) {
-                        Some(list) => list.push(waiting),
-                        None => self.waiting.insert(parent_id, vec![waiting]),
+                    start_nanos: span.start_unix_nano,
+                    duration_nanos: span.duration_nanos(),
+                };
+                match self.callers.get(&caller_id) {
+                    Some(caller) if caller.service != child.child => {
+                        edges.push(child.edge_from(caller))
                     }
+                    Some(_) => {}
+                    None => match self.waiting.current.get_mut(&caller_id) {
+                        Some(list) => list.push(child),
+                        None => self.waiting.insert(caller_id, vec![child]),
+                    },
                 }
             }
         }
@@ -145,7 +175,7 @@ impl DependencyTracker {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
-    use crate::model::StatusCode;
+    use crate::model::{Link, StatusCode};
 
     fn span(id: u8, parent: Option<u8>, service: &str, error: bool) -> Span {
         let mut span = sample_span(1, id, service);
@@ -161,7 +191,7 @@ mod tests {
     fn pairs(edges: &[Edge]) -> Vec<(String, String, bool)> {
         edges
             .iter()
-            .map(|e| (e.parent.to_string(), e.child.to_string(), e.error))
+            .map(|e| (e.parent.to_string(), e.child.to_string(), e.failed))
             .collect()
     }
 
@@ -206,5 +236,60 @@ mod tests {
             pairs(&edges),
             vec![("order".into(), "inventory".into(), false)]
         );
+    }
+
+    #[test]
+    fn a_failing_client_span_fails_the_call_a_failing_handler_does_not() {
+        let mut tracker = DependencyTracker::default();
+        let mut client = span(2, Some(1), "order", true);
+        client.kind = SpanKind::Client;
+        let handler = span(1, None, "order", true);
+        let edges = tracker.observe(&[
+            handler,
+            client,
+            span(3, Some(2), "payment", false),
+            span(4, Some(1), "inventory", false),
+        ]);
+        assert_eq!(
+            pairs(&edges),
+            vec![
+                ("order".into(), "payment".into(), true),
+                ("order".into(), "inventory".into(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn edges_carry_the_callee_duration() {
+        let mut tracker = DependencyTracker::default();
+        let child = span(2, Some(1), "payment", false);
+        let edges = tracker.observe(&[span(1, None, "order", false), child.clone()]);
+        assert_eq!(edges[0].child_duration_nanos, child.duration_nanos());
+        assert_eq!(edges[0].child_start_nanos, child.start_unix_nano);
+    }
+
+    #[test]
+    fn a_consumer_linked_to_a_producer_is_a_call() {
+        let mut tracker = DependencyTracker::default();
+        let link = |id: u8| Link {
+            trace_id: [7; 16],
+            span_id: [id; 8],
+            attributes: vec![],
+        };
+        // The consumer (a root span of its own trace) arrives first.
+        let mut consumer = span(5, None, "inventory", false);
+        consumer.kind = SpanKind::Consumer;
+        consumer.links = vec![link(4)];
+        assert!(tracker.observe(&[consumer]).is_empty());
+        let mut producer = span(4, None, "order", false);
+        producer.kind = SpanKind::Producer;
+        assert_eq!(
+            pairs(&tracker.observe(&[producer])),
+            vec![("order".into(), "inventory".into(), false)]
+        );
+        // Links of other spans are not calls.
+        let mut batch = span(6, None, "inventory", false);
+        batch.links = vec![link(4)];
+        assert!(tracker.observe(&[batch]).is_empty());
     }
 }

@@ -31,12 +31,14 @@ pub use search::{Candidates, ServiceEntry};
 
 use blocks::{BlockRef, Segments};
 use deps::DependencyTracker;
+pub use deps::Edge;
 
 /// Uncompressed bytes of span tables per block: large enough to compress well,
 /// small enough that reading one trace decompresses little.
 const BLOCK_TARGET_BYTES: usize = 512 << 10;
 
-/// Calls from one service to another, summed over a time range.
+/// Calls from one service to another, summed over a time range;
+/// `error_count` counts the failed ones (see [`Edge::failed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DependencyLink {
     pub parent: String,
@@ -81,6 +83,16 @@ impl Names {
             .or_default()
             .insert(kind);
     }
+}
+
+/// What a flush covered.
+#[derive(Debug)]
+pub struct Flushed {
+    /// The WAL sequence number through which spans are now in blocks.
+    pub through_seq: u64,
+    /// Service-to-service calls the flushed spans completed, each reported
+    /// once: the source of the service graph metrics.
+    pub edges: Vec<Edge>,
 }
 
 /// State only the (single) flusher touches.
@@ -211,9 +223,9 @@ impl TraceStore {
         }
     }
 
-    /// Moves the head to span blocks and commits their index. Returns the WAL
-    /// sequence number now covered, or `None` when there was nothing to flush.
-    pub fn flush(&self) -> Result<Option<u64>> {
+    /// Moves the head to span blocks and commits their index. Returns what
+    /// the flush covered, or `None` when there was nothing to flush.
+    pub fn flush(&self) -> Result<Option<Flushed>> {
         let mut state = self.flush_state.lock().expect("not poisoned");
         let started = Instant::now();
         let (snapshot, max_seq) = {
@@ -234,7 +246,7 @@ impl TraceStore {
         let result = self.write_snapshot(&mut state, &snapshot, max_seq);
         drop(snapshot);
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 *self.flushing.write().expect("not poisoned") = None;
                 self.metrics
                     .store_flush_seconds
@@ -262,15 +274,22 @@ impl TraceStore {
                 }
             }
         }
-        result.map(|()| Some(max_seq))
+        result.map(|edges| {
+            Some(Flushed {
+                through_seq: max_seq,
+                edges,
+            })
+        })
     }
 
+    /// Writes the snapshot and commits its index; returns the dependency
+    /// edges it completed.
     fn write_snapshot(
         &self,
         state: &mut FlushState,
         snapshot: &Flushing,
         max_seq: u64,
-    ) -> Result<()> {
+    ) -> Result<Vec<Edge>> {
         let mut trace_ids: Vec<&TraceId> = snapshot.traces.keys().collect();
         trace_ids.sort();
 
@@ -351,12 +370,12 @@ impl TraceStore {
             .dependencies
             .observe(snapshot.traces.values().flatten());
         let mut counts: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
-        for edge in edges {
+        for edge in &edges {
             let hour = edge.child_start_nanos - edge.child_start_nanos % index::HOUR_NANOS;
             let key = index::dependency_key(hour, &edge.parent, &edge.child);
             let count = counts.entry(key).or_default();
             count.0 += 1;
-            count.1 += u64::from(edge.error);
+            count.1 += u64::from(edge.failed);
         }
         for (key, (calls, errors)) in counts {
             let (old_calls, old_errors) = self
@@ -374,7 +393,7 @@ impl TraceStore {
         batch.insert(index::segment_key(segment), &segment_len.to_be_bytes());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
-        Ok(())
+        Ok(edges)
     }
 
     /// Every span of a trace, from blocks and memory, in start order; empty when
@@ -552,8 +571,8 @@ mod tests {
         );
         assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
 
-        assert_eq!(store.flush().unwrap(), Some(1));
-        assert_eq!(store.flush().unwrap(), None);
+        assert_eq!(store.flush().unwrap().map(|f| f.through_seq), Some(1));
+        assert!(store.flush().unwrap().is_none());
         // The rest of trace 1 arrives in a later batch.
         store.apply(2, vec![span(1, 2, Some(1), "order")]);
         let trace = store.trace(&[1; 16]).unwrap();
@@ -581,7 +600,9 @@ mod tests {
             2,
             vec![span(1, 2, Some(1), "order"), span(1, 3, Some(2), "payment")],
         );
-        store.flush().unwrap();
+        // The flush reports the calls it completed, for the service graph.
+        let flushed = store.flush().unwrap().expect("spans to flush");
+        assert_eq!(flushed.edges.len(), 2);
         let links = store.dependencies(0, u64::MAX).unwrap();
         let pairs: Vec<_> = links
             .iter()

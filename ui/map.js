@@ -1,0 +1,302 @@
+// Service map: a node per service and an arrow per service-to-service call
+// in the header's time window, laid out left to right by call depth (callers
+// left of callees). The edges come from /api/dependencies (what the span
+// store counted); the numbers from PromQL: per edge the service graph
+// metrics (traces_service_graph_*), per node its server spans' RED metrics
+// (traces_span_metrics_*). Anything with errors is drawn red. A node links
+// to its traces and metrics; an edge opens a panel with its numbers.
+
+import { api, h, state, timeRange, onRefresh, serviceColors, fmtMicros } from "./lib.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+/** Geometry, in px: node box, distance between layers and rows. */
+const NODE_W = 200, NODE_H = 68, COL = 370, ROW = 100, PAD = 24;
+/** Room under the rows for edges that go back (cycles, same layer), if any. */
+const BACK_ROOM = 70;
+const SERVER = 'span_kind="SPAN_KIND_SERVER"';
+
+export async function render(root, { params, current }) {
+  const out = h("div.map-body");
+  const note = h("p.muted.map-note");
+  root.append(h("h1", {}, "Service map"), note, out);
+  let selected = params.get("client") != null ? { client: params.get("client"), server: params.get("server") } : null;
+  let loading = false;
+
+  const load = async () => {
+    if (loading) return; // a slow load is not stacked up by refresh ticks
+    loading = true;
+    try { await draw(); } finally { loading = false; }
+  };
+  const draw = async () => {
+    // Re-read on every run: a relative range ("last 1h") moves with the clock.
+    const win = timeRange(params);
+    if (!out.childElementCount) out.append(state("Loading the service map…"));
+    let graph;
+    try {
+      graph = await fetchGraph(win);
+    } catch (e) {
+      if (current()) out.replaceChildren(state(`Cannot load the service map: ${e.message}`, "error"));
+      return;
+    }
+    if (!current()) return;
+    note.textContent = graph.metricsError
+      ? `Call rates and latencies are unavailable: ${graph.metricsError}`
+      : "Over the time range: request rate, failed share and 95th percentile latency (of the called side, on arrows). Click a service for its traces, an arrow for its numbers.";
+    note.classList.toggle("error", Boolean(graph.metricsError));
+    if (!graph.edges.length) {
+      out.replaceChildren(state("No calls between services in this range. Widen the time range, or send traces that cross services."));
+      return;
+    }
+    const detail = h("aside.detail.map-detail", { hidden: true });
+    const select = (edge) => {
+      selected = edge && { client: edge.client, server: edge.server };
+      for (const el of out.querySelectorAll(".map-edge")) {
+        el.classList.toggle("selected", Boolean(edge) && el.dataset.client === edge.client && el.dataset.server === edge.server);
+      }
+      showEdge(detail, edge, () => select(null));
+      // Shareable without reloading the view: the URL says which edge is open.
+      const next = new URLSearchParams(params);
+      if (edge) { next.set("client", edge.client); next.set("server", edge.server); } else { next.delete("client"); next.delete("server"); }
+      history.replaceState(null, "", `#/map?${next}`);
+    };
+    const picture = h("div.map-canvas");
+    out.replaceChildren(picture, detail);
+    picture.append(drawGraph(graph, select));
+    fitLabels(picture);
+    const again = selected && graph.edges.find((e) => e.client === selected.client && e.server === selected.server);
+    if (again) select(again);
+  };
+  await load();
+  return onRefresh(load);
+}
+
+/**
+ * The window's services, edges and numbers. Numbers are optional: without
+ * them (a PromQL error) the map still shows who calls whom.
+ */
+async function fetchGraph(win) {
+  const seconds = Math.max(1, Math.round((win.end - win.start) / 1000));
+  const [deps, services] = await Promise.all([
+    api("/api/dependencies", { endTs: Math.round(win.end), lookback: Math.round(win.end - win.start) }),
+    api("/api/services"),
+  ]);
+  const w = `[${seconds}s]`;
+  const at = (win.end / 1000).toFixed(3);
+  const query = async (q, ...labels) => {
+    const body = await api("/api/v1/query", { query: q, time: at });
+    return new Map(body.data.result.map((r) => [labels.map((l) => r.metric[l] || "").join("\u0000"), Number(r.value[1])]));
+  };
+  const byEdge = (q) => query(q, "client", "server");
+  const byService = (q) => query(q, "service_name");
+  let numbers = {};
+  let metricsError = null;
+  try {
+    const [calls, failed, p95, nodeCalls, nodeErrors, nodeP95] = await Promise.all([
+      byEdge(`sum by (client, server) (rate(traces_service_graph_request_total${w}))`),
+      byEdge(`sum by (client, server) (rate(traces_service_graph_request_failed_total${w}))`),
+      byEdge(`histogram_quantile(0.95, sum by (client, server, le) (rate(traces_service_graph_request_server_seconds_bucket${w})))`),
+      byService(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}}${w}))`),
+      byService(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}, status_code="STATUS_CODE_ERROR"}${w}))`),
+      byService(`histogram_quantile(0.95, sum by (service_name, le) (rate(traces_span_metrics_duration_seconds_bucket{${SERVER}}${w})))`),
+    ]);
+    numbers = { calls, failed, p95, nodeCalls, nodeErrors, nodeP95 };
+  } catch (e) {
+    metricsError = e.message;
+  }
+  const red = (calls, errors, p95, key) => {
+    const rate = calls?.get(key);
+    return { rate, errorRatio: rate > 0 ? (errors.get(key) || 0) / rate : null, p95: p95?.get(key) };
+  };
+  const edges = (deps.data || [])
+    .filter((d) => d.parent !== d.child)
+    .map((d) => ({
+      client: d.parent, server: d.child, count: d.callCount, errorCount: d.errorCount || 0,
+      ...red(numbers.calls, numbers.failed, numbers.p95, `${d.parent}\u0000${d.child}`),
+    }));
+  // Services that served requests but called no one, and no one them, are
+  // nodes too (layer 0): the map shows every service active in the window.
+  const active = [...(numbers.nodeCalls || new Map())].filter(([, rate]) => rate > 0).map(([name]) => name);
+  const names = [...new Set([...edges.flatMap((e) => [e.client, e.server]), ...active])];
+  const nodes = names.map((name) => ({ name, ...red(numbers.nodeCalls, numbers.nodeErrors, numbers.nodeP95, name) }));
+  return { nodes, edges, colors: serviceColors(services.data || [], names), metricsError };
+}
+
+/**
+ * Layers by call depth: each callee one right of its deepest caller. Cycles
+ * are cut by capping the depth at the number of services.
+ */
+function layout(nodes, edges) {
+  const layer = new Map(nodes.map((n) => [n.name, 0]));
+  for (let pass = 0; pass < nodes.length; pass++) {
+    let moved = false;
+    for (const e of edges) {
+      const want = layer.get(e.client) + 1;
+      if (want > layer.get(e.server) && want < nodes.length) { layer.set(e.server, want); moved = true; }
+    }
+    if (!moved) break;
+  }
+  const layers = [];
+  for (const n of [...nodes].sort((a, b) => a.name.localeCompare(b.name))) {
+    (layers[layer.get(n.name)] ||= []).push(n.name);
+  }
+  // Fewer crossings: order each layer by the mean row of its callers.
+  const row = new Map();
+  for (const names of layers.filter(Boolean)) {
+    const mean = (name) => {
+      const rows = edges.filter((e) => e.server === name && row.has(e.client)).map((e) => row.get(e.client));
+      return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
+    };
+    names.sort((a, b) => mean(a) - mean(b) || a.localeCompare(b));
+    names.forEach((name, i) => row.set(name, i));
+  }
+  const rows = Math.max(...layers.filter(Boolean).map((l) => l.length));
+  const pos = new Map();
+  layers.filter(Boolean).forEach((names, col) => {
+    const top = PAD + ((rows - names.length) * ROW) / 2; // centre short layers
+    names.forEach((name, i) => pos.set(name, { x: PAD + col * COL, y: top + i * ROW }));
+  });
+  const back = edges.some((e) => layer.get(e.server) <= layer.get(e.client));
+  return {
+    pos,
+    width: PAD * 2 + (layers.filter(Boolean).length - 1) * COL + NODE_W,
+    height: PAD * 2 + (rows - 1) * ROW + NODE_H + (back ? BACK_ROOM : 0),
+  };
+}
+
+function drawGraph(graph, select) {
+  const { pos, width, height } = layout(graph.nodes, graph.edges);
+  const root = svg("svg", { class: "service-map", width, height, viewBox: `0 0 ${width} ${height}`, "aria-label": "service map" });
+  // Sized in px, not stroke widths, so a highlighted edge keeps its arrowhead.
+  const marker = (id) => svg("marker", { id, viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 11, markerHeight: 11, orient: "auto" },
+    svg("path", { d: "M0,0 L10,5 L0,10 z" }));
+  root.append(svg("defs", {}, marker("map-arrow"), marker("map-arrow-error")));
+  for (const e of graph.edges) root.append(drawEdge(e, pos.get(e.client), pos.get(e.server), select));
+  for (const n of graph.nodes) root.append(drawNode(n, pos.get(n.name), graph.colors.get(n.name)));
+  return root;
+}
+
+function drawEdge(edge, from, to, select) {
+  const failing = edge.errorRatio > 0 || (edge.errorRatio == null && edge.errorCount > 0);
+  let d, mid;
+  if (to.x > from.x) {
+    // Forward: right side of the caller to the left side of the callee.
+    const [x1, y1, x2, y2] = [from.x + NODE_W, from.y + NODE_H / 2, to.x - 2, to.y + NODE_H / 2];
+    const bend = (x2 - x1) / 2;
+    d = `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
+    mid = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
+  } else {
+    // Back or sideways (a cycle): a loop under both boxes.
+    const [x1, y1, x2, y2] = [from.x + NODE_W / 2, from.y + NODE_H, to.x + NODE_W / 2 + 12, to.y + NODE_H + 2];
+    const low = Math.max(y1, y2) + BACK_ROOM;
+    d = `M${x1},${y1} C${x1},${low} ${x2},${low} ${x2},${y2}`;
+    mid = { x: (x1 + x2) / 2, y: low - BACK_ROOM / 4 };
+  }
+  const label = svg("text", { class: "edge-label", x: mid.x, y: mid.y - 4, "text-anchor": "middle" },
+    tspan(fmtRate(edge.rate), mid.x, 0),
+    tspan(`${fmtPercent(edge.errorRatio)} err · p95 ${fmtSeconds(edge.p95)}`, mid.x, 13));
+  const g = svg("g", {
+    class: `map-edge${failing ? " error" : ""}`, tabindex: 0, role: "button",
+    "aria-label": `${edge.client} calls ${edge.server}`,
+    "data-client": edge.client, "data-server": edge.server,
+    "data-rate": edge.rate ?? "", "data-error-ratio": edge.errorRatio ?? "", "data-p95": edge.p95 ?? "",
+  },
+  svg("path", { class: "hit", d }),
+  svg("path", { class: "line", d, "marker-end": `url(#${failing ? "map-arrow-error" : "map-arrow"})` }),
+  svg("rect", { class: "label-bg" }),
+  label,
+  svg("title", {}, `${edge.client} → ${edge.server}`));
+  g.addEventListener("click", () => select(edge));
+  g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(edge); } });
+  return g;
+}
+
+function drawNode(node, at, color) {
+  const failing = node.errorRatio > 0;
+  const traces = svg("a", { class: "node-traces", href: `#/traces?service=${encodeURIComponent(node.name)}` },
+    svg("rect", { class: "box", x: at.x, y: at.y, width: NODE_W, height: NODE_H, rx: 6 }),
+    svg("rect", { class: "stripe", x: at.x, y: at.y, width: 5, height: NODE_H, rx: 2, fill: color }),
+    svg("text", { class: "node-name", x: at.x + 14, y: at.y + 22 }, node.name),
+    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 42 }, `${fmtRate(node.rate)} · ${fmtPercent(node.errorRatio)} err`),
+    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 58 }, `p95 ${fmtSeconds(node.p95)}`),
+    svg("title", {}, `Traces of ${node.name}`));
+  const metrics = svg("a", { class: "node-metrics", href: `#/metrics?query=${encodeURIComponent(nodeQuery(node.name))}` },
+    svg("text", { x: at.x + NODE_W - 8, y: at.y + 18, "text-anchor": "end" }, "metrics"),
+    svg("title", {}, `Request rate of ${node.name} per operation and status`));
+  return svg("g", { class: `map-node${failing ? " error" : ""}`, "data-service": node.name }, traces, metrics);
+}
+
+/** The edge's numbers and where to go from it, in the side panel. */
+function showEdge(panel, edge, close) {
+  panel.hidden = !edge;
+  if (!edge) return;
+  const { client, server } = edge;
+  const labels = `client="${esc(client)}", server="${esc(server)}"`;
+  const metrics = (q) => `#/metrics?query=${encodeURIComponent(q)}`;
+  const traces = (service, tags) => `#/traces?${new URLSearchParams({ service, ...(tags ? { tags } : {}) })}`;
+  panel.replaceChildren(
+    h("div.detail-head", {}, h("h2", {}, `${client} → ${server}`),
+      h("button.close", { type: "button", "aria-label": "close", onclick: close }, "×")),
+    h("table.kv", {},
+      h("tr", {}, h("th", {}, "Requests"), h("td", {}, fmtRate(edge.rate))),
+      h("tr", {}, h("th", {}, "Failed"), h("td", { class: edge.errorRatio > 0 ? "map-bad" : "" }, fmtPercent(edge.errorRatio))),
+      h("tr", {}, h("th", {}, "p95 latency"), h("td", {}, fmtSeconds(edge.p95))),
+      h("tr", {}, h("th", {}, "Calls seen"), h("td", {}, `${edge.count} (${edge.errorCount} failed) in the whole hours around the range`))),
+    h("h3", {}, "Traces"),
+    h("ul.map-links", {},
+      h("li", {}, h("a", { href: traces(server) }, `Traces of ${server}`)),
+      h("li", {}, h("a", { href: traces(server, "error=true") }, `Failed traces of ${server}`)),
+      h("li", {}, h("a", { href: traces(client) }, `Traces of ${client}`))),
+    h("h3", {}, "Metrics"),
+    h("ul.map-links", {},
+      h("li", {}, h("a", { href: metrics(`sum(rate(traces_service_graph_request_total{${labels}}[1m]))`) }, "Request rate")),
+      h("li", {}, h("a", { href: metrics(`sum(rate(traces_service_graph_request_failed_total{${labels}}[1m])) / sum(rate(traces_service_graph_request_total{${labels}}[1m]))`) }, "Failed share")),
+      h("li", {}, h("a", { href: metrics(`histogram_quantile(0.95, sum by (le) (rate(traces_service_graph_request_server_seconds_bucket{${labels}}[1m])))`) }, "p95 latency"))));
+}
+
+/** What "metrics" on a node opens: its request rate by operation and status. */
+function nodeQuery(service) {
+  return `sum by (span_name, status_code) (rate(traces_span_metrics_calls_total{service_name="${esc(service)}", ${SERVER}}[1m]))`;
+}
+
+/** Backgrounds behind edge labels, sized to the text once it is laid out. */
+function fitLabels(container) {
+  for (const g of container.querySelectorAll(".map-edge")) {
+    const box = g.querySelector(".edge-label").getBBox();
+    const bg = g.querySelector(".label-bg");
+    for (const [k, v] of Object.entries({ x: box.x - 4, y: box.y - 2, width: box.width + 8, height: box.height + 4, rx: 3 })) bg.setAttribute(k, v);
+  }
+}
+
+/** A PromQL string literal's content. */
+const esc = (s) => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"');
+
+/** Low rates read better per minute: a quiet edge is not "0.00 req/s". */
+function fmtRate(perSecond) {
+  if (perSecond == null || Number.isNaN(perSecond)) return "– req/s";
+  if (perSecond === 0) return "0 req/s";
+  if (perSecond < 0.1) return `${round(perSecond * 60)} req/min`;
+  return `${round(perSecond)} req/s`;
+}
+
+function fmtPercent(ratio) {
+  if (ratio == null || Number.isNaN(ratio)) return "–%";
+  return `${round(ratio * 100)}%`;
+}
+
+function fmtSeconds(seconds) {
+  return seconds == null || !Number.isFinite(seconds) ? "–" : fmtMicros(seconds * 1e6);
+}
+
+/** Three significant digits at most, no trailing zeros. */
+const round = (v) => String(+v.toPrecision(v >= 100 ? Math.ceil(Math.log10(v + 1)) : 3));
+
+function tspan(text, x, dy) {
+  return svg("tspan", { x, dy }, text);
+}
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
