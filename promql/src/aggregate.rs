@@ -9,6 +9,7 @@ use promql_parser::parser::token::{
     T_STDVAR, T_SUM, T_TOPK, TokenId,
 };
 use promql_parser::parser::{AggregateExpr, LabelModifier};
+use rustc_hash::FxHashMap;
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, Val};
@@ -84,7 +85,7 @@ pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, t: i64) -> Result<Val>
     // Groups in order of first appearance, each with its members in input
     // order; found by the hash of the grouping labels, and by their exact
     // signature only when two groups' hashes collide.
-    let mut by_hash: HashMap<u64, usize> = HashMap::new();
+    let mut by_hash: FxHashMap<u64, usize> = FxHashMap::default();
     let mut collided: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
     for mut s in input {

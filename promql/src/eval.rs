@@ -6,6 +6,7 @@
 //! Subqueries evaluate their inner expression on a grid of multiples of their step,
 //! which is exactly the grid Prometheus 2.42 uses.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -366,8 +367,8 @@ impl<'a> Evaluator<'a> {
             .iter()
             .filter_map(|s| {
                 let data = &s.without_stale;
-                let from = data.partition_point(|(st, _)| *st < start);
-                let to = data.partition_point(|(st, _)| *st <= end).max(from);
+                let from = seek(data, &s.from_hint, |st| st < start);
+                let to = seek(data, &s.to_hint, |st| st <= end).max(from);
                 (to > from).then(|| Window {
                     labels: s.labels.clone(),
                     data: data.clone(),
@@ -512,6 +513,33 @@ pub(crate) struct Loaded {
     /// `samples` without staleness markers, which range vectors never see
     /// (the same array when there are none).
     without_stale: Arc<[(i64, f64)]>,
+    /// Where the last range vector's window started and ended: the next
+    /// step's window is usually a sample or two further on.
+    from_hint: Cell<usize>,
+    to_hint: Cell<usize>,
+}
+
+/// The first index of `data` whose time fails `before` (as
+/// `partition_point`), searching forward from `hint` when it is at or
+/// behind the answer, and by bisection otherwise; updates `hint`.
+pub(crate) fn seek(data: &[(i64, f64)], hint: &Cell<usize>, before: impl Fn(i64) -> bool) -> usize {
+    const LINEAR_STEPS: usize = 8;
+    let mut i = hint.get().min(data.len());
+    let found = if i == 0 || before(data[i - 1].0) {
+        let limit = (i + LINEAR_STEPS).min(data.len());
+        while i < limit && before(data[i].0) {
+            i += 1;
+        }
+        if i < limit || i == data.len() {
+            i
+        } else {
+            i + data[i..].partition_point(|(t, _)| before(*t))
+        }
+    } else {
+        data.partition_point(|(t, _)| before(*t))
+    };
+    hint.set(found);
+    found
 }
 
 impl Loaded {
@@ -530,6 +558,8 @@ impl Loaded {
             labels: series.labels,
             samples,
             without_stale,
+            from_hint: Cell::new(0),
+            to_hint: Cell::new(0),
         }
     }
 }

@@ -1789,6 +1789,22 @@ proptest! {
         let _ = instant_query(&s, &q, t, &lim);
         let _ = range_query(&s, &q, t, t + 600_000, step, &lim);
     }
+
+    #[test]
+    fn seeking_from_a_hint_finds_what_bisection_finds(
+        mut times in proptest::collection::vec(-50i64..50, 0..40),
+        bounds in proptest::collection::vec(-60i64..60, 1..20),
+        hint in 0usize..50,
+    ) {
+        times.sort_unstable();
+        let data: Vec<(i64, f64)> = times.iter().map(|t| (*t, 0.0)).collect();
+        let cursor = std::cell::Cell::new(hint);
+        for bound in bounds {
+            let expected = data.partition_point(|(t, _)| *t < bound);
+            prop_assert_eq!(crate::eval::seek(&data, &cursor, |t| t < bound), expected);
+            prop_assert_eq!(cursor.get(), expected);
+        }
+    }
 }
 
 #[test]

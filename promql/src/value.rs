@@ -46,14 +46,21 @@ pub struct Labels(Arc<LabelSet>);
 #[derive(Default)]
 struct LabelSet {
     pairs: Vec<(String, String)>,
+    /// Whether `pairs` holds `__name__`: asked for every sample a function
+    /// or operator returns, so answered once per set.
+    has_name: bool,
     nameless: OnceLock<Labels>,
     hash: OnceLock<u64>,
 }
 
 impl Labels {
     fn new(pairs: Vec<(String, String)>) -> Labels {
+        let has_name = pairs
+            .binary_search_by(|(n, _)| n.as_str().cmp(METRIC_NAME))
+            .is_ok();
         Labels(Arc::new(LabelSet {
             pairs,
+            has_name,
             nameless: OnceLock::new(),
             hash: OnceLock::new(),
         }))
@@ -68,7 +75,7 @@ impl Labels {
     pub(crate) fn hash64(&self) -> u64 {
         *self.0.hash.get_or_init(|| {
             use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            let mut hasher = rustc_hash::FxHasher::default();
             self.pairs().hash(&mut hasher);
             hasher.finish()
         })
@@ -148,7 +155,7 @@ impl Labels {
 
     /// Copy without the metric name, for functions and operators that drop it.
     pub(crate) fn without_name(&self) -> Labels {
-        if self.get(METRIC_NAME).is_none() {
+        if !self.0.has_name {
             return self.clone();
         }
         self.0
@@ -173,7 +180,7 @@ impl Labels {
     /// per sample per step.
     pub(crate) fn hash_selected(&self, keep: impl Fn(&str) -> bool) -> u64 {
         use std::hash::Hasher;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = rustc_hash::FxHasher::default();
         for (n, v) in self.pairs().iter().filter(|(n, _)| keep(n)) {
             hasher.write(n.as_bytes());
             hasher.write_u8(0xff);
