@@ -35,6 +35,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one duration (span durations are in nanoseconds; buckets in
+    /// seconds).
     pub fn observe_nanos(&mut self, nanos: u64) {
         if self.count == 0 {
             self.unwritten_since_ms = Some((crate::model::now_unix_nano() / 1_000_000) as i64);
@@ -49,6 +51,7 @@ impl Histogram {
         self.buckets[bucket] += 1;
     }
 
+    /// Observations so far: for the service graph, the number of calls.
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -68,6 +71,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// An empty snapshot whose samples are all stamped `now_ms`.
     pub fn new(now_ms: i64) -> Snapshot {
         Snapshot {
             now_ms,
@@ -127,6 +131,7 @@ impl Snapshot {
         self.push(&format!("{name}_count"), labels, count, start_ms);
     }
 
+    /// The series pushed, ready for the metrics store.
     pub fn into_series(self) -> Vec<SeriesSamples> {
         self.series
     }
