@@ -86,7 +86,7 @@ async fn dashboards_round_trip_and_survive_a_restart() {
         let (status, body) = daemon
             .get_json(&format!(
                 "/api/v1/query_range?query={}&start=0&end=600&step=15",
-                urlencode(query)
+                common::urlencode(query)
             ))
             .await;
         assert_eq!(status, 200, "{query}: {body}");
@@ -249,13 +249,4 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(files, ["keep.json"]);
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// Values of an instant query, keyed by one label.
 async fn instant(daemon: &Daemon, query: &str, key: &str) -> Vec<(String, f64)> {
-    let path = format!("/api/v1/query?query={}", urlencode(query));
+    let path = format!("/api/v1/query?query={}", common::urlencode(query));
     let (status, body) = daemon.get_json(&path).await;
     assert_eq!(status, 200, "{query}: {body}");
     body["data"]["result"]
@@ -27,15 +27,6 @@ async fn instant(daemon: &Daemon, query: &str, key: &str) -> Vec<(String, f64)> 
         .map(|r| {
             let value: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
             (r["metric"][key].as_str().unwrap_or("").to_owned(), value)
-        })
-        .collect()
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
         })
         .collect()
 }
@@ -163,7 +154,7 @@ async fn service_graph_metrics_are_derived_from_calls_between_services() {
     let by_edge = |query: &'static str| {
         let daemon = &daemon;
         async move {
-            let path = format!("/api/v1/query?query={}", urlencode(query));
+            let path = format!("/api/v1/query?query={}", common::urlencode(query));
             let (status, body) = daemon.get_json(&path).await;
             assert_eq!(status, 200, "{query}: {body}");
             let mut values: Vec<(String, f64)> = body["data"]["result"]

@@ -195,16 +195,7 @@ fn bodies(page: &Value) -> Vec<String> {
 }
 
 fn q(text: &str) -> String {
-    format!("q={}", urlencode(text))
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    format!("q={}", common::urlencode(text))
 }
 
 async fn check_queries(daemon: &Daemon) {

@@ -345,7 +345,7 @@ async fn walk(client: &Client, daemon: &Daemon) -> Result<(), String> {
     let (_, answer) = daemon
         .get_json(&format!(
             "/api/v1/query_range?query={}&start=0&end=60&step=15",
-            urlencode(bad)
+            common::urlencode(bad)
         ))
         .await;
     let api_message = answer["error"].as_str().unwrap_or_default().to_owned();
@@ -376,13 +376,4 @@ async fn walk(client: &Client, daemon: &Daemon) -> Result<(), String> {
         return Err(format!("the stored dashboard changed: {stored}"));
     }
     Ok(())
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -178,3 +178,13 @@ pub fn trace_ids(body: &Value) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Percent-encodes `text` for a query string (unreserved characters kept).
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
