@@ -1,13 +1,14 @@
 //! Binary operators: arithmetic, comparisons (filtering and `bool`), set operators and
 //! vector matching (`on`/`ignoring`, `group_left`/`group_right`), as in Prometheus 2.42.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use promql_parser::parser::token::{
     T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD,
     T_MUL, T_NEQ, T_POW, T_SUB, TokenId,
 };
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
+use rustc_hash::FxHashMap;
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, Val};
@@ -33,12 +34,67 @@ struct Matching<'a> {
 }
 
 impl Matching<'_> {
-    fn signature(&self, l: &Labels) -> String {
+    /// Whether label `name` takes part in matching.
+    fn matches_on(&self, name: &str) -> bool {
         if self.on {
-            l.signature(|n| self.labels.iter().any(|m| m == n))
+            self.labels.iter().any(|m| m == name)
         } else {
-            l.signature(|n| n != METRIC_NAME && !self.labels.iter().any(|m| m == n))
+            name != METRIC_NAME && !self.labels.iter().any(|m| m == name)
         }
+    }
+
+    /// Hash of the labels `l` is matched on: groups are found by it, and
+    /// told apart by [`Matching::same_group`] when hashes collide.
+    fn group_hash(&self, l: &Labels) -> u64 {
+        l.hash_selected(|n| self.matches_on(n))
+    }
+
+    fn same_group(&self, a: &Labels, b: &Labels) -> bool {
+        a.same_selection(b, |n| self.matches_on(n))
+    }
+}
+
+/// Samples grouped by the labels they are matched on.
+struct Groups<'s> {
+    by_hash: FxHashMap<u64, Vec<(usize, &'s Sample)>>,
+}
+
+impl<'s> Groups<'s> {
+    fn new() -> Groups<'s> {
+        Groups {
+            by_hash: FxHashMap::default(),
+        }
+    }
+
+    /// The sample (and its index) already in `s`'s group, if any.
+    fn find(&self, m: &Matching, s: &Sample) -> Option<(usize, &'s Sample)> {
+        self.by_hash
+            .get(&m.group_hash(&s.labels))?
+            .iter()
+            .find(|(_, other)| m.same_group(&s.labels, &other.labels))
+            .copied()
+    }
+
+    /// Adds `s` as its group's sample unless the group has one; returns the
+    /// one it has.
+    fn insert(&mut self, m: &Matching, i: usize, s: &'s Sample) -> Option<&'s Sample> {
+        let bucket = self.by_hash.entry(m.group_hash(&s.labels)).or_default();
+        if let Some((_, existing)) = bucket
+            .iter()
+            .find(|(_, other)| m.same_group(&s.labels, &other.labels))
+        {
+            return Some(existing);
+        }
+        bucket.push((i, s));
+        None
+    }
+
+    fn of(m: &Matching, samples: &'s [Sample]) -> Groups<'s> {
+        let mut groups = Groups::new();
+        for (i, s) in samples.iter().enumerate() {
+            groups.insert(m, i, s);
+        }
+        groups
     }
 }
 
@@ -171,30 +227,23 @@ fn vector_vector(
     };
     // `many` is the side whose labels the result keeps; `one` must be unique per group.
     let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
-    let mut one_sigs: HashMap<String, &Sample> = HashMap::new();
-    for s in &one {
-        let sig = m.signature(&s.labels);
-        if let Some(dup) = one_sigs.get(&sig) {
+    let mut one_groups = Groups::new();
+    for (i, s) in one.iter().enumerate() {
+        if let Some(dup) = one_groups.insert(m, i, s) {
             let side = if one_to_many { "left" } else { "right" };
-            let group = if m.on {
-                s.labels.retain(|n| m.labels.iter().any(|x| x == n))
-            } else {
-                s.labels
-                    .retain(|n| n != METRIC_NAME && !m.labels.iter().any(|x| x == n))
-            };
+            let group = s.labels.retain(|n| m.matches_on(n));
             return exec_err(format!(
                 "found duplicate series for the match group {group} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 s.labels, dup.labels
             ));
         }
-        one_sigs.insert(sig, s);
     }
     let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne);
-    let mut matched: HashMap<String, HashSet<Labels>> = HashMap::new();
+    // Results per group, the group named by the index of its `one` sample.
+    let mut matched: FxHashMap<usize, HashSet<Labels>> = FxHashMap::default();
     let mut out = Vec::new();
     for ms in &many {
-        let sig = m.signature(&ms.labels);
-        let Some(os) = one_sigs.get(&sig) else {
+        let Some((group, os)) = one_groups.find(m, ms) else {
             continue;
         };
         let (l, r) = if one_to_many {
@@ -212,7 +261,7 @@ fn vector_vector(
         if m.return_bool {
             labels = labels.without_name();
         }
-        let inserted = matched.entry(sig).or_default();
+        let inserted = matched.entry(group).or_default();
         if one_to_one {
             if !inserted.is_empty() {
                 return exec_err(
@@ -258,24 +307,25 @@ fn result_labels(
 }
 
 fn and(lhs: Vec<Sample>, rhs: Vec<Sample>, m: &Matching) -> Vec<Sample> {
-    let sigs: HashSet<String> = rhs.iter().map(|s| m.signature(&s.labels)).collect();
+    let right = Groups::of(m, &rhs);
     lhs.into_iter()
-        .filter(|s| sigs.contains(&m.signature(&s.labels)))
+        .filter(|s| right.find(m, s).is_some())
         .collect()
 }
 
 fn or(mut lhs: Vec<Sample>, rhs: Vec<Sample>, m: &Matching) -> Vec<Sample> {
-    let sigs: HashSet<String> = lhs.iter().map(|s| m.signature(&s.labels)).collect();
-    lhs.extend(
-        rhs.into_iter()
-            .filter(|s| !sigs.contains(&m.signature(&s.labels))),
-    );
+    let left = Groups::of(m, &lhs);
+    let extra: Vec<Sample> = rhs
+        .into_iter()
+        .filter(|s| left.find(m, s).is_none())
+        .collect();
+    lhs.extend(extra);
     lhs
 }
 
 fn unless(lhs: Vec<Sample>, rhs: Vec<Sample>, m: &Matching) -> Vec<Sample> {
-    let sigs: HashSet<String> = rhs.iter().map(|s| m.signature(&s.labels)).collect();
+    let right = Groups::of(m, &rhs);
     lhs.into_iter()
-        .filter(|s| !sigs.contains(&m.signature(&s.labels)))
+        .filter(|s| right.find(m, s).is_none())
         .collect()
 }

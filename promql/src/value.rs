@@ -203,6 +203,19 @@ impl Labels {
         }
     }
 
+    /// Whether the labels selected by `keep` are the same in both sets.
+    pub(crate) fn same_selection(&self, other: &Labels, keep: impl Fn(&str) -> bool) -> bool {
+        let mut ours = self.pairs().iter().filter(|(n, _)| keep(n));
+        let mut theirs = other.pairs().iter().filter(|(n, _)| keep(n));
+        loop {
+            match (ours.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// A string that identifies the labels selected by `keep`, used as a hash-map key
     /// for grouping and vector matching.
     pub(crate) fn signature(&self, keep: impl Fn(&str) -> bool) -> String {
