@@ -27,6 +27,7 @@ use crate::model::Label;
 use crate::pipeline::PipelineLimits;
 use crate::store::logs::LogRetention;
 use crate::store::metrics::SeriesLimits;
+use crate::store::traces::TraceRetention;
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
@@ -34,6 +35,8 @@ const DEFAULT_HTTP_PORT: u16 = 7070;
 const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 const DEFAULT_LOG_PARTITION: Duration = Duration::from_secs(3600);
 const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Like logs: a trace and its logs are kept (and go) together.
+const DEFAULT_TRACE_RETENTION: Duration = DEFAULT_LOG_RETENTION;
 const DEFAULT_METRIC_RETENTION: Duration = Duration::from_secs(15 * 24 * 3600);
 const DEFAULT_MAX_SERIES: usize = 1_000_000;
 const DEFAULT_MAX_SERIES_PER_METRIC: usize = 100_000;
@@ -110,6 +113,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_WAL_QUEUE_BYTES", value_name = "BYTES")]
     pub wal_queue_bytes: Option<usize>,
 
+    /// Spans older than this are deleted, a whole hour's segment file at a
+    /// time, e.g. 7d, 36h [default: 7d]
+    #[arg(long, env = "STRAND_TRACE_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub trace_retention: Option<Duration>,
+
+    /// Oldest span segment files are deleted while they take more disk than
+    /// this (0 = no size limit) [default: 0]
+    #[arg(long, env = "STRAND_TRACE_RETENTION_BYTES", value_name = "BYTES")]
+    pub trace_retention_bytes: Option<u64>,
+
     /// Time span of one log index partition; retention drops whole partitions
     /// [default: 1h]
     #[arg(long, env = "STRAND_LOG_PARTITION", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -171,6 +184,9 @@ struct FileConfig {
     max_buffered_spans: Option<usize>,
     wal_queue_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
+    trace_retention: Option<Duration>,
+    trace_retention_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
     log_partition: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     log_retention: Option<Duration>,
@@ -225,6 +241,7 @@ pub struct Config {
     pub http: SocketAddr,
     pub max_body_bytes: usize,
     pub limits: PipelineLimits,
+    pub traces: TraceSettings,
     pub logs: LogSettings,
     pub metrics: MetricSettings,
 }
@@ -242,6 +259,12 @@ pub struct MetricSettings {
     pub self_scrape_interval: Option<Duration>,
     /// How often metrics derived from spans are written.
     pub derived_interval: Duration,
+}
+
+/// How long spans are kept.
+#[derive(Clone, Debug)]
+pub struct TraceSettings {
+    pub retention: TraceRetention,
 }
 
 /// How logs are partitioned and kept.
@@ -301,6 +324,18 @@ impl ServeArgs {
                     .wal_queue_bytes
                     .or(file.wal_queue_bytes)
                     .unwrap_or(DEFAULT_WAL_QUEUE_BYTES),
+            },
+            traces: TraceSettings {
+                retention: TraceRetention {
+                    max_age: self
+                        .trace_retention
+                        .or(file.trace_retention)
+                        .unwrap_or(DEFAULT_TRACE_RETENTION),
+                    max_bytes: self
+                        .trace_retention_bytes
+                        .or(file.trace_retention_bytes)
+                        .unwrap_or(0),
+                },
             },
             logs: LogSettings {
                 partition: self
@@ -397,6 +432,9 @@ impl Config {
         }
         if self.limits.flush_interval < Duration::from_millis(10) {
             bail!("flush_interval must be at least 10ms");
+        }
+        if self.traces.retention.max_age < Duration::from_secs(60) {
+            bail!("trace_retention must be at least 1m");
         }
         if self.logs.partition < Duration::from_secs(1) {
             bail!("log_partition must be at least 1s");
@@ -558,6 +596,53 @@ mod tests {
         assert_eq!(config.metrics.derived_interval, Duration::from_secs(15));
         let config = file_config("derived_metrics_interval = \"1s\"").unwrap();
         assert_eq!(config.metrics.derived_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn trace_retention_defaults_like_logs_and_is_configurable() {
+        let config = ServeArgs::default().into_config().unwrap();
+        assert_eq!(
+            config.traces.retention.max_age,
+            config.logs.retention.max_age
+        );
+        assert_eq!(
+            config.traces.retention.max_age,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(config.traces.retention.max_bytes, 0);
+
+        let config =
+            file_config("trace_retention = \"36h\"\ntrace_retention_bytes = 1048576\n").unwrap();
+        assert_eq!(
+            config.traces.retention.max_age,
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(config.traces.retention.max_bytes, 1 << 20);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strand.toml");
+        std::fs::write(&path, "trace_retention = \"36h\"").unwrap();
+        let config = ServeArgs {
+            config: Some(path),
+            trace_retention: Some(Duration::from_secs(2 * 3600)),
+            trace_retention_bytes: Some(4096),
+            ..ServeArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            config.traces.retention.max_age,
+            Duration::from_secs(2 * 3600)
+        );
+        assert_eq!(config.traces.retention.max_bytes, 4096);
+
+        let error = format!("{:#}", file_config("trace_retention = \"1s\"").unwrap_err());
+        assert!(error.contains("trace_retention"), "{error}");
+        let error = format!(
+            "{:#}",
+            file_config("trace_retention = \"soon\"").unwrap_err()
+        );
+        assert!(error.contains("trace_retention"), "{error}");
     }
 
     #[test]

@@ -83,11 +83,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let pipeline = {
         let data_dir = config.data_dir.clone();
         let limits = config.limits.clone();
+        let trace_settings = config.traces.clone();
         let log_settings = config.logs.clone();
         let metric_settings = config.metrics.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            pipeline::Pipeline::open(&data_dir, limits, log_settings, metric_settings, metrics)
+            pipeline::Pipeline::open(
+                &data_dir,
+                limits,
+                trace_settings,
+                log_settings,
+                metric_settings,
+                metrics,
+            )
         })
         .await
         .context("opening the data directory")??

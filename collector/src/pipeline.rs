@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::codec;
-use crate::config::{LogSettings, MetricSettings};
+use crate::config::{LogSettings, MetricSettings, TraceSettings};
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
 use crate::service_graph::ServiceGraph;
 use crate::span_metrics::SpanMetrics;
@@ -50,7 +50,7 @@ pub struct PipelineLimits {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often log and metric retention is checked.
+/// How often trace, log and metric retention is checked.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the metrics head is written out (sealed chunks and a snapshot of
 /// the open ones): what bounds the WAL the metrics store holds back.
@@ -75,6 +75,7 @@ pub struct Pipeline {
     /// Held across admission and WAL enqueue so that samples reach the
     /// metrics store in the order they were checked in.
     sample_admission: std::sync::Mutex<()>,
+    trace_settings: TraceSettings,
     log_settings: LogSettings,
     metric_settings: MetricSettings,
     limits: PipelineLimits,
@@ -93,6 +94,7 @@ impl Pipeline {
     pub fn open(
         data_dir: &Path,
         limits: PipelineLimits,
+        trace_settings: TraceSettings,
         log_settings: LogSettings,
         metric_settings: MetricSettings,
         metrics: Metrics,
@@ -186,6 +188,7 @@ impl Pipeline {
             span_metrics: Arc::new(SpanMetrics::default()),
             service_graph: ServiceGraph::default(),
             sample_admission: std::sync::Mutex::new(()),
+            trace_settings,
             log_settings,
             metric_settings,
             limits,
@@ -495,8 +498,8 @@ impl Pipeline {
     }
 
     /// Runs the background work until `stop` resolves: span flushes
-    /// (periodically, or sooner when the head fills up), log commits and log
-    /// retention. Then flushes and commits a last time and closes the WAL.
+    /// (periodically, or sooner when the head fills up), log commits, metrics
+    /// flushes, derived metrics and retention. Then flushes and commits a last time and closes the WAL.
     pub async fn run_flusher(
         self: Arc<Self>,
         healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -555,6 +558,12 @@ impl Pipeline {
         let pipeline = self.clone();
         let now = crate::model::now_unix_nano();
         let done = tokio::task::spawn_blocking(move || {
+            if let Err(error) = pipeline
+                .traces
+                .enforce_retention(pipeline.trace_settings.retention, now)
+            {
+                tracing::error!(%error, "TraceRetentionError");
+            }
             if let Err(error) = pipeline
                 .logs
                 .enforce_retention(pipeline.log_settings.retention, now)

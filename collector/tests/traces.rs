@@ -2,7 +2,7 @@
 //! OpenTelemetry SDK and OTLP exporters (gRPC, HTTP protobuf, HTTP JSON); the
 //! Jaeger API returns the stitched trace, finds it by service, operation, tag
 //! and duration, derives the service dependencies, and still does so after a
-//! restart.
+//! restart. Size retention drops older span segments.
 
 mod common;
 
@@ -410,5 +410,58 @@ async fn four_services_one_trace_survives_restart() {
     assert!(
         metrics.contains("strand_store_size_bytes{signal=\"traces\"}"),
         "{metrics}"
+    );
+}
+
+/// Posts one OTLP/JSON span of a trace of its own, started a second ago.
+async fn post_span(daemon: &Daemon, trace_id: &str) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let body = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "retained"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": "00000000000000a1", "name": "op", "kind": 2,
+            "startTimeUnixNano": (now - 1_000_000_000).to_string(),
+            "endTimeUnixNano": now.to_string(),
+        }]}],
+    }]});
+    let response = reqwest::Client::new()
+        .post(daemon.otlp_http_url("/v1/traces"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+async fn trace_status(daemon: &Daemon, trace_id: &str) -> u16 {
+    daemon.get_json(&format!("/api/traces/{trace_id}")).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_retention_by_bytes_drops_older_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (old, new) = ("a1".repeat(16), "b2".repeat(16));
+    // Each run of the daemon appends to a segment of its own.
+    for trace_id in [&old, &new] {
+        let daemon = Daemon::start(&data, &[]).await;
+        post_span(&daemon, trace_id).await;
+        assert!(daemon.stop().success());
+    }
+    // Retention runs at start: everything but the newest segment goes.
+    let daemon = Daemon::start(&data, &["--trace-retention-bytes", "1"]).await;
+    let dropped = eventually(Duration::from_secs(10), || async {
+        (trace_status(&daemon, &old).await == 404).then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "{}", daemon.log());
+    assert_eq!(trace_status(&daemon, &new).await, 200);
+    assert!(
+        daemon.log().contains("SpanSegmentDropped"),
+        "{}",
+        daemon.log()
     );
 }

@@ -1,17 +1,21 @@
 //! Span blocks: zstd-compressed groups of whole traces, appended to segment
 //! files that are never rewritten (search tables, see `search`, share them).
+//! A segment is closed once it holds `SEGMENT_TARGET_BYTES` or its first block
+//! is `SEGMENT_MAX_AGE` old, and each open of the store starts a new one, so
+//! retention can delete whole files at hourly granularity.
 //!
 //! A block decompresses to a directory `[count u32]` + `count x [trace id
 //! (16), offset u32, len u32]` followed by one span table (see `codec`) per
 //! trace, so reading one trace decompresses its block but decodes only its own
 //! table. On disk a block is `[compressed len u32][crc32 u32][zstd frame]`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use crate::codec;
 use crate::model::{Span, TraceId};
@@ -21,6 +25,9 @@ const BLOCK_HEADER_LEN: usize = 8;
 const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// A new segment file starts once the current one is this large.
 const SEGMENT_TARGET_BYTES: u64 = 1 << 30;
+/// ... or once its first block is this old: retention deletes whole segments,
+/// so this is its granularity on installs that never fill one.
+const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 const ZSTD_LEVEL: i32 = 3;
 /// Blocks larger than this cannot have been written by this code.
 const MAX_BLOCK_LEN: u32 = 256 << 20;
@@ -136,17 +143,50 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
 /// The append-only segment files of one store.
 pub struct Segments {
     dir: PathBuf,
+    /// Segments the index knows, and the one being appended to. A block
+    /// reference into any other segment (one retention dropped) reads as
+    /// nothing.
+    live: RwLock<BTreeSet<u32>>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
-    /// The segment being appended to: id, file, length.
-    writer: Mutex<Option<(u32, File, u64)>>,
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    /// Ids only grow, so a stale block reference never points into a newer
+    /// segment that reused its id.
+    next_id: u32,
+    current: Option<OpenSegment>,
+}
+
+/// The segment being appended to.
+struct OpenSegment {
+    id: u32,
+    file: File,
+    len: u64,
+    /// When its first block was written.
+    opened: SystemTime,
+}
+
+impl OpenSegment {
+    fn is_closed(&self) -> bool {
+        self.len >= SEGMENT_TARGET_BYTES
+            || self
+                .opened
+                .elapsed()
+                .is_ok_and(|age| age >= SEGMENT_MAX_AGE)
+    }
 }
 
 impl Segments {
     /// Opens the segment directory, cutting every segment back to the length
     /// the index knows (`committed`): bytes after it were written by a flush
     /// that crashed before committing, and are replayed from the WAL instead.
+    /// Files the index does not know at all (an uncommitted new segment, or
+    /// one retention dropped before a crash) are deleted. Appends go to a new
+    /// segment.
     pub fn open(dir: &Path, committed: &HashMap<u32, u64>) -> Result<Segments> {
         fs::create_dir_all(dir)?;
+        let mut newest = committed.keys().max().copied();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let Some(id) = segment_id(&entry.path()) else {
@@ -161,13 +201,20 @@ impl Segments {
                         .set_len(len)?;
                 }
                 Some(_) => {}
-                None => fs::remove_file(entry.path())?,
+                None => {
+                    fs::remove_file(entry.path())?;
+                    newest = newest.max(Some(id));
+                }
             }
         }
         Ok(Segments {
             dir: dir.to_path_buf(),
+            live: RwLock::new(committed.keys().copied().collect()),
             readers: RwLock::new(HashMap::new()),
-            writer: Mutex::new(None),
+            writer: Mutex::new(Writer {
+                next_id: newest.map_or(0, |id| id + 1),
+                current: None,
+            }),
         })
     }
 
@@ -175,49 +222,105 @@ impl Segments {
     /// and the segment and its new length (to be committed to the index).
     pub fn append(&self, blocks: &[Vec<u8>]) -> Result<(Vec<BlockRef>, u32, u64)> {
         let mut writer = self.writer.lock().expect("not poisoned");
-        let full = writer
-            .as_ref()
-            .is_some_and(|(_, _, len)| *len >= SEGMENT_TARGET_BYTES);
-        if writer.is_none() || full {
-            let id = match (&*writer, self.latest_segment()?) {
-                (Some((id, _, _)), _) => id + 1,
-                (None, Some(latest)) => latest,
-                (None, None) => 0,
-            };
+        if writer.current.as_ref().is_some_and(OpenSegment::is_closed) {
+            writer.current = None;
+        }
+        if writer.current.is_none() {
+            let id = writer.next_id;
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(self.path(id))?;
             let len = file.metadata()?.len();
             File::open(&self.dir)?.sync_all()?;
-            *writer = Some((id, file, len));
+            writer.next_id = id + 1;
+            self.live.write().expect("not poisoned").insert(id);
+            writer.current = Some(OpenSegment {
+                id,
+                file,
+                len,
+                opened: SystemTime::now(),
+            });
         }
-        let (segment, file, len) = writer.as_mut().expect("opened above");
+        let current = writer.current.as_mut().expect("opened above");
         let mut refs = Vec::with_capacity(blocks.len());
         let mut buffer = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
         for block in blocks {
             refs.push(BlockRef {
-                segment: *segment,
-                offset: *len + buffer.len() as u64,
+                segment: current.id,
+                offset: current.len + buffer.len() as u64,
                 len: block.len() as u32,
             });
             buffer.extend_from_slice(block);
         }
-        file.write_all(&buffer)?;
-        file.sync_data()?;
-        *len += buffer.len() as u64;
-        Ok((refs, *segment, *len))
+        current.file.write_all(&buffer)?;
+        current.file.sync_data()?;
+        current.len += buffer.len() as u64;
+        Ok((refs, current.id, current.len))
     }
 
-    /// Reads one block's bytes.
-    pub fn read(&self, block: BlockRef) -> Result<Vec<u8>> {
+    /// The segment being appended to, which retention must keep.
+    pub fn current(&self) -> Option<u32> {
+        let writer = self.writer.lock().expect("not poisoned");
+        writer.current.as_ref().map(|s| s.id)
+    }
+
+    /// Closes the current segment: the next append starts a new one, as if
+    /// the current one were an hour old.
+    #[cfg(test)]
+    pub fn rotate(&self) {
+        self.writer.lock().expect("not poisoned").current = None;
+    }
+
+    /// Whether block references into `segment` can be read.
+    pub fn is_live(&self, segment: u32) -> bool {
+        self.live.read().expect("not poisoned").contains(&segment)
+    }
+
+    /// When a segment file was last written, in Unix nanoseconds: the age
+    /// of segments committed before the index recorded their newest span.
+    pub fn modified_nanos(&self, segment: u32) -> Option<u64> {
+        let modified = fs::metadata(self.path(segment)).ok()?.modified().ok()?;
+        let since_epoch = modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+        u64::try_from(since_epoch.as_nanos()).ok()
+    }
+
+    /// Deletes segments the index no longer refers to. Reads of them find
+    /// nothing from now on (a read already under way finishes on the open
+    /// file). Never pass the current segment.
+    pub fn remove(&self, segments: &[u32]) -> Result<()> {
+        {
+            let mut live = self.live.write().expect("not poisoned");
+            for id in segments {
+                live.remove(id);
+            }
+        }
+        {
+            let mut readers = self.readers.write().expect("not poisoned");
+            for id in segments {
+                readers.remove(id);
+            }
+        }
+        for id in segments {
+            match fs::remove_file(self.path(*id)) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one block's bytes; `None` when retention dropped its segment.
+    pub fn read(&self, block: BlockRef) -> Result<Option<Vec<u8>>> {
         if block.len > MAX_BLOCK_LEN {
             return Err(StoreError::Corrupt("block reference too long".into()));
         }
-        let file = self.reader(block.segment)?;
+        let Some(file) = self.reader(block.segment)? else {
+            return Ok(None);
+        };
         let mut bytes = vec![0u8; block.len as usize];
         file.read_exact_at(&mut bytes, block.offset)?;
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 
     /// Bytes of all segment files.
@@ -232,22 +335,28 @@ impl Segments {
             .unwrap_or(0)
     }
 
-    fn reader(&self, segment: u32) -> Result<Arc<File>> {
+    fn reader(&self, segment: u32) -> Result<Option<Arc<File>>> {
         if let Some(file) = self.readers.read().expect("not poisoned").get(&segment) {
-            return Ok(file.clone());
+            return Ok(Some(file.clone()));
         }
-        let file = Arc::new(File::open(self.path(segment))?);
-        self.readers
-            .write()
-            .expect("not poisoned")
-            .insert(segment, file.clone());
-        Ok(file)
-    }
-
-    fn latest_segment(&self) -> io::Result<Option<u32>> {
-        Ok(fs::read_dir(&self.dir)?
-            .filter_map(|e| segment_id(&e.ok()?.path()))
-            .max())
+        if !self.is_live(segment) {
+            return Ok(None);
+        }
+        let file = match File::open(self.path(segment)) {
+            Ok(file) => Arc::new(file),
+            // Dropped between the check above and the open.
+            Err(error) if error.kind() == io::ErrorKind::NotFound && !self.is_live(segment) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut readers = self.readers.write().expect("not poisoned");
+        // `remove` forgets the segment before its reader: never cache one it
+        // already forgot.
+        if self.is_live(segment) {
+            readers.insert(segment, file.clone());
+        }
+        Ok(Some(file))
     }
 
     fn path(&self, id: u32) -> PathBuf {
@@ -298,12 +407,43 @@ mod tests {
         let (refs, segment, len) = segments.append(&[block.clone(), block.clone()]).unwrap();
         assert_eq!(refs[1].offset, block.len() as u64);
         assert_eq!(len, 2 * block.len() as u64);
-        assert_eq!(segments.read(refs[1]).unwrap(), block);
+        assert_eq!(segments.read(refs[1]).unwrap(), Some(block.clone()));
 
         // Only the first block was committed: the second is cut on reopen.
         let committed = HashMap::from([(segment, block.len() as u64)]);
         let segments = Segments::open(dir.path(), &committed).unwrap();
         assert_eq!(segments.disk_bytes(), block.len() as u64);
         assert!(segments.read(refs[1]).is_err());
+        assert_eq!(segments.read(refs[0]).unwrap(), Some(block.clone()));
+        // Appends after a reopen go to a new segment.
+        let (_, next, _) = segments.append(std::slice::from_ref(&block)).unwrap();
+        assert_eq!(next, segment + 1);
+    }
+
+    #[test]
+    fn rotates_hourly_and_dropped_segments_read_as_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path(), &HashMap::new()).unwrap();
+        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]);
+        let blocks = std::slice::from_ref(&block);
+        let (first, _, _) = segments.append(blocks).unwrap();
+        let (same, _, _) = segments.append(blocks).unwrap();
+        assert_eq!(same[0].segment, first[0].segment);
+        {
+            let mut writer = segments.writer.lock().unwrap();
+            let current = writer.current.as_mut().unwrap();
+            current.opened -= SEGMENT_MAX_AGE;
+        }
+        let (next, _, _) = segments.append(blocks).unwrap();
+        assert_eq!(next[0].segment, first[0].segment + 1);
+        assert_eq!(segments.current(), Some(next[0].segment));
+
+        assert!(segments.read(first[0]).unwrap().is_some());
+        segments.remove(&[first[0].segment]).unwrap();
+        assert!(!segments.is_live(first[0].segment));
+        assert_eq!(segments.read(first[0]).unwrap(), None);
+        assert_eq!(segments.read(next[0]).unwrap(), Some(block));
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
     }
 }

@@ -10,8 +10,18 @@
 //! | `O`    | service, 0, span kind byte, operation            | empty                  |
 //! | `D`    | hour start ns (u64 BE), parent, 0, child         | calls u64, errors u64  |
 //! | `M`    | name                                             | metadata               |
+//! | `M`    | `segment/`, segment id (u32 BE)                  | committed length u64   |
+//! | `M`    | `segment_newest/`, segment id (u32 BE)           | newest span ns u64     |
+//! | `M`    | `trace_sweep`                                    | next `T` key to check  |
 //!
 //! Names are stored with NUL bytes replaced at ingest, so 0 separates fields.
+//!
+//! Retention drops whole segments: one batch removes their `M` keys, the `B`
+//! keys of the tables in them and the `D` keys of hours past the cutoff.
+//! `T` keys into dropped segments read as nothing and are removed afterwards,
+//! a bounded number per run, from `trace_sweep` on. Segments committed before
+//! `segment_newest/` existed have none; their file's modification time
+//! stands in.
 
 use crate::model::{SpanKind, TraceId};
 use crate::store::{Result, StoreError};
@@ -27,6 +37,12 @@ pub const META_NEXT_BLOCK: &[u8] = b"Mnext_block";
 pub const META_RESERVED_BLOCKS: &[u8] = b"Mreserved_blocks";
 pub const META_FORMAT: &[u8] = b"Mformat";
 pub const META_SEGMENT_PREFIX: &[u8] = b"Msegment/";
+/// Per segment, the newest start or end time of a span in it: its age for
+/// retention.
+pub const META_SEGMENT_NEWEST_PREFIX: &[u8] = b"Msegment_newest/";
+/// Where the sweep of `T` keys into dropped segments goes on; absent when
+/// there is nothing to sweep.
+pub const META_TRACE_SWEEP: &[u8] = b"Mtrace_sweep";
 /// Bumped when the layout above changes incompatibly.
 pub const FORMAT_VERSION: u32 = 2;
 
@@ -128,6 +144,12 @@ pub fn decode_counts(bytes: &[u8]) -> (u64, u64) {
 
 pub fn segment_key(segment: u32) -> Vec<u8> {
     let mut key = META_SEGMENT_PREFIX.to_vec();
+    key.extend_from_slice(&segment.to_be_bytes());
+    key
+}
+
+pub fn segment_newest_key(segment: u32) -> Vec<u8> {
+    let mut key = META_SEGMENT_NEWEST_PREFIX.to_vec();
     key.extend_from_slice(&segment.to_be_bytes());
     key
 }

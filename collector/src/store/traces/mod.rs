@@ -12,6 +12,10 @@
 //!
 //! A trace whose spans arrived across several flushes simply has several block
 //! references; reads merge them with the head.
+//!
+//! Retention deletes whole segment files (see `blocks`), by the age of their
+//! newest span and by total size, never the one being appended to; a block
+//! reference into a deleted segment reads as no spans.
 
 mod blocks;
 mod deps;
@@ -21,7 +25,7 @@ mod search;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
@@ -36,6 +40,19 @@ pub use deps::Edge;
 /// Uncompressed bytes of span tables per block: large enough to compress well,
 /// small enough that reading one trace decompresses little.
 const BLOCK_TARGET_BYTES: usize = 512 << 10;
+/// `T` keys checked per retention run for references into dropped segments:
+/// bounds how long one run holds up the flusher.
+const TRACE_SWEEP_KEYS: usize = 100_000;
+
+/// When segment files are deleted.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceRetention {
+    /// Segments whose newest span is older than this go.
+    pub max_age: Duration,
+    /// Oldest segments go while segment files take more bytes than this
+    /// (0: no limit).
+    pub max_bytes: u64,
+}
 
 /// Calls from one service to another, summed over a time range;
 /// `error_count` counts the failed ones (see [`Edge::failed`]).
@@ -135,11 +152,7 @@ impl TraceStore {
         let mut committed = HashMap::new();
         for entry in db.scan_prefix(index::META_SEGMENT_PREFIX) {
             let (key, value) = entry?;
-            let id = key[index::META_SEGMENT_PREFIX.len()..]
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("segment key".into()))?;
-            committed.insert(id, index::decode_u64(&value)?);
+            committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
         }
         let segments = Segments::open(&dir.join("blocks"), &committed)?;
         let next_block = match db.get(index::META_NEXT_BLOCK)? {
@@ -388,6 +401,19 @@ impl TraceStore {
             );
         }
 
+        let newest_key = index::segment_newest_key(segment);
+        let newest_span = snapshot
+            .traces
+            .values()
+            .flatten()
+            .map(|span| span.start_unix_nano.max(span.end_unix_nano))
+            .max()
+            .unwrap_or(0);
+        let newest = match self.db.get(&newest_key)? {
+            Some(v) => index::decode_u64(&v)?.max(newest_span),
+            None => newest_span,
+        };
+        batch.insert(newest_key, &newest.to_be_bytes());
         batch.insert(index::META_CHECKPOINT, &max_seq.to_be_bytes());
         batch.insert(index::META_NEXT_BLOCK, &state.next_block.to_be_bytes());
         batch.insert(index::segment_key(segment), &segment_len.to_be_bytes());
@@ -402,8 +428,10 @@ impl TraceStore {
         let mut spans = Vec::new();
         for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
             let (_, value) = entry?;
-            let block = self.segments.read(BlockRef::from_bytes(&value)?)?;
-            spans.extend(blocks::decode_trace(&block, trace_id)?);
+            // None: retention dropped the segment; the key is swept later.
+            if let Some(block) = self.segments.read(BlockRef::from_bytes(&value)?)? {
+                spans.extend(blocks::decode_trace(&block, trace_id)?);
+            }
         }
         if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref()
             && let Some(buffered) = flushing.traces.get(trace_id)
@@ -502,6 +530,117 @@ impl TraceStore {
             .collect())
     }
 
+    /// Deletes the segments past the retention limits, oldest first (see
+    /// [`TraceRetention`]), and removes a bounded batch of trace keys that
+    /// point into deleted segments. The segment being appended to, and the
+    /// newest committed one, always stay. Returns how many segments went.
+    ///
+    /// One sled batch removes everything that refers to the dropped segments
+    /// except trace keys; only once it is durable are the files deleted. A
+    /// crash in between leaves files the index does not know, which `open`
+    /// deletes; trace keys left behind read as nothing until swept.
+    pub fn enforce_retention(&self, retention: TraceRetention, now_nanos: u64) -> Result<usize> {
+        // Flushes read and rewrite dependency counts and segment keys.
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        let cutoff = now_nanos
+            .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
+        let mut committed = BTreeMap::new();
+        for entry in self.db.scan_prefix(index::META_SEGMENT_PREFIX) {
+            let (key, value) = entry?;
+            committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
+        }
+        // The newest committed segment stays too: segment ids are then never
+        // reused, even if the current one is lost in a crash.
+        let kept = [
+            committed.keys().next_back().copied(),
+            self.segments.current(),
+        ];
+        let mut total: u64 = committed.values().sum();
+        let mut doomed = Vec::new();
+        for (&segment, &len) in &committed {
+            if kept.contains(&Some(segment)) {
+                continue;
+            }
+            let newest = match self.db.get(index::segment_newest_key(segment))? {
+                Some(v) => index::decode_u64(&v)?,
+                None => self.segments.modified_nanos(segment).unwrap_or(0),
+            };
+            let too_old = newest < cutoff;
+            let too_big = retention.max_bytes > 0 && total > retention.max_bytes;
+            if too_old || too_big {
+                doomed.push(segment);
+                total -= len;
+            }
+        }
+        if !doomed.is_empty() {
+            self.drop_segments(&doomed, cutoff)?;
+            self.update_size_metric();
+        }
+        self.sweep_trace_keys()?;
+        Ok(doomed.len())
+    }
+
+    /// Removes the index entries of segments, then their files.
+    fn drop_segments(&self, doomed: &[u32], cutoff_nanos: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for &segment in doomed {
+            batch.remove(index::segment_key(segment));
+            batch.remove(index::segment_newest_key(segment));
+        }
+        for entry in self.db.scan_prefix([index::SEARCH_TABLES]) {
+            let (key, value) = entry?;
+            if doomed.contains(&search::TableRef::decode(&value)?.table.segment) {
+                batch.remove(key);
+            }
+        }
+        // Hours that end before the cutoff.
+        let first_kept_hour = cutoff_nanos - cutoff_nanos % index::HOUR_NANOS;
+        let low = vec![index::DEPENDENCIES];
+        let high = index::dependency_key(first_kept_hour, "", "");
+        for entry in self.db.range(low..high) {
+            batch.remove(entry?.0);
+        }
+        // Restart the sweep: keys it already passed may point into these.
+        batch.insert(index::META_TRACE_SWEEP, &[index::TRACE_BLOCKS]);
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.segments.remove(doomed)?;
+        for segment in doomed {
+            tracing::info!(segment, "SpanSegmentDropped");
+        }
+        Ok(())
+    }
+
+    /// Removes up to [`TRACE_SWEEP_KEYS`] trace keys' worth of references
+    /// into dropped segments, going on where the last run stopped.
+    fn sweep_trace_keys(&self) -> Result<()> {
+        let Some(from) = self.db.get(index::META_TRACE_SWEEP)? else {
+            return Ok(());
+        };
+        let end = vec![index::TRACE_BLOCKS + 1];
+        let mut next = None;
+        let mut removed = 0u64;
+        for (checked, entry) in self.db.range(from.to_vec()..end).enumerate() {
+            let (key, value) = entry?;
+            if checked == TRACE_SWEEP_KEYS {
+                next = Some(key);
+                break;
+            }
+            if !self.segments.is_live(BlockRef::from_bytes(&value)?.segment) {
+                self.db.remove(&key)?;
+                removed += 1;
+            }
+        }
+        let done = next.is_none();
+        match next {
+            Some(key) => self.db.insert(index::META_TRACE_SWEEP, key)?,
+            None => self.db.remove(index::META_TRACE_SWEEP)?,
+        };
+        self.db.flush()?;
+        tracing::debug!(removed, done, "SpanIndexStaleKeysSwept");
+        Ok(())
+    }
+
     /// Bytes on disk: span blocks and index.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.disk_bytes() + self.db.size_on_disk().unwrap_or(0)
@@ -542,6 +681,14 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
     db.flush()?;
     tracing::warn!(dropped, "SpanIndexUncommittedKeysDropped");
     Ok(())
+}
+
+/// The segment id of an `Msegment/` key.
+fn segment_of_key(key: &[u8]) -> Result<u32> {
+    key[index::META_SEGMENT_PREFIX.len()..]
+        .try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("segment key".into()))
 }
 
 /// Rough uncompressed size of a span, to cut blocks; exactness does not matter.
@@ -690,6 +837,223 @@ mod tests {
         assert!(store.db.get(&stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
+    }
+
+    const HOUR: u64 = index::HOUR_NANOS;
+    /// An hour boundary, like real span times.
+    const BASE: u64 = 472_222 * HOUR;
+
+    /// Two spans of a trace, `gateway` calling `order`, starting at `start`.
+    fn call_at(trace: u8, start: u64) -> Vec<Span> {
+        let mut spans = vec![
+            span(trace, 1, None, "gateway"),
+            span(trace, 2, Some(1), "order"),
+        ];
+        for s in &mut spans {
+            s.start_unix_nano = start;
+            s.end_unix_nano = start + 1_000;
+        }
+        spans
+    }
+
+    /// Flushes `spans` as one flush into a segment of their own.
+    fn flush_segment(store: &TraceStore, seq: u64, spans: Vec<Span>) {
+        store.segments.rotate();
+        store.apply(seq, spans);
+        store.flush().unwrap().expect("spans to flush");
+    }
+
+    fn retention(max_age_hours: u64, max_bytes: u64) -> TraceRetention {
+        TraceRetention {
+            max_age: Duration::from_secs(max_age_hours * 3600),
+            max_bytes,
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(String, u64)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("blocks"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn found(store: &TraceStore, service: &str) -> Vec<u8> {
+        store
+            .search_candidates(service, 0, u64::MAX)
+            .map(|c| c.unwrap().trace_id[0])
+            .collect()
+    }
+
+    fn trace_keys(store: &TraceStore) -> usize {
+        store.db.scan_prefix([index::TRACE_BLOCKS]).count()
+    }
+
+    /// What an old hour's data looks like after it was dropped, and a new
+    /// hour's before and after a reopen.
+    fn assert_only_new_hour_left(store: &TraceStore) {
+        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
+        assert_eq!(found(store, "order"), vec![2]);
+        assert!(store.dependencies(0, BASE + HOUR - 1).unwrap().is_empty());
+        let links = store.dependencies(0, u64::MAX).unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].call_count, 1);
+        assert_eq!(trace_keys(store), 1, "the old trace's key was swept");
+        assert_eq!(store.checkpoint().unwrap(), 2);
+    }
+
+    #[test]
+    fn retention_by_age_drops_the_old_hours_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
+        assert_eq!(found(&store, "order"), vec![2, 1]);
+        assert_eq!(store.dependencies(0, BASE + HOUR - 1).unwrap().len(), 1);
+        assert_eq!(segment_files(dir.path()).len(), 2);
+
+        // Nothing is old enough yet.
+        let now = BASE + 3 * HOUR + HOUR / 2;
+        assert_eq!(store.enforce_retention(retention(4, 0), now).unwrap(), 0);
+        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 2);
+
+        assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
+        assert_only_new_hour_left(&store);
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        // The names stay.
+        assert_eq!(store.services(), vec!["gateway", "order"]);
+
+        // The store goes on: new flushes land in a segment of their own.
+        flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        drop(store);
+
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert_eq!(found(&store, "order"), vec![3, 2]);
+        assert_eq!(store.checkpoint().unwrap(), 3);
+    }
+
+    #[test]
+    fn retention_by_bytes_drops_the_oldest_first_never_the_current_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        for trace in 1..=3u8 {
+            flush_segment(
+                &store,
+                u64::from(trace),
+                call_at(trace, BASE + u64::from(trace)),
+            );
+        }
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 3);
+        let now = BASE + HOUR;
+        // Room for the two newer segments.
+        let cap = files[1].1 + files[2].1;
+        assert_eq!(store.enforce_retention(retention(24, cap), now).unwrap(), 1);
+        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
+        assert_eq!(segment_files(dir.path()), files[1..]);
+
+        // However small the cap or old the spans, the current segment stays.
+        let later = BASE + 100 * HOUR;
+        assert_eq!(store.enforce_retention(retention(24, 1), later).unwrap(), 1);
+        assert_eq!(segment_files(dir.path()), files[2..]);
+        assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
+        assert!(store.trace(&[2; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert_eq!(found(&store, "order"), vec![3]);
+        assert_eq!(trace_keys(&store), 1);
+
+        // After a reopen nothing is being appended to: the newest committed
+        // segment stays all the same.
+        drop(store);
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reopen_is_consistent_after_a_crash_between_the_drop_and_the_file_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
+        let old = segment_files(dir.path())[0].0.clone();
+        let old_path = dir.path().join("blocks").join(&old);
+        let saved = std::fs::read(&old_path).unwrap();
+        // A stale trace key the sweep has not reached yet reads as nothing.
+        let stale = index::trace_block_key(&[7; 16], 0);
+        let dropped_ref = BlockRef {
+            segment: 0,
+            offset: 0,
+            len: 8,
+        };
+        store.db.insert(&stale, &dropped_ref.to_bytes()).unwrap();
+
+        let now = BASE + 3 * HOUR + HOUR / 2;
+        assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
+        assert!(store.db.get(&stale).unwrap().is_none());
+        drop(store);
+        // The index batch was durable, the file removal was not.
+        std::fs::write(&old_path, &saved).unwrap();
+        // And the sweep had not begun.
+        let db = sled::open(dir.path().join("index")).unwrap();
+        db.insert(index::trace_block_key(&[1; 16], 0), &dropped_ref.to_bytes())
+            .unwrap();
+        db.insert(&stale, &dropped_ref.to_bytes()).unwrap();
+        db.insert(index::META_TRACE_SWEEP, &[index::TRACE_BLOCKS])
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        assert!(
+            !old_path.exists(),
+            "open deletes what the index does not know"
+        );
+        assert!(store.trace(&[7; 16]).unwrap().is_empty());
+        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 0);
+        assert_only_new_hour_left(&store);
+        // A new segment never reuses a dropped one's id.
+        flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
+        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn segments_without_a_newest_span_age_by_their_file_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
+        // As written before segments recorded their newest span.
+        store.db.remove(index::segment_newest_key(0)).unwrap();
+        let old = dir
+            .path()
+            .join("blocks")
+            .join(&segment_files(dir.path())[0].0);
+        let written = std::time::UNIX_EPOCH + Duration::from_nanos(BASE);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
+        let now = BASE + 3 * HOUR + HOUR / 2;
+        assert_eq!(store.enforce_retention(retention(4, 0), now).unwrap(), 0);
+        assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
+        assert!(!old.exists());
+        assert_only_new_hour_left(&store);
     }
 
     #[test]

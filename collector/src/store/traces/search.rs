@@ -376,7 +376,10 @@ impl<'a> Candidates<'a> {
                 _ => {}
             }
             let (_, table) = self.next_table.take().expect("peeked above");
-            let sealed = self.segments.read(table.table)?;
+            // Retention dropped the table's segment since its key was read.
+            let Some(sealed) = self.segments.read(table.table)? else {
+                continue;
+            };
             let rows = read_rows(&sealed, &self.service, self.start_nanos, self.end_nanos)?;
             self.pending.extend(rows.into_iter().map(Pending));
         }
