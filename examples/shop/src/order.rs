@@ -547,30 +547,39 @@ async fn upstream_error(upstream: &str, response: reqwest::Response) -> ApiError
     ApiError::new(status, code, message)
 }
 
+/// The first 100 entries of `tree` that are due, their values decoded by
+/// `decode`: what one round of a background task handles. Read off the
+/// async runtime.
+async fn due_entries<T: Send + 'static>(
+    tree: sled::Tree,
+    decode: impl Fn(&[u8]) -> ApiResult<T> + Send + 'static,
+    is_due: impl Fn(&T) -> bool + Send + 'static,
+) -> ApiResult<Vec<(sled::IVec, T)>> {
+    blocking(move || {
+        tree.iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key, decode(&value)?))
+            })
+            .filter(|entry| !matches!(entry, Ok((_, value)) if !is_due(value)))
+            .take(100)
+            .collect()
+    })
+    .await
+}
+
 /// Settles pending orders until aborted: every second, those older than
 /// `settle_after` that no request here is still handling. One that cannot be
 /// settled now (payment still down) is tried again on the next round.
 async fn settle_pending(state: AppState) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let pending = state.pending.clone();
         let oldest = config::now_millis().saturating_sub(state.settle_after.as_millis() as u64);
-        let due = blocking(move || {
-            pending
-                .iter()
-                .map(|entry| {
-                    let (key, created) = entry?;
-                    let created = created
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
-                    Ok((String::from_utf8_lossy(&key).into_owned(), created))
-                })
-                .filter(|entry| !matches!(entry, Ok((_, created)) if *created > oldest))
-                .take(100)
-                .collect::<ApiResult<Vec<_>>>()
-        })
+        let due = due_entries(
+            state.pending.clone(),
+            |created| Ok(created.try_into().map(u64::from_be_bytes).unwrap_or(0)),
+            move |created| *created <= oldest,
+        )
         .await;
         let due = match due {
             Ok(due) => due,
@@ -579,7 +588,8 @@ async fn settle_pending(state: AppState) {
                 continue;
             }
         };
-        for (id, _) in due {
+        for (key, _) in due {
+            let id = String::from_utf8_lossy(&key).into_owned();
             let handled_here = state
                 .in_flight
                 .lock()
@@ -602,23 +612,13 @@ async fn settle_pending(state: AppState) {
 async fn deliver_outbox(state: AppState, http: reqwest::Client) {
     let url = format!("{}/events/order-created", state.inventory_url);
     loop {
-        let due = {
-            let outbox = state.outbox.clone();
-            blocking(move || {
-                let now = config::now_millis();
-                outbox
-                    .iter()
-                    .map(|entry| {
-                        let (key, value) = entry?;
-                        let entry: OutboxEntry = serde_json::from_slice(&value)?;
-                        Ok((key, entry))
-                    })
-                    .filter(|entry| !matches!(entry, Ok((_, e)) if e.next_attempt_ms > now))
-                    .take(100)
-                    .collect::<ApiResult<Vec<_>>>()
-            })
-            .await
-        };
+        let now = config::now_millis();
+        let due = due_entries(
+            state.outbox.clone(),
+            |value| Ok(serde_json::from_slice::<OutboxEntry>(value)?),
+            move |entry| entry.next_attempt_ms <= now,
+        )
+        .await;
         match due {
             Ok(due) => {
                 for (key, entry) in due {

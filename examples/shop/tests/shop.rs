@@ -294,6 +294,28 @@ async fn bad_tokens_get_401_with_a_reason() {
     assert_eq!(wrong_password.status(), 401);
 }
 
+/// Lists products as `token` until the gateway answers 429 (every answer
+/// before it must be 200), and returns that answer.
+async fn until_rate_limited(
+    client: &reqwest::Client,
+    shop: &Shop,
+    token: &str,
+) -> reqwest::Response {
+    for _ in 0..20 {
+        let response = client
+            .get(shop.url("/api/products"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            return response;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    panic!("no 429 within 20 requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_is_rate_limited_with_retry_after() {
     let shop = Shop::start(ShopOptions {
@@ -305,20 +327,7 @@ async fn each_client_is_rate_limited_with_retry_after() {
     .await;
     let client = reqwest::Client::new();
     let alice = shop.login("alice").await;
-    let mut limited = None;
-    for _ in 0..20 {
-        let response = client
-            .get(shop.url("/api/products"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 429 {
-            limited = Some(response);
-            break;
-        }
-    }
-    let limited = limited.expect("alice hit the rate limit within 20 requests");
+    let limited = until_rate_limited(&client, &shop, &alice).await;
     let retry_after: u64 = limited.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -443,21 +452,7 @@ async fn rejected_requests_are_traced_with_their_status() {
     let unauthorized = trace_of(&response);
 
     let alice = shop.login("alice").await;
-    let mut limited = None;
-    for _ in 0..20 {
-        let response = client
-            .get(shop.url("/api/products"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 429 {
-            limited = Some(trace_of(&response));
-            break;
-        }
-        assert_eq!(response.status(), 200);
-    }
-    let limited = limited.expect("alice hit the rate limit within 20 requests");
+    let limited = trace_of(&until_rate_limited(&client, &shop, &alice).await);
 
     for (status, trace_id) in [("401", &unauthorized), ("429", &limited)] {
         let trace = eventually(DEADLINE, || find_by_status(&strand, status, trace_id)).await;
