@@ -2,9 +2,14 @@
 //! optional TOML file, merged in that order of precedence into one validated
 //! [`Config`].
 //!
-//! The TOML file takes the same settings as the flags, in snake_case, plus a
-//! `version` (currently 1). Unknown keys are errors, so a typo never silently
-//! falls back to a default:
+//! Every setting is declared once, as a field of [`ServeArgs`]: its doc
+//! comment is the help text, and its attribute gives the flag, the
+//! environment variable and the default. The config file's keys are the same
+//! settings in snake_case (the field names), plus `version` (currently 1) and
+//! `[[scrape]]` tables. File values become the flags' defaults before the
+//! command line is parsed, so one parser reads all three sources and flags
+//! win over environment, environment over file, file over built-in defaults.
+//! Unknown keys are errors, so a typo never silently falls back to a default:
 //!
 //! ```toml
 //! version = 1
@@ -13,41 +18,29 @@
 //! max_body_bytes = 16777216
 //! flush_interval = "1s"
 //! ```
+//!
+//! This module owns the plain settings types ([`Retention`], [`IngestLimits`],
+//! [`SeriesLimits`], [`ScrapeTarget`]) that the stores, the pipeline and the
+//! scraper consume; it imports nothing from them.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::ingest::scrape::ScrapeTarget;
 use crate::model::Label;
-use crate::pipeline::PipelineLimits;
-use crate::store::logs::LogRetention;
-use crate::store::metrics::SeriesLimits;
-use crate::store::traces::TraceRetention;
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
 const DEFAULT_HTTP_PORT: u16 = 7070;
-const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
-const DEFAULT_LOG_PARTITION: Duration = Duration::from_secs(3600);
-const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Like logs: a trace and its logs are kept (and go) together.
-const DEFAULT_TRACE_RETENTION: Duration = DEFAULT_LOG_RETENTION;
-const DEFAULT_METRIC_RETENTION: Duration = Duration::from_secs(15 * 24 * 3600);
-const DEFAULT_MAX_SERIES: usize = 1_000_000;
-const DEFAULT_MAX_SERIES_PER_METRIC: usize = 100_000;
 const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
-/// Like a scrape interval: how fresh derived metrics are.
-const DEFAULT_DERIVED_METRICS_INTERVAL: Duration = Duration::from_secs(15);
 const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-const DEFAULT_MAX_BUFFERED_SPANS: usize = 1_000_000;
-const DEFAULT_WAL_QUEUE_BYTES: usize = 256 << 20;
-const CONFIG_VERSION: u32 = 1;
+const CONFIG_VERSION: i64 = 1;
 
 /// Strand: traces, logs and metrics for microservices, in one daemon.
 #[derive(Debug, Parser)]
@@ -63,145 +56,158 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// Flags of `strand serve`. Each can also be set through its environment
-/// variable or the config file; flags win over environment, environment over file.
-#[derive(Debug, Default, Args)]
+/// The settings of `strand serve`. Each can also be set through its
+/// environment variable or, under its field name, in the config file.
+#[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML config file with any of the settings below.
+    /// TOML config file with any of the settings below (and [[scrape]] tables).
     #[arg(long, env = "STRAND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Directory for all data: write-ahead log and stores [default: ./strand-data]
-    #[arg(long, env = "STRAND_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// Directory for all data: write-ahead log and stores.
+    #[arg(
+        long,
+        env = "STRAND_DATA_DIR",
+        value_name = "DIR",
+        default_value = "strand-data"
+    )]
+    pub data_dir: PathBuf,
 
     /// Address every listener binds to unless its own address is given
-    /// (0.0.0.0 to accept connections from other hosts) [default: 127.0.0.1]
-    #[arg(long, env = "STRAND_LISTEN", value_name = "IP")]
-    pub listen: Option<IpAddr>,
+    /// (0.0.0.0 to accept connections from other hosts).
+    #[arg(
+        long,
+        env = "STRAND_LISTEN",
+        value_name = "IP",
+        default_value = "127.0.0.1"
+    )]
+    pub listen: IpAddr,
 
-    /// OTLP/gRPC listener for traces [default: 127.0.0.1:4317]
+    /// OTLP/gRPC listener (traces, logs, metrics) [default: <listen>:4317]
     #[arg(long, env = "STRAND_OTLP_GRPC", value_name = "ADDR")]
     pub otlp_grpc: Option<SocketAddr>,
 
-    /// OTLP/HTTP listener (/v1/traces) [default: 127.0.0.1:4318]
+    /// OTLP/HTTP listener (/v1/traces, /v1/logs, /v1/metrics)
+    /// [default: <listen>:4318]
     #[arg(long, env = "STRAND_OTLP_HTTP", value_name = "ADDR")]
     pub otlp_http: Option<SocketAddr>,
 
-    /// HTTP listener for the UI, query APIs, /metrics, /healthz and /readyz
-    /// [default: 127.0.0.1:7070]
+    /// HTTP listener for the UI, query APIs, remote write, _bulk, /metrics,
+    /// /healthz and /readyz [default: <listen>:7070]
     #[arg(long, env = "STRAND_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
 
     /// Largest accepted ingest request body, after decompression, in bytes;
-    /// larger ones get 413 / RESOURCE_EXHAUSTED [default: 16777216]
-    #[arg(long, env = "STRAND_MAX_BODY_BYTES", value_name = "BYTES")]
-    pub max_body_bytes: Option<usize>,
+    /// larger ones get 413 / RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "STRAND_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        default_value = "16777216"
+    )]
+    pub max_body_bytes: usize,
 
-    /// How often spans in memory are written to the stores, e.g. 500ms, 2s
-    /// [default: 1s]
-    #[arg(long, env = "STRAND_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub flush_interval: Option<Duration>,
+    /// How often spans in memory are written to the stores, e.g. 500ms, 2s.
+    #[arg(long, env = "STRAND_FLUSH_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
 
     /// Spans held in memory before ingest answers 429 / RESOURCE_EXHAUSTED
-    /// (bounds memory when the disk cannot keep up) [default: 1000000]
-    #[arg(long, env = "STRAND_MAX_BUFFERED_SPANS", value_name = "SPANS")]
-    pub max_buffered_spans: Option<usize>,
+    /// (bounds memory when the disk cannot keep up).
+    #[arg(
+        long,
+        env = "STRAND_MAX_BUFFERED_SPANS",
+        value_name = "SPANS",
+        default_value = "1000000"
+    )]
+    pub max_buffered_spans: usize,
 
     /// Bytes of requests allowed to wait for the write-ahead log before ingest
-    /// answers 429 / RESOURCE_EXHAUSTED [default: 268435456]
-    #[arg(long, env = "STRAND_WAL_QUEUE_BYTES", value_name = "BYTES")]
-    pub wal_queue_bytes: Option<usize>,
+    /// answers 429 / RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "STRAND_WAL_QUEUE_BYTES",
+        value_name = "BYTES",
+        default_value = "268435456"
+    )]
+    pub wal_queue_bytes: usize,
 
     /// Spans older than this are deleted, a whole hour's segment file at a
-    /// time, e.g. 7d, 36h [default: 7d]
-    #[arg(long, env = "STRAND_TRACE_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub trace_retention: Option<Duration>,
+    /// time, e.g. 7d, 36h. A trace and its logs are kept (and go) together.
+    #[arg(long, env = "STRAND_TRACE_RETENTION", value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub trace_retention: Duration,
 
     /// Oldest span segment files are deleted while they take more disk than
-    /// this (0 = no size limit) [default: 0]
-    #[arg(long, env = "STRAND_TRACE_RETENTION_BYTES", value_name = "BYTES")]
-    pub trace_retention_bytes: Option<u64>,
+    /// this (0 = no size limit).
+    #[arg(
+        long,
+        env = "STRAND_TRACE_RETENTION_BYTES",
+        value_name = "BYTES",
+        default_value = "0"
+    )]
+    pub trace_retention_bytes: u64,
 
-    /// Time span of one log index partition; retention drops whole partitions
-    /// [default: 1h]
-    #[arg(long, env = "STRAND_LOG_PARTITION", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub log_partition: Option<Duration>,
+    /// Time span of one log index partition; retention drops whole partitions.
+    #[arg(long, env = "STRAND_LOG_PARTITION", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub log_partition: Duration,
 
-    /// Logs older than this are deleted, e.g. 7d, 36h [default: 7d]
-    #[arg(long, env = "STRAND_LOG_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub log_retention: Option<Duration>,
+    /// Logs older than this are deleted, e.g. 7d, 36h.
+    #[arg(long, env = "STRAND_LOG_RETENTION", value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
 
     /// Oldest log partitions are deleted while logs take more disk than this
-    /// (0 = no size limit) [default: 0]
-    #[arg(long, env = "STRAND_LOG_RETENTION_BYTES", value_name = "BYTES")]
-    pub log_retention_bytes: Option<u64>,
+    /// (0 = no size limit).
+    #[arg(
+        long,
+        env = "STRAND_LOG_RETENTION_BYTES",
+        value_name = "BYTES",
+        default_value = "0"
+    )]
+    pub log_retention_bytes: u64,
 
-    /// Metric samples older than this are deleted [default: 15d]
-    #[arg(long, env = "STRAND_METRIC_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub metric_retention: Option<Duration>,
+    /// Metric samples older than this are deleted.
+    #[arg(long, env = "STRAND_METRIC_RETENTION", value_name = "DURATION", default_value = "15d", value_parser = humantime::parse_duration)]
+    pub metric_retention: Duration,
 
     /// Oldest metric chunk files are deleted while metrics take more disk than
-    /// this (0 = no size limit) [default: 0]
-    #[arg(long, env = "STRAND_METRIC_RETENTION_BYTES", value_name = "BYTES")]
-    pub metric_retention_bytes: Option<u64>,
+    /// this (0 = no size limit).
+    #[arg(
+        long,
+        env = "STRAND_METRIC_RETENTION_BYTES",
+        value_name = "BYTES",
+        default_value = "0"
+    )]
+    pub metric_retention_bytes: u64,
 
-    /// New metric series beyond this many in total are refused [default: 1000000]
-    #[arg(long, env = "STRAND_MAX_SERIES", value_name = "SERIES")]
-    pub max_series: Option<usize>,
+    /// New metric series beyond this many in total are refused.
+    #[arg(
+        long,
+        env = "STRAND_MAX_SERIES",
+        value_name = "SERIES",
+        default_value = "1000000"
+    )]
+    pub max_series: usize,
 
     /// New series of one metric name beyond this many are refused, with an
-    /// error naming the metric [default: 100000]
-    #[arg(long, env = "STRAND_MAX_SERIES_PER_METRIC", value_name = "SERIES")]
-    pub max_series_per_metric: Option<usize>,
+    /// error naming the metric.
+    #[arg(
+        long,
+        env = "STRAND_MAX_SERIES_PER_METRIC",
+        value_name = "SERIES",
+        default_value = "100000"
+    )]
+    pub max_series_per_metric: usize,
 
     /// How often Strand scrapes its own /metrics into its metrics store, as
-    /// job "strand" (0s: never) [default: 15s]. Other scrape targets are set
-    /// in the config file ([[scrape]] tables).
-    #[arg(long, env = "STRAND_SELF_SCRAPE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub self_scrape_interval: Option<Duration>,
+    /// job "strand" (0s: never). Other scrape targets are set in the config
+    /// file ([[scrape]] tables).
+    #[arg(long, env = "STRAND_SELF_SCRAPE_INTERVAL", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub self_scrape_interval: Duration,
 
     /// How often the metrics derived from spans (RED metrics per service and
     /// operation, the service graph) are written to the metrics store, like a
-    /// scrape interval [default: 15s]
-    #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub derived_metrics_interval: Option<Duration>,
-}
-
-/// The config file's shape; every field optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    version: Option<u32>,
-    data_dir: Option<PathBuf>,
-    listen: Option<IpAddr>,
-    otlp_grpc: Option<SocketAddr>,
-    otlp_http: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    max_body_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    flush_interval: Option<Duration>,
-    max_buffered_spans: Option<usize>,
-    wal_queue_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    trace_retention: Option<Duration>,
-    trace_retention_bytes: Option<u64>,
-    #[serde(default, with = "humantime_serde_opt")]
-    log_partition: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    log_retention: Option<Duration>,
-    log_retention_bytes: Option<u64>,
-    #[serde(default, with = "humantime_serde_opt")]
-    metric_retention: Option<Duration>,
-    metric_retention_bytes: Option<u64>,
-    max_series: Option<usize>,
-    max_series_per_metric: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    self_scrape_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    derived_metrics_interval: Option<Duration>,
-    #[serde(default)]
-    scrape: Vec<ScrapeFileConfig>,
+    /// scrape interval.
+    #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub derived_metrics_interval: Duration,
 }
 
 /// A `[[scrape]]` table: static targets of one job.
@@ -211,25 +217,11 @@ struct ScrapeFileConfig {
     job: String,
     /// `host:port` of each target.
     targets: Vec<String>,
-    #[serde(default, with = "humantime_serde_opt")]
-    interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    timeout: Option<Duration>,
+    interval: Option<String>,
+    timeout: Option<String>,
     path: Option<String>,
     #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
-}
-
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
+    labels: BTreeMap<String, String>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -240,18 +232,58 @@ pub struct Config {
     pub otlp_http: SocketAddr,
     pub http: SocketAddr,
     pub max_body_bytes: usize,
-    pub limits: PipelineLimits,
+    pub limits: IngestLimits,
     pub traces: TraceSettings,
     pub logs: LogSettings,
     pub metrics: MetricSettings,
 }
 
+/// How long a store keeps data: by age, and by the disk it takes. Every store
+/// drops whole files (segments, partitions, chunk files), oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Files whose newest data is older than this go.
+    pub max_age: Duration,
+    /// Oldest files go while the store takes more bytes than this (0: no limit).
+    pub max_bytes: u64,
+}
+
+/// Limits that keep the memory of the data path bounded.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Bytes of requests waiting for the WAL writer.
+    pub wal_queue_bytes: usize,
+    /// Spans kept in memory before a flush; beyond it ingest answers "retry".
+    pub max_buffered_spans: usize,
+    /// How often the head is flushed to the stores.
+    pub flush_interval: Duration,
+}
+
+/// Limits on how many series may exist, so one bad label cannot exhaust
+/// memory.
+#[derive(Clone, Debug)]
+pub struct SeriesLimits {
+    pub max_series: usize,
+    pub max_series_per_metric: usize,
+}
+
+/// One `/metrics` endpoint to scrape, as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScrapeTarget {
+    pub job: String,
+    /// `host:port`, also the `instance` label.
+    pub address: String,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Extra labels put on every series of the target.
+    pub labels: Vec<Label>,
+}
+
 /// How long metrics are kept and how many series may exist.
 #[derive(Clone, Debug)]
 pub struct MetricSettings {
-    pub retention: Duration,
-    /// 0: no size limit.
-    pub retention_bytes: u64,
+    pub retention: Retention,
     pub limits: SeriesLimits,
     /// Configured scrape targets (not Strand itself; see `self_scrape_interval`).
     pub scrape: Vec<ScrapeTarget>,
@@ -264,165 +296,54 @@ pub struct MetricSettings {
 /// How long spans are kept.
 #[derive(Clone, Debug)]
 pub struct TraceSettings {
-    pub retention: TraceRetention,
+    pub retention: Retention,
 }
 
 /// How logs are partitioned and kept.
 #[derive(Clone, Debug)]
 pub struct LogSettings {
     pub partition: Duration,
-    pub retention: LogRetention,
-}
-
-impl ServeArgs {
-    /// Merges flags/env with the config file (if any) and validates the result.
-    pub fn into_config(self) -> anyhow::Result<Config> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        if let Some(version) = file.version
-            && version != CONFIG_VERSION
-        {
-            bail!("config file version {version} is not supported: use version = {CONFIG_VERSION}");
-        }
-        let listen = self
-            .listen
-            .or(file.listen)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let config = Config {
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("strand-data")),
-            otlp_grpc: self
-                .otlp_grpc
-                .or(file.otlp_grpc)
-                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_GRPC_PORT)),
-            otlp_http: self
-                .otlp_http
-                .or(file.otlp_http)
-                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_HTTP_PORT)),
-            http: self
-                .http
-                .or(file.http)
-                .unwrap_or(SocketAddr::new(listen, DEFAULT_HTTP_PORT)),
-            max_body_bytes: self
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            limits: PipelineLimits {
-                flush_interval: self
-                    .flush_interval
-                    .or(file.flush_interval)
-                    .unwrap_or(DEFAULT_FLUSH_INTERVAL),
-                max_buffered_spans: self
-                    .max_buffered_spans
-                    .or(file.max_buffered_spans)
-                    .unwrap_or(DEFAULT_MAX_BUFFERED_SPANS),
-                wal_queue_bytes: self
-                    .wal_queue_bytes
-                    .or(file.wal_queue_bytes)
-                    .unwrap_or(DEFAULT_WAL_QUEUE_BYTES),
-            },
-            traces: TraceSettings {
-                retention: TraceRetention {
-                    max_age: self
-                        .trace_retention
-                        .or(file.trace_retention)
-                        .unwrap_or(DEFAULT_TRACE_RETENTION),
-                    max_bytes: self
-                        .trace_retention_bytes
-                        .or(file.trace_retention_bytes)
-                        .unwrap_or(0),
-                },
-            },
-            logs: LogSettings {
-                partition: self
-                    .log_partition
-                    .or(file.log_partition)
-                    .unwrap_or(DEFAULT_LOG_PARTITION),
-                retention: LogRetention {
-                    max_age: self
-                        .log_retention
-                        .or(file.log_retention)
-                        .unwrap_or(DEFAULT_LOG_RETENTION),
-                    max_bytes: self
-                        .log_retention_bytes
-                        .or(file.log_retention_bytes)
-                        .unwrap_or(0),
-                },
-            },
-            metrics: MetricSettings {
-                retention: self
-                    .metric_retention
-                    .or(file.metric_retention)
-                    .unwrap_or(DEFAULT_METRIC_RETENTION),
-                retention_bytes: self
-                    .metric_retention_bytes
-                    .or(file.metric_retention_bytes)
-                    .unwrap_or(0),
-                limits: SeriesLimits {
-                    max_series: self
-                        .max_series
-                        .or(file.max_series)
-                        .unwrap_or(DEFAULT_MAX_SERIES),
-                    max_series_per_metric: self
-                        .max_series_per_metric
-                        .or(file.max_series_per_metric)
-                        .unwrap_or(DEFAULT_MAX_SERIES_PER_METRIC),
-                },
-                scrape: file
-                    .scrape
-                    .into_iter()
-                    .flat_map(|job| {
-                        let labels: Vec<Label> = job
-                            .labels
-                            .iter()
-                            .map(|(name, value)| Label::new(name.clone(), value.clone()))
-                            .collect();
-                        job.targets
-                            .into_iter()
-                            .map(|address| {
-                                let interval = job.interval.unwrap_or(DEFAULT_SCRAPE_INTERVAL);
-                                ScrapeTarget {
-                                    job: job.job.clone(),
-                                    address,
-                                    path: job.path.clone().unwrap_or_else(|| "/metrics".into()),
-                                    interval,
-                                    timeout: job
-                                        .timeout
-                                        .unwrap_or(DEFAULT_SCRAPE_TIMEOUT.min(interval)),
-                                    labels: labels.clone(),
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect(),
-                self_scrape_interval: Some(
-                    self.self_scrape_interval
-                        .or(file.self_scrape_interval)
-                        .unwrap_or(DEFAULT_SCRAPE_INTERVAL),
-                )
-                .filter(|interval| !interval.is_zero()),
-                derived_interval: self
-                    .derived_metrics_interval
-                    .or(file.derived_metrics_interval)
-                    .unwrap_or(DEFAULT_DERIVED_METRICS_INTERVAL),
-            },
-        };
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    pub retention: Retention,
 }
 
 impl Config {
+    /// The configuration of `strand serve ARGS...` (flags, `STRAND_*`
+    /// environment and the `--config` file), as the binary reads it; `args`
+    /// excludes the program and subcommand names.
+    pub fn from_args<I, T>(args: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let argv = ["strand".into(), "serve".into()]
+            .into_iter()
+            .chain(args.into_iter().map(Into::into));
+        Config::from_command_line(argv)
+    }
+
+    /// The configuration of a whole `strand serve ...` command line. Usage
+    /// errors, `--help` and `--version` are clap errors in the chain, which
+    /// the binary prints and exits with.
+    pub fn from_command_line<I, T>(argv: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let Command::Serve(args) = Cli::try_parse_from(&argv)?.command;
+        let Some(path) = args.config else {
+            return args.into_config(Vec::new());
+        };
+        let file = ConfigFile::read(&path)?;
+        let mut command = Cli::command();
+        command = command.mut_subcommand("serve", |serve| file.as_defaults(serve));
+        let matches = command
+            .try_get_matches_from(&argv)
+            .with_context(|| format!("config file {}", path.display()))?;
+        let Command::Serve(args) = Cli::from_arg_matches(&matches)?.command;
+        args.into_config(file.scrape)
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if !(1024..=(512 << 20)).contains(&self.max_body_bytes) {
             bail!(
@@ -448,7 +369,7 @@ impl Config {
         if self.metrics.derived_interval < Duration::from_secs(1) {
             bail!("derived_metrics_interval must be at least 1s");
         }
-        if self.metrics.retention < Duration::from_secs(60) {
+        if self.metrics.retention.max_age < Duration::from_secs(60) {
             bail!("metric_retention must be at least 1m");
         }
         for target in &self.metrics.scrape {
@@ -491,24 +412,241 @@ impl Config {
     }
 }
 
+impl ServeArgs {
+    /// The validated configuration of these settings and the file's scrape
+    /// jobs.
+    fn into_config(self, scrape: Vec<ScrapeFileConfig>) -> anyhow::Result<Config> {
+        let listen = self.listen;
+        let config = Config {
+            data_dir: self.data_dir,
+            otlp_grpc: self
+                .otlp_grpc
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_GRPC_PORT)),
+            otlp_http: self
+                .otlp_http
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_OTLP_HTTP_PORT)),
+            http: self
+                .http
+                .unwrap_or(SocketAddr::new(listen, DEFAULT_HTTP_PORT)),
+            max_body_bytes: self.max_body_bytes,
+            limits: IngestLimits {
+                flush_interval: self.flush_interval,
+                max_buffered_spans: self.max_buffered_spans,
+                wal_queue_bytes: self.wal_queue_bytes,
+            },
+            traces: TraceSettings {
+                retention: Retention {
+                    max_age: self.trace_retention,
+                    max_bytes: self.trace_retention_bytes,
+                },
+            },
+            logs: LogSettings {
+                partition: self.log_partition,
+                retention: Retention {
+                    max_age: self.log_retention,
+                    max_bytes: self.log_retention_bytes,
+                },
+            },
+            metrics: MetricSettings {
+                retention: Retention {
+                    max_age: self.metric_retention,
+                    max_bytes: self.metric_retention_bytes,
+                },
+                limits: SeriesLimits {
+                    max_series: self.max_series,
+                    max_series_per_metric: self.max_series_per_metric,
+                },
+                scrape: scrape_targets(scrape)?,
+                self_scrape_interval: Some(self.self_scrape_interval)
+                    .filter(|interval| !interval.is_zero()),
+                derived_interval: self.derived_metrics_interval,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The `[[scrape]]` tables, one target per address.
+fn scrape_targets(jobs: Vec<ScrapeFileConfig>) -> anyhow::Result<Vec<ScrapeTarget>> {
+    let duration = |job: &str, key: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+            .with_context(|| format!("[[scrape]] job {job:?}: invalid {key}"))
+    };
+    let mut targets = Vec::new();
+    for job in jobs {
+        let interval =
+            duration(&job.job, "interval", &job.interval)?.unwrap_or(DEFAULT_SCRAPE_INTERVAL);
+        let timeout = duration(&job.job, "timeout", &job.timeout)?
+            .unwrap_or(DEFAULT_SCRAPE_TIMEOUT.min(interval));
+        let labels: Vec<Label> = job
+            .labels
+            .iter()
+            .map(|(name, value)| Label::new(name.clone(), value.clone()))
+            .collect();
+        for address in job.targets {
+            targets.push(ScrapeTarget {
+                job: job.job.clone(),
+                address,
+                path: job.path.clone().unwrap_or_else(|| "/metrics".into()),
+                interval,
+                timeout,
+                labels: labels.clone(),
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// A config file: settings by flag name, and the file-only tables.
+struct ConfigFile {
+    /// `(setting, value as a flag would take it)`.
+    settings: Vec<(String, String)>,
+    scrape: Vec<ScrapeFileConfig>,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        ConfigFile::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Checks every key against the settings and every value with the
+    /// setting's own parser, so a bad file is reported by key.
+    fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        if let Some(version) = table.remove("version")
+            && version.as_integer() != Some(CONFIG_VERSION)
+        {
+            bail!("version {version} is not supported: use version = {CONFIG_VERSION}");
+        }
+        let scrape = match table.remove("scrape") {
+            Some(value) => Vec::<ScrapeFileConfig>::deserialize(value).context("[[scrape]]")?,
+            None => Vec::new(),
+        };
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve is defined");
+        let mut settings = Vec::new();
+        for (key, value) in table {
+            let arg = serve
+                .get_arguments()
+                .find(|arg| arg.get_id() == key.as_str() && key != "config")
+                .with_context(|| {
+                    format!(
+                        "unknown field `{key}`; the settings are {}",
+                        setting_names(serve).join(", ")
+                    )
+                })?;
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    value.to_string()
+                }
+                other => bail!("{key}: expected a string or a number, got {other}"),
+            };
+            check_value(arg, &text).with_context(|| format!("invalid {key} = {text:?}"))?;
+            settings.push((key, text));
+        }
+        Ok(ConfigFile { settings, scrape })
+    }
+
+    /// `serve` with the file's values as defaults: flags and environment
+    /// variables still win.
+    fn as_defaults(&self, mut serve: clap::Command) -> clap::Command {
+        for (key, value) in &self.settings {
+            serve = serve.mut_arg(key.as_str(), |arg| arg.default_value(value.clone()));
+        }
+        serve
+    }
+}
+
+/// Parses `text` as the flag `arg` would, so a file value is refused with
+/// the setting's own parser and message.
+fn check_value(arg: &clap::Arg, text: &str) -> anyhow::Result<()> {
+    let long = arg.get_long().expect("settings are long flags");
+    clap::Command::new("check")
+        .no_binary_name(true)
+        .arg(arg.clone())
+        .try_get_matches_from([format!("--{long}"), text.to_owned()])
+        .map(drop)
+        .map_err(|error| {
+            let message = error.to_string();
+            anyhow::anyhow!("{}", message.trim().trim_start_matches("error: "))
+        })
+}
+
+/// Every config-file key that is a flag, in declaration order.
+fn setting_names(serve: &clap::Command) -> Vec<String> {
+    serve
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .filter(|id| !["config", "help"].contains(&id.as_str()))
+        .collect()
+}
+
+/// The settings reference as a Markdown table (setting, flag, environment
+/// variable, default, meaning), generated from the definitions above: the
+/// README carries a copy that a test keeps equal.
+pub fn settings_reference() -> String {
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").expect("serve is defined");
+    let mut out = String::from(
+        "| setting (file key) | flag | environment | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for arg in serve.get_arguments() {
+        let id = arg.get_id().as_str();
+        if ["config", "help"].contains(&id) {
+            continue;
+        }
+        let env = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let (help, default) = match help.split_once(" [default: ") {
+            Some((help, default)) => (help.to_string(), default.trim_end_matches(']').to_string()),
+            None => (help, defaults.join(", ")),
+        };
+        out.push_str(&format!(
+            "| `{id}` | `--{}` | `{env}` | `{default}` | {} |\n",
+            arg.get_long().unwrap_or(id),
+            help.replace('\n', " ").replace('|', "\\|"),
+        ));
+    }
+    out
+}
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn file_config(toml: &str) -> anyhow::Result<Config> {
+    fn file_config(toml: &str, args: &[&str]) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("strand.toml");
         std::fs::write(&path, toml).unwrap();
-        ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        }
-        .into_config()
+        let mut argv = vec!["--config".to_string(), path.display().to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Config::from_args(argv)
+    }
+
+    fn no_args() -> Config {
+        Config::from_args(Vec::<String>::new()).unwrap()
     }
 
     #[test]
     fn defaults_bind_loopback() {
-        let config = ServeArgs::default().into_config().unwrap();
+        let config = no_args();
         assert_eq!(config.otlp_grpc.to_string(), "127.0.0.1:4317");
         assert_eq!(config.otlp_http.to_string(), "127.0.0.1:4318");
         assert_eq!(config.http.to_string(), "127.0.0.1:7070");
@@ -518,13 +656,8 @@ mod tests {
 
     #[test]
     fn listen_moves_every_default_address() {
-        let config = ServeArgs {
-            listen: Some("0.0.0.0".parse().unwrap()),
-            http: Some("127.0.0.1:9999".parse().unwrap()),
-            ..ServeArgs::default()
-        }
-        .into_config()
-        .unwrap();
+        let config =
+            Config::from_args(["--listen", "0.0.0.0", "--http", "127.0.0.1:9999"]).unwrap();
         assert_eq!(config.otlp_grpc.to_string(), "0.0.0.0:4317");
         assert_eq!(config.http.to_string(), "127.0.0.1:9999");
     }
@@ -533,22 +666,15 @@ mod tests {
     fn file_settings_apply_and_flags_win() {
         let config = file_config(
             "version = 1\ndata_dir = \"/tmp/x\"\nflush_interval = \"250ms\"\nmax_body_bytes = 4096\n",
+            &[],
         )
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.limits.flush_interval, Duration::from_millis(250));
         assert_eq!(config.max_body_bytes, 4096);
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("strand.toml");
-        std::fs::write(&path, "data_dir = \"/from/file\"").unwrap();
-        let config = ServeArgs {
-            config: Some(path),
-            data_dir: Some("/from/flag".into()),
-            ..ServeArgs::default()
-        }
-        .into_config()
-        .unwrap();
+        let config =
+            file_config("data_dir = \"/from/file\"", &["--data-dir", "/from/flag"]).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
     }
 
@@ -556,6 +682,7 @@ mod tests {
     fn scrape_tables_become_targets() {
         let config = file_config(
             "[[scrape]]\njob = \"shop\"\ntargets = [\"a:1\", \"b:2\"]\ninterval = \"5s\"\nlabels = { env = \"dev\" }\n",
+            &[],
         )
         .unwrap();
         let targets = &config.metrics.scrape;
@@ -572,82 +699,134 @@ mod tests {
 
     #[test]
     fn bad_files_are_explained() {
-        let error = format!("{:#}", file_config("data_dri = \"x\"").unwrap_err());
-        assert!(error.contains("unknown field `data_dri`"), "{error}");
-        let error = format!("{:#}", file_config("version = 2").unwrap_err());
-        assert!(error.contains("version 2 is not supported"), "{error}");
-        let error = format!(
-            "{:#}",
-            file_config("flush_interval = \"soon\"").unwrap_err()
+        let error = |toml: &str| format!("{:#}", file_config(toml, &[]).unwrap_err());
+        let unknown = error("data_dri = \"x\"");
+        assert!(unknown.contains("unknown field `data_dri`"), "{unknown}");
+        assert!(
+            unknown.contains("data_dir"),
+            "lists the settings: {unknown}"
         );
-        assert!(error.contains("flush_interval"), "{error}");
-        let error = format!("{:#}", file_config("max_body_bytes = 1").unwrap_err());
-        assert!(error.contains("max_body_bytes"), "{error}");
-        let error = format!(
-            "{:#}",
-            file_config("derived_metrics_interval = \"100ms\"").unwrap_err()
-        );
-        assert!(error.contains("derived_metrics_interval"), "{error}");
+        let version = error("version = 2");
+        assert!(version.contains("version 2 is not supported"), "{version}");
+        for (toml, key) in [
+            ("flush_interval = \"soon\"", "flush_interval"),
+            ("max_body_bytes = 1", "max_body_bytes"),
+            ("max_body_bytes = \"lots\"", "max_body_bytes"),
+            (
+                "derived_metrics_interval = \"100ms\"",
+                "derived_metrics_interval",
+            ),
+            ("listen = [1, 2]", "listen"),
+            (
+                "[[scrape]]\njob = \"x\"\ntargets = [\"a:1\"]\ninterval = \"often\"",
+                "interval",
+            ),
+        ] {
+            let message = error(toml);
+            assert!(message.contains(key), "{toml}: {message}");
+        }
     }
 
     #[test]
     fn derived_metrics_are_written_like_a_scrape() {
-        let config = file_config("").unwrap();
-        assert_eq!(config.metrics.derived_interval, Duration::from_secs(15));
-        let config = file_config("derived_metrics_interval = \"1s\"").unwrap();
+        assert_eq!(no_args().metrics.derived_interval, Duration::from_secs(15));
+        let config = file_config("derived_metrics_interval = \"1s\"", &[]).unwrap();
         assert_eq!(config.metrics.derived_interval, Duration::from_secs(1));
     }
 
     #[test]
     fn trace_retention_defaults_like_logs_and_is_configurable() {
-        let config = ServeArgs::default().into_config().unwrap();
-        assert_eq!(
-            config.traces.retention.max_age,
-            config.logs.retention.max_age
-        );
+        let config = no_args();
+        assert_eq!(config.traces.retention, config.logs.retention);
         assert_eq!(
             config.traces.retention.max_age,
             Duration::from_secs(7 * 86400)
         );
         assert_eq!(config.traces.retention.max_bytes, 0);
 
-        let config =
-            file_config("trace_retention = \"36h\"\ntrace_retention_bytes = 1048576\n").unwrap();
-        assert_eq!(
-            config.traces.retention.max_age,
-            Duration::from_secs(36 * 3600)
-        );
-        assert_eq!(config.traces.retention.max_bytes, 1 << 20);
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("strand.toml");
-        std::fs::write(&path, "trace_retention = \"36h\"").unwrap();
-        let config = ServeArgs {
-            config: Some(path),
-            trace_retention: Some(Duration::from_secs(2 * 3600)),
-            trace_retention_bytes: Some(4096),
-            ..ServeArgs::default()
-        }
-        .into_config()
+        let config = file_config(
+            "trace_retention = \"36h\"\ntrace_retention_bytes = 1048576\n",
+            &[],
+        )
         .unwrap();
         assert_eq!(
-            config.traces.retention.max_age,
-            Duration::from_secs(2 * 3600)
+            config.traces.retention,
+            Retention {
+                max_age: Duration::from_secs(36 * 3600),
+                max_bytes: 1 << 20
+            }
         );
-        assert_eq!(config.traces.retention.max_bytes, 4096);
 
-        let error = format!("{:#}", file_config("trace_retention = \"1s\"").unwrap_err());
-        assert!(error.contains("trace_retention"), "{error}");
-        let error = format!(
-            "{:#}",
-            file_config("trace_retention = \"soon\"").unwrap_err()
+        let config = file_config(
+            "trace_retention = \"36h\"",
+            &["--trace-retention", "2h", "--trace-retention-bytes", "4096"],
+        )
+        .unwrap();
+        assert_eq!(
+            config.traces.retention,
+            Retention {
+                max_age: Duration::from_secs(2 * 3600),
+                max_bytes: 4096
+            }
         );
-        assert!(error.contains("trace_retention"), "{error}");
+
+        for toml in ["trace_retention = \"1s\"", "trace_retention = \"soon\""] {
+            let error = format!("{:#}", file_config(toml, &[]).unwrap_err());
+            assert!(error.contains("trace_retention"), "{error}");
+        }
     }
 
     #[test]
     fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every setting's environment variable is `STRAND_` + its file key, so
+    /// the three names of a setting never drift apart.
+    #[test]
+    fn environment_variables_follow_the_setting_names() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments().filter(|a| a.get_id() != "help") {
+            let id = arg.get_id().as_str();
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(
+                env.as_deref(),
+                Some(format!("STRAND_{}", id.to_uppercase()).as_str()),
+                "{id}"
+            );
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()), "{id}");
+        }
+    }
+
+    /// The README's settings reference is the one generated from the
+    /// definitions; `STRAND_UPDATE_README=1 cargo test -p strand` rewrites it.
+    #[test]
+    fn readme_reference_matches_the_definitions() {
+        const BEGIN: &str = "<!-- settings reference: generated, see config.rs -->\n";
+        const END: &str = "<!-- end of settings reference -->";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let start = readme
+            .find(BEGIN)
+            .expect("README has the settings reference")
+            + BEGIN.len();
+        let end = start
+            + readme[start..]
+                .find(END)
+                .expect("README ends the reference");
+        let expected = settings_reference();
+        if readme[start..end] != expected {
+            if std::env::var_os("STRAND_UPDATE_README").is_some() {
+                let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+                std::fs::write(&path, updated).unwrap();
+            } else {
+                panic!(
+                    "README.md's settings reference is out of date: run \
+                     `STRAND_UPDATE_README=1 cargo test -p strand readme_reference` \n\
+                     expected:\n{expected}"
+                );
+            }
+        }
     }
 }

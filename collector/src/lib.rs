@@ -12,18 +12,21 @@
 //! - `wal`: the write-ahead log. `codec`: the encodings the WAL, span blocks
 //!   and stored log records share.
 //! - `store`: embedded storage engines (`traces`: zstd span blocks with a sled
-//!   index; `logs`: tantivy partitions; `metrics`: Gorilla-chunk TSDB).
-//! - `query`: search semantics over the trace and log stores (PromQL lives in
-//!   the `strand-promql` crate).
+//!   index; `logs`: tantivy partitions; `metrics`: Gorilla-chunk TSDB;
+//!   `dashboards`: JSON files), opened once as `Stores` and shared by the
+//!   pipeline (writes) and the API (reads).
+//! - `query`: query semantics over the stores: trace search, log search, and
+//!   the metrics store as a PromQL series source (the evaluator is the
+//!   `strand-promql` crate).
 //! - `api`: the HTTP API on the UI port (Jaeger, logs and Prometheus APIs,
-//!   dashboards, health, `/metrics`).
-//! - `span_metrics`: RED metrics derived from spans at ingest;
-//!   `service_graph`: calls, failures and latency per service-to-service
-//!   edge, derived from the edges the span store finds; `derived`: what the
-//!   two share.
+//!   dashboards, health, `/metrics`); it reads `Stores`, never the pipeline.
+//! - `derived`: metrics derived from spans — RED metrics per service and
+//!   operation (`span_metrics`), calls, failures and latency per
+//!   service-to-service edge (`service_graph`).
 //! - `telemetry`: Strand's own metrics.
 //!
-//! [`run`] wires them together; `main.rs` only parses flags and waits for a signal.
+//! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
+//! binds and waits for a signal.
 
 mod api;
 mod codec;
@@ -33,8 +36,6 @@ mod ingest;
 pub mod model;
 mod pipeline;
 mod query;
-mod service_graph;
-mod span_metrics;
 mod store;
 mod telemetry;
 mod wal;
@@ -74,41 +75,57 @@ pub mod log_index {
 /// How long servers get to finish in-flight requests on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the daemon until `shutdown` resolves, then stops accepting requests,
-/// flushes everything to the stores and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The daemon's three listeners. The caller binds them, so that a test can
+/// bind port 0 and know every address before the daemon starts.
+pub struct Listeners {
+    pub otlp_grpc: TcpListener,
+    pub otlp_http: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))
+        };
+        Ok(Listeners {
+            otlp_grpc: bind(config.otlp_grpc).await?,
+            otlp_http: bind(config.otlp_http).await?,
+            http: bind(config.http).await?,
+        })
+    }
+}
+
+/// Runs the daemon on `listeners` until `shutdown` resolves, then stops
+/// accepting requests, flushes everything to the stores and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = telemetry::Metrics::new();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let pipeline = {
-        let data_dir = config.data_dir.clone();
-        let limits = config.limits.clone();
-        let trace_settings = config.traces.clone();
-        let log_settings = config.logs.clone();
-        let metric_settings = config.metrics.clone();
+    let (stores, pipeline) = {
+        let config = config.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            pipeline::Pipeline::open(
-                &data_dir,
-                limits,
-                trace_settings,
-                log_settings,
-                metric_settings,
-                metrics,
-            )
+            let stores = store::Stores::open(&config.data_dir, &config, &metrics)?;
+            let pipeline = pipeline::Pipeline::open(&stores, &config, metrics)?;
+            anyhow::Ok((stores, pipeline))
         })
         .await
         .context("opening the data directory")??
     };
 
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))
-    };
-    let grpc_listener = bind(config.otlp_grpc).await?;
-    let otlp_http_listener = bind(config.otlp_http).await?;
-    let http_listener = bind(config.http).await?;
+    let Listeners {
+        otlp_grpc: grpc_listener,
+        otlp_http: otlp_http_listener,
+        http: http_listener,
+    } = listeners;
     tracing::info!(
         otlp_grpc = %grpc_listener.local_addr()?,
         otlp_http = %otlp_http_listener.local_addr()?,
@@ -127,7 +144,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let mut scrape_targets = config.metrics.scrape.clone();
     if let Some(interval) = config.metrics.self_scrape_interval {
-        scrape_targets.push(ingest::scrape::ScrapeTarget {
+        scrape_targets.push(config::ScrapeTarget {
             job: "strand".into(),
             address: http_listener.local_addr()?.to_string(),
             path: "/metrics".into(),
@@ -175,14 +192,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .into_future(),
     );
     let healthy = Arc::new(AtomicBool::new(true));
-    let dashboards_dir = config.data_dir.join("dashboards");
-    let dashboards = api::DashboardStore::open(dashboards_dir.clone())
-        .with_context(|| format!("opening {}", dashboards_dir.display()))?;
     let api_state = Arc::new(api::ApiState {
-        pipeline: pipeline.clone(),
+        stores,
         metrics,
         healthy: healthy.clone(),
-        dashboards,
     });
     let http = tokio::spawn(
         axum::serve(

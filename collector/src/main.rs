@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use strand::config::{Cli, Command};
+use strand::{Config, Listeners};
 use tracing_subscriber::EnvFilter;
 
 /// Ingest allocates and frees millions of small attribute strings per second
@@ -14,21 +13,33 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let config = match Config::from_command_line(std::env::args_os()) {
+        Ok(config) => config,
+        Err(error) => match error.downcast::<clap::Error>() {
+            // Usage errors, --help and --version, as clap prints them.
+            Ok(usage) => usage.exit(),
+            Err(error) => {
+                eprintln!("strand: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRAND_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Serve(args) => args.into_config().and_then(|config| {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(strand::run(config, shutdown_signal()))
-        }),
-    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let listeners = Listeners::bind(&config).await?;
+                strand::run(config, listeners, shutdown_signal()).await
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

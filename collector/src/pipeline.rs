@@ -4,7 +4,7 @@
 //! snapshot the metrics head, apply retention and trim the WAL behind what
 //! every store has made durable.
 
-use std::path::Path;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,10 +12,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::codec;
-use crate::config::{LogSettings, MetricSettings, TraceSettings};
+use crate::config::{Config, IngestLimits, LogSettings, MetricSettings, TraceSettings};
+use crate::derived::service_graph::ServiceGraph;
+use crate::derived::span_metrics::SpanMetrics;
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
-use crate::service_graph::ServiceGraph;
-use crate::span_metrics::SpanMetrics;
+use crate::store::Stores;
 use crate::store::logs::LogStore;
 use crate::store::metrics::MetricStore;
 use crate::store::traces::TraceStore;
@@ -34,17 +35,6 @@ pub enum AcceptError {
         "the request converts to {bytes} bytes of samples, more than the write-ahead log queue holds ({limit} bytes, --wal-queue-bytes): send smaller requests"
     )]
     TooLarge { bytes: usize, limit: usize },
-}
-
-/// Limits that keep memory bounded.
-#[derive(Clone, Debug)]
-pub struct PipelineLimits {
-    /// Bytes of requests waiting for the WAL writer.
-    pub wal_queue_bytes: usize,
-    /// Spans kept in memory before a flush; beyond it ingest answers "retry".
-    pub max_buffered_spans: usize,
-    /// How often the head is flushed to the stores.
-    pub flush_interval: Duration,
 }
 
 /// How often log indexes are committed: the bound on how long an
@@ -78,7 +68,7 @@ pub struct Pipeline {
     trace_settings: TraceSettings,
     log_settings: LogSettings,
     metric_settings: MetricSettings,
-    limits: PipelineLimits,
+    limits: IngestLimits,
     metrics: Metrics,
     flush_wanted: Notify,
     /// WAL sequence numbers through which each store has made everything
@@ -89,50 +79,34 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Opens the stores and the WAL under `data_dir` and replays what the
-    /// stores do not have yet.
+    /// Opens the WAL under the data directory and replays into `stores` what they
+    /// do not have yet.
     pub fn open(
-        data_dir: &Path,
-        limits: PipelineLimits,
-        trace_settings: TraceSettings,
-        log_settings: LogSettings,
-        metric_settings: MetricSettings,
+        stores: &Stores,
+        config: &Config,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Pipeline>> {
         use anyhow::Context;
-        let traces = Arc::new(
-            TraceStore::open(&data_dir.join("traces"), metrics.clone())
-                .context("opening the trace store")?,
-        );
-        let logs = Arc::new(
-            LogStore::open(
-                &data_dir.join("logs"),
-                log_settings.partition,
-                metrics.clone(),
-            )
-            .context("opening the log store")?,
-        );
-        let metric_store = Arc::new(
-            MetricStore::open(
-                &data_dir.join("metrics"),
-                metric_settings.limits.clone(),
-                metrics.clone(),
-            )
-            .context("opening the metrics store")?,
-        );
+        let Stores {
+            traces,
+            logs,
+            metrics: metric_store,
+            ..
+        } = stores.clone();
+        let limits = config.limits.clone();
         let traces_checkpoint = traces
-            .checkpoint()
+            .durable_through()
             .context("reading the trace store checkpoint")?;
-        let metrics_checkpoint = metric_store.checkpoint();
+        let metrics_checkpoint = metric_store.durable_through();
         let (mut replayed_spans, mut replayed_logs, mut replayed_series) = (0usize, 0usize, 0usize);
         // The WAL only holds records some store may lack: replay all of it.
         // Spans at or below the trace checkpoint are skipped here; log
         // partitions skip what they have committed themselves.
         let wal = Wal::open(
-            &data_dir.join("wal"),
+            &config.data_dir.join("wal"),
             0,
             traces_checkpoint
-                .max(logs.committed_through())
+                .max(logs.durable_through())
                 .max(metrics_checkpoint),
             limits.wal_queue_bytes,
             metrics.clone(),
@@ -188,9 +162,9 @@ impl Pipeline {
             span_metrics: Arc::new(SpanMetrics::default()),
             service_graph: ServiceGraph::default(),
             sample_admission: std::sync::Mutex::new(()),
-            trace_settings,
-            log_settings,
-            metric_settings,
+            trace_settings: config.traces.clone(),
+            log_settings: config.logs.clone(),
+            metric_settings: config.metrics.clone(),
             limits,
             metrics,
             flush_wanted: Notify::new(),
@@ -200,59 +174,26 @@ impl Pipeline {
         }))
     }
 
-    pub fn metric_store(&self) -> &Arc<MetricStore> {
-        &self.metric_store
-    }
-
     /// Makes samples durable and queryable; returns once they are both.
     /// Samples out of order or beyond the series limits are left out and
     /// reported; the rest are stored.
     pub async fn accept_samples(
-        &self,
+        self: &Arc<Self>,
         series: Vec<SeriesSamples>,
         metadata: Vec<MetricMetadata>,
         transport: &str,
     ) -> Result<SampleRejections, AcceptError> {
-        self.metric_store.set_metadata(metadata);
-        let (pending, count, rejections) = {
-            let _order = self.sample_admission.lock().expect("not poisoned");
-            let mut admitted = self.metric_store.admit(series);
-            let rejections = SampleRejections {
-                rejected: admitted.rejected,
-                first_error: admitted.first_error.take(),
-            };
-            let by_limits = admitted.rejected_by_limits;
-            if by_limits > 0 {
-                self.reject_samples(by_limits as usize, "series_limit");
-            }
-            if admitted.rejected > by_limits {
-                self.reject_samples((admitted.rejected - by_limits) as usize, "out_of_order");
-            }
-            if admitted.series.is_empty() {
-                return Ok(rejections);
-            }
-            let count: usize = admitted.series.iter().map(|s| s.samples.len()).sum();
-            let payload = codec::encode_samples(&admitted.series);
-            if payload.len() > self.limits.wal_queue_bytes {
-                self.metric_store.undo_admission(&admitted);
-                self.reject_samples(count, "too_large");
-                return Err(AcceptError::TooLarge {
-                    bytes: payload.len(),
-                    limit: self.limits.wal_queue_bytes,
-                });
-            }
-            let store = self.metric_store.clone();
-            let series = std::mem::take(&mut admitted.series);
-            let pending = self.wal.enqueue(
-                RecordKind::Samples,
-                payload,
-                Box::new(move |_| store.apply(series)),
-            );
-            if pending.is_err() {
-                // Not queued: the retry must find these samples new again.
-                self.metric_store.undo_admission(&admitted);
-            }
-            (pending, count, rejections)
+        // Admission takes the store's locks and encodes the whole batch:
+        // blocking work, kept off the async workers.
+        let pipeline = self.clone();
+        let (rejections, queued) =
+            tokio::task::spawn_blocking(move || pipeline.admit_samples(series, metadata))
+                .await
+                .map_err(|error| {
+                    AcceptError::Unavailable(format!("sample admission: {error}"))
+                })??;
+        let Some((pending, count)) = queued else {
+            return Ok(rejections);
         };
         let appended = match pending {
             Ok(pending) => pending.await,
@@ -277,20 +218,73 @@ impl Pipeline {
         }
     }
 
+    /// Checks samples against the metrics store (time order, series
+    /// limits), encodes the admitted ones and queues them for the WAL, under
+    /// one lock so that samples reach the store in the order they were
+    /// checked in. Returns the rejections and, if anything was queued, what
+    /// to await for its durability and how many samples it holds. Blocking.
+    #[allow(clippy::type_complexity)]
+    fn admit_samples(
+        &self,
+        series: Vec<SeriesSamples>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<
+        (
+            SampleRejections,
+            Option<(
+                Result<impl Future<Output = Result<u64, WalError>> + use<>, WalError>,
+                usize,
+            )>,
+        ),
+        AcceptError,
+    > {
+        self.metric_store.set_metadata(metadata);
+        let _order = self.sample_admission.lock().expect("not poisoned");
+        let mut admitted = self.metric_store.admit(series);
+        let rejections = SampleRejections {
+            rejected: admitted.rejected,
+            first_error: admitted.first_error.take(),
+        };
+        let by_limits = admitted.rejected_by_limits;
+        if by_limits > 0 {
+            self.reject_samples(by_limits as usize, "series_limit");
+        }
+        if admitted.rejected > by_limits {
+            self.reject_samples((admitted.rejected - by_limits) as usize, "out_of_order");
+        }
+        if admitted.series.is_empty() {
+            return Ok((rejections, None));
+        }
+        let count: usize = admitted.series.iter().map(|s| s.samples.len()).sum();
+        let payload = codec::encode_samples(&admitted.series);
+        if payload.len() > self.limits.wal_queue_bytes {
+            self.metric_store.undo_admission(&admitted);
+            self.reject_samples(count, "too_large");
+            return Err(AcceptError::TooLarge {
+                bytes: payload.len(),
+                limit: self.limits.wal_queue_bytes,
+            });
+        }
+        let store = self.metric_store.clone();
+        let series = std::mem::take(&mut admitted.series);
+        let pending = self.wal.enqueue(
+            RecordKind::Samples,
+            payload,
+            Box::new(move |_| store.apply(series)),
+        );
+        if pending.is_err() {
+            // Not queued: the retry must find these samples new again.
+            self.metric_store.undo_admission(&admitted);
+        }
+        Ok((rejections, Some((pending, count))))
+    }
+
     /// Counts samples refused.
     pub fn reject_samples(&self, samples: usize, reason: &str) {
         self.metrics
             .samples_rejected
             .with_label_values(&[reason])
             .inc_by(samples as u64);
-    }
-
-    pub fn logs(&self) -> &Arc<LogStore> {
-        &self.logs
-    }
-
-    pub fn traces(&self) -> &Arc<TraceStore> {
-        &self.traces
     }
 
     /// Makes spans durable and queryable; returns once they are both.
@@ -304,7 +298,7 @@ impl Pipeline {
             self.flush_wanted.notify_one();
         }
         if buffered + count > self.limits.max_buffered_spans {
-            self.reject(count, "overloaded");
+            self.reject_spans(count, "overloaded");
             return Err(AcceptError::Overloaded);
         }
         let payload = codec::encode_spans(&spans);
@@ -330,11 +324,11 @@ impl Pipeline {
                 Ok(())
             }
             Err(WalError::Overloaded) => {
-                self.reject(count, "overloaded");
+                self.reject_spans(count, "overloaded");
                 Err(AcceptError::Overloaded)
             }
             Err(error) => {
-                self.reject(count, "unavailable");
+                self.reject_spans(count, "unavailable");
                 Err(AcceptError::Unavailable(error.to_string()))
             }
         }
@@ -394,7 +388,7 @@ impl Pipeline {
     }
 
     /// Counts spans refused before reaching the WAL.
-    pub fn reject(&self, spans: usize, reason: &str) {
+    pub fn reject_spans(&self, spans: usize, reason: &str) {
         self.metrics
             .spans_rejected
             .with_label_values(&[reason])
@@ -402,7 +396,7 @@ impl Pipeline {
     }
 
     /// Counts a request refused as a whole (malformed, too large, ...).
-    pub fn refuse_request(&self, reason: &str) {
+    pub fn reject_request(&self, reason: &str) {
         self.metrics
             .requests_rejected
             .with_label_values(&[reason])
@@ -411,7 +405,7 @@ impl Pipeline {
 
     /// Flushes the span head to blocks and trims the WAL; returns whether the
     /// flush succeeded (what `/readyz` reports).
-    pub async fn flush(self: &Arc<Self>) -> bool {
+    pub async fn flush_spans(self: &Arc<Self>) -> bool {
         let pipeline = self.clone();
         // Read before the flush: every record up to here is in the head that
         // the flush takes, or was flushed before.
@@ -441,7 +435,7 @@ impl Pipeline {
     }
 
     /// Commits the log indexes (making new logs searchable) and trims the WAL.
-    pub async fn commit_logs(self: &Arc<Self>) -> bool {
+    pub async fn flush_logs(self: &Arc<Self>) -> bool {
         let pipeline = self.clone();
         let applied = self.wal.applied_through();
         match tokio::task::spawn_blocking(move || pipeline.logs.commit()).await {
@@ -507,7 +501,7 @@ impl Pipeline {
     ) {
         tokio::pin!(stop);
         let mut flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
-        let mut commit_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
+        let mut flush_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
@@ -515,15 +509,15 @@ impl Pipeline {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep_until(flush_at) => {
-                    healthy.store(self.flush().await, Ordering::Relaxed);
+                    healthy.store(self.flush_spans().await, Ordering::Relaxed);
                     flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
                 }
                 _ = self.flush_wanted.notified() => {
-                    healthy.store(self.flush().await, Ordering::Relaxed);
+                    healthy.store(self.flush_spans().await, Ordering::Relaxed);
                     flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
                 }
-                _ = commit_logs.tick() => {
-                    self.commit_logs().await;
+                _ = flush_logs.tick() => {
+                    self.flush_logs().await;
                 }
                 _ = flush_metrics.tick() => {
                     self.flush_metrics().await;
@@ -532,7 +526,7 @@ impl Pipeline {
                 _ = retention.tick() => self.enforce_retention().await,
             }
         }
-        if !self.flush().await || !self.commit_logs().await || !self.flush_metrics().await {
+        if !self.flush_spans().await || !self.flush_logs().await || !self.flush_metrics().await {
             tracing::error!("FinalFlushError: data stays in the WAL and is replayed on next start");
         }
         self.wal.shutdown().await;
@@ -540,7 +534,7 @@ impl Pipeline {
 
     /// Writes the current counts derived from spans (RED metrics and the
     /// service graph) as samples.
-    async fn write_derived_metrics(&self) {
+    async fn write_derived_metrics(self: &Arc<Self>) {
         let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
         let (mut series, mut metadata) = self.span_metrics.samples(now_ms);
         let (graph_series, graph_metadata) = self.service_graph.samples(now_ms);
@@ -570,10 +564,10 @@ impl Pipeline {
             {
                 tracing::error!(%error, "LogRetentionError");
             }
-            let settings = &pipeline.metric_settings;
+            let retention = pipeline.metric_settings.retention;
             if let Err(error) = pipeline.metric_store.enforce_retention(
-                settings.retention,
-                settings.retention_bytes,
+                retention.max_age,
+                retention.max_bytes,
                 (now / 1_000_000) as i64,
             ) {
                 tracing::error!(%error, "MetricRetentionError");

@@ -1,24 +1,10 @@
-//! Dashboards: named lists of PromQL panels that the web UI charts over its
-//! time range. `GET /api/dashboards` lists them; `GET`, `PUT` and `DELETE`
-//! on `/api/dashboards/{id}` read, create or replace, and delete one.
-//!
-//! Each dashboard is one JSON file, `<data dir>/dashboards/<id>.json`,
-//! replaced atomically (temp file, fsync, rename, fsync of the directory), so
-//! a crash leaves the old version or the new one, never half of either.
-//! `GET` answers exactly the stored JSON, which is therefore also the export
-//! format, and `PUT` takes it back (import). The `shop` dashboard is compiled
-//! into the binary and read-only; the UI saves copies of it.
-//!
-//! A body is checked completely before anything is written: the id is a slug
-//! (so no path can be formed from it), the JSON has the dashboard's shape
-//! within its limits, and every panel's query parses as PromQL and can be
-//! graphed. The store half of this file knows no HTTP; `DashboardError` gets
-//! its status codes in one place, `status`, at the edge.
+//! The dashboard API: `GET /api/dashboards` lists them; `GET`, `PUT` and
+//! `DELETE` on `/api/dashboards/{id}` read, create or replace, and delete one.
+//! `GET` answers exactly the stored JSON, and `PUT` takes it back (import).
+//! The store (`store::dashboards`) knows no HTTP; `DashboardError` gets its
+//! status codes here, in one place.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,327 +13,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use promql_parser::parser::value::ValueType;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ApiState;
-
-/// Largest dashboard body accepted; far above any hand-made dashboard, far
-/// below what would make listing slow.
-const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Panels per dashboard: more would not be readable on one page, and each
-/// panel is one range query per refresh.
-const MAX_PANELS: usize = 50;
-const MAX_TITLE_CHARS: usize = 200;
-const MAX_DESCRIPTION_CHARS: usize = 2_000;
-const MAX_UNIT_CHARS: usize = 32;
-const MAX_ID_CHARS: usize = 64;
-/// The version of the dashboard JSON this Strand reads and writes.
-const VERSION: u32 = 1;
-/// The built-in dashboard: its id and its JSON, compiled in.
-const BUILT_IN: (&str, &str) = ("shop", include_str!("shop_dashboard.json"));
-
-/// Why a dashboard request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DashboardError {
-    /// Not a slug: refused before any path is formed from it.
-    #[error(
-        "invalid dashboard id {0:?}: use 1 to {MAX_ID_CHARS} characters of a-z, 0-9, '-' and '_'"
-    )]
-    InvalidId(String),
-    /// No stored dashboard has the id.
-    #[error("no dashboard {0:?}")]
-    NotFound(String),
-    /// PUT or DELETE on the compiled-in dashboard.
-    #[error("dashboard {0:?} is built in and read-only; save a copy under another id")]
-    BuiltIn(String),
-    /// Not JSON, or not shaped like a dashboard (serde's message says where).
-    #[error("the body is not a dashboard: {0}")]
-    Malformed(String),
-    /// A field breaks a rule; `field` is its path, such as `panels[2].query`.
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
-    /// Refused while reading, before the body is buffered whole.
-    #[error("the body is larger than {MAX_BODY_BYTES} bytes")]
-    TooLarge,
-    /// A stored file no longer reads as a dashboard (edited by hand, or
-    /// written by a newer Strand).
-    #[error("stored dashboard {id:?} is unreadable: {reason}")]
-    Corrupt { id: String, reason: String },
-    /// Reading or writing the dashboards directory failed.
-    #[error("dashboard storage: {0}")]
-    Io(#[from] io::Error),
-}
+use crate::store::dashboards::{
+    Dashboard, DashboardError, DashboardId, DashboardStore, MAX_BODY_BYTES,
+};
 
 type Result<T, E = DashboardError> = std::result::Result<T, E>;
-
-/// A dashboard id: a slug, safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DashboardId(String);
-
-impl DashboardId {
-    /// Checks an id from a URL; only a slug may become part of a file name.
-    pub fn parse(id: &str) -> Result<DashboardId> {
-        let slug = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        if id.is_empty() || id.len() > MAX_ID_CHARS || !id.chars().all(slug) {
-            return Err(DashboardError::InvalidId(id.to_owned()));
-        }
-        Ok(DashboardId(id.to_owned()))
-    }
-
-    fn is_built_in(&self) -> bool {
-        self.0 == BUILT_IN.0
-    }
-}
-
-/// A dashboard as stored and exchanged. Unknown fields are refused rather
-/// than dropped, so an import never silently loses part of what was meant.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Dashboard {
-    #[serde(default = "version")]
-    version: u32,
-    title: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    description: String,
-    panels: Vec<Panel>,
-}
-
-/// One chart: a PromQL expression graphed over the UI's time range.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Panel {
-    #[serde(default)]
-    title: String,
-    query: String,
-    /// How the UI formats values: `seconds`, `ratio`, `percent`, `bytes`, or
-    /// any short text shown beside them (`req/s`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    unit: String,
-}
-
-fn version() -> u32 {
-    VERSION
-}
-
-impl Dashboard {
-    /// Reads and checks a dashboard body: its shape, its limits and every
-    /// panel's query.
-    pub fn from_json(bytes: &[u8]) -> Result<Dashboard> {
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(DashboardError::TooLarge);
-        }
-        let dashboard: Dashboard =
-            serde_json::from_slice(bytes).map_err(|e| DashboardError::Malformed(e.to_string()))?;
-        dashboard.validate()?;
-        Ok(dashboard)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let invalid =
-            |field: String, reason: String| Err(DashboardError::Invalid { field, reason });
-        if self.version != VERSION {
-            return invalid(
-                "version".into(),
-                format!("this Strand reads version {VERSION}, not {}", self.version),
-            );
-        }
-        if self.title.trim().is_empty() {
-            return invalid("title".into(), "must not be empty".into());
-        }
-        check_length("title", &self.title, MAX_TITLE_CHARS)?;
-        check_length("description", &self.description, MAX_DESCRIPTION_CHARS)?;
-        if self.panels.len() > MAX_PANELS {
-            return invalid(
-                "panels".into(),
-                format!("{} panels, at most {MAX_PANELS}", self.panels.len()),
-            );
-        }
-        for (i, panel) in self.panels.iter().enumerate() {
-            check_length(&format!("panels[{i}].title"), &panel.title, MAX_TITLE_CHARS)?;
-            check_length(&format!("panels[{i}].unit"), &panel.unit, MAX_UNIT_CHARS)?;
-            let field = format!("panels[{i}].query");
-            if panel.query.trim().is_empty() {
-                return invalid(field, "must not be empty".into());
-            }
-            let expr = match strand_promql::parse(&panel.query) {
-                Ok(expr) => expr,
-                Err(error) => return invalid(field, error.to_string()),
-            };
-            // The UI graphs panels with range queries, which take only these.
-            let kind = match expr.value_type() {
-                ValueType::Vector | ValueType::Scalar => continue,
-                ValueType::Matrix => "range vector",
-                ValueType::String => "string",
-            };
-            return invalid(
-                field,
-                format!(
-                    "a panel is graphed, so its query must be an instant vector or a scalar, \
-                     not a {kind}"
-                ),
-            );
-        }
-        Ok(())
-    }
-}
-
-fn check_length(field: &str, text: &str, max: usize) -> Result<()> {
-    let chars = text.chars().count();
-    if chars > max {
-        return Err(DashboardError::Invalid {
-            field: field.into(),
-            reason: format!("{chars} characters, at most {max}"),
-        });
-    }
-    Ok(())
-}
-
-/// What the list shows of a dashboard.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    id: String,
-    title: String,
-    panels: usize,
-    built_in: bool,
-    /// Why a stored file could not be read; it is listed anyway so that it
-    /// can be found and deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-/// The dashboards directory. Writes are serialised by a lock, so one temp
-/// file name per id suffices and "created" is answered truthfully.
-pub struct DashboardStore {
-    dir: PathBuf,
-    writes: Mutex<()>,
-}
-
-impl DashboardStore {
-    /// Opens (creating) `dir` and removes temp files a crash left behind.
-    pub fn open(dir: PathBuf) -> Result<DashboardStore> {
-        fs::create_dir_all(&dir)?;
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                fs::remove_file(&path)?;
-            }
-        }
-        Ok(DashboardStore {
-            dir,
-            writes: Mutex::new(()),
-        })
-    }
-
-    fn path(&self, id: &DashboardId) -> PathBuf {
-        self.dir.join(format!("{}.json", id.0))
-    }
-
-    /// The built-in dashboard first, then the stored ones by title.
-    pub fn list(&self) -> Result<Vec<Summary>> {
-        let summary = |id: &str, bytes: &[u8], built_in: bool| match Dashboard::from_json(bytes) {
-            Ok(d) => Summary {
-                id: id.into(),
-                title: d.title,
-                panels: d.panels.len(),
-                built_in,
-                error: None,
-            },
-            Err(error) => Summary {
-                id: id.into(),
-                title: id.into(),
-                panels: 0,
-                built_in,
-                error: Some(error.to_string()),
-            },
-        };
-        let mut stored = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Some(id) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| DashboardId::parse(s).ok())
-                .filter(|id| !id.is_built_in())
-            else {
-                continue;
-            };
-            match fs::read(&path) {
-                Ok(bytes) => stored.push(summary(&id.0, &bytes, false)),
-                // Deleted between listing and reading.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
-        stored.sort_by(|a, b| (&a.title, &a.id).cmp(&(&b.title, &b.id)));
-        let mut all = vec![summary(BUILT_IN.0, BUILT_IN.1.as_bytes(), true)];
-        all.extend(stored);
-        Ok(all)
-    }
-
-    /// The dashboard's JSON exactly as stored.
-    pub fn get(&self, id: &DashboardId) -> Result<Vec<u8>> {
-        if id.is_built_in() {
-            return Ok(BUILT_IN.1.as_bytes().to_vec());
-        }
-        let bytes = fs::read(self.path(id)).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => DashboardError::NotFound(id.0.clone()),
-            _ => error.into(),
-        })?;
-        // Refuse to hand out what PUT would refuse to take back.
-        Dashboard::from_json(&bytes).map_err(|error| DashboardError::Corrupt {
-            id: id.0.clone(),
-            reason: error.to_string(),
-        })?;
-        Ok(bytes)
-    }
-
-    /// Creates or replaces a dashboard; true if it was created. Returns the
-    /// stored JSON too.
-    pub fn put(&self, id: &DashboardId, dashboard: &Dashboard) -> Result<(bool, Vec<u8>)> {
-        if id.is_built_in() {
-            return Err(DashboardError::BuiltIn(id.0.clone()));
-        }
-        let mut json = serde_json::to_vec_pretty(dashboard).expect("a dashboard serializes");
-        json.push(b'\n');
-        let _writing = self.writes.lock().expect("not poisoned");
-        let path = self.path(id);
-        let created = !path.exists();
-        let temp = self.dir.join(format!("{}.json.tmp", id.0));
-        let mut file = File::create(&temp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)?;
-        sync_dir(&self.dir)?;
-        Ok((created, json))
-    }
-
-    /// Removes a stored dashboard; the built-in one cannot be.
-    pub fn delete(&self, id: &DashboardId) -> Result<()> {
-        if id.is_built_in() {
-            return Err(DashboardError::BuiltIn(id.0.clone()));
-        }
-        let _writing = self.writes.lock().expect("not poisoned");
-        fs::remove_file(self.path(id)).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => DashboardError::NotFound(id.0.clone()),
-            _ => error.into(),
-        })?;
-        sync_dir(&self.dir)?;
-        Ok(())
-    }
-}
-
-/// Makes a rename or removal in `dir` durable.
-fn sync_dir(dir: &FsPath) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-// --- HTTP edge ---
 
 /// The dashboard routes, merged into the API router.
 pub fn router() -> Router<Arc<ApiState>> {
@@ -384,15 +57,19 @@ impl IntoResponse for DashboardError {
     }
 }
 
-/// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    state: &Arc<ApiState>,
+/// Runs file work on the dashboard store off the async workers.
+async fn with_store<T: Send + 'static>(
+    state: &ApiState,
     work: impl FnOnce(&DashboardStore) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state.dashboards))
-        .await
-        .map_err(|error| DashboardError::Io(io::Error::other(error)))?
+    let store = state.stores.dashboards.clone();
+    tokio::task::spawn_blocking(move || work(&store)).await?
+}
+
+impl From<tokio::task::JoinError> for DashboardError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        DashboardError::Io(std::io::Error::other(error))
+    }
 }
 
 fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
@@ -400,13 +77,13 @@ fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Result<Response> {
-    let dashboards = blocking(&state, |store| store.list()).await?;
+    let dashboards = with_store(&state, |store| store.list()).await?;
     Ok(axum::Json(json!({ "dashboards": dashboards })).into_response())
 }
 
 async fn read(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response> {
     let id = DashboardId::parse(&id)?;
-    let bytes = blocking(&state, move |store| store.get(&id)).await?;
+    let bytes = with_store(&state, move |store| store.get(&id)).await?;
     Ok(json_bytes(StatusCode::OK, bytes))
 }
 
@@ -418,7 +95,7 @@ async fn replace(
 ) -> Result<Response> {
     let id = DashboardId::parse(&id)?;
     if id.is_built_in() {
-        return Err(DashboardError::BuiltIn(id.0));
+        return Err(DashboardError::BuiltIn(id.as_str().to_owned()));
     }
     let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -432,7 +109,7 @@ async fn replace(
         }
     };
     let dashboard = Dashboard::from_json(&bytes)?;
-    let (created, json) = blocking(&state, move |store| store.put(&id, &dashboard)).await?;
+    let (created, json) = with_store(&state, move |store| store.put(&id, &dashboard)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -443,82 +120,6 @@ async fn replace(
 
 async fn remove(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response> {
     let id = DashboardId::parse(&id)?;
-    blocking(&state, move |store| store.delete(&id)).await?;
+    with_store(&state, move |store| store.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn invalid_field(body: &str) -> String {
-        match Dashboard::from_json(body.as_bytes()) {
-            Err(DashboardError::Invalid { field, .. }) => field,
-            other => panic!("{body}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_built_in_dashboard_is_valid() {
-        let dashboard = Dashboard::from_json(BUILT_IN.1.as_bytes()).unwrap();
-        assert_eq!(dashboard.panels.len(), 5);
-    }
-
-    #[test]
-    fn ids_are_slugs() {
-        for ok in ["shop", "a", "my-board_2", &"x".repeat(64)] {
-            assert!(DashboardId::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "../etc", "a/b", "A", "a.json", "é", &"x".repeat(65)] {
-            assert!(DashboardId::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn bodies_are_checked_field_by_field() {
-        let panel = |query: &str| {
-            format!(r#"{{"title": "t", "panels": [{{"title": "p", "query": {query:?}}}]}}"#)
-        };
-        assert!(Dashboard::from_json(panel("sum(rate(x[1m]))").as_bytes()).is_ok());
-        assert_eq!(invalid_field(&panel("sum(")), "panels[0].query");
-        assert_eq!(invalid_field(&panel("x[5m]")), "panels[0].query");
-        assert_eq!(invalid_field(&panel(" ")), "panels[0].query");
-        assert_eq!(invalid_field(r#"{"title": " ", "panels": []}"#), "title");
-        assert_eq!(
-            invalid_field(r#"{"version": 2, "title": "t", "panels": []}"#),
-            "version"
-        );
-        let many = format!(
-            r#"{{"title": "t", "panels": [{}]}}"#,
-            vec![r#"{"query": "up"}"#; MAX_PANELS + 1].join(",")
-        );
-        assert_eq!(invalid_field(&many), "panels");
-        assert!(matches!(
-            Dashboard::from_json(br#"{"title": "t", "panels": [], "extra": 1}"#),
-            Err(DashboardError::Malformed(m)) if m.contains("extra")
-        ));
-    }
-
-    #[test]
-    fn store_round_trip_and_leftover_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.json.tmp"), "half").unwrap();
-        let store = DashboardStore::open(dir.path().to_path_buf()).unwrap();
-        assert!(!dir.path().join("a.json.tmp").exists());
-        let id = DashboardId::parse("a").unwrap();
-        let dashboard = Dashboard::from_json(br#"{"title": "A", "panels": []}"#).unwrap();
-        assert!(store.put(&id, &dashboard).unwrap().0);
-        assert!(!store.put(&id, &dashboard).unwrap().0);
-        let stored = Dashboard::from_json(&store.get(&id).unwrap()).unwrap();
-        assert_eq!(stored.title, "A");
-        let ids: Vec<_> = store.list().unwrap().into_iter().map(|s| s.id).collect();
-        assert_eq!(ids, ["shop", "a"]);
-        store.delete(&id).unwrap();
-        assert!(matches!(store.get(&id), Err(DashboardError::NotFound(_))));
-        let shop = DashboardId::parse("shop").unwrap();
-        assert!(matches!(
-            store.delete(&shop),
-            Err(DashboardError::BuiltIn(_))
-        ));
-    }
 }

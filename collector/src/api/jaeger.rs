@@ -20,6 +20,7 @@ use super::params::{parse_go_duration, parse_lookback, parse_trace_id};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{AttrValue, KeyValue, Resource, Span, SpanKind};
 use crate::query::traces::{TraceQuery, search};
+use crate::store::StoreError;
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 1_500;
@@ -56,6 +57,18 @@ impl JaegerError {
     }
 }
 
+impl From<tokio::task::JoinError> for JaegerError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        JaegerError::internal(error)
+    }
+}
+
+impl From<StoreError> for JaegerError {
+    fn from(error: StoreError) -> Self {
+        JaegerError::internal(error)
+    }
+}
+
 impl IntoResponse for JaegerError {
     fn into_response(self) -> Response {
         let body = json!({
@@ -88,7 +101,7 @@ pub fn router() -> Router<Arc<ApiState>> {
 }
 
 async fn services(State(state): State<Arc<ApiState>>) -> JaegerResult {
-    let services = state.pipeline.traces().services();
+    let services = state.stores.traces.services();
     Ok(envelope(services.into_iter().map(Value::from).collect()))
 }
 
@@ -97,8 +110,8 @@ async fn service_operations(
     Path(service): Path<String>,
 ) -> JaegerResult {
     let mut names: Vec<String> = state
-        .pipeline
-        .traces()
+        .stores
+        .traces
         .operations(&service)
         .into_iter()
         .map(|(name, _)| name)
@@ -124,8 +137,8 @@ async fn operations(
         None => None,
     };
     let operations = state
-        .pipeline
-        .traces()
+        .stores
+        .traces
         .operations(service)
         .into_iter()
         .filter(|(_, k)| kind.is_none_or(|kind| kind == *k))
@@ -139,11 +152,8 @@ async fn trace_by_id(
     Path(trace_id): Path<String>,
 ) -> JaegerResult {
     let id = parse_trace_id(&trace_id).map_err(JaegerError::bad_request)?;
-    let store = state.pipeline.traces().clone();
-    let spans = tokio::task::spawn_blocking(move || store.trace(&id))
-        .await
-        .map_err(JaegerError::internal)?
-        .map_err(JaegerError::internal)?;
+    let store = state.stores.traces.clone();
+    let spans = tokio::task::spawn_blocking(move || store.trace(&id)).await??;
     if spans.is_empty() {
         return Err(JaegerError::not_found(format!(
             "trace {trace_id} not found"
@@ -156,7 +166,7 @@ async fn find_traces(
     State(state): State<Arc<ApiState>>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> JaegerResult {
-    let store = state.pipeline.traces().clone();
+    let store = state.stores.traces.clone();
     let trace_ids: Vec<&str> = params
         .iter()
         .filter(|(k, v)| k == "traceID" && !v.is_empty())
@@ -173,9 +183,7 @@ async fn find_traces(
                 .map(|id| store.trace(id))
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await
-        .map_err(JaegerError::internal)?
-        .map_err(JaegerError::internal)?;
+        .await??;
         return Ok(envelope(
             traces
                 .iter()
@@ -185,10 +193,7 @@ async fn find_traces(
         ));
     }
     let query = trace_query(&params, now_nanos())?;
-    let traces = tokio::task::spawn_blocking(move || search(&store, &query))
-        .await
-        .map_err(JaegerError::internal)?
-        .map_err(JaegerError::internal)?;
+    let traces = tokio::task::spawn_blocking(move || search(&store, &query)).await??;
     Ok(envelope(traces.iter().map(|t| trace_json(t)).collect()))
 }
 
@@ -311,11 +316,8 @@ async fn dependencies(
     let lookback_ms = millis("lookback", DEFAULT_DEPENDENCY_LOOKBACK_MS)?;
     let end = end_ms.saturating_mul(1_000_000);
     let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
-    let store = state.pipeline.traces().clone();
-    let links = tokio::task::spawn_blocking(move || store.dependencies(start, end))
-        .await
-        .map_err(JaegerError::internal)?
-        .map_err(JaegerError::internal)?;
+    let store = state.stores.traces.clone();
+    let links = tokio::task::spawn_blocking(move || store.dependencies(start, end)).await??;
     Ok(envelope(
         links
             .into_iter()

@@ -72,6 +72,12 @@ impl From<LogQueryError> for ApiError {
     }
 }
 
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        ApiError::internal(error)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
@@ -89,16 +95,6 @@ pub fn router() -> Router<Arc<ApiState>> {
         .route("/api/logs/facets", get(facets))
         .route("/api/logs/tail", get(tail))
         .route("/api/traces/{trace_id}/logs", get(trace_logs))
-}
-
-/// Runs blocking index work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LogQueryError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
 }
 
 fn log_query(params: &HashMap<String, String>) -> Result<LogQuery, ApiError> {
@@ -150,8 +146,9 @@ async fn search(State(state): State<Arc<ApiState>>, Query(params): Params) -> Ap
             })
         })
         .transpose()?;
-    let store = state.pipeline.logs().clone();
-    let page = blocking(move || logs::search(&store, &query, limit, cursor)).await?;
+    let store = state.stores.logs.clone();
+    let page =
+        tokio::task::spawn_blocking(move || logs::search(&store, &query, limit, cursor)).await??;
     Ok(Json(json!({
         "logs": page.hits.iter().map(log_json).collect::<Vec<_>>(),
         "total": page.total,
@@ -179,8 +176,9 @@ async fn histogram(State(state): State<Arc<ApiState>>, Query(params): Params) ->
             "parameter 'step' gives more than {MAX_BUCKETS} buckets for this range"
         )));
     }
-    let store = state.pipeline.logs().clone();
-    let histogram = blocking(move || logs::histogram(&store, &query, step_nanos)).await?;
+    let store = state.stores.logs.clone();
+    let histogram =
+        tokio::task::spawn_blocking(move || logs::histogram(&store, &query, step_nanos)).await??;
     let mut total = 0;
     let buckets: Vec<Value> = histogram
         .buckets
@@ -225,8 +223,9 @@ fn nice_step(nanos: u64) -> u64 {
 
 async fn facets(State(state): State<Arc<ApiState>>, Query(params): Params) -> ApiResult {
     let query = log_query(&params)?;
-    let store = state.pipeline.logs().clone();
-    let facets = blocking(move || logs::facets(&store, &query, FACET_VALUES)).await?;
+    let store = state.stores.logs.clone();
+    let facets =
+        tokio::task::spawn_blocking(move || logs::facets(&store, &query, FACET_VALUES)).await??;
     let values = |values: &[(String, u64)]| -> Vec<Value> {
         values
             .iter()
@@ -243,8 +242,8 @@ async fn facets(State(state): State<Arc<ApiState>>, Query(params): Params) -> Ap
 
 async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<String>) -> ApiResult {
     let trace_id = parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
-    let store = state.pipeline.logs().clone();
-    let hits = blocking(move || logs::trace_logs(&store, &trace_id)).await?;
+    let store = state.stores.logs.clone();
+    let hits = tokio::task::spawn_blocking(move || logs::trace_logs(&store, &trace_id)).await??;
     Ok(Json(json!({
         "logs": hits.iter().map(log_json).collect::<Vec<_>>(),
     })))
@@ -258,14 +257,14 @@ async fn tail(
     Query(params): Params,
 ) -> Result<impl IntoResponse, ApiError> {
     let text = params.get("q").cloned().unwrap_or_default();
-    let store = state.pipeline.logs().clone();
+    let store = state.stores.logs.clone();
     let mut after = {
         let (store, text) = (store.clone(), text.clone());
-        blocking(move || {
+        tokio::task::spawn_blocking(move || {
             logs::validate(&store, &text)?;
             logs::last_arrival(&store)
         })
-        .await?
+        .await??
     };
     let (events, stream) = mpsc::channel::<Result<Event, Infallible>>(TAIL_BATCH);
     tokio::spawn(async move {

@@ -18,19 +18,16 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::pipeline::Pipeline;
+use crate::store::Stores;
 use crate::telemetry::Metrics;
 
-pub use dashboards::DashboardStore;
-
-/// What the API handlers share.
+/// What the API handlers share: the stores they read (never the write
+/// path), Strand's own metrics and its readiness.
 pub struct ApiState {
-    pub pipeline: Arc<Pipeline>,
+    pub stores: Stores,
     pub metrics: Metrics,
     /// False while the stores fail to flush; `/readyz` reports it.
     pub healthy: Arc<AtomicBool>,
-    /// Dashboards saved under the data directory.
-    pub dashboards: DashboardStore,
 }
 
 /// The API router; testable without a socket.

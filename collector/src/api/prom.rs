@@ -15,11 +15,11 @@ use axum::routing::get;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::Expr;
 use serde_json::{Value as Json, json};
-use strand_promql::{EvalError, Labels, Limits, Series, SeriesSource, Value, format_value};
+use strand_promql::{EvalError, Labels, Limits, Value, format_value};
 
 use super::ApiState;
 use crate::model::{Label, METRIC_NAME_LABEL};
-use crate::store::metrics::MetricStore;
+use crate::query::metrics::MetricSource;
 
 /// Samples one query may load before it is refused (Prometheus's default).
 const MAX_SAMPLES: usize = 50_000_000;
@@ -51,6 +51,15 @@ impl PromError {
         PromError {
             kind: "bad_data",
             message: message.into(),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for PromError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        PromError {
+            kind: "internal",
+            message: format!("query failed: {error}"),
         }
     }
 }
@@ -186,56 +195,17 @@ fn now_ms() -> i64 {
     (crate::model::now_unix_nano() / 1_000_000) as i64
 }
 
-/// Reads the metrics store for the evaluator.
-struct StoreSource(Arc<MetricStore>);
-
-impl SeriesSource for StoreSource {
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<Series>, String> {
-        let selected = self
-            .0
-            .select(matchers, start_ms, end_ms)
-            .map_err(|e| e.to_string())?;
-        Ok(selected
-            .into_iter()
-            .map(|s| Series {
-                labels: Labels::from(
-                    s.labels
-                        .into_iter()
-                        .map(|l| (l.name, l.value))
-                        .collect::<Vec<_>>(),
-                ),
-                samples: s
-                    .samples
-                    .into_iter()
-                    .map(|p| (p.timestamp_ms, p.value))
-                    .collect(),
-            })
-            .collect())
-    }
-}
-
 async fn query(
     State(state): State<Arc<ApiState>>,
     method: Method,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let run = async {
-        let params = Params::read(&method, raw, &body)?;
-        let text = params.required("query")?.to_owned();
+    evaluate(&state, &method, raw, &body, |params| {
         let time = params.time("time")?.unwrap_or_else(now_ms);
-        let limits = params.limits()?;
-        let source = StoreSource(state.pipeline.metric_store().clone());
-        let value =
-            evaluate(move || strand_promql::instant_query(&source, &text, time, &limits)).await?;
-        Ok::<_, PromError>(success(value_json(&value)))
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Evaluation::Instant { time })
+    })
+    .await
 }
 
 async fn query_range(
@@ -244,18 +214,13 @@ async fn query_range(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let run = async {
-        let params = Params::read(&method, raw, &body)?;
-        let text = params.required("query")?.to_owned();
-        let start = params
-            .time("start")?
-            .ok_or_else(|| PromError::bad_data("missing parameter \"start\""))?;
-        let end = params
-            .time("end")?
-            .ok_or_else(|| PromError::bad_data("missing parameter \"end\""))?;
-        let step = params
-            .duration("step")?
-            .ok_or_else(|| PromError::bad_data("missing parameter \"step\""))?;
+    evaluate(&state, &method, raw, &body, |params| {
+        let required = |name: &str, value: Option<i64>| {
+            value.ok_or_else(|| PromError::bad_data(format!("missing parameter {name:?}")))
+        };
+        let start = required("start", params.time("start")?)?;
+        let end = required("end", params.time("end")?)?;
+        let step = required("step", params.duration("step")?)?;
         check_order(start, end)?;
         if step <= 0 {
             return Err(PromError::bad_data(
@@ -267,27 +232,44 @@ async fn query_range(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));
         }
-        let limits = params.limits()?;
-        let source = StoreSource(state.pipeline.metric_store().clone());
-        let value =
-            evaluate(move || strand_promql::range_query(&source, &text, start, end, step, &limits))
-                .await?;
-        Ok(success(value_json(&value)))
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Evaluation::Range { start, end, step })
+    })
+    .await
 }
 
-/// Runs an evaluation off the async threads.
+/// What `/query` and `/query_range` evaluate at.
+enum Evaluation {
+    Instant { time: i64 },
+    Range { start: i64, end: i64, step: i64 },
+}
+
+/// Reads a query's parameters (`when` picks the instant or range), then
+/// evaluates it off the async workers and answers in Prometheus's shape.
 async fn evaluate(
-    job: impl FnOnce() -> strand_promql::Result<Value> + Send + 'static,
-) -> Result<Value, PromError> {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| PromError {
-            kind: "internal",
-            message: format!("query evaluation failed: {e}"),
-        })?
-        .map_err(PromError::from)
+    state: &ApiState,
+    method: &Method,
+    raw: Option<String>,
+    body: &Bytes,
+    when: impl FnOnce(&Params) -> Result<Evaluation, PromError>,
+) -> Response {
+    let run = async {
+        let params = Params::read(method, raw, body)?;
+        let text = params.required("query")?.to_owned();
+        let evaluation = when(&params)?;
+        let limits = params.limits()?;
+        let source = MetricSource::new(state.stores.metrics.clone());
+        let value = tokio::task::spawn_blocking(move || match evaluation {
+            Evaluation::Instant { time } => {
+                strand_promql::instant_query(&source, &text, time, &limits)
+            }
+            Evaluation::Range { start, end, step } => {
+                strand_promql::range_query(&source, &text, start, end, step, &limits)
+            }
+        })
+        .await??;
+        Ok::<_, PromError>(success(value_json(&value)))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Series selectors of `match[]`, each as a list of matchers.
@@ -335,19 +317,27 @@ async fn series(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let run = || {
+    let run = async {
         let params = Params::read(&method, raw, &body)?;
         let selectors = selectors(&params)?;
         if selectors.is_empty() {
             return Err(PromError::bad_data("no match[] parameter provided"));
         }
         let (start, end) = range(&params)?;
-        let found = state.pipeline.metric_store().series(&selectors, start, end);
-        Ok::<_, PromError>(success(Json::Array(
-            found.iter().map(|l| labels_json(l)).collect(),
-        )))
+        let store = state.stores.metrics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            Ok::<_, PromError>(
+                store
+                    .series(&selectors, start, end)
+                    .iter()
+                    .map(|l| labels_json(l))
+                    .collect(),
+            )
+        })
+        .await??;
+        Ok(success(Json::Array(found)))
     };
-    run().unwrap_or_else(IntoResponse::into_response)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn labels(
@@ -357,7 +347,7 @@ async fn labels(
     body: Bytes,
 ) -> Response {
     let params = Params::read(&method, raw, &body);
-    distinct_labels(&state, params, |label| Some(label.name))
+    distinct_labels(&state, params, None).await
 }
 
 async fn label_values(
@@ -366,35 +356,32 @@ async fn label_values(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let params = Params::read(&Method::GET, raw, &Bytes::new());
-    distinct_labels(&state, params, |label| {
-        (label.name == name).then_some(label.value)
-    })
+    distinct_labels(&state, params, Some(name)).await
 }
 
-/// Sorted distinct `pick`s of the labels of the series matching `match[]`
-/// in the requested range: label names and label values alike.
-fn distinct_labels(
+/// Sorted distinct label names (`name` is `None`) or values of the label
+/// `name`, of the series matching `match[]` in the requested range (all
+/// series when there is no `match[]`).
+async fn distinct_labels(
     state: &ApiState,
     params: Result<Params, PromError>,
-    pick: impl Fn(Label) -> Option<String>,
+    name: Option<String>,
 ) -> Response {
-    let run = || {
+    let run = async {
         let params = params?;
         let selectors = selectors(&params)?;
         let (start, end) = range(&params)?;
-        let mut picked: Vec<String> = state
-            .pipeline
-            .metric_store()
-            .series(&selectors, start, end)
-            .into_iter()
-            .flatten()
-            .filter_map(&pick)
-            .collect();
-        picked.sort();
-        picked.dedup();
-        Ok::<_, PromError>(success(json!(picked)))
+        let store = state.stores.metrics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            Ok::<_, PromError>(match &name {
+                None => store.label_names(&selectors, start, end),
+                Some(name) => store.label_values(name, &selectors, start, end),
+            })
+        })
+        .await??;
+        Ok::<_, PromError>(success(json!(found)))
     };
-    run().unwrap_or_else(IntoResponse::into_response)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn metadata(State(state): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Response {
@@ -407,7 +394,7 @@ async fn metadata(State(state): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -
             None => -1,
         };
         let mut out = serde_json::Map::new();
-        for entry in state.pipeline.metric_store().metadata(params.get("metric")) {
+        for entry in state.stores.metrics.metadata(params.get("metric")) {
             if limit >= 0 && out.len() as i64 >= limit {
                 break;
             }

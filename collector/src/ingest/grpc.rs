@@ -49,7 +49,7 @@ impl TraceService for TraceGrpc {
         match export_traces(&self.pipeline, request.into_inner(), "grpc").await {
             Ok(response) => Ok(tonic::Response::new(response)),
             Err(error) => {
-                self.pipeline.refuse_request(error.reason());
+                self.pipeline.reject_request(error.reason());
                 Err(error.into())
             }
         }
@@ -82,7 +82,7 @@ impl LogsService for LogsGrpc {
         match export_logs(&self.pipeline, request.into_inner(), "grpc").await {
             Ok(response) => Ok(tonic::Response::new(response)),
             Err(error) => {
-                self.pipeline.refuse_request(error.reason());
+                self.pipeline.reject_request(error.reason());
                 Err(error.into())
             }
         }
@@ -121,7 +121,7 @@ impl MetricsService for MetricsGrpc {
         {
             Ok(response) => Ok(tonic::Response::new(response)),
             Err(error) => {
-                self.pipeline.refuse_request(error.reason());
+                self.pipeline.reject_request(error.reason());
                 Err(error.into())
             }
         }

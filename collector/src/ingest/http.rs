@@ -150,14 +150,14 @@ async fn store_bulk(
     let body = match read_body(&headers, body, ingest.max_body_bytes).await {
         Ok(body) => body,
         Err(error) => {
-            ingest.pipeline.refuse_request(error.reason());
+            ingest.pipeline.reject_request(error.reason());
             return elasticsearch_error(error.http_status(), &error.to_string());
         }
     };
     let request = match bulk::parse_bulk(&body, index.as_deref(), crate::model::now_unix_nano()) {
         Ok(request) => request,
         Err(error) => {
-            ingest.pipeline.refuse_request("malformed");
+            ingest.pipeline.reject_request("malformed");
             return elasticsearch_error(StatusCode::BAD_REQUEST, &error.to_string());
         }
     };
@@ -321,7 +321,7 @@ fn decode<Request: Message + Default + DeserializeOwned>(
 }
 
 fn refuse(ingest: &HttpIngest, encoding: Encoding, error: IngestError) -> Response {
-    ingest.pipeline.refuse_request(error.reason());
+    ingest.pipeline.reject_request(error.reason());
     let status = RpcStatus {
         code: error.grpc_code() as i32,
         message: error.to_string(),

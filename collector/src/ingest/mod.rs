@@ -115,7 +115,7 @@ async fn export_traces(
     };
     let converted = otlp::convert_trace_request(request);
     if converted.rejected > 0 {
-        pipeline.reject(converted.rejected as usize, "invalid");
+        pipeline.reject_spans(converted.rejected as usize, "invalid");
     }
     let accepted = converted.spans.len();
     pipeline
@@ -175,7 +175,7 @@ async fn export_logs(
 /// (out of order, over the series limits), are reported as OTLP partial
 /// success.
 async fn export_metrics(
-    pipeline: &crate::pipeline::Pipeline,
+    pipeline: &std::sync::Arc<crate::pipeline::Pipeline>,
     converter: &otlp_metrics::MetricsConverter,
     request: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
     transport: &str,

@@ -97,7 +97,7 @@ async fn write(State(state): State<RemoteWrite>, headers: HeaderMap, body: Body)
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Ok(Some(partial)) => (StatusCode::BAD_REQUEST, partial).into_response(),
         Err(error) => {
-            state.pipeline.refuse_request(error.reason());
+            state.pipeline.reject_request(error.reason());
             let mut response = (error.http_status(), format!("{error}\n")).into_response();
             if error.http_status() == StatusCode::TOO_MANY_REQUESTS {
                 response

@@ -7,28 +7,16 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_parse::{Scrape, Value};
 
+use crate::config::ScrapeTarget;
 use crate::model::{
     Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, STALE_NAN_BITS,
     SeriesSamples, canonical_labels,
 };
 use crate::pipeline::Pipeline;
-
-/// One endpoint to scrape, as configured.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScrapeTarget {
-    pub job: String,
-    /// `host:port`, also the `instance` label.
-    pub address: String,
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Extra labels put on every series of the target.
-    pub labels: Vec<Label>,
-}
 
 impl ScrapeTarget {
     fn url(&self) -> String {
@@ -231,6 +219,8 @@ fn convert(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn target() -> ScrapeTarget {

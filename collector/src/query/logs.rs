@@ -503,8 +503,8 @@ impl SegmentCollector for TermCountsSegment {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_log;
+    use crate::config::Retention;
     use crate::model::{AttrValue, KeyValue, Severity};
-    use crate::store::logs::LogRetention;
     use crate::telemetry::Metrics;
 
     const HOUR: u64 = 3_600 * 1_000_000_000;
@@ -656,7 +656,7 @@ mod tests {
         store.commit().unwrap();
         assert_eq!(search(&store, &query(""), 100, None).unwrap().total, 20);
 
-        let retention = LogRetention {
+        let retention = Retention {
             max_age: Duration::from_secs(3600),
             max_bytes: 0,
         };

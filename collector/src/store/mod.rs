@@ -1,11 +1,27 @@
-//! Embedded storage engines, one per signal. Stores know nothing about HTTP,
-//! OTLP or each other; they take `model` types and own their on-disk formats.
+//! Embedded storage engines, one per signal, and the dashboards. Stores know
+//! nothing about HTTP, OTLP, the write-ahead log or each other; they take
+//! `model` types and own their on-disk formats.
+//!
+//! [`Stores`] is opened once: the pipeline writes to it, the API reads from
+//! it, and neither reaches the stores through the other.
 
+pub mod dashboards;
 pub mod logs;
 pub mod metrics;
 pub mod traces;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
 use crate::codec::CodecError;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use dashboards::DashboardStore;
+use logs::LogStore;
+use metrics::MetricStore;
+use traces::TraceStore;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,3 +39,47 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Every store of one data directory, shared by the write path and the
+/// query side.
+#[derive(Clone)]
+pub struct Stores {
+    pub traces: Arc<TraceStore>,
+    pub logs: Arc<LogStore>,
+    pub metrics: Arc<MetricStore>,
+    pub dashboards: Arc<DashboardStore>,
+}
+
+impl Stores {
+    /// Opens (or creates) every store under `data_dir`. Blocking: sled,
+    /// tantivy and the metrics store read their files here.
+    pub fn open(
+        data_dir: &Path,
+        config: &Config,
+        self_metrics: &Metrics,
+    ) -> anyhow::Result<Stores> {
+        let traces = TraceStore::open(&data_dir.join("traces"), self_metrics.clone())
+            .context("opening the trace store")?;
+        let logs = LogStore::open(
+            &data_dir.join("logs"),
+            config.logs.partition,
+            self_metrics.clone(),
+        )
+        .context("opening the log store")?;
+        let metrics = MetricStore::open(
+            &data_dir.join("metrics"),
+            config.metrics.limits.clone(),
+            self_metrics.clone(),
+        )
+        .context("opening the metrics store")?;
+        let dashboards_dir = data_dir.join("dashboards");
+        let dashboards = DashboardStore::open(dashboards_dir.clone())
+            .with_context(|| format!("opening {}", dashboards_dir.display()))?;
+        Ok(Stores {
+            traces: Arc::new(traces),
+            logs: Arc::new(logs),
+            metrics: Arc::new(metrics),
+            dashboards: Arc::new(dashboards),
+        })
+    }
+}

@@ -178,12 +178,8 @@ fn parse_strand(unit: &str, args: &[String], env: &BTreeMap<String, String>) -> 
             .unwrap_or_else(|| panic!("{unit}: `strand serve` reads no variable {name}"));
         argv.push(format!("--{long}={value}"));
     }
-    let strand::config::Cli { command } =
-        <strand::config::Cli as clap::Parser>::try_parse_from(&argv)
-            .unwrap_or_else(|e| panic!("{unit}: {argv:?} does not parse: {e}"));
-    let strand::config::Command::Serve(args) = command;
-    args.into_config()
-        .unwrap_or_else(|e| panic!("{unit}: invalid strand config: {e:#}"))
+    strand::Config::from_command_line(&argv)
+        .unwrap_or_else(|e| panic!("{unit}: {argv:?} is not a valid strand config: {e:#}"))
 }
 
 // ---------------------------------------------------------------------------

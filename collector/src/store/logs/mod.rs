@@ -25,6 +25,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
 
+use crate::config::Retention;
 use crate::model::LogRecord;
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
@@ -39,15 +40,6 @@ impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
         StoreError::Search(error.to_string())
     }
-}
-
-/// When partitions are dropped.
-#[derive(Clone, Copy, Debug)]
-pub struct LogRetention {
-    /// Partitions whose newest possible record is older than this go.
-    pub max_age: Duration,
-    /// Oldest partitions go while the store is larger than this (0: no limit).
-    pub max_bytes: u64,
 }
 
 /// One time partition.
@@ -124,8 +116,9 @@ impl LogStore {
     }
 
     /// The highest WAL sequence number any partition has committed: the WAL
-    /// must never hand out a number at or below it again.
-    pub fn committed_through(&self) -> u64 {
+    /// must never hand out a number at or below it again. (Each partition
+    /// skips, on replay, what it has committed itself.)
+    pub fn durable_through(&self) -> u64 {
         self.partitions
             .read()
             .expect("not poisoned")
@@ -201,7 +194,7 @@ impl LogStore {
     }
 
     /// Drops partitions past the retention limits; returns how many.
-    pub fn enforce_retention(&self, retention: LogRetention, now_nanos: u64) -> Result<usize> {
+    pub fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
         let _maintenance = self.maintenance.lock().expect("not poisoned");
         let oldest_kept = now_nanos
             .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));

@@ -25,7 +25,7 @@
 
 pub mod chunk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{BufReader, Read, Write};
@@ -49,13 +49,7 @@ const SERIES_LOG: &str = "series.log";
 const SNAPSHOT: &str = "head.snap";
 const SNAPSHOT_VERSION: u8 = 1;
 
-/// Limits on how many series may exist, so one bad label cannot exhaust
-/// memory.
-#[derive(Clone, Debug)]
-pub struct SeriesLimits {
-    pub max_series: usize,
-    pub max_series_per_metric: usize,
-}
+pub use crate::config::SeriesLimits;
 
 /// A series' data that made it past [`MetricStore::admit`], ready for the WAL.
 pub struct Admitted {
@@ -205,6 +199,31 @@ impl Head {
 
     fn next_id(&self) -> u32 {
         self.series.len() as u32
+    }
+
+    /// Sorted ids of the series matching any of `selectors` (every series
+    /// when empty).
+    fn select_any(&self, selectors: &[Vec<Matcher>]) -> Vec<u32> {
+        let mut ids: Vec<u32> = if selectors.is_empty() {
+            (0..self.series.len() as u32).collect()
+        } else {
+            selectors.iter().flat_map(|m| self.select(m)).collect()
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The series `id`, if it exists and has samples in `[start, end]`.
+    fn in_range(&self, id: u32, start: i64, end: i64) -> Option<&MemSeries> {
+        self.series[id as usize].as_ref().filter(|s| {
+            s.min_time().is_some_and(|t| t <= end) && s.max_time().is_some_and(|t| t >= start)
+        })
+    }
+
+    fn any_in_range(&self, ids: &[u32], start: i64, end: i64) -> bool {
+        ids.iter()
+            .any(|&id| self.in_range(id, start, end).is_some())
     }
 
     /// Ids of the series matching every matcher.
@@ -398,7 +417,7 @@ impl MetricStore {
     }
 
     /// The WAL sequence number the newest snapshot covers.
-    pub fn checkpoint(&self) -> u64 {
+    pub fn durable_through(&self) -> u64 {
         *self.flushing.lock().expect("not poisoned")
     }
 
@@ -862,23 +881,70 @@ impl MetricStore {
     /// when empty) that have samples in `[start, end]`.
     pub fn series(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Vec<Label>> {
         let head = self.head.read().expect("not poisoned");
-        let mut ids: Vec<u32> = if selectors.is_empty() {
-            (0..head.series.len() as u32).collect()
-        } else {
-            selectors.iter().flat_map(|m| head.select(m)).collect()
-        };
-        ids.sort_unstable();
-        ids.dedup();
-        let mut out: Vec<Vec<Label>> = ids
+        let mut out: Vec<Vec<Label>> = head
+            .select_any(selectors)
             .into_iter()
-            .filter_map(|id| head.series[id as usize].as_ref())
-            .filter(|s| {
-                s.min_time().is_some_and(|t| t <= end) && s.max_time().is_some_and(|t| t >= start)
-            })
+            .filter_map(|id| head.in_range(id, start, end))
             .map(|s| s.labels.to_vec())
             .collect();
         out.sort();
         out
+    }
+
+    /// Sorted label names of the series [`series`](Self::series) would
+    /// return. Without selectors they come from the postings: each name is
+    /// checked up to its first series with samples in range, and no label
+    /// set is copied.
+    pub fn label_names(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Vec<String> {
+        let head = self.head.read().expect("not poisoned");
+        let names: BTreeSet<&str> = if selectors.is_empty() {
+            head.postings
+                .iter()
+                .filter(|(_, values)| {
+                    values
+                        .values()
+                        .any(|ids| head.any_in_range(ids, start, end))
+                })
+                .map(|(name, _)| name.as_str())
+                .collect()
+        } else {
+            head.select_any(selectors)
+                .into_iter()
+                .filter_map(|id| head.in_range(id, start, end))
+                .flat_map(|s| s.labels.iter().map(|l| l.name.as_str()))
+                .collect()
+        };
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Sorted values of the label `name` among the series
+    /// [`series`](Self::series) would return; from the postings of `name`
+    /// when there are no selectors.
+    pub fn label_values(
+        &self,
+        name: &str,
+        selectors: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Vec<String> {
+        let head = self.head.read().expect("not poisoned");
+        let values: BTreeSet<&str> = if selectors.is_empty() {
+            head.postings
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(|(_, ids)| head.any_in_range(ids, start, end))
+                .map(|(value, _)| value.as_str())
+                .collect()
+        } else {
+            head.select_any(selectors)
+                .into_iter()
+                .filter_map(|id| head.in_range(id, start, end))
+                .map(|s| label_value(&s.labels, name))
+                .filter(|value| !value.is_empty())
+                .collect()
+        };
+        values.into_iter().map(str::to_owned).collect()
     }
 
     /// Deletes chunk files whose newest sample is older than `now - age`, and
@@ -1149,7 +1215,7 @@ mod tests {
             assert_eq!(all[0].samples.len(), 300);
         }
         let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
-        assert_eq!(store.checkpoint(), 7);
+        assert_eq!(store.durable_through(), 7);
         let before_replay = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
         assert_eq!(before_replay[0].samples.len(), 250);
         // Replay repeats a sample the snapshot has: skipped.

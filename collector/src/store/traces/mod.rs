@@ -25,8 +25,9 @@ mod search;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::config::Retention;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
@@ -43,16 +44,6 @@ const BLOCK_TARGET_BYTES: usize = 512 << 10;
 /// `T` keys checked per retention run for references into dropped segments:
 /// bounds how long one run holds up the flusher.
 const TRACE_SWEEP_KEYS: usize = 100_000;
-
-/// When segment files are deleted.
-#[derive(Clone, Copy, Debug)]
-pub struct TraceRetention {
-    /// Segments whose newest span is older than this go.
-    pub max_age: Duration,
-    /// Oldest segments go while segment files take more bytes than this
-    /// (0: no limit).
-    pub max_bytes: u64,
-}
 
 /// Calls from one service to another, summed over a time range;
 /// `error_count` counts the failed ones (see [`Edge::failed`]).
@@ -186,7 +177,7 @@ impl TraceStore {
     }
 
     /// The WAL sequence number up to which everything is in blocks.
-    pub fn checkpoint(&self) -> Result<u64> {
+    pub fn durable_through(&self) -> Result<u64> {
         match self.db.get(index::META_CHECKPOINT)? {
             Some(v) => index::decode_u64(&v),
             None => Ok(0),
@@ -531,7 +522,7 @@ impl TraceStore {
     }
 
     /// Deletes the segments past the retention limits, oldest first (see
-    /// [`TraceRetention`]), and removes a bounded batch of trace keys that
+    /// [`Retention`]), and removes a bounded batch of trace keys that
     /// point into deleted segments. The segment being appended to, and the
     /// newest committed one, always stay. Returns how many segments went.
     ///
@@ -539,7 +530,7 @@ impl TraceStore {
     /// except trace keys; only once it is durable are the files deleted. A
     /// crash in between leaves files the index does not know, which `open`
     /// deletes; trace keys left behind read as nothing until swept.
-    pub fn enforce_retention(&self, retention: TraceRetention, now_nanos: u64) -> Result<usize> {
+    pub fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
         // Flushes read and rewrite dependency counts and segment keys.
         let _flush = self.flush_state.lock().expect("not poisoned");
         let cutoff = now_nanos
@@ -728,7 +719,7 @@ mod tests {
         drop(store);
 
         let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
-        assert_eq!(store.checkpoint().unwrap(), 2);
+        assert_eq!(store.durable_through().unwrap(), 2);
         let trace = store.trace(&[1; 16]).unwrap();
         assert_eq!(trace.len(), 2);
         assert_eq!(trace[1].parent_span_id, Some([1; 8]));
@@ -863,9 +854,9 @@ mod tests {
         store.flush().unwrap().expect("spans to flush");
     }
 
-    fn retention(max_age_hours: u64, max_bytes: u64) -> TraceRetention {
-        TraceRetention {
-            max_age: Duration::from_secs(max_age_hours * 3600),
+    fn retention(max_age_hours: u64, max_bytes: u64) -> Retention {
+        Retention {
+            max_age: std::time::Duration::from_secs(max_age_hours * 3600),
             max_bytes,
         }
     }
@@ -905,7 +896,7 @@ mod tests {
         assert_eq!(links.len(), 1);
         assert_eq!(links[0].call_count, 1);
         assert_eq!(trace_keys(store), 1, "the old trace's key was swept");
-        assert_eq!(store.checkpoint().unwrap(), 2);
+        assert_eq!(store.durable_through().unwrap(), 2);
     }
 
     #[test]
@@ -939,7 +930,7 @@ mod tests {
         assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
         assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
         assert_eq!(found(&store, "order"), vec![3, 2]);
-        assert_eq!(store.checkpoint().unwrap(), 3);
+        assert_eq!(store.durable_through().unwrap(), 3);
     }
 
     #[test]
@@ -1042,7 +1033,7 @@ mod tests {
             .path()
             .join("blocks")
             .join(&segment_files(dir.path())[0].0);
-        let written = std::time::UNIX_EPOCH + Duration::from_nanos(BASE);
+        let written = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(BASE);
         std::fs::File::options()
             .write(true)
             .open(&old)

@@ -55,19 +55,21 @@ impl Strand {
     pub async fn start() -> Strand {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let (grpc, http) = (free_port(), free_port());
-        let config = strand::config::ServeArgs {
-            data_dir: Some(data_dir.path().to_path_buf()),
-            otlp_grpc: Some(grpc),
-            otlp_http: Some(free_port()),
-            http: Some(http),
-            flush_interval: Some(Duration::from_millis(200)),
-            ..Default::default()
-        }
-        .into_config()
+        let config = strand::Config::from_args([
+            "--data-dir".to_string(),
+            data_dir.path().display().to_string(),
+            format!("--otlp-grpc={grpc}"),
+            format!("--otlp-http={}", free_port()),
+            format!("--http={http}"),
+            "--flush-interval=200ms".to_string(),
+        ])
         .expect("valid daemon config");
+        let listeners = strand::Listeners::bind(&config)
+            .await
+            .expect("daemon listeners bind");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            if let Err(error) = strand::run(config, async {
+            if let Err(error) = strand::run(config, listeners, async {
                 let _ = stopped.await;
             })
             .await

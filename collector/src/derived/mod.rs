@@ -1,5 +1,7 @@
-//! What the metrics derived from spans (`span_metrics`, `service_graph`)
-//! share: duration histograms with the OpenTelemetry Collector connectors'
+//! Metrics derived from spans: RED metrics per service and operation
+//! (`span_metrics`, counted from acknowledged spans) and calls, failures and
+//! latency per service-to-service edge (`service_graph`, counted from the
+//! edges span flushes complete). This module holds what the two share: duration histograms with the OpenTelemetry Collector connectors'
 //! default buckets, and the writing of cumulative counts as samples of one
 //! instant, as a scrape would see them.
 //!
@@ -10,6 +12,9 @@
 //! does with created timestamps): otherwise `rate` and `increase` would take
 //! the first value as their baseline, and a quiet edge's only calls would
 //! never show.
+
+pub mod service_graph;
+pub mod span_metrics;
 
 use crate::model::{Label, METRIC_NAME_LABEL, MetricSample, SeriesSamples};
 

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::derived::{Histogram, OVERFLOW, Snapshot};
+use super::{Histogram, OVERFLOW, Snapshot};
 use crate::model::{Label, MetricKind, MetricMetadata, SeriesSamples, Span, SpanKind, StatusCode};
 
 /// Distinct label sets kept; spans beyond it are counted under one overflow

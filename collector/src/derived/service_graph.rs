@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::derived::{Histogram, OVERFLOW, Snapshot};
+use super::{Histogram, OVERFLOW, Snapshot};
 use crate::model::{Label, MetricKind, MetricMetadata, SeriesSamples};
 use crate::store::traces::Edge;
 
