@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod traces;
 
 use crate::codec::CodecError;
+use crate::frame::FrameError;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,10 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Data that cannot be framed (too large); damaged frames read back are
+    /// `Corrupt` or cut as torn tails instead.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("search index failed: {0}")]
     Search(String),
     #[error("corrupt store data: {0}")]

@@ -13,8 +13,9 @@
 //! - `head.snap`: the open chunk of every series and the metadata, rewritten
 //!   atomically by each flush together with the WAL sequence number it covers.
 //!
-//! Every entry carries a CRC; a torn tail of the newest chunk file or of the
-//! series log is cut on open. Replaying the WAL after the snapshot is
+//! Entries of the series log and chunk files are [`frame`](crate::frame)s
+//! holding postcard; a torn tail of the newest chunk file or of the series
+//! log is cut on open. Replaying the WAL after the snapshot is
 //! idempotent: a sample at or before a series' newest time is skipped.
 //!
 //! Ordering rule: within a series, samples must arrive in time order.
@@ -28,7 +29,7 @@ pub mod chunk;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +39,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use serde::{Deserialize, Serialize};
 
 use self::chunk::ChunkWriter;
+use crate::frame;
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
@@ -309,7 +311,7 @@ impl MetricStore {
             .read(true)
             .append(true)
             .open(&series_path)?;
-        let valid = read_entries(&series_path, |payload| {
+        let valid = read_frames(&series_path, |_, payload| {
             let entry: SeriesEntry = postcard::from_bytes(payload)
                 .map_err(|e| StoreError::Corrupt(format!("series log: {e}")))?;
             head.insert(entry.id, entry.labels.into(), true);
@@ -331,7 +333,7 @@ impl MetricStore {
         for (position, &number) in numbers.iter().enumerate() {
             let path = files.path(number);
             let mut max_file_t = i64::MIN;
-            let valid = read_entries_with_offsets(&path, |offset, payload| {
+            let valid = read_frames(&path, |offset, payload| {
                 let entry: ChunkEntry = postcard::from_bytes(payload)
                     .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
                 max_file_t = max_file_t.max(entry.max_t);
@@ -664,7 +666,7 @@ impl MetricStore {
                     labels: labels.to_vec(),
                 })
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                frame(&mut buffer, &payload);
+                frame::append(&mut buffer, &payload)?;
             }
             log.write_all(&buffer)?;
             log.sync_data()?;
@@ -731,13 +733,13 @@ impl MetricStore {
             })
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             buffer.clear();
-            frame(&mut buffer, &payload);
+            frame::append(&mut buffer, &payload)?;
             let (_, file) = files.writer.as_mut().expect("opened above");
             file.write_all(&buffer)?;
             touched = true;
             refs.push(ChunkRef {
                 file: number,
-                offset: size + FRAME_HEADER as u64,
+                offset: size + frame::HEADER_LEN as u64,
                 len: payload.len() as u32,
                 min_t: *min_t,
                 max_t: *max_t,
@@ -967,44 +969,14 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot> {
     }
 }
 
-/// Length (u32 LE) + CRC32 of the payload, then the payload.
-const FRAME_HEADER: usize = 8;
-
-fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
-fn read_entries(path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-    read_entries_with_offsets(path, |_, payload| each(payload))
-}
-
-/// Calls `each` with every intact entry (and its payload's offset) and
+/// Calls `each` with every intact entry of a file and its payload's offset;
 /// returns the length of the intact prefix: what follows is a torn write.
-fn read_entries_with_offsets(
-    path: &Path,
-    mut each: impl FnMut(u64, &[u8]) -> Result<()>,
-) -> Result<u64> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut offset = 0u64;
-    let mut header = [0u8; FRAME_HEADER];
-    let mut payload = Vec::new();
-    loop {
-        if reader.read_exact(&mut header).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        payload.resize(len, 0);
-        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
-            tracing::warn!(path = %path.display(), offset, "MetricStoreTornTail: cut");
-            break;
-        }
-        each(offset + FRAME_HEADER as u64, &payload)?;
-        offset += (FRAME_HEADER + len) as u64;
+fn read_frames(path: &Path, each: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
+    let intact = frame::read_prefix(BufReader::new(File::open(path)?), each)?;
+    if let Some(damage) = intact.damage {
+        tracing::warn!(path = %path.display(), offset = intact.len, %damage, "MetricStoreTornTail: cut");
     }
-    Ok(offset)
+    Ok(intact.len)
 }
 
 fn label_hash(labels: &[Label]) -> u64 {

@@ -316,20 +316,20 @@ impl TraceStore {
             current_bytes += spans.iter().map(estimated_size).sum::<usize>();
             current.push((trace_id, spans));
             if current_bytes >= BLOCK_TARGET_BYTES {
-                encoded_blocks.push(blocks::encode_block(&current));
+                encoded_blocks.push(blocks::encode_block(&current)?);
                 block_traces.push(current.drain(..).map(|(id, _)| id).collect());
                 current_bytes = 0;
             }
         }
         if !current.is_empty() {
-            encoded_blocks.push(blocks::encode_block(&current));
+            encoded_blocks.push(blocks::encode_block(&current)?);
             block_traces.push(current.drain(..).map(|(id, _)| id).collect());
         }
         let tables = search::build_tables(
             trace_ids
                 .iter()
                 .map(|id| (*id, snapshot.traces[*id].as_slice())),
-        );
+        )?;
         let block_count = encoded_blocks.len();
         encoded_blocks.extend(tables.iter().map(|t| t.bytes.clone()));
         let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
