@@ -203,6 +203,17 @@ pub fn read_u64_le(bytes: &[u8], offset: usize) -> Option<u64> {
     array_at(bytes, offset).map(u64::from_le_bytes)
 }
 
+/// The big-endian `u32` at `offset` (index keys sort by their bytes), if
+/// `bytes` is long enough.
+pub fn read_u32_be(bytes: &[u8], offset: usize) -> Option<u32> {
+    array_at(bytes, offset).map(u32::from_be_bytes)
+}
+
+/// The big-endian `u64` at `offset`, if `bytes` is long enough.
+pub fn read_u64_be(bytes: &[u8], offset: usize) -> Option<u64> {
+    array_at(bytes, offset).map(u64::from_be_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,9 +268,11 @@ mod tests {
     fn integers_are_read_only_from_inside_the_slice() {
         let bytes = [1, 0, 0, 0, 0, 0, 0, 2];
         assert_eq!(read_u32_le(&bytes, 0), Some(1));
+        assert_eq!(read_u32_be(&bytes, 4), Some(2));
         assert_eq!(read_u64_le(&bytes, 0), Some(0x0200_0000_0000_0001));
+        assert_eq!(read_u64_be(&bytes, 0), Some(0x0100_0000_0000_0002));
         assert_eq!(read_u32_le(&bytes, 5), None);
-        assert_eq!(read_u64_le(&bytes, usize::MAX), None);
+        assert_eq!(read_u64_be(&bytes, usize::MAX), None);
     }
 
     proptest! {

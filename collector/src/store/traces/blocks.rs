@@ -50,14 +50,16 @@ impl BlockRef {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<BlockRef> {
-        let bytes: &[u8; 16] = bytes
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("block reference has the wrong length".into()))?;
-        Ok(BlockRef {
-            segment: u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")),
-            offset: u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes")),
-            len: u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")),
-        })
+        let parse = || {
+            Some(BlockRef {
+                segment: frame::read_u32_be(bytes, 0)?,
+                offset: frame::read_u64_be(bytes, 4)?,
+                len: frame::read_u32_be(bytes, 12)?,
+            })
+        };
+        parse()
+            .filter(|_| bytes.len() == 16)
+            .ok_or_else(|| StoreError::Corrupt("block reference has the wrong length".into()))
     }
 }
 
@@ -100,10 +102,7 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
 pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("span block: {what}"));
     let raw = unseal(block)?;
-    let count = raw
-        .get(0..4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(|| corrupt("missing directory"))?;
+    let count = frame::read_u32_le(&raw, 0).ok_or_else(|| corrupt("missing directory"))? as usize;
     let directory_end = count
         .checked_mul(DIRECTORY_ENTRY_LEN)
         .and_then(|n| n.checked_add(4))
@@ -120,11 +119,12 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
             std::cmp::Ordering::Less => low = mid + 1,
             std::cmp::Ordering::Greater => high = mid,
             std::cmp::Ordering::Equal => {
-                let offset = u32::from_le_bytes(entry[16..20].try_into().expect("4")) as usize;
-                let len = u32::from_le_bytes(entry[20..24].try_into().expect("4")) as usize;
-                let table = offset
-                    .checked_add(len)
-                    .and_then(|end| tables.get(offset..end))
+                let table = frame::read_u32_le(entry, 16)
+                    .zip(frame::read_u32_le(entry, 20))
+                    .and_then(|(offset, len)| {
+                        let offset = offset as usize;
+                        tables.get(offset..offset.checked_add(len as usize)?)
+                    })
                     .ok_or_else(|| corrupt("table out of range"))?;
                 return Ok(codec::decode_spans(table, Some(trace_id))?);
             }

@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
@@ -685,10 +686,10 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
 
 /// The segment id of an `Msegment/` key.
 fn segment_of_key(key: &[u8]) -> Result<u32> {
-    key[index::META_SEGMENT_PREFIX.len()..]
-        .try_into()
-        .map(u32::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("segment key".into()))
+    key.get(index::META_SEGMENT_PREFIX.len()..)
+        .filter(|id| id.len() == 4)
+        .and_then(|id| frame::read_u32_be(id, 0))
+        .ok_or_else(|| StoreError::Corrupt("segment key".into()))
 }
 
 /// Rough uncompressed size of a span, to cut blocks; exactness does not matter.
