@@ -112,6 +112,46 @@ impl<'a, T: Clone + Serialize> Interner<'a, T> {
     }
 }
 
+/// Resources or scopes decoded from a table, each shared (one `Arc`) by the
+/// rows that refer to it by index: the inverse of [`Interner`].
+struct Interned<T>(Vec<Arc<T>>);
+
+impl<T: Clone> Interned<T> {
+    fn new(items: Vec<Cow<'_, T>>) -> Self {
+        Interned(
+            items
+                .into_iter()
+                .map(|item| Arc::new(item.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The item at `index`; `what` names it when the index is out of range.
+    fn get(&self, index: u32, what: &'static str) -> Result<Arc<T>, CodecError> {
+        self.0
+            .get(index as usize)
+            .cloned()
+            .ok_or(CodecError::BadReference(what))
+    }
+}
+
+/// The format version byte, then `value` in postcard.
+fn encode_versioned<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Serializing plain owned data into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(value).unwrap_or_default());
+    out
+}
+
+/// Checks the version byte [`encode_versioned`] wrote and decodes the rest.
+fn decode_versioned<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    Ok(postcard::from_bytes(body)?)
+}
+
 /// Encodes spans as one table, grouped per trace (spans of a trace keep their
 /// relative order). Accepts spans in any order.
 pub fn encode_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
@@ -157,35 +197,19 @@ pub fn encode_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
             spans: rows,
         });
     }
-    let table = Table {
+    encode_versioned(&Table {
         resources: resources.items,
         scopes: scopes.items,
         traces,
-    };
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing plain owned data into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(&table).unwrap_or_default());
-    out
+    })
 }
 
 /// Decodes a table written by [`encode_spans`]. With `only` set, spans of other
 /// traces are skipped without being materialised.
 pub fn decode_spans(bytes: &[u8], only: Option<&TraceId>) -> Result<Vec<Span>, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion(version));
-    }
-    let table: Table = postcard::from_bytes(body)?;
-    let resources: Vec<Arc<Resource>> = table
-        .resources
-        .into_iter()
-        .map(|r| Arc::new(r.into_owned()))
-        .collect();
-    let scopes: Vec<Arc<Scope>> = table
-        .scopes
-        .into_iter()
-        .map(|s| Arc::new(s.into_owned()))
-        .collect();
+    let table: Table = decode_versioned(bytes)?;
+    let resources = Interned::new(table.resources);
+    let scopes = Interned::new(table.scopes);
     let mut spans = Vec::new();
     for trace in table.traces {
         if only.is_some_and(|id| *id != trace.trace_id) {
@@ -216,14 +240,8 @@ pub fn decode_spans(bytes: &[u8], only: Option<&TraceId>) -> Result<Vec<Span>, C
                 links: row.links.into_owned(),
                 status_code: row.status_code,
                 status_message: row.status_message.into_owned(),
-                resource: resources
-                    .get(row.resource as usize)
-                    .cloned()
-                    .ok_or(CodecError::BadReference("resource"))?,
-                scope: scopes
-                    .get(row.scope as usize)
-                    .cloned()
-                    .ok_or(CodecError::BadReference("scope"))?,
+                resource: resources.get(row.resource, "resource")?,
+                scope: scopes.get(row.scope, "scope")?,
             });
         }
     }
@@ -269,33 +287,18 @@ pub fn encode_logs(records: &[LogRecord]) -> Vec<u8> {
             scope: scopes.intern(&record.scope),
         })
         .collect();
-    let table = LogTable {
+    encode_versioned(&LogTable {
         resources: resources.items,
         scopes: scopes.items,
         records: rows,
-    };
-    let mut out = vec![FORMAT_VERSION];
-    out.extend(postcard::to_stdvec(&table).unwrap_or_default());
-    out
+    })
 }
 
 /// Decodes what [`encode_logs`] wrote.
 pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogRecord>, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion(version));
-    }
-    let table: LogTable = postcard::from_bytes(body)?;
-    let resources: Vec<Arc<Resource>> = table
-        .resources
-        .into_iter()
-        .map(|r| Arc::new(r.into_owned()))
-        .collect();
-    let scopes: Vec<Arc<Scope>> = table
-        .scopes
-        .into_iter()
-        .map(|s| Arc::new(s.into_owned()))
-        .collect();
+    let table: LogTable = decode_versioned(bytes)?;
+    let resources = Interned::new(table.resources);
+    let scopes = Interned::new(table.scopes);
     table
         .records
         .into_iter()
@@ -308,14 +311,8 @@ pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogRecord>, CodecError> {
                 trace_id: row.trace_id,
                 span_id: row.span_id,
                 attributes: row.attributes.into_owned(),
-                resource: resources
-                    .get(row.resource as usize)
-                    .cloned()
-                    .ok_or(CodecError::BadReference("resource"))?,
-                scope: scopes
-                    .get(row.scope as usize)
-                    .cloned()
-                    .ok_or(CodecError::BadReference("scope"))?,
+                resource: resources.get(row.resource, "resource")?,
+                scope: scopes.get(row.scope, "scope")?,
             })
         })
         .collect()
@@ -323,18 +320,12 @@ pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogRecord>, CodecError> {
 
 /// Encodes metric series with their samples for the WAL.
 pub fn encode_samples(series: &[crate::model::SeriesSamples]) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    out.extend(postcard::to_stdvec(series).unwrap_or_default());
-    out
+    encode_versioned(series)
 }
 
 /// Decodes what [`encode_samples`] wrote.
 pub fn decode_samples(bytes: &[u8]) -> Result<Vec<crate::model::SeriesSamples>, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion(version));
-    }
-    Ok(postcard::from_bytes(body)?)
+    decode_versioned(bytes)
 }
 
 #[cfg(test)]

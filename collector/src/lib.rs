@@ -32,6 +32,7 @@ mod api;
 mod codec;
 pub mod config;
 mod derived;
+mod frame;
 mod ingest;
 pub mod model;
 mod pipeline;

@@ -5,20 +5,23 @@
 //! applies them (in sequence order) to the in-memory head and acknowledges them:
 //! concurrent writers share one fsync (group commit).
 //!
-//! On disk the log is a directory of segment files named after the first
-//! sequence number they hold. A record is
-//! `[payload len u32][crc32 u32][seq u64][kind u8][payload]`, little endian, the
-//! checksum covering seq, kind and payload. Replay stops a segment at the first
-//! short or corrupt record (a torn tail after a crash), logs it and truncates
-//! the segment there. Segments whose every record has been flushed to the stores
-//! are deleted by [`Wal::truncate_through`].
+//! On disk the log is a directory of segment files `<first seq>.wal2`, named
+//! after the first sequence number they hold. A record is one
+//! [`frame`](crate::frame) whose payload is `[seq u64 LE][kind u8][payload]`.
+//! Replay stops a segment at the first torn or corrupt frame (a torn tail after
+//! a crash), logs it and truncates the segment there. Segments whose every
+//! record has been flushed to the stores are deleted by [`Wal::truncate_through`].
+//!
+//! Format history: version 1 segments (`.wal`) had the length cover only the
+//! payload. [`Wal::open`] refuses a directory that still holds any rather than
+//! misread them; see [`WalError::OlderVersion`].
 //!
 //! Memory is bounded by a byte budget for queued records: when it is used up,
 //! [`Wal::append`] fails at once with [`WalError::Overloaded`] so ingest can
 //! answer 429 / RESOURCE_EXHAUSTED instead of buffering without limit.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +31,15 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::frame::{self, FrameError};
 use crate::telemetry::Metrics;
 
-const HEADER_LEN: usize = 4 + 4 + 8 + 1;
-/// Larger records are corrupt by definition: requests are capped far below this.
-const MAX_RECORD_LEN: u32 = 1 << 30;
+/// Segment files of this format end in this; the `2` is the format version.
+const SEGMENT_SUFFIX: &str = ".wal2";
+/// Segment files of format version 1, which [`Wal::open`] refuses.
+const OLD_SEGMENT_SUFFIX: &str = ".wal";
+/// Sequence number and kind, at the start of each record's frame payload.
+const RECORD_PREFIX_LEN: usize = 8 + 1;
 /// A new segment starts once the active one is this large.
 const SEGMENT_TARGET_BYTES: u64 = 64 << 20;
 /// Upper bound of bytes written per group commit, so one fsync never waits on
@@ -70,6 +77,13 @@ pub enum WalError {
     Closed,
     #[error("write-ahead log i/o failed: {0}")]
     Io(#[from] io::Error),
+    /// Segments of an older format are present: refused rather than misread,
+    /// since their records may not have reached the stores yet.
+    #[error(
+        "write-ahead log from an older Strand version in {}: run that version once and stop it cleanly so its records reach the stores, then delete the *{OLD_SEGMENT_SUFFIX} files",
+        .0.display()
+    )]
+    OlderVersion(PathBuf),
 }
 
 /// Called on the writer thread once a record is durable, in sequence order.
@@ -249,19 +263,24 @@ impl Wal {
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:020}.wal"))
+    dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
 }
 
-fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
+/// The segments in `dir`, oldest first; fails if any is of an older format.
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(first_seq) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".wal"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let first_seq_of = |suffix: &str| {
+            name.to_str()
+                .and_then(|n| n.strip_suffix(suffix))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        if first_seq_of(OLD_SEGMENT_SUFFIX).is_some() {
+            return Err(WalError::OlderVersion(dir.to_path_buf()));
+        }
+        let Some(first_seq) = first_seq_of(SEGMENT_SUFFIX) else {
             continue;
         };
         segments.push(Segment {
@@ -282,62 +301,43 @@ fn read_segment(
     path: &Path,
     mut each: impl FnMut(ReplayedRecord),
 ) -> io::Result<(u64, Option<u64>)> {
-    let mut reader = io::BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
+    let mut frames = frame::Reader::new(io::BufReader::with_capacity(1 << 20, file));
     let mut last = None;
     loop {
-        let mut header = [0u8; HEADER_LEN];
-        match read_full(&mut reader, &mut header)? {
-            0 => break,
-            n if n < HEADER_LEN => break,
-            _ => {}
-        }
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let kind_byte = header[16];
-        if len > MAX_RECORD_LEN {
-            tracing::warn!(segment = %path.display(), offset, len, "WalRecordCorrupt: impossible length");
-            break;
-        }
-        let mut payload = vec![0u8; len as usize];
-        if read_full(&mut reader, &mut payload)? < payload.len() {
-            break;
-        }
-        if record_crc(seq, kind_byte, &payload) != crc {
-            tracing::warn!(segment = %path.display(), offset, seq, "WalRecordCorrupt: checksum mismatch");
-            break;
-        }
-        let Some(kind) = RecordKind::from_byte(kind_byte) else {
-            tracing::warn!(segment = %path.display(), offset, kind_byte, "WalRecordCorrupt: unknown kind");
-            break;
+        let offset = frames.offset();
+        let payload = match frames.next() {
+            Ok(Some(payload)) => payload,
+            // A torn tail is reported by the caller, which cuts it.
+            Ok(None) | Err(FrameError::Truncated) => return Ok((offset, last)),
+            Err(FrameError::Io(error)) => return Err(error),
+            Err(error) => {
+                tracing::warn!(segment = %path.display(), offset, %error, "WalRecordCorrupt");
+                return Ok((offset, last));
+            }
         };
-        offset += (HEADER_LEN + payload.len()) as u64;
-        last = Some(seq);
-        each(ReplayedRecord { seq, kind, payload });
+        let Some(record) = parse_record(payload) else {
+            tracing::warn!(segment = %path.display(), offset, "WalRecordCorrupt: unknown record kind");
+            return Ok((offset, last));
+        };
+        last = Some(record.seq);
+        each(record);
     }
-    Ok((offset, last))
 }
 
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+/// The start of a record's frame payload: what [`parse_record`] reads back.
+fn record_prefix(seq: u64, kind: RecordKind) -> [u8; RECORD_PREFIX_LEN] {
+    let mut prefix = [0u8; RECORD_PREFIX_LEN];
+    prefix[..8].copy_from_slice(&seq.to_le_bytes());
+    prefix[8] = kind as u8;
+    prefix
 }
 
-fn record_crc(seq: u64, kind: u8, payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&seq.to_le_bytes());
-    hasher.update(&[kind]);
-    hasher.update(payload);
-    hasher.finalize()
+fn parse_record(frame_payload: &[u8]) -> Option<ReplayedRecord> {
+    Some(ReplayedRecord {
+        seq: frame::read_u64_le(frame_payload, 0)?,
+        kind: RecordKind::from_byte(*frame_payload.get(8)?)?,
+        payload: frame_payload[RECORD_PREFIX_LEN..].to_vec(),
+    })
 }
 
 struct ActiveSegment {
@@ -440,6 +440,9 @@ impl Writer {
     }
 
     fn write(&mut self, seq: u64, kind: RecordKind, payload: &[u8]) -> io::Result<()> {
+        let prefix = record_prefix(seq, kind);
+        let header = frame::header(&[&prefix, payload])
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         if self
             .active
             .as_ref()
@@ -465,19 +468,10 @@ impl Writer {
                 })
             }
         };
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|&l| l <= MAX_RECORD_LEN)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
-        let kind = kind as u8;
-        let mut header = [0u8; HEADER_LEN];
-        header[0..4].copy_from_slice(&len.to_le_bytes());
-        header[4..8].copy_from_slice(&record_crc(seq, kind, payload).to_le_bytes());
-        header[8..16].copy_from_slice(&seq.to_le_bytes());
-        header[16] = kind;
         active.out.write_all(&header)?;
+        active.out.write_all(&prefix)?;
         active.out.write_all(payload)?;
-        let written = (HEADER_LEN + payload.len()) as u64;
+        let written = (frame::HEADER_LEN + RECORD_PREFIX_LEN + payload.len()) as u64;
         active.segment.bytes += written;
         active.segment.last_seq = Some(seq);
         self.metrics.wal_written_bytes.inc_by(written);
@@ -615,7 +609,7 @@ mod tests {
         assert_eq!(seen, vec![(1, b"kept".to_vec())]);
         assert_eq!(
             fs::metadata(&segment.path).unwrap().len(),
-            (HEADER_LEN + 4) as u64
+            (frame::HEADER_LEN + RECORD_PREFIX_LEN + 4) as u64
         );
         // The torn record's sequence number is reused: it was never acknowledged.
         assert_eq!(append(&wal, b"next").await, 2);
@@ -635,6 +629,17 @@ mod tests {
         fs::write(&segment.path, bytes).unwrap();
         let (_, seen) = open(dir.path(), 0);
         assert_eq!(seen, vec![(1, b"good".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn segments_of_the_older_format_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("00000000000000000001.wal"), b"old").unwrap();
+        let refused = Wal::open(dir.path(), 0, 0, 1 << 20, Metrics::new(), |_| {});
+        let Err(error @ WalError::OlderVersion(_)) = refused else {
+            panic!("an old segment must be refused");
+        };
+        assert!(error.to_string().contains("older Strand version"));
     }
 
     #[tokio::test]

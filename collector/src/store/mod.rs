@@ -17,6 +17,7 @@ use anyhow::Context;
 
 use crate::codec::CodecError;
 use crate::config::Config;
+use crate::frame::FrameError;
 use crate::telemetry::Metrics;
 use dashboards::DashboardStore;
 use logs::LogStore;
@@ -32,6 +33,10 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Data that cannot be framed (too large); damaged frames read back are
+    /// `Corrupt` or cut as torn tails instead.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("search index failed: {0}")]
     Search(String),
     #[error("corrupt store data: {0}")]

@@ -7,7 +7,7 @@
 //! A block decompresses to a directory `[count u32]` + `count x [trace id
 //! (16), offset u32, len u32]` followed by one span table (see `codec`) per
 //! trace, so reading one trace decompresses its block but decodes only its own
-//! table. On disk a block is `[compressed len u32][crc32 u32][zstd frame]`.
+//! table. On disk a block is one [`frame`](crate::frame) holding a zstd frame.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::codec;
+use crate::frame;
 use crate::model::{Span, TraceId};
 use crate::store::{Result, StoreError};
 
-const BLOCK_HEADER_LEN: usize = 8;
 const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// A new segment file starts once the current one is this large.
 const SEGMENT_TARGET_BYTES: u64 = 1 << 30;
@@ -50,19 +50,21 @@ impl BlockRef {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<BlockRef> {
-        let bytes: &[u8; 16] = bytes
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("block reference has the wrong length".into()))?;
-        Ok(BlockRef {
-            segment: u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")),
-            offset: u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes")),
-            len: u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")),
-        })
+        let parse = || {
+            Some(BlockRef {
+                segment: frame::read_u32_be(bytes, 0)?,
+                offset: frame::read_u64_be(bytes, 4)?,
+                len: frame::read_u32_be(bytes, 12)?,
+            })
+        };
+        parse()
+            .filter(|_| bytes.len() == 16)
+            .ok_or_else(|| StoreError::Corrupt("block reference has the wrong length".into()))
     }
 }
 
 /// Encodes whole traces into one compressed block (header included).
-pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Vec<u8> {
+pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Result<Vec<u8>> {
     let mut directory = Vec::with_capacity(4 + traces.len() * DIRECTORY_ENTRY_LEN);
     directory.extend_from_slice(&(traces.len() as u32).to_le_bytes());
     let mut tables = Vec::new();
@@ -78,27 +80,20 @@ pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Vec<u8> {
 }
 
 /// Compresses and checksums bytes for a segment file.
-pub fn seal(raw: &[u8]) -> Vec<u8> {
+pub fn seal(raw: &[u8]) -> Result<Vec<u8>> {
     // Compressing an in-memory buffer only fails on invalid parameters.
     let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_default();
-    let mut block = Vec::with_capacity(BLOCK_HEADER_LEN + compressed.len());
-    block.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
-    block.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
-    block.extend_from_slice(&compressed);
-    block
+    let mut block = Vec::with_capacity(frame::HEADER_LEN + compressed.len());
+    frame::append(&mut block, &compressed)?;
+    Ok(block)
 }
 
 /// Checks and decompresses what [`seal`] made.
 pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("segment block: {what}"));
-    if block.len() < BLOCK_HEADER_LEN {
-        return Err(corrupt("shorter than its header"));
-    }
-    let len = u32::from_le_bytes(block[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(block[4..8].try_into().expect("4 bytes"));
-    let compressed = &block[BLOCK_HEADER_LEN..];
-    if len as usize != compressed.len() || crc32fast::hash(compressed) != crc {
-        return Err(corrupt("checksum mismatch"));
+    let (compressed, len) = frame::decode(block).map_err(|e| corrupt(&e.to_string()))?;
+    if len != block.len() {
+        return Err(corrupt("longer than its frame"));
     }
     zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"))
 }
@@ -107,10 +102,7 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
 pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("span block: {what}"));
     let raw = unseal(block)?;
-    let count = raw
-        .get(0..4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(|| corrupt("missing directory"))?;
+    let count = frame::read_u32_le(&raw, 0).ok_or_else(|| corrupt("missing directory"))? as usize;
     let directory_end = count
         .checked_mul(DIRECTORY_ENTRY_LEN)
         .and_then(|n| n.checked_add(4))
@@ -127,11 +119,12 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
             std::cmp::Ordering::Less => low = mid + 1,
             std::cmp::Ordering::Greater => high = mid,
             std::cmp::Ordering::Equal => {
-                let offset = u32::from_le_bytes(entry[16..20].try_into().expect("4")) as usize;
-                let len = u32::from_le_bytes(entry[20..24].try_into().expect("4")) as usize;
-                let table = offset
-                    .checked_add(len)
-                    .and_then(|end| tables.get(offset..end))
+                let table = frame::read_u32_le(entry, 16)
+                    .zip(frame::read_u32_le(entry, 20))
+                    .and_then(|(offset, len)| {
+                        let offset = offset as usize;
+                        tables.get(offset..offset.checked_add(len as usize)?)
+                    })
                     .ok_or_else(|| corrupt("table out of range"))?;
                 return Ok(codec::decode_spans(table, Some(trace_id))?);
             }
@@ -381,7 +374,7 @@ mod tests {
     fn finds_each_trace_in_a_block() {
         let a = vec![sample_span(1, 1, "a"), sample_span(1, 2, "a")];
         let b = vec![sample_span(5, 1, "b")];
-        let block = encode_block(&[(&[1; 16], &a), (&[5; 16], &b)]);
+        let block = encode_block(&[(&[1; 16], &a), (&[5; 16], &b)]).unwrap();
         assert_eq!(decode_trace(&block, &[1; 16]).unwrap(), a);
         assert_eq!(decode_trace(&block, &[5; 16]).unwrap(), b);
         assert!(decode_trace(&block, &[3; 16]).unwrap().is_empty());
@@ -389,7 +382,7 @@ mod tests {
 
     #[test]
     fn detects_corruption() {
-        let mut block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]);
+        let mut block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
         let last = block.len() - 1;
         block[last] ^= 1;
         assert!(matches!(
@@ -403,7 +396,7 @@ mod tests {
     fn appends_and_reads_back_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open(dir.path(), &HashMap::new()).unwrap();
-        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]);
+        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
         let (refs, segment, len) = segments.append(&[block.clone(), block.clone()]).unwrap();
         assert_eq!(refs[1].offset, block.len() as u64);
         assert_eq!(len, 2 * block.len() as u64);
@@ -424,7 +417,7 @@ mod tests {
     fn rotates_hourly_and_dropped_segments_read_as_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open(dir.path(), &HashMap::new()).unwrap();
-        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]);
+        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
         let blocks = std::slice::from_ref(&block);
         let (first, _, _) = segments.append(blocks).unwrap();
         let (same, _, _) = segments.append(blocks).unwrap();

@@ -23,6 +23,7 @@
 //! `segment_newest/` existed have none; their file's modification time
 //! stands in.
 
+use crate::frame;
 use crate::model::{SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 
@@ -65,8 +66,7 @@ pub fn trace_block_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
 pub fn trace_key_block_seq(key: &[u8]) -> Result<u64> {
     key.len()
         .checked_sub(8)
-        .and_then(|at| key[at..].try_into().ok())
-        .map(u64::from_be_bytes)
+        .and_then(|at| frame::read_u64_be(key, at))
         .ok_or_else(|| StoreError::Corrupt("trace key too short".into()))
 }
 
@@ -80,9 +80,7 @@ pub fn search_table_key(max_start_nanos: u64, table_seq: u64) -> [u8; 17] {
 
 /// The newest start time in the table a `B` key points at.
 pub fn parse_search_table_key(key: &[u8]) -> Result<u64> {
-    key.get(1..9)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
+    frame::read_u64_be(key, 1)
         .ok_or_else(|| StoreError::Corrupt("search table key too short".into()))
 }
 
@@ -117,7 +115,7 @@ pub fn dependency_key(hour_start_nanos: u64, parent: &str, child: &str) -> Vec<u
 /// Splits a `D` key into hour, parent and child.
 pub fn parse_dependency_key(key: &[u8]) -> Option<(u64, String, String)> {
     let body = key.strip_prefix(&[DEPENDENCIES])?;
-    let hour = u64::from_be_bytes(body.get(0..8)?.try_into().ok()?);
+    let hour = frame::read_u64_be(body, 0)?;
     let names = &body[8..];
     let nul = names.iter().position(|&b| b == 0)?;
     let parent = std::str::from_utf8(&names[..nul]).ok()?;
@@ -133,13 +131,8 @@ pub fn encode_counts(calls: u64, errors: u64) -> [u8; 16] {
 }
 
 pub fn decode_counts(bytes: &[u8]) -> (u64, u64) {
-    let read = |range: std::ops::Range<usize>| {
-        bytes
-            .get(range)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes)
-    };
-    (read(0..8), read(8..16))
+    let read = |offset| frame::read_u64_be(bytes, offset).unwrap_or(0);
+    (read(0), read(8))
 }
 
 pub fn segment_key(segment: u32) -> Vec<u8> {
@@ -155,10 +148,9 @@ pub fn segment_newest_key(segment: u32) -> Vec<u8> {
 }
 
 pub fn decode_u64(bytes: &[u8]) -> Result<u64> {
-    bytes
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("metadata value has the wrong length".into()))
+    frame::read_u64_be(bytes, 0)
+        .filter(|_| bytes.len() == 8)
+        .ok_or_else(|| StoreError::Corrupt("metadata value has the wrong length".into()))
 }
 
 fn kind_byte(kind: SpanKind) -> u8 {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::config::Retention;
+use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 use crate::telemetry::Metrics;
@@ -307,20 +308,20 @@ impl TraceStore {
             current_bytes += spans.iter().map(estimated_size).sum::<usize>();
             current.push((trace_id, spans));
             if current_bytes >= BLOCK_TARGET_BYTES {
-                encoded_blocks.push(blocks::encode_block(&current));
+                encoded_blocks.push(blocks::encode_block(&current)?);
                 block_traces.push(current.drain(..).map(|(id, _)| id).collect());
                 current_bytes = 0;
             }
         }
         if !current.is_empty() {
-            encoded_blocks.push(blocks::encode_block(&current));
+            encoded_blocks.push(blocks::encode_block(&current)?);
             block_traces.push(current.drain(..).map(|(id, _)| id).collect());
         }
         let tables = search::build_tables(
             trace_ids
                 .iter()
                 .map(|id| (*id, snapshot.traces[*id].as_slice())),
-        );
+        )?;
         let block_count = encoded_blocks.len();
         encoded_blocks.extend(tables.iter().map(|t| t.bytes.clone()));
         let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
@@ -676,10 +677,10 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
 
 /// The segment id of an `Msegment/` key.
 fn segment_of_key(key: &[u8]) -> Result<u32> {
-    key[index::META_SEGMENT_PREFIX.len()..]
-        .try_into()
-        .map(u32::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("segment key".into()))
+    key.get(index::META_SEGMENT_PREFIX.len()..)
+        .filter(|id| id.len() == 4)
+        .and_then(|id| frame::read_u32_be(id, 0))
+        .ok_or_else(|| StoreError::Corrupt("segment key".into()))
 }
 
 /// Rough uncompressed size of a span, to cut blocks; exactness does not matter.

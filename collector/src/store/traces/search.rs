@@ -106,7 +106,7 @@ pub struct EncodedTable {
 /// Builds the search tables of one flush.
 pub fn build_tables<'a>(
     traces: impl IntoIterator<Item = (&'a TraceId, &'a [Span])>,
-) -> Vec<EncodedTable> {
+) -> Result<Vec<EncodedTable>> {
     // Rows of one trace can fall into different hours (a late span); each goes
     // to its hour's table.
     let mut by_hour: BTreeMap<u64, Vec<TraceRows>> = BTreeMap::new();
@@ -129,15 +129,13 @@ pub fn build_tables<'a>(
             by_hour.entry(hour).or_default().push((*trace_id, rows));
         }
     }
-    by_hour
-        .into_values()
-        .flat_map(|traces| {
-            traces
-                .chunks(MAX_TRACES_PER_TABLE)
-                .map(encode_table)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut tables = Vec::new();
+    for traces in by_hour.into_values() {
+        for chunk in traces.chunks(MAX_TRACES_PER_TABLE) {
+            tables.push(encode_table(chunk)?);
+        }
+    }
+    Ok(tables)
 }
 
 /// The rows of one trace that fall in one hour, by service.
@@ -171,7 +169,7 @@ impl<'a> RowSummary<'a> {
     }
 }
 
-fn encode_table(traces: &[TraceRows]) -> EncodedTable {
+fn encode_table(traces: &[TraceRows]) -> Result<EncodedTable> {
     let starts = traces
         .iter()
         .flat_map(|(_, rows)| rows.iter().map(|(_, row)| row.start_nanos));
@@ -211,12 +209,12 @@ fn encode_table(traces: &[TraceRows]) -> EncodedTable {
     table.services = services.names;
     table.operations = operations.names;
     let raw = postcard::to_stdvec(&table).unwrap_or_default();
-    EncodedTable {
-        bytes: blocks::seal(&raw),
+    Ok(EncodedTable {
+        bytes: blocks::seal(&raw)?,
         min_start_nanos,
         max_start_nanos,
         services: table.services,
-    }
+    })
 }
 
 #[derive(Default)]
@@ -418,7 +416,7 @@ mod tests {
         b.start_unix_nano = 5_000_100;
         b.end_unix_nano = 5_000_200;
         let spans = vec![a.clone(), b];
-        let tables = build_tables([(&[1u8; 16], spans.as_slice())]);
+        let tables = build_tables([(&[1u8; 16], spans.as_slice())]).unwrap();
         assert_eq!(tables.len(), 1);
         assert_eq!(tables[0].services, vec!["order", "payment"]);
         assert_eq!(tables[0].min_start_nanos, 5_000_000);
@@ -453,7 +451,8 @@ mod tests {
         let mut b = sample_span(2, 1, "order");
         b.start_unix_nano = index::HOUR_NANOS + 10;
         let (a, b) = (vec![a], vec![b]);
-        let tables = build_tables([(&[1u8; 16], a.as_slice()), (&[2u8; 16], b.as_slice())]);
+        let tables =
+            build_tables([(&[1u8; 16], a.as_slice()), (&[2u8; 16], b.as_slice())]).unwrap();
         assert_eq!(tables.len(), 2);
         assert!(
             tables

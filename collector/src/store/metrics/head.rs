@@ -1,0 +1,614 @@
+//! The in-memory head: per series its open chunk, the sealed chunks no flush
+//! has written yet and where the written ones are; and admission, which
+//! checks order and the series limits before samples go to the WAL.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use promql_parser::label::Matcher;
+
+use super::SeriesLimits;
+use super::chunk::ChunkWriter;
+use super::files::{ChunkRef, ChunkToWrite, Snapshot};
+use super::index::{SeriesIndex, format_labels, metric_name};
+use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, SeriesSamples};
+use crate::store::{Result, StoreError};
+
+/// A series' data that made it past [`MetricStore::admit`], ready for the WAL.
+///
+/// [`MetricStore::admit`]: super::MetricStore::admit
+pub struct Admitted {
+    pub series: Vec<SeriesSamples>,
+    /// Samples refused, and the first reason, for partial-success answers.
+    pub rejected: u64,
+    /// Of `rejected`, those refused by the series limits (the rest were out
+    /// of order or conflicting duplicates).
+    pub rejected_by_limits: u64,
+    pub first_error: Option<String>,
+    /// Each admitted series' newest admitted sample before this admission,
+    /// for [`MetricStore::undo_admission`].
+    ///
+    /// [`MetricStore::undo_admission`]: super::MetricStore::undo_admission
+    previous: Vec<(u32, Option<(i64, u64)>)>,
+}
+
+/// Why the limits refuse a series; `points` is set on one series of each
+/// refused data point, so the point is counted once.
+struct Refusal {
+    reason: String,
+    points: Option<usize>,
+}
+
+/// Identifies the data point a series belongs to: the family name (without
+/// `_bucket`, `_sum`, `_count`) and the labels other than `le` and `quantile`.
+type PointKey = (String, Vec<Label>);
+
+fn point_key(labels: &[Label]) -> PointKey {
+    let name = metric_name(labels);
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    let rest = labels
+        .iter()
+        .filter(|l| !matches!(l.name.as_str(), METRIC_NAME_LABEL | "le" | "quantile"))
+        .cloned()
+        .collect();
+    (family.to_owned(), rest)
+}
+
+struct SealedChunk {
+    bytes: Vec<u8>,
+    min_t: i64,
+    max_t: i64,
+}
+
+pub(super) struct MemSeries {
+    persisted: Vec<ChunkRef>,
+    /// Sealed but not yet written by a flush.
+    sealed: Vec<SealedChunk>,
+    open: ChunkWriter,
+    /// Newest sample applied, and its value bits.
+    last: Option<(i64, u64)>,
+    /// Newest sample admitted (applied or on its way through the WAL).
+    admitted: Option<(i64, u64)>,
+    /// Whether `series.log` has this series yet.
+    logged: bool,
+}
+
+impl MemSeries {
+    fn new(logged: bool) -> MemSeries {
+        MemSeries {
+            persisted: Vec::new(),
+            sealed: Vec::new(),
+            open: ChunkWriter::default(),
+            last: None,
+            admitted: None,
+            logged,
+        }
+    }
+
+    fn min_time(&self) -> Option<i64> {
+        let persisted = self.persisted.first().map(|c| c.min_t);
+        let sealed = self.sealed.first().map(|c| c.min_t);
+        let open = (!self.open.is_empty()).then(|| self.open.time_range().0);
+        persisted.or(sealed).or(open)
+    }
+
+    fn max_time(&self) -> Option<i64> {
+        self.last.map(|(t, _)| t)
+    }
+
+    /// Whether the series has samples between `start` and `end` (inclusive),
+    /// judged by its oldest and newest.
+    pub(super) fn overlaps(&self, start: i64, end: i64) -> bool {
+        self.min_time().is_some_and(|t| t <= end) && self.max_time().is_some_and(|t| t >= start)
+    }
+
+    /// The chunks that overlap `[start, end]`: where the written ones are,
+    /// and the bytes of those still in memory.
+    pub(super) fn chunks_overlapping(&self, start: i64, end: i64) -> (Vec<ChunkRef>, Vec<Vec<u8>>) {
+        let overlaps = |min_t: i64, max_t: i64| min_t <= end && max_t >= start;
+        let refs = self
+            .persisted
+            .iter()
+            .filter(|c| overlaps(c.min_t, c.max_t))
+            .copied()
+            .collect();
+        let mut chunks: Vec<Vec<u8>> = self
+            .sealed
+            .iter()
+            .filter(|c| overlaps(c.min_t, c.max_t))
+            .map(|c| c.bytes.clone())
+            .collect();
+        if !self.open.is_empty() {
+            let (min_t, max_t) = self.open.time_range();
+            if overlaps(min_t, max_t) {
+                chunks.push(self.open.encode());
+            }
+        }
+        (refs, chunks)
+    }
+}
+
+/// What a flush writes, taken from the head in one go.
+pub(super) struct Unflushed {
+    /// Series `series.log` lacks.
+    pub(super) new_series: Vec<(u32, Arc<[Label]>)>,
+    pub(super) sealed: Vec<ChunkToWrite>,
+    pub(super) snapshot: Snapshot,
+}
+
+#[derive(Default)]
+pub(super) struct Head {
+    pub(super) index: SeriesIndex,
+    /// By series id, as in the index.
+    series: Vec<Option<MemSeries>>,
+    metadata: BTreeMap<String, MetricMetadata>,
+}
+
+impl Head {
+    /// Adds a series under `id`, which no series has yet; `logged` when it
+    /// comes from `series.log`.
+    pub(super) fn insert(&mut self, id: u32, labels: Arc<[Label]>, logged: bool) {
+        self.index.insert(id, labels);
+        let index = id as usize;
+        if self.series.len() <= index {
+            self.series.resize_with(index + 1, || None);
+        }
+        self.series[index] = Some(MemSeries::new(logged));
+    }
+
+    /// The id of the series with `labels`, which is added if new.
+    fn id_or_insert(&mut self, labels: &[Label]) -> u32 {
+        match self.index.find(labels) {
+            Some(id) => id,
+            None => {
+                let id = self.index.next_id();
+                self.insert(id, labels.into(), false);
+                id
+            }
+        }
+    }
+
+    /// Sorted ids of the series matching any of `selectors` (every series
+    /// when empty) that have samples in `[start, end]`.
+    pub(super) fn select_in_range(
+        &self,
+        selectors: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Vec<u32> {
+        let mut ids: Vec<u32> = if selectors.is_empty() {
+            self.index.select(&[])
+        } else {
+            selectors
+                .iter()
+                .flat_map(|m| self.index.select(m))
+                .collect()
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|&id| self.series(id).is_some_and(|s| s.overlaps(start, end)));
+        ids
+    }
+
+    /// Whether any of the series `ids` has samples in `[start, end]`.
+    pub(super) fn any_in_range(&self, ids: &[u32], start: i64, end: i64) -> bool {
+        ids.iter()
+            .any(|&id| self.series(id).is_some_and(|s| s.overlaps(start, end)))
+    }
+
+    pub(super) fn series(&self, id: u32) -> Option<&MemSeries> {
+        self.series.get(id as usize)?.as_ref()
+    }
+
+    /// Records where a written chunk of series `id` is, on open.
+    pub(super) fn add_persisted(&mut self, id: u32, chunk_ref: ChunkRef) {
+        if let Some(Some(series)) = self.series.get_mut(id as usize) {
+            series.persisted.push(chunk_ref);
+        }
+    }
+
+    /// Takes back the open chunks and metadata of a snapshot, on open.
+    pub(super) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        for (id, encoded) in snapshot.open {
+            if let Some(Some(series)) = self.series.get_mut(id as usize) {
+                series.open = ChunkWriter::resume(&encoded)
+                    .map_err(|e| StoreError::Corrupt(format!("head snapshot: {e}")))?;
+            }
+        }
+        for metadata in snapshot.metadata {
+            self.metadata.insert(metadata.metric.clone(), metadata);
+        }
+        Ok(())
+    }
+
+    /// Sets every series' newest sample once everything is loaded, on open;
+    /// `newest_value` gives the value bits of a written chunk's newest sample.
+    pub(super) fn resume_newest(&mut self, mut newest_value: impl FnMut(&ChunkRef) -> Option<u64>) {
+        for series in self.series.iter_mut().flatten() {
+            // The newest value matters for a sender retrying its last sample
+            // after a restart: the same value is a duplicate, not a conflict.
+            series.last = series.open.last().or_else(|| {
+                let newest = series.persisted.last()?;
+                Some((newest.max_t, newest_value(newest).unwrap_or(0)))
+            });
+            series.admitted = series.last;
+        }
+    }
+
+    /// See [`MetricStore::admit`](super::MetricStore::admit).
+    pub(super) fn admit(&mut self, batch: Vec<SeriesSamples>, limits: &SeriesLimits) -> Admitted {
+        let mut admitted = Admitted {
+            series: Vec::with_capacity(batch.len()),
+            rejected: 0,
+            rejected_by_limits: 0,
+            first_error: None,
+            previous: Vec::new(),
+        };
+        let reject = |admitted: &mut Admitted, count: usize, reason: String| {
+            admitted.rejected += count as u64;
+            admitted.first_error.get_or_insert(reason);
+        };
+        let refused = self.refused_by_limits(&batch, limits);
+        for (index, mut series) in batch.into_iter().enumerate() {
+            if let Some(refusal) = refused.get(&index) {
+                if let Some(points) = refusal.points {
+                    reject(&mut admitted, points, refusal.reason.clone());
+                    admitted.rejected_by_limits += points as u64;
+                }
+                continue;
+            }
+            let id = self.id_or_insert(&series.labels);
+            let state = self.series[id as usize].as_mut().expect("found above");
+            let previous = state.admitted;
+            let mut kept = Vec::with_capacity(series.samples.len());
+            for sample in series.samples {
+                let bits = sample.value.to_bits();
+                match state.admitted {
+                    Some((t, _)) if sample.timestamp_ms < t => {
+                        reject(
+                            &mut admitted,
+                            1,
+                            format!(
+                                "out of order sample for series {}: {} is older than {t}",
+                                format_labels(&series.labels),
+                                sample.timestamp_ms
+                            ),
+                        );
+                    }
+                    Some((t, v)) if sample.timestamp_ms == t => {
+                        if v != bits {
+                            reject(
+                                &mut admitted,
+                                1,
+                                format!(
+                                    "duplicate sample for timestamp {t} with a different value in series {}",
+                                    format_labels(&series.labels)
+                                ),
+                            );
+                        }
+                    }
+                    _ => {
+                        state.admitted = Some((sample.timestamp_ms, bits));
+                        kept.push(sample);
+                    }
+                }
+            }
+            if !kept.is_empty() {
+                series.samples = kept;
+                admitted.series.push(series);
+                admitted.previous.push((id, previous));
+            }
+        }
+        admitted
+    }
+
+    /// Decides which new series the limits refuse, by batch index. The series
+    /// of one data point (a histogram's buckets, sum and count; a summary's
+    /// quantiles) are admitted or refused together: a histogram without some
+    /// of its buckets gives wrong quantiles. A refused point is counted once,
+    /// as OTLP's partial success counts data points.
+    fn refused_by_limits(
+        &self,
+        batch: &[SeriesSamples],
+        limits: &SeriesLimits,
+    ) -> HashMap<usize, Refusal> {
+        let mut groups: Vec<(PointKey, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<PointKey, usize> = HashMap::new();
+        let mut seen: HashSet<&[Label]> = HashSet::new();
+        for (index, series) in batch.iter().enumerate() {
+            if self.index.find(&series.labels).is_some() || !seen.insert(&series.labels) {
+                continue;
+            }
+            let key = point_key(&series.labels);
+            let group = *group_of.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(index);
+        }
+        let live_series = self.index.live_series();
+        let mut added_per_metric: HashMap<&str, usize> = HashMap::new();
+        let mut added = 0usize;
+        let mut refused = HashMap::new();
+        for (_, members) in groups {
+            let mut needed: HashMap<&str, usize> = HashMap::new();
+            for &index in &members {
+                *needed.entry(batch[index].metric_name()).or_default() += 1;
+            }
+            let over_metric = needed.iter().find_map(|(&name, &n)| {
+                let existing = self.index.series_of_metric(name)
+                    + added_per_metric.get(name).copied().unwrap_or(0);
+                (existing + n > limits.max_series_per_metric).then(|| {
+                    format!(
+                        "series limit reached for metric {name:?}: {existing} series (--max-series-per-metric)"
+                    )
+                })
+            });
+            let total: usize = members.len();
+            let reason = over_metric.or_else(|| {
+                (live_series + added + total > limits.max_series).then(|| {
+                    format!(
+                        "series limit reached: {} series in total; new series of metric {:?} are refused (--max-series)",
+                        live_series + added,
+                        batch[members[0]].metric_name()
+                    )
+                })
+            });
+            match reason {
+                Some(reason) => {
+                    let points = members
+                        .iter()
+                        .map(|&i| batch[i].samples.len())
+                        .max()
+                        .unwrap_or(0);
+                    for (position, &index) in members.iter().enumerate() {
+                        refused.insert(
+                            index,
+                            Refusal {
+                                reason: reason.clone(),
+                                points: (position == 0).then_some(points),
+                            },
+                        );
+                    }
+                }
+                None => {
+                    for (name, n) in needed {
+                        *added_per_metric.entry(name).or_default() += n;
+                    }
+                    added += total;
+                }
+            }
+        }
+        refused
+    }
+
+    /// See [`MetricStore::undo_admission`](super::MetricStore::undo_admission).
+    pub(super) fn undo(&mut self, admitted: &Admitted) {
+        for &(id, previous) in &admitted.previous {
+            if let Some(Some(series)) = self.series.get_mut(id as usize) {
+                series.admitted = previous;
+            }
+        }
+    }
+
+    /// See [`MetricStore::apply`](super::MetricStore::apply).
+    pub(super) fn apply(&mut self, batch: Vec<SeriesSamples>) {
+        for series in batch {
+            let id = self.id_or_insert(&series.labels);
+            let state = self.series[id as usize].as_mut().expect("found above");
+            for sample in series.samples {
+                if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
+                    continue;
+                }
+                if state.open.is_full() {
+                    let (min_t, max_t) = state.open.time_range();
+                    let full = std::mem::take(&mut state.open);
+                    state.sealed.push(SealedChunk {
+                        bytes: full.encode(),
+                        min_t,
+                        max_t,
+                    });
+                }
+                state.open.push(sample.timestamp_ms, sample.value);
+                let newest = (sample.timestamp_ms, sample.value.to_bits());
+                state.last = Some(newest);
+                if state.admitted.is_none_or(|(t, _)| t < newest.0) {
+                    state.admitted = Some(newest);
+                }
+            }
+        }
+    }
+
+    pub(super) fn set_metadata(&mut self, metadata: Vec<MetricMetadata>) {
+        for entry in metadata {
+            self.metadata.insert(entry.metric.clone(), entry);
+        }
+    }
+
+    /// Type, help and unit per metric family, optionally of one metric.
+    pub(super) fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
+        self.metadata
+            .values()
+            .filter(|m| metric.is_none_or(|name| m.metric == name))
+            .cloned()
+            .collect()
+    }
+
+    /// What a flush through WAL sequence number `through_seq` writes.
+    pub(super) fn unflushed(&self, through_seq: u64) -> Unflushed {
+        let mut new_series = Vec::new();
+        let mut sealed = Vec::new();
+        let mut open = Vec::new();
+        for (id, series) in self.series.iter().enumerate() {
+            let Some(series) = series else { continue };
+            let id = id as u32;
+            if !series.logged
+                && let Some(labels) = self.index.labels(id)
+            {
+                new_series.push((id, labels.clone()));
+            }
+            for chunk in &series.sealed {
+                sealed.push(ChunkToWrite {
+                    series: id,
+                    min_t: chunk.min_t,
+                    max_t: chunk.max_t,
+                    bytes: chunk.bytes.clone(),
+                });
+            }
+            if !series.open.is_empty() {
+                open.push((id, series.open.encode()));
+            }
+        }
+        Unflushed {
+            new_series,
+            sealed,
+            snapshot: Snapshot {
+                through_seq,
+                open,
+                metadata: self.metadata.values().cloned().collect(),
+            },
+        }
+    }
+
+    /// Marks what a flush wrote: the series are logged, and the sealed
+    /// chunks (at `refs` now) leave memory.
+    pub(super) fn flushed(
+        &mut self,
+        new_series: &[(u32, Arc<[Label]>)],
+        sealed: &[ChunkToWrite],
+        refs: Vec<ChunkRef>,
+    ) {
+        for (id, _) in new_series {
+            if let Some(Some(series)) = self.series.get_mut(*id as usize) {
+                series.logged = true;
+            }
+        }
+        for (chunk, chunk_ref) in sealed.iter().zip(refs) {
+            if let Some(Some(series)) = self.series.get_mut(chunk.series as usize) {
+                // Flushes are serialised and sealing only appends, so the
+                // chunk written is still at the front of the sealed list.
+                if series
+                    .sealed
+                    .first()
+                    .is_some_and(|c| c.min_t == chunk.min_t)
+                {
+                    series.sealed.remove(0);
+                    series.persisted.push(chunk_ref);
+                }
+            }
+        }
+    }
+
+    /// Forgets chunks in files retention is about to delete.
+    pub(super) fn drop_chunk_files(&mut self, files: &[u32]) {
+        for series in self.series.iter_mut().flatten() {
+            series.persisted.retain(|c| !files.contains(&c.file));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::metrics::MetricStore;
+    use crate::store::metrics::index::label_value;
+    use crate::store::metrics::tests::{ingest, limits, matcher, series};
+    use crate::telemetry::Metrics;
+
+    #[test]
+    fn a_histogram_point_is_admitted_or_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            SeriesLimits {
+                max_series: 1000,
+                max_series_per_metric: 3,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let point = |job: &str| -> Vec<SeriesSamples> {
+            let mut out: Vec<SeriesSamples> = ["0.1", "1", "+Inf"]
+                .iter()
+                .map(|le| {
+                    let mut s = series("latency_bucket", job, &[(1, 1.0)]);
+                    s.labels.push(Label::new("le", *le));
+                    s
+                })
+                .collect();
+            out.push(series("latency_count", job, &[(1, 1.0)]));
+            out
+        };
+        let first = ingest(&store, point("a"));
+        assert_eq!(first.rejected, 0);
+        // Three more buckets would make six series of latency_bucket.
+        let second = ingest(&store, point("b"));
+        assert_eq!(second.rejected, 1, "one data point");
+        assert!(second.first_error.unwrap().contains("\"latency_bucket\""));
+        let stored = store.series(&[], i64::MIN, i64::MAX);
+        assert!(
+            stored
+                .iter()
+                .all(|labels| label_value(labels, "job") == "a")
+        );
+    }
+
+    #[test]
+    fn undone_admissions_accept_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
+        let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
+        store.undo_admission(&refused);
+        let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
+        assert_eq!(retry.rejected, 0);
+        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        assert_eq!(got[0].samples.len(), 2);
+    }
+
+    #[test]
+    fn out_of_order_and_conflicting_duplicates_are_rejected_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        ingest(&store, vec![series("x", "a", &[(1000, 1.0), (2000, 2.0)])]);
+        let admitted = ingest(
+            &store,
+            vec![series(
+                "x",
+                "a",
+                &[(1500, 9.0), (2000, 2.0), (2000, 3.0), (3000, 3.0)],
+            )],
+        );
+        assert_eq!(admitted.rejected, 2);
+        assert_eq!(admitted.rejected_by_limits, 0);
+        assert!(admitted.first_error.unwrap().contains("out of order"));
+        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        let values: Vec<f64> = got[0].samples.iter().map(|s| s.value).collect();
+        assert_eq!(values, [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn cardinality_limits_name_the_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            SeriesLimits {
+                max_series: 1000,
+                max_series_per_metric: 2,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let batch = (0..3)
+            .map(|i| series("requests_total", &format!("job{i}"), &[(1, 1.0)]))
+            .collect();
+        let admitted = ingest(&store, batch);
+        assert_eq!(admitted.rejected, 1);
+        assert_eq!(admitted.rejected_by_limits, 1);
+        assert!(admitted.first_error.unwrap().contains("\"requests_total\""));
+        assert_eq!(store.series(&[], i64::MIN, i64::MAX).len(), 2);
+    }
+}

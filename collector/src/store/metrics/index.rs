@@ -1,0 +1,194 @@
+//! Series ids and the inverted index. A label set gets a dense id the first
+//! time it is seen; postings (label name -> value -> ids) narrow a selection,
+//! then every matcher is checked against the candidates' labels.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use promql_parser::label::{MatchOp, Matcher};
+
+use crate::model::{Label, METRIC_NAME_LABEL};
+
+/// Every series' labels by id, and what finds ids by labels.
+#[derive(Default)]
+pub(super) struct SeriesIndex {
+    /// By id; `None` for an id no series has.
+    labels: Vec<Option<Arc<[Label]>>>,
+    by_hash: HashMap<u64, Vec<u32>>,
+    postings: HashMap<String, HashMap<String, Vec<u32>>>,
+    series_per_metric: HashMap<String, usize>,
+    live_series: usize,
+}
+
+impl SeriesIndex {
+    pub(super) fn find(&self, labels: &[Label]) -> Option<u32> {
+        self.by_hash
+            .get(&label_hash(labels))?
+            .iter()
+            .copied()
+            .find(|&id| self.labels(id).is_some_and(|l| &**l == labels))
+    }
+
+    /// Adds a series under `id`, which no series has yet.
+    pub(super) fn insert(&mut self, id: u32, labels: Arc<[Label]>) {
+        let index = id as usize;
+        if self.labels.len() <= index {
+            self.labels.resize_with(index + 1, || None);
+        }
+        self.by_hash
+            .entry(label_hash(&labels))
+            .or_default()
+            .push(id);
+        for label in labels.iter() {
+            let ids = self
+                .postings
+                .entry(label.name.clone())
+                .or_default()
+                .entry(label.value.clone())
+                .or_default();
+            // Ids are handed out in increasing order, except on open where
+            // the series log is read in order too: postings stay sorted.
+            ids.push(id);
+        }
+        let name = metric_name(&labels).to_owned();
+        *self.series_per_metric.entry(name).or_default() += 1;
+        self.live_series += 1;
+        self.labels[index] = Some(labels);
+    }
+
+    /// The id the next new series gets.
+    pub(super) fn next_id(&self) -> u32 {
+        self.labels.len() as u32
+    }
+
+    pub(super) fn labels(&self, id: u32) -> Option<&Arc<[Label]>> {
+        self.labels.get(id as usize)?.as_ref()
+    }
+
+    /// Every label name and its values' series ids.
+    pub(super) fn postings(&self) -> impl Iterator<Item = (&str, &HashMap<String, Vec<u32>>)> {
+        self.postings
+            .iter()
+            .map(|(name, values)| (name.as_str(), values))
+    }
+
+    /// The values of label `name` and their series ids.
+    pub(super) fn postings_of(&self, name: &str) -> impl Iterator<Item = (&str, &[u32])> {
+        self.postings
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(value, ids)| (value.as_str(), ids.as_slice()))
+    }
+
+    /// How many series exist, for the `--max-series` limit.
+    pub(super) fn live_series(&self) -> usize {
+        self.live_series
+    }
+
+    /// How many series a metric has, for the `--max-series-per-metric` limit.
+    pub(super) fn series_of_metric(&self, name: &str) -> usize {
+        self.series_per_metric.get(name).copied().unwrap_or(0)
+    }
+
+    /// Ids of the series matching every matcher (every series for none), in
+    /// increasing order.
+    pub(super) fn select(&self, matchers: &[Matcher]) -> Vec<u32> {
+        // Start from the smallest posting list of an equality matcher on a
+        // non-empty value, else from every series.
+        let narrowest = matchers
+            .iter()
+            .filter(|m| matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
+            .map(|m| {
+                self.postings
+                    .get(&m.name)
+                    .and_then(|values| values.get(&m.value))
+                    .map_or(&[][..], |ids| ids.as_slice())
+            })
+            .min_by_key(|ids| ids.len());
+        let matches = |id: u32| {
+            self.labels(id).is_some_and(|labels| {
+                matchers
+                    .iter()
+                    .all(|m| m.is_match(label_value(labels, &m.name)))
+            })
+        };
+        match narrowest {
+            Some(ids) => ids.iter().copied().filter(|&id| matches(id)).collect(),
+            None => (0..self.next_id()).filter(|&id| matches(id)).collect(),
+        }
+    }
+}
+
+fn label_hash(labels: &[Label]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The value of label `name`, "" when absent (as PromQL matchers see it).
+pub(super) fn label_value<'a>(labels: &'a [Label], name: &str) -> &'a str {
+    labels
+        .iter()
+        .find(|l| l.name == name)
+        .map_or("", |l| l.value.as_str())
+}
+
+/// The `__name__` label's value.
+pub(super) fn metric_name(labels: &[Label]) -> &str {
+    label_value(labels, METRIC_NAME_LABEL)
+}
+
+/// `name{a="b", ...}`, for error messages.
+pub(super) fn format_labels(labels: &[Label]) -> String {
+    let name = metric_name(labels);
+    let rest: Vec<String> = labels
+        .iter()
+        .filter(|l| l.name != METRIC_NAME_LABEL)
+        .map(|l| format!("{}={:?}", l.name, l.value))
+        .collect();
+    format!("{name}{{{}}}", rest.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::metrics::MetricStore;
+    use crate::store::metrics::tests::{ingest, limits, matcher, series};
+    use crate::telemetry::Metrics;
+
+    #[test]
+    fn matchers_follow_prometheus_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let mut with_env = series("m", "b", &[(1, 2.0)]);
+        with_env.labels.push(Label::new("env", "prod"));
+        ingest(&store, vec![series("m", "a", &[(1, 1.0)]), with_env]);
+        let jobs = |matchers: &[Matcher]| -> Vec<String> {
+            store
+                .select(matchers, 0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|s| label_value(&s.labels, "job").to_owned())
+                .collect()
+        };
+        // A missing label equals "": != matches series without it.
+        assert_eq!(
+            jobs(&[
+                matcher("__name__", "m"),
+                Matcher::new(MatchOp::NotEqual, "env", "prod")
+            ]),
+            ["a"]
+        );
+        assert_eq!(jobs(&[matcher("__name__", "m"), matcher("env", "")]), ["a"]);
+        let regex = Matcher::new_matcher(
+            promql_parser::parser::token::T_EQL_REGEX,
+            "job".into(),
+            "a|b".into(),
+        )
+        .unwrap();
+        assert_eq!(jobs(&[regex]), ["a", "b"]);
+        assert!(jobs(&[matcher("job", "zzz")]).is_empty());
+    }
+}
