@@ -107,15 +107,15 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = telemetry::Metrics::new();
+    let self_metrics = telemetry::SelfMetrics::new();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (stores, pipeline) = {
         let config = config.clone();
-        let metrics = metrics.clone();
+        let self_metrics = self_metrics.clone();
         tokio::task::spawn_blocking(move || {
-            let stores = store::Stores::open(&config.data_dir, &config, &metrics)?;
-            let pipeline = pipeline::Pipeline::open(&stores, &config, metrics)?;
+            let stores = store::Stores::open(&config.data_dir, &config, &self_metrics)?;
+            let pipeline = pipeline::Pipeline::open(&stores, &config, self_metrics)?;
             anyhow::Ok((stores, pipeline))
         })
         .await
@@ -195,7 +195,7 @@ pub async fn run(
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
         stores,
-        metrics,
+        self_metrics,
         healthy: healthy.clone(),
     });
     let http = tokio::spawn(

@@ -20,7 +20,7 @@ use crate::store::Stores;
 use crate::store::logs::LogStore;
 use crate::store::metrics::MetricStore;
 use crate::store::traces::TraceStore;
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
 /// Why data was not accepted. The status codes for each protocol are chosen in
@@ -69,7 +69,7 @@ pub struct Pipeline {
     log_settings: LogSettings,
     metric_settings: MetricSettings,
     limits: IngestLimits,
-    metrics: Metrics,
+    metrics: SelfMetrics,
     flush_wanted: Notify,
     /// WAL sequence numbers through which each store has made everything
     /// durable; the WAL is trimmed to the lowest.
@@ -84,7 +84,7 @@ impl Pipeline {
     pub fn open(
         stores: &Stores,
         config: &Config,
-        metrics: Metrics,
+        metrics: SelfMetrics,
     ) -> anyhow::Result<Arc<Pipeline>> {
         use anyhow::Context;
         let Stores {

@@ -8,9 +8,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Every metric the daemon keeps about itself, registered in one registry.
+/// Every metric the daemon keeps about its own health, registered in one
+/// registry. (Not "Metrics": that is the TSDB, `store::metrics`.)
 #[derive(Clone)]
-pub struct Metrics {
+pub struct SelfMetrics {
     registry: Registry,
     /// Spans accepted into the WAL, by transport (`grpc`, `http`).
     pub spans_received: IntCounterVec,
@@ -38,13 +39,13 @@ pub struct Metrics {
     pub store_flush_errors: IntCounter,
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
+impl SelfMetrics {
+    pub fn new() -> SelfMetrics {
         let registry = Registry::new();
         let fsync_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ];
-        let metrics = Metrics {
+        let metrics = SelfMetrics {
             spans_received: IntCounterVec::new(
                 Opts::new(
                     "strand_spans_received_total",
@@ -185,7 +186,7 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
+impl Default for SelfMetrics {
     fn default() -> Self {
         Self::new()
     }
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn renders_every_family() {
-        let metrics = Metrics::new();
+        let metrics = SelfMetrics::new();
         metrics
             .spans_received
             .with_label_values(&["grpc"])

@@ -32,7 +32,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::frame::{self, FrameError};
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 
 /// Segment files of this format end in this; the `2` is the format version.
 const SEGMENT_SUFFIX: &str = ".wal2";
@@ -110,7 +110,7 @@ pub struct Wal {
     /// they hold nothing newer.
     applied_through: Arc<AtomicU64>,
     queue_budget: Arc<Semaphore>,
-    metrics: Metrics,
+    metrics: SelfMetrics,
 }
 
 /// A record read back during replay.
@@ -138,7 +138,7 @@ impl Wal {
         after_seq: u64,
         used_through: u64,
         queue_budget_bytes: usize,
-        metrics: Metrics,
+        metrics: SelfMetrics,
         mut apply: impl FnMut(ReplayedRecord),
     ) -> Result<Wal, WalError> {
         fs::create_dir_all(dir)?;
@@ -351,7 +351,7 @@ struct Writer {
     closed: Vec<Segment>,
     active: Option<ActiveSegment>,
     next_seq: u64,
-    metrics: Metrics,
+    metrics: SelfMetrics,
 }
 
 struct Pending {
@@ -529,7 +529,7 @@ mod tests {
 
     fn open(dir: &Path, after: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let wal = Wal::open(dir, after, 0, 1 << 20, Metrics::new(), |r| {
+        let wal = Wal::open(dir, after, 0, 1 << 20, SelfMetrics::new(), |r| {
             seen.push((r.seq, r.payload))
         })
         .unwrap();
@@ -635,7 +635,7 @@ mod tests {
     async fn segments_of_the_older_format_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("00000000000000000001.wal"), b"old").unwrap();
-        let refused = Wal::open(dir.path(), 0, 0, 1 << 20, Metrics::new(), |_| {});
+        let refused = Wal::open(dir.path(), 0, 0, 1 << 20, SelfMetrics::new(), |_| {});
         let Err(error @ WalError::OlderVersion(_)) = refused else {
             panic!("an old segment must be refused");
         };
@@ -662,7 +662,7 @@ mod tests {
     #[tokio::test]
     async fn overload_is_reported_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), 0, 0, 8, Metrics::new(), |_| {}).unwrap();
+        let wal = Wal::open(dir.path(), 0, 0, 8, SelfMetrics::new(), |_| {}).unwrap();
         let err = wal
             .append(RecordKind::Spans, vec![0; 9], Box::new(|_| {}))
             .await

@@ -19,13 +19,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::store::Stores;
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 
 /// What the API handlers share: the stores they read (never the write
 /// path), Strand's own metrics and its readiness.
 pub struct ApiState {
     pub stores: Stores,
-    pub metrics: Metrics,
+    pub self_metrics: SelfMetrics,
     /// False while the stores fail to flush; `/readyz` reports it.
     pub healthy: Arc<AtomicBool>,
 }
@@ -35,7 +35,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(self_metrics))
         .merge(jaeger::router())
         .merge(logs::router())
         .merge(prom::router())
@@ -56,9 +56,9 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+async fn self_metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.self_metrics.render(),
     )
 }

@@ -505,7 +505,7 @@ mod tests {
     use crate::codec::tests::sample_log;
     use crate::config::Retention;
     use crate::model::{AttrValue, KeyValue, Severity};
-    use crate::telemetry::Metrics;
+    use crate::telemetry::SelfMetrics;
 
     const HOUR: u64 = 3_600 * 1_000_000_000;
     const BASE: u64 = 1_000 * HOUR;
@@ -521,7 +521,8 @@ mod tests {
     /// Twenty logs over two hours (two partitions), committed.
     fn store() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path(), Duration::from_secs(3600), Metrics::new()).unwrap();
+        let store =
+            LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new()).unwrap();
         let records: Vec<LogRecord> = (0..20i64)
             .map(|i| {
                 let (service, body, severity) = match i % 4 {
@@ -645,7 +646,8 @@ mod tests {
     fn replay_never_duplicates_and_retention_drops_old_partitions() {
         let (dir, store) = store();
         drop(store);
-        let store = LogStore::open(dir.path(), Duration::from_secs(3600), Metrics::new()).unwrap();
+        let store =
+            LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new()).unwrap();
         // The WAL replays record 1 again after a crash: already committed.
         store
             .apply(

@@ -116,7 +116,7 @@ mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
     use crate::model::{AttrValue, StatusCode};
-    use crate::telemetry::Metrics;
+    use crate::telemetry::SelfMetrics;
 
     fn query(service: &str) -> TraceQuery {
         TraceQuery {
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn searches_memory_and_blocks_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         let make = |trace: u8, start: u64, route: &str| {
             let mut s = sample_span(trace, 1, "order");
             s.start_unix_nano = start;

@@ -18,7 +18,7 @@ use anyhow::Context;
 use crate::codec::CodecError;
 use crate::config::Config;
 use crate::frame::FrameError;
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 use dashboards::DashboardStore;
 use logs::LogStore;
 use metrics::MetricStore;
@@ -61,7 +61,7 @@ impl Stores {
     pub fn open(
         data_dir: &Path,
         config: &Config,
-        self_metrics: &Metrics,
+        self_metrics: &SelfMetrics,
     ) -> anyhow::Result<Stores> {
         let traces = TraceStore::open(&data_dir.join("traces"), self_metrics.clone())
             .context("opening the trace store")?;

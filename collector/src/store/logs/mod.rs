@@ -28,7 +28,7 @@ pub use schema::{LEVELS, LogFields, record_of};
 use crate::config::Retention;
 use crate::model::LogRecord;
 use crate::store::{Result, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 
 /// Writers of older partitions (late records, replay) get tantivy's minimum
 /// and are closed after each commit.
@@ -77,12 +77,12 @@ pub struct LogStore {
     partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
-    metrics: Metrics,
+    metrics: SelfMetrics,
 }
 
 impl LogStore {
     /// Opens (or creates) the store in `dir` with partitions `partition` long.
-    pub fn open(dir: &Path, partition: Duration, metrics: Metrics) -> Result<LogStore> {
+    pub fn open(dir: &Path, partition: Duration, metrics: SelfMetrics) -> Result<LogStore> {
         fs::create_dir_all(dir)?;
         let (schema, fields) = schema::build();
         let partition_nanos = u64::try_from(partition.as_nanos())

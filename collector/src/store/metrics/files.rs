@@ -348,13 +348,13 @@ mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
     use crate::store::metrics::tests::{ingest, limits, matcher, series};
-    use crate::telemetry::Metrics;
+    use crate::telemetry::SelfMetrics;
     use std::time::Duration;
 
     #[test]
     fn retention_drops_old_chunk_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         let old: Vec<(i64, f64)> = (0..240).map(|i| (i * 1000, 1.0)).collect();
         ingest(&store, vec![series("x", "a", &old)]);
         store.flush(1).unwrap();

@@ -516,7 +516,7 @@ mod tests {
     use crate::store::metrics::MetricStore;
     use crate::store::metrics::index::label_value;
     use crate::store::metrics::tests::{ingest, limits, matcher, series};
-    use crate::telemetry::Metrics;
+    use crate::telemetry::SelfMetrics;
 
     #[test]
     fn a_histogram_point_is_admitted_or_refused_whole() {
@@ -527,7 +527,7 @@ mod tests {
                 max_series: 1000,
                 max_series_per_metric: 3,
             },
-            Metrics::new(),
+            SelfMetrics::new(),
         )
         .unwrap();
         let point = |job: &str| -> Vec<SeriesSamples> {
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn undone_admissions_accept_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
         let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
         store.undo_admission(&refused);
@@ -572,7 +572,7 @@ mod tests {
     #[test]
     fn out_of_order_and_conflicting_duplicates_are_rejected_with_reasons() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         ingest(&store, vec![series("x", "a", &[(1000, 1.0), (2000, 2.0)])]);
         let admitted = ingest(
             &store,
@@ -599,7 +599,7 @@ mod tests {
                 max_series: 1000,
                 max_series_per_metric: 2,
             },
-            Metrics::new(),
+            SelfMetrics::new(),
         )
         .unwrap();
         let batch = (0..3)

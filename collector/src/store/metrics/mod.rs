@@ -52,7 +52,7 @@ use self::head::Head;
 use self::index::label_value;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 
 pub use crate::config::SeriesLimits;
 
@@ -71,14 +71,14 @@ pub struct MetricStore {
     /// Serialises flushes, which read and then update the head.
     flushing: Mutex<u64>,
     limits: SeriesLimits,
-    metrics: Metrics,
+    metrics: SelfMetrics,
 }
 
 impl MetricStore {
     /// Opens (or creates) the store under `dir`: series, chunk files and the
     /// head snapshot. The WAL after [`MetricStore::checkpoint`] must be
     /// applied next.
-    pub fn open(dir: &Path, limits: SeriesLimits, metrics: Metrics) -> Result<MetricStore> {
+    pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, |id, labels| head.insert(id, labels.into(), true))?;
@@ -393,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64 * 1.5)).collect();
         {
-            let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
             ingest(&store, vec![series("up", "a", &samples[..250])]);
             store.flush(7).unwrap();
             // Applied after the flush: only the WAL has these.
@@ -401,7 +401,7 @@ mod tests {
             let all = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
             assert_eq!(all[0].samples.len(), 300);
         }
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through(), 7);
         let before_replay = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
         assert_eq!(before_replay[0].samples.len(), 250);
@@ -422,11 +422,11 @@ mod tests {
     fn retrying_the_newest_sample_after_reopen_is_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
             ingest(&store, vec![series("x", "a", &[(1000, 1.5), (2000, 2.5)])]);
             store.flush(1).unwrap();
         }
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.5)])]);
         assert_eq!(retry.rejected, 0, "{:?}", retry.first_error);
         let conflict = ingest(&store, vec![series("x", "a", &[(2000, 9.0)])]);
@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn label_names_and_values_follow_selectors_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), Metrics::new()).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         let mut old = series("up", "old", &[(1_000, 1.0)]);
         old.labels.push(Label::new("zone", "a"));
         ingest(

@@ -31,7 +31,7 @@ use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{Result, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::SelfMetrics;
 
 pub use search::{Candidates, ServiceEntry};
 
@@ -118,12 +118,12 @@ pub struct TraceStore {
     flushing: RwLock<Option<Arc<Flushing>>>,
     names: RwLock<Names>,
     flush_state: Mutex<FlushState>,
-    metrics: Metrics,
+    metrics: SelfMetrics,
 }
 
 impl TraceStore {
     /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, metrics: Metrics) -> Result<TraceStore> {
+    pub fn open(dir: &Path, metrics: SelfMetrics) -> Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir.join("index"))
@@ -703,7 +703,7 @@ mod tests {
     #[test]
     fn spans_are_queryable_before_and_after_flush_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         store.apply(
             1,
             vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
@@ -719,7 +719,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through().unwrap(), 2);
         let trace = store.trace(&[1; 16]).unwrap();
         assert_eq!(trace.len(), 2);
@@ -732,7 +732,7 @@ mod tests {
     #[test]
     fn dependencies_are_counted_across_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         store.apply(1, vec![span(1, 1, None, "gateway")]);
         store.flush().unwrap();
         store.apply(
@@ -764,7 +764,7 @@ mod tests {
     #[test]
     fn search_candidates_come_newest_first_within_range() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         let mut spans = Vec::new();
         for trace in 1..=5u8 {
             let mut s = span(trace, 1, None, "order");
@@ -785,7 +785,7 @@ mod tests {
     #[test]
     fn search_candidates_merge_flushes_in_start_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         let at = |trace: u8, start: u64| {
             let mut s = span(trace, 1, None, "order");
             s.start_unix_nano = start;
@@ -810,7 +810,7 @@ mod tests {
     #[test]
     fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         store.apply(1, vec![span(1, 1, None, "order")]);
         store.flush().unwrap();
         let next_block =
@@ -825,7 +825,7 @@ mod tests {
         store.db.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert!(store.db.get(&stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
@@ -903,7 +903,7 @@ mod tests {
     #[test]
     fn retention_by_age_drops_the_old_hours_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         assert_eq!(found(&store, "order"), vec![2, 1]);
@@ -926,7 +926,7 @@ mod tests {
         assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
         drop(store);
 
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert!(store.trace(&[1; 16]).unwrap().is_empty());
         assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
         assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
@@ -937,7 +937,7 @@ mod tests {
     #[test]
     fn retention_by_bytes_drops_the_oldest_first_never_the_current_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         for trace in 1..=3u8 {
             flush_segment(
                 &store,
@@ -968,7 +968,7 @@ mod tests {
         // After a reopen nothing is being appended to: the newest committed
         // segment stays all the same.
         drop(store);
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
         assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
     }
@@ -976,7 +976,7 @@ mod tests {
     #[test]
     fn reopen_is_consistent_after_a_crash_between_the_drop_and_the_file_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         let old = segment_files(dir.path())[0].0.clone();
@@ -1007,7 +1007,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
 
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert!(
             !old_path.exists(),
             "open deletes what the index does not know"
@@ -1025,7 +1025,7 @@ mod tests {
     #[test]
     fn segments_without_a_newest_span_age_by_their_file_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         // As written before segments recorded their newest span.
@@ -1051,7 +1051,7 @@ mod tests {
     #[test]
     fn many_traces_span_several_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), Metrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         let mut spans = Vec::new();
         for trace in 0..=255u8 {
             for id in 1..=40u8 {
