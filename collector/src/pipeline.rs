@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use tokio::sync::Notify;
 
 use crate::codec;
@@ -45,6 +46,14 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the metrics head is written out (sealed chunks and a snapshot of
 /// the open ones): what bounds the WAL the metrics store holds back.
 const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What kind of data an append carries, for counting it.
+#[derive(Clone, Copy)]
+enum Signal {
+    Spans,
+    Logs,
+    Samples,
+}
 
 /// Samples of one request that were not stored, and the first reason.
 #[derive(Debug, Default)]
@@ -199,23 +208,8 @@ impl Pipeline {
             Ok(pending) => pending.await,
             Err(error) => Err(error),
         };
-        match appended {
-            Ok(_) => {
-                self.metrics
-                    .samples_received
-                    .with_label_values(&[transport])
-                    .inc_by(count as u64);
-                Ok(rejections)
-            }
-            Err(WalError::Overloaded) => {
-                self.reject_samples(count, "overloaded");
-                Err(AcceptError::Overloaded)
-            }
-            Err(error) => {
-                self.reject_samples(count, "unavailable");
-                Err(AcceptError::Unavailable(error.to_string()))
-            }
-        }
+        self.count_outcome(Signal::Samples, appended, count, transport)?;
+        Ok(rejections)
     }
 
     /// Checks samples against the metrics store (time order, series
@@ -281,10 +275,7 @@ impl Pipeline {
 
     /// Counts samples refused.
     pub fn reject_samples(&self, samples: usize, reason: &str) {
-        self.metrics
-            .samples_rejected
-            .with_label_values(&[reason])
-            .inc_by(samples as u64);
+        self.reject(Signal::Samples, samples, reason);
     }
 
     /// Makes spans durable and queryable; returns once they are both.
@@ -315,23 +306,7 @@ impl Pipeline {
                 }),
             )
             .await;
-        match appended {
-            Ok(_) => {
-                self.metrics
-                    .spans_received
-                    .with_label_values(&[transport])
-                    .inc_by(count as u64);
-                Ok(())
-            }
-            Err(WalError::Overloaded) => {
-                self.reject_spans(count, "overloaded");
-                Err(AcceptError::Overloaded)
-            }
-            Err(error) => {
-                self.reject_spans(count, "unavailable");
-                Err(AcceptError::Unavailable(error.to_string()))
-            }
-        }
+        self.count_outcome(Signal::Spans, appended, count, transport)
     }
 
     /// Makes log records durable; returns once they are (they become
@@ -360,39 +335,60 @@ impl Pipeline {
                 }),
             )
             .await;
+        self.count_outcome(Signal::Logs, appended, count, transport)
+    }
+
+    /// Counts log records refused before reaching the WAL.
+    pub fn reject_logs(&self, records: usize, reason: &str) {
+        self.reject(Signal::Logs, records, reason);
+    }
+
+    /// Counts spans refused before reaching the WAL.
+    pub fn reject_spans(&self, spans: usize, reason: &str) {
+        self.reject(Signal::Spans, spans, reason);
+    }
+
+    fn reject(&self, signal: Signal, items: usize, reason: &str) {
+        let (_, rejected) = self.counters(signal);
+        rejected.with_label_values(&[reason]).inc_by(items as u64);
+    }
+
+    /// The received and rejected counters of `signal`.
+    fn counters(&self, signal: Signal) -> (&IntCounterVec, &IntCounterVec) {
+        let m = &self.metrics;
+        match signal {
+            Signal::Spans => (&m.spans_received, &m.spans_rejected),
+            Signal::Logs => (&m.logs_received, &m.logs_rejected),
+            Signal::Samples => (&m.samples_received, &m.samples_rejected),
+        }
+    }
+
+    /// Counts how the WAL append of `count` items of `signal` ended, and
+    /// turns its failure into the answer ingest gives.
+    fn count_outcome(
+        &self,
+        signal: Signal,
+        appended: Result<u64, WalError>,
+        count: usize,
+        transport: &str,
+    ) -> Result<(), AcceptError> {
         match appended {
             Ok(_) => {
-                self.metrics
-                    .logs_received
+                let (received, _) = self.counters(signal);
+                received
                     .with_label_values(&[transport])
                     .inc_by(count as u64);
                 Ok(())
             }
             Err(WalError::Overloaded) => {
-                self.reject_logs(count, "overloaded");
+                self.reject(signal, count, "overloaded");
                 Err(AcceptError::Overloaded)
             }
             Err(error) => {
-                self.reject_logs(count, "unavailable");
+                self.reject(signal, count, "unavailable");
                 Err(AcceptError::Unavailable(error.to_string()))
             }
         }
-    }
-
-    /// Counts log records refused before reaching the WAL.
-    pub fn reject_logs(&self, records: usize, reason: &str) {
-        self.metrics
-            .logs_rejected
-            .with_label_values(&[reason])
-            .inc_by(records as u64);
-    }
-
-    /// Counts spans refused before reaching the WAL.
-    pub fn reject_spans(&self, spans: usize, reason: &str) {
-        self.metrics
-            .spans_rejected
-            .with_label_values(&[reason])
-            .inc_by(spans as u64);
     }
 
     /// Counts a request refused as a whole (malformed, too large, ...).
