@@ -574,7 +574,8 @@ fn check_value(arg: &clap::Arg, text: &str) -> anyhow::Result<()> {
         .map(drop)
         .map_err(|error| {
             let message = error.to_string();
-            anyhow::anyhow!("{}", message.trim().trim_start_matches("error: "))
+            let first_line = message.lines().next().unwrap_or_default();
+            anyhow::anyhow!("{}", first_line.trim_start_matches("error: "))
         })
 }
 
