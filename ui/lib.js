@@ -1,7 +1,11 @@
 // Small helpers shared by the views: DOM building, API calls, formatting and
 // a virtualised list that renders only the rows in view.
 
-/** Creates an element: h("a.cls", {href}, child, "text"). */
+/**
+ * Creates an element: h("a.cls", {href}, child, "text"). Children may be
+ * nested arrays (e.g. a list mapped to [element, " "] pairs); they are
+ * flattened, never turned into text.
+ */
 export function h(tag, attrs, ...children) {
   const [name, ...classes] = tag.split(".");
   const el = document.createElement(name || "div");
@@ -13,7 +17,7 @@ export function h(tag, attrs, ...children) {
     else if (k === "style") el.style.cssText = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c == null || c === false) continue;
     el.append(c instanceof Node ? c : String(c));
   }

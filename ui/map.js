@@ -3,8 +3,11 @@
 // left of callees). The edges come from /api/dependencies (what the span
 // store counted); the numbers from PromQL: per edge the service graph
 // metrics (traces_service_graph_*), per node its server spans' RED metrics
-// (traces_span_metrics_*). Anything with errors is drawn red. A node links
-// to its traces and metrics; an edge opens a panel with its numbers.
+// (traces_span_metrics_*). A service or call whose failed share is above a
+// threshold (5% unless the URL's `threshold` says otherwise, adjustable in
+// the legend) is drawn red. Each arrow's label sits on a free spot along it,
+// clear of the boxes and of the other labels. A node links to its traces and
+// metrics; an edge opens a panel with its numbers.
 
 import { api, h, state, timeRange, onRefresh, serviceColors, fmtMicros } from "./lib.js";
 
@@ -14,13 +17,35 @@ const NODE_W = 200, NODE_H = 68, COL = 370, ROW = 100, PAD = 24;
 /** Room under the rows for edges that go back (cycles, same layer), if any. */
 const BACK_ROOM = 70;
 const SERVER = 'span_kind="SPAN_KIND_SERVER"';
+/** Percent of failed requests above which a service or call is red. */
+const DEFAULT_THRESHOLD = 5;
+/** Room (px) kept between a label and a box or another label. */
+const LABEL_GAP = 4;
 
 export async function render(root, { params, current }) {
   const out = h("div.map-body");
   const note = h("p.muted.map-note");
-  root.append(h("h1", {}, "Service map"), note, out);
+  let threshold = thresholdOf(params);
+  const thresholdInput = h("input", { type: "number", name: "threshold", min: 0, max: 100, step: "any", value: threshold, "aria-label": "error threshold in percent" });
+  const legend = h("form.map-legend", { onsubmit: (e) => e.preventDefault() },
+    h("span.map-swatch"), "Red: more than ", thresholdInput, "% of requests failed");
+  root.append(h("h1", {}, "Service map"), note, legend, out);
   let selected = params.get("client") != null ? { client: params.get("client"), server: params.get("server") } : null;
   let loading = false;
+  // The view's own state (open edge, threshold) goes into the URL without
+  // drawing the view again.
+  const remember = (changes) => {
+    for (const [k, v] of Object.entries(changes)) if (v == null) params.delete(k); else params.set(k, v);
+    history.replaceState(null, "", `#/map?${params}`);
+  };
+  let repaint = () => {};
+  thresholdInput.addEventListener("input", () => {
+    const value = thresholdInput.valueAsNumber;
+    if (!(value >= 0 && value <= 100)) return;
+    threshold = value;
+    remember({ threshold: value });
+    repaint();
+  });
 
   const load = async () => {
     if (loading) return; // a slow load is not stacked up by refresh ticks
@@ -53,18 +78,22 @@ export async function render(root, { params, current }) {
       for (const el of out.querySelectorAll(".map-edge")) {
         el.classList.toggle("selected", Boolean(edge) && el.dataset.client === edge.client && el.dataset.server === edge.server);
       }
-      showEdge(detail, edge, () => select(null));
+      showEdge(detail, edge, threshold, () => select(null));
       // Shareable without reloading the view: the URL says which edge is open.
-      const next = new URLSearchParams(params);
-      if (edge) { next.set("client", edge.client); next.set("server", edge.server); } else { next.delete("client"); next.delete("server"); }
-      history.replaceState(null, "", `#/map?${next}`);
+      remember({ client: edge?.client, server: edge?.server });
     };
     const picture = h("div.map-canvas");
     out.replaceChildren(picture, detail);
-    picture.append(drawGraph(graph, select));
-    fitLabels(picture);
-    const again = selected && graph.edges.find((e) => e.client === selected.client && e.server === selected.server);
-    if (again) select(again);
+    const { root: drawing, boxes } = drawGraph(graph, select);
+    picture.append(drawing);
+    placeLabels(drawing, boxes);
+    // The open edge's panel, if any, colours its numbers by the threshold too.
+    repaint = () => {
+      paint(drawing, threshold);
+      const again = selected && graph.edges.find((e) => e.client === selected.client && e.server === selected.server);
+      if (again) select(again);
+    };
+    repaint();
   };
   await load();
   return onRefresh(load);
@@ -163,6 +192,7 @@ function layout(nodes, edges) {
   };
 }
 
+/** The drawing, and the boxes of its nodes for placing the labels. */
 function drawGraph(graph, select) {
   const { pos, width, height } = layout(graph.nodes, graph.edges);
   const root = svg("svg", { class: "service-map", width, height, viewBox: `0 0 ${width} ${height}`, "aria-label": "service map" });
@@ -172,38 +202,39 @@ function drawGraph(graph, select) {
   root.append(svg("defs", {}, marker("map-arrow"), marker("map-arrow-error")));
   for (const e of graph.edges) root.append(drawEdge(e, pos.get(e.client), pos.get(e.server), select));
   for (const n of graph.nodes) root.append(drawNode(n, pos.get(n.name), graph.colors.get(n.name)));
-  return root;
+  const boxes = graph.nodes.map((n) => ({ ...pos.get(n.name), w: NODE_W, h: NODE_H }));
+  return { root, boxes };
 }
 
 function drawEdge(edge, from, to, select) {
-  const failing = edge.errorRatio > 0 || (edge.errorRatio == null && edge.errorCount > 0);
-  let d, mid;
+  let d;
   if (to.x > from.x) {
     // Forward: right side of the caller to the left side of the callee.
     const [x1, y1, x2, y2] = [from.x + NODE_W, from.y + NODE_H / 2, to.x - 2, to.y + NODE_H / 2];
     const bend = (x2 - x1) / 2;
     d = `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
-    mid = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
   } else {
     // Back or sideways (a cycle): a loop under both boxes.
     const [x1, y1, x2, y2] = [from.x + NODE_W / 2, from.y + NODE_H, to.x + NODE_W / 2 + 12, to.y + NODE_H + 2];
     const low = Math.max(y1, y2) + BACK_ROOM;
     d = `M${x1},${y1} C${x1},${low} ${x2},${low} ${x2},${y2}`;
-    mid = { x: (x1 + x2) / 2, y: low - BACK_ROOM / 4 };
   }
-  const label = svg("text", { class: "edge-label", x: mid.x, y: mid.y - 4, "text-anchor": "middle" },
-    tspan(fmtRate(edge.rate), mid.x, 0),
-    tspan(`${fmtPercent(edge.errorRatio)} err · p95 ${fmtSeconds(edge.p95)}`, mid.x, 13));
+  // Drawn at the origin; placeLabels moves it to a free spot on the arrow.
+  const label = svg("text", { class: "edge-label", x: 0, y: 0, "text-anchor": "middle" },
+    tspan(fmtRate(edge.rate), 0, 0),
+    tspan(`${fmtPercent(edge.errorRatio)} err · p95 ${fmtSeconds(edge.p95)}`, 0, 13));
+  // Without metrics, the share of failed calls the span store counted.
+  const failed = edge.errorRatio ?? (edge.count > 0 ? edge.errorCount / edge.count : null);
   const g = svg("g", {
-    class: `map-edge${failing ? " error" : ""}`, tabindex: 0, role: "button",
+    class: "map-edge", tabindex: 0, role: "button",
     "aria-label": `${edge.client} calls ${edge.server}`,
     "data-client": edge.client, "data-server": edge.server,
     "data-rate": edge.rate ?? "", "data-error-ratio": edge.errorRatio ?? "", "data-p95": edge.p95 ?? "",
+    "data-failed": failed ?? "",
   },
   svg("path", { class: "hit", d }),
-  svg("path", { class: "line", d, "marker-end": `url(#${failing ? "map-arrow-error" : "map-arrow"})` }),
-  svg("rect", { class: "label-bg" }),
-  label,
+  svg("path", { class: "line", d }),
+  svg("g", { class: "edge-tag" }, svg("rect", { class: "label-bg" }), label),
   svg("title", {}, `${edge.client} → ${edge.server}`));
   g.addEventListener("click", () => select(edge));
   g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(edge); } });
@@ -211,7 +242,6 @@ function drawEdge(edge, from, to, select) {
 }
 
 function drawNode(node, at, color) {
-  const failing = node.errorRatio > 0;
   const traces = svg("a", { class: "node-traces", href: `#/traces?service=${encodeURIComponent(node.name)}` },
     svg("rect", { class: "box", x: at.x, y: at.y, width: NODE_W, height: NODE_H, rx: 6 }),
     svg("rect", { class: "stripe", x: at.x, y: at.y, width: 5, height: NODE_H, rx: 2, fill: color }),
@@ -222,11 +252,30 @@ function drawNode(node, at, color) {
   const metrics = svg("a", { class: "node-metrics", href: `#/metrics?query=${encodeURIComponent(nodeQuery(node.name))}` },
     svg("text", { x: at.x + NODE_W - 8, y: at.y + 18, "text-anchor": "end" }, "metrics"),
     svg("title", {}, `Request rate of ${node.name} per operation and status`));
-  return svg("g", { class: `map-node${failing ? " error" : ""}`, "data-service": node.name }, traces, metrics);
+  return svg("g", { class: "map-node", "data-service": node.name, "data-failed": node.errorRatio ?? "" }, traces, metrics);
+}
+
+/** The URL's threshold (percent), or the default when it has none or a bad one. */
+function thresholdOf(params) {
+  const raw = params.get("threshold");
+  const value = raw ? Number(raw) : NaN;
+  return value >= 0 && value <= 100 ? value : DEFAULT_THRESHOLD;
+}
+
+/** Whether a failed share (0..1, or "" when unknown) is above `threshold` percent. */
+const failing = (share, threshold) => share !== "" && share != null && Number(share) > threshold / 100;
+
+/** Draws red the services and calls whose failed share is above `threshold` percent. */
+function paint(drawing, threshold) {
+  for (const el of drawing.querySelectorAll(".map-node, .map-edge")) {
+    const red = failing(el.dataset.failed, threshold);
+    el.classList.toggle("error", red);
+    el.querySelector(".line")?.setAttribute("marker-end", `url(#${red ? "map-arrow-error" : "map-arrow"})`);
+  }
 }
 
 /** The edge's numbers and where to go from it, in the side panel. */
-function showEdge(panel, edge, close) {
+function showEdge(panel, edge, threshold, close) {
   panel.hidden = !edge;
   if (!edge) return;
   const { client, server } = edge;
@@ -238,7 +287,7 @@ function showEdge(panel, edge, close) {
       h("button.close", { type: "button", "aria-label": "close", onclick: close }, "×")),
     h("table.kv", {},
       h("tr", {}, h("th", {}, "Requests"), h("td", {}, fmtRate(edge.rate))),
-      h("tr", {}, h("th", {}, "Failed"), h("td", { class: edge.errorRatio > 0 ? "map-bad" : "" }, fmtPercent(edge.errorRatio))),
+      h("tr", {}, h("th", {}, "Failed"), h("td", { class: failing(edge.errorRatio, threshold) ? "map-bad" : "" }, fmtPercent(edge.errorRatio))),
       h("tr", {}, h("th", {}, "p95 latency"), h("td", {}, fmtSeconds(edge.p95))),
       h("tr", {}, h("th", {}, "Calls seen"), h("td", {}, `${edge.count} (${edge.errorCount} failed) in the whole hours around the range`))),
     h("h3", {}, "Traces"),
@@ -258,14 +307,64 @@ function nodeQuery(service) {
   return `sum by (span_name, status_code) (rate(traces_span_metrics_calls_total{service_name="${esc(service)}", ${SERVER}}[1m]))`;
 }
 
-/** Backgrounds behind edge labels, sized to the text once it is laid out. */
-function fitLabels(container) {
-  for (const g of container.querySelectorAll(".map-edge")) {
-    const box = g.querySelector(".edge-label").getBBox();
-    const bg = g.querySelector(".label-bg");
-    for (const [k, v] of Object.entries({ x: box.x - 4, y: box.y - 2, width: box.width + 8, height: box.height + 4, rx: 3 })) bg.setAttribute(k, v);
+/**
+ * Puts each edge's label (text on its background, sized once the text is
+ * laid out) where its box touches no node box and no label placed before it:
+ * the first free point along its own arrow, from the middle outwards.
+ * Shorter arrows go first, so that the labels of neighbours sit in the
+ * middle of their arrows, and ties go in name order: the same graph always
+ * looks the same. When an arrow has no free point (one that crosses a
+ * column, or many calls squeezed between two columns), its label goes to
+ * the nearest free spot above or below the arrow's middlemost point outside
+ * the boxes, tied to it by a thin line; the drawing grows to fit. Needs the
+ * drawing in the page.
+ */
+function placeLabels(drawing, nodeBoxes) {
+  const width = drawing.width.baseVal.value;
+  const taken = nodeBoxes.map((b) => grow(b, LABEL_GAP));
+  const clear = (box) => !taken.some((t) => overlaps(box, t));
+  const onCanvas = (box) => box.x >= 0 && box.y >= 0 && box.x + box.w <= width;
+  const inNode = (p) => nodeBoxes.some((b) => overlaps({ ...p, w: 0, h: 0 }, b));
+  const name = (g) => `${g.dataset.client}\u0000${g.dataset.server}`;
+  const edges = [...drawing.querySelectorAll(".map-edge")]
+    .map((g) => ({ g, line: g.querySelector(".line"), length: g.querySelector(".line").getTotalLength() }))
+    .sort((a, b) => a.length - b.length || name(a.g).localeCompare(name(b.g)));
+  let bottom = drawing.height.baseVal.value;
+  for (const { g, line, length } of edges) {
+    const text = g.querySelector(".edge-label").getBBox();
+    const bg = { x: text.x - 4, y: text.y - 2, w: text.width + 8, h: text.height + 4 };
+    const rect = g.querySelector(".label-bg");
+    for (const [k, v] of Object.entries({ x: bg.x, y: bg.y, width: bg.w, height: bg.h, rx: 3 })) rect.setAttribute(k, v);
+    const centredAt = (p) => ({ x: p.x - bg.w / 2, y: p.y - bg.h / 2, w: bg.w, h: bg.h });
+    // Points along the arrow from its middle outwards: 50%, 45%, 55%, ... 10%, 90%.
+    const points = [0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -7, 7, -8, 8]
+      .map((i) => line.getPointAtLength(length * (0.5 + i * 0.05)));
+    let box = points.map(centredAt).find((at) => onCanvas(at) && clear(at));
+    if (!box) {
+      const anchor = points.find((p) => !inNode(p)) || points[0];
+      const start = centredAt(anchor);
+      start.x = Math.max(0, Math.min(start.x, width - start.w));
+      // Nearest free spot, alternately below and above; below ends somewhere.
+      for (let step = 1; !box; step++) {
+        const dy = Math.ceil(step / 2) * LABEL_GAP * (step % 2 ? 1 : -1);
+        const at = { ...start, y: start.y + dy };
+        if (at.y >= 0 && clear(at)) box = at;
+      }
+      const toward = { x: Math.max(box.x, Math.min(anchor.x, box.x + box.w)), y: Math.max(box.y, Math.min(anchor.y, box.y + box.h)) };
+      g.querySelector(".edge-tag").before(svg("line", { class: "label-leader", x1: anchor.x, y1: anchor.y, x2: toward.x, y2: toward.y }));
+    }
+    g.querySelector(".edge-tag").setAttribute("transform", `translate(${box.x - bg.x},${box.y - bg.y})`);
+    taken.push(grow(box, LABEL_GAP));
+    bottom = Math.max(bottom, box.y + box.h + PAD);
+  }
+  if (bottom > drawing.height.baseVal.value) {
+    drawing.setAttribute("height", bottom);
+    drawing.setAttribute("viewBox", `0 0 ${width} ${bottom}`);
   }
 }
+
+const grow = (b, by) => ({ x: b.x - by, y: b.y - by, w: b.w + 2 * by, h: b.h + 2 * by });
+const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
 
 /** A PromQL string literal's content. */
 const esc = (s) => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"');

@@ -21,7 +21,6 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use fantoccini::{Client, ClientBuilder};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -445,20 +444,15 @@ async fn cold_load(driver: &str, chromium: Option<&PathBuf>, url: &str) -> Resul
     if let Some(binary) = binary {
         options["binary"] = json!(binary);
     }
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert("goog:chromeOptions".into(), options);
-    let client: Client =
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(driver)
-            .await
-            .context("starting a headless Chromium session")?;
+    let client = Session::start(driver, json!({ "goog:chromeOptions": options }))
+        .await
+        .context("starting a headless Chromium session")?;
     let measured = async {
         client.goto(url).await.context("opening the trace")?;
         let deadline = Instant::now() + DRAW_TIMEOUT;
         loop {
             let timing = client
-                .execute(READ_TIMING, vec![])
+                .execute(READ_TIMING)
                 .await
                 .context("reading the performance timeline")?;
             if !timing.is_null() {
@@ -484,6 +478,71 @@ async fn cold_load(driver: &str, chromium: Option<&PathBuf>, url: &str) -> Resul
         .await
         .context("closing the browser session")?;
     measured
+}
+
+/// A browser session through chromedriver, in plain W3C WebDriver over
+/// HTTP: the four commands the benchmark needs do not justify a WebDriver
+/// client crate, whose dependency tree would also change the features the
+/// workspace's shared crates are built with (and so rebuild them when only
+/// `strand` and the shop are built).
+struct Session {
+    http: reqwest::Client,
+    /// `<driver>/session/<id>`
+    url: String,
+}
+
+impl Session {
+    async fn start(driver: &str, capabilities: Value) -> Result<Session> {
+        let http = reqwest::Client::new();
+        let driver = driver.trim_end_matches('/');
+        let body = json!({ "capabilities": { "alwaysMatch": capabilities } });
+        let answer = command(http.post(format!("{driver}/session")).json(&body)).await?;
+        let id = answer["sessionId"]
+            .as_str()
+            .context("chromedriver answered without a session id")?;
+        Ok(Session {
+            url: format!("{driver}/session/{id}"),
+            http,
+        })
+    }
+
+    async fn goto(&self, url: &str) -> Result<()> {
+        let request = self.http.post(format!("{}/url", self.url));
+        command(request.json(&json!({ "url": url })))
+            .await
+            .map(drop)
+    }
+
+    /// Runs `script` in the page; its return value.
+    async fn execute(&self, script: &str) -> Result<Value> {
+        let request = self.http.post(format!("{}/execute/sync", self.url));
+        command(request.json(&json!({ "script": script, "args": [] }))).await
+    }
+
+    async fn close(self) -> Result<()> {
+        command(self.http.delete(&self.url)).await.map(drop)
+    }
+}
+
+/// Sends one WebDriver command; the answer's `value`, or its error message.
+async fn command(request: reqwest::RequestBuilder) -> Result<Value> {
+    let response = request
+        .send()
+        .await
+        .context("chromedriver does not answer")?;
+    let status = response.status();
+    let mut body: Value = response
+        .json()
+        .await
+        .context("chromedriver's answer is not JSON")?;
+    let value = body["value"].take();
+    ensure!(
+        status.is_success(),
+        "chromedriver: {status} {}: {}",
+        value["error"].as_str().unwrap_or(""),
+        value["message"].as_str().unwrap_or("")
+    );
+    Ok(value)
 }
 
 #[cfg(test)]
