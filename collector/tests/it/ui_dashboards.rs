@@ -7,24 +7,23 @@
 //!
 //! The span metrics are sent with remote write under the names and labels
 //! Strand derives from spans, so the test need not wait for the derivation
-//! interval. The browser harness and what it needs are in `common/browser.rs`.
-
-mod common;
+//! interval. The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::Daemon;
-use common::browser::{click, in_browser, snapshot, wait_for};
-use common::remote_write as rw;
-use fantoccini::{Client, Locator};
 use serde_json::Value;
+use strand_testkit::Strand;
+use strand_testkit::browser::{Client, Locator};
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+
+use crate::support::remote_write as rw;
 
 const SERVICES: [&str; 4] = ["gateway", "inventory", "order", "payment"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_chart_save_and_show_query_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     send_span_metrics(&daemon).await;
     in_browser("ui-dashboards", |client| async move {
         walk(&client, &daemon).await
@@ -34,7 +33,7 @@ async fn dashboards_chart_save_and_show_query_errors() {
 
 /// Ten minutes of `traces_span_metrics_*` for the four shop services'
 /// server spans, payment with errors, as Strand would have derived them.
-async fn send_span_metrics(daemon: &Daemon) {
+async fn send_span_metrics(daemon: &Strand) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -138,7 +137,7 @@ async fn goto(client: &Client, url: &str) -> Result<(), String> {
     client.goto(url).await.map_err(|e| format!("{url}: {e}"))
 }
 
-async fn walk(client: &Client, daemon: &Daemon) -> Result<(), String> {
+async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
     let base = daemon.url("/");
 
     // The list has the built-in dashboard.
@@ -345,7 +344,7 @@ async fn walk(client: &Client, daemon: &Daemon) -> Result<(), String> {
     let (_, answer) = daemon
         .get_json(&format!(
             "/api/v1/query_range?query={}&start=0&end=60&step=15",
-            common::urlencode(bad)
+            strand_testkit::urlencode(bad)
         ))
         .await;
     let api_message = answer["error"].as_str().unwrap_or_default().to_owned();

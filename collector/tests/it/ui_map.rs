@@ -3,17 +3,16 @@
 //! service graph numbers (the failing payment call in red); an edge opens its
 //! numbers, and a node leads to its traces.
 //!
-//! The browser harness and what it needs are in `common/browser.rs`.
-
-mod common;
+//! The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::time::Duration;
 
-use common::browser::{click, in_browser, snapshot, wait_for};
-use common::shop_fixture::send_everything;
-use common::{Daemon, eventually};
-use fantoccini::Client;
 use serde_json::Value;
+use strand_testkit::browser::Client;
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::{Strand, eventually};
+
+use crate::support::shop_fixture::send_everything;
 
 /// Every node and edge the map drew, with what it says about them.
 const GRAPH: &str = "return {
@@ -31,7 +30,7 @@ async fn service_map_shows_services_calls_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     // Derived metrics every second instead of 15 s, so the numbers are there
     // soon after the trace.
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &["--derived-metrics-interval", "1s"],
     )
@@ -43,7 +42,7 @@ async fn service_map_shows_services_calls_and_errors() {
     .await;
 }
 
-async fn walk(client: &Client, daemon: &Daemon) -> Result<(), String> {
+async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
     let base = daemon.url("/");
     client
         .goto(&format!("{base}#/map?range=15m"))

@@ -3,21 +3,20 @@
 //! Prometheus has them, and derives RED metrics and service graph metrics
 //! from the spans it receives — all queryable with PromQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::shop_fixture::send_everything;
-use common::{Daemon, eventually};
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
+use strand_testkit::{Strand, eventually};
+
+use crate::support::shop_fixture::send_everything;
 
 /// Values of an instant query, keyed by one label.
-async fn instant(daemon: &Daemon, query: &str, key: &str) -> Vec<(String, f64)> {
-    let path = format!("/api/v1/query?query={}", common::urlencode(query));
+async fn instant(daemon: &Strand, query: &str, key: &str) -> Vec<(String, f64)> {
+    let path = format!("/api/v1/query?query={}", strand_testkit::urlencode(query));
     let (status, body) = daemon.get_json(&path).await;
     assert_eq!(status, 200, "{query}: {body}");
     body["data"]["result"]
@@ -41,7 +40,7 @@ async fn self_scrape_and_configured_targets_report_up() {
         "[[scrape]]\njob = \"gone\"\ntargets = [\"127.0.0.1:9\"]\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
     )
     .unwrap();
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         dir.path(),
         &[
             "--config",
@@ -70,7 +69,7 @@ async fn self_scrape_and_configured_targets_report_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn red_metrics_are_derived_from_spans() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &["--self-scrape-interval", "0s"]).await;
+    let daemon = Strand::start(dir.path(), &["--self-scrape-interval", "0s"]).await;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(daemon.grpc_endpoint())
@@ -132,7 +131,7 @@ async fn red_metrics_are_derived_from_spans() {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_graph_metrics_are_derived_from_calls_between_services() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &[
             "--self-scrape-interval",
@@ -154,7 +153,7 @@ async fn service_graph_metrics_are_derived_from_calls_between_services() {
     let by_edge = |query: &'static str| {
         let daemon = &daemon;
         async move {
-            let path = format!("/api/v1/query?query={}", common::urlencode(query));
+            let path = format!("/api/v1/query?query={}", strand_testkit::urlencode(query));
             let (status, body) = daemon.get_json(&path).await;
             assert_eq!(status, 200, "{query}: {body}");
             let mut values: Vec<(String, f64)> = body["data"]["result"]

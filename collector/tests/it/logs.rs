@@ -7,11 +7,8 @@
 //! endpoint; Elasticsearch `_bulk` bodies as Fluent Bit sends them are stored
 //! with per-item errors; and everything is still there after a restart.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::{Daemon, eventually};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
@@ -20,6 +17,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use serde_json::Value;
+use strand_testkit::{Strand, eventually};
 use tracing_subscriber::layer::SubscriberExt;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -107,7 +105,7 @@ async fn flush(provider: &SdkLoggerProvider) {
 
 /// The shop's logs: one request across four services (sharing a trace), a
 /// log from two hours ago, and noise.
-async fn send_shop_logs(daemon: &Daemon) {
+async fn send_shop_logs(daemon: &Strand) {
     let gateway = provider(&daemon.grpc_endpoint(), "gateway", Transport::Grpc);
     let order = provider(&daemon.grpc_endpoint(), "order", Transport::Grpc);
     let http = daemon.otlp_http_url("/v1/logs");
@@ -179,7 +177,7 @@ async fn send_shop_logs(daemon: &Daemon) {
     }
 }
 
-async fn logs(daemon: &Daemon, query: &str) -> Value {
+async fn logs(daemon: &Strand, query: &str) -> Value {
     let (status, body) = daemon.get_json(&format!("/api/logs?{query}")).await;
     assert_eq!(status, 200, "{query}: {body}");
     body
@@ -195,10 +193,10 @@ fn bodies(page: &Value) -> Vec<String> {
 }
 
 fn q(text: &str) -> String {
-    format!("q={}", common::urlencode(text))
+    format!("q={}", strand_testkit::urlencode(text))
 }
 
-async fn check_queries(daemon: &Daemon) {
+async fn check_queries(daemon: &Strand) {
     let all = logs(daemon, "").await;
     assert_eq!(
         all["total"], 5,
@@ -318,7 +316,7 @@ fn unix_ms(hours_ago: u64) -> u128 {
 async fn logs_are_searchable_correlated_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::start(&data, &[]).await;
     send_shop_logs(&daemon).await;
     eventually(Duration::from_secs(10), || async {
         (logs(&daemon, "").await["total"] == 5).then_some(())
@@ -327,15 +325,15 @@ async fn logs_are_searchable_correlated_and_survive_restart() {
     .expect("acknowledged logs become searchable");
     check_queries(&daemon).await;
 
-    assert!(daemon.stop().success());
-    let daemon = Daemon::start(&data, &[]).await;
+    daemon.stop().await;
+    let daemon = Strand::start(&data, &[]).await;
     check_queries(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_tail_sees_new_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let mut stream = reqwest::get(daemon.url(&format!("/api/logs/tail?{}", q("tailtoken"))))
         .await
         .unwrap();
@@ -382,7 +380,7 @@ async fn live_tail_sees_new_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_bulk_as_fluent_bit_sends_it() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let now = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
     let body = format!(
         concat!(
@@ -427,7 +425,7 @@ async fn elasticsearch_bulk_as_fluent_bit_sends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_log_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let client = reqwest::Client::new();
     let response = client
         .post(daemon.otlp_http_url("/v1/logs"))

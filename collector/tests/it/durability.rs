@@ -1,17 +1,13 @@
 //! An acknowledgement means durable: `kill -9` while clients are sending
 //! spans and logs, or metric samples over remote write, and after a restart
 //! every acknowledged span, log and sample is there; a clean restart keeps
-//! every sample with its exact value.
-
-mod common;
+//! every sample with its exact value. The daemon is the real binary here, to
+//! be killed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Daemon;
-use common::prom;
-use common::remote_write::{self as rw, MetricMetadata};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -20,6 +16,10 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use strand_testkit::Strand;
+
+use crate::support::remote_write::{self as rw, MetricMetadata};
+use crate::support::{STRAND_BINARY, prom};
 
 const TRACES_PER_REQUEST: usize = 5;
 const SPANS_PER_TRACE: usize = 4;
@@ -119,7 +119,7 @@ async fn acknowledged_spans_and_logs_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Frequent flushes, so the kill lands with data both in blocks and only in the WAL.
-    let daemon = Daemon::start(&data, &["--flush-interval", "150ms"]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &["--flush-interval", "150ms"]).await;
 
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,7 +182,7 @@ async fn acknowledged_spans_and_logs_survive_kill_9() {
         sent.load(Ordering::Relaxed)
     );
 
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     let mut missing = Vec::new();
     for id in &acked {
         let (status, body) = daemon
@@ -283,7 +283,7 @@ fn restart_request(base: i64, steps: std::ops::Range<i64>) -> rw::WriteRequest {
 
 /// Every sample of the restart test, read back with a range query whose steps
 /// land on the samples' timestamps.
-async fn assert_restart_samples(daemon: &Daemon, base: i64, steps: i64) {
+async fn assert_restart_samples(daemon: &Strand, base: i64, steps: i64) {
     let last = base + (steps - 1) * RESTART_STEP_MS;
     let got = prom::range(
         daemon,
@@ -330,7 +330,7 @@ async fn assert_restart_samples(daemon: &Daemon, base: i64, steps: i64) {
 async fn acknowledged_samples_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     let base = whole_second_ms(Duration::from_secs(3600));
     let mut from = 0;
     while from < RESTART_STEPS {
@@ -339,11 +339,10 @@ async fn acknowledged_samples_survive_a_restart() {
         from = to;
     }
     assert_restart_samples(&daemon, base, RESTART_STEPS).await;
-    let status = daemon.stop();
-    assert!(status.success(), "unclean exit: {status}");
+    daemon.stop().await;
 
     // Clean restart: everything from the snapshot and the chunk files.
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     assert_restart_samples(&daemon, base, RESTART_STEPS).await;
     assert_eq!(
         prom::get_ok(&daemon, "/api/v1/metadata", &[("metric", "durable_gauge")]).await,
@@ -364,7 +363,7 @@ async fn acknowledged_samples_survive_a_restart() {
 
     // kill -9 now: that last sample lives only in the WAL.
     daemon.kill9();
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     assert_restart_samples(&daemon, base, RESTART_STEPS + 1).await;
 }
 
@@ -403,7 +402,7 @@ fn sample_at(base: i64, client: u8, n: i64, j: i64) -> (i64, f64) {
 async fn acknowledged_samples_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     let base = whole_second_ms(Duration::from_secs(2 * 3600));
 
     // (client, request number) of every acknowledged request.
@@ -463,7 +462,7 @@ async fn acknowledged_samples_survive_kill_9() {
         sent.load(Ordering::Relaxed)
     );
 
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     // Every raw sample there is, per (client, shard).
     let newest = acked.iter().map(|(_, n)| *n).max().unwrap() + 10;
     let at = (base + newest * 1000) as f64 / 1000.0;

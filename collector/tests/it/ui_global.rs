@@ -5,26 +5,25 @@
 //! Strand through a TCP proxy that the test can stop and start again on
 //! the same address.
 //!
-//! The browser harness and what it needs are in `common/browser.rs`.
-
-mod common;
+//! The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::Daemon;
-use common::browser::{click, in_browser, snapshot, wait_for};
-use common::shop_fixture::send_everything;
-use fantoccini::actions::{InputSource, KeyAction, KeyActions};
-use fantoccini::{Client, Locator};
 use serde_json::Value;
+use strand_testkit::Strand;
+use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
+use strand_testkit::browser::{Client, Locator};
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::support::shop_fixture::send_everything;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_controls_shortcuts_live_tail_and_unreachable_banner() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     send_everything(&daemon).await;
     let proxy = Proxy::start(daemon.http).await;
     in_browser("ui-global", |client| async move {
@@ -44,7 +43,7 @@ const LOCATION: &str = "const [view, query] = location.hash.split('?');
 
 const HOUR_MS: i64 = 3_600_000;
 
-async fn walk(client: &Client, daemon: &Daemon, mut proxy: Proxy) -> Result<(), String> {
+async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), String> {
     let base = format!("http://{}/", proxy.address);
     // Readable states: nothing found, a bad query, an unknown view.
     for (hash, css, expected) in [
@@ -381,7 +380,7 @@ async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
 }
 
 /// One log record, stamped now, over the Elasticsearch `_bulk` endpoint.
-async fn send_log(daemon: &Daemon, message: &str) {
+async fn send_log(daemon: &Strand, message: &str) {
     let time = humantime::format_rfc3339_millis(SystemTime::now());
     let body = format!(
         "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"order\",\"level\":\"info\",\"message\":\"{message}\"}}\n"

@@ -1,38 +1,36 @@
 //! Headless Chromium over WebDriver for the UI's browser tests.
 //!
 //! The tests need `chromedriver` and Chromium (Debian: `chromium` and
-//! `chromium-driver`; `STRAND_CHROMEDRIVER` points at another driver).
-//! Without them a test fails under CI (`CI` set) and is skipped loudly
-//! otherwise. A failing test saves a screenshot under Cargo's target tmp dir.
+//! `chromium-driver`; `STRAND_CHROMEDRIVER` points at another driver), and
+//! fail without them. A failing test saves a screenshot under
+//! `$TMPDIR/strand-ui/`.
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::ClientBuilder;
+pub use fantoccini::{Client, Locator, actions};
 use serde_json::{Value, json};
 
 /// How long the browser may take to show what a step expects.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `steps` in a fresh headless Chromium session. A step that fails
 /// panics with its message, the page's URL and a screenshot named after
-/// `name`. Returns without running anything when chromedriver is missing
-/// outside CI.
+/// `name`.
 pub async fn in_browser<F, Fut>(name: &str, steps: F)
 where
     F: FnOnce(Client) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let Some(driver) = ChromeDriver::start() else {
-        return;
-    };
+    let driver = ChromeDriver::start();
     let client = driver.browser().await;
     let outcome = steps(client.clone()).await;
     if let Err(failure) = outcome {
-        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-failure.png"));
+        let shot = screenshot_dir().join(format!("{name}-failure.png"));
         let saved = match client.screenshot().await {
             Ok(png) => std::fs::write(&shot, png)
                 .map(|_| format!("screenshot: {}", shot.display()))
@@ -46,35 +44,32 @@ where
     client.close().await.unwrap();
 }
 
+/// Where screenshots go, made on first use.
+fn screenshot_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("strand-ui");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 /// A chromedriver child process on a free port; killed when dropped.
-pub struct ChromeDriver {
+struct ChromeDriver {
     child: Child,
     url: String,
 }
 
 impl ChromeDriver {
-    /// Starts chromedriver, or says why it cannot; `None` means skip.
-    pub fn start() -> Option<ChromeDriver> {
+    /// Starts chromedriver (`STRAND_CHROMEDRIVER`, else the one on `PATH`);
+    /// fails without it.
+    fn start() -> ChromeDriver {
         let binary = match std::env::var_os("STRAND_CHROMEDRIVER") {
-            Some(path) => Some(PathBuf::from(path)).filter(|p| p.exists()),
-            None => ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.exists()),
+            Some(path) => PathBuf::from(path),
+            None => crate::require_tool(
+                "chromedriver",
+                "install Debian's `chromium` and `chromium-driver` \
+                 (or set STRAND_CHROMEDRIVER to a chromedriver)",
+            ),
         };
-        let Some(binary) = binary else {
-            let message = "chromedriver not found: install Debian's `chromium` and \
-                 `chromium-driver` (or set STRAND_CHROMEDRIVER) to run the browser test";
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}");
-            }
-            eprintln!("\n!!!!!!!!!!!!!!!!\n!!! SKIPPED: {message}\n!!!!!!!!!!!!!!!!\n");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = crate::free_port().port();
         let child = Command::new(&binary)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -94,10 +89,10 @@ impl ChromeDriver {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(driver)
+        driver
     }
 
-    pub async fn browser(&self) -> Client {
+    async fn browser(&self) -> Client {
         let mut options = json!({
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1400,900"],
@@ -147,18 +142,19 @@ pub async fn wait_for(
 }
 
 /// With `STRAND_UI_SCREENSHOTS` set, saves a screenshot of each view under
-/// Cargo's target tmp dir, to look at the UI without a browser of one's own.
+/// `$TMPDIR/strand-ui/`, to look at the UI without a browser of one's own.
 pub async fn snapshot(client: &Client, name: &str) {
     if std::env::var_os("STRAND_UI_SCREENSHOTS").is_none() {
         return;
     }
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ui-{name}.png"));
+    let path = screenshot_dir().join(format!("ui-{name}.png"));
     if let Ok(png) = client.screenshot().await {
         let _ = std::fs::write(&path, png);
         eprintln!("screenshot: {}", path.display());
     }
 }
 
+/// Clicks the element `css` selects.
 pub async fn click(client: &Client, css: &str) -> Result<(), String> {
     client
         .find(Locator::Css(css))

@@ -6,29 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Daemon, eventually};
+use strand_testkit::{Strand, eventually};
 
 /// A series' labels, `__name__` included.
 pub type Labels = BTreeMap<String, String>;
 
-/// GET `path` with URL-encoded `params`; returns the status and the JSON body.
-pub async fn get(daemon: &Daemon, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(daemon.url(path))
-        .query(params)
-        .send()
-        .await
-        .expect("API answers");
-    let status = response.status().as_u16();
-    let body = response.text().await.expect("body");
-    let json = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET {path} {params:?}: not JSON ({e}): {body}"));
-    (status, json)
-}
-
 /// GET `path` and insist on a successful answer; returns `data`.
-pub async fn get_ok(daemon: &Daemon, path: &str, params: &[(&str, &str)]) -> Value {
-    let (status, body) = get(daemon, path, params).await;
+pub async fn get_ok(daemon: &Strand, path: &str, params: &[(&str, &str)]) -> Value {
+    let (status, body) = daemon.get_json_query(path, params).await;
     assert!(
         status == 200 && body["status"] == "success",
         "GET {path} {params:?}: HTTP {status}: {body}"
@@ -60,7 +45,7 @@ fn point(pair: &Value) -> (i64, f64) {
 }
 
 /// An instant query's vector, sorted by labels. Time is in seconds; `None`: now.
-pub async fn instant_vector(daemon: &Daemon, query: &str, time: Option<f64>) -> Vec<(Labels, f64)> {
+pub async fn instant_vector(daemon: &Strand, query: &str, time: Option<f64>) -> Vec<(Labels, f64)> {
     let time = time.map(|t| t.to_string());
     let mut params = vec![("query", query)];
     if let Some(time) = &time {
@@ -80,7 +65,7 @@ pub async fn instant_vector(daemon: &Daemon, query: &str, time: Option<f64>) -> 
 
 /// The single value of an instant query, or `None` when the vector is empty;
 /// panics when it has more than one series.
-pub async fn instant_value(daemon: &Daemon, query: &str) -> Option<f64> {
+pub async fn instant_value(daemon: &Strand, query: &str) -> Option<f64> {
     let vector = instant_vector(daemon, query, None).await;
     assert!(
         vector.len() <= 1,
@@ -91,7 +76,7 @@ pub async fn instant_value(daemon: &Daemon, query: &str) -> Option<f64> {
 
 /// Polls `query` until its single value is `expected` (exactly) or `timeout`
 /// passes; panics with the last answer then.
-pub async fn wait_for_value(daemon: &Daemon, query: &str, expected: f64, timeout: Duration) {
+pub async fn wait_for_value(daemon: &Strand, query: &str, expected: f64, timeout: Duration) {
     let found = eventually(timeout, || async {
         (instant_value(daemon, query).await == Some(expected)).then_some(())
     })
@@ -108,7 +93,7 @@ pub async fn wait_for_value(daemon: &Daemon, query: &str, expected: f64, timeout
 /// The raw samples of a range-vector selector (`x[1h]`) at `time` seconds,
 /// per series as (milliseconds, value), sorted by labels.
 pub async fn raw_samples(
-    daemon: &Daemon,
+    daemon: &Strand,
     selector: &str,
     time: f64,
 ) -> Vec<(Labels, Vec<(i64, f64)>)> {
@@ -125,7 +110,7 @@ pub async fn raw_samples(
 
 /// A range query's matrix (times in seconds), sorted by labels.
 pub async fn range(
-    daemon: &Daemon,
+    daemon: &Strand,
     query: &str,
     start: f64,
     end: f64,

@@ -1,19 +1,18 @@
 //! Bad input gets a clear error with the right status, over HTTP and gRPC,
 //! and the daemon keeps serving everyone else.
 
-mod common;
-
 use std::io::Write;
 
-use common::Daemon;
-use common::prom;
-use common::remote_write as rw;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use strand_testkit::Strand;
+
+use crate::support::prom;
+use crate::support::remote_write as rw;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -57,7 +56,7 @@ fn request(trace_byte: u8, spans: usize, padding: usize) -> ExportTraceServiceRe
 }
 
 async fn post(
-    daemon: &Daemon,
+    daemon: &Strand,
     content_type: &str,
     encoding: Option<&str>,
     body: Vec<u8>,
@@ -96,7 +95,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-async fn assert_still_serving(daemon: &Daemon, trace_byte: u8) {
+async fn assert_still_serving(daemon: &Strand, trace_byte: u8) {
     let body = request(trace_byte, 3, 10).encode_to_vec();
     let (status, text) = post(daemon, "application/x-protobuf", None, body).await;
     assert_eq!(status, 200, "{text}");
@@ -111,7 +110,7 @@ async fn assert_still_serving(daemon: &Daemon, trace_byte: u8) {
 async fn http_ingest_rejects_bad_bodies_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let max = MAX_BODY.to_string();
-    let daemon = Daemon::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
     let proto = "application/x-protobuf";
     let json = "application/json";
 
@@ -244,7 +243,7 @@ async fn http_ingest_rejects_bad_bodies_clearly() {
 async fn grpc_ingest_rejects_bad_requests_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let max = MAX_BODY.to_string();
-    let daemon = Daemon::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
     let mut client = TraceServiceClient::connect(daemon.grpc_endpoint())
         .await
         .unwrap();
@@ -275,7 +274,7 @@ async fn grpc_ingest_rejects_bad_requests_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_api_rejects_bad_parameters_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let cases = [
         ("/api/traces/not-hex", 400, "invalid trace id"),
         (
@@ -326,7 +325,7 @@ async fn query_api_rejects_bad_parameters_clearly() {
 async fn overload_answers_retry_later_instead_of_buffering() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing is flushed during the test and at most 10 spans may wait in memory.
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &["--max-buffered-spans", "10", "--flush-interval", "1h"],
     )
@@ -364,7 +363,7 @@ async fn overload_answers_retry_later_instead_of_buffering() {
 
 // --- Metrics: remote write and the Prometheus API ---
 
-async fn assert_remote_write_still_serving(daemon: &Daemon, metric: &str) {
+async fn assert_remote_write_still_serving(daemon: &Strand, metric: &str) {
     let t = now_ms();
     rw::write_ok(
         daemon,
@@ -387,7 +386,7 @@ fn now_ms() -> i64 {
 async fn remote_write_rejects_bad_bodies_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let max = MAX_BODY.to_string();
-    let daemon = Daemon::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &["--max-body-bytes", &max]).await;
     let t = now_ms();
     let good = rw::series("rw_bad_input_probe", &[("job", "ok")], &[(t, 1.0)]);
     let with_good = |bad: rw::TimeSeries| rw::request(vec![good.clone(), bad]);
@@ -529,7 +528,7 @@ async fn remote_write_rejects_bad_bodies_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_api_rejects_bad_queries_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
 
     // Invalid PromQL: 400 bad_data with the parser's own message, on both
     // query endpoints, by GET and by POST form.
@@ -555,7 +554,7 @@ async fn prometheus_api_rejects_bad_queries_clearly() {
         ] {
             let mut params = vec![("query", query)];
             params.extend(extra);
-            let (status, body) = prom::get(&daemon, path, &params).await;
+            let (status, body) = daemon.get_json_query(path, &params).await;
             assert_eq!(status, 400, "{path} {query:?}: {body}");
             assert_eq!(body["status"], "error", "{path} {query:?}: {body}");
             assert_eq!(body["errorType"], "bad_data", "{path} {query:?}: {body}");
@@ -682,7 +681,7 @@ async fn prometheus_api_rejects_bad_queries_clearly() {
         ),
     ];
     for (path, params, message) in cases {
-        let (status, body) = prom::get(&daemon, path, params).await;
+        let (status, body) = daemon.get_json_query(path, params).await;
         assert_eq!(status, 400, "{path} {params:?}: {body}");
         assert_eq!(body["errorType"], "bad_data", "{path} {params:?}: {body}");
         let error = body["error"].as_str().unwrap_or_default();
@@ -718,12 +717,12 @@ async fn prometheus_api_rejects_bad_queries_clearly() {
     .await;
     let time = (t as f64 / 1000.0).to_string();
     for query in ["right_side + on() left_side", "left_side + on() left_side"] {
-        let (status, body) = prom::get(
-            &daemon,
-            "/api/v1/query",
-            &[("query", query), ("time", time.as_str())],
-        )
-        .await;
+        let (status, body) = daemon
+            .get_json_query(
+                "/api/v1/query",
+                &[("query", query), ("time", time.as_str())],
+            )
+            .await;
         assert_eq!(status, 422, "{query}: {body}");
         assert_eq!(body["errorType"], "execution", "{query}: {body}");
         assert!(
@@ -755,7 +754,7 @@ async fn series_limit_refuses_new_series_and_names_the_metric() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let args = ["--max-series-per-metric", "2"];
-    let daemon = Daemon::start(&data, &args).await;
+    let daemon = Strand::start(&data, &args).await;
     let t = now_ms();
     let limited = |i: &str, t: i64, v: f64| rw::series("limited", &[("i", i)], &[(t, v)]);
 
@@ -827,8 +826,8 @@ async fn series_limit_refuses_new_series_and_names_the_metric() {
     );
 
     // The limit holds across a restart: the series counted are on disk.
-    assert!(daemon.stop().success());
-    let daemon = Daemon::start(&data, &args).await;
+    daemon.stop().await;
+    let daemon = Strand::start(&data, &args).await;
     let (status, text) = rw::write(&daemon, &rw::request(vec![limited("5", t + 3000, 5.0)])).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("\"limited\""), "{text}");
@@ -857,7 +856,7 @@ async fn remote_write_retried_after_overload_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let max = MAX_BODY.to_string();
     // Room for about two requests waiting for the WAL at a time.
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &["--max-body-bytes", &max, "--wal-queue-bytes", &max],
     )
@@ -970,7 +969,7 @@ async fn remote_write_retried_after_overload_is_stored() {
 async fn otlp_metrics_retried_after_overload_are_not_acknowledged_unstored() {
     let dir = tempfile::tempdir().unwrap();
     let max = MAX_BODY.to_string();
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &["--max-body-bytes", &max, "--wal-queue-bytes", &max],
     )
@@ -1031,7 +1030,7 @@ async fn otlp_metrics_retried_after_overload_are_not_acknowledged_unstored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_limit_never_stores_half_a_histogram() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &["--max-series-per-metric", "2"]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &["--max-series-per-metric", "2"]).await;
     let now = now_ms();
     let otlp = serde_json::json!({"resourceMetrics": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "h"}}]},

@@ -15,8 +15,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 
+use strand_testkit::{DEADLINE, Strand, eventually};
+
 use super::remote_write as rw;
-use super::{Daemon, eventually};
 
 /// What was sent: the trace id and the span id of each service's server span.
 pub struct Sent {
@@ -24,7 +25,7 @@ pub struct Sent {
     pub spans: HashMap<&'static str, String>,
 }
 
-fn provider(daemon: &Daemon, service: &str) -> SdkTracerProvider {
+fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(daemon.grpc_endpoint())
@@ -43,7 +44,7 @@ fn provider(daemon: &Daemon, service: &str) -> SdkTracerProvider {
 
 /// gateway -> order -> (validate, inventory, payment), payment failing; each
 /// service with its own resource and exporter, as separate processes would.
-async fn send_trace(daemon: &Daemon, now: SystemTime) -> Sent {
+async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
     let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
         .iter()
         .map(|s| provider(daemon, s))
@@ -116,7 +117,7 @@ async fn send_trace(daemon: &Daemon, now: SystemTime) -> Sent {
 }
 
 /// Four logs with the term `uitoken`: three of the trace's spans, one alone.
-async fn send_logs(daemon: &Daemon, now: SystemTime, sent: &Sent) {
+async fn send_logs(daemon: &Strand, now: SystemTime, sent: &Sent) {
     let line = |ms: u64, service: &str, level: &str, message: &str, span: Option<&str>| {
         let time = humantime::format_rfc3339_millis(now + Duration::from_millis(ms));
         let ids = span
@@ -164,7 +165,7 @@ async fn send_logs(daemon: &Daemon, now: SystemTime, sent: &Sent) {
 }
 
 /// Two series of `ui_requests_total` over the last ten minutes.
-async fn send_metrics(daemon: &Daemon) {
+async fn send_metrics(daemon: &Strand) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -186,13 +187,13 @@ async fn send_metrics(daemon: &Daemon) {
     rw::write_ok(daemon, &request).await;
 }
 
-pub async fn send_everything(daemon: &Daemon) -> Sent {
+pub async fn send_everything(daemon: &Strand) -> Sent {
     // In the past, so that searches ending "now" include everything.
     let now = SystemTime::now() - Duration::from_secs(5);
     let sent = send_trace(daemon, now).await;
     send_logs(daemon, now, &sent).await;
     send_metrics(daemon).await;
-    let ready = eventually(Duration::from_secs(20), || async {
+    let ready = eventually(DEADLINE, || async {
         let (_, trace) = daemon
             .get_json(&format!("/api/traces/{}", sent.trace_id))
             .await;

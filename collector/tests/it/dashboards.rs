@@ -3,13 +3,11 @@
 //! and read-only; bad ids, bodies and queries are refused with a message
 //! naming the problem and leave what is stored alone.
 
-mod common;
-
-use common::Daemon;
 use serde_json::{Value, json};
+use strand_testkit::Strand;
 
 /// A request's status and body (JSON when it is JSON).
-async fn call(daemon: &Daemon, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
+async fn call(daemon: &Strand, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut request = client.request(method.parse().unwrap(), daemon.url(path));
     if let Some(body) = body {
@@ -24,7 +22,7 @@ async fn call(daemon: &Daemon, method: &str, path: &str, body: Option<String>) -
     (status, body)
 }
 
-async fn put(daemon: &Daemon, id: &str, body: &Value) -> (u16, Value) {
+async fn put(daemon: &Strand, id: &str, body: &Value) -> (u16, Value) {
     call(
         daemon,
         "PUT",
@@ -34,7 +32,7 @@ async fn put(daemon: &Daemon, id: &str, body: &Value) -> (u16, Value) {
     .await
 }
 
-async fn ids(daemon: &Daemon) -> Vec<String> {
+async fn ids(daemon: &Strand) -> Vec<String> {
     let (status, body) = daemon.get_json("/api/dashboards").await;
     assert_eq!(status, 200, "{body}");
     body["dashboards"]
@@ -60,7 +58,7 @@ fn latency() -> Value {
 async fn dashboards_round_trip_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::start(&data, &[]).await;
 
     // The built-in dashboard is listed first and reads as a dashboard.
     let (status, list) = daemon.get_json("/api/dashboards").await;
@@ -86,7 +84,7 @@ async fn dashboards_round_trip_and_survive_a_restart() {
         let (status, body) = daemon
             .get_json(&format!(
                 "/api/v1/query_range?query={}&start=0&end=600&step=15",
-                common::urlencode(query)
+                strand_testkit::urlencode(query)
             ))
             .await;
         assert_eq!(status, 200, "{query}: {body}");
@@ -129,8 +127,8 @@ async fn dashboards_round_trip_and_survive_a_restart() {
     assert_eq!(status, 404);
 
     // A restart on the same data directory keeps them.
-    assert!(daemon.stop().success());
-    let daemon = Daemon::start(&data, &[]).await;
+    daemon.stop().await;
+    let daemon = Strand::start(&data, &[]).await;
     assert_eq!(ids(&daemon).await, ["shop", "latency"]);
     let after = reqwest::get(daemon.url("/api/dashboards/latency"))
         .await
@@ -144,7 +142,7 @@ async fn dashboards_round_trip_and_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let (status, _) = put(&daemon, "keep", &latency()).await;
     assert_eq!(status, 201);
     let before = daemon.get_json("/api/dashboards/keep").await.1;

@@ -7,13 +7,8 @@
 //! the query, series, labels, label values and metadata endpoints, and an
 //! out-of-order sample is refused while the rest of its request is stored.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Daemon;
-use common::prom::{self, Labels, label_set};
-use common::remote_write::{self as rw, MetricMetadata};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -22,6 +17,10 @@ use opentelemetry_sdk::metrics::{
     Aggregation, Instrument, PeriodicReader, SdkMeterProvider, Stream, Temporality,
 };
 use serde_json::json;
+use strand_testkit::Strand;
+
+use crate::support::prom::{self, Labels, label_set};
+use crate::support::remote_write::{self as rw, MetricMetadata};
 
 /// How long an exported point may take to become queryable.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
@@ -150,7 +149,7 @@ fn record_checkout_metrics(provider: &SdkMeterProvider) {
 }
 
 /// What `record_checkout_metrics` must read back as.
-async fn assert_checkout_metrics(daemon: &Daemon) {
+async fn assert_checkout_metrics(daemon: &Strand) {
     // Everything of one export arrives together; wait for the last instrument.
     prom::wait_for_value(
         daemon,
@@ -270,7 +269,7 @@ async fn assert_checkout_metrics(daemon: &Daemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_grpc_metrics_read_back_through_promql() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     // No explicit flush: the periodic reader's own export must get there.
     let provider = meter_provider(
         &daemon.grpc_endpoint(),
@@ -286,7 +285,7 @@ async fn otlp_grpc_metrics_read_back_through_promql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_http_metrics_read_back_through_promql() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let provider = meter_provider_off_runtime(
         daemon.otlp_http_url("/v1/metrics"),
         Transport::HttpProtobuf,
@@ -310,7 +309,7 @@ async fn otlp_http_metrics_read_back_through_promql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_temporality_reads_as_cumulative() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let provider = meter_provider(
         &daemon.grpc_endpoint(),
         Transport::Grpc,
@@ -419,7 +418,7 @@ fn now_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_round_trips_through_the_prometheus_api() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     // Ten minutes ago, on a whole second; samples 15 s apart.
     let base = (now_ms() - 600_000) / 1000 * 1000;
     let at = |step: i64| base + step * 15_000;

@@ -4,10 +4,9 @@
 
 use prost::Message;
 
-use super::Daemon;
+use strand_testkit::Strand;
 
 /// The daemon's own wire types, so a test sends exactly what it decodes.
-#[allow(unused_imports)] // each test binary uses a different part of the harness
 pub use strand::remote_write::{
     TimeSeries, WireLabel as Label, WireMetadata as MetricMetadata, WireSample as Sample,
     WriteRequest,
@@ -56,7 +55,7 @@ pub fn body(request: &WriteRequest) -> Vec<u8> {
 /// (`Content-Encoding` only when `encoding` is given); returns status and body.
 pub async fn post_raw(
     client: &reqwest::Client,
-    daemon: &Daemon,
+    daemon: &Strand,
     encoding: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, String) {
@@ -74,7 +73,7 @@ pub async fn post_raw(
 }
 
 /// Sends `request` as Prometheus does; returns status and body.
-pub async fn write(daemon: &Daemon, request: &WriteRequest) -> (u16, String) {
+pub async fn write(daemon: &Strand, request: &WriteRequest) -> (u16, String) {
     post_raw(
         &reqwest::Client::new(),
         daemon,
@@ -85,7 +84,7 @@ pub async fn write(daemon: &Daemon, request: &WriteRequest) -> (u16, String) {
 }
 
 /// Sends `request` and insists on 204.
-pub async fn write_ok(daemon: &Daemon, request: &WriteRequest) {
+pub async fn write_ok(daemon: &Strand, request: &WriteRequest) {
     let (status, text) = write(daemon, request).await;
     assert_eq!(status, 204, "remote write refused: {text}");
 }

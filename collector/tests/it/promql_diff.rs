@@ -10,28 +10,25 @@
 //! Every mismatch is collected and reported at the end.
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`, installed by
-//! `.ci/run`; `PROMETHEUS_BIN` overrides the path). Without it the test fails
-//! when `CI` is set, and says so loudly and passes otherwise.
+//! `scripts/test`; `PROMETHEUS_BIN` overrides the path), and fails without it.
 //!
-//! `STRAND_DIFF_PROM_ONLY=1 cargo test -p strand --test promql_diff -- --nocapture`
+//! `STRAND_DIFF_PROM_ONLY=1 cargo test -p strand --test it promql_diff -- --nocapture`
 //! runs only the Prometheus half: use it to check corpus edits (every query
 //! must succeed on Prometheus; it also lists queries that are empty everywhere).
 //! `STRAND_DIFF_FILTER=<substring>` runs only the queries containing it; with
 //! `STRAND_DIFF_PROM_ONLY=1` it also prints Prometheus' answers.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Daemon;
-use common::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use serde_json::Value;
+use strand_testkit::{Strand, free_port, require_tool};
+
+use crate::support::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 
 const CORPUS: &str = include_str!("promql_diff/queries.txt");
 
@@ -351,17 +348,15 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn binary() -> String {
-        std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into())
-    }
-
-    fn available() -> bool {
-        Command::new(Self::binary())
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    fn binary() -> PathBuf {
+        match std::env::var_os("PROMETHEUS_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => require_tool(
+                "prometheus",
+                "the PromQL differential test runs a real Prometheus \
+                 (Debian: `sudo apt-get install prometheus`)",
+            ),
+        }
     }
 
     async fn start() -> Prometheus {
@@ -370,10 +365,7 @@ impl Prometheus {
         // evaluation_interval is the default subquery step (`x[20m:]`); 1m is
         // Prometheus' default, which Strand uses too.
         std::fs::write(&config, "global:\n  evaluation_interval: 1m\n").unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = free_port().port();
         let log = dir.path().join("prometheus.log");
         let child = Command::new(Self::binary())
             .arg(format!("--config.file={}", config.display()))
@@ -862,10 +854,6 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..cut])
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 /// Seconds, aligned down to the sample grid.
 fn aligned_now() -> i64 {
     let now = SystemTime::now()
@@ -936,16 +924,6 @@ fn comparison_catches_differences() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promql_answers_match_prometheus() {
-    if !Prometheus::available() {
-        let message = format!(
-            "`{}` not found: the PromQL differential test needs Prometheus \
-             (Debian package `prometheus`, installed by .ci/run)",
-            Prometheus::binary()
-        );
-        assert!(!ci(), "{message}");
-        eprintln!("\n!!!!!!!!!!\n!!! SKIPPED promql_diff: {message}\n!!!!!!!!!!\n");
-        return;
-    }
     let prom_only = std::env::var("STRAND_DIFF_PROM_ONLY").is_ok_and(|v| v == "1");
 
     let end = aligned_now();
@@ -972,7 +950,7 @@ async fn promql_answers_match_prometheus() {
     let strand = if prom_only {
         None
     } else {
-        Some(Daemon::start(&strand_dir.path().join("data"), &[]).await)
+        Some(Strand::start(&strand_dir.path().join("data"), &[]).await)
     };
 
     for body in &bodies {

@@ -4,12 +4,11 @@
 //! and duration, derives the service dependencies, and still does so after a
 //! restart. Size retention drops older span segments.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use common::{Daemon, eventually, trace_ids};
+use strand_testkit::{Strand, eventually};
+
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
@@ -18,6 +17,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
+
+use crate::support::STRAND_BINARY;
 
 enum Transport {
     Grpc,
@@ -80,7 +81,7 @@ struct Sent {
 
 /// gateway -> order -> inventory, order -> payment (payment fails); then a
 /// short, successful `GET /api/products` on the gateway alone.
-async fn send_shop_traffic(daemon: &Daemon) -> Sent {
+async fn send_shop_traffic(daemon: &Strand) -> Sent {
     let endpoints = Endpoints {
         grpc: daemon.grpc_endpoint(),
         http_traces: daemon.otlp_http_url("/v1/traces"),
@@ -210,7 +211,7 @@ fn parent_of(span: &Value) -> Option<String> {
         .map(|r| r["spanID"].as_str().unwrap().to_string())
 }
 
-async fn assert_trace_is_stitched(daemon: &Daemon, sent: &Sent) {
+async fn assert_trace_is_stitched(daemon: &Strand, sent: &Sent) {
     let (status, body) = daemon
         .get_json(&format!("/api/traces/{}", sent.order_trace))
         .await;
@@ -255,13 +256,21 @@ async fn assert_trace_is_stitched(daemon: &Daemon, sent: &Sent) {
     );
 }
 
-async fn search(daemon: &Daemon, query: &str) -> Vec<String> {
+/// The sorted trace ids a trace search finds.
+async fn search(daemon: &Strand, query: &str) -> Vec<String> {
     let (status, body) = daemon.get_json(&format!("/api/traces?{query}")).await;
     assert_eq!(status, 200, "{query}: {body}");
-    trace_ids(&body)
+    let mut ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceID"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
 }
 
-async fn assert_searches(daemon: &Daemon, sent: &Sent) {
+async fn assert_searches(daemon: &Strand, sent: &Sent) {
     let order = vec![sent.order_trace.clone()];
     let products = vec![sent.products_trace.clone()];
     let mut both = vec![sent.order_trace.clone(), sent.products_trace.clone()];
@@ -335,7 +344,7 @@ async fn assert_searches(daemon: &Daemon, sent: &Sent) {
     );
 }
 
-async fn dependency_edges(daemon: &Daemon) -> Vec<(String, String, u64, u64)> {
+async fn dependency_edges(daemon: &Strand) -> Vec<(String, String, u64, u64)> {
     let (_, body) = daemon.get_json("/api/dependencies").await;
     let mut edges: Vec<_> = body["data"]
         .as_array()
@@ -366,7 +375,7 @@ fn expected_edges() -> Vec<(String, String, u64, u64)> {
 async fn four_services_one_trace_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start(&data, &["--flush-interval", "200ms"]).await;
+    let daemon = Strand::start(&data, &["--flush-interval", "200ms"]).await;
     let sent = send_shop_traffic(&daemon).await;
 
     // Queryable at once, from memory, and later from blocks.
@@ -388,11 +397,10 @@ async fn four_services_one_trace_survives_restart() {
         .get_json(&format!("/api/traces/{}", sent.order_trace))
         .await;
 
-    let status = daemon.stop();
-    assert!(status.success(), "clean shutdown exits 0: {status}");
+    daemon.stop().await;
     let wal_files = std::fs::read_dir(data.join("wal")).unwrap().count();
     assert_eq!(wal_files, 0, "a clean shutdown leaves no WAL to replay");
-    let daemon = Daemon::start(&data, &[]).await;
+    let daemon = Strand::start(&data, &[]).await;
     assert_trace_is_stitched(&daemon, &sent).await;
     assert_searches(&daemon, &sent).await;
     assert_eq!(dependency_edges(&daemon).await, expected_edges());
@@ -414,7 +422,7 @@ async fn four_services_one_trace_survives_restart() {
 }
 
 /// Posts one OTLP/JSON span of a trace of its own, started a second ago.
-async fn post_span(daemon: &Daemon, trace_id: &str) {
+async fn post_span(daemon: &Strand, trace_id: &str) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -436,7 +444,7 @@ async fn post_span(daemon: &Daemon, trace_id: &str) {
     assert_eq!(response.status(), 200);
 }
 
-async fn trace_status(daemon: &Daemon, trace_id: &str) -> u16 {
+async fn trace_status(daemon: &Strand, trace_id: &str) -> u16 {
     daemon.get_json(&format!("/api/traces/{trace_id}")).await.0
 }
 
@@ -447,12 +455,13 @@ async fn trace_retention_by_bytes_drops_older_segments() {
     let (old, new) = ("a1".repeat(16), "b2".repeat(16));
     // Each run of the daemon appends to a segment of its own.
     for trace_id in [&old, &new] {
-        let daemon = Daemon::start(&data, &[]).await;
+        let daemon = Strand::start(&data, &[]).await;
         post_span(&daemon, trace_id).await;
-        assert!(daemon.stop().success());
+        daemon.stop().await;
     }
-    // Retention runs at start: everything but the newest segment goes.
-    let daemon = Daemon::start(&data, &["--trace-retention-bytes", "1"]).await;
+    // Retention runs at start: everything but the newest segment goes. The
+    // real binary, whose log says so.
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &["--trace-retention-bytes", "1"]).await;
     let dropped = eventually(Duration::from_secs(10), || async {
         (trace_status(&daemon, &old).await == 404).then_some(())
     })

@@ -4,17 +4,16 @@
 //! with its logs, finds logs with a histogram, follows a log's trace id to
 //! the trace, and charts a PromQL query.
 //!
-//! The browser harness and what it needs are in `common/browser.rs`.
-
-mod common;
+//! The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::path::{Path, PathBuf};
 
-use common::Daemon;
-use common::browser::{click, in_browser, snapshot, wait_for};
-use common::shop_fixture::{Sent, send_everything};
-use fantoccini::Client;
 use serde_json::Value;
+use strand_testkit::Strand;
+use strand_testkit::browser::Client;
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+
+use crate::support::shop_fixture::{Sent, send_everything};
 
 /// The whole UI must stay small: it is embedded and loaded on every visit.
 const MAX_UI_BYTES: u64 = 500 * 1024;
@@ -26,7 +25,7 @@ fn ui_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assets_are_embedded_small_and_leave_the_api_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let get = |path: &str| {
         let url = daemon.url(path);
         async move {
@@ -82,7 +81,7 @@ async fn assets_are_embedded_small_and_leave_the_api_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_follows_a_request_through_traces_logs_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let sent = send_everything(&daemon).await;
     in_browser(
         "ui",
@@ -96,7 +95,7 @@ const WATERFALL_ROWS: &str = "return [...document.querySelectorAll('.waterfall .
     .map(r => ({kind: r.classList.contains('span-row') ? 'span' : 'log', ...r.dataset,
                 error: r.classList.contains('error')}))";
 
-async fn walk(client: &Client, daemon: &Daemon, sent: &Sent) -> Result<(), String> {
+async fn walk(client: &Client, daemon: &Strand, sent: &Sent) -> Result<(), String> {
     let base = daemon.url("/");
     let id = &sent.trace_id;
 

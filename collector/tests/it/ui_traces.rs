@@ -3,17 +3,16 @@
 //! empty and error states, and a 10,000-span trace drawn with virtualised
 //! rows.
 //!
-//! The browser harness and what it needs are in `common/browser.rs`.
-
-mod common;
+//! The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::browser::{click, in_browser, snapshot, wait_for};
-use common::shop_fixture::send_everything;
-use common::{Daemon, eventually};
-use fantoccini::Client;
 use serde_json::{Value, json};
+use strand_testkit::browser::Client;
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::{Strand, eventually};
+
+use crate::support::shop_fixture::send_everything;
 
 /// Spans of the big trace: a root, 99 children, 100 grandchildren each.
 const BIG_SPANS: usize = 10_000;
@@ -32,7 +31,7 @@ const STATE: &str = "const s = document.querySelector('.results .state, .state')
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_plots_traces_and_the_waterfall_shows_the_critical_path_and_zooms() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let sent = send_everything(&daemon).await;
     in_browser("ui-traces-shop", |client| async move {
         let base = daemon.url("/");
@@ -157,7 +156,7 @@ async fn search_plots_traces_and_the_waterfall_shows_the_critical_path_and_zooms
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_lead_to_their_spans_and_a_huge_trace_stays_virtualised() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     send_fixture(&daemon).await;
     in_browser("ui-traces-links", |client| async move {
         let base = daemon.url("/");
@@ -274,7 +273,7 @@ fn span(trace: &str, span_id: u64, parent: Option<u64>, name: &str, start: u64, 
     })
 }
 
-async fn post_spans(daemon: &Daemon, service: &str, spans: Vec<Value>) {
+async fn post_spans(daemon: &Strand, service: &str, spans: Vec<Value>) {
     let body = json!({"resourceSpans": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
         "scopeSpans": [{"scope": {"name": "ui-traces"}, "spans": spans}],
@@ -291,7 +290,7 @@ async fn post_spans(daemon: &Daemon, service: &str, spans: Vec<Value>) {
 /// The linker trace (a producer span 2 and a consumer span 3 linked to it
 /// and to span 11 of the target trace), the target trace, and the big trace
 /// of front -> 99 mid spans -> 100 back spans each, one in 500 failing.
-async fn send_fixture(daemon: &Daemon) {
+async fn send_fixture(daemon: &Strand) {
     let t0 = now_nanos() - 60_000_000_000;
     let ms = |n: u64| t0 + n * 1_000_000;
 
