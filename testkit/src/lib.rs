@@ -10,9 +10,12 @@
 //! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
 //! - [`require_tool`]: an external program a test needs. A missing one fails
 //!   the test with an install hint; no test skips quietly.
+//! - [`in_own_process`]: runs one test in a fresh process, for tests that set
+//!   process-wide state.
 //! - [`eventually`], [`DEADLINE`], [`urlencode`], [`free_port`]: small helpers.
 
 pub mod browser;
+mod own_process;
 mod strand;
 mod tools;
 
@@ -20,6 +23,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+pub use own_process::in_own_process;
 pub use strand::Strand;
 pub use tools::require_tool;
 

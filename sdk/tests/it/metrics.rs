@@ -1,21 +1,20 @@
 //! The request-duration histogram of the server layer, queried with PromQL.
-//!
-//! Needs Strand's metrics ingest and Prometheus API; fails until they land.
-
-mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{DEADLINE, Strand, eventually, sdk};
 use strand_sdk::HttpServerLayer;
+use strand_testkit::{DEADLINE, Strand, eventually};
 use tower::ServiceExt;
+
+use crate::sdk;
 
 const REQUESTS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_durations_are_queryable_with_promql() {
-    let strand = Strand::start().await;
-    let guard = sdk("order", &strand.otlp_endpoint()).install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let strand = Strand::start(dir.path(), &[]).await;
+    let guard = sdk("order", &strand.grpc_endpoint()).build().unwrap();
     let app = Router::new()
         .route("/orders", get(|| async { "ok" }))
         .layer(HttpServerLayer::new(guard.telemetry()));

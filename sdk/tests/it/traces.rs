@@ -1,18 +1,52 @@
 //! Two instrumented services call each other over HTTP and gRPC; one trace
 //! with both services' spans, correctly parented, arrives in Strand.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use common::{DEADLINE, Strand, eventually, new_trace, sdk, spans};
+use serde_json::Value;
 use strand_sdk::{GrpcClientLayer, GrpcServerLayer, GrpcService, HttpClient, HttpServerLayer};
+use strand_testkit::{DEADLINE, Strand, eventually};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::{new_trace, sdk};
+
+/// The spans of a Jaeger `/api/traces/{id}` answer as
+/// `(service, operation, spanID, parent spanID)`.
+fn spans(body: &Value) -> Vec<(String, String, String, Option<String>)> {
+    let trace = &body["data"][0];
+    let Some(spans) = trace["spans"].as_array() else {
+        return Vec::new();
+    };
+    spans
+        .iter()
+        .map(|span| {
+            let process = span["processID"].as_str().unwrap_or_default();
+            let parent = span["references"].as_array().and_then(|refs| {
+                refs.iter()
+                    .find(|r| r["refType"] == "CHILD_OF")
+                    .and_then(|r| r["spanID"].as_str())
+                    .map(str::to_string)
+            });
+            (
+                trace["processes"][process]["serviceName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                span["operationName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                span["spanID"].as_str().unwrap_or_default().to_string(),
+                parent,
+            )
+        })
+        .collect()
+}
 
 /// The backend: one HTTP route and the gRPC health service.
 async fn start_backend(telemetry: &strand_sdk::Telemetry) -> (SocketAddr, SocketAddr) {
@@ -72,9 +106,10 @@ async fn checkout(State(frontend): State<Frontend>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_both_services_over_http_and_grpc() {
-    let strand = Strand::start().await;
-    let frontend_guard = sdk("frontend", &strand.otlp_endpoint()).install().unwrap();
-    let backend_guard = sdk("backend", &strand.otlp_endpoint()).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let strand = Strand::start(dir.path(), &[]).await;
+    let frontend_guard = sdk("frontend", &strand.grpc_endpoint()).build().unwrap();
+    let backend_guard = sdk("backend", &strand.grpc_endpoint()).build().unwrap();
     let (backend_http, backend_grpc) = start_backend(backend_guard.telemetry()).await;
 
     let telemetry = frontend_guard.telemetry();
