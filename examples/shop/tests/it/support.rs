@@ -1,137 +1,17 @@
-//! Test harness: the real Strand daemon in-process on free ports, the four
-//! shop services as real processes (the `shop` binary Cargo built for these
-//! tests) on free ports, and polling helpers with deadlines.
+//! The four shop services as real processes (the `shop` binary Cargo built
+//! for these tests) on free ports, and what the tests ask of them.
 
-// Each test uses a different part of the harness.
-#![allow(dead_code)]
-
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use strand_testkit::{DEADLINE, eventually, free_port};
 
-/// The longest any test waits for something to happen.
-pub const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A loopback address nothing listens on (yet).
-pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A running Strand daemon with a temporary data directory; stopped on drop.
-pub struct Strand {
-    pub grpc: SocketAddr,
-    pub http: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    _data_dir: tempfile::TempDir,
-}
-
-impl Strand {
-    /// Starts the daemon on free ports and waits until `/readyz` answers.
-    pub async fn start() -> Strand {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
-        let (grpc, http) = (free_port(), free_port());
-        let config = strand::Config::from_args([
-            "--data-dir".to_string(),
-            data_dir.path().display().to_string(),
-            format!("--otlp-grpc={grpc}"),
-            format!("--otlp-http={}", free_port()),
-            format!("--http={http}"),
-            "--flush-interval=200ms".to_string(),
-        ])
-        .expect("valid daemon config");
-        let listeners = strand::Listeners::bind(&config)
-            .await
-            .expect("daemon listeners bind");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            if let Err(error) = strand::run(config, listeners, async {
-                let _ = stopped.await;
-            })
-            .await
-            {
-                eprintln!("strand failed: {error:#}");
-            }
-        });
-        let strand = Strand {
-            grpc,
-            http,
-            stop: Some(stop),
-            _data_dir: data_dir,
-        };
-        let ready = eventually(Duration::from_secs(60), || async {
-            let response = reqwest::get(strand.url("/readyz")).await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
-        assert!(ready.is_some(), "strand was not ready within 60s");
-        strand
-    }
-
-    /// Where the services send OTLP/gRPC.
-    pub fn otlp_endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    /// GET on the API port: the JSON body, if the answer is 200 and JSON.
-    pub async fn get_json(&self, path: &str) -> Option<Value> {
-        let response = reqwest::get(self.url(path)).await.ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
-    /// Like `get_json`, with query parameters (URL-encoded here).
-    pub async fn get_json_query(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
-        let response = reqwest::Client::new()
-            .get(self.url(path))
-            .query(query)
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
-    }
-}
-
-impl Drop for Strand {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+/// Strand's flags in these tests: it flushes often, so that a service's logs
+/// are searchable within the 5 s the first test allows.
+pub const STRAND_ARGS: &[&str] = &["--flush-interval", "200ms"];
 
 /// One shop service process; killed on drop. Its output goes to a log file
 /// that is printed if the test fails.

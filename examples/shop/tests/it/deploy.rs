@@ -9,8 +9,6 @@
 //! every health check must use a path the program serves (Strand's are asked
 //! of a running Strand).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +21,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use strand_testkit::Strand;
 
 /// Variables the services read through `strand-sdk` (the OpenTelemetry
 /// exporter), not through their flags. Only services (subcommands with a
@@ -357,7 +356,8 @@ fn check_units(what: &str, units: &[Unit], network: &dyn Network) -> BTreeSet<St
 
 /// Asks a running Strand for each of `paths`.
 async fn check_strand_health_paths(paths: &BTreeSet<String>) {
-    let strand = common::Strand::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let strand = Strand::start(dir.path(), &[]).await;
     for path in paths {
         let response = reqwest::get(strand.url(path))
             .await

@@ -1,15 +1,15 @@
 //! End-to-end tests: the four services as real processes on free ports,
 //! driven through the gateway, with a real Strand receiving their telemetry.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    DEADLINE, Shop, ShopOptions, Strand, eventually, now_secs, operations, services, token,
-};
 use serde_json::{Value, json};
+use strand_testkit::{DEADLINE, Strand, eventually};
+
+use crate::support::{
+    STRAND_ARGS, Shop, ShopOptions, now_secs, operations, services, token, wait_healthy,
+};
 
 const SECRET: &str = "strand-shop-demo-secret";
 
@@ -31,9 +31,9 @@ async fn order(
 
 /// The logs of a trace, from Strand's log API.
 async fn trace_logs(strand: &Strand, trace_id: &str) -> Option<Vec<Value>> {
-    let body = strand
+    let (_, body) = strand
         .get_json(&format!("/api/traces/{trace_id}/logs"))
-        .await?;
+        .await;
     body["logs"].as_array().cloned()
 }
 
@@ -50,9 +50,9 @@ fn services_of(logs: &[Value]) -> Vec<String> {
 
 /// The `job` labels of the series an instant PromQL query returns.
 async fn jobs_of(strand: &Strand, query: &str) -> Option<Vec<String>> {
-    let body = strand
+    let (_, body) = strand
         .get_json_query("/api/v1/query", &[("query", query)])
-        .await?;
+        .await;
     Some(
         body["data"]["result"]
             .as_array()?
@@ -64,9 +64,10 @@ async fn jobs_of(strand: &Strand, query: &str) -> Option<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_across_all_four_services() {
-    let strand = Strand::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let strand = Strand::start(dir.path(), STRAND_ARGS).await;
     let shop = Shop::start(ShopOptions {
-        otlp_endpoint: Some(strand.otlp_endpoint()),
+        otlp_endpoint: Some(strand.grpc_endpoint()),
         ..Default::default()
     })
     .await;
@@ -177,9 +178,9 @@ async fn an_order_is_one_trace_across_all_four_services() {
 
     // The order's trace, found by searching the gateway's traces.
     let found = eventually(DEADLINE, || async {
-        let search = strand
+        let (_, search) = strand
             .get_json("/api/traces?service=gateway&lookback=1h&limit=100")
-            .await?;
+            .await;
         let trace = search["data"]
             .as_array()?
             .iter()
@@ -192,10 +193,8 @@ async fn an_order_is_one_trace_across_all_four_services() {
         found.is_some(),
         "no trace {trace_id} with spans of all four services"
     );
-    let trace = strand
-        .get_json(&format!("/api/traces/{trace_id}"))
-        .await
-        .expect("the trace by id");
+    let (status, trace) = strand.get_json(&format!("/api/traces/{trace_id}")).await;
+    assert_eq!(status, 200, "the trace by id: {trace}");
     let trace = &trace["data"][0];
     assert_eq!(services(trace), all_four);
     let operations = operations(trace);
@@ -215,11 +214,11 @@ async fn an_order_is_one_trace_across_all_four_services() {
     // The OrderCreated event reached inventory: its consumer span has its
     // own trace and a FOLLOWS_FROM reference to the order's trace.
     let consumed = eventually(DEADLINE, || async {
-        let search = strand
+        let (_, search) = strand
             .get_json(
                 "/api/traces?service=inventory&operation=process%20orders&lookback=1h&limit=100",
             )
-            .await?;
+            .await;
         search["data"].as_array()?.iter().find_map(|trace| {
             trace["spans"]
                 .as_array()?
@@ -404,7 +403,7 @@ async fn a_dead_upstream_gives_a_quick_503() {
 /// searching the gateway's traces by the `http.response.status_code` tag.
 async fn find_by_status(strand: &Strand, status: &str, trace_id: &str) -> Option<Value> {
     let tags = json!({"http.response.status_code": status}).to_string();
-    let search = strand
+    let (_, search) = strand
         .get_json_query(
             "/api/traces",
             &[
@@ -414,7 +413,7 @@ async fn find_by_status(strand: &Strand, status: &str, trace_id: &str) -> Option
                 ("limit", "100"),
             ],
         )
-        .await?;
+        .await;
     search["data"]
         .as_array()?
         .iter()
@@ -424,9 +423,10 @@ async fn find_by_status(strand: &Strand, status: &str, trace_id: &str) -> Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_are_traced_with_their_status() {
-    let strand = Strand::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let strand = Strand::start(dir.path(), STRAND_ARGS).await;
     let shop = Shop::start(ShopOptions {
-        otlp_endpoint: Some(strand.otlp_endpoint()),
+        otlp_endpoint: Some(strand.grpc_endpoint()),
         gateway_args: ["--rate-per-second", "1", "--burst", "5"]
             .map(String::from)
             .to_vec(),
@@ -607,7 +607,7 @@ async fn payment_crashing_mid_run_keeps_orders_consistent() {
     );
     let restarting = Instant::now();
     shop.payment.restart();
-    common::wait_healthy(&shop.payment).await;
+    wait_healthy(&shop.payment).await;
     let restarted = Instant::now();
     assert!(
         until(&mut attempts, &mut seen, restarted, 201).await,
