@@ -1,0 +1,23 @@
+//! Strand's integration tests, one module per area, in one binary: each test
+//! binary links the whole daemon, so there is only this one.
+//!
+//! Most tests run the daemon in this process ([`strand_testkit::Strand::start`]);
+//! those that `kill -9` it or read its log run the real binary
+//! ([`strand_testkit::Strand::spawn`]). `support` holds what only these tests
+//! need: the Prometheus API client, remote write, the shop's telemetry as a
+//! fixture.
+
+mod bad_input;
+mod dashboards;
+mod derived_metrics;
+mod durability;
+mod logs;
+mod metrics;
+mod promql_diff;
+mod support;
+mod traces;
+mod ui;
+mod ui_dashboards;
+mod ui_global;
+mod ui_map;
+mod ui_traces;

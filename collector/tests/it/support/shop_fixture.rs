@@ -1,0 +1,212 @@
+//! The shop's request as a fixture: one trace across gateway, order,
+//! inventory and payment sent with the real OTLP exporter (payment fails),
+//! logs of three of its spans plus one unrelated log, and two series of
+//! `ui_requests_total`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::Value;
+
+use strand_testkit::{DEADLINE, Strand, eventually};
+
+use super::remote_write as rw;
+
+/// What was sent: the trace id and the span id of each service's server span.
+pub struct Sent {
+    pub trace_id: String,
+    pub spans: HashMap<&'static str, String>,
+}
+
+fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(daemon.grpc_endpoint())
+        .build()
+        .expect("exporter builds");
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_string())
+                .with_attributes([KeyValue::new("host.name", format!("{service}-host"))])
+                .build(),
+        )
+        .build()
+}
+
+/// gateway -> order -> (validate, inventory, payment), payment failing; each
+/// service with its own resource and exporter, as separate processes would.
+async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
+    let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
+        .iter()
+        .map(|s| provider(daemon, s))
+        .collect();
+    let [gateway, order, inventory, payment] = &providers[..] else {
+        unreachable!()
+    };
+    let at = |ms: u64| now + Duration::from_millis(ms);
+    let mut spans = HashMap::new();
+
+    let tracer = gateway.tracer("shop");
+    let mut root = tracer
+        .span_builder("POST /api/orders")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(0))
+        .with_attributes([KeyValue::new("http.route", "/api/orders")])
+        .start(&tracer);
+    let trace_id = root.span_context().trace_id().to_string();
+    spans.insert("gateway", root.span_context().span_id().to_string());
+    let root_cx = Context::new().with_remote_span_context(root.span_context().clone());
+
+    let tracer = order.tracer("shop");
+    let mut order_span = tracer
+        .span_builder("POST /orders")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(5))
+        .start_with_context(&tracer, &root_cx);
+    spans.insert("order", order_span.span_context().span_id().to_string());
+    let order_cx = Context::new().with_remote_span_context(order_span.span_context().clone());
+    let mut validate = tracer
+        .span_builder("validate order")
+        .with_start_time(at(6))
+        .start_with_context(&tracer, &order_cx);
+    validate.end_with_timestamp(at(8));
+
+    let tracer = inventory.tracer("shop");
+    let mut reserve = tracer
+        .span_builder("POST /inventory/reserve")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(10))
+        .start_with_context(&tracer, &order_cx);
+    spans.insert("inventory", reserve.span_context().span_id().to_string());
+    reserve.end_with_timestamp(at(40));
+
+    let tracer = payment.tracer("shop");
+    let mut charge = tracer
+        .span_builder("payment.Charge")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(45))
+        .start_with_context(&tracer, &order_cx);
+    spans.insert("payment", charge.span_context().span_id().to_string());
+    charge.add_event(
+        "exception",
+        vec![KeyValue::new("exception.type", "CardDeclined")],
+    );
+    charge.set_status(Status::error("card declined"));
+    charge.end_with_timestamp(at(95));
+    order_span.end_with_timestamp(at(100));
+    root.end_with_timestamp(at(120));
+
+    for provider in providers {
+        tokio::task::spawn_blocking(move || {
+            provider.force_flush().expect("export acknowledged");
+            provider.shutdown().expect("clean shutdown");
+        })
+        .await
+        .unwrap();
+    }
+    Sent { trace_id, spans }
+}
+
+/// Four logs with the term `uitoken`: three of the trace's spans, one alone.
+async fn send_logs(daemon: &Strand, now: SystemTime, sent: &Sent) {
+    let line = |ms: u64, service: &str, level: &str, message: &str, span: Option<&str>| {
+        let time = humantime::format_rfc3339_millis(now + Duration::from_millis(ms));
+        let ids = span
+            .map(|span| format!(",\"trace_id\":\"{}\",\"span_id\":\"{span}\"", sent.trace_id))
+            .unwrap_or_default();
+        format!(
+            "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"{service}\",\"level\":\"{level}\",\"message\":\"{message}\"{ids}}}\n"
+        )
+    };
+    let body = [
+        line(
+            7,
+            "order",
+            "info",
+            "uitoken order 42 accepted",
+            Some(&sent.spans["order"]),
+        ),
+        line(
+            20,
+            "inventory",
+            "info",
+            "uitoken reserved 1 item",
+            Some(&sent.spans["inventory"]),
+        ),
+        line(
+            90,
+            "payment",
+            "error",
+            "uitoken card declined",
+            Some(&sent.spans["payment"]),
+        ),
+        line(300, "gateway", "warn", "uitoken cache is cold", None),
+    ]
+    .concat();
+    let response = reqwest::Client::new()
+        .post(daemon.url("/_bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["errors"], false, "{answer}");
+}
+
+/// Two series of `ui_requests_total` over the last ten minutes.
+async fn send_metrics(daemon: &Strand) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let base = (now_ms - 600_000) / 1000 * 1000;
+    let samples = |scale: f64| -> Vec<(i64, f64)> {
+        (0..40)
+            .map(|i| (base + i * 15_000, scale * i as f64))
+            .collect()
+    };
+    let request = rw::request(vec![
+        rw::series("ui_requests_total", &[("service", "order")], &samples(2.0)),
+        rw::series(
+            "ui_requests_total",
+            &[("service", "payment")],
+            &samples(1.0),
+        ),
+    ]);
+    rw::write_ok(daemon, &request).await;
+}
+
+pub async fn send_everything(daemon: &Strand) -> Sent {
+    // In the past, so that searches ending "now" include everything.
+    let now = SystemTime::now() - Duration::from_secs(5);
+    let sent = send_trace(daemon, now).await;
+    send_logs(daemon, now, &sent).await;
+    send_metrics(daemon).await;
+    let ready = eventually(DEADLINE, || async {
+        let (_, trace) = daemon
+            .get_json(&format!("/api/traces/{}", sent.trace_id))
+            .await;
+        let (_, logs) = daemon.get_json("/api/logs?q=uitoken").await;
+        let (_, metrics) = daemon
+            .get_json("/api/v1/query?query=ui_requests_total")
+            .await;
+        (trace["data"][0]["spans"].as_array().map(Vec::len) == Some(5)
+            && logs["total"] == 4
+            && metrics["data"]["result"].as_array().map(Vec::len) == Some(2))
+        .then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the API never showed what was sent");
+    sent
+}

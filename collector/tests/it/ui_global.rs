@@ -1,0 +1,397 @@
+//! The UI's global controls end to end, in headless Chromium: the header's
+//! time range and auto refresh go into the view's URL and follow the user
+//! to other views, keyboard shortcuts, the log explorer's live tail, and
+//! the banner shown while Strand does not answer. The browser talks to
+//! Strand through a TCP proxy that the test can stop and start again on
+//! the same address.
+//!
+//! The browser harness and what it needs are in `strand_testkit::browser`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use strand_testkit::Strand;
+use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
+use strand_testkit::browser::{Client, Locator};
+use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::support::shop_fixture::send_everything;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_controls_shortcuts_live_tail_and_unreachable_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    send_everything(&daemon).await;
+    let proxy = Proxy::start(daemon.http).await;
+    in_browser("ui-global", |client| async move {
+        walk(&client, &daemon, proxy).await
+    })
+    .await;
+}
+
+/// The view and the global params of the URL, and the logs view's window.
+const LOCATION: &str = "const [view, query] = location.hash.split('?');
+    const p = new URLSearchParams(query || '');
+    const hist = document.querySelector('.histogram');
+    return { view, q: p.get('q'), range: p.get('range'), start: p.get('start'),
+             end: p.get('end'), refresh: p.get('refresh'), live: p.get('live'),
+             window: hist && hist.dataset.end ? Number(hist.dataset.end) - Number(hist.dataset.start) : null,
+             rows: document.querySelectorAll('.log-table .log-row').length }";
+
+const HOUR_MS: i64 = 3_600_000;
+
+async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), String> {
+    let base = format!("http://{}/", proxy.address);
+    // Readable states: nothing found, a bad query, an unknown view.
+    for (hash, css, expected) in [
+        (
+            "#/logs?q=nosuchword",
+            ".summary",
+            "No logs match \"nosuchword\" in the last 1h",
+        ),
+        ("#/logs?q=service%3A(", ".state.error", ""),
+        (
+            "#/nosuchview",
+            ".state.error",
+            "No view called \"nosuchview\"",
+        ),
+    ] {
+        client
+            .goto(&format!("{base}{hash}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            client,
+            hash,
+            &format!("return document.querySelector('#view {css}')?.innerText || ''"),
+            |v| {
+                let text = v.as_str().unwrap_or("");
+                !text.is_empty() && text.contains(expected)
+            },
+        )
+        .await?;
+    }
+
+    client
+        .goto(&format!("{base}#/logs?q=uitoken"))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(client, "logs of the last hour", LOCATION, |v| {
+        v["rows"] == 4 && v["window"] == HOUR_MS
+    })
+    .await?;
+
+    // A relative range from the header goes into the view's URL, next to
+    // its own params, and the view shows that window.
+    select(client, "#time-picker select[name=range]", "6h").await?;
+    wait_for(client, "range 6h in the URL and the view", LOCATION, |v| {
+        v["view"] == "#/logs"
+            && v["q"] == "uitoken"
+            && v["range"] == "6h"
+            && v["window"] == 6 * HOUR_MS
+            && v["rows"] == 4
+    })
+    .await?;
+    select(client, "#refresh-picker", "5s").await?;
+    wait_for(client, "refresh in the URL", LOCATION, |v| {
+        v["refresh"] == "5s" && v["range"] == "6h" && v["q"] == "uitoken"
+    })
+    .await?;
+
+    // The nav carries the range and the refresh to another view.
+    click(client, "nav a[data-nav=\"metrics\"]").await?;
+    wait_for(client, "range carried to metrics", LOCATION, |v| {
+        v["view"] == "#/metrics" && v["range"] == "6h" && v["refresh"] == "5s"
+    })
+    .await?;
+
+    // Shortcuts: `g l` goes to logs (the range still carried), `/` focuses
+    // the query box, `?` opens the help and Esc closes it.
+    keys(client, &[ESCAPE, 'g', 'l']).await?;
+    wait_for(client, "g l opens logs", LOCATION, |v| {
+        v["view"] == "#/logs" && v["range"] == "6h" && v["rows"] == 4
+    })
+    .await?;
+    keys(client, &[ESCAPE, '/']).await?;
+    wait_for(
+        client,
+        "/ focuses the query box",
+        "return document.activeElement?.matches('#view form input.query') || false",
+        |v| v == true,
+    )
+    .await?;
+    keys(client, &[ESCAPE, '?']).await?;
+    wait_for(
+        client,
+        "? opens the help",
+        "const help = document.getElementById('help');
+         return help && !help.hidden ? help.innerText : ''",
+        |v| v.as_str().unwrap_or("").contains("Go to logs"),
+    )
+    .await?;
+    snapshot(client, "help").await;
+    keys(client, &[ESCAPE]).await?;
+    wait_for(
+        client,
+        "Esc closes the help",
+        "return document.getElementById('help').hidden",
+        |v| v == true,
+    )
+    .await?;
+    // `t` switches the theme.
+    let theme = "return getComputedStyle(document.documentElement).colorScheme";
+    let before = client
+        .execute(theme, vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    keys(client, &['t']).await?;
+    wait_for(client, "t switches the theme", theme, |v| {
+        v.is_string() && *v != before
+    })
+    .await?;
+
+    // A custom absolute range: start/end replace the range in the URL.
+    select(client, "#time-picker select[name=range]", "custom").await?;
+    let chosen = client
+        .execute(
+            "const f = document.getElementById('time-picker');
+             const local = (ms) => { const d = new Date(ms);
+               return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
+             const now = Math.floor(Date.now() / 1000) * 1000;
+             f.start.value = local(now - 30 * 60000);
+             f.end.value = local(now + 5 * 60000);
+             return f.end.value;",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if chosen.as_str().is_none_or(str::is_empty) {
+        return Err(format!("the custom range inputs took no value: {chosen}"));
+    }
+    click(client, "#time-picker button[type=submit]").await?;
+    wait_for(
+        client,
+        "absolute range in the URL and the view",
+        LOCATION,
+        |v| {
+            v["view"] == "#/logs"
+                && v["range"].is_null()
+                && v["start"].is_string()
+                && v["window"] == 35 * 60_000
+                && v["rows"] == 4
+                && v["refresh"] == "5s"
+        },
+    )
+    .await?;
+    snapshot(client, "custom-range").await;
+
+    // A trace has no time window: the picker is off there, and the window
+    // comes back with the next view.
+    click(client, ".log-row[data-severity=\"error\"] a.trace-link").await?;
+    wait_for(
+        client,
+        "no time picker on a trace",
+        "return { view: location.hash.split('/')[1],
+                  disabled: document.querySelector('#time-picker select').disabled }",
+        |v| v["view"] == "trace" && v["disabled"] == true,
+    )
+    .await?;
+    keys(client, &['g', 'l']).await?;
+    wait_for(client, "the absolute window back on logs", LOCATION, |v| {
+        v["view"] == "#/logs" && v["start"].is_string() && v["window"] == 35 * 60_000
+    })
+    .await?;
+
+    // Auto refresh (every 5s) brings in a log sent after the view loaded.
+    send_log(daemon, "uirefresh brought by auto refresh").await;
+    wait_for(client, "a log brought by auto refresh", LOG_BODIES, |v| {
+        has_body(v, "uirefresh")
+    })
+    .await?;
+
+    // Live tail: a log sent after the toggle streams into the table, with
+    // no reload of the page.
+    client
+        .execute("window.stillTheSamePage = true; return 0", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    click(client, ".live-toggle input").await?;
+    wait_for(
+        client,
+        "live tail on",
+        "return { live: new URLSearchParams(location.hash.split('?')[1]).get('live'),
+                  on: document.querySelector('.live-indicator.on')?.innerText || '' }",
+        |v| v["live"] == "1" && v["on"].as_str().unwrap_or("").contains("live"),
+    )
+    .await?;
+    send_log(daemon, "uilive streamed line").await;
+    wait_for(
+        client,
+        "the streamed log on top of the table",
+        LOG_BODIES,
+        |v| {
+            v.as_array()
+                .and_then(|rows| rows.first())
+                .and_then(Value::as_str)
+                .is_some_and(|body| body.contains("uilive"))
+        },
+    )
+    .await?;
+    let same = client
+        .execute("return window.stillTheSamePage === true", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    if same != true {
+        return Err("the page was reloaded for the live tail".into());
+    }
+    snapshot(client, "live-tail").await;
+
+    // Strand goes away: the banner says so; it comes back: the banner
+    // goes and the view is drawn again, live tail and all.
+    proxy.stop();
+    wait_for(client, "unreachable banner", BANNER, |v| {
+        v.as_str().unwrap_or("").contains("unreachable")
+    })
+    .await?;
+    snapshot(client, "unreachable").await;
+    client
+        .execute(
+            "document.querySelector('.log-table').dataset.before = 'yes'; return 0",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    proxy.restart().await;
+    wait_for(
+        client,
+        "banner gone and the view drawn again",
+        "const table = document.querySelector('.log-table');
+         return { banner: document.getElementById('unreachable').hidden,
+                  redrawn: !!table && table.dataset.before !== 'yes',
+                  live: document.querySelector('.live-indicator.on')?.innerText || '',
+                  same: window.stillTheSamePage === true }",
+        |v| {
+            v["banner"] == true
+                && v["redrawn"] == true
+                && v["same"] == true
+                && v["live"].as_str().unwrap_or("").contains("live")
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+const BANNER: &str = "const b = document.getElementById('unreachable');
+    return b && !b.hidden ? b.innerText : ''";
+
+/// A TCP proxy in front of Strand's HTTP port. Stopping it closes the
+/// listener and every connection (as a dead daemon would); it restarts on
+/// the same address.
+struct Proxy {
+    address: SocketAddr,
+    target: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy {
+            address: listener.local_addr().unwrap(),
+            target,
+            task: Some(tokio::spawn(forward(listener, target))),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restart(&mut self) {
+        // Tokio sets SO_REUSEADDR, so the port is free again at once.
+        let listener = TcpListener::bind(self.address).await.unwrap();
+        self.task = Some(tokio::spawn(forward(listener, self.target)));
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Accepts connections and pipes each to `target`; the connections belong
+/// to this task, so aborting it closes them all.
+async fn forward(listener: TcpListener, target: SocketAddr) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Bodies of the log table's rows, top first.
+const LOG_BODIES: &str = "return [...document.querySelectorAll('.log-table .log-row')]
+    .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top))
+    .map(r => r.querySelector('.log-body').innerText)";
+
+fn has_body(rows: &Value, text: &str) -> bool {
+    rows.as_array()
+        .is_some_and(|rows| rows.iter().any(|b| b.as_str().unwrap_or("").contains(text)))
+}
+
+/// WebDriver's code for the Escape key.
+const ESCAPE: char = '\u{E00C}';
+
+/// Presses and releases each key in turn, as a user would.
+async fn keys(client: &Client, keys: &[char]) -> Result<(), String> {
+    let mut actions = KeyActions::new("keyboard".into());
+    for &key in keys {
+        actions = actions
+            .then(KeyAction::Down { value: key })
+            .then(KeyAction::Up { value: key });
+    }
+    client
+        .perform_actions(actions)
+        .await
+        .map_err(|e| format!("keys {keys:?}: {e}"))
+}
+
+async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
+    client
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css}: {e}"))?
+        .select_by_value(value)
+        .await
+        .map_err(|e| format!("cannot choose {value} in {css}: {e}"))
+}
+
+/// One log record, stamped now, over the Elasticsearch `_bulk` endpoint.
+async fn send_log(daemon: &Strand, message: &str) {
+    let time = humantime::format_rfc3339_millis(SystemTime::now());
+    let body = format!(
+        "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"order\",\"level\":\"info\",\"message\":\"{message}\"}}\n"
+    );
+    let response = reqwest::Client::new()
+        .post(daemon.url("/_bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("_bulk answers");
+    assert_eq!(response.status(), 200, "_bulk refused the log");
+}

@@ -1,0 +1,69 @@
+//! The test harness Strand's crates share, as dev-dependency of `strand`,
+//! `strand-sdk` and `shop`: each crate has one integration-test binary
+//! (`tests/it/main.rs`) built on it.
+//!
+//! # Layout
+//!
+//! - [`Strand`]: a running daemon, in this process ([`Strand::start`]) or as
+//!   the real binary ([`Strand::spawn`], for tests that `kill -9` it or read
+//!   its log). Either way on loopback port 0: no test races another for a port.
+//! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
+//! - [`require_tool`]: an external program a test needs. A missing one fails
+//!   the test with an install hint; no test skips quietly.
+//! - [`in_own_process`]: runs one test in a fresh process, for tests that set
+//!   process-wide state.
+//! - [`eventually`], [`DEADLINE`], [`urlencode`], [`free_port`]: small helpers.
+
+pub mod browser;
+mod own_process;
+mod strand;
+mod tools;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+pub use own_process::in_own_process;
+pub use strand::Strand;
+pub use tools::require_tool;
+
+/// How long telemetry may take to become queryable before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Percent-encodes `text` for a query string (unreserved characters kept).
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A loopback address nothing listens on right now. Another process may take
+/// it before the caller does, so this is only for what cannot be handed a
+/// listener or report the port it bound: a child program that takes its
+/// address as a flag, or an address that must refuse connections for a while.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
