@@ -21,11 +21,32 @@ mod tools;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use own_process::in_own_process;
 pub use strand::Strand;
 pub use tools::require_tool;
+
+/// Asks `child` to stop (SIGTERM, as a service manager would) and waits up
+/// to `grace` for it; a child still running then is killed. Returns the
+/// status of a child that stopped by itself.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
 
 /// How long telemetry may take to become queryable before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

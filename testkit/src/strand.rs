@@ -195,22 +195,13 @@ impl Strand {
             }
             Runner::Process { child, log } => {
                 let mut child = child.take().expect("running");
-                // SAFETY: kill(2) on a child we spawned and have not reaped.
-                unsafe {
-                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-                }
-                let deadline = Instant::now() + START_STOP_TIMEOUT;
-                let status = loop {
-                    if let Some(status) = child.try_wait().expect("the child's status") {
-                        break status;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "strand did not stop within {START_STOP_TIMEOUT:?}:\n{}",
-                        read_log(log)
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                };
+                let status =
+                    crate::terminate(&mut child, START_STOP_TIMEOUT).unwrap_or_else(|| {
+                        panic!(
+                            "strand did not stop within {START_STOP_TIMEOUT:?}:\n{}",
+                            read_log(log)
+                        )
+                    });
                 assert!(
                     status.success(),
                     "strand exited with {status}:\n{}",

@@ -20,4 +20,5 @@ mod ui;
 mod ui_dashboards;
 mod ui_global;
 mod ui_map;
+mod ui_newcomer;
 mod ui_traces;

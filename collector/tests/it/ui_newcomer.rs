@@ -9,9 +9,7 @@
 //! `strand` (the collector cannot depend on the shop: the shop's tests depend
 //! on the collector). Each demo listens on a loopback address of its own, so
 //! it never meets another demo on the usual ports. The browser harness and
-//! what it needs are in `common/browser.rs`.
-
-mod common;
+//! what it needs are in `strand_testkit::browser`.
 
 use std::cell::RefCell;
 use std::io::{BufRead as _, BufReader};
@@ -21,10 +19,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::browser::{in_browser, snapshot, wait_for};
-use common::remote_write as rw;
-use common::{Daemon, eventually};
-use fantoccini::{Client, Locator};
 use opentelemetry::Context;
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
@@ -33,11 +27,15 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
+use strand_testkit::browser::{Client, Locator, in_browser, snapshot, wait_for};
+use strand_testkit::{Strand, eventually};
+
+use crate::support::remote_write as rw;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_names_are_links_that_run_their_query() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), &[]).await;
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -134,7 +132,7 @@ const MAP_RED: &str = "return {
 async fn service_map_labels_stay_clear_and_red_follows_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     // Derived metrics every second, so the numbers follow the spans at once.
-    let daemon = Daemon::start(
+    let daemon = Strand::start(
         &dir.path().join("data"),
         &["--derived-metrics-interval", "1s"],
     )
@@ -206,7 +204,7 @@ async fn set_threshold(client: &Client, percent: &str) -> Result<(), String> {
     input.send_keys(percent).await.map_err(|e| e.to_string())
 }
 
-fn provider(daemon: &Daemon, service: &str) -> SdkTracerProvider {
+fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(daemon.grpc_endpoint())
@@ -225,7 +223,7 @@ fn provider(daemon: &Daemon, service: &str) -> SdkTracerProvider {
 /// `requests` orders as the shop serves them: gateway -> order -> inventory
 /// and payment, plus gateway -> inventory (the catalogue), whose arrow
 /// skips a column of the map; the first `failing` payments fail.
-async fn send_shop_calls(daemon: &Daemon, requests: usize, failing: usize) {
+async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
     let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
         .iter()
         .map(|s| provider(daemon, s))
@@ -358,7 +356,7 @@ async fn demo_dashboard_and_metrics_explorer_show_every_service_within_30s() {
         client
             .goto(&format!(
                 "{ui}/#/metrics?refresh=5s&query={}",
-                common::urlencode(query)
+                strand_testkit::urlencode(query)
             ))
             .await
             .map_err(|e| e.to_string())?;
@@ -479,19 +477,7 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        strand_testkit::terminate(&mut self.child, Duration::from_secs(60));
     }
 }
 
