@@ -13,8 +13,9 @@
 //! record has been flushed to the stores are deleted by [`Wal::truncate_through`].
 //!
 //! Format history: version 1 segments (`.wal`) had the length cover only the
-//! payload. [`Wal::open`] refuses a directory that still holds any rather than
-//! misread them; see [`WalError::OlderVersion`].
+//! payload. [`Wal::open`] rewrites any it finds as frames (their intact
+//! records; the checksum covered the same bytes) before replay, so an
+//! upgrade loses nothing acknowledged.
 //!
 //! Memory is bounded by a byte budget for queued records: when it is used up,
 //! [`Wal::append`] fails at once with [`WalError::Overloaded`] so ingest can
@@ -77,13 +78,6 @@ pub enum WalError {
     Closed,
     #[error("write-ahead log i/o failed: {0}")]
     Io(#[from] io::Error),
-    /// Segments of an older format are present: refused rather than misread,
-    /// since their records may not have reached the stores yet.
-    #[error(
-        "write-ahead log from an older Strand version in {}: run that version once and stop it cleanly so its records reach the stores, then delete the *{OLD_SEGMENT_SUFFIX} files",
-        .0.display()
-    )]
-    OlderVersion(PathBuf),
 }
 
 /// Called on the writer thread once a record is durable, in sequence order.
@@ -267,6 +261,47 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 /// The segments in `dir`, oldest first; fails if any is of an older format.
+/// Rewrites a version 1 segment (`[len u32][crc32 u32][seq u64][kind u8]
+/// [payload]`, the length covering the payload only, the checksum `seq`,
+/// `kind` and payload) as frames of the same bytes, keeping its intact
+/// records: written and fsynced under a temporary name, renamed, and only
+/// then is the old file deleted, so a crash during the upgrade loses
+/// nothing. Returns the new segment's path.
+fn upgrade_segment(dir: &Path, old: &Path, first_seq: u64) -> Result<PathBuf, WalError> {
+    const OLD_HEADER_LEN: usize = 4 + 4 + 8 + 1;
+    let bytes = fs::read(old)?;
+    let mut frames = Vec::with_capacity(bytes.len());
+    let mut offset = 0;
+    while let (Some(len), Some(crc)) = (
+        frame::read_u32_le(&bytes, offset),
+        frame::read_u32_le(&bytes, offset + 4),
+    ) {
+        let record = offset + 8..offset + OLD_HEADER_LEN + len as usize;
+        let Some(record_bytes) = bytes.get(record.clone()) else {
+            break;
+        };
+        if crc32fast::hash(record_bytes) != crc {
+            break;
+        }
+        frame::append(&mut frames, record_bytes)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        offset = record.end;
+    }
+    if offset < bytes.len() {
+        tracing::warn!(path = %old.display(), cut = bytes.len() - offset, "WalTornTailCut");
+    }
+    let new = segment_path(dir, first_seq);
+    let temp = new.with_extension("upgrading");
+    let mut file = File::create(&temp)?;
+    file.write_all(&frames)?;
+    file.sync_all()?;
+    fs::rename(&temp, &new)?;
+    File::open(dir)?.sync_all()?;
+    fs::remove_file(old)?;
+    tracing::info!(path = %new.display(), "WalSegmentUpgraded");
+    Ok(new)
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -277,17 +312,20 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
                 .and_then(|n| n.strip_suffix(suffix))
                 .and_then(|n| n.parse::<u64>().ok())
         };
-        if first_seq_of(OLD_SEGMENT_SUFFIX).is_some() {
-            return Err(WalError::OlderVersion(dir.to_path_buf()));
-        }
-        let Some(first_seq) = first_seq_of(SEGMENT_SUFFIX) else {
-            continue;
+        let (first_seq, path) = match (
+            first_seq_of(SEGMENT_SUFFIX),
+            first_seq_of(OLD_SEGMENT_SUFFIX),
+        ) {
+            (Some(first_seq), _) => (first_seq, entry.path()),
+            (None, Some(first_seq)) => (first_seq, upgrade_segment(dir, &entry.path(), first_seq)?),
+            (None, None) => continue,
         };
+        let bytes = fs::metadata(&path)?.len();
         segments.push(Segment {
             first_seq,
             last_seq: None,
-            path: entry.path(),
-            bytes: entry.metadata()?.len(),
+            path,
+            bytes,
         });
     }
     segments.sort_by_key(|s| s.first_seq);
@@ -632,14 +670,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn segments_of_the_older_format_are_refused() {
+    async fn segments_of_the_older_format_are_upgraded_with_their_records() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("00000000000000000001.wal"), b"old").unwrap();
-        let refused = Wal::open(dir.path(), 0, 0, 1 << 20, SelfMetrics::new(), |_| {});
-        let Err(error @ WalError::OlderVersion(_)) = refused else {
-            panic!("an old segment must be refused");
+        let old_record = |seq: u64, payload: &[u8]| {
+            let mut body = seq.to_le_bytes().to_vec();
+            body.push(RecordKind::Spans as u8);
+            body.extend_from_slice(payload);
+            let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+            record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            record.extend_from_slice(&body);
+            record
         };
-        assert!(error.to_string().contains("older Strand version"));
+        let mut old = old_record(1, b"first");
+        old.extend(old_record(2, b"second"));
+        old.extend(&old_record(3, b"torn")[..10]);
+        fs::write(dir.path().join("00000000000000000001.wal"), old).unwrap();
+        let (wal, seen) = open(dir.path(), 0);
+        assert_eq!(seen, vec![(1, b"first".to_vec()), (2, b"second".to_vec())]);
+        assert!(!dir.path().join("00000000000000000001.wal").exists());
+        // New records follow the upgraded ones.
+        assert_eq!(append(&wal, b"third").await, 3);
+        wal.shutdown().await;
+        let (_, seen) = open(dir.path(), 0);
+        assert_eq!(seen.len(), 3);
     }
 
     #[tokio::test]

@@ -31,8 +31,14 @@ const PROMETHEUS_COMPATIBLE_VERSION: &str = "2.42.0";
 
 pub fn router() -> Router<Arc<ApiState>> {
     Router::new()
-        .route("/api/v1/query", get(query).post(query))
-        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route(
+            "/api/v1/query",
+            get(evaluate::<InstantQuery>).post(evaluate::<InstantQuery>),
+        )
+        .route(
+            "/api/v1/query_range",
+            get(evaluate::<RangeQuery>).post(evaluate::<RangeQuery>),
+        )
         .route("/api/v1/series", get(series).post(series))
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
@@ -195,26 +201,28 @@ fn now_ms() -> i64 {
     (crate::model::now_unix_nano() / 1_000_000) as i64
 }
 
-async fn query(
-    State(state): State<Arc<ApiState>>,
-    method: Method,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    evaluate(&state, &method, raw, &body, |params| {
-        let time = params.time("time")?.unwrap_or_else(now_ms);
-        Ok(Evaluation::Instant { time })
-    })
-    .await
+/// How an endpoint reads the times it evaluates at: `/query` one instant,
+/// `/query_range` a range of steps.
+trait EvaluationTimes {
+    fn read(params: &Params) -> Result<Evaluation, PromError>;
 }
 
-async fn query_range(
-    State(state): State<Arc<ApiState>>,
-    method: Method,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    evaluate(&state, &method, raw, &body, |params| {
+/// `/api/v1/query`: `time`, or now.
+struct InstantQuery;
+
+impl EvaluationTimes for InstantQuery {
+    fn read(params: &Params) -> Result<Evaluation, PromError> {
+        let time = params.time("time")?.unwrap_or_else(now_ms);
+        Ok(Evaluation::Instant { time })
+    }
+}
+
+/// `/api/v1/query_range`: `start`, `end` and `step`, with Prometheus's
+/// checks and messages.
+struct RangeQuery;
+
+impl EvaluationTimes for RangeQuery {
+    fn read(params: &Params) -> Result<Evaluation, PromError> {
         let required = |name: &str, value: Option<i64>| {
             value.ok_or_else(|| PromError::bad_data(format!("missing parameter {name:?}")))
         };
@@ -233,8 +241,7 @@ async fn query_range(
             ));
         }
         Ok(Evaluation::Range { start, end, step })
-    })
-    .await
+    }
 }
 
 /// What `/query` and `/query_range` evaluate at.
@@ -243,19 +250,18 @@ enum Evaluation {
     Range { start: i64, end: i64, step: i64 },
 }
 
-/// Reads a query's parameters (`when` picks the instant or range), then
+/// `/query` and `/query_range`: reads the query and its times (`T`), then
 /// evaluates it off the async workers and answers in Prometheus's shape.
-async fn evaluate(
-    state: &ApiState,
-    method: &Method,
-    raw: Option<String>,
-    body: &Bytes,
-    when: impl FnOnce(&Params) -> Result<Evaluation, PromError>,
+async fn evaluate<T: EvaluationTimes>(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
 ) -> Response {
     let run = async {
-        let params = Params::read(method, raw, body)?;
+        let params = Params::read(&method, raw, &body)?;
         let text = params.required("query")?.to_owned();
-        let evaluation = when(&params)?;
+        let evaluation = T::read(&params)?;
         let limits = params.limits()?;
         let source = MetricSource::new(state.stores.metrics.clone());
         let value = tokio::task::spawn_blocking(move || match evaluation {
