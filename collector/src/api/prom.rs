@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -97,7 +97,21 @@ fn success(data: Json) -> Response {
 }
 
 /// Query-string and form parameters, in order; repeated names allowed.
+/// Extracted from every request of this API (GET, or POST with a form body).
 struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = PromError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Params, PromError> {
+        let method = request.method().clone();
+        let query = request.uri().query().map(str::to_owned);
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| PromError::bad_data(format!("invalid form body: {e}")))?;
+        Params::read(&method, query, &body)
+    }
+}
 
 impl Params {
     fn read(method: &Method, query: Option<String>, body: &Bytes) -> Result<Params, PromError> {
@@ -254,28 +268,20 @@ enum Evaluation {
 /// evaluates it off the async workers and answers in Prometheus's shape.
 async fn evaluate<T: EvaluationTimes>(
     State(state): State<Arc<ApiState>>,
-    method: Method,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let run = async {
-        let params = Params::read(&method, raw, &body)?;
-        let text = params.required("query")?.to_owned();
-        let evaluation = T::read(&params)?;
-        let limits = params.limits()?;
-        let source = MetricSource::new(state.stores.metrics.clone());
-        let value = tokio::task::spawn_blocking(move || match evaluation {
-            Evaluation::Instant { time } => {
-                strand_promql::instant_query(&source, &text, time, &limits)
-            }
-            Evaluation::Range { start, end, step } => {
-                strand_promql::range_query(&source, &text, start, end, step, &limits)
-            }
-        })
-        .await??;
-        Ok::<_, PromError>(success(value_json(&value)))
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    params: Params,
+) -> Result<Response, PromError> {
+    let text = params.required("query")?.to_owned();
+    let evaluation = T::read(&params)?;
+    let limits = params.limits()?;
+    let source = MetricSource::new(state.stores.metrics.clone());
+    let value = tokio::task::spawn_blocking(move || match evaluation {
+        Evaluation::Instant { time } => strand_promql::instant_query(&source, &text, time, &limits),
+        Evaluation::Range { start, end, step } => {
+            strand_promql::range_query(&source, &text, start, end, step, &limits)
+        }
+    })
+    .await??;
+    Ok(success(value_json(&value)))
 }
 
 /// Series selectors of `match[]`, each as a list of matchers.
@@ -317,52 +323,36 @@ fn range(params: &Params) -> Result<(i64, i64), PromError> {
     Ok((start, end))
 }
 
-async fn series(
-    State(state): State<Arc<ApiState>>,
-    method: Method,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let run = async {
-        let params = Params::read(&method, raw, &body)?;
-        let selectors = selectors(&params)?;
-        if selectors.is_empty() {
-            return Err(PromError::bad_data("no match[] parameter provided"));
-        }
-        let (start, end) = range(&params)?;
-        let store = state.stores.metrics.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            Ok::<_, PromError>(
-                store
-                    .series(&selectors, start, end)
-                    .iter()
-                    .map(|l| labels_json(l))
-                    .collect(),
-            )
-        })
-        .await??;
-        Ok(success(Json::Array(found)))
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+async fn series(State(state): State<Arc<ApiState>>, params: Params) -> Result<Response, PromError> {
+    let selectors = selectors(&params)?;
+    if selectors.is_empty() {
+        return Err(PromError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = range(&params)?;
+    let store = state.stores.metrics.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        Ok::<_, PromError>(
+            store
+                .series(&selectors, start, end)
+                .iter()
+                .map(|l| labels_json(l))
+                .collect(),
+        )
+    })
+    .await??;
+    Ok(success(Json::Array(found)))
 }
 
-async fn labels(
-    State(state): State<Arc<ApiState>>,
-    method: Method,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let params = Params::read(&method, raw, &body);
-    distinct_labels(&state, params, None).await
+async fn labels(State(state): State<Arc<ApiState>>, params: Params) -> Result<Response, PromError> {
+    distinct_labels(&state, &params, None).await
 }
 
 async fn label_values(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let params = Params::read(&Method::GET, raw, &Bytes::new());
-    distinct_labels(&state, params, Some(name)).await
+    params: Params,
+) -> Result<Response, PromError> {
+    distinct_labels(&state, &params, Some(name)).await
 }
 
 /// Sorted distinct label names (`name` is `None`) or values of the label
@@ -370,48 +360,43 @@ async fn label_values(
 /// series when there is no `match[]`).
 async fn distinct_labels(
     state: &ApiState,
-    params: Result<Params, PromError>,
+    params: &Params,
     name: Option<String>,
-) -> Response {
-    let run = async {
-        let params = params?;
-        let selectors = selectors(&params)?;
-        let (start, end) = range(&params)?;
-        let store = state.stores.metrics.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            Ok::<_, PromError>(match &name {
-                None => store.label_names(&selectors, start, end),
-                Some(name) => store.label_values(name, &selectors, start, end),
-            })
+) -> Result<Response, PromError> {
+    let selectors = selectors(params)?;
+    let (start, end) = range(params)?;
+    let store = state.stores.metrics.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        Ok::<_, PromError>(match &name {
+            None => store.label_names(&selectors, start, end),
+            Some(name) => store.label_values(name, &selectors, start, end),
         })
-        .await??;
-        Ok::<_, PromError>(success(json!(found)))
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await??;
+    Ok(success(json!(found)))
 }
 
-async fn metadata(State(state): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Response {
-    let run = || {
-        let params = Params::read(&Method::GET, raw, &Bytes::new())?;
-        let limit = match params.get("limit") {
-            Some(text) => text.parse::<i64>().map_err(|_| {
-                PromError::bad_data(format!("invalid parameter \"limit\": {text:?}"))
-            })?,
-            None => -1,
-        };
-        let mut out = serde_json::Map::new();
-        for entry in state.stores.metrics.metadata(params.get("metric")) {
-            if limit >= 0 && out.len() as i64 >= limit {
-                break;
-            }
-            out.insert(
-                entry.metric,
-                json!([{"type": entry.kind.as_str(), "help": entry.help, "unit": entry.unit}]),
-            );
-        }
-        Ok::<_, PromError>(success(Json::Object(out)))
+async fn metadata(
+    State(state): State<Arc<ApiState>>,
+    params: Params,
+) -> Result<Response, PromError> {
+    let limit = match params.get("limit") {
+        Some(text) => text
+            .parse::<i64>()
+            .map_err(|_| PromError::bad_data(format!("invalid parameter \"limit\": {text:?}")))?,
+        None => -1,
     };
-    run().unwrap_or_else(IntoResponse::into_response)
+    let mut out = serde_json::Map::new();
+    for entry in state.stores.metrics.metadata(params.get("metric")) {
+        if limit >= 0 && out.len() as i64 >= limit {
+            break;
+        }
+        out.insert(
+            entry.metric,
+            json!([{"type": entry.kind.as_str(), "help": entry.help, "unit": entry.unit}]),
+        );
+    }
+    Ok(success(Json::Object(out)))
 }
 
 async fn buildinfo() -> Response {
