@@ -105,10 +105,69 @@ impl Default for Limits {
     }
 }
 
+/// Deepest nesting of parentheses, brackets and braces a query may have.
+/// Dashboards nest a handful of levels; the limit keeps the recursion of
+/// parsing and evaluation far inside a thread's stack.
+pub const MAX_NESTING: usize = 128;
+/// Most operator characters (`+ - * / % ^ = ! < > ~`, outside strings and
+/// label matchers) a query may have: a chain of binary or unary operators
+/// nests as deep as it is long.
+pub const MAX_OPERATORS: usize = 256;
+
+/// The deepest nesting of `(`, `[` and `{`, and the number of operator
+/// characters outside braces (label matchers do not nest), outside quoted
+/// strings (`"…"`, `'…'` and `` `…` ``, with
+/// backslash escapes in the first two). Shared with the log query syntax,
+/// which quotes and nests the same way.
+pub fn nesting(text: &str) -> (usize, usize) {
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut braces = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q != '`' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' | '`' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                    braces += usize::from(c == '{');
+                }
+                ')' | ']' | '}' => {
+                    depth = depth.saturating_sub(1);
+                    braces = braces.saturating_sub(usize::from(c == '}'));
+                }
+                '+' | '-' | '*' | '/' | '%' | '^' | '=' | '!' | '<' | '>' | '~' if braces == 0 => {
+                    operators += 1
+                }
+                _ => {}
+            },
+        }
+    }
+    (deepest, operators)
+}
+
 /// Parses a query, turning parser failures (and, defensively, parser panics) into
 /// `bad_data` errors. Public so that series selectors elsewhere in an API
 /// (`match[]`) are read exactly as queries are.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr> {
+    // The parser and the evaluator recurse once per level: a hostile query
+    // must not be able to overflow a thread's stack and abort the process.
+    let (depth, operators) = nesting(query);
+    if depth > MAX_NESTING || operators > MAX_OPERATORS {
+        return Err(EvalError::Parse(format!(
+            "query too complex: at most {MAX_NESTING} levels of parentheses, brackets and braces and {MAX_OPERATORS} operators are accepted"
+        )));
+    }
     static REGISTER: std::sync::Once = std::sync::Once::new();
     // promql-parser 0.11 only knows the 3.x name `double_exponential_smoothing`;
     // 2.42 calls it `holt_winters`. The registry is process-global, hence the Once.

@@ -1822,3 +1822,18 @@ fn raw_strings_take_no_escapes() {
     assert_eq!(values, [r"10\.0\.0\.1:.*", "a`b"]);
     assert!(crate::parse("up{job=`unterminated}").is_err());
 }
+
+#[test]
+fn nesting_counts_brackets_and_operators_outside_strings_and_matchers() {
+    assert_eq!(crate::nesting("sum(rate(up[5m]))"), (3, 0));
+    assert_eq!(crate::nesting(r#"up{job=~"a|(b)", x!="\")"} - 1"#), (1, 1));
+    assert_eq!(crate::nesting("((1))) + (2"), (2, 1));
+    assert_eq!(crate::nesting("`((` * '((' / \"((\""), (0, 2));
+    let deep = format!("{}1{}", "(".repeat(129), ")".repeat(129));
+    let Err(EvalError::Parse(message)) = crate::parse(&deep) else {
+        panic!("129 levels must be refused");
+    };
+    assert!(message.contains("too complex"), "{message}");
+    assert!(crate::parse(&vec!["1"; 257].join("+")).is_ok());
+    assert!(crate::parse(&vec!["1"; 258].join("+")).is_err());
+}

@@ -111,6 +111,7 @@ impl LogQuery {
         let user: Box<dyn Query> = if text.is_empty() || text == "*" {
             Box::new(AllQuery)
         } else {
+            check_complexity(text)?;
             store
                 .parse_query(text)
                 .map_err(|e| LogQueryError::Syntax(e.to_string()))?
@@ -125,6 +126,22 @@ impl LogQuery {
             (Occur::Must, Box::new(range)),
         ])))
     }
+}
+
+/// Refuses queries nested deeper than tantivy's recursive parser can take on
+/// a thread's stack (the same limits as PromQL's; the syntaxes quote and
+/// nest alike), so a hostile query gets a 400 instead of aborting the
+/// daemon.
+fn check_complexity(text: &str) -> QueryResult<()> {
+    use strand_promql::{MAX_NESTING, MAX_OPERATORS};
+    let (depth, operators) = strand_promql::nesting(text);
+    let words = text.split_whitespace().count();
+    if depth > MAX_NESTING || operators > MAX_OPERATORS || words > MAX_OPERATORS {
+        return Err(LogQueryError::Syntax(format!(
+            "query too complex: at most {MAX_NESTING} levels of parentheses and {MAX_OPERATORS} operators or terms are accepted"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks query syntax without running it (for endpoints that stream).

@@ -1066,3 +1066,75 @@ async fn series_limit_never_stores_half_a_histogram() {
     let rejected = &answer["partialSuccess"]["rejectedDataPoints"];
     assert!(rejected == 1 || rejected == "1", "{answer}");
 }
+
+/// Queries nested deeper than a parser's recursion can take are refused with
+/// a 400 that says so, and the daemon keeps serving: before the limits, one
+/// unauthenticated request of 5,000 parentheses overflowed a worker's stack
+/// and aborted the whole process. The real binary runs here, so a
+/// regression shows as a dead daemon, not an aborted test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_nested_too_deep_are_refused_and_the_daemon_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::spawn(env!("CARGO_BIN_EXE_strand"), &dir.path().join("data"), &[]).await;
+    let deep = |open: &str, inner: &str, close: &str| {
+        format!("{}{inner}{}", open.repeat(5_000), close.repeat(5_000))
+    };
+    let promql = [
+        deep("(", "1", ")"),
+        deep("abs(", "up", ")"),
+        deep("-", "1", ""),
+        vec!["1"; 5_000].join(" + "),
+    ];
+    for query in &promql {
+        for (path, extra) in [
+            ("/api/v1/query", vec![]),
+            (
+                "/api/v1/query_range",
+                vec![("start", "0"), ("end", "60"), ("step", "15")],
+            ),
+        ] {
+            let mut params = vec![("query", query.as_str())];
+            params.extend(extra);
+            let response = reqwest::Client::new()
+                .post(daemon.url(path))
+                .form(&params)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path}: no answer ({e}):\n{}", daemon.log()));
+            assert_eq!(response.status().as_u16(), 400, "{path}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["errorType"], "bad_data", "{path}: {body}");
+            let message = body["error"].as_str().unwrap();
+            assert!(message.contains("too complex"), "{path}: {message}");
+        }
+    }
+    let selector = format!("up{{job=\"x\"}} + {}", deep("(", "1", ")"));
+    let (status, body) = daemon
+        .get_json_query("/api/v1/series", &[("match[]", selector.as_str())])
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    for path in ["/api/logs", "/api/logs/histogram", "/api/logs/facets"] {
+        for q in [
+            deep("(", "a", ")"),
+            deep("-", "a", ""),
+            vec!["a"; 5_000].join(" OR "),
+        ] {
+            let (status, body) = daemon.get_json_query(path, &[("q", q.as_str())]).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert!(body.to_string().contains("too complex"), "{path}: {body}");
+        }
+    }
+
+    let ready = reqwest::get(daemon.url("/readyz")).await;
+    assert!(
+        ready.is_ok_and(|r| r.status().is_success()),
+        "the daemon stopped serving:\n{}",
+        daemon.log()
+    );
+    let (status, body) = daemon
+        .get_json_query("/api/v1/query", &[("query", "sum(vector(1)) + 1")])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
