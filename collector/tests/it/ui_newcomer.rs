@@ -23,14 +23,13 @@ use opentelemetry::Context;
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
 use strand_testkit::browser::{Client, Locator, in_browser, snapshot, wait_for};
 use strand_testkit::{Strand, eventually};
 
 use crate::support::remote_write as rw;
+use crate::support::shop_fixture::{flush_and_shut_down, provider};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_names_are_links_that_run_their_query() {
@@ -204,22 +203,6 @@ async fn set_threshold(client: &Client, percent: &str) -> Result<(), String> {
     input.send_keys(percent).await.map_err(|e| e.to_string())
 }
 
-fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(daemon.grpc_endpoint())
-        .build()
-        .expect("exporter builds");
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        )
-        .build()
-}
-
 /// `requests` orders as the shop serves them: gateway -> order -> inventory
 /// and payment, plus gateway -> inventory (the catalogue), whose arrow
 /// skips a column of the map; the first `failing` payments fail.
@@ -258,14 +241,7 @@ async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
         placed.end_with_timestamp(at(45));
         root.end_with_timestamp(at(50));
     }
-    for provider in providers {
-        tokio::task::spawn_blocking(move || {
-            provider.force_flush().expect("export acknowledged");
-            provider.shutdown().expect("clean shutdown");
-        })
-        .await
-        .unwrap();
-    }
+    flush_and_shut_down(providers).await;
 }
 
 /// The shop's services, in the order the UI lists them.

@@ -25,7 +25,9 @@ pub struct Sent {
     pub spans: HashMap<&'static str, String>,
 }
 
-fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
+/// A tracer provider exporting over OTLP/gRPC to `daemon` as `service`, as
+/// one of the shop's processes would.
+pub fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(daemon.grpc_endpoint())
@@ -105,6 +107,12 @@ async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
     order_span.end_with_timestamp(at(100));
     root.end_with_timestamp(at(120));
 
+    flush_and_shut_down(providers).await;
+    Sent { trace_id, spans }
+}
+
+/// Exports what `providers` hold and waits until Strand acknowledged it.
+pub async fn flush_and_shut_down(providers: Vec<SdkTracerProvider>) {
     for provider in providers {
         tokio::task::spawn_blocking(move || {
             provider.force_flush().expect("export acknowledged");
@@ -113,7 +121,6 @@ async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
         .await
         .unwrap();
     }
-    Sent { trace_id, spans }
 }
 
 /// Four logs with the term `uitoken`: three of the trace's spans, one alone.
