@@ -114,7 +114,7 @@ pub async fn run(
         let config = config.clone();
         let self_metrics = self_metrics.clone();
         tokio::task::spawn_blocking(move || {
-            let stores = store::Stores::open(&config.data_dir, &config, &self_metrics)?;
+            let stores = store::Stores::open(&config, &self_metrics)?;
             let pipeline = pipeline::Pipeline::open(&stores, &config, self_metrics)?;
             anyhow::Ok((stores, pipeline))
         })

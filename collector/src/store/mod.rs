@@ -10,7 +10,6 @@ pub mod logs;
 pub mod metrics;
 pub mod traces;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -56,13 +55,10 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Opens (or creates) every store under `data_dir`. Blocking: sled,
-    /// tantivy and the metrics store read their files here.
-    pub fn open(
-        data_dir: &Path,
-        config: &Config,
-        self_metrics: &SelfMetrics,
-    ) -> anyhow::Result<Stores> {
+    /// Opens (or creates) every store under the configured data directory.
+    /// Blocking: sled, tantivy and the metrics store read their files here.
+    pub fn open(config: &Config, self_metrics: &SelfMetrics) -> anyhow::Result<Stores> {
+        let data_dir = &config.data_dir;
         let traces = TraceStore::open(&data_dir.join("traces"), self_metrics.clone())
             .context("opening the trace store")?;
         let logs = LogStore::open(
