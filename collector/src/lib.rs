@@ -184,10 +184,13 @@ pub async fn run(
                 stopped(),
             ),
     );
+    let close_after_refused_body =
+        axum::middleware::map_response(ingest::http::close_after_refused_body);
     let otlp_http = tokio::spawn(
         axum::serve(
             otlp_http_listener,
-            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
+            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes)
+                .layer(close_after_refused_body.clone()),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),
@@ -209,7 +212,8 @@ pub async fn run(
                 .merge(ingest::remote_write::router(
                     pipeline.clone(),
                     config.max_body_bytes,
-                )),
+                ))
+                .layer(close_after_refused_body),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),

@@ -241,6 +241,20 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, IngestError> {
     }
 }
 
+/// Marks a 413 answer `Connection: close`. A body refused for its size is
+/// not read to the end, so the connection cannot carry another request;
+/// saying so keeps clients (Prometheus, reqwest, SDK exporters) from
+/// reusing it and failing their next request on a closed socket. Layered
+/// over every router that limits bodies.
+pub(crate) async fn close_after_refused_body(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Reads the body within the size limit, and inflates it if gzip-encoded
 /// (within the same limit, so a small bomb cannot expand without bound).
 pub(crate) async fn read_body(

@@ -403,6 +403,26 @@ async fn remote_write_rejects_bad_bodies_clearly() {
         })
         .collect();
 
+    // A body refused for its size is not read to the end: the answer says
+    // the connection closes, so the client opens a new one for its next
+    // request instead of failing it on a closed socket.
+    let refused = reqwest::Client::new()
+        .post(daemon.url("/api/v1/write"))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .body(incompressible.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 413);
+    assert_eq!(
+        refused
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+
     // (case, content encoding, body, status, message)
     type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
