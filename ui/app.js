@@ -4,7 +4,7 @@
 // (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers } from "./lib.js";
+import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -274,6 +274,13 @@ function toggleTheme() {
 }
 
 document.getElementById("theme-toggle").addEventListener("click", toggleTheme);
+
+// The key shows while a token is kept for this session; it forgets it.
+const tokenButton = document.getElementById("token-forget");
+const showTokenButton = () => { tokenButton.hidden = !hasToken(); };
+document.addEventListener("strand-token", showTokenButton);
+tokenButton.addEventListener("click", () => { forgetToken(); route(); });
+showTokenButton();
 window.addEventListener("hashchange", route);
 if (!location.hash) history.replaceState(null, "", "#/traces");
 route();

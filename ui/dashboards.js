@@ -5,7 +5,7 @@
 // built-in `shop` dashboard is read-only: it can be saved as a copy. Export
 // downloads the API's JSON unchanged; import PUTs pasted JSON.
 
-import { api, h, state, ApiError, timeRange, onRefresh } from "./lib.js";
+import { api, authFetch, h, state, ApiError, timeRange, onRefresh } from "./lib.js";
 import { lineChart, queryRange, toSeries, timeParams } from "./metrics.js";
 
 /** `#/dashboards` (or `#/dashboard`) lists; `#/dashboard/<id>` shows one. */
@@ -19,7 +19,7 @@ const dashPath = (id) => `/api/dashboards/${encodeURIComponent(id)}`;
 async function send(method, path, body) {
   let res;
   try {
-    res = await fetch(path, { method, body, headers: { "content-type": "application/json", accept: "application/json" } });
+    res = await authFetch(path, { method, body, headers: { "content-type": "application/json", accept: "application/json" } });
   } catch (e) {
     throw new ApiError(`cannot reach Strand: ${e.message}`);
   }
@@ -229,7 +229,7 @@ function saveCopyForm(dashboard, id, taken, params, message) {
 /** Downloads exactly what the API stores (a Blob behind a[download]). */
 async function exportJson(id, message) {
   try {
-    const res = await fetch(dashPath(id));
+    const res = await authFetch(dashPath(id));
     if (!res.ok) throw new ApiError(`${res.status} ${res.statusText}`);
     const url = URL.createObjectURL(new Blob([await res.text()], { type: "application/json" }));
     const a = h("a", { href: url, download: `${id}.json` });

@@ -29,13 +29,83 @@ export const state = (text, cls = "") => h("p.state" + (cls ? "." + cls : ""), {
 /** An error whose message is what the API said. */
 export class ApiError extends Error {}
 
+const TOKEN_KEY = "strand.token";
+
+/** The token entered in this browser session, if any. */
+function sessionToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+}
+
+/** Forgets the session's token (the header's key button). */
+export function forgetToken() {
+  try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* storage blocked */ }
+  document.dispatchEvent(new Event("strand-token"));
+}
+
+export const hasToken = () => !!sessionToken();
+
+let asking = null;
+
+/**
+ * Asks for a token in a modal dialog, saying why (the API's message).
+ * Resolves true once one is entered, false if the user cancels. Requests
+ * refused at the same time share one dialog.
+ */
+function askForToken(reason) {
+  asking ||= new Promise((resolve) => {
+    const input = h("input", { type: "password", name: "token", autocomplete: "off", spellcheck: "false", "aria-label": "token", required: true });
+    const dialog = h("dialog.token-dialog", { "aria-label": "token required" },
+      h("form", { method: "dialog" },
+        h("h2", {}, "This Strand needs a token"),
+        h("p.muted", {}, reason),
+        h("label", {}, "Token ", input),
+        h("p.muted", {}, "Kept for this browser session only, never put in a URL."),
+        h("menu", {},
+          h("button", { type: "submit", value: "ok" }, "Use token"),
+          h("button", { type: "button", value: "cancel", onclick: () => dialog.close("cancel") }, "Cancel"))));
+    dialog.addEventListener("close", () => {
+      const token = input.value.trim();
+      const ok = dialog.returnValue === "ok" && token !== "";
+      if (ok) {
+        try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* storage blocked */ }
+        document.dispatchEvent(new Event("strand-token"));
+      }
+      dialog.remove();
+      asking = null;
+      resolve(ok);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+  });
+  return asking;
+}
+
+/**
+ * fetch() with the session's token. A 401 (no or unknown token) or 403
+ * (token of another scope) asks for a token and tries again until the user
+ * gives up; that last answer is returned. Network errors throw as fetch's.
+ */
+export async function authFetch(path, init = {}) {
+  for (;;) {
+    const token = sessionToken();
+    const headers = new Headers(init.headers || {});
+    if (token) headers.set("authorization", `Bearer ${token}`);
+    const res = await fetch(path, { ...init, headers });
+    if (res.status !== 401 && res.status !== 403) return res;
+    let reason = `${res.status} ${res.statusText}`;
+    try { reason = (await res.clone().json()).error || reason; } catch (_) { /* not JSON */ }
+    if (!(await askForToken(reason))) return res;
+  }
+}
+
 /** GET a JSON API; throws ApiError with the server's message on failure. */
 export async function api(path, params) {
   const qs = params ? "?" + new URLSearchParams(
     Object.entries(params).filter(([, v]) => v != null && v !== "")).toString() : "";
   let res;
   try {
-    res = await fetch(path + qs, { headers: { accept: "application/json" } });
+    res = await authFetch(path + qs, { headers: { accept: "application/json" } });
   } catch (e) {
     reportUnreachable();
     throw new ApiError(`cannot reach Strand: ${e.message}`);

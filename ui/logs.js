@@ -4,7 +4,7 @@
 // open the trace. With live tail on (`live=1`), new matching records stream
 // in over /api/logs/tail and are put on top of the table.
 
-import { api, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList } from "./lib.js";
+import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList } from "./lib.js";
 
 const ROW = 26;
 const PAGE = 500;
@@ -162,31 +162,82 @@ function empty(q, win) {
 /**
  * Subscribes to /api/logs/tail with the query; `add` gets the new records
  * in arrival order, at most a few times a second. Returns the stop function.
+ * Read with fetch rather than EventSource, which cannot send the token;
+ * reconnects with backoff like EventSource would.
  */
 function tail(q, indicator, add) {
   const show = (text, cls) => { indicator.textContent = text; indicator.className = `live-indicator ${cls}`; };
   show("● connecting…", "connecting");
-  const source = new EventSource("/api/logs/tail" + (q ? "?" + new URLSearchParams({ q }) : ""));
+  const aborter = new AbortController();
   let queue = [];
   let flush = 0;
-  const stop = (text, cls) => { source.close(); clearTimeout(flush); if (text) show(text, cls); };
-  source.addEventListener("open", () => show("● live", "on"));
-  source.addEventListener("log", (e) => {
-    queue.push(JSON.parse(e.data));
-    // Bounded even while the tab is in the background (timers slow down).
-    if (queue.length > MAX_ROWS) queue = queue.slice(-MAX_ROWS);
-    flush ||= setTimeout(() => { flush = 0; const fresh = queue; queue = []; add(fresh); }, 200);
-  });
-  // Strand drops a subscriber that does not keep up; it says so first.
-  source.addEventListener("dropped", () => stop("■ live tail stopped: too many new logs to keep up with; turn it off and on to resume", "stopped"));
-  source.addEventListener("error", (e) => {
-    if (e.data) { stop(`■ live tail stopped: ${e.data}`, "stopped"); return; }
-    if (source.readyState === EventSource.CLOSED) { stop("■ live tail stopped: Strand refused it", "stopped"); return; }
-    // The browser reconnects by itself; meanwhile, check whether Strand is there at all.
-    show("● reconnecting…", "connecting");
-    fetch("/healthz", { cache: "no-store" }).catch(() => reportUnreachable());
-  });
+  let stopped = false;
+  const stop = (text, cls) => { stopped = true; aborter.abort(); clearTimeout(flush); if (text) show(text, cls); };
+  const onEvent = (name, data) => {
+    if (name === "log") {
+      queue.push(JSON.parse(data));
+      // Bounded even while the tab is in the background (timers slow down).
+      if (queue.length > MAX_ROWS) queue = queue.slice(-MAX_ROWS);
+      flush ||= setTimeout(() => { flush = 0; const fresh = queue; queue = []; add(fresh); }, 200);
+    } else if (name === "dropped") {
+      // Strand drops a subscriber that does not keep up; it says so first.
+      stop("■ live tail stopped: too many new logs to keep up with; turn it off and on to resume", "stopped");
+    } else if (name === "error") {
+      stop(`■ live tail stopped: ${data}`, "stopped");
+    }
+  };
+  (async () => {
+    let backoff = 1000;
+    while (!stopped) {
+      try {
+        const res = await authFetch("/api/logs/tail" + (q ? "?" + new URLSearchParams({ q }) : ""),
+          { headers: { accept: "text/event-stream" }, signal: aborter.signal });
+        if (!res.ok) {
+          let reason = `${res.status} ${res.statusText}`;
+          try { reason = (await res.json()).error || reason; } catch (_) { /* not JSON */ }
+          stop(`■ live tail stopped: Strand refused it: ${reason}`, "stopped");
+          return;
+        }
+        show("● live", "on");
+        backoff = 1000;
+        await readEvents(res.body, onEvent);
+      } catch (_) { /* connection lost or stopped: see below */ }
+      if (stopped) return;
+      // Meanwhile, check whether Strand is there at all.
+      show("● reconnecting…", "connecting");
+      fetch("/healthz", { cache: "no-store" }).catch(() => reportUnreachable());
+      await new Promise((resolve) => setTimeout(resolve, backoff));
+      backoff = Math.min(backoff * 2, 10_000);
+    }
+  })();
   return () => stop();
+}
+
+/** Reads a text/event-stream body to its end, calling onEvent(name, data) per event. */
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") name = text;
+        else if (field === "data") data.push(text);
+      }
+      if (data.length) onEvent(name, data.join("\n"));
+    }
+  }
 }
 
 function logRow(log, index, selected) {

@@ -208,6 +208,55 @@ pub struct ServeArgs {
     /// scrape interval.
     #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub derived_metrics_interval: Duration,
+
+    /// A token granting the ingest scope (OTLP, remote write, _bulk). Repeat
+    /// the flag, or separate tokens with commas, to accept several while
+    /// rotating. Once any token is configured, every endpoint but /healthz,
+    /// /readyz and the UI's files needs one.
+    #[arg(
+        long,
+        env = "STRAND_INGEST_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub ingest_token: Vec<String>,
+
+    /// A token granting the read scope (query APIs, the UI's data,
+    /// /metrics); repeatable like ingest_token.
+    #[arg(
+        long,
+        env = "STRAND_READ_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub read_token: Vec<String>,
+
+    /// A token granting the admin scope (changing dashboards) and every
+    /// other scope; repeatable like ingest_token.
+    #[arg(
+        long,
+        env = "STRAND_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub admin_token: Vec<String>,
+
+    /// File of tokens, one `<scope> <token>` per line (# comments), e.g. a
+    /// mounted Kubernetes Secret. Read again when it changes or on SIGHUP;
+    /// a file that fails to load keeps the tokens in force.
+    #[arg(long, env = "STRAND_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve /metrics without a token even when tokens are configured
+    /// (for a Prometheus that cannot send one).
+    #[arg(long, env = "STRAND_PUBLIC_METRICS", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub public_metrics: bool,
 }
 
 /// A `[[scrape]]` table: static targets of one job.
@@ -236,6 +285,39 @@ pub struct Config {
     pub traces: TraceSettings,
     pub logs: LogSettings,
     pub metrics: MetricSettings,
+    pub auth: AuthSettings,
+}
+
+/// The tokens a request may present, by scope (see `auth`).
+#[derive(Clone, Debug, Default)]
+pub struct AuthSettings {
+    pub ingest_tokens: Vec<Secret>,
+    pub read_tokens: Vec<Secret>,
+    pub admin_tokens: Vec<Secret>,
+    pub token_file: Option<PathBuf>,
+    /// `/metrics` answers without a token.
+    pub public_metrics: bool,
+}
+
+/// A value that must not reach a log line: `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// How long a store keeps data: by age, and by the disk it takes. Every store
@@ -461,6 +543,13 @@ impl ServeArgs {
                     .filter(|interval| !interval.is_zero()),
                 derived_interval: self.derived_metrics_interval,
             },
+            auth: AuthSettings {
+                ingest_tokens: self.ingest_token.into_iter().map(Secret).collect(),
+                read_tokens: self.read_token.into_iter().map(Secret).collect(),
+                admin_tokens: self.admin_token.into_iter().map(Secret).collect(),
+                token_file: self.token_file,
+                public_metrics: self.public_metrics,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -502,8 +591,9 @@ fn scrape_targets(jobs: Vec<ScrapeFileConfig>) -> anyhow::Result<Vec<ScrapeTarge
 
 /// A config file: settings by flag name, and the file-only tables.
 struct ConfigFile {
-    /// `(setting, value as a flag would take it)`.
-    settings: Vec<(String, String)>,
+    /// `(setting, values as the flag would take them)`: one, or several
+    /// for a repeatable setting given as an array.
+    settings: Vec<(String, Vec<String>)>,
     scrape: Vec<ScrapeFileConfig>,
 }
 
@@ -540,15 +630,18 @@ impl ConfigFile {
                         setting_names(serve).join(", ")
                     )
                 })?;
-            let text = match value {
-                toml::Value::String(text) => text,
-                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                    value.to_string()
-                }
-                other => bail!("{key}: expected a string or a number, got {other}"),
+            let repeatable = matches!(arg.get_action(), clap::ArgAction::Append);
+            let values = match value {
+                toml::Value::Array(items) if repeatable => items
+                    .into_iter()
+                    .map(|item| file_value(&key, item))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                value => vec![file_value(&key, value)?],
             };
-            check_value(arg, &text).with_context(|| format!("invalid {key} = {text:?}"))?;
-            settings.push((key, text));
+            for text in &values {
+                check_value(arg, text).with_context(|| format!("invalid {key} = {text:?}"))?;
+            }
+            settings.push((key, values));
         }
         Ok(ConfigFile { settings, scrape })
     }
@@ -556,11 +649,22 @@ impl ConfigFile {
     /// `serve` with the file's values as defaults: flags and environment
     /// variables still win.
     fn as_defaults(&self, mut serve: clap::Command) -> clap::Command {
-        for (key, value) in &self.settings {
-            serve = serve.mut_arg(key.as_str(), |arg| arg.default_value(value.clone()));
+        for (key, values) in &self.settings {
+            serve = serve.mut_arg(key.as_str(), |arg| arg.default_values(values.clone()));
         }
         serve
     }
+}
+
+/// A scalar file value as a flag would take it.
+fn file_value(key: &str, value: toml::Value) -> anyhow::Result<String> {
+    Ok(match value {
+        toml::Value::String(text) => text,
+        toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+            value.to_string()
+        }
+        other => bail!("{key}: expected a string or a number, got {other}"),
+    })
 }
 
 /// Parses `text` as the flag `arg` would, so a file value is refused with
@@ -620,8 +724,13 @@ pub fn settings_reference() -> String {
             Some((help, default)) => (help.to_string(), default.trim_end_matches(']').to_string()),
             None => (help, defaults.join(", ")),
         };
+        let default = if default.is_empty() {
+            "(none)".to_string()
+        } else {
+            format!("`{default}`")
+        };
         out.push_str(&format!(
-            "| `{id}` | `--{}` | `{env}` | `{default}` | {} |\n",
+            "| `{id}` | `--{}` | `{env}` | {default} | {} |\n",
             arg.get_long().unwrap_or(id),
             help.replace('\n', " ").replace('|', "\\|"),
         ));
@@ -653,6 +762,34 @@ mod tests {
         assert_eq!(config.http.to_string(), "127.0.0.1:7070");
         assert_eq!(config.data_dir, PathBuf::from("strand-data"));
         assert_eq!(config.max_body_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn tokens_come_from_repeated_flags_commas_and_file_arrays() {
+        let tokens = |secrets: &[Secret]| -> Vec<String> {
+            secrets.iter().map(|s| s.expose().to_owned()).collect()
+        };
+        let config = file_config(
+            "read_token = [\"read-a\", \"read-b\"]\nadmin_token = \"admin-a\"\npublic_metrics = true\n",
+            &["--ingest-token", "in-a,in-b", "--ingest-token", "in-c"],
+        )
+        .unwrap();
+        assert_eq!(tokens(&config.auth.ingest_tokens), ["in-a", "in-b", "in-c"]);
+        assert_eq!(tokens(&config.auth.read_tokens), ["read-a", "read-b"]);
+        assert_eq!(tokens(&config.auth.admin_tokens), ["admin-a"]);
+        assert!(config.auth.public_metrics);
+        assert!(
+            !format!("{config:?}").contains("admin-a"),
+            "tokens stay out of Debug"
+        );
+        let flag_wins =
+            file_config("read_token = [\"file\"]\n", &["--read-token", "flag"]).unwrap();
+        assert_eq!(tokens(&flag_wins.auth.read_tokens), ["flag"]);
+        let error = file_config("data_dir = [\"a\", \"b\"]\n", &[]).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("expected a string"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -23,12 +23,14 @@
 //! - `derived`: metrics derived from spans — RED metrics per service and
 //!   operation (`span_metrics`), calls, failures and latency per
 //!   service-to-service edge (`service_graph`).
+//! - `auth`: bearer tokens with scopes, checked on every listener.
 //! - `telemetry`: Strand's own metrics.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
 
 mod api;
+mod auth;
 mod codec;
 pub mod config;
 mod derived;
@@ -108,6 +110,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let self_metrics = telemetry::SelfMetrics::new();
+    let auth = auth::Auth::new(&config.auth, &self_metrics).context("loading tokens")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (stores, pipeline) = {
@@ -134,6 +137,10 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "StrandListening"
     );
+    warn_if_open_beyond_loopback(
+        &auth,
+        &[&grpc_listener, &otlp_http_listener, &http_listener],
+    )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -163,6 +170,9 @@ pub async fn run(
     ));
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                auth.grpc_interceptor(auth::Scope::Ingest),
+            ))
             .layer(tower::util::MapResponseLayer::new(
                 ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
             ))
@@ -189,8 +199,12 @@ pub async fn run(
     let otlp_http = tokio::spawn(
         axum::serve(
             otlp_http_listener,
-            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes)
-                .layer(close_after_refused_body.clone()),
+            auth.guard(
+                ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
+                auth::Scope::Ingest,
+                auth::Scope::Ingest,
+            )
+            .layer(close_after_refused_body.clone()),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),
@@ -204,20 +218,20 @@ pub async fn run(
     let http = tokio::spawn(
         axum::serve(
             http_listener,
-            api::router(api_state)
-                .merge(ingest::http::bulk_router(
-                    pipeline.clone(),
-                    config.max_body_bytes,
-                ))
-                .merge(ingest::remote_write::router(
-                    pipeline.clone(),
-                    config.max_body_bytes,
+            api::router(api_state, &auth, config.auth.public_metrics)
+                .merge(auth.guard(
+                    ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes).merge(
+                        ingest::remote_write::router(pipeline.clone(), config.max_body_bytes),
+                    ),
+                    auth::Scope::Ingest,
+                    auth::Scope::Ingest,
                 ))
                 .layer(close_after_refused_body),
         )
         .with_graceful_shutdown(stopped())
         .into_future(),
     );
+    let token_watch = tokio::spawn(auth.watch_token_file(stopped()));
     let (flusher_stop_tx, flusher_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn(pipeline.clone().run_flusher(healthy, async move {
         let _ = flusher_stop_rx.await;
@@ -240,11 +254,37 @@ pub async fn run(
         Ok(result) => result?,
         Err(_) => tracing::warn!("ShutdownGraceExpired: closing remaining connections"),
     }
+    let _ = token_watch.await;
     for scraper in scrapers {
         let _ = scraper.await;
     }
     let _ = flusher_stop_tx.send(());
     flusher.await.context("flusher task")?;
     tracing::info!("StrandStopped");
+    Ok(())
+}
+
+/// A loud warning when a listener accepts connections from other hosts and
+/// no token protects it: anyone who can reach it may write and read
+/// everything.
+fn warn_if_open_beyond_loopback(
+    auth: &auth::Auth,
+    listeners: &[&TcpListener],
+) -> anyhow::Result<()> {
+    if auth.enabled() {
+        return Ok(());
+    }
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "UnprotectedListener: no token is configured and this listener accepts \
+                 connections from other hosts; anyone who reaches it can write telemetry, \
+                 read every log line and change dashboards. Set --ingest-token, \
+                 --read-token and --admin-token (or --token-file)."
+            );
+        }
+    }
     Ok(())
 }

@@ -37,6 +37,11 @@ pub struct SelfMetrics {
     pub store_size_bytes: IntGaugeVec,
     pub store_flush_seconds: Histogram,
     pub store_flush_errors: IntCounter,
+    /// Requests refused for their token, by the scope they needed and
+    /// reason (`missing`, `invalid`, `wrong_scope`).
+    pub auth_denied: IntCounterVec,
+    /// Reloads of the token file, by outcome (`ok`, `failed`).
+    pub token_reloads: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -147,6 +152,19 @@ impl SelfMetrics {
                 "Flushes of the head that failed and will be retried",
             )
             .expect("valid metric"),
+            auth_denied: IntCounterVec::new(
+                Opts::new(
+                    "strand_auth_denied_total",
+                    "Requests refused for their token",
+                ),
+                &["scope", "reason"],
+            )
+            .expect("valid metric"),
+            token_reloads: IntCounterVec::new(
+                Opts::new("strand_token_reloads_total", "Reloads of the token file"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -166,6 +184,8 @@ impl SelfMetrics {
             Box::new(metrics.store_size_bytes.clone()),
             Box::new(metrics.store_flush_seconds.clone()),
             Box::new(metrics.store_flush_errors.clone()),
+            Box::new(metrics.auth_denied.clone()),
+            Box::new(metrics.token_reloads.clone()),
         ];
         for collector in collectors {
             metrics

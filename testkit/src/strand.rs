@@ -211,6 +211,21 @@ impl Strand {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon's process.
+    pub fn signal(&self, signal: libc::c_int) {
+        match &self.runner {
+            Runner::InProcess { .. } => {
+                panic!("signals need the daemon as a process: start it with Strand::spawn")
+            }
+            Runner::Process { child, .. } => {
+                let child = child.as_ref().expect("running");
+                // SAFETY: kill(2) on a child we spawned and have not reaped.
+                let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                assert_eq!(sent, 0, "kill({}, {signal})", child.id());
+            }
+        }
+    }
+
     /// SIGKILL: no flush, no clean shutdown. Only a process can be killed.
     pub fn kill9(mut self) {
         match &mut self.runner {

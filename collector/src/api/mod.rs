@@ -18,6 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::auth::{Auth, Scope};
 use crate::store::Stores;
 use crate::telemetry::SelfMetrics;
 
@@ -30,16 +31,27 @@ pub struct ApiState {
     pub healthy: Arc<AtomicBool>,
 }
 
-/// The API router; testable without a socket.
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The API router; testable without a socket. Health endpoints and the
+/// UI's files are open (the UI must load to ask for a token); queries need
+/// the read scope, changing dashboards the admin scope, and `/metrics`
+/// the read scope unless `public_metrics`.
+pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router {
+    let queries = Router::new()
+        .merge(jaeger::router())
+        .merge(logs::router())
+        .merge(prom::router());
+    let metrics = Router::new().route("/metrics", get(self_metrics));
+    let metrics = if public_metrics {
+        metrics
+    } else {
+        auth.guard(metrics, Scope::Read, Scope::Read)
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(self_metrics))
-        .merge(jaeger::router())
-        .merge(logs::router())
-        .merge(prom::router())
-        .merge(dashboards::router())
+        .merge(metrics)
+        .merge(auth.guard(queries, Scope::Read, Scope::Read))
+        .merge(auth.guard(dashboards::router(), Scope::Read, Scope::Admin))
         .merge(ui::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)

@@ -20,14 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use serde_json::Value;
-use strand_testkit::{Strand, free_port, require_tool};
+use strand_testkit::Strand;
 
+use crate::support::prometheus::Prometheus;
 use crate::support::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
 
 const CORPUS: &str = include_str!("promql_diff/queries.txt");
@@ -334,86 +333,6 @@ async fn remote_write(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Res
     } else {
         let text = response.text().await.unwrap_or_default();
         Err(format!("POST {url}: HTTP {status}: {text}"))
-    }
-}
-
-// --- Prometheus as a child process ---
-
-/// A running Prometheus; killed when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn binary() -> PathBuf {
-        match std::env::var_os("PROMETHEUS_BIN") {
-            Some(path) => PathBuf::from(path),
-            None => require_tool(
-                "prometheus",
-                "the PromQL differential test runs a real Prometheus \
-                 (Debian: `sudo apt-get install prometheus`)",
-            ),
-        }
-    }
-
-    async fn start() -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        // evaluation_interval is the default subquery step (`x[20m:]`); 1m is
-        // Prometheus' default, which Strand uses too.
-        std::fs::write(&config, "global:\n  evaluation_interval: 1m\n").unwrap();
-        let port = free_port().port();
-        let log = dir.path().join("prometheus.log");
-        let child = Command::new(Self::binary())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-remote-write-receiver")
-            .arg("--storage.tsdb.retention.time=30d")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("prometheus starts");
-        let mut prometheus = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = reqwest::get(format!("{}/-/ready", prometheus.url)).await
-                && response.status().is_success()
-            {
-                return prometheus;
-            }
-            if let Some(status) = prometheus.child.try_wait().unwrap() {
-                panic!("prometheus exited with {status}:\n{}", prometheus.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus was not ready within 60s:\n{}",
-                prometheus.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -945,7 +864,12 @@ async fn promql_answers_match_prometheus() {
         .build()
         .unwrap();
 
-    let prometheus = Prometheus::start().await;
+    let prometheus = Prometheus::start(
+        // evaluation_interval is the default subquery step (`x[20m:]`); 1m is
+        // Prometheus' default, which Strand uses too.
+        "global:\n  evaluation_interval: 1m\n",
+    )
+    .await;
     let strand_dir = tempfile::tempdir().unwrap();
     let strand = if prom_only {
         None

@@ -1,6 +1,7 @@
 //! Helpers only the daemon's tests need.
 
 pub mod prom;
+pub mod prometheus;
 pub mod remote_write;
 pub mod shop_fixture;
 
