@@ -164,3 +164,35 @@ pub async fn click(client: &Client, css: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot click {css}: {e}"))
 }
+
+/// Waits until the view shows `css` (views draw after their fetches).
+pub async fn shown(client: &Client, css: &str) -> Result<(), String> {
+    let script = format!(
+        "return !!document.querySelector({})",
+        serde_json::to_string(css).unwrap()
+    );
+    wait_for(client, css, &script, |v| v == true)
+        .await
+        .map(|_| ())
+}
+
+/// Clicks `css` once the view shows it.
+pub async fn click_shown(client: &Client, css: &str) -> Result<(), String> {
+    shown(client, css).await?;
+    click(client, css).await
+}
+
+/// Types `text` into the field `css` (cleared first) once it is shown, as
+/// a user would.
+pub async fn type_into(client: &Client, css: &str, text: &str) -> Result<(), String> {
+    shown(client, css).await?;
+    let field = client
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css}: {e}"))?;
+    field.clear().await.map_err(|e| format!("{css}: {e}"))?;
+    field
+        .send_keys(text)
+        .await
+        .map_err(|e| format!("{css}: {e}"))
+}

@@ -26,13 +26,13 @@ use crate::support::STRAND_BINARY;
 use crate::support::prometheus::Prometheus;
 use crate::support::remote_write as rw;
 
-const INGEST: &str = "ingest-token-4f1c9a0e7b";
-const READ: &str = "read-token-8d2e6b1f3a";
-const ADMIN: &str = "admin-token-c7a94e2d10";
-const UNKNOWN: &str = "unknown-token-5b3f8c6e2a";
+pub const INGEST: &str = "ingest-token-4f1c9a0e7b";
+pub const READ: &str = "read-token-8d2e6b1f3a";
+pub const ADMIN: &str = "admin-token-c7a94e2d10";
+pub const UNKNOWN: &str = "unknown-token-5b3f8c6e2a";
 
 /// The flags giving each scope its token.
-const TOKEN_FLAGS: [&str; 6] = [
+pub const TOKEN_FLAGS: [&str; 6] = [
     "--ingest-token",
     INGEST,
     "--read-token",

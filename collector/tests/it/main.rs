@@ -18,6 +18,7 @@ mod promql_diff;
 mod support;
 mod traces;
 mod ui;
+mod ui_auth;
 mod ui_dashboards;
 mod ui_global;
 mod ui_map;

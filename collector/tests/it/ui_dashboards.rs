@@ -14,7 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::browser::{
+    click, click_shown, in_browser, shown, snapshot, type_into, wait_for,
+};
 
 use crate::support::remote_write as rw;
 
@@ -102,35 +104,6 @@ fn charts_every_service(panel: &Value) -> bool {
         && panel["hidden"] == false
         && panel["lines"] == 4
         && panel["legend"] == serde_json::json!(SERVICES)
-}
-
-/// Waits until the view shows `css` (views draw after their fetches).
-async fn shown(client: &Client, css: &str) -> Result<(), String> {
-    let script = format!(
-        "return !!document.querySelector({})",
-        serde_json::to_string(css).unwrap()
-    );
-    wait_for(client, css, &script, |v| v == true)
-        .await
-        .map(|_| ())
-}
-
-async fn click_shown(client: &Client, css: &str) -> Result<(), String> {
-    shown(client, css).await?;
-    click(client, css).await
-}
-
-async fn type_into(client: &Client, css: &str, text: &str) -> Result<(), String> {
-    shown(client, css).await?;
-    let field = client
-        .find(Locator::Css(css))
-        .await
-        .map_err(|e| format!("no {css}: {e}"))?;
-    field.clear().await.map_err(|e| format!("{css}: {e}"))?;
-    field
-        .send_keys(text)
-        .await
-        .map_err(|e| format!("{css}: {e}"))
 }
 
 async fn goto(client: &Client, url: &str) -> Result<(), String> {

@@ -18,6 +18,7 @@ use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::support::send_log;
 use crate::support::shop_fixture::send_everything;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +207,7 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
     .await?;
 
     // Auto refresh (every 5s) brings in a log sent after the view loaded.
-    send_log(daemon, "uirefresh brought by auto refresh").await;
+    send_log(daemon, None, "uirefresh brought by auto refresh").await;
     wait_for(client, "a log brought by auto refresh", LOG_BODIES, |v| {
         has_body(v, "uirefresh")
     })
@@ -227,7 +228,7 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
         |v| v["live"] == "1" && v["on"].as_str().unwrap_or("").contains("live"),
     )
     .await?;
-    send_log(daemon, "uilive streamed line").await;
+    send_log(daemon, None, "uilive streamed line").await;
     wait_for(
         client,
         "the streamed log on top of the table",
@@ -377,21 +378,4 @@ async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
         .select_by_value(value)
         .await
         .map_err(|e| format!("cannot choose {value} in {css}: {e}"))
-}
-
-/// One log record, stamped now, over the Elasticsearch `_bulk` endpoint.
-async fn send_log(daemon: &Strand, message: &str) {
-    let time = humantime::format_rfc3339_millis(SystemTime::now());
-    let body = format!(
-        "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"order\",\"level\":\"info\",\"message\":\"{message}\"}}\n"
-    );
-    let response = reqwest::Client::new()
-        .post(daemon.url("/_bulk"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("_bulk answers");
-    assert_eq!(response.status(), 200, "_bulk refused the log");
 }

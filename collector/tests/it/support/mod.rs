@@ -7,3 +7,22 @@ pub mod shop_fixture;
 
 /// The `strand` binary Cargo built for these tests, for `Strand::spawn`.
 pub const STRAND_BINARY: &str = env!("CARGO_BIN_EXE_strand");
+
+/// Sends one log line of service `order` through `_bulk`, as a shipper
+/// would, with `token` as a bearer token when given.
+pub async fn send_log(daemon: &strand_testkit::Strand, token: Option<&str>, message: &str) {
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let body = format!(
+        "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"order\",\"level\":\"info\",\"message\":\"{message}\"}}\n"
+    );
+    let mut request = reqwest::Client::new()
+        .post(daemon.url("/_bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("_bulk answers");
+    assert_eq!(response.status(), 200, "_bulk refused the log");
+}
