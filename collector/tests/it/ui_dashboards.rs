@@ -13,10 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use strand_testkit::Strand;
-use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{
-    click, click_shown, in_browser, shown, snapshot, type_into, wait_for,
-};
+use strand_testkit::browser::Client;
+use strand_testkit::browser::{click, click_shown, in_browser, snapshot, type_into, wait_for};
 
 use crate::support::remote_write as rw;
 

@@ -8,7 +8,6 @@
 //! The browser harness and what it needs are in `strand_testkit::browser`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use strand_testkit::Strand;
