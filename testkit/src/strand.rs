@@ -23,6 +23,8 @@ pub struct Strand {
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     pub http: SocketAddr,
+    /// Sent as a bearer token by `get_json*`, for a daemon that needs one.
+    read_token: Option<String>,
     runner: Runner,
 }
 
@@ -67,6 +69,7 @@ impl Strand {
             otlp_grpc,
             otlp_http,
             http,
+            read_token: None,
             runner: Runner::InProcess {
                 stop: Some(stop),
                 run: Some(run),
@@ -113,6 +116,7 @@ impl Strand {
             otlp_grpc,
             otlp_http,
             http,
+            read_token: None,
             runner,
         };
         strand.wait_ready().await;
@@ -152,6 +156,11 @@ impl Strand {
         format!("http://{}{path}", self.otlp_http)
     }
 
+    /// Makes `get_json*` send `token`, for a daemon started with tokens.
+    pub fn set_read_token(&mut self, token: &str) {
+        self.read_token = Some(token.to_string());
+    }
+
     /// GET on the API port: the status and the JSON body (panics on a body
     /// that is not JSON).
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -160,9 +169,11 @@ impl Strand {
 
     /// Like [`Strand::get_json`], with query parameters (URL-encoded here).
     pub async fn get_json_query(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .get(self.url(path))
-            .query(params)
+        let mut request = reqwest::Client::new().get(self.url(path)).query(params);
+        if let Some(token) = &self.read_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path} {params:?}: {e}"));

@@ -3,12 +3,14 @@
 //!
 //! `Builder::install` sets process-wide state (the global `tracing`
 //! subscriber can be set once per process), so the tests that need it — the
-//! logs bridge, the log export queue — run `in_own_process`; the others
+//! logs bridge, the log export queue — and the test that sets
+//! `OTEL_EXPORTER_OTLP_HEADERS` run `in_own_process`; the others
 //! build their providers with `Builder::build`.
 
 mod collector_down;
 mod logs;
 mod metrics;
+mod tokens;
 mod traces;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

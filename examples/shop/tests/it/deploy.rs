@@ -7,7 +7,9 @@
 //! must be reachable from other containers, every upstream URL must name a
 //! service and port that exist, every database must live on a volume, and
 //! every health check must use a path the program serves (Strand's are asked
-//! of a running Strand).
+//! of a running Strand). That Strand runs with the deployment's tokens
+//! (secret files included), and every service's OTLP headers must get its
+//! telemetry accepted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,7 +28,9 @@ use strand_testkit::Strand;
 /// Variables the services read through `strand-sdk` (the OpenTelemetry
 /// exporter), not through their flags. Only services (subcommands with a
 /// `--listen`) set up telemetry.
-const SDK_ENV: [&str; 1] = ["OTEL_EXPORTER_OTLP_ENDPOINT"];
+const SDK_ENV: [&str; 2] = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS"];
+/// Strand's settings that say which tokens it accepts.
+const TOKEN_FLAGS: [&str; 4] = ["ingest-token", "read-token", "admin-token", "token-file"];
 /// `shop demo` starts Strand and the services itself as local processes; it
 /// is no container of its own.
 const NOT_DEPLOYED: [&str; 1] = ["demo"];
@@ -198,6 +202,8 @@ struct Unit {
     persistent: BTreeSet<PathBuf>,
     /// `(path, container port)` of each health check.
     health: Vec<(String, u16)>,
+    /// Files mounted from secrets: path in the container -> content.
+    secret_files: BTreeMap<PathBuf, String>,
 }
 
 /// How a deployment turns `host:port` of a URL into a unit and container port.
@@ -354,10 +360,43 @@ fn check_units(what: &str, units: &[Unit], network: &dyn Network) -> BTreeSet<St
     strand_health
 }
 
-/// Asks a running Strand for each of `paths`.
-async fn check_strand_health_paths(paths: &BTreeSet<String>) {
+/// Runs Strand with the deployment's tokens (its secret files written out)
+/// and asks it for each of the health `paths` (open, without a token);
+/// then sends an OTLP/HTTP export of no spans with each service's
+/// `OTEL_EXPORTER_OTLP_HEADERS`, which must be accepted, and one without,
+/// which must be refused.
+async fn check_running_strand(what: &str, units: &[Unit], paths: &BTreeSet<String>) {
+    let strand_unit = units.iter().find(|u| u.is_strand).expect("Strand");
+    let cli = strand::config::Cli::command();
+    let serve = cli.find_subcommand("serve").expect("strand serve");
     let dir = tempfile::tempdir().unwrap();
-    let strand = Strand::start(dir.path(), &[]).await;
+    let mut args = Vec::new();
+    for (name, value) in &strand_unit.env {
+        let long = flag_for_env(serve, name).expect("checked by parse_strand");
+        if !TOKEN_FLAGS.contains(&long.as_str()) {
+            continue;
+        }
+        let value = if long == "token-file" {
+            let content = strand_unit
+                .secret_files
+                .get(Path::new(value))
+                .unwrap_or_else(|| {
+                    panic!("{what}: Strand's token file {value} comes from no secret")
+                });
+            let path = dir.path().join("tokens");
+            std::fs::write(&path, content).unwrap();
+            path.display().to_string()
+        } else {
+            value.clone()
+        };
+        args.push(format!("--{long}={value}"));
+    }
+    assert!(
+        !args.is_empty(),
+        "{what}: Strand listens beyond its container with no token"
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let strand = Strand::start(&dir.path().join("data"), &args).await;
     for path in paths {
         let response = reqwest::get(strand.url(path))
             .await
@@ -368,6 +407,52 @@ async fn check_strand_health_paths(paths: &BTreeSet<String>) {
             response.status()
         );
     }
+    let export = |headers: &[(String, String)]| {
+        let mut request = reqwest::Client::new()
+            .post(strand.otlp_http_url("/v1/traces"))
+            .header("content-type", "application/json")
+            .body(r#"{"resourceSpans":[]}"#);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.expect("strand answers").status() }
+    };
+    assert_eq!(
+        export(&[]).await,
+        401,
+        "{what}: Strand takes telemetry without a token"
+    );
+    for unit in units
+        .iter()
+        .filter(|u| u.env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        let headers = unit
+            .env
+            .get("OTEL_EXPORTER_OTLP_HEADERS")
+            .unwrap_or_else(|| panic!("{what}: {} sends telemetry without a token", unit.name));
+        let status = export(&otlp_headers(headers)).await;
+        assert_eq!(
+            status, 200,
+            "{what}: Strand refuses {}'s telemetry",
+            unit.name
+        );
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,...`, values percent-encoded)
+/// as the exporter turns it into headers.
+fn otlp_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .map(|pair| {
+            let (name, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{pair:?} is no key=value"));
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .expect("UTF-8");
+            (name.trim().to_string(), value.into_owned())
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -379,6 +464,15 @@ struct Compose {
     services: BTreeMap<String, ComposeService>,
     #[serde(default)]
     volumes: BTreeMap<String, Option<serde_json::Value>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, ComposeSecret>,
+}
+
+/// A file-based compose secret, mounted at `/run/secrets/<name>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComposeSecret {
+    file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,6 +483,10 @@ struct ComposeService {
     command: Vec<String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    #[serde(default)]
+    env_file: Vec<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
     #[serde(default)]
     ports: Vec<String>,
     #[serde(default)]
@@ -492,6 +590,33 @@ async fn the_compose_file_matches_the_code() {
             "{name}: no such Dockerfile stage"
         );
         let is_strand = service.build.target == "strand";
+        let mut environment = service.environment.clone();
+        for file in &service.env_file {
+            for line in read(&root.join(file)).lines() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (name, value) = line.split_once('=').expect("NAME=value");
+                assert!(
+                    environment
+                        .insert(name.to_string(), value.to_string())
+                        .is_none(),
+                    "{name}: set twice"
+                );
+            }
+        }
+        let mut secret_files = BTreeMap::new();
+        for secret in &service.secrets {
+            let source = compose
+                .secrets
+                .get(secret)
+                .unwrap_or_else(|| panic!("{name}: no secret {secret}"));
+            secret_files.insert(
+                PathBuf::from(format!("/run/secrets/{secret}")),
+                read(&root.join(&source.file)),
+            );
+        }
         let mut persistent = BTreeSet::new();
         for volume in &service.volumes {
             let (source, target) = volume.split_once(':').expect("volume:path");
@@ -505,12 +630,12 @@ async fn the_compose_file_matches_the_code() {
             let (_, container) = published.rsplit_once(':').expect("host:container");
             let container: u16 = container.parse().expect("a port");
             let exposed = if is_strand {
-                let strand = parse_strand(name, &service.command, &service.environment);
+                let strand = parse_strand(name, &service.command, &environment);
                 [strand.otlp_grpc, strand.otlp_http, strand.http]
                     .iter()
                     .any(|l| l.port() == container)
             } else {
-                parse_shop(name, &service.command, &service.environment)
+                parse_shop(name, &service.command, &environment)
                     .listen
                     .is_some_and(|l| l.port() == container)
             };
@@ -575,13 +700,13 @@ async fn the_compose_file_matches_the_code() {
             assert!(compose.services[dependency].healthcheck.is_some());
         }
         let ports = if is_strand {
-            let strand = parse_strand(name, &service.command, &service.environment);
+            let strand = parse_strand(name, &service.command, &environment);
             [strand.otlp_grpc, strand.otlp_http, strand.http]
                 .iter()
                 .map(SocketAddr::port)
                 .collect()
         } else {
-            parse_shop(name, &service.command, &service.environment)
+            parse_shop(name, &service.command, &environment)
                 .listen
                 .map(|l| l.port())
                 .into_iter()
@@ -592,10 +717,11 @@ async fn the_compose_file_matches_the_code() {
             image: service.image.clone(),
             is_strand,
             args: service.command.clone(),
-            env: service.environment.clone(),
+            env: environment,
             ports,
             persistent,
             health,
+            secret_files,
         });
     }
     let used: BTreeSet<&str> = compose
@@ -612,7 +738,7 @@ async fn the_compose_file_matches_the_code() {
         assert!(used.contains(volume.as_str()), "volume {volume} is unused");
     }
     let paths = check_units("docker-compose.yml", &units, &ComposeNetwork(&compose));
-    check_strand_health_paths(&paths).await;
+    check_running_strand("docker-compose.yml", &units, &paths).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -839,6 +965,34 @@ fn unit_of(
         );
     }
     let mut persistent = BTreeSet::new();
+    let mut secret_files = BTreeMap::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let secret_volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref());
+        if let Some(volume) = secret_volume {
+            let secret_name = volume.secret_name.clone().expect("a secret name");
+            let data = secrets
+                .get(&secret_name)
+                .unwrap_or_else(|| panic!("{name}: no Secret {secret_name}"));
+            let items: Vec<(String, String)> = match &volume.items {
+                Some(items) => items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            for (key, path) in items {
+                let content = data
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{name}: no key {key} in Secret {secret_name}"));
+                secret_files.insert(Path::new(&mount.mount_path).join(path), content.clone());
+            }
+        }
+    }
     for mount in container.volume_mounts.iter().flatten() {
         let on_claim = pod
             .volumes
@@ -883,6 +1037,7 @@ fn unit_of(
             .collect(),
         persistent,
         health,
+        secret_files,
     }
 }
 
@@ -1002,5 +1157,5 @@ async fn the_kubernetes_manifests_match_the_code() {
         );
     }
     let paths = check_units("deploy/k8s", &units, &network);
-    check_strand_health_paths(&paths).await;
+    check_running_strand("deploy/k8s", &units, &paths).await;
 }
