@@ -209,6 +209,41 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub derived_metrics_interval: Duration,
 
+    /// Longest a query (PromQL, logs, traces) may take, queueing included;
+    /// a request's own `timeout` may ask for less.
+    #[arg(long, env = "STRAND_QUERY_TIMEOUT", value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+
+    /// Most samples one PromQL query may hold in memory; beyond, it is
+    /// refused with an error.
+    #[arg(
+        long,
+        env = "STRAND_QUERY_MAX_SAMPLES",
+        value_name = "SAMPLES",
+        default_value = "50000000"
+    )]
+    pub query_max_samples: usize,
+
+    /// Queries that run at once, on threads of lower CPU priority than
+    /// ingest.
+    #[arg(
+        long,
+        env = "STRAND_QUERY_WORKERS",
+        value_name = "THREADS",
+        default_value = "8"
+    )]
+    pub query_workers: usize,
+
+    /// Queries that may wait for a query thread; beyond, they are refused
+    /// with 503 and Retry-After.
+    #[arg(
+        long,
+        env = "STRAND_QUERY_QUEUE",
+        value_name = "QUERIES",
+        default_value = "64"
+    )]
+    pub query_queue: usize,
+
     /// A token granting the ingest scope (OTLP, remote write, _bulk). Repeat
     /// the flag, or separate tokens with commas, to accept several while
     /// rotating. Once any token is configured, every endpoint but /healthz,
@@ -285,7 +320,20 @@ pub struct Config {
     pub traces: TraceSettings,
     pub logs: LogSettings,
     pub metrics: MetricSettings,
+    pub queries: QuerySettings,
     pub auth: AuthSettings,
+}
+
+/// What one query may cost, and how many run at once.
+#[derive(Clone, Debug)]
+pub struct QuerySettings {
+    pub timeout: Duration,
+    /// Samples one PromQL query may hold.
+    pub max_samples: usize,
+    /// Query threads.
+    pub workers: usize,
+    /// Queries waiting for a thread before more are refused.
+    pub queue: usize,
 }
 
 /// The tokens a request may present, by scope (see `auth`).
@@ -474,6 +522,12 @@ impl Config {
                 );
             }
         }
+        if self.queries.timeout < Duration::from_millis(100) || self.queries.workers == 0 {
+            bail!("query_timeout must be at least 100ms and query_workers positive");
+        }
+        if self.queries.max_samples == 0 {
+            bail!("query_max_samples must be positive");
+        }
         if self.limits.max_buffered_spans == 0 {
             bail!("max_buffered_spans must be positive");
         }
@@ -542,6 +596,12 @@ impl ServeArgs {
                 self_scrape_interval: Some(self.self_scrape_interval)
                     .filter(|interval| !interval.is_zero()),
                 derived_interval: self.derived_metrics_interval,
+            },
+            queries: QuerySettings {
+                timeout: self.query_timeout,
+                max_samples: self.query_max_samples,
+                workers: self.query_workers,
+                queue: self.query_queue,
             },
             auth: AuthSettings {
                 ingest_tokens: self.ingest_token.into_iter().map(Secret).collect(),

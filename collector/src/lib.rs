@@ -214,6 +214,8 @@ pub async fn run(
         stores,
         self_metrics,
         healthy: healthy.clone(),
+        queries: query::pool::QueryPool::start(&config.queries)
+            .context("starting the query threads")?,
     });
     let http = tokio::spawn(
         axum::serve(

@@ -19,6 +19,7 @@ use super::ApiState;
 use super::params::{parse_go_duration, parse_lookback, parse_trace_id};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{AttrValue, KeyValue, Resource, Span, SpanKind};
+use crate::query::pool::QueryRefused;
 use crate::query::traces::{TraceQuery, search};
 use crate::store::StoreError;
 
@@ -57,9 +58,15 @@ impl JaegerError {
     }
 }
 
-impl From<tokio::task::JoinError> for JaegerError {
-    fn from(error: tokio::task::JoinError) -> Self {
-        JaegerError::internal(error)
+impl From<QueryRefused> for JaegerError {
+    fn from(refused: QueryRefused) -> Self {
+        match refused {
+            QueryRefused::Panicked(_) => JaegerError::internal(refused),
+            QueryRefused::Busy { .. } | QueryRefused::Timeout(_) => JaegerError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: refused.to_string(),
+            },
+        }
     }
 }
 
@@ -153,7 +160,7 @@ async fn trace_by_id(
 ) -> JaegerResult {
     let id = parse_trace_id(&trace_id).map_err(JaegerError::bad_request)?;
     let store = state.stores.traces.clone();
-    let spans = tokio::task::spawn_blocking(move || store.trace(&id)).await??;
+    let spans = state.queries.run(move || store.trace(&id)).await??;
     if spans.is_empty() {
         return Err(JaegerError::not_found(format!(
             "trace {trace_id} not found"
@@ -178,12 +185,14 @@ async fn find_traces(
             .map(|id| parse_trace_id(id))
             .collect::<Result<Vec<_>, _>>()
             .map_err(JaegerError::bad_request)?;
-        let traces = tokio::task::spawn_blocking(move || {
-            ids.iter()
-                .map(|id| store.trace(id))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await??;
+        let traces = state
+            .queries
+            .run(move || {
+                ids.iter()
+                    .map(|id| store.trace(id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await??;
         return Ok(envelope(
             traces
                 .iter()
@@ -193,7 +202,7 @@ async fn find_traces(
         ));
     }
     let query = trace_query(&params, now_nanos())?;
-    let traces = tokio::task::spawn_blocking(move || search(&store, &query)).await??;
+    let traces = state.queries.run(move || search(&store, &query)).await??;
     Ok(envelope(traces.iter().map(|t| trace_json(t)).collect()))
 }
 
@@ -317,7 +326,10 @@ async fn dependencies(
     let end = end_ms.saturating_mul(1_000_000);
     let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
     let store = state.stores.traces.clone();
-    let links = tokio::task::spawn_blocking(move || store.dependencies(start, end)).await??;
+    let links = state
+        .queries
+        .run(move || store.dependencies(start, end))
+        .await??;
     Ok(envelope(
         links
             .into_iter()

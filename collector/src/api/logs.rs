@@ -23,6 +23,7 @@ use super::params::{parse_time, parse_trace_id};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{KeyValue, LogRecord};
 use crate::query::logs::{self, Cursor, LogHit, LogQuery, LogQueryError};
+use crate::query::pool::QueryRefused;
 use crate::store::logs::LEVELS;
 
 const DEFAULT_LIMIT: usize = 100;
@@ -72,9 +73,15 @@ impl From<LogQueryError> for ApiError {
     }
 }
 
-impl From<tokio::task::JoinError> for ApiError {
-    fn from(error: tokio::task::JoinError) -> Self {
-        ApiError::internal(error)
+impl From<QueryRefused> for ApiError {
+    fn from(refused: QueryRefused) -> Self {
+        match refused {
+            QueryRefused::Panicked(_) => ApiError::internal(refused),
+            QueryRefused::Busy { .. } | QueryRefused::Timeout(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: refused.to_string(),
+            },
+        }
     }
 }
 
@@ -147,8 +154,10 @@ async fn search(State(state): State<Arc<ApiState>>, Query(params): Params) -> Ap
         })
         .transpose()?;
     let store = state.stores.logs.clone();
-    let page =
-        tokio::task::spawn_blocking(move || logs::search(&store, &query, limit, cursor)).await??;
+    let page = state
+        .queries
+        .run(move || logs::search(&store, &query, limit, cursor))
+        .await??;
     Ok(Json(json!({
         "logs": page.hits.iter().map(log_json).collect::<Vec<_>>(),
         "total": page.total,
@@ -177,8 +186,10 @@ async fn histogram(State(state): State<Arc<ApiState>>, Query(params): Params) ->
         )));
     }
     let store = state.stores.logs.clone();
-    let histogram =
-        tokio::task::spawn_blocking(move || logs::histogram(&store, &query, step_nanos)).await??;
+    let histogram = state
+        .queries
+        .run(move || logs::histogram(&store, &query, step_nanos))
+        .await??;
     let mut total = 0;
     let buckets: Vec<Value> = histogram
         .buckets
@@ -224,8 +235,10 @@ fn nice_step(nanos: u64) -> u64 {
 async fn facets(State(state): State<Arc<ApiState>>, Query(params): Params) -> ApiResult {
     let query = log_query(&params)?;
     let store = state.stores.logs.clone();
-    let facets =
-        tokio::task::spawn_blocking(move || logs::facets(&store, &query, FACET_VALUES)).await??;
+    let facets = state
+        .queries
+        .run(move || logs::facets(&store, &query, FACET_VALUES))
+        .await??;
     let values = |values: &[(String, u64)]| -> Vec<Value> {
         values
             .iter()
@@ -243,7 +256,10 @@ async fn facets(State(state): State<Arc<ApiState>>, Query(params): Params) -> Ap
 async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<String>) -> ApiResult {
     let trace_id = parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
     let store = state.stores.logs.clone();
-    let hits = tokio::task::spawn_blocking(move || logs::trace_logs(&store, &trace_id)).await??;
+    let hits = state
+        .queries
+        .run(move || logs::trace_logs(&store, &trace_id))
+        .await??;
     Ok(Json(json!({
         "logs": hits.iter().map(log_json).collect::<Vec<_>>(),
     })))
@@ -260,21 +276,23 @@ async fn tail(
     let store = state.stores.logs.clone();
     let mut after = {
         let (store, text) = (store.clone(), text.clone());
-        tokio::task::spawn_blocking(move || {
-            logs::validate(&store, &text)?;
-            logs::last_arrival(&store)
-        })
-        .await??
+        state
+            .queries
+            .run(move || {
+                logs::validate(&store, &text)?;
+                logs::last_arrival(&store)
+            })
+            .await??
     };
     let (events, stream) = mpsc::channel::<Result<Event, Infallible>>(TAIL_BATCH);
     tokio::spawn(async move {
         loop {
             let found = {
                 let (store, text) = (store.clone(), text.clone());
-                tokio::task::spawn_blocking(move || {
-                    logs::arrived_after(&store, &text, after, TAIL_BATCH)
-                })
-                .await
+                state
+                    .queries
+                    .run(move || logs::arrived_after(&store, &text, after, TAIL_BATCH))
+                    .await
             };
             let hits = match found {
                 Ok(Ok(hits)) => hits,

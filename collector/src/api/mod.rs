@@ -19,6 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::auth::{Auth, Scope};
+use crate::query::pool::QueryPool;
 use crate::store::Stores;
 use crate::telemetry::SelfMetrics;
 
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub self_metrics: SelfMetrics,
     /// False while the stores fail to flush; `/readyz` reports it.
     pub healthy: Arc<AtomicBool>,
+    /// Where queries run (bounded, below ingest's priority).
+    pub queries: QueryPool,
 }
 
 /// The API router; testable without a socket. Health endpoints and the
@@ -54,6 +57,7 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
         .merge(auth.guard(dashboards::router(), Scope::Read, Scope::Admin))
         .merge(ui::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::map_response(retry_after_when_unavailable))
         .with_state(state)
 }
 
@@ -73,4 +77,22 @@ async fn self_metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.self_metrics.render(),
     )
+}
+
+/// How long a client refused with 503 (queries busy or timed out, not
+/// ready) is asked to wait.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Adds `Retry-After` to a 503, so clients back off instead of hammering a
+/// busy daemon.
+async fn retry_after_when_unavailable(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert(header::HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    response
 }

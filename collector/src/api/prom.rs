@@ -20,11 +20,8 @@ use strand_promql::{EvalError, Labels, Limits, Value, format_value};
 use super::ApiState;
 use crate::model::{Label, METRIC_NAME_LABEL};
 use crate::query::metrics::MetricSource;
+use crate::query::pool::{QueryPool, QueryRefused};
 
-/// Samples one query may load before it is refused (Prometheus's default).
-const MAX_SAMPLES: usize = 50_000_000;
-/// Longest a query may run, unless the request asks for less.
-const MAX_QUERY_TIME: Duration = Duration::from_secs(120);
 /// The Prometheus API version whose semantics Strand answers with; Grafana
 /// reads it from `buildinfo` to decide what it may ask.
 const PROMETHEUS_COMPATIBLE_VERSION: &str = "2.42.0";
@@ -61,11 +58,15 @@ impl PromError {
     }
 }
 
-impl From<tokio::task::JoinError> for PromError {
-    fn from(error: tokio::task::JoinError) -> Self {
+impl From<QueryRefused> for PromError {
+    fn from(refused: QueryRefused) -> Self {
         PromError {
-            kind: "internal",
-            message: format!("query failed: {error}"),
+            kind: match refused {
+                QueryRefused::Busy { .. } => "unavailable",
+                QueryRefused::Timeout(_) => "timeout",
+                QueryRefused::Panicked(_) => "internal",
+            },
+            message: refused.to_string(),
         }
     }
 }
@@ -84,7 +85,7 @@ impl IntoResponse for PromError {
         let status = match self.kind {
             "bad_data" => StatusCode::BAD_REQUEST,
             "execution" => StatusCode::UNPROCESSABLE_ENTITY,
-            "timeout" | "canceled" => StatusCode::SERVICE_UNAVAILABLE,
+            "timeout" | "canceled" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
@@ -177,13 +178,14 @@ impl Params {
             .transpose()
     }
 
-    fn limits(&self) -> Result<Limits, PromError> {
+    /// The pool's limits, with less time if the request's `timeout` asks.
+    fn limits(&self, queries: &QueryPool) -> Result<Limits, PromError> {
         let timeout = match self.duration("timeout")? {
-            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(MAX_QUERY_TIME),
-            _ => MAX_QUERY_TIME,
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(queries.timeout()),
+            _ => queries.timeout(),
         };
         Ok(Limits {
-            max_samples: MAX_SAMPLES,
+            max_samples: queries.max_samples(),
             timeout,
             ..Limits::default()
         })
@@ -272,15 +274,19 @@ async fn evaluate<T: EvaluationTimes>(
 ) -> Result<Response, PromError> {
     let text = params.required("query")?.to_owned();
     let evaluation = T::read(&params)?;
-    let limits = params.limits()?;
+    let limits = params.limits(&state.queries)?;
     let source = MetricSource::new(state.stores.metrics.clone());
-    let value = tokio::task::spawn_blocking(move || match evaluation {
-        Evaluation::Instant { time } => strand_promql::instant_query(&source, &text, time, &limits),
-        Evaluation::Range { start, end, step } => {
-            strand_promql::range_query(&source, &text, start, end, step, &limits)
-        }
-    })
-    .await??;
+    let value = state
+        .queries
+        .run(move || match evaluation {
+            Evaluation::Instant { time } => {
+                strand_promql::instant_query(&source, &text, time, &limits)
+            }
+            Evaluation::Range { start, end, step } => {
+                strand_promql::range_query(&source, &text, start, end, step, &limits)
+            }
+        })
+        .await??;
     Ok(success(value_json(&value)))
 }
 
@@ -330,16 +336,18 @@ async fn series(State(state): State<Arc<ApiState>>, params: Params) -> Result<Re
     }
     let (start, end) = range(&params)?;
     let store = state.stores.metrics.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        Ok::<_, PromError>(
-            store
-                .series(&selectors, start, end)
-                .iter()
-                .map(|l| labels_json(l))
-                .collect(),
-        )
-    })
-    .await??;
+    let found = state
+        .queries
+        .run(move || {
+            Ok::<_, PromError>(
+                store
+                    .series(&selectors, start, end)
+                    .iter()
+                    .map(|l| labels_json(l))
+                    .collect(),
+            )
+        })
+        .await??;
     Ok(success(Json::Array(found)))
 }
 
@@ -366,13 +374,15 @@ async fn distinct_labels(
     let selectors = selectors(params)?;
     let (start, end) = range(params)?;
     let store = state.stores.metrics.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        Ok::<_, PromError>(match &name {
-            None => store.label_names(&selectors, start, end),
-            Some(name) => store.label_values(name, &selectors, start, end),
+    let found = state
+        .queries
+        .run(move || {
+            Ok::<_, PromError>(match &name {
+                None => store.label_names(&selectors, start, end),
+                Some(name) => store.label_values(name, &selectors, start, end),
+            })
         })
-    })
-    .await??;
+        .await??;
     Ok(success(json!(found)))
 }
 

@@ -128,12 +128,20 @@ impl LogQuery {
     }
 }
 
-/// Refuses queries nested deeper than tantivy's recursive parser can take on
-/// a thread's stack (the same limits as PromQL's; the syntaxes quote and
-/// nest alike), so a hostile query gets a 400 instead of aborting the
-/// daemon.
+/// Refuses what tantivy's query parser cannot take safely, so a hostile
+/// query gets a 400 instead of a crashed worker: queries nested deeper than
+/// its recursion can take on a thread's stack (the same limits as PromQL's;
+/// the syntaxes quote and nest alike), and control characters, which
+/// tantivy reserves as separators in attribute paths (a field name holding
+/// one tripped an assertion inside it).
 fn check_complexity(text: &str) -> QueryResult<()> {
     use strand_promql::{MAX_NESTING, MAX_OPERATORS};
+    if let Some(control) = text.chars().find(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(LogQueryError::Syntax(format!(
+            "queries cannot contain control characters (found U+{:04X})",
+            u32::from(control)
+        )));
+    }
     let (depth, operators) = strand_promql::nesting(text);
     let words = text.split_whitespace().count();
     if depth > MAX_NESTING || operators > MAX_OPERATORS || words > MAX_OPERATORS {

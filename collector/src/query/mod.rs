@@ -1,7 +1,9 @@
 //! Query semantics on top of the stores: what matches, in which order.
 //! `traces`: Jaeger's search; `logs`: log search, histograms, facets, tail;
 //! `metrics`: the metrics store as the PromQL evaluator's series source.
+//! `pool`: the threads queries run on, bounded and below ingest's priority.
 
 pub mod logs;
 pub mod metrics;
+pub mod pool;
 pub mod traces;

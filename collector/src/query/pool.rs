@@ -1,0 +1,211 @@
+//! Where queries run: a fixed set of worker threads at a lower CPU priority
+//! than ingest, behind a bounded queue.
+//!
+//! Queries are the one workload a single request can make arbitrarily
+//! expensive. Running them on their own threads bounds how many run at
+//! once (the rest wait in a short queue, and beyond it are refused with
+//! "retry later"), and the threads' nice value lets the kernel give the
+//! write path the CPU first, so an expensive query slows other queries, not
+//! ingest. A query that outlives its time budget is answered with a
+//! timeout at once; its thread finishes the work it cannot interrupt (the
+//! PromQL evaluator checks its own deadline and stops).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::config::QuerySettings;
+
+/// How much lower than the daemon's the query threads' priority is.
+const QUERY_NICENESS: libc::c_int = 10;
+
+/// Why a query did not run to an answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryRefused {
+    #[error("too many queries: {running} are running and {queued} waiting; retry later")]
+    Busy { running: usize, queued: usize },
+    #[error("query timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("query failed: {0}")]
+    Panicked(String),
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The query threads and their queue; cheap to clone.
+#[derive(Clone)]
+pub struct QueryPool {
+    jobs: SyncSender<Job>,
+    settings: QuerySettings,
+}
+
+impl QueryPool {
+    /// Starts `settings.workers` threads named `strand-query-N`.
+    pub fn start(settings: &QuerySettings) -> std::io::Result<QueryPool> {
+        let (jobs, queue) = sync_channel::<Job>(settings.queue);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..settings.workers {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("strand-query-{n}"))
+                .spawn(move || work(&queue))?;
+        }
+        Ok(QueryPool {
+            jobs,
+            settings: settings.clone(),
+        })
+    }
+
+    /// The time budget of one query.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// The most samples one PromQL query may hold.
+    pub fn max_samples(&self) -> usize {
+        self.settings.max_samples
+    }
+
+    /// Runs `query` on a query thread and waits for its answer, at most the
+    /// time budget (counted from now, queueing included).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        query: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryRefused> {
+        let timeout = self.settings.timeout;
+        let deadline = Instant::now() + timeout;
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // Waited out its budget in the queue: the caller has gone.
+            if Instant::now() > deadline {
+                return;
+            }
+            let result = std::panic::catch_unwind(AssertUnwindSafe(query))
+                .map_err(|panic| QueryRefused::Panicked(panic_message(panic.as_ref())));
+            let _ = answer.send(result);
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(QueryRefused::Busy {
+                    running: self.settings.workers,
+                    queued: self.settings.queue,
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(QueryRefused::Panicked(
+                    "the query threads have stopped".into(),
+                ));
+            }
+        }
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(QueryRefused::Timeout(timeout)),
+        }
+    }
+}
+
+fn work(queue: &Mutex<Receiver<Job>>) {
+    lower_priority();
+    loop {
+        let job = match queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .recv()
+        {
+            Ok(job) => job,
+            // Every pool handle dropped: the daemon is stopping.
+            Err(_) => return,
+        };
+        job();
+    }
+}
+
+/// Raises this thread's nice value (Linux: per thread).
+fn lower_priority() {
+    // SAFETY: gettid and setpriority on the calling thread; no memory is
+    // shared with the kernel.
+    let result = unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, QUERY_NICENESS)
+    };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "QueryPriorityUnchanged: query threads run at the daemon's priority"
+        );
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(workers: usize, queue: usize, timeout: Duration) -> QuerySettings {
+        QuerySettings {
+            timeout,
+            max_samples: 1000,
+            workers,
+            queue,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_refuses_when_full_and_times_out() {
+        let pool = QueryPool::start(&settings(1, 1, Duration::from_millis(300))).unwrap();
+        assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
+
+        // One running, one queued: a third is refused at once.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || released.recv().unwrap()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(|| ()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            pool.run(|| ()).await,
+            Err(QueryRefused::Busy {
+                running: 1,
+                queued: 1
+            })
+        );
+        // The running one outlives its budget: answered with a timeout; so
+        // is the queued one, which never starts once its budget is gone.
+        assert_eq!(
+            running.await.unwrap(),
+            Err(QueryRefused::Timeout(Duration::from_millis(300)))
+        );
+        assert_eq!(
+            queued.await.unwrap(),
+            Err(QueryRefused::Timeout(Duration::from_millis(300)))
+        );
+        // Released, the thread skips the expired job and takes new ones.
+        release.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pool.run(|| "again").await, Ok("again"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_query_is_an_error_and_the_thread_lives_on() {
+        let pool = QueryPool::start(&settings(1, 4, Duration::from_secs(5))).unwrap();
+        let error = pool.run(|| -> u8 { panic!("bad index") }).await;
+        assert_eq!(error, Err(QueryRefused::Panicked("bad index".into())));
+        assert_eq!(pool.run(|| 1).await, Ok(1));
+    }
+}

@@ -1,0 +1,144 @@
+//! Limits on what one query may cost: a PromQL query over its time budget
+//! is answered 503 `timeout` within the budget, one holding too many
+//! samples 422 `execution`; beyond the query threads and their queue,
+//! queries are refused at once with 503 and `Retry-After`; and while the
+//! query threads are all busy with expensive queries, ingest is still
+//! acknowledged.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use strand_testkit::Strand;
+
+use crate::support::remote_write as rw;
+
+/// A subquery of 31 billion empty steps: runs until its budget is spent,
+/// holding no samples.
+const ENDLESS: &str = "count_over_time((vector(1) > 2)[1y:1ms])";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn query(
+    client: &reqwest::Client,
+    daemon: &Strand,
+    promql: &str,
+) -> (u16, Option<String>, Value) {
+    let response = client
+        .post(daemon.url("/api/v1/query"))
+        .form(&[("query", promql)])
+        .send()
+        .await
+        .expect("the daemon answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_and_sample_limits_answer_with_prometheus_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &["--query-timeout", "1s", "--query-max-samples", "1000"],
+    )
+    .await;
+    let client = reqwest::Client::new();
+
+    let started = Instant::now();
+    let (status, retry_after, body) = query(&client, &daemon, ENDLESS).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errorType"], "timeout", "{body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout took {:?}",
+        started.elapsed()
+    );
+
+    // 2,000 samples in range, 1,000 allowed.
+    let end = now_ms() / 1000 * 1000;
+    let samples: Vec<(i64, f64)> = (0..2000)
+        .map(|i| (end - (2000 - i) * 100, i as f64))
+        .collect();
+    rw::write_ok(
+        &daemon,
+        &rw::request(vec![rw::series("dense", &[("job", "a")], &samples)]),
+    )
+    .await;
+    let (status, _, body) = query(&client, &daemon, "count_over_time(dense[5m])").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errorType"], "execution", "{body}");
+    let (status, _, body) = query(&client, &daemon, "count_over_time(dense[50s])").await;
+    assert_eq!(status, 200, "within the limit: {body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &[
+            "--query-timeout",
+            "3s",
+            "--query-workers",
+            "2",
+            "--query-queue",
+            "2",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // Two running, two queued (one at a time, so that each thread has
+    // taken its query before the next arrives).
+    let mut expensive = Vec::new();
+    for _ in 0..4 {
+        let request = client
+            .post(daemon.url("/api/v1/query"))
+            .form(&[("query", ENDLESS)]);
+        expensive.push(tokio::spawn(async move {
+            request.send().await.unwrap().status().as_u16()
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, retry_after, body) = query(&client, &daemon, "vector(1)").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errorType"], "unavailable", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many queries"),
+        "{body}"
+    );
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    let (status, body) = daemon.get_json_query("/api/logs", &[("q", "x")]).await;
+    assert_eq!(status, 503, "logs share the query threads: {body}");
+
+    // Meanwhile every ingest request is acknowledged.
+    let base = now_ms() - 60_000;
+    for i in 0..20 {
+        let sample = (base + i * 1000, i as f64);
+        let request = rw::request(vec![rw::series("ingest_during_queries", &[], &[sample])]);
+        rw::write_ok(&daemon, &request).await;
+    }
+    for handle in expensive {
+        assert_eq!(handle.await.unwrap(), 503, "the expensive queries time out");
+    }
+    // And the threads are free again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = query(
+        &client,
+        &daemon,
+        "count_over_time(ingest_during_queries[5m])",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "20", "{body}");
+    daemon.stop().await;
+}
