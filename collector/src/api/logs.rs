@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiState;
-use super::params::{parse_time, parse_trace_id};
+use super::params::{parse_time, parse_trace_id, query_and_form};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{KeyValue, LogRecord};
 use crate::query::logs::{self, Cursor, LogHit, LogQuery, LogQueryError};
@@ -92,14 +93,32 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
-type Params = Query<HashMap<String, String>>;
+
+/// The parameters of a log request, from the query string or a POST form
+/// (for queries too long for a URL); the last of a repeated name wins.
+struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Params, ApiError> {
+        let method = request.method().clone();
+        let query = request.uri().query().map(str::to_owned);
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid form body: {e}")))?;
+        query_and_form(&method, query.as_deref(), &body)
+            .map(|pairs| Params(pairs.into_iter().collect()))
+            .map_err(ApiError::bad_request)
+    }
+}
 
 /// The log routes, merged into the API router.
 pub fn router() -> Router<Arc<ApiState>> {
     Router::new()
-        .route("/api/logs", get(search))
-        .route("/api/logs/histogram", get(histogram))
-        .route("/api/logs/facets", get(facets))
+        .route("/api/logs", get(search).post(search))
+        .route("/api/logs/histogram", get(histogram).post(histogram))
+        .route("/api/logs/facets", get(facets).post(facets))
         .route("/api/logs/tail", get(tail))
         .route("/api/traces/{trace_id}/logs", get(trace_logs))
 }
@@ -130,7 +149,7 @@ fn log_query(params: &HashMap<String, String>) -> Result<LogQuery, ApiError> {
     })
 }
 
-async fn search(State(state): State<Arc<ApiState>>, Query(params): Params) -> ApiResult {
+async fn search(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
     let query = log_query(&params)?;
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
@@ -165,7 +184,7 @@ async fn search(State(state): State<Arc<ApiState>>, Query(params): Params) -> Ap
     })))
 }
 
-async fn histogram(State(state): State<Arc<ApiState>>, Query(params): Params) -> ApiResult {
+async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
     let query = log_query(&params)?;
     let range = query.end_nanos - query.start_nanos;
     let step_nanos = match params.get("step") {
@@ -232,7 +251,7 @@ fn nice_step(nanos: u64) -> u64 {
     seconds * 1_000_000_000
 }
 
-async fn facets(State(state): State<Arc<ApiState>>, Query(params): Params) -> ApiResult {
+async fn facets(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
     let query = log_query(&params)?;
     let store = state.stores.logs.clone();
     let facets = state
@@ -270,7 +289,7 @@ async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<Str
 /// disconnected, so it never holds more than `TAIL_BATCH` events in memory.
 async fn tail(
     State(state): State<Arc<ApiState>>,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<impl IntoResponse, ApiError> {
     let text = params.get("q").cloned().unwrap_or_default();
     let store = state.stores.logs.clone();

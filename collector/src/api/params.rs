@@ -1,6 +1,28 @@
-//! Parsers for query parameters in the formats Jaeger clients send.
+//! Parsers for query parameters in the formats Jaeger clients send, and
+//! the parameters of a request as query APIs take them.
+
+use axum::http::Method;
 
 use crate::model::TraceId;
+
+/// The query string's parameters, then (for POST) those of an
+/// `application/x-www-form-urlencoded` body, in order: query APIs take both
+/// (Prometheus's and Loki's do), and a POST carries a query too long for a
+/// URL.
+pub fn query_and_form(
+    method: &Method,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, String> {
+    let mut params: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| format!("invalid query string: {e}"))?;
+    if method == Method::POST && !body.is_empty() {
+        let form: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|e| format!("invalid form body: {e}"))?;
+        params.extend(form);
+    }
+    Ok(params)
+}
 
 /// Parses a Go `time.Duration` string (`1.5s`, `100ms`, `2h45m`, `500us`,
 /// `1µs`), which is what Jaeger's `minDuration`/`maxDuration` take, into

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use promql_parser::label::{MatchOp, Matcher};
@@ -18,6 +18,7 @@ use serde_json::{Value as Json, json};
 use strand_promql::{EvalError, Labels, Limits, Value, format_value};
 
 use super::ApiState;
+use super::params::query_and_form;
 use crate::model::{Label, METRIC_NAME_LABEL};
 use crate::query::metrics::MetricSource;
 use crate::query::pool::{QueryPool, QueryRefused};
@@ -110,23 +111,13 @@ impl<S: Send + Sync> FromRequest<S> for Params {
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|e| PromError::bad_data(format!("invalid form body: {e}")))?;
-        Params::read(&method, query, &body)
+        query_and_form(&method, query.as_deref(), &body)
+            .map(Params)
+            .map_err(PromError::bad_data)
     }
 }
 
 impl Params {
-    fn read(method: &Method, query: Option<String>, body: &Bytes) -> Result<Params, PromError> {
-        let mut params: Vec<(String, String)> =
-            serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-                .map_err(|e| PromError::bad_data(format!("invalid query string: {e}")))?;
-        if method == Method::POST && !body.is_empty() {
-            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-                .map_err(|e| PromError::bad_data(format!("invalid form body: {e}")))?;
-            params.extend(form);
-        }
-        Ok(Params(params))
-    }
-
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
