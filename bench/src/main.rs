@@ -224,6 +224,13 @@ pub struct TracesArgs {
     #[arg(long)]
     pub gzip: bool,
 
+    /// While loading, keep this many clients each sending a PromQL query
+    /// that runs until the daemon's query timeout (a subquery of billions of
+    /// steps), to measure what expensive queries cost ingest (needs the
+    /// query API: spawned daemon, or --target-http).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub expensive_queries: usize,
+
     /// Keep the temporary data directory and daemon log.
     #[arg(long)]
     pub keep: bool,

@@ -12,6 +12,7 @@
 //! 4. `--lookups` sequential trace-by-id queries for sampled acked traces,
 //!    each checked for the right span count.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -66,6 +67,8 @@ struct LoadResult {
     rss_peak: Option<u64>,
     rss_final: Option<u64>,
     sample: Vec<TraceRef>,
+    /// Answers to the expensive queries, by HTTP status.
+    expensive_answers: BTreeMap<u16, u64>,
 }
 
 /// What the lookup phase measured.
@@ -168,7 +171,11 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
             format!("http://{grpc}")
         };
         eprintln!("loading the running daemon at {grpc}");
-        load = run_load(args, &pool, &grpc, args.pid, None).await?;
+        let http = args
+            .target_http
+            .as_deref()
+            .map(|url| url.trim_end_matches('/'));
+        load = run_load(args, &pool, &grpc, http, args.pid, None).await?;
         if args.data_dir.is_some() || args.target_http.is_some() {
             tokio::time::sleep(ATTACH_SETTLE).await;
         }
@@ -190,7 +197,8 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         );
         let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
         let pid = first.pid();
-        load = run_load(args, &pool, &first.grpc_url(), pid, Some(&mut first)).await?;
+        let (grpc, http) = (first.grpc_url(), first.http_url());
+        load = run_load(args, &pool, &grpc, Some(&http), pid, Some(&mut first)).await?;
 
         eprintln!("stopping strand with SIGTERM");
         let stopped = first.stop(STOP_TIMEOUT).await?;
@@ -246,6 +254,15 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         .field("lookup_errors", lookups.as_ref().map(|l| l.errors))
         .object("machine", JsonObject::new().field("cores", cores))
         .field("traces_per_request", args.traces_per_request)
+        .field("expensive_queries", args.expensive_queries)
+        .object(
+            "expensive_query_answers",
+            load.expensive_answers
+                .iter()
+                .fold(JsonObject::new(), |object, (status, count)| {
+                    object.field(&status.to_string(), *count)
+                }),
+        )
         .field("generator_spans_per_s", round(generator_rate, 0));
     if let Some(stopped) = &shutdown {
         report = report.object(
@@ -296,6 +313,7 @@ async fn run_load(
     args: &TracesArgs,
     pool: &Arc<Vec<Template>>,
     grpc_url: &str,
+    http_url: Option<&str>,
     pid: Option<u32>,
     mut spawned: Option<&mut Daemon>,
 ) -> Result<LoadResult> {
@@ -343,6 +361,24 @@ async fn run_load(
             ))
         })
         .collect();
+
+    let expensive_answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let expensive: Vec<_> = match (args.expensive_queries, http_url) {
+        (0, _) => Vec::new(),
+        (_, None) => bail!("--expensive-queries needs the query API: pass --target-http"),
+        (n, Some(http)) => {
+            eprintln!("load: {n} clients sending expensive PromQL queries");
+            (0..n)
+                .map(|_| {
+                    tokio::spawn(expensive_query_task(
+                        shared.clone(),
+                        http.to_string(),
+                        expensive_answers.clone(),
+                    ))
+                })
+                .collect()
+        }
+    };
 
     // A timer ends a --duration run on time; the monitor below ticks too
     // coarsely for that.
@@ -428,6 +464,14 @@ async fn run_load(
     for task in tasks {
         latencies.extend(task.await.context("a load client task failed")?);
     }
+    for task in expensive {
+        task.abort();
+    }
+    let expensive_answers = std::mem::take(
+        &mut *expensive_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     let sample = std::mem::replace(
         &mut *shared.sample.lock().unwrap_or_else(PoisonError::into_inner),
         Reservoir::new(0),
@@ -443,6 +487,7 @@ async fn run_load(
         rss_peak,
         rss_final: rss_last,
         sample,
+        expensive_answers,
     };
     eprintln!(
         "load done: {} spans in {:.1}s ({:.0} spans/s), {} requests, {} rejected, {} errors (last: {})",
@@ -595,6 +640,34 @@ async fn run_lookups(http_base: &str, sample: &[TraceRef], count: usize) -> Resu
         latency: Summary::of(latencies),
         errors,
     })
+}
+
+/// Sends a query that runs until the daemon's time budget, again and again
+/// until the load stops, counting the answers by HTTP status (0: none).
+async fn expensive_query_task(
+    shared: Arc<Shared>,
+    http: String,
+    answers: Arc<Mutex<BTreeMap<u16, u64>>>,
+) {
+    const ENDLESS: &str = "count_over_time((vector(1) > 2)[1y:1ms])";
+    let client = reqwest::Client::new();
+    while !shared.stop.load(Relaxed) {
+        let status = client
+            .post(format!("{http}/api/v1/query"))
+            .form(&[("query", ENDLESS), ("timeout", "10s")])
+            .send()
+            .await
+            .map_or(0, |response| response.status().as_u16());
+        *answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(status)
+            .or_default() += 1;
+        if status != 503 {
+            // Refused for something else than time or load: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>)> {
