@@ -41,11 +41,6 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often trace, log and metric retention is checked.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the metrics head is written out (sealed chunks and a snapshot of
-/// the open ones): what bounds the WAL the metrics store holds back.
-const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What kind of data an append carries, for counting it.
 #[derive(Clone, Copy)]
@@ -498,8 +493,8 @@ impl Pipeline {
         tokio::pin!(stop);
         let mut flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
         let mut flush_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
-        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-        let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
+        let mut retention = tokio::time::interval(self.limits.retention_interval);
+        let mut flush_metrics = tokio::time::interval(self.limits.metrics_flush_interval);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         loop {
             tokio::select! {
@@ -548,6 +543,8 @@ impl Pipeline {
         let pipeline = self.clone();
         let now = crate::model::now_unix_nano();
         let done = tokio::task::spawn_blocking(move || {
+            // Marks the moment a crash test kills the daemon in.
+            tracing::debug!("RetentionStarted");
             if let Err(error) = pipeline
                 .traces
                 .enforce_retention(pipeline.trace_settings.retention, now)

@@ -84,12 +84,23 @@ impl Strand {
     /// `/readyz` answers. It listens on 127.0.0.1 port 0 (unless `args` name
     /// an address) and its `StrandListening` log line says where.
     pub async fn spawn(binary: impl AsRef<Path>, data_dir: &Path, args: &[&str]) -> Strand {
+        Strand::spawn_logging(binary, data_dir, args, "info").await
+    }
+
+    /// [`Strand::spawn`] with `log_filter` as the daemon's `STRAND_LOG`
+    /// (e.g. `info,strand=debug`), for tests that wait for debug-level events.
+    pub async fn spawn_logging(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Strand {
         let binary = binary.as_ref();
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(binary)
             .arg("serve")
             .args(command_line(data_dir, args))
-            .env("STRAND_LOG", "info")
+            .env("STRAND_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("the log file"))
             .spawn()

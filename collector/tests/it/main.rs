@@ -9,6 +9,7 @@
 
 mod auth;
 mod bad_input;
+mod crash;
 mod dashboards;
 mod derived_metrics;
 mod durability;

@@ -168,6 +168,10 @@ impl LogStore {
             .filter(|p| p.has_uncommitted())
             .cloned()
             .collect();
+        if !partitions.is_empty() {
+            // Marks the moment a crash test kills the daemon in.
+            tracing::debug!(partitions = partitions.len(), "LogCommitStarted");
+        }
         for partition in &partitions {
             let mut writer = partition.writer.write().expect("not poisoned");
             let Some(index_writer) = writer.as_mut() else {

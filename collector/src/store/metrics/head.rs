@@ -210,12 +210,29 @@ impl Head {
         }
     }
 
-    /// Takes back the open chunks and metadata of a snapshot, on open.
+    /// Takes back the open chunks and metadata of a snapshot, on open, after
+    /// the chunk files. A kill between a flush's chunk file append and its
+    /// snapshot leaves the previous snapshot, whose open chunk may since have
+    /// been sealed and written: only its samples newer than the series'
+    /// newest written one are kept, or they would be there twice.
     pub(super) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        let corrupt = |e| StoreError::Corrupt(format!("head snapshot: {e}"));
         for (id, encoded) in snapshot.open {
             if let Some(Some(series)) = self.series.get_mut(id as usize) {
-                series.open = ChunkWriter::resume(&encoded)
-                    .map_err(|e| StoreError::Corrupt(format!("head snapshot: {e}")))?;
+                series.open = ChunkWriter::resume(&encoded).map_err(corrupt)?;
+                let written = series.persisted.iter().map(|c| c.max_t).max();
+                if let Some(written) = written
+                    && !series.open.is_empty()
+                    && series.open.time_range().0 <= written
+                {
+                    let mut newer = ChunkWriter::default();
+                    for sample in super::chunk::decode(&encoded).map_err(corrupt)? {
+                        if sample.timestamp_ms > written {
+                            newer.push(sample.timestamp_ms, sample.value);
+                        }
+                    }
+                    series.open = newer;
+                }
             }
         }
         for metadata in snapshot.metadata {

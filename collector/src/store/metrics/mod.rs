@@ -166,6 +166,8 @@ impl MetricStore {
             .read()
             .expect("not poisoned")
             .unflushed(applied_seq);
+        // Marks the moment a crash test kills the daemon in.
+        tracing::debug!(applied_seq, "MetricSnapshotStarted");
         if !unflushed.new_series.is_empty() {
             self.series_log
                 .lock()

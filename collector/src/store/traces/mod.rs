@@ -247,6 +247,8 @@ impl TraceStore {
             (snapshot, head.max_seq)
         };
         self.metrics.head_spans.set(0);
+        // Marks the moment a crash test kills the daemon in (`STRAND_LOG=strand=debug`).
+        tracing::debug!(traces = snapshot.traces.len(), "SpanFlushStarted");
 
         let result = self.write_snapshot(&mut state, &snapshot, max_seq);
         drop(snapshot);
