@@ -268,6 +268,15 @@ impl Pipeline {
         Ok((rejections, Some((pending, count))))
     }
 
+    /// The newest durable sample of the series with exactly `labels`; see
+    /// `MetricStore::newest`.
+    pub fn newest_sample(
+        &self,
+        labels: &[crate::model::Label],
+    ) -> Option<crate::model::MetricSample> {
+        self.metric_store.newest(labels)
+    }
+
     /// Counts samples refused.
     pub fn reject_samples(&self, samples: usize, reason: &str) {
         self.reject(Signal::Samples, samples, reason);

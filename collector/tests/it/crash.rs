@@ -667,3 +667,74 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
         );
     }
 }
+
+/// One delta point of the counter `delta.jobs`, as OTLP/JSON.
+fn delta_jobs(time_ms: i64, value: u64) -> String {
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[
+            {{"key":"service.name","value":{{"stringValue":"worker"}}}}]}},
+          "scopeMetrics":[{{"metrics":[{{"name":"delta.jobs","sum":{{
+            "aggregationTemporality":1,"isMonotonic":true,"dataPoints":[
+            {{"timeUnixNano":"{}","asInt":"{value}"}}]}}}}]}}]}}]}}"#,
+        time_ms * 1_000_000
+    )
+}
+
+async fn send_delta(daemon: &Strand, time_ms: i64, value: u64) {
+    let response = reqwest::Client::new()
+        .post(daemon.otlp_http_url("/v1/metrics"))
+        .header("Content-Type", "application/json")
+        .body(delta_jobs(time_ms, value))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert!(
+        status.is_success() && !body.contains("rejected"),
+        "delta {value} at {time_ms}: HTTP {status}: {body}"
+    );
+}
+
+/// The running totals of OTLP delta counters are in memory only, but
+/// resume from the newest stored cumulative sample: a `kill -9` between
+/// deltas reads as no reset, and the total is the exact sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_counters_continue_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = (now_nanos() / 1_000_000) as i64 - 600_000;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    for step in 1..=5u64 {
+        send_delta(&daemon, start + step as i64 * 1000, step).await;
+    }
+    // Only the WAL has these samples when the daemon dies.
+    daemon.kill9();
+
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    for step in 6..=8u64 {
+        send_delta(&daemon, start + step as i64 * 1000, step).await;
+    }
+    let end = (start + 8000) as f64 / 1000.0;
+    let samples = prom::raw_samples(&daemon, "delta_jobs_total[1m]", end).await;
+    let values: Vec<f64> = samples
+        .iter()
+        .flat_map(|(_, samples)| samples.iter().map(|(_, v)| *v))
+        .collect();
+    assert_eq!(
+        values,
+        [1.0, 3.0, 6.0, 10.0, 15.0, 21.0, 28.0, 36.0],
+        "the cumulative series is the running sum of every delta\n{}",
+        daemon.log()
+    );
+    let resets = prom::instant_vector(&daemon, "resets(delta_jobs_total[1m])", Some(end)).await;
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    assert_eq!(resets[0].1, 0.0, "a restart reads as a counter reset");
+    let increase = prom::instant_vector(
+        &daemon,
+        "delta_jobs_total - delta_jobs_total offset 7s",
+        Some(end),
+    )
+    .await;
+    assert_eq!(increase[0].1, 35.0, "{increase:?}");
+}

@@ -11,7 +11,7 @@ use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
-use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, SeriesSamples};
+use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
 /// A series' data that made it past [`MetricStore::admit`], ready for the WAL.
@@ -197,6 +197,15 @@ impl Head {
     pub(super) fn any_in_range(&self, ids: &[u32], start: i64, end: i64) -> bool {
         ids.iter()
             .any(|&id| self.series(id).is_some_and(|s| s.overlaps(start, end)))
+    }
+
+    /// The newest sample applied to the series with exactly `labels`.
+    pub(super) fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+        let (timestamp_ms, bits) = self.series(self.index.find(labels)?)?.last?;
+        Some(MetricSample {
+            timestamp_ms,
+            value: f64::from_bits(bits),
+        })
     }
 
     pub(super) fn series(&self, id: u32) -> Option<&MemSeries> {

@@ -151,6 +151,13 @@ impl MetricStore {
             .set_metadata(metadata);
     }
 
+    /// The newest durable sample of the series with exactly `labels`
+    /// (canonical form), staleness markers included: where the running total
+    /// of an OTLP delta series resumes after a restart.
+    pub fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+        self.head.read().expect("not poisoned").newest(labels)
+    }
+
     /// Type, help and unit per metric family, optionally of one metric.
     pub fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
         self.head.read().expect("not poisoned").metadata(metric)
