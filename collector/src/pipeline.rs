@@ -126,12 +126,12 @@ impl Pipeline {
                     }
                 },
                 RecordKind::Logs => match codec::decode_logs(&record.payload) {
-                    Ok(records) => {
-                        replayed_logs += records.len();
-                        if let Err(error) = logs.apply(record.seq, records) {
-                            tracing::error!(seq = record.seq, %error, "LogReplayError");
+                    Ok(records) => match logs.apply(record.seq, records) {
+                        Ok(added) => replayed_logs += added,
+                        Err(error) => {
+                            tracing::error!(seq = record.seq, %error, "LogReplayError")
                         }
-                    }
+                    },
                     Err(error) => {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
                     }

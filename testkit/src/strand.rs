@@ -195,7 +195,8 @@ impl Strand {
         (status, json)
     }
 
-    /// What the daemon logged so far, for failure messages.
+    /// What the daemon logged so far (without ANSI colours), for failure
+    /// messages and for tests that wait for an event.
     pub fn log(&self) -> String {
         self.runner.log()
     }
@@ -294,8 +295,10 @@ impl Runner {
     }
 }
 
+/// The daemon's log so far, without the ANSI colours its formatter may add,
+/// so that tests match plain `field=value` text.
 fn read_log(log: &tempfile::NamedTempFile) -> String {
-    std::fs::read_to_string(log.path()).unwrap_or_default()
+    strip_ansi(&std::fs::read_to_string(log.path()).unwrap_or_default())
 }
 
 impl Drop for Strand {
@@ -336,7 +339,7 @@ fn command_line(data_dir: &Path, args: &[&str]) -> Vec<String> {
 /// The addresses of the `StrandListening` log line (`otlp_grpc=ADDR
 /// otlp_http=ADDR http=ADDR`), once it is there.
 fn listening(log: &str) -> Option<[SocketAddr; 3]> {
-    let line = strip_ansi(log.lines().find(|l| l.contains("StrandListening"))?);
+    let line = log.lines().find(|l| l.contains("StrandListening"))?;
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))

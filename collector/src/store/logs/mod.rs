@@ -129,8 +129,9 @@ impl LogStore {
     }
 
     /// Adds durable records; called in WAL sequence order (at ingest and on
-    /// replay). Records a partition already committed are skipped.
-    pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<()> {
+    /// replay). Records a partition already committed are skipped; returns
+    /// how many were added.
+    pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<usize> {
         let mut by_partition: BTreeMap<u64, Vec<(u64, &LogRecord)>> = BTreeMap::new();
         for (position, record) in records.iter().enumerate() {
             let id = seq * MAX_RECORDS_PER_WAL_RECORD + position as u64;
@@ -139,11 +140,13 @@ impl LogStore {
                 .or_default()
                 .push((id, record));
         }
+        let mut added = 0;
         for (start, records) in by_partition {
             let partition = self.partition(start)?;
             if seq <= partition.committed_through.load(Ordering::Acquire) {
                 continue;
             }
+            added += records.len();
             self.ensure_writer(&partition)?;
             let writer = partition.writer.read().expect("not poisoned");
             let writer = writer.as_ref().expect("ensured above");
@@ -152,7 +155,7 @@ impl LogStore {
             }
             partition.added_through.fetch_max(seq, Ordering::AcqRel);
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Commits every partition holding uncommitted records and makes them
