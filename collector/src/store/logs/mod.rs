@@ -9,6 +9,11 @@
 //! so replaying the WAL twice never duplicates a log.
 //!
 //! Retention drops whole partitions, oldest first, by age and by total size.
+//!
+//! The store's `FORMAT` file holds [`FORMAT_VERSION`]: of the partition
+//! directories (named by their start in Unix seconds), the schema and
+//! document ids of `schema` and the commit payload (the WAL sequence number,
+//! in decimal). A stored record carries the `codec` version of its own.
 
 pub mod schema;
 
@@ -35,6 +40,9 @@ use crate::telemetry::SelfMetrics;
 const COLD_WRITER_BYTES: usize = 15 << 20;
 /// Records per WAL record are numbered below this in document ids.
 const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
+/// Bumped when the partition layout, schema or commit payload changes
+/// incompatibly.
+const FORMAT_VERSION: u32 = 1;
 
 impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
@@ -84,6 +92,7 @@ impl LogStore {
     /// Opens (or creates) the store in `dir` with partitions `partition` long.
     pub fn open(dir: &Path, partition: Duration, metrics: SelfMetrics) -> Result<LogStore> {
         fs::create_dir_all(dir)?;
+        crate::store::check_format(dir, "log", FORMAT_VERSION)?;
         let (schema, fields) = schema::build();
         let partition_nanos = u64::try_from(partition.as_nanos())
             .unwrap_or(u64::MAX)

@@ -11,7 +11,8 @@
 //! - `chunks/<n>.chk`: sealed chunks, appended by flushes, one file per
 //!   `CHUNK_FILE_BYTES`; retention deletes whole files, oldest first;
 //! - `head.snap`: the open chunk of every series and the metadata, rewritten
-//!   atomically by each flush together with the WAL sequence number it covers.
+//!   atomically by each flush together with the WAL sequence number it covers;
+//! - `FORMAT`: the version of the series log and chunk file formats.
 //!
 //! Entries of the series log and chunk files are [`frame`](crate::frame)s
 //! holding postcard; a torn tail of the newest chunk file or of the series
@@ -56,6 +57,10 @@ use crate::telemetry::SelfMetrics;
 
 pub use crate::config::SeriesLimits;
 
+/// The version of the series log and chunk file formats, recorded in the
+/// store's `FORMAT` file (the head snapshot carries its own).
+const FORMAT_VERSION: u32 = 1;
+
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {
     pub labels: Vec<Label>,
@@ -80,6 +85,7 @@ impl MetricStore {
     /// applied next.
     pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
+        crate::store::check_format(dir, "metrics", FORMAT_VERSION)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, |id, labels| head.insert(id, labels.into(), true))?;
         let mut files = ChunkFiles::open(dir, |id, chunk_ref| head.add_persisted(id, chunk_ref))?;

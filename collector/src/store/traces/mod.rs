@@ -135,10 +135,16 @@ impl TraceStore {
                 db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
             }
             Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
-            Some(_) => {
-                return Err(StoreError::Corrupt(
-                    "trace index was written by an incompatible version of strand".into(),
-                ));
+            Some(found) => {
+                return Err(StoreError::Incompatible {
+                    store: "trace",
+                    found: found
+                        .as_ref()
+                        .try_into()
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0),
+                    supported: index::FORMAT_VERSION,
+                });
             }
         }
         let mut committed = HashMap::new();
