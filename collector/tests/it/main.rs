@@ -13,6 +13,7 @@ mod crash;
 mod dashboards;
 mod derived_metrics;
 mod durability;
+mod formats;
 mod logs;
 mod metrics;
 mod promql_diff;
