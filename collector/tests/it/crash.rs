@@ -33,8 +33,12 @@ use crate::support::remote_write as rw;
 use crate::support::{STRAND_BINARY, prom};
 
 /// Short intervals, so that flushes, commits, snapshots and retention run
-/// many times a cycle and a kill can land in each.
+/// many times a cycle and a kill can land in each. Each log request also
+/// carries a record older than the log retention, so retention always has
+/// a partition to drop.
 const DAEMON_ARGS: &[&str] = &[
+    "--log-retention",
+    "7d",
     "--flush-interval",
     "100ms",
     "--metrics-flush-interval",
@@ -53,6 +57,8 @@ const SAMPLE_CLIENTS: u8 = 2;
 const TRACES_PER_REQUEST: u64 = 3;
 const SPANS_PER_TRACE: usize = 3;
 const LOGS_PER_REQUEST: u64 = 10;
+/// The age of the expiring record of each log request: beyond `--log-retention`.
+const EXPIRED_AGE_NANOS: u64 = 8 * 24 * 3_600 * 1_000_000_000;
 const SERIES_PER_REQUEST: u64 = 3;
 const SAMPLES_PER_SERIES: i64 = 2;
 /// Requests one client sends in a cycle at most: a Jaeger search (at most
@@ -100,6 +106,8 @@ struct Ledger {
     traces: HashMap<[u8; 16], bool>,
     /// Log body -> acknowledged.
     logs: HashMap<String, bool>,
+    /// Bodies of records older than the retention: there once or not at all.
+    expiring_logs: HashMap<String, bool>,
     /// (client, series, time in ms) -> (value, acknowledged).
     samples: HashMap<(String, String, i64), (f64, bool)>,
     /// Failures answered while the daemon was alive, with when.
@@ -177,21 +185,26 @@ fn trace_request(cycle: u64, client: u8, n: u64) -> (ExportTraceServiceRequest, 
     (request, ids)
 }
 
-fn log_request(cycle: u64, client: u8, n: u64) -> (ExportLogsServiceRequest, Vec<String>) {
+/// Client `client`'s logs of request `n`: the soak's bodies, and the body of
+/// the one expired record.
+fn log_request(cycle: u64, client: u8, n: u64) -> (ExportLogsServiceRequest, Vec<String>, String) {
     let now = now_nanos();
     let bodies: Vec<String> = (0..LOGS_PER_REQUEST)
         .map(|i| format!("soak k{cycle} c{client} n{}", n * LOGS_PER_REQUEST + i))
         .collect();
+    let expiring = format!("expiring k{cycle} c{client} n{n}");
+    let record = |time_unix_nano: u64, body: &String| LogRecord {
+        time_unix_nano,
+        severity_number: 9,
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body.clone())),
+        }),
+        ..Default::default()
+    };
     let log_records = bodies
         .iter()
-        .map(|body| LogRecord {
-            time_unix_nano: now,
-            severity_number: 9,
-            body: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(body.clone())),
-            }),
-            ..Default::default()
-        })
+        .map(|body| record(now, body))
+        .chain([record(now - EXPIRED_AGE_NANOS, &expiring)])
         .collect();
     let request = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
@@ -203,7 +216,7 @@ fn log_request(cycle: u64, client: u8, n: u64) -> (ExportLogsServiceRequest, Vec
             ..Default::default()
         }],
     };
-    (request, bodies)
+    (request, bodies, expiring)
 }
 
 /// Client `client`'s samples of request `n` in `cycle`: each cycle has its
@@ -292,18 +305,21 @@ async fn send_logs(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let (request, bodies) = log_request(cycle, client, n);
-        ledger
-            .lock()
-            .unwrap()
-            .logs
-            .extend(bodies.iter().map(|b| (b.clone(), false)));
+        let (request, bodies, expiring) = log_request(cycle, client, n);
+        {
+            let mut ledger = ledger.lock().unwrap();
+            ledger
+                .logs
+                .extend(bodies.iter().map(|b| (b.clone(), false)));
+            ledger.expiring_logs.insert(expiring.clone(), false);
+        }
         match grpc.export(request).await {
             Ok(_) => {
                 let mut ledger = ledger.lock().unwrap();
                 for body in bodies {
                     ledger.logs.insert(body, true);
                 }
+                ledger.expiring_logs.insert(expiring, true);
             }
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {}
             Err(status) => {
@@ -448,37 +464,10 @@ async fn check_traces(
     problems
 }
 
-/// Every soak log: acknowledged ones once, sent ones at most once.
+/// Every soak log: acknowledged ones once, sent ones at most once; and
+/// expired ones at most once.
 async fn check_logs(daemon: &Strand, ledger: &Ledger) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut found: HashMap<String, usize> = HashMap::new();
-    let mut cursor = String::new();
-    loop {
-        let (status, page) = daemon
-            .get_json_query(
-                "/api/logs",
-                &[
-                    ("q", "soak"),
-                    ("start", "0"),
-                    ("limit", "1000"),
-                    ("cursor", cursor.as_str()),
-                ],
-            )
-            .await;
-        if status != 200 {
-            problems.push(format!("log search: HTTP {status}: {page}"));
-            return problems;
-        }
-        for log in page["logs"].as_array().into_iter().flatten() {
-            *found
-                .entry(log["body"].as_str().unwrap_or_default().to_string())
-                .or_default() += 1;
-        }
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = next.to_string(),
-            None => break,
-        }
-    }
+    let (mut problems, found) = search_logs(daemon, "soak").await;
     for (body, &acked) in &ledger.logs {
         match found.get(body).copied().unwrap_or(0) {
             0 if acked => problems.push(format!("acknowledged log {body:?} lost")),
@@ -491,7 +480,51 @@ async fn check_logs(daemon: &Strand, ledger: &Ledger) -> Vec<String> {
             problems.push(format!("log {body:?} was never sent"));
         }
     }
+    let (expiring_problems, expiring) = search_logs(daemon, "expiring").await;
+    problems.extend(expiring_problems);
+    for (body, n) in expiring {
+        if !ledger.expiring_logs.contains_key(&body) {
+            problems.push(format!("log {body:?} was never sent"));
+        } else if n > 1 {
+            problems.push(format!("expiring log {body:?} found {n} times"));
+        }
+    }
     problems
+}
+
+/// How often each body matching `query` is found, over every page; and
+/// what went wrong.
+async fn search_logs(daemon: &Strand, query: &str) -> (Vec<String>, HashMap<String, usize>) {
+    let mut problems = Vec::new();
+    let mut found: HashMap<String, usize> = HashMap::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = daemon
+            .get_json_query(
+                "/api/logs",
+                &[
+                    ("q", query),
+                    ("start", "0"),
+                    ("limit", "1000"),
+                    ("cursor", cursor.as_str()),
+                ],
+            )
+            .await;
+        if status != 200 {
+            problems.push(format!("log search {query:?}: HTTP {status}: {page}"));
+            break;
+        }
+        for log in page["logs"].as_array().into_iter().flatten() {
+            *found
+                .entry(log["body"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    (problems, found)
 }
 
 /// Every soak sample, read raw: acknowledged ones once with their value,
@@ -593,6 +626,7 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
             }
         }
         let killed_at = Instant::now();
+        let killed_log = daemon.log();
         daemon.kill9();
         stop.store(true, Ordering::Relaxed);
         for client in clients {
@@ -610,15 +644,16 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
             errors.is_empty(),
             "cycle {cycle} (seed {seed}): requests failed before the kill: {errors:#?}"
         );
-        let restart_log = daemon.log();
-        let errors_logged: Vec<&str> = restart_log
-            .lines()
-            .filter(|l| l.contains("ERROR"))
-            .collect();
-        assert!(
-            errors_logged.is_empty(),
-            "cycle {cycle} ({moment:?}, seed {seed}): the restart logged errors: {errors_logged:#?}"
-        );
+        for (when, log) in [
+            ("before the kill", killed_log),
+            ("after the restart", daemon.log()),
+        ] {
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            assert!(
+                errors.is_empty(),
+                "cycle {cycle} ({moment:?}, seed {seed}): errors logged {when}: {errors:#?}"
+            );
+        }
         let traces = check_traces(&daemon, &ledger, cycle.saturating_sub(1)..cycle + 1).await;
         assert_no_problems(
             &format!("cycle {cycle} ({moment:?}): traces"),

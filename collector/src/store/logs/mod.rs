@@ -43,6 +43,9 @@ const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
 /// Bumped when the partition layout, schema or commit payload changes
 /// incompatibly.
 const FORMAT_VERSION: u32 = 1;
+/// Retention renames a partition's directory to `<start>.dropped` before
+/// deleting it, so a new partition of the same start never shares it.
+const DROPPED_SUFFIX: &str = "dropped";
 
 impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
@@ -85,6 +88,10 @@ pub struct LogStore {
     partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
+    /// Held shared by `apply`, exclusively by retention while it takes a
+    /// partition out: records are never added to a partition whose
+    /// directory is going, nor to a new one retention is still deleting.
+    adding: RwLock<()>,
     metrics: SelfMetrics,
 }
 
@@ -105,11 +112,17 @@ impl LogStore {
             partition_nanos,
             partitions: RwLock::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
+            adding: RwLock::new(()),
             metrics,
         };
         let mut partitions = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
+            if path.extension().is_some_and(|e| e == DROPPED_SUFFIX) {
+                // Retention was interrupted after taking the partition out.
+                fs::remove_dir_all(&path)?;
+                continue;
+            }
             let Some(start) = partition_start(&path) else {
                 continue;
             };
@@ -141,6 +154,7 @@ impl LogStore {
     /// replay). Records a partition already committed are skipped; returns
     /// how many were added.
     pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<usize> {
+        let _adding = self.adding.read().expect("not poisoned");
         let mut by_partition: BTreeMap<u64, Vec<(u64, &LogRecord)>> = BTreeMap::new();
         for (position, record) in records.iter().enumerate() {
             let id = seq * MAX_RECORDS_PER_WAL_RECORD + position as u64;
@@ -149,22 +163,43 @@ impl LogStore {
                 .or_default()
                 .push((id, record));
         }
-        let mut added = 0;
+        // One partition failing does not keep the records of the others out.
+        let (mut added, mut first_error) = (0, None);
         for (start, records) in by_partition {
-            let partition = self.partition(start)?;
-            if seq <= partition.committed_through.load(Ordering::Acquire) {
-                continue;
+            match self.add_to_partition(start, seq, records) {
+                Ok(count) => added += count,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
-            added += records.len();
-            self.ensure_writer(&partition)?;
-            let writer = partition.writer.read().expect("not poisoned");
-            let writer = writer.as_ref().expect("ensured above");
-            for (id, record) in records {
-                writer.add_document(schema::to_document(&self.fields, record, id))?;
-            }
-            partition.added_through.fetch_max(seq, Ordering::AcqRel);
         }
-        Ok(added)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(added),
+        }
+    }
+
+    /// Adds the records of WAL record `seq` that fall in the partition
+    /// starting at `start`, unless it has committed them; returns how many.
+    fn add_to_partition(
+        &self,
+        start: u64,
+        seq: u64,
+        records: Vec<(u64, &LogRecord)>,
+    ) -> Result<usize> {
+        let partition = self.partition(start)?;
+        if seq <= partition.committed_through.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        self.ensure_writer(&partition)?;
+        let writer = partition.writer.read().expect("not poisoned");
+        let writer = writer.as_ref().expect("ensured above");
+        let count = records.len();
+        for (id, record) in records {
+            writer.add_document(schema::to_document(&self.fields, record, id))?;
+        }
+        partition.added_through.fetch_max(seq, Ordering::AcqRel);
+        Ok(count)
     }
 
     /// Commits every partition holding uncommitted records and makes them
@@ -235,14 +270,19 @@ impl LogStore {
             }
         }
         for start in &doomed {
-            let removed = self.partitions.write().expect("not poisoned").remove(start);
-            if let Some(partition) = removed {
-                let dir = partition.dir.clone();
-                drop(partition);
-                // Open searchers keep their mapped files readable after this.
-                fs::remove_dir_all(&dir)?;
-                tracing::info!(partition = %dir.display(), "LogPartitionDropped");
-            }
+            let dropped = {
+                let _exclusive = self.adding.write().expect("not poisoned");
+                let removed = self.partitions.write().expect("not poisoned").remove(start);
+                let Some(partition) = removed else { continue };
+                // Its uncommitted records are past retention too.
+                *partition.writer.write().expect("not poisoned") = None;
+                let dropped = partition.dir.with_extension(DROPPED_SUFFIX);
+                fs::rename(&partition.dir, &dropped)?;
+                dropped
+            };
+            // Open searchers keep their mapped files readable after this.
+            fs::remove_dir_all(&dropped)?;
+            tracing::info!(partition = %dropped.display(), "LogPartitionDropped");
         }
         if !doomed.is_empty() {
             self.update_size_metric();
@@ -387,4 +427,58 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_log;
+
+    const HOUR: u64 = 3_600 * 1_000_000_000;
+
+    fn documents(store: &LogStore) -> u64 {
+        store
+            .partitions_between(0, u64::MAX)
+            .iter()
+            .map(|p| p.searcher().num_docs())
+            .sum()
+    }
+
+    #[test]
+    fn records_for_a_dropped_partition_start_a_new_one_and_keep_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new());
+        let store = open().unwrap();
+        let now = 1_000 * HOUR;
+        store
+            .apply(1, vec![sample_log("a", now - 30 * HOUR, "old")])
+            .unwrap();
+        store.apply(2, vec![sample_log("a", now, "new")]).unwrap();
+        store.commit().unwrap();
+        let retention = Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 0,
+        };
+        assert_eq!(store.enforce_retention(retention, now).unwrap(), 1);
+        assert_eq!(documents(&store), 1);
+
+        // One WAL record with a late record for the dropped hour and a new one.
+        let both = vec![
+            sample_log("a", now - 30 * HOUR, "late"),
+            sample_log("a", now + 1, "newer"),
+        ];
+        assert_eq!(store.apply(3, both).unwrap(), 2);
+        store.commit().unwrap();
+        assert_eq!(documents(&store), 3);
+
+        // A drop interrupted between its rename and its delete is finished on open.
+        drop(store);
+        let interrupted = dir
+            .path()
+            .join(format!("{}.{DROPPED_SUFFIX}", now / 1_000_000_000));
+        fs::create_dir_all(interrupted.join("segment")).unwrap();
+        let store = open().unwrap();
+        assert!(!interrupted.exists());
+        assert_eq!(documents(&store), 3);
+    }
 }
