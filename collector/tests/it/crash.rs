@@ -108,13 +108,25 @@ struct Ledger {
     logs: HashMap<String, bool>,
     /// Bodies of records older than the retention: there once or not at all.
     expiring_logs: HashMap<String, bool>,
-    /// (client, series, time in ms) -> (value, acknowledged).
-    samples: HashMap<(String, String, i64), (f64, bool)>,
+    /// Sample -> (value, acknowledged).
+    samples: HashMap<SampleKey, (f64, bool)>,
     /// Failures answered while the daemon was alive, with when.
     errors: Vec<(Instant, String)>,
 }
 
+/// The ledger while clients write to it.
 type Shared = Arc<Mutex<Ledger>>;
+
+/// The ledger back from clients that have all ended.
+fn unshare(shared: Shared) -> Ledger {
+    Arc::try_unwrap(shared)
+        .unwrap_or_else(|_| panic!("a client still holds the ledger"))
+        .into_inner()
+        .unwrap()
+}
+
+/// A sample's (client, series, time in ms).
+type SampleKey = (String, String, i64);
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -226,7 +238,7 @@ fn sample_request(
     cycle: u64,
     client: u8,
     n: u64,
-) -> (rw::WriteRequest, Vec<((String, String, i64), f64)>) {
+) -> (rw::WriteRequest, Vec<(SampleKey, f64)>) {
     let step = (cycle * REQUESTS_PER_CYCLE + n) as i64;
     let client_label = client.to_string();
     let mut keys = Vec::new();
@@ -534,7 +546,7 @@ async fn check_samples(daemon: &Strand, ledger: &Ledger, base: i64, cycles: u64)
     let end = base + (cycles * REQUESTS_PER_CYCLE) as i64 * SAMPLE_STEP_MS;
     let window = format!("soak_samples[{}s]", (end - base) / 1000 + 60);
     let stored = prom::raw_samples(daemon, &window, end as f64 / 1000.0).await;
-    let mut found: HashMap<(String, String, i64), Vec<f64>> = HashMap::new();
+    let mut found: HashMap<SampleKey, Vec<f64>> = HashMap::new();
     for (labels, samples) in stored {
         for (t, value) in samples {
             found
@@ -581,11 +593,12 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
     let data = dir.path().join("data");
     // Samples of cycle k go to [base + k slot, base + (k + 1) slot).
     let base = (now_nanos() / 1_000_000_000) as i64 * 1000 - 12 * 3_600_000;
-    let ledger: Shared = Arc::default();
+    let mut ledger = Ledger::default();
     let mut daemon = Strand::spawn_logging(STRAND_BINARY, &data, DAEMON_ARGS, LOG_FILTER).await;
     let started = Instant::now();
     for cycle in 0..cycles {
         let moment = MOMENTS[cycle as usize % MOMENTS.len()];
+        let shared: Shared = Arc::new(Mutex::new(std::mem::take(&mut ledger)));
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
         for client in 0..TRACE_CLIENTS {
@@ -594,7 +607,7 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
                 url,
                 cycle,
                 client,
-                ledger.clone(),
+                shared.clone(),
                 stop.clone(),
             )));
         }
@@ -603,7 +616,7 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
                 daemon.grpc_endpoint(),
                 cycle,
                 client,
-                ledger.clone(),
+                shared.clone(),
                 stop.clone(),
             )));
         }
@@ -613,7 +626,7 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
                 base,
                 cycle,
                 client,
-                ledger.clone(),
+                shared.clone(),
                 stop.clone(),
             )));
         }
@@ -634,7 +647,7 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
         }
 
         daemon = Strand::spawn_logging(STRAND_BINARY, &data, DAEMON_ARGS, LOG_FILTER).await;
-        let mut ledger = ledger.lock().unwrap();
+        ledger = unshare(shared);
         let errors: Vec<String> = std::mem::take(&mut ledger.errors)
             .into_iter()
             .filter(|(at, _)| *at < killed_at)
@@ -681,7 +694,6 @@ async fn every_acknowledged_item_survives_kill_9_exactly_once() {
             started.elapsed()
         );
     }
-    let ledger = ledger.lock().unwrap();
     assert_no_problems(
         "after the last cycle: every trace",
         check_traces(&daemon, &ledger, 0..cycles).await,
@@ -794,7 +806,7 @@ async fn sigterm_under_load_drains_flushes_and_exits_within_10_s() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let base = (now_nanos() / 1_000_000_000) as i64 * 1000 - 3_600_000;
-    let ledger: Shared = Arc::default();
+    let shared: Shared = Arc::default();
     let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -804,7 +816,7 @@ async fn sigterm_under_load_drains_flushes_and_exits_within_10_s() {
             url,
             0,
             client,
-            ledger.clone(),
+            shared.clone(),
             stop.clone(),
         )));
     }
@@ -814,7 +826,7 @@ async fn sigterm_under_load_drains_flushes_and_exits_within_10_s() {
             endpoint,
             0,
             client,
-            ledger.clone(),
+            shared.clone(),
             stop.clone(),
         )));
     }
@@ -825,7 +837,7 @@ async fn sigterm_under_load_drains_flushes_and_exits_within_10_s() {
             base,
             0,
             client,
-            ledger.clone(),
+            shared.clone(),
             stop.clone(),
         )));
     }
@@ -848,7 +860,7 @@ async fn sigterm_under_load_drains_flushes_and_exits_within_10_s() {
             "{field} after a clean stop:\n{log}"
         );
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = unshare(shared);
     let errors: Vec<&String> = ledger
         .errors
         .iter()
