@@ -404,6 +404,30 @@ mod tests {
     }
 
     #[test]
+    fn a_kill_between_chunk_append_and_snapshot_duplicates_no_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<(i64, f64)> = (0..130).map(|i| (i * 1000, i as f64)).collect();
+        let old_snapshot = {
+            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+            ingest(&store, vec![series("up", "a", &samples[..50])]);
+            store.flush(1).unwrap();
+            let old_snapshot = std::fs::read(dir.path().join("head.snap")).unwrap();
+            // Seals the chunk the old snapshot holds open, and writes it.
+            ingest(&store, vec![series("up", "a", &samples[50..])]);
+            store.flush(2).unwrap();
+            old_snapshot
+        };
+        // As if killed after the chunk file append, before the new snapshot.
+        std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        assert_eq!(store.durable_through(), 1);
+        store.apply(vec![series("up", "a", &samples[50..])]);
+        let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let times: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn survives_flush_and_reopen_across_sealed_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64 * 1.5)).collect();
