@@ -244,6 +244,16 @@ pub struct ServeArgs {
     )]
     pub query_queue: usize,
 
+    /// How often the metrics head is written out (sealed chunks and a
+    /// snapshot of the open ones); bounds the write-ahead log a restart
+    /// replays for metrics.
+    #[arg(long, env = "STRAND_METRICS_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub metrics_flush_interval: Duration,
+
+    /// How often trace, log and metric retention is checked.
+    #[arg(long, env = "STRAND_RETENTION_INTERVAL", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
     /// A token granting the ingest scope (OTLP, remote write, _bulk). Repeat
     /// the flag, or separate tokens with commas, to accept several while
     /// rotating. Once any token is configured, every endpoint but /healthz,
@@ -387,6 +397,10 @@ pub struct IngestLimits {
     pub max_buffered_spans: usize,
     /// How often the head is flushed to the stores.
     pub flush_interval: Duration,
+    /// How often the metrics head is written out.
+    pub metrics_flush_interval: Duration,
+    /// How often retention is checked.
+    pub retention_interval: Duration,
 }
 
 /// Limits on how many series may exist, so one bad label cannot exhaust
@@ -484,6 +498,12 @@ impl Config {
         if self.limits.flush_interval < Duration::from_millis(10) {
             bail!("flush_interval must be at least 10ms");
         }
+        if self.limits.metrics_flush_interval < Duration::from_millis(10) {
+            bail!("metrics_flush_interval must be at least 10ms");
+        }
+        if self.limits.retention_interval < Duration::from_millis(10) {
+            bail!("retention_interval must be at least 10ms");
+        }
         if self.traces.retention.max_age < Duration::from_secs(60) {
             bail!("trace_retention must be at least 1m");
         }
@@ -567,6 +587,8 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             limits: IngestLimits {
                 flush_interval: self.flush_interval,
+                metrics_flush_interval: self.metrics_flush_interval,
+                retention_interval: self.retention_interval,
                 max_buffered_spans: self.max_buffered_spans,
                 wal_queue_bytes: self.wal_queue_bytes,
             },

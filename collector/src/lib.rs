@@ -75,8 +75,9 @@ pub mod log_index {
     };
 }
 
-/// How long servers get to finish in-flight requests on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long servers get to finish in-flight requests on shutdown: half of
+/// the 10 s a stop may take, the rest is for the final flush.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The daemon's three listeners. The caller binds them, so that a test can
 /// bind port 0 and know every address before the daemon starts.

@@ -41,11 +41,6 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often trace, log and metric retention is checked.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the metrics head is written out (sealed chunks and a snapshot of
-/// the open ones): what bounds the WAL the metrics store holds back.
-const METRICS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What kind of data an append carries, for counting it.
 #[derive(Clone, Copy)]
@@ -131,12 +126,12 @@ impl Pipeline {
                     }
                 },
                 RecordKind::Logs => match codec::decode_logs(&record.payload) {
-                    Ok(records) => {
-                        replayed_logs += records.len();
-                        if let Err(error) = logs.apply(record.seq, records) {
-                            tracing::error!(seq = record.seq, %error, "LogReplayError");
+                    Ok(records) => match logs.apply(record.seq, records) {
+                        Ok(added) => replayed_logs += added,
+                        Err(error) => {
+                            tracing::error!(seq = record.seq, %error, "LogReplayError")
                         }
-                    }
+                    },
                     Err(error) => {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
                     }
@@ -271,6 +266,15 @@ impl Pipeline {
             self.metric_store.undo_admission(&admitted);
         }
         Ok((rejections, Some((pending, count))))
+    }
+
+    /// The newest durable sample of the series with exactly `labels`; see
+    /// `MetricStore::newest`.
+    pub fn newest_sample(
+        &self,
+        labels: &[crate::model::Label],
+    ) -> Option<crate::model::MetricSample> {
+        self.metric_store.newest(labels)
     }
 
     /// Counts samples refused.
@@ -498,8 +502,8 @@ impl Pipeline {
         tokio::pin!(stop);
         let mut flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
         let mut flush_logs = tokio::time::interval(LOG_COMMIT_INTERVAL);
-        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-        let mut flush_metrics = tokio::time::interval(METRICS_FLUSH_INTERVAL);
+        let mut retention = tokio::time::interval(self.limits.retention_interval);
+        let mut flush_metrics = tokio::time::interval(self.limits.metrics_flush_interval);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         loop {
             tokio::select! {
@@ -548,6 +552,8 @@ impl Pipeline {
         let pipeline = self.clone();
         let now = crate::model::now_unix_nano();
         let done = tokio::task::spawn_blocking(move || {
+            // Marks the moment a crash test kills the daemon in.
+            tracing::debug!("RetentionStarted");
             if let Err(error) = pipeline
                 .traces
                 .enforce_retention(pipeline.trace_settings.retention, now)

@@ -84,12 +84,23 @@ impl Strand {
     /// `/readyz` answers. It listens on 127.0.0.1 port 0 (unless `args` name
     /// an address) and its `StrandListening` log line says where.
     pub async fn spawn(binary: impl AsRef<Path>, data_dir: &Path, args: &[&str]) -> Strand {
+        Strand::spawn_logging(binary, data_dir, args, "info").await
+    }
+
+    /// [`Strand::spawn`] with `log_filter` as the daemon's `STRAND_LOG`
+    /// (e.g. `info,strand=debug`), for tests that wait for debug-level events.
+    pub async fn spawn_logging(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Strand {
         let binary = binary.as_ref();
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(binary)
             .arg("serve")
             .args(command_line(data_dir, args))
-            .env("STRAND_LOG", "info")
+            .env("STRAND_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("the log file"))
             .spawn()
@@ -184,7 +195,8 @@ impl Strand {
         (status, json)
     }
 
-    /// What the daemon logged so far, for failure messages.
+    /// What the daemon logged so far (without ANSI colours), for failure
+    /// messages and for tests that wait for an event.
     pub fn log(&self) -> String {
         self.runner.log()
     }
@@ -283,8 +295,10 @@ impl Runner {
     }
 }
 
+/// The daemon's log so far, without the ANSI colours its formatter may add,
+/// so that tests match plain `field=value` text.
 fn read_log(log: &tempfile::NamedTempFile) -> String {
-    std::fs::read_to_string(log.path()).unwrap_or_default()
+    strip_ansi(&std::fs::read_to_string(log.path()).unwrap_or_default())
 }
 
 impl Drop for Strand {
@@ -325,7 +339,7 @@ fn command_line(data_dir: &Path, args: &[&str]) -> Vec<String> {
 /// The addresses of the `StrandListening` log line (`otlp_grpc=ADDR
 /// otlp_http=ADDR http=ADDR`), once it is there.
 fn listening(log: &str) -> Option<[SocketAddr; 3]> {
-    let line = strip_ansi(log.lines().find(|l| l.contains("StrandListening"))?);
+    let line = log.lines().find(|l| l.contains("StrandListening"))?;
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))

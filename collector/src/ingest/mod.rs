@@ -186,7 +186,7 @@ async fn export_metrics(
     use opentelemetry_proto::tonic::collector::metrics::v1::{
         ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
     };
-    let converted = converter.convert(request);
+    let converted = converter.convert(request, &|labels| pipeline.newest_sample(labels));
     if converted.rejected > 0 {
         pipeline.reject_samples(converted.rejected as usize, "invalid");
     }

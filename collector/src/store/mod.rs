@@ -10,6 +10,7 @@ pub mod logs;
 pub mod metrics;
 pub mod traces;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -40,9 +41,54 @@ pub enum StoreError {
     Search(String),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
+    /// Data written in a format this Strand does not read: refused rather
+    /// than misread.
+    #[error(
+        "the {store} store is in format version {found}, this strand reads version {supported}"
+    )]
+    Incompatible {
+        store: &'static str,
+        found: u32,
+        supported: u32,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The file in a store's directory naming the version of the store's file
+/// formats, for stores whose files carry none of their own.
+const FORMAT_FILE: &str = "FORMAT";
+
+/// Checks that the `store` in `dir` is in format `version` and records it
+/// there if it is not yet. A directory without the file was written before
+/// it existed, in version 1 of every format that uses it.
+fn check_format(dir: &Path, store: &'static str, version: u32) -> Result<()> {
+    let path = dir.join(FORMAT_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| {
+            StoreError::Corrupt(format!("{}: {text:?} is not a version", path.display()))
+        })?),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error.into()),
+    };
+    let found = recorded.unwrap_or(1);
+    if found != version {
+        return Err(StoreError::Incompatible {
+            store,
+            found,
+            supported: version,
+        });
+    }
+    if recorded.is_none() {
+        let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, format!("{version}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
 /// Every store of one data directory, shared by the write path and the
 /// query side.
@@ -82,5 +128,32 @@ impl Stores {
             metrics: Arc::new(metrics),
             dashboards: Arc::new(dashboards),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_directory_records_its_format_version_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        // Written before versions were recorded: version 1, recorded now.
+        check_format(dir.path(), "log", 1).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
+            "1\n"
+        );
+        check_format(dir.path(), "log", 1).unwrap();
+        let error = check_format(dir.path(), "log", 2).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the log store is in format version 1, this strand reads version 2"
+        );
+        std::fs::write(dir.path().join(FORMAT_FILE), "two").unwrap();
+        assert!(matches!(
+            check_format(dir.path(), "log", 1),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -33,7 +33,7 @@ fn trace_id(client: u8, n: u64) -> [u8; 16] {
     id
 }
 
-fn service(name: String) -> Option<Resource> {
+pub(crate) fn service(name: String) -> Option<Resource> {
     Some(Resource {
         attributes: vec![KeyValue {
             key: "service.name".into(),

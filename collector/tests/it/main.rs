@@ -9,9 +9,11 @@
 
 mod auth;
 mod bad_input;
+mod crash;
 mod dashboards;
 mod derived_metrics;
 mod durability;
+mod formats;
 mod fuzz;
 mod logs;
 mod metrics;

@@ -30,11 +30,30 @@ pub(super) struct DeltaKey {
     pub(super) labels: Vec<Label>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum Running {
     Sum(f64),
     Histogram(ExplicitHistogram),
     Exponential(ExponentialHistogram),
+}
+
+/// A running total taken back from the store, and the time of its sample.
+pub(super) struct Resumed {
+    pub(super) last_unix_nano: u64,
+    pub(super) running: Running,
+}
+
+impl Resumed {
+    /// A running total from a stored sample at `timestamp_ms`: any point in
+    /// that millisecond counts as not newer, since it would land on the same
+    /// sample time.
+    pub(super) fn at(timestamp_ms: i64, running: Running) -> Resumed {
+        let millis = u64::try_from(timestamp_ms).unwrap_or(0);
+        Resumed {
+            last_unix_nano: millis.saturating_mul(1_000_000).saturating_add(999_999),
+            running,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -64,19 +83,30 @@ impl DeltaState {
         }
     }
 
-    /// The running total a delta point at `time` adds to, if any. A point not
-    /// newer than the last one added is refused: it is a retry or out of
+    /// The running total a delta point at `time` adds to, if any: the one
+    /// held here, or else what `resume` takes back from the store. A point
+    /// not newer than the last one added is refused: it is a retry or out of
     /// order, and adding it would count it twice.
-    pub(super) fn previous(&self, key: &DeltaKey, time: u64) -> Result<Option<&Running>, String> {
-        match self.entries.get(key) {
-            Some(entry) if time <= entry.last_unix_nano => Err(format!(
-                "delta point at {time} ns is not newer than the last one ({} ns); \
-                 dropped as a duplicate or out of order",
-                entry.last_unix_nano
-            )),
-            Some(entry) => Ok(Some(&entry.running)),
-            None => Ok(None),
+    pub(super) fn previous(
+        &self,
+        key: &DeltaKey,
+        time: u64,
+        resume: impl FnOnce() -> Option<Resumed>,
+    ) -> Result<Option<Running>, String> {
+        let (last_unix_nano, running) = match self.entries.get(key) {
+            Some(entry) => (entry.last_unix_nano, entry.running.clone()),
+            None => match resume() {
+                Some(resumed) => (resumed.last_unix_nano, resumed.running),
+                None => return Ok(None),
+            },
+        };
+        if time <= last_unix_nano {
+            return Err(format!(
+                "delta point at {time} ns is not newer than the last one ({last_unix_nano} ns); \
+                 dropped as a duplicate or out of order"
+            ));
         }
+        Ok(Some(running))
     }
 
     /// Stores a running total, making room for a new series if needed.
@@ -131,8 +161,89 @@ impl DeltaState {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
     use crate::ingest::otlp_metrics::MetricsConverter;
-    use crate::ingest::otlp_metrics::tests::{check_with, request};
+    use crate::ingest::otlp_metrics::tests::{check_with, render, request};
+    use crate::model::{Label, MetricSample};
+
+    /// The newest sample of every series converted, as the metrics store
+    /// keeps them across a restart.
+    #[derive(Default)]
+    struct Stored(RefCell<HashMap<Vec<Label>, MetricSample>>);
+
+    impl Stored {
+        /// Converts `json` with `converter`, resuming from and then storing
+        /// into these samples; returns the rendering `check_with` compares.
+        fn convert(&self, converter: &MetricsConverter, json: &str) -> String {
+            let request = serde_json::from_str(json).unwrap();
+            let converted =
+                converter.convert(request, &|labels| self.0.borrow().get(labels).copied());
+            for series in &converted.series {
+                if let Some(newest) = series.samples.last() {
+                    self.0.borrow_mut().insert(series.labels.clone(), *newest);
+                }
+            }
+            render(&converted)
+        }
+    }
+
+    #[test]
+    fn a_new_converter_resumes_delta_sums_from_the_stored_samples() {
+        let delta = |time: &str, value: f64, flags: u32| {
+            request(&format!(
+                r#"{{"name":"jobs.done","sum":{{"aggregationTemporality":1,"isMonotonic":true,
+                    "dataPoints":[{{"timeUnixNano":"{time}","asDouble":{value},"flags":{flags}}}]}}}}"#
+            ))
+        };
+        let stored = Stored::default();
+        stored.convert(&MetricsConverter::new(100), &delta("1000000000", 2.0, 0));
+        stored.convert(&MetricsConverter::new(100), &delta("2000000000", 3.0, 0));
+        // A restart: a new converter, the same store.
+        let restarted = MetricsConverter::new(100);
+        let got = stored.convert(&restarted, &delta("3000000000", 4.0, 0));
+        assert!(
+            got.starts_with(r#"jobs_done_total{job="svc"} 3000:9"#),
+            "{got}"
+        );
+        // A retry of a point the store has is not counted twice.
+        let got = stored.convert(&MetricsConverter::new(100), &delta("3000000000", 4.0, 0));
+        assert!(
+            got.contains("rejected=1") && got.contains("not newer"),
+            "{got}"
+        );
+        // After a staleness marker the series starts from zero again.
+        stored.convert(&restarted, &delta("4000000000", 0.0, 1));
+        let got = stored.convert(&MetricsConverter::new(100), &delta("5000000000", 1.0, 0));
+        assert!(
+            got.starts_with(r#"jobs_done_total{job="svc"} 5000:1"#),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_new_converter_resumes_delta_histograms_from_the_stored_samples() {
+        let delta = |time: &str, counts: &str| {
+            request(&format!(
+                r#"{{"name":"latency","unit":"ms","histogram":{{"aggregationTemporality":1,
+                    "dataPoints":[{{"timeUnixNano":"{time}","count":"3","sum":3,
+                    "explicitBounds":[10],"bucketCounts":[{counts}]}}]}}}}"#
+            ))
+        };
+        let stored = Stored::default();
+        stored.convert(&MetricsConverter::new(100), &delta("1000000000", "1,2"));
+        let got = stored.convert(&MetricsConverter::new(100), &delta("2000000000", "3,0"));
+        assert_eq!(
+            got,
+            r#"latency_milliseconds_bucket{job="svc",le="10"} 2000:4
+latency_milliseconds_bucket{job="svc",le="+Inf"} 2000:6
+latency_milliseconds_sum{job="svc"} 2000:6
+latency_milliseconds_count{job="svc"} 2000:6
+# latency_milliseconds histogram unit="milliseconds" help=""
+"#
+        );
+    }
 
     #[test]
     fn accumulates_a_delta_counter_over_two_requests() {

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::metrics::v1 as otlp_metrics;
 
-use super::delta::{DeltaKey, DeltaKind, DeltaState, Running};
+use super::delta::{DeltaKey, DeltaKind, DeltaState, Resumed, Running};
 use super::naming::attribute_labels;
 use super::points::{is_stale, sample_value, stale_nan, timestamp_ms};
 use super::{MetricContext, PointSeries};
-use crate::model::Label;
+use crate::model::{Label, MetricSample, STALE_NAN_BITS};
 
 /// The scales the OTLP data model allows for exponential histograms.
 const MIN_SCALE: i32 = -10;
@@ -125,6 +125,55 @@ impl ExplicitHistogram {
         })
     }
 
+    /// The running total of this delta's series and bucket layout, taken
+    /// back from its stored `_bucket`, `_sum` and `_count` samples: all of
+    /// one time and none a staleness marker, or there is none.
+    fn resume(&self, context: &MetricContext<'_>, attributes: &[Label]) -> Option<Resumed> {
+        let stored = |suffix: &str, le: Option<f64>| {
+            let sample =
+                (context.stored)(&context.labels(attributes, suffix, le.map(|le| ("le", le))))?;
+            (sample.value.to_bits() != STALE_NAN_BITS).then_some(sample)
+        };
+        let count = stored("_count", None)?;
+        let time = count.timestamp_ms;
+        let whole = |sample: MetricSample| {
+            (sample.timestamp_ms == time && sample.value >= 0.0 && sample.value.fract() == 0.0)
+                .then_some(sample.value as u64)
+        };
+        let mut cumulative = Vec::with_capacity(self.bounds.len() + 1);
+        for &le in &self.bounds {
+            cumulative.push(whole(stored("_bucket", Some(le))?)?);
+        }
+        cumulative.push(whole(stored("_bucket", Some(f64::INFINITY))?)?);
+        let sum = match self.sum {
+            Some(_) => {
+                let sum = stored("_sum", None)?;
+                (sum.timestamp_ms == time).then_some(Some(sum.value))?
+            }
+            None => None,
+        };
+        let counts = if self.counts.is_empty() {
+            Vec::new()
+        } else {
+            let mut below = 0;
+            let mut counts = Vec::with_capacity(cumulative.len());
+            for c in cumulative {
+                counts.push(c.checked_sub(below)?);
+                below = c;
+            }
+            counts
+        };
+        Some(Resumed::at(
+            time,
+            Running::Histogram(ExplicitHistogram {
+                bounds: self.bounds.clone(),
+                counts,
+                count: whole(count)?,
+                sum,
+            }),
+        ))
+    }
+
     fn classic(&self) -> ClassicHistogram {
         let mut cumulative = 0u64;
         let buckets = self
@@ -191,7 +240,8 @@ pub(super) fn histogram_point(
         if let Some(sum) = histogram.sum.filter(|s| !s.is_finite()) {
             return Err(format!("delta sum {sum} is not finite"));
         }
-        let previous = match state.previous(&key, point.time_unix_nano)? {
+        let resume = || histogram.resume(context, &attributes);
+        let previous = match state.previous(&key, point.time_unix_nano, resume)? {
             Some(Running::Histogram(previous)) => previous.add(&histogram),
             _ => None,
         };
@@ -415,7 +465,12 @@ pub(super) fn exponential_point(
         if let Some(sum) = histogram.sum.filter(|s| !s.is_finite()) {
             return Err(format!("delta sum {sum} is not finite"));
         }
-        if let Some(Running::Exponential(previous)) = state.previous(&key, point.time_unix_nano)? {
+        // Stored as classic buckets, an exponential total cannot be taken
+        // back exactly: after a restart it starts again (a counter reset).
+        let resume = || None;
+        if let Some(Running::Exponential(previous)) =
+            state.previous(&key, point.time_unix_nano, resume)?
+        {
             histogram = previous.add(&histogram)?;
         }
         state.store(

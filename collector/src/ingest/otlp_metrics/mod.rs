@@ -98,8 +98,13 @@ impl MetricsConverter {
     }
 
     /// Converts one export request. Never fails as a whole: what cannot be
-    /// converted is counted in `rejected`, the rest is returned.
-    pub fn convert(&self, request: ExportMetricsServiceRequest) -> ConvertedMetrics {
+    /// converted is counted in `rejected`, the rest is returned. A delta
+    /// series without a running total here resumes from `stored`.
+    pub fn convert(
+        &self,
+        request: ExportMetricsServiceRequest,
+        stored: StoredSample<'_>,
+    ) -> ConvertedMetrics {
         // The state is only ever updated after a point is fully validated, so
         // a panic elsewhere cannot have left it half-written.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,7 +125,7 @@ impl MetricsConverter {
                 ];
                 common.extend(resource.identity.iter().cloned());
                 for metric in scope_metrics.metrics {
-                    convert_metric(&mut state, &mut out, &common, metric, &mut times);
+                    convert_metric(&mut state, &mut out, &common, stored, metric, &mut times);
                 }
             }
             resource.emit_target_info(&mut out, &times);
@@ -224,12 +229,21 @@ struct PointSeries {
     series: Vec<(Vec<Label>, f64)>,
 }
 
+/// The newest stored sample of a series (canonical labels), staleness
+/// markers included. The running totals of delta series live in memory; the
+/// cumulative samples they produced are durable (WAL, then the metrics
+/// store), so a series without a running total — after a restart or
+/// `kill -9`, or an eviction — resumes from its newest stored sample, which
+/// is exactly the sum of every delta acknowledged before.
+pub type StoredSample<'a> = &'a dyn Fn(&[Label]) -> Option<MetricSample>;
+
 /// What the points of one metric share.
 struct MetricContext<'a> {
     family: &'a str,
     /// Scope labels, then `job`/`instance`: added after the point's
     /// attributes, so they win over an attribute of the same name.
     common: &'a [Label],
+    stored: StoredSample<'a>,
 }
 
 impl MetricContext<'_> {
@@ -254,6 +268,7 @@ fn convert_metric(
     state: &mut DeltaState,
     out: &mut Output,
     common: &[Label],
+    stored: StoredSample<'_>,
     metric: otlp_metrics::Metric,
     times: &mut BTreeSet<i64>,
 ) {
@@ -303,6 +318,7 @@ fn convert_metric(
     let context = MetricContext {
         family: &name.family,
         common,
+        stored,
     };
     let mut accepted = false;
     let display = metric.name.as_str();
@@ -357,7 +373,7 @@ mod tests {
     /// `expect`.
     pub(super) fn check_with(converter: &MetricsConverter, json: &str, expect: &str) {
         let request: ExportMetricsServiceRequest = serde_json::from_str(json).unwrap();
-        let converted = converter.convert(request);
+        let converted = converter.convert(request, &|_| None);
         let got = render(&converted);
         assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
     }
@@ -692,7 +708,7 @@ rejected=4 metric "...": name has no valid character (a-z, A-Z, 0-9, :)"#,
         fn random_requests_never_panic(first in arb_request(), second in arb_request()) {
             let converter = MetricsConverter::new(4);
             for request in [first, second] {
-                let converted = converter.convert(request);
+                let converted = converter.convert(request, &|_| None);
                 for series in &converted.series {
                     prop_assert_eq!(&series.labels, &canonical_labels(series.labels.clone()));
                     prop_assert!(!series.metric_name().is_empty());

@@ -3,7 +3,7 @@
 
 use opentelemetry_proto::tonic::metrics::v1 as otlp_metrics;
 
-use super::delta::{DeltaKey, DeltaKind, DeltaState, Running};
+use super::delta::{DeltaKey, DeltaKind, DeltaState, Resumed, Running};
 use super::naming::attribute_labels;
 use super::{MetricContext, PointSeries};
 use crate::model::STALE_NAN_BITS;
@@ -75,7 +75,12 @@ pub(super) fn number_point(
                 kind: DeltaKind::Sum,
                 labels: labels.clone(),
             };
-            let total = match state.previous(&key, point.time_unix_nano)? {
+            let resume = || {
+                let stored = (context.stored)(&labels)?;
+                (stored.value.to_bits() != STALE_NAN_BITS)
+                    .then(|| Resumed::at(stored.timestamp_ms, Running::Sum(stored.value)))
+            };
+            let total = match state.previous(&key, point.time_unix_nano, resume)? {
                 Some(Running::Sum(total)) => total + value,
                 _ => value,
             };

@@ -9,6 +9,11 @@
 //! so replaying the WAL twice never duplicates a log.
 //!
 //! Retention drops whole partitions, oldest first, by age and by total size.
+//!
+//! The store's `FORMAT` file holds [`FORMAT_VERSION`]: of the partition
+//! directories (named by their start in Unix seconds), the schema and
+//! document ids of `schema` and the commit payload (the WAL sequence number,
+//! in decimal). A stored record carries the `codec` version of its own.
 
 pub mod schema;
 
@@ -35,6 +40,12 @@ use crate::telemetry::SelfMetrics;
 const COLD_WRITER_BYTES: usize = 15 << 20;
 /// Records per WAL record are numbered below this in document ids.
 const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
+/// Bumped when the partition layout, schema or commit payload changes
+/// incompatibly.
+const FORMAT_VERSION: u32 = 1;
+/// Retention renames a partition's directory to `<start>.dropped` before
+/// deleting it, so a new partition of the same start never shares it.
+const DROPPED_SUFFIX: &str = "dropped";
 
 impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
@@ -77,6 +88,10 @@ pub struct LogStore {
     partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
+    /// Held shared by `apply`, exclusively by retention while it takes a
+    /// partition out: records are never added to a partition whose
+    /// directory is going, nor to a new one retention is still deleting.
+    adding: RwLock<()>,
     metrics: SelfMetrics,
 }
 
@@ -84,6 +99,7 @@ impl LogStore {
     /// Opens (or creates) the store in `dir` with partitions `partition` long.
     pub fn open(dir: &Path, partition: Duration, metrics: SelfMetrics) -> Result<LogStore> {
         fs::create_dir_all(dir)?;
+        crate::store::check_format(dir, "log", FORMAT_VERSION)?;
         let (schema, fields) = schema::build();
         let partition_nanos = u64::try_from(partition.as_nanos())
             .unwrap_or(u64::MAX)
@@ -96,11 +112,17 @@ impl LogStore {
             partition_nanos,
             partitions: RwLock::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
+            adding: RwLock::new(()),
             metrics,
         };
         let mut partitions = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
+            if path.extension().is_some_and(|e| e == DROPPED_SUFFIX) {
+                // Retention was interrupted after taking the partition out.
+                fs::remove_dir_all(&path)?;
+                continue;
+            }
             let Some(start) = partition_start(&path) else {
                 continue;
             };
@@ -129,8 +151,10 @@ impl LogStore {
     }
 
     /// Adds durable records; called in WAL sequence order (at ingest and on
-    /// replay). Records a partition already committed are skipped.
-    pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<()> {
+    /// replay). Records a partition already committed are skipped; returns
+    /// how many were added.
+    pub fn apply(&self, seq: u64, records: Vec<LogRecord>) -> Result<usize> {
+        let _adding = self.adding.read().expect("not poisoned");
         let mut by_partition: BTreeMap<u64, Vec<(u64, &LogRecord)>> = BTreeMap::new();
         for (position, record) in records.iter().enumerate() {
             let id = seq * MAX_RECORDS_PER_WAL_RECORD + position as u64;
@@ -139,20 +163,43 @@ impl LogStore {
                 .or_default()
                 .push((id, record));
         }
+        // One partition failing does not keep the records of the others out.
+        let (mut added, mut first_error) = (0, None);
         for (start, records) in by_partition {
-            let partition = self.partition(start)?;
-            if seq <= partition.committed_through.load(Ordering::Acquire) {
-                continue;
+            match self.add_to_partition(start, seq, records) {
+                Ok(count) => added += count,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
-            self.ensure_writer(&partition)?;
-            let writer = partition.writer.read().expect("not poisoned");
-            let writer = writer.as_ref().expect("ensured above");
-            for (id, record) in records {
-                writer.add_document(schema::to_document(&self.fields, record, id))?;
-            }
-            partition.added_through.fetch_max(seq, Ordering::AcqRel);
         }
-        Ok(())
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(added),
+        }
+    }
+
+    /// Adds the records of WAL record `seq` that fall in the partition
+    /// starting at `start`, unless it has committed them; returns how many.
+    fn add_to_partition(
+        &self,
+        start: u64,
+        seq: u64,
+        records: Vec<(u64, &LogRecord)>,
+    ) -> Result<usize> {
+        let partition = self.partition(start)?;
+        if seq <= partition.committed_through.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        self.ensure_writer(&partition)?;
+        let writer = partition.writer.read().expect("not poisoned");
+        let writer = writer.as_ref().expect("ensured above");
+        let count = records.len();
+        for (id, record) in records {
+            writer.add_document(schema::to_document(&self.fields, record, id))?;
+        }
+        partition.added_through.fetch_max(seq, Ordering::AcqRel);
+        Ok(count)
     }
 
     /// Commits every partition holding uncommitted records and makes them
@@ -168,6 +215,10 @@ impl LogStore {
             .filter(|p| p.has_uncommitted())
             .cloned()
             .collect();
+        if !partitions.is_empty() {
+            // Marks the moment a crash test kills the daemon in.
+            tracing::debug!(partitions = partitions.len(), "LogCommitStarted");
+        }
         for partition in &partitions {
             let mut writer = partition.writer.write().expect("not poisoned");
             let Some(index_writer) = writer.as_mut() else {
@@ -219,14 +270,19 @@ impl LogStore {
             }
         }
         for start in &doomed {
-            let removed = self.partitions.write().expect("not poisoned").remove(start);
-            if let Some(partition) = removed {
-                let dir = partition.dir.clone();
-                drop(partition);
-                // Open searchers keep their mapped files readable after this.
-                fs::remove_dir_all(&dir)?;
-                tracing::info!(partition = %dir.display(), "LogPartitionDropped");
-            }
+            let dropped = {
+                let _exclusive = self.adding.write().expect("not poisoned");
+                let removed = self.partitions.write().expect("not poisoned").remove(start);
+                let Some(partition) = removed else { continue };
+                // Its uncommitted records are past retention too.
+                *partition.writer.write().expect("not poisoned") = None;
+                let dropped = partition.dir.with_extension(DROPPED_SUFFIX);
+                fs::rename(&partition.dir, &dropped)?;
+                dropped
+            };
+            // Open searchers keep their mapped files readable after this.
+            fs::remove_dir_all(&dropped)?;
+            tracing::info!(partition = %dropped.display(), "LogPartitionDropped");
         }
         if !doomed.is_empty() {
             self.update_size_metric();
@@ -371,4 +427,58 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_log;
+
+    const HOUR: u64 = 3_600 * 1_000_000_000;
+
+    fn documents(store: &LogStore) -> u64 {
+        store
+            .partitions_between(0, u64::MAX)
+            .iter()
+            .map(|p| p.searcher().num_docs())
+            .sum()
+    }
+
+    #[test]
+    fn records_for_a_dropped_partition_start_a_new_one_and_keep_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new());
+        let store = open().unwrap();
+        let now = 1_000 * HOUR;
+        store
+            .apply(1, vec![sample_log("a", now - 30 * HOUR, "old")])
+            .unwrap();
+        store.apply(2, vec![sample_log("a", now, "new")]).unwrap();
+        store.commit().unwrap();
+        let retention = Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 0,
+        };
+        assert_eq!(store.enforce_retention(retention, now).unwrap(), 1);
+        assert_eq!(documents(&store), 1);
+
+        // One WAL record with a late record for the dropped hour and a new one.
+        let both = vec![
+            sample_log("a", now - 30 * HOUR, "late"),
+            sample_log("a", now + 1, "newer"),
+        ];
+        assert_eq!(store.apply(3, both).unwrap(), 2);
+        store.commit().unwrap();
+        assert_eq!(documents(&store), 3);
+
+        // A drop interrupted between its rename and its delete is finished on open.
+        drop(store);
+        let interrupted = dir
+            .path()
+            .join(format!("{}.{DROPPED_SUFFIX}", now / 1_000_000_000));
+        fs::create_dir_all(interrupted.join("segment")).unwrap();
+        let store = open().unwrap();
+        assert!(!interrupted.exists());
+        assert_eq!(documents(&store), 3);
+    }
 }

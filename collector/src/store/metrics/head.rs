@@ -11,7 +11,7 @@ use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
-use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, SeriesSamples};
+use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
 /// A series' data that made it past [`MetricStore::admit`], ready for the WAL.
@@ -199,6 +199,15 @@ impl Head {
             .any(|&id| self.series(id).is_some_and(|s| s.overlaps(start, end)))
     }
 
+    /// The newest sample applied to the series with exactly `labels`.
+    pub(super) fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+        let (timestamp_ms, bits) = self.series(self.index.find(labels)?)?.last?;
+        Some(MetricSample {
+            timestamp_ms,
+            value: f64::from_bits(bits),
+        })
+    }
+
     pub(super) fn series(&self, id: u32) -> Option<&MemSeries> {
         self.series.get(id as usize)?.as_ref()
     }
@@ -210,12 +219,29 @@ impl Head {
         }
     }
 
-    /// Takes back the open chunks and metadata of a snapshot, on open.
+    /// Takes back the open chunks and metadata of a snapshot, on open, after
+    /// the chunk files. A kill between a flush's chunk file append and its
+    /// snapshot leaves the previous snapshot, whose open chunk may since have
+    /// been sealed and written: only its samples newer than the series'
+    /// newest written one are kept, or they would be there twice.
     pub(super) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        let corrupt = |e| StoreError::Corrupt(format!("head snapshot: {e}"));
         for (id, encoded) in snapshot.open {
             if let Some(Some(series)) = self.series.get_mut(id as usize) {
-                series.open = ChunkWriter::resume(&encoded)
-                    .map_err(|e| StoreError::Corrupt(format!("head snapshot: {e}")))?;
+                series.open = ChunkWriter::resume(&encoded).map_err(corrupt)?;
+                let written = series.persisted.iter().map(|c| c.max_t).max();
+                if let Some(written) = written
+                    && !series.open.is_empty()
+                    && series.open.time_range().0 <= written
+                {
+                    let mut newer = ChunkWriter::default();
+                    for sample in super::chunk::decode(&encoded).map_err(corrupt)? {
+                        if sample.timestamp_ms > written {
+                            newer.push(sample.timestamp_ms, sample.value);
+                        }
+                    }
+                    series.open = newer;
+                }
             }
         }
         for metadata in snapshot.metadata {

@@ -11,7 +11,8 @@
 //! - `chunks/<n>.chk`: sealed chunks, appended by flushes, one file per
 //!   `CHUNK_FILE_BYTES`; retention deletes whole files, oldest first;
 //! - `head.snap`: the open chunk of every series and the metadata, rewritten
-//!   atomically by each flush together with the WAL sequence number it covers.
+//!   atomically by each flush together with the WAL sequence number it covers;
+//! - `FORMAT`: the version of the series log and chunk file formats.
 //!
 //! Entries of the series log and chunk files are [`frame`](crate::frame)s
 //! holding postcard; a torn tail of the newest chunk file or of the series
@@ -56,6 +57,10 @@ use crate::telemetry::SelfMetrics;
 
 pub use crate::config::SeriesLimits;
 
+/// The version of the series log and chunk file formats, recorded in the
+/// store's `FORMAT` file (the head snapshot carries its own).
+const FORMAT_VERSION: u32 = 1;
+
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {
     pub labels: Vec<Label>,
@@ -80,6 +85,7 @@ impl MetricStore {
     /// applied next.
     pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
+        crate::store::check_format(dir, "metrics", FORMAT_VERSION)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, |id, labels| head.insert(id, labels.into(), true))?;
         let mut files = ChunkFiles::open(dir, |id, chunk_ref| head.add_persisted(id, chunk_ref))?;
@@ -151,6 +157,13 @@ impl MetricStore {
             .set_metadata(metadata);
     }
 
+    /// The newest durable sample of the series with exactly `labels`
+    /// (canonical form), staleness markers included: where the running total
+    /// of an OTLP delta series resumes after a restart.
+    pub fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+        self.head.read().expect("not poisoned").newest(labels)
+    }
+
     /// Type, help and unit per metric family, optionally of one metric.
     pub fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
         self.head.read().expect("not poisoned").metadata(metric)
@@ -166,6 +179,8 @@ impl MetricStore {
             .read()
             .expect("not poisoned")
             .unflushed(applied_seq);
+        // Marks the moment a crash test kills the daemon in.
+        tracing::debug!(applied_seq, "MetricSnapshotStarted");
         if !unflushed.new_series.is_empty() {
             self.series_log
                 .lock()
@@ -386,6 +401,30 @@ mod tests {
         let admitted = store.admit(batch);
         store.apply(admitted.series.clone());
         admitted
+    }
+
+    #[test]
+    fn a_kill_between_chunk_append_and_snapshot_duplicates_no_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<(i64, f64)> = (0..130).map(|i| (i * 1000, i as f64)).collect();
+        let old_snapshot = {
+            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+            ingest(&store, vec![series("up", "a", &samples[..50])]);
+            store.flush(1).unwrap();
+            let old_snapshot = std::fs::read(dir.path().join("head.snap")).unwrap();
+            // Seals the chunk the old snapshot holds open, and writes it.
+            ingest(&store, vec![series("up", "a", &samples[50..])]);
+            store.flush(2).unwrap();
+            old_snapshot
+        };
+        // As if killed after the chunk file append, before the new snapshot.
+        std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
+        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        assert_eq!(store.durable_through(), 1);
+        store.apply(vec![series("up", "a", &samples[50..])]);
+        let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let times: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub const META_SEGMENT_NEWEST_PREFIX: &[u8] = b"Msegment_newest/";
 /// Where the sweep of `T` keys into dropped segments goes on; absent when
 /// there is nothing to sweep.
 pub const META_TRACE_SWEEP: &[u8] = b"Mtrace_sweep";
-/// Bumped when the layout above changes incompatibly.
+/// Bumped when the layout above, or the block and search table format of
+/// the segment files it points into, changes incompatibly.
 pub const FORMAT_VERSION: u32 = 2;
 
 pub const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;

@@ -135,10 +135,16 @@ impl TraceStore {
                 db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
             }
             Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
-            Some(_) => {
-                return Err(StoreError::Corrupt(
-                    "trace index was written by an incompatible version of strand".into(),
-                ));
+            Some(found) => {
+                return Err(StoreError::Incompatible {
+                    store: "trace",
+                    found: found
+                        .as_ref()
+                        .try_into()
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0),
+                    supported: index::FORMAT_VERSION,
+                });
             }
         }
         let mut committed = HashMap::new();
@@ -247,6 +253,8 @@ impl TraceStore {
             (snapshot, head.max_seq)
         };
         self.metrics.head_spans.set(0);
+        // Marks the moment a crash test kills the daemon in (`STRAND_LOG=strand=debug`).
+        tracing::debug!(traces = snapshot.traces.len(), "SpanFlushStarted");
 
         let result = self.write_snapshot(&mut state, &snapshot, max_seq);
         drop(snapshot);
