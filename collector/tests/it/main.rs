@@ -8,6 +8,7 @@
 //! fixture.
 
 mod bad_input;
+mod corruption;
 mod dashboards;
 mod derived_metrics;
 mod durability;

@@ -205,8 +205,10 @@ impl Head {
 
     /// Records where a written chunk of series `id` is, on open.
     pub(super) fn add_persisted(&mut self, id: u32, chunk_ref: ChunkRef) {
-        if let Some(Some(series)) = self.series.get_mut(id as usize) {
-            series.persisted.push(chunk_ref);
+        match self.series.get_mut(id as usize) {
+            Some(Some(series)) => series.persisted.push(chunk_ref),
+            // Its series log entry was damaged: the chunk is unreadable.
+            _ => self.index.reserve(id),
         }
     }
 

@@ -51,7 +51,7 @@ pub use self::head::Admitted;
 use self::head::Head;
 use self::index::label_value;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 pub use crate::config::SeriesLimits;
@@ -81,10 +81,34 @@ impl MetricStore {
     pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
         let mut head = Head::default();
-        let series_log = SeriesLog::open(dir, |id, labels| head.insert(id, labels.into(), true))?;
-        let mut files = ChunkFiles::open(dir, |id, chunk_ref| head.add_persisted(id, chunk_ref))?;
+        let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
+            head.insert(id, labels.into(), true)
+        })?;
+        let mut files = ChunkFiles::open(dir, &metrics, |id, chunk_ref| {
+            head.add_persisted(id, chunk_ref)
+        })?;
         let mut through_seq = 0;
-        if let Some(snapshot) = Snapshot::read(dir)? {
+        let data_dir = dir.parent().unwrap_or(dir);
+        let snapshot = match Snapshot::read(dir) {
+            Ok(snapshot) => snapshot,
+            // Without it the open chunks start empty: the WAL replays what
+            // it still holds of them.
+            Err(StoreError::Corrupt(damage)) => {
+                let path = dir.join(files::SNAPSHOT);
+                let moved = store::quarantine(data_dir, &path)?;
+                metrics.corrupt_data(
+                    "metrics",
+                    data_dir,
+                    &path,
+                    0,
+                    &damage,
+                    &format!("moved to {}; open chunks start empty", moved.display()),
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(snapshot) = snapshot {
             through_seq = snapshot.through_seq;
             head.restore(snapshot)?;
         }
