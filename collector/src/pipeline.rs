@@ -154,6 +154,9 @@ impl Pipeline {
             },
         )
         .context("opening the write-ahead log")?;
+        traces
+            .settle_set_aside(wal.oldest_seq())
+            .context("settling span blocks the trace index does not map")?;
         // Replayed logs are searchable once the daemon says it is ready.
         logs.commit().context("committing replayed logs")?;
         tracing::info!(

@@ -107,6 +107,8 @@ pub struct Wal {
     applied_through: Arc<AtomicU64>,
     queue_budget: Arc<Semaphore>,
     metrics: SelfMetrics,
+    /// The first sequence number of the oldest segment found at open.
+    oldest_seq: Option<u64>,
 }
 
 /// A record read back during replay.
@@ -163,6 +165,7 @@ impl Wal {
             .wal_size_bytes
             .set(segments.iter().map(|s| s.bytes as i64).sum());
 
+        let oldest_seq = segments.first().map(|s| s.first_seq);
         let (tx, rx) = mpsc::channel();
         let applied_through = Arc::new(AtomicU64::new(next_seq - 1));
         let writer = Writer {
@@ -183,7 +186,15 @@ impl Wal {
                 queue_budget_bytes.min(Semaphore::MAX_PERMITS),
             )),
             metrics,
+            oldest_seq,
         })
+    }
+
+    /// The oldest sequence number the log held when opened (`None`: it was
+    /// empty): a store whose checkpoint is older than this cannot get what
+    /// it lacks from the replay.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.oldest_seq
     }
 
     /// Queues a record and waits until it is fsynced and `on_durable` has run.

@@ -46,11 +46,19 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Moves a damaged file or directory out of its store, to
-/// `<data dir>/quarantine/<its path under the data dir>` (`.1`, `.2`, ...
-/// appended when that is taken), so the store starts without it and nothing
-/// is deleted: an operator can still inspect or salvage it. Returns where it
+/// [`quarantine_path`], so the store starts without it and nothing is
+/// deleted: an operator can still inspect or salvage it. Returns where it
 /// went.
 pub(crate) fn quarantine(data_dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    let target = quarantine_path(data_dir, path)?;
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}
+
+/// Where [`quarantine`] puts `path`: `<data dir>/quarantine/<its path under
+/// the data dir>`, `.1`, `.2`, ... appended when that is taken; its parent
+/// directory is created.
+pub(crate) fn quarantine_path(data_dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
     let relative = match path.strip_prefix(data_dir) {
         Ok(relative) => relative,
         Err(_) => Path::new(path.file_name().unwrap_or(path.as_os_str())),
@@ -68,7 +76,6 @@ pub(crate) fn quarantine(data_dir: &Path, path: &Path) -> std::io::Result<PathBu
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::rename(path, &target)?;
     Ok(target)
 }
 

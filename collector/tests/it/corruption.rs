@@ -102,28 +102,33 @@ fn only_file(dir: &Path, suffix: &str) -> PathBuf {
     files.into_iter().next().unwrap()
 }
 
-/// The daemon logged a `CorruptData` line naming `file` (relative to the
-/// data directory) and counts it on `/metrics` under `store`.
-async fn assert_reported(daemon: &Strand, store: &str, file: &str) {
-    let log = daemon.log();
-    assert!(
-        log.lines()
-            .any(|line| line.contains("CorruptData") && line.contains(file)),
-        "no CorruptData line for {file}:\n{log}"
-    );
+/// Whether the daemon logged a `CorruptData` line naming a file that starts
+/// with `file` (relative to the data directory) and counts it on `/metrics`
+/// under `store`.
+async fn reported(daemon: &Strand, store: &str, file: &str) -> bool {
+    let logged = daemon
+        .log()
+        .lines()
+        .any(|line| line.contains("CorruptData") && line.contains(file));
     let metrics = reqwest::get(daemon.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    let counted = metrics.lines().any(|line| {
+        line.starts_with("strand_corrupt_data_total{")
+            && line.contains(&format!("file=\"{file}"))
+            && line.contains(&format!("store=\"{store}\""))
+    });
+    logged && counted
+}
+
+async fn assert_reported(daemon: &Strand, store: &str, file: &str) {
     assert!(
-        metrics.lines().any(|line| {
-            line.starts_with("strand_corrupt_data_total{")
-                && line.contains(&format!("file=\"{file}\""))
-                && line.contains(&format!("store=\"{store}\""))
-        }),
-        "no strand_corrupt_data_total for {store} {file}:\n{metrics}"
+        reported(daemon, store, file).await,
+        "{store} {file} is not reported:\n{}",
+        daemon.log()
     );
 }
 
@@ -619,13 +624,20 @@ async fn trace_index_damage(damage: Damage) {
         .await;
     assert_eq!(status, 200, "{body}");
     if whole.len() < TRACES as usize {
+        // Nothing is deleted: the span blocks the index no longer maps are
+        // kept in quarantine, with the index itself if sled cannot open it.
+        let aside = data.join("quarantine/traces/blocks");
+        let kept: Vec<PathBuf> = std::fs::read_dir(&aside)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", aside.display(), daemon.log()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!kept.is_empty());
         assert!(
-            data.join("quarantine/traces/index").is_dir(),
+            reported(&daemon, "traces", "quarantine/traces/blocks").await
+                || reported(&daemon, "traces", "traces/index").await,
             "{}",
             daemon.log()
         );
-        assert!(data.join("quarantine/traces/blocks").is_dir());
-        assert_reported(&daemon, "traces", "traces/index").await;
     }
     daemon.stop().await;
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use crate::codec;
 use crate::frame;
 use crate::model::{Span, TraceId};
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
@@ -153,6 +153,8 @@ pub struct Segments {
     /// Damaged blocks already reported, so a block read by every query is
     /// reported once per run.
     reported: Mutex<HashSet<BlockRef>>,
+    /// Where the open put segment bytes the index does not know.
+    set_aside: Vec<PathBuf>,
     /// Segments the index knows, and the one being appended to. A block
     /// reference into any other segment (one retention dropped) reads as
     /// nothing.
@@ -192,7 +194,10 @@ impl Segments {
     /// the index knows (`committed`): bytes after it were written by a flush
     /// that crashed before committing, and are replayed from the WAL instead.
     /// Files the index does not know at all (an uncommitted new segment, or
-    /// one retention dropped before a crash) are deleted. Appends go to a new
+    /// one retention dropped before a crash) are taken out too. Neither is
+    /// deleted here: both are set aside in quarantine (see
+    /// [`Segments::set_aside`]), since an index that lost commits to damage
+    /// looks the same, and only the WAL can tell. Appends go to a new
     /// segment.
     ///
     /// A segment shorter than committed was cut by something else: it is
@@ -205,6 +210,7 @@ impl Segments {
     ) -> Result<Segments> {
         fs::create_dir_all(dir)?;
         let mut newest = committed.keys().max().copied();
+        let mut set_aside = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let Some(id) = segment_id(&entry.path()) else {
@@ -214,10 +220,20 @@ impl Segments {
             match committed.get(&id) {
                 Some(&len) if file_len > len => {
                     tracing::warn!(segment = id, len, "SpanSegmentUncommittedTailTruncated");
-                    OpenOptions::new()
+                    let mut name = entry.file_name();
+                    name.push(format!(".from-{len}"));
+                    let target = store::quarantine_path(data_dir, &dir.join(name))?;
+                    let mut tail = vec![0u8; (file_len - len) as usize];
+                    let file = OpenOptions::new()
+                        .read(true)
                         .write(true)
-                        .open(entry.path())?
-                        .set_len(len)?;
+                        .open(entry.path())?;
+                    file.read_exact_at(&mut tail, len)?;
+                    let mut aside = File::create(&target)?;
+                    aside.write_all(&tail)?;
+                    aside.sync_all()?;
+                    file.set_len(len)?;
+                    set_aside.push(target);
                 }
                 Some(&len) if file_len < len => metrics.corrupt_data(
                     "traces",
@@ -229,7 +245,7 @@ impl Segments {
                 ),
                 Some(_) => {}
                 None => {
-                    fs::remove_file(entry.path())?;
+                    set_aside.push(store::quarantine(data_dir, &entry.path())?);
                     newest = newest.max(Some(id));
                 }
             }
@@ -239,6 +255,7 @@ impl Segments {
             data_dir: data_dir.to_path_buf(),
             metrics,
             reported: Mutex::new(HashSet::new()),
+            set_aside,
             live: RwLock::new(committed.keys().copied().collect()),
             readers: RwLock::new(HashMap::new()),
             writer: Mutex::new(Writer {
@@ -287,6 +304,29 @@ impl Segments {
         current.file.sync_data()?;
         current.len += buffer.len() as u64;
         Ok((refs, current.id, current.len))
+    }
+
+    /// Deletes the segment bytes the open set aside when the WAL replays
+    /// them (`replayable`); otherwise keeps them in quarantine and reports
+    /// them: the index (at `checkpoint`) lost the commits that mapped them.
+    pub fn settle_set_aside(&self, replayable: bool, checkpoint: u64) -> Result<()> {
+        for path in &self.set_aside {
+            if replayable {
+                fs::remove_file(path)?;
+            } else {
+                self.metrics.corrupt_data(
+                    "traces",
+                    &self.data_dir,
+                    path,
+                    0,
+                    &format!(
+                        "span blocks the trace index does not map and the WAL no longer holds (the index's checkpoint is {checkpoint}): the index lost commits"
+                    ),
+                    "kept in quarantine; their traces are missing",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The segment being appended to, which retention must keep.
@@ -441,7 +481,7 @@ mod tests {
     use crate::codec::tests::sample_span;
 
     fn open_segments(dir: &Path, committed: &HashMap<u32, u64>) -> Segments {
-        Segments::open(dir, dir, committed, SelfMetrics::new()).unwrap()
+        Segments::open(&dir.join("blocks"), dir, committed, SelfMetrics::new()).unwrap()
     }
 
     /// A block's bytes as checked by its frame.
@@ -520,7 +560,7 @@ mod tests {
         assert!(!segments.is_live(first[0].segment));
         assert_eq!(read(&segments, first[0]), BlockRead::Gone);
         assert_eq!(read(&segments, next[0]), BlockRead::Read(block));
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        let left: Vec<_> = fs::read_dir(dir.path().join("blocks")).unwrap().collect();
         assert_eq!(left.len(), 1);
     }
 }

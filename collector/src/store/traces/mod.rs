@@ -261,6 +261,19 @@ impl TraceStore {
         Ok(store)
     }
 
+    /// Settles the segment bytes the open set aside (see
+    /// `blocks::Segments::open`), once the WAL is open. When the WAL still
+    /// holds every record after this store's checkpoint (its oldest record,
+    /// `wal_oldest_seq`, is at most one past it), they were a flush that
+    /// crashed before its commit, which the replay redoes: deleted. When it
+    /// does not, the index lost commits that covered them — it is damaged —
+    /// and they stay in quarantine, reported.
+    pub fn settle_set_aside(&self, wal_oldest_seq: Option<u64>) -> Result<()> {
+        let checkpoint = self.durable_through()?;
+        let replayable = wal_oldest_seq.is_some_and(|oldest| oldest <= checkpoint + 1);
+        self.segments.settle_set_aside(replayable, checkpoint)
+    }
+
     /// The WAL sequence number up to which everything is in blocks.
     pub fn durable_through(&self) -> Result<u64> {
         match self.db.get(index::META_CHECKPOINT)? {
