@@ -538,6 +538,40 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_block_costs_only_itself_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = SelfMetrics::new();
+        let segments = Segments::open(
+            &dir.path().join("blocks"),
+            dir.path(),
+            &HashMap::new(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let a = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
+        let b = encode_block(&[(&[2; 16], &[sample_span(2, 1, "b")])]).unwrap();
+        let (refs, segment, _) = segments.append(&[a, b]).unwrap();
+        let path = segments.path(segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[refs[0].offset as usize + 12] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let decode = |id: TraceId| move |bytes: &[u8]| decode_trace(bytes, &id);
+        for _ in 0..2 {
+            assert_eq!(
+                segments.read(refs[0], decode([1; 16])).unwrap(),
+                BlockRead::Damaged
+            );
+        }
+        assert!(matches!(
+            segments.read(refs[1], decode([2; 16])).unwrap(),
+            BlockRead::Read(spans) if spans.len() == 1
+        ));
+        let file = format!("blocks/{segment:08}.blocks");
+        let counted = format!("strand_corrupt_data_total{{file=\"{file}\",store=\"traces\"}} 1");
+        assert!(metrics.render().contains(&counted), "{}", metrics.render());
+    }
+
+    #[test]
     fn rotates_hourly_and_dropped_segments_read_as_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let segments = open_segments(dir.path(), &HashMap::new());
