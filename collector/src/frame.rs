@@ -234,7 +234,13 @@ mod tests {
         let scan = scan(&bytes, |p| !p.is_empty());
         let got: Vec<&[u8]> = scan.frames.iter().map(|r| &bytes[r.clone()]).collect();
         assert_eq!(got, [&payloads[0][..], &payloads[2], &payloads[3]]);
-        assert_eq!(scan.skipped, vec![Range { start: ends[0], end: ends[1] }]);
+        assert_eq!(
+            scan.skipped,
+            vec![Range {
+                start: ends[0],
+                end: ends[1]
+            }]
+        );
         assert_eq!(scan.torn_tail, Some(ends[3]));
     }
 
@@ -245,7 +251,13 @@ mod tests {
         bytes[ends[0]..ends[0] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let scan = scan(&bytes, |p| !p.is_empty());
         assert_eq!(scan.frames.len(), 2);
-        assert_eq!(scan.skipped, vec![Range { start: ends[0], end: ends[1] }]);
+        assert_eq!(
+            scan.skipped,
+            vec![Range {
+                start: ends[0],
+                end: ends[1]
+            }]
+        );
         assert_eq!(scan.torn_tail, None);
     }
 

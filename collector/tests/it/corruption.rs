@@ -674,3 +674,46 @@ async fn head_snapshot_cut_in_the_middle_keeps_the_sealed_chunks() {
     assert_reported(&daemon, "metrics", "metrics/head.snap").await;
     daemon.stop().await;
 }
+
+/// A chunk file damaged while the daemon runs: a query skips the damaged
+/// chunks and answers 200 with Prometheus's `warnings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_file_damaged_while_running_answers_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let end_ms = (now_nanos() / 1_000_000) as i64 - 60_000;
+    write_series(&data, end_ms).await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    let file = only_file(&data.join("metrics/chunks"), ".chk");
+    let chunks = frames(&std::fs::read(&file).unwrap());
+    let damaged = Damage::Flip.apply(&file);
+    let lost = chunks.iter().filter(|c| overlaps(c, &damaged)).count();
+
+    let time = (end_ms as f64 / 1_000.0).to_string();
+    let (status, body) = daemon
+        .get_json_query(
+            "/api/v1/query",
+            &[
+                ("query", "sum(count_over_time(corrupt_m[1h]))"),
+                ("time", &time),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let samples: f64 = body["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let written = SERIES * SAMPLES_PER_SERIES as usize;
+    println!(
+        "chunk file damaged while running: {written} samples written, {samples} answered ({lost} chunks damaged)"
+    );
+    assert_eq!(samples as usize, written - lost * SAMPLES_PER_CHUNK);
+    assert!(
+        body["warnings"].as_array().is_some_and(|w| !w.is_empty()),
+        "{body}"
+    );
+    assert_reported(&daemon, "metrics", &relative(&data, &file)).await;
+    daemon.stop().await;
+}

@@ -103,13 +103,30 @@ pub(super) struct ChunkRef {
 }
 
 impl ChunkRef {
-    /// The chunk's bytes, from the file [`ChunkFiles::reader`] gave.
+    /// The chunk's bytes, from the file [`ChunkFiles::reader`] gave; its
+    /// frame is checked again, as the file may have been damaged since open.
     pub(super) fn read(&self, file: &File) -> Result<Vec<u8>> {
-        let mut payload = vec![0u8; self.len as usize];
-        file.read_exact_at(&mut payload, self.offset)?;
-        let entry: ChunkEntry = postcard::from_bytes(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("chunk file {}: {e}", self.file)))?;
+        let corrupt = |e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!(
+                "chunk at {} of chunk file {}: {e}",
+                self.offset, self.file
+            ))
+        };
+        let start = self.offset.saturating_sub(frame::HEADER_LEN as u64);
+        let mut bytes = vec![0u8; frame::HEADER_LEN + self.len as usize];
+        file.read_exact_at(&mut bytes, start)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt(&"cut short"),
+                _ => e.into(),
+            })?;
+        let (payload, _) = frame::decode(&bytes).map_err(|e| corrupt(&e))?;
+        let entry: ChunkEntry = postcard::from_bytes(payload).map_err(|e| corrupt(&e))?;
         Ok(entry.bytes.to_vec())
+    }
+
+    /// Where the chunk's payload starts in its file.
+    pub(super) fn offset(&self) -> u64 {
+        self.offset
     }
 }
 
@@ -185,7 +202,7 @@ impl ChunkFiles {
         Ok(files)
     }
 
-    fn path(&self, number: u32) -> PathBuf {
+    pub(super) fn path(&self, number: u32) -> PathBuf {
         self.dir.join(format!("{number:010}.chk"))
     }
 
@@ -429,7 +446,10 @@ mod tests {
         assert_eq!(dropped, 1);
         // The first file held the first sealed chunk; the second, written
         // later, holds the rest.
-        let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .unwrap()
+            .series;
         assert_eq!(got[0].samples.first().unwrap().timestamp_ms, 120_000);
         assert_eq!(got[0].samples.len(), 360);
     }

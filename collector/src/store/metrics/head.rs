@@ -567,7 +567,10 @@ mod tests {
         store.undo_admission(&refused);
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
         assert_eq!(retry.rejected, 0);
-        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, 10_000)
+            .unwrap()
+            .series;
         assert_eq!(got[0].samples.len(), 2);
     }
 
@@ -587,7 +590,10 @@ mod tests {
         assert_eq!(admitted.rejected, 2);
         assert_eq!(admitted.rejected_by_limits, 0);
         assert!(admitted.first_error.unwrap().contains("out of order"));
-        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, 10_000)
+            .unwrap()
+            .series;
         let values: Vec<f64> = got[0].samples.iter().map(|s| s.value).collect();
         assert_eq!(values, [1.0, 2.0, 3.0]);
     }

@@ -179,6 +179,7 @@ mod tests {
             store
                 .select(matchers, 0, 10)
                 .unwrap()
+                .series
                 .into_iter()
                 .map(|s| label_value(&s.labels, "job").to_owned())
                 .collect()
