@@ -4,14 +4,17 @@
 //!
 //! A frame is `[payload len u32][crc32 of the payload u32][payload]`, little
 //! endian. Files of frames are only ever appended to, so a crash can leave
-//! at most one torn frame, at the end; [`read_prefix`] (or [`Reader`])
-//! returns the intact frames before it and where it starts, and the owner of
-//! the file cuts it there. What a payload holds is up to its owner.
+//! at most one torn frame, at the end. Damage elsewhere (a flipped bit, a
+//! lost page) is not a torn tail: [`scan`] skips it and resynchronises on the
+//! next intact frame, so valid data after it is never cut; only damage no
+//! intact frame follows is a tail the owner of the file cuts. What a payload
+//! holds is up to its owner.
 //!
 //! Also here: [`read_u32_le`] and friends, the one place byte slices become
 //! integers, so no parser indexes past a slice's end.
 
-use std::io::{self, Read};
+use std::io;
+use std::ops::Range;
 
 /// Bytes before the payload: its length and its checksum.
 pub const HEADER_LEN: usize = 8;
@@ -85,107 +88,59 @@ pub fn decode(bytes: &[u8]) -> Result<(&[u8], usize), FrameError> {
     Ok((payload, HEADER_LEN + len))
 }
 
-/// Reads frames one after the other from a stream.
-pub struct Reader<R> {
-    inner: R,
-    offset: u64,
-    payload: Vec<u8>,
+/// Where the frames of a whole file are, as [`scan`] found them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// The payload of every intact frame, in file order.
+    pub frames: Vec<Range<usize>>,
+    /// Damaged bytes in the middle of the file, each followed by an intact
+    /// frame: skipped, never cut, since what follows is good data.
+    pub skipped: Vec<Range<usize>>,
+    /// Where a damaged tail starts that no intact frame follows (a torn
+    /// write, or damage in the last frames): the owner cuts the file here.
+    pub torn_tail: Option<usize>,
 }
 
-impl<R: Read> Reader<R> {
-    pub fn new(inner: R) -> Reader<R> {
-        Reader {
-            inner,
-            offset: 0,
-            payload: Vec::new(),
+/// Finds every intact frame of a file held in `bytes`, resynchronising past
+/// damage in the middle rather than stopping at it: after a bad checksum or
+/// an impossible length, the next frame is the first offset where a whole
+/// frame checks out — its length within the file, its checksum right, and
+/// `plausible(payload)` true (the owner's decoder, which makes a false
+/// resynchronisation on a chance checksum match over random bytes, already 1
+/// in 2^32, rarer still). Only damage with no intact frame after it is a torn
+/// tail.
+pub fn scan(bytes: &[u8], plausible: impl Fn(&[u8]) -> bool) -> Scan {
+    let intact_at = |at: usize| -> Option<usize> {
+        let (payload, len) = decode(bytes.get(at..)?).ok()?;
+        plausible(payload).then_some(at + len)
+    };
+    let mut scan = Scan::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(end) = intact_at(at) {
+            scan.frames.push(at + HEADER_LEN..end);
+            at = end;
+            continue;
         }
-    }
-
-    /// Bytes of the intact frames read so far; once [`Reader::next`] has
-    /// failed other than with `Io`, where the damaged tail starts.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// The next frame's payload, `None` at a clean end. Any error but `Io`
-    /// means the frame at [`Reader::offset`] is torn or corrupt: nothing from
-    /// there on can be trusted, so stop reading.
-    pub fn next(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let mut header = [0u8; HEADER_LEN];
-        match read_full(&mut self.inner, &mut header)? {
-            0 => return Ok(None),
-            HEADER_LEN => {}
-            _ => return Err(FrameError::Truncated),
-        }
-        let (len, crc) = parse_header(&header)?;
-        self.payload.clear();
-        // `take` + `read_to_end` grows the buffer as bytes arrive, rather
-        // than trusting the length with one allocation up front.
-        (&mut self.inner)
-            .take(len as u64)
-            .read_to_end(&mut self.payload)?;
-        if self.payload.len() < len {
-            return Err(FrameError::Truncated);
-        }
-        if crc32fast::hash(&self.payload) != crc {
-            return Err(FrameError::Checksum);
-        }
-        self.offset += (HEADER_LEN + len) as u64;
-        Ok(Some(&self.payload))
-    }
-}
-
-/// Fills `buf` as far as the stream allows; returns how much it filled.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// The intact start of a stream of frames, as [`read_prefix`] found it.
-#[derive(Debug)]
-pub struct Prefix {
-    /// Bytes of whole, intact frames: the stream's length, or where a torn or
-    /// corrupt tail starts, which the caller cuts.
-    pub len: u64,
-    /// What is wrong at `len`, when the stream does not end there.
-    pub damage: Option<FrameError>,
-}
-
-/// Calls `each` with every intact frame's payload and the payload's offset in
-/// the stream, from the start up to the end or the first damaged frame.
-/// I/O errors and errors from `each` end the read and are returned.
-pub fn read_prefix<E: From<io::Error>>(
-    stream: impl Read,
-    mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
-) -> Result<Prefix, E> {
-    let mut reader = Reader::new(stream);
-    loop {
-        let start = reader.offset();
-        match reader.next() {
-            Ok(Some(payload)) => each(start + HEADER_LEN as u64, payload)?,
-            Ok(None) => {
-                return Ok(Prefix {
-                    len: start,
-                    damage: None,
-                });
+        // A length past the end of the file cannot start a frame: checking
+        // it first keeps the search from hashing most offsets at all.
+        let next = (at + 1..bytes.len().saturating_sub(HEADER_LEN - 1)).find(|&candidate| {
+            read_u32_le(bytes, candidate)
+                .is_some_and(|len| len as usize <= bytes.len() - candidate - HEADER_LEN)
+                && intact_at(candidate).is_some()
+        });
+        match next {
+            Some(next) => {
+                scan.skipped.push(at..next);
+                at = next;
             }
-            Err(FrameError::Io(error)) => return Err(error.into()),
-            Err(damage) => {
-                return Ok(Prefix {
-                    len: start,
-                    damage: Some(damage),
-                });
+            None => {
+                scan.torn_tail = Some(at);
+                break;
             }
         }
     }
+    scan
 }
 
 /// `N` bytes of `bytes` from `offset`, if it has them.
@@ -230,17 +185,12 @@ mod tests {
         (bytes, ends)
     }
 
-    /// What `read_prefix` returns for `bytes`: payloads, their offsets, and
-    /// the intact length.
-    fn read_all(bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<u64>, Prefix) {
-        let (mut payloads, mut offsets) = (Vec::new(), Vec::new());
-        let prefix = read_prefix(bytes, |offset, payload| {
-            offsets.push(offset);
-            payloads.push(payload.to_vec());
-            Ok::<_, io::Error>(())
-        })
-        .unwrap();
-        (payloads, offsets, prefix)
+    /// The payloads `scan` finds in `bytes`.
+    fn scanned(bytes: &[u8], scan: &Scan) -> Vec<Vec<u8>> {
+        scan.frames
+            .iter()
+            .map(|r| bytes[r.clone()].to_vec())
+            .collect()
     }
 
     #[test]
@@ -248,10 +198,9 @@ mod tests {
         let mut bytes = vec![0xff; HEADER_LEN];
         bytes.extend_from_slice(b"payload");
         assert!(matches!(decode(&bytes), Err(FrameError::TooLong(_))));
-        let (payloads, _, prefix) = read_all(&bytes);
-        assert!(payloads.is_empty());
-        assert_eq!(prefix.len, 0);
-        assert!(matches!(prefix.damage, Some(FrameError::TooLong(_))));
+        let scan = scan(&bytes, |_| true);
+        assert!(scan.frames.is_empty());
+        assert_eq!(scan.torn_tail, Some(0));
     }
 
     #[test]
@@ -275,25 +224,95 @@ mod tests {
         assert_eq!(read_u64_be(&bytes, usize::MAX), None);
     }
 
+    #[test]
+    fn scan_skips_damage_in_the_middle_and_cuts_only_a_torn_tail() {
+        let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i + 1; 30]).collect();
+        let (mut bytes, ends) = encode(&payloads);
+        // Flip bytes inside the second frame's payload, then tear the last.
+        bytes[ends[0] + HEADER_LEN + 3] ^= 0x40;
+        bytes.truncate(ends[4] - 5);
+        let scan = scan(&bytes, |p| !p.is_empty());
+        let got: Vec<&[u8]> = scan.frames.iter().map(|r| &bytes[r.clone()]).collect();
+        assert_eq!(got, [&payloads[0][..], &payloads[2], &payloads[3]]);
+        assert_eq!(
+            scan.skipped,
+            vec![Range {
+                start: ends[0],
+                end: ends[1]
+            }]
+        );
+        assert_eq!(scan.torn_tail, Some(ends[3]));
+    }
+
+    #[test]
+    fn scan_resynchronises_after_a_damaged_length() {
+        let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 20]).collect();
+        let (mut bytes, ends) = encode(&payloads);
+        bytes[ends[0]..ends[0] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let scan = scan(&bytes, |p| !p.is_empty());
+        assert_eq!(scan.frames.len(), 2);
+        assert_eq!(
+            scan.skipped,
+            vec![Range {
+                start: ends[0],
+                end: ends[1]
+            }]
+        );
+        assert_eq!(scan.torn_tail, None);
+    }
+
     proptest! {
-        /// Cut anywhere, a stream reads back exactly the frames that are whole
-        /// before the cut, and the intact length is where the last one ends.
+        /// Any run of changed bytes and any cut: the scan never panics,
+        /// returns every frame that is whole before the cut and does not
+        /// overlap the damage, and returns nothing that was not written.
+        #[test]
+        fn scan_keeps_every_intact_frame_around_damage(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..60), 1..12),
+            damage_at in any::<prop::sample::Index>(),
+            masks in prop::collection::vec(1..=255u8, 0..64),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (mut bytes, ends) = encode(&payloads);
+            let cut = bytes.len() - cut.index(bytes.len() / 2 + 1);
+            let damage_start = damage_at.index(bytes.len());
+            let damage_end = (damage_start + masks.len()).min(bytes.len());
+            for (byte, mask) in bytes[damage_start..damage_end].iter_mut().zip(&masks) {
+                *byte ^= mask;
+            }
+            bytes.truncate(cut);
+            let scan = scan(&bytes, |p| !p.is_empty());
+            let got: Vec<Range<usize>> = scan.frames.clone();
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            let written: Vec<Range<usize>> = starts.zip(ends.iter().copied()).map(|(s, e)| s..e).collect();
+            for frame in &written {
+                let damaged = frame.start < damage_end && damage_start < frame.end;
+                if frame.end <= cut && !damaged {
+                    prop_assert!(got.contains(&(frame.start + HEADER_LEN..frame.end)), "lost {:?}", frame);
+                }
+            }
+            for payload in &got {
+                prop_assert!(written.iter().any(|f| f.start + HEADER_LEN == payload.start && f.end == payload.end));
+            }
+            let cut_inside_a_frame = !ends.contains(&cut);
+            if cut_inside_a_frame {
+                prop_assert!(scan.torn_tail.is_some());
+            }
+        }
+
+        /// Cut anywhere, a file reads back exactly the frames that are whole
+        /// before the cut, and the torn tail is where the last one ends.
         #[test]
         fn truncation_keeps_exactly_the_whole_frames(
-            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..6),
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..40), 0..6),
         ) {
             let (bytes, ends) = encode(&payloads);
             for cut in 0..=bytes.len() {
                 let whole = ends.iter().take_while(|&&end| end <= cut).count();
                 let intact = if whole == 0 { 0 } else { ends[whole - 1] };
-                let (got, offsets, prefix) = read_all(&bytes[..cut]);
-                prop_assert_eq!(&got[..], &payloads[..whole]);
-                prop_assert_eq!(prefix.len, intact as u64);
-                prop_assert_eq!(prefix.damage.is_some(), cut != intact);
-                let starts = std::iter::once(0).chain(ends.iter().copied());
-                for (offset, start) in offsets.iter().zip(starts) {
-                    prop_assert_eq!(*offset, (start + HEADER_LEN) as u64);
-                }
+                let scan = scan(&bytes[..cut], |p| !p.is_empty());
+                prop_assert_eq!(&scanned(&bytes, &scan)[..], &payloads[..whole]);
+                prop_assert_eq!(scan.torn_tail, (cut != intact).then_some(intact));
+                prop_assert!(scan.skipped.is_empty());
                 match decode(&bytes[..cut]) {
                     Ok((payload, len)) => {
                         prop_assert_eq!(payload, &payloads[0][..]);
@@ -302,35 +321,6 @@ mod tests {
                     Err(_) => prop_assert!(ends.first().is_none_or(|&end| cut < end)),
                 }
             }
-        }
-
-        /// Bytes changed from some frame on: the frames before it are read
-        /// back, nothing from it on.
-        #[test]
-        fn corruption_ends_the_intact_prefix_where_it_starts(
-            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6),
-            damaged in any::<prop::sample::Index>(),
-            flips in prop::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
-        ) {
-            let (mut bytes, ends) = encode(&payloads);
-            let frame = damaged.index(payloads.len());
-            let start = if frame == 0 { 0 } else { ends[frame - 1] };
-            let (first, rest) = flips.split_first().expect("at least one");
-            // The first flip lands in the damaged frame itself, the others
-            // anywhere after it (so none undoes it).
-            let first_at = start + first.0.index(ends[frame] - start);
-            bytes[first_at] ^= first.1;
-            let after = first_at + 1;
-            let len = bytes.len();
-            if after < len {
-                for (at, mask) in rest {
-                    bytes[after + at.index(len - after)] ^= mask;
-                }
-            }
-            let (got, _, prefix) = read_all(&bytes);
-            prop_assert_eq!(&got[..], &payloads[..frame]);
-            prop_assert_eq!(prefix.len, start as u64);
-            prop_assert!(prefix.damage.is_some());
         }
     }
 }

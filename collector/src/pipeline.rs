@@ -149,6 +149,9 @@ impl Pipeline {
             },
         )
         .context("opening the write-ahead log")?;
+        traces
+            .settle_set_aside(wal.oldest_seq())
+            .context("settling span blocks the trace index does not map")?;
         // Replayed logs are searchable once the daemon says it is ready.
         logs.commit().context("committing replayed logs")?;
         tracing::info!(
@@ -412,6 +415,10 @@ impl Pipeline {
         let applied = self.wal.applied_through();
         let flushed = tokio::task::spawn_blocking(move || {
             let flushed = pipeline.traces.flush()?;
+            if let Err(error) = pipeline.traces.checkpoint_through(applied) {
+                tracing::error!(%error, "SpanCheckpointError");
+                return Err(error);
+            }
             Ok::<_, crate::store::StoreError>(flushed.map(|flushed| {
                 pipeline.service_graph.record(&flushed.edges);
                 flushed.through_seq

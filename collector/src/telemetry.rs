@@ -3,6 +3,8 @@
 //! Naming follows `strand_<noun>_<unit>[_total]`; label values come from small
 //! fixed sets (transport, reason, signal) so cardinality stays bounded.
 
+use std::path::Path;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -42,6 +44,9 @@ pub struct SelfMetrics {
     pub auth_denied: IntCounterVec,
     /// Reloads of the token file, by outcome (`ok`, `failed`).
     pub token_reloads: IntCounterVec,
+    /// Damaged data found and isolated, by store and file (relative to the
+    /// data directory; only damaged files get a series).
+    pub corrupt_data: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -165,6 +170,14 @@ impl SelfMetrics {
                 &["outcome"],
             )
             .expect("valid metric"),
+            corrupt_data: IntCounterVec::new(
+                Opts::new(
+                    "strand_corrupt_data_total",
+                    "Damaged data found in a file and isolated (skipped, cut or quarantined)",
+                ),
+                &["store", "file"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -186,6 +199,7 @@ impl SelfMetrics {
             Box::new(metrics.store_flush_errors.clone()),
             Box::new(metrics.auth_denied.clone()),
             Box::new(metrics.token_reloads.clone()),
+            Box::new(metrics.corrupt_data.clone()),
         ];
         for collector in collectors {
             metrics
@@ -194,6 +208,27 @@ impl SelfMetrics {
                 .expect("metric names are unique");
         }
         metrics
+    }
+
+    /// Reports damaged data: one `CorruptData` event and one count, naming
+    /// `file` relative to `data_dir`, where in it the damage starts and what
+    /// was done about it — so an operator can find what was lost.
+    pub fn corrupt_data(
+        &self,
+        store: &str,
+        data_dir: &Path,
+        file: &Path,
+        offset: u64,
+        damage: &str,
+        action: &str,
+    ) {
+        let file = file
+            .strip_prefix(data_dir)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        tracing::error!(store, file, offset, damage, action, "CorruptData");
+        self.corrupt_data.with_label_values(&[store, &file]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -8,8 +8,10 @@
 //! On disk the log is a directory of segment files `<first seq>.wal2`, named
 //! after the first sequence number they hold. A record is one
 //! [`frame`](crate::frame) whose payload is `[seq u64 LE][kind u8][payload]`.
-//! Replay stops a segment at the first torn or corrupt frame (a torn tail after
-//! a crash), logs it and truncates the segment there. Segments whose every
+//! Replay skips damaged frames in the middle of a segment, resynchronising on
+//! the next intact record (see [`frame::scan`]), and cuts only a damaged tail
+//! no intact record follows (a torn write after a crash); either is reported
+//! as `CorruptData`. Segments whose every
 //! record has been flushed to the stores are deleted by [`Wal::truncate_through`].
 //!
 //! Format history: version 1 segments (`.wal`) had the length cover only the
@@ -32,7 +34,7 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::frame::{self, FrameError};
+use crate::frame;
 use crate::telemetry::SelfMetrics;
 
 /// Segment files of this format end in this; the `2` is the format version.
@@ -105,6 +107,8 @@ pub struct Wal {
     applied_through: Arc<AtomicU64>,
     queue_budget: Arc<Semaphore>,
     metrics: SelfMetrics,
+    /// The first sequence number of the oldest segment found at open.
+    oldest_seq: Option<u64>,
 }
 
 /// A record read back during replay.
@@ -138,20 +142,14 @@ impl Wal {
         fs::create_dir_all(dir)?;
         let mut segments = list_segments(dir)?;
         let mut next_seq = after_seq.max(used_through) + 1;
+        let data_dir = dir.parent().unwrap_or(dir);
         for segment in &mut segments {
-            let file = File::open(&segment.path)?;
-            let (records_end, last) = read_segment(file, &segment.path, |record| {
+            let (records_end, last) = read_segment(&segment.path, data_dir, &metrics, |record| {
                 if record.seq > after_seq {
                     apply(record);
                 }
             })?;
             if records_end < segment.bytes {
-                tracing::warn!(
-                    segment = %segment.path.display(),
-                    valid_bytes = records_end,
-                    file_bytes = segment.bytes,
-                    "WalTornTailTruncated: the rest of this segment is not replayable"
-                );
                 OpenOptions::new()
                     .write(true)
                     .open(&segment.path)?
@@ -167,6 +165,7 @@ impl Wal {
             .wal_size_bytes
             .set(segments.iter().map(|s| s.bytes as i64).sum());
 
+        let oldest_seq = segments.first().map(|s| s.first_seq);
         let (tx, rx) = mpsc::channel();
         let applied_through = Arc::new(AtomicU64::new(next_seq - 1));
         let writer = Writer {
@@ -187,7 +186,15 @@ impl Wal {
                 queue_budget_bytes.min(Semaphore::MAX_PERMITS),
             )),
             metrics,
+            oldest_seq,
         })
+    }
+
+    /// The oldest sequence number the log held when opened (`None`: it was
+    /// empty): a store whose checkpoint is older than this cannot get what
+    /// it lacks from the replay.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.oldest_seq
     }
 
     /// Queues a record and waits until it is fsynced and `on_durable` has run.
@@ -332,34 +339,43 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     Ok(segments)
 }
 
-/// Reads records until the end or the first damaged one; returns the byte
-/// length of the intact prefix and the last sequence number in it.
+/// Reads every intact record of a segment, skipping (and reporting) damaged
+/// frames in the middle; returns the length to keep — short of the file's
+/// only when its tail is torn or damaged with no intact record after it —
+/// and the last sequence number read.
 fn read_segment(
-    file: File,
     path: &Path,
+    data_dir: &Path,
+    metrics: &SelfMetrics,
     mut each: impl FnMut(ReplayedRecord),
 ) -> io::Result<(u64, Option<u64>)> {
-    let mut frames = frame::Reader::new(io::BufReader::with_capacity(1 << 20, file));
-    let mut last = None;
-    loop {
-        let offset = frames.offset();
-        let payload = match frames.next() {
-            Ok(Some(payload)) => payload,
-            // A torn tail is reported by the caller, which cuts it.
-            Ok(None) | Err(FrameError::Truncated) => return Ok((offset, last)),
-            Err(FrameError::Io(error)) => return Err(error),
-            Err(error) => {
-                tracing::warn!(segment = %path.display(), offset, %error, "WalRecordCorrupt");
-                return Ok((offset, last));
-            }
-        };
-        let Some(record) = parse_record(payload) else {
-            tracing::warn!(segment = %path.display(), offset, "WalRecordCorrupt: unknown record kind");
-            return Ok((offset, last));
-        };
-        last = Some(record.seq);
-        each(record);
+    let bytes = fs::read(path)?;
+    let scan = frame::scan(&bytes, |payload| parse_record(payload).is_some());
+    let report = |offset: usize, damage: &str, action: &str| {
+        metrics.corrupt_data("wal", data_dir, path, offset as u64, damage, action);
+    };
+    for skipped in &scan.skipped {
+        report(
+            skipped.start,
+            &format!("{} damaged bytes", skipped.len()),
+            "skipped the damaged records, replayed the rest",
+        );
     }
+    if let Some(tail) = scan.torn_tail {
+        report(
+            tail,
+            &format!("the last {} bytes are torn or damaged", bytes.len() - tail),
+            "cut the tail",
+        );
+    }
+    let mut last = None;
+    for payload in &scan.frames {
+        if let Some(record) = parse_record(&bytes[payload.clone()]) {
+            last = Some(record.seq);
+            each(record);
+        }
+    }
+    Ok((scan.torn_tail.unwrap_or(bytes.len()) as u64, last))
 }
 
 /// The start of a record's frame payload: what [`parse_record`] reads back.
@@ -654,19 +670,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_record_stops_replay_of_its_segment() {
+    async fn a_corrupt_record_in_the_middle_costs_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = open(dir.path(), 0);
         append(&wal, b"good").await;
         append(&wal, b"flipped").await;
+        append(&wal, b"after").await;
         wal.shutdown().await;
         let segment = list_segments(dir.path()).unwrap().remove(0);
         let mut bytes = fs::read(&segment.path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(&segment.path, bytes).unwrap();
-        let (_, seen) = open(dir.path(), 0);
-        assert_eq!(seen, vec![(1, b"good".to_vec())]);
+        let len = bytes.len();
+        // The last byte of the second record's payload.
+        let second_end = len - (frame::HEADER_LEN + RECORD_PREFIX_LEN + b"after".len());
+        bytes[second_end - 1] ^= 0xff;
+        fs::write(&segment.path, &bytes).unwrap();
+        let (wal, seen) = open(dir.path(), 0);
+        assert_eq!(seen, vec![(1, b"good".to_vec()), (3, b"after".to_vec())]);
+        wal.shutdown().await;
+        // Nothing was cut: the intact record after the damage stays.
+        assert_eq!(fs::metadata(&segment.path).unwrap().len(), len as u64);
     }
 
     #[tokio::test]

@@ -93,6 +93,22 @@ fn envelope(data: Vec<Value>) -> Json<Value> {
     Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null}))
 }
 
+/// What a 200 answer says when damaged storage kept some spans back: Jaeger's
+/// own partial answers (a trace among several not found) carry an `errors`
+/// entry next to `data`, which its UI and Grafana's data source tolerate.
+pub const DAMAGED_DATA_WARNING: &str =
+    "part of the stored spans is damaged and was skipped: traces or spans may be missing";
+
+/// The envelope of what could be read, with a warning in `errors` when
+/// damaged storage kept some of it back.
+fn envelope_of_readable(data: Vec<Value>, damaged: bool) -> Json<Value> {
+    let mut answer = envelope(data);
+    if damaged {
+        answer.0["errors"] = json!([{ "msg": DAMAGED_DATA_WARNING }]);
+    }
+    answer
+}
+
 /// The Jaeger routes, merged into the API router.
 pub fn router() -> Router<Arc<ApiState>> {
     Router::new()
@@ -160,13 +176,17 @@ async fn trace_by_id(
 ) -> JaegerResult {
     let id = parse_trace_id(&trace_id).map_err(JaegerError::bad_request)?;
     let store = state.stores.traces.clone();
-    let spans = state.queries.run(move || store.trace(&id)).await??;
-    if spans.is_empty() {
+    let read = state.queries.run(move || store.trace(&id)).await??;
+    if read.spans.is_empty() && !read.damaged {
         return Err(JaegerError::not_found(format!(
             "trace {trace_id} not found"
         )));
     }
-    Ok(envelope(vec![trace_json(&spans)]))
+    let data = (!read.spans.is_empty()).then(|| trace_json(&read.spans));
+    Ok(envelope_of_readable(
+        data.into_iter().collect(),
+        read.damaged,
+    ))
 }
 
 async fn find_traces(
@@ -193,17 +213,22 @@ async fn find_traces(
                     .collect::<Result<Vec<_>, _>>()
             })
             .await??;
-        return Ok(envelope(
+        let damaged = traces.iter().any(|t| t.damaged);
+        return Ok(envelope_of_readable(
             traces
                 .iter()
-                .filter(|t| !t.is_empty())
-                .map(|t| trace_json(t))
+                .filter(|t| !t.spans.is_empty())
+                .map(|t| trace_json(&t.spans))
                 .collect(),
+            damaged,
         ));
     }
     let query = trace_query(&params, now_nanos())?;
-    let traces = state.queries.run(move || search(&store, &query)).await??;
-    Ok(envelope(traces.iter().map(|t| trace_json(t)).collect()))
+    let found = state.queries.run(move || search(&store, &query)).await??;
+    Ok(envelope_of_readable(
+        found.traces.iter().map(|t| trace_json(t)).collect(),
+        found.damaged,
+    ))
 }
 
 /// Builds a search from Jaeger's parameters; every invalid one is a 400 that

@@ -177,11 +177,14 @@ async fn search(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
         .queries
         .run(move || logs::search(&store, &query, limit, cursor))
         .await??;
-    Ok(Json(json!({
-        "logs": page.hits.iter().map(log_json).collect::<Vec<_>>(),
-        "total": page.total,
-        "nextCursor": page.next_cursor.map(Cursor::encode),
-    })))
+    Ok(with_warnings(
+        json!({
+            "logs": page.hits.iter().map(log_json).collect::<Vec<_>>(),
+            "total": page.total,
+            "nextCursor": page.next_cursor.map(Cursor::encode),
+        }),
+        page.damaged,
+    ))
 }
 
 async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
@@ -230,11 +233,27 @@ async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -
             })
         })
         .collect();
-    Ok(Json(json!({
-        "stepMs": histogram.step_nanos / 1_000_000,
-        "buckets": buckets,
-        "total": total,
-    })))
+    Ok(with_warnings(
+        json!({
+            "stepMs": histogram.step_nanos / 1_000_000,
+            "buckets": buckets,
+            "total": total,
+        }),
+        histogram.damaged,
+    ))
+}
+
+/// What an answer says when damaged storage kept some records back.
+pub const DAMAGED_DATA_WARNING: &str =
+    "part of the stored logs is damaged and was skipped: records may be missing";
+
+/// An answer of what could be read; with `warnings` (as the Prometheus API
+/// has them) when damaged storage kept some of it back.
+fn with_warnings(mut answer: Value, damaged: bool) -> Json<Value> {
+    if damaged {
+        answer["warnings"] = json!([DAMAGED_DATA_WARNING]);
+    }
+    Json(answer)
 }
 
 /// A bucket size from 1s, 5s, 10s, 30s, 1m, 5m, 10m, 30m, 1h, 3h, 6h, 12h,
@@ -264,24 +283,30 @@ async fn facets(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
             .map(|(value, count)| json!({"value": value, "count": count}))
             .collect()
     };
-    Ok(Json(json!({
-        "total": facets.total,
-        "services": values(&facets.services),
-        "severities": values(&facets.severities),
-        "attributeKeys": values(&facets.attribute_keys),
-    })))
+    Ok(with_warnings(
+        json!({
+            "total": facets.total,
+            "services": values(&facets.services),
+            "severities": values(&facets.severities),
+            "attributeKeys": values(&facets.attribute_keys),
+        }),
+        facets.damaged,
+    ))
 }
 
 async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<String>) -> ApiResult {
     let trace_id = parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
     let store = state.stores.logs.clone();
-    let hits = state
+    let page = state
         .queries
         .run(move || logs::trace_logs(&store, &trace_id))
         .await??;
-    Ok(Json(json!({
-        "logs": hits.iter().map(log_json).collect::<Vec<_>>(),
-    })))
+    Ok(with_warnings(
+        json!({
+            "logs": page.hits.iter().map(log_json).collect::<Vec<_>>(),
+        }),
+        page.damaged,
+    ))
 }
 
 /// Server-sent events: `log` for each new matching record, in arrival order;

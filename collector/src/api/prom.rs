@@ -94,6 +94,10 @@ impl IntoResponse for PromError {
     }
 }
 
+/// Prometheus's `warnings` entry when a damaged chunk was skipped.
+pub const DAMAGED_DATA_WARNING: &str =
+    "part of the stored samples is damaged and was skipped: samples may be missing";
+
 fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
@@ -267,18 +271,25 @@ async fn evaluate<T: EvaluationTimes>(
     let evaluation = T::read(&params)?;
     let limits = params.limits(&state.queries)?;
     let source = MetricSource::new(state.stores.metrics.clone());
-    let value = state
+    let (value, damaged) = state
         .queries
-        .run(move || match evaluation {
-            Evaluation::Instant { time } => {
-                strand_promql::instant_query(&source, &text, time, &limits)
-            }
-            Evaluation::Range { start, end, step } => {
-                strand_promql::range_query(&source, &text, start, end, step, &limits)
-            }
+        .run(move || {
+            let value = match evaluation {
+                Evaluation::Instant { time } => {
+                    strand_promql::instant_query(&source, &text, time, &limits)
+                }
+                Evaluation::Range { start, end, step } => {
+                    strand_promql::range_query(&source, &text, start, end, step, &limits)
+                }
+            };
+            value.map(|value| (value, source.damaged()))
         })
         .await??;
-    Ok(success(value_json(&value)))
+    let mut answer = json!({"status": "success", "data": value_json(&value)});
+    if damaged {
+        answer["warnings"] = json!([DAMAGED_DATA_WARNING]);
+    }
+    Ok(axum::Json(answer).into_response())
 }
 
 /// Series selectors of `match[]`, each as a list of matchers.

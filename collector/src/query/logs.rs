@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
 
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
@@ -17,7 +18,7 @@ use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader,
 
 use crate::model::{LogRecord, TraceId};
 use crate::store::StoreError;
-use crate::store::logs::{LEVELS, LogFields, LogStore, record_of};
+use crate::store::logs::{LEVELS, LogFields, LogStore, Partition, record_of};
 
 /// Most records one trace's log view returns.
 const MAX_TRACE_LOGS: usize = 10_000;
@@ -85,6 +86,8 @@ pub struct LogPage {
     pub total: u64,
     /// Set when more matches are older than this page.
     pub next_cursor: Option<Cursor>,
+    /// Damaged storage was skipped: matches may be missing.
+    pub damaged: bool,
 }
 
 /// Counts per time bucket, by severity level (indexed like `LEVELS`).
@@ -93,6 +96,8 @@ pub struct Histogram {
     pub start_nanos: u64,
     pub step_nanos: u64,
     pub buckets: Vec<[u64; LEVELS.len()]>,
+    /// A damaged partition was skipped: counts may be short.
+    pub damaged: bool,
 }
 
 /// Top values for the facet sidebar.
@@ -102,6 +107,8 @@ pub struct Facets {
     pub services: Vec<(String, u64)>,
     pub severities: Vec<(String, u64)>,
     pub attribute_keys: Vec<(String, u64)>,
+    /// A damaged partition was skipped: counts may be short.
+    pub damaged: bool,
 }
 
 impl LogQuery {
@@ -174,15 +181,18 @@ pub fn search(
     let fields = *store.fields();
     let before = cursor.map(|c| (c.time_unix_nano, c.id));
     let mut total = 0;
-    let mut hits: Vec<((u64, u64), LogHit)> = Vec::new();
+    let mut damaged = false;
+    // A record whose doc store block is damaged keeps its place (`None`), so
+    // pages and cursors stay where they would be without the damage.
+    let mut hits: Vec<((u64, u64), Option<LogHit>)> = Vec::new();
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
-        let searcher = partition.searcher();
-        total += searcher.search(&compiled, &Count)? as u64;
-        if hits.len() >= limit || limit == 0 {
-            continue;
-        }
-        let top =
-            TopDocs::with_limit(limit - hits.len()).order_by(move |segment: &SegmentReader| {
+        let wanted = limit.saturating_sub(hits.len());
+        let part = in_partition(store, &partition, |searcher| {
+            let count = searcher.search(&compiled, &Count)? as u64;
+            if wanted == 0 {
+                return Ok((count, Vec::new()));
+            }
+            let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
                 let keys = SortKeys::new(segment);
                 move |doc: DocId| {
                     let key = keys.key(doc);
@@ -193,10 +203,20 @@ pub fn search(
                     }
                 }
             });
-        for (key, address) in searcher.search(&compiled, &top)? {
-            if key != (0, 0) {
-                hits.push((key, load_hit(&searcher, &fields, address, key.1)?));
+            Ok((count, searcher.search(&compiled, &top)?))
+        });
+        let Some((searcher, (count, top))) = part else {
+            damaged = true;
+            continue;
+        };
+        total += count;
+        for (key, address) in top {
+            if key == (0, 0) {
+                continue;
             }
+            let hit = load_hit(store, &partition, &searcher, &fields, address, key.1);
+            damaged |= hit.is_none();
+            hits.push((key, hit));
         }
     }
     let next_cursor = (hits.len() == limit && limit > 0)
@@ -207,9 +227,10 @@ pub fn search(
             id: *id,
         });
     Ok(LogPage {
-        hits: hits.into_iter().map(|(_, hit)| hit).collect(),
+        hits: hits.into_iter().filter_map(|(_, hit)| hit).collect(),
         total,
         next_cursor,
+        damaged,
     })
 }
 
@@ -230,7 +251,6 @@ pub fn arrived_after(
     let fields = *store.fields();
     let mut hits = Vec::new();
     for partition in store.partitions_between(0, u64::MAX) {
-        let searcher = partition.searcher();
         // Oldest arrival first: invert the id so the top keys are the lowest.
         let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
             let keys = SortKeys::new(segment);
@@ -239,9 +259,21 @@ pub fn arrived_after(
                 if id > after { u64::MAX - id } else { 0 }
             }
         });
-        for (key, address) in searcher.search(&compiled, &top)? {
+        // The tail shows what is readable; damage is reported by the store.
+        let Some((searcher, top)) = in_partition(store, &partition, |s| s.search(&compiled, &top))
+        else {
+            continue;
+        };
+        for (key, address) in top {
             if key != 0 {
-                hits.push(load_hit(&searcher, &fields, address, u64::MAX - key)?);
+                hits.extend(load_hit(
+                    store,
+                    &partition,
+                    &searcher,
+                    &fields,
+                    address,
+                    u64::MAX - key,
+                ));
             }
         }
     }
@@ -254,39 +286,53 @@ pub fn arrived_after(
 pub fn last_arrival(store: &LogStore) -> QueryResult<u64> {
     let mut last = 0;
     for partition in store.partitions_between(0, u64::MAX) {
-        let searcher = partition.searcher();
         let top = TopDocs::with_limit(1).order_by(move |segment: &SegmentReader| {
             let keys = SortKeys::new(segment);
             move |doc: DocId| keys.key(doc).1
         });
-        for (id, _) in searcher.search(&AllQuery, &top)? {
-            last = last.max(id);
+        if let Some((_, top)) = in_partition(store, &partition, |s| s.search(&AllQuery, &top)) {
+            for (id, _) in top {
+                last = last.max(id);
+            }
         }
     }
     Ok(last)
 }
 
-/// Every log of a trace, oldest first.
-pub fn trace_logs(store: &LogStore, trace_id: &TraceId) -> QueryResult<Vec<LogHit>> {
+/// Every log of a trace, oldest first, as a page without a cursor.
+pub fn trace_logs(store: &LogStore, trace_id: &TraceId) -> QueryResult<LogPage> {
     let fields = *store.fields();
     let query = TermQuery::new(
         Term::from_field_text(fields.trace_id, &hex::encode(trace_id)),
         IndexRecordOption::Basic,
     );
     let mut hits = Vec::new();
+    let mut damaged = false;
     for partition in store.partitions_between(0, u64::MAX) {
-        let searcher = partition.searcher();
         let top = TopDocs::with_limit(MAX_TRACE_LOGS).order_by(|segment: &SegmentReader| {
             let keys = SortKeys::new(segment);
             move |doc: DocId| keys.key(doc)
         });
-        for (key, address) in searcher.search(&query, &top)? {
-            hits.push((key, load_hit(&searcher, &fields, address, key.1)?));
+        let Some((searcher, top)) = in_partition(store, &partition, |s| s.search(&query, &top))
+        else {
+            damaged = true;
+            continue;
+        };
+        for (key, address) in top {
+            match load_hit(store, &partition, &searcher, &fields, address, key.1) {
+                Some(hit) => hits.push((key, hit)),
+                None => damaged = true,
+            }
         }
     }
     hits.sort_by_key(|(key, _)| *key);
     hits.truncate(MAX_TRACE_LOGS);
-    Ok(hits.into_iter().map(|(_, hit)| hit).collect())
+    Ok(LogPage {
+        total: hits.len() as u64,
+        hits: hits.into_iter().map(|(_, hit)| hit).collect(),
+        next_cursor: None,
+        damaged,
+    })
 }
 
 /// Counts of matches per bucket of `step` nanoseconds from the query start.
@@ -301,13 +347,15 @@ pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryRe
         buckets,
     };
     let mut counts = vec![[0u64; LEVELS.len()]; buckets];
+    let mut damaged = false;
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
-        for (bucket, partial) in partition
-            .searcher()
-            .search(&compiled, &collector)?
-            .into_iter()
-            .enumerate()
-        {
+        let Some((_, partials)) =
+            in_partition(store, &partition, |s| s.search(&compiled, &collector))
+        else {
+            damaged = true;
+            continue;
+        };
+        for (bucket, partial) in partials.into_iter().enumerate() {
             for (level, count) in partial.iter().enumerate() {
                 counts[bucket][level] += count;
             }
@@ -317,6 +365,7 @@ pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryRe
         start_nanos: start,
         step_nanos,
         buckets: counts,
+        damaged,
     })
 }
 
@@ -327,14 +376,18 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     let mut counts: [HashMap<String, u64>; 3] = Default::default();
     let names = ["service", "severity", "attribute_keys"];
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
-        let searcher = partition.searcher();
         let collector = (
             Count,
             TermCounts(names[0]),
             TermCounts(names[1]),
             TermCounts(names[2]),
         );
-        let (total, services, severities, keys) = searcher.search(&compiled, &collector)?;
+        let Some((_, (total, services, severities, keys))) =
+            in_partition(store, &partition, |s| s.search(&compiled, &collector))
+        else {
+            facets.damaged = true;
+            continue;
+        };
         facets.total += total as u64;
         for (into, from) in counts.iter_mut().zip([services, severities, keys]) {
             for (value, count) in from {
@@ -355,16 +408,53 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     Ok(facets)
 }
 
+/// Runs one partition's share of a query on a searcher of it, returning
+/// both. Damage tantivy meets there — an error, or a panic from a damaged file
+/// it does not check — is reported and costs only that partition's share:
+/// `None`.
+fn in_partition<T>(
+    store: &LogStore,
+    partition: &Partition,
+    part: impl FnOnce(&Searcher) -> tantivy::Result<T>,
+) -> Option<(Searcher, T)> {
+    let searcher = partition.searcher();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| part(&searcher))) {
+        Ok(Ok(found)) => Some((searcher, found)),
+        Ok(Err(error)) => {
+            store.report_damage(partition, None, &error.to_string());
+            None
+        }
+        Err(_) => {
+            store.report_damage(partition, None, "reading the partition panicked");
+            None
+        }
+    }
+}
+
+/// The stored record at `address`; `None` (reported) when its doc store
+/// block is damaged, which costs only the records of that block.
 fn load_hit(
+    store: &LogStore,
+    partition: &Partition,
     searcher: &Searcher,
     fields: &LogFields,
     address: DocAddress,
     id: u64,
-) -> QueryResult<LogHit> {
-    let doc = searcher.doc(address)?;
-    let record = record_of(fields, &doc)
-        .ok_or_else(|| StoreError::Corrupt("stored log record is undecodable".into()))?;
-    Ok(LogHit { id, record })
+) -> Option<LogHit> {
+    let read = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let doc = searcher.doc(address).map_err(|e| e.to_string())?;
+        record_of(fields, &doc).ok_or_else(|| "stored log record is undecodable".to_string())
+    }))
+    .unwrap_or_else(|_| Err("reading the stored record panicked".into()));
+    match read {
+        Ok(record) => Some(LogHit { id, record }),
+        Err(damage) => {
+            let segment = searcher.segment_reader(address.segment_ord).segment_id();
+            let file = format!("{}.store", segment.uuid_string());
+            store.report_damage(partition, Some(&file), &damage);
+            None
+        }
+    }
 }
 
 /// Reads (timestamp, id) of a segment's documents.
@@ -653,7 +743,7 @@ mod tests {
     #[test]
     fn trace_logs_and_arrivals() {
         let (_dir, store) = store();
-        let logs = trace_logs(&store, &[4; 16]).unwrap();
+        let logs = trace_logs(&store, &[4; 16]).unwrap().hits;
         assert_eq!(logs.len(), 1);
         assert_eq!(logs[0].record.body, "card declined for order");
 

@@ -3,18 +3,31 @@
 //! gets them in its own types.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use promql_parser::label::Matcher;
 use strand_promql::{Labels, Series, SeriesSource};
 
 use crate::store::metrics::MetricStore;
 
-/// Reads the metrics store for the evaluator.
-pub struct MetricSource(Arc<MetricStore>);
+/// Reads the metrics store for the evaluator, for one query.
+pub struct MetricSource {
+    store: Arc<MetricStore>,
+    /// A selection skipped a damaged chunk: the answer may miss samples.
+    damaged: AtomicBool,
+}
 
 impl MetricSource {
     pub fn new(store: Arc<MetricStore>) -> MetricSource {
-        MetricSource(store)
+        MetricSource {
+            store,
+            damaged: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a selection so far skipped damaged data.
+    pub fn damaged(&self) -> bool {
+        self.damaged.load(Ordering::Relaxed)
     }
 }
 
@@ -26,10 +39,14 @@ impl SeriesSource for MetricSource {
         end_ms: i64,
     ) -> Result<Vec<Series>, String> {
         let selected = self
-            .0
+            .store
             .select(matchers, start_ms, end_ms)
             .map_err(|e| e.to_string())?;
+        if selected.damaged {
+            self.damaged.store(true, Ordering::Relaxed);
+        }
         Ok(selected
+            .series
             .into_iter()
             .map(|s| Series {
                 labels: Labels::from(

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::model::{KeyValue, Span, SpanKind};
+use crate::model::{KeyValue, Span, SpanKind, TraceId};
 use crate::store::Result;
 use crate::store::traces::{ServiceEntry, TraceStore};
 
@@ -76,20 +76,39 @@ fn has_tag(span: &Span, key: &str, value: &str) -> bool {
         || span.derived_tags().iter().any(matches)
 }
 
+/// What a search found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Matching traces, newest first.
+    pub traces: Vec<Vec<Span>>,
+    /// A damaged block or search table was skipped: matching traces (or
+    /// spans of the ones found) may be missing.
+    pub damaged: bool,
+}
+
 /// Matching traces, newest first (by the start of their first span), at most
-/// `query.limit`.
-pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Vec<Vec<Span>>> {
+/// `query.limit`; whatever damaged storage keeps back is left out, and
+/// [`Found::damaged`] says so.
+pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found> {
     let mut seen = HashSet::new();
-    let mut found = Vec::new();
+    let mut found = Found::default();
+    let read_trace = |found: &mut Found, trace_id: &TraceId| -> Result<Vec<Span>> {
+        let read = store.trace(trace_id)?;
+        found.damaged |= read.damaged;
+        Ok(read.spans)
+    };
     for trace_id in store.buffered_traces_matching(|span| query.matches_span(span)) {
         if seen.insert(trace_id) {
-            found.push(store.trace(&trace_id)?);
+            let spans = read_trace(&mut found, &trace_id)?;
+            found.traces.push(spans);
         }
     }
     // Index candidates come newest first: once `limit` of them matched, every
     // later one is older than all of those.
     let (mut read, mut matched) = (0, 0);
-    for candidate in store.search_candidates(&query.service, query.start_nanos, query.end_nanos) {
+    let mut candidates =
+        store.search_candidates(&query.service, query.start_nanos, query.end_nanos);
+    for candidate in candidates.by_ref() {
         if matched >= query.limit || read >= MAX_CANDIDATES_READ {
             break;
         }
@@ -98,16 +117,17 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Vec<Vec<Span>>> 
             continue;
         }
         read += 1;
-        let spans = store.trace(&candidate.trace_id)?;
+        let spans = read_trace(&mut found, &candidate.trace_id)?;
         if spans.iter().any(|s| query.matches_span(s)) {
             matched += 1;
-            found.push(spans);
+            found.traces.push(spans);
         }
     }
-    found.sort_by_key(|spans| {
+    found.damaged |= candidates.damaged();
+    found.traces.sort_by_key(|spans| {
         std::cmp::Reverse(spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0))
     });
-    found.truncate(query.limit);
+    found.traces.truncate(query.limit);
     Ok(found)
 }
 
@@ -176,7 +196,7 @@ mod tests {
         store.flush().unwrap();
         store.apply(2, vec![make(3, 3_000, "/a")]);
 
-        let found = search(&store, &query("order")).unwrap();
+        let found = search(&store, &query("order")).unwrap().traces;
         let ids: Vec<u8> = found.iter().map(|t| t[0].trace_id[0]).collect();
         assert_eq!(ids, vec![3, 2, 1]);
 
@@ -184,12 +204,13 @@ mod tests {
         q.tags = vec![("http.route".into(), "/a".into())];
         let ids: Vec<u8> = search(&store, &q)
             .unwrap()
+            .traces
             .iter()
             .map(|t| t[0].trace_id[0])
             .collect();
         assert_eq!(ids, vec![3, 1]);
 
         q.limit = 1;
-        assert_eq!(search(&store, &q).unwrap().len(), 1);
+        assert_eq!(search(&store, &q).unwrap().traces.len(), 1);
     }
 }

@@ -10,7 +10,7 @@ pub mod logs;
 pub mod metrics;
 pub mod traces;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -88,6 +88,40 @@ fn check_format(dir: &Path, store: &'static str, version: u32) -> Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Moves a damaged file or directory out of its store, to
+/// [`quarantine_path`], so the store starts without it and nothing is
+/// deleted: an operator can still inspect or salvage it. Returns where it
+/// went.
+pub(crate) fn quarantine(data_dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    let target = quarantine_path(data_dir, path)?;
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}
+
+/// Where [`quarantine`] puts `path`: `<data dir>/quarantine/<its path under
+/// the data dir>`, `.1`, `.2`, ... appended when that is taken; its parent
+/// directory is created.
+pub(crate) fn quarantine_path(data_dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    let relative = match path.strip_prefix(data_dir) {
+        Ok(relative) => relative,
+        Err(_) => Path::new(path.file_name().unwrap_or(path.as_os_str())),
+    };
+    let base = data_dir.join("quarantine").join(relative);
+    let mut target = base.clone();
+    for n in 1.. {
+        if !target.exists() {
+            break;
+        }
+        let mut name = base.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        target = PathBuf::from(name);
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(target)
 }
 
 /// Every store of one data directory, shared by the write path and the

@@ -9,6 +9,7 @@
 
 mod auth;
 mod bad_input;
+mod corruption;
 mod crash;
 mod dashboards;
 mod derived_metrics;

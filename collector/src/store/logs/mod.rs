@@ -17,7 +17,7 @@
 
 pub mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,7 @@ pub use schema::{LEVELS, LogFields, record_of};
 
 use crate::config::Retention;
 use crate::model::LogRecord;
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 /// Writers of older partitions (late records, replay) get tantivy's minimum
@@ -93,6 +93,8 @@ pub struct LogStore {
     /// directory is going, nor to a new one retention is still deleting.
     adding: RwLock<()>,
     metrics: SelfMetrics,
+    /// Damaged files already reported, so each is reported once per run.
+    reported: Mutex<HashSet<PathBuf>>,
 }
 
 impl LogStore {
@@ -114,6 +116,7 @@ impl LogStore {
             maintenance: Mutex::new(()),
             adding: RwLock::new(()),
             metrics,
+            reported: Mutex::new(HashSet::new()),
         };
         let mut partitions = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
@@ -126,11 +129,69 @@ impl LogStore {
             let Some(start) = partition_start(&path) else {
                 continue;
             };
-            partitions.insert(start, Arc::new(store.open_partition(start)?));
+            // Tantivy may panic on files damaged in ways it does not check.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.open_partition(start)
+            }))
+            .unwrap_or_else(|_| Err(StoreError::Search("opening it panicked".into())));
+            match opened {
+                Ok(partition) => {
+                    partitions.insert(start, Arc::new(partition));
+                }
+                Err(StoreError::Search(error)) => {
+                    let moved = store::quarantine(store.data_dir(), &path)?;
+                    store.metrics.corrupt_data(
+                        "logs",
+                        store.data_dir(),
+                        &path,
+                        0,
+                        &format!("the partition cannot be opened: {error}"),
+                        &format!("moved to {}", moved.display()),
+                    );
+                }
+                Err(error) => return Err(error),
+            }
         }
         *store.partitions.write().expect("not poisoned") = partitions;
         store.update_size_metric();
         Ok(store)
+    }
+
+    /// Reports damage a query met in `partition` (what it cost: the
+    /// records it could not read), once per file and run. `file` names the
+    /// damaged file in the partition; `None` when the query cannot tell, and
+    /// the partition's checksums are checked to find it.
+    pub fn report_damage(&self, partition: &Partition, file: Option<&str>, damage: &str) {
+        let files: Vec<PathBuf> = match file {
+            Some(file) => vec![partition.dir.join(file)],
+            None => match partition.index.validate_checksum() {
+                Ok(bad) if !bad.is_empty() => bad.iter().map(|f| partition.dir.join(f)).collect(),
+                _ => vec![partition.dir.clone()],
+            },
+        };
+        for path in files {
+            if self
+                .reported
+                .lock()
+                .expect("not poisoned")
+                .insert(path.clone())
+            {
+                self.metrics.corrupt_data(
+                    "logs",
+                    self.data_dir(),
+                    &path,
+                    0,
+                    damage,
+                    "skipped what cannot be read: queries answer the rest with a warning",
+                );
+            }
+        }
+    }
+
+    /// The data directory this store is in, which reports name files
+    /// relative to.
+    fn data_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
     }
 
     pub fn fields(&self) -> &LogFields {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::frame;
 use crate::model::{Label, MetricMetadata};
 use crate::store::{Result, StoreError};
+use crate::telemetry::SelfMetrics;
 
 /// Size at which a new chunk file is started; also the granularity of
 /// retention.
 const CHUNK_FILE_BYTES: u64 = 64 << 20;
 const SERIES_LOG: &str = "series.log";
 const CHUNK_DIR: &str = "chunks";
-const SNAPSHOT: &str = "head.snap";
+pub(super) const SNAPSHOT: &str = "head.snap";
 const SNAPSHOT_VERSION: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
@@ -37,19 +38,28 @@ pub(super) struct SeriesLog {
 impl SeriesLog {
     /// Opens (or creates) the log in `dir`, calling `each` with every series
     /// in it, oldest first, and cuts a torn tail.
-    pub(super) fn open(dir: &Path, mut each: impl FnMut(u32, Vec<Label>)) -> Result<SeriesLog> {
+    pub(super) fn open(
+        dir: &Path,
+        metrics: &SelfMetrics,
+        mut each: impl FnMut(u32, Vec<Label>),
+    ) -> Result<SeriesLog> {
         let path = dir.join(SERIES_LOG);
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)?;
-        let valid = read_frames(&path, |_, payload| {
-            let entry: SeriesEntry = postcard::from_bytes(payload)
-                .map_err(|e| StoreError::Corrupt(format!("series log: {e}")))?;
-            each(entry.id, entry.labels);
-            Ok(())
-        })?;
+        let valid = read_frames(
+            &path,
+            data_dir(dir),
+            metrics,
+            |payload| postcard::from_bytes::<SeriesEntry>(payload).is_ok(),
+            |_, payload| {
+                if let Ok(entry) = postcard::from_bytes::<SeriesEntry>(payload) {
+                    each(entry.id, entry.labels);
+                }
+            },
+        )?;
         file.set_len(valid)?;
         Ok(SeriesLog { file })
     }
@@ -93,13 +103,30 @@ pub(super) struct ChunkRef {
 }
 
 impl ChunkRef {
-    /// The chunk's bytes, from the file [`ChunkFiles::reader`] gave.
+    /// The chunk's bytes, from the file [`ChunkFiles::reader`] gave; its
+    /// frame is checked again, as the file may have been damaged since open.
     pub(super) fn read(&self, file: &File) -> Result<Vec<u8>> {
-        let mut payload = vec![0u8; self.len as usize];
-        file.read_exact_at(&mut payload, self.offset)?;
-        let entry: ChunkEntry = postcard::from_bytes(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("chunk file {}: {e}", self.file)))?;
+        let corrupt = |e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!(
+                "chunk at {} of chunk file {}: {e}",
+                self.offset, self.file
+            ))
+        };
+        let start = self.offset.saturating_sub(frame::HEADER_LEN as u64);
+        let mut bytes = vec![0u8; frame::HEADER_LEN + self.len as usize];
+        file.read_exact_at(&mut bytes, start)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt(&"cut short"),
+                _ => e.into(),
+            })?;
+        let (payload, _) = frame::decode(&bytes).map_err(|e| corrupt(&e))?;
+        let entry: ChunkEntry = postcard::from_bytes(payload).map_err(|e| corrupt(&e))?;
         Ok(entry.bytes.to_vec())
+    }
+
+    /// Where the chunk's payload starts in its file.
+    pub(super) fn offset(&self) -> u64 {
+        self.offset
     }
 }
 
@@ -124,11 +151,15 @@ impl ChunkFiles {
     /// Opens (or creates) the chunk directory in `dir`, calling `each` with
     /// every chunk's series id and where it is, oldest first; cuts a torn
     /// tail of the newest file.
-    pub(super) fn open(dir: &Path, mut each: impl FnMut(u32, ChunkRef)) -> Result<ChunkFiles> {
-        let dir = dir.join(CHUNK_DIR);
-        fs::create_dir_all(&dir)?;
+    pub(super) fn open(
+        dir: &Path,
+        metrics: &SelfMetrics,
+        mut each: impl FnMut(u32, ChunkRef),
+    ) -> Result<ChunkFiles> {
+        let chunk_dir = dir.join(CHUNK_DIR);
+        fs::create_dir_all(&chunk_dir)?;
         let mut files = ChunkFiles {
-            dir,
+            dir: chunk_dir,
             files: BTreeMap::new(),
             writer: None,
             readers: HashMap::new(),
@@ -141,22 +172,28 @@ impl ChunkFiles {
         for (position, &number) in numbers.iter().enumerate() {
             let path = files.path(number);
             let mut max_file_t = i64::MIN;
-            let valid = read_frames(&path, |offset, payload| {
-                let entry: ChunkEntry = postcard::from_bytes(payload)
-                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-                max_file_t = max_file_t.max(entry.max_t);
-                each(
-                    entry.series,
-                    ChunkRef {
-                        file: number,
-                        offset,
-                        len: payload.len() as u32,
-                        min_t: entry.min_t,
-                        max_t: entry.max_t,
-                    },
-                );
-                Ok(())
-            })?;
+            let valid = read_frames(
+                &path,
+                data_dir(dir),
+                metrics,
+                |payload| postcard::from_bytes::<ChunkEntry>(payload).is_ok(),
+                |offset, payload| {
+                    let Ok(entry) = postcard::from_bytes::<ChunkEntry>(payload) else {
+                        return;
+                    };
+                    max_file_t = max_file_t.max(entry.max_t);
+                    each(
+                        entry.series,
+                        ChunkRef {
+                            file: number,
+                            offset,
+                            len: payload.len() as u32,
+                            min_t: entry.min_t,
+                            max_t: entry.max_t,
+                        },
+                    );
+                },
+            )?;
             if position + 1 == numbers.len() {
                 OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
             }
@@ -165,7 +202,7 @@ impl ChunkFiles {
         Ok(files)
     }
 
-    fn path(&self, number: u32) -> PathBuf {
+    pub(super) fn path(&self, number: u32) -> PathBuf {
         self.dir.join(format!("{number:010}.chk"))
     }
 
@@ -333,14 +370,49 @@ pub(super) fn log_and_snapshot_bytes(dir: &Path) -> u64 {
     file_len(SERIES_LOG) + file_len(SNAPSHOT)
 }
 
-/// Calls `each` with every intact entry of a file and its payload's offset;
-/// returns the length of the intact prefix: what follows is a torn write.
-fn read_frames(path: &Path, each: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
-    let intact = frame::read_prefix(BufReader::new(File::open(path)?), each)?;
-    if let Some(damage) = intact.damage {
-        tracing::warn!(path = %path.display(), offset = intact.len, %damage, "MetricStoreTornTail: cut");
+/// The data directory a store directory is in, which reports name files
+/// relative to.
+fn data_dir(store_dir: &Path) -> &Path {
+    store_dir.parent().unwrap_or(store_dir)
+}
+
+/// Calls `each` with every intact entry of a file (one `plausible` accepts)
+/// and its payload's offset, skipping damaged entries in the middle (see
+/// [`frame::scan`]); returns the length to keep: short of the file's only
+/// when a damaged tail has no intact entry after it. Damage is reported.
+fn read_frames(
+    path: &Path,
+    data_dir: &Path,
+    metrics: &SelfMetrics,
+    plausible: impl Fn(&[u8]) -> bool,
+    mut each: impl FnMut(u64, &[u8]),
+) -> Result<u64> {
+    let bytes = fs::read(path)?;
+    let scan = frame::scan(&bytes, plausible);
+    for skipped in &scan.skipped {
+        metrics.corrupt_data(
+            "metrics",
+            data_dir,
+            path,
+            skipped.start as u64,
+            &format!("{} damaged bytes", skipped.len()),
+            "skipped the damaged entries, read the rest",
+        );
     }
-    Ok(intact.len)
+    if let Some(tail) = scan.torn_tail {
+        metrics.corrupt_data(
+            "metrics",
+            data_dir,
+            path,
+            tail as u64,
+            &format!("the last {} bytes are torn or damaged", bytes.len() - tail),
+            "dropped the tail",
+        );
+    }
+    for payload in scan.frames {
+        each(payload.start as u64, &bytes[payload]);
+    }
+    Ok(scan.torn_tail.unwrap_or(bytes.len()) as u64)
 }
 
 #[cfg(test)]
@@ -348,7 +420,6 @@ mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
     use crate::store::metrics::tests::{ingest, limits, matcher, series};
-    use crate::telemetry::SelfMetrics;
     use std::time::Duration;
 
     #[test]
@@ -375,7 +446,10 @@ mod tests {
         assert_eq!(dropped, 1);
         // The first file held the first sealed chunk; the second, written
         // later, holds the rest.
-        let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .unwrap()
+            .series;
         assert_eq!(got[0].samples.first().unwrap().timestamp_ms, 120_000);
         assert_eq!(got[0].samples.len(), 360);
     }

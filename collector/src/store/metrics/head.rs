@@ -214,8 +214,10 @@ impl Head {
 
     /// Records where a written chunk of series `id` is, on open.
     pub(super) fn add_persisted(&mut self, id: u32, chunk_ref: ChunkRef) {
-        if let Some(Some(series)) = self.series.get_mut(id as usize) {
-            series.persisted.push(chunk_ref);
+        match self.series.get_mut(id as usize) {
+            Some(Some(series)) => series.persisted.push(chunk_ref),
+            // Its series log entry was damaged: the chunk is unreadable.
+            _ => self.index.reserve(id),
         }
     }
 
@@ -591,7 +593,10 @@ mod tests {
         store.undo_admission(&refused);
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
         assert_eq!(retry.rejected, 0);
-        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, 10_000)
+            .unwrap()
+            .series;
         assert_eq!(got[0].samples.len(), 2);
     }
 
@@ -611,7 +616,10 @@ mod tests {
         assert_eq!(admitted.rejected, 2);
         assert_eq!(admitted.rejected_by_limits, 0);
         assert!(admitted.first_error.unwrap().contains("out of order"));
-        let got = store.select(&[matcher("job", "a")], 0, 10_000).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, 10_000)
+            .unwrap()
+            .series;
         let values: Vec<f64> = got[0].samples.iter().map(|s| s.value).collect();
         assert_eq!(values, [1.0, 2.0, 3.0]);
     }

@@ -57,6 +57,16 @@ impl SeriesIndex {
         self.labels[index] = Some(labels);
     }
 
+    /// Keeps `id` from ever being handed out: chunks on disk belong to it,
+    /// though its series log entry was lost to damage, and must never be
+    /// taken for a new series' chunks.
+    pub(super) fn reserve(&mut self, id: u32) {
+        let index = id as usize;
+        if self.labels.len() <= index {
+            self.labels.resize_with(index + 1, || None);
+        }
+    }
+
     /// The id the next new series gets.
     pub(super) fn next_id(&self) -> u32 {
         self.labels.len() as u32
@@ -169,6 +179,7 @@ mod tests {
             store
                 .select(matchers, 0, 10)
                 .unwrap()
+                .series
                 .into_iter()
                 .map(|s| label_value(&s.labels, "job").to_owned())
                 .collect()

@@ -40,7 +40,7 @@ mod files;
 mod head;
 mod index;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -52,7 +52,7 @@ pub use self::head::Admitted;
 use self::head::Head;
 use self::index::label_value;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 pub use crate::config::SeriesLimits;
@@ -67,6 +67,13 @@ pub struct SelectedSeries {
     pub samples: Vec<MetricSample>,
 }
 
+/// What [`MetricStore::select`] read.
+pub struct Selection {
+    pub series: Vec<SelectedSeries>,
+    /// A damaged chunk was skipped (and reported): samples may be missing.
+    pub damaged: bool,
+}
+
 /// See the module documentation.
 pub struct MetricStore {
     dir: PathBuf,
@@ -77,6 +84,8 @@ pub struct MetricStore {
     flushing: Mutex<u64>,
     limits: SeriesLimits,
     metrics: SelfMetrics,
+    /// Damaged chunks already reported (file, offset): once per run.
+    reported: Mutex<HashSet<(u32, u64)>>,
 }
 
 impl MetricStore {
@@ -87,10 +96,34 @@ impl MetricStore {
         std::fs::create_dir_all(dir)?;
         crate::store::check_format(dir, "metrics", FORMAT_VERSION)?;
         let mut head = Head::default();
-        let series_log = SeriesLog::open(dir, |id, labels| head.insert(id, labels.into(), true))?;
-        let mut files = ChunkFiles::open(dir, |id, chunk_ref| head.add_persisted(id, chunk_ref))?;
+        let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
+            head.insert(id, labels.into(), true)
+        })?;
+        let mut files = ChunkFiles::open(dir, &metrics, |id, chunk_ref| {
+            head.add_persisted(id, chunk_ref)
+        })?;
         let mut through_seq = 0;
-        if let Some(snapshot) = Snapshot::read(dir)? {
+        let data_dir = dir.parent().unwrap_or(dir);
+        let snapshot = match Snapshot::read(dir) {
+            Ok(snapshot) => snapshot,
+            // Without it the open chunks start empty: the WAL replays what
+            // it still holds of them.
+            Err(StoreError::Corrupt(damage)) => {
+                let path = dir.join(files::SNAPSHOT);
+                let moved = store::quarantine(data_dir, &path)?;
+                metrics.corrupt_data(
+                    "metrics",
+                    data_dir,
+                    &path,
+                    0,
+                    &damage,
+                    &format!("moved to {}; open chunks start empty", moved.display()),
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(snapshot) = snapshot {
             through_seq = snapshot.through_seq;
             head.restore(snapshot)?;
         }
@@ -109,6 +142,7 @@ impl MetricStore {
             flushing: Mutex::new(through_seq),
             limits,
             metrics,
+            reported: Mutex::new(HashSet::new()),
         })
     }
 
@@ -209,12 +243,7 @@ impl MetricStore {
 
     /// Every series matching `matchers` with its samples in `[start, end]`
     /// (milliseconds, inclusive); series without samples there are left out.
-    pub fn select(
-        &self,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<SelectedSeries>> {
+    pub fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Selection> {
         struct Pending {
             labels: Vec<Label>,
             refs: Vec<files::ChunkRef>,
@@ -239,6 +268,7 @@ impl MetricStore {
                 .collect()
         };
         let mut out = Vec::with_capacity(pending.len());
+        let mut damaged = false;
         for series in pending {
             let mut samples = Vec::new();
             for chunk_ref in &series.refs {
@@ -247,7 +277,17 @@ impl MetricStore {
                     .lock()
                     .expect("not poisoned")
                     .reader(chunk_ref.file)?;
-                extend_in_range(&mut samples, &chunk_ref.read(&file)?, start, end)?;
+                let read = chunk_ref
+                    .read(&file)
+                    .and_then(|bytes| extend_in_range(&mut samples, &bytes, start, end));
+                match read {
+                    Ok(()) => {}
+                    Err(StoreError::Corrupt(damage)) => {
+                        self.report_damaged_chunk(chunk_ref, &damage);
+                        damaged = true;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             for bytes in &series.chunks {
                 extend_in_range(&mut samples, bytes, start, end)?;
@@ -259,7 +299,31 @@ impl MetricStore {
                 });
             }
         }
-        Ok(out)
+        Ok(Selection {
+            series: out,
+            damaged,
+        })
+    }
+
+    /// Reports a chunk found damaged after open, once per run; queries skip
+    /// it and say so.
+    fn report_damaged_chunk(&self, chunk_ref: &files::ChunkRef, damage: &str) {
+        let key = (chunk_ref.file, chunk_ref.offset());
+        if self.reported.lock().expect("not poisoned").insert(key) {
+            let path = self
+                .files
+                .lock()
+                .expect("not poisoned")
+                .path(chunk_ref.file);
+            self.metrics.corrupt_data(
+                "metrics",
+                self.dir.parent().unwrap_or(&self.dir),
+                &path,
+                chunk_ref.offset(),
+                damage,
+                "skipped the chunk: queries answer the rest with a warning",
+            );
+        }
     }
 
     /// Label sets of the series matching any of `selectors` (every series
@@ -423,7 +487,11 @@ mod tests {
         assert_eq!(store.durable_through(), 1);
         store.apply(vec![series("up", "a", &samples[50..])]);
         let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
-        let times: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
+        let times: Vec<i64> = got.series[0]
+            .samples
+            .iter()
+            .map(|s| s.timestamp_ms)
+            .collect();
         assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
     }
 
@@ -437,23 +505,31 @@ mod tests {
             store.flush(7).unwrap();
             // Applied after the flush: only the WAL has these.
             ingest(&store, vec![series("up", "a", &samples[250..])]);
-            let all = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+            let all = store
+                .select(&[matcher("job", "a")], 0, i64::MAX)
+                .unwrap()
+                .series;
             assert_eq!(all[0].samples.len(), 300);
         }
         let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through(), 7);
-        let before_replay = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let before_replay = store
+            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .unwrap()
+            .series;
         assert_eq!(before_replay[0].samples.len(), 250);
         // Replay repeats a sample the snapshot has: skipped.
         store.apply(vec![series("up", "a", &samples[249..])]);
         let got = store
             .select(&[matcher("__name__", "up")], 0, i64::MAX)
-            .unwrap();
+            .unwrap()
+            .series;
         let times: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
         assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
         let window = store
             .select(&[matcher("job", "a")], 15_000 * 100, 15_000 * 110)
-            .unwrap();
+            .unwrap()
+            .series;
         assert_eq!(window[0].samples.len(), 11);
     }
 

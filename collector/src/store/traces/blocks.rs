@@ -9,7 +9,7 @@
 //! trace, so reading one trace decompresses its block but decodes only its own
 //! table. On disk a block is one [`frame`](crate::frame) holding a zstd frame.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use crate::codec;
 use crate::frame;
 use crate::model::{Span, TraceId};
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
+use crate::telemetry::SelfMetrics;
 
 const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// A new segment file starts once the current one is this large.
@@ -33,7 +34,7 @@ const ZSTD_LEVEL: i32 = 3;
 const MAX_BLOCK_LEN: u32 = 256 << 20;
 
 /// Where a block lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BlockRef {
     pub segment: u32,
     pub offset: u64,
@@ -133,9 +134,27 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
     Ok(Vec::new())
 }
 
+/// A block as [`Segments::read`] found it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockRead<T> {
+    /// Retention dropped its segment.
+    Gone,
+    /// Cut short or failing its checksum or decoding: already reported.
+    Damaged,
+    Read(T),
+}
+
 /// The append-only segment files of one store.
 pub struct Segments {
     dir: PathBuf,
+    /// What damage reports name files relative to.
+    data_dir: PathBuf,
+    metrics: SelfMetrics,
+    /// Damaged blocks already reported, so a block read by every query is
+    /// reported once per run.
+    reported: Mutex<HashSet<BlockRef>>,
+    /// Where the open put segment bytes the index does not know.
+    set_aside: Vec<PathBuf>,
     /// Segments the index knows, and the one being appended to. A block
     /// reference into any other segment (one retention dropped) reads as
     /// nothing.
@@ -175,33 +194,68 @@ impl Segments {
     /// the index knows (`committed`): bytes after it were written by a flush
     /// that crashed before committing, and are replayed from the WAL instead.
     /// Files the index does not know at all (an uncommitted new segment, or
-    /// one retention dropped before a crash) are deleted. Appends go to a new
+    /// one retention dropped before a crash) are taken out too. Neither is
+    /// deleted here: both are set aside in quarantine (see
+    /// [`Segments::set_aside`]), since an index that lost commits to damage
+    /// looks the same, and only the WAL can tell. Appends go to a new
     /// segment.
-    pub fn open(dir: &Path, committed: &HashMap<u32, u64>) -> Result<Segments> {
+    ///
+    /// A segment shorter than committed was cut by something else: it is
+    /// reported, and its blocks past the end read as damaged.
+    pub fn open(
+        dir: &Path,
+        data_dir: &Path,
+        committed: &HashMap<u32, u64>,
+        metrics: SelfMetrics,
+    ) -> Result<Segments> {
         fs::create_dir_all(dir)?;
         let mut newest = committed.keys().max().copied();
+        let mut set_aside = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let Some(id) = segment_id(&entry.path()) else {
                 continue;
             };
+            let file_len = entry.metadata()?.len();
             match committed.get(&id) {
-                Some(&len) if entry.metadata()?.len() > len => {
+                Some(&len) if file_len > len => {
                     tracing::warn!(segment = id, len, "SpanSegmentUncommittedTailTruncated");
-                    OpenOptions::new()
+                    let mut name = entry.file_name();
+                    name.push(format!(".from-{len}"));
+                    let target = store::quarantine_path(data_dir, &dir.join(name))?;
+                    let mut tail = vec![0u8; (file_len - len) as usize];
+                    let file = OpenOptions::new()
+                        .read(true)
                         .write(true)
-                        .open(entry.path())?
-                        .set_len(len)?;
+                        .open(entry.path())?;
+                    file.read_exact_at(&mut tail, len)?;
+                    let mut aside = File::create(&target)?;
+                    aside.write_all(&tail)?;
+                    aside.sync_all()?;
+                    file.set_len(len)?;
+                    set_aside.push(target);
                 }
+                Some(&len) if file_len < len => metrics.corrupt_data(
+                    "traces",
+                    data_dir,
+                    &entry.path(),
+                    file_len,
+                    &format!("{} committed bytes are missing", len - file_len),
+                    "blocks past the end read as damaged",
+                ),
                 Some(_) => {}
                 None => {
-                    fs::remove_file(entry.path())?;
+                    set_aside.push(store::quarantine(data_dir, &entry.path())?);
                     newest = newest.max(Some(id));
                 }
             }
         }
         Ok(Segments {
             dir: dir.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            metrics,
+            reported: Mutex::new(HashSet::new()),
+            set_aside,
             live: RwLock::new(committed.keys().copied().collect()),
             readers: RwLock::new(HashMap::new()),
             writer: Mutex::new(Writer {
@@ -250,6 +304,29 @@ impl Segments {
         current.file.sync_data()?;
         current.len += buffer.len() as u64;
         Ok((refs, current.id, current.len))
+    }
+
+    /// Deletes the segment bytes the open set aside when the WAL replays
+    /// them (`replayable`); otherwise keeps them in quarantine and reports
+    /// them: the index (at `checkpoint`) lost the commits that mapped them.
+    pub fn settle_set_aside(&self, replayable: bool, checkpoint: u64) -> Result<()> {
+        for path in &self.set_aside {
+            if replayable {
+                fs::remove_file(path)?;
+            } else {
+                self.metrics.corrupt_data(
+                    "traces",
+                    &self.data_dir,
+                    path,
+                    0,
+                    &format!(
+                        "span blocks the trace index does not map and the WAL no longer holds (the index's checkpoint is {checkpoint}): the index lost commits"
+                    ),
+                    "kept in quarantine; their traces are missing",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The segment being appended to, which retention must keep.
@@ -303,17 +380,50 @@ impl Segments {
         Ok(())
     }
 
-    /// Reads one block's bytes; `None` when retention dropped its segment.
-    pub fn read(&self, block: BlockRef) -> Result<Option<Vec<u8>>> {
+    /// Reads one block and decodes it with `decode`. A block cut short or
+    /// that `decode` finds damaged (a bad checksum, zstd frame or table)
+    /// costs only itself: it is reported and read as `Damaged`.
+    pub fn read<T>(
+        &self,
+        block: BlockRef,
+        decode: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<BlockRead<T>> {
         if block.len > MAX_BLOCK_LEN {
-            return Err(StoreError::Corrupt("block reference too long".into()));
+            return Ok(self.damaged(block, "block reference too long"));
         }
         let Some(file) = self.reader(block.segment)? else {
-            return Ok(None);
+            return Ok(BlockRead::Gone);
         };
         let mut bytes = vec![0u8; block.len as usize];
-        file.read_exact_at(&mut bytes, block.offset)?;
-        Ok(Some(bytes))
+        match file.read_exact_at(&mut bytes, block.offset) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                return Ok(self.damaged(block, "cut short"));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        match decode(&bytes) {
+            Ok(decoded) => Ok(BlockRead::Read(decoded)),
+            Err(error @ (StoreError::Corrupt(_) | StoreError::Codec(_) | StoreError::Frame(_))) => {
+                Ok(self.damaged(block, &error.to_string()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reports a damaged block, once per run.
+    fn damaged<T>(&self, block: BlockRef, damage: &str) -> BlockRead<T> {
+        if self.reported.lock().expect("not poisoned").insert(block) {
+            self.metrics.corrupt_data(
+                "traces",
+                &self.data_dir,
+                &self.path(block.segment),
+                block.offset,
+                damage,
+                "skipped the block: its traces are missing from answers",
+            );
+        }
+        BlockRead::Damaged
     }
 
     /// Bytes of all segment files.
@@ -370,6 +480,20 @@ mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
 
+    fn open_segments(dir: &Path, committed: &HashMap<u32, u64>) -> Segments {
+        Segments::open(&dir.join("blocks"), dir, committed, SelfMetrics::new()).unwrap()
+    }
+
+    /// A block's bytes as checked by its frame.
+    fn read(segments: &Segments, block: BlockRef) -> BlockRead<Vec<u8>> {
+        segments
+            .read(block, |bytes| {
+                frame::decode(bytes)?;
+                Ok(bytes.to_vec())
+            })
+            .unwrap()
+    }
+
     #[test]
     fn finds_each_trace_in_a_block() {
         let a = vec![sample_span(1, 1, "a"), sample_span(1, 2, "a")];
@@ -395,28 +519,62 @@ mod tests {
     #[test]
     fn appends_and_reads_back_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::open(dir.path(), &HashMap::new()).unwrap();
+        let segments = open_segments(dir.path(), &HashMap::new());
         let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
         let (refs, segment, len) = segments.append(&[block.clone(), block.clone()]).unwrap();
         assert_eq!(refs[1].offset, block.len() as u64);
         assert_eq!(len, 2 * block.len() as u64);
-        assert_eq!(segments.read(refs[1]).unwrap(), Some(block.clone()));
+        assert_eq!(read(&segments, refs[1]), BlockRead::Read(block.clone()));
 
         // Only the first block was committed: the second is cut on reopen.
         let committed = HashMap::from([(segment, block.len() as u64)]);
-        let segments = Segments::open(dir.path(), &committed).unwrap();
+        let segments = open_segments(dir.path(), &committed);
         assert_eq!(segments.disk_bytes(), block.len() as u64);
-        assert!(segments.read(refs[1]).is_err());
-        assert_eq!(segments.read(refs[0]).unwrap(), Some(block.clone()));
+        assert_eq!(read(&segments, refs[1]), BlockRead::Damaged);
+        assert_eq!(read(&segments, refs[0]), BlockRead::Read(block.clone()));
         // Appends after a reopen go to a new segment.
         let (_, next, _) = segments.append(std::slice::from_ref(&block)).unwrap();
         assert_eq!(next, segment + 1);
     }
 
     #[test]
+    fn a_damaged_block_costs_only_itself_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = SelfMetrics::new();
+        let segments = Segments::open(
+            &dir.path().join("blocks"),
+            dir.path(),
+            &HashMap::new(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let a = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
+        let b = encode_block(&[(&[2; 16], &[sample_span(2, 1, "b")])]).unwrap();
+        let (refs, segment, _) = segments.append(&[a, b]).unwrap();
+        let path = segments.path(segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[refs[0].offset as usize + 12] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let decode = |id: TraceId| move |bytes: &[u8]| decode_trace(bytes, &id);
+        for _ in 0..2 {
+            assert_eq!(
+                segments.read(refs[0], decode([1; 16])).unwrap(),
+                BlockRead::Damaged
+            );
+        }
+        assert!(matches!(
+            segments.read(refs[1], decode([2; 16])).unwrap(),
+            BlockRead::Read(spans) if spans.len() == 1
+        ));
+        let file = format!("blocks/{segment:08}.blocks");
+        let counted = format!("strand_corrupt_data_total{{file=\"{file}\",store=\"traces\"}} 1");
+        assert!(metrics.render().contains(&counted), "{}", metrics.render());
+    }
+
+    #[test]
     fn rotates_hourly_and_dropped_segments_read_as_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::open(dir.path(), &HashMap::new()).unwrap();
+        let segments = open_segments(dir.path(), &HashMap::new());
         let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
         let blocks = std::slice::from_ref(&block);
         let (first, _, _) = segments.append(blocks).unwrap();
@@ -431,12 +589,12 @@ mod tests {
         assert_eq!(next[0].segment, first[0].segment + 1);
         assert_eq!(segments.current(), Some(next[0].segment));
 
-        assert!(segments.read(first[0]).unwrap().is_some());
+        assert_eq!(read(&segments, first[0]), BlockRead::Read(block.clone()));
         segments.remove(&[first[0].segment]).unwrap();
         assert!(!segments.is_live(first[0].segment));
-        assert_eq!(segments.read(first[0]).unwrap(), None);
-        assert_eq!(segments.read(next[0]).unwrap(), Some(block));
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(read(&segments, first[0]), BlockRead::Gone);
+        assert_eq!(read(&segments, next[0]), BlockRead::Read(block));
+        let left: Vec<_> = fs::read_dir(dir.path().join("blocks")).unwrap().collect();
         assert_eq!(left.len(), 1);
     }
 }

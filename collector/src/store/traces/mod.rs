@@ -30,18 +30,19 @@ use std::time::Instant;
 use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
-use crate::store::{Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 pub use search::{Candidates, ServiceEntry};
 
-use blocks::{BlockRef, Segments};
+use blocks::{BlockRead, BlockRef, Segments};
 use deps::DependencyTracker;
 pub use deps::Edge;
 
 /// Uncompressed bytes of span tables per block: large enough to compress well,
 /// small enough that reading one trace decompresses little.
-const BLOCK_TARGET_BYTES: usize = 512 << 10;
+/// Also what one damaged block costs: at 64 KiB, a few dozen typical traces.
+const BLOCK_TARGET_BYTES: usize = 64 << 10;
 /// `T` keys checked per retention run for references into dropped segments:
 /// bounds how long one run holds up the flusher.
 const TRACE_SWEEP_KEYS: usize = 100_000;
@@ -94,6 +95,88 @@ impl Names {
     }
 }
 
+/// The sled index as [`open_index`] found it.
+enum IndexOpen {
+    Opened(sled::Db, HashMap<u32, u64>),
+    /// Unusable, and why; the database is closed again.
+    Damaged(String),
+}
+
+/// Opens the sled index in `dir` and reads the committed length of every
+/// segment; refuses an index of another format version. An index sled
+/// cannot open, or one that comes up empty next to segment files (sled
+/// recovers a damaged log by dropping everything from the damage on), is
+/// `Damaged`.
+fn open_index(dir: &Path) -> Result<IndexOpen> {
+    let opened = sled::Config::new()
+        .path(dir.join("index"))
+        .cache_capacity(64 << 20)
+        .flush_every_ms(None)
+        .open();
+    let db = match opened {
+        Ok(db) => db,
+        Err(error) => {
+            return Ok(IndexOpen::Damaged(format!(
+                "the trace index cannot be opened: {error}"
+            )));
+        }
+    };
+    let read = (|| -> Result<Option<HashMap<u32, u64>>> {
+        match db.get(index::META_FORMAT)? {
+            None if holds_segments(&dir.join("blocks")) => return Ok(None),
+            None => {
+                db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
+            }
+            Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
+            Some(found) => {
+                return Err(StoreError::Incompatible {
+                    store: "trace",
+                    found: found
+                        .as_ref()
+                        .try_into()
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0),
+                    supported: index::FORMAT_VERSION,
+                });
+            }
+        }
+        let mut committed = HashMap::new();
+        for entry in db.scan_prefix(index::META_SEGMENT_PREFIX) {
+            let (key, value) = entry?;
+            committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
+        }
+        Ok(Some(committed))
+    })();
+    match read {
+        Ok(Some(committed)) => Ok(IndexOpen::Opened(db, committed)),
+        Ok(None) => Ok(IndexOpen::Damaged(
+            "the trace index is empty but segment files hold span blocks".into(),
+        )),
+        Err(StoreError::Index(error)) => Ok(IndexOpen::Damaged(format!(
+            "the trace index cannot be read: {error}"
+        ))),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether `dir` holds a segment file with data.
+fn holds_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            e.path().extension().is_some_and(|ext| ext == "blocks")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    })
+}
+
+/// A trace as read back.
+#[derive(Debug, Default)]
+pub struct TraceRead {
+    pub spans: Vec<Span>,
+    /// Some of its spans are in a damaged block and missing from `spans`.
+    pub damaged: bool,
+}
+
 /// What a flush covered.
 #[derive(Debug)]
 pub struct Flushed {
@@ -122,37 +205,38 @@ pub struct TraceStore {
 }
 
 impl TraceStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. An index sled cannot open
+    /// (damaged files) is moved to `<data dir>/quarantine/` together with the
+    /// segment files it maps — they are unreadable without it, and would
+    /// otherwise be deleted as unknown — and the store starts empty; what
+    /// the WAL still holds is replayed into it.
     pub fn open(dir: &Path, metrics: SelfMetrics) -> Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("index"))
-            .cache_capacity(64 << 20)
-            .flush_every_ms(None)
-            .open()?;
-        match db.get(index::META_FORMAT)? {
-            None => {
-                db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
+        let data_dir = dir.parent().unwrap_or(dir);
+        let (db, committed) = match open_index(dir)? {
+            IndexOpen::Opened(db, committed) => (db, committed),
+            IndexOpen::Damaged(damage) => {
+                for part in ["index", "blocks"] {
+                    let path = dir.join(part);
+                    if path.exists() {
+                        let moved = store::quarantine(data_dir, &path)?;
+                        metrics.corrupt_data(
+                            "traces",
+                            data_dir,
+                            &path,
+                            0,
+                            &damage,
+                            &format!("moved to {}; started empty", moved.display()),
+                        );
+                    }
+                }
+                match open_index(dir)? {
+                    IndexOpen::Opened(db, committed) => (db, committed),
+                    IndexOpen::Damaged(damage) => return Err(StoreError::Corrupt(damage)),
+                }
             }
-            Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
-            Some(found) => {
-                return Err(StoreError::Incompatible {
-                    store: "trace",
-                    found: found
-                        .as_ref()
-                        .try_into()
-                        .map(u32::from_be_bytes)
-                        .unwrap_or(0),
-                    supported: index::FORMAT_VERSION,
-                });
-            }
-        }
-        let mut committed = HashMap::new();
-        for entry in db.scan_prefix(index::META_SEGMENT_PREFIX) {
-            let (key, value) = entry?;
-            committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
-        }
-        let segments = Segments::open(&dir.join("blocks"), &committed)?;
+        };
+        let segments = Segments::open(&dir.join("blocks"), data_dir, &committed, metrics.clone())?;
         let next_block = match db.get(index::META_NEXT_BLOCK)? {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
@@ -181,6 +265,35 @@ impl TraceStore {
         };
         store.update_size_metric();
         Ok(store)
+    }
+
+    /// Settles the segment bytes the open set aside (see
+    /// `blocks::Segments::open`), once the WAL is open. When the WAL still
+    /// holds every record after this store's checkpoint (its oldest record,
+    /// `wal_oldest_seq`, is at most one past it), they were a flush that
+    /// crashed before its commit, which the replay redoes: deleted. When it
+    /// does not, the index lost commits that covered them — it is damaged —
+    /// and they stay in quarantine, reported.
+    pub fn settle_set_aside(&self, wal_oldest_seq: Option<u64>) -> Result<()> {
+        let checkpoint = self.durable_through()?;
+        let replayable = wal_oldest_seq.is_some_and(|oldest| oldest <= checkpoint + 1);
+        self.segments.settle_set_aside(replayable, checkpoint)
+    }
+
+    /// Records that every span of WAL records up to `seq` is in blocks —
+    /// called after a flush that took every span applied through `seq`.
+    /// The records after the last flushed span may hold only logs and
+    /// samples; the WAL is trimmed past them once the other stores have
+    /// them, and the checkpoint must say so, or a later start would see
+    /// records missing after it and take set-aside span bytes for a lost
+    /// commit.
+    pub fn checkpoint_through(&self, seq: u64) -> Result<()> {
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        if seq > self.durable_through()? {
+            self.db.insert(index::META_CHECKPOINT, &seq.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
     }
 
     /// The WAL sequence number up to which everything is in blocks.
@@ -423,14 +536,22 @@ impl TraceStore {
     }
 
     /// Every span of a trace, from blocks and memory, in start order; empty when
-    /// the trace is unknown.
-    pub fn trace(&self, trace_id: &TraceId) -> Result<Vec<Span>> {
+    /// the trace is unknown. Spans in a damaged block are left out and the
+    /// answer says so.
+    pub fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
+        let mut damaged = false;
         for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
             let (_, value) = entry?;
-            // None: retention dropped the segment; the key is swept later.
-            if let Some(block) = self.segments.read(BlockRef::from_bytes(&value)?)? {
-                spans.extend(blocks::decode_trace(&block, trace_id)?);
+            let block = BlockRef::from_bytes(&value)?;
+            match self
+                .segments
+                .read(block, |bytes| blocks::decode_trace(bytes, trace_id))?
+            {
+                BlockRead::Read(read) => spans.extend(read),
+                BlockRead::Damaged => damaged = true,
+                // Retention dropped the segment; the key is swept later.
+                BlockRead::Gone => {}
             }
         }
         if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref()
@@ -445,7 +566,7 @@ impl TraceStore {
         let mut seen = HashSet::new();
         spans.retain(|s| seen.insert(s.span_id));
         spans.sort_by_key(|s| (s.start_unix_nano, s.span_id));
-        Ok(spans)
+        Ok(TraceRead { spans, damaged })
     }
 
     /// Ids of in-memory traces with a span that satisfies `matches`.
@@ -716,23 +837,27 @@ mod tests {
             1,
             vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
         );
-        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
+        assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
 
         assert_eq!(store.flush().unwrap().map(|f| f.through_seq), Some(1));
         assert!(store.flush().unwrap().is_none());
+        // Later records held no spans: the checkpoint moves past them, never back.
+        store.checkpoint_through(5).unwrap();
+        store.checkpoint_through(3).unwrap();
+        assert_eq!(store.durable_through().unwrap(), 5);
         // The rest of trace 1 arrives in a later batch.
         store.apply(2, vec![span(1, 2, Some(1), "order")]);
-        let trace = store.trace(&[1; 16]).unwrap();
+        let trace = store.trace(&[1; 16]).unwrap().spans;
         assert_eq!(trace.len(), 2);
         store.flush().unwrap();
         drop(store);
 
         let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through().unwrap(), 2);
-        let trace = store.trace(&[1; 16]).unwrap();
+        let trace = store.trace(&[1; 16]).unwrap().spans;
         assert_eq!(trace.len(), 2);
         assert_eq!(trace[1].parent_span_id, Some([1; 8]));
-        assert!(store.trace(&[9; 16]).unwrap().is_empty());
+        assert!(store.trace(&[9; 16]).unwrap().spans.is_empty());
         assert_eq!(store.services(), vec!["gateway", "order"]);
         assert_eq!(store.operations("order").len(), 2);
     }
@@ -835,8 +960,8 @@ mod tests {
 
         let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert!(store.db.get(&stale).unwrap().is_none());
-        assert!(store.trace(&[2; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 1);
+        assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
     }
 
     const HOUR: u64 = index::HOUR_NANOS;
@@ -897,8 +1022,8 @@ mod tests {
     /// What an old hour's data looks like after it was dropped, and a new
     /// hour's before and after a reopen.
     fn assert_only_new_hour_left(store: &TraceStore) {
-        assert!(store.trace(&[1; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
         assert_eq!(found(store, "order"), vec![2]);
         assert!(store.dependencies(0, BASE + HOUR - 1).unwrap().is_empty());
         let links = store.dependencies(0, u64::MAX).unwrap();
@@ -921,7 +1046,7 @@ mod tests {
         // Nothing is old enough yet.
         let now = BASE + 3 * HOUR + HOUR / 2;
         assert_eq!(store.enforce_retention(retention(4, 0), now).unwrap(), 0);
-        assert_eq!(store.trace(&[1; 16]).unwrap().len(), 2);
+        assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 2);
 
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
         assert_only_new_hour_left(&store);
@@ -931,13 +1056,13 @@ mod tests {
 
         // The store goes on: new flushes land in a segment of their own.
         flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
-        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         drop(store);
 
         let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
-        assert!(store.trace(&[1; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
-        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         assert_eq!(found(&store, "order"), vec![3, 2]);
         assert_eq!(store.durable_through().unwrap(), 3);
     }
@@ -959,8 +1084,8 @@ mod tests {
         // Room for the two newer segments.
         let cap = files[1].1 + files[2].1;
         assert_eq!(store.enforce_retention(retention(24, cap), now).unwrap(), 1);
-        assert!(store.trace(&[1; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[2; 16]).unwrap().len(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
         assert_eq!(segment_files(dir.path()), files[1..]);
 
         // However small the cap or old the spans, the current segment stays.
@@ -968,8 +1093,8 @@ mod tests {
         assert_eq!(store.enforce_retention(retention(24, 1), later).unwrap(), 1);
         assert_eq!(segment_files(dir.path()), files[2..]);
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
-        assert!(store.trace(&[2; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         assert_eq!(found(&store, "order"), vec![3]);
         assert_eq!(trace_keys(&store), 1);
 
@@ -978,7 +1103,7 @@ mod tests {
         drop(store);
         let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
-        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
 
     #[test]
@@ -1020,14 +1145,14 @@ mod tests {
             !old_path.exists(),
             "open deletes what the index does not know"
         );
-        assert!(store.trace(&[7; 16]).unwrap().is_empty());
-        assert!(store.trace(&[1; 16]).unwrap().is_empty());
+        assert!(store.trace(&[7; 16]).unwrap().spans.is_empty());
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 0);
         assert_only_new_hour_left(&store);
         // A new segment never reuses a dropped one's id.
         flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
-        assert!(store.trace(&[1; 16]).unwrap().is_empty());
-        assert_eq!(store.trace(&[3; 16]).unwrap().len(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
 
     #[test]
@@ -1079,7 +1204,7 @@ mod tests {
         let distinct: HashSet<_> = refs.iter().collect();
         assert!(distinct.len() > 1, "traces were cut into several blocks");
         for trace in [0u8, 77, 255] {
-            assert_eq!(store.trace(&[trace; 16]).unwrap().len(), 40);
+            assert_eq!(store.trace(&[trace; 16]).unwrap().spans.len(), 40);
         }
     }
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{self, BlockRef};
+use super::blocks::{self, BlockRead, BlockRef};
 use super::index;
 use crate::model::{Span, TraceId};
 use crate::store::{Result, StoreError};
@@ -301,6 +301,7 @@ pub struct Candidates<'a> {
     next_table: Option<(u64, TableRef)>,
     keys_done: bool,
     pending: BinaryHeap<Pending>,
+    damaged: bool,
 }
 
 struct Pending(SearchCandidate);
@@ -344,7 +345,14 @@ impl<'a> Candidates<'a> {
             next_table: None,
             keys_done: false,
             pending: BinaryHeap::new(),
+            damaged: false,
         }
+    }
+
+    /// Whether a search table read so far was damaged (and skipped): the
+    /// traces it listed are missing from the candidates.
+    pub fn damaged(&self) -> bool {
+        self.damaged
     }
 
     /// Moves to the next table key that can hold rows of the search.
@@ -374,12 +382,17 @@ impl<'a> Candidates<'a> {
                 _ => {}
             }
             let (_, table) = self.next_table.take().expect("peeked above");
-            // Retention dropped the table's segment since its key was read.
-            let Some(sealed) = self.segments.read(table.table)? else {
-                continue;
-            };
-            let rows = read_rows(&sealed, &self.service, self.start_nanos, self.end_nanos)?;
-            self.pending.extend(rows.into_iter().map(Pending));
+            let (service, start, end) = (&self.service, self.start_nanos, self.end_nanos);
+            match self
+                .segments
+                .read(table.table, |sealed| read_rows(sealed, service, start, end))?
+            {
+                BlockRead::Read(rows) => self.pending.extend(rows.into_iter().map(Pending)),
+                // Skipped, reported: its traces are missing from the search.
+                BlockRead::Damaged => self.damaged = true,
+                // Retention dropped the table's segment since its key was read.
+                BlockRead::Gone => {}
+            }
         }
         Ok(self.pending.pop().map(|p| p.0))
     }
