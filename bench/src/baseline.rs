@@ -27,8 +27,12 @@ pub fn index_rate(pool: &[Batch], lines: u64, dir: &Path) -> Result<f64> {
     let records: Vec<LogRecord> = pool
         .iter()
         .flat_map(|batch| {
-            log_index::convert_logs_request(batch.request.clone(), 1_764_064_800_000_000_000)
-                .records
+            log_index::convert_logs_request(
+                batch.request.clone(),
+                &strand::config::AttributeLimits::default(),
+                1_764_064_800_000_000_000,
+            )
+            .records
         })
         .collect();
     anyhow::ensure!(!records.is_empty(), "the log pool is empty");

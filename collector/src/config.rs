@@ -209,6 +209,28 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_DERIVED_METRICS_INTERVAL", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub derived_metrics_interval: Duration,
 
+    /// Attributes kept per span, event, link, log record, resource and
+    /// nested map (OpenTelemetry's attribute count limit): the first ones
+    /// are kept, the rest dropped and counted on /metrics.
+    #[arg(
+        long,
+        env = "STRAND_ATTRIBUTE_COUNT_LIMIT",
+        value_name = "ATTRIBUTES",
+        default_value = "128"
+    )]
+    pub attribute_count_limit: usize,
+
+    /// Longest attribute value kept, in characters (bytes for byte arrays),
+    /// also inside arrays and maps; longer ones are truncated and counted
+    /// on /metrics (OpenTelemetry's attribute value length limit).
+    #[arg(
+        long,
+        env = "STRAND_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        value_name = "CHARS",
+        default_value = "65536"
+    )]
+    pub attribute_value_length_limit: usize,
+
     /// Longest a query (PromQL, logs, traces) may take, queueing included;
     /// a request's own `timeout` may ask for less.
     #[arg(long, env = "STRAND_QUERY_TIMEOUT", value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -401,6 +423,27 @@ pub struct IngestLimits {
     pub metrics_flush_interval: Duration,
     /// How often retention is checked.
     pub retention_interval: Duration,
+    /// Attribute count and value length limits.
+    pub attributes: AttributeLimits,
+}
+
+/// OpenTelemetry's attribute limits, applied to what arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributeLimits {
+    /// Attributes kept per item (and per nested map).
+    pub count: usize,
+    /// Longest value kept: characters of a string, bytes of a byte array.
+    pub value_length: usize,
+}
+
+impl Default for AttributeLimits {
+    /// The defaults of the settings.
+    fn default() -> Self {
+        AttributeLimits {
+            count: 128,
+            value_length: 65536,
+        }
+    }
 }
 
 /// Limits on how many series may exist, so one bad label cannot exhaust
@@ -545,6 +588,9 @@ impl Config {
         if self.queries.timeout < Duration::from_millis(100) || self.queries.workers == 0 {
             bail!("query_timeout must be at least 100ms and query_workers positive");
         }
+        if self.limits.attributes.count == 0 || self.limits.attributes.value_length == 0 {
+            bail!("attribute_count_limit and attribute_value_length_limit must be positive");
+        }
         if self.queries.max_samples == 0 {
             bail!("query_max_samples must be positive");
         }
@@ -591,6 +637,10 @@ impl ServeArgs {
                 retention_interval: self.retention_interval,
                 max_buffered_spans: self.max_buffered_spans,
                 wal_queue_bytes: self.wal_queue_bytes,
+                attributes: AttributeLimits {
+                    count: self.attribute_count_limit,
+                    value_length: self.attribute_value_length_limit,
+                },
             },
             traces: TraceSettings {
                 retention: Retention {

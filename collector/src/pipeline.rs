@@ -13,7 +13,9 @@ use prometheus::IntCounterVec;
 use tokio::sync::Notify;
 
 use crate::codec;
-use crate::config::{Config, IngestLimits, LogSettings, MetricSettings, TraceSettings};
+use crate::config::{
+    AttributeLimits, Config, IngestLimits, LogSettings, MetricSettings, TraceSettings,
+};
 use crate::derived::service_graph::ServiceGraph;
 use crate::derived::span_metrics::SpanMetrics;
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
@@ -348,6 +350,28 @@ impl Pipeline {
     /// Counts log records refused before reaching the WAL.
     pub fn reject_logs(&self, records: usize, reason: &str) {
         self.reject(Signal::Logs, records, reason);
+    }
+
+    /// The attribute limits ingest converts under.
+    pub fn attribute_limits(&self) -> &AttributeLimits {
+        &self.limits.attributes
+    }
+
+    /// Counts what the attribute limits took from `signal`'s (`spans`,
+    /// `logs`) items.
+    pub fn count_trimmed_attributes(&self, signal: &str, dropped: u64, truncated: u64) {
+        if dropped > 0 {
+            self.metrics
+                .attributes_dropped
+                .with_label_values(&[signal])
+                .inc_by(dropped);
+        }
+        if truncated > 0 {
+            self.metrics
+                .attribute_values_truncated
+                .with_label_values(&[signal])
+                .inc_by(truncated);
+        }
     }
 
     /// Counts spans refused before reaching the WAL.

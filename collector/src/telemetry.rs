@@ -39,6 +39,10 @@ pub struct SelfMetrics {
     pub store_size_bytes: IntGaugeVec,
     pub store_flush_seconds: Histogram,
     pub store_flush_errors: IntCounter,
+    /// Attributes dropped beyond the count limit, by signal (`spans`, `logs`).
+    pub attributes_dropped: IntCounterVec,
+    /// Attribute values truncated to the length limit, by signal.
+    pub attribute_values_truncated: IntCounterVec,
     /// Requests refused for their token, by the scope they needed and
     /// reason (`missing`, `invalid`, `wrong_scope`).
     pub auth_denied: IntCounterVec,
@@ -157,6 +161,22 @@ impl SelfMetrics {
                 "Flushes of the head that failed and will be retried",
             )
             .expect("valid metric"),
+            attributes_dropped: IntCounterVec::new(
+                Opts::new(
+                    "strand_attributes_dropped_total",
+                    "Attributes dropped beyond the attribute count limit",
+                ),
+                &["signal"],
+            )
+            .expect("valid metric"),
+            attribute_values_truncated: IntCounterVec::new(
+                Opts::new(
+                    "strand_attribute_values_truncated_total",
+                    "Attribute values truncated to the attribute value length limit",
+                ),
+                &["signal"],
+            )
+            .expect("valid metric"),
             auth_denied: IntCounterVec::new(
                 Opts::new(
                     "strand_auth_denied_total",
@@ -197,6 +217,8 @@ impl SelfMetrics {
             Box::new(metrics.store_size_bytes.clone()),
             Box::new(metrics.store_flush_seconds.clone()),
             Box::new(metrics.store_flush_errors.clone()),
+            Box::new(metrics.attributes_dropped.clone()),
+            Box::new(metrics.attribute_values_truncated.clone()),
             Box::new(metrics.auth_denied.clone()),
             Box::new(metrics.token_reloads.clone()),
             Box::new(metrics.corrupt_data.clone()),

@@ -376,10 +376,10 @@ mod tests {
             let _ = traces(Encoding::Json);
             let _ = logs(Encoding::Json);
             if let Ok(request) = traces(Encoding::Protobuf) {
-                let _ = super::super::otlp::convert_trace_request(request);
+                let _ = super::super::otlp::convert_trace_request(request, &Default::default());
             }
             if let Ok(request) = logs(Encoding::Protobuf) {
-                let _ = super::super::otlp::convert_logs_request(request, 1);
+                let _ = super::super::otlp::convert_logs_request(request, &Default::default(), 1);
             }
         }
 
@@ -389,7 +389,7 @@ mod tests {
             let at = cut.min(json.len() - 1);
             json[at] ^= flip;
             if let Ok(request) = decode::<ExportTraceServiceRequest>(Encoding::Json, &json, "traces") {
-                let _ = super::super::otlp::convert_trace_request(request);
+                let _ = super::super::otlp::convert_trace_request(request, &Default::default());
             }
         }
     }

@@ -113,7 +113,12 @@ async fn export_traces(
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTracePartialSuccess, ExportTraceServiceResponse,
     };
-    let converted = otlp::convert_trace_request(request);
+    let converted = otlp::convert_trace_request(request, pipeline.attribute_limits());
+    pipeline.count_trimmed_attributes(
+        "spans",
+        converted.trimmed.dropped,
+        converted.trimmed.truncated,
+    );
     if converted.rejected > 0 {
         pipeline.reject_spans(converted.rejected as usize, "invalid");
     }
@@ -147,7 +152,16 @@ async fn export_logs(
     use opentelemetry_proto::tonic::collector::logs::v1::{
         ExportLogsPartialSuccess, ExportLogsServiceResponse,
     };
-    let converted = otlp::convert_logs_request(request, crate::model::now_unix_nano());
+    let converted = otlp::convert_logs_request(
+        request,
+        pipeline.attribute_limits(),
+        crate::model::now_unix_nano(),
+    );
+    pipeline.count_trimmed_attributes(
+        "logs",
+        converted.trimmed.dropped,
+        converted.trimmed.truncated,
+    );
     if converted.rejected > 0 {
         pipeline.reject_logs(converted.rejected as usize, "invalid");
     }

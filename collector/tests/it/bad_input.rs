@@ -1170,3 +1170,59 @@ async fn queries_nested_too_deep_are_refused_and_the_daemon_stays_up() {
     assert_eq!(status, 200, "{body}");
     daemon.stop().await;
 }
+
+/// OpenTelemetry's attribute limits on what arrives: attributes beyond the
+/// count are dropped, long values truncated, both counted on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_limits_trim_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &[
+            "--attribute-count-limit",
+            "2",
+            "--attribute-value-length-limit",
+            "3",
+        ],
+    )
+    .await;
+    let trace_id = "5b8efff798038103d269b633813fc6aa";
+    let body = format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{trace_id}","spanId":"eee19b7ec3c1b174","name":"x",
+        "attributes":[{{"key":"a","value":{{"stringValue":"abcdef"}}}},{{"key":"b","value":{{"intValue":"2"}}}},{{"key":"c","value":{{"intValue":"3"}}}}]}}]}}]}}]}}"#
+    );
+    let response = reqwest::Client::new()
+        .post(daemon.otlp_http_url("/v1/traces"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, trace) = daemon.get_json(&format!("/api/traces/{trace_id}")).await;
+    assert_eq!(status, 200, "{trace}");
+    let tags = &trace["data"][0]["spans"][0]["tags"];
+    let tag = |key: &str| {
+        tags.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .map(|t| t["value"].clone())
+    };
+    assert_eq!(tag("a"), Some("abc".into()), "{tags}");
+    assert_eq!(tag("b"), Some(2.into()), "{tags}");
+    assert_eq!(tag("c"), None, "{tags}");
+    let metrics = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "strand_attributes_dropped_total{signal=\"spans\"} 1",
+        "strand_attribute_values_truncated_total{signal=\"spans\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+    daemon.stop().await;
+}
