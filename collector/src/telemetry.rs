@@ -32,6 +32,9 @@ pub struct SelfMetrics {
     pub wal_written_bytes: IntCounter,
     pub wal_size_bytes: IntGauge,
     pub wal_fsync_seconds: Histogram,
+    /// Group commits that failed to write or fsync (e.g. a full disk); their
+    /// requests were refused, not acknowledged.
+    pub wal_write_errors: IntCounter,
     /// Bytes of acknowledged-but-not-yet-written requests waiting for the WAL.
     pub ingest_queue_bytes: IntGauge,
     /// Spans held in memory, not yet in span blocks.
@@ -133,6 +136,11 @@ impl SelfMetrics {
                 .buckets(fsync_buckets.clone()),
             )
             .expect("valid metric"),
+            wal_write_errors: IntCounter::new(
+                "strand_wal_write_errors_total",
+                "Group commits that failed to write or fsync; their requests were refused",
+            )
+            .expect("valid metric"),
             ingest_queue_bytes: IntGauge::new(
                 "strand_ingest_queue_bytes",
                 "Bytes of requests waiting for the write-ahead log",
@@ -212,6 +220,7 @@ impl SelfMetrics {
             Box::new(metrics.wal_written_bytes.clone()),
             Box::new(metrics.wal_size_bytes.clone()),
             Box::new(metrics.wal_fsync_seconds.clone()),
+            Box::new(metrics.wal_write_errors.clone()),
             Box::new(metrics.ingest_queue_bytes.clone()),
             Box::new(metrics.head_spans.clone()),
             Box::new(metrics.store_size_bytes.clone()),
@@ -263,6 +272,36 @@ impl SelfMetrics {
     }
 }
 
+/// Lets an error that repeats many times a second (every group commit on a
+/// full disk) reach the log once per interval, with how many were left out.
+pub struct LogThrottle {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    pub fn new(interval: std::time::Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out since the last one)` when this occurrence is to be
+    /// logged.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + self.interval) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 impl Default for SelfMetrics {
     fn default() -> Self {
         Self::new()
@@ -272,6 +311,16 @@ impl Default for SelfMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_logs_once_per_interval_and_counts_the_rest() {
+        let mut throttle = LogThrottle::new(std::time::Duration::from_millis(50));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(throttle.allow(), Some(2));
+    }
 
     #[test]
     fn renders_every_family() {

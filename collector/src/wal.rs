@@ -35,7 +35,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::frame;
-use crate::telemetry::SelfMetrics;
+use crate::telemetry::{LogThrottle, SelfMetrics};
 
 /// Segment files of this format end in this; the `2` is the format version.
 const SEGMENT_SUFFIX: &str = ".wal2";
@@ -48,6 +48,8 @@ const SEGMENT_TARGET_BYTES: u64 = 64 << 20;
 /// Upper bound of bytes written per group commit, so one fsync never waits on
 /// an unbounded backlog.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+/// At most one `WalWriteError` line per this long.
+const WRITE_ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What is stored in a record's payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +177,7 @@ impl Wal {
             next_seq,
             applied_through: applied_through.clone(),
             metrics: metrics.clone(),
+            write_errors: LogThrottle::new(WRITE_ERROR_LOG_INTERVAL),
         };
         thread::Builder::new()
             .name("strand-wal".into())
@@ -406,6 +409,16 @@ struct Writer {
     active: Option<ActiveSegment>,
     next_seq: u64,
     metrics: SelfMetrics,
+    /// A full disk fails every group: one log line per interval.
+    write_errors: LogThrottle,
+}
+
+/// The log's state before a group was written.
+struct GroupStart {
+    /// The group's first sequence number: segments from it on are the group's.
+    first_seq: u64,
+    /// The active segment then: first sequence number, length, last record.
+    active: Option<(u64, u64, Option<u64>)>,
 }
 
 struct Pending {
@@ -432,6 +445,14 @@ impl Writer {
                 }
             }
 
+            // Where the group starts: a failed group is cut off again.
+            let group_start = GroupStart {
+                first_seq: self.next_seq,
+                active: self
+                    .active
+                    .as_ref()
+                    .map(|a| (a.segment.first_seq, a.segment.bytes, a.segment.last_seq)),
+            };
             let mut pending = Vec::new();
             let mut shutdown = None;
             let mut write_result = Ok(());
@@ -474,10 +495,16 @@ impl Writer {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "WalWriteError: failing this group and starting a new segment");
-                    // After a failed write or fsync the file's state is unknown;
-                    // never append to it again.
-                    self.close_active();
+                    self.metrics.wal_write_errors.inc();
+                    if let Some(suppressed) = self.write_errors.allow() {
+                        tracing::error!(
+                            %error,
+                            suppressed,
+                            "WalWriteError: failing this group and starting a new segment \
+                             (suppressed: like errors since the last line)"
+                        );
+                    }
+                    self.undo_group(&group_start);
                     for p in pending {
                         let _ = p.ack.send(Err(WalError::Io(io::Error::new(
                             error.kind(),
@@ -544,6 +571,60 @@ impl Writer {
             .wal_fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Takes a failed group's records back out of the log, so that what
+    /// was refused is never replayed: its buffered bytes are dropped,
+    /// segments it opened are deleted and the segment it began in is cut
+    /// back to where it began. That segment is then closed: after a failed
+    /// write or fsync, its file is never appended to again.
+    fn undo_group(&mut self, start: &GroupStart) {
+        if let Some(active) = self.active.take() {
+            // Buffered bytes are dropped here, never written.
+            let (file, _unwritten) = active.out.into_parts();
+            drop(file);
+            self.closed.push(active.segment);
+        }
+        let mut kept = Vec::with_capacity(self.closed.len());
+        for mut segment in std::mem::take(&mut self.closed) {
+            // Ok(true): keep the segment; Ok(false): it was the group's.
+            let undone = if segment.first_seq >= start.first_seq {
+                fs::remove_file(&segment.path).map(|()| {
+                    self.metrics.wal_size_bytes.sub(segment.bytes as i64);
+                    false
+                })
+            } else {
+                match start.active {
+                    Some((first_seq, bytes, last_seq))
+                        if first_seq == segment.first_seq && segment.bytes > bytes =>
+                    {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&segment.path)
+                            .and_then(|file| file.set_len(bytes))
+                            .map(|()| {
+                                self.metrics
+                                    .wal_size_bytes
+                                    .sub((segment.bytes - bytes) as i64);
+                                segment.bytes = bytes;
+                                segment.last_seq = last_seq;
+                                true
+                            })
+                    }
+                    _ => Ok(true),
+                }
+            };
+            match undone {
+                Ok(true) => kept.push(segment),
+                Ok(false) => {}
+                Err(error) => {
+                    // Left as it is: replay may bring back records that were refused.
+                    tracing::error!(segment = %segment.path.display(), %error, "WalUndoError");
+                    kept.push(segment);
+                }
+            }
+        }
+        self.closed = kept;
     }
 
     fn close_active(&mut self) {

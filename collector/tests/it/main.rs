@@ -13,6 +13,7 @@ mod corruption;
 mod crash;
 mod dashboards;
 mod derived_metrics;
+mod disk_full;
 mod durability;
 mod formats;
 mod fuzz;
