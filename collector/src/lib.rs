@@ -24,6 +24,7 @@
 //!   operation (`span_metrics`), calls, failures and latency per
 //!   service-to-service edge (`service_graph`).
 //! - `telemetry`: Strand's own metrics.
+//! - `tls`: TLS on the listeners, and reloading its files.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
@@ -39,6 +40,7 @@ mod pipeline;
 mod query;
 mod store;
 mod telemetry;
+mod tls;
 mod wal;
 
 use std::future::Future;
@@ -48,6 +50,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio::sync::watch;
 
 pub use config::Config;
@@ -108,6 +111,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let self_metrics = telemetry::SelfMetrics::new();
+    let tls = config
+        .tls
+        .clone()
+        .map(|files| tls::Tls::load(files, self_metrics.clone()))
+        .transpose()
+        .context("loading the TLS files")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (stores, pipeline) = {
@@ -132,6 +141,7 @@ pub async fn run(
         otlp_http = %otlp_http_listener.local_addr()?,
         http = %http_listener.local_addr()?,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
         "StrandListening"
     );
 
@@ -161,8 +171,7 @@ pub async fn run(
     let metrics_converter = Arc::new(ingest::otlp_metrics::MetricsConverter::new(
         config.metrics.limits.max_series,
     ));
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
             ))
@@ -178,22 +187,26 @@ pub async fn run(
                 pipeline.clone(),
                 metrics_converter.clone(),
                 config.max_body_bytes,
-            ))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                stopped(),
-            ),
-    );
+            ));
+    let grpc = match &tls {
+        Some(tls) => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
+            tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc")
+                .into_incoming(),
+            stopped(),
+        )),
+        None => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(),
+        )),
+    };
     let close_after_refused_body =
         axum::middleware::map_response(ingest::http::close_after_refused_body);
-    let otlp_http = tokio::spawn(
-        axum::serve(
-            otlp_http_listener,
-            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes)
-                .layer(close_after_refused_body.clone()),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+    let otlp_http = serve_http(
+        otlp_http_listener,
+        ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes)
+            .layer(close_after_refused_body.clone()),
+        tls.as_ref().map(|tls| (tls, "otlp_http")),
+        stopped(),
     );
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
@@ -201,23 +214,24 @@ pub async fn run(
         self_metrics,
         healthy: healthy.clone(),
     });
-    let http = tokio::spawn(
-        axum::serve(
-            http_listener,
-            api::router(api_state)
-                .merge(ingest::http::bulk_router(
-                    pipeline.clone(),
-                    config.max_body_bytes,
-                ))
-                .merge(ingest::remote_write::router(
-                    pipeline.clone(),
-                    config.max_body_bytes,
-                ))
-                .layer(close_after_refused_body),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+    let http = serve_http(
+        http_listener,
+        api::router(api_state)
+            .merge(ingest::http::bulk_router(
+                pipeline.clone(),
+                config.max_body_bytes,
+            ))
+            .merge(ingest::remote_write::router(
+                pipeline.clone(),
+                config.max_body_bytes,
+            ))
+            .layer(close_after_refused_body),
+        tls.as_ref().map(|tls| (tls, "http")),
+        stopped(),
     );
+    if let Some(tls) = tls {
+        tokio::spawn(tls.reload_on_change(stopped()));
+    }
     let (flusher_stop_tx, flusher_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn(pipeline.clone().run_flusher(healthy, async move {
         let _ = flusher_stop_rx.await;
@@ -247,4 +261,27 @@ pub async fn run(
     flusher.await.context("flusher task")?;
     tracing::info!("StrandStopped");
     Ok(())
+}
+
+/// Serves `router` on `listener` until `stop` resolves: over TLS when `tls`
+/// (with the listener's name for its handshake failures) is given, plain
+/// text otherwise.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<(&tls::Tls, &'static str)>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    match tls {
+        Some((tls, name)) => tokio::spawn(
+            axum::serve(tls.listener(listener, tls::Protocols::Http, name), router)
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+        None => tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+    }
 }

@@ -37,6 +37,13 @@ pub struct SelfMetrics {
     pub store_size_bytes: IntGaugeVec,
     pub store_flush_seconds: Histogram,
     pub store_flush_errors: IntCounter,
+    /// TLS handshakes that failed or timed out, by listener (`otlp_grpc`,
+    /// `otlp_http`, `http`): plain-text clients, untrusted or missing client
+    /// certificates, scanners.
+    pub tls_handshake_failures: IntCounterVec,
+    /// Certificate reloads, by result (`success`, `failure`; a failure keeps
+    /// serving the previous certificate).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -147,6 +154,22 @@ impl SelfMetrics {
                 "Flushes of the head that failed and will be retried",
             )
             .expect("valid metric"),
+            tls_handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "strand_tls_handshake_failures_total",
+                    "TLS handshakes that failed or timed out",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "strand_tls_reloads_total",
+                    "Reloads of the TLS certificate, key and client CAs",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -166,6 +189,8 @@ impl SelfMetrics {
             Box::new(metrics.store_size_bytes.clone()),
             Box::new(metrics.store_flush_seconds.clone()),
             Box::new(metrics.store_flush_errors.clone()),
+            Box::new(metrics.tls_handshake_failures.clone()),
+            Box::new(metrics.tls_reloads.clone()),
         ];
         for collector in collectors {
             metrics

@@ -15,6 +15,7 @@ mod logs;
 mod metrics;
 mod promql_diff;
 mod support;
+mod tls;
 mod traces;
 mod ui;
 mod ui_dashboards;

@@ -9,6 +9,7 @@
 mod collector_down;
 mod logs;
 mod metrics;
+mod tls;
 mod traces;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
