@@ -211,16 +211,17 @@ pub struct ServeArgs {
 
     /// PEM certificate chain (server certificate first) for TLS; with
     /// --tls-key, every listener serves TLS only. Reloaded on SIGHUP and when
-    /// the file changes.
+    /// the file changes [default: none: plain text]
     #[arg(long, env = "STRAND_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert [default: none]
     #[arg(long, env = "STRAND_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM bundle of CA certificates: every listener then requires a client
-    /// certificate signed by one of them (mutual TLS). Needs --tls-cert.
+    /// certificate signed by one of them (mutual TLS). Needs --tls-cert
+    /// [default: none: no client certificates]
     #[arg(long, env = "STRAND_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 

@@ -5,6 +5,7 @@
 //! opentelemetry-otlp 0.33 reads none of them; it only offers the TLS
 //! configuration of its gRPC channel and a pluggable HTTP client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -54,27 +55,61 @@ impl ExportTls {
     }
 
     /// The HTTP exporter's client, trusting the CA and presenting the client
-    /// certificate. Built on a thread of its own, as opentelemetry-otlp builds
+    /// certificate. It is the reqwest opentelemetry-http implements its
+    /// client trait for, given a rustls configuration of our own (ring
+    /// provider). Built on a thread of its own, as opentelemetry-otlp builds
     /// its default one: a blocking client made on an async worker panics.
-    pub(crate) fn blocking_client(&self, timeout: Duration) -> Result<reqwest::blocking::Client> {
-        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
-        if let Some(ca) = &self.ca_pem {
-            for certificate in reqwest::Certificate::from_pem_bundle(ca)
-                .map_err(|e| Error::Config(format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}")))?
-            {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if let Some((cert, key)) = &self.identity {
-            let identity = reqwest::Identity::from_pem(&[cert.as_slice(), key.as_slice()].concat())
-                .map_err(|e| Error::Config(format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}")))?;
-            builder = builder.identity(identity);
-        }
+    pub(crate) fn blocking_client(
+        &self,
+        timeout: Duration,
+    ) -> Result<otlp_reqwest::blocking::Client> {
+        let builder = otlp_reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .tls_backend_preconfigured(self.rustls_config()?);
         std::thread::spawn(move || builder.build())
             .join()
             .map_err(|_| Error::Config("building the OTLP HTTP client panicked".into()))?
             .map_err(|e| Error::Config(format!("the OTLP HTTP client: {e}")))
     }
+
+    fn rustls_config(&self) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |var: &str, e: &dyn std::fmt::Display| Error::Config(format!("{var}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &self.ca_pem {
+            for certificate in CertificateDer::pem_slice_iter(ca) {
+                let certificate =
+                    certificate.map_err(|e| invalid("OTEL_EXPORTER_OTLP_CERTIFICATE", &e))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CERTIFICATE", &e))?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_root_certificates(roots);
+        let Some((cert, key)) = &self.identity else {
+            return Ok(builder.with_no_client_auth());
+        };
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_KEY", &e))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &e))
+    }
+}
+
+/// rustls's ring provider, as tonic's `tls-ring` uses for the gRPC exporter.
+/// rustls 0.23.48 deprecates it for lacking post-quantum key exchange, which
+/// only the aws-lc-rs provider has (and that needs CMake and a C toolchain).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// The contents of the file `OTEL_EXPORTER_OTLP_<signal>_<name>`, else

@@ -88,11 +88,11 @@ fn provider(daemon: &Strand, tls: &ClientTls, service: &str, grpc: bool) -> SdkT
             )
             .build()
     } else {
-        let ca = reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap();
+        let config = tls.rustls_config();
         // A blocking client may not be built (or dropped) on an async worker.
         let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .add_root_certificate(ca)
+            otlp_reqwest::blocking::Client::builder()
+                .tls_backend_preconfigured(config)
                 .build()
                 .unwrap()
         })
