@@ -873,7 +873,10 @@ mod tests {
             &["--tls-client-ca", "ca.pem", "--tls-key", "k.pem"],
         ] {
             let error = format!("{:#}", Config::from_args(args).unwrap_err());
-            assert!(error.contains("tls_cert and tls_key go together"), "{error}");
+            assert!(
+                error.contains("tls_cert and tls_key go together"),
+                "{error}"
+            );
         }
         let error = format!(
             "{:#}",

@@ -50,8 +50,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use config::Config;
 
@@ -172,28 +172,30 @@ pub async fn run(
         config.metrics.limits.max_series,
     ));
     let grpc_server = tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(
-                ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
-            ))
-            .add_service(ingest::grpc::trace_service(
-                pipeline.clone(),
-                config.max_body_bytes,
-            ))
-            .add_service(ingest::grpc::logs_service(
-                pipeline.clone(),
-                config.max_body_bytes,
-            ))
-            .add_service(ingest::grpc::metrics_service(
-                pipeline.clone(),
-                metrics_converter.clone(),
-                config.max_body_bytes,
-            ));
+        .layer(tower::util::MapResponseLayer::new(
+            ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
+        ))
+        .add_service(ingest::grpc::trace_service(
+            pipeline.clone(),
+            config.max_body_bytes,
+        ))
+        .add_service(ingest::grpc::logs_service(
+            pipeline.clone(),
+            config.max_body_bytes,
+        ))
+        .add_service(ingest::grpc::metrics_service(
+            pipeline.clone(),
+            metrics_converter.clone(),
+            config.max_body_bytes,
+        ));
     let grpc = match &tls {
-        Some(tls) => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
-            tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc")
-                .into_incoming(),
-            stopped(),
-        )),
+        Some(tls) => tokio::spawn(
+            grpc_server.serve_with_incoming_shutdown(
+                tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc")
+                    .into_incoming(),
+                stopped(),
+            ),
+        ),
         None => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(),

@@ -129,4 +129,3 @@ fn read_var(signal: &str, name: &str) -> Result<Option<Vec<u8>>> {
     }
     Ok(None)
 }
-

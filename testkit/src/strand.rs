@@ -65,7 +65,9 @@ impl ClientTls {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(certificate.expect("a PEM CA")).expect("a CA certificate");
+            roots
+                .add(certificate.expect("a PEM CA"))
+                .expect("a CA certificate");
         }
         #[allow(deprecated)] // for lacking post-quantum key exchange
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

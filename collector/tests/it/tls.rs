@@ -195,8 +195,7 @@ async fn otlp_exporters_send_over_tls_and_traces_are_queryable_over_https() {
             let (status, body) = daemon
                 .get_json_query("/api/traces", &[("service", service)])
                 .await;
-            (status == 200 && body["data"].as_array().is_some_and(|d| !d.is_empty()))
-                .then_some(())
+            (status == 200 && body["data"].as_array().is_some_and(|d| !d.is_empty())).then_some(())
         })
         .await;
         assert!(found.is_some(), "no trace of {service} over https");
@@ -236,7 +235,10 @@ async fn plain_text_and_untrusting_clients_are_refused_and_counted() {
         let answer = plain.get(format!("http://{address}/")).send().await;
         assert!(answer.is_err(), "{name} answered plain text: {answer:?}");
         let answer = https_get(&stranger, address, "/").await;
-        assert!(answer.is_err(), "{name}: a client not trusting the CA got {answer:?}");
+        assert!(
+            answer.is_err(),
+            "{name}: a client not trusting the CA got {answer:?}"
+        );
     }
     let ca_only = |ca: &str| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     let refused = grpc_export(&daemon, ca_only(&TestCa::new("Another CA").cert_pem)).await;
@@ -275,11 +277,18 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca_on_every_l
     let impostor_client = impostor.client_builder().build().unwrap();
     let member = tls.client_builder().build().unwrap();
     for (name, address) in [("otlp_http", daemon.otlp_http), ("http", daemon.http)] {
-        let path = if name == "http" { "/readyz" } else { "/v1/traces" };
+        let path = if name == "http" {
+            "/readyz"
+        } else {
+            "/v1/traces"
+        };
         let answer = https_get(&anonymous, address, path).await;
         assert!(answer.is_err(), "{name} without a certificate: {answer:?}");
         let answer = https_get(&impostor_client, address, path).await;
-        assert!(answer.is_err(), "{name} with a foreign certificate: {answer:?}");
+        assert!(
+            answer.is_err(),
+            "{name} with a foreign certificate: {answer:?}"
+        );
         let answer = https_get(&member, address, path).await;
         assert!(
             answer.is_ok(),
@@ -297,7 +306,10 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca_on_every_l
     let refused = grpc_export(&daemon, grpc_tls(None)).await;
     assert!(refused.is_err(), "gRPC without a certificate: {refused:?}");
     let refused = grpc_export(&daemon, grpc_tls(impostor.identity.as_ref())).await;
-    assert!(refused.is_err(), "gRPC with a foreign certificate: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "gRPC with a foreign certificate: {refused:?}"
+    );
     grpc_export(&daemon, grpc_tls(Some(&client)))
         .await
         .expect("gRPC with a certificate from the CA");
@@ -345,7 +357,12 @@ async fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
     daemon.signal(libc::SIGHUP);
     let client = tls.client_builder().build().unwrap();
     let counted = eventually(DEADLINE, || async {
-        (self_metric(&daemon, &client, "strand_tls_reloads_total{result=\"failure\"}").await
+        (self_metric(
+            &daemon,
+            &client,
+            "strand_tls_reloads_total{result=\"failure\"}",
+        )
+        .await
             == 1.0)
             .then_some(())
     })
@@ -366,6 +383,12 @@ async fn changed_files_are_reloaded_without_a_signal() {
 
     let second = pki.ca.server("strand-2", 2);
     replace(&pki, &second);
-    wait_for_certificate(&daemon, &tls, &second, "the changed files were not reloaded").await;
+    wait_for_certificate(
+        &daemon,
+        &tls,
+        &second,
+        "the changed files were not reloaded",
+    )
+    .await;
     daemon.stop().await;
 }

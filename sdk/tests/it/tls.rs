@@ -46,7 +46,11 @@ fn exports_over_mutual_tls_configured_by_the_otel_variables() {
 
         for (service, protocol, endpoint) in [
             ("tls-sdk-grpc", Protocol::Grpc, strand.grpc_endpoint()),
-            ("tls-sdk-http", Protocol::HttpProtobuf, strand.otlp_http_url("")),
+            (
+                "tls-sdk-http",
+                Protocol::HttpProtobuf,
+                strand.otlp_http_url(""),
+            ),
         ] {
             let guard = sdk(service, &endpoint).protocol(protocol).build().unwrap();
             let app = Router::new()
