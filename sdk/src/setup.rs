@@ -404,7 +404,7 @@ macro_rules! exporter {
                     builder = builder.with_timeout(timeout);
                 }
                 if let Some(tls) = &tls {
-                    builder = builder.with_http_client(tls.blocking_client($self.timeout()?)?);
+                    builder = builder.with_http_client(tls.http_client($self.timeout()?)?);
                 }
                 builder.build().map_err(failed)
             }

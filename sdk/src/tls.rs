@@ -5,7 +5,6 @@
 //! opentelemetry-otlp 0.33 reads none of them; it only offers the TLS
 //! configuration of its gRPC channel and a pluggable HTTP client.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -55,61 +54,55 @@ impl ExportTls {
     }
 
     /// The HTTP exporter's client, trusting the CA and presenting the client
-    /// certificate. It is the reqwest opentelemetry-http implements its
-    /// client trait for, given a rustls configuration of our own (ring
-    /// provider). Built on a thread of its own, as opentelemetry-otlp builds
+    /// certificate. Built on a thread of its own, as opentelemetry-otlp builds
     /// its default one: a blocking client made on an async worker panics.
-    pub(crate) fn blocking_client(
-        &self,
-        timeout: Duration,
-    ) -> Result<otlp_reqwest::blocking::Client> {
-        let builder = otlp_reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .tls_backend_preconfigured(self.rustls_config()?);
+    pub(crate) fn http_client(&self, timeout: Duration) -> Result<TlsHttpClient> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if let Some(ca) = &self.ca_pem {
+            for certificate in reqwest::Certificate::from_pem_bundle(ca)
+                .map_err(|e| Error::Config(format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}")))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            let identity = reqwest::Identity::from_pem(&[cert.as_slice(), key.as_slice()].concat())
+                .map_err(|e| {
+                    Error::Config(format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))
+                })?;
+            builder = builder.identity(identity);
+        }
         std::thread::spawn(move || builder.build())
             .join()
             .map_err(|_| Error::Config("building the OTLP HTTP client panicked".into()))?
+            .map(TlsHttpClient)
             .map_err(|e| Error::Config(format!("the OTLP HTTP client: {e}")))
-    }
-
-    fn rustls_config(&self) -> Result<rustls::ClientConfig> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let invalid = |var: &str, e: &dyn std::fmt::Display| Error::Config(format!("{var}: {e}"));
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &self.ca_pem {
-            for certificate in CertificateDer::pem_slice_iter(ca) {
-                let certificate =
-                    certificate.map_err(|e| invalid("OTEL_EXPORTER_OTLP_CERTIFICATE", &e))?;
-                roots
-                    .add(certificate)
-                    .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CERTIFICATE", &e))?;
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid("TLS versions", &e))?
-            .with_root_certificates(roots);
-        let Some((cert, key)) = &self.identity else {
-            return Ok(builder.with_no_client_auth());
-        };
-        let chain = CertificateDer::pem_slice_iter(cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_KEY", &e))?;
-        builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| invalid("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &e))
     }
 }
 
-/// rustls's ring provider, as tonic's `tls-ring` uses for the gRPC exporter.
-/// rustls 0.23.48 deprecates it for lacking post-quantum key exchange, which
-/// only the aws-lc-rs provider has (and that needs CMake and a C toolchain).
-#[allow(deprecated)]
-fn ring_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
+/// The OTLP/HTTP exporters' client when TLS is configured: this crate's
+/// reqwest (0.12, rustls with ring). opentelemetry-http implements its client
+/// trait only for reqwest 0.13, whose rustls needs aws-lc-rs or a process-wide
+/// default provider. Exports run on the processors' own threads, so the
+/// blocking call is what opentelemetry-otlp's default client does too.
+#[derive(Debug)]
+pub(crate) struct TlsHttpClient(reqwest::blocking::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for TlsHttpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        let request = reqwest::blocking::Request::try_from(request.map(|body| body.to_vec()))?;
+        let response = self.0.execute(request)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut answer = http::Response::new(response.bytes()?);
+        *answer.status_mut() = status;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
 }
 
 /// The contents of the file `OTEL_EXPORTER_OTLP_<signal>_<name>`, else

@@ -56,37 +56,6 @@ impl ClientTls {
     }
 }
 
-impl ClientTls {
-    /// The same trust and certificate as a rustls (ring) client
-    /// configuration, for clients that take one, such as the reqwest
-    /// opentelemetry-otlp's HTTP exporters use.
-    pub fn rustls_config(&self) -> rustls::ClientConfig {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots
-                .add(certificate.expect("a PEM CA"))
-                .expect("a CA certificate");
-        }
-        #[allow(deprecated)] // for lacking post-quantum key exchange
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots);
-        match &self.identity {
-            Some(identity) => builder
-                .with_client_auth_cert(
-                    vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
-                )
-                .expect("a client certificate"),
-            None => builder.with_no_client_auth(),
-        }
-    }
-}
-
 /// The harness's client for a daemon serving `tls`, or plain text.
 fn harness_client(tls: Option<&ClientTls>) -> reqwest::Client {
     tls.map_or_else(reqwest::Client::builder, ClientTls::client_builder)

@@ -88,11 +88,11 @@ fn provider(daemon: &Strand, tls: &ClientTls, service: &str, grpc: bool) -> SdkT
             )
             .build()
     } else {
-        let config = tls.rustls_config();
+        let ca = reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap();
         // A blocking client may not be built (or dropped) on an async worker.
         let client = std::thread::spawn(move || {
-            otlp_reqwest::blocking::Client::builder()
-                .tls_backend_preconfigured(config)
+            reqwest::blocking::Client::builder()
+                .add_root_certificate(ca)
                 .build()
                 .unwrap()
         })
@@ -101,7 +101,7 @@ fn provider(daemon: &Strand, tls: &ClientTls, service: &str, grpc: bool) -> SdkT
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(daemon.otlp_http_url("/v1/traces"))
-            .with_http_client(client)
+            .with_http_client(HttpsClient(client))
             .build()
     }
     .expect("exporter builds");
@@ -113,6 +113,33 @@ fn provider(daemon: &Strand, tls: &ClientTls, service: &str, grpc: bool) -> SdkT
                 .build(),
         )
         .build()
+}
+
+/// The OTLP/HTTP exporter's client with the test CA: opentelemetry-http
+/// implements its client trait only for reqwest 0.13, whose rustls would need
+/// aws-lc-rs; this is the workspace's reqwest (rustls with ring), as
+/// strand-sdk uses it.
+#[derive(Debug)]
+struct HttpsClient(reqwest::blocking::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HttpsClient {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        let request = reqwest::blocking::Request::try_from(request.map(|body| body.to_vec()))?;
+        let response = self.0.execute(request)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut answer = opentelemetry_http::Response::new(response.bytes()?);
+        *answer.status_mut() = status;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
 }
 
 /// One OTLP/gRPC export over TLS configured by `tls`; the error says why
