@@ -324,6 +324,27 @@ pub struct ServeArgs {
     /// (for a Prometheus that cannot send one).
     #[arg(long, env = "STRAND_PUBLIC_METRICS", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub public_metrics: bool,
+
+    /// PEM certificate chain (server certificate first) for TLS; with
+    /// --tls-key, every listener serves TLS only. Reloaded on SIGHUP and when
+    /// the file changes [default: none: plain text]
+    #[arg(long, env = "STRAND_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert [default: none]
+    #[arg(long, env = "STRAND_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of CA certificates: every listener then requires a client
+    /// certificate signed by one of them (mutual TLS). Needs --tls-cert
+    /// [default: none: no client certificates]
+    #[arg(long, env = "STRAND_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files' modification times are checked; a change
+    /// reloads them (0s: only on SIGHUP).
+    #[arg(long, env = "STRAND_TLS_RELOAD_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
 }
 
 /// A `[[scrape]]` table: static targets of one job.
@@ -354,6 +375,8 @@ pub struct Config {
     pub metrics: MetricSettings,
     pub queries: QuerySettings,
     pub auth: AuthSettings,
+    /// TLS on every listener; `None`: plain text.
+    pub tls: Option<TlsSettings>,
 }
 
 /// What one query may cost, and how many run at once.
@@ -398,6 +421,22 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+/// The PEM files the listeners' TLS is loaded from, and how often they are
+/// checked for changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate chain, server certificate first.
+    pub cert: PathBuf,
+    /// The private key of the server certificate.
+    pub key: PathBuf,
+    /// CAs a client certificate must be signed by; `None`: no client
+    /// certificates are asked for.
+    pub client_ca: Option<PathBuf>,
+    /// How often the files' metadata is polled; `None`: reload on SIGHUP
+    /// only.
+    pub reload_interval: Option<Duration>,
 }
 
 /// How long a store keeps data: by age, and by the disk it takes. Every store
@@ -594,6 +633,13 @@ impl Config {
         if self.queries.max_samples == 0 {
             bail!("query_max_samples must be positive");
         }
+        if let Some(tls) = &self.tls
+            && tls
+                .reload_interval
+                .is_some_and(|interval| interval < Duration::from_secs(1))
+        {
+            bail!("tls_reload_interval must be 0s (SIGHUP only) or at least 1s");
+        }
         if self.limits.max_buffered_spans == 0 {
             bail!("max_buffered_spans must be positive");
         }
@@ -619,6 +665,20 @@ impl ServeArgs {
     /// jobs.
     fn into_config(self, scrape: Vec<ScrapeFileConfig>) -> anyhow::Result<Config> {
         let listen = self.listen;
+        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(TlsSettings {
+                cert,
+                key,
+                client_ca,
+                reload_interval: Some(self.tls_reload_interval)
+                    .filter(|interval| !interval.is_zero()),
+            }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => bail!("tls_client_ca needs tls_cert and tls_key"),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                bail!("tls_cert and tls_key go together: set both for TLS, or neither")
+            }
+        };
         let config = Config {
             data_dir: self.data_dir,
             otlp_grpc: self
@@ -682,6 +742,8 @@ impl ServeArgs {
                 token_file: self.token_file,
                 public_metrics: self.public_metrics,
             },
+
+            tls,
         };
         config.validate()?;
         Ok(config)
@@ -1044,6 +1106,53 @@ mod tests {
             let error = format!("{:#}", file_config(toml, &[]).unwrap_err());
             assert!(error.contains("trace_retention"), "{error}");
         }
+    }
+
+    #[test]
+    fn tls_needs_certificate_and_key_together() {
+        assert_eq!(no_args().tls, None);
+        let config = Config::from_args(["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsSettings {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: None,
+                reload_interval: Some(Duration::from_secs(5)),
+            })
+        );
+        let config = file_config(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.tls.unwrap().client_ca, Some("ca.pem".into()));
+        let config = Config::from_args([
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-reload-interval",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(config.tls.unwrap().reload_interval, None);
+        for args in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-client-ca", "ca.pem", "--tls-key", "k.pem"],
+        ] {
+            let error = format!("{:#}", Config::from_args(args).unwrap_err());
+            assert!(
+                error.contains("tls_cert and tls_key go together"),
+                "{error}"
+            );
+        }
+        let error = format!(
+            "{:#}",
+            Config::from_args(["--tls-client-ca", "ca.pem"]).unwrap_err()
+        );
+        assert!(error.contains("tls_client_ca needs tls_cert"), "{error}");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //!   service-to-service edge (`service_graph`).
 //! - `auth`: bearer tokens with scopes, checked on every listener.
 //! - `telemetry`: Strand's own metrics.
+//! - `tls`: TLS on the listeners, and reloading its files.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
@@ -41,6 +42,7 @@ mod pipeline;
 mod query;
 mod store;
 mod telemetry;
+mod tls;
 mod wal;
 
 use std::future::Future;
@@ -51,6 +53,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use config::Config;
 
@@ -112,6 +115,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let self_metrics = telemetry::SelfMetrics::new();
     let auth = auth::Auth::new(&config.auth, &self_metrics).context("loading tokens")?;
+    let tls = config
+        .tls
+        .clone()
+        .map(|files| tls::Tls::load(files, self_metrics.clone()))
+        .transpose()
+        .context("loading the TLS files")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (stores, pipeline) = {
@@ -136,6 +145,7 @@ pub async fn run(
         otlp_http = %otlp_http_listener.local_addr()?,
         http = %http_listener.local_addr()?,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
         "StrandListening"
     );
     warn_if_open_beyond_loopback(
@@ -151,64 +161,84 @@ pub async fn run(
         }
     };
 
-    let mut scrape_targets = config.metrics.scrape.clone();
+    let mut scrape_targets: Vec<_> = config
+        .metrics
+        .scrape
+        .iter()
+        .map(|target| (target.clone(), ingest::scrape::Source::Http))
+        .collect();
     if let Some(interval) = config.metrics.self_scrape_interval {
-        scrape_targets.push(config::ScrapeTarget {
-            job: "strand".into(),
-            address: http_listener.local_addr()?.to_string(),
-            path: "/metrics".into(),
-            interval,
-            timeout: interval.min(Duration::from_secs(10)),
-            labels: Vec::new(),
-        });
+        scrape_targets.push((
+            config::ScrapeTarget {
+                job: "strand".into(),
+                address: http_listener.local_addr()?.to_string(),
+                path: "/metrics".into(),
+                interval,
+                timeout: interval.min(Duration::from_secs(10)),
+                labels: Vec::new(),
+            },
+            ingest::scrape::Source::Own(self_metrics.clone()),
+        ));
     }
     let scrapers: Vec<_> = scrape_targets
         .into_iter()
-        .map(|target| tokio::spawn(ingest::scrape::run(pipeline.clone(), target, stopped())))
+        .map(|(target, source)| {
+            tokio::spawn(ingest::scrape::run(
+                pipeline.clone(),
+                target,
+                source,
+                stopped(),
+            ))
+        })
         .collect();
     let metrics_converter = Arc::new(ingest::otlp_metrics::MetricsConverter::new(
         config.metrics.limits.max_series,
     ));
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tonic::service::InterceptorLayer::new(
-                auth.grpc_interceptor(auth::Scope::Ingest),
-            ))
-            .layer(tower::util::MapResponseLayer::new(
-                ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
-            ))
-            .add_service(ingest::grpc::trace_service(
-                pipeline.clone(),
-                config.max_body_bytes,
-            ))
-            .add_service(ingest::grpc::logs_service(
-                pipeline.clone(),
-                config.max_body_bytes,
-            ))
-            .add_service(ingest::grpc::metrics_service(
-                pipeline.clone(),
-                metrics_converter.clone(),
-                config.max_body_bytes,
-            ))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(
+            auth.grpc_interceptor(auth::Scope::Ingest),
+        ))
+        .layer(tower::util::MapResponseLayer::new(
+            ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
+        ))
+        .add_service(ingest::grpc::trace_service(
+            pipeline.clone(),
+            config.max_body_bytes,
+        ))
+        .add_service(ingest::grpc::logs_service(
+            pipeline.clone(),
+            config.max_body_bytes,
+        ))
+        .add_service(ingest::grpc::metrics_service(
+            pipeline.clone(),
+            metrics_converter.clone(),
+            config.max_body_bytes,
+        ));
+    let grpc = match &tls {
+        Some(tls) => tokio::spawn(
+            grpc_server.serve_with_incoming_shutdown(
+                tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc")
+                    .into_incoming(),
                 stopped(),
             ),
-    );
+        ),
+        None => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(),
+        )),
+    };
     let close_after_refused_body =
         axum::middleware::map_response(ingest::http::close_after_refused_body);
-    let otlp_http = tokio::spawn(
-        axum::serve(
-            otlp_http_listener,
-            auth.guard(
-                ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
-                auth::Scope::Ingest,
-                auth::Scope::Ingest,
-            )
-            .layer(close_after_refused_body.clone()),
+    let otlp_http = serve_http(
+        otlp_http_listener,
+        auth.guard(
+            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
+            auth::Scope::Ingest,
+            auth::Scope::Ingest,
         )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+        .layer(close_after_refused_body.clone()),
+        tls.as_ref().map(|tls| (tls, "otlp_http")),
+        stopped(),
     );
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
@@ -218,23 +248,24 @@ pub async fn run(
         queries: query::pool::QueryPool::start(&config.queries)
             .context("starting the query threads")?,
     });
-    let http = tokio::spawn(
-        axum::serve(
-            http_listener,
-            api::router(api_state, &auth, config.auth.public_metrics)
-                .merge(auth.guard(
-                    ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes).merge(
-                        ingest::remote_write::router(pipeline.clone(), config.max_body_bytes),
-                    ),
-                    auth::Scope::Ingest,
-                    auth::Scope::Ingest,
-                ))
-                .layer(close_after_refused_body),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
+    let http = serve_http(
+        http_listener,
+        api::router(api_state, &auth, config.auth.public_metrics)
+            .merge(auth.guard(
+                ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes).merge(
+                    ingest::remote_write::router(pipeline.clone(), config.max_body_bytes),
+                ),
+                auth::Scope::Ingest,
+                auth::Scope::Ingest,
+            ))
+            .layer(close_after_refused_body),
+        tls.as_ref().map(|tls| (tls, "http")),
+        stopped(),
     );
     let token_watch = tokio::spawn(auth.watch_token_file(stopped()));
+    if let Some(tls) = tls {
+        tokio::spawn(tls.reload_on_change(stopped()));
+    }
     let (flusher_stop_tx, flusher_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn(pipeline.clone().run_flusher(healthy, async move {
         let _ = flusher_stop_rx.await;
@@ -290,4 +321,27 @@ fn warn_if_open_beyond_loopback(
         }
     }
     Ok(())
+}
+
+/// Serves `router` on `listener` until `stop` resolves: over TLS when `tls`
+/// (with the listener's name for its handshake failures) is given, plain
+/// text otherwise.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<(&tls::Tls, &'static str)>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    match tls {
+        Some((tls, name)) => tokio::spawn(
+            axum::serve(tls.listener(listener, tls::Protocols::Http, name), router)
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+        None => tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+    }
 }

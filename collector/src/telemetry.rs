@@ -54,6 +54,13 @@ pub struct SelfMetrics {
     /// Damaged data found and isolated, by store and file (relative to the
     /// data directory; only damaged files get a series).
     pub corrupt_data: IntCounterVec,
+    /// TLS handshakes that failed or timed out, by listener (`otlp_grpc`,
+    /// `otlp_http`, `http`): plain-text clients, untrusted or missing client
+    /// certificates, scanners.
+    pub tls_handshake_failures: IntCounterVec,
+    /// Certificate reloads, by result (`success`, `failure`; a failure keeps
+    /// serving the previous certificate).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -206,6 +213,22 @@ impl SelfMetrics {
                 &["store", "file"],
             )
             .expect("valid metric"),
+            tls_handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "strand_tls_handshake_failures_total",
+                    "TLS handshakes that failed or timed out",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "strand_tls_reloads_total",
+                    "Reloads of the TLS certificate, key and client CAs",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -231,6 +254,8 @@ impl SelfMetrics {
             Box::new(metrics.auth_denied.clone()),
             Box::new(metrics.token_reloads.clone()),
             Box::new(metrics.corrupt_data.clone()),
+            Box::new(metrics.tls_handshake_failures.clone()),
+            Box::new(metrics.tls_reloads.clone()),
         ];
         for collector in collectors {
             metrics

@@ -10,7 +10,11 @@
 //! variables (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `..._PROTOCOL`, `..._HEADERS`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`, `OTEL_BLRP_*`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`); [`Builder`] sets the same in code.
+//! `OTEL_METRIC_EXPORT_INTERVAL`), and for a collector serving TLS with its
+//! own CA `OTEL_EXPORTER_OTLP_CERTIFICATE` (the CA bundle) and
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `..._CLIENT_KEY` (mutual TLS),
+//! each also per signal (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, ...);
+//! [`Builder`] sets the rest in code.
 //!
 //! The application never waits for the collector: export runs on background
 //! threads from bounded queues, and what does not fit, or fails to export,
@@ -57,6 +61,8 @@
 //! - `messaging`: producer/consumer spans and context in message headers
 //!   ([`Telemetry::send_message`], [`Telemetry::receive_message`]).
 //! - `propagation`: header carriers shared by the above.
+//! - `tls`: the exporters' TLS from the `OTEL_EXPORTER_OTLP_*CERTIFICATE`
+//!   and `..._CLIENT_KEY` variables.
 //! - `error`: [`Error`], the one error type.
 
 mod error;
@@ -68,6 +74,7 @@ mod propagation;
 mod queue;
 mod setup;
 mod telemetry;
+mod tls;
 
 pub use error::{Error, Result};
 pub use grpc::{GrpcClientLayer, GrpcServerLayer, GrpcService, inject_grpc_context};

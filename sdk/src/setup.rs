@@ -7,7 +7,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -23,6 +23,7 @@ use crate::queue::{
     CountingSpanExporter, Gate,
 };
 use crate::telemetry::Telemetry;
+use crate::tls::ExportTls;
 use crate::{Error, Result};
 
 /// Spans or log records waiting for export, per signal, unless
@@ -31,6 +32,9 @@ const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
 /// Targets whose events never become OTLP logs: the exporters' own transport
 /// would otherwise log about every export and feed itself.
 const BRIDGE_SILENCED: &str = "hyper=off,h2=off,tonic=off,tower=off,reqwest=off";
+/// How long one export may take unless the builder or
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise (OpenTelemetry's default).
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How telemetry travels to the collector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,6 +335,26 @@ impl Builder {
         Ok(Protocol::Grpc)
     }
 
+    /// The longest one export may take: builder, then
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), then 10 s.
+    fn timeout(&self) -> Result<Duration> {
+        if let Some(timeout) = self.export_timeout {
+            return Ok(timeout);
+        }
+        match std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT") {
+            Ok(millis) if !millis.trim().is_empty() => millis
+                .trim()
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "OTEL_EXPORTER_OTLP_TIMEOUT={millis:?} is not a number of milliseconds"
+                    ))
+                }),
+            _ => Ok(DEFAULT_EXPORT_TIMEOUT),
+        }
+    }
+
     fn check_runtime(&self, protocol: Protocol) -> Result<()> {
         if protocol == Protocol::Grpc && tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Config(
@@ -345,9 +369,10 @@ impl Builder {
 /// Builds one signal's OTLP exporter; a macro because the three exporter
 /// builders share method names but not a trait.
 macro_rules! exporter {
-    ($self:ident, $exporter:ty, $signal:literal, $path:literal, $protocol_var:literal) => {{
+    ($self:ident, $exporter:ty, $signal:literal, $path:literal, $protocol_var:literal, $tls_signal:literal) => {{
         let protocol = $self.protocol_for($protocol_var)?;
         $self.check_runtime(protocol)?;
+        let tls = ExportTls::from_env($tls_signal)?;
         let failed = |e: opentelemetry_otlp::ExporterBuildError| Error::Exporter {
             signal: $signal,
             message: e.to_string(),
@@ -363,6 +388,9 @@ macro_rules! exporter {
                 if let Some(timeout) = $self.export_timeout {
                     builder = builder.with_timeout(timeout);
                 }
+                if let Some(tls) = &tls {
+                    builder = builder.with_tls_config(tls.tonic());
+                }
                 builder.build().map_err(failed)
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
@@ -374,6 +402,9 @@ macro_rules! exporter {
                 }
                 if let Some(timeout) = $self.export_timeout {
                     builder = builder.with_timeout(timeout);
+                }
+                if let Some(tls) = &tls {
+                    builder = builder.with_http_client(tls.http_client($self.timeout()?)?);
                 }
                 builder.build().map_err(failed)
             }
@@ -388,7 +419,8 @@ impl Builder {
             opentelemetry_otlp::SpanExporter,
             "traces",
             "/v1/traces",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "TRACES"
         )
     }
 
@@ -398,7 +430,8 @@ impl Builder {
             opentelemetry_otlp::LogExporter,
             "logs",
             "/v1/logs",
-            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            "LOGS"
         )
     }
 
@@ -408,7 +441,8 @@ impl Builder {
             opentelemetry_otlp::MetricExporter,
             "metrics",
             "/v1/metrics",
-            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "METRICS"
         )
     }
 }

@@ -7,6 +7,7 @@
 //! - [`Strand`]: a running daemon, in this process ([`Strand::start`]) or as
 //!   the real binary ([`Strand::spawn`], for tests that `kill -9` it or read
 //!   its log). Either way on loopback port 0: no test races another for a port.
+//! - [`pki`]: a throwaway CA and the certificates it issues, for TLS tests.
 //! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
 //! - [`require_tool`]: an external program a test needs. A missing one fails
 //!   the test with an install hint; no test skips quietly.
@@ -16,6 +17,7 @@
 
 pub mod browser;
 mod own_process;
+pub mod pki;
 mod strand;
 mod tools;
 
@@ -25,7 +27,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use own_process::in_own_process;
-pub use strand::Strand;
+pub use strand::{ClientTls, Strand};
 pub use tools::require_tool;
 
 /// Asks `child` to stop (SIGTERM, as a service manager would) and waits up

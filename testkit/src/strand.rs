@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::pki::Issued;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -25,7 +27,42 @@ pub struct Strand {
     pub http: SocketAddr,
     /// Sent as a bearer token by `get_json*`, for a daemon that needs one.
     read_token: Option<String>,
+    /// Set when the daemon serves TLS: how this harness reaches it.
+    pub tls: Option<ClientTls>,
+    /// The client `get_json` and readiness use (trusting `tls`'s CA).
+    client: reqwest::Client,
     runner: Runner,
+}
+
+/// How a client reaches a daemon serving TLS: the CA it trusts and, for
+/// mutual TLS, the certificate it presents.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub identity: Option<Issued>,
+}
+
+impl ClientTls {
+    /// A reqwest client builder trusting the CA (only it) and presenting the
+    /// client certificate, if any.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("a PEM CA");
+        let builder = reqwest::Client::builder().add_root_certificate(ca);
+        match &self.identity {
+            Some(identity) => builder.identity(
+                reqwest::Identity::from_pem(identity.identity_pem().as_bytes())
+                    .expect("a PEM client certificate and key"),
+            ),
+            None => builder,
+        }
+    }
+}
+
+/// The harness's client for a daemon serving `tls`, or plain text.
+fn harness_client(tls: Option<&ClientTls>) -> reqwest::Client {
+    tls.map_or_else(reqwest::Client::builder, ClientTls::client_builder)
+        .build()
+        .expect("an HTTP client")
 }
 
 enum Runner {
@@ -49,6 +86,16 @@ impl Strand {
     /// an address), before the daemon starts: their addresses are known and
     /// no other test can take them.
     pub async fn start(data_dir: &Path, args: &[&str]) -> Strand {
+        Strand::start_with_tls(data_dir, args, None).await
+    }
+
+    /// Like [`Strand::start`] for a daemon whose `args` turn TLS on: the
+    /// harness (`url`, `get_json`, readiness) speaks https through `tls`.
+    pub async fn start_tls(data_dir: &Path, args: &[&str], tls: ClientTls) -> Strand {
+        Strand::start_with_tls(data_dir, args, Some(tls)).await
+    }
+
+    async fn start_with_tls(data_dir: &Path, args: &[&str], tls: Option<ClientTls>) -> Strand {
         let config = strand::Config::from_args(command_line(data_dir, args))
             .unwrap_or_else(|e| panic!("strand serve {args:?}: {e:#}"));
         let listeners = strand::Listeners::bind(&config)
@@ -70,6 +117,8 @@ impl Strand {
             otlp_http,
             http,
             read_token: None,
+            client: harness_client(tls.as_ref()),
+            tls,
             runner: Runner::InProcess {
                 stop: Some(stop),
                 run: Some(run),
@@ -84,7 +133,7 @@ impl Strand {
     /// `/readyz` answers. It listens on 127.0.0.1 port 0 (unless `args` name
     /// an address) and its `StrandListening` log line says where.
     pub async fn spawn(binary: impl AsRef<Path>, data_dir: &Path, args: &[&str]) -> Strand {
-        Strand::spawn_logging(binary, data_dir, args, "info").await
+        Strand::launch(binary.as_ref(), data_dir, args, "info", None).await
     }
 
     /// [`Strand::spawn`] with `log_filter` as the daemon's `STRAND_LOG`
@@ -95,7 +144,27 @@ impl Strand {
         args: &[&str],
         log_filter: &str,
     ) -> Strand {
-        let binary = binary.as_ref();
+        Strand::launch(binary.as_ref(), data_dir, args, log_filter, None).await
+    }
+
+    /// Like [`Strand::spawn`] for a daemon whose `args` turn TLS on: the
+    /// harness speaks https through `tls`.
+    pub async fn spawn_tls(
+        binary: impl AsRef<Path>,
+        data_dir: &Path,
+        args: &[&str],
+        tls: ClientTls,
+    ) -> Strand {
+        Strand::launch(binary.as_ref(), data_dir, args, "info", Some(tls)).await
+    }
+
+    async fn launch(
+        binary: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        log_filter: &str,
+        tls: Option<ClientTls>,
+    ) -> Strand {
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(binary)
             .arg("serve")
@@ -128,6 +197,8 @@ impl Strand {
             otlp_http,
             http,
             read_token: None,
+            client: harness_client(tls.as_ref()),
+            tls,
             runner,
         };
         strand.wait_ready().await;
@@ -137,7 +208,7 @@ impl Strand {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_STOP_TIMEOUT;
         loop {
-            if let Ok(response) = reqwest::get(self.url("/readyz")).await
+            if let Ok(response) = self.client.get(self.url("/readyz")).send().await
                 && response.status().is_success()
             {
                 return;
@@ -152,19 +223,24 @@ impl Strand {
         }
     }
 
+    /// `https` when the daemon serves TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// A URL on the API and UI port.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("{}://{}{path}", self.scheme(), self.http)
     }
 
     /// Where OTLP/gRPC exporters send.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.otlp_grpc)
+        format!("{}://{}", self.scheme(), self.otlp_grpc)
     }
 
     /// A URL on the OTLP/HTTP port, e.g. `/v1/logs`.
     pub fn otlp_http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.otlp_http)
+        format!("{}://{}{path}", self.scheme(), self.otlp_http)
     }
 
     /// Makes `get_json*` send `token`, for a daemon started with tokens.
@@ -180,7 +256,7 @@ impl Strand {
 
     /// Like [`Strand::get_json`], with query parameters (URL-encoded here).
     pub async fn get_json_query(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-        let mut request = reqwest::Client::new().get(self.url(path)).query(params);
+        let mut request = self.client.get(self.url(path)).query(params);
         if let Some(token) = &self.read_token {
             request = request.bearer_auth(token);
         }
@@ -234,7 +310,8 @@ impl Strand {
         }
     }
 
-    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon's process.
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon. Only a process
+    /// can be signalled.
     pub fn signal(&self, signal: libc::c_int) {
         match &self.runner {
             Runner::InProcess { .. } => {

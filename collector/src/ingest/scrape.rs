@@ -3,7 +3,8 @@
 //! `scrape_duration_seconds` and `scrape_samples_scraped` for the target, and
 //! staleness markers for series that disappeared since the previous scrape
 //! (all of them when the target is down), so PromQL sees them end as it would
-//! in Prometheus. Strand scrapes its own `/metrics` this way by default.
+//! in Prometheus. Strand scrapes its own metrics this way by default, read
+//! in-process (`Source::Own`): its `/metrics` may need a token or TLS.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,6 +18,15 @@ use crate::model::{
     SeriesSamples, canonical_labels,
 };
 use crate::pipeline::Pipeline;
+use crate::telemetry::SelfMetrics;
+
+/// Where a target's exposition comes from.
+pub enum Source {
+    /// Its `/metrics` endpoint, over HTTP.
+    Http,
+    /// Strand's own metrics, rendered in-process.
+    Own(SelfMetrics),
+}
 
 impl ScrapeTarget {
     fn url(&self) -> String {
@@ -24,10 +34,11 @@ impl ScrapeTarget {
     }
 }
 
-/// Scrapes `target` until `stop` resolves.
+/// Scrapes `target` from `source` until `stop` resolves.
 pub async fn run(
     pipeline: Arc<Pipeline>,
     target: ScrapeTarget,
+    source: Source,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let client = match reqwest::Client::builder().timeout(target.timeout).build() {
@@ -48,7 +59,10 @@ pub async fn run(
         }
         let started = Instant::now();
         let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
-        let fetched = fetch(&client, &target).await;
+        let fetched = match &source {
+            Source::Http => fetch(&client, &target).await,
+            Source::Own(self_metrics) => Ok(self_metrics.render()),
+        };
         let duration = started.elapsed().as_secs_f64();
         let (mut series, metadata, up) = match fetched {
             Ok(text) => {

@@ -656,3 +656,25 @@ async fn the_token_file_rotates_without_a_restart() {
     );
     open.stop().await;
 }
+
+/// Strand's scrape of its own metrics needs no token: it reads them
+/// in-process, so `up{job="strand"}` is 1 behind tokens (and TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_scrape_works_behind_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TOKEN_FLAGS.to_vec();
+    args.extend(["--self-scrape-interval", "1s"]);
+    let mut daemon = Strand::start(&dir.path().join("data"), &args).await;
+    daemon.set_read_token(READ);
+    let up = eventually(DEADLINE, || async {
+        let (_, body) = daemon
+            .get_json_query("/api/v1/query", &[("query", "up{job=\"strand\"}")])
+            .await;
+        body["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert_eq!(up.as_deref(), Some("1"), "the self-scrape failed");
+    daemon.stop().await;
+}

@@ -22,6 +22,7 @@ mod metrics;
 mod promql_diff;
 mod query_limits;
 mod support;
+mod tls;
 mod traces;
 mod ui;
 mod ui_auth;

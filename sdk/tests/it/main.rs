@@ -10,6 +10,7 @@
 mod collector_down;
 mod logs;
 mod metrics;
+mod tls;
 mod tokens;
 mod traces;
 
