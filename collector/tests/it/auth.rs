@@ -16,7 +16,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use reqwest::Method;
 use serde_json::Value;
@@ -442,14 +441,7 @@ fn provider_with_token(daemon: &Strand, service: &str, grpc: bool) -> SdkTracerP
             .build()
     }
     .expect("exporter builds");
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        )
-        .build()
+    crate::support::tracer_provider(exporter, service)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

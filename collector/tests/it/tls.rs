@@ -13,7 +13,6 @@ use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use strand_testkit::pki::{Issued, TestCa};
 use strand_testkit::{ClientTls, DEADLINE, Strand, eventually};
@@ -105,14 +104,7 @@ fn provider(daemon: &Strand, tls: &ClientTls, service: &str, grpc: bool) -> SdkT
             .build()
     }
     .expect("exporter builds");
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        )
-        .build()
+    crate::support::tracer_provider(exporter, service)
 }
 
 /// The OTLP/HTTP exporter's client with the test CA: opentelemetry-http

@@ -14,7 +14,6 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 
@@ -53,15 +52,7 @@ fn provider(endpoints: &Endpoints, service: &str, transport: Transport) -> SdkTr
         }
     }
     .expect("exporter builds");
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .with_attributes([KeyValue::new("host.name", format!("{service}-host"))])
-                .build(),
-        )
-        .build()
+    crate::support::tracer_provider(exporter, service)
 }
 
 /// Flushes a provider from a thread outside the async runtime (the HTTP

@@ -26,3 +26,23 @@ pub async fn send_log(daemon: &strand_testkit::Strand, token: Option<&str>, mess
     let response = request.send().await.expect("_bulk answers");
     assert_eq!(response.status(), 200, "_bulk refused the log");
 }
+
+/// A tracer provider batching `exporter`'s spans as `service` (on host
+/// `<service>-host`), as an instrumented process would.
+pub fn tracer_provider(
+    exporter: opentelemetry_otlp::SpanExporter,
+    service: &str,
+) -> opentelemetry_sdk::trace::SdkTracerProvider {
+    opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_string())
+                .with_attributes([opentelemetry::KeyValue::new(
+                    "host.name",
+                    format!("{service}-host"),
+                )])
+                .build(),
+        )
+        .build()
+}

@@ -11,7 +11,6 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 
@@ -33,15 +32,7 @@ pub fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
         .with_endpoint(daemon.grpc_endpoint())
         .build()
         .expect("exporter builds");
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .with_attributes([KeyValue::new("host.name", format!("{service}-host"))])
-                .build(),
-        )
-        .build()
+    crate::support::tracer_provider(exporter, service)
 }
 
 /// gateway -> order -> (validate, inventory, payment), payment failing; each
