@@ -200,6 +200,10 @@ struct Inner {
     settings: AuthSettings,
     /// `None`: no token configured, every request passes.
     tokens: RwLock<Option<Arc<TokenSet>>>,
+    /// The token file's modification time and length when it was loaded,
+    /// taken before reading it: a change after that is noticed even when
+    /// the watcher starts late.
+    loaded_file: Option<(SystemTime, u64)>,
     self_metrics: SelfMetrics,
 }
 
@@ -207,11 +211,13 @@ impl Auth {
     /// The tokens of `settings`; fails on a bad token or token file, so a
     /// typo never starts an unprotected daemon.
     pub fn new(settings: &AuthSettings, self_metrics: &SelfMetrics) -> Result<Auth, TokenError> {
+        let loaded_file = settings.token_file.as_deref().and_then(modified);
         let tokens = load(settings)?;
         Ok(Auth {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
                 tokens: RwLock::new(tokens),
+                loaded_file,
                 self_metrics: self_metrics.clone(),
             }),
         })
@@ -284,7 +290,7 @@ impl Auth {
         };
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = modified(&path);
+        let mut seen = self.inner.loaded_file;
         tokio::pin!(stopped);
         loop {
             let hangup_received = async {
@@ -298,6 +304,8 @@ impl Auth {
                 _ = hangup_received => true,
                 () = tokio::time::sleep(TOKEN_FILE_POLL) => false,
             };
+            // Taken before the reload reads the file: a write during the
+            // read is seen at the next look.
             let now = modified(&path);
             if forced || now != seen {
                 seen = now;

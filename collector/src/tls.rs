@@ -87,6 +87,10 @@ struct ServerConfigs {
 pub struct Tls {
     settings: Arc<TlsSettings>,
     current: Arc<RwLock<Arc<ServerConfigs>>>,
+    /// The files' fingerprint when they were loaded, taken before reading
+    /// them: a change after that is noticed even when the watcher starts
+    /// late.
+    loaded: Vec<Option<(SystemTime, u64, u64)>>,
     self_metrics: SelfMetrics,
 }
 
@@ -94,10 +98,12 @@ impl Tls {
     /// Loads the files `settings` name; an error names the file and what is
     /// wrong with it.
     pub fn load(settings: TlsSettings, self_metrics: SelfMetrics) -> Result<Tls, TlsError> {
+        let loaded = settings.fingerprint();
         let configs = server_configs(&settings)?;
         Ok(Tls {
             settings: Arc::new(settings),
             current: Arc::new(RwLock::new(Arc::new(configs))),
+            loaded,
             self_metrics,
         })
     }
@@ -136,7 +142,7 @@ impl Tls {
             None => std::future::pending().await,
         };
         tokio::pin!(stop);
-        let mut seen = self.settings.fingerprint();
+        let mut seen = self.loaded.clone();
         let mut poll = self.settings.reload_interval.map(|interval| {
             let mut poll = tokio::time::interval(interval);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -587,14 +587,24 @@ async fn the_token_file_rotates_without_a_restart() {
         (status("new-read-token-0000001").await == 200).then_some(())
     })
     .await
-    .expect("the added token works without a restart");
+    .unwrap_or_else(|| {
+        panic!(
+            "the added token works without a restart: it did not\n{}",
+            daemon.log()
+        )
+    });
     assert_eq!(status("old-read-token-0000001").await, 200);
     std::fs::write(&tokens, "read new-read-token-0000001\n").unwrap();
     eventually(DEADLINE, || async {
         (status("old-read-token-0000001").await == 401).then_some(())
     })
     .await
-    .expect("the removed token stops working");
+    .unwrap_or_else(|| {
+        panic!(
+            "the removed token stops working: it did not\n{}",
+            daemon.log()
+        )
+    });
 
     // A broken file keeps the tokens in force, and says so.
     std::fs::write(&tokens, "raed newer-read-token-00001\n").unwrap();
@@ -627,7 +637,12 @@ async fn the_token_file_rotates_without_a_restart() {
         (status("hup-read-token-0000001").await == 200).then_some(())
     })
     .await
-    .expect("SIGHUP reloads the token file");
+    .unwrap_or_else(|| {
+        panic!(
+            "SIGHUP reloads the token file: it did not\n{}",
+            daemon.log()
+        )
+    });
     assert!(
         !daemon.log().contains("UnprotectedListener"),
         "a protected listener was reported unprotected:\n{}",
