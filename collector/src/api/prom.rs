@@ -269,11 +269,15 @@ async fn evaluate<T: EvaluationTimes>(
 ) -> Result<Response, PromError> {
     let text = params.required("query")?.to_owned();
     let evaluation = T::read(&params)?;
-    let limits = params.limits(&state.queries)?;
+    let mut limits = params.limits(&state.queries)?;
+    // The budget counts from now, as the pool's does: time spent queued is
+    // not granted again once the query runs.
+    let deadline = std::time::Instant::now() + limits.timeout;
     let source = MetricSource::new(state.stores.metrics.clone());
     let (value, damaged) = state
         .queries
         .run(move || {
+            limits.timeout = deadline.saturating_duration_since(std::time::Instant::now());
             let value = match evaluation {
                 Evaluation::Instant { time } => {
                     strand_promql::instant_query(&source, &text, time, &limits)
