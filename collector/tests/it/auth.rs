@@ -6,7 +6,7 @@
 //! warning for an unprotected listener beyond loopback.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -21,9 +21,9 @@ use reqwest::Method;
 use serde_json::Value;
 use strand_testkit::{DEADLINE, Strand, eventually};
 
-use crate::support::STRAND_BINARY;
 use crate::support::prometheus::Prometheus;
 use crate::support::remote_write as rw;
+use crate::support::{STRAND_BINARY, now_ms};
 
 pub const INGEST: &str = "ingest-token-4f1c9a0e7b";
 pub const READ: &str = "read-token-8d2e6b1f3a";
@@ -87,10 +87,7 @@ struct Endpoint {
 /// Every route of the OTLP/HTTP and API listeners, with a request each
 /// would accept.
 fn endpoints() -> Vec<Endpoint> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now_ms = now_ms();
     let write = rw::body(&rw::request(vec![rw::series(
         "auth_test_total",
         &[],

@@ -1,8 +1,6 @@
 //! Bad input gets a clear error with the right status, over HTTP and gRPC,
 //! and the daemon keeps serving everyone else.
 
-use std::io::Write;
-
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -11,8 +9,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use strand_testkit::Strand;
 
-use crate::support::prom;
 use crate::support::remote_write as rw;
+use crate::support::{gzip, now_ms, prom};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -87,12 +85,6 @@ async fn post(
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (status, text)
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
 }
 
 async fn assert_still_serving(daemon: &Strand, trace_byte: u8) {
@@ -373,13 +365,6 @@ async fn assert_remote_write_still_serving(daemon: &Strand, metric: &str) {
     let got = prom::instant_vector(daemon, metric, Some(t as f64 / 1000.0)).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1, 42.0);
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

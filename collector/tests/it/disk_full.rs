@@ -9,12 +9,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use strand_testkit::{DEADLINE, Strand, eventually};
 
-use crate::support::STRAND_BINARY;
 use crate::support::remote_write as rw;
+use crate::support::{STRAND_BINARY, now_ms};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs {
@@ -54,10 +53,7 @@ impl Drop for Tmpfs {
 /// One remote-write request of 200 new series (long label values, so the
 /// disk fills in a few hundred requests); returns the status and body.
 async fn write_batch(daemon: &Strand, batch: usize) -> (u16, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let padding = "p".repeat(400);
     let series = (0..200)
         .map(|i| {

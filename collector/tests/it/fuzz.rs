@@ -23,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strand_testkit::{DEADLINE, Strand, eventually};
 
-use crate::support::STRAND_BINARY;
 use crate::support::remote_write as rw;
+use crate::support::{STRAND_BINARY, gzip};
 
 const TRACES_JSON: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"fuzz"}}]},"scopeSpans":[{"scope":{"name":"s","version":"1"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","parentSpanId":"eee19b7ec3c1b173","name":"GET /x","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000","attributes":[{"key":"http.status_code","value":{"intValue":"500"}},{"key":"list","value":{"arrayValue":{"values":[{"doubleValue":1.5},{"boolValue":true},{"kvlistValue":{"values":[{"key":"k","value":{"bytesValue":"AAE="}}]}}]}}}],"events":[{"timeUnixNano":"1700000000050000000","name":"exception","attributes":[{"key":"exception.message","value":{"stringValue":"boom"}}]}],"links":[{"traceId":"5b8efff798038103d269b633813fc60d","spanId":"eee19b7ec3c1b175"}],"status":{"code":2,"message":"failed"}}]}]}]}"#;
 
@@ -230,12 +230,6 @@ fn mutate(rng: &mut StdRng, seed: &[u8], text: bool) -> Vec<u8> {
         }
     }
     bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
 }
 
 /// Sends one case; returns a description of each answer that is not a

@@ -19,6 +19,7 @@ use opentelemetry_sdk::metrics::{
 use serde_json::json;
 use strand_testkit::Strand;
 
+use crate::support::now_ms;
 use crate::support::prom::{self, Labels, label_set};
 use crate::support::remote_write::{self as rw, MetricMetadata};
 
@@ -406,13 +407,6 @@ async fn delta_temporality_reads_as_cumulative() {
     assert_eq!(resets.len(), 1, "{resets:?}");
     assert_eq!(resets[0].1, 0.0, "{resets:?}");
     shutdown(provider).await;
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

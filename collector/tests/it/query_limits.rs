@@ -5,23 +5,17 @@
 //! query threads are all busy with expensive queries, ingest is still
 //! acknowledged.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strand_testkit::Strand;
 
+use crate::support::now_ms;
 use crate::support::remote_write as rw;
 
 /// A subquery of 31 billion empty steps: runs until its budget is spent,
 /// holding no samples.
 const ENDLESS: &str = "count_over_time((vector(1) > 2)[1y:1ms])";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 async fn query(
     client: &reqwest::Client,

@@ -5,6 +5,22 @@ pub mod prometheus;
 pub mod remote_write;
 pub mod shop_fixture;
 
+/// Now, in Unix milliseconds (remote write's timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// `bytes` gzip-compressed, as a client with `Content-Encoding: gzip` sends.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
 /// The `strand` binary Cargo built for these tests, for `Strand::spawn`.
 pub const STRAND_BINARY: &str = env!("CARGO_BIN_EXE_strand");
 
