@@ -384,9 +384,10 @@ impl TraceStore {
                 // flush retries them.
                 self.metrics.store_flush_errors.inc();
                 tracing::error!(%error, "SpanStoreFlushError");
+                // The head's lock first, as readers take them.
+                let mut head = self.head.lock().expect("not poisoned");
                 let flushing = self.flushing.write().expect("not poisoned").take();
                 if let Some(flushing) = flushing {
-                    let mut head = self.head.lock().expect("not poisoned");
                     let flushing = Arc::try_unwrap(flushing).unwrap_or_else(|shared| Flushing {
                         traces: shared.traces.clone(),
                         spans: shared.spans,
@@ -541,6 +542,13 @@ impl TraceStore {
     pub fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
         let mut damaged = false;
+        // Spans move from the head to a flush and then into blocks: read in
+        // that order, or a flush committing between two reads hides them.
+        self.visit_buffered(|traces| {
+            if let Some(buffered) = traces.get(trace_id) {
+                spans.extend(buffered.iter().cloned());
+            }
+        });
         for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
             let (_, value) = entry?;
             let block = BlockRef::from_bytes(&value)?;
@@ -554,14 +562,6 @@ impl TraceStore {
                 BlockRead::Gone => {}
             }
         }
-        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref()
-            && let Some(buffered) = flushing.traces.get(trace_id)
-        {
-            spans.extend(buffered.iter().cloned());
-        }
-        if let Some(buffered) = self.head.lock().expect("not poisoned").traces.get(trace_id) {
-            spans.extend(buffered.iter().cloned());
-        }
         // A span sent twice (a client retrying an export) is shown once.
         let mut seen = HashSet::new();
         spans.retain(|s| seen.insert(s.span_id));
@@ -572,23 +572,26 @@ impl TraceStore {
     /// Ids of in-memory traces with a span that satisfies `matches`.
     pub fn buffered_traces_matching(&self, matches: impl Fn(&Span) -> bool) -> Vec<TraceId> {
         let mut ids = HashSet::new();
-        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref() {
+        self.visit_buffered(|traces| {
             ids.extend(
-                flushing
-                    .traces
+                traces
                     .iter()
                     .filter(|(_, spans)| spans.iter().any(&matches))
                     .map(|(id, _)| *id),
-            );
-        }
-        let head = self.head.lock().expect("not poisoned");
-        ids.extend(
-            head.traces
-                .iter()
-                .filter(|(_, spans)| spans.iter().any(&matches))
-                .map(|(id, _)| *id),
-        );
+            )
+        });
         ids.into_iter().collect()
+    }
+
+    /// Shows `visit` the head and then the flush in progress, holding the
+    /// head's lock throughout: a flush cannot move spans from one to the
+    /// other (either way) between the two looks.
+    fn visit_buffered(&self, mut visit: impl FnMut(&IdMap<TraceId, Vec<Span>>)) {
+        let head = self.head.lock().expect("not poisoned");
+        visit(&head.traces);
+        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref() {
+            visit(&flushing.traces);
+        }
     }
 
     /// Search-index entries of `service` whose spans start in `[start, end]`
@@ -860,6 +863,33 @@ mod tests {
         assert!(store.trace(&[9; 16]).unwrap().spans.is_empty());
         assert_eq!(store.services(), vec!["gateway", "order"]);
         assert_eq!(store.operations("order").len(), 2);
+    }
+
+    #[test]
+    fn a_trace_stays_whole_while_flushes_move_it_to_blocks() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TraceStore::open(dir.path(), SelfMetrics::new()).unwrap());
+        let applied = Arc::new(AtomicUsize::new(0));
+        let flusher = {
+            let (store, applied) = (store.clone(), applied.clone());
+            std::thread::spawn(move || {
+                for id in 1..=250u8 {
+                    store.apply(u64::from(id), vec![span(7, id, None, "gateway")]);
+                    applied.store(usize::from(id), Ordering::Release);
+                    store.flush().unwrap();
+                }
+            })
+        };
+        // Every span applied before a look must be found by it, in whichever
+        // of head, flush or blocks it is at that moment.
+        while !flusher.is_finished() {
+            let before = applied.load(Ordering::Acquire);
+            let found = store.trace(&[7; 16]).unwrap().spans.len();
+            assert!(found >= before, "{found} spans found, {before} applied");
+        }
+        flusher.join().unwrap();
+        assert_eq!(store.trace(&[7; 16]).unwrap().spans.len(), 250);
     }
 
     #[test]
