@@ -33,7 +33,12 @@ use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::memory;
+pub use crate::memory::MemoryBudget;
 use crate::model::Label;
+use crate::store::logs::schema::{
+    HOT_WRITER_BYTES, HOT_WRITER_THREADS, MIN_WRITER_BYTES_PER_THREAD,
+};
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
@@ -41,6 +46,14 @@ const DEFAULT_HTTP_PORT: u16 = 7070;
 const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
 const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIG_VERSION: i64 = 1;
+/// What a span takes in the head, on average, for `--memory-limit`'s
+/// span-head share (attributes, resource and events included).
+const SPAN_MEMORY_BYTES: u64 = 1536;
+/// What a PromQL query holds per sample it selects (value, timestamp and
+/// its share of the series' labels), for the limit's query share.
+const QUERY_SAMPLE_BYTES: u64 = 32;
+/// The trace index's page cache without a memory limit.
+const DEFAULT_INDEX_CACHE_BYTES: u64 = 64 << 20;
 
 /// Strand: traces, logs and metrics for microservices, in one daemon.
 #[derive(Debug, Parser)]
@@ -130,6 +143,15 @@ pub struct ServeArgs {
         default_value = "268435456"
     )]
     pub wal_queue_bytes: usize,
+
+    /// Memory the daemon keeps within, e.g. 512MiB, 2GB (default: no
+    /// limit). It is shared among the buffers that grow with load (ingest
+    /// requests being decoded, the WAL queue, the span head, the log index
+    /// writer, the trace index cache, queries), lowering their settings to
+    /// fit; ingest is refused with 429 / RESOURCE_EXHAUSTED while the
+    /// heap (anonymous resident memory) is above 90% of it. At least 128MiB.
+    #[arg(long, env = "STRAND_MEMORY_LIMIT", value_name = "BYTES")]
+    pub memory_limit: Option<bytesize::ByteSize>,
 
     /// Spans older than this are deleted, a whole hour's segment file at a
     /// time, e.g. 7d, 36h. A trace and its logs are kept (and go) together.
@@ -377,6 +399,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// TLS on every listener; `None`: plain text.
     pub tls: Option<TlsSettings>,
+    /// `--memory-limit` and its shares; `None`: no limit.
+    pub memory: Option<MemoryBudget>,
 }
 
 /// What one query may cost, and how many run at once.
@@ -523,6 +547,8 @@ pub struct MetricSettings {
 #[derive(Clone, Debug)]
 pub struct TraceSettings {
     pub retention: Retention,
+    /// Page cache of the trace index.
+    pub index_cache_bytes: u64,
 }
 
 /// How logs are partitioned and kept.
@@ -530,6 +556,8 @@ pub struct TraceSettings {
 pub struct LogSettings {
     pub partition: Duration,
     pub retention: Retention,
+    /// Indexing buffer of the writer of the newest partition.
+    pub writer_bytes: usize,
 }
 
 impl Config {
@@ -679,6 +707,27 @@ impl ServeArgs {
                 bail!("tls_cert and tls_key go together: set both for TLS, or neither")
             }
         };
+        let memory = self
+            .memory_limit
+            .map(|limit| limit.as_u64())
+            .map(|limit| {
+                if limit < memory::MIN_LIMIT {
+                    bail!(
+                        "memory_limit {} is below the {} the daemon needs",
+                        bytesize::ByteSize(limit).display().iec(),
+                        bytesize::ByteSize(memory::MIN_LIMIT).display().iec()
+                    );
+                }
+                Ok(MemoryBudget::split(limit))
+            })
+            .transpose()?;
+        // Without a limit, settings stand as given; with one, each buffer
+        // is lowered to its share (`fit(setting, share)`).
+        let fit = |setting: u64, share: fn(&MemoryBudget) -> u64| {
+            memory
+                .as_ref()
+                .map_or(setting, |budget| setting.min(share(budget)))
+        };
         let config = Config {
             data_dir: self.data_dir,
             otlp_grpc: self
@@ -690,13 +739,16 @@ impl ServeArgs {
             http: self
                 .http
                 .unwrap_or(SocketAddr::new(listen, DEFAULT_HTTP_PORT)),
-            max_body_bytes: self.max_body_bytes,
+            max_body_bytes: fit(self.max_body_bytes as u64, MemoryBudget::max_body_bytes) as usize,
             limits: IngestLimits {
                 flush_interval: self.flush_interval,
                 metrics_flush_interval: self.metrics_flush_interval,
                 retention_interval: self.retention_interval,
-                max_buffered_spans: self.max_buffered_spans,
-                wal_queue_bytes: self.wal_queue_bytes,
+                max_buffered_spans: fit(self.max_buffered_spans as u64, |budget| {
+                    budget.span_head / SPAN_MEMORY_BYTES
+                }) as usize,
+                wal_queue_bytes: fit(self.wal_queue_bytes as u64, |budget| budget.wal_queue)
+                    as usize,
                 attributes: AttributeLimits {
                     count: self.attribute_count_limit,
                     value_length: self.attribute_value_length_limit,
@@ -707,6 +759,7 @@ impl ServeArgs {
                     max_age: self.trace_retention,
                     max_bytes: self.trace_retention_bytes,
                 },
+                index_cache_bytes: fit(DEFAULT_INDEX_CACHE_BYTES, |budget| budget.index_cache),
             },
             logs: LogSettings {
                 partition: self.log_partition,
@@ -714,6 +767,8 @@ impl ServeArgs {
                     max_age: self.log_retention,
                     max_bytes: self.log_retention_bytes,
                 },
+                writer_bytes: (fit(HOT_WRITER_BYTES as u64, |budget| budget.log_writer) as usize)
+                    .max(HOT_WRITER_THREADS * MIN_WRITER_BYTES_PER_THREAD),
             },
             metrics: MetricSettings {
                 retention: Retention {
@@ -731,7 +786,9 @@ impl ServeArgs {
             },
             queries: QuerySettings {
                 timeout: self.query_timeout,
-                max_samples: self.query_max_samples,
+                max_samples: fit(self.query_max_samples as u64, |budget| {
+                    budget.queries / QUERY_SAMPLE_BYTES
+                }) as usize,
                 workers: self.query_workers,
                 queue: self.query_queue,
             },
@@ -742,8 +799,8 @@ impl ServeArgs {
                 token_file: self.token_file,
                 public_metrics: self.public_metrics,
             },
-
             tls,
+            memory,
         };
         config.validate()?;
         Ok(config)
@@ -946,6 +1003,34 @@ mod tests {
 
     fn no_args() -> Config {
         Config::from_args(Vec::<String>::new()).unwrap()
+    }
+
+    #[test]
+    fn a_memory_limit_lowers_every_buffer_to_its_share() {
+        let unlimited = no_args();
+        assert!(unlimited.memory.is_none());
+        let limited = Config::from_args(["--memory-limit", "256MiB"]).unwrap();
+        let budget = limited.memory.expect("a budget");
+        assert_eq!(budget.limit, 256 << 20);
+        assert_eq!(limited.limits.wal_queue_bytes as u64, budget.wal_queue);
+        assert_eq!(
+            limited.limits.max_buffered_spans as u64,
+            budget.span_head / SPAN_MEMORY_BYTES
+        );
+        assert_eq!(limited.max_body_bytes as u64, budget.max_body_bytes());
+        assert_eq!(limited.traces.index_cache_bytes, budget.index_cache);
+        assert_eq!(limited.logs.writer_bytes as u64, budget.log_writer);
+        assert!(limited.queries.max_samples < unlimited.queries.max_samples);
+        // Settings already under their share stand; the file takes sizes too.
+        let small = file_config("memory_limit = \"1GiB\"\nmax_buffered_spans = 1000", &[]).unwrap();
+        assert_eq!(small.limits.max_buffered_spans, 1000);
+        assert_eq!(small.memory.unwrap().limit, 1 << 30);
+
+        let error = format!(
+            "{:#}",
+            Config::from_args(["--memory-limit", "64MiB"]).unwrap_err()
+        );
+        assert!(error.contains("below the 128.0 MiB"), "{error}");
     }
 
     #[test]

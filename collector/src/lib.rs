@@ -26,6 +26,7 @@
 //! - `auth`: bearer tokens with scopes, checked on every listener.
 //! - `telemetry`: Strand's own metrics.
 //! - `tls`: TLS on the listeners, and reloading its files.
+//! - `memory`: `--memory-limit` — its shares, and the ingest edge's checks.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
@@ -37,6 +38,7 @@ pub mod config;
 mod derived;
 mod frame;
 mod ingest;
+mod memory;
 pub mod model;
 mod pipeline;
 mod query;
@@ -177,7 +179,7 @@ pub async fn run(
                 timeout: interval.min(Duration::from_secs(10)),
                 labels: Vec::new(),
             },
-            ingest::scrape::Source::Own(self_metrics.clone()),
+            ingest::scrape::Source::Own(Box::new(self_metrics.clone())),
         ));
     }
     let scrapers: Vec<_> = scrape_targets
@@ -191,6 +193,15 @@ pub async fn run(
             ))
         })
         .collect();
+    let memory_guard = memory::MemoryGuard::new(config.memory, &self_metrics);
+    tokio::spawn(memory_guard.clone().watch(
+        {
+            let pipeline = pipeline.clone();
+            move || pipeline.request_flush()
+        },
+        stopped(),
+    ));
+    let admit_http = axum::middleware::from_fn_with_state(memory_guard.clone(), ingest::admit_http);
     let metrics_converter = Arc::new(ingest::otlp_metrics::MetricsConverter::new(
         config.metrics.limits.max_series,
     ));
@@ -201,6 +212,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             ingest::grpc::oversized_as_resource_exhausted(config.max_body_bytes),
         ))
+        .layer(ingest::grpc::AdmitLayer(memory_guard))
         .add_service(ingest::grpc::trace_service(
             pipeline.clone(),
             config.max_body_bytes,
@@ -232,7 +244,8 @@ pub async fn run(
     let otlp_http = serve_http(
         otlp_http_listener,
         auth.guard(
-            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes),
+            ingest::http::router(pipeline.clone(), metrics_converter, config.max_body_bytes)
+                .layer(admit_http.clone()),
             auth::Scope::Ingest,
             auth::Scope::Ingest,
         )
@@ -251,13 +264,18 @@ pub async fn run(
     let http = serve_http(
         http_listener,
         api::router(api_state, &auth, config.auth.public_metrics)
-            .merge(auth.guard(
-                ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes).merge(
-                    ingest::remote_write::router(pipeline.clone(), config.max_body_bytes),
+            .merge(
+                auth.guard(
+                    ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes)
+                        .merge(ingest::remote_write::router(
+                            pipeline.clone(),
+                            config.max_body_bytes,
+                        ))
+                        .layer(admit_http),
+                    auth::Scope::Ingest,
+                    auth::Scope::Ingest,
                 ),
-                auth::Scope::Ingest,
-                auth::Scope::Ingest,
-            ))
+            )
             .layer(close_after_refused_body),
         tls.as_ref().map(|tls| (tls, "http")),
         stopped(),

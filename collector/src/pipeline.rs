@@ -422,6 +422,11 @@ impl Pipeline {
         }
     }
 
+    /// Asks the flusher to write the span head out now (memory is short).
+    pub fn request_flush(&self) {
+        self.flush_wanted.notify_one();
+    }
+
     /// Counts a request refused as a whole (malformed, too large, ...).
     pub fn reject_request(&self, reason: &str) {
         self.metrics

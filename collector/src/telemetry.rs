@@ -61,6 +61,16 @@ pub struct SelfMetrics {
     /// Certificate reloads, by result (`success`, `failure`; a failure keeps
     /// serving the previous certificate).
     pub tls_reloads: IntCounterVec,
+    /// `--memory-limit` in bytes (0: none).
+    pub memory_limit: IntGauge,
+    /// The limit's shares, by what they bound (see `memory::MemoryBudget`).
+    pub memory_budget: IntGaugeVec,
+    /// Anonymous resident memory, as the memory guard last sampled it.
+    pub resident_memory: IntGauge,
+    /// 1 while ingest is refused because memory use is near the limit.
+    pub memory_pressure: IntGauge,
+    /// Bytes charged to ingest requests being decoded.
+    pub ingest_in_flight_bytes: IntGauge,
 }
 
 impl SelfMetrics {
@@ -229,6 +239,34 @@ impl SelfMetrics {
                 &["result"],
             )
             .expect("valid metric"),
+            memory_limit: IntGauge::new(
+                "strand_memory_limit_bytes",
+                "The memory limit (--memory-limit); 0 when none is set",
+            )
+            .expect("valid metric"),
+            memory_budget: IntGaugeVec::new(
+                Opts::new(
+                    "strand_memory_budget_bytes",
+                    "Share of the memory limit given to each buffer that grows with load",
+                ),
+                &["use"],
+            )
+            .expect("valid metric"),
+            resident_memory: IntGauge::new(
+                "strand_resident_memory_bytes",
+                "Anonymous resident memory (heap) of the daemon, as the memory guard last sampled it",
+            )
+            .expect("valid metric"),
+            memory_pressure: IntGauge::new(
+                "strand_memory_pressure",
+                "1 while ingest is refused because memory use is near the limit",
+            )
+            .expect("valid metric"),
+            ingest_in_flight_bytes: IntGauge::new(
+                "strand_ingest_in_flight_bytes",
+                "Memory charged to ingest requests being read and decoded",
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -256,6 +294,11 @@ impl SelfMetrics {
             Box::new(metrics.corrupt_data.clone()),
             Box::new(metrics.tls_handshake_failures.clone()),
             Box::new(metrics.tls_reloads.clone()),
+            Box::new(metrics.memory_limit.clone()),
+            Box::new(metrics.memory_budget.clone()),
+            Box::new(metrics.resident_memory.clone()),
+            Box::new(metrics.memory_pressure.clone()),
+            Box::new(metrics.ingest_in_flight_bytes.clone()),
         ];
         for collector in collectors {
             metrics

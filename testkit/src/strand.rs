@@ -310,6 +310,17 @@ impl Strand {
         }
     }
 
+    /// The daemon's process id, for reading what the kernel knows of it
+    /// (`/proc/<pid>/status`). Only a process has one.
+    pub fn pid(&self) -> u32 {
+        match &self.runner {
+            Runner::InProcess { .. } => {
+                panic!("only a process has a pid: start the daemon with Strand::spawn")
+            }
+            Runner::Process { child, .. } => child.as_ref().expect("running").id(),
+        }
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon. Only a process
     /// can be signalled.
     pub fn signal(&self, signal: libc::c_int) {

@@ -1,7 +1,9 @@
 //! OTLP/gRPC: the `Export` methods of
 //! `opentelemetry.proto.collector.{trace,logs,metrics}.v1`'s services.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::http::HeaderMap;
 use http_body::Frame;
@@ -34,6 +36,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 
 use super::otlp_metrics::MetricsConverter;
 use super::{export_logs, export_metrics, export_traces};
+use crate::memory::MemoryGuard;
 use crate::pipeline::Pipeline;
 
 struct TraceGrpc {
@@ -142,6 +145,67 @@ pub fn metrics_service(
     .accept_compressed(CompressionEncoding::Gzip)
     .send_compressed(CompressionEncoding::Gzip)
     .max_decoding_message_size(max_message_bytes)
+}
+
+/// Admits each call against the memory limit before its message is read
+/// (see `memory`): a refused call gets RESOURCE_EXHAUSTED with
+/// `retry-after`, its message unread.
+#[derive(Clone)]
+pub struct AdmitLayer(pub MemoryGuard);
+
+impl<S> tower::Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
+            inner,
+            guard: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`AdmitLayer`] wraps around the OTLP services.
+#[derive(Clone)]
+pub struct Admit<S> {
+    inner: S,
+    guard: MemoryGuard,
+}
+
+type BoxedCall<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Admit<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxedCall<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        match self
+            .guard
+            .admit(super::declared_body_bytes(request.headers()))
+        {
+            Ok(admission) => {
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    drop(admission);
+                    response
+                })
+            }
+            Err(refusal) => {
+                let status = Status::from(super::IngestError::MemoryLimit(refusal));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE; OTLP clients

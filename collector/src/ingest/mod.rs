@@ -11,8 +11,16 @@ pub mod remote_write;
 pub mod scrape;
 
 use axum::http::StatusCode as HttpStatus;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 
+use crate::memory::{MemoryGuard, MemoryRefusal};
 use crate::pipeline::AcceptError;
+
+/// How many times its declared size a compressed body is taken to inflate
+/// to, when it is charged against the memory limit: typical of OTLP and
+/// log batches.
+const COMPRESSION_RATIO: u64 = 10;
 
 /// How long clients are told to wait after an overload answer.
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -31,6 +39,8 @@ pub enum IngestError {
     Overloaded(AcceptError),
     #[error("{0}")]
     Unavailable(AcceptError),
+    #[error("{0}")]
+    MemoryLimit(MemoryRefusal),
 }
 
 impl From<AcceptError> for IngestError {
@@ -49,7 +59,9 @@ impl IngestError {
             IngestError::Malformed(_) => HttpStatus::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => HttpStatus::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => HttpStatus::PAYLOAD_TOO_LARGE,
-            IngestError::Overloaded(_) => HttpStatus::TOO_MANY_REQUESTS,
+            IngestError::Overloaded(_) | IngestError::MemoryLimit(_) => {
+                HttpStatus::TOO_MANY_REQUESTS
+            }
             IngestError::Unavailable(_) => HttpStatus::SERVICE_UNAVAILABLE,
         }
     }
@@ -59,9 +71,9 @@ impl IngestError {
             IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => {
                 tonic::Code::InvalidArgument
             }
-            IngestError::TooLarge { .. } | IngestError::Overloaded(_) => {
-                tonic::Code::ResourceExhausted
-            }
+            IngestError::TooLarge { .. }
+            | IngestError::Overloaded(_)
+            | IngestError::MemoryLimit(_) => tonic::Code::ResourceExhausted,
             IngestError::Unavailable(_) => tonic::Code::Unavailable,
         }
     }
@@ -70,7 +82,7 @@ impl IngestError {
     pub fn retry_after(&self) -> Option<u64> {
         matches!(
             self,
-            IngestError::Overloaded(_) | IngestError::Unavailable(_)
+            IngestError::Overloaded(_) | IngestError::Unavailable(_) | IngestError::MemoryLimit(_)
         )
         .then_some(RETRY_AFTER_SECONDS)
     }
@@ -82,6 +94,7 @@ impl IngestError {
             IngestError::TooLarge { .. } => "too_large",
             IngestError::Overloaded(_) => "overloaded",
             IngestError::Unavailable(_) => "unavailable",
+            IngestError::MemoryLimit(_) => "memory_limit",
         }
     }
 }
@@ -99,6 +112,55 @@ impl From<IngestError> for tonic::Status {
             );
         }
         status
+    }
+}
+
+/// The body a request declares (`Content-Length`), as what it inflates to
+/// when compressed; `None` when it declares none (gRPC, chunked uploads).
+fn declared_body_bytes(headers: &HeaderMap) -> Option<u64> {
+    let length: u64 = headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let compressed = [header::CONTENT_ENCODING.as_str(), "grpc-encoding"]
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .any(|encoding| encoding != "identity");
+    Some(if compressed {
+        length.saturating_mul(COMPRESSION_RATIO)
+    } else {
+        length
+    })
+}
+
+/// Admits an HTTP ingest request against the memory limit before its body
+/// is read, and holds its share until it is answered. A refused request's
+/// body is never read, so its connection is closed after the answer.
+pub(crate) async fn admit_http(
+    axum::extract::State(guard): axum::extract::State<MemoryGuard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match guard.admit(declared_body_bytes(request.headers())) {
+        Ok(admission) => {
+            let response = next.run(request).await;
+            drop(admission);
+            response
+        }
+        Err(refusal) => {
+            let error = IngestError::MemoryLimit(refusal);
+            (
+                error.http_status(),
+                [
+                    (header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)),
+                    (header::CONNECTION, HeaderValue::from_static("close")),
+                ],
+                error.to_string(),
+            )
+                .into_response()
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub enum Source {
     /// Its `/metrics` endpoint, over HTTP.
     Http,
     /// Strand's own metrics, rendered in-process.
-    Own(SelfMetrics),
+    Own(Box<SelfMetrics>),
 }
 
 impl ScrapeTarget {

@@ -636,8 +636,13 @@ mod tests {
     /// Twenty logs over two hours (two partitions), committed.
     fn store() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new()).unwrap();
+        let store = LogStore::open(
+            dir.path(),
+            Duration::from_secs(3600),
+            crate::store::logs::schema::HOT_WRITER_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let records: Vec<LogRecord> = (0..20i64)
             .map(|i| {
                 let (service, body, severity) = match i % 4 {
@@ -761,8 +766,13 @@ mod tests {
     fn replay_never_duplicates_and_retention_drops_old_partitions() {
         let (dir, store) = store();
         drop(store);
-        let store =
-            LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new()).unwrap();
+        let store = LogStore::open(
+            dir.path(),
+            Duration::from_secs(3600),
+            crate::store::logs::schema::HOT_WRITER_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         // The WAL replays record 1 again after a crash: already committed.
         store
             .apply(

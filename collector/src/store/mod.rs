@@ -139,11 +139,16 @@ impl Stores {
     /// Blocking: sled, tantivy and the metrics store read their files here.
     pub fn open(config: &Config, self_metrics: &SelfMetrics) -> anyhow::Result<Stores> {
         let data_dir = &config.data_dir;
-        let traces = TraceStore::open(&data_dir.join("traces"), self_metrics.clone())
-            .context("opening the trace store")?;
+        let traces = TraceStore::open(
+            &data_dir.join("traces"),
+            config.traces.index_cache_bytes,
+            self_metrics.clone(),
+        )
+        .context("opening the trace store")?;
         let logs = LogStore::open(
             &data_dir.join("logs"),
             config.logs.partition,
+            config.logs.writer_bytes,
             self_metrics.clone(),
         )
         .context("opening the log store")?;

@@ -19,6 +19,7 @@ mod formats;
 mod fuzz;
 mod logs;
 mod metrics;
+mod overload;
 mod promql_diff;
 mod query_limits;
 mod support;

@@ -85,6 +85,8 @@ pub struct LogStore {
     fields: LogFields,
     tokenizers: tantivy::tokenizer::TokenizerManager,
     partition_nanos: u64,
+    /// Indexing memory of the newest partition's writer.
+    hot_writer_bytes: usize,
     partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
@@ -99,7 +101,12 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens (or creates) the store in `dir` with partitions `partition` long.
-    pub fn open(dir: &Path, partition: Duration, metrics: SelfMetrics) -> Result<LogStore> {
+    pub fn open(
+        dir: &Path,
+        partition: Duration,
+        hot_writer_bytes: usize,
+        metrics: SelfMetrics,
+    ) -> Result<LogStore> {
         fs::create_dir_all(dir)?;
         crate::store::check_format(dir, "log", FORMAT_VERSION)?;
         let (schema, fields) = schema::build();
@@ -112,6 +119,7 @@ impl LogStore {
             fields,
             tokenizers: schema::tokenizers(),
             partition_nanos,
+            hot_writer_bytes,
             partitions: RwLock::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
             adding: RwLock::new(()),
@@ -453,7 +461,7 @@ impl LogStore {
         if writer.is_none() {
             let hot = self.newest_start() == Some(partition.start_nanos);
             let (threads, bytes) = if hot {
-                (schema::HOT_WRITER_THREADS, schema::HOT_WRITER_BYTES)
+                (schema::HOT_WRITER_THREADS, self.hot_writer_bytes)
             } else {
                 (1, COLD_WRITER_BYTES)
             };
@@ -508,7 +516,14 @@ mod tests {
     #[test]
     fn records_for_a_dropped_partition_start_a_new_one_and_keep_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || LogStore::open(dir.path(), Duration::from_secs(3600), SelfMetrics::new());
+        let open = || {
+            LogStore::open(
+                dir.path(),
+                Duration::from_secs(3600),
+                schema::HOT_WRITER_BYTES,
+                SelfMetrics::new(),
+            )
+        };
         let store = open().unwrap();
         let now = 1_000 * HOUR;
         store

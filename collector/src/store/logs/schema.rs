@@ -66,6 +66,10 @@ pub const HOT_WRITER_BYTES: usize = 96 << 20;
 /// Indexing threads of the newest partition's writer.
 pub const HOT_WRITER_THREADS: usize = 2;
 
+/// The least indexing memory tantivy gives one writer thread; it refuses
+/// a smaller budget.
+pub const MIN_WRITER_BYTES_PER_THREAD: usize = 15_000_000;
+
 /// Settings of a new partition: zstd-compressed stored records in blocks
 /// large enough for repetitive log lines to compress well, small enough that
 /// fetching a page of hits decompresses little.

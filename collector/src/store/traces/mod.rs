@@ -107,10 +107,10 @@ enum IndexOpen {
 /// cannot open, or one that comes up empty next to segment files (sled
 /// recovers a damaged log by dropping everything from the damage on), is
 /// `Damaged`.
-fn open_index(dir: &Path) -> Result<IndexOpen> {
+fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
     let opened = sled::Config::new()
         .path(dir.join("index"))
-        .cache_capacity(64 << 20)
+        .cache_capacity(cache_bytes)
         .flush_every_ms(None)
         .open();
     let db = match opened {
@@ -210,10 +210,10 @@ impl TraceStore {
     /// segment files it maps — they are unreadable without it, and would
     /// otherwise be deleted as unknown — and the store starts empty; what
     /// the WAL still holds is replayed into it.
-    pub fn open(dir: &Path, metrics: SelfMetrics) -> Result<TraceStore> {
+    pub fn open(dir: &Path, index_cache_bytes: u64, metrics: SelfMetrics) -> Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
         let data_dir = dir.parent().unwrap_or(dir);
-        let (db, committed) = match open_index(dir)? {
+        let (db, committed) = match open_index(dir, index_cache_bytes)? {
             IndexOpen::Opened(db, committed) => (db, committed),
             IndexOpen::Damaged(damage) => {
                 for part in ["index", "blocks"] {
@@ -230,7 +230,7 @@ impl TraceStore {
                         );
                     }
                 }
-                match open_index(dir)? {
+                match open_index(dir, index_cache_bytes)? {
                     IndexOpen::Opened(db, committed) => (db, committed),
                     IndexOpen::Damaged(damage) => return Err(StoreError::Corrupt(damage)),
                 }
@@ -826,6 +826,8 @@ mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
 
+    const TEST_CACHE_BYTES: u64 = 1 << 20;
+
     fn span(trace: u8, id: u8, parent: Option<u8>, service: &str) -> Span {
         let mut span = sample_span(trace, id, service);
         span.parent_span_id = parent.map(|p| [p; 8]);
@@ -835,7 +837,7 @@ mod tests {
     #[test]
     fn spans_are_queryable_before_and_after_flush_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         store.apply(
             1,
             vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
@@ -855,7 +857,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through().unwrap(), 2);
         let trace = store.trace(&[1; 16]).unwrap().spans;
         assert_eq!(trace.len(), 2);
@@ -869,7 +871,8 @@ mod tests {
     fn a_trace_stays_whole_while_flushes_move_it_to_blocks() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(TraceStore::open(dir.path(), SelfMetrics::new()).unwrap());
+        let store =
+            Arc::new(TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap());
         let applied = Arc::new(AtomicUsize::new(0));
         let flusher = {
             let (store, applied) = (store.clone(), applied.clone());
@@ -895,7 +898,7 @@ mod tests {
     #[test]
     fn dependencies_are_counted_across_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         store.apply(1, vec![span(1, 1, None, "gateway")]);
         store.flush().unwrap();
         store.apply(
@@ -927,7 +930,7 @@ mod tests {
     #[test]
     fn search_candidates_come_newest_first_within_range() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         let mut spans = Vec::new();
         for trace in 1..=5u8 {
             let mut s = span(trace, 1, None, "order");
@@ -948,7 +951,7 @@ mod tests {
     #[test]
     fn search_candidates_merge_flushes_in_start_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         let at = |trace: u8, start: u64| {
             let mut s = span(trace, 1, None, "order");
             s.start_unix_nano = start;
@@ -973,7 +976,7 @@ mod tests {
     #[test]
     fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         store.apply(1, vec![span(1, 1, None, "order")]);
         store.flush().unwrap();
         let next_block =
@@ -988,7 +991,7 @@ mod tests {
         store.db.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         assert!(store.db.get(&stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
@@ -1066,7 +1069,7 @@ mod tests {
     #[test]
     fn retention_by_age_drops_the_old_hours_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         assert_eq!(found(&store, "order"), vec![2, 1]);
@@ -1089,7 +1092,7 @@ mod tests {
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         drop(store);
 
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
@@ -1100,7 +1103,7 @@ mod tests {
     #[test]
     fn retention_by_bytes_drops_the_oldest_first_never_the_current_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         for trace in 1..=3u8 {
             flush_segment(
                 &store,
@@ -1131,7 +1134,7 @@ mod tests {
         // After a reopen nothing is being appended to: the newest committed
         // segment stays all the same.
         drop(store);
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
@@ -1139,7 +1142,7 @@ mod tests {
     #[test]
     fn reopen_is_consistent_after_a_crash_between_the_drop_and_the_file_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         let old = segment_files(dir.path())[0].0.clone();
@@ -1170,7 +1173,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
 
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         assert!(
             !old_path.exists(),
             "open deletes what the index does not know"
@@ -1188,7 +1191,7 @@ mod tests {
     #[test]
     fn segments_without_a_newest_span_age_by_their_file_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         // As written before segments recorded their newest span.
@@ -1214,7 +1217,7 @@ mod tests {
     #[test]
     fn many_traces_span_several_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
         let mut spans = Vec::new();
         for trace in 0..=255u8 {
             for id in 1..=40u8 {

@@ -1,0 +1,378 @@
+//! Keeping the daemon within `--memory-limit`.
+//!
+//! Memory grows with load in a known set of places: ingest requests being
+//! decoded, the WAL's queue, the span head, the log index writer, the trace
+//! index cache and running queries. [`MemoryBudget::split`] gives each a
+//! share of the limit, and the settings that bound them are lowered to fit
+//! at startup (`config`). Two checks at the ingest edge hold the rest:
+//!
+//! - every ingest request takes its share of the in-flight budget, sized by
+//!   its body, before the body is read ([`MemoryGuard::admit`]); when the
+//!   budget is spent, the request is refused at once with 429 /
+//!   RESOURCE_EXHAUSTED and Retry-After, so a flood of requests cannot
+//!   decode more than the budget at a time;
+//! - [`MemoryGuard::watch`] samples the anonymous resident set; above
+//!   [`PRESSURE_ON`] of the limit, ingest is refused the same way and the
+//!   pipeline is asked to flush, until it is back under [`PRESSURE_OFF`].
+//!
+//! Queries are never refused for memory: refusing writes is what keeps them
+//! answering.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::telemetry::SelfMetrics;
+
+/// The smallest limit that holds the daemon's fixed costs (runtime, the
+/// smallest log writer tantivy accepts, caches) with room for ingest.
+pub const MIN_LIMIT: u64 = 128 << 20;
+
+/// How much more memory a request takes while it is decoded and converted
+/// than its body: the wire message, the decoded structs, the model records
+/// and the WAL encoding are alive together.
+pub const DECODE_EXPANSION: u64 = 8;
+
+/// What an ingest request without a declared length (gRPC, chunked
+/// uploads) is charged, before expansion: a typical exporter batch.
+const UNKNOWN_BODY_BYTES: u64 = 512 << 10;
+
+/// Share of the limit at which ingest is refused.
+pub const PRESSURE_ON: f64 = 0.9;
+/// Share of the limit under which ingest is accepted again.
+pub const PRESSURE_OFF: f64 = 0.8;
+
+/// How often memory use is sampled: a flood cannot outgrow the
+/// headroom between [`PRESSURE_ON`] and the limit between two looks.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The in-flight budget is counted in KiB, so a semaphore's `u32` permits
+/// cover any limit.
+const PERMIT_BYTES: u64 = 1024;
+
+/// The memory limit, shared among what grows with load. The shares add up
+/// to 13/16 of the limit; the rest is the daemon's own (runtime, code,
+/// connections, metrics store head under `--max-series`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub limit: u64,
+    /// Ingest requests being read, decoded and converted.
+    pub in_flight_ingest: u64,
+    /// Requests waiting for the WAL writer (`--wal-queue-bytes`).
+    pub wal_queue: u64,
+    /// Spans in memory before a flush (`--max-buffered-spans`).
+    pub span_head: u64,
+    /// The log index writer's indexing buffer.
+    pub log_writer: u64,
+    /// The trace index's page cache.
+    pub index_cache: u64,
+    /// Samples of running PromQL queries (`--query-max-samples`).
+    pub queries: u64,
+}
+
+impl MemoryBudget {
+    /// Splits `limit` bytes.
+    pub fn split(limit: u64) -> MemoryBudget {
+        let sixteenth = limit / 16;
+        MemoryBudget {
+            limit,
+            in_flight_ingest: 4 * sixteenth,
+            wal_queue: sixteenth,
+            span_head: 3 * sixteenth,
+            log_writer: 2 * sixteenth,
+            index_cache: sixteenth / 2,
+            queries: 2 * sixteenth + sixteenth / 2,
+        }
+    }
+
+    /// The largest request body that fits the in-flight budget once decoded.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.in_flight_ingest / DECODE_EXPANSION
+    }
+}
+
+/// Why ingest was refused for memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryRefusal {
+    #[error(
+        "the daemon uses {resident} bytes of its {limit}-byte memory limit (--memory-limit); retry later"
+    )]
+    Pressure { resident: u64, limit: u64 },
+    #[error(
+        "ingest requests being decoded hold the in-flight share of the memory limit (--memory-limit); retry later"
+    )]
+    InFlight,
+}
+
+/// The ingest edge's memory checks; a no-op without a limit.
+#[derive(Clone)]
+pub struct MemoryGuard {
+    limited: Option<Arc<Limited>>,
+}
+
+struct Limited {
+    budget: MemoryBudget,
+    in_flight: Arc<Semaphore>,
+    pressured: AtomicBool,
+    metrics: SelfMetrics,
+}
+
+/// An admitted request's share of the in-flight budget, given back when it
+/// is dropped (when the request is answered).
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+    in_flight: Option<(prometheus::IntGauge, i64)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((gauge, bytes)) = &self.in_flight {
+            gauge.sub(*bytes);
+        }
+    }
+}
+
+impl MemoryGuard {
+    /// A guard for `budget`, or one that admits everything.
+    pub fn new(budget: Option<MemoryBudget>, metrics: &SelfMetrics) -> MemoryGuard {
+        let limited = budget.map(|budget| {
+            metrics.memory_limit.set(budget.limit as i64);
+            for (share, bytes) in [
+                ("in_flight_ingest", budget.in_flight_ingest),
+                ("wal_queue", budget.wal_queue),
+                ("span_head", budget.span_head),
+                ("log_writer", budget.log_writer),
+                ("index_cache", budget.index_cache),
+                ("queries", budget.queries),
+            ] {
+                metrics
+                    .memory_budget
+                    .with_label_values(&[share])
+                    .set(bytes as i64);
+            }
+            Arc::new(Limited {
+                budget,
+                in_flight: Arc::new(Semaphore::new(permits(budget.in_flight_ingest) as usize)),
+                pressured: AtomicBool::new(false),
+                metrics: metrics.clone(),
+            })
+        });
+        MemoryGuard { limited }
+    }
+
+    /// Admits an ingest request whose body declares `body_bytes` (`None`:
+    /// unknown), or says why not. Never waits.
+    pub fn admit(&self, body_bytes: Option<u64>) -> Result<Admission, MemoryRefusal> {
+        let Some(limited) = &self.limited else {
+            return Ok(Admission {
+                _permit: None,
+                in_flight: None,
+            });
+        };
+        let refused = |refusal: MemoryRefusal| {
+            limited
+                .metrics
+                .requests_rejected
+                .with_label_values(&["memory_limit"])
+                .inc();
+            Err(refusal)
+        };
+        if limited.pressured.load(Ordering::Acquire) {
+            return refused(MemoryRefusal::Pressure {
+                resident: limited.metrics.resident_memory.get() as u64,
+                limit: limited.budget.limit,
+            });
+        }
+        let cost = body_bytes
+            .unwrap_or(UNKNOWN_BODY_BYTES)
+            .min(limited.budget.max_body_bytes())
+            .max(1)
+            * DECODE_EXPANSION;
+        match limited
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(permits(cost))
+        {
+            Ok(permit) => {
+                let gauge = limited.metrics.ingest_in_flight_bytes.clone();
+                gauge.add(cost as i64);
+                Ok(Admission {
+                    _permit: Some(permit),
+                    in_flight: Some((gauge, cost as i64)),
+                })
+            }
+            Err(_) => refused(MemoryRefusal::InFlight),
+        }
+    }
+
+    /// Samples memory use until `stop`, refusing ingest while it is
+    /// high and calling `relieve` (which asks the pipeline to flush) when it
+    /// becomes so. Returns at once without a limit, or where the resident
+    /// set cannot be read (then with a warning).
+    pub async fn watch(self, relieve: impl Fn(), stop: impl Future<Output = ()>) {
+        let Some(limited) = self.limited else { return };
+        if resident_bytes().is_none() {
+            tracing::warn!(
+                "MemoryLimitUnwatched: memory use cannot be read on this system; \
+                 only the in-flight and buffer budgets bound memory"
+            );
+            return;
+        }
+        let on = (limited.budget.limit as f64 * PRESSURE_ON) as u64;
+        let off = (limited.budget.limit as f64 * PRESSURE_OFF) as u64;
+        tokio::pin!(stop);
+        let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = ticks.tick() => {}
+            }
+            let Some(resident) = resident_bytes() else {
+                continue;
+            };
+            limited.metrics.resident_memory.set(resident as i64);
+            let was = limited.pressured.load(Ordering::Acquire);
+            let now = if was { resident > off } else { resident >= on };
+            if now != was {
+                limited.pressured.store(now, Ordering::Release);
+                limited.metrics.memory_pressure.set(i64::from(now));
+                if now {
+                    tracing::warn!(
+                        resident,
+                        limit = limited.budget.limit,
+                        "MemoryPressure: refusing ingest until memory use falls under {:.0}% of the limit",
+                        PRESSURE_OFF * 100.0
+                    );
+                } else {
+                    tracing::info!(resident, "MemoryPressureEnded: accepting ingest again");
+                }
+            }
+            if now {
+                relieve();
+            }
+        }
+    }
+}
+
+fn permits(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(PERMIT_BYTES)).unwrap_or(u32::MAX)
+}
+
+/// The process's anonymous resident memory in bytes (Linux:
+/// `/proc/self/statm`, resident less shared): the heap the daemon holds.
+/// File pages of the indexes it maps are left out — the kernel reclaims
+/// them under pressure, and counting them would refuse ingest for a query
+/// reading old logs.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    let pages = resident.saturating_sub(shared);
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(limit: u64) -> (MemoryGuard, SelfMetrics) {
+        let metrics = SelfMetrics::new();
+        (
+            MemoryGuard::new(Some(MemoryBudget::split(limit)), &metrics),
+            metrics,
+        )
+    }
+
+    #[test]
+    fn the_shares_leave_room_for_the_daemon_itself() {
+        let budget = MemoryBudget::split(1 << 30);
+        let shared = budget.in_flight_ingest
+            + budget.wal_queue
+            + budget.span_head
+            + budget.log_writer
+            + budget.index_cache
+            + budget.queries;
+        assert_eq!(shared, (1 << 30) / 16 * 13);
+        assert_eq!(
+            budget.max_body_bytes() * DECODE_EXPANSION,
+            budget.in_flight_ingest
+        );
+    }
+
+    #[test]
+    fn requests_are_admitted_until_the_in_flight_budget_is_spent() {
+        let (guard, metrics) = guard(256 << 20);
+        // 64 MiB in flight: eight 1 MiB bodies (8 MiB each decoded) fit.
+        let admitted: Vec<_> = (0..8)
+            .map(|_| guard.admit(Some(1 << 20)).unwrap())
+            .collect();
+        assert_eq!(metrics.ingest_in_flight_bytes.get(), 64 << 20);
+        assert!(matches!(
+            guard.admit(Some(1 << 20)),
+            Err(MemoryRefusal::InFlight)
+        ));
+        drop(admitted);
+        assert_eq!(metrics.ingest_in_flight_bytes.get(), 0);
+        // A body larger than the budget is charged as the largest that fits,
+        // so it is refused only while others are in flight.
+        let whole = guard.admit(Some(1 << 40)).unwrap();
+        assert!(guard.admit(None).is_err());
+        drop(whole);
+        assert!(guard.admit(None).is_ok());
+        assert_eq!(
+            metrics
+                .requests_rejected
+                .with_label_values(&["memory_limit"])
+                .get(),
+            2
+        );
+    }
+
+    #[test]
+    fn without_a_limit_everything_is_admitted() {
+        let guard = MemoryGuard::new(None, &SelfMetrics::new());
+        let held: Vec<_> = (0..1000)
+            .map(|_| guard.admit(Some(1 << 30)).unwrap())
+            .collect();
+        assert_eq!(held.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn pressure_refuses_ingest_and_asks_for_relief_until_memory_falls() {
+        let resident = resident_bytes().expect("a Linux /proc");
+        // A limit the test process is already over: pressure at once.
+        let (guard, metrics) = guard(resident / 2);
+        let relieved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(guard.clone().watch(
+            {
+                let relieved = relieved.clone();
+                move || {
+                    relieved.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.memory_pressure.get() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no pressure seen");
+            tokio::time::sleep(SAMPLE_INTERVAL).await;
+        }
+        let refusal = guard
+            .admit(Some(100))
+            .err()
+            .expect("refused under pressure");
+        assert!(refusal.to_string().contains("--memory-limit"), "{refusal}");
+        assert!(relieved.load(Ordering::Relaxed) > 0);
+        let _ = stop_tx.send(());
+        watcher.await.unwrap();
+    }
+}
