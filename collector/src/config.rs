@@ -33,6 +33,7 @@ use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
+pub use crate::connections::ConnectionLimits;
 use crate::memory;
 pub use crate::memory::MemoryBudget;
 use crate::model::Label;
@@ -152,6 +153,21 @@ pub struct ServeArgs {
     /// heap (anonymous resident memory) is above 90% of it. At least 128MiB.
     #[arg(long, env = "STRAND_MEMORY_LIMIT", value_name = "BYTES")]
     pub memory_limit: Option<bytesize::ByteSize>,
+
+    /// Connections each listener serves at once; further ones wait to be
+    /// accepted until one closes.
+    #[arg(
+        long,
+        env = "STRAND_MAX_CONNECTIONS",
+        value_name = "CONNECTIONS",
+        default_value = "1024"
+    )]
+    pub max_connections: usize,
+
+    /// How long a client may leave an answer unread (a stalled download, a
+    /// live tail nobody reads) before its connection is closed, e.g. 30s.
+    #[arg(long, env = "STRAND_STALLED_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stalled_write_timeout: Duration,
 
     /// Spans older than this are deleted, a whole hour's segment file at a
     /// time, e.g. 7d, 36h. A trace and its logs are kept (and go) together.
@@ -401,6 +417,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// `--memory-limit` and its shares; `None`: no limit.
     pub memory: Option<MemoryBudget>,
+    /// Per listener.
+    pub connections: ConnectionLimits,
 }
 
 /// What one query may cost, and how many run at once.
@@ -801,6 +819,10 @@ impl ServeArgs {
             },
             tls,
             memory,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                stalled_write_timeout: self.stalled_write_timeout,
+            },
         };
         config.validate()?;
         Ok(config)

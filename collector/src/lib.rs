@@ -26,6 +26,8 @@
 //! - `auth`: bearer tokens with scopes, checked on every listener.
 //! - `telemetry`: Strand's own metrics.
 //! - `tls`: TLS on the listeners, and reloading its files.
+//! - `connections`: how many connections each listener serves, and how
+//!   long a peer may leave an answer unread.
 //! - `memory`: `--memory-limit` — its shares, and the ingest edge's checks.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
@@ -35,6 +37,7 @@ mod api;
 mod auth;
 mod codec;
 pub mod config;
+mod connections;
 mod derived;
 mod frame;
 mod ingest;
@@ -226,16 +229,23 @@ pub async fn run(
             metrics_converter.clone(),
             config.max_body_bytes,
         ));
+    let served_grpc = Served {
+        name: "otlp_grpc",
+        tls: tls.as_ref(),
+        limits: config.connections,
+        metrics: &self_metrics,
+    };
     let grpc = match &tls {
         Some(tls) => tokio::spawn(
             grpc_server.serve_with_incoming_shutdown(
-                tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc")
+                served_grpc
+                    .bound(tls.listener(grpc_listener, tls::Protocols::Grpc, "otlp_grpc"))
                     .into_incoming(),
                 stopped(),
             ),
         ),
         None => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            served_grpc.bound(grpc_listener).into_incoming(),
             stopped(),
         )),
     };
@@ -250,13 +260,18 @@ pub async fn run(
             auth::Scope::Ingest,
         )
         .layer(close_after_refused_body.clone()),
-        tls.as_ref().map(|tls| (tls, "otlp_http")),
+        Served {
+            name: "otlp_http",
+            tls: tls.as_ref(),
+            limits: config.connections,
+            metrics: &self_metrics,
+        },
         stopped(),
     );
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
         stores,
-        self_metrics,
+        self_metrics: self_metrics.clone(),
         healthy: healthy.clone(),
         queries: query::pool::QueryPool::start(&config.queries)
             .context("starting the query threads")?,
@@ -277,7 +292,12 @@ pub async fn run(
                 ),
             )
             .layer(close_after_refused_body),
-        tls.as_ref().map(|tls| (tls, "http")),
+        Served {
+            name: "http",
+            tls: tls.as_ref(),
+            limits: config.connections,
+            metrics: &self_metrics,
+        },
         stopped(),
     );
     let token_watch = tokio::spawn(auth.watch_token_file(stopped()));
@@ -341,23 +361,41 @@ fn warn_if_open_beyond_loopback(
     Ok(())
 }
 
-/// Serves `router` on `listener` until `stop` resolves: over TLS when `tls`
-/// (with the listener's name for its handshake failures) is given, plain
+/// How a listener is served: its name (in metrics and logs), TLS if on,
+/// and its connection bounds.
+struct Served<'a> {
+    name: &'static str,
+    tls: Option<&'a tls::Tls>,
+    limits: connections::ConnectionLimits,
+    metrics: &'a telemetry::SelfMetrics,
+}
+
+impl Served<'_> {
+    fn bound<L: axum::serve::Listener>(&self, listener: L) -> connections::Bounded<L> {
+        connections::Bounded::new(listener, self.limits, self.name, self.metrics)
+    }
+}
+
+/// Serves `router` on `listener` until `stop` resolves, within the
+/// listener's connection bounds: over TLS when `served.tls` is set, plain
 /// text otherwise.
 fn serve_http(
     listener: TcpListener,
     router: axum::Router,
-    tls: Option<(&tls::Tls, &'static str)>,
+    served: Served<'_>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<std::io::Result<()>> {
-    match tls {
-        Some((tls, name)) => tokio::spawn(
-            axum::serve(tls.listener(listener, tls::Protocols::Http, name), router)
-                .with_graceful_shutdown(stop)
-                .into_future(),
+    match served.tls {
+        Some(tls) => tokio::spawn(
+            axum::serve(
+                served.bound(tls.listener(listener, tls::Protocols::Http, served.name)),
+                router,
+            )
+            .with_graceful_shutdown(stop)
+            .into_future(),
         ),
         None => tokio::spawn(
-            axum::serve(listener, router)
+            axum::serve(served.bound(listener), router)
                 .with_graceful_shutdown(stop)
                 .into_future(),
         ),

@@ -78,9 +78,9 @@ impl MemoryBudget {
         let sixteenth = limit / 16;
         MemoryBudget {
             limit,
-            in_flight_ingest: 4 * sixteenth,
+            in_flight_ingest: 3 * sixteenth,
             wal_queue: sixteenth,
-            span_head: 3 * sixteenth,
+            span_head: 4 * sixteenth,
             log_writer: 2 * sixteenth,
             index_cache: sixteenth / 2,
             queries: 2 * sixteenth + sixteenth / 2,
@@ -308,11 +308,11 @@ mod tests {
     #[test]
     fn requests_are_admitted_until_the_in_flight_budget_is_spent() {
         let (guard, metrics) = guard(256 << 20);
-        // 64 MiB in flight: eight 1 MiB bodies (8 MiB each decoded) fit.
-        let admitted: Vec<_> = (0..8)
+        // 48 MiB in flight: six 1 MiB bodies (8 MiB each decoded) fit.
+        let admitted: Vec<_> = (0..6)
             .map(|_| guard.admit(Some(1 << 20)).unwrap())
             .collect();
-        assert_eq!(metrics.ingest_in_flight_bytes.get(), 64 << 20);
+        assert_eq!(metrics.ingest_in_flight_bytes.get(), 48 << 20);
         assert!(matches!(
             guard.admit(Some(1 << 20)),
             Err(MemoryRefusal::InFlight)

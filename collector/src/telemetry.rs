@@ -71,6 +71,12 @@ pub struct SelfMetrics {
     pub memory_pressure: IntGauge,
     /// Bytes charged to ingest requests being decoded.
     pub ingest_in_flight_bytes: IntGauge,
+    /// Connections being served, by listener (`otlp_grpc`, `otlp_http`,
+    /// `http`); at `--max-connections`, new ones wait.
+    pub connections: IntGaugeVec,
+    /// Connections closed because the peer left an answer unread for
+    /// `--stalled-write-timeout`, by listener.
+    pub connection_write_stalls: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -267,6 +273,22 @@ impl SelfMetrics {
                 "Memory charged to ingest requests being read and decoded",
             )
             .expect("valid metric"),
+            connections: IntGaugeVec::new(
+                Opts::new(
+                    "strand_connections",
+                    "Connections being served, by listener",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
+            connection_write_stalls: IntCounterVec::new(
+                Opts::new(
+                    "strand_connection_write_stalls_total",
+                    "Connections closed because the peer stopped reading an answer",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -299,6 +321,8 @@ impl SelfMetrics {
             Box::new(metrics.resident_memory.clone()),
             Box::new(metrics.memory_pressure.clone()),
             Box::new(metrics.ingest_in_flight_bytes.clone()),
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.connection_write_stalls.clone()),
         ];
         for collector in collectors {
             metrics

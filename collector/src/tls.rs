@@ -338,16 +338,6 @@ impl TlsListener {
             None
         });
     }
-
-    /// The connections as the stream of IO tonic's server takes.
-    pub fn into_incoming(
-        self,
-    ) -> impl futures_util::Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
-        futures_util::stream::unfold(self, |mut listener| async move {
-            let (stream, _) = listener.next_connection().await;
-            Some((Ok(stream), listener))
-        })
-    }
 }
 
 impl axum::serve::Listener for TlsListener {

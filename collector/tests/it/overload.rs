@@ -52,8 +52,20 @@ fn attribute(key: &str, value: AnyValue) -> KeyValue {
     }
 }
 
-/// `SPANS_PER_REQUEST` spans of ~600 bytes each: a big exporter batch.
+/// Body `body` of the flood: `SPANS_PER_REQUEST` spans of ~600 bytes
+/// each, ten to a trace — a big exporter batch.
 fn request(body: usize) -> ExportTraceServiceRequest {
+    spans(body, |n| {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&(body as u64 + 1).to_be_bytes());
+        trace_id[8..].copy_from_slice(&(n as u64 / 10).to_be_bytes());
+        trace_id
+    })
+}
+
+/// `SPANS_PER_REQUEST` spans (ids unique to `body`), each in the trace
+/// `trace_of(its number)`.
+fn spans(body: usize, trace_of: impl Fn(usize) -> [u8; 16]) -> ExportTraceServiceRequest {
     let text = |value: String| AnyValue {
         value: Some(any_value::Value::StringValue(value)),
     };
@@ -62,23 +74,20 @@ fn request(body: usize) -> ExportTraceServiceRequest {
         .unwrap()
         .as_nanos() as u64;
     let spans = (0..SPANS_PER_REQUEST)
-        .map(|n| {
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&(body as u64 + 1).to_be_bytes());
-            trace_id[8..].copy_from_slice(&(n as u64 / 10).to_be_bytes());
-            Span {
-                trace_id: trace_id.to_vec(),
-                span_id: (n as u64 + 1).to_be_bytes().to_vec(),
-                name: format!("GET /api/items/{}", n % 50),
-                start_time_unix_nano: now,
-                end_time_unix_nano: now + 1_000_000,
-                attributes: vec![
-                    attribute("http.route", text("/api/items/{id}".into())),
-                    attribute("user.id", text(format!("user-{n}"))),
-                    attribute("payload", text("x".repeat(400))),
-                ],
-                ..Default::default()
-            }
+        .map(|n| Span {
+            trace_id: trace_of(n).to_vec(),
+            span_id: ((body * SPANS_PER_REQUEST + n) as u64 + 1)
+                .to_be_bytes()
+                .to_vec(),
+            name: format!("GET /api/items/{}", n % 50),
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000_000,
+            attributes: vec![
+                attribute("http.route", text("/api/items/{id}".into())),
+                attribute("user.id", text(format!("user-{n}"))),
+                attribute("payload", text("x".repeat(400))),
+            ],
+            ..Default::default()
         })
         .collect();
     ExportTraceServiceRequest {
@@ -225,6 +234,7 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
     let steady = Duration::from_secs(5);
     let before = load(&daemon, STEADY_CLIENTS, 0, steady).await;
     let rate_before = before.accepted_spans.load(Ordering::Relaxed) as f64 / seconds(steady);
+    let refused_before = before.refused.load(Ordering::Relaxed);
 
     // The flood, and a reader that must keep getting answers through it.
     let querying = Arc::new(AtomicBool::new(true));
@@ -263,7 +273,8 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
     let refused = flood.refused.load(Ordering::Relaxed);
     let rate_flood = flood.accepted_spans.load(Ordering::Relaxed) as f64 / seconds(flood_time);
     println!(
-        "steady: {rate_before:.0} spans/s from {STEADY_CLIENTS} clients; flood of \
+        "steady: {rate_before:.0} spans/s from {STEADY_CLIENTS} clients, \
+         {refused_before} requests refused; flood of \
          {FLOOD_CLIENTS} clients: {rate_flood:.0} spans/s accepted, {refused} requests \
          refused; peak RSS {} MiB of a {} MiB limit; {answered} queries answered",
         peak >> 20,
@@ -286,17 +297,38 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
         daemon.log()
     );
 
-    // After the flood, the steady clients are served in full again.
-    let recovered = strand_testkit::eventually(DEADLINE, || async {
-        let after = load(&daemon, STEADY_CLIENTS, 0, Duration::from_secs(2)).await;
-        let accepted = after.accepted_spans.load(Ordering::Relaxed);
-        (after.refused.load(Ordering::Relaxed) == 0 && accepted > 0).then_some(accepted)
-    })
-    .await;
-    let accepted = recovered.expect("ingest never stopped refusing after the flood");
+    // After the flood, ingest is not stuck refusing: a client that waits
+    // as told is served, ten batches in a row.
+    let http = reqwest::Client::new();
+    let body = request(0).encode_to_vec();
+    let (mut in_a_row, deadline) = (0, Instant::now() + DEADLINE);
+    while in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest kept refusing after the flood"
+        );
+        let response = http
+            .post(daemon.otlp_http_url("/v1/traces"))
+            .header("Content-Type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => in_a_row += 1,
+            429 => {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            status => panic!("HTTP {status} after the flood"),
+        }
+    }
+    // What the steady clients get now, for the record.
+    let after = load(&daemon, STEADY_CLIENTS, 0, steady).await;
     println!(
-        "after the flood: {:.0} spans/s, none refused",
-        accepted as f64 / 2.0
+        "after the flood: {:.0} spans/s from {STEADY_CLIENTS} clients, {} requests refused",
+        after.accepted_spans.load(Ordering::Relaxed) as f64 / seconds(steady),
+        after.refused.load(Ordering::Relaxed)
     );
     let metrics = reqwest::get(daemon.url("/metrics"))
         .await
@@ -310,4 +342,129 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
             .any(|line| line == "strand_memory_pressure 0"),
         "{metrics}"
     );
+    // Why requests were refused, for the record.
+    for line in metrics.lines().filter(|line| {
+        line.starts_with("strand_requests_rejected_total")
+            || line.starts_with("strand_spans_rejected_total")
+    }) {
+        println!("{line}");
+    }
+}
+
+/// What `strand_connections`-like series of `listener` reads on `/metrics`.
+async fn listener_metric(daemon: &Strand, name: &str, listener: &str) -> Option<u64> {
+    let text = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(dir.path(), &["--max-connections", "4"]).await;
+    let otlp_http = daemon
+        .otlp_http_url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // Four idle connections take every slot of the OTLP/HTTP listener.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&otlp_http).await.unwrap());
+    }
+    let served = strand_testkit::eventually(DEADLINE, || async {
+        (listener_metric(&daemon, "strand_connections", "otlp_http").await == Some(4)).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "the idle connections were not all served");
+
+    let body = request(0).encode_to_vec();
+    let export = {
+        let url = daemon.otlp_http_url("/v1/traces");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("Content-Type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .await
+                .map(|response| response.status())
+        })
+    };
+    // A fifth waits: not refused, not served...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!export.is_finished(), "a fifth connection was served");
+    // ...until a slot is free.
+    drop(idle.pop());
+    let status = tokio::time::timeout(DEADLINE, export)
+        .await
+        .expect("the waiting request is served once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    // The other listeners have slots of their own.
+    assert_eq!(daemon.get_json("/api/services").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_large_answer_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(dir.path(), &["--stalled-write-timeout", "1s"]).await;
+    // One trace of 10,000 spans: its Jaeger JSON is ~10 MB, more than the
+    // socket buffers between client and daemon hold.
+    let trace_id = [0x51u8; 16];
+    let http = reqwest::Client::new();
+    for body in 0..10 {
+        let response = http
+            .post(daemon.otlp_http_url("/v1/traces"))
+            .header("Content-Type", "application/x-protobuf")
+            .body(spans(body, |_| trace_id).encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let path = format!("/api/traces/{}", hex::encode(trace_id));
+    let (status, trace) = daemon.get_json(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(trace["data"][0]["spans"].as_array().unwrap().len(), 10_000);
+
+    // A client with a small receive window asks for it and reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = daemon
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: strand\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let cut_off = strand_testkit::eventually(DEADLINE, || async {
+        (listener_metric(&daemon, "strand_connection_write_stalls_total", "http").await >= Some(1))
+            .then_some(())
+    })
+    .await;
+    assert!(cut_off.is_some(), "the stalled connection was never closed");
+    // What the daemon had written before it gave up ends early.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+    assert!(
+        received.len() < 5_000_000,
+        "{} bytes arrived: the answer was not cut off",
+        received.len()
+    );
+    // Everyone else is served as before.
+    assert_eq!(daemon.get_json("/api/services").await.0, 200);
 }
