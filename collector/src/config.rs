@@ -284,6 +284,17 @@ pub struct ServeArgs {
     )]
     pub query_max_samples: usize,
 
+    /// Most series one PromQL selector may load, and `/api/v1/series` and
+    /// the label APIs return; beyond, a query is refused with an error and a
+    /// metadata answer is cut short with a warning.
+    #[arg(
+        long,
+        env = "STRAND_QUERY_MAX_SERIES",
+        value_name = "SERIES",
+        default_value = "300000"
+    )]
+    pub query_max_series: usize,
+
     /// Queries that run at once, on threads of lower CPU priority than
     /// ingest.
     #[arg(
@@ -427,6 +438,8 @@ pub struct QuerySettings {
     pub timeout: Duration,
     /// Samples one PromQL query may hold.
     pub max_samples: usize,
+    /// Series one selector may load, or a metadata answer list.
+    pub max_series: usize,
     /// Query threads.
     pub workers: usize,
     /// Queries waiting for a thread before more are refused.
@@ -807,6 +820,7 @@ impl ServeArgs {
                 max_samples: fit(self.query_max_samples as u64, |budget| {
                     budget.queries / QUERY_SAMPLE_BYTES
                 }) as usize,
+                max_series: self.query_max_series,
                 workers: self.query_workers,
                 queue: self.query_queue,
             },

@@ -316,10 +316,7 @@ impl<'a> Evaluator<'a> {
             .map(|n| Matcher::new(MatchOp::Equal, METRIC_NAME, n));
         let mut matchers = vs.matchers.matchers.clone();
         matchers.extend(name);
-        let mut all: Vec<Series> = self
-            .src
-            .select(&matchers, a, b)
-            .map_err(EvalError::Storage)?;
+        let mut all: Vec<Series> = self.src.select(&matchers, a, b)?;
         for s in &mut all {
             s.samples.retain(|(t, _)| *t >= a && *t <= b);
         }

@@ -11,7 +11,7 @@
 //!
 //! struct One;
 //! impl SeriesSource for One {
-//!     fn select(&self, m: &[Matcher], _: i64, _: i64) -> Result<Vec<Series>, String> {
+//!     fn select(&self, m: &[Matcher], _: i64, _: i64) -> strand_promql::Result<Vec<Series>> {
 //!         let labels = Labels::from(vec![("__name__".to_string(), "up".to_string())]);
 //!         let matches = m.iter().all(|m| m.is_match(labels.get(&m.name).unwrap_or("")));
 //!         Ok(if matches { vec![Series { labels, samples: vec![(0, 1.0)] }] } else { vec![] })
@@ -73,7 +73,10 @@ pub use value::{Labels, STALE_NAN_BITS, Sample, Series, Value, format_value, is_
 ///
 /// `select` returns every series matching all `matchers` with its samples in
 /// `[start_ms, end_ms]` (inclusive), sorted by time. Staleness markers (see
-/// [`STALE_NAN_BITS`]) are returned as samples; the engine honours them.
+/// [`STALE_NAN_BITS`]) are returned as samples; the engine honours them. A
+/// source refuses a selection over its own limits with
+/// [`EvalError::Execution`], and reports its failures as
+/// [`EvalError::Storage`].
 pub trait SeriesSource {
     /// Series matching all matchers, with samples in `[start_ms, end_ms]`.
     fn select(
@@ -81,7 +84,7 @@ pub trait SeriesSource {
         matchers: &[promql_parser::label::Matcher],
         start_ms: i64,
         end_ms: i64,
-    ) -> std::result::Result<Vec<Series>, String>;
+    ) -> Result<Vec<Series>>;
 }
 
 /// Resource limits of one query, so a single query cannot take the daemon down.

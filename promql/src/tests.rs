@@ -14,7 +14,7 @@ use crate::{instant_query, range_query};
 struct TestSource(Vec<Series>);
 
 impl SeriesSource for TestSource {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, String> {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> crate::Result<Vec<Series>> {
         Ok(self
             .0
             .iter()
@@ -1649,8 +1649,8 @@ fn errors_and_limits() {
 
     struct Failing;
     impl SeriesSource for Failing {
-        fn select(&self, _: &[Matcher], _: i64, _: i64) -> Result<Vec<Series>, String> {
-            Err("disk on fire".into())
+        fn select(&self, _: &[Matcher], _: i64, _: i64) -> crate::Result<Vec<Series>> {
+            Err(EvalError::Storage("disk on fire".into()))
         }
     }
     let e = instant_query(&Failing, "up", 0, &Limits::default()).unwrap_err();

@@ -19,8 +19,8 @@ use super::ApiState;
 use super::params::{parse_go_duration, parse_lookback, parse_trace_id};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{AttrValue, KeyValue, Resource, Span, SpanKind};
-use crate::query::pool::QueryRefused;
-use crate::query::traces::{TraceQuery, search};
+use crate::query::pool::{Deadline, QueryRefused};
+use crate::query::traces::{TraceQuery, TraceQueryError, search};
 use crate::store::StoreError;
 
 const DEFAULT_LIMIT: usize = 20;
@@ -73,6 +73,15 @@ impl From<QueryRefused> for JaegerError {
 impl From<StoreError> for JaegerError {
     fn from(error: StoreError) -> Self {
         JaegerError::internal(error)
+    }
+}
+
+impl From<TraceQueryError> for JaegerError {
+    fn from(error: TraceQueryError) -> Self {
+        match error {
+            TraceQueryError::Store(error) => error.into(),
+            TraceQueryError::Refused(refused) => refused.into(),
+        }
     }
 }
 
@@ -223,7 +232,7 @@ async fn find_traces(
             damaged,
         ));
     }
-    let query = trace_query(&params, now_nanos())?;
+    let query = trace_query(&params, now_nanos(), state.queries.deadline())?;
     let found = state.queries.run(move || search(&store, &query)).await??;
     Ok(envelope_of_readable(
         found.traces.iter().map(|t| trace_json(t)).collect(),
@@ -233,7 +242,11 @@ async fn find_traces(
 
 /// Builds a search from Jaeger's parameters; every invalid one is a 400 that
 /// names it.
-fn trace_query(params: &[(String, String)], now_nanos: u64) -> Result<TraceQuery, JaegerError> {
+fn trace_query(
+    params: &[(String, String)],
+    now_nanos: u64,
+    deadline: Deadline,
+) -> Result<TraceQuery, JaegerError> {
     let get = |name: &str| {
         params
             .iter()
@@ -329,6 +342,7 @@ fn trace_query(params: &[(String, String)], now_nanos: u64) -> Result<TraceQuery
         start_nanos,
         end_nanos,
         limit,
+        deadline,
     })
 }
 
@@ -472,7 +486,7 @@ mod tests {
     }
 
     fn error_of(pairs: &[(&str, &str)]) -> String {
-        trace_query(&params(pairs), 10_000_000_000)
+        trace_query(&params(pairs), 10_000_000_000, Deadline::never())
             .unwrap_err()
             .message
     }
@@ -492,6 +506,7 @@ mod tests {
                 ("limit", "5"),
             ]),
             0,
+            Deadline::never(),
         )
         .unwrap();
         assert_eq!(q.service, "order");
@@ -515,6 +530,7 @@ mod tests {
         let q = trace_query(
             &params(&[("service", "a"), ("lookback", "1h")]),
             7_200_000_000_000,
+            Deadline::never(),
         )
         .unwrap();
         assert_eq!(q.start_nanos, 3_600_000_000_000);

@@ -24,7 +24,7 @@ use super::params::{parse_time, parse_trace_id, query_and_form};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{KeyValue, LogRecord};
 use crate::query::logs::{self, Cursor, LogHit, LogQuery, LogQueryError};
-use crate::query::pool::QueryRefused;
+use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::logs::LEVELS;
 
 const DEFAULT_LIMIT: usize = 100;
@@ -70,6 +70,7 @@ impl From<LogQueryError> for ApiError {
         match error {
             LogQueryError::Syntax(_) => ApiError::bad_request(error.to_string()),
             LogQueryError::Store(error) => ApiError::internal(error),
+            LogQueryError::Refused(refused) => refused.into(),
         }
     }
 }
@@ -123,7 +124,7 @@ pub fn router() -> Router<Arc<ApiState>> {
         .route("/api/traces/{trace_id}/logs", get(trace_logs))
 }
 
-fn log_query(params: &HashMap<String, String>) -> Result<LogQuery, ApiError> {
+fn log_query(params: &HashMap<String, String>, deadline: Deadline) -> Result<LogQuery, ApiError> {
     let time = |name: &str| -> Result<Option<u64>, ApiError> {
         params
             .get(name)
@@ -146,11 +147,12 @@ fn log_query(params: &HashMap<String, String>) -> Result<LogQuery, ApiError> {
         text: params.get("q").cloned().unwrap_or_default(),
         start_nanos,
         end_nanos,
+        deadline,
     })
 }
 
 async fn search(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
-    let query = log_query(&params)?;
+    let query = log_query(&params, state.queries.deadline())?;
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
         Some(v) => v
@@ -188,7 +190,7 @@ async fn search(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
 }
 
 async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
-    let query = log_query(&params)?;
+    let query = log_query(&params, state.queries.deadline())?;
     let range = query.end_nanos - query.start_nanos;
     let step_nanos = match params.get("step") {
         Some(step) => super::params::parse_go_duration(step)
@@ -271,7 +273,7 @@ fn nice_step(nanos: u64) -> u64 {
 }
 
 async fn facets(State(state): State<Arc<ApiState>>, Params(params): Params) -> ApiResult {
-    let query = log_query(&params)?;
+    let query = log_query(&params, state.queries.deadline())?;
     let store = state.stores.logs.clone();
     let facets = state
         .queries

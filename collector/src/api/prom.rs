@@ -102,6 +102,49 @@ fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
 
+/// How long a metadata list may be: the request's `limit` (Prometheus's;
+/// 0 or absent: none) or `--query-max-series`, whichever is smaller.
+struct ListLimit {
+    items: usize,
+    /// The warning of a list cut at `items`.
+    warning: String,
+}
+
+impl ListLimit {
+    fn of(params: &Params, queries: &QueryPool) -> Result<ListLimit, PromError> {
+        let cap = queries.max_series();
+        let asked = match params.get("limit") {
+            None => 0,
+            Some(text) => text.parse::<usize>().map_err(|_| {
+                PromError::bad_data(format!(
+                    "invalid parameter \"limit\": {text:?} is not a non-negative integer"
+                ))
+            })?,
+        };
+        Ok(if asked > 0 && asked <= cap {
+            ListLimit {
+                items: asked,
+                // Prometheus's own words.
+                warning: "results truncated due to limit".into(),
+            }
+        } else {
+            ListLimit {
+                items: cap,
+                warning: format!("results truncated to {cap} (--query-max-series)"),
+            }
+        })
+    }
+
+    /// The success answer listing `items`, cut here if `more` matched.
+    fn answer(&self, items: Json, more: bool) -> Response {
+        let mut answer = json!({"status": "success", "data": items});
+        if more {
+            answer["warnings"] = json!([self.warning]);
+        }
+        axum::Json(answer).into_response()
+    }
+}
+
 /// Query-string and form parameters, in order; repeated names allowed.
 /// Extracted from every request of this API (GET, or POST with a form body).
 struct Params(Vec<(String, String)>);
@@ -273,7 +316,7 @@ async fn evaluate<T: EvaluationTimes>(
     // The budget counts from now, as the pool's does: time spent queued is
     // not granted again once the query runs.
     let deadline = std::time::Instant::now() + limits.timeout;
-    let source = MetricSource::new(state.stores.metrics.clone());
+    let source = MetricSource::new(state.stores.metrics.clone(), state.queries.max_series());
     let (value, damaged) = state
         .queries
         .run(move || {
@@ -341,20 +384,17 @@ async fn series(State(state): State<Arc<ApiState>>, params: Params) -> Result<Re
         return Err(PromError::bad_data("no match[] parameter provided"));
     }
     let (start, end) = range(&params)?;
+    let limit = ListLimit::of(&params, &state.queries)?;
     let store = state.stores.metrics.clone();
-    let found = state
+    let items = limit.items;
+    let (found, more) = state
         .queries
         .run(move || {
-            Ok::<_, PromError>(
-                store
-                    .series(&selectors, start, end)
-                    .iter()
-                    .map(|l| labels_json(l))
-                    .collect(),
-            )
+            let (series, more) = store.series(&selectors, start, end, items);
+            Ok::<_, PromError>((series.iter().map(|l| labels_json(l)).collect(), more))
         })
         .await??;
-    Ok(success(Json::Array(found)))
+    Ok(limit.answer(Json::Array(found), more))
 }
 
 async fn labels(State(state): State<Arc<ApiState>>, params: Params) -> Result<Response, PromError> {
@@ -379,8 +419,9 @@ async fn distinct_labels(
 ) -> Result<Response, PromError> {
     let selectors = selectors(params)?;
     let (start, end) = range(params)?;
+    let limit = ListLimit::of(params, &state.queries)?;
     let store = state.stores.metrics.clone();
-    let found = state
+    let mut found = state
         .queries
         .run(move || {
             Ok::<_, PromError>(match &name {
@@ -389,7 +430,9 @@ async fn distinct_labels(
             })
         })
         .await??;
-    Ok(success(json!(found)))
+    let more = found.len() > limit.items;
+    found.truncate(limit.items);
+    Ok(limit.answer(json!(found), more))
 }
 
 async fn metadata(

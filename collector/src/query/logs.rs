@@ -17,6 +17,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
 use crate::model::{LogRecord, TraceId};
+use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
 use crate::store::logs::{LEVELS, LogFields, LogStore, Partition, record_of};
 
@@ -30,6 +31,8 @@ pub enum LogQueryError {
     Syntax(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] QueryRefused),
 }
 
 impl From<tantivy::TantivyError> for LogQueryError {
@@ -69,6 +72,8 @@ pub struct LogQuery {
     pub text: String,
     pub start_nanos: u64,
     pub end_nanos: u64,
+    /// Checked before each partition is searched.
+    pub deadline: Deadline,
 }
 
 /// A stored record with its id (what cursors and tail positions refer to).
@@ -165,6 +170,7 @@ pub fn validate(store: &LogStore, text: &str) -> QueryResult<()> {
         text: text.into(),
         start_nanos: 0,
         end_nanos: 0,
+        deadline: Deadline::never(),
     }
     .compile(store)
     .map(|_| ())
@@ -186,6 +192,7 @@ pub fn search(
     // pages and cursors stay where they would be without the damage.
     let mut hits: Vec<((u64, u64), Option<LogHit>)> = Vec::new();
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        query.deadline.check()?;
         let wanted = limit.saturating_sub(hits.len());
         let part = in_partition(store, &partition, |searcher| {
             let count = searcher.search(&compiled, &Count)? as u64;
@@ -242,10 +249,12 @@ pub fn arrived_after(
     after: u64,
     limit: usize,
 ) -> QueryResult<Vec<LogHit>> {
+    // A poll reads at most `limit` new records: no deadline needed.
     let query = LogQuery {
         text: text.into(),
         start_nanos: 0,
         end_nanos: u64::MAX,
+        deadline: Deadline::never(),
     };
     let compiled = query.compile(store)?;
     let fields = *store.fields();
@@ -349,6 +358,7 @@ pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryRe
     let mut counts = vec![[0u64; LEVELS.len()]; buckets];
     let mut damaged = false;
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        query.deadline.check()?;
         let Some((_, partials)) =
             in_partition(store, &partition, |s| s.search(&compiled, &collector))
         else {
@@ -376,6 +386,7 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     let mut counts: [HashMap<String, u64>; 3] = Default::default();
     let names = ["service", "severity", "attribute_keys"];
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        query.deadline.check()?;
         let collector = (
             Count,
             TermCounts(names[0]),
@@ -664,6 +675,7 @@ mod tests {
             text: text.into(),
             start_nanos: 0,
             end_nanos: u64::MAX,
+            deadline: Deadline::never(),
         }
     }
 
@@ -703,6 +715,30 @@ mod tests {
             search(&store, &query("service:(unclosed"), 10, None),
             Err(LogQueryError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn searches_past_their_deadline_stop_with_a_timeout() {
+        let (_dir, store) = store();
+        let late = LogQuery {
+            deadline: Deadline::after(Duration::ZERO),
+            ..query("declined")
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        let timed_out = |result: Result<(), LogQueryError>| {
+            matches!(
+                result,
+                Err(LogQueryError::Refused(QueryRefused::Timeout(_)))
+            )
+        };
+        assert!(timed_out(search(&store, &late, 10, None).map(|_| ())));
+        let hours = LogQuery {
+            start_nanos: BASE,
+            end_nanos: BASE + 2 * HOUR,
+            ..late.clone()
+        };
+        assert!(timed_out(histogram(&store, &hours, HOUR / 10).map(|_| ())));
+        assert!(timed_out(facets(&store, &late, 10).map(|_| ())));
     }
 
     #[test]

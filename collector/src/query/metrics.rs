@@ -6,21 +6,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use promql_parser::label::Matcher;
-use strand_promql::{Labels, Series, SeriesSource};
+use strand_promql::{EvalError, Labels, Series, SeriesSource};
 
+use crate::store::StoreError;
 use crate::store::metrics::MetricStore;
 
 /// Reads the metrics store for the evaluator, for one query.
 pub struct MetricSource {
     store: Arc<MetricStore>,
+    /// Most series one selector may load (`--query-max-series`).
+    max_series: usize,
     /// A selection skipped a damaged chunk: the answer may miss samples.
     damaged: AtomicBool,
 }
 
 impl MetricSource {
-    pub fn new(store: Arc<MetricStore>) -> MetricSource {
+    pub fn new(store: Arc<MetricStore>, max_series: usize) -> MetricSource {
         MetricSource {
             store,
+            max_series,
             damaged: AtomicBool::new(false),
         }
     }
@@ -37,11 +41,14 @@ impl SeriesSource for MetricSource {
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
-    ) -> Result<Vec<Series>, String> {
+    ) -> strand_promql::Result<Vec<Series>> {
         let selected = self
             .store
-            .select(matchers, start_ms, end_ms)
-            .map_err(|e| e.to_string())?;
+            .select(matchers, start_ms, end_ms, self.max_series)
+            .map_err(|error| match error {
+                StoreError::TooManySeries { .. } => EvalError::Execution(error.to_string()),
+                error => EvalError::Storage(error.to_string()),
+            })?;
         if selected.damaged {
             self.damaged.store(true, Ordering::Relaxed);
         }

@@ -36,6 +36,49 @@ pub enum QueryRefused {
     Panicked(String),
 }
 
+/// When a query's time budget runs out, for the query itself to check
+/// between units of work (log partitions, trace candidates): past it, the
+/// query stops and frees its thread, instead of working on for a caller
+/// that was answered `Timeout` already.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Deadline {
+    /// `None`: never (work that is not a request's query, tests).
+    at: Option<Instant>,
+    budget: Duration,
+}
+
+impl Default for Deadline {
+    fn default() -> Deadline {
+        Deadline::never()
+    }
+}
+
+impl Deadline {
+    /// A deadline that never comes.
+    pub fn never() -> Deadline {
+        Deadline {
+            at: None,
+            budget: Duration::MAX,
+        }
+    }
+
+    /// The deadline `budget` from now.
+    pub fn after(budget: Duration) -> Deadline {
+        Deadline {
+            at: Some(Instant::now() + budget),
+            budget,
+        }
+    }
+
+    /// `Timeout` once the deadline has passed.
+    pub fn check(&self) -> Result<(), QueryRefused> {
+        match self.at {
+            Some(at) if Instant::now() > at => Err(QueryRefused::Timeout(self.budget)),
+            _ => Ok(()),
+        }
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The query threads and their queue; cheap to clone.
@@ -70,6 +113,17 @@ impl QueryPool {
     /// The most samples one PromQL query may hold.
     pub fn max_samples(&self) -> usize {
         self.settings.max_samples
+    }
+
+    /// The deadline of a query submitted now, which [`QueryPool::run`]
+    /// also answers `Timeout` at.
+    pub fn deadline(&self) -> Deadline {
+        Deadline::after(self.settings.timeout)
+    }
+
+    /// Series one selector may load (`--query-max-series`).
+    pub fn max_series(&self) -> usize {
+        self.settings.max_series
     }
 
     /// Runs `query` on a query thread and waits for its answer, at most the
@@ -159,6 +213,7 @@ mod tests {
         QuerySettings {
             timeout,
             max_samples: 1000,
+            max_series: 1000,
             workers,
             queue,
         }

@@ -12,8 +12,18 @@
 use std::collections::HashSet;
 
 use crate::model::{KeyValue, Span, SpanKind, TraceId};
-use crate::store::Result;
+use crate::query::pool::{Deadline, QueryRefused};
+use crate::store::StoreError;
 use crate::store::traces::{ServiceEntry, TraceStore};
+
+/// Why a search found nothing to answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceQueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] QueryRefused),
+}
 
 /// At most this many candidate traces are read per search, so a query whose
 /// tags match almost nothing cannot read the whole store.
@@ -32,6 +42,8 @@ pub struct TraceQuery {
     pub start_nanos: u64,
     pub end_nanos: u64,
     pub limit: usize,
+    /// Checked before each candidate trace is read.
+    pub deadline: Deadline,
 }
 
 impl TraceQuery {
@@ -89,14 +101,16 @@ pub struct Found {
 /// Matching traces, newest first (by the start of their first span), at most
 /// `query.limit`; whatever damaged storage keeps back is left out, and
 /// [`Found::damaged`] says so.
-pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found> {
+pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
     let mut seen = HashSet::new();
     let mut found = Found::default();
-    let read_trace = |found: &mut Found, trace_id: &TraceId| -> Result<Vec<Span>> {
-        let read = store.trace(trace_id)?;
-        found.damaged |= read.damaged;
-        Ok(read.spans)
-    };
+    let read_trace =
+        |found: &mut Found, trace_id: &TraceId| -> Result<Vec<Span>, TraceQueryError> {
+            query.deadline.check()?;
+            let read = store.trace(trace_id)?;
+            found.damaged |= read.damaged;
+            Ok(read.spans)
+        };
     for trace_id in store.buffered_traces_matching(|span| query.matches_span(span)) {
         if seen.insert(trace_id) {
             let spans = read_trace(&mut found, &trace_id)?;
@@ -212,5 +226,13 @@ mod tests {
 
         q.limit = 1;
         assert_eq!(search(&store, &q).unwrap().traces.len(), 1);
+
+        // A search past its deadline stops before it reads a trace.
+        q.deadline = Deadline::after(std::time::Duration::ZERO);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(matches!(
+            search(&store, &q),
+            Err(TraceQueryError::Refused(QueryRefused::Timeout(_)))
+        ));
     }
 }

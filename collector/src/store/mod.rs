@@ -41,6 +41,11 @@ pub enum StoreError {
     Search(String),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
+    /// A read that would load more series than the caller allows.
+    #[error(
+        "the selection matches more than {limit} series (--query-max-series): select fewer, e.g. with more label matchers"
+    )]
+    TooManySeries { limit: usize },
     /// Data written in a format this Strand does not read: refused rather
     /// than misread.
     #[error(

@@ -1,6 +1,8 @@
 //! Limits on what one query may cost: a PromQL query over its time budget
 //! is answered 503 `timeout` within the budget, one holding too many
-//! samples 422 `execution`; beyond the query threads and their queue,
+//! samples or selecting too many series 422 `execution`, and metadata
+//! lists are cut at the series limit with a warning; beyond the query
+//! threads and their queue,
 //! queries are refused at once with 503 and `Retry-After`; and while the
 //! query threads are all busy with expensive queries, ingest is still
 //! acknowledged.
@@ -134,5 +136,74 @@ async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["result"][0]["value"][1], "20", "{body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_limits_refuse_wide_selectors_and_cut_metadata_lists_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &["--query-max-series", "5"]).await;
+    let client = reqwest::Client::new();
+    let now = now_ms();
+    let series: Vec<_> = (0..10)
+        .map(|i| rw::series("wide", &[("i", &i.to_string())], &[(now - 1000, 1.0)]))
+        .collect();
+    rw::write_ok(&daemon, &rw::request(series)).await;
+
+    // A selector over the limit is refused before any sample is read.
+    let (status, _, body) = query(&client, &daemon, "sum(wide)").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errorType"], "execution", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--query-max-series"),
+        "{body}"
+    );
+    let (status, _, body) = query(&client, &daemon, r#"sum(wide{i=~"[0-4]"})"#).await;
+    assert_eq!(status, 200, "five series are within the limit: {body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "5");
+
+    // Metadata answers are cut at the limit, or at the request's own
+    // `limit`, and say so.
+    for (path, params, listed, warning) in [
+        (
+            "/api/v1/series",
+            vec![("match[]", "wide")],
+            5,
+            "--query-max-series",
+        ),
+        (
+            "/api/v1/series",
+            vec![("match[]", "wide"), ("limit", "3")],
+            3,
+            "results truncated due to limit",
+        ),
+        ("/api/v1/label/i/values", vec![], 5, "--query-max-series"),
+        (
+            "/api/v1/label/i/values",
+            vec![("limit", "2")],
+            2,
+            "results truncated due to limit",
+        ),
+    ] {
+        let (status, body) = daemon.get_json_query(path, &params).await;
+        assert_eq!(status, 200, "{path} {params:?}: {body}");
+        assert_eq!(body["data"].as_array().unwrap().len(), listed, "{body}");
+        assert!(
+            body["warnings"][0].as_str().unwrap().contains(warning),
+            "{path} {params:?}: {body}"
+        );
+    }
+    let (status, body) = daemon
+        .get_json_query("/api/v1/series", &[("match[]", r#"wide{i="1"}"#)])
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.get("warnings").is_none(), "nothing was cut: {body}");
+    let (status, body) = daemon
+        .get_json_query("/api/v1/labels", &[("limit", "x")])
+        .await;
+    assert_eq!(status, 400, "{body}");
     daemon.stop().await;
 }

@@ -447,7 +447,7 @@ mod tests {
         // The first file held the first sealed chunk; the second, written
         // later, holds the rest.
         let got = store
-            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
             .unwrap()
             .series;
         assert_eq!(got[0].samples.first().unwrap().timestamp_ms, 120_000);

@@ -576,7 +576,7 @@ mod tests {
         let second = ingest(&store, point("b"));
         assert_eq!(second.rejected, 1, "one data point");
         assert!(second.first_error.unwrap().contains("\"latency_bucket\""));
-        let stored = store.series(&[], i64::MIN, i64::MAX);
+        let (stored, _) = store.series(&[], i64::MIN, i64::MAX, usize::MAX);
         assert!(
             stored
                 .iter()
@@ -594,7 +594,7 @@ mod tests {
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
         assert_eq!(retry.rejected, 0);
         let got = store
-            .select(&[matcher("job", "a")], 0, 10_000)
+            .select(&[matcher("job", "a")], 0, 10_000, usize::MAX)
             .unwrap()
             .series;
         assert_eq!(got[0].samples.len(), 2);
@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(admitted.rejected_by_limits, 0);
         assert!(admitted.first_error.unwrap().contains("out of order"));
         let got = store
-            .select(&[matcher("job", "a")], 0, 10_000)
+            .select(&[matcher("job", "a")], 0, 10_000, usize::MAX)
             .unwrap()
             .series;
         let values: Vec<f64> = got[0].samples.iter().map(|s| s.value).collect();
@@ -643,6 +643,6 @@ mod tests {
         assert_eq!(admitted.rejected, 1);
         assert_eq!(admitted.rejected_by_limits, 1);
         assert!(admitted.first_error.unwrap().contains("\"requests_total\""));
-        assert_eq!(store.series(&[], i64::MIN, i64::MAX).len(), 2);
+        assert_eq!(store.series(&[], i64::MIN, i64::MAX, usize::MAX).0.len(), 2);
     }
 }

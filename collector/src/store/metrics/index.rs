@@ -177,7 +177,7 @@ mod tests {
         ingest(&store, vec![series("m", "a", &[(1, 1.0)]), with_env]);
         let jobs = |matchers: &[Matcher]| -> Vec<String> {
             store
-                .select(matchers, 0, 10)
+                .select(matchers, 0, 10, usize::MAX)
                 .unwrap()
                 .series
                 .into_iter()

@@ -243,7 +243,15 @@ impl MetricStore {
 
     /// Every series matching `matchers` with its samples in `[start, end]`
     /// (milliseconds, inclusive); series without samples there are left out.
-    pub fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Selection> {
+    /// More than `max_series` of them is `TooManySeries`, found before any
+    /// sample is read.
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+    ) -> Result<Selection> {
         struct Pending {
             labels: Vec<Label>,
             refs: Vec<files::ChunkRef>,
@@ -251,9 +259,16 @@ impl MetricStore {
         }
         let pending: Vec<Pending> = {
             let head = self.head.read().expect("not poisoned");
-            head.index
+            let ids: Vec<u32> = head
+                .index
                 .select(matchers)
                 .into_iter()
+                .filter(|id| head.any_in_range(&[*id], start, end))
+                .collect();
+            if ids.len() > max_series {
+                return Err(StoreError::TooManySeries { limit: max_series });
+            }
+            ids.into_iter()
                 .filter_map(|id| {
                     let (refs, chunks) = head.series(id)?.chunks_overlapping(start, end);
                     if refs.is_empty() && chunks.is_empty() {
@@ -328,15 +343,30 @@ impl MetricStore {
 
     /// Label sets of the series matching any of `selectors` (every series
     /// when empty) that have samples in `[start, end]`.
-    pub fn series(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Vec<Vec<Label>> {
+    ///
+    /// At most `limit` are returned (the first in label order), and whether
+    /// more matched: only those are copied.
+    pub fn series(
+        &self,
+        selectors: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+        limit: usize,
+    ) -> (Vec<Vec<Label>>, bool) {
         let head = self.head.read().expect("not poisoned");
-        let mut out: Vec<Vec<Label>> = head
+        let mut matched: Vec<&[Label]> = head
             .select_in_range(selectors, start, end)
             .into_iter()
-            .filter_map(|id| Some(head.index.labels(id)?.to_vec()))
+            .filter_map(|id| head.index.labels(id).map(|labels| &labels[..]))
             .collect();
-        out.sort();
-        out
+        matched.sort();
+        let more = matched.len() > limit;
+        let out = matched
+            .into_iter()
+            .take(limit)
+            .map(<[Label]>::to_vec)
+            .collect();
+        (out, more)
     }
 
     /// Sorted label names of the series [`series`](Self::series) would
@@ -486,7 +516,9 @@ mod tests {
         let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through(), 1);
         store.apply(vec![series("up", "a", &samples[50..])]);
-        let got = store.select(&[matcher("job", "a")], 0, i64::MAX).unwrap();
+        let got = store
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
+            .unwrap();
         let times: Vec<i64> = got.series[0]
             .samples
             .iter()
@@ -506,7 +538,7 @@ mod tests {
             // Applied after the flush: only the WAL has these.
             ingest(&store, vec![series("up", "a", &samples[250..])]);
             let all = store
-                .select(&[matcher("job", "a")], 0, i64::MAX)
+                .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
                 .unwrap()
                 .series;
             assert_eq!(all[0].samples.len(), 300);
@@ -514,20 +546,25 @@ mod tests {
         let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
         assert_eq!(store.durable_through(), 7);
         let before_replay = store
-            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
             .unwrap()
             .series;
         assert_eq!(before_replay[0].samples.len(), 250);
         // Replay repeats a sample the snapshot has: skipped.
         store.apply(vec![series("up", "a", &samples[249..])]);
         let got = store
-            .select(&[matcher("__name__", "up")], 0, i64::MAX)
+            .select(&[matcher("__name__", "up")], 0, i64::MAX, usize::MAX)
             .unwrap()
             .series;
         let times: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
         assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
         let window = store
-            .select(&[matcher("job", "a")], 15_000 * 100, 15_000 * 110)
+            .select(
+                &[matcher("job", "a")],
+                15_000 * 100,
+                15_000 * 110,
+                usize::MAX,
+            )
             .unwrap()
             .series;
         assert_eq!(window[0].samples.len(), 11);
