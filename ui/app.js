@@ -27,6 +27,7 @@ const view = document.getElementById("view");
 const picker = document.getElementById("time-picker");
 const refreshPicker = document.getElementById("refresh-picker");
 const banner = document.getElementById("unreachable");
+const dataWarning = document.getElementById("data-warning");
 let cleanup = null;
 let generation = 0;
 /**
@@ -90,6 +91,8 @@ async function route() {
   const module = VIEWS[name];
   if (cleanup) { try { cleanup(); } catch (_) { /* view already gone */ } cleanup = null; }
   const mine = ++generation;
+  dataWarning.hidden = true;
+  dataWarning.replaceChildren();
   view.replaceChildren();
   view.dataset.view = name;
   if (!module) {
@@ -215,6 +218,17 @@ window.addEventListener("strand-unreachable", async () => {
   probing = false;
   banner.hidden = true;
   route();
+});
+
+// An answer that says part of it is missing (a list cut at a limit,
+// damaged data skipped): shown above the view until the next one is drawn.
+window.addEventListener("strand-warning", (event) => {
+  const shown = new Set([...dataWarning.children].map((line) => line.textContent));
+  for (const warning of event.detail) {
+    const text = `⚠ ${warning}`;
+    if (!shown.has(text)) dataWarning.append(h("div", {}, text));
+  }
+  dataWarning.hidden = false;
 });
 
 // Keyboard shortcuts; never while typing into a field.

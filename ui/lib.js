@@ -116,7 +116,23 @@ export async function api(path, params) {
     const msg = body && (body.error || (body.errors && body.errors[0] && body.errors[0].msg));
     throw new ApiError(msg || `${res.status} ${res.statusText}`);
   }
+  const warnings = answerWarnings(body);
+  if (warnings.length) window.dispatchEvent(new CustomEvent("strand-warning", { detail: warnings }));
   return body;
+}
+
+/**
+ * What a successful answer says is missing from it: Prometheus-style
+ * `warnings` (cut lists, damaged samples or logs) and Jaeger's `errors` next
+ * to data (damaged spans). The app shows them above the view.
+ */
+function answerWarnings(body) {
+  if (!body || typeof body !== "object") return [];
+  const warnings = Array.isArray(body.warnings) ? body.warnings.map(String) : [];
+  if (Array.isArray(body.errors) && body.data != null) {
+    warnings.push(...body.errors.map((e) => String((e && e.msg) || e)));
+  }
+  return warnings;
 }
 
 /** Microseconds as a short human duration. */

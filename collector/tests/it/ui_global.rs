@@ -17,6 +17,7 @@ use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::support::remote_write as rw;
 use crate::support::send_log;
 use crate::support::shop_fixture::send_everything;
 
@@ -31,6 +32,42 @@ async fn header_controls_shortcuts_live_tail_and_unreachable_banner() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_shows_its_warning_above_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &["--query-max-series", "2"]).await;
+    let now = crate::support::now_ms();
+    let series = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|name| rw::series(name, &[("job", "ui")], &[(now - 1000, 1.0)]))
+        .collect();
+    rw::write_ok(&daemon, &rw::request(series)).await;
+    let base = daemon.url("/");
+    in_browser("ui-warning", |client| async move {
+        // The metric names the explorer offers are cut at two.
+        client
+            .goto(&format!("{base}#/metrics"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(&client, "the cut list's warning", WARNING, |v| {
+            v.as_str().unwrap_or("").contains("--query-max-series")
+        })
+        .await?;
+        snapshot(&client, "warning").await;
+        // The next view starts without it.
+        client
+            .goto(&format!("{base}#/traces"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(&client, "no warning on the next view", WARNING, |v| v == "").await?;
+        Ok(())
+    })
+    .await;
+}
+
+const WARNING: &str = "const b = document.getElementById('data-warning');
+    return b && !b.hidden ? b.innerText : ''";
 
 /// The view and the global params of the URL, and the logs view's window.
 const LOCATION: &str = "const [view, query] = location.hash.split('?');
