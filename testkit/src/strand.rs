@@ -271,6 +271,21 @@ impl Strand {
         (status, json)
     }
 
+    /// The daemon's own metrics, as `/metrics` exposes them now (with the
+    /// read token, if one was set).
+    pub async fn self_metrics(&self) -> String {
+        let mut request = self.client.get(self.url("/metrics"));
+        if let Some(token) = &self.read_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        assert_eq!(response.status(), 200, "GET /metrics");
+        response.text().await.expect("a body")
+    }
+
     /// What the daemon logged so far (without ANSI colours), for failure
     /// messages and for tests that wait for an event.
     pub fn log(&self) -> String {

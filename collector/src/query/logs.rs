@@ -644,16 +644,21 @@ mod tests {
         record
     }
 
-    /// Twenty logs over two hours (two partitions), committed.
-    fn store() -> (tempfile::TempDir, LogStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(
-            dir.path(),
+    /// A log store with hourly partitions in `dir`.
+    fn open(dir: &std::path::Path) -> LogStore {
+        LogStore::open(
+            dir,
             Duration::from_secs(3600),
             crate::store::logs::schema::HOT_WRITER_BYTES,
             SelfMetrics::new(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Twenty logs over two hours (two partitions), committed.
+    fn store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
         let records: Vec<LogRecord> = (0..20i64)
             .map(|i| {
                 let (service, body, severity) = match i % 4 {
@@ -802,13 +807,7 @@ mod tests {
     fn replay_never_duplicates_and_retention_drops_old_partitions() {
         let (dir, store) = store();
         drop(store);
-        let store = LogStore::open(
-            dir.path(),
-            Duration::from_secs(3600),
-            crate::store::logs::schema::HOT_WRITER_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open(dir.path());
         // The WAL replays record 1 again after a crash: already committed.
         store
             .apply(

@@ -215,12 +215,7 @@ async fn http_ingest_rejects_bad_bodies_clearly() {
     );
 
     assert_still_serving(&daemon, 3).await;
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics.contains("strand_ingest_requests_rejected_total{reason=\"malformed\"}"),
         "{metrics}"
@@ -341,12 +336,7 @@ async fn overload_answers_retry_later_instead_of_buffering() {
 
     // What fits is still accepted.
     assert!(client.export(request(3, 5, 10)).await.is_ok());
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics.contains("strand_spans_rejected_total{reason=\"overloaded\"} 40"),
         "{metrics}"
@@ -517,12 +507,7 @@ async fn remote_write_rejects_bad_bodies_clearly() {
         prom::instant_vector(&daemon, "rw_bad_input_probe", Some(t as f64 / 1000.0)).await,
         vec![]
     );
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics.contains("strand_ingest_requests_rejected_total{reason=\"malformed\"}"),
         "{metrics}"
@@ -1197,12 +1182,7 @@ async fn attribute_limits_trim_and_count() {
     assert_eq!(tag("a"), Some("abc".into()), "{tags}");
     assert_eq!(tag("b"), Some(2.into()), "{tags}");
     assert_eq!(tag("c"), None, "{tags}");
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     for line in [
         "strand_attributes_dropped_total{signal=\"spans\"} 1",
         "strand_attribute_values_truncated_total{signal=\"spans\"} 1",

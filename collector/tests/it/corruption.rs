@@ -110,12 +110,7 @@ async fn reported(daemon: &Strand, store: &str, file: &str) -> bool {
         .log()
         .lines()
         .any(|line| line.contains("CorruptData") && line.contains(file));
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     let counted = metrics.lines().any(|line| {
         line.starts_with("strand_corrupt_data_total{")
             && line.contains(&format!("file=\"{file}"))

@@ -330,12 +330,7 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
         after.accepted_spans.load(Ordering::Relaxed) as f64 / seconds(steady),
         after.refused.load(Ordering::Relaxed)
     );
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics
             .lines()
@@ -353,12 +348,7 @@ async fn ten_times_the_load_is_refused_with_retry_after_within_the_memory_limit(
 
 /// What `strand_connections`-like series of `listener` reads on `/metrics`.
 async fn listener_metric(daemon: &Strand, name: &str, listener: &str) -> Option<u64> {
-    let text = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.self_metrics().await;
     let prefix = format!("{name}{{listener=\"{listener}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))

@@ -400,12 +400,7 @@ async fn four_services_one_trace_survives_restart() {
         .await;
     assert_eq!(before, after, "same answer after restart");
 
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics.contains("strand_store_size_bytes{signal=\"traces\"}"),
         "{metrics}"
