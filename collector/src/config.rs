@@ -150,7 +150,7 @@ pub struct ServeArgs {
     /// requests being decoded, the WAL queue, the span head, the log index
     /// writer, the trace index cache, queries), lowering their settings to
     /// fit; ingest is refused with 429 / RESOURCE_EXHAUSTED while the
-    /// heap (anonymous resident memory) is above 90% of it. At least 128MiB.
+    /// resident set (RSS) is above 80% of it. At least 128MiB.
     #[arg(long, env = "STRAND_MEMORY_LIMIT", value_name = "BYTES")]
     pub memory_limit: Option<bytesize::ByteSize>,
 

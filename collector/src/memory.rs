@@ -11,7 +11,7 @@
 //!   budget is spent, the request is refused at once with 429 /
 //!   RESOURCE_EXHAUSTED and Retry-After, so a flood of requests cannot
 //!   decode more than the budget at a time;
-//! - [`MemoryGuard::watch`] samples the anonymous resident set; above
+//! - [`MemoryGuard::watch`] samples the resident set; above
 //!   [`PRESSURE_ON`] of the limit, ingest is refused the same way and the
 //!   pipeline is asked to flush, until it is back under [`PRESSURE_OFF`].
 //!
@@ -40,9 +40,9 @@ pub const DECODE_EXPANSION: u64 = 8;
 const UNKNOWN_BODY_BYTES: u64 = 512 << 10;
 
 /// Share of the limit at which ingest is refused.
-pub const PRESSURE_ON: f64 = 0.9;
+pub const PRESSURE_ON: f64 = 0.8;
 /// Share of the limit under which ingest is accepted again.
-pub const PRESSURE_OFF: f64 = 0.8;
+pub const PRESSURE_OFF: f64 = 0.7;
 
 /// How often memory use is sampled: a flood cannot outgrow the
 /// headroom between [`PRESSURE_ON`] and the limit between two looks.
@@ -53,8 +53,9 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
 const PERMIT_BYTES: u64 = 1024;
 
 /// The memory limit, shared among what grows with load. The shares add up
-/// to 13/16 of the limit; the rest is the daemon's own (runtime, code,
-/// connections, metrics store head under `--max-series`).
+/// to 10.5/16 of the limit; the rest is the daemon's own (code, runtime,
+/// connections, the metrics head under `--max-series`) and the allocator's
+/// (memory freed but not yet returned to the system).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
     pub limit: u64,
@@ -78,12 +79,12 @@ impl MemoryBudget {
         let sixteenth = limit / 16;
         MemoryBudget {
             limit,
-            in_flight_ingest: 3 * sixteenth,
+            in_flight_ingest: 2 * sixteenth,
             wal_queue: sixteenth,
-            span_head: 4 * sixteenth,
+            span_head: 3 * sixteenth,
             log_writer: 2 * sixteenth,
             index_cache: sixteenth / 2,
-            queries: 2 * sixteenth + sixteenth / 2,
+            queries: 2 * sixteenth,
         }
     }
 
@@ -261,17 +262,12 @@ fn permits(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(PERMIT_BYTES)).unwrap_or(u32::MAX)
 }
 
-/// The process's anonymous resident memory in bytes (Linux:
-/// `/proc/self/statm`, resident less shared): the heap the daemon holds.
-/// File pages of the indexes it maps are left out — the kernel reclaims
-/// them under pressure, and counting them would refuse ingest for a query
-/// reading old logs.
+/// The process's resident set in bytes (Linux: `/proc/self/statm`), as
+/// `top` and the kernel's accounting see it: heap, code, and the pages of
+/// the files it maps.
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let mut fields = statm.split_whitespace().skip(1);
-    let resident: u64 = fields.next()?.parse().ok()?;
-    let shared: u64 = fields.next()?.parse().ok()?;
-    let pages = resident.saturating_sub(shared);
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page_size).ok()?)
@@ -298,7 +294,7 @@ mod tests {
             + budget.log_writer
             + budget.index_cache
             + budget.queries;
-        assert_eq!(shared, (1 << 30) / 16 * 13);
+        assert_eq!(shared, (1 << 30) / 32 * 21);
         assert_eq!(
             budget.max_body_bytes() * DECODE_EXPANSION,
             budget.in_flight_ingest
@@ -308,11 +304,11 @@ mod tests {
     #[test]
     fn requests_are_admitted_until_the_in_flight_budget_is_spent() {
         let (guard, metrics) = guard(256 << 20);
-        // 48 MiB in flight: six 1 MiB bodies (8 MiB each decoded) fit.
-        let admitted: Vec<_> = (0..6)
+        // 32 MiB in flight: four 1 MiB bodies (8 MiB each decoded) fit.
+        let admitted: Vec<_> = (0..4)
             .map(|_| guard.admit(Some(1 << 20)).unwrap())
             .collect();
-        assert_eq!(metrics.ingest_in_flight_bytes.get(), 48 << 20);
+        assert_eq!(metrics.ingest_in_flight_bytes.get(), 32 << 20);
         assert!(matches!(
             guard.admit(Some(1 << 20)),
             Err(MemoryRefusal::InFlight)

@@ -65,7 +65,7 @@ pub struct SelfMetrics {
     pub memory_limit: IntGauge,
     /// The limit's shares, by what they bound (see `memory::MemoryBudget`).
     pub memory_budget: IntGaugeVec,
-    /// Anonymous resident memory, as the memory guard last sampled it.
+    /// The resident set, as the memory guard last sampled it.
     pub resident_memory: IntGauge,
     /// 1 while ingest is refused because memory use is near the limit.
     pub memory_pressure: IntGauge,
@@ -260,7 +260,7 @@ impl SelfMetrics {
             .expect("valid metric"),
             resident_memory: IntGauge::new(
                 "strand_resident_memory_bytes",
-                "Anonymous resident memory (heap) of the daemon, as the memory guard last sampled it",
+                "Resident set (RSS) of the daemon, as the memory guard last sampled it",
             )
             .expect("valid metric"),
             memory_pressure: IntGauge::new(
