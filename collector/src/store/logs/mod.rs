@@ -30,6 +30,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
 
+use crate::backup::BackupDir;
 use crate::config::Retention;
 use crate::model::LogRecord;
 use crate::store::{self, Result, StoreError};
@@ -46,6 +47,10 @@ const FORMAT_VERSION: u32 = 1;
 /// Retention renames a partition's directory to `<start>.dropped` before
 /// deleting it, so a new partition of the same start never shares it.
 const DROPPED_SUFFIX: &str = "dropped";
+/// Tantivy's files naming a partition's committed segments, and every file
+/// it manages (deletes when unused); tantivy does not export the names.
+const META_FILE: &str = "meta.json";
+const MANAGED_FILE: &str = ".managed.json";
 
 impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
@@ -359,6 +364,47 @@ impl LogStore {
         Ok(doomed.len())
     }
 
+    /// Writes every partition as of its last commit into `relative` under
+    /// `backup`; commits and retention wait meanwhile, records keep being
+    /// added (the WAL the snapshot also holds has those not committed).
+    /// Tantivy never rewrites a segment file, so the files of the commit's
+    /// segments are hard-linked, and its `meta.json` copied; a merge that
+    /// finishes meanwhile may delete files the commit named, and then the
+    /// partition is taken again from its new `meta.json`.
+    pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
+        let _maintenance = self.maintenance.lock().expect("not poisoned");
+        backup.create_dir(relative)?;
+        let format = self.dir.join(crate::store::FORMAT_FILE);
+        if format.exists() {
+            backup.copy(&format, &relative.join(crate::store::FORMAT_FILE))?;
+        }
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for partition in partitions {
+            let Some(name) = partition.dir.file_name() else {
+                continue;
+            };
+            let target = relative.join(name);
+            let mut attempts = 0;
+            while !snapshot_partition(&partition, backup, &target)? {
+                fs::remove_dir_all(backup.root().join(&target))?;
+                attempts += 1;
+                if attempts == PARTITION_SNAPSHOT_ATTEMPTS {
+                    return Err(StoreError::Search(format!(
+                        "{}: merges changed the partition {attempts} times while it was copied",
+                        partition.dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Parses a query in tantivy's syntax; body is the default field.
     pub fn parse_query(&self, text: &str) -> std::result::Result<Box<dyn Query>, QueryParserError> {
         let mut parser = QueryParser::new(
@@ -475,6 +521,49 @@ impl LogStore {
             .store_size_bytes
             .with_label_values(&["logs"])
             .set(self.disk_bytes() as i64);
+    }
+}
+
+/// How often [`LogStore::snapshot`] takes a partition again when merges
+/// keep replacing its segments under it.
+const PARTITION_SNAPSHOT_ATTEMPTS: u32 = 5;
+
+/// Links the files of `partition`'s last commit into `target` and copies
+/// its `meta.json` and tantivy's list of the files it manages; returns false
+/// when a file of the commit went meanwhile (the caller starts over).
+fn snapshot_partition(
+    partition: &Partition,
+    backup: &mut BackupDir,
+    target: &Path,
+) -> Result<bool> {
+    let meta_path = partition.dir.join(META_FILE);
+    let meta = match fs::read(&meta_path) {
+        Ok(meta) => meta,
+        // Created, never committed: the WAL holds all of it.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(error) => return Err(error.into()),
+    };
+    let metas = partition.index.load_metas()?;
+    if fs::read(&meta_path)? != meta {
+        return Ok(false);
+    }
+    backup.create_dir(target)?;
+    for file in metas.list_segment_files() {
+        match backup.link(&partition.dir.join(&file), &target.join(&file)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    backup.write(&target.join(META_FILE), &meta)?;
+    // Read after the links: it names every file linked (tantivy lists a
+    // file before creating it), so the snapshot's own merges delete them.
+    match backup.copy(
+        &partition.dir.join(MANAGED_FILE),
+        &target.join(MANAGED_FILE),
+    ) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(true),
     }
 }
 

@@ -444,6 +444,16 @@ impl MetricStore {
         Ok(doomed.len())
     }
 
+    /// Writes the store as its last flush left it into `relative` under
+    /// `backup` (see `files::snapshot`); flushes and retention wait
+    /// meanwhile, samples keep arriving (the WAL the snapshot also holds
+    /// has those not flushed).
+    pub fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
+        let _flush = self.flushing.lock().expect("not poisoned");
+        let chunks = self.files.lock().expect("not poisoned");
+        files::snapshot(&self.dir, &chunks, backup, relative)
+    }
+
     /// Bytes of the store's files.
     pub fn disk_bytes(&self) -> u64 {
         let chunks = self.files.lock().expect("not poisoned").bytes();

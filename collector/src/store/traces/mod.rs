@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use crate::backup::BackupDir;
 use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
@@ -762,6 +763,37 @@ impl TraceStore {
         };
         self.db.flush()?;
         tracing::debug!(removed, done, "SpanIndexStaleKeysSwept");
+        Ok(())
+    }
+
+    /// Writes the store as a restart after its last commit would find it
+    /// into `relative` under `backup`, while spans keep arriving: the head
+    /// is left to the WAL the snapshot also holds. Flushes, checkpoints
+    /// and retention wait meanwhile (the head keeps taking spans). The
+    /// index is copied key by key into a new sled database — sled 0.34
+    /// has no online backup, and its files change behind its own threads —
+    /// and the segments the index maps are linked when sealed and copied up
+    /// to their committed length otherwise.
+    pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        let index_dir = backup.create_dir(&relative.join("index"))?;
+        let copy = sled::Config::new()
+            .path(index_dir)
+            .flush_every_ms(None)
+            .open()?;
+        let mut committed = BTreeMap::new();
+        for entry in self.db.iter() {
+            let (key, value) = entry?;
+            if key.starts_with(index::META_SEGMENT_PREFIX) {
+                committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
+            }
+            // One key at a time: sled holds a batch in memory.
+            copy.insert(key, value)?;
+        }
+        copy.flush()?;
+        drop(copy);
+        self.segments
+            .snapshot(&committed, backup, &relative.join("blocks"))?;
         Ok(())
     }
 
