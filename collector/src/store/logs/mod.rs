@@ -551,7 +551,14 @@ fn snapshot_partition(
     for file in metas.list_segment_files() {
         match backup.link(&partition.dir.join(&file), &target.join(&file)) {
             Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            // Tantivy lists every file a segment may have. One missing
+            // while `meta.json` is unchanged never existed: tantivy deletes
+            // a file only after a new `meta.json` stopped naming it.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if fs::read(&meta_path)? != meta {
+                    return Ok(false);
+                }
+            }
             Err(error) => return Err(error.into()),
         }
     }
