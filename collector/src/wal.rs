@@ -871,6 +871,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cut_holds_exactly_the_records_acknowledged_before_it() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"a").await;
+        append(&wal, b"b").await;
+        wal.shutdown().await;
+        // Segments found at open are never appended to again.
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"c").await;
+        let cut = wal.cut().await.unwrap();
+        append(&wal, b"after the cut").await;
+        assert_eq!(
+            cut.iter()
+                .map(|s| (s.sealed, s.name.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (true, format!("{:020}{SEGMENT_SUFFIX}", 1).into()),
+                (false, format!("{:020}{SEGMENT_SUFFIX}", 3).into()),
+            ]
+        );
+        assert!(fs::metadata(&cut[1].path).unwrap().len() > cut[1].len);
+
+        let copy = tempfile::tempdir().unwrap();
+        for mut segment in cut {
+            let mut bytes = Vec::new();
+            (&mut segment.file)
+                .take(segment.len)
+                .read_to_end(&mut bytes)
+                .unwrap();
+            fs::write(copy.path().join(&segment.name), bytes).unwrap();
+        }
+        let (_, seen) = open(copy.path(), 0);
+        let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [b"a".as_slice(), b"b", b"c"]);
+    }
+
+    #[tokio::test]
     async fn overload_is_reported_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path(), 0, 0, 8, SelfMetrics::new(), |_| {}).unwrap();

@@ -653,4 +653,55 @@ mod tests {
         assert!(!interrupted.exists());
         assert_eq!(documents(&store), 3);
     }
+
+    #[test]
+    fn a_snapshot_holds_each_partition_as_committed_and_links_its_segment_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let store = LogStore::open(&logs, Duration::from_secs(3600), SelfMetrics::new()).unwrap();
+        let now = 1_000 * HOUR;
+        store
+            .apply(1, vec![sample_log("a", now - HOUR, "older hour")])
+            .unwrap();
+        store
+            .apply(2, vec![sample_log("a", now, "committed")])
+            .unwrap();
+        store.commit().unwrap();
+        // Not committed: the snapshot's WAL has it.
+        store.apply(3, vec![sample_log("a", now, "added")]).unwrap();
+
+        let snapshot = dir.path().join("snapshot");
+        fs::create_dir(&snapshot).unwrap();
+        let mut backup = BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("logs")).unwrap();
+        store.commit().unwrap();
+
+        let partition = format!("{}", now / 1_000_000_000);
+        let copied = snapshot.join("logs").join(&partition);
+        let mut linked = 0;
+        for entry in fs::read_dir(&copied).unwrap() {
+            let name = entry.unwrap().file_name();
+            let (copy, original) = (copied.join(&name), logs.join(&partition).join(&name));
+            let same = fs::metadata(&copy).unwrap().ino() == fs::metadata(&original).unwrap().ino();
+            let is_json = name.to_str().unwrap().ends_with(".json");
+            assert_eq!(same, !is_json, "{name:?}");
+            linked += usize::from(same);
+        }
+        assert!(linked > 0);
+
+        let copy = LogStore::open(
+            &snapshot.join("logs"),
+            Duration::from_secs(3600),
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        assert_eq!(documents(&copy), 2);
+        assert_eq!(copy.durable_through(), 2);
+        // Replay adds the rest, as after a crash.
+        assert_eq!(
+            copy.apply(3, vec![sample_log("a", now, "added")]).unwrap(),
+            1
+        );
+    }
 }

@@ -538,6 +538,47 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_holds_the_last_flush() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64)).collect();
+        let store =
+            MetricStore::open(&dir.path().join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        ingest(&store, vec![series("up", "a", &samples[..250])]);
+        store.flush(7).unwrap();
+        // Applied after the flush: the snapshot's WAL has these.
+        ingest(&store, vec![series("up", "a", &samples[250..])]);
+
+        let snapshot = dir.path().join("snapshot");
+        std::fs::create_dir(&snapshot).unwrap();
+        let mut backup = crate::backup::BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("metrics")).unwrap();
+        let inode = |root: &Path, file: &str| {
+            std::fs::metadata(root.join("metrics").join(file))
+                .unwrap()
+                .ino()
+        };
+        // Replaced whole by a rename: linked. Appended to: copied.
+        assert_eq!(
+            inode(&snapshot, "head.snap"),
+            inode(dir.path(), "head.snap")
+        );
+        for appended in ["series.log", "chunks/0000000000.chk"] {
+            assert_ne!(inode(&snapshot, appended), inode(dir.path(), appended));
+        }
+        store.flush(8).unwrap();
+
+        let copy =
+            MetricStore::open(&snapshot.join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        assert_eq!(copy.durable_through(), 7);
+        let got = copy
+            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .unwrap()
+            .series;
+        assert_eq!(got[0].samples.len(), 250);
+    }
+
+    #[test]
     fn survives_flush_and_reopen_across_sealed_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64 * 1.5)).collect();

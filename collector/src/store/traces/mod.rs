@@ -1053,6 +1053,38 @@ mod tests {
         store.flush().unwrap().expect("spans to flush");
     }
 
+    #[test]
+    fn a_snapshot_holds_the_committed_flushes_and_links_the_sealed_segment() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(&dir.path().join("traces"), SelfMetrics::new()).unwrap();
+        flush_segment(&store, 1, vec![span(1, 1, None, "sealed")]);
+        flush_segment(&store, 2, vec![span(2, 1, None, "current")]);
+        // Only in the head: the WAL copy brings it, not the store's.
+        store.apply(3, vec![span(3, 1, None, "head")]);
+
+        let snapshot = dir.path().join("snapshot");
+        std::fs::create_dir(&snapshot).unwrap();
+        let mut backup = BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("traces")).unwrap();
+        assert_eq!((backup.linked_files, backup.copied_files), (1, 1));
+        let inode = |root: &Path, id: u32| {
+            let path = root.join(format!("traces/blocks/{id:08}.blocks"));
+            std::fs::metadata(path).unwrap().ino()
+        };
+        assert_eq!(inode(&snapshot, 0), inode(dir.path(), 0));
+        assert_ne!(inode(&snapshot, 1), inode(dir.path(), 1));
+        // The copy stays as it was when the store moves on.
+        store.flush().unwrap();
+
+        let copy = TraceStore::open(&snapshot.join("traces"), SelfMetrics::new()).unwrap();
+        assert_eq!(copy.durable_through().unwrap(), 2);
+        assert_eq!(found(&copy, "sealed"), [1]);
+        assert_eq!(found(&copy, "current"), [2]);
+        assert!(found(&copy, "head").is_empty());
+        assert_eq!(copy.trace(&[2; 16]).unwrap().spans.len(), 1);
+    }
+
     fn retention(max_age_hours: u64, max_bytes: u64) -> Retention {
         Retention {
             max_age: std::time::Duration::from_secs(max_age_hours * 3600),
