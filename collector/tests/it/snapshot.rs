@@ -5,6 +5,10 @@
 //! with no damage reported; sealed files are hard links, appended ones
 //! copies; and the original directory restarts cleanly with the snapshot
 //! in it. Both daemons are the real binary, whose logs are read.
+//!
+//! On another filesystem (a tmpfs; mounting needs root, as CI has) every
+//! file is copied instead of linked, and a snapshot that fills it answers
+//! 507 and leaves nothing behind.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ use serde_json::Value;
 use strand_testkit::Strand;
 
 use crate::auth::{ADMIN, INGEST, READ, TOKEN_FLAGS};
+use crate::disk_full::Tmpfs;
 use crate::durability::service;
 use crate::support::remote_write as rw;
 use crate::support::{STRAND_BINARY, now_ms, prom};
@@ -517,4 +522,96 @@ async fn a_snapshot_taken_under_load_serves_everything_acknowledged_before_it() 
     assert_no_damage(&daemon, "the original daemon restarted");
     assert!(snapshot.join(sealed).exists() && snapshot.join("wal").is_dir());
     daemon.stop().await;
+}
+
+/// Incompressible log lines of `bytes` each, as one `_bulk` body.
+fn bulk_of_random_lines(lines: usize, bytes: usize) -> String {
+    let mut body = String::new();
+    for _ in 0..lines {
+        let noise: String = (0..bytes / 16)
+            .map(|_| format!("{:016x}", rand::random::<u64>()))
+            .collect();
+        body.push_str("{\"create\":{}}\n");
+        body.push_str(&format!("{{\"message\":\"bulky {noise}\"}}\n"));
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_another_filesystem_is_copied_and_a_full_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let disk = Tmpfs::mount(1);
+    std::os::unix::fs::symlink(disk.path(), data.join("snapshots")).unwrap();
+    let daemon = Strand::start(&data, &[]).await;
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let response = client
+            .post(daemon.url("/_bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(bulk_of_random_lines(8, 64 << 10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    // 2 MiB of logs do not fit in 1 MiB: refused, and nothing left.
+    let (status, answer) = request_snapshot(&daemon, None).await;
+    assert_eq!(status, 507, "{answer}");
+    assert_eq!(answer["status"], "error");
+    assert!(
+        answer["error"].as_str().unwrap().contains("No space left"),
+        "{answer}"
+    );
+    let left: Vec<_> = std::fs::read_dir(disk.path()).unwrap().collect();
+    assert!(left.is_empty(), "a failed snapshot left {left:?}");
+
+    disk.resize(64);
+    let (status, answer) = request_snapshot(&daemon, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let snapshot = PathBuf::from(answer["data"]["path"].as_str().unwrap());
+    let data_device = std::fs::metadata(&data).unwrap().dev();
+    let mut files = 0;
+    for entry in walk(&snapshot) {
+        assert_ne!(std::fs::metadata(&entry).unwrap().dev(), data_device);
+        files += 1;
+    }
+    assert!(files > 5, "{files} files");
+    let metrics = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["success", "failure"] {
+        assert!(
+            metrics.contains(&format!(
+                "strand_snapshots_total{{outcome=\"{outcome}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    daemon.stop().await;
+
+    let copy = Strand::start(&snapshot, &[]).await;
+    let (status, page) = copy.get_json("/api/logs?q=bulky&start=0&limit=100").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["logs"].as_array().unwrap().len(), 32, "{page}");
+    copy.stop().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
