@@ -105,6 +105,21 @@ impl BackupDir {
         Ok(())
     }
 
+    /// Counts as copied the files something else wrote under `relative`
+    /// (a database that copies itself).
+    pub fn count_written(&mut self, relative: &Path) -> io::Result<()> {
+        for entry in fs::read_dir(self.root.join(relative))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                self.count_written(&relative.join(entry.file_name()))?;
+            } else {
+                self.copied_files += 1;
+                self.copied_bytes += entry.metadata()?.len();
+            }
+        }
+        Ok(())
+    }
+
     /// Makes every directory entry under the root durable (file contents
     /// are synced as they are written).
     pub fn sync_dirs(&self) -> io::Result<()> {

@@ -55,8 +55,10 @@ impl SnapshotError {
     /// Whether the disk (or a quota) is full: 507 rather than 500.
     pub fn is_storage_full(&self) -> bool {
         let io = match self {
-            SnapshotError::Io(error) | SnapshotError::Store(StoreError::Io(error)) => error,
-            SnapshotError::Wal(WalError::Io(error)) => error,
+            SnapshotError::Io(error)
+            | SnapshotError::Store(StoreError::Io(error))
+            | SnapshotError::Store(StoreError::Index(sled::Error::Io(error)))
+            | SnapshotError::Wal(WalError::Io(error)) => error,
             _ => return false,
         };
         matches!(
@@ -97,8 +99,17 @@ impl Snapshotter {
 
     /// Writes a snapshot and returns its name and path; see the module
     /// docs. Counted and timed on `/metrics`, reported as `SnapshotWritten`
-    /// or `SnapshotError`.
+    /// or `SnapshotError`. Runs to the end as its own task even when the
+    /// caller stops waiting (a client that hung up), so a second snapshot
+    /// never starts beside it.
     pub async fn take(self: &Arc<Self>) -> Result<Written, SnapshotError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.take_alone().await })
+            .await
+            .map_err(|error| SnapshotError::Task(error.to_string()))?
+    }
+
+    async fn take_alone(self: &Arc<Self>) -> Result<Written, SnapshotError> {
         let _one = self.one_at_a_time.lock().await;
         let started = Instant::now();
         let name = snapshot_name(SystemTime::now(), rand::random());
