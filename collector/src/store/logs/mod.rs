@@ -659,7 +659,16 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
-        let store = LogStore::open(&logs, Duration::from_secs(3600), SelfMetrics::new()).unwrap();
+        let open = |dir: &Path| {
+            LogStore::open(
+                dir,
+                Duration::from_secs(3600),
+                schema::HOT_WRITER_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap()
+        };
+        let store = open(&logs);
         let now = 1_000 * HOUR;
         store
             .apply(1, vec![sample_log("a", now - HOUR, "older hour")])
@@ -690,12 +699,7 @@ mod tests {
         }
         assert!(linked > 0);
 
-        let copy = LogStore::open(
-            &snapshot.join("logs"),
-            Duration::from_secs(3600),
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let copy = open(&snapshot.join("logs"));
         assert_eq!(documents(&copy), 2);
         assert_eq!(copy.durable_through(), 2);
         // Replay adds the rest, as after a crash.

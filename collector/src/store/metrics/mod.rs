@@ -572,7 +572,7 @@ mod tests {
             MetricStore::open(&snapshot.join("metrics"), limits(), SelfMetrics::new()).unwrap();
         assert_eq!(copy.durable_through(), 7);
         let got = copy
-            .select(&[matcher("job", "a")], 0, i64::MAX)
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
             .unwrap()
             .series;
         assert_eq!(got[0].samples.len(), 250);

@@ -44,6 +44,9 @@ pub use deps::Edge;
 /// small enough that reading one trace decompresses little.
 /// Also what one damaged block costs: at 64 KiB, a few dozen typical traces.
 const BLOCK_TARGET_BYTES: usize = 64 << 10;
+/// sled's cache while a snapshot copies the index into a new database:
+/// the copy only writes, so a small cache keeps its memory small.
+const SNAPSHOT_INDEX_CACHE_BYTES: u64 = 8 << 20;
 /// `T` keys checked per retention run for references into dropped segments:
 /// bounds how long one run holds up the flusher.
 const TRACE_SWEEP_KEYS: usize = 100_000;
@@ -779,6 +782,7 @@ impl TraceStore {
         let index_dir = backup.create_dir(&relative.join("index"))?;
         let copy = sled::Config::new()
             .path(index_dir)
+            .cache_capacity(SNAPSHOT_INDEX_CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
         let mut committed = BTreeMap::new();
@@ -1058,7 +1062,12 @@ mod tests {
     fn a_snapshot_holds_the_committed_flushes_and_links_the_sealed_segment() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(&dir.path().join("traces"), SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            &dir.path().join("traces"),
+            TEST_CACHE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         flush_segment(&store, 1, vec![span(1, 1, None, "sealed")]);
         flush_segment(&store, 2, vec![span(2, 1, None, "current")]);
         // Only in the head: the WAL copy brings it, not the store's.
@@ -1080,7 +1089,12 @@ mod tests {
         // The copy stays as it was when the store moves on.
         store.flush().unwrap();
 
-        let copy = TraceStore::open(&snapshot.join("traces"), SelfMetrics::new()).unwrap();
+        let copy = TraceStore::open(
+            &snapshot.join("traces"),
+            TEST_CACHE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(copy.durable_through().unwrap(), 2);
         assert_eq!(found(&copy, "sealed"), [1]);
         assert_eq!(found(&copy, "current"), [2]);
