@@ -414,15 +414,7 @@ async fn a_snapshot_taken_under_load_serves_everything_acknowledged_before_it() 
     }
     let log = daemon.log();
     assert!(log.contains("SnapshotWritten"), "{log}");
-    let metrics = reqwest::Client::new()
-        .get(daemon.url("/metrics"))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     assert!(
         metrics.contains("strand_snapshots_total{outcome=\"success\"} 1"),
         "{metrics}"
@@ -579,12 +571,7 @@ async fn a_snapshot_on_another_filesystem_is_copied_and_a_full_one_leaves_nothin
         files += 1;
     }
     assert!(files > 5, "{files} files");
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     for outcome in ["success", "failure"] {
         assert!(
             metrics.contains(&format!(
