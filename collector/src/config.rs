@@ -351,7 +351,8 @@ pub struct ServeArgs {
     )]
     pub read_token: Vec<String>,
 
-    /// A token granting the admin scope (changing dashboards) and every
+    /// A token granting the admin scope (changing dashboards, taking
+    /// snapshots) and every
     /// other scope; repeatable like ingest_token.
     #[arg(
         long,

@@ -29,12 +29,16 @@
 //! - `connections`: how many connections each listener serves, and how
 //!   long a peer may leave an answer unread.
 //! - `memory`: `--memory-limit` — its shares, and the ingest edge's checks.
+//! - `snapshot`: consistent copies of the data directory while ingest goes
+//!   on (`POST /api/admin/snapshot`), from the WAL's durable records and each
+//!   store's last flush; `backup` links or copies their files.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
 
 mod api;
 mod auth;
+mod backup;
 mod codec;
 pub mod config;
 mod connections;
@@ -45,6 +49,7 @@ mod memory;
 pub mod model;
 mod pipeline;
 mod query;
+mod snapshot;
 mod store;
 mod telemetry;
 mod tls;
@@ -270,11 +275,17 @@ pub async fn run(
     );
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
-        stores,
+        stores: stores.clone(),
         self_metrics: self_metrics.clone(),
         healthy: healthy.clone(),
         queries: query::pool::QueryPool::start(&config.queries)
             .context("starting the query threads")?,
+        snapshots: Arc::new(snapshot::Snapshotter::new(
+            config.data_dir.clone(),
+            pipeline.wal(),
+            stores,
+            self_metrics.clone(),
+        )),
     });
     let http = serve_http(
         http_listener,

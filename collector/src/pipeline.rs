@@ -183,6 +183,12 @@ impl Pipeline {
         }))
     }
 
+    /// A handle on the write-ahead log, for snapshots of the data
+    /// directory (which copy its durable records).
+    pub fn wal(&self) -> Wal {
+        self.wal.clone()
+    }
+
     /// Makes samples durable and queryable; returns once they are both.
     /// Samples out of order or beyond the series limits are left out and
     /// reported; the rest are stored.

@@ -77,6 +77,11 @@ pub struct SelfMetrics {
     /// Connections closed because the peer left an answer unread for
     /// `--stalled-write-timeout`, by listener.
     pub connection_write_stalls: IntCounterVec,
+    /// Data directory snapshots (`POST /api/admin/snapshot`), by outcome
+    /// (`success`, `failure`).
+    pub snapshots: IntCounterVec,
+    /// Time to write a snapshot, successful or not.
+    pub snapshot_seconds: Histogram,
 }
 
 impl SelfMetrics {
@@ -289,6 +294,24 @@ impl SelfMetrics {
                 &["listener"],
             )
             .expect("valid metric"),
+            snapshots: IntCounterVec::new(
+                Opts::new(
+                    "strand_snapshots_total",
+                    "Snapshots of the data directory, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            snapshot_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strand_snapshot_duration_seconds",
+                    "Time to write a snapshot of the data directory",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -323,6 +346,8 @@ impl SelfMetrics {
             Box::new(metrics.ingest_in_flight_bytes.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.connection_write_stalls.clone()),
+            Box::new(metrics.snapshots.clone()),
+            Box::new(metrics.snapshot_seconds.clone()),
         ];
         for collector in collectors {
             metrics

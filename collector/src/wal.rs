@@ -96,7 +96,21 @@ enum Command {
         _permit: OwnedSemaphorePermit,
     },
     TruncateThrough(u64),
+    Cut(oneshot::Sender<io::Result<Vec<SegmentCut>>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One segment of the log as [`Wal::cut`] found it: the durable records
+/// are the first `len` bytes of `file`.
+pub struct SegmentCut {
+    /// The segment's file name, `<first seq>.wal2`.
+    pub name: std::ffi::OsString,
+    pub path: PathBuf,
+    /// Open, so its bytes stay readable if truncation deletes it.
+    pub file: File,
+    pub len: u64,
+    /// Never appended to again (only deleted once the stores have it).
+    pub sealed: bool,
 }
 
 /// Handle to the log; cheap to clone, all clones feed the one writer thread.
@@ -249,6 +263,18 @@ impl Wal {
     /// See the field of the same name.
     pub fn applied_through(&self) -> u64 {
         self.applied_through.load(Ordering::Acquire)
+    }
+
+    /// The log's segments between two group commits, each with the length
+    /// of its durable records: every record acknowledged before the call is
+    /// in them, none that a failing group takes back out is. What a
+    /// snapshot of the data directory copies.
+    pub async fn cut(&self) -> Result<Vec<SegmentCut>, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Cut(tx))
+            .map_err(|_| WalError::Closed)?;
+        Ok(rx.await.map_err(|_| WalError::Closed)??)
     }
 
     /// Deletes segments whose records are all at or below `seq` (they are safe
@@ -455,6 +481,7 @@ impl Writer {
             };
             let mut pending = Vec::new();
             let mut shutdown = None;
+            let mut cuts = Vec::new();
             let mut write_result = Ok(());
             for command in group {
                 match command {
@@ -480,6 +507,8 @@ impl Writer {
                     // Safe in the middle of a group: a segment whose last record is
                     // at or below `seq` holds no record of this group.
                     Command::TruncateThrough(seq) => self.truncate_through(seq),
+                    // Answered once the group is durable or taken back out.
+                    Command::Cut(reply) => cuts.push(reply),
                     Command::Shutdown(done) => shutdown = Some(done),
                 }
             }
@@ -512,6 +541,9 @@ impl Writer {
                         ))));
                     }
                 }
+            }
+            for reply in cuts {
+                let _ = reply.send(self.cut());
             }
             if let Some(done) = shutdown {
                 let _ = done.send(());
@@ -625,6 +657,29 @@ impl Writer {
             }
         }
         self.closed = kept;
+    }
+
+    /// Every segment with its length, between groups: all written bytes
+    /// are flushed and synced, or were taken back out.
+    fn cut(&self) -> io::Result<Vec<SegmentCut>> {
+        let sealed = self.closed.iter().map(|segment| (segment, true));
+        let active = self.active.iter().map(|a| (&a.segment, false));
+        sealed
+            .chain(active)
+            .map(|(segment, sealed)| {
+                Ok(SegmentCut {
+                    name: segment
+                        .path
+                        .file_name()
+                        .unwrap_or(segment.path.as_os_str())
+                        .to_owned(),
+                    path: segment.path.clone(),
+                    file: File::open(&segment.path)?,
+                    len: segment.bytes,
+                    sealed,
+                })
+            })
+            .collect()
     }
 
     fn close_active(&mut self) {
@@ -813,6 +868,44 @@ mod tests {
         wal.shutdown().await;
         let (_, seen) = open(dir.path(), 0);
         assert_eq!(seen, vec![(3, b"c".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_cut_holds_exactly_the_records_acknowledged_before_it() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"a").await;
+        append(&wal, b"b").await;
+        wal.shutdown().await;
+        // Segments found at open are never appended to again.
+        let (wal, _) = open(dir.path(), 0);
+        append(&wal, b"c").await;
+        let cut = wal.cut().await.unwrap();
+        append(&wal, b"after the cut").await;
+        assert_eq!(
+            cut.iter()
+                .map(|s| (s.sealed, s.name.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (true, format!("{:020}{SEGMENT_SUFFIX}", 1).into()),
+                (false, format!("{:020}{SEGMENT_SUFFIX}", 3).into()),
+            ]
+        );
+        assert!(fs::metadata(&cut[1].path).unwrap().len() > cut[1].len);
+
+        let copy = tempfile::tempdir().unwrap();
+        for mut segment in cut {
+            let mut bytes = Vec::new();
+            (&mut segment.file)
+                .take(segment.len)
+                .read_to_end(&mut bytes)
+                .unwrap();
+            fs::write(copy.path().join(&segment.name), bytes).unwrap();
+        }
+        let (_, seen) = open(copy.path(), 0);
+        let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [b"a".as_slice(), b"b", b"c"]);
     }
 
     #[tokio::test]

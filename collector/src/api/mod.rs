@@ -2,6 +2,7 @@
 //! Prometheus query API, dashboards, health endpoints, Strand's own
 //! `/metrics` and the embedded web UI (`/`, `/ui/*`).
 
+mod admin;
 mod dashboards;
 mod jaeger;
 mod logs;
@@ -20,6 +21,7 @@ use axum::routing::get;
 
 use crate::auth::{Auth, Scope};
 use crate::query::pool::QueryPool;
+use crate::snapshot::Snapshotter;
 use crate::store::Stores;
 use crate::telemetry::SelfMetrics;
 
@@ -32,11 +34,13 @@ pub struct ApiState {
     pub healthy: Arc<AtomicBool>,
     /// Where queries run (bounded, below ingest's priority).
     pub queries: QueryPool,
+    /// Writes snapshots of the data directory (admin only).
+    pub snapshots: Arc<Snapshotter>,
 }
 
 /// The API router; testable without a socket. Health endpoints and the
 /// UI's files are open (the UI must load to ask for a token); queries need
-/// the read scope, changing dashboards the admin scope, and `/metrics`
+/// the read scope, changing dashboards and snapshots the admin scope, and `/metrics`
 /// the read scope unless `public_metrics`.
 pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router {
     let queries = Router::new()
@@ -55,6 +59,7 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
         .merge(metrics)
         .merge(auth.guard(queries, Scope::Read, Scope::Read))
         .merge(auth.guard(dashboards::router(), Scope::Read, Scope::Admin))
+        .merge(auth.guard(admin::router(), Scope::Admin, Scope::Admin))
         .merge(ui::router())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(axum::middleware::map_response(retry_after_when_unavailable))

@@ -19,6 +19,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::backup::BackupDir;
+
 use promql_parser::parser::value::ValueType;
 use serde::{Deserialize, Serialize};
 
@@ -236,6 +238,22 @@ impl DashboardStore {
 
     fn path(&self, id: &DashboardId) -> PathBuf {
         self.dir.join(format!("{}.json", id.0))
+    }
+
+    /// Links every stored dashboard into `relative` under `backup` (each
+    /// file is replaced whole by a rename, never written in place).
+    pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> io::Result<()> {
+        let _writes = self.writes.lock().expect("not poisoned");
+        backup.create_dir(relative)?;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(name) = path.file_name()
+            {
+                backup.link(&path, &relative.join(name))?;
+            }
+        }
+        Ok(())
     }
 
     /// The built-in dashboard first, then the stored ones by title.

@@ -62,7 +62,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The file in a store's directory naming the version of the store's file
 /// formats, for stores whose files carry none of their own.
-const FORMAT_FILE: &str = "FORMAT";
+pub(crate) const FORMAT_FILE: &str = "FORMAT";
 
 /// Checks that the `store` in `dir` is in format `version` and records it
 /// there if it is not yet. A directory without the file was written before

@@ -204,6 +204,12 @@ fn endpoints() -> Vec<Endpoint> {
             "/api/dashboards/auth-test",
             Needs::Admin,
         ),
+        endpoint(
+            Port::Http,
+            Method::POST,
+            "/api/admin/snapshot",
+            Needs::Admin,
+        ),
         Endpoint {
             content_type: "application/x-protobuf",
             body: write,

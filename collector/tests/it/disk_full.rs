@@ -16,12 +16,12 @@ use crate::support::remote_write as rw;
 use crate::support::{STRAND_BINARY, now_ms};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    fn mount(megabytes: u32) -> Tmpfs {
+    pub(crate) fn mount(megabytes: u32) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
@@ -36,8 +36,18 @@ impl Tmpfs {
         Tmpfs { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Grows (or shrinks) the filesystem to `megabytes`.
+    pub(crate) fn resize(&self, megabytes: u32) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m")])
+            .arg(self.dir.path())
+            .status()
+            .expect("`mount` runs");
+        assert!(status.success(), "remounting the tmpfs failed");
     }
 }
 

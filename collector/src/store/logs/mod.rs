@@ -30,6 +30,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
 
+use crate::backup::BackupDir;
 use crate::config::Retention;
 use crate::model::LogRecord;
 use crate::store::{self, Result, StoreError};
@@ -46,6 +47,10 @@ const FORMAT_VERSION: u32 = 1;
 /// Retention renames a partition's directory to `<start>.dropped` before
 /// deleting it, so a new partition of the same start never shares it.
 const DROPPED_SUFFIX: &str = "dropped";
+/// Tantivy's files naming a partition's committed segments, and every file
+/// it manages (deletes when unused); tantivy does not export the names.
+const META_FILE: &str = "meta.json";
+const MANAGED_FILE: &str = ".managed.json";
 
 impl From<tantivy::TantivyError> for StoreError {
     fn from(error: tantivy::TantivyError) -> Self {
@@ -359,6 +364,47 @@ impl LogStore {
         Ok(doomed.len())
     }
 
+    /// Writes every partition as of its last commit into `relative` under
+    /// `backup`; commits and retention wait meanwhile, records keep being
+    /// added (the WAL the snapshot also holds has those not committed).
+    /// Tantivy never rewrites a segment file, so the files of the commit's
+    /// segments are hard-linked, and its `meta.json` copied; a merge that
+    /// finishes meanwhile may delete files the commit named, and then the
+    /// partition is taken again from its new `meta.json`.
+    pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
+        let _maintenance = self.maintenance.lock().expect("not poisoned");
+        backup.create_dir(relative)?;
+        let format = self.dir.join(crate::store::FORMAT_FILE);
+        if format.exists() {
+            backup.copy(&format, &relative.join(crate::store::FORMAT_FILE))?;
+        }
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for partition in partitions {
+            let Some(name) = partition.dir.file_name() else {
+                continue;
+            };
+            let target = relative.join(name);
+            let mut attempts = 0;
+            while !snapshot_partition(&partition, backup, &target)? {
+                fs::remove_dir_all(backup.root().join(&target))?;
+                attempts += 1;
+                if attempts == PARTITION_SNAPSHOT_ATTEMPTS {
+                    return Err(StoreError::Search(format!(
+                        "{}: merges changed the partition {attempts} times while it was copied",
+                        partition.dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Parses a query in tantivy's syntax; body is the default field.
     pub fn parse_query(&self, text: &str) -> std::result::Result<Box<dyn Query>, QueryParserError> {
         let mut parser = QueryParser::new(
@@ -478,6 +524,56 @@ impl LogStore {
     }
 }
 
+/// How often [`LogStore::snapshot`] takes a partition again when merges
+/// keep replacing its segments under it.
+const PARTITION_SNAPSHOT_ATTEMPTS: u32 = 5;
+
+/// Links the files of `partition`'s last commit into `target` and copies
+/// its `meta.json` and tantivy's list of the files it manages; returns false
+/// when a file of the commit went meanwhile (the caller starts over).
+fn snapshot_partition(
+    partition: &Partition,
+    backup: &mut BackupDir,
+    target: &Path,
+) -> Result<bool> {
+    let meta_path = partition.dir.join(META_FILE);
+    let meta = match fs::read(&meta_path) {
+        Ok(meta) => meta,
+        // Created, never committed: the WAL holds all of it.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(error) => return Err(error.into()),
+    };
+    let metas = partition.index.load_metas()?;
+    if fs::read(&meta_path)? != meta {
+        return Ok(false);
+    }
+    backup.create_dir(target)?;
+    for file in metas.list_segment_files() {
+        match backup.link(&partition.dir.join(&file), &target.join(&file)) {
+            Ok(()) => {}
+            // Tantivy lists every file a segment may have. One missing
+            // while `meta.json` is unchanged never existed: tantivy deletes
+            // a file only after a new `meta.json` stopped naming it.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if fs::read(&meta_path)? != meta {
+                    return Ok(false);
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    backup.write(&target.join(META_FILE), &meta)?;
+    // Read after the links: it names every file linked (tantivy lists a
+    // file before creating it), so the snapshot's own merges delete them.
+    match backup.copy(
+        &partition.dir.join(MANAGED_FILE),
+        &target.join(MANAGED_FILE),
+    ) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(true),
+    }
+}
+
 fn partition_start(path: &Path) -> Option<u64> {
     let seconds: u64 = path.file_name()?.to_str()?.parse().ok()?;
     seconds.checked_mul(1_000_000_000)
@@ -556,5 +652,60 @@ mod tests {
         let store = open().unwrap();
         assert!(!interrupted.exists());
         assert_eq!(documents(&store), 3);
+    }
+
+    #[test]
+    fn a_snapshot_holds_each_partition_as_committed_and_links_its_segment_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let open = |dir: &Path| {
+            LogStore::open(
+                dir,
+                Duration::from_secs(3600),
+                schema::HOT_WRITER_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap()
+        };
+        let store = open(&logs);
+        let now = 1_000 * HOUR;
+        store
+            .apply(1, vec![sample_log("a", now - HOUR, "older hour")])
+            .unwrap();
+        store
+            .apply(2, vec![sample_log("a", now, "committed")])
+            .unwrap();
+        store.commit().unwrap();
+        // Not committed: the snapshot's WAL has it.
+        store.apply(3, vec![sample_log("a", now, "added")]).unwrap();
+
+        let snapshot = dir.path().join("snapshot");
+        fs::create_dir(&snapshot).unwrap();
+        let mut backup = BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("logs")).unwrap();
+        store.commit().unwrap();
+
+        let partition = format!("{}", now / 1_000_000_000);
+        let copied = snapshot.join("logs").join(&partition);
+        let mut linked = 0;
+        for entry in fs::read_dir(&copied).unwrap() {
+            let name = entry.unwrap().file_name();
+            let (copy, original) = (copied.join(&name), logs.join(&partition).join(&name));
+            let same = fs::metadata(&copy).unwrap().ino() == fs::metadata(&original).unwrap().ino();
+            let is_json = name.to_str().unwrap().ends_with(".json");
+            assert_eq!(same, !is_json, "{name:?}");
+            linked += usize::from(same);
+        }
+        assert!(linked > 0);
+
+        let copy = open(&snapshot.join("logs"));
+        assert_eq!(documents(&copy), 2);
+        assert_eq!(copy.durable_through(), 2);
+        // Replay adds the rest, as after a crash.
+        assert_eq!(
+            copy.apply(3, vec![sample_log("a", now, "added")]).unwrap(),
+            1
+        );
     }
 }

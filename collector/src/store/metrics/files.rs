@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::BackupDir;
 use crate::frame;
 use crate::model::{Label, MetricMetadata};
 use crate::store::{Result, StoreError};
@@ -317,6 +318,43 @@ impl ChunkFiles {
     pub(super) fn bytes(&self) -> u64 {
         self.files.values().map(|(size, _)| size).sum()
     }
+}
+
+/// Writes the store in `dir` into `relative` under `backup` as its last
+/// flush left it; the caller holds off flushes and retention. The series
+/// log and the newest chunk file are copied — appended to, and cut on open
+/// — up to what was flushed; the older chunk files (never written again)
+/// and the head snapshot (replaced whole by a rename) are linked.
+pub(super) fn snapshot(
+    dir: &Path,
+    chunks: &ChunkFiles,
+    backup: &mut BackupDir,
+    relative: &Path,
+) -> Result<()> {
+    backup.create_dir(&relative.join(CHUNK_DIR))?;
+    for name in [crate::store::FORMAT_FILE, SERIES_LOG] {
+        match backup.copy(&dir.join(name), &relative.join(name)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+            _ => {}
+        }
+    }
+    match backup.link(&dir.join(SNAPSHOT), &relative.join(SNAPSHOT)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
+    let newest = chunks.files.keys().next_back().copied();
+    for (&number, &(size, _)) in &chunks.files {
+        let path = chunks.path(number);
+        let name = relative
+            .join(CHUNK_DIR)
+            .join(path.file_name().unwrap_or(path.as_os_str()));
+        if Some(number) == newest {
+            backup.copy_prefix(&mut File::open(&path)?, size, &name)?;
+        } else {
+            backup.link(&path, &name)?;
+        }
+    }
+    Ok(())
 }
 
 /// `head.snap`: the open chunk of every series and the metadata, as of a WAL

@@ -444,6 +444,16 @@ impl MetricStore {
         Ok(doomed.len())
     }
 
+    /// Writes the store as its last flush left it into `relative` under
+    /// `backup` (see `files::snapshot`); flushes and retention wait
+    /// meanwhile, samples keep arriving (the WAL the snapshot also holds
+    /// has those not flushed).
+    pub fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
+        let _flush = self.flushing.lock().expect("not poisoned");
+        let chunks = self.files.lock().expect("not poisoned");
+        files::snapshot(&self.dir, &chunks, backup, relative)
+    }
+
     /// Bytes of the store's files.
     pub fn disk_bytes(&self) -> u64 {
         let chunks = self.files.lock().expect("not poisoned").bytes();
@@ -525,6 +535,47 @@ mod tests {
             .map(|s| s.timestamp_ms)
             .collect();
         assert_eq!(times, samples.iter().map(|s| s.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_last_flush() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64)).collect();
+        let store =
+            MetricStore::open(&dir.path().join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        ingest(&store, vec![series("up", "a", &samples[..250])]);
+        store.flush(7).unwrap();
+        // Applied after the flush: the snapshot's WAL has these.
+        ingest(&store, vec![series("up", "a", &samples[250..])]);
+
+        let snapshot = dir.path().join("snapshot");
+        std::fs::create_dir(&snapshot).unwrap();
+        let mut backup = crate::backup::BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("metrics")).unwrap();
+        let inode = |root: &Path, file: &str| {
+            std::fs::metadata(root.join("metrics").join(file))
+                .unwrap()
+                .ino()
+        };
+        // Replaced whole by a rename: linked. Appended to: copied.
+        assert_eq!(
+            inode(&snapshot, "head.snap"),
+            inode(dir.path(), "head.snap")
+        );
+        for appended in ["series.log", "chunks/0000000000.chk"] {
+            assert_ne!(inode(&snapshot, appended), inode(dir.path(), appended));
+        }
+        store.flush(8).unwrap();
+
+        let copy =
+            MetricStore::open(&snapshot.join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        assert_eq!(copy.durable_through(), 7);
+        let got = copy
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
+            .unwrap()
+            .series;
+        assert_eq!(got[0].samples.len(), 250);
     }
 
     #[test]

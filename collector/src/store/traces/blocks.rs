@@ -9,7 +9,7 @@
 //! trace, so reading one trace decompresses its block but decodes only its own
 //! table. On disk a block is one [`frame`](crate::frame) holding a zstd frame.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::backup::BackupDir;
 use crate::codec;
 use crate::frame;
 use crate::model::{Span, TraceId};
@@ -375,6 +376,38 @@ impl Segments {
             match fs::remove_file(self.path(*id)) {
                 Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error.into()),
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the segments the index maps (`committed`: id -> committed
+    /// length) into `relative` under `backup`: hard links for those never
+    /// appended to again and no longer than committed, copies of the
+    /// committed bytes of the rest (the current segment; one with bytes of
+    /// a failed flush after them, which an open would cut). A mapped file
+    /// that is gone is damage the daemon reports on reads, and is left
+    /// out. The caller holds off flushes and retention.
+    pub fn snapshot(
+        &self,
+        committed: &BTreeMap<u32, u64>,
+        backup: &mut BackupDir,
+        relative: &Path,
+    ) -> Result<()> {
+        let current = self.current();
+        backup.create_dir(relative)?;
+        for (&id, &len) in committed {
+            let path = self.path(id);
+            let name = relative.join(path.file_name().unwrap_or(path.as_os_str()));
+            let file_len = match fs::metadata(&path) {
+                Ok(metadata) => metadata.len(),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error.into()),
+            };
+            if Some(id) != current && file_len <= len {
+                backup.link(&path, &name)?;
+            } else {
+                backup.copy_prefix(&mut File::open(&path)?, len.min(file_len), &name)?;
             }
         }
         Ok(())

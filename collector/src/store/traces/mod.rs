@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use crate::backup::BackupDir;
 use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
@@ -43,6 +44,9 @@ pub use deps::Edge;
 /// small enough that reading one trace decompresses little.
 /// Also what one damaged block costs: at 64 KiB, a few dozen typical traces.
 const BLOCK_TARGET_BYTES: usize = 64 << 10;
+/// sled's cache while a snapshot copies the index into a new database:
+/// the copy only writes, so a small cache keeps its memory small.
+const SNAPSHOT_INDEX_CACHE_BYTES: u64 = 8 << 20;
 /// `T` keys checked per retention run for references into dropped segments:
 /// bounds how long one run holds up the flusher.
 const TRACE_SWEEP_KEYS: usize = 100_000;
@@ -765,6 +769,39 @@ impl TraceStore {
         Ok(())
     }
 
+    /// Writes the store as a restart after its last commit would find it
+    /// into `relative` under `backup`, while spans keep arriving: the head
+    /// is left to the WAL the snapshot also holds. Flushes, checkpoints
+    /// and retention wait meanwhile (the head keeps taking spans). The
+    /// index is copied key by key into a new sled database — sled 0.34
+    /// has no online backup, and its files change behind its own threads —
+    /// and the segments the index maps are linked when sealed and copied up
+    /// to their committed length otherwise.
+    pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        let index_dir = backup.create_dir(&relative.join("index"))?;
+        let copy = sled::Config::new()
+            .path(index_dir)
+            .cache_capacity(SNAPSHOT_INDEX_CACHE_BYTES)
+            .flush_every_ms(None)
+            .open()?;
+        let mut committed = BTreeMap::new();
+        for entry in self.db.iter() {
+            let (key, value) = entry?;
+            if key.starts_with(index::META_SEGMENT_PREFIX) {
+                committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
+            }
+            // One key at a time: sled holds a batch in memory.
+            copy.insert(key, value)?;
+        }
+        copy.flush()?;
+        drop(copy);
+        backup.count_written(&relative.join("index"))?;
+        self.segments
+            .snapshot(&committed, backup, &relative.join("blocks"))?;
+        Ok(())
+    }
+
     /// Bytes on disk: span blocks and index.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.disk_bytes() + self.db.size_on_disk().unwrap_or(0)
@@ -1019,6 +1056,50 @@ mod tests {
         store.segments.rotate();
         store.apply(seq, spans);
         store.flush().unwrap().expect("spans to flush");
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_committed_flushes_and_links_the_sealed_segment() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(
+            &dir.path().join("traces"),
+            TEST_CACHE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        flush_segment(&store, 1, vec![span(1, 1, None, "sealed")]);
+        flush_segment(&store, 2, vec![span(2, 1, None, "current")]);
+        // Only in the head: the WAL copy brings it, not the store's.
+        store.apply(3, vec![span(3, 1, None, "head")]);
+
+        let snapshot = dir.path().join("snapshot");
+        std::fs::create_dir(&snapshot).unwrap();
+        let mut backup = BackupDir::new(snapshot.clone());
+        store.snapshot(&mut backup, Path::new("traces")).unwrap();
+        // The sealed segment linked; the current one and sled's files copied.
+        assert_eq!(backup.linked_files, 1);
+        assert!(backup.copied_files > 1);
+        let inode = |root: &Path, id: u32| {
+            let path = root.join(format!("traces/blocks/{id:08}.blocks"));
+            std::fs::metadata(path).unwrap().ino()
+        };
+        assert_eq!(inode(&snapshot, 0), inode(dir.path(), 0));
+        assert_ne!(inode(&snapshot, 1), inode(dir.path(), 1));
+        // The copy stays as it was when the store moves on.
+        store.flush().unwrap();
+
+        let copy = TraceStore::open(
+            &snapshot.join("traces"),
+            TEST_CACHE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        assert_eq!(copy.durable_through().unwrap(), 2);
+        assert_eq!(found(&copy, "sealed"), [1]);
+        assert_eq!(found(&copy, "current"), [2]);
+        assert!(found(&copy, "head").is_empty());
+        assert_eq!(copy.trace(&[2; 16]).unwrap().spans.len(), 1);
     }
 
     fn retention(max_age_hours: u64, max_bytes: u64) -> Retention {
