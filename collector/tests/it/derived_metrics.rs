@@ -10,7 +10,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
-use strand_testkit::{Strand, eventually};
+use strand_testkit::{DEADLINE, Strand, eventually};
 
 use crate::support::shop_fixture::send_everything;
 
@@ -69,7 +69,16 @@ async fn self_scrape_and_configured_targets_report_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn red_metrics_are_derived_from_spans() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Strand::start(dir.path(), &["--self-scrape-interval", "0s"]).await;
+    let daemon = Strand::start(
+        dir.path(),
+        &[
+            "--self-scrape-interval",
+            "0s",
+            "--derived-metrics-interval",
+            "1s",
+        ],
+    )
+    .await;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(daemon.grpc_endpoint())
@@ -91,26 +100,21 @@ async fn red_metrics_are_derived_from_spans() {
         span.end();
     }
     provider.force_flush().unwrap();
-    // Derived metrics are written every 15 s, like a scrape.
-    let calls = eventually(Duration::from_secs(40), || async {
+    // Derived metrics are written like a scrape: here every second.
+    let calls = eventually(DEADLINE, || async {
         let calls = instant(
             &daemon,
             r#"sum by (status_code) (traces_span_metrics_calls_total{service_name="payment", span_name="POST /charge", span_kind="SPAN_KIND_SERVER"})"#,
             "status_code",
         )
         .await;
-        (calls.len() == 2).then_some(calls)
+        // A write may fall between two of the exports: wait for all five.
+        let all = calls.contains(&("STATUS_CODE_UNSET".to_owned(), 4.0))
+            && calls.contains(&("STATUS_CODE_ERROR".to_owned(), 1.0));
+        all.then_some(calls)
     })
-    .await
-    .expect("span metrics");
-    assert!(
-        calls.contains(&("STATUS_CODE_UNSET".to_owned(), 4.0)),
-        "{calls:?}"
-    );
-    assert!(
-        calls.contains(&("STATUS_CODE_ERROR".to_owned(), 1.0)),
-        "{calls:?}"
-    );
+    .await;
+    assert!(calls.is_some(), "span metrics of all five spans");
     let count = instant(
         &daemon,
         r#"sum(traces_span_metrics_duration_seconds_count{service_name="payment"})"#,
