@@ -505,6 +505,26 @@ pub struct Retention {
     pub max_bytes: u64,
 }
 
+impl Retention {
+    /// Fewest bytes at which a store starts a new file.
+    pub const MIN_FILE_BYTES: u64 = 256 << 10;
+    /// Most bytes at which a store starts a new file, and where it starts
+    /// one when there is no size limit.
+    pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+    /// How large a store lets one file (span segment, log partition) grow
+    /// before it starts a new one: an eighth of `max_bytes`, between
+    /// [`Retention::MIN_FILE_BYTES`] and [`Retention::MAX_FILE_BYTES`].
+    /// Retention drops whole files and never the newest, so this is how
+    /// closely it can hold the limit.
+    pub fn file_bytes(&self) -> u64 {
+        match self.max_bytes {
+            0 => Self::MAX_FILE_BYTES,
+            cap => (cap / 8).clamp(Self::MIN_FILE_BYTES, Self::MAX_FILE_BYTES),
+        }
+    }
+}
+
 /// Limits that keep the memory of the data path bounded.
 #[derive(Clone, Debug)]
 pub struct IngestLimits {

@@ -454,6 +454,11 @@ impl Pipeline {
                 tracing::error!(%error, "SpanCheckpointError");
                 return Err(error);
             }
+            // Under a size limit, every flush may take the store past it:
+            // retention follows at once rather than at its next interval.
+            if flushed.is_some() && pipeline.trace_settings.retention.max_bytes > 0 {
+                pipeline.retain_traces(crate::model::now_unix_nano());
+            }
             Ok::<_, crate::store::StoreError>(flushed.map(|flushed| {
                 pipeline.service_graph.record(&flushed.edges);
                 flushed.through_seq
@@ -480,7 +485,16 @@ impl Pipeline {
     pub async fn flush_logs(self: &Arc<Self>) -> bool {
         let pipeline = self.clone();
         let applied = self.wal.applied_through();
-        match tokio::task::spawn_blocking(move || pipeline.logs.commit()).await {
+        let committed = tokio::task::spawn_blocking(move || {
+            let committed = pipeline.logs.commit()?;
+            // As for spans: a commit may take the store past its size limit.
+            if committed > 0 && pipeline.log_settings.retention.max_bytes > 0 {
+                pipeline.retain_logs(crate::model::now_unix_nano());
+            }
+            Ok::<_, crate::store::StoreError>(committed)
+        })
+        .await;
+        match committed {
             Ok(Ok(_)) => {
                 self.logs_durable_through
                     .fetch_max(applied, Ordering::AcqRel);
@@ -590,24 +604,35 @@ impl Pipeline {
         }
     }
 
+    /// Applies trace retention as of `now` (Unix nanoseconds); an error is
+    /// logged and the next run tries again.
+    fn retain_traces(&self, now: u64) {
+        if let Err(error) = self
+            .traces
+            .enforce_retention(self.trace_settings.retention, now)
+        {
+            tracing::error!(%error, "TraceRetentionError");
+        }
+    }
+
+    /// Applies log retention as of `now`, as [`Pipeline::retain_traces`].
+    fn retain_logs(&self, now: u64) {
+        if let Err(error) = self
+            .logs
+            .enforce_retention(self.log_settings.retention, now)
+        {
+            tracing::error!(%error, "LogRetentionError");
+        }
+    }
+
     async fn enforce_retention(self: &Arc<Self>) {
         let pipeline = self.clone();
         let now = crate::model::now_unix_nano();
         let done = tokio::task::spawn_blocking(move || {
             // Marks the moment a crash test kills the daemon in.
             tracing::debug!("RetentionStarted");
-            if let Err(error) = pipeline
-                .traces
-                .enforce_retention(pipeline.trace_settings.retention, now)
-            {
-                tracing::error!(%error, "TraceRetentionError");
-            }
-            if let Err(error) = pipeline
-                .logs
-                .enforce_retention(pipeline.log_settings.retention, now)
-            {
-                tracing::error!(%error, "LogRetentionError");
-            }
+            pipeline.retain_traces(now);
+            pipeline.retain_logs(now);
             let retention = pipeline.metric_settings.retention;
             if let Err(error) = pipeline.metric_store.enforce_retention(
                 retention.max_age,

@@ -39,7 +39,14 @@ pub struct SelfMetrics {
     pub ingest_queue_bytes: IntGauge,
     /// Spans held in memory, not yet in span blocks.
     pub head_spans: IntGauge,
+    /// Bytes on disk per store (`traces`: segments and the sled index;
+    /// `logs`: the partitions; `metrics`: chunks, series log and snapshot).
     pub store_size_bytes: IntGaugeVec,
+    /// Files (span segments, log partitions, chunk files) retention
+    /// deleted, by signal and reason (`age`, `size`).
+    pub retention_dropped_files: IntCounterVec,
+    /// Bytes of those files.
+    pub retention_dropped_bytes: IntCounterVec,
     pub store_flush_seconds: Histogram,
     pub store_flush_errors: IntCounter,
     /// Attributes dropped beyond the count limit, by signal (`spans`, `logs`).
@@ -182,6 +189,22 @@ impl SelfMetrics {
             store_size_bytes: IntGaugeVec::new(
                 Opts::new("strand_store_size_bytes", "Bytes on disk per store"),
                 &["signal"],
+            )
+            .expect("valid metric"),
+            retention_dropped_files: IntCounterVec::new(
+                Opts::new(
+                    "strand_retention_dropped_files_total",
+                    "Files retention deleted, by reason (age, size)",
+                ),
+                &["signal", "reason"],
+            )
+            .expect("valid metric"),
+            retention_dropped_bytes: IntCounterVec::new(
+                Opts::new(
+                    "strand_retention_dropped_bytes_total",
+                    "Bytes of the files retention deleted, by reason (age, size)",
+                ),
+                &["signal", "reason"],
             )
             .expect("valid metric"),
             store_flush_seconds: Histogram::with_opts(
@@ -330,6 +353,8 @@ impl SelfMetrics {
             Box::new(metrics.ingest_queue_bytes.clone()),
             Box::new(metrics.head_spans.clone()),
             Box::new(metrics.store_size_bytes.clone()),
+            Box::new(metrics.retention_dropped_files.clone()),
+            Box::new(metrics.retention_dropped_bytes.clone()),
             Box::new(metrics.store_flush_seconds.clone()),
             Box::new(metrics.store_flush_errors.clone()),
             Box::new(metrics.attributes_dropped.clone()),
@@ -379,6 +404,18 @@ impl SelfMetrics {
         self.corrupt_data.with_label_values(&[store, &file]).inc();
     }
 
+    /// Counts one file of `signal` (`traces`, `logs`, `metrics`) that
+    /// retention deleted, `bytes` large.
+    pub fn retention_dropped(&self, signal: &str, reason: DropReason, bytes: u64) {
+        let labels = [signal, reason.as_str()];
+        self.retention_dropped_files
+            .with_label_values(&labels)
+            .inc();
+        self.retention_dropped_bytes
+            .with_label_values(&labels)
+            .inc_by(bytes);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -386,6 +423,25 @@ impl SelfMetrics {
         // `new` cannot register.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Why retention deleted a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its newest data was older than the store's retention time.
+    Age,
+    /// The store took more disk than its size limit.
+    Size,
+}
+
+impl DropReason {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Age => "age",
+            DropReason::Size => "size",
+        }
     }
 }
 
@@ -450,8 +506,18 @@ mod tests {
             .store_size_bytes
             .with_label_values(&["traces"])
             .set(10);
+        metrics.retention_dropped("logs", DropReason::Size, 1000);
+        metrics.retention_dropped("logs", DropReason::Size, 24);
         let text = metrics.render();
         assert!(text.contains("strand_spans_received_total{transport=\"grpc\"} 3"));
+        assert!(text.contains(
+            "strand_retention_dropped_bytes_total{reason=\"size\",signal=\"logs\"} 1024"
+        ));
+        assert!(
+            text.contains(
+                "strand_retention_dropped_files_total{reason=\"size\",signal=\"logs\"} 2"
+            )
+        );
         assert!(text.contains("strand_store_size_bytes{signal=\"traces\"} 10"));
         assert!(text.contains("strand_wal_fsync_duration_seconds_bucket"));
     }

@@ -3,9 +3,10 @@
 //! trace, and "what arrived since" for live tail.
 //!
 //! Order is by (timestamp, id), id being unique and increasing with arrival,
-//! so ties never reorder between pages. Partitions cover disjoint time ranges,
-//! so a page is filled from the newest partition down and stops as soon as it
-//! is full.
+//! so ties never reorder between pages. Time ranges of partitions are
+//! disjoint, so a page is filled from the newest range down and stops as
+//! soon as it is full; the several partitions of one range (see
+//! `store::logs`) overlap in time, and their matches are merged.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -191,37 +192,46 @@ pub fn search(
     // A record whose doc store block is damaged keeps its place (`None`), so
     // pages and cursors stay where they would be without the damage.
     let mut hits: Vec<((u64, u64), Option<LogHit>)> = Vec::new();
-    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
-        query.deadline.check()?;
+    let partitions = store.partitions_between(query.start_nanos, query.end_nanos);
+    for range in partitions.chunk_by(|a, b| a.start_nanos == b.start_nanos) {
         let wanted = limit.saturating_sub(hits.len());
-        let part = in_partition(store, &partition, |searcher| {
-            let count = searcher.search(&compiled, &Count)? as u64;
-            if wanted == 0 {
-                return Ok((count, Vec::new()));
-            }
-            let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
-                let keys = SortKeys::new(segment);
-                move |doc: DocId| {
-                    let key = keys.key(doc);
-                    // Records at or after the cursor sort below every real key.
-                    match before {
-                        Some(before) if key >= before => (0, 0),
-                        _ => key,
-                    }
+        // The range's best `wanted` across its partitions, newest first.
+        let mut found = Vec::new();
+        for partition in range {
+            query.deadline.check()?;
+            let part = in_partition(store, partition, |searcher| {
+                let count = searcher.search(&compiled, &Count)? as u64;
+                if wanted == 0 {
+                    return Ok((count, Vec::new()));
                 }
+                let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
+                    let keys = SortKeys::new(segment);
+                    move |doc: DocId| {
+                        let key = keys.key(doc);
+                        // Records at or after the cursor sort below every real key.
+                        match before {
+                            Some(before) if key >= before => (0, 0),
+                            _ => key,
+                        }
+                    }
+                });
+                Ok((count, searcher.search(&compiled, &top)?))
             });
-            Ok((count, searcher.search(&compiled, &top)?))
-        });
-        let Some((searcher, (count, top))) = part else {
-            damaged = true;
-            continue;
-        };
-        total += count;
-        for (key, address) in top {
-            if key == (0, 0) {
+            let Some((searcher, (count, top))) = part else {
+                damaged = true;
                 continue;
-            }
-            let hit = load_hit(store, &partition, &searcher, &fields, address, key.1);
+            };
+            total += count;
+            found.extend(
+                top.into_iter()
+                    .filter(|(key, _)| *key != (0, 0))
+                    .map(|(key, address)| (key, address, partition, searcher.clone())),
+            );
+        }
+        found.sort_by_key(|(key, ..)| std::cmp::Reverse(*key));
+        found.truncate(wanted);
+        for (key, address, partition, searcher) in found {
+            let hit = load_hit(store, partition, &searcher, &fields, address, key.1);
             damaged |= hit.is_none();
             hits.push((key, hit));
         }
@@ -646,9 +656,15 @@ mod tests {
 
     /// A log store with hourly partitions in `dir`.
     fn open(dir: &std::path::Path) -> LogStore {
+        open_with(dir, Retention::MAX_FILE_BYTES)
+    }
+
+    /// A store whose partitions close at `partition_bytes`.
+    fn open_with(dir: &std::path::Path, partition_bytes: u64) -> LogStore {
         LogStore::open(
             dir,
             Duration::from_secs(3600),
+            partition_bytes,
             crate::store::logs::schema::HOT_WRITER_BYTES,
             SelfMetrics::new(),
         )
@@ -764,6 +780,63 @@ mod tests {
             }
         }
         assert_eq!(seen, (5..=14).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_hour_in_several_partitions_pages_in_time_order_and_replays_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every commit closes its partition: each WAL record below gets one
+        // of its own, all four in the same hour.
+        let store = open_with(dir.path(), 1);
+        // Record `seq` holds times seq, seq + 4, seq + 8, ...: every
+        // partition spans the others' times.
+        let wal: Vec<(u64, Vec<LogRecord>)> = (1..=4u64)
+            .map(|seq| {
+                let records = (0..5u64)
+                    .map(|i| {
+                        let order = (seq + 4 * i) as i64;
+                        log(
+                            "order",
+                            BASE + order as u64 * 1000,
+                            "order created",
+                            9,
+                            order,
+                        )
+                    })
+                    .collect();
+                (seq, records)
+            })
+            .collect();
+        for (seq, records) in &wal {
+            store.apply(*seq, records.clone()).unwrap();
+            store.commit().unwrap();
+        }
+        assert!(store.partitions_between(0, u64::MAX).len() >= 4);
+        let all_pages = |store: &LogStore| {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = search(store, &query(""), 3, cursor).unwrap();
+                assert_eq!(page.total, 20);
+                seen.extend(orders(&page));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            seen
+        };
+        assert_eq!(all_pages(&store), (1..=20).rev().collect::<Vec<_>>());
+
+        // After a crash the WAL replays every record again: each partition
+        // of the hour skips what the hour has committed.
+        drop(store);
+        let store = open_with(dir.path(), 1);
+        for (seq, records) in wal {
+            assert_eq!(store.apply(seq, records).unwrap(), 0);
+        }
+        store.commit().unwrap();
+        assert_eq!(all_pages(&store), (1..=20).rev().collect::<Vec<_>>());
     }
 
     #[test]

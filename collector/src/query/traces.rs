@@ -198,7 +198,13 @@ mod tests {
     #[test]
     fn searches_memory_and_blocks_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), 1 << 20, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            1 << 20,
+            crate::config::Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let make = |trace: u8, start: u64, route: &str| {
             let mut s = sample_span(trace, 1, "order");
             s.start_unix_nano = start;

@@ -64,10 +64,17 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// formats, for stores whose files carry none of their own.
 pub(crate) const FORMAT_FILE: &str = "FORMAT";
 
-/// Checks that the `store` in `dir` is in format `version` and records it
-/// there if it is not yet. A directory without the file was written before
-/// it existed, in version 1 of every format that uses it.
-fn check_format(dir: &Path, store: &'static str, version: u32) -> Result<()> {
+/// Checks that the `store` in `dir` is in a format version of `readable`
+/// and records the newest of them there if it is not yet: every version in
+/// `readable` must be a valid directory of the newest. A directory without
+/// the file was written before it existed, in version 1 of every format that
+/// uses it.
+fn check_format(
+    dir: &Path,
+    store: &'static str,
+    readable: std::ops::RangeInclusive<u32>,
+) -> Result<()> {
+    let version = *readable.end();
     let path = dir.join(FORMAT_FILE);
     let recorded = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| {
@@ -77,14 +84,14 @@ fn check_format(dir: &Path, store: &'static str, version: u32) -> Result<()> {
         Err(error) => return Err(error.into()),
     };
     let found = recorded.unwrap_or(1);
-    if found != version {
+    if !readable.contains(&found) {
         return Err(StoreError::Incompatible {
             store,
             found,
             supported: version,
         });
     }
-    if recorded.is_none() {
+    if recorded != Some(version) {
         let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
         let mut file = std::fs::File::create(&temporary)?;
         std::io::Write::write_all(&mut file, format!("{version}\n").as_bytes())?;
@@ -147,12 +154,14 @@ impl Stores {
         let traces = TraceStore::open(
             &data_dir.join("traces"),
             config.traces.index_cache_bytes,
+            config.traces.retention.file_bytes(),
             self_metrics.clone(),
         )
         .context("opening the trace store")?;
         let logs = LogStore::open(
             &data_dir.join("logs"),
             config.logs.partition,
+            config.logs.retention.file_bytes(),
             config.logs.writer_bytes,
             self_metrics.clone(),
         )
@@ -183,20 +192,28 @@ mod tests {
     fn a_store_directory_records_its_format_version_and_refuses_another() {
         let dir = tempfile::tempdir().unwrap();
         // Written before versions were recorded: version 1, recorded now.
-        check_format(dir.path(), "log", 1).unwrap();
+        check_format(dir.path(), "log", 1..=1).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
             "1\n"
         );
-        check_format(dir.path(), "log", 1).unwrap();
-        let error = check_format(dir.path(), "log", 2).unwrap_err();
+        check_format(dir.path(), "log", 1..=1).unwrap();
+        let error = check_format(dir.path(), "log", 2..=2).unwrap_err();
         assert_eq!(
             error.to_string(),
             "the log store is in format version 1, this strand reads version 2"
         );
+        // An older version the code reads is marked as the newest...
+        check_format(dir.path(), "log", 1..=2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
+            "2\n"
+        );
+        // ... which an older release then refuses.
+        assert!(check_format(dir.path(), "log", 1..=1).is_err());
         std::fs::write(dir.path().join(FORMAT_FILE), "two").unwrap();
         assert!(matches!(
-            check_format(dir.path(), "log", 1),
+            check_format(dir.path(), "log", 1..=1),
             Err(StoreError::Corrupt(_))
         ));
     }

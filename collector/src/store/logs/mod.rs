@@ -8,12 +8,21 @@
 //! it contains all records of; replay skips records a partition already has,
 //! so replaying the WAL twice never duplicates a log.
 //!
-//! Retention drops whole partitions, oldest first, by age and by total size.
+//! A time range's partition that has grown to the size target (an eighth of
+//! the size limit, see [`Retention::file_bytes`]) after a commit is closed:
+//! its range's records go to a new partition from then on, so one range can
+//! have several partitions, numbered from 0. Retention drops whole
+//! partitions, oldest first, by age and by total size, never the newest one;
+//! the store thus stays within its size limit plus the newest partition and
+//! what one commit cycle adds.
 //!
 //! The store's `FORMAT` file holds [`FORMAT_VERSION`]: of the partition
-//! directories (named by their start in Unix seconds), the schema and
-//! document ids of `schema` and the commit payload (the WAL sequence number,
-//! in decimal). A stored record carries the `codec` version of its own.
+//! directories (named by their start in Unix seconds, `<start>` for a
+//! range's first partition and `<start>-<n>` for the n-th after it), the
+//! schema and document ids of `schema` and the commit payload (the WAL
+//! sequence number, in decimal). A stored record carries the `codec` version
+//! of its own. Version 1 had one partition per range, named `<start>`: a
+//! version 1 directory is a valid version 2 one, and is marked so on open.
 
 pub mod schema;
 
@@ -34,7 +43,7 @@ use crate::backup::BackupDir;
 use crate::config::Retention;
 use crate::model::LogRecord;
 use crate::store::{self, Result, StoreError};
-use crate::telemetry::SelfMetrics;
+use crate::telemetry::{DropReason, SelfMetrics};
 
 /// Writers of older partitions (late records, replay) get tantivy's minimum
 /// and are closed after each commit.
@@ -43,7 +52,9 @@ const COLD_WRITER_BYTES: usize = 15 << 20;
 const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
 /// Bumped when the partition layout, schema or commit payload changes
 /// incompatibly.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// The oldest version this code opens (and marks as [`FORMAT_VERSION`]).
+const OLDEST_READABLE_FORMAT: u32 = 1;
 /// Retention renames a partition's directory to `<start>.dropped` before
 /// deleting it, so a new partition of the same start never shares it.
 const DROPPED_SUFFIX: &str = "dropped";
@@ -58,10 +69,16 @@ impl From<tantivy::TantivyError> for StoreError {
     }
 }
 
+/// Where a partition sorts: its range's start, then its number in the
+/// range (older partitions of a range have lower numbers).
+type PartitionKey = (u64, u32);
+
 /// One time partition.
 pub struct Partition {
     pub start_nanos: u64,
     pub end_nanos: u64,
+    /// Its place among the partitions of its time range, from 0.
+    number: u32,
     dir: PathBuf,
     index: Index,
     reader: IndexReader,
@@ -81,6 +98,10 @@ impl Partition {
     fn has_uncommitted(&self) -> bool {
         self.added_through.load(Ordering::Acquire) > self.committed_through.load(Ordering::Acquire)
     }
+
+    fn key(&self) -> PartitionKey {
+        (self.start_nanos, self.number)
+    }
 }
 
 /// See the module docs.
@@ -90,9 +111,11 @@ pub struct LogStore {
     fields: LogFields,
     tokenizers: tantivy::tokenizer::TokenizerManager,
     partition_nanos: u64,
+    /// A time range's newest partition is closed once this large.
+    partition_bytes: u64,
     /// Indexing memory of the newest partition's writer.
     hot_writer_bytes: usize,
-    partitions: RwLock<BTreeMap<u64, Arc<Partition>>>,
+    partitions: RwLock<BTreeMap<PartitionKey, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
     /// Held shared by `apply`, exclusively by retention while it takes a
@@ -105,15 +128,19 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the store in `dir` with partitions `partition` long.
+    /// Opens (or creates) the store in `dir` with partitions `partition` long,
+    /// each closed once it holds `partition_bytes` (see
+    /// [`Retention::file_bytes`]), the newest indexing with
+    /// `hot_writer_bytes` of memory.
     pub fn open(
         dir: &Path,
         partition: Duration,
+        partition_bytes: u64,
         hot_writer_bytes: usize,
         metrics: SelfMetrics,
     ) -> Result<LogStore> {
         fs::create_dir_all(dir)?;
-        crate::store::check_format(dir, "log", FORMAT_VERSION)?;
+        crate::store::check_format(dir, "log", OLDEST_READABLE_FORMAT..=FORMAT_VERSION)?;
         let (schema, fields) = schema::build();
         let partition_nanos = u64::try_from(partition.as_nanos())
             .unwrap_or(u64::MAX)
@@ -124,6 +151,7 @@ impl LogStore {
             fields,
             tokenizers: schema::tokenizers(),
             partition_nanos,
+            partition_bytes,
             hot_writer_bytes,
             partitions: RwLock::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
@@ -139,17 +167,17 @@ impl LogStore {
                 fs::remove_dir_all(&path)?;
                 continue;
             }
-            let Some(start) = partition_start(&path) else {
+            let Some(key) = partition_key(&path) else {
                 continue;
             };
             // Tantivy may panic on files damaged in ways it does not check.
             let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                store.open_partition(start)
+                store.open_partition(key)
             }))
             .unwrap_or_else(|_| Err(StoreError::Search("opening it panicked".into())));
             match opened {
                 Ok(partition) => {
-                    partitions.insert(start, Arc::new(partition));
+                    partitions.insert(key, Arc::new(partition));
                 }
                 Err(StoreError::Search(error)) => {
                     let moved = store::quarantine(store.data_dir(), &path)?;
@@ -253,16 +281,19 @@ impl LogStore {
         }
     }
 
-    /// Adds the records of WAL record `seq` that fall in the partition
-    /// starting at `start`, unless it has committed them; returns how many.
+    /// Adds the records of WAL record `seq` that fall in the time range
+    /// starting at `start` to its newest partition, unless the range has
+    /// committed them; returns how many. (A range's older partitions only
+    /// ever hold records of lower sequence numbers than its newer ones, and
+    /// commit first: the highest commit among them covers the range.)
     fn add_to_partition(
         &self,
         start: u64,
         seq: u64,
         records: Vec<(u64, &LogRecord)>,
     ) -> Result<usize> {
-        let partition = self.partition(start)?;
-        if seq <= partition.committed_through.load(Ordering::Acquire) {
+        let (partition, committed) = self.newest_in_range(start)?;
+        if seq <= committed {
             return Ok(0);
         }
         self.ensure_writer(&partition)?;
@@ -277,10 +308,13 @@ impl LogStore {
     }
 
     /// Commits every partition holding uncommitted records and makes them
-    /// searchable. Returns the number of partitions committed.
+    /// searchable, oldest first; then closes each committed partition that
+    /// reached the size target and is the newest of its range, so that
+    /// range's records go to a new partition. Returns the number of
+    /// partitions committed.
     pub fn commit(&self) -> Result<usize> {
         let _maintenance = self.maintenance.lock().expect("not poisoned");
-        let newest = self.newest_start();
+        let newest = self.newest_key();
         let partitions: Vec<Arc<Partition>> = self
             .partitions
             .read()
@@ -305,17 +339,50 @@ impl LogStore {
             partition
                 .committed_through
                 .store(through, Ordering::Release);
-            if Some(partition.start_nanos) != newest {
+            if Some(partition.key()) != newest {
                 // Late records are rare: free the writer's memory.
                 *writer = None;
             }
             drop(writer);
             partition.reader.reload()?;
         }
+        for partition in &partitions {
+            if dir_bytes(&partition.dir) >= self.partition_bytes {
+                self.close_partition(partition)?;
+            }
+        }
         if !partitions.is_empty() {
             self.update_size_metric();
         }
         Ok(partitions.len())
+    }
+
+    /// Starts the next partition of `full`'s time range, unless `full` is no
+    /// longer the newest of it (or was dropped). Its writer goes too unless
+    /// it holds records the next commit cycle has yet to commit.
+    fn close_partition(&self, full: &Partition) -> Result<()> {
+        let _exclusive = self.adding.write().expect("not poisoned");
+        let next = (full.start_nanos, full.number + 1);
+        {
+            let partitions = self.partitions.read().expect("not poisoned");
+            let newest_in_range = partitions
+                .range(full.key()..=(full.start_nanos, u32::MAX))
+                .next_back()
+                .map(|(key, _)| *key);
+            if newest_in_range != Some(full.key()) || full.number == u32::MAX {
+                return Ok(());
+            }
+        }
+        let partition = Arc::new(self.open_partition(next)?);
+        self.partitions
+            .write()
+            .expect("not poisoned")
+            .insert(next, partition);
+        if !full.has_uncommitted() {
+            *full.writer.write().expect("not poisoned") = None;
+        }
+        tracing::info!(partition = %full.dir.display(), "LogPartitionClosed");
+        Ok(())
     }
 
     /// Drops partitions past the retention limits; returns how many.
@@ -326,27 +393,29 @@ impl LogStore {
         let mut doomed = Vec::new();
         {
             let partitions = self.partitions.read().expect("not poisoned");
-            let mut sizes: Vec<(u64, u64)> = partitions
+            let mut sizes: Vec<(PartitionKey, u64)> = partitions
                 .values()
-                .map(|p| (p.start_nanos, dir_bytes(&p.dir)))
+                .map(|p| (p.key(), dir_bytes(&p.dir)))
                 .collect();
             let mut total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
             // Oldest first; the newest partition always stays.
             sizes.pop();
-            for (start, bytes) in sizes {
-                let partition = &partitions[&start];
-                let too_old = partition.end_nanos <= oldest_kept;
-                let too_big = retention.max_bytes > 0 && total > retention.max_bytes;
-                if too_old || too_big {
-                    doomed.push(start);
-                    total -= bytes;
-                }
+            for (key, bytes) in sizes {
+                let reason = if partitions[&key].end_nanos <= oldest_kept {
+                    DropReason::Age
+                } else if retention.max_bytes > 0 && total > retention.max_bytes {
+                    DropReason::Size
+                } else {
+                    continue;
+                };
+                doomed.push((key, reason, bytes));
+                total -= bytes;
             }
         }
-        for start in &doomed {
+        for (key, reason, bytes) in &doomed {
             let dropped = {
                 let _exclusive = self.adding.write().expect("not poisoned");
-                let removed = self.partitions.write().expect("not poisoned").remove(start);
+                let removed = self.partitions.write().expect("not poisoned").remove(key);
                 let Some(partition) = removed else { continue };
                 // Its uncommitted records are past retention too.
                 *partition.writer.write().expect("not poisoned") = None;
@@ -356,7 +425,8 @@ impl LogStore {
             };
             // Open searchers keep their mapped files readable after this.
             fs::remove_dir_all(&dropped)?;
-            tracing::info!(partition = %dropped.display(), "LogPartitionDropped");
+            self.metrics.retention_dropped("logs", *reason, *bytes);
+            tracing::info!(partition = %dropped.display(), reason = reason.as_str(), "LogPartitionDropped");
         }
         if !doomed.is_empty() {
             self.update_size_metric();
@@ -437,7 +507,7 @@ impl LogStore {
         time_unix_nano - time_unix_nano % self.partition_nanos
     }
 
-    fn newest_start(&self) -> Option<u64> {
+    fn newest_key(&self) -> Option<PartitionKey> {
         self.partitions
             .read()
             .expect("not poisoned")
@@ -446,21 +516,40 @@ impl LogStore {
             .copied()
     }
 
-    fn partition(&self, start: u64) -> Result<Arc<Partition>> {
-        if let Some(partition) = self.partitions.read().expect("not poisoned").get(&start) {
-            return Ok(partition.clone());
+    /// The newest partition of the time range starting at `start` (opened
+    /// when the range has none), and the highest WAL sequence number any
+    /// partition of the range has committed.
+    fn newest_in_range(&self, start: u64) -> Result<(Arc<Partition>, u64)> {
+        let find = |partitions: &BTreeMap<PartitionKey, Arc<Partition>>| {
+            let range: Vec<_> = partitions
+                .range((start, 0)..=(start, u32::MAX))
+                .map(|(_, p)| p)
+                .collect();
+            let committed = range
+                .iter()
+                .map(|p| p.committed_through.load(Ordering::Acquire))
+                .max()
+                .unwrap_or(0);
+            range.last().map(|newest| ((*newest).clone(), committed))
+        };
+        if let Some(found) = find(&self.partitions.read().expect("not poisoned")) {
+            return Ok(found);
         }
         let mut partitions = self.partitions.write().expect("not poisoned");
-        if let Some(partition) = partitions.get(&start) {
-            return Ok(partition.clone());
+        if let Some(found) = find(&partitions) {
+            return Ok(found);
         }
-        let partition = Arc::new(self.open_partition(start)?);
-        partitions.insert(start, partition.clone());
-        Ok(partition)
+        let partition = Arc::new(self.open_partition((start, 0))?);
+        partitions.insert(partition.key(), partition.clone());
+        Ok((partition, 0))
     }
 
-    fn open_partition(&self, start: u64) -> Result<Partition> {
-        let dir = self.dir.join(format!("{}", start / 1_000_000_000));
+    fn open_partition(&self, (start, number): PartitionKey) -> Result<Partition> {
+        let seconds = start / 1_000_000_000;
+        let dir = self.dir.join(match number {
+            0 => format!("{seconds}"),
+            n => format!("{seconds}-{n}"),
+        });
         fs::create_dir_all(&dir)?;
         let directory = MmapDirectory::open(&dir)
             .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
@@ -490,6 +579,7 @@ impl LogStore {
         Ok(Partition {
             start_nanos: start,
             end_nanos: start.saturating_add(self.partition_nanos),
+            number,
             dir,
             index,
             reader,
@@ -505,7 +595,7 @@ impl LogStore {
         }
         let mut writer = partition.writer.write().expect("not poisoned");
         if writer.is_none() {
-            let hot = self.newest_start() == Some(partition.start_nanos);
+            let hot = self.newest_key() == Some(partition.key());
             let (threads, bytes) = if hot {
                 (schema::HOT_WRITER_THREADS, self.hot_writer_bytes)
             } else {
@@ -574,9 +664,16 @@ fn snapshot_partition(
     }
 }
 
-fn partition_start(path: &Path) -> Option<u64> {
-    let seconds: u64 = path.file_name()?.to_str()?.parse().ok()?;
-    seconds.checked_mul(1_000_000_000)
+/// The key of a partition directory's name: `<start seconds>` or
+/// `<start seconds>-<number>`.
+fn partition_key(path: &Path) -> Option<PartitionKey> {
+    let name = path.file_name()?.to_str()?;
+    let (seconds, number) = match name.split_once('-') {
+        Some((seconds, number)) => (seconds, number.parse().ok().filter(|&n| n > 0)?),
+        None => (name, 0),
+    };
+    let start = seconds.parse::<u64>().ok()?.checked_mul(1_000_000_000)?;
+    Some((start, number))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -616,6 +713,7 @@ mod tests {
             LogStore::open(
                 dir.path(),
                 Duration::from_secs(3600),
+                Retention::MAX_FILE_BYTES,
                 schema::HOT_WRITER_BYTES,
                 SelfMetrics::new(),
             )
@@ -663,6 +761,7 @@ mod tests {
             LogStore::open(
                 dir,
                 Duration::from_secs(3600),
+                Retention::MAX_FILE_BYTES,
                 schema::HOT_WRITER_BYTES,
                 SelfMetrics::new(),
             )
@@ -706,6 +805,90 @@ mod tests {
         assert_eq!(
             copy.apply(3, vec![sample_log("a", now, "added")]).unwrap(),
             1
+        );
+    }
+
+    fn partition_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_partition_closes_at_its_size_and_retention_drops_the_oldest_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = SelfMetrics::new();
+        let hour = 1_000 * HOUR;
+        let seconds = hour / 1_000_000_000;
+        let records = |seq: u64| {
+            (0..100)
+                .map(|i| sample_log("a", hour + seq * 1000 + i, &format!("record {seq} {i}")))
+                .collect::<Vec<_>>()
+        };
+        // Every commit fills its partition.
+        let open = || {
+            LogStore::open(
+                dir.path(),
+                Duration::from_secs(3600),
+                1,
+                schema::HOT_WRITER_BYTES,
+                metrics.clone(),
+            )
+        };
+        let store = open().unwrap();
+        store.apply(1, records(1)).unwrap();
+        store.commit().unwrap();
+        // Full: the hour's records go to a second partition from now on.
+        assert_eq!(
+            partition_names(dir.path()),
+            [format!("{seconds}"), format!("{seconds}-1")]
+        );
+        store.apply(2, records(2)).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.partitions_between(hour, hour).len(), 3);
+        assert_eq!(documents(&store), 200);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+            format!("{FORMAT_VERSION}\n")
+        );
+
+        // Reopened, the hour has all three; a size limit drops the oldest.
+        drop(store);
+        let store = open().unwrap();
+        assert_eq!(store.partitions_between(hour, hour).len(), 3);
+        assert_eq!(documents(&store), 200);
+        let newer_bytes = dir_bytes(&dir.path().join(format!("{seconds}-1")))
+            + dir_bytes(&dir.path().join(format!("{seconds}-2")));
+        let retention = Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: newer_bytes,
+        };
+        assert_eq!(store.enforce_retention(retention, hour).unwrap(), 1);
+        assert_eq!(
+            partition_names(dir.path()),
+            [format!("{seconds}-1"), format!("{seconds}-2")]
+        );
+        assert_eq!(documents(&store), 100);
+        let counted = "strand_retention_dropped_files_total{reason=\"size\",signal=\"logs\"} 1";
+        assert!(metrics.render().contains(counted), "{}", metrics.render());
+        // The newest partition stays, however small the limit; records of
+        // the hour keep going to it.
+        let retention = Retention {
+            max_bytes: 1,
+            ..retention
+        };
+        assert_eq!(store.enforce_retention(retention, hour).unwrap(), 1);
+        store.apply(3, records(3)).unwrap();
+        store.commit().unwrap();
+        assert_eq!(documents(&store), 100);
+        assert_eq!(
+            partition_names(dir.path()),
+            [format!("{seconds}-2"), format!("{seconds}-3")]
         );
     }
 }

@@ -15,7 +15,7 @@ use crate::backup::BackupDir;
 use crate::frame;
 use crate::model::{Label, MetricMetadata};
 use crate::store::{Result, StoreError};
-use crate::telemetry::SelfMetrics;
+use crate::telemetry::{DropReason, SelfMetrics};
 
 /// Size at which a new chunk file is started; also the granularity of
 /// retention.
@@ -285,22 +285,26 @@ impl ChunkFiles {
 
     /// Files whose newest sample is older than `cutoff_ms`, and then the
     /// oldest while the total exceeds `max_bytes` (0: no limit); never the
-    /// one being written.
-    pub(super) fn expired(&self, cutoff_ms: i64, max_bytes: u64) -> Vec<u32> {
+    /// one being written. Each with why it goes and its size.
+    pub(super) fn expired(&self, cutoff_ms: i64, max_bytes: u64) -> Vec<(u32, DropReason, u64)> {
         let writing = self.writer.as_ref().map(|(n, _)| *n);
         let mut total = self.bytes();
-        self.files
-            .iter()
-            .filter(|(n, _)| Some(**n) != writing)
-            .filter(|(_, (size, newest))| {
-                let drop = *newest < cutoff_ms || (max_bytes > 0 && total > max_bytes);
-                if drop {
-                    total -= size;
-                }
-                drop
-            })
-            .map(|(n, _)| *n)
-            .collect()
+        let mut expired = Vec::new();
+        for (&number, &(size, newest)) in &self.files {
+            if Some(number) == writing {
+                continue;
+            }
+            let reason = if newest < cutoff_ms {
+                DropReason::Age
+            } else if max_bytes > 0 && total > max_bytes {
+                DropReason::Size
+            } else {
+                continue;
+            };
+            total -= size;
+            expired.push((number, reason, size));
+        }
+        expired
     }
 
     /// Deletes files; chunk references into them must be gone already.

@@ -94,7 +94,7 @@ impl MetricStore {
     /// applied next.
     pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
-        crate::store::check_format(dir, "metrics", FORMAT_VERSION)?;
+        crate::store::check_format(dir, "metrics", FORMAT_VERSION..=FORMAT_VERSION)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
             head.insert(id, labels.into(), true)
@@ -428,19 +428,27 @@ impl MetricStore {
     /// limit). The file being written is never deleted.
     pub fn enforce_retention(&self, age: Duration, max_bytes: u64, now_ms: i64) -> Result<usize> {
         let cutoff = now_ms.saturating_sub(age.as_millis() as i64);
-        let doomed = self
+        let expired = self
             .files
             .lock()
             .expect("not poisoned")
             .expired(cutoff, max_bytes);
-        if doomed.is_empty() {
+        if expired.is_empty() {
             return Ok(0);
         }
+        let doomed: Vec<u32> = expired.iter().map(|(number, ..)| *number).collect();
         self.head
             .write()
             .expect("not poisoned")
             .drop_chunk_files(&doomed);
         self.files.lock().expect("not poisoned").remove(&doomed)?;
+        for (_, reason, bytes) in expired {
+            self.metrics.retention_dropped("metrics", reason, bytes);
+        }
+        self.metrics
+            .store_size_bytes
+            .with_label_values(&["metrics"])
+            .set(self.disk_bytes() as i64);
         Ok(doomed.len())
     }
 

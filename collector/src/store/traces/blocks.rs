@@ -1,8 +1,11 @@
 //! Span blocks: zstd-compressed groups of whole traces, appended to segment
 //! files that are never rewritten (search tables, see `search`, share them).
-//! A segment is closed once it holds `SEGMENT_TARGET_BYTES` or its first block
-//! is `SEGMENT_MAX_AGE` old, and each open of the store starts a new one, so
-//! retention can delete whole files at hourly granularity.
+//! A segment is closed once it holds its target size (see
+//! [`Retention::file_bytes`](crate::config::Retention::file_bytes): an eighth
+//! of the size limit) or its first block is `SEGMENT_MAX_AGE` old, and each
+//! open of the store starts a new one, so retention can delete whole files at
+//! hourly granularity and at an eighth of the size limit. One flush's blocks
+//! go to one segment, so a segment is at most its target plus one flush.
 //!
 //! A block decompresses to a directory `[count u32]` + `count x [trace id
 //! (16), offset u32, len u32]` followed by one span table (see `codec`) per
@@ -25,8 +28,6 @@ use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
 const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
-/// A new segment file starts once the current one is this large.
-const SEGMENT_TARGET_BYTES: u64 = 1 << 30;
 /// ... or once its first block is this old: retention deletes whole segments,
 /// so this is its granularity on installs that never fill one.
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -162,6 +163,8 @@ pub struct Segments {
     live: RwLock<BTreeSet<u32>>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
     writer: Mutex<Writer>,
+    /// A new segment starts once the current one is this large.
+    target_bytes: u64,
 }
 
 struct Writer {
@@ -181,8 +184,8 @@ struct OpenSegment {
 }
 
 impl OpenSegment {
-    fn is_closed(&self) -> bool {
-        self.len >= SEGMENT_TARGET_BYTES
+    fn is_closed(&self, target_bytes: u64) -> bool {
+        self.len >= target_bytes
             || self
                 .opened
                 .elapsed()
@@ -199,7 +202,8 @@ impl Segments {
     /// deleted here: both are set aside in quarantine (see
     /// [`Segments::set_aside`]), since an index that lost commits to damage
     /// looks the same, and only the WAL can tell. Appends go to a new
-    /// segment.
+    /// segment, and a new one starts whenever the current one holds
+    /// `target_bytes`.
     ///
     /// A segment shorter than committed was cut by something else: it is
     /// reported, and its blocks past the end read as damaged.
@@ -207,6 +211,7 @@ impl Segments {
         dir: &Path,
         data_dir: &Path,
         committed: &HashMap<u32, u64>,
+        target_bytes: u64,
         metrics: SelfMetrics,
     ) -> Result<Segments> {
         fs::create_dir_all(dir)?;
@@ -263,6 +268,7 @@ impl Segments {
                 next_id: newest.map_or(0, |id| id + 1),
                 current: None,
             }),
+            target_bytes,
         })
     }
 
@@ -270,7 +276,11 @@ impl Segments {
     /// and the segment and its new length (to be committed to the index).
     pub fn append(&self, blocks: &[Vec<u8>]) -> Result<(Vec<BlockRef>, u32, u64)> {
         let mut writer = self.writer.lock().expect("not poisoned");
-        if writer.current.as_ref().is_some_and(OpenSegment::is_closed) {
+        if writer
+            .current
+            .as_ref()
+            .is_some_and(|current| current.is_closed(self.target_bytes))
+        {
             writer.current = None;
         }
         if writer.current.is_none() {
@@ -512,9 +522,17 @@ fn segment_id(path: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
+    use crate::config::Retention;
 
     fn open_segments(dir: &Path, committed: &HashMap<u32, u64>) -> Segments {
-        Segments::open(&dir.join("blocks"), dir, committed, SelfMetrics::new()).unwrap()
+        Segments::open(
+            &dir.join("blocks"),
+            dir,
+            committed,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap()
     }
 
     /// A block's bytes as checked by its frame.
@@ -578,6 +596,7 @@ mod tests {
             &dir.path().join("blocks"),
             dir.path(),
             &HashMap::new(),
+            Retention::MAX_FILE_BYTES,
             metrics.clone(),
         )
         .unwrap();
@@ -629,5 +648,34 @@ mod tests {
         assert_eq!(read(&segments, next[0]), BlockRead::Read(block));
         let left: Vec<_> = fs::read_dir(dir.path().join("blocks")).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn rotates_at_the_target_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = encode_block(&[(&[1; 16], &[sample_span(1, 1, "a")])]).unwrap();
+        let target = 3 * block.len() as u64;
+        let segments = Segments::open(
+            &dir.path().join("blocks"),
+            dir.path(),
+            &HashMap::new(),
+            target,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        let blocks = std::slice::from_ref(&block);
+        let mut segment_of_append = Vec::new();
+        for _ in 0..7 {
+            let (_, segment, len) = segments.append(blocks).unwrap();
+            assert!(len <= target, "a segment grows to its target, no further");
+            segment_of_append.push(segment);
+        }
+        assert_eq!(segment_of_append, [0, 0, 0, 1, 1, 1, 2]);
+        // One append goes to one segment, however large: the target is
+        // exceeded by at most one flush.
+        let (_, segment, len) = segments.append(&vec![block.clone(); 5]).unwrap();
+        assert_eq!((segment, len), (2, 6 * block.len() as u64));
+        let (_, segment, _) = segments.append(blocks).unwrap();
+        assert_eq!(segment, 3);
     }
 }

@@ -14,8 +14,11 @@
 //! references; reads merge them with the head.
 //!
 //! Retention deletes whole segment files (see `blocks`), by the age of their
-//! newest span and by total size, never the one being appended to; a block
-//! reference into a deleted segment reads as no spans.
+//! newest span and by total size — segments and the sled index counted —,
+//! never the one being appended to nor the newest committed one; a block
+//! reference into a deleted segment reads as no spans. Segments roll over at
+//! an eighth of the size limit, so the store stays within the limit plus
+//! those two segments.
 
 mod blocks;
 mod deps;
@@ -32,7 +35,7 @@ use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
 use crate::store::{self, Result, StoreError};
-use crate::telemetry::SelfMetrics;
+use crate::telemetry::{DropReason, SelfMetrics};
 
 pub use search::{Candidates, ServiceEntry};
 
@@ -213,8 +216,15 @@ impl TraceStore {
     /// (damaged files) is moved to `<data dir>/quarantine/` together with the
     /// segment files it maps — they are unreadable without it, and would
     /// otherwise be deleted as unknown — and the store starts empty; what
-    /// the WAL still holds is replayed into it.
-    pub fn open(dir: &Path, index_cache_bytes: u64, metrics: SelfMetrics) -> Result<TraceStore> {
+    /// the WAL still holds is replayed into it. A new segment file starts
+    /// whenever the current one holds `segment_bytes` (see
+    /// [`Retention::file_bytes`]).
+    pub fn open(
+        dir: &Path,
+        index_cache_bytes: u64,
+        segment_bytes: u64,
+        metrics: SelfMetrics,
+    ) -> Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
         let data_dir = dir.parent().unwrap_or(dir);
         let (db, committed) = match open_index(dir, index_cache_bytes)? {
@@ -240,7 +250,13 @@ impl TraceStore {
                 }
             }
         };
-        let segments = Segments::open(&dir.join("blocks"), data_dir, &committed, metrics.clone())?;
+        let segments = Segments::open(
+            &dir.join("blocks"),
+            data_dir,
+            &committed,
+            segment_bytes,
+            metrics.clone(),
+        )?;
         let next_block = match db.get(index::META_NEXT_BLOCK)? {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
@@ -659,9 +675,11 @@ impl TraceStore {
     }
 
     /// Deletes the segments past the retention limits, oldest first (see
-    /// [`Retention`]), and removes a bounded batch of trace keys that
-    /// point into deleted segments. The segment being appended to, and the
-    /// newest committed one, always stay. Returns how many segments went.
+    /// [`Retention`]; the size counts the sled index too), and removes a
+    /// bounded batch of trace keys that point into deleted segments. The
+    /// segment being appended to, and the newest committed one, always
+    /// stay. Returns how many segments went. Cheap when nothing goes (one
+    /// scan of the per-segment keys), so it runs after every flush.
     ///
     /// One sled batch removes everything that refers to the dropped segments
     /// except trace keys; only once it is durable are the files deleted. A
@@ -683,8 +701,9 @@ impl TraceStore {
             committed.keys().next_back().copied(),
             self.segments.current(),
         ];
-        let mut total: u64 = committed.values().sum();
+        let mut total: u64 = committed.values().sum::<u64>() + self.db.size_on_disk()?;
         let mut doomed = Vec::new();
+        let mut dropped = Vec::new();
         for (&segment, &len) in &committed {
             if kept.contains(&Some(segment)) {
                 continue;
@@ -693,15 +712,22 @@ impl TraceStore {
                 Some(v) => index::decode_u64(&v)?,
                 None => self.segments.modified_nanos(segment).unwrap_or(0),
             };
-            let too_old = newest < cutoff;
-            let too_big = retention.max_bytes > 0 && total > retention.max_bytes;
-            if too_old || too_big {
-                doomed.push(segment);
-                total -= len;
-            }
+            let reason = if newest < cutoff {
+                DropReason::Age
+            } else if retention.max_bytes > 0 && total > retention.max_bytes {
+                DropReason::Size
+            } else {
+                continue;
+            };
+            doomed.push(segment);
+            dropped.push((reason, len));
+            total -= len;
         }
         if !doomed.is_empty() {
             self.drop_segments(&doomed, cutoff)?;
+            for (reason, len) in dropped {
+                self.metrics.retention_dropped("traces", reason, len);
+            }
             self.update_size_metric();
         }
         self.sweep_trace_keys()?;
@@ -874,7 +900,13 @@ mod tests {
     #[test]
     fn spans_are_queryable_before_and_after_flush_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         store.apply(
             1,
             vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
@@ -894,7 +926,13 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(store.durable_through().unwrap(), 2);
         let trace = store.trace(&[1; 16]).unwrap().spans;
         assert_eq!(trace.len(), 2);
@@ -908,8 +946,15 @@ mod tests {
     fn a_trace_stays_whole_while_flushes_move_it_to_blocks() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap());
+        let store = Arc::new(
+            TraceStore::open(
+                dir.path(),
+                TEST_CACHE_BYTES,
+                Retention::MAX_FILE_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap(),
+        );
         let applied = Arc::new(AtomicUsize::new(0));
         let flusher = {
             let (store, applied) = (store.clone(), applied.clone());
@@ -935,7 +980,13 @@ mod tests {
     #[test]
     fn dependencies_are_counted_across_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         store.apply(1, vec![span(1, 1, None, "gateway")]);
         store.flush().unwrap();
         store.apply(
@@ -967,7 +1018,13 @@ mod tests {
     #[test]
     fn search_candidates_come_newest_first_within_range() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let mut spans = Vec::new();
         for trace in 1..=5u8 {
             let mut s = span(trace, 1, None, "order");
@@ -988,7 +1045,13 @@ mod tests {
     #[test]
     fn search_candidates_merge_flushes_in_start_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let at = |trace: u8, start: u64| {
             let mut s = span(trace, 1, None, "order");
             s.start_unix_nano = start;
@@ -1013,7 +1076,13 @@ mod tests {
     #[test]
     fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         store.apply(1, vec![span(1, 1, None, "order")]);
         store.flush().unwrap();
         let next_block =
@@ -1028,7 +1097,13 @@ mod tests {
         store.db.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert!(store.db.get(&stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
@@ -1065,6 +1140,7 @@ mod tests {
         let store = TraceStore::open(
             &dir.path().join("traces"),
             TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
             SelfMetrics::new(),
         )
         .unwrap();
@@ -1092,6 +1168,7 @@ mod tests {
         let copy = TraceStore::open(
             &snapshot.join("traces"),
             TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
             SelfMetrics::new(),
         )
         .unwrap();
@@ -1150,7 +1227,13 @@ mod tests {
     #[test]
     fn retention_by_age_drops_the_old_hours_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         assert_eq!(found(&store, "order"), vec![2, 1]);
@@ -1173,7 +1256,13 @@ mod tests {
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         drop(store);
 
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
@@ -1184,7 +1273,13 @@ mod tests {
     #[test]
     fn retention_by_bytes_drops_the_oldest_first_never_the_current_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         for trace in 1..=3u8 {
             flush_segment(
                 &store,
@@ -1195,8 +1290,9 @@ mod tests {
         let files = segment_files(dir.path());
         assert_eq!(files.len(), 3);
         let now = BASE + HOUR;
-        // Room for the two newer segments.
-        let cap = files[1].1 + files[2].1;
+        // Room for the two newer segments and the index.
+        let index_bytes = store.db.size_on_disk().unwrap();
+        let cap = files[1].1 + files[2].1 + index_bytes;
         assert_eq!(store.enforce_retention(retention(24, cap), now).unwrap(), 1);
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
@@ -1215,7 +1311,13 @@ mod tests {
         // After a reopen nothing is being appended to: the newest committed
         // segment stays all the same.
         drop(store);
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
@@ -1223,7 +1325,13 @@ mod tests {
     #[test]
     fn reopen_is_consistent_after_a_crash_between_the_drop_and_the_file_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         let old = segment_files(dir.path())[0].0.clone();
@@ -1254,7 +1362,13 @@ mod tests {
         db.flush().unwrap();
         drop(db);
 
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert!(
             !old_path.exists(),
             "open deletes what the index does not know"
@@ -1272,7 +1386,13 @@ mod tests {
     #[test]
     fn segments_without_a_newest_span_age_by_their_file_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         // As written before segments recorded their newest span.
@@ -1298,7 +1418,13 @@ mod tests {
     #[test]
     fn many_traces_span_several_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(dir.path(), TEST_CACHE_BYTES, SelfMetrics::new()).unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let mut spans = Vec::new();
         for trace in 0..=255u8 {
             for id in 1..=40u8 {
