@@ -538,8 +538,29 @@ pub struct IngestLimits {
     pub metrics_flush_interval: Duration,
     /// How often retention is checked.
     pub retention_interval: Duration,
+    /// The write-ahead log starts a new segment once the active one is this
+    /// large (see [`IngestLimits::wal_segment_bytes`]).
+    pub wal_segment_bytes: u64,
     /// Attribute count and value length limits.
     pub attributes: AttributeLimits,
+}
+
+impl IngestLimits {
+    /// Most bytes of one write-ahead log segment, and its size without size
+    /// limits.
+    pub const MAX_WAL_SEGMENT_BYTES: u64 = 64 << 20;
+
+    /// The WAL segment size for the stores' size limits (`max_bytes`, 0
+    /// for none): an eighth of their sum, between
+    /// [`Retention::MIN_FILE_BYTES`] and [`IngestLimits::MAX_WAL_SEGMENT_BYTES`].
+    /// The WAL is trimmed a whole segment at a time, so this keeps it small
+    /// next to the limits.
+    pub fn wal_segment_bytes(store_limits: &[u64]) -> u64 {
+        match store_limits.iter().sum::<u64>() {
+            0 => Self::MAX_WAL_SEGMENT_BYTES,
+            sum => (sum / 8).clamp(Retention::MIN_FILE_BYTES, Self::MAX_WAL_SEGMENT_BYTES),
+        }
+    }
 }
 
 /// OpenTelemetry's attribute limits, applied to what arrives.
@@ -801,6 +822,11 @@ impl ServeArgs {
                 }) as usize,
                 wal_queue_bytes: fit(self.wal_queue_bytes as u64, |budget| budget.wal_queue)
                     as usize,
+                wal_segment_bytes: IngestLimits::wal_segment_bytes(&[
+                    self.trace_retention_bytes,
+                    self.log_retention_bytes,
+                    self.metric_retention_bytes,
+                ]),
                 attributes: AttributeLimits {
                     count: self.attribute_count_limit,
                     value_length: self.attribute_value_length_limit,

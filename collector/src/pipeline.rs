@@ -43,6 +43,10 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Once the WAL holds more than this many segments (see
+/// `IngestLimits::wal_segment_bytes`), every store is flushed at once rather
+/// than at its interval, so that the WAL can be trimmed.
+const WAL_SEGMENTS_BEFORE_FLUSH: u64 = 2;
 
 /// What kind of data an append carries, for counting it.
 #[derive(Clone, Copy)]
@@ -77,6 +81,8 @@ pub struct Pipeline {
     limits: IngestLimits,
     metrics: SelfMetrics,
     flush_wanted: Notify,
+    /// Set when the WAL has grown long: see [`Pipeline::flush_if_wal_long`].
+    wal_long: Notify,
     /// WAL sequence numbers through which each store has made everything
     /// durable; the WAL is trimmed to the lowest.
     traces_durable_through: AtomicU64,
@@ -115,6 +121,7 @@ impl Pipeline {
                 .max(logs.durable_through())
                 .max(metrics_checkpoint),
             limits.wal_queue_bytes,
+            limits.wal_segment_bytes,
             metrics.clone(),
             |record| match record.kind {
                 RecordKind::Spans if record.seq <= traces_checkpoint => {}
@@ -177,6 +184,7 @@ impl Pipeline {
             limits,
             metrics,
             flush_wanted: Notify::new(),
+            wal_long: Notify::new(),
             traces_durable_through: AtomicU64::new(0),
             logs_durable_through: AtomicU64::new(0),
             metrics_durable_through: AtomicU64::new(metrics_checkpoint),
@@ -321,6 +329,7 @@ impl Pipeline {
                 }),
             )
             .await;
+        self.flush_if_wal_long();
         self.count_outcome(Signal::Spans, appended, count, transport)
     }
 
@@ -350,6 +359,7 @@ impl Pipeline {
                 }),
             )
             .await;
+        self.flush_if_wal_long();
         self.count_outcome(Signal::Logs, appended, count, transport)
     }
 
@@ -536,6 +546,16 @@ impl Pipeline {
         }
     }
 
+    /// Asks the flusher to flush every store when the WAL holds more than
+    /// [`WAL_SEGMENTS_BEFORE_FLUSH`] segments: with size limits its segments
+    /// are small, and it counts against the data directory's bound.
+    fn flush_if_wal_long(&self) {
+        let wal_bytes = u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0);
+        if wal_bytes > WAL_SEGMENTS_BEFORE_FLUSH * self.limits.wal_segment_bytes {
+            self.wal_long.notify_one();
+        }
+    }
+
     fn trim_wal(&self) {
         let through = self
             .traces_durable_through
@@ -574,6 +594,15 @@ impl Pipeline {
                 }
                 _ = flush_logs.tick() => {
                     self.flush_logs().await;
+                }
+                _ = self.wal_long.notified() => {
+                    // The WAL waits for every store's checkpoint (the
+                    // metrics one moves every ten seconds by default): move
+                    // them all on now, so it can be trimmed.
+                    self.flush_logs().await;
+                    healthy.store(self.flush_spans().await, Ordering::Relaxed);
+                    flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
+                    self.flush_metrics().await;
                 }
                 _ = flush_metrics.tick() => {
                     self.flush_metrics().await;

@@ -43,8 +43,6 @@ const SEGMENT_SUFFIX: &str = ".wal2";
 const OLD_SEGMENT_SUFFIX: &str = ".wal";
 /// Sequence number and kind, at the start of each record's frame payload.
 const RECORD_PREFIX_LEN: usize = 8 + 1;
-/// A new segment starts once the active one is this large.
-const SEGMENT_TARGET_BYTES: u64 = 64 << 20;
 /// Upper bound of bytes written per group commit, so one fsync never waits on
 /// an unbounded backlog.
 const MAX_GROUP_BYTES: usize = 32 << 20;
@@ -146,12 +144,15 @@ impl Wal {
     /// those after `after_seq`; then starts the writer thread, which appends
     /// after the last record found and after `used_through`, the highest
     /// sequence number any store has recorded (so numbers are never reused
-    /// even when every segment was trimmed). Old segments stay until truncated.
+    /// even when every segment was trimmed). Old segments stay until truncated;
+    /// a new one starts once the active one holds `segment_bytes`, so
+    /// trimming frees the log in steps of that size.
     pub fn open(
         dir: &Path,
         after_seq: u64,
         used_through: u64,
         queue_budget_bytes: usize,
+        segment_bytes: u64,
         metrics: SelfMetrics,
         mut apply: impl FnMut(ReplayedRecord),
     ) -> Result<Wal, WalError> {
@@ -188,6 +189,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             closed: segments,
             active: None,
+            segment_bytes,
             next_seq,
             applied_through: applied_through.clone(),
             metrics: metrics.clone(),
@@ -433,6 +435,8 @@ struct Writer {
     dir: PathBuf,
     closed: Vec<Segment>,
     active: Option<ActiveSegment>,
+    /// A new segment starts once the active one is this large.
+    segment_bytes: u64,
     next_seq: u64,
     metrics: SelfMetrics,
     /// A full disk fails every group: one log line per interval.
@@ -559,7 +563,7 @@ impl Writer {
         if self
             .active
             .as_ref()
-            .is_some_and(|a| a.segment.bytes >= SEGMENT_TARGET_BYTES)
+            .is_some_and(|a| a.segment.bytes >= self.segment_bytes)
         {
             self.close_active();
         }
@@ -719,7 +723,7 @@ mod tests {
 
     fn open(dir: &Path, after: u64) -> (Wal, Vec<(u64, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let wal = Wal::open(dir, after, 0, 1 << 20, SelfMetrics::new(), |r| {
+        let wal = Wal::open(dir, after, 0, 1 << 20, 64 << 20, SelfMetrics::new(), |r| {
             seen.push((r.seq, r.payload))
         })
         .unwrap();
@@ -911,7 +915,7 @@ mod tests {
     #[tokio::test]
     async fn overload_is_reported_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), 0, 0, 8, SelfMetrics::new(), |_| {}).unwrap();
+        let wal = Wal::open(dir.path(), 0, 0, 8, 64 << 20, SelfMetrics::new(), |_| {}).unwrap();
         let err = wal
             .append(RecordKind::Spans, vec![0; 9], Box::new(|_| {}))
             .await

@@ -22,6 +22,7 @@ mod metrics;
 mod overload;
 mod promql_diff;
 mod query_limits;
+mod retention;
 mod snapshot;
 mod support;
 mod tls;
