@@ -169,13 +169,18 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_STALLED_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub stalled_write_timeout: Duration,
 
-    /// Spans older than this are deleted, a whole hour's segment file at a
-    /// time, e.g. 7d, 36h. A trace and its logs are kept (and go) together.
+    /// Spans older than this are deleted, a whole segment file (at most an
+    /// hour's) at a time, e.g. 7d, 36h. A trace and its logs are kept (and go)
+    /// together.
     #[arg(long, env = "STRAND_TRACE_RETENTION", value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub trace_retention: Duration,
 
-    /// Oldest span segment files are deleted while they take more disk than
-    /// this (0 = no size limit).
+    /// Oldest span segment files are deleted while they and the trace index
+    /// take more disk than this (0 = no size limit). Segments roll over at an
+    /// eighth of it. With size limits set, the data directory stays within
+    /// their sum plus half of it plus 4 MiB (the newest file of each store,
+    /// sled's and tantivy's working space, the write-ahead log), as long as
+    /// a second of ingest fits in that margin.
     #[arg(
         long,
         env = "STRAND_TRACE_RETENTION_BYTES",
@@ -184,7 +189,9 @@ pub struct ServeArgs {
     )]
     pub trace_retention_bytes: u64,
 
-    /// Time span of one log index partition; retention drops whole partitions.
+    /// Time span of one log index partition; retention drops whole
+    /// partitions. Under a size limit a time span gets a new partition
+    /// whenever its newest reaches an eighth of the limit.
     #[arg(long, env = "STRAND_LOG_PARTITION", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub log_partition: Duration,
 
@@ -193,7 +200,8 @@ pub struct ServeArgs {
     pub log_retention: Duration,
 
     /// Oldest log partitions are deleted while logs take more disk than this
-    /// (0 = no size limit).
+    /// (0 = no size limit); partitions roll over at an eighth of it. The
+    /// data directory's bound is under trace_retention_bytes.
     #[arg(
         long,
         env = "STRAND_LOG_RETENTION_BYTES",
@@ -207,7 +215,9 @@ pub struct ServeArgs {
     pub metric_retention: Duration,
 
     /// Oldest metric chunk files are deleted while metrics take more disk than
-    /// this (0 = no size limit).
+    /// this (0 = no size limit); chunk files roll over at an eighth of it (at
+    /// most 64 MiB). The data directory's bound is under
+    /// trace_retention_bytes.
     #[arg(
         long,
         env = "STRAND_METRIC_RETENTION_BYTES",
@@ -321,7 +331,8 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_METRICS_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub metrics_flush_interval: Duration,
 
-    /// How often trace, log and metric retention is checked.
+    /// How often trace, log and metric retention is checked (under a size
+    /// limit, trace and log retention also run after every flush).
     #[arg(long, env = "STRAND_RETENTION_INTERVAL", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
 
@@ -1114,6 +1125,30 @@ mod tests {
             Config::from_args(["--memory-limit", "64MiB"]).unwrap_err()
         );
         assert!(error.contains("below the 128.0 MiB"), "{error}");
+    }
+
+    #[test]
+    fn files_roll_over_at_an_eighth_of_the_size_limit() {
+        let retention = |max_bytes| Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes,
+        };
+        assert_eq!(retention(0).file_bytes(), Retention::MAX_FILE_BYTES);
+        assert_eq!(retention(80 << 20).file_bytes(), 10 << 20);
+        assert_eq!(retention(1).file_bytes(), Retention::MIN_FILE_BYTES);
+        assert_eq!(retention(1 << 40).file_bytes(), Retention::MAX_FILE_BYTES);
+        assert_eq!(
+            IngestLimits::wal_segment_bytes(&[0, 0, 0]),
+            IngestLimits::MAX_WAL_SEGMENT_BYTES
+        );
+        assert_eq!(
+            IngestLimits::wal_segment_bytes(&[2 << 20, 6 << 20, 0]),
+            1 << 20
+        );
+        assert_eq!(
+            IngestLimits::wal_segment_bytes(&[1 << 40, 0, 0]),
+            IngestLimits::MAX_WAL_SEGMENT_BYTES
+        );
     }
 
     #[test]

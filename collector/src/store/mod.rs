@@ -169,6 +169,7 @@ impl Stores {
         let metrics = MetricStore::open(
             &data_dir.join("metrics"),
             config.metrics.limits.clone(),
+            config.metrics.retention.file_bytes(),
             self_metrics.clone(),
         )
         .context("opening the metrics store")?;

@@ -17,9 +17,8 @@ use crate::model::{Label, MetricMetadata};
 use crate::store::{Result, StoreError};
 use crate::telemetry::{DropReason, SelfMetrics};
 
-/// Size at which a new chunk file is started; also the granularity of
-/// retention.
-const CHUNK_FILE_BYTES: u64 = 64 << 20;
+/// Most bytes of a chunk file, and its size without a size limit.
+pub(super) const MAX_CHUNK_FILE_BYTES: u64 = 64 << 20;
 const SERIES_LOG: &str = "series.log";
 const CHUNK_DIR: &str = "chunks";
 pub(super) const SNAPSHOT: &str = "head.snap";
@@ -146,14 +145,19 @@ pub(super) struct ChunkFiles {
     files: BTreeMap<u32, (u64, i64)>,
     writer: Option<(u32, File)>,
     readers: HashMap<u32, Arc<File>>,
+    /// A new file starts once the current one is this large: the
+    /// granularity of retention.
+    file_bytes: u64,
 }
 
 impl ChunkFiles {
     /// Opens (or creates) the chunk directory in `dir`, calling `each` with
     /// every chunk's series id and where it is, oldest first; cuts a torn
-    /// tail of the newest file.
+    /// tail of the newest file. Files are closed at `file_bytes`, at most
+    /// [`MAX_CHUNK_FILE_BYTES`].
     pub(super) fn open(
         dir: &Path,
+        file_bytes: u64,
         metrics: &SelfMetrics,
         mut each: impl FnMut(u32, ChunkRef),
     ) -> Result<ChunkFiles> {
@@ -164,6 +168,7 @@ impl ChunkFiles {
             files: BTreeMap::new(),
             writer: None,
             readers: HashMap::new(),
+            file_bytes: file_bytes.min(MAX_CHUNK_FILE_BYTES),
         };
         let mut numbers: Vec<u32> = fs::read_dir(&files.dir)?
             .filter_map(|e| e.ok())
@@ -264,7 +269,7 @@ impl ChunkFiles {
             .last_key_value()
             .map(|(&n, &(size, _))| (n, size));
         let number = match current {
-            Some((number, size)) if size < CHUNK_FILE_BYTES => number,
+            Some((number, size)) if size < self.file_bytes => number,
             Some((number, _)) => number + 1,
             None => 0,
         };
@@ -465,9 +470,48 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn chunk_files_roll_over_at_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every flush fills its file.
+        let store = MetricStore::open(dir.path(), limits(), 1, SelfMetrics::new()).unwrap();
+        for flush in 0..3 {
+            let samples: Vec<(i64, f64)> = (0..240)
+                .map(|i| (flush * 1_000_000 + i * 1000, 1.0))
+                .collect();
+            ingest(&store, vec![series("x", "a", &samples)]);
+            store.flush(flush as u64 + 1).unwrap();
+        }
+        let sizes: Vec<u64> = store
+            .files
+            .lock()
+            .unwrap()
+            .files
+            .values()
+            .map(|f| f.0)
+            .collect();
+        // One sealed chunk (about 64 bytes here) per file.
+        assert!(
+            sizes.len() >= 3 && sizes.iter().all(|&size| size < 128),
+            "{sizes:?}"
+        );
+        // A size limit drops the oldest files, never the one being written.
+        let dropped = store
+            .enforce_retention(Duration::from_secs(1 << 30), 1, 3_000_000)
+            .unwrap();
+        assert_eq!(dropped, sizes.len() - 1);
+        assert_eq!(store.files.lock().unwrap().files.len(), 1);
+    }
+
+    #[test]
     fn retention_drops_old_chunk_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let old: Vec<(i64, f64)> = (0..240).map(|i| (i * 1000, 1.0)).collect();
         ingest(&store, vec![series("x", "a", &old)]);
         store.flush(1).unwrap();
@@ -478,7 +522,7 @@ mod tests {
             .unwrap()
             .files
             .values_mut()
-            .for_each(|f| f.0 = CHUNK_FILE_BYTES);
+            .for_each(|f| f.0 = MAX_CHUNK_FILE_BYTES);
         let new: Vec<(i64, f64)> = (0..240).map(|i| (1_000_000 + i * 1000, 2.0)).collect();
         ingest(&store, vec![series("x", "a", &new)]);
         store.flush(2).unwrap();

@@ -542,6 +542,7 @@ impl Head {
 mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
+    use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
     use crate::store::metrics::index::label_value;
     use crate::store::metrics::tests::{ingest, limits, matcher, series};
     use crate::telemetry::SelfMetrics;
@@ -555,6 +556,7 @@ mod tests {
                 max_series: 1000,
                 max_series_per_metric: 3,
             },
+            MAX_CHUNK_FILE_BYTES,
             SelfMetrics::new(),
         )
         .unwrap();
@@ -587,7 +589,13 @@ mod tests {
     #[test]
     fn undone_admissions_accept_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
         let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
         store.undo_admission(&refused);
@@ -603,7 +611,13 @@ mod tests {
     #[test]
     fn out_of_order_and_conflicting_duplicates_are_rejected_with_reasons() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         ingest(&store, vec![series("x", "a", &[(1000, 1.0), (2000, 2.0)])]);
         let admitted = ingest(
             &store,
@@ -633,6 +647,7 @@ mod tests {
                 max_series: 1000,
                 max_series_per_metric: 2,
             },
+            MAX_CHUNK_FILE_BYTES,
             SelfMetrics::new(),
         )
         .unwrap();

@@ -9,7 +9,8 @@
 //! - `series.log`: one entry per series (id, labels), appended when a flush
 //!   first sees the series;
 //! - `chunks/<n>.chk`: sealed chunks, appended by flushes, one file per
-//!   `CHUNK_FILE_BYTES`; retention deletes whole files, oldest first;
+//!   eighth of the size limit (see `Retention::file_bytes`), at most
+//!   `MAX_CHUNK_FILE_BYTES`; retention deletes whole files, oldest first;
 //! - `head.snap`: the open chunk of every series and the metadata, rewritten
 //!   atomically by each flush together with the WAL sequence number it covers;
 //! - `FORMAT`: the version of the series log and chunk file formats.
@@ -91,15 +92,21 @@ pub struct MetricStore {
 impl MetricStore {
     /// Opens (or creates) the store under `dir`: series, chunk files and the
     /// head snapshot. The WAL after [`MetricStore::checkpoint`] must be
-    /// applied next.
-    pub fn open(dir: &Path, limits: SeriesLimits, metrics: SelfMetrics) -> Result<MetricStore> {
+    /// applied next. A new chunk file starts once the current one holds
+    /// `chunk_file_bytes` (at most `files::MAX_CHUNK_FILE_BYTES`).
+    pub fn open(
+        dir: &Path,
+        limits: SeriesLimits,
+        chunk_file_bytes: u64,
+        metrics: SelfMetrics,
+    ) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
         crate::store::check_format(dir, "metrics", FORMAT_VERSION..=FORMAT_VERSION)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
             head.insert(id, labels.into(), true)
         })?;
-        let mut files = ChunkFiles::open(dir, &metrics, |id, chunk_ref| {
+        let mut files = ChunkFiles::open(dir, chunk_file_bytes, &metrics, |id, chunk_ref| {
             head.add_persisted(id, chunk_ref)
         })?;
         let mut through_seq = 0;
@@ -483,6 +490,7 @@ fn extend_in_range(out: &mut Vec<MetricSample>, bytes: &[u8], start: i64, end: i
 mod tests {
     use super::*;
     use crate::model::METRIC_NAME_LABEL;
+    use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
     use promql_parser::label::MatchOp;
 
     pub(super) fn limits() -> SeriesLimits {
@@ -520,7 +528,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..130).map(|i| (i * 1000, i as f64)).collect();
         let old_snapshot = {
-            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+            let store = MetricStore::open(
+                dir.path(),
+                limits(),
+                MAX_CHUNK_FILE_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap();
             ingest(&store, vec![series("up", "a", &samples[..50])]);
             store.flush(1).unwrap();
             let old_snapshot = std::fs::read(dir.path().join("head.snap")).unwrap();
@@ -531,7 +545,13 @@ mod tests {
         };
         // As if killed after the chunk file append, before the new snapshot.
         std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(store.durable_through(), 1);
         store.apply(vec![series("up", "a", &samples[50..])]);
         let got = store
@@ -591,7 +611,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64 * 1.5)).collect();
         {
-            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+            let store = MetricStore::open(
+                dir.path(),
+                limits(),
+                MAX_CHUNK_FILE_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap();
             ingest(&store, vec![series("up", "a", &samples[..250])]);
             store.flush(7).unwrap();
             // Applied after the flush: only the WAL has these.
@@ -602,7 +628,13 @@ mod tests {
                 .series;
             assert_eq!(all[0].samples.len(), 300);
         }
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(store.durable_through(), 7);
         let before_replay = store
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
@@ -633,11 +665,23 @@ mod tests {
     fn retrying_the_newest_sample_after_reopen_is_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+            let store = MetricStore::open(
+                dir.path(),
+                limits(),
+                MAX_CHUNK_FILE_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap();
             ingest(&store, vec![series("x", "a", &[(1000, 1.5), (2000, 2.5)])]);
             store.flush(1).unwrap();
         }
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.5)])]);
         assert_eq!(retry.rejected, 0, "{:?}", retry.first_error);
         let conflict = ingest(&store, vec![series("x", "a", &[(2000, 9.0)])]);
@@ -647,7 +691,13 @@ mod tests {
     #[test]
     fn label_names_and_values_follow_selectors_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path(), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            dir.path(),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         let mut old = series("up", "old", &[(1_000, 1.0)]);
         old.labels.push(Label::new("zone", "a"));
         ingest(
