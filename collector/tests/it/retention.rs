@@ -415,12 +415,7 @@ async fn size_limits_hold_the_data_directory_under_load() {
     let load = drive(&daemon, &data, Duration::from_secs(30), Some(bound)).await;
     let (newest_trace, newest_logs) = newest(&load);
     // Far more than the limits went through.
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.self_metrics().await;
     for signal in ["traces", "logs"] {
         let dropped =
             format!("strand_retention_dropped_bytes_total{{reason=\"size\",signal=\"{signal}\"}}");
