@@ -570,8 +570,13 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64)).collect();
-        let store =
-            MetricStore::open(&dir.path().join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        let store = MetricStore::open(
+            &dir.path().join("metrics"),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         ingest(&store, vec![series("up", "a", &samples[..250])]);
         store.flush(7).unwrap();
         // Applied after the flush: the snapshot's WAL has these.
@@ -596,8 +601,13 @@ mod tests {
         }
         store.flush(8).unwrap();
 
-        let copy =
-            MetricStore::open(&snapshot.join("metrics"), limits(), SelfMetrics::new()).unwrap();
+        let copy = MetricStore::open(
+            &snapshot.join("metrics"),
+            limits(),
+            MAX_CHUNK_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
         assert_eq!(copy.durable_through(), 7);
         let got = copy
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
