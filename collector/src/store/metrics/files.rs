@@ -466,7 +466,7 @@ fn read_frames(
 mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
-    use crate::store::metrics::tests::{ingest, limits, matcher, series};
+    use crate::store::metrics::tests::{ingest, limits, matcher, open_store, series};
     use std::time::Duration;
 
     #[test]
@@ -505,13 +505,7 @@ mod tests {
     #[test]
     fn retention_drops_old_chunk_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let old: Vec<(i64, f64)> = (0..240).map(|i| (i * 1000, 1.0)).collect();
         ingest(&store, vec![series("x", "a", &old)]);
         store.flush(1).unwrap();

@@ -544,7 +544,7 @@ mod tests {
     use crate::store::metrics::MetricStore;
     use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
     use crate::store::metrics::index::label_value;
-    use crate::store::metrics::tests::{ingest, limits, matcher, series};
+    use crate::store::metrics::tests::{ingest, matcher, open_store, series};
     use crate::telemetry::SelfMetrics;
 
     #[test]
@@ -589,13 +589,7 @@ mod tests {
     #[test]
     fn undone_admissions_accept_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
         let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
         store.undo_admission(&refused);
@@ -611,13 +605,7 @@ mod tests {
     #[test]
     fn out_of_order_and_conflicting_duplicates_are_rejected_with_reasons() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         ingest(&store, vec![series("x", "a", &[(1000, 1.0), (2000, 2.0)])]);
         let admitted = ingest(
             &store,

@@ -164,21 +164,13 @@ pub(super) fn format_labels(labels: &[Label]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::metrics::MetricStore;
-    use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
-    use crate::store::metrics::tests::{ingest, limits, matcher, series};
-    use crate::telemetry::SelfMetrics;
+
+    use crate::store::metrics::tests::{ingest, matcher, open_store, series};
 
     #[test]
     fn matchers_follow_prometheus_semantics() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let mut with_env = series("m", "b", &[(1, 2.0)]);
         with_env.labels.push(Label::new("env", "prod"));
         ingest(&store, vec![series("m", "a", &[(1, 1.0)]), with_env]);

@@ -500,6 +500,11 @@ mod tests {
         }
     }
 
+    /// A store in `dir` with the test limits and full-size chunk files.
+    pub(super) fn open_store(dir: &Path) -> MetricStore {
+        MetricStore::open(dir, limits(), MAX_CHUNK_FILE_BYTES, SelfMetrics::new()).unwrap()
+    }
+
     pub(super) fn series(name: &str, job: &str, samples: &[(i64, f64)]) -> SeriesSamples {
         SeriesSamples {
             labels: vec![Label::new(METRIC_NAME_LABEL, name), Label::new("job", job)],
@@ -528,13 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..130).map(|i| (i * 1000, i as f64)).collect();
         let old_snapshot = {
-            let store = MetricStore::open(
-                dir.path(),
-                limits(),
-                MAX_CHUNK_FILE_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap();
+            let store = open_store(dir.path());
             ingest(&store, vec![series("up", "a", &samples[..50])]);
             store.flush(1).unwrap();
             let old_snapshot = std::fs::read(dir.path().join("head.snap")).unwrap();
@@ -545,13 +544,7 @@ mod tests {
         };
         // As if killed after the chunk file append, before the new snapshot.
         std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.durable_through(), 1);
         store.apply(vec![series("up", "a", &samples[50..])]);
         let got = store
@@ -570,13 +563,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64)).collect();
-        let store = MetricStore::open(
-            &dir.path().join("metrics"),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(&dir.path().join("metrics"));
         ingest(&store, vec![series("up", "a", &samples[..250])]);
         store.flush(7).unwrap();
         // Applied after the flush: the snapshot's WAL has these.
@@ -601,13 +588,7 @@ mod tests {
         }
         store.flush(8).unwrap();
 
-        let copy = MetricStore::open(
-            &snapshot.join("metrics"),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let copy = open_store(&snapshot.join("metrics"));
         assert_eq!(copy.durable_through(), 7);
         let got = copy
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
@@ -621,13 +602,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<(i64, f64)> = (0..300).map(|i| (i * 15_000, i as f64 * 1.5)).collect();
         {
-            let store = MetricStore::open(
-                dir.path(),
-                limits(),
-                MAX_CHUNK_FILE_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap();
+            let store = open_store(dir.path());
             ingest(&store, vec![series("up", "a", &samples[..250])]);
             store.flush(7).unwrap();
             // Applied after the flush: only the WAL has these.
@@ -638,13 +613,7 @@ mod tests {
                 .series;
             assert_eq!(all[0].samples.len(), 300);
         }
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.durable_through(), 7);
         let before_replay = store
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
@@ -675,23 +644,11 @@ mod tests {
     fn retrying_the_newest_sample_after_reopen_is_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = MetricStore::open(
-                dir.path(),
-                limits(),
-                MAX_CHUNK_FILE_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap();
+            let store = open_store(dir.path());
             ingest(&store, vec![series("x", "a", &[(1000, 1.5), (2000, 2.5)])]);
             store.flush(1).unwrap();
         }
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.5)])]);
         assert_eq!(retry.rejected, 0, "{:?}", retry.first_error);
         let conflict = ingest(&store, vec![series("x", "a", &[(2000, 9.0)])]);
@@ -701,13 +658,7 @@ mod tests {
     #[test]
     fn label_names_and_values_follow_selectors_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(
-            dir.path(),
-            limits(),
-            MAX_CHUNK_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let mut old = series("up", "old", &[(1_000, 1.0)]);
         old.labels.push(Label::new("zone", "a"));
         ingest(

@@ -891,6 +891,17 @@ mod tests {
 
     const TEST_CACHE_BYTES: u64 = 1 << 20;
 
+    /// A store in `dir` with a small index cache and full-size segments.
+    fn open_store(dir: &Path) -> TraceStore {
+        TraceStore::open(
+            dir,
+            TEST_CACHE_BYTES,
+            Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap()
+    }
+
     fn span(trace: u8, id: u8, parent: Option<u8>, service: &str) -> Span {
         let mut span = sample_span(trace, id, service);
         span.parent_span_id = parent.map(|p| [p; 8]);
@@ -900,13 +911,7 @@ mod tests {
     #[test]
     fn spans_are_queryable_before_and_after_flush_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         store.apply(
             1,
             vec![span(1, 1, None, "gateway"), span(2, 1, None, "order")],
@@ -926,13 +931,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.durable_through().unwrap(), 2);
         let trace = store.trace(&[1; 16]).unwrap().spans;
         assert_eq!(trace.len(), 2);
@@ -946,15 +945,7 @@ mod tests {
     fn a_trace_stays_whole_while_flushes_move_it_to_blocks() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            TraceStore::open(
-                dir.path(),
-                TEST_CACHE_BYTES,
-                Retention::MAX_FILE_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap(),
-        );
+        let store = Arc::new(open_store(dir.path()));
         let applied = Arc::new(AtomicUsize::new(0));
         let flusher = {
             let (store, applied) = (store.clone(), applied.clone());
@@ -980,13 +971,7 @@ mod tests {
     #[test]
     fn dependencies_are_counted_across_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         store.apply(1, vec![span(1, 1, None, "gateway")]);
         store.flush().unwrap();
         store.apply(
@@ -1018,13 +1003,7 @@ mod tests {
     #[test]
     fn search_candidates_come_newest_first_within_range() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let mut spans = Vec::new();
         for trace in 1..=5u8 {
             let mut s = span(trace, 1, None, "order");
@@ -1045,13 +1024,7 @@ mod tests {
     #[test]
     fn search_candidates_merge_flushes_in_start_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let at = |trace: u8, start: u64| {
             let mut s = span(trace, 1, None, "order");
             s.start_unix_nano = start;
@@ -1076,13 +1049,7 @@ mod tests {
     #[test]
     fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         store.apply(1, vec![span(1, 1, None, "order")]);
         store.flush().unwrap();
         let next_block =
@@ -1097,13 +1064,7 @@ mod tests {
         store.db.flush().unwrap();
         drop(store);
 
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert!(store.db.get(&stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
@@ -1137,13 +1098,7 @@ mod tests {
     fn a_snapshot_holds_the_committed_flushes_and_links_the_sealed_segment() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            &dir.path().join("traces"),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(&dir.path().join("traces"));
         flush_segment(&store, 1, vec![span(1, 1, None, "sealed")]);
         flush_segment(&store, 2, vec![span(2, 1, None, "current")]);
         // Only in the head: the WAL copy brings it, not the store's.
@@ -1165,13 +1120,7 @@ mod tests {
         // The copy stays as it was when the store moves on.
         store.flush().unwrap();
 
-        let copy = TraceStore::open(
-            &snapshot.join("traces"),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let copy = open_store(&snapshot.join("traces"));
         assert_eq!(copy.durable_through().unwrap(), 2);
         assert_eq!(found(&copy, "sealed"), [1]);
         assert_eq!(found(&copy, "current"), [2]);
@@ -1227,13 +1176,7 @@ mod tests {
     #[test]
     fn retention_by_age_drops_the_old_hours_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         assert_eq!(found(&store, "order"), vec![2, 1]);
@@ -1256,13 +1199,7 @@ mod tests {
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         drop(store);
 
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
@@ -1273,13 +1210,7 @@ mod tests {
     #[test]
     fn retention_by_bytes_drops_the_oldest_first_never_the_current_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         for trace in 1..=3u8 {
             flush_segment(
                 &store,
@@ -1311,13 +1242,7 @@ mod tests {
         // After a reopen nothing is being appended to: the newest committed
         // segment stays all the same.
         drop(store);
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.enforce_retention(retention(1, 1), later).unwrap(), 0);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
@@ -1325,13 +1250,7 @@ mod tests {
     #[test]
     fn reopen_is_consistent_after_a_crash_between_the_drop_and_the_file_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         let old = segment_files(dir.path())[0].0.clone();
@@ -1362,13 +1281,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
 
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         assert!(
             !old_path.exists(),
             "open deletes what the index does not know"
@@ -1386,13 +1299,7 @@ mod tests {
     #[test]
     fn segments_without_a_newest_span_age_by_their_file_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 3 * HOUR + 10));
         // As written before segments recorded their newest span.
@@ -1418,13 +1325,7 @@ mod tests {
     #[test]
     fn many_traces_span_several_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            TEST_CACHE_BYTES,
-            Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let mut spans = Vec::new();
         for trace in 0..=255u8 {
             for id in 1..=40u8 {
