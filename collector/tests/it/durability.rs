@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use strand_testkit::Strand;
 
 use crate::support::remote_write::{self as rw, MetricMetadata};
-use crate::support::{STRAND_BINARY, prom};
+use crate::support::{STRAND_BINARY, incomplete_traces, prom};
 
 const TRACES_PER_REQUEST: usize = 5;
 const SPANS_PER_TRACE: usize = 4;
@@ -183,16 +183,7 @@ async fn acknowledged_spans_and_logs_survive_kill_9() {
     );
 
     let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
-    let mut missing = Vec::new();
-    for id in &acked {
-        let (status, body) = daemon
-            .get_json(&format!("/api/traces/{}", hex::encode(id)))
-            .await;
-        let spans = body["data"][0]["spans"].as_array().map_or(0, Vec::len);
-        if status != 200 || spans != SPANS_PER_TRACE {
-            missing.push((hex::encode(id), status, spans));
-        }
-    }
+    let missing = incomplete_traces(&daemon, &acked, SPANS_PER_TRACE).await;
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged traces incomplete after kill -9, e.g. {:?}\n{}",

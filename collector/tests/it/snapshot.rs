@@ -29,7 +29,7 @@ use crate::auth::{ADMIN, INGEST, READ, TOKEN_FLAGS};
 use crate::disk_full::Tmpfs;
 use crate::durability::service;
 use crate::support::remote_write as rw;
-use crate::support::{STRAND_BINARY, now_ms, prom};
+use crate::support::{STRAND_BINARY, incomplete_traces, now_ms, prom};
 
 const SPANS_PER_TRACE: usize = 3;
 const LOGS_PER_REQUEST: u64 = 10;
@@ -449,16 +449,7 @@ async fn a_snapshot_taken_under_load_serves_everything_acknowledged_before_it() 
     );
 
     let copy = Strand::spawn(STRAND_BINARY, &snapshot, &[]).await;
-    let mut missing = Vec::new();
-    for id in &want_traces {
-        let (status, body) = copy
-            .get_json(&format!("/api/traces/{}", hex::encode(id)))
-            .await;
-        let spans = body["data"][0]["spans"].as_array().map_or(0, Vec::len);
-        if status != 200 || spans != SPANS_PER_TRACE {
-            missing.push((hex::encode(id), status, spans));
-        }
-    }
+    let missing = incomplete_traces(&copy, &want_traces, SPANS_PER_TRACE).await;
     assert!(
         missing.is_empty(),
         "{} of {} traces acknowledged before the snapshot are not in it, e.g. {:?}\n{}",

@@ -21,6 +21,26 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to memory")
 }
 
+/// The traces among `ids` that `daemon` does not answer whole, with
+/// `spans` spans each: (hex id, HTTP status, spans found).
+pub async fn incomplete_traces(
+    daemon: &strand_testkit::Strand,
+    ids: &[[u8; 16]],
+    spans: usize,
+) -> Vec<(String, u16, usize)> {
+    let mut incomplete = Vec::new();
+    for id in ids {
+        let (status, body) = daemon
+            .get_json(&format!("/api/traces/{}", hex::encode(id)))
+            .await;
+        let found = body["data"][0]["spans"].as_array().map_or(0, Vec::len);
+        if status != 200 || found != spans {
+            incomplete.push((hex::encode(id), status, found));
+        }
+    }
+    incomplete
+}
+
 /// The `strand` binary Cargo built for these tests, for `Strand::spawn`.
 pub const STRAND_BINARY: &str = env!("CARGO_BIN_EXE_strand");
 
