@@ -296,6 +296,16 @@ impl Pipeline {
         self.metric_store.newest(labels)
     }
 
+    /// The newest durable samples of the series labelled `labels` plus
+    /// `extra`; see `MetricStore::newest_by`.
+    pub fn newest_samples_by(
+        &self,
+        labels: &[crate::model::Label],
+        extra: &str,
+    ) -> Vec<(String, crate::model::MetricSample)> {
+        self.metric_store.newest_by(labels, extra)
+    }
+
     /// Counts samples refused.
     pub fn reject_samples(&self, samples: usize, reason: &str) {
         self.reject(Signal::Samples, samples, reason);

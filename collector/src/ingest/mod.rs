@@ -115,6 +115,23 @@ impl From<IngestError> for tonic::Status {
     }
 }
 
+/// The metrics store, as the OTLP metrics converter reads it back.
+struct StoredInPipeline<'a>(&'a crate::pipeline::Pipeline);
+
+impl otlp_metrics::StoredSamples for StoredInPipeline<'_> {
+    fn newest(&self, labels: &[crate::model::Label]) -> Option<crate::model::MetricSample> {
+        self.0.newest_sample(labels)
+    }
+
+    fn newest_by(
+        &self,
+        labels: &[crate::model::Label],
+        extra: &str,
+    ) -> Vec<(String, crate::model::MetricSample)> {
+        self.0.newest_samples_by(labels, extra)
+    }
+}
+
 /// The body a request declares (`Content-Length`), as what it inflates to
 /// when compressed; `None` when it declares none (gRPC, chunked uploads).
 fn declared_body_bytes(headers: &HeaderMap) -> Option<u64> {
@@ -262,7 +279,7 @@ async fn export_metrics(
     use opentelemetry_proto::tonic::collector::metrics::v1::{
         ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
     };
-    let converted = converter.convert(request, &|labels| pipeline.newest_sample(labels));
+    let converted = converter.convert(request, &StoredInPipeline(pipeline));
     if converted.rejected > 0 {
         pipeline.reject_samples(converted.rejected as usize, "invalid");
     }

@@ -820,20 +820,43 @@ fn delta_request(service: &str, name: &str, time_ms: i64, value: u64) -> String 
     )
 }
 
+/// One point of the delta exponential histogram `delta.sizes` of service
+/// `worker` (scale 1): `step` values in two neighbouring buckets that move
+/// with `step`, so the total spans buckets no single point names.
+fn exponential_delta_request(time_ms: i64, step: u64) -> String {
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[
+            {{"key":"service.name","value":{{"stringValue":"worker"}}}}]}},
+          "scopeMetrics":[{{"metrics":[{{"name":"delta.sizes","unit":"By",
+            "exponentialHistogram":{{"aggregationTemporality":1,"dataPoints":[
+            {{"timeUnixNano":"{}","count":"{step}","sum":{step},"scale":1,
+              "positive":{{"offset":{},"bucketCounts":["1","{}"]}}}}]}}}}]}}]}}]}}"#,
+        time_ms * 1_000_000,
+        step % 4,
+        step - 1
+    )
+}
+
+/// Sends a delta counter point and a delta exponential histogram point.
 async fn send_delta(daemon: &Strand, time_ms: i64, value: u64) {
-    let response = reqwest::Client::new()
-        .post(daemon.otlp_http_url("/v1/metrics"))
-        .header("Content-Type", "application/json")
-        .body(delta_request("worker", "delta.jobs", time_ms, value))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    assert!(
-        status.is_success() && !body.contains("rejected"),
-        "delta {value} at {time_ms}: HTTP {status}: {body}"
-    );
+    for body in [
+        delta_request("worker", "delta.jobs", time_ms, value),
+        exponential_delta_request(time_ms, value),
+    ] {
+        let response = reqwest::Client::new()
+            .post(daemon.otlp_http_url("/v1/metrics"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success() && !body.contains("rejected"),
+            "delta {value} at {time_ms}: HTTP {status}: {body}"
+        );
+    }
 }
 
 /// The running totals of OTLP delta counters are in memory only, but
@@ -877,6 +900,21 @@ async fn delta_counters_continue_across_kill_9() {
     )
     .await;
     assert_eq!(increase[0].1, 35.0, "{increase:?}");
+    // The exponential histogram goes on too: its count is the running sum,
+    // and no bucket reads as reset.
+    let counts = prom::raw_samples(&daemon, "delta_sizes_bytes_count[1m]", end).await;
+    let counts: Vec<f64> = counts
+        .iter()
+        .flat_map(|(_, samples)| samples.iter().map(|(_, v)| *v))
+        .collect();
+    assert_eq!(counts, [1.0, 3.0, 6.0, 10.0, 15.0, 21.0, 28.0, 36.0]);
+    let resets = prom::instant_vector(
+        &daemon,
+        "sum(resets(delta_sizes_bytes_bucket[1m]))",
+        Some(end),
+    )
+    .await;
+    assert_eq!(resets[0].1, 0.0, "a bucket reset after the restart");
 }
 
 /// A field of the `WalReplayed` line of a daemon's log, e.g. `replayed_spans`.

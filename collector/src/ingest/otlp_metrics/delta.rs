@@ -164,8 +164,8 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    use crate::ingest::otlp_metrics::MetricsConverter;
     use crate::ingest::otlp_metrics::tests::{check_with, render, request};
+    use crate::ingest::otlp_metrics::{MetricsConverter, StoredSamples};
     use crate::model::{Label, MetricSample};
 
     /// The newest sample of every series converted, as the metrics store
@@ -178,14 +178,32 @@ mod tests {
         /// into these samples; returns the rendering `check_with` compares.
         fn convert(&self, converter: &MetricsConverter, json: &str) -> String {
             let request = serde_json::from_str(json).unwrap();
-            let converted =
-                converter.convert(request, &|labels| self.0.borrow().get(labels).copied());
+            let converted = converter.convert(request, self);
             for series in &converted.series {
                 if let Some(newest) = series.samples.last() {
                     self.0.borrow_mut().insert(series.labels.clone(), *newest);
                 }
             }
             render(&converted)
+        }
+    }
+
+    impl StoredSamples for Stored {
+        fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+            self.0.borrow().get(labels).copied()
+        }
+
+        fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)> {
+            self.0
+                .borrow()
+                .iter()
+                .filter_map(|(series, sample)| {
+                    let value = series.iter().find(|l| l.name == extra)?;
+                    let rest: Vec<&Label> = series.iter().filter(|l| l.name != extra).collect();
+                    (rest.len() == labels.len() && rest.iter().zip(labels).all(|(a, b)| *a == b))
+                        .then(|| (value.value.clone(), *sample))
+                })
+                .collect()
         }
     }
 
@@ -243,6 +261,65 @@ latency_milliseconds_count{job="svc"} 2000:6
 # latency_milliseconds histogram unit="milliseconds" help=""
 "#
         );
+    }
+
+    #[test]
+    fn a_new_converter_resumes_delta_exponential_histograms_from_the_stored_samples() {
+        // Scale 1 (base √2), a zero bucket, positive and negative buckets;
+        // the third point comes at scale 0, as an SDK that downscaled sends.
+        let delta = |time: &str, scale: i32, positive: &str, negative: &str| {
+            request(&format!(
+                r#"{{"name":"payload","unit":"By","exponentialHistogram":{{"aggregationTemporality":1,
+                    "dataPoints":[{{"timeUnixNano":"{time}","count":"7","sum":12.5,"scale":{scale},
+                    "zeroCount":"1","positive":{{"offset":1,"bucketCounts":[{positive}]}},
+                    "negative":{{"offset":0,"bucketCounts":[{negative}]}}}}]}}}}"#
+            ))
+        };
+        let points = [
+            delta("1000000000", 1, "1,2,1", "2"),
+            delta("2000000000", 1, "0,3,2", "1"),
+            delta("3000000000", 0, "4,1", "1"),
+        ];
+        // Without a restart: one converter sees every point.
+        let continuous = MetricsConverter::new(100);
+        let expected: Vec<String> = points
+            .iter()
+            .map(|point| Stored::default().convert(&continuous, point))
+            .collect();
+        // With a restart before every point: each resumes from the store.
+        let stored = Stored::default();
+        for (point, expected) in points.iter().zip(&expected) {
+            let got = stored.convert(&MetricsConverter::new(100), point);
+            assert_eq!(&got, expected);
+        }
+        assert!(
+            expected[2].contains(r#"payload_bytes_count{job="svc"} 3000:21"#),
+            "{}",
+            expected[2]
+        );
+    }
+
+    #[test]
+    fn an_exponential_total_with_gaps_or_one_bucket_resumes_too() {
+        let delta = |time: &str, offset: i32, positive: &str, count: u32| {
+            request(&format!(
+                r#"{{"name":"payload","unit":"By","exponentialHistogram":{{"aggregationTemporality":1,
+                    "dataPoints":[{{"timeUnixNano":"{time}","count":"{count}","scale":2,
+                    "positive":{{"offset":{offset},"bucketCounts":[{positive}]}}}}]}}}}"#
+            ))
+        };
+        // One bucket, then far from it (a gap in the total), then between.
+        let points = [
+            delta("1000000000", 3, "2", 2),
+            delta("2000000000", 9, "1,1", 2),
+            delta("3000000000", 5, "3", 3),
+        ];
+        let continuous = MetricsConverter::new(100);
+        let stored = Stored::default();
+        for point in &points {
+            let expected = Stored::default().convert(&continuous, point);
+            assert_eq!(stored.convert(&MetricsConverter::new(100), point), expected);
+        }
     }
 
     #[test]

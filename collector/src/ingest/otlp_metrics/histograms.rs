@@ -130,8 +130,11 @@ impl ExplicitHistogram {
     /// one time and none a staleness marker, or there is none.
     fn resume(&self, context: &MetricContext<'_>, attributes: &[Label]) -> Option<Resumed> {
         let stored = |suffix: &str, le: Option<f64>| {
-            let sample =
-                (context.stored)(&context.labels(attributes, suffix, le.map(|le| ("le", le))))?;
+            let sample = context.stored.newest(&context.labels(
+                attributes,
+                suffix,
+                le.map(|le| ("le", le)),
+            ))?;
             (sample.value.to_bits() != STALE_NAN_BITS).then_some(sample)
         };
         let count = stored("_count", None)?;
@@ -380,6 +383,116 @@ impl ExponentialHistogram {
         Ok(total)
     }
 
+    /// The running total of this delta's series, taken back from its stored
+    /// classic samples: every `_bucket` (whatever its `le`), `_sum` when this
+    /// point has one, and `_count`, all of one time and none a staleness
+    /// marker. The buckets are rebuilt at the scale whose bounds are exactly
+    /// the stored `le` values, around this point's zero threshold: the
+    /// inverse of [`Self::classic`]. `None` when there is no such total or no
+    /// scale explains it.
+    fn resume(&self, context: &MetricContext<'_>, attributes: &[Label]) -> Option<Resumed> {
+        let live =
+            |sample: MetricSample| (sample.value.to_bits() != STALE_NAN_BITS).then_some(sample);
+        let count = live(
+            context
+                .stored
+                .newest(&context.labels(attributes, "_count", None))?,
+        )?;
+        let time = count.timestamp_ms;
+        let whole = |sample: MetricSample| {
+            (sample.timestamp_ms == time && sample.value >= 0.0 && sample.value.fract() == 0.0)
+                .then_some(sample.value as u64)
+        };
+        let count = whole(count)?;
+        let mut bounds = Vec::new();
+        let mut infinite = None;
+        let buckets = context.labels(attributes, "_bucket", None);
+        for (le, sample) in context.stored.newest_by(&buckets, "le") {
+            let le: f64 = le.parse().ok()?;
+            let cumulative = whole(live(sample)?)?;
+            if le == f64::INFINITY {
+                infinite = Some(cumulative);
+            } else {
+                bounds.push((le, cumulative));
+            }
+        }
+        if infinite != Some(count) {
+            return None;
+        }
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if bounds.windows(2).any(|w| w[1].1 < w[0].1) || bounds.last().is_some_and(|b| b.1 > count)
+        {
+            return None;
+        }
+        let zero = bounds
+            .iter()
+            .position(|&(le, _)| le == self.zero_threshold)?;
+        // A positive bucket's upper bound is base^(index + 1), a negative
+        // one's -base^index.
+        let index_at = |le: f64, i: usize, scale: i32| {
+            if i < zero {
+                exponential_index(-le, scale)
+            } else {
+                exponential_index(le, scale).map(|index| index - 1)
+            }
+        };
+        // The scale the total was stored at: its bounds are bucket bounds
+        // there, and neighbouring buckets (classic() writes every bucket of
+        // a range, empty ones too) are one index apart somewhere. At a finer
+        // scale every gap is even; a total of one bucket per sign is kept at
+        // the finest scale, a sub-bucket with the same upper bound, which
+        // `add` merges into the right bucket at any coarser scale.
+        let scale = (MIN_SCALE..=MAX_SCALE).rev().find(|&scale| {
+            let indices: Option<Vec<(bool, i64)>> = bounds
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != zero)
+                .map(|(i, &(le, _))| Some((i < zero, index_at(le, i, scale)?)))
+                .collect();
+            let Some(indices) = indices else {
+                return false;
+            };
+            let gaps: Vec<i64> = indices
+                .windows(2)
+                .filter(|w| w[0].0 == w[1].0)
+                .map(|w| (w[1].1 - w[0].1).abs())
+                .collect();
+            gaps.is_empty() || gaps.iter().any(|gap| gap % 2 == 1)
+        })?;
+        let mut total = ExponentialHistogram {
+            scale,
+            zero_count: 0,
+            zero_threshold: self.zero_threshold,
+            positive: BTreeMap::new(),
+            negative: BTreeMap::new(),
+            count,
+            sum: None,
+        };
+        let mut below = 0;
+        for (i, &(le, cumulative)) in bounds.iter().enumerate() {
+            let in_bucket = cumulative - below;
+            below = cumulative;
+            match i.cmp(&zero) {
+                std::cmp::Ordering::Equal => total.zero_count = in_bucket,
+                std::cmp::Ordering::Less => {
+                    total.negative.insert(index_at(le, i, scale)?, in_bucket);
+                }
+                std::cmp::Ordering::Greater => {
+                    total.positive.insert(index_at(le, i, scale)?, in_bucket);
+                }
+            }
+        }
+        if self.sum.is_some() {
+            let sum = live(
+                context
+                    .stored
+                    .newest(&context.labels(attributes, "_sum", None))?,
+            )?;
+            total.sum = Some((sum.timestamp_ms == time).then_some(sum.value)?);
+        }
+        Some(Resumed::at(time, Running::Exponential(total)))
+    }
+
     /// Classic buckets: negative buckets from the most negative (upper bound
     /// `-base^index`), the zero bucket (`le` = zero threshold), then positive
     /// buckets (upper bound `base^(index+1)`), with `base = 2^(2^-scale)`.
@@ -414,6 +527,18 @@ impl ExponentialHistogram {
             sum: self.sum,
         }
     }
+}
+
+/// The index `i` whose bound `base^i` at `scale` is exactly `bound` (as
+/// [`ExponentialHistogram::classic`] computes bounds), if there is one.
+fn exponential_index(bound: f64, scale: i32) -> Option<i64> {
+    if !(bound > 0.0 && bound.is_finite()) {
+        return None;
+    }
+    let index = (bound.log2() * f64::from(scale).exp2()).round();
+    let index = index as i64;
+    let exact = (index as f64 * f64::from(-scale).exp2()).exp2();
+    (exact.to_bits() == bound.to_bits()).then_some(index)
 }
 
 /// Whether a dense bucket range, downscaled by `shift`, has few enough buckets.
@@ -465,9 +590,7 @@ pub(super) fn exponential_point(
         if let Some(sum) = histogram.sum.filter(|s| !s.is_finite()) {
             return Err(format!("delta sum {sum} is not finite"));
         }
-        // Stored as classic buckets, an exponential total cannot be taken
-        // back exactly: after a restart it starts again (a counter reset).
-        let resume = || None;
+        let resume = || histogram.resume(context, &attributes);
         if let Some(Running::Exponential(previous)) =
             state.previous(&key, point.time_unix_nano, resume)?
         {

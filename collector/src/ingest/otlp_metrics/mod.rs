@@ -229,13 +229,24 @@ struct PointSeries {
     series: Vec<(Vec<Label>, f64)>,
 }
 
-/// The newest stored sample of a series (canonical labels), staleness
-/// markers included. The running totals of delta series live in memory; the
-/// cumulative samples they produced are durable (WAL, then the metrics
-/// store), so a series without a running total — after a restart or
-/// `kill -9`, or an eviction — resumes from its newest stored sample, which
-/// is exactly the sum of every delta acknowledged before.
-pub type StoredSample<'a> = &'a dyn Fn(&[Label]) -> Option<MetricSample>;
+/// What the converter reads back from the metrics store. The running totals
+/// of delta series live in memory; the cumulative samples they produced are
+/// durable (WAL, then the metrics store), so a series without a running
+/// total — after a restart or `kill -9`, or an eviction — resumes from its
+/// newest stored samples, which are exactly the sum of every delta
+/// acknowledged before.
+pub trait StoredSamples {
+    /// The newest stored sample of the series with exactly `labels`
+    /// (canonical), staleness markers included.
+    fn newest(&self, labels: &[Label]) -> Option<MetricSample>;
+
+    /// The newest stored samples of the series labelled `labels` plus one
+    /// label `extra`: that label's value and the sample (an exponential
+    /// histogram's buckets by `le`, which no point names in advance).
+    fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)>;
+}
+
+pub type StoredSample<'a> = &'a dyn StoredSamples;
 
 /// What the points of one metric share.
 struct MetricContext<'a> {
@@ -366,6 +377,19 @@ mod tests {
     use crate::model::STALE_NAN_BITS;
     use opentelemetry_proto::tonic::common::v1 as otlp_common;
 
+    /// A metrics store that holds nothing: a first start.
+    pub(super) struct NothingStored;
+
+    impl StoredSamples for NothingStored {
+        fn newest(&self, _: &[Label]) -> Option<MetricSample> {
+            None
+        }
+
+        fn newest_by(&self, _: &[Label], _: &str) -> Vec<(String, MetricSample)> {
+            Vec::new()
+        }
+    }
+
     use proptest::prelude::*;
 
     /// Runs an OTLP/JSON request through `converter` and compares a compact
@@ -373,7 +397,7 @@ mod tests {
     /// `expect`.
     pub(super) fn check_with(converter: &MetricsConverter, json: &str, expect: &str) {
         let request: ExportMetricsServiceRequest = serde_json::from_str(json).unwrap();
-        let converted = converter.convert(request, &|_| None);
+        let converted = converter.convert(request, &NothingStored);
         let got = render(&converted);
         assert_eq!(got.trim(), expect.trim(), "\n--- got ---\n{got}");
     }
@@ -708,7 +732,7 @@ rejected=4 metric "...": name has no valid character (a-z, A-Z, 0-9, :)"#,
         fn random_requests_never_panic(first in arb_request(), second in arb_request()) {
             let converter = MetricsConverter::new(4);
             for request in [first, second] {
-                let converted = converter.convert(request, &|_| None);
+                let converted = converter.convert(request, &NothingStored);
                 for series in &converted.series {
                     prop_assert_eq!(&series.labels, &canonical_labels(series.labels.clone()));
                     prop_assert!(!series.metric_name().is_empty());

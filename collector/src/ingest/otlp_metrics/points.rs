@@ -76,7 +76,7 @@ pub(super) fn number_point(
                 labels: labels.clone(),
             };
             let resume = || {
-                let stored = (context.stored)(&labels)?;
+                let stored = context.stored.newest(&labels)?;
                 (stored.value.to_bits() != STALE_NAN_BITS)
                     .then(|| Resumed::at(stored.timestamp_ms, Running::Sum(stored.value)))
             };

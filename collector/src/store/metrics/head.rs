@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use promql_parser::label::Matcher;
+use promql_parser::label::{MatchOp, Matcher};
 
 use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
-use super::index::{SeriesIndex, format_labels, metric_name};
+use super::index::{SeriesIndex, format_labels, label_value, metric_name};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
@@ -206,6 +206,32 @@ impl Head {
             timestamp_ms,
             value: f64::from_bits(bits),
         })
+    }
+
+    /// The newest samples of the series whose labels are exactly `labels`
+    /// and one more, `extra`: that label's value and the sample.
+    pub(super) fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)> {
+        let mut matchers: Vec<Matcher> = labels
+            .iter()
+            .map(|l| Matcher::new(MatchOp::Equal, &l.name, &l.value))
+            .collect();
+        matchers.push(Matcher::new(MatchOp::NotEqual, extra, ""));
+        self.index
+            .select(&matchers)
+            .into_iter()
+            .filter_map(|id| {
+                let series_labels = self.index.labels(id)?;
+                if series_labels.len() != labels.len() + 1 {
+                    return None;
+                }
+                let (timestamp_ms, bits) = self.series(id)?.last?;
+                let sample = MetricSample {
+                    timestamp_ms,
+                    value: f64::from_bits(bits),
+                };
+                Some((label_value(series_labels, extra).to_owned(), sample))
+            })
+            .collect()
     }
 
     pub(super) fn series(&self, id: u32) -> Option<&MemSeries> {

@@ -205,6 +205,18 @@ impl MetricStore {
         self.head.read().expect("not poisoned").newest(labels)
     }
 
+    /// The newest durable samples of the series labelled `labels` plus one
+    /// label `extra` (e.g. a histogram's `_bucket` series by `le`): that
+    /// label's value and the sample. Where the running total of an OTLP
+    /// delta exponential histogram, whose buckets are not known in
+    /// advance, resumes after a restart.
+    pub fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)> {
+        self.head
+            .read()
+            .expect("not poisoned")
+            .newest_by(labels, extra)
+    }
+
     /// Type, help and unit per metric family, optionally of one metric.
     pub fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
         self.head.read().expect("not poisoned").metadata(metric)
@@ -526,6 +538,40 @@ mod tests {
         let admitted = store.admit(batch);
         store.apply(admitted.series.clone());
         admitted
+    }
+
+    #[test]
+    fn newest_by_lists_the_series_with_one_more_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let bucket = |le: &str, job: &str, value: f64| {
+            let mut s = series("x_bucket", job, &[(1000, value), (2000, value + 1.0)]);
+            s.labels.push(Label::new("le", le));
+            s.labels.sort();
+            s
+        };
+        let mut two_more = bucket("1", "a", 0.0);
+        two_more.labels.push(Label::new("zone", "z"));
+        two_more.labels.sort();
+        ingest(
+            &store,
+            vec![
+                bucket("1", "a", 1.0),
+                bucket("+Inf", "a", 4.0),
+                bucket("1", "b", 7.0),
+                series("x_bucket", "a", &[(1000, 9.0)]),
+                two_more,
+            ],
+        );
+        let mut family = series("x_bucket", "a", &[]).labels;
+        family.sort();
+        let mut found = store.newest_by(&family, "le");
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let values: Vec<(&str, i64, f64)> = found
+            .iter()
+            .map(|(le, s)| (le.as_str(), s.timestamp_ms, s.value))
+            .collect();
+        assert_eq!(values, vec![("+Inf", 2000, 5.0), ("1", 2000, 2.0)]);
     }
 
     #[test]
