@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use strand_testkit::Strand;
 
 use crate::support::remote_write::{self as rw, MetricMetadata};
-use crate::support::{STRAND_BINARY, incomplete_traces, prom};
+use crate::support::{STRAND_BINARY, incomplete_traces, prom, stored_log_bodies};
 
 const TRACES_PER_REQUEST: usize = 5;
 const SPANS_PER_TRACE: usize = 4;
@@ -199,23 +199,7 @@ async fn acknowledged_spans_and_logs_survive_kill_9() {
         "too few logs acknowledged: {}",
         acked_logs.len()
     );
-    let mut stored = std::collections::HashSet::new();
-    let mut cursor = String::new();
-    loop {
-        let (status, page) = daemon
-            .get_json(&format!(
-                "/api/logs?q=durable&start=0&limit=1000&cursor={cursor}"
-            ))
-            .await;
-        assert_eq!(status, 200, "{page}");
-        for log in page["logs"].as_array().unwrap() {
-            stored.insert(log["body"].as_str().unwrap().to_string());
-        }
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = next.to_string(),
-            None => break,
-        }
-    }
+    let stored = stored_log_bodies(&daemon, "durable").await;
     let lost: Vec<&String> = acked_logs.iter().filter(|b| !stored.contains(*b)).collect();
     assert!(
         lost.is_empty(),

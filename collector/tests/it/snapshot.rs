@@ -29,7 +29,7 @@ use crate::auth::{ADMIN, INGEST, READ, TOKEN_FLAGS};
 use crate::disk_full::Tmpfs;
 use crate::durability::service;
 use crate::support::remote_write as rw;
-use crate::support::{STRAND_BINARY, incomplete_traces, now_ms, prom};
+use crate::support::{STRAND_BINARY, incomplete_traces, now_ms, prom, stored_log_bodies};
 
 const SPANS_PER_TRACE: usize = 3;
 const LOGS_PER_REQUEST: u64 = 10;
@@ -284,27 +284,6 @@ fn partition_files(logs: &Path) -> (PathBuf, Vec<String>) {
     (partition, files)
 }
 
-/// Every log body matching `snapload` the daemon finds.
-async fn stored_logs(daemon: &Strand) -> std::collections::HashSet<String> {
-    let mut stored = std::collections::HashSet::new();
-    let mut cursor = String::new();
-    loop {
-        let (status, page) = daemon
-            .get_json(&format!(
-                "/api/logs?q=snapload&start=0&limit=1000&cursor={cursor}"
-            ))
-            .await;
-        assert_eq!(status, 200, "{page}");
-        for log in page["logs"].as_array().unwrap() {
-            stored.insert(log["body"].as_str().unwrap().to_string());
-        }
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = next.to_string(),
-            None => return stored,
-        }
-    }
-}
-
 fn assert_no_damage(daemon: &Strand, which: &str) {
     let log = daemon.log();
     for event in [
@@ -458,7 +437,7 @@ async fn a_snapshot_taken_under_load_serves_everything_acknowledged_before_it() 
         &missing[..missing.len().min(5)],
         copy.log()
     );
-    let stored = stored_logs(&copy).await;
+    let stored = stored_log_bodies(&copy, "snapload").await;
     let lost: Vec<&&String> = want_logs.iter().filter(|b| !stored.contains(**b)).collect();
     assert!(
         lost.is_empty(),

@@ -41,6 +41,30 @@ pub async fn incomplete_traces(
     incomplete
 }
 
+/// The bodies of every stored log matching `query`, read page by page.
+pub async fn stored_log_bodies(
+    daemon: &strand_testkit::Strand,
+    query: &str,
+) -> std::collections::HashSet<String> {
+    let mut stored = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = daemon
+            .get_json(&format!(
+                "/api/logs?q={query}&start=0&limit=1000&cursor={cursor}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        for log in page["logs"].as_array().unwrap() {
+            stored.insert(log["body"].as_str().unwrap().to_string());
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return stored,
+        }
+    }
+}
+
 /// The `strand` binary Cargo built for these tests, for `Strand::spawn`.
 pub const STRAND_BINARY: &str = env!("CARGO_BIN_EXE_strand");
 
