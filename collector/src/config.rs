@@ -37,9 +37,6 @@ pub use crate::connections::ConnectionLimits;
 use crate::memory;
 pub use crate::memory::MemoryBudget;
 use crate::model::Label;
-use crate::store::logs::schema::{
-    HOT_WRITER_BYTES, HOT_WRITER_THREADS, MIN_WRITER_BYTES_PER_THREAD,
-};
 
 const DEFAULT_OTLP_GRPC_PORT: u16 = 4317;
 const DEFAULT_OTLP_HTTP_PORT: u16 = 4318;
@@ -640,8 +637,9 @@ pub struct TraceSettings {
 pub struct LogSettings {
     pub partition: Duration,
     pub retention: Retention,
-    /// Indexing buffer of the writer of the newest partition.
-    pub writer_bytes: usize,
+    /// Indexing buffer of the writer of the newest partition: the memory
+    /// limit's share, or `None` for the store's default.
+    pub writer_bytes: Option<usize>,
 }
 
 impl Config {
@@ -856,8 +854,7 @@ impl ServeArgs {
                     max_age: self.log_retention,
                     max_bytes: self.log_retention_bytes,
                 },
-                writer_bytes: (fit(HOT_WRITER_BYTES as u64, |budget| budget.log_writer) as usize)
-                    .max(HOT_WRITER_THREADS * MIN_WRITER_BYTES_PER_THREAD),
+                writer_bytes: memory.map(|budget| budget.log_writer as usize),
             },
             metrics: MetricSettings {
                 retention: Retention {
@@ -1113,7 +1110,7 @@ mod tests {
         );
         assert_eq!(limited.max_body_bytes as u64, budget.max_body_bytes());
         assert_eq!(limited.traces.index_cache_bytes, budget.index_cache);
-        assert_eq!(limited.logs.writer_bytes as u64, budget.log_writer);
+        assert_eq!(limited.logs.writer_bytes, Some(budget.log_writer as usize));
         assert!(limited.queries.max_samples < unlimited.queries.max_samples);
         // Settings already under their share stand; the file takes sizes too.
         let small = file_config("memory_limit = \"1GiB\"\nmax_buffered_spans = 1000", &[]).unwrap();

@@ -162,7 +162,15 @@ impl Stores {
             &data_dir.join("logs"),
             config.logs.partition,
             config.logs.retention.file_bytes(),
-            config.logs.writer_bytes,
+            config
+                .logs
+                .writer_bytes
+                .map_or(logs::schema::HOT_WRITER_BYTES, |share| {
+                    share.max(
+                        logs::schema::HOT_WRITER_THREADS
+                            * logs::schema::MIN_WRITER_BYTES_PER_THREAD,
+                    )
+                }),
             self_metrics.clone(),
         )
         .context("opening the log store")?;
