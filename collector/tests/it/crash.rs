@@ -22,15 +22,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strand_testkit::Strand;
 
-use crate::durability::service;
+use crate::durability::{log_record, logs_request, service};
 use crate::support::remote_write as rw;
 use crate::support::{STRAND_BINARY, prom};
 
@@ -209,29 +207,12 @@ fn log_request(cycle: u64, client: u8, n: u64) -> (ExportLogsServiceRequest, Vec
         .map(|i| format!("soak k{cycle} c{client} n{}", n * LOGS_PER_REQUEST + i))
         .collect();
     let expiring = format!("expiring k{cycle} c{client} n{n}");
-    let record = |time_unix_nano: u64, body: &String| LogRecord {
-        time_unix_nano,
-        severity_number: 9,
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(body.clone())),
-        }),
-        ..Default::default()
-    };
     let log_records = bodies
         .iter()
-        .map(|body| record(now, body))
-        .chain([record(now - EXPIRED_AGE_NANOS, &expiring)])
+        .map(|body| log_record(now, body))
+        .chain([log_record(now - EXPIRED_AGE_NANOS, &expiring)])
         .collect();
-    let request = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: service(format!("soak-logger-{client}")),
-            scope_logs: vec![ScopeLogs {
-                log_records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let request = logs_request(format!("soak-logger-{client}"), log_records);
     (request, bodies, expiring)
 }
 

@@ -46,6 +46,32 @@ pub(crate) fn service(name: String) -> Option<Resource> {
     })
 }
 
+/// An INFO log record with `body` at `time_unix_nano`.
+pub(crate) fn log_record(time_unix_nano: u64, body: &str) -> LogRecord {
+    LogRecord {
+        time_unix_nano,
+        severity_number: 9,
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One export request of `log_records`, from the service `name`.
+pub(crate) fn logs_request(name: String, log_records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: service(name),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
 /// Logs whose bodies name their client and number, e.g. `durable c1 n17`.
 fn log_request(client: u8, first: u64) -> (ExportLogsServiceRequest, Vec<String>) {
     let now = std::time::SystemTime::now()
@@ -55,27 +81,8 @@ fn log_request(client: u8, first: u64) -> (ExportLogsServiceRequest, Vec<String>
     let bodies: Vec<String> = (first..first + LOGS_PER_REQUEST)
         .map(|n| format!("durable c{client} n{n}"))
         .collect();
-    let log_records = bodies
-        .iter()
-        .map(|body| LogRecord {
-            time_unix_nano: now,
-            severity_number: 9,
-            body: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(body.clone())),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    let request = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: service(format!("logger-{client}")),
-            scope_logs: vec![ScopeLogs {
-                log_records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let log_records = bodies.iter().map(|body| log_record(now, body)).collect();
+    let request = logs_request(format!("logger-{client}"), log_records);
     (request, bodies)
 }
 

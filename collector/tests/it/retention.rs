@@ -13,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strand_testkit::{DEADLINE, Strand, eventually};
 
-use crate::durability::service;
+use crate::durability::{logs_request, service};
 
 /// The trace and the log size limits of the test, each.
 const CAP_BYTES: u64 = 2_000_000;
@@ -207,16 +207,7 @@ fn log_request(n: u64, rng: &mut StdRng) -> ExportLogsServiceRequest {
             }
         })
         .collect();
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: service("order".into()),
-            scope_logs: vec![ScopeLogs {
-                log_records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    logs_request("order".into(), log_records)
 }
 
 /// Requests a sender had acknowledged, and the items in them.

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::Value;
@@ -27,7 +25,7 @@ use strand_testkit::Strand;
 
 use crate::auth::{ADMIN, INGEST, READ, TOKEN_FLAGS};
 use crate::disk_full::Tmpfs;
-use crate::durability::service;
+use crate::durability::{log_record, logs_request, service};
 use crate::support::remote_write as rw;
 use crate::support::{STRAND_BINARY, incomplete_traces, now_ms, prom, stored_log_bodies};
 
@@ -83,27 +81,8 @@ fn log_request(first: u64) -> (Vec<String>, ExportLogsServiceRequest) {
         .map(|n| format!("snapload n{n}"))
         .collect();
     let time = now_nanos();
-    let log_records = bodies
-        .iter()
-        .map(|body| LogRecord {
-            time_unix_nano: time,
-            severity_number: 9,
-            body: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(body.clone())),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    let request = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: service("snapshotted".into()),
-            scope_logs: vec![ScopeLogs {
-                log_records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let log_records = bodies.iter().map(|body| log_record(time, body)).collect();
+    let request = logs_request("snapshotted".into(), log_records);
     (bodies, request)
 }
 
