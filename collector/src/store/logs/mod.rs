@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{Query, QueryParser, QueryParserError};
+use tantivy::query_grammar::UserInputAst;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
@@ -87,6 +88,9 @@ pub struct Partition {
     added_through: AtomicU64,
     /// Highest WAL sequence number all of whose records are committed.
     committed_through: AtomicU64,
+    /// Created with the current schema: only such a partition gets new
+    /// records (an older one is read as it is).
+    current_schema: bool,
 }
 
 impl Partition {
@@ -475,15 +479,20 @@ impl LogStore {
         Ok(())
     }
 
-    /// Parses a query in tantivy's syntax; body is the default field.
-    pub fn parse_query(&self, text: &str) -> std::result::Result<Box<dyn Query>, QueryParserError> {
+    /// Builds the tantivy query of a parsed query (`query::logs` parses and
+    /// checks it): `body` is the default field, terms are ANDed unless `OR`
+    /// says otherwise, and regular expressions are accepted (the query
+    /// layer writes `word*` as one). What tantivy refuses comes back as
+    /// errors beside a query that matches nothing there.
+    pub fn build_query(&self, ast: UserInputAst) -> (Box<dyn Query>, Vec<QueryParserError>) {
         let mut parser = QueryParser::new(
             self.schema.clone(),
             vec![self.fields.body],
             self.tokenizers.clone(),
         );
         parser.set_conjunction_by_default();
-        parser.parse_query(text)
+        parser.allow_regexes();
+        parser.build_query_from_user_input_ast_lenient(ast)
     }
 
     /// Partitions that may hold records in `[start, end]`, newest first.
@@ -530,7 +539,10 @@ impl LogStore {
                 .map(|p| p.committed_through.load(Ordering::Acquire))
                 .max()
                 .unwrap_or(0);
-            range.last().map(|newest| ((*newest).clone(), committed))
+            range
+                .last()
+                .filter(|newest| newest.current_schema)
+                .map(|newest| ((*newest).clone(), committed))
         };
         if let Some(found) = find(&self.partitions.read().expect("not poisoned")) {
             return Ok(found);
@@ -539,9 +551,24 @@ impl LogStore {
         if let Some(found) = find(&partitions) {
             return Ok(found);
         }
-        let partition = Arc::new(self.open_partition((start, 0))?);
+        // A range without partitions, or whose newest has an older schema.
+        let (number, committed) = match partitions.range((start, 0)..=(start, u32::MAX)).next_back()
+        {
+            Some((&(_, newest), _)) => (
+                newest.checked_add(1).ok_or_else(|| {
+                    StoreError::Search(format!("time range {start} has too many partitions"))
+                })?,
+                partitions
+                    .range((start, 0)..=(start, u32::MAX))
+                    .map(|(_, p)| p.committed_through.load(Ordering::Acquire))
+                    .max()
+                    .unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
+        let partition = Arc::new(self.open_partition((start, number))?);
         partitions.insert(partition.key(), partition.clone());
-        Ok((partition, 0))
+        Ok((partition, committed))
     }
 
     fn open_partition(&self, (start, number): PartitionKey) -> Result<Partition> {
@@ -565,6 +592,7 @@ impl LogStore {
                 .settings(schema::index_settings())
                 .open_or_create(directory)?
         };
+        let current_schema = index.schema() == self.schema;
         index.set_tokenizers(self.tokenizers.clone());
         index.set_fast_field_tokenizers(self.tokenizers.clone());
         let committed = index
@@ -586,6 +614,7 @@ impl LogStore {
             writer: RwLock::new(None),
             added_through: AtomicU64::new(committed),
             committed_through: AtomicU64::new(committed),
+            current_schema,
         })
     }
 
