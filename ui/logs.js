@@ -62,7 +62,7 @@ export async function render(root, { params, current, go }) {
   const template = cols.map((c) => column(c).width).join(" ");
   const detail = h("aside.detail.log-detail", { hidden: true });
   const more = h("button", { type: "button", hidden: true }, "Load more");
-  const queryError = h("p.query-error", { role: "alert", hidden: true });
+  const queryError = h("p.state.error.query-error", { role: "alert", hidden: true });
   root.append(h("h1", {}, "Logs"), form, queryError,
     h("details.syntax", {}, h("summary.muted", {}, "Query syntax"),
       h("table.kv", {}, SYNTAX.map(([example, what]) => h("tr", {}, h("th", {}, h("code", {}, example)), h("td", {}, what))))),

@@ -248,12 +248,12 @@ fn interpret_leaf(leaf: UserInputLeaf) -> QueryResult<UserInputLeaf> {
         UserInputLeaf::Literal(literal) => {
             let field = literal.field_name.as_deref();
             check_field(field, &literal.phrase)?;
-            let star = literal.phrase.ends_with('*');
+            let star = literal.phrase.contains('*');
             if literal.delimiter != Delimiter::None || !(literal.prefix || star) {
                 return Ok(UserInputLeaf::Literal(literal));
             }
             let stem = literal.phrase.trim_end_matches('*');
-            if stem.is_empty() || stem.contains(['*', '?']) {
+            if stem.is_empty() || stem.contains('*') {
                 return Err(LogQueryError::Syntax(format!(
                     "'{}': a * works only at the end of a word, as a prefix (service:pay*)",
                     literal.phrase
@@ -993,6 +993,34 @@ mod tests {
             search(&store, &query("service:(unclosed"), 10, None),
             Err(LogQueryError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn the_query_language_explains_and_rewrites() {
+        let (_dir, store) = store();
+        let total = |text: &str| search(&store, &query(text), 100, None).unwrap().total;
+        // Exclusions alone exclude from everything, at any depth.
+        assert_eq!(total("NOT service:gateway"), 15);
+        assert_eq!(total("service:order OR (NOT declined)"), 15);
+        // word* is a prefix, on raw and on tokenized fields.
+        assert_eq!(total("service:pay*"), 5);
+        assert_eq!(total("service:inv* OR decl*"), 10);
+        // Words without a field find attribute values; attribute_keys whether one is there.
+        assert_eq!(total("13"), 1);
+        assert_eq!(total("attribute_keys:order_id"), 20);
+        assert_eq!(total("attributes.order_id:*"), 20);
+        let error = |text: &str| match search(&store, &query(text), 10, None) {
+            Err(LogQueryError::Syntax(message)) => message,
+            other => panic!("{text}: {other:?}"),
+        };
+        let level = error("level:error");
+        assert!(level.contains("did you mean severity:error?"), "{level}");
+        assert!(level.contains("attributes.<key>"), "{level}");
+        assert!(error("order_id:4").contains("attributes.order_id:4"));
+        assert!(error("attributes.order_id:4*").contains("not on attribute values"));
+        assert!(error("service:/pay.*/").contains("regular expressions"));
+        assert!(error("service:p*y").contains("only at the end"));
+        assert!(error("service:(").contains("at character"));
     }
 
     #[test]

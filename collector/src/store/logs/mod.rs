@@ -849,6 +849,60 @@ mod tests {
     }
 
     #[test]
+    fn a_range_whose_partition_has_an_older_schema_gets_a_new_one_for_its_records() {
+        use crate::model::{AttrValue, KeyValue};
+        use tantivy::schema::TextOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_000 * HOUR;
+        // The schema before attribute_keys was indexed, for the hour of `now`.
+        let (current, _) = schema::build();
+        let mut older = tantivy::schema::Schema::builder();
+        for (_, entry) in current.fields() {
+            if entry.name() == "attribute_keys" {
+                older.add_text_field("attribute_keys", TextOptions::default().set_fast("raw"));
+            } else {
+                older.add_field(entry.clone());
+            }
+        }
+        let old_dir = dir.path().join(format!("{}", now / 1_000_000_000));
+        fs::create_dir_all(&old_dir).unwrap();
+        Index::create_in_dir(&old_dir, older.build()).unwrap();
+
+        let store = LogStore::open(
+            dir.path(),
+            Duration::from_secs(3600),
+            Retention::MAX_FILE_BYTES,
+            schema::HOT_WRITER_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        let mut record = sample_log("a", now + 1, "new");
+        record.attributes = vec![KeyValue::new("order_id", AttrValue::Int(7))];
+        assert_eq!(store.apply(1, vec![record]).unwrap(), 1);
+        store.commit().unwrap();
+        let hour = (now / 1_000_000_000).to_string();
+        assert_eq!(
+            partition_names(dir.path()),
+            vec![hour.clone(), format!("{hour}-1")]
+        );
+        // Written with the current schema: attribute_keys is searchable.
+        let query = tantivy::query::TermQuery::new(
+            tantivy::Term::from_field_text(store.fields().attribute_keys, "order_id"),
+            tantivy::schema::IndexRecordOption::Basic,
+        );
+        let found: usize = store
+            .partitions_between(0, u64::MAX)
+            .iter()
+            .map(|p| {
+                p.searcher()
+                    .search(&query, &tantivy::collector::Count)
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(found, 1);
+    }
+
+    #[test]
     fn a_partition_closes_at_its_size_and_retention_drops_the_oldest_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = SelfMetrics::new();
