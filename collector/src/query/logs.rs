@@ -829,6 +829,10 @@ impl SegmentCollector for HistogramSegment {
 /// Counts the values of a string fast field among the matches.
 struct TermCounts(&'static str);
 
+/// Most values of a segment's column a facet count keeps (see
+/// `TermCountsSegment::harvest`).
+const SEGMENT_TERMS: usize = 10_000;
+
 struct TermCountsSegment {
     column: Option<tantivy::columnar::StrColumn>,
     counts: HashMap<u64, u64>,
@@ -879,9 +883,18 @@ impl SegmentCollector for TermCountsSegment {
         let Some(column) = self.column else {
             return HashMap::new();
         };
+        // Only the most common reach the merge, as a search engine's shard
+        // size: bounded whatever the values' cardinality (an attribute key
+        // counts at least as often as each of its values, so it is kept
+        // whenever one of them is).
+        let mut counts: Vec<(u64, u64)> = self.counts.into_iter().collect();
+        if counts.len() > SEGMENT_TERMS {
+            counts.select_nth_unstable_by(SEGMENT_TERMS, |a, b| b.1.cmp(&a.1));
+            counts.truncate(SEGMENT_TERMS);
+        }
         let mut values = HashMap::new();
         let mut text = String::new();
-        for (ord, count) in self.counts {
+        for (ord, count) in counts {
             text.clear();
             if column.ord_to_str(ord, &mut text).unwrap_or(false) {
                 values.insert(text.clone(), count);

@@ -529,42 +529,29 @@ impl LogStore {
     /// when the range has none), and the highest WAL sequence number any
     /// partition of the range has committed.
     fn newest_in_range(&self, start: u64) -> Result<(Arc<Partition>, u64)> {
-        let find = |partitions: &BTreeMap<PartitionKey, Arc<Partition>>| {
-            let range: Vec<_> = partitions
-                .range((start, 0)..=(start, u32::MAX))
-                .map(|(_, p)| p)
-                .collect();
+        // The range's newest partition and the highest commit among them.
+        let newest = |partitions: &BTreeMap<PartitionKey, Arc<Partition>>| {
+            let range = partitions.range((start, 0)..=(start, u32::MAX));
             let committed = range
-                .iter()
-                .map(|p| p.committed_through.load(Ordering::Acquire))
+                .clone()
+                .map(|(_, p)| p.committed_through.load(Ordering::Acquire))
                 .max()
                 .unwrap_or(0);
-            range
-                .last()
-                .filter(|newest| newest.current_schema)
-                .map(|newest| ((*newest).clone(), committed))
+            (range.last().map(|(_, p)| p.clone()), committed)
         };
-        if let Some(found) = find(&self.partitions.read().expect("not poisoned")) {
-            return Ok(found);
+        let (found, committed) = newest(&self.partitions.read().expect("not poisoned"));
+        if let Some(partition) = found.filter(|p| p.current_schema) {
+            return Ok((partition, committed));
         }
         let mut partitions = self.partitions.write().expect("not poisoned");
-        if let Some(found) = find(&partitions) {
-            return Ok(found);
-        }
-        // A range without partitions, or whose newest has an older schema.
-        let (number, committed) = match partitions.range((start, 0)..=(start, u32::MAX)).next_back()
-        {
-            Some((&(_, newest), _)) => (
-                newest.checked_add(1).ok_or_else(|| {
-                    StoreError::Search(format!("time range {start} has too many partitions"))
-                })?,
-                partitions
-                    .range((start, 0)..=(start, u32::MAX))
-                    .map(|(_, p)| p.committed_through.load(Ordering::Acquire))
-                    .max()
-                    .unwrap_or(0),
-            ),
-            None => (0, 0),
+        let (found, committed) = newest(&partitions);
+        // None yet, or the newest has an older schema: a new one after it.
+        let number = match found {
+            Some(partition) if partition.current_schema => return Ok((partition, committed)),
+            Some(partition) => partition.number.checked_add(1).ok_or_else(|| {
+                StoreError::Search(format!("time range {start} has too many partitions"))
+            })?,
+            None => 0,
         };
         let partition = Arc::new(self.open_partition((start, number))?);
         partitions.insert(partition.key(), partition.clone());
