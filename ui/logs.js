@@ -501,5 +501,5 @@ function surrounding(log) {
     }
     show.disabled = false;
   });
-  return h("section", {}, h("h3", {}, show, h("span.muted", {}, ` (${log.service}, ${AROUND} each side)`)), list);
+  return h("section", {}, h("h3", {}, show), h("p.muted.around-note", {}, `${log.service}'s records, ${AROUND} before and ${AROUND} after this one`), list);
 }
