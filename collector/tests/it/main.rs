@@ -33,4 +33,5 @@ mod ui_dashboards;
 mod ui_global;
 mod ui_map;
 mod ui_newcomer;
+mod ui_trace_view;
 mod ui_traces;
