@@ -229,13 +229,13 @@ async fn tag_search_suggests_semantic_convention_tags_from_the_data() {
                     .is_some_and(|o| o.contains(&json!("http.response.status_code=500")))
         })
         .await?;
+        // Enter submits (the suggestions' list covers the button).
         type_into(
             &client,
             "form input[name=tags]",
-            "http.response.status_code=500",
+            "http.response.status_code=500\n",
         )
         .await?;
-        click(&client, "form button[type=submit]").await?;
         wait_for(
             &client,
             "the trace the suggestion finds",
@@ -378,6 +378,190 @@ async fn results_sort_show_status_codes_and_span_all_services() {
             .await?;
         }
         snapshot(&client, "traces-sorted").await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Dispatches a key press on the page, as a user pressing it with nothing
+/// focused would.
+async fn press(client: &Client, key: &str) -> Result<(), String> {
+    client
+        .execute(
+            "document.body.dispatchEvent(new KeyboardEvent('keydown', { key: arguments[0], bubbles: true }))",
+            vec![json!(key)],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Drags with the mouse from `from` to `to`, fractions of the width of
+/// `css` (or pixels from its left with `pixels`).
+async fn drag(client: &Client, css: &str, from: f64, to: f64) -> Result<(), String> {
+    client
+        .execute(
+            "const line = document.querySelector(arguments[0]);
+             const box = line.getBoundingClientRect();
+             const at = (type, f) => new PointerEvent(type, { bubbles: true, button: 0,
+                 clientX: box.left + f * box.width, clientY: box.top + 5 });
+             line.dispatchEvent(at('pointerdown', arguments[1]));
+             window.dispatchEvent(at('pointermove', (arguments[1] + arguments[2]) / 2));
+             window.dispatchEvent(at('pointerup', arguments[2]));",
+            vec![json!(css), json!(from), json!(to)],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_trace_keys_search_statistics_download_links_minimap_and_column_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let sent = send_everything(&daemon).await;
+    in_browser("ui-trace-tools", |client| async move {
+        let trace = daemon.url(&format!("/#/trace/{}", sent.trace_id));
+        goto(&client, &trace).await?;
+        shown(&client, ".waterfall .span-row").await?;
+        let at = "const sel = document.querySelector('.waterfall .span-row.selected');
+            const detail = document.querySelector('aside.detail');
+            return { selected: sel ? sel.dataset.spanId : null, rows: document.querySelectorAll('.waterfall .span-row').length,
+                     detail: detail.hidden ? null : detail.querySelector('h2').innerText }";
+        let (gateway, order, payment) = (&sent.spans["gateway"], &sent.spans["order"], &sent.spans["payment"]);
+
+        // Keys: j/k and the arrows move, left/right fold, Enter opens the detail.
+        press(&client, "j").await?;
+        wait_for(&client, "first span", at, |v| v["selected"] == *gateway && v["detail"].is_null()).await?;
+        press(&client, "ArrowDown").await?;
+        wait_for(&client, "second span", at, |v| v["selected"] == *order).await?;
+        press(&client, "ArrowRight").await?;
+        let validate = wait_for(&client, "its first child", at, |v| {
+            v["selected"].as_str().is_some_and(|s| s != gateway && s != order)
+        })
+        .await?;
+        press(&client, "ArrowLeft").await?;
+        wait_for(&client, "back to the parent", at, |v| v["selected"] == *order).await?;
+        press(&client, "ArrowLeft").await?;
+        wait_for(&client, "collapsed", at, |v| v["selected"] == *order && v["rows"] == 2).await?;
+        press(&client, "ArrowRight").await?;
+        wait_for(&client, "expanded", at, |v| v["rows"] == 5).await?;
+        press(&client, "Enter").await?;
+        wait_for(&client, "detail opened", at, |v| v["detail"] == "POST /orders").await?;
+        press(&client, "k").await?;
+        wait_for(&client, "up, the detail following", at, |v| {
+            v["selected"] == *gateway && v["detail"] == "POST /api/orders"
+        })
+        .await?;
+        assert_ne!(validate["selected"], json!(payment));
+
+        // Span search: matches highlighted and counted; Enter goes to them.
+        let found = "return { matches: [...document.querySelectorAll('.waterfall .span-row.match')].map(r => r.dataset.spanId),
+                              count: document.querySelector('.match-count').innerText,
+                              selected: document.querySelector('.waterfall .span-row.selected')?.dataset.spanId || null }";
+        type_into(&client, "input.span-search", "payment").await?;
+        wait_for(&client, "service matched", found, |v| {
+            v["matches"] == json!([payment]) && v["count"] == "1 match"
+        })
+        .await?;
+        type_into(&client, "input.span-search", "http.route=/api/orders\n").await?;
+        wait_for(&client, "attribute matched and gone to", found, |v| {
+            v["matches"] == json!([gateway]) && v["count"] == "1 of 1" && v["selected"] == *gateway
+        })
+        .await?;
+
+        // Statistics per service and operation, self time without the children's.
+        click(&client, ".stats-toggle").await?;
+        let stats = "return Object.fromEntries([...document.querySelectorAll('.trace-stats tbody tr')]
+            .map(r => [r.dataset.service + ': ' + r.dataset.op, [...r.cells].slice(2).map(c => c.innerText)]))";
+        wait_for(&client, "statistics", stats, |v| {
+            v["gateway: POST /api/orders"] == json!(["1", "120ms", "25ms", "0"])
+                && v["order: POST /orders"] == json!(["1", "95ms", "13ms", "0"])
+                && v["order: validate order"] == json!(["1", "2ms", "2ms", "0"])
+                && v["payment: payment.Charge"] == json!(["1", "50ms", "50ms", "1"])
+        })
+        .await?;
+        snapshot(&client, "trace-tools").await;
+
+        // The JSON download is the API's answer.
+        let json = client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 const a = document.querySelector('a.download-json');
+                 a.addEventListener('click', (e) => e.preventDefault(), { once: true });
+                 a.click();
+                 fetch(a.href).then(r => r.json()).then(body => done({ name: a.download,
+                     id: body.data[0].traceID, spans: body.data[0].spans.length }), e => done(String(e)));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let expected = json!({"name": format!("trace-{}.json", sent.trace_id), "id": sent.trace_id, "spans": 5});
+        if json != expected {
+            return Err(format!("download: {json}, expected {expected}"));
+        }
+
+        // Links to the trace's logs and its services' metrics.
+        let links = client
+            .execute(
+                "return { logs: document.querySelector('a.trace-logs').getAttribute('href'),
+                          metrics: decodeURIComponent(document.querySelector('a.trace-metrics').getAttribute('href')) }",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let logs = links["logs"].as_str().unwrap_or("");
+        let metrics = links["metrics"].as_str().unwrap_or("");
+        if !(logs.contains(&sent.trace_id) && logs.contains("window=") && !logs.contains("range="))
+            || !(metrics.starts_with("#/metrics?query=")
+                && metrics.contains("service_name=~\"gateway|inventory|order|payment\"")
+                && metrics.contains("window="))
+        {
+            return Err(format!("header links: {links}"));
+        }
+
+        // Minimap: a drag zooms, a click moves the zoom window.
+        let window = "const r = document.querySelector('.ruler'), w = document.querySelector('.minimap-window');
+            return { from: Number(r.dataset.from), to: Number(r.dataset.to), shown: !w.hidden,
+                     left: parseFloat(w.style.left), canvas: document.querySelector('.minimap-canvas').width }";
+        wait_for(&client, "minimap drawn", window, |v| {
+            v["canvas"].as_u64().is_some_and(|w| w > 100) && v["shown"] == false
+        })
+        .await?;
+        drag(&client, ".minimap .wf-timeline", 0.25, 0.5).await?;
+        wait_for(&client, "zoomed from the minimap", window, |v| {
+            let (from, to) = (v["from"].as_f64().unwrap(), v["to"].as_f64().unwrap());
+            (28_000.0..32_000.0).contains(&from) && (58_000.0..62_000.0).contains(&to)
+                && v["shown"] == true && (24.0..26.0).contains(&v["left"].as_f64().unwrap_or(0.0))
+        })
+        .await?;
+        drag(&client, ".minimap .wf-timeline", 0.9, 0.9).await?;
+        wait_for(&client, "window moved to the click", window, |v| {
+            let (from, to) = (v["from"].as_f64().unwrap(), v["to"].as_f64().unwrap());
+            (88_000.0..92_000.0).contains(&from) && to == 120_000.0
+        })
+        .await?;
+
+        // The name column: dragged to 300 px, remembered over a reload.
+        client
+            .execute(
+                "const d = document.querySelector('.ruler .col-resizer');
+                 const left = document.querySelector('.waterfall-wrap').getBoundingClientRect().left;
+                 const b = d.getBoundingClientRect();
+                 const at = (type, x) => new PointerEvent(type, { bubbles: true, button: 0, clientX: x, clientY: b.top + 5 });
+                 d.dispatchEvent(at('pointerdown', b.left + 4));
+                 window.dispatchEvent(at('pointermove', left + 200));
+                 window.dispatchEvent(at('pointermove', left + 300));
+                 window.dispatchEvent(at('pointerup', left + 300));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let width = "const n = document.querySelector('.waterfall .span-row .wf-name');
+            return n && { width: Math.round(n.getBoundingClientRect().width), kept: localStorage.getItem('strand.trace.nameWidth') }";
+        wait_for(&client, "name column resized", width, |v| *v == json!({"width": 300, "kept": "300"})).await?;
+        client.refresh().await.map_err(|e| e.to_string())?;
+        wait_for(&client, "name column width kept", width, |v| *v == json!({"width": 300, "kept": "300"})).await?;
         Ok(())
     })
     .await;
