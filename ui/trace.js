@@ -170,7 +170,7 @@ class TraceView {
     this.matchList = []; // those spans in waterfall order, for next/previous
     this.matchAt = -1;
     this.searchBox = h("input.span-search", { type: "search", name: "spans", size: 32, autocomplete: "off",
-      placeholder: "Find spans: service, operation, tag, id", "aria-label": "find spans",
+      placeholder: "Find spans: service, op, tag, id", "aria-label": "find spans",
       oninput: () => this.search(this.searchBox.value),
       onkeydown: (e) => { if (e.key === "Enter") { e.preventDefault(); this.step(e.shiftKey ? -1 : 1); } } });
     this.matchCount = h("span.match-count.muted", { "aria-live": "polite" });
@@ -240,6 +240,9 @@ class TraceView {
     if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || !e.target.closest) return;
     if (e.target.closest("input, textarea, select, [contenteditable], [role=separator]")) return;
     if (MOVES[e.key]) { e.preventDefault(); this.move(MOVES[e.key]); return; }
+    // Enter on a row reached with Tab selects that row.
+    const row = e.key === "Enter" && e.target.closest(".span-row");
+    if (row && row.dataset.spanId !== this.selected) { e.preventDefault(); this.select(row.dataset.spanId); return; }
     const span = this.selected && this.m.byId.get(this.selected);
     if (!span) return;
     if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
@@ -380,7 +383,8 @@ class TraceView {
     canvas.height = Math.round(MAP_HEIGHT * ratio);
     const g = canvas.getContext("2d");
     g.scale(ratio, ratio);
-    const spans = this.allSpans(), m = this.m, row = MAP_HEIGHT / spans.length;
+    // At most 6 px a span, so a handful of spans do not look like blocks.
+    const spans = this.allSpans(), m = this.m, row = Math.min(MAP_HEIGHT / spans.length, 6);
     const error = getComputedStyle(canvas).getPropertyValue("--error").trim() || "red";
     spans.forEach((s, i) => {
       g.fillStyle = s.error ? error : m.colors.get(s.service);

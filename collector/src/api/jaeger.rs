@@ -32,7 +32,7 @@ const MAX_LIMIT: usize = 1_500;
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: u64 = 24 * 3_600 * 1_000;
 /// How many of the newest matching traces `/api/tags` reads by default:
 /// enough to see the common tags, few enough to answer at once.
-const DEFAULT_TAG_SAMPLE: usize = 100;
+const DEFAULT_TAG_SAMPLE: usize = 50;
 
 /// An error answer in Jaeger's shape.
 #[derive(Debug)]
@@ -249,7 +249,7 @@ async fn find_traces(
 }
 
 /// The tag keys of the spans of the newest matching traces (the search's
-/// parameters, `limit` traces, 100 by default), each with its most frequent
+/// parameters, `limit` traces, 50 by default), each with its most frequent
 /// values, most frequent first: `data: [{key, values}]`.
 async fn tags(
     State(state): State<Arc<ApiState>>,

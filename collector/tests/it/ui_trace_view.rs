@@ -426,7 +426,8 @@ async fn in_a_trace_keys_search_statistics_download_links_minimap_and_column_wid
         shown(&client, ".waterfall .span-row").await?;
         let at = "const sel = document.querySelector('.waterfall .span-row.selected');
             const detail = document.querySelector('aside.detail');
-            return { selected: sel ? sel.dataset.spanId : null, rows: document.querySelectorAll('.waterfall .span-row').length,
+            return { selected: sel ? sel.dataset.spanId : null, op: sel ? sel.querySelector('.op').innerText : null,
+                     rows: document.querySelectorAll('.waterfall .span-row').length,
                      detail: detail.hidden ? null : detail.querySelector('h2').innerText }";
         let (gateway, order, payment) = (&sent.spans["gateway"], &sent.spans["order"], &sent.spans["payment"]);
 
@@ -436,10 +437,7 @@ async fn in_a_trace_keys_search_statistics_download_links_minimap_and_column_wid
         press(&client, "ArrowDown").await?;
         wait_for(&client, "second span", at, |v| v["selected"] == *order).await?;
         press(&client, "ArrowRight").await?;
-        let validate = wait_for(&client, "its first child", at, |v| {
-            v["selected"].as_str().is_some_and(|s| s != gateway && s != order)
-        })
-        .await?;
+        wait_for(&client, "its first child", at, |v| v["op"] == "validate order").await?;
         press(&client, "ArrowLeft").await?;
         wait_for(&client, "back to the parent", at, |v| v["selected"] == *order).await?;
         press(&client, "ArrowLeft").await?;
@@ -453,7 +451,21 @@ async fn in_a_trace_keys_search_statistics_download_links_minimap_and_column_wid
             v["selected"] == *gateway && v["detail"] == "POST /api/orders"
         })
         .await?;
-        assert_ne!(validate["selected"], json!(payment));
+
+        // Enter on a row reached with Tab selects it.
+        client
+            .execute(
+                "const row = document.querySelector(`.waterfall .span-row[data-span-id='${arguments[0]}']`);
+                 row.focus();
+                 row.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));",
+                vec![json!(payment)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(&client, "focused row selected", at, |v| {
+            v["selected"] == *payment && v["detail"] == "payment.Charge"
+        })
+        .await?;
 
         // Span search: matches highlighted and counted; Enter goes to them.
         let found = "return { matches: [...document.querySelectorAll('.waterfall .span-row.match')].map(r => r.dataset.spanId),
