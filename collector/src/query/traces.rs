@@ -166,8 +166,13 @@ pub struct TagValues {
 /// frequent first, bounded by [`MAX_TAG_KEYS`] and [`MAX_TAG_VALUES`], so
 /// a search form can suggest what the data has rather than guess names.
 pub fn tag_values(traces: &[Vec<Span>], service: Option<&str>) -> Vec<TagValues> {
-    // key -> (spans with it, value -> spans with it)
-    let mut counts: HashMap<String, (usize, HashMap<String, usize>)> = HashMap::new();
+    /// How many spans carry a key, and each of its values.
+    #[derive(Default)]
+    struct Seen {
+        spans: usize,
+        values: HashMap<String, usize>,
+    }
+    let mut counts: HashMap<String, Seen> = HashMap::new();
     let spans = traces
         .iter()
         .flatten()
@@ -180,20 +185,20 @@ pub fn tag_values(traces: &[Vec<Span>], service: Option<&str>) -> Vec<TagValues>
             .chain(span.resource.attributes.iter())
             .chain(derived.iter());
         for kv in tags {
-            let entry = counts.entry(kv.key.clone()).or_default();
-            entry.0 += 1;
+            let seen = counts.entry(kv.key.clone()).or_default();
+            seen.spans += 1;
             let value = kv.value.to_display_string();
             if value.chars().count() <= MAX_TAG_VALUE_CHARS {
-                *entry.1.entry(value).or_default() += 1;
+                *seen.values.entry(value).or_default() += 1;
             }
         }
     }
-    let mut keys: Vec<(String, (usize, HashMap<String, usize>))> = counts.into_iter().collect();
-    keys.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    let mut keys: Vec<(String, Seen)> = counts.into_iter().collect();
+    keys.sort_by(|a, b| b.1.spans.cmp(&a.1.spans).then_with(|| a.0.cmp(&b.0)));
     keys.truncate(MAX_TAG_KEYS);
     keys.into_iter()
-        .map(|(key, (_, values))| {
-            let mut values: Vec<(String, usize)> = values.into_iter().collect();
+        .map(|(key, seen)| {
+            let mut values: Vec<(String, usize)> = seen.values.into_iter().collect();
             values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             values.truncate(MAX_TAG_VALUES);
             TagValues {
@@ -261,6 +266,44 @@ mod tests {
         assert!(!q.matches_span(&span));
         q.service = None;
         assert!(q.matches_span(&span));
+    }
+
+    #[test]
+    fn a_search_without_service_finds_each_trace_of_every_service_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            1 << 20,
+            crate::config::Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        let at = |trace: u8, span: u8, service: &str, start: u64| {
+            let mut s = sample_span(trace, span, service);
+            s.start_unix_nano = start;
+            s.end_unix_nano = start + 100;
+            s
+        };
+        // Trace 1 spans two services: one row each in the search table.
+        store.apply(
+            1,
+            vec![
+                at(1, 1, "order", 1_000),
+                at(1, 2, "payment", 1_050),
+                at(2, 1, "payment", 2_000),
+            ],
+        );
+        store.flush().unwrap();
+        store.apply(2, vec![at(3, 1, "order", 3_000)]);
+        let mut q = query("order");
+        q.service = None;
+        let ids: Vec<u8> = search(&store, &q)
+            .unwrap()
+            .traces
+            .iter()
+            .map(|t| t[0].trace_id[0])
+            .collect();
+        assert_eq!(ids, vec![3, 2, 1]);
     }
 
     #[test]

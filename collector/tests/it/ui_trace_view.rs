@@ -524,11 +524,11 @@ async fn in_a_trace_keys_search_statistics_download_links_minimap_and_column_wid
             .map_err(|e| e.to_string())?;
         let logs = links["logs"].as_str().unwrap_or("");
         let metrics = links["metrics"].as_str().unwrap_or("");
-        if !(logs.contains(&sent.trace_id) && logs.contains("window=") && !logs.contains("range="))
-            || !(metrics.starts_with("#/metrics?query=")
-                && metrics.contains("service_name=~\"gateway|inventory|order|payment\"")
-                && metrics.contains("window="))
-        {
+        let logs_ok = logs.contains(&sent.trace_id) && logs.contains("window=") && !logs.contains("range=");
+        let metrics_ok = metrics.starts_with("#/metrics?query=")
+            && metrics.contains("service_name=~\"gateway|inventory|order|payment\"")
+            && metrics.contains("window=");
+        if !(logs_ok && metrics_ok) {
             return Err(format!("header links: {links}"));
         }
 
