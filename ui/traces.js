@@ -79,8 +79,8 @@ export async function render(root, { params, current, go }) {
   form.service.addEventListener("change", () => { loadOperations(form.service.value, ""); loadTags(form.service.value); });
   loadOperations(service, p.operation);
   loadTags(service);
-  // Another order sorts what is shown at once (the URL keeps it).
-  sortPicker.addEventListener("change", () => go("traces", { ...p, sort: sortPicker.value }));
+  // Another order searches again at once, sorted so (the URL keeps it).
+  sortPicker.addEventListener("change", () => form.requestSubmit());
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     // The time range belongs to the header's picker: keep it.
