@@ -2,9 +2,11 @@
 // coloured per service, errors marked, subtrees collapsible, the trace's logs
 // under their spans, the critical path drawn over the bars, a time axis that
 // zooms (drag across the ruler), and a detail panel for the selected span
-// whose links lead to the linked spans. Rows are virtualised, so traces of
-// tens of thousands of spans stay smooth: zooming or toggling only redraws
-// the rows in view.
+// whose links lead to the linked spans. Above the waterfall: a minimap of
+// the whole trace, a span search, statistics per operation, and links to the
+// trace's logs, its services' metrics and its JSON; keys move between spans.
+// Rows are virtualised, so traces of tens of thousands of spans stay smooth:
+// zooming, searching or toggling only redraws the rows in view.
 
 import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, VirtualList } from "./lib.js";
 import { searchIndex, statistics, statisticsTable } from "./trace-tools.js";
@@ -329,6 +331,7 @@ class TraceView {
   /** The divider at the name column's right edge: drag it, or use the arrow keys. */
   resizer() {
     const divider = h("div.col-resizer", { role: "separator", tabindex: 0, "aria-orientation": "vertical",
+      "aria-valuemin": NAME_WIDTH[0], "aria-valuemax": NAME_WIDTH[1],
       "aria-label": "name column width", title: "Drag to resize the name column",
       onkeydown: (e) => {
         const by = { ArrowLeft: -20, ArrowRight: 20 }[e.key];
