@@ -34,4 +34,5 @@ mod ui_global;
 mod ui_logs;
 mod ui_map;
 mod ui_newcomer;
+mod ui_trace_view;
 mod ui_traces;
