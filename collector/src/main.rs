@@ -36,8 +36,9 @@ fn main() -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {
             runtime.block_on(async {
+                let shutdown = shutdown_signal()?;
                 let listeners = Listeners::bind(&config).await?;
-                strand::run(config, listeners, shutdown_signal()).await
+                strand::run(config, listeners, shutdown).await
             })
         });
     match result {
@@ -50,18 +51,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Listens for SIGINT and SIGTERM from the start, before the listeners bind
+/// and the stores open: a signal that arrives while Strand starts stops it
+/// cleanly once it runs, rather than killing it by the default action.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    })
 }
