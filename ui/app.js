@@ -177,7 +177,10 @@ picker.addEventListener("submit", (e) => {
   }
   setGlobal({ range: null, start, end });
 });
-picker.end.addEventListener("input", () => picker.end.setCustomValidity(""));
+// The refusal is about the pair: a change to either field lifts it (a
+// field still marked invalid would block every later submit), and the
+// submit above checks the pair again.
+for (const field of [picker.start, picker.end]) field.addEventListener("input", () => picker.end.setCustomValidity(""));
 
 // Auto refresh: a `strand-refresh` event every interval while the page is
 // visible (views reload with onRefresh; a relative window slides).

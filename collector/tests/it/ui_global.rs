@@ -66,6 +66,81 @@ async fn an_answer_cut_short_shows_its_warning_above_the_view() {
     .await;
 }
 
+/// A custom range refused (its end before its start) is accepted once the
+/// start alone is corrected: the refusal does not stick to the end field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-custom-range", |client| async move {
+        client
+            .goto(&format!("{base}#/logs?range=1h"))
+            .await
+            .map_err(|e| e.to_string())?;
+        select(&client, "#time-picker select[name=range]", "custom").await?;
+        // The end an hour before the start: refused, the URL keeps its range.
+        set_custom_range(&client, "start", 30).await?;
+        set_custom_range(&client, "end", 90).await?;
+        click(&client, "#time-picker button[type=submit]").await?;
+        wait_for(&client, "the end refused", CUSTOM_RANGE, |v| {
+            v["valid"] == false && v["range"] == "1h" && v["start"].is_null()
+        })
+        .await?;
+        // Only the start is corrected: Apply takes the new window.
+        let start = set_custom_range(&client, "start", 120).await?;
+        click(&client, "#time-picker button[type=submit]").await?;
+        let end = client
+            .execute(
+                "return new Date(document.getElementById('time-picker').end.value).getTime()",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "the corrected range in the URL",
+            CUSTOM_RANGE,
+            |v| {
+                v["valid"] == true
+                    && v["range"].is_null()
+                    && v["start"].as_str().and_then(|s| s.parse::<i64>().ok()) == Some(start)
+                    && v["end"].as_str().and_then(|s| s.parse::<i64>().ok()) == end.as_i64()
+            },
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The custom range's validity and the URL's window.
+const CUSTOM_RANGE: &str = "const f = document.getElementById('time-picker');
+    const p = new URLSearchParams(location.hash.split('?')[1] || '');
+    return { valid: f.checkValidity(), range: p.get('range'), start: p.get('start'), end: p.get('end') }";
+
+/// Sets the custom range's `field` ("start" or "end") to `minutes_ago`
+/// whole minutes before now, as typing into it would (an input event);
+/// returns that time in epoch ms.
+async fn set_custom_range(client: &Client, field: &str, minutes_ago: i64) -> Result<i64, String> {
+    let at = client
+        .execute(
+            "const [field, minutes] = arguments;
+             const input = document.getElementById('time-picker')[field];
+             const at = Math.floor(Date.now() / 60000) * 60000 - minutes * 60000;
+             const d = new Date(at);
+             input.value = new Date(at - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+             input.dispatchEvent(new Event('input', { bubbles: true }));
+             input.dispatchEvent(new Event('change', { bubbles: true }));
+             return at;",
+            vec![field.into(), minutes_ago.into()],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    at.as_i64()
+        .ok_or_else(|| format!("no time set in {field}: {at}"))
+}
+
 const WARNING: &str = "const b = document.getElementById('data-warning');
     return b && !b.hidden ? b.innerText : ''";
 
@@ -192,22 +267,8 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
 
     // A custom absolute range: start/end replace the range in the URL.
     select(client, "#time-picker select[name=range]", "custom").await?;
-    let chosen = client
-        .execute(
-            "const f = document.getElementById('time-picker');
-             const local = (ms) => { const d = new Date(ms);
-               return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
-             const now = Math.floor(Date.now() / 1000) * 1000;
-             f.start.value = local(now - 30 * 60000);
-             f.end.value = local(now + 5 * 60000);
-             return f.end.value;",
-            vec![],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if chosen.as_str().is_none_or(str::is_empty) {
-        return Err(format!("the custom range inputs took no value: {chosen}"));
-    }
+    set_custom_range(client, "start", 30).await?;
+    set_custom_range(client, "end", -5).await?;
     click(client, "#time-picker button[type=submit]").await?;
     wait_for(
         client,
