@@ -4,7 +4,8 @@
 // (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken } from "./lib.js";
+import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
+  reportUnreachable, reportReachable, unreachableText } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -206,11 +207,12 @@ function refresh(auto) {
 document.getElementById("refresh-now").addEventListener("click", () => refresh(false));
 
 // Strand unreachable: a banner, and /healthz polled until it answers; then
-// the view is drawn again, since what it shows failed to load.
+// the view is drawn again, since what it shows failed to load or is stale.
 let probing = false;
 window.addEventListener("strand-unreachable", async () => {
   if (probing) return;
   probing = true;
+  banner.textContent = `${unreachableText()} — retrying…`;
   banner.hidden = false;
   for (;;) {
     await new Promise((done) => setTimeout(done, 3000));
@@ -220,8 +222,16 @@ window.addEventListener("strand-unreachable", async () => {
   }
   probing = false;
   banner.hidden = true;
+  reportReachable();
   route();
 });
+
+// A view that does not refresh makes no requests: /healthz is asked every
+// 10 s while the page is visible, so that the banner comes all the same.
+setInterval(async () => {
+  if (document.hidden || probing) return;
+  try { await fetch("/healthz", { cache: "no-store" }); } catch (_) { reportUnreachable(); }
+}, 10_000);
 
 // An answer that says part of it is missing (a list cut at a limit,
 // damaged data skipped): shown above the view until the next one is drawn.

@@ -29,6 +29,9 @@ export const state = (text, cls = "") => h("p.state" + (cls ? "." + cls : ""), {
 /** An error whose message is what the API said. */
 export class ApiError extends Error {}
 
+/** Strand did not answer at all (a network error): what was shown is stale. */
+export class UnreachableError extends ApiError {}
+
 const TOKEN_KEY = "strand.token";
 
 /** The token entered in this browser session, if any. */
@@ -108,7 +111,7 @@ export async function api(path, params) {
     res = await authFetch(path + qs, { headers: { accept: "application/json" } });
   } catch (e) {
     reportUnreachable();
-    throw new ApiError(`cannot reach Strand: ${e.message}`);
+    throw new UnreachableError(`cannot reach Strand: ${e.message}`);
   }
   let body = null;
   try { body = await res.json(); } catch (_) { /* not JSON */ }
@@ -193,13 +196,44 @@ export function onRefresh(reload) {
 let refreshSubscribers = 0;
 export const hasRefreshSubscribers = () => refreshSubscribers > 0;
 
+/** Since when (epoch ms) Strand has not answered; null while it answers. */
+let unreachableSince = null;
+
 /**
  * Tells the app that Strand did not answer at all (a network error, not an
  * HTTP error): it shows the "unreachable" banner and polls until Strand is
- * back, then draws the view again.
+ * back (`reportReachable`), then draws the view again.
  */
 export function reportUnreachable() {
+  unreachableSince ??= Date.now();
   window.dispatchEvent(new Event("strand-unreachable"));
+}
+
+/** Strand answers again: stale markers go (the app then redraws the view). */
+export function reportReachable() {
+  unreachableSince = null;
+  window.dispatchEvent(new Event("strand-reachable"));
+}
+
+/** "since HH:MM:SS" of the current outage, for the banner and stale markers. */
+export const unreachableText = () => `Strand unreachable since ${fmtTime(unreachableSince ?? Date.now()).slice(11, 19)}`;
+
+/**
+ * Marks what a view keeps on screen while Strand is unreachable: `mark`
+ * gets a function making stale markers (one per place to mark) when Strand
+ * stops answering (at once if it is already down), and null when it answers
+ * again. Returns the unsubscribe function, for the view's cleanup.
+ */
+export function onStale(mark) {
+  const down = () => mark(() => h("p.stale", { role: "status" }, `stale — ${unreachableText()}`));
+  const up = () => mark(null);
+  window.addEventListener("strand-unreachable", down);
+  window.addEventListener("strand-reachable", up);
+  if (unreachableSince != null) down();
+  return () => {
+    window.removeEventListener("strand-unreachable", down);
+    window.removeEventListener("strand-reachable", up);
+  };
 }
 
 /** The value of a datetime-local input for epoch ms, in local time. */

@@ -19,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::support::remote_write as rw;
 use crate::support::send_log;
-use crate::support::shop_fixture::send_everything;
+use crate::support::shop_fixture::{send_everything, send_shop_calls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_controls_shortcuts_live_tail_and_unreachable_banner() {
@@ -113,6 +113,65 @@ async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
     })
     .await;
 }
+
+/// Strand stops while a dashboard without auto refresh is on screen: the
+/// banner comes anyway, every panel keeps its chart under a stale marker;
+/// once Strand is back on the same address and data, the view reloads and
+/// the markers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_keeps_its_last_data_while_strand_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--derived-metrics-interval", "1s"];
+    let daemon = Strand::start(&data, &args).await;
+    send_shop_calls(&daemon, 20, 1).await;
+    let address = daemon.http.to_string();
+    let url = daemon.url("/#/dashboard/shop?range=15m");
+    let mut daemon = Some(daemon);
+    let daemon = &mut daemon;
+    in_browser("ui-stale", |client| async move {
+        client.goto(&url).await.map_err(|e| e.to_string())?;
+        wait_for(&client, "every panel's chart", PANELS, |v| {
+            v["charts"] == 5 && v["stale"] == 0
+        })
+        .await?;
+        daemon.take().expect("running").stop().await;
+        let gone = wait_for(&client, "the banner and stale charts", PANELS, |v| {
+            v["banner"]
+                .as_str()
+                .unwrap_or("")
+                .contains("unreachable since")
+                && v["charts"] == 5
+                && v["stale"] == 5
+        })
+        .await?;
+        if !gone["marker"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stale — Strand unreachable since")
+        {
+            return Err(format!("no stale marker: {gone}"));
+        }
+        snapshot(&client, "stale").await;
+        *daemon = Some(Strand::start(&data, &[&args[..], &["--http", &address]].concat()).await);
+        wait_for(&client, "fresh charts once Strand is back", PANELS, |v| {
+            v["banner"] == "" && v["charts"] == 5 && v["stale"] == 0
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The dashboard's panels that show a chart, those marked stale (and the
+/// first marker's text), and the unreachable banner.
+const PANELS: &str = "const panels = [...document.querySelectorAll('.panel')];
+    const b = document.getElementById('unreachable');
+    const marker = document.querySelector('.panel .stale');
+    return { charts: panels.filter(p => { const c = p.querySelector('.chart'); return c && !c.hidden && c.querySelector('path'); }).length,
+             stale: panels.filter(p => p.querySelector('.stale')).length,
+             marker: marker ? marker.innerText : '',
+             banner: b && !b.hidden ? b.innerText : '' }";
 
 /// The custom range's validity and the URL's window.
 const CUSTOM_RANGE: &str = "const f = document.getElementById('time-picker');
