@@ -138,14 +138,41 @@ function answerWarnings(body) {
   return warnings;
 }
 
-/** Microseconds as a short human duration. */
+/**
+ * Microseconds as a short duration for axes, rulers and labels: three
+ * significant digits without trailing zeros, in the largest unit under a
+ * thousand (999.7µs is "1ms", not "1000µs"), minutes from 60 s; zero is "0".
+ */
 export function fmtMicros(us) {
-  if (us < 1000) return `${Math.round(us)}µs`;
-  if (us < 1e6) return `${+(us / 1000).toFixed(us < 1e4 ? 2 : 1)}ms`;
-  if (us < 6e7) return `${+(us / 1e6).toFixed(2)}s`;
-  return `${Math.floor(us / 6e7)}m${Math.round((us % 6e7) / 1e6)}s`;
+  if (!Number.isFinite(us)) return "–";
+  if (us < 0) return `-${fmtMicros(-us)}`;
+  if (us === 0) return "0";
+  for (const [scale, unit] of [[1, "µs"], [1e3, "ms"], [1e6, "s"]]) {
+    const v = +(us / scale).toPrecision(3);
+    if (v < (unit === "s" ? 60 : 1000)) return `${v}${unit}`;
+  }
+  const seconds = Math.round(us / 1e6);
+  return `${Math.floor(seconds / 60)}m${seconds % 60 ? `${seconds % 60}s` : ""}`;
 }
 
+/**
+ * A plain number for axes and tables: no float noise (0.1 + 0.2 is "0.3"),
+ * four significant digits (all of the integer part), k/M/G/T from a million.
+ */
+export function fmtNumber(v) {
+  if (v == null || Number.isNaN(v)) return "–";
+  if (!Number.isFinite(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (v === 0) return "0";
+  const abs = Math.abs(v);
+  if (abs >= 1e6) {
+    const power = Math.min(4, Math.floor(Math.log10(abs) / 3));
+    return `${+(v / 1000 ** power).toPrecision(3)}${" kMGT"[power]}`;
+  }
+  if (abs >= 1) return String(+v.toPrecision(Math.max(4, Math.floor(Math.log10(abs)) + 1)));
+  return String(+v.toPrecision(3));
+}
+
+/** Epoch ms as a 24-hour ISO-style local time: 2026-01-02 13:05:06.007. */
 export function fmtTime(ms) {
   const d = new Date(ms);
   const pad = (n, w = 2) => String(n).padStart(w, "0");

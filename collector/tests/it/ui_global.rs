@@ -173,6 +173,80 @@ const PANELS: &str = "const panels = [...document.querySelectorAll('.panel')];
              marker: marker ? marker.innerText : '',
              banner: b && !b.hidden ? b.innerText : '' }";
 
+/// The formatting every axis, ruler and label uses, evaluated in the page
+/// on a table of inputs: zero is "0", no float noise, no trailing zeros, no
+/// "1000ms", times in 24-hour ISO form; and no module formats a time the
+/// browser's locale way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_durations_and_times_read_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-formatting", |client| async move {
+        client
+            .goto(&format!("{base}#/traces"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let wrong = client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 (async () => {
+                   const lib = await import('/ui/lib.js');
+                   const metrics = await import('/ui/metrics.js');
+                   const cases = [
+                     ['fmtMicros', lib.fmtMicros, [0], '0'],
+                     ['fmtMicros', lib.fmtMicros, [0.3], '0.3µs'],
+                     ['fmtMicros', lib.fmtMicros, [999], '999µs'],
+                     ['fmtMicros', lib.fmtMicros, [999.7], '1ms'],
+                     ['fmtMicros', lib.fmtMicros, [(0.1 + 0.2) * 1000], '300µs'],
+                     ['fmtMicros', lib.fmtMicros, [1200], '1.2ms'],
+                     ['fmtMicros', lib.fmtMicros, [1234.5], '1.23ms'],
+                     ['fmtMicros', lib.fmtMicros, [12345], '12.3ms'],
+                     ['fmtMicros', lib.fmtMicros, [999999], '1s'],
+                     ['fmtMicros', lib.fmtMicros, [1.5e6], '1.5s'],
+                     ['fmtMicros', lib.fmtMicros, [59.99e6], '1m'],
+                     ['fmtMicros', lib.fmtMicros, [90e6], '1m30s'],
+                     ['fmtMicros', lib.fmtMicros, [119.6e6], '2m'],
+                     ['fmtMicros', lib.fmtMicros, [-1500], '-1.5ms'],
+                     ['fmtNumber', lib.fmtNumber, [0], '0'],
+                     ['fmtNumber', lib.fmtNumber, [0.1 + 0.2], '0.3'],
+                     ['fmtNumber', lib.fmtNumber, [1.2], '1.2'],
+                     ['fmtNumber', lib.fmtNumber, [1234.5678], '1235'],
+                     ['fmtNumber', lib.fmtNumber, [12345.678], '12346'],
+                     ['fmtNumber', lib.fmtNumber, [1.5e6], '1.5M'],
+                     ['fmtNumber', lib.fmtNumber, [0.000123456], '0.000123'],
+                     ['fmtNumber', lib.fmtNumber, [-0.5], '-0.5'],
+                     ['fmtNumber', lib.fmtNumber, [NaN], '–'],
+                     ['fmtNumber', lib.fmtNumber, [Infinity], '+Inf'],
+                     ['fmtUnit', metrics.fmtUnit, [0, 'seconds'], '0'],
+                     ['fmtUnit', metrics.fmtUnit, [0.0012, 'seconds'], '1.2ms'],
+                     ['fmtUnit', metrics.fmtUnit, [0.1 + 0.2, 'ratio'], '30%'],
+                     ['fmtUnit', metrics.fmtUnit, [1.2e-4, ''], '0.00012'],
+                     ['fmtUnit', metrics.fmtUnit, [2.5, 'req/s'], '2.5 req/s'],
+                     ['fmtTime', lib.fmtTime, [new Date(2026, 0, 2, 13, 5, 6, 7).getTime()], '2026-01-02 13:05:06.007'],
+                   ];
+                   const wrong = cases
+                     .map(([name, f, args, want]) => [name, args, want, f(...args)])
+                     .filter(([, , want, got]) => got !== want)
+                     .map(([name, args, want, got]) => `${name}(${args.join(', ')}) = ${got}, not ${want}`);
+                   for (const m of ['app', 'lib', 'traces', 'trace', 'logs', 'metrics', 'dashboards', 'map']) {
+                     const text = await (await fetch(`/ui/${m}.js`)).text();
+                     if (/toLocale|Intl\\./.test(text)) wrong.push(`${m}.js formats in the locale's way`);
+                   }
+                   return wrong;
+                 })().then(done, (e) => done([String(e)]));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if wrong.as_array().is_none_or(|w| !w.is_empty()) {
+            return Err(format!("formatting: {wrong}"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// The custom range's validity and the URL's window.
 const CUSTOM_RANGE: &str = "const f = document.getElementById('time-picker');
     const p = new URLSearchParams(location.hash.split('?')[1] || '');
