@@ -13,7 +13,7 @@ use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
 use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::browser::{click, in_browser, shown, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -245,6 +245,148 @@ async fn numbers_durations_and_times_read_well() {
         Ok(())
     })
     .await;
+}
+
+/// Each view with the shop's data, by name: its hash (`{trace}` is the
+/// shop trace's id) and what shows once it has drawn.
+const VIEWS: [(&str, &str, &str); 6] = [
+    ("traces", "#/traces?range=1h", ".trace-item"),
+    ("trace", "#/trace/{trace}", ".span-row"),
+    ("logs", "#/logs?q=uitoken&range=1h", ".log-row"),
+    (
+        "metrics",
+        "#/metrics?query=ui_requests_total&range=1h",
+        ".chart path",
+    ),
+    (
+        "dashboard",
+        "#/dashboard/shop?range=15m",
+        ".panel .chart path",
+    ),
+    ("map", "#/map?range=15m", ".map-node"),
+];
+
+/// The window sizes the UI is made for.
+const SIZES: [(u32, u32); 2] = [(1500, 950), (1024, 700)];
+
+/// Text whose contrast with what is behind it is under 4.5:1 (WCAG AA):
+/// every visible element with text of its own (HTML colour, SVG fill)
+/// against the first opaque background among its ancestors, translucent
+/// ones blended in.
+const LOW_CONTRAST: &str = "const rgba = (c) => { const m = c.match(/[\\d.]+/g) || ['0', '0', '0', '0'];
+        return [+m[0], +m[1], +m[2], m.length > 3 ? +m[3] : 1]; };
+    const over = (top, bottom) => top.slice(0, 3).map((v, i) => v * top[3] + bottom[i] * (1 - top[3])).concat(1);
+    const luminance = (c) => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+    const background = (el) => { const layers = [];
+        for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+          const c = rgba(getComputedStyle(e).backgroundColor);
+          if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+        return layers.reverse().reduce((below, layer) => over(layer, below), [255, 255, 255, 1]); };
+    const low = [];
+    for (const el of document.querySelectorAll('body *')) {
+      const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.getClientRects().length || el.closest('[hidden], option, script, style, title')) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility !== 'visible' || el.disabled) continue;
+      const text = rgba(el instanceof SVGElement ? style.fill : style.color);
+      const bg = background(el);
+      const [a, b] = [luminance(over(text, bg)), luminance(bg)];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      if (ratio < 4.5) low.push(`${ratio.toFixed(2)}: ${el.tagName.toLowerCase()}.${[...el.classList].join('.')} \"${el.textContent.trim().slice(0, 30)}\"`);
+    }
+    return [...new Set(low)];";
+
+/// Every view, at both sizes, in the dark theme and the light one: its text
+/// and buttons have a contrast of at least 4.5:1. With `STRAND_SCREENSHOTS`
+/// set to a directory (`scripts/screenshots` sets docs/screenshots), it
+/// saves each as `<view>-<width>-<theme>.png` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_has_readable_contrast_in_both_themes() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &["--derived-metrics-interval", "1s"],
+    )
+    .await;
+    let sent = send_everything(&daemon).await;
+    send_shop_calls(&daemon, 50, 1).await;
+    let base = daemon.url("/");
+    let shots = std::env::var_os("STRAND_SCREENSHOTS").map(std::path::PathBuf::from);
+    in_browser("ui-contrast", |client| async move {
+        client.goto(&base).await.map_err(|e| e.to_string())?;
+        let mut low = Vec::new();
+        for theme in ["dark", "light"] {
+            // The theme a user picked: kept in localStorage, applied on load.
+            client
+                .execute(
+                    "localStorage.setItem('strand.theme', arguments[0]); location.reload(); return 0",
+                    vec![theme.into()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_for(
+                &client,
+                "the theme",
+                "return document.documentElement.dataset.theme || ''",
+                |v| v == theme,
+            )
+            .await?;
+            for (width, height) in SIZES {
+                set_viewport(&client, width, height).await?;
+                for (name, hash, ready) in VIEWS {
+                    let hash = hash.replace("{trace}", &sent.trace_id);
+                    client
+                        .goto(&format!("{base}{hash}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    shown(&client, ready).await?;
+                    // Layout settles (labels placed, charts sized) before the check.
+                    client
+                        .execute_async("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))", vec![])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let found = client
+                        .execute(LOW_CONTRAST, vec![])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for text in found.as_array().into_iter().flatten() {
+                        low.push(format!("{name} {theme} {width}px: {}", text.as_str().unwrap_or("")));
+                    }
+                    if let Some(shots) = &shots {
+                        let png = client.screenshot().await.map_err(|e| e.to_string())?;
+                        let path = shots.join(format!("{name}-{width}-{theme}.png"));
+                        std::fs::write(&path, png).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+            }
+        }
+        low.dedup();
+        if !low.is_empty() {
+            return Err(format!("text under 4.5:1:\n{}", low.join("\n")));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Sizes the window so that the page itself gets `width` x `height`.
+async fn set_viewport(client: &Client, width: u32, height: u32) -> Result<(), String> {
+    client
+        .set_window_size(width, height)
+        .await
+        .map_err(|e| e.to_string())?;
+    let inner = client
+        .execute("return [window.innerWidth, window.innerHeight]", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    let chrome =
+        |i: usize, want: u32| want + want.saturating_sub(inner[i].as_u64().unwrap_or(0) as u32);
+    client
+        .set_window_size(chrome(0, width), chrome(1, height))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The custom range's validity and the URL's window.
