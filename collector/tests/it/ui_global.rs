@@ -371,6 +371,42 @@ async fn every_view_has_readable_contrast_in_both_themes() {
     .await;
 }
 
+/// The whole UI as the browser loads it (index.html and every module and
+/// stylesheet it pulls in, as served) stays under 500 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_weighs_under_500_kb() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-weight", |client| async move {
+        client
+            .goto(&format!("{base}#/traces"))
+            .await
+            .map_err(|e| e.to_string())?;
+        // app.js imports every view: once the first has drawn, all is loaded.
+        shown(&client, "#view h1, #view form").await?;
+        let loaded = client
+            .execute(
+                "const page = performance.getEntriesByType('navigation')[0];
+                 const ui = performance.getEntriesByType('resource')
+                   .filter(r => new URL(r.name).pathname.startsWith('/ui/'));
+                 return { files: ui.map(r => new URL(r.name).pathname).sort(),
+                          bytes: ui.concat([page]).reduce((n, r) => n + r.decodedBodySize, 0) };",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let files = loaded["files"].as_array().map_or(0, Vec::len);
+        let bytes = loaded["bytes"].as_u64().unwrap_or(u64::MAX);
+        // index.html's stylesheet and every module of ui/ (app, lib, six views).
+        if files < 9 || bytes == 0 || bytes >= 500 * 1024 {
+            return Err(format!("the UI must load its files under 500 KB: {loaded}"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Sizes the window so that the page itself gets `width` x `height`.
 async fn set_viewport(client: &Client, width: u32, height: u32) -> Result<(), String> {
     client
