@@ -4,7 +4,7 @@
 // (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
+import { h, state, RANGES, timeRange, toLocalInput, fromLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
   reportUnreachable, reportReachable, unreachableText } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
@@ -169,8 +169,8 @@ picker.range.addEventListener("change", () => {
 });
 picker.addEventListener("submit", (e) => {
   e.preventDefault();
-  const start = new Date(picker.start.value).getTime();
-  const end = new Date(picker.end.value).getTime();
+  const start = fromLocalInput(picker.start.value);
+  const end = fromLocalInput(picker.end.value);
   if (!(start < end)) {
     picker.end.setCustomValidity("the end must be after the start");
     picker.end.reportValidity();

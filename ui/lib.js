@@ -263,13 +263,11 @@ export function onStale(mark) {
   };
 }
 
-/** The value of a datetime-local input for epoch ms, in local time. */
-export function toLocalInput(ms) {
-  const d = new Date(ms);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T` +
-    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
+/** Epoch ms as the custom range's fields show it: local 2026-01-02 13:05:06. */
+export const toLocalInput = (ms) => fmtTime(ms).slice(0, 19);
+
+/** A custom range field's local time (a space or T between date and time) as epoch ms; NaN if it is none. */
+export const fromLocalInput = (text) => new Date(text.trim().replace(" ", "T")).getTime();
 
 export function select(name, options, value, attrs = {}) {
   return h("select", { name, ...attrs },

@@ -79,6 +79,31 @@ async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
             .await
             .map_err(|e| e.to_string())?;
         select(&client, "#time-picker select[name=range]", "custom").await?;
+        // The fields show the window on screen as 24-hour ISO-style times,
+        // whatever the browser's locale (a datetime-local field follows it).
+        let shown = client
+            .execute(
+                "const f = document.getElementById('time-picker');
+                 return [f.start.type, f.start.value, f.end.value]",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let iso = |v: &Value| {
+            let text = v.as_str().unwrap_or("");
+            text.len() == 19
+                && text.char_indices().all(|(i, c)| match i {
+                    4 | 7 => c == '-',
+                    10 => c == ' ',
+                    13 | 16 => c == ':',
+                    _ => c.is_ascii_digit(),
+                })
+        };
+        if shown[0] != "text" || !iso(&shown[1]) || !iso(&shown[2]) {
+            return Err(format!(
+                "the custom range is not shown as YYYY-MM-DD HH:MM:SS: {shown}"
+            ));
+        }
         // The end an hour before the start: refused, the URL keeps its range.
         set_custom_range(&client, "start", 30).await?;
         set_custom_range(&client, "end", 90).await?;
@@ -440,7 +465,7 @@ async fn set_custom_range(client: &Client, field: &str, minutes_ago: i64) -> Res
              const input = document.getElementById('time-picker')[field];
              const at = Math.floor(Date.now() / 60000) * 60000 - minutes * 60000;
              const d = new Date(at);
-             input.value = new Date(at - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+             input.value = new Date(at - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19).replace('T', ' ');
              input.dispatchEvent(new Event('input', { bubbles: true }));
              input.dispatchEvent(new Event('change', { bubbles: true }));
              return at;",
