@@ -31,6 +31,8 @@ mod ui;
 mod ui_auth;
 mod ui_dashboards;
 mod ui_global;
+mod ui_logs;
 mod ui_map;
 mod ui_newcomer;
+mod ui_trace_view;
 mod ui_traces;
