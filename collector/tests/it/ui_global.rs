@@ -298,8 +298,10 @@ const SIZES: [(u32, u32); 2] = [(1500, 950), (1024, 700)];
 /// every visible element with text of its own (HTML colour, SVG fill)
 /// against the first opaque background among its ancestors, translucent
 /// ones blended in.
-const LOW_CONTRAST: &str = "const rgba = (c) => { const m = c.match(/[\\d.]+/g) || ['0', '0', '0', '0'];
-        return [+m[0], +m[1], +m[2], m.length > 3 ? +m[3] : 1]; };
+const LOW_CONTRAST: &str = "const rgba = (c) => { const m = (c.match(/[\\d.]+/g) || ['0', '0', '0', '0']).map(Number);
+        // rgb(255 ...) or, from color-mix(), color(srgb 1 ...).
+        const scale = c.startsWith('color(srgb') ? 255 : 1;
+        return [m[0] * scale, m[1] * scale, m[2] * scale, m.length > 3 ? m[3] : 1]; };
     const over = (top, bottom) => top.slice(0, 3).map((v, i) => v * top[3] + bottom[i] * (1 - top[3])).concat(1);
     const luminance = (c) => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255;
         return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
