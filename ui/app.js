@@ -4,7 +4,8 @@
 // (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken } from "./lib.js";
+import { h, state, RANGES, timeRange, toLocalInput, fromLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
+  reportUnreachable, reportReachable, unreachableText } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -170,8 +171,8 @@ picker.range.addEventListener("change", () => {
 });
 picker.addEventListener("submit", (e) => {
   e.preventDefault();
-  const start = new Date(picker.start.value).getTime();
-  const end = new Date(picker.end.value).getTime();
+  const start = fromLocalInput(picker.start.value);
+  const end = fromLocalInput(picker.end.value);
   if (!(start < end)) {
     picker.end.setCustomValidity("the end must be after the start");
     picker.end.reportValidity();
@@ -179,7 +180,10 @@ picker.addEventListener("submit", (e) => {
   }
   setGlobal({ range: null, start, end });
 });
-picker.end.addEventListener("input", () => picker.end.setCustomValidity(""));
+// The refusal is about the pair: a change to either field lifts it (a
+// field still marked invalid would block every later submit), and the
+// submit above checks the pair again.
+for (const field of [picker.start, picker.end]) field.addEventListener("input", () => picker.end.setCustomValidity(""));
 
 // Auto refresh: a `strand-refresh` event every interval while the page is
 // visible (views reload with onRefresh; a relative window slides).
@@ -205,11 +209,12 @@ function refresh(auto) {
 document.getElementById("refresh-now").addEventListener("click", () => refresh(false));
 
 // Strand unreachable: a banner, and /healthz polled until it answers; then
-// the view is drawn again, since what it shows failed to load.
+// the view is drawn again, since what it shows failed to load or is stale.
 let probing = false;
 window.addEventListener("strand-unreachable", async () => {
   if (probing) return;
   probing = true;
+  banner.textContent = `${unreachableText()} — retrying…`;
   banner.hidden = false;
   for (;;) {
     await new Promise((done) => setTimeout(done, 3000));
@@ -219,8 +224,16 @@ window.addEventListener("strand-unreachable", async () => {
   }
   probing = false;
   banner.hidden = true;
+  reportReachable();
   route();
 });
+
+// A view that does not refresh makes no requests: /healthz is asked every
+// 10 s while the page is visible, so that the banner comes all the same.
+setInterval(async () => {
+  if (document.hidden || probing) return;
+  try { await fetch("/healthz", { cache: "no-store" }); } catch (_) { reportUnreachable(); }
+}, 10_000);
 
 // An answer that says part of it is missing (a list cut at a limit,
 // damaged data skipped): shown above the view until the next one is drawn.

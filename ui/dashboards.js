@@ -5,7 +5,7 @@
 // built-in `shop` dashboard is read-only: it can be saved as a copy. Export
 // downloads the API's JSON unchanged; import PUTs pasted JSON.
 
-import { api, authFetch, h, state, ApiError, timeRange, onRefresh } from "./lib.js";
+import { api, authFetch, h, state, ApiError, UnreachableError, timeRange, onRefresh, onStale } from "./lib.js";
 import { lineChart, queryRange, toSeries, timeParams } from "./metrics.js";
 
 /** `#/dashboards` (or `#/dashboard`) lists; `#/dashboard/<id>` shows one. */
@@ -200,7 +200,9 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
   root.append(tools, copyForm, message, grid);
   drawPanels();
   const unsubscribe = onRefresh(() => { for (const p of panels) p.load(); });
-  return () => { unsubscribe(); for (const p of panels) p.destroy(); };
+  // While Strand is unreachable, panels keep their last data, marked stale.
+  const unstale = onStale((marker) => { for (const p of panels) p.markStale(marker); });
+  return () => { unsubscribe(); unstale(); for (const p of panels) p.destroy(); };
 }
 
 /** "Save a copy": a new id and title, then the copy opens for editing. */
@@ -252,6 +254,7 @@ function panelView(panel, index, params, editor) {
   const body = h("div.panel-body");
   const heading = h("h2", {});
   const unitNote = h("span.muted.panel-unit");
+  const staleNote = h("span.panel-stale");
   const label = () => {
     heading.textContent = panel.title || panel.query || "Untitled panel";
     // Units the axis cannot show are named once in the header.
@@ -259,7 +262,7 @@ function panelView(panel, index, params, editor) {
   };
   label();
   const message = h("div.panel-msg");
-  const el = h("section.panel", { dataset: { panel: index } }, h("header.panel-head", {}, heading, unitNote));
+  const el = h("section.panel", { dataset: { panel: index } }, h("header.panel-head", {}, heading, unitNote, staleNote));
   const newChart = () => {
     chart?.destroy();
     chart = lineChart({ unit: panel.unit, zero: true, height: 220 });
@@ -305,6 +308,8 @@ function panelView(panel, index, params, editor) {
       result = await queryRange(panel.query, span);
     } catch (e) {
       if (mine !== latest) return;
+      // The last data stay, marked stale (onStale), until Strand is back.
+      if (e instanceof UnreachableError && !chart.el.hidden) return;
       chart.el.hidden = true;
       message.replaceChildren(state(e.message, "error"));
       return;
@@ -319,6 +324,8 @@ function panelView(panel, index, params, editor) {
     el,
     load,
     showError(text) { chart.el.hidden = true; message.replaceChildren(state(text, "error")); },
+    /** Marks the chart on screen stale (`marker` makes the mark) or fresh (null). */
+    markStale(marker) { staleNote.replaceChildren(marker && !chart.el.hidden ? marker() : ""); },
     destroy() { latest++; chart.destroy(); },
   };
 }

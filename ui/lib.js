@@ -29,6 +29,9 @@ export const state = (text, cls = "") => h("p.state" + (cls ? "." + cls : ""), {
 /** An error whose message is what the API said. */
 export class ApiError extends Error {}
 
+/** Strand did not answer at all (a network error): what was shown is stale. */
+export class UnreachableError extends ApiError {}
+
 const TOKEN_KEY = "strand.token";
 
 /** The token entered in this browser session, if any. */
@@ -108,7 +111,7 @@ export async function api(path, params) {
     res = await authFetch(path + qs, { headers: { accept: "application/json" } });
   } catch (e) {
     reportUnreachable();
-    throw new ApiError(`cannot reach Strand: ${e.message}`);
+    throw new UnreachableError(`cannot reach Strand: ${e.message}`);
   }
   let body = null;
   try { body = await res.json(); } catch (_) { /* not JSON */ }
@@ -135,12 +138,38 @@ function answerWarnings(body) {
   return warnings;
 }
 
-/** Microseconds as a short human duration. */
+/**
+ * Microseconds as a short duration for axes, rulers and labels: three
+ * significant digits without trailing zeros, in the largest unit under a
+ * thousand (999.7µs is "1ms", not "1000µs"), minutes from 60 s; zero is "0".
+ */
 export function fmtMicros(us) {
-  if (us < 1000) return `${Math.round(us)}µs`;
-  if (us < 1e6) return `${+(us / 1000).toFixed(us < 1e4 ? 2 : 1)}ms`;
-  if (us < 6e7) return `${+(us / 1e6).toFixed(2)}s`;
-  return `${Math.floor(us / 6e7)}m${Math.round((us % 6e7) / 1e6)}s`;
+  if (!Number.isFinite(us)) return "–";
+  if (us < 0) return `-${fmtMicros(-us)}`;
+  if (us === 0) return "0";
+  for (const [scale, unit] of [[1, "µs"], [1e3, "ms"], [1e6, "s"]]) {
+    const v = +(us / scale).toPrecision(3);
+    if (v < (unit === "s" ? 60 : 1000)) return `${v}${unit}`;
+  }
+  const seconds = Math.round(us / 1e6);
+  return `${Math.floor(seconds / 60)}m${seconds % 60 ? `${seconds % 60}s` : ""}`;
+}
+
+/**
+ * A plain number for axes and tables: no float noise (0.1 + 0.2 is "0.3"),
+ * four significant digits (all of the integer part), k/M/G/T from a million.
+ */
+export function fmtNumber(v) {
+  if (v == null || Number.isNaN(v)) return "–";
+  if (!Number.isFinite(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (v === 0) return "0";
+  const abs = Math.abs(v);
+  if (abs >= 1e6) {
+    const power = Math.min(4, Math.floor(Math.log10(abs) / 3));
+    return `${+(v / 1000 ** power).toPrecision(3)}${" kMGT"[power]}`;
+  }
+  if (abs >= 1) return String(+v.toPrecision(Math.max(4, Math.floor(Math.log10(abs)) + 1)));
+  return String(+v.toPrecision(3));
 }
 
 /** "1 span", "2 spans": a count with its noun. */
@@ -148,6 +177,7 @@ export function plural(n, noun) {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
+/** Epoch ms as a 24-hour ISO-style local time: 2026-01-02 13:05:06.007. */
 export function fmtTime(ms) {
   const d = new Date(ms);
   const pad = (n, w = 2) => String(n).padStart(w, "0");
@@ -203,22 +233,51 @@ export function onRefresh(reload) {
 let refreshSubscribers = 0;
 export const hasRefreshSubscribers = () => refreshSubscribers > 0;
 
+/** Since when (epoch ms) Strand has not answered; null while it answers. */
+let unreachableSince = null;
+
 /**
  * Tells the app that Strand did not answer at all (a network error, not an
  * HTTP error): it shows the "unreachable" banner and polls until Strand is
- * back, then draws the view again.
+ * back (`reportReachable`), then draws the view again.
  */
 export function reportUnreachable() {
+  unreachableSince ??= Date.now();
   window.dispatchEvent(new Event("strand-unreachable"));
 }
 
-/** The value of a datetime-local input for epoch ms, in local time. */
-export function toLocalInput(ms) {
-  const d = new Date(ms);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T` +
-    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+/** Strand answers again: stale markers go (the app then redraws the view). */
+export function reportReachable() {
+  unreachableSince = null;
+  window.dispatchEvent(new Event("strand-reachable"));
 }
+
+/** "since HH:MM:SS" of the current outage, for the banner and stale markers. */
+export const unreachableText = () => `Strand unreachable since ${fmtTime(unreachableSince ?? Date.now()).slice(11, 19)}`;
+
+/**
+ * Marks what a view keeps on screen while Strand is unreachable: `mark`
+ * gets a function making stale markers (one per place to mark) when Strand
+ * stops answering (at once if it is already down), and null when it answers
+ * again. Returns the unsubscribe function, for the view's cleanup.
+ */
+export function onStale(mark) {
+  const down = () => mark(() => h("p.stale", { role: "status" }, `stale — ${unreachableText()}`));
+  const up = () => mark(null);
+  window.addEventListener("strand-unreachable", down);
+  window.addEventListener("strand-reachable", up);
+  if (unreachableSince != null) down();
+  return () => {
+    window.removeEventListener("strand-unreachable", down);
+    window.removeEventListener("strand-reachable", up);
+  };
+}
+
+/** Epoch ms as the custom range's fields show it: local 2026-01-02 13:05:06. */
+export const toLocalInput = (ms) => fmtTime(ms).slice(0, 19);
+
+/** A custom range field's local time (a space or T between date and time) as epoch ms; NaN if it is none. */
+export const fromLocalInput = (text) => new Date(text.trim().replace(" ", "T")).getTime();
 
 export function select(name, options, value, attrs = {}) {
   return h("select", { name, ...attrs },

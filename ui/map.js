@@ -5,17 +5,26 @@
 // metrics (traces_service_graph_*), per node its server spans' RED metrics
 // (traces_span_metrics_*). A service or call whose failed share is above a
 // threshold (5% unless the URL's `threshold` says otherwise, adjustable in
-// the legend) is drawn red. Each arrow's label sits on a free spot along it,
-// clear of the boxes and of the other labels. A node links to its traces and
-// metrics; an edge opens a panel with its numbers.
+// the legend) is drawn red: a service by its own server spans (server-side),
+// a call by what its caller saw (client-side: failed on either side). Rates
+// are the shop dashboard's per-minute rates averaged over the window, so the
+// two agree however long the window and however little of it had traffic.
+// An arrow that skips layers passes through a free slot of each layer in
+// between, and one going back runs under all the boxes, so no arrow crosses
+// a box it does not connect. Each arrow's label sits on a free spot along
+// it, clear of the boxes and of the other labels. A node links to its
+// traces and metrics; an edge opens a panel with its numbers.
 
 import { api, h, state, timeRange, onRefresh, serviceColors, fmtMicros } from "./lib.js";
+import { queryRange } from "./metrics.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 /** Geometry, in px: node box, distance between layers and rows. */
 const NODE_W = 200, NODE_H = 68, COL = 370, ROW = 100, PAD = 24;
-/** Room under the rows for edges that go back (cycles, same layer), if any. */
+/** Room under the rows for edges that go back (cycles), if any. */
 const BACK_ROOM = 70;
+/** How far right of a column's boxes an arrow going back or sideways turns. */
+const TURN = 16;
 const SERVER = 'span_kind="SPAN_KIND_SERVER"';
 /** Percent of failed requests above which a service or call is red. */
 const DEFAULT_THRESHOLD = 5;
@@ -66,7 +75,7 @@ export async function render(root, { params, current }) {
     if (!current()) return;
     note.textContent = graph.metricsError
       ? `Call rates and latencies are unavailable: ${graph.metricsError}`
-      : "Over the time range: request rate, failed share and 95th percentile latency (of the called side, on arrows). Click a service for its traces, an arrow for its numbers.";
+      : "Over the time range: request rate (the mean of the per-minute rate while there was traffic), 95th percentile latency and failed share — of a service's own server spans (server-side), and on arrows of the calls as their callers saw them (client-side; latency of the called side). Click a service for its traces, an arrow for its numbers.";
     note.classList.toggle("error", Boolean(graph.metricsError));
     if (!graph.edges.length) {
       out.replaceChildren(state("No calls between services in this range. Widen the time range, or send traces that cross services."));
@@ -110,31 +119,41 @@ async function fetchGraph(win) {
     api("/api/services"),
   ]);
   const w = `[${seconds}s]`;
+  const share = (failed, all, by) => `sum by (${by}) (rate(${failed}${w})) / sum by (${by}) (rate(${all}${w}))`;
   const at = (win.end / 1000).toFixed(3);
+  const key = (metric, labels) => labels.map((l) => metric[l] || "").join("\u0000");
   const query = async (q, ...labels) => {
     const body = await api("/api/v1/query", { query: q, time: at });
-    return new Map(body.data.result.map((r) => [labels.map((l) => r.metric[l] || "").join("\u0000"), Number(r.value[1])]));
+    return new Map(body.data.result.map((r) => [key(r.metric, labels), Number(r.value[1])]));
   };
+  // Rates are the dashboards' (per minute, at the points of their range
+  // query over the window) averaged: only points with traffic count, so a
+  // service that ran for ten minutes of the hour shows its rate of those
+  // ten minutes, as its dashboard panel does, not its calls spread over the
+  // hour (which `rate(...[1h])` gives).
+  const mean = async (q, ...labels) => new Map((await queryRange(q, win)).map((r) =>
+    [key(r.metric, labels), r.values.reduce((sum, [, v]) => sum + Number(v), 0) / r.values.length]));
   const byEdge = (q) => query(q, "client", "server");
   const byService = (q) => query(q, "service_name");
   let numbers = {};
   let metricsError = null;
   try {
-    const [calls, failed, p95, nodeCalls, nodeErrors, nodeP95] = await Promise.all([
-      byEdge(`sum by (client, server) (rate(traces_service_graph_request_total${w}))`),
-      byEdge(`sum by (client, server) (rate(traces_service_graph_request_failed_total${w}))`),
+    const [calls, failed, p95, nodeCalls, nodeFailed, nodeP95] = await Promise.all([
+      mean("sum by (client, server) (rate(traces_service_graph_request_total[1m]))", "client", "server"),
+      byEdge(share("traces_service_graph_request_failed_total", "traces_service_graph_request_total", "client, server")),
       byEdge(`histogram_quantile(0.95, sum by (client, server, le) (rate(traces_service_graph_request_server_seconds_bucket${w})))`),
-      byService(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}}${w}))`),
-      byService(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}, status_code="STATUS_CODE_ERROR"}${w}))`),
+      mean(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}}[1m]))`, "service_name"),
+      byService(share(`traces_span_metrics_calls_total{${SERVER}, status_code="STATUS_CODE_ERROR"}`, `traces_span_metrics_calls_total{${SERVER}}`, "service_name")),
       byService(`histogram_quantile(0.95, sum by (service_name, le) (rate(traces_span_metrics_duration_seconds_bucket{${SERVER}}${w})))`),
     ]);
-    numbers = { calls, failed, p95, nodeCalls, nodeErrors, nodeP95 };
+    numbers = { calls, failed, p95, nodeCalls, nodeFailed, nodeP95 };
   } catch (e) {
     metricsError = e.message;
   }
-  const red = (calls, errors, p95, key) => {
+  // A failed share is absent where nothing failed (no error series yet).
+  const red = (calls, failed, p95, key) => {
     const rate = calls?.get(key);
-    return { rate, errorRatio: rate > 0 ? (errors.get(key) || 0) / rate : null, p95: p95?.get(key) };
+    return { rate, errorRatio: rate > 0 ? failed.get(key) || 0 : null, p95: p95?.get(key) };
   };
   const edges = (deps.data || [])
     .filter((d) => d.parent !== d.child)
@@ -146,13 +165,16 @@ async function fetchGraph(win) {
   // nodes too (layer 0): the map shows every service active in the window.
   const active = [...(numbers.nodeCalls || new Map())].filter(([, rate]) => rate > 0).map(([name]) => name);
   const names = [...new Set([...edges.flatMap((e) => [e.client, e.server]), ...active])];
-  const nodes = names.map((name) => ({ name, ...red(numbers.nodeCalls, numbers.nodeErrors, numbers.nodeP95, name) }));
+  const nodes = names.map((name) => ({ name, ...red(numbers.nodeCalls, numbers.nodeFailed, numbers.nodeP95, name) }));
   return { nodes, edges, colors: serviceColors(services.data || [], names), metricsError };
 }
 
 /**
  * Layers by call depth: each callee one right of its deepest caller. Cycles
- * are cut by capping the depth at the number of services.
+ * are cut by capping the depth at the number of services. A call that skips
+ * layers gets a waypoint, a slot of its own, in each layer it passes
+ * through, so that its arrow never crosses a box. Returns the position of
+ * every service and waypoint, and each call's waypoints (by "client\0server").
  */
 function layout(nodes, edges) {
   const layer = new Map(nodes.map((n) => [n.name, 0]));
@@ -164,65 +186,126 @@ function layout(nodes, edges) {
     }
     if (!moved) break;
   }
-  const layers = [];
-  for (const n of [...nodes].sort((a, b) => a.name.localeCompare(b.name))) {
-    (layers[layer.get(n.name)] ||= []).push(n.name);
+  // Slots: the services, then the waypoints; `callers` of each slot are
+  // the slots one layer left that an arrow comes from.
+  const slots = nodes.map((n) => ({ name: n.name, layer: layer.get(n.name), waypoint: false }));
+  const callers = new Map();
+  const calledFrom = (name, from) => callers.set(name, [...(callers.get(name) || []), from]);
+  const waypoints = new Map();
+  for (const e of edges) {
+    const [from, to] = [layer.get(e.client), layer.get(e.server)];
+    if (to <= from) continue;
+    const via = [];
+    let previous = e.client;
+    for (let l = from + 1; l < to; l++) {
+      const name = `\u0000${e.client}\u0000${e.server}\u0000${l}`;
+      slots.push({ name, layer: l, waypoint: true });
+      calledFrom(name, previous);
+      via.push(name);
+      previous = name;
+    }
+    calledFrom(e.server, previous);
+    waypoints.set(`${e.client}\u0000${e.server}`, via);
   }
-  // Fewer crossings: order each layer by the mean row of its callers.
+  const layers = [];
+  for (const slot of slots) (layers[slot.layer] ||= []).push(slot);
+  // Fewer crossings: order each layer by the mean row of its callers;
+  // services before waypoints, then by name, so the same graph always
+  // looks the same.
   const row = new Map();
-  for (const names of layers.filter(Boolean)) {
-    const mean = (name) => {
-      const rows = edges.filter((e) => e.server === name && row.has(e.client)).map((e) => row.get(e.client));
+  for (const column of layers.filter(Boolean)) {
+    const mean = (slot) => {
+      const rows = (callers.get(slot.name) || []).filter((c) => row.has(c)).map((c) => row.get(c));
       return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
     };
-    names.sort((a, b) => mean(a) - mean(b) || a.localeCompare(b));
-    names.forEach((name, i) => row.set(name, i));
+    column.sort((a, b) => mean(a) - mean(b) || a.waypoint - b.waypoint || a.name.localeCompare(b.name));
+    column.forEach((slot, i) => row.set(slot.name, i));
   }
   const rows = Math.max(...layers.filter(Boolean).map((l) => l.length));
   const pos = new Map();
-  layers.filter(Boolean).forEach((names, col) => {
-    const top = PAD + ((rows - names.length) * ROW) / 2; // centre short layers
-    names.forEach((name, i) => pos.set(name, { x: PAD + col * COL, y: top + i * ROW }));
+  layers.filter(Boolean).forEach((column, col) => {
+    const top = PAD + ((rows - column.length) * ROW) / 2; // centre short layers
+    column.forEach((slot, i) => pos.set(slot.name, { x: PAD + col * COL, y: top + i * ROW }));
   });
-  const back = edges.some((e) => layer.get(e.server) <= layer.get(e.client));
+  const back = edges.some((e) => layer.get(e.server) < layer.get(e.client));
   return {
     pos,
+    waypoints,
     width: PAD * 2 + (layers.filter(Boolean).length - 1) * COL + NODE_W,
     height: PAD * 2 + (rows - 1) * ROW + NODE_H + (back ? BACK_ROOM : 0),
+    // Where arrows going back run: under every box.
+    channel: PAD + (rows - 1) * ROW + NODE_H + BACK_ROOM / 2,
   };
 }
 
 /** The drawing, and the boxes of its nodes for placing the labels. */
 function drawGraph(graph, select) {
-  const { pos, width, height } = layout(graph.nodes, graph.edges);
+  const { pos, waypoints, width, height, channel } = layout(graph.nodes, graph.edges);
   const root = svg("svg", { class: "service-map", width, height, viewBox: `0 0 ${width} ${height}`, "aria-label": "service map" });
   // Sized in px, not stroke widths, so a highlighted edge keeps its arrowhead.
   const marker = (id) => svg("marker", { id, viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 11, markerHeight: 11, orient: "auto" },
     svg("path", { d: "M0,0 L10,5 L0,10 z" }));
   root.append(svg("defs", {}, marker("map-arrow"), marker("map-arrow-error")));
-  for (const e of graph.edges) root.append(drawEdge(e, pos.get(e.client), pos.get(e.server), select));
+  for (const e of graph.edges) {
+    const via = (waypoints.get(`${e.client}\u0000${e.server}`) || []).map((name) => pos.get(name));
+    root.append(drawEdge(e, route(pos.get(e.client), pos.get(e.server), via, channel), select));
+  }
   for (const n of graph.nodes) root.append(drawNode(n, pos.get(n.name), graph.colors.get(n.name)));
   const boxes = graph.nodes.map((n) => ({ ...pos.get(n.name), w: NODE_W, h: NODE_H }));
   return { root, boxes };
 }
 
-function drawEdge(edge, from, to, select) {
-  let d;
+/**
+ * An arrow's path. Forward: from the caller's right side through its
+ * waypoints' slots to the callee's left side, curving only between columns,
+ * where there are no boxes. Within a column (same layer): out of the
+ * caller's right side and into the callee's, turning in the gap beside the
+ * column. Back (a cycle): the same, down to the channel under every box and
+ * along it to the callee's column.
+ */
+function route(from, to, via, channel) {
+  const mid = (at) => at.y + NODE_H / 2;
   if (to.x > from.x) {
-    // Forward: right side of the caller to the left side of the callee.
-    const [x1, y1, x2, y2] = [from.x + NODE_W, from.y + NODE_H / 2, to.x - 2, to.y + NODE_H / 2];
-    const bend = (x2 - x1) / 2;
-    d = `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
-  } else {
-    // Back or sideways (a cycle): a loop under both boxes.
-    const [x1, y1, x2, y2] = [from.x + NODE_W / 2, from.y + NODE_H, to.x + NODE_W / 2 + 12, to.y + NODE_H + 2];
-    const low = Math.max(y1, y2) + BACK_ROOM;
-    d = `M${x1},${y1} C${x1},${low} ${x2},${low} ${x2},${y2}`;
+    const hops = [{ x: from.x, y: mid(from) }, ...via.map((at) => ({ x: at.x, y: mid(at) })), { x: to.x, y: mid(to) }];
+    let d = `M${hops[0].x + NODE_W},${hops[0].y}`;
+    for (let i = 1; i < hops.length; i++) {
+      const [x1, y1] = [hops[i - 1].x + NODE_W, hops[i - 1].y];
+      const last = i === hops.length - 1;
+      const [x2, y2] = [hops[i].x - (last ? 2 : 0), hops[i].y];
+      const bend = (x2 - x1) / 2;
+      d += ` C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
+      if (!last) d += ` L${x2 + NODE_W},${y2}`;
+    }
+    return d;
   }
+  const [x1, y1, x2, y2] = [from.x + NODE_W, mid(from), to.x + NODE_W + 2, mid(to)];
+  const corners = to.x === from.x
+    ? [[x1 + TURN, y1], [x1 + TURN, y2]]
+    : [[x1 + TURN, y1], [x1 + TURN, channel], [x2 + TURN, channel], [x2 + TURN, y2]];
+  return rounded([[x1, y1], ...corners, [x2, y2]], 8);
+}
+
+/** A path along `points` whose corners are rounded with radius `r` at most. */
+function rounded(points, r) {
+  let d = `M${points[0][0]},${points[0][1]}`;
+  for (let i = 1; i < points.length - 1; i++) {
+    const [[px, py], [x, y], [nx, ny]] = [points[i - 1], points[i], points[i + 1]];
+    const cut = (ax, ay, bx, by) => {
+      const length = Math.hypot(bx - ax, by - ay) || 1;
+      const k = Math.min(r, length / 2) / length;
+      return `${x + (bx - ax) * k},${y + (by - ay) * k}`;
+    };
+    d += ` L${cut(x, y, px, py)} Q${x},${y} ${cut(x, y, nx, ny)}`;
+  }
+  const [lx, ly] = points[points.length - 1];
+  return `${d} L${lx},${ly}`;
+}
+
+function drawEdge(edge, d, select) {
   // Drawn at the origin; placeLabels moves it to a free spot on the arrow.
   const label = svg("text", { class: "edge-label", x: 0, y: 0, "text-anchor": "middle" },
-    tspan(fmtRate(edge.rate), 0, 0),
-    tspan(`${fmtPercent(edge.errorRatio)} err · p95 ${fmtSeconds(edge.p95)}`, 0, 13));
+    tspan(`${fmtRate(edge.rate)} · p95 ${fmtSeconds(edge.p95)}`, 0, 0),
+    tspan(`${fmtPercent(edge.errorRatio)} failed client-side`, 0, 13));
   // Without metrics, the share of failed calls the span store counted.
   const failed = edge.errorRatio ?? (edge.count > 0 ? edge.errorCount / edge.count : null);
   const g = svg("g", {
@@ -235,7 +318,7 @@ function drawEdge(edge, from, to, select) {
   svg("path", { class: "hit", d }),
   svg("path", { class: "line", d }),
   svg("g", { class: "edge-tag" }, svg("rect", { class: "label-bg" }), label),
-  svg("title", {}, `${edge.client} → ${edge.server}`));
+  svg("title", {}, `${edge.client} → ${edge.server}: failed share as ${edge.client} saw the calls (client-side)`));
   g.addEventListener("click", () => select(edge));
   g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(edge); } });
   return g;
@@ -246,13 +329,13 @@ function drawNode(node, at, color) {
     svg("rect", { class: "box", x: at.x, y: at.y, width: NODE_W, height: NODE_H, rx: 6 }),
     svg("rect", { class: "stripe", x: at.x, y: at.y, width: 5, height: NODE_H, rx: 2, fill: color }),
     svg("text", { class: "node-name", x: at.x + 14, y: at.y + 22 }, node.name),
-    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 42 }, `${fmtRate(node.rate)} · ${fmtPercent(node.errorRatio)} err`),
-    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 58 }, `p95 ${fmtSeconds(node.p95)}`),
+    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 42 }, `${fmtRate(node.rate)} · p95 ${fmtSeconds(node.p95)}`),
+    svg("text", { class: "node-red", x: at.x + 14, y: at.y + 58 }, `${fmtPercent(node.errorRatio)} failed server-side`),
     svg("title", {}, `Traces of ${node.name}`));
   const metrics = svg("a", { class: "node-metrics", href: `#/metrics?query=${encodeURIComponent(nodeQuery(node.name))}` },
     svg("text", { x: at.x + NODE_W - 8, y: at.y + 18, "text-anchor": "end" }, "metrics"),
     svg("title", {}, `Request rate of ${node.name} per operation and status`));
-  return svg("g", { class: "map-node", "data-service": node.name, "data-failed": node.errorRatio ?? "" }, traces, metrics);
+  return svg("g", { class: "map-node", "data-service": node.name, "data-rate": node.rate ?? "", "data-failed": node.errorRatio ?? "" }, traces, metrics);
 }
 
 /** The URL's threshold (percent), or the default when it has none or a bad one. */
@@ -287,7 +370,7 @@ function showEdge(panel, edge, threshold, close) {
       h("button.close", { type: "button", "aria-label": "close", onclick: close }, "×")),
     h("table.kv", {},
       h("tr", {}, h("th", {}, "Requests"), h("td", {}, fmtRate(edge.rate))),
-      h("tr", {}, h("th", {}, "Failed"), h("td", { class: failing(edge.errorRatio, threshold) ? "map-bad" : "" }, fmtPercent(edge.errorRatio))),
+      h("tr", {}, h("th", {}, "Failed (client-side)"), h("td", { class: failing(edge.errorRatio, threshold) ? "map-bad" : "" }, fmtPercent(edge.errorRatio))),
       h("tr", {}, h("th", {}, "p95 latency"), h("td", {}, fmtSeconds(edge.p95))),
       h("tr", {}, h("th", {}, "Calls seen"), h("td", {}, `${edge.count} (${edge.errorCount} failed) in the whole hours around the range`))),
     h("h3", {}, "Traces"),

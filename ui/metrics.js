@@ -3,7 +3,7 @@
 // values. The API's error messages are shown as they come. The chart
 // (`lineChart`) and the query helper are exported for the dashboards.
 
-import { api, h, state, fmtTime, fmtMicros, colorFor, timeRange, onRefresh } from "./lib.js";
+import { api, h, state, fmtTime, fmtMicros, fmtNumber, colorFor, timeRange, onRefresh } from "./lib.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_SERIES = 100;
@@ -66,7 +66,7 @@ export async function render(root, { params, current, go }) {
       ...series.map((s) => h("tr.legend-row", {},
         h("td", {}, h("span.svc-dot", { style: `background:${s.color}` })),
         h("td", {}, h("code", {}, s.name)),
-        h("td.num", {}, fmtValue(s.points.at(-1)?.[1])))));
+        h("td.num", {}, fmtNumber(s.points.at(-1)?.[1])))));
   };
   await load();
   const unsubscribe = onRefresh(load);
@@ -117,29 +117,21 @@ function seriesName(metric) {
   return `${name}{${entries.map(([k, v]) => `${k}="${v}"`).join(", ")}}`;
 }
 
-function fmtValue(v) {
-  if (v == null || Number.isNaN(v)) return "–";
-  if (!Number.isFinite(v)) return v > 0 ? "+Inf" : "-Inf";
-  if (v !== 0 && (Math.abs(v) >= 1e6 || Math.abs(v) < 1e-3)) return v.toExponential(3);
-  return String(+v.toFixed(4));
-}
-
 /**
  * A value in a panel's unit: `seconds` as a duration, `ratio` and `percent`
  * as percentages, `bytes` in binary units; any other unit is appended.
  */
 export function fmtUnit(v, unit) {
-  if (v == null || !Number.isFinite(v)) return fmtValue(v);
+  if (v == null || !Number.isFinite(v)) return fmtNumber(v);
   switch (unit) {
-    // Rounded first, so 0.99999 s reads "1s", not "1000ms".
-    case "seconds": return v < 0 ? `-${fmtMicros(-v * 1e6)}` : fmtMicros(+(v * 1e6).toPrecision(4));
-    case "ratio": return `${fmtValue(+(v * 100).toPrecision(4))}%`;
-    case "percent": return `${fmtValue(+v.toPrecision(4))}%`;
+    case "seconds": return fmtMicros(v * 1e6);
+    case "ratio": return `${fmtNumber(v * 100)}%`;
+    case "percent": return `${fmtNumber(v)}%`;
     case "bytes": {
       const i = Math.max(0, Math.min(4, Math.floor(Math.log2(Math.abs(v) || 1) / 10)));
       return `${+(v / 1024 ** i).toPrecision(3)} ${["B", "KiB", "MiB", "GiB", "TiB"][i]}`;
     }
-    default: return unit ? `${fmtValue(v)} ${unit}` : fmtValue(v);
+    default: return unit ? `${fmtNumber(v)} ${unit}` : fmtNumber(v);
   }
 }
 
@@ -203,7 +195,7 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
     const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
     scale = { x, y, pad };
     const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "chart" });
-    const axisValue = (v) => AXIS_UNITS.has(unit) ? fmtUnit(v, unit) : fmtValue(v);
+    const axisValue = (v) => AXIS_UNITS.has(unit) ? fmtUnit(v, unit) : fmtNumber(v);
     for (const v of yTicks) {
       root.append(svg("line", { class: "grid", x1: pad.l, x2: width - pad.r, y1: y(v), y2: y(v) }));
       const label = svg("text", { class: "axis", x: pad.l - 6, y: y(v) + 4, "text-anchor": "end" });

@@ -13,13 +13,13 @@ use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
 use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::browser::{click, in_browser, shown, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::support::remote_write as rw;
 use crate::support::send_log;
-use crate::support::shop_fixture::send_everything;
+use crate::support::shop_fixture::{send_everything, send_shop_calls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_controls_shortcuts_live_tail_and_unreachable_banner() {
@@ -64,6 +64,419 @@ async fn an_answer_cut_short_shows_its_warning_above_the_view() {
         Ok(())
     })
     .await;
+}
+
+/// A custom range refused (its end before its start) is accepted once the
+/// start alone is corrected: the refusal does not stick to the end field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-custom-range", |client| async move {
+        client
+            .goto(&format!("{base}#/logs?range=1h"))
+            .await
+            .map_err(|e| e.to_string())?;
+        select(&client, "#time-picker select[name=range]", "custom").await?;
+        // The fields show the window on screen as 24-hour ISO-style times,
+        // whatever the browser's locale (a datetime-local field follows it).
+        let shown = client
+            .execute(
+                "const f = document.getElementById('time-picker');
+                 return [f.start.type, f.start.value, f.end.value]",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let iso = |v: &Value| {
+            let text = v.as_str().unwrap_or("");
+            text.len() == 19
+                && text.char_indices().all(|(i, c)| match i {
+                    4 | 7 => c == '-',
+                    10 => c == ' ',
+                    13 | 16 => c == ':',
+                    _ => c.is_ascii_digit(),
+                })
+        };
+        if shown[0] != "text" || !iso(&shown[1]) || !iso(&shown[2]) {
+            return Err(format!(
+                "the custom range is not shown as YYYY-MM-DD HH:MM:SS: {shown}"
+            ));
+        }
+        // The end an hour before the start: refused, the URL keeps its range.
+        set_custom_range(&client, "start", 30).await?;
+        set_custom_range(&client, "end", 90).await?;
+        click(&client, "#time-picker button[type=submit]").await?;
+        wait_for(&client, "the end refused", CUSTOM_RANGE, |v| {
+            v["valid"] == false && v["range"] == "1h" && v["start"].is_null()
+        })
+        .await?;
+        // Only the start is corrected: Apply takes the new window.
+        let start = set_custom_range(&client, "start", 120).await?;
+        click(&client, "#time-picker button[type=submit]").await?;
+        let end = client
+            .execute(
+                "return new Date(document.getElementById('time-picker').end.value).getTime()",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "the corrected range in the URL",
+            CUSTOM_RANGE,
+            |v| {
+                v["valid"] == true
+                    && v["range"].is_null()
+                    && v["start"].as_str().and_then(|s| s.parse::<i64>().ok()) == Some(start)
+                    && v["end"].as_str().and_then(|s| s.parse::<i64>().ok()) == end.as_i64()
+            },
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Strand stops while a dashboard without auto refresh is on screen: the
+/// banner comes anyway, every panel keeps its chart under a stale marker;
+/// once Strand is back on the same address and data, the view reloads and
+/// the markers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_keeps_its_last_data_while_strand_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--derived-metrics-interval", "1s"];
+    let daemon = Strand::start(&data, &args).await;
+    send_shop_calls(&daemon, 20, 1).await;
+    let address = daemon.http.to_string();
+    let url = daemon.url("/#/dashboard/shop?range=15m");
+    let mut daemon = Some(daemon);
+    let daemon = &mut daemon;
+    in_browser("ui-stale", |client| async move {
+        client.goto(&url).await.map_err(|e| e.to_string())?;
+        wait_for(&client, "every panel's chart", PANELS, |v| {
+            v["charts"] == 5 && v["stale"] == 0
+        })
+        .await?;
+        daemon.take().expect("running").stop().await;
+        let gone = wait_for(&client, "the banner and stale charts", PANELS, |v| {
+            v["banner"]
+                .as_str()
+                .unwrap_or("")
+                .contains("unreachable since")
+                && v["charts"] == 5
+                && v["stale"] == 5
+        })
+        .await?;
+        if !gone["marker"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stale — Strand unreachable since")
+        {
+            return Err(format!("no stale marker: {gone}"));
+        }
+        snapshot(&client, "stale").await;
+        *daemon = Some(Strand::start(&data, &[&args[..], &["--http", &address]].concat()).await);
+        wait_for(&client, "fresh charts once Strand is back", PANELS, |v| {
+            v["banner"] == "" && v["charts"] == 5 && v["stale"] == 0
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The dashboard's panels that show a chart, those marked stale (and the
+/// first marker's text), and the unreachable banner.
+const PANELS: &str = "const panels = [...document.querySelectorAll('.panel')];
+    const b = document.getElementById('unreachable');
+    const marker = document.querySelector('.panel .stale');
+    return { charts: panels.filter(p => { const c = p.querySelector('.chart'); return c && !c.hidden && c.querySelector('path'); }).length,
+             stale: panels.filter(p => p.querySelector('.stale')).length,
+             marker: marker ? marker.innerText : '',
+             banner: b && !b.hidden ? b.innerText : '' }";
+
+/// The formatting every axis, ruler and label uses, evaluated in the page
+/// on a table of inputs: zero is "0", no float noise, no trailing zeros, no
+/// "1000ms", times in 24-hour ISO form; and no module formats a time the
+/// browser's locale way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_durations_and_times_read_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-formatting", |client| async move {
+        client
+            .goto(&format!("{base}#/traces"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let wrong = client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 (async () => {
+                   const lib = await import('/ui/lib.js');
+                   const metrics = await import('/ui/metrics.js');
+                   const cases = [
+                     ['fmtMicros', lib.fmtMicros, [0], '0'],
+                     ['fmtMicros', lib.fmtMicros, [0.3], '0.3µs'],
+                     ['fmtMicros', lib.fmtMicros, [999], '999µs'],
+                     ['fmtMicros', lib.fmtMicros, [999.7], '1ms'],
+                     ['fmtMicros', lib.fmtMicros, [(0.1 + 0.2) * 1000], '300µs'],
+                     ['fmtMicros', lib.fmtMicros, [1200], '1.2ms'],
+                     ['fmtMicros', lib.fmtMicros, [1234.5], '1.23ms'],
+                     ['fmtMicros', lib.fmtMicros, [12345], '12.3ms'],
+                     ['fmtMicros', lib.fmtMicros, [999999], '1s'],
+                     ['fmtMicros', lib.fmtMicros, [1.5e6], '1.5s'],
+                     ['fmtMicros', lib.fmtMicros, [59.99e6], '1m'],
+                     ['fmtMicros', lib.fmtMicros, [90e6], '1m30s'],
+                     ['fmtMicros', lib.fmtMicros, [119.6e6], '2m'],
+                     ['fmtMicros', lib.fmtMicros, [-1500], '-1.5ms'],
+                     ['fmtNumber', lib.fmtNumber, [0], '0'],
+                     ['fmtNumber', lib.fmtNumber, [0.1 + 0.2], '0.3'],
+                     ['fmtNumber', lib.fmtNumber, [1.2], '1.2'],
+                     ['fmtNumber', lib.fmtNumber, [1234.5678], '1235'],
+                     ['fmtNumber', lib.fmtNumber, [12345.678], '12346'],
+                     ['fmtNumber', lib.fmtNumber, [1.5e6], '1.5M'],
+                     ['fmtNumber', lib.fmtNumber, [0.000123456], '0.000123'],
+                     ['fmtNumber', lib.fmtNumber, [-0.5], '-0.5'],
+                     ['fmtNumber', lib.fmtNumber, [NaN], '–'],
+                     ['fmtNumber', lib.fmtNumber, [Infinity], '+Inf'],
+                     ['fmtUnit', metrics.fmtUnit, [0, 'seconds'], '0'],
+                     ['fmtUnit', metrics.fmtUnit, [0.0012, 'seconds'], '1.2ms'],
+                     ['fmtUnit', metrics.fmtUnit, [0.1 + 0.2, 'ratio'], '30%'],
+                     ['fmtUnit', metrics.fmtUnit, [1.2e-4, ''], '0.00012'],
+                     ['fmtUnit', metrics.fmtUnit, [2.5, 'req/s'], '2.5 req/s'],
+                     ['fmtTime', lib.fmtTime, [new Date(2026, 0, 2, 13, 5, 6, 7).getTime()], '2026-01-02 13:05:06.007'],
+                   ];
+                   const wrong = cases
+                     .map(([name, f, args, want]) => [name, args, want, f(...args)])
+                     .filter(([, , want, got]) => got !== want)
+                     .map(([name, args, want, got]) => `${name}(${args.join(', ')}) = ${got}, not ${want}`);
+                   for (const m of ['app', 'lib', 'traces', 'trace', 'logs', 'metrics', 'dashboards', 'map']) {
+                     const text = await (await fetch(`/ui/${m}.js`)).text();
+                     if (/toLocale|Intl\\./.test(text)) wrong.push(`${m}.js formats in the locale's way`);
+                   }
+                   return wrong;
+                 })().then(done, (e) => done([String(e)]));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if wrong.as_array().is_none_or(|w| !w.is_empty()) {
+            return Err(format!("formatting: {wrong}"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Each view with the shop's data, by name: its hash (`{trace}` is the
+/// shop trace's id) and what shows once it has drawn.
+const VIEWS: [(&str, &str, &str); 6] = [
+    ("traces", "#/traces?range=1h", ".trace-item"),
+    ("trace", "#/trace/{trace}", ".span-row"),
+    ("logs", "#/logs?q=uitoken&range=1h", ".log-row"),
+    (
+        "metrics",
+        "#/metrics?query=ui_requests_total&range=1h",
+        ".chart path",
+    ),
+    (
+        "dashboard",
+        "#/dashboard/shop?range=15m",
+        ".panel .chart path",
+    ),
+    ("map", "#/map?range=15m", ".map-node"),
+];
+
+/// The window sizes the UI is made for.
+const SIZES: [(u32, u32); 2] = [(1500, 950), (1024, 700)];
+
+/// Text whose contrast with what is behind it is under 4.5:1 (WCAG AA):
+/// every visible element with text of its own (HTML colour, SVG fill)
+/// against the first opaque background among its ancestors, translucent
+/// ones blended in.
+const LOW_CONTRAST: &str = "const rgba = (c) => { const m = (c.match(/[\\d.]+/g) || ['0', '0', '0', '0']).map(Number);
+        // rgb(255 ...) or, from color-mix(), color(srgb 1 ...).
+        const scale = c.startsWith('color(srgb') ? 255 : 1;
+        return [m[0] * scale, m[1] * scale, m[2] * scale, m.length > 3 ? m[3] : 1]; };
+    const over = (top, bottom) => top.slice(0, 3).map((v, i) => v * top[3] + bottom[i] * (1 - top[3])).concat(1);
+    const luminance = (c) => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+    const background = (el) => { const layers = [];
+        for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+          const c = rgba(getComputedStyle(e).backgroundColor);
+          if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+        return layers.reverse().reduce((below, layer) => over(layer, below), [255, 255, 255, 1]); };
+    const low = [];
+    for (const el of document.querySelectorAll('body *')) {
+      const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.getClientRects().length || el.closest('[hidden], option, script, style, title')) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility !== 'visible' || el.disabled) continue;
+      const text = rgba(el instanceof SVGElement ? style.fill : style.color);
+      const bg = background(el);
+      const [a, b] = [luminance(over(text, bg)), luminance(bg)];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      if (ratio < 4.5) low.push(`${ratio.toFixed(2)}: ${el.tagName.toLowerCase()}.${[...el.classList].join('.')} \"${el.textContent.trim().slice(0, 30)}\"`);
+    }
+    return [...new Set(low)];";
+
+/// Every view, at both sizes, in the dark theme and the light one: its text
+/// and buttons have a contrast of at least 4.5:1. With `STRAND_SCREENSHOTS`
+/// set to a directory (`scripts/screenshots` sets docs/screenshots), it
+/// saves each as `<view>-<width>-<theme>.png` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_has_readable_contrast_in_both_themes() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &["--derived-metrics-interval", "1s"],
+    )
+    .await;
+    let sent = send_everything(&daemon).await;
+    send_shop_calls(&daemon, 50, 1).await;
+    let base = daemon.url("/");
+    let shots = std::env::var_os("STRAND_SCREENSHOTS").map(std::path::PathBuf::from);
+    in_browser("ui-contrast", |client| async move {
+        client.goto(&base).await.map_err(|e| e.to_string())?;
+        let mut low = Vec::new();
+        for theme in ["dark", "light"] {
+            // The theme a user picked: kept in localStorage, applied on load.
+            client
+                .execute(
+                    "localStorage.setItem('strand.theme', arguments[0]); location.reload(); return 0",
+                    vec![theme.into()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_for(
+                &client,
+                "the theme",
+                "return document.documentElement.dataset.theme || ''",
+                |v| v == theme,
+            )
+            .await?;
+            for (width, height) in SIZES {
+                set_viewport(&client, width, height).await?;
+                for (name, hash, ready) in VIEWS {
+                    let hash = hash.replace("{trace}", &sent.trace_id);
+                    client
+                        .goto(&format!("{base}{hash}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    shown(&client, ready).await?;
+                    // Layout settles (labels placed, charts sized) before the check.
+                    client
+                        .execute_async("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))", vec![])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let found = client
+                        .execute(LOW_CONTRAST, vec![])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for text in found.as_array().into_iter().flatten() {
+                        low.push(format!("{name} {theme} {width}px: {}", text.as_str().unwrap_or("")));
+                    }
+                    if let Some(shots) = &shots {
+                        let png = client.screenshot().await.map_err(|e| e.to_string())?;
+                        let path = shots.join(format!("{name}-{width}-{theme}.png"));
+                        std::fs::write(&path, png).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+            }
+        }
+        low.dedup();
+        if !low.is_empty() {
+            return Err(format!("text under 4.5:1:\n{}", low.join("\n")));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// The whole UI as the browser loads it (index.html and every module and
+/// stylesheet it pulls in, as served) stays under 500 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_weighs_under_500_kb() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let base = daemon.url("/");
+    in_browser("ui-weight", |client| async move {
+        client
+            .goto(&format!("{base}#/traces"))
+            .await
+            .map_err(|e| e.to_string())?;
+        // app.js imports every view: once the first has drawn, all is loaded.
+        shown(&client, "#view h1, #view form").await?;
+        let loaded = client
+            .execute(
+                "const page = performance.getEntriesByType('navigation')[0];
+                 const ui = performance.getEntriesByType('resource')
+                   .filter(r => new URL(r.name).pathname.startsWith('/ui/'));
+                 return { files: ui.map(r => new URL(r.name).pathname).sort(),
+                          bytes: ui.concat([page]).reduce((n, r) => n + r.decodedBodySize, 0) };",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let files = loaded["files"].as_array().map_or(0, Vec::len);
+        let bytes = loaded["bytes"].as_u64().unwrap_or(u64::MAX);
+        // index.html's stylesheet and every module of ui/ (app, lib, six views).
+        if files < 9 || bytes == 0 || bytes >= 500 * 1024 {
+            return Err(format!("the UI must load its files under 500 KB: {loaded}"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Sizes the window so that the page itself gets `width` x `height`.
+async fn set_viewport(client: &Client, width: u32, height: u32) -> Result<(), String> {
+    client
+        .set_window_size(width, height)
+        .await
+        .map_err(|e| e.to_string())?;
+    let inner = client
+        .execute("return [window.innerWidth, window.innerHeight]", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    let chrome =
+        |i: usize, want: u32| want + want.saturating_sub(inner[i].as_u64().unwrap_or(0) as u32);
+    client
+        .set_window_size(chrome(0, width), chrome(1, height))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The custom range's validity and the URL's window.
+const CUSTOM_RANGE: &str = "const f = document.getElementById('time-picker');
+    const p = new URLSearchParams(location.hash.split('?')[1] || '');
+    return { valid: f.checkValidity(), range: p.get('range'), start: p.get('start'), end: p.get('end') }";
+
+/// Sets the custom range's `field` ("start" or "end") to `minutes_ago`
+/// whole minutes before now, as typing into it would (an input event);
+/// returns that time in epoch ms.
+async fn set_custom_range(client: &Client, field: &str, minutes_ago: i64) -> Result<i64, String> {
+    let at = client
+        .execute(
+            "const [field, minutes] = arguments;
+             const input = document.getElementById('time-picker')[field];
+             const at = Math.floor(Date.now() / 60000) * 60000 - minutes * 60000;
+             const d = new Date(at);
+             input.value = new Date(at - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19).replace('T', ' ');
+             input.dispatchEvent(new Event('input', { bubbles: true }));
+             input.dispatchEvent(new Event('change', { bubbles: true }));
+             return at;",
+            vec![field.into(), minutes_ago.into()],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    at.as_i64()
+        .ok_or_else(|| format!("no time set in {field}: {at}"))
 }
 
 const WARNING: &str = "const b = document.getElementById('data-warning');
@@ -192,22 +605,8 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
 
     // A custom absolute range: start/end replace the range in the URL.
     select(client, "#time-picker select[name=range]", "custom").await?;
-    let chosen = client
-        .execute(
-            "const f = document.getElementById('time-picker');
-             const local = (ms) => { const d = new Date(ms);
-               return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
-             const now = Math.floor(Date.now() / 1000) * 1000;
-             f.start.value = local(now - 30 * 60000);
-             f.end.value = local(now + 5 * 60000);
-             return f.end.value;",
-            vec![],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if chosen.as_str().is_none_or(str::is_empty) {
-        return Err(format!("the custom range inputs took no value: {chosen}"));
-    }
+    set_custom_range(client, "start", 30).await?;
+    set_custom_range(client, "end", -5).await?;
     click(client, "#time-picker button[type=submit]").await?;
     wait_for(
         client,

@@ -19,17 +19,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::Context;
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
 use strand_testkit::browser::{Client, Locator, in_browser, snapshot, wait_for};
 use strand_testkit::{Strand, eventually};
 
 use crate::support::remote_write as rw;
-use crate::support::shop_fixture::{flush_and_shut_down, provider};
+use crate::support::shop_fixture::send_shop_calls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_names_are_links_that_run_their_query() {
@@ -138,18 +133,6 @@ async fn service_map_labels_stay_clear_and_red_follows_the_threshold() {
     .await;
     // 3% of payment's calls fail: under the default 5%, over 1%.
     send_shop_calls(&daemon, 100, 3).await;
-    let edges = eventually(Duration::from_secs(30), || async {
-        let (_, body) = daemon
-            .get_json("/api/v1/query?query=traces_service_graph_request_total")
-            .await;
-        (body["data"]["result"].as_array().map(Vec::len) == Some(4)).then_some(())
-    })
-    .await;
-    assert!(
-        edges.is_some(),
-        "no service graph metrics:\n{}",
-        daemon.log()
-    );
 
     in_browser("ui-newcomer-map", |client| async move {
         client
@@ -201,47 +184,6 @@ async fn set_threshold(client: &Client, percent: &str) -> Result<(), String> {
         .map_err(|e| format!("no threshold input: {e}"))?;
     input.clear().await.map_err(|e| e.to_string())?;
     input.send_keys(percent).await.map_err(|e| e.to_string())
-}
-
-/// `requests` orders as the shop serves them: gateway -> order -> inventory
-/// and payment, plus gateway -> inventory (the catalogue), whose arrow
-/// skips a column of the map; the first `failing` payments fail.
-async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
-    let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
-        .iter()
-        .map(|s| provider(daemon, s))
-        .collect();
-    let [gateway, order, inventory, payment] = &providers[..] else {
-        unreachable!()
-    };
-    let start = SystemTime::now() - Duration::from_secs(5);
-    let at = |ms: u64| start + Duration::from_millis(ms);
-    let server = |provider: &SdkTracerProvider, name: &'static str, parent: &Context, from: u64| {
-        let tracer = provider.tracer("shop");
-        tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(at(from))
-            .start_with_context(&tracer, parent)
-    };
-    for i in 0..requests {
-        let mut root = server(gateway, "POST /api/orders", &Context::new(), 0);
-        let root_cx = Context::new().with_remote_span_context(root.span_context().clone());
-        let mut catalogue = server(inventory, "GET /inventory/products", &root_cx, 2);
-        catalogue.end_with_timestamp(at(6));
-        let mut placed = server(order, "POST /orders", &root_cx, 8);
-        let order_cx = Context::new().with_remote_span_context(placed.span_context().clone());
-        let mut reserve = server(inventory, "POST /inventory/reserve", &order_cx, 10);
-        reserve.end_with_timestamp(at(20));
-        let mut charge = server(payment, "payment.Charge", &order_cx, 22);
-        if i < failing {
-            charge.set_status(Status::error("card declined"));
-        }
-        charge.end_with_timestamp(at(40));
-        placed.end_with_timestamp(at(45));
-        root.end_with_timestamp(at(50));
-    }
-    flush_and_shut_down(providers).await;
 }
 
 /// The shop's services, in the order the UI lists them.

@@ -102,6 +102,75 @@ async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
     Sent { trace_id, spans }
 }
 
+/// `requests` orders as the shop serves them: gateway -> order -> inventory
+/// and payment, plus gateway -> inventory (the catalogue), whose arrow
+/// skips a column of the map; the first `failing` payments fail. Returns
+/// once the derived metrics count them: every service's requests and the
+/// four calls between them.
+pub async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
+    let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
+        .iter()
+        .map(|s| provider(daemon, s))
+        .collect();
+    let [gateway, order, inventory, payment] = &providers[..] else {
+        unreachable!()
+    };
+    let start = SystemTime::now() - Duration::from_secs(5);
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let server = |provider: &SdkTracerProvider, name: &'static str, parent: &Context, from: u64| {
+        let tracer = provider.tracer("shop");
+        tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(at(from))
+            .start_with_context(&tracer, parent)
+    };
+    for i in 0..requests {
+        let mut root = server(gateway, "POST /api/orders", &Context::new(), 0);
+        let root_cx = Context::new().with_remote_span_context(root.span_context().clone());
+        let mut catalogue = server(inventory, "GET /inventory/products", &root_cx, 2);
+        catalogue.end_with_timestamp(at(6));
+        let mut placed = server(order, "POST /orders", &root_cx, 8);
+        let order_cx = Context::new().with_remote_span_context(placed.span_context().clone());
+        let mut reserve = server(inventory, "POST /inventory/reserve", &order_cx, 10);
+        reserve.end_with_timestamp(at(20));
+        let mut charge = server(payment, "payment.Charge", &order_cx, 22);
+        if i < failing {
+            charge.set_status(Status::error("card declined"));
+        }
+        charge.end_with_timestamp(at(40));
+        placed.end_with_timestamp(at(45));
+        root.end_with_timestamp(at(50));
+    }
+    flush_and_shut_down(providers).await;
+    let counted = eventually(Duration::from_secs(30), || async {
+        let (_, services) = daemon
+            .get_json_query(
+                "/api/v1/query",
+                &[(
+                    "query",
+                    "sum by (service_name) (traces_span_metrics_calls_total{span_kind=\"SPAN_KIND_SERVER\"})",
+                )],
+            )
+            .await;
+        let (_, calls) = daemon
+            .get_json("/api/v1/query?query=traces_service_graph_request_total")
+            .await;
+        let services = services["data"]["result"].as_array()?;
+        let all_counted = services.iter().all(|s| {
+            s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()) >= Some(requests as f64)
+        });
+        (services.len() == 4 && all_counted && calls["data"]["result"].as_array()?.len() == 4)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the derived metrics never counted the calls:\n{}",
+        daemon.log()
+    );
+}
+
 /// Exports what `providers` hold and waits until Strand acknowledged it.
 pub async fn flush_and_shut_down(providers: Vec<SdkTracerProvider>) {
     for provider in providers {
