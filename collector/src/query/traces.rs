@@ -268,16 +268,31 @@ mod tests {
         assert!(q.matches_span(&span));
     }
 
-    #[test]
-    fn a_search_without_service_finds_each_trace_of_every_service_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
+    /// The first byte of each found trace's id, in the order found.
+    fn first_bytes(store: &TraceStore, query: &TraceQuery) -> Vec<u8> {
+        search(store, query)
+            .unwrap()
+            .traces
+            .iter()
+            .map(|t| t[0].trace_id[0])
+            .collect()
+    }
+
+    /// A trace store with a small head, so tests reach blocks quickly.
+    fn open_store(dir: &std::path::Path) -> TraceStore {
+        TraceStore::open(
+            dir,
             1 << 20,
             crate::config::Retention::MAX_FILE_BYTES,
             SelfMetrics::new(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_search_without_service_finds_each_trace_of_every_service_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
         let at = |trace: u8, span: u8, service: &str, start: u64| {
             let mut s = sample_span(trace, span, service);
             s.start_unix_nano = start;
@@ -297,12 +312,7 @@ mod tests {
         store.apply(2, vec![at(3, 1, "order", 3_000)]);
         let mut q = query("order");
         q.service = None;
-        let ids: Vec<u8> = search(&store, &q)
-            .unwrap()
-            .traces
-            .iter()
-            .map(|t| t[0].trace_id[0])
-            .collect();
+        let ids = first_bytes(&store, &q);
         assert_eq!(ids, vec![3, 2, 1]);
     }
 
@@ -343,13 +353,7 @@ mod tests {
     #[test]
     fn searches_memory_and_blocks_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TraceStore::open(
-            dir.path(),
-            1 << 20,
-            crate::config::Retention::MAX_FILE_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = open_store(dir.path());
         let make = |trace: u8, start: u64, route: &str| {
             let mut s = sample_span(trace, 1, "order");
             s.start_unix_nano = start;
@@ -361,18 +365,12 @@ mod tests {
         store.flush().unwrap();
         store.apply(2, vec![make(3, 3_000, "/a")]);
 
-        let found = search(&store, &query("order")).unwrap().traces;
-        let ids: Vec<u8> = found.iter().map(|t| t[0].trace_id[0]).collect();
+        let ids = first_bytes(&store, &query("order"));
         assert_eq!(ids, vec![3, 2, 1]);
 
         let mut q = query("order");
         q.tags = vec![("http.route".into(), "/a".into())];
-        let ids: Vec<u8> = search(&store, &q)
-            .unwrap()
-            .traces
-            .iter()
-            .map(|t| t[0].trace_id[0])
-            .collect();
+        let ids = first_bytes(&store, &q);
         assert_eq!(ids, vec![3, 1]);
 
         q.limit = 1;

@@ -393,15 +393,7 @@ async fn elasticsearch_bulk_as_fluent_bit_sends_it() {
         ),
         now = now
     );
-    let response = reqwest::Client::new()
-        .post(daemon.url("/_bulk"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
+    let answer = crate::support::post_bulk(&daemon, body).await;
     assert_eq!(answer["errors"], true, "{answer}");
     let statuses: Vec<u64> = answer["items"]
         .as_array()

@@ -24,15 +24,7 @@ async fn send_bulk(daemon: &Strand, docs: &[Value]) {
         .iter()
         .map(|doc| format!("{{\"create\":{{}}}}\n{doc}\n"))
         .collect();
-    let response = reqwest::Client::new()
-        .post(daemon.url("/_bulk"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
+    let answer = crate::support::post_bulk(daemon, body).await;
     assert_eq!(answer["errors"], false, "{answer}");
 }
 

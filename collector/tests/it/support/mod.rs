@@ -87,6 +87,20 @@ pub async fn send_log(daemon: &strand_testkit::Strand, token: Option<&str>, mess
     assert_eq!(response.status(), 200, "_bulk refused the log");
 }
 
+/// Posts an NDJSON `_bulk` body as a shipper would and returns Strand's
+/// answer, which must be a 200 (per-item errors are in the answer).
+pub async fn post_bulk(daemon: &strand_testkit::Strand, body: String) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(daemon.url("/_bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("_bulk answers");
+    assert_eq!(response.status(), 200, "_bulk refused the body");
+    response.json().await.expect("_bulk answers JSON")
+}
+
 /// A tracer provider batching `exporter`'s spans as `service` (on host
 /// `<service>-host`), as an instrumented process would.
 pub fn tracer_provider(

@@ -12,7 +12,6 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::Value;
 
 use strand_testkit::{DEADLINE, Strand, eventually};
 
@@ -23,6 +22,9 @@ pub struct Sent {
     pub trace_id: String,
     pub spans: HashMap<&'static str, String>,
 }
+
+/// The shop's services, in call order.
+const SHOP_SERVICES: [&str; 4] = ["gateway", "order", "inventory", "payment"];
 
 /// A tracer provider exporting over OTLP/gRPC to `daemon` as `service`, as
 /// one of the shop's processes would.
@@ -38,13 +40,8 @@ pub fn provider(daemon: &Strand, service: &str) -> SdkTracerProvider {
 /// gateway -> order -> (validate, inventory, payment), payment failing; each
 /// service with its own resource and exporter, as separate processes would.
 async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
-    let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
-        .iter()
-        .map(|s| provider(daemon, s))
-        .collect();
-    let [gateway, order, inventory, payment] = &providers[..] else {
-        unreachable!()
-    };
+    let providers = SHOP_SERVICES.map(|s| provider(daemon, s));
+    let [gateway, order, inventory, payment] = &providers;
     let at = |ms: u64| now + Duration::from_millis(ms);
     let mut spans = HashMap::new();
 
@@ -108,13 +105,8 @@ async fn send_trace(daemon: &Strand, now: SystemTime) -> Sent {
 /// once the derived metrics count them: every service's requests and the
 /// four calls between them.
 pub async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
-    let providers: Vec<SdkTracerProvider> = ["gateway", "order", "inventory", "payment"]
-        .iter()
-        .map(|s| provider(daemon, s))
-        .collect();
-    let [gateway, order, inventory, payment] = &providers[..] else {
-        unreachable!()
-    };
+    let providers = SHOP_SERVICES.map(|s| provider(daemon, s));
+    let [gateway, order, inventory, payment] = &providers;
     let start = SystemTime::now() - Duration::from_secs(5);
     let at = |ms: u64| start + Duration::from_millis(ms);
     let server = |provider: &SdkTracerProvider, name: &'static str, parent: &Context, from: u64| {
@@ -172,7 +164,7 @@ pub async fn send_shop_calls(daemon: &Strand, requests: usize, failing: usize) {
 }
 
 /// Exports what `providers` hold and waits until Strand acknowledged it.
-pub async fn flush_and_shut_down(providers: Vec<SdkTracerProvider>) {
+pub async fn flush_and_shut_down(providers: impl IntoIterator<Item = SdkTracerProvider>) {
     for provider in providers {
         tokio::task::spawn_blocking(move || {
             provider.force_flush().expect("export acknowledged");
@@ -219,15 +211,7 @@ async fn send_logs(daemon: &Strand, now: SystemTime, sent: &Sent) {
         line(300, "gateway", "warn", "uitoken cache is cold", None),
     ]
     .concat();
-    let response = reqwest::Client::new()
-        .post(daemon.url("/_bulk"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
+    let answer = crate::support::post_bulk(daemon, body).await;
     assert_eq!(answer["errors"], false, "{answer}");
 }
 
