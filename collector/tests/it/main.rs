@@ -32,5 +32,6 @@ mod ui_auth;
 mod ui_dashboards;
 mod ui_global;
 mod ui_map;
+mod ui_metrics;
 mod ui_newcomer;
 mod ui_traces;

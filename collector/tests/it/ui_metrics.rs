@@ -1,0 +1,125 @@
+//! The metrics explorer in headless Chromium: the PromQL box suggests
+//! metric names, label names and label values as one types, picked with
+//! the keyboard; `$__rate_interval` works in queries, and a rate window
+//! shorter than the samples' interval gets a hint.
+
+use fantoccini::key::Key;
+use strand_testkit::Strand;
+use strand_testkit::browser::{Client, Locator, in_browser, type_into, wait_for};
+
+use crate::ui_dashboards::{SERVICES, send_span_metrics};
+
+/// The suggestions shown under the query box.
+const SUGGESTIONS: &str = "const list = document.querySelector('.suggest');
+    return list && !list.hidden ? [...list.querySelectorAll('[role=option]')].map(o => o.dataset.value) : []";
+
+const QUERY_BOX: &str = "form textarea.query";
+
+async fn keys(client: &Client, text: &str) -> Result<(), String> {
+    client
+        .find(Locator::Css(QUERY_BOX))
+        .await
+        .map_err(|e| e.to_string())?
+        .send_keys(text)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn query_box(client: &Client) -> Result<String, String> {
+    let v = client
+        .execute("return document.querySelector('form textarea.query').value", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(v.as_str().unwrap_or_default().to_owned())
+}
+
+fn offers(v: &serde_json::Value, wanted: &str) -> bool {
+    v.as_array().is_some_and(|o| o.iter().any(|s| s == wanted))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_box_suggests_names_labels_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let (start, end) = send_span_metrics(&daemon).await;
+    in_browser("ui-metrics-suggest", |client| async move {
+        let base = daemon.url("/");
+        client
+            .goto(&format!("{base}#/metrics?start={start}&end={end}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        type_into(&client, QUERY_BOX, "traces_span_metrics_ca").await?;
+        wait_for(&client, "metric names", SUGGESTIONS, |v| offers(v, "traces_span_metrics_calls_total")).await?;
+        keys(&client, &format!("{}", char::from(Key::Enter))).await?;
+        let text = query_box(&client).await?;
+        if text != "traces_span_metrics_calls_total" {
+            return Err(format!("Enter inserted {text:?}"));
+        }
+        keys(&client, "{").await?;
+        wait_for(&client, "label names", SUGGESTIONS, |v| offers(v, "service_name")).await?;
+        keys(&client, "serv").await?;
+        wait_for(&client, "label names typed", SUGGESTIONS, |v| v == &serde_json::json!(["service_name"])).await?;
+        keys(&client, &format!("{}", char::from(Key::Tab))).await?;
+        wait_for(&client, "label values", SUGGESTIONS, |v| {
+            v == &serde_json::json!(SERVICES)
+        })
+        .await?;
+        // Down twice from the first: the third value.
+        keys(&client, &format!("{}{}{}", char::from(Key::Down), char::from(Key::Down), char::from(Key::Enter))).await?;
+        let text = query_box(&client).await?;
+        if text != "traces_span_metrics_calls_total{service_name=\"order\"" {
+            return Err(format!("the value inserted {text:?}"));
+        }
+        keys(&client, &format!("}}{}", char::from(Key::Enter))).await?;
+        wait_for(
+            &client,
+            "the picked series",
+            "return document.querySelector('.metrics-out .chart')?.dataset.series",
+            |v| v == "1",
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let (start, end) = send_span_metrics(&daemon).await;
+    in_browser("ui-metrics-rate-interval", |client| async move {
+        let base = daemon.url("/");
+        let open = |query: &str| {
+            format!(
+                "{base}#/metrics?start={start}&end={end}&query={}",
+                strand_testkit::urlencode(query)
+            )
+        };
+        client
+            .goto(&open("sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "charted with $__rate_interval",
+            "return { series: document.querySelector('.metrics-out .chart')?.dataset.series,
+                      error: document.querySelector('.metrics-out .state.error')?.innerText || '' }",
+            |v| v["series"] == "4" && v["error"] == "",
+        )
+        .await?;
+        client
+            .goto(&open("sum by (service_name) (rate(traces_span_metrics_calls_total[10s]))"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "short window hint",
+            "return document.querySelector('.query-hint')?.innerText || ''",
+            |v| v.as_str().is_some_and(|t| t.contains("[10s]") && t.contains("15s") && t.contains("$__rate_interval")),
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}
