@@ -4,7 +4,7 @@
 // (#/traces?service=order, #/trace/<id>, #/logs?q=...&range=6h&refresh=15s),
 // so any screen can be shared or reloaded.
 
-import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken } from "./lib.js";
+import { h, state, RANGES, timeRange, toLocalInput, hasRefreshSubscribers, hasToken, forgetToken, leaveWarning } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -84,9 +84,23 @@ function linkTo(name) {
   return hashOf(name, "", params);
 }
 
+/** The hash of the view on screen, to go back to when leaving is refused. */
+let shownHash = "";
+/** Set while the user confirmed leaving unsaved edits. */
+let leaving = false;
+
 async function route() {
   const { name, arg, params } = parseHash(location.hash);
+  const warning = leaving ? "" : leaveWarning({ name, arg, params });
+  leaving = false;
+  if (warning) {
+    const target = location.hash;
+    history.replaceState(null, "", shownHash);
+    confirmLeave(warning, target);
+    return;
+  }
   if (carry(name, params)) history.replaceState(null, "", hashOf(name, arg, params));
+  shownHash = location.hash;
   syncHeader(name, params);
   const module = VIEWS[name];
   if (cleanup) { try { cleanup(); } catch (_) { /* view already gone */ } cleanup = null; }
@@ -108,6 +122,27 @@ async function route() {
     if (mine === generation) view.replaceChildren(state(`Something went wrong: ${e.message}`, "error"));
   }
 }
+
+/**
+ * Asks whether to leave a view with unsaved edits (a dialog, not confirm(),
+ * so it looks like the rest and can be tested); Leave goes to `target`.
+ */
+function confirmLeave(warning, target) {
+  if (document.querySelector(".leave-dialog")) return;
+  const close = () => { dialog.close(); dialog.remove(); };
+  const dialog = h("dialog.leave-dialog", { "aria-label": "unsaved changes" },
+    h("p", {}, warning),
+    h("menu", {},
+      h("button.stay", { type: "button", onclick: close }, "Stay"),
+      h("button.leave.danger", { type: "button", onclick: () => { close(); leaving = true; navigate(target); } }, "Leave without saving")));
+  dialog.addEventListener("cancel", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+}
+// Closing or reloading the page with unsaved edits asks the browser's question.
+window.addEventListener("beforeunload", (e) => {
+  if (leaveWarning(null)) { e.preventDefault(); e.returnValue = ""; }
+});
 
 /** Shows the URL's window and refresh in the header; links carry them. */
 function syncHeader(name, params) {

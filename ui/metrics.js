@@ -15,8 +15,9 @@ const HOVER_ROWS = 12;
 export async function render(root, { params, current, go }) {
   const query = params.get("query") || "";
   const form = h("form.toolbar", { "aria-label": "PromQL query" },
-    h("textarea.query", { name: "query", rows: 2, placeholder: "e.g. sum by (service_name) (rate(traces_span_metrics_calls_total[5m]))", spellcheck: "false" }, query),
+    h("textarea.query", { name: "query", rows: 2, placeholder: "e.g. sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))", spellcheck: "false", "aria-label": "PromQL query" }, query),
     h("button", { type: "submit" }, "Run"));
+  attachSuggest(form.query);
   form.query.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
@@ -33,6 +34,8 @@ export async function render(root, { params, current, go }) {
     return;
   }
 
+  const hint = rateWindowHint(query);
+  if (hint) out.append(h("p.query-hint", { role: "note" }, hint));
   const message = h("div");
   const chart = lineChart({ legend: false });
   const table = h("table.series-table");
@@ -73,6 +76,103 @@ export async function render(root, { params, current, go }) {
   return () => { unsubscribe(); chart.destroy(); };
 }
 
+/** Suggestions listed at most; typing narrows them. */
+const SUGGESTIONS = 12;
+
+/**
+ * What the text before the caret asks to complete: a label value (after
+ * `label="` inside braces), a label name (after `{` or `,` inside braces)
+ * or a metric name (a word elsewhere), with the typed prefix and the
+ * metric the braces belong to. Null when nothing is being typed.
+ */
+function completionContext(before) {
+  const open = before.lastIndexOf("{");
+  if (open > before.lastIndexOf("}")) {
+    const metric = /([a-zA-Z_:][\w:]*)\s*$/.exec(before.slice(0, open))?.[1] || "";
+    const inside = before.slice(open + 1);
+    const value = /([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)$/.exec(inside);
+    if (value) return { kind: "value", label: value[1], prefix: value[2], metric };
+    const name = /(?:^|,)\s*([a-zA-Z_]\w*)?$/.exec(inside);
+    if (name) return { kind: "label", prefix: name[1] || "", metric };
+    return null;
+  }
+  const word = /[a-zA-Z_:][\w:]*$/.exec(before)?.[0];
+  // Not after a digit or a duration bracket: `[5m`, `1e3`.
+  return word && !/[\d[.]$/.test(before.slice(0, -word.length)) ? { kind: "metric", prefix: word } : null;
+}
+
+/**
+ * Autocomplete for a PromQL box: metric names, label names and label values
+ * from the Prometheus APIs (`/api/v1/label/__name__/values`,
+ * `/api/v1/labels`, `/api/v1/label/X/values`, with `match[]` of the metric
+ * being typed), listed under the box as one types. Up/Down choose, Enter or
+ * Tab insert (as PromQL: `label="`, `value"`), Escape closes. Add it before
+ * the box's own key handlers: a key it uses is not seen by them.
+ */
+export function attachSuggest(box) {
+  const list = h("ul.suggest", { role: "listbox", hidden: true, "aria-label": "suggestions" });
+  const wrap = h("div.suggest-wrap");
+  box.replaceWith(wrap);
+  wrap.append(box, list);
+  box.setAttribute("autocomplete", "off");
+  box.setAttribute("aria-autocomplete", "list");
+  const cache = new Map();
+  const fetchList = (path, match) => {
+    const key = `${path}?${match}`;
+    if (!cache.has(key)) cache.set(key, api(path, match ? { "match[]": match } : null).then((b) => b.data, () => []));
+    return cache.get(key);
+  };
+  let items = [], active = 0, context = null, asked = 0;
+  const close = () => { list.hidden = true; items = []; box.removeAttribute("aria-activedescendant"); };
+  const show = () => {
+    list.replaceChildren(...items.map((value, i) => h("li", {
+      role: "option", id: `suggest-${i}`, "aria-selected": String(i === active), dataset: { value },
+      class: i === active ? "active" : "", onmousedown: (e) => { e.preventDefault(); active = i; accept(); },
+    }, value)));
+    list.hidden = !items.length;
+    if (items.length) box.setAttribute("aria-activedescendant", `suggest-${active}`);
+  };
+  const suggest = async () => {
+    const mine = ++asked;
+    context = completionContext(box.value.slice(0, box.selectionStart));
+    if (!context) return close();
+    const { kind, prefix, metric, label } = context;
+    const known = kind === "metric" ? await fetchList("/api/v1/label/__name__/values")
+      : kind === "label" ? (await fetchList("/api/v1/labels", metric)).filter((n) => n !== "__name__")
+        : await fetchList(`/api/v1/label/${encodeURIComponent(label)}/values`, metric);
+    if (mine !== asked) return;
+    // Those that start with what was typed first, then those that contain it.
+    const starts = known.filter((n) => n.startsWith(prefix));
+    const contains = prefix ? known.filter((n) => !n.startsWith(prefix) && n.includes(prefix)) : [];
+    items = [...starts, ...contains].filter((n) => n !== prefix || kind === "value").slice(0, SUGGESTIONS);
+    active = 0;
+    show();
+  };
+  const accept = () => {
+    const value = items[active];
+    const at = box.selectionStart;
+    const insert = context.kind === "label" ? `${value}="` : context.kind === "value" ? `${value.replace(/[\\"]/g, "\\$&")}"` : value;
+    box.setRangeText(insert, at - context.prefix.length, at, "end");
+    close();
+    // A label name goes on to its values.
+    if (context.kind === "label") suggest();
+  };
+  box.addEventListener("input", suggest);
+  box.addEventListener("blur", close);
+  box.addEventListener("keydown", (e) => {
+    if (list.hidden) return;
+    const move = { ArrowDown: 1, ArrowUp: -1 }[e.key];
+    if (move) active = (active + move + items.length) % items.length;
+    else if (e.key === "Enter" || e.key === "Tab") accept();
+    else if (e.key === "Escape") close();
+    else return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    if (move) show();
+  });
+  return box;
+}
+
 /** The URL parameters of the global time range, to carry into a new URL. */
 export function timeParams(params) {
   return { range: params.get("range"), start: params.get("start"), end: params.get("end") };
@@ -90,23 +190,102 @@ async function names(out, form, current) {
 }
 
 /**
- * Runs a range query over { start, end } (epoch ms) at about POINTS steps;
- * resolves to the result matrix, rejects with the API's message.
+ * The interval between samples assumed for `$__rate_interval` and the
+ * short-window hint: Strand derives span metrics and scrapes every 15 s.
  */
-export async function queryRange(query, { start, end }) {
-  const step = Math.max(1, Math.round((end - start) / 1000 / POINTS));
-  const body = await api("/api/v1/query_range",
-    { query, start: (start / 1000).toFixed(3), end: (end / 1000).toFixed(3), step });
+const SAMPLE_INTERVAL = 15;
+
+/** The step (s) of a range query over { start, end }: about POINTS steps. */
+const stepOf = ({ start, end }) => Math.max(1, Math.round((end - start) / 1000 / POINTS));
+
+/**
+ * Replaces `$name` and `${name}` by `values[name]`; names not in `values`
+ * stay as they are (the API then says what is wrong).
+ */
+export function expandVariables(query, values) {
+  return query.replace(/\$\{(\w+)\}|\$(\w+)/g, (all, braced, bare) => values[braced ?? bare] ?? all);
+}
+
+/**
+ * Grafana's automatic windows for a range query over { start, end }:
+ * `$__interval` (the step), `$__range` (the window) and `$__rate_interval`
+ * (max(4 x sample interval, step + sample interval): always two samples).
+ */
+export function builtInVariables(span) {
+  const step = stepOf(span);
+  return {
+    __interval: `${step}s`,
+    __range: `${Math.max(1, Math.round((span.end - span.start) / 1000))}s`,
+    __rate_interval: `${Math.max(4 * SAMPLE_INTERVAL, step + SAMPLE_INTERVAL)}s`,
+  };
+}
+
+/** Values as a regex alternation for `=~`: `a|b`, each escaped, in a PromQL string. */
+export function regexAlternatives(values) {
+  if (!values.length) return ".*";
+  return values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/[\\"]/g, "\\$&")).join("|");
+}
+
+/** `label_values(selector, label)` or `label_values(label)` as { selector, label }, else null. */
+export function labelValuesQuery(query) {
+  const m = /^\s*label_values\s*\(\s*(?:(.*\S)\s*,\s*)?([a-zA-Z_]\w*)\s*\)\s*$/s.exec(query || "");
+  return m ? { selector: m[1] || "", label: m[2] } : null;
+}
+
+const SECONDS = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800, y: 31536000 };
+
+/**
+ * A hint for rate()/increase() windows shorter than two sample intervals:
+ * such a window often holds fewer than two samples, so the line has gaps.
+ */
+export function rateWindowHint(query) {
+  for (const m of query.matchAll(/\b(?:rate|irate|increase)\s*\([^()[]*\[((?:\d+(?:ms|[smhdwy]))+)(?::[^\]]*)?\]/g)) {
+    let seconds = 0;
+    for (const [, n, unit] of m[1].matchAll(/(\d+)(ms|[smhdwy])/g)) seconds += +n * SECONDS[unit];
+    if (seconds < 2 * SAMPLE_INTERVAL) {
+      return `The window [${m[1]}] is shorter than two sample intervals (samples come every ${SAMPLE_INTERVAL}s), ` +
+        `so it often holds fewer than two samples and the line has gaps: use [$__rate_interval] or at least [${2 * SAMPLE_INTERVAL}s].`;
+    }
+  }
+  return "";
+}
+
+/**
+ * Runs a range query over { start, end } (epoch ms) at about POINTS steps,
+ * with `$__interval`, `$__range` and `$__rate_interval` replaced; resolves
+ * to the result matrix, rejects with the API's message.
+ */
+export async function queryRange(query, span) {
+  const body = await api("/api/v1/query_range", {
+    query: expandVariables(query, builtInVariables(span)),
+    start: (span.start / 1000).toFixed(3), end: (span.end / 1000).toFixed(3), step: stepOf(span),
+  });
   return body.data.result || [];
 }
 
-/** A query_range matrix as chart series: { name, color, points: [[sec, value]] }. */
+/** A query_range matrix as chart series: { name, labels, color, points: [[sec, value]] }. */
 export function toSeries(result) {
   return result.slice(0, MAX_SERIES).map((r, i) => ({
     name: seriesName(r.metric),
+    labels: r.metric,
     color: colorFor("", i),
     points: r.values.map(([t, v]) => [t, Number(v)]),
   }));
+}
+
+/**
+ * The labels (with `__name__`) every one of several series has alike, and
+ * each series' name without them, as tooltips and legends show it.
+ */
+function sharedLabels(series) {
+  if (series.length < 2) return { common: {}, names: series.map((s) => s.name) };
+  const [first, ...rest] = series.map((s) => s.labels || {});
+  const common = Object.fromEntries(Object.entries(first).filter(([k, v]) => rest.every((l) => l[k] === v)));
+  const names = series.map((s) => {
+    const own = Object.fromEntries(Object.entries(s.labels || {}).filter(([k]) => !(k in common)));
+    return Object.keys(own).length ? seriesName(own) : s.name;
+  });
+  return { common, names };
 }
 
 /** `name{a="b"}`; a lone label without a name (`sum by (service)`) is just its value. */
@@ -174,25 +353,55 @@ function fmtTick(sec, span) {
 }
 
 /**
+ * Zooms the view on screen to [startMs, endMs]: the global window in the
+ * URL (absolute start/end), the rest of the URL kept.
+ */
+function zoomTo(startMs, endMs) {
+  const [path, query = ""] = location.hash.split("?");
+  const params = new URLSearchParams(query);
+  params.delete("range");
+  params.set("start", Math.round(startMs));
+  params.set("end", Math.round(endMs));
+  location.hash = `${path}?${params}`;
+}
+
+/** `{a="b", c="d"}` (with the metric name first, if shared). */
+function labelText(labels) {
+  const { __name__: name = "", ...rest } = labels;
+  const entries = Object.entries(rest);
+  return `${name}${entries.length || !name ? `{${entries.map(([k, v]) => `${k}="${v}"`).join(", ")}}` : ""}`;
+}
+
+/**
  * A line chart that is drawn once and then updated in place, so that a
  * refresh does not flicker: `update(series, startMs, endMs)` (series from
  * `toSeries`). It has y and time axes, an optional legend, and on hover a
- * cursor listing every series' value at that time. Options: `unit` (see
- * `fmtUnit`), `legend`, `height`, `zero` (start the y axis at 0 when all
- * values are positive, as rates read best). Call `destroy()` on cleanup.
+ * cursor listing every series' value at that time. Labels all series share
+ * are named once above the plot, and the hover and legend name series by
+ * the rest. A click on a legend entry shows that series alone (again: all),
+ * shift-click hides or shows just it; dragging across the plot zooms the
+ * global window. Options: `unit` (see `fmtUnit`), `legend`, `height`,
+ * `zero` (start the y axis at 0 when all values are positive, as rates
+ * read best). Call `destroy()` on cleanup.
  */
 export function lineChart({ unit = "", legend = true, height = 280, zero = false } = {}) {
-  const plot = h("div.chart-plot");
+  const plot = h("div.chart-plot", { title: "Drag across the chart to zoom in" });
   const hover = h("div.chart-hover", { hidden: true });
   const legendEl = h("ul.chart-legend", { hidden: !legend });
-  const el = h("div.chart", { dataset: { series: 0 } }, plot, hover, legendEl);
+  const commonEl = h("div.chart-common.muted", { hidden: true });
+  const el = h("div.chart", { dataset: { series: 0 } }, commonEl, plot, hover, legendEl);
   let series = [], t0 = 0, t1 = 1, scale = null, width = 0;
+  /** Short names by series name, and the series the legend hid (by name). */
+  let shortName = new Map();
+  const hidden = new Set();
+  const visible = () => series.filter((s) => !hidden.has(s.name));
 
   const draw = () => {
     width = Math.max(plot.clientWidth, 300);
     const pad = { l: 64, r: 12, t: 10, b: 24 };
+    const shown = visible();
     let lo = Infinity, hi = -Infinity;
-    for (const s of series) for (const [, v] of s.points) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    for (const s of shown) for (const [, v] of s.points) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
     if (zero && lo > 0) lo = 0;
     if (lo === hi && zero && lo === 0) hi = 1;
@@ -216,7 +425,7 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
       label.textContent = fmtTick(t, t1 - t0);
       root.append(label);
     }
-    for (const s of series) {
+    for (const s of shown) {
       // Gaps (missing steps or NaN) break the line.
       let d = "", prev = null;
       const step = s.points.length > 1 ? Math.min(...s.points.slice(1).map((p, i) => p[0] - s.points[i][0])) : 0;
@@ -233,7 +442,15 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
       if (s.points.length === 1) root.append(svg("circle", { class: "series-dot", cx: x(s.points[0][0]), cy: y(s.points[0][1]), r: 3, fill: s.color }));
     }
     root.append(svg("line", { class: "cursor", x1: 0, x2: 0, y1: pad.t, y2: height - pad.b, visibility: "hidden" }));
+    root.append(svg("rect", { class: "zoom-sel", x: 0, y: pad.t, width: 0, height: height - pad.t - pad.b, visibility: "hidden" }));
     plot.replaceChildren(root);
+  };
+
+  /** The time (s) under a client x, within the window. */
+  const timeAt = (clientX) => {
+    const px = clientX - plot.getBoundingClientRect().left;
+    const t = t0 + ((px - scale.pad.l) / (width - scale.pad.l - scale.pad.r)) * (t1 - t0);
+    return Math.min(t1, Math.max(t0, t));
   };
 
   // Hover: the step nearest the pointer, with each series' value there.
@@ -241,11 +458,12 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
     if (!scale || !series.length) return;
     const box = plot.getBoundingClientRect();
     const px = e.clientX - box.left;
-    const t = t0 + ((px - scale.pad.l) / (width - scale.pad.l - scale.pad.r)) * (t1 - t0);
+    const t = timeAt(e.clientX);
     let best = null;
-    for (const s of series) for (const [pt] of s.points) if (best == null || Math.abs(pt - t) < Math.abs(best - t)) best = pt;
+    const shown = visible();
+    for (const s of shown) for (const [pt] of s.points) if (best == null || Math.abs(pt - t) < Math.abs(best - t)) best = pt;
     if (best == null || px < scale.pad.l) return onLeave();
-    const rows = series.map((s) => ({ s, v: s.points.find(([pt]) => pt === best)?.[1] }))
+    const rows = shown.map((s) => ({ s, v: s.points.find(([pt]) => pt === best)?.[1] }))
       .filter((r) => r.v != null).sort((a, b) => (b.v || 0) - (a.v || 0));
     const cursor = plot.querySelector(".cursor");
     cursor.setAttribute("x1", scale.x(best));
@@ -253,7 +471,7 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
     cursor.setAttribute("visibility", "visible");
     hover.replaceChildren(h("div.muted", {}, fmtTime(best * 1000)),
       ...rows.slice(0, HOVER_ROWS).map(({ s, v }) => h("div.hover-row", {},
-        h("span.svc-dot", { style: `background:${s.color}` }), h("span.hover-name", {}, s.name),
+        h("span.svc-dot", { style: `background:${s.color}` }), h("span.hover-name", {}, shortName.get(s.name) ?? s.name),
         h("span.num", {}, fmtUnit(v, unit)))));
     if (rows.length > HOVER_ROWS) hover.append(h("div.muted", {}, `and ${rows.length - HOVER_ROWS} more`));
     hover.hidden = false;
@@ -268,6 +486,55 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
   plot.addEventListener("mousemove", onMove);
   plot.addEventListener("mouseleave", onLeave);
 
+  // Drag to zoom: a band follows the pointer; letting go sets the window.
+  plot.addEventListener("mousedown", (e) => {
+    if (e.button !== 0 || !scale || e.clientX - plot.getBoundingClientRect().left < scale.pad.l) return;
+    e.preventDefault();
+    const from = timeAt(e.clientX);
+    const band = plot.querySelector(".zoom-sel");
+    const follow = (m) => {
+      const [a, b] = [from, timeAt(m.clientX)].sort((p, q) => p - q);
+      band.setAttribute("x", scale.x(a));
+      band.setAttribute("width", scale.x(b) - scale.x(a));
+      band.setAttribute("visibility", "visible");
+    };
+    const done = (m) => {
+      window.removeEventListener("mousemove", follow);
+      window.removeEventListener("mouseup", done);
+      band?.setAttribute("visibility", "hidden");
+      const [a, b] = [from, timeAt(m.clientX)].sort((p, q) => p - q);
+      // A click, not a drag: nothing to zoom to.
+      if (scale.x(b) - scale.x(a) >= 5) zoomTo(a * 1000, b * 1000);
+    };
+    window.addEventListener("mousemove", follow);
+    window.addEventListener("mouseup", done);
+  });
+
+  // Legend: a click shows that series alone, or all again; shift-click toggles it.
+  const pick = (s, toggle) => {
+    if (toggle) {
+      if (!hidden.delete(s.name)) hidden.add(s.name);
+    } else if (visible().length === 1 && !hidden.has(s.name)) {
+      hidden.clear();
+    } else {
+      for (const other of series) if (other !== s) hidden.add(other.name);
+      hidden.delete(s.name);
+    }
+    draw();
+    drawLegend();
+  };
+  const drawLegend = () => {
+    legendEl.replaceChildren(...series.map((s) => {
+      const name = shortName.get(s.name) ?? s.name;
+      return h("li", {}, h("button.legend-item", {
+        type: "button", title: `${s.name}\nClick: show only this series (again: all). Shift-click: hide or show it.`,
+        "aria-pressed": String(!hidden.has(s.name)), dataset: { name }, class: hidden.has(s.name) ? "legend-item off" : "legend-item",
+        onclick: (e) => pick(s, e.shiftKey),
+      }, h("span.svc-dot", { style: `background:${s.color}` }), h("span", {}, name),
+      h("span.num.muted", {}, fmtUnit(s.points.at(-1)?.[1], unit))));
+    }));
+  };
+
   // Redraw when the width changes (not on every legend change) or the theme flips.
   const resize = new ResizeObserver(() => { if (plot.clientWidth && Math.max(plot.clientWidth, 300) !== width) draw(); });
   resize.observe(plot);
@@ -280,11 +547,16 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
       t0 = startMs / 1000;
       t1 = endMs / 1000;
       el.dataset.series = series.length;
+      // Hidden series stay hidden across refreshes, while they exist.
+      const names = new Set(series.map((s) => s.name));
+      for (const name of hidden) if (!names.has(name)) hidden.delete(name);
+      const { common, names: short } = sharedLabels(series);
+      shortName = new Map(series.map((s, i) => [s.name, short[i]]));
+      commonEl.hidden = !Object.keys(common).length;
+      commonEl.textContent = commonEl.hidden ? "" : `All series: ${labelText(common)}`;
       onLeave();
       draw();
-      legendEl.replaceChildren(...series.map((s) => h("li.legend-item", { title: s.name },
-        h("span.svc-dot", { style: `background:${s.color}` }), h("span", {}, s.name),
-        h("span.num.muted", {}, fmtUnit(s.points.at(-1)?.[1], unit)))));
+      drawLegend();
     },
     destroy() {
       resize.disconnect();

@@ -14,7 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::Client;
-use strand_testkit::browser::{click, click_shown, in_browser, shown, snapshot, type_into, wait_for};
+use strand_testkit::browser::{
+    click, click_shown, in_browser, shown, snapshot, type_into, wait_for,
+};
 
 use crate::support::remote_write as rw;
 
@@ -487,8 +489,7 @@ const HASH_PARAMS: &str = "const q = new URLSearchParams(location.hash.split('?'
     return Object.fromEntries([...q.keys()].map(k => [k, q.getAll(k).join(',')]))";
 
 /// The visible lines of the first panel, by colour.
-const VISIBLE_LINES: &str =
-    "return document.querySelectorAll('.panel .chart path.series').length";
+const VISIBLE_LINES: &str = "return document.querySelectorAll('.panel .chart path.series').length";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panels_zoom_isolate_series_share_labels_and_open_in_the_explorer() {
@@ -634,7 +635,11 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
     }
     in_browser("ui-dashboards-variables", |client| async move {
         let base = daemon.url("/");
-        goto(&client, &format!("{base}#/dashboard/shop?start={start}&end={end}")).await?;
+        goto(
+            &client,
+            &format!("{base}#/dashboard/shop?start={start}&end={end}"),
+        )
+        .await?;
         // Every service by default.
         wait_for(&client, "all services", PANELS, |v| {
             panels(v).len() == 5 && panels(v).iter().all(charts_every_service)
@@ -643,20 +648,38 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
         let picker = picker_script("service");
         wait_for(&client, "the service picker", &picker, |v| {
             v.as_array().is_some_and(|values| {
-                values.iter().filter(|c| c[0] != "$__all").map(|c| c[0].as_str().unwrap_or("")).collect::<Vec<_>>() == SERVICES
+                values
+                    .iter()
+                    .filter(|c| c[0] != "$__all")
+                    .map(|c| c[0].as_str().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    == SERVICES
             })
         })
         .await?;
         // Picking two services narrows every panel to them and goes into the URL.
         click_shown(&client, ".var-picker[data-var=\"service\"] summary").await?;
-        click(&client, ".var-picker[data-var=\"service\"] input[value=\"payment\"]").await?;
-        click(&client, ".var-picker[data-var=\"service\"] input[value=\"order\"]").await?;
+        click(
+            &client,
+            ".var-picker[data-var=\"service\"] input[value=\"payment\"]",
+        )
+        .await?;
+        click(
+            &client,
+            ".var-picker[data-var=\"service\"] input[value=\"order\"]",
+        )
+        .await?;
         wait_for(&client, "two services", PANELS, |v| {
             panels(v).len() == 5
-                && panels(v).iter().all(|p| p["legend"] == serde_json::json!(["order", "payment"]))
+                && panels(v)
+                    .iter()
+                    .all(|p| p["legend"] == serde_json::json!(["order", "payment"]))
         })
         .await?;
-        let params = wait_for(&client, "var in the URL", HASH_PARAMS, |v| v["var-service"].is_string()).await?;
+        let params = wait_for(&client, "var in the URL", HASH_PARAMS, |v| {
+            v["var-service"].is_string()
+        })
+        .await?;
         let mut picked: Vec<&str> = params["var-service"].as_str().unwrap().split(',').collect();
         picked.sort();
         if picked != ["order", "payment"] {
@@ -666,7 +689,9 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
         client.refresh().await.map_err(|e| e.to_string())?;
         wait_for(&client, "two services after a reload", PANELS, |v| {
             panels(v).len() == 5
-                && panels(v).iter().all(|p| p["legend"] == serde_json::json!(["order", "payment"]))
+                && panels(v)
+                    .iter()
+                    .all(|p| p["legend"] == serde_json::json!(["order", "payment"]))
         })
         .await?;
         let href = wait_for(
@@ -677,8 +702,12 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
         )
         .await?;
         let query = href.as_str().unwrap_or_default();
-        if !(query.contains("order%7Cpayment") || query.contains("payment%7Corder")) || query.contains("%24service") {
-            return Err(format!("the explorer link does not substitute $service: {query}"));
+        if !(query.contains("order%7Cpayment") || query.contains("payment%7Corder"))
+            || query.contains("%24service")
+        {
+            return Err(format!(
+                "the explorer link does not substitute $service: {query}"
+            ));
         }
         Ok(())
     })

@@ -3,11 +3,15 @@
 //! the keyboard; `$__rate_interval` works in queries, and a rate window
 //! shorter than the samples' interval gets a hint.
 
-use fantoccini::key::Key;
 use strand_testkit::Strand;
 use strand_testkit::browser::{Client, Locator, in_browser, type_into, wait_for};
 
 use crate::ui_dashboards::{SERVICES, send_span_metrics};
+
+/// WebDriver's codes for the keys the test presses.
+const ENTER: char = '\u{E007}';
+const TAB: char = '\u{E004}';
+const DOWN: char = '\u{E015}';
 
 /// The suggestions shown under the query box.
 const SUGGESTIONS: &str = "const list = document.querySelector('.suggest');
@@ -27,7 +31,10 @@ async fn keys(client: &Client, text: &str) -> Result<(), String> {
 
 async fn query_box(client: &Client) -> Result<String, String> {
     let v = client
-        .execute("return document.querySelector('form textarea.query').value", vec![])
+        .execute(
+            "return document.querySelector('form textarea.query').value",
+            vec![],
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(v.as_str().unwrap_or_default().to_owned())
@@ -49,28 +56,37 @@ async fn the_query_box_suggests_names_labels_and_values() {
             .await
             .map_err(|e| e.to_string())?;
         type_into(&client, QUERY_BOX, "traces_span_metrics_ca").await?;
-        wait_for(&client, "metric names", SUGGESTIONS, |v| offers(v, "traces_span_metrics_calls_total")).await?;
-        keys(&client, &format!("{}", char::from(Key::Enter))).await?;
+        wait_for(&client, "metric names", SUGGESTIONS, |v| {
+            offers(v, "traces_span_metrics_calls_total")
+        })
+        .await?;
+        keys(&client, &ENTER.to_string()).await?;
         let text = query_box(&client).await?;
         if text != "traces_span_metrics_calls_total" {
             return Err(format!("Enter inserted {text:?}"));
         }
         keys(&client, "{").await?;
-        wait_for(&client, "label names", SUGGESTIONS, |v| offers(v, "service_name")).await?;
+        wait_for(&client, "label names", SUGGESTIONS, |v| {
+            offers(v, "service_name")
+        })
+        .await?;
         keys(&client, "serv").await?;
-        wait_for(&client, "label names typed", SUGGESTIONS, |v| v == &serde_json::json!(["service_name"])).await?;
-        keys(&client, &format!("{}", char::from(Key::Tab))).await?;
+        wait_for(&client, "label names typed", SUGGESTIONS, |v| {
+            v == &serde_json::json!(["service_name"])
+        })
+        .await?;
+        keys(&client, &TAB.to_string()).await?;
         wait_for(&client, "label values", SUGGESTIONS, |v| {
             v == &serde_json::json!(SERVICES)
         })
         .await?;
         // Down twice from the first: the third value.
-        keys(&client, &format!("{}{}{}", char::from(Key::Down), char::from(Key::Down), char::from(Key::Enter))).await?;
+        keys(&client, &format!("{DOWN}{DOWN}{ENTER}")).await?;
         let text = query_box(&client).await?;
         if text != "traces_span_metrics_calls_total{service_name=\"order\"" {
             return Err(format!("the value inserted {text:?}"));
         }
-        keys(&client, &format!("}}{}", char::from(Key::Enter))).await?;
+        keys(&client, &format!("}}{ENTER}")).await?;
         wait_for(
             &client,
             "the picked series",
