@@ -227,7 +227,7 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
         editing = null;
         if (fresh) go("dashboards", timeParams(params)); else location.hash = dashHash(id, params);
       }),
-      fresh ? null : del);
+      ...(fresh ? [] : [del]));
     if (fresh) message.append(state("Not saved yet: Save writes this dashboard.", "empty"));
   } else {
     head.replaceChildren(h("h1", {}, dashboard.title));

@@ -300,7 +300,8 @@ function fmtValue(v) {
   if (v == null || Number.isNaN(v)) return "–";
   if (!Number.isFinite(v)) return v > 0 ? "+Inf" : "-Inf";
   if (v !== 0 && (Math.abs(v) >= 1e6 || Math.abs(v) < 1e-3)) return v.toExponential(3);
-  return String(+v.toFixed(4));
+  // Four significant digits read well; whole numbers from 1000 on.
+  return String(Math.abs(v) >= 1000 ? Math.round(v) : +v.toPrecision(4));
 }
 
 /**
@@ -309,6 +310,8 @@ function fmtValue(v) {
  */
 export function fmtUnit(v, unit) {
   if (v == null || !Number.isFinite(v)) return fmtValue(v);
+  // Zero needs no unit: "0", not "0µs" or "0 B".
+  if (v === 0) return "0";
   switch (unit) {
     // Rounded first, so 0.99999 s reads "1s", not "1000ms".
     case "seconds": return v < 0 ? `-${fmtMicros(-v * 1e6)}` : fmtMicros(+(v * 1e6).toPrecision(4));

@@ -430,6 +430,7 @@ async fn dashboards_write_only_on_save_and_warn_about_unsaved_edits() {
             |v| v == &serde_json::json!([["Second", true], ["", false]]),
         )
         .await?;
+        snapshot(&client, "dashboard-editor").await;
         click(&client, ".dash-tools button.save").await?;
         wait_for(&client, "saved", "return location.hash", |v| {
             v.as_str()
@@ -550,6 +551,7 @@ async fn panels_zoom_isolate_series_share_labels_and_open_in_the_explorer() {
             .await
             .map_err(|e| e.to_string())?;
         wait_for(&client, "order hidden", VISIBLE_LINES, |v| v == 3).await?;
+        snapshot(&client, "dashboard-legend").await;
 
         // Open in explorer: the panel's query over the same window.
         let href = wait_for(
@@ -676,6 +678,7 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
                     .all(|p| p["legend"] == serde_json::json!(["order", "payment"]))
         })
         .await?;
+        snapshot(&client, "dashboard-variables").await;
         let params = wait_for(&client, "var in the URL", HASH_PARAMS, |v| {
             v["var-service"].is_string()
         })

@@ -4,7 +4,7 @@
 //! shorter than the samples' interval gets a hint.
 
 use strand_testkit::Strand;
-use strand_testkit::browser::{Client, Locator, in_browser, type_into, wait_for};
+use strand_testkit::browser::{Client, Locator, in_browser, snapshot, type_into, wait_for};
 
 use crate::ui_dashboards::{SERVICES, send_span_metrics};
 
@@ -80,6 +80,7 @@ async fn the_query_box_suggests_names_labels_and_values() {
             v == &serde_json::json!(SERVICES)
         })
         .await?;
+        snapshot(&client, "metrics-suggest").await;
         // Down twice from the first: the third value.
         keys(&client, &format!("{DOWN}{DOWN}{ENTER}")).await?;
         let text = query_box(&client).await?;
@@ -135,6 +136,7 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
             |v| v.as_str().is_some_and(|t| t.contains("[10s]") && t.contains("15s") && t.contains("$__rate_interval")),
         )
         .await?;
+        snapshot(&client, "metrics-hint").await;
         Ok(())
     })
     .await;
