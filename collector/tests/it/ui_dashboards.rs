@@ -716,3 +716,93 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
     })
     .await;
 }
+
+/// What each panel draws, by its type.
+const PANEL_KINDS: &str = "return [...document.querySelectorAll('.panel')].map(p => ({
+    title: p.querySelector('h2').innerText,
+    lines: p.querySelectorAll('.chart path.series').length,
+    areas: p.querySelectorAll('.chart path.area').length,
+    bars: p.querySelectorAll('.chart rect.bar').length,
+    stats: [...p.querySelectorAll('.stat')].map(s => [s.querySelector('.stat-value').innerText, s.dataset.level]),
+    rows: [...p.querySelectorAll('table.series-table tr.legend-row')].map(r => r.innerText.split('\\t').map(c => c.trim()).filter(c => c)),
+    cells: p.querySelectorAll('.heatmap rect.cell').length,
+    buckets: [...p.querySelectorAll('.heatmap text.bucket')].map(t => t.textContent) }))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panels_draw_stacked_bars_stats_tables_and_heatmaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let (start, end) = send_span_metrics(&daemon).await;
+    let rate = "sum by (service_name) (rate(traces_span_metrics_calls_total[1m]))";
+    let body = serde_json::json!({"title": "Kinds of panels", "panels": [
+        {"title": "stacked", "query": rate, "type": "stacked"},
+        {"title": "bars", "query": rate, "type": "bars"},
+        {"title": "payment", "query": "sum(rate(traces_span_metrics_calls_total{service_name=\"payment\"}[1m]))",
+         "type": "stat", "thresholds": [1, 2], "unit": "req/s"},
+        {"title": "gateway", "query": "sum(rate(traces_span_metrics_calls_total{service_name=\"gateway\"}[1m]))",
+         "type": "stat", "thresholds": [1, 2]},
+        {"title": "table", "query": rate, "type": "table"},
+        {"title": "heatmap", "query": "sum by (le) (rate(traces_span_metrics_duration_seconds_bucket[1m]))",
+         "type": "heatmap"}]});
+    let put = reqwest::Client::new()
+        .put(daemon.url("/api/dashboards/kinds"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    in_browser("ui-dashboards-kinds", |client| async move {
+        let base = daemon.url("/");
+        goto(
+            &client,
+            &format!("{base}#/dashboard/kinds?start={start}&end={end}"),
+        )
+        .await?;
+        let drawn = wait_for(&client, "every kind of panel", PANEL_KINDS, |v| {
+            let p = panels(v);
+            p.len() == 6
+                && p[0]["areas"] == 4
+                && p[1]["bars"].as_u64().is_some_and(|n| n >= 4)
+                && p[2]["stats"].as_array().is_some_and(|s| s.len() == 1)
+                && p[3]["stats"].as_array().is_some_and(|s| s.len() == 1)
+                && p[4]["rows"].as_array().is_some_and(|r| r.len() == 4)
+                && p[5]["cells"].as_u64().is_some_and(|n| n > 0)
+        })
+        .await?;
+        let p = panels(&drawn);
+        // payment: 2.67 calls/s and 0.2 errors/s, over the second threshold;
+        // gateway: 0.67/s, under the first.
+        if p[2]["stats"][0] != serde_json::json!(["2.867 req/s", "bad"])
+            || p[3]["stats"][0] != serde_json::json!(["0.6667", "ok"])
+        {
+            return Err(format!("stats: {} {}", p[2]["stats"], p[3]["stats"]));
+        }
+        if p[4]["rows"][0] != serde_json::json!(["gateway", "0.6667"]) {
+            return Err(format!("table rows: {}", p[4]["rows"]));
+        }
+        if p[5]["buckets"] != serde_json::json!(["0.01", "0.1", "1", "+Inf"]) {
+            return Err(format!("heatmap buckets: {}", p[5]["buckets"]));
+        }
+        snapshot(&client, "dashboard-kinds").await;
+        // The editor picks the type; it is stored on Save.
+        click_shown(&client, ".dash-tools button.edit").await?;
+        click_shown(
+            &client,
+            ".panel[data-panel=\"0\"] select[name=\"type\"] option[value=\"table\"]",
+        )
+        .await?;
+        click(&client, ".dash-tools button.save").await?;
+        wait_for(&client, "saved", "return location.hash", |v| {
+            v.as_str().is_some_and(|h| !h.contains("edit"))
+        })
+        .await?;
+        let (_, stored) = daemon.get_json("/api/dashboards/kinds").await;
+        if stored["panels"][0]["type"] != "table"
+            || stored["panels"][2]["thresholds"] != serde_json::json!([1.0, 2.0])
+        {
+            return Err(format!("stored: {stored}"));
+        }
+        Ok(())
+    })
+    .await;
+}
