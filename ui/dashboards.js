@@ -13,7 +13,8 @@
 // in the URL as `var-name=...`.
 
 import { api, authFetch, h, state, ApiError, timeRange, onRefresh, guardLeave } from "./lib.js";
-import { lineChart, queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives } from "./metrics.js";
+import { queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives } from "./metrics.js";
+import { panelChart } from "./panels.js";
 
 /** `#/dashboards` (or `#/dashboard`) lists; `#/dashboard/<id>` shows one. */
 export async function render(root, ctx) {
@@ -358,14 +359,19 @@ async function exportJson(id, message) {
   }
 }
 
+/** The panel types (`type` in the JSON; lines when absent) and their names in the editor. */
+const PANEL_TYPES = [["lines", "lines"], ["stacked", "stacked areas"], ["bars", "bars"], ["stat", "stat"],
+  ["table", "table"], ["heatmap", "heatmap (le buckets)"]];
+
 /** Panel heights (px of chart) offered in the editor. */
 const HEIGHTS = [160, 220, 320, 440];
 
 /**
  * One panel: its chart over the global time range, or the API's error for
  * its query, and a link to the explorer with its query. With `editor`
- * ({ remove, up, down }), also fields for title, query, unit, width and
- * height that change the panel object in place; Run redraws with them.
+ * ({ remove, up, down }), also fields for title, query, unit, type,
+ * thresholds, width and height that change the panel object in place; Run
+ * redraws with them.
  */
 function panelView(panel, index, params, vars, editor) {
   let chart = null;
@@ -385,7 +391,7 @@ function panelView(panel, index, params, vars, editor) {
   shape();
   const newChart = () => {
     chart?.destroy();
-    chart = lineChart({ unit: panel.unit, zero: true, height: panel.height || 220 });
+    chart = panelChart(panel);
     chart.el.hidden = true;
     body.replaceChildren(chart.el);
   };
@@ -418,13 +424,26 @@ function panelView(panel, index, params, vars, editor) {
       if (+v === 220) delete panel.height; else panel.height = +v;
       run();
     });
+    const type = choice("type", PANEL_TYPES, panel.type || "lines", (v) => {
+      if (v === "lines") delete panel.type; else panel.type = v;
+      run();
+    });
+    const thresholds = h("input", {
+      name: "thresholds", "aria-label": "panel thresholds", value: (panel.thresholds || []).join(", "),
+      placeholder: "stat thresholds: warning, bad", title: "A stat turns amber from the first value and red from the second",
+    });
+    thresholds.addEventListener("change", () => {
+      const values = thresholds.value.split(",").map((t) => t.trim()).filter(Boolean).map(Number);
+      if (values.length) panel.thresholds = values; else delete panel.thresholds;
+      run();
+    });
     el.append(h("div.panel-editor", {},
       field("title", "input", { placeholder: "Panel title" }),
       query,
       h("div.toolbar", {},
         field("unit", "input", { placeholder: "unit: seconds, ratio, bytes, req/s…", list: "panel-units" }),
         h("datalist", { id: "panel-units" }, ["seconds", "ratio", "percent", "bytes", "req/s"].map((u) => h("option", { value: u }))),
-        width, height,
+        type, thresholds, width, height,
         h("button.run", { type: "button", onclick: run }, "Run"),
         h("button.move-up", { type: "button", onclick: editor.up, disabled: !editor.up, "aria-label": "move panel up", title: "Move up" }, "↑"),
         h("button.move-down", { type: "button", onclick: editor.down, disabled: !editor.down, "aria-label": "move panel down", title: "Move down" }, "↓"),

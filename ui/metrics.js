@@ -64,12 +64,7 @@ export async function render(root, { params, current, go }) {
       ...(series.length ? [] : [state(`No data for ${query} between ${fmtTime(span.start)} and ${fmtTime(span.end)}.`)]),
       ...(result.length > MAX_SERIES ? [state(`Showing ${MAX_SERIES} of ${result.length} series.`)] : []));
     chart.update(series, span.start, span.end);
-    table.replaceChildren(
-      h("tr", {}, h("th", {}, ""), h("th", {}, "Series"), h("th", {}, "Last value")),
-      ...series.map((s) => h("tr.legend-row", {},
-        h("td", {}, h("span.svc-dot", { style: `background:${s.color}` })),
-        h("td", {}, h("code", {}, s.name)),
-        h("td.num", {}, fmtValue(s.points.at(-1)?.[1])))));
+    fillSeriesTable(table, series);
   };
   await load();
   const unsubscribe = onRefresh(load);
@@ -171,6 +166,20 @@ export function attachSuggest(box) {
     if (move) show();
   });
   return box;
+}
+
+/**
+ * Fills `table` with the last value of each series (the explorer's table,
+ * the dashboards' table panels), named without the labels all share.
+ */
+export function fillSeriesTable(table, series, unit = "") {
+  const { names } = sharedLabels(series);
+  table.replaceChildren(
+    h("tr", {}, h("th", {}, ""), h("th", {}, "Series"), h("th", {}, "Last value")),
+    ...series.map((s, i) => h("tr.legend-row", {},
+      h("td", {}, h("span.svc-dot", { style: `background:${s.color}` })),
+      h("td", { title: s.name }, h("code", {}, names[i])),
+      h("td.num", {}, fmtUnit(s.points.at(-1)?.[1], unit)))));
 }
 
 /** The URL parameters of the global time range, to carry into a new URL. */
@@ -277,7 +286,7 @@ export function toSeries(result) {
  * The labels (with `__name__`) every one of several series has alike, and
  * each series' name without them, as tooltips and legends show it.
  */
-function sharedLabels(series) {
+export function sharedLabels(series) {
   if (series.length < 2) return { common: {}, names: series.map((s) => s.name) };
   const [first, ...rest] = series.map((s) => s.labels || {});
   const common = Object.fromEntries(Object.entries(first).filter(([k, v]) => rest.every((l) => l[k] === v)));
@@ -328,7 +337,7 @@ export function fmtUnit(v, unit) {
 /** Units the axis formats itself; others are shown once, beside the chart. */
 const AXIS_UNITS = new Set(["seconds", "ratio", "percent", "bytes"]);
 
-function svg(tag, attrs) {
+export function svg(tag, attrs) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
   return el;
@@ -348,7 +357,7 @@ function ticks(lo, hi, count) {
 }
 
 /** Time labels as precise as the window needs. */
-function fmtTick(sec, span) {
+export function fmtTick(sec, span) {
   const text = fmtTime(sec * 1000);
   if (span <= 900) return text.slice(11, 19);
   if (span <= 86400) return text.slice(11, 16);
@@ -387,7 +396,8 @@ function labelText(labels) {
  * `zero` (start the y axis at 0 when all values are positive, as rates
  * read best). Call `destroy()` on cleanup.
  */
-export function lineChart({ unit = "", legend = true, height = 280, zero = false } = {}) {
+export function lineChart({ unit = "", legend = true, height = 280, zero = false, kind = "lines" } = {}) {
+  const stacked = kind === "stacked" || kind === "bars";
   const plot = h("div.chart-plot", { title: "Drag across the chart to zoom in" });
   const hover = h("div.chart-hover", { hidden: true });
   const legendEl = h("ul.chart-legend", { hidden: !legend });
@@ -403,8 +413,29 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
     width = Math.max(plot.clientWidth, 300);
     const pad = { l: 64, r: 12, t: 10, b: 24 };
     const shown = visible();
+    // Stacked: each series drawn from the sum of those before it (at each step).
+    const bases = [];
+    if (stacked) {
+      const sums = new Map();
+      for (const s of shown) {
+        const base = new Map();
+        for (const [t, v] of s.points) {
+          const below = sums.get(t) || 0;
+          base.set(t, below);
+          if (Number.isFinite(v)) sums.set(t, below + v);
+        }
+        bases.push(base);
+      }
+    }
     let lo = Infinity, hi = -Infinity;
-    for (const s of shown) for (const [, v] of s.points) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    shown.forEach((s, i) => {
+      for (const [t, v] of s.points) {
+        if (!Number.isFinite(v)) continue;
+        const top = stacked ? bases[i].get(t) + v : v;
+        lo = Math.min(lo, stacked ? Math.min(0, top) : v);
+        hi = Math.max(hi, top);
+      }
+    });
     if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
     if (zero && lo > 0) lo = 0;
     if (lo === hi && zero && lo === 0) hi = 1;
@@ -428,22 +459,45 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
       label.textContent = fmtTick(t, t1 - t0);
       root.append(label);
     }
-    for (const s of shown) {
-      // Gaps (missing steps or NaN) break the line.
-      let d = "", prev = null;
-      const step = s.points.length > 1 ? Math.min(...s.points.slice(1).map((p, i) => p[0] - s.points[i][0])) : 0;
-      for (const [t, v] of s.points) {
-        if (!Number.isFinite(v)) { prev = null; continue; }
-        d += `${prev == null || t - prev > step * 1.5 ? "M" : "L"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
-        prev = t;
-      }
-      const path = svg("path", { class: "series", d, stroke: s.color, fill: "none" });
+    shown.forEach((s, i) => {
+      const step = s.points.length > 1 ? Math.min(...s.points.slice(1).map((p, j) => p[0] - s.points[j][0])) : 0;
       const title = svg("title", {});
       title.textContent = s.name;
+      if (kind === "bars") {
+        const w = Math.max(1, (step ? x(t0 + step) - x(t0) : 8) * 0.8);
+        const group = svg("g", { fill: s.color });
+        for (const [t, v] of s.points) {
+          if (!Number.isFinite(v)) continue;
+          const [top, bottom] = [y(bases[i].get(t) + v), y(bases[i].get(t))];
+          group.append(svg("rect", { class: "bar", x: (x(t) - w / 2).toFixed(1), y: Math.min(top, bottom).toFixed(1), width: w.toFixed(1), height: Math.abs(bottom - top).toFixed(1) }));
+        }
+        group.append(title);
+        root.append(group);
+        return;
+      }
+      // Gaps (missing steps or NaN) break the line.
+      let d = "", prev = null;
+      const runs = [];
+      for (const [t, v] of s.points) {
+        if (!Number.isFinite(v)) { prev = null; continue; }
+        const top = stacked ? bases[i].get(t) + v : v;
+        const gap = prev == null || t - prev > step * 1.5;
+        d += `${gap ? "M" : "L"}${x(t).toFixed(1)},${y(top).toFixed(1)}`;
+        if (gap) runs.push([]);
+        runs.at(-1).push(t);
+        prev = t;
+      }
+      if (stacked) {
+        // Each run of steps closed along the top of the series below.
+        const area = runs.map((ts) => `M${ts.map((t) => `${x(t).toFixed(1)},${y(bases[i].get(t) + s.points.find((p) => p[0] === t)[1]).toFixed(1)}`).join("L")}` +
+          `L${ts.slice().reverse().map((t) => `${x(t).toFixed(1)},${y(bases[i].get(t)).toFixed(1)}`).join("L")}Z`).join("");
+        root.append(svg("path", { class: "area", d: area, fill: s.color }));
+      }
+      const path = svg("path", { class: "series", d, stroke: s.color, fill: "none" });
       path.append(title);
       root.append(path);
       if (s.points.length === 1) root.append(svg("circle", { class: "series-dot", cx: x(s.points[0][0]), cy: y(s.points[0][1]), r: 3, fill: s.color }));
-    }
+    });
     root.append(svg("line", { class: "cursor", x1: 0, x2: 0, y1: pad.t, y2: height - pad.b, visibility: "hidden" }));
     root.append(svg("rect", { class: "zoom-sel", x: 0, y: pad.t, width: 0, height: height - pad.t - pad.b, visibility: "hidden" }));
     plot.replaceChildren(root);

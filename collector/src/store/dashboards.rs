@@ -132,6 +132,25 @@ struct Variable {
     multi: bool,
 }
 
+/// How a panel draws its series.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PanelType {
+    /// A line per series (the default).
+    Lines,
+    /// Areas stacked on each other: the top is the sum.
+    Stacked,
+    /// Stacked bars, one per step.
+    Bars,
+    /// The last value of each series as one big number, coloured by the
+    /// thresholds.
+    Stat,
+    /// The last value of each series, in rows.
+    Table,
+    /// Histogram buckets (series with an `le` label) over time.
+    Heatmap,
+}
+
 /// How wide a panel is drawn: half of the row (the default) or all of it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,6 +170,12 @@ struct Panel {
     /// any short text shown beside them (`req/s`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     unit: String,
+    /// Absent: lines.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<PanelType>,
+    /// Ascending values from which a stat reads as a warning, then as bad.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    thresholds: Vec<f64>,
     /// Absent: half width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     width: Option<Width>,
@@ -238,6 +263,16 @@ impl Dashboard {
                         PANEL_HEIGHTS.start(),
                         PANEL_HEIGHTS.end()
                     ),
+                );
+            }
+            let thresholds = &panel.thresholds;
+            if thresholds.len() > 2
+                || thresholds.iter().any(|t| !t.is_finite())
+                || thresholds.windows(2).any(|w| w[0] >= w[1])
+            {
+                return invalid(
+                    format!("panels[{i}].thresholds"),
+                    "at most two finite values, ascending: [warning, bad]".into(),
                 );
             }
             let field = format!("panels[{i}].query");
@@ -618,6 +653,14 @@ mod tests {
             invalid_field(r#"{"title": "t", "panels": [{"query": "up", "height": 5}]}"#),
             "panels[0].height"
         );
+        assert_eq!(
+            invalid_field(r#"{"title": "t", "panels": [{"query": "up", "thresholds": [2, 1]}]}"#),
+            "panels[0].thresholds"
+        );
+        let kinds =
+            r#"{"title": "t", "panels": [{"query": "up", "type": "stat", "thresholds": [1, 2]}]}"#;
+        assert!(Dashboard::from_json(kinds.as_bytes()).is_ok());
+        assert!(Dashboard::from_json(kinds.replace("stat", "pie").as_bytes()).is_err());
     }
 
     #[test]
