@@ -1,11 +1,13 @@
 //! The metrics explorer in headless Chromium: the PromQL box suggests
 //! metric names, label names and label values as one types, picked with
-//! the keyboard; `$__rate_interval` works in queries, and a rate window
-//! shorter than the samples' interval gets a hint.
+//! the keyboard; with no query it lists the metrics with their type and
+//! help; `$__rate_interval` works in queries, and a rate window shorter
+//! than the samples' interval gets a hint.
 
 use strand_testkit::Strand;
 use strand_testkit::browser::{Client, Locator, in_browser, snapshot, type_into, wait_for};
 
+use crate::support::remote_write as rw;
 use crate::ui_dashboards::{SERVICES, send_span_metrics};
 
 /// WebDriver's codes for the keys the test presses.
@@ -137,6 +139,67 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
         )
         .await?;
         snapshot(&client, "metrics-hint").await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_lists_metrics_with_their_type_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let (start, end) = send_span_metrics(&daemon).await;
+    let mut described = rw::request(Vec::new());
+    described.metadata.push(rw::MetricMetadata {
+        r#type: 1,
+        metric_family_name: "traces_span_metrics_calls_total".into(),
+        help: "Calls of each span name and kind".into(),
+        unit: String::new(),
+    });
+    rw::write_ok(&daemon, &described).await;
+    in_browser("ui-metrics-browse", |client| async move {
+        let base = daemon.url("/");
+        client
+            .goto(&format!("{base}#/metrics?start={start}&end={end}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        type_into(
+            &client,
+            ".metric-browser input[name=\"metric-filter\"]",
+            "calls",
+        )
+        .await?;
+        let listed = wait_for(
+            &client,
+            "the metrics list",
+            "return [...document.querySelectorAll('.metric-browser li')].map(li => ({
+               name: li.querySelector('button').innerText,
+               type: li.querySelector('.metric-type')?.innerText || '',
+               help: li.querySelector('.metric-help')?.innerText || '' }))",
+            |v| v.as_array().is_some_and(|items| items.len() == 1),
+        )
+        .await?;
+        if listed[0]["name"] != "traces_span_metrics_calls_total"
+            || listed[0]["type"] != "counter"
+            || listed[0]["help"] != "Calls of each span name and kind"
+        {
+            return Err(format!("listed {listed}"));
+        }
+        snapshot(&client, "metrics-browse").await;
+        client
+            .find(Locator::Css(".metric-browser li button"))
+            .await
+            .map_err(|e| e.to_string())?
+            .click()
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "the picked metric charted",
+            "return document.querySelector('.metrics-out .chart')?.dataset.series",
+            |v| v == "5",
+        )
+        .await?;
         Ok(())
     })
     .await;
