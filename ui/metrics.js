@@ -187,15 +187,41 @@ export function timeParams(params) {
   return { range: params.get("range"), start: params.get("start"), end: params.get("end") };
 }
 
-/** With no query yet, offers the known metric names. */
+/** Metrics the browser lists at most; the filter finds the others. */
+const BROWSE_ROWS = 200;
+
+/**
+ * With no query yet: every known metric name, with its type and help where
+ * Strand has metadata (`/api/v1/metadata`), filtered as one types; a click
+ * charts it.
+ */
 async function names(out, form, current) {
+  let known, metadata;
   try {
-    const body = await api("/api/v1/label/__name__/values");
-    if (!current() || !body.data.length) return;
-    const list = h("datalist", { id: "metric-names" }, body.data.map((n) => h("option", { value: n })));
-    out.append(h("p.muted", {}, `${body.data.length} metric names known, e.g. `,
-      body.data.slice(0, 8).map((n) => [h("button.link", { type: "button", onclick: () => { form.query.value = n; form.requestSubmit(); } }, n), " "])), list);
-  } catch (_) { /* optional */ }
+    [known, metadata] = await Promise.all([
+      api("/api/v1/label/__name__/values").then((b) => b.data),
+      api("/api/v1/metadata").then((b) => b.data, () => ({})),
+    ]);
+  } catch (_) { return; /* the box still works without the list */ }
+  if (!current() || !known.length) return;
+  // Metadata is per family: `x_bucket`, `x_sum`, `x_count` and `x_total` share `x`'s.
+  const about = (name) => metadata[name]?.[0] || metadata[name.replace(/_(bucket|sum|count|total)$/, "")]?.[0];
+  const filter = h("input", { name: "metric-filter", type: "search", placeholder: `Filter ${known.length} metrics`, "aria-label": "filter metrics" });
+  const list = h("ul.metric-list");
+  const draw = () => {
+    const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
+    const matching = known.filter((n) => words.every((w) => n.toLowerCase().includes(w) || (about(n)?.help || "").toLowerCase().includes(w)));
+    list.replaceChildren(...matching.slice(0, BROWSE_ROWS).map((n) => {
+      const meta = about(n);
+      return h("li", {},
+        h("button.link", { type: "button", onclick: () => { form.query.value = n; form.requestSubmit(); } }, n),
+        meta?.type ? h("span.badge.metric-type", {}, meta.type) : null,
+        meta?.help ? h("span.muted.metric-help", {}, meta.help) : null);
+    }), ...(matching.length > BROWSE_ROWS ? [h("li.muted", {}, `and ${matching.length - BROWSE_ROWS} more: filter to find them`)] : []));
+  };
+  filter.addEventListener("input", draw);
+  draw();
+  out.append(h("section.metric-browser", { "aria-label": "metrics" }, h("h2", {}, "Metrics"), filter, list));
 }
 
 /**
