@@ -621,7 +621,7 @@ fn picker_script(name: &str) -> String {
     format!(
         "const p = document.querySelector('.var-picker[data-var=\"{name}\"]');
          if (!p) return null;
-         return [...p.querySelectorAll('input[type=checkbox]')]
+         return [...p.querySelectorAll('input')]
            .map(c => [c.value, c.checked])"
     )
 }
@@ -711,6 +711,31 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
             return Err(format!(
                 "the explorer link does not substitute $service: {query}"
             ));
+        }
+        // The editor adds a variable; its picker shows at once, and Save stores it.
+        click(&client, ".dash-tools button.copy").await?;
+        click_shown(&client, ".dash-copy button[type=\"submit\"]").await?;
+        click_shown(&client, ".var-editor button.add-variable").await?;
+        type_into(&client, ".var-editor .var-row:last-child input[name=\"name\"]", "kind").await?;
+        type_into(
+            &client,
+            ".var-editor .var-row:last-child input[name=\"query\"]",
+            "label_values(traces_span_metrics_calls_total, span_kind)",
+        )
+        .await?;
+        click(&client, ".var-editor button.apply-variables").await?;
+        wait_for(&client, "the new picker", &picker_script("kind"), |v| {
+            v.as_array().is_some_and(|values| values.iter().any(|c| c[0] == "SPAN_KIND_SERVER"))
+        })
+        .await?;
+        click(&client, ".dash-tools button.save").await?;
+        wait_for(&client, "the copy saved", "return location.hash", |v| {
+            v.as_str().is_some_and(|h| h.starts_with("#/dashboard/shop-copy") && !h.contains("edit"))
+        })
+        .await?;
+        let (_, copy) = daemon.get_json("/api/dashboards/shop-copy").await;
+        if copy["variables"][1] != serde_json::json!({"name": "kind", "query": "label_values(traces_span_metrics_calls_total, span_kind)"}) {
+            return Err(format!("the variable was not stored: {copy}"));
         }
         Ok(())
     })
