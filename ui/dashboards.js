@@ -51,16 +51,11 @@ function uniqueId(base, taken) {
 
 /**
  * The hash of a dashboard, keeping the time range and the variables'
- * values (`var-name`, repeated for several) of `params`, or those of `vars`
- * ({ name: [values] }) when given.
+ * values (`var-name`, repeated for several) of `params`.
  */
-function dashHash(id, params, extra = {}, vars = null) {
+function dashHash(id, params, extra = {}) {
   const qs = new URLSearchParams(Object.entries({ ...timeParams(params), ...extra }).filter(([, v]) => v));
-  if (vars) {
-    for (const [name, values] of Object.entries(vars)) for (const v of values) qs.append(`var-${name}`, v);
-  } else {
-    for (const [k, v] of params) if (k.startsWith("var-")) qs.append(k, v);
-  }
+  for (const [k, v] of params) if (k.startsWith("var-")) qs.append(k, v);
   return `#/dashboard/${encodeURIComponent(id)}${qs.toString() ? "?" + qs : ""}`;
 }
 
@@ -161,13 +156,23 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
 
   const message = h("div.dash-msg");
   const grid = h("div.panel-grid");
-  const vars = variablesView(draft.variables || [], params, timeRange(params), (picked) => {
+  const pickers = () => variablesView(draft.variables || [], params, timeRange(params), (picked) => {
     // In place, so an open picker stays open; the URL keeps the choice.
     for (const k of [...params.keys()]) if (k.startsWith("var-")) params.delete(k);
     for (const [name, values] of Object.entries(picked)) for (const v of values) params.append(`var-${name}`, v);
     history.replaceState(null, "", dashHash(id, params, edit ? { edit: "1" } : {}));
     for (const p of panels) p.load();
   });
+  let vars = pickers();
+  const values = () => vars.values();
+  // The editor's Apply draws the pickers again from the edited variables.
+  const applyVariables = async () => {
+    const next = pickers();
+    vars.el.replaceWith(next.el);
+    vars = next;
+    await next.ready;
+    for (const p of panels) p.load();
+  };
   let panels = [];
   const drawPanels = () => {
     for (const p of panels) p.destroy();
@@ -176,7 +181,7 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
       draft.panels.splice(i + by, 0, panel);
       drawPanels();
     };
-    panels = draft.panels.map((panel, i) => panelView(panel, i, params, vars, editable ? {
+    panels = draft.panels.map((panel, i) => panelView(panel, i, params, values, editable ? {
       remove: () => { draft.panels.splice(i, 1); drawPanels(); },
       up: i > 0 ? () => move(i, -1) : null,
       down: i < draft.panels.length - 1 ? () => move(i, 1) : null,
@@ -191,6 +196,7 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
   const button = (cls, text, onclick, title) => h(`button.${cls}`, { type: "button", onclick, title }, text);
   const copyForm = saveCopyForm(dashboard, id, taken, params, message);
   const tools = h("div.toolbar.dash-tools");
+  let variableEditor = null;
   if (editable) {
     const titleInput = h("input.dash-title", { value: draft.title, "aria-label": "dashboard title" });
     titleInput.addEventListener("input", () => { draft.title = titleInput.value; });
@@ -230,6 +236,7 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
       }),
       ...(fresh ? [] : [del]));
     if (fresh) message.append(state("Not saved yet: Save writes this dashboard.", "empty"));
+    variableEditor = variablesEditor(draft, applyVariables);
   } else {
     head.replaceChildren(h("h1", {}, dashboard.title));
     if (builtIn) head.append(h("span.badge", { title: "Compiled into Strand; save a copy to change it" }, "built in"));
@@ -240,7 +247,7 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
       h("a", { href: "#/dashboards" }, "All dashboards"));
   }
   if (dashboard.description) head.append(h("p.muted.dash-desc", {}, dashboard.description));
-  root.append(tools, copyForm, message, vars.el, grid);
+  root.append(tools, ...(variableEditor ? [variableEditor] : []), copyForm, message, vars.el, grid);
   await vars.ready;
   if (!current()) return;
   // Leaving this dashboard's editor (not redrawing it) with unsaved edits asks first.
@@ -359,6 +366,43 @@ async function exportJson(id, message) {
   }
 }
 
+/**
+ * The editor of a draft's variables: a row per variable (name, values'
+ * query, several values or one), Add, and Apply, which draws the pickers
+ * again with them (the API checks them on Save).
+ */
+function variablesEditor(draft, apply) {
+  const rows = h("div.var-rows");
+  const row = (v) => {
+    const input = (name, attrs) => {
+      const el = h("input", { name, value: v[name] || "", "aria-label": `variable ${name}`, ...attrs });
+      el.addEventListener("input", () => { v[name] = el.value; });
+      return el;
+    };
+    const multi = h("input", { type: "checkbox", name: "multi", checked: !!v.multi });
+    multi.addEventListener("change", () => { if (multi.checked) v.multi = true; else delete v.multi; });
+    const el = h("div.var-row.toolbar", {},
+      input("name", { placeholder: "name, used as $name", size: 12 }),
+      input("query", { class: "query", placeholder: "label_values(metric{label=\"value\"}, label)", spellcheck: "false" }),
+      h("label", {}, multi, " several"),
+      h("button.remove", { type: "button", onclick: () => { draft.variables.splice(draft.variables.indexOf(v), 1); el.remove(); } }, "Remove"));
+    return el;
+  };
+  const add = () => {
+    const v = { name: "", query: "" };
+    (draft.variables ||= []).push(v);
+    rows.append(row(v));
+  };
+  rows.append(...(draft.variables || []).map(row));
+  return h("details.var-editor", { open: !!draft.variables?.length },
+    h("summary", {}, "Variables"),
+    h("p.muted", {}, "A picker above the panels per variable; $name in a query stands for the picked value (several as a|b, for =~)."),
+    rows,
+    h("div.toolbar", {},
+      h("button.add-variable", { type: "button", onclick: add }, "Add variable"),
+      h("button.apply-variables", { type: "button", onclick: apply }, "Apply")));
+}
+
 /** The panel types (`type` in the JSON; lines when absent) and their names in the editor. */
 const PANEL_TYPES = [["lines", "lines"], ["stacked", "stacked areas"], ["bars", "bars"], ["stat", "stat"],
   ["table", "table"], ["heatmap", "heatmap (le buckets)"]];
@@ -373,7 +417,7 @@ const HEIGHTS = [160, 220, 320, 440];
  * thresholds, width and height that change the panel object in place; Run
  * redraws with them.
  */
-function panelView(panel, index, params, vars, editor) {
+function panelView(panel, index, params, variables, editor) {
   let chart = null;
   const body = h("div.panel-body");
   const heading = h("h2", {});
@@ -456,7 +500,7 @@ function panelView(panel, index, params, vars, editor) {
     const mine = ++latest;
     const span = timeRange(params);
     // The explorer gets the query with the variables' values, over this window.
-    const expanded = expandVariables(panel.query, vars.values());
+    const expanded = expandVariables(panel.query, variables());
     explore.href = `#/metrics?${new URLSearchParams(Object.entries({ ...timeParams(params), query: expanded }).filter(([, v]) => v))}`;
     explore.hidden = !panel.query.trim();
     if (!panel.query.trim()) {
