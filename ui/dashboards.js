@@ -13,7 +13,7 @@
 // in the URL as `var-name=...`.
 
 import { api, authFetch, h, state, ApiError, timeRange, onRefresh, guardLeave } from "./lib.js";
-import { queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives } from "./metrics.js";
+import { queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives, attachSuggest, rateWindowHint } from "./metrics.js";
 import { panelChart } from "./panels.js";
 
 /** `#/dashboards` (or `#/dashboard`) lists; `#/dashboard/<id>` shows one. */
@@ -449,6 +449,8 @@ function panelView(panel, index, params, variables, editor) {
       return input;
     };
     const query = field("query", "textarea", { class: "query", rows: 3, spellcheck: "false", placeholder: "PromQL, e.g. sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))" });
+    // Suggestions first: Enter picks one while they show.
+    const queryBox = attachSuggest(query);
     query.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); run(); }
     });
@@ -483,7 +485,7 @@ function panelView(panel, index, params, variables, editor) {
     });
     el.append(h("div.panel-editor", {},
       field("title", "input", { placeholder: "Panel title" }),
-      query,
+      queryBox,
       h("div.toolbar", {},
         field("unit", "input", { placeholder: "unit: seconds, ratio, bytes, req/s…", list: "panel-units" }),
         h("datalist", { id: "panel-units" }, ["seconds", "ratio", "percent", "bytes", "req/s"].map((u) => h("option", { value: u }))),
@@ -493,7 +495,8 @@ function panelView(panel, index, params, variables, editor) {
         h("button.move-down", { type: "button", onclick: editor.down, disabled: !editor.down, "aria-label": "move panel down", title: "Move down" }, "↓"),
         h("button.remove", { type: "button", onclick: editor.remove }, "Remove"))));
   }
-  el.append(message, body);
+  const hint = h("p.query-hint", { role: "note", hidden: true });
+  el.append(hint, message, body);
 
   let latest = 0;
   async function load() {
@@ -503,6 +506,8 @@ function panelView(panel, index, params, variables, editor) {
     const expanded = expandVariables(panel.query, variables());
     explore.href = `#/metrics?${new URLSearchParams(Object.entries({ ...timeParams(params), query: expanded }).filter(([, v]) => v))}`;
     explore.hidden = !panel.query.trim();
+    hint.textContent = rateWindowHint(expanded);
+    hint.hidden = !hint.textContent;
     if (!panel.query.trim()) {
       chart.el.hidden = true;
       message.replaceChildren(state("Enter a PromQL query and press Run."));

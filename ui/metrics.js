@@ -102,7 +102,8 @@ function completionContext(before) {
  * `/api/v1/labels`, `/api/v1/label/X/values`, with `match[]` of the metric
  * being typed), listed under the box as one types. Up/Down choose, Enter or
  * Tab insert (as PromQL: `label="`, `value"`), Escape closes. Add it before
- * the box's own key handlers: a key it uses is not seen by them.
+ * the box's own key handlers: a key it uses is not seen by them. The box is
+ * wrapped (in place, if it is in the page); returns the wrapper.
  */
 export function attachSuggest(box) {
   const list = h("ul.suggest", { role: "listbox", hidden: true, "aria-label": "suggestions" });
@@ -165,7 +166,7 @@ export function attachSuggest(box) {
     e.stopImmediatePropagation();
     if (move) show();
   });
-  return box;
+  return wrap;
 }
 
 /**
@@ -246,7 +247,7 @@ export function expandVariables(query, values) {
  * `$__interval` (the step), `$__range` (the window) and `$__rate_interval`
  * (max(4 x sample interval, step + sample interval): always two samples).
  */
-export function builtInVariables(span) {
+function builtInVariables(span) {
   const step = stepOf(span);
   return {
     __interval: `${step}s`,

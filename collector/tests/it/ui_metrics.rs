@@ -139,6 +139,29 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
         )
         .await?;
         snapshot(&client, "metrics-hint").await;
+        // A dashboard panel with such a window says so too.
+        let body = serde_json::json!({"title": "Short", "panels": [{"title": "short",
+            "query": "sum by (service_name) (rate(traces_span_metrics_calls_total[10s]))"}]});
+        let put = reqwest::Client::new()
+            .put(daemon.url("/api/dashboards/short"))
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if put.status() != 201 {
+            return Err(format!("PUT answered {}", put.status()));
+        }
+        client
+            .goto(&format!("{base}#/dashboard/short?start={start}&end={end}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "the panel's hint",
+            "return document.querySelector('.panel .query-hint:not([hidden])')?.innerText || ''",
+            |v| v.as_str().is_some_and(|t| t.contains("[10s]")),
+        )
+        .await?;
         Ok(())
     })
     .await;
