@@ -13,7 +13,7 @@
 // in the URL as `var-name=...`.
 
 import { api, authFetch, h, state, ApiError, timeRange, onRefresh, guardLeave } from "./lib.js";
-import { queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives, attachSuggest, rateWindowHint } from "./metrics.js";
+import { queryRange, toSeries, timeParams, expandVariables, labelValuesQuery, regexAlternatives, attachSuggest, rateWindowHint, sampleInterval } from "./metrics.js";
 import { panelChart } from "./panels.js";
 
 /** `#/dashboards` (or `#/dashboard`) lists; `#/dashboard/<id>` shows one. */
@@ -506,8 +506,11 @@ function panelView(panel, index, params, variables, editor) {
     const expanded = expandVariables(panel.query, variables());
     explore.href = `#/metrics?${new URLSearchParams(Object.entries({ ...timeParams(params), query: expanded }).filter(([, v]) => v))}`;
     explore.hidden = !panel.query.trim();
-    hint.textContent = rateWindowHint(expanded);
-    hint.hidden = !hint.textContent;
+    sampleInterval(expanded, span).then((sample) => {
+      if (mine !== latest) return;
+      hint.textContent = rateWindowHint(expanded, sample);
+      hint.hidden = !hint.textContent;
+    });
     if (!panel.query.trim()) {
       chart.el.hidden = true;
       message.replaceChildren(state("Enter a PromQL query and press Run."));

@@ -34,13 +34,16 @@ export async function render(root, { params, current, go }) {
     return;
   }
 
-  const hint = rateWindowHint(query);
-  if (hint) out.append(h("p.query-hint", { role: "note" }, hint));
+  const hint = h("p.query-hint", { role: "note", hidden: true });
+  sampleInterval(query, timeRange(params)).then((sample) => {
+    hint.textContent = rateWindowHint(query, sample);
+    hint.hidden = !hint.textContent;
+  });
   const message = h("div");
   const chart = lineChart({ legend: false });
   const table = h("table.series-table");
   chart.el.hidden = table.hidden = true;
-  out.append(message, chart.el, table);
+  out.append(hint, message, chart.el, table);
   message.append(state("Running query…"));
   let latest = 0;
   // A refresh redraws the chart and table in place; only the first load
@@ -227,9 +230,30 @@ async function names(out, form, current) {
 
 /**
  * The interval between samples assumed for `$__rate_interval` and the
- * short-window hint: Strand derives span metrics and scrapes every 15 s.
+ * short-window hint when the data does not tell: Strand derives span
+ * metrics and scrapes every 15 s.
  */
 const SAMPLE_INTERVAL = 15;
+
+/** Sample intervals found per selector, for this page's life. */
+const intervals = new Map();
+
+/**
+ * The interval (s) between the samples of the series the query's first
+ * rate()/increase() reads: the median gap of their raw samples in the 10
+ * minutes before the window's end; SAMPLE_INTERVAL when there are none.
+ */
+export function sampleInterval(query, span) {
+  const selector = /\b(?:rate|irate|increase)\s*\(\s*([^()[\]]+?)\s*\[/.exec(query)?.[1];
+  if (!selector) return Promise.resolve(SAMPLE_INTERVAL);
+  if (!intervals.has(selector)) {
+    intervals.set(selector, api("/api/v1/query", { query: `${selector}[10m]`, time: (span.end / 1000).toFixed(3) }).then((body) => {
+      const gaps = (body.data.result || []).flatMap((r) => r.values.slice(1).map(([t], i) => t - r.values[i][0])).sort((a, b) => a - b);
+      return gaps.length ? Math.max(1, Math.round(gaps[gaps.length >> 1])) : SAMPLE_INTERVAL;
+    }, () => SAMPLE_INTERVAL));
+  }
+  return intervals.get(selector);
+}
 
 /** The step (s) of a range query over { start, end }: about POINTS steps. */
 const stepOf = ({ start, end }) => Math.max(1, Math.round((end - start) / 1000 / POINTS));
@@ -246,13 +270,14 @@ export function expandVariables(query, values) {
  * Grafana's automatic windows for a range query over { start, end }:
  * `$__interval` (the step), `$__range` (the window) and `$__rate_interval`
  * (max(4 x sample interval, step + sample interval): always two samples).
+ * `sample` is the sample interval (s), from `sampleInterval`.
  */
-function builtInVariables(span) {
+function builtInVariables(span, sample) {
   const step = stepOf(span);
   return {
     __interval: `${step}s`,
     __range: `${Math.max(1, Math.round((span.end - span.start) / 1000))}s`,
-    __rate_interval: `${Math.max(4 * SAMPLE_INTERVAL, step + SAMPLE_INTERVAL)}s`,
+    __rate_interval: `${Math.max(4 * sample, step + sample)}s`,
   };
 }
 
@@ -271,16 +296,17 @@ export function labelValuesQuery(query) {
 const SECONDS = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800, y: 31536000 };
 
 /**
- * A hint for rate()/increase() windows shorter than two sample intervals:
- * such a window often holds fewer than two samples, so the line has gaps.
+ * A hint for rate()/increase() windows shorter than two sample intervals
+ * (`sample`, s): such a window often holds fewer than two samples, so the
+ * line has gaps.
  */
-export function rateWindowHint(query) {
+export function rateWindowHint(query, sample = SAMPLE_INTERVAL) {
   for (const m of query.matchAll(/\b(?:rate|irate|increase)\s*\([^()[]*\[((?:\d+(?:ms|[smhdwy]))+)(?::[^\]]*)?\]/g)) {
     let seconds = 0;
     for (const [, n, unit] of m[1].matchAll(/(\d+)(ms|[smhdwy])/g)) seconds += +n * SECONDS[unit];
-    if (seconds < 2 * SAMPLE_INTERVAL) {
-      return `The window [${m[1]}] is shorter than two sample intervals (samples come every ${SAMPLE_INTERVAL}s), ` +
-        `so it often holds fewer than two samples and the line has gaps: use [$__rate_interval] or at least [${2 * SAMPLE_INTERVAL}s].`;
+    if (seconds < 2 * sample) {
+      return `The window [${m[1]}] is shorter than two sample intervals (samples come every ${sample}s), ` +
+        `so it often holds fewer than two samples and the line has gaps: use [$__rate_interval] or at least [${2 * sample}s].`;
     }
   }
   return "";
@@ -292,8 +318,9 @@ export function rateWindowHint(query) {
  * to the result matrix, rejects with the API's message.
  */
 export async function queryRange(query, span) {
+  const sample = /\$\{?__rate_interval\b/.test(query) ? await sampleInterval(query, span) : SAMPLE_INTERVAL;
   const body = await api("/api/v1/query_range", {
-    query: expandVariables(query, builtInVariables(span)),
+    query: expandVariables(query, builtInVariables(span, sample)),
     start: (span.start / 1000).toFixed(3), end: (span.end / 1000).toFixed(3), step: stepOf(span),
   });
   return body.data.result || [];

@@ -139,6 +139,20 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
         )
         .await?;
         snapshot(&client, "metrics-hint").await;
+        // The interval comes from the data: a minute apart, [90s] is too short.
+        let minutes: Vec<(i64, f64)> = (0..10).map(|i| (start + i * 60_000, i as f64)).collect();
+        rw::write_ok(&daemon, &rw::request(vec![rw::series("slow_total", &[], &minutes)])).await;
+        client
+            .goto(&open("rate(slow_total[90s])"))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for(
+            &client,
+            "the data's interval",
+            "return document.querySelector('.query-hint')?.innerText || ''",
+            |v| v.as_str().is_some_and(|t| t.contains("[90s]") && t.contains("every 60s")),
+        )
+        .await?;
         // A dashboard panel with such a window says so too.
         let body = serde_json::json!({"title": "Short", "panels": [{"title": "short",
             "query": "sum by (service_name) (rate(traces_span_metrics_calls_total[10s]))"}]});
