@@ -84,23 +84,25 @@ function linkTo(name) {
   return hashOf(name, "", params);
 }
 
-/** The hash of the view on screen, to go back to when leaving is refused. */
-let shownHash = "";
 /** Set while the user confirmed leaving unsaved edits. */
 let leaving = false;
 
-async function route() {
+/**
+ * Draws the view of the URL. `previous` is the hash to go back to if the
+ * view on screen has unsaved edits and the user stays (a hash change's old
+ * URL: it has what the view wrote into the URL itself).
+ */
+async function route(previous = location.hash) {
   const { name, arg, params } = parseHash(location.hash);
   const warning = leaving ? "" : leaveWarning({ name, arg, params });
   leaving = false;
   if (warning) {
     const target = location.hash;
-    history.replaceState(null, "", shownHash);
+    history.replaceState(null, "", previous);
     confirmLeave(warning, target);
     return;
   }
   if (carry(name, params)) history.replaceState(null, "", hashOf(name, arg, params));
-  shownHash = location.hash;
   syncHeader(name, params);
   const module = VIEWS[name];
   if (cleanup) { try { cleanup(); } catch (_) { /* view already gone */ } cleanup = null; }
@@ -330,6 +332,6 @@ const showTokenButton = () => { tokenButton.hidden = !hasToken(); };
 document.addEventListener("strand-token", showTokenButton);
 tokenButton.addEventListener("click", () => { forgetToken(); route(); });
 showTokenButton();
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", (e) => route(new URL(e.oldURL).hash));
 if (!location.hash) history.replaceState(null, "", "#/traces");
 route();

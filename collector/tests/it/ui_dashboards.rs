@@ -563,9 +563,9 @@ async fn panels_zoom_isolate_series_share_labels_and_open_in_the_explorer() {
         .await?;
         click(&client, ".panel a.open-explorer").await?;
         let params = wait_for(&client, "explorer", HASH_PARAMS, |v| v["query"].is_string()).await?;
+        let window = serde_json::json!([start.to_string(), end.to_string()]);
         if params["query"] != "sum by (service_name, span_kind) (rate(traces_span_metrics_calls_total[1m]))"
-            || params["start"] != start.to_string()
-            || params["end"] != end.to_string()
+            || serde_json::json!([params["start"], params["end"]]) != window
         {
             return Err(format!("{href} opened {params}"));
         }
