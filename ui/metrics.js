@@ -410,12 +410,40 @@ function ticks(lo, hi, count) {
   return out;
 }
 
-/** Time labels as precise as the window needs. */
-export function fmtTick(sec, span) {
+/** Round steps (s) between time ticks, from a second to a week. */
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
+
+/**
+ * At most `count` time ticks (s) in t0..t1 on round local times (whole
+ * minutes, hours, midnights), and the step between them.
+ */
+function timeTicks(t0, t1, count = 5) {
+  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= count) || TIME_STEPS.at(-1);
+  // Local time: getTimezoneOffset() is UTC minus local, in minutes.
+  const offset = new Date(t0 * 1000).getTimezoneOffset() * 60;
+  const out = [];
+  for (let t = Math.ceil((t0 - offset) / step) * step + offset; t <= t1; t += step) out.push(t);
+  return { ticks: out, step };
+}
+
+/** A time tick's label, as precise as its step: 24-hour HH:MM:SS, HH:MM or MM-DD HH:MM. */
+function fmtTick(sec, step, span) {
   const text = fmtTime(sec * 1000);
-  if (span <= 900) return text.slice(11, 19);
+  if (step < 60) return text.slice(11, 19);
   if (span <= 86400) return text.slice(11, 16);
-  return text.slice(5, 16);
+  return step >= 86400 ? text.slice(5, 10) : text.slice(5, 16);
+}
+
+/** The time axis of a chart: labels (class `axis x`) at round times. */
+export function timeAxis(root, x, t0, t1, { y, left, right }) {
+  const { ticks: times, step } = timeTicks(t0, t1);
+  for (const t of times) {
+    const at = x(t);
+    const anchor = at < left + 24 ? "start" : at > right - 24 ? "end" : "middle";
+    const label = svg("text", { class: "axis x", x: at, y, "text-anchor": anchor });
+    label.textContent = fmtTick(t, step, t1 - t0);
+    root.append(label);
+  }
 }
 
 /**
@@ -503,16 +531,11 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
     const axisValue = (v) => AXIS_UNITS.has(unit) ? fmtUnit(v, unit) : fmtValue(v);
     for (const v of yTicks) {
       root.append(svg("line", { class: "grid", x1: pad.l, x2: width - pad.r, y1: y(v), y2: y(v) }));
-      const label = svg("text", { class: "axis", x: pad.l - 6, y: y(v) + 4, "text-anchor": "end" });
+      const label = svg("text", { class: "axis y", x: pad.l - 6, y: y(v) + 4, "text-anchor": "end" });
       label.textContent = axisValue(v);
       root.append(label);
     }
-    for (let i = 0; i <= 4; i++) {
-      const t = t0 + ((t1 - t0) * i) / 4;
-      const label = svg("text", { class: "axis", x: x(t), y: height - 6, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-      label.textContent = fmtTick(t, t1 - t0);
-      root.append(label);
-    }
+    timeAxis(root, x, t0, t1, { y: height - 6, left: pad.l, right: width - pad.r });
     shown.forEach((s, i) => {
       const step = s.points.length > 1 ? Math.min(...s.points.slice(1).map((p, j) => p[0] - s.points[j][0])) : 0;
       const title = svg("title", {});

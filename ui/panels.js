@@ -5,7 +5,7 @@
 // draws.
 
 import { h, fmtTime } from "./lib.js";
-import { lineChart, fmtUnit, fmtTick, svg, sharedLabels, fillSeriesTable } from "./metrics.js";
+import { lineChart, fmtUnit, timeAxis, svg, sharedLabels, fillSeriesTable } from "./metrics.js";
 
 /** Stats shown at most; a stat panel is meant for a few numbers. */
 const MAX_STATS = 8;
@@ -104,7 +104,7 @@ function heatmapView(height) {
     const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "heatmap of histogram buckets" });
     les.forEach((le, i) => {
       const top = height - pad.b - (i + 1) * rowH;
-      const label = svg("text", { class: "axis bucket", x: pad.l - 6, y: top + rowH / 2 + 4, "text-anchor": "end" });
+      const label = svg("text", { class: "axis y bucket", x: pad.l - 6, y: top + rowH / 2 + 4, "text-anchor": "end" });
       label.textContent = le;
       root.append(label);
       times.forEach((t, j) => {
@@ -117,12 +117,7 @@ function heatmapView(height) {
         root.append(cell);
       });
     });
-    for (let i = 0; i <= 4; i++) {
-      const t = t0 + ((t1 - t0) * i) / 4;
-      const label = svg("text", { class: "axis", x: x(t), y: height - 6, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-      label.textContent = fmtTick(t, t1 - t0);
-      root.append(label);
-    }
+    timeAxis(root, x, t0, t1, { y: height - 6, left: pad.l, right: width - pad.r });
     el.replaceChildren(root);
   };
   const resize = new ResizeObserver(draw);

@@ -647,6 +647,26 @@ async fn dashboard_variables_pick_label_values_kept_in_the_url() {
             panels(v).len() == 5 && panels(v).iter().all(charts_every_service)
         })
         .await?;
+        // Axes read plainly: time ticks on whole minutes of a ten-minute
+        // window, and a latency axis that starts at "0", not "0µs".
+        let axes = wait_for(
+            &client,
+            "the p50 panel's axes",
+            "const p = [...document.querySelectorAll('.panel')].find(p => p.innerText.includes('p50'));
+             return { x: [...p.querySelectorAll('text.axis.x')].map(t => t.textContent),
+                      y: [...p.querySelectorAll('text.axis.y')].map(t => t.textContent) }",
+            |v| v["x"].as_array().is_some_and(|x| x.len() >= 3),
+        )
+        .await?;
+        // HH:MM, on whole minutes.
+        let round = |t: &Value| {
+            t.as_str().is_some_and(|t| {
+                t.len() == 5 && t.as_bytes()[2] == b':' && t.chars().all(|c| c.is_ascii_digit() || c == ':')
+            })
+        };
+        if !axes["x"].as_array().unwrap().iter().all(round) || axes["y"][0] != "0" {
+            return Err(format!("axes: {axes}"));
+        }
         let picker = picker_script("service");
         wait_for(&client, "the service picker", &picker, |v| {
             v.as_array().is_some_and(|values| {
