@@ -108,8 +108,13 @@ function completionContext(before) {
  * the box's own key handlers: a key it uses is not seen by them. The box is
  * wrapped (in place, if it is in the page); returns the wrapper.
  */
+let suggestBoxes = 0;
+
 export function attachSuggest(box) {
-  const list = h("ul.suggest", { role: "listbox", hidden: true, "aria-label": "suggestions" });
+  // Option ids unique on the page: a dashboard editor has a box per panel.
+  const ids = `suggest${++suggestBoxes}-`;
+  const list = h("ul.suggest", { role: "listbox", hidden: true, "aria-label": "suggestions", id: `${ids}list` });
+  box.setAttribute("aria-controls", `${ids}list`);
   const wrap = h("div.suggest-wrap");
   box.replaceWith(wrap);
   wrap.append(box, list);
@@ -125,11 +130,11 @@ export function attachSuggest(box) {
   const close = () => { list.hidden = true; items = []; box.removeAttribute("aria-activedescendant"); };
   const show = () => {
     list.replaceChildren(...items.map((value, i) => h("li", {
-      role: "option", id: `suggest-${i}`, "aria-selected": String(i === active), dataset: { value },
+      role: "option", id: `${ids}${i}`, "aria-selected": String(i === active), dataset: { value },
       class: i === active ? "active" : "", onmousedown: (e) => { e.preventDefault(); active = i; accept(); },
     }, value)));
     list.hidden = !items.length;
-    if (items.length) box.setAttribute("aria-activedescendant", `suggest-${active}`);
+    if (items.length) box.setAttribute("aria-activedescendant", `${ids}${active}`);
   };
   const suggest = async () => {
     const mine = ++asked;

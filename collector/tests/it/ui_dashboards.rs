@@ -3,7 +3,11 @@
 //! JSON and saves copies; pasted JSON is imported; a dashboard made in the
 //! UI is saved and is still there after a reload; a bad query shows the
 //! API's message in its panel, and saving it is refused with the API's
-//! reason.
+//! reason. New dashboards and copies are drafts written only on Save, and
+//! unsaved edits ask before leaving; panels resize, move, draw as lines,
+//! stacked areas, bars, stats, tables or heatmaps, open in the explorer,
+//! zoom by dragging and isolate series from the legend; variables pick
+//! label values kept in the URL.
 //!
 //! The span metrics are sent with remote write under the names and labels
 //! Strand derives from spans, so the test need not wait for the derivation
@@ -238,6 +242,10 @@ async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
         },
     )
     .await?;
+    let (status, _) = daemon.get_json("/api/dashboards/shop-copy").await;
+    if status != 404 {
+        return Err(format!("Save a copy wrote before Save: {status}"));
+    }
     click(client, ".dash-tools button.save").await?;
     wait_for(client, "the copy saved", "return location.hash", |v| {
         v.as_str()
