@@ -1,7 +1,11 @@
-// Metrics explorer: a PromQL box over the global time range;
-// /api/v1/query_range drawn as an SVG line chart and a table of the latest
-// values. The API's error messages are shown as they come. The chart
-// (`lineChart`) and the query helper are exported for the dashboards.
+// Metrics explorer: a PromQL box over the global time range, suggesting
+// metric names, labels and values as one types; /api/v1/query_range drawn
+// as an SVG line chart and a table of the latest values, or, with no query,
+// a filterable list of the metrics with their type and help. Grafana's
+// `$__interval`, `$__range` and `$__rate_interval` are filled in, and a
+// rate window too short for the data's sample interval gets a hint. The
+// API's error messages are shown as they come. The chart (`lineChart`),
+// the query helpers and the suggestions are exported for the dashboards.
 
 import { api, h, state, fmtTime, fmtMicros, colorFor, timeRange, onRefresh } from "./lib.js";
 
@@ -29,7 +33,7 @@ export async function render(root, { params, current, go }) {
   const out = h("section.metrics-out");
   root.append(h("h1", {}, "Metrics"), form, out);
   if (!query) {
-    out.append(state("Enter a PromQL expression, e.g. up or sum by (service_name) (rate(traces_span_metrics_calls_total[5m]))."));
+    out.append(state("Enter a PromQL expression, e.g. up or sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))."));
     names(out, form, current);
     return;
   }
