@@ -466,7 +466,9 @@ function panelView(panel, index, params, variables, editor) {
       if (v === "full") panel.width = v; else delete panel.width;
       shape();
     });
-    const height = choice("height", HEIGHTS.map((px) => [String(px), `${px} px high`]), String(panel.height || 220), (v) => {
+    // An imported height outside the list is offered too, so it shows as is.
+    const heights = [...new Set([...HEIGHTS, panel.height || 220])].sort((a, b) => a - b);
+    const height = choice("height", heights.map((px) => [String(px), `${px} px high`]), String(panel.height || 220), (v) => {
       if (+v === 220) delete panel.height; else panel.height = +v;
       run();
     });
