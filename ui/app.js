@@ -68,7 +68,7 @@ function carry(name, params) {
   if (!TIMELESS.has(name)) {
     if (TIME_KEYS.some((k) => params.has(k))) {
       for (const k of TIME_KEYS) if (params.has(k)) carried.set(k, params.get(k)); else carried.delete(k);
-    } else {
+    } else if (!params.has("window")) { // a link's own window (see timeRange) is neither carried nor remembered
       for (const k of TIME_KEYS) if (carried.has(k)) { params.set(k, carried.get(k)); changed = true; }
     }
   }
@@ -186,6 +186,8 @@ function showCustom(shown, win) {
  */
 function setGlobal(changes) {
   const { name, arg, params } = parseHash(location.hash);
+  // A window picked in the header replaces a link's own.
+  if (TIME_KEYS.some((k) => k in changes)) params.delete("window");
   for (const [k, v] of Object.entries(changes)) {
     if (v == null) { params.delete(k); carried.delete(k); } else { params.set(k, v); carried.set(k, v); }
   }
@@ -325,6 +327,30 @@ function toggleTheme() {
 }
 
 document.getElementById("theme-toggle").addEventListener("click", toggleTheme);
+
+// The header's trace-id box: Enter opens the trace (an id shorter than 32
+// hex digits is a 64-bit one, zero-padded as Jaeger does); a malformed id
+// says why and stays in the box.
+const lookup = document.getElementById("trace-lookup");
+const lookupError = lookup.querySelector(".lookup-error");
+function lookupMessage(message) {
+  lookup.trace.setCustomValidity(message);
+  lookupError.textContent = message;
+  lookupError.hidden = !message;
+}
+lookup.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = lookup.trace.value.trim().toLowerCase();
+  if (!/^[0-9a-f]{1,32}$/.test(id)) {
+    lookupMessage("a trace id is 1 to 32 hex digits (0-9, a-f)");
+    return;
+  }
+  lookupMessage("");
+  lookup.trace.value = "";
+  lookup.trace.blur();
+  navigate(`#/trace/${id.padStart(32, "0")}`);
+});
+lookup.trace.addEventListener("input", () => lookupMessage(""));
 
 // The key shows while a token is kept for this session; it forgets it.
 const tokenButton = document.getElementById("token-forget");

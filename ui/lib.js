@@ -143,6 +143,11 @@ export function fmtMicros(us) {
   return `${Math.floor(us / 6e7)}m${Math.round((us % 6e7) / 1e6)}s`;
 }
 
+/** "1 span", "2 spans": a count with its noun. */
+export function plural(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 export function fmtTime(ms) {
   const d = new Date(ms);
   const pad = (n, w = 2) => String(n).padStart(w, "0");
@@ -162,10 +167,15 @@ export const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
 /**
  * The time window every view shows, from its URL: an absolute `start`/`end`
  * (epoch ms, e.g. after zooming) wins over a relative `range` ending now.
+ * A URL with neither may have a `window=<start>-<end>` (epoch ms) of its own:
+ * a link's window (e.g. a trace's logs) that the app does not carry to
+ * other views.
  * Returns { start, end, range, absolute } with times in epoch ms.
  */
 export function timeRange(params) {
   const range = params.get("range") || "1h";
+  const own = /^(\d+)-(\d+)$/.exec(params.get("window") || "");
+  if (own && !params.get("start") && !params.get("range")) return { start: +own[1], end: +own[2], range, absolute: true };
   const end = Number(params.get("end")) || Date.now();
   const start = Number(params.get("start")) || end - rangeSeconds(range) * 1000;
   return { start, end, range, absolute: Boolean(params.get("start")) };

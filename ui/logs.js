@@ -2,22 +2,27 @@
 // window (click a bar to zoom into it), facets that add filters, and a
 // virtualised results table whose rows open the record and whose trace ids
 // open the trace. With live tail on (`live=1`), new matching records stream
-// in over /api/logs/tail and are put on top of the table.
+// in over /api/logs/tail and take their place in time order; histogram and
+// facets keep following every few seconds.
 
 import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList } from "./lib.js";
+import { ticks } from "./metrics.js";
 
 const ROW = 26;
 const PAGE = 500;
 /** Rows kept in live mode: the oldest go when new ones arrive. */
 const MAX_ROWS = 5000;
+/** How often histogram and facets follow a live tail. */
+const LIVE_AGGREGATES_MS = 5000;
 
 const SYNTAX = [
-  ["declined timeout", "words of the message (all of them)"],
+  ["declined timeout", "words of the message or attribute values (all of them)"],
   ['"card declined"', "a phrase"],
   ["service:payment severity:error", "fields: service, severity, trace_id, span_id"],
   ["attributes.order_id:42", "attribute values (resource.* for the resource)"],
   ["attribute_keys:order_id", "records that have an attribute"],
-  ["a OR b, NOT c, (a OR b) AND c", "boolean operators"],
+  ["service:pay*", "a prefix"],
+  ["a OR b, NOT c, (a OR b) AND c", "boolean operators (NOT c alone: everything but c)"],
 ];
 
 export async function render(root, { params, current, go }) {
@@ -46,22 +51,28 @@ export async function render(root, { params, current, go }) {
   let cursor = null;
   let selected = null; // the record open in the detail panel
   let loads = 0;
+  let total = 0; // matches of the last full load
   const histogram = h("div.histogram", { "aria-label": "log counts over time" });
   const facets = h("aside.facets");
   const summary = h("div.summary.muted");
   const indicator = h("span.live-indicator", { hidden: !live, role: "status" });
-  const table = new VirtualList(ROW, (log, i) => logRow(log, i, selected), "vlist log-table");
-  const head = h("div.log-head", {}, h("span", {}, "Time"), h("span", {}, "Level"), h("span", {}, "Service"), h("span", {}, "Message"), h("span", {}, "Trace"));
+  const cols = columnsOf(params);
+  const table = new VirtualList(ROW, (log, i) => logRow(log, i, selected, cols), "vlist log-table");
+  const head = h("div.log-head", {}, cols.map((c) => h("span", { title: c }, column(c).label)));
+  const template = cols.map((c) => column(c).width).join(" ");
   const detail = h("aside.detail.log-detail", { hidden: true });
   const more = h("button", { type: "button", hidden: true }, "Load more");
-  root.append(h("h1", {}, "Logs"), form,
+  const queryError = h("p.state.error.query-error", { role: "alert", hidden: true });
+  root.append(h("h1", {}, "Logs"), form, queryError,
     h("details.syntax", {}, h("summary.muted", {}, "Query syntax"),
       h("table.kv", {}, SYNTAX.map(([example, what]) => h("tr", {}, h("th", {}, h("code", {}, example)), h("td", {}, what))))),
     ...(win.absolute ? [h("p.muted.window", {}, `${fmtTime(win.start)} – ${fmtTime(win.end)} · `,
       h("a", { href: "#/logs?" + new URLSearchParams(clean(here({ start: null, end: null, range: win.range }))) }, "back to the last " + win.range))] : []),
     histogram,
     h("div.logs-body", {}, facets,
-      h("div.logs-main", {}, h("div.logs-status", {}, summary, indicator), head, table.el, more),
+      h("div.logs-main", { style: `--log-cols: ${template}` },
+        h("div.logs-status", {}, summary, indicator, columnPicker(cols, (next) => go("logs", here({ cols: sameColumns(next, DEFAULT_COLUMNS) ? null : next.join(",") })))),
+        head, table.el, more),
       detail));
 
   const closeDetail = () => { detail.hidden = true; selected = null; table.refresh(); };
@@ -86,8 +97,17 @@ export async function render(root, { params, current, go }) {
       table.setItems(logs);
     } catch (e) { more.after(state(e.message, "error")); }
     more.disabled = false;
-    more.hidden = !cursor;
+    more.hidden = live || !cursor;
   });
+
+  /** Redraws histogram and facets of the window; a failure shows in their place only. */
+  const drawAggregates = (hist, fac) => {
+    if (hist.status === "fulfilled") drawHistogram(histogram, hist.value, (start, end) => go("logs", here({ start, end, live: null })));
+    else histogram.replaceChildren(state(`Histogram: ${hist.reason.message}`, "error"));
+    if (fac.status === "fulfilled") drawFacets(facets, fac.value, addFilter);
+    else facets.replaceChildren(state(`Facets: ${fac.reason.message}`, "error"));
+  };
+  const aggregates = (query) => Promise.allSettled([api("/api/logs/histogram", query), api("/api/logs/facets", query)]);
 
   /** Fetches the window's page, histogram and facets (again on refresh, as a relative window slides). */
   const load = async () => {
@@ -97,30 +117,28 @@ export async function render(root, { params, current, go }) {
     histogram.dataset.start = start;
     histogram.dataset.end = end;
     const query = { q, start, end };
-    const [page, hist, fac] = await Promise.allSettled([
-      api("/api/logs", { ...query, limit: PAGE }),
-      api("/api/logs/histogram", query),
-      api("/api/logs/facets", query),
+    const [page, [hist, fac]] = await Promise.all([
+      api("/api/logs", { ...query, limit: PAGE }).then((value) => ({ value }), (reason) => ({ reason })),
+      aggregates(query),
     ]);
     if (!current() || mine !== loads) return false;
-    if (page.status === "rejected") {
-      summary.replaceChildren(state(page.reason.message, "error"));
+    if (page.reason) {
+      // Shown under the query box; the rest of the page stays as it was.
+      queryError.textContent = page.reason.message;
+      queryError.hidden = false;
+      summary.replaceChildren();
       head.hidden = table.el.hidden = more.hidden = true;
-      histogram.replaceChildren();
-      facets.replaceChildren();
       return false;
     }
-    const { total } = page.value;
+    queryError.hidden = true;
+    total = page.value.total;
     logs = page.value.logs;
     cursor = page.value.nextCursor;
-    more.hidden = !cursor;
-    summary.replaceChildren(total ? `${total} matching log${total > 1 ? "s" : ""}, newest first` : empty(q, win));
+    more.hidden = live || !cursor;
+    summary.replaceChildren(total ? `${count(total, "matching log")}, newest first` : empty(q, win));
     head.hidden = table.el.hidden = !total && !live;
     table.setItems(logs);
-    if (hist.status === "fulfilled") drawHistogram(histogram, hist.value, (b) => go("logs", here({ start: b, end: b + hist.value.stepMs, live: null })));
-    else histogram.replaceChildren(state(`Histogram: ${hist.reason.message}`, "error"));
-    if (fac.status === "fulfilled") drawFacets(facets, fac.value, addFilter);
-    else facets.replaceChildren(state(`Facets: ${fac.reason.message}`, "error"));
+    drawAggregates(hist, fac);
     return true;
   };
 
@@ -129,23 +147,44 @@ export async function render(root, { params, current, go }) {
   let stop = () => {};
   if (!live) stop = onRefresh(load);
   else if (loaded) {
-    stop = tail(q, indicator, (fresh) => {
-      // Newest first, and no more than MAX_ROWS: older pages are gone then.
-      logs = fresh.reverse().concat(logs);
-      if (logs.length > MAX_ROWS) { logs.length = MAX_ROWS; cursor = null; more.hidden = true; }
+    let arrived = 0;
+    const stopTail = tail(q, indicator, (fresh) => {
+      // Time order (records of one second arrive in any order), newest
+      // first, and no more than MAX_ROWS.
+      arrived += fresh.length;
+      logs = fresh.concat(logs).sort(newestFirst);
+      if (logs.length > MAX_ROWS) logs.length = MAX_ROWS;
       // Keep the rows the reader looks at in place while rows arrive above.
       const keep = table.el.scrollTop > 0;
       table.setItems(logs);
       if (keep) table.el.scrollTop += fresh.length * ROW;
       head.hidden = table.el.hidden = false;
-      summary.replaceChildren(`${logs.length} log${logs.length > 1 ? "s" : ""}, newest first, new ones on top`);
+      summary.replaceChildren(`${count(total, "matching log")}, ${arrived} new since tail started, newest first`);
     });
+    // Histogram and facets follow the tail over the sliding window.
+    const follow = setInterval(async () => {
+      const { start, end } = timeRange(params);
+      const [hist, fac] = await aggregates({ q, start, end });
+      if (current()) drawAggregates(hist, fac);
+    }, LIVE_AGGREGATES_MS);
+    stop = () => { stopTail(); clearInterval(follow); };
   }
   return () => {
     stop();
     table.resize.disconnect();
     document.removeEventListener("keydown", onKey);
   };
+}
+
+/** "1 matching log", "2 matching logs". */
+const count = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+
+/** Sort order of rows: time, then arrival (ids are hex of increasing numbers), newest first. */
+function newestFirst(a, b) {
+  const key = (log) => (log.sortKey ??= [BigInt(log.timeUnixNano), BigInt("0x" + log.id)]);
+  const [ta, ia] = key(a);
+  const [tb, ib] = key(b);
+  return ta !== tb ? (tb > ta ? 1 : -1) : ib > ia ? 1 : ib < ia ? -1 : 0;
 }
 
 /** The params without empty values, for a link. */
@@ -240,33 +279,132 @@ async function readEvents(body, onEvent) {
   }
 }
 
-function logRow(log, index, selected) {
-  const ms = Number(BigInt(log.timeUnixNano) / 1000000n);
+/** The table's columns: the built-in ones by name, and attribute columns (`attributes.k`, `resource.k`). */
+const COLUMNS = {
+  time: { label: "Time", width: "var(--w-time)", cell: (log) => h("span.time", {}, fmtTime(Number(BigInt(log.timeUnixNano) / 1000000n))) },
+  level: { label: "Level", width: "var(--w-level)", cell: (log) => h("span.sev.sev-" + log.severity, {}, log.severity) },
+  service: { label: "Service", width: "var(--w-service)", cell: (log) => h("span.svc", {}, log.service) },
+  message: { label: "Message", width: "minmax(0, 1fr)", cell: (log) => h("span.log-body", { title: log.body }, log.body) },
+  trace: {
+    label: "Trace", width: "var(--w-trace)",
+    cell: (log) => log.traceId ? h("a.trace-link", { href: traceHref(log), title: log.traceId }, log.traceId.slice(0, 8)) : h("span"),
+  },
+};
+const DEFAULT_COLUMNS = ["time", "level", "service", "message", "trace"];
+const ATTRIBUTE_COLUMN = /^(attributes|resource)\.\S+$/;
+
+/** A column by name; attribute columns show the record's value of that key. */
+function column(name) {
+  if (COLUMNS[name]) return COLUMNS[name];
+  const [, scope, key] = /^(attributes|resource)\.(.+)$/.exec(name);
+  return {
+    label: key, width: "var(--w-attr)",
+    cell: (log) => {
+      const v = (log[scope] || {})[key];
+      const text = v == null ? "" : typeof v === "string" ? v : JSON.stringify(v);
+      return h("span.attr-cell", { title: text }, text);
+    },
+  };
+}
+
+/** The columns the URL asks for (`cols=time,message,attributes.order_id`), else the default ones. */
+function columnsOf(params) {
+  const asked = (params.get("cols") || "").split(",").filter((c) => COLUMNS[c] || ATTRIBUTE_COLUMN.test(c));
+  return asked.length ? [...new Set(asked)] : DEFAULT_COLUMNS;
+}
+
+const sameColumns = (a, b) => a.length === b.length && a.every((c, i) => c === b[i]);
+
+/** Checkboxes for the built-in columns, the attribute columns shown, and a field to add one. */
+function columnPicker(cols, change) {
+  const box = (name, label) => h("label", {}, h("input", {
+    type: "checkbox", name: "col", value: name, checked: cols.includes(name),
+    onchange: (e) => {
+      // Built-in columns keep their order; attribute columns follow in the order added.
+      const next = e.target.checked ? [...cols, name] : cols.filter((c) => c !== name);
+      const builtIn = DEFAULT_COLUMNS.filter((c) => next.includes(c));
+      if (next.length) change([...builtIn, ...next.filter((c) => !COLUMNS[c])]);
+    },
+  }), label);
+  const add = h("form.col-add", {}, h("input", { name: "attr", placeholder: "attributes.order_id", "aria-label": "add an attribute column", size: 16 }),
+    h("button", { type: "submit" }, "Add"));
+  add.addEventListener("submit", (e) => {
+    e.preventDefault();
+    let name = add.attr.value.trim();
+    if (name && !ATTRIBUTE_COLUMN.test(name)) name = `attributes.${name}`;
+    if (ATTRIBUTE_COLUMN.test(name) && !cols.includes(name)) change([...cols, name]);
+  });
+  return h("details.col-picker", {}, h("summary", {}, "Columns"),
+    h("div.col-menu", {},
+      DEFAULT_COLUMNS.map((c) => box(c, COLUMNS[c].label)),
+      cols.filter((c) => !COLUMNS[c]).map((c) => box(c, c)),
+      add));
+}
+
+function logRow(log, index, selected, cols) {
   return h("div.log-row.sev-row-" + log.severity + (log === selected ? ".selected" : ""), { role: "listitem", dataset: { index, severity: log.severity, traceId: log.traceId || "" } },
-    h("span.time", {}, fmtTime(ms)),
-    h("span.sev.sev-" + log.severity, {}, log.severity),
-    h("span.svc", {}, log.service),
-    h("span.log-body", { title: log.body }, log.body),
-    log.traceId ? h("a.trace-link", { href: traceHref(log), title: log.traceId }, log.traceId.slice(0, 8)) : h("span"));
+    cols.map((c) => column(c).cell(log)));
 }
 
 const traceHref = (log) => `#/trace/${log.traceId}${log.spanId ? `?span=${log.spanId}` : ""}`;
 
+/**
+ * Bars of counts per bucket (errors in red) on a y-axis of round counts.
+ * Clicking a bar zooms into it; dragging across bars zooms into their
+ * window: `zoom(startMs, endMs)`.
+ */
 function drawHistogram(el, hist, zoom) {
   const buckets = hist.buckets || [];
-  const max = Math.max(1, ...buckets.map((b) => b.total));
+  // Whole counts: at least 1 per step.
+  const yTicks = ticks(0, Math.max(3, ...buckets.map((b) => b.total)), 3);
+  const top = yTicks.at(-1);
   el.dataset.total = hist.total;
   const bars = buckets.map((b) => {
     const errors = (b.counts.error || 0) + (b.counts.fatal || 0);
     return h("div.hist-bar", {
-      title: `${fmtTime(b.startMs)}: ${b.total}${errors ? ` (${errors} errors)` : ""}${b.total ? " · click to zoom in" : ""}`,
+      title: `${fmtTime(b.startMs)}: ${count(b.total, "log")}${errors ? ` (${errors} errors)` : ""} · click or drag to zoom in`,
       dataset: { count: b.total, start: b.startMs },
-      onclick: () => b.total && zoom(b.startMs),
     },
-    h("div.hist-fill", { style: `height:${(b.total / max) * 100}%` },
+    h("div.hist-fill", { style: `height:${(b.total / top) * 100}%` },
       errors ? h("div.hist-err", { style: `height:${(errors / b.total) * 100}%` }) : null));
   });
-  el.replaceChildren(h("div.hist-bars", {}, bars),
+  const barsEl = h("div.hist-bars", { title: "Click a bar or drag across bars to zoom in" }, bars);
+  const band = h("div.hist-band", { hidden: true });
+  const plot = h("div.hist-plot", {}, barsEl, band);
+  // Drag: from the bar under pointerdown to the one under pointerup.
+  const at = (x) => {
+    const box = barsEl.getBoundingClientRect();
+    return Math.min(buckets.length - 1, Math.max(0, Math.floor(((x - box.left) / box.width) * buckets.length)));
+  };
+  let from = null;
+  const showBand = (a, b) => {
+    const [lo, hi] = [Math.min(a, b), Math.max(a, b)];
+    band.hidden = false;
+    band.style.left = `${(lo / buckets.length) * 100}%`;
+    band.style.width = `${((hi - lo + 1) / buckets.length) * 100}%`;
+  };
+  const move = (e) => showBand(from, at(e.clientX));
+  const up = (e) => {
+    window.removeEventListener("pointermove", move);
+    window.removeEventListener("pointerup", up);
+    const to = at(e.clientX);
+    const [lo, hi] = [Math.min(from, to), Math.max(from, to)];
+    band.hidden = true;
+    from = null;
+    if (lo === hi && !buckets[lo].total) return;
+    zoom(buckets[lo].startMs, buckets[hi].startMs + hist.stepMs);
+  };
+  barsEl.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !buckets.length) return;
+    e.preventDefault();
+    from = at(e.clientX);
+    showBand(from, from);
+    window.addEventListener("pointermove", move);
+    window.addEventListener("pointerup", up);
+  });
+  el.replaceChildren(
+    h("div.hist-y", { "aria-label": "logs per bar" }, yTicks.slice().reverse().map((t) => h("span", {}, String(t)))),
+    plot,
     h("div.hist-axis", {}, buckets.length ? [h("span", {}, fmtTime(buckets[0].startMs)), h("span", {}, fmtTime(buckets.at(-1).startMs))] : null));
 }
 
@@ -276,15 +414,33 @@ function term(field, value) {
   return `${field}:${/^[\w.]+$/.test(v) ? v : JSON.stringify(v)}`;
 }
 
+/**
+ * Facets: services, levels and the most common attribute keys, each value
+ * with its count, a chip that adds it to the query and one that excludes it.
+ */
 function drawFacets(el, fac, addFilter) {
-  const group = (title, field, values) => h("section", {}, h("h3", {}, title),
-    values.length ? h("ul", {}, values.map((v) => h("li", {},
-      h("button.link", { type: "button", title: `Add ${term(field, v.value)} to the query`, onclick: () => addFilter(term(field, v.value)) }, v.value),
-      h("span.muted", {}, ` ${v.count}`)))) : h("p.muted", {}, "none"));
+  const values = (field, list, key) => list.length ? h("ul", {}, list.map((v) => {
+    const filter = term(field, v.value);
+    const chip = (kind, label, text, add) => h(`button.facet-chip.facet-${kind}`, {
+      type: "button", title: `${text} ${add}`, "aria-label": `${text} ${add}`, dataset: { key, value: v.value },
+      onclick: () => addFilter(add),
+    }, label);
+    return h("li", {},
+      h("span.facet-value", { title: String(v.value) }, String(v.value)),
+      h("span.muted.facet-count", {}, String(v.count)),
+      chip("include", "+", "Only", filter),
+      chip("exclude", "−", "Exclude", `NOT ${filter}`));
+  })) : h("p.muted", {}, "none");
+  const group = (title, field, list) => h("section", {}, h("h3", {}, title), values(field, list, field));
+  const attributes = (fac.attributes || []).map((a) => h("section.facet-attr", { dataset: { key: a.key } },
+    h("h4", {}, h("button.link", { type: "button", title: `Only records that have ${a.key}`, onclick: () => addFilter(term("attribute_keys", a.key)) }, a.key),
+      h("span.muted.facet-count", {}, String(a.count))),
+    values(`attributes.${a.key}`, a.values || [], a.key)));
   el.replaceChildren(
     group("Service", "service", fac.services || []),
     group("Level", "severity", fac.severities || []),
-    group("Attribute keys", "attribute_keys", fac.attributeKeys || []));
+    h("h3", {}, "Attributes"),
+    ...(attributes.length ? attributes : [h("p.muted", {}, "none")]));
 }
 
 function showDetail(el, log, addFilter, close) {
@@ -309,5 +465,41 @@ function showDetail(el, log, addFilter, close) {
       log.spanId ? h("tr", {}, h("th", {}, "span"), h("td", {}, log.spanId)) : null,
       log.scope ? h("tr", {}, h("th", {}, "scope"), h("td", {}, log.scope)) : null),
     h("h3", {}, "Attributes"), kv(log.attributes, "attributes"),
-    h("h3", {}, "Resource"), kv(log.resource, "resource"));
+    h("h3", {}, "Resource"), kv(log.resource, "resource"),
+    surrounding(log));
+}
+
+/** Records around each side of a record. */
+const AROUND = 10;
+
+/**
+ * "Surrounding logs": the same service's records just before and after
+ * `log` (whatever the query), newest first, the record itself marked.
+ */
+function surrounding(log) {
+  const list = h("div.surrounding", { "aria-live": "polite" });
+  const show = h("button.link.surrounding-toggle", { type: "button" }, "Surrounding logs");
+  show.addEventListener("click", async () => {
+    show.disabled = true;
+    list.replaceChildren(state("Loading…"));
+    const q = term("service", log.service);
+    try {
+      const [before, after] = await Promise.all([
+        api("/api/logs", { q, end: log.timeUnixNano, limit: AROUND + 1 }),
+        api("/api/logs", { q, start: log.timeUnixNano, order: "asc", limit: AROUND + 1 }),
+      ]);
+      const byId = new Map([...before.logs, ...after.logs].map((l) => [l.id, l]));
+      const rows = [...byId.values()].sort(newestFirst);
+      const at = rows.findIndex((l) => l.id === log.id);
+      list.replaceChildren(h("ol.surround-list", {}, rows.slice(Math.max(0, at - AROUND), at + AROUND + 1).map((l) =>
+        h("li.surround-row" + (l.id === log.id ? ".current" : ""), { dataset: { id: l.id }, "aria-current": l.id === log.id ? "true" : null },
+          h("span.time", {}, fmtTime(Number(BigInt(l.timeUnixNano) / 1000000n))),
+          h("span.sev.sev-" + l.severity, {}, l.severity),
+          h("span.log-body", { title: l.body }, l.body)))));
+    } catch (e) {
+      list.replaceChildren(state(e.message, "error"));
+    }
+    show.disabled = false;
+  });
+  return h("section", {}, h("h3", {}, show), h("p.muted.around-note", {}, `${log.service}'s records, ${AROUND} before and ${AROUND} after this one`), list);
 }

@@ -410,7 +410,7 @@ export function svg(tag, attrs) {
  * About `count` round ticks (1, 2 or 5 times a power of ten) from lo..hi
  * widened to whole steps, so the highest line never touches the top.
  */
-function ticks(lo, hi, count) {
+export function ticks(lo, hi, count) {
   const raw = (hi - lo) / count;
   const power = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;

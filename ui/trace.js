@@ -2,15 +2,31 @@
 // coloured per service, errors marked, subtrees collapsible, the trace's logs
 // under their spans, the critical path drawn over the bars, a time axis that
 // zooms (drag across the ruler), and a detail panel for the selected span
-// whose links lead to the linked spans. Rows are virtualised, so traces of
-// tens of thousands of spans stay smooth: zooming or toggling only redraws
-// the rows in view.
+// whose links lead to the linked spans. Above the waterfall: a minimap of
+// the whole trace, a span search, statistics per operation, and links to the
+// trace's logs, its services' metrics and its JSON; keys move between spans.
+// Rows are virtualised, so traces of tens of thousands of spans stay smooth:
+// zooming, searching or toggling only redraws the rows in view.
 
-import { api, h, state, fmtMicros, fmtTime, serviceColors, VirtualList } from "./lib.js";
+import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, VirtualList } from "./lib.js";
+import { searchIndex, statistics, statisticsTable } from "./trace-tools.js";
 
 const ROW = 24;
 /** A drag shorter than this (px) is a click, not a zoom. */
 const MIN_DRAG = 4;
+/** How far around the trace its logs are looked for (ms). */
+const LOG_MARGIN_MS = 10_000;
+/** How far around the trace its services' metrics are shown (ms): rates need minutes. */
+const METRICS_MARGIN_MS = 15 * 60_000;
+/** The duration label goes after a bar ending before this (percent of the timeline). */
+const LABEL_ROOM = 85;
+/** The minimap's height (px). */
+const MAP_HEIGHT = 36;
+/** Where the name column's width (px) is remembered, and its bounds. */
+const NAME_WIDTH_KEY = "strand.trace.nameWidth";
+const NAME_WIDTH = [140, 900];
+/** Keys that move the selection between spans, by how many rows. */
+const MOVES = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 };
 
 export async function render(root, { arg: traceId, params, current }) {
   root.append(state("Loading trace…"));
@@ -29,14 +45,14 @@ export async function render(root, { arg: traceId, params, current }) {
   const logs = logsRes.status === "fulfilled" ? logsRes.value.logs || [] : [];
   const known = servicesRes.status === "fulfilled" ? servicesRes.value.data || [] : [];
   const model = buildModel(t, logs, known);
-  const view = new TraceView(model, params.get("span"), params.get("zoom"));
+  const view = new TraceView(model, params.get("span"), params.get("zoom"), traceRes.value);
   root.replaceChildren(view.el);
   if (logsRes.status === "rejected") view.note(`The trace's logs could not be loaded: ${logsRes.reason.message}`);
   view.start();
   // For `strand-bench ui`: the first frame with the waterfall has been
   // rendered once a task queued from the next animation frame runs.
   requestAnimationFrame(() => setTimeout(() => performance.mark("strand:trace-drawn")));
-  return () => view.list.resize.disconnect();
+  return () => view.stop();
 }
 
 /** Spans with parents, children, depth and service; logs attached to spans. */
@@ -70,15 +86,20 @@ export function buildModel(t, logs, knownServices = []) {
     span.depth = depth;
     for (const c of span.children) stack.push([c, depth + 1]);
   }
+  const start = t.spans.reduce((m, s) => Math.min(m, s.startTime), Infinity);
+  const end = t.spans.reduce((m, s) => Math.max(m, s.startTime + s.duration), -Infinity);
+  // Log times are nanoseconds: subtracted as BigInt from the trace's start
+  // (whole µs), then µs with a fraction, so sub-millisecond logs land on
+  // their spans and never onto each other.
+  const startNanos = BigInt(start) * 1000n;
   const orphanLogs = [];
   for (const log of logs) {
-    log.ms = Number(BigInt(log.timeUnixNano) / 1000000n);
+    log.offset = Number(BigInt(log.timeUnixNano) - startNanos) / 1000;
+    log.at = start + log.offset;
     const span = log.spanId && byId.get(log.spanId);
     if (span) span.logs.push(log); else orphanLogs.push(log);
   }
-  for (const span of byId.values()) span.logs.sort((a, b) => a.ms - b.ms);
-  const start = t.spans.reduce((m, s) => Math.min(m, s.startTime), Infinity);
-  const end = t.spans.reduce((m, s) => Math.max(m, s.startTime + s.duration), -Infinity);
+  for (const span of byId.values()) span.logs.sort((a, b) => a.offset - b.offset);
   return { id: t.traceID, byId, roots, services, colors, start, dur: Math.max(end - start, 1), orphanLogs, logCount: logs.length };
 }
 
@@ -123,8 +144,10 @@ export function criticalPath(root) {
 }
 
 class TraceView {
-  constructor(model, selected, zoom) {
+  constructor(model, selected, zoom, raw) {
     this.m = model;
+    /** The API's answer, for the JSON download. */
+    this.raw = raw;
     this.collapsed = new Set();
     this.showLogs = true;
     this.showCritical = true;
@@ -145,19 +168,34 @@ class TraceView {
     const root = m.roots[0];
     const errors = [...m.byId.values()].filter((s) => s.error).length;
     this.notes = h("div");
+    this.matches = null; // ids of the spans the span search matches, or null
+    this.matchList = []; // those spans in waterfall order, for next/previous
+    this.matchAt = -1;
+    this.searchBox = h("input.span-search", { type: "search", name: "spans", size: 32, autocomplete: "off",
+      placeholder: "Find spans: service, op, tag, id", "aria-label": "find spans",
+      oninput: () => this.search(this.searchBox.value),
+      onkeydown: (e) => { if (e.key === "Enter") { e.preventDefault(); this.step(e.shiftKey ? -1 : 1); } } });
+    this.matchCount = h("span.match-count.muted", { "aria-live": "polite" });
+    this.stats = h("div.trace-stats-wrap", { hidden: true });
     this.resetZoom = h("button.reset-zoom", { type: "button", onclick: () => this.zoom(m.start, m.start + m.dur) }, "Reset zoom");
     this.el = h("div.trace-view", {},
       h("div.trace-head", {},
         h("h1", {}, `${root.service}: ${root.op}`),
         h("div.meta", {},
           h("span", {}, `Duration ${fmtMicros(m.dur)}`),
-          h("span", {}, `${m.byId.size} spans`),
-          h("span", {}, `${m.services.length} services`),
-          errors ? h("span.error-badge", {}, `${errors} error${errors > 1 ? "s" : ""}`) : null,
-          h("span", {}, `${m.logCount} logs`),
+          h("span", {}, plural(m.byId.size, "span")),
+          h("span", {}, plural(m.services.length, "service")),
+          errors ? h("span.error-badge", {}, plural(errors, "error")) : null,
+          h("span", {}, plural(m.logCount, "log")),
           h("span.muted", {}, fmtTime(m.start / 1000)),
-          h("code.muted", {}, m.id)),
-        h("div.legend", {}, m.services.map((s) => h("span.chip", { style: `--c:${m.colors.get(s)}`, dataset: { service: s } }, s))),
+          h("code.muted", {}, m.id),
+          h("a.trace-logs", { href: this.logsHref() }, "Logs of this trace"),
+          h("a.trace-metrics", { href: this.metricsHref(), title: "Request and error rates of the trace's services around its time" }, "Service metrics"),
+          h("a.download-json", { href: "#", download: `trace-${m.id}.json`, title: "The trace as the API answers it",
+            onclick: (e) => { e.currentTarget.href = this.jsonUrl(); } }, "Download JSON")),
+        h("div.legend", { "aria-label": "legend" },
+          m.services.map((s) => h("span.chip", { style: `--c:${m.colors.get(s)}`, dataset: { service: s } }, s)),
+          h("span.cp-legend", {}, h("span.cp-swatch", { "aria-hidden": "true" }), "Critical path: the spans the trace's end waited on")),
         h("div.toolbar", {},
           h("button", { type: "button", onclick: () => { this.collapsed.clear(); this.update(); } }, "Expand all"),
           h("button", { type: "button", onclick: () => { for (const s of m.byId.values()) if (s.children.length) this.collapsed.add(s.id); this.update(); } }, "Collapse all"),
@@ -166,13 +204,226 @@ class TraceView {
             h("input", { type: "checkbox", name: "critical", checked: true, onchange: (e) => { this.showCritical = e.target.checked; this.list.refresh(); } }), " Critical path"),
           this.resetZoom,
           h("span.muted", {}, "Drag across the time ruler to zoom, double-click it to reset")),
+        h("div.toolbar.span-tools", {},
+          this.searchBox,
+          h("button.match-prev", { type: "button", "aria-label": "previous match", title: "Previous match (Shift+Enter)", onclick: () => this.step(-1) }, "↑"),
+          h("button.match-next", { type: "button", "aria-label": "next match", title: "Next match (Enter)", onclick: () => this.step(1) }, "↓"),
+          this.matchCount,
+          h("button.stats-toggle", { type: "button", "aria-expanded": "false", "aria-controls": "trace-stats",
+            onclick: (e) => this.toggleStats(e.currentTarget) }, "Statistics"),
+          h("span.muted", {}, "↑ ↓ or j k: next span · ← →: collapse, expand · Enter: detail")),
+        this.stats,
         this.notes),
       h("div.trace-body", {},
-        h("div.waterfall-wrap", {}, this.ruler(), this.list.el),
+        this.wrap = h("div.waterfall-wrap", {}, this.minimap(), this.ruler(), this.list.el),
         this.detail));
+    this.stats.id = "trace-stats";
+    this.setNameWidth(storedNameWidth(), false);
+    this.onKey = (e) => this.key(e);
+    document.addEventListener("keydown", this.onKey);
+  }
+
+  /** The view's cleanup: observers, listeners, the download's object URL. */
+  stop() {
+    this.list.resize.disconnect();
+    this.mapResize.disconnect();
+    document.removeEventListener("keydown", this.onKey);
+    window.removeEventListener("strand-theme", this.onTheme);
+    if (this.json) URL.revokeObjectURL(this.json);
+  }
+
+  /**
+   * Keyboard navigation (never while typing in a field): up/down or j/k
+   * move the selection between spans (the detail follows when open),
+   * left/right collapse and expand (or go to the parent, the first child),
+   * Enter opens or closes the selected span's detail.
+   */
+  key(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || !e.target.closest) return;
+    if (e.target.closest("input, textarea, select, [contenteditable], [role=separator]")) return;
+    if (MOVES[e.key]) { e.preventDefault(); this.move(MOVES[e.key]); return; }
+    // Enter on a row reached with Tab selects that row.
+    const row = e.key === "Enter" && e.target.closest(".span-row");
+    if (row && row.dataset.spanId !== this.selected) { e.preventDefault(); this.select(row.dataset.spanId); return; }
+    const span = this.selected && this.m.byId.get(this.selected);
+    if (!span) return;
+    if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+      e.preventDefault();
+      const open = e.key === "ArrowRight", collapsed = this.collapsed.has(span.id);
+      if (span.children.length && open === collapsed) this.toggle(span.id);
+      else if (open && span.children.length) this.move(1);
+      else if (!open && span.parent && this.m.byId.has(span.parent)) this.jumpTo(span.parent, !this.detail.hidden);
+    } else if (e.key === "Enter" && !e.target.closest("button, a")) {
+      e.preventDefault();
+      if (this.detail.hidden) this.showDetail(); else this.detail.hidden = true;
+    }
+  }
+
+  /** Moves the selection `step` span rows down (up when negative). */
+  move(step) {
+    let i = this.selected ? this.indexOf(this.selected) : step > 0 ? -1 : this.rows.length;
+    do i += step; while (i >= 0 && i < this.rows.length && this.rows[i].log);
+    if (i < 0 || i >= this.rows.length) return;
+    this.jumpTo(this.rows[i].span.id, !this.detail.hidden);
+  }
+
+  /** Highlights the spans matching `text` (see `searchIndex`); counts them. */
+  search(text) {
+    const q = text.trim().toLowerCase();
+    this.matches = null;
+    this.matchList = [];
+    if (q) {
+      this.index ||= searchIndex(this.m.byId.values());
+      this.matches = new Set();
+      for (const [id, haystack] of this.index) if (haystack.includes(q)) this.matches.add(id);
+      this.matchList = this.allSpans().filter((s) => this.matches.has(s.id));
+    }
+    this.matchAt = -1;
+    this.showCount();
+    this.list.refresh();
+  }
+
+  /** Goes to the next (or, with -1, the previous) matching span. */
+  step(direction) {
+    const n = this.matchList.length;
+    if (!n) return;
+    this.matchAt = (this.matchAt + direction + n) % n;
+    this.jumpTo(this.matchList[this.matchAt].id);
+    this.showCount();
+  }
+
+  showCount() {
+    const n = this.matchList.length;
+    this.matchCount.textContent = !this.matches ? "" : !n ? "no match"
+      : this.matchAt < 0 ? `${n} ${n === 1 ? "match" : "matches"}` : `${this.matchAt + 1} of ${n}`;
+  }
+
+  /** Every span depth first, whatever is collapsed (computed once). */
+  allSpans() {
+    if (!this.order) {
+      this.order = [];
+      const stack = [...this.m.roots].reverse();
+      while (stack.length) {
+        const span = stack.pop();
+        this.order.push(span);
+        for (let i = span.children.length - 1; i >= 0; i--) stack.push(span.children[i]);
+      }
+    }
+    return this.order;
+  }
+
+  toggleStats(button) {
+    const open = this.stats.hidden;
+    if (open && !this.stats.childElementCount) this.stats.append(statisticsTable(statistics(this.m.byId.values()), this.m.colors));
+    this.stats.hidden = !open;
+    button.setAttribute("aria-expanded", String(open));
+  }
+
+  /** The name column's width (px), or null for the default; remembered unless `keep` is false. */
+  setNameWidth(px, keep = true) {
+    if (px == null) { this.wrap.style.removeProperty("--name-w"); return; }
+    const width = Math.round(Math.min(Math.max(px, NAME_WIDTH[0]), NAME_WIDTH[1], this.wrap.clientWidth ? this.wrap.clientWidth - 200 : Infinity));
+    this.wrap.style.setProperty("--name-w", `${width}px`);
+    for (const d of this.wrap.querySelectorAll(".col-resizer")) d.setAttribute("aria-valuenow", width);
+    if (keep) try { localStorage.setItem(NAME_WIDTH_KEY, String(width)); } catch (_) { /* storage blocked */ }
+  }
+
+  /** The divider at the name column's right edge: drag it, or use the arrow keys. */
+  resizer() {
+    const divider = h("div.col-resizer", { role: "separator", tabindex: 0, "aria-orientation": "vertical",
+      "aria-valuemin": NAME_WIDTH[0], "aria-valuemax": NAME_WIDTH[1],
+      "aria-label": "name column width", title: "Drag to resize the name column",
+      onkeydown: (e) => {
+        const by = { ArrowLeft: -20, ArrowRight: 20 }[e.key];
+        if (!by) return;
+        e.preventDefault();
+        e.stopPropagation();
+        this.setNameWidth(divider.parentElement.getBoundingClientRect().width + by);
+      } });
+    divider.addEventListener("pointerdown", (down) => {
+      if (down.button !== 0) return;
+      down.preventDefault();
+      const left = this.wrap.getBoundingClientRect().left;
+      const move = (e) => this.setNameWidth(e.clientX - left);
+      const up = () => { window.removeEventListener("pointermove", move); window.removeEventListener("pointerup", up); };
+      window.addEventListener("pointermove", move);
+      window.addEventListener("pointerup", up);
+    });
+    return divider;
+  }
+
+  /**
+   * An overview of the whole trace above the waterfall (every span one thin
+   * line, in waterfall order, on a canvas) with the zoom window marked;
+   * drag across it to zoom, click it to move the zoom window there.
+   */
+  minimap() {
+    this.mapCanvas = h("canvas.minimap-canvas", { height: MAP_HEIGHT, "aria-hidden": "true" });
+    this.mapWindow = h("div.minimap-window");
+    const band = h("div.zoom-band", { hidden: true });
+    const line = h("div.wf-timeline", { title: "The whole trace: drag to zoom, click to move the zoom window" }, this.mapCanvas, this.mapWindow, band);
+    const m = this.m;
+    dragAcross(line, band, (a, b) => this.zoom(m.start + a * m.dur, m.start + b * m.dur), (f) => {
+      if (!this.zoomed) return;
+      const [w0, w1] = this.window, width = w1 - w0;
+      const from = Math.min(Math.max(m.start + f * m.dur - width / 2, m.start), m.start + m.dur - width);
+      this.zoom(from, from + width);
+    });
+    this.mapResize = new ResizeObserver(() => this.drawMinimap());
+    this.mapResize.observe(line);
+    this.onTheme = () => this.drawMinimap();
+    window.addEventListener("strand-theme", this.onTheme);
+    this.mapEl = h("div.wf-row.minimap", { role: "group", "aria-label": "trace overview" },
+      h("div.wf-name.muted", {}, "Overview"), line);
+    return this.mapEl;
+  }
+
+  drawMinimap() {
+    const canvas = this.mapCanvas, width = canvas.parentElement.clientWidth;
+    if (!width) return;
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(MAP_HEIGHT * ratio);
+    const g = canvas.getContext("2d");
+    g.scale(ratio, ratio);
+    // At most 6 px a span, so a handful of spans do not look like blocks.
+    const spans = this.allSpans(), m = this.m, row = Math.min(MAP_HEIGHT / spans.length, 6);
+    const error = getComputedStyle(canvas).getPropertyValue("--error").trim() || "red";
+    spans.forEach((s, i) => {
+      g.fillStyle = s.error ? error : m.colors.get(s.service);
+      g.fillRect(((s.start - m.start) / m.dur) * width, i * row, Math.max((s.dur / m.dur) * width, 1), Math.max(row, 1));
+    });
   }
 
   note(text) { this.notes.append(state(text, "error")); }
+
+  /**
+   * The logs view for this trace's logs over the trace's own window (a
+   * little around it, for clocks that disagree); `window` is not carried
+   * to other views, so the global range stays as it was.
+   */
+  logsHref() {
+    const from = Math.floor(this.m.start / 1000) - LOG_MARGIN_MS;
+    const to = Math.ceil((this.m.start + this.m.dur) / 1000) + LOG_MARGIN_MS;
+    return `#/logs?q=${encodeURIComponent(`trace_id:${this.m.id}`)}&window=${from}-${to}`;
+  }
+
+  /** The metrics explorer: the trace's services' request rates, by status, around its time. */
+  metricsHref() {
+    // Regex metacharacters escaped for the regex, then backslashes and quotes for the string.
+    const services = this.m.services.map((s) => s.replace(/[.^$|?*+()[\]{}\\]/g, "\\$&").replace(/[\\"]/g, "\\$&")).join("|");
+    const query = `sum by (service_name, status_code) (rate(traces_span_metrics_calls_total{service_name=~"${services}"}[1m]))`;
+    const from = Math.floor(this.m.start / 1000) - METRICS_MARGIN_MS;
+    const to = Math.ceil((this.m.start + this.m.dur) / 1000) + METRICS_MARGIN_MS;
+    return `#/metrics?query=${encodeURIComponent(query)}&window=${from}-${to}`;
+  }
+
+  /** An object URL of the trace's JSON (made on demand, the previous one freed). */
+  jsonUrl() {
+    if (this.json) URL.revokeObjectURL(this.json);
+    this.json = URL.createObjectURL(new Blob([JSON.stringify(this.raw, null, 2)], { type: "application/json" }));
+    return this.json;
+  }
 
   start() {
     this.zoom(...this.window);
@@ -187,33 +438,12 @@ class TraceView {
     this.ticks = h("div.ticks");
     const band = h("div.zoom-band", { hidden: true });
     const line = h("div.wf-timeline", { title: "Drag to zoom into a time window" }, this.ticks, band);
-    line.addEventListener("pointerdown", (down) => {
-      if (down.button !== 0) return;
-      down.preventDefault();
-      const box = line.getBoundingClientRect();
-      const at = (e) => Math.min(Math.max(e.clientX - box.left, 0), box.width);
-      const from = at(down);
-      let to = from;
-      const move = (e) => {
-        to = at(e);
-        band.hidden = false;
-        band.style.cssText = `left:${Math.min(from, to)}px;width:${Math.abs(to - from)}px`;
-      };
-      const up = (e) => {
-        window.removeEventListener("pointermove", move);
-        window.removeEventListener("pointerup", up);
-        move(e);
-        band.hidden = true;
-        if (Math.abs(to - from) < MIN_DRAG) return;
-        const [w0, w1] = this.window;
-        const us = (px) => w0 + (px / box.width) * (w1 - w0);
-        this.zoom(us(Math.min(from, to)), us(Math.max(from, to)));
-      };
-      window.addEventListener("pointermove", move);
-      window.addEventListener("pointerup", up);
+    dragAcross(line, band, (a, b) => {
+      const [w0, w1] = this.window;
+      this.zoom(w0 + a * (w1 - w0), w0 + b * (w1 - w0));
     });
     line.addEventListener("dblclick", () => this.zoom(this.m.start, this.m.start + this.m.dur));
-    this.rulerEl = h("div.wf-row.ruler", {}, h("div.wf-name", {}, "Service: operation"), line);
+    this.rulerEl = h("div.wf-row.ruler", {}, h("div.wf-name", {}, "Service: operation", this.resizer()), line);
     return this.rulerEl;
   }
 
@@ -232,6 +462,10 @@ class TraceView {
     this.zoomed = from > this.m.start || to < this.m.start + this.m.dur;
     this.resetZoom.disabled = !this.zoomed;
     this.rulerEl.classList.toggle("zoomed", this.zoomed);
+    const m = this.m;
+    this.mapWindow.style.cssText = `left:${((this.window[0] - m.start) / m.dur) * 100}%;` +
+      `width:${((this.window[1] - this.window[0]) / m.dur) * 100}%`;
+    this.mapWindow.hidden = !this.zoomed;
     this.drawRuler();
     if (this.rows) this.list.refresh(); else this.update();
     this.remember();
@@ -286,11 +520,12 @@ class TraceView {
       ? h("button.twisty", { type: "button", "aria-label": collapsed ? "expand" : "collapse", "aria-expanded": String(!collapsed),
         onclick: (e) => { e.stopPropagation(); this.toggle(span.id); } }, collapsed ? "▸" : "▾")
       : h("span.twisty");
-    return h("div.wf-row.span-row" + (span.error ? ".error" : "") + (span.id === this.selected ? ".selected" : "") + (critical ? ".critical" : ""), {
+    const match = this.matches && this.matches.has(span.id);
+    return h("div.wf-row.span-row" + (span.error ? ".error" : "") + (span.id === this.selected ? ".selected" : "") +
+      (critical ? ".critical" : "") + (match ? ".match" : ""), {
       role: "listitem", tabindex: 0,
       dataset: { spanId: span.id, parentId: span.parent || "", depth: span.depth, service: span.service, error: span.error },
       onclick: () => this.select(span.id),
-      onkeydown: (e) => { if (e.key === "Enter") this.select(span.id); },
     },
     h("div.wf-name", { style: `padding-left:${span.depth * 14 + 4}px`, title: `${span.service}: ${span.op}` },
       twisty,
@@ -323,12 +558,12 @@ class TraceView {
         const c = this.clip(seg.start, seg.end);
         return c && h("span.cp-seg", { style: `left:${c[0]}%;width:${Math.max(c[1] - c[0], 0.1)}%` });
       }),
-      h("span.wf-dur", { style: l + width > 85 ? `right:${100 - l + 0.5}%` : `left:${l + width + 0.5}%` }, fmtMicros(span.dur)));
+      durationLabel(l, l + width, fmtMicros(span.dur)));
   }
 
   logRow(span, log) {
     const depth = span ? span.depth + 1 : 0;
-    const at = this.pct(log.ms * 1000);
+    const at = this.pct(log.at);
     return h("div.wf-row.log-row", {
       role: "listitem", dataset: { spanId: log.spanId || "", severity: log.severity, depth },
       onclick: () => span && this.select(span.id),
@@ -349,19 +584,32 @@ class TraceView {
   select(id, toggle = true) {
     this.selected = toggle && this.selected === id ? null : id;
     this.remember();
-    for (const el of this.list.el.querySelectorAll(".span-row")) el.classList.toggle("selected", el.dataset.spanId === this.selected);
+    this.markSelected();
     this.showDetail();
   }
 
-  /** Follows a link to a span of this trace: expands its ancestors, selects it and scrolls to it. */
-  jumpTo(id) {
+  /**
+   * Goes to a span of this trace (a link, a search match, a key): expands
+   * its ancestors, selects it and scrolls to it; the detail shows it unless
+   * `detail` is false (moving by key with the detail closed).
+   */
+  jumpTo(id, detail = true) {
     let expanded = false;
     for (let s = this.m.byId.get(this.m.byId.get(id).parent); s; s = this.m.byId.get(s.parent)) {
       expanded = this.collapsed.delete(s.id) || expanded;
     }
     if (expanded) this.update();
-    this.select(id, false);
+    if (detail) this.select(id, false);
+    else {
+      this.selected = id;
+      this.remember();
+      this.markSelected();
+    }
     this.list.scrollTo(this.indexOf(id));
+  }
+
+  markSelected() {
+    for (const el of this.list.el.querySelectorAll(".span-row")) el.classList.toggle("selected", el.dataset.spanId === this.selected);
   }
 
   /** The span's links (FOLLOWS_FROM, or any reference to another trace), each followable. */
@@ -413,9 +661,61 @@ class TraceView {
       h("h3", {}, `Logs (${span.logs.length})`),
       span.logs.length ? h("ul.events", {}, span.logs.map((l) => h("li", {},
         h("span.sev.sev-" + l.severity, {}, l.severity), " ",
-        h("span.muted", {}, fmtTime(l.ms), " "), l.body))) : h("p.muted", {}, "none"),
-      h("p", {}, h("a", { href: `#/logs?q=${encodeURIComponent(`trace_id:${this.m.id}`)}&range=7d` }, "All logs of this trace")));
+        h("span.muted", { title: fmtTime(Number(BigInt(l.timeUnixNano) / 1000000n)) }, `${fmtOffset(l.offset)} `), l.body))) : h("p.muted", {}, "none"),
+      h("p", {}, h("a", { href: this.logsHref() }, "All logs of this trace")));
   }
+}
+
+/**
+ * Dragging across `line` picks a stretch of it: `pick(from, to)` gets
+ * fractions of its width; a press that hardly moves is `click(at)`.
+ * A band shows the stretch while dragging.
+ */
+function dragAcross(line, band, pick, click) {
+  line.addEventListener("pointerdown", (down) => {
+    if (down.button !== 0) return;
+    down.preventDefault();
+    const box = line.getBoundingClientRect();
+    const at = (e) => Math.min(Math.max(e.clientX - box.left, 0), box.width);
+    const from = at(down);
+    let to = from;
+    const move = (e) => {
+      to = at(e);
+      band.hidden = false;
+      band.style.cssText = `left:${Math.min(from, to)}px;width:${Math.abs(to - from)}px`;
+    };
+    const up = (e) => {
+      window.removeEventListener("pointermove", move);
+      window.removeEventListener("pointerup", up);
+      move(e);
+      band.hidden = true;
+      if (Math.abs(to - from) >= MIN_DRAG) pick(Math.min(from, to) / box.width, Math.max(from, to) / box.width);
+      else if (click) click(from / box.width);
+    };
+    window.addEventListener("pointermove", move);
+    window.addEventListener("pointerup", up);
+  });
+}
+
+/** The remembered width of the name column (px), if any. */
+function storedNameWidth() {
+  try { return Number(localStorage.getItem(NAME_WIDTH_KEY)) || null; } catch (_) { return null; }
+}
+
+/**
+ * A bar's duration: after the bar when there is room, else before it, else
+ * (a bar across the whole timeline, like the root's) inside its right end;
+ * never over the name column.
+ */
+function durationLabel(left, right, text) {
+  if (right <= LABEL_ROOM) return h("span.wf-dur", { style: `left:${right + 0.5}%` }, text);
+  if (left >= 100 - LABEL_ROOM) return h("span.wf-dur", { style: `right:${100 - left + 0.5}%` }, text);
+  return h("span.wf-dur.inside", { style: `right:${100 - right + 0.5}%` }, text);
+}
+
+/** An offset from the trace's start, to the microsecond: "+1.626ms". */
+export function fmtOffset(us) {
+  return us < 1e6 ? `+${(us / 1000).toFixed(3)}ms` : `+${(us / 1e6).toFixed(6)}s`;
 }
 
 function countBelow(span) {

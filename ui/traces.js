@@ -1,11 +1,23 @@
-// Trace search: service (from /api/services), operation, tags and a duration
-// range, over the header's time range (`timeRange`); a scatter plot of the
-// results (duration over start time, errors marked) above the list. The
-// search runs again on every auto-refresh tick.
+// Trace search: service (from /api/services, or all of them), operation,
+// tags (suggested from the data by /api/tags) and a duration range, over the
+// header's time range (`timeRange`); a scatter plot of the results (duration
+// over start time, errors marked) above the list, sorted as the URL's `sort`
+// says. The search runs again on every auto-refresh tick.
 
-import { api, h, state, select, fmtMicros, fmtTime, serviceColors, timeRange, onRefresh } from "./lib.js";
+import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, timeRange, onRefresh } from "./lib.js";
 
 const SVG = "http://www.w3.org/2000/svg";
+/** The service picker's value for a search across every service. */
+const ALL = "*";
+/** The result orders: label and comparison of `summarise`d traces. */
+const SORTS = {
+  newest: ["newest first", (a, b) => b.start - a.start],
+  oldest: ["oldest first", (a, b) => a.start - b.start],
+  longest: ["longest first", (a, b) => b.duration - a.duration],
+  shortest: ["shortest first", (a, b) => a.duration - b.duration],
+  spans: ["most spans", (a, b) => b.spans - a.spans],
+  errors: ["errors first", (a, b) => b.errors - a.errors || b.start - a.start],
+};
 
 export async function render(root, { params, current, go }) {
   const p = Object.fromEntries(params);
@@ -25,27 +37,50 @@ export async function render(root, { params, current, go }) {
     results.append(state("No traces yet. Send spans over OTLP to port 4317 (gRPC) or 4318 (HTTP)."));
     return;
   }
-  const service = services.includes(p.service) ? p.service : services[0];
+  const service = p.service === ALL || services.includes(p.service) ? p.service : services[0];
+  const sort = Object.hasOwn(SORTS, p.sort) ? p.sort : "newest";
   const operation = h("select", { name: "operation" }, h("option", { value: "" }, "all operations"));
   const duration = (name, placeholder) =>
     h("input", { name, value: p[name] || "", placeholder, size: 6, pattern: "\\d+(\\.\\d+)?(ns|us|µs|ms|s|m|h)" });
+  const suggestions = h("datalist", { id: "tag-suggestions" });
+  const sortPicker = h("select", { name: "sort", "aria-label": "sort results" },
+    Object.entries(SORTS).map(([value, [label]]) => h("option", { value, selected: value === sort }, label)));
   form.append(
-    h("label", {}, "Service ", select("service", services, service, { id: "service" })),
+    h("label", {}, "Service ", h("select", { name: "service", id: "service" },
+      h("option", { value: ALL, selected: service === ALL }, "all services"),
+      services.map((s) => h("option", { value: s, selected: s === service }, s)))),
     h("label", {}, "Operation ", operation),
-    h("label", {}, "Tags ", h("input", { name: "tags", value: p.tags || "", placeholder: "http.status_code=500 error=true", size: 24 })),
+    h("label", {}, "Tags ", h("input", { name: "tags", value: p.tags || "", size: 28, list: "tag-suggestions", autocomplete: "off",
+      placeholder: "http.response.status_code=500 error=true", title: "key=value pairs separated by spaces; suggestions come from recent traces" }), suggestions),
     h("label", {}, "Duration ", duration("minDuration", "min 100ms"), "–", duration("maxDuration", "max 2s")),
     h("label", {}, "Limit ", h("input", { name: "limit", value: p.limit || "20", type: "number", min: 1, max: 1500, style: "width:5em" })),
+    h("label", {}, "Sort ", sortPicker),
     h("button", { type: "submit" }, "Find traces"),
   );
+  // The tags the newest traces of the service carry, as `key=value` suggestions.
+  const loadTags = async (svc) => {
+    const range = timeRange(params);
+    try {
+      const tags = (await api("/api/tags", { service: svc === ALL ? null : svc,
+        start: Math.floor(range.start) * 1000, end: Math.ceil(range.end) * 1000 })).data || [];
+      suggestions.replaceChildren(...tags.flatMap(({ key, values }) =>
+        (values.length ? values : [""]).map((v) => h("option", { value: `${key}=${v}` }))));
+    } catch (_) { /* the search works without suggestions */ }
+  };
   const loadOperations = async (svc, chosen) => {
+    operation.disabled = svc === ALL;
+    if (svc === ALL) { operation.replaceChildren(h("option", { value: "" }, "all operations")); return; }
     try {
       const ops = (await api(`/api/services/${encodeURIComponent(svc)}/operations`)).data || [];
       operation.replaceChildren(h("option", { value: "" }, "all operations"),
         ...ops.map((o) => h("option", { value: o, selected: o === chosen }, o)));
     } catch (_) { /* the search still works without the list */ }
   };
-  form.service.addEventListener("change", () => loadOperations(form.service.value, ""));
+  form.service.addEventListener("change", () => { loadOperations(form.service.value, ""); loadTags(form.service.value); });
   loadOperations(service, p.operation);
+  loadTags(service);
+  // Another order searches again at once, sorted so (the URL keeps it).
+  sortPicker.addEventListener("change", () => form.requestSubmit());
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     // The time range belongs to the header's picker: keep it.
@@ -71,7 +106,7 @@ export async function render(root, { params, current, go }) {
     let body;
     try {
       body = await api("/api/traces", {
-        service, operation: p.operation, limit: p.limit || 20,
+        service: service === ALL ? null : service, operation: service === ALL ? null : p.operation, limit: p.limit || 20,
         start: Math.floor(range.start) * 1000, end: Math.ceil(range.end) * 1000,
         minDuration: p.minDuration, maxDuration: p.maxDuration,
         tags: Object.keys(tags).length ? JSON.stringify(tags) : null,
@@ -81,17 +116,17 @@ export async function render(root, { params, current, go }) {
       return;
     }
     if (!current()) return;
-    const traces = (body.data || []).map(summarise).sort((a, b) => b.start - a.start);
+    const traces = (body.data || []).map(summarise).sort(SORTS[sort][1]);
     if (!traces.length) {
       const filtered = p.operation || p.tags || p.minDuration || p.maxDuration;
-      results.replaceChildren(state(`No traces in this range: nothing of ${service}` +
+      results.replaceChildren(state(`No traces in this range: nothing of ${service === ALL ? "any service" : service}` +
         `${p.operation ? ` (${p.operation})` : ""} between ${fmtTime(range.start)} and ${fmtTime(range.end)}. ` +
         (filtered ? "Loosen the filters or widen the time range." : "Widen the time range.")));
       return;
     }
     results.replaceChildren(
       scatter(traces, results.clientWidth),
-      h("p.muted", {}, `${traces.length} trace${traces.length > 1 ? "s" : ""}`),
+      h("p.muted", {}, `${plural(traces.length, "trace")}, ${SORTS[sort][0]}`),
       h("ul.trace-list", {}, traces.map((t) => traceItem(t, colors))));
   };
   await search();
@@ -110,8 +145,11 @@ function summarise(t) {
     perService[name] = (perService[name] || 0) + 1;
     if (s.tags.some((g) => g.key === "error" && (g.value === true || g.value === "true"))) errors++;
   }
+  // The root's HTTP status: today's semantic-convention name, or the old one.
+  const status = ["http.response.status_code", "http.status_code"]
+    .map((k) => root.tags.find((g) => g.key === k)).find(Boolean)?.value;
   return {
-    id: t.traceID, start, duration: end - start, spans: t.spans.length, errors, perService,
+    id: t.traceID, start, duration: end - start, spans: t.spans.length, errors, perService, status,
     title: `${t.processes[root.processID]?.serviceName}: ${root.operationName}`,
   };
 }
@@ -121,8 +159,10 @@ function traceItem(t, colors) {
     h("a.trace-title", { href: `#/trace/${t.id}` }, t.title),
     h("span.duration", {}, fmtMicros(t.duration)),
     h("div.meta", {},
-      h("span", {}, `${t.spans} spans`),
-      t.errors ? h("span.error-badge", {}, `${t.errors} error${t.errors > 1 ? "s" : ""}`) : null,
+      t.status != null ? h("span.status" + (+t.status >= 500 ? ".bad" : +t.status >= 400 ? ".warn" : ""),
+        { title: "HTTP status code of the root span" }, String(t.status)) : null,
+      h("span", {}, plural(t.spans, "span")),
+      t.errors ? h("span.error-badge", {}, plural(t.errors, "error")) : null,
       Object.entries(t.perService).sort().map(([s, n]) =>
         h("span.chip", { style: `--c:${colors.get(s)}` }, `${s} ${n}`)),
       h("span.muted", {}, fmtTime(t.start / 1000)),
@@ -182,8 +222,8 @@ function scatter(traces, available) {
     shape.classList.add("scatter-point");
     if (t.errors) shape.classList.add("error");
     shape.dataset.traceId = t.id;
-    shape.append(svg("title", {}, `${t.title}\n${fmtMicros(t.duration)} · ${t.spans} spans` +
-      `${t.errors ? ` · ${t.errors} errors` : ""}\n${fmtTime(t.start / 1000)}`));
+    shape.append(svg("title", {}, `${t.title}\n${fmtMicros(t.duration)} · ${plural(t.spans, "span")}` +
+      `${t.errors ? ` · ${plural(t.errors, "error")}` : ""}\n${fmtTime(t.start / 1000)}`));
     shape.addEventListener("click", () => { location.hash = `#/trace/${t.id}`; });
     root.append(shape);
   }

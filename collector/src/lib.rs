@@ -164,6 +164,7 @@ pub async fn run(
     )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -286,6 +287,7 @@ pub async fn run(
             stores,
             self_metrics.clone(),
         )),
+        stopping,
     });
     let http = serve_http(
         http_listener,

@@ -3,6 +3,10 @@
 //!
 //! Every answer is the Jaeger envelope `{data, total, limit, offset, errors}`;
 //! failures put `{code, msg}` into `errors`.
+//!
+//! Beyond Jaeger: `/api/traces` searches every service when given none, and
+//! `/api/tags` lists the tag keys and values of the newest matching traces
+//! (the search form's suggestions).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,12 +24,15 @@ use super::params::{parse_go_duration, parse_lookback, parse_trace_id};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{AttrValue, KeyValue, Resource, Span, SpanKind};
 use crate::query::pool::{Deadline, QueryRefused};
-use crate::query::traces::{TraceQuery, TraceQueryError, search};
+use crate::query::traces::{TraceQuery, TraceQueryError, search, tag_values};
 use crate::store::StoreError;
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 1_500;
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: u64 = 24 * 3_600 * 1_000;
+/// How many of the newest matching traces `/api/tags` reads by default:
+/// enough to see the common tags, few enough to answer at once.
+const DEFAULT_TAG_SAMPLE: usize = 50;
 
 /// An error answer in Jaeger's shape.
 #[derive(Debug)]
@@ -129,6 +136,7 @@ pub fn router() -> Router<Arc<ApiState>> {
         .route("/api/operations", get(operations))
         .route("/api/traces", get(find_traces))
         .route("/api/traces/{trace_id}", get(trace_by_id))
+        .route("/api/tags", get(tags))
         .route("/api/dependencies", get(dependencies))
 }
 
@@ -240,8 +248,31 @@ async fn find_traces(
     ))
 }
 
+/// The tag keys of the spans of the newest matching traces (the search's
+/// parameters, `limit` traces, 50 by default), each with its most frequent
+/// values, most frequent first: `data: [{key, values}]`.
+async fn tags(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> JaegerResult {
+    let mut query = trace_query(&params, now_nanos(), state.queries.deadline())?;
+    if !params.iter().any(|(k, v)| k == "limit" && !v.is_empty()) {
+        query.limit = DEFAULT_TAG_SAMPLE;
+    }
+    let service = query.service.clone();
+    let store = state.stores.traces.clone();
+    let found = state.queries.run(move || search(&store, &query)).await??;
+    let tags = tag_values(&found.traces, service.as_deref());
+    Ok(envelope_of_readable(
+        tags.into_iter()
+            .map(|t| json!({"key": t.key, "values": t.values}))
+            .collect(),
+        found.damaged,
+    ))
+}
+
 /// Builds a search from Jaeger's parameters; every invalid one is a 400 that
-/// names it.
+/// names it. Without `service` it searches every service.
 fn trace_query(
     params: &[(String, String)],
     now_nanos: u64,
@@ -271,9 +302,7 @@ fn trace_query(
             .transpose()
     };
 
-    let service = get("service")
-        .ok_or_else(|| JaegerError::bad_request("parameter 'service' is required"))?
-        .to_string();
+    let service = get("service").map(str::to_string);
     let end_nanos = micros("end")?.unwrap_or(now_nanos);
     let start_nanos = match (micros("start")?, get("lookback")) {
         (Some(start), _) => start,
@@ -509,7 +538,7 @@ mod tests {
             Deadline::never(),
         )
         .unwrap();
-        assert_eq!(q.service, "order");
+        assert_eq!(q.service.as_deref(), Some("order"));
         assert_eq!(q.operation.as_deref(), Some("POST /orders"));
         assert_eq!(
             q.tags,
@@ -538,8 +567,13 @@ mod tests {
     }
 
     #[test]
+    fn no_service_searches_every_service() {
+        let q = trace_query(&params(&[]), 0, Deadline::never()).unwrap();
+        assert_eq!(q.service, None);
+    }
+
+    #[test]
     fn every_bad_parameter_is_named() {
-        assert!(error_of(&[]).contains("'service' is required"));
         assert!(error_of(&[("service", "a"), ("minDuration", "fast")]).contains("'minDuration'"));
         assert!(error_of(&[("service", "a"), ("maxDuration", "1x")]).contains("'maxDuration'"));
         assert!(error_of(&[("service", "a"), ("start", "yesterday")]).contains("'start'"));

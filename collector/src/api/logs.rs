@@ -23,7 +23,7 @@ use super::ApiState;
 use super::params::{parse_time, parse_trace_id, query_and_form};
 use crate::model::now_unix_nano as now_nanos;
 use crate::model::{KeyValue, LogRecord};
-use crate::query::logs::{self, Cursor, LogHit, LogQuery, LogQueryError};
+use crate::query::logs::{self, Cursor, LogHit, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::logs::LEVELS;
 
@@ -33,7 +33,8 @@ const DEFAULT_RANGE_NANOS: u64 = 3_600 * 1_000_000_000;
 /// Histograms aim for about this many buckets unless `step` is given.
 const TARGET_BUCKETS: u64 = 100;
 const MAX_BUCKETS: u64 = 10_000;
-const FACET_VALUES: usize = 20;
+/// Values per facet, and attribute keys (each with as many values).
+const FACET_VALUES: usize = 10;
 /// How often a live tail looks for new records (log commits are every
 /// 500 ms, so polling faster finds nothing new).
 const TAIL_POLL: Duration = Duration::from_millis(500);
@@ -143,10 +144,20 @@ fn log_query(params: &HashMap<String, String>, deadline: Deadline) -> Result<Log
             "parameter 'start' must not be after 'end'",
         ));
     }
+    let order = match params.get("order").map(String::as_str) {
+        None | Some("" | "desc") => Order::NewestFirst,
+        Some("asc") => Order::OldestFirst,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "parameter 'order' is '{other}': use desc (newest first, the default) or asc"
+            )));
+        }
+    };
     Ok(LogQuery {
         text: params.get("q").cloned().unwrap_or_default(),
         start_nanos,
         end_nanos,
+        order,
         deadline,
     })
 }
@@ -290,7 +301,11 @@ async fn facets(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
             "total": facets.total,
             "services": values(&facets.services),
             "severities": values(&facets.severities),
-            "attributeKeys": values(&facets.attribute_keys),
+            "attributes": facets.attributes.iter().map(|attribute| json!({
+                "key": attribute.key,
+                "count": attribute.count,
+                "values": values(&attribute.values),
+            })).collect::<Vec<_>>(),
         }),
         facets.damaged,
     ))
@@ -314,6 +329,7 @@ async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<Str
 /// Server-sent events: `log` for each new matching record, in arrival order;
 /// a subscriber that does not keep up gets one `dropped` event and is
 /// disconnected, so it never holds more than `TAIL_BATCH` events in memory.
+/// The stream ends when the daemon stops (`ApiState::stopping`).
 async fn tail(
     State(state): State<Arc<ApiState>>,
     Params(params): Params,
@@ -331,6 +347,7 @@ async fn tail(
             .await??
     };
     let (events, stream) = mpsc::channel::<Result<Event, Infallible>>(TAIL_BATCH);
+    let mut stopping = state.stopping.clone();
     tokio::spawn(async move {
         loop {
             let found = {
@@ -373,7 +390,11 @@ async fn tail(
                 return;
             }
             if hits.len() < TAIL_BATCH {
-                tokio::time::sleep(TAIL_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(TAIL_POLL) => {}
+                    // Stopping (or the sender gone with the daemon): the stream ends.
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
             }
         }
     });

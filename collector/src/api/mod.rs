@@ -36,6 +36,10 @@ pub struct ApiState {
     pub queries: QueryPool,
     /// Writes snapshots of the data directory (admin only).
     pub snapshots: Arc<Snapshotter>,
+    /// Turns true when the daemon stops: answers that stream until the
+    /// client leaves (the log tail) end then, so the servers drain at once
+    /// instead of waiting out their grace.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The API router; testable without a socket. Health endpoints and the

@@ -13,13 +13,17 @@ use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, Query, QueryParserError, RangeQuery, TermQuery,
+};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
 use crate::model::{LogRecord, TraceId};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
+use crate::store::logs::schema::VALUE_SEPARATOR;
 use crate::store::logs::{LEVELS, LogFields, LogStore, Partition, record_of};
 
 /// Most records one trace's log view returns.
@@ -73,8 +77,30 @@ pub struct LogQuery {
     pub text: String,
     pub start_nanos: u64,
     pub end_nanos: u64,
+    /// Which end of the range a search starts from.
+    pub order: Order,
     /// Checked before each partition is searched.
     pub deadline: Deadline,
+}
+
+/// The order of a search's pages: newest first (the explorer), or oldest
+/// first (the records just after a given time, as around a record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+impl Order {
+    /// The key a page keeps the highest of, from a record's (timestamp,
+    /// id): itself, or inverted for oldest first. Its own inverse.
+    fn key(self, (time, id): (u64, u64)) -> (u64, u64) {
+        match self {
+            Order::NewestFirst => (time, id),
+            Order::OldestFirst => (u64::MAX - time, u64::MAX - id),
+        }
+    }
 }
 
 /// A stored record with its id (what cursors and tail positions refer to).
@@ -112,9 +138,19 @@ pub struct Facets {
     pub total: u64,
     pub services: Vec<(String, u64)>,
     pub severities: Vec<(String, u64)>,
-    pub attribute_keys: Vec<(String, u64)>,
+    /// The most common attribute keys, each with its top values.
+    pub attributes: Vec<AttributeFacet>,
     /// A damaged partition was skipped: counts may be short.
     pub damaged: bool,
+}
+
+/// One attribute key among the matches: how many have it, and its most
+/// common (short, scalar) values with their counts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AttributeFacet {
+    pub key: String,
+    pub count: u64,
+    pub values: Vec<(String, u64)>,
 }
 
 impl LogQuery {
@@ -125,9 +161,11 @@ impl LogQuery {
             Box::new(AllQuery)
         } else {
             check_complexity(text)?;
-            store
-                .parse_query(text)
-                .map_err(|e| LogQueryError::Syntax(e.to_string()))?
+            let (query, errors) = store.build_query(parse(text)?);
+            if let Some(error) = errors.into_iter().next() {
+                return Err(LogQueryError::Syntax(explain(error)));
+            }
+            query
         };
         let fields = store.fields();
         let range = RangeQuery::new(
@@ -138,6 +176,192 @@ impl LogQuery {
             (Occur::Must, user),
             (Occur::Must, Box::new(range)),
         ])))
+    }
+}
+
+/// The fields a query names, for error messages.
+const FIELDS: &str = "the fields are service, severity (trace, debug, info, warn, error, \
+     fatal), body, trace_id, span_id, attributes.<key>, resource.<key> and attribute_keys \
+     (records that have an attribute: attribute_keys:order_id); words without a field search \
+     the message and the attribute values";
+
+/// Fields queried by their whole name (the rest are `attributes.*` and
+/// `resource.*` paths).
+const PLAIN_FIELDS: [&str; 6] = [
+    "service",
+    "severity",
+    "body",
+    "trace_id",
+    "span_id",
+    "attribute_keys",
+];
+
+/// Parses query text, refusing what would only confuse (unknown fields,
+/// regular expressions) with a message that says what to write instead,
+/// and rewrites what tantivy takes differently: `word*` is a prefix, and a
+/// group of nothing but exclusions (`NOT service:gateway`) excludes from
+/// every record.
+fn parse(text: &str) -> QueryResult<UserInputAst> {
+    let ast = query_grammar::parse_query(text).map_err(|_| {
+        let (_, errors) = query_grammar::parse_query_lenient(text);
+        LogQueryError::Syntax(match errors.first() {
+            Some(error) => format!(
+                "{} at character {}; quote phrases (\"card declined\") and values with spaces or \
+                 colons (attributes.url:\"http://x\")",
+                error.message,
+                error.pos + 1
+            ),
+            None => "the query cannot be read; quote phrases (\"card declined\")".into(),
+        })
+    })?;
+    interpret(ast)
+}
+
+fn interpret(ast: UserInputAst) -> QueryResult<UserInputAst> {
+    Ok(match ast {
+        UserInputAst::Clause(children) => {
+            let mut children = children
+                .into_iter()
+                .map(|(occur, child)| Ok((occur, interpret(child)?)))
+                .collect::<QueryResult<Vec<_>>>()?;
+            if !children.is_empty()
+                && children
+                    .iter()
+                    .all(|(occur, _)| *occur == Some(Occur::MustNot))
+            {
+                children.push((
+                    Some(Occur::Must),
+                    UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
+                ));
+            }
+            UserInputAst::Clause(children)
+        }
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(interpret(*inner)?), boost)
+        }
+        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(interpret_leaf(*leaf)?)),
+    })
+}
+
+fn interpret_leaf(leaf: UserInputLeaf) -> QueryResult<UserInputLeaf> {
+    match leaf {
+        UserInputLeaf::Literal(literal) => {
+            let field = literal.field_name.as_deref();
+            check_field(field, &literal.phrase)?;
+            let star = literal.phrase.contains('*');
+            if literal.delimiter != Delimiter::None || !(literal.prefix || star) {
+                return Ok(UserInputLeaf::Literal(literal));
+            }
+            let stem = literal.phrase.trim_end_matches('*');
+            if stem.is_empty() || stem.contains('*') {
+                return Err(LogQueryError::Syntax(format!(
+                    "'{}': a * works only at the end of a word, as a prefix (service:pay*)",
+                    literal.phrase
+                )));
+            }
+            let field = field.unwrap_or("body");
+            // Terms of these fields are stored as written; the others lowercased.
+            let stem = match field {
+                "service" | "attribute_keys" => stem.to_string(),
+                _ => stem.to_lowercase(),
+            };
+            Ok(UserInputLeaf::Regex {
+                field: Some(field.to_string()),
+                pattern: format!("{}.*", regex_escape(&stem)),
+            })
+        }
+        UserInputLeaf::Range { ref field, .. } | UserInputLeaf::Set { ref field, .. } => {
+            check_field(field.as_deref(), "...")?;
+            Ok(leaf)
+        }
+        UserInputLeaf::Exists { field } => match field.strip_prefix("attributes.") {
+            // Whether a record has an attribute is in attribute_keys.
+            Some(key) => Ok(UserInputLeaf::Literal(UserInputLiteral {
+                field_name: Some("attribute_keys".into()),
+                phrase: key.into(),
+                delimiter: Delimiter::DoubleQuotes,
+                slop: 0,
+                prefix: false,
+            })),
+            None if field == "service" || field == "severity" => {
+                Ok(UserInputLeaf::Exists { field })
+            }
+            None => {
+                check_field(Some(&field), "*")?;
+                Err(LogQueryError::Syntax(format!(
+                    "{field}:* (has a value) works for attributes.<key>; every record has a \
+                     service and a severity"
+                )))
+            }
+        },
+        UserInputLeaf::Regex { .. } => Err(LogQueryError::Syntax(
+            "regular expressions (/.../) are not supported; write word* for a prefix".into(),
+        )),
+        UserInputLeaf::All => Ok(UserInputLeaf::All),
+    }
+}
+
+/// Refuses a field that does not exist, saying which do and what the
+/// query probably meant (`level:error` is `severity:error`).
+fn check_field(field: Option<&str>, value: &str) -> QueryResult<()> {
+    let Some(field) = field else { return Ok(()) };
+    let path = |prefix: &str| field.strip_prefix(prefix).is_some_and(|p| !p.is_empty());
+    if PLAIN_FIELDS.contains(&field) || path("attributes.") || path("resource.") {
+        return Ok(());
+    }
+    let lower = field.to_lowercase();
+    let meant = match lower.as_str() {
+        "level" | "lvl" | "loglevel" | "log.level" | "severity_text" | "severity_number"
+        | "priority" => Some("severity"),
+        "message" | "msg" | "text" | "log" | "content" => Some("body"),
+        "svc" | "app" | "service_name" | "service.name" | "servicename" => Some("service"),
+        "trace" | "traceid" | "trace.id" | "trace-id" => Some("trace_id"),
+        "span" | "spanid" | "span.id" | "span-id" => Some("span_id"),
+        _ => PLAIN_FIELDS.iter().copied().find(|f| *f == lower),
+    };
+    let hint = match meant {
+        Some(meant) => format!("did you mean {meant}:{value}?"),
+        None if matches!(lower.as_str(), "time" | "timestamp" | "@timestamp" | "date") => {
+            "choose the time window in the header instead".to_string()
+        }
+        None => format!("for an attribute, write attributes.{field}:{value}"),
+    };
+    Err(LogQueryError::Syntax(format!(
+        "there is no field '{field}': {hint} ({FIELDS})"
+    )))
+}
+
+/// `text` with the characters a regular expression treats specially escaped.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// What tantivy's refusal of a checked query means, in the user's terms.
+fn explain(error: QueryParserError) -> String {
+    match error {
+        QueryParserError::UnsupportedQuery(why) if why.contains("Regex") => {
+            "a prefix (word*) works on the message, service, severity, trace_id, span_id and \
+             attribute_keys, not on attribute values: search the whole value \
+             (attributes.peer:\"pay-1.eu-west\")"
+                .into()
+        }
+        QueryParserError::FieldDoesNotExist(field) => {
+            format!("there is no field '{field}' ({FIELDS})")
+        }
+        QueryParserError::FieldNotIndexed(field) => {
+            format!("the field '{field}' cannot be searched ({FIELDS})")
+        }
+        QueryParserError::RangeMustNotHavePhrase => {
+            "a range [a TO b] takes single words or numbers as its bounds".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -171,13 +395,15 @@ pub fn validate(store: &LogStore, text: &str) -> QueryResult<()> {
         text: text.into(),
         start_nanos: 0,
         end_nanos: 0,
+        order: Order::NewestFirst,
         deadline: Deadline::never(),
     }
     .compile(store)
     .map(|_| ())
 }
 
-/// The newest `limit` matches older than `cursor` (or the newest overall).
+/// The first `limit` matches in the query's order past `cursor` (or from
+/// the start): the newest older than the cursor, or the oldest newer.
 pub fn search(
     store: &LogStore,
     query: &LogQuery,
@@ -186,16 +412,20 @@ pub fn search(
 ) -> QueryResult<LogPage> {
     let compiled = query.compile(store)?;
     let fields = *store.fields();
-    let before = cursor.map(|c| (c.time_unix_nano, c.id));
+    let order = query.order;
+    let before = cursor.map(|c| order.key((c.time_unix_nano, c.id)));
     let mut total = 0;
     let mut damaged = false;
     // A record whose doc store block is damaged keeps its place (`None`), so
     // pages and cursors stay where they would be without the damage.
     let mut hits: Vec<((u64, u64), Option<LogHit>)> = Vec::new();
-    let partitions = store.partitions_between(query.start_nanos, query.end_nanos);
+    let mut partitions = store.partitions_between(query.start_nanos, query.end_nanos);
+    if order == Order::OldestFirst {
+        partitions.reverse();
+    }
     for range in partitions.chunk_by(|a, b| a.start_nanos == b.start_nanos) {
         let wanted = limit.saturating_sub(hits.len());
-        // The range's best `wanted` across its partitions, newest first.
+        // The range's best `wanted` across its partitions, in order.
         let mut found = Vec::new();
         for partition in range {
             query.deadline.check()?;
@@ -207,8 +437,8 @@ pub fn search(
                 let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
                     let keys = SortKeys::new(segment);
                     move |doc: DocId| {
-                        let key = keys.key(doc);
-                        // Records at or after the cursor sort below every real key.
+                        let key = order.key(keys.key(doc));
+                        // Records at or past the cursor sort below every real key.
                         match before {
                             Some(before) if key >= before => (0, 0),
                             _ => key,
@@ -231,6 +461,7 @@ pub fn search(
         found.sort_by_key(|(key, ..)| std::cmp::Reverse(*key));
         found.truncate(wanted);
         for (key, address, partition, searcher) in found {
+            let key = order.key(key);
             let hit = load_hit(store, partition, &searcher, &fields, address, key.1);
             damaged |= hit.is_none();
             hits.push((key, hit));
@@ -264,6 +495,7 @@ pub fn arrived_after(
         text: text.into(),
         start_nanos: 0,
         end_nanos: u64::MAX,
+        order: Order::NewestFirst,
         deadline: Deadline::never(),
     };
     let compiled = query.compile(store)?;
@@ -389,7 +621,8 @@ pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryRe
     })
 }
 
-/// Top `limit` services, severities and attribute keys among the matches.
+/// Top `limit` services, severities and attribute keys among the matches,
+/// and each key's top `limit` values; all counted from fast columns.
 pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<Facets> {
     let compiled = query.compile(store)?;
     let mut facets = Facets::default();
@@ -425,7 +658,30 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     let [services, severities, keys] = counts;
     facets.services = top(services);
     facets.severities = top(severities);
-    facets.attribute_keys = top(keys);
+    // attribute_keys holds each key, and key<separator>value per value.
+    let mut names = HashMap::new();
+    let mut values: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    for (entry, count) in keys {
+        match entry.split_once(VALUE_SEPARATOR) {
+            Some((key, value)) => {
+                values
+                    .entry(key.to_string())
+                    .or_default()
+                    .insert(value.to_string(), count);
+            }
+            None => {
+                names.insert(entry, count);
+            }
+        }
+    }
+    facets.attributes = top(names)
+        .into_iter()
+        .map(|(key, count)| AttributeFacet {
+            values: top(values.remove(&key).unwrap_or_default()),
+            key,
+            count,
+        })
+        .collect();
     Ok(facets)
 }
 
@@ -573,6 +829,10 @@ impl SegmentCollector for HistogramSegment {
 /// Counts the values of a string fast field among the matches.
 struct TermCounts(&'static str);
 
+/// Most values of a segment's column a facet count keeps (see
+/// `TermCountsSegment::harvest`).
+const SEGMENT_TERMS: usize = 10_000;
+
 struct TermCountsSegment {
     column: Option<tantivy::columnar::StrColumn>,
     counts: HashMap<u64, u64>,
@@ -623,9 +883,18 @@ impl SegmentCollector for TermCountsSegment {
         let Some(column) = self.column else {
             return HashMap::new();
         };
+        // Only the most common reach the merge, as a search engine's shard
+        // size: bounded whatever the values' cardinality (an attribute key
+        // counts at least as often as each of its values, so it is kept
+        // whenever one of them is).
+        let mut counts: Vec<(u64, u64)> = self.counts.into_iter().collect();
+        if counts.len() > SEGMENT_TERMS {
+            counts.select_nth_unstable_by(SEGMENT_TERMS, |a, b| b.1.cmp(&a.1));
+            counts.truncate(SEGMENT_TERMS);
+        }
         let mut values = HashMap::new();
         let mut text = String::new();
-        for (ord, count) in self.counts {
+        for (ord, count) in counts {
             text.clear();
             if column.ord_to_str(ord, &mut text).unwrap_or(false) {
                 values.insert(text.clone(), count);
@@ -696,6 +965,7 @@ mod tests {
             text: text.into(),
             start_nanos: 0,
             end_nanos: u64::MAX,
+            order: Order::NewestFirst,
             deadline: Deadline::never(),
         }
     }
@@ -736,6 +1006,34 @@ mod tests {
             search(&store, &query("service:(unclosed"), 10, None),
             Err(LogQueryError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn the_query_language_explains_and_rewrites() {
+        let (_dir, store) = store();
+        let total = |text: &str| search(&store, &query(text), 100, None).unwrap().total;
+        // Exclusions alone exclude from everything, at any depth.
+        assert_eq!(total("NOT service:gateway"), 15);
+        assert_eq!(total("service:order OR (NOT declined)"), 15);
+        // word* is a prefix, on raw and on tokenized fields.
+        assert_eq!(total("service:pay*"), 5);
+        assert_eq!(total("service:inv* OR decl*"), 10);
+        // Words without a field find attribute values; attribute_keys whether one is there.
+        assert_eq!(total("13"), 1);
+        assert_eq!(total("attribute_keys:order_id"), 20);
+        assert_eq!(total("attributes.order_id:*"), 20);
+        let error = |text: &str| match search(&store, &query(text), 10, None) {
+            Err(LogQueryError::Syntax(message)) => message,
+            other => panic!("{text}: {other:?}"),
+        };
+        let level = error("level:error");
+        assert!(level.contains("did you mean severity:error?"), "{level}");
+        assert!(level.contains("attributes.<key>"), "{level}");
+        assert!(error("order_id:4").contains("attributes.order_id:4"));
+        assert!(error("attributes.order_id:4*").contains("not on attribute values"));
+        assert!(error("service:/pay.*/").contains("regular expressions"));
+        assert!(error("service:p*y").contains("only at the end"));
+        assert!(error("service:(").contains("at character"));
     }
 
     #[test]
@@ -780,6 +1078,26 @@ mod tests {
             }
         }
         assert_eq!(seen, (5..=14).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn oldest_first_pages_run_forward_from_the_start() {
+        let (_dir, store) = store();
+        let mut after = query("");
+        after.start_nanos = BASE + 5 * HOUR / 10;
+        after.order = Order::OldestFirst;
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = search(&store, &after, 4, cursor).unwrap();
+            assert_eq!(page.total, 15);
+            seen.extend(orders(&page));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (5..20).collect::<Vec<_>>(), "across both partitions");
     }
 
     #[test]
@@ -856,7 +1174,11 @@ mod tests {
             vec![("inventory".to_string(), 5), ("order".to_string(), 5)]
         );
         assert_eq!(facets.severities, vec![("info".to_string(), 10)]);
-        assert_eq!(facets.attribute_keys, vec![("order_id".to_string(), 10)]);
+        assert_eq!(facets.attributes.len(), 1);
+        let order_ids = &facets.attributes[0];
+        assert_eq!((order_ids.key.as_str(), order_ids.count), ("order_id", 10));
+        assert_eq!(order_ids.values.len(), 10, "ten distinct ids");
+        assert!(order_ids.values.iter().all(|(_, count)| *count == 1));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Trace search: which traces have a span that matches a query.
+//! Trace search: which traces have a span that matches a query; and the tags
+//! the spans of recent traces carry, for a search form to suggest.
 //!
 //! The semantics are Jaeger's: a trace matches when one of its spans belongs to
-//! the service, has the operation, lasts within the duration range, starts in
+//! the service (any service when the query names none — Jaeger requires one), has the operation, lasts within the duration range, starts in
 //! the time range and carries every tag (as a span attribute, resource
 //! attribute, event attribute or derived tag such as `error=true`).
 //!
@@ -9,7 +10,7 @@
 //! the key, operation and duration from the entry); each candidate trace is then
 //! read and checked exactly, so the index may over-approximate but never decides.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{KeyValue, Span, SpanKind, TraceId};
 use crate::query::pool::{Deadline, QueryRefused};
@@ -32,7 +33,8 @@ const MAX_CANDIDATES_READ: usize = 20_000;
 /// A trace search, in nanoseconds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TraceQuery {
-    pub service: String,
+    /// `None`: spans of every service.
+    pub service: Option<String>,
     pub operation: Option<String>,
     pub span_kind: Option<SpanKind>,
     /// Every pair must match one attribute of the same span.
@@ -50,7 +52,7 @@ impl TraceQuery {
     /// Whether one span satisfies the whole query.
     pub fn matches_span(&self, span: &Span) -> bool {
         let duration = span.duration_nanos();
-        span.service() == self.service
+        self.service.as_deref().is_none_or(|s| s == span.service())
             && self.operation.as_ref().is_none_or(|op| *op == span.name)
             && self.span_kind.is_none_or(|kind| kind == span.kind)
             && (self.start_nanos..=self.end_nanos).contains(&span.start_unix_nano)
@@ -121,7 +123,7 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQuer
     // later one is older than all of those.
     let (mut read, mut matched) = (0, 0);
     let mut candidates =
-        store.search_candidates(&query.service, query.start_nanos, query.end_nanos);
+        store.search_candidates(query.service.as_deref(), query.start_nanos, query.end_nanos);
     for candidate in candidates.by_ref() {
         if matched >= query.limit || read >= MAX_CANDIDATES_READ {
             break;
@@ -145,6 +147,68 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQuer
     Ok(found)
 }
 
+/// At most this many tag keys are suggested: the most frequent.
+pub const MAX_TAG_KEYS: usize = 100;
+/// At most this many values per key are suggested: the most frequent.
+pub const MAX_TAG_VALUES: usize = 10;
+/// Longer values (bodies, SQL) are never suggested: nobody types them.
+const MAX_TAG_VALUE_CHARS: usize = 80;
+
+/// One tag key of a service's spans and its most frequent values.
+#[derive(Debug, PartialEq)]
+pub struct TagValues {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// The tags (span, resource and derived, as a search matches them) of the
+/// spans of `service` (of every service with `None`) in `traces`, most
+/// frequent first, bounded by [`MAX_TAG_KEYS`] and [`MAX_TAG_VALUES`], so
+/// a search form can suggest what the data has rather than guess names.
+pub fn tag_values(traces: &[Vec<Span>], service: Option<&str>) -> Vec<TagValues> {
+    /// How many spans carry a key, and each of its values.
+    #[derive(Default)]
+    struct Seen {
+        spans: usize,
+        values: HashMap<String, usize>,
+    }
+    let mut counts: HashMap<String, Seen> = HashMap::new();
+    let spans = traces
+        .iter()
+        .flatten()
+        .filter(|span| service.is_none_or(|s| s == span.service()));
+    for span in spans {
+        let derived = span.derived_tags();
+        let tags = span
+            .attributes
+            .iter()
+            .chain(span.resource.attributes.iter())
+            .chain(derived.iter());
+        for kv in tags {
+            let seen = counts.entry(kv.key.clone()).or_default();
+            seen.spans += 1;
+            let value = kv.value.to_display_string();
+            if value.chars().count() <= MAX_TAG_VALUE_CHARS {
+                *seen.values.entry(value).or_default() += 1;
+            }
+        }
+    }
+    let mut keys: Vec<(String, Seen)> = counts.into_iter().collect();
+    keys.sort_by(|a, b| b.1.spans.cmp(&a.1.spans).then_with(|| a.0.cmp(&b.0)));
+    keys.truncate(MAX_TAG_KEYS);
+    keys.into_iter()
+        .map(|(key, seen)| {
+            let mut values: Vec<(String, usize)> = seen.values.into_iter().collect();
+            values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            values.truncate(MAX_TAG_VALUES);
+            TagValues {
+                key,
+                values: values.into_iter().map(|(v, _)| v).collect(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +218,7 @@ mod tests {
 
     fn query(service: &str) -> TraceQuery {
         TraceQuery {
-            service: service.into(),
+            service: Some(service.into()),
             end_nanos: u64::MAX,
             limit: 20,
             ..TraceQuery::default()
@@ -193,6 +257,87 @@ mod tests {
         assert!(!with(&|q| q.end_nanos = span.start_unix_nano - 1));
         assert!(with(&|q| q.span_kind = Some(SpanKind::Server)));
         assert!(!with(&|q| q.span_kind = Some(SpanKind::Client)));
+    }
+
+    #[test]
+    fn no_service_matches_every_service() {
+        let span = sample_span(1, 1, "order");
+        let mut q = query("payment");
+        assert!(!q.matches_span(&span));
+        q.service = None;
+        assert!(q.matches_span(&span));
+    }
+
+    #[test]
+    fn a_search_without_service_finds_each_trace_of_every_service_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open(
+            dir.path(),
+            1 << 20,
+            crate::config::Retention::MAX_FILE_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        let at = |trace: u8, span: u8, service: &str, start: u64| {
+            let mut s = sample_span(trace, span, service);
+            s.start_unix_nano = start;
+            s.end_unix_nano = start + 100;
+            s
+        };
+        // Trace 1 spans two services: one row each in the search table.
+        store.apply(
+            1,
+            vec![
+                at(1, 1, "order", 1_000),
+                at(1, 2, "payment", 1_050),
+                at(2, 1, "payment", 2_000),
+            ],
+        );
+        store.flush().unwrap();
+        store.apply(2, vec![at(3, 1, "order", 3_000)]);
+        let mut q = query("order");
+        q.service = None;
+        let ids: Vec<u8> = search(&store, &q)
+            .unwrap()
+            .traces
+            .iter()
+            .map(|t| t[0].trace_id[0])
+            .collect();
+        assert_eq!(ids, vec![3, 2, 1]);
+    }
+
+    #[test]
+    fn tag_values_are_the_most_frequent_of_the_service() {
+        let with = |trace: u8, service: &str, status: i64| {
+            let mut span = sample_span(trace, 1, service);
+            span.attributes = vec![
+                KeyValue::new("http.response.status_code", AttrValue::Int(status)),
+                KeyValue::new("db.statement", AttrValue::Str("x".repeat(200))),
+            ];
+            vec![span]
+        };
+        let traces = vec![
+            with(1, "order", 500),
+            with(2, "order", 200),
+            with(3, "order", 200),
+            with(4, "payment", 402),
+        ];
+        let tags = tag_values(&traces, Some("order"));
+        let status = tags
+            .iter()
+            .find(|t| t.key == "http.response.status_code")
+            .unwrap();
+        assert_eq!(status.values, vec!["200", "500"]);
+        // A long value is no suggestion, but its key is.
+        let statement = tags.iter().find(|t| t.key == "db.statement").unwrap();
+        assert!(statement.values.is_empty());
+        let all = tag_values(&traces, None);
+        let status = all
+            .iter()
+            .find(|t| t.key == "http.response.status_code")
+            .unwrap();
+        assert_eq!(status.values, vec!["200", "402", "500"]);
+        assert!(all.len() <= MAX_TAG_KEYS);
     }
 
     #[test]

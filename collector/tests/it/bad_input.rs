@@ -279,7 +279,7 @@ async fn query_api_rejects_bad_parameters_clearly() {
             404,
             "not found",
         ),
-        ("/api/traces", 400, "'service' is required"),
+        ("/api/tags?service=a&lookback=soon", 400, "'lookback'"),
         (
             "/api/traces?service=a&minDuration=soon",
             400,

@@ -287,7 +287,7 @@ async fn check_queries(daemon: &Strand) {
         })
         .collect();
     assert_eq!(services, vec![("payment".into(), 2), ("order".into(), 1)]);
-    assert_eq!(facets["attributeKeys"][0]["value"], "order_id");
+    assert_eq!(facets["attributes"][0]["key"], "order_id");
 
     let (status, trace_logs) = daemon
         .get_json(&format!("/api/traces/{TRACE_ID}/logs"))

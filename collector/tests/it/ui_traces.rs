@@ -20,7 +20,7 @@ const BIG_TRACE: &str = "b1900000000000000000000000000001";
 const LINKER_TRACE: &str = "11a0000000000000000000000000000a";
 const TARGET_TRACE: &str = "7a90000000000000000000000000000b";
 
-async fn goto(client: &Client, url: &str) -> Result<(), String> {
+pub(crate) async fn goto(client: &Client, url: &str) -> Result<(), String> {
     client.goto(url).await.map_err(|e| e.to_string())
 }
 
@@ -253,11 +253,11 @@ async fn links_lead_to_their_spans_and_a_huge_trace_stays_virtualised() {
 }
 
 /// Span id `n` as 16 hex digits.
-fn id(n: u64) -> String {
+pub(crate) fn id(n: u64) -> String {
     format!("{n:016x}")
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -265,7 +265,14 @@ fn now_nanos() -> u64 {
 }
 
 /// An OTLP/JSON span of `service`.
-fn span(trace: &str, span_id: u64, parent: Option<u64>, name: &str, start: u64, end: u64) -> Value {
+pub(crate) fn span(
+    trace: &str,
+    span_id: u64,
+    parent: Option<u64>,
+    name: &str,
+    start: u64,
+    end: u64,
+) -> Value {
     json!({
         "traceId": trace, "spanId": id(span_id), "parentSpanId": parent.map(id).unwrap_or_default(),
         "name": name, "kind": 2,
@@ -273,7 +280,7 @@ fn span(trace: &str, span_id: u64, parent: Option<u64>, name: &str, start: u64, 
     })
 }
 
-async fn post_spans(daemon: &Strand, service: &str, spans: Vec<Value>) {
+pub(crate) async fn post_spans(daemon: &Strand, service: &str, spans: Vec<Value>) {
     let body = json!({"resourceSpans": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
         "scopeSpans": [{"scope": {"name": "ui-traces"}, "spans": spans}],

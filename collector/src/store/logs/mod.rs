@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{Query, QueryParser, QueryParserError};
+use tantivy::query_grammar::UserInputAst;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
 pub use schema::{LEVELS, LogFields, record_of};
@@ -87,6 +88,9 @@ pub struct Partition {
     added_through: AtomicU64,
     /// Highest WAL sequence number all of whose records are committed.
     committed_through: AtomicU64,
+    /// Created with the current schema: only such a partition gets new
+    /// records (an older one is read as it is).
+    current_schema: bool,
 }
 
 impl Partition {
@@ -475,15 +479,20 @@ impl LogStore {
         Ok(())
     }
 
-    /// Parses a query in tantivy's syntax; body is the default field.
-    pub fn parse_query(&self, text: &str) -> std::result::Result<Box<dyn Query>, QueryParserError> {
+    /// Builds the tantivy query of a parsed query (`query::logs` parses and
+    /// checks it): `body` is the default field, terms are ANDed unless `OR`
+    /// says otherwise, and regular expressions are accepted (the query
+    /// layer writes `word*` as one). What tantivy refuses comes back as
+    /// errors beside a query that matches nothing there.
+    pub fn build_query(&self, ast: UserInputAst) -> (Box<dyn Query>, Vec<QueryParserError>) {
         let mut parser = QueryParser::new(
             self.schema.clone(),
             vec![self.fields.body],
             self.tokenizers.clone(),
         );
         parser.set_conjunction_by_default();
-        parser.parse_query(text)
+        parser.allow_regexes();
+        parser.build_query_from_user_input_ast_lenient(ast)
     }
 
     /// Partitions that may hold records in `[start, end]`, newest first.
@@ -520,28 +529,33 @@ impl LogStore {
     /// when the range has none), and the highest WAL sequence number any
     /// partition of the range has committed.
     fn newest_in_range(&self, start: u64) -> Result<(Arc<Partition>, u64)> {
-        let find = |partitions: &BTreeMap<PartitionKey, Arc<Partition>>| {
-            let range: Vec<_> = partitions
-                .range((start, 0)..=(start, u32::MAX))
-                .map(|(_, p)| p)
-                .collect();
+        // The range's newest partition and the highest commit among them.
+        let newest = |partitions: &BTreeMap<PartitionKey, Arc<Partition>>| {
+            let range = partitions.range((start, 0)..=(start, u32::MAX));
             let committed = range
-                .iter()
-                .map(|p| p.committed_through.load(Ordering::Acquire))
+                .clone()
+                .map(|(_, p)| p.committed_through.load(Ordering::Acquire))
                 .max()
                 .unwrap_or(0);
-            range.last().map(|newest| ((*newest).clone(), committed))
+            (range.last().map(|(_, p)| p.clone()), committed)
         };
-        if let Some(found) = find(&self.partitions.read().expect("not poisoned")) {
-            return Ok(found);
+        let (found, committed) = newest(&self.partitions.read().expect("not poisoned"));
+        if let Some(partition) = found.filter(|p| p.current_schema) {
+            return Ok((partition, committed));
         }
         let mut partitions = self.partitions.write().expect("not poisoned");
-        if let Some(found) = find(&partitions) {
-            return Ok(found);
-        }
-        let partition = Arc::new(self.open_partition((start, 0))?);
+        let (found, committed) = newest(&partitions);
+        // None yet, or the newest has an older schema: a new one after it.
+        let number = match found {
+            Some(partition) if partition.current_schema => return Ok((partition, committed)),
+            Some(partition) => partition.number.checked_add(1).ok_or_else(|| {
+                StoreError::Search(format!("time range {start} has too many partitions"))
+            })?,
+            None => 0,
+        };
+        let partition = Arc::new(self.open_partition((start, number))?);
         partitions.insert(partition.key(), partition.clone());
-        Ok((partition, 0))
+        Ok((partition, committed))
     }
 
     fn open_partition(&self, (start, number): PartitionKey) -> Result<Partition> {
@@ -565,6 +579,7 @@ impl LogStore {
                 .settings(schema::index_settings())
                 .open_or_create(directory)?
         };
+        let current_schema = index.schema() == self.schema;
         index.set_tokenizers(self.tokenizers.clone());
         index.set_fast_field_tokenizers(self.tokenizers.clone());
         let committed = index
@@ -586,6 +601,7 @@ impl LogStore {
             writer: RwLock::new(None),
             added_through: AtomicU64::new(committed),
             committed_through: AtomicU64::new(committed),
+            current_schema,
         })
     }
 
@@ -817,6 +833,60 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_range_whose_partition_has_an_older_schema_gets_a_new_one_for_its_records() {
+        use crate::model::{AttrValue, KeyValue};
+        use tantivy::schema::TextOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_000 * HOUR;
+        // The schema before attribute_keys was indexed, for the hour of `now`.
+        let (current, _) = schema::build();
+        let mut older = tantivy::schema::Schema::builder();
+        for (_, entry) in current.fields() {
+            if entry.name() == "attribute_keys" {
+                older.add_text_field("attribute_keys", TextOptions::default().set_fast("raw"));
+            } else {
+                older.add_field(entry.clone());
+            }
+        }
+        let old_dir = dir.path().join(format!("{}", now / 1_000_000_000));
+        fs::create_dir_all(&old_dir).unwrap();
+        Index::create_in_dir(&old_dir, older.build()).unwrap();
+
+        let store = LogStore::open(
+            dir.path(),
+            Duration::from_secs(3600),
+            Retention::MAX_FILE_BYTES,
+            schema::HOT_WRITER_BYTES,
+            SelfMetrics::new(),
+        )
+        .unwrap();
+        let mut record = sample_log("a", now + 1, "new");
+        record.attributes = vec![KeyValue::new("order_id", AttrValue::Int(7))];
+        assert_eq!(store.apply(1, vec![record]).unwrap(), 1);
+        store.commit().unwrap();
+        let hour = (now / 1_000_000_000).to_string();
+        assert_eq!(
+            partition_names(dir.path()),
+            vec![hour.clone(), format!("{hour}-1")]
+        );
+        // Written with the current schema: attribute_keys is searchable.
+        let query = tantivy::query::TermQuery::new(
+            tantivy::Term::from_field_text(store.fields().attribute_keys, "order_id"),
+            tantivy::schema::IndexRecordOption::Basic,
+        );
+        let found: usize = store
+            .partitions_between(0, u64::MAX)
+            .iter()
+            .map(|p| {
+                p.searcher()
+                    .search(&query, &tantivy::collector::Count)
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(found, 1);
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! fieldnorms, and the timestamp is a fast field only (tantivy answers range
 //! queries on fast fields from the column; an inverted index of nanosecond
 //! timestamps would hold one term per record).
+//!
+//! A partition keeps the schema it was created with. A change that keeps
+//! every field's number and type (options only, as when `attribute_keys`
+//! became indexed) reads old partitions as they are — a term of a field
+//! they did not index finds nothing there — and the store writes new
+//! records only to partitions of the current schema. Adding or removing a
+//! field is a new store format.
 
 use std::collections::BTreeMap;
 
@@ -39,16 +46,29 @@ pub struct LogFields {
     /// Level name: `severity:error`, and severity facets.
     pub severity: Field,
     pub service: Field,
+    /// Free text: the message, and the record's scalar attribute values
+    /// (so that an order id typed without a field finds its record).
     pub body: Field,
     pub trace_id: Field,
     pub span_id: Field,
     pub attributes: Field,
     pub resource: Field,
-    /// Names of the record's attributes, for the "common keys" facet.
+    /// Names of the record's attributes (`attribute_keys:order_id`: records
+    /// that have one), and `name` [`VALUE_SEPARATOR`] `value` for each short
+    /// scalar value: the facets count both from this one fast column
+    /// instead of decoding records.
     pub attribute_keys: Field,
     /// The whole record, `codec::encode_logs` of one record.
     pub record: Field,
 }
+
+/// Separates an attribute's name from its value in `attribute_keys`
+/// (a control character: no query can contain one, see `query::logs`).
+pub const VALUE_SEPARATOR: char = '\u{1}';
+
+/// Longest attribute value (in bytes) counted in the value facets; longer
+/// ones are searchable but never a facet value.
+const FACET_VALUE_MAX_BYTES: usize = 100;
 
 /// Severity levels in the order `level_number` numbers them.
 pub const LEVELS: [&str; 7] = [
@@ -119,8 +139,7 @@ pub fn build() -> (Schema, LogFields) {
         span_id: builder.add_text_field("span_id", id()),
         attributes: builder.add_json_field("attributes", json()),
         resource: builder.add_json_field("resource", json()),
-        attribute_keys: builder
-            .add_text_field("attribute_keys", TextOptions::default().set_fast("raw")),
+        attribute_keys: builder.add_text_field("attribute_keys", exact("raw")),
         record: builder.add_bytes_field("record", STORED),
     };
     (builder.build(), fields)
@@ -148,6 +167,11 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     doc.add_text(fields.severity, level);
     doc.add_text(fields.service, record.service());
     doc.add_text(fields.body, &record.body);
+    for kv in &record.attributes {
+        if let Some(text) = scalar_text(&kv.value) {
+            doc.add_text(fields.body, &text);
+        }
+    }
     if let Some(trace_id) = record.trace_id {
         doc.add_text(fields.trace_id, hex::encode(trace_id));
     }
@@ -158,6 +182,13 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
         doc.add_object(fields.attributes, json_object(&record.attributes));
         for kv in &record.attributes {
             doc.add_text(fields.attribute_keys, &kv.key);
+            if let Some(value) = scalar_text(&kv.value).filter(|v| v.len() <= FACET_VALUE_MAX_BYTES)
+            {
+                doc.add_text(
+                    fields.attribute_keys,
+                    format!("{}{VALUE_SEPARATOR}{value}", kv.key),
+                );
+            }
         }
     }
     if !record.resource.attributes.is_empty() {
@@ -168,6 +199,18 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
         &codec::encode_logs(std::slice::from_ref(record)),
     );
     doc
+}
+
+/// A scalar attribute value as text, as a query would write it; `None`
+/// for arrays, maps and bytes.
+fn scalar_text(value: &AttrValue) -> Option<String> {
+    match value {
+        AttrValue::Str(s) => Some(s.clone()),
+        AttrValue::Bool(b) => Some(b.to_string()),
+        AttrValue::Int(i) => Some(i.to_string()),
+        AttrValue::Double(d) => Some(d.to_string()),
+        AttrValue::Bytes(_) | AttrValue::Array(_) | AttrValue::Map(_) => None,
+    }
 }
 
 fn json_object(attributes: &[KeyValue]) -> BTreeMap<String, tantivy::schema::OwnedValue> {

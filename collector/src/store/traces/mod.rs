@@ -614,12 +614,13 @@ impl TraceStore {
         }
     }
 
-    /// Search-index entries of `service` whose spans start in `[start, end]`
+    /// Search-index entries of `service` (of every service with `None`, so
+    /// a search needs no service) whose spans start in `[start, end]`
     /// (nanoseconds), newest first. Covers flushed data only; see
     /// [`TraceStore::buffered_traces_matching`] for the rest.
     pub fn search_candidates(
         &self,
-        service: &str,
+        service: Option<&str>,
         start_nanos: u64,
         end_nanos: u64,
     ) -> Candidates<'_> {
@@ -1015,7 +1016,7 @@ mod tests {
         store.apply(1, spans);
         store.flush().unwrap();
         let found: Vec<_> = store
-            .search_candidates("order", 2000, 4000)
+            .search_candidates(Some("order"), 2000, 4000)
             .map(|c| c.unwrap().trace_id[0])
             .collect();
         assert_eq!(found, vec![4, 3, 2]);
@@ -1039,11 +1040,16 @@ mod tests {
         store.apply(3, vec![at(9, 9000)]);
         store.flush().unwrap();
         let found: Vec<_> = store
-            .search_candidates("order", 0, 8000)
+            .search_candidates(Some("order"), 0, 8000)
             .map(|c| c.unwrap().trace_id[0])
             .collect();
         assert_eq!(found, vec![5, 4, 3, 1]);
-        assert!(store.search_candidates("payment", 0, 8000).next().is_none());
+        assert!(
+            store
+                .search_candidates(Some("payment"), 0, 8000)
+                .next()
+                .is_none()
+        );
     }
 
     #[test]
@@ -1150,7 +1156,7 @@ mod tests {
 
     fn found(store: &TraceStore, service: &str) -> Vec<u8> {
         store
-            .search_candidates(service, 0, u64::MAX)
+            .search_candidates(Some(service), 0, u64::MAX)
             .map(|c| c.unwrap().trace_id[0])
             .collect()
     }

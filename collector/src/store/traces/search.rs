@@ -239,14 +239,23 @@ fn hour_of(nanos: u64) -> u64 {
     nanos - nanos % index::HOUR_NANOS
 }
 
-/// The rows of `service` in one stored table whose start is in
-/// `[start, end]`.
-fn read_rows(sealed: &[u8], service: &str, start: u64, end: u64) -> Result<Vec<SearchCandidate>> {
+/// The rows of `service` (of every service with `None`) in one stored
+/// table whose start is in `[start, end]`.
+fn read_rows(
+    sealed: &[u8],
+    service: Option<&str>,
+    start: u64,
+    end: u64,
+) -> Result<Vec<SearchCandidate>> {
     let raw = blocks::unseal(sealed)?;
     let table: Table = postcard::from_bytes(&raw)
         .map_err(|e| StoreError::Corrupt(format!("search table: {e}")))?;
-    let Some(wanted) = table.services.iter().position(|s| s == service) else {
-        return Ok(Vec::new());
+    let wanted = match service {
+        Some(service) => match table.services.iter().position(|s| s == service) {
+            Some(wanted) => Some(wanted),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
     };
     let operation_name = |id: u32| {
         table
@@ -259,7 +268,9 @@ fn read_rows(sealed: &[u8], service: &str, start: u64, end: u64) -> Result<Vec<S
     for trace in &table.traces {
         for row in &trace.services {
             let row_start = table.min_start_nanos.saturating_add(row.start_offset_nanos);
-            if row.service as usize != wanted || !(start..=end).contains(&row_start) {
+            if wanted.is_some_and(|w| row.service as usize != w)
+                || !(start..=end).contains(&row_start)
+            {
                 continue;
             }
             let operations = row
@@ -286,8 +297,8 @@ fn read_rows(sealed: &[u8], service: &str, start: u64, end: u64) -> Result<Vec<S
     Ok(found)
 }
 
-/// Search candidates of one service in a time range, newest first, merged
-/// across tables.
+/// Search candidates of one service (of every service: one per service of
+/// a trace) in a time range, newest first, merged across tables.
 ///
 /// Table keys come newest first by their newest row. A table's rows are all
 /// at least as old as its key, so once the next key is older than the newest
@@ -295,7 +306,7 @@ fn read_rows(sealed: &[u8], service: &str, start: u64, end: u64) -> Result<Vec<S
 pub struct Candidates<'a> {
     keys: std::iter::Rev<sled::Iter>,
     segments: &'a blocks::Segments,
-    service: String,
+    service: Option<String>,
     start_nanos: u64,
     end_nanos: u64,
     next_table: Option<(u64, TableRef)>,
@@ -327,7 +338,7 @@ impl<'a> Candidates<'a> {
     pub fn new(
         db: &sled::Db,
         segments: &'a blocks::Segments,
-        service: &str,
+        service: Option<&str>,
         start_nanos: u64,
         end_nanos: u64,
     ) -> Candidates<'a> {
@@ -339,7 +350,7 @@ impl<'a> Candidates<'a> {
         Candidates {
             keys: db.range(low..=high).rev(),
             segments,
-            service: service.to_string(),
+            service: service.map(str::to_string),
             start_nanos,
             end_nanos,
             next_table: None,
@@ -365,7 +376,12 @@ impl<'a> Candidates<'a> {
             let (key, value) = entry?;
             let max_start = index::parse_search_table_key(&key)?;
             let table = TableRef::decode(&value)?;
-            if table.min_start_nanos <= self.end_nanos && table.services.contains(&self.service) {
+            if table.min_start_nanos <= self.end_nanos
+                && self
+                    .service
+                    .as_ref()
+                    .is_none_or(|s| table.services.contains(s))
+            {
                 self.next_table = Some((max_start, table));
             }
         }
@@ -382,7 +398,7 @@ impl<'a> Candidates<'a> {
                 _ => {}
             }
             let (_, table) = self.next_table.take().expect("peeked above");
-            let (service, start, end) = (&self.service, self.start_nanos, self.end_nanos);
+            let (service, start, end) = (self.service.as_deref(), self.start_nanos, self.end_nanos);
             match self
                 .segments
                 .read(table.table, |sealed| read_rows(sealed, service, start, end))?
@@ -435,7 +451,7 @@ mod tests {
         assert_eq!(tables[0].min_start_nanos, 5_000_000);
         assert_eq!(tables[0].max_start_nanos, 5_000_100);
 
-        let rows = read_rows(&tables[0].bytes, "order", 0, u64::MAX).unwrap();
+        let rows = read_rows(&tables[0].bytes, Some("order"), 0, u64::MAX).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].start_nanos, 5_000_000);
         let op = &rows[0].entry.operations[0];
@@ -446,15 +462,18 @@ mod tests {
             (1_000, 2_000)
         );
         assert!(
-            read_rows(&tables[0].bytes, "order", 5_000_001, u64::MAX)
+            read_rows(&tables[0].bytes, Some("order"), 5_000_001, u64::MAX)
                 .unwrap()
                 .is_empty()
         );
         assert!(
-            read_rows(&tables[0].bytes, "gateway", 0, u64::MAX)
+            read_rows(&tables[0].bytes, Some("gateway"), 0, u64::MAX)
                 .unwrap()
                 .is_empty()
         );
+        // Every service's row without one.
+        let all = read_rows(&tables[0].bytes, None, 0, u64::MAX).unwrap();
+        assert_eq!(all.len(), 2);
     }
 
     #[test]
