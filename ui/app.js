@@ -5,7 +5,7 @@
 // so any screen can be shared or reloaded.
 
 import { h, state, RANGES, timeRange, toLocalInput, fromLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
-  reportUnreachable, reportReachable, unreachableText } from "./lib.js";
+  reportUnreachable, reportReachable, unreachableText, leaveWarning } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -85,8 +85,24 @@ function linkTo(name) {
   return hashOf(name, "", params);
 }
 
-async function route() {
+/** Set while the user confirmed leaving unsaved edits. */
+let leaving = false;
+
+/**
+ * Draws the view of the URL. `previous` is the hash to go back to if the
+ * view on screen has unsaved edits and the user stays (a hash change's old
+ * URL: it has what the view wrote into the URL itself).
+ */
+async function route(previous = location.hash) {
   const { name, arg, params } = parseHash(location.hash);
+  const warning = leaving ? "" : leaveWarning({ name, arg, params });
+  leaving = false;
+  if (warning) {
+    const target = location.hash;
+    history.replaceState(null, "", previous);
+    confirmLeave(warning, target);
+    return;
+  }
   if (carry(name, params)) history.replaceState(null, "", hashOf(name, arg, params));
   syncHeader(name, params);
   const module = VIEWS[name];
@@ -109,6 +125,27 @@ async function route() {
     if (mine === generation) view.replaceChildren(state(`Something went wrong: ${e.message}`, "error"));
   }
 }
+
+/**
+ * Asks whether to leave a view with unsaved edits (a dialog, not confirm(),
+ * so it looks like the rest and can be tested); Leave goes to `target`.
+ */
+function confirmLeave(warning, target) {
+  if (document.querySelector(".leave-dialog")) return;
+  const close = () => { dialog.close(); dialog.remove(); };
+  const dialog = h("dialog.leave-dialog", { "aria-label": "unsaved changes" },
+    h("p", {}, warning),
+    h("menu", {},
+      h("button.stay", { type: "button", onclick: close }, "Stay"),
+      h("button.leave.danger", { type: "button", onclick: () => { close(); leaving = true; navigate(target); } }, "Leave without saving")));
+  dialog.addEventListener("cancel", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+}
+// Closing or reloading the page with unsaved edits asks the browser's question.
+window.addEventListener("beforeunload", (e) => {
+  if (leaveWarning(null)) { e.preventDefault(); e.returnValue = ""; }
+});
 
 /** Shows the URL's window and refresh in the header; links carry them. */
 function syncHeader(name, params) {
@@ -334,6 +371,6 @@ const showTokenButton = () => { tokenButton.hidden = !hasToken(); };
 document.addEventListener("strand-token", showTokenButton);
 tokenButton.addEventListener("click", () => { forgetToken(); route(); });
 showTokenButton();
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", (e) => route(new URL(e.oldURL).hash));
 if (!location.hash) history.replaceState(null, "", "#/traces");
 route();

@@ -365,3 +365,15 @@ export class VirtualList {
     }
   }
 }
+
+// A view with unsaved edits guards leaving it: `guardLeave(check)` with
+// `check(target)` (the hash about to be shown, or null when the page itself
+// unloads) returning a warning, or "" when nothing would be lost. The app
+// asks before it routes and before the page unloads. Returns the release
+// function, which the view's cleanup calls.
+let leaveGuard = null;
+export function guardLeave(check) {
+  leaveGuard = check;
+  return () => { if (leaveGuard === check) leaveGuard = null; };
+}
+export const leaveWarning = (target) => (leaveGuard ? leaveGuard(target) : "");

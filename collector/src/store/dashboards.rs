@@ -34,6 +34,12 @@ const MAX_TITLE_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 2_000;
 const MAX_UNIT_CHARS: usize = 32;
 const MAX_ID_CHARS: usize = 64;
+/// Variables per dashboard: each is a picker above the panels.
+const MAX_VARIABLES: usize = 20;
+/// Panel heights the UI can draw, in pixels of chart.
+const PANEL_HEIGHTS: std::ops::RangeInclusive<u32> = 100..=1000;
+/// Grafana's automatic windows, which the UI replaces in every query.
+const BUILT_IN_VARIABLES: [&str; 3] = ["__interval", "__range", "__rate_interval"];
 /// The version of the dashboard JSON this Strand reads and writes.
 const VERSION: u32 = 1;
 /// The built-in dashboard: its id and its JSON, compiled in.
@@ -106,7 +112,51 @@ pub struct Dashboard {
     title: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    variables: Vec<Variable>,
     panels: Vec<Panel>,
+}
+
+/// A picker of label values shown above the panels; `$name` (or `${name}`)
+/// in a panel's query stands for the picked value, several as the regex
+/// `a|b` for `=~`. Kept in the JSON so that a dashboard can be shared.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Variable {
+    name: String,
+    /// Where the values come from, as Grafana writes it:
+    /// `label_values(selector, label)` or `label_values(label)`.
+    query: String,
+    /// Several values may be picked (and none means all).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    multi: bool,
+}
+
+/// How a panel draws its series.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PanelType {
+    /// A line per series (the default).
+    Lines,
+    /// Areas stacked on each other: the top is the sum.
+    Stacked,
+    /// Stacked bars, one per step.
+    Bars,
+    /// The last value of each series as one big number, coloured by the
+    /// thresholds.
+    Stat,
+    /// The last value of each series, in rows.
+    Table,
+    /// Histogram buckets (series with an `le` label) over time.
+    Heatmap,
+}
+
+/// How wide a panel is drawn: half of the row (the default) or all of it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Width {
+    Half,
+    Full,
 }
 
 /// One chart: a PromQL expression graphed over the UI's time range.
@@ -120,6 +170,18 @@ struct Panel {
     /// any short text shown beside them (`req/s`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     unit: String,
+    /// Absent: lines.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<PanelType>,
+    /// Ascending values from which a stat reads as a warning, then as bad.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    thresholds: Vec<f64>,
+    /// Absent: half width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    width: Option<Width>,
+    /// The chart's height in pixels; absent: the UI's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
 }
 
 fn version() -> u32 {
@@ -159,14 +221,69 @@ impl Dashboard {
                 format!("{} panels, at most {MAX_PANELS}", self.panels.len()),
             );
         }
+        if self.variables.len() > MAX_VARIABLES {
+            return invalid(
+                "variables".into(),
+                format!(
+                    "{} variables, at most {MAX_VARIABLES}",
+                    self.variables.len()
+                ),
+            );
+        }
+        for (i, variable) in self.variables.iter().enumerate() {
+            let name = &variable.name;
+            if !is_identifier(name) || name.starts_with("__") {
+                return invalid(
+                    format!("variables[{i}].name"),
+                    format!(
+                        "{name:?} is not a variable name: use letters, digits and '_', \
+                         not starting with a digit or \"__\""
+                    ),
+                );
+            }
+            if self.variables[..i].iter().any(|v| &v.name == name) {
+                return invalid(
+                    format!("variables[{i}].name"),
+                    format!("{name:?} is declared twice"),
+                );
+            }
+            if let Err(reason) = check_label_values(&variable.query) {
+                return invalid(format!("variables[{i}].query"), reason);
+            }
+        }
+        let names: Vec<&str> = self.variables.iter().map(|v| v.name.as_str()).collect();
         for (i, panel) in self.panels.iter().enumerate() {
             check_length(&format!("panels[{i}].title"), &panel.title, MAX_TITLE_CHARS)?;
             check_length(&format!("panels[{i}].unit"), &panel.unit, MAX_UNIT_CHARS)?;
+            if let Some(height) = panel.height.filter(|h| !PANEL_HEIGHTS.contains(h)) {
+                return invalid(
+                    format!("panels[{i}].height"),
+                    format!(
+                        "{height} px, from {} to {}",
+                        PANEL_HEIGHTS.start(),
+                        PANEL_HEIGHTS.end()
+                    ),
+                );
+            }
+            let thresholds = &panel.thresholds;
+            if thresholds.len() > 2
+                || thresholds.iter().any(|t| !t.is_finite())
+                || thresholds.windows(2).any(|w| w[0] >= w[1])
+            {
+                return invalid(
+                    format!("panels[{i}].thresholds"),
+                    "at most two finite values, ascending: [warning, bad]".into(),
+                );
+            }
             let field = format!("panels[{i}].query");
             if panel.query.trim().is_empty() {
                 return invalid(field, "must not be empty".into());
             }
-            let expr = match strand_promql::parse(&panel.query) {
+            let query = match with_sample_values(&panel.query, &names) {
+                Ok(query) => query,
+                Err(reason) => return invalid(field, reason),
+            };
+            let expr = match strand_promql::parse(&query) {
                 Ok(expr) => expr,
                 Err(error) => return invalid(field, error.to_string()),
             };
@@ -186,6 +303,85 @@ impl Dashboard {
         }
         Ok(())
     }
+}
+
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a variable's `label_values(selector, label)`: the label is a
+/// label name and the selector, if any, is PromQL that selects series.
+fn check_label_values(query: &str) -> Result<(), String> {
+    let usage = || format!("{query:?} is not label_values(selector, label) or label_values(label)");
+    let inner = query
+        .trim()
+        .strip_prefix("label_values")
+        .and_then(|rest| rest.trim_start().strip_prefix('('))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .ok_or_else(usage)?;
+    let (selector, label) = match inner.rfind(',') {
+        Some(comma) => (inner[..comma].trim(), inner[comma + 1..].trim()),
+        None => ("", inner.trim()),
+    };
+    if !is_identifier(label) {
+        return Err(usage());
+    }
+    if selector.is_empty() {
+        return Ok(());
+    }
+    match strand_promql::parse(selector) {
+        Ok(expr) if expr.value_type() == ValueType::Vector => Ok(()),
+        Ok(_) => Err(format!("{selector:?} does not select series")),
+        Err(error) => Err(format!("{selector:?}: {error}")),
+    }
+}
+
+/// The query with each `$name` or `${name}` replaced by a value of its
+/// kind, so that it parses as the UI will send it: a duration for the
+/// built-in windows, a word for the dashboard's variables. An unknown name
+/// is refused (it would reach the API as a `$`).
+fn with_sample_values(query: &str, variables: &[&str]) -> Result<String, String> {
+    let mut out = String::with_capacity(query.len());
+    let mut rest = query;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        let (name, used) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        if name.is_empty() {
+            // A `$` of the query itself, such as a regex anchor.
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        if BUILT_IN_VARIABLES.contains(&name) {
+            out.push_str("1m");
+        } else if variables.contains(&name) {
+            out.push_str("value");
+        } else {
+            return Err(format!(
+                "unknown variable ${name}: declare it under \"variables\", or use \
+                 $__rate_interval, $__interval or $__range"
+            ));
+        }
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn check_length(field: &str, text: &str, max: usize) -> Result<()> {
@@ -408,6 +604,63 @@ mod tests {
             Dashboard::from_json(br#"{"title": "t", "panels": [], "extra": 1}"#),
             Err(DashboardError::Malformed(m)) if m.contains("extra")
         ));
+    }
+
+    #[test]
+    fn variables_are_declared_and_checked() {
+        let board = |variables: &str, query: &str| {
+            format!(
+                r#"{{"title": "t", "variables": [{variables}], "panels": [{{"query": {query:?}}}]}}"#
+            )
+        };
+        let service = r#"{"name": "service", "query": "label_values(up{job=\"a\"}, service)", "multi": true}"#;
+        let uses = r#"sum(rate(up{service=~"$service"}[$__rate_interval])) / ${service}_total"#;
+        assert!(Dashboard::from_json(board(service, uses).as_bytes()).is_ok());
+        assert!(
+            Dashboard::from_json(board("", r#"up{a=~"b$"}[$__range:$__interval]"#).as_bytes())
+                .is_err()
+        );
+        assert!(
+            Dashboard::from_json(board("", r#"max_over_time(up{a=~"^b$"}[$__range])"#).as_bytes())
+                .is_ok()
+        );
+        assert_eq!(
+            invalid_field(&board("", r#"up{a="$nope"}"#)),
+            "panels[0].query"
+        );
+        for bad in [
+            r#"{"name": "1x", "query": "label_values(a)"}"#,
+            r#"{"name": "__x", "query": "label_values(a)"}"#,
+        ] {
+            assert_eq!(invalid_field(&board(bad, "up")), "variables[0].name");
+        }
+        for bad in [
+            "values(a)",
+            "label_values(up{, a)",
+            "label_values(up, a-b)",
+            "label_values(up[5m], a)",
+        ] {
+            let variable = format!(r#"{{"name": "v", "query": {bad:?}}}"#);
+            assert_eq!(
+                invalid_field(&board(&variable, "up")),
+                "variables[0].query",
+                "{bad}"
+            );
+        }
+        let twice = format!("{service}, {service}");
+        assert_eq!(invalid_field(&board(&twice, "up")), "variables[1].name");
+        assert_eq!(
+            invalid_field(r#"{"title": "t", "panels": [{"query": "up", "height": 5}]}"#),
+            "panels[0].height"
+        );
+        assert_eq!(
+            invalid_field(r#"{"title": "t", "panels": [{"query": "up", "thresholds": [2, 1]}]}"#),
+            "panels[0].thresholds"
+        );
+        let kinds =
+            r#"{"title": "t", "panels": [{"query": "up", "type": "stat", "thresholds": [1, 2]}]}"#;
+        assert!(Dashboard::from_json(kinds.as_bytes()).is_ok());
+        assert!(Dashboard::from_json(kinds.replace("stat", "pie").as_bytes()).is_err());
     }
 
     #[test]

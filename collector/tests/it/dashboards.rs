@@ -79,12 +79,17 @@ async fn dashboards_round_trip_and_survive_a_restart() {
         queries.iter().all(|q| q.contains("service_name")),
         "{queries:?}"
     );
-    // Its queries run.
+    // Its queries run, with its variable and the rate window as the UI
+    // fills them in.
+    assert_eq!(shop["variables"][0]["name"], "service");
     for query in queries {
+        let query = query
+            .replace("$service", "gateway|order")
+            .replace("$__rate_interval", "1m");
         let (status, body) = daemon
             .get_json(&format!(
                 "/api/v1/query_range?query={}&start=0&end=600&step=15",
-                strand_testkit::urlencode(query)
+                strand_testkit::urlencode(&query)
             ))
             .await;
         assert_eq!(status, 200, "{query}: {body}");

@@ -33,6 +33,7 @@ mod ui_dashboards;
 mod ui_global;
 mod ui_logs;
 mod ui_map;
+mod ui_metrics;
 mod ui_newcomer;
 mod ui_trace_view;
 mod ui_traces;

@@ -103,6 +103,8 @@ async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     click_shown(client, ".dash-tools button.copy").await?;
     click_shown(client, ".dash-copy button[type=\"submit\"]").await?;
+    // The copy is a draft until saved; saving it asks.
+    click_shown(client, ".dash-tools button.save").await?;
     wait_for(client, "the dialog asking for admin", DIALOG_TEXT, |v| {
         v.as_str().is_some_and(|t| t.contains("`admin` scope"))
     })
@@ -110,7 +112,7 @@ async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
     enter_token(client, ADMIN).await?;
     wait_for(client, "the saved copy", "return location.hash", |v| {
         v.as_str()
-            .is_some_and(|h| h.starts_with("#/dashboard/shop-copy"))
+            .is_some_and(|h| h.starts_with("#/dashboard/shop-copy") && !h.contains("edit"))
     })
     .await?;
     let saved = reqwest::Client::new()

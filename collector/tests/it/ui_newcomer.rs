@@ -52,7 +52,7 @@ async fn metric_names_are_links_that_run_their_query() {
         let offered = wait_for(
             &client,
             "the known metric names",
-            "const p = document.querySelector('.metrics-out p.muted');
+            "const p = document.querySelector('.metrics-out .metric-browser');
              return p && { text: p.textContent,
                            names: [...p.querySelectorAll('button.link')].map(b => b.textContent) }",
             |v| v["names"].as_array().is_some_and(|n| !n.is_empty()),
@@ -71,7 +71,7 @@ async fn metric_names_are_links_that_run_their_query() {
 
         let name = client
             .find(Locator::XPath(
-                "//p[contains(@class,'muted')]/button[text()='newcomer_orders_total']",
+                "//section[contains(@class,'metric-browser')]//button[text()='newcomer_orders_total']",
             ))
             .await
             .map_err(|e| format!("no button for the metric: {e}"))?;
