@@ -169,7 +169,7 @@ export function fmtNumber(v) {
     return `${+(v / 1000 ** power).toPrecision(3)}${" kMGT"[power]}`;
   }
   if (abs >= 1) return String(+v.toPrecision(Math.max(4, Math.floor(Math.log10(abs)) + 1)));
-  return String(+v.toPrecision(3));
+  return String(+v.toPrecision(4));
 }
 
 /** "1 span", "2 spans": a count with its noun. */

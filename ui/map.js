@@ -126,8 +126,8 @@ async function fetchGraph(win) {
     const body = await api("/api/v1/query", { query: q, time: at });
     return new Map(body.data.result.map((r) => [key(r.metric, labels), Number(r.value[1])]));
   };
-  // Rates are the dashboards' (per minute, at the points of their range
-  // query over the window) averaged: only points with traffic count, so a
+  // Rates are the dashboards' (`$__rate_interval` windows at the points of
+  // their range query over the window) averaged: only points with traffic count, so a
   // service that ran for ten minutes of the hour shows its rate of those
   // ten minutes, as its dashboard panel does, not its calls spread over the
   // hour (which `rate(...[1h])` gives).
@@ -139,10 +139,10 @@ async function fetchGraph(win) {
   let metricsError = null;
   try {
     const [calls, failed, p95, nodeCalls, nodeFailed, nodeP95] = await Promise.all([
-      mean("sum by (client, server) (rate(traces_service_graph_request_total[1m]))", "client", "server"),
+      mean("sum by (client, server) (rate(traces_service_graph_request_total[$__rate_interval]))", "client", "server"),
       byEdge(share("traces_service_graph_request_failed_total", "traces_service_graph_request_total", "client, server")),
       byEdge(`histogram_quantile(0.95, sum by (client, server, le) (rate(traces_service_graph_request_server_seconds_bucket${w})))`),
-      mean(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}}[1m]))`, "service_name"),
+      mean(`sum by (service_name) (rate(traces_span_metrics_calls_total{${SERVER}}[$__rate_interval]))`, "service_name"),
       byService(share(`traces_span_metrics_calls_total{${SERVER}, status_code="STATUS_CODE_ERROR"}`, `traces_span_metrics_calls_total{${SERVER}}`, "service_name")),
       byService(`histogram_quantile(0.95, sum by (service_name, le) (rate(traces_span_metrics_duration_seconds_bucket{${SERVER}}${w})))`),
     ]);

@@ -239,7 +239,7 @@ async fn numbers_durations_and_times_read_well() {
                      ['fmtNumber', lib.fmtNumber, [1234.5678], '1235'],
                      ['fmtNumber', lib.fmtNumber, [12345.678], '12346'],
                      ['fmtNumber', lib.fmtNumber, [1.5e6], '1.5M'],
-                     ['fmtNumber', lib.fmtNumber, [0.000123456], '0.000123'],
+                     ['fmtNumber', lib.fmtNumber, [0.000123456], '0.0001235'],
                      ['fmtNumber', lib.fmtNumber, [-0.5], '-0.5'],
                      ['fmtNumber', lib.fmtNumber, [NaN], '–'],
                      ['fmtNumber', lib.fmtNumber, [Infinity], '+Inf'],

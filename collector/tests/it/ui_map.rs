@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use strand_testkit::browser::Client;
 use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
 use strand_testkit::{Strand, eventually};
@@ -307,6 +307,11 @@ async fn a_services_rate_is_the_dashboards_over_the_same_window() {
         })
         .unwrap_or_else(|| panic!("no request rate panel in {shop}"));
     let query = panel["query"].as_str().unwrap();
+    // Every service, and a fixed window while waiting for complete data; the
+    // comparison below expands the panel's query as the dashboard does.
+    let complete = query
+        .replace("$service", ".*")
+        .replace("$__rate_interval", "1m");
     // The panel's points over the hour as the dashboard asks for them (240
     // points: every 15 s). The hour ends on a whole step, in the past, once
     // the panel has every service there, so that nothing in it changes
@@ -318,7 +323,7 @@ async fn a_services_rate_is_the_dashboards_over_the_same_window() {
             .get_json_query(
                 "/api/v1/query_range",
                 &[
-                    ("query", query),
+                    ("query", &complete),
                     ("start", &((end - 3_600_000) / 1000).to_string()),
                     ("end", &(end / 1000).to_string()),
                     ("step", &(step_ms / 1000).to_string()),
@@ -330,29 +335,31 @@ async fn a_services_rate_is_the_dashboards_over_the_same_window() {
         .then_some((end, points))
     })
     .await;
-    let (end, points) = ended.expect("the panel shows every service");
+    let (end, _) = ended.expect("the panel shows every service");
     let start = end - 3_600_000;
-    let dashboard: Vec<(String, f64)> = points["data"]["result"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no points: {points}"))
-        .iter()
-        .map(|series| {
-            let values: Vec<f64> = series["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|v| v[1].as_str()?.parse().ok())
-                .collect();
-            let service = series["metric"]["service_name"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            (service, values.iter().sum::<f64>() / values.len() as f64)
-        })
-        .collect();
+    let query = query.to_owned();
     in_browser("ui-map-rates", |client| async move {
         let graph = open_map(&client, &daemon, &format!("#/map?start={start}&end={end}")).await?;
-        for (service, mean) in &dashboard {
+        // The panel's points as the dashboard gets them (its own expansion of
+        // `$service` and `$__rate_interval`), averaged per service.
+        let dashboard = client
+            .execute_async(
+                "const [query, start, end, done] = arguments;
+                 import('/ui/metrics.js').then(async (m) => {
+                   const result = await m.queryRange(m.expandVariables(query, { service: '.*' }), { start, end });
+                   done(result.map((s) => [s.metric.service_name,
+                     s.values.reduce((sum, [, v]) => sum + Number(v), 0) / s.values.length]));
+                 }).catch((e) => done(String(e)));",
+                vec![json!(query), json!(start), json!(end)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let means: Vec<(String, f64)> = serde_json::from_value(dashboard.clone())
+            .map_err(|_| format!("the dashboard's query failed: {dashboard}"))?;
+        if means.len() != 4 {
+            return Err(format!("the dashboard shows {means:?}, not the four services"));
+        }
+        for (service, mean) in &means {
             let map: Option<f64> = graph["nodes"][service]["rate"].as_str().and_then(|r| r.parse().ok());
             if map.is_none_or(|rate| (rate - mean).abs() > mean * 1e-9) {
                 return Err(format!(
