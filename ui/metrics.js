@@ -71,7 +71,7 @@ export async function render(root, { params, current, go }) {
       ...(series.length ? [] : [state(`No data for ${query} between ${fmtTime(span.start)} and ${fmtTime(span.end)}.`)]),
       ...(result.length > MAX_SERIES ? [state(`Showing ${MAX_SERIES} of ${result.length} series.`)] : []));
     chart.update(series, span.start, span.end);
-    fillSeriesTable(table, series);
+    fillSeriesTable(table, series, "", chart);
   };
   await load();
   const unsubscribe = onRefresh(load);
@@ -183,16 +183,24 @@ export function attachSuggest(box) {
 
 /**
  * Fills `table` with the last value of each series (the explorer's table,
- * the dashboards' table panels), named without the labels all share.
+ * the dashboards' table panels), named without the labels all share. With
+ * `chart` (the explorer), a click on a row shows that series alone in the
+ * chart (again: all) and shift-click hides or shows it, as a legend does.
  */
-export function fillSeriesTable(table, series, unit = "") {
+export function fillSeriesTable(table, series, unit = "", chart = null) {
   const { names } = sharedLabels(series);
-  table.replaceChildren(
-    h("tr", {}, h("th", {}, ""), h("th", {}, "Series"), h("th", {}, "Last value")),
-    ...series.map((s, i) => h("tr.legend-row", {},
-      h("td", {}, h("span.svc-dot", { style: `background:${s.color}` })),
-      h("td", { title: s.name }, h("code", {}, names[i])),
-      h("td.num", {}, fmtUnit(s.points.at(-1)?.[1], unit)))));
+  const rows = series.map((s, i) => h("tr.legend-row", {
+    dataset: { name: s.name },
+    title: chart ? `${s.name}\nClick: show only this series (again: all). Shift-click: hide or show it.` : s.name,
+    onclick: chart ? (e) => mark(chart.isolate(s.name, e.shiftKey)) : null,
+  },
+  h("td", {}, h("span.svc-dot", { style: `background:${s.color}` })),
+  h("td", {}, h("code", {}, names[i])),
+  h("td.num", {}, fmtUnit(s.points.at(-1)?.[1], unit))));
+  const mark = (hidden) => { for (const row of rows) row.classList.toggle("off", hidden.has(row.dataset.name)); };
+  table.classList.toggle("pickable", Boolean(chart));
+  table.replaceChildren(h("tr", {}, h("th", {}, ""), h("th", {}, "Series"), h("th", {}, "Last value")), ...rows);
+  if (chart) mark(chart.hiddenNames());
 }
 
 /** The URL parameters of the global time range, to carry into a new URL. */
@@ -692,6 +700,14 @@ export function lineChart({ unit = "", legend = true, height = 280, zero = false
       draw();
       drawLegend();
     },
+    /** As a click on the legend entry of `name` (shift-click with `toggle`); returns `hiddenNames()`. */
+    isolate(name, toggle) {
+      const s = series.find((x) => x.name === name);
+      if (s) pick(s, toggle);
+      return new Set(hidden);
+    },
+    /** The names of the series the legend hides. */
+    hiddenNames() { return new Set(hidden); },
     destroy() {
       resize.disconnect();
       window.removeEventListener("strand-theme", draw);

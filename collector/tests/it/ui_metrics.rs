@@ -2,10 +2,11 @@
 //! metric names, label names and label values as one types, picked with
 //! the keyboard; with no query it lists the metrics with their type and
 //! help; `$__rate_interval` works in queries, and a rate window shorter
-//! than the samples' interval gets a hint.
+//! than the samples' interval gets a hint. A click on a row of the series
+//! table shows that series alone in the chart, as a legend entry does.
 
 use strand_testkit::Strand;
-use strand_testkit::browser::{Client, Locator, in_browser, snapshot, type_into, wait_for};
+use strand_testkit::browser::{Client, Locator, click, in_browser, snapshot, type_into, wait_for};
 
 use crate::support::remote_write as rw;
 use crate::ui_dashboards::{SERVICES, send_span_metrics};
@@ -237,6 +238,50 @@ async fn the_explorer_lists_metrics_with_their_type_and_help() {
             |v| v == "5",
         )
         .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The explorer's chart lines and the table rows shown as hidden.
+const DRAWN: &str = "return { lines: document.querySelectorAll('.chart path.series').length,
+    rows: document.querySelectorAll('.series-table .legend-row').length,
+    off: [...document.querySelectorAll('.series-table .legend-row.off')].map(r => r.dataset.name).sort() }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_on_a_series_row_shows_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let (start, end) = send_span_metrics(&daemon).await;
+    in_browser("ui-metrics-isolate", |client| async move {
+        let query = "sum by (service_name) (rate(traces_span_metrics_calls_total[1m]))";
+        let base = daemon.url("/");
+        let params = [
+            ("query", query),
+            ("start", &start.to_string()),
+            ("end", &end.to_string()),
+        ];
+        let url = format!(
+            "{base}#/metrics?{}",
+            serde_urlencoded::to_string(params).unwrap()
+        );
+        client.goto(&url).await.map_err(|e| e.to_string())?;
+        let all = serde_json::json!({ "lines": SERVICES.len(), "rows": SERVICES.len(), "off": [] });
+        wait_for(&client, "every service drawn", DRAWN, |v| *v == all).await?;
+        let row = |service: &str| format!(".series-table .legend-row[data-name='{service}']");
+        click(&client, &row("inventory")).await?;
+        wait_for(&client, "inventory alone", DRAWN, |v| {
+            let off = v["off"].as_array().map(Vec::as_slice).unwrap_or_default();
+            v["lines"] == 1
+                && off.len() == SERVICES.len() - 1
+                && off
+                    .iter()
+                    .all(|name| !name.as_str().unwrap_or("").contains("inventory"))
+        })
+        .await?;
+        snapshot(&client, "metrics-isolated").await;
+        click(&client, &row("inventory")).await?;
+        wait_for(&client, "every service again", DRAWN, |v| *v == all).await?;
         Ok(())
     })
     .await;
