@@ -290,6 +290,9 @@ const SHORTCUTS = [
   ["g d", "Go to dashboards"], ["g s", "Go to the service map"],
   ["r", "Refresh"], ["t", "Switch between light and dark"],
   ["?", "Show this help"], ["Esc", "Close this help, leave a field"],
+  ["j k", "In a trace: next or previous span (also ↓ ↑)"],
+  ["← →", "In a trace: collapse or expand the span, or go to its parent or first child"],
+  ["Enter", "In a trace: open or close the span's detail"],
 ];
 const help = h("div.overlay", { id: "help", role: "dialog", "aria-label": "keyboard shortcuts", hidden: true,
   onclick: (e) => { if (e.target === help) help.hidden = true; } },
