@@ -254,7 +254,12 @@ async function renderDashboard(root, { arg: id, params, current, go }) {
   const self = (t) => t.name === "dashboard" && t.arg === id && t.params.get("edit") === "1";
   const release = editable ? guardLeave((target) => (target && self(target)) || !isDirty() ? "" : UNSAVED) : () => {};
   drawPanels();
-  const unsubscribe = onRefresh(() => { for (const p of panels) p.load(); });
+  // A refresh asks for the variables' values again too (a service that
+  // started since shows up), unless the user has a picker open.
+  const unsubscribe = onRefresh(() => {
+    if ((draft.variables || []).length && !vars.el.querySelector("details[open]")) applyVariables();
+    else for (const p of panels) p.load();
+  });
   // While Strand is unreachable, panels keep their last data, marked stale.
   const unstale = onStale((marker) => { for (const p of panels) p.markStale(marker); });
   return () => {

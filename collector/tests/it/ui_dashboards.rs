@@ -859,3 +859,51 @@ async fn panels_draw_stacked_bars_stats_tables_and_heatmaps() {
     })
     .await;
 }
+
+/// A refresh fetches the variables' values again: a service that starts
+/// sending after the dashboard opened shows up in its picker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_brings_new_variable_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    send_span_metrics(&daemon).await;
+    in_browser("ui-dashboards-variable-refresh", |client| async move {
+        goto(&client, &daemon.url("/#/dashboard/shop?range=15m")).await?;
+        let picker = picker_script("service");
+        let services = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|values| {
+                    values
+                        .iter()
+                        .filter(|c| c[0] != "$__all")
+                        .filter_map(|c| c[0].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        wait_for(&client, "the shop's services", &picker, |v| {
+            services(v) == SERVICES
+        })
+        .await?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let labels = [
+            ("service_name", "shipping"),
+            ("span_name", "request"),
+            ("span_kind", "SPAN_KIND_SERVER"),
+            ("status_code", "STATUS_CODE_UNSET"),
+        ];
+        let samples = [(now_ms - 30_000, 1.0), (now_ms - 15_000, 2.0)];
+        let series = rw::series("traces_span_metrics_calls_total", &labels, &samples);
+        rw::write_ok(&daemon, &rw::request(vec![series])).await;
+        click(&client, "#refresh-now").await?;
+        wait_for(&client, "the new service after a refresh", &picker, |v| {
+            services(v).iter().any(|s| s == "shipping")
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
