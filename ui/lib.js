@@ -172,6 +172,19 @@ export function fmtNumber(v) {
   return String(+v.toPrecision(4));
 }
 
+/**
+ * About `count` round ticks (1, 2 or 5 times a power of ten) from lo..hi
+ * widened to whole steps, so the highest line never touches the top.
+ */
+export function ticks(lo, hi, count) {
+  const raw = (hi - lo) / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+  const out = [];
+  for (let v = Math.floor(lo / step) * step; v < hi + step * 0.999; v += step) out.push(+v.toPrecision(12));
+  return out;
+}
+
 /** "1 span", "2 spans": a count with its noun. */
 export function plural(n, noun) {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;

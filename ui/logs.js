@@ -5,8 +5,7 @@
 // in over /api/logs/tail and take their place in time order; histogram and
 // facets keep following every few seconds.
 
-import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList } from "./lib.js";
-import { ticks } from "./metrics.js";
+import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList, ticks } from "./lib.js";
 
 const ROW = 26;
 const PAGE = 500;

@@ -7,7 +7,7 @@
 // API's error messages are shown as they come. The chart (`lineChart`),
 // the query helpers and the suggestions are exported for the dashboards.
 
-import { api, h, state, fmtTime, fmtMicros, fmtNumber, colorFor, timeRange, onRefresh } from "./lib.js";
+import { api, h, state, fmtTime, fmtMicros, fmtNumber, colorFor, timeRange, onRefresh, ticks } from "./lib.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_SERIES = 100;
@@ -403,19 +403,6 @@ export function svg(tag, attrs) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
   return el;
-}
-
-/**
- * About `count` round ticks (1, 2 or 5 times a power of ten) from lo..hi
- * widened to whole steps, so the highest line never touches the top.
- */
-export function ticks(lo, hi, count) {
-  const raw = (hi - lo) / count;
-  const power = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
-  const out = [];
-  for (let v = Math.floor(lo / step) * step; v < hi + step * 0.999; v += step) out.push(+v.toPrecision(12));
-  return out;
 }
 
 /** Round steps (s) between time ticks, from a second to a week. */

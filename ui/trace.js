@@ -8,7 +8,7 @@
 // Rows are virtualised, so traces of tens of thousands of spans stay smooth:
 // zooming, searching or toggling only redraws the rows in view.
 
-import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, VirtualList } from "./lib.js";
+import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, ticks, VirtualList } from "./lib.js";
 import { searchIndex, statistics, statisticsTable } from "./trace-tools.js";
 
 const ROW = 24;
@@ -452,8 +452,14 @@ class TraceView {
     // Offsets since the trace's start, for the test and for people alike.
     this.rulerEl.dataset.from = Math.round(w0 - this.m.start);
     this.rulerEl.dataset.to = Math.round(w1 - this.m.start);
-    this.ticks.replaceChildren(...[0, 0.25, 0.5, 0.75, 1].map((f) =>
-      h("span.tick", { style: `left:${f * 100}%` }, fmtMicros(w0 - this.m.start + f * (w1 - w0)))));
+    // Round offsets (1, 2 or 5 times a power of ten) inside the window;
+    // labels near an edge stay inside the ruler.
+    const from = w0 - this.m.start, to = w1 - this.m.start;
+    this.ticks.replaceChildren(...ticks(from, to, 4).filter((us) => us >= from && us <= to).map((us) => {
+      const at = ((us - from) / (to - from)) * 100;
+      const shift = at < 4 ? "0" : at > 96 ? "-100%" : "-50%";
+      return h("span.tick", { style: `left:${at}%;transform:translateX(${shift})` }, fmtMicros(us));
+    }));
   }
 
   /** Shows [from, to] (µs) across the timeline; only rows in view redraw. */

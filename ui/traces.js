@@ -4,7 +4,7 @@
 // over start time, errors marked) above the list, sorted as the URL's `sort`
 // says. The search runs again on every auto-refresh tick.
 
-import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, timeRange, onRefresh } from "./lib.js";
+import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, timeRange, onRefresh, ticks } from "./lib.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 /** The service picker's value for a search across every service. */
@@ -200,7 +200,7 @@ function scatter(traces, available) {
     "aria-label": `durations of ${traces.length} traces over time`, "data-scale": log ? "log" : "linear" });
   const yTicks = log
     ? Array.from({ length: Math.floor(y1) - Math.ceil(y0) + 1 }, (_, i) => 10 ** (Math.ceil(y0) + i))
-    : [0, 0.25, 0.5, 0.75, 1].map((q) => q * dMax);
+    : ticks(0, dMax, 4).filter((v) => v <= y1);
   for (const v of yTicks) {
     root.append(svg("line", { class: "grid", x1: pad.l, x2: width - pad.r, y1: y(v), y2: y(v) }),
       svg("text", { class: "axis", x: pad.l - 6, y: y(v) + 4, "text-anchor": "end" }, fmtMicros(v)));

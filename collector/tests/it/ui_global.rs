@@ -249,6 +249,8 @@ async fn numbers_durations_and_times_read_well() {
                      ['fmtUnit', metrics.fmtUnit, [1.2e-4, ''], '0.00012'],
                      ['fmtUnit', metrics.fmtUnit, [2.5, 'req/s'], '2.5 req/s'],
                      ['fmtTime', lib.fmtTime, [new Date(2026, 0, 2, 13, 5, 6, 7).getTime()], '2026-01-02 13:05:06.007'],
+                     ['ticks', (...a) => lib.ticks(...a).join(' '), [0, 1840, 4], '0 500 1000 1500 2000'],
+                     ['ticks', (...a) => lib.ticks(...a).join(' '), [0, 0.3, 3], '0 0.1 0.2 0.3'],
                    ];
                    const wrong = cases
                      .map(([name, f, args, want]) => [name, args, want, f(...args)])

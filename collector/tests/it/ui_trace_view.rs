@@ -142,6 +142,14 @@ async fn log_markers_sit_at_their_nanosecond_time() {
             detail.contains("+1.626ms") && detail.contains("+1.700ms")
         })
         .await?;
+        // The ruler of the 1.84 ms trace ticks at round offsets.
+        wait_for(
+            &client,
+            "round ruler ticks",
+            "return [...document.querySelectorAll('.ruler .tick')].map(t => t.textContent)",
+            |v| *v == serde_json::json!(["0", "500µs", "1ms", "1.5ms"]),
+        )
+        .await?;
         snapshot(&client, "trace-log-markers").await;
         Ok(())
     })
