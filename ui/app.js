@@ -5,7 +5,7 @@
 // so any screen can be shared or reloaded.
 
 import { h, state, RANGES, timeRange, toLocalInput, fromLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
-  reportUnreachable, reportReachable, unreachableText, leaveWarning } from "./lib.js";
+  reportUnreachable, reportReachable, unreachableText, leaveWarning, fmtTime } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
@@ -164,21 +164,46 @@ function syncHeader(name, params) {
   // one that is not a range at all means the default hour (see rangeSeconds).
   const relative = /^\d+[smhd]$/.test(win.range) ? win.range : "1h";
   if (!win.absolute && ![...range.options].some((o) => o.value === relative)) {
-    range.add(h("option", { value: relative }, `Last ${relative}`), range.options.length - 1);
+    range.add(h("option", { value: relative }, `Last ${relative}`), customOption);
   }
+  // An absolute window is named in the picker itself, so the header keeps
+  // one row; "Edit range…" opens the fields under it.
+  customOption.textContent = win.absolute ? windowLabel(win) : "Custom…";
+  customOption.title = win.absolute ? `${fmtTime(win.start)} – ${fmtTime(win.end)}` : "";
+  editOption.hidden = !win.absolute;
   range.value = win.absolute ? "custom" : relative;
-  showCustom(win.absolute && !timeless, win);
+  shownRange = range.value;
+  closeCustom();
   const refresh = Object.hasOwn(REFRESHES, params.get("refresh")) ? params.get("refresh") : "off";
   refreshPicker.value = refresh;
   startTimer(REFRESHES[refresh]);
 }
 
-function showCustom(shown, win) {
-  picker.querySelector(".custom-range").hidden = !shown;
-  if (shown) {
-    picker.start.value = toLocalInput(win.start);
-    picker.end.value = toLocalInput(win.end);
-  }
+/** The picker's value for the window on screen, restored when editing is given up. */
+let shownRange = "";
+
+/** "04:34:45 – 04:44:30" for a window of today, with dates otherwise. */
+function windowLabel(win) {
+  const [from, to] = [fmtTime(win.start).slice(0, 19), fmtTime(win.end).slice(0, 19)];
+  const today = fmtTime(Date.now()).slice(0, 10);
+  const sameDay = from.slice(0, 10) === to.slice(0, 10);
+  return `${from.startsWith(today) && sameDay ? from.slice(11) : from} – ${sameDay ? to.slice(11) : to}`;
+}
+
+/** Opens the start/end fields under the picker, filled with `win`. */
+function openCustom(win) {
+  customRange.hidden = false;
+  picker.start.value = toLocalInput(win.start);
+  picker.end.value = toLocalInput(win.end);
+  picker.start.focus();
+}
+
+/** Closes the fields; the picker shows the window on screen again. */
+function closeCustom() {
+  if (customRange.hidden) return;
+  customRange.hidden = true;
+  picker.end.setCustomValidity("");
+  picker.range.value = shownRange;
 }
 
 /**
@@ -195,13 +220,17 @@ function setGlobal(changes) {
   navigate(hashOf(name, arg, params));
 }
 
+const customRange = picker.querySelector(".custom-range");
+const customOption = h("option", { value: "custom" }, "Custom…");
+const editOption = h("option", { value: "edit", hidden: true }, "Edit range…");
 for (const r of RANGES) picker.range.add(h("option", { value: r }, `Last ${r}`));
-picker.range.add(h("option", { value: "custom" }, "Custom…"));
+picker.range.add(customOption);
+picker.range.add(editOption);
 picker.range.addEventListener("change", () => {
-  if (picker.range.value === "custom") {
+  if (picker.range.value === "custom" || picker.range.value === "edit") {
     // Start from the window on screen; the URL changes on Apply.
-    showCustom(true, timeRange(parseHash(location.hash).params));
-    picker.start.focus();
+    picker.range.value = "custom";
+    openCustom(timeRange(parseHash(location.hash).params));
   } else {
     setGlobal({ range: picker.range.value, start: null, end: null });
   }
@@ -221,6 +250,9 @@ picker.addEventListener("submit", (e) => {
 // field still marked invalid would block every later submit), and the
 // submit above checks the pair again.
 for (const field of [picker.start, picker.end]) field.addEventListener("input", () => picker.end.setCustomValidity(""));
+
+// A click outside the picker gives up editing the range.
+document.addEventListener("pointerdown", (e) => { if (!picker.contains(e.target)) closeCustom(); });
 
 // Auto refresh: a `strand-refresh` event every interval while the page is
 // visible (views reload with onRefresh; a relative window slides).
@@ -308,6 +340,7 @@ let pendingG = 0;
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape") {
     help.hidden = true;
+    closeCustom();
     if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
     return;
   }

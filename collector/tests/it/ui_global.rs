@@ -134,6 +134,37 @@ async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
             },
         )
         .await?;
+        // The applied window is named in the picker, the fields close, and
+        // at 1024 px the header keeps one row.
+        client
+            .set_window_size(1024, 700)
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = "const f = document.getElementById('time-picker');
+            return { height: document.querySelector('.topbar').getBoundingClientRect().height,
+                     fields: !f.querySelector('.custom-range').hidden,
+                     label: f.range.selectedOptions[0].textContent }";
+        wait_for(
+            &client,
+            "the window in the picker, one header row",
+            header,
+            |v| {
+                let label = v["label"].as_str().unwrap_or("");
+                v["height"].as_f64().is_some_and(|h| h < 60.0)
+                    && v["fields"] == false
+                    && label.contains(" – ")
+                    && label.contains(':')
+            },
+        )
+        .await?;
+        // "Edit range…" opens the fields on the window; Escape closes them.
+        select(&client, "#time-picker select[name=range]", "edit").await?;
+        wait_for(&client, "the fields open", header, |v| v["fields"] == true).await?;
+        keys(&client, &['\u{E00C}']).await?;
+        wait_for(&client, "the fields closed", header, |v| {
+            v["fields"] == false && v["label"] != "Edit range…"
+        })
+        .await?;
         Ok(())
     })
     .await;
