@@ -207,3 +207,35 @@ async fn malformed_and_unsupported_calls_get_elasticsearch_errors() {
             .starts_with("text/html")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shippers_authenticate_with_basic_auth_and_read_the_compatible_media_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "es-ingest-token-91c2d7";
+    let daemon = Strand::start(&dir.path().join("data"), &["--ingest-token", token]).await;
+    let client = reqwest::Client::new();
+    let health = |auth: Option<&'static str>| {
+        let mut request = client.get(daemon.url("/_cluster/health")).header(
+            "accept",
+            "application/vnd.elasticsearch+json; compatible-with=8",
+        );
+        if let Some(password) = auth {
+            request = request.basic_auth("elastic", Some(password));
+        }
+        request.send()
+    };
+
+    let refused = health(None).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["x-elastic-product"], "Elasticsearch");
+
+    let answered = health(Some(token)).await.unwrap();
+    assert_eq!(answered.status(), 200);
+    assert_eq!(answered.headers()["x-elastic-product"], "Elasticsearch");
+    assert_eq!(
+        answered.headers()["content-type"],
+        "application/vnd.elasticsearch+json; compatible-with=8"
+    );
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["status"], "green");
+}
