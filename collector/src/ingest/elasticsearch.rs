@@ -41,6 +41,14 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/_nodes/{*filter}", es(get(nodes)))
         .route("/_index_template/{name}", stored_nothing("index template"))
         .route("/_template/{name}", stored_nothing("template"))
+        .route(
+            "/_component_template/{name}",
+            stored_nothing("component template"),
+        )
+        .route(
+            "/_ingest/pipeline/{name}",
+            stored_nothing("ingest pipeline"),
+        )
         .route("/_ilm/policy/{name}", stored_nothing("lifecycle policy"))
         .route("/_data_stream/{name}", stored_nothing("data stream"))
         .route(

@@ -225,6 +225,28 @@ async fn shippers_authenticate_with_basic_auth_and_read_the_compatible_media_typ
         request.send()
     };
 
+    // `HEAD /`, Logstash's health check, is open as `GET /` is.
+    let ping = client.head(daemon.url("/")).send().await.unwrap();
+    assert_eq!(ping.status(), 200);
+    assert_eq!(ping.headers()["x-elastic-product"], "Elasticsearch");
+    // Filebeat's set-up: nothing kept, so it writes its pipeline and
+    // template, which are acknowledged.
+    for path in [
+        "/_ingest/pipeline/filebeat-8.17.0",
+        "/_component_template/filebeat",
+    ] {
+        let exists = client
+            .head(daemon.url(path))
+            .basic_auth("elastic", Some(token));
+        assert_eq!(exists.send().await.unwrap().status(), 404, "{path}");
+        let put = client
+            .put(daemon.url(path))
+            .basic_auth("elastic", Some(token))
+            .json(&serde_json::json!({"description": "filebeat"}));
+        let answer: Value = put.send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["acknowledged"], true, "{path}");
+    }
+
     let refused = health(None).await.unwrap();
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["x-elastic-product"], "Elasticsearch");
