@@ -183,6 +183,30 @@ pub fn error(status: StatusCode, kind: &str, reason: &str) -> Response {
     with_product((status, axum::Json(body)).into_response())
 }
 
+/// The token guard's refusal (401 or 403, its reason in `error`) in
+/// Elasticsearch's shape, a `security_exception`, keeping its headers (the
+/// Bearer challenge, `Connection: close`), so clients show the reason.
+async fn as_security_exception(response: Response) -> Response {
+    let status = response.status();
+    if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The guard's answers are a line of JSON; 64 KiB bounds anything else.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let refusal: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let reason = refusal["error"].as_str().unwrap_or("not authorized");
+    let mut answer = error(status, "security_exception", reason);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
 fn with_product(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -203,7 +227,7 @@ pub async fn product_header(request: Request, next: Next) -> Response {
         .map(|accept| accept.split(',').next().unwrap_or("").trim())
         .filter(|accept| accept.starts_with(ES_JSON))
         .and_then(|accept| HeaderValue::from_str(accept).ok());
-    let mut response = with_product(next.run(request).await);
+    let mut response = with_product(as_security_exception(next.run(request).await).await);
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

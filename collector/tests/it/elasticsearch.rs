@@ -250,6 +250,14 @@ async fn shippers_authenticate_with_basic_auth_and_read_the_compatible_media_typ
     let refused = health(None).await.unwrap();
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["x-elastic-product"], "Elasticsearch");
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["status"], 401, "{body}");
+    assert_eq!(body["error"]["type"], "security_exception", "{body}");
+    assert!(
+        body["error"]["reason"].as_str().unwrap().contains("token"),
+        "{body}"
+    );
 
     let answered = health(Some(token)).await.unwrap();
     assert_eq!(answered.status(), 200);
