@@ -294,15 +294,25 @@ pub async fn run(
         api::router(api_state, &auth, config.auth.public_metrics)
             .merge(
                 auth.guard(
-                    ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes)
-                        .merge(ingest::remote_write::router(
-                            pipeline.clone(),
-                            config.max_body_bytes,
-                        ))
-                        .layer(admit_http),
+                    ingest::remote_write::router(pipeline.clone(), config.max_body_bytes)
+                        .layer(admit_http.clone()),
                     auth::Scope::Ingest,
                     auth::Scope::Ingest,
                 ),
+            )
+            // Shippers hold ingest tokens, so their set-up reads need that
+            // scope rather than read; they expose no stored data.
+            .merge(
+                auth.guard(
+                    ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes)
+                        .merge(ingest::elasticsearch::router())
+                        .layer(admit_http),
+                    auth::Scope::Ingest,
+                    auth::Scope::Ingest,
+                )
+                .layer(axum::middleware::from_fn(
+                    ingest::elasticsearch::product_header,
+                )),
             )
             .layer(close_after_refused_body),
         Served {

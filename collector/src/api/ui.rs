@@ -7,7 +7,7 @@
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -19,7 +19,17 @@ struct Assets;
 /// The UI routes, merged into the API router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { asset("index.html") }))
+        // Elasticsearch clients read `/` first; browsers ask for HTML.
+        .route(
+            "/",
+            get(|headers: HeaderMap| async move {
+                if crate::ingest::elasticsearch::wants_cluster_info(&headers) {
+                    crate::ingest::elasticsearch::cluster_info()
+                } else {
+                    asset("index.html")
+                }
+            }),
+        )
         .route("/ui", get(|| async { asset("index.html") }))
         .route("/ui/", get(|| async { asset("index.html") }))
         .route(

@@ -17,7 +17,7 @@ use crate::model::{AttrValue, KeyValue, LogRecord, Resource, Scope, Severity, Sp
 
 const DEFAULT_INDEX: &str = "logs";
 const TIME_FIELDS: [&str; 4] = ["@timestamp", "timestamp", "time", "date"];
-const BODY_FIELDS: [&str; 4] = ["message", "log", "msg", "body"];
+const BODY_FIELDS: [&str; 5] = ["message", "log", "msg", "body", "body.text"];
 const LEVEL_FIELDS: [&str; 5] = [
     "level",
     "severity",
@@ -34,6 +34,20 @@ const SERVICE_FIELDS: [&str; 5] = [
 ];
 const TRACE_FIELDS: [&str; 4] = ["trace_id", "traceId", "trace.id", "traceid"];
 const SPAN_FIELDS: [&str; 4] = ["span_id", "spanId", "span.id", "spanid"];
+/// The Elastic Common Schema's field sets that describe where a log comes
+/// from rather than the event: they become the record's resource.
+const RESOURCE_PREFIXES: [&str; 6] = [
+    "service.",
+    "host.",
+    "agent.",
+    "cloud.",
+    "container.",
+    "orchestrator.",
+];
+/// Where the OpenTelemetry Collector's Elasticsearch exporter (`otel`
+/// mapping mode) nests resource and record attributes.
+const OTEL_RESOURCE: &str = "resource.attributes.";
+const OTEL_ATTRIBUTES: &str = "attributes.";
 
 /// A body that is not a bulk request at all.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +230,16 @@ fn parse_document(line: &str, index: &str, now_unix_nano: u64) -> Result<Documen
     // `{"log.level":"x"}` read the same.
     let mut fields: Vec<(String, Value)> = Vec::new();
     flatten("", Value::Object(object.clone()), &mut fields);
+    // OpenTelemetry's own nesting reads as the ECS names it carries.
+    let mut otel_resource = std::collections::HashSet::new();
+    for (key, _) in &mut fields {
+        if let Some(name) = key.strip_prefix(OTEL_RESOURCE) {
+            *key = name.to_string();
+            otel_resource.insert(key.clone());
+        } else if let Some(name) = key.strip_prefix(OTEL_ATTRIBUTES) {
+            *key = name.to_string();
+        }
+    }
     let mut taken = |names: &[&str]| -> Option<Value> {
         names.iter().find_map(|name| {
             let at = fields.iter().position(|(key, _)| key == name)?;
@@ -251,7 +275,12 @@ fn parse_document(line: &str, index: &str, now_unix_nano: u64) -> Result<Documen
     let (resource, attributes): (Vec<_>, Vec<_>) = fields
         .into_iter()
         .filter_map(|(key, value)| Some(KeyValue::new(key, attr_value(value)?)))
-        .partition(|kv| kv.key.starts_with("service.") || kv.key.starts_with("host."));
+        .partition(|kv| {
+            otel_resource.contains(&kv.key)
+                || RESOURCE_PREFIXES
+                    .iter()
+                    .any(|prefix| kv.key.starts_with(prefix))
+        });
     Ok(Document {
         time_unix_nano,
         severity,
@@ -472,6 +501,53 @@ mod tests {
         assert_eq!(filebeat.severity.level(), "error");
         assert_eq!(filebeat.service(), "order");
         assert_eq!(filebeat.resource.attributes[0].key, "service.version");
+    }
+
+    #[test]
+    fn elastic_common_schema_and_opentelemetry_documents() {
+        let body = concat!(
+            "{\"create\":{\"_index\":\"logs-checkout-default\"}}\n",
+            "{\"@timestamp\":\"2025-11-25T10:00:00Z\",\"message\":\"declined\",",
+            "\"log\":{\"level\":\"ERROR\",\"logger\":\"payments\"},\"service\":{\"name\":\"checkout\"},",
+            "\"trace\":{\"id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"},\"span.id\":\"00f067aa0ba902b7\",",
+            "\"host\":{\"name\":\"node-1\"},\"cloud\":{\"region\":\"eu-west-1\"},",
+            "\"container\":{\"id\":\"c1\"},\"order\":{\"id\":7,\"lines\":[1,2]}}\n",
+            "{\"create\":{\"_index\":\"logs-generic.otel-default\"}}\n",
+            "{\"@timestamp\":\"2025-11-25T10:00:00Z\",\"body\":{\"text\":\"cart saved\"},",
+            "\"severity_text\":\"WARN\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",",
+            "\"resource\":{\"attributes\":{\"service.name\":\"cart\",\"process.pid\":42}},",
+            "\"attributes\":{\"cart.items\":3}}\n",
+        );
+        let request = parse_bulk(body.as_bytes(), None, NOW).unwrap();
+        let keys = |kvs: &[KeyValue]| kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+
+        let ecs = &request.records[0];
+        assert_eq!(ecs.time_unix_nano, NOW);
+        assert_eq!((ecs.body.as_str(), ecs.service()), ("declined", "checkout"));
+        assert_eq!(ecs.severity.level(), "error");
+        assert_eq!(
+            ecs.trace_id.map(hex::encode).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            ecs.span_id.map(hex::encode).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(
+            keys(&ecs.resource.attributes),
+            ["cloud.region", "container.id", "host.name"]
+        );
+        assert_eq!(
+            keys(&ecs.attributes),
+            ["log.logger", "order.id", "order.lines"]
+        );
+
+        let otel = &request.records[1];
+        assert_eq!((otel.body.as_str(), otel.service()), ("cart saved", "cart"));
+        assert_eq!(otel.severity.level(), "warn");
+        assert!(otel.trace_id.is_some());
+        assert_eq!(keys(&otel.resource.attributes), ["process.pid"]);
+        assert_eq!(keys(&otel.attributes), ["cart.items"]);
     }
 
     #[test]

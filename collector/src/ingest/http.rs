@@ -177,12 +177,7 @@ fn elasticsearch_error(status: StatusCode, reason: &str) -> Response {
     } else {
         "illegal_argument_exception"
     };
-    let error = serde_json::json!({"type": kind, "reason": reason});
-    let body = serde_json::json!({
-        "error": {"root_cause": [error.clone()], "type": kind, "reason": reason},
-        "status": status.as_u16(),
-    });
-    (status, axum::Json(body)).into_response()
+    super::elasticsearch::error(status, kind, reason)
 }
 
 /// Decodes one export request of any signal, hands it to `handle`, and

@@ -15,6 +15,7 @@ mod dashboards;
 mod derived_metrics;
 mod disk_full;
 mod durability;
+mod elasticsearch;
 mod formats;
 mod fuzz;
 mod logs;

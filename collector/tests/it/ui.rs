@@ -40,10 +40,17 @@ async fn assets_are_embedded_small_and_leave_the_api_alone() {
         }
     };
 
-    let (status, content_type, page) = get("/").await;
-    assert_eq!(status, 200);
-    assert_eq!(content_type, "text/html; charset=utf-8");
-    assert!(String::from_utf8_lossy(&page).contains("/ui/app.js"));
+    // A browser asks for HTML at `/` (without, Elasticsearch clients get
+    // the cluster's info there).
+    let page = reqwest::Client::new()
+        .get(daemon.url("/"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .expect("daemon answers");
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await.unwrap().contains("/ui/app.js"));
 
     let mut total = 0;
     for entry in std::fs::read_dir(ui_dir()).expect("ui/ exists") {
