@@ -24,6 +24,9 @@
 //!   operation (`span_metrics`), calls, failures and latency per
 //!   service-to-service edge (`service_graph`).
 //! - `auth`: bearer tokens with scopes, checked on every listener.
+//! - `elastic`: the Elasticsearch surface beyond `_bulk` (what clients check
+//!   before they send, Elasticsearch's error shape), shared by `ingest` and
+//!   `api` without either importing the other.
 //! - `telemetry`: Strand's own metrics.
 //! - `tls`: TLS on the listeners, and reloading its files.
 //! - `connections`: how many connections each listener serves, and how
@@ -43,6 +46,7 @@ mod codec;
 pub mod config;
 mod connections;
 mod derived;
+mod elastic;
 mod frame;
 mod ingest;
 mod memory;
@@ -305,14 +309,12 @@ pub async fn run(
             .merge(
                 auth.guard(
                     ingest::http::bulk_router(pipeline.clone(), config.max_body_bytes)
-                        .merge(ingest::elasticsearch::router())
+                        .merge(elastic::router())
                         .layer(admit_http),
                     auth::Scope::Ingest,
                     auth::Scope::Ingest,
                 )
-                .layer(axum::middleware::from_fn(
-                    ingest::elasticsearch::product_header,
-                )),
+                .layer(axum::middleware::from_fn(elastic::product_header)),
             )
             .layer(close_after_refused_body),
         Served {

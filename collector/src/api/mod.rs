@@ -65,7 +65,7 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
         .merge(auth.guard(dashboards::router(), Scope::Read, Scope::Admin))
         .merge(auth.guard(admin::router(), Scope::Admin, Scope::Admin))
         .merge(ui::router())
-        .fallback(crate::ingest::elasticsearch::not_found)
+        .fallback(crate::elastic::not_found)
         .layer(axum::middleware::map_response(retry_after_when_unavailable))
         .with_state(state)
 }

@@ -23,8 +23,8 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/",
             get(|headers: HeaderMap| async move {
-                if crate::ingest::elasticsearch::wants_cluster_info(&headers) {
-                    crate::ingest::elasticsearch::cluster_info()
+                if crate::elastic::wants_cluster_info(&headers) {
+                    crate::elastic::cluster_info()
                 } else {
                     asset("index.html")
                 }

@@ -177,7 +177,7 @@ fn elasticsearch_error(status: StatusCode, reason: &str) -> Response {
     } else {
         "illegal_argument_exception"
     };
-    super::elasticsearch::error(status, kind, reason)
+    crate::elastic::error(status, kind, reason)
 }
 
 /// Decodes one export request of any signal, hands it to `handle`, and

@@ -3,7 +3,6 @@
 //! to `model` and hand the result to the `Pipeline`.
 
 mod bulk;
-pub mod elasticsearch;
 pub mod grpc;
 pub mod http;
 pub(crate) mod otlp;
