@@ -154,6 +154,11 @@ pub async fn snapshot(client: &Client, name: &str) {
     }
 }
 
+/// Opens `url` (a view's hash route), saying which one on failure.
+pub async fn goto(client: &Client, url: &str) -> Result<(), String> {
+    client.goto(url).await.map_err(|e| format!("{url}: {e}"))
+}
+
 /// Clicks the element `css` selects.
 pub async fn click(client: &Client, css: &str) -> Result<(), String> {
     client

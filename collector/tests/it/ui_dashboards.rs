@@ -19,7 +19,7 @@ use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::Client;
 use strand_testkit::browser::{
-    click, click_shown, in_browser, shown, snapshot, type_into, wait_for,
+    click, click_shown, goto, in_browser, shown, snapshot, type_into, wait_for,
 };
 
 use crate::support::remote_write as rw;
@@ -118,10 +118,6 @@ fn charts_every_service(panel: &Value) -> bool {
         && panel["hidden"] == false
         && panel["lines"] == 4
         && panel["legend"] == serde_json::json!(SERVICES)
-}
-
-async fn goto(client: &Client, url: &str) -> Result<(), String> {
-    client.goto(url).await.map_err(|e| format!("{url}: {e}"))
 }
 
 async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use strand_testkit::Strand;
 use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
 use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, in_browser, shown, snapshot, wait_for};
+use strand_testkit::browser::{click, goto, in_browser, shown, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -46,20 +46,14 @@ async fn an_answer_cut_short_shows_its_warning_above_the_view() {
     let base = daemon.url("/");
     in_browser("ui-warning", |client| async move {
         // The metric names the explorer offers are cut at two.
-        client
-            .goto(&format!("{base}#/metrics"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/metrics")).await?;
         wait_for(&client, "the cut list's warning", WARNING, |v| {
             v.as_str().unwrap_or("").contains("--query-max-series")
         })
         .await?;
         snapshot(&client, "warning").await;
         // The next view starts without it.
-        client
-            .goto(&format!("{base}#/traces"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/traces")).await?;
         wait_for(&client, "no warning on the next view", WARNING, |v| v == "").await?;
         Ok(())
     })
@@ -74,10 +68,7 @@ async fn a_refused_custom_range_is_accepted_after_correcting_the_start() {
     let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let base = daemon.url("/");
     in_browser("ui-custom-range", |client| async move {
-        client
-            .goto(&format!("{base}#/logs?range=1h"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/logs?range=1h")).await?;
         select(&client, "#time-picker select[name=range]", "custom").await?;
         // The fields show the window on screen as 24-hour ISO-style times,
         // whatever the browser's locale (a datetime-local field follows it).
@@ -186,7 +177,7 @@ async fn a_dashboard_keeps_its_last_data_while_strand_is_unreachable() {
     let mut daemon = Some(daemon);
     let daemon = &mut daemon;
     in_browser("ui-stale", |client| async move {
-        client.goto(&url).await.map_err(|e| e.to_string())?;
+        goto(&client, &url).await?;
         wait_for(&client, "every panel's chart", PANELS, |v| {
             v["charts"] == 5 && v["stale"] == 0
         })
@@ -239,10 +230,7 @@ async fn numbers_durations_and_times_read_well() {
     let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let base = daemon.url("/");
     in_browser("ui-formatting", |client| async move {
-        client
-            .goto(&format!("{base}#/traces"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/traces")).await?;
         let wrong = client
             .execute_async(
                 "const done = arguments[arguments.length - 1];
@@ -375,7 +363,7 @@ async fn every_view_has_readable_contrast_in_both_themes() {
     let base = daemon.url("/");
     let shots = std::env::var_os("STRAND_SCREENSHOTS").map(std::path::PathBuf::from);
     in_browser("ui-contrast", |client| async move {
-        client.goto(&base).await.map_err(|e| e.to_string())?;
+        goto(&client, &base).await?;
         let mut low = Vec::new();
         for theme in ["dark", "light"] {
             // The theme a user picked: kept in localStorage, applied on load.
@@ -397,10 +385,7 @@ async fn every_view_has_readable_contrast_in_both_themes() {
                 set_viewport(&client, width, height).await?;
                 for (name, hash, ready) in VIEWS {
                     let hash = hash.replace("{trace}", &sent.trace_id);
-                    client
-                        .goto(&format!("{base}{hash}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    goto(&client, &format!("{base}{hash}")).await?;
                     shown(&client, ready).await?;
                     // Layout settles (labels placed, charts sized) before the check.
                     client
@@ -439,10 +424,7 @@ async fn the_ui_weighs_under_500_kb() {
     let daemon = Strand::start(&dir.path().join("data"), &[]).await;
     let base = daemon.url("/");
     in_browser("ui-weight", |client| async move {
-        client
-            .goto(&format!("{base}#/traces"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/traces")).await?;
         // app.js imports every view: once the first has drawn, all is loaded.
         shown(&client, "#view h1, #view form").await?;
         let loaded = client
@@ -542,10 +524,7 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
             "No view called \"nosuchview\"",
         ),
     ] {
-        client
-            .goto(&format!("{base}{hash}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(client, &format!("{base}{hash}")).await?;
         wait_for(
             client,
             hash,
@@ -558,10 +537,7 @@ async fn walk(client: &Client, daemon: &Strand, mut proxy: Proxy) -> Result<(), 
         .await?;
     }
 
-    client
-        .goto(&format!("{base}#/logs?q=uitoken"))
-        .await
-        .map_err(|e| e.to_string())?;
+    goto(client, &format!("{base}#/logs?q=uitoken")).await?;
     wait_for(client, "logs of the last hour", LOCATION, |v| {
         v["rows"] == 4 && v["window"] == HOUR_MS
     })

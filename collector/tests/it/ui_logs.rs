@@ -9,13 +9,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use strand_testkit::browser::Client;
-use strand_testkit::browser::{click_shown, in_browser, snapshot, type_into, wait_for};
+use strand_testkit::browser::{click_shown, goto, in_browser, snapshot, type_into, wait_for};
 use strand_testkit::{Strand, eventually};
-
-async fn goto(client: &Client, url: &str) -> Result<(), String> {
-    client.goto(url).await.map_err(|e| e.to_string())
-}
 
 /// Sends `docs` as one Elasticsearch `_bulk` request; fields beyond time,
 /// level, service and message become attributes.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use strand_testkit::browser::Client;
-use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::browser::{click, goto, in_browser, snapshot, wait_for};
 use strand_testkit::{Strand, eventually};
 
 use crate::support::shop_fixture::{send_everything, send_shop_calls};
@@ -44,10 +44,7 @@ async fn service_map_shows_services_calls_and_errors() {
 
 async fn walk(client: &Client, daemon: &Strand) -> Result<(), String> {
     let base = daemon.url("/");
-    client
-        .goto(&format!("{base}#/map?range=15m"))
-        .await
-        .map_err(|e| e.to_string())?;
+    goto(client, &format!("{base}#/map?range=15m")).await?;
     wait_for(
         client,
         "the empty map",
@@ -178,10 +175,7 @@ const NUMBERS: &str = "return {
 /// Opens the map at `hash` and waits until it shows the four services and
 /// the four calls between them, each with a rate.
 async fn open_map(client: &Client, daemon: &Strand, hash: &str) -> Result<Value, String> {
-    client
-        .goto(&format!("{}{hash}", daemon.url("/")))
-        .await
-        .map_err(|e| e.to_string())?;
+    goto(client, &format!("{}{hash}", daemon.url("/"))).await?;
     wait_for(client, "the map with its numbers", NUMBERS, |v| {
         let counted = |kind: &str| {
             v[kind].as_object().map_or(0, |all| {

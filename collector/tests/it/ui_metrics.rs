@@ -6,7 +6,9 @@
 //! table shows that series alone in the chart, as a legend entry does.
 
 use strand_testkit::Strand;
-use strand_testkit::browser::{Client, Locator, click, in_browser, snapshot, type_into, wait_for};
+use strand_testkit::browser::{
+    Client, Locator, click, goto, in_browser, snapshot, type_into, wait_for,
+};
 
 use crate::support::remote_write as rw;
 use crate::ui_dashboards::{SERVICES, send_span_metrics};
@@ -54,10 +56,7 @@ async fn the_query_box_suggests_names_labels_and_values() {
     let (start, end) = send_span_metrics(&daemon).await;
     in_browser("ui-metrics-suggest", |client| async move {
         let base = daemon.url("/");
-        client
-            .goto(&format!("{base}#/metrics?start={start}&end={end}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/metrics?start={start}&end={end}")).await?;
         type_into(&client, QUERY_BOX, "traces_span_metrics_ca").await?;
         wait_for(&client, "metric names", SUGGESTIONS, |v| {
             offers(v, "traces_span_metrics_calls_total")
@@ -116,10 +115,7 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
                 strand_testkit::urlencode(query)
             )
         };
-        client
-            .goto(&open("sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &open("sum by (service_name) (rate(traces_span_metrics_calls_total[$__rate_interval]))")).await?;
         wait_for(
             &client,
             "charted with $__rate_interval",
@@ -128,10 +124,7 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
             |v| v["series"] == "4" && v["error"] == "",
         )
         .await?;
-        client
-            .goto(&open("sum by (service_name) (rate(traces_span_metrics_calls_total[10s]))"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &open("sum by (service_name) (rate(traces_span_metrics_calls_total[10s]))")).await?;
         wait_for(
             &client,
             "short window hint",
@@ -143,10 +136,7 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
         // The interval comes from the data: a minute apart, [90s] is too short.
         let minutes: Vec<(i64, f64)> = (0..10).map(|i| (start + i * 60_000, i as f64)).collect();
         rw::write_ok(&daemon, &rw::request(vec![rw::series("slow_total", &[], &minutes)])).await;
-        client
-            .goto(&open("rate(slow_total[90s])"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &open("rate(slow_total[90s])")).await?;
         wait_for(
             &client,
             "the data's interval",
@@ -166,10 +156,7 @@ async fn rate_interval_is_replaced_and_short_windows_get_a_hint() {
         if put.status() != 201 {
             return Err(format!("PUT answered {}", put.status()));
         }
-        client
-            .goto(&format!("{base}#/dashboard/short?start={start}&end={end}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/dashboard/short?start={start}&end={end}")).await?;
         wait_for(
             &client,
             "the panel's hint",
@@ -197,10 +184,7 @@ async fn the_explorer_lists_metrics_with_their_type_and_help() {
     rw::write_ok(&daemon, &described).await;
     in_browser("ui-metrics-browse", |client| async move {
         let base = daemon.url("/");
-        client
-            .goto(&format!("{base}#/metrics?start={start}&end={end}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        goto(&client, &format!("{base}#/metrics?start={start}&end={end}")).await?;
         type_into(
             &client,
             ".metric-browser input[name=\"metric-filter\"]",
@@ -265,7 +249,7 @@ async fn a_click_on_a_series_row_shows_it_alone() {
             "{base}#/metrics?{}",
             serde_urlencoded::to_string(params).unwrap()
         );
-        client.goto(&url).await.map_err(|e| e.to_string())?;
+        goto(&client, &url).await?;
         let all = serde_json::json!({ "lines": SERVICES.len(), "rows": SERVICES.len(), "off": [] });
         wait_for(&client, "every service drawn", DRAWN, |v| *v == all).await?;
         let row = |service: &str| format!(".series-table .legend-row[data-name='{service}']");

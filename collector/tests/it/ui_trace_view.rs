@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use strand_testkit::browser::{
-    Client, click, click_shown, in_browser, shown, snapshot, type_into, wait_for,
+    Client, click, click_shown, goto, in_browser, shown, snapshot, type_into, wait_for,
 };
 use strand_testkit::{Strand, eventually};
 
 use crate::support::shop_fixture::send_everything;
-use crate::ui_traces::{goto, id, now_nanos, post_spans, span};
+use crate::ui_traces::{id, now_nanos, post_spans, span};
 
 /// checkout: a 1.84 ms trace whose `charge` span (+1.5 ms to +1.8 ms) has
 /// two logs 74 µs apart, at +1.626 ms and +1.700 ms; the root answered 500.

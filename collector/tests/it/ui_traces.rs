@@ -8,8 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use strand_testkit::browser::Client;
-use strand_testkit::browser::{click, in_browser, snapshot, wait_for};
+use strand_testkit::browser::{click, goto, in_browser, snapshot, wait_for};
 use strand_testkit::{Strand, eventually};
 
 use crate::support::shop_fixture::send_everything;
@@ -19,10 +18,6 @@ const BIG_SPANS: usize = 10_000;
 const BIG_TRACE: &str = "b1900000000000000000000000000001";
 const LINKER_TRACE: &str = "11a0000000000000000000000000000a";
 const TARGET_TRACE: &str = "7a90000000000000000000000000000b";
-
-pub(crate) async fn goto(client: &Client, url: &str) -> Result<(), String> {
-    client.goto(url).await.map_err(|e| e.to_string())
-}
 
 /// Text of the first `.state` paragraph (empty and error states).
 const STATE: &str = "const s = document.querySelector('.results .state, .state');
