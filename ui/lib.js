@@ -185,6 +185,31 @@ export function ticks(lo, hi, count) {
   return out;
 }
 
+/**
+ * A drag across `el` with the main button: `move(from, to)` while the
+ * pointer moves and `done(from, to)` once it is let go, with positions as
+ * fractions of el's width (clamped to 0..1), `from` where it was pressed.
+ * Each caller draws its own band and decides what a drag selects.
+ */
+export function dragAcross(el, { move, done }) {
+  el.addEventListener("pointerdown", (down) => {
+    if (down.button !== 0) return;
+    down.preventDefault();
+    const box = el.getBoundingClientRect();
+    const at = (e) => Math.min(Math.max((e.clientX - box.left) / box.width, 0), 1);
+    const from = at(down);
+    const follow = (e) => move(from, at(e));
+    const up = (e) => {
+      window.removeEventListener("pointermove", follow);
+      window.removeEventListener("pointerup", up);
+      done(from, at(e));
+    };
+    move(from, from);
+    window.addEventListener("pointermove", follow);
+    window.addEventListener("pointerup", up);
+  });
+}
+
 /** "1 span", "2 spans": a count with its noun. */
 export function plural(n, noun) {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;

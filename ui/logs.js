@@ -5,7 +5,7 @@
 // in over /api/logs/tail and take their place in time order; histogram and
 // facets keep following every few seconds.
 
-import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList, ticks } from "./lib.js";
+import { api, authFetch, h, state, fmtTime, timeRange, onRefresh, reportUnreachable, VirtualList, ticks, plural, dragAcross } from "./lib.js";
 
 const ROW = 26;
 const PAGE = 500;
@@ -134,7 +134,7 @@ export async function render(root, { params, current, go }) {
     logs = page.value.logs;
     cursor = page.value.nextCursor;
     more.hidden = live || !cursor;
-    summary.replaceChildren(total ? `${count(total, "matching log")}, newest first` : empty(q, win));
+    summary.replaceChildren(total ? `${plural(total, "matching log")}, newest first` : empty(q, win));
     head.hidden = table.el.hidden = !total && !live;
     table.setItems(logs);
     drawAggregates(hist, fac);
@@ -158,7 +158,7 @@ export async function render(root, { params, current, go }) {
       table.setItems(logs);
       if (keep) table.el.scrollTop += fresh.length * ROW;
       head.hidden = table.el.hidden = false;
-      summary.replaceChildren(`${count(total, "matching log")}, ${arrived} new since tail started, newest first`);
+      summary.replaceChildren(`${plural(total, "matching log")}, ${arrived} new since tail started, newest first`);
     });
     // Histogram and facets follow the tail over the sliding window.
     const follow = setInterval(async () => {
@@ -175,8 +175,6 @@ export async function render(root, { params, current, go }) {
   };
 }
 
-/** "1 matching log", "2 matching logs". */
-const count = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
 
 /** Sort order of rows: time, then arrival (ids are hex of increasing numbers), newest first. */
 function newestFirst(a, b) {
@@ -361,7 +359,7 @@ function drawHistogram(el, hist, zoom) {
   const bars = buckets.map((b) => {
     const errors = (b.counts.error || 0) + (b.counts.fatal || 0);
     return h("div.hist-bar", {
-      title: `${fmtTime(b.startMs)}: ${count(b.total, "log")}${errors ? ` (${errors} errors)` : ""} · click or drag to zoom in`,
+      title: `${fmtTime(b.startMs)}: ${plural(b.total, "log")}${errors ? ` (${errors} errors)` : ""} · click or drag to zoom in`,
       dataset: { count: b.total, start: b.startMs },
     },
     h("div.hist-fill", { style: `height:${(b.total / top) * 100}%` },
@@ -370,37 +368,25 @@ function drawHistogram(el, hist, zoom) {
   const barsEl = h("div.hist-bars", { title: "Click a bar or drag across bars to zoom in" }, bars);
   const band = h("div.hist-band", { hidden: true });
   const plot = h("div.hist-plot", {}, barsEl, band);
-  // Drag: from the bar under pointerdown to the one under pointerup.
-  const at = (x) => {
-    const box = barsEl.getBoundingClientRect();
-    return Math.min(buckets.length - 1, Math.max(0, Math.floor(((x - box.left) / box.width) * buckets.length)));
-  };
-  let from = null;
-  const showBand = (a, b) => {
-    const [lo, hi] = [Math.min(a, b), Math.max(a, b)];
-    band.hidden = false;
-    band.style.left = `${(lo / buckets.length) * 100}%`;
-    band.style.width = `${((hi - lo + 1) / buckets.length) * 100}%`;
-  };
-  const move = (e) => showBand(from, at(e.clientX));
-  const up = (e) => {
-    window.removeEventListener("pointermove", move);
-    window.removeEventListener("pointerup", up);
-    const to = at(e.clientX);
-    const [lo, hi] = [Math.min(from, to), Math.max(from, to)];
-    band.hidden = true;
-    from = null;
-    if (lo === hi && !buckets[lo].total) return;
-    zoom(buckets[lo].startMs, buckets[hi].startMs + hist.stepMs);
-  };
-  barsEl.addEventListener("pointerdown", (e) => {
-    if (e.button !== 0 || !buckets.length) return;
-    e.preventDefault();
-    from = at(e.clientX);
-    showBand(from, from);
-    window.addEventListener("pointermove", move);
-    window.addEventListener("pointerup", up);
-  });
+  // Drag: from the bar pressed to the one let go; a click is a drag of one bar.
+  if (buckets.length) {
+    const bar = (f) => Math.min(buckets.length - 1, Math.floor(f * buckets.length));
+    const span = (from, to) => [Math.min(bar(from), bar(to)), Math.max(bar(from), bar(to))];
+    dragAcross(barsEl, {
+      move: (from, to) => {
+        const [lo, hi] = span(from, to);
+        band.hidden = false;
+        band.style.left = `${(lo / buckets.length) * 100}%`;
+        band.style.width = `${((hi - lo + 1) / buckets.length) * 100}%`;
+      },
+      done: (from, to) => {
+        const [lo, hi] = span(from, to);
+        band.hidden = true;
+        if (lo === hi && !buckets[lo].total) return;
+        zoom(buckets[lo].startMs, buckets[hi].startMs + hist.stepMs);
+      },
+    });
+  }
   el.replaceChildren(
     h("div.hist-y", { "aria-label": "logs per bar" }, yTicks.slice().reverse().map((t) => h("span", {}, String(t)))),
     plot,

@@ -8,7 +8,7 @@
 // Rows are virtualised, so traces of tens of thousands of spans stay smooth:
 // zooming, searching or toggling only redraws the rows in view.
 
-import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, ticks, VirtualList } from "./lib.js";
+import { api, h, state, plural, fmtMicros, fmtTime, serviceColors, ticks, dragAcross, VirtualList } from "./lib.js";
 import { searchIndex, statistics, statisticsTable } from "./trace-tools.js";
 
 const ROW = 24;
@@ -363,7 +363,7 @@ class TraceView {
     const band = h("div.zoom-band", { hidden: true });
     const line = h("div.wf-timeline", { title: "The whole trace: drag to zoom, click to move the zoom window" }, this.mapCanvas, this.mapWindow, band);
     const m = this.m;
-    dragAcross(line, band, (a, b) => this.zoom(m.start + a * m.dur, m.start + b * m.dur), (f) => {
+    pickAcross(line, band, (a, b) => this.zoom(m.start + a * m.dur, m.start + b * m.dur), (f) => {
       if (!this.zoomed) return;
       const [w0, w1] = this.window, width = w1 - w0;
       const from = Math.min(Math.max(m.start + f * m.dur - width / 2, m.start), m.start + m.dur - width);
@@ -438,7 +438,7 @@ class TraceView {
     this.ticks = h("div.ticks");
     const band = h("div.zoom-band", { hidden: true });
     const line = h("div.wf-timeline", { title: "Drag to zoom into a time window" }, this.ticks, band);
-    dragAcross(line, band, (a, b) => {
+    pickAcross(line, band, (a, b) => {
       const [w0, w1] = this.window;
       this.zoom(w0 + a * (w1 - w0), w0 + b * (w1 - w0));
     });
@@ -677,29 +677,19 @@ class TraceView {
  * fractions of its width; a press that hardly moves is `click(at)`.
  * A band shows the stretch while dragging.
  */
-function dragAcross(line, band, pick, click) {
-  line.addEventListener("pointerdown", (down) => {
-    if (down.button !== 0) return;
-    down.preventDefault();
-    const box = line.getBoundingClientRect();
-    const at = (e) => Math.min(Math.max(e.clientX - box.left, 0), box.width);
-    const from = at(down);
-    let to = from;
-    const move = (e) => {
-      to = at(e);
-      band.hidden = false;
-      band.style.cssText = `left:${Math.min(from, to)}px;width:${Math.abs(to - from)}px`;
-    };
-    const up = (e) => {
-      window.removeEventListener("pointermove", move);
-      window.removeEventListener("pointerup", up);
-      move(e);
+function pickAcross(line, band, pick, click) {
+  const px = () => line.getBoundingClientRect().width;
+  dragAcross(line, {
+    move: (from, to) => {
+      const [a, b] = [Math.min(from, to), Math.max(from, to)];
+      band.hidden = from === to;
+      band.style.cssText = `left:${a * px()}px;width:${(b - a) * px()}px`;
+    },
+    done: (from, to) => {
       band.hidden = true;
-      if (Math.abs(to - from) >= MIN_DRAG) pick(Math.min(from, to) / box.width, Math.max(from, to) / box.width);
-      else if (click) click(from / box.width);
-    };
-    window.addEventListener("pointermove", move);
-    window.addEventListener("pointerup", up);
+      if (Math.abs(to - from) * px() >= MIN_DRAG) pick(Math.min(from, to), Math.max(from, to));
+      else if (click) click(from);
+    },
   });
 }
 
