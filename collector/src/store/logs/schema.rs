@@ -167,10 +167,20 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     doc.add_text(fields.severity, level);
     doc.add_text(fields.service, record.service());
     doc.add_text(fields.body, &record.body);
+    // Each scalar value once as text: free text in `body`, and, when short,
+    // `key<separator>value` for the facets.
     for kv in &record.attributes {
-        if let Some(text) = scalar_text(&kv.value) {
-            doc.add_text(fields.body, &text);
+        doc.add_text(fields.attribute_keys, &kv.key);
+        let Some(text) = scalar_text(&kv.value) else {
+            continue;
+        };
+        if text.len() <= FACET_VALUE_MAX_BYTES {
+            doc.add_text(
+                fields.attribute_keys,
+                format!("{}{VALUE_SEPARATOR}{text}", kv.key),
+            );
         }
+        doc.add_text(fields.body, text);
     }
     if let Some(trace_id) = record.trace_id {
         doc.add_text(fields.trace_id, hex::encode(trace_id));
@@ -180,16 +190,6 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     }
     if !record.attributes.is_empty() {
         doc.add_object(fields.attributes, json_object(&record.attributes));
-        for kv in &record.attributes {
-            doc.add_text(fields.attribute_keys, &kv.key);
-            if let Some(value) = scalar_text(&kv.value).filter(|v| v.len() <= FACET_VALUE_MAX_BYTES)
-            {
-                doc.add_text(
-                    fields.attribute_keys,
-                    format!("{}{VALUE_SEPARATOR}{value}", kv.key),
-                );
-            }
-        }
     }
     if !record.resource.attributes.is_empty() {
         doc.add_object(fields.resource, json_object(&record.resource.attributes));
