@@ -53,6 +53,7 @@ mod memory;
 pub mod model;
 mod pipeline;
 mod query;
+pub mod rules;
 mod snapshot;
 mod store;
 mod telemetry;

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the daemon keeps about its own health, registered in one
@@ -89,6 +89,18 @@ pub struct SelfMetrics {
     pub snapshots: IntCounterVec,
     /// Time to write a snapshot, successful or not.
     pub snapshot_seconds: Histogram,
+    /// Rule evaluations, one per rule per group evaluation.
+    pub rule_evaluations: IntCounter,
+    /// Rule evaluations whose expression failed (the rule's health is `err`).
+    pub rule_evaluation_failures: IntCounter,
+    /// Rule outputs the pipeline refused (they are not stored).
+    pub rule_write_failures: IntCounter,
+    /// Evaluations skipped because the previous one ran late, by group.
+    pub rule_group_iterations_missed: IntCounterVec,
+    /// How long each group's last evaluation took, by group.
+    pub rule_group_last_duration: GaugeVec,
+    /// Reloads of the rule files, by outcome (`success`, `failure`).
+    pub rule_reloads: IntCounterVec,
 }
 
 impl SelfMetrics {
@@ -335,6 +347,45 @@ impl SelfMetrics {
                 ]),
             )
             .expect("valid metric"),
+            rule_evaluations: IntCounter::new(
+                "strand_rule_evaluations_total",
+                "Rule evaluations (one per rule and group evaluation)",
+            )
+            .expect("valid metric"),
+            rule_evaluation_failures: IntCounter::new(
+                "strand_rule_evaluation_failures_total",
+                "Rule evaluations whose expression failed",
+            )
+            .expect("valid metric"),
+            rule_write_failures: IntCounter::new(
+                "strand_rule_write_failures_total",
+                "Rule outputs (recorded series, ALERTS) that could not be stored",
+            )
+            .expect("valid metric"),
+            rule_group_iterations_missed: IntCounterVec::new(
+                Opts::new(
+                    "strand_rule_group_iterations_missed_total",
+                    "Rule group evaluations skipped because the previous one ran late",
+                ),
+                &["rule_group"],
+            )
+            .expect("valid metric"),
+            rule_group_last_duration: GaugeVec::new(
+                Opts::new(
+                    "strand_rule_group_last_duration_seconds",
+                    "Duration of the last evaluation of the rule group",
+                ),
+                &["rule_group"],
+            )
+            .expect("valid metric"),
+            rule_reloads: IntCounterVec::new(
+                Opts::new(
+                    "strand_rule_reloads_total",
+                    "Reloads of the rule files, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -373,6 +424,12 @@ impl SelfMetrics {
             Box::new(metrics.connection_write_stalls.clone()),
             Box::new(metrics.snapshots.clone()),
             Box::new(metrics.snapshot_seconds.clone()),
+            Box::new(metrics.rule_evaluations.clone()),
+            Box::new(metrics.rule_evaluation_failures.clone()),
+            Box::new(metrics.rule_write_failures.clone()),
+            Box::new(metrics.rule_group_iterations_missed.clone()),
+            Box::new(metrics.rule_group_last_duration.clone()),
+            Box::new(metrics.rule_reloads.clone()),
         ];
         for collector in collectors {
             metrics
