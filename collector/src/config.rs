@@ -333,6 +333,45 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_RETENTION_INTERVAL", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
 
+    /// An Alertmanager that firing and resolved alerts are sent to, through
+    /// its v2 API (`POST <url>/api/v2/alerts`), e.g. http://am:9093 or
+    /// https://user:password@am.example/prefix (the user and password are
+    /// sent as basic auth). Repeat the flag, or separate URLs with commas,
+    /// to send every alert to several [default: none: alerts are not sent]
+    #[arg(
+        long,
+        env = "STRAND_ALERTMANAGER",
+        value_name = "URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub alertmanager: Vec<String>,
+
+    /// How long one request to an Alertmanager may take before it counts
+    /// as failed.
+    #[arg(long, env = "STRAND_ALERTMANAGER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub alertmanager_timeout: Duration,
+
+    /// Alerts waiting to be sent; when more arrive, the oldest are dropped
+    /// and counted (strand_notifications_dropped_total).
+    #[arg(
+        long,
+        env = "STRAND_ALERTMANAGER_QUEUE",
+        value_name = "ALERTS",
+        default_value = "10000"
+    )]
+    pub alertmanager_queue: usize,
+
+    /// A bearer token sent to every Alertmanager (Authorization: Bearer)
+    /// [default: none]
+    #[arg(
+        long,
+        env = "STRAND_ALERTMANAGER_BEARER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub alertmanager_bearer_token: Option<String>,
+
     /// A token granting the ingest scope (OTLP, remote write, _bulk). Repeat
     /// the flag, or separate tokens with commas, to accept several while
     /// rotating. Once any token is configured, every endpoint but /healthz,
@@ -432,6 +471,7 @@ pub struct Config {
     pub logs: LogSettings,
     pub metrics: MetricSettings,
     pub queries: QuerySettings,
+    pub alertmanagers: AlertmanagerSettings,
     pub auth: AuthSettings,
     /// TLS on every listener; `None`: plain text.
     pub tls: Option<TlsSettings>,
@@ -439,6 +479,41 @@ pub struct Config {
     pub memory: Option<MemoryBudget>,
     /// Per listener.
     pub connections: ConnectionLimits,
+}
+
+/// Where alerts are delivered, and how (see `rules::Notifier`).
+#[derive(Clone, Debug)]
+pub struct AlertmanagerSettings {
+    /// Each Alertmanager's base URL, http or https; a user and password in
+    /// it are sent as basic auth. Empty: alerts are not sent.
+    pub urls: Vec<reqwest::Url>,
+    /// Longest one request may take.
+    pub timeout: Duration,
+    /// Alerts waiting to be sent before the oldest are dropped.
+    pub queue_capacity: usize,
+    /// Sent to every Alertmanager as `Authorization: Bearer`.
+    pub bearer_token: Option<Secret>,
+}
+
+impl AlertmanagerSettings {
+    /// `--alertmanager` values as URLs: http or https, with a host, no
+    /// query or fragment (the API path is appended to it).
+    fn parse_urls(values: &[String]) -> anyhow::Result<Vec<reqwest::Url>> {
+        values
+            .iter()
+            .map(|text| {
+                let url = reqwest::Url::parse(text.trim())
+                    .with_context(|| format!("alertmanager {text:?} is not a URL"))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    bail!("alertmanager {text:?} must be an http:// or https:// URL with a host");
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    bail!("alertmanager {text:?} must not have a query or fragment");
+                }
+                Ok(url)
+            })
+            .collect()
+    }
 }
 
 /// What one query may cost, and how many run at once.
@@ -740,6 +815,9 @@ impl Config {
         if self.limits.attributes.count == 0 || self.limits.attributes.value_length == 0 {
             bail!("attribute_count_limit and attribute_value_length_limit must be positive");
         }
+        if self.alertmanagers.timeout.is_zero() || self.alertmanagers.queue_capacity == 0 {
+            bail!("alertmanager_timeout and alertmanager_queue must be positive");
+        }
         if self.queries.max_samples == 0 {
             bail!("query_max_samples must be positive");
         }
@@ -878,6 +956,12 @@ impl ServeArgs {
                 max_series: self.query_max_series,
                 workers: self.query_workers,
                 queue: self.query_queue,
+            },
+            alertmanagers: AlertmanagerSettings {
+                urls: AlertmanagerSettings::parse_urls(&self.alertmanager)?,
+                timeout: self.alertmanager_timeout,
+                queue_capacity: self.alertmanager_queue,
+                bearer_token: self.alertmanager_bearer_token.map(Secret),
             },
             auth: AuthSettings {
                 ingest_tokens: self.ingest_token.into_iter().map(Secret).collect(),
@@ -1353,6 +1437,40 @@ mod tests {
             Config::from_args(["--tls-client-ca", "ca.pem"]).unwrap_err()
         );
         assert!(error.contains("tls_client_ca needs tls_cert"), "{error}");
+    }
+
+    #[test]
+    fn alertmanagers_come_from_flags_and_file_arrays_and_are_checked() {
+        let config = no_args();
+        assert!(config.alertmanagers.urls.is_empty());
+        assert_eq!(config.alertmanagers.timeout, Duration::from_secs(10));
+        assert_eq!(config.alertmanagers.queue_capacity, 10000);
+        let config = file_config(
+            "alertmanager = [\"http://a:9093\", \"https://u:p@b.example/prefix\"]\nalertmanager_timeout = \"3s\"\n",
+            &["--alertmanager-queue", "5"],
+        )
+        .unwrap();
+        let urls: Vec<&str> = config
+            .alertmanagers
+            .urls
+            .iter()
+            .map(|u| u.as_str())
+            .collect();
+        assert_eq!(urls, ["http://a:9093/", "https://u:p@b.example/prefix"]);
+        assert_eq!(config.alertmanagers.timeout, Duration::from_secs(3));
+        assert_eq!(config.alertmanagers.queue_capacity, 5);
+        let config = Config::from_args(["--alertmanager", "http://a:1,http://b:2"]).unwrap();
+        assert_eq!(config.alertmanagers.urls.len(), 2);
+        for (args, expected) in [
+            (&["--alertmanager", "ftp://a"][..], "http:// or https://"),
+            (&["--alertmanager", "a:9093"], "http:// or https://"),
+            (&["--alertmanager", "not a url"], "is not a URL"),
+            (&["--alertmanager", "http://a/?x=1"], "query or fragment"),
+            (&["--alertmanager-queue", "0"], "must be positive"),
+        ] {
+            let error = format!("{:#}", Config::from_args(args).unwrap_err());
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
     }
 
     #[test]

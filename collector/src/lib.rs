@@ -71,6 +71,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
+/// Strand's own metrics: public so tests can hand them to a
+/// [`rules::Notifier`] and read them back.
+pub use telemetry::SelfMetrics;
 
 /// Prometheus remote write 1.0 messages (`prometheus.WriteRequest`), as the
 /// daemon decodes them: public so test and benchmark senders encode exactly

@@ -89,6 +89,20 @@ pub struct SelfMetrics {
     pub snapshots: IntCounterVec,
     /// Time to write a snapshot, successful or not.
     pub snapshot_seconds: Histogram,
+    /// Alerts an Alertmanager accepted, by its alerts endpoint (named as
+    /// Prometheus names its own: `prometheus_notifications_*`).
+    pub notifications_sent: IntCounterVec,
+    /// Alerts an Alertmanager did not accept (an error answer, a timeout,
+    /// no connection), by its alerts endpoint.
+    pub notifications_errors: IntCounterVec,
+    /// Alerts dropped: the queue was full, or no Alertmanager took them.
+    pub notifications_dropped: IntCounter,
+    /// Alerts waiting to be sent.
+    pub notifications_queue_length: IntGauge,
+    /// `--alertmanager-queue`.
+    pub notifications_queue_capacity: IntGauge,
+    /// Alertmanagers alerts are sent to.
+    pub notifications_alertmanagers: IntGauge,
     /// Rule evaluations, one per rule per group evaluation.
     pub rule_evaluations: IntCounter,
     /// Rule evaluations whose expression failed (the rule's health is `err`).
@@ -347,6 +361,42 @@ impl SelfMetrics {
                 ]),
             )
             .expect("valid metric"),
+            notifications_sent: IntCounterVec::new(
+                Opts::new(
+                    "strand_notifications_sent_total",
+                    "Alerts sent to an Alertmanager and accepted",
+                ),
+                &["alertmanager"],
+            )
+            .expect("valid metric"),
+            notifications_errors: IntCounterVec::new(
+                Opts::new(
+                    "strand_notifications_errors_total",
+                    "Alerts an Alertmanager did not accept (error answer, timeout, no connection)",
+                ),
+                &["alertmanager"],
+            )
+            .expect("valid metric"),
+            notifications_dropped: IntCounter::new(
+                "strand_notifications_dropped_total",
+                "Alerts dropped: the queue was full, or no Alertmanager accepted them",
+            )
+            .expect("valid metric"),
+            notifications_queue_length: IntGauge::new(
+                "strand_notifications_queue_length",
+                "Alerts waiting to be sent to the Alertmanagers",
+            )
+            .expect("valid metric"),
+            notifications_queue_capacity: IntGauge::new(
+                "strand_notifications_queue_capacity",
+                "Alerts the notification queue holds before it drops the oldest",
+            )
+            .expect("valid metric"),
+            notifications_alertmanagers: IntGauge::new(
+                "strand_notifications_alertmanagers_discovered",
+                "Alertmanagers alerts are sent to",
+            )
+            .expect("valid metric"),
             rule_evaluations: IntCounter::new(
                 "strand_rule_evaluations_total",
                 "Rule evaluations (one per rule and group evaluation)",
@@ -424,6 +474,12 @@ impl SelfMetrics {
             Box::new(metrics.connection_write_stalls.clone()),
             Box::new(metrics.snapshots.clone()),
             Box::new(metrics.snapshot_seconds.clone()),
+            Box::new(metrics.notifications_sent.clone()),
+            Box::new(metrics.notifications_errors.clone()),
+            Box::new(metrics.notifications_dropped.clone()),
+            Box::new(metrics.notifications_queue_length.clone()),
+            Box::new(metrics.notifications_queue_capacity.clone()),
+            Box::new(metrics.notifications_alertmanagers.clone()),
             Box::new(metrics.rule_evaluations.clone()),
             Box::new(metrics.rule_evaluation_failures.clone()),
             Box::new(metrics.rule_write_failures.clone()),

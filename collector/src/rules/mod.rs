@@ -5,12 +5,14 @@
 //! `file` reads and checks rule files; `template` expands alert labels and
 //! annotations; `group` evaluates one group, storage aside (what it reads
 //! is a `SeriesSource`, what it writes goes to a sink); `memory` is the
-//! in-memory series set of rule unit tests.
+//! in-memory series set of rule unit tests; `notifier` delivers alerts to
+//! Alertmanager.
 
 mod file;
 mod group;
 mod manager;
 mod memory;
+mod notifier;
 mod template;
 
 pub use file::{
@@ -21,3 +23,4 @@ pub use manager::{
     AlertSink, GroupStatus, RuleEnvironment, RuleManager, SampleSink, SourceFactory,
 };
 pub use memory::MemorySeries;
+pub use notifier::{Notifier, NotifierError};
