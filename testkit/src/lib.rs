@@ -7,6 +7,8 @@
 //! - [`Strand`]: a running daemon, in this process ([`Strand::start`]) or as
 //!   the real binary ([`Strand::spawn`], for tests that `kill -9` it or read
 //!   its log). Either way on loopback port 0: no test races another for a port.
+//! - [`Alertmanager`]: a real Alertmanager with a webhook that records what
+//!   it notifies, for the alerting tests.
 //! - [`pki`]: a throwaway CA and the certificates it issues, for TLS tests.
 //! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
 //! - [`require_tool`]: an external program a test needs. A missing one fails
@@ -15,6 +17,7 @@
 //!   process-wide state.
 //! - [`eventually`], [`DEADLINE`], [`urlencode`], [`free_port`]: small helpers.
 
+mod alertmanager;
 pub mod browser;
 mod own_process;
 pub mod pki;
@@ -26,6 +29,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
+pub use alertmanager::Alertmanager;
 pub use own_process::in_own_process;
 pub use strand::{ClientTls, Strand};
 pub use tools::require_tool;

@@ -7,6 +7,7 @@
 //! need: the Prometheus API client, remote write, the shop's telemetry as a
 //! fixture.
 
+mod alerting;
 mod auth;
 mod bad_input;
 mod corruption;

@@ -1,0 +1,227 @@
+//! Alert delivery to a real Alertmanager (Debian's
+//! `prometheus-alertmanager`, started on a free port by the testkit): what
+//! Strand's notifier posts is what Alertmanager holds and notifies, firing
+//! and then resolved, and an Alertmanager that is down or silent costs
+//! counted errors, never a stuck queue.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use strand::SelfMetrics;
+use strand::rules::{Alert, AlertState, AlertToSend, Notifier, RuleContext};
+use strand_testkit::{Alertmanager, DEADLINE, eventually, free_port};
+
+const EXPR: &str = "sum by (service_name) (rate(traces_span_metrics_calls_total{status_code=\"STATUS_CODE_ERROR\"}[1m])) > 0.5";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// An alert of `PaymentFailures` as a rule group hands it over: firing
+/// since `fired_at_ms`, or resolved at `resolved_at_ms`.
+fn payment_alert(fired_at_ms: i64, resolved_at_ms: Option<i64>) -> AlertToSend {
+    AlertToSend {
+        expr: EXPR.into(),
+        alert: Alert {
+            labels: BTreeMap::from([
+                ("alertname".into(), "PaymentFailures".into()),
+                ("service_name".into(), "payment".into()),
+                ("severity".into(), "page".into()),
+            ]),
+            annotations: BTreeMap::from([(
+                "summary".into(),
+                "payment fails 0.8 requests/s".into(),
+            )]),
+            state: match resolved_at_ms {
+                Some(_) => AlertState::Inactive,
+                None => AlertState::Firing,
+            },
+            value: 0.8,
+            active_at_ms: fired_at_ms - 60_000,
+            fired_at_ms: Some(fired_at_ms),
+            resolved_at_ms,
+            last_sent_at_ms: Some(now_ms()),
+            valid_until_ms: now_ms() + 4 * 60_000,
+            keep_firing_since_ms: None,
+        },
+    }
+}
+
+/// A notifier for the Alertmanagers at `urls` (as `--alertmanager` takes
+/// them, with `extra` flags), running until the returned sender is dropped.
+fn start_notifier(
+    urls: &[&str],
+    extra: &[&str],
+) -> (
+    std::sync::Arc<Notifier>,
+    SelfMetrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let mut args: Vec<&str> = urls
+        .iter()
+        .flat_map(|url| ["--alertmanager", url])
+        .collect();
+    args.extend(extra);
+    let settings = strand::Config::from_args(args).unwrap().alertmanagers;
+    let context = RuleContext {
+        external_labels: BTreeMap::from([("cluster".into(), "test-eu".into())]),
+        external_url: "http://strand.test:7070".into(),
+        ..RuleContext::default()
+    };
+    let metrics = SelfMetrics::new();
+    let notifier = Notifier::new(&settings, &context, metrics.clone()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(notifier.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    (notifier, metrics, stop)
+}
+
+/// The value of the sample `series` (name and labels, as rendered) in a
+/// `/metrics` text.
+fn sample(metrics_text: &str, series: &str) -> Option<f64> {
+    metrics_text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn notified_with_status<'a>(notified: &'a [Value], status: &str) -> Option<&'a Value> {
+    notified.iter().find(|alert| {
+        alert["status"] == status && alert["labels"]["alertname"] == "PaymentFailures"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifier_delivers_firing_then_resolved_to_a_real_alertmanager() {
+    let am = Alertmanager::start().await;
+    let (notifier, metrics, _stop) = start_notifier(&[&am.url], &[]);
+    let fired_at = now_ms() - 30_000;
+    notifier.send(vec![payment_alert(fired_at, None)]);
+
+    let held = eventually(DEADLINE, || async {
+        am.alerts("active=true").await.into_iter().next()
+    })
+    .await
+    .unwrap_or_else(|| panic!("Alertmanager never held the alert:\n{}", am.log()));
+    assert_eq!(held["status"]["state"], "active", "{held}");
+    assert_eq!(
+        held["labels"],
+        serde_json::json!({
+            "alertname": "PaymentFailures",
+            "service_name": "payment",
+            "severity": "page",
+            "cluster": "test-eu",
+        })
+    );
+    assert_eq!(
+        held["annotations"]["summary"],
+        "payment fails 0.8 requests/s"
+    );
+    let starts_at =
+        chrono::DateTime::parse_from_rfc3339(held["startsAt"].as_str().unwrap()).expect("RFC 3339");
+    assert_eq!(starts_at.timestamp_millis(), fired_at, "{held}");
+    let generator = held["generatorURL"].as_str().unwrap();
+    let query = generator
+        .strip_prefix("http://strand.test:7070/#/metrics?")
+        .unwrap_or_else(|| panic!("a link into the metrics explorer: {generator}"));
+    let params: BTreeMap<String, String> = serde_urlencoded::from_str(query).unwrap();
+    assert_eq!(params["query"], EXPR, "the link opens the expression");
+
+    let firing = eventually(DEADLINE, || async {
+        notified_with_status(&am.notified(), "firing").cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no firing notification:\n{}", am.log()));
+    assert_eq!(firing["labels"]["cluster"], "test-eu");
+
+    let resolved_at = now_ms();
+    notifier.send(vec![payment_alert(fired_at, Some(resolved_at))]);
+    let resolved = eventually(DEADLINE, || async {
+        notified_with_status(&am.notified(), "resolved").cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no resolved notification:\n{}", am.log()));
+    let ends_at = chrono::DateTime::parse_from_rfc3339(resolved["endsAt"].as_str().unwrap())
+        .expect("RFC 3339");
+    assert_eq!(ends_at.timestamp_millis(), resolved_at, "{resolved}");
+    assert!(
+        am.alerts("active=true").await.is_empty(),
+        "a resolved alert is no longer active"
+    );
+
+    let text = metrics.render();
+    let endpoint = format!("{}/api/v2/alerts", am.url);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("strand_notifications_sent_total{{alertmanager=\"{endpoint}\"}}")
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "strand_notifications_alertmanagers_discovered"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "strand_notifications_dropped_total"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alertmanagers_that_are_down_or_silent_count_errors_and_never_block() {
+    let am = Alertmanager::start().await;
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let (notifier, metrics, _stop) =
+        start_notifier(&[&am.url, &silent_url], &["--alertmanager-timeout", "1s"]);
+    notifier.send(vec![payment_alert(now_ms(), None)]);
+    eventually(DEADLINE, || async {
+        (!am.alerts("active=true").await.is_empty()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the live Alertmanager got nothing:\n{}", am.log()));
+    let silent_errors =
+        format!("strand_notifications_errors_total{{alertmanager=\"{silent_url}/api/v2/alerts\"}}");
+    eventually(DEADLINE, || async {
+        (sample(&metrics.render(), &silent_errors) == Some(1.0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the silent one's timeout is counted:\n{}", metrics.render()));
+    assert_eq!(
+        sample(&metrics.render(), "strand_notifications_dropped_total"),
+        Some(0.0),
+        "one Alertmanager took the batch"
+    );
+
+    // Nothing listens: every batch fails, and is dropped and counted; a
+    // queue of 10 keeps only the newest alerts while the first batch is out.
+    let down = format!("http://{}", free_port());
+    let (notifier, metrics, _stop) = start_notifier(&[&down], &["--alertmanager-queue", "10"]);
+    for _ in 0..5 {
+        notifier.send((0..8).map(|_| payment_alert(now_ms(), None)).collect());
+    }
+    let down_errors =
+        format!("strand_notifications_errors_total{{alertmanager=\"{down}/api/v2/alerts\"}}");
+    let text = eventually(DEADLINE, || async {
+        let text = metrics.render();
+        let errors = sample(&text, &down_errors).unwrap_or(0.0);
+        let dropped = sample(&text, "strand_notifications_dropped_total").unwrap_or(0.0);
+        let queued = sample(&text, "strand_notifications_queue_length").unwrap_or(1.0);
+        // Every alert is either refused (errors, then dropped) or pushed
+        // out of the full queue (dropped only).
+        (queued == 0.0 && dropped == 40.0 && errors > 0.0).then_some(text)
+    })
+    .await
+    .unwrap_or_else(|| panic!("all 40 alerts accounted for:\n{}", metrics.render()));
+    assert_eq!(
+        sample(&text, "strand_notifications_queue_capacity"),
+        Some(10.0)
+    );
+}
