@@ -25,6 +25,7 @@ mod promql_diff;
 mod query_limits;
 mod retention;
 mod rules;
+mod rules_diff;
 mod snapshot;
 mod support;
 mod tls;
