@@ -25,6 +25,8 @@ mod overload;
 mod promql_diff;
 mod query_limits;
 mod retention;
+mod rules;
+mod rules_diff;
 mod snapshot;
 mod support;
 mod tls;
