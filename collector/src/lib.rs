@@ -282,7 +282,14 @@ pub async fn run(
         },
         stopped(),
     );
-    let rules = start_rules(&config, &stores, &pipeline, &http_listener, &self_metrics)?;
+    let rules = start_rules(
+        &config,
+        &stores,
+        &pipeline,
+        &http_listener,
+        &self_metrics,
+        stopped(),
+    )?;
     let rules_reloader = rules
         .clone()
         .map(|rules| tokio::spawn(rules.reload_on_hangup(stopped())));
@@ -375,17 +382,23 @@ pub async fn run(
 
 /// Loads the `--rules` files and starts evaluating them: they read the
 /// stores as the query API does and write through the pipeline, so recorded
-/// series and `ALERTS` are durable like any acknowledged sample. `None`
-/// without rule files.
+/// series and `ALERTS` are durable like any acknowledged sample; alerts due
+/// go to the `--alertmanager`s until `stop`. `None` without rule files.
 fn start_rules(
     config: &Config,
     stores: &store::Stores,
     pipeline: &Arc<pipeline::Pipeline>,
     http_listener: &TcpListener,
     self_metrics: &telemetry::SelfMetrics,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Option<Arc<rules::RuleManager>>> {
     let settings = &config.rules;
     if settings.files.is_empty() {
+        if !config.alertmanagers.urls.is_empty() {
+            tracing::warn!(
+                "AlertmanagerWithoutRules: --alertmanager is set but no --rules, so no alert is ever sent"
+            );
+        }
         return Ok(None);
     }
     let external_url = match &settings.external_url {
@@ -409,15 +422,24 @@ fn start_rules(
     let max_series = config.queries.max_series;
     let writer = pipeline.clone();
     let runtime = tokio::runtime::Handle::current();
+    let context = rules::RuleContext {
+        default_interval: settings.evaluation_interval,
+        external_labels: settings.external_labels.clone(),
+        external_url,
+        outage_tolerance: settings.outage_tolerance,
+        for_grace_period: settings.for_grace_period,
+        resend_delay: settings.resend_delay,
+    };
+    let notify: rules::AlertSink = if config.alertmanagers.urls.is_empty() {
+        Arc::new(|alerts| tracing::debug!(alerts = alerts.len(), "AlertsDue: no --alertmanager"))
+    } else {
+        let notifier = rules::Notifier::new(&config.alertmanagers, &context, self_metrics.clone())
+            .context("setting up alert delivery")?;
+        tokio::spawn(notifier.clone().run(stop));
+        Arc::new(move |alerts| notifier.send(alerts))
+    };
     let environment = rules::RuleEnvironment {
-        context: rules::RuleContext {
-            default_interval: settings.evaluation_interval,
-            external_labels: settings.external_labels.clone(),
-            external_url,
-            outage_tolerance: settings.outage_tolerance,
-            for_grace_period: settings.for_grace_period,
-            resend_delay: settings.resend_delay,
-        },
+        context,
         limits: strand_promql::Limits {
             max_samples: config.queries.max_samples,
             timeout: config.queries.timeout,
@@ -438,7 +460,7 @@ fn start_rules(
                 None => Ok(()),
             }
         }),
-        notify: Arc::new(|alerts| tracing::debug!(alerts = alerts.len(), "AlertsDue")),
+        notify,
         metrics: self_metrics.clone(),
     };
     let manager = rules::RuleManager::start(settings.files.clone(), environment)

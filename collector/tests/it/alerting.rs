@@ -5,7 +5,7 @@
 //! counted errors, never a stuck queue.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use strand::SelfMetrics;
@@ -223,5 +223,107 @@ async fn alertmanagers_that_are_down_or_silent_count_errors_and_never_block() {
     assert_eq!(
         sample(&text, "strand_notifications_queue_capacity"),
         Some(10.0)
+    );
+}
+
+/// The shop's payment error ratio over the last 10 s, as an alert that
+/// fires after 2 s.
+const SHOP_RULES: &str = r#"
+groups:
+  - name: shop
+    interval: 1s
+    rules:
+      - alert: PaymentErrorRatio
+        expr: |
+          sum by (service_name) (rate(traces_span_metrics_calls_total{service_name="payment",status_code="STATUS_CODE_ERROR"}[10s]))
+            / sum by (service_name) (rate(traces_span_metrics_calls_total{service_name="payment"}[10s]))
+            > 0.2
+        for: 2s
+        labels:
+          severity: page
+        annotations:
+          summary: "{{ $labels.service_name }} fails {{ $value | humanizePercentage }} of its calls"
+"#;
+
+/// End to end: a payment fault in the shop's traffic makes a rule over the
+/// span-derived RED metrics fire, Alertmanager gets the alert (with the
+/// daemon's external label and a link back into its UI), and once the fault
+/// is gone the alert resolves there too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shop_payment_fault_fires_in_alertmanager_and_resolves_after_it_stops() {
+    use crate::support::shop_fixture::send_shop_calls;
+
+    let am = Alertmanager::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("shop.rules.yml");
+    std::fs::write(&rules, SHOP_RULES).unwrap();
+    let daemon = strand_testkit::Strand::start(
+        &dir.path().join("data"),
+        &[
+            "--rules",
+            rules.to_str().unwrap(),
+            "--alertmanager",
+            &am.url,
+            "--external-label",
+            "cluster=shop-test",
+            "--derived-metrics-interval",
+            "1s",
+        ],
+    )
+    .await;
+    send_shop_calls(&daemon, 4, 0).await;
+
+    // The fault: every payment fails, until Alertmanager has the alert.
+    let wait = Duration::from_secs(90);
+    let held = eventually(wait, || async {
+        send_shop_calls(&daemon, 2, 2).await;
+        am.alerts("filter=alertname=\"PaymentErrorRatio\"")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "Alertmanager never got the alert:\n{}\n{}",
+            am.log(),
+            daemon.log()
+        )
+    });
+    assert_eq!(held["status"]["state"], "active", "{held}");
+    assert_eq!(held["labels"]["service_name"], "payment");
+    assert_eq!(held["labels"]["severity"], "page");
+    assert_eq!(held["labels"]["cluster"], "shop-test");
+    assert!(
+        held["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("payment fails ") && s.ends_with("% of its calls")),
+        "{held}"
+    );
+    let generator = held["generatorURL"].as_str().unwrap();
+    assert!(
+        generator.starts_with(&format!("{}/#/metrics?query=", daemon.url(""))),
+        "links into this daemon's metrics explorer: {generator}"
+    );
+
+    // The fault is gone: payments succeed again, and the alert resolves.
+    let resolved = eventually(wait, || async {
+        send_shop_calls(&daemon, 2, 0).await;
+        am.notified()
+            .into_iter()
+            .find(|a| a["status"] == "resolved" && a["labels"]["alertname"] == "PaymentErrorRatio")
+    })
+    .await
+    .unwrap_or_else(|| panic!("the alert never resolved:\n{}\n{}", am.log(), daemon.log()));
+    assert_eq!(resolved["labels"]["cluster"], "shop-test");
+    assert!(am.alerts("active=true").await.is_empty());
+    let text = daemon.self_metrics().await;
+    let sent = format!(
+        "strand_notifications_sent_total{{alertmanager=\"{}/api/v2/alerts\"}}",
+        am.url
+    );
+    assert!(
+        sample(&text, &sent).is_some_and(|n| n >= 2.0),
+        "firing and resolved were sent: {text}"
     );
 }
