@@ -327,3 +327,49 @@ async fn a_shop_payment_fault_fires_in_alertmanager_and_resolves_after_it_stops(
         "firing and resolved were sent: {text}"
     );
 }
+
+/// A request an Alertmanager refuses is logged with its status and answer,
+/// and counted, by the daemon as it runs in production.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_notification_is_logged_with_the_alertmanagers_answer() {
+    let am = Alertmanager::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("always.rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: always\n    interval: 1s\n    rules:\n      - alert: Always\n        expr: vector(1)\n",
+    )
+    .unwrap();
+    // A path prefix this Alertmanager does not serve: it answers 404.
+    let wrong = format!("{}/not-here", am.url);
+    let daemon = strand_testkit::Strand::spawn(
+        env!("CARGO_BIN_EXE_strand"),
+        &dir.path().join("data"),
+        &["--rules", rules.to_str().unwrap(), "--alertmanager", &wrong],
+    )
+    .await;
+    let logged = eventually(DEADLINE, || async {
+        let log = daemon.log();
+        log.lines()
+            .find(|line| line.contains("NotificationSendFailed"))
+            .map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no NotificationSendFailed:\n{}", daemon.log()));
+    assert!(
+        logged.contains("404 Not Found: 404 page not found"),
+        "the status and Alertmanager's answer: {logged}"
+    );
+    assert!(
+        logged.contains(&format!("{wrong}/api/v2/alerts")),
+        "names the Alertmanager: {logged}"
+    );
+    let errors =
+        format!("strand_notifications_errors_total{{alertmanager=\"{wrong}/api/v2/alerts\"}}");
+    let text = daemon.self_metrics().await;
+    assert!(sample(&text, &errors).is_some_and(|n| n >= 1.0), "{text}");
+    assert!(
+        sample(&text, "strand_notifications_dropped_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}
