@@ -30,7 +30,7 @@ use crate::config::AlertmanagerSettings;
 use crate::telemetry::SelfMetrics;
 
 /// Most alerts in one request (Prometheus 2.42's `maxBatchSize`).
-pub const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 
 /// Most characters of an Alertmanager's error answer kept for the log.
 const MAX_ANSWER_CHARS: usize = 512;
@@ -46,18 +46,22 @@ const CA_BUNDLES: [&str; 3] = [
 /// Why the notifier could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {
+    /// An https Alertmanager needs CAs to check its certificate against.
     #[error("no CA bundle for https Alertmanagers (looked at {0}); set SSL_CERT_FILE")]
     NoCaBundle(String),
+    /// The bundle exists but could not be read.
     #[error("reading the CA bundle {path}: {source}")]
     ReadCaBundle {
         path: String,
         source: std::io::Error,
     },
+    /// The bundle is not what https needs.
     #[error("the CA bundle {path} is not PEM certificates: {source}")]
     BadCaBundle {
         path: String,
         source: reqwest::Error,
     },
+    /// The TLS back end could not be set up.
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),
 }
