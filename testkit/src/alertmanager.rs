@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::pki::TestCa;
 use crate::{free_port, require_tool};
 
 /// A running Alertmanager; killed when dropped.
@@ -22,6 +23,8 @@ pub struct Alertmanager {
     /// Its base URL, what `strand --alertmanager` takes.
     pub url: String,
     log: PathBuf,
+    /// Speaks to it (trusting its CA when it serves https).
+    client: reqwest::Client,
     webhook: Webhook,
     _dir: tempfile::TempDir,
 }
@@ -31,6 +34,16 @@ impl Alertmanager {
     /// Notifications go out 1 s after an alert arrives or changes
     /// (`group_wait`, `group_interval`), resolved ones included.
     pub async fn start() -> Alertmanager {
+        Alertmanager::launch(None).await
+    }
+
+    /// [`Alertmanager::start`] serving https, with a server certificate
+    /// for 127.0.0.1 that `ca` issues.
+    pub async fn start_tls(ca: &TestCa) -> Alertmanager {
+        Alertmanager::launch(Some(ca)).await
+    }
+
+    async fn launch(ca: Option<&TestCa>) -> Alertmanager {
         let binary = match std::env::var_os("ALERTMANAGER_BIN") {
             Some(path) => PathBuf::from(path),
             None => require_tool(
@@ -55,7 +68,30 @@ impl Alertmanager {
         .unwrap();
         let port = free_port().port();
         let log = dir.path().join("alertmanager.log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        let mut client = reqwest::Client::builder();
+        let scheme = match ca {
+            Some(ca) => {
+                let (cert, key) = ca.server("alertmanager", 1).write(dir.path(), "server");
+                let web = dir.path().join("web.yml");
+                std::fs::write(
+                    &web,
+                    format!(
+                        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+                .unwrap();
+                command.arg(format!("--web.config.file={}", web.display()));
+                client = client.add_root_certificate(
+                    reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap(),
+                );
+                "https"
+            }
+            None => "http",
+        };
+        let child = command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.path={}",
@@ -69,14 +105,19 @@ impl Alertmanager {
             .expect("prometheus-alertmanager starts");
         let mut alertmanager = Alertmanager {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             log,
+            client: client.build().unwrap(),
             webhook,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(response) = reqwest::get(format!("{}/-/ready", alertmanager.url)).await
+            if let Ok(response) = alertmanager
+                .client
+                .get(format!("{}/-/ready", alertmanager.url))
+                .send()
+                .await
                 && response.status().is_success()
             {
                 return alertmanager;
@@ -99,7 +140,12 @@ impl Alertmanager {
     /// resolved alert is absent.
     pub async fn alerts(&self, filter: &str) -> Vec<Value> {
         let url = format!("{}/api/v2/alerts?{filter}", self.url);
-        let response = reqwest::get(&url).await.expect("alertmanager answers");
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .expect("alertmanager answers");
         assert!(
             response.status().is_success(),
             "{url}: {}",

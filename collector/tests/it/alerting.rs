@@ -373,3 +373,34 @@ async fn a_refused_notification_is_logged_with_the_alertmanagers_answer() {
         "{text}"
     );
 }
+
+/// An https Alertmanager's certificate is checked against `SSL_CERT_FILE`
+/// (as Go programs, Prometheus among them, take it), so a private CA works.
+/// In a process of its own: the variable is process-wide.
+#[test]
+fn an_https_alertmanager_is_trusted_through_ssl_cert_file() {
+    strand_testkit::in_own_process(|| async {
+        let ca = strand_testkit::pki::TestCa::new("alerting test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = ca.write(dir.path());
+        // SAFETY: this process runs this one test, and sets it before any
+        // thread of the test reads the environment.
+        unsafe { std::env::set_var("SSL_CERT_FILE", &ca_file) };
+        let am = Alertmanager::start_tls(&ca).await;
+        assert!(am.url.starts_with("https://"), "{}", am.url);
+        let (notifier, metrics, _stop) = start_notifier(&[&am.url], &[]);
+        notifier.send(vec![payment_alert(now_ms(), None)]);
+        let held = eventually(DEADLINE, || async {
+            am.alerts("active=true").await.into_iter().next()
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "nothing arrived over https:\n{}\n{}",
+                metrics.render(),
+                am.log()
+            )
+        });
+        assert_eq!(held["labels"]["alertname"], "PaymentFailures");
+    });
+}
