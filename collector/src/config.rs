@@ -336,8 +336,10 @@ pub struct ServeArgs {
     /// An Alertmanager that firing and resolved alerts are sent to, through
     /// its v2 API (`POST <url>/api/v2/alerts`), e.g. http://am:9093 or
     /// https://user:password@am.example/prefix (the user and password are
-    /// sent as basic auth). Repeat the flag, or separate URLs with commas,
-    /// to send every alert to several [default: none: alerts are not sent]
+    /// sent as basic auth; https certificates are checked against the
+    /// system's CAs, or SSL_CERT_FILE's). Repeat the flag, or separate URLs
+    /// with commas, to send every alert to several [default: none: alerts
+    /// are not sent]
     #[arg(
         long,
         env = "STRAND_ALERTMANAGER",
