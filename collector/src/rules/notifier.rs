@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::group::{AlertToSend, RuleContext};
-use crate::config::AlertmanagerSettings;
+use crate::config::{AlertmanagerSettings, Secret};
 use crate::telemetry::SelfMetrics;
 
 /// Most alerts in one request (Prometheus 2.42's `maxBatchSize`).
@@ -160,7 +160,7 @@ pub struct Notifier {
     alertmanagers: Vec<Alertmanager>,
     client: reqwest::Client,
     timeout: Duration,
-    bearer_token: Option<String>,
+    bearer_token: Option<Secret>,
     context: RuleContext,
     metrics: SelfMetrics,
 }
@@ -206,10 +206,7 @@ impl Notifier {
             alertmanagers,
             client,
             timeout: settings.timeout,
-            bearer_token: settings
-                .bearer_token
-                .as_ref()
-                .map(|token| token.expose().to_owned()),
+            bearer_token: settings.bearer_token.clone(),
             context: context.clone(),
             metrics,
         }))
@@ -321,7 +318,7 @@ impl Notifier {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
             if let Some(token) = &self.bearer_token {
-                request = request.bearer_auth(token);
+                request = request.bearer_auth(token.expose());
             }
             posts.spawn(async move { (index, post(request).await) });
         }
@@ -407,7 +404,6 @@ fn system_roots() -> Result<Vec<reqwest::Certificate>, NotifierError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
     use crate::rules::{Alert, AlertState};
 
     fn settings(urls: &[&str], queue_capacity: usize) -> AlertmanagerSettings {
