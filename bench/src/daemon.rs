@@ -59,7 +59,12 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with more arguments to `serve`.
-    pub async fn start_with(binary: &Path, data_dir: &Path, log: &Path, extra: &[&str]) -> Result<Daemon> {
+    pub async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         if !binary.is_file() {
             bail!(
                 "strand binary not found at {} (build it with `cargo build --release -p strand`, or pass --strand PATH)",

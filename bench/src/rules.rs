@@ -25,7 +25,15 @@ const SEED: u64 = 20_261_205;
 const HISTORY_ROUNDS: usize = 40;
 const RULES_PER_GROUP: usize = 100;
 const JOBS: [&str; 10] = [
-    "node", "api", "checkout", "inventory", "payments", "search", "auth", "cart", "shipping",
+    "node",
+    "api",
+    "checkout",
+    "inventory",
+    "payments",
+    "search",
+    "auth",
+    "cart",
+    "shipping",
     "frontend",
 ];
 /// Counter and gauge families the rules read (a sample of the catalog).
@@ -94,11 +102,17 @@ fn rule_file(rules: usize, interval: Duration) -> String {
 
 /// User plus system CPU seconds of `pid` so far.
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
     // Fields after the command name (which may hold spaces) in parentheses.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are the 14th and 15th fields; 12th and 13th here.
     Ok((ticks(11) + ticks(12)) / 100.0)
 }
@@ -106,10 +120,20 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 /// Sum over groups of their last evaluation time, and the evaluation and
 /// failure counts, from `/metrics`.
 async fn rule_metrics(http: &reqwest::Client, base: &str) -> Result<(f64, f64, f64)> {
-    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let mut sums = (0.0, 0.0, 0.0);
     for line in text.lines() {
-        let value = || line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let value = || {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         if line.starts_with("strand_rule_group_last_duration_seconds{") {
             sums.0 += value();
         } else if line.starts_with("strand_rule_evaluations_total ") {
@@ -122,7 +146,10 @@ async fn rule_metrics(http: &reqwest::Client, base: &str) -> Result<(f64, f64, f
 }
 
 pub async fn run(args: &RulesArgs) -> Result<String> {
-    ensure!(args.rules >= 1 && args.intervals >= 1, "--rules and --intervals must be at least 1");
+    ensure!(
+        args.rules >= 1 && args.intervals >= 1,
+        "--rules and --intervals must be at least 1"
+    );
     let scratch = Scratch::create(args.keep)?;
     let rules_path = scratch.data_dir().with_extension("rules.yml");
     std::fs::write(&rules_path, rule_file(args.rules, args.interval))?;
@@ -153,7 +180,11 @@ pub async fn run(args: &RulesArgs) -> Result<String> {
             .body(payload.body.clone())
             .send()
             .await?;
-        ensure!(response.status().is_success(), "remote write answered {}", response.status());
+        ensure!(
+            response.status().is_success(),
+            "remote write answered {}",
+            response.status()
+        );
     }
     let load_seconds = loaded.elapsed().as_secs_f64();
 
@@ -194,7 +225,8 @@ mod tests {
     fn the_rule_file_has_the_rules_asked_for_in_groups_of_a_hundred() {
         let text = rule_file(250, Duration::from_secs(15));
         assert_eq!(text.matches("\n  - name: ").count(), 3);
-        let rules = text.matches("      - record: ").count() + text.matches("      - alert: ").count();
+        let rules =
+            text.matches("      - record: ").count() + text.matches("      - alert: ").count();
         assert_eq!(rules, 250);
         assert!(text.contains("interval: 15s"));
     }
