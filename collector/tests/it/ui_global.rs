@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 use strand_testkit::Strand;
+use strand_testkit::browser::Client;
 use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
-use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, goto, in_browser, shown, snapshot, wait_for};
+use strand_testkit::browser::{click, goto, in_browser, select, shown, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -812,14 +812,4 @@ async fn keys(client: &Client, keys: &[char]) -> Result<(), String> {
         .perform_actions(actions)
         .await
         .map_err(|e| format!("keys {keys:?}: {e}"))
-}
-
-async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
-    client
-        .find(Locator::Css(css))
-        .await
-        .map_err(|e| format!("no {css}: {e}"))?
-        .select_by_value(value)
-        .await
-        .map_err(|e| format!("cannot choose {value} in {css}: {e}"))
 }
