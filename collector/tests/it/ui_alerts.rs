@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use strand_testkit::Strand;
 use strand_testkit::browser::{
-    Client, click_shown, goto, in_browser, select, shown, type_into, wait_for,
+    Client, click_shown, goto, in_browser, select, shown, snapshot, type_into, wait_for,
 };
 
 use crate::rules::{keep_writing, write_rules};
@@ -98,6 +98,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             })
         };
         wait_for(&client, "alerts", CARDS, firing).await?;
+        snapshot(&client, "alerts").await;
         let description = client
             .execute(
                 "return [...document.querySelectorAll('.alert-card')]
@@ -188,7 +189,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
                    import('/ui/alerts.js').then(m => done([
                      m.countLogsQuery('count_logs("severity:error AND declined", "5m", "service") > 5'),
                      m.countLogsQuery('sum(count_logs( "\\"card declined\\" OR timeout" ,"10m"))'),
-                     m.countLogsQuery("count_logs('it''s', '1m') or count_logs('second', '1m')"),
+                     m.countLogsQuery("count_logs('it\\'s', '1m') or count_logs('second', '1m')"),
                      m.countLogsQuery('count_logs(`service:pay*`, `15m`)'),
                      m.countLogsQuery('rate(logs_total[5m]) > 1'),
                      m.countLogsQuery('count_logs(severity, "5m")'),
@@ -202,7 +203,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
         let expected = json!([
             { "query": "severity:error AND declined", "window": "5m" },
             { "query": "\"card declined\" OR timeout", "window": "10m" },
-            { "query": "it''s", "window": "1m" },
+            { "query": "it's", "window": "1m" },
             { "query": "service:pay*", "window": "15m" },
             null,
             null,
