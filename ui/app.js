@@ -291,7 +291,8 @@ async function countFiring() {
   try {
     const firing = ((await api("/api/v1/alerts")).data?.alerts || []).filter((a) => a.state === "firing").length;
     firingBadge.textContent = firing;
-    firingBadge.setAttribute("aria-label", plural(firing, "firing alert"));
+    firingBadge.title = plural(firing, "firing alert");
+    firingBadge.parentElement.setAttribute("aria-label", firing ? `Alerts, ${firingBadge.title}` : "Alerts");
     firingBadge.hidden = !firing;
   } catch (_) {
     firingBadge.hidden = true;

@@ -6,13 +6,17 @@
 //! The parsing of `count_logs` out of an expression, for the log link, is
 //! checked through a page evaluation.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
-use strand_testkit::Strand;
 use strand_testkit::browser::{
-    Client, click_shown, goto, in_browser, select, shown, snapshot, type_into, wait_for,
+    Client, click, click_shown, goto, in_browser, select, shown, snapshot, type_into, wait_for,
 };
+use strand_testkit::{Strand, eventually};
 
 use crate::rules::{keep_writing, write_rules};
+use crate::support::now_ms;
+use crate::support::remote_write::{request, series, write_ok};
 use crate::support::shop_fixture::send_everything;
 
 /// `TestDown` fires on `test_up` (job `a` is 0), `TestDownLong` waits an
@@ -65,8 +69,10 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
     .await;
     let writer = keep_writing(&daemon);
     let sent = send_everything(&daemon).await;
+    wait_firing(&daemon, 2).await;
     let empty = Strand::start(&dir.path().join("empty"), &[]).await;
     let (base, empty_base) = (daemon.url("/"), empty.url("/"));
+    let daemon = &daemon;
     in_browser("ui-alerts", |client| async move {
         // The nav badge counts the firing alerts from any view.
         goto(&client, &format!("{base}#/traces")).await?;
@@ -74,8 +80,8 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             &client,
             "nav badge",
             "const b = document.querySelector('[data-nav=alerts] .nav-badge');
-             return b && !b.hidden ? { text: b.innerText, label: b.getAttribute('aria-label') } : null",
-            |v| v["text"] == "2" && v["label"] == "2 firing alerts",
+             return b && !b.hidden ? { text: b.innerText, label: b.parentElement.getAttribute('aria-label') } : null",
+            |v| v["text"] == "2" && v["label"] == "Alerts, 2 firing alerts",
         )
         .await?;
 
@@ -116,16 +122,21 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
         wait_for(
             &client,
             "rules",
-            "return { groups: [...document.querySelectorAll('.rule-group h2')].map(g => g.innerText),
+            "const error = document.querySelector('.rule[data-name=Broken] .rule-error');
+             const probe = document.body.appendChild(document.createElement('span'));
+             probe.style.color = 'var(--error)';
+             const red = getComputedStyle(probe).color;
+             probe.remove();
+             return { groups: [...document.querySelectorAll('.rule-group h2')].map(g => g.innerText),
                       rules: [...document.querySelectorAll('.rule')].map(r => r.dataset.name),
-                      error: document.querySelector('.rule[data-name=Broken] .rule-error')?.innerText || '',
-                      red: getComputedStyle(document.querySelector('.rule[data-name=Broken] .rule-error') || document.body).color
-                        === getComputedStyle(document.documentElement).getPropertyValue('--error').trim() }",
+                      error: error?.innerText || '',
+                      red: !!error && getComputedStyle(error).color === red }",
             |v| {
                 v["groups"] == json!(["shop", "traces"])
                     && v["rules"]
                         == json!(["job:test_up:sum", "TestDown", "TestDownLong", "Broken", "PaymentErrors"])
                     && v["error"].as_str().is_some_and(|e| e.contains("many-to-many"))
+                    && v["red"] == true
             },
         )
         .await?;
@@ -213,6 +224,19 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             return Err(format!("countLogsQuery: {parsed}, expected {expected}"));
         }
 
+        // One more alert fires: the badge follows on the next refresh.
+        let now = now_ms();
+        write_ok(daemon, &request(vec![series("test_up", &[("job", "c")], &[(now, 0.0)])])).await;
+        wait_firing(daemon, 3).await;
+        click(&client, "#refresh-now").await?;
+        wait_for(
+            &client,
+            "nav badge after a refresh",
+            "return document.querySelector('[data-nav=alerts] .nav-badge').innerText",
+            |v| v == "3",
+        )
+        .await?;
+
         // Without rules: how to load them.
         goto(&client, &format!("{empty_base}#/alerts")).await?;
         wait_for(
@@ -227,6 +251,21 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
     })
     .await;
     writer.abort();
+}
+
+/// Waits until `count` alerts fire, as the API says.
+async fn wait_firing(daemon: &Strand, count: usize) {
+    let seen = eventually(Duration::from_secs(30), || async {
+        let (_, body) = daemon.get_json("/api/v1/alerts").await;
+        let alerts = body["data"]["alerts"].as_array()?;
+        (alerts.iter().filter(|a| a["state"] == "firing").count() == count).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{count} alerts never fired:\n{}",
+        daemon.log()
+    );
 }
 
 /// Clicks the link of class `link` on the alert card named `alert`.
