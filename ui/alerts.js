@@ -102,7 +102,7 @@ function alertCard({ group, rule, alert }) {
     h("div.meta", {},
       h("span", {}, "value ", h("b", {}, fmtNumber(Number(alert.value)))),
       h("span", {}, `since ${fmtTime(since).slice(0, 19)} (${fmtAge(Date.now() - since)} ago)`),
-      alert.keepFiringSince && h("span", {}, `kept firing since ${fmtTime(Date.parse(alert.keepFiringSince)).slice(0, 19)}`),
+      alert.keepFiringSince && h("span.kept", {}, `kept firing since ${fmtTime(Date.parse(alert.keepFiringSince)).slice(0, 19)}`),
       h("span.muted", {}, `rule ${rule.name} in ${group.name}`),
       links(rule, alert)));
 }

@@ -21,8 +21,9 @@ use crate::support::shop_fixture::send_everything;
 
 /// `TestDown` fires on `test_up` (job `a` is 0), `TestDownLong` waits an
 /// hour on the same, `PaymentErrors` fires on the shop's failed payment
-/// (span metrics, with a `service_name` label) and `Broken` fails at each
-/// evaluation (two series on each side of a one-to-one match).
+/// (span metrics, with a `service_name` label), `Broken` fails at each
+/// evaluation (two series on each side of a one-to-one match) and
+/// `KeepsFiring` fires once job `c` is 0 and keeps firing after it is not.
 const RULES: &str = r#"
 groups:
   - name: shop
@@ -42,6 +43,9 @@ groups:
         for: 1h
       - alert: Broken
         expr: test_up * on() test_up
+      - alert: KeepsFiring
+        expr: test_up{job="c"} == 0
+        keep_firing_for: 1h
   - name: traces
     interval: 1s
     rules:
@@ -134,7 +138,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             |v| {
                 v["groups"] == json!(["shop", "traces"])
                     && v["rules"]
-                        == json!(["job:test_up:sum", "TestDown", "TestDownLong", "Broken", "PaymentErrors"])
+                        == json!(["job:test_up:sum", "TestDown", "TestDownLong", "Broken", "KeepsFiring", "PaymentErrors"])
                     && v["error"].as_str().is_some_and(|e| e.contains("many-to-many"))
                     && v["red"] == true
             },
@@ -224,16 +228,37 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             return Err(format!("countLogsQuery: {parsed}, expected {expected}"));
         }
 
-        // One more alert fires: the badge follows on the next refresh.
-        let now = now_ms();
-        write_ok(daemon, &request(vec![series("test_up", &[("job", "c")], &[(now, 0.0)])])).await;
-        wait_firing(daemon, 3).await;
+        // Two more alerts fire (job c is down): the badge follows on the
+        // next refresh.
+        let job_c = |value| request(vec![series("test_up", &[("job", "c")], &[(now_ms(), value)])]);
+        write_ok(daemon, &job_c(0.0)).await;
+        wait_firing(daemon, 4).await;
         click(&client, "#refresh-now").await?;
         wait_for(
             &client,
             "nav badge after a refresh",
             "return document.querySelector('[data-nav=alerts] .nav-badge').innerText",
-            |v| v == "3",
+            |v| v == "4",
+        )
+        .await?;
+
+        // Job c is back: KeepsFiring keeps firing, and says since when.
+        write_ok(daemon, &job_c(1.0)).await;
+        wait_firing(daemon, 3).await;
+        goto(&client, &format!("{base}#/alerts")).await?;
+        wait_for(
+            &client,
+            "kept firing",
+            "return [...document.querySelectorAll('.alert-card')]
+                .map(c => [c.querySelector('.alert-name').innerText, c.querySelector('.kept')?.innerText || ''])",
+            |v| {
+                v.as_array().is_some_and(|cards| {
+                    cards.iter().any(|c| {
+                        c[0] == "KeepsFiring"
+                            && c[1].as_str().is_some_and(|t| t.starts_with("kept firing since 20"))
+                    })
+                })
+            },
         )
         .await?;
 
