@@ -100,7 +100,7 @@ function alertCard({ group, rule, alert }) {
     description && h("p.description", {}, description),
     annotationList(others),
     h("div.meta", {},
-      h("span", {}, "value ", h("b", {}, fmtNumber(Number(alert.value)))),
+      h("span", {}, "value ", h("b", {}, fmtValue(alert.value))),
       h("span", {}, `since ${fmtTime(since).slice(0, 19)} (${fmtAge(Date.now() - since)} ago)`),
       alert.keepFiringSince && h("span.kept", {}, `kept firing since ${fmtTime(Date.parse(alert.keepFiringSince)).slice(0, 19)}`),
       h("span.muted", {}, `rule ${rule.name} in ${group.name}`),
@@ -197,6 +197,9 @@ function unquote(literal) {
   if (literal[0] === "`") return body;
   return body.replace(/\\(.)/g, (_, c) => ({ n: "\n", t: "\t", r: "\r" })[c] ?? c);
 }
+
+/** An alert's value as Prometheus writes it ("2.5e-03", "+Inf", "NaN") made readable. */
+const fmtValue = (text) => (Number.isNaN(Number(text)) ? text : fmtNumber(Number(text)));
 
 /** A duration as its two largest units: 45s, 3m 5s, 2h 5m, 3d 4h. */
 function fmtAge(ms) {
