@@ -29,7 +29,7 @@ groups:
 
 /// Writes `test_up` for jobs `a` (0) and `b` (1) every 500 ms while the
 /// returned task runs.
-fn keep_writing(daemon: &Strand) -> tokio::task::JoinHandle<()> {
+pub(crate) fn keep_writing(daemon: &Strand) -> tokio::task::JoinHandle<()> {
     let url = daemon.url("/api/v1/write");
     tokio::spawn(async move {
         let client = reqwest::Client::new();
@@ -64,7 +64,7 @@ async fn post(daemon: &Strand, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-fn write_rules(dir: &Path, text: &str) -> String {
+pub(crate) fn write_rules(dir: &Path, text: &str) -> String {
     let path = dir.join("rules.yml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
