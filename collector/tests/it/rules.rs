@@ -267,3 +267,40 @@ async fn a_pending_alert_keeps_its_for_state_across_a_restart() {
     writer.abort();
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_rule_files_of_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(dir.path(), RULES);
+    let daemon = Strand::spawn(
+        env!("CARGO_BIN_EXE_strand"),
+        &dir.path().join("data"),
+        &["--rules", &rules],
+    )
+    .await;
+    let rule_names = || async {
+        let (_, body) = daemon.get_json("/api/v1/rules").await;
+        body["data"]["groups"][0]["rules"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| r["name"].as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(rule_names().await, ["job:test_up:sum", "TestDown"]);
+    write_rules(
+        dir.path(),
+        &RULES.replace("job:test_up:sum", "job:test_up:total"),
+    );
+    daemon.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(10), || async {
+        (rule_names().await == ["job:test_up:total", "TestDown"]).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("SIGHUP did not reload the rules:\n{}", daemon.log()));
+    assert!(daemon.log().contains("RulesReloaded"), "{}", daemon.log());
+    daemon.stop().await;
+}
