@@ -1,8 +1,12 @@
 //! The `strand` binary: parses flags, sets up logging, runs the daemon until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM; `strand rules check|test` are promtool's offline rule
+//! tools and exit once done.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use clap::Parser;
+use strand::config::{Cli, Command, RulesCommand};
 use strand::{Config, Listeners};
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +17,14 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = match Config::from_command_line(std::env::args_os()) {
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Ok(Cli {
+        command: Command::Rules(command),
+    }) = Cli::try_parse_from(&argv)
+    {
+        return rules(command);
+    }
+    let config = match Config::from_command_line(argv) {
         Ok(config) => config,
         Err(error) => match error.downcast::<clap::Error>() {
             // Usage errors, --help and --version, as clap prints them.
@@ -49,6 +60,65 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `strand rules check|test FILE...`: every file is checked or tested, in
+/// promtool's words; exit status 1 if any failed.
+fn rules(command: RulesCommand) -> ExitCode {
+    let (files, run): (_, fn(&Path) -> bool) = match command {
+        RulesCommand::Check { files } => (files, check_rule_file),
+        RulesCommand::Test { files } => (files, test_rule_file),
+    };
+    let mut passed = true;
+    for file in &files {
+        passed &= run(file);
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// As `promtool check rules`: `Checking FILE`, then `SUCCESS: N rules
+/// found` or `FAILED:` and the reason with its line.
+fn check_rule_file(file: &Path) -> bool {
+    println!("Checking {}", file.display());
+    let passed = match strand::rules::load_rule_files(&[file.display().to_string()]) {
+        Ok(groups) => {
+            let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+            println!("  SUCCESS: {rules} rules found");
+            true
+        }
+        Err(error) => {
+            eprintln!("  FAILED:\n{error}");
+            false
+        }
+    };
+    println!();
+    passed
+}
+
+/// As `promtool test rules`: `Unit Testing:  FILE`, then `SUCCESS` or
+/// `FAILED:` and every failure (expected against got).
+fn test_rule_file(file: &Path) -> bool {
+    println!("Unit Testing:  {}", file.display());
+    let report = strand::rules::run_test_file(file);
+    for warning in &report.warnings {
+        eprintln!("{warning}");
+    }
+    let passed = report.failures.is_empty();
+    if passed {
+        println!("  SUCCESS");
+    } else {
+        eprintln!("  FAILED:");
+        for failure in &report.failures {
+            eprintln!("{failure}");
+            println!();
+        }
+    }
+    println!();
+    passed
 }
 
 /// Listens for SIGINT and SIGTERM from the start, before the listeners bind

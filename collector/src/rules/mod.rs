@@ -12,6 +12,7 @@ mod group;
 mod manager;
 mod memory;
 mod template;
+mod unit_test;
 
 pub use file::{
     GroupSpec, RuleFileError, RuleSpec, load_rule_files, parse_duration, parse_rule_file,
@@ -21,3 +22,6 @@ pub use manager::{
     AlertSink, GroupStatus, RuleEnvironment, RuleManager, SampleSink, SourceFactory,
 };
 pub use memory::MemorySeries;
+pub use unit_test::{
+    ComparedAlert, ComparedSample, LabelList, TestFileReport, UnitTestFailure, run_test_file,
+};
