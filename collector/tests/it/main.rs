@@ -24,6 +24,7 @@ mod overload;
 mod promql_diff;
 mod query_limits;
 mod retention;
+mod rules_cli;
 mod snapshot;
 mod support;
 mod tls;
