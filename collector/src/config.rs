@@ -62,6 +62,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process: boxing the settings buys nothing"
+)]
 pub enum Command {
     /// Run the daemon: receive OTLP, store it on local disk, serve the UI and APIs.
     Serve(ServeArgs),
