@@ -681,11 +681,13 @@ fn extrapolated_rate(
     } else {
         avg_between / 2.0
     };
-    result *= interval / sampled;
+    // One factor, divided by the range before it scales, as Prometheus
+    // computes it: the other order differs in the last bit.
+    let mut factor = interval / sampled;
     if is_rate {
-        result /= secs(m.end, m.start);
+        factor /= secs(m.end, m.start);
     }
-    Some(result)
+    Some(result * factor)
 }
 
 /// `irate` and `idelta`: from the last two samples.

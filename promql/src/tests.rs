@@ -817,6 +817,26 @@ fn count_values() {
     );
 }
 
+/// `rate` divides the extrapolation factor by the range before scaling, as
+/// Prometheus does, so its answers match to the last bit: rule unit tests
+/// compare exactly. 12 × (1.125 / 180) is 0.07500000000000001, where
+/// 12 × 1.125 / 180 would be 0.075.
+#[test]
+fn rate_rounds_as_prometheus_does() {
+    let s = load("30s", "c_total{job=\"a\"} 0+3x12");
+    let Value::Vector(got) =
+        instant_query(&s, "rate(c_total[3m])", ms("7m"), &Limits::default()).unwrap()
+    else {
+        panic!("not a vector")
+    };
+    assert_eq!(
+        got[0].v.to_bits(),
+        0.07500000000000001f64.to_bits(),
+        "{}",
+        got[0].v
+    );
+}
+
 #[test]
 fn rate_increase_delta() {
     let s = load(
