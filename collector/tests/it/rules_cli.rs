@@ -4,9 +4,13 @@
 //! every file the same verdict, the verdict it was written for, and
 //! failures read alike.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
 use strand_testkit::require_tool;
 
 use crate::support::STRAND_BINARY;
@@ -37,9 +41,13 @@ struct Run {
 /// Runs `program args...` in the fixtures directory, so both programs name
 /// the files alike.
 fn run(program: &Path, args: &[&str]) -> Run {
+    run_in(&fixtures(), program, args)
+}
+
+fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Run {
     let output = Command::new(program)
         .args(args)
-        .current_dir(fixtures())
+        .current_dir(dir)
         .output()
         .unwrap_or_else(|error| panic!("cannot run {}: {error}", program.display()));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -249,4 +257,151 @@ fn rule_checks_get_the_same_verdict_as_promtool() {
         "{}",
         bad.stderr
     );
+}
+
+/// A random rule file and unit-test file over a few series (random walks
+/// with gaps and staleness markers, counters): recording rules, alerts with
+/// and without `for` and `keep_firing_for`, templated labels, groups with
+/// their own intervals, evaluated in a given order. Every test expects
+/// nothing, so every alert that fires and every sample of `ALERTS`,
+/// `ALERTS_FOR_STATE` and the recorded series, minute by minute, is in the
+/// failure report: comparing the reports compares all of it.
+fn random_case(rng: &mut StdRng) -> (String, String) {
+    let points = rng.random_range(8..=25);
+    let (interval, interval_secs) = *[("15s", 15), ("30s", 30), ("1m", 60), ("2m", 120)]
+        .choose(rng)
+        .unwrap();
+    let evaluation = ["15s", "30s", "1m", "90s"].choose(rng).unwrap();
+    let mut series = String::new();
+    for job in &["a", "b", "c"][..rng.random_range(1..=3)] {
+        let mut level: i64 = *[0, 1, 5, 10].choose(rng).unwrap();
+        let values: Vec<String> = (0..points)
+            .map(|_| match rng.random_range(0..20) {
+                0 | 1 => "_".to_owned(),
+                2 => "stale".to_owned(),
+                _ => {
+                    level = (level + [-3, -1, 0, 1, 2, 5].choose(rng).unwrap()).max(0);
+                    level.to_string()
+                }
+            })
+            .collect();
+        let step = rng.random_range(0..=5);
+        let _ = write!(
+            series,
+            "      - series: 'm{{job=\"{job}\"}}'\n        values: '{}'\n      - series: 'c_total{{job=\"{job}\"}}'\n        values: '0+{step}x{points}'\n",
+            values.join(" ")
+        );
+    }
+    let group_interval = |rng: &mut StdRng| match rng.random_range(0..6) {
+        0 => "    interval: 10s\n",
+        1 => "    interval: 5m\n",
+        _ => "",
+    };
+    let mut rules = format!(
+        "groups:\n  - name: g1\n{}    rules:\n      - record: job:m:max\n        expr: max by (job) (m)\n      - record: job:c:rate\n        expr: sum by (job) (rate(c_total[3m]))\n      - record: job:m:hi\n        expr: m > 4\n  - name: g2\n{}    rules:\n",
+        group_interval(rng),
+        group_interval(rng)
+    );
+    let alerts = rng.random_range(1..=4);
+    for n in 0..alerts {
+        let threshold = rng.random_range(2..=8);
+        let expr = [
+            format!("m > {threshold}"),
+            format!("m < {threshold}"),
+            format!("job:m:max >= {threshold}"),
+            format!("avg_over_time(m[2m]) > {threshold}"),
+            "job:c:rate > 0.02".to_owned(),
+            "job:m:hi".to_owned(),
+            "count(job:m:hi) > 1".to_owned(),
+            "absent(m{job=\"z\"})".to_owned(),
+        ]
+        .choose(rng)
+        .unwrap()
+        .clone();
+        let _ = write!(rules, "      - alert: A{n}\n        expr: {expr}\n");
+        if let Some(hold) = ["", "30s", "1m", "2m", "3m", "5m"]
+            .choose(rng)
+            .filter(|h| !h.is_empty())
+        {
+            let _ = writeln!(rules, "        for: {hold}");
+        }
+        if let Some(keep) = ["", "", "30s", "1m", "2m", "5m"]
+            .choose(rng)
+            .filter(|k| !k.is_empty())
+        {
+            let _ = writeln!(rules, "        keep_firing_for: {keep}");
+        }
+        match rng.random_range(0..3) {
+            0 => rules.push_str("        labels:\n          sev: '{{ if eq $labels.job \"b\" }}high{{ else }}low{{ end }}'\n"),
+            1 => rules.push_str("        labels:\n          team: x\n"),
+            _ => {}
+        }
+        rules.push_str("        annotations:\n          value: '{{ $value | humanize }}'\n");
+    }
+    let order = if rng.random_bool(0.5) {
+        "g1, g2"
+    } else {
+        "g2, g1"
+    };
+    let mut test = format!(
+        "rule_files: [rules.yml]\nevaluation_interval: {evaluation}\ngroup_eval_order: [{order}]\ntests:\n  - interval: {interval}\n    input_series:\n{series}    alert_rule_test:\n"
+    );
+    let minutes = points * interval_secs / 60 + 3;
+    for minute in 0..minutes {
+        for n in 0..alerts {
+            let _ = write!(
+                test,
+                "      - eval_time: {minute}m\n        alertname: A{n}\n        exp_alerts: []\n"
+            );
+        }
+    }
+    test.push_str("    promql_expr_test:\n");
+    for minute in 0..minutes {
+        for expr in [
+            "ALERTS",
+            "ALERTS_FOR_STATE",
+            "job:m:max",
+            "job:c:rate",
+            "job:m:hi",
+        ] {
+            let _ = write!(test, "      - expr: {expr}\n        eval_time: {minute}m\n");
+        }
+    }
+    (rules, test)
+}
+
+/// The first line where two reports differ, with the lines before it.
+fn first_difference(ours: &str, theirs: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (ours.lines().collect(), theirs.lines().collect());
+    let at = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let from = at.saturating_sub(8);
+    format!(
+        "same until line {at}:\n{}\nstrand:   {:?}\npromtool: {:?}",
+        a[from..at].join("\n"),
+        a.get(at),
+        b.get(at)
+    )
+}
+
+#[test]
+fn random_rules_and_series_evaluate_as_promtool_evaluates_them() {
+    let promtool = promtool();
+    let strand = Path::new(STRAND_BINARY);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut fired = 0;
+    for case in 0..30 {
+        let (rules, test) = random_case(&mut rng);
+        std::fs::write(dir.path().join("rules.yml"), &rules).unwrap();
+        std::fs::write(dir.path().join("test.yml"), &test).unwrap();
+        let ours = run_in(dir.path(), strand, &["rules", "test", "test.yml"]);
+        let theirs = run_in(dir.path(), &promtool, &["test", "rules", "test.yml"]);
+        assert!(
+            ours.passed == theirs.passed && ours.stderr == theirs.stderr,
+            "case {case}: {}\n\nrules.yml:\n{rules}",
+            first_difference(&ours.stderr, &theirs.stderr)
+        );
+        fired += usize::from(theirs.stderr.contains("got:[\n"));
+    }
+    assert!(fired >= 20, "alerts fired in only {fired} of 30 cases");
 }
