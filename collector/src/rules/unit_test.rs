@@ -22,6 +22,9 @@ use super::{AlertState, Group, Health, MemorySeries, RuleContext, RuleSpec};
 use super::{load_rule_files, parse_duration};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricSample, SeriesSamples};
 
+/// Most values one input series may expand to.
+const MAX_VALUES: usize = 10_000_000;
+
 /// promtool's default `evaluation_interval`.
 const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -643,6 +646,10 @@ pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
             }
             _ => (token, None),
         };
+        // Checked before expanding: `1x99999999999` must not exhaust memory.
+        if out.len().saturating_add(times.unwrap_or(0)) >= MAX_VALUES {
+            return Err(format!("more than {MAX_VALUES} values"));
+        }
         if head == "_" {
             out.extend(std::iter::repeat_n(None, times.unwrap_or(1)));
             continue;
@@ -685,9 +692,6 @@ pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
             (Some(_), None) => {
                 return Err(format!("{token:?}: an increment needs a count (a+bxn)"));
             }
-        }
-        if out.len() > 10_000_000 {
-            return Err("more than 10,000,000 values".into());
         }
     }
     Ok(out)
@@ -828,7 +832,15 @@ mod tests {
             expand_values("1e-3+1e-3x1").unwrap(),
             [Some(0.001), Some(0.002)]
         );
-        for bad in ["a", "1+2", "stalex2", "1+x3", "--1"] {
+        for bad in [
+            "a",
+            "1+2",
+            "stalex2",
+            "1+x3",
+            "--1",
+            "1x99999999999",
+            "_x18446744073709551615",
+        ] {
             assert!(expand_values(bad).is_err(), "{bad}");
         }
     }
