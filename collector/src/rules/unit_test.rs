@@ -235,7 +235,12 @@ pub fn run_test_file(path: &Path) -> TestFileReport {
         Ok(text) => text,
         Err(error) => return setup(format!("{}: {error}", path.display())),
     };
-    let doc: TestFileDoc = match serde_norway::from_str(&text) {
+    // An empty file has no tests, as promtool reads it.
+    let parsed = match text.trim() {
+        "" => serde_norway::from_str("{}"),
+        _ => serde_norway::from_str(&text),
+    };
+    let doc: TestFileDoc = match parsed {
         Ok(doc) => doc,
         Err(error) => return setup(format!("{}: {error}", path.display())),
     };
