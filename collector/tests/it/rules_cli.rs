@@ -74,29 +74,51 @@ fn promtool() -> PathBuf {
     )
 }
 
-/// The unit-test files: whether each passes, and text the failure report of
-/// both programs must contain (why it fails). `same_report`: Strand's
-/// report is promtool's, word for word.
-const UNIT_TESTS: &[(&str, bool, &[&str], bool)] = &[
-    (
+/// A unit-test fixture and what both programs must make of it.
+struct UnitTestCase {
+    file: &'static str,
+    passes: bool,
+    /// Text both failure reports contain: why the file fails.
+    why: &'static [&'static str],
+    /// Strand's failure report is promtool's, word for word.
+    same_report: bool,
+}
+
+const fn case(
+    file: &'static str,
+    passes: bool,
+    why: &'static [&'static str],
+    same_report: bool,
+) -> UnitTestCase {
+    UnitTestCase {
+        file,
+        passes,
+        why,
+        same_report,
+    }
+}
+
+/// The unit-test files, deliberately failing ones included.
+const UNIT_TESTS: &[UnitTestCase] = &[
+    case(
         "fail_bad_rule_file.test.yml",
         false,
         &["bad_expr.rules.yml", "could not parse expression"],
         false,
     ),
-    (
+    case(
         "fail_missing_alert.test.yml",
         false,
         &["alertname: InstanceDown, time: 5m", "got:[]"],
         true,
     ),
-    (
+    case(
         "fail_pending_only.test.yml",
         false,
         &["alertname: InstanceDown, time: 5m", "got:[]"],
         true,
     ),
-    (
+    case(
         "fail_wrong_annotation.test.yml",
         false,
         &[
@@ -105,7 +127,7 @@ const UNIT_TESTS: &[(&str, bool, &[&str], bool)] = &[
         ],
         true,
     ),
-    (
+    case(
         "fail_wrong_labels.test.yml",
         false,
         &[
@@ -114,7 +136,7 @@ const UNIT_TESTS: &[(&str, bool, &[&str], bool)] = &[
         ],
         true,
     ),
-    (
+    case(
         "fail_wrong_value.test.yml",
         false,
         &[
@@ -123,22 +145,28 @@ const UNIT_TESTS: &[(&str, bool, &[&str], bool)] = &[
         ],
         true,
     ),
-    ("pass_alerts.test.yml", true, &[], true),
-    ("pass_keep_firing_stale_absent.test.yml", true, &[], true),
-    ("pass_recording.test.yml", true, &[], true),
+    case("pass_alerts.test.yml", true, &[], true),
+    case("pass_keep_firing_stale_absent.test.yml", true, &[], true),
+    case("pass_recording.test.yml", true, &[], true),
 ];
 
 #[test]
 fn unit_tests_get_the_same_verdict_as_promtool() {
     let promtool = promtool();
     let strand = Path::new(STRAND_BINARY);
-    let listed: Vec<&str> = UNIT_TESTS.iter().map(|(file, ..)| *file).collect();
+    let listed: Vec<&str> = UNIT_TESTS.iter().map(|case| case.file).collect();
     assert_eq!(
         fixture_files(".test.yml"),
         listed,
         "every unit-test fixture has its expected verdict here"
     );
-    for &(file, passes, why, same_report) in UNIT_TESTS {
+    for &UnitTestCase {
+        file,
+        passes,
+        why,
+        same_report,
+    } in UNIT_TESTS
+    {
         let ours = run(strand, &["rules", "test", file]);
         let theirs = run(&promtool, &["test", "rules", file]);
         assert_eq!(
