@@ -194,29 +194,12 @@ fn texts(map: Option<BTreeMap<String, Scalar>>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A duration as Prometheus's `model.Duration` reads it: `0`, or numbers
-/// with units (`90s`, `1h30m`, `1d`); a bare number other than 0 is refused.
+/// A duration of the test file (`0`, `90s`, `1h30m`); absent: zero.
 fn test_duration(field: &str, value: Option<Scalar>) -> Result<Duration, UnitTestFailure> {
-    let Some(text) = value.map(Scalar::text) else {
-        return Ok(Duration::ZERO);
-    };
-    let refused = |message: String| UnitTestFailure::Setup(format!("{field}: {message}"));
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.parse::<f64>().is_ok() {
-        return Err(refused(format!(
-            "{text:?} is not a duration: a unit is required"
-        )));
-    }
-    // `parse_duration` refuses zero (`0s`, `0m`), which tests start at: a
-    // text whose numbers are all 0 and that parses with them set to 1 is
-    // zero.
-    let all_zero = text.chars().filter(char::is_ascii_digit).all(|c| c == '0');
-    if all_zero && parse_duration(&text.replace('0', "1")).is_ok() {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(&text).map_err(refused)
+    value.map_or(Ok(Duration::ZERO), |value| {
+        parse_duration(&value.text())
+            .map_err(|message| UnitTestFailure::Setup(format!("{field}: {message}")))
+    })
 }
 
 fn millis(d: Duration) -> i64 {
