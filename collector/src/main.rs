@@ -88,6 +88,7 @@ fn check_rule_file(file: &Path) -> bool {
         Ok(groups) => {
             let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
             println!("  SUCCESS: {rules} rules found");
+            report_duplicates(&groups);
             true
         }
         Err(error) => {
@@ -97,6 +98,35 @@ fn check_rule_file(file: &Path) -> bool {
     };
     println!();
     passed
+}
+
+/// promtool's default lint, in its words and as it does it, without
+/// failing the check: rules of the same name and labels, which would write
+/// the same series.
+fn report_duplicates(groups: &[strand::rules::GroupSpec]) {
+    let mut rules: Vec<_> = groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .map(|r| (r.name(), r.labels()))
+        .collect();
+    rules.sort();
+    let mut duplicates = Vec::new();
+    for pair in rules.windows(2) {
+        if pair[0] == pair[1] && duplicates.last() != Some(&pair[1]) {
+            duplicates.push(pair[1]);
+        }
+    }
+    if duplicates.is_empty() {
+        return;
+    }
+    let mut message = format!("lint error {} duplicate rule(s) found.\n", duplicates.len());
+    for (name, labels) in duplicates {
+        message.push_str(&format!("Metric: {name}\nLabel(s):\n"));
+        for (label, value) in labels {
+            message.push_str(&format!("\t{label}: {value}\n"));
+        }
+    }
+    eprintln!("  FAILED:\n{message}Might cause inconsistency while recording expressions");
 }
 
 /// As `promtool test rules`: `Unit Testing:  FILE`, then `SUCCESS` or

@@ -262,6 +262,25 @@ fn rule_checks_get_the_same_verdict_as_promtool() {
             );
         }
     }
+    // promtool's default lint: reported, not fatal, in the same words.
+    let duplicates = ["rules", "check", "duplicate_rules.rules.yml"];
+    let (ours, theirs) = (
+        run(strand, &duplicates),
+        run(&promtool, &["check", "rules", "duplicate_rules.rules.yml"]),
+    );
+    assert!(ours.passed && theirs.passed);
+    assert!(
+        ours.stderr.contains(
+            "1 duplicate rule(s) found.\nMetric: job:up:sum\nLabel(s):\n\tsource: rules\n"
+        ),
+        "{}",
+        ours.stderr
+    );
+    assert!(
+        theirs
+            .stderr
+            .ends_with(&ours.stderr[ours.stderr.find("1 duplicate").unwrap()..])
+    );
     let shop = run(strand, &["rules", "check", "shop.rules.yml"]);
     assert!(
         shop.stdout.contains("  SUCCESS: 6 rules found\n"),
