@@ -86,9 +86,15 @@ fn check_rule_file(file: &Path) -> bool {
     println!("Checking {}", file.display());
     let passed = match strand::rules::load_rule_files(&[file.display().to_string()]) {
         Ok(groups) => {
-            let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
-            println!("  SUCCESS: {rules} rules found");
-            report_duplicates(&groups);
+            // As promtool: a lint finding replaces the success line, and
+            // the check still passes.
+            match duplicates(&groups) {
+                Some(lint) => eprintln!("  FAILED:\n{lint}"),
+                None => {
+                    let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+                    println!("  SUCCESS: {rules} rules found");
+                }
+            }
             true
         }
         Err(error) => {
@@ -100,10 +106,9 @@ fn check_rule_file(file: &Path) -> bool {
     passed
 }
 
-/// promtool's default lint, in its words and as it does it, without
-/// failing the check: rules of the same name and labels, which would write
-/// the same series.
-fn report_duplicates(groups: &[strand::rules::GroupSpec]) {
+/// promtool's default lint, in its words: rules of the same name and
+/// labels, which would write the same series.
+fn duplicates(groups: &[strand::rules::GroupSpec]) -> Option<String> {
     let mut rules: Vec<_> = groups
         .iter()
         .flat_map(|g| &g.rules)
@@ -117,7 +122,7 @@ fn report_duplicates(groups: &[strand::rules::GroupSpec]) {
         }
     }
     if duplicates.is_empty() {
-        return;
+        return None;
     }
     let mut message = format!("lint error {} duplicate rule(s) found.\n", duplicates.len());
     for (name, labels) in duplicates {
@@ -126,7 +131,8 @@ fn report_duplicates(groups: &[strand::rules::GroupSpec]) {
             message.push_str(&format!("\t{label}: {value}\n"));
         }
     }
-    eprintln!("  FAILED:\n{message}Might cause inconsistency while recording expressions");
+    message.push_str("Might cause inconsistency while recording expressions");
+    Some(message)
 }
 
 /// As `promtool test rules`: `Unit Testing:  FILE`, then `SUCCESS` or
