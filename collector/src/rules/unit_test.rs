@@ -25,6 +25,10 @@ use crate::model::{Label, METRIC_NAME_LABEL, MetricSample, SeriesSamples};
 /// Most values one input series may expand to.
 const MAX_VALUES: usize = 10_000_000;
 
+/// Most evaluations a test group may ask for (its latest `eval_time` over
+/// `evaluation_interval`): a year of minutes is 525,600.
+const MAX_EVALUATIONS: i64 = 10_000_000;
+
 /// promtool's default `evaluation_interval`.
 const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -258,12 +262,12 @@ pub fn run_test_file(path: &Path) -> TestFileReport {
         }
         order.insert(name, n);
     }
+    let run = TestRun {
+        rule_files: &rule_files,
+        evaluation_interval,
+        order: &order,
+    };
     for group in doc.tests.unwrap_or_default() {
-        let run = TestRun {
-            rule_files: &rule_files,
-            evaluation_interval,
-            order: &order,
-        };
         report.failures.extend(run.test_group(group));
     }
     report
@@ -367,9 +371,16 @@ impl TestRun<'_> {
             .max()
             .unwrap_or(0);
 
+        let step = millis(self.evaluation_interval).max(1);
+        if max_ms / step > MAX_EVALUATIONS {
+            return Err(UnitTestFailure::Setup(format!(
+                "eval_time {} needs more than {MAX_EVALUATIONS} evaluations every {}",
+                prometheus_duration(max_ms),
+                prometheus_duration(step)
+            )));
+        }
         let limits = Limits::default();
         let series = MemorySeries::default();
-        let step = millis(self.evaluation_interval).max(1);
         let mut failures = Vec::new();
         let mut next_alert_test = 0;
         let mut ts = 0i64;
