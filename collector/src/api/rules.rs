@@ -45,9 +45,9 @@ struct RuleFilter {
 }
 
 impl RuleFilter {
-    fn parse(query: Option<&str>) -> Result<RuleFilter, Response> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-            .map_err(|error| bad_data(&error.to_string()))?;
+    fn parse(query: Option<&str>) -> Result<RuleFilter, String> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.unwrap_or("")).map_err(|error| error.to_string())?;
         let all = |key: &str| -> Vec<String> {
             pairs
                 .iter()
@@ -64,7 +64,7 @@ impl RuleFilter {
             && kind != "alert"
             && kind != "record"
         {
-            return Err(bad_data(&format!("invalid query parameter type='{kind}'")));
+            return Err(format!("invalid query parameter type='{kind}'"));
         }
         Ok(RuleFilter {
             kind,
@@ -80,11 +80,11 @@ impl RuleFilter {
     }
 
     fn rule(&self, rule: &RuleStatus) -> bool {
-        let kind_ok = match (self.kind.as_deref(), &rule.spec) {
-            (Some("alert"), RuleSpec::Recording { .. }) => false,
-            (Some("record"), RuleSpec::Alerting { .. }) => false,
-            _ => true,
-        };
+        let kind_ok = !matches!(
+            (self.kind.as_deref(), &rule.spec),
+            (Some("alert"), RuleSpec::Recording { .. })
+                | (Some("record"), RuleSpec::Alerting { .. })
+        );
         kind_ok && (self.names.is_empty() || self.names.iter().any(|n| n == rule.spec.name()))
     }
 }
@@ -92,7 +92,7 @@ impl RuleFilter {
 async fn rules(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> Response {
     let filter = match RuleFilter::parse(query.as_deref()) {
         Ok(filter) => filter,
-        Err(response) => return response,
+        Err(message) => return bad_data(&message),
     };
     let groups: Vec<Json> = groups(&state)
         .await

@@ -440,6 +440,9 @@ fn may_read_output_of(expr: &str, earlier: &[RuleSpec]) -> bool {
     names_one || nameless_selector
 }
 
+/// A result's labels, as name/value pairs.
+type LabelPairs = Vec<(String, String)>;
+
 /// The vector an expression returns at `ts_ms`: a scalar is one sample
 /// without labels; anything else is an error.
 fn query_vector(
@@ -447,7 +450,7 @@ fn query_vector(
     expr: &str,
     ts_ms: i64,
     limits: &Limits,
-) -> Result<Vec<(Vec<(String, String)>, f64)>, String> {
+) -> Result<Vec<(LabelPairs, f64)>, String> {
     let value =
         strand_promql::instant_query(source, expr, ts_ms, limits).map_err(|error| match error {
             EvalError::Parse(message) => format!("parse error: {message}"),
@@ -843,8 +846,10 @@ mod tests {
         let mut g = group(
             "groups:\n- name: g\n  rules:\n  - record: job:requests\n    expr: requests * 10\n    labels: {source: rule}\n  - record: total\n    expr: sum(job:requests)\n",
         );
-        let mut limits = Limits::default();
-        limits.lookback_ms = 30_000;
+        let limits = Limits {
+            lookback_ms: 30_000,
+            ..Limits::default()
+        };
         let mut written = Vec::new();
         for ts in [0, MINUTE] {
             let mut out = Vec::new();

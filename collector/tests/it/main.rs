@@ -32,6 +32,7 @@ mod support;
 mod tls;
 mod traces;
 mod ui;
+mod ui_alerts;
 mod ui_auth;
 mod ui_dashboards;
 mod ui_global;

@@ -29,7 +29,7 @@ groups:
 
 /// Writes `test_up` for jobs `a` (0) and `b` (1) every 500 ms while the
 /// returned task runs.
-fn keep_writing(daemon: &Strand) -> tokio::task::JoinHandle<()> {
+pub(crate) fn keep_writing(daemon: &Strand) -> tokio::task::JoinHandle<()> {
     let url = daemon.url("/api/v1/write");
     tokio::spawn(async move {
         let client = reqwest::Client::new();
@@ -64,7 +64,7 @@ async fn post(daemon: &Strand, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-fn write_rules(dir: &Path, text: &str) -> String {
+pub(crate) fn write_rules(dir: &Path, text: &str) -> String {
     let path = dir.join("rules.yml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
@@ -265,5 +265,42 @@ async fn a_pending_alert_keeps_its_for_state_across_a_restart() {
     );
     assert!(restored >= pending_since, "{restored} < {pending_since}");
     writer.abort();
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_rule_files_of_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(dir.path(), RULES);
+    let daemon = Strand::spawn(
+        env!("CARGO_BIN_EXE_strand"),
+        &dir.path().join("data"),
+        &["--rules", &rules],
+    )
+    .await;
+    let rule_names = || async {
+        let (_, body) = daemon.get_json("/api/v1/rules").await;
+        body["data"]["groups"][0]["rules"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| r["name"].as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(rule_names().await, ["job:test_up:sum", "TestDown"]);
+    write_rules(
+        dir.path(),
+        &RULES.replace("job:test_up:sum", "job:test_up:total"),
+    );
+    daemon.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(10), || async {
+        (rule_names().await == ["job:test_up:total", "TestDown"]).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("SIGHUP did not reload the rules:\n{}", daemon.log()));
+    assert!(daemon.log().contains("RulesReloaded"), "{}", daemon.log());
     daemon.stop().await;
 }
