@@ -107,7 +107,7 @@ pub trait SeriesSource {
         at_ms: i64,
     ) -> Result<Vec<(Vec<String>, u64)>> {
         let _ = (query, window_ms, by, at_ms);
-        Err(EvalError::Execution("count_logs needs a log store".into()))
+        Err(EvalError::no_log_store())
     }
 }
 

@@ -20,6 +20,8 @@ use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserI
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
+use strand_promql::LogField;
+
 use crate::model::{LogRecord, TraceId};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
@@ -685,6 +687,59 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     Ok(facets)
 }
 
+/// Matches per group, for PromQL's `count_logs`.
+#[derive(Debug, Default)]
+pub struct GroupCounts {
+    /// Each group's values (in the order of the fields asked for; empty
+    /// where a record has none) and its number of matches. Without fields,
+    /// one group without values; otherwise only groups with matches.
+    pub groups: Vec<(Vec<String>, u64)>,
+    /// There were more groups than asked for at most: `groups` is cut.
+    pub too_many: bool,
+    /// A damaged partition was skipped: counts may be short.
+    pub damaged: bool,
+}
+
+/// The number of matches per distinct combination of the values of `by`
+/// (at most `max_groups` groups), counted from the fast columns of the
+/// partitions that overlap the query's range (service, severity, and an
+/// attribute's `key<separator>value` entries in `attribute_keys`), never
+/// from stored records. An attribute value that is not a short scalar (see
+/// `schema::to_document`) counts as no value.
+pub fn count_by(
+    store: &LogStore,
+    query: &LogQuery,
+    by: &[LogField],
+    max_groups: usize,
+) -> QueryResult<GroupCounts> {
+    let compiled = query.compile(store)?;
+    let mut counts = GroupCounts::default();
+    let mut groups: HashMap<Vec<String>, u64> = HashMap::new();
+    let collector = GroupCollector { by, max_groups };
+    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        query.deadline.check()?;
+        let part = in_partition(store, &partition, |searcher| {
+            if by.is_empty() {
+                let total = searcher.search(&compiled, &Count)? as u64;
+                Ok((HashMap::from([(Vec::new(), total)]), false))
+            } else {
+                searcher.search(&compiled, &collector)
+            }
+        });
+        let Some((_, (found, too_many))) = part else {
+            counts.damaged = true;
+            continue;
+        };
+        counts.too_many |= too_many;
+        for (values, count) in found {
+            *groups.entry(values).or_default() += count;
+        }
+    }
+    counts.too_many |= groups.len() > max_groups;
+    counts.groups = groups.into_iter().take(max_groups).collect();
+    Ok(counts)
+}
+
 /// Runs one partition's share of a query on a searcher of it, returning
 /// both. Damage tantivy meets there — an error, or a panic from a damaged file
 /// it does not check — is reported and costs only that partition's share:
@@ -904,6 +959,182 @@ impl SegmentCollector for TermCountsSegment {
     }
 }
 
+/// Counts matches per combination of the values of some fields.
+struct GroupCollector<'a> {
+    by: &'a [LogField],
+    max_groups: usize,
+}
+
+/// Where a segment reads one grouping field's value.
+enum GroupColumn {
+    /// The first value of a single-valued column (service, severity).
+    Whole(Option<tantivy::columnar::StrColumn>),
+    /// The entry of `attribute_keys` in `ords`, the ordinals of the terms
+    /// that start with `<key><separator>` (the dictionary is sorted);
+    /// `prefix` bytes long.
+    Attribute {
+        column: Option<tantivy::columnar::StrColumn>,
+        ords: std::ops::Range<u64>,
+        prefix: usize,
+    },
+}
+
+impl GroupColumn {
+    fn open(segment: &SegmentReader, field: &LogField) -> tantivy::Result<GroupColumn> {
+        let fast = segment.fast_fields();
+        Ok(match field {
+            LogField::Service => GroupColumn::Whole(fast.str("service")?),
+            LogField::Severity => GroupColumn::Whole(fast.str("severity")?),
+            LogField::Attribute(key) => {
+                let column = fast.str("attribute_keys")?;
+                let from = format!("{key}{VALUE_SEPARATOR}");
+                let to = format!("{key}{}", char::from(VALUE_SEPARATOR as u8 + 1));
+                let ords = match &column {
+                    Some(column) => {
+                        let (lower, upper) = column
+                            .dictionary()
+                            .term_bounds_to_ord(Bound::Included(&from), Bound::Excluded(&to))?;
+                        let start = match lower {
+                            Bound::Included(ord) => ord,
+                            Bound::Excluded(ord) => ord.saturating_add(1),
+                            Bound::Unbounded => 0,
+                        };
+                        let end = match upper {
+                            Bound::Included(ord) => ord.saturating_add(1),
+                            Bound::Excluded(ord) => ord,
+                            Bound::Unbounded => u64::MAX,
+                        };
+                        start..end
+                    }
+                    None => 0..0,
+                };
+                GroupColumn::Attribute {
+                    column,
+                    ords,
+                    prefix: from.len(),
+                }
+            }
+        })
+    }
+
+    /// The ordinal of `doc`'s value, `NONE` when it has none.
+    fn ord(&self, doc: DocId) -> u64 {
+        match self {
+            GroupColumn::Whole(column) => column.as_ref().and_then(|c| c.term_ords(doc).next()),
+            GroupColumn::Attribute { column, ords, .. } => column
+                .as_ref()
+                .and_then(|c| c.term_ords(doc).find(|ord| ords.contains(ord))),
+        }
+        .unwrap_or(NONE)
+    }
+
+    /// The value an ordinal stands for.
+    fn value(&self, ord: u64) -> String {
+        let mut text = String::new();
+        let (column, prefix) = match self {
+            GroupColumn::Whole(column) => (column, 0),
+            GroupColumn::Attribute { column, prefix, .. } => (column, *prefix),
+        };
+        match column {
+            Some(column) if ord != NONE => {
+                if column.ord_to_str(ord, &mut text).unwrap_or(false) {
+                    text.get(prefix..).unwrap_or_default().to_string()
+                } else {
+                    String::new()
+                }
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// The ordinal of "no value" in a group key.
+const NONE: u64 = u64::MAX;
+
+struct GroupSegment {
+    columns: Vec<GroupColumn>,
+    /// Per combination of ordinals, its count.
+    counts: HashMap<Box<[u64]>, u64>,
+    max_groups: usize,
+    too_many: bool,
+    /// The current document's key, reused.
+    key: Vec<u64>,
+}
+
+impl Collector for GroupCollector<'_> {
+    /// Counts per combination of values, and whether there were too many.
+    type Fruit = (HashMap<Vec<String>, u64>, bool);
+    type Child = GroupSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<GroupSegment> {
+        Ok(GroupSegment {
+            columns: self
+                .by
+                .iter()
+                .map(|field| GroupColumn::open(segment, field))
+                .collect::<tantivy::Result<_>>()?,
+            counts: HashMap::new(),
+            max_groups: self.max_groups,
+            too_many: false,
+            key: Vec::with_capacity(self.by.len()),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        let mut merged = HashMap::new();
+        let mut too_many = false;
+        for (fruit, cut) in fruits {
+            too_many |= cut;
+            for (values, count) in fruit {
+                *merged.entry(values).or_default() += count;
+            }
+        }
+        Ok((merged, too_many))
+    }
+}
+
+impl SegmentCollector for GroupSegment {
+    type Fruit = (HashMap<Vec<String>, u64>, bool);
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        self.key.clear();
+        self.key
+            .extend(self.columns.iter().map(|column| column.ord(doc)));
+        if let Some(count) = self.counts.get_mut(self.key.as_slice()) {
+            *count += 1;
+        } else if self.counts.len() < self.max_groups {
+            self.counts.insert(self.key.as_slice().into(), 1);
+        } else {
+            self.too_many = true;
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        let counts = self
+            .counts
+            .into_iter()
+            .map(|(ords, count)| {
+                let values = self
+                    .columns
+                    .iter()
+                    .zip(ords.iter())
+                    .map(|(column, ord)| column.value(*ord))
+                    .collect();
+                (values, count)
+            })
+            .collect();
+        (counts, self.too_many)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1058,6 +1289,59 @@ mod tests {
         };
         assert!(timed_out(histogram(&store, &hours, HOUR / 10).map(|_| ())));
         assert!(timed_out(facets(&store, &late, 10).map(|_| ())));
+        assert!(timed_out(count_by(&store, &late, &[], 10).map(|_| ())));
+    }
+
+    #[test]
+    fn counts_by_group_come_from_the_columns() {
+        use LogField::{Attribute, Service, Severity};
+        let (_dir, store) = store();
+        let count = |query: &LogQuery, by: &[LogField], max_groups: usize| {
+            let mut counted = count_by(&store, query, by, max_groups).unwrap();
+            counted.groups.sort();
+            counted
+        };
+        let groups = |text: &str, by: &[LogField]| count(&query(text), by, 100).groups;
+        let group = |values: &[&str], n: u64| (values.iter().map(|v| v.to_string()).collect(), n);
+        // Without fields: one group, 0 when nothing matches.
+        assert_eq!(groups("declined", &[]), vec![group(&[], 5)]);
+        assert_eq!(groups("refunded", &[]), vec![group(&[], 0)]);
+        assert_eq!(groups("refunded", &[Service]), vec![]);
+        assert_eq!(
+            groups("", &[Service, Severity]),
+            vec![
+                group(&["gateway", "warn"], 5),
+                group(&["inventory", "info"], 5),
+                group(&["order", "info"], 5),
+                group(&["payment", "error"], 5),
+            ]
+        );
+        // Across both partitions; a key that is a prefix of the real one
+        // (`order` of `order_id`) has no values.
+        let order_id = Attribute("order_id".into());
+        assert_eq!(
+            groups("service:payment", &[order_id.clone()]),
+            ["0", "12", "16", "4", "8"].map(|v| group(&[v], 1))
+        );
+        assert_eq!(
+            groups("service:payment", &[Attribute("order".into())]),
+            vec![group(&[""], 5)]
+        );
+        // Only the query's time range counts.
+        let first_hour = LogQuery {
+            start_nanos: BASE,
+            end_nanos: BASE + HOUR - 1,
+            ..query("declined")
+        };
+        assert_eq!(count(&first_hour, &[], 10).groups, vec![group(&[], 3)]);
+        assert_eq!(
+            count(&first_hour, &[Service], 10).groups,
+            vec![group(&["payment"], 3)]
+        );
+        // More groups than allowed are cut, and said to be.
+        let cut = count(&query(""), &[order_id], 3);
+        assert!(cut.too_many && cut.groups.len() <= 3, "{cut:?}");
+        assert!(!count(&query(""), &[Service], 4).too_many);
     }
 
     #[test]
