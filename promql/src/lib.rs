@@ -30,6 +30,9 @@
 //! - `aggregate`: aggregation operators and grouping.
 //! - `binary`: arithmetic, comparison and set operators and vector matching.
 //! - `value`: labels, samples, series, result values, float formatting.
+//! - `logs`: `count_logs`, Strand's one function beyond 2.42: log records
+//!   matching a log query in a window, counted by the source
+//!   ([`SeriesSource::count_logs`]), grouped into labels here ([`LogField`]).
 //! - `error`: [`EvalError`] and its Prometheus `errorType`.
 //!
 //! Invariant: nothing here panics on any query text or data; every failure is an
@@ -50,6 +53,8 @@
 //! - `holt_winters` is registered with `promql-parser` under its 2.42 name (process-wide,
 //!   once); syntax newer than 2.42 that the parser accepts (`limitk`, `fill`, `or` inside
 //!   braces, 3.x functions) is rejected as `bad_data`.
+//! - `count_logs("<log query>", "<window>"[, "<field>", ...])` is registered the
+//!   same way; Prometheus has no such function.
 
 #![warn(missing_docs)]
 

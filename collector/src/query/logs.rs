@@ -1320,7 +1320,7 @@ mod tests {
         // (`order` of `order_id`) has no values.
         let order_id = Attribute("order_id".into());
         assert_eq!(
-            groups("service:payment", &[order_id.clone()]),
+            groups("service:payment", std::slice::from_ref(&order_id)),
             ["0", "12", "16", "4", "8"].map(|v| group(&[v], 1))
         );
         assert_eq!(
