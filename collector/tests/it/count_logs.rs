@@ -3,9 +3,11 @@
 //! `/api/v1/query_range` per service and per attribute, in the window
 //! `(t - window, t]`; a comparison keeps the groups over a threshold, a log
 //! query without matches counts 0, and a log query the log explorer would
-//! refuse is refused with Prometheus's 400 `bad_data`, naming the argument.
+//! refuse is refused with Prometheus's 400 `bad_data`, naming the argument;
+//! and the metrics explorer charts it as any PromQL.
 
 use serde_json::{Value, json};
+use strand_testkit::browser::{goto, in_browser, snapshot, wait_for};
 use strand_testkit::{DEADLINE, Strand, eventually};
 
 use crate::support::now_ms;
@@ -57,11 +59,12 @@ async fn at(daemon: &Strand, query: &str, ms: i64) -> Vec<(Labels, f64)> {
     prom::instant_vector(daemon, query, Some(ms as f64 / 1000.0)).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn count_logs_counts_matching_records_per_window_and_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
-    // A whole minute ten minutes ago: every window below is in the past.
+/// Starts Strand and sends it the shop's logs around `t`, a whole minute
+/// ten minutes ago (every window below is in the past): payment's declined
+/// cards at t - 5m, t - 2m, t - 1m, t and t + 1 ms, order's at t - 30 s, and
+/// two info lines. Returns once all are searchable.
+async fn start_with_shop_logs(dir: &std::path::Path) -> (Strand, i64) {
+    let daemon = Strand::start(&dir.join("data"), &[]).await;
     let t = (now_ms() - 600_000) / 60_000 * 60_000;
     let log = |service, at_ms, severity, body, order| Log {
         service,
@@ -90,6 +93,13 @@ async fn count_logs_counts_matching_records_per_window_and_group() {
     })
     .await;
     assert!(searchable.is_some(), "the logs never became searchable");
+    (daemon, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_logs_counts_matching_records_per_window_and_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, t) = start_with_shop_logs(dir.path()).await;
 
     // Per service, in (t - 5m, t]: the record at t - 5m and the one 1 ms
     // after t are out.
@@ -234,4 +244,36 @@ async fn count_logs_counts_matching_records_per_window_and_group() {
         "{body}"
     );
     daemon.stop().await;
+}
+
+/// The metrics explorer's series table: each row's name and value.
+const TABLE: &str = "return [...document.querySelectorAll('.series-table .legend-row')]
+    .map(r => [r.dataset.name, r.querySelector('td.num').textContent])";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_explorer_charts_count_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, t) = start_with_shop_logs(dir.path()).await;
+    in_browser("count-logs-explorer", |client| async move {
+        // A window of an hour: every point from t + 1 s on counts all
+        // declined cards.
+        let params = [
+            ("query", r#"count_logs("declined", "1h", "service")"#),
+            ("start", &(t + 1_000).to_string()),
+            ("end", &(t + 120_000).to_string()),
+        ];
+        let url = format!(
+            "{}#/metrics?{}",
+            daemon.url("/"),
+            serde_urlencoded::to_string(params).unwrap()
+        );
+        goto(&client, &url).await?;
+        wait_for(&client, "a row per service", TABLE, |rows| {
+            *rows == json!([["order", "1"], ["payment", "5"]])
+        })
+        .await?;
+        snapshot(&client, "count-logs-explorer").await;
+        Ok(())
+    })
+    .await;
 }
