@@ -52,9 +52,8 @@ impl LogField {
         match self {
             LogField::Service => "service".into(),
             LogField::Severity => "severity".into(),
-            LogField::Attribute(key) => std::iter::once("attributes_")
-                .chain(std::iter::once(key.as_str()))
-                .flat_map(str::chars)
+            LogField::Attribute(key) => format!("attributes_{key}")
+                .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect(),
         }
@@ -161,12 +160,12 @@ pub(crate) fn eval(ev: &mut Evaluator, c: &Call, t: i64) -> Result<Vec<Sample>> 
 fn read_window(text: &str) -> Result<i64> {
     let refuse = |why: &str| {
         bad(format!(
-            "the window \"{text}\" (argument 2) {why}: write a duration such as \"5m\" or \"1h30m\""
+            "the window (argument 2) \"{text}\" is not a duration ({why}): write one such as \"5m\" or \"1h30m\""
         ))
     };
     // The parser also takes a number of seconds, and panics on a negative one.
     if text.parse::<f64>().is_ok() {
-        return Err(refuse("has no unit"));
+        return Err(refuse("a number without a unit"));
     }
     let window = promql_parser::util::parse_duration(text).map_err(|why| refuse(&why))?;
     Ok(duration_ms(&window))

@@ -1811,10 +1811,10 @@ fn count_logs_arguments_are_checked_and_named() {
         ),
         (
             r#"count_logs("declined", "5x")"#,
-            "the window \"5x\" (argument 2)",
+            "count_logs(): the window (argument 2) \"5x\" is not a duration",
         ),
         (r#"count_logs("declined", "0s")"#, "greater than 0"),
-        (r#"count_logs("declined", "-5")"#, "has no unit"),
+        (r#"count_logs("declined", "-5")"#, "a number without a unit"),
         (r#"count_logs("declined", "")"#, "argument 2"),
         (
             r#"count_logs("declined", "5m", "level")"#,
