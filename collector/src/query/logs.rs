@@ -694,7 +694,8 @@ pub struct GroupCounts {
     /// where a record has none) and its number of matches. Without fields,
     /// one group without values; otherwise only groups with matches.
     pub groups: Vec<(Vec<String>, u64)>,
-    /// There were more groups than asked for at most: `groups` is cut.
+    /// There were more groups than asked for at most: counting stopped
+    /// there, and `groups` is incomplete.
     pub too_many: bool,
     /// A damaged partition was skipped: counts may be short.
     pub damaged: bool,
@@ -712,10 +713,24 @@ pub fn count_by(
     by: &[LogField],
     max_groups: usize,
 ) -> QueryResult<GroupCounts> {
+    let collector = GroupCollector {
+        by,
+        max_groups,
+        dense_groups: DENSE_GROUPS,
+    };
+    count_with(store, query, &collector)
+}
+
+/// [`count_by`] with `collector`.
+fn count_with(
+    store: &LogStore,
+    query: &LogQuery,
+    collector: &GroupCollector,
+) -> QueryResult<GroupCounts> {
+    let GroupCollector { by, max_groups, .. } = *collector;
     let compiled = query.compile(store)?;
     let mut counts = GroupCounts::default();
     let mut groups: HashMap<Vec<String>, u64> = HashMap::new();
-    let collector = GroupCollector { by, max_groups };
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
         query.deadline.check()?;
         let part = in_partition(store, &partition, |searcher| {
@@ -723,19 +738,22 @@ pub fn count_by(
                 let total = searcher.search(&compiled, &Count)? as u64;
                 Ok((HashMap::from([(Vec::new(), total)]), false))
             } else {
-                searcher.search(&compiled, &collector)
+                searcher.search(&compiled, collector)
             }
         });
         let Some((_, (found, too_many))) = part else {
             counts.damaged = true;
             continue;
         };
-        counts.too_many |= too_many;
         for (values, count) in found {
             *groups.entry(values).or_default() += count;
         }
+        // Too many groups is an error for the caller: no use counting on.
+        if too_many || groups.len() > max_groups {
+            counts.too_many = true;
+            break;
+        }
     }
-    counts.too_many |= groups.len() > max_groups;
     counts.groups = groups.into_iter().take(max_groups).collect();
     Ok(counts)
 }
@@ -963,15 +981,20 @@ impl SegmentCollector for TermCountsSegment {
 struct GroupCollector<'a> {
     by: &'a [LogField],
     max_groups: usize,
+    /// Most combinations of slots counted in an array (`DENSE_GROUPS`).
+    dense_groups: u64,
 }
 
-/// Where a segment reads one grouping field's value.
+/// Where a segment reads one grouping field's value, as a *slot*: a
+/// number below `slots()` standing for one of the values the field has in
+/// the segment, or for no value (the last one).
 enum GroupColumn {
-    /// The first value of a single-valued column (service, severity).
+    /// A single-valued column (service, severity): the slot is the
+    /// value's ordinal.
     Whole(Option<tantivy::columnar::StrColumn>),
     /// The entry of `attribute_keys` in `ords`, the ordinals of the terms
-    /// that start with `<key><separator>` (the dictionary is sorted);
-    /// `prefix` bytes long.
+    /// that start with `<key><separator>` (the dictionary is sorted),
+    /// `prefix` bytes long: the slot is the ordinal's place in `ords`.
     Attribute {
         column: Option<tantivy::columnar::StrColumn>,
         ords: std::ops::Range<u64>,
@@ -994,6 +1017,7 @@ impl GroupColumn {
                         let (lower, upper) = column
                             .dictionary()
                             .term_bounds_to_ord(Bound::Included(&from), Bound::Excluded(&to))?;
+                        let terms = column.num_terms() as u64;
                         let start = match lower {
                             Bound::Included(ord) => ord,
                             Bound::Excluded(ord) => ord.saturating_add(1),
@@ -1002,9 +1026,9 @@ impl GroupColumn {
                         let end = match upper {
                             Bound::Included(ord) => ord.saturating_add(1),
                             Bound::Excluded(ord) => ord,
-                            Bound::Unbounded => u64::MAX,
+                            Bound::Unbounded => terms,
                         };
-                        start..end
+                        start.min(terms)..end.min(terms)
                     }
                     None => 0..0,
                 };
@@ -1017,26 +1041,41 @@ impl GroupColumn {
         })
     }
 
-    /// The ordinal of `doc`'s value, `NONE` when it has none.
-    fn ord(&self, doc: DocId) -> u64 {
+    /// How many slots there are: the values, and one for none.
+    fn slots(&self) -> u64 {
         match self {
-            GroupColumn::Whole(column) => column.as_ref().and_then(|c| c.term_ords(doc).next()),
-            GroupColumn::Attribute { column, ords, .. } => column
-                .as_ref()
-                .and_then(|c| c.term_ords(doc).find(|ord| ords.contains(ord))),
+            GroupColumn::Whole(column) => column.as_ref().map_or(0, |c| c.num_terms() as u64) + 1,
+            GroupColumn::Attribute { ords, .. } => ords.end.saturating_sub(ords.start) + 1,
         }
-        .unwrap_or(NONE)
     }
 
-    /// The value an ordinal stands for.
-    fn value(&self, ord: u64) -> String {
-        let mut text = String::new();
-        let (column, prefix) = match self {
-            GroupColumn::Whole(column) => (column, 0),
-            GroupColumn::Attribute { column, prefix, .. } => (column, *prefix),
+    /// The slot of `doc`'s value.
+    fn slot(&self, doc: DocId) -> u64 {
+        let none = self.slots() - 1;
+        match self {
+            GroupColumn::Whole(column) => column.as_ref().and_then(|c| c.term_ords(doc).next()),
+            GroupColumn::Attribute { column, ords, .. } => column.as_ref().and_then(|c| {
+                c.term_ords(doc)
+                    .find(|ord| ords.contains(ord))
+                    .map(|ord| ord - ords.start)
+            }),
+        }
+        .unwrap_or(none)
+    }
+
+    /// The value a slot stands for; empty for none.
+    fn value(&self, slot: u64) -> String {
+        let (column, ord, prefix) = match self {
+            GroupColumn::Whole(column) => (column, slot, 0),
+            GroupColumn::Attribute {
+                column,
+                ords,
+                prefix,
+            } => (column, ords.start + slot, *prefix),
         };
+        let mut text = String::new();
         match column {
-            Some(column) if ord != NONE => {
+            Some(column) if slot + 1 < self.slots() => {
                 if column.ord_to_str(ord, &mut text).unwrap_or(false) {
                     text.get(prefix..).unwrap_or_default().to_string()
                 } else {
@@ -1048,16 +1087,26 @@ impl GroupColumn {
     }
 }
 
-/// The ordinal of "no value" in a group key.
-const NONE: u64 = u64::MAX;
+/// Most combinations of slots a segment counts in an array indexed by the
+/// combination (services times severities, say) rather than a hash map:
+/// no hashing per match, which is most of the cost of grouping.
+const DENSE_GROUPS: u64 = 1 << 16;
+
+/// A segment's counts per combination of slots.
+enum SlotCounts {
+    /// Indexed by the slots as the digits of a number, the first field's
+    /// the most significant (radixes: each column's `slots()`).
+    Dense(Vec<u64>),
+    /// By the slots themselves, for fields with many values.
+    Sparse(HashMap<Box<[u64]>, u64>),
+}
 
 struct GroupSegment {
     columns: Vec<GroupColumn>,
-    /// Per combination of ordinals, its count.
-    counts: HashMap<Box<[u64]>, u64>,
+    counts: SlotCounts,
     max_groups: usize,
     too_many: bool,
-    /// The current document's key, reused.
+    /// The current document's slots, reused.
     key: Vec<u64>,
 }
 
@@ -1071,16 +1120,24 @@ impl Collector for GroupCollector<'_> {
         _: SegmentOrdinal,
         segment: &SegmentReader,
     ) -> tantivy::Result<GroupSegment> {
+        let columns = self
+            .by
+            .iter()
+            .map(|field| GroupColumn::open(segment, field))
+            .collect::<tantivy::Result<Vec<_>>>()?;
+        let combinations = columns
+            .iter()
+            .try_fold(1u64, |product, column| product.checked_mul(column.slots()));
+        let counts = match combinations {
+            Some(n) if n <= self.dense_groups => SlotCounts::Dense(vec![0; n as usize]),
+            _ => SlotCounts::Sparse(HashMap::new()),
+        };
         Ok(GroupSegment {
-            columns: self
-                .by
-                .iter()
-                .map(|field| GroupColumn::open(segment, field))
-                .collect::<tantivy::Result<_>>()?,
-            counts: HashMap::new(),
+            key: Vec::with_capacity(columns.len()),
+            columns,
+            counts,
             max_groups: self.max_groups,
             too_many: false,
-            key: Vec::with_capacity(self.by.len()),
         })
     }
 
@@ -1090,14 +1147,15 @@ impl Collector for GroupCollector<'_> {
 
     fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
         let mut merged = HashMap::new();
-        let mut too_many = false;
-        for (fruit, cut) in fruits {
-            too_many |= cut;
+        for (fruit, too_many) in fruits {
             for (values, count) in fruit {
                 *merged.entry(values).or_default() += count;
             }
+            if too_many || merged.len() > self.max_groups {
+                return Ok((HashMap::new(), true));
+            }
         }
-        Ok((merged, too_many))
+        Ok((merged, false))
     }
 }
 
@@ -1105,33 +1163,66 @@ impl SegmentCollector for GroupSegment {
     type Fruit = (HashMap<Vec<String>, u64>, bool);
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        self.key.clear();
-        self.key
-            .extend(self.columns.iter().map(|column| column.ord(doc)));
-        if let Some(count) = self.counts.get_mut(self.key.as_slice()) {
-            *count += 1;
-        } else if self.counts.len() < self.max_groups {
-            self.counts.insert(self.key.as_slice().into(), 1);
-        } else {
-            self.too_many = true;
+        match &mut self.counts {
+            SlotCounts::Dense(counts) => {
+                let index = self
+                    .columns
+                    .iter()
+                    .fold(0, |index, column| index * column.slots() + column.slot(doc));
+                counts[index as usize] += 1;
+            }
+            SlotCounts::Sparse(counts) => {
+                self.key.clear();
+                self.key
+                    .extend(self.columns.iter().map(|column| column.slot(doc)));
+                if let Some(count) = counts.get_mut(self.key.as_slice()) {
+                    *count += 1;
+                } else if counts.len() < self.max_groups {
+                    counts.insert(self.key.as_slice().into(), 1);
+                } else {
+                    self.too_many = true;
+                }
+            }
         }
     }
 
     fn harvest(self) -> Self::Fruit {
-        let counts = self
-            .counts
-            .into_iter()
-            .map(|(ords, count)| {
-                let values = self
-                    .columns
-                    .iter()
-                    .zip(ords.iter())
-                    .map(|(column, ord)| column.value(*ord))
-                    .collect();
-                (values, count)
-            })
-            .collect();
-        (counts, self.too_many)
+        if self.too_many {
+            // The caller refuses the answer: spare naming the groups.
+            return (HashMap::new(), true);
+        }
+        let columns = &self.columns;
+        let values = |slots: &[u64]| -> Vec<String> {
+            columns
+                .iter()
+                .zip(slots)
+                .map(|(column, slot)| column.value(*slot))
+                .collect()
+        };
+        let mut too_many = false;
+        let counts: HashMap<Vec<String>, u64> = match self.counts {
+            SlotCounts::Dense(counts) => {
+                let mut slots = vec![0; columns.len()];
+                let found = counts.iter().enumerate().filter(|(_, n)| **n > 0);
+                too_many = found.clone().count() > self.max_groups;
+                found
+                    .take(self.max_groups)
+                    .map(|(index, count)| {
+                        let mut rest = index as u64;
+                        for (slot, column) in slots.iter_mut().zip(columns).rev() {
+                            *slot = rest % column.slots();
+                            rest /= column.slots();
+                        }
+                        (values(&slots), *count)
+                    })
+                    .collect()
+            }
+            SlotCounts::Sparse(counts) => counts
+                .iter()
+                .map(|(slots, count)| (values(slots), *count))
+                .collect(),
+        };
+        (counts, too_many)
     }
 }
 
@@ -1339,9 +1430,30 @@ mod tests {
             vec![group(&["payment"], 3)]
         );
         // More groups than allowed are cut, and said to be.
-        let cut = count(&query(""), &[order_id], 3);
+        let cut = count(&query(""), std::slice::from_ref(&order_id), 3);
         assert!(cut.too_many && cut.groups.len() <= 3, "{cut:?}");
         assert!(!count(&query(""), &[Service], 4).too_many);
+        // Counted in a hash map instead of an array, the groups are the same.
+        for by in [
+            vec![Service, Severity],
+            vec![order_id.clone(), Service],
+            vec![Attribute("order".into())],
+        ] {
+            let sparse = GroupCollector {
+                by: &by,
+                max_groups: 100,
+                dense_groups: 0,
+            };
+            let mut groups = count_with(&store, &query(""), &sparse).unwrap().groups;
+            groups.sort();
+            assert_eq!(groups, count(&query(""), &by, 100).groups, "{by:?}");
+        }
+        let sparse = GroupCollector {
+            by: std::slice::from_ref(&order_id),
+            max_groups: 3,
+            dense_groups: 0,
+        };
+        assert!(count_with(&store, &query(""), &sparse).unwrap().too_many);
     }
 
     #[test]
