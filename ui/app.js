@@ -5,15 +5,16 @@
 // so any screen can be shared or reloaded.
 
 import { h, state, RANGES, timeRange, toLocalInput, fromLocalInput, hasRefreshSubscribers, hasToken, forgetToken,
-  reportUnreachable, reportReachable, unreachableText, leaveWarning, fmtTime } from "./lib.js";
+  reportUnreachable, reportReachable, unreachableText, leaveWarning, fmtTime, api, plural } from "./lib.js";
 import * as traces from "./traces.js";
 import * as trace from "./trace.js";
 import * as logs from "./logs.js";
 import * as metrics from "./metrics.js";
 import * as dashboards from "./dashboards.js";
 import * as map from "./map.js";
+import * as alerts from "./alerts.js";
 
-const VIEWS = { traces, trace, logs, metrics, dashboards, dashboard: dashboards, map };
+const VIEWS = { traces, trace, logs, metrics, dashboards, dashboard: dashboards, map, alerts };
 /** Views that show one thing rather than a time window: no time picker. */
 const TIMELESS = new Set(["trace"]);
 /** The URL params of the time window; `start`/`end` win over `range`. */
@@ -22,7 +23,7 @@ const REFRESHES = { off: 0, "5s": 5e3, "15s": 15e3, "30s": 30e3, "1m": 60e3 };
 /** The nav entry of views that have none of their own. */
 const NAV_OF = { trace: "traces", dashboard: "dashboards" };
 /** `g` then a letter: the view it goes to. */
-const GO_KEYS = { t: "traces", l: "logs", m: "metrics", d: "dashboards", s: "map" };
+const GO_KEYS = { t: "traces", l: "logs", m: "metrics", d: "dashboards", s: "map", a: "alerts" };
 
 const view = document.getElementById("view");
 const picker = document.getElementById("time-picker");
@@ -105,6 +106,7 @@ async function route(previous = location.hash) {
   }
   if (carry(name, params)) history.replaceState(null, "", hashOf(name, arg, params));
   syncHeader(name, params);
+  countFiring();
   const module = VIEWS[name];
   if (cleanup) { try { cleanup(); } catch (_) { /* view already gone */ } cleanup = null; }
   const mine = ++generation;
@@ -113,7 +115,7 @@ async function route(previous = location.hash) {
   view.replaceChildren();
   view.dataset.view = name;
   if (!module) {
-    const known = [...document.querySelectorAll("nav [data-nav]")].map((a) => a.textContent).join(", ");
+    const known = [...document.querySelectorAll("nav [data-nav]")].map((a) => a.firstChild.textContent.trim()).join(", ");
     view.append(state(`No view called "${name}". Try one of: ${known}.`, "error"));
     return;
   }
@@ -272,10 +274,32 @@ function startTimer(every) {
  * (only when asked by the user) by drawing it again.
  */
 function refresh(auto) {
+  countFiring();
   if (hasRefreshSubscribers()) window.dispatchEvent(new Event("strand-refresh"));
   else if (!auto) route();
 }
 document.getElementById("refresh-now").addEventListener("click", () => refresh(false));
+
+// The Alerts nav entry's badge: how many alerts fire, asked once per route
+// and refresh tick (one /api/v1/alerts); hidden when none does or the
+// answer does not come.
+const firingBadge = document.querySelector("[data-nav=alerts] .nav-badge");
+let counting = false;
+async function countFiring() {
+  if (counting) return;
+  counting = true;
+  try {
+    const firing = ((await api("/api/v1/alerts")).data?.alerts || []).filter((a) => a.state === "firing").length;
+    firingBadge.textContent = firing;
+    firingBadge.title = plural(firing, "firing alert");
+    firingBadge.parentElement.setAttribute("aria-label", firing ? `Alerts, ${firingBadge.title}` : "Alerts");
+    firingBadge.hidden = !firing;
+  } catch (_) {
+    firingBadge.hidden = true;
+  } finally {
+    counting = false;
+  }
+}
 
 // Strand unreachable: a banner, and /healthz polled until it answers; then
 // the view is drawn again, since what it shows failed to load or is stale.
@@ -319,7 +343,7 @@ window.addEventListener("strand-warning", (event) => {
 const SHORTCUTS = [
   ["/", "Focus the search or query box"],
   ["g t", "Go to traces"], ["g l", "Go to logs"], ["g m", "Go to metrics"],
-  ["g d", "Go to dashboards"], ["g s", "Go to the service map"],
+  ["g d", "Go to dashboards"], ["g s", "Go to the service map"], ["g a", "Go to alerts"],
   ["r", "Refresh"], ["t", "Switch between light and dark"],
   ["?", "Show this help"], ["Esc", "Close this help, leave a field"],
   ["j k", "In a trace: next or previous span (also ↓ ↑)"],

@@ -33,7 +33,7 @@ pub struct Process {
 /// A `strand serve` child process and its ports; dereferences to its
 /// [`Process`].
 pub struct Daemon {
-    process: Process,
+    pub process: Process,
     pub grpc: SocketAddr,
 }
 
@@ -55,6 +55,16 @@ impl Daemon {
     /// Starts `binary serve` on `data_dir` (stderr appended to `log`) with
     /// fresh ports and waits until `/readyz` answers 200.
     pub async fn start(binary: &Path, data_dir: &Path, log: &Path) -> Result<Daemon> {
+        Daemon::start_with(binary, data_dir, log, &[]).await
+    }
+
+    /// [`Daemon::start`] with more arguments to `serve`.
+    pub async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         if !binary.is_file() {
             bail!(
                 "strand binary not found at {} (build it with `cargo build --release -p strand`, or pass --strand PATH)",
@@ -69,7 +79,8 @@ impl Daemon {
             .arg(data_dir)
             .args(["--otlp-grpc", &grpc.to_string()])
             .args(["--otlp-http", &otlp_http.to_string()])
-            .args(["--http", &http.to_string()]);
+            .args(["--http", &http.to_string()])
+            .args(extra);
         let process = Process::spawn("strand", command, http, "/readyz", log).await?;
         Ok(Daemon { process, grpc })
     }

@@ -12,6 +12,7 @@ mod logs;
 mod metrics;
 mod remote_write;
 mod report;
+mod rules;
 mod stats;
 mod traces;
 mod ui;
@@ -56,6 +57,39 @@ enum Command {
     /// chromedriver), each timed from navigation start until the waterfall
     /// was drawn; plus the bytes the UI transferred.
     Ui(UiArgs),
+
+    /// Rule evaluation cost: `--rules` generated recording and alerting
+    /// rules over `--series` series, evaluated every `--interval`; the
+    /// evaluation time per interval and the daemon's CPU share.
+    Rules(RulesArgs),
+}
+
+/// Options of `strand-bench rules`.
+#[derive(Args, Debug, Clone)]
+pub struct RulesArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// Rules, in groups of 100.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub rules: usize,
+
+    /// Active series (at least 1000).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub series: usize,
+
+    /// Every group's evaluation interval.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Measured intervals, after two warm-up ones.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub intervals: usize,
+
+    /// Keep the temporary data directory and daemon log.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `strand-bench ui`.
@@ -244,6 +278,7 @@ async fn main() -> ExitCode {
         Command::Logs(args) => logs::run(&args).await,
         Command::Metrics(args) => metrics::run(&args).await,
         Command::Ui(args) => ui::run(&args).await,
+        Command::Rules(args) => rules::run(&args).await,
     };
     match result {
         Ok(line) => {

@@ -403,6 +403,80 @@ pub struct ServeArgs {
     /// reloads them (0s: only on SIGHUP).
     #[arg(long, env = "STRAND_TLS_RELOAD_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// Rule files in Prometheus's format (recording and alerting rules), by
+    /// path or glob (`rules/*.yml`); repeatable, or separated by commas.
+    /// Read again on SIGHUP and `POST /-/reload`; a file that fails to load
+    /// keeps the previous rules running [default: none]
+    #[arg(
+        long,
+        env = "STRAND_RULES",
+        value_name = "FILE_OR_GLOB",
+        value_delimiter = ',',
+        hide_default_value = true
+    )]
+    pub rules: Vec<String>,
+
+    /// How often rule groups that name no `interval` are evaluated
+    /// (Prometheus's evaluation_interval).
+    #[arg(long, env = "STRAND_RULES_EVALUATION_INTERVAL", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub rules_evaluation_interval: Duration,
+
+    /// How long after a restart an alert's `for` state is restored from
+    /// ALERTS_FOR_STATE (Prometheus's rules.alert.for-outage-tolerance).
+    #[arg(long, env = "STRAND_RULES_OUTAGE_TOLERANCE", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub rules_outage_tolerance: Duration,
+
+    /// The least time a restored alert waits before it fires; alerts with a
+    /// shorter `for` are not restored (Prometheus's
+    /// rules.alert.for-grace-period).
+    #[arg(long, env = "STRAND_RULES_FOR_GRACE_PERIOD", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub rules_for_grace_period: Duration,
+
+    /// How often a firing alert is sent to Alertmanager again (Prometheus's
+    /// rules.alert.resend-delay).
+    #[arg(long, env = "STRAND_RULES_RESEND_DELAY", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub rules_resend_delay: Duration,
+
+    /// A label `name=value` added to every alert sent out (and
+    /// `$externalLabels` in templates); repeatable, or separated by commas
+    /// [default: none]
+    #[arg(
+        long,
+        env = "STRAND_EXTERNAL_LABEL",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        hide_default_value = true
+    )]
+    pub external_label: Vec<String>,
+
+    /// The address users reach Strand's UI at: alerts link there
+    /// (generatorURL) and templates see it as `$externalURL` [default:
+    /// http://<host>:<http port>]
+    #[arg(long, env = "STRAND_EXTERNAL_URL", value_name = "URL")]
+    pub external_url: Option<String>,
+}
+
+/// `name=value` pairs, each name a valid label name and given once.
+fn external_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in pairs {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("external_label {pair:?} is not name=value");
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || name.starts_with("__") {
+            bail!("external_label {name:?} is not a valid label name");
+        }
+        if labels.insert(name.to_owned(), value.to_owned()).is_some() {
+            bail!("external_label {name:?} is given twice");
+        }
+    }
+    Ok(labels)
 }
 
 /// A `[[scrape]]` table: static targets of one job.
@@ -439,6 +513,21 @@ pub struct Config {
     pub memory: Option<MemoryBudget>,
     /// Per listener.
     pub connections: ConnectionLimits,
+    pub rules: RuleSettings,
+}
+
+/// Rule files and how their groups run and label their alerts.
+#[derive(Clone, Debug)]
+pub struct RuleSettings {
+    /// Paths or globs; empty: no rules.
+    pub files: Vec<String>,
+    pub evaluation_interval: Duration,
+    pub outage_tolerance: Duration,
+    pub for_grace_period: Duration,
+    pub resend_delay: Duration,
+    pub external_labels: BTreeMap<String, String>,
+    /// `None`: derived from the HTTP listener's address.
+    pub external_url: Option<String>,
 }
 
 /// What one query may cost, and how many run at once.
@@ -891,6 +980,15 @@ impl ServeArgs {
             connections: ConnectionLimits {
                 max_connections: self.max_connections,
                 stalled_write_timeout: self.stalled_write_timeout,
+            },
+            rules: RuleSettings {
+                files: self.rules,
+                evaluation_interval: self.rules_evaluation_interval,
+                outage_tolerance: self.rules_outage_tolerance,
+                for_grace_period: self.rules_for_grace_period,
+                resend_delay: self.rules_resend_delay,
+                external_labels: external_labels(&self.external_label)?,
+                external_url: self.external_url,
             },
         };
         config.validate()?;

@@ -279,8 +279,13 @@ pub async fn run(
         },
         stopped(),
     );
+    let rules = start_rules(&config, &stores, &pipeline, &http_listener, &self_metrics)?;
+    let rules_reloader = rules
+        .clone()
+        .map(|rules| tokio::spawn(rules.reload_on_hangup(stopped())));
     let healthy = Arc::new(AtomicBool::new(true));
     let api_state = Arc::new(api::ApiState {
+        rules,
         stores: stores.clone(),
         self_metrics: self_metrics.clone(),
         healthy: healthy.clone(),
@@ -353,6 +358,9 @@ pub async fn run(
         Err(_) => tracing::warn!("ShutdownGraceExpired: closing remaining connections"),
     }
     let _ = token_watch.await;
+    if let Some(rules_reloader) = rules_reloader {
+        let _ = rules_reloader.await;
+    }
     for scraper in scrapers {
         let _ = scraper.await;
     }
@@ -360,6 +368,79 @@ pub async fn run(
     flusher.await.context("flusher task")?;
     tracing::info!("StrandStopped");
     Ok(())
+}
+
+/// Loads the `--rules` files and starts evaluating them: they read the
+/// stores as the query API does and write through the pipeline, so recorded
+/// series and `ALERTS` are durable like any acknowledged sample. `None`
+/// without rule files.
+fn start_rules(
+    config: &Config,
+    stores: &store::Stores,
+    pipeline: &Arc<pipeline::Pipeline>,
+    http_listener: &TcpListener,
+    self_metrics: &telemetry::SelfMetrics,
+) -> anyhow::Result<Option<Arc<rules::RuleManager>>> {
+    let settings = &config.rules;
+    if settings.files.is_empty() {
+        return Ok(None);
+    }
+    let external_url = match &settings.external_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = http_listener.local_addr()?;
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}:{}", addr.port())
+        }
+    };
+    let metrics = stores.metrics.clone();
+    let max_series = config.queries.max_series;
+    let writer = pipeline.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let environment = rules::RuleEnvironment {
+        context: rules::RuleContext {
+            default_interval: settings.evaluation_interval,
+            external_labels: settings.external_labels.clone(),
+            external_url,
+            outage_tolerance: settings.outage_tolerance,
+            for_grace_period: settings.for_grace_period,
+            resend_delay: settings.resend_delay,
+        },
+        limits: strand_promql::Limits {
+            max_samples: config.queries.max_samples,
+            timeout: config.queries.timeout,
+            ..strand_promql::Limits::default()
+        },
+        source: Arc::new(move || {
+            Box::new(query::metrics::MetricSource::new(
+                metrics.clone(),
+                max_series,
+            ))
+        }),
+        write: Arc::new(move |series| {
+            let rejections = runtime
+                .block_on(writer.accept_samples(series, Vec::new(), "rules"))
+                .map_err(|error| error.to_string())?;
+            match rejections.first_error {
+                Some(error) => Err(format!("{} samples refused: {error}", rejections.rejected)),
+                None => Ok(()),
+            }
+        }),
+        notify: Arc::new(|alerts| tracing::debug!(alerts = alerts.len(), "AlertsDue")),
+        metrics: self_metrics.clone(),
+    };
+    let manager = rules::RuleManager::start(settings.files.clone(), environment)
+        .context("loading the rule files")?;
+    Ok(Some(manager))
 }
 
 /// A loud warning when a listener accepts connections from other hosts and

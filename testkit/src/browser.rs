@@ -201,3 +201,15 @@ pub async fn type_into(client: &Client, css: &str, text: &str) -> Result<(), Str
         .await
         .map_err(|e| format!("{css}: {e}"))
 }
+
+/// Chooses the option of value `value` in the `<select>` `css` selects, as
+/// a user would (the page gets its change event).
+pub async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
+    client
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css}: {e}"))?
+        .select_by_value(value)
+        .await
+        .map_err(|e| format!("cannot choose {value} in {css}: {e}"))
+}

@@ -8,6 +8,7 @@ mod jaeger;
 mod logs;
 mod params;
 mod prom;
+mod rules;
 mod ui;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use axum::routing::get;
 
 use crate::auth::{Auth, Scope};
 use crate::query::pool::QueryPool;
+use crate::rules::RuleManager;
 use crate::snapshot::Snapshotter;
 use crate::store::Stores;
 use crate::telemetry::SelfMetrics;
@@ -29,6 +31,8 @@ use crate::telemetry::SelfMetrics;
 /// path), Strand's own metrics and its readiness.
 pub struct ApiState {
     pub stores: Stores,
+    /// The rule groups and their alerts; `None` without `--rules`.
+    pub rules: Option<Arc<RuleManager>>,
     pub self_metrics: SelfMetrics,
     /// False while the stores fail to flush; `/readyz` reports it.
     pub healthy: Arc<AtomicBool>,
@@ -50,7 +54,8 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
     let queries = Router::new()
         .merge(jaeger::router())
         .merge(logs::router())
-        .merge(prom::router());
+        .merge(prom::router())
+        .merge(rules::router());
     let metrics = Router::new().route("/metrics", get(self_metrics));
     let metrics = if public_metrics {
         metrics
@@ -64,6 +69,7 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
         .merge(auth.guard(queries, Scope::Read, Scope::Read))
         .merge(auth.guard(dashboards::router(), Scope::Read, Scope::Admin))
         .merge(auth.guard(admin::router(), Scope::Admin, Scope::Admin))
+        .merge(auth.guard(rules::reload_router(), Scope::Admin, Scope::Admin))
         .merge(ui::router())
         .fallback(crate::elastic::not_found)
         .layer(axum::middleware::map_response(retry_after_when_unavailable))

@@ -472,6 +472,13 @@ groups:
     }
 
     #[test]
+    fn the_shops_rule_file_is_valid() {
+        let text = include_str!("../../../examples/shop/rules.yml");
+        let groups = parse_rule_file(text, "shop-rules.yml").unwrap();
+        assert!(groups.iter().map(|g| g.rules.len()).sum::<usize>() >= 5);
+    }
+
+    #[test]
     fn globs_match_file_names() {
         assert!(wildcard_match("*.yml", "a.yml"));
         assert!(!wildcard_match("*.yml", "a.yaml"));

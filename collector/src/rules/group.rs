@@ -139,6 +139,9 @@ struct RuleRuntime {
     restored: bool,
     /// Series written at the previous evaluation, for staleness markers.
     written: HashSet<Vec<Label>>,
+    /// Whether the expression may read what an earlier rule of the group
+    /// writes: only then must that output be written before this rule runs.
+    reads_earlier_output: bool,
 }
 
 /// A group and the state of its rules.
@@ -162,7 +165,9 @@ impl Group {
         let rules = spec
             .rules
             .iter()
-            .map(|rule| RuleRuntime {
+            .enumerate()
+            .map(|(n, rule)| RuleRuntime {
+                reads_earlier_output: may_read_output_of(rule.expr(), &spec.rules[..n]),
                 spec: rule.clone(),
                 health: Health::Unknown,
                 last_evaluation_ms: None,
@@ -259,10 +264,11 @@ impl Group {
         xxhash_rust::xxh64::xxh64(&bytes, 0)
     }
 
-    /// Evaluates every rule at `ts_ms`, in order; each rule's output
+    /// Evaluates every rule at `ts_ms`, in order. The rules' output
     /// (recorded series, `ALERTS`, `ALERTS_FOR_STATE`, staleness markers)
-    /// goes to `write` before the next rule runs. Returns the alerts to
-    /// send.
+    /// goes to `write` before a rule that may read it runs, and the rest at
+    /// the end, in as few batches as that allows (each is a durable write
+    /// in the daemon). Returns the alerts to send.
     pub fn evaluate(
         &mut self,
         source: &dyn SeriesSource,
@@ -272,7 +278,11 @@ impl Group {
     ) -> Vec<AlertToSend> {
         let started = Instant::now();
         let mut to_send = Vec::new();
+        let mut unwritten: Vec<SeriesSamples> = Vec::new();
         for rule in &mut self.rules {
+            if rule.reads_earlier_output && !unwritten.is_empty() {
+                write(std::mem::take(&mut unwritten));
+            }
             let rule_started = Instant::now();
             let result = match rule.spec.clone() {
                 RuleSpec::Recording {
@@ -310,10 +320,7 @@ impl Group {
                         });
                     }
                     rule.written = now;
-                    if !output.is_empty() {
-                        output.sort_by(|a, b| a.labels.cmp(&b.labels));
-                        write(output);
-                    }
+                    unwritten.extend(output);
                 }
                 Err(message) => rule.health = Health::Err(message),
             }
@@ -328,6 +335,9 @@ impl Group {
                         }),
                 );
             }
+        }
+        if !unwritten.is_empty() {
+            write(unwritten);
         }
         self.last_evaluation_ms = Some(ts_ms);
         self.evaluation_time = started.elapsed();
@@ -408,6 +418,31 @@ impl Group {
     }
 }
 
+/// Whether `expr` may select what `earlier` rules write: it names one of
+/// their series (a recorded name, `ALERTS`, `ALERTS_FOR_STATE`), or has a
+/// selector whose metric name is not given literally. Errs towards yes:
+/// a wrong yes only costs an earlier write.
+fn may_read_output_of(expr: &str, earlier: &[RuleSpec]) -> bool {
+    if earlier.is_empty() {
+        return false;
+    }
+    let names_one = earlier.iter().any(|rule| match rule {
+        RuleSpec::Recording { record, .. } => expr.contains(record.as_str()),
+        RuleSpec::Alerting { .. } => expr.contains("ALERTS"),
+    });
+    let nameless_selector = expr.contains("__name__")
+        || expr.char_indices().any(|(at, c)| {
+            c == '{'
+                && !expr[..at]
+                    .trim_end()
+                    .ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_' || p == ':')
+        });
+    names_one || nameless_selector
+}
+
+/// A result's labels, as name/value pairs.
+type LabelPairs = Vec<(String, String)>;
+
 /// The vector an expression returns at `ts_ms`: a scalar is one sample
 /// without labels; anything else is an error.
 fn query_vector(
@@ -415,7 +450,7 @@ fn query_vector(
     expr: &str,
     ts_ms: i64,
     limits: &Limits,
-) -> Result<Vec<(Vec<(String, String)>, f64)>, String> {
+) -> Result<Vec<(LabelPairs, f64)>, String> {
     let value =
         strand_promql::instant_query(source, expr, ts_ms, limits).map_err(|error| match error {
             EvalError::Parse(message) => format!("parse error: {message}"),
@@ -811,8 +846,10 @@ mod tests {
         let mut g = group(
             "groups:\n- name: g\n  rules:\n  - record: job:requests\n    expr: requests * 10\n    labels: {source: rule}\n  - record: total\n    expr: sum(job:requests)\n",
         );
-        let mut limits = Limits::default();
-        limits.lookback_ms = 30_000;
+        let limits = Limits {
+            lookback_ms: 30_000,
+            ..Limits::default()
+        };
         let mut written = Vec::new();
         for ts in [0, MINUTE] {
             let mut out = Vec::new();
@@ -843,6 +880,36 @@ mod tests {
             .collect();
         assert_eq!(stale, vec!["job:requests,b,rule"]);
         assert_eq!(g.rules()[0].health, Health::Ok);
+    }
+
+    #[test]
+    fn output_is_written_before_a_rule_that_may_read_it_and_batched_otherwise() {
+        let data = MemorySeries::default();
+        let mut independent = group(
+            "groups:\n- name: g\n  rules:\n  - record: a\n    expr: vector(1)\n  - record: b\n    expr: vector(2)\n  - alert: C\n    expr: vector(3) > 1\n",
+        );
+        let mut writes = 0;
+        independent.evaluate(&data, 0, &Limits::default(), &mut |_| writes += 1);
+        assert_eq!(writes, 1);
+        let mut dependent = group(
+            "groups:\n- name: g\n  rules:\n  - record: a\n    expr: vector(1)\n  - record: b\n    expr: a * 2\n  - record: c\n    expr: '{__name__=\"b\"}'\n",
+        );
+        let mut writes = 0;
+        dependent.evaluate(&data, 0, &Limits::default(), &mut |batch| {
+            writes += 1;
+            data.append(batch)
+        });
+        assert_eq!(writes, 3);
+        let spec = |expr: &str| RuleSpec::Recording {
+            record: "job:x".into(),
+            expr: expr.into(),
+            labels: BTreeMap::new(),
+        };
+        let earlier = [spec("x")];
+        assert!(!may_read_output_of("sum(rate(y{job=\"a\"}[5m]))", &earlier));
+        assert!(may_read_output_of("job:x > 1", &earlier));
+        assert!(may_read_output_of("sum({job=\"a\"})", &earlier));
+        assert!(!may_read_output_of("job:x", &[]));
     }
 
     #[test]

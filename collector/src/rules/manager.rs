@@ -145,8 +145,27 @@ impl RuleManager {
             .collect()
     }
 
-    /// Stops every group's evaluation.
-    pub fn stop(&self) {
+    /// Reloads on every SIGHUP until `stopped`, then stops every group's
+    /// evaluation.
+    pub async fn reload_on_hangup(self: Arc<Self>, stopped: impl Future<Output = ()>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        tokio::pin!(stopped);
+        loop {
+            let hangup_received = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut stopped => break,
+                _ = hangup_received => {
+                    let manager = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || manager.reload()).await;
+                }
+            }
+        }
         for running in self.running.lock().expect("not poisoned").drain(..) {
             running.task.abort();
         }

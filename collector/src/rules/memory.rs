@@ -9,12 +9,15 @@ use strand_promql::{Labels, Series, SeriesSource};
 
 use crate::model::{Label, SeriesSamples};
 
+/// Samples of a series as (milliseconds, value), in time order.
+type Points = Vec<(i64, f64)>;
+
 /// Series by label set, each with its samples in time order. Appending
 /// takes `&self`, so a rule group can write into the set it reads, as rules
 /// see what the rules before them wrote.
 #[derive(Default)]
 pub struct MemorySeries {
-    series: Mutex<BTreeMap<Vec<Label>, Vec<(i64, f64)>>>,
+    series: Mutex<BTreeMap<Vec<Label>, Points>>,
 }
 
 impl MemorySeries {

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 use strand_testkit::Strand;
+use strand_testkit::browser::Client;
 use strand_testkit::browser::actions::{InputSource, KeyAction, KeyActions};
-use strand_testkit::browser::{Client, Locator};
-use strand_testkit::browser::{click, goto, in_browser, shown, snapshot, wait_for};
+use strand_testkit::browser::{click, goto, in_browser, select, shown, snapshot, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -295,7 +295,7 @@ async fn numbers_durations_and_times_read_well() {
 
 /// Each view with the shop's data, by name: its hash (`{trace}` is the
 /// shop trace's id) and what shows once it has drawn.
-const VIEWS: [(&str, &str, &str); 6] = [
+const VIEWS: [(&str, &str, &str); 7] = [
     ("traces", "#/traces?range=1h", ".trace-item"),
     ("trace", "#/trace/{trace}", ".span-row"),
     ("logs", "#/logs?q=uitoken&range=1h", ".log-row"),
@@ -310,7 +310,33 @@ const VIEWS: [(&str, &str, &str); 6] = [
         ".panel .chart path",
     ),
     ("map", "#/map?range=15m", ".map-node"),
+    (
+        "alerts",
+        "#/alerts",
+        ".alerts-out:has(.alert-card[data-state=firing]) .rule-error",
+    ),
 ];
+
+/// Rules over the shop's span metrics for the alerts view: one firing,
+/// one pending, one failing at each evaluation (a one-to-one match with
+/// many series on its right).
+const SHOP_RULES: &str = r#"
+groups:
+  - name: shop
+    interval: 1s
+    rules:
+      - alert: PaymentErrors
+        expr: sum by (service_name) (traces_span_metrics_calls_total{status_code="STATUS_CODE_ERROR"}) > 0
+        labels:
+          severity: page
+        annotations:
+          summary: "{{ $labels.service_name }} fails requests"
+      - alert: BusyService
+        expr: sum by (service_name) (traces_span_metrics_calls_total) > 0
+        for: 1h
+      - alert: ErrorRatio
+        expr: sum(traces_span_metrics_calls_total) * on() traces_span_metrics_calls_total
+"#;
 
 /// The window sizes the UI is made for.
 const SIZES: [(u32, u32); 2] = [(1500, 950), (1024, 700)];
@@ -353,9 +379,10 @@ const LOW_CONTRAST: &str = "const rgba = (c) => { const m = (c.match(/[\\d.]+/g)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_view_has_readable_contrast_in_both_themes() {
     let dir = tempfile::tempdir().unwrap();
+    let rules = crate::rules::write_rules(dir.path(), SHOP_RULES);
     let daemon = Strand::start(
         &dir.path().join("data"),
-        &["--derived-metrics-interval", "1s"],
+        &["--derived-metrics-interval", "1s", "--rules", &rules],
     )
     .await;
     let sent = send_everything(&daemon).await;
@@ -812,14 +839,4 @@ async fn keys(client: &Client, keys: &[char]) -> Result<(), String> {
         .perform_actions(actions)
         .await
         .map_err(|e| format!("keys {keys:?}: {e}"))
-}
-
-async fn select(client: &Client, css: &str, value: &str) -> Result<(), String> {
-    client
-        .find(Locator::Css(css))
-        .await
-        .map_err(|e| format!("no {css}: {e}"))?
-        .select_by_value(value)
-        .await
-        .map_err(|e| format!("cannot choose {value} in {css}: {e}"))
 }

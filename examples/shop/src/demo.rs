@@ -97,6 +97,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// The shop's rules (error ratio, latency, payment declines), written next
+/// to `strand-data` for strand to load: the demo binary carries them.
+const SHOP_RULES: &str = include_str!("../rules.yml");
+const RULES_FILE: &str = "shop-rules.yml";
+
 async fn start_all(
     shop: &Path,
     strand: &Path,
@@ -115,9 +120,11 @@ async fn start_all(
         Ok((file.try_clone()?.into(), file.into()))
     };
 
+    std::fs::write(RULES_FILE, SHOP_RULES).with_context(|| format!("writing {RULES_FILE}"))?;
     let (out, err) = log_file("strand")?;
     let child = Command::new(strand)
         .args(["serve", "--data-dir", "strand-data"])
+        .args(["--rules", RULES_FILE])
         .args(["--listen", &args.listen.to_string()])
         .args(["--derived-metrics-interval", DERIVED_METRICS_INTERVAL])
         .stdout(out)
