@@ -4,7 +4,8 @@
 //! `(t - window, t]`; a comparison keeps the groups over a threshold, a log
 //! query without matches counts 0, and a log query the log explorer would
 //! refuse is refused with Prometheus's 400 `bad_data`, naming the argument;
-//! and the metrics explorer charts it as any PromQL.
+//! the metrics explorer charts it as any PromQL, and an alerting rule over
+//! it fires.
 
 use serde_json::{Value, json};
 use strand_testkit::browser::{goto, in_browser, snapshot, wait_for};
@@ -63,8 +64,8 @@ async fn at(daemon: &Strand, query: &str, ms: i64) -> Vec<(Labels, f64)> {
 /// ten minutes ago (every window below is in the past): payment's declined
 /// cards at t - 5m, t - 2m, t - 1m, t and t + 1 ms, order's at t - 30 s, and
 /// two info lines. Returns once all are searchable.
-async fn start_with_shop_logs(dir: &std::path::Path) -> (Strand, i64) {
-    let daemon = Strand::start(&dir.join("data"), &[]).await;
+async fn start_with_shop_logs(dir: &std::path::Path, args: &[&str]) -> (Strand, i64) {
+    let daemon = Strand::start(&dir.join("data"), args).await;
     let t = (now_ms() - 600_000) / 60_000 * 60_000;
     let log = |service, at_ms, severity, body, order| Log {
         service,
@@ -99,7 +100,7 @@ async fn start_with_shop_logs(dir: &std::path::Path) -> (Strand, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_logs_counts_matching_records_per_window_and_group() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, t) = start_with_shop_logs(dir.path()).await;
+    let (daemon, t) = start_with_shop_logs(dir.path(), &[]).await;
 
     // Per service, in (t - 5m, t]: the record at t - 5m and the one 1 ms
     // after t are out.
@@ -253,7 +254,7 @@ const TABLE: &str = "return [...document.querySelectorAll('.series-table .legend
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_explorer_charts_count_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, t) = start_with_shop_logs(dir.path()).await;
+    let (daemon, t) = start_with_shop_logs(dir.path(), &[]).await;
     in_browser("count-logs-explorer", |client| async move {
         // A window of an hour: every point from t + 1 s on counts all
         // declined cards.
@@ -276,4 +277,44 @@ async fn the_metrics_explorer_charts_count_logs() {
         Ok(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerting_rule_over_count_logs_fires_per_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = crate::rules::write_rules(
+        dir.path(),
+        r#"
+groups:
+  - name: payments
+    interval: 1s
+    rules:
+      - alert: PaymentsDeclined
+        expr: count_logs("severity:error AND declined", "1h", "service") > 2
+        annotations:
+          summary: "{{ $labels.service }}: {{ $value }} declined payments"
+"#,
+    );
+    let (daemon, _) = start_with_shop_logs(dir.path(), &["--rules", &rules]).await;
+    // Payment's five declined cards are over the threshold, order's one is not.
+    let alerts = eventually(DEADLINE, || async {
+        let (_, body) = daemon.get_json("/api/v1/alerts").await;
+        let alerts = body["data"]["alerts"].as_array()?.clone();
+        alerts
+            .iter()
+            .any(|a| a["state"] == "firing")
+            .then_some(alerts)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no alert fired\n{}", daemon.log()));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0]["labels"],
+        json!({"alertname": "PaymentsDeclined", "service": "payment"})
+    );
+    assert_eq!(
+        alerts[0]["annotations"]["summary"],
+        "payment: 5 declined payments"
+    );
+    daemon.stop().await;
 }
