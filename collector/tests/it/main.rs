@@ -10,6 +10,7 @@
 mod auth;
 mod bad_input;
 mod corruption;
+mod count_logs;
 mod crash;
 mod dashboards;
 mod derived_metrics;
