@@ -62,9 +62,32 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process: boxing the settings buys nothing"
+)]
 pub enum Command {
     /// Run the daemon: receive OTLP, store it on local disk, serve the UI and APIs.
     Serve(ServeArgs),
+    /// Check rule files and run rule unit tests offline, as promtool does.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+/// `strand rules ...`: promtool's offline rule tools, so a team's rule
+/// files and unit tests work unchanged.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Check rule files as `promtool check rules` does (exit 1 if any is invalid).
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests in `promtool test rules`' file format (exit 1 if any fails).
+    Test {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// The settings of `strand serve`. Each can also be set through its
@@ -832,7 +855,9 @@ impl Config {
         T: Into<OsString>,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let Command::Serve(args) = Cli::try_parse_from(&argv)?.command;
+        let Command::Serve(args) = Cli::try_parse_from(&argv)?.command else {
+            bail!("only `strand serve` runs the daemon");
+        };
         let Some(path) = args.config else {
             return args.into_config(Vec::new());
         };
@@ -842,7 +867,9 @@ impl Config {
         let matches = command
             .try_get_matches_from(&argv)
             .with_context(|| format!("config file {}", path.display()))?;
-        let Command::Serve(args) = Cli::from_arg_matches(&matches)?.command;
+        let Command::Serve(args) = Cli::from_arg_matches(&matches)?.command else {
+            bail!("only `strand serve` runs the daemon");
+        };
         args.into_config(file.scrape)
     }
 

@@ -419,7 +419,9 @@ fn start_rules(
         }
     };
     let metrics = stores.metrics.clone();
+    let logs = stores.logs.clone();
     let max_series = config.queries.max_series;
+    let timeout = config.queries.timeout;
     let writer = pipeline.clone();
     let runtime = tokio::runtime::Handle::current();
     let context = rules::RuleContext {
@@ -446,10 +448,10 @@ fn start_rules(
             ..strand_promql::Limits::default()
         },
         source: Arc::new(move || {
-            Box::new(query::metrics::MetricSource::new(
-                metrics.clone(),
-                max_series,
-            ))
+            Box::new(
+                query::metrics::MetricSource::new(metrics.clone(), max_series)
+                    .with_logs(logs.clone(), query::pool::Deadline::after(timeout)),
+            )
         }),
         write: Arc::new(move |series| {
             let rejections = runtime

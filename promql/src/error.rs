@@ -22,6 +22,12 @@ pub enum EvalError {
 }
 
 impl EvalError {
+    /// What a source without logs answers `count_logs` (see
+    /// [`crate::SeriesSource::count_logs`]).
+    pub fn no_log_store() -> EvalError {
+        EvalError::Execution("count_logs needs a log store".into())
+    }
+
     /// Prometheus's `errorType` string for this error (`bad_data`, `execution`, ...).
     pub fn error_type(&self) -> &'static str {
         match self {

@@ -201,6 +201,11 @@ impl<'a> Evaluator<'a> {
         Ok(Value::Matrix(into_series(out)))
     }
 
+    /// What the query reads from.
+    pub(crate) fn source(&self) -> &'a dyn SeriesSource {
+        self.src
+    }
+
     /// Accounts `n` more samples in memory and checks the limits.
     pub(crate) fn charge(&mut self, n: usize) -> Result<()> {
         self.step_samples = self.step_samples.saturating_add(n);

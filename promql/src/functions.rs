@@ -10,6 +10,7 @@ use regex::Regex;
 use crate::aggregate::incremental_mean;
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, RangeVal, Val, unique, unwrap_parens};
+use crate::logs;
 use crate::value::{Labels, METRIC_NAME, Sample};
 
 /// Functions this engine implements: those of Prometheus 2.42 (float samples only).
@@ -83,9 +84,12 @@ const SUPPORTED: &[&str] = &[
     "year",
 ];
 
-/// Rejects functions Prometheus 2.42 does not know (the parser knows newer ones).
+/// Rejects functions Prometheus 2.42 does not know (the parser knows newer
+/// ones), and `count_logs` calls with bad arguments, before anything runs.
 pub(crate) fn check_supported(c: &Call) -> Result<()> {
-    if SUPPORTED.contains(&c.func.name) {
+    if c.func.name == "count_logs" {
+        logs::CountLogs::read(c).map(|_| ())
+    } else if SUPPORTED.contains(&c.func.name) {
         Ok(())
     } else {
         Err(EvalError::Parse(format!(
@@ -328,6 +332,7 @@ pub(crate) fn eval(ev: &mut Evaluator, c: &Call, t: i64) -> Result<Val> {
                 Some(e) => map_values(ev.eval_vector(e, t)?, |v| f(v as i64)),
             }
         }
+        "count_logs" => logs::eval(ev, c, t)?,
         _ => return range_function(ev, name, &args, t),
     };
     Ok(Val::Vector(unique(out)?))
@@ -681,11 +686,13 @@ fn extrapolated_rate(
     } else {
         avg_between / 2.0
     };
-    result *= interval / sampled;
+    // One factor, divided by the range before it scales, as Prometheus
+    // computes it: the other order differs in the last bit.
+    let mut factor = interval / sampled;
     if is_rate {
-        result /= secs(m.end, m.start);
+        factor /= secs(m.end, m.start);
     }
-    Some(result)
+    Some(result * factor)
 }
 
 /// `irate` and `idelta`: from the last two samples.

@@ -30,6 +30,9 @@
 //! - `aggregate`: aggregation operators and grouping.
 //! - `binary`: arithmetic, comparison and set operators and vector matching.
 //! - `value`: labels, samples, series, result values, float formatting.
+//! - `logs`: `count_logs`, Strand's one function beyond 2.42: log records
+//!   matching a log query in a window, counted by the source
+//!   ([`SeriesSource::count_logs`]), grouped into labels here ([`LogField`]).
 //! - `error`: [`EvalError`] and its Prometheus `errorType`.
 //!
 //! Invariant: nothing here panics on any query text or data; every failure is an
@@ -50,6 +53,8 @@
 //! - `holt_winters` is registered with `promql-parser` under its 2.42 name (process-wide,
 //!   once); syntax newer than 2.42 that the parser accepts (`limitk`, `fill`, `or` inside
 //!   braces, 3.x functions) is rejected as `bad_data`.
+//! - `count_logs("<log query>", "<window>"[, "<field>", ...])` is registered the
+//!   same way; Prometheus has no such function.
 
 #![warn(missing_docs)]
 
@@ -58,6 +63,7 @@ mod binary;
 mod error;
 mod eval;
 mod functions;
+mod logs;
 mod value;
 
 #[cfg(test)]
@@ -66,6 +72,7 @@ mod tests;
 use std::time::Duration;
 
 pub use error::{EvalError, Result};
+pub use logs::LogField;
 pub use value::{Labels, STALE_NAN_BITS, Sample, Series, Value, format_value, is_stale_nan};
 
 /// What the evaluator reads from; implemented by the TSDB (and by test doubles), so the
@@ -85,6 +92,28 @@ pub trait SeriesSource {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Series>>;
+
+    /// What `count_logs` counts: the log records matching `query` (the log
+    /// explorer's query syntax) whose timestamp is in
+    /// `(at_ms - window_ms, at_ms]`, per distinct combination of the values
+    /// of the `by` fields: each group's values (in the order of `by`; empty
+    /// for a record without the field) with its count. Only groups with
+    /// matches need be returned; without `by`, one group without values.
+    ///
+    /// A query the source cannot read is refused with [`EvalError::Parse`]
+    /// saying why (the engine names the argument). The default is for
+    /// sources without logs (a metrics-only store, test doubles): every
+    /// `count_logs` fails with [`EvalError::Execution`].
+    fn count_logs(
+        &self,
+        query: &str,
+        window_ms: i64,
+        by: &[LogField],
+        at_ms: i64,
+    ) -> Result<Vec<(Vec<String>, u64)>> {
+        let _ = (query, window_ms, by, at_ms);
+        Err(EvalError::no_log_store())
+    }
 }
 
 /// Resource limits of one query, so a single query cannot take the daemon down.
@@ -178,8 +207,11 @@ pub fn parse(query: &str) -> Result<promql_parser::parser::Expr> {
         use promql_parser::parser::{Function, register_extra_functions, value::ValueType};
         let args = vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar];
         let hw = Function::new("holt_winters", args, 0, ValueType::Vector, false);
+        // Strand's own: a log query and a window, then any number of fields.
+        let args = vec![ValueType::String, ValueType::String, ValueType::String];
+        let count_logs = Function::new("count_logs", args, -1, ValueType::Vector, false);
         // Only fails on a clash with a built-in, which would make it parse anyway.
-        let _ = register_extra_functions(vec![hw]);
+        let _ = register_extra_functions(vec![hw, count_logs]);
     });
     let query = raw_strings_as_quoted(query);
     std::panic::catch_unwind(|| promql_parser::parser::parse(&query))

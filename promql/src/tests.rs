@@ -7,7 +7,9 @@ use promql_parser::label::Matcher;
 use promql_parser::parser::Expr;
 use proptest::prelude::*;
 
-use crate::{EvalError, Labels, Limits, STALE_NAN_BITS, Series, SeriesSource, Value, format_value};
+use crate::{
+    EvalError, Labels, Limits, LogField, STALE_NAN_BITS, Series, SeriesSource, Value, format_value,
+};
 use crate::{instant_query, range_query};
 
 /// In-memory series, the test double for storage.
@@ -115,7 +117,7 @@ fn same(a: f64, b: f64) -> bool {
 
 /// Evaluates `query` at `time` and compares with `expected` (label selector, value),
 /// as a set keyed by labels. A single `("scalar", v)` expects a scalar.
-fn check(src: &TestSource, query: &str, time: &str, expected: &[(&str, f64)]) {
+fn check(src: &dyn SeriesSource, query: &str, time: &str, expected: &[(&str, f64)]) {
     let got = instant_query(src, query, ms(time), &Limits::default())
         .unwrap_or_else(|e| panic!("{query}: {e}"));
     let mut got: Vec<(Labels, f64)> = match got {
@@ -144,7 +146,7 @@ fn check(src: &TestSource, query: &str, time: &str, expected: &[(&str, f64)]) {
 }
 
 /// Expects the query to fail with the given Prometheus `errorType`.
-fn check_err(src: &TestSource, query: &str, time: &str, error_type: &str) {
+fn check_err(src: &dyn SeriesSource, query: &str, time: &str, error_type: &str) {
     match instant_query(src, query, ms(time), &Limits::default()) {
         Err(e) => assert_eq!(e.error_type(), error_type, "{query}: {e}"),
         Ok(v) => panic!("{query}: expected {error_type} error, got {v:?}"),
@@ -814,6 +816,26 @@ fn count_values() {
         r#"count_values("invalid-name", version)"#,
         "5m",
         "execution",
+    );
+}
+
+/// `rate` divides the extrapolation factor by the range before scaling, as
+/// Prometheus does, so its answers match to the last bit: rule unit tests
+/// compare exactly. 12 × (1.125 / 180) is 0.07500000000000001, where
+/// 12 × 1.125 / 180 would be 0.075.
+#[test]
+fn rate_rounds_as_prometheus_does() {
+    let s = load("30s", "c_total{job=\"a\"} 0+3x12");
+    let Value::Vector(got) =
+        instant_query(&s, "rate(c_total[3m])", ms("7m"), &Limits::default()).unwrap()
+    else {
+        panic!("not a vector")
+    };
+    assert_eq!(
+        got[0].v.to_bits(),
+        0.07500000000000001f64.to_bits(),
+        "{}",
+        got[0].v
     );
 }
 
@@ -1658,6 +1680,219 @@ fn errors_and_limits() {
     assert!(e.to_string().contains("disk on fire"));
 }
 
+/// Log records in memory, the test double for a log store: `(ms, service,
+/// severity, message, order_id)`. A query is one word of the message
+/// (empty: every record), or `service:<name>`; a field other than
+/// `service` is refused as the log store refuses it.
+struct LogSource(Vec<(i64, &'static str, &'static str, &'static str, &'static str)>);
+
+impl SeriesSource for LogSource {
+    fn select(&self, _: &[Matcher], _: i64, _: i64) -> crate::Result<Vec<Series>> {
+        Ok(Vec::new())
+    }
+
+    fn count_logs(
+        &self,
+        query: &str,
+        window_ms: i64,
+        by: &[LogField],
+        at_ms: i64,
+    ) -> crate::Result<Vec<(Vec<String>, u64)>> {
+        let wanted_service = match query.split_once(':') {
+            None => None,
+            Some(("service", name)) => Some(name),
+            Some((field, _)) => {
+                return Err(EvalError::Parse(format!("there is no field '{field}'")));
+            }
+        };
+        let matches = |service: &str, body: &str| match wanted_service {
+            Some(name) => service == name,
+            None => query.is_empty() || body.split(' ').any(|w| w == query),
+        };
+        let mut groups: std::collections::BTreeMap<Vec<String>, u64> = Default::default();
+        for &(t, service, severity, body, order) in &self.0 {
+            if t > at_ms.saturating_sub(window_ms) && t <= at_ms && matches(service, body) {
+                let values = by
+                    .iter()
+                    .map(|field| match field {
+                        LogField::Service => service.to_string(),
+                        LogField::Severity => severity.to_string(),
+                        LogField::Attribute(key) if key == "order_id" => order.to_string(),
+                        LogField::Attribute(_) => String::new(),
+                    })
+                    .collect();
+                *groups.entry(values).or_default() += 1;
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+}
+
+fn shop_logs() -> LogSource {
+    LogSource(vec![
+        (0, "payment", "error", "card declined", "1"),
+        (60_000, "payment", "error", "card declined", "2"),
+        (120_000, "payment", "error", "card declined", "2"),
+        (180_000, "order", "error", "card declined", "3"),
+        (240_000, "order", "info", "order created", ""),
+        (300_000, "payment", "error", "card declined", "4"),
+    ])
+}
+
+#[test]
+fn count_logs_counts_per_window_and_group() {
+    let s = shop_logs();
+    // (t - window, t]: the record at t - window is out, the one at t in.
+    check(&s, r#"count_logs("declined", "5m")"#, "5m", &[("{}", 4.0)]);
+    check(&s, r#"count_logs("declined", "1m")"#, "2m", &[("{}", 1.0)]);
+    // Nothing matches: 0 without grouping, nothing with it.
+    check(&s, r#"count_logs("refunded", "1h")"#, "5m", &[("{}", 0.0)]);
+    check(&s, r#"count_logs("refunded", "1h", "service")"#, "5m", &[]);
+    check(
+        &s,
+        r#"count_logs("", "1h", "service", "severity")"#,
+        "5m",
+        &[
+            (r#"{service="payment", severity="error"}"#, 4.0),
+            (r#"{service="order", severity="error"}"#, 1.0),
+            (r#"{service="order", severity="info"}"#, 1.0),
+        ],
+    );
+    // An attribute's label name has `_` for the dot; a record without the
+    // attribute has no such label.
+    check(
+        &s,
+        r#"count_logs("", "4m", "attributes.order_id")"#,
+        "4m",
+        &[
+            (r#"{attributes_order_id="2"}"#, 2.0),
+            (r#"{attributes_order_id="3"}"#, 1.0),
+            ("{}", 1.0),
+        ],
+    );
+    // The function composes as any instant vector does.
+    check(
+        &s,
+        r#"count_logs("declined", "5m", "service") > 2"#,
+        "5m",
+        &[(r#"{service="payment"}"#, 3.0)],
+    );
+    check(
+        &s,
+        r#"sum(count_logs("service:payment", "1m", "attributes.order_id"))"#,
+        "2m",
+        &[("{}", 1.0)],
+    );
+    let v = range_query(
+        &s,
+        r#"count_logs("declined", "2m")"#,
+        0,
+        300_000,
+        60_000,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        Value::Matrix(vec![Series {
+            labels: Labels::default(),
+            samples: vec![
+                (0, 1.0),
+                (60_000, 2.0),
+                (120_000, 2.0),
+                (180_000, 2.0),
+                (240_000, 1.0),
+                (300_000, 1.0)
+            ],
+        }])
+    );
+}
+
+#[test]
+fn count_logs_arguments_are_checked_and_named() {
+    let s = shop_logs();
+    let message = |query: &str| match instant_query(&s, query, 0, &Limits::default()) {
+        Err(e) => {
+            assert_eq!(e.error_type(), "bad_data", "{query}: {e}");
+            e.to_string()
+        }
+        Ok(v) => panic!("{query}: expected an error, got {v:?}"),
+    };
+    for (query, says) in [
+        (
+            r#"count_logs("declined")"#,
+            "expected at least 2 argument(s)",
+        ),
+        (r#"count_logs(1, "5m")"#, "expected type string"),
+        (r#"count_logs("declined", 5)"#, "expected type string"),
+        (
+            r#"count_logs("declined", "5m", service)"#,
+            "expected type string",
+        ),
+        (
+            r#"count_logs("declined", "5x")"#,
+            "count_logs(): the window (argument 2) \"5x\" is not a duration",
+        ),
+        (r#"count_logs("declined", "0s")"#, "greater than 0"),
+        (r#"count_logs("declined", "-5")"#, "a number without a unit"),
+        (r#"count_logs("declined", "")"#, "argument 2"),
+        (
+            r#"count_logs("declined", "5m", "level")"#,
+            "cannot group by \"level\" (argument 3): the fields are service, severity",
+        ),
+        (
+            r#"count_logs("declined", "5m", "attributes.")"#,
+            "argument 3",
+        ),
+        (
+            r#"count_logs("declined", "5m", "resource.host")"#,
+            "resource.host",
+        ),
+        (
+            r#"count_logs("declined", "5m", "service", "attributes.a.b", "attributes.a_b")"#,
+            "\"attributes.a_b\" (argument 5) and \"attributes.a.b\" (argument 4) would both be the label attributes_a_b",
+        ),
+        (
+            r#"count_logs("declined", "5m", "service", "service")"#,
+            "would both be the label service",
+        ),
+        (
+            r#"count_logs("level:error", "5m")"#,
+            "count_logs(): invalid log query (argument 1): there is no field 'level'",
+        ),
+    ] {
+        let got = message(query);
+        assert!(got.contains(says), "{query}: {got}");
+    }
+    // Arguments are checked before anything is evaluated, even where the
+    // call is never reached.
+    let got = message(r#"vector(1) < 0 and count_logs("declined", "5x")"#);
+    assert!(got.contains("window"), "{got}");
+    // Label names are always valid: every other character becomes `_`.
+    assert_eq!(
+        LogField::parse("attributes.http.status-code").map(|f| f.label_name()),
+        Some("attributes_http_status_code".to_string())
+    );
+    assert_eq!(
+        LogField::parse("attributes.é").unwrap().label_name(),
+        "attributes__"
+    );
+}
+
+#[test]
+fn count_logs_needs_a_source_with_logs() {
+    // A source without logs (the default) says so, as an execution error.
+    let e = instant_query(
+        &http_requests(),
+        r#"count_logs("declined", "5m")"#,
+        0,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.error_type(), "execution");
+    assert_eq!(e.to_string(), "count_logs needs a log store");
+}
+
 #[test]
 fn value_helpers() {
     assert_eq!(format_value(f64::NAN), "NaN");
@@ -1780,6 +2015,17 @@ proptest! {
         let s = http_requests();
         let _ = instant_query(&s, &q, 3_000_000, &Limits::default());
         let _ = range_query(&s, &q, 0, 600_000, 60_000, &Limits::default());
+    }
+
+    #[test]
+    fn count_logs_never_panics_on_random_arguments(
+        query in "[^\"\\\\]{0,12}",
+        window in "[-+0-9.eE]{0,4}[a-z]{0,2}",
+        field in "[^\"\\\\]{0,16}",
+        t in i64::MIN..i64::MAX,
+    ) {
+        let q = format!(r#"count_logs("{query}", "{window}", "{field}")"#);
+        let _ = instant_query(&shop_logs(), &q, t, &Limits::default());
     }
 
     #[test]

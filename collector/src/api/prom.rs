@@ -21,7 +21,7 @@ use super::ApiState;
 use super::params::query_and_form;
 use crate::model::{Label, METRIC_NAME_LABEL};
 use crate::query::metrics::MetricSource;
-use crate::query::pool::{QueryPool, QueryRefused};
+use crate::query::pool::{Deadline, QueryPool, QueryRefused};
 
 /// The Prometheus API version whose semantics Strand answers with; Grafana
 /// reads it from `buildinfo` to decide what it may ask.
@@ -316,7 +316,8 @@ async fn evaluate<T: EvaluationTimes>(
     // The budget counts from now, as the pool's does: time spent queued is
     // not granted again once the query runs.
     let deadline = std::time::Instant::now() + limits.timeout;
-    let source = MetricSource::new(state.stores.metrics.clone(), state.queries.max_series());
+    let source = MetricSource::new(state.stores.metrics.clone(), state.queries.max_series())
+        .with_logs(state.stores.logs.clone(), Deadline::after(limits.timeout));
     let (value, damaged) = state
         .queries
         .run(move || {

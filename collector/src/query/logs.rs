@@ -20,6 +20,8 @@ use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserI
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
+use strand_promql::LogField;
+
 use crate::model::{LogRecord, TraceId};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
@@ -685,6 +687,77 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
     Ok(facets)
 }
 
+/// Matches per group, for PromQL's `count_logs`.
+#[derive(Debug, Default)]
+pub struct GroupCounts {
+    /// Each group's values (in the order of the fields asked for; empty
+    /// where a record has none) and its number of matches. Without fields,
+    /// one group without values; otherwise only groups with matches.
+    pub groups: Vec<(Vec<String>, u64)>,
+    /// There were more groups than asked for at most: counting stopped
+    /// there, and `groups` is incomplete.
+    pub too_many: bool,
+    /// A damaged partition was skipped: counts may be short.
+    pub damaged: bool,
+}
+
+/// The number of matches per distinct combination of the values of `by`
+/// (at most `max_groups` groups), counted from the fast columns of the
+/// partitions that overlap the query's range (service, severity, and an
+/// attribute's `key<separator>value` entries in `attribute_keys`), never
+/// from stored records. An attribute value that is not a short scalar (see
+/// `schema::to_document`) counts as no value.
+pub fn count_by(
+    store: &LogStore,
+    query: &LogQuery,
+    by: &[LogField],
+    max_groups: usize,
+) -> QueryResult<GroupCounts> {
+    let collector = GroupCollector {
+        by,
+        max_groups,
+        dense_groups: DENSE_GROUPS,
+    };
+    count_with(store, query, &collector)
+}
+
+/// [`count_by`] with `collector`.
+fn count_with(
+    store: &LogStore,
+    query: &LogQuery,
+    collector: &GroupCollector,
+) -> QueryResult<GroupCounts> {
+    let GroupCollector { by, max_groups, .. } = *collector;
+    let compiled = query.compile(store)?;
+    let mut counts = GroupCounts::default();
+    let mut groups: HashMap<Vec<String>, u64> = HashMap::new();
+    for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
+        query.deadline.check()?;
+        let part = in_partition(store, &partition, |searcher| {
+            if by.is_empty() {
+                let total = searcher.search(&compiled, &Count)? as u64;
+                Ok((HashMap::from([(Vec::new(), total)]), false))
+            } else {
+                searcher.search(&compiled, collector)
+            }
+        });
+        let Some((_, (found, too_many))) = part else {
+            counts.damaged = true;
+            continue;
+        };
+        for (values, count) in found {
+            *groups.entry(values).or_default() += count;
+        }
+        // Too many groups is an error for the caller: no use counting on.
+        if too_many || groups.len() > max_groups {
+            counts.too_many = true;
+            break;
+        }
+    }
+    counts.groups = groups.into_iter().take(max_groups).collect();
+    Ok(counts)
+}
+
 /// Runs one partition's share of a query on a searcher of it, returning
 /// both. Damage tantivy meets there — an error, or a panic from a damaged file
 /// it does not check — is reported and costs only that partition's share:
@@ -904,6 +977,255 @@ impl SegmentCollector for TermCountsSegment {
     }
 }
 
+/// Counts matches per combination of the values of some fields.
+struct GroupCollector<'a> {
+    by: &'a [LogField],
+    max_groups: usize,
+    /// Most combinations of slots counted in an array (`DENSE_GROUPS`).
+    dense_groups: u64,
+}
+
+/// Where a segment reads one grouping field's value, as a *slot*: a
+/// number below `slots()` standing for one of the values the field has in
+/// the segment, or for no value (the last one).
+enum GroupColumn {
+    /// A single-valued column (service, severity): the slot is the
+    /// value's ordinal.
+    Whole(Option<tantivy::columnar::StrColumn>),
+    /// The entry of `attribute_keys` in `ords`, the ordinals of the terms
+    /// that start with `<key><separator>` (the dictionary is sorted),
+    /// `prefix` bytes long: the slot is the ordinal's place in `ords`.
+    Attribute {
+        column: Option<tantivy::columnar::StrColumn>,
+        ords: std::ops::Range<u64>,
+        prefix: usize,
+    },
+}
+
+impl GroupColumn {
+    fn open(segment: &SegmentReader, field: &LogField) -> tantivy::Result<GroupColumn> {
+        let fast = segment.fast_fields();
+        Ok(match field {
+            LogField::Service => GroupColumn::Whole(fast.str("service")?),
+            LogField::Severity => GroupColumn::Whole(fast.str("severity")?),
+            LogField::Attribute(key) => {
+                let column = fast.str("attribute_keys")?;
+                let from = format!("{key}{VALUE_SEPARATOR}");
+                let to = format!("{key}{}", char::from(VALUE_SEPARATOR as u8 + 1));
+                let ords = match &column {
+                    Some(column) => {
+                        let (lower, upper) = column
+                            .dictionary()
+                            .term_bounds_to_ord(Bound::Included(&from), Bound::Excluded(&to))?;
+                        let terms = column.num_terms() as u64;
+                        let start = match lower {
+                            Bound::Included(ord) => ord,
+                            Bound::Excluded(ord) => ord.saturating_add(1),
+                            Bound::Unbounded => 0,
+                        };
+                        let end = match upper {
+                            Bound::Included(ord) => ord.saturating_add(1),
+                            Bound::Excluded(ord) => ord,
+                            Bound::Unbounded => terms,
+                        };
+                        start.min(terms)..end.min(terms)
+                    }
+                    None => 0..0,
+                };
+                GroupColumn::Attribute {
+                    column,
+                    ords,
+                    prefix: from.len(),
+                }
+            }
+        })
+    }
+
+    /// How many slots there are: the values, and one for none.
+    fn slots(&self) -> u64 {
+        match self {
+            GroupColumn::Whole(column) => column.as_ref().map_or(0, |c| c.num_terms() as u64) + 1,
+            GroupColumn::Attribute { ords, .. } => ords.end.saturating_sub(ords.start) + 1,
+        }
+    }
+
+    /// The slot of `doc`'s value.
+    fn slot(&self, doc: DocId) -> u64 {
+        let none = self.slots() - 1;
+        match self {
+            GroupColumn::Whole(column) => column.as_ref().and_then(|c| c.term_ords(doc).next()),
+            GroupColumn::Attribute { column, ords, .. } => column.as_ref().and_then(|c| {
+                c.term_ords(doc)
+                    .find(|ord| ords.contains(ord))
+                    .map(|ord| ord - ords.start)
+            }),
+        }
+        .unwrap_or(none)
+    }
+
+    /// The value a slot stands for; empty for none.
+    fn value(&self, slot: u64) -> String {
+        let (column, ord, prefix) = match self {
+            GroupColumn::Whole(column) => (column, slot, 0),
+            GroupColumn::Attribute {
+                column,
+                ords,
+                prefix,
+            } => (column, ords.start + slot, *prefix),
+        };
+        let mut text = String::new();
+        match column {
+            Some(column) if slot + 1 < self.slots() => {
+                if column.ord_to_str(ord, &mut text).unwrap_or(false) {
+                    text.get(prefix..).unwrap_or_default().to_string()
+                } else {
+                    String::new()
+                }
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Most combinations of slots a segment counts in an array indexed by the
+/// combination (services times severities, say) rather than a hash map:
+/// no hashing per match, which is most of the cost of grouping.
+const DENSE_GROUPS: u64 = 1 << 16;
+
+/// A segment's counts per combination of slots.
+enum SlotCounts {
+    /// Indexed by the slots as the digits of a number, the first field's
+    /// the most significant (radixes: each column's `slots()`).
+    Dense(Vec<u64>),
+    /// By the slots themselves, for fields with many values.
+    Sparse(HashMap<Box<[u64]>, u64>),
+}
+
+struct GroupSegment {
+    columns: Vec<GroupColumn>,
+    counts: SlotCounts,
+    max_groups: usize,
+    too_many: bool,
+    /// The current document's slots, reused.
+    key: Vec<u64>,
+}
+
+impl Collector for GroupCollector<'_> {
+    /// Counts per combination of values, and whether there were too many.
+    type Fruit = (HashMap<Vec<String>, u64>, bool);
+    type Child = GroupSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<GroupSegment> {
+        let columns = self
+            .by
+            .iter()
+            .map(|field| GroupColumn::open(segment, field))
+            .collect::<tantivy::Result<Vec<_>>>()?;
+        let combinations = columns
+            .iter()
+            .try_fold(1u64, |product, column| product.checked_mul(column.slots()));
+        let counts = match combinations {
+            Some(n) if n <= self.dense_groups => SlotCounts::Dense(vec![0; n as usize]),
+            _ => SlotCounts::Sparse(HashMap::new()),
+        };
+        Ok(GroupSegment {
+            key: Vec::with_capacity(columns.len()),
+            columns,
+            counts,
+            max_groups: self.max_groups,
+            too_many: false,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        let mut merged = HashMap::new();
+        for (fruit, too_many) in fruits {
+            for (values, count) in fruit {
+                *merged.entry(values).or_default() += count;
+            }
+            if too_many || merged.len() > self.max_groups {
+                return Ok((HashMap::new(), true));
+            }
+        }
+        Ok((merged, false))
+    }
+}
+
+impl SegmentCollector for GroupSegment {
+    type Fruit = (HashMap<Vec<String>, u64>, bool);
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        match &mut self.counts {
+            SlotCounts::Dense(counts) => {
+                let index = self
+                    .columns
+                    .iter()
+                    .fold(0, |index, column| index * column.slots() + column.slot(doc));
+                counts[index as usize] += 1;
+            }
+            SlotCounts::Sparse(counts) => {
+                self.key.clear();
+                self.key
+                    .extend(self.columns.iter().map(|column| column.slot(doc)));
+                if let Some(count) = counts.get_mut(self.key.as_slice()) {
+                    *count += 1;
+                } else if counts.len() < self.max_groups {
+                    counts.insert(self.key.as_slice().into(), 1);
+                } else {
+                    self.too_many = true;
+                }
+            }
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        if self.too_many {
+            // The caller refuses the answer: spare naming the groups.
+            return (HashMap::new(), true);
+        }
+        let columns = &self.columns;
+        let values = |slots: &[u64]| -> Vec<String> {
+            columns
+                .iter()
+                .zip(slots)
+                .map(|(column, slot)| column.value(*slot))
+                .collect()
+        };
+        let mut too_many = false;
+        let counts: HashMap<Vec<String>, u64> = match self.counts {
+            SlotCounts::Dense(counts) => {
+                let mut slots = vec![0; columns.len()];
+                let found = counts.iter().enumerate().filter(|(_, n)| **n > 0);
+                too_many = found.clone().count() > self.max_groups;
+                found
+                    .take(self.max_groups)
+                    .map(|(index, count)| {
+                        let mut rest = index as u64;
+                        for (slot, column) in slots.iter_mut().zip(columns).rev() {
+                            *slot = rest % column.slots();
+                            rest /= column.slots();
+                        }
+                        (values(&slots), *count)
+                    })
+                    .collect()
+            }
+            SlotCounts::Sparse(counts) => counts
+                .iter()
+                .map(|(slots, count)| (values(slots), *count))
+                .collect(),
+        };
+        (counts, too_many)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1058,6 +1380,80 @@ mod tests {
         };
         assert!(timed_out(histogram(&store, &hours, HOUR / 10).map(|_| ())));
         assert!(timed_out(facets(&store, &late, 10).map(|_| ())));
+        assert!(timed_out(count_by(&store, &late, &[], 10).map(|_| ())));
+    }
+
+    #[test]
+    fn counts_by_group_come_from_the_columns() {
+        use LogField::{Attribute, Service, Severity};
+        let (_dir, store) = store();
+        let count = |query: &LogQuery, by: &[LogField], max_groups: usize| {
+            let mut counted = count_by(&store, query, by, max_groups).unwrap();
+            counted.groups.sort();
+            counted
+        };
+        let groups = |text: &str, by: &[LogField]| count(&query(text), by, 100).groups;
+        let group = |values: &[&str], n: u64| (values.iter().map(|v| v.to_string()).collect(), n);
+        // Without fields: one group, 0 when nothing matches.
+        assert_eq!(groups("declined", &[]), vec![group(&[], 5)]);
+        assert_eq!(groups("refunded", &[]), vec![group(&[], 0)]);
+        assert_eq!(groups("refunded", &[Service]), vec![]);
+        assert_eq!(
+            groups("", &[Service, Severity]),
+            vec![
+                group(&["gateway", "warn"], 5),
+                group(&["inventory", "info"], 5),
+                group(&["order", "info"], 5),
+                group(&["payment", "error"], 5),
+            ]
+        );
+        // Across both partitions; a key that is a prefix of the real one
+        // (`order` of `order_id`) has no values.
+        let order_id = Attribute("order_id".into());
+        assert_eq!(
+            groups("service:payment", std::slice::from_ref(&order_id)),
+            ["0", "12", "16", "4", "8"].map(|v| group(&[v], 1))
+        );
+        assert_eq!(
+            groups("service:payment", &[Attribute("order".into())]),
+            vec![group(&[""], 5)]
+        );
+        // Only the query's time range counts.
+        let first_hour = LogQuery {
+            start_nanos: BASE,
+            end_nanos: BASE + HOUR - 1,
+            ..query("declined")
+        };
+        assert_eq!(count(&first_hour, &[], 10).groups, vec![group(&[], 3)]);
+        assert_eq!(
+            count(&first_hour, &[Service], 10).groups,
+            vec![group(&["payment"], 3)]
+        );
+        // More groups than allowed are cut, and said to be.
+        let cut = count(&query(""), std::slice::from_ref(&order_id), 3);
+        assert!(cut.too_many && cut.groups.len() <= 3, "{cut:?}");
+        assert!(!count(&query(""), &[Service], 4).too_many);
+        // Counted in a hash map instead of an array, the groups are the same.
+        for by in [
+            vec![Service, Severity],
+            vec![order_id.clone(), Service],
+            vec![Attribute("order".into())],
+        ] {
+            let sparse = GroupCollector {
+                by: &by,
+                max_groups: 100,
+                dense_groups: 0,
+            };
+            let mut groups = count_with(&store, &query(""), &sparse).unwrap().groups;
+            groups.sort();
+            assert_eq!(groups, count(&query(""), &by, 100).groups, "{by:?}");
+        }
+        let sparse = GroupCollector {
+            by: std::slice::from_ref(&order_id),
+            max_groups: 3,
+            dense_groups: 0,
+        };
+        assert!(count_with(&store, &query(""), &sparse).unwrap().too_many);
     }
 
     #[test]

@@ -255,15 +255,12 @@ pub fn parse_rule_file(text: &str, file: &str) -> Result<Vec<GroupSpec>, RuleFil
                 "the group name is used twice in this file".into(),
             ));
         }
-        let interval = group
-            .interval
-            .as_deref()
-            .map(|text| match parse_duration(text) {
-                Ok(interval) if interval > Duration::ZERO => Ok(interval),
-                Ok(_) => Err(refuse(None, "interval must be above zero".into())),
-                Err(message) => Err(refuse(None, format!("interval: {message}"))),
-            })
-            .transpose()?;
+        // `interval: 0s` is the global interval, as in Prometheus.
+        let interval = match group.interval.as_deref().map(parse_duration) {
+            None => None,
+            Some(Ok(interval)) => Some(interval).filter(|i| !i.is_zero()),
+            Some(Err(message)) => return Err(refuse(None, format!("interval: {message}"))),
+        };
         let mut rules = Vec::with_capacity(group.rules.len());
         for (n, rule) in group.rules.into_iter().enumerate() {
             let line = rule_lines.get(rule_index).copied();
@@ -310,10 +307,29 @@ fn rule_lines(text: &str) -> Vec<usize> {
         .collect()
 }
 
-/// A Prometheus duration (`30s`, `5m`, `1h30m`, `1d`).
+/// A Prometheus duration (`30s`, `5m`, `1h30m`, `1d`, and zero: `0`,
+/// `0s`, as `for: 0s` says "fire at once").
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    promql_parser::util::duration::parse_duration(text)
-        .map_err(|error| format!("{text:?} is not a duration ({error})"))
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    // promql_parser reads a bare number as seconds (Prometheus wants a
+    // unit) and panics on a negative one.
+    if text.parse::<f64>().is_ok() {
+        return Err(format!("{text:?} is not a duration: a unit is required"));
+    }
+    let parse = |text: &str| {
+        promql_parser::util::duration::parse_duration(text)
+            .map_err(|error| format!("{text:?} is not a duration ({error})"))
+    };
+    // promql_parser refuses zero: a text whose numbers are all 0 and that
+    // parses with them set to 1 is zero.
+    if !text.chars().any(|c| c.is_ascii_digit() && c != '0')
+        && parse(&text.replace('0', "1")).is_ok()
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse(text)
 }
 
 fn check_rule(rule: RuleDoc) -> Result<RuleSpec, String> {
@@ -476,6 +492,23 @@ groups:
         let text = include_str!("../../../examples/shop/rules.yml");
         let groups = parse_rule_file(text, "shop-rules.yml").unwrap();
         assert!(groups.iter().map(|g| g.rules.len()).sum::<usize>() >= 5);
+    }
+
+    #[test]
+    fn durations_read_as_prometheus_reads_them() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0h0m"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "-1", "1.5", "5", "-5m", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let zero = GOOD.replace("for: 2m", "for: 0s");
+        assert!(parse_rule_file(&zero, "r").is_ok());
+        let zero = GOOD.replace("interval: 30s", "interval: 0s");
+        assert_eq!(parse_rule_file(&zero, "r").unwrap()[0].interval, None);
+        let negative = GOOD.replace("for: 2m", "for: -1");
+        assert!(parse_rule_file(&negative, "r").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod manager;
 mod memory;
 mod notifier;
 mod template;
+mod unit_test;
 
 pub use file::{
     GroupSpec, RuleFileError, RuleSpec, load_rule_files, parse_duration, parse_rule_file,
@@ -24,3 +25,6 @@ pub use manager::{
 };
 pub use memory::MemorySeries;
 pub use notifier::{Notifier, NotifierError};
+pub use unit_test::{
+    ComparedAlert, ComparedSample, LabelList, TestFileReport, UnitTestFailure, run_test_file,
+};
