@@ -245,76 +245,104 @@ groups:
           summary: "{{ $labels.service_name }} fails {{ $value | humanizePercentage }} of its calls"
 "#;
 
-/// End to end: a payment fault in the shop's traffic makes a rule over the
-/// span-derived RED metrics fire, Alertmanager gets the alert (with the
-/// daemon's external label and a link back into its UI), and once the fault
-/// is gone the alert resolves there too.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_shop_payment_fault_fires_in_alertmanager_and_resolves_after_it_stops() {
-    use crate::support::shop_fixture::send_shop_calls;
+/// More than 3 declined payments logged as errors within 10 s, per service.
+const LOG_RULES: &str = r#"
+groups:
+  - name: payment-logs
+    interval: 1s
+    rules:
+      - alert: PaymentsDeclined
+        expr: count_logs("severity:error AND declined", "10s", "service") > 3
+        for: 1s
+        labels:
+          severity: page
+        annotations:
+          summary: "{{ $labels.service }}: {{ $value }} declined payments in 10s"
+"#;
 
-    let am = Alertmanager::start().await;
+/// How long a fault may take to reach Alertmanager, and to resolve there.
+const END_TO_END: Duration = Duration::from_secs(90);
+
+/// A daemon evaluating `rules` and sending to `am`, with an external label;
+/// the directory holds its data and the rule file.
+async fn daemon_alerting_to(
+    am: &Alertmanager,
+    rules: &str,
+    extra: &[&str],
+) -> (strand_testkit::Strand, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("shop.rules.yml");
-    std::fs::write(&rules, SHOP_RULES).unwrap();
-    let daemon = strand_testkit::Strand::start(
-        &dir.path().join("data"),
-        &[
-            "--rules",
-            rules.to_str().unwrap(),
-            "--alertmanager",
-            &am.url,
-            "--external-label",
-            "cluster=shop-test",
-            "--derived-metrics-interval",
-            "1s",
-        ],
-    )
-    .await;
-    send_shop_calls(&daemon, 4, 0).await;
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let mut args = vec![
+        "--rules",
+        file.to_str().unwrap(),
+        "--alertmanager",
+        &am.url,
+        "--external-label",
+        "cluster=shop-test",
+    ];
+    args.extend(extra);
+    let daemon = strand_testkit::Strand::start(&dir.path().join("data"), &args).await;
+    (daemon, dir)
+}
 
-    // The fault: every payment fails, until Alertmanager has the alert.
-    let wait = Duration::from_secs(90);
-    let held = eventually(wait, || async {
-        send_shop_calls(&daemon, 2, 2).await;
-        am.alerts("filter=alertname=\"PaymentErrorRatio\"")
-            .await
-            .into_iter()
-            .next()
+/// Runs `fault` until Alertmanager holds an alert named `alertname`, and
+/// checks what every alert of the daemon carries: active, the rule's and
+/// the external labels, and a link into this daemon's metrics explorer.
+async fn fires<F, Fut>(
+    am: &Alertmanager,
+    daemon: &strand_testkit::Strand,
+    alertname: &str,
+    mut fault: F,
+) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let filter = format!("filter=alertname=\"{alertname}\"");
+    let held = eventually(END_TO_END, || {
+        let step = fault();
+        let filter = &filter;
+        async move {
+            step.await;
+            am.alerts(filter).await.into_iter().next()
+        }
     })
     .await
-    .unwrap_or_else(|| {
-        panic!(
-            "Alertmanager never got the alert:\n{}\n{}",
-            am.log(),
-            daemon.log()
-        )
-    });
+    .unwrap_or_else(|| panic!("Alertmanager never got {alertname}:\n{}", am.log()));
     assert_eq!(held["status"]["state"], "active", "{held}");
-    assert_eq!(held["labels"]["service_name"], "payment");
-    assert_eq!(held["labels"]["severity"], "page");
-    assert_eq!(held["labels"]["cluster"], "shop-test");
-    assert!(
-        held["annotations"]["summary"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("payment fails ") && s.ends_with("% of its calls")),
-        "{held}"
-    );
+    assert_eq!(held["labels"]["severity"], "page", "{held}");
+    assert_eq!(held["labels"]["cluster"], "shop-test", "{held}");
     let generator = held["generatorURL"].as_str().unwrap();
     assert!(
         generator.starts_with(&format!("{}/#/metrics?query=", daemon.url(""))),
         "links into this daemon's metrics explorer: {generator}"
     );
+    held
+}
 
-    // The fault is gone: payments succeed again, and the alert resolves.
-    let resolved = eventually(wait, || async {
-        send_shop_calls(&daemon, 2, 0).await;
-        am.notified()
-            .into_iter()
-            .find(|a| a["status"] == "resolved" && a["labels"]["alertname"] == "PaymentErrorRatio")
+/// Runs `healthy` until Alertmanager notified `alertname` resolved, then
+/// checks it holds nothing active and the daemon counted what it sent.
+async fn resolves<F, Fut>(
+    am: &Alertmanager,
+    daemon: &strand_testkit::Strand,
+    alertname: &str,
+    mut healthy: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let resolved = eventually(END_TO_END, || {
+        let step = healthy();
+        async move {
+            step.await;
+            am.notified()
+                .into_iter()
+                .find(|a| a["status"] == "resolved" && a["labels"]["alertname"] == alertname)
+        }
     })
     .await
-    .unwrap_or_else(|| panic!("the alert never resolved:\n{}\n{}", am.log(), daemon.log()));
+    .unwrap_or_else(|| panic!("{alertname} never resolved:\n{}", am.log()));
     assert_eq!(resolved["labels"]["cluster"], "shop-test");
     assert!(am.alerts("active=true").await.is_empty());
     let text = daemon.self_metrics().await;
@@ -326,6 +354,76 @@ async fn a_shop_payment_fault_fires_in_alertmanager_and_resolves_after_it_stops(
         sample(&text, &sent).is_some_and(|n| n >= 2.0),
         "firing and resolved were sent: {text}"
     );
+}
+
+/// End to end: a payment fault in the shop's traffic makes a rule over the
+/// span-derived RED metrics fire, Alertmanager gets the alert, and once the
+/// fault is gone the alert resolves there too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shop_payment_fault_fires_in_alertmanager_and_resolves_after_it_stops() {
+    use crate::support::shop_fixture::send_shop_calls;
+
+    let am = Alertmanager::start().await;
+    let (daemon, _dir) =
+        daemon_alerting_to(&am, SHOP_RULES, &["--derived-metrics-interval", "1s"]).await;
+    send_shop_calls(&daemon, 4, 0).await;
+    // The fault: every payment fails.
+    let held = fires(&am, &daemon, "PaymentErrorRatio", || {
+        send_shop_calls(&daemon, 2, 2)
+    })
+    .await;
+    assert_eq!(held["labels"]["service_name"], "payment");
+    assert!(
+        held["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("payment fails ") && s.ends_with("% of its calls")),
+        "{held}"
+    );
+    // The fault is gone: payments succeed again.
+    resolves(&am, &daemon, "PaymentErrorRatio", || {
+        send_shop_calls(&daemon, 2, 0)
+    })
+    .await;
+}
+
+/// `n` log lines of the payment service through `_bulk`, as a shipper
+/// sends them: errors saying a card was declined, or accepted payments.
+async fn payment_logs(daemon: &strand_testkit::Strand, n: usize, declined: bool) {
+    let time = humantime::format_rfc3339_millis(SystemTime::now());
+    let (level, message) = match declined {
+        true => ("error", "card declined by issuer"),
+        false => ("info", "payment accepted"),
+    };
+    let line = format!(
+        "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{time}\",\"service\":\"payment\",\"level\":\"{level}\",\"message\":\"{message}\"}}\n"
+    );
+    let answer = crate::support::post_bulk(daemon, line.repeat(n)).await;
+    assert_eq!(answer["errors"], false, "{answer}");
+}
+
+/// End to end, from logs: declined payments logged by the payment service
+/// make a `count_logs` rule fire in Alertmanager, and once they stop (and
+/// leave the window) it resolves.
+#[tokio::test(flavor = "multi_thread")]
+async fn declined_payments_in_the_logs_fire_in_alertmanager_and_resolve() {
+    let am = Alertmanager::start().await;
+    let (daemon, _dir) = daemon_alerting_to(&am, LOG_RULES, &[]).await;
+    payment_logs(&daemon, 3, false).await;
+    let held = fires(&am, &daemon, "PaymentsDeclined", || {
+        payment_logs(&daemon, 2, true)
+    })
+    .await;
+    assert_eq!(held["labels"]["service"], "payment");
+    assert!(
+        held["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("payment: ") && s.ends_with(" declined payments in 10s")),
+        "{held}"
+    );
+    resolves(&am, &daemon, "PaymentsDeclined", || {
+        payment_logs(&daemon, 1, false)
+    })
+    .await;
 }
 
 /// A request an Alertmanager refuses is logged with its status and answer,
