@@ -73,16 +73,29 @@ pub fn expand(text: &str, data: &TemplateData) -> Result<String, TemplateError> 
     if !text.contains("{{") {
         return Ok(text.to_owned());
     }
-    let strings = |map: &BTreeMap<String, String>| {
-        Value::Map(
-            map.iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-                .collect::<HashMap<_, _>>(),
-        )
+    // Prometheus renders a missing label as "" (missingkey=zero); gtmpl
+    // would print "<no value>", so every label the text names is present.
+    let strings = |map: &BTreeMap<String, String>, variable: &str, field: &str| {
+        let mut values: HashMap<String, Value> = map
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        for name in referenced_keys(text, variable).chain(referenced_keys(text, field)) {
+            values
+                .entry(name.to_owned())
+                .or_insert_with(|| Value::from(""));
+        }
+        Value::Map(values)
     };
     let mut fields = HashMap::new();
-    fields.insert("Labels".to_owned(), strings(data.labels));
-    fields.insert("ExternalLabels".to_owned(), strings(data.external_labels));
+    fields.insert(
+        "Labels".to_owned(),
+        strings(data.labels, "$labels.", ".Labels."),
+    );
+    fields.insert(
+        "ExternalLabels".to_owned(),
+        strings(data.external_labels, "$externalLabels.", ".ExternalLabels."),
+    );
     fields.insert("ExternalURL".to_owned(), Value::from(data.external_url));
     fields.insert("Value".to_owned(), Value::from(data.value));
     template(text)?
@@ -90,7 +103,24 @@ pub fn expand(text: &str, data: &TemplateData) -> Result<String, TemplateError> 
         .map_err(|error| TemplateError(error.to_string()))
 }
 
+/// The keys `text` reads as `<prefix><key>` (e.g. `$labels.job`).
+fn referenced_keys<'a>(text: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    text.match_indices(prefix).filter_map(move |(at, _)| {
+        let rest = &text[at + prefix.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
 const FUNCTIONS: &[(&str, Func)] = &[
+    ("eq", eq),
+    ("ne", ne),
+    ("lt", lt),
+    ("le", le),
+    ("gt", gt),
+    ("ge", ge),
     ("humanize", humanize),
     ("humanize1024", humanize1024),
     ("humanizeDuration", humanize_duration),
@@ -104,6 +134,68 @@ const FUNCTIONS: &[(&str, Func)] = &[
     ("stripPort", strip_port),
     ("safeHtml", identity),
 ];
+
+/// Numbers compare as numbers whatever their representation (gtmpl reads
+/// `5.0` as an integer and refuses to compare it with a float); anything
+/// else as gtmpl compares it.
+fn compare(name: &str, args: &[Value]) -> Result<std::cmp::Ordering, FuncError> {
+    let [a, b] = args else {
+        return Err(FuncError::ExactlyXArgs(name.into(), 2));
+    };
+    let as_number = |v: &Value| match v {
+        Value::Number(n) => n
+            .as_f64()
+            .or_else(|| n.as_i64().map(|i| i as f64))
+            .or_else(|| n.as_u64().map(|u| u as f64)),
+        _ => None,
+    };
+    let ordering = match (a, b) {
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => match (as_number(a), as_number(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => None,
+        },
+    };
+    ordering.ok_or_else(|| {
+        FuncError::Generic(format!(
+            "{name}: incompatible types for comparison: {a} and {b}"
+        ))
+    })
+}
+
+/// Go's `eq`: whether the first argument equals any of the others.
+fn eq(args: &[Value]) -> Result<Value, FuncError> {
+    let Some((first, others)) = args.split_first().filter(|(_, others)| !others.is_empty()) else {
+        return Err(FuncError::AtLeastXArgs("eq".into(), 2));
+    };
+    for other in others {
+        if compare("eq", &[first.clone(), other.clone()])?.is_eq() {
+            return Ok(Value::Bool(true));
+        }
+    }
+    Ok(Value::Bool(false))
+}
+
+fn ne(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Bool(compare("ne", args)?.is_ne()))
+}
+
+fn lt(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Bool(compare("lt", args)?.is_lt()))
+}
+
+fn le(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Bool(compare("le", args)?.is_le()))
+}
+
+fn gt(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Bool(compare("gt", args)?.is_gt()))
+}
+
+fn ge(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Bool(compare("ge", args)?.is_ge()))
+}
 
 fn one<'a>(name: &str, args: &'a [Value]) -> Result<&'a Value, FuncError> {
     match args {
@@ -396,6 +488,38 @@ mod tests {
         assert_eq!(
             render("{{ if match \"^a\" $labels.job }}yes{{ end }}", 0.0),
             "yes"
+        );
+    }
+
+    #[test]
+    fn missing_labels_are_empty_and_numbers_compare_as_numbers() {
+        assert_eq!(
+            render("[{{ $labels.missing }}][{{ .Labels.gone }}]", 0.0),
+            "[][]"
+        );
+        assert_eq!(
+            render("{{ if gt $value 5.0 }}high{{ else }}low{{ end }}", 8.5),
+            "high"
+        );
+        assert_eq!(render("{{ if lt $value 5 }}low{{ end }}", 4.5), "low");
+        assert_eq!(
+            render("{{ if eq $labels.job \"api\" }}yes{{ end }}", 0.0),
+            "yes"
+        );
+        assert_eq!(
+            render("{{ if ne $value 1.0 }}x{{ else }}one{{ end }}", 1.0),
+            "one"
+        );
+        assert_eq!(
+            render("{{ if eq $labels.job \"x\" \"api\" }}any{{ end }}", 0.0),
+            "any"
+        );
+        assert_eq!(
+            render(
+                "{{ if ge $value 2 }}ge{{ end }}{{ if le $value 2 }}le{{ end }}",
+                2.0
+            ),
+            "gele"
         );
     }
 }

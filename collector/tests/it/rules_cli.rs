@@ -148,6 +148,7 @@ const UNIT_TESTS: &[UnitTestCase] = &[
     case("pass_alerts.test.yml", true, &[], true),
     case("pass_keep_firing_stale_absent.test.yml", true, &[], true),
     case("pass_recording.test.yml", true, &[], true),
+    case("pass_template_edges.test.yml", true, &[], true),
 ];
 
 #[test]
