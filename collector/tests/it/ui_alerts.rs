@@ -2,9 +2,10 @@
 //! alerts, the view lists firing and pending alerts (labels, annotations)
 //! before the rules per group (a broken rule shows its error), filters by
 //! text and state, and each alert links to where an SRE goes next: the
-//! trace search of its service and its expression in the metrics explorer.
-//! The parsing of `count_logs` out of an expression, for the log link, is
-//! checked through a page evaluation.
+//! trace search of its service, the logs a `count_logs` rule counts, and
+//! its expression in the metrics explorer. The parsing of `count_logs` out
+//! of an expression is also checked on its corners through a page
+//! evaluation.
 
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use crate::support::shop_fixture::send_everything;
 
 /// `TestDown` fires on `test_up` (job `a` is 0), `TestDownLong` waits an
 /// hour on the same, `PaymentErrors` fires on the shop's failed payment
-/// (span metrics, with a `service_name` label), `Broken` fails at each
+/// (span metrics, with a `service_name` label), `CardDeclines` on its
+/// "card declined" log line (`count_logs`, with a `service` label), `Broken` fails at each
 /// evaluation (two series on each side of a one-to-one match) and
 /// `KeepsFiring` fires once job `c` is 0 and keeps firing after it is not.
 const RULES: &str = r#"
@@ -53,6 +55,13 @@ groups:
         expr: sum by (service_name) (traces_span_metrics_calls_total{status_code="STATUS_CODE_ERROR"}) > 0
         annotations:
           summary: "{{ $labels.service_name }} fails requests"
+  - name: logs
+    interval: 1s
+    rules:
+      - alert: CardDeclines
+        expr: count_logs("declined", "1h", "service") > 0
+        annotations:
+          summary: "{{ $labels.service }} declines cards"
 "#;
 
 /// The alert cards in the order shown.
@@ -73,7 +82,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
     .await;
     let writer = keep_writing(&daemon);
     let sent = send_everything(&daemon).await;
-    wait_firing(&daemon, 2).await;
+    wait_firing(&daemon, 3).await;
     let empty = Strand::start(&dir.path().join("empty"), &[]).await;
     let (base, empty_base) = (daemon.url("/"), empty.url("/"));
     let daemon = &daemon;
@@ -85,7 +94,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
             "nav badge",
             "const b = document.querySelector('[data-nav=alerts] .nav-badge');
              return b && !b.hidden ? { text: b.innerText, label: b.parentElement.getAttribute('aria-label') } : null",
-            |v| v["text"] == "2" && v["label"] == "Alerts, 2 firing alerts",
+            |v| v["text"] == "3" && v["label"] == "Alerts, 3 firing alerts",
         )
         .await?;
 
@@ -94,9 +103,9 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
         click_shown(&client, "[data-nav=alerts]").await?;
         let firing = |v: &Value| {
             v.as_array().is_some_and(|cards| {
-                cards.len() == 3
-                    && cards[2]["name"] == "TestDownLong"
-                    && cards[2]["state"] == "pending"
+                cards.len() == 4
+                    && cards[3]["name"] == "TestDownLong"
+                    && cards[3]["state"] == "pending"
                     && cards.iter().any(|c| {
                         *c == json!({ "name": "TestDown", "state": "firing",
                             "labels": ["job=a", "severity=page"], "summary": "a is down" })
@@ -136,9 +145,9 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
                       error: error?.innerText || '',
                       red: !!error && getComputedStyle(error).color === red }",
             |v| {
-                v["groups"] == json!(["shop", "traces"])
+                v["groups"] == json!(["shop", "traces", "logs"])
                     && v["rules"]
-                        == json!(["job:test_up:sum", "TestDown", "TestDownLong", "Broken", "KeepsFiring", "PaymentErrors"])
+                        == json!(["job:test_up:sum", "TestDown", "TestDownLong", "Broken", "KeepsFiring", "PaymentErrors", "CardDeclines"])
                     && v["error"].as_str().is_some_and(|e| e.contains("many-to-many"))
                     && v["red"] == true
             },
@@ -146,7 +155,7 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
         .await?;
 
         // Filters: text over names and labels, and the state.
-        type_into(&client, ".alerts-filter input[name=filter]", "payment").await?;
+        type_into(&client, ".alerts-filter input[name=filter]", "service_name=payment").await?;
         wait_for(&client, "text filter", CARDS, |v| {
             v.as_array().is_some_and(|c| c.len() == 1 && c[0]["name"] == "PaymentErrors")
         })
@@ -175,6 +184,27 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
                     && v["service"] == "payment"
                     && v["tags"] == "error=true"
                     && v["traces"] == json!([id])
+            },
+        )
+        .await?;
+
+        // The log-based alert opens the log explorer on the log query it
+        // counts, narrowed to its service, where the declined card is.
+        client.back().await.map_err(|e| e.to_string())?;
+        wait_for(&client, "alerts after going back", CARDS, firing).await?;
+        follow(&client, "CardDeclines", "to-logs").await?;
+        wait_for(
+            &client,
+            "the logs the rule counts",
+            "return { hash: location.hash,
+                      q: new URLSearchParams(location.hash.split('?')[1] || '').get('q'),
+                      rows: [...document.querySelectorAll('.log-row')].map(r => r.innerText) }",
+            |v| {
+                v["hash"].as_str().is_some_and(|h| h.starts_with("#/logs?") && h.contains("window="))
+                    && v["q"] == "(declined) AND service:\"payment\""
+                    && v["rows"].as_array().is_some_and(|rows| {
+                        rows.len() == 1 && rows[0].as_str().is_some_and(|r| r.contains("uitoken card declined"))
+                    })
             },
         )
         .await?;
@@ -232,19 +262,19 @@ async fn the_alerts_view_shows_firing_alerts_and_rule_errors_and_follows_their_l
         // next refresh.
         let job_c = |value| request(vec![series("test_up", &[("job", "c")], &[(now_ms(), value)])]);
         write_ok(daemon, &job_c(0.0)).await;
-        wait_firing(daemon, 4).await;
+        wait_firing(daemon, 5).await;
         click(&client, "#refresh-now").await?;
         wait_for(
             &client,
             "nav badge after a refresh",
             "return document.querySelector('[data-nav=alerts] .nav-badge').innerText",
-            |v| v == "4",
+            |v| v == "5",
         )
         .await?;
 
         // Job c is back: KeepsFiring keeps firing, and says since when.
         write_ok(daemon, &job_c(1.0)).await;
-        wait_firing(daemon, 3).await;
+        wait_firing(daemon, 4).await;
         goto(&client, &format!("{base}#/alerts")).await?;
         wait_for(
             &client,
