@@ -37,7 +37,7 @@ pub const QUERY_METRIC: &str = "x";
 /// Series of [`QUERY_METRIC`], whatever `--series` is.
 pub const QUERY_SERIES: usize = 1_000;
 /// Values of the `job` label.
-const JOBS: [&str; 10] = [
+pub const JOBS: [&str; 10] = [
     "node",
     "api",
     "checkout",

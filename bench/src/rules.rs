@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 
 use crate::RulesArgs;
 use crate::daemon::{Daemon, Scratch};
-use crate::remote_write::{SCRAPE_INTERVAL_MS, SeriesSet};
+use crate::remote_write::{JOBS, SCRAPE_INTERVAL_MS, SeriesSet};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
 
@@ -24,18 +24,6 @@ const SEED: u64 = 20_261_205;
 /// Scrapes of history per series: rate(...[5m]) has data to work on.
 const HISTORY_ROUNDS: usize = 40;
 const RULES_PER_GROUP: usize = 100;
-const JOBS: [&str; 10] = [
-    "node",
-    "api",
-    "checkout",
-    "inventory",
-    "payments",
-    "search",
-    "auth",
-    "cart",
-    "shipping",
-    "frontend",
-];
 /// Counter and gauge families the rules read (a sample of the catalog).
 const COUNTERS: [&str; 8] = [
     "node_cpu_seconds_total",

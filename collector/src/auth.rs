@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::AuthSettings;
+use crate::hangup::Hangups;
 use crate::telemetry::SelfMetrics;
 
 /// How often the token file's modification time is looked at.
@@ -288,20 +289,13 @@ impl Auth {
         let Some(path) = self.inner.settings.token_file.clone() else {
             return;
         };
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangups = Hangups::listen("the token file");
         let mut seen = self.inner.loaded_file;
         tokio::pin!(stopped);
         loop {
-            let hangup_received = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             let forced = tokio::select! {
                 () = &mut stopped => return,
-                _ = hangup_received => true,
+                () = hangups.next() => true,
                 () = tokio::time::sleep(TOKEN_FILE_POLL) => false,
             };
             // Taken before the reload reads the file: a write during the

@@ -48,6 +48,7 @@ mod connections;
 mod derived;
 mod elastic;
 mod frame;
+mod hangup;
 mod ingest;
 mod memory;
 pub mod model;

@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsSettings;
+use crate::hangup::Hangups;
 use crate::telemetry::SelfMetrics;
 
 /// How long a client may take to complete its handshake before the
@@ -129,18 +130,7 @@ impl Tls {
     /// `stop` resolves. Logs `TlsReloaded` or, keeping the previous
     /// configuration, `TlsReloadFailed`.
     pub async fn reload_on_change(self, stop: impl Future<Output = ()>) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(error) => {
-                tracing::error!(%error, "TlsSighupUnavailable: reloading on file changes only");
-                None
-            }
-        };
-        let sighup = async |hangup: &mut Option<tokio::signal::unix::Signal>| match hangup {
-            Some(hangup) => hangup.recv().await,
-            None => std::future::pending().await,
-        };
+        let mut hangups = Hangups::listen("the TLS files");
         tokio::pin!(stop);
         let mut seen = self.loaded.clone();
         let mut poll = self.settings.reload_interval.map(|interval| {
@@ -155,7 +145,7 @@ impl Tls {
         loop {
             let trigger = tokio::select! {
                 _ = &mut stop => return,
-                _ = sighup(&mut hangup) => "sighup",
+                () = hangups.next() => "sighup",
                 _ = tick(&mut poll) => {
                     if self.settings.fingerprint() == seen {
                         continue;

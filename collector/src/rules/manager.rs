@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::file::{RuleFileError, load_rule_files};
 use super::group::{AlertToSend, Group, RuleContext, RuleStatus};
+use crate::hangup::Hangups;
 use crate::model::SeriesSamples;
 use crate::telemetry::SelfMetrics;
 
@@ -148,19 +149,12 @@ impl RuleManager {
     /// Reloads on every SIGHUP until `stopped`, then stops every group's
     /// evaluation.
     pub async fn reload_on_hangup(self: Arc<Self>, stopped: impl Future<Output = ()>) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = signal(SignalKind::hangup()).ok();
+        let mut hangups = Hangups::listen("the rule files");
         tokio::pin!(stopped);
         loop {
-            let hangup_received = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = &mut stopped => break,
-                _ = hangup_received => {
+                () = hangups.next() => {
                     let manager = self.clone();
                     let _ = tokio::task::spawn_blocking(move || manager.reload()).await;
                 }

@@ -297,16 +297,9 @@ groups:
     );
     let (daemon, _) = start_with_shop_logs(dir.path(), &["--rules", &rules]).await;
     // Payment's five declined cards are over the threshold, order's one is not.
-    let alerts = eventually(DEADLINE, || async {
-        let (_, body) = daemon.get_json("/api/v1/alerts").await;
-        let alerts = body["data"]["alerts"].as_array()?.clone();
-        alerts
-            .iter()
-            .any(|a| a["state"] == "firing")
-            .then_some(alerts)
-    })
-    .await
-    .unwrap_or_else(|| panic!("no alert fired\n{}", daemon.log()));
+    let alerts = eventually(DEADLINE, || crate::rules::firing(&daemon))
+        .await
+        .unwrap_or_else(|| panic!("no alert fired\n{}", daemon.log()));
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(
         alerts[0]["labels"],

@@ -70,7 +70,8 @@ pub(crate) fn write_rules(dir: &Path, text: &str) -> String {
     path.display().to_string()
 }
 
-async fn firing(daemon: &Strand) -> Option<Vec<Value>> {
+/// Every alert, once one fires.
+pub(crate) async fn firing(daemon: &Strand) -> Option<Vec<Value>> {
     let (_, body) = daemon.get_json("/api/v1/alerts").await;
     let alerts = body["data"]["alerts"].as_array()?.clone();
     alerts
@@ -207,6 +208,18 @@ async fn recording_and_alerting_rules_run_and_reload() {
     daemon.stop().await;
 }
 
+/// The active-since time (seconds) the newest `ALERTS_FOR_STATE` sample
+/// holds, if that sample was written at `written_from` (seconds) or later.
+async fn for_state_since(daemon: &Strand, written_from: i64) -> Option<i64> {
+    let (_, body) = daemon
+        .get_json_query("/api/v1/query", &[("query", "ALERTS_FOR_STATE")])
+        .await;
+    let sample = &body["data"]["result"][0]["value"];
+    let written_at = sample[0].as_f64()? as i64;
+    let since = sample[1].as_str()?.parse::<f64>().ok()? as i64;
+    (written_at >= written_from).then_some(since)
+}
+
 #[tokio::test]
 async fn a_pending_alert_keeps_its_for_state_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,16 +236,9 @@ async fn a_pending_alert_keeps_its_for_state_across_a_restart() {
     let data = dir.path().join("data");
     let daemon = Strand::start(&data, &args).await;
     let writer = keep_writing(&daemon);
-    let pending_since = eventually(Duration::from_secs(20), || async {
-        let (_, body) = daemon
-            .get_json_query("/api/v1/query", &[("query", "ALERTS_FOR_STATE")])
-            .await;
-        body["data"]["result"][0]["value"][1]
-            .as_str()
-            .map(|v| v.parse::<f64>().unwrap() as i64)
-    })
-    .await
-    .unwrap_or_else(|| panic!("no ALERTS_FOR_STATE:\n{}", daemon.log()));
+    let pending_since = eventually(Duration::from_secs(20), || for_state_since(&daemon, 0))
+        .await
+        .unwrap_or_else(|| panic!("no ALERTS_FOR_STATE:\n{}", daemon.log()));
     writer.abort();
     daemon.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -242,20 +248,8 @@ async fn a_pending_alert_keeps_its_for_state_across_a_restart() {
     let writer = keep_writing(&daemon);
     // After two evaluations the state is restored: active since before the
     // restart (shifted by the downtime), not since the restart.
-    let restored = eventually(Duration::from_secs(20), || async {
-        let (_, body) = daemon
-            .get_json_query("/api/v1/query", &[("query", "ALERTS_FOR_STATE")])
-            .await;
-        body["data"]["result"][0]["value"][1]
-            .as_str()
-            .map(|v| v.parse::<f64>().unwrap() as i64)
-            .filter(|_| {
-                // The sample must be one the new process wrote.
-                body["data"]["result"][0]["value"][0]
-                    .as_f64()
-                    .unwrap_or(0.0) as i64
-                    >= stopped_for
-            })
+    let restored = eventually(Duration::from_secs(20), || {
+        for_state_since(&daemon, stopped_for)
     })
     .await
     .unwrap_or_else(|| panic!("no ALERTS_FOR_STATE after the restart:\n{}", daemon.log()));
