@@ -4,9 +4,10 @@
 //!
 //! `file` reads and checks rule files; `template` expands alert labels and
 //! annotations; `group` evaluates one group, storage aside (what it reads
-//! is a `SeriesSource`, what it writes goes to a sink); `memory` is the
-//! in-memory series set of rule unit tests; `notifier` delivers alerts to
-//! Alertmanager.
+//! is a `SeriesSource`, what it writes goes to a sink); `manager` runs a
+//! daemon's groups on its clock and reloads them; `notifier` delivers
+//! alerts to Alertmanager; `unit_test` runs `promtool test rules` files
+//! over `memory`, an in-memory series set.
 
 mod file;
 mod group;
