@@ -19,7 +19,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use strand_promql::{EvalError, Limits, STALE_NAN_BITS, SeriesSource, Value, is_stale_nan};
 
 use super::file::{GroupSpec, RuleSpec};
-use super::template::{self, TemplateData};
+use super::template::{Expander, TemplateData};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricSample, SeriesSamples};
 
 /// How long a resolved alert is still reported (to Alertmanager and the
@@ -142,6 +142,9 @@ struct RuleRuntime {
     /// Whether the expression may read what an earlier rule of the group
     /// writes: only then must that output be written before this rule runs.
     reads_earlier_output: bool,
+    /// An alerting rule's label and annotation templates, parsed once.
+    label_templates: Vec<(String, Expander)>,
+    annotation_templates: Vec<(String, Expander)>,
 }
 
 /// A group and the state of its rules.
@@ -168,6 +171,14 @@ impl Group {
             .enumerate()
             .map(|(n, rule)| RuleRuntime {
                 reads_earlier_output: may_read_output_of(rule.expr(), &spec.rules[..n]),
+                label_templates: match rule {
+                    RuleSpec::Alerting { labels, .. } => expanders(labels),
+                    RuleSpec::Recording { .. } => Vec::new(),
+                },
+                annotation_templates: match rule {
+                    RuleSpec::Alerting { annotations, .. } => expanders(annotations),
+                    RuleSpec::Recording { .. } => Vec::new(),
+                },
                 spec: rule.clone(),
                 health: Health::Unknown,
                 last_evaluation_ms: None,
@@ -403,6 +414,15 @@ impl Group {
         self.should_restore = false;
     }
 
+    /// Each rule whose last evaluation failed, with why: read after every
+    /// evaluation, without copying the rules' alerts as [`Group::rules`] does.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules.iter().filter_map(|rule| match &rule.health {
+            Health::Err(error) => Some((rule.spec.name(), error.as_str())),
+            _ => None,
+        })
+    }
+
     /// Each rule with its last outcome and alerts.
     pub fn rules(&self) -> Vec<RuleStatus> {
         self.rules
@@ -416,6 +436,14 @@ impl Group {
             })
             .collect()
     }
+}
+
+/// Each template of `texts`, parsed, by its label or annotation name.
+fn expanders(texts: &BTreeMap<String, String>) -> Vec<(String, Expander)> {
+    texts
+        .iter()
+        .map(|(name, text)| (name.clone(), Expander::new(text)))
+        .collect()
 }
 
 /// Whether `expr` may select what `earlier` rules write: it names one of
@@ -540,8 +568,7 @@ fn alert_rule(
         expr,
         hold,
         keep_firing_for,
-        labels: rule_labels,
-        annotations: rule_annotations,
+        ..
     } = &rule.spec
     else {
         unreachable!("alert_rule is only called for alerting rules")
@@ -556,14 +583,15 @@ fn alert_rule(
             external_url: &context.external_url,
             value,
         };
-        let expand = |text: &str| {
-            template::expand(text, &data)
+        let expand = |template: &Expander| {
+            template
+                .expand(&data)
                 .unwrap_or_else(|error| format!("<error expanding template: {error}>"))
         };
         let mut alert_labels = labels.clone();
         alert_labels.remove(METRIC_NAME_LABEL);
-        for (label, text) in rule_labels {
-            let expanded = expand(text);
+        for (label, template) in &rule.label_templates {
+            let expanded = expand(template);
             if expanded.is_empty() {
                 alert_labels.remove(label);
             } else {
@@ -571,9 +599,10 @@ fn alert_rule(
             }
         }
         alert_labels.insert("alertname".into(), name.clone());
-        let annotations = rule_annotations
+        let annotations = rule
+            .annotation_templates
             .iter()
-            .map(|(key, text)| (key.clone(), expand(text)))
+            .map(|(key, template)| (key.clone(), expand(template)))
             .collect();
         if current.contains_key(&alert_labels) {
             return Err(

@@ -240,12 +240,12 @@ fn evaluate_once(
     };
     let to_send = group.evaluate(source.as_ref(), ts_ms, &environment.limits, &mut write);
     let metrics = &environment.metrics;
-    for rule in group.rules() {
-        metrics.rule_evaluations.inc();
-        if let super::group::Health::Err(error) = &rule.health {
-            metrics.rule_evaluation_failures.inc();
-            tracing::warn!(group = %name, rule = %rule.spec.name(), %error, "RuleEvaluationFailed");
-        }
+    metrics
+        .rule_evaluations
+        .inc_by(group.spec().rules.len() as u64);
+    for (rule, error) in group.failures() {
+        metrics.rule_evaluation_failures.inc();
+        tracing::warn!(group = %name, %rule, %error, "RuleEvaluationFailed");
     }
     metrics
         .rule_group_last_duration

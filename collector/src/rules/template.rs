@@ -68,11 +68,39 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Expands `text`; text without `{{` is returned as it is.
-pub fn expand(text: &str, data: &TemplateData) -> Result<String, TemplateError> {
-    if !text.contains("{{") {
-        return Ok(text.to_owned());
+/// One label's or annotation's template, parsed once for every alert and
+/// evaluation it expands for.
+pub struct Expander {
+    text: String,
+    /// `None`: plain text, returned as it is.
+    parsed: Result<Option<Template>, String>,
+}
+
+impl Expander {
+    /// Parses `text`; a text that does not parse (rule files are checked
+    /// before, so only by mistake) fails at every expansion.
+    pub fn new(text: &str) -> Expander {
+        let parsed = if text.contains("{{") {
+            template(text).map(Some).map_err(|error| error.0)
+        } else {
+            Ok(None)
+        };
+        Expander {
+            text: text.to_owned(),
+            parsed,
+        }
     }
+
+    pub fn expand(&self, data: &TemplateData) -> Result<String, TemplateError> {
+        match &self.parsed {
+            Ok(None) => Ok(self.text.clone()),
+            Ok(Some(template)) => render(template, &self.text, data),
+            Err(error) => Err(TemplateError(error.clone())),
+        }
+    }
+}
+
+fn render(template: &Template, text: &str, data: &TemplateData) -> Result<String, TemplateError> {
     // Prometheus renders a missing label as "" (missingkey=zero); gtmpl
     // would print "<no value>", so every label the text names is present.
     let strings = |map: &BTreeMap<String, String>, variable: &str, field: &str| {
@@ -98,7 +126,7 @@ pub fn expand(text: &str, data: &TemplateData) -> Result<String, TemplateError> 
     );
     fields.insert("ExternalURL".to_owned(), Value::from(data.external_url));
     fields.insert("Value".to_owned(), Value::from(data.value));
-    template(text)?
+    template
         .render(&Context::from(Value::Object(fields)))
         .map_err(|error| TemplateError(error.to_string()))
 }
@@ -443,16 +471,14 @@ mod tests {
     fn render(text: &str, value: f64) -> String {
         let labels = BTreeMap::from([("job".to_owned(), "api".to_owned())]);
         let external = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
-        expand(
-            text,
-            &TemplateData {
+        Expander::new(text)
+            .expand(&TemplateData {
                 labels: &labels,
                 external_labels: &external,
                 external_url: "http://strand:7070",
                 value,
-            },
-        )
-        .unwrap()
+            })
+            .unwrap()
     }
 
     #[test]
