@@ -321,6 +321,14 @@ pub async fn run(
                     auth::Scope::Ingest,
                 ),
             )
+            .merge(
+                auth.guard(
+                    ingest::loki::router(pipeline.clone(), config.max_body_bytes)
+                        .layer(admit_http.clone()),
+                    auth::Scope::Ingest,
+                    auth::Scope::Ingest,
+                ),
+            )
             // Shippers hold ingest tokens, so their set-up reads need that
             // scope rather than read; they expose no stored data.
             .merge(

@@ -1,11 +1,12 @@
 //! The HTTP API on port 7070: the Jaeger query API, the native log API, the
-//! Prometheus query API, dashboards, health endpoints, Strand's own
+//! Prometheus query API, Loki's query API (Grafana's Loki data source), dashboards, health endpoints, Strand's own
 //! `/metrics` and the embedded web UI (`/`, `/ui/*`).
 
 mod admin;
 mod dashboards;
 mod jaeger;
 mod logs;
+mod loki;
 mod params;
 mod prom;
 mod rules;
@@ -54,6 +55,7 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
     let queries = Router::new()
         .merge(jaeger::router())
         .merge(logs::router())
+        .merge(loki::router())
         .merge(prom::router())
         .merge(rules::router());
     let metrics = Router::new().route("/metrics", get(self_metrics));

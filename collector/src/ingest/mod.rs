@@ -1,10 +1,12 @@
-//! The ingest edge: OTLP over gRPC and HTTP, and the Elasticsearch bulk API.
+//! The ingest edge: OTLP over gRPC and HTTP, the Elasticsearch bulk API
+//! and Loki's push API.
 //! The only modules that know the wire types; they decode, validate, convert
 //! to `model` and hand the result to the `Pipeline`.
 
 mod bulk;
 pub mod grpc;
 pub mod http;
+pub mod loki;
 pub(crate) mod otlp;
 pub(crate) mod otlp_metrics;
 pub mod remote_write;
