@@ -266,7 +266,7 @@ async fn buildinfo() -> Json<Value> {
 }
 
 fn parse(text: &str) -> Result<Expr, LokiError> {
-    logql::parse_query(text).map_err(LokiError::from)
+    logql::parse(text).map_err(LokiError::from)
 }
 
 /// Seconds as Loki writes sample times.

@@ -364,10 +364,10 @@ mod tests {
     #[test]
     fn stream_labels_become_the_resource() {
         let labels = parse_labels(r#"{app="shop", env="prod", level="warn"}"#).unwrap();
-        let resource = Arc::new(resource(&labels));
-        assert_eq!(resource.service, "shop");
-        assert_eq!(resource.attributes.len(), 3);
-        let record = record(&labels, &resource, 5, "hi".into(), vec![], 9);
+        let shop = Arc::new(resource(&labels));
+        assert_eq!(shop.service, "shop");
+        assert_eq!(shop.attributes.len(), 3);
+        let record = record(&labels, &shop, 5, "hi".into(), vec![], 9);
         assert_eq!(record.severity.level(), "warn");
         assert_eq!(record.time_unix_nano, 5);
         let labels = parse_labels(r#"{service_name="pay", job="x"}"#).unwrap();

@@ -21,6 +21,7 @@ mod elasticsearch;
 mod formats;
 mod fuzz;
 mod logs;
+mod loki;
 mod metrics;
 mod overload;
 mod promql_diff;

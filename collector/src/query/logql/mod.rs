@@ -113,11 +113,6 @@ impl LogqlError {
     }
 }
 
-/// Parses `text`, locating an error by line and column.
-pub fn parse_query(text: &str) -> Result<Expr, LogqlError> {
-    parse(text).map_err(|e| e.locate(text))
-}
-
 /// A set of labels, sorted by name.
 pub type Labels = BTreeMap<String, String>;
 
@@ -947,14 +942,14 @@ mod tests {
     }
 
     fn logs(text: &str) -> LogExpr {
-        match parse_query(text).unwrap() {
+        match parse(text).unwrap() {
             Expr::Logs(logs) => logs,
             other => panic!("{other:?}"),
         }
     }
 
     fn metric(text: &str, times: &[u64]) -> Value {
-        match parse_query(text).unwrap() {
+        match parse(text).unwrap() {
             Expr::Metric(m) => evaluate(&data(), &m, times).unwrap(),
             other => panic!("{other:?}"),
         }
@@ -1002,7 +997,7 @@ mod tests {
             }])
         );
         let Value::Vector(series) = metric(
-            r#"sum by (service_name) (quantile_over_time(0.5, {deployment_environment=~".+"} | json | unwrap req_ms [10s]))"#,
+            r#"quantile_over_time(0.5, {deployment_environment=~".+"} | json | unwrap req_ms [10s]) by (service_name)"#,
             &[5 * S],
         ) else {
             panic!()

@@ -235,8 +235,13 @@ const PUNCTUATION: [&str; 25] = [
     ">", "<", "+", "-", "*", "/", "%", "^",
 ];
 
-/// Parses a LogQL query.
+/// Parses a LogQL query; an error says where (line and column), as
+/// Loki's do.
 pub fn parse(text: &str) -> Result<Expr, LogqlError> {
+    parse_tokens(text).map_err(|e| e.locate(text))
+}
+
+fn parse_tokens(text: &str) -> Result<Expr, LogqlError> {
     let tokens = lex(text)?;
     let mut parser = Parser {
         tokens,
