@@ -201,14 +201,23 @@ impl Params {
     }
 }
 
-/// A time as Loki takes it: unix nanoseconds (or another unit told by the
-/// size), fractional seconds, or RFC 3339.
+/// A time as Loki takes it: a whole number of at most ten digits is unix
+/// seconds, a longer one nanoseconds; a number with a fraction is seconds;
+/// anything else RFC 3339.
 fn parse_loki_time(text: &str) -> Result<u64, String> {
-    if text.contains('.') && !text.contains('-') {
-        if let Ok(seconds) = text.parse::<f64>() {
-            if seconds.is_finite() && seconds >= 0.0 {
-                return Ok((seconds * 1e9) as u64);
-            }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let number: u64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is out of range"))?;
+        return Ok(if text.len() <= 10 {
+            number.saturating_mul(1_000_000_000)
+        } else {
+            number
+        });
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok((seconds * 1e9) as u64);
         }
     }
     parse_time(text)

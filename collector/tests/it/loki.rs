@@ -409,7 +409,7 @@ const TABLE: &[(&str, Expect)] = &[
     ),
     (
         r#"{service_name="checkout""#,
-        Error("parse error at line 1, col 26"),
+        Error("parse error at line 1, col 25"),
     ),
     (
         r#"{service_name=~".*"}"#,
@@ -629,8 +629,9 @@ async fn grafana_data_source_requests_get_loki_shapes() {
     let start = base.to_string();
     let end = (base + 15 * MINUTE).to_string();
 
-    // Health check: instant query at the range's end (4 s), direction
-    // backward, step 1s is not sent for instant queries.
+    // Health check: instant query at the range's end, 4 s sent as
+    // nanoseconds ("4000000000"); Loki reads a number of at most ten digits
+    // as seconds, and Grafana checks only the value.
     let (status, health) = daemon
         .get_json_query(
             "/loki/api/v1/query",
@@ -646,7 +647,7 @@ async fn grafana_data_source_requests_get_loki_shapes() {
     assert_eq!(health["data"]["resultType"], "vector");
     assert_eq!(
         health["data"]["result"],
-        json!([{"metric": {}, "value": [4.0, "2"]}])
+        json!([{"metric": {}, "value": [4_000_000_000.0, "2"]}])
     );
     assert!(health["data"]["stats"]["summary"].is_object(), "{health}");
 
