@@ -336,6 +336,19 @@ fn success(data: Value) -> Json<Value> {
     Json(json!({ "status": "success", "data": data }))
 }
 
+/// A metadata answer, with a warning when only the newest records were read.
+fn metadata(data: Value, found: &logql::StreamStats) -> Json<Value> {
+    let Json(mut answer) = success(data);
+    if found.truncated {
+        answer["warnings"] = json!([format!(
+            "only the newest {} log records of the range were read; narrow the time range \
+             or add a selector for the rest",
+            logql::METADATA_RECORDS
+        )]);
+    }
+    Json(answer)
+}
+
 async fn instant(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult {
     let text = params.query()?.to_string();
     let time = params.time("time")?.unwrap_or_else(now_unix_nano);
@@ -535,7 +548,7 @@ async fn labels(State(state): State<Arc<ApiState>>, params: Params) -> LokiResul
         .iter()
         .flat_map(|labels| labels.keys())
         .collect();
-    Ok(success(json!(names)))
+    Ok(metadata(json!(names), &found))
 }
 
 async fn label_values(
@@ -550,15 +563,14 @@ async fn label_values(
         .iter()
         .filter_map(|labels| labels.get(&name))
         .collect();
-    Ok(success(json!(values)))
+    Ok(metadata(json!(values), &found))
 }
 
 async fn series(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult {
     let (start, end) = params.range(METADATA_RANGE_NANOS)?;
     let found = streams_of(&state, selector(&params, "match[]")?, start, end).await?;
-    Ok(success(Value::Array(
-        found.series.iter().map(labels_json).collect(),
-    )))
+    let series = Value::Array(found.series.iter().map(labels_json).collect());
+    Ok(metadata(series, &found))
 }
 
 async fn index_stats(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult {

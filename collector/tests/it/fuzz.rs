@@ -1,6 +1,7 @@
 //! Hostile input against the real binary: random mutations of valid
 //! requests — OTLP protobuf and JSON (plain and gzip), gzip bombs, remote
-//! write, `_bulk` NDJSON, PromQL, log queries, dashboard JSON and the query
+//! write, `_bulk` NDJSON, Loki pushes (JSON, protobuf+snappy), PromQL,
+//! LogQL, log queries, dashboard JSON and the query
 //! APIs' parameters — each sent through the daemon's real decoding and
 //! query paths. Every answer must be a 2xx or a 4xx with a reason (never a
 //! 5xx but a query's timeout, never a dropped connection), a valid trace sent after each target
@@ -98,6 +99,12 @@ enum Send {
     PromQl,
     /// The mutated text as `q` of the log search, histogram and facets.
     LogQuery,
+    /// The mutated text as the `query` of Loki's range and instant queries.
+    LogQl,
+    /// POST to Loki's push API, JSON.
+    LokiJson,
+    /// POST to Loki's push API, snappy-compressed protobuf.
+    LokiProtobuf,
     Dashboard,
     /// The mutated text as a path and query string on the API port.
     ApiGet,
@@ -138,6 +145,10 @@ fn targets() -> Vec<Target> {
         })
         .collect();
     let text = |items: &[&str]| items.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let logql: Vec<Vec<u8>> = crate::loki::TABLE
+        .iter()
+        .map(|(query, _)| query.as_bytes().to_vec())
+        .collect();
     let target = |name, send, seeds, text| Target {
         name,
         send,
@@ -191,6 +202,27 @@ fn targets() -> Vec<Target> {
         target("_bulk", Send::Bulk, text(&[BULK]), true),
         target("PromQL", Send::PromQl, promql, true),
         target("log queries", Send::LogQuery, text(&LOG_QUERIES), true),
+        target("LogQL", Send::LogQl, logql, true),
+        target(
+            "Loki push JSON",
+            Send::LokiJson,
+            vec![
+                crate::loki::data_set(1_700_000_000_000_000_000)
+                    .to_string()
+                    .into_bytes(),
+            ],
+            true,
+        ),
+        target(
+            "Loki push protobuf",
+            Send::LokiProtobuf,
+            vec![crate::loki::protobuf_push(
+                r#"{job="fuzz", level="warn"}"#,
+                3,
+                1_700_000_000_000_000_000,
+            )],
+            false,
+        ),
         target("dashboard JSON", Send::Dashboard, text(&[DASHBOARD]), true),
         target("API parameters", Send::ApiGet, text(&API_PARAMS), true),
     ]
@@ -283,6 +315,28 @@ async fn send(
             .iter()
             .map(|path| client.get(daemon.url(path)).query(&[("q", text.as_str())]))
             .collect(),
+        Send::LogQl => vec![
+            client.get(daemon.url("/loki/api/v1/query_range")).query(&[
+                ("query", text.as_str()),
+                ("start", "1699999000000000000"),
+                ("end", "1700003000000000000"),
+            ]),
+            client
+                .post(daemon.url("/loki/api/v1/query"))
+                .form(&[("query", text.as_str()), ("time", "1700003000")]),
+        ],
+        Send::LokiJson => vec![
+            client
+                .post(daemon.url("/loki/api/v1/push"))
+                .header("content-type", "application/json")
+                .body(case),
+        ],
+        Send::LokiProtobuf => vec![
+            client
+                .post(daemon.url("/loki/api/v1/push"))
+                .header("content-type", "application/x-protobuf")
+                .body(rw::snappy(&case)),
+        ],
         Send::Dashboard => vec![
             client
                 .put(daemon.url("/api/dashboards/fuzz"))

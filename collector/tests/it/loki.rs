@@ -43,7 +43,7 @@ const LINES: [&str; 12] = [
 /// (logfmt), a gateway named only by `app` (Loki 3's service_name
 /// fallback), and inventory with an OpenTelemetry-style
 /// `deployment.environment` label and structured metadata.
-fn data_set(base: u64) -> Value {
+pub(crate) fn data_set(base: u64) -> Value {
     let at = |k: u64| (base + k * MINUTE).to_string();
     let values = |from: usize, to: usize| -> Vec<Value> {
         (from..=to)
@@ -62,7 +62,7 @@ fn data_set(base: u64) -> Value {
 }
 
 /// What a query of the table should give.
-enum Expect {
+pub(crate) enum Expect {
     /// query_range, newest first: the lines by number.
     Lines(&'static [usize]),
     /// query_range with `direction=forward`.
@@ -83,7 +83,7 @@ use Expect::*;
 /// The LogQL table: stream selectors over stream labels and OpenTelemetry
 /// names, line filters, parsers, label filters, line_format, metric
 /// queries, and errors naming the unsupported part.
-const TABLE: &[(&str, Expect)] = &[
+pub(crate) const TABLE: &[(&str, Expect)] = &[
     (r#"{service_name="checkout"}"#, Lines(&[4, 3, 2, 1])),
     (
         r#"{service_name="checkout"} |= "order placed""#,
@@ -854,7 +854,7 @@ async fn grafana_data_source_requests_get_loki_shapes() {
 
 /// `logproto.PushRequest` and friends, as Promtail and Alloy encode them.
 #[derive(Clone, PartialEq, prost::Message)]
-struct PushRequest {
+pub(crate) struct PushRequest {
     #[prost(message, repeated, tag = "1")]
     streams: Vec<StreamAdapter>,
 }
@@ -893,18 +893,13 @@ struct LabelPair {
     value: String,
 }
 
-/// A snappy-compressed protobuf push with tokens: only the ingest token may
-/// push, and the read token reads every record once, with its structured
-/// metadata and level.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protobuf_push_with_tokens_arrives_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Strand::start(&dir.path().join("data"), &TOKEN_FLAGS).await;
-    daemon.set_read_token(READ);
-    let now = strand_now();
-    let entries: Vec<EntryAdapter> = (0..50)
+/// A protobuf push of `count` entries of the stream `labels`, one a second
+/// up to `last` (unix nanoseconds), each with a `trace_id` as structured
+/// metadata; not yet snappy-compressed.
+pub(crate) fn protobuf_push(labels: &str, count: u64, last: u64) -> Vec<u8> {
+    let entries: Vec<EntryAdapter> = (0..count)
         .map(|i| {
-            let time = now - 60 * SECOND + i * SECOND;
+            let time = last - (count - 1 - i) * SECOND;
             EntryAdapter {
                 timestamp: Some(ProtoTimestamp {
                     seconds: (time / SECOND) as i64,
@@ -918,15 +913,30 @@ async fn protobuf_push_with_tokens_arrives_once() {
             }
         })
         .collect();
-    let request = PushRequest {
+    PushRequest {
         streams: vec![StreamAdapter {
-            labels: r#"{job="batch", level="warn", cluster="eu-1"}"#.into(),
+            labels: labels.into(),
             entries,
         }],
-    };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&request.encode_to_vec())
-        .unwrap();
+    }
+    .encode_to_vec()
+}
+
+/// A snappy-compressed protobuf push with tokens: only the ingest token may
+/// push, and the read token reads every record once, with its structured
+/// metadata and level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_push_with_tokens_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Strand::start(&dir.path().join("data"), &TOKEN_FLAGS).await;
+    daemon.set_read_token(READ);
+    let now = strand_now();
+    let request = protobuf_push(
+        r#"{job="batch", level="warn", cluster="eu-1"}"#,
+        50,
+        now - 11 * SECOND,
+    );
+    let body = snap::raw::Encoder::new().compress_vec(&request).unwrap();
     let push = |token: &'static str| {
         reqwest::Client::new()
             .post(daemon.url("/loki/api/v1/push"))

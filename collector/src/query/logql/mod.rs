@@ -845,17 +845,24 @@ fn binary(op: BinaryOp, left: Value, right: Value) -> Value {
     }
 }
 
+/// Most records the metadata endpoints (labels, series, stats) read: the
+/// newest of the range. They answer from what these hold rather than
+/// refuse, as a label browser needs an answer more than a complete one.
+pub const METADATA_RECORDS: usize = 50_000;
+
 /// The distinct label sets (series) of the selected streams in a range,
-/// and how many records and bytes they hold; at most `limit` records read.
+/// and how many records and bytes they hold.
 #[derive(Debug, Default)]
 pub struct StreamStats {
     pub series: Vec<Labels>,
     pub entries: u64,
     pub bytes: u64,
+    /// Only the newest [`METADATA_RECORDS`] of the range were read.
+    pub truncated: bool,
 }
 
 /// Streams of `[start, end]` matching any of `selectors` (all streams when
-/// there are none).
+/// there are none), from the newest [`METADATA_RECORDS`] records.
 pub fn streams(
     source: &dyn LogSource,
     selectors: &[LogExpr],
@@ -868,7 +875,13 @@ pub fn streams(
         [only] => selected_service(only),
         _ => None,
     };
+    let mut read = 0;
     source.scan(service, start, end, true, &mut |record| {
+        read += 1;
+        if read > METADATA_RECORDS {
+            stats.truncated = true;
+            return false;
+        }
         let chosen = selectors.is_empty()
             || selectors
                 .iter()
