@@ -215,10 +215,11 @@ fn parse_loki_time(text: &str) -> Result<u64, String> {
             number
         });
     }
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok((seconds * 1e9) as u64);
-        }
+    if let Ok(seconds) = text.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Ok((seconds * 1e9) as u64);
     }
     parse_time(text)
 }

@@ -956,16 +956,14 @@ impl Parser {
                 })
             }
             "unwrap" => {
-                if self.is_ident("duration")
+                let converts = self.is_ident("duration")
                     || self.is_ident("bytes")
-                    || self.is_ident("duration_seconds")
-                {
-                    if matches!(self.peek_at(1), Some(Token::Punct("("))) {
-                        return Err(LogqlError::unsupported(
-                            self.pos(),
-                            "unwrap conversion functions (duration(), bytes())",
-                        ));
-                    }
+                    || self.is_ident("duration_seconds");
+                if converts && matches!(self.peek_at(1), Some(Token::Punct("("))) {
+                    return Err(LogqlError::unsupported(
+                        self.pos(),
+                        "unwrap conversion functions (duration(), bytes())",
+                    ));
                 }
                 match self.next() {
                     Some(Token::Ident(label)) => Ok(Stage::Unwrap(label)),
