@@ -336,6 +336,29 @@ pub(crate) const TABLE: &[(&str, Expect)] = &[
         Vector(&[("service_name=payment", 1.0)]),
     ),
     (
+        r#"sum by (service_name) (count_over_time({service_name=~"check.*|pay.*"}[15m]))"#,
+        Vector(&[
+            ("service_name=checkout", 4.0),
+            ("service_name=payment", 3.0),
+        ]),
+    ),
+    (
+        r#"sum by (service_name) (rate({service_name="gateway"} | drop __error__ [15m]))"#,
+        Vector(&[("service_name=gateway", 3.0 / 900.0)]),
+    ),
+    (
+        r#"sum(count_over_time({service_name=~".+"}[15m]))"#,
+        Vector(&[("", 12.0)]),
+    ),
+    (
+        r#"sum by (detected_level) (count_over_time({service_name=~".+", service_name!="checkout"}[15m]))"#,
+        Vector(&[
+            ("", 6.0),
+            ("detected_level=debug", 1.0),
+            ("detected_level=warn", 1.0),
+        ]),
+    ),
+    (
         r#"count_over_time({service_name="checkout"}[1m])"#,
         Vector(&[]),
     ),

@@ -25,6 +25,8 @@ pub use parse::{
 };
 use parse::{CompareOp, CompareValue, Comparison, FormatPiece, LabelPredicate, MatchOp};
 
+use strand_promql::LogField;
+
 use crate::model::{AttrValue, LogRecord};
 use crate::query::logs::{self, Cursor, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
@@ -116,6 +118,9 @@ impl LogqlError {
 /// A set of labels, sorted by name.
 pub type Labels = BTreeMap<String, String>;
 
+/// Matches per (service, level) from the index.
+pub type LevelCounts = Vec<((String, String), u64)>;
+
 /// Where queries read records from: the log store, or a test's list.
 pub trait LogSource {
     /// Calls `visit` with the records of `[start, end]` (nanoseconds) of
@@ -129,6 +134,25 @@ pub trait LogSource {
         backward: bool,
         visit: &mut dyn FnMut(&LogRecord) -> bool,
     ) -> Result<(), LogqlError>;
+
+    /// The records of `[start, end]` of the service `service` (any when
+    /// `None`) counted per (service, level), from the index alone.
+    fn count_by_service_and_level(
+        &self,
+        service: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> Result<LevelCounts, LogqlError>;
+}
+
+/// The search text that finds a service's records in the index; empty (all
+/// records) for a name tantivy's syntax cannot quote, which the records are
+/// then checked for instead.
+fn service_text(service: Option<&str>) -> String {
+    service
+        .filter(|s| !s.contains(['"', '\\']) && !s.is_empty())
+        .map(|s| format!("service:\"{s}\""))
+        .unwrap_or_default()
 }
 
 /// The log store as a [`LogSource`], read page by page within a deadline.
@@ -146,14 +170,8 @@ impl LogSource for StoreSource<'_> {
         backward: bool,
         visit: &mut dyn FnMut(&LogRecord) -> bool,
     ) -> Result<(), LogqlError> {
-        // Quoted in tantivy's syntax; a name it cannot quote is checked on
-        // the records instead.
-        let text = service
-            .filter(|s| !s.contains(['"', '\\']) && !s.is_empty())
-            .map(|s| format!("service:\"{s}\""))
-            .unwrap_or_default();
         let query = LogQuery {
-            text,
+            text: service_text(service),
             start_nanos: start,
             end_nanos: end,
             order: if backward {
@@ -182,6 +200,38 @@ impl LogSource for StoreSource<'_> {
             }
             self.deadline.check()?;
         }
+    }
+
+    fn count_by_service_and_level(
+        &self,
+        service: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> Result<LevelCounts, LogqlError> {
+        let query = LogQuery {
+            text: service_text(service),
+            start_nanos: start,
+            end_nanos: end,
+            order: Order::NewestFirst,
+            deadline: self.deadline,
+        };
+        let counts = logs::count_by(
+            self.store,
+            &query,
+            &[LogField::Service, LogField::Severity],
+            MAX_SERIES,
+        )?;
+        if counts.too_many {
+            return Err(too_many_series());
+        }
+        Ok(counts
+            .groups
+            .into_iter()
+            .filter_map(|(values, count)| match values.as_slice() {
+                [service, level] => Some(((service.clone(), level.clone()), count)),
+                _ => None,
+            })
+            .collect())
     }
 }
 
@@ -555,16 +605,19 @@ pub fn evaluate(
             op,
             grouping,
             inner,
-        } => match evaluate(source, inner, times)? {
-            Value::Scalar(_) => Err(LogqlError::Limit(
-                "an aggregation needs a vector, not a number".into(),
-            )),
-            Value::Vector(series) => Ok(Value::Vector(aggregate(
-                *op,
-                grouping.as_ref(),
-                series,
-                times.len(),
-            ))),
+        } => match counted_from_index(source, expr, times)? {
+            Some(series) => Ok(Value::Vector(series)),
+            None => match evaluate(source, inner, times)? {
+                Value::Scalar(_) => Err(LogqlError::Limit(
+                    "an aggregation needs a vector, not a number".into(),
+                )),
+                Value::Vector(series) => Ok(Value::Vector(aggregate(
+                    *op,
+                    grouping.as_ref(),
+                    series,
+                    times.len(),
+                ))),
+            },
         },
         MetricExpr::Binary { op, left, right } => {
             let left = evaluate(source, left, times)?;
@@ -572,6 +625,89 @@ pub fn evaluate(
             Ok(binary(*op, left, right))
         }
     }
+}
+
+/// Labels a record has from the index's fast columns.
+const INDEXED_LABELS: [&str; 2] = ["service_name", "detected_level"];
+
+/// `sum [by (service_name, detected_level)] (count_over_time|rate(
+/// {service_name...} [| drop __error__] [r]))` — what dashboards and the
+/// logs volume ask most — counted per step from the index's fast columns
+/// (`query::logs::count_by`) instead of decoding the records; `None` for
+/// any other query.
+fn counted_from_index(
+    source: &dyn LogSource,
+    expr: &MetricExpr,
+    times: &[u64],
+) -> Result<Option<Vec<Series>>, LogqlError> {
+    let MetricExpr::Aggregate {
+        op: AggregateOp::Sum,
+        grouping,
+        inner,
+    } = expr
+    else {
+        return Ok(None);
+    };
+    let MetricExpr::Range {
+        function: function @ (RangeFunction::CountOverTime | RangeFunction::Rate),
+        logs,
+        unwrap: None,
+        range_nanos,
+        grouping: None,
+    } = inner.as_ref()
+    else {
+        return Ok(None);
+    };
+    let by: &[String] = match grouping {
+        None => &[],
+        Some(Grouping::By(labels)) => labels,
+        Some(Grouping::Without(_)) => return Ok(None),
+    };
+    let indexed = |name: &String| INDEXED_LABELS.contains(&name.as_str());
+    let only_drops_errors = logs.stages.iter().all(|stage| {
+        matches!(stage, Stage::Drop(names)
+            if names.iter().all(|n| n == "__error__" || n == "__error_details__"))
+    });
+    if !by.iter().all(indexed)
+        || !only_drops_errors
+        || !logs.matchers.iter().all(|m| m.name == "service_name")
+    {
+        return Ok(None);
+    }
+    let mut series: BTreeMap<Labels, Vec<Option<f64>>> = BTreeMap::new();
+    for (step, &t) in times.iter().enumerate() {
+        let start = t.saturating_sub(*range_nanos).saturating_add(1);
+        let counts = source.count_by_service_and_level(selected_service(logs), start, t)?;
+        for ((service, level), count) in counts {
+            if !logs.matchers.iter().all(|m| m.matches(&service)) {
+                continue;
+            }
+            let mut labels = Labels::new();
+            if by.iter().any(|l| l == "service_name") && !service.is_empty() {
+                labels.insert("service_name".into(), service);
+            }
+            if by.iter().any(|l| l == "detected_level") && level != "unknown" {
+                labels.insert("detected_level".into(), level);
+            }
+            if !series.contains_key(&labels) && series.len() >= MAX_SERIES {
+                return Err(too_many_series());
+            }
+            let values = series
+                .entry(labels)
+                .or_insert_with(|| vec![None; times.len()]);
+            let value = match function {
+                RangeFunction::Rate => count as f64 / (*range_nanos as f64 / 1e9),
+                _ => count as f64,
+            };
+            values[step] = Some(values[step].unwrap_or(0.0) + value);
+        }
+    }
+    Ok(Some(
+        series
+            .into_iter()
+            .map(|(labels, values)| Series { labels, values })
+            .collect(),
+    ))
 }
 
 /// The labels a grouping keeps.
@@ -921,6 +1057,91 @@ mod tests {
                 }
             }
             Ok(())
+        }
+
+        fn count_by_service_and_level(
+            &self,
+            _: Option<&str>,
+            _: u64,
+            _: u64,
+        ) -> Result<LevelCounts, LogqlError> {
+            Err(LogqlError::Limit("counted from the index".into()))
+        }
+    }
+
+    /// Counts from an index only: reading records is refused.
+    struct IndexOnly;
+
+    impl LogSource for IndexOnly {
+        fn scan(
+            &self,
+            _: Option<&str>,
+            _: u64,
+            _: u64,
+            _: bool,
+            _: &mut dyn FnMut(&LogRecord) -> bool,
+        ) -> Result<(), LogqlError> {
+            Err(LogqlError::Limit("records decoded".into()))
+        }
+
+        fn count_by_service_and_level(
+            &self,
+            _: Option<&str>,
+            start: u64,
+            _: u64,
+        ) -> Result<LevelCounts, LogqlError> {
+            // Two counts in the first window, one in the later ones.
+            let first = start < S;
+            Ok(vec![
+                (("a".into(), "error".into()), if first { 2 } else { 1 }),
+                (("b".into(), "unknown".into()), 4),
+            ])
+        }
+    }
+
+    fn on_index(text: &str, times: &[u64]) -> Result<Value, LogqlError> {
+        match parse(text).unwrap() {
+            Expr::Metric(m) => evaluate(&IndexOnly, &m, times),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn counts_by_service_and_level_come_from_the_index() {
+        let one = |labels: &[(&str, &str)], values: Vec<Option<f64>>| Series {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            values,
+        };
+        assert_eq!(
+            on_index(
+                r#"sum by (detected_level, service_name) (count_over_time({service_name=~".+"} | drop __error__ [2s]))"#,
+                &[S, 3 * S]
+            )
+            .unwrap(),
+            Value::Vector(vec![
+                one(
+                    &[("detected_level", "error"), ("service_name", "a")],
+                    vec![Some(2.0), Some(1.0)]
+                ),
+                one(&[("service_name", "b")], vec![Some(4.0), Some(4.0)]),
+            ])
+        );
+        assert_eq!(
+            on_index(r#"sum(rate({service_name="a"}[2s]))"#, &[S]).unwrap(),
+            Value::Vector(vec![one(&[], vec![Some(1.0)])])
+        );
+        // Anything the index cannot answer reads the records.
+        for text in [
+            r#"sum by (level) (count_over_time({service_name="a"}[2s]))"#,
+            r#"sum(count_over_time({service_name="a", env="x"}[2s]))"#,
+            r#"sum(count_over_time({service_name="a"} |= "x" [2s]))"#,
+            r#"sum without (x) (count_over_time({service_name="a"}[2s]))"#,
+            r#"max(count_over_time({service_name="a"}[2s]))"#,
+        ] {
+            assert!(on_index(text, &[S]).is_err(), "{text}");
         }
     }
 
