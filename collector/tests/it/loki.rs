@@ -1164,3 +1164,76 @@ async fn tail_streams_new_lines_over_a_websocket() {
         json!([{"stream": {"service_name": "tailed"}, "values": [[now.to_string(), "keep me"]]}])
     );
 }
+
+/// OTLP logs answer Loki 3's label names: `service.name` is
+/// `service_name`, resource attributes have `.` and `-` as `_`, record
+/// attributes are structured metadata and the severity `detected_level`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_logs_answer_loki_label_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let now = strand_now();
+    let attribute = |key: &str, value: &str| json!({"key": key, "value": {"stringValue": value}});
+    let export = json!({"resourceLogs": [{
+        "resource": {"attributes": [
+            attribute("service.name", "otelsvc"),
+            attribute("deployment.environment", "prod"),
+            attribute("k8s.pod-name", "p-1"),
+        ]},
+        "scopeLogs": [{"logRecords": [{
+            "timeUnixNano": now.to_string(),
+            "severityNumber": 17,
+            "severityText": "ERROR",
+            "body": {"stringValue": "checkout failed"},
+            "attributes": [attribute("http.route", "/cart")],
+        }]}],
+    }]});
+    let status = reqwest::Client::new()
+        .post(daemon.otlp_http_url("/v1/logs"))
+        .json(&export)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let start = (now - MINUTE).to_string();
+    let end = (now + MINUTE).to_string();
+    let answer = eventually(Duration::from_secs(10), || async {
+        let (_, answer) = daemon
+            .get_json_query(
+                "/loki/api/v1/query_range",
+                &[
+                    (
+                        "query",
+                        r#"{service_name="otelsvc", deployment_environment="prod", k8s_pod_name=~"p-.*"}"#,
+                    ),
+                    ("start", &start),
+                    ("end", &end),
+                ],
+            )
+            .await;
+        (!answer["data"]["result"].as_array()?.is_empty()).then_some(answer)
+    })
+    .await
+    .expect("the OTLP record is found by Loki label names");
+    assert_eq!(
+        answer["data"]["result"],
+        json!([{
+            "stream": {
+                "deployment_environment": "prod",
+                "detected_level": "error",
+                "http_route": "/cart",
+                "k8s_pod_name": "p-1",
+                "service_name": "otelsvc",
+            },
+            "values": [[now.to_string(), "checkout failed"]],
+        }])
+    );
+    let (_, labels) = daemon
+        .get_json_query("/loki/api/v1/labels", &[("start", &start), ("end", &end)])
+        .await;
+    assert_eq!(
+        labels["data"],
+        json!(["deployment_environment", "k8s_pod_name", "service_name"])
+    );
+}
