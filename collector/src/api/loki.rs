@@ -337,17 +337,27 @@ fn success(data: Value) -> Json<Value> {
     Json(json!({ "status": "success", "data": data }))
 }
 
-/// A metadata answer, with a warning when only the newest records were read.
-fn metadata(data: Value, found: &logql::StreamStats) -> Json<Value> {
+/// A successful answer, with Loki's `warnings` when there is one.
+fn success_warning(data: Value, warning: Option<String>) -> Json<Value> {
     let Json(mut answer) = success(data);
-    if found.truncated {
-        answer["warnings"] = json!([format!(
-            "only the newest {} log records of the range were read; narrow the time range \
-             or add a selector for the rest",
-            logql::METADATA_RECORDS
-        )]);
+    if let Some(warning) = warning {
+        answer["warnings"] = json!([warning]);
     }
     Json(answer)
+}
+
+/// A metadata answer, with a warning when only the newest records were read.
+fn metadata(data: Value, found: &logql::StreamStats) -> Json<Value> {
+    success_warning(
+        data,
+        found.truncated.then(|| {
+            format!(
+                "only the newest {} log records of the range were read; narrow the time range \
+                 or add a selector for the rest",
+                logql::METADATA_RECORDS
+            )
+        }),
+    )
 }
 
 async fn instant(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult {
@@ -541,9 +551,50 @@ fn selector(params: &Params, name: &str) -> Result<Vec<LogExpr>, LokiError> {
         .collect()
 }
 
+/// Most label names and services read from the index's term dictionaries.
+const INDEXED_NAMES: usize = 10_000;
+
+/// Label names and `service_name` values for the whole store (no
+/// selector), from the index alone: the resource attribute keys and the
+/// services of the partitions the range overlaps.
+async fn indexed_names(
+    state: &ApiState,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<String>, Vec<String>, bool), LokiError> {
+    let store = state.stores.logs.clone();
+    let (keys, services, cut) = state
+        .queries
+        .run(move || logs::resource_keys_and_services(&store, start, end, INDEXED_NAMES))
+        .await?
+        .map_err(LogqlError::from)?;
+    let mut names: std::collections::BTreeSet<String> =
+        keys.iter().map(|key| logql::label_name(key)).collect();
+    if !services.is_empty() {
+        names.insert("service_name".into());
+    }
+    Ok((
+        names.into_iter().collect(),
+        services.into_iter().filter(|s| !s.is_empty()).collect(),
+        cut,
+    ))
+}
+
+fn indexed_answer(data: Value, cut: bool) -> Json<Value> {
+    success_warning(
+        data,
+        cut.then(|| format!("more than {INDEXED_NAMES} names: only the first are listed")),
+    )
+}
+
 async fn labels(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult {
     let (start, end) = params.range(METADATA_RANGE_NANOS)?;
-    let found = streams_of(&state, selector(&params, "query")?, start, end).await?;
+    let selectors = selector(&params, "query")?;
+    if selectors.is_empty() {
+        let (names, _, cut) = indexed_names(&state, start, end).await?;
+        return Ok(indexed_answer(json!(names), cut));
+    }
+    let found = streams_of(&state, selectors, start, end).await?;
     let names: std::collections::BTreeSet<&String> = found
         .series
         .iter()
@@ -558,7 +609,12 @@ async fn label_values(
     params: Params,
 ) -> LokiResult {
     let (start, end) = params.range(METADATA_RANGE_NANOS)?;
-    let found = streams_of(&state, selector(&params, "query")?, start, end).await?;
+    let selectors = selector(&params, "query")?;
+    if selectors.is_empty() && name == "service_name" {
+        let (_, services, cut) = indexed_names(&state, start, end).await?;
+        return Ok(indexed_answer(json!(services), cut));
+    }
+    let found = streams_of(&state, selectors, start, end).await?;
     let values: std::collections::BTreeSet<&String> = found
         .series
         .iter()

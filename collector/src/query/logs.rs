@@ -552,6 +552,70 @@ pub fn last_arrival(store: &LogStore) -> QueryResult<u64> {
     Ok(last)
 }
 
+/// The resource attribute keys (nested paths joined by `.`) and the
+/// services of the partitions overlapping `[start, end]`, from their term
+/// dictionaries — no record is read; at most `limit` of each (the second
+/// value is true when a list was cut there).
+pub fn resource_keys_and_services(
+    store: &LogStore,
+    start_nanos: u64,
+    end_nanos: u64,
+    limit: usize,
+) -> QueryResult<(
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+    bool,
+)> {
+    use std::collections::BTreeSet;
+    let fields = *store.fields();
+    let mut keys = BTreeSet::new();
+    let mut services = BTreeSet::new();
+    let mut cut = false;
+    for partition in store.partitions_between(start_nanos, end_nanos) {
+        let read = in_partition(store, &partition, |searcher| {
+            let mut found = (BTreeSet::new(), BTreeSet::new(), false);
+            for segment in searcher.segment_readers() {
+                // A JSON term is path, 0, type, value; the path's segments
+                // are separated by 1.
+                let index = segment.inverted_index(fields.resource)?;
+                let mut terms = index.terms().stream()?;
+                while terms.advance() {
+                    let term = terms.key();
+                    let path = term.split(|b| *b == 0).next().unwrap_or_default();
+                    let key = String::from_utf8_lossy(path).replace('\u{1}', ".");
+                    if found.0.len() >= limit && !found.0.contains(&key) {
+                        found.2 = true;
+                        break;
+                    }
+                    found.0.insert(key);
+                }
+                let index = segment.inverted_index(fields.service)?;
+                let mut terms = index.terms().stream()?;
+                while terms.advance() {
+                    if found.1.len() >= limit {
+                        found.2 = true;
+                        break;
+                    }
+                    found
+                        .1
+                        .insert(String::from_utf8_lossy(terms.key()).into_owned());
+                }
+            }
+            Ok(found)
+        });
+        if let Some((_, (k, s, c))) = read {
+            keys.extend(k);
+            services.extend(s);
+            cut |= c;
+        }
+        if keys.len() > limit || services.len() > limit {
+            cut = true;
+            break;
+        }
+    }
+    Ok((keys, services, cut))
+}
+
 /// Every log of a trace, oldest first, as a page without a cursor.
 pub fn trace_logs(store: &LogStore, trace_id: &TraceId) -> QueryResult<LogPage> {
     let fields = *store.fields();
