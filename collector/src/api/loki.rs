@@ -382,7 +382,9 @@ async fn range(State(state): State<Arc<ApiState>>, params: Params) -> LokiResult
         Expr::Logs(logs) => {
             let limit = params.limit()?;
             let backward = params.backward()?;
-            run_logs(&state, logs, start, end, limit, backward).await
+            // Loki returns lines at or after `start` and before `end`.
+            let last = end.saturating_sub(1).max(start);
+            run_logs(&state, logs, start, last, limit, backward).await
         }
         Expr::Metric(metric) => {
             let step = match params.get("step") {
@@ -747,7 +749,12 @@ async fn tail_socket(
         let polled = state
             .queries
             .run(move || -> Result<(u64, Vec<Value>), LogQueryError> {
-                let hits = logs::arrived_after(&store, "", after, TAIL_BATCH)?;
+                let hits = logs::arrived_after(
+                    &store,
+                    &logql::index_text(&selection),
+                    after,
+                    TAIL_BATCH,
+                )?;
                 let last = hits.last().map(|hit| hit.id).unwrap_or(after);
                 let mut streams: Vec<(Labels, Vec<Value>)> = Vec::new();
                 for hit in &hits {

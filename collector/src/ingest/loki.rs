@@ -175,7 +175,16 @@ async fn store(state: &LokiPush, headers: &HeaderMap, body: Body) -> Result<(), 
             from_json(request, now)?
         }
         "application/x-protobuf" | "application/protobuf" | "" => {
-            let raw = snappy(&body, state.max_body_bytes)?;
+            // Snappy, unless a Content-Encoding said so and `read_body`
+            // inflated it already.
+            let inflated = headers
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"snappy"));
+            let raw = if inflated {
+                body.to_vec()
+            } else {
+                snappy(&body, state.max_body_bytes)?
+            };
             let request = PushRequest::decode(raw.as_slice()).map_err(|e| {
                 IngestError::Malformed(format!("invalid protobuf PushRequest: {e}"))
             })?;

@@ -724,6 +724,25 @@ async fn grafana_data_source_requests_get_loki_shapes() {
         assert!(summary[field].is_number(), "{field}: {summary}");
     }
 
+    // `end` is exclusive for lines, as Loki's: the line logged at
+    // exactly `end` is left out.
+    let before_fourth = (base + 4 * MINUTE).to_string();
+    let (_, ending) = daemon
+        .get_json_query(
+            "/loki/api/v1/query_range",
+            &[
+                ("query", r#"{service_name="checkout"}"#),
+                ("start", &start),
+                ("end", &before_fourth),
+            ],
+        )
+        .await;
+    let texts: Vec<String> = lines_of(&ending, false)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(texts, [LINES[2], LINES[1], LINES[0]]);
+
     // The logs volume (supplementary query): a metric query_range.
     let (status, volume) = daemon
         .get_json_query(
@@ -970,6 +989,21 @@ async fn protobuf_push_with_tokens_arrives_once() {
     };
     assert_eq!(push(READ).await.unwrap().status(), 403);
     assert_eq!(push(INGEST).await.unwrap().status(), 204);
+    // A sender that says `Content-Encoding: snappy` is read the same way.
+    let said = snap::raw::Encoder::new()
+        .compress_vec(&protobuf_push(r#"{job="said"}"#, 1, now - 11 * SECOND))
+        .unwrap();
+    let status = reqwest::Client::new()
+        .post(daemon.url("/loki/api/v1/push"))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .bearer_auth(INGEST)
+        .body(said)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
     let unauthenticated = reqwest::get(daemon.url("/loki/api/v1/labels"))
         .await
         .unwrap();
@@ -1004,6 +1038,23 @@ async fn protobuf_push_with_tokens_arrives_once() {
     assert_eq!(texts, wanted, "each entry once, in time order");
     let stream = &answer["data"]["result"][0]["stream"];
     assert_eq!(stream["job"], "batch");
+    let said = eventually(Duration::from_secs(10), || async {
+        let (_, said) = daemon
+            .get_json_query(
+                "/loki/api/v1/query_range",
+                &[
+                    ("query", r#"{job="said"}"#),
+                    ("start", &start),
+                    ("end", &end),
+                ],
+            )
+            .await;
+        let lines = lines_of(&said, true);
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await
+    .expect("the push that said Content-Encoding: snappy is stored");
+    assert_eq!(said.len(), 1);
     assert_eq!(stream["level"], "warn");
     assert_eq!(stream["detected_level"], "warn");
     assert!(stream["trace_id"].as_str().unwrap().starts_with('t'));

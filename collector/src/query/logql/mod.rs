@@ -295,6 +295,12 @@ pub fn entry_labels(record: &LogRecord) -> Labels {
     labels
 }
 
+/// The search text (tantivy's syntax) that narrows a selector's records in
+/// the index; the records it finds must still be checked with `selected`.
+pub fn index_text(logs: &LogExpr) -> String {
+    service_text(selected_service(logs))
+}
+
 /// The value of `service_name="x"` in the selector, which the index finds.
 fn selected_service(logs: &LogExpr) -> Option<&str> {
     logs.matchers
