@@ -226,6 +226,25 @@ fn endpoints() -> Vec<Endpoint> {
             ..endpoint(Port::Http, Method::PUT, "/app-logs/_bulk", Needs::Ingest)
         },
     ];
+    // Loki's API: queries read, push ingests.
+    for path in [
+        "/loki/api/v1/query?query=vector(1)",
+        "/loki/api/v1/query_range?query=%7Bservice_name%3D%22x%22%7D",
+        "/loki/api/v1/labels",
+        "/loki/api/v1/label/service_name/values",
+        "/loki/api/v1/series?match[]=%7Bservice_name%3D%22x%22%7D",
+        "/loki/api/v1/index/stats?query=%7Bservice_name%3D%22x%22%7D",
+        "/loki/api/v1/index/volume?query=%7Bservice_name%3D%22x%22%7D",
+        "/loki/api/v1/status/buildinfo",
+        "/loki/api/v1/tail?query=%7Bservice_name%3D%22x%22%7D",
+    ] {
+        all.push(endpoint(Port::Http, Method::GET, path, Needs::Read));
+    }
+    all.push(Endpoint {
+        content_type: "application/json",
+        body: br#"{"streams":[{"stream":{"job":"auth"},"values":[["1700000000000000000","with a token"]]}]}"#.to_vec(),
+        ..endpoint(Port::Http, Method::POST, "/loki/api/v1/push", Needs::Ingest)
+    });
     for path in ["/v1/traces", "/v1/logs", "/v1/metrics"] {
         all.push(Endpoint {
             content_type: "application/x-protobuf",
