@@ -421,13 +421,12 @@ async fn run_logs(
     let found = state
         .queries
         .run(move || {
-            let source = StoreSource {
-                store: &store,
-                deadline,
-            };
+            let source = StoreSource::new(&store, deadline);
             logql::select_lines(&source, &logs, start, end, limit, backward)
+                .map(|found| (found, source.read()))
         })
         .await??;
+    let (found, (scanned, scanned_bytes)) = found;
     let returned: usize = found.streams.iter().map(|(_, lines)| lines.len()).sum();
     let result: Vec<Value> = found
         .streams
@@ -445,7 +444,7 @@ async fn run_logs(
     Ok(success(json!({
         "resultType": "streams",
         "result": result,
-        "stats": stats(found.scanned, found.scanned_bytes, returned as u64, started.elapsed()),
+        "stats": stats(scanned, scanned_bytes, returned as u64, started.elapsed()),
     })))
 }
 
@@ -462,14 +461,12 @@ async fn run_metric(
     let value = state
         .queries
         .run(move || {
-            let source = StoreSource {
-                store: &store,
-                deadline,
-            };
-            logql::evaluate(&source, &metric, &evaluated_times)
+            let source = StoreSource::new(&store, deadline);
+            logql::evaluate(&source, &metric, &evaluated_times).map(|value| (value, source.read()))
         })
         .await??;
-    let stats = stats(0, 0, 0, started.elapsed());
+    let (value, (scanned, scanned_bytes)) = value;
+    let stats = stats(scanned, scanned_bytes, 0, started.elapsed());
     let series = match value {
         logql::Value::Scalar(n) if instant => {
             return Ok(success(json!({
@@ -529,13 +526,7 @@ async fn streams_of(
     let deadline = state.queries.deadline();
     Ok(state
         .queries
-        .run(move || {
-            let source = StoreSource {
-                store: &store,
-                deadline,
-            };
-            logql::streams(&source, &selectors, start, end)
-        })
+        .run(move || logql::streams(&StoreSource::new(&store, deadline), &selectors, start, end))
         .await??)
 }
 

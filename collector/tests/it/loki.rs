@@ -714,6 +714,13 @@ async fn grafana_data_source_requests_get_loki_shapes() {
     );
     let summary = &logs["data"]["stats"]["summary"];
     assert_eq!(summary["totalEntriesReturned"], 2);
+    // The index found the service's two records; only they were read.
+    assert_eq!(summary["totalLinesProcessed"], 2, "{summary}");
+    assert_eq!(
+        summary["totalBytesProcessed"],
+        LINES[10].len() + LINES[11].len(),
+        "{summary}"
+    );
     for field in [
         "bytesProcessedPerSecond",
         "linesProcessedPerSecond",
@@ -761,6 +768,7 @@ async fn grafana_data_source_requests_get_loki_shapes() {
         .await;
     assert_eq!(status, 200, "{volume}");
     assert_eq!(volume["data"]["resultType"], "matrix");
+    assert_eq!(volume["data"]["stats"]["summary"]["totalLinesProcessed"], 2);
     assert_eq!(
         volume["data"]["result"],
         json!([

@@ -157,8 +157,25 @@ fn service_text(service: Option<&str>) -> String {
 
 /// The log store as a [`LogSource`], read page by page within a deadline.
 pub struct StoreSource<'a> {
-    pub store: &'a LogStore,
-    pub deadline: Deadline,
+    store: &'a LogStore,
+    deadline: Deadline,
+    /// Records read so far, and the bytes of their lines (for the stats).
+    read: std::cell::Cell<(u64, u64)>,
+}
+
+impl<'a> StoreSource<'a> {
+    pub fn new(store: &'a LogStore, deadline: Deadline) -> StoreSource<'a> {
+        StoreSource {
+            store,
+            deadline,
+            read: Default::default(),
+        }
+    }
+
+    /// Records read so far and the bytes of their lines.
+    pub fn read(&self) -> (u64, u64) {
+        self.read.get()
+    }
 }
 
 impl LogSource for StoreSource<'_> {
@@ -190,6 +207,9 @@ impl LogSource for StoreSource<'_> {
                 if read > MAX_SCANNED {
                     return Err(too_many_records());
                 }
+                let (records, bytes) = self.read.get();
+                self.read
+                    .set((records + 1, bytes + hit.record.body.len() as u64));
                 if !visit(&hit.record) {
                     return Ok(());
                 }
@@ -517,9 +537,6 @@ fn number_of(text: &str) -> Option<f64> {
 #[derive(Debug, Default)]
 pub struct StreamsResult {
     pub streams: Vec<(Labels, Vec<(u64, String)>)>,
-    /// Records read, and their bytes (for the stats).
-    pub scanned: u64,
-    pub scanned_bytes: u64,
 }
 
 /// The first `limit` lines of `[start, end]` in the direction asked.
@@ -543,8 +560,6 @@ pub fn select_lines(
         end,
         backward,
         &mut |record| {
-            result.scanned += 1;
-            result.scanned_bytes += record.body.len() as u64;
             if !selected(logs, record) {
                 return true;
             }
