@@ -1,14 +1,17 @@
-//! The HTTP API on port 7070: the Jaeger query API, the native log API, the
+//! The HTTP API on port 7070: the Jaeger query API (v1 and v3), Grafana
+//! Tempo's query API (under `/tempo`), the native log API, the
 //! Prometheus query API, dashboards, health endpoints, Strand's own
 //! `/metrics` and the embedded web UI (`/`, `/ui/*`).
 
 mod admin;
 mod dashboards;
 mod jaeger;
+mod jaeger_v3;
 mod logs;
 mod params;
 mod prom;
 mod rules;
+mod tempo;
 mod ui;
 
 use std::sync::Arc;
@@ -53,6 +56,8 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router {
     let queries = Router::new()
         .merge(jaeger::router())
+        .merge(jaeger_v3::router())
+        .merge(tempo::router())
         .merge(logs::router())
         .merge(prom::router())
         .merge(rules::router());

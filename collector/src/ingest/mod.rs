@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod http;
 pub(crate) mod otlp;
 pub(crate) mod otlp_metrics;
+pub(crate) mod otlp_out;
 pub mod remote_write;
 pub mod scrape;
 
