@@ -226,6 +226,7 @@ mod tests {
             KeyValue::new("empty", AttrValue::Str(String::new())),
         ];
         span.status_code = StatusCode::Error;
+        span.trace_state = String::new();
         let json = traces_json(&[span.clone()]);
         let out = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(out["traceId"], hex::encode(span.trace_id));

@@ -969,6 +969,8 @@ mod tests {
         s.parent_span_id = parent.map(|p| [p; 8]);
         s.span_id = [id; 8];
         s.name = name.into();
+        s.status_code = StatusCode::Unset;
+        s.kind = SpanKind::Internal;
         s
     }
 
