@@ -1,6 +1,7 @@
-//! Grafana Tempo's HTTP query API under `/tempo` (the data source's URL is
-//! `http://<host>:7070/tempo`): Tempo's `/api/traces/{id}` would collide
-//! with Jaeger's, so every Tempo route lives under the prefix.
+//! Grafana Tempo's HTTP query API, at the root and under `/tempo`. Tempo's
+//! `/api/traces/{id}` is Jaeger's path too: at the root it answers Tempo's
+//! protobuf when asked for it (`Accept: application/protobuf`, as Grafana
+//! asks) and Jaeger's JSON otherwise; under `/tempo` everything is Tempo's.
 //!
 //! Trace by id (`/api/traces/{id}`, `/api/v2/traces/{id}`) in OTLP protobuf
 //! for `Accept: application/protobuf` (what Grafana asks for), else OTLP/JSON
@@ -112,22 +113,28 @@ impl From<TraceQlError> for TempoError {
 
 type TempoResult = Result<Response, TempoError>;
 
-/// The Tempo routes, under [`PREFIX`].
+/// The Tempo routes: all of them under [`PREFIX`], and those whose paths
+/// no other API has at the root as well (`/api/traces/{id}` is Jaeger's
+/// there but for protobuf, see `jaeger.rs`), so a data source pointing at
+/// the root works too.
 pub fn router() -> Router<Arc<ApiState>> {
-    let api = Router::new()
+    let shared = Router::new()
         .route("/api/echo", get(|| async { "echo" }))
-        .route("/ready", get(|| async { "ready" }))
-        .route("/api/traces/{trace_id}", get(trace_v1))
         .route("/api/v2/traces/{trace_id}", get(trace_v2))
         .route("/api/search", get(search))
         .route("/api/search/tags", get(tag_names_v1))
         .route("/api/v2/search/tags", get(tag_names_v2))
         .route("/api/search/tag/{tag}/values", get(tag_values_v1))
         .route("/api/v2/search/tag/{tag}/values", get(tag_values_v2));
-    Router::new().nest(PREFIX, api)
+    let prefixed = shared
+        .clone()
+        .route("/ready", get(|| async { "ready" }))
+        .route("/api/traces/{trace_id}", get(trace_v1));
+    Router::new().nest(PREFIX, prefixed).merge(shared)
 }
 
-fn wants_protobuf(headers: &HeaderMap) -> bool {
+/// Whether the client asks for protobuf (Grafana's Tempo data source does).
+pub fn wants_protobuf(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -152,7 +159,7 @@ fn protobuf(bytes: Vec<u8>) -> Response {
 }
 
 /// Tempo's v1 trace: `tempopb.Trace`, whose protobuf is OTLP `TracesData`.
-async fn trace_v1(
+pub async fn trace_v1(
     State(state): State<Arc<ApiState>>,
     Path(trace_id): Path<String>,
     headers: HeaderMap,

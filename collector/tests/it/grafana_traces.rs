@@ -337,35 +337,104 @@ fn labels_of(answer: &Value) -> BTreeSet<&'static str> {
 
 /// Grafana's backend search (`pkg/tsdb/tempo/search.go`): q, limit, spss,
 /// start and end in unix seconds, `Accept: application/json`.
-fn grafana_search_path(q: &str, base: u64) -> String {
+fn grafana_search_path(root: &str, q: &str, base: u64) -> String {
     let start = base / 1_000_000_000 - 60;
     let end = base / 1_000_000_000 + 600;
     format!(
-        "/tempo/api/search?q={}&limit=20&spss=3&start={start}&end={end}",
+        "{root}/api/search?q={}&limit=20&spss=3&start={start}&end={end}",
         strand_testkit::urlencode(q)
     )
 }
 
+/// Grafana's Tempo data source pointed at the root (`http://host:7070`)
+/// and at `/tempo` sends the same requests; both get Tempo's answers.
 #[tokio::test]
 async fn tempo_data_source_requests_get_tempo_answers() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, base) = start_with_fixture(dir.path()).await;
+    for root in ["", "/tempo"] {
+        replay_tempo_requests(&daemon, base, root).await;
+    }
+    // At the root, `/api/traces/{id}` stays Jaeger's for JSON clients.
+    let (status, jaeger) = daemon
+        .get_json(&format!("/api/traces/{}", trace_id("cart")))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(jaeger["data"][0]["spans"].as_array().unwrap().len(), 3);
+    // Under `/tempo`, it is Tempo's OTLP/JSON.
+    check_tempo_json_traces(&daemon, base).await;
+    daemon.stop().await;
+}
 
+/// Tempo's OTLP/JSON traces (for clients other than Grafana, which asks for
+/// protobuf): v1 `{"batches": [...]}`, v2 `{"trace": {"resourceSpans": [...]}}`.
+async fn check_tempo_json_traces(daemon: &Strand, base: u64) {
+    let cart = trace_id("cart");
+    // The same trace as OTLP/JSON, Tempo v1 (`batches`) and v2 (`trace`).
+    let (status, _, body) = get(
+        daemon,
+        &format!("/tempo/api/traces/{cart}"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v1: Value = serde_json::from_slice(&body).unwrap();
+    let batches = v1["batches"].as_array().expect("batches");
+    assert_eq!(batches.len(), 3);
+    let json_root = batches
+        .iter()
+        .flat_map(|b| b["scopeSpans"][0]["spans"].as_array().unwrap())
+        .find(|s| s["name"] == "GET /cart")
+        .unwrap();
+    assert_eq!(json_root["traceId"], cart);
+    assert_eq!(json_root["spanId"], span_id("cart", 1));
+    assert_eq!(json_root["startTimeUnixNano"], base.to_string());
+    assert_eq!(json_root["kind"], 2);
+    assert_eq!(json_root["attributes"][0]["value"]["intValue"], "500");
+    assert!(json_root.get("parentSpanId").is_none());
+    let (status, _, body) = get(
+        daemon,
+        &format!("/tempo/api/v2/traces/{cart}"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v2: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v2["trace"]["resourceSpans"], v1["batches"]);
+}
+
+async fn replay_tempo_requests(daemon: &Strand, base: u64, root: &str) {
     // Health check (testDatasource): GET /api/echo.
-    let (status, _, body) = get(&daemon, "/tempo/api/echo", "*/*").await;
+    let (status, _, body) = get(daemon, &format!("{root}/api/echo"), "*/*").await;
     assert_eq!((status, body.as_slice()), (200, b"echo".as_slice()));
 
-    // Trace by id (pkg/tsdb/tempo/trace.go): protobuf, decoded as OTLP.
+    // Trace by id (pkg/tsdb/tempo/trace.go): v2 first, protobuf
+    // `tempopb.TraceByIDResponse`; v1 (`tempopb.Trace`, OTLP `TracesData`)
+    // after a 404, for older Tempos. Both decoded with the OTLP types.
     let cart = trace_id("cart");
-    let path = format!(
-        "/tempo/api/traces/{cart}?start={}&end={}",
+    let window = format!(
+        "start={}&end={}",
         base / 1_000_000_000 - 60,
         base / 1_000_000_000 + 600
     );
-    let (status, content_type, body) = get(&daemon, &path, "application/protobuf").await;
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TraceByIdResponse {
+        #[prost(message, optional, tag = "1")]
+        trace: Option<TracesData>,
+    }
+    let path = format!("{root}/api/v2/traces/{cart}?{window}");
+    let (status, content_type, body) = get(daemon, &path, "application/protobuf").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/protobuf")
+    );
+    let v2 = TraceByIdResponse::decode(body.as_slice()).expect("TraceByIDResponse");
+    let path = format!("{root}/api/traces/{cart}?{window}");
+    let (status, content_type, body) = get(daemon, &path, "application/protobuf").await;
     assert_eq!(status, 200);
     assert_eq!(content_type, "application/protobuf");
     let data = TracesData::decode(body.as_slice()).expect("OTLP TracesData");
+    assert_eq!(v2.trace.as_ref(), Some(&data));
     assert_eq!(data.resource_spans.len(), 3, "one resource per service");
     let mut seen = Vec::new();
     for resource_spans in &data.resource_spans {
@@ -422,76 +491,30 @@ async fn tempo_data_source_requests_get_tempo_answers() {
             ),
         ]
     );
-    let root = data
+    let root_span = data
         .resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans[0].spans)
         .find(|s| s.name == "GET /cart")
         .unwrap();
-    assert_eq!(root.start_time_unix_nano, base);
-    assert_eq!(root.attributes[0].key, "http.status_code");
+    assert_eq!(root_span.start_time_unix_nano, base);
+    assert_eq!(root_span.attributes[0].key, "http.status_code");
     assert_eq!(
-        root.attributes[0].value.as_ref().unwrap().value,
+        root_span.attributes[0].value.as_ref().unwrap().value,
         Some(AnyValue::IntValue(500))
     );
 
-    // The same trace as OTLP/JSON, Tempo v1 (`batches`) and v2 (`trace`).
-    let (status, _, body) = get(
-        &daemon,
-        &format!("/tempo/api/traces/{cart}"),
-        "application/json",
-    )
-    .await;
-    assert_eq!(status, 200);
-    let v1: Value = serde_json::from_slice(&body).unwrap();
-    let batches = v1["batches"].as_array().expect("batches");
-    assert_eq!(batches.len(), 3);
-    let json_root = batches
-        .iter()
-        .flat_map(|b| b["scopeSpans"][0]["spans"].as_array().unwrap())
-        .find(|s| s["name"] == "GET /cart")
-        .unwrap();
-    assert_eq!(json_root["traceId"], cart);
-    assert_eq!(json_root["spanId"], span_id("cart", 1));
-    assert_eq!(json_root["startTimeUnixNano"], base.to_string());
-    assert_eq!(json_root["kind"], 2);
-    assert_eq!(json_root["attributes"][0]["value"]["intValue"], "500");
-    assert!(json_root.get("parentSpanId").is_none());
-    let (status, _, body) = get(
-        &daemon,
-        &format!("/tempo/api/v2/traces/{cart}"),
-        "application/json",
-    )
-    .await;
-    assert_eq!(status, 200);
-    let v2: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v2["trace"]["resourceSpans"], v1["batches"]);
-    let (status, _, body) = get(
-        &daemon,
-        &format!("/tempo/api/v2/traces/{cart}"),
-        "application/protobuf",
-    )
-    .await;
-    assert_eq!(status, 200);
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct TraceByIdResponse {
-        #[prost(message, optional, tag = "1")]
-        trace: Option<TracesData>,
+    for version in ["/v2", ""] {
+        let path = format!("{root}/api{version}/traces/00000000000000000000000000000bad");
+        let (status, _, body) = get(daemon, &path, "application/protobuf").await;
+        assert_eq!(status, 404, "{path}: {}", String::from_utf8_lossy(&body));
     }
-    let v2 = TraceByIdResponse::decode(body.as_slice()).unwrap();
-    assert_eq!(v2.trace.unwrap(), data);
-    let (status, _, body) = get(
-        &daemon,
-        "/tempo/api/traces/00000000000000000000000000000bad",
-        "application/protobuf",
-    )
-    .await;
-    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
 
     // TraceQL search as Grafana's backend sends it; every field checked.
     let (status, _, body) = get(
-        &daemon,
+        daemon,
         &grafana_search_path(
+            root,
             r#"{ resource.service.name = "cart" && status = error }"#,
             base,
         ),
@@ -525,8 +548,8 @@ async fn tempo_data_source_requests_get_tempo_answers() {
 
     // `spss` caps the spans shown, `matched` counts them all; `limit` the traces.
     let (_, _, body) = get(
-        &daemon,
-        &grafana_search_path("{ }", base).replace("spss=3", "spss=1"),
+        daemon,
+        &grafana_search_path(root, "{ }", base).replace("spss=3", "spss=1"),
         "application/json",
     )
     .await;
@@ -545,8 +568,8 @@ async fn tempo_data_source_requests_get_tempo_answers() {
     // Newest first.
     assert_eq!(answer["traces"][0]["rootServiceName"], "batch");
     let (_, _, body) = get(
-        &daemon,
-        &grafana_search_path("{ }", base).replace("limit=20", "limit=2"),
+        daemon,
+        &grafana_search_path(root, "{ }", base).replace("limit=20", "limit=2"),
         "application/json",
     )
     .await;
@@ -555,12 +578,12 @@ async fn tempo_data_source_requests_get_tempo_answers() {
 
     // The tags search of Grafana's older native search form.
     let path = format!(
-        "/tempo/api/search?tags={}&minDuration=100ms&limit=20&start={}&end={}",
+        "{root}/api/search?tags={}&minDuration=100ms&limit=20&start={}&end={}",
         strand_testkit::urlencode(r#" service.name="frontend" name="GET /cart""#),
         base / 1_000_000_000 - 60,
         base / 1_000_000_000 + 600
     );
-    let (status, _, body) = get(&daemon, &path, "application/json").await;
+    let (status, _, body) = get(daemon, &path, "application/json").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
         labels_of(&serde_json::from_slice(&body).unwrap()),
@@ -568,7 +591,7 @@ async fn tempo_data_source_requests_get_tempo_answers() {
     );
 
     // Tag names: v2 first (language_provider.ts fetchTags), v1 as fallback.
-    let (status, scopes) = daemon.get_json("/tempo/api/v2/search/tags").await;
+    let (status, scopes) = daemon.get_json(&format!("{root}/api/v2/search/tags")).await;
     assert_eq!(status, 200);
     let scope = |name: &str| -> Vec<String> {
         scopes["scopes"]
@@ -589,7 +612,7 @@ async fn tempo_data_source_requests_get_tempo_answers() {
     assert!(scope("span").contains(&"db.system".into()));
     assert!(scope("intrinsic").contains(&"status".into()));
     assert!(scope("intrinsic").contains(&"duration".into()));
-    let (status, names) = daemon.get_json("/tempo/api/search/tags").await;
+    let (status, names) = daemon.get_json(&format!("{root}/api/search/tags")).await;
     assert_eq!(status, 200);
     let names: Vec<&str> = names["tagNames"]
         .as_array()
@@ -605,7 +628,7 @@ async fn tempo_data_source_requests_get_tempo_answers() {
     // Grafana does (encodeURIComponent twice), and v1.
     let (status, values) = daemon
         .get_json_query(
-            "/tempo/api/v2/search/tag/resource.service.name/values",
+            &format!("{root}/api/v2/search/tag/resource.service.name/values"),
             &[("q", r#"{resource.deployment.environment="prod"}"#)],
         )
         .await;
@@ -615,7 +638,9 @@ async fn tempo_data_source_requests_get_tempo_answers() {
         json!([{"type": "string", "value": "frontend"}])
     );
     let (status, values) = daemon
-        .get_json("/tempo/api/v2/search/tag/span.http.status_code/values")
+        .get_json(&format!(
+            "{root}/api/v2/search/tag/span.http.status_code/values"
+        ))
         .await;
     assert_eq!(status, 200);
     let mut codes: Vec<Value> = values["tagValues"].as_array().unwrap().clone();
@@ -629,7 +654,7 @@ async fn tempo_data_source_requests_get_tempo_answers() {
         ]
     );
     let (status, values) = daemon
-        .get_json("/tempo/api/v2/search/tag/status/values")
+        .get_json(&format!("{root}/api/v2/search/tag/status/values"))
         .await;
     assert_eq!(status, 200);
     let statuses: BTreeSet<&str> = values["tagValues"]
@@ -643,7 +668,9 @@ async fn tempo_data_source_requests_get_tempo_answers() {
         .collect();
     assert_eq!(statuses, BTreeSet::from(["error", "ok", "unset"]));
     let (status, values) = daemon
-        .get_json("/tempo/api/v2/search/tag/span.db%252Esystem/values")
+        .get_json(&format!(
+            "{root}/api/v2/search/tag/span.db%252Esystem/values"
+        ))
         .await;
     assert_eq!(status, 200);
     let mut systems: Vec<&str> = values["tagValues"]
@@ -655,7 +682,7 @@ async fn tempo_data_source_requests_get_tempo_answers() {
     systems.sort();
     assert_eq!(systems, vec!["postgresql", "redis"]);
     let (status, values) = daemon
-        .get_json("/tempo/api/search/tag/service.name/values")
+        .get_json(&format!("{root}/api/search/tag/service.name/values"))
         .await;
     assert_eq!(status, 200);
     let mut services: Vec<&str> = values["tagValues"]
@@ -680,8 +707,6 @@ async fn tempo_data_source_requests_get_tempo_answers() {
             "redis"
         ]
     );
-
-    daemon.stop().await;
 }
 
 /// `(query, expected traces)`; the fixture's traces are labelled `cart`
@@ -866,7 +891,7 @@ async fn traceql_queries_find_the_expected_traces() {
     eventually(Duration::from_secs(10), || async {
         let (_, _, body) = get(
             &daemon,
-            &grafana_search_path("{}", base),
+            &grafana_search_path("", "{}", base),
             "application/json",
         )
         .await;
@@ -878,7 +903,7 @@ async fn traceql_queries_find_the_expected_traces() {
     for (query, expected) in TRACEQL {
         let (status, _, body) = get(
             &daemon,
-            &grafana_search_path(query, base),
+            &grafana_search_path("", query, base),
             "application/json",
         )
         .await;
@@ -890,7 +915,7 @@ async fn traceql_queries_find_the_expected_traces() {
     for (query, part) in TRACEQL_REFUSED {
         let (status, content_type, body) = get(
             &daemon,
-            &grafana_search_path(query, base),
+            &grafana_search_path("", query, base),
             "application/json",
         )
         .await;
