@@ -1056,6 +1056,29 @@ mod tests {
         assert_eq!(service(r#"{ resource.service.name = "a" } || {}"#), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_and_evaluating_never_panic(text in "\\PC{0,40}") {
+            if let Ok(query) = TraceQl::parse(&text) {
+                let _ = query.evaluate(&trace());
+            }
+        }
+
+        #[test]
+        fn spliced_queries_never_panic(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "{", "}", "(", ")", "&&", "||", ">>", ">", "<", "=", "!=", "=~", "!~", "|",
+                "span.a", "resource.service.name", ".x", "name", "status", "kind", "duration",
+                "\"x\"", "error", "server", "1.5ms", "-3", "2.5", "true", "nil", "`r`",
+            ]), 0..12)
+        ) {
+            let text = parts.join(" ");
+            if let Ok(query) = TraceQl::parse(&text) {
+                let _ = query.evaluate(&trace());
+            }
+        }
+    }
+
     #[test]
     fn errors_name_the_unsupported_part() {
         let error = |q: &str| TraceQl::parse(q).unwrap_err().to_string();

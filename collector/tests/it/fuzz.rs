@@ -1,6 +1,6 @@
 //! Hostile input against the real binary: random mutations of valid
 //! requests — OTLP protobuf and JSON (plain and gzip), gzip bombs, remote
-//! write, `_bulk` NDJSON, PromQL, log queries, dashboard JSON and the query
+//! write, `_bulk` NDJSON, PromQL, log queries, TraceQL, dashboard JSON and the query
 //! APIs' parameters — each sent through the daemon's real decoding and
 //! query paths. Every answer must be a 2xx or a 4xx with a reason (never a
 //! 5xx but a query's timeout, never a dropped connection), a valid trace sent after each target
@@ -43,6 +43,13 @@ const LOG_QUERIES: [&str; 6] = [
     "attributes.http.route:/api/* NOT body:health",
     "service:(order OR gateway) AND NOT \"slow query\"",
     "*",
+];
+
+const TRACEQL_QUERIES: [&str; 4] = [
+    r#"{ resource.service.name = "fuzz" && span.http.status_code >= 500 }"#,
+    r#"{ kind = server } >> { status = error || name =~ "GET.*" }"#,
+    "({ duration > 1.5ms } && { .list != \"x\" }) || { traceDuration < 2s }",
+    "{ } | count() > 1",
 ];
 
 const API_PARAMS: [&str; 8] = [
@@ -98,6 +105,8 @@ enum Send {
     PromQl,
     /// The mutated text as `q` of the log search, histogram and facets.
     LogQuery,
+    /// The mutated text as TraceQL `q` of Tempo's search and tag values.
+    TraceQl,
     Dashboard,
     /// The mutated text as a path and query string on the API port.
     ApiGet,
@@ -191,6 +200,7 @@ fn targets() -> Vec<Target> {
         target("_bulk", Send::Bulk, text(&[BULK]), true),
         target("PromQL", Send::PromQl, promql, true),
         target("log queries", Send::LogQuery, text(&LOG_QUERIES), true),
+        target("TraceQL", Send::TraceQl, text(&TRACEQL_QUERIES), true),
         target("dashboard JSON", Send::Dashboard, text(&[DASHBOARD]), true),
         target("API parameters", Send::ApiGet, text(&API_PARAMS), true),
     ]
@@ -283,6 +293,13 @@ async fn send(
             .iter()
             .map(|path| client.get(daemon.url(path)).query(&[("q", text.as_str())]))
             .collect(),
+        Send::TraceQl => [
+            "/api/search",
+            "/api/v2/search/tag/span.http.status_code/values",
+        ]
+        .iter()
+        .map(|path| client.get(daemon.url(path)).query(&[("q", text.as_str())]))
+        .collect(),
         Send::Dashboard => vec![
             client
                 .put(daemon.url("/api/dashboards/fuzz"))
