@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use serde_json::{Value, json};
-use strand_testkit::{Strand, eventually};
+use strand_testkit::{DEADLINE, Strand, eventually};
 
 /// The four traces: labels and ids.
 const TRACES: [(&str, &str); 4] = [
@@ -282,8 +282,8 @@ fn span_id(label: &str, id: u8) -> String {
     format!("{:016x}", u64::from(id) << 8 | (i + 1))
 }
 
-async fn start_with_fixture(dir: &std::path::Path) -> (Strand, u64) {
-    let daemon = Strand::start(dir, &[]).await;
+async fn start_with_fixture(dir: &std::path::Path, args: &[&str]) -> (Strand, u64) {
+    let daemon = Strand::start(dir, args).await;
     let base = base_nanos();
     let client = reqwest::Client::new();
     for request in export_requests(base) {
@@ -351,7 +351,7 @@ fn grafana_search_path(root: &str, q: &str, base: u64) -> String {
 #[tokio::test]
 async fn tempo_data_source_requests_get_tempo_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, base) = start_with_fixture(dir.path()).await;
+    let (daemon, base) = start_with_fixture(dir.path(), &[]).await;
     for root in ["", "/tempo"] {
         replay_tempo_requests(&daemon, base, root).await;
     }
@@ -886,7 +886,7 @@ const TRACEQL_REFUSED: &[(&str, &str)] = &[
 async fn traceql_queries_find_the_expected_traces() {
     assert!(TRACEQL.len() + TRACEQL_REFUSED.len() >= 60);
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, base) = start_with_fixture(dir.path()).await;
+    let (daemon, base) = start_with_fixture(dir.path(), &[]).await;
     // The fixture is searchable once all four traces are.
     eventually(Duration::from_secs(10), || async {
         let (_, _, body) = get(
@@ -942,7 +942,7 @@ fn rfc3339(nanos: u64) -> String {
 #[tokio::test]
 async fn jaeger_v3_requests_get_jaeger_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, base) = start_with_fixture(dir.path()).await;
+    let (daemon, base) = start_with_fixture(dir.path(), &[]).await;
 
     // GrpcServices: GET /api/v3/services.
     let (status, services) = daemon.get_json("/api/v3/services").await;
@@ -1117,6 +1117,49 @@ async fn jaeger_v3_requests_get_jaeger_answers() {
                 .unwrap()
                 .contains(parameter),
             "{path}: {answer}"
+        );
+    }
+    daemon.stop().await;
+}
+
+/// Trace to metrics: the queries the README gives the Tempo data source, as
+/// Grafana sends them to the Prometheus data source on the same host once
+/// `$__tags` is a span's `service.name` mapped to `service_name`.
+#[tokio::test]
+async fn trace_to_metrics_queries_answer_for_a_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _) = start_with_fixture(dir.path(), &["--derived-metrics-interval", "1s"]).await;
+    let tags = r#"service_name="frontend""#;
+    for (query, by) in [
+        (
+            format!("sum by (span_name) (rate(traces_span_metrics_calls_total{{{tags}}}[5m]))"),
+            "span_name",
+        ),
+        (
+            format!(
+                "histogram_quantile(0.95, sum by (le, span_name) (rate(traces_span_metrics_duration_seconds_bucket{{{tags}}}[5m])))"
+            ),
+            "span_name",
+        ),
+    ] {
+        let names = eventually(DEADLINE, || async {
+            let (status, body) = daemon
+                .get_json_query("/api/v1/query", &[("query", query.as_str())])
+                .await;
+            assert_eq!(status, 200, "{query}: {body}");
+            let names: BTreeSet<String> = body["data"]["result"]
+                .as_array()?
+                .iter()
+                .filter(|series| series["value"][1].as_str() != Some("NaN"))
+                .map(|series| series["metric"][by].as_str().unwrap().to_string())
+                .collect();
+            (names.len() == 2).then_some(names)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{query} answers for both of frontend's spans"));
+        assert_eq!(
+            names,
+            BTreeSet::from(["GET /cart".to_string(), "GET /products".to_string()])
         );
     }
     daemon.stop().await;
