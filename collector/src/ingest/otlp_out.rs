@@ -30,9 +30,12 @@ pub fn traces_json(spans: &[Span]) -> Value {
     json
 }
 
+/// The spans of one scope.
+type ScopeGroup<'a> = (&'a Arc<Scope>, Vec<&'a Span>);
+
 /// The spans grouped by resource, then by scope, in the order met.
 fn traces_data(spans: &[Span]) -> otlp_trace::TracesData {
-    let mut groups: Vec<(&Arc<Resource>, Vec<(&Arc<Scope>, Vec<&Span>)>)> = Vec::new();
+    let mut groups: Vec<(&Arc<Resource>, Vec<ScopeGroup>)> = Vec::new();
     for span in spans {
         let group = match groups
             .iter()

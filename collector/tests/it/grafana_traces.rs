@@ -251,7 +251,7 @@ fn export_requests(base: u64) -> Vec<Value> {
                     let begin = start + span.offset_ms * 1_000_000;
                     let mut otlp = json!({
                         "traceId": trace_id(label),
-                        "spanId": format!("{:016x}", u64::from(span.id) << 8 | i as u64 + 1),
+                        "spanId": span_id(label, span.id),
                         "name": span.name,
                         "kind": span.kind,
                         "startTimeUnixNano": begin.to_string(),
@@ -261,7 +261,7 @@ fn export_requests(base: u64) -> Vec<Value> {
                     });
                     if let Some(parent) = span.parent {
                         otlp["parentSpanId"] =
-                            format!("{:016x}", u64::from(parent) << 8 | i as u64 + 1).into();
+                            span_id(label, parent).into();
                     }
                     if span.name == "getCart" {
                         otlp["status"]["message"] = "out of stock".into();
@@ -279,7 +279,7 @@ fn export_requests(base: u64) -> Vec<Value> {
 
 fn span_id(label: &str, id: u8) -> String {
     let i = TRACES.iter().position(|(l, _)| *l == label).unwrap() as u64;
-    format!("{:016x}", u64::from(id) << 8 | (i + 1))
+    format!("{:016x}", (u64::from(id) << 8) | (i + 1))
 }
 
 async fn start_with_fixture(dir: &std::path::Path, args: &[&str]) -> (Strand, u64) {
