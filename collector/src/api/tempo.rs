@@ -352,32 +352,17 @@ async fn search(State(state): State<Arc<ApiState>>, Query(params): Query<Params>
         .queries
         .run(move || {
             let mut inspected = 0u64;
-            let mut matched = Vec::new();
             let found = search_with(&store, &narrow, |spans| {
                 inspected += 1;
-                let selected = query.evaluate(spans);
-                let keep = !selected.is_empty();
-                if keep {
-                    matched.push(trace_summary(spans, &selected, &query, spss));
-                }
-                keep
+                !query.evaluate(spans).is_empty()
             })?;
-            // `search_with` keeps the newest `limit`; answer those.
-            let kept: BTreeSet<String> = found
+            // Newest first, at most `limit`: only these are summarised.
+            let traces: Vec<Value> = found
                 .traces
                 .iter()
-                .map(|t| tempo_trace_id(&t[0].trace_id))
+                .map(|spans| trace_summary(spans, &query.evaluate(spans), &query, spss))
                 .collect();
-            matched.retain(|m| m["traceID"].as_str().is_some_and(|id| kept.contains(id)));
-            matched.sort_by_key(|m| {
-                std::cmp::Reverse(
-                    m["startTimeUnixNano"]
-                        .as_str()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0),
-                )
-            });
-            Ok::<_, TraceQueryError>((matched, inspected))
+            Ok::<_, TraceQueryError>((traces, inspected))
         })
         .await??;
     Ok(Json(json!({
@@ -481,17 +466,17 @@ async fn tag_sample(
     let sample = state
         .queries
         .run(move || {
-            let mut sample = Vec::new();
-            search_with(&store, &narrow, |spans| {
-                let selected = query.evaluate(spans);
-                if selected.is_empty() {
-                    return false;
-                }
-                sample.push((spans.to_vec(), selected));
-                true
-            })?;
-            sample.truncate(TAG_SAMPLE_TRACES);
-            Ok::<_, TraceQueryError>(sample)
+            let found = search_with(&store, &narrow, |spans| !query.evaluate(spans).is_empty())?;
+            Ok::<_, TraceQueryError>(
+                found
+                    .traces
+                    .into_iter()
+                    .map(|spans| {
+                        let selected = query.evaluate(&spans);
+                        (spans, selected)
+                    })
+                    .collect::<Vec<_>>(),
+            )
         })
         .await??;
     Ok(sample)
