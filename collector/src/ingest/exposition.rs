@@ -843,7 +843,7 @@ other 1
                 1,
                 "label name after ,",
             ),
-            ("a  1\n# EOF\n", Format::OpenMetrics, 1, "invalid value"),
+            ("a  1\n# EOF\n", Format::OpenMetrics, 1, "expected a value"),
             (
                 "a 1 NaN\n# EOF\n",
                 Format::OpenMetrics,
