@@ -29,6 +29,7 @@ mod retention;
 mod rules;
 mod rules_cli;
 mod rules_diff;
+mod scrape;
 mod snapshot;
 mod support;
 mod tls;
