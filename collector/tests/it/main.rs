@@ -20,6 +20,7 @@ mod durability;
 mod elasticsearch;
 mod formats;
 mod fuzz;
+mod grafana_prometheus;
 mod logs;
 mod metrics;
 mod overload;
