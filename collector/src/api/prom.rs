@@ -607,7 +607,7 @@ mod tests {
             ),
             ("1 + 1", false),
             ("vector(1) * 2", false),
-            ("time() > bool 3 or up", true),
+            ("vector(time()) or up", true),
         ] {
             let mut finder = SelectorFinder(false);
             let _ =
