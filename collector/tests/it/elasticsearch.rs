@@ -3,8 +3,10 @@
 //! scripts/test makes) runs info, cluster health, an index template and bulk
 //! `create` into a data stream against Strand without refusing it as "not
 //! Elasticsearch", and the documents are found through `/api/logs` with the
-//! Elastic Common Schema fields mapped. Malformed and unsupported calls get
-//! Elasticsearch's error shape and product header.
+//! Elastic Common Schema fields mapped. Filebeat 8's and Logstash 8's
+//! start-up sequences are replayed request by request, as their source makes
+//! them, each answer checked as they check it. Malformed and unsupported
+//! calls get Elasticsearch's error shape and product header.
 
 use std::path::PathBuf;
 use std::process::Command;
