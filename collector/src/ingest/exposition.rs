@@ -953,6 +953,29 @@ other 1
         }
 
         #[test]
+        fn mutated_expositions_parse_or_err_without_panicking(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 1..8),
+        ) {
+            let valid = "# TYPE a counter\n# UNIT a_seconds seconds\n# HELP a x\\ny\n\
+                a_total{b=\"c,}\\\"\"} 1.5 17.25 # {t=\"u\"} 2 3\na_created 1\n# EOF\n";
+            prop_assert_eq!(parse(valid, Format::OpenMetrics).map(|e| e.samples.len()), Ok(2));
+            for format in [Format::Text, Format::OpenMetrics] {
+                let mut text: Vec<char> = valid.chars().collect();
+                for (at, c, kind) in &edits {
+                    let i = at.index(text.len() + 1);
+                    match kind {
+                        0 => text.insert(i, *c),
+                        1 if i < text.len() => { text.remove(i); }
+                        _ if i < text.len() => text[i] = *c,
+                        _ => text.push(*c),
+                    }
+                }
+                let text: String = text.into_iter().collect();
+                let _ = parse(&text, format);
+            }
+        }
+
+        #[test]
         fn any_input_parses_or_errs_without_panicking(text in "(?s).{0,200}") {
             let _ = parse(&text, Format::Text);
             let _ = parse(&text, Format::OpenMetrics);
