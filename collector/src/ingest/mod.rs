@@ -3,6 +3,7 @@
 //! to `model` and hand the result to the `Pipeline`.
 
 mod bulk;
+pub mod exposition;
 pub mod grpc;
 pub mod http;
 pub(crate) mod otlp;
