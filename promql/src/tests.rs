@@ -839,6 +839,20 @@ fn rate_rounds_as_prometheus_does() {
     );
 }
 
+/// `atan2` is Go's `math.Atan2`, as in Prometheus: the C library's answer
+/// for -17.125 atan2 10 is one bit away from Prometheus 2.42's.
+#[test]
+fn atan2_rounds_as_go_does() {
+    let s = load("1m", "t 0");
+    let Value::Scalar { v, .. } =
+        instant_query(&s, "-17.125 atan2 10", ms("1m"), &Limits::default()).unwrap()
+    else {
+        panic!("not a scalar")
+    };
+    assert_eq!(v.to_bits(), (-1.0422681578915045f64).to_bits(), "{v}");
+    assert_ne!(v.to_bits(), (-17.125f64).atan2(10.0).to_bits());
+}
+
 #[test]
 fn rate_increase_delta() {
     let s = load(
