@@ -22,6 +22,7 @@ mod formats;
 mod fuzz;
 mod logs;
 mod metrics;
+mod otel_collector;
 mod overload;
 mod promql_diff;
 mod query_limits;
