@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, Val};
+use crate::gomath;
 use crate::value::{Labels, METRIC_NAME, Sample};
 
 /// Rejects modifiers that postdate Prometheus 2.42 (fill values).
@@ -169,7 +170,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool)> {
         T_DIV => (l / r, true),
         T_POW => (l.powf(r), true),
         T_MOD => (l % r, true),
-        T_ATAN2 => (go_atan2(l, r), true),
+        T_ATAN2 => (gomath::atan2(l, r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),
@@ -178,87 +179,6 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool)> {
         T_LTE => (l, l <= r),
         _ => return exec_err(format!("operator {op} not allowed here")),
     })
-}
-
-/// Go's `math.Atan2` (Cephes' rational approximation, as Prometheus runs it on
-/// amd64): the C library's correctly rounded `atan2` differs in the last bit.
-fn go_atan2(y: f64, x: f64) -> f64 {
-    use std::f64::consts::PI;
-    if y.is_nan() || x.is_nan() {
-        return f64::NAN;
-    }
-    if y == 0.0 {
-        return if x >= 0.0 && x.is_sign_positive() {
-            0f64.copysign(y)
-        } else {
-            PI.copysign(y)
-        };
-    }
-    if x == 0.0 {
-        return (PI / 2.0).copysign(y);
-    }
-    if x.is_infinite() {
-        let angle = match (x > 0.0, y.is_infinite()) {
-            (true, true) => PI / 4.0,
-            (true, false) => 0.0,
-            (false, true) => 3.0 * PI / 4.0,
-            (false, false) => PI,
-        };
-        return angle.copysign(y);
-    }
-    if y.is_infinite() {
-        return (PI / 2.0).copysign(y);
-    }
-    let q = go_atan(y / x);
-    if x < 0.0 {
-        if q <= 0.0 { q + PI } else { q - PI }
-    } else {
-        q
-    }
-}
-
-/// Go's `math.Atan`: range reduction to [0, 0.66] and a rational approximation.
-fn go_atan(x: f64) -> f64 {
-    use std::f64::consts::PI;
-    // pi/2 = PI/2 + MORE_BITS; tan(3*pi/8).
-    const MORE_BITS: f64 = 6.123233995736765886130e-17;
-    const TAN_3PI_8: f64 = 2.41421356237309504880;
-    fn xatan(x: f64) -> f64 {
-        const P: [f64; 5] = [
-            -8.750608600031904122785e-01,
-            -1.615753718733365076637e+01,
-            -7.500855792314704667340e+01,
-            -1.228866684490136173410e+02,
-            -6.485021904942025371773e+01,
-        ];
-        const Q: [f64; 5] = [
-            2.485846490142306297962e+01,
-            1.650270098316988542046e+02,
-            4.328810604912902668951e+02,
-            4.853903996359136964868e+02,
-            1.945506571482613964425e+02,
-        ];
-        let z = x * x;
-        let z = z * ((((P[0] * z + P[1]) * z + P[2]) * z + P[3]) * z + P[4])
-            / (((((z + Q[0]) * z + Q[1]) * z + Q[2]) * z + Q[3]) * z + Q[4]);
-        x * z + x
-    }
-    let reduced = |x: f64| {
-        if x <= 0.66 {
-            xatan(x)
-        } else if x > TAN_3PI_8 {
-            PI / 2.0 - xatan(1.0 / x) + MORE_BITS
-        } else {
-            PI / 4.0 + xatan((x - 1.0) / (x + 1.0)) + 0.5 * MORE_BITS
-        }
-    };
-    if x == 0.0 {
-        x
-    } else if x > 0.0 {
-        reduced(x)
-    } else {
-        -reduced(-x)
-    }
 }
 
 /// Vector-scalar operation; `swapped` when the scalar was on the left.

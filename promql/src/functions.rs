@@ -9,6 +9,7 @@ use regex::Regex;
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, RangeVal, Val, unique, unwrap_parens};
+use crate::gomath;
 use crate::logs;
 use crate::value::{Labels, METRIC_NAME, Sample};
 
@@ -362,9 +363,9 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
         "floor" => f64::floor,
         "exp" => f64::exp,
         "sqrt" => f64::sqrt,
-        "ln" => f64::ln,
-        "log2" => f64::log2,
-        "log10" => f64::log10,
+        "ln" => gomath::ln,
+        "log2" => gomath::log2,
+        "log10" => gomath::log10,
         "sgn" => |v| {
             if v < 0.0 {
                 -1.0
@@ -374,9 +375,9 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
                 v
             }
         },
-        "acos" => f64::acos,
+        "acos" => gomath::acos,
         "acosh" => f64::acosh,
-        "asin" => f64::asin,
+        "asin" => gomath::asin,
         "asinh" => f64::asinh,
         "atan" => f64::atan,
         "atanh" => f64::atanh,
