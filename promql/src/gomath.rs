@@ -1,12 +1,13 @@
 //! Go's `math` functions that Prometheus calls, where the C library's
 //! (correctly rounded or otherwise) answer differs in the last bit: the same
-//! approximations (Cephes' for the arc tangent and arc sine, FreeBSD's for
-//! the logarithm, which Go's amd64 assembly computes in the same order),
-//! with the same operation order. Constants are the published ones; their
+//! approximations (Cephes' for the trigonometric functions, with Payne and
+//! Hanek's reduction of huge arguments, FreeBSD's for the logarithm, which
+//! Go's amd64 assembly computes in the same order), with the same operation
+//! order. Constants are the published ones; their
 //! extra digits round to the same `f64`.
 #![allow(clippy::excessive_precision)]
 
-use std::f64::consts::{FRAC_PI_2, FRAC_PI_4, LOG2_E, LOG10_E, PI, SQRT_2};
+use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, LOG10_E, PI, SQRT_2};
 
 /// `math.Atan2`: the quadrant from the signs, the angle from [`atan`].
 pub(crate) fn atan2(y: f64, x: f64) -> f64 {
@@ -113,6 +114,198 @@ pub(crate) fn acos(x: f64) -> f64 {
     FRAC_PI_2 - asin(x)
 }
 
+/// Above this, [`trig_reduce`] reduces the argument exactly (Go's `reduceThreshold`).
+const REDUCE_THRESHOLD: f64 = (1u64 << 29) as f64;
+
+/// The octant `j` (0..=7) of a non-negative `x` and the remainder `z`, for
+/// `sin`, `cos` and `tan`: `x - j*pi/4` in three parts below the threshold,
+/// [`trig_reduce`] above. `j` is rounded up to even, `z` may be negative.
+fn octant(x: f64) -> (u64, f64) {
+    // pi/4 split into three parts.
+    const PI4A: f64 = 7.85398125648498535156e-1;
+    const PI4B: f64 = 3.77489470793079817668e-8;
+    const PI4C: f64 = 2.69515142907905952645e-15;
+    if x >= REDUCE_THRESHOLD {
+        return trig_reduce(x);
+    }
+    // 4/pi as Go's constant arithmetic rounds it (doubling is exact).
+    let mut j = (x * (2.0 * FRAC_2_PI)) as u64;
+    let mut y = j as f64;
+    if j & 1 == 1 {
+        j += 1;
+        y += 1.0;
+    }
+    (j & 7, ((x - y * PI4A) - y * PI4B) - y * PI4C)
+}
+
+/// Go's `trigReduce`: Payne and Hanek's reduction of `x >= 2^29` by pi/4,
+/// multiplying the mantissa by the bits of 4/pi that matter at its exponent.
+fn trig_reduce(x: f64) -> (u64, f64) {
+    /// The binary digits of 4/pi.
+    const M_PI4: [u64; 20] = [
+        0x0000000000000001,
+        0x45f306dc9c882a53,
+        0xf84eafa3ea69bb81,
+        0xb6c52b3278872083,
+        0xfca2c757bd778ac3,
+        0x6e48dc74849ba5c0,
+        0x0c925dd413a32439,
+        0xfc3bd63962534e7d,
+        0xd1046bea5d768909,
+        0xd338e04d68befc82,
+        0x7323ac7306a673e9,
+        0x3908bf177bf25076,
+        0x3ff12fffbc0b301f,
+        0xde5e2316b414da3e,
+        0xda6cfd9e4f96136e,
+        0x9e8c7ecd3cbfd45a,
+        0xea4f758fd7cbe2f6,
+        0x7a0e73ef14a525d4,
+        0xd7f6bf623f1aba10,
+        0xac06608df8f6d757,
+    ];
+    if x < FRAC_PI_4 {
+        return (0, x);
+    }
+    // x = ix * 2^exp, ix the mantissa with its implicit bit.
+    let bits = x.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64 - 1023 - 52;
+    let ix = (bits & !(0x7ff << 52)) | (1 << 52);
+    // Three 64-bit digits of 4/pi such that the product's leading digit has exponent -61.
+    let digit = ((exp + 61) / 64) as usize;
+    let shift = ((exp + 61) % 64) as u32;
+    let window = |i: usize| (M_PI4[i] << shift) | M_PI4[i + 1].checked_shr(64 - shift).unwrap_or(0);
+    let (z0, z1, z2) = (window(digit), window(digit + 1), window(digit + 2));
+    let mul = |a: u64, b: u64| {
+        let p = u128::from(a) * u128::from(b);
+        ((p >> 64) as u64, p as u64)
+    };
+    let (z2hi, _) = mul(z2, ix);
+    let (z1hi, z1lo) = mul(z1, ix);
+    let z0lo = z0.wrapping_mul(ix);
+    let (lo, carry) = z1lo.overflowing_add(z2hi);
+    let hi = z0lo.wrapping_add(z1hi).wrapping_add(u64::from(carry));
+    // The top 3 bits are the octant, the rest the fraction.
+    let mut j = hi >> 61;
+    let hi = (hi << 3) | (lo >> 61);
+    let lz = hi.leading_zeros();
+    let e = u64::from(1023 - (lz + 1));
+    let hi = ((hi << (lz + 1)) | lo.checked_shr(64 - (lz + 1)).unwrap_or(0)) >> 12;
+    let mut z = f64::from_bits(hi | (e << 52));
+    if j & 1 == 1 {
+        j = (j + 1) & 7;
+        z -= 1.0;
+    }
+    (j, z * FRAC_PI_4)
+}
+
+/// Cephes' sine on [-pi/4, pi/4].
+fn sin_poly(z: f64, zz: f64) -> f64 {
+    const S: [f64; 6] = [
+        1.58962301576546568060e-10,
+        -2.50507477628578072866e-8,
+        2.75573136213857245213e-6,
+        -1.98412698295895385996e-4,
+        8.33333333332211858878e-3,
+        -1.66666666666666307295e-1,
+    ];
+    z + z * zz * (((((S[0] * zz + S[1]) * zz + S[2]) * zz + S[3]) * zz + S[4]) * zz + S[5])
+}
+
+/// Cephes' cosine on [-pi/4, pi/4].
+fn cos_poly(zz: f64) -> f64 {
+    const C: [f64; 6] = [
+        -1.13585365213876817300e-11,
+        2.08757008419747316778e-9,
+        -2.75573141792967388112e-7,
+        2.48015872888517045348e-5,
+        -1.38888888888730564116e-3,
+        4.16666666666665929218e-2,
+    ];
+    1.0 - 0.5 * zz
+        + zz * zz * (((((C[0] * zz + C[1]) * zz + C[2]) * zz + C[3]) * zz + C[4]) * zz + C[5])
+}
+
+/// `math.Sin`.
+pub(crate) fn sin(x: f64) -> f64 {
+    if x == 0.0 || x.is_nan() {
+        return x;
+    }
+    if x.is_infinite() {
+        return f64::NAN;
+    }
+    let (mut j, z) = octant(x.abs());
+    let mut negative = x < 0.0;
+    if j > 3 {
+        negative = !negative;
+        j -= 4;
+    }
+    let zz = z * z;
+    let y = if j == 1 || j == 2 {
+        cos_poly(zz)
+    } else {
+        sin_poly(z, zz)
+    };
+    if negative { -y } else { y }
+}
+
+/// `math.Cos`.
+pub(crate) fn cos(x: f64) -> f64 {
+    if x.is_nan() || x.is_infinite() {
+        return f64::NAN;
+    }
+    let (mut j, z) = octant(x.abs());
+    let mut negative = false;
+    if j > 3 {
+        j -= 4;
+        negative = !negative;
+    }
+    if j > 1 {
+        negative = !negative;
+    }
+    let zz = z * z;
+    let y = if j == 1 || j == 2 {
+        sin_poly(z, zz)
+    } else {
+        cos_poly(zz)
+    };
+    if negative { -y } else { y }
+}
+
+/// `math.Tan`.
+pub(crate) fn tan(x: f64) -> f64 {
+    const P: [f64; 3] = [
+        -1.30936939181383777646e4,
+        1.15351664838587416140e6,
+        -1.79565251976484877988e7,
+    ];
+    const Q: [f64; 4] = [
+        1.36812963470692954678e4,
+        -1.32089234440210967447e6,
+        2.50083801823357915839e7,
+        -5.38695755929454629881e7,
+    ];
+    if x == 0.0 || x.is_nan() {
+        return x;
+    }
+    if x.is_infinite() {
+        return f64::NAN;
+    }
+    let (j, z) = octant(x.abs());
+    let zz = z * z;
+    let mut y = if zz > 1e-14 {
+        z + z
+            * (zz * ((P[0] * zz + P[1]) * zz + P[2])
+                / ((((zz + Q[0]) * zz + Q[1]) * zz + Q[2]) * zz + Q[3]))
+    } else {
+        z
+    };
+    if j & 2 == 2 {
+        y = -1.0 / y;
+    }
+    if x < 0.0 { -y } else { y }
+}
+
 /// `math.Frexp`: a fraction in [0.5, 1) and a power of two.
 fn frexp(x: f64) -> (f64, i32) {
     if x == 0.0 || !x.is_finite() {
@@ -198,5 +391,9 @@ mod tests {
         assert_eq!(acos(1.0), 0.0);
         assert_eq!(atan2(0.0, -1.0), PI);
         assert_eq!(atan2(f64::INFINITY, f64::NEG_INFINITY), 3.0 * PI / 4.0);
+        assert!(sin(f64::INFINITY).is_nan() && cos(f64::NAN).is_nan());
+        assert_eq!(sin(-0.0).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(cos(0.0), 1.0);
+        assert_eq!(tan(0.0), 0.0);
     }
 }
