@@ -168,7 +168,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool)> {
         T_SUB => (l - r, true),
         T_MUL => (l * r, true),
         T_DIV => (l / r, true),
-        T_POW => (l.powf(r), true),
+        T_POW => (gomath::pow(l, r), true),
         T_MOD => (l % r, true),
         T_ATAN2 => (gomath::atan2(l, r), true),
         T_EQLC => (l, l == r),

@@ -361,7 +361,7 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
         "abs" => f64::abs,
         "ceil" => f64::ceil,
         "floor" => f64::floor,
-        "exp" => f64::exp,
+        "exp" => gomath::exp,
         "sqrt" => f64::sqrt,
         "ln" => gomath::ln,
         "log2" => gomath::log2,

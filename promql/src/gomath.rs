@@ -2,7 +2,8 @@
 //! (correctly rounded or otherwise) answer differs in the last bit: the same
 //! approximations (Cephes' for the trigonometric functions, with Payne and
 //! Hanek's reduction of huge arguments, FreeBSD's for the logarithm, which
-//! Go's amd64 assembly computes in the same order), with the same operation
+//! Go's amd64 assembly computes in the same order, Shibata's for the
+//! exponential as Go's amd64 assembly computes it), with the same operation
 //! order. Constants are the published ones; their
 //! extra digits round to the same `f64`.
 #![allow(clippy::excessive_precision)]
@@ -375,6 +376,211 @@ pub(crate) fn log10(x: f64) -> f64 {
     ln(x) * LOG10_E
 }
 
+/// `math.Exp` as Go runs it on amd64 (assembly after Shibata's method):
+/// `x = k*ln2 + r`, e^(r/16) - 1 from a Taylor polynomial, squared up four
+/// times, scaled by 2^k. With AVX and FMA, which Go uses when the CPU has
+/// them, the reduction and the polynomial are fused multiply-adds.
+pub(crate) fn exp(x: f64) -> f64 {
+    // ln 2 in an upper and a lower part.
+    const LN2U: f64 = 0.69314718055966295651160180568695068359375;
+    const LN2L: f64 = 0.28235290563031577122588448175013436025525412068e-12;
+    const OVERFLOW: f64 = 7.09782712893384e+02;
+    // 1/8!, 1/7!, ..., 1/3!, then 1/2 and 1.
+    const TAYLOR: [f64; 8] = [
+        2.4801587301587301587e-5,
+        1.9841269841269841270e-4,
+        1.3888888888888888889e-3,
+        8.3333333333333333333e-3,
+        4.1666666666666666667e-2,
+        1.6666666666666666667e-1,
+        0.5,
+        1.0,
+    ];
+    if x.is_nan() || x == f64::INFINITY {
+        return x;
+    }
+    if x == f64::NEG_INFINITY {
+        return 0.0;
+    }
+    if x > OVERFLOW {
+        return f64::INFINITY;
+    }
+    // Rounded to nearest as CVTSD2SL does; out of range it gives i32::MIN.
+    let k = (LOG2_E * x).round_ties_even();
+    let k = if (-2147483648.0..=2147483647.0).contains(&k) {
+        k as i32
+    } else {
+        i32::MIN
+    };
+    let kf = f64::from(k);
+    let fused = fma_available();
+    let mut r = if fused {
+        (-kf).mul_add(LN2L, (-kf).mul_add(LN2U, x))
+    } else {
+        (x - kf * LN2U) - kf * LN2L
+    };
+    r *= 0.0625;
+    let mut p = TAYLOR[0];
+    for c in &TAYLOR[1..] {
+        p = if fused { p.mul_add(r, *c) } else { p * r + c };
+    }
+    let mut y = r * p;
+    for _ in 0..3 {
+        y *= y + 2.0;
+    }
+    let y = if fused {
+        y.mul_add(y + 2.0, 1.0)
+    } else {
+        y * (y + 2.0) + 1.0
+    };
+    // y * 2^k, through the subnormal range in two steps.
+    let biased = k.saturating_add(0x3ff);
+    if biased >= 0x7ff {
+        return f64::INFINITY;
+    }
+    if biased > 0 {
+        return y * f64::from_bits((biased as u64) << 52);
+    }
+    if biased < -52 {
+        return 0.0;
+    }
+    y * f64::from_bits(((biased + 0x3fe) as u64) << 52) * f64::MIN_POSITIVE
+}
+
+/// Whether Go's amd64 `math.Exp` takes its fused multiply-add path on this CPU.
+fn fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `math.Ldexp`: `frac * 2^exp`, rounding once into the subnormal range.
+fn ldexp(frac: f64, exp: i64) -> f64 {
+    if frac == 0.0 || !frac.is_finite() {
+        return frac;
+    }
+    let (frac, e) = if frac.abs() < f64::MIN_POSITIVE {
+        (frac * (1u64 << 52) as f64, -52)
+    } else {
+        (frac, 0)
+    };
+    let bits = frac.to_bits();
+    let mut exp = exp + e + ((bits >> 52) & 0x7ff) as i64 - 1023;
+    if exp < -1075 {
+        return 0f64.copysign(frac);
+    }
+    if exp > 1023 {
+        return f64::INFINITY.copysign(frac);
+    }
+    let mut m = 1.0;
+    if exp < -1022 {
+        exp += 53;
+        m = 1.0 / (1u64 << 53) as f64;
+    }
+    m * f64::from_bits((bits & !(0x7ff << 52)) | (((exp + 1023) as u64) << 52))
+}
+
+/// Whether `x` is an odd integer (Go's `isOddInt`).
+fn is_odd_int(x: f64) -> bool {
+    x.abs() < (1u64 << 53) as f64 && x.fract() == 0.0 && (x as i64) & 1 == 1
+}
+
+/// `math.Pow`: the fractional part of the exponent through [`exp`] and
+/// [`ln`], the integer part by repeated squaring of the mantissa.
+pub(crate) fn pow(x: f64, y: f64) -> f64 {
+    if y == 0.0 || x == 1.0 {
+        return 1.0;
+    }
+    if y == 1.0 {
+        return x;
+    }
+    if x.is_nan() || y.is_nan() {
+        return f64::NAN;
+    }
+    if x == 0.0 {
+        let odd = x.is_sign_negative() && is_odd_int(y);
+        return match (y < 0.0, odd) {
+            (true, true) => f64::NEG_INFINITY,
+            (true, false) => f64::INFINITY,
+            (false, true) => x,
+            (false, false) => 0.0,
+        };
+    }
+    if y.is_infinite() {
+        return if x == -1.0 {
+            1.0
+        } else if (x.abs() < 1.0) == (y > 0.0) {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+    }
+    if x.is_infinite() {
+        if x < 0.0 {
+            return pow(1.0 / x, -y);
+        }
+        return if y < 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    if y == 0.5 {
+        return x.sqrt();
+    }
+    if y == -0.5 {
+        return 1.0 / x.sqrt();
+    }
+    let mut yi = y.abs().trunc();
+    let mut yf = y.abs() - yi;
+    if yf != 0.0 && x < 0.0 {
+        return f64::NAN;
+    }
+    if yi >= 9223372036854775808.0 {
+        return if x == -1.0 {
+            1.0
+        } else if (x.abs() < 1.0) == (y > 0.0) {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+    }
+    let (mut a1, mut ae) = (1.0, 0i64);
+    if yf != 0.0 {
+        if yf > 0.5 {
+            yf -= 1.0;
+            yi += 1.0;
+        }
+        a1 = exp(yf * ln(x));
+    }
+    let (mut x1, xe) = frexp(x);
+    let mut xe = i64::from(xe);
+    let mut i = yi as i64;
+    while i != 0 {
+        if !(-(1 << 12)..=1 << 12).contains(&xe) {
+            ae += xe;
+            break;
+        }
+        if i & 1 == 1 {
+            a1 *= x1;
+            ae += xe;
+        }
+        x1 *= x1;
+        xe <<= 1;
+        if x1 < 0.5 {
+            x1 += x1;
+            xe -= 1;
+        }
+        i >>= 1;
+    }
+    if y < 0.0 {
+        a1 = 1.0 / a1;
+        ae = -ae;
+    }
+    ldexp(a1, ae)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +601,17 @@ mod tests {
         assert_eq!(sin(-0.0).to_bits(), (-0.0f64).to_bits());
         assert_eq!(cos(0.0), 1.0);
         assert_eq!(tan(0.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp(710.0), f64::INFINITY);
+        assert_eq!(exp(-1e10), 0.0);
+        assert!(exp(-745.0) > 0.0 && exp(-746.0) == 0.0);
+        assert_eq!(pow(2.0, 10.0), 1024.0);
+        assert_eq!(pow(2.0, -1.0), 0.5);
+        assert!(pow(-8.0, 1.0 / 3.0).is_nan());
+        assert_eq!(pow(-0.0, -3.0), f64::NEG_INFINITY);
+        assert_eq!(pow(2.0, -1075.0), 0.0);
+        assert_eq!(pow(2.0, -1074.0), 5e-324);
+        assert_eq!(ldexp(0.75, -1073), 5e-324 * 3.0 / 2.0);
     }
 }

@@ -29,8 +29,8 @@
 //! - `functions`: the function library (`rate`, `histogram_quantile`, `label_replace`, ...).
 //! - `aggregate`: aggregation operators and grouping.
 //! - `binary`: arithmetic, comparison and set operators and vector matching.
-//! - `gomath`: Go's `atan2`, `asin`, `acos` and logarithms, whose last bits differ
-//!   from the C library's; Prometheus answers with Go's.
+//! - `gomath`: Go's `exp`, `pow`, logarithms and trigonometric functions, whose
+//!   last bits differ from the C library's; Prometheus answers with Go's.
 //! - `value`: labels, samples, series, result values, float formatting.
 //! - `logs`: `count_logs`, Strand's one function beyond 2.42: log records
 //!   matching a log query in a window, counted by the source
