@@ -376,19 +376,19 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
             }
         },
         "acos" => gomath::acos,
-        "acosh" => f64::acosh,
+        "acosh" => gomath::acosh,
         "asin" => gomath::asin,
-        "asinh" => f64::asinh,
+        "asinh" => gomath::asinh,
         "atan" => f64::atan,
-        "atanh" => f64::atanh,
+        "atanh" => gomath::atanh,
         "cos" => gomath::cos,
-        "cosh" => f64::cosh,
+        "cosh" => gomath::cosh,
         "sin" => gomath::sin,
-        "sinh" => f64::sinh,
+        "sinh" => gomath::sinh,
         "tan" => gomath::tan,
-        "tanh" => f64::tanh,
-        "deg" => f64::to_degrees,
-        _ => f64::to_radians,
+        "tanh" => gomath::tanh,
+        "deg" => gomath::deg,
+        _ => gomath::rad,
     }
 }
 

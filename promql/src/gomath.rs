@@ -8,7 +8,7 @@
 //! extra digits round to the same `f64`.
 #![allow(clippy::excessive_precision)]
 
-use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, LOG10_E, PI, SQRT_2};
+use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LN_2, LOG2_E, LOG10_E, PI, SQRT_2};
 
 /// `math.Atan2`: the quadrant from the signs, the angle from [`atan`].
 pub(crate) fn atan2(y: f64, x: f64) -> f64 {
@@ -447,6 +447,237 @@ pub(crate) fn exp(x: f64) -> f64 {
     y * f64::from_bits(((biased + 0x3fe) as u64) << 52) * f64::MIN_POSITIVE
 }
 
+/// `math.Sinh`: a rational approximation up to 0.5, [`exp`] above.
+pub(crate) fn sinh(x: f64) -> f64 {
+    const P: [f64; 4] = [
+        -0.6307673640497716991184787251e+6,
+        -0.8991272022039509355398013511e+5,
+        -0.2894211355989563807284660366e+4,
+        -0.2630563213397497062819489e+2,
+    ];
+    const Q: [f64; 3] = [
+        -0.6307673640497716991212077277e+6,
+        0.1521517378790019070696485176e+5,
+        -0.173678953558233699533450911e+3,
+    ];
+    // Negated only when negative, as Go does, so -0 stays -0.
+    let a = if x < 0.0 { -x } else { x };
+    let y = if a > 21.0 {
+        exp(a) * 0.5
+    } else if a > 0.5 {
+        let ex = exp(a);
+        (ex - 1.0 / ex) * 0.5
+    } else {
+        let sq = a * a;
+        let p = (((P[3] * sq + P[2]) * sq + P[1]) * sq + P[0]) * a;
+        p / (((sq + Q[2]) * sq + Q[1]) * sq + Q[0])
+    };
+    if x < 0.0 { -y } else { y }
+}
+
+/// `math.Cosh`, through [`exp`].
+pub(crate) fn cosh(x: f64) -> f64 {
+    let a = x.abs();
+    if a > 21.0 {
+        return exp(a) * 0.5;
+    }
+    let ex = exp(a);
+    (ex + 1.0 / ex) * 0.5
+}
+
+/// `math.Tanh`: a rational approximation below 0.625, [`exp`] above.
+pub(crate) fn tanh(x: f64) -> f64 {
+    // ln(2^127).
+    const MAXLOG: f64 = 8.8029691931113054295988e+01;
+    const P: [f64; 3] = [
+        -9.64399179425052238628e-1,
+        -9.92877231001918586564e1,
+        -1.61468768441708447952e3,
+    ];
+    const Q: [f64; 3] = [
+        1.12811678491632931402e2,
+        2.23548839060100448583e3,
+        4.84406305325125486048e3,
+    ];
+    let z = x.abs();
+    if z > 0.5 * MAXLOG {
+        return if x < 0.0 { -1.0 } else { 1.0 };
+    }
+    if z >= 0.625 {
+        let s = exp(2.0 * z);
+        let z = 1.0 - 2.0 / (s + 1.0);
+        return if x < 0.0 { -z } else { z };
+    }
+    if x == 0.0 {
+        return x;
+    }
+    let s = x * x;
+    x + x * s * ((P[0] * s + P[1]) * s + P[2]) / (((s + Q[0]) * s + Q[1]) * s + Q[2])
+}
+
+/// `math.Asinh`.
+pub(crate) fn asinh(x: f64) -> f64 {
+    const NEAR_ZERO: f64 = 1.0 / (1u64 << 28) as f64;
+    const LARGE: f64 = (1u64 << 28) as f64;
+    if x.is_nan() || x.is_infinite() {
+        return x;
+    }
+    let a = if x < 0.0 { -x } else { x };
+    let y = if a > LARGE {
+        ln(a) + LN_2
+    } else if a > 2.0 {
+        ln(2.0 * a + 1.0 / ((a * a + 1.0).sqrt() + a))
+    } else if a < NEAR_ZERO {
+        a
+    } else {
+        log1p(a + a * a / (1.0 + (1.0 + a * a).sqrt()))
+    };
+    if x < 0.0 { -y } else { y }
+}
+
+/// `math.Acosh`.
+pub(crate) fn acosh(x: f64) -> f64 {
+    const LARGE: f64 = (1u64 << 28) as f64;
+    if x < 1.0 || x.is_nan() {
+        return f64::NAN;
+    }
+    if x == 1.0 {
+        return 0.0;
+    }
+    if x >= LARGE {
+        return ln(x) + LN_2;
+    }
+    if x > 2.0 {
+        return ln(2.0 * x - 1.0 / (x + (x * x - 1.0).sqrt()));
+    }
+    let t = x - 1.0;
+    log1p(t + (2.0 * t + t * t).sqrt())
+}
+
+/// `math.Atanh`.
+pub(crate) fn atanh(x: f64) -> f64 {
+    const NEAR_ZERO: f64 = 1.0 / (1u64 << 28) as f64;
+    if !(-1.0..=1.0).contains(&x) || x.is_nan() {
+        return f64::NAN;
+    }
+    if x == 1.0 || x == -1.0 {
+        return f64::INFINITY.copysign(x);
+    }
+    let a = if x < 0.0 { -x } else { x };
+    let y = if a < NEAR_ZERO {
+        a
+    } else if a < 0.5 {
+        let t = a + a;
+        0.5 * log1p(t + t * a / (1.0 - a))
+    } else {
+        0.5 * log1p((a + a) / (1.0 - a))
+    };
+    if x < 0.0 { -y } else { y }
+}
+
+/// `math.Log1p` (FreeBSD's): ln(1 + x), exact for tiny `x`.
+fn log1p(x: f64) -> f64 {
+    const SQRT2_M1: f64 = 4.142135623730950488017e-01;
+    const SQRT2_HALF_M1: f64 = -2.928932188134524755992e-01;
+    const SMALL: f64 = 1.0 / (1u64 << 29) as f64;
+    const TINY: f64 = 1.0 / (1u64 << 54) as f64;
+    const TWO53: f64 = (1u64 << 53) as f64;
+    const LN2_HI: f64 = 6.93147180369123816490e-01;
+    const LN2_LO: f64 = 1.90821492927058770002e-10;
+    const LP: [f64; 7] = [
+        6.666666666666735130e-01,
+        3.999999999940941908e-01,
+        2.857142874366239149e-01,
+        2.222219843214978396e-01,
+        1.818357216161805012e-01,
+        1.531383769920937332e-01,
+        1.479819860511658591e-01,
+    ];
+    if x < -1.0 || x.is_nan() {
+        return f64::NAN;
+    }
+    if x == -1.0 {
+        return f64::NEG_INFINITY;
+    }
+    if x == f64::INFINITY {
+        return x;
+    }
+    let a = x.abs();
+    let (mut f, mut iu, mut k) = (0.0, 0u64, 1i64);
+    if a < SQRT2_M1 {
+        if a < SMALL {
+            if a < TINY {
+                return x;
+            }
+            return x - x * x * 0.5;
+        }
+        if x > SQRT2_HALF_M1 {
+            k = 0;
+            f = x;
+            iu = 1;
+        }
+    }
+    let mut c = 0.0;
+    if k != 0 {
+        let mut u;
+        if a < TWO53 {
+            u = 1.0 + x;
+            iu = u.to_bits();
+            k = (iu >> 52) as i64 - 1023;
+            c = if k > 0 { 1.0 - (u - x) } else { x - (u - 1.0) };
+            c /= u;
+        } else {
+            u = x;
+            iu = u.to_bits();
+            k = (iu >> 52) as i64 - 1023;
+        }
+        iu &= 0x000f_ffff_ffff_ffff;
+        if iu < 0x0006_a09e_667f_3bcd {
+            u = f64::from_bits(iu | 0x3ff0_0000_0000_0000);
+        } else {
+            k += 1;
+            u = f64::from_bits(iu | 0x3fe0_0000_0000_0000);
+            iu = (0x0010_0000_0000_0000 - iu) >> 2;
+        }
+        f = u - 1.0;
+    }
+    let kf = k as f64;
+    let hfsq = 0.5 * f * f;
+    if iu == 0 {
+        if f == 0.0 {
+            if k == 0 {
+                return 0.0;
+            }
+            c += kf * LN2_LO;
+            return kf * LN2_HI + c;
+        }
+        let r = hfsq * (1.0 - 0.66666666666666666 * f);
+        if k == 0 {
+            return f - r;
+        }
+        return kf * LN2_HI - ((r - (kf * LN2_LO + c)) - f);
+    }
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let r = z
+        * (LP[0] + z * (LP[1] + z * (LP[2] + z * (LP[3] + z * (LP[4] + z * (LP[5] + z * LP[6]))))));
+    if k == 0 {
+        return f - (hfsq - s * (hfsq + r));
+    }
+    kf * LN2_HI - ((hfsq - (s * (hfsq + r) + (kf * LN2_LO + c))) - f)
+}
+
+/// Prometheus's `deg`: `v * 180 / pi`, in that order (not Rust's one
+/// multiplication by a rounded 180/pi).
+pub(crate) fn deg(v: f64) -> f64 {
+    v * 180.0 / PI
+}
+
+/// Prometheus's `rad`: `v * pi / 180`.
+pub(crate) fn rad(v: f64) -> f64 {
+    v * PI / 180.0
+}
+
 /// Whether Go's amd64 `math.Exp` takes its fused multiply-add path on this CPU.
 fn fma_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -602,6 +833,16 @@ mod tests {
         assert_eq!(cos(0.0), 1.0);
         assert_eq!(tan(0.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
+        assert_eq!(log1p(0.0), 0.0);
+        assert_eq!(log1p(-1.0), f64::NEG_INFINITY);
+        assert_eq!(tanh(100.0), 1.0);
+        assert_eq!(acosh(1.0), 0.0);
+        assert_eq!(atanh(-1.0), f64::NEG_INFINITY);
+        assert_eq!(asinh(f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert_eq!(deg(PI), 180.0);
+        for f in [sinh, tanh, asinh, atanh, sin, tan, asin] {
+            assert_eq!(f(-0.0).to_bits(), (-0.0f64).to_bits());
+        }
         assert_eq!(exp(f64::NEG_INFINITY), 0.0);
         assert_eq!(exp(710.0), f64::INFINITY);
         assert_eq!(exp(-1e10), 0.0);
