@@ -723,7 +723,9 @@ fn extrapolated_rate(
     // computes it: the other order differs in the last bit.
     let mut factor = interval / sampled;
     if is_rate {
-        factor /= secs(m.end, m.start);
+        // Go's `Duration.Seconds`: whole seconds plus the rest in nanoseconds / 1e9.
+        let range = m.end - m.start;
+        factor /= (range / 1000) as f64 + ((range % 1000) * 1_000_000) as f64 / 1e9;
     }
     Some(result * factor)
 }
