@@ -465,8 +465,9 @@ fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
         let Some(upper) = s.labels.get("le").and_then(|le| le.parse::<f64>().ok()) else {
             continue;
         };
-        // Buckets of different metric names fall into one histogram, as in 2.42.
-        let sig = s.labels.signature(|n| n != "le" && n != METRIC_NAME);
+        // Grouped by every label but `le`, the name included, as 2.42 does:
+        // two names with the same other labels make a duplicate output.
+        let sig = s.labels.signature(|n| n != "le");
         let i = *index.entry(sig).or_insert_with(|| {
             groups.push((
                 s.labels.retain(|n| n != "le" && n != METRIC_NAME),

@@ -1109,6 +1109,34 @@ fn over_time_functions() {
     );
 }
 
+/// Buckets are grouped by every label but `le`, the metric name included
+/// (2.42's `BytesWithoutLabels`): two names with otherwise equal labels give
+/// two results with one label set, which is an error, as in Prometheus.
+#[test]
+fn histogram_quantile_keeps_metric_names_apart() {
+    let s = load(
+        "5m",
+        r#"
+        a_bucket{le="1"} 0+1x10
+        a_bucket{le="+Inf"} 0+2x10
+        b_bucket{le="1"} 0+1x10
+        b_bucket{le="+Inf"} 0+2x10
+        "#,
+    );
+    check(
+        &s,
+        "histogram_quantile(0.5, a_bucket)",
+        "50m",
+        &[("{}", 1.0)],
+    );
+    check_err(
+        &s,
+        r#"histogram_quantile(0.5, {__name__=~"a_bucket|b_bucket"})"#,
+        "50m",
+        "execution",
+    );
+}
+
 #[test]
 fn histogram_quantile_classic() {
     let s = load(
