@@ -24,6 +24,7 @@ mod grafana_prometheus;
 mod grafana_traces;
 mod logs;
 mod metrics;
+mod otel_collector;
 mod overload;
 mod promql_diff;
 mod query_limits;
