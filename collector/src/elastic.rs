@@ -20,10 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, head};
 use serde_json::{Value, json};
 
-/// The Elasticsearch version `GET /` reports: an 8.x, which Elasticsearch 8
-/// and 9 clients, Filebeat and Logstash 8 accept.
-const VERSION: &str = "8.17.0";
-const LUCENE_VERSION: &str = "9.12.0";
+/// The Elasticsearch version `GET /` reports: the last 8.x minor, which
+/// Elasticsearch 8 and 9 clients and Logstash 8 accept, and which no
+/// Filebeat 8 finds older than itself (libbeat's
+/// `outputs/elasticsearch/client.go` refuses an Elasticsearch of an older
+/// minor unless `allow_older_versions` is set: `ErrTooOld`).
+const VERSION: &str = "8.19.0";
+const LUCENE_VERSION: &str = "9.12.2";
 const CLUSTER_NAME: &str = "strand";
 const CLUSTER_UUID: &str = "c3RyYW5kLWVzLWNvbXBhdA";
 const PRODUCT: &str = "Elasticsearch";
@@ -39,6 +42,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/_xpack", es(get(xpack)))
         .route("/_nodes", es(get(nodes)))
         .route("/_nodes/{*filter}", es(get(nodes)))
+        .route("/_index_template", es(get(|| listing("index_templates"))))
         .route("/_index_template/{name}", stored_nothing("index template"))
         .route("/_template/{name}", stored_nothing("template"))
         .route(
@@ -49,7 +53,9 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             "/_ingest/pipeline/{name}",
             stored_nothing("ingest pipeline"),
         )
+        .route("/_ilm/policy", es(get(|| async { axum::Json(json!({})) })))
         .route("/_ilm/policy/{name}", stored_nothing("lifecycle policy"))
+        .route("/_data_stream", es(get(|| listing("data_streams"))))
         .route("/_data_stream/{name}", stored_nothing("data stream"))
         .route(
             "/{index}",
@@ -68,13 +74,25 @@ fn es<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>) -> MethodRouter<
     route.fallback(not_found)
 }
 
+/// The answer to listing a kind of set-up object Strand keeps none of.
+async fn listing(key: &'static str) -> axum::Json<Value> {
+    axum::Json(json!({ key: [] }))
+}
+
 /// A kind of set-up object Strand does not keep: reading one finds none
-/// (404, or an empty answer to `HEAD`), writing one is acknowledged.
+/// (404 with the error type Elasticsearch gives — a data stream is an
+/// index, so `index_not_found_exception` — or an empty answer to `HEAD`),
+/// writing one is acknowledged.
 fn stored_nothing<S: Clone + Send + Sync + 'static>(kind: &'static str) -> MethodRouter<S> {
     let missing = move |Path(name): Path<String>| async move {
+        let kind_of_error = if kind == "data stream" {
+            "index_not_found_exception"
+        } else {
+            "resource_not_found_exception"
+        };
         error(
             StatusCode::NOT_FOUND,
-            "resource_not_found_exception",
+            kind_of_error,
             &format!(
                 "{kind} [{name}] not found: strand keeps no {kind}s, it stores every document as a log"
             ),
@@ -207,6 +225,138 @@ async fn as_security_exception(response: Response) -> Response {
     answer
 }
 
+/// `response`'s JSON body cut down to `filter_path`.
+async fn filtered(response: Response, filter: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    // Strand's own answer, already in memory.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let body = serde_json::to_vec(&filter_path(value, filter)).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// Elasticsearch's response filtering: `filter` is a comma-separated list
+/// of dotted paths whose segments may hold `*` wildcards, `**` standing for
+/// any number of segments; arrays are looked through. Only what some path
+/// names is kept, then what a path prefixed with `-` names is removed;
+/// objects and arrays left empty are dropped, and nothing kept is `{}`.
+fn filter_path(value: Value, filter: &str) -> Value {
+    let (excludes, includes): (Vec<&str>, Vec<&str>) = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .partition(|path| path.starts_with('-'));
+    let split = |path: &str| -> Vec<String> { path.split('.').map(str::to_owned).collect() };
+    let includes: Vec<Vec<String>> = includes.into_iter().map(split).collect();
+    let excludes: Vec<Vec<String>> = excludes.into_iter().map(|path| split(&path[1..])).collect();
+    let kept = if includes.is_empty() {
+        Some(value)
+    } else {
+        include(value, &includes)
+    };
+    let kept = match kept {
+        Some(value) if !excludes.is_empty() => exclude(value, &excludes),
+        other => other,
+    };
+    kept.unwrap_or_else(|| json!({}))
+}
+
+/// What is left of each path once `key` is matched against its first
+/// segment (`**` may match it and stay, or match nothing).
+fn descend(paths: &[Vec<String>], key: &str) -> Vec<Vec<String>> {
+    let mut next = Vec::new();
+    for path in paths {
+        let Some(first) = path.first() else { continue };
+        if first == "**" {
+            next.push(path.clone());
+            next.extend(descend(&[path[1..].to_vec()], key));
+        } else if wildcard_match(first, key) {
+            next.push(path[1..].to_vec());
+        }
+    }
+    next
+}
+
+fn include(value: Value, paths: &[Vec<String>]) -> Option<Value> {
+    if paths.iter().any(|path| path.is_empty()) {
+        return Some(value);
+    }
+    match value {
+        Value::Object(object) => {
+            let kept: serde_json::Map<String, Value> = object
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    let next = descend(paths, &key);
+                    if next.is_empty() {
+                        return None;
+                    }
+                    Some((key, include(value, &next)?))
+                })
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(values) => {
+            let kept: Vec<Value> = values
+                .into_iter()
+                .filter_map(|value| include(value, paths))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Array(kept))
+        }
+        _ => None,
+    }
+}
+
+fn exclude(value: Value, paths: &[Vec<String>]) -> Option<Value> {
+    if paths.iter().any(|path| path.is_empty()) {
+        return None;
+    }
+    match value {
+        Value::Object(object) => Some(Value::Object(
+            object
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    let next = descend(paths, &key);
+                    if next.is_empty() {
+                        return Some((key, value));
+                    }
+                    Some((key, exclude(value, &next)?))
+                })
+                .collect(),
+        )),
+        Value::Array(values) => Some(Value::Array(
+            values
+                .into_iter()
+                .filter_map(|value| exclude(value, paths))
+                .collect(),
+        )),
+        other => Some(other),
+    }
+}
+
+/// `pattern` with `*` standing for any run of characters.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut remaining) = text.strip_prefix(head) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('*').collect();
+    let (last, middle) = parts.split_last().unwrap_or((&"", &[]));
+    for part in middle {
+        match remaining.find(part) {
+            Some(at) => remaining = &remaining[at + part.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
 fn with_product(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -215,11 +365,21 @@ fn with_product(mut response: Response) -> Response {
 }
 
 /// Middleware over the Elasticsearch routes: every answer, refusals of the
-/// token guard included, carries the product header clients check, and a
-/// JSON answer to a client asking for Elasticsearch's compatible media
-/// type (`application/vnd.elasticsearch+json; compatible-with=9`) is
-/// labelled with it.
+/// token guard included, carries the product header clients check; a JSON
+/// answer is cut down to the request's `filter_path` (Filebeat and Logstash
+/// send their bulk requests with
+/// `filter_path=errors,items.*.error,items.*.status`); and a JSON answer to
+/// a client asking for Elasticsearch's compatible media type
+/// (`application/vnd.elasticsearch+json; compatible-with=9`) is labelled
+/// with it.
 pub async fn product_header(request: Request, next: Next) -> Response {
+    let filter = request.uri().query().and_then(|query| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()?
+            .into_iter()
+            .find(|(name, _)| name == "filter_path")
+            .map(|(_, value)| value)
+    });
     let compatible = request
         .headers()
         .get(header::ACCEPT)
@@ -232,10 +392,81 @@ pub async fn product_header(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if let (Some(filter), true) = (filter, is_json) {
+        response = filtered(response, &filter).await;
+    }
     if let (Some(content_type), true) = (compatible, is_json) {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk_answer() -> Value {
+        json!({"took": 3, "errors": true, "items": [
+            {"create": {"_index": "logs-a", "_id": "1", "status": 201, "result": "created"}},
+            {"index": {"_index": "logs-a", "_id": "2", "status": 400,
+                "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
+        ]})
+    }
+
+    #[test]
+    fn filter_path_keeps_what_shippers_ask_for() {
+        // Filebeat's and Logstash's bulk filter.
+        assert_eq!(
+            filter_path(bulk_answer(), "errors,items.*.error,items.*.status"),
+            json!({"errors": true, "items": [
+                {"create": {"status": 201}},
+                {"index": {"status": 400,
+                    "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
+            ]})
+        );
+        // Objects left empty go, and nothing kept is `{}`.
+        assert_eq!(
+            filter_path(bulk_answer(), "errors,items.*.error"),
+            json!({"errors": true, "items": [{"index": {
+                "error": {"type": "mapper_parsing_exception", "reason": "bad"}}}]})
+        );
+        assert_eq!(filter_path(bulk_answer(), "nothing.here"), json!({}));
+        assert_eq!(
+            filter_path(bulk_answer(), "**.reason"),
+            json!({"items": [{"index": {"error": {"reason": "bad"}}}]})
+        );
+        assert_eq!(
+            filter_path(bulk_answer(), "items.*.st*"),
+            json!({"items": [{"create": {"status": 201}}, {"index": {"status": 400}}]})
+        );
+        assert_eq!(
+            filter_path(json!({"a": 1, "b": {"c": 2, "d": 3}}), "-b.c"),
+            json!({"a": 1, "b": {"d": 3}})
+        );
+        assert_eq!(
+            filter_path(
+                json!({"version": {"number": "8"}, "name": "x"}),
+                "version.number,-name"
+            ),
+            json!({"version": {"number": "8"}})
+        );
+    }
+
+    #[test]
+    fn wildcards() {
+        for (pattern, text, matches) in [
+            ("*", "anything", true),
+            ("a*", "abc", true),
+            ("*c", "abc", true),
+            ("a*c", "abc", true),
+            ("a*c", "ab", false),
+            ("a*b*c", "aXbYc", true),
+            ("ab", "abc", false),
+            ("a*a", "a", false),
+        ] {
+            assert_eq!(wildcard_match(pattern, text), matches, "{pattern} {text}");
+        }
+    }
 }

@@ -179,9 +179,9 @@ fn fold(op: TokenId, values: &[f64]) -> Result<f64> {
     })
 }
 
-/// Prometheus 2.42's running mean (`avg` and `avg_over_time`), which avoids overflow
+/// Prometheus 2.42's running mean of `avg` (no compensation, unlike `avg_over_time`), which avoids overflow
 /// and keeps an infinite mean stable.
-pub(crate) fn incremental_mean(values: &[f64]) -> f64 {
+fn incremental_mean(values: &[f64]) -> f64 {
     let mut mean = 0.0;
     for (i, &v) in values.iter().enumerate() {
         let count = (i + 1) as f64;

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, Val};
+use crate::gomath;
 use crate::value::{Labels, METRIC_NAME, Sample};
 
 /// Rejects modifiers that postdate Prometheus 2.42 (fill values).
@@ -167,9 +168,9 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool)> {
         T_SUB => (l - r, true),
         T_MUL => (l * r, true),
         T_DIV => (l / r, true),
-        T_POW => (l.powf(r), true),
+        T_POW => (gomath::pow(l, r), true),
         T_MOD => (l % r, true),
-        T_ATAN2 => (l.atan2(r), true),
+        T_ATAN2 => (gomath::atan2(l, r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),

@@ -7,9 +7,9 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
-use crate::aggregate::incremental_mean;
 use crate::error::{EvalError, Result, exec_err};
 use crate::eval::{Evaluator, RangeVal, Val, unique, unwrap_parens};
+use crate::gomath;
 use crate::logs;
 use crate::value::{Labels, METRIC_NAME, Sample};
 
@@ -361,11 +361,11 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
         "abs" => f64::abs,
         "ceil" => f64::ceil,
         "floor" => f64::floor,
-        "exp" => f64::exp,
+        "exp" => gomath::exp,
         "sqrt" => f64::sqrt,
-        "ln" => f64::ln,
-        "log2" => f64::log2,
-        "log10" => f64::log10,
+        "ln" => gomath::ln,
+        "log2" => gomath::log2,
+        "log10" => gomath::log10,
         "sgn" => |v| {
             if v < 0.0 {
                 -1.0
@@ -375,20 +375,20 @@ fn math_fn(name: &str) -> fn(f64) -> f64 {
                 v
             }
         },
-        "acos" => f64::acos,
-        "acosh" => f64::acosh,
-        "asin" => f64::asin,
-        "asinh" => f64::asinh,
+        "acos" => gomath::acos,
+        "acosh" => gomath::acosh,
+        "asin" => gomath::asin,
+        "asinh" => gomath::asinh,
         "atan" => f64::atan,
-        "atanh" => f64::atanh,
-        "cos" => f64::cos,
-        "cosh" => f64::cosh,
-        "sin" => f64::sin,
-        "sinh" => f64::sinh,
-        "tan" => f64::tan,
-        "tanh" => f64::tanh,
-        "deg" => f64::to_degrees,
-        _ => f64::to_radians,
+        "atanh" => gomath::atanh,
+        "cos" => gomath::cos,
+        "cosh" => gomath::cosh,
+        "sin" => gomath::sin,
+        "sinh" => gomath::sinh,
+        "tan" => gomath::tan,
+        "tanh" => gomath::tanh,
+        "deg" => gomath::deg,
+        _ => gomath::rad,
     }
 }
 
@@ -462,13 +462,11 @@ fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
     for s in v {
-        let Some(upper) = s
-            .labels
-            .get("le")
-            .and_then(|le| le.trim().parse::<f64>().ok())
-        else {
+        let Some(upper) = s.labels.get("le").and_then(|le| le.parse::<f64>().ok()) else {
             continue;
         };
+        // Grouped by every label but `le`, the name included, as 2.42 does:
+        // two names with the same other labels make a duplicate output.
         let sig = s.labels.signature(|n| n != "le");
         let i = *index.entry(sig).or_insert_with(|| {
             groups.push((
@@ -589,9 +587,9 @@ fn range_function(ev: &mut Evaluator, name: &str, args: &[&Expr], t: i64) -> Res
                 slope * scalars[0] + intercept
             }),
             "holt_winters" => holt_winters(p, scalars[0], scalars[1]),
-            "avg_over_time" => Some(incremental_mean(&values(p))),
+            "avg_over_time" => Some(mean_over_time(p)),
             "count_over_time" => Some(p.len() as f64),
-            "sum_over_time" => Some(p.iter().map(|x| x.1).sum()),
+            "sum_over_time" => Some(sum_over_time(p)),
             "min_over_time" => Some(
                 p.iter()
                     .fold(p[0].1, |m, x| if x.1 < m || m.is_nan() { x.1 } else { m }),
@@ -629,16 +627,52 @@ fn values(p: &[(i64, f64)]) -> Vec<f64> {
     p.iter().map(|x| x.1).collect()
 }
 
-/// Population variance with Welford's algorithm, as `stdvar_over_time`.
-fn variance(p: &[(i64, f64)]) -> f64 {
-    let (mut count, mut mean, mut aux) = (0.0, 0.0, 0.0);
+/// One step of Neumaier's compensated sum, Prometheus 2.42's `kahanSumInc`:
+/// the new sum and the new compensation term, which the caller adds at the end.
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    // The larger magnitude loses the low bits, so it goes first.
+    let lost = if sum.abs() >= inc.abs() {
+        (sum - t) + inc
+    } else {
+        (inc - t) + sum
+    };
+    (t, c + lost)
+}
+
+/// `sum_over_time`: a compensated sum, the compensation dropped once the sum is infinite.
+fn sum_over_time(p: &[(i64, f64)]) -> f64 {
+    let (sum, c) = p
+        .iter()
+        .fold((0.0, 0.0), |(sum, c), &(_, v)| kahan_inc(v, sum, c));
+    if sum.is_infinite() { sum } else { sum + c }
+}
+
+/// `avg_over_time`: 2.42's running mean (no overflow on large values), each
+/// step added with compensation, and an infinite mean kept as it is.
+fn mean_over_time(p: &[(i64, f64)]) -> f64 {
+    let (mut mean, mut c, mut count) = (0f64, 0.0, 0.0);
     for &(_, v) in p {
         count += 1.0;
-        let delta = v - mean;
-        mean += delta / count;
-        aux += delta * (v - mean);
+        if mean.is_infinite() && ((v.is_infinite() && (mean > 0.0) == (v > 0.0)) || v.is_finite()) {
+            continue;
+        }
+        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
     }
-    aux / count
+    if mean.is_infinite() { mean } else { mean + c }
+}
+
+/// Population variance as `stdvar_over_time`: Welford's algorithm with both
+/// running sums compensated, as in 2.42.
+fn variance(p: &[(i64, f64)]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(_, v) in p {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
 }
 
 /// `rate`, `increase` and `delta`: Prometheus 2.42's `extrapolatedRate`.
@@ -690,7 +724,9 @@ fn extrapolated_rate(
     // computes it: the other order differs in the last bit.
     let mut factor = interval / sampled;
     if is_rate {
-        factor /= secs(m.end, m.start);
+        // Go's `Duration.Seconds`: whole seconds plus the rest in nanoseconds / 1e9.
+        let range = m.end - m.start;
+        factor /= (range / 1000) as f64 + ((range % 1000) * 1_000_000) as f64 / 1e9;
     }
     Some(result * factor)
 }
@@ -715,7 +751,8 @@ fn instant_value(p: &[(i64, f64)], is_rate: bool) -> Option<f64> {
     Some(v)
 }
 
-/// Least-squares slope and intercept at `intercept_time` (ms), x in seconds.
+/// Least-squares slope and intercept at `intercept_time` (ms), x in seconds;
+/// the four running sums are compensated, as in 2.42.
 fn linear_regression(p: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
     let init_y = p[0].1;
     if p.iter().all(|x| x.1 == init_y) {
@@ -725,15 +762,17 @@ fn linear_regression(p: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
             (0.0, init_y)
         };
     }
-    let (mut n, mut sum_x, mut sum_y, mut sum_xy, mut sum_x2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut n = 0.0;
+    // (sum, compensation) of x, y, x*y and x*x.
+    let mut sums = [(0.0, 0.0); 4];
     for &(ts, v) in p {
         n += 1.0;
         let x = (ts as f64 - intercept_time as f64) / 1e3;
-        sum_x += x;
-        sum_y += v;
-        sum_xy += x * v;
-        sum_x2 += x * x;
+        for (sum, inc) in sums.iter_mut().zip([x, v, x * v, x * x]) {
+            *sum = kahan_inc(inc, sum.0, sum.1);
+        }
     }
+    let [sum_x, sum_y, sum_xy, sum_x2] = sums.map(|(sum, c)| sum + c);
     let cov_xy = sum_xy - sum_x * sum_y / n;
     let var_x = sum_x2 - sum_x * sum_x / n;
     let slope = cov_xy / var_x;

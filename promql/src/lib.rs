@@ -29,6 +29,8 @@
 //! - `functions`: the function library (`rate`, `histogram_quantile`, `label_replace`, ...).
 //! - `aggregate`: aggregation operators and grouping.
 //! - `binary`: arithmetic, comparison and set operators and vector matching.
+//! - `gomath`: Go's `exp`, `pow`, logarithms and trigonometric functions, whose
+//!   last bits differ from the C library's; Prometheus answers with Go's.
 //! - `value`: labels, samples, series, result values, float formatting.
 //! - `logs`: `count_logs`, Strand's one function beyond 2.42: log records
 //!   matching a log query in a window, counted by the source
@@ -36,7 +38,9 @@
 //! - `error`: [`EvalError`] and its Prometheus `errorType`.
 //!
 //! Invariant: nothing here panics on any query text or data; every failure is an
-//! [`EvalError`].
+//! [`EvalError`]. Floats are combined in the order Prometheus 2.42 combines them
+//! (compensated sums in `*_over_time` and `deriv`, running means, the rate's
+//! extrapolation factor), so answers are equal to the last bit.
 //!
 //! # Known differences from Prometheus 2.42
 //!
@@ -63,6 +67,7 @@ mod binary;
 mod error;
 mod eval;
 mod functions;
+mod gomath;
 mod logs;
 mod value;
 

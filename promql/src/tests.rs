@@ -839,6 +839,20 @@ fn rate_rounds_as_prometheus_does() {
     );
 }
 
+/// `atan2` is Go's `math.Atan2`, as in Prometheus: the C library's answer
+/// for -17.125 atan2 10 is one bit away from Prometheus 2.42's.
+#[test]
+fn atan2_rounds_as_go_does() {
+    let s = load("1m", "t 0");
+    let Value::Scalar { v, .. } =
+        instant_query(&s, "-17.125 atan2 10", ms("1m"), &Limits::default()).unwrap()
+    else {
+        panic!("not a scalar")
+    };
+    assert_eq!(v.to_bits(), (-1.0422681578915045f64).to_bits(), "{v}");
+    assert_ne!(v.to_bits(), (-17.125f64).atan2(10.0).to_bits());
+}
+
 #[test]
 fn rate_increase_delta() {
     let s = load(
@@ -1092,6 +1106,34 @@ fn over_time_functions() {
         r#"absent_over_time(nonexistent{job="x"}[2m])"#,
         "10m",
         &[(r#"{job="x"}"#, 1.0)],
+    );
+}
+
+/// Buckets are grouped by every label but `le`, the metric name included
+/// (2.42's `BytesWithoutLabels`): two names with otherwise equal labels give
+/// two results with one label set, which is an error, as in Prometheus.
+#[test]
+fn histogram_quantile_keeps_metric_names_apart() {
+    let s = load(
+        "5m",
+        r#"
+        a_bucket{le="1"} 0+1x10
+        a_bucket{le="+Inf"} 0+2x10
+        b_bucket{le="1"} 0+1x10
+        b_bucket{le="+Inf"} 0+2x10
+        "#,
+    );
+    check(
+        &s,
+        "histogram_quantile(0.5, a_bucket)",
+        "50m",
+        &[("{}", 1.0)],
+    );
+    check_err(
+        &s,
+        r#"histogram_quantile(0.5, {__name__=~"a_bucket|b_bucket"})"#,
+        "50m",
+        "execution",
     );
 }
 

@@ -9,6 +9,9 @@
 //!   its log). Either way on loopback port 0: no test races another for a port.
 //! - [`Alertmanager`]: a real Alertmanager with a webhook that records what
 //!   it notifies, for the alerting tests.
+//! - [`OtelCollector`]: a real OpenTelemetry Collector (built from
+//!   `testkit/otelcol` with Go, once per source) forwarding to Strand with
+//!   its own exporters.
 //! - [`pki`]: a throwaway CA and the certificates it issues, for TLS tests.
 //! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
 //! - [`require_tool`]: an external program a test needs. A missing one fails
@@ -19,6 +22,7 @@
 
 mod alertmanager;
 pub mod browser;
+mod otelcol;
 mod own_process;
 pub mod pki;
 mod strand;
@@ -30,6 +34,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use alertmanager::Alertmanager;
+pub use otelcol::OtelCollector;
 pub use own_process::in_own_process;
 pub use strand::{ClientTls, Strand};
 pub use tools::require_tool;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -135,7 +135,7 @@ pub fn router() -> Router<Arc<ApiState>> {
         )
         .route("/api/operations", get(operations))
         .route("/api/traces", get(find_traces))
-        .route("/api/traces/{trace_id}", get(trace_by_id))
+        .route("/api/traces/{trace_id}", get(trace_by_id_or_tempo))
         .route("/api/tags", get(tags))
         .route("/api/dependencies", get(dependencies))
 }
@@ -185,6 +185,23 @@ async fn operations(
         .map(|(name, kind)| json!({"name": name, "spanKind": kind.as_str()}))
         .collect();
     Ok(envelope(operations))
+}
+
+/// `/api/traces/{id}` is Tempo's path too: Grafana's Tempo data source asks
+/// for it as protobuf, Jaeger's clients for JSON.
+async fn trace_by_id_or_tempo(
+    State(state): State<Arc<ApiState>>,
+    Path(trace_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if super::tempo::wants_protobuf(&headers) {
+        return super::tempo::trace_v1(State(state), Path(trace_id), headers)
+            .await
+            .into_response();
+    }
+    trace_by_id(State(state), Path(trace_id))
+        .await
+        .into_response()
 }
 
 async fn trace_by_id(

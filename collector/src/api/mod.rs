@@ -1,15 +1,19 @@
-//! The HTTP API on port 7070: the Jaeger query API, the native log API, the
-//! Prometheus query API, Loki's query API (Grafana's Loki data source), dashboards, health endpoints, Strand's own
+//! The HTTP API on port 7070: the Jaeger query API (v1 and v3), Grafana
+//! Tempo's query API (under `/tempo`), the native log API, Loki's query API
+//! (Grafana's Loki data source), the Prometheus query API, dashboards,
+//! health endpoints, Strand's own
 //! `/metrics` and the embedded web UI (`/`, `/ui/*`).
 
 mod admin;
 mod dashboards;
 mod jaeger;
+mod jaeger_v3;
 mod logs;
 mod loki;
 mod params;
 mod prom;
 mod rules;
+mod tempo;
 mod ui;
 
 use std::sync::Arc;
@@ -54,6 +58,8 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router {
     let queries = Router::new()
         .merge(jaeger::router())
+        .merge(jaeger_v3::router())
+        .merge(tempo::router())
         .merge(logs::router())
         .merge(loki::router())
         .merge(prom::router())

@@ -4,6 +4,7 @@
 use axum::http::Method;
 
 use crate::model::TraceId;
+pub use crate::query::parse_go_duration;
 
 /// The query string's parameters, then (for POST) those of an
 /// `application/x-www-form-urlencoded` body, in order: query APIs take both
@@ -24,9 +25,6 @@ pub fn query_and_form(
     Ok(params)
 }
 
-/// Parses a Go `time.Duration` string (`1.5s`, `100ms`, `2h45m`, `500us`,
-/// `1µs`), which is what Jaeger's `minDuration`/`maxDuration` take, into
-/// nanoseconds.
 /// A point in time as log APIs take it: RFC 3339 in UTC
 /// (`2026-11-25T10:00:00Z`, fractions allowed), or a unix epoch number whose unit is told by its size
 /// (seconds, milliseconds, microseconds or nanoseconds), as Loki accepts.
@@ -45,45 +43,6 @@ pub fn parse_time(input: &str) -> Result<u64, String> {
     time.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .map_err(|_| format!("'{input}' is before 1970"))
-}
-
-pub fn parse_go_duration(input: &str) -> Result<u64, String> {
-    let invalid = || format!("invalid duration {input:?}: use e.g. 1.5s, 100ms, 2h45m, 500us");
-    let s = input.trim();
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let (number, tail) = rest.split_at(number_len);
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let nanos_per_unit = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(invalid()),
-        };
-        total += value * nanos_per_unit;
-        rest = tail;
-    }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(invalid());
-    }
-    Ok(total.round() as u64)
 }
 
 /// Parses Jaeger's `lookback` (`1h`, `2d`, any Go duration) into nanoseconds.

@@ -1,6 +1,7 @@
 //! The Prometheus HTTP API (`/api/v1/...`) with Prometheus's JSON and error
 //! shapes, so Grafana's Prometheus data source and PromQL tools work
-//! unchanged. Every endpoint takes its parameters from the query string or,
+//! unchanged (`collector/tests/it/grafana_prometheus.rs` replays what
+//! Grafana sends). Every endpoint takes its parameters from the query string or,
 //! for POST, an `application/x-www-form-urlencoded` body, like Prometheus.
 
 use std::sync::Arc;
@@ -42,6 +43,10 @@ pub fn router() -> Router<Arc<ApiState>> {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/metadata", get(metadata))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
 }
 
 /// An answer in Prometheus's error shape.
@@ -459,6 +464,38 @@ async fn metadata(
     Ok(success(Json::Object(out)))
 }
 
+/// `/api/v1/query_exemplars`. Strand stores no exemplars (those of OTLP
+/// metrics and OpenMetrics scrapes are dropped at ingest), so it answers as
+/// Prometheus 2.42 does without exemplar storage: the times and the query
+/// are checked as Prometheus checks them (`bad_data`), then there are none
+/// — `[]`, or `null` for an expression without a series selector. Grafana
+/// asks this for every panel query with exemplars on.
+async fn query_exemplars(params: Params) -> Result<Response, PromError> {
+    range(&params)?;
+    let text = params.get("query").unwrap_or_default();
+    let expr = strand_promql::parse(text)
+        .map_err(|e| PromError::bad_data(format!("invalid parameter \"query\": {e}")))?;
+    let mut finder = SelectorFinder(false);
+    // The finder never fails.
+    let _ = promql_parser::util::walk_expr(&mut finder, &expr);
+    Ok(success(if finder.0 { json!([]) } else { Json::Null }))
+}
+
+/// Whether an expression selects series (Prometheus' `ExtractSelectors`
+/// finding any).
+struct SelectorFinder(bool);
+
+impl promql_parser::util::ExprVisitor for SelectorFinder {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+        if matches!(expr, Expr::VectorSelector(_) | Expr::MatrixSelector(_)) {
+            self.0 = true;
+        }
+        Ok(!self.0)
+    }
+}
+
 async fn buildinfo() -> Response {
     success(json!({
         "version": PROMETHEUS_COMPATIBLE_VERSION,
@@ -557,5 +594,25 @@ mod tests {
             point(1_500, Json::String(format_value(f64::INFINITY))),
             json!([1.5, "+Inf"])
         );
+    }
+
+    #[test]
+    fn exemplar_queries_find_their_selectors() {
+        for (query, selects) in [
+            ("up", true),
+            ("rate(http_requests_total[5m])", true),
+            (
+                "histogram_quantile(0.9, sum by (le) (rate(x_bucket[1m])))",
+                true,
+            ),
+            ("1 + 1", false),
+            ("vector(1) * 2", false),
+            ("vector(time()) or up", true),
+        ] {
+            let mut finder = SelectorFinder(false);
+            let _ =
+                promql_parser::util::walk_expr(&mut finder, &strand_promql::parse(query).unwrap());
+            assert_eq!(finder.0, selects, "{query}");
+        }
     }
 }

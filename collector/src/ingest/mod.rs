@@ -4,11 +4,13 @@
 //! to `model` and hand the result to the `Pipeline`.
 
 mod bulk;
+pub mod exposition;
 pub mod grpc;
 pub mod http;
 pub mod loki;
 pub(crate) mod otlp;
 pub(crate) mod otlp_metrics;
+pub(crate) mod otlp_out;
 pub mod remote_write;
 pub mod scrape;
 

@@ -1,21 +1,24 @@
-//! Pull ingest: scraping Prometheus text-format endpoints on an interval, like
-//! a Prometheus server with static targets. Each scrape also writes `up`,
+//! Pull ingest: scraping Prometheus text-format and OpenMetrics endpoints on
+//! an interval, like a Prometheus server with static targets: the format is
+//! negotiated with Prometheus' `Accept` header and read by the response's
+//! `Content-Type` (`exposition`). A body that does not parse fails the
+//! scrape, as in Prometheus: nothing of it is stored and `up` is 0. Each
+//! scrape also writes `up`,
 //! `scrape_duration_seconds` and `scrape_samples_scraped` for the target, and
 //! staleness markers for series that disappeared since the previous scrape
-//! (all of them when the target is down), so PromQL sees them end as it would
-//! in Prometheus. Strand scrapes its own metrics this way by default, read
+//! (all of them when the target is down; never for series the exposition
+//! timestamps itself), so PromQL sees them end as it would in Prometheus. Strand scrapes its own metrics this way by default, read
 //! in-process (`Source::Own`): its `/metrics` may need a token or TLS.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus_parse::{Scrape, Value};
-
 use crate::config::ScrapeTarget;
+use crate::ingest::exposition::{self, Exposition, Format};
 use crate::model::{
-    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, STALE_NAN_BITS,
-    SeriesSamples, canonical_labels,
+    Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, STALE_NAN_BITS, SeriesSamples,
+    canonical_labels,
 };
 use crate::pipeline::Pipeline;
 use crate::telemetry::SelfMetrics;
@@ -61,21 +64,23 @@ pub async fn run(
         let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
         let fetched = match &source {
             Source::Http => fetch(&client, &target).await,
-            Source::Own(self_metrics) => Ok(self_metrics.render()),
+            Source::Own(self_metrics) => Ok((self_metrics.render(), Format::Text)),
         };
+        let parsed = fetched.and_then(|(text, format)| {
+            exposition::parse(&text, format).map_err(|error| error.to_string())
+        });
         let duration = started.elapsed().as_secs_f64();
-        let (mut series, metadata, up) = match fetched {
-            Ok(text) => {
-                let (series, metadata) = convert(&text, &target, now_ms);
-                (series, metadata, 1.0)
+        let (mut series, metadata, current, up) = match parsed {
+            Ok(exposition) => {
+                let (series, metadata, tracked) = convert(exposition, &target, now_ms);
+                (series, metadata, tracked, 1.0)
             }
             Err(error) => {
-                tracing::debug!(job = target.job, instance = target.address, %error, "ScrapeFailed");
-                (Vec::new(), Vec::new(), 0.0)
+                tracing::warn!(job = target.job, instance = target.address, %error, "ScrapeFailed");
+                (Vec::new(), Vec::new(), HashSet::new(), 0.0)
             }
         };
         let scraped = series.len() as f64;
-        let current: HashSet<Vec<Label>> = series.iter().map(|s| s.labels.clone()).collect();
         let stale = f64::from_bits(STALE_NAN_BITS);
         series.extend(
             previous
@@ -110,17 +115,28 @@ pub async fn run(
     }
 }
 
-async fn fetch(client: &reqwest::Client, target: &ScrapeTarget) -> Result<String, String> {
+/// The target's exposition and the format its `Content-Type` declares.
+async fn fetch(
+    client: &reqwest::Client,
+    target: &ScrapeTarget,
+) -> Result<(String, Format), String> {
     let response = client
         .get(target.url())
-        .header("Accept", "text/plain;version=0.0.4")
+        .header("Accept", exposition::ACCEPT)
         .send()
         .await
         .map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    response.text().await.map_err(|e| e.to_string())
+    let format = Format::of_content_type(
+        response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    Ok((text, format))
 }
 
 fn one_sample(labels: Vec<Label>, timestamp_ms: i64, value: f64) -> SeriesSamples {
@@ -151,84 +167,42 @@ fn target_labels(target: &ScrapeTarget, mut labels: Vec<Label>) -> Vec<Label> {
 }
 
 /// Converts an exposition into series (one sample each, at the scrape time
-/// unless the exposition gives one) and metadata.
+/// unless the exposition gives one) and metadata, and names the series that
+/// take part in staleness: those without a timestamp of their own.
 fn convert(
-    text: &str,
+    exposition: Exposition,
     target: &ScrapeTarget,
     now_ms: i64,
-) -> (Vec<SeriesSamples>, Vec<MetricMetadata>) {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let Ok(scrape) = Scrape::parse_at(
-        lines,
-        chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default(),
-    ) else {
-        return (Vec::new(), Vec::new());
-    };
-    let mut series = Vec::with_capacity(scrape.samples.len());
-    let mut kinds: Vec<(String, MetricKind)> = Vec::new();
-    for sample in scrape.samples {
-        let t = sample.timestamp.timestamp_millis();
-        let base: Vec<Label> = sample
-            .labels
-            .iter()
-            .map(|(name, value)| Label::new(name.clone(), value.clone()))
-            .collect();
-        let mut push = |name: String, extra: Option<Label>, value: f64| {
-            let mut labels = base.clone();
-            labels.push(Label::new(METRIC_NAME_LABEL, name));
-            labels.extend(extra);
-            series.push(one_sample(target_labels(target, labels), t, value));
-        };
-        match sample.value {
-            Value::Counter(v) => {
-                kinds.push((sample.metric.clone(), MetricKind::Counter));
-                push(sample.metric, None, v);
-            }
-            Value::Gauge(v) => {
-                kinds.push((sample.metric.clone(), MetricKind::Gauge));
-                push(sample.metric, None, v);
-            }
-            Value::Untyped(v) => push(sample.metric, None, v),
-            Value::Histogram(buckets) => {
-                kinds.push((sample.metric.clone(), MetricKind::Histogram));
-                for bucket in buckets {
-                    push(
-                        format!("{}_bucket", sample.metric),
-                        Some(Label::new(
-                            "le",
-                            strand_promql::format_value(bucket.less_than),
-                        )),
-                        bucket.count,
-                    );
-                }
-            }
-            Value::Summary(quantiles) => {
-                kinds.push((sample.metric.clone(), MetricKind::Summary));
-                for quantile in quantiles {
-                    push(
-                        sample.metric.clone(),
-                        Some(Label::new(
-                            "quantile",
-                            strand_promql::format_value(quantile.quantile),
-                        )),
-                        quantile.count,
-                    );
-                }
-            }
-        }
-    }
-    kinds.sort_by(|a, b| a.0.cmp(&b.0));
-    kinds.dedup_by(|a, b| a.0 == b.0);
-    let metadata = kinds
+) -> (Vec<SeriesSamples>, Vec<MetricMetadata>, HashSet<Vec<Label>>) {
+    let mut tracked = HashSet::new();
+    let series = exposition
+        .samples
         .into_iter()
-        .map(|(metric, kind)| MetricMetadata {
-            help: scrape.docs.get(&metric).cloned().unwrap_or_default(),
-            metric,
-            kind,
-            unit: String::new(),
+        .map(|sample| {
+            let mut labels: Vec<Label> = sample
+                .labels
+                .into_iter()
+                .map(|(name, value)| Label::new(name, value))
+                .collect();
+            labels.push(Label::new(METRIC_NAME_LABEL, sample.name));
+            let labels = target_labels(target, labels);
+            if sample.timestamp_ms.is_none() {
+                tracked.insert(labels.clone());
+            }
+            one_sample(labels, sample.timestamp_ms.unwrap_or(now_ms), sample.value)
         })
         .collect();
-    (series, metadata)
+    let metadata = exposition
+        .families
+        .into_iter()
+        .map(|family| MetricMetadata {
+            metric: family.name,
+            kind: family.kind,
+            help: family.help,
+            unit: family.unit,
+        })
+        .collect();
+    (series, metadata, tracked)
 }
 
 #[cfg(test)]
@@ -236,6 +210,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::model::MetricKind;
 
     fn target() -> ScrapeTarget {
         ScrapeTarget {
@@ -269,7 +244,7 @@ mod tests {
         let text = "\
 # HELP requests_total Requests served.
 # TYPE requests_total counter
-requests_total{code=\"200\",job=\"inner\"} 7
+requests_total{code=\"200\",job=\"inner\",path=\"/a,b\"} 7
 # TYPE latency_seconds histogram
 latency_seconds_bucket{le=\"0.5\"} 3
 latency_seconds_bucket{le=\"+Inf\"} 4
@@ -278,7 +253,8 @@ latency_seconds_count 4
 # TYPE temperature gauge
 temperature -3.5 1700000000000
 ";
-        let (series, metadata) = convert(text, &target(), 1_800_000_000_000);
+        let exposition = exposition::parse(text, Format::Text).unwrap();
+        let (series, metadata, tracked) = convert(exposition, &target(), 1_800_000_000_000);
         assert_eq!(
             render(&series),
             [
@@ -286,7 +262,7 @@ temperature -3.5 1700000000000
                 "__name__=latency_seconds_bucket,env=dev,instance=127.0.0.1:9100,job=shop,le=0.5 3",
                 "__name__=latency_seconds_count,env=dev,instance=127.0.0.1:9100,job=shop 4",
                 "__name__=latency_seconds_sum,env=dev,instance=127.0.0.1:9100,job=shop 1.25",
-                "__name__=requests_total,code=200,env=dev,exported_job=inner,instance=127.0.0.1:9100,job=shop 7",
+                "__name__=requests_total,code=200,env=dev,exported_job=inner,instance=127.0.0.1:9100,job=shop,path=/a,b 7",
                 "__name__=temperature,env=dev,instance=127.0.0.1:9100,job=shop -3.5",
             ]
         );
@@ -295,6 +271,9 @@ temperature -3.5 1700000000000
             .find(|s| s.metric_name() == "temperature")
             .unwrap();
         assert_eq!(temperature.samples[0].timestamp_ms, 1_700_000_000_000);
+        // A series that brings its own timestamp never goes stale.
+        assert_eq!(tracked.len(), 5);
+        assert!(!tracked.contains(&temperature.labels));
         let kinds: Vec<(&str, MetricKind)> = metadata
             .iter()
             .map(|m| (m.metric.as_str(), m.kind))
@@ -302,24 +281,11 @@ temperature -3.5 1700000000000
         assert_eq!(
             kinds,
             [
-                ("latency_seconds", MetricKind::Histogram),
                 ("requests_total", MetricKind::Counter),
+                ("latency_seconds", MetricKind::Histogram),
                 ("temperature", MetricKind::Gauge),
             ]
         );
-        assert_eq!(metadata[1].help, "Requests served.");
-    }
-
-    #[test]
-    fn garbage_yields_nothing_and_never_panics() {
-        for text in [
-            "",
-            "}{",
-            "# TYPE x histogram\nx_bucket{le=\"abc\"} 1",
-            "x{a=\"b\" 1",
-            "\u{0}",
-        ] {
-            let _ = convert(text, &target(), 0);
-        }
+        assert_eq!(metadata[0].help, "Requests served.");
     }
 }

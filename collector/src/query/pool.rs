@@ -225,17 +225,23 @@ mod tests {
         assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
 
         // One running, one queued: a third is refused at once.
+        let (started, running_now) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let running = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.run(move || released.recv().unwrap()).await }
+            async move {
+                pool.run(move || {
+                    started.send(()).unwrap();
+                    released.recv().unwrap()
+                })
+                .await
+            }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let queued = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.run(|| ()).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        running_now.await.unwrap();
+        let mut queued = Box::pin(pool.run(|| ()));
+        // Polled once, it is in the queue, waiting for its answer.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(queued.as_mut().poll(&mut context).is_pending());
         assert_eq!(
             pool.run(|| ()).await,
             Err(QueryRefused::Busy {
@@ -250,13 +256,19 @@ mod tests {
             Err(QueryRefused::Timeout(Duration::from_millis(300)))
         );
         assert_eq!(
-            queued.await.unwrap(),
+            queued.await,
             Err(QueryRefused::Timeout(Duration::from_millis(300)))
         );
-        // Released, the thread skips the expired job and takes new ones.
+        // Released, the thread skips the expired job and takes new ones
+        // (refused as busy only until it has taken the expired one).
         release.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(pool.run(|| "again").await, Ok("again"));
+        let again = loop {
+            match pool.run(|| "again").await {
+                Err(QueryRefused::Busy { .. }) => tokio::task::yield_now().await,
+                answer => break answer,
+            }
+        };
+        assert_eq!(again, Ok("again"));
     }
 
     #[tokio::test]

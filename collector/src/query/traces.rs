@@ -104,6 +104,19 @@ pub struct Found {
 /// `query.limit`; whatever damaged storage keeps back is left out, and
 /// [`Found::damaged`] says so.
 pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
+    search_with(store, query, |spans| {
+        spans.iter().any(|span| query.matches_span(span))
+    })
+}
+
+/// Like [`search`], but a candidate trace (one with a span `query` matches)
+/// is kept only when `keep` accepts the whole trace: other query languages
+/// (TraceQL) narrow with a `TraceQuery` and decide on the trace.
+pub fn search_with(
+    store: &TraceStore,
+    query: &TraceQuery,
+    mut keep: impl FnMut(&[Span]) -> bool,
+) -> Result<Found, TraceQueryError> {
     let mut seen = HashSet::new();
     let mut found = Found::default();
     let read_trace =
@@ -116,7 +129,9 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQuer
     for trace_id in store.buffered_traces_matching(|span| query.matches_span(span)) {
         if seen.insert(trace_id) {
             let spans = read_trace(&mut found, &trace_id)?;
-            found.traces.push(spans);
+            if keep(&spans) {
+                found.traces.push(spans);
+            }
         }
     }
     // Index candidates come newest first: once `limit` of them matched, every
@@ -134,7 +149,7 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQuer
         }
         read += 1;
         let spans = read_trace(&mut found, &candidate.trace_id)?;
-        if spans.iter().any(|s| query.matches_span(s)) {
+        if spans.iter().any(|s| query.matches_span(s)) && keep(&spans) {
             matched += 1;
             found.traces.push(spans);
         }

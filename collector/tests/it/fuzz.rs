@@ -1,7 +1,7 @@
 //! Hostile input against the real binary: random mutations of valid
 //! requests — OTLP protobuf and JSON (plain and gzip), gzip bombs, remote
 //! write, `_bulk` NDJSON, Loki pushes (JSON, protobuf+snappy), PromQL,
-//! LogQL, log queries, dashboard JSON and the query
+//! LogQL, log queries, TraceQL, dashboard JSON and the query
 //! APIs' parameters — each sent through the daemon's real decoding and
 //! query paths. Every answer must be a 2xx or a 4xx with a reason (never a
 //! 5xx but a query's timeout, never a dropped connection), a valid trace sent after each target
@@ -44,6 +44,13 @@ const LOG_QUERIES: [&str; 6] = [
     "attributes.http.route:/api/* NOT body:health",
     "service:(order OR gateway) AND NOT \"slow query\"",
     "*",
+];
+
+const TRACEQL_QUERIES: [&str; 4] = [
+    r#"{ resource.service.name = "fuzz" && span.http.status_code >= 500 }"#,
+    r#"{ kind = server } >> { status = error || name =~ "GET.*" }"#,
+    "({ duration > 1.5ms } && { .list != \"x\" }) || { traceDuration < 2s }",
+    "{ } | count() > 1",
 ];
 
 const API_PARAMS: [&str; 8] = [
@@ -105,6 +112,8 @@ enum Send {
     LokiJson,
     /// POST to Loki's push API, snappy-compressed protobuf.
     LokiProtobuf,
+    /// The mutated text as TraceQL `q` of Tempo's search and tag values.
+    TraceQl,
     Dashboard,
     /// The mutated text as a path and query string on the API port.
     ApiGet,
@@ -223,6 +232,7 @@ fn targets() -> Vec<Target> {
             )],
             false,
         ),
+        target("TraceQL", Send::TraceQl, text(&TRACEQL_QUERIES), true),
         target("dashboard JSON", Send::Dashboard, text(&[DASHBOARD]), true),
         target("API parameters", Send::ApiGet, text(&API_PARAMS), true),
     ]
@@ -337,6 +347,13 @@ async fn send(
                 .header("content-type", "application/x-protobuf")
                 .body(rw::snappy(&case)),
         ],
+        Send::TraceQl => [
+            "/api/search",
+            "/api/v2/search/tag/span.http.status_code/values",
+        ]
+        .iter()
+        .map(|path| client.get(daemon.url(path)).query(&[("q", text.as_str())]))
+        .collect(),
         Send::Dashboard => vec![
             client
                 .put(daemon.url("/api/dashboards/fuzz"))

@@ -6,7 +6,7 @@
 //! process and to Strand. Then every query of `tests/promql_diff/queries.txt`
 //! runs against both, as instant queries at a few times and as a range query,
 //! and the answers must match: same result type, same series, same timestamps,
-//! values within 1e-9 relative. A query Strand cannot answer is a failure.
+//! values equal to the last bit. A query Strand cannot answer is a failure.
 //! Every mismatch is collected and reported at the end.
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`, installed by
@@ -249,6 +249,91 @@ fn data_set(end: i64) -> Vec<Series> {
         .collect();
     out.push(series("jittery_events_total", &[("job", "worker")], events));
 
+    out.extend(tied_histograms(start, end));
+    out.extend(order_sensitive_gauges(start));
+    out
+}
+
+/// Classic histograms whose bucket rates tie, so `histogram_quantile` lands
+/// exactly on a bucket's count and a rate one bit off picks another bucket.
+/// Bucket `le` gets `per_scrape[le]` observations a scrape (cumulative counts):
+/// 0.1 and 0.2 tie (nothing falls between them) and hold a tenth, a fifth or a
+/// half of all. `eleven` is scraped every 11 s, where `rate(x[1m])` of a
+/// counter growing by 2 a scrape is the 0.18181818181818182; `short`
+/// starts and stops inside the window (extrapolation at both ends); `reset`
+/// drops to zero at END-20m.
+fn tied_histograms(start: i64, end: i64) -> Vec<Series> {
+    const LE: [&str; 5] = ["0.1", "0.2", "0.5", "1", "+Inf"];
+    let mut out = Vec::new();
+    let kinds: [(&str, i64, i64, i64, [f64; 5]); 4] = [
+        ("eleven", 11, 0, end - start, [2.0, 2.0, 10.0, 18.0, 20.0]),
+        ("tenth", SCRAPE, 0, end - start, [1.0, 1.0, 5.0, 5.0, 10.0]),
+        (
+            "short",
+            11,
+            700,
+            end - start - 400,
+            [3.0, 3.0, 6.0, 12.0, 15.0],
+        ),
+        ("reset", SCRAPE, 0, end - start, [3.0, 3.0, 3.0, 6.0, 6.0]),
+    ];
+    for (kind, every, from, to, per_scrape) in kinds {
+        for (le, per) in LE.iter().zip(per_scrape) {
+            let samples = (from..=to)
+                .step_by(every as usize)
+                .enumerate()
+                .map(|(n, offset)| {
+                    let t = start + offset;
+                    let scrapes = if kind == "reset" && t > end - 20 * 60 {
+                        (t - (end - 20 * 60)) / every
+                    } else {
+                        n as i64 + 1
+                    };
+                    (t, scrapes as f64 * per)
+                })
+                .collect();
+            out.push(series(
+                "tied_bucket",
+                &[("kind", kind), ("le", le)],
+                samples,
+            ));
+        }
+    }
+    out
+}
+
+/// Gauges whose sums, means and deviations round differently in another
+/// operation order: tenths (not exact in binary), values near 1e15 with small
+/// offsets (cancellation), and values near f64::MAX (a plain sum overflows,
+/// the running mean does not).
+fn order_sensitive_gauges(start: i64) -> Vec<Series> {
+    let mut out = Vec::new();
+    for id in 0..12i64 {
+        let name = id.to_string();
+        let samples = (0..=WINDOW_STEPS)
+            .map(|k| {
+                let tenths = ((k * 7 + id * 3) % 13) as f64 * 0.1 + id as f64 * 0.3;
+                (start + k * SCRAPE, tenths)
+            })
+            .collect();
+        out.push(series("tenths_gauge", &[("id", &name)], samples));
+        if id < 4 {
+            let samples = (0..=WINDOW_STEPS)
+                .map(|k| {
+                    let small = ((k * 5 + id) % 11) as f64 * 0.37;
+                    (start + k * SCRAPE, 1e15 + id as f64 * 1e13 + small)
+                })
+                .collect();
+            out.push(series("large_gauge", &[("id", &name)], samples));
+            let samples = (0..=WINDOW_STEPS)
+                .map(|k| {
+                    let share = 0.6 + ((k + id * 2) % 5) as f64 * 0.07;
+                    (start + k * SCRAPE, f64::MAX * share)
+                })
+                .collect();
+            out.push(series("huge_gauge", &[("id", &name)], samples));
+        }
+    }
     out
 }
 
@@ -607,20 +692,10 @@ fn label_key(metric: &Value) -> Result<String, String> {
     Ok(format!("{{{}}}", pairs.join(", ")))
 }
 
-/// Within 1e-9 relative (1e-12 absolute near zero); NaN equals NaN, infinities equal themselves.
+/// Bit-equal floats (so `0.1818181818181818` is not `0.18181818181818182`, and
+/// `-0` is not `0`); NaN equals NaN whatever its payload, as both print "NaN".
 fn close(expected: f64, got: f64) -> bool {
-    if expected.is_nan() || got.is_nan() {
-        return expected.is_nan() && got.is_nan();
-    }
-    if expected.is_infinite() || got.is_infinite() {
-        return expected == got;
-    }
-    let diff = (expected - got).abs();
-    if expected.abs() < 1e-12 {
-        diff <= 1e-12
-    } else {
-        diff <= 1e-9 * expected.abs()
-    }
+    (expected.is_nan() && got.is_nan()) || expected.to_bits() == got.to_bits()
 }
 
 fn same_time(expected: f64, got: f64) -> bool {
@@ -801,7 +876,7 @@ fn comparison_catches_differences() {
     let same_shuffled = vector(&[
         ("{a=\"3\"}", f64::INFINITY),
         ("{a=\"2\"}", f64::NAN),
-        ("{a=\"1\"}", 1.0 + 1e-12),
+        ("{a=\"1\"}", 1.0),
     ]);
     assert_eq!(compare(&base, &same_shuffled, false), None);
     assert!(
@@ -838,7 +913,9 @@ fn comparison_catches_differences() {
     assert!(compare(&m, &matrix(&[(60.0, 1.0)]), false).is_some());
     assert!(compare(&m, &matrix(&[(60.0, 1.0), (180.0, 2.0)]), false).is_some());
     assert!(compare(&m, &matrix(&[(60.0, 1.0), (120.0, 2.5)]), false).is_some());
-    assert!(close(0.0, 1e-13) && !close(0.0, 1e-11) && !close(-1.0, f64::NAN));
+    assert!(close(f64::NAN, -f64::NAN) && close(0.1, 0.1));
+    assert!(!close(0.0, 1e-300) && !close(-1.0, f64::NAN) && !close(0.0, -0.0));
+    assert!(!close(0.18181818181818182, 0.1818181818181818));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! samples or selecting too many series 422 `execution`, and metadata
 //! lists are cut at the series limit with a warning; beyond the query
 //! threads and their queue,
-//! queries are refused at once with 503 and `Retry-After`; and while the
+//! queries (of every query API) are refused at once with 503 and
+//! `Retry-After`; and while the
 //! query threads are all busy with expensive queries, ingest is still
 //! acknowledged.
 
@@ -115,6 +116,24 @@ async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
     assert!(retry_after.is_some(), "503 without Retry-After");
     let (status, body) = daemon.get_json_query("/api/logs", &[("q", "x")]).await;
     assert_eq!(status, 503, "logs share the query threads: {body}");
+    let tempo = client
+        .get(daemon.url("/api/search?q=%7B%7D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tempo.status(), 503, "so does Tempo's search");
+    assert!(tempo.headers().contains_key("retry-after"));
+    let (status, body) = daemon
+        .get_json_query(
+            "/api/v3/traces",
+            &[
+                ("query.start_time_min", "2026-01-01T00:00:00Z"),
+                ("query.start_time_max", "2026-01-01T01:00:00Z"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 503, "and Jaeger's v3 search: {body}");
+    assert_eq!(body["error"]["httpCode"], 503, "{body}");
 
     // Meanwhile every ingest request is acknowledged.
     let base = now_ms() - 60_000;

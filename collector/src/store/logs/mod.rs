@@ -24,6 +24,7 @@
 //! of its own. Version 1 had one partition per range, named `<start>`: a
 //! version 1 directory is a valid version 2 one, and is marked so on open.
 
+mod doc_store;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashSet};
@@ -570,7 +571,7 @@ impl LogStore {
         let exists = Index::exists(&directory)
             .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
         let mut index = if exists {
-            Index::open(directory)?
+            self.open_guarded(&dir, directory)?
         } else {
             Index::builder()
                 .schema(self.schema.clone())
@@ -603,6 +604,46 @@ impl LogStore {
             committed_through: AtomicU64::new(committed),
             current_schema,
         })
+    }
+
+    /// Opens the existing index in `directory`, through a
+    /// [`doc_store::GuardedDirectory`] (reported) when blocks of its
+    /// document store have lengths that cannot be trusted.
+    fn open_guarded(&self, dir: &Path, directory: MmapDirectory) -> Result<Index> {
+        let index = Index::open(directory.clone())?;
+        let searcher = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?
+            .searcher();
+        let untrusted = doc_store::untrusted_blocks(&searcher, &directory).map_err(|e| {
+            StoreError::Search(format!(
+                "checking the document store of {}: {e}",
+                dir.display()
+            ))
+        })?;
+        if untrusted.is_empty() {
+            return Ok(index);
+        }
+        for (file, blocks) in &untrusted {
+            let path = dir.join(file);
+            self.metrics.corrupt_data(
+                "logs",
+                self.data_dir(),
+                &path,
+                blocks[0] as u64,
+                &format!(
+                    "{} document store block(s) have a length that does not match their data",
+                    blocks.len()
+                ),
+                "their records are skipped: queries answer the rest with a warning",
+            );
+            self.reported.lock().expect("not poisoned").insert(path);
+        }
+        drop(searcher);
+        Ok(Index::open(doc_store::GuardedDirectory::new(
+            directory, untrusted,
+        ))?)
     }
 
     fn ensure_writer(&self, partition: &Partition) -> Result<()> {
