@@ -1241,6 +1241,8 @@ async fn otlp_logs_answer_loki_label_names() {
         ]},
         "scopeLogs": [{"logRecords": [{
             "timeUnixNano": now.to_string(),
+            "traceId": "5b8efff798038103d269b633813fc60c",
+            "spanId": "eee19b7ec3c1b174",
             "severityNumber": 17,
             "severityText": "ERROR",
             "body": {"stringValue": "checkout failed"},
@@ -1284,6 +1286,8 @@ async fn otlp_logs_answer_loki_label_names() {
                 "http_route": "/cart",
                 "k8s_pod_name": "p-1",
                 "service_name": "otelsvc",
+                "span_id": "eee19b7ec3c1b174",
+                "trace_id": "5b8efff798038103d269b633813fc60c",
             },
             "values": [[now.to_string(), "checkout failed"]],
         }])
@@ -1295,4 +1299,19 @@ async fn otlp_logs_answer_loki_label_names() {
         labels["data"],
         json!(["deployment_environment", "k8s_pod_name", "service_name"])
     );
+    // Grafana's trace-to-logs query (the Tempo section of the README).
+    let (_, linked) = daemon
+        .get_json_query(
+            "/loki/api/v1/query_range",
+            &[
+                (
+                    "query",
+                    r#"{service_name="otelsvc"} | trace_id="5b8efff798038103d269b633813fc60c""#,
+                ),
+                ("start", &start),
+                ("end", &end),
+            ],
+        )
+        .await;
+    assert_eq!(lines_of(&linked, false).len(), 1, "{linked}");
 }

@@ -298,13 +298,25 @@ pub fn stream_labels(record: &LogRecord) -> Labels {
 }
 
 /// The stream labels and, as Loki adds them to results, the structured
-/// metadata (the record's attributes) and `detected_level`.
+/// metadata (the record's attributes, trace and span ids) and
+/// `detected_level`.
 pub fn entry_labels(record: &LogRecord) -> Labels {
     let mut labels = stream_labels(record);
     for kv in &record.attributes {
         if let Some(value) = label_value(&kv.value) {
             labels.entry(label_name(&kv.key)).or_insert(value);
         }
+    }
+    // Loki 3 keeps an OTLP record's ids as structured metadata.
+    if let Some(trace_id) = record.trace_id {
+        labels
+            .entry("trace_id".into())
+            .or_insert_with(|| hex::encode(trace_id));
+    }
+    if let Some(span_id) = record.span_id {
+        labels
+            .entry("span_id".into())
+            .or_insert_with(|| hex::encode(span_id));
     }
     let level = record.severity.level();
     if level != "unknown" {
