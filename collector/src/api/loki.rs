@@ -679,9 +679,10 @@ async fn index_volume(State(state): State<Arc<ApiState>>, params: Params) -> Lok
     Ok(Json(answer))
 }
 
-/// `tail`: a WebSocket of `{"streams": [...]}` frames with the records
-/// that arrive after it opens (and, with `start`, the `limit` newest since
-/// then first).
+/// `tail`: a WebSocket of `{"streams": [...]}` frames: first the `limit`
+/// newest lines since `start` (an hour ago by default), then those that
+/// arrive after it opens. (Grafana's live tail connects without the data
+/// source's headers, so it needs a daemon without tokens.)
 async fn tail(
     State(state): State<Arc<ApiState>>,
     upgrade: WebSocketUpgrade,
@@ -694,7 +695,10 @@ async fn tail(
         ));
     };
     let limit = params.limit()?;
-    let start = params.time("start")?;
+    // Loki's tail first sends the newest `limit` lines since `start`.
+    let start = params
+        .time("start")?
+        .unwrap_or_else(|| now_unix_nano().saturating_sub(HOUR_NANOS));
     let store = state.stores.logs.clone();
     let after = state
         .queries
@@ -709,21 +713,22 @@ async fn tail_socket(
     mut socket: WebSocket,
     logs: LogExpr,
     mut after: u64,
-    start: Option<u64>,
+    start: u64,
     limit: usize,
 ) {
     let mut stopping = state.stopping.clone();
-    if let Some(start) = start {
-        let backlog = run_logs(&state, logs.clone(), start, now_unix_nano(), limit, false).await;
-        if let Ok(Json(answer)) = backlog {
-            let frame = json!({ "streams": answer["data"]["result"] });
-            if socket
+    let backlog = run_logs(&state, logs.clone(), start, now_unix_nano(), limit, true).await;
+    if let Ok(Json(answer)) = backlog {
+        let streams = &answer["data"]["result"];
+        let frame = json!({ "streams": streams, "dropped_entries": null });
+        let some = streams.as_array().is_some_and(|s| !s.is_empty());
+        if some
+            && socket
                 .send(Message::Text(frame.to_string().into()))
                 .await
                 .is_err()
-            {
-                return;
-            }
+        {
+            return;
         }
     }
     loop {

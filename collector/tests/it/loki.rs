@@ -21,6 +21,7 @@ use crate::auth::{INGEST, READ, TOKEN_FLAGS};
 
 const SECOND: u64 = 1_000_000_000;
 const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
 
 /// The fixed data set's lines, numbered from 1 in the table below; line
 /// `k` is logged at `base + k` minutes.
@@ -1189,12 +1190,37 @@ async fn python_logging_loki_ships_every_record_once() {
     );
 }
 
-/// `tail` over a WebSocket: lines pushed after it opens arrive as
-/// `{"streams": [...]}` frames, only those the query selects.
+/// `tail` over a WebSocket, as Grafana's backend dials it (only `query`):
+/// first the newest lines of the last hour, then lines pushed after it
+/// opens, as `{"streams": [...]}` frames, only those the query selects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_streams_new_lines_over_a_websocket() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Strand::start(&dir.path().join("data"), &[]).await;
+    let now = strand_now();
+    let earlier = json!({"streams": [{"stream": {"service_name": "tailed"}, "values": [
+        [(now - MINUTE).to_string(), "keep the old one"]]}]});
+    assert_eq!(
+        post_json(&daemon, "/loki/api/v1/push", &earlier, None).await,
+        204
+    );
+    let (start, end) = ((now - HOUR).to_string(), (now + MINUTE).to_string());
+    eventually(Duration::from_secs(10), || async {
+        let (_, answer) = daemon
+            .get_json_query(
+                "/loki/api/v1/query_range",
+                &[
+                    ("query", r#"{service_name="tailed"}"#),
+                    ("start", &start),
+                    ("end", &end),
+                ],
+            )
+            .await;
+        (!lines_of(&answer, true).is_empty()).then_some(())
+    })
+    .await
+    .expect("the earlier line is searchable");
+
     let url = daemon
         .url("/loki/api/v1/tail?query=")
         .replacen("http", "ws", 1)
@@ -1202,7 +1228,19 @@ async fn tail_streams_new_lines_over_a_websocket() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("tail opens");
-    let now = strand_now();
+    let mut next_frame = async || -> Value {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("the socket stays open")
+            .expect("a message");
+        serde_json::from_str(frame.to_text().unwrap()).unwrap()
+    };
+    assert_eq!(
+        next_frame().await["streams"],
+        json!([{"stream": {"service_name": "tailed"},
+                "values": [[(now - MINUTE).to_string(), "keep the old one"]]}])
+    );
     let push = json!({"streams": [
         {"stream": {"service_name": "tailed"}, "values": [
             [now.to_string(), "keep me"], [(now + 1).to_string(), "drop me"]]},
@@ -1212,14 +1250,8 @@ async fn tail_streams_new_lines_over_a_websocket() {
         post_json(&daemon, "/loki/api/v1/push", &push, None).await,
         204
     );
-    let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-        .await
-        .expect("a frame within the deadline")
-        .expect("the socket stays open")
-        .expect("a message");
-    let frame: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
     assert_eq!(
-        frame["streams"],
+        next_frame().await["streams"],
         json!([{"stream": {"service_name": "tailed"}, "values": [[now.to_string(), "keep me"]]}])
     );
 }
