@@ -11,6 +11,8 @@ target=$(realpath -m "${1:?usage: build.sh TARGET_DIR}")
 cd "$(dirname "$0")"
 key=$(cat go.mod go.sum main.go | sha256sum | cut -c1-16)
 out="$target/otelcol/$key/otelcol"
+# Go's own installer puts it here without touching PATH.
+PATH=$PATH:/usr/local/go/bin
 if [[ ! -x $out ]]; then
   if ! command -v go >/dev/null 2>&1; then
     echo "build.sh: building the OpenTelemetry Collector needs Go 1.26 or newer (go.dev/doc/install)" >&2

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, require_tool};
+use crate::free_port;
 
 /// A running Collector; killed when dropped.
 pub struct OtelCollector {
@@ -108,10 +108,7 @@ fn binary() -> PathBuf {
 }
 
 fn build() -> PathBuf {
-    require_tool(
-        "go",
-        "the OpenTelemetry Collector the test runs is built with Go 1.26 or newer",
-    );
+    // build.sh says when Go is missing (and finds it where Go's installer puts it).
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otelcol/build.sh");
     let started = Instant::now();
     let output = Command::new("bash")

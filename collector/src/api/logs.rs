@@ -206,7 +206,6 @@ async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -
     let step_nanos = match params.get("step") {
         Some(step) => super::params::parse_go_duration(step)
             .ok()
-            .map(|micros| micros.saturating_mul(1_000))
             .filter(|s| *s >= 1_000_000)
             .ok_or_else(|| {
                 ApiError::bad_request(

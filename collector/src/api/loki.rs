@@ -5,6 +5,7 @@
 //! Loki's `{"code", "status": "error", "message"}`, 400 for what the caller
 //! can fix.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -708,6 +709,12 @@ async fn tail(
     Ok(upgrade.on_upgrade(move |socket| tail_socket(state, socket, logs, after, start, limit)))
 }
 
+/// A tail entry (`[time, line]`) as the backlog and the live polls compare it.
+fn entry_key(entry: &Value) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&entry[0]), text(&entry[1]))
+}
+
 async fn tail_socket(
     state: Arc<ApiState>,
     mut socket: WebSocket,
@@ -717,9 +724,20 @@ async fn tail_socket(
     limit: usize,
 ) {
     let mut stopping = state.stopping.clone();
+    // Lines that arrived after `after` but were searchable in time for the
+    // backlog: sent there, so skipped once when the live polls meet them.
+    let mut in_backlog: HashSet<(String, String)> = HashSet::new();
     let backlog = run_logs(&state, logs.clone(), start, now_unix_nano(), limit, true).await;
     if let Ok(Json(answer)) = backlog {
         let streams = &answer["data"]["result"];
+        in_backlog.extend(
+            streams
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|stream| stream["values"].as_array().into_iter().flatten())
+                .map(entry_key),
+        );
         let frame = json!({ "streams": streams, "dropped_entries": null });
         let some = streams.as_array().is_some_and(|s| !s.is_empty());
         if some
@@ -773,10 +791,18 @@ async fn tail_socket(
                 Ok((last, streams))
             })
             .await;
-        let Ok(Ok((last, streams))) = polled else {
+        let Ok(Ok((last, mut streams))) = polled else {
             continue;
         };
         after = last;
+        if !in_backlog.is_empty() {
+            for stream in &mut streams {
+                if let Some(values) = stream["values"].as_array_mut() {
+                    values.retain(|entry| !in_backlog.remove(&entry_key(entry)));
+                }
+            }
+            streams.retain(|stream| stream["values"].as_array().is_some_and(|v| !v.is_empty()));
+        }
         if streams.is_empty() {
             continue;
         }

@@ -270,6 +270,19 @@ async fn check_queries(daemon: &Strand) {
         .sum();
     assert_eq!(counted, 5);
     assert_eq!(histogram["total"], 5);
+    // An explicit step: one bucket per minute of the last hour.
+    let (status, per_minute) = daemon
+        .get_json(&format!(
+            "/api/logs/histogram?start={}&end={}&step=1m",
+            unix_ms(1),
+            unix_ms(0)
+        ))
+        .await;
+    assert_eq!(status, 200, "{per_minute}");
+    assert_eq!(per_minute["stepMs"], 60_000, "{per_minute}");
+    let buckets = per_minute["buckets"].as_array().unwrap().len();
+    assert!((60..=61).contains(&buckets), "{buckets} buckets");
+    assert_eq!(per_minute["total"], 5);
 
     let (_, facets) = daemon
         .get_json(&format!("/api/logs/facets?{}", q("order")))
