@@ -130,8 +130,9 @@ fn go_min(a: f64, b: f64) -> f64 {
 }
 
 /// Prometheus's quantile with linear interpolation between the two nearest ranks;
-/// NaN values sort first.
-pub(crate) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+/// NaN values sort first. Public because LogQL's `quantile_over_time` is
+/// Prometheus's too, to the last bit.
+pub fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
     if values.is_empty() || q.is_nan() {
         return f64::NAN;
     }

@@ -323,19 +323,22 @@ fn frexp(x: f64) -> (f64, i32) {
     (frac, exp)
 }
 
+/// ln(2) split in two for exact argument reduction, shared by `math.Log` and `math.Log1p`.
+const LN2_HI: f64 = 6.93147180369123816490e-01;
+const LN2_LO: f64 = 1.90821492927058770002e-10;
+/// The polynomial coefficients `math.Log` and `math.Log1p` share.
+const LOG_POLY: [f64; 7] = [
+    6.666666666666735130e-01,
+    3.999999999940941908e-01,
+    2.857142874366239149e-01,
+    2.222219843214978396e-01,
+    1.818357216161805012e-01,
+    1.531383769920937332e-01,
+    1.479819860511658591e-01,
+];
+
 /// `math.Log`.
 pub(crate) fn ln(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.93147180369123816490e-01;
-    const LN2_LO: f64 = 1.90821492927058770002e-10;
-    const L: [f64; 7] = [
-        6.666666666666735130e-01,
-        3.999999999940941908e-01,
-        2.857142874366239149e-01,
-        2.222219843214978396e-01,
-        1.818357216161805012e-01,
-        1.531383769920937332e-01,
-        1.479819860511658591e-01,
-    ];
     if x.is_nan() || x == f64::INFINITY {
         return x;
     }
@@ -355,8 +358,8 @@ pub(crate) fn ln(x: f64) -> f64 {
     let s = f / (2.0 + f);
     let s2 = s * s;
     let s4 = s2 * s2;
-    let t1 = s2 * (L[0] + s4 * (L[2] + s4 * (L[4] + s4 * L[6])));
-    let t2 = s4 * (L[1] + s4 * (L[3] + s4 * L[5]));
+    let t1 = s2 * (LOG_POLY[0] + s4 * (LOG_POLY[2] + s4 * (LOG_POLY[4] + s4 * LOG_POLY[6])));
+    let t2 = s4 * (LOG_POLY[1] + s4 * (LOG_POLY[3] + s4 * LOG_POLY[5]));
     let r = t1 + t2;
     let hfsq = 0.5 * f * f;
     k * LN2_HI - ((hfsq - (s * (hfsq + r) + k * LN2_LO)) - f)
@@ -582,17 +585,6 @@ fn log1p(x: f64) -> f64 {
     const SMALL: f64 = 1.0 / (1u64 << 29) as f64;
     const TINY: f64 = 1.0 / (1u64 << 54) as f64;
     const TWO53: f64 = (1u64 << 53) as f64;
-    const LN2_HI: f64 = 6.93147180369123816490e-01;
-    const LN2_LO: f64 = 1.90821492927058770002e-10;
-    const LP: [f64; 7] = [
-        6.666666666666735130e-01,
-        3.999999999940941908e-01,
-        2.857142874366239149e-01,
-        2.222219843214978396e-01,
-        1.818357216161805012e-01,
-        1.531383769920937332e-01,
-        1.479819860511658591e-01,
-    ];
     if x < -1.0 || x.is_nan() {
         return f64::NAN;
     }
@@ -660,7 +652,11 @@ fn log1p(x: f64) -> f64 {
     let s = f / (2.0 + f);
     let z = s * s;
     let r = z
-        * (LP[0] + z * (LP[1] + z * (LP[2] + z * (LP[3] + z * (LP[4] + z * (LP[5] + z * LP[6]))))));
+        * (LOG_POLY[0]
+            + z * (LOG_POLY[1]
+                + z * (LOG_POLY[2]
+                    + z * (LOG_POLY[3]
+                        + z * (LOG_POLY[4] + z * (LOG_POLY[5] + z * LOG_POLY[6]))))));
     if k == 0 {
         return f - (hfsq - s * (hfsq + r));
     }

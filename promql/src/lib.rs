@@ -77,6 +77,7 @@ mod tests;
 use std::time::Duration;
 
 pub use error::{EvalError, Result};
+pub use functions::quantile;
 pub use logs::LogField;
 pub use value::{Labels, STALE_NAN_BITS, Sample, Series, Value, format_value, is_stale_nan};
 

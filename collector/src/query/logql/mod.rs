@@ -861,28 +861,8 @@ fn over_time(function: RangeFunction, window: &[f64], range_seconds: f64) -> Opt
         RangeFunction::AvgOverTime => sum / window.len() as f64,
         RangeFunction::MaxOverTime => window.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         RangeFunction::MinOverTime => window.iter().copied().fold(f64::INFINITY, f64::min),
-        RangeFunction::QuantileOverTime(q) => quantile(q, window),
+        RangeFunction::QuantileOverTime(q) => strand_promql::quantile(q, window.to_vec()),
     })
-}
-
-/// Prometheus's `quantile`: linear interpolation between the closest ranks.
-fn quantile(q: f64, values: &[f64]) -> f64 {
-    if q.is_nan() {
-        return f64::NAN;
-    }
-    if q < 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if q > 1.0 {
-        return f64::INFINITY;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = q * (sorted.len() - 1) as f64;
-    let lower = rank.floor() as usize;
-    let upper = (lower + 1).min(sorted.len() - 1);
-    let weight = rank - rank.floor();
-    sorted[lower] * (1.0 - weight) + sorted[upper] * weight
 }
 
 fn aggregate(
