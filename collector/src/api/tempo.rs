@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::params::{parse_go_duration, parse_trace_id};
-use crate::ingest::otlp_out::{traces_json, traces_protobuf};
+use crate::ingest::otlp_out::{trace_by_id_response_protobuf, traces_json, traces_protobuf};
 use crate::model::{Span, now_unix_nano};
 use crate::query::pool::QueryRefused;
 use crate::query::traceql::{
@@ -173,15 +173,6 @@ pub async fn trace_v1(
     Ok(Json(json!({ "batches": batches })).into_response())
 }
 
-/// `tempopb.TraceByIDResponse`: the trace as its field 1.
-#[derive(Clone, PartialEq, prost::Message)]
-struct TraceByIdResponse {
-    /// An encoded `tempopb.Trace` (bytes and an embedded message share the
-    /// wire encoding).
-    #[prost(bytes = "vec", tag = "1")]
-    trace: Vec<u8>,
-}
-
 async fn trace_v2(
     State(state): State<Arc<ApiState>>,
     Path(trace_id): Path<String>,
@@ -189,10 +180,7 @@ async fn trace_v2(
 ) -> TempoResult {
     let spans = read_trace(&state, &trace_id).await?;
     if wants_protobuf(&headers) {
-        let response = TraceByIdResponse {
-            trace: traces_protobuf(&spans),
-        };
-        return Ok(protobuf(prost::Message::encode_to_vec(&response)));
+        return Ok(protobuf(trace_by_id_response_protobuf(&spans)));
     }
     Ok(Json(json!({ "trace": traces_json(&spans) })).into_response())
 }

@@ -23,6 +23,24 @@ pub fn traces_protobuf(spans: &[Span]) -> Vec<u8> {
     traces_data(spans).encode_to_vec()
 }
 
+/// `tempopb.TraceByIDResponse`: the trace as its field 1.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TraceByIdResponse {
+    /// An encoded `tempopb.Trace` (bytes and an embedded message share the
+    /// wire encoding).
+    #[prost(bytes = "vec", tag = "1")]
+    trace: Vec<u8>,
+}
+
+/// Tempo's v2 trace-by-id answer in protobuf: [`traces_protobuf`] wrapped
+/// as `tempopb.TraceByIDResponse`.
+pub fn trace_by_id_response_protobuf(spans: &[Span]) -> Vec<u8> {
+    TraceByIdResponse {
+        trace: traces_protobuf(spans),
+    }
+    .encode_to_vec()
+}
+
 /// The spans as OTLP/JSON `TracesData`: `{"resourceSpans": [...]}`.
 pub fn traces_json(spans: &[Span]) -> Value {
     let mut json = serde_json::to_value(traces_data(spans)).unwrap_or(Value::Null);
