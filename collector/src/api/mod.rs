@@ -24,6 +24,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tower_http::compression::CompressionLayer;
 
 use crate::auth::{Auth, Scope};
 use crate::query::pool::QueryPool;
@@ -81,6 +82,10 @@ pub fn router(state: Arc<ApiState>, auth: &Auth, public_metrics: bool) -> Router
         .merge(ui::router())
         .fallback(crate::elastic::not_found)
         .layer(axum::middleware::map_response(retry_after_when_unavailable))
+        // gzip or zstd when the client accepts it: a 10,000-span trace is
+        // megabytes of repetitive JSON. Event streams, gRPC and images are
+        // left alone, as are bodies too small to gain.
+        .layer(CompressionLayer::new())
         .with_state(state)
 }
 

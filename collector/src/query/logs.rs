@@ -616,6 +616,56 @@ pub fn resource_keys_and_services(
     Ok((keys, services, cut))
 }
 
+/// Whether a record of `[start, end]` may have an attribute or a top-level
+/// resource attribute named `key`: from the resource term dictionaries of
+/// the partitions overlapping the range (a seek, no record read) and the
+/// records' attribute names. True when damage leaves it unknown.
+pub fn may_have_key(
+    store: &LogStore,
+    start_nanos: u64,
+    end_nanos: u64,
+    key: &str,
+) -> QueryResult<bool> {
+    let fields = *store.fields();
+    // A JSON term is path (its segments, the key's dotted parts, separated
+    // by 1), 0, type, value: the terms of `key` lie between path 0 and path 1.
+    let path = key.replace('.', "\u{1}");
+    let (from, to) = (
+        [path.as_bytes(), &[0]].concat(),
+        [path.as_bytes(), &[1]].concat(),
+    );
+    for partition in store.partitions_between(start_nanos, end_nanos) {
+        let found = in_partition(store, &partition, |searcher| {
+            for segment in searcher.segment_readers() {
+                let index = segment.inverted_index(fields.resource)?;
+                if index
+                    .terms()
+                    .range()
+                    .ge(&from)
+                    .lt(&to)
+                    .into_stream()?
+                    .advance()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        });
+        if found.is_none_or(|(_, found)| found) {
+            return Ok(true);
+        }
+    }
+    let records = LogQuery {
+        text: format!("attribute_keys:{key}"),
+        start_nanos,
+        end_nanos,
+        order: Order::NewestFirst,
+        deadline: Deadline::never(),
+    };
+    let page = search(store, &records, 0, None)?;
+    Ok(page.total > 0 || page.damaged)
+}
+
 /// Every log of a trace, oldest first, as a page without a cursor.
 pub fn trace_logs(store: &LogStore, trace_id: &TraceId) -> QueryResult<LogPage> {
     let fields = *store.fields();
@@ -1344,6 +1394,44 @@ mod tests {
         store.apply(1, records).unwrap();
         store.commit().unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_key_is_found_in_resources_and_attributes_where_records_have_it() {
+        let (_dir, store) = store();
+        let everything = (0, u64::MAX);
+        assert!(may_have_key(&store, everything.0, everything.1, "order_id").unwrap());
+        assert!(!may_have_key(&store, everything.0, everything.1, "level").unwrap());
+        // Every sample record has the resource attribute `host.name`, which
+        // does not make `host` a key of its own.
+        assert!(!may_have_key(&store, everything.0, everything.1, "host").unwrap());
+        let resource_keys: Vec<String> = sample_log("a", BASE, "x")
+            .resource
+            .attributes
+            .iter()
+            .map(|kv| kv.key.clone())
+            .collect();
+        for key in &resource_keys {
+            assert!(
+                may_have_key(&store, everything.0, everything.1, key).unwrap(),
+                "{key}"
+            );
+        }
+        // A record of the third hour with a resource attribute `level`.
+        let mut leveled = log("payment", BASE + 2 * HOUR + 1, "with a level", 9, 99);
+        let mut resource = (*leveled.resource).clone();
+        resource
+            .attributes
+            .push(KeyValue::new("level", AttrValue::Str("warn".into())));
+        leveled.resource = std::sync::Arc::new(resource);
+        store.apply(2, vec![leveled]).unwrap();
+        store.commit().unwrap();
+        assert!(may_have_key(&store, BASE + 2 * HOUR, u64::MAX, "level").unwrap());
+        assert!(
+            !may_have_key(&store, 0, BASE + HOUR, "level").unwrap(),
+            "other partitions"
+        );
+        assert!(!may_have_key(&store, everything.0, everything.1, "leve").unwrap());
     }
 
     fn query(text: &str) -> LogQuery {

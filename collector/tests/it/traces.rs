@@ -460,3 +460,115 @@ async fn trace_retention_by_bytes_drops_older_segments() {
         daemon.log()
     );
 }
+
+/// Posts a trace of `spans` spans of one service (a root and its children,
+/// with the attributes an HTTP server span has), in requests of 2,000.
+async fn post_wide_trace(daemon: &Strand, trace_id: &str, spans: u64) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let client = reqwest::Client::new();
+    for first in (0..spans).step_by(2_000) {
+        let batch: Vec<Value> = (first..(first + 2_000).min(spans))
+            .map(|i| {
+                let start = now - 60_000_000_000 + i * 1_000_000;
+                let parent = if i == 0 { String::new() } else { format!("{:016x}", 1) };
+                serde_json::json!({
+                    "traceId": trace_id, "spanId": format!("{:016x}", i + 1),
+                    "parentSpanId": parent, "name": format!("GET /items/{}", i % 50), "kind": 2,
+                    "startTimeUnixNano": start.to_string(),
+                    "endTimeUnixNano": (start + 500_000 + i * 7).to_string(),
+                    "attributes": [
+                        {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                        {"key": "http.route", "value": {"stringValue": format!("/items/{}", i % 50)}},
+                        {"key": "http.response.status_code", "value": {"intValue": "200"}},
+                        {"key": "item.id", "value": {"stringValue": format!("item-{i}")}},
+                    ],
+                })
+            })
+            .collect();
+        let body = serde_json::json!({"resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "wide"}}]},
+            "scopeSpans": [{"spans": batch}],
+        }]});
+        let response = client
+            .post(daemon.otlp_http_url("/v1/traces"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// The trace view's fetch of a 10,000-span trace travels compressed when
+/// the client accepts gzip or zstd (browsers send both): at most a third of
+/// its bytes, and the same JSON once decompressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_traces_travel_compressed_when_the_client_accepts_it() {
+    use std::io::Read;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::spawn(STRAND_BINARY, &dir.path().join("data"), &[]).await;
+    post_wide_trace(&daemon, TRACE_ID, 10_000).await;
+    let client = reqwest::Client::new();
+    let fetch = |encoding: &'static str| {
+        let request = client
+            .get(daemon.url(&format!("/api/traces/{TRACE_ID}")))
+            .header("Accept-Encoding", encoding);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            (encoding, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (plain_encoding, plain) = fetch("identity").await;
+    assert_eq!(plain_encoding, None);
+    let trace: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(trace["data"][0]["spans"].as_array().unwrap().len(), 10_000);
+
+    let (gzip_encoding, gzipped) = fetch("gzip").await;
+    assert_eq!(gzip_encoding.as_deref(), Some("gzip"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&gzipped[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    let (zstd_encoding, zstded) = fetch("gzip, deflate, br, zstd;q=1.0").await;
+    assert!(
+        zstd_encoding.is_some(),
+        "a browser's Accept-Encoding gets one"
+    );
+    let (_, only_zstd) = fetch("zstd").await;
+    let unzstded = zstd::decode_all(&only_zstd[..]).unwrap();
+    println!(
+        "10,000-span trace: {} bytes as JSON, {} gzip, {} zstd, {} for a browser ({:?})",
+        plain.len(),
+        gzipped.len(),
+        only_zstd.len(),
+        zstded.len(),
+        zstd_encoding
+    );
+    for (name, bytes, decoded) in [
+        ("gzip", &gzipped, &unzipped),
+        ("zstd", &only_zstd, &unzstded),
+    ] {
+        assert!(
+            bytes.len() * 3 <= plain.len(),
+            "{name}: {} of {} bytes",
+            bytes.len(),
+            plain.len()
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(decoded).unwrap(),
+            trace,
+            "{name}"
+        );
+    }
+    daemon.stop().await;
+}

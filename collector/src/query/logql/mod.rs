@@ -143,6 +143,11 @@ pub trait LogSource {
         start: u64,
         end: u64,
     ) -> Result<LevelCounts, LogqlError>;
+
+    /// Whether a record of `[start, end]` may carry the label `name` from
+    /// its attributes or resource (true when unsure), which decides whether
+    /// grouping by it can be counted from the index.
+    fn may_have_label(&self, name: &str, start: u64, end: u64) -> Result<bool, LogqlError>;
 }
 
 /// The search text that finds a service's records in the index; empty (all
@@ -252,6 +257,15 @@ impl LogSource for StoreSource<'_> {
                 _ => None,
             })
             .collect())
+    }
+
+    fn may_have_label(&self, name: &str, start: u64, end: u64) -> Result<bool, LogqlError> {
+        // Label names are attribute names with `.` and `-` as `_`; a name
+        // without `_` comes from that very attribute name alone.
+        if name.contains('_') {
+            return Ok(true);
+        }
+        Ok(logs::may_have_key(self.store, start, end, name)?)
     }
 }
 
@@ -663,7 +677,7 @@ pub fn evaluate(
 /// Labels a record has from the index's fast columns.
 const INDEXED_LABELS: [&str; 2] = ["service_name", "detected_level"];
 
-/// `sum [by (service_name, detected_level)] (count_over_time|rate(
+/// `sum [by (service_name, detected_level[, level])] (count_over_time|rate(
 /// {service_name...} [| drop __error__] [r]))` — what dashboards and the
 /// logs volume ask most — counted per step from the index's fast columns
 /// (`query::logs::count_by`) instead of decoding the records; `None` for
@@ -696,16 +710,24 @@ fn counted_from_index(
         Some(Grouping::By(labels)) => labels,
         Some(Grouping::Without(_)) => return Ok(None),
     };
-    let indexed = |name: &String| INDEXED_LABELS.contains(&name.as_str());
     let only_drops_errors = logs.stages.iter().all(|stage| {
         matches!(stage, Stage::Drop(names)
             if names.iter().all(|n| n == "__error__" || n == "__error_details__"))
     });
-    if !by.iter().all(indexed)
-        || !only_drops_errors
-        || !logs.matchers.iter().all(|m| m.name == "service_name")
-    {
+    if !only_drops_errors || !logs.matchers.iter().all(|m| m.name == "service_name") {
         return Ok(None);
+    }
+    // Grafana's logs volume also groups by `level`, a label only records
+    // with such an attribute have: when no record of the range may, it
+    // groups nothing and the index still answers.
+    let first_start = times.first().map_or(0, |t| t.saturating_sub(*range_nanos));
+    let last_end = times.last().copied().unwrap_or(0);
+    for name in by {
+        let indexed = INDEXED_LABELS.contains(&name.as_str())
+            || (name == "level" && !source.may_have_label(name, first_start, last_end)?);
+        if !indexed {
+            return Ok(None);
+        }
     }
     let mut series: BTreeMap<Labels, Vec<Option<f64>>> = BTreeMap::new();
     for (step, &t) in times.iter().enumerate() {
@@ -1080,10 +1102,20 @@ mod tests {
         ) -> Result<LevelCounts, LogqlError> {
             Err(LogqlError::Limit("counted from the index".into()))
         }
+
+        fn may_have_label(&self, name: &str, start: u64, end: u64) -> Result<bool, LogqlError> {
+            Ok(self.0.iter().any(|record| {
+                (start..=end).contains(&record.time_unix_nano)
+                    && entry_labels(record).contains_key(name)
+            }))
+        }
     }
 
-    /// Counts from an index only: reading records is refused.
-    struct IndexOnly;
+    /// Counts from an index only: reading records is refused. Records may
+    /// have a `level` attribute when `may_have_level`.
+    struct IndexOnly {
+        may_have_level: bool,
+    }
 
     impl LogSource for IndexOnly {
         fn scan(
@@ -1110,11 +1142,25 @@ mod tests {
                 (("b".into(), "unknown".into()), 4),
             ])
         }
+
+        fn may_have_label(&self, name: &str, _: u64, _: u64) -> Result<bool, LogqlError> {
+            Ok(name == "level" && self.may_have_level)
+        }
     }
 
     fn on_index(text: &str, times: &[u64]) -> Result<Value, LogqlError> {
+        on(
+            &IndexOnly {
+                may_have_level: false,
+            },
+            text,
+            times,
+        )
+    }
+
+    fn on(source: &dyn LogSource, text: &str, times: &[u64]) -> Result<Value, LogqlError> {
         match parse(text).unwrap() {
-            Expr::Metric(m) => evaluate(&IndexOnly, &m, times),
+            Expr::Metric(m) => evaluate(source, &m, times),
             other => panic!("{other:?}"),
         }
     }
@@ -1146,9 +1192,25 @@ mod tests {
             on_index(r#"sum(rate({service_name="a"}[2s]))"#, &[S]).unwrap(),
             Value::Vector(vec![one(&[], vec![Some(1.0)])])
         );
-        // Anything the index cannot answer reads the records.
+        // Grafana's logs volume groups by `level` too, which no record has.
+        let volume = r#"sum by (level, detected_level) (count_over_time({service_name="a"} | drop __error__ [2s]))"#;
+        assert_eq!(
+            on_index(volume, &[S]).unwrap(),
+            Value::Vector(vec![one(&[("detected_level", "error")], vec![Some(2.0)])])
+        );
+        // Anything the index cannot answer reads the records: grouping by
+        // `level` when a record may have one, and the rest.
+        assert!(
+            on(
+                &IndexOnly {
+                    may_have_level: true
+                },
+                volume,
+                &[S]
+            )
+            .is_err()
+        );
         for text in [
-            r#"sum by (level) (count_over_time({service_name="a"}[2s]))"#,
             r#"sum(count_over_time({service_name="a", env="x"}[2s]))"#,
             r#"sum(count_over_time({service_name="a"} |= "x" [2s]))"#,
             r#"sum without (x) (count_over_time({service_name="a"}[2s]))"#,
