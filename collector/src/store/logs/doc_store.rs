@@ -39,29 +39,29 @@ const LENGTH_BYTES: usize = 4;
 pub type UntrustedBlocks = HashMap<PathBuf, Vec<usize>>;
 
 /// Checks the blocks of every segment's document store in `searcher`,
-/// reading the files through `directory`.
-pub fn untrusted_blocks(
-    searcher: &Searcher,
-    directory: &MmapDirectory,
-) -> io::Result<UntrustedBlocks> {
+/// reading the files through `directory`. A store tantivy cannot open at
+/// all is left out: every read from it fails at once anyway, and the
+/// queries that meet it report it.
+pub fn untrusted_blocks(searcher: &Searcher, directory: &MmapDirectory) -> UntrustedBlocks {
     let mut untrusted = UntrustedBlocks::new();
     for segment in searcher.segment_readers() {
-        let blocks_end = segment
-            .get_store_reader(0)?
-            .space_usage()
-            .data_usage()
-            .get_bytes() as usize;
+        let Ok(store) = segment.get_store_reader(0) else {
+            continue;
+        };
+        let blocks_end = store.space_usage().data_usage().get_bytes() as usize;
         let path = PathBuf::from(format!("{}.store", segment.segment_id().uuid_string()));
-        let file = directory
-            .get_file_handle(&path)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let blocks = file.read_bytes(0..blocks_end.min(file.len()))?;
+        let Ok(file) = directory.get_file_handle(&path) else {
+            continue;
+        };
+        let Ok(blocks) = file.read_bytes(0..blocks_end.min(file.len())) else {
+            continue;
+        };
         let offsets = untrusted_lengths(&blocks);
         if !offsets.is_empty() {
             untrusted.insert(path, offsets);
         }
     }
-    Ok(untrusted)
+    untrusted
 }
 
 /// Offsets of the lengths in `blocks` (a store's block region) that cannot

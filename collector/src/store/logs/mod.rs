@@ -616,12 +616,7 @@ impl LogStore {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?
             .searcher();
-        let untrusted = doc_store::untrusted_blocks(&searcher, &directory).map_err(|e| {
-            StoreError::Search(format!(
-                "checking the document store of {}: {e}",
-                dir.display()
-            ))
-        })?;
+        let untrusted = doc_store::untrusted_blocks(&searcher, &directory);
         if untrusted.is_empty() {
             return Ok(index);
         }
