@@ -570,28 +570,24 @@ impl LogStore {
             .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
         let exists = Index::exists(&directory)
             .map_err(|e| StoreError::Search(format!("opening {}: {e}", dir.display())))?;
-        let mut index = if exists {
+        let (index, reader) = if exists {
             self.open_guarded(&dir, directory)?
         } else {
-            Index::builder()
-                .schema(self.schema.clone())
-                .tokenizers(self.tokenizers.clone())
-                .fast_field_tokenizers(self.tokenizers.clone())
-                .settings(schema::index_settings())
-                .open_or_create(directory)?
+            self.with_reader(
+                Index::builder()
+                    .schema(self.schema.clone())
+                    .tokenizers(self.tokenizers.clone())
+                    .fast_field_tokenizers(self.tokenizers.clone())
+                    .settings(schema::index_settings())
+                    .open_or_create(directory)?,
+            )?
         };
         let current_schema = index.schema() == self.schema;
-        index.set_tokenizers(self.tokenizers.clone());
-        index.set_fast_field_tokenizers(self.tokenizers.clone());
         let committed = index
             .load_metas()?
             .payload
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
         Ok(Partition {
             start_nanos: start,
             end_nanos: start.saturating_add(self.partition_nanos),
@@ -606,19 +602,25 @@ impl LogStore {
         })
     }
 
-    /// Opens the existing index in `directory`, through a
-    /// [`doc_store::GuardedDirectory`] (reported) when blocks of its
-    /// document store have lengths that cannot be trusted.
-    fn open_guarded(&self, dir: &Path, directory: MmapDirectory) -> Result<Index> {
-        let index = Index::open(directory.clone())?;
-        let searcher = index
+    /// `index` with Strand's tokenizers, and its reader.
+    fn with_reader(&self, mut index: Index) -> Result<(Index, IndexReader)> {
+        index.set_tokenizers(self.tokenizers.clone());
+        index.set_fast_field_tokenizers(self.tokenizers.clone());
+        let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
-            .try_into()?
-            .searcher();
-        let untrusted = doc_store::untrusted_blocks(&searcher, &directory);
+            .try_into()?;
+        Ok((index, reader))
+    }
+
+    /// Opens the existing index in `directory` — again through a
+    /// [`doc_store::GuardedDirectory`] (reported) when blocks of its
+    /// document store have lengths that cannot be trusted.
+    fn open_guarded(&self, dir: &Path, directory: MmapDirectory) -> Result<(Index, IndexReader)> {
+        let (index, reader) = self.with_reader(Index::open(directory.clone())?)?;
+        let untrusted = doc_store::untrusted_blocks(&reader.searcher(), &directory);
         if untrusted.is_empty() {
-            return Ok(index);
+            return Ok((index, reader));
         }
         for (file, blocks) in &untrusted {
             let path = dir.join(file);
@@ -635,8 +637,8 @@ impl LogStore {
             );
             self.reported.lock().expect("not poisoned").insert(path);
         }
-        drop(searcher);
-        Ok(Index::open(doc_store::GuardedDirectory::new(
+        drop((index, reader));
+        self.with_reader(Index::open(doc_store::GuardedDirectory::new(
             directory, untrusted,
         ))?)
     }
