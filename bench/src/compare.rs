@@ -948,7 +948,7 @@ mod tests {
     fn corpus_fills_placeholders_and_tags() {
         let corpus = "# comment\n\nup\n[instant] x[5m]\n[step=15] rate(y[1m] @ {END})\n";
         let requests = corpus_requests(corpus, 1_000, 4_000).unwrap();
-        let shapes: Vec<(Class, &str, Option<(i64, i64, i64)>)> = requests
+        let shapes: Vec<_> = requests
             .iter()
             .map(|r| (r.class, r.expr.as_str(), r.range))
             .collect();
