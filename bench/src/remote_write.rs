@@ -2,13 +2,17 @@
 //! every system under test.
 //!
 //! The series look like what a Prometheus scraping node-exporter and a few
-//! instrumented services forwards: per instance about a hundred series of a
-//! few dozen metric names, about 70% counters (CPU seconds with 10 ms
-//! resolution, byte and packet counters, request counters, mostly idle error
-//! counters, one full-precision `_sum`) and 30% gauges (memory in pages, load
-//! averages, temperatures with 0.1 resolution, small integers, constants).
-//! Labels: `__name__`, `job` (10), `instance` (about one per 100 series),
-//! `env`, and a metric-specific one (`mode`, `device`, `code`, ...). On top,
+//! instrumented services forwards: per instance 112 series of a few dozen
+//! metric names, about 73% counters (CPU seconds with 10 ms resolution, byte
+//! and packet counters, request counters, mostly idle error counters, one
+//! full-precision `_sum`, the buckets of two classic histograms, span-metrics
+//! calls as the shop dashboard reads them) and 27% gauges (memory in pages,
+//! load averages, temperatures with 0.1 resolution, small integers,
+//! constants). [`Values::Full`] makes every counter and gauge value full
+//! precision instead. Labels: `__name__`, `job` (10), `instance` (about one
+//! per 110 series), `env`, and a metric-specific one (`mode`, `device`,
+//! `code`, `le`, ...; the span metrics carry `service_name`, `span_kind` and
+//! `status_code`). On top,
 //! the counter family [`QUERY_METRIC`] has exactly [`QUERY_SERIES`] series
 //! across the 10 jobs, for the range-query benchmark.
 //!
