@@ -112,9 +112,14 @@ impl DerefMut for Daemon {
 }
 
 /// Starts Prometheus (`binary`) with an empty scrape configuration, its TSDB
-/// in `storage` and the remote-write receiver enabled, on a fresh port, and
-/// waits until `/-/ready` answers 200 (after any WAL replay).
-pub async fn start_prometheus(binary: &Path, storage: &Path, log: &Path) -> Result<Process> {
+/// in `storage`, the remote-write receiver enabled and `extra` flags, on a
+/// fresh port, and waits until `/-/ready` answers 200 (after any WAL replay).
+pub async fn start_prometheus(
+    binary: &Path,
+    storage: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Result<Process> {
     if !binary.is_file() {
         bail!(
             "prometheus binary not found at {} (pass --prometheus PATH or --no-prometheus)",
@@ -123,9 +128,13 @@ pub async fn start_prometheus(binary: &Path, storage: &Path, log: &Path) -> Resu
     }
     std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
     let config = storage.with_extension("yml");
+    // The out-of-order window lets a remote-write client that lags the
+    // others keep writing after the head was compacted past its samples
+    // (short blocks, backfilled data); in-order samples never use it.
     std::fs::write(
         &config,
-        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n\
+         storage:\n  tsdb:\n    out_of_order_time_window: 6h\n",
     )
     .with_context(|| format!("writing {}", config.display()))?;
     let http = free_addr()?;
@@ -134,8 +143,32 @@ pub async fn start_prometheus(binary: &Path, storage: &Path, log: &Path) -> Resu
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", storage.display()))
         .arg(format!("--web.listen-address={http}"))
-        .arg("--web.enable-remote-write-receiver");
+        .arg("--web.enable-remote-write-receiver")
+        .args(extra);
     Process::spawn("prometheus", command, http, "/-/ready", log).await
+}
+
+/// Starts VictoriaMetrics (`binary`, Debian's `victoria-metrics`) with its
+/// storage in `storage` on a fresh port and waits until `/health` answers
+/// 200. Samples are queryable as soon as they are stored
+/// (`-search.latencyOffset=0s`: the generated data ends just before now) and
+/// the response cache is off, so repeated queries are computed each time as
+/// in the other systems.
+pub async fn start_victoria_metrics(binary: &Path, storage: &Path, log: &Path) -> Result<Process> {
+    if !binary.is_file() {
+        bail!(
+            "victoria-metrics binary not found at {} (`apt-get install victoria-metrics`, or pass --victoria-metrics PATH)",
+            binary.display()
+        );
+    }
+    let http = free_addr()?;
+    let mut command = Command::new(binary);
+    command
+        .arg(format!("-storageDataPath={}", storage.display()))
+        .arg(format!("-httpListenAddr={http}"))
+        .arg("-search.latencyOffset=0s")
+        .arg("-search.disableCache");
+    Process::spawn("victoria-metrics", command, http, "/health", log).await
 }
 
 impl Process {

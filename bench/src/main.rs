@@ -7,6 +7,7 @@
 //! single JSON line on stdout, easy to append to a results file and diff.
 
 mod baseline;
+mod compare;
 mod daemon;
 mod logs;
 mod metrics;
@@ -58,10 +59,73 @@ enum Command {
     /// was drawn; plus the bytes the UI transferred.
     Ui(UiArgs),
 
+    /// Strand, Prometheus and VictoriaMetrics side by side on the same
+    /// remote-write load (a realistic and a full-precision generator):
+    /// ingest rate, bytes per sample after compaction, RSS per active
+    /// series, and query latency per class over the PromQL differential
+    /// corpus and the shop dashboard, with the answers' agreement. Prints a
+    /// table (ratios Strand / peer), writes CSV into `--results`.
+    Compare(CompareArgs),
+
     /// Rule evaluation cost: `--rules` generated recording and alerting
     /// rules over `--series` series, evaluated every `--interval`; the
     /// evaluation time per interval and the daemon's CPU share.
     Rules(RulesArgs),
+}
+
+/// Options of `strand-bench compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// The Prometheus binary.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/prometheus")]
+    pub prometheus: PathBuf,
+
+    /// The VictoriaMetrics binary (Debian's `victoria-metrics`).
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/victoria-metrics")]
+    pub victoria_metrics: PathBuf,
+
+    /// Active series (at least 1000).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub series: usize,
+
+    /// Scrapes per series, 15 s apart, ending before now (at least 300;
+    /// 480 = 2 hours).
+    #[arg(long, value_name = "N", default_value_t = 480)]
+    pub rounds: usize,
+
+    /// Concurrent remote-write clients.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub clients: usize,
+
+    /// Samples per remote-write request.
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    pub samples_per_request: usize,
+
+    /// Times each query request runs (all runs are measured).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub query_runs: usize,
+
+    /// Only the realistic generator, not the full-precision one.
+    #[arg(long)]
+    pub realistic_only: bool,
+
+    /// A small run for the test suite (2,000 series, 300 rounds, whatever
+    /// --series and --rounds say) that fails unless every figure was
+    /// produced and Strand's answers equal Prometheus's.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Directory for the CSV files.
+    #[arg(long, value_name = "DIR", default_value_os_t = compare::default_results())]
+    pub results: PathBuf,
+
+    /// Keep the temporary data directories and logs.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `strand-bench rules`.
@@ -279,6 +343,7 @@ async fn main() -> ExitCode {
         Command::Metrics(args) => metrics::run(&args).await,
         Command::Ui(args) => ui::run(&args).await,
         Command::Rules(args) => rules::run(&args).await,
+        Command::Compare(args) => compare::run(&args).await,
     };
     match result {
         Ok(line) => {

@@ -31,12 +31,14 @@ use serde_json::Value;
 
 use crate::MetricsArgs;
 use crate::daemon::{self, Daemon, Process, Scratch};
-use crate::remote_write::{Payload, QUERY_METRIC, QUERY_SERIES, SCRAPE_INTERVAL_MS, SeriesSet};
+use crate::remote_write::{
+    Payload, QUERY_METRIC, QUERY_SERIES, SCRAPE_INTERVAL_MS, SeriesSet, Values,
+};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
 
 /// Seed of the generated data, so runs are comparable.
-const SEED: u64 = 20_251_125;
+pub(crate) const SEED: u64 = 20_251_125;
 /// Length of the queried range.
 const QUERY_RANGE_S: i64 = 3_600;
 /// Unmeasured queries first (connection setup, cold caches).
@@ -56,20 +58,20 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Without a single answer for this long the receiver is considered stuck.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM to exit.
-const STOP_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the load phase measured on one system.
-struct LoadResult {
-    elapsed: Duration,
-    samples: u64,
+pub(crate) struct LoadResult {
+    pub elapsed: Duration,
+    pub samples: u64,
     requests: u64,
     rejected: u64,
     refused: u64,
     errors: u64,
-    ack_latency: Option<Summary>,
-    rss_before: Option<u64>,
-    rss_after: Option<u64>,
-    rss_peak: Option<u64>,
+    pub ack_latency: Option<Summary>,
+    pub rss_before: Option<u64>,
+    pub rss_after: Option<u64>,
+    pub rss_peak: Option<u64>,
 }
 
 /// What the query phase measured on one system.
@@ -121,7 +123,7 @@ struct Shared {
 
 impl Shared {
     fn answered(&self) {
-        self.last_answer_ms.store(
+        self.last_answer_ms.fetch_max(
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             Relaxed,
         );
@@ -176,7 +178,7 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
     };
     let built = Instant::now();
     let mut rng = SmallRng::seed_from_u64(SEED);
-    let mut set = SeriesSet::new(args.series, &mut rng);
+    let mut set = SeriesSet::new(args.series, Values::Realistic, &mut rng);
     let payloads = Arc::new(set.build_requests(
         args.clients,
         args.samples_per_request,
@@ -247,14 +249,14 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
             args.prometheus.display(),
             storage.display()
         );
-        let mut first = daemon::start_prometheus(&args.prometheus, &storage, &log).await?;
+        let mut first = daemon::start_prometheus(&args.prometheus, &storage, &log, &[]).await?;
         let load = run_load("prometheus", &mut first, &payloads, args.clients).await?;
         first.stop(STOP_TIMEOUT).await?;
         let bytes_on_disk = daemon::dir_bytes(&storage.join("wal"))?
             + daemon::dir_bytes(&storage.join("chunks_head"))?;
         daemon::print_breakdown(&storage);
         let restarted = Instant::now();
-        let second = daemon::start_prometheus(&args.prometheus, &storage, &log).await?;
+        let second = daemon::start_prometheus(&args.prometheus, &storage, &log, &[]).await?;
         let restart_ready = restarted.elapsed();
         eprintln!(
             "prometheus: ready again after {:.2}s",
@@ -451,7 +453,7 @@ async fn client_task(
 /// The load phase against `process` (strand or Prometheus): one task per
 /// shard of `payloads`, each on its own keep-alive connection, while the
 /// process's RSS is sampled every 500 ms.
-async fn run_load(
+pub(crate) async fn run_load(
     name: &str,
     process: &mut Process,
     payloads: &Arc<Vec<Vec<Payload>>>,
@@ -551,7 +553,8 @@ async fn run_load(
             return Err(problem);
         }
     }
-    let elapsed = shared.started.elapsed();
+    // Until the last answer, not the monitor's next tick (500 ms apart).
+    let elapsed = Duration::from_millis(shared.last_answer_ms.load(Relaxed).max(1));
     let rss_after = pid.and_then(daemon::rss_bytes);
     rss_peak = rss_peak.max(rss_after);
     let mut latencies = Vec::new();
@@ -726,7 +729,7 @@ fn compare_answers(a: &Value, b: &Value) -> Result<f64, String> {
 }
 
 /// Wall-clock now in ms since the epoch, the clock remote write uses.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

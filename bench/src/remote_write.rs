@@ -2,13 +2,17 @@
 //! every system under test.
 //!
 //! The series look like what a Prometheus scraping node-exporter and a few
-//! instrumented services forwards: per instance about a hundred series of a
-//! few dozen metric names, about 70% counters (CPU seconds with 10 ms
-//! resolution, byte and packet counters, request counters, mostly idle error
-//! counters, one full-precision `_sum`) and 30% gauges (memory in pages, load
-//! averages, temperatures with 0.1 resolution, small integers, constants).
-//! Labels: `__name__`, `job` (10), `instance` (about one per 100 series),
-//! `env`, and a metric-specific one (`mode`, `device`, `code`, ...). On top,
+//! instrumented services forwards: per instance 112 series of a few dozen
+//! metric names, about 73% counters (CPU seconds with 10 ms resolution, byte
+//! and packet counters, request counters, mostly idle error counters, one
+//! full-precision `_sum`, the buckets of two classic histograms, span-metrics
+//! calls as the shop dashboard reads them) and 27% gauges (memory in pages,
+//! load averages, temperatures with 0.1 resolution, small integers,
+//! constants). [`Values::Full`] makes every counter and gauge value full
+//! precision instead. Labels: `__name__`, `job` (10), `instance` (about one
+//! per 110 series), `env`, and a metric-specific one (`mode`, `device`,
+//! `code`, `le`, ...; the span metrics carry `service_name`, `span_kind` and
+//! `status_code`). On top,
 //! the counter family [`QUERY_METRIC`] has exactly [`QUERY_SERIES`] series
 //! across the 10 jobs, for the range-query benchmark.
 //!
@@ -74,6 +78,32 @@ enum Model {
         min: i64,
         max: i64,
     },
+    /// A classic histogram bucket: every scrape, `low..=high` observations
+    /// happen on the instance (the same number for all of its buckets, drawn
+    /// from the instance's own stream), and `share` of them fall into this
+    /// bucket, so the buckets of one instance stay cumulative.
+    Bucket { low: i64, high: i64, share: f64 },
+}
+
+/// The `le` values of the generated histograms, and (below) the share of
+/// observations at or below each.
+const BUCKET_LES: &[&str] = &["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1", "+Inf"];
+const BUCKET_SHARES: [f64; 8] = [0.05, 0.15, 0.35, 0.6, 0.8, 0.92, 0.99, 1.0];
+/// A label value replaced by the series' `job`, for the span-metrics
+/// families the shop dashboard queries by `service_name`.
+const JOB: &str = "$job";
+
+/// How the generated values look on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// Integer multiples of each family's resolution, as exporters report
+    /// them (counters grow by small integers, gauges take few values).
+    Realistic,
+    /// The same series with full-precision values: counters grow by a
+    /// random fraction of a step more each scrape, gauges get a random
+    /// fraction of a step added (histogram buckets stay integer counts):
+    /// the worst case for compression.
+    Full,
 }
 
 /// A metric family of the per-instance catalog.
@@ -83,6 +113,14 @@ struct Family {
     label: Option<(&'static str, &'static [&'static str])>,
     quantum: f64,
     model: Model,
+    /// Labels every series of the family carries ([`JOB`] for the job).
+    fixed: &'static [(&'static str, &'static str)],
+}
+
+impl Family {
+    const fn with(self, fixed: &'static [(&'static str, &'static str)]) -> Family {
+        Family { fixed, ..self }
+    }
 }
 
 const CPU_MODES: &[&str] = &[
@@ -118,6 +156,7 @@ const fn counter(
         label,
         quantum,
         model: Model::Counter { low, high, idle },
+        fixed: &[],
     }
 }
 
@@ -139,10 +178,29 @@ const fn gauge(
             min,
             max,
         },
+        fixed: &[],
     }
 }
 
-/// What every instance exports: 67 counter and 30 gauge series.
+/// A histogram's `_bucket` family: `low..=high` observations per scrape.
+const fn histogram(name: &'static str, (low, high): (i64, i64)) -> Family {
+    Family {
+        name,
+        label: Some(("le", BUCKET_LES)),
+        quantum: 1.0,
+        model: Model::Bucket {
+            low,
+            high,
+            share: 1.0,
+        },
+        fixed: &[],
+    }
+}
+
+const SPAN_SERVER: (&str, &str) = ("span_kind", "SPAN_KIND_SERVER");
+
+/// What every instance exports: 82 counter and 30 gauge series, among them
+/// two histograms and the span metrics the shop dashboard reads.
 #[rustfmt::skip]
 const CATALOG: &[Family] = &[
     counter("node_cpu_seconds_total", Some(("mode", CPU_MODES)), 0.01, (0, 1_500), 0.0),
@@ -183,6 +241,13 @@ const CATALOG: &[Family] = &[
     gauge("node_procs_blocked", None, 1.0, (0, 2), 1, 0.9),
     gauge("up", None, 1.0, (1, 1), 0, 1.0),
     gauge("http_requests_in_flight", Some(("handler", &["/api/cart", "/api/orders", "/api/search"])), 1.0, (0, 20), 2, 0.4),
+    histogram("http_request_duration_seconds_bucket", (0, 300)),
+    counter("traces_span_metrics_calls_total", None, 1.0, (0, 200), 0.05)
+        .with(&[("service_name", JOB), SPAN_SERVER, ("status_code", "STATUS_CODE_UNSET")]),
+    counter("traces_span_metrics_calls_total", None, 1.0, (1, 3), 0.8)
+        .with(&[("service_name", JOB), SPAN_SERVER, ("status_code", "STATUS_CODE_ERROR")]),
+    histogram("traces_span_metrics_duration_seconds_bucket", (0, 200))
+        .with(&[("service_name", JOB), SPAN_SERVER]),
 ];
 
 /// The family of [`QUERY_METRIC`]: a busy request counter.
@@ -194,8 +259,15 @@ struct Series {
     labels: Vec<Label>,
     quantum: f64,
     model: Model,
+    values: Values,
     units: i64,
     phase_ms: i64,
+    /// Seed of the instance's observation stream (histogram buckets).
+    stream: u64,
+    /// Scrapes generated so far.
+    scrapes: u64,
+    /// A counter's full-precision part ([`Values::Full`]), never shrinking.
+    fraction: f64,
 }
 
 impl Series {
@@ -204,6 +276,7 @@ impl Series {
         job: &str,
         instance: usize,
         extra: Option<(&str, &str)>,
+        values: Values,
         rng: &mut impl Rng,
     ) -> Series {
         let mut labels = vec![
@@ -215,16 +288,35 @@ impl Series {
         if let Some((name, value)) = extra {
             labels.push(label(name, value));
         }
+        for &(name, value) in family.fixed {
+            labels.push(label(name, if value == JOB { job } else { value }));
+        }
         labels.sort();
-        let units = match family.model {
+        let mut model = family.model;
+        if let (Model::Bucket { share, .. }, Some(("le", le))) = (&mut model, extra) {
+            *share = BUCKET_LES
+                .iter()
+                .position(|b| *b == le)
+                .map_or(1.0, |i| BUCKET_SHARES[i]);
+        }
+        let stream = splitmix(instance as u64 ^ 0x5eed);
+        let units = match model {
             Model::Counter { high, .. } => rng.random_range(0..=high.max(1) * 10_000),
             Model::Gauge { min, max, .. } => rng.random_range(min..=max),
+            // The instance's earlier observations, cumulative like the rest.
+            Model::Bucket { high, share, .. } => {
+                ((splitmix(stream) % (high.max(1) as u64 * 10_000)) as f64 * share) as i64
+            }
         };
         Series {
             labels,
             quantum: family.quantum,
-            model: family.model,
+            model,
+            values,
             units,
+            stream,
+            scrapes: 0,
+            fraction: 0.0,
             // Each instance is scraped at its own offset into the interval,
             // early enough that jitter never reaches the next scrape.
             phase_ms: (instance as i64 * 7_919) % (SCRAPE_INTERVAL_MS - MAX_JITTER_MS),
@@ -233,6 +325,7 @@ impl Series {
 
     /// The value after one more scrape.
     fn advance(&mut self, rng: &mut impl Rng) -> f64 {
+        self.scrapes += 1;
         match self.model {
             Model::Counter { low, high, idle } => {
                 if !rng.random_bool(idle) {
@@ -249,13 +342,34 @@ impl Series {
                     self.units = (self.units + rng.random_range(-step..=step)).clamp(min, max);
                 }
             }
+            Model::Bucket { low, high, share } => {
+                let span = (high - low + 1).max(1) as u64;
+                let observed = low + (splitmix(self.stream ^ self.scrapes) % span) as i64;
+                self.units += (observed as f64 * share) as i64;
+            }
         }
-        self.units as f64 * self.quantum
+        let value = self.units as f64 * self.quantum;
+        match (self.values, self.model) {
+            (Values::Full, Model::Counter { .. }) => {
+                self.fraction += rng.random::<f64>() * self.quantum;
+                value + self.fraction
+            }
+            (Values::Full, Model::Gauge { .. }) => value + rng.random::<f64>() * self.quantum,
+            _ => value,
+        }
     }
 
     fn is_counter(&self) -> bool {
-        matches!(self.model, Model::Counter { .. })
+        !matches!(self.model, Model::Gauge { .. })
     }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash of `x`.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn label(name: &str, value: &str) -> Label {
@@ -272,13 +386,20 @@ pub struct SeriesSet {
 }
 
 impl SeriesSet {
-    /// `count` series (at least [`QUERY_SERIES`]); values start at random
-    /// points drawn from `rng`.
-    pub fn new(count: usize, rng: &mut impl Rng) -> SeriesSet {
+    /// `count` series (at least [`QUERY_SERIES`]) whose values look like
+    /// `values`; they start at random points drawn from `rng`.
+    pub fn new(count: usize, values: Values, rng: &mut impl Rng) -> SeriesSet {
         let mut series = Vec::with_capacity(count);
         // x: 100 instances x 10 jobs, unique by (job, instance).
         for k in 0..QUERY_SERIES.min(count) {
-            series.push(Series::new(&QUERY_FAMILY, JOBS[k % 10], k / 10, None, rng));
+            series.push(Series::new(
+                &QUERY_FAMILY,
+                JOBS[k % 10],
+                k / 10,
+                None,
+                values,
+                rng,
+            ));
         }
         let per_instance: Vec<(&Family, Option<(&str, &str)>)> = CATALOG
             .iter()
@@ -298,6 +419,7 @@ impl SeriesSet {
                 JOBS[instance % JOBS.len()],
                 instance,
                 extra,
+                values,
                 rng,
             ));
         }
@@ -439,7 +561,7 @@ mod tests {
     #[test]
     fn series_counts_labels_and_mix() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let set = SeriesSet::new(10_000, &mut rng);
+        let set = SeriesSet::new(10_000, Values::Realistic, &mut rng);
         assert_eq!(set.len(), 10_000);
         let distinct: BTreeSet<&Vec<Label>> = set.series.iter().map(|s| &s.labels).collect();
         assert_eq!(distinct.len(), 10_000, "label sets must be unique");
@@ -475,14 +597,14 @@ mod tests {
         );
         for s in &set.series {
             assert!(s.labels.windows(2).all(|w| w[0].name < w[1].name));
-            assert!((4..=5).contains(&s.labels.len()));
+            assert!((4..=7).contains(&s.labels.len()));
         }
     }
 
     #[test]
     fn requests_cover_every_series_in_time_order() {
         let mut rng = SmallRng::seed_from_u64(2);
-        let mut set = SeriesSet::new(3_000, &mut rng);
+        let mut set = SeriesSet::new(3_000, Values::Full, &mut rng);
         let (clients, rounds, per_request) = (4, 7, 1_000);
         let start = 1_700_000_000_000;
         let shards = set
@@ -534,9 +656,43 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_stay_cumulative() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut set = SeriesSet::new(1_500, Values::Full, &mut rng);
+        let shards = set.build_requests(1, 100_000, 20, 0, &mut rng).unwrap();
+        let request = shards[0][0].decode();
+        let mut buckets: BTreeMap<String, Vec<(f64, Vec<f64>)>> = BTreeMap::new();
+        for series in &request.timeseries {
+            if value_of(&series.labels, "__name__") != Some("http_request_duration_seconds_bucket")
+            {
+                continue;
+            }
+            let le = value_of(&series.labels, "le").unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            let instance = value_of(&series.labels, "instance").unwrap().to_string();
+            let values = series.samples.iter().map(|s| s.value).collect();
+            buckets.entry(instance).or_default().push((le, values));
+        }
+        assert!(!buckets.is_empty());
+        for (_, mut les) in buckets {
+            assert_eq!(les.len(), BUCKET_LES.len());
+            les.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for scrape in 0..20 {
+                assert!(les.windows(2).all(|w| w[0].1[scrape] <= w[1].1[scrape]));
+            }
+            let inf = &les.last().unwrap().1;
+            assert!(inf.windows(2).all(|w| w[0] <= w[1]), "a bucket decreased");
+        }
+    }
+
+    #[test]
     fn large_requests_group_samples_per_series() {
         let mut rng = SmallRng::seed_from_u64(3);
-        let mut set = SeriesSet::new(1_000, &mut rng);
+        let mut set = SeriesSet::new(1_000, Values::Realistic, &mut rng);
         let shards = set.build_requests(2, 2_000, 8, 0, &mut rng).unwrap();
         // 500 series per client, 4 scrapes per request.
         assert_eq!(shards[0].len(), 2);

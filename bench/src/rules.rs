@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 
 use crate::RulesArgs;
 use crate::daemon::{Daemon, Scratch};
-use crate::remote_write::{JOBS, SCRAPE_INTERVAL_MS, SeriesSet};
+use crate::remote_write::{JOBS, SCRAPE_INTERVAL_MS, SeriesSet, Values};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
 
@@ -144,7 +144,7 @@ pub async fn run(args: &RulesArgs) -> Result<String> {
     let rules_arg = rules_path.display().to_string();
 
     let mut rng = SmallRng::seed_from_u64(SEED);
-    let mut series = SeriesSet::new(args.series, &mut rng);
+    let mut series = SeriesSet::new(args.series, Values::Realistic, &mut rng);
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let start_ms = now_ms - HISTORY_ROUNDS as i64 * SCRAPE_INTERVAL_MS;
     let shards = series.build_requests(1, 2_000, HISTORY_ROUNDS, start_ms, &mut rng)?;

@@ -1,0 +1,78 @@
+//! `strand-bench compare --quick` end to end: the bench binary starts the
+//! strand binary of this build, Prometheus and VictoriaMetrics, feeds them
+//! both generators' data over remote write, runs the PromQL corpus and the
+//! shop dashboard's queries, and must produce every figure with Strand's
+//! answers equal to Prometheus's (the bench itself fails otherwise; this
+//! test checks the JSON line and the CSV files too).
+//!
+//! Needs `prometheus` and `victoria-metrics` (Debian packages, installed by
+//! `scripts/test`) and the strand binary next to this test's directory
+//! (`cargo test --workspace` builds it; alone: `cargo build -p strand`
+//! first). Fails, never skips, when one is missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn quick_compare_produces_every_figure_and_agrees() {
+    // target/<profile>/deps/compare-<hash> -> target/<profile>/strand
+    let exe = std::env::current_exe().unwrap();
+    let strand: PathBuf = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("strand");
+    assert!(
+        strand.is_file(),
+        "{} is missing: build it with `cargo build -p strand` (cargo test --workspace does)",
+        strand.display()
+    );
+    let results = std::env::temp_dir().join(format!("strand-compare-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_strand-bench"))
+        .args(["compare", "--quick", "--clients", "2"])
+        .arg("--strand")
+        .arg(&strand)
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "compare --quick failed:\n{stdout}\n{stderr}"
+    );
+    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["bench"], "compare");
+    for data in ["realistic", "full"] {
+        let figures = json[data].as_object().unwrap_or_else(|| panic!("{json}"));
+        assert!(figures.len() > 10, "{data}: {figures:?}");
+        assert_eq!(figures["strand_disagreements"], 0, "{data}");
+        for (figure, systems) in figures {
+            if figure == "strand_disagreements" {
+                continue;
+            }
+            for system in ["strand", "prometheus", "victoria-metrics"] {
+                assert!(
+                    systems[system].is_number(),
+                    "{data}: {figure} of {system} missing: {systems}"
+                );
+            }
+        }
+        // Every answer compared, Strand's all equal to Prometheus's.
+        let answers = &figures["answers_equal"];
+        assert!(answers["prometheus"].as_f64().unwrap() > 300.0, "{answers}");
+        assert_eq!(answers["strand"], answers["prometheus"]);
+        assert!(
+            figures["answers_non_empty"]["prometheus"].as_f64().unwrap() > 50.0,
+            "too few queries hit the generated data"
+        );
+        let csv =
+            std::fs::read_to_string(results.join(format!("compare-metrics-{data}.csv"))).unwrap();
+        assert!(csv.lines().count() > 10 && csv.contains("ingest_samples_per_s"));
+        assert!(stdout.contains(&format!("## metrics, {data} data")));
+    }
+    std::fs::remove_dir_all(&results).unwrap();
+}
