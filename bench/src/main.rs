@@ -7,6 +7,7 @@
 //! single JSON line on stdout, easy to append to a results file and diff.
 
 mod baseline;
+mod compare_traces;
 mod daemon;
 mod logs;
 mod metrics;
@@ -57,6 +58,12 @@ enum Command {
     /// chromedriver), each timed from navigation start until the waterfall
     /// was drawn; plus the bytes the UI transferred.
     Ui(UiArgs),
+
+    /// Strand and Jaeger v2 (Badger on disk, synced writes) side by side:
+    /// the same OTLP load to each, then trace-by-id and search latency over
+    /// what they stored, bytes per span and RSS; a ratio table on stderr,
+    /// JSON and CSV in `--results`.
+    CompareTraces(compare_traces::CompareTracesArgs),
 
     /// Rule evaluation cost: `--rules` generated recording and alerting
     /// rules over `--series` series, evaluated every `--interval`; the
@@ -279,6 +286,7 @@ async fn main() -> ExitCode {
         Command::Metrics(args) => metrics::run(&args).await,
         Command::Ui(args) => ui::run(&args).await,
         Command::Rules(args) => rules::run(&args).await,
+        Command::CompareTraces(args) => compare_traces::run(&args).await,
     };
     match result {
         Ok(line) => {
