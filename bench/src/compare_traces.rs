@@ -70,7 +70,7 @@ pub struct CompareTracesArgs {
     pub jaeger: Option<PathBuf>,
 
     /// Spans sent to each system (Jaeger with synced Badger writes takes
-    /// about 600 spans/s from 8 clients on a 2-core VM).
+    /// 600-1,000 spans/s from 8 clients on a 2-core VM).
     #[arg(long, value_name = "N", default_value_t = 200_000)]
     pub spans: u64,
 
