@@ -45,7 +45,7 @@ pub struct Stopped {
 
 /// A loopback address nobody listens on right now. The port is released
 /// before the daemon binds it; on a benchmark machine that race is harmless.
-fn free_addr() -> Result<SocketAddr> {
+pub fn free_addr() -> Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .context("finding a free loopback port")
@@ -234,6 +234,11 @@ impl Process {
         }
     }
 
+    /// Program name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Pid of the process, `None` once it was stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -322,6 +327,19 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 /// Total length of all regular files under `path`, recursively (apparent
 /// size, as `du --apparent-size -b` counts it; symlinks are not followed).
 pub fn dir_bytes(path: &Path) -> Result<u64> {
+    dir_total(path, std::fs::Metadata::len)
+}
+
+/// Bytes of disk blocks allocated to all regular files under `path`, as
+/// `du -B1` counts them: a store with sparse or preallocated files (Badger)
+/// is charged for what it occupies, not for its files' lengths.
+pub fn dir_allocated_bytes(path: &Path) -> Result<u64> {
+    dir_total(path, |metadata| {
+        std::os::unix::fs::MetadataExt::blocks(metadata) * 512
+    })
+}
+
+fn dir_total(path: &Path, size: fn(&std::fs::Metadata) -> u64) -> Result<u64> {
     let mut total = 0;
     let entries =
         std::fs::read_dir(path).with_context(|| format!("reading directory {}", path.display()))?;
@@ -331,9 +349,9 @@ pub fn dir_bytes(path: &Path) -> Result<u64> {
             .metadata()
             .with_context(|| format!("stat {}", entry.path().display()))?;
         if metadata.is_dir() {
-            total += dir_bytes(&entry.path())?;
+            total += dir_total(&entry.path(), size)?;
         } else if metadata.is_file() {
-            total += metadata.len();
+            total += size(&metadata);
         }
     }
     Ok(total)
@@ -425,6 +443,8 @@ mod tests {
         std::fs::create_dir(scratch.data_dir().join("sub")).unwrap();
         std::fs::write(scratch.data_dir().join("sub/b"), [0u8; 23]).unwrap();
         assert_eq!(dir_bytes(&scratch.data_dir()).unwrap(), 123);
+        // Two files of a block each (at least).
+        assert!(dir_allocated_bytes(&scratch.data_dir()).unwrap() >= 2 * 512);
         assert_eq!(
             dir_breakdown(&scratch.data_dir()).unwrap(),
             vec![("a".to_string(), 100), ("sub".to_string(), 23)]

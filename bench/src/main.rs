@@ -8,6 +8,7 @@
 
 mod baseline;
 mod compare;
+mod compare_traces;
 mod daemon;
 mod logs;
 mod metrics;
@@ -66,6 +67,11 @@ enum Command {
     /// corpus and the shop dashboard, with the answers' agreement. Prints a
     /// table (ratios Strand / peer), writes CSV into `--results`.
     Compare(CompareArgs),
+    /// Strand and Jaeger v2 (Badger on disk, synced writes) side by side:
+    /// the same OTLP load to each, then trace-by-id and search latency over
+    /// what they stored, bytes per span and RSS; a ratio table on stderr,
+    /// JSON and CSV in `--results`.
+    CompareTraces(compare_traces::CompareTracesArgs),
 
     /// Rule evaluation cost: `--rules` generated recording and alerting
     /// rules over `--series` series, evaluated every `--interval`; the
@@ -344,6 +350,7 @@ async fn main() -> ExitCode {
         Command::Ui(args) => ui::run(&args).await,
         Command::Rules(args) => rules::run(&args).await,
         Command::Compare(args) => compare::run(&args).await,
+        Command::CompareTraces(args) => compare_traces::run(&args).await,
     };
     match result {
         Ok(line) => {

@@ -27,7 +27,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::TracesArgs;
-use crate::daemon::{self, Daemon, Scratch, Stopped};
+use crate::daemon::{self, Daemon, Process, Scratch, Stopped};
 use crate::report::{JsonObject, round};
 use crate::stats::{Reservoir, Summary};
 use crate::workload::{self, Template, TraceRef};
@@ -57,24 +57,24 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 const ATTACH_SETTLE: Duration = Duration::from_secs(2);
 
 /// What the load phase measured.
-struct LoadResult {
-    elapsed: Duration,
-    spans: u64,
-    requests: u64,
-    rejected: u64,
-    errors: u64,
-    ack_latency: Option<Summary>,
-    rss_peak: Option<u64>,
-    rss_final: Option<u64>,
-    sample: Vec<TraceRef>,
+pub(crate) struct LoadResult {
+    pub elapsed: Duration,
+    pub spans: u64,
+    pub requests: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub ack_latency: Option<Summary>,
+    pub rss_peak: Option<u64>,
+    pub rss_final: Option<u64>,
+    pub sample: Vec<TraceRef>,
     /// Answers to the expensive queries, by HTTP status.
     expensive_answers: BTreeMap<u16, u64>,
 }
 
 /// What the lookup phase measured.
-struct LookupResult {
-    latency: Option<Summary>,
-    errors: u64,
+pub(crate) struct LookupResult {
+    pub latency: Option<Summary>,
+    pub errors: u64,
 }
 
 /// Counters shared by the client tasks and the monitor.
@@ -198,7 +198,15 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
         let pid = first.pid();
         let (grpc, http) = (first.grpc_url(), first.http_url());
-        load = run_load(args, &pool, &grpc, Some(&http), pid, Some(&mut first)).await?;
+        load = run_load(
+            args,
+            &pool,
+            &grpc,
+            Some(&http),
+            pid,
+            Some(&mut first.process),
+        )
+        .await?;
 
         eprintln!("stopping strand with SIGTERM");
         let stopped = first.stop(STOP_TIMEOUT).await?;
@@ -301,21 +309,22 @@ fn measure_generator(pool: &[Template]) -> (f64, f64) {
 }
 
 /// Wall-clock now in ns since the epoch, the clock OTLP timestamps use.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The load phase. `spawned` is the daemon when this process started it, so
-/// its death aborts the run with its log instead of a stream of errors.
-async fn run_load(
+/// The load phase. `spawned` is the daemon (Strand, or the peer it is
+/// compared with) when this process started it, so its death aborts the run
+/// with its log instead of a stream of errors.
+pub(crate) async fn run_load(
     args: &TracesArgs,
     pool: &Arc<Vec<Template>>,
     grpc_url: &str,
     http_url: Option<&str>,
     pid: Option<u32>,
-    mut spawned: Option<&mut Daemon>,
+    mut spawned: Option<&mut Process>,
 ) -> Result<LoadResult> {
     // Connect everything before the clock starts.
     let endpoint = Endpoint::from_shared(grpc_url.to_string())
@@ -437,7 +446,8 @@ async fn run_load(
             && let Some(status) = daemon.exited()?
         {
             return abort(anyhow::anyhow!(
-                "strand exited with {status} during the load; its log ends with:\n{}",
+                "{} exited with {status} during the load; its log ends with:\n{}",
+                daemon.name(),
                 daemon.log_tail()
             ));
         }
@@ -579,7 +589,11 @@ async fn client_task(
 
 /// `count` sequential GET /api/traces/{id} (after a warm-up) for random
 /// sampled traces; each must answer 200 with the span count that was sent.
-async fn run_lookups(http_base: &str, sample: &[TraceRef], count: usize) -> Result<LookupResult> {
+pub(crate) async fn run_lookups(
+    http_base: &str,
+    sample: &[TraceRef],
+    count: usize,
+) -> Result<LookupResult> {
     if sample.is_empty() {
         eprintln!("no trace was acknowledged: skipping lookups");
         return Ok(LookupResult {
@@ -670,7 +684,7 @@ async fn expensive_query_task(
     }
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>)> {
+pub(crate) async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, Vec<u8>)> {
     let response = client.get(url).send().await.context("GET failed")?;
     let status = response.status().as_u16();
     let body = response.bytes().await.context("reading the body failed")?;
