@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Jaeger v2 (the all-in-one `jaeger` of github.com/jaegertracing/jaeger,
 # pinned as a tool in go.mod) into TARGET_DIR/jaeger/<key>/jaeger and prints
-# its path. `strand-bench compare --signal traces` runs it to ingest the same
+# its path. `strand-bench compare-traces` runs it to ingest the same
 # OTLP load as Strand. <key> is a hash of go.mod and go.sum, so a build is
 # reused until the pinned version changes; Go's module and build caches
 # ($GOPATH, $GOCACHE) are kept between runs as usual.
