@@ -141,7 +141,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
 
     // 1. Batches, and the generator's own speed.
     let started = Instant::now();
-    let pool_size = (POOL_MAX_SPANS / (args.traces_per_request * 10)).clamp(8, POOL_REQUESTS);
+    let pool_size = pool_size(args.traces_per_request);
     let pool = workload::build_pool(&mut rand::rng(), pool_size, args.traces_per_request);
     let pool_spans: usize = pool.iter().map(Template::span_count).sum();
     eprintln!(
@@ -285,6 +285,12 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         report = report.field("restart_ready_s", round(ready.as_secs_f64(), 3));
     }
     Ok(report.finish())
+}
+
+/// Distinct batches to build for `traces_per_request` traces each: as many
+/// as [`POOL_MAX_SPANS`] allows, within 8..=[`POOL_REQUESTS`].
+pub(crate) fn pool_size(traces_per_request: usize) -> usize {
+    (POOL_MAX_SPANS / (traces_per_request * 10)).clamp(8, POOL_REQUESTS)
 }
 
 /// Spans per second one core can clone, re-id and encode, and the mean
