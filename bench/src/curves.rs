@@ -215,7 +215,7 @@ impl Column {
 const LOAD_S: Column = Column::new("load_s", "load of the step", "s").table_only();
 const STEP_S: Column = Column::new("step_s", "whole step", "s").table_only();
 const RSS_MB: Column = Column::new("rss_mb", "RSS after the step", "MB");
-const RSS_PEAK_MB: Column = Column::new("rss_peak_mb", "peak RSS during the load", "MB");
+const RSS_PEAK_MB: Column = Column::new("rss_peak_mb", "peak RSS of the step", "MB");
 const DISK_MB: Column = Column::new("disk_mb", "on disk", "MB");
 
 const TRACE_COLUMNS: [Column; 11] = [
@@ -651,7 +651,7 @@ async fn traces_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Resul
                 step.elapsed().as_secs_f64(),
                 load.spans as f64 / load_s,
                 mb(rss),
-                mb(load.rss_peak),
+                mb(load.rss_peak.max(rss)),
                 mb(Some(disk)),
                 disk as f64 / stored as f64,
                 p50(lookups.latency),
@@ -744,7 +744,7 @@ async fn logs_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Result<
                 step.elapsed().as_secs_f64(),
                 load.lines as f64 / load_s,
                 mb(rss),
-                mb(Some(load.rss_peak)),
+                mb(rss.max(Some(load.rss_peak))),
                 mb(Some(disk)),
                 disk as f64 / stored as f64,
                 p50(latencies[0]),

@@ -467,7 +467,8 @@ pub(crate) async fn run_load(
             ));
         }
     }
-    let elapsed = shared.started.elapsed();
+    // Until the last ack, not the monitor's next tick (500 ms apart).
+    let elapsed = Duration::from_millis(shared.last_ack_ms.load(Relaxed).max(1));
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -548,7 +549,7 @@ async fn client_task(
             Ok(response) => {
                 latencies.push(started.elapsed().as_secs_f64() * 1e3);
                 shared.requests.fetch_add(1, Relaxed);
-                shared.last_ack_ms.store(
+                shared.last_ack_ms.fetch_max(
                     u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     Relaxed,
                 );
