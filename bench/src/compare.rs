@@ -17,7 +17,7 @@
 //!   flush.
 //!
 //! "Settled" means the data directory's size did not change for
-//! [`SETTLE_QUIET`]. Then the queries run: every query of the PromQL
+//! [`daemon::SETTLE_QUIET`]. Then the queries run: every query of the PromQL
 //! differential corpus (`collector/tests/it/promql_diff/queries.txt`, its
 //! placeholders filled in for this data) as an instant query at the end of
 //! the data and, unless tagged `[instant]`, as a 30-minute range query; and
@@ -70,8 +70,6 @@ const DASHBOARD_RANGE_S: i64 = 60 * 60;
 const RATE_INTERVAL: &str = "1m";
 /// Prometheus's block length: short enough that 2 hours of data compact.
 const PROMETHEUS_BLOCK: &str = "30m";
-/// The data directory is at rest once its size stays the same this long.
-const SETTLE_QUIET: Duration = Duration::from_secs(5);
 /// Longest wait for the data directory to come to rest.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Per-query timeout.
@@ -596,7 +594,12 @@ async fn run_generator(
                 );
             }
         }
-        settle(&data_dir).await?;
+        ensure!(
+            daemon::settle(&data_dir, SETTLE_TIMEOUT).await,
+            "{name}: {} still changed after {}s",
+            data_dir.display(),
+            SETTLE_TIMEOUT.as_secs()
+        );
         let settle = settled.elapsed();
         eprintln!("{name}: data at rest after {:.1}s", settle.as_secs_f64());
         let (latency, answers) = run_queries(name, &base, &requests, query_runs).await?;
@@ -632,30 +635,6 @@ fn stored_bytes(system: System, dir: &Path) -> Result<u64> {
         }
         _ => daemon::dir_bytes(dir),
     }
-}
-
-/// Waits until the size of `dir` stays the same for [`SETTLE_QUIET`]
-/// (compaction, merges and flushes done).
-async fn settle(dir: &Path) -> Result<()> {
-    let started = Instant::now();
-    let mut last = daemon::dir_bytes(dir).ok();
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < SETTLE_QUIET {
-        ensure!(
-            started.elapsed() < SETTLE_TIMEOUT,
-            "{} still changed after {}s",
-            dir.display(),
-            SETTLE_TIMEOUT.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // Files may vanish mid-walk while a compaction replaces them.
-        let now = daemon::dir_bytes(dir).ok();
-        if now != last || now.is_none() {
-            last = now;
-            quiet_since = Instant::now();
-        }
-    }
-    Ok(())
 }
 
 /// Runs every request `runs` times in order; returns the latencies per

@@ -40,8 +40,6 @@ use crate::workload::{self, Template};
 const SETTLE: Duration = Duration::from_secs(5);
 /// SIGTERM to exit; both flush everything still in memory.
 const STOP_TIMEOUT: Duration = Duration::from_secs(300);
-/// Distinct batches in the shared pool.
-const POOL_REQUESTS: usize = 200;
 /// Unmeasured searches first.
 const WARMUP_SEARCHES: usize = 8;
 /// Traces a search asks for (Jaeger UI's default is 20).
@@ -334,10 +332,9 @@ pub async fn run(args: &CompareTracesArgs) -> Result<String> {
         expensive_queries: 0,
         keep: args.keep,
     };
-    let pool_size = (60_000 / (args.traces_per_request * 10)).clamp(8, POOL_REQUESTS);
     let pool: Arc<Vec<Template>> = Arc::new(workload::build_pool(
         &mut rand::rng(),
-        pool_size,
+        traces::pool_size(args.traces_per_request),
         args.traces_per_request,
     ));
     let scratch = Scratch::create(args.keep)?;
@@ -549,7 +546,7 @@ async fn start_jaeger(
 /// `count` sequential searches (after a warm-up), cycling through
 /// [`SEARCHES`]; each must answer 200 with [`SEARCH_LIMIT`] traces that all
 /// have spans.
-async fn run_searches(http_base: &str, count: usize) -> Result<LookupResult> {
+pub(crate) async fn run_searches(http_base: &str, count: usize) -> Result<LookupResult> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -392,6 +392,32 @@ pub fn print_breakdown(dir: &Path) {
     }
 }
 
+/// A data directory is at rest once its size stays the same this long.
+pub const SETTLE_QUIET: Duration = Duration::from_secs(5);
+
+/// Waits until the size of `dir` stays the same for [`SETTLE_QUIET`]
+/// (compaction, merges and flushes done), so what is measured next is the
+/// data at rest, not a flush in progress. `false` if it still changed after
+/// `timeout`.
+pub async fn settle(dir: &Path, timeout: Duration) -> bool {
+    let started = Instant::now();
+    let mut last = dir_bytes(dir).ok();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < SETTLE_QUIET {
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Files may vanish mid-walk while a compaction replaces them.
+        let now = dir_bytes(dir).ok();
+        if now != last || now.is_none() {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    true
+}
+
 /// A scratch directory under the system temp dir holding the daemon's data
 /// directory and log; removed on drop unless the user asked to keep it.
 pub struct Scratch {

@@ -370,7 +370,7 @@ async fn freshness_probe(stop: Arc<AtomicBool>, channel: Channel, http: String) 
 
 /// GETs `path` `count` times (after 10 warm-up calls); latencies in ms and
 /// the `total` of the last answer.
-async fn time_queries(
+pub(crate) async fn time_queries(
     http: &str,
     paths: &[String],
     count: usize,
@@ -396,72 +396,89 @@ async fn time_queries(
     Ok((Summary::of(latencies), total))
 }
 
-/// Runs the whole benchmark and returns the JSON result line.
-pub async fn run(args: &LogsArgs) -> Result<String> {
-    ensure!(
-        args.clients > 0 && args.lines_per_request > 0,
-        "--clients and --lines-per-request must be at least 1"
-    );
-    ensure!(
-        args.strand.is_file(),
-        "strand binary not found at {} (build it with `cargo build --release -p strand`)",
-        args.strand.display()
-    );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// What a load phase measured.
+pub(crate) struct LoadResult {
+    /// Until the last client got its last answer.
+    pub elapsed: Duration,
+    pub lines: u64,
+    pub raw_bytes: u64,
+    /// Every ack latency, in milliseconds.
+    pub ack_latencies: Vec<f64>,
+    pub rss_peak: u64,
+    pub rss_last: u64,
+    pub rejected: u64,
+    pub errors: u64,
+}
+
+/// [`POOL_REQUESTS`] distinct batches of `lines_per_request` lines.
+pub(crate) fn build_pool(lines_per_request: usize) -> Vec<Batch> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let pool: Arc<Vec<Batch>> = Arc::new(
-        (0..POOL_REQUESTS)
-            .map(|_| build_batch(&mut rng, args.lines_per_request))
-            .collect(),
-    );
+    let pool: Vec<Batch> = (0..POOL_REQUESTS)
+        .map(|_| build_batch(&mut rng, lines_per_request))
+        .collect();
     let pool_raw: u64 = pool.iter().map(|b| b.raw_bytes).sum();
     let pool_lines: u64 = pool.iter().map(|b| b.lines).sum();
     eprintln!(
         "built {POOL_REQUESTS} batches, {:.0} raw bytes per line on average",
         pool_raw as f64 / pool_lines as f64
     );
+    pool
+}
 
-    let scratch = Scratch::create(args.keep)?;
-    let data_dir = scratch.data_dir();
-    let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
-    let pid = first.pid();
-    let endpoint = Endpoint::from_shared(first.grpc_url())?
+/// The daemon's OTLP/gRPC endpoint with the export timeout.
+fn endpoint(daemon: &Daemon) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(daemon.grpc_url())?
         .timeout(EXPORT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true))
+}
+
+/// The load phase: `clients` tasks, each on its own connection, export
+/// random batches of `pool` back to back until `lines` lines were sent (or,
+/// without a limit, for `duration`), while the daemon's RSS is sampled.
+pub(crate) async fn run_load(
+    daemon: &mut Daemon,
+    pool: &Arc<Vec<Batch>>,
+    clients: usize,
+    lines: Option<u64>,
+    duration: Duration,
+    gzip: bool,
+) -> Result<LoadResult> {
+    let pid = daemon.pid();
+    let endpoint = endpoint(daemon)?;
     let counters = Arc::new(Counters {
         stop: AtomicBool::new(false),
-        line_limit: args.lines,
+        line_limit: lines,
         reserved: AtomicU64::new(0),
         lines: AtomicU64::new(0),
         raw_bytes: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let channel = endpoint
-            .connect()
-            .await
-            .context("connecting to OTLP/gRPC")?;
-        tasks.push(tokio::spawn(client(
-            counters.clone(),
-            pool.clone(),
-            channel,
-            args.gzip,
-        )));
+    let mut channels = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .context("connecting to OTLP/gRPC")?,
+        );
     }
-    let probe_stop = Arc::new(AtomicBool::new(false));
-    let probe = tokio::spawn(freshness_probe(
-        probe_stop.clone(),
-        endpoint.connect().await?,
-        first.http_url(),
-    ));
-    let load_start_nanos = now_nanos();
     let started = Instant::now();
+    let tasks: Vec<_> = channels
+        .into_iter()
+        .map(|channel| tokio::spawn(client(counters.clone(), pool.clone(), channel, gzip)))
+        .collect();
     let mut rss_peak = 0u64;
     let mut rss_last = 0u64;
+    // Ticks of 100 ms, so the load's end is seen on time; progress every
+    // second.
+    let mut ticks = 0u64;
     while !tasks.iter().all(|t| t.is_finished()) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ticks += 1;
+        if !ticks.is_multiple_of(10) {
+            continue;
+        }
         if let Some(rss) = pid.and_then(daemon::rss_bytes) {
             rss_peak = rss_peak.max(rss);
             rss_last = rss;
@@ -475,22 +492,73 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
             counters.errors.load(Relaxed),
             rss_last as f64 / 1048576.0
         );
-        if args.lines.is_none() && started.elapsed() >= Duration::from_secs(args.duration) {
+        if counters.line_limit.is_none() && started.elapsed() >= duration {
             counters.stop.store(true, Relaxed);
         }
-        if let Some(status) = first.exited()? {
-            anyhow::bail!("strand exited with {status}:\n{}", first.log_tail());
+        if let Some(status) = daemon.exited()? {
+            counters.stop.store(true, Relaxed);
+            anyhow::bail!("strand exited with {status}:\n{}", daemon.log_tail());
         }
     }
     let elapsed = started.elapsed();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await?);
+    if let Some(rss) = pid.and_then(daemon::rss_bytes) {
+        rss_peak = rss_peak.max(rss);
+        rss_last = rss;
     }
+    let mut ack_latencies = Vec::new();
+    for task in tasks {
+        ack_latencies.extend(task.await?);
+    }
+    Ok(LoadResult {
+        elapsed,
+        lines: counters.lines.load(Relaxed),
+        raw_bytes: counters.raw_bytes.load(Relaxed),
+        ack_latencies,
+        rss_peak,
+        rss_last,
+        rejected: counters.rejected.load(Relaxed),
+        errors: counters.errors.load(Relaxed),
+    })
+}
+
+/// Runs the whole benchmark and returns the JSON result line.
+pub async fn run(args: &LogsArgs) -> Result<String> {
+    ensure!(
+        args.clients > 0 && args.lines_per_request > 0,
+        "--clients and --lines-per-request must be at least 1"
+    );
+    ensure!(
+        args.strand.is_file(),
+        "strand binary not found at {} (build it with `cargo build --release -p strand`)",
+        args.strand.display()
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = Arc::new(build_pool(args.lines_per_request));
+    let pool_lines: u64 = pool.iter().map(|b| b.lines).sum();
+
+    let scratch = Scratch::create(args.keep)?;
+    let data_dir = scratch.data_dir();
+    let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = tokio::spawn(freshness_probe(
+        probe_stop.clone(),
+        endpoint(&first)?.connect().await?,
+        first.http_url(),
+    ));
+    let load_start_nanos = now_nanos();
+    let load = run_load(
+        &mut first,
+        &pool,
+        args.clients,
+        args.lines,
+        Duration::from_secs(args.duration),
+        args.gzip,
+    )
+    .await;
     probe_stop.store(true, Relaxed);
+    let load = load?;
     let freshness = probe.await.context("the freshness probe failed")?;
-    let lines = counters.lines.load(Relaxed);
-    let raw_bytes = counters.raw_bytes.load(Relaxed);
+    let (elapsed, lines, raw_bytes) = (load.elapsed, load.lines, load.raw_bytes);
     let load_end_nanos = now_nanos();
 
     let stopped = first.stop(STOP_TIMEOUT).await?;
@@ -542,13 +610,13 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
             "raw_mb_per_s",
             round(raw_bytes as f64 / 1048576.0 / elapsed.as_secs_f64(), 2),
         )
-        .summary("ack_latency_ms", Summary::of(latencies))
+        .summary("ack_latency_ms", Summary::of(load.ack_latencies))
         .summary("searchable_ms", Summary::of(freshness))
         .object(
             "rss_mb",
             JsonObject::new()
-                .field("peak", round(rss_peak as f64 / 1048576.0, 1))
-                .field("final", round(rss_last as f64 / 1048576.0, 1)),
+                .field("peak", round(load.rss_peak as f64 / 1048576.0, 1))
+                .field("final", round(load.rss_last as f64 / 1048576.0, 1)),
         )
         .field("raw_bytes", raw_bytes)
         .field("bytes_on_disk", logs_bytes)
@@ -565,8 +633,8 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
             "strand_vs_bare_ratio",
             bare_rate.map(|r| round(lines_per_s / r, 3)),
         )
-        .field("rejected", counters.rejected.load(Relaxed))
-        .field("errors", counters.errors.load(Relaxed))
+        .field("rejected", load.rejected)
+        .field("errors", load.errors)
         .object("machine", JsonObject::new().field("cores", cores))
         .finish())
 }

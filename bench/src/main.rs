@@ -7,8 +7,10 @@
 //! single JSON line on stdout, easy to append to a results file and diff.
 
 mod baseline;
+mod chart;
 mod compare;
 mod compare_traces;
+mod curves;
 mod daemon;
 mod logs;
 mod metrics;
@@ -72,6 +74,12 @@ enum Command {
     /// what they stored, bytes per span and RSS; a ratio table on stderr,
     /// JSON and CSV in `--results`.
     CompareTraces(compare_traces::CompareTracesArgs),
+
+    /// Scaling curves: how ingest rate, RSS, bytes on disk and query
+    /// latency grow with the data held (traces and logs: one daemon loaded
+    /// step by step to each size; metrics: a daemon per number of active
+    /// series). Writes curves-<signal>.csv and .svg into `--results`.
+    Curves(curves::CurvesArgs),
 
     /// Rule evaluation cost: `--rules` generated recording and alerting
     /// rules over `--series` series, evaluated every `--interval`; the
@@ -351,6 +359,7 @@ async fn main() -> ExitCode {
         Command::Rules(args) => rules::run(&args).await,
         Command::Compare(args) => compare::run(&args).await,
         Command::CompareTraces(args) => compare_traces::run(&args).await,
+        Command::Curves(args) => curves::run(&args).await,
     };
     match result {
         Ok(line) => {

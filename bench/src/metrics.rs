@@ -75,9 +75,9 @@ pub(crate) struct LoadResult {
 }
 
 /// What the query phase measured on one system.
-struct QueryResult {
-    latency: Option<Summary>,
-    errors: u64,
+pub(crate) struct QueryResult {
+    pub latency: Option<Summary>,
+    pub errors: u64,
     /// The `data.result` of the first measured answer.
     answer: Value,
 }
@@ -91,9 +91,9 @@ struct Side {
 }
 
 /// The range query, in the parameters `/api/v1/query_range` takes.
-struct RangeQuery {
-    start_s: i64,
-    end_s: i64,
+pub(crate) struct RangeQuery {
+    pub start_s: i64,
+    pub end_s: i64,
 }
 
 impl RangeQuery {
@@ -595,7 +595,7 @@ pub(crate) async fn run_load(
 
 /// `count` sequential range queries (after a warm-up) against `base`; each
 /// must succeed with one series per job.
-async fn run_queries(
+pub(crate) async fn run_queries(
     name: &str,
     base: &str,
     query: &RangeQuery,

@@ -141,7 +141,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
 
     // 1. Batches, and the generator's own speed.
     let started = Instant::now();
-    let pool_size = (POOL_MAX_SPANS / (args.traces_per_request * 10)).clamp(8, POOL_REQUESTS);
+    let pool_size = pool_size(args.traces_per_request);
     let pool = workload::build_pool(&mut rand::rng(), pool_size, args.traces_per_request);
     let pool_spans: usize = pool.iter().map(Template::span_count).sum();
     eprintln!(
@@ -285,6 +285,12 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         report = report.field("restart_ready_s", round(ready.as_secs_f64(), 3));
     }
     Ok(report.finish())
+}
+
+/// Distinct batches to build for `traces_per_request` traces each: as many
+/// as [`POOL_MAX_SPANS`] allows, within 8..=[`POOL_REQUESTS`].
+pub(crate) fn pool_size(traces_per_request: usize) -> usize {
+    (POOL_MAX_SPANS / (traces_per_request * 10)).clamp(8, POOL_REQUESTS)
 }
 
 /// Spans per second one core can clone, re-id and encode, and the mean
@@ -461,7 +467,8 @@ pub(crate) async fn run_load(
             ));
         }
     }
-    let elapsed = shared.started.elapsed();
+    // Until the last ack, not the monitor's next tick (500 ms apart).
+    let elapsed = Duration::from_millis(shared.last_ack_ms.load(Relaxed).max(1));
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -542,7 +549,7 @@ async fn client_task(
             Ok(response) => {
                 latencies.push(started.elapsed().as_secs_f64() * 1e3);
                 shared.requests.fetch_add(1, Relaxed);
-                shared.last_ack_ms.store(
+                shared.last_ack_ms.fetch_max(
                     u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     Relaxed,
                 );

@@ -10,26 +10,14 @@
 //! (`cargo test --workspace` builds it; alone: `cargo build -p strand`
 //! first). Fails, never skips, when one is missing.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
 #[test]
 fn quick_compare_produces_every_figure_and_agrees() {
-    // target/<profile>/deps/compare-<hash> -> target/<profile>/strand
-    let exe = std::env::current_exe().unwrap();
-    let strand: PathBuf = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("strand");
-    assert!(
-        strand.is_file(),
-        "{} is missing: build it with `cargo build -p strand` (cargo test --workspace does)",
-        strand.display()
-    );
-    let results = std::env::temp_dir().join(format!("strand-compare-{}", std::process::id()));
+    let strand = crate::strand_binary();
+    let results = crate::results_dir("compare");
     let output = Command::new(env!("CARGO_BIN_EXE_strand-bench"))
         .args(["compare", "--quick", "--clients", "2"])
         .arg("--strand")
