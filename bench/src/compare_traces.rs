@@ -95,6 +95,23 @@ pub struct CompareTracesArgs {
     /// Keep the temporary data directories and logs.
     #[arg(long)]
     pub keep: bool,
+
+    /// Small enough for the test suite (3,000 spans, 50 lookups, 10
+    /// searches); fails unless every figure was produced and every answer
+    /// was complete on both sides.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl CompareTracesArgs {
+    /// These options, with `--quick`'s sizes when it is set.
+    fn sized(&self) -> Self {
+        let mut args = self.clone();
+        if args.quick {
+            (args.spans, args.lookups, args.searches) = (3_000, 50, 10);
+        }
+        args
+    }
 }
 
 /// One system's figures.
@@ -289,6 +306,7 @@ fn csv(rows: &[Row]) -> String {
 /// Runs both systems and returns the JSON result line (also written, with
 /// the CSV, to `--results`).
 pub async fn run(args: &CompareTracesArgs) -> Result<String> {
+    let args = &args.sized();
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(args.spans > 0, "--spans must be at least 1");
     ensure!(
@@ -360,6 +378,9 @@ pub async fn run(args: &CompareTracesArgs) -> Result<String> {
 
     let rows = rows(&strand, &jaeger);
     eprintln!("\n{}", table(&rows));
+    if args.quick {
+        ensure_complete(&rows, &[("Strand", &strand), ("Jaeger", &jaeger)])?;
+    }
     let json = JsonObject::new()
         .field("bench", "compare-traces")
         .field("spans", args.spans)
@@ -389,6 +410,32 @@ pub async fn run(args: &CompareTracesArgs) -> Result<String> {
         args.results.display()
     );
     Ok(json)
+}
+
+/// `--quick`'s verdict: every figure of both systems measured, and no
+/// refused export, failed lookup or short search answer on either side.
+fn ensure_complete(rows: &[Row], sides: &[(&str, &Side)]) -> Result<()> {
+    let mut problems: Vec<String> = rows
+        .iter()
+        .filter(|row| row.strand.is_none() || row.jaeger.is_none())
+        .map(|row| format!("{} was not measured", row.metric))
+        .collect();
+    for (name, side) in sides {
+        let failures = [
+            ("refused exports", side.load.rejected),
+            ("failed exports", side.load.errors),
+            ("failed lookups", side.lookups.errors),
+            ("failed searches", side.searches.errors),
+        ];
+        problems.extend(
+            failures
+                .iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(what, count)| format!("{name}: {count} {what}")),
+        );
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    Ok(())
 }
 
 /// Load, settle, stop, measure the directory, restart, query: one system.

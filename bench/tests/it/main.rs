@@ -4,6 +4,7 @@
 //! strand` first).
 
 mod compare;
+mod compare_traces;
 mod curves;
 
 use std::path::PathBuf;
