@@ -25,11 +25,20 @@ pub struct Admitted {
     /// of order or conflicting duplicates).
     pub rejected_by_limits: u64,
     pub first_error: Option<String>,
-    /// Each admitted series' newest admitted sample before this admission,
-    /// for [`MetricStore::undo_admission`].
+    /// Each admitted series' id (as `series`, in order) and newest admitted
+    /// sample before this admission, for [`MetricStore::undo_admission`]
+    /// and [`MetricStore::apply_admitted`].
     ///
     /// [`MetricStore::undo_admission`]: super::MetricStore::undo_admission
+    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
     previous: Vec<(u32, Option<(i64, u64)>)>,
+}
+
+impl Admitted {
+    /// The series ids of `series`, in order.
+    pub fn ids(&self) -> Vec<u32> {
+        self.previous.iter().map(|&(id, _)| id).collect()
+    }
 }
 
 /// Why the limits refuse a series; `points` is set on one series of each
@@ -305,7 +314,12 @@ impl Head {
             admitted.rejected += count as u64;
             admitted.first_error.get_or_insert(reason);
         };
-        let refused = self.refused_by_limits(&batch, limits);
+        // One lookup per series: the limits and the loop below share it.
+        let known: Vec<Option<u32>> = batch
+            .iter()
+            .map(|series| self.index.find(&series.labels))
+            .collect();
+        let refused = self.refused_by_limits(&batch, &known, limits);
         for (index, mut series) in batch.into_iter().enumerate() {
             if let Some(refusal) = refused.get(&index) {
                 if let Some(points) = refusal.points {
@@ -314,7 +328,11 @@ impl Head {
                 }
                 continue;
             }
-            let id = self.id_or_insert(&series.labels);
+            let id = match known[index] {
+                Some(id) => id,
+                // New, or new earlier in this batch.
+                None => self.id_or_insert(&series.labels),
+            };
             let state = self.series[id as usize].as_mut().expect("found above");
             let previous = state.admitted;
             let mut kept = Vec::with_capacity(series.samples.len());
@@ -367,13 +385,14 @@ impl Head {
     fn refused_by_limits(
         &self,
         batch: &[SeriesSamples],
+        known: &[Option<u32>],
         limits: &SeriesLimits,
     ) -> HashMap<usize, Refusal> {
         let mut groups: Vec<(PointKey, Vec<usize>)> = Vec::new();
         let mut group_of: HashMap<PointKey, usize> = HashMap::new();
         let mut seen: HashSet<&[Label]> = HashSet::new();
         for (index, series) in batch.iter().enumerate() {
-            if self.index.find(&series.labels).is_some() || !seen.insert(&series.labels) {
+            if known[index].is_some() || !seen.insert(&series.labels) {
                 continue;
             }
             let key = point_key(&series.labels);
@@ -452,26 +471,44 @@ impl Head {
     pub(super) fn apply(&mut self, batch: Vec<SeriesSamples>) {
         for series in batch {
             let id = self.id_or_insert(&series.labels);
-            let state = self.series[id as usize].as_mut().expect("found above");
-            for sample in series.samples {
-                if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
-                    continue;
-                }
-                if state.open.is_full() {
-                    let (min_t, max_t) = state.open.time_range();
-                    let full = std::mem::take(&mut state.open);
-                    state.sealed.push(SealedChunk {
-                        bytes: full.encode(),
-                        min_t,
-                        max_t,
-                    });
-                }
-                state.open.push(sample.timestamp_ms, sample.value);
-                let newest = (sample.timestamp_ms, sample.value.to_bits());
-                state.last = Some(newest);
-                if state.admitted.is_none_or(|(t, _)| t < newest.0) {
-                    state.admitted = Some(newest);
-                }
+            self.apply_to(id, series);
+        }
+    }
+
+    /// See [`MetricStore::apply_admitted`](super::MetricStore::apply_admitted).
+    pub(super) fn apply_admitted(&mut self, ids: &[u32], batch: Vec<SeriesSamples>) {
+        for (&id, series) in ids.iter().zip(batch) {
+            match self.series.get(id as usize) {
+                Some(Some(_)) => self.apply_to(id, series),
+                // Never so: admission added the series. Found by labels.
+                _ => self.apply(vec![series]),
+            }
+        }
+    }
+
+    /// Appends `series`' samples newer than its newest to series `id`.
+    fn apply_to(&mut self, id: u32, series: SeriesSamples) {
+        let Some(Some(state)) = self.series.get_mut(id as usize) else {
+            return;
+        };
+        for sample in series.samples {
+            if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
+                continue;
+            }
+            if state.open.is_full() {
+                let (min_t, max_t) = state.open.time_range();
+                let full = std::mem::take(&mut state.open);
+                state.sealed.push(SealedChunk {
+                    bytes: full.compact(),
+                    min_t,
+                    max_t,
+                });
+            }
+            state.open.push(sample.timestamp_ms, sample.value);
+            let newest = (sample.timestamp_ms, sample.value.to_bits());
+            state.last = Some(newest);
+            if state.admitted.is_none_or(|(t, _)| t < newest.0) {
+                state.admitted = Some(newest);
             }
         }
     }
@@ -513,7 +550,7 @@ impl Head {
                 });
             }
             if !series.open.is_empty() {
-                open.push((id, series.open.encode()));
+                open.push((id, series.open.compact()));
             }
         }
         Unflushed {

@@ -3,8 +3,11 @@
 //! then every matcher is checked against the candidates' labels.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
 
 use promql_parser::label::{MatchOp, Matcher};
 
@@ -15,7 +18,12 @@ use crate::model::{Label, METRIC_NAME_LABEL};
 pub(super) struct SeriesIndex {
     /// By id; `None` for an id no series has.
     labels: Vec<Option<Arc<[Label]>>>,
-    by_hash: HashMap<u64, Vec<u32>>,
+    /// The first series of each label set hash (a fast, in-memory-only
+    /// hash: every ingested series is looked up by its labels)...
+    by_hash: HashMap<u64, u32, FxBuildHasher>,
+    /// ...and the others of the same hash, which a 64-bit hash makes rare:
+    /// one id per series and no list keeps the map small.
+    collisions: HashMap<u64, Vec<u32>, FxBuildHasher>,
     postings: HashMap<String, HashMap<String, Vec<u32>>>,
     series_per_metric: HashMap<String, usize>,
     live_series: usize,
@@ -23,11 +31,13 @@ pub(super) struct SeriesIndex {
 
 impl SeriesIndex {
     pub(super) fn find(&self, labels: &[Label]) -> Option<u32> {
-        self.by_hash
-            .get(&label_hash(labels))?
-            .iter()
-            .copied()
-            .find(|&id| self.labels(id).is_some_and(|l| &**l == labels))
+        let hash = label_hash(labels);
+        let first = *self.by_hash.get(&hash)?;
+        let same = |id: &u32| self.labels(*id).is_some_and(|l| &**l == labels);
+        if same(&first) {
+            return Some(first);
+        }
+        self.collisions.get(&hash)?.iter().copied().find(same)
     }
 
     /// Adds a series under `id`, which no series has yet.
@@ -36,10 +46,13 @@ impl SeriesIndex {
         if self.labels.len() <= index {
             self.labels.resize_with(index + 1, || None);
         }
-        self.by_hash
-            .entry(label_hash(&labels))
-            .or_default()
-            .push(id);
+        let hash = label_hash(&labels);
+        match self.by_hash.entry(hash) {
+            Entry::Vacant(entry) => {
+                entry.insert(id);
+            }
+            Entry::Occupied(_) => self.collisions.entry(hash).or_default().push(id),
+        }
         for label in labels.iter() {
             let ids = self
                 .postings
@@ -132,9 +145,7 @@ impl SeriesIndex {
 }
 
 fn label_hash(labels: &[Label]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    labels.hash(&mut hasher);
-    hasher.finish()
+    FxBuildHasher.hash_one(labels)
 }
 
 /// The value of label `name`, "" when absent (as PromQL matchers see it).

@@ -3,7 +3,8 @@
 //! A series is identified by its sorted label set and gets a dense id. An
 //! inverted index (label name -> value -> ids) narrows selections; every
 //! matcher is then checked against the candidates' labels. Samples go into
-//! Gorilla-compressed chunks ([`chunk`]) of up to 120 samples.
+//! compressed chunks ([`chunk`]: Gorilla, or integers at a decimal scale)
+//! of up to 120 samples.
 //!
 //! On disk, under `metrics/`:
 //! - `series.log`: one entry per series (id, labels), appended when a flush
@@ -31,7 +32,7 @@
 //! - `index`: series ids, postings and matcher selection.
 //! - `head`: the in-memory head and admission.
 //! - `files`: the series log, chunk files and snapshot on disk.
-//! - [`chunk`]: the Gorilla chunk encoding.
+//! - [`chunk`]: the chunk encodings.
 //!
 //! This file is the [`MetricStore`] façade that holds them together and
 //! decides the order of the steps of open, flush, query and retention.
@@ -59,8 +60,10 @@ use crate::telemetry::SelfMetrics;
 pub use crate::config::SeriesLimits;
 
 /// The version of the series log and chunk file formats, recorded in the
-/// store's `FORMAT` file (the head snapshot carries its own).
-const FORMAT_VERSION: u32 = 1;
+/// store's `FORMAT` file (the head snapshot carries its own). Version 2
+/// adds chunk encodings besides Gorilla (see [`chunk`]); a version 1
+/// directory is read as it is, its chunks all being Gorilla's.
+const FORMAT_VERSION: u32 = 2;
 
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {
@@ -101,7 +104,7 @@ impl MetricStore {
         metrics: SelfMetrics,
     ) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
-        crate::store::check_format(dir, "metrics", FORMAT_VERSION..=FORMAT_VERSION)?;
+        crate::store::check_format(dir, "metrics", 1..=FORMAT_VERSION)?;
         let mut head = Head::default();
         let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
             head.insert(id, labels.into(), true)
@@ -182,6 +185,17 @@ impl MetricStore {
     pub fn apply(&self, batch: Vec<SeriesSamples>) {
         let mut head = self.head.write().expect("not poisoned");
         head.apply(batch);
+        self.metrics
+            .metric_series
+            .set(head.index.live_series() as i64);
+    }
+
+    /// [`apply`](Self::apply) for what [`admit`](Self::admit) returned:
+    /// `ids` ([`Admitted::ids`]) spare looking every series up again by its
+    /// labels, the costliest step of ingest.
+    pub fn apply_admitted(&self, ids: &[u32], batch: Vec<SeriesSamples>) {
+        let mut head = self.head.write().expect("not poisoned");
+        head.apply_admitted(ids, batch);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
@@ -536,7 +550,7 @@ mod tests {
 
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
         let admitted = store.admit(batch);
-        store.apply(admitted.series.clone());
+        store.apply_admitted(&admitted.ids(), admitted.series.clone());
         admitted
     }
 
