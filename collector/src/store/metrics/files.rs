@@ -30,6 +30,13 @@ struct SeriesEntry {
     labels: Vec<Label>,
 }
 
+/// [`SeriesEntry`] as written, borrowing the labels.
+#[derive(Serialize)]
+struct SeriesEntryRef<'a> {
+    id: u32,
+    labels: &'a [Label],
+}
+
 /// `series.log`: one entry per series, appended when a flush first sees it.
 pub(super) struct SeriesLog {
     file: File,
@@ -65,14 +72,11 @@ impl SeriesLog {
     }
 
     /// Appends series and makes them durable.
-    pub(super) fn append(&mut self, series: &[(u32, Arc<[Label]>)]) -> Result<()> {
+    pub(super) fn append(&mut self, series: &[(u32, Vec<Label>)]) -> Result<()> {
         let mut buffer = Vec::new();
         for (id, labels) in series {
-            let payload = postcard::to_stdvec(&SeriesEntry {
-                id: *id,
-                labels: labels.to_vec(),
-            })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload = postcard::to_stdvec(&SeriesEntryRef { id: *id, labels })
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             frame::append(&mut buffer, &payload)?;
         }
         self.file.write_all(&buffer)?;

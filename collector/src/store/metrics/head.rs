@@ -3,14 +3,13 @@
 //! checks order and the series limits before samples go to the WAL.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use promql_parser::label::{MatchOp, Matcher};
 
 use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
-use super::index::{SeriesIndex, format_labels, label_value, metric_name};
+use super::index::{SeriesIndex, format_labels, metric_name};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
@@ -143,7 +142,7 @@ impl MemSeries {
 /// What a flush writes, taken from the head in one go.
 pub(super) struct Unflushed {
     /// Series `series.log` lacks.
-    pub(super) new_series: Vec<(u32, Arc<[Label]>)>,
+    pub(super) new_series: Vec<(u32, Vec<Label>)>,
     pub(super) sealed: Vec<ChunkToWrite>,
     pub(super) snapshot: Snapshot,
 }
@@ -159,7 +158,7 @@ pub(super) struct Head {
 impl Head {
     /// Adds a series under `id`, which no series has yet; `logged` when it
     /// comes from `series.log`.
-    pub(super) fn insert(&mut self, id: u32, labels: Arc<[Label]>, logged: bool) {
+    pub(super) fn insert(&mut self, id: u32, labels: &[Label], logged: bool) {
         self.index.insert(id, labels);
         let index = id as usize;
         if self.series.len() <= index {
@@ -174,7 +173,7 @@ impl Head {
             Some(id) => id,
             None => {
                 let id = self.index.next_id();
-                self.insert(id, labels.into(), false);
+                self.insert(id, labels, false);
                 id
             }
         }
@@ -238,7 +237,7 @@ impl Head {
                     timestamp_ms,
                     value: f64::from_bits(bits),
                 };
-                Some((label_value(series_labels, extra).to_owned(), sample))
+                Some((series_labels.value(extra).to_owned(), sample))
             })
             .collect()
     }
@@ -539,7 +538,7 @@ impl Head {
             if !series.logged
                 && let Some(labels) = self.index.labels(id)
             {
-                new_series.push((id, labels.clone()));
+                new_series.push((id, labels.to_vec()));
             }
             for chunk in &series.sealed {
                 sealed.push(ChunkToWrite {
@@ -568,7 +567,7 @@ impl Head {
     /// chunks (at `refs` now) leave memory.
     pub(super) fn flushed(
         &mut self,
-        new_series: &[(u32, Arc<[Label]>)],
+        new_series: &[(u32, Vec<Label>)],
         sealed: &[ChunkToWrite],
         refs: Vec<ChunkRef>,
     ) {

@@ -52,7 +52,6 @@ use promql_parser::label::Matcher;
 use self::files::{ChunkFiles, SeriesLog, Snapshot};
 pub use self::head::Admitted;
 use self::head::Head;
-use self::index::label_value;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
@@ -106,9 +105,8 @@ impl MetricStore {
         std::fs::create_dir_all(dir)?;
         crate::store::check_format(dir, "metrics", 1..=FORMAT_VERSION)?;
         let mut head = Head::default();
-        let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
-            head.insert(id, labels.into(), true)
-        })?;
+        let series_log =
+            SeriesLog::open(dir, &metrics, |id, labels| head.insert(id, &labels, true))?;
         let mut files = ChunkFiles::open(dir, chunk_file_bytes, &metrics, |id, chunk_ref| {
             head.add_persisted(id, chunk_ref)
         })?;
@@ -387,17 +385,22 @@ impl MetricStore {
         limit: usize,
     ) -> (Vec<Vec<Label>>, bool) {
         let head = self.head.read().expect("not poisoned");
-        let mut matched: Vec<&[Label]> = head
+        let mut matched: Vec<Vec<(&str, &str)>> = head
             .select_in_range(selectors, start, end)
             .into_iter()
-            .filter_map(|id| head.index.labels(id).map(|labels| &labels[..]))
+            .filter_map(|id| Some(head.index.labels(id)?.iter().collect()))
             .collect();
-        matched.sort();
+        matched.sort_unstable();
         let more = matched.len() > limit;
         let out = matched
             .into_iter()
             .take(limit)
-            .map(<[Label]>::to_vec)
+            .map(|labels| {
+                labels
+                    .into_iter()
+                    .map(|(name, value)| Label::new(name, value))
+                    .collect()
+            })
             .collect();
         (out, more)
     }
@@ -422,7 +425,7 @@ impl MetricStore {
             head.select_in_range(selectors, start, end)
                 .into_iter()
                 .filter_map(|id| head.index.labels(id))
-                .flat_map(|labels| labels.iter().map(|l| l.name.as_str()))
+                .flat_map(|labels| labels.iter().map(|(name, _)| name))
                 .collect()
         };
         names.into_iter().map(str::to_owned).collect()
@@ -449,7 +452,7 @@ impl MetricStore {
             head.select_in_range(selectors, start, end)
                 .into_iter()
                 .filter_map(|id| head.index.labels(id))
-                .map(|labels| label_value(labels, name))
+                .map(|labels| labels.value(name))
                 .filter(|value| !value.is_empty())
                 .collect()
         };
