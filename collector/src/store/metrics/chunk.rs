@@ -7,9 +7,9 @@
 //! 12 bits, the encoding in the high 4), then the bit stream. Regular
 //! scrapes of counters and gauges take one to two bytes per sample.
 //!
-//! The open chunk is always Gorilla (appends are cheap). When a chunk is
-//! sealed or snapshotted, [`ChunkWriter::compact`] re-encodes it in the
-//! smallest of the encodings that give back every value bit for bit:
+//! Chunks in memory are always Gorilla (appends are cheap). When a flush
+//! writes a sealed chunk or snapshots an open one, [`compact`] re-encodes it
+//! in the smallest of the encodings that give back every value bit for bit:
 //!
 //! - [`XOR`] (0): Gorilla, for any values; every chunk of format version 1.
 //! - [`DECIMAL`] (1): values that are integers at a decimal scale (`m /
@@ -149,20 +149,6 @@ impl ChunkWriter {
         out
     }
 
-    /// The chunk in the smallest encoding that keeps every value's bits
-    /// (see the module documentation), readable by [`decode`]: for what is
-    /// kept, sealed chunks and snapshots.
-    pub fn compact(&self) -> Vec<u8> {
-        let xor = self.encode();
-        let Ok(samples) = decode(&xor) else {
-            return xor;
-        };
-        match encode_decimal(&samples) {
-            Some(decimal) if decimal.len() < xor.len() => decimal,
-            _ => xor,
-        }
-    }
-
     /// Rebuilds a writer from an encoding, so appending can continue where a
     /// snapshot left off.
     pub fn resume(bytes: &[u8]) -> Result<ChunkWriter, ChunkError> {
@@ -171,6 +157,25 @@ impl ChunkWriter {
             writer.push(sample.timestamp_ms, sample.value);
         }
         Ok(writer)
+    }
+}
+
+/// `chunk` in the smallest encoding that keeps every value's bits (see the
+/// module documentation): what flushes write, sealed chunks and snapshots.
+/// A chunk that does not decode, or is compact already, is returned as is.
+pub fn compact(chunk: Vec<u8>) -> Vec<u8> {
+    let is_xor = chunk
+        .first_chunk::<2>()
+        .is_some_and(|header| u16::from_le_bytes(*header) >> COUNT_BITS == u16::from(XOR));
+    if !is_xor {
+        return chunk;
+    }
+    let Ok(samples) = decode(&chunk) else {
+        return chunk;
+    };
+    match encode_decimal(&samples) {
+        Some(decimal) if decimal.len() < chunk.len() => decimal,
+        _ => chunk,
     }
 }
 
@@ -639,7 +644,7 @@ mod tests {
         for &(t, v) in samples {
             writer.push(t, v);
         }
-        let bytes = writer.compact();
+        let bytes = compact(writer.encode());
         assert!(bytes.len() <= writer.encode().len());
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.len(), samples.len());

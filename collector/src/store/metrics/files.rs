@@ -400,12 +400,15 @@ impl Snapshot {
 
     /// Replaces the snapshot in `dir` atomically (write, sync, rename).
     pub(super) fn write(&self, dir: &Path) -> Result<()> {
-        let mut bytes = vec![SNAPSHOT_VERSION];
-        bytes.extend(postcard::to_stdvec(self).map_err(|e| StoreError::Corrupt(e.to_string()))?);
         let tmp = dir.join("head.snap.tmp");
         {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            // Streamed: a second copy of every open chunk in memory would
+            // be the largest allocation of a flush.
+            let mut file = std::io::BufWriter::new(File::create(&tmp)?);
+            file.write_all(&[SNAPSHOT_VERSION])?;
+            // Plain data always serializes: what fails is the write.
+            postcard::to_io(self, &mut file).map_err(std::io::Error::other)?;
+            let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
         }
         fs::rename(&tmp, dir.join(SNAPSHOT))?;

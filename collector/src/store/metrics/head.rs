@@ -34,9 +34,16 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// The series ids of `series`, in order.
-    pub fn ids(&self) -> Vec<u32> {
-        self.previous.iter().map(|&(id, _)| id).collect()
+    /// Takes the samples out of `series`, each with its series' id, for
+    /// [`MetricStore::apply_admitted`]; the labels are freed here.
+    ///
+    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
+    pub fn take_samples(&mut self) -> Vec<(u32, Vec<MetricSample>)> {
+        std::mem::take(&mut self.series)
+            .into_iter()
+            .zip(&self.previous)
+            .map(|(series, &(id, _))| (id, series.samples))
+            .collect()
     }
 }
 
@@ -470,27 +477,23 @@ impl Head {
     pub(super) fn apply(&mut self, batch: Vec<SeriesSamples>) {
         for series in batch {
             let id = self.id_or_insert(&series.labels);
-            self.apply_to(id, series);
+            self.apply_to(id, series.samples);
         }
     }
 
     /// See [`MetricStore::apply_admitted`](super::MetricStore::apply_admitted).
-    pub(super) fn apply_admitted(&mut self, ids: &[u32], batch: Vec<SeriesSamples>) {
-        for (&id, series) in ids.iter().zip(batch) {
-            match self.series.get(id as usize) {
-                Some(Some(_)) => self.apply_to(id, series),
-                // Never so: admission added the series. Found by labels.
-                _ => self.apply(vec![series]),
-            }
+    pub(super) fn apply_admitted(&mut self, batch: Vec<(u32, Vec<MetricSample>)>) {
+        for (id, samples) in batch {
+            self.apply_to(id, samples);
         }
     }
 
     /// Appends `series`' samples newer than its newest to series `id`.
-    fn apply_to(&mut self, id: u32, series: SeriesSamples) {
+    fn apply_to(&mut self, id: u32, samples: Vec<MetricSample>) {
         let Some(Some(state)) = self.series.get_mut(id as usize) else {
             return;
         };
-        for sample in series.samples {
+        for sample in samples {
             if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
                 continue;
             }
@@ -498,7 +501,7 @@ impl Head {
                 let (min_t, max_t) = state.open.time_range();
                 let full = std::mem::take(&mut state.open);
                 state.sealed.push(SealedChunk {
-                    bytes: full.compact(),
+                    bytes: full.encode(),
                     min_t,
                     max_t,
                 });
@@ -549,7 +552,7 @@ impl Head {
                 });
             }
             if !series.open.is_empty() {
-                open.push((id, series.open.compact()));
+                open.push((id, series.open.encode()));
             }
         }
         Unflushed {

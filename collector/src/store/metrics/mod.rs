@@ -188,12 +188,13 @@ impl MetricStore {
             .set(head.index.live_series() as i64);
     }
 
-    /// [`apply`](Self::apply) for what [`admit`](Self::admit) returned:
-    /// `ids` ([`Admitted::ids`]) spare looking every series up again by its
-    /// labels, the costliest step of ingest.
-    pub fn apply_admitted(&self, ids: &[u32], batch: Vec<SeriesSamples>) {
+    /// [`apply`](Self::apply) for what [`admit`](Self::admit) returned,
+    /// by series id ([`Admitted::take_samples`]): no series is looked up
+    /// again by its labels, the costliest step of ingest, and no label is
+    /// freed on the WAL writer's thread this runs on.
+    pub fn apply_admitted(&self, batch: Vec<(u32, Vec<MetricSample>)>) {
         let mut head = self.head.write().expect("not poisoned");
-        head.apply_admitted(ids, batch);
+        head.apply_admitted(batch);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
@@ -239,11 +240,18 @@ impl MetricStore {
     /// calling) is no longer needed by this store.
     pub fn flush(&self, applied_seq: u64) -> Result<()> {
         let mut checkpoint = self.flushing.lock().expect("not poisoned");
-        let unflushed = self
+        let mut unflushed = self
             .head
             .read()
             .expect("not poisoned")
             .unflushed(applied_seq);
+        // Outside the head's lock, off the WAL writer's path.
+        for sealed in &mut unflushed.sealed {
+            sealed.bytes = chunk::compact(std::mem::take(&mut sealed.bytes));
+        }
+        for (_, open) in &mut unflushed.snapshot.open {
+            *open = chunk::compact(std::mem::take(open));
+        }
         // Marks the moment a crash test kills the daemon in.
         tracing::debug!(applied_seq, "MetricSnapshotStarted");
         if !unflushed.new_series.is_empty() {
@@ -552,9 +560,68 @@ mod tests {
     }
 
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
-        let admitted = store.admit(batch);
-        store.apply_admitted(&admitted.ids(), admitted.series.clone());
+        let mut admitted = store.admit(batch);
+        let series = admitted.series.clone();
+        store.apply_admitted(admitted.take_samples());
+        admitted.series = series;
         admitted
+    }
+
+    #[test]
+    fn a_version_1_directory_of_gorilla_chunks_opens_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = series("up", "a", &[]).labels;
+        // What version 1 wrote: Gorilla chunks, sealed and in the snapshot.
+        let gorilla = |range: std::ops::Range<i64>| {
+            let mut writer = chunk::ChunkWriter::default();
+            for i in range {
+                writer.push(i * 15_000, i as f64);
+            }
+            writer.encode()
+        };
+        {
+            let metrics = SelfMetrics::new();
+            let mut log = SeriesLog::open(dir.path(), &metrics, |_, _| {}).unwrap();
+            log.append(&[(0, labels.clone())]).unwrap();
+            let mut files =
+                ChunkFiles::open(dir.path(), MAX_CHUNK_FILE_BYTES, &metrics, |_, _| {}).unwrap();
+            files
+                .write(&[files::ChunkToWrite {
+                    series: 0,
+                    min_t: 0,
+                    max_t: 119 * 15_000,
+                    bytes: gorilla(0..120),
+                }])
+                .unwrap();
+            Snapshot {
+                through_seq: 3,
+                open: vec![(0, gorilla(120..150))],
+                metadata: vec![],
+            }
+            .write(dir.path())
+            .unwrap();
+            std::fs::write(dir.path().join(crate::store::FORMAT_FILE), "1\n").unwrap();
+        }
+        let values = |store: &MetricStore| -> Vec<f64> {
+            let got = store
+                .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
+                .unwrap();
+            got.series[0].samples.iter().map(|s| s.value).collect()
+        };
+        let store = open_store(dir.path());
+        assert_eq!(store.durable_through(), 3);
+        assert_eq!(values(&store), (0..150).map(f64::from).collect::<Vec<_>>());
+        // Sealed and snapshotted now in version 2's encodings.
+        let more: Vec<(i64, f64)> = (150..300).map(|i| (i * 15_000, i as f64)).collect();
+        ingest(&store, vec![series("up", "a", &more)]);
+        store.flush(4).unwrap();
+        drop(store);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(crate::store::FORMAT_FILE)).unwrap(),
+            "2\n"
+        );
+        let store = open_store(dir.path());
+        assert_eq!(values(&store), (0..300).map(f64::from).collect::<Vec<_>>());
     }
 
     #[test]
