@@ -694,7 +694,9 @@ mod tests {
     #[test]
     fn decimal_counters_and_gauges_take_a_fraction_of_xor() {
         let mut units = 1_000_000i64;
-        let cases: Vec<(&str, Vec<(i64, f64)>, usize)> = vec![
+        // (what, samples, most bytes)
+        type Case = (&'static str, Vec<(i64, f64)>, usize);
+        let cases: Vec<Case> = vec![
             (
                 "cpu seconds, m * 0.01",
                 scrapes((0..120).map(|i| {
