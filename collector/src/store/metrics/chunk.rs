@@ -333,7 +333,10 @@ fn decode_decimal(count: u16, mut reader: BitReader) -> Result<Vec<MetricSample>
         _ => return Err(ChunkError("unknown decimal coding")),
     };
     let value = |m: i64| {
-        if multiply {
+        if k == 0 {
+            // Integers: no division by one per sample.
+            m as f64
+        } else if multiply {
             m as f64 * RESOLUTIONS[k]
         } else {
             m as f64 / POWERS[k]
@@ -541,6 +544,18 @@ impl<'a> BitReader<'a> {
     }
 
     fn read(&mut self, bits: u32) -> Result<u64, ChunkError> {
+        // Fast path: one big-endian load of the 8 bytes the bits are in.
+        let offset = (self.position % 8) as u32;
+        if bits > 0
+            && offset + bits <= 64
+            && let Some(window) = self
+                .bytes
+                .get(self.position / 8..)
+                .and_then(<[u8]>::first_chunk::<8>)
+        {
+            self.position += bits as usize;
+            return Ok((u64::from_be_bytes(*window) << offset) >> (64 - bits));
+        }
         let mut value = 0u64;
         let mut remaining = bits;
         while remaining > 0 {
