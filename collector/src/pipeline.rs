@@ -274,11 +274,11 @@ impl Pipeline {
             });
         }
         let store = self.metric_store.clone();
-        let series = std::mem::take(&mut admitted.series);
+        let samples = admitted.take_samples();
         let pending = self.wal.enqueue(
             RecordKind::Samples,
             payload,
-            Box::new(move |_| store.apply(series)),
+            Box::new(move |_| store.apply_admitted(samples)),
         );
         if pending.is_err() {
             // Not queued: the retry must find these samples new again.

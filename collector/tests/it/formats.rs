@@ -145,9 +145,10 @@ async fn a_data_directory_of_the_previous_release_opens() {
     assert_eq!(dashboard["title"], "Fixture");
 
     // Opened, the stores without a version of their own now record the
-    // one they are in: metrics version 1; logs version 2, of which a version
-    // 1 directory (one partition per hour) is one.
-    for (store, version) in [("metrics", "1\n"), ("logs", "2\n")] {
+    // one they are in: metrics version 2, of which version 1 (Gorilla
+    // chunks only) is one; logs version 2, of which a version 1 directory
+    // (one partition per hour) is one.
+    for (store, version) in [("metrics", "2\n"), ("logs", "2\n")] {
         assert_eq!(
             std::fs::read_to_string(data.join(store).join("FORMAT")).unwrap(),
             version,

@@ -3,14 +3,50 @@
 //! variable-width buckets, values XORed with their predecessor so that a
 //! repeated value costs one bit and a slowly changing one a few.
 //!
-//! A chunk is self-describing: a 16-bit sample count, then the bit stream.
-//! Regular scrapes of counters and gauges take one to two bytes per sample.
+//! A chunk is self-describing: a 16-bit header (the sample count in the low
+//! 12 bits, the encoding in the high 4), then the bit stream. Regular
+//! scrapes of counters and gauges take one to two bytes per sample.
+//!
+//! Chunks in memory are always Gorilla (appends are cheap). When a flush
+//! writes a sealed chunk or snapshots an open one, [`compact`] re-encodes it
+//! in the smallest of the encodings that give back every value bit for bit:
+//!
+//! - [`XOR`] (0): Gorilla, for any values; every chunk of format version 1.
+//! - [`DECIMAL`] (1): values that are integers at a decimal scale (`m /
+//!   10^k`, as the text exposition format's parser makes them, or `m *
+//!   10^-k`, as an exporter multiplying by its resolution makes them) are
+//!   stored as those integers `m`, delta or delta-of-delta coded in
+//!   variable-width buckets. Counters that grow by a few units and gauges
+//!   with few distinct values take a few bits per sample instead of the
+//!   dozens an XOR of their floats needs; a constant costs one bit.
 
 use crate::model::MetricSample;
 
 /// Samples per chunk before it is sealed (Prometheus's figure: beyond ~120
 /// the compression gain is marginal and decoding a query range costs more).
 pub const SAMPLES_PER_CHUNK: u16 = 120;
+
+/// The Gorilla encoding (timestamps as delta-of-deltas, values XORed).
+pub const XOR: u8 = 0;
+/// Gorilla's timestamps, values as integers at a decimal scale.
+pub const DECIMAL: u8 = 1;
+
+/// Bits of the header holding the sample count; the rest is the encoding.
+const COUNT_BITS: u32 = 12;
+const COUNT_MASK: u16 = (1 << COUNT_BITS) - 1;
+
+/// `10^k` for the decimal scales (exact in an `f64`).
+const POWERS: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+/// The `f64` nearest `10^-k`, as an exporter's resolution constant is.
+const RESOLUTIONS: [f64; 16] = [
+    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
+    1e-15,
+];
+/// Largest magnitude of a decimal chunk's integers: every integer up to it
+/// is exact in an `f64`, and their deltas of deltas fit an `i64`.
+const MAX_DECIMAL: f64 = 9_007_199_254_740_992.0;
 
 /// An open chunk that samples are appended to, oldest first.
 #[derive(Clone, Debug)]
@@ -50,36 +86,13 @@ impl ChunkWriter {
             self.min_t = t;
         } else {
             let delta = t.wrapping_sub(self.last_t);
-            self.write_dod(delta.wrapping_sub(self.last_delta));
+            write_dod(&mut self.bits, delta.wrapping_sub(self.last_delta));
             self.last_delta = delta;
             self.write_value(value);
         }
         self.last_t = t;
         self.last_value = value;
         self.count += 1;
-    }
-
-    fn write_dod(&mut self, dod: i64) {
-        let bits = &mut self.bits;
-        match dod {
-            0 => bits.write(0, 1),
-            -8191..=8192 => {
-                bits.write(0b10, 2);
-                bits.write(dod as u64, 14);
-            }
-            -65535..=65536 => {
-                bits.write(0b110, 3);
-                bits.write(dod as u64, 17);
-            }
-            -524_287..=524_288 => {
-                bits.write(0b1110, 4);
-                bits.write(dod as u64, 20);
-            }
-            _ => {
-                bits.write(0b1111, 4);
-                bits.write(dod as u64, 64);
-            }
-        }
     }
 
     fn write_value(&mut self, value: u64) {
@@ -127,7 +140,8 @@ impl ChunkWriter {
         (self.min_t, self.last_t)
     }
 
-    /// The chunk's encoding, readable by [`decode`].
+    /// The chunk's Gorilla encoding, readable by [`decode`]: cheap, for
+    /// reading the open chunk.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(2 + self.bits.bytes.len());
         out.extend_from_slice(&self.count.to_le_bytes());
@@ -146,18 +160,271 @@ impl ChunkWriter {
     }
 }
 
+/// `chunk` in the smallest encoding that keeps every value's bits (see the
+/// module documentation): what flushes write, sealed chunks and snapshots.
+/// A chunk that does not decode, or is compact already, is returned as is.
+pub fn compact(chunk: Vec<u8>) -> Vec<u8> {
+    let is_xor = chunk
+        .first_chunk::<2>()
+        .is_some_and(|header| u16::from_le_bytes(*header) >> COUNT_BITS == u16::from(XOR));
+    if !is_xor {
+        return chunk;
+    }
+    let Ok(samples) = decode(&chunk) else {
+        return chunk;
+    };
+    match encode_decimal(&samples) {
+        Some(decimal) if decimal.len() < chunk.len() => decimal,
+        _ => chunk,
+    }
+}
+
 /// A chunk whose bytes do not decode.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt chunk: {0}")]
 pub struct ChunkError(&'static str);
 
-/// Decodes every sample of a chunk.
+/// Decodes every sample of a chunk, in any encoding.
 pub fn decode(bytes: &[u8]) -> Result<Vec<MetricSample>, ChunkError> {
-    let (count, stream) = bytes
+    let (header, stream) = bytes
         .split_first_chunk::<2>()
         .ok_or(ChunkError("shorter than its header"))?;
-    let count = u16::from_le_bytes(*count);
-    let mut reader = BitReader::new(stream);
+    let header = u16::from_le_bytes(*header);
+    let count = header & COUNT_MASK;
+    let reader = BitReader::new(stream);
+    match (header >> COUNT_BITS) as u8 {
+        XOR => decode_xor(count, reader),
+        DECIMAL => decode_decimal(count, reader),
+        _ => Err(ChunkError("unknown encoding")),
+    }
+}
+
+/// The integers `m` and scale of a decimal chunk: `(m, k, multiply)` such
+/// that every value is `m / 10^k` (or `m * 10^-k` with `multiply`) to the
+/// bit; `None` when no scale fits every value.
+fn decimal_scale(samples: &[MetricSample]) -> Option<(Vec<i64>, u8, bool)> {
+    let fits = |k: usize, multiply: bool| -> Option<Vec<i64>> {
+        samples
+            .iter()
+            .map(|s| {
+                let v = s.value;
+                let scaled = if multiply {
+                    v / RESOLUTIONS[k]
+                } else {
+                    v * POWERS[k]
+                };
+                let rounded = scaled.round();
+                if rounded.is_nan() || rounded.abs() > MAX_DECIMAL {
+                    return None;
+                }
+                let m = rounded as i64;
+                let back = if multiply {
+                    m as f64 * RESOLUTIONS[k]
+                } else {
+                    m as f64 / POWERS[k]
+                };
+                // -0.0 comes back as 0.0, and is left to XOR.
+                (back.to_bits() == v.to_bits()).then_some(m)
+            })
+            .collect()
+    };
+    (0..POWERS.len()).find_map(|k| {
+        let found = fits(k, false).map(|m| (m, k as u8, false));
+        found.or_else(|| (k > 0).then(|| fits(k, true).map(|m| (m, k as u8, true)))?)
+    })
+}
+
+/// How a [`DECIMAL`] chunk codes its integers' deltas (each divided by
+/// their greatest common divisor): in [`write_int`]'s buckets, the same for
+/// their deltas (delta-of-delta), or packed at one width above their
+/// minimum (frame of reference).
+#[derive(Clone, Copy)]
+enum Coding {
+    Deltas = 0,
+    DeltasOfDeltas = 1,
+    Packed = 2,
+}
+
+/// A chunk of [`DECIMAL`] encoding, or `None` when the values are not
+/// decimals: the first timestamp, a byte naming the scale (bit 7: multiply,
+/// bits 4 to 6: the [`Coding`], low four bits: `k`), the first integer and
+/// the deltas' common divisor; for [`Coding::Packed`] the smallest delta and
+/// the width; then each sample's timestamp delta-of-delta as Gorilla's and
+/// its integer's delta coded as the byte says, whichever coding is smallest.
+fn encode_decimal(samples: &[MetricSample]) -> Option<Vec<u8>> {
+    let count = u16::try_from(samples.len()).ok()?;
+    if count == 0 || count > COUNT_MASK {
+        return None;
+    }
+    let (integers, k, multiply) = decimal_scale(samples)?;
+    // Integers are at most 2^53 apart: deltas and their deltas fit.
+    let divisor = integers
+        .windows(2)
+        .fold(0u64, |g, pair| gcd(g, pair[1].abs_diff(pair[0])))
+        .max(1) as i64;
+    let deltas: Vec<i64> = integers
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]) / divisor)
+        .collect();
+    let (low, high) = deltas
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    let width = if deltas.is_empty() {
+        0
+    } else {
+        64 - high.abs_diff(low).leading_zeros()
+    };
+    let encode = |coding: Coding| {
+        let mut bits = BitWriter::default();
+        bits.write(samples[0].timestamp_ms as u64, 64);
+        bits.write(
+            u64::from(k) | (coding as u64) << 4 | u64::from(multiply) << 7,
+            8,
+        );
+        write_int(&mut bits, integers[0]);
+        write_int(&mut bits, divisor);
+        if let Coding::Packed = coding {
+            write_int(&mut bits, if deltas.is_empty() { 0 } else { low });
+            bits.write(u64::from(width), 7);
+        }
+        let (mut last_t, mut last_t_delta, mut last_delta) = (samples[0].timestamp_ms, 0i64, 0i64);
+        for (sample, &delta) in samples[1..].iter().zip(&deltas) {
+            let t_delta = sample.timestamp_ms.wrapping_sub(last_t);
+            write_dod(&mut bits, t_delta.wrapping_sub(last_t_delta));
+            match coding {
+                Coding::Deltas => write_int(&mut bits, delta),
+                Coding::DeltasOfDeltas => write_int(&mut bits, delta - last_delta),
+                Coding::Packed => bits.write(delta.abs_diff(low), width),
+            }
+            (last_t, last_t_delta, last_delta) = (sample.timestamp_ms, t_delta, delta);
+        }
+        bits.bytes
+    };
+    let stream = [Coding::Deltas, Coding::DeltasOfDeltas, Coding::Packed]
+        .into_iter()
+        .map(encode)
+        .min_by_key(Vec::len)?;
+    let mut out = Vec::with_capacity(2 + stream.len());
+    out.extend_from_slice(&(count | u16::from(DECIMAL) << COUNT_BITS).to_le_bytes());
+    out.extend_from_slice(&stream);
+    Some(out)
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+fn decode_decimal(count: u16, mut reader: BitReader) -> Result<Vec<MetricSample>, ChunkError> {
+    let mut out = Vec::with_capacity(usize::from(count));
+    if count == 0 {
+        return Ok(out);
+    }
+    let mut t = reader.read(64)? as i64;
+    let scale = reader.read(8)?;
+    let k = (scale & 0x0f) as usize;
+    let multiply = scale & 0x80 != 0;
+    let coding = match (scale >> 4) & 0x07 {
+        0 => Coding::Deltas,
+        1 => Coding::DeltasOfDeltas,
+        2 => Coding::Packed,
+        _ => return Err(ChunkError("unknown decimal coding")),
+    };
+    let value = |m: i64| {
+        if k == 0 {
+            // Integers: no division by one per sample.
+            m as f64
+        } else if multiply {
+            m as f64 * RESOLUTIONS[k]
+        } else {
+            m as f64 / POWERS[k]
+        }
+    };
+    let mut m = read_int(&mut reader)?;
+    let divisor = read_int(&mut reader)?;
+    let (low, width) = match coding {
+        Coding::Packed => {
+            let low = read_int(&mut reader)?;
+            let width = reader.read(7)? as u32;
+            if width > 64 {
+                return Err(ChunkError("packed width out of range"));
+            }
+            (low, width)
+        }
+        _ => (0, 0),
+    };
+    out.push(MetricSample {
+        timestamp_ms: t,
+        value: value(m),
+    });
+    let (mut t_delta, mut delta) = (0i64, 0i64);
+    for _ in 1..count {
+        t_delta = t_delta.wrapping_add(read_dod(&mut reader)?);
+        t = t.wrapping_add(t_delta);
+        delta = match coding {
+            Coding::Deltas => read_int(&mut reader)?,
+            Coding::DeltasOfDeltas => delta.wrapping_add(read_int(&mut reader)?),
+            Coding::Packed => low.wrapping_add(reader.read(width)? as i64),
+        };
+        m = m.wrapping_add(delta.wrapping_mul(divisor));
+        out.push(MetricSample {
+            timestamp_ms: t,
+            value: value(m),
+        });
+    }
+    Ok(out)
+}
+
+/// Widths of [`write_int`]'s buckets after their prefixes `10`, `110`,
+/// `1110`, `11110` and `11111`.
+const INT_BUCKETS: [u32; 5] = [4, 9, 16, 32, 64];
+
+/// Writes a signed integer: `0` alone for zero, else the first bucket of
+/// [`INT_BUCKETS`] it fits in (two's complement), after as many one bits as
+/// the bucket's rank and a zero (none after the last bucket's five).
+fn write_int(bits: &mut BitWriter, value: i64) {
+    if value == 0 {
+        bits.write(0, 1);
+        return;
+    }
+    let last = INT_BUCKETS.len() - 1;
+    let index = INT_BUCKETS
+        .iter()
+        .position(|&width| {
+            let half = 1i64 << (width.min(63) - 1);
+            (-half..half).contains(&value)
+        })
+        .unwrap_or(last);
+    let ones = index as u32 + 1;
+    if index == last {
+        bits.write((1 << ones) - 1, ones);
+    } else {
+        bits.write(((1 << ones) - 1) << 1, ones + 1);
+    }
+    bits.write(value as u64, INT_BUCKETS[index]);
+}
+
+fn read_int(reader: &mut BitReader) -> Result<i64, ChunkError> {
+    let mut ones = 0;
+    while ones < INT_BUCKETS.len() && reader.read(1)? == 1 {
+        ones += 1;
+    }
+    if ones == 0 {
+        return Ok(0);
+    }
+    let width = INT_BUCKETS[ones - 1];
+    let raw = reader.read(width)?;
+    Ok(if width == 64 {
+        raw as i64
+    } else {
+        // Sign-extends the two's complement of `width` bits.
+        ((raw << (64 - width)) as i64) >> (64 - width)
+    })
+}
+
+fn decode_xor(count: u16, mut reader: BitReader) -> Result<Vec<MetricSample>, ChunkError> {
     let mut out = Vec::with_capacity(usize::from(count));
     if count == 0 {
         return Ok(out);
@@ -170,14 +437,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<MetricSample>, ChunkError> {
     });
     let (mut delta, mut leading, mut significant) = (0i64, 0u32, 0u32);
     for _ in 1..count {
-        let dod = match reader.read_prefix()? {
-            0 => 0,
-            1 => sign_extend(reader.read(14)?, 14),
-            2 => sign_extend(reader.read(17)?, 17),
-            3 => sign_extend(reader.read(20)?, 20),
-            _ => reader.read(64)? as i64,
-        };
-        delta = delta.wrapping_add(dod);
+        delta = delta.wrapping_add(read_dod(&mut reader)?);
         t = t.wrapping_add(delta);
         if reader.read(1)? == 1 {
             if reader.read(1)? == 1 {
@@ -201,6 +461,40 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<MetricSample>, ChunkError> {
         });
     }
     Ok(out)
+}
+
+/// Writes a timestamp delta-of-delta in Gorilla's buckets.
+fn write_dod(bits: &mut BitWriter, dod: i64) {
+    match dod {
+        0 => bits.write(0, 1),
+        -8191..=8192 => {
+            bits.write(0b10, 2);
+            bits.write(dod as u64, 14);
+        }
+        -65535..=65536 => {
+            bits.write(0b110, 3);
+            bits.write(dod as u64, 17);
+        }
+        -524_287..=524_288 => {
+            bits.write(0b1110, 4);
+            bits.write(dod as u64, 20);
+        }
+        _ => {
+            bits.write(0b1111, 4);
+            bits.write(dod as u64, 64);
+        }
+    }
+}
+
+/// Reads what [`write_dod`] wrote.
+fn read_dod(reader: &mut BitReader) -> Result<i64, ChunkError> {
+    Ok(match reader.read_prefix()? {
+        0 => 0,
+        1 => sign_extend(reader.read(14)?, 14),
+        2 => sign_extend(reader.read(17)?, 17),
+        3 => sign_extend(reader.read(20)?, 20),
+        _ => reader.read(64)? as i64,
+    })
 }
 
 /// Reads a bucket's `bits`-bit number. Buckets hold [-(2^(bits-1) - 1),
@@ -250,6 +544,18 @@ impl<'a> BitReader<'a> {
     }
 
     fn read(&mut self, bits: u32) -> Result<u64, ChunkError> {
+        // Fast path: one big-endian load of the 8 bytes the bits are in.
+        let offset = (self.position % 8) as u32;
+        if bits > 0
+            && offset + bits <= 64
+            && let Some(window) = self
+                .bytes
+                .get(self.position / 8..)
+                .and_then(<[u8]>::first_chunk::<8>)
+        {
+            self.position += bits as usize;
+            return Ok((u64::from_be_bytes(*window) << offset) >> (64 - bits));
+        }
         let mut value = 0u64;
         let mut remaining = bits;
         while remaining > 0 {
@@ -346,7 +652,211 @@ mod tests {
         }
     }
 
+    /// Compacts a chunk of `samples`, checks it decodes to them bit for
+    /// bit, and returns its bytes.
+    fn compact_roundtrip(samples: &[(i64, f64)]) -> Vec<u8> {
+        let mut writer = ChunkWriter::default();
+        for &(t, v) in samples {
+            writer.push(t, v);
+        }
+        let bytes = compact(writer.encode());
+        assert!(bytes.len() <= writer.encode().len());
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.len(), samples.len());
+        for (got, &(t, v)) in decoded.iter().zip(samples) {
+            assert_eq!(got.timestamp_ms, t);
+            assert_eq!(got.value.to_bits(), v.to_bits(), "{v} at {t}");
+        }
+        // What a snapshot holds resumes into the same open chunk.
+        assert_eq!(
+            ChunkWriter::resume(&bytes).unwrap().encode(),
+            writer.encode()
+        );
+        bytes
+    }
+
+    /// Encodes `samples` as [`DECIMAL`] whatever its size, and checks
+    /// they come back bit for bit.
+    fn decimal_roundtrip(samples: &[(i64, f64)]) {
+        let samples: Vec<MetricSample> = samples
+            .iter()
+            .map(|&(timestamp_ms, value)| MetricSample {
+                timestamp_ms,
+                value,
+            })
+            .collect();
+        let bytes = encode_decimal(&samples).expect("decimals");
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.len(), samples.len());
+        for (got, want) in decoded.iter().zip(&samples) {
+            assert_eq!(got.timestamp_ms, want.timestamp_ms);
+            assert_eq!(got.value.to_bits(), want.value.to_bits());
+        }
+    }
+
+    fn encoding(bytes: &[u8]) -> u8 {
+        (u16::from_le_bytes([bytes[0], bytes[1]]) >> COUNT_BITS) as u8
+    }
+
+    fn scrapes(values: impl Iterator<Item = f64>) -> Vec<(i64, f64)> {
+        let start = 1_764_064_800_000;
+        values
+            .enumerate()
+            .map(|(i, v)| (start + i as i64 * 15_000, v))
+            .collect()
+    }
+
+    #[test]
+    fn decimal_counters_and_gauges_take_a_fraction_of_xor() {
+        let mut units = 1_000_000i64;
+        // (what, samples, most bytes)
+        type Case = (&'static str, Vec<(i64, f64)>, usize);
+        let cases: Vec<Case> = vec![
+            (
+                "cpu seconds, m * 0.01",
+                scrapes((0..120).map(|i| {
+                    units += 1 + i % 4;
+                    units as f64 * 0.01
+                })),
+                110,
+            ),
+            (
+                "parsed from text, m / 100",
+                scrapes((0..120).map(|i| (123_456 + i * 3 + i % 2) as f64 / 100.0)),
+                110,
+            ),
+            (
+                "requests, integers",
+                scrapes((0..120).map(|i| (5_000 + i * 7 + i % 3) as f64)),
+                110,
+            ),
+            (
+                "temperature, few values",
+                scrapes((0..120).map(|i| [41.5, 41.6, 41.5, 41.7][i % 4])),
+                110,
+            ),
+            ("constant", scrapes((0..120).map(|_| 4096.0)), 40),
+            ("idle counter", scrapes((0..120).map(|_| 0.0)), 40),
+        ];
+        for (name, samples, most) in cases {
+            let bytes = compact_roundtrip(&samples);
+            assert!(bytes.len() <= most, "{name}: {} bytes", bytes.len());
+            if name != "constant" && name != "idle counter" {
+                assert_eq!(encoding(&bytes), DECIMAL, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_that_are_no_decimals_stay_xor() {
+        for special in [
+            f64::NAN,
+            f64::from_bits(crate::model::STALE_NAN_BITS),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            1e300,
+            std::f64::consts::PI,
+        ] {
+            let mut samples = scrapes((0..20).map(f64::from));
+            samples[7].1 = special;
+            let bytes = compact_roundtrip(&samples);
+            assert_eq!(encoding(&bytes), XOR, "{special}");
+        }
+        // Integers up to 2^53 are decimals; their deltas of deltas fit.
+        decimal_roundtrip(&scrapes(
+            [9_007_199_254_740_992.0, -9_007_199_254_740_992.0, 0.0, 1.0].into_iter(),
+        ));
+    }
+
+    #[test]
+    fn integers_fill_every_bucket() {
+        let mut edges = vec![0, 1, -1, i64::MIN, i64::MAX];
+        for width in INT_BUCKETS {
+            let half = 1i64 << (width.min(63) - 1);
+            edges.extend([half - 1, half, -half, -half - 1]);
+        }
+        let mut bits = BitWriter::default();
+        for &value in &edges {
+            write_int(&mut bits, value);
+        }
+        let mut reader = BitReader::new(&bits.bytes);
+        for &value in &edges {
+            assert_eq!(read_int(&mut reader).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn chunks_of_format_version_1_still_decode() {
+        // `ChunkWriter::encode` of (1000, 1.5), (2000, 2.5), (3000, NaN) as
+        // version 1 wrote it.
+        let v1 = [
+            3, 0, 0, 0, 0, 0, 0, 0, 3, 232, 63, 248, 0, 0, 0, 0, 0, 0, 131, 232, 194, 111, 255,
+            211, 255, 192,
+        ];
+        let samples = decode(&v1).unwrap();
+        let got: Vec<(i64, u64)> = samples
+            .iter()
+            .map(|s| (s.timestamp_ms, s.value.to_bits()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1000, 1.5f64.to_bits()),
+                (2000, 2.5f64.to_bits()),
+                (3000, f64::NAN.to_bits())
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_decimal_chunks_are_errors() {
+        let bytes = compact_roundtrip(&scrapes((0..50).map(|i| f64::from(i * i) / 10.0)));
+        assert_eq!(encoding(&bytes), DECIMAL);
+        for cut in 0..bytes.len() - 1 {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_values_compact_and_come_back(
+            steps in proptest::collection::vec((1i64..100_000, any::<u64>()), 1..200),
+        ) {
+            let mut t = 0;
+            let samples: Vec<(i64, f64)> = steps
+                .into_iter()
+                .map(|(step, bits)| {
+                    t += step;
+                    (t, f64::from_bits(bits))
+                })
+                .collect();
+            compact_roundtrip(&samples);
+        }
+
+        #[test]
+        fn decimals_compact_and_come_back(
+            k in 0usize..16,
+            multiply in any::<bool>(),
+            // Beyond 2^50, m * 10^-k divided back may round to m ± 1.
+            integers in proptest::collection::vec(-(1i64 << 50)..(1i64 << 50), 1..200),
+        ) {
+            let samples = scrapes(integers.into_iter().map(|m| {
+                if multiply { m as f64 * RESOLUTIONS[k] } else { m as f64 / POWERS[k] }
+            }));
+            decimal_roundtrip(&samples);
+            compact_roundtrip(&samples);
+        }
+
+        #[test]
+        fn decimal_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = bytes;
+            if bytes.len() >= 2 {
+                bytes[1] = (bytes[1] & 0x0f) | DECIMAL << 4;
+            }
+            let _ = decode(&bytes);
+        }
+
         #[test]
         fn any_increasing_series_roundtrips(
             start in any::<i32>(),

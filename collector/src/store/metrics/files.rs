@@ -30,6 +30,13 @@ struct SeriesEntry {
     labels: Vec<Label>,
 }
 
+/// [`SeriesEntry`] as written, borrowing the labels.
+#[derive(Serialize)]
+struct SeriesEntryRef<'a> {
+    id: u32,
+    labels: &'a [Label],
+}
+
 /// `series.log`: one entry per series, appended when a flush first sees it.
 pub(super) struct SeriesLog {
     file: File,
@@ -65,14 +72,11 @@ impl SeriesLog {
     }
 
     /// Appends series and makes them durable.
-    pub(super) fn append(&mut self, series: &[(u32, Arc<[Label]>)]) -> Result<()> {
+    pub(super) fn append(&mut self, series: &[(u32, Vec<Label>)]) -> Result<()> {
         let mut buffer = Vec::new();
         for (id, labels) in series {
-            let payload = postcard::to_stdvec(&SeriesEntry {
-                id: *id,
-                labels: labels.to_vec(),
-            })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload = postcard::to_stdvec(&SeriesEntryRef { id: *id, labels })
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             frame::append(&mut buffer, &payload)?;
         }
         self.file.write_all(&buffer)?;
@@ -396,12 +400,15 @@ impl Snapshot {
 
     /// Replaces the snapshot in `dir` atomically (write, sync, rename).
     pub(super) fn write(&self, dir: &Path) -> Result<()> {
-        let mut bytes = vec![SNAPSHOT_VERSION];
-        bytes.extend(postcard::to_stdvec(self).map_err(|e| StoreError::Corrupt(e.to_string()))?);
         let tmp = dir.join("head.snap.tmp");
         {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            // Streamed: a second copy of every open chunk in memory would
+            // be the largest allocation of a flush.
+            let mut file = std::io::BufWriter::new(File::create(&tmp)?);
+            file.write_all(&[SNAPSHOT_VERSION])?;
+            // Plain data always serializes: what fails is the write.
+            postcard::to_io(self, &mut file).map_err(std::io::Error::other)?;
+            let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
         }
         fs::rename(&tmp, dir.join(SNAPSHOT))?;

@@ -3,14 +3,13 @@
 //! checks order and the series limits before samples go to the WAL.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use promql_parser::label::{MatchOp, Matcher};
 
 use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
-use super::index::{SeriesIndex, format_labels, label_value, metric_name};
+use super::index::{SeriesIndex, format_labels, metric_name};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
@@ -25,11 +24,27 @@ pub struct Admitted {
     /// of order or conflicting duplicates).
     pub rejected_by_limits: u64,
     pub first_error: Option<String>,
-    /// Each admitted series' newest admitted sample before this admission,
-    /// for [`MetricStore::undo_admission`].
+    /// Each admitted series' id (as `series`, in order) and newest admitted
+    /// sample before this admission, for [`MetricStore::undo_admission`]
+    /// and [`MetricStore::apply_admitted`].
     ///
     /// [`MetricStore::undo_admission`]: super::MetricStore::undo_admission
+    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
     previous: Vec<(u32, Option<(i64, u64)>)>,
+}
+
+impl Admitted {
+    /// Takes the samples out of `series`, each with its series' id, for
+    /// [`MetricStore::apply_admitted`]; the labels are freed here.
+    ///
+    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
+    pub fn take_samples(&mut self) -> Vec<(u32, Vec<MetricSample>)> {
+        std::mem::take(&mut self.series)
+            .into_iter()
+            .zip(&self.previous)
+            .map(|(series, &(id, _))| (id, series.samples))
+            .collect()
+    }
 }
 
 /// Why the limits refuse a series; `points` is set on one series of each
@@ -134,7 +149,7 @@ impl MemSeries {
 /// What a flush writes, taken from the head in one go.
 pub(super) struct Unflushed {
     /// Series `series.log` lacks.
-    pub(super) new_series: Vec<(u32, Arc<[Label]>)>,
+    pub(super) new_series: Vec<(u32, Vec<Label>)>,
     pub(super) sealed: Vec<ChunkToWrite>,
     pub(super) snapshot: Snapshot,
 }
@@ -150,7 +165,7 @@ pub(super) struct Head {
 impl Head {
     /// Adds a series under `id`, which no series has yet; `logged` when it
     /// comes from `series.log`.
-    pub(super) fn insert(&mut self, id: u32, labels: Arc<[Label]>, logged: bool) {
+    pub(super) fn insert(&mut self, id: u32, labels: &[Label], logged: bool) {
         self.index.insert(id, labels);
         let index = id as usize;
         if self.series.len() <= index {
@@ -165,7 +180,7 @@ impl Head {
             Some(id) => id,
             None => {
                 let id = self.index.next_id();
-                self.insert(id, labels.into(), false);
+                self.insert(id, labels, false);
                 id
             }
         }
@@ -229,7 +244,7 @@ impl Head {
                     timestamp_ms,
                     value: f64::from_bits(bits),
                 };
-                Some((label_value(series_labels, extra).to_owned(), sample))
+                Some((series_labels.value(extra).to_owned(), sample))
             })
             .collect()
     }
@@ -305,7 +320,12 @@ impl Head {
             admitted.rejected += count as u64;
             admitted.first_error.get_or_insert(reason);
         };
-        let refused = self.refused_by_limits(&batch, limits);
+        // One lookup per series: the limits and the loop below share it.
+        let known: Vec<Option<u32>> = batch
+            .iter()
+            .map(|series| self.index.find(&series.labels))
+            .collect();
+        let refused = self.refused_by_limits(&batch, &known, limits);
         for (index, mut series) in batch.into_iter().enumerate() {
             if let Some(refusal) = refused.get(&index) {
                 if let Some(points) = refusal.points {
@@ -314,7 +334,11 @@ impl Head {
                 }
                 continue;
             }
-            let id = self.id_or_insert(&series.labels);
+            let id = match known[index] {
+                Some(id) => id,
+                // New, or new earlier in this batch.
+                None => self.id_or_insert(&series.labels),
+            };
             let state = self.series[id as usize].as_mut().expect("found above");
             let previous = state.admitted;
             let mut kept = Vec::with_capacity(series.samples.len());
@@ -367,13 +391,14 @@ impl Head {
     fn refused_by_limits(
         &self,
         batch: &[SeriesSamples],
+        known: &[Option<u32>],
         limits: &SeriesLimits,
     ) -> HashMap<usize, Refusal> {
         let mut groups: Vec<(PointKey, Vec<usize>)> = Vec::new();
         let mut group_of: HashMap<PointKey, usize> = HashMap::new();
         let mut seen: HashSet<&[Label]> = HashSet::new();
         for (index, series) in batch.iter().enumerate() {
-            if self.index.find(&series.labels).is_some() || !seen.insert(&series.labels) {
+            if known[index].is_some() || !seen.insert(&series.labels) {
                 continue;
             }
             let key = point_key(&series.labels);
@@ -452,26 +477,40 @@ impl Head {
     pub(super) fn apply(&mut self, batch: Vec<SeriesSamples>) {
         for series in batch {
             let id = self.id_or_insert(&series.labels);
-            let state = self.series[id as usize].as_mut().expect("found above");
-            for sample in series.samples {
-                if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
-                    continue;
-                }
-                if state.open.is_full() {
-                    let (min_t, max_t) = state.open.time_range();
-                    let full = std::mem::take(&mut state.open);
-                    state.sealed.push(SealedChunk {
-                        bytes: full.encode(),
-                        min_t,
-                        max_t,
-                    });
-                }
-                state.open.push(sample.timestamp_ms, sample.value);
-                let newest = (sample.timestamp_ms, sample.value.to_bits());
-                state.last = Some(newest);
-                if state.admitted.is_none_or(|(t, _)| t < newest.0) {
-                    state.admitted = Some(newest);
-                }
+            self.apply_to(id, series.samples);
+        }
+    }
+
+    /// See [`MetricStore::apply_admitted`](super::MetricStore::apply_admitted).
+    pub(super) fn apply_admitted(&mut self, batch: Vec<(u32, Vec<MetricSample>)>) {
+        for (id, samples) in batch {
+            self.apply_to(id, samples);
+        }
+    }
+
+    /// Appends `series`' samples newer than its newest to series `id`.
+    fn apply_to(&mut self, id: u32, samples: Vec<MetricSample>) {
+        let Some(Some(state)) = self.series.get_mut(id as usize) else {
+            return;
+        };
+        for sample in samples {
+            if state.last.is_some_and(|(t, _)| sample.timestamp_ms <= t) {
+                continue;
+            }
+            if state.open.is_full() {
+                let (min_t, max_t) = state.open.time_range();
+                let full = std::mem::take(&mut state.open);
+                state.sealed.push(SealedChunk {
+                    bytes: full.encode(),
+                    min_t,
+                    max_t,
+                });
+            }
+            state.open.push(sample.timestamp_ms, sample.value);
+            let newest = (sample.timestamp_ms, sample.value.to_bits());
+            state.last = Some(newest);
+            if state.admitted.is_none_or(|(t, _)| t < newest.0) {
+                state.admitted = Some(newest);
             }
         }
     }
@@ -502,7 +541,7 @@ impl Head {
             if !series.logged
                 && let Some(labels) = self.index.labels(id)
             {
-                new_series.push((id, labels.clone()));
+                new_series.push((id, labels.to_vec()));
             }
             for chunk in &series.sealed {
                 sealed.push(ChunkToWrite {
@@ -531,7 +570,7 @@ impl Head {
     /// chunks (at `refs` now) leave memory.
     pub(super) fn flushed(
         &mut self,
-        new_series: &[(u32, Arc<[Label]>)],
+        new_series: &[(u32, Vec<Label>)],
         sealed: &[ChunkToWrite],
         refs: Vec<ChunkRef>,
     ) {

@@ -1,21 +1,99 @@
 //! Series ids and the inverted index. A label set gets a dense id the first
 //! time it is seen; postings (label name -> value -> ids) narrow a selection,
 //! then every matcher is checked against the candidates' labels.
+//!
+//! Label sets are stored once, interned: each distinct name and value is
+//! one symbol, and a series holds only its (name, value) symbol pairs, a
+//! few dozen bytes where owned strings took hundreds.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
 
 use promql_parser::label::{MatchOp, Matcher};
 
 use crate::model::{Label, METRIC_NAME_LABEL};
 
+/// Every distinct label name and value, once, numbered.
+#[derive(Default)]
+struct Symbols {
+    ids: HashMap<Arc<str>, u32, FxBuildHasher>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Symbols {
+    fn intern(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.ids.get(text) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        let text: Arc<str> = text.into();
+        self.strings.push(text.clone());
+        self.ids.insert(text, id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("", |s| s)
+    }
+}
+
+/// A stored series' labels, sorted by name: a view of its symbols.
+#[derive(Clone, Copy)]
+pub(super) struct LabelSet<'a> {
+    /// Name and value symbols, alternating.
+    pairs: &'a [u32],
+    symbols: &'a Symbols,
+}
+
+impl<'a> LabelSet<'a> {
+    /// (name, value) of each label, in name order.
+    pub(super) fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.pairs
+            .chunks_exact(2)
+            .map(move |pair| (self.symbols.get(pair[0]), self.symbols.get(pair[1])))
+    }
+
+    /// The value of label `name`, "" when absent (as PromQL matchers see it).
+    pub(super) fn value(self, name: &str) -> &'a str {
+        self.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| v)
+    }
+
+    pub(super) fn len(self) -> usize {
+        self.pairs.len() / 2
+    }
+
+    pub(super) fn to_vec(self) -> Vec<Label> {
+        self.iter()
+            .map(|(name, value)| Label::new(name, value))
+            .collect()
+    }
+
+    fn equals(self, labels: &[Label]) -> bool {
+        self.len() == labels.len()
+            && self
+                .iter()
+                .zip(labels)
+                .all(|((name, value), label)| name == label.name && value == label.value)
+    }
+}
+
 /// Every series' labels by id, and what finds ids by labels.
 #[derive(Default)]
 pub(super) struct SeriesIndex {
-    /// By id; `None` for an id no series has.
-    labels: Vec<Option<Arc<[Label]>>>,
-    by_hash: HashMap<u64, Vec<u32>>,
+    symbols: Symbols,
+    /// By id, the series' [`LabelSet`] symbols; `None` for an id no series
+    /// has.
+    labels: Vec<Option<Box<[u32]>>>,
+    /// The first series of each label set hash (a fast, in-memory-only
+    /// hash: every ingested series is looked up by its labels)...
+    by_hash: HashMap<u64, u32, FxBuildHasher>,
+    /// ...and the others of the same hash, which a 64-bit hash makes rare:
+    /// one id per series and no list keeps the map small.
+    collisions: HashMap<u64, Vec<u32>, FxBuildHasher>,
     postings: HashMap<String, HashMap<String, Vec<u32>>>,
     series_per_metric: HashMap<String, usize>,
     live_series: usize,
@@ -23,23 +101,28 @@ pub(super) struct SeriesIndex {
 
 impl SeriesIndex {
     pub(super) fn find(&self, labels: &[Label]) -> Option<u32> {
-        self.by_hash
-            .get(&label_hash(labels))?
-            .iter()
-            .copied()
-            .find(|&id| self.labels(id).is_some_and(|l| &**l == labels))
+        let hash = label_hash(labels);
+        let first = *self.by_hash.get(&hash)?;
+        let same = |id: &u32| self.labels(*id).is_some_and(|l| l.equals(labels));
+        if same(&first) {
+            return Some(first);
+        }
+        self.collisions.get(&hash)?.iter().copied().find(same)
     }
 
     /// Adds a series under `id`, which no series has yet.
-    pub(super) fn insert(&mut self, id: u32, labels: Arc<[Label]>) {
+    pub(super) fn insert(&mut self, id: u32, labels: &[Label]) {
         let index = id as usize;
         if self.labels.len() <= index {
             self.labels.resize_with(index + 1, || None);
         }
-        self.by_hash
-            .entry(label_hash(&labels))
-            .or_default()
-            .push(id);
+        let hash = label_hash(labels);
+        match self.by_hash.entry(hash) {
+            Entry::Vacant(entry) => {
+                entry.insert(id);
+            }
+            Entry::Occupied(_) => self.collisions.entry(hash).or_default().push(id),
+        }
         for label in labels.iter() {
             let ids = self
                 .postings
@@ -51,10 +134,16 @@ impl SeriesIndex {
             // the series log is read in order too: postings stay sorted.
             ids.push(id);
         }
-        let name = metric_name(&labels).to_owned();
+        let name = metric_name(labels).to_owned();
         *self.series_per_metric.entry(name).or_default() += 1;
         self.live_series += 1;
-        self.labels[index] = Some(labels);
+        let symbols = &mut self.symbols;
+        self.labels[index] = Some(
+            labels
+                .iter()
+                .flat_map(|l| [symbols.intern(&l.name), symbols.intern(&l.value)])
+                .collect(),
+        );
     }
 
     /// Keeps `id` from ever being handed out: chunks on disk belong to it,
@@ -72,8 +161,12 @@ impl SeriesIndex {
         self.labels.len() as u32
     }
 
-    pub(super) fn labels(&self, id: u32) -> Option<&Arc<[Label]>> {
-        self.labels.get(id as usize)?.as_ref()
+    pub(super) fn labels(&self, id: u32) -> Option<LabelSet<'_>> {
+        let pairs = self.labels.get(id as usize)?.as_deref()?;
+        Some(LabelSet {
+            pairs,
+            symbols: &self.symbols,
+        })
     }
 
     /// Every label name and its values' series ids.
@@ -118,11 +211,8 @@ impl SeriesIndex {
             })
             .min_by_key(|ids| ids.len());
         let matches = |id: u32| {
-            self.labels(id).is_some_and(|labels| {
-                matchers
-                    .iter()
-                    .all(|m| m.is_match(label_value(labels, &m.name)))
-            })
+            self.labels(id)
+                .is_some_and(|labels| matchers.iter().all(|m| m.is_match(labels.value(&m.name))))
         };
         match narrowest {
             Some(ids) => ids.iter().copied().filter(|&id| matches(id)).collect(),
@@ -132,9 +222,7 @@ impl SeriesIndex {
 }
 
 fn label_hash(labels: &[Label]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    labels.hash(&mut hasher);
-    hasher.finish()
+    FxBuildHasher.hash_one(labels)
 }
 
 /// The value of label `name`, "" when absent (as PromQL matchers see it).

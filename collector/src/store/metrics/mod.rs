@@ -3,7 +3,8 @@
 //! A series is identified by its sorted label set and gets a dense id. An
 //! inverted index (label name -> value -> ids) narrows selections; every
 //! matcher is then checked against the candidates' labels. Samples go into
-//! Gorilla-compressed chunks ([`chunk`]) of up to 120 samples.
+//! compressed chunks ([`chunk`]: Gorilla, or integers at a decimal scale)
+//! of up to 120 samples.
 //!
 //! On disk, under `metrics/`:
 //! - `series.log`: one entry per series (id, labels), appended when a flush
@@ -31,7 +32,7 @@
 //! - `index`: series ids, postings and matcher selection.
 //! - `head`: the in-memory head and admission.
 //! - `files`: the series log, chunk files and snapshot on disk.
-//! - [`chunk`]: the Gorilla chunk encoding.
+//! - [`chunk`]: the chunk encodings.
 //!
 //! This file is the [`MetricStore`] façade that holds them together and
 //! decides the order of the steps of open, flush, query and retention.
@@ -51,7 +52,6 @@ use promql_parser::label::Matcher;
 use self::files::{ChunkFiles, SeriesLog, Snapshot};
 pub use self::head::Admitted;
 use self::head::Head;
-use self::index::label_value;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
@@ -59,8 +59,10 @@ use crate::telemetry::SelfMetrics;
 pub use crate::config::SeriesLimits;
 
 /// The version of the series log and chunk file formats, recorded in the
-/// store's `FORMAT` file (the head snapshot carries its own).
-const FORMAT_VERSION: u32 = 1;
+/// store's `FORMAT` file (the head snapshot carries its own). Version 2
+/// adds chunk encodings besides Gorilla (see [`chunk`]); a version 1
+/// directory is read as it is, its chunks all being Gorilla's.
+const FORMAT_VERSION: u32 = 2;
 
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {
@@ -101,11 +103,10 @@ impl MetricStore {
         metrics: SelfMetrics,
     ) -> Result<MetricStore> {
         std::fs::create_dir_all(dir)?;
-        crate::store::check_format(dir, "metrics", FORMAT_VERSION..=FORMAT_VERSION)?;
+        crate::store::check_format(dir, "metrics", 1..=FORMAT_VERSION)?;
         let mut head = Head::default();
-        let series_log = SeriesLog::open(dir, &metrics, |id, labels| {
-            head.insert(id, labels.into(), true)
-        })?;
+        let series_log =
+            SeriesLog::open(dir, &metrics, |id, labels| head.insert(id, &labels, true))?;
         let mut files = ChunkFiles::open(dir, chunk_file_bytes, &metrics, |id, chunk_ref| {
             head.add_persisted(id, chunk_ref)
         })?;
@@ -187,6 +188,18 @@ impl MetricStore {
             .set(head.index.live_series() as i64);
     }
 
+    /// [`apply`](Self::apply) for what [`admit`](Self::admit) returned,
+    /// by series id ([`Admitted::take_samples`]): no series is looked up
+    /// again by its labels, the costliest step of ingest, and no label is
+    /// freed on the WAL writer's thread this runs on.
+    pub fn apply_admitted(&self, batch: Vec<(u32, Vec<MetricSample>)>) {
+        let mut head = self.head.write().expect("not poisoned");
+        head.apply_admitted(batch);
+        self.metrics
+            .metric_series
+            .set(head.index.live_series() as i64);
+    }
+
     /// Records type, help and unit of metric families.
     pub fn set_metadata(&self, metadata: Vec<MetricMetadata>) {
         if metadata.is_empty() {
@@ -227,11 +240,18 @@ impl MetricStore {
     /// calling) is no longer needed by this store.
     pub fn flush(&self, applied_seq: u64) -> Result<()> {
         let mut checkpoint = self.flushing.lock().expect("not poisoned");
-        let unflushed = self
+        let mut unflushed = self
             .head
             .read()
             .expect("not poisoned")
             .unflushed(applied_seq);
+        // Outside the head's lock, off the WAL writer's path.
+        for sealed in &mut unflushed.sealed {
+            sealed.bytes = chunk::compact(std::mem::take(&mut sealed.bytes));
+        }
+        for (_, open) in &mut unflushed.snapshot.open {
+            *open = chunk::compact(std::mem::take(open));
+        }
         // Marks the moment a crash test kills the daemon in.
         tracing::debug!(applied_seq, "MetricSnapshotStarted");
         if !unflushed.new_series.is_empty() {
@@ -373,17 +393,22 @@ impl MetricStore {
         limit: usize,
     ) -> (Vec<Vec<Label>>, bool) {
         let head = self.head.read().expect("not poisoned");
-        let mut matched: Vec<&[Label]> = head
+        let mut matched: Vec<Vec<(&str, &str)>> = head
             .select_in_range(selectors, start, end)
             .into_iter()
-            .filter_map(|id| head.index.labels(id).map(|labels| &labels[..]))
+            .filter_map(|id| Some(head.index.labels(id)?.iter().collect()))
             .collect();
-        matched.sort();
+        matched.sort_unstable();
         let more = matched.len() > limit;
         let out = matched
             .into_iter()
             .take(limit)
-            .map(<[Label]>::to_vec)
+            .map(|labels| {
+                labels
+                    .into_iter()
+                    .map(|(name, value)| Label::new(name, value))
+                    .collect()
+            })
             .collect();
         (out, more)
     }
@@ -408,7 +433,7 @@ impl MetricStore {
             head.select_in_range(selectors, start, end)
                 .into_iter()
                 .filter_map(|id| head.index.labels(id))
-                .flat_map(|labels| labels.iter().map(|l| l.name.as_str()))
+                .flat_map(|labels| labels.iter().map(|(name, _)| name))
                 .collect()
         };
         names.into_iter().map(str::to_owned).collect()
@@ -435,7 +460,7 @@ impl MetricStore {
             head.select_in_range(selectors, start, end)
                 .into_iter()
                 .filter_map(|id| head.index.labels(id))
-                .map(|labels| label_value(labels, name))
+                .map(|labels| labels.value(name))
                 .filter(|value| !value.is_empty())
                 .collect()
         };
@@ -535,9 +560,68 @@ mod tests {
     }
 
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
-        let admitted = store.admit(batch);
-        store.apply(admitted.series.clone());
+        let mut admitted = store.admit(batch);
+        let series = admitted.series.clone();
+        store.apply_admitted(admitted.take_samples());
+        admitted.series = series;
         admitted
+    }
+
+    #[test]
+    fn a_version_1_directory_of_gorilla_chunks_opens_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = series("up", "a", &[]).labels;
+        // What version 1 wrote: Gorilla chunks, sealed and in the snapshot.
+        let gorilla = |range: std::ops::Range<i64>| {
+            let mut writer = chunk::ChunkWriter::default();
+            for i in range {
+                writer.push(i * 15_000, i as f64);
+            }
+            writer.encode()
+        };
+        {
+            let metrics = SelfMetrics::new();
+            let mut log = SeriesLog::open(dir.path(), &metrics, |_, _| {}).unwrap();
+            log.append(&[(0, labels.clone())]).unwrap();
+            let mut files =
+                ChunkFiles::open(dir.path(), MAX_CHUNK_FILE_BYTES, &metrics, |_, _| {}).unwrap();
+            files
+                .write(&[files::ChunkToWrite {
+                    series: 0,
+                    min_t: 0,
+                    max_t: 119 * 15_000,
+                    bytes: gorilla(0..120),
+                }])
+                .unwrap();
+            Snapshot {
+                through_seq: 3,
+                open: vec![(0, gorilla(120..150))],
+                metadata: vec![],
+            }
+            .write(dir.path())
+            .unwrap();
+            std::fs::write(dir.path().join(crate::store::FORMAT_FILE), "1\n").unwrap();
+        }
+        let values = |store: &MetricStore| -> Vec<f64> {
+            let got = store
+                .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
+                .unwrap();
+            got.series[0].samples.iter().map(|s| s.value).collect()
+        };
+        let store = open_store(dir.path());
+        assert_eq!(store.durable_through(), 3);
+        assert_eq!(values(&store), (0..150).map(f64::from).collect::<Vec<_>>());
+        // Sealed and snapshotted now in version 2's encodings.
+        let more: Vec<(i64, f64)> = (150..300).map(|i| (i * 15_000, i as f64)).collect();
+        ingest(&store, vec![series("up", "a", &more)]);
+        store.flush(4).unwrap();
+        drop(store);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(crate::store::FORMAT_FILE)).unwrap(),
+            "2\n"
+        );
+        let store = open_store(dir.path());
+        assert_eq!(values(&store), (0..300).map(f64::from).collect::<Vec<_>>());
     }
 
     #[test]
