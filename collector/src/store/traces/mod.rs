@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::backup::BackupDir;
+use crate::codec;
 use crate::config::Retention;
 use crate::frame;
 use crate::model::{IdMap, Span, SpanKind, TraceId};
@@ -70,6 +71,8 @@ struct Head {
     spans: usize,
     /// Highest WAL sequence number applied.
     max_seq: u64,
+    /// The resources and scopes of its spans, each value once.
+    shared: codec::Shared,
 }
 
 /// A head being flushed: still visible to queries until its index is committed.
@@ -325,9 +328,10 @@ impl TraceStore {
     }
 
     /// Adds durable spans to the head. Called in WAL sequence order.
-    pub fn apply(&self, seq: u64, spans: Vec<Span>) {
+    pub fn apply(&self, seq: u64, mut spans: Vec<Span>) {
         self.note_names(&spans);
         let mut head = self.head.lock().expect("not poisoned");
+        head.shared.share(&mut spans);
         head.spans += spans.len();
         head.max_seq = head.max_seq.max(seq);
         for span in spans {
