@@ -188,10 +188,17 @@ impl<T: Clone> Interned<T> {
 
 /// The format version byte, then `value` in postcard.
 fn encode_versioned<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing plain owned data into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(value).unwrap_or_default());
+    let mut out = Vec::new();
+    encode_versioned_into(&mut out, value);
     out
+}
+
+/// [`encode_versioned`] appended to `out`, with no copy in between.
+fn encode_versioned_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let mut buffer = std::mem::take(out);
+    buffer.push(FORMAT_VERSION);
+    // Serializing plain owned data into a Vec cannot fail.
+    *out = postcard::to_extend(value, buffer).unwrap_or_default();
 }
 
 /// Checks the version byte [`encode_versioned`] wrote and decodes the rest.
@@ -206,16 +213,23 @@ fn decode_versioned<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecE
 /// Encodes spans as one table, grouped per trace (spans of a trace keep their
 /// relative order). Accepts spans in any order.
 pub fn encode_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
-    encode_table(spans, true)
+    let mut out = Vec::new();
+    encode_table(&mut out, spans, true);
+    out
 }
 
-/// [`encode_spans`] for spans whose equal resources and scopes share one
-/// `Arc` (see [`Shared`]): the same table, interned by pointer alone.
-pub fn encode_shared_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
-    encode_table(spans, false)
+/// [`encode_spans`] appended to `out`, for spans whose equal resources and
+/// scopes share one `Arc` (see [`Shared`]): the same table, interned by
+/// pointer alone.
+pub fn encode_shared_spans_into<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+    encode_table(out, spans, false)
 }
 
-fn encode_table<'s>(spans: impl IntoIterator<Item = &'s Span>, by_content: bool) -> Vec<u8> {
+fn encode_table<'s>(
+    out: &mut Vec<u8>,
+    spans: impl IntoIterator<Item = &'s Span>,
+    by_content: bool,
+) {
     let mut by_trace: Vec<&Span> = spans.into_iter().collect();
     by_trace.sort_by_key(|s| s.trace_id);
 
@@ -258,11 +272,14 @@ fn encode_table<'s>(spans: impl IntoIterator<Item = &'s Span>, by_content: bool)
             spans: rows,
         });
     }
-    encode_versioned(&Table {
-        resources: resources.items,
-        scopes: scopes.items,
-        traces,
-    })
+    encode_versioned_into(
+        out,
+        &Table {
+            resources: resources.items,
+            scopes: scopes.items,
+            traces,
+        },
+    )
 }
 
 /// Decodes a table written by [`encode_spans`]. With `only` set, spans of other
@@ -475,7 +492,10 @@ pub(crate) mod tests {
         assert!(Arc::ptr_eq(&spans[1].resource, &spans[19].resource));
         assert!(!Arc::ptr_eq(&spans[0].resource, &spans[1].resource));
         assert!(Arc::ptr_eq(&spans[0].scope, &spans[19].scope));
-        let encoded = encode_shared_spans(&spans);
+        let mut encoded = vec![7];
+        encode_shared_spans_into(&mut encoded, &spans);
+        assert_eq!(encoded[0], 7, "appended to what was there");
+        let encoded = encoded.split_off(1);
         assert_eq!(encoded, encode_spans(&spans));
         assert_eq!(decode_spans(&encoded, None).unwrap(), spans);
     }

@@ -33,6 +33,9 @@ const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// so this is its granularity on installs that never fill one.
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 const ZSTD_LEVEL: i32 = 3;
+/// Room for the span tables of a block as the store cuts them (a little
+/// over its 64 KiB target), so they are written without regrowing.
+const RAW_BLOCK_CAPACITY: usize = 96 << 10;
 /// Blocks larger than this cannot have been written by this code.
 const MAX_BLOCK_LEN: u32 = 256 << 20;
 
@@ -71,18 +74,22 @@ impl BlockRef {
 /// with equal resources or scopes should share one `Arc` of each (the head
 /// makes them, see `codec::Shared`): they are written once per trace then.
 pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Result<Vec<u8>> {
-    let mut directory = Vec::with_capacity(4 + traces.len() * DIRECTORY_ENTRY_LEN);
-    directory.extend_from_slice(&(traces.len() as u32).to_le_bytes());
-    let mut tables = Vec::new();
-    for (trace_id, spans) in traces {
-        let table = codec::encode_shared_spans(spans.iter());
-        directory.extend_from_slice(trace_id.as_slice());
-        directory.extend_from_slice(&(tables.len() as u32).to_le_bytes());
-        directory.extend_from_slice(&(table.len() as u32).to_le_bytes());
-        tables.extend_from_slice(&table);
+    // The directory's size is known: its room first, the tables written
+    // after it in place, then the directory filled in.
+    let tables_start = 4 + traces.len() * DIRECTORY_ENTRY_LEN;
+    let mut raw = Vec::with_capacity(tables_start + RAW_BLOCK_CAPACITY);
+    raw.extend_from_slice(&(traces.len() as u32).to_le_bytes());
+    raw.resize(tables_start, 0);
+    for (n, (trace_id, spans)) in traces.iter().enumerate() {
+        let start = raw.len();
+        codec::encode_shared_spans_into(&mut raw, spans.iter());
+        let (offset, len) = (start - tables_start, raw.len() - start);
+        let entry = &mut raw[4 + n * DIRECTORY_ENTRY_LEN..4 + (n + 1) * DIRECTORY_ENTRY_LEN];
+        entry[..16].copy_from_slice(trace_id.as_slice());
+        entry[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
+        entry[20..24].copy_from_slice(&(len as u32).to_le_bytes());
     }
-    directory.extend_from_slice(&tables);
-    seal(&directory)
+    seal(&raw)
 }
 
 thread_local! {
