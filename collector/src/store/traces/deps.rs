@@ -81,7 +81,11 @@ impl<V> Generations<V> {
 
     fn insert(&mut self, key: SpanId, value: V) {
         if self.current.len() >= self.capacity {
-            self.previous = std::mem::take(&mut self.current);
+            // The dropped generation's table becomes the new one, emptied:
+            // grown to capacity already, it takes the next generation
+            // without rehashing into fresh memory on the way.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         self.current.insert(key, value);
     }
@@ -217,6 +221,22 @@ mod tests {
             .iter()
             .map(|e| (e.parent.to_string(), e.child.to_string(), e.failed))
             .collect()
+    }
+
+    #[test]
+    fn generations_keep_the_newest_two() {
+        let mut memory = Generations::new(2);
+        for id in 1..=3u8 {
+            memory.insert([id; 8], id);
+        }
+        assert_eq!(memory.get(&[1; 8]), Some(&1), "in the previous generation");
+        memory.insert([4; 8], 4);
+        memory.insert([5; 8], 5);
+        assert_eq!(memory.get(&[1; 8]), None, "its generation was dropped");
+        assert_eq!(memory.get(&[2; 8]), None);
+        assert_eq!(memory.remove(&[3; 8]), Some(3));
+        assert_eq!(memory.get(&[4; 8]), Some(&4));
+        assert_eq!(memory.get(&[5; 8]), Some(&5));
     }
 
     #[test]
