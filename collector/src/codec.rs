@@ -80,18 +80,20 @@ struct EventRow<'a> {
 }
 
 /// Interns values by their encoded bytes, so equal resources sent in different
-/// batches (different `Arc`s) are written once.
+/// batches (different `Arc`s) are written once; or, for spans whose equal
+/// values already share one `Arc` (see [`Shared`]), by pointer alone.
 struct Interner<'a, T: Clone> {
     items: Vec<Cow<'a, T>>,
-    by_bytes: HashMap<Vec<u8>, u32>,
+    /// `None`: by pointer alone.
+    by_bytes: Option<HashMap<Vec<u8>, u32>>,
     by_ptr: HashMap<*const T, u32>,
 }
 
 impl<'a, T: Clone + Serialize> Interner<'a, T> {
-    fn new() -> Self {
+    fn new(by_content: bool) -> Self {
         Interner {
             items: Vec::new(),
-            by_bytes: HashMap::new(),
+            by_bytes: by_content.then(HashMap::new),
             by_ptr: HashMap::new(),
         }
     }
@@ -101,15 +103,64 @@ impl<'a, T: Clone + Serialize> Interner<'a, T> {
         if let Some(&index) = self.by_ptr.get(&ptr) {
             return index;
         }
-        let bytes = postcard::to_stdvec(item.as_ref()).unwrap_or_default();
         let next = self.items.len() as u32;
-        let index = *self.by_bytes.entry(bytes).or_insert(next);
+        let index = match &mut self.by_bytes {
+            Some(by_bytes) => {
+                let bytes = postcard::to_stdvec(item.as_ref()).unwrap_or_default();
+                *by_bytes.entry(bytes).or_insert(next)
+            }
+            None => next,
+        };
         if index == next {
             self.items.push(Cow::Borrowed(item.as_ref()));
         }
         self.by_ptr.insert(ptr, index);
         index
     }
+}
+
+/// One `Arc` per distinct resource and scope: what the trace store's head
+/// makes of the spans it takes, so that equal values sent in different
+/// batches are one value in memory, and [`encode_trace`] can intern them
+/// by pointer without encoding each to compare it.
+#[derive(Default)]
+pub struct Shared {
+    resources: HashMap<Vec<u8>, Arc<Resource>>,
+    scopes: HashMap<Vec<u8>, Arc<Scope>>,
+}
+
+impl Shared {
+    /// Replaces each span's resource and scope by the shared equal one.
+    /// Spans of a batch come with a few `Arc`s each shared by many spans:
+    /// each of those is encoded once.
+    pub fn share(&mut self, spans: &mut [Span]) {
+        let mut last: Option<(*const Resource, Arc<Resource>)> = None;
+        let mut last_scope: Option<(*const Scope, Arc<Scope>)> = None;
+        for span in spans {
+            span.resource = shared(&mut self.resources, &mut last, &span.resource);
+            span.scope = shared(&mut self.scopes, &mut last_scope, &span.scope);
+        }
+    }
+}
+
+/// The shared `Arc` equal to `item`; `last` remembers the previous lookup.
+fn shared<T: Serialize>(
+    by_bytes: &mut HashMap<Vec<u8>, Arc<T>>,
+    last: &mut Option<(*const T, Arc<T>)>,
+    item: &Arc<T>,
+) -> Arc<T> {
+    if let Some((ptr, found)) = last
+        && *ptr == Arc::as_ptr(item)
+    {
+        return found.clone();
+    }
+    let bytes = postcard::to_stdvec(item.as_ref()).unwrap_or_default();
+    let found = by_bytes
+        .entry(bytes)
+        .or_insert_with(|| item.clone())
+        .clone();
+    *last = Some((Arc::as_ptr(item), found.clone()));
+    found
 }
 
 /// Resources or scopes decoded from a table, each shared (one `Arc`) by the
@@ -137,10 +188,17 @@ impl<T: Clone> Interned<T> {
 
 /// The format version byte, then `value` in postcard.
 fn encode_versioned<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing plain owned data into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(value).unwrap_or_default());
+    let mut out = Vec::new();
+    encode_versioned_into(&mut out, value);
     out
+}
+
+/// [`encode_versioned`] appended to `out`, with no copy in between.
+fn encode_versioned_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let mut buffer = std::mem::take(out);
+    buffer.push(FORMAT_VERSION);
+    // Serializing plain owned data into a Vec cannot fail.
+    *out = postcard::to_extend(value, buffer).unwrap_or_default();
 }
 
 /// Checks the version byte [`encode_versioned`] wrote and decodes the rest.
@@ -155,11 +213,28 @@ fn decode_versioned<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecE
 /// Encodes spans as one table, grouped per trace (spans of a trace keep their
 /// relative order). Accepts spans in any order.
 pub fn encode_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_table(&mut out, spans, true);
+    out
+}
+
+/// [`encode_spans`] appended to `out`, for spans whose equal resources and
+/// scopes share one `Arc` (see [`Shared`]): the same table, interned by
+/// pointer alone.
+pub fn encode_shared_spans_into<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+    encode_table(out, spans, false)
+}
+
+fn encode_table<'s>(
+    out: &mut Vec<u8>,
+    spans: impl IntoIterator<Item = &'s Span>,
+    by_content: bool,
+) {
     let mut by_trace: Vec<&Span> = spans.into_iter().collect();
     by_trace.sort_by_key(|s| s.trace_id);
 
-    let mut resources = Interner::new();
-    let mut scopes = Interner::new();
+    let mut resources = Interner::new(by_content);
+    let mut scopes = Interner::new(by_content);
     let mut traces: Vec<TraceRows> = Vec::new();
     for group in by_trace.chunk_by(|a, b| a.trace_id == b.trace_id) {
         let base = group.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
@@ -197,11 +272,14 @@ pub fn encode_spans<'s>(spans: impl IntoIterator<Item = &'s Span>) -> Vec<u8> {
             spans: rows,
         });
     }
-    encode_versioned(&Table {
-        resources: resources.items,
-        scopes: scopes.items,
-        traces,
-    })
+    encode_versioned_into(
+        out,
+        &Table {
+            resources: resources.items,
+            scopes: scopes.items,
+            traces,
+        },
+    )
 }
 
 /// Decodes a table written by [`encode_spans`]. With `only` set, spans of other
@@ -271,8 +349,8 @@ struct LogRow<'a> {
 
 /// Encodes log records for the WAL, resources and scopes written once.
 pub fn encode_logs(records: &[LogRecord]) -> Vec<u8> {
-    let mut resources = Interner::new();
-    let mut scopes = Interner::new();
+    let mut resources = Interner::new(true);
+    let mut scopes = Interner::new(true);
     let rows = records
         .iter()
         .map(|record| LogRow {
@@ -400,6 +478,26 @@ pub(crate) mod tests {
         assert_eq!(encoded.len(), encode_spans(&shared).len());
         let decoded = decode_spans(&encoded, None).unwrap();
         assert!(Arc::ptr_eq(&decoded[0].resource, &decoded[49].resource));
+    }
+
+    #[test]
+    fn shared_spans_are_interned_by_pointer_into_the_same_table() {
+        let mut spans: Vec<Span> = (1..=20)
+            .map(|i| sample_span(1, i, if i % 2 == 0 { "a" } else { "b" }))
+            .collect();
+        let mut shared = Shared::default();
+        shared.share(&mut spans[..10]);
+        shared.share(&mut spans[10..]);
+        assert!(Arc::ptr_eq(&spans[0].resource, &spans[18].resource));
+        assert!(Arc::ptr_eq(&spans[1].resource, &spans[19].resource));
+        assert!(!Arc::ptr_eq(&spans[0].resource, &spans[1].resource));
+        assert!(Arc::ptr_eq(&spans[0].scope, &spans[19].scope));
+        let mut encoded = vec![7];
+        encode_shared_spans_into(&mut encoded, &spans);
+        assert_eq!(encoded[0], 7, "appended to what was there");
+        let encoded = encoded.split_off(1);
+        assert_eq!(encoded, encode_spans(&spans));
+        assert_eq!(decode_spans(&encoded, None).unwrap(), spans);
     }
 
     #[test]

@@ -326,7 +326,7 @@ pub struct ServeArgs {
     pub query_max_series: usize,
 
     /// Queries that run at once, on threads of lower CPU priority than
-    /// ingest.
+    /// ingest; as many trace-by-id lookups run beside them, at ingest's.
     #[arg(
         long,
         env = "STRAND_QUERY_WORKERS",

@@ -210,7 +210,7 @@ async fn trace_by_id(
 ) -> JaegerResult {
     let id = parse_trace_id(&trace_id).map_err(JaegerError::bad_request)?;
     let store = state.stores.traces.clone();
-    let read = state.queries.run(move || store.trace(&id)).await??;
+    let read = state.queries.run_lookup(move || store.trace(&id)).await??;
     if read.spans.is_empty() && !read.damaged {
         return Err(JaegerError::not_found(format!(
             "trace {trace_id} not found"

@@ -183,7 +183,7 @@ async fn get_trace(
     }
     bool_param(&params, "raw_traces")?;
     let store = state.stores.traces.clone();
-    let read = state.queries.run(move || store.trace(&id)).await??;
+    let read = state.queries.run_lookup(move || store.trace(&id)).await??;
     let traces: Vec<Vec<Span>> = std::iter::once(read.spans)
         .filter(|spans| !spans.is_empty())
         .collect();

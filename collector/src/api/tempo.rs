@@ -144,7 +144,7 @@ pub fn wants_protobuf(headers: &HeaderMap) -> bool {
 async fn read_trace(state: &ApiState, trace_id: &str) -> Result<Vec<Span>, TempoError> {
     let id = parse_trace_id(trace_id).map_err(TempoError::bad_request)?;
     let store = state.stores.traces.clone();
-    let read = state.queries.run(move || store.trace(&id)).await??;
+    let read = state.queries.run_lookup(move || store.trace(&id)).await??;
     if read.spans.is_empty() {
         return Err(TempoError {
             status: StatusCode::NOT_FOUND,

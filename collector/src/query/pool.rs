@@ -9,6 +9,13 @@
 //! ingest. A query that outlives its time budget is answered with a
 //! timeout at once; its thread finishes the work it cannot interrupt (the
 //! PromQL evaluator checks its own deadline and stops).
+//!
+//! Point lookups (a trace by its id) have threads of their own at the
+//! daemon's priority: their cost is bounded by the one trace they read (a
+//! few index keys and blocks), not by what a request asks for, and at nice
+//! 19 a sub-millisecond lookup waited tens of milliseconds for the CPU
+//! whenever anything else ran. They are bounded the same way (as many
+//! threads, as long a queue, the same time budget).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -85,22 +92,18 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct QueryPool {
     jobs: SyncSender<Job>,
+    /// The point lookups' threads (see the module docs).
+    lookups: SyncSender<Job>,
     settings: QuerySettings,
 }
 
 impl QueryPool {
-    /// Starts `settings.workers` threads named `strand-query-N`.
+    /// Starts `settings.workers` threads named `strand-query-N` and as many
+    /// named `strand-lookup-N`.
     pub fn start(settings: &QuerySettings) -> std::io::Result<QueryPool> {
-        let (jobs, queue) = sync_channel::<Job>(settings.queue);
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..settings.workers {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("strand-query-{n}"))
-                .spawn(move || work(&queue))?;
-        }
         Ok(QueryPool {
-            jobs,
+            jobs: start_threads(settings, "strand-query", true)?,
+            lookups: start_threads(settings, "strand-lookup", false)?,
             settings: settings.clone(),
         })
     }
@@ -132,6 +135,24 @@ impl QueryPool {
         &self,
         query: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, QueryRefused> {
+        self.submit(&self.jobs, query).await
+    }
+
+    /// Runs a point lookup, one whose cost the data bounds, not the request
+    /// (a trace by id), as [`QueryPool::run`] does but on the lookup
+    /// threads, at the daemon's priority.
+    pub async fn run_lookup<T: Send + 'static>(
+        &self,
+        lookup: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryRefused> {
+        self.submit(&self.lookups, lookup).await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        jobs: &SyncSender<Job>,
+        query: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryRefused> {
         let timeout = self.settings.timeout;
         let deadline = Instant::now() + timeout;
         let (answer, answered) = oneshot::channel();
@@ -144,7 +165,7 @@ impl QueryPool {
                 .map_err(|panic| QueryRefused::Panicked(panic_message(panic.as_ref())));
             let _ = answer.send(result);
         });
-        match self.jobs.try_send(job) {
+        match jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(QueryRefused::Busy {
@@ -165,8 +186,30 @@ impl QueryPool {
     }
 }
 
+/// Starts `settings.workers` threads named `name-N` taking jobs from one
+/// queue; `lower` lowers their priority.
+fn start_threads(
+    settings: &QuerySettings,
+    name: &str,
+    lower: bool,
+) -> std::io::Result<SyncSender<Job>> {
+    let (jobs, queue) = sync_channel::<Job>(settings.queue);
+    let queue = Arc::new(Mutex::new(queue));
+    for n in 0..settings.workers {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-{n}"))
+            .spawn(move || {
+                if lower {
+                    lower_priority();
+                }
+                work(&queue)
+            })?;
+    }
+    Ok(jobs)
+}
+
 fn work(queue: &Mutex<Receiver<Job>>) {
-    lower_priority();
     loop {
         let job = match queue
             .lock()
@@ -279,5 +322,41 @@ mod tests {
         let error = pool.run(|| -> u8 { panic!("bad index") }).await;
         assert_eq!(error, Err(QueryRefused::Panicked("bad index".into())));
         assert_eq!(pool.run(|| 1).await, Ok(1));
+    }
+
+    /// This thread's nice value.
+    fn niceness() -> libc::c_int {
+        // SAFETY: getpriority of the calling thread reads no memory of ours.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[tokio::test]
+    async fn lookups_run_at_the_daemons_priority_beside_busy_queries() {
+        let pool = QueryPool::start(&settings(1, 1, Duration::from_secs(120))).unwrap();
+        let own = niceness();
+        assert_eq!(pool.run(niceness).await, Ok(QUERY_NICENESS.max(own)));
+        assert_eq!(pool.run_lookup(niceness).await, Ok(own));
+
+        // Every query thread busy and the queue full: lookups still answer.
+        let (started, running_now) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move || {
+                    started.send(()).unwrap();
+                    released.recv().unwrap()
+                })
+                .await
+            }
+        });
+        running_now.await.unwrap();
+        let mut queued = Box::pin(pool.run(|| ()));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(queued.as_mut().poll(&mut context).is_pending());
+        assert_eq!(pool.run_lookup(|| "found").await, Ok("found"));
+        release.send(()).unwrap();
+        assert_eq!(running.await.unwrap(), Ok(()));
+        assert_eq!(queued.await, Ok(()));
     }
 }

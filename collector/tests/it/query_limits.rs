@@ -4,7 +4,8 @@
 //! lists are cut at the series limit with a warning; beyond the query
 //! threads and their queue,
 //! queries (of every query API) are refused at once with 503 and
-//! `Retry-After`; and while the
+//! `Retry-After`, but a trace by id, which has threads of its own, is
+//! answered; and while the
 //! query threads are all busy with expensive queries, ingest is still
 //! acknowledged.
 
@@ -94,6 +95,23 @@ async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
     )
     .await;
     let client = reqwest::Client::new();
+    // A trace to look up while the query threads are busy.
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let start = (now_ms() as u64 - 60_000) * 1_000_000;
+    let span = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "lookup"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": "eee19b7ec3c1b174", "name": "get",
+            "startTimeUnixNano": start.to_string(), "endTimeUnixNano": (start + 1000).to_string()
+        }]}]
+    }]});
+    let sent = client
+        .post(daemon.otlp_http_url("/v1/traces"))
+        .json(&span)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
     // Two running, two queued (one at a time, so that each thread has
     // taken its query before the next arrives).
     let mut expensive = Vec::new();
@@ -134,6 +152,20 @@ async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
         .await;
     assert_eq!(status, 503, "and Jaeger's v3 search: {body}");
     assert_eq!(body["error"]["httpCode"], 503, "{body}");
+    // A trace by id has lookup threads of its own: answered all the same.
+    let (status, body) = daemon.get_json(&format!("/api/traces/{trace_id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"][0]["spans"][0]["operationName"], "get",
+        "{body}"
+    );
+    for path in [
+        format!("/api/v3/traces/{trace_id}"),
+        format!("/api/v2/traces/{trace_id}"),
+    ] {
+        let (status, body) = daemon.get_json(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
 
     // Meanwhile every ingest request is acknowledged.
     let base = now_ms() - 60_000;

@@ -12,6 +12,7 @@
 //! trace, so reading one trace decompresses its block but decodes only its own
 //! table. On disk a block is one [`frame`](crate::frame) holding a zstd frame.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -32,6 +33,9 @@ const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// so this is its granularity on installs that never fill one.
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 const ZSTD_LEVEL: i32 = 3;
+/// Room for the span tables of a block as the store cuts them (a little
+/// over its 128 KiB target), so they are written without regrowing.
+const RAW_BLOCK_CAPACITY: usize = 192 << 10;
 /// Blocks larger than this cannot have been written by this code.
 const MAX_BLOCK_LEN: u32 = 256 << 20;
 
@@ -66,26 +70,48 @@ impl BlockRef {
     }
 }
 
-/// Encodes whole traces into one compressed block (header included).
+/// Encodes whole traces into one compressed block (header included). Spans
+/// with equal resources or scopes should share one `Arc` of each (the head
+/// makes them, see `codec::Shared`): they are written once per trace then.
 pub fn encode_block(traces: &[(&TraceId, &[Span])]) -> Result<Vec<u8>> {
-    let mut directory = Vec::with_capacity(4 + traces.len() * DIRECTORY_ENTRY_LEN);
-    directory.extend_from_slice(&(traces.len() as u32).to_le_bytes());
-    let mut tables = Vec::new();
-    for (trace_id, spans) in traces {
-        let table = codec::encode_spans(spans.iter());
-        directory.extend_from_slice(trace_id.as_slice());
-        directory.extend_from_slice(&(tables.len() as u32).to_le_bytes());
-        directory.extend_from_slice(&(table.len() as u32).to_le_bytes());
-        tables.extend_from_slice(&table);
+    // The directory's size is known: its room first, the tables written
+    // after it in place, then the directory filled in.
+    let tables_start = 4 + traces.len() * DIRECTORY_ENTRY_LEN;
+    let mut raw = Vec::with_capacity(tables_start + RAW_BLOCK_CAPACITY);
+    raw.extend_from_slice(&(traces.len() as u32).to_le_bytes());
+    raw.resize(tables_start, 0);
+    for (n, (trace_id, spans)) in traces.iter().enumerate() {
+        let start = raw.len();
+        codec::encode_shared_spans_into(&mut raw, spans.iter());
+        let (offset, len) = (start - tables_start, raw.len() - start);
+        let entry = &mut raw[4 + n * DIRECTORY_ENTRY_LEN..4 + (n + 1) * DIRECTORY_ENTRY_LEN];
+        entry[..16].copy_from_slice(trace_id.as_slice());
+        entry[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
+        entry[20..24].copy_from_slice(&(len as u32).to_le_bytes());
     }
-    directory.extend_from_slice(&tables);
-    seal(&directory)
+    seal(&raw)
+}
+
+thread_local! {
+    /// zstd's contexts, one per thread and kept: making one allocates and
+    /// clears about a megabyte, which cost more than compressing a block.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses and checksums bytes for a segment file.
 pub fn seal(raw: &[u8]) -> Result<Vec<u8>> {
     // Compressing an in-memory buffer only fails on invalid parameters.
-    let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_default();
+    let compressed = COMPRESSOR
+        .with_borrow_mut(|compressor| {
+            if compressor.is_none() {
+                *compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+            }
+            compressor
+                .as_mut()
+                .map_or(Ok(Vec::new()), |c| c.compress(raw))
+        })
+        .unwrap_or_default();
     let mut block = Vec::with_capacity(frame::HEADER_LEN + compressed.len());
     frame::append(&mut block, &compressed)?;
     Ok(block)
@@ -98,7 +124,29 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
     if len != block.len() {
         return Err(corrupt("longer than its frame"));
     }
-    zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"))
+    // `seal` writes the content size into the frame: decompress in one go
+    // into a buffer of that size. A size over the frame limit is damage; a
+    // frame without one is streamed.
+    let size = match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(size)) if size <= frame::MAX_PAYLOAD_LEN as u64 => size,
+        Ok(None) => {
+            return zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"));
+        }
+        _ => return Err(corrupt("bad zstd frame")),
+    };
+    DECOMPRESSOR
+        .with_borrow_mut(|decompressor| {
+            if decompressor.is_none() {
+                *decompressor = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match decompressor.as_mut() {
+                Some(d) => d.decompress(compressed, size as usize),
+                None => Ok(Vec::new()),
+            }
+        })
+        .ok()
+        .filter(|raw| raw.len() as u64 == size)
+        .ok_or_else(|| corrupt("bad zstd frame"))
 }
 
 /// Decodes the spans of one trace from a block read from disk.
@@ -565,6 +613,44 @@ mod tests {
             Err(StoreError::Corrupt(_))
         ));
         assert!(decode_trace(&[1, 2], &[1; 16]).is_err());
+    }
+
+    #[test]
+    fn unseals_frames_with_and_without_a_content_size() {
+        let raw: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        assert_eq!(unseal(&seal(&raw).unwrap()).unwrap(), raw);
+        // A streamed zstd frame does not state its size.
+        let streamed = zstd::stream::encode_all(raw.as_slice(), ZSTD_LEVEL).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        let mut block = Vec::new();
+        frame::append(&mut block, &streamed).unwrap();
+        assert_eq!(unseal(&block).unwrap(), raw);
+    }
+
+    proptest::proptest! {
+        /// Any bytes in an intact frame (a checksum cannot catch what was
+        /// written damaged) are an error or a block, never a panic.
+        #[test]
+        fn unsealing_damaged_zstd_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            cut in 0usize..64,
+        ) {
+            let mut compressed = zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap();
+            // Damage the frame header's content size and the body.
+            for (at, byte) in bytes.iter().take(cut).enumerate() {
+                let at = at % compressed.len();
+                compressed[at] ^= byte;
+            }
+            let mut block = Vec::new();
+            frame::append(&mut block, &compressed).unwrap();
+            let _ = unseal(&block);
+            let _ = decode_trace(&block, &[1; 16]);
+        }
     }
 
     #[test]

@@ -13,10 +13,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{IdMap, Span, SpanId, SpanKind};
+use crate::model::{IdMap, Resource, Span, SpanId, SpanKind};
 
 const RECENT_SPANS_PER_GENERATION: usize = 1 << 20;
 const WAITING_CHILDREN_PER_GENERATION: usize = 1 << 17;
+/// Resources whose service name one `observe` remembers by pointer: a
+/// linear search, cheaper than hashing the name while the list is short.
+const MAX_RESOURCES_BY_POINTER: usize = 16;
 
 /// One observed call from a span of `parent` to a span of `child`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +81,11 @@ impl<V> Generations<V> {
 
     fn insert(&mut self, key: SpanId, value: V) {
         if self.current.len() >= self.capacity {
-            self.previous = std::mem::take(&mut self.current);
+            // The dropped generation's table becomes the new one, emptied:
+            // grown to capacity already, it takes the next generation
+            // without rehashing into fresh memory on the way.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         self.current.insert(key, value);
     }
@@ -115,9 +122,12 @@ impl DependencyTracker {
     /// Records a batch of spans and returns the edges it completes.
     pub fn observe<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span> + Clone) -> Vec<Edge> {
         let mut edges = Vec::new();
+        // The service names of the batch's resources, by pointer: a batch
+        // holds a few resources shared by many spans (see `codec::Shared`).
+        let mut by_resource = Vec::new();
         for span in spans.clone() {
             let caller = Caller {
-                service: self.name(span.service()),
+                service: self.service_of(&mut by_resource, span),
                 call_failed: span.is_error()
                     && matches!(span.kind, SpanKind::Client | SpanKind::Producer),
             };
@@ -141,7 +151,7 @@ impl DependencyTracker {
                 .map(|link| link.span_id);
             for caller_id in span.parent_span_id.into_iter().chain(links) {
                 let child = WaitingChild {
-                    child: self.name(span.service()),
+                    child: self.service_of(&mut by_resource, span),
                     error: span.is_error(),
                     start_nanos: span.start_unix_nano,
                     duration_nanos: span.duration_nanos(),
@@ -159,6 +169,24 @@ impl DependencyTracker {
             }
         }
         edges
+    }
+
+    /// The span's service name, looked up by its resource's pointer in
+    /// `by_resource` (valid while the spans are borrowed) before by name.
+    fn service_of(
+        &mut self,
+        by_resource: &mut Vec<(*const Resource, Arc<str>)>,
+        span: &Span,
+    ) -> Arc<str> {
+        let ptr = Arc::as_ptr(&span.resource);
+        if let Some((_, name)) = by_resource.iter().find(|(p, _)| *p == ptr) {
+            return name.clone();
+        }
+        let name = self.name(span.service());
+        if by_resource.len() < MAX_RESOURCES_BY_POINTER {
+            by_resource.push((ptr, name.clone()));
+        }
+        name
     }
 
     fn name(&mut self, service: &str) -> Arc<str> {
@@ -193,6 +221,22 @@ mod tests {
             .iter()
             .map(|e| (e.parent.to_string(), e.child.to_string(), e.failed))
             .collect()
+    }
+
+    #[test]
+    fn generations_keep_the_newest_two() {
+        let mut memory = Generations::new(2);
+        for id in 1..=3u8 {
+            memory.insert([id; 8], id);
+        }
+        assert_eq!(memory.get(&[1; 8]), Some(&1), "in the previous generation");
+        memory.insert([4; 8], 4);
+        memory.insert([5; 8], 5);
+        assert_eq!(memory.get(&[1; 8]), None, "its generation was dropped");
+        assert_eq!(memory.get(&[2; 8]), None);
+        assert_eq!(memory.remove(&[3; 8]), Some(3));
+        assert_eq!(memory.get(&[4; 8]), Some(&4));
+        assert_eq!(memory.get(&[5; 8]), Some(&5));
     }
 
     #[test]
