@@ -24,8 +24,10 @@ use crate::model::LogRecord;
 /// Records the feed holds at most before [`LogFeed::push`] waits: a few
 /// requests' worth, to keep the WAL writing while a commit holds the
 /// writer, but no more: acknowledged records waiting here are not
-/// searchable yet, and a deeper queue would only make them wait longer.
-const FEED_RECORDS: usize = 4_096;
+/// searchable yet and keep their WAL segments from being trimmed (under a
+/// size limit, the data directory's bound counts on that), and a deeper
+/// queue would only make them wait longer.
+const FEED_RECORDS: usize = 1_024;
 
 /// See the module docs.
 pub struct LogFeed {
