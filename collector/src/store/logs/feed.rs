@@ -168,3 +168,50 @@ fn apply(store: &LogStore, seq: u64, records: Vec<LogRecord>) {
         Err(_) => tracing::error!(seq, "LogIndexError: adding the records panicked"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample_log;
+    use crate::config::Retention;
+    use crate::telemetry::SelfMetrics;
+    use std::time::Duration;
+
+    #[test]
+    fn what_was_pushed_is_added_in_order_before_wait_fed_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            LogStore::open(
+                dir.path(),
+                Duration::from_secs(3600),
+                Retention::MAX_FILE_BYTES,
+                super::super::schema::HOT_WRITER_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap(),
+        );
+        let feed = LogFeed::start(store.clone()).unwrap();
+        let hour = 1_000 * 3_600 * 1_000_000_000u64;
+        // More than the feed holds, so pushing waits for the thread.
+        for seq in 1..=3u64 {
+            let records = (0..FEED_RECORDS as u64)
+                .map(|i| sample_log("a", hour + seq * 100_000 + i, "line"))
+                .collect();
+            feed.push(seq, records);
+        }
+        feed.wait_fed();
+        assert_eq!(store.commit().unwrap(), 1);
+        assert_eq!(store.durable_through(), 3);
+        let docs: u64 = store
+            .partitions_between(0, u64::MAX)
+            .iter()
+            .map(|p| p.searcher().num_docs())
+            .sum();
+        assert_eq!(docs, 3 * FEED_RECORDS as u64);
+        // Once shut down, a push adds at once.
+        feed.shutdown();
+        feed.push(4, vec![sample_log("a", hour, "late")]);
+        store.commit().unwrap();
+        assert_eq!(store.durable_through(), 4);
+    }
+}
