@@ -21,9 +21,19 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Upper bound on the baseline's run time.
 const MAX_RUN: Duration = Duration::from_secs(20);
 
+/// What indexing cost bare tantivy.
+pub struct Indexed {
+    /// Documents per second, final commit included.
+    pub docs_per_s: f64,
+    /// CPU time (user and system, every thread of this process: indexing,
+    /// merging, compressing) per document, in microseconds: unlike the
+    /// rate, hardly distorted by other processes sharing the cores.
+    pub cpu_us_per_doc: f64,
+}
+
 /// Indexes `lines` documents from `pool` (round-robin) into a fresh index in
-/// `dir`; returns documents per second, final commit included.
-pub fn index_rate(pool: &[Batch], lines: u64, dir: &Path) -> Result<f64> {
+/// `dir`.
+pub fn index_rate(pool: &[Batch], lines: u64, dir: &Path) -> Result<Indexed> {
     let records: Vec<LogRecord> = pool
         .iter()
         .flat_map(|batch| {
@@ -45,10 +55,11 @@ pub fn index_rate(pool: &[Batch], lines: u64, dir: &Path) -> Result<f64> {
         .settings(log_index::index_settings())
         .create_in_dir(dir)?;
     let mut writer = index.writer_with_num_threads::<TantivyDocument>(
-        log_index::HOT_WRITER_THREADS,
+        log_index::hot_writer_threads(),
         log_index::HOT_WRITER_BYTES,
     )?;
 
+    let cpu_before = crate::daemon::cpu_seconds(std::process::id())?;
     let started = Instant::now();
     let mut last_commit = Instant::now();
     let mut indexed = 0u64;
@@ -64,5 +75,10 @@ pub fn index_rate(pool: &[Batch], lines: u64, dir: &Path) -> Result<f64> {
         }
     }
     writer.commit()?;
-    Ok(indexed as f64 / started.elapsed().as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = crate::daemon::cpu_seconds(std::process::id())? - cpu_before;
+    Ok(Indexed {
+        docs_per_s: indexed as f64 / seconds,
+        cpu_us_per_doc: cpu * 1e6 / indexed.max(1) as f64,
+    })
 }

@@ -324,6 +324,23 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// User plus system CPU seconds of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields; 12th and 13th here.
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
 /// Total length of all regular files under `path`, recursively (apparent
 /// size, as `du --apparent-size -b` counts it; symlinks are not followed).
 pub fn dir_bytes(path: &Path) -> Result<u64> {
@@ -464,6 +481,7 @@ mod tests {
     #[test]
     fn measures_own_rss_and_a_directory() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
         let scratch = Scratch::create(false).unwrap();
         std::fs::write(scratch.data_dir().join("a"), [0u8; 100]).unwrap();
         std::fs::create_dir(scratch.data_dir().join("sub")).unwrap();

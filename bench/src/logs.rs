@@ -1,7 +1,9 @@
 //! The `logs` benchmark: OTLP/gRPC log ingest with durable acks, how soon an
 //! acknowledged log is searchable, bytes on disk against raw bytes, search
 //! and histogram latency on the stored data after a restart, and the same
-//! documents indexed by bare tantivy in this process for comparison.
+//! documents indexed by bare tantivy in this process for comparison: by rate,
+//! and by CPU time per line (the daemon's over the load, this process's over
+//! the baseline), which other work on the machine hardly distorts.
 //!
 //! "Raw bytes" of a line are what a plain-text log file would hold: body,
 //! severity text, service name, and attribute keys and values.
@@ -406,6 +408,9 @@ pub(crate) struct LoadResult {
     pub ack_latencies: Vec<f64>,
     pub rss_peak: u64,
     pub rss_last: u64,
+    /// The daemon's CPU time (user + system) over the load, when its pid is
+    /// known.
+    pub cpu_seconds: Option<f64>,
     pub rejected: u64,
     pub errors: u64,
 }
@@ -463,6 +468,7 @@ pub(crate) async fn run_load(
                 .context("connecting to OTLP/gRPC")?,
         );
     }
+    let cpu_before = pid.map(daemon::cpu_seconds).transpose()?;
     let started = Instant::now();
     let tasks: Vec<_> = channels
         .into_iter()
@@ -501,6 +507,10 @@ pub(crate) async fn run_load(
         }
     }
     let elapsed = started.elapsed();
+    let cpu_seconds = match (pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(daemon::cpu_seconds(pid)? - before),
+        _ => None,
+    };
     if let Some(rss) = pid.and_then(daemon::rss_bytes) {
         rss_peak = rss_peak.max(rss);
         rss_last = rss;
@@ -516,6 +526,7 @@ pub(crate) async fn run_load(
         ack_latencies,
         rss_peak,
         rss_last,
+        cpu_seconds,
         rejected: counters.rejected.load(Relaxed),
         errors: counters.errors.load(Relaxed),
     })
@@ -591,15 +602,19 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
         time_queries(&second.http_url(), &histogram_paths, args.queries).await?;
     second.stop(STOP_TIMEOUT).await?;
 
-    let bare_rate = if args.no_baseline {
+    let bare = if args.no_baseline {
         None
     } else {
         let dir = tempfile_dir(&scratch)?;
-        let rate = baseline::index_rate(&pool, lines.min(pool_lines * 50), &dir)?;
-        eprintln!("bare tantivy: {rate:.0} docs/s");
-        Some(rate)
+        let bare = baseline::index_rate(&pool, lines.min(pool_lines * 50), &dir)?;
+        eprintln!(
+            "bare tantivy: {:.0} docs/s, {:.1} µs CPU per doc",
+            bare.docs_per_s, bare.cpu_us_per_doc
+        );
+        Some(bare)
     };
     let lines_per_s = lines as f64 / elapsed.as_secs_f64();
+    let cpu_us_per_line = load.cpu_seconds.map(|cpu| cpu * 1e6 / lines.max(1) as f64);
     Ok(JsonObject::new()
         .field("bench", "logs")
         .field("duration_s", round(elapsed.as_secs_f64(), 3))
@@ -628,10 +643,24 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
         .field("term_query_last_total", term_total)
         .summary("histogram_ms", histogram_latency)
         .field("histogram_total", histogram_total)
-        .field("bare_tantivy_docs_per_s", bare_rate.map(|r| round(r, 0)))
+        .field("cpu_us_per_line", cpu_us_per_line.map(|c| round(c, 2)))
+        .field(
+            "bare_tantivy_docs_per_s",
+            bare.as_ref().map(|b| round(b.docs_per_s, 0)),
+        )
+        .field(
+            "bare_tantivy_cpu_us_per_doc",
+            bare.as_ref().map(|b| round(b.cpu_us_per_doc, 2)),
+        )
         .field(
             "strand_vs_bare_ratio",
-            bare_rate.map(|r| round(lines_per_s / r, 3)),
+            bare.as_ref().map(|b| round(lines_per_s / b.docs_per_s, 3)),
+        )
+        .field(
+            "strand_vs_bare_cpu_ratio",
+            bare.as_ref()
+                .zip(cpu_us_per_line)
+                .map(|(b, strand)| round(b.cpu_us_per_doc / strand, 3)),
         )
         .field("rejected", load.rejected)
         .field("errors", load.errors)

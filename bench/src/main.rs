@@ -12,6 +12,7 @@ mod compare;
 mod compare_traces;
 mod curves;
 mod daemon;
+mod idle;
 mod logs;
 mod metrics;
 mod remote_write;
@@ -81,6 +82,11 @@ enum Command {
     /// series). Writes curves-<signal>.csv and .svg into `--results`.
     Curves(curves::CurvesArgs),
 
+    /// What the daemon costs with no traffic: loads spans, log lines and
+    /// series, then RSS and CPU (% of one core) over a quiet period, after
+    /// the load settled and after a restart over the same data.
+    Idle(IdleArgs),
+
     /// Rule evaluation cost: `--rules` generated recording and alerting
     /// rules over `--series` series, evaluated every `--interval`; the
     /// evaluation time per interval and the daemon's CPU share.
@@ -138,6 +144,43 @@ pub struct CompareArgs {
     pub results: PathBuf,
 
     /// Keep the temporary data directories and logs.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Options of `strand-bench idle`.
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    /// The strand binary to spawn.
+    #[arg(long, value_name = "PATH", default_value = "target/release/strand")]
+    pub strand: PathBuf,
+
+    /// Spans stored before measuring.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub spans: u64,
+
+    /// Log lines stored before measuring.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub log_lines: u64,
+
+    /// Metric series stored before measuring (at least 1000).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub series: usize,
+
+    /// Seconds to wait for the daemon to settle before each measurement.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub settle: u64,
+
+    /// Seconds each quiet period is measured.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub measure: u64,
+
+    /// A small run for the test suite: at most 20,000 spans and log lines,
+    /// 1000 series, 5 s settling and 10 s measured.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Keep the temporary data directory and daemon log.
     #[arg(long)]
     pub keep: bool,
 }
@@ -357,6 +400,7 @@ async fn main() -> ExitCode {
         Command::Metrics(args) => metrics::run(&args).await,
         Command::Ui(args) => ui::run(&args).await,
         Command::Rules(args) => rules::run(&args).await,
+        Command::Idle(args) => idle::run(&args).await,
         Command::Compare(args) => compare::run(&args).await,
         Command::CompareTraces(args) => compare_traces::run(&args).await,
         Command::Curves(args) => curves::run(&args).await,

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::RulesArgs;
-use crate::daemon::{Daemon, Scratch};
+use crate::daemon::{self, Daemon, Scratch};
 use crate::remote_write::{JOBS, SCRAPE_INTERVAL_MS, SeriesSet, Values};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
@@ -86,23 +86,6 @@ fn rule_file(rules: usize, interval: Duration) -> String {
         };
     }
     text
-}
-
-/// User plus system CPU seconds of `pid` so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are the 14th and 15th fields; 12th and 13th here.
-    Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// Sum over groups of their last evaluation time, and the evaluation and
@@ -179,7 +162,7 @@ pub async fn run(args: &RulesArgs) -> Result<String> {
     // Two warm-up intervals, then the measured ones.
     tokio::time::sleep(args.interval * 2).await;
     let (_, evaluations_before, _) = rule_metrics(&http, &base).await?;
-    let cpu_before = cpu_seconds(pid)?;
+    let cpu_before = daemon::cpu_seconds(pid)?;
     let measured = Instant::now();
     let mut per_interval = Vec::with_capacity(args.intervals);
     for _ in 0..args.intervals {
@@ -187,7 +170,7 @@ pub async fn run(args: &RulesArgs) -> Result<String> {
         per_interval.push(rule_metrics(&http, &base).await?.0 * 1000.0);
     }
     let wall = measured.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu_before;
+    let cpu = daemon::cpu_seconds(pid)? - cpu_before;
     let (_, evaluations_after, failures) = rule_metrics(&http, &base).await?;
     daemon.stop(Duration::from_secs(60)).await?;
 

@@ -186,7 +186,8 @@ impl<T: Clone> Interned<T> {
     }
 }
 
-/// The format version byte, then `value` in postcard.
+/// The format version byte, then `value` in postcard (written straight
+/// behind it, without an intermediate buffer).
 fn encode_versioned<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     encode_versioned_into(&mut out, value);
@@ -353,16 +354,12 @@ pub fn encode_logs(records: &[LogRecord]) -> Vec<u8> {
     let mut scopes = Interner::new(true);
     let rows = records
         .iter()
-        .map(|record| LogRow {
-            time_unix_nano: record.time_unix_nano,
-            severity: record.severity,
-            severity_text: Cow::Borrowed(&record.severity_text),
-            body: Cow::Borrowed(&record.body),
-            trace_id: record.trace_id,
-            span_id: record.span_id,
-            attributes: Cow::Borrowed(&record.attributes),
-            resource: resources.intern(&record.resource),
-            scope: scopes.intern(&record.scope),
+        .map(|record| {
+            log_row(
+                record,
+                resources.intern(&record.resource),
+                scopes.intern(&record.scope),
+            )
         })
         .collect();
     encode_versioned(&LogTable {
@@ -370,6 +367,32 @@ pub fn encode_logs(records: &[LogRecord]) -> Vec<u8> {
         scopes: scopes.items,
         records: rows,
     })
+}
+
+/// [`encode_logs`] of one record (what the log store keeps per document),
+/// without the interning a single record has no use for.
+pub fn encode_log(record: &LogRecord) -> Vec<u8> {
+    encode_versioned(&LogTable {
+        resources: vec![Cow::Borrowed(record.resource.as_ref())],
+        scopes: vec![Cow::Borrowed(record.scope.as_ref())],
+        records: vec![log_row(record, 0, 0)],
+    })
+}
+
+/// The row of `record`, its resource and scope the table's entries at
+/// `resource` and `scope`.
+fn log_row(record: &LogRecord, resource: u32, scope: u32) -> LogRow<'_> {
+    LogRow {
+        time_unix_nano: record.time_unix_nano,
+        severity: record.severity,
+        severity_text: Cow::Borrowed(&record.severity_text),
+        body: Cow::Borrowed(&record.body),
+        trace_id: record.trace_id,
+        span_id: record.span_id,
+        attributes: Cow::Borrowed(&record.attributes),
+        resource,
+        scope,
+    }
 }
 
 /// Decodes what [`encode_logs`] wrote.
@@ -546,6 +569,12 @@ pub(crate) mod tests {
         ];
         let decoded = decode_logs(&encode_logs(&records)).unwrap();
         assert_eq!(decoded, records);
+        for record in &records {
+            assert_eq!(
+                encode_log(record),
+                encode_logs(std::slice::from_ref(record))
+            );
+        }
         assert!(matches!(decode_logs(&[]), Err(CodecError::Empty)));
     }
 

@@ -92,7 +92,7 @@ pub mod remote_write {
 pub mod log_index {
     pub use crate::ingest::otlp::{ConvertedLogs, convert_logs_request};
     pub use crate::store::logs::schema::{
-        HOT_WRITER_BYTES, HOT_WRITER_THREADS, LogFields, build, index_settings, to_document,
+        HOT_WRITER_BYTES, LogFields, build, hot_writer_threads, index_settings, to_document,
         tokenizers,
     };
 }

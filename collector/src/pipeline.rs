@@ -20,7 +20,7 @@ use crate::derived::service_graph::ServiceGraph;
 use crate::derived::span_metrics::SpanMetrics;
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
 use crate::store::Stores;
-use crate::store::logs::LogStore;
+use crate::store::logs::{LogFeed, LogStore};
 use crate::store::metrics::MetricStore;
 use crate::store::traces::TraceStore;
 use crate::telemetry::SelfMetrics;
@@ -68,6 +68,8 @@ pub struct Pipeline {
     wal: Wal,
     traces: Arc<TraceStore>,
     logs: Arc<LogStore>,
+    /// Adds durable log records to the log store off the WAL writer thread.
+    log_feed: Arc<LogFeed>,
     metric_store: Arc<MetricStore>,
     span_metrics: Arc<SpanMetrics>,
     /// Counts the calls between services that span flushes complete.
@@ -170,10 +172,12 @@ impl Pipeline {
             replayed_series,
             "WalReplayed"
         );
+        let log_feed = Arc::new(LogFeed::start(logs.clone()).context("starting the log feed")?);
         Ok(Arc::new(Pipeline {
             wal,
             traces,
             logs,
+            log_feed,
             metric_store,
             span_metrics: Arc::new(SpanMetrics::default()),
             service_graph: ServiceGraph::default(),
@@ -344,7 +348,8 @@ impl Pipeline {
     }
 
     /// Makes log records durable; returns once they are (they become
-    /// searchable at the next log commit).
+    /// searchable at the next log commit, which waits for the log feed to
+    /// have added them).
     pub async fn accept_logs(
         &self,
         records: Vec<LogRecord>,
@@ -355,18 +360,13 @@ impl Pipeline {
         }
         let count = records.len();
         let payload = codec::encode_logs(&records);
-        let store = self.logs.clone();
+        let feed = self.log_feed.clone();
         let appended = self
             .wal
             .append(
                 RecordKind::Logs,
                 payload,
-                Box::new(move |seq| {
-                    if let Err(error) = store.apply(seq, records) {
-                        // The WAL has the records: they are indexed on replay.
-                        tracing::error!(seq, %error, "LogIndexError");
-                    }
-                }),
+                Box::new(move |seq| feed.push(seq, records)),
             )
             .await;
         self.flush_if_wal_long();
@@ -506,6 +506,8 @@ impl Pipeline {
         let pipeline = self.clone();
         let applied = self.wal.applied_through();
         let committed = tokio::task::spawn_blocking(move || {
+            // Everything up to `applied` was handed to the feed.
+            pipeline.log_feed.wait_fed();
             let committed = pipeline.logs.commit()?;
             // As for spans: a commit may take the store past its size limit.
             if committed > 0 && pipeline.log_settings.retention.max_bytes > 0 {
@@ -625,6 +627,7 @@ impl Pipeline {
             tracing::error!("FinalFlushError: data stays in the WAL and is replayed on next start");
         }
         self.wal.shutdown().await;
+        self.log_feed.shutdown();
     }
 
     /// Writes the current counts derived from spans (RED metrics and the

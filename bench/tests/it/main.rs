@@ -6,6 +6,7 @@
 mod compare;
 mod compare_traces;
 mod curves;
+mod idle;
 
 use std::path::PathBuf;
 

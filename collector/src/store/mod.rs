@@ -167,7 +167,7 @@ impl Stores {
                 .writer_bytes
                 .map_or(logs::schema::HOT_WRITER_BYTES, |share| {
                     share.max(
-                        logs::schema::HOT_WRITER_THREADS
+                        logs::schema::hot_writer_threads()
                             * logs::schema::MIN_WRITER_BYTES_PER_THREAD,
                     )
                 }),

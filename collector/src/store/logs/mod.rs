@@ -1,7 +1,8 @@
 //! The log store: one tantivy index per time partition (an hour by default).
 //!
-//! Records reach the store from the WAL writer thread once durable, and are
-//! added to the writer of the partition their timestamp falls in. A commit
+//! Records reach the store once durable, through the [`LogFeed`]'s thread
+//! (in WAL order, off the WAL writer thread), and are added to the writer
+//! of the partition their timestamp falls in. A commit
 //! cycle (every half second) commits every partition that received records
 //! and reloads its reader, which is what makes a record searchable. Each
 //! partition's commit carries, as its payload, the highest WAL sequence number
@@ -25,6 +26,7 @@
 //! version 1 directory is a valid version 2 one, and is marked so on open.
 
 mod doc_store;
+mod feed;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashSet};
@@ -39,6 +41,7 @@ use tantivy::query::{Query, QueryParser, QueryParserError};
 use tantivy::query_grammar::UserInputAst;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
+pub use feed::LogFeed;
 pub use schema::{LEVELS, LogFields, record_of};
 
 use crate::backup::BackupDir;
@@ -319,6 +322,7 @@ impl LogStore {
     /// partitions committed.
     pub fn commit(&self) -> Result<usize> {
         let _maintenance = self.maintenance.lock().expect("not poisoned");
+        let started = std::time::Instant::now();
         let newest = self.newest_key();
         let partitions: Vec<Arc<Partition>> = self
             .partitions
@@ -340,15 +344,23 @@ impl LogStore {
             let through = partition.added_through.load(Ordering::Acquire);
             let mut prepared = index_writer.prepare_commit()?;
             prepared.set_payload(&through.to_string());
-            prepared.commit()?;
+            // Scheduled now, so it holds exactly the prepared segments.
+            let committing = prepared.commit_future();
+            if Some(partition.key()) == newest {
+                // The writer takes records again while the commit is
+                // written out.
+                drop(writer);
+                committing.wait()?;
+            } else {
+                // Late records are rare: free the writer's memory, once the
+                // commit is through (a dropped writer's commit is dropped).
+                let committed = committing.wait();
+                *writer = None;
+                committed?;
+            }
             partition
                 .committed_through
                 .store(through, Ordering::Release);
-            if Some(partition.key()) != newest {
-                // Late records are rare: free the writer's memory.
-                *writer = None;
-            }
-            drop(writer);
             partition.reader.reload()?;
         }
         for partition in &partitions {
@@ -358,6 +370,11 @@ impl LogStore {
         }
         if !partitions.is_empty() {
             self.update_size_metric();
+            tracing::debug!(
+                partitions = partitions.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "LogCommitted"
+            );
         }
         Ok(partitions.len())
     }
@@ -651,7 +668,7 @@ impl LogStore {
         if writer.is_none() {
             let hot = self.newest_key() == Some(partition.key());
             let (threads, bytes) = if hot {
-                (schema::HOT_WRITER_THREADS, self.hot_writer_bytes)
+                (schema::hot_writer_threads(), self.hot_writer_bytes)
             } else {
                 (1, COLD_WRITER_BYTES)
             };

@@ -58,7 +58,7 @@ pub struct LogFields {
     /// scalar value: the facets count both from this one fast column
     /// instead of decoding records.
     pub attribute_keys: Field,
-    /// The whole record, `codec::encode_logs` of one record.
+    /// The whole record, `codec::encode_log`.
     pub record: Field,
 }
 
@@ -83,8 +83,14 @@ pub fn level_number(level: &str) -> u64 {
 /// Indexing memory of the writer of the newest partition (split across its
 /// threads): enough that a half-second commit cycle rarely fills it.
 pub const HOT_WRITER_BYTES: usize = 96 << 20;
-/// Indexing threads of the newest partition's writer.
-pub const HOT_WRITER_THREADS: usize = 2;
+/// Indexing threads of the newest partition's writer: one per two cores
+/// (at most four). A commit every half second flushes each thread's
+/// segment, so every thread more means more, smaller segments to merge;
+/// and on a small machine the WAL, the request decoding and the merges
+/// need the other cores.
+pub fn hot_writer_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).clamp(1, 4))
+}
 
 /// The least indexing memory tantivy gives one writer thread; it refuses
 /// a smaller budget.
@@ -194,10 +200,7 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     if !record.resource.attributes.is_empty() {
         doc.add_object(fields.resource, json_object(&record.resource.attributes));
     }
-    doc.add_bytes(
-        fields.record,
-        &codec::encode_logs(std::slice::from_ref(record)),
-    );
+    doc.add_bytes(fields.record, &codec::encode_log(record));
     doc
 }
 
