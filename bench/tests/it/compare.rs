@@ -10,29 +10,18 @@
 //! (`cargo test --workspace` builds it; alone: `cargo build -p strand`
 //! first). Fails, never skips, when one is missing.
 
-use std::process::Command;
-
-use serde_json::Value;
-
 #[test]
 fn quick_compare_produces_every_figure_and_agrees() {
-    let strand = crate::strand_binary();
     let results = crate::results_dir("compare");
-    let output = Command::new(env!("CARGO_BIN_EXE_strand-bench"))
-        .args(["compare", "--quick", "--clients", "2"])
-        .arg("--strand")
-        .arg(&strand)
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "compare --quick failed:\n{stdout}\n{stderr}"
-    );
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let results_arg = results.to_str().unwrap();
+    let crate::BenchRun { json, stdout, .. } = crate::run_bench(&[
+        "compare",
+        "--quick",
+        "--clients",
+        "2",
+        "--results",
+        results_arg,
+    ]);
     assert_eq!(json["bench"], "compare");
     for data in ["realistic", "full"] {
         let figures = json[data].as_object().unwrap_or_else(|| panic!("{json}"));

@@ -8,29 +8,21 @@
 //!
 //! Needs Go (or a cached Jaeger build); fails, never skips, without it.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 #[test]
 fn quick_compare_traces_produces_every_figure_on_both_sides() {
-    let strand = crate::strand_binary();
     let results = crate::results_dir("compare-traces");
-    let output = Command::new(env!("CARGO_BIN_EXE_strand-bench"))
-        .args(["compare-traces", "--quick", "--clients", "4"])
-        .arg("--strand")
-        .arg(&strand)
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "compare-traces --quick failed:\n{stdout}\n{stderr}"
-    );
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let results_arg = results.to_str().unwrap();
+    let json = crate::run_bench(&[
+        "compare-traces",
+        "--quick",
+        "--clients",
+        "4",
+        "--results",
+        results_arg,
+    ])
+    .json;
     assert_eq!(json["bench"], "compare-traces");
     for side in ["strand", "jaeger"] {
         let figures = &json[side];

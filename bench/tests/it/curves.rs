@@ -4,8 +4,6 @@
 //! write every figure of every row into the CSV files, the JSON line and
 //! the SVG charts.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 /// Per signal: the sizes of `--quick` and the CSV header.
@@ -39,23 +37,18 @@ const ANY_SIGN: [&str; 1] = ["rss_bytes_per_series"];
 
 #[test]
 fn quick_curves_produce_every_figure_csv_and_chart() {
-    let strand = crate::strand_binary();
     let results = crate::results_dir("curves");
-    let output = Command::new(env!("CARGO_BIN_EXE_strand-bench"))
-        .args(["curves", "--signal", "all", "--quick", "--clients", "2"])
-        .arg("--strand")
-        .arg(&strand)
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "curves --quick failed:\n{stdout}\n{stderr}"
-    );
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let results_arg = results.to_str().unwrap();
+    let crate::BenchRun { json, stdout, .. } = crate::run_bench(&[
+        "curves",
+        "--signal",
+        "all",
+        "--quick",
+        "--clients",
+        "2",
+        "--results",
+        results_arg,
+    ]);
     assert_eq!(json["bench"], "curves");
 
     for (signal, sizes, header) in EXPECTED {
