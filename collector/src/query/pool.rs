@@ -262,12 +262,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn answers_refuses_when_full_and_times_out() {
-        let pool = QueryPool::start(&settings(1, 1, Duration::from_millis(300))).unwrap();
-        assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
-
-        // One running, one queued: a third is refused at once.
+    /// Occupies a pool of one query thread and a queue of one: a query that
+    /// runs until the returned sender sends, and one queued behind it (not
+    /// yet polled: poll it once to enqueue it).
+    async fn fill(
+        pool: &QueryPool,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), QueryRefused>>,
+        std::pin::Pin<Box<impl Future<Output = Result<(), QueryRefused>> + '_>>,
+    ) {
         let (started, running_now) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let running = tokio::spawn({
@@ -281,10 +285,22 @@ mod tests {
             }
         });
         running_now.await.unwrap();
-        let mut queued = Box::pin(pool.run(|| ()));
-        // Polled once, it is in the queue, waiting for its answer.
-        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(queued.as_mut().poll(&mut context).is_pending());
+        (release, running, Box::pin(pool.run(|| ())))
+    }
+
+    /// A context whose waker does nothing, for polling a future once by hand.
+    fn context() -> std::task::Context<'static> {
+        std::task::Context::from_waker(std::task::Waker::noop())
+    }
+
+    #[tokio::test]
+    async fn answers_refuses_when_full_and_times_out() {
+        let pool = QueryPool::start(&settings(1, 1, Duration::from_millis(300))).unwrap();
+        assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
+
+        // One running, one queued: a third is refused at once.
+        let (release, running, mut queued) = fill(&pool).await;
+        assert!(queued.as_mut().poll(&mut context()).is_pending());
         assert_eq!(
             pool.run(|| ()).await,
             Err(QueryRefused::Busy {
@@ -338,22 +354,8 @@ mod tests {
         assert_eq!(pool.run_lookup(niceness).await, Ok(own));
 
         // Every query thread busy and the queue full: lookups still answer.
-        let (started, running_now) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let running = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                pool.run(move || {
-                    started.send(()).unwrap();
-                    released.recv().unwrap()
-                })
-                .await
-            }
-        });
-        running_now.await.unwrap();
-        let mut queued = Box::pin(pool.run(|| ()));
-        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(queued.as_mut().poll(&mut context).is_pending());
+        let (release, running, mut queued) = fill(&pool).await;
+        assert!(queued.as_mut().poll(&mut context()).is_pending());
         assert_eq!(pool.run_lookup(|| "found").await, Ok("found"));
         release.send(()).unwrap();
         assert_eq!(running.await.unwrap(), Ok(()));
