@@ -335,21 +335,14 @@ pub async fn run(args: &CompareTracesArgs) -> Result<String> {
 
     // The load options of the `traces` benchmark, so its load phase is
     // reused unchanged.
-    let load_args = TracesArgs {
-        strand: args.strand.clone(),
-        target_grpc: None,
-        target_http: None,
-        pid: None,
-        data_dir: None,
-        duration: 0,
-        clients: args.clients,
-        traces_per_request: args.traces_per_request,
-        spans: Some(args.spans),
-        lookups: args.lookups,
-        gzip: false,
-        expensive_queries: 0,
-        keep: args.keep,
-    };
+    let load_args = TracesArgs::load(
+        &args.strand,
+        args.clients,
+        args.traces_per_request,
+        args.spans,
+        args.lookups,
+        args.keep,
+    );
     let pool: Arc<Vec<Template>> = Arc::new(workload::build_pool(
         &mut rand::rng(),
         traces::pool_size(args.traces_per_request),

@@ -599,21 +599,14 @@ async fn traces_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Resul
     for &size in sizes {
         let step = Instant::now();
         eprintln!("== traces: loading {stored} -> {size} spans");
-        let load_args = TracesArgs {
-            strand: args.strand.clone(),
-            target_grpc: None,
-            target_http: None,
-            pid: None,
-            data_dir: None,
-            duration: 0,
-            clients: args.clients,
-            traces_per_request: TRACES_PER_REQUEST,
-            spans: Some(size.saturating_sub(stored).max(1)),
-            lookups: queries,
-            gzip: false,
-            expensive_queries: 0,
-            keep: args.keep,
-        };
+        let load_args = TracesArgs::load(
+            &args.strand,
+            args.clients,
+            TRACES_PER_REQUEST,
+            size.saturating_sub(stored).max(1),
+            queries,
+            args.keep,
+        );
         let load = traces::run_load(
             &load_args,
             &pool,

@@ -107,18 +107,7 @@ async fn load(args: &IdleArgs, daemon: &Daemon, rng: &mut SmallRng) -> Result<()
         .iter()
         .flatten()
     {
-        let response = http
-            .post(&url)
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .body(payload.body.clone())
-            .send()
-            .await?;
-        ensure!(
-            response.status().is_success(),
-            "remote write answered {}",
-            response.status()
-        );
+        crate::metrics::write(&http, &url, &payload.body).await?;
     }
     eprintln!(
         "loaded {spans} spans, {lines} log lines, {} series",

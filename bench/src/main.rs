@@ -23,7 +23,7 @@ mod traces;
 mod ui;
 mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -389,6 +389,36 @@ pub struct TracesArgs {
     /// Keep the temporary data directory and daemon log.
     #[arg(long)]
     pub keep: bool,
+}
+
+impl TracesArgs {
+    /// The options of a load phase of `spans` spans for another benchmark
+    /// that reuses this one's (`traces::run_load`, `traces::run_lookups`):
+    /// a spawned daemon, nothing else switched on.
+    fn load(
+        strand: &Path,
+        clients: usize,
+        traces_per_request: usize,
+        spans: u64,
+        lookups: usize,
+        keep: bool,
+    ) -> TracesArgs {
+        TracesArgs {
+            strand: strand.to_path_buf(),
+            target_grpc: None,
+            target_http: None,
+            pid: None,
+            data_dir: None,
+            duration: 0,
+            clients,
+            traces_per_request,
+            spans: Some(spans),
+            lookups,
+            gzip: false,
+            expensive_queries: 0,
+            keep,
+        }
+    }
 }
 
 #[tokio::main]

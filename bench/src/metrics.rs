@@ -372,6 +372,17 @@ enum Outcome {
     Failed(String),
 }
 
+/// Sends one remote-write request and fails unless it was stored: for the
+/// benchmarks that load data before they measure something else.
+pub(crate) async fn write(http: &reqwest::Client, url: &str, body: &[u8]) -> Result<()> {
+    match send(http, url, body).await {
+        Outcome::Acked => Ok(()),
+        Outcome::Rejected(message) | Outcome::Refused(message) | Outcome::Failed(message) => {
+            anyhow::bail!("remote write to {url} failed: {message}")
+        }
+    }
+}
+
 async fn send(http: &reqwest::Client, url: &str, body: &[u8]) -> Outcome {
     let sent = http
         .post(url)

@@ -143,19 +143,9 @@ pub async fn run(args: &RulesArgs) -> Result<String> {
     let pid = daemon.process.pid().context("the daemon's pid")?;
     let http = reqwest::Client::new();
     let loaded = Instant::now();
+    let url = format!("{base}/api/v1/write");
     for payload in shards.iter().flatten() {
-        let response = http
-            .post(format!("{base}/api/v1/write"))
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .body(payload.body.clone())
-            .send()
-            .await?;
-        ensure!(
-            response.status().is_success(),
-            "remote write answered {}",
-            response.status()
-        );
+        crate::metrics::write(&http, &url, &payload.body).await?;
     }
     let load_seconds = loaded.elapsed().as_secs_f64();
 
