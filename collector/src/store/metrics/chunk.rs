@@ -818,20 +818,24 @@ mod tests {
         }
     }
 
+    /// Samples `step` apart from `start` on, each value given by its bits.
+    fn stepped(start: i64, steps: Vec<(i64, u64)>) -> Vec<(i64, f64)> {
+        let mut t = start;
+        steps
+            .into_iter()
+            .map(|(step, bits)| {
+                t += step;
+                (t, f64::from_bits(bits))
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn any_values_compact_and_come_back(
             steps in proptest::collection::vec((1i64..100_000, any::<u64>()), 1..200),
         ) {
-            let mut t = 0;
-            let samples: Vec<(i64, f64)> = steps
-                .into_iter()
-                .map(|(step, bits)| {
-                    t += step;
-                    (t, f64::from_bits(bits))
-                })
-                .collect();
-            compact_roundtrip(&samples);
+            compact_roundtrip(&stepped(0, steps));
         }
 
         #[test]
@@ -862,15 +866,7 @@ mod tests {
             start in any::<i32>(),
             steps in proptest::collection::vec((1i64..10_000_000, any::<u64>()), 1..200),
         ) {
-            let mut t = i64::from(start);
-            let samples: Vec<(i64, f64)> = steps
-                .into_iter()
-                .map(|(step, bits)| {
-                    t += step;
-                    (t, f64::from_bits(bits))
-                })
-                .collect();
-            roundtrip(&samples);
+            roundtrip(&stepped(i64::from(start), steps));
         }
 
         #[test]
