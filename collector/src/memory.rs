@@ -286,6 +286,34 @@ pub fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Takes the pages of `bytes`, a region of a read-only file mapping, out of
+/// the process's resident set once a one-off pass over them is done (e.g.
+/// checking a whole file at startup): they stay in the page cache, and a
+/// later read maps them back in. Without it, every page read once counts
+/// against the daemon's RSS for as long as the file stays mapped.
+///
+/// # Safety
+///
+/// `bytes` must lie in a read-only mapping of a file (tantivy's
+/// `MmapDirectory`): on anonymous or privately written memory,
+/// `MADV_DONTNEED` would discard the contents.
+pub unsafe fn drop_file_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let Ok(page) = usize::try_from(page) else {
+        return;
+    };
+    // Whole pages inside `bytes` only: the pages at either end may hold
+    // bytes of the file outside it, which stay mapped.
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: whole pages of the caller's read-only file mapping; a
+        // later access faults them in again from the file.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
