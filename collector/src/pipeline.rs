@@ -43,10 +43,13 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often the flusher checks whether the daemon went quiet (nothing
-/// written since the last check), and if so hands freed memory back to
-/// the operating system.
+/// How often the flusher checks whether the daemon went quiet, and if so
+/// hands freed memory back to the operating system.
 const QUIET_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Fewer WAL records than this in a [`QUIET_CHECK_INTERVAL`] is quiet: the
+/// daemon's own writes (self-scrape, derived metrics) are a few records
+/// every 15 s; any traffic is many more.
+const QUIET_WAL_RECORDS: u64 = 10;
 /// Once the WAL holds more than this many segments (see
 /// `IngestLimits::wal_segment_bytes`), every store is flushed at once rather
 /// than at its interval, so that the WAL can be trimmed.
@@ -629,7 +632,7 @@ impl Pipeline {
                 _ = retention.tick() => self.enforce_retention().await,
                 _ = quiet_check.tick() => {
                     let applied = self.wal.applied_through();
-                    if applied == written_through {
+                    if applied.saturating_sub(written_through) < QUIET_WAL_RECORDS {
                         crate::memory::release_freed_memory();
                     }
                     written_through = applied;
