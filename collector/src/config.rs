@@ -230,6 +230,12 @@ pub struct ServeArgs {
     )]
     pub log_retention_bytes: u64,
 
+    /// A log partition's index writer (indexing and merge threads, their
+    /// buffers) is closed once no log arrived for this long, and opened
+    /// again by the next one: an idle daemon stays small.
+    #[arg(long, env = "STRAND_LOG_WRITER_IDLE", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub log_writer_idle: Duration,
+
     /// Metric samples older than this are deleted.
     #[arg(long, env = "STRAND_METRIC_RETENTION", value_name = "DURATION", default_value = "15d", value_parser = humantime::parse_duration)]
     pub metric_retention: Duration,
@@ -829,6 +835,8 @@ pub struct LogSettings {
     /// Indexing buffer of the writer of the newest partition: the memory
     /// limit's share, or `None` for the store's default.
     pub writer_bytes: Option<usize>,
+    /// How long a partition's writer stays open with no log arriving.
+    pub writer_idle: Duration,
 }
 
 impl Config {
@@ -1051,6 +1059,7 @@ impl ServeArgs {
                     max_bytes: self.log_retention_bytes,
                 },
                 writer_bytes: memory.map(|budget| budget.log_writer as usize),
+                writer_idle: self.log_writer_idle,
             },
             metrics: MetricSettings {
                 retention: Retention {

@@ -43,6 +43,13 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the flusher checks whether the daemon went quiet, and if so
+/// hands freed memory back to the operating system.
+const QUIET_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Fewer WAL records than this in a [`QUIET_CHECK_INTERVAL`] is quiet: the
+/// daemon's own writes (self-scrape, derived metrics) are a few records
+/// every 15 s; any traffic is many more.
+const QUIET_WAL_RECORDS: u64 = 10;
 /// Once the WAL holds more than this many segments (see
 /// `IngestLimits::wal_segment_bytes`), every store is flushed at once rather
 /// than at its interval, so that the WAL can be trimmed.
@@ -593,6 +600,8 @@ impl Pipeline {
         let mut retention = tokio::time::interval(self.limits.retention_interval);
         let mut flush_metrics = tokio::time::interval(self.limits.metrics_flush_interval);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
+        let mut quiet_check = tokio::time::interval(QUIET_CHECK_INTERVAL);
+        let mut written_through = self.wal.applied_through();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -621,6 +630,13 @@ impl Pipeline {
                 }
                 _ = derived_metrics.tick() => self.write_derived_metrics().await,
                 _ = retention.tick() => self.enforce_retention().await,
+                _ = quiet_check.tick() => {
+                    let applied = self.wal.applied_through();
+                    if applied.saturating_sub(written_through) < QUIET_WAL_RECORDS {
+                        crate::memory::release_freed_memory();
+                    }
+                    written_through = applied;
+                }
             }
         }
         if !self.flush_spans().await || !self.flush_logs().await || !self.flush_metrics().await {

@@ -173,7 +173,8 @@ impl Stores {
                 }),
             self_metrics.clone(),
         )
-        .context("opening the log store")?;
+        .context("opening the log store")?
+        .with_writer_idle(config.logs.writer_idle);
         let metrics = MetricStore::open(
             &data_dir.join("metrics"),
             config.metrics.limits.clone(),

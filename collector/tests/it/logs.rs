@@ -481,3 +481,58 @@ async fn bad_log_input_gets_clear_errors() {
     // Still serving.
     assert_eq!(daemon.get_json("/api/logs").await.0, 200);
 }
+
+const WRITER_RELEASED: &str = "LogWriterReleased";
+
+fn writer_releases(daemon: &Strand) -> usize {
+    daemon.log().matches(WRITER_RELEASED).count()
+}
+
+/// Waits until the daemon has closed an idle log writer more than `before` times.
+async fn wait_writer_released(daemon: &Strand, before: usize) {
+    eventually(Duration::from_secs(30), || async {
+        (writer_releases(daemon) > before).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {WRITER_RELEASED}: {}", daemon.log()))
+}
+
+/// An idle partition's index writer is closed (`--log-writer-idle`) and
+/// opened again by the next log: logs sent before and after are all found,
+/// also after a restart. The real binary, so the daemon's debug log says
+/// when the writer went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_writer_closed_when_idle_reopens_for_the_next_log_and_loses_nothing() {
+    const ARGS: &[&str] = &["--log-writer-idle", "1s"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let binary = env!("CARGO_BIN_EXE_strand");
+    let daemon = Strand::spawn_logging(binary, &data, ARGS, "info,strand=debug").await;
+    let payment = provider(&daemon.grpc_endpoint(), "payment", Transport::Grpc);
+    let send = |body: &str| {
+        emit(&payment, SystemTime::now(), Severity::Info, body, &[], None);
+        flush(&payment)
+    };
+    send("idlewriter before the pause").await;
+    wait_writer_released(&daemon, 0).await;
+    let released = writer_releases(&daemon);
+    send("idlewriter after the pause").await;
+    let both = || async {
+        let page = logs(&daemon, &q("idlewriter")).await;
+        (page["total"] == 2).then_some(page)
+    };
+    let found = eventually(Duration::from_secs(10), both)
+        .await
+        .expect("logs before and after the writer closed are searchable");
+    assert_eq!(
+        bodies(&found),
+        vec!["idlewriter after the pause", "idlewriter before the pause"]
+    );
+    // The reopened writer is closed again once idle.
+    wait_writer_released(&daemon, released).await;
+    daemon.stop().await;
+
+    let daemon = Strand::spawn_logging(binary, &data, ARGS, "info,strand=debug").await;
+    let page = logs(&daemon, &q("idlewriter")).await;
+    assert_eq!(page["total"], 2, "{page}");
+}

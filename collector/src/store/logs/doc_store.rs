@@ -57,6 +57,9 @@ pub fn untrusted_blocks(searcher: &Searcher, directory: &MmapDirectory) -> Untru
             continue;
         };
         let offsets = untrusted_lengths(&blocks);
+        // SAFETY: `blocks` is a region of the MmapDirectory's read-only
+        // mapping of the store file. Queries fault in only what they read.
+        unsafe { crate::memory::drop_file_pages(&blocks) };
         if !offsets.is_empty() {
             untrusted.insert(path, offsets);
         }

@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{Query, QueryParser, QueryParserError};
@@ -53,6 +53,9 @@ use crate::telemetry::{DropReason, SelfMetrics};
 /// Writers of older partitions (late records, replay) get tantivy's minimum
 /// and are closed after each commit.
 const COLD_WRITER_BYTES: usize = 15 << 20;
+/// How long a partition's writer stays open with nothing to add, unless
+/// [`LogStore::with_writer_idle`] says otherwise.
+pub const DEFAULT_WRITER_IDLE: Duration = Duration::from_secs(60);
 /// Records per WAL record are numbered below this in document ids.
 const MAX_RECORDS_PER_WAL_RECORD: u64 = 1 << 24;
 /// Bumped when the partition layout, schema or commit payload changes
@@ -88,6 +91,9 @@ pub struct Partition {
     index: Index,
     reader: IndexReader,
     writer: RwLock<Option<IndexWriter>>,
+    /// When records were last added: the writer is released once this is
+    /// [`LogStore::with_writer_idle`] ago and all of them are committed.
+    last_added: Mutex<Instant>,
     /// Highest WAL sequence number added to the writer.
     added_through: AtomicU64,
     /// Highest WAL sequence number all of whose records are committed.
@@ -123,6 +129,8 @@ pub struct LogStore {
     partition_bytes: u64,
     /// Indexing memory of the newest partition's writer.
     hot_writer_bytes: usize,
+    /// How long a writer stays open with nothing to add.
+    writer_idle: Duration,
     partitions: RwLock<BTreeMap<PartitionKey, Arc<Partition>>>,
     /// Serialises commit cycles and retention.
     maintenance: Mutex<()>,
@@ -136,6 +144,14 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// The store, with each partition's writer closed once it had nothing
+    /// new for `idle` (and opened again for the next record): an idle
+    /// daemon holds no indexing threads, merge threads or buffers.
+    pub fn with_writer_idle(mut self, idle: Duration) -> LogStore {
+        self.writer_idle = idle;
+        self
+    }
+
     /// Opens (or creates) the store in `dir` with partitions `partition` long,
     /// each closed once it holds `partition_bytes` (see
     /// [`Retention::file_bytes`]), the newest indexing with
@@ -161,6 +177,7 @@ impl LogStore {
             partition_nanos,
             partition_bytes,
             hot_writer_bytes,
+            writer_idle: DEFAULT_WRITER_IDLE,
             partitions: RwLock::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
             adding: RwLock::new(()),
@@ -304,14 +321,16 @@ impl LogStore {
         if seq <= committed {
             return Ok(0);
         }
-        self.ensure_writer(&partition)?;
-        let writer = partition.writer.read().expect("not poisoned");
-        let writer = writer.as_ref().expect("ensured above");
+        let writer = self.open_writer(&partition)?;
+        let writer = writer.as_ref().expect("open_writer returns an open writer");
         let count = records.len();
         for (id, record) in records {
             writer.add_document(schema::to_document(&self.fields, record, id))?;
         }
+        // Under the writer's read lock: releasing it sees these as
+        // uncommitted.
         partition.added_through.fetch_max(seq, Ordering::AcqRel);
+        *partition.last_added.lock().expect("not poisoned") = Instant::now();
         Ok(count)
     }
 
@@ -368,6 +387,7 @@ impl LogStore {
                 self.close_partition(partition)?;
             }
         }
+        self.release_idle_writers();
         if !partitions.is_empty() {
             self.update_size_metric();
             tracing::debug!(
@@ -613,6 +633,7 @@ impl LogStore {
             index,
             reader,
             writer: RwLock::new(None),
+            last_added: Mutex::new(Instant::now()),
             added_through: AtomicU64::new(committed),
             committed_through: AtomicU64::new(committed),
             current_schema,
@@ -660,21 +681,61 @@ impl LogStore {
         ))?)
     }
 
-    fn ensure_writer(&self, partition: &Partition) -> Result<()> {
-        if partition.writer.read().expect("not poisoned").is_some() {
-            return Ok(());
+    /// `partition`'s writer, opened if it was not (or was released), under
+    /// its read lock: holding it keeps [`LogStore::release_idle_writers`]
+    /// from closing the writer meanwhile.
+    fn open_writer<'a>(
+        &self,
+        partition: &'a Partition,
+    ) -> Result<RwLockReadGuard<'a, Option<IndexWriter>>> {
+        loop {
+            let writer = partition.writer.read().expect("not poisoned");
+            if writer.is_some() {
+                return Ok(writer);
+            }
+            drop(writer);
+            let mut writer = partition.writer.write().expect("not poisoned");
+            if writer.is_none() {
+                let hot = self.newest_key() == Some(partition.key());
+                let (threads, bytes) = if hot {
+                    (schema::hot_writer_threads(), self.hot_writer_bytes)
+                } else {
+                    (1, COLD_WRITER_BYTES)
+                };
+                *writer = Some(partition.index.writer_with_num_threads(threads, bytes)?);
+            }
         }
-        let mut writer = partition.writer.write().expect("not poisoned");
-        if writer.is_none() {
-            let hot = self.newest_key() == Some(partition.key());
-            let (threads, bytes) = if hot {
-                (schema::hot_writer_threads(), self.hot_writer_bytes)
-            } else {
-                (1, COLD_WRITER_BYTES)
-            };
-            *writer = Some(partition.index.writer_with_num_threads(threads, bytes)?);
+    }
+
+    /// Closes the writer of every partition that has committed all it was
+    /// given and had nothing new for `writer_idle`: a quiet daemon keeps no
+    /// indexing and merge threads, nor their buffers. The next record opens
+    /// it again.
+    fn release_idle_writers(&self) {
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for partition in partitions {
+            let idle = partition.last_added.lock().expect("not poisoned").elapsed();
+            if idle < self.writer_idle || partition.has_uncommitted() {
+                continue;
+            }
+            let mut writer = partition.writer.write().expect("not poisoned");
+            if writer.is_some() && !partition.has_uncommitted() {
+                *writer = None;
+                tracing::debug!(partition = %partition.dir.display(), "LogWriterReleased");
+            }
         }
-        Ok(())
+    }
+
+    /// Whether `partition`'s writer is open.
+    #[cfg(test)]
+    fn writer_open(&self, partition: &Partition) -> bool {
+        partition.writer.read().expect("not poisoned").is_some()
     }
 
     fn update_size_metric(&self) {
@@ -775,6 +836,57 @@ mod tests {
             .iter()
             .map(|p| p.searcher().num_docs())
             .sum()
+    }
+
+    #[test]
+    fn an_idle_writer_is_released_after_its_commit_and_reopened_by_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |idle| {
+            LogStore::open(
+                dir.path(),
+                Duration::from_secs(3600),
+                Retention::MAX_FILE_BYTES,
+                schema::HOT_WRITER_BYTES,
+                SelfMetrics::new(),
+            )
+            .unwrap()
+            .with_writer_idle(idle)
+        };
+        let now = 1_000 * HOUR;
+        let newest = |store: &LogStore| store.partitions_between(0, u64::MAX)[0].clone();
+
+        // Not idle long enough: the writer stays open across commits.
+        let store = open(Duration::from_secs(3600));
+        store.apply(1, vec![sample_log("a", now, "first")]).unwrap();
+        store.commit().unwrap();
+        assert!(store.writer_open(&newest(&store)));
+        drop(store);
+
+        // Idle at once: released only once its records are committed.
+        let store = open(Duration::ZERO);
+        store
+            .apply(2, vec![sample_log("a", now + 1, "second")])
+            .unwrap();
+        store.release_idle_writers();
+        assert!(
+            store.writer_open(&newest(&store)),
+            "a writer holding uncommitted records stays open"
+        );
+        store.commit().unwrap();
+        assert!(!store.writer_open(&newest(&store)));
+        assert_eq!(documents(&store), 2);
+
+        // The next record opens it again; nothing is lost, nothing doubled.
+        store
+            .apply(3, vec![sample_log("a", now + 2, "third")])
+            .unwrap();
+        assert!(store.writer_open(&newest(&store)));
+        store.commit().unwrap();
+        assert!(!store.writer_open(&newest(&store)));
+        assert_eq!(documents(&store), 3);
+        assert_eq!(store.durable_through(), 3);
+        drop(store);
+        assert_eq!(documents(&open(Duration::ZERO)), 3);
     }
 
     #[test]
