@@ -313,12 +313,7 @@ pub async fn run(args: &CompareTracesArgs) -> Result<String> {
         args.traces_per_request > 0,
         "--traces-per-request must be at least 1"
     );
-    ensure!(
-        args.strand.is_file(),
-        "strand binary not found at {} (build it with `cargo build --release -p strand`, \
-         or pass --strand PATH)",
-        args.strand.display()
-    );
+    crate::daemon::ensure_strand_binary(&args.strand)?;
     let jaeger_binary = match &args.jaeger {
         Some(path) => {
             ensure!(

@@ -421,12 +421,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 /// Runs the curves and returns the JSON result line.
 pub async fn run(args: &CurvesArgs) -> Result<String> {
     ensure!(args.clients > 0, "--clients must be at least 1");
-    ensure!(
-        args.strand.is_file(),
-        "strand binary not found at {} (build it with `cargo build --release -p strand`, \
-         or pass --strand PATH)",
-        args.strand.display()
-    );
+    crate::daemon::ensure_strand_binary(&args.strand)?;
     let signals: &[Signal] = match args.signal {
         Signal::All => &[Signal::Traces, Signal::Metrics, Signal::Logs],
         Signal::Traces => &[Signal::Traces],

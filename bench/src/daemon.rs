@@ -43,6 +43,18 @@ pub struct Stopped {
     pub took: Duration,
 }
 
+/// Fails with how to build it unless `binary` (the `--strand` option) is a
+/// file: benchmarks check this before they build their load, not after.
+pub fn ensure_strand_binary(binary: &Path) -> Result<()> {
+    anyhow::ensure!(
+        binary.is_file(),
+        "strand binary not found at {} (build it with `cargo build --release -p strand`, \
+         or pass --strand PATH)",
+        binary.display()
+    );
+    Ok(())
+}
+
 /// A loopback address nobody listens on right now. The port is released
 /// before the daemon binds it; on a benchmark machine that race is harmless.
 pub fn free_addr() -> Result<SocketAddr> {
@@ -65,12 +77,7 @@ impl Daemon {
         log: &Path,
         extra: &[&str],
     ) -> Result<Daemon> {
-        if !binary.is_file() {
-            bail!(
-                "strand binary not found at {} (build it with `cargo build --release -p strand`, or pass --strand PATH)",
-                binary.display()
-            );
-        }
+        ensure_strand_binary(binary)?;
         let (grpc, otlp_http, http) = (free_addr()?, free_addr()?, free_addr()?);
         let mut command = Command::new(binary);
         command

@@ -538,11 +538,7 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
         args.clients > 0 && args.lines_per_request > 0,
         "--clients and --lines-per-request must be at least 1"
     );
-    ensure!(
-        args.strand.is_file(),
-        "strand binary not found at {} (build it with `cargo build --release -p strand`)",
-        args.strand.display()
-    );
+    crate::daemon::ensure_strand_binary(&args.strand)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = Arc::new(build_pool(args.lines_per_request));
     let pool_lines: u64 = pool.iter().map(|b| b.lines).sum();

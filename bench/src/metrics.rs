@@ -155,12 +155,7 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
         args.series >= QUERY_SERIES,
         "--series must be at least {QUERY_SERIES} (the queried family alone has that many)"
     );
-    ensure!(
-        args.strand.is_file(),
-        "strand binary not found at {} (build it with `cargo build --release -p strand`, \
-         or pass --strand PATH)",
-        args.strand.display()
-    );
+    crate::daemon::ensure_strand_binary(&args.strand)?;
     ensure!(
         args.no_prometheus || args.prometheus.is_file(),
         "prometheus binary not found at {} (pass --prometheus PATH or --no-prometheus)",

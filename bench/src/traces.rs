@@ -124,12 +124,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
     );
     // Fail before the pool is built, not after the load.
     match (&args.target_grpc, &args.data_dir) {
-        (None, _) => ensure!(
-            args.strand.is_file(),
-            "strand binary not found at {} (build it with `cargo build --release -p strand`, \
-             or pass --strand PATH)",
-            args.strand.display()
-        ),
+        (None, _) => crate::daemon::ensure_strand_binary(&args.strand)?,
         (Some(_), Some(dir)) => ensure!(
             dir.is_dir(),
             "--data-dir {} is not a directory",

@@ -490,14 +490,7 @@ impl LogStore {
         if format.exists() {
             backup.copy(&format, &relative.join(crate::store::FORMAT_FILE))?;
         }
-        let partitions: Vec<Arc<Partition>> = self
-            .partitions
-            .read()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for partition in partitions {
+        for partition in self.all_partitions() {
             let Some(name) = partition.dir.file_name() else {
                 continue;
             };
@@ -552,6 +545,17 @@ impl LogStore {
 
     fn partition_of(&self, time_unix_nano: u64) -> u64 {
         time_unix_nano - time_unix_nano % self.partition_nanos
+    }
+
+    /// Every partition, oldest first, taken out of the map's lock so the
+    /// caller may block on one (a commit, a copy) without holding it.
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn newest_key(&self) -> Option<PartitionKey> {
@@ -712,14 +716,7 @@ impl LogStore {
     /// indexing and merge threads, nor their buffers. The next record opens
     /// it again.
     fn release_idle_writers(&self) {
-        let partitions: Vec<Arc<Partition>> = self
-            .partitions
-            .read()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for partition in partitions {
+        for partition in self.all_partitions() {
             let idle = partition.last_added.lock().expect("not poisoned").elapsed();
             if idle < self.writer_idle || partition.has_uncommitted() {
                 continue;
