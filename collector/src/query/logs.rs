@@ -157,9 +157,9 @@ pub struct AttributeFacet {
 
 impl LogQuery {
     /// The query with its time range, parsed once for every partition.
-    fn compile(&self, store: &LogStore) -> QueryResult<Box<dyn Query>> {
+    fn compile(&self, store: &LogStore) -> QueryResult<CompiledQuery> {
         let text = self.text.trim();
-        let user: Box<dyn Query> = if text.is_empty() || text == "*" {
+        let matches: Box<dyn Query> = if text.is_empty() || text == "*" {
             Box::new(AllQuery)
         } else {
             check_complexity(text)?;
@@ -174,10 +174,49 @@ impl LogQuery {
             Bound::Included(Term::from_field_u64(fields.timestamp, self.start_nanos)),
             Bound::Included(Term::from_field_u64(fields.timestamp, self.end_nanos)),
         );
-        Ok(Box::new(BooleanQuery::new(vec![
-            (Occur::Must, user),
+        let within_range = BooleanQuery::new(vec![
+            (Occur::Must, matches.box_clone()),
             (Occur::Must, Box::new(range)),
-        ])))
+        ]);
+        Ok(CompiledQuery {
+            matches,
+            within_range,
+            start_nanos: self.start_nanos,
+            end_nanos: self.end_nanos,
+        })
+    }
+}
+
+/// A parsed query, with and without its time range.
+struct CompiledQuery {
+    matches: Box<dyn Query>,
+    within_range: BooleanQuery,
+    start_nanos: u64,
+    end_nanos: u64,
+}
+
+impl CompiledQuery {
+    /// Runs the query on `searcher`. Where every record the searcher holds
+    /// lies in the time range (each segment's timestamp column records its
+    /// least and greatest value), the range is left out: it costs a look at
+    /// the timestamp of every match, the bulk of a term query over a
+    /// partition the range covers whole.
+    fn search<C: Collector>(
+        &self,
+        searcher: &Searcher,
+        collector: &C,
+    ) -> tantivy::Result<C::Fruit> {
+        let mut inside = true;
+        for segment in searcher.segment_readers() {
+            let timestamps = segment.fast_fields().u64("timestamp")?;
+            inside &= self.start_nanos <= timestamps.min_value()
+                && timestamps.max_value() <= self.end_nanos;
+        }
+        if inside {
+            searcher.search(&*self.matches, collector)
+        } else {
+            searcher.search(&self.within_range, collector)
+        }
     }
 }
 
@@ -432,9 +471,8 @@ pub fn search(
         for partition in range {
             query.deadline.check()?;
             let part = in_partition(store, partition, |searcher| {
-                let count = searcher.search(&compiled, &Count)? as u64;
                 if wanted == 0 {
-                    return Ok((count, Vec::new()));
+                    return Ok((compiled.search(searcher, &Count)? as u64, Vec::new()));
                 }
                 let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
                     let keys = SortKeys::new(segment);
@@ -447,7 +485,9 @@ pub fn search(
                         }
                     }
                 });
-                Ok((count, searcher.search(&compiled, &top)?))
+                // One pass over the matches both counts and ranks them.
+                let (count, top) = compiled.search(searcher, &(Count, top))?;
+                Ok((count as u64, top))
             });
             let Some((searcher, (count, top))) = part else {
                 damaged = true;
@@ -513,7 +553,7 @@ pub fn arrived_after(
             }
         });
         // The tail shows what is readable; damage is reported by the store.
-        let Some((searcher, top)) = in_partition(store, &partition, |s| s.search(&compiled, &top))
+        let Some((searcher, top)) = in_partition(store, &partition, |s| compiled.search(s, &top))
         else {
             continue;
         };
@@ -718,7 +758,7 @@ pub fn histogram(store: &LogStore, query: &LogQuery, step_nanos: u64) -> QueryRe
     for partition in store.partitions_between(query.start_nanos, query.end_nanos) {
         query.deadline.check()?;
         let Some((_, partials)) =
-            in_partition(store, &partition, |s| s.search(&compiled, &collector))
+            in_partition(store, &partition, |s| compiled.search(s, &collector))
         else {
             damaged = true;
             continue;
@@ -753,7 +793,7 @@ pub fn facets(store: &LogStore, query: &LogQuery, limit: usize) -> QueryResult<F
             TermCounts(names[2]),
         );
         let Some((_, (total, services, severities, keys))) =
-            in_partition(store, &partition, |s| s.search(&compiled, &collector))
+            in_partition(store, &partition, |s| compiled.search(s, &collector))
         else {
             facets.damaged = true;
             continue;
@@ -849,10 +889,10 @@ fn count_with(
         query.deadline.check()?;
         let part = in_partition(store, &partition, |searcher| {
             if by.is_empty() {
-                let total = searcher.search(&compiled, &Count)? as u64;
+                let total = compiled.search(searcher, &Count)? as u64;
                 Ok((HashMap::from([(Vec::new(), total)]), false))
             } else {
-                searcher.search(&compiled, collector)
+                compiled.search(searcher, collector)
             }
         });
         let Some((_, (found, too_many))) = part else {
@@ -1626,6 +1666,32 @@ mod tests {
             }
         }
         assert_eq!(seen, (5..=14).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_range_keeps_its_ends_whether_or_not_it_covers_whole_partitions() {
+        let (_dir, store) = store();
+        // From the first record's time to the last's: both partitions lie
+        // inside, so the range is left out of the search.
+        let mut range = query("");
+        range.start_nanos = BASE;
+        range.end_nanos = BASE + 19 * HOUR / 10;
+        let page = search(&store, &range, 100, None).unwrap();
+        assert_eq!(page.total, 20);
+        let counted = |range: &LogQuery| -> u64 {
+            let histogram = histogram(&store, range, HOUR).unwrap();
+            histogram.buckets.iter().flatten().sum()
+        };
+        assert_eq!(counted(&range), 20);
+        // A nanosecond less at either end leaves those two records out.
+        range.start_nanos += 1;
+        range.end_nanos -= 1;
+        let page = search(&store, &range, 100, None).unwrap();
+        assert_eq!(page.total, 18);
+        assert_eq!(orders(&page), (1..=18).rev().collect::<Vec<_>>());
+        let counts = count_by(&store, &range, &[], 10).unwrap();
+        assert_eq!(counts.groups, vec![(Vec::new(), 18)]);
+        assert_eq!(counted(&range), 18);
     }
 
     #[test]
