@@ -46,6 +46,7 @@ use anyhow::{Context, Result, ensure};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde_json::Value;
+use strand_testkit::promql_corpus::{self, CORPUS};
 
 use crate::CompareArgs;
 use crate::daemon::{self, Daemon, Process, Scratch};
@@ -54,8 +55,6 @@ use crate::remote_write::{QUERY_SERIES, SCRAPE_INTERVAL_MS, SeriesSet, Values};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
 
-/// The differential test's corpus, shared so both run the same queries.
-const CORPUS: &str = include_str!("../../collector/tests/it/promql_diff/queries.txt");
 /// The built-in shop dashboard, whose panel queries run as they would in
 /// the UI.
 const SHOP_DASHBOARD: &str = include_str!("../../collector/src/store/shop_dashboard.json");
@@ -169,48 +168,23 @@ impl Request {
 /// The corpus's queries for data ending at `end` (seconds): an instant query
 /// at `end` each, and a range query unless tagged `[instant]`.
 fn corpus_requests(corpus: &str, start: i64, end: i64) -> Result<Vec<Request>> {
-    let placeholders = [
-        ("{START}", start),
-        ("{END}", end),
-        ("{T_MINUS_20M}", end - 20 * 60),
-        ("{T_MINUS_45M}", end - 45 * 60),
-    ];
     let mut out = Vec::new();
-    for line in corpus.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (mut rest, mut instant_only, mut step) = (line, false, CORPUS_STEP_S);
-        while let Some(tagged) = rest.strip_prefix('[') {
-            let (tag, after) = tagged
-                .split_once(']')
-                .with_context(|| format!("unterminated tag in corpus line {line:?}"))?;
-            match tag {
-                "instant" => instant_only = true,
-                _ => {
-                    step = tag
-                        .strip_prefix("step=")
-                        .and_then(|s| s.parse().ok())
-                        .with_context(|| format!("unknown tag [{tag}] in corpus line {line:?}"))?;
-                }
-            }
-            rest = after.trim_start();
-        }
-        let mut expr = rest.to_string();
-        for (placeholder, value) in placeholders {
-            expr = expr.replace(placeholder, &value.to_string());
-        }
+    for query in promql_corpus::corpus_queries(corpus, start, end)? {
         out.push(Request {
             class: Class::CorpusInstant,
-            expr: expr.clone(),
+            expr: query.expr.clone(),
             range: None,
             end,
         });
-        if !instant_only {
+        if !query.instant_only {
             out.push(Request {
                 class: Class::CorpusRange,
-                expr,
-                range: Some((end - CORPUS_RANGE_S, end, step)),
+                expr: query.expr,
+                range: Some((
+                    end - CORPUS_RANGE_S,
+                    end,
+                    query.step.unwrap_or(CORPUS_STEP_S),
+                )),
                 end,
             });
         }

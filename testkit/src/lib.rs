@@ -1,5 +1,6 @@
 //! The test harness Strand's crates share, as dev-dependency of `strand`,
-//! `strand-sdk` and `shop`: each crate has one integration-test binary
+//! `strand-sdk` and `shop` (and a dependency of `strand-bench`, for the
+//! corpus): each crate has one integration-test binary
 //! (`tests/it/main.rs`) built on it.
 //!
 //! # Layout
@@ -14,6 +15,8 @@
 //!   its own exporters.
 //! - [`pki`]: a throwaway CA and the certificates it issues, for TLS tests.
 //! - [`browser`]: headless Chromium over WebDriver, for the UI tests.
+//! - [`promql_corpus`]: the PromQL differential corpus, for the test against
+//!   Prometheus and for `strand-bench compare`.
 //! - [`require_tool`]: an external program a test needs. A missing one fails
 //!   the test with an install hint; no test skips quietly.
 //! - [`in_own_process`]: runs one test in a fresh process, for tests that set
@@ -25,6 +28,7 @@ pub mod browser;
 mod otelcol;
 mod own_process;
 pub mod pki;
+pub mod promql_corpus;
 mod strand;
 mod tools;
 

@@ -25,11 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use serde_json::Value;
 use strand_testkit::Strand;
+use strand_testkit::promql_corpus::{self, CORPUS, CorpusQuery};
 
 use crate::support::prometheus::Prometheus;
 use crate::support::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
-
-const CORPUS: &str = include_str!("promql_diff/queries.txt");
 
 /// Samples are this far apart (seconds); the data window is `WINDOW_STEPS` of them.
 const SCRAPE: i64 = 15;
@@ -423,51 +422,9 @@ async fn remote_write(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Res
 
 // --- The corpus ---
 
-struct Query {
-    expr: String,
-    instant_only: bool,
-    step: i64,
-}
-
-fn corpus(end: i64) -> Vec<Query> {
-    let placeholders = [
-        ("{START}", end - WINDOW_STEPS * SCRAPE),
-        ("{END}", end),
-        ("{T_MINUS_20M}", end - 20 * 60),
-        ("{T_MINUS_45M}", end - 45 * 60),
-    ];
-    CORPUS
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let mut rest = line;
-            let (mut instant_only, mut step) = (false, DEFAULT_STEP);
-            while let Some(tagged) = rest.strip_prefix('[') {
-                let (tag, after) = tagged.split_once(']').expect("tag ends with ]");
-                match tag {
-                    "instant" => instant_only = true,
-                    _ => {
-                        step = tag
-                            .strip_prefix("step=")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or_else(|| panic!("unknown tag [{tag}] in: {line}"))
-                    }
-                }
-                rest = after.trim_start();
-            }
-            let mut expr = rest.to_string();
-            for (placeholder, value) in placeholders {
-                expr = expr.replace(placeholder, &value.to_string());
-            }
-            assert!(!expr.contains("{T_"), "unknown placeholder in: {line}");
-            Query {
-                expr,
-                instant_only,
-                step,
-            }
-        })
-        .collect()
+fn corpus(end: i64) -> Vec<CorpusQuery> {
+    promql_corpus::corpus_queries(CORPUS, end - WINDOW_STEPS * SCRAPE, end)
+        .expect("the corpus parses")
 }
 
 /// One HTTP request to the query API: instant queries by GET, range queries by
@@ -519,7 +476,7 @@ impl Request {
     }
 }
 
-fn requests(queries: &[Query], end: i64) -> Vec<Request> {
+fn requests(queries: &[CorpusQuery], end: i64) -> Vec<Request> {
     let mut out = Vec::new();
     for q in queries {
         // END-23m7s is off the 15 s sample grid, so the lookback is exercised.
@@ -534,7 +491,7 @@ fn requests(queries: &[Query], end: i64) -> Vec<Request> {
                 expr: q.expr.clone(),
                 start: end - RANGE,
                 end,
-                step: q.step,
+                step: q.step.unwrap_or(DEFAULT_STEP),
             });
         }
     }
