@@ -10,6 +10,9 @@
 //!   its log). Either way on loopback port 0: no test races another for a port.
 //! - [`Alertmanager`]: a real Alertmanager with a webhook that records what
 //!   it notifies, for the alerting tests.
+//! - [`ClickHouse`], [`ClickHouseCluster`]: a real ClickHouse server, or a
+//!   cluster of one-replica shards that a `Distributed` table spans, each
+//!   server stopped and restarted at will, for the ClickHouse storage tests.
 //! - [`OtelCollector`]: a real OpenTelemetry Collector (built from
 //!   `testkit/otelcol` with Go, once per source) forwarding to Strand with
 //!   its own exporters.
@@ -25,6 +28,7 @@
 
 mod alertmanager;
 pub mod browser;
+mod clickhouse;
 mod otelcol;
 mod own_process;
 pub mod pki;
@@ -38,6 +42,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use alertmanager::Alertmanager;
+pub use clickhouse::{ClickHouse, ClickHouseCluster};
 pub use otelcol::OtelCollector;
 pub use own_process::in_own_process;
 pub use strand::{ClientTls, Strand};
