@@ -134,6 +134,39 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
 
+    /// Where spans are kept: `embedded` (in the data directory) or
+    /// `clickhouse` (--clickhouse-url; logs and metrics stay in the data
+    /// directory for now).
+    #[arg(long, env = "STRAND_STORAGE", value_enum, default_value = "embedded")]
+    pub storage: StorageKind,
+
+    /// ClickHouse's HTTP interface, e.g. http://clickhouse:8123 (with
+    /// --storage clickhouse).
+    #[arg(long, env = "STRAND_CLICKHOUSE_URL", value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+
+    /// The ClickHouse database Strand creates its tables in.
+    #[arg(
+        long,
+        env = "STRAND_CLICKHOUSE_DATABASE",
+        value_name = "NAME",
+        default_value = "strand"
+    )]
+    pub clickhouse_database: String,
+
+    /// The ClickHouse user [default: the server's default user].
+    #[arg(long, env = "STRAND_CLICKHOUSE_USER", value_name = "USER")]
+    pub clickhouse_user: Option<String>,
+
+    /// The ClickHouse user's password [default: none].
+    #[arg(
+        long,
+        env = "STRAND_CLICKHOUSE_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: Option<String>,
+
     /// Largest accepted ingest request body, after decompression, in bytes;
     /// larger ones get 413 / RESOURCE_EXHAUSTED.
     #[arg(
@@ -588,6 +621,77 @@ pub struct Config {
     /// Per listener.
     pub connections: ConnectionLimits,
     pub rules: RuleSettings,
+    pub storage: Storage,
+}
+
+/// `--storage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    Embedded,
+    #[value(name = "clickhouse")]
+    ClickHouse,
+}
+
+/// Where the stores keep their data.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// Everything in the data directory.
+    Embedded,
+    /// Spans in ClickHouse; the WAL and the other stores in the data
+    /// directory.
+    ClickHouse(ClickHouseSettings),
+}
+
+/// How to reach ClickHouse.
+#[derive(Clone, Debug)]
+pub struct ClickHouseSettings {
+    /// The HTTP interface's base URL.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl Storage {
+    fn from_args(
+        kind: StorageKind,
+        url: Option<String>,
+        database: String,
+        user: Option<String>,
+        password: Option<String>,
+    ) -> anyhow::Result<Storage> {
+        match kind {
+            StorageKind::Embedded => {
+                if url.is_some() {
+                    bail!(
+                        "clickhouse_url is set but storage is embedded: add --storage clickhouse"
+                    );
+                }
+                Ok(Storage::Embedded)
+            }
+            StorageKind::ClickHouse => {
+                let Some(url) = url else {
+                    bail!(
+                        "--storage clickhouse needs --clickhouse-url, e.g. http://localhost:8123"
+                    );
+                };
+                let parsed = reqwest::Url::parse(&url)
+                    .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    bail!("clickhouse_url {url:?} must be an http:// or https:// URL with a host");
+                }
+                if database.is_empty() {
+                    bail!("clickhouse_database must not be empty");
+                }
+                Ok(Storage::ClickHouse(ClickHouseSettings {
+                    url,
+                    database,
+                    user,
+                    password: password.map(Secret),
+                }))
+            }
+        }
+    }
 }
 
 /// Rule files and how their groups run and label their alerts.
@@ -1106,6 +1210,13 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 stalled_write_timeout: self.stalled_write_timeout,
             },
+            storage: Storage::from_args(
+                self.storage,
+                self.clickhouse_url,
+                self.clickhouse_database,
+                self.clickhouse_user,
+                self.clickhouse_password,
+            )?,
             rules: RuleSettings {
                 files: self.rules,
                 evaluation_interval: self.rules_evaluation_interval,
@@ -1576,6 +1687,55 @@ mod tests {
             Config::from_args(["--tls-client-ca", "ca.pem"]).unwrap_err()
         );
         assert!(error.contains("tls_client_ca needs tls_cert"), "{error}");
+    }
+
+    #[test]
+    fn clickhouse_storage_needs_a_url_and_a_url_needs_it() {
+        assert!(matches!(no_args().storage, Storage::Embedded));
+        let config = file_config(
+            "storage = \"clickhouse\"\nclickhouse_url = \"http://ch:8123\"\n",
+            &["--clickhouse-password", "secret"],
+        )
+        .unwrap();
+        let Storage::ClickHouse(settings) = config.storage else {
+            panic!("ClickHouse storage");
+        };
+        assert_eq!(
+            (settings.url.as_str(), settings.database.as_str()),
+            ("http://ch:8123", "strand")
+        );
+        assert_eq!(
+            settings.password.map(|p| p.expose().to_string()).as_deref(),
+            Some("secret")
+        );
+        for (args, expected) in [
+            (&["--storage", "clickhouse"][..], "needs --clickhouse-url"),
+            (
+                &["--clickhouse-url", "http://ch:8123"],
+                "add --storage clickhouse",
+            ),
+            (
+                &["--storage", "clickhouse", "--clickhouse-url", "ch:8123"],
+                "http:// or https://",
+            ),
+            (
+                &[
+                    "--storage",
+                    "clickhouse",
+                    "--clickhouse-url",
+                    "http://ch",
+                    "--clickhouse-database",
+                    "",
+                ],
+                "must not be empty",
+            ),
+        ] {
+            let error = Config::from_args(args.iter().copied()).unwrap_err();
+            assert!(
+                format!("{error:#}").contains(expected),
+                "{args:?}: {error:#}"
+            );
+        }
     }
 
     #[test]

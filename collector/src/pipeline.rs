@@ -19,10 +19,10 @@ use crate::config::{
 use crate::derived::service_graph::ServiceGraph;
 use crate::derived::span_metrics::SpanMetrics;
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
+use crate::store::SpanStore;
 use crate::store::Stores;
 use crate::store::logs::{LogFeed, LogStore};
 use crate::store::metrics::MetricStore;
-use crate::store::traces::TraceStore;
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
@@ -73,7 +73,7 @@ pub struct SampleRejections {
 /// Shared by every ingest endpoint; see the module docs.
 pub struct Pipeline {
     wal: Wal,
-    traces: Arc<TraceStore>,
+    traces: Arc<dyn SpanStore>,
     logs: Arc<LogStore>,
     /// Adds durable log records to the log store off the WAL writer thread.
     log_feed: Arc<LogFeed>,

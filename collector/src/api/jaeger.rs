@@ -258,7 +258,10 @@ async fn find_traces(
         ));
     }
     let query = trace_query(&params, now_nanos(), state.queries.deadline())?;
-    let found = state.queries.run(move || search(&store, &query)).await??;
+    let found = state
+        .queries
+        .run(move || search(store.as_ref(), &query))
+        .await??;
     Ok(envelope_of_readable(
         found.traces.iter().map(|t| trace_json(t)).collect(),
         found.damaged,
@@ -278,7 +281,10 @@ async fn tags(
     }
     let service = query.service.clone();
     let store = state.stores.traces.clone();
-    let found = state.queries.run(move || search(&store, &query)).await??;
+    let found = state
+        .queries
+        .run(move || search(store.as_ref(), &query))
+        .await??;
     let tags = tag_values(&found.traces, service.as_deref());
     Ok(envelope_of_readable(
         tags.into_iter()

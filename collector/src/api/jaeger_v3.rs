@@ -252,6 +252,9 @@ async fn find_traces(
         deadline: state.queries.deadline(),
     };
     let store = state.stores.traces.clone();
-    let found = state.queries.run(move || search(&store, &query)).await??;
+    let found = state
+        .queries
+        .run(move || search(store.as_ref(), &query))
+        .await??;
     result(&found.traces)
 }

@@ -340,7 +340,7 @@ async fn search(State(state): State<Arc<ApiState>>, Query(params): Query<Params>
         .queries
         .run(move || {
             let mut inspected = 0u64;
-            let found = search_with(&store, &narrow, |spans| {
+            let found = search_with(store.as_ref(), &narrow, |spans| {
                 inspected += 1;
                 !query.evaluate(spans).is_empty()
             })?;
@@ -454,7 +454,9 @@ async fn tag_sample(
     let sample = state
         .queries
         .run(move || {
-            let found = search_with(&store, &narrow, |spans| !query.evaluate(spans).is_empty())?;
+            let found = search_with(store.as_ref(), &narrow, |spans| {
+                !query.evaluate(spans).is_empty()
+            })?;
             Ok::<_, TraceQueryError>(
                 found
                     .traces

@@ -12,10 +12,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{KeyValue, Span, SpanKind, TraceId};
+use crate::model::{Span, SpanKind, TraceId};
 use crate::query::pool::{Deadline, QueryRefused};
-use crate::store::StoreError;
-use crate::store::traces::{ServiceEntry, TraceStore};
+use crate::store::{SpanFilter, SpanStore, StoreError};
 
 /// Why a search found nothing to answer with.
 #[derive(Debug, thiserror::Error)]
@@ -49,45 +48,24 @@ pub struct TraceQuery {
 }
 
 impl TraceQuery {
+    /// The spans the query matches.
+    pub fn filter(&self) -> SpanFilter<'_> {
+        SpanFilter {
+            service: self.service.as_deref(),
+            operation: self.operation.as_deref(),
+            span_kind: self.span_kind,
+            tags: &self.tags,
+            min_duration_nanos: self.min_duration_nanos,
+            max_duration_nanos: self.max_duration_nanos,
+            start_nanos: self.start_nanos,
+            end_nanos: self.end_nanos,
+        }
+    }
+
     /// Whether one span satisfies the whole query.
     pub fn matches_span(&self, span: &Span) -> bool {
-        let duration = span.duration_nanos();
-        self.service.as_deref().is_none_or(|s| s == span.service())
-            && self.operation.as_ref().is_none_or(|op| *op == span.name)
-            && self.span_kind.is_none_or(|kind| kind == span.kind)
-            && (self.start_nanos..=self.end_nanos).contains(&span.start_unix_nano)
-            && self.min_duration_nanos.is_none_or(|min| duration >= min)
-            && self.max_duration_nanos.is_none_or(|max| duration <= max)
-            && self
-                .tags
-                .iter()
-                .all(|(key, value)| has_tag(span, key, value))
+        self.filter().matches(span)
     }
-
-    /// Whether an index entry can belong to a matching trace (never a false no).
-    fn may_match(&self, entry: &ServiceEntry) -> bool {
-        entry.operations.iter().any(|op| {
-            self.operation.as_ref().is_none_or(|name| *name == op.name)
-                && self
-                    .min_duration_nanos
-                    .is_none_or(|min| op.max_duration_nanos >= min)
-                && self
-                    .max_duration_nanos
-                    .is_none_or(|max| op.min_duration_nanos <= max)
-        }) && (!self.wants_error() || entry.error)
-    }
-
-    fn wants_error(&self) -> bool {
-        self.tags.iter().any(|(k, v)| k == "error" && v == "true")
-    }
-}
-
-fn has_tag(span: &Span, key: &str, value: &str) -> bool {
-    let matches = |kv: &KeyValue| kv.key == key && kv.value.to_display_string() == value;
-    span.attributes.iter().any(matches)
-        || span.resource.attributes.iter().any(matches)
-        || span.events.iter().any(|e| e.attributes.iter().any(matches))
-        || span.derived_tags().iter().any(matches)
 }
 
 /// What a search found.
@@ -103,7 +81,7 @@ pub struct Found {
 /// Matching traces, newest first (by the start of their first span), at most
 /// `query.limit`; whatever damaged storage keeps back is left out, and
 /// [`Found::damaged`] says so.
-pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
+pub fn search(store: &dyn SpanStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
     search_with(store, query, |spans| {
         spans.iter().any(|span| query.matches_span(span))
     })
@@ -113,7 +91,7 @@ pub fn search(store: &TraceStore, query: &TraceQuery) -> Result<Found, TraceQuer
 /// is kept only when `keep` accepts the whole trace: other query languages
 /// (TraceQL) narrow with a `TraceQuery` and decide on the trace.
 pub fn search_with(
-    store: &TraceStore,
+    store: &dyn SpanStore,
     query: &TraceQuery,
     mut keep: impl FnMut(&[Span]) -> bool,
 ) -> Result<Found, TraceQueryError> {
@@ -126,7 +104,8 @@ pub fn search_with(
             found.damaged |= read.damaged;
             Ok(read.spans)
         };
-    for trace_id in store.buffered_traces_matching(|span| query.matches_span(span)) {
+    let filter = query.filter();
+    for trace_id in store.buffered_traces_matching(&|span| filter.matches(span)) {
         if seen.insert(trace_id) {
             let spans = read_trace(&mut found, &trace_id)?;
             if keep(&spans) {
@@ -137,19 +116,18 @@ pub fn search_with(
     // Index candidates come newest first: once `limit` of them matched, every
     // later one is older than all of those.
     let (mut read, mut matched) = (0, 0);
-    let mut candidates =
-        store.search_candidates(query.service.as_deref(), query.start_nanos, query.end_nanos);
-    for candidate in candidates.by_ref() {
+    let mut candidates = store.search_candidates(&filter);
+    for trace_id in candidates.by_ref() {
         if matched >= query.limit || read >= MAX_CANDIDATES_READ {
             break;
         }
-        let candidate = candidate?;
-        if !query.may_match(&candidate.entry) || !seen.insert(candidate.trace_id) {
+        let trace_id = trace_id?;
+        if !seen.insert(trace_id) {
             continue;
         }
         read += 1;
-        let spans = read_trace(&mut found, &candidate.trace_id)?;
-        if spans.iter().any(|s| query.matches_span(s)) && keep(&spans) {
+        let spans = read_trace(&mut found, &trace_id)?;
+        if spans.iter().any(|s| filter.matches(s)) && keep(&spans) {
             matched += 1;
             found.traces.push(spans);
         }
@@ -228,7 +206,8 @@ pub fn tag_values(traces: &[Vec<Span>], service: Option<&str>) -> Vec<TagValues>
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
-    use crate::model::{AttrValue, StatusCode};
+    use crate::model::{AttrValue, KeyValue, StatusCode};
+    use crate::store::traces::TraceStore;
     use crate::telemetry::SelfMetrics;
 
     fn query(service: &str) -> TraceQuery {

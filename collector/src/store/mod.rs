@@ -5,6 +5,7 @@
 //! [`Stores`] is opened once: the pipeline writes to it, the API reads from
 //! it, and neither reaches the stores through the other.
 
+pub mod clickhouse;
 pub mod dashboards;
 pub mod logs;
 pub mod metrics;
@@ -15,14 +16,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use self::clickhouse::ClickHouse;
+use self::clickhouse::spans::ClickHouseSpans;
+use crate::backup::BackupDir;
 use crate::codec::CodecError;
-use crate::config::Config;
+use crate::config::{Config, Retention, Storage};
 use crate::frame::FrameError;
+use crate::model::{KeyValue, Span, SpanKind, TraceId};
 use crate::telemetry::SelfMetrics;
 use dashboards::DashboardStore;
 use logs::LogStore;
 use metrics::MetricStore;
-use traces::TraceStore;
+use traces::{DependencyLink, Flushed, TraceRead, TraceStore};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,10 @@ pub enum StoreError {
     Frame(#[from] FrameError),
     #[error("search index failed: {0}")]
     Search(String),
+    /// The external database behind the store (ClickHouse) failed or did
+    /// not answer; what was asked stays to be retried.
+    #[error("{0}")]
+    Backend(String),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
     /// A read that would load more series than the caller allows.
@@ -136,11 +145,112 @@ pub(crate) fn quarantine_path(data_dir: &Path, path: &Path) -> std::io::Result<P
     Ok(target)
 }
 
+/// Where spans are kept: the embedded [`TraceStore`] or ClickHouse. The
+/// write path and the queries see only this, never which one answers.
+///
+/// Both buffer acknowledged spans in memory until a flush writes them to
+/// their durable tier, and answer from the buffer meanwhile; both record
+/// the WAL sequence number through which their tier has every span, so the
+/// WAL is trimmed and replayed against it.
+pub trait SpanStore: Send + Sync {
+    /// The WAL sequence number through which every span is in the durable
+    /// tier: the replay skips records up to it.
+    fn durable_through(&self) -> Result<u64>;
+    /// Settles what the open left undecided until the WAL's oldest record
+    /// is known (see `TraceStore::settle_set_aside`).
+    fn settle_set_aside(&self, wal_oldest_seq: Option<u64>) -> Result<()>;
+    /// Adds durable spans to the buffer. Called in WAL sequence order.
+    fn apply(&self, seq: u64, spans: Vec<Span>);
+    /// Spans held in memory: what ingest checks to keep memory bounded.
+    fn buffered_spans(&self) -> usize;
+    /// Writes the buffer to the durable tier. `None` when it was empty; on
+    /// an error the spans stay buffered for the next flush.
+    fn flush(&self) -> Result<Option<Flushed>>;
+    /// Records that every span of WAL records up to `seq` is durable,
+    /// called after a flush that took every span applied through `seq`.
+    fn checkpoint_through(&self, seq: u64) -> Result<()>;
+    /// Drops spans past the retention limits; returns how many files or
+    /// partitions went.
+    fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize>;
+    /// Writes what a restart would find into `relative` under `backup`.
+    fn snapshot(&self, backup: &mut BackupDir, relative: &std::path::Path) -> Result<()>;
+    /// Every span of a trace, each once, in start order; empty when the
+    /// trace is unknown.
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceRead>;
+    /// Ids of buffered traces with a span that satisfies `matches`: the
+    /// part of a search [`SpanStore::search_candidates`] does not cover.
+    fn buffered_traces_matching(&self, matches: &dyn Fn(&Span) -> bool) -> Vec<TraceId>;
+    /// Traces in the durable tier that may have a span `filter` matches,
+    /// newest first; a superset, which the caller checks span by span.
+    fn search_candidates<'a>(&'a self, filter: &SpanFilter<'_>) -> Box<dyn TraceCandidates + 'a>;
+    /// Services that sent spans, sorted.
+    fn services(&self) -> Vec<String>;
+    /// Operations (span names) of a service with their span kinds, sorted.
+    fn operations(&self, service: &str) -> Vec<(String, SpanKind)>;
+    /// Service-to-service calls whose child span started in `[start, end]`
+    /// (hour granularity), durable spans only.
+    fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>>;
+}
+
+/// Candidate traces of a search, newest first.
+pub trait TraceCandidates: Iterator<Item = Result<TraceId>> {
+    /// Whether damaged data was skipped: traces may be missing.
+    fn damaged(&self) -> bool;
+}
+
+/// Which spans a trace search matches, with Jaeger's semantics: a span of
+/// the service (any service with `None`), with the operation and kind,
+/// lasting within the duration range, starting in the time range and
+/// carrying every tag (as a span, resource or event attribute, or a
+/// derived tag such as `error=true`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanFilter<'a> {
+    pub service: Option<&'a str>,
+    pub operation: Option<&'a str>,
+    pub span_kind: Option<SpanKind>,
+    /// Every pair must match one attribute of the same span.
+    pub tags: &'a [(String, String)],
+    pub min_duration_nanos: Option<u64>,
+    pub max_duration_nanos: Option<u64>,
+    pub start_nanos: u64,
+    pub end_nanos: u64,
+}
+
+impl SpanFilter<'_> {
+    /// Whether one span satisfies the whole filter.
+    pub fn matches(&self, span: &Span) -> bool {
+        let duration = span.duration_nanos();
+        self.service.is_none_or(|s| s == span.service())
+            && self.operation.is_none_or(|op| op == span.name)
+            && self.span_kind.is_none_or(|kind| kind == span.kind)
+            && (self.start_nanos..=self.end_nanos).contains(&span.start_unix_nano)
+            && self.min_duration_nanos.is_none_or(|min| duration >= min)
+            && self.max_duration_nanos.is_none_or(|max| duration <= max)
+            && self
+                .tags
+                .iter()
+                .all(|(key, value)| has_tag(span, key, value))
+    }
+
+    /// Whether the filter asks for failed spans (`error=true`).
+    pub fn wants_error(&self) -> bool {
+        self.tags.iter().any(|(k, v)| k == "error" && v == "true")
+    }
+}
+
+fn has_tag(span: &Span, key: &str, value: &str) -> bool {
+    let matches = |kv: &KeyValue| kv.key == key && kv.value.to_display_string() == value;
+    span.attributes.iter().any(matches)
+        || span.resource.attributes.iter().any(matches)
+        || span.events.iter().any(|e| e.attributes.iter().any(matches))
+        || span.derived_tags().iter().any(matches)
+}
+
 /// Every store of one data directory, shared by the write path and the
 /// query side.
 #[derive(Clone)]
 pub struct Stores {
-    pub traces: Arc<TraceStore>,
+    pub traces: Arc<dyn SpanStore>,
     pub logs: Arc<LogStore>,
     pub metrics: Arc<MetricStore>,
     pub dashboards: Arc<DashboardStore>,
@@ -151,13 +261,29 @@ impl Stores {
     /// Blocking: sled, tantivy and the metrics store read their files here.
     pub fn open(config: &Config, self_metrics: &SelfMetrics) -> anyhow::Result<Stores> {
         let data_dir = &config.data_dir;
-        let traces = TraceStore::open(
-            &data_dir.join("traces"),
-            config.traces.index_cache_bytes,
-            config.traces.retention.file_bytes(),
-            self_metrics.clone(),
-        )
-        .context("opening the trace store")?;
+        let traces: Arc<dyn SpanStore> = match &config.storage {
+            Storage::Embedded => Arc::new(
+                TraceStore::open(
+                    &data_dir.join("traces"),
+                    config.traces.index_cache_bytes,
+                    config.traces.retention.file_bytes(),
+                    self_metrics.clone(),
+                )
+                .context("opening the trace store")?,
+            ),
+            Storage::ClickHouse(settings) => {
+                let connection = ClickHouse::connect(settings)
+                    .with_context(|| format!("connecting to ClickHouse at {}", settings.url))?;
+                Arc::new(
+                    ClickHouseSpans::open(
+                        connection,
+                        &data_dir.join("clickhouse"),
+                        self_metrics.clone(),
+                    )
+                    .context("opening the ClickHouse span store")?,
+                )
+            }
+        };
         let logs = LogStore::open(
             &data_dir.join("logs"),
             config.logs.partition,
@@ -186,7 +312,7 @@ impl Stores {
         let dashboards = DashboardStore::open(dashboards_dir.clone())
             .with_context(|| format!("opening {}", dashboards_dir.display()))?;
         Ok(Stores {
-            traces: Arc::new(traces),
+            traces,
             logs: Arc::new(logs),
             metrics: Arc::new(metrics),
             dashboards: Arc::new(dashboards),

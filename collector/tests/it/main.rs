@@ -10,6 +10,7 @@
 mod alerting;
 mod auth;
 mod bad_input;
+mod clickhouse;
 mod corruption;
 mod count_logs;
 mod crash;

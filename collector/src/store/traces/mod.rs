@@ -21,27 +21,28 @@
 //! those two segments.
 
 mod blocks;
+mod buffer;
 mod deps;
 mod index;
 mod search;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::backup::BackupDir;
-use crate::codec;
 use crate::config::Retention;
 use crate::frame;
-use crate::model::{IdMap, Span, SpanKind, TraceId};
+use crate::model::{Span, SpanKind, TraceId};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::{DropReason, SelfMetrics};
 
-pub use search::{Candidates, ServiceEntry};
+pub use search::Candidates;
 
 use blocks::{BlockRead, BlockRef, Segments};
-use deps::DependencyTracker;
+pub(crate) use buffer::{SpanBuffer, settle_trace};
+pub(crate) use deps::DependencyTracker;
 pub use deps::Edge;
 
 /// Uncompressed bytes of span tables per block: large enough to compress well,
@@ -65,46 +66,6 @@ pub struct DependencyLink {
     pub child: String,
     pub call_count: u64,
     pub error_count: u64,
-}
-
-#[derive(Default)]
-struct Head {
-    traces: IdMap<TraceId, Vec<Span>>,
-    spans: usize,
-    /// Highest WAL sequence number applied.
-    max_seq: u64,
-    /// The resources and scopes of its spans, each value once.
-    shared: codec::Shared,
-}
-
-/// A head being flushed: still visible to queries until its index is committed.
-struct Flushing {
-    traces: IdMap<TraceId, Vec<Span>>,
-    spans: usize,
-}
-
-/// service -> operation -> span kinds seen.
-#[derive(Default)]
-struct Names {
-    operations: BTreeMap<String, BTreeMap<String, BTreeSet<SpanKind>>>,
-}
-
-impl Names {
-    fn contains(&self, service: &str, operation: &str, kind: SpanKind) -> bool {
-        self.operations
-            .get(service)
-            .and_then(|ops| ops.get(operation))
-            .is_some_and(|kinds| kinds.contains(&kind))
-    }
-
-    fn insert(&mut self, service: &str, operation: &str, kind: SpanKind) {
-        self.operations
-            .entry(service.to_string())
-            .or_default()
-            .entry(operation.to_string())
-            .or_default()
-            .insert(kind);
-    }
 }
 
 /// The sled index as [`open_index`] found it.
@@ -209,9 +170,7 @@ struct FlushState {
 pub struct TraceStore {
     db: sled::Db,
     segments: Segments,
-    head: Mutex<Head>,
-    flushing: RwLock<Option<Arc<Flushing>>>,
-    names: RwLock<Names>,
+    buffer: SpanBuffer,
     flush_state: Mutex<FlushState>,
     metrics: SelfMetrics,
 }
@@ -268,20 +227,22 @@ impl TraceStore {
         };
         drop_uncommitted_trace_keys(&db, next_block)?;
 
-        let mut names = Names::default();
+        let buffer = SpanBuffer::new(metrics.clone());
         for entry in db.scan_prefix([index::OPERATIONS]) {
             let (key, _) = entry?;
             if let Some((service, kind, operation)) = index::parse_operation_key(&key) {
-                names.insert(&service, &operation, kind);
+                buffer.note_names(std::iter::once((
+                    service.as_str(),
+                    operation.as_str(),
+                    kind,
+                )));
             }
         }
 
         let store = TraceStore {
             db,
             segments,
-            head: Mutex::new(Head::default()),
-            flushing: RwLock::new(None),
-            names: RwLock::new(names),
+            buffer,
             flush_state: Mutex::new(FlushState {
                 next_block,
                 dependencies: DependencyTracker::default(),
@@ -330,47 +291,14 @@ impl TraceStore {
     }
 
     /// Adds durable spans to the head. Called in WAL sequence order.
-    pub fn apply(&self, seq: u64, mut spans: Vec<Span>) {
-        self.note_names(&spans);
-        let mut head = self.head.lock().expect("not poisoned");
-        head.shared.share(&mut spans);
-        head.spans += spans.len();
-        head.max_seq = head.max_seq.max(seq);
-        for span in spans {
-            head.traces.entry(span.trace_id).or_default().push(span);
-        }
-        self.metrics.head_spans.set(head.spans as i64);
+    pub fn apply(&self, seq: u64, spans: Vec<Span>) {
+        self.buffer.apply(seq, spans);
     }
 
     /// Spans held in memory (head and any flush in progress): what ingest
     /// checks to keep memory bounded.
     pub fn buffered_spans(&self) -> usize {
-        let head = self.head.lock().expect("not poisoned").spans;
-        let flushing = self
-            .flushing
-            .read()
-            .expect("not poisoned")
-            .as_ref()
-            .map_or(0, |f| f.spans);
-        head + flushing
-    }
-
-    fn note_names(&self, spans: &[Span]) {
-        let new: HashSet<(&str, &str, SpanKind)> = {
-            let names = self.names.read().expect("not poisoned");
-            spans
-                .iter()
-                .filter(|s| !names.contains(s.service(), &s.name, s.kind))
-                .map(|s| (s.service(), s.name.as_str(), s.kind))
-                .collect()
-        };
-        if new.is_empty() {
-            return;
-        }
-        let mut names = self.names.write().expect("not poisoned");
-        for (service, operation, kind) in new {
-            names.insert(service, operation, kind);
-        }
+        self.buffer.buffered_spans()
     }
 
     /// Moves the head to span blocks and commits their index. Returns what
@@ -378,53 +306,25 @@ impl TraceStore {
     pub fn flush(&self) -> Result<Option<Flushed>> {
         let mut state = self.flush_state.lock().expect("not poisoned");
         let started = Instant::now();
-        let (snapshot, max_seq) = {
-            let mut head = self.head.lock().expect("not poisoned");
-            if head.traces.is_empty() {
-                return Ok(None);
-            }
-            let head = std::mem::take(&mut *head);
-            let snapshot = Arc::new(Flushing {
-                traces: head.traces,
-                spans: head.spans,
-            });
-            *self.flushing.write().expect("not poisoned") = Some(snapshot.clone());
-            (snapshot, head.max_seq)
+        let Some(snapshot) = self.buffer.begin_flush() else {
+            return Ok(None);
         };
-        self.metrics.head_spans.set(0);
+        let max_seq = snapshot.max_seq;
         // Marks the moment a crash test kills the daemon in (`STRAND_LOG=strand=debug`).
         tracing::debug!(traces = snapshot.traces.len(), "SpanFlushStarted");
 
         let result = self.write_snapshot(&mut state, &snapshot, max_seq);
-        drop(snapshot);
+        self.buffer.end_flush(snapshot, result.is_ok());
         match &result {
             Ok(_) => {
-                *self.flushing.write().expect("not poisoned") = None;
                 self.metrics
                     .store_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.update_size_metric();
             }
             Err(error) => {
-                // Put the spans back so nothing acknowledged is lost; the next
-                // flush retries them.
                 self.metrics.store_flush_errors.inc();
                 tracing::error!(%error, "SpanStoreFlushError");
-                // The head's lock first, as readers take them.
-                let mut head = self.head.lock().expect("not poisoned");
-                let flushing = self.flushing.write().expect("not poisoned").take();
-                if let Some(flushing) = flushing {
-                    let flushing = Arc::try_unwrap(flushing).unwrap_or_else(|shared| Flushing {
-                        traces: shared.traces.clone(),
-                        spans: shared.spans,
-                    });
-                    head.spans += flushing.spans;
-                    head.max_seq = head.max_seq.max(max_seq);
-                    for (trace_id, mut spans) in flushing.traces {
-                        head.traces.entry(trace_id).or_default().append(&mut spans);
-                    }
-                    self.metrics.head_spans.set(head.spans as i64);
-                }
             }
         }
         result.map(|edges| {
@@ -440,7 +340,7 @@ impl TraceStore {
     fn write_snapshot(
         &self,
         state: &mut FlushState,
-        snapshot: &Flushing,
+        snapshot: &buffer::Flushing,
         max_seq: u64,
     ) -> Result<Vec<Edge>> {
         let mut trace_ids: Vec<&TraceId> = snapshot.traces.keys().collect();
@@ -568,13 +468,7 @@ impl TraceStore {
     pub fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
         let mut damaged = false;
-        // Spans move from the head to a flush and then into blocks: read in
-        // that order, or a flush committing between two reads hides them.
-        self.visit_buffered(|traces| {
-            if let Some(buffered) = traces.get(trace_id) {
-                spans.extend(buffered.iter().cloned());
-            }
-        });
+        self.buffer.read_trace(trace_id, &mut spans);
         for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
             let (_, value) = entry?;
             let block = BlockRef::from_bytes(&value)?;
@@ -588,36 +482,13 @@ impl TraceStore {
                 BlockRead::Gone => {}
             }
         }
-        // A span sent twice (a client retrying an export) is shown once.
-        let mut seen = HashSet::new();
-        spans.retain(|s| seen.insert(s.span_id));
-        spans.sort_by_key(|s| (s.start_unix_nano, s.span_id));
+        settle_trace(&mut spans);
         Ok(TraceRead { spans, damaged })
     }
 
     /// Ids of in-memory traces with a span that satisfies `matches`.
-    pub fn buffered_traces_matching(&self, matches: impl Fn(&Span) -> bool) -> Vec<TraceId> {
-        let mut ids = HashSet::new();
-        self.visit_buffered(|traces| {
-            ids.extend(
-                traces
-                    .iter()
-                    .filter(|(_, spans)| spans.iter().any(&matches))
-                    .map(|(id, _)| *id),
-            )
-        });
-        ids.into_iter().collect()
-    }
-
-    /// Shows `visit` the head and then the flush in progress, holding the
-    /// head's lock throughout: a flush cannot move spans from one to the
-    /// other (either way) between the two looks.
-    fn visit_buffered(&self, mut visit: impl FnMut(&IdMap<TraceId, Vec<Span>>)) {
-        let head = self.head.lock().expect("not poisoned");
-        visit(&head.traces);
-        if let Some(flushing) = self.flushing.read().expect("not poisoned").as_ref() {
-            visit(&flushing.traces);
-        }
+    pub fn buffered_traces_matching(&self, matches: &dyn Fn(&Span) -> bool) -> Vec<TraceId> {
+        self.buffer.traces_matching(matches)
     }
 
     /// Search-index entries of `service` (of every service with `None`, so
@@ -635,20 +506,12 @@ impl TraceStore {
 
     /// Services that sent spans, sorted.
     pub fn services(&self) -> Vec<String> {
-        let names = self.names.read().expect("not poisoned");
-        names.operations.keys().cloned().collect()
+        self.buffer.services()
     }
 
     /// Operations (span names) of a service with their span kinds, sorted.
     pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
-        let names = self.names.read().expect("not poisoned");
-        names
-            .operations
-            .get(service)
-            .into_iter()
-            .flatten()
-            .flat_map(|(name, kinds)| kinds.iter().map(|kind| (name.clone(), *kind)))
-            .collect()
+        self.buffer.operations(service)
     }
 
     /// Service-to-service calls whose child span started in
@@ -848,6 +711,117 @@ impl TraceStore {
     }
 }
 
+impl store::SpanStore for TraceStore {
+    fn durable_through(&self) -> Result<u64> {
+        TraceStore::durable_through(self)
+    }
+
+    fn settle_set_aside(&self, wal_oldest_seq: Option<u64>) -> Result<()> {
+        TraceStore::settle_set_aside(self, wal_oldest_seq)
+    }
+
+    fn apply(&self, seq: u64, spans: Vec<Span>) {
+        TraceStore::apply(self, seq, spans)
+    }
+
+    fn buffered_spans(&self) -> usize {
+        TraceStore::buffered_spans(self)
+    }
+
+    fn flush(&self) -> Result<Option<Flushed>> {
+        TraceStore::flush(self)
+    }
+
+    fn checkpoint_through(&self, seq: u64) -> Result<()> {
+        TraceStore::checkpoint_through(self, seq)
+    }
+
+    fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
+        TraceStore::enforce_retention(self, retention, now_nanos)
+    }
+
+    fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
+        TraceStore::snapshot(self, backup, relative)
+    }
+
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
+        TraceStore::trace(self, trace_id)
+    }
+
+    fn buffered_traces_matching(&self, matches: &dyn Fn(&Span) -> bool) -> Vec<TraceId> {
+        TraceStore::buffered_traces_matching(self, matches)
+    }
+
+    fn search_candidates<'a>(
+        &'a self,
+        filter: &store::SpanFilter<'_>,
+    ) -> Box<dyn store::TraceCandidates + 'a> {
+        Box::new(IndexedCandidates {
+            candidates: TraceStore::search_candidates(
+                self,
+                filter.service,
+                filter.start_nanos,
+                filter.end_nanos,
+            ),
+            operation: filter.operation.map(str::to_string),
+            min_duration_nanos: filter.min_duration_nanos,
+            max_duration_nanos: filter.max_duration_nanos,
+            wants_error: filter.wants_error(),
+        })
+    }
+
+    fn services(&self) -> Vec<String> {
+        TraceStore::services(self)
+    }
+
+    fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        TraceStore::operations(self, service)
+    }
+
+    fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>> {
+        TraceStore::dependencies(self, start_nanos, end_nanos)
+    }
+}
+
+/// The search index's candidates (service and time range come from its
+/// keys) narrowed by what each entry knows of operations, durations and
+/// errors.
+struct IndexedCandidates<'a> {
+    candidates: Candidates<'a>,
+    operation: Option<String>,
+    min_duration_nanos: Option<u64>,
+    max_duration_nanos: Option<u64>,
+    wants_error: bool,
+}
+
+impl Iterator for IndexedCandidates<'_> {
+    type Item = Result<TraceId>;
+
+    fn next(&mut self) -> Option<Result<TraceId>> {
+        let wanted_error = [("error".to_string(), "true".to_string())];
+        let filter = store::SpanFilter {
+            operation: self.operation.as_deref(),
+            min_duration_nanos: self.min_duration_nanos,
+            max_duration_nanos: self.max_duration_nanos,
+            tags: if self.wants_error { &wanted_error } else { &[] },
+            ..store::SpanFilter::default()
+        };
+        self.candidates.find_map(|candidate| match candidate {
+            Ok(candidate) => candidate
+                .entry
+                .may_match(&filter)
+                .then_some(Ok(candidate.trace_id)),
+            Err(error) => Some(Err(error)),
+        })
+    }
+}
+
+impl store::TraceCandidates for IndexedCandidates<'_> {
+    fn damaged(&self) -> bool {
+        self.candidates.damaged()
+    }
+}
+
 /// Deletes the trace keys of a flush that crashed before its commit: they
 /// point at block bytes that were cut off, and their block numbers are about
 /// to be used again. A full scan, but only after such a crash.
@@ -895,6 +869,7 @@ fn estimated_size(span: &Span) -> usize {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
+    use std::sync::Arc;
 
     const TEST_CACHE_BYTES: u64 = 1 << 20;
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::blocks::{self, BlockRead, BlockRef};
 use super::index;
 use crate::model::{Span, TraceId};
-use crate::store::{Result, StoreError};
+use crate::store::{Result, SpanFilter, StoreError};
 
 /// Traces per table: large enough to compress well, small enough that a search
 /// wanting a handful of traces decompresses little.
@@ -32,6 +32,22 @@ const MAX_TRACES_PER_TABLE: usize = 2_000;
 pub struct ServiceEntry {
     pub operations: Vec<OperationEntry>,
     pub error: bool,
+}
+
+impl ServiceEntry {
+    /// Whether the entry can belong to a trace with a span `filter`
+    /// matches (never a false no).
+    pub fn may_match(&self, filter: &SpanFilter<'_>) -> bool {
+        self.operations.iter().any(|op| {
+            filter.operation.is_none_or(|name| name == op.name)
+                && filter
+                    .min_duration_nanos
+                    .is_none_or(|min| op.max_duration_nanos >= min)
+                && filter
+                    .max_duration_nanos
+                    .is_none_or(|max| op.min_duration_nanos <= max)
+        }) && (!filter.wants_error() || self.error)
+    }
 }
 
 /// Duration range of one operation's spans.

@@ -1,0 +1,175 @@
+//! ClickHouse as the durable tier, for teams that outgrow one machine: many
+//! stateless Strand nodes over one ClickHouse, each with its own WAL.
+//!
+//! Strand creates and migrates its schema itself at start (see `schema`),
+//! shaped for the server it finds: Debian's 18.16 gets plain MergeTree
+//! tables, newer servers also get column codecs and skip indexes.
+//!
+//! The stores are synchronous (the write path and the query pool call them
+//! from blocking threads); the client is async, so each call waits for its
+//! request on the daemon's runtime (see [`ClickHouse::wait`]).
+
+mod schema;
+pub mod spans;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::config::ClickHouseSettings;
+use crate::store::{Result, StoreError};
+
+/// How long one request may take before it counts as failed: a ClickHouse
+/// that hangs must turn into an error the write path retries, not a stuck
+/// flusher.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server version from which `Accept-Encoding: lz4` answers are
+/// understood; older servers get uncompressed requests.
+const LZ4_HTTP_MIN_VERSION: Version = Version(22, 1);
+
+/// A ClickHouse server version, major and minor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32);
+
+impl Version {
+    /// Parses `SELECT version()`: "18.16.1", "24.8.4.13".
+    fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Version(major, minor))
+    }
+}
+
+/// A connection to one ClickHouse database, with the server's version.
+#[derive(Clone)]
+pub struct ClickHouse {
+    client: clickhouse::Client,
+    runtime: tokio::runtime::Handle,
+    database: String,
+    version: Version,
+}
+
+impl ClickHouse {
+    /// Connects, reads the server's version and brings Strand's schema up
+    /// to date. Called on a blocking thread of the daemon's runtime.
+    pub fn connect(settings: &ClickHouseSettings) -> Result<ClickHouse> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Backend("ClickHouse needs the daemon's async runtime".into())
+        })?;
+        let mut client = clickhouse::Client::default()
+            .with_url(settings.url.as_str())
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        if let Some(user) = &settings.user {
+            client = client.with_user(user.as_str());
+        }
+        if let Some(password) = &settings.password {
+            client = client.with_password(password.expose());
+        }
+        let mut connection = ClickHouse {
+            client,
+            runtime,
+            database: settings.database.clone(),
+            version: Version(0, 0),
+        };
+        let version: String = connection.wait(
+            "reading the server version",
+            connection
+                .client
+                .query("SELECT version()")
+                .fetch_one::<String>(),
+        )?;
+        connection.version = Version::parse(&version).ok_or_else(|| {
+            StoreError::Backend(format!("ClickHouse reports version {version:?}"))
+        })?;
+        if connection.version >= LZ4_HTTP_MIN_VERSION {
+            connection.client = connection
+                .client
+                .clone()
+                .with_compression(clickhouse::Compression::Lz4);
+        }
+        schema::migrate(&connection)?;
+        connection.client = connection
+            .client
+            .clone()
+            .with_database(settings.database.as_str());
+        tracing::info!(
+            url = %settings.url,
+            database = %settings.database,
+            version,
+            "ClickHouseConnected"
+        );
+        Ok(connection)
+    }
+
+    /// Runs one statement that returns nothing (DDL, ALTER).
+    fn execute(&self, what: &str, sql: &str) -> Result<()> {
+        self.wait(what, self.client.query(sql).execute())
+    }
+
+    /// Waits for `request` on the daemon's runtime, from the blocking
+    /// thread the store was called on, within [`REQUEST_TIMEOUT`]; `what`
+    /// names the request in its error.
+    fn wait<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T> {
+        let timed = async { tokio::time::timeout(REQUEST_TIMEOUT, request).await };
+        // On a runtime worker, give the worker's other tasks away first.
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(timed)),
+            Err(_) => self.runtime.block_on(timed),
+        };
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(StoreError::Backend(format!(
+                "ClickHouse failed {what}: {error}"
+            ))),
+            Err(_) => Err(StoreError::Backend(format!(
+                "ClickHouse did not answer {what} within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// `text` as a ClickHouse string literal.
+fn quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('\'');
+    for c in text.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("\\'"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// `name` as a ClickHouse identifier (a database or table name).
+fn identifier(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_from_what_servers_report() {
+        assert_eq!(Version::parse("18.16.1"), Some(Version(18, 16)));
+        assert_eq!(Version::parse("24.8.4.13\n"), Some(Version(24, 8)));
+        assert_eq!(Version::parse("devel"), None);
+        assert!(Version(18, 16) < LZ4_HTTP_MIN_VERSION);
+    }
+
+    #[test]
+    fn literals_and_identifiers_are_escaped() {
+        assert_eq!(quote(r"it's a\b"), r"'it\'s a\\b'");
+        assert_eq!(identifier("a`b"), r"`a\`b`");
+    }
+}

@@ -1,0 +1,716 @@
+//! Spans in ClickHouse: the [`SpanStore`] a node uses with
+//! `--storage clickhouse`.
+//!
+//! Acknowledged spans wait in the node's buffer (queryable at once, as in
+//! the embedded store) until a flush inserts them: each span's encoded
+//! form into `spans`, keyed for trace-by-id, and a row of what searches
+//! filter on into `span_search`. Only after the inserts succeed does the
+//! node's checkpoint — a file in its data directory, since the WAL it
+//! guards is the node's own — move past them; until then the WAL keeps
+//! them, a restart replays them, and a ClickHouse that is down holds them
+//! in the WAL. A replay after a crash between insert and checkpoint inserts
+//! spans twice; reads show each span once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ClickHouse, quote, schema};
+use crate::backup::BackupDir;
+use crate::codec;
+use crate::config::Retention;
+use crate::model::{Span, SpanKind, TraceId};
+use crate::store::traces::{
+    DependencyLink, DependencyTracker, Edge, Flushed, SpanBuffer, TraceRead, settle_trace,
+};
+use crate::store::{Result, SpanFilter, SpanStore, StoreError, TraceCandidates};
+use crate::telemetry::SelfMetrics;
+
+const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
+const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
+/// Tag values longer than this are cut in the search table (bodies, SQL):
+/// a search for a longer value narrows by key alone and then checks the
+/// candidates' spans.
+const MAX_SEARCH_VALUE_BYTES: usize = 256;
+/// Candidate traces fetched per request; later pages grow tenfold.
+const FIRST_CANDIDATE_PAGE: u64 = 200;
+/// How often a node reads the service and operation names other nodes
+/// wrote.
+const NAMES_REFRESH: Duration = Duration::from_secs(10);
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct SpanRow {
+    day: u16,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    start_nanos: u64,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct SearchRow {
+    day: u16,
+    service: String,
+    start_nanos: u64,
+    trace_id: [u8; 16],
+    name: String,
+    kind: String,
+    duration_nanos: u64,
+    error: u8,
+    tag_keys: Vec<String>,
+    tag_values: Vec<String>,
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct NameRow {
+    day: u16,
+    service: String,
+    name: String,
+    kind: String,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct DependencyRow {
+    day: u16,
+    hour_nanos: u64,
+    parent: String,
+    child: String,
+    calls: u64,
+    errors: u64,
+}
+
+/// See the module docs.
+pub struct ClickHouseSpans {
+    connection: ClickHouse,
+    buffer: SpanBuffer,
+    checkpoint: Checkpoint,
+    /// Held by a flush and by retention: one at a time.
+    flush_state: Mutex<FlushState>,
+    metrics: SelfMetrics,
+}
+
+struct FlushState {
+    dependencies: DependencyTracker,
+    names_read: Option<Instant>,
+}
+
+impl ClickHouseSpans {
+    /// The span store over `connection`, with its checkpoint in `dir` (the
+    /// node's data directory part for ClickHouse).
+    pub fn open(connection: ClickHouse, dir: &Path, metrics: SelfMetrics) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let store = ClickHouseSpans {
+            connection,
+            buffer: SpanBuffer::new(metrics.clone()),
+            checkpoint: Checkpoint::open(dir.join("spans.checkpoint"))?,
+            flush_state: Mutex::new(FlushState {
+                dependencies: DependencyTracker::default(),
+                names_read: None,
+            }),
+            metrics,
+        };
+        store.read_names(&mut store.flush_state.lock().expect("not poisoned"))?;
+        Ok(store)
+    }
+
+    /// Adds the names every node has written to the buffer's.
+    fn read_names(&self, state: &mut FlushState) -> Result<()> {
+        let names: Vec<NameRow> = self.connection.wait(
+            "reading span names",
+            self.connection
+                .client
+                .query("SELECT day, service, name, kind FROM span_names")
+                .fetch_all(),
+        )?;
+        self.buffer.note_names(names.iter().map(|row| {
+            let kind = SpanKind::parse(&row.kind).unwrap_or_default();
+            (row.service.as_str(), row.name.as_str(), kind)
+        }));
+        state.names_read = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Inserts the spans of one flush; returns the dependency edges they
+    /// complete.
+    fn insert(&self, state: &mut FlushState, traces: &[&[Span]]) -> Result<Vec<Edge>> {
+        let spans = || traces.iter().flat_map(|t| t.iter());
+        let mut span_rows = Vec::new();
+        for span in spans() {
+            span_rows.push(SpanRow {
+                day: day_of(span.start_unix_nano),
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                start_nanos: span.start_unix_nano,
+                payload: codec::encode_spans(std::iter::once(span)),
+            });
+        }
+        self.insert_rows("spans", &span_rows)?;
+        drop(span_rows);
+        let search_rows: Vec<SearchRow> = spans().map(search_row).collect();
+        self.insert_rows("span_search", &search_rows)?;
+        let mut names: HashMap<(u16, &str, &str, SpanKind), ()> = HashMap::new();
+        for span in spans() {
+            names.insert(
+                (
+                    day_of(span.start_unix_nano),
+                    span.service(),
+                    span.name.as_str(),
+                    span.kind,
+                ),
+                (),
+            );
+        }
+        let name_rows: Vec<NameRow> = names
+            .into_keys()
+            .map(|(day, service, name, kind)| NameRow {
+                day,
+                service: service.to_string(),
+                name: name.to_string(),
+                kind: kind.as_str().to_string(),
+            })
+            .collect();
+        self.insert_rows("span_names", &name_rows)?;
+        let edges = state.dependencies.observe(spans());
+        let mut counts: HashMap<(u64, &str, &str), (u64, u64)> = HashMap::new();
+        for edge in &edges {
+            let hour = edge.child_start_nanos - edge.child_start_nanos % HOUR_NANOS;
+            let count = counts.entry((hour, &edge.parent, &edge.child)).or_default();
+            count.0 += 1;
+            count.1 += u64::from(edge.failed);
+        }
+        let dependency_rows: Vec<DependencyRow> = counts
+            .into_iter()
+            .map(
+                |((hour_nanos, parent, child), (calls, errors))| DependencyRow {
+                    day: day_of(hour_nanos),
+                    hour_nanos,
+                    parent: parent.to_string(),
+                    child: child.to_string(),
+                    calls,
+                    errors,
+                },
+            )
+            .collect();
+        // The spans are in: a failed count insert loses counts (which are a
+        // lower bound), never spans.
+        if let Err(error) = self.insert_rows("dependencies", &dependency_rows) {
+            tracing::error!(%error, "DependencyCountsNotStored");
+        }
+        Ok(edges)
+    }
+
+    fn insert_rows<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: &[T],
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let client = &self.connection.client;
+        self.connection
+            .wait(&format!("inserting into {table}"), async {
+                let mut insert = client.insert::<T>(table).await?;
+                for row in rows {
+                    insert.write(row).await?;
+                }
+                insert.end().await
+            })
+    }
+}
+
+impl SpanStore for ClickHouseSpans {
+    fn durable_through(&self) -> Result<u64> {
+        Ok(self.checkpoint.get())
+    }
+
+    fn settle_set_aside(&self, _wal_oldest_seq: Option<u64>) -> Result<()> {
+        // Inserts are whole or not at all: nothing is set aside.
+        Ok(())
+    }
+
+    fn apply(&self, seq: u64, spans: Vec<Span>) {
+        self.buffer.apply(seq, spans);
+    }
+
+    fn buffered_spans(&self) -> usize {
+        self.buffer.buffered_spans()
+    }
+
+    fn flush(&self) -> Result<Option<Flushed>> {
+        let mut state = self.flush_state.lock().expect("not poisoned");
+        if state
+            .names_read
+            .is_none_or(|read| read.elapsed() >= NAMES_REFRESH)
+            && let Err(error) = self.read_names(&mut state)
+        {
+            tracing::warn!(%error, "SpanNamesNotRead");
+        }
+        let started = Instant::now();
+        let Some(flushing) = self.buffer.begin_flush() else {
+            return Ok(None);
+        };
+        let traces: Vec<&[Span]> = flushing.traces.values().map(Vec::as_slice).collect();
+        let inserted = self.insert(&mut state, &traces);
+        drop(traces);
+        let max_seq = flushing.max_seq;
+        self.buffer.end_flush(flushing, inserted.is_ok());
+        match inserted {
+            Ok(edges) => {
+                self.metrics
+                    .store_flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(Some(Flushed {
+                    through_seq: max_seq,
+                    edges,
+                }))
+            }
+            Err(error) => {
+                self.metrics.store_flush_errors.inc();
+                tracing::error!(%error, "SpanStoreFlushError");
+                Err(error)
+            }
+        }
+    }
+
+    fn checkpoint_through(&self, seq: u64) -> Result<()> {
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        self.checkpoint.advance(seq)
+    }
+
+    fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
+        let _flush = self.flush_state.lock().expect("not poisoned");
+        let cutoff = now_nanos
+            .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
+        let tables = schema::DAY_PARTITIONED
+            .iter()
+            .map(|t| quote(t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let partitions: Vec<PartitionSize> = self.connection.wait(
+            "reading partition sizes",
+            self.connection
+                .client
+                .query(&format!(
+                    "SELECT partition, toUInt64(sum(bytes_on_disk)) AS bytes FROM system.parts \
+                     WHERE active AND database = {} AND table IN ({tables}) \
+                     GROUP BY partition ORDER BY partition",
+                    quote(&self.connection.database)
+                ))
+                .fetch_all(),
+        )?;
+        let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
+        let mut dropped = 0;
+        // The newest day always stays.
+        for partition in partitions.iter().take(partitions.len().saturating_sub(1)) {
+            let Some(day_end) = day_end_nanos(&partition.partition) else {
+                continue;
+            };
+            let too_old = day_end <= cutoff;
+            let too_large = retention.max_bytes > 0 && total > retention.max_bytes;
+            if !too_old && !too_large {
+                break;
+            }
+            for table in schema::DAY_PARTITIONED {
+                self.connection.execute(
+                    "dropping an old partition",
+                    &format!(
+                        "ALTER TABLE {table} DROP PARTITION {}",
+                        quote(&partition.partition)
+                    ),
+                )?;
+            }
+            total = total.saturating_sub(partition.bytes);
+            dropped += 1;
+            tracing::info!(day = %partition.partition, too_old, too_large, "SpanPartitionDropped");
+        }
+        Ok(dropped)
+    }
+
+    fn snapshot(&self, _backup: &mut BackupDir, _relative: &Path) -> Result<()> {
+        Err(StoreError::Backend(
+            "spans are kept in ClickHouse: back them up with ClickHouse's own tools \
+             (snapshots copy the embedded stores)"
+                .into(),
+        ))
+    }
+
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
+        let mut spans = Vec::new();
+        self.buffer.read_trace(trace_id, &mut spans);
+        let payloads: Vec<Payload> = self.connection.wait(
+            "reading a trace",
+            self.connection
+                .client
+                .query(&format!(
+                    "SELECT payload FROM spans WHERE trace_id = {}",
+                    trace_id_literal(trace_id)
+                ))
+                .fetch_all(),
+        )?;
+        let mut damaged = false;
+        for row in payloads {
+            match codec::decode_spans(&row.payload, None) {
+                Ok(decoded) => spans.extend(decoded),
+                Err(error) => {
+                    tracing::error!(trace_id = %hex::encode(trace_id), %error, "SpanUndecodable");
+                    damaged = true;
+                }
+            }
+        }
+        settle_trace(&mut spans);
+        Ok(TraceRead { spans, damaged })
+    }
+
+    fn buffered_traces_matching(&self, matches: &dyn Fn(&Span) -> bool) -> Vec<TraceId> {
+        self.buffer.traces_matching(matches)
+    }
+
+    fn search_candidates<'a>(&'a self, filter: &SpanFilter<'_>) -> Box<dyn TraceCandidates + 'a> {
+        Box::new(Candidates {
+            connection: &self.connection,
+            sql: candidates_sql(filter),
+            offset: 0,
+            page: FIRST_CANDIDATE_PAGE,
+            fetched: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    fn services(&self) -> Vec<String> {
+        self.buffer.services()
+    }
+
+    fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        self.buffer.operations(service)
+    }
+
+    fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>> {
+        let first_hour = start_nanos - start_nanos % HOUR_NANOS;
+        let rows: Vec<LinkRow> = self.connection.wait(
+            "reading dependencies",
+            self.connection
+                .client
+                .query(&format!(
+                    "SELECT parent, child, toUInt64(sum(calls)) AS calls, \
+                     toUInt64(sum(errors)) AS errors FROM dependencies \
+                     WHERE hour_nanos >= {first_hour} AND hour_nanos <= {end_nanos} \
+                     GROUP BY parent, child ORDER BY parent, child"
+                ))
+                .fetch_all(),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DependencyLink {
+                parent: row.parent,
+                child: row.child,
+                call_count: row.calls,
+                error_count: row.errors,
+            })
+            .collect())
+    }
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Payload {
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct LinkRow {
+    parent: String,
+    child: String,
+    calls: u64,
+    errors: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct PartitionSize {
+    partition: String,
+    bytes: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct CandidateRow {
+    trace_id: [u8; 16],
+    #[allow(dead_code)] // The order the rows come in.
+    newest: u64,
+}
+
+/// Candidate traces from `span_search`, newest first, fetched a page at a
+/// time as the search consumes them.
+struct Candidates<'a> {
+    connection: &'a ClickHouse,
+    sql: String,
+    offset: u64,
+    page: u64,
+    fetched: std::vec::IntoIter<TraceId>,
+    done: bool,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = Result<TraceId>;
+
+    fn next(&mut self) -> Option<Result<TraceId>> {
+        if let Some(trace_id) = self.fetched.next() {
+            return Some(Ok(trace_id));
+        }
+        if self.done {
+            return None;
+        }
+        let sql = format!("{} LIMIT {} OFFSET {}", self.sql, self.page, self.offset);
+        let rows: Vec<CandidateRow> = match self.connection.wait(
+            "searching spans",
+            self.connection.client.query(&sql).fetch_all(),
+        ) {
+            Ok(rows) => rows,
+            Err(error) => {
+                self.done = true;
+                return Some(Err(error));
+            }
+        };
+        self.done = (rows.len() as u64) < self.page;
+        self.offset += rows.len() as u64;
+        self.page = self.page.saturating_mul(10);
+        self.fetched = rows
+            .into_iter()
+            .map(|row| row.trace_id)
+            .collect::<Vec<_>>()
+            .into_iter();
+        self.fetched.next().map(Ok)
+    }
+}
+
+impl TraceCandidates for Candidates<'_> {
+    fn damaged(&self) -> bool {
+        false
+    }
+}
+
+/// The candidate query of `filter`, without its `LIMIT`: every condition
+/// of the filter is pushed down; tags compare whole values up to
+/// [`MAX_SEARCH_VALUE_BYTES`].
+fn candidates_sql(filter: &SpanFilter<'_>) -> String {
+    let mut conditions = vec![format!(
+        "start_nanos >= {} AND start_nanos <= {}",
+        filter.start_nanos, filter.end_nanos
+    )];
+    conditions.push(format!("day >= {}", date_literal(filter.start_nanos)));
+    if filter.end_nanos < u64::MAX / 2 {
+        conditions.push(format!("day <= {}", date_literal(filter.end_nanos)));
+    }
+    if let Some(service) = filter.service {
+        conditions.push(format!("service = {}", quote(service)));
+    }
+    if let Some(operation) = filter.operation {
+        conditions.push(format!("name = {}", quote(operation)));
+    }
+    if let Some(kind) = filter.span_kind {
+        conditions.push(format!("kind = {}", quote(kind.as_str())));
+    }
+    if let Some(min) = filter.min_duration_nanos {
+        conditions.push(format!("duration_nanos >= {min}"));
+    }
+    if let Some(max) = filter.max_duration_nanos {
+        conditions.push(format!("duration_nanos <= {max}"));
+    }
+    for (key, value) in filter.tags {
+        conditions.push(if value.len() <= MAX_SEARCH_VALUE_BYTES {
+            format!(
+                "arrayExists((k, v) -> k = {} AND v = {}, tag_keys, tag_values)",
+                quote(key),
+                quote(value)
+            )
+        } else {
+            format!("has(tag_keys, {})", quote(key))
+        });
+    }
+    format!(
+        "SELECT trace_id, max(start_nanos) AS newest FROM span_search WHERE {} \
+         GROUP BY trace_id ORDER BY newest DESC, trace_id",
+        conditions.join(" AND ")
+    )
+}
+
+/// What searches filter on of one span: its tags as a search matches them
+/// (span, resource, event and derived), values cut to
+/// [`MAX_SEARCH_VALUE_BYTES`].
+fn search_row(span: &Span) -> SearchRow {
+    let derived = span.derived_tags();
+    let tags = span
+        .attributes
+        .iter()
+        .chain(&span.resource.attributes)
+        .chain(span.events.iter().flat_map(|e| &e.attributes))
+        .chain(&derived);
+    let (mut tag_keys, mut tag_values) = (Vec::new(), Vec::new());
+    for kv in tags {
+        let mut value = kv.value.to_display_string();
+        if value.len() > MAX_SEARCH_VALUE_BYTES {
+            let mut cut = MAX_SEARCH_VALUE_BYTES;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+        }
+        tag_keys.push(kv.key.clone());
+        tag_values.push(value);
+    }
+    SearchRow {
+        day: day_of(span.start_unix_nano),
+        service: span.service().to_string(),
+        start_nanos: span.start_unix_nano,
+        trace_id: span.trace_id,
+        name: span.name.clone(),
+        kind: span.kind.as_str().to_string(),
+        duration_nanos: span.duration_nanos(),
+        error: u8::from(span.is_error()),
+        tag_keys,
+        tag_values,
+    }
+}
+
+/// The `Date` (days since 1970-01-01) of a time in nanoseconds.
+fn day_of(nanos: u64) -> u16 {
+    u16::try_from(nanos / NANOS_PER_DAY).unwrap_or(u16::MAX)
+}
+
+/// A `Date` literal for the day of `nanos`.
+fn date_literal(nanos: u64) -> String {
+    let date = chrono::DateTime::from_timestamp((nanos / 1_000_000_000) as i64, 0)
+        .unwrap_or_default()
+        .date_naive();
+    format!("toDate('{}')", date.format("%Y-%m-%d"))
+}
+
+/// The end, in nanoseconds, of the day a `PARTITION BY day` partition
+/// names ("2026-12-05").
+fn day_end_nanos(partition: &str) -> Option<u64> {
+    let date = chrono::NaiveDate::parse_from_str(partition.trim_matches('\''), "%Y-%m-%d").ok()?;
+    let start = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+    u64::try_from(start)
+        .ok()
+        .map(|s| s * 1_000_000_000 + NANOS_PER_DAY)
+}
+
+fn trace_id_literal(trace_id: &TraceId) -> String {
+    format!("toFixedString(unhex('{}'), 16)", hex::encode(trace_id))
+}
+
+/// The WAL sequence number through which a node's spans are in ClickHouse,
+/// in a file of the node's data directory: written whole (a temporary file
+/// renamed over it) and synced before it counts.
+struct Checkpoint {
+    path: PathBuf,
+    seq: Mutex<u64>,
+}
+
+impl Checkpoint {
+    fn open(path: PathBuf) -> Result<Checkpoint> {
+        let seq = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "{}: {text:?} is not a sequence number",
+                    path.display()
+                ))
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Checkpoint {
+            path,
+            seq: Mutex::new(seq),
+        })
+    }
+
+    fn get(&self) -> u64 {
+        *self.seq.lock().expect("not poisoned")
+    }
+
+    fn advance(&self, seq: u64) -> Result<()> {
+        let mut current = self.seq.lock().expect("not poisoned");
+        if seq <= *current {
+            return Ok(());
+        }
+        let temporary = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, format!("{seq}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *current = seq;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_partitions_agree() {
+        let nanos = 1_764_892_800 * 1_000_000_000 + 5; // 2025-12-05T00:00:00Z + 5 ns
+        assert_eq!(date_literal(nanos), "toDate('2025-12-05')");
+        assert_eq!(u64::from(day_of(nanos)) * NANOS_PER_DAY, nanos - 5);
+        assert_eq!(day_end_nanos("2025-12-05"), Some(nanos - 5 + NANOS_PER_DAY));
+        assert_eq!(
+            day_end_nanos("'2025-12-05'"),
+            Some(nanos - 5 + NANOS_PER_DAY)
+        );
+        assert_eq!(day_end_nanos("tuple()"), None);
+    }
+
+    #[test]
+    fn every_filter_condition_is_pushed_down_and_quoted() {
+        let tags = [
+            ("http.route".to_string(), "/o'k".to_string()),
+            ("db.statement".to_string(), "x".repeat(300)),
+        ];
+        let sql = candidates_sql(&SpanFilter {
+            service: Some("order"),
+            operation: Some("GET"),
+            span_kind: Some(SpanKind::Server),
+            tags: &tags,
+            min_duration_nanos: Some(5),
+            max_duration_nanos: Some(9),
+            start_nanos: 0,
+            end_nanos: u64::MAX,
+        });
+        for part in [
+            "service = 'order'",
+            "name = 'GET'",
+            "kind = 'server'",
+            "duration_nanos >= 5",
+            "duration_nanos <= 9",
+            r"k = 'http.route' AND v = '/o\'k'",
+            "has(tag_keys, 'db.statement')",
+            "day >= toDate('1970-01-01')",
+        ] {
+            assert!(sql.contains(part), "{part} missing from {sql}");
+        }
+        assert!(!sql.contains("day <="));
+    }
+
+    #[test]
+    fn a_checkpoint_only_moves_forward_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spans.checkpoint");
+        let checkpoint = Checkpoint::open(path.clone()).unwrap();
+        assert_eq!(checkpoint.get(), 0);
+        checkpoint.advance(7).unwrap();
+        checkpoint.advance(3).unwrap();
+        assert_eq!(Checkpoint::open(path.clone()).unwrap().get(), 7);
+        std::fs::write(&path, "seven").unwrap();
+        assert!(matches!(
+            Checkpoint::open(path),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,339 @@
+//! Spans over a real ClickHouse (Debian's 18.16): the same OTLP requests
+//! sent to an embedded Strand and to ClickHouse-backed ones give equal
+//! answers from the Jaeger API — trace by id, searches, services,
+//! operations, dependencies — answered from ClickHouse by a node that
+//! never saw the spans; acknowledged spans survive `kill -9` of a node and
+//! a ClickHouse that was down.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
+use serde_json::Value;
+use strand_testkit::{ClickHouse, DEADLINE, Strand, eventually};
+
+use crate::support::STRAND_BINARY;
+
+const SERVICES: [&str; 4] = ["gateway", "order", "inventory", "payment"];
+
+fn attribute(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn text(value: &str) -> any_value::Value {
+    any_value::Value::StringValue(value.into())
+}
+
+/// `traces` shop requests ending `now_nanos`, one a second: gateway ->
+/// order -> (inventory, payment), every fifth payment failing, with
+/// routes, users and durations that differ from trace to trace. Trace
+/// `n`'s id is `seed` and `n` in big-endian.
+fn shop_requests(seed: u64, traces: u64, now_nanos: u64) -> ExportTraceServiceRequest {
+    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+    for n in 0..traces {
+        let mut trace_id = seed.to_be_bytes().to_vec();
+        trace_id.extend(n.to_be_bytes());
+        let start = now_nanos - (traces - n) * 1_000_000_000;
+        let failed = n % 5 == 0;
+        let route = ["/api/orders", "/api/cart", "/api/checkout"][(n % 3) as usize];
+        let span_id = |service: usize| ((n << 8) | (service as u64 + 1)).to_be_bytes().to_vec();
+        let span = |service: usize,
+                    parent: Option<usize>,
+                    name: &str,
+                    kind: SpanKind,
+                    offset: u64,
+                    millis: u64| Span {
+            trace_id: trace_id.clone(),
+            span_id: span_id(service),
+            parent_span_id: parent.map(span_id).unwrap_or_default(),
+            name: name.into(),
+            kind: kind as i32,
+            start_time_unix_nano: start + offset * 1_000_000,
+            end_time_unix_nano: start + (offset + millis) * 1_000_000,
+            attributes: vec![
+                attribute("http.route", text(route)),
+                attribute("user.id", text(&format!("user-{}", n % 7))),
+                attribute("attempt", any_value::Value::IntValue((n % 2) as i64)),
+            ],
+            ..Default::default()
+        };
+        by_service[0].push(span(
+            0,
+            None,
+            &format!("POST {route}"),
+            SpanKind::Server,
+            0,
+            40 + n % 50,
+        ));
+        by_service[1].push(span(
+            1,
+            Some(0),
+            "create order",
+            SpanKind::Server,
+            2,
+            30 + n % 40,
+        ));
+        by_service[2].push(span(2, Some(1), "reserve", SpanKind::Server, 5, 5 + n % 9));
+        let mut payment = span(3, Some(1), "charge", SpanKind::Server, 12, 10 + n % 20);
+        if failed {
+            payment.status = Some(Status {
+                code: status::StatusCode::Error as i32,
+                message: "card declined".into(),
+            });
+        }
+        by_service[3].push(payment);
+    }
+    ExportTraceServiceRequest {
+        resource_spans: SERVICES
+            .iter()
+            .zip(by_service)
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", text(service)),
+                        attribute("host.name", text(&format!("{service}-1"))),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn send(daemon: &Strand, request: ExportTraceServiceRequest) {
+    let mut client = TraceServiceClient::connect(daemon.grpc_endpoint())
+        .await
+        .expect("connects");
+    client.export(request).await.expect("spans acknowledged");
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn clickhouse_args<'a>(clickhouse: &'a ClickHouse, database: &'a str) -> Vec<&'a str> {
+    vec![
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &clickhouse.url,
+        "--clickhouse-database",
+        database,
+    ]
+}
+
+/// Every Jaeger API answer the differential compares, by what it asked.
+async fn jaeger_answers(
+    daemon: &Strand,
+    trace_ids: &[String],
+    end_micros: u64,
+) -> Vec<(String, Value)> {
+    let mut asked: Vec<(String, Vec<(&str, String)>)> = vec![("/api/services".into(), vec![])];
+    for service in SERVICES {
+        asked.push((format!("/api/services/{service}/operations"), vec![]));
+    }
+    for id in trace_ids {
+        asked.push((format!("/api/traces/{id}"), vec![]));
+    }
+    let window = |params: &[(&'static str, &str)]| {
+        let mut all: Vec<(&str, String)> =
+            params.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        all.push(("end", end_micros.to_string()));
+        all.push(("start", (end_micros - 3_600_000_000).to_string()));
+        all
+    };
+    for params in [
+        window(&[("service", "gateway"), ("limit", "20")]),
+        window(&[
+            ("service", "payment"),
+            ("tags", r#"{"error":"true"}"#),
+            ("limit", "500"),
+        ]),
+        window(&[
+            ("service", "gateway"),
+            ("operation", "POST /api/cart"),
+            ("limit", "500"),
+        ]),
+        window(&[
+            ("service", "inventory"),
+            ("minDuration", "12ms"),
+            ("limit", "500"),
+        ]),
+        window(&[
+            ("service", "order"),
+            ("maxDuration", "35ms"),
+            ("limit", "500"),
+        ]),
+        window(&[
+            ("service", "order"),
+            ("tags", r#"{"user.id":"user-3","attempt":"1"}"#),
+            ("limit", "500"),
+        ]),
+        window(&[
+            ("service", "payment"),
+            ("tags", r#"{"host.name":"payment-1"}"#),
+            ("limit", "7"),
+        ]),
+        window(&[
+            ("service", "gateway"),
+            ("tags", r#"{"http.route":"/nowhere"}"#),
+        ]),
+        vec![
+            ("endTs", (end_micros / 1000).to_string()),
+            ("lookback", "7200000".into()),
+        ],
+    ] {
+        let path = if params.iter().any(|(k, _)| *k == "endTs") {
+            "/api/dependencies"
+        } else {
+            "/api/traces"
+        };
+        asked.push((path.into(), params));
+    }
+    let mut answers = Vec::new();
+    for (path, params) in asked {
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = daemon.get_json_query(&path, &params).await;
+        let unknown = path.ends_with("0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            status,
+            if unknown { 404 } else { 200 },
+            "{path} {params:?}: {body}"
+        );
+        answers.push((format!("{path} {params:?}"), body["data"].clone()));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_answers_every_trace_query_as_the_embedded_store_does() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Strand::start(&dir.path().join("embedded"), &[]).await;
+    let args = clickhouse_args(&clickhouse, "strand_diff");
+    let node = Strand::start(&dir.path().join("node-a"), &args).await;
+
+    let end = now_nanos();
+    for seed in 1..=3 {
+        let request = shop_requests(seed, 150, end - seed * 1_000_000);
+        send(&embedded, request.clone()).await;
+        send(&node, request).await;
+    }
+    let trace_ids: Vec<String> = [(1u64, 0u64), (1, 149), (2, 5), (3, 77)]
+        .iter()
+        .map(|(seed, n)| format!("{}{}", hex(seed), hex(n)))
+        .chain(["0123456789abcdef0123456789abcdef".into()])
+        .collect();
+    let end_micros = end / 1000 + 1_000_000;
+    // Dependencies count flushed spans: wait for both flushes.
+    for daemon in [&embedded, &node] {
+        let end_ms = (end_micros / 1000).to_string();
+        let flushed = eventually(DEADLINE, || async {
+            let params = [("endTs", end_ms.as_str()), ("lookback", "7200000")];
+            let (_, body) = daemon.get_json_query("/api/dependencies", &params).await;
+            (body["data"].as_array().map(Vec::len) == Some(3)).then_some(())
+        })
+        .await;
+        assert!(flushed.is_some(), "no dependencies: {}", daemon.log());
+    }
+    let expected = jaeger_answers(&embedded, &trace_ids, end_micros).await;
+    assert_eq!(expected[5].1[0]["spans"].as_array().map(Vec::len), Some(4));
+    let answered = jaeger_answers(&node, &trace_ids, end_micros).await;
+    for (want, got) in expected.iter().zip(&answered) {
+        assert_eq!(want, got, "node that ingested: {}", want.0);
+    }
+    // Stopped and replaced by a node with an empty data directory: the
+    // answers come from ClickHouse alone.
+    node.stop().await;
+    let fresh = Strand::start(&dir.path().join("node-b"), &args).await;
+    let answered = jaeger_answers(&fresh, &trace_ids, end_micros).await;
+    for (want, got) in expected.iter().zip(&answered) {
+        assert_eq!(want, got, "from ClickHouse: {}", want.0);
+    }
+    let dependencies = &expected.last().unwrap().1;
+    assert_eq!(
+        dependencies.as_array().map(Vec::len),
+        Some(3),
+        "{dependencies}"
+    );
+    // A restart migrates nothing twice.
+    let migrations = clickhouse
+        .query("SELECT count() FROM strand_diff.strand_schema_migrations")
+        .await;
+    assert_eq!(migrations.trim(), "1");
+    fresh.stop().await;
+    embedded.stop().await;
+}
+
+fn hex(n: &u64) -> String {
+    format!("{n:016x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
+    let mut clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let mut args = clickhouse_args(&clickhouse, "strand_crash");
+    args.extend(["--flush-interval", "1h"]);
+    // Acknowledged, only in the node's WAL and buffer when it dies.
+    let node = Strand::spawn(STRAND_BINARY, &data, &args).await;
+    let end = now_nanos();
+    send(&node, shop_requests(7, 20, end)).await;
+    node.kill9();
+    let reader_args = clickhouse_args(&clickhouse, "strand_crash");
+    let reader = Strand::start(&dir.path().join("reader"), &reader_args).await;
+    let first = format!("/api/traces/{}{}", hex(&7), hex(&0));
+    let (status, _) = reader.get_json(&first).await;
+    assert_eq!(status, 404, "not in ClickHouse before the node comes back");
+
+    // The node restarts and replays its WAL; then ClickHouse goes down and
+    // the node keeps taking spans, which wait in its WAL until ClickHouse
+    // is back.
+    let mut restart_args = args.clone();
+    restart_args.truncate(args.len() - 2);
+    restart_args.extend(["--flush-interval", "200ms"]);
+    let restarted = Strand::spawn(STRAND_BINARY, &data, &restart_args).await;
+    clickhouse.stop();
+    send(&restarted, shop_requests(8, 20, end)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    clickhouse.restart().await;
+    for seed in [7u64, 8] {
+        for n in [0u64, 19] {
+            let path = format!("/api/traces/{}{}", hex(&seed), hex(&n));
+            let found = eventually(DEADLINE, || async {
+                let (status, body) = reader.get_json(&path).await;
+                (status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(4))
+                    .then_some(())
+            })
+            .await;
+            assert!(
+                found.is_some(),
+                "{path} never came from ClickHouse: {}",
+                restarted.log()
+            );
+        }
+    }
+    let stored = clickhouse
+        .query("SELECT uniqExact(trace_id, span_id) FROM strand_crash.spans")
+        .await;
+    assert_eq!(stored.trim(), "160");
+    restarted.stop().await;
+    reader.stop().await;
+}
