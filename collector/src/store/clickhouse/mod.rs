@@ -167,6 +167,61 @@ mod tests {
         assert!(Version(18, 16) < LZ4_HTTP_MIN_VERSION);
     }
 
+    /// The schema Strand creates on a current server and every statement
+    /// shape it sends run on ClickHouse 26.9, in process through chDB
+    /// (`chdb-core` from PyPI, in the `target/py` venv scripts/test makes).
+    #[test]
+    fn the_schema_and_every_statement_run_on_a_current_clickhouse() {
+        let python = std::env::var_os("STRAND_TEST_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python")
+            });
+        let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `strand`".to_string()];
+        statements.extend(schema::all_statements("`strand`", Version(26, 9)));
+        statements.push("USE `strand`".into());
+        statements.extend(spans::statement_shapes());
+        const SCRIPT: &str = r#"
+import json, sys
+import chdb
+from chdb import session
+db = session.Session()
+version = db.query("SELECT version()", "TSV").bytes().decode().strip()
+failures = []
+for sql in json.load(sys.stdin):
+    try:
+        db.query(sql, "TSV")
+    except Exception as error:
+        failures.append(sql + "\n  -> " + str(error))
+print(json.dumps({"version": version, "failures": failures}))
+"#;
+        let mut child = std::process::Command::new(&python)
+            .args(["-c", SCRIPT])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "this test needs Python with chdb-core at {}: {error} \
+                     (scripts/test installs it into target/py), or set STRAND_TEST_PYTHON",
+                    python.display()
+                )
+            });
+        let input = serde_json::to_vec(&statements).unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "chDB failed (scripts/test installs chdb-core into target/py): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let version = Version::parse(answer["version"].as_str().unwrap()).unwrap();
+        assert!(version >= Version(24, 1), "{answer}");
+        assert_eq!(answer["failures"], serde_json::json!([]), "{answer:#}");
+    }
+
     #[test]
     fn literals_and_identifiers_are_escaped() {
         assert_eq!(quote(r"it's a\b"), r"'it\'s a\\b'");

@@ -143,6 +143,17 @@ pub fn migrate(connection: &ClickHouse) -> Result<()> {
     Ok(())
 }
 
+/// Every migration's statements for the server at `version`, in order: what
+/// the test against a current ClickHouse runs.
+#[cfg(test)]
+pub fn all_statements(db: &str, version: Version) -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|m| m.statements)
+        .map(|statement| render(statement, db, version))
+        .collect()
+}
+
 /// A statement for the server at `version`.
 fn render(statement: &str, db: &str, version: Version) -> String {
     let modern = version >= CODECS_MIN_VERSION;

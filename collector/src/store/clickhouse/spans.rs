@@ -37,6 +37,8 @@ const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
 const MAX_SEARCH_VALUE_BYTES: usize = 256;
 /// Candidate traces fetched per request; later pages grow tenfold.
 const FIRST_CANDIDATE_PAGE: u64 = 200;
+/// Every service and operation name, as any node wrote them.
+const NAMES_SQL: &str = "SELECT day, service, name, kind FROM span_names";
 /// How often a node reads the service and operation names other nodes
 /// wrote.
 const NAMES_REFRESH: Duration = Duration::from_secs(10);
@@ -121,10 +123,7 @@ impl ClickHouseSpans {
     fn read_names(&self, state: &mut FlushState) -> Result<()> {
         let names: Vec<NameRow> = self.connection.wait(
             "reading span names",
-            self.connection
-                .client
-                .query("SELECT day, service, name, kind FROM span_names")
-                .fetch_all(),
+            self.connection.client.query(NAMES_SQL).fetch_all(),
         )?;
         self.buffer.note_names(names.iter().map(|row| {
             let kind = SpanKind::parse(&row.kind).unwrap_or_default();
@@ -286,21 +285,11 @@ impl SpanStore for ClickHouseSpans {
         let _flush = self.flush_state.lock().expect("not poisoned");
         let cutoff = now_nanos
             .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
-        let tables = schema::DAY_PARTITIONED
-            .iter()
-            .map(|t| quote(t))
-            .collect::<Vec<_>>()
-            .join(", ");
         let partitions: Vec<PartitionSize> = self.connection.wait(
             "reading partition sizes",
             self.connection
                 .client
-                .query(&format!(
-                    "SELECT partition, toUInt64(sum(bytes_on_disk)) AS bytes FROM system.parts \
-                     WHERE active AND database = {} AND table IN ({tables}) \
-                     GROUP BY partition ORDER BY partition",
-                    quote(&self.connection.database)
-                ))
+                .query(&partitions_sql(&self.connection.database))
                 .fetch_all(),
         )?;
         let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -318,10 +307,7 @@ impl SpanStore for ClickHouseSpans {
             for table in schema::DAY_PARTITIONED {
                 self.connection.execute(
                     "dropping an old partition",
-                    &format!(
-                        "ALTER TABLE {table} DROP PARTITION {}",
-                        quote(&partition.partition)
-                    ),
+                    &drop_partition_sql(table, &partition.partition),
                 )?;
             }
             total = total.saturating_sub(partition.bytes);
@@ -346,10 +332,7 @@ impl SpanStore for ClickHouseSpans {
             "reading a trace",
             self.connection
                 .client
-                .query(&format!(
-                    "SELECT payload FROM spans WHERE trace_id = {}",
-                    trace_id_literal(trace_id)
-                ))
+                .query(&trace_sql(trace_id))
                 .fetch_all(),
         )?;
         let mut damaged = false;
@@ -395,12 +378,7 @@ impl SpanStore for ClickHouseSpans {
             "reading dependencies",
             self.connection
                 .client
-                .query(&format!(
-                    "SELECT parent, child, toUInt64(sum(calls)) AS calls, \
-                     toUInt64(sum(errors)) AS errors FROM dependencies \
-                     WHERE hour_nanos >= {first_hour} AND hour_nanos <= {end_nanos} \
-                     GROUP BY parent, child ORDER BY parent, child"
-                ))
+                .query(&dependencies_sql(first_hour, end_nanos))
                 .fetch_all(),
         )?;
         Ok(rows
@@ -463,7 +441,7 @@ impl Iterator for Candidates<'_> {
         if self.done {
             return None;
         }
-        let sql = format!("{} LIMIT {} OFFSET {}", self.sql, self.page, self.offset);
+        let sql = page_sql(&self.sql, self.page, self.offset);
         let rows: Vec<CandidateRow> = match self.connection.wait(
             "searching spans",
             self.connection.client.query(&sql).fetch_all(),
@@ -598,8 +576,86 @@ fn day_end_nanos(partition: &str) -> Option<u64> {
         .map(|s| s * 1_000_000_000 + NANOS_PER_DAY)
 }
 
-fn trace_id_literal(trace_id: &TraceId) -> String {
-    format!("toFixedString(unhex('{}'), 16)", hex::encode(trace_id))
+/// The stored spans of one trace.
+fn trace_sql(trace_id: &TraceId) -> String {
+    format!(
+        "SELECT payload FROM spans WHERE trace_id = toFixedString(unhex('{}'), 16)",
+        hex::encode(trace_id)
+    )
+}
+
+/// Calls between services from `first_hour` through `end_nanos`.
+fn dependencies_sql(first_hour: u64, end_nanos: u64) -> String {
+    format!(
+        "SELECT parent, child, toUInt64(sum(calls)) AS calls, \
+         toUInt64(sum(errors)) AS errors FROM dependencies \
+         WHERE hour_nanos >= {first_hour} AND hour_nanos <= {end_nanos} \
+         GROUP BY parent, child ORDER BY parent, child"
+    )
+}
+
+/// One page of the candidate query `sql`.
+fn page_sql(sql: &str, page: u64, offset: u64) -> String {
+    format!("{sql} LIMIT {page} OFFSET {offset}")
+}
+
+/// The bytes of each day partition of the span tables in `database`.
+fn partitions_sql(database: &str) -> String {
+    let tables = schema::DAY_PARTITIONED
+        .iter()
+        .map(|t| quote(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT partition, toUInt64(sum(bytes_on_disk)) AS bytes FROM system.parts \
+         WHERE active AND database = {} AND table IN ({tables}) \
+         GROUP BY partition ORDER BY partition",
+        quote(database)
+    )
+}
+
+fn drop_partition_sql(table: &str, partition: &str) -> String {
+    format!("ALTER TABLE {table} DROP PARTITION {}", quote(partition))
+}
+
+/// Every statement shape the store sends, with sample values, and the
+/// columns of every insert: what the test against a current ClickHouse
+/// runs after the schema.
+#[cfg(test)]
+pub fn statement_shapes() -> Vec<String> {
+    use clickhouse::Row;
+    let columns = |table: &str, names: &[&str]| format!("SELECT {} FROM {table}", names.join(", "));
+    let tags = [("http.route".to_string(), "/x".to_string())];
+    let filter = SpanFilter {
+        service: Some("order"),
+        operation: Some("GET"),
+        span_kind: Some(SpanKind::Server),
+        tags: &tags,
+        min_duration_nanos: Some(1),
+        max_duration_nanos: Some(2),
+        start_nanos: 1_764_892_800_000_000_000,
+        end_nanos: 1_764_979_200_000_000_000,
+    };
+    vec![
+        columns("spans", SpanRow::COLUMN_NAMES),
+        columns("span_search", SearchRow::COLUMN_NAMES),
+        columns("span_names", NameRow::COLUMN_NAMES),
+        columns("dependencies", DependencyRow::COLUMN_NAMES),
+        NAMES_SQL.to_string(),
+        trace_sql(&[7; 16]),
+        dependencies_sql(0, u64::MAX),
+        page_sql(&candidates_sql(&filter), 200, 0),
+        page_sql(
+            &candidates_sql(&SpanFilter {
+                end_nanos: u64::MAX,
+                ..SpanFilter::default()
+            }),
+            2000,
+            200,
+        ),
+        partitions_sql("strand"),
+        drop_partition_sql("spans", "2025-12-05"),
+    ]
 }
 
 /// The WAL sequence number through which a node's spans are in ClickHouse,
