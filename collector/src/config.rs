@@ -191,6 +191,13 @@ pub struct ServeArgs {
     )]
     pub max_buffered_spans: usize,
 
+    /// Most bytes the write-ahead log may hold before ingest answers 503 /
+    /// UNAVAILABLE: how much waits there while a store cannot write (ClickHouse
+    /// down, a failing disk) or flushes fall behind [default: with size limits,
+    /// half their sum; without, 1 GiB]
+    #[arg(long, env = "STRAND_WAL_MAX_BYTES", value_name = "BYTES")]
+    pub wal_max_bytes: Option<u64>,
+
     /// Bytes of requests allowed to wait for the write-ahead log before ingest
     /// answers 429 / RESOURCE_EXHAUSTED.
     #[arg(
@@ -851,6 +858,9 @@ pub struct IngestLimits {
     /// The write-ahead log starts a new segment once the active one is this
     /// large (see [`IngestLimits::wal_segment_bytes`]).
     pub wal_segment_bytes: u64,
+    /// Beyond this many bytes in the write-ahead log, ingest answers 503
+    /// (see [`IngestLimits::wal_max_bytes`]).
+    pub wal_max_bytes: u64,
     /// Attribute count and value length limits.
     pub attributes: AttributeLimits,
 }
@@ -869,6 +879,16 @@ impl IngestLimits {
         match store_limits.iter().sum::<u64>() {
             0 => Self::MAX_WAL_SEGMENT_BYTES,
             sum => (sum / 8).clamp(Retention::MIN_FILE_BYTES, Self::MAX_WAL_SEGMENT_BYTES),
+        }
+    }
+
+    /// The default bound on the write-ahead log for the stores' size limits:
+    /// half their sum (two segments past where every store is flushed at
+    /// once), at least four segments; 1 GiB without limits.
+    pub fn wal_max_bytes(store_limits: &[u64]) -> u64 {
+        match store_limits.iter().sum::<u64>() {
+            0 => 1 << 30,
+            sum => (sum / 2).max(4 * Self::wal_segment_bytes(store_limits)),
         }
     }
 }
@@ -1121,6 +1141,11 @@ impl ServeArgs {
                 .as_ref()
                 .map_or(setting, |budget| setting.min(share(budget)))
         };
+        let store_limits = [
+            self.trace_retention_bytes,
+            self.log_retention_bytes,
+            self.metric_retention_bytes,
+        ];
         let config = Config {
             data_dir: self.data_dir,
             otlp_grpc: self
@@ -1142,11 +1167,10 @@ impl ServeArgs {
                 }) as usize,
                 wal_queue_bytes: fit(self.wal_queue_bytes as u64, |budget| budget.wal_queue)
                     as usize,
-                wal_segment_bytes: IngestLimits::wal_segment_bytes(&[
-                    self.trace_retention_bytes,
-                    self.log_retention_bytes,
-                    self.metric_retention_bytes,
-                ]),
+                wal_segment_bytes: IngestLimits::wal_segment_bytes(&store_limits),
+                wal_max_bytes: self
+                    .wal_max_bytes
+                    .unwrap_or(IngestLimits::wal_max_bytes(&store_limits)),
                 attributes: AttributeLimits {
                     count: self.attribute_count_limit,
                     value_length: self.attribute_value_length_limit,
@@ -1480,6 +1504,16 @@ mod tests {
             IngestLimits::wal_segment_bytes(&[1 << 40, 0, 0]),
             IngestLimits::MAX_WAL_SEGMENT_BYTES
         );
+        // The WAL's bound: half the limits, at least four segments.
+        assert_eq!(IngestLimits::wal_max_bytes(&[0, 0, 0]), 1 << 30);
+        assert_eq!(IngestLimits::wal_max_bytes(&[2 << 20, 6 << 20, 0]), 4 << 20);
+        assert_eq!(
+            IngestLimits::wal_max_bytes(&[1 << 20, 0, 0]),
+            4 * Retention::MIN_FILE_BYTES
+        );
+        assert_eq!(no_args().limits.wal_max_bytes, 1 << 30);
+        let given = Config::from_args(["--wal-max-bytes", "5000000"]).unwrap();
+        assert_eq!(given.limits.wal_max_bytes, 5_000_000);
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub enum AcceptError {
         "the request converts to {bytes} bytes of samples, more than the write-ahead log queue holds ({limit} bytes, --wal-queue-bytes): send smaller requests"
     )]
     TooLarge { bytes: usize, limit: usize },
+    /// The WAL holds what a store has not taken yet up to its bound
+    /// (a store cannot write, or flushes fall behind).
+    #[error(
+        "the write-ahead log holds {bytes} bytes the stores have not taken yet, more than --wal-max-bytes ({limit}): retry later"
+    )]
+    WalFull { bytes: u64, limit: u64 },
 }
 
 /// How often log indexes are committed: the bound on how long an
@@ -217,6 +223,8 @@ impl Pipeline {
         metadata: Vec<MetricMetadata>,
         transport: &str,
     ) -> Result<SampleRejections, AcceptError> {
+        let count = series.iter().map(|s| s.samples.len()).sum();
+        self.check_wal_room(Signal::Samples, count)?;
         // Admission takes the store's locks and encodes the whole batch:
         // blocking work, kept off the async workers.
         let pipeline = self.clone();
@@ -328,6 +336,7 @@ impl Pipeline {
             return Ok(());
         }
         let count = spans.len();
+        self.check_wal_room(Signal::Spans, count)?;
         let buffered = self.traces.buffered_spans();
         if buffered >= self.limits.max_buffered_spans / 2 {
             self.flush_wanted.notify_one();
@@ -366,6 +375,7 @@ impl Pipeline {
             return Ok(());
         }
         let count = records.len();
+        self.check_wal_room(Signal::Logs, count)?;
         let payload = codec::encode_logs(&records);
         let feed = self.log_feed.clone();
         let appended = self
@@ -568,6 +578,21 @@ impl Pipeline {
     /// Asks the flusher to flush every store when the WAL holds more than
     /// [`WAL_SEGMENTS_BEFORE_FLUSH`] segments: with size limits its segments
     /// are small, and it counts against the data directory's bound.
+    /// Refuses `count` items of `signal` while the WAL is over its bound,
+    /// and asks for every store to be flushed so that it can be trimmed.
+    fn check_wal_room(&self, signal: Signal, count: usize) -> Result<(), AcceptError> {
+        let bytes = u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0);
+        if bytes <= self.limits.wal_max_bytes {
+            return Ok(());
+        }
+        self.wal_long.notify_one();
+        self.reject(signal, count, "wal_full");
+        Err(AcceptError::WalFull {
+            bytes,
+            limit: self.limits.wal_max_bytes,
+        })
+    }
+
     fn flush_if_wal_long(&self) {
         let wal_bytes = u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0);
         if wal_bytes > WAL_SEGMENTS_BEFORE_FLUSH * self.limits.wal_segment_bytes {

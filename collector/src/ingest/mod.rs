@@ -51,7 +51,9 @@ impl From<AcceptError> for IngestError {
     fn from(error: AcceptError) -> Self {
         match error {
             AcceptError::Overloaded => IngestError::Overloaded(error),
-            AcceptError::Unavailable(_) => IngestError::Unavailable(error),
+            AcceptError::Unavailable(_) | AcceptError::WalFull { .. } => {
+                IngestError::Unavailable(error)
+            }
             AcceptError::TooLarge { .. } => IngestError::Malformed(error.to_string()),
         }
     }

@@ -5,8 +5,6 @@
 //! never saw the spans; acknowledged spans survive `kill -9` of a node and
 //! a ClickHouse that was down.
 
-use std::time::Duration;
-
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -304,17 +302,46 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
     assert_eq!(status, 404, "not in ClickHouse before the node comes back");
 
     // The node restarts and replays its WAL; then ClickHouse goes down and
-    // the node keeps taking spans, which wait in its WAL until ClickHouse
-    // is back.
+    // the node keeps taking spans into its WAL up to its bound, then
+    // answers UNAVAILABLE; once ClickHouse is back, everything acknowledged
+    // arrives and the node takes spans again.
     let mut restart_args = args.clone();
     restart_args.truncate(args.len() - 2);
-    restart_args.extend(["--flush-interval", "200ms"]);
+    restart_args.extend(["--flush-interval", "200ms", "--wal-max-bytes", "1048576"]);
     let restarted = Strand::spawn(STRAND_BINARY, &data, &restart_args).await;
     clickhouse.stop();
+    let mut client = TraceServiceClient::connect(restarted.grpc_endpoint())
+        .await
+        .expect("connects");
+    let mut acknowledged = vec![8u64];
     send(&restarted, shop_requests(8, 20, end)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refusal = loop {
+        let seed = 100 + acknowledged.len() as u64;
+        assert!(seed < 1_000, "the WAL bound never refused a request");
+        match client.export(shop_requests(seed, 20, end)).await {
+            Ok(_) => acknowledged.push(seed),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(refusal.message().contains("--wal-max-bytes"), "{refusal:?}");
+    assert!(
+        acknowledged.len() > 2,
+        "some requests went into the WAL first"
+    );
     clickhouse.restart().await;
-    for seed in [7u64, 8] {
+    let taken_again = eventually(DEADLINE, || async {
+        let seed = 2_000;
+        client
+            .clone()
+            .export(shop_requests(seed, 20, end))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(taken_again.is_some(), "{}", restarted.log());
+    acknowledged.push(2_000);
+    for seed in acknowledged.iter().copied().chain([7]) {
         for n in [0u64, 19] {
             let path = format!("/api/traces/{}{}", hex(&seed), hex(&n));
             let found = eventually(DEADLINE, || async {
@@ -333,7 +360,7 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
     let stored = clickhouse
         .query("SELECT uniqExact(trace_id, span_id) FROM strand_crash.spans")
         .await;
-    assert_eq!(stored.trim(), "160");
+    assert_eq!(stored.trim(), ((acknowledged.len() + 1) * 80).to_string());
     restarted.stop().await;
     reader.stop().await;
 }
