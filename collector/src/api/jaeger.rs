@@ -79,6 +79,13 @@ impl From<QueryRefused> for JaegerError {
 
 impl From<StoreError> for JaegerError {
     fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "QueryUnavailable");
+            return JaegerError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+            };
+        }
         JaegerError::internal(error)
     }
 }

@@ -84,7 +84,11 @@ impl From<crate::store::StoreError> for GatewayError {
     fn from(error: crate::store::StoreError) -> Self {
         tracing::error!(%error, "Jaeger v3 query failed");
         GatewayError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
+            status: if error.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            },
             message: error.to_string(),
         }
     }

@@ -92,7 +92,11 @@ impl From<TraceQueryError> for TempoError {
         match error {
             TraceQueryError::Refused(refused) => refused.into(),
             TraceQueryError::Store(error) => TempoError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
+                status: if error.is_unavailable() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                },
                 message: error.to_string(),
             },
         }

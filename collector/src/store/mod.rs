@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use self::clickhouse::ClickHouse;
+use self::clickhouse::Connector;
 use self::clickhouse::spans::ClickHouseSpans;
 use crate::backup::BackupDir;
 use crate::codec::CodecError;
@@ -65,6 +65,14 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+}
+
+impl StoreError {
+    /// Whether the failure is the external database's (down, slow): an
+    /// answer worth retrying, not a fault of this daemon's data.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -272,11 +280,10 @@ impl Stores {
                 .context("opening the trace store")?,
             ),
             Storage::ClickHouse(settings) => {
-                let connection = ClickHouse::connect(settings)
-                    .with_context(|| format!("connecting to ClickHouse at {}", settings.url))?;
+                let connector = Connector::new(settings)?;
                 Arc::new(
                     ClickHouseSpans::open(
-                        connection,
+                        connector,
                         &data_dir.join("clickhouse"),
                         self_metrics.clone(),
                     )

@@ -301,15 +301,23 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
     let (status, _) = reader.get_json(&first).await;
     assert_eq!(status, 404, "not in ClickHouse before the node comes back");
 
-    // The node restarts and replays its WAL; then ClickHouse goes down and
-    // the node keeps taking spans into its WAL up to its bound, then
-    // answers UNAVAILABLE; once ClickHouse is back, everything acknowledged
-    // arrives and the node takes spans again.
-    let mut restart_args = args.clone();
+    // ClickHouse goes down; the node restarts, replays its WAL and keeps
+    // taking spans into it up to its bound, then answers UNAVAILABLE; once
+    // ClickHouse is back, everything acknowledged arrives and the node
+    // takes spans again.
+    let mut restart_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     restart_args.truncate(args.len() - 2);
-    restart_args.extend(["--flush-interval", "200ms", "--wal-max-bytes", "1048576"]);
-    let restarted = Strand::spawn(STRAND_BINARY, &data, &restart_args).await;
+    restart_args
+        .extend(["--flush-interval", "200ms", "--wal-max-bytes", "1048576"].map(String::from));
+    let restart_args: Vec<&str> = restart_args.iter().map(String::as_str).collect();
     clickhouse.stop();
+    let (status, body) = reader.get_json(&first).await;
+    assert_eq!(
+        status, 503,
+        "a clear error while ClickHouse is down: {body}"
+    );
+    assert!(body.to_string().contains("ClickHouse"), "{body}");
+    let restarted = Strand::spawn(STRAND_BINARY, &data, &restart_args).await;
     let mut client = TraceServiceClient::connect(restarted.grpc_endpoint())
         .await
         .expect("connects");

@@ -13,7 +13,8 @@ mod schema;
 pub mod spans;
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::ClickHouseSettings;
 use crate::store::{Result, StoreError};
@@ -22,6 +23,10 @@ use crate::store::{Result, StoreError};
 /// that hangs must turn into an error the write path retries, not a stuck
 /// flusher.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a node waits between attempts to reach a ClickHouse it could
+/// not reach.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The server version from which `Accept-Encoding: lz4` answers are
 /// understood; older servers get uncompressed requests.
@@ -50,13 +55,74 @@ pub struct ClickHouse {
     version: Version,
 }
 
-impl ClickHouse {
-    /// Connects, reads the server's version and brings Strand's schema up
-    /// to date. Called on a blocking thread of the daemon's runtime.
-    pub fn connect(settings: &ClickHouseSettings) -> Result<ClickHouse> {
+/// A connection made when ClickHouse can first be reached: a node starts,
+/// and takes data into its WAL, while ClickHouse is down.
+pub struct Connector {
+    settings: ClickHouseSettings,
+    runtime: tokio::runtime::Handle,
+    state: Mutex<ConnectState>,
+}
+
+#[derive(Default)]
+struct ConnectState {
+    connection: Option<ClickHouse>,
+    last_attempt: Option<Instant>,
+    last_error: String,
+}
+
+impl Connector {
+    /// Tries to connect once (see [`ClickHouse::connect`]); an unreachable
+    /// server is logged and tried again when the connection is next
+    /// needed. Called on a thread of the daemon's runtime.
+    pub fn new(settings: &ClickHouseSettings) -> Result<Connector> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Backend("ClickHouse needs the daemon's async runtime".into())
         })?;
+        let connector = Connector {
+            settings: settings.clone(),
+            runtime,
+            state: Mutex::new(ConnectState::default()),
+        };
+        if let Err(error) = connector.get() {
+            tracing::warn!(url = %settings.url, %error, "ClickHouseUnreachable: data waits in the WAL");
+        }
+        Ok(connector)
+    }
+
+    /// The connection, connecting first if there is none yet and the last
+    /// attempt is [`RECONNECT_INTERVAL`] old.
+    pub fn get(&self) -> Result<ClickHouse> {
+        let mut state = self.state.lock().expect("not poisoned");
+        if let Some(connection) = &state.connection {
+            return Ok(connection.clone());
+        }
+        if state
+            .last_attempt
+            .is_none_or(|at| at.elapsed() >= RECONNECT_INTERVAL)
+        {
+            state.last_attempt = Some(Instant::now());
+            match ClickHouse::connect(&self.settings, self.runtime.clone()) {
+                Ok(connection) => {
+                    state.connection = Some(connection.clone());
+                    return Ok(connection);
+                }
+                Err(error) => state.last_error = error.to_string(),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "ClickHouse at {} is not reachable yet: {}",
+            self.settings.url, state.last_error
+        )))
+    }
+}
+
+impl ClickHouse {
+    /// Connects, reads the server's version and brings Strand's schema up
+    /// to date.
+    fn connect(
+        settings: &ClickHouseSettings,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<ClickHouse> {
         let mut client = clickhouse::Client::default()
             .with_url(settings.url.as_str())
             .with_validation(false)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClickHouse, quote, schema};
+use super::{ClickHouse, Connector, quote, schema};
 use crate::backup::BackupDir;
 use crate::codec;
 use crate::config::Retention;
@@ -87,7 +87,7 @@ struct DependencyRow {
 
 /// See the module docs.
 pub struct ClickHouseSpans {
-    connection: ClickHouse,
+    connector: Connector,
     buffer: SpanBuffer,
     checkpoint: Checkpoint,
     /// Held by a flush and by retention: one at a time.
@@ -101,12 +101,12 @@ struct FlushState {
 }
 
 impl ClickHouseSpans {
-    /// The span store over `connection`, with its checkpoint in `dir` (the
-    /// node's data directory part for ClickHouse).
-    pub fn open(connection: ClickHouse, dir: &Path, metrics: SelfMetrics) -> Result<Self> {
+    /// The span store over what `connector` reaches, with its checkpoint in
+    /// `dir` (the node's data directory part for ClickHouse).
+    pub fn open(connector: Connector, dir: &Path, metrics: SelfMetrics) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let store = ClickHouseSpans {
-            connection,
+            connector,
             buffer: SpanBuffer::new(metrics.clone()),
             checkpoint: Checkpoint::open(dir.join("spans.checkpoint"))?,
             flush_state: Mutex::new(FlushState {
@@ -115,15 +115,18 @@ impl ClickHouseSpans {
             }),
             metrics,
         };
-        store.read_names(&mut store.flush_state.lock().expect("not poisoned"))?;
+        if let Err(error) = store.read_names(&mut store.flush_state.lock().expect("not poisoned")) {
+            tracing::warn!(%error, "SpanNamesNotRead");
+        }
         Ok(store)
     }
 
     /// Adds the names every node has written to the buffer's.
     fn read_names(&self, state: &mut FlushState) -> Result<()> {
-        let names: Vec<NameRow> = self.connection.wait(
+        let connection = self.connector.get()?;
+        let names: Vec<NameRow> = connection.wait(
             "reading span names",
-            self.connection.client.query(NAMES_SQL).fetch_all(),
+            connection.client.query(NAMES_SQL).fetch_all(),
         )?;
         self.buffer.note_names(names.iter().map(|row| {
             let kind = SpanKind::parse(&row.kind).unwrap_or_default();
@@ -210,15 +213,15 @@ impl ClickHouseSpans {
         if rows.is_empty() {
             return Ok(());
         }
-        let client = &self.connection.client;
-        self.connection
-            .wait(&format!("inserting into {table}"), async {
-                let mut insert = client.insert::<T>(table).await?;
-                for row in rows {
-                    insert.write(row).await?;
-                }
-                insert.end().await
-            })
+        let connection = self.connector.get()?;
+        let client = &connection.client;
+        connection.wait(&format!("inserting into {table}"), async {
+            let mut insert = client.insert::<T>(table).await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        })
     }
 }
 
@@ -285,11 +288,12 @@ impl SpanStore for ClickHouseSpans {
         let _flush = self.flush_state.lock().expect("not poisoned");
         let cutoff = now_nanos
             .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
-        let partitions: Vec<PartitionSize> = self.connection.wait(
+        let connection = self.connector.get()?;
+        let partitions: Vec<PartitionSize> = connection.wait(
             "reading partition sizes",
-            self.connection
+            connection
                 .client
-                .query(&partitions_sql(&self.connection.database))
+                .query(&partitions_sql(&connection.database))
                 .fetch_all(),
         )?;
         let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -305,7 +309,7 @@ impl SpanStore for ClickHouseSpans {
                 break;
             }
             for table in schema::DAY_PARTITIONED {
-                self.connection.execute(
+                connection.execute(
                     "dropping an old partition",
                     &drop_partition_sql(table, &partition.partition),
                 )?;
@@ -328,12 +332,10 @@ impl SpanStore for ClickHouseSpans {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
         self.buffer.read_trace(trace_id, &mut spans);
-        let payloads: Vec<Payload> = self.connection.wait(
+        let connection = self.connector.get()?;
+        let payloads: Vec<Payload> = connection.wait(
             "reading a trace",
-            self.connection
-                .client
-                .query(&trace_sql(trace_id))
-                .fetch_all(),
+            connection.client.query(&trace_sql(trace_id)).fetch_all(),
         )?;
         let mut damaged = false;
         for row in payloads {
@@ -355,7 +357,7 @@ impl SpanStore for ClickHouseSpans {
 
     fn search_candidates<'a>(&'a self, filter: &SpanFilter<'_>) -> Box<dyn TraceCandidates + 'a> {
         Box::new(Candidates {
-            connection: &self.connection,
+            connection: self.connector.get(),
             sql: candidates_sql(filter),
             offset: 0,
             page: FIRST_CANDIDATE_PAGE,
@@ -374,9 +376,10 @@ impl SpanStore for ClickHouseSpans {
 
     fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>> {
         let first_hour = start_nanos - start_nanos % HOUR_NANOS;
-        let rows: Vec<LinkRow> = self.connection.wait(
+        let connection = self.connector.get()?;
+        let rows: Vec<LinkRow> = connection.wait(
             "reading dependencies",
-            self.connection
+            connection
                 .client
                 .query(&dependencies_sql(first_hour, end_nanos))
                 .fetch_all(),
@@ -422,8 +425,9 @@ struct CandidateRow {
 
 /// Candidate traces from `span_search`, newest first, fetched a page at a
 /// time as the search consumes them.
-struct Candidates<'a> {
-    connection: &'a ClickHouse,
+struct Candidates {
+    /// `Err` when ClickHouse cannot be reached: the first candidate.
+    connection: Result<ClickHouse>,
     sql: String,
     offset: u64,
     page: u64,
@@ -431,7 +435,7 @@ struct Candidates<'a> {
     done: bool,
 }
 
-impl Iterator for Candidates<'_> {
+impl Iterator for Candidates {
     type Item = Result<TraceId>;
 
     fn next(&mut self) -> Option<Result<TraceId>> {
@@ -441,17 +445,22 @@ impl Iterator for Candidates<'_> {
         if self.done {
             return None;
         }
-        let sql = page_sql(&self.sql, self.page, self.offset);
-        let rows: Vec<CandidateRow> = match self.connection.wait(
-            "searching spans",
-            self.connection.client.query(&sql).fetch_all(),
-        ) {
-            Ok(rows) => rows,
+        let connection = match &self.connection {
+            Ok(connection) => connection,
             Err(error) => {
                 self.done = true;
-                return Some(Err(error));
+                return Some(Err(StoreError::Backend(error.to_string())));
             }
         };
+        let sql = page_sql(&self.sql, self.page, self.offset);
+        let rows: Vec<CandidateRow> =
+            match connection.wait("searching spans", connection.client.query(&sql).fetch_all()) {
+                Ok(rows) => rows,
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            };
         self.done = (rows.len() as u64) < self.page;
         self.offset += rows.len() as u64;
         self.page = self.page.saturating_mul(10);
@@ -464,7 +473,7 @@ impl Iterator for Candidates<'_> {
     }
 }
 
-impl TraceCandidates for Candidates<'_> {
+impl TraceCandidates for Candidates {
     fn damaged(&self) -> bool {
         false
     }
