@@ -141,9 +141,22 @@ pub struct ServeArgs {
     pub storage: StorageKind,
 
     /// ClickHouse's HTTP interface, e.g. http://clickhouse:8123 (with
-    /// --storage clickhouse).
-    #[arg(long, env = "STRAND_CLICKHOUSE_URL", value_name = "URL")]
-    pub clickhouse_url: Option<String>,
+    /// --storage clickhouse); with --clickhouse-cluster, one per shard
+    /// (repeat the flag or separate with commas): Strand creates its tables
+    /// on each and queries through the first.
+    #[arg(
+        long,
+        env = "STRAND_CLICKHOUSE_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub clickhouse_url: Vec<String>,
+
+    /// The ClickHouse cluster (in the servers' remote_servers) to spread
+    /// tables over: shard-local tables and Distributed tables over them,
+    /// a trace on one shard [default: one server, no cluster].
+    #[arg(long, env = "STRAND_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+    pub clickhouse_cluster: Option<String>,
 
     /// The ClickHouse database Strand creates its tables in.
     #[arg(
@@ -652,49 +665,61 @@ pub enum Storage {
 /// How to reach ClickHouse.
 #[derive(Clone, Debug)]
 pub struct ClickHouseSettings {
-    /// The HTTP interface's base URL.
-    pub url: String,
+    /// The HTTP interfaces' base URLs: one server, or each shard of
+    /// `cluster`.
+    pub urls: Vec<String>,
+    pub cluster: Option<String>,
     pub database: String,
     pub user: Option<String>,
     pub password: Option<Secret>,
 }
 
 impl Storage {
-    fn from_args(
-        kind: StorageKind,
-        url: Option<String>,
-        database: String,
-        user: Option<String>,
-        password: Option<String>,
-    ) -> anyhow::Result<Storage> {
-        match kind {
+    fn from_args(args: &ServeArgs) -> anyhow::Result<Storage> {
+        let urls = &args.clickhouse_url;
+        match args.storage {
             StorageKind::Embedded => {
-                if url.is_some() {
+                if !urls.is_empty() || args.clickhouse_cluster.is_some() {
                     bail!(
-                        "clickhouse_url is set but storage is embedded: add --storage clickhouse"
+                        "clickhouse_url or clickhouse_cluster is set but storage is embedded: add --storage clickhouse"
                     );
                 }
                 Ok(Storage::Embedded)
             }
             StorageKind::ClickHouse => {
-                let Some(url) = url else {
+                if urls.is_empty() {
                     bail!(
                         "--storage clickhouse needs --clickhouse-url, e.g. http://localhost:8123"
                     );
-                };
-                let parsed = reqwest::Url::parse(&url)
-                    .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
-                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                    bail!("clickhouse_url {url:?} must be an http:// or https:// URL with a host");
                 }
-                if database.is_empty() {
-                    bail!("clickhouse_database must not be empty");
+                if urls.len() > 1 && args.clickhouse_cluster.is_none() {
+                    bail!(
+                        "several clickhouse_url are the shards of a cluster: name it with --clickhouse-cluster"
+                    );
+                }
+                for url in urls {
+                    let parsed = reqwest::Url::parse(url)
+                        .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
+                    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                        bail!(
+                            "clickhouse_url {url:?} must be an http:// or https:// URL with a host"
+                        );
+                    }
+                }
+                if args.clickhouse_database.is_empty()
+                    || args
+                        .clickhouse_cluster
+                        .as_ref()
+                        .is_some_and(String::is_empty)
+                {
+                    bail!("clickhouse_database and clickhouse_cluster must not be empty");
                 }
                 Ok(Storage::ClickHouse(ClickHouseSettings {
-                    url,
-                    database,
-                    user,
-                    password: password.map(Secret),
+                    urls: urls.clone(),
+                    cluster: args.clickhouse_cluster.clone(),
+                    database: args.clickhouse_database.clone(),
+                    user: args.clickhouse_user.clone(),
+                    password: args.clickhouse_password.clone().map(Secret),
                 }))
             }
         }
@@ -1105,6 +1130,7 @@ impl ServeArgs {
     /// The validated configuration of these settings and the file's scrape
     /// jobs.
     fn into_config(self, scrape: Vec<ScrapeFileConfig>) -> anyhow::Result<Config> {
+        let storage = Storage::from_args(&self)?;
         let listen = self.listen;
         let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
             (Some(cert), Some(key), client_ca) => Some(TlsSettings {
@@ -1234,13 +1260,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 stalled_write_timeout: self.stalled_write_timeout,
             },
-            storage: Storage::from_args(
-                self.storage,
-                self.clickhouse_url,
-                self.clickhouse_database,
-                self.clickhouse_user,
-                self.clickhouse_password,
-            )?,
+            storage,
             rules: RuleSettings {
                 files: self.rules,
                 evaluation_interval: self.rules_evaluation_interval,
@@ -1735,12 +1755,28 @@ mod tests {
             panic!("ClickHouse storage");
         };
         assert_eq!(
-            (settings.url.as_str(), settings.database.as_str()),
-            ("http://ch:8123", "strand")
+            (settings.urls.as_slice(), settings.database.as_str()),
+            (&["http://ch:8123".to_string()][..], "strand")
         );
         assert_eq!(
             settings.password.map(|p| p.expose().to_string()).as_deref(),
             Some("secret")
+        );
+        let config = Config::from_args([
+            "--storage",
+            "clickhouse",
+            "--clickhouse-url",
+            "http://a:8123,http://b:8123",
+            "--clickhouse-cluster",
+            "shards",
+        ])
+        .unwrap();
+        let Storage::ClickHouse(settings) = config.storage else {
+            panic!("ClickHouse storage");
+        };
+        assert_eq!(
+            (settings.urls.len(), settings.cluster.as_deref()),
+            (2, Some("shards"))
         );
         for (args, expected) in [
             (&["--storage", "clickhouse"][..], "needs --clickhouse-url"),

@@ -3,7 +3,11 @@
 //! answers from the Jaeger API — trace by id, searches, services,
 //! operations, dependencies — answered from ClickHouse by a node that
 //! never saw the spans; acknowledged spans survive `kill -9` of a node and
-//! a ClickHouse that was down.
+//! a ClickHouse that was down; two nodes over two shards (`Distributed`
+//! tables) both answer with everything, lose nothing acknowledged when one
+//! is killed mid-ingest, and give a clear error while a shard is down.
+
+use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -12,7 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 use serde_json::Value;
-use strand_testkit::{ClickHouse, DEADLINE, Strand, eventually};
+use strand_testkit::{ClickHouse, ClickHouseCluster, DEADLINE, Strand, eventually};
 
 use crate::support::STRAND_BINARY;
 
@@ -371,4 +375,129 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
     assert_eq!(stored.trim(), ((acknowledged.len() + 1) * 80).to_string());
     restarted.stop().await;
     reader.stop().await;
+}
+
+/// Trace ids and their span counts in `database`'s spans, as ClickHouse
+/// holds them (through the Distributed table with a cluster).
+async fn stored_traces(clickhouse: &ClickHouse, database: &str) -> HashMap<String, u64> {
+    clickhouse
+        .query(&format!(
+            "SELECT lower(hex(trace_id)), uniqExact(span_id) FROM {database}.spans \
+             GROUP BY trace_id FORMAT TSV"
+        ))
+        .await
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(id, spans)| (id.to_string(), spans.parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_acknowledged() {
+    let mut cluster = ClickHouseCluster::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = format!("{},{}", cluster.shards[0].url, cluster.shards[1].url);
+    let args = [
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &urls,
+        "--clickhouse-cluster",
+        &cluster.cluster,
+        "--clickhouse-database",
+        "strand_cluster",
+        "--flush-interval",
+        "300ms",
+    ];
+    let node_a = Strand::spawn(STRAND_BINARY, &dir.path().join("a"), &args).await;
+    let node_b = Strand::start(&dir.path().join("b"), &args).await;
+
+    // Both nodes take spans at once; node A is killed mid-ingest.
+    let end = now_nanos();
+    let endpoint = node_a.grpc_endpoint();
+    let sender = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let Ok(mut client) = TraceServiceClient::connect(endpoint).await else {
+            return acknowledged;
+        };
+        for seed in 1_000u64.. {
+            match client.export(shop_requests(seed, 20, end)).await {
+                Ok(_) => acknowledged.push(seed),
+                Err(_) => break,
+            }
+        }
+        acknowledged
+    });
+    let mut acknowledged = Vec::new();
+    for seed in 5_000u64..5_010 {
+        send(&node_b, shop_requests(seed, 20, end)).await;
+        acknowledged.push(seed);
+    }
+    node_a.kill9();
+    let from_a = sender.await.unwrap();
+    assert!(from_a.len() > 1, "node A took spans before it was killed");
+    acknowledged.extend(from_a);
+    // Restarted, node A replays what it acknowledged into ClickHouse.
+    let node_a = Strand::spawn(STRAND_BINARY, &dir.path().join("a"), &args).await;
+    let complete = eventually(DEADLINE, || async {
+        let stored = stored_traces(&cluster.shards[0], "strand_cluster").await;
+        acknowledged
+            .iter()
+            .flat_map(|seed| (0..20u64).map(move |n| format!("{}{}", hex(seed), hex(&n))))
+            .all(|id| stored.get(&id) == Some(&4))
+            .then_some(stored)
+    })
+    .await;
+    let stored = complete.unwrap_or_else(|| panic!("acknowledged spans missing: {}", node_a.log()));
+    // Each trace lives on one shard, and both shards hold some.
+    for shard in &cluster.shards {
+        let local = shard
+            .query("SELECT uniqExact(trace_id) FROM strand_cluster.spans_local")
+            .await;
+        let local: usize = local.trim().parse().unwrap();
+        assert!(
+            local > 0 && local < stored.len(),
+            "{local} of {}",
+            stored.len()
+        );
+    }
+    // Either node answers every query with all of it, each span once.
+    let ids: Vec<String> = acknowledged
+        .iter()
+        .step_by(3)
+        .map(|seed| format!("{}{}", hex(seed), hex(&7)))
+        .collect();
+    let end_micros = end / 1000 + 1_000_000;
+    let from_a = jaeger_answers(&node_a, &ids, end_micros).await;
+    let from_b = jaeger_answers(&node_b, &ids, end_micros).await;
+    for (a, b) in from_a.iter().zip(&from_b) {
+        assert_eq!(a, b, "{}", a.0);
+    }
+    for (asked, answer) in &from_a {
+        if asked.starts_with("/api/traces/") && !asked.contains("0123456789abcdef") {
+            assert_eq!(
+                answer[0]["spans"].as_array().map(Vec::len),
+                Some(4),
+                "{asked}"
+            );
+        }
+    }
+
+    // One shard down: a clear error, not a silently partial answer; full
+    // answers once it is back.
+    cluster.shards[1].stop();
+    let path = format!("/api/traces/{}", ids[0]);
+    let (status, body) = node_b.get_json(&path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("ClickHouse"), "{body}");
+    cluster.shards[1].restart().await;
+    let back = eventually(DEADLINE, || async {
+        let (status, body) = node_b.get_json(&path).await;
+        (status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(4))
+            .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "{path} after the shard came back");
+    node_a.stop().await;
+    node_b.stop().await;
 }

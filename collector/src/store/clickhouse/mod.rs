@@ -9,7 +9,7 @@
 //! from blocking threads); the client is async, so each call waits for its
 //! request on the daemon's runtime (see [`ClickHouse::wait`]).
 
-mod schema;
+pub mod schema;
 pub mod spans;
 
 use std::future::Future;
@@ -55,7 +55,18 @@ pub struct ClickHouse {
     version: Version,
 }
 
-/// A connection made when ClickHouse can first be reached: a node starts,
+/// The servers a node talks to: queries and inserts go to the first; DDL
+/// and retention to every one of them (with a cluster, one per shard:
+/// 18.16 runs no `ON CLUSTER` DDL without ZooKeeper, so each shard gets its
+/// tables from the node itself).
+#[derive(Clone)]
+pub struct Servers {
+    pub query: ClickHouse,
+    pub each: Vec<ClickHouse>,
+    pub layout: schema::Layout,
+}
+
+/// Connections made when ClickHouse can first be reached: a node starts,
 /// and takes data into its WAL, while ClickHouse is down.
 pub struct Connector {
     settings: ClickHouseSettings,
@@ -65,13 +76,13 @@ pub struct Connector {
 
 #[derive(Default)]
 struct ConnectState {
-    connection: Option<ClickHouse>,
+    servers: Option<Servers>,
     last_attempt: Option<Instant>,
     last_error: String,
 }
 
 impl Connector {
-    /// Tries to connect once (see [`ClickHouse::connect`]); an unreachable
+    /// Tries to connect once (see [`Connector::get`]); an unreachable
     /// server is logged and tried again when the connection is next
     /// needed. Called on a thread of the daemon's runtime.
     pub fn new(settings: &ClickHouseSettings) -> Result<Connector> {
@@ -84,47 +95,75 @@ impl Connector {
             state: Mutex::new(ConnectState::default()),
         };
         if let Err(error) = connector.get() {
-            tracing::warn!(url = %settings.url, %error, "ClickHouseUnreachable: data waits in the WAL");
+            tracing::warn!(urls = ?settings.urls, %error, "ClickHouseUnreachable: data waits in the WAL");
         }
         Ok(connector)
     }
 
-    /// The connection, connecting first if there is none yet and the last
+    /// The servers, connected — each one's version read and Strand's schema
+    /// brought up to date on it — first if they are not yet and the last
     /// attempt is [`RECONNECT_INTERVAL`] old.
-    pub fn get(&self) -> Result<ClickHouse> {
+    pub fn get(&self) -> Result<Servers> {
         let mut state = self.state.lock().expect("not poisoned");
-        if let Some(connection) = &state.connection {
-            return Ok(connection.clone());
+        if let Some(servers) = &state.servers {
+            return Ok(servers.clone());
         }
         if state
             .last_attempt
             .is_none_or(|at| at.elapsed() >= RECONNECT_INTERVAL)
         {
             state.last_attempt = Some(Instant::now());
-            match ClickHouse::connect(&self.settings, self.runtime.clone()) {
-                Ok(connection) => {
-                    state.connection = Some(connection.clone());
-                    return Ok(connection);
+            match self.connect() {
+                Ok(servers) => {
+                    state.servers = Some(servers.clone());
+                    return Ok(servers);
                 }
                 Err(error) => state.last_error = error.to_string(),
             }
         }
         Err(StoreError::Backend(format!(
             "ClickHouse at {} is not reachable yet: {}",
-            self.settings.url, state.last_error
+            self.settings.urls.join(", "),
+            state.last_error
         )))
+    }
+
+    fn connect(&self) -> Result<Servers> {
+        let layout = match &self.settings.cluster {
+            Some(cluster) => schema::Layout::Cluster(cluster.clone()),
+            None => schema::Layout::Single,
+        };
+        let mut each = Vec::new();
+        for url in &self.settings.urls {
+            let connection = ClickHouse::connect(&self.settings, url, self.runtime.clone())?;
+            schema::migrate(&connection, &layout)?;
+            each.push(connection.with_database());
+        }
+        let mut query = each[0].clone();
+        if matches!(layout, schema::Layout::Cluster(_)) {
+            // An insert is acknowledged once every shard has its rows.
+            query.client = query
+                .client
+                .clone()
+                .with_setting("insert_distributed_sync", "1");
+        }
+        Ok(Servers {
+            query,
+            each,
+            layout,
+        })
     }
 }
 
 impl ClickHouse {
-    /// Connects, reads the server's version and brings Strand's schema up
-    /// to date.
+    /// Connects to `url` and reads the server's version.
     fn connect(
         settings: &ClickHouseSettings,
+        url: &str,
         runtime: tokio::runtime::Handle,
     ) -> Result<ClickHouse> {
         let mut client = clickhouse::Client::default()
-            .with_url(settings.url.as_str())
+            .with_url(url)
             .with_validation(false)
             .with_compression(clickhouse::Compression::None);
         if let Some(user) = &settings.user {
@@ -155,18 +194,19 @@ impl ClickHouse {
                 .clone()
                 .with_compression(clickhouse::Compression::Lz4);
         }
-        schema::migrate(&connection)?;
-        connection.client = connection
-            .client
-            .clone()
-            .with_database(settings.database.as_str());
         tracing::info!(
-            url = %settings.url,
+            url,
             database = %settings.database,
             version,
             "ClickHouseConnected"
         );
         Ok(connection)
+    }
+
+    /// The connection with Strand's database as the default one.
+    fn with_database(mut self) -> ClickHouse {
+        self.client = self.client.clone().with_database(self.database.as_str());
+        self
     }
 
     /// Runs one statement that returns nothing (DDL, ALTER).
@@ -244,7 +284,11 @@ mod tests {
                 std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python")
             });
         let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `strand`".to_string()];
-        statements.extend(schema::all_statements("`strand`", Version(26, 9)));
+        statements.extend(schema::all_statements(
+            "strand",
+            &schema::Layout::Single,
+            Version(26, 9),
+        ));
         statements.push("USE `strand`".into());
         statements.extend(spans::statement_shapes());
         const SCRIPT: &str = r#"

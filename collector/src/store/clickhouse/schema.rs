@@ -11,82 +11,116 @@
 //! partitions. Features newer than Debian's 18.16 — column codecs and
 //! `LowCardinality` — are added only where the server has them.
 
-use super::{ClickHouse, Version, identifier};
+use super::{ClickHouse, Version, identifier, quote};
 use crate::store::{Result, StoreError};
 
 /// From this version on, columns get codecs and `LowCardinality`.
 const CODECS_MIN_VERSION: Version = Version(20, 1);
 
-/// The tables and columns one migration adds.
+/// How Strand's tables are laid out on the servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One server: each table is itself.
+    Single,
+    /// Shards of the named cluster: each server holds `<table>_local` with
+    /// its shard's rows and `<table>`, a `Distributed` table over every
+    /// shard's, which queries and inserts use. A trace's spans and search
+    /// rows go to one shard (sharded by trace id).
+    Cluster(String),
+}
+
+impl Layout {
+    /// The table holding a server's own rows of `table`.
+    pub fn local(&self, table: &str) -> String {
+        match self {
+            Layout::Single => table.to_string(),
+            Layout::Cluster(_) => format!("{table}_local"),
+        }
+    }
+}
+
+/// One table a migration creates.
+struct Table {
+    name: &'static str,
+    /// Column definitions, with `{names}`, `{bytes}` and `{times}` for what
+    /// the server supports of types and codecs.
+    columns: &'static str,
+    engine: &'static str,
+    /// With a cluster, the expression that picks a row's shard.
+    sharding: &'static str,
+}
+
+/// The tables one migration adds.
 struct Migration {
     version: u32,
-    /// Statements with `{db}` for the database and `{names}`, `{bytes}`,
-    /// `{times}` for what the server supports of the column types.
-    statements: &'static [&'static str],
+    tables: &'static [Table],
 }
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    statements: &[
+    tables: &[
         // Trace by id is a primary-key lookup: spans are sorted by trace,
         // in small granules. Each span once (a retried export): the
         // replacing engine folds copies, reads fold what is not merged yet.
-        "CREATE TABLE IF NOT EXISTS {db}.spans (
-            day Date,
-            trace_id FixedString(16),
-            span_id FixedString(8),
-            start_nanos UInt64 {times},
-            payload String {bytes}
-        ) ENGINE = ReplacingMergeTree
-        PARTITION BY day
-        ORDER BY (trace_id, span_id)
-        SETTINGS index_granularity = 1024",
-        // Search: one row per span, sorted by service and start, with
-        // what a search filters on, tags as parallel key/value arrays.
-        "CREATE TABLE IF NOT EXISTS {db}.span_search (
-            day Date,
-            service {names},
-            start_nanos UInt64 {times},
-            trace_id FixedString(16),
-            name {names},
-            kind {names},
-            duration_nanos UInt64,
-            error UInt8,
-            tag_keys Array({names}),
-            tag_values Array(String)
-        ) ENGINE = MergeTree
-        PARTITION BY day
-        ORDER BY (service, start_nanos)",
-        "CREATE TABLE IF NOT EXISTS {db}.span_names (
-            day Date,
-            service String,
-            name String,
-            kind String
-        ) ENGINE = ReplacingMergeTree
-        PARTITION BY day
-        ORDER BY (service, name, kind)",
+        Table {
+            name: "spans",
+            columns: "day Date,
+                trace_id FixedString(16),
+                span_id FixedString(8),
+                start_nanos UInt64 {times},
+                payload String {bytes}",
+            engine: "ReplacingMergeTree PARTITION BY day ORDER BY (trace_id, span_id) \
+                     SETTINGS index_granularity = 1024",
+            sharding: "cityHash64(trace_id)",
+        },
+        // Search: one row per span, sorted by service and start, with what
+        // a search filters on, tags as parallel key/value arrays.
+        Table {
+            name: "span_search",
+            columns: "day Date,
+                service {names},
+                start_nanos UInt64 {times},
+                trace_id FixedString(16),
+                name {names},
+                kind {names},
+                duration_nanos UInt64,
+                error UInt8,
+                tag_keys Array({names}),
+                tag_values Array(String)",
+            engine: "MergeTree PARTITION BY day ORDER BY (service, start_nanos)",
+            sharding: "cityHash64(trace_id)",
+        },
+        Table {
+            name: "span_names",
+            columns: "day Date, service String, name String, kind String",
+            engine: "ReplacingMergeTree PARTITION BY day ORDER BY (service, name, kind)",
+            sharding: "cityHash64(service)",
+        },
         // Calls between services per hour, summed by the engine.
-        "CREATE TABLE IF NOT EXISTS {db}.dependencies (
-            day Date,
-            hour_nanos UInt64,
-            parent String,
-            child String,
-            calls UInt64,
-            errors UInt64
-        ) ENGINE = SummingMergeTree((calls, errors))
-        PARTITION BY day
-        ORDER BY (hour_nanos, parent, child)",
+        Table {
+            name: "dependencies",
+            columns: "day Date,
+                hour_nanos UInt64,
+                parent String,
+                child String,
+                calls UInt64,
+                errors UInt64",
+            engine: "SummingMergeTree((calls, errors)) PARTITION BY day \
+                     ORDER BY (hour_nanos, parent, child)",
+            sharding: "cityHash64(parent, child)",
+        },
     ],
 }];
 
 /// The tables retention drops day partitions of.
 pub const DAY_PARTITIONED: &[&str] = &["spans", "span_search", "span_names", "dependencies"];
 
-/// The table recording applied migrations.
+/// The table recording applied migrations, on each server.
 const MIGRATIONS_TABLE: &str = "strand_schema_migrations";
 
-/// Brings the database up to the newest migration (see the module docs).
-pub fn migrate(connection: &ClickHouse) -> Result<()> {
+/// Brings the database on `connection`'s server up to the newest
+/// migration (see the module docs).
+pub fn migrate(connection: &ClickHouse, layout: &Layout) -> Result<()> {
     let db = identifier(&connection.database);
     connection.execute(
         "creating the database",
@@ -123,10 +157,10 @@ pub fn migrate(connection: &ClickHouse) -> Result<()> {
         if applied.contains(&migration.version) {
             continue;
         }
-        for statement in migration.statements {
+        for statement in statements(migration, &connection.database, layout, connection.version) {
             connection.execute(
                 &format!("applying migration {}", migration.version),
-                &render(statement, &db, connection.version),
+                &statement,
             )?;
         }
         connection.execute(
@@ -143,32 +177,62 @@ pub fn migrate(connection: &ClickHouse) -> Result<()> {
     Ok(())
 }
 
-/// Every migration's statements for the server at `version`, in order: what
-/// the test against a current ClickHouse runs.
+/// Every migration's statements, in order: what the test against a current
+/// ClickHouse runs.
 #[cfg(test)]
-pub fn all_statements(db: &str, version: Version) -> Vec<String> {
+pub fn all_statements(database: &str, layout: &Layout, version: Version) -> Vec<String> {
     MIGRATIONS
         .iter()
-        .flat_map(|m| m.statements)
-        .map(|statement| render(statement, db, version))
+        .flat_map(|m| statements(m, database, layout, version))
         .collect()
 }
 
-/// A statement for the server at `version`.
-fn render(statement: &str, db: &str, version: Version) -> String {
+/// The statements of `migration` for `layout` on a server at `version`.
+fn statements(
+    migration: &Migration,
+    database: &str,
+    layout: &Layout,
+    version: Version,
+) -> Vec<String> {
+    let db = identifier(database);
     let modern = version >= CODECS_MIN_VERSION;
-    statement
-        .replace("{db}", db)
-        .replace(
-            "{names}",
-            if modern {
-                "LowCardinality(String)"
-            } else {
-                "String"
-            },
-        )
-        .replace("{bytes}", if modern { "CODEC(ZSTD(1))" } else { "" })
-        .replace("{times}", if modern { "CODEC(Delta, ZSTD(1))" } else { "" })
+    let columns = |table: &Table| {
+        table
+            .columns
+            .replace(
+                "{names}",
+                if modern {
+                    "LowCardinality(String)"
+                } else {
+                    "String"
+                },
+            )
+            .replace("{bytes}", if modern { "CODEC(ZSTD(1))" } else { "" })
+            .replace("{times}", if modern { "CODEC(Delta, ZSTD(1))" } else { "" })
+    };
+    let mut statements = Vec::new();
+    for table in migration.tables {
+        let local = layout.local(table.name);
+        statements.push(format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{} ({}) ENGINE = {}",
+            identifier(&local),
+            columns(table),
+            table.engine
+        ));
+        if let Layout::Cluster(cluster) = layout {
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{} AS {db}.{} \
+                 ENGINE = Distributed({}, {}, {}, {})",
+                identifier(table.name),
+                identifier(&local),
+                quote(cluster),
+                quote(database),
+                quote(&local),
+                table.sharding
+            ));
+        }
+    }
+    statements
 }
 
 #[cfg(test)]
@@ -177,13 +241,31 @@ mod tests {
 
     #[test]
     fn statements_use_what_the_server_has() {
-        let old = render(MIGRATIONS[0].statements[1], "`strand`", Version(18, 16));
+        let old = all_statements("strand", &Layout::Single, Version(18, 16)).join("\n");
         assert!(old.contains("service String,"), "{old}");
         assert!(!old.contains("CODEC") && !old.contains("LowCardinality"));
-        let new = render(MIGRATIONS[0].statements[1], "`strand`", Version(24, 8));
+        let new = all_statements("strand", &Layout::Single, Version(24, 8)).join("\n");
         assert!(new.contains("service LowCardinality(String),"), "{new}");
         assert!(new.contains("CODEC(Delta, ZSTD(1))"));
         assert!(!new.contains('{'));
+    }
+
+    #[test]
+    fn a_cluster_gets_local_tables_and_distributed_ones_over_them() {
+        let layout = Layout::Cluster("two shards".into());
+        let statements = all_statements("strand", &layout, Version(18, 16));
+        assert_eq!(statements.len(), 2 * MIGRATIONS[0].tables.len());
+        assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS `strand`.`spans_local` ("));
+        assert!(
+            statements[1].contains(
+                "`strand`.`spans` AS `strand`.`spans_local` ENGINE = Distributed('two shards', \
+                 'strand', 'spans_local', cityHash64(trace_id))"
+            ),
+            "{}",
+            statements[1]
+        );
+        assert_eq!(layout.local("spans"), "spans_local");
+        assert_eq!(Layout::Single.local("spans"), "spans");
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl ClickHouseSpans {
 
     /// Adds the names every node has written to the buffer's.
     fn read_names(&self, state: &mut FlushState) -> Result<()> {
-        let connection = self.connector.get()?;
+        let connection = self.connector.get()?.query;
         let names: Vec<NameRow> = connection.wait(
             "reading span names",
             connection.client.query(NAMES_SQL).fetch_all(),
@@ -213,7 +213,7 @@ impl ClickHouseSpans {
         if rows.is_empty() {
             return Ok(());
         }
-        let connection = self.connector.get()?;
+        let connection = self.connector.get()?.query;
         let client = &connection.client;
         connection.wait(&format!("inserting into {table}"), async {
             let mut insert = client.insert::<T>(table).await?;
@@ -288,35 +288,13 @@ impl SpanStore for ClickHouseSpans {
         let _flush = self.flush_state.lock().expect("not poisoned");
         let cutoff = now_nanos
             .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
-        let connection = self.connector.get()?;
-        let partitions: Vec<PartitionSize> = connection.wait(
-            "reading partition sizes",
-            connection
-                .client
-                .query(&partitions_sql(&connection.database))
-                .fetch_all(),
-        )?;
-        let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
+        let servers = self.connector.get()?;
+        // Each server drops its own partitions (with a cluster, its shard's
+        // rows), by age and by its share of the size limit.
+        let max_bytes = retention.max_bytes / servers.each.len() as u64;
         let mut dropped = 0;
-        // The newest day always stays.
-        for partition in partitions.iter().take(partitions.len().saturating_sub(1)) {
-            let Some(day_end) = day_end_nanos(&partition.partition) else {
-                continue;
-            };
-            let too_old = day_end <= cutoff;
-            let too_large = retention.max_bytes > 0 && total > retention.max_bytes;
-            if !too_old && !too_large {
-                break;
-            }
-            for table in schema::DAY_PARTITIONED {
-                connection.execute(
-                    "dropping an old partition",
-                    &drop_partition_sql(table, &partition.partition),
-                )?;
-            }
-            total = total.saturating_sub(partition.bytes);
-            dropped += 1;
-            tracing::info!(day = %partition.partition, too_old, too_large, "SpanPartitionDropped");
+        for server in &servers.each {
+            dropped += drop_old_partitions(server, &servers.layout, cutoff, max_bytes)?;
         }
         Ok(dropped)
     }
@@ -332,7 +310,7 @@ impl SpanStore for ClickHouseSpans {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
         self.buffer.read_trace(trace_id, &mut spans);
-        let connection = self.connector.get()?;
+        let connection = self.connector.get()?.query;
         let payloads: Vec<Payload> = connection.wait(
             "reading a trace",
             connection.client.query(&trace_sql(trace_id)).fetch_all(),
@@ -357,7 +335,7 @@ impl SpanStore for ClickHouseSpans {
 
     fn search_candidates<'a>(&'a self, filter: &SpanFilter<'_>) -> Box<dyn TraceCandidates + 'a> {
         Box::new(Candidates {
-            connection: self.connector.get(),
+            connection: self.connector.get().map(|servers| servers.query),
             sql: candidates_sql(filter),
             offset: 0,
             page: FIRST_CANDIDATE_PAGE,
@@ -376,7 +354,7 @@ impl SpanStore for ClickHouseSpans {
 
     fn dependencies(&self, start_nanos: u64, end_nanos: u64) -> Result<Vec<DependencyLink>> {
         let first_hour = start_nanos - start_nanos % HOUR_NANOS;
-        let connection = self.connector.get()?;
+        let connection = self.connector.get()?.query;
         let rows: Vec<LinkRow> = connection.wait(
             "reading dependencies",
             connection
@@ -394,6 +372,50 @@ impl SpanStore for ClickHouseSpans {
             })
             .collect())
     }
+}
+
+/// Drops the day partitions on `server` older than `cutoff` (nanoseconds),
+/// then the oldest while the span tables take more than `max_bytes` (0: no
+/// limit); the newest day always stays. Returns how many days went.
+fn drop_old_partitions(
+    server: &ClickHouse,
+    layout: &schema::Layout,
+    cutoff: u64,
+    max_bytes: u64,
+) -> Result<usize> {
+    let tables: Vec<String> = schema::DAY_PARTITIONED
+        .iter()
+        .map(|table| layout.local(table))
+        .collect();
+    let partitions: Vec<PartitionSize> = server.wait(
+        "reading partition sizes",
+        server
+            .client
+            .query(&partitions_sql(&server.database, &tables))
+            .fetch_all(),
+    )?;
+    let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
+    let mut dropped = 0;
+    for partition in partitions.iter().take(partitions.len().saturating_sub(1)) {
+        let Some(day_end) = day_end_nanos(&partition.partition) else {
+            continue;
+        };
+        let too_old = day_end <= cutoff;
+        let too_large = max_bytes > 0 && total > max_bytes;
+        if !too_old && !too_large {
+            break;
+        }
+        for table in &tables {
+            server.execute(
+                "dropping an old partition",
+                &drop_partition_sql(table, &partition.partition),
+            )?;
+        }
+        total = total.saturating_sub(partition.bytes);
+        dropped += 1;
+        tracing::info!(day = %partition.partition, too_old, too_large, "SpanPartitionDropped");
+    }
+    Ok(dropped)
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -608,9 +630,9 @@ fn page_sql(sql: &str, page: u64, offset: u64) -> String {
     format!("{sql} LIMIT {page} OFFSET {offset}")
 }
 
-/// The bytes of each day partition of the span tables in `database`.
-fn partitions_sql(database: &str) -> String {
-    let tables = schema::DAY_PARTITIONED
+/// The bytes of each day partition of `tables` in `database`.
+fn partitions_sql(database: &str, tables: &[String]) -> String {
+    let tables = tables
         .iter()
         .map(|t| quote(t))
         .collect::<Vec<_>>()
@@ -662,7 +684,7 @@ pub fn statement_shapes() -> Vec<String> {
             2000,
             200,
         ),
-        partitions_sql("strand"),
+        partitions_sql("strand", &["spans".to_string(), "span_search".to_string()]),
         drop_partition_sql("spans", "2025-12-05"),
     ]
 }
