@@ -329,6 +329,14 @@ pub struct LogsArgs {
     pub keep: bool,
 }
 
+/// Where a benchmark's daemon keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    Embedded,
+    #[value(name = "clickhouse")]
+    ClickHouse,
+}
+
 /// Options of `strand-bench traces`.
 #[derive(Args, Debug, Clone)]
 pub struct TracesArgs {
@@ -386,6 +394,17 @@ pub struct TracesArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub expensive_queries: usize,
 
+    /// Where the spawned daemon keeps spans: `embedded`, or `clickhouse`
+    /// (a ClickHouse server started for the run, Debian's clickhouse-server;
+    /// bytes on disk are then ClickHouse's plus the data directory's).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "embedded",
+        conflicts_with = "target_grpc"
+    )]
+    pub storage: Storage,
+
     /// Keep the temporary data directory and daemon log.
     #[arg(long)]
     pub keep: bool,
@@ -416,6 +435,7 @@ impl TracesArgs {
             lookups,
             gzip: false,
             expensive_queries: 0,
+            storage: Storage::Embedded,
             keep,
         }
     }

@@ -26,11 +26,11 @@ use rand::{Rng, SeedableRng};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::TracesArgs;
 use crate::daemon::{self, Daemon, Process, Scratch, Stopped};
 use crate::report::{JsonObject, round};
 use crate::stats::{Reservoir, Summary};
 use crate::workload::{self, Template, TraceRef};
+use crate::{Storage, TracesArgs};
 
 /// Distinct batches built before the load phase.
 const POOL_REQUESTS: usize = 200;
@@ -157,6 +157,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
     let mut lookups = None;
     let mut shutdown = None;
     let mut restart_ready = None;
+    let mut clickhouse_rss = None;
 
     if let Some(grpc) = &args.target_grpc {
         // Attach mode: the daemon is someone else's; observe only.
@@ -190,7 +191,24 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
             args.strand.display(),
             data_dir.display()
         );
-        let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+        let clickhouse = match args.storage {
+            Storage::Embedded => None,
+            Storage::ClickHouse => {
+                eprintln!("starting clickhouse-server");
+                Some(strand_testkit::ClickHouse::start().await)
+            }
+        };
+        let storage_args: Vec<&str> = match &clickhouse {
+            Some(clickhouse) => vec![
+                "--storage",
+                "clickhouse",
+                "--clickhouse-url",
+                &clickhouse.url,
+            ],
+            None => vec![],
+        };
+        let mut first =
+            Daemon::start_with(&args.strand, &data_dir, &scratch.log(), &storage_args).await?;
         let pid = first.pid();
         let (grpc, http) = (first.grpc_url(), first.http_url());
         load = run_load(
@@ -209,10 +227,20 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         shutdown = Some(stopped);
         bytes_on_disk = Some(daemon::dir_bytes(&data_dir)?);
         daemon::print_breakdown(&data_dir);
+        if let Some(clickhouse) = &clickhouse {
+            let stored = clickhouse_bytes(clickhouse).await?;
+            eprintln!(
+                "ClickHouse holds {:.1} MiB",
+                stored as f64 / (1 << 20) as f64
+            );
+            bytes_on_disk = bytes_on_disk.map(|local| local + stored);
+            clickhouse_rss = clickhouse.pid().and_then(daemon::rss_bytes);
+        }
 
         eprintln!("restarting strand on the same data directory");
         let restarted = Instant::now();
-        let second = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+        let second =
+            Daemon::start_with(&args.strand, &data_dir, &scratch.log(), &storage_args).await?;
         restart_ready = Some(restarted.elapsed());
         eprintln!(
             "ready again after {:.2}s",
@@ -266,7 +294,9 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
                     object.field(&status.to_string(), *count)
                 }),
         )
-        .field("generator_spans_per_s", round(generator_rate, 0));
+        .field("generator_spans_per_s", round(generator_rate, 0))
+        .field("storage", format!("{:?}", args.storage).to_lowercase())
+        .field("clickhouse_rss_mb", mb(clickhouse_rss));
     if let Some(stopped) = &shutdown {
         report = report.object(
             "shutdown",
@@ -280,6 +310,21 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         report = report.field("restart_ready_s", round(ready.as_secs_f64(), 3));
     }
     Ok(report.finish())
+}
+
+/// Bytes ClickHouse keeps for Strand's tables (active parts, on disk).
+async fn clickhouse_bytes(clickhouse: &strand_testkit::ClickHouse) -> Result<u64> {
+    let answer = clickhouse
+        .try_query(
+            "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = 'strand'",
+            &[],
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("asking ClickHouse for its size: {error}"))?;
+    answer
+        .trim()
+        .parse()
+        .with_context(|| format!("ClickHouse's size {answer:?}"))
 }
 
 /// Distinct batches to build for `traces_per_request` traces each: as many

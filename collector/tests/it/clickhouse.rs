@@ -370,7 +370,7 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
         }
     }
     let stored = clickhouse
-        .query("SELECT uniqExact(trace_id, span_id) FROM strand_crash.spans")
+        .query("SELECT uniqExact(trace_id, span_id) FROM strand_crash.span_search")
         .await;
     assert_eq!(stored.trim(), ((acknowledged.len() + 1) * 80).to_string());
     restarted.stop().await;
@@ -382,7 +382,7 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
 async fn stored_traces(clickhouse: &ClickHouse, database: &str) -> HashMap<String, u64> {
     clickhouse
         .query(&format!(
-            "SELECT lower(hex(trace_id)), uniqExact(span_id) FROM {database}.spans \
+            "SELECT lower(hex(trace_id)), uniqExact(span_id) FROM {database}.span_search \
              GROUP BY trace_id FORMAT TSV"
         ))
         .await

@@ -59,17 +59,17 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     tables: &[
-        // Trace by id is a primary-key lookup: spans are sorted by trace,
-        // in small granules. Each span once (a retried export): the
-        // replacing engine folds copies, reads fold what is not merged yet.
+        // Trace by id is a primary-key lookup: rows (a trace's spans of
+        // one flush, encoded together) sorted by trace, in small granules.
+        // A span stored twice (a replay) is folded by reads.
         Table {
             name: "spans",
             columns: "day Date,
                 trace_id FixedString(16),
-                span_id FixedString(8),
                 start_nanos UInt64 {times},
+                spans UInt32,
                 payload String {bytes}",
-            engine: "ReplacingMergeTree PARTITION BY day ORDER BY (trace_id, span_id) \
+            engine: "MergeTree PARTITION BY day ORDER BY (trace_id, start_nanos) \
                      SETTINGS index_granularity = 1024",
             sharding: "cityHash64(trace_id)",
         },
@@ -81,6 +81,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
                 service {names},
                 start_nanos UInt64 {times},
                 trace_id FixedString(16),
+                span_id FixedString(8),
                 name {names},
                 kind {names},
                 duration_nanos UInt64,

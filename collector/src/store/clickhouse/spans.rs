@@ -2,14 +2,15 @@
 //! `--storage clickhouse`.
 //!
 //! Acknowledged spans wait in the node's buffer (queryable at once, as in
-//! the embedded store) until a flush inserts them: each span's encoded
-//! form into `spans`, keyed for trace-by-id, and a row of what searches
-//! filter on into `span_search`. Only after the inserts succeed does the
+//! the embedded store) until a flush inserts them: the encoded spans of
+//! each trace in the flush as one row of `spans`, keyed for trace-by-id,
+//! and a row per span of what searches filter on into `span_search`. Only after the inserts succeed does the
 //! node's checkpoint — a file in its data directory, since the WAL it
 //! guards is the node's own — move past them; until then the WAL keeps
 //! them, a restart replays them, and a ClickHouse that is down holds them
 //! in the WAL. A replay after a crash between insert and checkpoint inserts
-//! spans twice; reads show each span once.
+//! spans twice (the replay's flush may cut traces differently); reads show
+//! each span once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,8 +48,9 @@ const NAMES_REFRESH: Duration = Duration::from_secs(10);
 struct SpanRow {
     day: u16,
     trace_id: [u8; 16],
-    span_id: [u8; 8],
+    /// The start of its first span.
     start_nanos: u64,
+    spans: u32,
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
 }
@@ -59,6 +61,7 @@ struct SearchRow {
     service: String,
     start_nanos: u64,
     trace_id: [u8; 16],
+    span_id: [u8; 8],
     name: String,
     kind: String,
     duration_nanos: u64,
@@ -140,16 +143,21 @@ impl ClickHouseSpans {
     /// complete.
     fn insert(&self, state: &mut FlushState, traces: &[&[Span]]) -> Result<Vec<Edge>> {
         let spans = || traces.iter().flat_map(|t| t.iter());
-        let mut span_rows = Vec::new();
-        for span in spans() {
-            span_rows.push(SpanRow {
-                day: day_of(span.start_unix_nano),
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                start_nanos: span.start_unix_nano,
-                payload: codec::encode_spans(std::iter::once(span)),
-            });
-        }
+        // One row per trace and flush: its resources and scopes encoded
+        // once, and a tenth of the rows.
+        let span_rows: Vec<SpanRow> = traces
+            .iter()
+            .filter_map(|trace| {
+                let first = trace.iter().min_by_key(|s| s.start_unix_nano)?;
+                Some(SpanRow {
+                    day: day_of(first.start_unix_nano),
+                    trace_id: first.trace_id,
+                    start_nanos: first.start_unix_nano,
+                    spans: u32::try_from(trace.len()).unwrap_or(u32::MAX),
+                    payload: codec::encode_spans(trace.iter()),
+                })
+            })
+            .collect();
         self.insert_rows("spans", &span_rows)?;
         drop(span_rows);
         let search_rows: Vec<SearchRow> = spans().map(search_row).collect();
@@ -575,6 +583,7 @@ fn search_row(span: &Span) -> SearchRow {
         service: span.service().to_string(),
         start_nanos: span.start_unix_nano,
         trace_id: span.trace_id,
+        span_id: span.span_id,
         name: span.name.clone(),
         kind: span.kind.as_str().to_string(),
         duration_nanos: span.duration_nanos(),
