@@ -70,7 +70,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
                 spans UInt32,
                 payload String {bytes}",
             engine: "MergeTree PARTITION BY day ORDER BY (trace_id, start_nanos) \
-                     SETTINGS index_granularity = 1024",
+                     SETTINGS index_granularity = 128",
             sharding: "cityHash64(trace_id)",
         },
         // Search: one row per span, sorted by service and start, with what

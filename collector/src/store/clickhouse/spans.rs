@@ -36,6 +36,9 @@ const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
 /// a search for a longer value narrows by key alone and then checks the
 /// candidates' spans.
 const MAX_SEARCH_VALUE_BYTES: usize = 256;
+/// Rows per INSERT statement: each one takes ClickHouse a fraction of
+/// [`super::REQUEST_TIMEOUT`] and a bounded block of memory.
+const MAX_ROWS_PER_INSERT: usize = 20_000;
 /// Candidate traces fetched per request; later pages grow tenfold.
 const FIRST_CANDIDATE_PAGE: u64 = 200;
 /// Every service and operation name, as any node wrote them.
@@ -145,23 +148,18 @@ impl ClickHouseSpans {
         let spans = || traces.iter().flat_map(|t| t.iter());
         // One row per trace and flush: its resources and scopes encoded
         // once, and a tenth of the rows.
-        let span_rows: Vec<SpanRow> = traces
-            .iter()
-            .filter_map(|trace| {
-                let first = trace.iter().min_by_key(|s| s.start_unix_nano)?;
-                Some(SpanRow {
-                    day: day_of(first.start_unix_nano),
-                    trace_id: first.trace_id,
-                    start_nanos: first.start_unix_nano,
-                    spans: u32::try_from(trace.len()).unwrap_or(u32::MAX),
-                    payload: codec::encode_spans(trace.iter()),
-                })
+        let span_rows = traces.iter().filter_map(|trace| {
+            let first = trace.iter().min_by_key(|s| s.start_unix_nano)?;
+            Some(SpanRow {
+                day: day_of(first.start_unix_nano),
+                trace_id: first.trace_id,
+                start_nanos: first.start_unix_nano,
+                spans: u32::try_from(trace.len()).unwrap_or(u32::MAX),
+                payload: codec::encode_spans(trace.iter()),
             })
-            .collect();
-        self.insert_rows("spans", &span_rows)?;
-        drop(span_rows);
-        let search_rows: Vec<SearchRow> = spans().map(search_row).collect();
-        self.insert_rows("span_search", &search_rows)?;
+        });
+        self.insert_rows("spans", span_rows)?;
+        self.insert_rows("span_search", spans().map(search_row))?;
         let mut names: HashMap<(u16, &str, &str, SpanKind), ()> = HashMap::new();
         for span in spans() {
             names.insert(
@@ -183,7 +181,7 @@ impl ClickHouseSpans {
                 kind: kind.as_str().to_string(),
             })
             .collect();
-        self.insert_rows("span_names", &name_rows)?;
+        self.insert_rows("span_names", name_rows)?;
         let edges = state.dependencies.observe(spans());
         let mut counts: HashMap<(u64, &str, &str), (u64, u64)> = HashMap::new();
         for edge in &edges {
@@ -207,29 +205,33 @@ impl ClickHouseSpans {
             .collect();
         // The spans are in: a failed count insert loses counts (which are a
         // lower bound), never spans.
-        if let Err(error) = self.insert_rows("dependencies", &dependency_rows) {
+        if let Err(error) = self.insert_rows("dependencies", dependency_rows) {
             tracing::error!(%error, "DependencyCountsNotStored");
         }
         Ok(edges)
     }
 
+    /// Inserts `rows`, made as they are sent, [`MAX_ROWS_PER_INSERT`] per
+    /// statement: a large flush neither holds all its rows in memory at
+    /// once nor asks ClickHouse to take them in one block.
     fn insert_rows<T: clickhouse::RowOwned + clickhouse::RowWrite>(
         &self,
         table: &str,
-        rows: &[T],
+        rows: impl IntoIterator<Item = T>,
     ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         let connection = self.connector.get()?.query;
         let client = &connection.client;
-        connection.wait(&format!("inserting into {table}"), async {
-            let mut insert = client.insert::<T>(table).await?;
-            for row in rows {
-                insert.write(row).await?;
-            }
-            insert.end().await
-        })
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            connection.wait(&format!("inserting into {table}"), async {
+                let mut insert = client.insert::<T>(table).await?;
+                for row in rows.by_ref().take(MAX_ROWS_PER_INSERT) {
+                    insert.write(&row).await?;
+                }
+                insert.end().await
+            })?;
+        }
+        Ok(())
     }
 }
 
