@@ -446,7 +446,8 @@ where
     let name = first.name();
     let (grpc, http) = (format!("http://{grpc}"), first.http_url());
     let pid = first.pid();
-    let load = traces::run_load(load_args, pool, &grpc, Some(&http), pid, Some(&mut first)).await?;
+    let load =
+        traces::run_load(load_args, pool, &[grpc], Some(&http), pid, Some(&mut first)).await?;
     tokio::time::sleep(SETTLE).await;
     let rss_after = pid.and_then(daemon::rss_bytes);
     eprintln!("stopping {name} with SIGTERM");

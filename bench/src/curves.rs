@@ -605,7 +605,7 @@ async fn traces_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Resul
         let load = traces::run_load(
             &load_args,
             &pool,
-            &grpc,
+            std::slice::from_ref(&grpc),
             Some(&http),
             pid,
             Some(&mut daemon.process),

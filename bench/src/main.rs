@@ -405,6 +405,12 @@ pub struct TracesArgs {
     )]
     pub storage: Storage,
 
+    /// Strand nodes taking the load, each its own process and data
+    /// directory, over the one ClickHouse (with --storage clickhouse);
+    /// RSS and the lookups are the first node's.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: usize,
+
     /// Keep the temporary data directory and daemon log.
     #[arg(long)]
     pub keep: bool,
@@ -436,6 +442,7 @@ impl TracesArgs {
             gzip: false,
             expensive_queries: 0,
             storage: Storage::Embedded,
+            nodes: 1,
             keep,
         }
     }

@@ -115,6 +115,11 @@ impl Shared {
 pub async fn run(args: &TracesArgs) -> Result<String> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(
+        args.nodes == 1 || args.storage == Storage::ClickHouse,
+        "--nodes above 1 needs --storage clickhouse: embedded nodes share nothing"
+    );
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    ensure!(
         args.traces_per_request > 0,
         "--traces-per-request must be at least 1"
     );
@@ -171,7 +176,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
             .target_http
             .as_deref()
             .map(|url| url.trim_end_matches('/'));
-        load = run_load(args, &pool, &grpc, http, args.pid, None).await?;
+        load = run_load(args, &pool, &[grpc], http, args.pid, None).await?;
         if args.data_dir.is_some() || args.target_http.is_some() {
             tokio::time::sleep(ATTACH_SETTLE).await;
         }
@@ -209,18 +214,32 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         };
         let mut first =
             Daemon::start_with(&args.strand, &data_dir, &scratch.log(), &storage_args).await?;
+        // More nodes over the same ClickHouse, each with its own data
+        // directory (its WAL); the clients are spread over all of them.
+        let mut others = Vec::new();
+        for node in 1..args.nodes {
+            let dir = data_dir.with_file_name(format!("data-{node}"));
+            others
+                .push(Daemon::start_with(&args.strand, &dir, &scratch.log(), &storage_args).await?);
+        }
         let pid = first.pid();
         let (grpc, http) = (first.grpc_url(), first.http_url());
+        let grpc_urls: Vec<String> = std::iter::once(grpc)
+            .chain(others.iter().map(Daemon::grpc_url))
+            .collect();
         load = run_load(
             args,
             &pool,
-            &grpc,
+            &grpc_urls,
             Some(&http),
             pid,
             Some(&mut first.process),
         )
         .await?;
 
+        for other in others {
+            report_exit(&other.stop(STOP_TIMEOUT).await?);
+        }
         eprintln!("stopping strand with SIGTERM");
         let stopped = first.stop(STOP_TIMEOUT).await?;
         report_exit(&stopped);
@@ -296,6 +315,7 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         )
         .field("generator_spans_per_s", round(generator_rate, 0))
         .field("storage", format!("{:?}", args.storage).to_lowercase())
+        .field("nodes", args.nodes)
         .field("clickhouse_rss_mb", mb(clickhouse_rss));
     if let Some(stopped) = &shutdown {
         report = report.object(
@@ -361,25 +381,28 @@ pub(crate) fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The load phase. `spawned` is the daemon (Strand, or the peer it is
-/// compared with) when this process started it, so its death aborts the run
-/// with its log instead of a stream of errors.
+/// The load phase, its clients spread over the daemons at `grpc_urls`
+/// (several: Strand nodes over one ClickHouse). `spawned` is the (first)
+/// daemon (Strand, or the peer it is compared with) when this process
+/// started it, so its death aborts the run with its log instead of a
+/// stream of errors; `pid` is the one whose RSS is sampled.
 pub(crate) async fn run_load(
     args: &TracesArgs,
     pool: &Arc<Vec<Template>>,
-    grpc_url: &str,
+    grpc_urls: &[String],
     http_url: Option<&str>,
     pid: Option<u32>,
     mut spawned: Option<&mut Process>,
 ) -> Result<LoadResult> {
     // Connect everything before the clock starts.
-    let endpoint = Endpoint::from_shared(grpc_url.to_string())
-        .with_context(|| format!("invalid gRPC address {grpc_url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(EXPORT_TIMEOUT)
-        .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
+    for client in 0..args.clients {
+        let grpc_url = &grpc_urls[client % grpc_urls.len()];
+        let endpoint = Endpoint::from_shared(grpc_url.clone())
+            .with_context(|| format!("invalid gRPC address {grpc_url}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(EXPORT_TIMEOUT)
+            .tcp_nodelay(true);
         channels.push(
             endpoint
                 .connect()

@@ -3,6 +3,7 @@
 //! build (`cargo test --workspace` builds both; alone: `cargo build -p
 //! strand` first).
 
+mod clickhouse;
 mod compare;
 mod compare_traces;
 mod curves;

@@ -1,0 +1,36 @@
+//! `strand-bench traces --storage clickhouse --nodes 2` in the suite: two
+//! Strand nodes over a ClickHouse server the benchmark starts take a short
+//! load, every lookup afterwards finds its whole trace, and every figure
+//! the closing notes quote is produced.
+
+use crate::run_bench;
+
+#[test]
+fn traces_over_clickhouse_from_two_nodes_produce_every_figure() {
+    let run = run_bench(&[
+        "traces",
+        "--storage",
+        "clickhouse",
+        "--nodes",
+        "2",
+        "--spans",
+        "20000",
+        "--lookups",
+        "200",
+    ]);
+    let json = &run.json;
+    assert_eq!(json["storage"], "clickhouse", "{json}");
+    assert_eq!(json["nodes"], 2, "{json}");
+    assert!(json["spans_acked"].as_u64().unwrap() >= 20_000, "{json}");
+    assert_eq!(json["lookup_errors"], 0, "{}", run.stderr);
+    for figure in [
+        &json["spans_per_s"],
+        &json["trace_by_id_ms"]["p99"],
+        &json["bytes_per_span"],
+        &json["clickhouse_rss_mb"],
+        &json["rss_mb"]["peak"],
+    ] {
+        assert!(figure.as_f64().is_some_and(|f| f > 0.0), "{json}");
+    }
+    assert!(run.stderr.contains("ClickHouse holds"), "{}", run.stderr);
+}
