@@ -700,10 +700,14 @@ impl Storage {
                 for url in urls {
                     let parsed = reqwest::Url::parse(url)
                         .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
-                    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    if parsed.scheme() == "https" {
                         bail!(
-                            "clickhouse_url {url:?} must be an http:// or https:// URL with a host"
+                            "clickhouse_url {url:?}: TLS to ClickHouse is not supported yet; \
+                             use http:// on a private network or through a TLS-terminating proxy"
                         );
+                    }
+                    if parsed.scheme() != "http" || parsed.host().is_none() {
+                        bail!("clickhouse_url {url:?} must be an http:// URL with a host");
                     }
                 }
                 if args.clickhouse_database.is_empty()
@@ -1786,7 +1790,16 @@ mod tests {
             ),
             (
                 &["--storage", "clickhouse", "--clickhouse-url", "ch:8123"],
-                "http:// or https://",
+                "an http:// URL",
+            ),
+            (
+                &[
+                    "--storage",
+                    "clickhouse",
+                    "--clickhouse-url",
+                    "https://ch:8443",
+                ],
+                "TLS to ClickHouse is not supported yet",
             ),
             (
                 &[
