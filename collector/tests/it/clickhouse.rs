@@ -5,7 +5,8 @@
 //! never saw the spans; acknowledged spans survive `kill -9` of a node and
 //! a ClickHouse that was down; two nodes over two shards (`Distributed`
 //! tables) both answer with everything, lose nothing acknowledged when one
-//! is killed mid-ingest, and give a clear error while a shard is down.
+//! is killed mid-ingest, and give a clear error while a shard is down;
+//! retention drops whole days.
 
 use std::collections::HashMap;
 
@@ -500,4 +501,43 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     assert!(back.is_some(), "{path} after the shard came back");
     node_a.stop().await;
     node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_whole_days_of_spans_in_clickhouse() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = clickhouse_args(&clickhouse, "strand_retention");
+    args.extend([
+        "--trace-retention",
+        "2d",
+        "--retention-interval",
+        "1s",
+        "--flush-interval",
+        "200ms",
+    ]);
+    let node = Strand::start(&dir.path().join("node"), &args).await;
+    let now = now_nanos();
+    let day = 86_400 * 1_000_000_000;
+    // Three days old, and now.
+    send(&node, shop_requests(30, 5, now - 3 * day)).await;
+    send(&node, shop_requests(31, 5, now)).await;
+    let old = format!("/api/traces/{}{}", hex(&30), hex(&0));
+    let new = format!("/api/traces/{}{}", hex(&31), hex(&0));
+    let dropped = eventually(DEADLINE, || async {
+        let (old_status, _) = node.get_json(&old).await;
+        let days = clickhouse
+            .query(
+                "SELECT count(DISTINCT partition) FROM system.parts \
+                 WHERE active AND database = 'strand_retention' AND table = 'spans'",
+            )
+            .await;
+        (old_status == 404 && days.trim() == "1").then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "the old day stayed: {}", node.log());
+    let (status, body) = node.get_json(&new).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(4));
+    node.stop().await;
 }

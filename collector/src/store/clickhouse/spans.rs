@@ -241,7 +241,8 @@ impl SpanStore for ClickHouseSpans {
     }
 
     fn settle_set_aside(&self, _wal_oldest_seq: Option<u64>) -> Result<()> {
-        // Inserts are whole or not at all: nothing is set aside.
+        // Nothing is set aside: a flush whose inserts failed part way is
+        // retried whole, and reads fold what it stored twice.
         Ok(())
     }
 
