@@ -541,3 +541,43 @@ async fn retention_drops_whole_days_of_spans_in_clickhouse() {
     assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(4));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_sent_and_a_refusal_is_a_clear_error() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = clickhouse_args(&clickhouse, "strand_auth");
+    args.extend([
+        "--clickhouse-user",
+        "default",
+        "--clickhouse-password",
+        "wrong",
+    ]);
+    // The node starts, takes spans into its WAL, and says why ClickHouse
+    // refuses it.
+    let node = Strand::start(&dir.path().join("refused"), &args).await;
+    send(&node, shop_requests(40, 1, now_nanos())).await;
+    let (status, body) = node.get_json("/api/traces?service=order").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.to_string().contains("Wrong password for user default"),
+        "{body}"
+    );
+    node.stop().await;
+    // The right credentials (the server's default user has no password).
+    let mut args = clickhouse_args(&clickhouse, "strand_auth");
+    args.extend(["--clickhouse-user", "default", "--clickhouse-password", ""]);
+    let node = Strand::start(&dir.path().join("refused"), &args).await;
+    let path = format!("/api/traces/{}{}", hex(&40), hex(&0));
+    let found = eventually(DEADLINE, || async {
+        let (status, _) = node.get_json(&path).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        found.is_some(),
+        "the WAL's spans reach ClickHouse: {}",
+        node.log()
+    );
+    node.stop().await;
+}
