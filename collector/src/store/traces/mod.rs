@@ -766,7 +766,11 @@ impl store::SpanStore for TraceStore {
             operation: filter.operation.map(str::to_string),
             min_duration_nanos: filter.min_duration_nanos,
             max_duration_nanos: filter.max_duration_nanos,
-            wants_error: filter.wants_error(),
+            error_tag: if filter.wants_error() {
+                vec![("error".into(), "true".into())]
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -791,19 +795,20 @@ struct IndexedCandidates<'a> {
     operation: Option<String>,
     min_duration_nanos: Option<u64>,
     max_duration_nanos: Option<u64>,
-    wants_error: bool,
+    /// `error=true` when the search wants failed spans, else nothing: the
+    /// one tag an index entry can rule out.
+    error_tag: Vec<(String, String)>,
 }
 
 impl Iterator for IndexedCandidates<'_> {
     type Item = Result<TraceId>;
 
     fn next(&mut self) -> Option<Result<TraceId>> {
-        let wanted_error = [("error".to_string(), "true".to_string())];
         let filter = store::SpanFilter {
             operation: self.operation.as_deref(),
             min_duration_nanos: self.min_duration_nanos,
             max_duration_nanos: self.max_duration_nanos,
-            tags: if self.wants_error { &wanted_error } else { &[] },
+            tags: &self.error_tag,
             ..store::SpanFilter::default()
         };
         self.candidates.find_map(|candidate| match candidate {
