@@ -284,6 +284,18 @@ async fn clickhouse_answers_every_trace_query_as_the_embedded_store_does() {
     embedded.stop().await;
 }
 
+/// Whether `path` (a trace of [`shop_requests`]) answers with its four
+/// spans before the harness's deadline.
+async fn whole_trace_arrives(daemon: &Strand, path: &str) -> bool {
+    eventually(DEADLINE, || async {
+        let (status, body) = daemon.get_json(path).await;
+        (status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(4))
+            .then_some(())
+    })
+    .await
+    .is_some()
+}
+
 fn hex(n: &u64) -> String {
     format!("{n:016x}")
 }
@@ -357,14 +369,8 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
     for seed in acknowledged.iter().copied().chain([7]) {
         for n in [0u64, 19] {
             let path = format!("/api/traces/{}{}", hex(&seed), hex(&n));
-            let found = eventually(DEADLINE, || async {
-                let (status, body) = reader.get_json(&path).await;
-                (status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(4))
-                    .then_some(())
-            })
-            .await;
             assert!(
-                found.is_some(),
+                whole_trace_arrives(&reader, &path).await,
                 "{path} never came from ClickHouse: {}",
                 restarted.log()
             );
@@ -492,13 +498,10 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     assert_eq!(status, 503, "{body}");
     assert!(body.to_string().contains("ClickHouse"), "{body}");
     cluster.shards[1].restart().await;
-    let back = eventually(DEADLINE, || async {
-        let (status, body) = node_b.get_json(&path).await;
-        (status == 200 && body["data"][0]["spans"].as_array().map(Vec::len) == Some(4))
-            .then_some(())
-    })
-    .await;
-    assert!(back.is_some(), "{path} after the shard came back");
+    assert!(
+        whole_trace_arrives(&node_b, &path).await,
+        "{path} after the shard came back"
+    );
     node_a.stop().await;
     node_b.stop().await;
 }
@@ -569,13 +572,8 @@ async fn credentials_are_sent_and_a_refusal_is_a_clear_error() {
     args.extend(["--clickhouse-user", "default", "--clickhouse-password", ""]);
     let node = Strand::start(&dir.path().join("refused"), &args).await;
     let path = format!("/api/traces/{}{}", hex(&40), hex(&0));
-    let found = eventually(DEADLINE, || async {
-        let (status, _) = node.get_json(&path).await;
-        (status == 200).then_some(())
-    })
-    .await;
     assert!(
-        found.is_some(),
+        whole_trace_arrives(&node, &path).await,
         "the WAL's spans reach ClickHouse: {}",
         node.log()
     );
