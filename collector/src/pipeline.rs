@@ -575,13 +575,10 @@ impl Pipeline {
         }
     }
 
-    /// Asks the flusher to flush every store when the WAL holds more than
-    /// [`WAL_SEGMENTS_BEFORE_FLUSH`] segments: with size limits its segments
-    /// are small, and it counts against the data directory's bound.
     /// Refuses `count` items of `signal` while the WAL is over its bound,
     /// and asks for every store to be flushed so that it can be trimmed.
     fn check_wal_room(&self, signal: Signal, count: usize) -> Result<(), AcceptError> {
-        let bytes = u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0);
+        let bytes = self.wal_bytes();
         if bytes <= self.limits.wal_max_bytes {
             return Ok(());
         }
@@ -593,9 +590,16 @@ impl Pipeline {
         })
     }
 
+    /// Bytes the WAL holds now.
+    fn wal_bytes(&self) -> u64 {
+        u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0)
+    }
+
+    /// Asks the flusher to flush every store when the WAL holds more than
+    /// [`WAL_SEGMENTS_BEFORE_FLUSH`] segments: with size limits its segments
+    /// are small, and it counts against the data directory's bound.
     fn flush_if_wal_long(&self) {
-        let wal_bytes = u64::try_from(self.metrics.wal_size_bytes.get()).unwrap_or(0);
-        if wal_bytes > WAL_SEGMENTS_BEFORE_FLUSH * self.limits.wal_segment_bytes {
+        if self.wal_bytes() > WAL_SEGMENTS_BEFORE_FLUSH * self.limits.wal_segment_bytes {
             self.wal_long.notify_one();
         }
     }

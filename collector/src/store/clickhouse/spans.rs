@@ -12,7 +12,7 @@
 //! spans twice (the replay's flush may cut traces differently); reads show
 //! each span once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -160,20 +160,18 @@ impl ClickHouseSpans {
         });
         self.insert_rows("spans", span_rows)?;
         self.insert_rows("span_search", spans().map(search_row))?;
-        let mut names: HashMap<(u16, &str, &str, SpanKind), ()> = HashMap::new();
-        for span in spans() {
-            names.insert(
+        let names: HashSet<(u16, &str, &str, SpanKind)> = spans()
+            .map(|span| {
                 (
                     day_of(span.start_unix_nano),
                     span.service(),
                     span.name.as_str(),
                     span.kind,
-                ),
-                (),
-            );
-        }
+                )
+            })
+            .collect();
         let name_rows: Vec<NameRow> = names
-            .into_keys()
+            .into_iter()
             .map(|(day, service, name, kind)| NameRow {
                 day,
                 service: service.to_string(),
