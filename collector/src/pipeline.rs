@@ -21,7 +21,8 @@ use crate::derived::span_metrics::SpanMetrics;
 use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
 use crate::store::SpanStore;
 use crate::store::Stores;
-use crate::store::logs::{LogFeed, LogStore};
+use crate::store::log_feed::LogFeed;
+use crate::store::log_search::LogRecordStore;
 use crate::store::metrics::MetricStore;
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
@@ -80,7 +81,7 @@ pub struct SampleRejections {
 pub struct Pipeline {
     wal: Wal,
     traces: Arc<dyn SpanStore>,
-    logs: Arc<LogStore>,
+    logs: Arc<dyn LogRecordStore>,
     /// Adds durable log records to the log store off the WAL writer thread.
     log_feed: Arc<LogFeed>,
     metric_store: Arc<MetricStore>,
@@ -376,6 +377,11 @@ impl Pipeline {
         }
         let count = records.len();
         self.check_wal_room(Signal::Logs, count)?;
+        // Commits come every half second whatever happens: no need to ask.
+        if self.logs.is_full() {
+            self.reject_logs(count, "overloaded");
+            return Err(AcceptError::Overloaded);
+        }
         let payload = codec::encode_logs(&records);
         let feed = self.log_feed.clone();
         let appended = self

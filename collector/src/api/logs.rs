@@ -70,6 +70,13 @@ impl From<LogQueryError> for ApiError {
     fn from(error: LogQueryError) -> Self {
         match error {
             LogQueryError::Syntax(_) => ApiError::bad_request(error.to_string()),
+            LogQueryError::Store(error) if error.is_unavailable() => {
+                tracing::warn!(%error, "QueryUnavailable");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: error.to_string(),
+                }
+            }
             LogQueryError::Store(error) => ApiError::internal(error),
             LogQueryError::Refused(refused) => refused.into(),
         }
@@ -188,7 +195,7 @@ async fn search(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
     let store = state.stores.logs.clone();
     let page = state
         .queries
-        .run(move || logs::search(&store, &query, limit, cursor))
+        .run(move || logs::search(&*store, &query, limit, cursor))
         .await??;
     Ok(with_warnings(
         json!({
@@ -222,7 +229,7 @@ async fn histogram(State(state): State<Arc<ApiState>>, Params(params): Params) -
     let store = state.stores.logs.clone();
     let histogram = state
         .queries
-        .run(move || logs::histogram(&store, &query, step_nanos))
+        .run(move || logs::histogram(&*store, &query, step_nanos))
         .await??;
     let mut total = 0;
     let buckets: Vec<Value> = histogram
@@ -287,7 +294,7 @@ async fn facets(State(state): State<Arc<ApiState>>, Params(params): Params) -> A
     let store = state.stores.logs.clone();
     let facets = state
         .queries
-        .run(move || logs::facets(&store, &query, FACET_VALUES))
+        .run(move || logs::facets(&*store, &query, FACET_VALUES))
         .await??;
     let values = |values: &[(String, u64)]| -> Vec<Value> {
         values
@@ -315,7 +322,7 @@ async fn trace_logs(State(state): State<Arc<ApiState>>, Path(trace_id): Path<Str
     let store = state.stores.logs.clone();
     let page = state
         .queries
-        .run(move || logs::trace_logs(&store, &trace_id))
+        .run(move || logs::trace_logs(&*store, &trace_id))
         .await??;
     Ok(with_warnings(
         json!({
@@ -340,8 +347,8 @@ async fn tail(
         state
             .queries
             .run(move || {
-                logs::validate(&store, &text)?;
-                logs::last_arrival(&store)
+                logs::validate(&*store, &text)?;
+                logs::last_arrival(&*store)
             })
             .await??
     };
@@ -353,7 +360,7 @@ async fn tail(
                 let (store, text) = (store.clone(), text.clone());
                 state
                     .queries
-                    .run(move || logs::arrived_after(&store, &text, after, TAIL_BATCH))
+                    .run(move || logs::arrived_after(&*store, &text, after, TAIL_BATCH))
                     .await
             };
             let hits = match found {

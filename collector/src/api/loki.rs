@@ -63,6 +63,13 @@ impl From<LogqlError> for LokiError {
         match error {
             LogqlError::Query(LogQueryError::Refused(refused)) => refused.into(),
             error if error.is_bad_request() => LokiError::bad_request(error.to_string()),
+            LogqlError::Query(LogQueryError::Store(error)) if error.is_unavailable() => {
+                tracing::warn!(%error, "QueryUnavailable");
+                LokiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: error.to_string(),
+                }
+            }
             error => {
                 tracing::error!(%error, "LokiQueryError");
                 LokiError {
@@ -422,7 +429,7 @@ async fn run_logs(
     let found = state
         .queries
         .run(move || {
-            let source = StoreSource::new(&store, deadline);
+            let source = StoreSource::new(&*store, deadline);
             logql::select_lines(&source, &logs, start, end, limit, backward)
                 .map(|found| (found, source.read()))
         })
@@ -462,7 +469,7 @@ async fn run_metric(
     let value = state
         .queries
         .run(move || {
-            let source = StoreSource::new(&store, deadline);
+            let source = StoreSource::new(&*store, deadline);
             logql::evaluate(&source, &metric, &evaluated_times).map(|value| (value, source.read()))
         })
         .await??;
@@ -527,7 +534,7 @@ async fn streams_of(
     let deadline = state.queries.deadline();
     Ok(state
         .queries
-        .run(move || logql::streams(&StoreSource::new(&store, deadline), &selectors, start, end))
+        .run(move || logql::streams(&StoreSource::new(&*store, deadline), &selectors, start, end))
         .await??)
 }
 
@@ -559,7 +566,7 @@ async fn indexed_names(
     let store = state.stores.logs.clone();
     let (keys, services, cut) = state
         .queries
-        .run(move || logs::resource_keys_and_services(&store, start, end, INDEXED_NAMES))
+        .run(move || logs::resource_keys_and_services(&*store, start, end, INDEXED_NAMES))
         .await?
         .map_err(LogqlError::from)?;
     let mut names: std::collections::BTreeSet<String> =
@@ -630,7 +637,7 @@ async fn index_stats(State(state): State<Arc<ApiState>>, params: Params) -> Loki
     if selectors.is_empty() {
         return Err(LokiError::bad_request("parse error : the query is empty"));
     }
-    let chunks = state.stores.logs.partitions_between(start, end).len();
+    let chunks = state.stores.logs.units_between(start, end);
     let found = streams_of(&state, selectors, start, end).await?;
     // Partitions stand in for Loki's chunks: the units of storage read.
     Ok(Json(json!({
@@ -703,7 +710,7 @@ async fn tail(
     let store = state.stores.logs.clone();
     let after = state
         .queries
-        .run(move || logs::last_arrival(&store))
+        .run(move || logs::last_arrival(&*store))
         .await?
         .map_err(LogqlError::from)?;
     Ok(upgrade.on_upgrade(move |socket| tail_socket(state, socket, logs, after, start, limit)))
@@ -764,7 +771,7 @@ async fn tail_socket(
             .queries
             .run(move || -> Result<(u64, Vec<Value>), LogQueryError> {
                 let hits = logs::arrived_after(
-                    &store,
+                    &*store,
                     &logql::index_text(&selection),
                     after,
                     TAIL_BATCH,

@@ -12,7 +12,7 @@ use strand_promql::{EvalError, Labels, LogField, Series, SeriesSource};
 use crate::query::logs::{self, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
-use crate::store::logs::LogStore;
+use crate::store::log_search::LogRecordStore;
 use crate::store::metrics::MetricStore;
 
 /// Reads the metrics store for the evaluator, for one query.
@@ -26,7 +26,7 @@ pub struct MetricSource {
     damaged: AtomicBool,
     /// Where `count_logs` counts, and when the query's time is up (checked
     /// before each log partition); without it, `count_logs` fails.
-    logs: Option<(Arc<LogStore>, Deadline)>,
+    logs: Option<(Arc<dyn LogRecordStore>, Deadline)>,
 }
 
 impl MetricSource {
@@ -41,7 +41,7 @@ impl MetricSource {
 
     /// The same source with `count_logs` counting in `logs`, stopping at
     /// `deadline` (the query's own).
-    pub fn with_logs(self, logs: Arc<LogStore>, deadline: Deadline) -> MetricSource {
+    pub fn with_logs(self, logs: Arc<dyn LogRecordStore>, deadline: Deadline) -> MetricSource {
         MetricSource {
             logs: Some((logs, deadline)),
             ..self
@@ -120,7 +120,7 @@ impl SeriesSource for MetricSource {
             order: Order::NewestFirst,
             deadline: *deadline,
         };
-        let counted = logs::count_by(store, &query, by, self.max_series).map_err(eval_error)?;
+        let counted = logs::count_by(&**store, &query, by, self.max_series).map_err(eval_error)?;
         if counted.too_many {
             return Err(EvalError::Execution(format!(
                 "count_logs would return more than {} groups (--query-max-series): group by fewer \

@@ -7,6 +7,8 @@
 
 pub mod clickhouse;
 pub mod dashboards;
+pub mod log_feed;
+pub mod log_search;
 pub mod logs;
 pub mod metrics;
 pub mod traces;
@@ -25,6 +27,7 @@ use crate::frame::FrameError;
 use crate::model::{KeyValue, Span, SpanKind, TraceId};
 use crate::telemetry::SelfMetrics;
 use dashboards::DashboardStore;
+use log_search::LogRecordStore;
 use logs::LogStore;
 use metrics::MetricStore;
 use traces::{DependencyLink, Flushed, TraceRead, TraceStore};
@@ -48,6 +51,13 @@ pub enum StoreError {
     /// not answer; what was asked stays to be retried.
     #[error("{0}")]
     Backend(String),
+    /// A query the backend cannot run, with why (the query layer shows it
+    /// as a syntax error).
+    #[error("{0}")]
+    BadQuery(String),
+    /// The query's deadline passed between two of its reads.
+    #[error(transparent)]
+    Refused(#[from] crate::query::pool::QueryRefused),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
     /// A read that would load more series than the caller allows.
@@ -259,7 +269,7 @@ fn has_tag(span: &Span, key: &str, value: &str) -> bool {
 #[derive(Clone)]
 pub struct Stores {
     pub traces: Arc<dyn SpanStore>,
-    pub logs: Arc<LogStore>,
+    pub logs: Arc<dyn LogRecordStore>,
     pub metrics: Arc<MetricStore>,
     pub dashboards: Arc<DashboardStore>,
 }

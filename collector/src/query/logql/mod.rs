@@ -30,7 +30,7 @@ use strand_promql::LogField;
 use crate::model::{AttrValue, LogRecord};
 use crate::query::logs::{self, Cursor, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
-use crate::store::logs::LogStore;
+use crate::store::log_search::LogRecordStore;
 
 /// Most records one query reads: beyond, it is refused (narrow the time
 /// range or the selector).
@@ -162,14 +162,14 @@ fn service_text(service: Option<&str>) -> String {
 
 /// The log store as a [`LogSource`], read page by page within a deadline.
 pub struct StoreSource<'a> {
-    store: &'a LogStore,
+    store: &'a dyn LogRecordStore,
     deadline: Deadline,
     /// Records read so far, and the bytes of their lines (for the stats).
     read: std::cell::Cell<(u64, u64)>,
 }
 
 impl<'a> StoreSource<'a> {
-    pub fn new(store: &'a LogStore, deadline: Deadline) -> StoreSource<'a> {
+    pub fn new(store: &'a dyn LogRecordStore, deadline: Deadline) -> StoreSource<'a> {
         StoreSource {
             store,
             deadline,

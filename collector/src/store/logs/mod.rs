@@ -26,8 +26,8 @@
 //! version 1 directory is a valid version 2 one, and is marked so on open.
 
 mod doc_store;
-mod feed;
 pub mod schema;
+mod search;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -41,7 +41,6 @@ use tantivy::query::{Query, QueryParser, QueryParserError};
 use tantivy::query_grammar::UserInputAst;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher};
 
-pub use feed::LogFeed;
 pub use schema::{LEVELS, LogFields, record_of};
 
 use crate::backup::BackupDir;

@@ -1,4 +1,4 @@
-//! The log store's indexing feed: durable records wait here, in WAL order,
+//! The log stores' feed: durable records wait here, in WAL order,
 //! for one thread that turns them into documents and adds them to their
 //! partitions' writers.
 //!
@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::LogStore;
 use crate::model::LogRecord;
+use crate::store::log_search::LogRecordStore;
 
 /// Records the feed holds at most before [`LogFeed::push`] waits: a few
 /// requests' worth, to keep the WAL writing while a commit holds the
@@ -31,7 +31,7 @@ const FEED_RECORDS: usize = 1_024;
 
 /// See the module docs.
 pub struct LogFeed {
-    store: Arc<LogStore>,
+    store: Arc<dyn LogRecordStore>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -58,7 +58,7 @@ struct State {
 
 impl LogFeed {
     /// Starts the feed's thread, which adds to `store`.
-    pub fn start(store: Arc<LogStore>) -> std::io::Result<LogFeed> {
+    pub fn start(store: Arc<dyn LogRecordStore>) -> std::io::Result<LogFeed> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -66,7 +66,7 @@ impl LogFeed {
         let (feeding, adding_to) = (shared.clone(), store.clone());
         let thread = std::thread::Builder::new()
             .name("strand-log-feed".into())
-            .spawn(move || feeding.run(&adding_to))?;
+            .spawn(move || feeding.run(&*adding_to))?;
         Ok(LogFeed {
             store,
             shared,
@@ -81,7 +81,7 @@ impl LogFeed {
         let mut state = self.shared.lock();
         if state.closed {
             drop(state);
-            apply(&self.store, seq, records);
+            apply(&*self.store, seq, records);
             return;
         }
         // One batch larger than the whole budget goes in alone.
@@ -131,7 +131,7 @@ impl Shared {
     }
 
     /// Adds batches in order until the feed is closed and empty.
-    fn run(&self, store: &LogStore) {
+    fn run(&self, store: &dyn LogRecordStore) {
         loop {
             let (seq, records) = {
                 let mut state = self.lock();
@@ -158,7 +158,7 @@ impl Shared {
 /// Adds the records of WAL record `seq` to `store`, logging what fails
 /// (tantivy may panic on a damaged partition: that fails only these
 /// records, and the feed goes on).
-fn apply(store: &LogStore, seq: u64, records: Vec<LogRecord>) {
+fn apply(store: &dyn LogRecordStore, seq: u64, records: Vec<LogRecord>) {
     let added =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(seq, records)));
     match added {
@@ -174,6 +174,7 @@ mod tests {
     use super::*;
     use crate::codec::tests::sample_log;
     use crate::config::Retention;
+    use crate::store::logs::LogStore;
     use crate::telemetry::SelfMetrics;
     use std::time::Duration;
 
@@ -185,7 +186,7 @@ mod tests {
                 dir.path(),
                 Duration::from_secs(3600),
                 Retention::MAX_FILE_BYTES,
-                super::super::schema::HOT_WRITER_BYTES,
+                crate::store::logs::schema::HOT_WRITER_BYTES,
                 SelfMetrics::new(),
             )
             .unwrap(),
