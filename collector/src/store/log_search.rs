@@ -26,6 +26,11 @@ pub const QUERY_FIELDS: &str = "the fields are service, severity (trace, debug, 
      attribute_keys (records that have an attribute: attribute_keys:order_id); words without a \
      field search the message and the attribute values";
 
+/// Why a prefix (`word*`) on an attribute or resource value is refused.
+pub const NO_PREFIX_ON_VALUES: &str = "a prefix (word*) works on the message, service, \
+     severity, trace_id, span_id and attribute_keys, not on attribute values: search the whole \
+     value (attributes.peer:\"pay-1.eu-west\")";
+
 /// Where log records are kept: the embedded tantivy store or ClickHouse.
 /// The write path and every log query (the explorer, LogQL, `count_logs`)
 /// see only this.

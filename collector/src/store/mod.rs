@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use self::clickhouse::Connector;
+use self::clickhouse::logs::ClickHouseLogs;
 use self::clickhouse::spans::ClickHouseSpans;
 use crate::backup::BackupDir;
 use crate::codec::CodecError;
@@ -279,45 +280,54 @@ impl Stores {
     /// Blocking: sled, tantivy and the metrics store read their files here.
     pub fn open(config: &Config, self_metrics: &SelfMetrics) -> anyhow::Result<Stores> {
         let data_dir = &config.data_dir;
-        let traces: Arc<dyn SpanStore> = match &config.storage {
-            Storage::Embedded => Arc::new(
-                TraceStore::open(
-                    &data_dir.join("traces"),
-                    config.traces.index_cache_bytes,
-                    config.traces.retention.file_bytes(),
-                    self_metrics.clone(),
-                )
-                .context("opening the trace store")?,
-            ),
-            Storage::ClickHouse(settings) => {
-                let connector = Connector::new(settings)?;
+        let embedded_logs = || -> anyhow::Result<Arc<dyn LogRecordStore>> {
+            let logs = LogStore::open(
+                &data_dir.join("logs"),
+                config.logs.partition,
+                config.logs.retention.file_bytes(),
+                config
+                    .logs
+                    .writer_bytes
+                    .map_or(logs::schema::HOT_WRITER_BYTES, |share| {
+                        share.max(
+                            logs::schema::hot_writer_threads()
+                                * logs::schema::MIN_WRITER_BYTES_PER_THREAD,
+                        )
+                    }),
+                self_metrics.clone(),
+            )
+            .context("opening the log store")?
+            .with_writer_idle(config.logs.writer_idle);
+            Ok(Arc::new(logs))
+        };
+        let (traces, logs): (Arc<dyn SpanStore>, Arc<dyn LogRecordStore>) = match &config.storage {
+            Storage::Embedded => (
                 Arc::new(
-                    ClickHouseSpans::open(
-                        connector,
-                        &data_dir.join("clickhouse"),
+                    TraceStore::open(
+                        &data_dir.join("traces"),
+                        config.traces.index_cache_bytes,
+                        config.traces.retention.file_bytes(),
                         self_metrics.clone(),
                     )
-                    .context("opening the ClickHouse span store")?,
+                    .context("opening the trace store")?,
+                ),
+                embedded_logs()?,
+            ),
+            Storage::ClickHouse(settings) => {
+                let connector = Arc::new(Connector::new(settings)?);
+                let dir = data_dir.join("clickhouse");
+                (
+                    Arc::new(
+                        ClickHouseSpans::open(connector.clone(), &dir, self_metrics.clone())
+                            .context("opening the ClickHouse span store")?,
+                    ),
+                    Arc::new(
+                        ClickHouseLogs::open(connector, &dir)
+                            .context("opening the ClickHouse log store")?,
+                    ),
                 )
             }
         };
-        let logs = LogStore::open(
-            &data_dir.join("logs"),
-            config.logs.partition,
-            config.logs.retention.file_bytes(),
-            config
-                .logs
-                .writer_bytes
-                .map_or(logs::schema::HOT_WRITER_BYTES, |share| {
-                    share.max(
-                        logs::schema::hot_writer_threads()
-                            * logs::schema::MIN_WRITER_BYTES_PER_THREAD,
-                    )
-                }),
-            self_metrics.clone(),
-        )
-        .context("opening the log store")?
-        .with_writer_idle(config.logs.writer_idle);
         let metrics = MetricStore::open(
             &data_dir.join("metrics"),
             config.metrics.limits.clone(),
@@ -330,7 +340,7 @@ impl Stores {
             .with_context(|| format!("opening {}", dashboards_dir.display()))?;
         Ok(Stores {
             traces,
-            logs: Arc::new(logs),
+            logs,
             metrics: Arc::new(metrics),
             dashboards: Arc::new(dashboards),
         })

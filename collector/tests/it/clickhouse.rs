@@ -6,13 +6,18 @@
 //! a ClickHouse that was down; two nodes over two shards (`Distributed`
 //! tables) both answer with everything, lose nothing acknowledged when one
 //! is killed mid-ingest, and give a clear error while a shard is down;
-//! retention drops whole days.
+//! retention drops whole days. Logs likewise: the same records give equal
+//! answers from the log explorer's API (pages and cursors, histograms,
+//! facets, a trace's logs, errors), Loki's and `count_logs`.
 
 use std::collections::HashMap;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
@@ -279,7 +284,7 @@ async fn clickhouse_answers_every_trace_query_as_the_embedded_store_does() {
     let migrations = clickhouse
         .query("SELECT count() FROM strand_diff.strand_schema_migrations")
         .await;
-    assert_eq!(migrations.trim(), "1");
+    assert_eq!(migrations.trim(), "2");
     fresh.stop().await;
     embedded.stop().await;
 }
@@ -578,4 +583,343 @@ async fn credentials_are_sent_and_a_refusal_is_a_clear_error() {
         node.log()
     );
     node.stop().await;
+}
+
+/// `records` log records ending `now_nanos`, one a second plus a
+/// nanosecond each (no two share a timestamp), across the shop's services
+/// with varied severities, messages, attributes (scalar, nested, dotted)
+/// and resources; every third in a trace.
+fn shop_logs(records: u64, now_nanos: u64) -> ExportLogsServiceRequest {
+    let mut by_service: Vec<Vec<LogRecord>> = vec![Vec::new(); SERVICES.len()];
+    for i in 0..records {
+        let service = (i % 4) as usize;
+        let time = now_nanos - (records - i) * 1_000_000_000 + i;
+        let body = match service {
+            0 => format!("GET /api/orders 200 {}ms", i % 50),
+            1 => format!("order {i} created for customer user-{}", i % 7),
+            2 => format!("stock reserved for sku-{}", i % 13),
+            _ if i % 5 == 3 => format!("card declined for order {i}"),
+            _ => format!("charge ok for order {i}"),
+        };
+        let mut attributes = vec![
+            attribute("order_id", any_value::Value::IntValue((i % 50) as i64)),
+            attribute("user.id", text(&format!("user-{}", i % 7))),
+            attribute("ms", any_value::Value::DoubleValue((i % 30) as f64 + 0.5)),
+        ];
+        if service == 3 {
+            attributes.push(attribute("peer", text("pay-1.eu-west")));
+        }
+        if service == 0 {
+            attributes.push(attribute(
+                "http",
+                any_value::Value::KvlistValue(KeyValueList {
+                    values: vec![attribute("route", text("/api/orders"))],
+                }),
+            ));
+        }
+        let traced = i % 3 == 0;
+        by_service[service].push(LogRecord {
+            time_unix_nano: time,
+            observed_time_unix_nano: time,
+            severity_number: [9, 13, 17, 5][((i / 4) % 4) as usize],
+            body: Some(AnyValue {
+                value: Some(text(&body)),
+            }),
+            attributes,
+            trace_id: if traced {
+                [[0xab; 8], (i / 9).to_be_bytes()].concat()
+            } else {
+                Vec::new()
+            },
+            span_id: if traced {
+                i.to_be_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        });
+    }
+    ExportLogsServiceRequest {
+        resource_logs: SERVICES
+            .iter()
+            .zip(by_service)
+            .map(|(service, log_records)| ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", text(service)),
+                        attribute("host.name", text(&format!("{service}-1"))),
+                    ],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn send_logs(daemon: &Strand, request: ExportLogsServiceRequest) {
+    let mut client = LogsServiceClient::connect(daemon.grpc_endpoint())
+        .await
+        .expect("connects");
+    client.export(request).await.expect("logs acknowledged");
+}
+
+/// `value` without the records' ids and cursors, which name where a
+/// backend keeps a record, not what it is, and without Loki's timings.
+fn without_ids(mut value: Value) -> Value {
+    if let Some(data) = value["data"].as_object_mut() {
+        data.remove("stats");
+    }
+    if let Some(logs) = value["logs"].as_array_mut() {
+        for log in logs {
+            log.as_object_mut().unwrap().remove("id");
+        }
+    }
+    let has_next = !value["nextCursor"].is_null();
+    if let Some(object) = value.as_object_mut()
+        && object.contains_key("nextCursor")
+    {
+        object.insert("nextCursor".into(), Value::Bool(has_next));
+    }
+    value
+}
+
+/// The log queries the differential asks, in the explorer's language.
+const LOG_QUERIES: &[&str] = &[
+    "",
+    "declined",
+    "\"card declined\"",
+    "Card DECLINED",
+    "service:payment",
+    "severity:error",
+    "service:pay*",
+    "reserv*",
+    "attributes.order_id:42",
+    "attributes.peer:\"pay-1.eu-west\"",
+    "attributes.user.id:user-3",
+    "attributes.http.route:\"/api/orders\"",
+    "resource.host.name:payment-1",
+    "attribute_keys:peer",
+    "attributes.peer:*",
+    "declined OR reserved",
+    "NOT service:gateway",
+    "service:order AND -severity:info",
+    "(service:order OR service:inventory) AND severity:warn",
+    "user-3",
+    "sku-7",
+    "trace_id:abababababababab0000000000000003",
+    "nothing-matches-this",
+];
+
+/// Every log answer the differential compares, by what it asked.
+async fn log_answers(daemon: &Strand, start: u64, end: u64) -> Vec<(String, Value)> {
+    let (start, end) = (start.to_string(), end.to_string());
+    let mut answers = Vec::new();
+    let mut ask = async |path: &str, params: Vec<(&str, &str)>| {
+        let (status, body) = daemon.get_json_query(path, &params).await;
+        answers.push((format!("{path} {params:?} -> {status}"), without_ids(body)));
+    };
+    for query in LOG_QUERIES {
+        let window = |extra: &[(&'static str, &'static str)]| {
+            let mut params = vec![
+                ("q", *query),
+                ("start", start.as_str()),
+                ("end", end.as_str()),
+            ];
+            params.extend_from_slice(extra);
+            params
+        };
+        ask("/api/logs", window(&[("limit", "40")])).await;
+        ask("/api/logs", window(&[("limit", "25"), ("order", "asc")])).await;
+        ask("/api/logs/histogram", window(&[("step", "1m")])).await;
+        ask("/api/logs/facets", window(&[])).await;
+    }
+    // Refused alike, with the same reason.
+    for query in ["attributes.peer:pay*", "level:error", "(((", "/regex/"] {
+        ask("/api/logs", vec![("q", query)]).await;
+    }
+    for trace in [
+        "abababababababab0000000000000003",
+        "abababababababab00000000000000ff",
+    ] {
+        ask(&format!("/api/traces/{trace}/logs"), vec![]).await;
+    }
+    let (start_s, end_s) = (
+        (start.parse::<u64>().unwrap() / 1_000_000_000).to_string(),
+        (end.parse::<u64>().unwrap() / 1_000_000_000 + 1).to_string(),
+    );
+    for query in [
+        r#"{service_name="payment"} |= "declined""#,
+        r#"sum by (service_name) (count_over_time({service_name=~".+"} |= "order" [10m]))"#,
+    ] {
+        ask(
+            "/loki/api/v1/query_range",
+            vec![
+                ("query", query),
+                ("start", start_s.as_str()),
+                ("end", end_s.as_str()),
+                ("step", "300"),
+                ("limit", "30"),
+            ],
+        )
+        .await;
+    }
+    ask(
+        "/api/v1/query",
+        vec![
+            ("query", r#"count_logs("severity:error OR declined", "1h", "service", "attributes.order_id")"#),
+            ("time", end_s.as_str()),
+        ],
+    )
+    .await;
+    answers
+}
+
+/// Where two JSON values first differ, as a path and both values there.
+fn difference(want: &Value, got: &Value) -> String {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in a.keys().chain(b.keys()) {
+                if a.get(key) != b.get(key) {
+                    let (a, b) = (
+                        a.get(key).unwrap_or(&Value::Null),
+                        b.get(key).unwrap_or(&Value::Null),
+                    );
+                    return format!(".{key}{}", difference(a, b));
+                }
+            }
+            String::new()
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| format!("[{i}]{}", difference(a, b)))
+            .unwrap_or_default(),
+        _ => format!(": {want} != {got}"),
+    }
+}
+
+/// Follows a search's cursors to its end: every record once, in order.
+async fn every_page(daemon: &Strand, query: &str, start: u64, end: u64) -> Vec<Value> {
+    let (start, end) = (start.to_string(), end.to_string());
+    let mut cursor = String::new();
+    let mut all = Vec::new();
+    loop {
+        let params = [
+            ("q", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("limit", "37"),
+            ("cursor", cursor.as_str()),
+        ];
+        let (status, body) = daemon.get_json_query("/api/logs", &params).await;
+        assert_eq!(status, 200, "{body}");
+        all.extend(
+            without_ids(body.clone())["logs"]
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
+        match body["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return all,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_answers_every_log_query_as_the_embedded_store_does() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Strand::start(&dir.path().join("embedded"), &[]).await;
+    let args = clickhouse_args(&clickhouse, "strand_logs");
+    let node = Strand::start(&dir.path().join("node-a"), &args).await;
+    let records = 400;
+    let end = now_nanos() - 1_000_000_000;
+    let start = end - (records + 5) * 1_000_000_000;
+    for daemon in [&embedded, &node] {
+        send_logs(daemon, shop_logs(records, end)).await;
+        let everything = eventually(DEADLINE, || async {
+            let params = [
+                ("q", ""),
+                ("start", &*start.to_string()),
+                ("end", &*end.to_string()),
+                ("limit", "1"),
+            ];
+            let (_, body) = daemon.get_json_query("/api/logs", &params).await;
+            (body["total"] == records).then_some(())
+        })
+        .await;
+        assert!(everything.is_some(), "not all searchable: {}", daemon.log());
+    }
+    let expected = log_answers(&embedded, start, end).await;
+    let answered = log_answers(&node, start, end).await;
+    for (want, got) in expected.iter().zip(&answered) {
+        assert_eq!(want.0, got.0);
+        assert_eq!(
+            want.1,
+            got.1,
+            "node that ingested: {}: {}",
+            want.0,
+            difference(&want.1, &got.1)
+        );
+    }
+    // Sanity: the table asks things that have answers.
+    let declined = &expected[4].1;
+    assert_eq!(declined["total"], 20, "{declined}");
+    let facets = &expected[3].1;
+    assert_eq!(
+        facets["attributes"].as_array().map(Vec::len),
+        Some(5),
+        "{facets}"
+    );
+    let histogram = &expected[2].1;
+    assert_eq!(histogram["total"], records, "{histogram}");
+    let (asked, counted) = expected.last().unwrap();
+    assert_eq!(
+        counted["data"]["result"].as_array().map(Vec::len),
+        Some(100),
+        "{asked}: {counted}"
+    );
+    let (asked, prefix) = &expected[LOG_QUERIES.len() * 4];
+    assert!(
+        prefix["error"]
+            .as_str()
+            .unwrap()
+            .contains("not on attribute values"),
+        "{asked}: {prefix}"
+    );
+    let pages = every_page(&embedded, "service:payment", start, end).await;
+    assert_eq!(pages.len(), 100);
+    assert_eq!(
+        pages,
+        every_page(&node, "service:payment", start, end).await
+    );
+
+    // A node with an empty data directory answers from ClickHouse alone.
+    node.stop().await;
+    let fresh = Strand::start(&dir.path().join("node-b"), &args).await;
+    let answered = log_answers(&fresh, start, end).await;
+    for (want, got) in expected.iter().zip(&answered) {
+        assert_eq!(
+            want,
+            got,
+            "from ClickHouse: {}: {}",
+            want.0,
+            difference(&want.1, &got.1)
+        );
+    }
+    // Each record is stored once, and ClickHouse found it by its words.
+    let stored = clickhouse
+        .query("SELECT count(), uniqExact(node, seq, idx) FROM strand_logs.logs FORMAT TSV")
+        .await;
+    assert_eq!(stored.trim(), format!("{records}\t{records}"));
+    fresh.stop().await;
+    embedded.stop().await;
 }

@@ -9,12 +9,16 @@
 //! from blocking threads); the client is async, so each call waits for its
 //! request on the daemon's runtime (see [`ClickHouse::wait`]).
 
+pub mod logs;
 pub mod schema;
 pub mod spans;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use serde::Deserialize;
 
 use crate::config::ClickHouseSettings;
 use crate::store::{Result, StoreError};
@@ -23,6 +27,12 @@ use crate::store::{Result, StoreError};
 /// that hangs must turn into an error the write path retries, not a stuck
 /// flusher.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rows per INSERT statement: each one takes ClickHouse a fraction of
+/// [`super::REQUEST_TIMEOUT`] and a bounded block of memory.
+const MAX_ROWS_PER_INSERT: usize = 20_000;
+
+const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
 /// How long a node waits between attempts to reach a ClickHouse it could
 /// not reach.
@@ -180,10 +190,7 @@ impl ClickHouse {
         };
         let version: String = connection.wait(
             "reading the server version",
-            connection
-                .client
-                .query("SELECT version()")
-                .fetch_one::<String>(),
+            connection.query("SELECT version()").fetch_one::<String>(),
         )?;
         connection.version = Version::parse(&version).ok_or_else(|| {
             StoreError::Backend(format!("ClickHouse reports version {version:?}"))
@@ -209,9 +216,39 @@ impl ClickHouse {
         self
     }
 
+    /// A query of `sql` as written: the client reads `?` as a parameter
+    /// to bind, so each one (in a regular expression, a value searched
+    /// for) is doubled, which it reads as a plain `?`.
+    pub fn query(&self, sql: &str) -> clickhouse::query::Query {
+        self.client.query(&sql.replace('?', "??"))
+    }
+
     /// Runs one statement that returns nothing (DDL, ALTER).
     fn execute(&self, what: &str, sql: &str) -> Result<()> {
-        self.wait(what, self.client.query(sql).execute())
+        self.wait(what, self.query(sql).execute())
+    }
+
+    /// Inserts `rows`, made as they are sent, [`MAX_ROWS_PER_INSERT`] per
+    /// statement: a large flush neither holds all its rows in memory at
+    /// once nor asks ClickHouse to take them in one block.
+    pub fn insert_rows<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: impl IntoIterator<Item = T>,
+    ) -> Result<()> {
+        let connection = self;
+        let client = &connection.client;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            connection.wait(&format!("inserting into {table}"), async {
+                let mut insert = client.insert::<T>(table).await?;
+                for row in rows.by_ref().take(MAX_ROWS_PER_INSERT) {
+                    insert.write(&row).await?;
+                }
+                insert.end().await
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits for `request` on the daemon's runtime, from the blocking
@@ -238,6 +275,162 @@ impl ClickHouse {
                 REQUEST_TIMEOUT.as_secs()
             ))),
         }
+    }
+}
+
+/// Drops the day partitions of `tables` past `retention` as of `now`
+/// (nanoseconds): each server its own (with a cluster, its shard's rows),
+/// by age and by its share of the size limit. Returns how many went.
+pub fn drop_expired(
+    servers: &Servers,
+    tables: &[&str],
+    retention: crate::config::Retention,
+    now_nanos: u64,
+) -> Result<usize> {
+    let cutoff =
+        now_nanos.saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
+    let max_bytes = retention.max_bytes / servers.each.len() as u64;
+    let mut dropped = 0;
+    for server in &servers.each {
+        dropped += drop_old_partitions(server, &servers.layout, tables, cutoff, max_bytes)?;
+    }
+    Ok(dropped)
+}
+
+/// Drops the day partitions on `server` older than `cutoff` (nanoseconds),
+/// then the oldest while `tables` take more than `max_bytes` (0: no
+/// limit); the newest day always stays. Returns how many days went.
+fn drop_old_partitions(
+    server: &ClickHouse,
+    layout: &schema::Layout,
+    tables: &[&str],
+    cutoff: u64,
+    max_bytes: u64,
+) -> Result<usize> {
+    let tables: Vec<String> = tables.iter().map(|table| layout.local(table)).collect();
+    let partitions: Vec<PartitionSize> = server.wait(
+        "reading partition sizes",
+        server
+            .query(&partitions_sql(&server.database, &tables))
+            .fetch_all(),
+    )?;
+    let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
+    let mut dropped = 0;
+    for partition in partitions.iter().take(partitions.len().saturating_sub(1)) {
+        let Some(day_end) = day_end_nanos(&partition.partition) else {
+            continue;
+        };
+        let too_old = day_end <= cutoff;
+        let too_large = max_bytes > 0 && total > max_bytes;
+        if !too_old && !too_large {
+            break;
+        }
+        for table in &tables {
+            server.execute(
+                "dropping an old partition",
+                &drop_partition_sql(table, &partition.partition),
+            )?;
+        }
+        total = total.saturating_sub(partition.bytes);
+        dropped += 1;
+        tracing::info!(day = %partition.partition, too_old, too_large, tables = ?tables, "PartitionDropped");
+    }
+    Ok(dropped)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct PartitionSize {
+    partition: String,
+    bytes: u64,
+}
+
+/// The `Date` (days since 1970-01-01) of a time in nanoseconds.
+fn day_of(nanos: u64) -> u16 {
+    u16::try_from(nanos / NANOS_PER_DAY).unwrap_or(u16::MAX)
+}
+
+/// A `Date` literal for the day of `nanos`.
+fn date_literal(nanos: u64) -> String {
+    let date = chrono::DateTime::from_timestamp((nanos / 1_000_000_000) as i64, 0)
+        .unwrap_or_default()
+        .date_naive();
+    format!("toDate('{}')", date.format("%Y-%m-%d"))
+}
+
+/// The end, in nanoseconds, of the day a `PARTITION BY day` partition
+/// names ("2026-12-05").
+fn day_end_nanos(partition: &str) -> Option<u64> {
+    let date = chrono::NaiveDate::parse_from_str(partition.trim_matches('\''), "%Y-%m-%d").ok()?;
+    let start = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+    u64::try_from(start)
+        .ok()
+        .map(|s| s * 1_000_000_000 + NANOS_PER_DAY)
+}
+
+/// The bytes of each day partition of `tables` in `database`.
+fn partitions_sql(database: &str, tables: &[String]) -> String {
+    let tables = tables
+        .iter()
+        .map(|t| quote(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT partition, toUInt64(sum(bytes_on_disk)) AS bytes FROM system.parts \
+         WHERE active AND database = {} AND table IN ({tables}) \
+         GROUP BY partition ORDER BY partition",
+        quote(database)
+    )
+}
+
+fn drop_partition_sql(table: &str, partition: &str) -> String {
+    format!("ALTER TABLE {table} DROP PARTITION {}", quote(partition))
+}
+
+/// The WAL sequence number through which a node's spans are in ClickHouse,
+/// in a file of the node's data directory: written whole (a temporary file
+/// renamed over it) and synced before it counts.
+struct Checkpoint {
+    path: PathBuf,
+    seq: Mutex<u64>,
+}
+
+impl Checkpoint {
+    fn open(path: PathBuf) -> Result<Checkpoint> {
+        let seq = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "{}: {text:?} is not a sequence number",
+                    path.display()
+                ))
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Checkpoint {
+            path,
+            seq: Mutex::new(seq),
+        })
+    }
+
+    fn get(&self) -> u64 {
+        *self.seq.lock().expect("not poisoned")
+    }
+
+    fn advance(&self, seq: u64) -> Result<()> {
+        let mut current = self.seq.lock().expect("not poisoned");
+        if seq <= *current {
+            return Ok(());
+        }
+        let temporary = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, format!("{seq}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *current = seq;
+        Ok(())
     }
 }
 
@@ -291,6 +484,12 @@ mod tests {
         ));
         statements.push("USE `strand`".into());
         statements.extend(spans::statement_shapes());
+        statements.extend(logs::statement_shapes());
+        statements.push(partitions_sql(
+            "strand",
+            &["spans".to_string(), "span_search".to_string()],
+        ));
+        statements.push(drop_partition_sql("logs", "2025-12-05"));
         const SCRIPT: &str = r#"
 import json, sys
 import chdb
@@ -330,6 +529,35 @@ print(json.dumps({"version": version, "failures": failures}))
         let version = Version::parse(answer["version"].as_str().unwrap()).unwrap();
         assert!(version >= Version(24, 1), "{answer}");
         assert_eq!(answer["failures"], serde_json::json!([]), "{answer:#}");
+    }
+
+    #[test]
+    fn days_and_partitions_agree() {
+        let nanos = 1_764_892_800 * 1_000_000_000 + 5; // 2025-12-05T00:00:00Z + 5 ns
+        assert_eq!(date_literal(nanos), "toDate('2025-12-05')");
+        assert_eq!(u64::from(day_of(nanos)) * NANOS_PER_DAY, nanos - 5);
+        assert_eq!(day_end_nanos("2025-12-05"), Some(nanos - 5 + NANOS_PER_DAY));
+        assert_eq!(
+            day_end_nanos("'2025-12-05'"),
+            Some(nanos - 5 + NANOS_PER_DAY)
+        );
+        assert_eq!(day_end_nanos("tuple()"), None);
+    }
+
+    #[test]
+    fn a_checkpoint_only_moves_forward_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spans.checkpoint");
+        let checkpoint = Checkpoint::open(path.clone()).unwrap();
+        assert_eq!(checkpoint.get(), 0);
+        checkpoint.advance(7).unwrap();
+        checkpoint.advance(3).unwrap();
+        assert_eq!(Checkpoint::open(path.clone()).unwrap().get(), 7);
+        std::fs::write(&path, "seven").unwrap();
+        assert!(matches!(
+            Checkpoint::open(path),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]

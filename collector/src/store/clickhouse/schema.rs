@@ -8,13 +8,15 @@
 //! must not write into tables it does not understand.
 //!
 //! Every table is partitioned by day (`day Date`), so retention drops whole
-//! partitions. Features newer than Debian's 18.16 — column codecs and
-//! `LowCardinality` — are added only where the server has them.
+//! partitions. Features newer than Debian's 18.16 — column codecs,
+//! `LowCardinality` and skip indexes — are added only where the server has
+//! them.
 
 use super::{ClickHouse, Version, identifier, quote};
 use crate::store::{Result, StoreError};
 
-/// From this version on, columns get codecs and `LowCardinality`.
+/// From this version on, columns get codecs and `LowCardinality`, and
+/// tables skip indexes.
 const CODECS_MIN_VERSION: Version = Version(20, 1);
 
 /// How Strand's tables are laid out on the servers.
@@ -56,28 +58,29 @@ struct Migration {
     tables: &'static [Table],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    tables: &[
-        // Trace by id is a primary-key lookup: rows (a trace's spans of
-        // one flush, encoded together) sorted by trace, in small granules.
-        // A span stored twice (a replay) is folded by reads.
-        Table {
-            name: "spans",
-            columns: "day Date,
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        tables: &[
+            // Trace by id is a primary-key lookup: rows (a trace's spans of
+            // one flush, encoded together) sorted by trace, in small granules.
+            // A span stored twice (a replay) is folded by reads.
+            Table {
+                name: "spans",
+                columns: "day Date,
                 trace_id FixedString(16),
                 start_nanos UInt64 {times},
                 spans UInt32,
                 payload String {bytes}",
-            engine: "MergeTree PARTITION BY day ORDER BY (trace_id, start_nanos) \
+                engine: "MergeTree PARTITION BY day ORDER BY (trace_id, start_nanos) \
                      SETTINGS index_granularity = 128",
-            sharding: "cityHash64(trace_id)",
-        },
-        // Search: one row per span, sorted by service and start, with what
-        // a search filters on, tags as parallel key/value arrays.
-        Table {
-            name: "span_search",
-            columns: "day Date,
+                sharding: "cityHash64(trace_id)",
+            },
+            // Search: one row per span, sorted by service and start, with what
+            // a search filters on, tags as parallel key/value arrays.
+            Table {
+                name: "span_search",
+                columns: "day Date,
                 service {names},
                 start_nanos UInt64 {times},
                 trace_id FixedString(16),
@@ -88,33 +91,89 @@ const MIGRATIONS: &[Migration] = &[Migration {
                 error UInt8,
                 tag_keys Array({names}),
                 tag_values Array(String)",
-            engine: "MergeTree PARTITION BY day ORDER BY (service, start_nanos)",
-            sharding: "cityHash64(trace_id)",
-        },
-        Table {
-            name: "span_names",
-            columns: "day Date, service String, name String, kind String",
-            engine: "ReplacingMergeTree PARTITION BY day ORDER BY (service, name, kind)",
-            sharding: "cityHash64(service)",
-        },
-        // Calls between services per hour, summed by the engine.
-        Table {
-            name: "dependencies",
-            columns: "day Date,
+                engine: "MergeTree PARTITION BY day ORDER BY (service, start_nanos)",
+                sharding: "cityHash64(trace_id)",
+            },
+            Table {
+                name: "span_names",
+                columns: "day Date, service String, name String, kind String",
+                engine: "ReplacingMergeTree PARTITION BY day ORDER BY (service, name, kind)",
+                sharding: "cityHash64(service)",
+            },
+            // Calls between services per hour, summed by the engine.
+            Table {
+                name: "dependencies",
+                columns: "day Date,
                 hour_nanos UInt64,
                 parent String,
                 child String,
                 calls UInt64,
                 errors UInt64",
-            engine: "SummingMergeTree((calls, errors)) PARTITION BY day \
+                engine: "SummingMergeTree((calls, errors)) PARTITION BY day \
                      ORDER BY (hour_nanos, parent, child)",
-            sharding: "cityHash64(parent, child)",
-        },
-    ],
-}];
+                sharding: "cityHash64(parent, child)",
+            },
+        ],
+    },
+    Migration {
+        version: 2,
+        tables: &[
+            // Log records, sorted by hour, service and time: a time range
+            // and a service are primary-key ranges. Full text is matched on
+            // `tokens`, the message and scalar attribute values split and
+            // lowercased as the embedded store's index does (with a bloom
+            // filter over them where the server has skip indexes);
+            // attributes are parallel path/value arrays. `node`, `seq` and
+            // `idx` say which node's WAL record (and which of its records)
+            // a row is: a node retrying an insert that may have landed
+            // skips the rows it finds.
+            Table {
+                name: "logs",
+                columns: "day Date,
+                    hour UInt32,
+                    time_nanos UInt64 {times},
+                    id UInt64,
+                    node UInt64,
+                    seq UInt64,
+                    idx UInt32,
+                    level UInt8,
+                    severity {names},
+                    service {names},
+                    trace_id String,
+                    span_id String,
+                    body String {bytes},
+                    tokens Array(String),
+                    attribute_keys Array(String),
+                    attr_paths Array({names}),
+                    attr_values Array(String),
+                    resource_paths Array({names}),
+                    resource_values Array(String),
+                    record String {bytes}
+                    {token_index}",
+                engine: "MergeTree PARTITION BY day ORDER BY (hour, service, time_nanos, id)",
+                sharding: "cityHash64(node, seq, idx)",
+            },
+            // The time span of each trace's logs per insert: the logs of a
+            // trace are a primary-key lookup here, then a read of seconds
+            // of `logs`.
+            Table {
+                name: "log_traces",
+                columns: "day Date,
+                    trace_id String,
+                    first_nanos UInt64,
+                    last_nanos UInt64",
+                engine: "MergeTree PARTITION BY day ORDER BY trace_id \
+                         SETTINGS index_granularity = 128",
+                sharding: "cityHash64(trace_id)",
+            },
+        ],
+    },
+];
 
-/// The tables retention drops day partitions of.
-pub const DAY_PARTITIONED: &[&str] = &["spans", "span_search", "span_names", "dependencies"];
+/// The span tables, which span retention drops day partitions of.
+pub const SPAN_TABLES: &[&str] = &["spans", "span_search", "span_names", "dependencies"];
+/// The log tables, which log retention drops day partitions of.
+pub const LOG_TABLES: &[&str] = &["logs", "log_traces"];
 
 /// The table recording applied migrations, on each server.
 const MIGRATIONS_TABLE: &str = "strand_schema_migrations";
@@ -138,7 +197,6 @@ pub fn migrate(connection: &ClickHouse, layout: &Layout) -> Result<()> {
     let applied: Vec<u32> = connection.wait(
         "reading the applied migrations",
         connection
-            .client
             .query(&format!(
                 "SELECT DISTINCT version FROM {db}.{MIGRATIONS_TABLE} ORDER BY version"
             ))
@@ -210,6 +268,14 @@ fn statements(
             )
             .replace("{bytes}", if modern { "CODEC(ZSTD(1))" } else { "" })
             .replace("{times}", if modern { "CODEC(Delta, ZSTD(1))" } else { "" })
+            .replace(
+                "{token_index}",
+                if modern {
+                    ", INDEX tokens_bloom tokens TYPE bloom_filter(0.01) GRANULARITY 1"
+                } else {
+                    ""
+                },
+            )
     };
     let mut statements = Vec::new();
     for table in migration.tables {
@@ -255,7 +321,8 @@ mod tests {
     fn a_cluster_gets_local_tables_and_distributed_ones_over_them() {
         let layout = Layout::Cluster("two shards".into());
         let statements = all_statements("strand", &layout, Version(18, 16));
-        assert_eq!(statements.len(), 2 * MIGRATIONS[0].tables.len());
+        let tables: usize = MIGRATIONS.iter().map(|m| m.tables.len()).sum();
+        assert_eq!(statements.len(), 2 * tables);
         assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS `strand`.`spans_local` ("));
         assert!(
             statements[1].contains(

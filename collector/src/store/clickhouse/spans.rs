@@ -13,13 +13,13 @@
 //! each span once.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClickHouse, Connector, quote, schema};
+use super::{Checkpoint, ClickHouse, Connector, date_literal, day_of, drop_expired, quote, schema};
 use crate::backup::BackupDir;
 use crate::codec;
 use crate::config::Retention;
@@ -30,15 +30,11 @@ use crate::store::traces::{
 use crate::store::{Result, SpanFilter, SpanStore, StoreError, TraceCandidates};
 use crate::telemetry::SelfMetrics;
 
-const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
 /// Tag values longer than this are cut in the search table (bodies, SQL):
 /// a search for a longer value narrows by key alone and then checks the
 /// candidates' spans.
 const MAX_SEARCH_VALUE_BYTES: usize = 256;
-/// Rows per INSERT statement: each one takes ClickHouse a fraction of
-/// [`super::REQUEST_TIMEOUT`] and a bounded block of memory.
-const MAX_ROWS_PER_INSERT: usize = 20_000;
 /// Candidate traces fetched per request; later pages grow tenfold.
 const FIRST_CANDIDATE_PAGE: u64 = 200;
 /// Every service and operation name, as any node wrote them.
@@ -93,7 +89,7 @@ struct DependencyRow {
 
 /// See the module docs.
 pub struct ClickHouseSpans {
-    connector: Connector,
+    connector: Arc<Connector>,
     buffer: SpanBuffer,
     checkpoint: Checkpoint,
     /// Held by a flush and by retention: one at a time.
@@ -109,7 +105,7 @@ struct FlushState {
 impl ClickHouseSpans {
     /// The span store over what `connector` reaches, with its checkpoint in
     /// `dir` (the node's data directory part for ClickHouse).
-    pub fn open(connector: Connector, dir: &Path, metrics: SelfMetrics) -> Result<Self> {
+    pub fn open(connector: Arc<Connector>, dir: &Path, metrics: SelfMetrics) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let store = ClickHouseSpans {
             connector,
@@ -132,7 +128,7 @@ impl ClickHouseSpans {
         let connection = self.connector.get()?.query;
         let names: Vec<NameRow> = connection.wait(
             "reading span names",
-            connection.client.query(NAMES_SQL).fetch_all(),
+            connection.query(NAMES_SQL).fetch_all(),
         )?;
         self.buffer.note_names(names.iter().map(|row| {
             let kind = SpanKind::parse(&row.kind).unwrap_or_default();
@@ -145,6 +141,7 @@ impl ClickHouseSpans {
     /// Inserts the spans of one flush; returns the dependency edges they
     /// complete.
     fn insert(&self, state: &mut FlushState, traces: &[&[Span]]) -> Result<Vec<Edge>> {
+        let connection = self.connector.get()?.query;
         let spans = || traces.iter().flat_map(|t| t.iter());
         // One row per trace and flush: its resources and scopes encoded
         // once, and a tenth of the rows.
@@ -158,8 +155,8 @@ impl ClickHouseSpans {
                 payload: codec::encode_spans(trace.iter()),
             })
         });
-        self.insert_rows("spans", span_rows)?;
-        self.insert_rows("span_search", spans().map(search_row))?;
+        connection.insert_rows("spans", span_rows)?;
+        connection.insert_rows("span_search", spans().map(search_row))?;
         let names: HashSet<(u16, &str, &str, SpanKind)> = spans()
             .map(|span| {
                 (
@@ -179,7 +176,7 @@ impl ClickHouseSpans {
                 kind: kind.as_str().to_string(),
             })
             .collect();
-        self.insert_rows("span_names", name_rows)?;
+        connection.insert_rows("span_names", name_rows)?;
         let edges = state.dependencies.observe(spans());
         let mut counts: HashMap<(u64, &str, &str), (u64, u64)> = HashMap::new();
         for edge in &edges {
@@ -203,33 +200,10 @@ impl ClickHouseSpans {
             .collect();
         // The spans are in: a failed count insert loses counts (which are a
         // lower bound), never spans.
-        if let Err(error) = self.insert_rows("dependencies", dependency_rows) {
+        if let Err(error) = connection.insert_rows("dependencies", dependency_rows) {
             tracing::error!(%error, "DependencyCountsNotStored");
         }
         Ok(edges)
-    }
-
-    /// Inserts `rows`, made as they are sent, [`MAX_ROWS_PER_INSERT`] per
-    /// statement: a large flush neither holds all its rows in memory at
-    /// once nor asks ClickHouse to take them in one block.
-    fn insert_rows<T: clickhouse::RowOwned + clickhouse::RowWrite>(
-        &self,
-        table: &str,
-        rows: impl IntoIterator<Item = T>,
-    ) -> Result<()> {
-        let connection = self.connector.get()?.query;
-        let client = &connection.client;
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            connection.wait(&format!("inserting into {table}"), async {
-                let mut insert = client.insert::<T>(table).await?;
-                for row in rows.by_ref().take(MAX_ROWS_PER_INSERT) {
-                    insert.write(&row).await?;
-                }
-                insert.end().await
-            })?;
-        }
-        Ok(())
     }
 }
 
@@ -295,17 +269,12 @@ impl SpanStore for ClickHouseSpans {
 
     fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
         let _flush = self.flush_state.lock().expect("not poisoned");
-        let cutoff = now_nanos
-            .saturating_sub(u64::try_from(retention.max_age.as_nanos()).unwrap_or(u64::MAX));
-        let servers = self.connector.get()?;
-        // Each server drops its own partitions (with a cluster, its shard's
-        // rows), by age and by its share of the size limit.
-        let max_bytes = retention.max_bytes / servers.each.len() as u64;
-        let mut dropped = 0;
-        for server in &servers.each {
-            dropped += drop_old_partitions(server, &servers.layout, cutoff, max_bytes)?;
-        }
-        Ok(dropped)
+        drop_expired(
+            &self.connector.get()?,
+            schema::SPAN_TABLES,
+            retention,
+            now_nanos,
+        )
     }
 
     fn snapshot(&self, _backup: &mut BackupDir, _relative: &Path) -> Result<()> {
@@ -322,7 +291,7 @@ impl SpanStore for ClickHouseSpans {
         let connection = self.connector.get()?.query;
         let payloads: Vec<Payload> = connection.wait(
             "reading a trace",
-            connection.client.query(&trace_sql(trace_id)).fetch_all(),
+            connection.query(&trace_sql(trace_id)).fetch_all(),
         )?;
         let mut damaged = false;
         for row in payloads {
@@ -367,7 +336,6 @@ impl SpanStore for ClickHouseSpans {
         let rows: Vec<LinkRow> = connection.wait(
             "reading dependencies",
             connection
-                .client
                 .query(&dependencies_sql(first_hour, end_nanos))
                 .fetch_all(),
         )?;
@@ -383,50 +351,6 @@ impl SpanStore for ClickHouseSpans {
     }
 }
 
-/// Drops the day partitions on `server` older than `cutoff` (nanoseconds),
-/// then the oldest while the span tables take more than `max_bytes` (0: no
-/// limit); the newest day always stays. Returns how many days went.
-fn drop_old_partitions(
-    server: &ClickHouse,
-    layout: &schema::Layout,
-    cutoff: u64,
-    max_bytes: u64,
-) -> Result<usize> {
-    let tables: Vec<String> = schema::DAY_PARTITIONED
-        .iter()
-        .map(|table| layout.local(table))
-        .collect();
-    let partitions: Vec<PartitionSize> = server.wait(
-        "reading partition sizes",
-        server
-            .client
-            .query(&partitions_sql(&server.database, &tables))
-            .fetch_all(),
-    )?;
-    let mut total: u64 = partitions.iter().map(|p| p.bytes).sum();
-    let mut dropped = 0;
-    for partition in partitions.iter().take(partitions.len().saturating_sub(1)) {
-        let Some(day_end) = day_end_nanos(&partition.partition) else {
-            continue;
-        };
-        let too_old = day_end <= cutoff;
-        let too_large = max_bytes > 0 && total > max_bytes;
-        if !too_old && !too_large {
-            break;
-        }
-        for table in &tables {
-            server.execute(
-                "dropping an old partition",
-                &drop_partition_sql(table, &partition.partition),
-            )?;
-        }
-        total = total.saturating_sub(partition.bytes);
-        dropped += 1;
-        tracing::info!(day = %partition.partition, too_old, too_large, "SpanPartitionDropped");
-    }
-    Ok(dropped)
-}
-
 #[derive(clickhouse::Row, Deserialize)]
 struct Payload {
     #[serde(with = "serde_bytes")]
@@ -439,12 +363,6 @@ struct LinkRow {
     child: String,
     calls: u64,
     errors: u64,
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct PartitionSize {
-    partition: String,
-    bytes: u64,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -485,7 +403,7 @@ impl Iterator for Candidates {
         };
         let sql = page_sql(&self.sql, self.page, self.offset);
         let rows: Vec<CandidateRow> =
-            match connection.wait("searching spans", connection.client.query(&sql).fetch_all()) {
+            match connection.wait("searching spans", connection.query(&sql).fetch_all()) {
                 Ok(rows) => rows,
                 Err(error) => {
                     self.done = true;
@@ -594,29 +512,6 @@ fn search_row(span: &Span) -> SearchRow {
     }
 }
 
-/// The `Date` (days since 1970-01-01) of a time in nanoseconds.
-fn day_of(nanos: u64) -> u16 {
-    u16::try_from(nanos / NANOS_PER_DAY).unwrap_or(u16::MAX)
-}
-
-/// A `Date` literal for the day of `nanos`.
-fn date_literal(nanos: u64) -> String {
-    let date = chrono::DateTime::from_timestamp((nanos / 1_000_000_000) as i64, 0)
-        .unwrap_or_default()
-        .date_naive();
-    format!("toDate('{}')", date.format("%Y-%m-%d"))
-}
-
-/// The end, in nanoseconds, of the day a `PARTITION BY day` partition
-/// names ("2026-12-05").
-fn day_end_nanos(partition: &str) -> Option<u64> {
-    let date = chrono::NaiveDate::parse_from_str(partition.trim_matches('\''), "%Y-%m-%d").ok()?;
-    let start = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
-    u64::try_from(start)
-        .ok()
-        .map(|s| s * 1_000_000_000 + NANOS_PER_DAY)
-}
-
 /// The stored spans of one trace.
 fn trace_sql(trace_id: &TraceId) -> String {
     format!(
@@ -638,25 +533,6 @@ fn dependencies_sql(first_hour: u64, end_nanos: u64) -> String {
 /// One page of the candidate query `sql`.
 fn page_sql(sql: &str, page: u64, offset: u64) -> String {
     format!("{sql} LIMIT {page} OFFSET {offset}")
-}
-
-/// The bytes of each day partition of `tables` in `database`.
-fn partitions_sql(database: &str, tables: &[String]) -> String {
-    let tables = tables
-        .iter()
-        .map(|t| quote(t))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "SELECT partition, toUInt64(sum(bytes_on_disk)) AS bytes FROM system.parts \
-         WHERE active AND database = {} AND table IN ({tables}) \
-         GROUP BY partition ORDER BY partition",
-        quote(database)
-    )
-}
-
-fn drop_partition_sql(table: &str, partition: &str) -> String {
-    format!("ALTER TABLE {table} DROP PARTITION {}", quote(partition))
 }
 
 /// Every statement shape the store sends, with sample values, and the
@@ -694,75 +570,12 @@ pub fn statement_shapes() -> Vec<String> {
             2000,
             200,
         ),
-        partitions_sql("strand", &["spans".to_string(), "span_search".to_string()]),
-        drop_partition_sql("spans", "2025-12-05"),
     ]
-}
-
-/// The WAL sequence number through which a node's spans are in ClickHouse,
-/// in a file of the node's data directory: written whole (a temporary file
-/// renamed over it) and synced before it counts.
-struct Checkpoint {
-    path: PathBuf,
-    seq: Mutex<u64>,
-}
-
-impl Checkpoint {
-    fn open(path: PathBuf) -> Result<Checkpoint> {
-        let seq = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse().map_err(|_| {
-                StoreError::Corrupt(format!(
-                    "{}: {text:?} is not a sequence number",
-                    path.display()
-                ))
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(error.into()),
-        };
-        Ok(Checkpoint {
-            path,
-            seq: Mutex::new(seq),
-        })
-    }
-
-    fn get(&self) -> u64 {
-        *self.seq.lock().expect("not poisoned")
-    }
-
-    fn advance(&self, seq: u64) -> Result<()> {
-        let mut current = self.seq.lock().expect("not poisoned");
-        if seq <= *current {
-            return Ok(());
-        }
-        let temporary = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        std::io::Write::write_all(&mut file, format!("{seq}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        *current = seq;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn days_and_partitions_agree() {
-        let nanos = 1_764_892_800 * 1_000_000_000 + 5; // 2025-12-05T00:00:00Z + 5 ns
-        assert_eq!(date_literal(nanos), "toDate('2025-12-05')");
-        assert_eq!(u64::from(day_of(nanos)) * NANOS_PER_DAY, nanos - 5);
-        assert_eq!(day_end_nanos("2025-12-05"), Some(nanos - 5 + NANOS_PER_DAY));
-        assert_eq!(
-            day_end_nanos("'2025-12-05'"),
-            Some(nanos - 5 + NANOS_PER_DAY)
-        );
-        assert_eq!(day_end_nanos("tuple()"), None);
-    }
 
     #[test]
     fn every_filter_condition_is_pushed_down_and_quoted() {
@@ -793,21 +606,5 @@ mod tests {
             assert!(sql.contains(part), "{part} missing from {sql}");
         }
         assert!(!sql.contains("day <="));
-    }
-
-    #[test]
-    fn a_checkpoint_only_moves_forward_and_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spans.checkpoint");
-        let checkpoint = Checkpoint::open(path.clone()).unwrap();
-        assert_eq!(checkpoint.get(), 0);
-        checkpoint.advance(7).unwrap();
-        checkpoint.advance(3).unwrap();
-        assert_eq!(Checkpoint::open(path.clone()).unwrap().get(), 7);
-        std::fs::write(&path, "seven").unwrap();
-        assert!(matches!(
-            Checkpoint::open(path),
-            Err(StoreError::Corrupt(_))
-        ));
     }
 }

@@ -172,21 +172,11 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     doc.add_u64(fields.level, level_number(level));
     doc.add_text(fields.severity, level);
     doc.add_text(fields.service, record.service());
-    doc.add_text(fields.body, &record.body);
-    // Each scalar value once as text: free text in `body`, and, when short,
-    // `key<separator>value` for the facets.
-    for kv in &record.attributes {
-        doc.add_text(fields.attribute_keys, &kv.key);
-        let Some(text) = scalar_text(&kv.value) else {
-            continue;
-        };
-        if text.len() <= FACET_VALUE_MAX_BYTES {
-            doc.add_text(
-                fields.attribute_keys,
-                format!("{}{VALUE_SEPARATOR}{text}", kv.key),
-            );
-        }
+    for text in free_texts(record) {
         doc.add_text(fields.body, text);
+    }
+    for entry in attribute_entries(record) {
+        doc.add_text(fields.attribute_keys, entry);
     }
     if let Some(trace_id) = record.trace_id {
         doc.add_text(fields.trace_id, hex::encode(trace_id));
@@ -202,6 +192,30 @@ pub fn to_document(fields: &LogFields, record: &LogRecord, id: u64) -> TantivyDo
     }
     doc.add_bytes(fields.record, &codec::encode_log(record));
     doc
+}
+
+/// What words without a field search: the message, then each scalar
+/// attribute value as text (so that an order id typed without a field
+/// finds its record).
+pub fn free_texts(record: &LogRecord) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    std::iter::once(std::borrow::Cow::Borrowed(record.body.as_str())).chain(
+        record
+            .attributes
+            .iter()
+            .filter_map(|kv| scalar_text(&kv.value).map(std::borrow::Cow::Owned)),
+    )
+}
+
+/// The `attribute_keys` entries of a record: each attribute's name, and
+/// `name` [`VALUE_SEPARATOR`] `value` for each scalar value of at most
+/// [`FACET_VALUE_MAX_BYTES`], which the facets and `count_logs` count.
+pub fn attribute_entries(record: &LogRecord) -> impl Iterator<Item = String> + '_ {
+    record.attributes.iter().flat_map(|kv| {
+        let value = scalar_text(&kv.value)
+            .filter(|text| text.len() <= FACET_VALUE_MAX_BYTES)
+            .map(|text| format!("{}{VALUE_SEPARATOR}{text}", kv.key));
+        std::iter::once(kv.key.clone()).chain(value)
+    })
 }
 
 /// A scalar attribute value as text, as a query would write it; `None`

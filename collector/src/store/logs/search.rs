@@ -32,7 +32,7 @@ use crate::model::{LogRecord, TraceId};
 use crate::query::pool::Deadline;
 use crate::store::log_search::{
     AttributeFacet, Cursor, Facets, GroupCounts, Histogram, LogFilter, LogHit, LogPage,
-    LogRecordStore, MAX_TRACE_LOGS, Order, QUERY_FIELDS,
+    LogRecordStore, MAX_TRACE_LOGS, NO_PREFIX_ON_VALUES, Order, QUERY_FIELDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -184,10 +184,7 @@ impl CompiledQuery {
 fn explain(error: QueryParserError) -> String {
     match error {
         QueryParserError::UnsupportedQuery(why) if why.contains("Regex") => {
-            "a prefix (word*) works on the message, service, severity, trace_id, span_id and \
-             attribute_keys, not on attribute values: search the whole value \
-             (attributes.peer:\"pay-1.eu-west\")"
-                .into()
+            NO_PREFIX_ON_VALUES.into()
         }
         QueryParserError::FieldDoesNotExist(field) => {
             format!("there is no field '{field}' ({QUERY_FIELDS})")
