@@ -178,7 +178,15 @@ impl Pipeline {
             .settle_set_aside(wal.oldest_seq())
             .context("settling span blocks the trace index does not map")?;
         // Replayed logs are searchable once the daemon says it is ready.
-        logs.commit().context("committing replayed logs")?;
+        // A backend that is down takes them later; the WAL keeps them.
+        match logs.commit() {
+            Err(error) if error.is_unavailable() => {
+                tracing::warn!(%error, "ReplayedLogsNotCommitted: they wait in the WAL");
+            }
+            committed => {
+                committed.context("committing replayed logs")?;
+            }
+        }
         tracing::info!(
             traces_checkpoint,
             replayed_spans,

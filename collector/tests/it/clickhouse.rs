@@ -445,6 +445,11 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
         send(&node_b, shop_requests(seed, 20, end)).await;
         acknowledged.push(seed);
     }
+    // The same logs through both nodes: each node's copy is its own.
+    let log_records = 200;
+    let (logs_start, logs_end) = (end - (log_records + 5) * 1_000_000_000, end);
+    send_logs(&node_a, shop_logs(log_records, logs_end)).await;
+    send_logs(&node_b, shop_logs(log_records, logs_end)).await;
     node_a.kill9();
     let from_a = sender.await.unwrap();
     assert!(from_a.len() > 1, "node A took spans before it was killed");
@@ -485,6 +490,30 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     for (a, b) in from_a.iter().zip(&from_b) {
         assert_eq!(a, b, "{}", a.0);
     }
+    let logs_everywhere = eventually(DEADLINE, || async {
+        let params = [
+            ("q", ""),
+            ("start", &*logs_start.to_string()),
+            ("end", &*logs_end.to_string()),
+            ("limit", "1"),
+        ];
+        let (_, body) = node_b.get_json_query("/api/logs", &params).await;
+        (body["total"] == 2 * log_records).then_some(())
+    })
+    .await;
+    assert!(logs_everywhere.is_some(), "{}", node_a.log());
+    let logs_from_a = log_answers(&node_a, logs_start, logs_end).await;
+    let logs_from_b = log_answers(&node_b, logs_start, logs_end).await;
+    for (a, b) in logs_from_a.iter().zip(&logs_from_b) {
+        assert_eq!(a, b, "{}: {}", a.0, difference(&a.1, &b.1));
+    }
+    for shard in &cluster.shards {
+        let local = shard
+            .query("SELECT count() FROM strand_cluster.logs_local")
+            .await;
+        let local: u64 = local.trim().parse().unwrap();
+        assert!(local > 0 && local < 2 * log_records, "{local} log records");
+    }
     for (asked, answer) in &from_a {
         if asked.starts_with("/api/traces/") && !asked.contains("0123456789abcdef") {
             assert_eq!(
@@ -502,6 +531,9 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     let (status, body) = node_b.get_json(&path).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.to_string().contains("ClickHouse"), "{body}");
+    let (status, body) = node_b.get_json("/api/logs?q=declined").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("ClickHouse"), "{body}");
     cluster.shards[1].restart().await;
     assert!(
         whole_trace_arrives(&node_b, &path).await,
@@ -512,24 +544,28 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_drops_whole_days_of_spans_in_clickhouse() {
+async fn retention_drops_whole_days_of_spans_and_logs_in_clickhouse() {
     let clickhouse = ClickHouse::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = clickhouse_args(&clickhouse, "strand_retention");
     args.extend([
         "--trace-retention",
         "2d",
+        "--log-retention",
+        "2d",
         "--retention-interval",
         "1s",
         "--flush-interval",
         "200ms",
     ]);
-    let node = Strand::start(&dir.path().join("node"), &args).await;
+    let node = Strand::spawn(STRAND_BINARY, &dir.path().join("node"), &args).await;
     let now = now_nanos();
     let day = 86_400 * 1_000_000_000;
     // Three days old, and now.
     send(&node, shop_requests(30, 5, now - 3 * day)).await;
     send(&node, shop_requests(31, 5, now)).await;
+    send_logs(&node, shop_logs(4, now - 3 * day)).await;
+    send_logs(&node, shop_logs(4, now)).await;
     let old = format!("/api/traces/{}{}", hex(&30), hex(&0));
     let new = format!("/api/traces/{}{}", hex(&31), hex(&0));
     let dropped = eventually(DEADLINE, || async {
@@ -547,6 +583,32 @@ async fn retention_drops_whole_days_of_spans_in_clickhouse() {
     let (status, body) = node.get_json(&new).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(4));
+    // Only today's four records are left, in one day partition.
+    let week = (now - 7 * day).to_string();
+    let logs_dropped = eventually(DEADLINE, || async {
+        let days = clickhouse
+            .query(
+                "SELECT count(DISTINCT partition) FROM system.parts \
+                 WHERE active AND database = 'strand_retention' AND table = 'logs'",
+            )
+            .await;
+        let params = [("q", ""), ("start", week.as_str()), ("limit", "10")];
+        let (_, body) = node.get_json_query("/api/logs", &params).await;
+        (days.trim() == "1" && body["total"] == 4).then_some(())
+    })
+    .await;
+    assert!(
+        logs_dropped.is_some(),
+        "the old day of logs stayed: {}",
+        node.log()
+    );
+    assert!(
+        node.log()
+            .lines()
+            .any(|line| line.contains("PartitionDropped") && line.contains("log_traces")),
+        "{}",
+        node.log()
+    );
     node.stop().await;
 }
 
@@ -922,4 +984,76 @@ async fn clickhouse_answers_every_log_query_as_the_embedded_store_does() {
     assert_eq!(stored.trim(), format!("{records}\t{records}"));
     fresh.stop().await;
     embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_logs_reach_clickhouse_once_after_kill_9_and_an_outage() {
+    let mut clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let url = clickhouse.url.clone();
+    // The WAL keeps every log record: metrics, which it waits for, are
+    // not flushed.
+    let args = [
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        "strand_log_crash",
+        "--metrics-flush-interval",
+        "1h",
+    ];
+    let node = Strand::spawn(STRAND_BINARY, &data, &args).await;
+    let records = 100;
+    let end = now_nanos() - 1_000_000_000;
+    let start = end - 1_000 * 1_000_000_000;
+    send_logs(&node, shop_logs(records, end)).await;
+    const STORED: &str =
+        "SELECT count(), uniqExact(node, seq, idx) FROM strand_log_crash.logs FORMAT TSV";
+    let inserted = eventually(DEADLINE, || async {
+        (clickhouse.query(STORED).await.trim() == format!("{records}\t{records}")).then_some(())
+    })
+    .await;
+    assert!(inserted.is_some(), "{}", node.log());
+    // Killed between the insert and its checkpoint: the restart replays
+    // records ClickHouse has.
+    node.kill9();
+    std::fs::remove_file(data.join("clickhouse/logs.checkpoint")).unwrap();
+
+    // ClickHouse goes down; the node restarts and takes more logs into its
+    // WAL; searches answer 503 meanwhile. Once ClickHouse is back, every
+    // acknowledged record is there once.
+    clickhouse.stop();
+    let restarted = Strand::spawn(STRAND_BINARY, &data, &args).await;
+    send_logs(&restarted, shop_logs(records, end + 500 * 1_000_000_000)).await;
+    let (status, body) = restarted.get_json("/api/logs?q=declined").await;
+    assert_eq!(
+        status, 503,
+        "a clear error while ClickHouse is down: {body}"
+    );
+    assert!(body.to_string().contains("ClickHouse"), "{body}");
+    clickhouse.restart().await;
+    let everything = eventually(DEADLINE, || async {
+        let params = [
+            ("q", ""),
+            ("start", &*start.to_string()),
+            ("end", &*(end + 500 * 1_000_000_000).to_string()),
+            ("limit", "1"),
+        ];
+        let (_, body) = restarted.get_json_query("/api/logs", &params).await;
+        (body["total"] == 2 * records).then_some(())
+    })
+    .await;
+    assert!(everything.is_some(), "{}", restarted.log());
+    assert_eq!(
+        clickhouse.query(STORED).await.trim(),
+        format!("{}\t{}", 2 * records, 2 * records)
+    );
+    assert!(
+        restarted.log().contains("LogRecordsAlreadyStored"),
+        "the replay found what was stored: {}",
+        restarted.log()
+    );
+    restarted.stop().await;
 }
