@@ -671,8 +671,10 @@ async fn logs_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Result<
     for &size in sizes {
         let step = Instant::now();
         eprintln!("== logs: loading {stored} -> {size} lines");
+        let grpc_urls = [daemon.grpc_url()];
         let load = logs::run_load(
             &mut daemon,
+            &grpc_urls,
             &pool,
             args.clients,
             Some(size.saturating_sub(stored).max(1)),

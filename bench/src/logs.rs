@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::LogsArgs;
 use crate::baseline;
 use crate::daemon::{self, Daemon, Scratch};
+use crate::nodes::{self, Nodes};
 use crate::report::{JsonObject, round};
 use crate::stats::Summary;
 
@@ -430,18 +431,20 @@ pub(crate) fn build_pool(lines_per_request: usize) -> Vec<Batch> {
     pool
 }
 
-/// The daemon's OTLP/gRPC endpoint with the export timeout.
-fn endpoint(daemon: &Daemon) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(daemon.grpc_url())?
+/// An OTLP/gRPC endpoint with the export timeout.
+fn endpoint(grpc_url: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(grpc_url.to_string())?
         .timeout(EXPORT_TIMEOUT)
         .tcp_nodelay(true))
 }
 
-/// The load phase: `clients` tasks, each on its own connection, export
-/// random batches of `pool` back to back until `lines` lines were sent (or,
-/// without a limit, for `duration`), while the daemon's RSS is sampled.
+/// The load phase: `clients` tasks, each on its own connection (spread over
+/// `grpc_urls`, `daemon`'s and any other nodes'), export random batches of
+/// `pool` back to back until `lines` lines were sent (or, without a limit,
+/// for `duration`), while `daemon`'s RSS is sampled.
 pub(crate) async fn run_load(
     daemon: &mut Daemon,
+    grpc_urls: &[String],
     pool: &Arc<Vec<Batch>>,
     clients: usize,
     lines: Option<u64>,
@@ -449,7 +452,6 @@ pub(crate) async fn run_load(
     gzip: bool,
 ) -> Result<LoadResult> {
     let pid = daemon.pid();
-    let endpoint = endpoint(daemon)?;
     let counters = Arc::new(Counters {
         stop: AtomicBool::new(false),
         line_limit: lines,
@@ -460,9 +462,9 @@ pub(crate) async fn run_load(
         errors: AtomicU64::new(0),
     });
     let mut channels = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for client in 0..clients {
         channels.push(
-            endpoint
+            endpoint(&grpc_urls[client % grpc_urls.len()])?
                 .connect()
                 .await
                 .context("connecting to OTLP/gRPC")?,
@@ -545,16 +547,18 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
 
     let scratch = Scratch::create(args.keep)?;
     let data_dir = scratch.data_dir();
-    let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+    let mut nodes = Nodes::start(&args.strand, args.storage, args.nodes, &scratch).await?;
+    let grpc_urls = nodes.grpc_urls();
     let probe_stop = Arc::new(AtomicBool::new(false));
     let probe = tokio::spawn(freshness_probe(
         probe_stop.clone(),
-        endpoint(&first)?.connect().await?,
-        first.http_url(),
+        endpoint(&grpc_urls[0])?.connect().await?,
+        nodes.first.http_url(),
     ));
     let load_start_nanos = now_nanos();
     let load = run_load(
-        &mut first,
+        &mut nodes.first,
+        &grpc_urls,
         &pool,
         args.clients,
         args.lines,
@@ -568,14 +572,31 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
     let (elapsed, lines, raw_bytes) = (load.elapsed, load.lines, load.raw_bytes);
     let load_end_nanos = now_nanos();
 
+    let Nodes {
+        clickhouse,
+        first,
+        others,
+    } = nodes;
+    for other in others {
+        other.stop(STOP_TIMEOUT).await?;
+    }
     let stopped = first.stop(STOP_TIMEOUT).await?;
-    let logs_bytes = daemon::dir_bytes(&data_dir.join("logs"))?;
+    // The log store's files, or with ClickHouse its tables (the node keeps
+    // only its WAL and checkpoints).
+    let logs_bytes = match nodes::clickhouse_bytes(clickhouse.as_ref()).await? {
+        Some(stored) => stored,
+        None => daemon::dir_bytes(&data_dir.join("logs"))?,
+    };
+    let clickhouse_rss = clickhouse
+        .as_ref()
+        .and_then(|c| c.pid())
+        .and_then(daemon::rss_bytes);
     eprintln!(
         "strand stopped with {} in {:.1}s; logs take {logs_bytes} bytes",
         stopped.status,
         stopped.took.as_secs_f64()
     );
-    let second = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+    let second = nodes::restart_first(&args.strand, &scratch, clickhouse.as_ref()).await?;
     let range = format!(
         "&start={}&end={}",
         load_start_nanos - 60_000_000_000,
@@ -660,6 +681,12 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
         )
         .field("rejected", load.rejected)
         .field("errors", load.errors)
+        .field("storage", format!("{:?}", args.storage).to_lowercase())
+        .field("nodes", args.nodes)
+        .field(
+            "clickhouse_rss_mb",
+            clickhouse_rss.map(|rss| round(rss as f64 / 1048576.0, 1)),
+        )
         .object("machine", JsonObject::new().field("cores", cores))
         .finish())
 }

@@ -15,6 +15,7 @@ mod daemon;
 mod idle;
 mod logs;
 mod metrics;
+mod nodes;
 mod remote_write;
 mod report;
 mod rules;
@@ -323,6 +324,19 @@ pub struct LogsArgs {
     /// Compress export requests with gzip.
     #[arg(long)]
     pub gzip: bool,
+
+    /// Where the spawned daemon keeps logs: `embedded`, or `clickhouse`
+    /// (a ClickHouse server started for the run, Debian's
+    /// clickhouse-server; bytes on disk are then ClickHouse's plus the data
+    /// directory's).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub storage: Storage,
+
+    /// Strand nodes taking the load, each its own process and data
+    /// directory, over the one ClickHouse (with --storage clickhouse);
+    /// RSS, freshness and the queries are the first node's.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: usize,
 
     /// Keep the temporary data directory and daemon log.
     #[arg(long)]

@@ -26,11 +26,12 @@ use rand::{Rng, SeedableRng};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::daemon::{self, Daemon, Process, Scratch, Stopped};
+use crate::TracesArgs;
+use crate::daemon::{self, Process, Scratch, Stopped};
+use crate::nodes::{self, Nodes};
 use crate::report::{JsonObject, round};
 use crate::stats::{Reservoir, Summary};
 use crate::workload::{self, Template, TraceRef};
-use crate::{Storage, TracesArgs};
 
 /// Distinct batches built before the load phase.
 const POOL_REQUESTS: usize = 200;
@@ -115,11 +116,6 @@ impl Shared {
 pub async fn run(args: &TracesArgs) -> Result<String> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(
-        args.nodes == 1 || args.storage == Storage::ClickHouse,
-        "--nodes above 1 needs --storage clickhouse: embedded nodes share nothing"
-    );
-    ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    ensure!(
         args.traces_per_request > 0,
         "--traces-per-request must be at least 1"
     );
@@ -191,75 +187,43 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
     } else {
         let scratch = Scratch::create(args.keep)?;
         let data_dir = scratch.data_dir();
-        eprintln!(
-            "starting {} on {}",
-            args.strand.display(),
-            data_dir.display()
-        );
-        let clickhouse = match args.storage {
-            Storage::Embedded => None,
-            Storage::ClickHouse => {
-                eprintln!("starting clickhouse-server");
-                Some(strand_testkit::ClickHouse::start().await)
-            }
-        };
-        let storage_args: Vec<&str> = match &clickhouse {
-            Some(clickhouse) => vec![
-                "--storage",
-                "clickhouse",
-                "--clickhouse-url",
-                &clickhouse.url,
-            ],
-            None => vec![],
-        };
-        let mut first =
-            Daemon::start_with(&args.strand, &data_dir, &scratch.log(), &storage_args).await?;
-        // More nodes over the same ClickHouse, each with its own data
-        // directory (its WAL); the clients are spread over all of them.
-        let mut others = Vec::new();
-        for node in 1..args.nodes {
-            let dir = data_dir.with_file_name(format!("data-{node}"));
-            others
-                .push(Daemon::start_with(&args.strand, &dir, &scratch.log(), &storage_args).await?);
-        }
-        let pid = first.pid();
-        let (grpc, http) = (first.grpc_url(), first.http_url());
-        let grpc_urls: Vec<String> = std::iter::once(grpc)
-            .chain(others.iter().map(Daemon::grpc_url))
-            .collect();
+        let mut nodes = Nodes::start(&args.strand, args.storage, args.nodes, &scratch).await?;
+        let pid = nodes.first.pid();
+        let http = nodes.first.http_url();
+        let grpc_urls = nodes.grpc_urls();
         load = run_load(
             args,
             &pool,
             &grpc_urls,
             Some(&http),
             pid,
-            Some(&mut first.process),
+            Some(&mut nodes.first.process),
         )
         .await?;
 
-        for other in others {
+        for other in std::mem::take(&mut nodes.others) {
             report_exit(&other.stop(STOP_TIMEOUT).await?);
         }
         eprintln!("stopping strand with SIGTERM");
+        let Nodes {
+            clickhouse, first, ..
+        } = nodes;
         let stopped = first.stop(STOP_TIMEOUT).await?;
         report_exit(&stopped);
         shutdown = Some(stopped);
         bytes_on_disk = Some(daemon::dir_bytes(&data_dir)?);
         daemon::print_breakdown(&data_dir);
-        if let Some(clickhouse) = &clickhouse {
-            let stored = clickhouse_bytes(clickhouse).await?;
-            eprintln!(
-                "ClickHouse holds {:.1} MiB",
-                stored as f64 / (1 << 20) as f64
-            );
+        if let Some(stored) = nodes::clickhouse_bytes(clickhouse.as_ref()).await? {
             bytes_on_disk = bytes_on_disk.map(|local| local + stored);
-            clickhouse_rss = clickhouse.pid().and_then(daemon::rss_bytes);
         }
+        clickhouse_rss = clickhouse
+            .as_ref()
+            .and_then(|c| c.pid())
+            .and_then(daemon::rss_bytes);
 
         eprintln!("restarting strand on the same data directory");
         let restarted = Instant::now();
-        let second =
-            Daemon::start_with(&args.strand, &data_dir, &scratch.log(), &storage_args).await?;
+        let second = nodes::restart_first(&args.strand, &scratch, clickhouse.as_ref()).await?;
         restart_ready = Some(restarted.elapsed());
         eprintln!(
             "ready again after {:.2}s",
@@ -330,21 +294,6 @@ pub async fn run(args: &TracesArgs) -> Result<String> {
         report = report.field("restart_ready_s", round(ready.as_secs_f64(), 3));
     }
     Ok(report.finish())
-}
-
-/// Bytes ClickHouse keeps for Strand's tables (active parts, on disk).
-async fn clickhouse_bytes(clickhouse: &strand_testkit::ClickHouse) -> Result<u64> {
-    let answer = clickhouse
-        .try_query(
-            "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = 'strand'",
-            &[],
-        )
-        .await
-        .map_err(|error| anyhow::anyhow!("asking ClickHouse for its size: {error}"))?;
-    answer
-        .trim()
-        .parse()
-        .with_context(|| format!("ClickHouse's size {answer:?}"))
 }
 
 /// Distinct batches to build for `traces_per_request` traces each: as many
