@@ -90,10 +90,15 @@ struct TraceSpanRow {
 
 #[derive(clickhouse::Row, Deserialize)]
 struct HitRow {
-    time_nanos: u64,
     id: u64,
     #[serde(with = "serde_bytes")]
     record: Vec<u8>,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct KeyRow {
+    time_nanos: u64,
+    id: u64,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -135,13 +140,10 @@ struct TraceTimes {
     inserts: u64,
 }
 
-/// Records read for a page.
+/// Records read.
+#[derive(Default)]
 struct Fetched {
     hits: Vec<LogHit>,
-    /// Rows read, decodable or not: a page is full when it read its limit.
-    rows: usize,
-    /// Where the last row is: the next page's cursor.
-    last: Option<Cursor>,
     /// A row's record could not be decoded (and is missing from `hits`).
     damaged: bool,
 }
@@ -296,17 +298,12 @@ impl ClickHouseLogs {
         Ok(rows.into_iter().map(|row| (row.seq, row.idx)).collect())
     }
 
-    /// The records `sql` selects (`time_nanos, id, record`), in its order.
+    /// The records `sql` selects (`id, record`), in its order.
     fn hits(&self, sql: &str) -> Result<Fetched> {
         let connection = self.connection()?;
         let rows: Vec<HitRow> =
             connection.wait("reading log records", connection.query(sql).fetch_all())?;
         let mut fetched = Fetched {
-            rows: rows.len(),
-            last: rows.last().map(|row| Cursor {
-                time_unix_nano: row.time_nanos,
-                id: row.id,
-            }),
             hits: Vec::with_capacity(rows.len()),
             damaged: false,
         };
@@ -444,12 +441,34 @@ impl LogRecordStore for ClickHouseLogs {
             });
         }
         filter.deadline.check()?;
-        let fetched = self.hits(&page_sql(&condition, filter.order, cursor, limit))?;
+        let keys: Vec<KeyRow> = self.fetch(
+            "finding a page of log records",
+            &page_sql(&condition, filter.order, cursor, limit),
+        )?;
+        let keys: Vec<Cursor> = keys
+            .into_iter()
+            .map(|row| Cursor {
+                time_unix_nano: row.time_nanos,
+                id: row.id,
+            })
+            .collect();
+        let mut fetched = match keys.is_empty() {
+            true => Fetched::default(),
+            false => self.hits(&records_sql(&keys))?,
+        };
+        let place: HashMap<(u64, u64), usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((k.time_unix_nano, k.id), i))
+            .collect();
+        fetched
+            .hits
+            .sort_by_key(|hit| place.get(&(hit.record.time_unix_nano, hit.id)).copied());
         Ok(LogPage {
-            next_cursor: fetched.last.filter(|_| fetched.rows == limit),
+            next_cursor: keys.last().copied().filter(|_| keys.len() == limit),
+            damaged: fetched.damaged || fetched.hits.len() < keys.len(),
             hits: fetched.hits,
             total,
-            damaged: fetched.damaged,
         })
     }
 
@@ -458,7 +477,7 @@ impl LogRecordStore for ClickHouseLogs {
         let settled = self.last_arrival()?;
         let yesterday = date_literal(crate::model::now_unix_nano().saturating_sub(DAY_NANOS));
         let sql = format!(
-            "SELECT time_nanos, id, record FROM logs WHERE {condition} AND day >= {yesterday} \
+            "SELECT id, record FROM logs WHERE {condition} AND day >= {yesterday} \
              AND id > {after} AND id <= {settled} ORDER BY id LIMIT {limit}"
         );
         Ok(self.hits(&sql)?.hits)
@@ -529,7 +548,7 @@ impl LogRecordStore for ClickHouseLogs {
             });
         }
         let sql = format!(
-            "SELECT time_nanos, id, record FROM logs WHERE {} AND trace_id = {trace_id} \
+            "SELECT id, record FROM logs WHERE {} AND trace_id = {trace_id} \
              ORDER BY time_nanos, id LIMIT {MAX_TRACE_LOGS}",
             time_condition(times.first, times.last)
         );
@@ -793,7 +812,7 @@ fn count_sql(condition: &str) -> String {
     format!("SELECT count() FROM logs WHERE {condition}")
 }
 
-/// One page of matches in `order` past `cursor`.
+/// The (time, id) of one page of matches in `order` past `cursor`.
 fn page_sql(condition: &str, order: Order, cursor: Option<Cursor>, limit: usize) -> String {
     let (direction, past) = match order {
         Order::NewestFirst => ("DESC", "<"),
@@ -807,8 +826,24 @@ fn page_sql(condition: &str, order: Order, cursor: Option<Cursor>, limit: usize)
         )
     });
     format!(
-        "SELECT time_nanos, id, record FROM logs WHERE {condition}{after_cursor} \
+        "SELECT time_nanos, id FROM logs WHERE {condition}{after_cursor} \
          ORDER BY time_nanos {direction}, id {direction} LIMIT {limit}"
+    )
+}
+
+/// The records at `keys` (a page's): read apart from the page's order, so
+/// that sorting the matches reads only their times and ids.
+fn records_sql(keys: &[Cursor]) -> String {
+    let first = keys.iter().map(|k| k.time_unix_nano).min().unwrap_or(0);
+    let last = keys.iter().map(|k| k.time_unix_nano).max().unwrap_or(0);
+    let keys = keys
+        .iter()
+        .map(|k| format!("({}, {})", k.time_unix_nano, k.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT id, record FROM logs WHERE {} AND (time_nanos, id) IN ({keys})",
+        time_condition(first, last)
     )
 }
 
@@ -1201,6 +1236,16 @@ pub fn statement_shapes() -> Vec<String> {
         count_sql(&condition),
         count_sql(&format!("{prefix} AND {range}")),
         page_sql(&condition, Order::NewestFirst, None, 100),
+        records_sql(&[
+            Cursor {
+                time_unix_nano: 5,
+                id: 6,
+            },
+            Cursor {
+                time_unix_nano: 7,
+                id: 8,
+            },
+        ]),
         page_sql(
             &condition,
             Order::OldestFirst,
