@@ -134,14 +134,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
 
-    /// Where spans are kept: `embedded` (in the data directory) or
-    /// `clickhouse` (--clickhouse-url; logs and metrics stay in the data
-    /// directory for now).
+    /// Where spans and logs are kept: `embedded` (in the data directory) or
+    /// `clickhouse` (--clickhouse-url; metrics stay in the data directory
+    /// for now).
     #[arg(long, env = "STRAND_STORAGE", value_enum, default_value = "embedded")]
     pub storage: StorageKind,
 
-    /// ClickHouse's HTTP interface, e.g. http://clickhouse:8123 (with
-    /// --storage clickhouse); with --clickhouse-cluster, one per shard
+    /// ClickHouse's HTTP interface, e.g. http://clickhouse:8123 or
+    /// https://clickhouse:8443 (with --storage clickhouse); with
+    /// --clickhouse-cluster, one per shard
     /// (repeat the flag or separate with commas): Strand creates its tables
     /// on each and queries through the first.
     #[arg(
@@ -179,6 +180,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub clickhouse_password: Option<String>,
+
+    /// CA certificates (PEM) that sign the https:// ClickHouse servers'
+    /// certificates [default: SSL_CERT_FILE, or the system's bundle].
+    #[arg(long, env = "STRAND_CLICKHOUSE_CA", value_name = "FILE")]
+    pub clickhouse_ca: Option<PathBuf>,
 
     /// Largest accepted ingest request body, after decompression, in bytes;
     /// larger ones get 413 / RESOURCE_EXHAUSTED.
@@ -672,6 +678,8 @@ pub struct ClickHouseSettings {
     pub database: String,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// The CAs https URLs are checked against (`None`: the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Storage {
@@ -700,14 +708,10 @@ impl Storage {
                 for url in urls {
                     let parsed = reqwest::Url::parse(url)
                         .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
-                    if parsed.scheme() == "https" {
+                    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                         bail!(
-                            "clickhouse_url {url:?}: TLS to ClickHouse is not supported yet; \
-                             use http:// on a private network or through a TLS-terminating proxy"
+                            "clickhouse_url {url:?} must be an http:// or https:// URL with a host"
                         );
-                    }
-                    if parsed.scheme() != "http" || parsed.host().is_none() {
-                        bail!("clickhouse_url {url:?} must be an http:// URL with a host");
                     }
                 }
                 if args.clickhouse_database.is_empty()
@@ -724,6 +728,7 @@ impl Storage {
                     database: args.clickhouse_database.clone(),
                     user: args.clickhouse_user.clone(),
                     password: args.clickhouse_password.clone().map(Secret),
+                    ca_file: args.clickhouse_ca.clone(),
                 }))
             }
         }
@@ -1790,16 +1795,16 @@ mod tests {
             ),
             (
                 &["--storage", "clickhouse", "--clickhouse-url", "ch:8123"],
-                "an http:// URL",
+                "must be an http:// or https:// URL",
             ),
             (
                 &[
                     "--storage",
                     "clickhouse",
                     "--clickhouse-url",
-                    "https://ch:8443",
+                    "ftp://ch:8443",
                 ],
-                "TLS to ClickHouse is not supported yet",
+                "must be an http:// or https:// URL",
             ),
             (
                 &[

@@ -594,6 +594,20 @@ impl Default for SelfMetrics {
     }
 }
 
+/// An error and its causes, `: `-separated: HTTP clients' own messages do
+/// not say "connection refused", "timed out" or which certificate was
+/// refused.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,55 @@ pub enum TlsError {
     },
     #[error("the TLS protocol versions: {0}")]
     Protocols(rustls::Error),
+    #[error("{path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// Where a CA bundle for outgoing https is looked for after
+/// `SSL_CERT_FILE`: Debian and Ubuntu, Fedora and RHEL, Alpine and macOS.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The CA bundle outgoing https checks servers against when not told
+/// otherwise: `SSL_CERT_FILE`, or the first of the system's bundles that
+/// exists. `Err` lists where it looked.
+pub fn system_ca_bundle() -> Result<PathBuf, String> {
+    let candidates: Vec<String> = std::env::var("SSL_CERT_FILE")
+        .ok()
+        .into_iter()
+        .chain(CA_BUNDLES.iter().map(|path| path.to_string()))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| Path::new(path).is_file())
+        .map(PathBuf::from)
+        .ok_or_else(|| candidates.join(", "))
+}
+
+/// A TLS client configuration that trusts the CA certificates of the PEM
+/// file `ca_file`, with the same provider and protocol versions as the
+/// listeners.
+pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(ca_file)? {
+        roots.add(certificate).map_err(|source| TlsError::Root {
+            path: ca_file.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Protocols)?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// Which protocols a listener offers in ALPN.

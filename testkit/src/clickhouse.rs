@@ -67,6 +67,8 @@ pub struct ClickHouse {
     stderr: PathBuf,
     client: reqwest::Client,
     dir: tempfile::TempDir,
+    /// Its HTTPS port, with [`ClickHouse::start_tls`].
+    https_port: Option<u16>,
 }
 
 /// The ports one server listens on, all chosen before any config is written
@@ -86,6 +88,41 @@ impl ClickHouse {
     pub async fn start() -> ClickHouse {
         let ports = distinct_ports(1)[0];
         ClickHouse::launch(ports, "").await
+    }
+
+    /// Starts one server that also serves HTTPS with `certificate` and its
+    /// private `key` (PEM files, e.g. from `TestCa::server`) on the port of
+    /// [`ClickHouse::https_url`]; the plain HTTP port stays for the harness.
+    pub async fn start_tls(certificate: &std::path::Path, key: &std::path::Path) -> ClickHouse {
+        let ports = distinct_ports(2);
+        let https = ports[1].http;
+        let extra = format!(
+            r#"<https_port>{https}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{}</certificateFile>
+            <privateKeyFile>{}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>"#,
+            certificate.display(),
+            key.display()
+        );
+        let mut server = ClickHouse::launch(ports[0], &extra).await;
+        server.https_port = Some(https);
+        server
+    }
+
+    /// The server's HTTPS interface, `https://localhost:PORT` (the name
+    /// `TestCa::server` certificates carry), when started with
+    /// [`ClickHouse::start_tls`].
+    pub fn https_url(&self) -> Option<String> {
+        self.https_port
+            .map(|port| format!("https://localhost:{port}"))
     }
 
     /// Starts a server whose config.xml carries `extra` (XML elements under
@@ -114,6 +151,7 @@ impl ClickHouse {
                 .build()
                 .unwrap(),
             dir,
+            https_port: None,
         };
         server.spawn_and_wait().await;
         server

@@ -35,14 +35,6 @@ const MAX_BATCH: usize = 64;
 /// Most characters of an Alertmanager's error answer kept for the log.
 const MAX_ANSWER_CHARS: usize = 512;
 
-/// Where the CA bundle for https Alertmanagers is looked for after
-/// `SSL_CERT_FILE`: Debian and Ubuntu, Fedora and RHEL, Alpine and macOS.
-const CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
 /// Why the notifier could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {
@@ -355,7 +347,7 @@ async fn post(request: reqwest::RequestBuilder) -> Result<(), DeliveryError> {
     let response = request
         .send()
         .await
-        .map_err(|error| DeliveryError::Request(error_chain(&error)))?;
+        .map_err(|error| DeliveryError::Request(crate::telemetry::error_chain(&error)))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -367,31 +359,11 @@ async fn post(request: reqwest::RequestBuilder) -> Result<(), DeliveryError> {
     })
 }
 
-/// An error and its causes, `: `-separated (reqwest's own message does not
-/// say "connection refused" or "timed out").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The CA certificates of `SSL_CERT_FILE` or the system's bundle.
 fn system_roots() -> Result<Vec<reqwest::Certificate>, NotifierError> {
-    let candidates: Vec<String> = std::env::var("SSL_CERT_FILE")
-        .ok()
-        .into_iter()
-        .chain(CA_BUNDLES.iter().map(|path| path.to_string()))
-        .collect();
-    let path = candidates
-        .iter()
-        .find(|path| std::path::Path::new(path).is_file())
-        .ok_or_else(|| NotifierError::NoCaBundle(candidates.join(", ")))?;
-    let pem = std::fs::read(path).map_err(|source| NotifierError::ReadCaBundle {
+    let path = crate::tls::system_ca_bundle().map_err(NotifierError::NoCaBundle)?;
+    let path = path.display().to_string();
+    let pem = std::fs::read(&path).map_err(|source| NotifierError::ReadCaBundle {
         path: path.clone(),
         source,
     })?;

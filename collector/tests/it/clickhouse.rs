@@ -8,7 +8,8 @@
 //! is killed mid-ingest, and give a clear error while a shard is down;
 //! retention drops whole days. Logs likewise: the same records give equal
 //! answers from the log explorer's API (pages and cursors, histograms,
-//! facets, a trace's logs, errors), Loki's and `count_logs`.
+//! facets, a trace's logs, errors), Loki's and `count_logs`. Over https,
+//! a node checks ClickHouse's certificate against the CAs it is given.
 
 use std::collections::HashMap;
 
@@ -22,6 +23,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 use serde_json::Value;
+use strand_testkit::pki::TestCa;
 use strand_testkit::{ClickHouse, ClickHouseCluster, DEADLINE, Strand, eventually};
 
 use crate::support::STRAND_BINARY;
@@ -1056,4 +1058,69 @@ async fn acknowledged_logs_reach_clickhouse_once_after_kill_9_and_an_outage() {
         restarted.log()
     );
     restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_logs_reach_clickhouse_over_https_checked_against_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("ClickHouse test CA");
+    let (certificate, key) = ca.server("clickhouse", 1).write(dir.path(), "clickhouse");
+    let clickhouse = ClickHouse::start_tls(&certificate, &key).await;
+    let https = clickhouse.https_url().unwrap();
+    let ca_file = ca.write(dir.path());
+    let args = |ca_file: &std::path::Path| -> Vec<String> {
+        [
+            "--storage",
+            "clickhouse",
+            "--clickhouse-url",
+            &https,
+            "--clickhouse-ca",
+            &ca_file.display().to_string(),
+            "--clickhouse-database",
+            "strand_tls",
+            "--flush-interval",
+            "200ms",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let trusting = args(&ca_file);
+    let trusting: Vec<&str> = trusting.iter().map(String::as_str).collect();
+    let node = Strand::start(&dir.path().join("node"), &trusting).await;
+    let end = now_nanos();
+    send(&node, shop_requests(40, 3, end)).await;
+    send_logs(&node, shop_logs(10, end)).await;
+    let trace = format!("/api/traces/{}{}", hex(&40), hex(&2));
+    assert!(
+        whole_trace_arrives(&node, &trace).await,
+        "{trace} over https"
+    );
+    let logs_arrived = eventually(DEADLINE, || async {
+        let (_, body) = node.get_json("/api/logs?q=order&start=0").await;
+        (body["total"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    assert!(logs_arrived.is_some(), "logs over https");
+    let stored = clickhouse
+        .query("SELECT count() FROM strand_tls.logs")
+        .await;
+    assert_eq!(stored.trim(), "10");
+    node.stop().await;
+
+    // A node that trusts another CA refuses the server: its data waits in
+    // its WAL, and queries answer 503 saying why.
+    let stranger = TestCa::new("another CA");
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let untrusting = args(&stranger.write(&other_dir));
+    let untrusting: Vec<&str> = untrusting.iter().map(String::as_str).collect();
+    let node = Strand::spawn(STRAND_BINARY, &dir.path().join("untrusting"), &untrusting).await;
+    send_logs(&node, shop_logs(10, end)).await;
+    let (status, body) = node.get_json("/api/logs?q=order").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("certificate"),
+        "{body}"
+    );
+    node.stop().await;
 }

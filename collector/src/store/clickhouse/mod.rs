@@ -81,6 +81,9 @@ pub struct Servers {
 pub struct Connector {
     settings: ClickHouseSettings,
     runtime: tokio::runtime::Handle,
+    /// A client per URL, before its server's version is known; https ones
+    /// check the server's certificate against the configured CAs.
+    clients: Vec<clickhouse::Client>,
     state: Mutex<ConnectState>,
 }
 
@@ -99,9 +102,25 @@ impl Connector {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Backend("ClickHouse needs the daemon's async runtime".into())
         })?;
+        let tls = match settings.urls.iter().any(|url| url.starts_with("https://")) {
+            true => Some(tls_config(settings)?),
+            false => None,
+        };
+        let clients = settings
+            .urls
+            .iter()
+            .map(|url| {
+                let client = match (&tls, url.starts_with("https://")) {
+                    (Some(tls), true) => https_client(tls.clone()),
+                    _ => clickhouse::Client::default(),
+                };
+                client.with_url(url)
+            })
+            .collect();
         let connector = Connector {
             settings: settings.clone(),
             runtime,
+            clients,
             state: Mutex::new(ConnectState::default()),
         };
         if let Err(error) = connector.get() {
@@ -144,8 +163,9 @@ impl Connector {
             None => schema::Layout::Single,
         };
         let mut each = Vec::new();
-        for url in &self.settings.urls {
-            let connection = ClickHouse::connect(&self.settings, url, self.runtime.clone())?;
+        for (url, client) in self.settings.urls.iter().zip(&self.clients) {
+            let connection =
+                ClickHouse::connect(&self.settings, url, client.clone(), self.runtime.clone())?;
             schema::migrate(&connection, &layout)?;
             each.push(connection.with_database());
         }
@@ -166,14 +186,14 @@ impl Connector {
 }
 
 impl ClickHouse {
-    /// Connects to `url` and reads the server's version.
+    /// Connects to `url` through `client` and reads the server's version.
     fn connect(
         settings: &ClickHouseSettings,
         url: &str,
+        client: clickhouse::Client,
         runtime: tokio::runtime::Handle,
     ) -> Result<ClickHouse> {
-        let mut client = clickhouse::Client::default()
-            .with_url(url)
+        let mut client = client
             .with_validation(false)
             .with_compression(clickhouse::Compression::None);
         if let Some(user) = &settings.user {
@@ -268,7 +288,8 @@ impl ClickHouse {
         match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Backend(format!(
-                "ClickHouse failed {what}: {error}"
+                "ClickHouse failed {what}: {}",
+                crate::telemetry::error_chain(&error)
             ))),
             Err(_) => Err(StoreError::Backend(format!(
                 "ClickHouse did not answer {what} within {}s",
@@ -432,6 +453,40 @@ impl Checkpoint {
         *current = seq;
         Ok(())
     }
+}
+
+/// The TLS client configuration for https URLs: the CAs of
+/// `--clickhouse-ca`, or of the system's bundle. A CA file that cannot be
+/// read stops the start, as any bad setting does.
+fn tls_config(settings: &ClickHouseSettings) -> Result<rustls::ClientConfig> {
+    let ca_file = match &settings.ca_file {
+        Some(file) => file.clone(),
+        None => crate::tls::system_ca_bundle().map_err(|looked| {
+            StoreError::Backend(format!(
+                "no CA bundle to check https ClickHouse servers against (looked at {looked}); \
+                 set --clickhouse-ca or SSL_CERT_FILE"
+            ))
+        })?,
+    };
+    crate::tls::client_config(&ca_file)
+        .map_err(|error| StoreError::Backend(format!("the ClickHouse CAs: {error}")))
+}
+
+/// A ClickHouse client speaking https with `tls`, over HTTP/1.1 with the
+/// pool settings the crate's own client has.
+fn https_client(tls: rustls::ClientConfig) -> clickhouse::Client {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build(connector);
+    clickhouse::Client::with_http_client(client)
 }
 
 /// `text` as a ClickHouse string literal.
