@@ -101,6 +101,37 @@ struct KeyRow {
     id: u64,
 }
 
+/// A page query's keys in ClickHouse's JSON format.
+#[derive(Deserialize)]
+struct KeysAnswer {
+    data: Vec<JsonKey>,
+    rows_before_limit_at_least: Option<JsonU64>,
+}
+
+#[derive(Deserialize)]
+struct JsonKey {
+    time_nanos: JsonU64,
+    id: JsonU64,
+}
+
+/// A UInt64 in ClickHouse's JSON, quoted (the default) or not.
+struct JsonU64(u64);
+
+impl<'de> Deserialize<'de> for JsonU64 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Number(n) => Ok(JsonU64(n)),
+            Either::Text(text) => text.parse().map(JsonU64).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(clickhouse::Row, Deserialize)]
 struct StoredRow {
     seq: u64,
@@ -322,6 +353,40 @@ impl ClickHouseLogs {
         Ok(fetched)
     }
 
+    /// The keys of the first `limit` matches of `condition` in `order`, and
+    /// how many match in all: ClickHouse reports the rows a `LIMIT` cut from
+    /// (`rows_before_limit_at_least`, every match, since sorting reads them
+    /// all), which needs a JSON answer.
+    fn first_page_keys(
+        &self,
+        condition: &str,
+        order: Order,
+        limit: usize,
+    ) -> Result<(Vec<KeyRow>, u64)> {
+        let connection = self.connection()?;
+        let sql = page_sql(condition, order, None, limit);
+        let body = connection.wait("finding a page of log records", async {
+            connection.query(&sql).fetch_bytes("JSON")?.collect().await
+        })?;
+        let answer: KeysAnswer = serde_json::from_slice(&body).map_err(|error| {
+            StoreError::Backend(format!("ClickHouse's answer to a page query: {error}"))
+        })?;
+        let keys = answer
+            .data
+            .into_iter()
+            .map(|row| KeyRow {
+                time_nanos: row.time_nanos.0,
+                id: row.id.0,
+            })
+            .collect::<Vec<_>>();
+        let total = match answer.rows_before_limit_at_least {
+            Some(total) => total.0.max(keys.len() as u64),
+            // Not reported: fewer matches than the limit.
+            None => keys.len() as u64,
+        };
+        Ok((keys, total))
+    }
+
     fn count(&self, what: &str, sql: &str) -> Result<u64> {
         let connection = self.connection()?;
         connection.wait(what, connection.query(sql).fetch_one::<u64>())
@@ -431,20 +496,31 @@ impl LogRecordStore for ClickHouseLogs {
     fn search(&self, filter: &LogFilter, limit: usize, cursor: Option<Cursor>) -> Result<LogPage> {
         let condition = self.condition(filter)?;
         filter.deadline.check()?;
-        let total = self.count("counting log records", &count_sql(&condition))?;
-        if limit == 0 {
-            return Ok(LogPage {
-                hits: Vec::new(),
-                total,
-                next_cursor: None,
-                damaged: false,
-            });
-        }
-        filter.deadline.check()?;
-        let keys: Vec<KeyRow> = self.fetch(
-            "finding a page of log records",
-            &page_sql(&condition, filter.order, cursor, limit),
-        )?;
+        // On one server the first page's keys and the total come from one
+        // read of the matches. A later page's keys are past its cursor, and
+        // a Distributed table reports what the LIMIT cut on one shard, so
+        // there the total is counted apart.
+        let single = self.connector.get()?.layout == schema::Layout::Single;
+        let (keys, total) = match (cursor, limit) {
+            (None, 1..) if single => self.first_page_keys(&condition, filter.order, limit)?,
+            _ => {
+                let total = self.count("counting log records", &count_sql(&condition))?;
+                if limit == 0 {
+                    return Ok(LogPage {
+                        hits: Vec::new(),
+                        total,
+                        next_cursor: None,
+                        damaged: false,
+                    });
+                }
+                filter.deadline.check()?;
+                let keys: Vec<KeyRow> = self.fetch(
+                    "finding a page of log records",
+                    &page_sql(&condition, filter.order, cursor, limit),
+                )?;
+                (keys, total)
+            }
+        };
         let keys: Vec<Cursor> = keys
             .into_iter()
             .map(|row| Cursor {
@@ -452,6 +528,7 @@ impl LogRecordStore for ClickHouseLogs {
                 id: row.id,
             })
             .collect();
+        filter.deadline.check()?;
         let mut fetched = match keys.is_empty() {
             true => Fetched::default(),
             false => self.hits(&records_sql(&keys))?,
