@@ -1161,9 +1161,25 @@ fn words_condition(column: &Column, words: &[String], adjacent: bool, prefix: bo
         return "0".into();
     };
     if let Column::Path { .. } = column {
-        // The value's own words, checked on its text.
-        let pattern = quote(&words_pattern(words, adjacent, prefix));
-        return column.any(|x| format!("match({x}, {pattern})"));
+        // The value's own words, checked on its text: adjacent as a phrase,
+        // or each anywhere in the same value.
+        let patterns: Vec<String> = match adjacent {
+            true => vec![words_pattern(words, prefix)],
+            false => words
+                .iter()
+                .enumerate()
+                .map(|(i, word)| {
+                    words_pattern(std::slice::from_ref(word), prefix && i + 1 == words.len())
+                })
+                .collect(),
+        };
+        return column.any(|x| {
+            patterns
+                .iter()
+                .map(|pattern| format!("match({x}, {})", quote(pattern)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        });
     }
     let mut conditions: Vec<String> = first
         .iter()
@@ -1176,7 +1192,7 @@ fn words_condition(column: &Column, words: &[String], adjacent: bool, prefix: bo
     });
     if words.len() > 1 && adjacent {
         // Adjacent words of the message or of one attribute value.
-        let pattern = quote(&words_pattern(words, true, prefix));
+        let pattern = quote(&words_pattern(words, prefix));
         conditions.push(format!(
             "(match(body, {pattern}) OR arrayExists(x -> match(x, {pattern}), attr_values))"
         ));
@@ -1184,29 +1200,18 @@ fn words_condition(column: &Column, words: &[String], adjacent: bool, prefix: bo
     conditions.join(" AND ")
 }
 
-/// A case-insensitive regular expression for `words` as whole words
-/// (separated by anything but letters and digits, adjacent when
-/// `adjacent`), the last a prefix when `prefix`.
-fn words_pattern(words: &[String], adjacent: bool, prefix: bool) -> String {
+/// A case-insensitive regular expression for `words` as adjacent whole
+/// words (separated by anything but letters and digits), the last a prefix
+/// when `prefix`.
+fn words_pattern(words: &[String], prefix: bool) -> String {
     const BOUNDARY: &str = r"(^|[^\pL\pN])";
     const END: &str = r"([^\pL\pN]|$)";
     let escaped: Vec<String> = words.iter().map(|w| regex_escape(w)).collect();
-    if adjacent {
-        format!(
-            "(?i){BOUNDARY}{}{}",
-            escaped.join(r"[^\pL\pN]+"),
-            if prefix { "" } else { END }
-        )
-    } else {
-        // Every word, anywhere: lookarounds are not in re2, so one
-        // alternative per order would be needed; words of a phrase with
-        // slop are checked one by one instead.
-        escaped
-            .iter()
-            .map(|w| format!("(?i){BOUNDARY}{w}{END}"))
-            .collect::<Vec<_>>()
-            .join("|")
-    }
+    format!(
+        "(?i){BOUNDARY}{}{}",
+        escaped.join(r"[^\pL\pN]+"),
+        if prefix { "" } else { END }
+    )
 }
 
 fn regex_escape(text: &str) -> String {
@@ -1380,6 +1385,12 @@ mod tests {
         assert!(
             attribute.starts_with("arrayExists((p, x) -> p = 'peer' AND match(x, "),
             "{attribute}"
+        );
+        // Words of a phrase with slop must all be in the same value.
+        let slop = condition("attributes.msg:\"card declined\"~2");
+        assert!(
+            slop.contains("p = 'msg' AND match(x, ") && slop.contains(") AND match(x, "),
+            "{slop}"
         );
         // Punctuation alone has no words: nothing matches.
         assert_eq!(condition("\"--\""), "0");
