@@ -45,6 +45,7 @@ mod backup;
 mod codec;
 pub mod config;
 mod connections;
+mod deadline;
 mod derived;
 mod elastic;
 mod frame;

@@ -15,10 +15,10 @@ use strand_promql::LogField;
 use crate::model::TraceId;
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
-use crate::store::log_search::QUERY_FIELDS;
 pub use crate::store::log_search::{
     Cursor, Facets, GroupCounts, Histogram, LogFilter, LogHit, LogPage, LogRecordStore, Order,
 };
+use crate::store::log_search::{QUERY_FIELDS, prefix_pattern};
 
 /// Why a log query failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub struct LogQuery {
 
 impl LogQuery {
     /// The query parsed and checked, as the stores take it.
-    pub(crate) fn filter(&self) -> QueryResult<LogFilter> {
+    fn filter(&self) -> QueryResult<LogFilter> {
         let text = self.text.trim();
         let matches = if text.is_empty() || text == "*" {
             None
@@ -158,7 +158,7 @@ fn interpret_leaf(leaf: UserInputLeaf) -> QueryResult<UserInputLeaf> {
             };
             Ok(UserInputLeaf::Regex {
                 field: Some(field.to_string()),
-                pattern: format!("{}.*", regex_escape(&stem)),
+                pattern: prefix_pattern(&stem),
             })
         }
         UserInputLeaf::Range { ref field, .. } | UserInputLeaf::Set { ref field, .. } => {
@@ -220,18 +220,6 @@ fn check_field(field: Option<&str>, value: &str) -> QueryResult<()> {
     Err(LogQueryError::Syntax(format!(
         "there is no field '{field}': {hint} ({QUERY_FIELDS})"
     )))
-}
-
-/// `text` with the characters a regular expression treats specially escaped.
-fn regex_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii_punctuation() {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 /// Refuses what tantivy's query parser cannot take safely, so a hostile
@@ -360,7 +348,7 @@ pub fn count_by(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::codec::tests::sample_log;
     use crate::config::Retention;
@@ -398,7 +386,7 @@ pub(crate) mod tests {
     }
 
     /// Twenty logs over two hours (two partitions), committed.
-    pub(crate) fn store() -> (tempfile::TempDir, LogStore) {
+    fn store() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let records: Vec<LogRecord> = (0..20i64)
@@ -455,7 +443,7 @@ pub(crate) mod tests {
         assert!(!may_have_key(&store, everything.0, everything.1, "leve").unwrap());
     }
 
-    pub(crate) fn query(text: &str) -> LogQuery {
+    fn query(text: &str) -> LogQuery {
         LogQuery {
             text: text.into(),
             start_nanos: 0,

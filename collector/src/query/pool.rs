@@ -25,66 +25,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::QuerySettings;
+pub use crate::deadline::{Deadline, QueryRefused};
 
 /// The query threads' nice value: the lowest priority short of
 /// SCHED_IDLE, so that under contention the write path gets nearly all of
 /// the CPU (CFS weighs nice 19 at 15 against nice 0's 1024) and queries
 /// still progress.
 const QUERY_NICENESS: libc::c_int = 19;
-
-/// Why a query did not run to an answer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum QueryRefused {
-    #[error("too many queries: {running} are running and {queued} waiting; retry later")]
-    Busy { running: usize, queued: usize },
-    #[error("query timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("query failed: {0}")]
-    Panicked(String),
-}
-
-/// When a query's time budget runs out, for the query itself to check
-/// between units of work (log partitions, trace candidates): past it, the
-/// query stops and frees its thread, instead of working on for a caller
-/// that was answered `Timeout` already.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Deadline {
-    /// `None`: never (work that is not a request's query, tests).
-    at: Option<Instant>,
-    budget: Duration,
-}
-
-impl Default for Deadline {
-    fn default() -> Deadline {
-        Deadline::never()
-    }
-}
-
-impl Deadline {
-    /// A deadline that never comes.
-    pub fn never() -> Deadline {
-        Deadline {
-            at: None,
-            budget: Duration::MAX,
-        }
-    }
-
-    /// The deadline `budget` from now.
-    pub fn after(budget: Duration) -> Deadline {
-        Deadline {
-            at: Some(Instant::now() + budget),
-            budget,
-        }
-    }
-
-    /// `Timeout` once the deadline has passed.
-    pub fn check(&self) -> Result<(), QueryRefused> {
-        match self.at {
-            Some(at) if Instant::now() > at => Err(QueryRefused::Timeout(self.budget)),
-            _ => Ok(()),
-        }
-    }
-}
 
 type Job = Box<dyn FnOnce() + Send>;
 

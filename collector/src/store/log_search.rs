@@ -12,8 +12,8 @@ use tantivy::query_grammar::UserInputAst;
 
 use crate::backup::BackupDir;
 use crate::config::Retention;
+use crate::deadline::Deadline;
 use crate::model::{LogRecord, TraceId};
-use crate::query::pool::Deadline;
 use crate::store::Result;
 use crate::store::logs::LEVELS;
 
@@ -30,6 +30,37 @@ pub const QUERY_FIELDS: &str = "the fields are service, severity (trace, debug, 
 pub const NO_PREFIX_ON_VALUES: &str = "a prefix (word*) works on the message, service, \
      severity, trace_id, span_id and attribute_keys, not on attribute values: search the whole \
      value (attributes.peer:\"pay-1.eu-west\")";
+
+/// The regex leaf the query layer writes a prefix (`stem*`) as: tantivy
+/// runs it on the terms; other backends read the stem back with
+/// [`prefix_stem`].
+pub fn prefix_pattern(stem: &str) -> String {
+    format!("{}.*", regex_escape(stem))
+}
+
+/// The stem of a [`prefix_pattern`]; `None` for any other pattern.
+pub fn prefix_stem(pattern: &str) -> Option<String> {
+    let escaped = pattern.strip_suffix(".*")?;
+    let mut stem = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        stem.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(stem)
+}
+
+/// `text` with the characters a regular expression treats specially
+/// escaped.
+pub fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
 
 /// Where log records are kept: the embedded tantivy store or ClickHouse.
 /// The write path and every log query (the explorer, LogQL, `count_logs`)
@@ -228,4 +259,18 @@ pub struct GroupCounts {
     pub too_many: bool,
     /// A damaged partition was skipped: counts may be short.
     pub damaged: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_pattern_gives_its_stem_back() {
+        for stem in ["pay", "pay-1.eu", r"a\b*c"] {
+            assert_eq!(prefix_stem(&prefix_pattern(stem)).as_deref(), Some(stem));
+        }
+        assert_eq!(prefix_pattern("pay-1"), r"pay\-1.*");
+        assert_eq!(prefix_stem("pay"), None);
+    }
 }

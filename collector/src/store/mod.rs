@@ -58,7 +58,7 @@ pub enum StoreError {
     BadQuery(String),
     /// The query's deadline passed between two of its reads.
     #[error(transparent)]
-    Refused(#[from] crate::query::pool::QueryRefused),
+    Refused(#[from] crate::deadline::QueryRefused),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
     /// A read that would load more series than the caller allows.

@@ -40,7 +40,7 @@ use crate::config::Retention;
 use crate::model::{AttrValue, KeyValue, LogRecord, TraceId};
 use crate::store::log_search::{
     AttributeFacet, Cursor, Facets, GroupCounts, Histogram, LogFilter, LogHit, LogPage,
-    LogRecordStore, MAX_TRACE_LOGS, NO_PREFIX_ON_VALUES, Order,
+    LogRecordStore, MAX_TRACE_LOGS, NO_PREFIX_ON_VALUES, Order, prefix_stem, regex_escape,
 };
 use crate::store::logs::LEVELS;
 use crate::store::logs::schema::{VALUE_SEPARATOR, attribute_entries, free_texts, level_number};
@@ -1105,7 +1105,7 @@ fn leaf_condition(leaf: &UserInputLeaf, analyzer: &mut TextAnalyzer) -> Result<S
         }
         UserInputLeaf::Regex { field, pattern } => {
             // The query layer writes `stem*` as `<escaped stem>.*`.
-            let stem = pattern.strip_suffix(".*").map(unescape).ok_or_else(|| {
+            let stem = prefix_stem(pattern).ok_or_else(|| {
                 StoreError::BadQuery("regular expressions are not supported".into())
             })?;
             let column = Column::of(field.as_deref())?;
@@ -1120,19 +1120,6 @@ fn leaf_condition(leaf: &UserInputLeaf, analyzer: &mut TextAnalyzer) -> Result<S
             upper,
         } => range_condition(field.as_deref(), lower, upper),
     }
-}
-
-fn unescape(escaped: &str) -> String {
-    let mut text = String::with_capacity(escaped.len());
-    let mut chars = escaped.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            text.extend(chars.next());
-        } else {
-            text.push(c);
-        }
-    }
-    text
 }
 
 fn literal_condition(literal: &UserInputLiteral, analyzer: &mut TextAnalyzer) -> Result<String> {
@@ -1212,17 +1199,6 @@ fn words_pattern(words: &[String], prefix: bool) -> String {
         escaped.join(r"[^\pL\pN]+"),
         if prefix { "" } else { END }
     )
-}
-
-fn regex_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii_punctuation() {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 fn range_condition(

@@ -28,8 +28,8 @@ use super::schema::VALUE_SEPARATOR;
 use super::{LEVELS, LogFields, LogStore, Partition, record_of};
 use crate::backup::BackupDir;
 use crate::config::Retention;
+use crate::deadline::Deadline;
 use crate::model::{LogRecord, TraceId};
-use crate::query::pool::Deadline;
 use crate::store::log_search::{
     AttributeFacet, Cursor, Facets, GroupCounts, Histogram, LogFilter, LogHit, LogPage,
     LogRecordStore, MAX_TRACE_LOGS, NO_PREFIX_ON_VALUES, Order, QUERY_FIELDS,
@@ -1120,13 +1120,40 @@ impl SegmentCollector for GroupSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::logs::tests::{query, store};
+    use crate::codec::tests::sample_log;
+    use crate::model::{AttrValue, KeyValue, Severity as Level};
 
     #[test]
     fn groups_counted_in_a_hash_map_are_those_counted_in_an_array() {
         use LogField::{Attribute, Service, Severity};
-        let (_dir, store) = store();
-        let filter = query("").filter().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(
+            dir.path(),
+            std::time::Duration::from_secs(3600),
+            Retention::MAX_FILE_BYTES,
+            super::super::schema::HOT_WRITER_BYTES,
+            crate::telemetry::SelfMetrics::new(),
+        )
+        .unwrap();
+        let hour = 3_600 * 1_000_000_000u64;
+        let records = (0..20u64)
+            .map(|i| {
+                let service = ["payment", "order", "inventory", "gateway"][(i % 4) as usize];
+                let mut record = sample_log(service, 1_000 * hour + i * hour / 10, "line");
+                record.severity = Level([17, 9, 9, 13][(i % 4) as usize]);
+                record.attributes = vec![KeyValue::new("order_id", AttrValue::Int(i as i64))];
+                record
+            })
+            .collect();
+        store.apply(1, records).unwrap();
+        store.commit().unwrap();
+        let filter = LogFilter {
+            matches: None,
+            start_nanos: 0,
+            end_nanos: u64::MAX,
+            order: Order::NewestFirst,
+            deadline: Deadline::never(),
+        };
         let order_id = Attribute("order_id".into());
         let count = |by: &[LogField]| {
             let mut groups = count_by(&store, &filter, by, 100).unwrap().groups;
@@ -1154,5 +1181,6 @@ mod tests {
             dense_groups: 0,
         };
         assert!(count_with(&store, &filter, &sparse).unwrap().too_many);
+        assert_eq!(count(&[Service]).len(), 4);
     }
 }
