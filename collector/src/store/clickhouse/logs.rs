@@ -274,8 +274,11 @@ impl ClickHouseLogs {
             )
         });
         connection.insert_rows("logs", rows)?;
+        // Every record's trace, stored or not: an insert that failed after
+        // its `logs` rows landed may not have written these (a repeated row
+        // changes no trace's time span).
         let mut traces: HashMap<(u16, TraceId), (u64, u64)> = HashMap::new();
-        for (_, _, record) in &fresh {
+        for (_, _, record) in batch {
             if let Some(trace_id) = record.trace_id {
                 let time = record.time_unix_nano;
                 let span = traces
@@ -381,8 +384,7 @@ impl ClickHouseLogs {
             .collect::<Vec<_>>();
         let total = match answer.rows_before_limit_at_least {
             Some(total) => total.0.max(keys.len() as u64),
-            // Not reported: fewer matches than the limit.
-            None => keys.len() as u64,
+            None => self.count("counting log records", &count_sql(condition))?,
         };
         Ok((keys, total))
     }
