@@ -663,8 +663,8 @@ pub enum StorageKind {
 pub enum Storage {
     /// Everything in the data directory.
     Embedded,
-    /// Spans in ClickHouse; the WAL and the other stores in the data
-    /// directory.
+    /// Spans and logs in ClickHouse; the WAL, metrics and dashboards in
+    /// the data directory.
     ClickHouse(ClickHouseSettings),
 }
 
