@@ -355,7 +355,6 @@ mod tests {
     use crate::model::LogRecord;
     use crate::model::{AttrValue, KeyValue, Severity};
     use crate::store::logs::LogStore;
-    use crate::telemetry::SelfMetrics;
 
     const HOUR: u64 = 3_600 * 1_000_000_000;
     const BASE: u64 = 1_000 * HOUR;
@@ -375,14 +374,7 @@ mod tests {
 
     /// A store whose partitions close at `partition_bytes`.
     fn open_with(dir: &std::path::Path, partition_bytes: u64) -> LogStore {
-        LogStore::open(
-            dir,
-            Duration::from_secs(3600),
-            partition_bytes,
-            crate::store::logs::schema::HOT_WRITER_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap()
+        LogStore::open_hourly(dir, partition_bytes)
     }
 
     /// Twenty logs over two hours (two partitions), committed.

@@ -175,22 +175,11 @@ mod tests {
     use crate::codec::tests::sample_log;
     use crate::config::Retention;
     use crate::store::logs::LogStore;
-    use crate::telemetry::SelfMetrics;
-    use std::time::Duration;
 
     #[test]
     fn what_was_pushed_is_added_in_order_before_wait_fed_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            LogStore::open(
-                dir.path(),
-                Duration::from_secs(3600),
-                Retention::MAX_FILE_BYTES,
-                crate::store::logs::schema::HOT_WRITER_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap(),
-        );
+        let store = Arc::new(LogStore::open_hourly(dir.path(), Retention::MAX_FILE_BYTES));
         let feed = LogFeed::start(store.clone()).unwrap();
         let hour = 1_000 * 3_600 * 1_000_000_000u64;
         // More than the feed holds, so pushing waits for the thread.

@@ -537,6 +537,20 @@ impl LogStore {
             .collect()
     }
 
+    /// A store in `dir` with hourly partitions closed at `partition_bytes`,
+    /// as the tests of the log store and its queries open it.
+    #[cfg(test)]
+    pub(crate) fn open_hourly(dir: &Path, partition_bytes: u64) -> LogStore {
+        LogStore::open(
+            dir,
+            Duration::from_secs(3600),
+            partition_bytes,
+            schema::HOT_WRITER_BYTES,
+            SelfMetrics::new(),
+        )
+        .expect("a log store opens")
+    }
+
     /// Bytes of all partitions on disk.
     pub fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.dir)
@@ -838,15 +852,7 @@ mod tests {
     fn an_idle_writer_is_released_after_its_commit_and_reopened_by_the_next_record() {
         let dir = tempfile::tempdir().unwrap();
         let open = |idle| {
-            LogStore::open(
-                dir.path(),
-                Duration::from_secs(3600),
-                Retention::MAX_FILE_BYTES,
-                schema::HOT_WRITER_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap()
-            .with_writer_idle(idle)
+            LogStore::open_hourly(dir.path(), Retention::MAX_FILE_BYTES).with_writer_idle(idle)
         };
         let now = 1_000 * HOUR;
         let newest = |store: &LogStore| store.partitions_between(0, u64::MAX)[0].clone();
@@ -936,16 +942,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
-        let open = |dir: &Path| {
-            LogStore::open(
-                dir,
-                Duration::from_secs(3600),
-                Retention::MAX_FILE_BYTES,
-                schema::HOT_WRITER_BYTES,
-                SelfMetrics::new(),
-            )
-            .unwrap()
-        };
+        let open = |dir: &Path| LogStore::open_hourly(dir, Retention::MAX_FILE_BYTES);
         let store = open(&logs);
         let now = 1_000 * HOUR;
         store
@@ -1018,14 +1015,7 @@ mod tests {
         fs::create_dir_all(&old_dir).unwrap();
         Index::create_in_dir(&old_dir, older.build()).unwrap();
 
-        let store = LogStore::open(
-            dir.path(),
-            Duration::from_secs(3600),
-            Retention::MAX_FILE_BYTES,
-            schema::HOT_WRITER_BYTES,
-            SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = LogStore::open_hourly(dir.path(), Retention::MAX_FILE_BYTES);
         let mut record = sample_log("a", now + 1, "new");
         record.attributes = vec![KeyValue::new("order_id", AttrValue::Int(7))];
         assert_eq!(store.apply(1, vec![record]).unwrap(), 1);

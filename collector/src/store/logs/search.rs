@@ -1127,14 +1127,7 @@ mod tests {
     fn groups_counted_in_a_hash_map_are_those_counted_in_an_array() {
         use LogField::{Attribute, Service, Severity};
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(
-            dir.path(),
-            std::time::Duration::from_secs(3600),
-            Retention::MAX_FILE_BYTES,
-            super::super::schema::HOT_WRITER_BYTES,
-            crate::telemetry::SelfMetrics::new(),
-        )
-        .unwrap();
+        let store = LogStore::open_hourly(dir.path(), Retention::MAX_FILE_BYTES);
         let hour = 3_600 * 1_000_000_000u64;
         let records = (0..20u64)
             .map(|i| {
