@@ -33,7 +33,10 @@ use tantivy::query::Occur;
 use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral};
 use tantivy::tokenizer::TextAnalyzer;
 
-use super::{Checkpoint, ClickHouse, Connector, date_literal, day_of, drop_expired, quote, schema};
+use super::{
+    Checkpoint, ClickHouse, Connector, date_literal, day_of, drop_expired, quote, schema,
+    snapshot_refused,
+};
 use crate::backup::BackupDir;
 use crate::codec;
 use crate::config::Retention;
@@ -484,11 +487,7 @@ impl LogRecordStore for ClickHouseLogs {
     }
 
     fn snapshot(&self, _backup: &mut BackupDir, _relative: &Path) -> Result<()> {
-        Err(StoreError::Backend(
-            "logs are kept in ClickHouse: back them up with ClickHouse's own tools \
-             (snapshots copy the embedded stores)"
-                .into(),
-        ))
+        Err(snapshot_refused("logs"))
     }
 
     fn check(&self, filter: &LogFilter) -> Result<()> {

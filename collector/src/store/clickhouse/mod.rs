@@ -489,6 +489,15 @@ fn https_client(tls: rustls::ClientConfig) -> clickhouse::Client {
     clickhouse::Client::with_http_client(client)
 }
 
+/// Why a snapshot of a ClickHouse-backed store (`signal`: "spans",
+/// "logs") is refused: its data is not in the data directory.
+pub fn snapshot_refused(signal: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "{signal} are kept in ClickHouse: back them up with ClickHouse's own tools \
+         (snapshots copy the embedded stores)"
+    ))
+}
+
 /// `text` as a ClickHouse string literal.
 fn quote(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);

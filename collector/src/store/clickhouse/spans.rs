@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Checkpoint, ClickHouse, Connector, date_literal, day_of, drop_expired, quote, schema};
+use super::{
+    Checkpoint, ClickHouse, Connector, date_literal, day_of, drop_expired, quote, schema,
+    snapshot_refused,
+};
 use crate::backup::BackupDir;
 use crate::codec;
 use crate::config::Retention;
@@ -278,11 +281,7 @@ impl SpanStore for ClickHouseSpans {
     }
 
     fn snapshot(&self, _backup: &mut BackupDir, _relative: &Path) -> Result<()> {
-        Err(StoreError::Backend(
-            "spans are kept in ClickHouse: back them up with ClickHouse's own tools \
-             (snapshots copy the embedded stores)"
-                .into(),
-        ))
+        Err(snapshot_refused("spans"))
     }
 
     fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
