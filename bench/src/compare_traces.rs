@@ -558,8 +558,14 @@ exporters:
     )
 }
 
+/// How long Jaeger's OTLP/gRPC receiver may take to listen once its query
+/// API answers.
+const JAEGER_OTLP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts Jaeger v2 on `data_dir` with fresh ports and waits until its query
-/// API answers; returns it and its OTLP/gRPC address.
+/// API answers and its OTLP/gRPC port takes connections (the query
+/// extension can be up before the OTLP receiver is); returns it and its
+/// OTLP/gRPC address.
 async fn start_jaeger(
     binary: &Path,
     data_dir: &Path,
@@ -576,6 +582,15 @@ async fn start_jaeger(
     let mut command = Command::new(binary);
     command.arg("--config").arg(config);
     let process = Process::spawn("jaeger", command, query, "/api/services", log).await?;
+    let deadline = std::time::Instant::now() + JAEGER_OTLP_TIMEOUT;
+    while tokio::net::TcpStream::connect(grpc).await.is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "Jaeger's OTLP/gRPC receiver at {grpc} took no connection within {}s",
+            JAEGER_OTLP_TIMEOUT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok((process, grpc))
 }
 
