@@ -406,6 +406,23 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
+    /// The kind [`as_str`](Self::as_str) names `name`.
+    pub fn from_name(name: &str) -> Option<MetricKind> {
+        use MetricKind::*;
+        [
+            Counter,
+            Gauge,
+            Histogram,
+            GaugeHistogram,
+            Summary,
+            Info,
+            StateSet,
+            Unknown,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+
     /// The name the Prometheus API uses.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -23,7 +23,7 @@ use crate::store::SpanStore;
 use crate::store::Stores;
 use crate::store::log_feed::LogFeed;
 use crate::store::log_search::LogRecordStore;
-use crate::store::metrics::MetricStore;
+use crate::store::sample_store::SampleStore;
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
@@ -84,7 +84,7 @@ pub struct Pipeline {
     logs: Arc<dyn LogRecordStore>,
     /// Adds durable log records to the log store off the WAL writer thread.
     log_feed: Arc<LogFeed>,
-    metric_store: Arc<MetricStore>,
+    metric_store: Arc<dyn SampleStore>,
     span_metrics: Arc<SpanMetrics>,
     /// Counts the calls between services that span flushes complete.
     service_graph: ServiceGraph,
@@ -165,7 +165,7 @@ impl Pipeline {
                 RecordKind::Samples => match codec::decode_samples(&record.payload) {
                     Ok(series) => {
                         replayed_series += series.len();
-                        metric_store.apply(series);
+                        metric_store.apply(record.seq, series);
                     }
                     Err(error) => {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
@@ -234,6 +234,10 @@ impl Pipeline {
     ) -> Result<SampleRejections, AcceptError> {
         let count = series.iter().map(|s| s.samples.len()).sum();
         self.check_wal_room(Signal::Samples, count)?;
+        if self.metric_store.is_full() {
+            self.reject_samples(count, "overloaded");
+            return Err(AcceptError::Overloaded);
+        }
         // Admission takes the store's locks and encodes the whole batch:
         // blocking work, kept off the async workers.
         let pipeline = self.clone();
@@ -306,7 +310,7 @@ impl Pipeline {
         let pending = self.wal.enqueue(
             RecordKind::Samples,
             payload,
-            Box::new(move |_| store.apply_admitted(samples)),
+            Box::new(move |seq| store.apply_admitted(seq, samples)),
         );
         if pending.is_err() {
             // Not queued: the retry must find these samples new again.
@@ -316,7 +320,7 @@ impl Pipeline {
     }
 
     /// The newest durable sample of the series with exactly `labels`; see
-    /// `MetricStore::newest`.
+    /// `SampleStore::newest`.
     pub fn newest_sample(
         &self,
         labels: &[crate::model::Label],
@@ -325,7 +329,7 @@ impl Pipeline {
     }
 
     /// The newest durable samples of the series labelled `labels` plus
-    /// `extra`; see `MetricStore::newest_by`.
+    /// `extra`; see `SampleStore::newest_by`.
     pub fn newest_samples_by(
         &self,
         labels: &[crate::model::Label],
@@ -734,12 +738,10 @@ impl Pipeline {
             tracing::debug!("RetentionStarted");
             pipeline.retain_traces(now);
             pipeline.retain_logs(now);
-            let retention = pipeline.metric_settings.retention;
-            if let Err(error) = pipeline.metric_store.enforce_retention(
-                retention.max_age,
-                retention.max_bytes,
-                (now / 1_000_000) as i64,
-            ) {
+            if let Err(error) = pipeline
+                .metric_store
+                .enforce_retention(pipeline.metric_settings.retention, (now / 1_000_000) as i64)
+            {
                 tracing::error!(%error, "MetricRetentionError");
             }
         })

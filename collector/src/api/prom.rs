@@ -23,6 +23,7 @@ use super::params::query_and_form;
 use crate::model::{Label, METRIC_NAME_LABEL};
 use crate::query::metrics::MetricSource;
 use crate::query::pool::{Deadline, QueryPool, QueryRefused};
+use crate::store::StoreError;
 
 /// The Prometheus API version whose semantics Strand answers with; Grafana
 /// reads it from `buildinfo` to decide what it may ask.
@@ -82,6 +83,23 @@ impl From<EvalError> for PromError {
         PromError {
             kind: error.error_type(),
             message: error.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for PromError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Refused(refused) => refused.into(),
+            StoreError::BadQuery(why) => PromError::bad_data(why),
+            error => PromError {
+                kind: if error.is_unavailable() {
+                    "unavailable"
+                } else {
+                    "internal"
+                },
+                message: error.to_string(),
+            },
         }
     }
 }
@@ -396,7 +414,7 @@ async fn series(State(state): State<Arc<ApiState>>, params: Params) -> Result<Re
     let (found, more) = state
         .queries
         .run(move || {
-            let (series, more) = store.series(&selectors, start, end, items);
+            let (series, more) = store.series(&selectors, start, end, items)?;
             Ok::<_, PromError>((series.iter().map(|l| labels_json(l)).collect(), more))
         })
         .await??;
@@ -431,8 +449,8 @@ async fn distinct_labels(
         .queries
         .run(move || {
             Ok::<_, PromError>(match &name {
-                None => store.label_names(&selectors, start, end),
-                Some(name) => store.label_values(name, &selectors, start, end),
+                None => store.label_names(&selectors, start, end)?,
+                Some(name) => store.label_values(name, &selectors, start, end)?,
             })
         })
         .await??;
@@ -451,8 +469,14 @@ async fn metadata(
             .map_err(|_| PromError::bad_data(format!("invalid parameter \"limit\": {text:?}")))?,
         None => -1,
     };
+    let store = state.stores.metrics.clone();
+    let metric = params.get("metric").map(str::to_owned);
+    let entries = state
+        .queries
+        .run(move || store.metadata(metric.as_deref()))
+        .await??;
     let mut out = serde_json::Map::new();
-    for entry in state.stores.metrics.metadata(params.get("metric")) {
+    for entry in entries {
         if limit >= 0 && out.len() as i64 >= limit {
             break;
         }

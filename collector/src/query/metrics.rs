@@ -13,11 +13,11 @@ use crate::query::logs::{self, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
 use crate::store::log_search::LogRecordStore;
-use crate::store::metrics::MetricStore;
+use crate::store::sample_store::SampleStore;
 
 /// Reads the metrics store for the evaluator, for one query.
 pub struct MetricSource {
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleStore>,
     /// Most series one selector may load (`--query-max-series`), and most
     /// groups one `count_logs` may return.
     max_series: usize,
@@ -30,7 +30,7 @@ pub struct MetricSource {
 }
 
 impl MetricSource {
-    pub fn new(store: Arc<MetricStore>, max_series: usize) -> MetricSource {
+    pub fn new(store: Arc<dyn SampleStore>, max_series: usize) -> MetricSource {
         MetricSource {
             store,
             max_series,

@@ -11,6 +11,7 @@ pub mod log_feed;
 pub mod log_search;
 pub mod logs;
 pub mod metrics;
+pub mod sample_store;
 pub mod traces;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use anyhow::Context;
 
 use self::clickhouse::Connector;
 use self::clickhouse::logs::ClickHouseLogs;
+use self::clickhouse::metrics::ClickHouseMetrics;
 use self::clickhouse::spans::ClickHouseSpans;
 use crate::backup::BackupDir;
 use crate::codec::CodecError;
@@ -31,6 +33,7 @@ use dashboards::DashboardStore;
 use log_search::LogRecordStore;
 use logs::LogStore;
 use metrics::MetricStore;
+use sample_store::SampleStore;
 use traces::{DependencyLink, Flushed, TraceRead, TraceStore};
 
 /// Why a store operation failed.
@@ -271,7 +274,7 @@ fn has_tag(span: &Span, key: &str, value: &str) -> bool {
 pub struct Stores {
     pub traces: Arc<dyn SpanStore>,
     pub logs: Arc<dyn LogRecordStore>,
-    pub metrics: Arc<MetricStore>,
+    pub metrics: Arc<dyn SampleStore>,
     pub dashboards: Arc<DashboardStore>,
 }
 
@@ -300,7 +303,20 @@ impl Stores {
             .with_writer_idle(config.logs.writer_idle);
             Ok(Arc::new(logs))
         };
-        let (traces, logs): (Arc<dyn SpanStore>, Arc<dyn LogRecordStore>) = match &config.storage {
+        // The embedded metrics store admits samples (order, series limits)
+        // whatever the backend: over ClickHouse it is each node's head.
+        let local_metrics = MetricStore::open(
+            &data_dir.join("metrics"),
+            config.metrics.limits.clone(),
+            config.metrics.retention.file_bytes(),
+            self_metrics.clone(),
+        )
+        .context("opening the metrics store")?;
+        let (traces, logs, metrics): (
+            Arc<dyn SpanStore>,
+            Arc<dyn LogRecordStore>,
+            Arc<dyn SampleStore>,
+        ) = match &config.storage {
             Storage::Embedded => (
                 Arc::new(
                     TraceStore::open(
@@ -312,6 +328,7 @@ impl Stores {
                     .context("opening the trace store")?,
                 ),
                 embedded_logs()?,
+                Arc::new(local_metrics),
             ),
             Storage::ClickHouse(settings) => {
                 let connector = Arc::new(Connector::new(settings)?);
@@ -322,26 +339,23 @@ impl Stores {
                             .context("opening the ClickHouse span store")?,
                     ),
                     Arc::new(
-                        ClickHouseLogs::open(connector, &dir)
+                        ClickHouseLogs::open(connector.clone(), &dir)
                             .context("opening the ClickHouse log store")?,
+                    ),
+                    Arc::new(
+                        ClickHouseMetrics::open(connector, &dir, local_metrics)
+                            .context("opening the ClickHouse metrics store")?,
                     ),
                 )
             }
         };
-        let metrics = MetricStore::open(
-            &data_dir.join("metrics"),
-            config.metrics.limits.clone(),
-            config.metrics.retention.file_bytes(),
-            self_metrics.clone(),
-        )
-        .context("opening the metrics store")?;
         let dashboards_dir = data_dir.join("dashboards");
         let dashboards = DashboardStore::open(dashboards_dir.clone())
             .with_context(|| format!("opening {}", dashboards_dir.display()))?;
         Ok(Stores {
             traces,
             logs,
-            metrics: Arc::new(metrics),
+            metrics,
             dashboards: Arc::new(dashboards),
         })
     }

@@ -9,8 +9,13 @@
 //! values equal to the last bit. A query Strand cannot answer is a failure.
 //! Every mismatch is collected and reported at the end.
 //!
+//! Strand answers twice: from its embedded store, and over ClickHouse —
+//! one ClickHouse-backed node takes the data, and another that never saw it
+//! answers from what the first inserted into ClickHouse.
+//!
 //! Needs the `prometheus` binary (Debian package `prometheus`, installed by
-//! `scripts/test`; `PROMETHEUS_BIN` overrides the path), and fails without it.
+//! `scripts/test`; `PROMETHEUS_BIN` overrides the path) and
+//! `clickhouse-server`, and fails without them.
 //!
 //! `STRAND_DIFF_PROM_ONLY=1 cargo test -p strand --test it promql_diff -- --nocapture`
 //! runs only the Prometheus half: use it to check corpus edits (every query
@@ -24,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use serde_json::Value;
-use strand_testkit::Strand;
 use strand_testkit::promql_corpus::{self, CORPUS, CorpusQuery};
+use strand_testkit::{ClickHouse, Strand, eventually};
 
 use crate::support::prometheus::Prometheus;
 use crate::support::remote_write::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
@@ -417,6 +422,79 @@ async fn remote_write(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Res
     } else {
         let text = response.text().await.unwrap_or_default();
         Err(format!("POST {url}: HTTP {status}: {text}"))
+    }
+}
+
+/// The Strands the corpus runs against: an embedded one, and two over one
+/// ClickHouse — one takes the data, the other answers.
+struct Strands {
+    embedded: Strand,
+    clickhouse_ingest: Strand,
+    clickhouse_query: Strand,
+    _clickhouse: ClickHouse,
+}
+
+impl Strands {
+    async fn start(dir: &std::path::Path) -> Strands {
+        let clickhouse = ClickHouse::start().await;
+        let over_clickhouse = [
+            "--storage",
+            "clickhouse",
+            "--clickhouse-url",
+            &clickhouse.url,
+            "--metrics-flush-interval",
+            "200ms",
+        ];
+        Strands {
+            embedded: Strand::start(&dir.join("embedded"), &[]).await,
+            clickhouse_ingest: Strand::start(&dir.join("ingest"), &over_clickhouse).await,
+            clickhouse_query: Strand::start(&dir.join("query"), &over_clickhouse).await,
+            _clickhouse: clickhouse,
+        }
+    }
+
+    /// Waits until the query node reads as many samples as the embedded
+    /// Strand: the ingest node has inserted them all into ClickHouse.
+    async fn wait_for_clickhouse(&self, client: &reqwest::Client, end: i64) {
+        let count = |strand: &Strand| {
+            let url = strand.url("/api/v1/query");
+            let client = client.clone();
+            async move {
+                let answer: Value = client
+                    .get(url)
+                    .query(&[
+                        ("query", "{__name__=~\".+\"}[2h]"),
+                        ("time", &end.to_string()),
+                    ])
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let series = answer["data"]["result"]
+                    .as_array()
+                    .ok_or_else(|| answer.to_string())?;
+                Ok::<_, String>(
+                    series
+                        .iter()
+                        .map(|s| s["values"].as_array().map_or(0, Vec::len))
+                        .sum::<usize>(),
+                )
+            }
+        };
+        let expected = count(&self.embedded)
+            .await
+            .unwrap_or_else(|e| panic!("the embedded Strand counts no samples: {e}"));
+        let arrived = eventually(std::time::Duration::from_secs(60), || async {
+            (count(&self.clickhouse_query).await.as_ref() == Ok(&expected)).then_some(())
+        })
+        .await;
+        assert!(
+            arrived.is_some(),
+            "the query node never counted {expected} samples from ClickHouse\n{}",
+            self.clickhouse_ingest.log()
+        );
     }
 }
 
@@ -905,10 +983,10 @@ async fn promql_answers_match_prometheus() {
     )
     .await;
     let strand_dir = tempfile::tempdir().unwrap();
-    let strand = if prom_only {
+    let strands = if prom_only {
         None
     } else {
-        Some(Strand::start(&strand_dir.path().join("data"), &[]).await)
+        Some(Strands::start(strand_dir.path()).await)
     };
 
     for body in &bodies {
@@ -916,12 +994,26 @@ async fn promql_answers_match_prometheus() {
         if let Err(e) = remote_write(&client, &url, body.clone()).await {
             panic!("Prometheus refused the data: {e}\n{}", prometheus.log());
         }
-        if let Some(strand) = &strand
-            && let Err(e) = remote_write(&client, &strand.url("/api/v1/write"), body.clone()).await
-        {
-            panic!("Strand refused the data: {e}\n{}", strand.log());
+        if let Some(strands) = &strands {
+            for strand in [&strands.embedded, &strands.clickhouse_ingest] {
+                if let Err(e) =
+                    remote_write(&client, &strand.url("/api/v1/write"), body.clone()).await
+                {
+                    panic!("Strand refused the data: {e}\n{}", strand.log());
+                }
+            }
         }
     }
+    let targets: Vec<(&str, &Strand)> = match &strands {
+        Some(strands) => {
+            strands.wait_for_clickhouse(&client, end).await;
+            vec![
+                ("Strand", &strands.embedded),
+                ("Strand over ClickHouse", &strands.clickhouse_query),
+            ]
+        }
+        None => Vec::new(),
+    };
 
     let started = Instant::now();
     let mut prometheus_errors = Vec::new();
@@ -943,14 +1035,15 @@ async fn promql_answers_match_prometheus() {
         if prom_only && filter.is_some() {
             eprintln!("{}\n    {expected:?}", what());
         }
-        let Some(strand) = &strand else { continue };
-        match run(&client, &strand.url(""), request).await {
-            Err(e) => {
-                strand_errors.push(format!("  {}\n    Strand: {}", what(), truncate(&e, 500)))
-            }
-            Ok(got) => {
-                if let Some(diff) = compare(&expected, &got, request.ordered()) {
-                    mismatches.push(format!("  {}\n    {diff}", what()));
+        for (name, strand) in &targets {
+            match run(&client, &strand.url(""), request).await {
+                Err(e) => {
+                    strand_errors.push(format!("  {}\n    {name}: {}", what(), truncate(&e, 500)))
+                }
+                Ok(got) => {
+                    if let Some(diff) = compare(&expected, &got, request.ordered()) {
+                        mismatches.push(format!("  {}\n    {name}: {diff}", what()));
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! request on the daemon's runtime (see [`ClickHouse::wait`]).
 
 pub mod logs;
+pub mod metrics;
 pub mod schema;
 pub mod spans;
 
@@ -549,6 +550,7 @@ mod tests {
         statements.push("USE `strand`".into());
         statements.extend(spans::statement_shapes());
         statements.extend(logs::statement_shapes());
+        statements.extend(metrics::statement_shapes());
         statements.push(partitions_sql(
             "strand",
             &["spans".to_string(), "span_search".to_string()],

@@ -168,12 +168,58 @@ const MIGRATIONS: &[Migration] = &[
             },
         ],
     },
+    Migration {
+        version: 3,
+        tables: &[
+            // Each series' labels once per day it has samples in, sorted by
+            // metric name: matchers resolve to fingerprints here. The
+            // fingerprint (of the label set, computed by Strand) keys the
+            // series everywhere; rows inserted again are folded.
+            Table {
+                name: "series",
+                columns: "day Date,
+                    metric {names},
+                    fingerprint UInt64,
+                    label_names Array({names}),
+                    label_values Array(String)",
+                engine: "ReplacingMergeTree PARTITION BY day ORDER BY (metric, fingerprint)",
+                sharding: "fingerprint",
+            },
+            // Samples sorted by series and time: a series' samples in a
+            // range are one primary-key range. A sample stored twice (a
+            // replay, two nodes given it) is folded by merges and by reads.
+            Table {
+                name: "samples",
+                columns: "day Date,
+                    fingerprint UInt64,
+                    time_ms Int64 {times},
+                    value Float64 {floats}",
+                engine: "ReplacingMergeTree PARTITION BY day ORDER BY (fingerprint, time_ms)",
+                sharding: "fingerprint",
+            },
+            // Type, help and unit of metric families, as of `updated_ms`;
+            // written again each day a node sees the family.
+            Table {
+                name: "metric_metadata",
+                columns: "day Date,
+                    metric String,
+                    kind String,
+                    help String,
+                    unit String,
+                    updated_ms Int64",
+                engine: "ReplacingMergeTree(updated_ms) PARTITION BY day ORDER BY metric",
+                sharding: "cityHash64(metric)",
+            },
+        ],
+    },
 ];
 
 /// The span tables, which span retention drops day partitions of.
 pub const SPAN_TABLES: &[&str] = &["spans", "span_search", "span_names", "dependencies"];
 /// The log tables, which log retention drops day partitions of.
 pub const LOG_TABLES: &[&str] = &["logs", "log_traces"];
+/// The metric tables, which metric retention drops day partitions of.
+pub const METRIC_TABLES: &[&str] = &["series", "samples", "metric_metadata"];
 
 /// The table recording applied migrations, on each server.
 const MIGRATIONS_TABLE: &str = "strand_schema_migrations";
@@ -268,6 +314,14 @@ fn statements(
             )
             .replace("{bytes}", if modern { "CODEC(ZSTD(1))" } else { "" })
             .replace("{times}", if modern { "CODEC(Delta, ZSTD(1))" } else { "" })
+            .replace(
+                "{floats}",
+                if modern {
+                    "CODEC(Gorilla, ZSTD(1))"
+                } else {
+                    ""
+                },
+            )
             .replace(
                 "{token_index}",
                 if modern {

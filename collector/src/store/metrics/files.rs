@@ -474,6 +474,7 @@ mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
     use crate::store::metrics::tests::{ingest, limits, matcher, open_store, series};
+    use crate::store::sample_store::SampleStore;
     use std::time::Duration;
 
     #[test]
@@ -503,7 +504,13 @@ mod tests {
         );
         // A size limit drops the oldest files, never the one being written.
         let dropped = store
-            .enforce_retention(Duration::from_secs(1 << 30), 1, 3_000_000)
+            .enforce_retention(
+                crate::config::Retention {
+                    max_age: Duration::from_secs(1 << 30),
+                    max_bytes: 1,
+                },
+                3_000_000,
+            )
             .unwrap();
         assert_eq!(dropped, sizes.len() - 1);
         assert_eq!(store.files.lock().unwrap().files.len(), 1);
@@ -528,7 +535,13 @@ mod tests {
         ingest(&store, vec![series("x", "a", &new)]);
         store.flush(2).unwrap();
         let dropped = store
-            .enforce_retention(Duration::from_secs(500), 0, 1_000_000 + 240_000)
+            .enforce_retention(
+                crate::config::Retention {
+                    max_age: Duration::from_secs(500),
+                    max_bytes: 0,
+                },
+                1_000_000 + 240_000,
+            )
             .unwrap();
         assert_eq!(dropped, 1);
         // The first file held the first sealed chunk; the second, written

@@ -610,6 +610,7 @@ mod tests {
     use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
     use crate::store::metrics::index::label_value;
     use crate::store::metrics::tests::{ingest, matcher, open_store, series};
+    use crate::store::sample_store::SampleStore;
     use crate::telemetry::SelfMetrics;
 
     #[test]
@@ -643,7 +644,7 @@ mod tests {
         let second = ingest(&store, point("b"));
         assert_eq!(second.rejected, 1, "one data point");
         assert!(second.first_error.unwrap().contains("\"latency_bucket\""));
-        let (stored, _) = store.series(&[], i64::MIN, i64::MAX, usize::MAX);
+        let (stored, _) = store.series(&[], i64::MIN, i64::MAX, usize::MAX).unwrap();
         assert!(
             stored
                 .iter()
@@ -711,6 +712,13 @@ mod tests {
         assert_eq!(admitted.rejected, 1);
         assert_eq!(admitted.rejected_by_limits, 1);
         assert!(admitted.first_error.unwrap().contains("\"requests_total\""));
-        assert_eq!(store.series(&[], i64::MIN, i64::MAX, usize::MAX).0.len(), 2);
+        assert_eq!(
+            store
+                .series(&[], i64::MIN, i64::MAX, usize::MAX)
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
     }
 }

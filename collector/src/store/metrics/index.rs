@@ -252,6 +252,7 @@ pub(super) fn format_labels(labels: &[Label]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sample_store::SampleStore;
 
     use crate::store::metrics::tests::{ingest, matcher, open_store, series};
 

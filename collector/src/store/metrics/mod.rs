@@ -45,14 +45,15 @@ mod index;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
 
 use promql_parser::label::Matcher;
 
 use self::files::{ChunkFiles, SeriesLog, Snapshot};
 pub use self::head::Admitted;
 use self::head::Head;
+use crate::config::Retention;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
+use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
@@ -63,19 +64,6 @@ pub use crate::config::SeriesLimits;
 /// adds chunk encodings besides Gorilla (see [`chunk`]); a version 1
 /// directory is read as it is, its chunks all being Gorilla's.
 const FORMAT_VERSION: u32 = 2;
-
-/// A series and its samples in a queried range.
-pub struct SelectedSeries {
-    pub labels: Vec<Label>,
-    pub samples: Vec<MetricSample>,
-}
-
-/// What [`MetricStore::select`] read.
-pub struct Selection {
-    pub series: Vec<SelectedSeries>,
-    /// A damaged chunk was skipped (and reported): samples may be missing.
-    pub damaged: bool,
-}
 
 /// See the module documentation.
 pub struct MetricStore {
@@ -154,15 +142,57 @@ impl MetricStore {
         })
     }
 
+    /// Reports a chunk found damaged after open, once per run; queries skip
+    /// it and say so.
+    fn report_damaged_chunk(&self, chunk_ref: &files::ChunkRef, damage: &str) {
+        let key = (chunk_ref.file, chunk_ref.offset());
+        if self.reported.lock().expect("not poisoned").insert(key) {
+            let path = self
+                .files
+                .lock()
+                .expect("not poisoned")
+                .path(chunk_ref.file);
+            self.metrics.corrupt_data(
+                "metrics",
+                self.dir.parent().unwrap_or(&self.dir),
+                &path,
+                chunk_ref.offset(),
+                damage,
+                "skipped the chunk: queries answer the rest with a warning",
+            );
+        }
+    }
+
+    /// The labels of the series with id `id` (as [`Admitted::take_samples`]
+    /// gives them): how a backend that keys series by their labels names
+    /// what it is applied.
+    pub fn labels_of(&self, id: u32) -> Option<Vec<Label>> {
+        let head = self.head.read().expect("not poisoned");
+        head.index.labels(id).map(|labels| labels.to_vec())
+    }
+
+    /// The id of the series labelled `labels` (canonical form).
+    pub fn id_of(&self, labels: &[Label]) -> Option<u32> {
+        self.head.read().expect("not poisoned").index.find(labels)
+    }
+
+    /// Bytes of the store's files.
+    pub fn disk_bytes(&self) -> u64 {
+        let chunks = self.files.lock().expect("not poisoned").bytes();
+        chunks + files::log_and_snapshot_bytes(&self.dir)
+    }
+}
+
+impl SampleStore for MetricStore {
     /// The WAL sequence number the newest snapshot covers.
-    pub fn durable_through(&self) -> u64 {
+    fn durable_through(&self) -> u64 {
         *self.flushing.lock().expect("not poisoned")
     }
 
     /// Checks order and cardinality and reserves the samples' place; what is
     /// returned must go to the WAL, and be applied in the same order as
     /// admitted (the caller holds its own lock across both).
-    pub fn admit(&self, batch: Vec<SeriesSamples>) -> Admitted {
+    fn admit(&self, batch: Vec<SeriesSamples>) -> Admitted {
         let mut head = self.head.write().expect("not poisoned");
         let admitted = head.admit(batch, &self.limits);
         self.metrics
@@ -174,13 +204,13 @@ impl MetricStore {
     /// Takes back an admission whose WAL append was refused (overload), so
     /// that the sender's retry is admitted again rather than taken for a
     /// duplicate. Must run before anything else is admitted.
-    pub fn undo_admission(&self, admitted: &Admitted) {
+    fn undo_admission(&self, admitted: &Admitted) {
         self.head.write().expect("not poisoned").undo(admitted);
     }
 
     /// Appends durable samples (from an acknowledged request or the WAL
     /// replay); samples at or before a series' newest one are skipped.
-    pub fn apply(&self, batch: Vec<SeriesSamples>) {
+    fn apply(&self, _seq: u64, batch: Vec<SeriesSamples>) {
         let mut head = self.head.write().expect("not poisoned");
         head.apply(batch);
         self.metrics
@@ -192,7 +222,7 @@ impl MetricStore {
     /// by series id ([`Admitted::take_samples`]): no series is looked up
     /// again by its labels, the costliest step of ingest, and no label is
     /// freed on the WAL writer's thread this runs on.
-    pub fn apply_admitted(&self, batch: Vec<(u32, Vec<MetricSample>)>) {
+    fn apply_admitted(&self, _seq: u64, batch: Vec<(u32, Vec<MetricSample>)>) {
         let mut head = self.head.write().expect("not poisoned");
         head.apply_admitted(batch);
         self.metrics
@@ -201,7 +231,7 @@ impl MetricStore {
     }
 
     /// Records type, help and unit of metric families.
-    pub fn set_metadata(&self, metadata: Vec<MetricMetadata>) {
+    fn set_metadata(&self, metadata: Vec<MetricMetadata>) {
         if metadata.is_empty() {
             return;
         }
@@ -214,7 +244,7 @@ impl MetricStore {
     /// The newest durable sample of the series with exactly `labels`
     /// (canonical form), staleness markers included: where the running total
     /// of an OTLP delta series resumes after a restart.
-    pub fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
+    fn newest(&self, labels: &[Label]) -> Option<MetricSample> {
         self.head.read().expect("not poisoned").newest(labels)
     }
 
@@ -223,7 +253,7 @@ impl MetricStore {
     /// label's value and the sample. Where the running total of an OTLP
     /// delta exponential histogram, whose buckets are not known in
     /// advance, resumes after a restart.
-    pub fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)> {
+    fn newest_by(&self, labels: &[Label], extra: &str) -> Vec<(String, MetricSample)> {
         self.head
             .read()
             .expect("not poisoned")
@@ -231,14 +261,14 @@ impl MetricStore {
     }
 
     /// Type, help and unit per metric family, optionally of one metric.
-    pub fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
-        self.head.read().expect("not poisoned").metadata(metric)
+    fn metadata(&self, metric: Option<&str>) -> Result<Vec<MetricMetadata>> {
+        Ok(self.head.read().expect("not poisoned").metadata(metric))
     }
 
     /// Writes new series, sealed chunks and a snapshot of the open chunks;
     /// afterwards the WAL through `applied_seq` (read by the caller before
     /// calling) is no longer needed by this store.
-    pub fn flush(&self, applied_seq: u64) -> Result<()> {
+    fn flush(&self, applied_seq: u64) -> Result<()> {
         let mut checkpoint = self.flushing.lock().expect("not poisoned");
         let mut unflushed = self
             .head
@@ -284,7 +314,7 @@ impl MetricStore {
     /// (milliseconds, inclusive); series without samples there are left out.
     /// More than `max_series` of them is `TooManySeries`, found before any
     /// sample is read.
-    pub fn select(
+    fn select(
         &self,
         matchers: &[Matcher],
         start: i64,
@@ -359,39 +389,18 @@ impl MetricStore {
         })
     }
 
-    /// Reports a chunk found damaged after open, once per run; queries skip
-    /// it and say so.
-    fn report_damaged_chunk(&self, chunk_ref: &files::ChunkRef, damage: &str) {
-        let key = (chunk_ref.file, chunk_ref.offset());
-        if self.reported.lock().expect("not poisoned").insert(key) {
-            let path = self
-                .files
-                .lock()
-                .expect("not poisoned")
-                .path(chunk_ref.file);
-            self.metrics.corrupt_data(
-                "metrics",
-                self.dir.parent().unwrap_or(&self.dir),
-                &path,
-                chunk_ref.offset(),
-                damage,
-                "skipped the chunk: queries answer the rest with a warning",
-            );
-        }
-    }
-
     /// Label sets of the series matching any of `selectors` (every series
     /// when empty) that have samples in `[start, end]`.
     ///
     /// At most `limit` are returned (the first in label order), and whether
     /// more matched: only those are copied.
-    pub fn series(
+    fn series(
         &self,
         selectors: &[Vec<Matcher>],
         start: i64,
         end: i64,
         limit: usize,
-    ) -> (Vec<Vec<Label>>, bool) {
+    ) -> Result<(Vec<Vec<Label>>, bool)> {
         let head = self.head.read().expect("not poisoned");
         let mut matched: Vec<Vec<(&str, &str)>> = head
             .select_in_range(selectors, start, end)
@@ -410,14 +419,14 @@ impl MetricStore {
                     .collect()
             })
             .collect();
-        (out, more)
+        Ok((out, more))
     }
 
     /// Sorted label names of the series [`series`](Self::series) would
     /// return. Without selectors they come from the postings: each name is
     /// checked up to its first series with samples in range, and no label
     /// set is copied.
-    pub fn label_names(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Vec<String> {
+    fn label_names(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Result<Vec<String>> {
         let head = self.head.read().expect("not poisoned");
         let names: BTreeSet<&str> = if selectors.is_empty() {
             head.index
@@ -436,19 +445,19 @@ impl MetricStore {
                 .flat_map(|labels| labels.iter().map(|(name, _)| name))
                 .collect()
         };
-        names.into_iter().map(str::to_owned).collect()
+        Ok(names.into_iter().map(str::to_owned).collect())
     }
 
     /// Sorted values of the label `name` among the series
     /// [`series`](Self::series) would return; from the postings of `name`
     /// when there are no selectors.
-    pub fn label_values(
+    fn label_values(
         &self,
         name: &str,
         selectors: &[Vec<Matcher>],
         start: i64,
         end: i64,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>> {
         let head = self.head.read().expect("not poisoned");
         let values: BTreeSet<&str> = if selectors.is_empty() {
             head.index
@@ -464,19 +473,19 @@ impl MetricStore {
                 .filter(|value| !value.is_empty())
                 .collect()
         };
-        values.into_iter().map(str::to_owned).collect()
+        Ok(values.into_iter().map(str::to_owned).collect())
     }
 
     /// Deletes chunk files whose newest sample is older than `now - age`, and
     /// then the oldest files while the total exceeds `max_bytes` (0: no
     /// limit). The file being written is never deleted.
-    pub fn enforce_retention(&self, age: Duration, max_bytes: u64, now_ms: i64) -> Result<usize> {
-        let cutoff = now_ms.saturating_sub(age.as_millis() as i64);
+    fn enforce_retention(&self, retention: Retention, now_ms: i64) -> Result<usize> {
+        let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as i64);
         let expired = self
             .files
             .lock()
             .expect("not poisoned")
-            .expired(cutoff, max_bytes);
+            .expired(cutoff, retention.max_bytes);
         if expired.is_empty() {
             return Ok(0);
         }
@@ -500,16 +509,10 @@ impl MetricStore {
     /// `backup` (see `files::snapshot`); flushes and retention wait
     /// meanwhile, samples keep arriving (the WAL the snapshot also holds
     /// has those not flushed).
-    pub fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
+    fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
         let _flush = self.flushing.lock().expect("not poisoned");
         let chunks = self.files.lock().expect("not poisoned");
         files::snapshot(&self.dir, &chunks, backup, relative)
-    }
-
-    /// Bytes of the store's files.
-    pub fn disk_bytes(&self) -> u64 {
-        let chunks = self.files.lock().expect("not poisoned").bytes();
-        chunks + files::log_and_snapshot_bytes(&self.dir)
     }
 }
 
@@ -562,7 +565,7 @@ mod tests {
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
         let mut admitted = store.admit(batch);
         let series = admitted.series.clone();
-        store.apply_admitted(admitted.take_samples());
+        store.apply_admitted(0, admitted.take_samples());
         admitted.series = series;
         admitted
     }
@@ -676,7 +679,7 @@ mod tests {
         std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
         let store = open_store(dir.path());
         assert_eq!(store.durable_through(), 1);
-        store.apply(vec![series("up", "a", &samples[50..])]);
+        store.apply(0, vec![series("up", "a", &samples[50..])]);
         let got = store
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
             .unwrap();
@@ -751,7 +754,7 @@ mod tests {
             .series;
         assert_eq!(before_replay[0].samples.len(), 250);
         // Replay repeats a sample the snapshot has: skipped.
-        store.apply(vec![series("up", "a", &samples[249..])]);
+        store.apply(0, vec![series("up", "a", &samples[249..])]);
         let got = store
             .select(&[matcher("__name__", "up")], 0, i64::MAX, usize::MAX)
             .unwrap()
@@ -801,29 +804,40 @@ mod tests {
         );
         let all = (i64::MIN, i64::MAX);
         assert_eq!(
-            store.label_names(&[], all.0, all.1),
+            store.label_names(&[], all.0, all.1).unwrap(),
             ["__name__", "job", "zone"]
         );
         assert_eq!(
-            store.label_values("job", &[], all.0, all.1),
+            store.label_values("job", &[], all.0, all.1).unwrap(),
             ["api", "db", "old"]
         );
         // Only series with samples in the range count.
-        assert_eq!(store.label_names(&[], 30_000, 90_000), ["__name__", "job"]);
         assert_eq!(
-            store.label_values("job", &[], 30_000, 90_000),
+            store.label_names(&[], 30_000, 90_000).unwrap(),
+            ["__name__", "job"]
+        );
+        assert_eq!(
+            store.label_values("job", &[], 30_000, 90_000).unwrap(),
             ["api", "db"]
         );
         let up = vec![vec![matcher(METRIC_NAME_LABEL, "up")]];
-        assert_eq!(store.label_values("job", &up, all.0, all.1), ["api", "old"]);
         assert_eq!(
-            store.label_values("zone", &up, 30_000, 90_000),
+            store.label_values("job", &up, all.0, all.1).unwrap(),
+            ["api", "old"]
+        );
+        assert_eq!(
+            store.label_values("zone", &up, 30_000, 90_000).unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(
-            store.label_names(&up, all.0, all.1),
+            store.label_names(&up, all.0, all.1).unwrap(),
             ["__name__", "job", "zone"]
         );
-        assert!(store.label_values("nope", &[], all.0, all.1).is_empty());
+        assert!(
+            store
+                .label_values("nope", &[], all.0, all.1)
+                .unwrap()
+                .is_empty()
+        );
     }
 }
