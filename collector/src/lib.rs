@@ -192,7 +192,7 @@ pub async fn run(
         scrape_targets.push((
             config::ScrapeTarget {
                 job: "strand".into(),
-                address: http_listener.local_addr()?.to_string(),
+                address: own_instance(http_listener.local_addr()?),
                 path: "/metrics".into(),
                 interval,
                 timeout: interval.min(Duration::from_secs(10)),
@@ -543,5 +543,22 @@ fn serve_http(
                 .with_graceful_shutdown(stop)
                 .into_future(),
         ),
+    }
+}
+
+/// The `instance` Strand's own samples carry: its HTTP address, with the
+/// host's name where it listens on every address (`0.0.0.0:7070` is the
+/// same on every node of a deployment, whose samples may share a store).
+fn own_instance(address: std::net::SocketAddr) -> String {
+    if !address.ip().is_unspecified() {
+        return address.to_string();
+    }
+    let mut name = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed.
+    let named = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    match std::str::from_utf8(&name[..end]) {
+        Ok(host) if named && !host.is_empty() => format!("{host}:{}", address.port()),
+        _ => address.to_string(),
     }
 }

@@ -27,6 +27,9 @@ use crate::store::sample_store::SampleStore;
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
+/// The label of [`Pipeline::derived_node`].
+pub const DERIVED_NODE_LABEL: &str = "strand_node";
+
 /// Why data was not accepted. The status codes for each protocol are chosen in
 /// the ingest edge (`ingest::IngestError`).
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,9 @@ pub struct Pipeline {
     span_metrics: Arc<SpanMetrics>,
     /// Counts the calls between services that span flushes complete.
     service_graph: ServiceGraph,
+    /// The label derived metrics carry to tell this node's series from
+    /// other nodes' over a shared backend (`strand_node`), if any.
+    derived_node: Option<crate::model::Label>,
     /// Held across admission and WAL enqueue so that samples reach the
     /// metrics store in the order they were checked in.
     sample_admission: std::sync::Mutex<()>,
@@ -119,6 +125,7 @@ impl Pipeline {
             traces,
             logs,
             metrics: metric_store,
+            node_id,
             ..
         } = stores.clone();
         let limits = config.limits.clone();
@@ -203,6 +210,8 @@ impl Pipeline {
             metric_store,
             span_metrics: Arc::new(SpanMetrics::default()),
             service_graph: ServiceGraph::default(),
+            derived_node: node_id
+                .map(|id| crate::model::Label::new(DERIVED_NODE_LABEL, format!("{id:016x}"))),
             sample_admission: std::sync::Mutex::new(()),
             trace_settings: config.traces.clone(),
             log_settings: config.logs.clone(),
@@ -703,6 +712,13 @@ impl Pipeline {
         metadata.extend(graph_metadata);
         if series.is_empty() {
             return;
+        }
+        if let Some(node) = &self.derived_node {
+            for one in &mut series {
+                let mut labels = std::mem::take(&mut one.labels);
+                labels.push(node.clone());
+                one.labels = crate::model::canonical_labels(labels);
+            }
         }
         if let Err(error) = self.accept_samples(series, metadata, "spans").await {
             tracing::warn!(%error, "DerivedMetricsNotStored");

@@ -203,6 +203,7 @@ impl Snapshotter {
             logs,
             metrics,
             dashboards,
+            node_id: _,
         } = &self.stores;
         traces.snapshot(&mut backup, Path::new("traces"))?;
         logs.snapshot(&mut backup, Path::new("logs"))?;

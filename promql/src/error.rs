@@ -19,6 +19,10 @@ pub enum EvalError {
     /// The series source failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The series source cannot be reached for now (a database down or
+    /// slow): worth retrying, unlike [`EvalError::Storage`].
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl EvalError {
@@ -35,6 +39,7 @@ impl EvalError {
             EvalError::Execution(_) | EvalError::TooManySamples => "execution",
             EvalError::Timeout => "timeout",
             EvalError::Storage(_) => "internal",
+            EvalError::Unavailable(_) => "unavailable",
         }
     }
 }

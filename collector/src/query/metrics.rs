@@ -78,6 +78,7 @@ impl SeriesSource for MetricSource {
             .select(matchers, start_ms, end_ms, self.max_series)
             .map_err(|error| match error {
                 StoreError::TooManySeries { .. } => EvalError::Execution(error.to_string()),
+                error if error.is_unavailable() => EvalError::Unavailable(error.to_string()),
                 error => EvalError::Storage(error.to_string()),
             })?;
         if selected.damaged {
@@ -142,6 +143,9 @@ fn eval_error(error: LogQueryError) -> EvalError {
         LogQueryError::Syntax(why) => EvalError::Parse(why),
         LogQueryError::Refused(QueryRefused::Timeout(_)) => EvalError::Timeout,
         LogQueryError::Refused(refused) => EvalError::Execution(refused.to_string()),
+        LogQueryError::Store(error) if error.is_unavailable() => {
+            EvalError::Unavailable(error.to_string())
+        }
         LogQueryError::Store(error) => EvalError::Storage(error.to_string()),
     }
 }

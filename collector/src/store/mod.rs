@@ -276,6 +276,10 @@ pub struct Stores {
     pub logs: Arc<dyn LogRecordStore>,
     pub metrics: Arc<dyn SampleStore>,
     pub dashboards: Arc<DashboardStore>,
+    /// With ClickHouse, this node's id among the nodes writing to it:
+    /// metrics the node derives from spans carry it, so that each node's
+    /// counters stay series of their own.
+    pub node_id: Option<u64>,
 }
 
 impl Stores {
@@ -312,13 +316,14 @@ impl Stores {
             self_metrics.clone(),
         )
         .context("opening the metrics store")?;
-        let (traces, logs, metrics): (
-            Arc<dyn SpanStore>,
-            Arc<dyn LogRecordStore>,
-            Arc<dyn SampleStore>,
-        ) = match &config.storage {
-            Storage::Embedded => (
-                Arc::new(
+        let dashboards_dir = data_dir.join("dashboards");
+        let dashboards = Arc::new(
+            DashboardStore::open(dashboards_dir.clone())
+                .with_context(|| format!("opening {}", dashboards_dir.display()))?,
+        );
+        Ok(match &config.storage {
+            Storage::Embedded => Stores {
+                traces: Arc::new(
                     TraceStore::open(
                         &data_dir.join("traces"),
                         config.traces.index_cache_bytes,
@@ -327,36 +332,31 @@ impl Stores {
                     )
                     .context("opening the trace store")?,
                 ),
-                embedded_logs()?,
-                Arc::new(local_metrics),
-            ),
+                logs: embedded_logs()?,
+                metrics: Arc::new(local_metrics),
+                dashboards,
+                node_id: None,
+            },
             Storage::ClickHouse(settings) => {
                 let connector = Arc::new(Connector::new(settings)?);
                 let dir = data_dir.join("clickhouse");
-                (
-                    Arc::new(
+                Stores {
+                    traces: Arc::new(
                         ClickHouseSpans::open(connector.clone(), &dir, self_metrics.clone())
                             .context("opening the ClickHouse span store")?,
                     ),
-                    Arc::new(
+                    logs: Arc::new(
                         ClickHouseLogs::open(connector.clone(), &dir)
                             .context("opening the ClickHouse log store")?,
                     ),
-                    Arc::new(
+                    metrics: Arc::new(
                         ClickHouseMetrics::open(connector, &dir, local_metrics)
                             .context("opening the ClickHouse metrics store")?,
                     ),
-                )
+                    dashboards,
+                    node_id: Some(clickhouse::node_id(&dir).context("reading the node's id")?),
+                }
             }
-        };
-        let dashboards_dir = data_dir.join("dashboards");
-        let dashboards = DashboardStore::open(dashboards_dir.clone())
-            .with_context(|| format!("opening {}", dashboards_dir.display()))?;
-        Ok(Stores {
-            traces,
-            logs,
-            metrics,
-            dashboards: Arc::new(dashboards),
         })
     }
 }

@@ -10,6 +10,9 @@
 //! answers from the log explorer's API (pages and cursors, histograms,
 //! facets, a trace's logs, errors), Loki's and `count_logs`. Over https,
 //! a node checks ClickHouse's certificate against the CAs it is given.
+//! Metrics likewise: the same samples give equal answers from the
+//! Prometheus API (PromQL, series, labels, metadata; the whole PromQL
+//! corpus runs over ClickHouse in `promql_diff`).
 
 use std::collections::HashMap;
 
@@ -27,6 +30,7 @@ use strand_testkit::pki::TestCa;
 use strand_testkit::{ClickHouse, ClickHouseCluster, DEADLINE, Strand, eventually};
 
 use crate::support::STRAND_BINARY;
+use crate::support::remote_write::{self, MetricMetadata as WireMetadata, WriteRequest};
 
 const SERVICES: [&str; 4] = ["gateway", "order", "inventory", "payment"];
 
@@ -286,7 +290,7 @@ async fn clickhouse_answers_every_trace_query_as_the_embedded_store_does() {
     let migrations = clickhouse
         .query("SELECT count() FROM strand_diff.strand_schema_migrations")
         .await;
-    assert_eq!(migrations.trim(), "2");
+    assert_eq!(migrations.trim(), "3");
     fresh.stop().await;
     embedded.stop().await;
 }
@@ -422,6 +426,12 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
         "strand_cluster",
         "--flush-interval",
         "300ms",
+        // Only the samples sent, so that both nodes' answers can be
+        // compared: no node's own, none derived from spans.
+        "--self-scrape-interval",
+        "0s",
+        "--derived-metrics-interval",
+        "1h",
     ];
     let node_a = Strand::spawn(STRAND_BINARY, &dir.path().join("a"), &args).await;
     let node_b = Strand::start(&dir.path().join("b"), &args).await;
@@ -452,6 +462,12 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     let (logs_start, logs_end) = (end - (log_records + 5) * 1_000_000_000, end);
     send_logs(&node_a, shop_logs(log_records, logs_end)).await;
     send_logs(&node_b, shop_logs(log_records, logs_end)).await;
+    // Samples through both nodes; node A's are only in its WAL when it
+    // dies (metrics go to ClickHouse every ten seconds).
+    let end_ms = (end / 1_000_000) as i64 / 15_000 * 15_000;
+    let points = 40;
+    remote_write::write_ok(&node_a, &shop_samples("a", points, end_ms)).await;
+    remote_write::write_ok(&node_b, &shop_samples("b", points, end_ms)).await;
     node_a.kill9();
     let from_a = sender.await.unwrap();
     assert!(from_a.len() > 1, "node A took spans before it was killed");
@@ -516,6 +532,43 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
         let local: u64 = local.trim().parse().unwrap();
         assert!(local > 0 && local < 2 * log_records, "{local} log records");
     }
+    let samples = 2 * SERVICES.len() * 3 * points as usize;
+    let end_s = end_ms / 1000;
+    let metrics_everywhere = eventually(DEADLINE, || async {
+        (shop_sample_count(&node_b, end_s).await == samples).then_some(())
+    })
+    .await;
+    assert!(metrics_everywhere.is_some(), "{}", node_a.log());
+    let metrics_from_a = metric_answers(&node_a, end_s - 600, end_s).await;
+    let metrics_from_b = metric_answers(&node_b, end_s - 600, end_s).await;
+    for (a, b) in metrics_from_a.iter().zip(&metrics_from_b) {
+        assert_eq!(a, b, "{}: {}", a.0, difference(&a.1, &b.1));
+    }
+    assert_eq!(
+        metrics_from_a[6].1["data"]["result"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "counted by node: {}",
+        metrics_from_a[6].1
+    );
+    // A series lives on one shard, and both shards hold some.
+    for shard in &cluster.shards {
+        let local = shard
+            .query(
+                "SELECT uniqExact(fingerprint) FROM strand_cluster.series_local \
+                 WHERE metric LIKE 'shop%'",
+            )
+            .await;
+        let local: usize = local.trim().parse().unwrap();
+        let metrics = shard
+            .query("SELECT DISTINCT metric FROM strand_cluster.series_local")
+            .await;
+        assert!(
+            local > 0 && local < 2 * SERVICES.len() * 3,
+            "{local} series: {metrics}"
+        );
+    }
     for (asked, answer) in &from_a {
         if asked.starts_with("/api/traces/") && !asked.contains("0123456789abcdef") {
             assert_eq!(
@@ -536,6 +589,12 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     let (status, body) = node_b.get_json("/api/logs?q=declined").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.to_string().contains("ClickHouse"), "{body}");
+    let (status, body) = node_b
+        .get_json_query("/api/v1/query", &[("query", "sum(shop_queue_depth)")])
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errorType"], "unavailable", "{body}");
+    assert!(body.to_string().contains("ClickHouse"), "{body}");
     cluster.shards[1].restart().await;
     assert!(
         whole_trace_arrives(&node_b, &path).await,
@@ -546,7 +605,7 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_drops_whole_days_of_spans_and_logs_in_clickhouse() {
+async fn retention_drops_whole_days_of_spans_logs_and_samples_in_clickhouse() {
     let clickhouse = ClickHouse::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = clickhouse_args(&clickhouse, "strand_retention");
@@ -555,9 +614,13 @@ async fn retention_drops_whole_days_of_spans_and_logs_in_clickhouse() {
         "2d",
         "--log-retention",
         "2d",
+        "--metric-retention",
+        "2d",
         "--retention-interval",
         "1s",
         "--flush-interval",
+        "200ms",
+        "--metrics-flush-interval",
         "200ms",
     ]);
     let node = Strand::spawn(STRAND_BINARY, &dir.path().join("node"), &args).await;
@@ -568,6 +631,10 @@ async fn retention_drops_whole_days_of_spans_and_logs_in_clickhouse() {
     send(&node, shop_requests(31, 5, now)).await;
     send_logs(&node, shop_logs(4, now - 3 * day)).await;
     send_logs(&node, shop_logs(4, now)).await;
+    let now_ms = (now / 1_000_000) as i64;
+    let day_ms = (day / 1_000_000) as i64;
+    remote_write::write_ok(&node, &shop_samples("old", 4, now_ms - 3 * day_ms)).await;
+    remote_write::write_ok(&node, &shop_samples("new", 4, now_ms)).await;
     let old = format!("/api/traces/{}{}", hex(&30), hex(&0));
     let new = format!("/api/traces/{}{}", hex(&31), hex(&0));
     let dropped = eventually(DEADLINE, || async {
@@ -610,6 +677,33 @@ async fn retention_drops_whole_days_of_spans_and_logs_in_clickhouse() {
             .any(|line| line.contains("PartitionDropped") && line.contains("log_traces")),
         "{}",
         node.log()
+    );
+    // Samples too: only today's are left.
+    let old_samples = (now_ms / 1000 - 3 * 86_400).to_string();
+    let metrics_dropped = eventually(DEADLINE, || async {
+        let days = clickhouse
+            .query(
+                "SELECT count(DISTINCT partition) FROM system.parts \
+                 WHERE active AND database = 'strand_retention' AND table = 'samples'",
+            )
+            .await;
+        let (_, body) = node
+            .get_json_query(
+                "/api/v1/query",
+                &[("query", "count(shop_queue_depth)"), ("time", &old_samples)],
+            )
+            .await;
+        (days.trim() == "1" && body["data"]["result"] == serde_json::json!([])).then_some(())
+    })
+    .await;
+    assert!(
+        metrics_dropped.is_some(),
+        "the old day of samples stayed: {}",
+        node.log()
+    );
+    assert_eq!(
+        shop_sample_count(&node, now_ms / 1000 + 1).await,
+        SERVICES.len() * 3 * 4
     );
     node.stop().await;
 }
@@ -1127,4 +1221,227 @@ async fn spans_and_logs_reach_clickhouse_over_https_checked_against_its_ca() {
         "{body}"
     );
     node.stop().await;
+}
+
+// --- Metrics ---
+
+const SHOP_METRICS: [&str; 2] = ["shop_requests_total", "shop_queue_depth"];
+
+/// Samples of the shop's services from `node`: a request counter per
+/// service and route and a queue gauge per service, `points` of them
+/// 15 s apart ending at `end_ms`, with their metadata.
+fn shop_samples(node: &str, points: i64, end_ms: i64) -> WriteRequest {
+    let mut timeseries = Vec::new();
+    for (s, service) in SERVICES.iter().enumerate() {
+        for (r, route) in ["/api/orders", "/api/cart"].iter().enumerate() {
+            let samples: Vec<(i64, f64)> = (0..points)
+                .map(|p| {
+                    let rate = (s * 2 + r + 1) as f64;
+                    (end_ms - (points - 1 - p) * 15_000, rate * p as f64)
+                })
+                .collect();
+            timeseries.push(remote_write::series(
+                SHOP_METRICS[0],
+                &[("node", node), ("service", service), ("route", route)],
+                &samples,
+            ));
+        }
+        let samples: Vec<(i64, f64)> = (0..points)
+            .map(|p| {
+                (
+                    end_ms - (points - 1 - p) * 15_000,
+                    ((p * 7 + s as i64) % 11) as f64 - 3.5,
+                )
+            })
+            .collect();
+        timeseries.push(remote_write::series(
+            SHOP_METRICS[1],
+            &[("node", node), ("service", service)],
+            &samples,
+        ));
+    }
+    WriteRequest {
+        timeseries,
+        metadata: vec![
+            WireMetadata {
+                r#type: 1,
+                metric_family_name: SHOP_METRICS[0].into(),
+                help: "Requests the shop served.".into(),
+                unit: String::new(),
+            },
+            WireMetadata {
+                r#type: 2,
+                metric_family_name: SHOP_METRICS[1].into(),
+                help: "Requests waiting.".into(),
+                unit: String::new(),
+            },
+        ],
+    }
+}
+
+/// Every Prometheus API answer the metrics differential compares, by what
+/// it asked, over `[start_s, end_s]`.
+async fn metric_answers(daemon: &Strand, start_s: i64, end_s: i64) -> Vec<(String, Value)> {
+    let (start, end) = (start_s.to_string(), end_s.to_string());
+    let mut answers = Vec::new();
+    let mut ask = async |path: &str, params: Vec<(&str, &str)>| {
+        let (status, body) = daemon.get_json_query(path, &params).await;
+        answers.push((format!("{path} {params:?} -> {status}"), body));
+    };
+    let range = |query: &'static str| {
+        vec![
+            ("query", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", "60"),
+        ]
+    };
+    for query in [
+        "sum by (service) (rate(shop_requests_total[2m]))",
+        "shop_queue_depth{service=~\"pay.*|order\"}",
+        "max_over_time(shop_queue_depth[5m]) > 2",
+        "count by (node) (shop_requests_total{route!=\"/api/cart\"})",
+        "histogram_quantile(0.9, sum by (le) (rate(nothing_bucket[5m])))",
+        "topk(3, shop_requests_total)",
+    ] {
+        ask("/api/v1/query_range", range(query)).await;
+        ask(
+            "/api/v1/query",
+            vec![("query", query), ("time", end.as_str())],
+        )
+        .await;
+    }
+    let window = |extra: Vec<(&'static str, &'static str)>| {
+        let mut params = vec![("start", start.as_str()), ("end", end.as_str())];
+        params.extend(extra);
+        params
+    };
+    ask(
+        "/api/v1/series",
+        window(vec![("match[]", "{__name__=~\"shop_.*\"}")]),
+    )
+    .await;
+    ask(
+        "/api/v1/series",
+        window(vec![
+            ("match[]", "shop_queue_depth{service=\"payment\"}"),
+            ("match[]", "shop_requests_total{route=\"/api/cart\"}"),
+        ]),
+    )
+    .await;
+    ask("/api/v1/labels", window(vec![])).await;
+    ask(
+        "/api/v1/labels",
+        window(vec![("match[]", "shop_queue_depth")]),
+    )
+    .await;
+    ask("/api/v1/label/route/values", window(vec![])).await;
+    ask("/api/v1/label/__name__/values", window(vec![])).await;
+    ask(
+        "/api/v1/label/service/values",
+        window(vec![(
+            "match[]",
+            "shop_requests_total{route=\"/api/orders\"}",
+        )]),
+    )
+    .await;
+    ask("/api/v1/metadata", vec![]).await;
+    ask("/api/v1/metadata", vec![("metric", "shop_queue_depth")]).await;
+    answers
+}
+
+/// How many samples of the shop's metrics `daemon` reads over the last
+/// hour before `end_s`.
+async fn shop_sample_count(daemon: &Strand, end_s: i64) -> usize {
+    let (_, body) = daemon
+        .get_json_query(
+            "/api/v1/query",
+            &[
+                ("query", "{__name__=~\"shop_.*\"}[1h]"),
+                ("time", &end_s.to_string()),
+            ],
+        )
+        .await;
+    body["data"]["result"].as_array().map_or(0, |series| {
+        series
+            .iter()
+            .map(|s| s["values"].as_array().map_or(0, Vec::len))
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_answers_every_metrics_query_as_the_embedded_store_does() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only the samples sent: no node's own.
+    let quiet = ["--self-scrape-interval", "0s"];
+    let embedded = Strand::start(&dir.path().join("embedded"), &quiet).await;
+    let mut args = clickhouse_args(&clickhouse, "strand_metrics");
+    args.extend(["--metrics-flush-interval", "200ms"]);
+    args.extend(quiet);
+    let node = Strand::start(&dir.path().join("node-a"), &args).await;
+    let fresh = Strand::start(&dir.path().join("node-b"), &args).await;
+    let end_ms = now_nanos() as i64 / 1_000_000 / 15_000 * 15_000;
+    let points = 120;
+    let request = shop_samples("a", points, end_ms);
+    for daemon in [&embedded, &node] {
+        remote_write::write_ok(daemon, &request).await;
+    }
+    let expected_count = SERVICES.len() * 3 * points as usize;
+    let end_s = end_ms / 1000;
+    let arrived = eventually(DEADLINE, || async {
+        (shop_sample_count(&fresh, end_s).await == expected_count).then_some(())
+    })
+    .await;
+    assert!(arrived.is_some(), "not in ClickHouse: {}", node.log());
+    let start_s = end_s - 30 * 60;
+    let expected = metric_answers(&embedded, start_s, end_s).await;
+    for (who, daemon) in [("the node that ingested", &node), ("a fresh node", &fresh)] {
+        let answered = metric_answers(daemon, start_s, end_s).await;
+        for (want, got) in expected.iter().zip(&answered) {
+            assert_eq!(
+                want,
+                got,
+                "{who}: {}: {}",
+                want.0,
+                difference(&want.1, &got.1)
+            );
+        }
+    }
+    // Sanity: the table asks things that have answers.
+    for (asked, answer) in &expected {
+        assert_eq!(answer["status"], "success", "{asked}: {answer}");
+    }
+    assert_eq!(
+        expected[0].1["data"]["result"].as_array().map(Vec::len),
+        Some(SERVICES.len())
+    );
+    let series = &expected[12].1["data"];
+    assert_eq!(series.as_array().map(Vec::len), Some(SERVICES.len() * 3));
+    // A sample sent again (a sender's retry through another node) shows
+    // once.
+    let mut again = request.clone();
+    for series in &mut again.timeseries {
+        series.samples.drain(..series.samples.len() - 2);
+    }
+    remote_write::write_ok(&fresh, &again).await;
+    let flushed = eventually(DEADLINE, || async {
+        let stored = clickhouse
+            .query("SELECT count() FROM strand_metrics.samples")
+            .await;
+        (stored.trim().parse::<usize>().unwrap() > expected_count).then_some(())
+    })
+    .await;
+    assert!(flushed.is_some(), "{}", fresh.log());
+    assert_eq!(shop_sample_count(&node, end_s).await, expected_count);
+    for (want, got) in expected
+        .iter()
+        .zip(&metric_answers(&node, start_s, end_s).await)
+    {
+        assert_eq!(want, got, "{}: {}", want.0, difference(&want.1, &got.1));
+    }
+    node.stop().await;
+    fresh.stop().await;
+    embedded.stop().await;
 }

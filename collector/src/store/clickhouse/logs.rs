@@ -216,7 +216,7 @@ impl ClickHouseLogs {
         let checkpoint = Checkpoint::open(dir.join("logs.checkpoint"))?;
         Ok(ClickHouseLogs {
             connector,
-            node: node_id(dir)?,
+            node: super::node_id(dir)?,
             checkpoint,
             analyzer: crate::store::logs::schema::tokenizers()
                 .get("default")
@@ -754,28 +754,6 @@ impl LogRecordStore for ClickHouseLogs {
     fn units_between(&self, start_nanos: u64, end_nanos: u64) -> usize {
         let end = end_nanos.min(crate::model::now_unix_nano());
         (end.saturating_sub(start_nanos) / DAY_NANOS) as usize + usize::from(start_nanos <= end)
-    }
-}
-
-/// This node's id, made once and kept in `dir`: rows name the node that
-/// inserted them, so its retries find its own.
-fn node_id(dir: &Path) -> Result<u64> {
-    let path = dir.join("node.id");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| {
-            StoreError::Corrupt(format!("{}: {text:?} is not a node id", path.display()))
-        }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let id = rand::random::<u64>();
-            let temporary = path.with_extension("tmp");
-            let mut file = std::fs::File::create(&temporary)?;
-            std::io::Write::write_all(&mut file, format!("{id:016x}\n").as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            std::fs::File::open(dir)?.sync_all()?;
-            Ok(id)
-        }
-        Err(error) => Err(error.into()),
     }
 }
 
@@ -1430,13 +1408,5 @@ mod tests {
         assert_eq!(row.attr_paths, ["order_id", "user.id"]);
         assert_eq!(row.attr_values, ["42", "u-1"]);
         assert_eq!(codec::decode_logs(&row.record).unwrap(), vec![record]);
-    }
-
-    #[test]
-    fn a_node_keeps_its_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = node_id(dir.path()).unwrap();
-        assert_eq!(node_id(dir.path()).unwrap(), id);
-        assert_ne!(node_id(tempfile::tempdir().unwrap().path()).unwrap(), id);
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! A query resolves its matchers to fingerprints in ClickHouse (`series`)
 //! and reads only those series' samples in its time range, then adds what
-//! this node holds and has not inserted yet. A sample that reaches
+//! this node took in the last [`LOCAL_RETENTION`], which holds what it has
+//! not inserted yet. A sample that reaches
 //! ClickHouse twice (a replay, or two nodes given the same sample) is
 //! folded: `samples` is a `ReplacingMergeTree` on (fingerprint, time), and
 //! reads keep one sample per timestamp.
@@ -505,7 +506,13 @@ impl SampleStore for ClickHouseMetrics {
         end: i64,
         max_series: usize,
     ) -> Result<Selection> {
-        let local = self.local.select(matchers, start, end, max_series)?;
+        let local = match local_range(start, end) {
+            Some((from, to)) => self.local.select(matchers, from, to, max_series)?,
+            None => Selection {
+                series: Vec::new(),
+                damaged: false,
+            },
+        };
         let mut selected = self.select_stored(matchers, start, end, max_series)?;
         for series in local.series {
             match selected.entry(fingerprint(&series.labels)) {
@@ -536,19 +543,24 @@ impl SampleStore for ClickHouseMetrics {
         end: i64,
         limit: usize,
     ) -> Result<(Vec<Vec<Label>>, bool)> {
-        let (local, _) = self.local.series(selectors, start, end, usize::MAX)?;
-        let mut all: BTreeSet<Vec<Label>> = local.into_iter().collect();
+        let mut all: BTreeSet<Vec<Label>> = match local_range(start, end) {
+            Some((from, to)) => self.local.series(selectors, from, to, usize::MAX)?.0,
+            None => Vec::new(),
+        }
+        .into_iter()
+        .collect();
         all.extend(self.stored_label_sets(selectors, start, end)?);
         let more = all.len() > limit;
         Ok((all.into_iter().take(limit).collect(), more))
     }
 
     fn label_names(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Result<Vec<String>> {
-        let mut names: BTreeSet<String> = self
-            .local
-            .label_names(selectors, start, end)?
-            .into_iter()
-            .collect();
+        let mut names: BTreeSet<String> = match local_range(start, end) {
+            Some((from, to)) => self.local.label_names(selectors, from, to)?,
+            None => Vec::new(),
+        }
+        .into_iter()
+        .collect();
         let (connection, _) = self.connection()?;
         let stored: Vec<String> = connection.wait(
             "listing label names",
@@ -569,11 +581,12 @@ impl SampleStore for ClickHouseMetrics {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>> {
-        let mut values: BTreeSet<String> = self
-            .local
-            .label_values(name, selectors, start, end)?
-            .into_iter()
-            .collect();
+        let mut values: BTreeSet<String> = match local_range(start, end) {
+            Some((from, to)) => self.local.label_values(name, selectors, from, to)?,
+            None => Vec::new(),
+        }
+        .into_iter()
+        .collect();
         let (connection, _) = self.connection()?;
         let stored: Vec<String> = connection.wait(
             "listing label values",
@@ -612,6 +625,16 @@ impl SampleStore for ClickHouseMetrics {
         }
         Ok(by_metric.into_values().collect())
     }
+}
+
+/// The part of `[start, end]` the node's own store answers for: the last
+/// [`LOCAL_RETENTION`], what may not be in ClickHouse yet. Older samples
+/// the node still holds are ClickHouse's to answer (or, past retention,
+/// to have dropped).
+fn local_range(start: i64, end: i64) -> Option<(i64, i64)> {
+    let now_ms = (crate::model::now_unix_nano() / 1_000_000) as i64;
+    let from = start.max(now_ms - LOCAL_RETENTION.as_millis() as i64);
+    (from <= end).then_some((from, end))
 }
 
 /// A series' key in ClickHouse: a hash of its label set (canonical form,

@@ -456,6 +456,29 @@ impl Checkpoint {
     }
 }
 
+/// This node's id, made once and kept in `dir`: log rows name the node
+/// that inserted them, so its retries find its own, and derived metrics
+/// carry it, so each node's counters are series of their own.
+pub fn node_id(dir: &std::path::Path) -> Result<u64> {
+    let path = dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| {
+            StoreError::Corrupt(format!("{}: {text:?} is not a node id", path.display()))
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>();
+            let temporary = path.with_extension("tmp");
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, format!("{id:016x}\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(id)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The TLS client configuration for https URLs: the CAs of
 /// `--clickhouse-ca`, or of the system's bundle. A CA file that cannot be
 /// read stops the start, as any bad setting does.
@@ -624,6 +647,14 @@ print(json.dumps({"version": version, "failures": failures}))
             Checkpoint::open(path),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_node_keeps_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = node_id(dir.path()).unwrap();
+        assert_eq!(node_id(dir.path()).unwrap(), id);
+        assert_ne!(node_id(tempfile::tempdir().unwrap().path()).unwrap(), id);
     }
 
     #[test]
