@@ -550,7 +550,7 @@ async fn run_generator(
             ),
         };
         let name = system.name();
-        let load = metrics::run_load(name, running.process(), &payloads, args.clients).await?;
+        let load = metrics::run_load(name, running.process(), &[], &payloads, args.clients).await?;
         let base = running.process().http_url();
         let settled = Instant::now();
         if system == System::VictoriaMetrics {

@@ -806,7 +806,8 @@ async fn metrics_curve(
             sent += payloads.iter().flatten().map(|p| p.samples).sum::<u64>();
             eprintln!("metrics: rounds {done}..{} of {rounds}", done + n);
             let load =
-                metrics::run_load("strand", &mut daemon.process, &payloads, args.clients).await?;
+                metrics::run_load("strand", &mut daemon.process, &[], &payloads, args.clients)
+                    .await?;
             elapsed += load.elapsed;
             acked += load.samples;
             rss_before = rss_before.or(load.rss_before);

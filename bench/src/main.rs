@@ -285,6 +285,18 @@ pub struct MetricsArgs {
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub queries: usize,
 
+    /// Where Strand keeps samples: `embedded`, or `clickhouse` (a
+    /// ClickHouse server started for the run, Debian's clickhouse-server;
+    /// bytes on disk are then ClickHouse's).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub storage: Storage,
+
+    /// Strand nodes taking the load, each its own process and data
+    /// directory, over the one ClickHouse (with --storage clickhouse);
+    /// RSS is the first node's.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: usize,
+
     /// Keep the temporary data directories and logs.
     #[arg(long)]
     pub keep: bool,

@@ -9,7 +9,10 @@
 //!    exactly these bytes;
 //! 2. Strand: start it, note its RSS, send the load with `--clients`
 //!    clients, note its RSS again, stop it with SIGTERM, measure
-//!    `<data>/metrics`, restart it and time `--queries` range queries;
+//!    `<data>/metrics`, restart it and time `--queries` range queries. With
+//!    `--storage clickhouse`, `--nodes` nodes over one ClickHouse share the
+//!    clients (each client's series go to one node), the bytes are
+//!    ClickHouse's, and the queries go to a node that never saw the data;
 //! 3. Prometheus: the same, measuring its `wal` and `chunks_head`, which hold
 //!    the data of a Prometheus that has not cut a block yet.
 //!
@@ -30,7 +33,8 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use serde_json::Value;
 
 use crate::MetricsArgs;
-use crate::daemon::{self, Daemon, Process, Scratch};
+use crate::daemon::{self, Process, Scratch};
+use crate::nodes::{self, Nodes};
 use crate::remote_write::{
     Payload, QUERY_METRIC, QUERY_SERIES, SCRAPE_INTERVAL_MS, SeriesSet, Values,
 };
@@ -201,31 +205,56 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
     // 2. Strand.
     let scratch = Scratch::create(args.keep)?;
     let data_dir = scratch.data_dir();
-    eprintln!(
-        "strand: starting {} on {}",
-        args.strand.display(),
-        data_dir.display()
-    );
-    let mut first = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
-    let load = run_load("strand", &mut first, &payloads, args.clients).await?;
+    let mut nodes = Nodes::start(&args.strand, args.storage, args.nodes, &scratch).await?;
+    let other_urls: Vec<String> = nodes.others.iter().map(|node| node.http_url()).collect();
+    let load = run_load(
+        "strand",
+        &mut nodes.first,
+        &other_urls,
+        &payloads,
+        args.clients,
+    )
+    .await?;
+    let Nodes {
+        clickhouse,
+        first,
+        others,
+    } = nodes;
+    for other in others {
+        other.stop(STOP_TIMEOUT).await?;
+    }
     let stopped = first.stop(STOP_TIMEOUT).await?;
     eprintln!(
         "strand: exited with {} after {:.2}s",
         stopped.status,
         stopped.took.as_secs_f64()
     );
-    let metrics_dir = data_dir.join("metrics");
-    let bytes_on_disk = daemon::dir_bytes(&metrics_dir)?;
-    daemon::print_breakdown(&metrics_dir);
+    // The metrics store's files, or with ClickHouse its tables (a node
+    // keeps only its WAL and its last hours).
+    let bytes_on_disk = match nodes::clickhouse_bytes(clickhouse.as_ref()).await? {
+        Some(stored) => stored,
+        None => {
+            let metrics_dir = data_dir.join("metrics");
+            daemon::print_breakdown(&metrics_dir);
+            daemon::dir_bytes(&metrics_dir)?
+        }
+    };
     let restarted = Instant::now();
-    let second = Daemon::start(&args.strand, &data_dir, &scratch.log()).await?;
+    let mut second = nodes::restart_first(&args.strand, &scratch, clickhouse.as_ref()).await?;
     let restart_ready = restarted.elapsed();
     eprintln!(
         "strand: ready again after {:.2}s",
         restart_ready.as_secs_f64()
     );
+    if clickhouse.is_some() {
+        // Queried through a node that never saw the data: ClickHouse alone
+        // answers.
+        second.stop(STOP_TIMEOUT).await?;
+        second = nodes::start_reader(&args.strand, &scratch, clickhouse.as_ref()).await?;
+    }
     let queries = run_queries("strand", &second.http_url(), &query, args.queries).await?;
     second.stop(STOP_TIMEOUT).await?;
+    drop(clickhouse);
     let strand = Side {
         load,
         bytes_on_disk,
@@ -245,7 +274,7 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
             storage.display()
         );
         let mut first = daemon::start_prometheus(&args.prometheus, &storage, &log, &[]).await?;
-        let load = run_load("prometheus", &mut first, &payloads, args.clients).await?;
+        let load = run_load("prometheus", &mut first, &[], &payloads, args.clients).await?;
         first.stop(STOP_TIMEOUT).await?;
         let bytes_on_disk = daemon::dir_bytes(&storage.join("wal"))?
             + daemon::dir_bytes(&storage.join("chunks_head"))?;
@@ -279,6 +308,14 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
     let mut report = JsonObject::new()
         .field("bench", "metrics")
         .field("series", args.series)
+        .field(
+            "storage",
+            match args.storage {
+                crate::Storage::Embedded => "embedded",
+                crate::Storage::ClickHouse => "clickhouse",
+            },
+        )
+        .field("nodes", args.nodes)
         .field("clients", args.clients)
         .field("samples_per_request", args.samples_per_request)
         .field("rounds", args.rounds)
@@ -462,11 +499,16 @@ async fn client_task(
 pub(crate) async fn run_load(
     name: &str,
     process: &mut Process,
+    others: &[String],
     payloads: &Arc<Vec<Vec<Payload>>>,
     clients: usize,
 ) -> Result<LoadResult> {
     let pid = process.pid();
-    let url = format!("{}/api/v1/write", process.http_url());
+    let urls: Vec<String> = std::iter::once(process.http_url())
+        .chain(others.iter().cloned())
+        .map(|base| format!("{base}/api/v1/write"))
+        .collect();
+    let url = urls.join(", ");
     let mut http = Vec::with_capacity(clients);
     for _ in 0..clients {
         http.push(
@@ -500,7 +542,7 @@ pub(crate) async fn run_load(
                 payloads.clone(),
                 shard,
                 http,
-                url.clone(),
+                urls[shard % urls.len()].clone(),
             ))
         })
         .collect();

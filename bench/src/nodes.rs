@@ -77,6 +77,18 @@ pub async fn restart_first(
     Daemon::start_with(strand, &scratch.data_dir(), &scratch.log(), &args).await
 }
 
+/// Starts a node of `strand` over `clickhouse` on an empty data directory
+/// of `scratch`: one that answers from ClickHouse alone.
+pub async fn start_reader(
+    strand: &Path,
+    scratch: &Scratch,
+    clickhouse: Option<&strand_testkit::ClickHouse>,
+) -> Result<Daemon> {
+    let args = storage_args(clickhouse);
+    let dir = scratch.data_dir().with_file_name("data-reader");
+    Daemon::start_with(strand, &dir, &scratch.log(), &args).await
+}
+
 /// Bytes `clickhouse` keeps for Strand's tables (active parts, on disk);
 /// `None` without one.
 pub async fn clickhouse_bytes(

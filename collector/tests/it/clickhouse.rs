@@ -312,31 +312,43 @@ fn hex(n: &u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
+async fn acknowledged_spans_and_samples_reach_clickhouse_after_kill_9_and_an_outage() {
     let mut clickhouse = ClickHouse::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let mut args = clickhouse_args(&clickhouse, "strand_crash");
-    args.extend(["--flush-interval", "1h"]);
+    args.extend(["--metrics-flush-interval", "1h", "--flush-interval", "1h"]);
     // Acknowledged, only in the node's WAL and buffer when it dies.
     let node = Strand::spawn(STRAND_BINARY, &data, &args).await;
     let end = now_nanos();
     send(&node, shop_requests(7, 20, end)).await;
+    let end_ms = (end / 1_000_000) as i64 / 15_000 * 15_000;
+    remote_write::write_ok(&node, &shop_samples("before", 20, end_ms)).await;
     node.kill9();
     let reader_args = clickhouse_args(&clickhouse, "strand_crash");
     let reader = Strand::start(&dir.path().join("reader"), &reader_args).await;
     let first = format!("/api/traces/{}{}", hex(&7), hex(&0));
     let (status, _) = reader.get_json(&first).await;
     assert_eq!(status, 404, "not in ClickHouse before the node comes back");
+    assert_eq!(shop_sample_count(&reader, end_ms / 1000 + 1).await, 0);
 
     // ClickHouse goes down; the node restarts, replays its WAL and keeps
     // taking spans into it up to its bound, then answers UNAVAILABLE; once
     // ClickHouse is back, everything acknowledged arrives and the node
     // takes spans again.
     let mut restart_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    restart_args.truncate(args.len() - 2);
-    restart_args
-        .extend(["--flush-interval", "200ms", "--wal-max-bytes", "1048576"].map(String::from));
+    restart_args.truncate(args.len() - 4);
+    restart_args.extend(
+        [
+            "--metrics-flush-interval",
+            "200ms",
+            "--flush-interval",
+            "200ms",
+            "--wal-max-bytes",
+            "1048576",
+        ]
+        .map(String::from),
+    );
     let restart_args: Vec<&str> = restart_args.iter().map(String::as_str).collect();
     clickhouse.stop();
     let (status, body) = reader.get_json(&first).await;
@@ -351,6 +363,7 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
         .expect("connects");
     let mut acknowledged = vec![8u64];
     send(&restarted, shop_requests(8, 20, end)).await;
+    remote_write::write_ok(&restarted, &shop_samples("during", 20, end_ms)).await;
     let refusal = loop {
         let seed = 100 + acknowledged.len() as u64;
         assert!(seed < 1_000, "the WAL bound never refused a request");
@@ -391,6 +404,13 @@ async fn acknowledged_spans_reach_clickhouse_after_kill_9_and_an_outage() {
         .query("SELECT uniqExact(trace_id, span_id) FROM strand_crash.span_search")
         .await;
     assert_eq!(stored.trim(), ((acknowledged.len() + 1) * 80).to_string());
+    // The samples from before the kill and from the outage, each once.
+    let samples = 2 * SERVICES.len() * 3 * 20;
+    let all_samples = eventually(DEADLINE, || async {
+        (shop_sample_count(&reader, end_ms / 1000 + 1).await == samples).then_some(())
+    })
+    .await;
+    assert!(all_samples.is_some(), "{}", restarted.log());
     restarted.stop().await;
     reader.stop().await;
 }
