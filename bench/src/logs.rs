@@ -572,15 +572,7 @@ pub async fn run(args: &LogsArgs) -> Result<String> {
     let (elapsed, lines, raw_bytes) = (load.elapsed, load.lines, load.raw_bytes);
     let load_end_nanos = now_nanos();
 
-    let Nodes {
-        clickhouse,
-        first,
-        others,
-    } = nodes;
-    for other in others {
-        other.stop(STOP_TIMEOUT).await?;
-    }
-    let stopped = first.stop(STOP_TIMEOUT).await?;
+    let (clickhouse, stopped) = nodes.stop(STOP_TIMEOUT).await?;
     // The log store's files, or with ClickHouse its tables (the node keeps
     // only its WAL and checkpoints).
     let logs_bytes = match nodes::clickhouse_bytes(clickhouse.as_ref()).await? {

@@ -215,15 +215,7 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
         args.clients,
     )
     .await?;
-    let Nodes {
-        clickhouse,
-        first,
-        others,
-    } = nodes;
-    for other in others {
-        other.stop(STOP_TIMEOUT).await?;
-    }
-    let stopped = first.stop(STOP_TIMEOUT).await?;
+    let (clickhouse, stopped) = nodes.stop(STOP_TIMEOUT).await?;
     eprintln!(
         "strand: exited with {} after {:.2}s",
         stopped.status,

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::Storage;
-use crate::daemon::{Daemon, Scratch};
+use crate::daemon::{Daemon, Scratch, Stopped};
 
 /// See the module docs.
 pub struct Nodes {
@@ -54,6 +54,20 @@ impl Nodes {
             first,
             others,
         })
+    }
+
+    /// Stops the other nodes, then the first (each with SIGTERM, so each
+    /// flushes what it holds); returns the ClickHouse server, still
+    /// running, and how the first node stopped.
+    pub async fn stop(
+        self,
+        timeout: std::time::Duration,
+    ) -> Result<(Option<strand_testkit::ClickHouse>, Stopped)> {
+        for other in self.others {
+            other.stop(timeout).await?;
+        }
+        let stopped = self.first.stop(timeout).await?;
+        Ok((self.clickhouse, stopped))
     }
 
     /// Every node's OTLP/gRPC URL, the first's first.

@@ -134,9 +134,10 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
 
-    /// Where spans and logs are kept: `embedded` (in the data directory) or
-    /// `clickhouse` (--clickhouse-url; metrics stay in the data directory
-    /// for now).
+    /// Where spans, logs and metrics are kept: `embedded` (in the data
+    /// directory) or `clickhouse` (--clickhouse-url; the data directory
+    /// keeps the WAL, the last two hours of this node's samples and the
+    /// dashboards).
     #[arg(long, env = "STRAND_STORAGE", value_enum, default_value = "embedded")]
     pub storage: StorageKind,
 
@@ -155,7 +156,8 @@ pub struct ServeArgs {
 
     /// The ClickHouse cluster (in the servers' remote_servers) to spread
     /// tables over: shard-local tables and Distributed tables over them,
-    /// a trace on one shard [default: one server, no cluster].
+    /// a trace, and a series, on one shard [default: one server, no
+    /// cluster].
     #[arg(long, env = "STRAND_CLICKHOUSE_CLUSTER", value_name = "NAME")]
     pub clickhouse_cluster: Option<String>,
 
@@ -415,7 +417,8 @@ pub struct ServeArgs {
 
     /// How often the metrics head is written out (sealed chunks and a
     /// snapshot of the open ones); bounds the write-ahead log a restart
-    /// replays for metrics.
+    /// replays for metrics. With ClickHouse, also how often samples are
+    /// inserted there, and so how soon other nodes see them.
     #[arg(long, env = "STRAND_METRICS_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub metrics_flush_interval: Duration,
 
@@ -663,8 +666,9 @@ pub enum StorageKind {
 pub enum Storage {
     /// Everything in the data directory.
     Embedded,
-    /// Spans and logs in ClickHouse; the WAL, metrics and dashboards in
-    /// the data directory.
+    /// Spans, logs and samples in ClickHouse; the WAL, each node's recent
+    /// samples (its metrics head) and the dashboards in the data
+    /// directory.
     ClickHouse(ClickHouseSettings),
 }
 

@@ -12,7 +12,8 @@
 //! Series are keyed by a fingerprint of their label set computed here
 //! ([`fingerprint`]), the same on every node. `series` holds each series'
 //! labels once per day it has samples in, sorted by metric name; `samples`
-//! is sorted by (fingerprint, time). With a cluster both are sharded by
+//! is sorted by (metric, fingerprint, time), so a selector reads its
+//! metric's part of the table. With a cluster both are sharded by
 //! fingerprint, so a series and its samples live on one shard and each
 //! shard resolves its own matchers.
 //!
@@ -66,6 +67,7 @@ struct SeriesRow {
 #[derive(clickhouse::Row, Serialize)]
 struct SampleRow {
     day: u16,
+    metric: String,
     fingerprint: u64,
     time_ms: i64,
     value: f64,
@@ -214,10 +216,11 @@ impl ClickHouseMetrics {
         connection.insert_rows(
             "samples",
             samples.iter().flat_map(|(id, series)| {
-                let fingerprint = keys[id].fingerprint;
+                let key = &keys[id];
                 series.iter().map(move |sample| SampleRow {
                     day: day_of_ms(sample.timestamp_ms),
-                    fingerprint,
+                    metric: key.metric.clone(),
+                    fingerprint: key.fingerprint,
                     time_ms: sample.timestamp_ms,
                     value: sample.value,
                 })
@@ -321,16 +324,7 @@ impl ClickHouseMetrics {
         connection.wait("reading samples", async {
             let mut cursor = connection.query(&points_sql(&points)).fetch::<PointRow>()?;
             while let Some(point) = cursor.next().await? {
-                let Some(series) = selected.get_mut(&point.fingerprint) else {
-                    continue;
-                };
-                // Sorted by time: a repeated timestamp is a sample stored
-                // twice.
-                if series
-                    .samples
-                    .last()
-                    .is_none_or(|last| last.timestamp_ms < point.time_ms)
-                {
+                if let Some(series) = selected.get_mut(&point.fingerprint) {
                     series.samples.push(MetricSample {
                         timestamp_ms: point.time_ms,
                         value: point.value,
@@ -339,6 +333,14 @@ impl ClickHouseMetrics {
             }
             Ok(())
         })?;
+        // Each part of the table is in time order, and the parts of a
+        // series mostly follow each other: sorting here is cheaper than
+        // asking ClickHouse to merge them. A repeated timestamp is a sample
+        // stored twice.
+        for series in selected.values_mut() {
+            series.samples.sort_by_key(|sample| sample.timestamp_ms);
+            series.samples.dedup_by_key(|sample| sample.timestamp_ms);
+        }
         selected.retain(|_, series| !series.samples.is_empty());
         Ok(selected)
     }
@@ -759,17 +761,15 @@ fn series_sql(condition: &str) -> String {
 /// `series_local` (each shard's own: a series' samples are on its shard).
 fn points_condition(series_local: &str, condition: &str, start: i64, end: i64) -> String {
     format!(
-        "{} AND fingerprint IN (SELECT fingerprint FROM {series_local} WHERE {condition}) \
+        "{} AND (metric, fingerprint) IN \
+         (SELECT metric, fingerprint FROM {series_local} WHERE {condition}) \
          AND time_ms BETWEEN {start} AND {end}",
         days_condition(start, end)
     )
 }
 
 fn points_sql(points: &str) -> String {
-    format!(
-        "SELECT fingerprint, time_ms, value FROM samples WHERE {points} \
-         ORDER BY fingerprint, time_ms"
-    )
+    format!("SELECT fingerprint, time_ms, value FROM samples WHERE {points}")
 }
 
 fn count_series_sql(points: &str) -> String {

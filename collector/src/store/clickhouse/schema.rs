@@ -185,16 +185,19 @@ const MIGRATIONS: &[Migration] = &[
                 engine: "ReplacingMergeTree PARTITION BY day ORDER BY (metric, fingerprint)",
                 sharding: "fingerprint",
             },
-            // Samples sorted by series and time: a series' samples in a
-            // range are one primary-key range. A sample stored twice (a
-            // replay, two nodes given it) is folded by merges and by reads.
+            // Samples sorted by metric, series and time: a series' samples
+            // in a range are one primary-key range, and a metric's series
+            // are read together. A sample stored twice (a replay, two nodes
+            // given it) is folded by merges and by reads.
             Table {
                 name: "samples",
                 columns: "day Date,
+                    metric {names},
                     fingerprint UInt64,
                     time_ms Int64 {times},
                     value Float64 {floats}",
-                engine: "ReplacingMergeTree PARTITION BY day ORDER BY (fingerprint, time_ms)",
+                engine: "ReplacingMergeTree PARTITION BY day \
+                         ORDER BY (metric, fingerprint, time_ms)",
                 sharding: "fingerprint",
             },
             // Type, help and unit of metric families, as of `updated_ms`;

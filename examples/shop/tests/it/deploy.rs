@@ -10,6 +10,20 @@
 //! of a running Strand). That Strand runs with the deployment's tokens
 //! (secret files included), and every service's OTLP headers must get its
 //! telemetry accepted.
+//!
+//! Strand over ClickHouse — compose's `clickhouse` profile and
+//! `deploy/k8s/clickhouse/` — is checked the same way, and further: the
+//! nodes' settings must parse to `--storage clickhouse` naming the ClickHouse
+//! that is deployed (its service, HTTP port, user and password); the nodes
+//! must share settings and tokens (those of the default Strand) but not a
+//! write-ahead log, and be given time for their last flush when stopped; what
+//! balances over them (nginx's `stream` config in compose, the Service in
+//! Kubernetes) must reach the same listener on every node and keep each OTLP
+//! client on one node; the autoscaler must scale the Deployment that exists.
+//! Besides Strand's and the shop's images only ClickHouse's and nginx's may
+//! run. Then two Strands run with a node's settings over a real ClickHouse
+//! (Debian's 18.16, [`strand_testkit::ClickHouse`]), and a span sent to one
+//! must be read back from the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,13 +31,17 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaim, PodSpec, Probe, Secret, Service,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use strand_testkit::Strand;
+use strand::config::Storage;
+use strand_testkit::{ClickHouse, DEADLINE, Strand, eventually};
 
 /// Variables the services read through `strand-sdk` (the OpenTelemetry
 /// exporter), not through their flags. Only services (subcommands with a
@@ -34,6 +52,36 @@ const TOKEN_FLAGS: [&str; 4] = ["ingest-token", "read-token", "admin-token", "to
 /// `shop demo` starts Strand and the services itself as local processes; it
 /// is no container of its own.
 const NOT_DEPLOYED: [&str; 1] = ["demo"];
+/// Strand's listener flags and data directory: what the test harness sets
+/// itself when it runs a deployment's Strand (loopback port 0, a temporary
+/// directory).
+const HARNESS_FLAGS: [&str; 5] = ["listen", "otlp-grpc", "otlp-http", "http", "data-dir"];
+/// The profile of docker-compose.yml that runs Strand over ClickHouse.
+const CLICKHOUSE_PROFILE: &str = "clickhouse";
+/// ClickHouse's HTTP interface in its image (`http_port` of the image's
+/// config.xml): what `--clickhouse-url` names and `/ping` answers on.
+const CLICKHOUSE_HTTP_PORT: u16 = 8123;
+/// Where the ClickHouse image keeps its data.
+const CLICKHOUSE_DATA: &str = "/var/lib/clickhouse";
+/// The variables the ClickHouse image's entrypoint reads. Without a user or
+/// password of its own it lets its `default` user in from localhost only,
+/// so Strand, in another container, must log in as the one it creates.
+const CLICKHOUSE_IMAGE_ENV: [&str; 4] = [
+    "CLICKHOUSE_USER",
+    "CLICKHOUSE_PASSWORD",
+    "CLICKHOUSE_DB",
+    "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT",
+];
+/// Seconds Strand over ClickHouse may need between SIGTERM and its exit:
+/// `SHUTDOWN_GRACE` (5 s, collector/src/lib.rs) for requests in flight, then
+/// the last flush of spans, logs and metrics (`Pipeline::run_flusher`), a
+/// ClickHouse request each of up to `REQUEST_TIMEOUT` (30 s,
+/// collector/src/store/clickhouse/mod.rs).
+const CLICKHOUSE_STOP_SECONDS: u64 = 5 + 3 * 30;
+/// Compose's and Kubernetes' time between SIGTERM and SIGKILL when a
+/// deployment does not set it.
+const COMPOSE_DEFAULT_STOP_SECONDS: u64 = 10;
+const K8S_DEFAULT_GRACE_SECONDS: i64 = 30;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -188,22 +236,59 @@ fn parse_strand(unit: &str, args: &[String], env: &BTreeMap<String, String>) -> 
 // ---------------------------------------------------------------------------
 // One model of a deployment, filled from compose or from the manifests
 
+/// What a container runs, told by its image: Strand's and the shop's own
+/// images, and the only two others a deployment may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Strand,
+    Shop,
+    ClickHouse,
+    /// nginx balancing TCP over Strand nodes.
+    Balancer,
+}
+
+fn role_of(unit: &str, image: &str) -> Role {
+    let (name, tag) = image
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{unit}: image {image} names no version"));
+    assert!(
+        !tag.is_empty() && tag != "latest",
+        "{unit}: image {image} names no version"
+    );
+    match name {
+        "strand" => Role::Strand,
+        "strand-shop" => Role::Shop,
+        "clickhouse/clickhouse-server" => Role::ClickHouse,
+        "nginx" => Role::Balancer,
+        _ => panic!(
+            "{unit}: image {image}: besides Strand's and the shop's, only ClickHouse's and nginx's images are deployed"
+        ),
+    }
+}
+
 /// One container as deployed.
 struct Unit {
     /// Compose service name, or Kubernetes workload name.
     name: String,
     image: String,
-    is_strand: bool,
+    role: Role,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     /// Container ports other containers can reach.
     ports: BTreeSet<u16>,
     /// Directories backed by a persistent volume.
     persistent: BTreeSet<PathBuf>,
+    /// Directories on a volume that lives as long as the pod (emptyDir).
+    scratch: BTreeSet<PathBuf>,
     /// `(path, container port)` of each health check.
     health: Vec<(String, u16)>,
     /// Files mounted from secrets: path in the container -> content.
     secret_files: BTreeMap<PathBuf, String>,
+    /// Files mounted from the repository: path in the container -> content.
+    config_files: BTreeMap<PathBuf, String>,
+    /// Seconds the process gets between SIGTERM and SIGKILL (a Kubernetes
+    /// preStop hook's pause taken off).
+    stop_seconds: u64,
 }
 
 /// How a deployment turns `host:port` of a URL into a unit and container port.
@@ -227,10 +312,21 @@ fn host_port(url: &str) -> (String, u16) {
 /// (checked against a running Strand by the caller).
 fn check_units(what: &str, units: &[Unit], network: &dyn Network) -> BTreeSet<String> {
     let by_name: BTreeMap<&str, &Unit> = units.iter().map(|u| (u.name.as_str(), u)).collect();
-    let strands: Vec<&Unit> = units.iter().filter(|u| u.is_strand).collect();
+    for unit in units {
+        assert!(
+            matches!(unit.role, Role::Strand | Role::Shop),
+            "{what}: {} is neither Strand nor the shop",
+            unit.name
+        );
+    }
+    let strands: Vec<&Unit> = units.iter().filter(|u| u.role == Role::Strand).collect();
     assert_eq!(strands.len(), 1, "{what}: one Strand");
     let strand_unit = strands[0];
     let strand = parse_strand(&strand_unit.name, &strand_unit.args, &strand_unit.env);
+    assert!(
+        matches!(strand.storage, Storage::Embedded),
+        "{what}: the one Strand keeps its data in its data directory"
+    );
     for listener in [strand.otlp_grpc, strand.otlp_http, strand.http] {
         assert!(
             listener.ip().is_unspecified(),
@@ -262,8 +358,11 @@ fn check_units(what: &str, units: &[Unit], network: &dyn Network) -> BTreeSet<St
     }
 
     let mut deployed = BTreeSet::new();
-    let shop_image = units.iter().find(|u| !u.is_strand).map(|u| u.image.clone());
-    for unit in units.iter().filter(|u| !u.is_strand) {
+    let shop_image = units
+        .iter()
+        .find(|u| u.role == Role::Shop)
+        .map(|u| u.image.clone());
+    for unit in units.iter().filter(|u| u.role == Role::Shop) {
         assert_eq!(
             Some(&unit.image),
             shop_image.as_ref(),
@@ -360,53 +459,85 @@ fn check_units(what: &str, units: &[Unit], network: &dyn Network) -> BTreeSet<St
     strand_health
 }
 
+/// Strand's command line for the test harness from `unit`'s environment:
+/// `rewrite(flag, value)` gives each flag's value for the harness (`None`
+/// leaves the flag out); a token file is written into `dir` from the secret
+/// mounted where the deployment says.
+fn harness_args(
+    what: &str,
+    unit: &Unit,
+    dir: &Path,
+    rewrite: impl Fn(&str, &str) -> Option<String>,
+) -> Vec<String> {
+    let cli = strand::config::Cli::command();
+    let serve = cli.find_subcommand("serve").expect("strand serve");
+    let mut args = Vec::new();
+    for (name, value) in &unit.env {
+        let long = flag_for_env(serve, name).expect("checked by parse_strand");
+        let Some(value) = rewrite(&long, value) else {
+            continue;
+        };
+        let value = if long == "token-file" {
+            let content = unit.secret_files.get(Path::new(&value)).unwrap_or_else(|| {
+                panic!(
+                    "{what}: {}'s token file {value} comes from no secret",
+                    unit.name
+                )
+            });
+            let path = dir.join("tokens");
+            std::fs::write(&path, content).unwrap();
+            path.display().to_string()
+        } else {
+            value
+        };
+        args.push(format!("--{long}={value}"));
+    }
+    args
+}
+
 /// Runs Strand with the deployment's tokens (its secret files written out)
 /// and asks it for each of the health `paths` (open, without a token);
 /// then sends an OTLP/HTTP export of no spans with each service's
 /// `OTEL_EXPORTER_OTLP_HEADERS`, which must be accepted, and one without,
 /// which must be refused.
 async fn check_running_strand(what: &str, units: &[Unit], paths: &BTreeSet<String>) {
-    let strand_unit = units.iter().find(|u| u.is_strand).expect("Strand");
-    let cli = strand::config::Cli::command();
-    let serve = cli.find_subcommand("serve").expect("strand serve");
+    let strand_unit = units
+        .iter()
+        .find(|u| u.role == Role::Strand)
+        .expect("Strand");
     let dir = tempfile::tempdir().unwrap();
-    let mut args = Vec::new();
-    for (name, value) in &strand_unit.env {
-        let long = flag_for_env(serve, name).expect("checked by parse_strand");
-        if !TOKEN_FLAGS.contains(&long.as_str()) {
-            continue;
-        }
-        let value = if long == "token-file" {
-            let content = strand_unit
-                .secret_files
-                .get(Path::new(value))
-                .unwrap_or_else(|| {
-                    panic!("{what}: Strand's token file {value} comes from no secret")
-                });
-            let path = dir.path().join("tokens");
-            std::fs::write(&path, content).unwrap();
-            path.display().to_string()
-        } else {
-            value.clone()
-        };
-        args.push(format!("--{long}={value}"));
-    }
+    let args = harness_args(what, strand_unit, dir.path(), |long, value| {
+        TOKEN_FLAGS.contains(&long).then(|| value.to_string())
+    });
     assert!(
         !args.is_empty(),
         "{what}: Strand listens beyond its container with no token"
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let strand = Strand::start(&dir.path().join("data"), &args).await;
+    check_health_paths(what, &strand, paths).await;
+    let senders: Vec<&Unit> = units.iter().collect();
+    check_tokens(what, &strand, &senders).await;
+}
+
+/// Asks a running Strand for each of the health `paths`, without a token.
+async fn check_health_paths(what: &str, strand: &Strand, paths: &BTreeSet<String>) {
     for path in paths {
         let response = reqwest::get(strand.url(path))
             .await
             .expect("strand answers");
         assert!(
             response.status().is_success(),
-            "Strand answers {path} with {}",
+            "{what}: Strand answers {path} with {}",
             response.status()
         );
     }
+}
+
+/// Sends an OTLP/HTTP export of no spans to a running Strand with the
+/// `OTEL_EXPORTER_OTLP_HEADERS` of each of `senders` that sends telemetry,
+/// which must be accepted, and one without a token, which must be refused.
+async fn check_tokens(what: &str, strand: &Strand, senders: &[&Unit]) {
     let export = |headers: &[(String, String)]| {
         let mut request = reqwest::Client::new()
             .post(strand.otlp_http_url("/v1/traces"))
@@ -422,7 +553,7 @@ async fn check_running_strand(what: &str, units: &[Unit], paths: &BTreeSet<Strin
         401,
         "{what}: Strand takes telemetry without a token"
     );
-    for unit in units
+    for unit in senders
         .iter()
         .filter(|u| u.env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"))
     {
@@ -456,6 +587,277 @@ fn otlp_headers(text: &str) -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------
+// Strand over ClickHouse, in compose and in Kubernetes
+
+/// Strand's three listeners.
+fn listeners(strand: &strand::Config) -> [SocketAddr; 3] {
+    [strand.otlp_grpc, strand.otlp_http, strand.http]
+}
+
+/// The checks of Strand nodes over one ClickHouse that compose and
+/// Kubernetes share: `nodes` (compose services, or the Deployment once)
+/// are configured alike for `--storage clickhouse`, each listens beyond its
+/// container, keeps its write-ahead log on a volume and gets time for its
+/// last flush; their ClickHouse URL reaches `clickhouse`'s HTTP port, as the
+/// user the ClickHouse image creates. Returns Strand's health paths
+/// (checked against running nodes by the caller).
+fn check_clickhouse_nodes(
+    what: &str,
+    nodes: &[&Unit],
+    clickhouse: &Unit,
+    network: &dyn Network,
+) -> BTreeSet<String> {
+    let first = *nodes.first().expect("a node");
+    for node in nodes {
+        assert_eq!(node.role, Role::Strand, "{what}: {} runs Strand", node.name);
+        // Behind one address every node must answer alike.
+        assert_eq!(node.image, first.image, "{what}: {}'s image", node.name);
+        assert_eq!(node.args, first.args, "{what}: {}'s command", node.name);
+        assert_eq!(
+            node.env, first.env,
+            "{what}: {} and {} are configured alike",
+            node.name, first.name
+        );
+        assert_eq!(
+            node.secret_files, first.secret_files,
+            "{what}: {} and {} read the same tokens",
+            node.name, first.name
+        );
+    }
+    let strand = parse_strand(&first.name, &first.args, &first.env);
+    let Storage::ClickHouse(settings) = &strand.storage else {
+        panic!(
+            "{what}: {} keeps its data in its data directory, not in ClickHouse",
+            first.name
+        );
+    };
+    let mut health = BTreeSet::new();
+    for node in nodes {
+        for listener in listeners(&strand) {
+            assert!(
+                listener.ip().is_unspecified(),
+                "{what}: {} must listen on 0.0.0.0, not {listener}",
+                node.name
+            );
+            assert!(
+                node.ports.contains(&listener.port()),
+                "{what}: {}'s port {} is not exposed",
+                node.name,
+                listener.port()
+            );
+        }
+        assert!(
+            node.persistent.contains(&strand.data_dir) || node.scratch.contains(&strand.data_dir),
+            "{what}: {}'s write-ahead log ({}) is on no volume",
+            node.name,
+            strand.data_dir.display()
+        );
+        assert!(
+            !node.health.is_empty(),
+            "{what}: {} has no health check",
+            node.name
+        );
+        for (path, port) in &node.health {
+            assert_eq!(
+                *port,
+                strand.http.port(),
+                "{what}: {}'s health port",
+                node.name
+            );
+            health.insert(path.clone());
+        }
+        assert!(
+            node.stop_seconds >= CLICKHOUSE_STOP_SECONDS,
+            "{what}: {} gets {} s to stop, its last flush into ClickHouse may need {CLICKHOUSE_STOP_SECONDS} s",
+            node.name,
+            node.stop_seconds
+        );
+    }
+
+    assert_eq!(clickhouse.role, Role::ClickHouse);
+    let name = &clickhouse.name;
+    assert!(
+        clickhouse.args.is_empty(),
+        "{what}: {name} runs the image's own command"
+    );
+    for variable in clickhouse.env.keys() {
+        assert!(
+            CLICKHOUSE_IMAGE_ENV.contains(&variable.as_str()),
+            "{what}: the ClickHouse image reads no variable {variable}"
+        );
+    }
+    assert!(
+        clickhouse.ports.contains(&CLICKHOUSE_HTTP_PORT),
+        "{what}: {name}'s HTTP port {CLICKHOUSE_HTTP_PORT} is not exposed"
+    );
+    assert!(
+        clickhouse.persistent.contains(Path::new(CLICKHOUSE_DATA)),
+        "{what}: {name}'s data ({CLICKHOUSE_DATA}) is on no persistent volume"
+    );
+    assert!(
+        !clickhouse.health.is_empty(),
+        "{what}: {name} has no health check"
+    );
+    for check in &clickhouse.health {
+        assert_eq!(
+            check,
+            &("/ping".to_string(), CLICKHOUSE_HTTP_PORT),
+            "{what}: {name}'s health check"
+        );
+    }
+    assert!(
+        settings.cluster.is_none() && settings.urls.len() == 1,
+        "{what}: one ClickHouse server, no cluster"
+    );
+    for url in &settings.urls {
+        let (host, port) = host_port(url);
+        assert_eq!(
+            network.resolve(&host, port),
+            Some((name.clone(), CLICKHOUSE_HTTP_PORT)),
+            "{what}: Strand's ClickHouse URL {url} is not {name}'s HTTP port"
+        );
+    }
+    let user = clickhouse.env.get("CLICKHOUSE_USER").unwrap_or_else(|| {
+        panic!(
+            "{what}: without CLICKHOUSE_USER the ClickHouse image lets its `default` user in from localhost only"
+        )
+    });
+    let password = clickhouse
+        .env
+        .get("CLICKHOUSE_PASSWORD")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| panic!("{what}: {name}'s user {user} has no password"));
+    assert_eq!(
+        settings.user.as_ref(),
+        Some(user),
+        "{what}: Strand logs in as the user {name} creates"
+    );
+    assert_eq!(
+        settings
+            .password
+            .as_ref()
+            .map(strand::config::Secret::expose),
+        Some(password.as_str()),
+        "{what}: Strand's ClickHouse password is {name}'s"
+    );
+    health
+}
+
+/// The token of `scope` (`ingest`, `read`, `admin`) that a Strand with
+/// `config` accepts: from its flags, or else from its token file (one
+/// `<scope> <token>` line each).
+fn token_of(config: &strand::Config, scope: &str) -> String {
+    let from_flags = match scope {
+        "ingest" => &config.auth.ingest_tokens,
+        "read" => &config.auth.read_tokens,
+        _ => &config.auth.admin_tokens,
+    };
+    if let Some(token) = from_flags.first() {
+        return token.expose().to_string();
+    }
+    let file = config.auth.token_file.as_ref().expect("a token file");
+    read(file)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(char::is_whitespace))
+        .find(|(name, _)| *name == scope)
+        .map(|(_, token)| token.trim().to_string())
+        .unwrap_or_else(|| panic!("no {scope} token in {}", file.display()))
+}
+
+/// Runs each of `nodes` (the same unit twice for a Deployment's replicas)
+/// as a Strand with the deployment's settings — listeners on loopback, a
+/// temporary data directory — over one real ClickHouse (the harness's; its
+/// passwordless `default` user stands in for the deployed user and
+/// password, which `check_clickhouse_nodes` checked against ClickHouse's).
+/// Each must answer its health `paths`, take `senders`' telemetry and refuse
+/// it without a token; a span sent to each node must be read back from the
+/// next one, which never saw it: it came from ClickHouse.
+async fn check_running_clickhouse_nodes(
+    what: &str,
+    nodes: &[&Unit],
+    senders: &[&Unit],
+    paths: &BTreeSet<String>,
+) {
+    assert!(nodes.len() >= 2, "{what}: two nodes or more");
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let node_dir = dir.path().join(format!("node-{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let args = harness_args(what, node, &node_dir, |long, value| match long {
+            _ if HARNESS_FLAGS.contains(&long) => None,
+            "clickhouse-user" | "clickhouse-password" => None,
+            "clickhouse-url" => Some(clickhouse.url.clone()),
+            _ => Some(value.to_string()),
+        });
+        let data_dir = node_dir.join("data");
+        let mut argv = vec![
+            "strand".to_string(),
+            "serve".to_string(),
+            format!("--data-dir={}", data_dir.display()),
+        ];
+        argv.extend(args.iter().cloned());
+        let config = strand::Config::from_command_line(&argv)
+            .unwrap_or_else(|e| panic!("{what}: {argv:?}: {e:#}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut strand = Strand::start(&data_dir, &args).await;
+        check_health_paths(what, &strand, paths).await;
+        check_tokens(what, &strand, senders).await;
+        strand.set_read_token(&token_of(&config, "read"));
+        running.push((strand, config));
+    }
+    let Storage::ClickHouse(settings) = &running[0].1.storage else {
+        unreachable!("checked by check_clickhouse_nodes")
+    };
+    let databases = clickhouse.query("SELECT name FROM system.databases").await;
+    assert!(
+        databases.lines().any(|db| db == settings.database),
+        "{what}: the nodes made no database {} in ClickHouse: {databases}",
+        settings.database
+    );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    for (i, (strand, config)) in running.iter().enumerate() {
+        let trace_id = format!("{:016x}{:016x}", now as u64, i + 1);
+        let body = format!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"deploy-check"}}}}]}},"scopeSpans":[{{"spans":[{{"traceId":"{trace_id}","spanId":"00000000000000{:02x}","name":"sent to node {i}","kind":2,"startTimeUnixNano":"{}","endTimeUnixNano":"{}"}}]}}]}}]}}"#,
+            i + 1,
+            now - 1_000_000,
+            now
+        );
+        let status = reqwest::Client::new()
+            .post(strand.otlp_http_url("/v1/traces"))
+            .bearer_auth(token_of(config, "ingest"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("strand answers")
+            .status();
+        assert_eq!(status, 200, "{what}: node {i} refuses a span");
+        let (other, _) = &running[(i + 1) % running.len()];
+        let found = eventually(DEADLINE, || async {
+            let (status, trace) = other.get_json(&format!("/api/traces/{trace_id}")).await;
+            let name = &trace["data"][0]["spans"][0]["operationName"];
+            (status == 200 && *name == format!("sent to node {i}")).then_some(())
+        })
+        .await;
+        assert!(
+            found.is_some(),
+            "{what}: a span sent to node {i} is not read back from node {}:\n{}",
+            (i + 1) % running.len(),
+            clickhouse.log()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // docker-compose.yml
 
 #[derive(Debug, Deserialize)]
@@ -478,8 +880,14 @@ struct ComposeSecret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ComposeService {
-    build: Build,
+    /// Started only by `docker compose --profile <name>`; none: always.
+    #[serde(default)]
+    profiles: Vec<String>,
+    /// Strand's and the shop's images are built here; others are pulled.
+    build: Option<Build>,
     image: String,
+    /// Empty: the image's own command.
+    #[serde(default)]
     command: Vec<String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
@@ -491,7 +899,10 @@ struct ComposeService {
     ports: Vec<String>,
     #[serde(default)]
     volumes: Vec<String>,
+    #[serde(default)]
+    ulimits: BTreeMap<String, Ulimit>,
     healthcheck: Option<Healthcheck>,
+    stop_grace_period: Option<String>,
     #[serde(default)]
     depends_on: BTreeMap<String, DependsOn>,
     restart: Option<String>,
@@ -502,6 +913,13 @@ struct ComposeService {
 struct Build {
     context: String,
     target: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ulimit {
+    soft: u64,
+    hard: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,6 +936,9 @@ struct Healthcheck {
 #[serde(deny_unknown_fields)]
 struct DependsOn {
     condition: String,
+    /// Restart this service when Compose restarts or recreates that one.
+    #[serde(default)]
+    restart: bool,
 }
 
 /// A compose duration in whole seconds (`10s`).
@@ -572,24 +993,49 @@ fn the_dockerfile_builds_both_images_for_a_non_root_user_with_curl() {
     assert!(!dockerfile.contains("USER root"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compose_file_matches_the_code() {
-    let root = repo_root();
-    let compose: Compose = serde_norway::from_str(&read(&root.join("docker-compose.yml")))
-        .expect("docker-compose.yml parses");
-    let stages = dockerfile_stages(&read(&root.join("Dockerfile")));
+fn load_compose() -> Compose {
+    serde_norway::from_str(&read(&repo_root().join("docker-compose.yml")))
+        .expect("docker-compose.yml parses")
+}
 
+/// Where nginx reads its config.
+const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
+
+/// Every service of docker-compose.yml as a [`Unit`], each checked on its
+/// own: how its image is made, its variables (env files included), volumes,
+/// published ports and health check.
+fn compose_units(compose: &Compose) -> Vec<Unit> {
+    let root = repo_root();
+    let stages = dockerfile_stages(&read(&root.join("Dockerfile")));
     let mut units = Vec::new();
     for (name, service) in &compose.services {
-        assert_eq!(
-            service.build.context, ".",
-            "{name}: builds from the repository root"
-        );
-        assert!(
-            stages.contains(&service.build.target),
-            "{name}: no such Dockerfile stage"
-        );
-        let is_strand = service.build.target == "strand";
+        let role = role_of(name, &service.image);
+        match (&service.build, role) {
+            (Some(build), Role::Strand | Role::Shop) => {
+                assert_eq!(
+                    build.context, ".",
+                    "{name}: builds from the repository root"
+                );
+                assert!(
+                    stages.contains(&build.target),
+                    "{name}: no such Dockerfile stage"
+                );
+                let target = if role == Role::Strand {
+                    "strand"
+                } else {
+                    "shop"
+                };
+                assert_eq!(build.target, target, "{name}: builds the image it runs");
+            }
+            (None, Role::ClickHouse | Role::Balancer) => {
+                assert!(
+                    service.command.is_empty(),
+                    "{name}: runs the image's own command"
+                );
+            }
+            (Some(_), _) => panic!("{name}: {} is pulled, not built here", service.image),
+            (None, _) => panic!("{name}: {} is built here: no `build`", service.image),
+        }
         let mut environment = service.environment.clone();
         for file in &service.env_file {
             for line in read(&root.join(file)).lines() {
@@ -618,29 +1064,56 @@ async fn the_compose_file_matches_the_code() {
             );
         }
         let mut persistent = BTreeSet::new();
+        let mut config_files = BTreeMap::new();
         for volume in &service.volumes {
-            let (source, target) = volume.split_once(':').expect("volume:path");
-            assert!(
-                compose.volumes.contains_key(source),
-                "{name}: {source} is no named volume"
-            );
-            persistent.insert(PathBuf::from(target));
+            let parts: Vec<&str> = volume.split(':').collect();
+            let (source, target, mode) = match parts.as_slice() {
+                [source, target] => (*source, *target, None),
+                [source, target, mode] => (*source, *target, Some(*mode)),
+                _ => panic!("{name}: {volume} is no source:path[:mode]"),
+            };
+            if let Some(file) = source.strip_prefix("./") {
+                assert_eq!(mode, Some("ro"), "{name}: mounts {source} read-only");
+                config_files.insert(PathBuf::from(target), read(&root.join(file)));
+            } else {
+                assert!(
+                    compose.volumes.contains_key(source),
+                    "{name}: {source} is no named volume"
+                );
+                assert!(
+                    mode.is_none(),
+                    "{name}: {volume}: a volume for data is writable"
+                );
+                persistent.insert(PathBuf::from(target));
+            }
         }
+        let ports: BTreeSet<u16> = match role {
+            Role::Strand => listeners(&parse_strand(name, &service.command, &environment))
+                .iter()
+                .map(SocketAddr::port)
+                .collect(),
+            Role::Shop => parse_shop(name, &service.command, &environment)
+                .listen
+                .map(|l| l.port())
+                .into_iter()
+                .collect(),
+            Role::ClickHouse => BTreeSet::from([CLICKHOUSE_HTTP_PORT]),
+            Role::Balancer => {
+                let config = config_files
+                    .get(Path::new(NGINX_CONF))
+                    .unwrap_or_else(|| panic!("{name}: no {NGINX_CONF} from the repository"));
+                nginx_stream(name, config)
+                    .servers
+                    .iter()
+                    .map(|(port, _)| *port)
+                    .collect()
+            }
+        };
         for published in &service.ports {
             let (_, container) = published.rsplit_once(':').expect("host:container");
             let container: u16 = container.parse().expect("a port");
-            let exposed = if is_strand {
-                let strand = parse_strand(name, &service.command, &environment);
-                [strand.otlp_grpc, strand.otlp_http, strand.http]
-                    .iter()
-                    .any(|l| l.port() == container)
-            } else {
-                parse_shop(name, &service.command, &environment)
-                    .listen
-                    .is_some_and(|l| l.port() == container)
-            };
             assert!(
-                exposed,
+                ports.contains(&container),
                 "{name}: publishes {container}, where nothing listens"
             );
         }
@@ -649,6 +1122,10 @@ async fn the_compose_file_matches_the_code() {
                 ["no", "always", "on-failure", "unless-stopped"].contains(&restart.as_str()),
                 "{name}: restart: {restart}"
             );
+        }
+        for (limit, value) in &service.ulimits {
+            assert_eq!(limit, "nofile", "{name}: ulimit {limit}");
+            assert!(value.soft <= value.hard, "{name}: ulimit {limit}");
         }
         let mut health = Vec::new();
         if let Some(check) = &service.healthcheck {
@@ -661,24 +1138,21 @@ async fn the_compose_file_matches_the_code() {
                 seconds(&check.start_period) <= 60 && check.retries > 0,
                 "{name}"
             );
-            match check
-                .test
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice()
-            {
-                ["CMD", "curl", "-fsS", url] => {
-                    let (host, port) = host_port(url);
-                    assert!(
-                        host == "127.0.0.1" || host == "localhost",
-                        "{name}: the health check asks the container itself"
-                    );
-                    let path = url.splitn(4, '/').nth(3).unwrap_or_default();
-                    health.push((format!("/{path}"), port));
-                }
-                other => panic!("{name}: unexpected health check {other:?}"),
-            }
+            let test: Vec<&str> = check.test.iter().map(String::as_str).collect();
+            let url = match (role, test.as_slice()) {
+                // curl is in both images of the Dockerfile (checked above),
+                // wget in ClickHouse's.
+                (Role::Strand | Role::Shop, ["CMD", "curl", "-fsS", url]) => *url,
+                (Role::ClickHouse, ["CMD", "wget", "--spider", "-q", url]) => *url,
+                (_, other) => panic!("{name}: unexpected health check {other:?}"),
+            };
+            let (host, port) = host_port(url);
+            assert!(
+                host == "127.0.0.1" || host == "localhost",
+                "{name}: the health check asks the container itself"
+            );
+            let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+            health.push((format!("/{path}"), port));
         }
         // Everything but the container's own health check reaches other
         // containers by service name.
@@ -697,48 +1171,408 @@ async fn the_compose_file_matches_the_code() {
             }
         }
         for dependency in service.depends_on.keys() {
-            assert!(compose.services[dependency].healthcheck.is_some());
+            assert!(
+                compose.services[dependency].healthcheck.is_some(),
+                "{name} waits for {dependency}, which has no health check"
+            );
         }
-        let ports = if is_strand {
-            let strand = parse_strand(name, &service.command, &environment);
-            [strand.otlp_grpc, strand.otlp_http, strand.http]
-                .iter()
-                .map(SocketAddr::port)
-                .collect()
-        } else {
-            parse_shop(name, &service.command, &environment)
-                .listen
-                .map(|l| l.port())
-                .into_iter()
-                .collect()
-        };
         units.push(Unit {
             name: name.clone(),
             image: service.image.clone(),
-            is_strand,
+            role,
             args: service.command.clone(),
             env: environment,
             ports,
             persistent,
+            scratch: BTreeSet::new(),
             health,
             secret_files,
+            config_files,
+            stop_seconds: service
+                .stop_grace_period
+                .as_deref()
+                .map_or(COMPOSE_DEFAULT_STOP_SECONDS, seconds),
         });
     }
-    let used: BTreeSet<&str> = compose
-        .services
-        .values()
-        .flat_map(|s| {
-            s.volumes
-                .iter()
-                .filter_map(|v| v.split_once(':'))
-                .map(|(v, _)| v)
+    units
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_file_matches_the_code() {
+    let compose = load_compose();
+    let units = compose_units(&compose);
+    let mut host_ports = BTreeMap::new();
+    let mut volume_owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, service) in &compose.services {
+        for profile in &service.profiles {
+            assert_eq!(profile, CLICKHOUSE_PROFILE, "{name}: unknown profile");
+        }
+        // A service starts with the services it waits for.
+        for dependency in service.depends_on.keys() {
+            let theirs = &compose.services[dependency].profiles;
+            assert!(
+                theirs.is_empty() || theirs.iter().all(|p| service.profiles.contains(p)),
+                "{name} waits for {dependency}, which its profiles do not start"
+            );
+        }
+        // Whichever profiles run, no two services take one host port.
+        for published in &service.ports {
+            let (host, _) = published.rsplit_once(':').expect("host:container");
+            if let Some(other) = host_ports.insert(host.to_string(), name) {
+                panic!("{name} and {other} both publish host port {host}");
+            }
+        }
+        // Each database and write-ahead log has one owner.
+        for volume in &service.volumes {
+            let (source, _) = volume.split_once(':').expect("source:path");
+            if compose.volumes.contains_key(source)
+                && let Some(other) = volume_owners.insert(source, name)
+            {
+                panic!("{name} and {other} both mount volume {source}");
+            }
+        }
+    }
+    for volume in compose.volumes.keys() {
+        assert!(
+            volume_owners.contains_key(volume.as_str()),
+            "volume {volume} is unused"
+        );
+    }
+    // What `docker compose up` starts: the shop and its Strand.
+    let default: Vec<Unit> = units
+        .into_iter()
+        .filter(|u| compose.services[&u.name].profiles.is_empty())
+        .collect();
+    let paths = check_units("docker-compose.yml", &default, &ComposeNetwork(&compose));
+    check_running_strand("docker-compose.yml", &default, &paths).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_clickhouse_profile_matches_the_code() {
+    const WHAT: &str = "docker-compose.yml --profile clickhouse";
+    let compose = load_compose();
+    let units = compose_units(&compose);
+    let network = ComposeNetwork(&compose);
+    let in_profile = |unit: &&Unit| {
+        compose.services[&unit.name]
+            .profiles
+            .iter()
+            .any(|p| p == CLICKHOUSE_PROFILE)
+    };
+    let of_role = |role: Role| -> Vec<&Unit> {
+        units
+            .iter()
+            .filter(in_profile)
+            .filter(|u| u.role == role)
+            .collect()
+    };
+    let nodes = of_role(Role::Strand);
+    assert!(nodes.len() >= 2, "{WHAT}: two Strand nodes or more");
+    let [clickhouse] = of_role(Role::ClickHouse)[..] else {
+        panic!("{WHAT}: one ClickHouse");
+    };
+    let [balancer] = of_role(Role::Balancer)[..] else {
+        panic!("{WHAT}: one balancer");
+    };
+    assert!(
+        of_role(Role::Shop).is_empty(),
+        "{WHAT}: the shop runs once, without a profile"
+    );
+    let default_strand = units
+        .iter()
+        .find(|u| u.role == Role::Strand && !in_profile(u))
+        .expect("the default Strand");
+
+    let paths = check_clickhouse_nodes(WHAT, &nodes, clickhouse, &network);
+    for node in &nodes {
+        let service = &compose.services[&node.name];
+        assert!(
+            service.ports.is_empty(),
+            "{WHAT}: {} publishes ports: the nodes are reached through {}",
+            node.name,
+            balancer.name
+        );
+        assert_eq!(
+            node.image, default_strand.image,
+            "{WHAT}: {} runs the default Strand's image",
+            node.name
+        );
+        assert_eq!(
+            node.secret_files, default_strand.secret_files,
+            "{WHAT}: {} reads the default Strand's tokens",
+            node.name
+        );
+        let dependency = balancer_dependency(&compose, &balancer.name, &node.name);
+        assert_eq!(
+            dependency.condition, "service_healthy",
+            "{WHAT}: {} waits until {} is ready",
+            balancer.name, node.name
+        );
+        assert!(
+            dependency.restart,
+            "{WHAT}: nginx resolves {} once: restart {} with it",
+            node.name, balancer.name
+        );
+    }
+    check_balancer(
+        WHAT,
+        balancer,
+        &compose.services[&balancer.name].ports,
+        &nodes,
+        &network,
+    );
+
+    let senders: Vec<&Unit> = units.iter().filter(|u| !in_profile(u)).collect();
+    check_running_clickhouse_nodes(WHAT, &nodes, &senders, &paths).await;
+}
+
+fn balancer_dependency<'a>(compose: &'a Compose, balancer: &str, node: &str) -> &'a DependsOn {
+    compose.services[balancer]
+        .depends_on
+        .get(node)
+        .unwrap_or_else(|| panic!("{balancer} does not wait for {node}"))
+}
+
+/// One nginx directive: `name args...;` or `name args... { block }`.
+#[derive(Debug)]
+struct NginxDirective {
+    name: String,
+    args: Vec<String>,
+    block: Option<Vec<NginxDirective>>,
+}
+
+/// An nginx config file as directives (comments dropped; no quoting, which
+/// the balancer's config does not use).
+fn parse_nginx(file: &str, text: &str) -> Vec<NginxDirective> {
+    let mut tokens = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        assert!(
+            !line.contains('"') && !line.contains('\''),
+            "{file}: no quotes expected: {line}"
+        );
+        let mut word = String::new();
+        for c in line.chars() {
+            if c.is_whitespace() || matches!(c, '{' | '}' | ';') {
+                if !word.is_empty() {
+                    tokens.push(std::mem::take(&mut word));
+                }
+                if !c.is_whitespace() {
+                    tokens.push(c.to_string());
+                }
+            } else {
+                word.push(c);
+            }
+        }
+        if !word.is_empty() {
+            tokens.push(word);
+        }
+    }
+    let mut tokens = tokens.into_iter();
+    let directives = nginx_block(file, &mut tokens, false);
+    assert!(tokens.next().is_none(), "{file}: text after the last block");
+    directives
+}
+
+fn nginx_block(
+    file: &str,
+    tokens: &mut impl Iterator<Item = String>,
+    nested: bool,
+) -> Vec<NginxDirective> {
+    let mut directives = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    while let Some(token) = tokens.next() {
+        match token.as_str() {
+            ";" | "{" => {
+                assert!(!words.is_empty(), "{file}: `{token}` without a directive");
+                let name = words.remove(0);
+                let block = (token == "{").then(|| nginx_block(file, tokens, true));
+                directives.push(NginxDirective {
+                    name,
+                    args: std::mem::take(&mut words),
+                    block,
+                });
+            }
+            "}" => {
+                assert!(nested && words.is_empty(), "{file}: unbalanced `}}`");
+                return directives;
+            }
+            _ => words.push(token),
+        }
+    }
+    assert!(!nested, "{file}: a block is not closed");
+    assert!(words.is_empty(), "{file}: a directive without `;`");
+    directives
+}
+
+/// What nginx's `stream {}` block does: its upstreams and which port
+/// passes to which.
+struct NginxStream {
+    upstreams: BTreeMap<String, NginxUpstream>,
+    /// Each `server {}`: the port it listens on and its `proxy_pass`.
+    servers: Vec<(u16, String)>,
+}
+
+struct NginxUpstream {
+    /// `host:port` of each `server`.
+    servers: Vec<(String, u16)>,
+    /// The `hash` key: each client (by that key) to one server.
+    hash: Option<String>,
+}
+
+fn nginx_stream(unit: &str, text: &str) -> NginxStream {
+    let file = format!("{unit}'s {NGINX_CONF}");
+    let top = parse_nginx(&file, text);
+    assert!(
+        top.iter().any(|d| d.name == "events" && d.block.is_some()),
+        "{file}: nginx needs an events block"
+    );
+    let mut streams = top.iter().filter(|d| d.name == "stream");
+    let stream = streams
+        .next()
+        .and_then(|d| d.block.as_ref())
+        .unwrap_or_else(|| panic!("{file}: no stream block: the balancer passes TCP through"));
+    assert!(streams.next().is_none(), "{file}: one stream block");
+    let mut result = NginxStream {
+        upstreams: BTreeMap::new(),
+        servers: Vec::new(),
+    };
+    for directive in stream {
+        match (directive.name.as_str(), &directive.block) {
+            ("upstream", Some(block)) => {
+                let [name] = &directive.args[..] else {
+                    panic!("{file}: an upstream has one name");
+                };
+                let mut upstream = NginxUpstream {
+                    servers: Vec::new(),
+                    hash: None,
+                };
+                for entry in block {
+                    match entry.name.as_str() {
+                        "server" => {
+                            let address = entry.args.first().expect("an address");
+                            let (host, port) = address
+                                .rsplit_once(':')
+                                .unwrap_or_else(|| panic!("{file}: {address} names no port"));
+                            upstream
+                                .servers
+                                .push((host.to_string(), port.parse().expect("a port")));
+                        }
+                        "hash" => upstream.hash = entry.args.first().cloned(),
+                        _ => {}
+                    }
+                }
+                assert!(
+                    result.upstreams.insert(name.clone(), upstream).is_none(),
+                    "{file}: upstream {name} twice"
+                );
+            }
+            ("server", Some(block)) => {
+                let arg = |name: &str| {
+                    let found: Vec<&NginxDirective> =
+                        block.iter().filter(|d| d.name == name).collect();
+                    let [directive] = found[..] else {
+                        panic!("{file}: each server has one {name}");
+                    };
+                    directive.args.first().expect("an argument").clone()
+                };
+                let listen = arg("listen");
+                let port = listen
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("{file}: listen {listen} names no port"));
+                result.servers.push((port, arg("proxy_pass")));
+            }
+            (name, Some(_)) => panic!("{file}: unexpected block {name} in stream"),
+            _ => {}
+        }
+    }
+    result
+}
+
+/// The balancer in front of the Strand `nodes`: each port it listens on
+/// passes to one listener of every node (all three are served), the OTLP
+/// ports keep each client on one node (a node keeps the running total of the
+/// delta series it takes), and each port is published to the host.
+fn check_balancer(
+    what: &str,
+    balancer: &Unit,
+    published: &[String],
+    nodes: &[&Unit],
+    network: &dyn Network,
+) {
+    let name = &balancer.name;
+    let stream = nginx_stream(name, &balancer.config_files[Path::new(NGINX_CONF)]);
+    let strand = parse_strand(&nodes[0].name, &nodes[0].args, &nodes[0].env);
+    let node_names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut served = BTreeMap::new();
+    for (listen, pass) in &stream.servers {
+        let upstream = stream.upstreams.get(pass).unwrap_or_else(|| {
+            panic!("{what}: {name}'s port {listen} passes to no upstream {pass}")
+        });
+        let mut reached = BTreeSet::new();
+        let mut node_ports = BTreeSet::new();
+        for (host, port) in &upstream.servers {
+            let (unit, container_port) = network
+                .resolve(host, *port)
+                .unwrap_or_else(|| panic!("{what}: {name}'s {host}:{port} reaches nothing"));
+            assert!(
+                node_names.contains(unit.as_str()),
+                "{what}: {name}'s {host}:{port} is no Strand node"
+            );
+            assert!(
+                reached.insert(unit.clone()),
+                "{what}: {name}'s upstream {pass} names {unit} twice"
+            );
+            node_ports.insert(container_port);
+        }
+        assert_eq!(
+            reached.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+            node_names,
+            "{what}: {name}'s port {listen} balances over every node"
+        );
+        let [node_port] = node_ports.iter().copied().collect::<Vec<_>>()[..] else {
+            panic!(
+                "{what}: {name}'s port {listen} reaches one listener on every node: {node_ports:?}"
+            );
+        };
+        assert!(
+            listeners(&strand).iter().any(|l| l.port() == node_port),
+            "{what}: {name}'s port {listen} passes to {node_port}, where Strand does not listen"
+        );
+        if node_port != strand.http.port() {
+            assert_eq!(
+                upstream.hash.as_deref(),
+                Some("$remote_addr"),
+                "{what}: {name}'s OTLP port {listen} must send each client to one node (`hash $remote_addr`): OTLP delta metrics need it"
+            );
+        }
+        assert!(
+            served.insert(node_port, *listen).is_none(),
+            "{what}: {name} serves Strand's port {node_port} twice"
+        );
+    }
+    let all: BTreeSet<u16> = listeners(&strand).iter().map(SocketAddr::port).collect();
+    assert_eq!(
+        served.keys().copied().collect::<BTreeSet<_>>(),
+        all,
+        "{what}: {name} serves each of Strand's listeners"
+    );
+    let published: BTreeSet<u16> = published
+        .iter()
+        .map(|p| {
+            p.rsplit_once(':')
+                .expect("host:container")
+                .1
+                .parse()
+                .expect("a port")
         })
         .collect();
-    for volume in compose.volumes.keys() {
-        assert!(used.contains(volume.as_str()), "volume {volume} is unused");
-    }
-    let paths = check_units("docker-compose.yml", &units, &ComposeNetwork(&compose));
-    check_running_strand("docker-compose.yml", &units, &paths).await;
+    assert_eq!(
+        published, balancer.ports,
+        "{what}: {name} publishes every port it listens on"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -754,13 +1588,109 @@ struct Kustomization {
     resources: Vec<String>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Manifests {
     services: Vec<Service>,
     deployments: Vec<Deployment>,
     stateful_sets: Vec<StatefulSet>,
     claims: Vec<PersistentVolumeClaim>,
     secrets: Vec<Secret>,
+    autoscalers: Vec<HorizontalPodAutoscaler>,
+}
+
+impl Manifests {
+    /// `(kind, name)` of every object.
+    fn ids(&self) -> Vec<(&'static str, String)> {
+        fn ids_of<T>(
+            kind: &'static str,
+            items: &[T],
+            meta: fn(&T) -> &ObjectMeta,
+        ) -> Vec<(&'static str, String)> {
+            items.iter().map(|i| (kind, name_of(meta(i)))).collect()
+        }
+        [
+            ids_of("Service", &self.services, |o| &o.metadata),
+            ids_of("Deployment", &self.deployments, |o| &o.metadata),
+            ids_of("StatefulSet", &self.stateful_sets, |o| &o.metadata),
+            ids_of("PersistentVolumeClaim", &self.claims, |o| &o.metadata),
+            ids_of("Secret", &self.secrets, |o| &o.metadata),
+            ids_of("HorizontalPodAutoscaler", &self.autoscalers, |o| {
+                &o.metadata
+            }),
+        ]
+        .concat()
+    }
+
+    /// Both sets of objects, as applied into one namespace.
+    fn merged(&self, other: &Manifests) -> Manifests {
+        let mut all = self.clone();
+        all.services.extend(other.services.iter().cloned());
+        all.deployments.extend(other.deployments.iter().cloned());
+        all.stateful_sets
+            .extend(other.stateful_sets.iter().cloned());
+        all.claims.extend(other.claims.iter().cloned());
+        all.secrets.extend(other.secrets.iter().cloned());
+        all.autoscalers.extend(other.autoscalers.iter().cloned());
+        all
+    }
+
+    /// Each Secret's `stringData`.
+    fn secret_data(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.secrets
+            .iter()
+            .map(|s| {
+                (
+                    name_of(&s.metadata),
+                    s.string_data.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every StatefulSet's and Deployment's pod.
+    fn workloads(&self) -> Vec<Workload<'_>> {
+        let standalone: BTreeSet<String> =
+            self.claims.iter().map(|c| name_of(&c.metadata)).collect();
+        let sets = self.stateful_sets.iter().map(|set| {
+            let spec = set.spec.as_ref().expect("a spec");
+            let templates = spec
+                .volume_claim_templates
+                .iter()
+                .flatten()
+                .map(|c| name_of(&c.metadata))
+                .collect();
+            (name_of(&set.metadata), &spec.template, templates)
+        });
+        let deployments = self.deployments.iter().map(|d| {
+            let spec = d.spec.as_ref().expect("a spec");
+            (name_of(&d.metadata), &spec.template, standalone.clone())
+        });
+        sets.chain(deployments)
+            .map(|(name, template, claims)| {
+                let labels = template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                Workload {
+                    name,
+                    labels,
+                    pod: template.spec.as_ref().expect("a pod spec"),
+                    claims,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A StatefulSet's or a Deployment's pod.
+struct Workload<'a> {
+    name: String,
+    labels: BTreeMap<String, String>,
+    pod: &'a PodSpec,
+    /// The volume claims its pods may mount: a StatefulSet's templates, a
+    /// Deployment's standalone claims.
+    claims: BTreeSet<String>,
 }
 
 /// Deserialises into the typed struct and requires that serialising it again
@@ -800,12 +1730,14 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
     }
 }
 
-fn load_manifests() -> Manifests {
-    let dir = repo_root().join("deploy/k8s");
+/// Every manifest in `dir` (of the repository), which its
+/// kustomization.yaml lists.
+fn load_manifests(dir: &str) -> Manifests {
+    let dir = repo_root().join(dir);
     let kustomization: Kustomization =
         serde_norway::from_str(&read(&dir.join("kustomization.yaml"))).expect("kustomization");
     let mut files: BTreeSet<String> = std::fs::read_dir(&dir)
-        .expect("deploy/k8s")
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {
             e.expect("an entry")
                 .file_name()
@@ -816,7 +1748,12 @@ fn load_manifests() -> Manifests {
         .collect();
     files.remove("kustomization.yaml");
     let listed: BTreeSet<String> = kustomization.resources.iter().cloned().collect();
-    assert_eq!(listed, files, "kustomization.yaml lists every manifest");
+    assert_eq!(
+        listed,
+        files,
+        "{}/kustomization.yaml lists every manifest",
+        dir.display()
+    );
 
     let mut manifests = Manifests::default();
     for file in &files {
@@ -839,6 +1776,9 @@ fn load_manifests() -> Manifests {
                     manifests.claims.push(typed(file, &doc))
                 }
                 (Some("v1"), Some("Secret")) => manifests.secrets.push(typed(file, &doc)),
+                (Some("autoscaling/v2"), Some("HorizontalPodAutoscaler")) => {
+                    manifests.autoscalers.push(typed(file, &doc))
+                }
                 other => panic!("{file}: unexpected kind {other:?}"),
             }
         }
@@ -846,7 +1786,7 @@ fn load_manifests() -> Manifests {
     manifests
 }
 
-fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn name_of(meta: &ObjectMeta) -> String {
     meta.name.clone().expect("every object has a name")
 }
 
@@ -1007,6 +1947,18 @@ fn unit_of(
             persistent.insert(PathBuf::from(&mount.mount_path));
         }
     }
+    let scratch = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|mount| {
+            pod.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == mount.name && v.empty_dir.is_some())
+        })
+        .map(|mount| PathBuf::from(&mount.mount_path))
+        .collect();
     let mut health = Vec::new();
     if container.ports.as_ref().is_some_and(|p| !p.is_empty()) {
         health.push(probe_of(
@@ -1023,9 +1975,12 @@ fn unit_of(
         ));
     }
     let image = container.image.clone().expect("an image");
+    let grace = pod
+        .termination_grace_period_seconds
+        .unwrap_or(K8S_DEFAULT_GRACE_SECONDS);
     Unit {
         name: name.to_string(),
-        is_strand: image.starts_with("strand:"),
+        role: role_of(name, &image),
         image,
         args: container.args.clone().unwrap_or_default(),
         env,
@@ -1036,24 +1991,69 @@ fn unit_of(
             .map(|p| u16::try_from(p.container_port).expect("a port"))
             .collect(),
         persistent,
+        scratch,
         health,
         secret_files,
+        config_files: BTreeMap::new(),
+        stop_seconds: u64::try_from(grace).expect("a grace period")
+            - pre_stop_seconds(name, container),
     }
+}
+
+/// How long a container's preStop hook pauses (a pause before SIGTERM,
+/// which the grace period includes).
+fn pre_stop_seconds(name: &str, container: &Container) -> u64 {
+    let Some(hook) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    else {
+        return 0;
+    };
+    if let Some(sleep) = &hook.sleep {
+        return u64::try_from(sleep.seconds).expect("seconds");
+    }
+    match hook.exec.as_ref().and_then(|e| e.command.as_deref()) {
+        Some([sleep, seconds]) if sleep == "sleep" => seconds
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: preStop sleeps {seconds:?}")),
+        other => panic!("{name}: unexpected preStop hook {other:?}"),
+    }
+}
+
+/// A Kubernetes quantity of bytes (`2Gi`, `1536Mi`, `500M`, `1073741824`).
+fn bytes_of(quantity: &Quantity) -> u64 {
+    let text = quantity.0.as_str();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("{text} is no whole quantity"));
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => panic!("{text}: unexpected unit"),
+    };
+    number * factor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_manifests_match_the_code() {
-    let manifests = load_manifests();
-    let secrets: BTreeMap<String, BTreeMap<String, String>> = manifests
-        .secrets
-        .iter()
-        .map(|s| {
-            (
-                name_of(&s.metadata),
-                s.string_data.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let manifests = load_manifests("deploy/k8s");
+    assert!(
+        manifests.autoscalers.is_empty(),
+        "deploy/k8s: one Strand, not scaled"
+    );
+    let secrets = manifests.secret_data();
     let standalone_claims: BTreeSet<String> = manifests
         .claims
         .iter()
@@ -1094,7 +2094,11 @@ async fn the_kubernetes_manifests_match_the_code() {
             .as_ref()
             .and_then(|m| m.labels.clone());
         let unit = unit_of(&name, pod, &templates, &secrets);
-        assert!(unit.is_strand, "{name}: the StatefulSet runs Strand");
+        assert_eq!(
+            unit.role,
+            Role::Strand,
+            "{name}: the StatefulSet runs Strand"
+        );
         pods.push((name, labels.unwrap_or_default(), pod.containers[0].clone()));
         units.push(unit);
     }
@@ -1148,7 +2152,10 @@ async fn the_kubernetes_manifests_match_the_code() {
         pods,
     };
     // Strand's Service exposes all three listeners under their own ports.
-    let strand = units.iter().find(|u| u.is_strand).expect("Strand");
+    let strand = units
+        .iter()
+        .find(|u| u.role == Role::Strand)
+        .expect("Strand");
     for port in &strand.ports {
         assert_eq!(
             network.resolve("strand", *port),
@@ -1158,4 +2165,246 @@ async fn the_kubernetes_manifests_match_the_code() {
     }
     let paths = check_units("deploy/k8s", &units, &network);
     check_running_strand("deploy/k8s", &units, &paths).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_clickhouse_manifests_match_the_code() {
+    const WHAT: &str = "deploy/k8s/clickhouse";
+    let base = load_manifests("deploy/k8s");
+    let variant = load_manifests(WHAT);
+    // Applied next to deploy/k8s, into its namespace: nothing may collide,
+    // and each Service must still select one workload.
+    let all = base.merged(&variant);
+    let mut seen = BTreeSet::new();
+    for (kind, name) in all.ids() {
+        assert!(
+            seen.insert((kind, name.clone())),
+            "{WHAT}: {kind} {name} twice in the namespace"
+        );
+    }
+    let secrets = all.secret_data();
+    let network = K8sNetwork {
+        manifests: &all,
+        pods: all
+            .workloads()
+            .into_iter()
+            .map(|w| (w.name, w.labels, w.pod.containers[0].clone()))
+            .collect(),
+    };
+    for service in &all.services {
+        let name = name_of(&service.metadata);
+        for port in service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports")
+        {
+            assert!(
+                network
+                    .resolve(&name, u16::try_from(port.port).expect("a port"))
+                    .is_some(),
+                "{WHAT}: Service {name}'s port {} reaches no container port",
+                port.port
+            );
+        }
+    }
+    let [deployment] = &variant.deployments[..] else {
+        panic!("{WHAT}: one Deployment, Strand's");
+    };
+    let [clickhouse_set] = &variant.stateful_sets[..] else {
+        panic!("{WHAT}: one StatefulSet, ClickHouse's");
+    };
+    let [autoscaler] = &variant.autoscalers[..] else {
+        panic!("{WHAT}: one HorizontalPodAutoscaler");
+    };
+    assert!(
+        variant.claims.is_empty(),
+        "{WHAT}: no volume claims of its own"
+    );
+
+    // Strand: a Deployment of interchangeable pods.
+    let name = name_of(&deployment.metadata);
+    let spec = deployment.spec.as_ref().expect("a spec");
+    let pod = spec.template.spec.as_ref().expect("a pod spec");
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{WHAT}: {name}'s selector matches its pods"
+    );
+    let node = unit_of(&name, pod, &BTreeSet::new(), &secrets);
+    let replicas = spec.replicas.unwrap_or(1);
+    assert!(replicas >= 2, "{WHAT}: {name} runs two pods or more");
+    assert!(
+        node.persistent.is_empty(),
+        "{WHAT}: {name}'s pods cannot share a volume claim"
+    );
+    assert_ne!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "{WHAT}: {name} keeps serving while it rolls"
+    );
+    let config = parse_strand(&name, &node.args, &node.env);
+    let container = &pod.containers[0];
+    let wal = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == config.data_dir)
+        .and_then(|m| pod.volumes.iter().flatten().find(|v| v.name == m.name))
+        .and_then(|v| v.empty_dir.as_ref())
+        .unwrap_or_else(|| panic!("{WHAT}: {name}'s write-ahead log is on no emptyDir"));
+    let room = wal.size_limit.as_ref().map(bytes_of).unwrap_or_else(|| {
+        panic!("{WHAT}: {name}'s emptyDir has no sizeLimit, the write-ahead log no bound there")
+    });
+    assert!(
+        room > config.limits.wal_max_bytes,
+        "{WHAT}: {name}'s write-ahead log may grow to {} bytes while ClickHouse is down, its emptyDir holds {room}: the pod would be evicted",
+        config.limits.wal_max_bytes
+    );
+    let memory = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(bytes_of)
+        .expect("checked by unit_of");
+    let budget = config
+        .memory
+        .as_ref()
+        .map(|m| m.limit)
+        .unwrap_or_else(|| panic!("{WHAT}: {name} has no --memory-limit"));
+    assert!(
+        budget < memory,
+        "{WHAT}: {name}'s --memory-limit is not below its container's"
+    );
+    let service = all
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{WHAT}: no Service {name}"));
+    for port in &node.ports {
+        assert_eq!(
+            network.resolve(&name, *port),
+            Some((name.clone(), *port)),
+            "{WHAT}: Service {name} exposes {port}"
+        );
+    }
+    assert_eq!(
+        service
+            .spec
+            .as_ref()
+            .and_then(|s| s.session_affinity.as_deref()),
+        Some("ClientIP"),
+        "{WHAT}: Service {name} must keep each client on one pod: OTLP delta metrics need it"
+    );
+    // The tokens of deploy/k8s's Strand.
+    let base_secrets = base.secret_data();
+    let base_units: Vec<Unit> = base
+        .workloads()
+        .into_iter()
+        .map(|w| unit_of(&w.name, w.pod, &w.claims, &base_secrets))
+        .collect();
+    let base_strand = base_units
+        .iter()
+        .find(|u| u.role == Role::Strand)
+        .expect("deploy/k8s's Strand");
+    let tokens = |unit: &Unit| {
+        let config = parse_strand(&unit.name, &unit.args, &unit.env);
+        config
+            .auth
+            .token_file
+            .and_then(|file| unit.secret_files.get(&file).cloned())
+    };
+    assert!(tokens(&node).is_some(), "{WHAT}: {name} reads a token file");
+    assert_eq!(
+        tokens(&node),
+        tokens(base_strand),
+        "{WHAT}: {name} reads deploy/k8s's Strand's tokens"
+    );
+
+    // ClickHouse: one server as a StatefulSet with its volume.
+    let clickhouse_name = name_of(&clickhouse_set.metadata);
+    let set_spec = clickhouse_set.spec.as_ref().expect("a spec");
+    assert_eq!(
+        set_spec.replicas,
+        Some(1),
+        "{WHAT}: one ClickHouse server (more pods of {clickhouse_name} would be servers of their own, not replicas)"
+    );
+    let governing = set_spec
+        .service_name
+        .as_deref()
+        .expect("a governing Service");
+    assert_eq!(
+        all.services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(governing))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.cluster_ip.as_deref()),
+        Some("None"),
+        "{WHAT}: {clickhouse_name}'s governing Service {governing} exists and is headless"
+    );
+    let templates = set_spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|c| name_of(&c.metadata))
+        .collect();
+    let clickhouse = unit_of(
+        &clickhouse_name,
+        set_spec.template.spec.as_ref().expect("a pod spec"),
+        &templates,
+        &secrets,
+    );
+    let paths = check_clickhouse_nodes(WHAT, &[&node], &clickhouse, &network);
+
+    // The autoscaler scales that Deployment on CPU.
+    let scaling = autoscaler.spec.as_ref().expect("a spec");
+    let target = &scaling.scale_target_ref;
+    assert_eq!(
+        (
+            target.api_version.as_deref(),
+            target.kind.as_str(),
+            target.name.as_str()
+        ),
+        (Some("apps/v1"), "Deployment", name.as_str()),
+        "{WHAT}: the autoscaler scales Deployment {name}"
+    );
+    let min = scaling.min_replicas.unwrap_or(1);
+    assert!(
+        min >= 2 && scaling.max_replicas > min,
+        "{WHAT}: the autoscaler keeps two pods or more, and may add some"
+    );
+    assert!(
+        (min..=scaling.max_replicas).contains(&replicas),
+        "{WHAT}: {name}'s replicas are within the autoscaler's range"
+    );
+    let cpu = scaling
+        .metrics
+        .iter()
+        .flatten()
+        .filter(|m| m.type_ == "Resource")
+        .filter_map(|m| m.resource.as_ref())
+        .find(|r| r.name == "cpu")
+        .unwrap_or_else(|| panic!("{WHAT}: the autoscaler follows CPU"));
+    assert_eq!(
+        cpu.target.type_, "Utilization",
+        "{WHAT}: a share of the CPU request"
+    );
+    assert!(
+        cpu.target
+            .average_utilization
+            .is_some_and(|u| (1..=100).contains(&u)),
+        "{WHAT}: a CPU utilisation target in percent of the request"
+    );
+
+    // Two pods with the Deployment's settings over one ClickHouse, taking
+    // the telemetry of deploy/k8s's shop.
+    let senders: Vec<&Unit> = base_units.iter().collect();
+    check_running_clickhouse_nodes(WHAT, &[&node, &node], &senders, &paths).await;
 }
