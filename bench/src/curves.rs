@@ -820,11 +820,10 @@ async fn metrics_curve(
                 "{acked} of {sent} samples acknowledged at {series} series"
             ));
         }
-        let query = RangeQuery {
-            start_s: end_s
-                - QUERY_RANGE_S.min(rounds_i64 * SCRAPE_INTERVAL_MS / 1000 - RATE_WINDOW_S),
+        let query = RangeQuery::rate(
+            end_s - QUERY_RANGE_S.min(rounds_i64 * SCRAPE_INTERVAL_MS / 1000 - RATE_WINDOW_S),
             end_s,
-        };
+        );
         let answered = metrics::run_queries("strand", &http, &query, queries).await?;
         if answered.errors > 0 {
             curve.problem(format!(

@@ -16,9 +16,11 @@
 //! 3. Prometheus: the same, measuring its `wal` and `chunks_head`, which hold
 //!    the data of a Prometheus that has not cut a block yet.
 //!
-//! The range query is `sum by (job) (rate(x[5m]))` over the last hour of the
-//! generated data at a 15 s step: 1,000 series in, 10 out. The answers of
-//! both systems are compared point by point.
+//! The range queries are `sum by (job) (rate(x[5m]))` over the last hour of
+//! the generated data at a 15 s step, and `sum by (job) (x)` over the same
+//! hour at a 60 s step (a selector read at steps, which a store may
+//! downsample): 1,000 series in, 10 out. The answers of both systems are
+//! compared point by point.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -92,21 +94,47 @@ struct Side {
     bytes_on_disk: u64,
     restart_ready: Duration,
     queries: QueryResult,
+    selector_queries: QueryResult,
 }
 
-/// The range query, in the parameters `/api/v1/query_range` takes.
+/// A range query, in the parameters `/api/v1/query_range` takes.
 pub(crate) struct RangeQuery {
-    pub start_s: i64,
-    pub end_s: i64,
+    expr: String,
+    start_s: i64,
+    end_s: i64,
+    step_s: i64,
 }
 
 impl RangeQuery {
+    /// `sum by (job) (rate(x[5m]))` over `[start_s, end_s]` at the scrape
+    /// interval: every sample of the range is read.
+    pub fn rate(start_s: i64, end_s: i64) -> RangeQuery {
+        RangeQuery {
+            expr: format!("sum by (job) (rate({QUERY_METRIC}[5m]))"),
+            start_s,
+            end_s,
+            step_s: SCRAPE_INTERVAL_MS / 1000,
+        }
+    }
+
+    /// `sum by (job) (x)` over `[start_s, end_s]` every minute, as a
+    /// dashboard panel of an hour asks: a selector read at steps four
+    /// scrapes apart.
+    fn selector(start_s: i64, end_s: i64) -> RangeQuery {
+        RangeQuery {
+            expr: format!("sum by (job) ({QUERY_METRIC})"),
+            start_s,
+            end_s,
+            step_s: 60,
+        }
+    }
+
     fn params(&self) -> [(&'static str, String); 4] {
         [
-            ("query", format!("sum by (job) (rate({QUERY_METRIC}[5m]))")),
+            ("query", self.expr.clone()),
             ("start", self.start_s.to_string()),
             ("end", self.end_s.to_string()),
-            ("step", format!("{}s", SCRAPE_INTERVAL_MS / 1000)),
+            ("step", format!("{}s", self.step_s)),
         ]
     }
 }
@@ -171,10 +199,8 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
     let rounds = i64::try_from(args.rounds).context("--rounds is too large")?;
     let start_ms = (now_ms() / SCRAPE_INTERVAL_MS - rounds - 1) * SCRAPE_INTERVAL_MS;
     let end_ms = start_ms + rounds * SCRAPE_INTERVAL_MS;
-    let query = RangeQuery {
-        start_s: end_ms / 1000 - QUERY_RANGE_S,
-        end_s: end_ms / 1000,
-    };
+    let query = RangeQuery::rate(end_ms / 1000 - QUERY_RANGE_S, end_ms / 1000);
+    let selector_query = RangeQuery::selector(end_ms / 1000 - QUERY_RANGE_S, end_ms / 1000);
     let built = Instant::now();
     let mut rng = SmallRng::seed_from_u64(SEED);
     let mut set = SeriesSet::new(args.series, Values::Realistic, &mut rng);
@@ -245,6 +271,8 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
         second = nodes::start_reader(&args.strand, &scratch, clickhouse.as_ref()).await?;
     }
     let queries = run_queries("strand", &second.http_url(), &query, args.queries).await?;
+    let selector_queries =
+        run_queries("strand", &second.http_url(), &selector_query, args.queries).await?;
     second.stop(STOP_TIMEOUT).await?;
     drop(clickhouse);
     let strand = Side {
@@ -252,6 +280,7 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
         bytes_on_disk,
         restart_ready,
         queries,
+        selector_queries,
     };
 
     // 3. Prometheus.
@@ -279,19 +308,32 @@ pub async fn run(args: &MetricsArgs) -> Result<String> {
             restart_ready.as_secs_f64()
         );
         let queries = run_queries("prometheus", &second.http_url(), &query, args.queries).await?;
+        let selector_queries = run_queries(
+            "prometheus",
+            &second.http_url(),
+            &selector_query,
+            args.queries,
+        )
+        .await?;
         second.stop(STOP_TIMEOUT).await?;
         Some(Side {
             load,
             bytes_on_disk,
             restart_ready,
             queries,
+            selector_queries,
         })
     };
     drop(scratch);
 
-    let comparison = prometheus
-        .as_ref()
-        .map(|prom| compare_answers(&strand.queries.answer, &prom.queries.answer));
+    let comparison = prometheus.as_ref().map(|prom| {
+        let rate = compare_answers(&strand.queries.answer, &prom.queries.answer)?;
+        let selector = compare_answers(
+            &strand.selector_queries.answer,
+            &prom.selector_queries.answer,
+        )?;
+        Ok::<f64, String>(rate.max(selector))
+    });
     if let Some(Err(difference)) = &comparison {
         eprintln!("warning: the range-query answers differ: {difference}");
     }
@@ -378,7 +420,11 @@ fn side_fields(report: JsonObject, side: &Side, series: usize) -> JsonObject {
             round(side.restart_ready.as_secs_f64(), 3),
         )
         .summary("range_query_ms", side.queries.latency)
-        .field("query_errors", side.queries.errors)
+        .summary("selector_query_ms", side.selector_queries.latency)
+        .field(
+            "query_errors",
+            side.queries.errors + side.selector_queries.errors,
+        )
         .field("rejected", load.rejected)
         .field("refused", load.refused)
         .field("errors", load.errors)

@@ -18,7 +18,7 @@ use promql_parser::parser::{
 
 use crate::error::{EvalError, Result, exec_err};
 use crate::value::{Labels, METRIC_NAME, Sample, Series, Value, is_stale_nan};
-use crate::{Limits, SeriesSource, aggregate, binary, functions};
+use crate::{Limits, SeriesSource, Steps, aggregate, binary, functions};
 
 /// Interval of subqueries without an explicit step: Prometheus's default global
 /// evaluation interval.
@@ -60,6 +60,16 @@ impl Val {
 
 /// Identity of a selector node in the parsed tree; the tree does not move while a
 /// query runs, so its address is stable.
+/// The samples one selector needs.
+#[derive(Clone, Copy)]
+struct SelectorWindow<'e> {
+    vs: &'e VectorSelector,
+    start: i64,
+    end: i64,
+    /// The times it is read at, when it is read only as an instant vector.
+    steps: Option<Steps>,
+}
+
 fn key(vs: &VectorSelector) -> usize {
     vs as *const VectorSelector as usize
 }
@@ -123,7 +133,7 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates `expr` at one timestamp and converts the result for the caller.
     pub(crate) fn instant(&mut self, expr: &Expr, t: i64) -> Result<Value> {
-        self.plan(expr, t, t)?;
+        self.plan(expr, t, t, 1)?;
         Ok(match self.eval(expr, t)? {
             Val::Scalar(v) => Value::Scalar { t, v },
             Val::String(v) => Value::String { t, v },
@@ -172,7 +182,7 @@ impl<'a> Evaluator<'a> {
                 "invalid expression type \"{ty}\" for range query, must be Scalar or instant Vector"
             )));
         }
-        self.plan(expr, self.start, self.end)?;
+        self.plan(expr, self.start, self.end, step)?;
         let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         let mut t = self.start;
         while t <= self.end {
@@ -231,18 +241,24 @@ impl<'a> Evaluator<'a> {
 
     /// Walks the tree once: rejects what Prometheus 2.42 does not support, computes the
     /// time window each selector needs over evaluation times `[lo, hi]`, and loads it.
-    fn plan(&mut self, expr: &Expr, lo: i64, hi: i64) -> Result<()> {
-        let mut windows: Vec<(&VectorSelector, i64, i64)> = Vec::new();
-        self.collect_windows(expr, lo, hi, &mut windows)?;
-        let mut merged: HashMap<usize, (&VectorSelector, i64, i64)> = HashMap::new();
-        for (vs, a, b) in windows {
-            let e = merged.entry(key(vs)).or_insert((vs, a, b));
-            e.1 = e.1.min(a);
-            e.2 = e.2.max(b);
+    /// `step` is the range query's (any positive value for an instant
+    /// query): selectors read only at those times may be downsampled by the
+    /// source (see [`SeriesSource::select_steps`]).
+    fn plan(&mut self, expr: &Expr, lo: i64, hi: i64, step: i64) -> Result<()> {
+        let mut windows: Vec<SelectorWindow> = Vec::new();
+        self.collect_windows(expr, lo, hi, Some(step), &mut windows)?;
+        let mut merged: HashMap<usize, SelectorWindow> = HashMap::new();
+        for window in windows {
+            let e = merged.entry(key(window.vs)).or_insert(window);
+            e.start = e.start.min(window.start);
+            e.end = e.end.max(window.end);
+            if e.steps != window.steps {
+                e.steps = None;
+            }
         }
-        for (k, (vs, a, b)) in merged {
+        for (k, window) in merged {
             let series = self
-                .select(vs, a, b)?
+                .select(window.vs, window.start, window.end, window.steps)?
                 .into_iter()
                 .map(Loaded::new)
                 .collect();
@@ -251,46 +267,71 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
+    /// Collects the window of every selector under `expr`, evaluated over
+    /// `[lo, hi]` every `step` (`None` inside a subquery, whose times are
+    /// its own grid).
     fn collect_windows<'e>(
         &self,
         expr: &'e Expr,
         lo: i64,
         hi: i64,
-        out: &mut Vec<(&'e VectorSelector, i64, i64)>,
+        step: Option<i64>,
+        out: &mut Vec<SelectorWindow<'e>>,
     ) -> Result<()> {
         match expr {
             Expr::VectorSelector(vs) => {
                 check_selector(vs)?;
                 let (a, b) = self.window(&vs.at, &vs.offset, lo, hi);
-                out.push((vs, a.saturating_sub(self.limits.lookback_ms), b));
+                // Read at `a`, `a + step`, ... `b` (with `@`, `b` is `a`).
+                let steps = step.map(|step_ms| Steps {
+                    first_ms: a,
+                    step_ms,
+                });
+                out.push(SelectorWindow {
+                    vs,
+                    start: a.saturating_sub(self.limits.lookback_ms),
+                    end: b,
+                    steps,
+                });
             }
             Expr::MatrixSelector(MatrixSelector { vs, range }) => {
                 check_selector(vs)?;
                 let (a, b) = self.window(&vs.at, &vs.offset, lo, hi);
-                out.push((vs, a.saturating_sub(duration_ms(range)), b));
+                out.push(SelectorWindow {
+                    vs,
+                    start: a.saturating_sub(duration_ms(range)),
+                    end: b,
+                    steps: None,
+                });
             }
             Expr::Subquery(sq) => {
                 let (a, b) = self.window(&sq.at, &sq.offset, lo, hi);
-                self.collect_windows(&sq.expr, a.saturating_sub(duration_ms(&sq.range)), b, out)?;
+                self.collect_windows(
+                    &sq.expr,
+                    a.saturating_sub(duration_ms(&sq.range)),
+                    b,
+                    None,
+                    out,
+                )?;
             }
             Expr::Aggregate(a) => {
                 aggregate::check_supported(a)?;
                 if let Some(p) = &a.param {
-                    self.collect_windows(p, lo, hi, out)?;
+                    self.collect_windows(p, lo, hi, step, out)?;
                 }
-                self.collect_windows(&a.expr, lo, hi, out)?;
+                self.collect_windows(&a.expr, lo, hi, step, out)?;
             }
-            Expr::Unary(u) => self.collect_windows(&u.expr, lo, hi, out)?,
+            Expr::Unary(u) => self.collect_windows(&u.expr, lo, hi, step, out)?,
             Expr::Binary(b) => {
                 binary::check_supported(b)?;
-                self.collect_windows(&b.lhs, lo, hi, out)?;
-                self.collect_windows(&b.rhs, lo, hi, out)?;
+                self.collect_windows(&b.lhs, lo, hi, step, out)?;
+                self.collect_windows(&b.rhs, lo, hi, step, out)?;
             }
-            Expr::Paren(p) => self.collect_windows(&p.expr, lo, hi, out)?,
+            Expr::Paren(p) => self.collect_windows(&p.expr, lo, hi, step, out)?,
             Expr::Call(c) => {
                 functions::check_supported(c)?;
                 for a in &c.args.args {
-                    self.collect_windows(a, lo, hi, out)?;
+                    self.collect_windows(a, lo, hi, step, out)?;
                 }
             }
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
@@ -313,15 +354,25 @@ impl<'a> Evaluator<'a> {
         (self.ref_time(at, offset, lo), self.ref_time(at, offset, hi))
     }
 
-    /// Fetches the series of a selector over `[a, b]`, sorted by labels.
-    fn select(&mut self, vs: &VectorSelector, a: i64, b: i64) -> Result<Vec<Series>> {
+    /// Fetches the series of a selector over `[a, b]` (read only at
+    /// `steps`, if given), sorted by labels.
+    fn select(
+        &mut self,
+        vs: &VectorSelector,
+        a: i64,
+        b: i64,
+        steps: Option<Steps>,
+    ) -> Result<Vec<Series>> {
         let name = vs
             .name
             .as_ref()
             .map(|n| Matcher::new(MatchOp::Equal, METRIC_NAME, n));
         let mut matchers = vs.matchers.matchers.clone();
         matchers.extend(name);
-        let mut all: Vec<Series> = self.src.select(&matchers, a, b)?;
+        let mut all: Vec<Series> = match steps {
+            Some(steps) => self.src.select_steps(&matchers, a, b, steps)?,
+            None => self.src.select(&matchers, a, b)?,
+        };
         for s in &mut all {
             s.samples.retain(|(t, _)| *t >= a && *t <= b);
         }

@@ -99,6 +99,24 @@ pub trait SeriesSource {
         end_ms: i64,
     ) -> Result<Vec<Series>>;
 
+    /// [`select`](Self::select) for a selector the engine reads only as an
+    /// instant vector at `steps.first_ms`, `steps.first_ms + steps.step_ms`,
+    /// ... up to `end_ms` (each time taking the newest sample of the last
+    /// lookback): a source may return, of each series, only the newest
+    /// sample of each step, `(t - step, t]` (and the newest at or before
+    /// the first), which gives the same answer from fewer samples. The
+    /// default returns them all.
+    fn select_steps(
+        &self,
+        matchers: &[promql_parser::label::Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        steps: Steps,
+    ) -> Result<Vec<Series>> {
+        let _ = steps;
+        self.select(matchers, start_ms, end_ms)
+    }
+
     /// What `count_logs` counts: the log records matching `query` (the log
     /// explorer's query syntax) whose timestamp is in
     /// `(at_ms - window_ms, at_ms]`, per distinct combination of the values
@@ -120,6 +138,16 @@ pub trait SeriesSource {
         let _ = (query, window_ms, by, at_ms);
         Err(EvalError::no_log_store())
     }
+}
+
+/// The evaluation times of [`SeriesSource::select_steps`]: `first_ms` and
+/// every `step_ms` after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steps {
+    /// The first time the selector is read at (its offset applied).
+    pub first_ms: i64,
+    /// Between one time and the next.
+    pub step_ms: i64,
 }
 
 /// Resource limits of one query, so a single query cannot take the daemon down.

@@ -2125,3 +2125,91 @@ fn nesting_counts_brackets_and_operators_outside_strings_and_matchers() {
     assert!(crate::parse(&vec!["1"; 257].join("+")).is_ok());
     assert!(crate::parse(&vec!["1"; 258].join("+")).is_err());
 }
+
+/// A source that takes [`SeriesSource::select_steps`] at its word: of each
+/// series only the newest sample at or before the first step and the
+/// newest of each step after it, as a store may push down.
+struct Downsampling(TestSource, std::cell::Cell<usize>);
+
+impl SeriesSource for Downsampling {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> crate::Result<Vec<Series>> {
+        self.0.select(matchers, start, end)
+    }
+
+    fn select_steps(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        steps: crate::Steps,
+    ) -> crate::Result<Vec<Series>> {
+        let bucket = |t: i64| {
+            if t <= steps.first_ms {
+                0
+            } else {
+                (t - steps.first_ms - 1) / steps.step_ms + 1
+            }
+        };
+        let mut series = self.0.select(matchers, start, end)?;
+        for one in &mut series {
+            let samples = std::mem::take(&mut one.samples);
+            for (i, sample) in samples.iter().enumerate() {
+                if samples
+                    .get(i + 1)
+                    .is_none_or(|next| bucket(next.0) != bucket(sample.0))
+                {
+                    one.samples.push(*sample);
+                } else {
+                    self.1.set(self.1.get() + 1);
+                }
+            }
+        }
+        Ok(series)
+    }
+}
+
+#[test]
+fn selectors_read_at_steps_answer_the_same_from_their_newest_samples() {
+    let data = r#"metric{job="1"} 0+1x40
+        metric{job="2"} 5 _ 7 stale 9 10 _ _ _ _ 11 12 stale _ 13
+        other{job="1"} 1+2x40"#;
+    let full = load("15s", data);
+    let downsampled = Downsampling(load("15s", data), Default::default());
+    let lim = Limits::default();
+    let queries = [
+        "metric",
+        "metric offset 1m",
+        "metric @ 120",
+        "sum by (job) (metric) + on(job) other",
+        "timestamp(metric)",
+        "metric > 5 and other",
+        "rate(metric[1m]) + metric",
+        "max_over_time(metric[2m:30s]) - metric",
+        "absent(nothing) or metric",
+    ];
+    for query in queries {
+        for (start, end, step) in [
+            (0, 600_000, 60_000),
+            (7_000, 500_000, 45_000),
+            (0, 600_000, 10_000),
+        ] {
+            assert_eq!(
+                range_query(&downsampled, query, start, end, step, &lim).unwrap(),
+                range_query(&full, query, start, end, step, &lim).unwrap(),
+                "{query} over [{start}, {end}] every {step}"
+            );
+        }
+        for time in [0, 44_000, 150_000, 601_000] {
+            assert_eq!(
+                instant_query(&downsampled, query, time, &lim).unwrap(),
+                instant_query(&full, query, time, &lim).unwrap(),
+                "{query} at {time}"
+            );
+        }
+    }
+    assert!(
+        downsampled.1.get() > 1_000,
+        "{} samples left out",
+        downsampled.1.get()
+    );
+}

@@ -98,6 +98,7 @@ fn metrics_over_clickhouse_from_two_nodes_answer_as_prometheus_does() {
     for figure in [
         &json["samples_per_s"],
         &json["range_query_ms"]["p99"],
+        &json["selector_query_ms"]["p99"],
         &json["bytes_per_sample"],
         &json["ingest_ratio"],
     ] {

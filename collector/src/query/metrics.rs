@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use promql_parser::label::Matcher;
-use strand_promql::{EvalError, Labels, LogField, Series, SeriesSource};
+use strand_promql::{EvalError, Labels, LogField, Series, SeriesSource, Steps};
 
 use crate::query::logs::{self, LogQuery, LogQueryError, Order};
 use crate::query::pool::{Deadline, QueryRefused};
 use crate::store::StoreError;
 use crate::store::log_search::LogRecordStore;
-use crate::store::sample_store::SampleStore;
+use crate::store::sample_store::{SampleStore, Selection};
 
 /// Reads the metrics store for the evaluator, for one query.
 pub struct MetricSource {
@@ -66,21 +66,17 @@ fn nanos_between(start_ms: i64, end_ms: i64) -> (u64, u64) {
     }
 }
 
-impl SeriesSource for MetricSource {
-    fn select(
+impl MetricSource {
+    /// A store's selection as the evaluator's series, noting damage.
+    fn series(
         &self,
-        matchers: &[Matcher],
-        start_ms: i64,
-        end_ms: i64,
+        selected: Result<Selection, StoreError>,
     ) -> strand_promql::Result<Vec<Series>> {
-        let selected = self
-            .store
-            .select(matchers, start_ms, end_ms, self.max_series)
-            .map_err(|error| match error {
-                StoreError::TooManySeries { .. } => EvalError::Execution(error.to_string()),
-                error if error.is_unavailable() => EvalError::Unavailable(error.to_string()),
-                error => EvalError::Storage(error.to_string()),
-            })?;
+        let selected = selected.map_err(|error| match error {
+            StoreError::TooManySeries { .. } => EvalError::Execution(error.to_string()),
+            error if error.is_unavailable() => EvalError::Unavailable(error.to_string()),
+            error => EvalError::Storage(error.to_string()),
+        })?;
         if selected.damaged {
             self.damaged.store(true, Ordering::Relaxed);
         }
@@ -101,6 +97,33 @@ impl SeriesSource for MetricSource {
                     .collect(),
             })
             .collect())
+    }
+}
+
+impl SeriesSource for MetricSource {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> strand_promql::Result<Vec<Series>> {
+        self.series(
+            self.store
+                .select(matchers, start_ms, end_ms, self.max_series),
+        )
+    }
+
+    fn select_steps(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        steps: Steps,
+    ) -> strand_promql::Result<Vec<Series>> {
+        self.series(
+            self.store
+                .select_steps(matchers, start_ms, end_ms, self.max_series, steps),
+        )
     }
 
     fn count_logs(

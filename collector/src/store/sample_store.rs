@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use promql_parser::label::Matcher;
+use strand_promql::Steps;
 
 use crate::backup::BackupDir;
 use crate::config::Retention;
@@ -100,6 +101,21 @@ pub trait SampleStore: Send + Sync {
         end: i64,
         max_series: usize,
     ) -> Result<Selection>;
+
+    /// [`select`](Self::select) for a selector PromQL reads only at
+    /// `steps` (see `strand_promql::SeriesSource::select_steps`): a store
+    /// may leave out every sample but the newest of each step.
+    fn select_steps(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+        steps: Steps,
+    ) -> Result<Selection> {
+        let _ = steps;
+        self.select(matchers, start, end, max_series)
+    }
 
     /// Label sets of the series matching any of `selectors` (every series
     /// when empty) that have samples in `[start, end]`, in label order: at

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use promql_parser::label::{MatchOp, Matcher};
 use serde::{Deserialize, Serialize};
+use strand_promql::Steps;
 
 use super::{Checkpoint, ClickHouse, Connector, drop_expired, quote, schema, snapshot_refused};
 use crate::backup::BackupDir;
@@ -267,12 +268,15 @@ impl ClickHouseMetrics {
 
     /// The series matching `matchers` with samples in `[start, end]`, from
     /// ClickHouse.
+    /// With `steps`, only the newest sample of each step is read (see
+    /// [`SampleStore::select_steps`]).
     fn select_stored(
         &self,
         matchers: &[Matcher],
         start: i64,
         end: i64,
         max_series: usize,
+        steps: Option<Steps>,
     ) -> Result<HashMap<u64, SelectedSeries>> {
         let (connection, series_local) = self.connection()?;
         let condition = format!(
@@ -322,7 +326,11 @@ impl ClickHouseMetrics {
             })
             .collect();
         connection.wait("reading samples", async {
-            let mut cursor = connection.query(&points_sql(&points)).fetch::<PointRow>()?;
+            let sql = match steps {
+                Some(steps) => newest_per_step_sql(&points, steps),
+                None => points_sql(&points),
+            };
+            let mut cursor = connection.query(&sql).fetch::<PointRow>()?;
             while let Some(point) = cursor.next().await? {
                 if let Some(series) = selected.get_mut(&point.fingerprint) {
                     series.samples.push(MetricSample {
@@ -343,6 +351,46 @@ impl ClickHouseMetrics {
         }
         selected.retain(|_, series| !series.samples.is_empty());
         Ok(selected)
+    }
+
+    /// The selection from ClickHouse (at `steps`, if given) and this
+    /// node's last hours, merged.
+    fn select_merged(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+        steps: Option<Steps>,
+    ) -> Result<Selection> {
+        let local = match local_range(start, end) {
+            Some((from, to)) => self.local.select(matchers, from, to, max_series)?,
+            None => Selection {
+                series: Vec::new(),
+                damaged: false,
+            },
+        };
+        let mut selected = self.select_stored(matchers, start, end, max_series, steps)?;
+        for series in local.series {
+            match selected.entry(fingerprint(&series.labels)) {
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(series);
+                }
+                std::collections::hash_map::Entry::Occupied(mut entry) => {
+                    let stored = &mut entry.get_mut().samples;
+                    *stored = merge_samples(std::mem::take(stored), series.samples);
+                }
+            }
+        }
+        if selected.len() > max_series {
+            return Err(StoreError::TooManySeries { limit: max_series });
+        }
+        let mut series: Vec<SelectedSeries> = selected.into_values().collect();
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(Selection {
+            series,
+            damaged: local.damaged,
+        })
     }
 
     /// The label sets of the series matching `selectors` on the days of
@@ -508,34 +556,18 @@ impl SampleStore for ClickHouseMetrics {
         end: i64,
         max_series: usize,
     ) -> Result<Selection> {
-        let local = match local_range(start, end) {
-            Some((from, to)) => self.local.select(matchers, from, to, max_series)?,
-            None => Selection {
-                series: Vec::new(),
-                damaged: false,
-            },
-        };
-        let mut selected = self.select_stored(matchers, start, end, max_series)?;
-        for series in local.series {
-            match selected.entry(fingerprint(&series.labels)) {
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    entry.insert(series);
-                }
-                std::collections::hash_map::Entry::Occupied(mut entry) => {
-                    let stored = &mut entry.get_mut().samples;
-                    *stored = merge_samples(std::mem::take(stored), series.samples);
-                }
-            }
-        }
-        if selected.len() > max_series {
-            return Err(StoreError::TooManySeries { limit: max_series });
-        }
-        let mut series: Vec<SelectedSeries> = selected.into_values().collect();
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(Selection {
-            series,
-            damaged: local.damaged,
-        })
+        self.select_merged(matchers, start, end, max_series, None)
+    }
+
+    fn select_steps(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+        steps: Steps,
+    ) -> Result<Selection> {
+        self.select_merged(matchers, start, end, max_series, Some(steps))
     }
 
     fn series(
@@ -772,6 +804,18 @@ fn points_sql(points: &str) -> String {
     format!("SELECT fingerprint, time_ms, value FROM samples WHERE {points}")
 }
 
+/// Of the samples `points` selects, the newest of each series at or before
+/// `steps.first_ms` and the newest of each step `(t - step, t]` after it:
+/// all an instant selector reads at those times.
+fn newest_per_step_sql(points: &str, steps: Steps) -> String {
+    let Steps { first_ms, step_ms } = steps;
+    format!(
+        "SELECT fingerprint, max(time_ms), argMax(value, time_ms) FROM samples \
+         WHERE {points} GROUP BY fingerprint, \
+         greatest(intDiv(time_ms - {first_ms} + {step_ms} - 1, {step_ms}), 0)"
+    )
+}
+
 fn count_series_sql(points: &str) -> String {
     format!("SELECT uniqExact(fingerprint) FROM samples WHERE {points}")
 }
@@ -834,6 +878,13 @@ pub fn statement_shapes() -> Vec<String> {
         columns("metric_metadata", MetadataRow::COLUMN_NAMES),
         series_sql(&condition),
         points_sql(&points),
+        newest_per_step_sql(
+            &points,
+            Steps {
+                first_ms: 1_764_892_800_000,
+                step_ms: 60_000,
+            },
+        ),
         count_series_sql(&points),
         label_names_sql(&selectors),
         label_values_sql("job", &selectors),
