@@ -135,9 +135,9 @@ pub struct ServeArgs {
     pub http: Option<SocketAddr>,
 
     /// Where spans, logs and metrics are kept: `embedded` (in the data
-    /// directory) or `clickhouse` (--clickhouse-url; the data directory
-    /// keeps the WAL, the last two hours of this node's samples and the
-    /// dashboards).
+    /// directory) or `clickhouse` (--clickhouse-url, dashboards too; the
+    /// data directory keeps the WAL and the last two hours of this node's
+    /// samples).
     #[arg(long, env = "STRAND_STORAGE", value_enum, default_value = "embedded")]
     pub storage: StorageKind,
 
@@ -666,9 +666,8 @@ pub enum StorageKind {
 pub enum Storage {
     /// Everything in the data directory.
     Embedded,
-    /// Spans, logs and samples in ClickHouse; the WAL, each node's recent
-    /// samples (its metrics head) and the dashboards in the data
-    /// directory.
+    /// Spans, logs, samples and dashboards in ClickHouse; the WAL and each
+    /// node's recent samples (its metrics head) in the data directory.
     ClickHouse(ClickHouseSettings),
 }
 

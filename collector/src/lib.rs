@@ -562,3 +562,20 @@ fn own_instance(address: std::net::SocketAddr) -> String {
         _ => address.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_samples_name_the_host_where_strand_listens_everywhere() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(own_instance(loopback), "127.0.0.1:7070");
+        let everywhere: std::net::SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let named = own_instance(everywhere);
+        assert!(
+            named.ends_with(":7070") && !named.starts_with("0.0.0.0"),
+            "{named}"
+        );
+    }
+}

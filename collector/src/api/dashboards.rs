@@ -43,6 +43,7 @@ impl DashboardError {
             DashboardError::Corrupt { .. } | DashboardError::Io(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            DashboardError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

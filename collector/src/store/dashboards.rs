@@ -1,9 +1,12 @@
 //! Dashboards: named lists of PromQL panels that the web UI charts over its
-//! time range, stored under the data directory.
+//! time range, stored under the data directory, or with `--storage
+//! clickhouse` in ClickHouse, so that every node sees every dashboard.
 //!
-//! Each dashboard is one JSON file, `<data dir>/dashboards/<id>.json`,
-//! replaced atomically (temp file, fsync, rename, fsync of the directory), so
-//! a crash leaves the old version or the new one, never half of either. The
+//! In the data directory each dashboard is one JSON file,
+//! `<data dir>/dashboards/<id>.json`, replaced atomically (temp file, fsync,
+//! rename, fsync of the directory), so a crash leaves the old version or
+//! the new one, never half of either. In ClickHouse each save is a row (see
+//! `store::clickhouse::dashboards`). The
 //! stored JSON is also the export format, and a `put` takes it back (import).
 //! The `shop` dashboard is compiled into the binary and read-only; the UI
 //! saves copies of it.
@@ -20,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::backup::BackupDir;
+use crate::store::clickhouse::dashboards::ClickHouseDashboards;
 
 use promql_parser::parser::value::ValueType;
 use serde::{Deserialize, Serialize};
@@ -75,6 +79,15 @@ pub enum DashboardError {
     /// Reading or writing the dashboards directory failed.
     #[error("dashboard storage: {0}")]
     Io(#[from] io::Error),
+    /// ClickHouse, which keeps the dashboards, failed or did not answer.
+    #[error("dashboard storage: {0}")]
+    Backend(String),
+}
+
+impl From<crate::store::StoreError> for DashboardError {
+    fn from(error: crate::store::StoreError) -> Self {
+        DashboardError::Backend(error.to_string())
+    }
 }
 
 type Result<T, E = DashboardError> = std::result::Result<T, E>;
@@ -409,11 +422,20 @@ pub struct Summary {
     error: Option<String>,
 }
 
-/// The dashboards directory. Writes are serialised by a lock, so one temp
-/// file name per id suffices and "created" is answered truthfully.
+/// The stored dashboards, with the built-in one in front.
 pub struct DashboardStore {
-    dir: PathBuf,
-    writes: Mutex<()>,
+    shelf: Shelf,
+}
+
+/// Where the stored dashboards are.
+enum Shelf {
+    /// The dashboards directory. Writes are serialised by a lock, so one
+    /// temp file name per id suffices and "created" is answered truthfully.
+    Directory {
+        dir: PathBuf,
+        writes: Mutex<()>,
+    },
+    ClickHouse(ClickHouseDashboards),
 }
 
 impl DashboardStore {
@@ -427,21 +449,34 @@ impl DashboardStore {
             }
         }
         Ok(DashboardStore {
-            dir,
-            writes: Mutex::new(()),
+            shelf: Shelf::Directory {
+                dir,
+                writes: Mutex::new(()),
+            },
         })
     }
 
-    fn path(&self, id: &DashboardId) -> PathBuf {
-        self.dir.join(format!("{}.json", id.0))
+    /// The dashboards kept in ClickHouse.
+    pub fn in_clickhouse(dashboards: ClickHouseDashboards) -> DashboardStore {
+        DashboardStore {
+            shelf: Shelf::ClickHouse(dashboards),
+        }
     }
 
     /// Links every stored dashboard into `relative` under `backup` (each
     /// file is replaced whole by a rename, never written in place).
     pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> io::Result<()> {
-        let _writes = self.writes.lock().expect("not poisoned");
+        let (dir, writes) = match &self.shelf {
+            Shelf::Directory { dir, writes } => (dir, writes),
+            Shelf::ClickHouse(_) => {
+                return Err(io::Error::other(
+                    crate::store::clickhouse::snapshot_refused("dashboards"),
+                ));
+            }
+        };
+        let _writes = writes.lock().expect("not poisoned");
         backup.create_dir(relative)?;
-        for entry in fs::read_dir(&self.dir)? {
+        for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "json")
                 && let Some(name) = path.file_name()
@@ -470,8 +505,34 @@ impl DashboardStore {
                 error: Some(error.to_string()),
             },
         };
+        let mut stored: Vec<Summary> = self
+            .stored()?
+            .into_iter()
+            .map(|(id, bytes)| summary(&id.0, &bytes, false))
+            .collect();
+        stored.sort_by(|a, b| (&a.title, &a.id).cmp(&(&b.title, &b.id)));
+        let mut all = vec![summary(BUILT_IN.0, BUILT_IN.1.as_bytes(), true)];
+        all.extend(stored);
+        Ok(all)
+    }
+
+    /// Every stored dashboard (not the built-in one): id and JSON.
+    fn stored(&self) -> Result<Vec<(DashboardId, Vec<u8>)>> {
+        let dir = match &self.shelf {
+            Shelf::Directory { dir, .. } => dir,
+            Shelf::ClickHouse(dashboards) => {
+                return Ok(dashboards
+                    .all()?
+                    .into_iter()
+                    .filter_map(|(id, bytes)| {
+                        let id = DashboardId::parse(&id).ok()?;
+                        (!id.is_built_in()).then_some((id, bytes))
+                    })
+                    .collect());
+            }
+        };
         let mut stored = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
+        for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
@@ -485,16 +546,13 @@ impl DashboardStore {
                 continue;
             };
             match fs::read(&path) {
-                Ok(bytes) => stored.push(summary(&id.0, &bytes, false)),
+                Ok(bytes) => stored.push((id, bytes)),
                 // Deleted between listing and reading.
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(error) => return Err(error.into()),
             }
         }
-        stored.sort_by(|a, b| (&a.title, &a.id).cmp(&(&b.title, &b.id)));
-        let mut all = vec![summary(BUILT_IN.0, BUILT_IN.1.as_bytes(), true)];
-        all.extend(stored);
-        Ok(all)
+        Ok(stored)
     }
 
     /// The dashboard's JSON exactly as stored.
@@ -502,10 +560,15 @@ impl DashboardStore {
         if id.is_built_in() {
             return Ok(BUILT_IN.1.as_bytes().to_vec());
         }
-        let bytes = fs::read(self.path(id)).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => DashboardError::NotFound(id.0.clone()),
-            _ => error.into(),
-        })?;
+        let found = match &self.shelf {
+            Shelf::Directory { dir, .. } => match fs::read(file_of(dir, id)) {
+                Ok(bytes) => Some(bytes),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+                Err(error) => return Err(error.into()),
+            },
+            Shelf::ClickHouse(dashboards) => dashboards.one(id.as_str())?,
+        };
+        let bytes = found.ok_or_else(|| DashboardError::NotFound(id.0.clone()))?;
         // Refuse to hand out what PUT would refuse to take back.
         Dashboard::from_json(&bytes).map_err(|error| DashboardError::Corrupt {
             id: id.0.clone(),
@@ -522,15 +585,22 @@ impl DashboardStore {
         }
         let mut json = serde_json::to_vec_pretty(dashboard).expect("a dashboard serializes");
         json.push(b'\n');
-        let _writing = self.writes.lock().expect("not poisoned");
-        let path = self.path(id);
+        let (dir, writes) = match &self.shelf {
+            Shelf::Directory { dir, writes } => (dir, writes),
+            Shelf::ClickHouse(dashboards) => {
+                let created = dashboards.put(id.as_str(), &json)?;
+                return Ok((created, json));
+            }
+        };
+        let _writing = writes.lock().expect("not poisoned");
+        let path = file_of(dir, id);
         let created = !path.exists();
-        let temp = self.dir.join(format!("{}.json.tmp", id.0));
+        let temp = dir.join(format!("{}.json.tmp", id.0));
         let mut file = File::create(&temp)?;
         file.write_all(&json)?;
         file.sync_all()?;
         fs::rename(&temp, &path)?;
-        sync_dir(&self.dir)?;
+        sync_dir(dir)?;
         Ok((created, json))
     }
 
@@ -539,14 +609,28 @@ impl DashboardStore {
         if id.is_built_in() {
             return Err(DashboardError::BuiltIn(id.0.clone()));
         }
-        let _writing = self.writes.lock().expect("not poisoned");
-        fs::remove_file(self.path(id)).map_err(|error| match error.kind() {
+        let (dir, writes) = match &self.shelf {
+            Shelf::Directory { dir, writes } => (dir, writes),
+            Shelf::ClickHouse(dashboards) => {
+                return match dashboards.delete(id.as_str())? {
+                    true => Ok(()),
+                    false => Err(DashboardError::NotFound(id.0.clone())),
+                };
+            }
+        };
+        let _writing = writes.lock().expect("not poisoned");
+        fs::remove_file(file_of(dir, id)).map_err(|error| match error.kind() {
             io::ErrorKind::NotFound => DashboardError::NotFound(id.0.clone()),
             _ => error.into(),
         })?;
-        sync_dir(&self.dir)?;
+        sync_dir(dir)?;
         Ok(())
     }
+}
+
+/// The file of dashboard `id` in `dir`.
+fn file_of(dir: &Path, id: &DashboardId) -> PathBuf {
+    dir.join(format!("{}.json", id.0))
 }
 
 /// Makes a rename or removal in `dir` durable.

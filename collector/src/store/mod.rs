@@ -20,6 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use self::clickhouse::Connector;
+use self::clickhouse::dashboards::ClickHouseDashboards;
 use self::clickhouse::logs::ClickHouseLogs;
 use self::clickhouse::metrics::ClickHouseMetrics;
 use self::clickhouse::spans::ClickHouseSpans;
@@ -317,10 +318,12 @@ impl Stores {
         )
         .context("opening the metrics store")?;
         let dashboards_dir = data_dir.join("dashboards");
-        let dashboards = Arc::new(
-            DashboardStore::open(dashboards_dir.clone())
-                .with_context(|| format!("opening {}", dashboards_dir.display()))?,
-        );
+        let open_dashboards = || -> anyhow::Result<Arc<DashboardStore>> {
+            Ok(Arc::new(
+                DashboardStore::open(dashboards_dir.clone())
+                    .with_context(|| format!("opening {}", dashboards_dir.display()))?,
+            ))
+        };
         Ok(match &config.storage {
             Storage::Embedded => Stores {
                 traces: Arc::new(
@@ -334,7 +337,7 @@ impl Stores {
                 ),
                 logs: embedded_logs()?,
                 metrics: Arc::new(local_metrics),
-                dashboards,
+                dashboards: open_dashboards()?,
                 node_id: None,
             },
             Storage::ClickHouse(settings) => {
@@ -350,10 +353,12 @@ impl Stores {
                             .context("opening the ClickHouse log store")?,
                     ),
                     metrics: Arc::new(
-                        ClickHouseMetrics::open(connector, &dir, local_metrics)
+                        ClickHouseMetrics::open(connector.clone(), &dir, local_metrics)
                             .context("opening the ClickHouse metrics store")?,
                     ),
-                    dashboards,
+                    dashboards: Arc::new(DashboardStore::in_clickhouse(ClickHouseDashboards::new(
+                        connector,
+                    ))),
                     node_id: Some(clickhouse::node_id(&dir).context("reading the node's id")?),
                 }
             }

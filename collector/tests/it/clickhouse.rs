@@ -290,7 +290,7 @@ async fn clickhouse_answers_every_trace_query_as_the_embedded_store_does() {
     let migrations = clickhouse
         .query("SELECT count() FROM strand_diff.strand_schema_migrations")
         .await;
-    assert_eq!(migrations.trim(), "3");
+    assert_eq!(migrations.trim(), "4");
     fresh.stop().await;
     embedded.stop().await;
 }
@@ -1464,4 +1464,83 @@ async fn clickhouse_answers_every_metrics_query_as_the_embedded_store_does() {
     node.stop().await;
     fresh.stop().await;
     embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_derives_its_own_span_metrics_and_any_node_adds_them_up() {
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = clickhouse_args(&clickhouse, "strand_derived");
+    args.extend([
+        "--derived-metrics-interval",
+        "1s",
+        "--metrics-flush-interval",
+        "200ms",
+    ]);
+    let node_a = Strand::start(&dir.path().join("a"), &args).await;
+    let node_b = Strand::start(&dir.path().join("b"), &args).await;
+    let end = now_nanos();
+    send(&node_a, shop_requests(40, 10, end)).await;
+    send(&node_b, shop_requests(41, 20, end)).await;
+    // Each node's counter is a series of its own, and their sum is every
+    // call, from either node.
+    let query = "sum by (strand_node) (traces_span_metrics_calls_total{service_name=\"gateway\"})";
+    let per_node = eventually(DEADLINE, || async {
+        let (_, body) = node_a
+            .get_json_query("/api/v1/query", &[("query", query)])
+            .await;
+        let mut counts: Vec<String> = body["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| r["value"][1].as_str().unwrap_or_default().to_string())
+            .collect();
+        counts.sort();
+        (counts == ["10", "20"]).then_some(())
+    })
+    .await;
+    assert!(per_node.is_some(), "{}", node_a.log());
+    let (_, total) = node_b
+        .get_json_query(
+            "/api/v1/query",
+            &[(
+                "query",
+                "sum(traces_span_metrics_calls_total{service_name=\"gateway\"})",
+            )],
+        )
+        .await;
+    assert_eq!(total["data"]["result"][0]["value"][1], "30", "{total}");
+    node_a.stop().await;
+    node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_saved_through_one_node_is_on_every_node() {
+    use crate::dashboards::{call, ids, put};
+    let clickhouse = ClickHouse::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = clickhouse_args(&clickhouse, "strand_dashboards");
+    let node_a = Strand::start(&dir.path().join("a"), &args).await;
+    let node_b = Strand::start(&dir.path().join("b"), &args).await;
+    let (status, mut dashboard) = node_a.get_json("/api/dashboards/shop").await;
+    assert_eq!(status, 200, "{dashboard}");
+    dashboard["title"] = "Team A".into();
+    let (status, saved) = put(&node_a, "team-a", &dashboard).await;
+    assert_eq!(status, 201, "{saved}");
+    let (status, read) = node_b.get_json("/api/dashboards/team-a").await;
+    assert_eq!((status, &read), (200, &saved));
+    assert_eq!(ids(&node_b).await, ["shop", "team-a"]);
+    // Replaced through B, deleted through A: both nodes agree each time.
+    dashboard["title"] = "Team A, on call".into();
+    let (status, replaced) = put(&node_b, "team-a", &dashboard).await;
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(node_a.get_json("/api/dashboards/team-a").await.1, replaced);
+    let (status, body) = call(&node_a, "DELETE", "/api/dashboards/team-a", None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = node_b.get_json("/api/dashboards/team-a").await;
+    assert_eq!(status, 404);
+    assert_eq!(ids(&node_b).await, ["shop"]);
+    let (status, body) = call(&node_b, "DELETE", "/api/dashboards/team-a", None).await;
+    assert_eq!(status, 404, "{body}");
+    node_a.stop().await;
+    node_b.stop().await;
 }

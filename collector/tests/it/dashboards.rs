@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 use strand_testkit::Strand;
 
 /// A request's status and body (JSON when it is JSON).
-async fn call(daemon: &Strand, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
+pub(crate) async fn call(
+    daemon: &Strand,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut request = client.request(method.parse().unwrap(), daemon.url(path));
     if let Some(body) = body {
@@ -22,7 +27,7 @@ async fn call(daemon: &Strand, method: &str, path: &str, body: Option<String>) -
     (status, body)
 }
 
-async fn put(daemon: &Strand, id: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn put(daemon: &Strand, id: &str, body: &Value) -> (u16, Value) {
     call(
         daemon,
         "PUT",
@@ -32,7 +37,7 @@ async fn put(daemon: &Strand, id: &str, body: &Value) -> (u16, Value) {
     .await
 }
 
-async fn ids(daemon: &Strand) -> Vec<String> {
+pub(crate) async fn ids(daemon: &Strand) -> Vec<String> {
     let (status, body) = daemon.get_json("/api/dashboards").await;
     assert_eq!(status, 200, "{body}");
     body["dashboards"]

@@ -393,6 +393,25 @@ impl ClickHouseMetrics {
         })
     }
 
+    /// The strings `sql` selects in ClickHouse and those `local` gives for
+    /// the node's part of `range`, sorted, once each, none empty.
+    fn with_local(
+        &self,
+        what: &str,
+        sql: &str,
+        range: (i64, i64),
+        local: impl FnOnce(i64, i64) -> Result<Vec<String>>,
+    ) -> Result<Vec<String>> {
+        let mut all: BTreeSet<String> = match local_range(range.0, range.1) {
+            Some((from, to)) => local(from, to)?.into_iter().collect(),
+            None => BTreeSet::new(),
+        };
+        let (connection, _) = self.connection()?;
+        let stored: Vec<String> = connection.wait(what, connection.query(sql).fetch_all())?;
+        all.extend(stored.into_iter().filter(|value| !value.is_empty()));
+        Ok(all.into_iter().collect())
+    }
+
     /// The label sets of the series matching `selectors` on the days of
     /// `[start, end]`, from ClickHouse.
     fn stored_label_sets(
@@ -589,23 +608,12 @@ impl SampleStore for ClickHouseMetrics {
     }
 
     fn label_names(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Result<Vec<String>> {
-        let mut names: BTreeSet<String> = match local_range(start, end) {
-            Some((from, to)) => self.local.label_names(selectors, from, to)?,
-            None => Vec::new(),
-        }
-        .into_iter()
-        .collect();
-        let (connection, _) = self.connection()?;
-        let stored: Vec<String> = connection.wait(
+        self.with_local(
             "listing label names",
-            connection
-                .query(&label_names_sql(&selectors_condition(
-                    selectors, start, end,
-                )))
-                .fetch_all(),
-        )?;
-        names.extend(stored);
-        Ok(names.into_iter().collect())
+            &label_names_sql(&selectors_condition(selectors, start, end)),
+            (start, end),
+            |from, to| self.local.label_names(selectors, from, to),
+        )
     }
 
     fn label_values(
@@ -615,24 +623,12 @@ impl SampleStore for ClickHouseMetrics {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>> {
-        let mut values: BTreeSet<String> = match local_range(start, end) {
-            Some((from, to)) => self.local.label_values(name, selectors, from, to)?,
-            None => Vec::new(),
-        }
-        .into_iter()
-        .collect();
-        let (connection, _) = self.connection()?;
-        let stored: Vec<String> = connection.wait(
+        self.with_local(
             "listing label values",
-            connection
-                .query(&label_values_sql(
-                    name,
-                    &selectors_condition(selectors, start, end),
-                ))
-                .fetch_all(),
-        )?;
-        values.extend(stored.into_iter().filter(|value| !value.is_empty()));
-        Ok(values.into_iter().collect())
+            &label_values_sql(name, &selectors_condition(selectors, start, end)),
+            (start, end),
+            |from, to| self.local.label_values(name, selectors, from, to),
+        )
     }
 
     fn metadata(&self, metric: Option<&str>) -> Result<Vec<MetricMetadata>> {

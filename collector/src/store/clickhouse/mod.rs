@@ -9,6 +9,7 @@
 //! from blocking threads); the client is async, so each call waits for its
 //! request on the daemon's runtime (see [`ClickHouse::wait`]).
 
+pub mod dashboards;
 pub mod logs;
 pub mod metrics;
 pub mod schema;
@@ -574,6 +575,7 @@ mod tests {
         statements.extend(spans::statement_shapes());
         statements.extend(logs::statement_shapes());
         statements.extend(metrics::statement_shapes());
+        statements.extend(dashboards::statement_shapes());
         statements.push(partitions_sql(
             "strand",
             &["spans".to_string(), "span_search".to_string()],

@@ -7,8 +7,8 @@
 //! migration newer than this Strand knows is refused: an older release
 //! must not write into tables it does not understand.
 //!
-//! Every table is partitioned by day (`day Date`), so retention drops whole
-//! partitions. Features newer than Debian's 18.16 — column codecs,
+//! Every table of telemetry is partitioned by day (`day Date`), so
+//! retention drops whole partitions; dashboards are kept until deleted. Features newer than Debian's 18.16 — column codecs,
 //! `LowCardinality` and skip indexes — are added only where the server has
 //! them.
 
@@ -212,6 +212,23 @@ const MIGRATIONS: &[Migration] = &[
                     updated_ms Int64",
                 engine: "ReplacingMergeTree(updated_ms) PARTITION BY day ORDER BY metric",
                 sharding: "cityHash64(metric)",
+            },
+        ],
+    },
+    Migration {
+        version: 4,
+        tables: &[
+            // Dashboards saved in the UI: a row per save or delete, the
+            // newest of an id (by `version`) its state. Not partitioned by
+            // day: retention never drops them.
+            Table {
+                name: "dashboards",
+                columns: "id String,
+                    version UInt64,
+                    deleted UInt8,
+                    json String",
+                engine: "ReplacingMergeTree(version) ORDER BY id",
+                sharding: "cityHash64(id)",
             },
         ],
     },
