@@ -267,8 +267,7 @@ impl ClickHouseMetrics {
     }
 
     /// The series matching `matchers` with samples in `[start, end]`, from
-    /// ClickHouse.
-    /// With `steps`, only the newest sample of each step is read (see
+    /// ClickHouse; with `steps`, only the newest sample of each step (see
     /// [`SampleStore::select_steps`]).
     fn select_stored(
         &self,
