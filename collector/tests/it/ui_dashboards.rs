@@ -454,8 +454,9 @@ async fn dashboards_write_only_on_save_and_warn_about_unsaved_edits() {
             return Err("a saved dashboard still warns on unload".into());
         }
 
-        // Edits left through the dialog's Leave are dropped, unsaved.
-        click(&client, ".dash-tools button.edit").await?;
+        // Edits left through the dialog's Leave are dropped, unsaved. The
+        // saved view draws after its fetch: wait for its Edit button.
+        click_shown(&client, ".dash-tools button.edit").await?;
         type_into(&client, "input.dash-title", "Renamed").await?;
         click(&client, "nav a[data-nav=\"logs\"]").await?;
         wait_for(&client, "leave dialog", LEAVE_DIALOG, |v| {
