@@ -28,7 +28,7 @@ use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
 /// The label of [`Pipeline::derived_node`].
-pub const DERIVED_NODE_LABEL: &str = "strand_node";
+const DERIVED_NODE_LABEL: &str = "strand_node";
 
 /// Why data was not accepted. The status codes for each protocol are chosen in
 /// the ingest edge (`ingest::IngestError`).

@@ -554,8 +554,12 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
     }
     let samples = 2 * SERVICES.len() * 3 * points as usize;
     let end_s = end_ms / 1000;
+    // Each node reads the other's samples once that node's metrics flush
+    // (every ten seconds) has inserted them.
     let metrics_everywhere = eventually(DEADLINE, || async {
-        (shop_sample_count(&node_b, end_s).await == samples).then_some(())
+        (shop_sample_count(&node_a, end_s).await == samples
+            && shop_sample_count(&node_b, end_s).await == samples)
+            .then_some(())
     })
     .await;
     assert!(metrics_everywhere.is_some(), "{}", node_a.log());
@@ -1499,16 +1503,21 @@ async fn each_node_derives_its_own_span_metrics_and_any_node_adds_them_up() {
     })
     .await;
     assert!(per_node.is_some(), "{}", node_a.log());
-    let (_, total) = node_b
-        .get_json_query(
-            "/api/v1/query",
-            &[(
-                "query",
-                "sum(traces_span_metrics_calls_total{service_name=\"gateway\"})",
-            )],
-        )
-        .await;
-    assert_eq!(total["data"]["result"][0]["value"][1], "30", "{total}");
+    // Node A's own samples reach node B with A's next metrics flush.
+    let total = eventually(DEADLINE, || async {
+        let (_, total) = node_b
+            .get_json_query(
+                "/api/v1/query",
+                &[(
+                    "query",
+                    "sum(traces_span_metrics_calls_total{service_name=\"gateway\"})",
+                )],
+            )
+            .await;
+        (total["data"]["result"][0]["value"][1] == "30").then_some(())
+    })
+    .await;
+    assert!(total.is_some(), "{}", node_b.log());
     node_a.stop().await;
     node_b.stop().await;
 }
