@@ -28,6 +28,7 @@
 mod doc_store;
 pub mod schema;
 mod search;
+mod time_order;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -100,6 +101,8 @@ pub struct Partition {
     /// Created with the current schema: only such a partition gets new
     /// records (an older one is read as it is).
     current_schema: bool,
+    /// Where in its segments each time lies, for pages in time order.
+    time_runs: time_order::TimeRuns,
 }
 
 impl Partition {
@@ -654,6 +657,7 @@ impl LogStore {
             added_through: AtomicU64::new(committed),
             committed_through: AtomicU64::new(committed),
             current_schema,
+            time_runs: time_order::TimeRuns::default(),
         })
     }
 

@@ -25,6 +25,7 @@ use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader,
 use strand_promql::LogField;
 
 use super::schema::VALUE_SEPARATOR;
+use super::time_order::PageRequest;
 use super::{LEVELS, LogFields, LogStore, Partition, record_of};
 use crate::backup::BackupDir;
 use crate::config::Retention;
@@ -166,17 +167,23 @@ impl CompiledQuery {
         searcher: &Searcher,
         collector: &C,
     ) -> tantivy::Result<C::Fruit> {
+        searcher.search(self.query_for(searcher)?, collector)
+    }
+
+    /// The query to run on `searcher`: without the time range where it
+    /// covers every record (see [`CompiledQuery::search`]).
+    fn query_for(&self, searcher: &Searcher) -> tantivy::Result<&dyn Query> {
         let mut inside = true;
         for segment in searcher.segment_readers() {
             let timestamps = segment.fast_fields().u64("timestamp")?;
             inside &= self.start_nanos <= timestamps.min_value()
                 && timestamps.max_value() <= self.end_nanos;
         }
-        if inside {
-            searcher.search(&*self.matches, collector)
+        Ok(if inside {
+            &*self.matches
         } else {
-            searcher.search(&self.within_range, collector)
-        }
+            &self.within_range
+        })
     }
 }
 
@@ -227,23 +234,20 @@ fn search(
         for partition in range {
             filter.deadline.check()?;
             let part = in_partition(store, partition, |searcher| {
+                // Alone, a count is the postings' length for a term query.
+                let count = compiled.search(searcher, &Count)? as u64;
                 if wanted == 0 {
-                    return Ok((compiled.search(searcher, &Count)? as u64, Vec::new()));
+                    return Ok((count, Vec::new()));
                 }
-                let top = TopDocs::with_limit(wanted).order_by(move |segment: &SegmentReader| {
-                    let keys = SortKeys::new(segment);
-                    move |doc: DocId| {
-                        let key = order.key(keys.key(doc));
-                        // Records at or past the cursor sort below every real key.
-                        match before {
-                            Some(before) if key >= before => (0, 0),
-                            _ => key,
-                        }
-                    }
-                });
-                // One pass over the matches both counts and ranks them.
-                let (count, top) = compiled.search(searcher, &(Count, top))?;
-                Ok((count as u64, top))
+                let request = PageRequest {
+                    query: compiled.query_for(searcher)?,
+                    start_nanos: filter.start_nanos,
+                    end_nanos: filter.end_nanos,
+                    order,
+                    wanted,
+                    below: before,
+                };
+                Ok((count, partition.time_runs.top(searcher, &request)?))
             });
             let Some((searcher, (count, top))) = part else {
                 damaged = true;
@@ -252,7 +256,6 @@ fn search(
             total += count;
             found.extend(
                 top.into_iter()
-                    .filter(|(key, _)| *key != (0, 0))
                     .map(|(key, address)| (key, address, partition, searcher.clone())),
             );
         }
@@ -698,14 +701,14 @@ fn load_hit(
     }
 }
 
-/// Reads (timestamp, id) of a segment's documents.
-struct SortKeys {
+/// Reads the (timestamp, id) a page orders records by.
+pub(super) struct SortKeys {
     timestamp: Option<tantivy::columnar::Column<u64>>,
     id: Option<tantivy::columnar::Column<u64>>,
 }
 
 impl SortKeys {
-    fn new(segment: &SegmentReader) -> SortKeys {
+    pub(super) fn new(segment: &SegmentReader) -> SortKeys {
         let fast = segment.fast_fields();
         SortKeys {
             timestamp: fast.u64("timestamp").ok(),
@@ -713,7 +716,7 @@ impl SortKeys {
         }
     }
 
-    fn key(&self, doc: DocId) -> (u64, u64) {
+    pub(super) fn key(&self, doc: DocId) -> (u64, u64) {
         let read = |column: &Option<tantivy::columnar::Column<u64>>| {
             column.as_ref().and_then(|c| c.first(doc)).unwrap_or(0)
         };
