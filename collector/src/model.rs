@@ -406,21 +406,24 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
-    /// The kind [`as_str`](Self::as_str) names `name`.
+    /// Every kind, for looking one up by its name.
+    const ALL: [MetricKind; 8] = [
+        MetricKind::Counter,
+        MetricKind::Gauge,
+        MetricKind::Histogram,
+        MetricKind::GaugeHistogram,
+        MetricKind::Summary,
+        MetricKind::Info,
+        MetricKind::StateSet,
+        MetricKind::Unknown,
+    ];
+
+    /// The kind [`as_str`](Self::as_str) names `name`; the Prometheus API's
+    /// names are OpenMetrics' `# TYPE` words.
     pub fn from_name(name: &str) -> Option<MetricKind> {
-        use MetricKind::*;
-        [
-            Counter,
-            Gauge,
-            Histogram,
-            GaugeHistogram,
-            Summary,
-            Info,
-            StateSet,
-            Unknown,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == name)
+        MetricKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 
     /// The name the Prometheus API uses.

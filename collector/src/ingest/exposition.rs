@@ -315,7 +315,7 @@ impl<'a> Lexer<'a> {
                 self.separator("the metric type")?;
                 let kind = self.token();
                 family.kind = if self.om {
-                    om_kind(kind)
+                    MetricKind::from_name(kind)
                 } else {
                     text_kind(&kind.to_ascii_lowercase())
                 }
@@ -540,20 +540,6 @@ fn text_kind(word: &str) -> Option<MetricKind> {
         "histogram" => MetricKind::Histogram,
         "summary" => MetricKind::Summary,
         "untyped" => MetricKind::Unknown,
-        _ => return None,
-    })
-}
-
-fn om_kind(word: &str) -> Option<MetricKind> {
-    Some(match word {
-        "counter" => MetricKind::Counter,
-        "gauge" => MetricKind::Gauge,
-        "histogram" => MetricKind::Histogram,
-        "gaugehistogram" => MetricKind::GaugeHistogram,
-        "summary" => MetricKind::Summary,
-        "info" => MetricKind::Info,
-        "stateset" => MetricKind::StateSet,
-        "unknown" => MetricKind::Unknown,
         _ => return None,
     })
 }

@@ -91,6 +91,17 @@ struct LabelsRow {
     label_values: Vec<String>,
 }
 
+impl LabelsRow {
+    /// The series' labels, from the parallel name and value arrays.
+    fn labels(self) -> Vec<Label> {
+        self.label_names
+            .into_iter()
+            .zip(self.label_values)
+            .map(|(name, value)| Label { name, value })
+            .collect()
+    }
+}
+
 #[derive(clickhouse::Row, Deserialize)]
 struct PointRow {
     fingerprint: u64,
@@ -309,16 +320,10 @@ impl ClickHouseMetrics {
         let mut selected: HashMap<u64, SelectedSeries> = found
             .into_iter()
             .map(|row| {
-                let labels = row
-                    .label_names
-                    .into_iter()
-                    .zip(row.label_values)
-                    .map(|(name, value)| Label { name, value })
-                    .collect();
                 (
                     row.fingerprint,
                     SelectedSeries {
-                        labels,
+                        labels: row.labels(),
                         samples: Vec::new(),
                     },
                 )
@@ -426,16 +431,7 @@ impl ClickHouseMetrics {
                 .query(&series_sql(&selectors_condition(selectors, start, end)))
                 .fetch_all(),
         )?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                row.label_names
-                    .into_iter()
-                    .zip(row.label_values)
-                    .map(|(name, value)| Label { name, value })
-                    .collect()
-            })
-            .collect())
+        Ok(rows.into_iter().map(LabelsRow::labels).collect())
     }
 }
 
