@@ -234,13 +234,14 @@ fn search(
         for partition in range {
             filter.deadline.check()?;
             let part = in_partition(store, partition, |searcher| {
+                let query = compiled.query_for(searcher)?;
                 // Alone, a count is the postings' length for a term query.
-                let count = compiled.search(searcher, &Count)? as u64;
+                let count = searcher.search(query, &Count)? as u64;
                 if wanted == 0 {
                     return Ok((count, Vec::new()));
                 }
                 let request = PageRequest {
-                    query: compiled.query_for(searcher)?,
+                    query,
                     start_nanos: filter.start_nanos,
                     end_nanos: filter.end_nanos,
                     order,
