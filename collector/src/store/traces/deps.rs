@@ -15,8 +15,14 @@ use std::sync::Arc;
 
 use crate::model::{IdMap, Resource, Span, SpanId, SpanKind};
 
-const RECENT_SPANS_PER_GENERATION: usize = 1 << 20;
-const WAITING_CHILDREN_PER_GENERATION: usize = 1 << 17;
+/// Spans remembered as possible callers per generation: 7/8 of 2^20, the
+/// most a table of 2^20 buckets holds before it doubles (a full 2^20 would
+/// end each generation in a half-empty table of twice the size). An entry
+/// takes 13 bytes (id, packed caller, control byte), so a full generation
+/// is 13.6 MB.
+const RECENT_SPANS_PER_GENERATION: usize = (1 << 20) / 8 * 7;
+/// Children waiting for their parent per generation; sized the same way.
+const WAITING_CHILDREN_PER_GENERATION: usize = (1 << 17) / 8 * 7;
 /// Resources whose service name one `observe` remembers by pointer: a
 /// linear search, cheaper than hashing the name while the list is short.
 const MAX_RESOURCES_BY_POINTER: usize = 16;
@@ -37,30 +43,36 @@ pub struct Edge {
     pub child_duration_nanos: u64,
 }
 
-/// What a span remembered as a possible parent tells about its calls.
-struct Caller {
-    service: Arc<str>,
-    /// A client or producer span with error status.
-    call_failed: bool,
+/// A service name's index in [`DependencyTracker::services`]: the memories
+/// hold millions of entries, and an index is a quarter of an `Arc<str>`.
+type ServiceIndex = u32;
+
+/// What a span remembered as a possible parent tells about its calls: its
+/// service and whether it is a client or producer span with error status,
+/// packed into one word (the low bit is the failure) so an entry of the
+/// callers' table is 12 bytes.
+#[derive(Clone, Copy)]
+struct Caller(u32);
+
+impl Caller {
+    fn new(service: ServiceIndex, call_failed: bool) -> Self {
+        Caller(service << 1 | u32::from(call_failed))
+    }
+
+    fn service(self) -> ServiceIndex {
+        self.0 >> 1
+    }
+
+    fn call_failed(self) -> bool {
+        self.0 & 1 == 1
+    }
 }
 
 struct WaitingChild {
-    child: Arc<str>,
+    service: ServiceIndex,
     error: bool,
     start_nanos: u64,
     duration_nanos: u64,
-}
-
-impl WaitingChild {
-    fn edge_from(self, caller: &Caller) -> Edge {
-        Edge {
-            parent: caller.service.clone(),
-            child: self.child,
-            failed: self.error || caller.call_failed,
-            child_start_nanos: self.start_nanos,
-            child_duration_nanos: self.duration_nanos,
-        }
-    }
 }
 
 /// A map bounded by keeping two generations.
@@ -105,7 +117,10 @@ impl<V> Generations<V> {
 pub struct DependencyTracker {
     callers: Generations<Caller>,
     waiting: Generations<Vec<WaitingChild>>,
-    names: HashMap<String, Arc<str>>,
+    /// Every service name seen, by [`ServiceIndex`]; `indexes` finds them.
+    /// Both only grow, as the set of services a deployment runs does.
+    services: Vec<Arc<str>>,
+    indexes: HashMap<Arc<str>, ServiceIndex>,
 }
 
 impl Default for DependencyTracker {
@@ -113,7 +128,8 @@ impl Default for DependencyTracker {
         DependencyTracker {
             callers: Generations::new(RECENT_SPANS_PER_GENERATION),
             waiting: Generations::new(WAITING_CHILDREN_PER_GENERATION),
-            names: HashMap::new(),
+            services: Vec::new(),
+            indexes: HashMap::new(),
         }
     }
 }
@@ -126,18 +142,16 @@ impl DependencyTracker {
         // holds a few resources shared by many spans (see `codec::Shared`).
         let mut by_resource = Vec::new();
         for span in spans.clone() {
-            let caller = Caller {
-                service: self.service_of(&mut by_resource, span),
-                call_failed: span.is_error()
-                    && matches!(span.kind, SpanKind::Client | SpanKind::Producer),
-            };
+            let caller = Caller::new(
+                self.service_of(&mut by_resource, span),
+                span.is_error() && matches!(span.kind, SpanKind::Client | SpanKind::Producer),
+            );
             if let Some(children) = self.waiting.remove(&span.span_id) {
-                edges.extend(
-                    children
-                        .into_iter()
-                        .filter(|c| c.child != caller.service)
-                        .map(|c| c.edge_from(&caller)),
-                );
+                for child in children {
+                    if child.service != caller.service() {
+                        edges.push(self.edge(caller, child));
+                    }
+                }
             }
             self.callers.insert(span.span_id, caller);
         }
@@ -151,14 +165,14 @@ impl DependencyTracker {
                 .map(|link| link.span_id);
             for caller_id in span.parent_span_id.into_iter().chain(links) {
                 let child = WaitingChild {
-                    child: self.service_of(&mut by_resource, span),
+                    service: self.service_of(&mut by_resource, span),
                     error: span.is_error(),
                     start_nanos: span.start_unix_nano,
                     duration_nanos: span.duration_nanos(),
                 };
-                match self.callers.get(&caller_id) {
-                    Some(caller) if caller.service != child.child => {
-                        edges.push(child.edge_from(caller))
+                match self.callers.get(&caller_id).copied() {
+                    Some(caller) if caller.service() != child.service => {
+                        edges.push(self.edge(caller, child))
                     }
                     Some(_) => {}
                     None => match self.waiting.current.get_mut(&caller_id) {
@@ -171,31 +185,46 @@ impl DependencyTracker {
         edges
     }
 
-    /// The span's service name, looked up by its resource's pointer in
+    fn edge(&self, caller: Caller, child: WaitingChild) -> Edge {
+        let name = |index: ServiceIndex| self.services[index as usize].clone();
+        Edge {
+            parent: name(caller.service()),
+            child: name(child.service),
+            failed: child.error || caller.call_failed(),
+            child_start_nanos: child.start_nanos,
+            child_duration_nanos: child.duration_nanos,
+        }
+    }
+
+    /// The span's service, looked up by its resource's pointer in
     /// `by_resource` (valid while the spans are borrowed) before by name.
     fn service_of(
         &mut self,
-        by_resource: &mut Vec<(*const Resource, Arc<str>)>,
+        by_resource: &mut Vec<(*const Resource, ServiceIndex)>,
         span: &Span,
-    ) -> Arc<str> {
+    ) -> ServiceIndex {
         let ptr = Arc::as_ptr(&span.resource);
-        if let Some((_, name)) = by_resource.iter().find(|(p, _)| *p == ptr) {
-            return name.clone();
+        if let Some((_, index)) = by_resource.iter().find(|(p, _)| *p == ptr) {
+            return *index;
         }
-        let name = self.name(span.service());
+        let index = self.index(span.service());
         if by_resource.len() < MAX_RESOURCES_BY_POINTER {
-            by_resource.push((ptr, name.clone()));
+            by_resource.push((ptr, index));
         }
-        name
+        index
     }
 
-    fn name(&mut self, service: &str) -> Arc<str> {
-        if let Some(name) = self.names.get(service) {
-            return name.clone();
+    fn index(&mut self, service: &str) -> ServiceIndex {
+        if let Some(index) = self.indexes.get(service) {
+            return *index;
         }
+        // Names take memory long before 2^31 of them (the packing's limit)
+        // could be seen.
+        let index = self.services.len() as ServiceIndex;
         let name: Arc<str> = Arc::from(service);
-        self.names.insert(service.to_string(), name.clone());
-        name
+        self.services.push(name.clone());
+        self.indexes.insert(name, index);
+        index
     }
 }
 
@@ -237,6 +266,15 @@ mod tests {
         assert_eq!(memory.remove(&[3; 8]), Some(3));
         assert_eq!(memory.get(&[4; 8]), Some(&4));
         assert_eq!(memory.get(&[5; 8]), Some(&5));
+    }
+
+    #[test]
+    fn a_remembered_caller_takes_twelve_bytes_and_keeps_what_it_packs() {
+        assert_eq!(std::mem::size_of::<(SpanId, Caller)>(), 12);
+        for (service, failed) in [(0, false), (0, true), (7, true), (u32::MAX >> 1, false)] {
+            let caller = Caller::new(service, failed);
+            assert_eq!((caller.service(), caller.call_failed()), (service, failed));
+        }
     }
 
     #[test]
