@@ -360,10 +360,8 @@ impl Pipeline {
         let count = spans.len();
         self.check_wal_room(Signal::Spans, count)?;
         let buffered = self.traces.buffered_spans();
-        if buffered >= self.limits.max_buffered_spans / 2 {
-            self.flush_wanted.notify_one();
-        }
         if buffered + count > self.limits.max_buffered_spans {
+            self.flush_wanted.notify_one();
             self.reject_spans(count, "overloaded");
             return Err(AcceptError::Overloaded);
         }
@@ -381,6 +379,15 @@ impl Pipeline {
                 }),
             )
             .await;
+        // Half the most that may be held at most, so a flush has room to
+        // finish before ingest is refused, whatever `flush_spans` says.
+        let flush_at = self
+            .limits
+            .flush_spans
+            .min(self.limits.max_buffered_spans / 2);
+        if self.traces.head_spans() >= flush_at {
+            self.flush_wanted.notify_one();
+        }
         self.flush_if_wal_long();
         self.count_outcome(Signal::Spans, appended, count, transport)
     }

@@ -186,6 +186,9 @@ pub trait SpanStore: Send + Sync {
     fn apply(&self, seq: u64, spans: Vec<Span>);
     /// Spans held in memory: what ingest checks to keep memory bounded.
     fn buffered_spans(&self) -> usize;
+    /// Spans in the head alone, without a flush in progress: what starts
+    /// the next flush early.
+    fn head_spans(&self) -> usize;
     /// Writes the buffer to the durable tier. `None` when it was empty; on
     /// an error the spans stay buffered for the next flush.
     fn flush(&self) -> Result<Option<Flushed>>;

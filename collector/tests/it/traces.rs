@@ -407,6 +407,35 @@ async fn four_services_one_trace_survives_restart() {
     );
 }
 
+/// Under load the head is flushed once it holds `--flush-spans`, not only
+/// every `--flush-interval`: edges (written by flushes) appear though the
+/// interval is an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_head_is_flushed_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Strand::start(
+        &dir.path().join("data"),
+        &["--flush-interval", "1h", "--flush-spans", "1"],
+    )
+    .await;
+    send_shop_traffic(&daemon).await;
+    let edges = eventually(Duration::from_secs(10), || async {
+        let edges = dependency_edges(&daemon).await;
+        (edges == expected_edges()).then_some(edges)
+    })
+    .await;
+    assert!(
+        edges.is_some(),
+        "edges: {:?}",
+        dependency_edges(&daemon).await
+    );
+    let metrics = daemon.self_metrics().await;
+    assert!(
+        !metrics.contains("strand_store_flush_duration_seconds_count 0"),
+        "{metrics}"
+    );
+}
+
 /// Posts one OTLP/JSON span of a trace of its own, started a second ago.
 async fn post_span(daemon: &Strand, trace_id: &str) {
     let now = SystemTime::now()

@@ -229,6 +229,10 @@ impl SpanStore for ClickHouseSpans {
         self.buffer.buffered_spans()
     }
 
+    fn head_spans(&self) -> usize {
+        self.buffer.head_spans()
+    }
+
     fn flush(&self) -> Result<Option<Flushed>> {
         let mut state = self.flush_state.lock().expect("not poisoned");
         if state

@@ -97,6 +97,11 @@ impl SpanBuffer {
         head + flushing
     }
 
+    /// Spans in the head, without the flush in progress.
+    pub fn head_spans(&self) -> usize {
+        self.head.lock().expect("not poisoned").spans
+    }
+
     /// Remembers `(service, operation, kind)` names, from spans applied or
     /// found in the durable tier.
     pub fn note_names<'a>(&self, seen: impl Iterator<Item = (&'a str, &'a str, SpanKind)>) {

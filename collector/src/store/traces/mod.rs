@@ -728,6 +728,10 @@ impl store::SpanStore for TraceStore {
         TraceStore::buffered_spans(self)
     }
 
+    fn head_spans(&self) -> usize {
+        self.buffer.head_spans()
+    }
+
     fn flush(&self) -> Result<Option<Flushed>> {
         TraceStore::flush(self)
     }
