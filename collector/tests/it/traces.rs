@@ -362,6 +362,20 @@ fn expected_edges() -> Vec<(String, String, u64, u64)> {
     ]
 }
 
+/// Waits up to 10 s for the edges a flush writes to be the shop's.
+async fn assert_edges_eventually(daemon: &Strand) {
+    let edges = eventually(Duration::from_secs(10), || async {
+        let edges = dependency_edges(daemon).await;
+        (edges == expected_edges()).then_some(edges)
+    })
+    .await;
+    assert!(
+        edges.is_some(),
+        "edges: {:?}",
+        dependency_edges(daemon).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_services_one_trace_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,16 +386,7 @@ async fn four_services_one_trace_survives_restart() {
     // Queryable at once, from memory, and later from blocks.
     assert_trace_is_stitched(&daemon, &sent).await;
     assert_searches(&daemon, &sent).await;
-    let edges = eventually(Duration::from_secs(10), || async {
-        let edges = dependency_edges(&daemon).await;
-        (edges == expected_edges()).then_some(edges)
-    })
-    .await;
-    assert!(
-        edges.is_some(),
-        "edges: {:?}",
-        dependency_edges(&daemon).await
-    );
+    assert_edges_eventually(&daemon).await;
     assert_trace_is_stitched(&daemon, &sent).await;
     assert_searches(&daemon, &sent).await;
     let (_, before) = daemon
@@ -419,16 +424,7 @@ async fn a_full_head_is_flushed_before_the_interval() {
     )
     .await;
     send_shop_traffic(&daemon).await;
-    let edges = eventually(Duration::from_secs(10), || async {
-        let edges = dependency_edges(&daemon).await;
-        (edges == expected_edges()).then_some(edges)
-    })
-    .await;
-    assert!(
-        edges.is_some(),
-        "edges: {:?}",
-        dependency_edges(&daemon).await
-    );
+    assert_edges_eventually(&daemon).await;
     let metrics = daemon.self_metrics().await;
     assert!(
         !metrics.contains("strand_store_flush_duration_seconds_count 0"),
