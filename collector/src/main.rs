@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         .init();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(strand::release_if_asked)
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {

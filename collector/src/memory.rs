@@ -18,8 +18,9 @@
 //! Queries are never refused for memory: refusing writes is what keeps them
 //! answering.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -286,17 +287,48 @@ pub fn disable_transparent_huge_pages() {
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
+/// Release rounds asked for so far; see [`release_freed_memory`].
+static RELEASE_ROUNDS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The last release round this thread took part in.
+    static RELEASED_ROUND: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long the daemon's own threads that wait for work wait at most before
+/// they look whether a release round was asked for.
+pub const RELEASE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Hands the memory the allocator keeps for reuse (freed after a burst of
 /// ingest, a merge, a closed log writer) back to the operating system.
 /// mimalloc, the binary's allocator, returns freed pages only a while after
 /// its next allocations ask it to: a daemon gone quiet allocates almost
 /// nothing, so without this its resident set stays at the burst's peak.
-/// Cheap: it walks the allocator's free lists, not the heap.
+/// It keeps them per thread, and only the owning thread can hand them
+/// back: this releases the calling thread's and starts a round that every
+/// other thread joins at its next [`release_if_asked`]. Cheap: it walks the
+/// allocator's free lists, not the heap.
 pub fn release_freed_memory() {
-    // SAFETY: mi_collect takes no pointers and only tidies mimalloc's own
-    // structures; it is safe from any thread at any time (and a no-op for
-    // memory another allocator gave out).
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    RELEASE_ROUNDS.fetch_add(1, Ordering::Relaxed);
+    release_if_asked();
+}
+
+/// Releases this thread's share of the freed memory if a round of
+/// [`release_freed_memory`] started since it last did. Threads call it
+/// where they go idle: tokio's workers when they park, the daemon's own
+/// threads between jobs and at least every [`RELEASE_CHECK_INTERVAL`] while
+/// they wait. One atomic load when there is nothing to do.
+pub fn release_if_asked() {
+    let round = RELEASE_ROUNDS.load(Ordering::Relaxed);
+    RELEASED_ROUND.with(|released| {
+        if released.get() != round {
+            released.set(round);
+            // SAFETY: mi_collect takes no pointers and only tidies
+            // mimalloc's own structures; it is safe from any thread at any
+            // time (and a no-op for memory another allocator gave out).
+            unsafe { libmimalloc_sys::mi_collect(true) }
+        }
+    });
 }
 
 /// Takes the pages of `bytes`, a region of a read-only file mapping, out of
@@ -330,6 +362,23 @@ pub unsafe fn drop_file_pages(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_joins_the_release_round_started_elsewhere_once() {
+        release_freed_memory();
+        let started = RELEASE_ROUNDS.load(Ordering::Relaxed);
+        std::thread::spawn(move || {
+            assert!(RELEASED_ROUND.get() < started, "not joined yet");
+            release_if_asked();
+            let joined = RELEASED_ROUND.get();
+            // Other tests may start rounds meanwhile: never an older one.
+            assert!(joined >= started);
+            release_if_asked();
+            assert!(RELEASED_ROUND.get() >= joined);
+        })
+        .join()
+        .unwrap();
+    }
 
     fn guard(limit: u64) -> (MemoryGuard, SelfMetrics) {
         let metrics = SelfMetrics::new();

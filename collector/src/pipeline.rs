@@ -697,6 +697,13 @@ impl Pipeline {
                     let applied = self.wal.applied_through();
                     if applied.saturating_sub(written_through) < QUIET_WAL_RECORDS {
                         crate::memory::release_freed_memory();
+                        // A task for each worker: one parked since before
+                        // the round wakes to run one, and joins the round
+                        // when it parks again.
+                        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+                        for _ in 0..workers {
+                            tokio::spawn(async {});
+                        }
                     }
                     written_through = applied;
                 }

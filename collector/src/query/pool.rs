@@ -18,7 +18,7 @@
 //! threads, as long a queue, the same time budget).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,14 +158,16 @@ fn start_threads(
 
 fn work(queue: &Mutex<Receiver<Job>>) {
     loop {
+        crate::memory::release_if_asked();
         let job = match queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .recv()
+            .recv_timeout(crate::memory::RELEASE_CHECK_INTERVAL)
         {
             Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
             // Every pool handle dropped: the daemon is stopping.
-            Err(_) => return,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         job();
     }

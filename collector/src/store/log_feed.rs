@@ -142,7 +142,14 @@ impl Shared {
                     if state.closed {
                         return;
                     }
-                    state = self.wait(state);
+                    let (next, waited) = self
+                        .changed
+                        .wait_timeout(state, crate::memory::RELEASE_CHECK_INTERVAL)
+                        .expect("not poisoned");
+                    state = next;
+                    if waited.timed_out() {
+                        crate::memory::release_if_asked();
+                    }
                 }
             };
             let count = records.len();
