@@ -156,6 +156,11 @@ fn start_threads(
     Ok(jobs)
 }
 
+/// Runs jobs until the pool is dropped. One thread at a time waits at the
+/// queue, the others for its lock; that wait is cut every
+/// `RELEASE_CHECK_INTERVAL` for the thread to join a memory release round.
+/// The mutex does not hand the lock over in turn, so a thread waiting for
+/// it joins only once it gets it.
 fn work(queue: &Mutex<Receiver<Job>>) {
     loop {
         crate::memory::release_if_asked();
