@@ -32,6 +32,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use prost::Message;
+use prost::bytes::Bytes;
 use rand::Rng;
 
 /// Spacing of the simulated scrapes.
@@ -374,9 +375,14 @@ fn splitmix(x: u64) -> u64 {
 
 fn label(name: &str, value: &str) -> Label {
     Label {
-        name: name.into(),
-        value: value.into(),
+        name: Bytes::copy_from_slice(name.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
     }
+}
+
+/// A label string as text: every label here is built from a `&str`.
+fn text(bytes: &Bytes) -> &str {
+    std::str::from_utf8(bytes).expect("labels are built from strs")
 }
 
 /// The series of one benchmark run, in generation order: first the
@@ -441,7 +447,7 @@ impl SeriesSet {
         let mut families: Vec<(&str, bool)> = self
             .series
             .iter()
-            .map(|s| (s.labels[0].value.as_str(), s.is_counter()))
+            .map(|s| (text(&s.labels[0].value), s.is_counter()))
             .collect();
         families.sort();
         families.dedup();
@@ -554,8 +560,8 @@ mod tests {
     fn value_of<'a>(labels: &'a [Label], name: &str) -> Option<&'a str> {
         labels
             .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.value.as_str())
+            .find(|l| l.name == name.as_bytes())
+            .map(|l| text(&l.value))
     }
 
     #[test]

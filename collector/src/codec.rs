@@ -16,8 +16,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Event, KeyValue, Link, LogRecord, Resource, Scope, Severity, Span, SpanId, SpanKind,
-    StatusCode, TraceId,
+    Event, KeyValue, Label, Link, LogRecord, MetricSample, Resource, Scope, SeriesSamples,
+    Severity, Span, SpanId, SpanKind, StatusCode, TraceId,
 };
 
 const FORMAT_VERSION: u8 = 1;
@@ -419,14 +419,73 @@ pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogRecord>, CodecError> {
         .collect()
 }
 
-/// Encodes metric series with their samples for the WAL.
-pub fn encode_samples(series: &[crate::model::SeriesSamples]) -> Vec<u8> {
-    encode_versioned(series)
+/// The version byte of a samples record that names series by id; records
+/// of [`FORMAT_VERSION`] carried every series' labels.
+const SAMPLES_BY_ID_VERSION: u8 = 2;
+
+/// A WAL record of metric samples, decoded.
+#[derive(Debug, PartialEq)]
+pub enum SampleRecord {
+    /// Samples by series id. A series that no earlier record and not
+    /// `series.log` named comes with its labels in `new_series`: labels
+    /// are most of a record's bytes, and a series is written every scrape.
+    ById {
+        new_series: Vec<(u32, Vec<Label>)>,
+        samples: Vec<(u32, Vec<MetricSample>)>,
+    },
+    /// Every series with its labels, as records were written before they
+    /// named series by id; still read, so an upgrade replays an old WAL.
+    ByLabels(Vec<SeriesSamples>),
 }
 
-/// Decodes what [`encode_samples`] wrote.
-pub fn decode_samples(bytes: &[u8]) -> Result<Vec<crate::model::SeriesSamples>, CodecError> {
-    decode_versioned(bytes)
+impl SampleRecord {
+    /// How many series the record has samples of.
+    pub fn series_count(&self) -> usize {
+        match self {
+            SampleRecord::ById { samples, .. } => samples.len(),
+            SampleRecord::ByLabels(series) => series.len(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SamplesByIdRef<'a> {
+    new_series: &'a [(u32, Vec<Label>)],
+    samples: &'a [(u32, Vec<MetricSample>)],
+}
+
+#[derive(Deserialize)]
+struct SamplesById {
+    new_series: Vec<(u32, Vec<Label>)>,
+    samples: Vec<(u32, Vec<MetricSample>)>,
+}
+
+/// Encodes samples by series id for the WAL, with the labels of the
+/// series first named here (see [`SampleRecord::ById`]).
+pub fn encode_samples(
+    new_series: &[(u32, Vec<Label>)],
+    samples: &[(u32, Vec<MetricSample>)],
+) -> Vec<u8> {
+    let record = SamplesByIdRef {
+        new_series,
+        samples,
+    };
+    // Serializing plain owned data into a Vec cannot fail.
+    postcard::to_extend(&record, vec![SAMPLES_BY_ID_VERSION]).unwrap_or_default()
+}
+
+/// Decodes what [`encode_samples`] wrote, and the records of before it.
+pub fn decode_samples(bytes: &[u8]) -> Result<SampleRecord, CodecError> {
+    match bytes.split_first() {
+        Some((&SAMPLES_BY_ID_VERSION, body)) => {
+            let record: SamplesById = postcard::from_bytes(body)?;
+            Ok(SampleRecord::ById {
+                new_series: record.new_series,
+                samples: record.samples,
+            })
+        }
+        _ => decode_versioned(bytes).map(SampleRecord::ByLabels),
+    }
 }
 
 #[cfg(test)]
@@ -578,7 +637,48 @@ pub(crate) mod tests {
         assert!(matches!(decode_logs(&[]), Err(CodecError::Empty)));
     }
 
+    #[test]
+    fn sample_records_round_trip_and_records_of_before_ids_still_decode() {
+        let series = vec![SeriesSamples {
+            labels: vec![Label::new("__name__", "up"), Label::new("job", "a")],
+            samples: vec![MetricSample {
+                timestamp_ms: 1000,
+                value: 2.5,
+            }],
+        }];
+        let new_series = vec![(3, series[0].labels.clone())];
+        let samples = vec![
+            (3, series[0].samples.clone()),
+            (1, series[0].samples.clone()),
+        ];
+        assert_eq!(
+            decode_samples(&encode_samples(&new_series, &samples)).unwrap(),
+            SampleRecord::ById {
+                new_series,
+                samples
+            }
+        );
+        // What the WAL held before records named series by id.
+        let by_labels = encode_versioned(&series);
+        assert_eq!(
+            decode_samples(&by_labels).unwrap(),
+            SampleRecord::ByLabels(series)
+        );
+        assert!(matches!(decode_samples(&[]), Err(CodecError::Empty)));
+    }
+
     proptest! {
+        #[test]
+        fn sample_decoding_never_panics(
+            version in 1u8..=2,
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Some(first) = bytes.first_mut() {
+                *first = version;
+            }
+            let _ = decode_samples(&bytes);
+        }
+
         #[test]
         fn log_decoding_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Some(first) = bytes.first_mut() {

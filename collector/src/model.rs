@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 /// A W3C trace id (16 bytes, never all zero once validated).
@@ -335,14 +336,18 @@ impl LogRecord {
 
 /// One label of a metric series. `__name__` holds the metric name, as in
 /// Prometheus, so a series is fully identified by its sorted labels.
+///
+/// Name and value are shared byte strings: a remote-write request's labels
+/// point into its decoded body instead of being copied out one by one,
+/// and most are dropped again as soon as their series is found.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Label {
-    pub name: String,
-    pub value: String,
+    pub name: ByteString,
+    pub value: ByteString,
 }
 
 impl Label {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Label {
+    pub fn new(name: impl Into<ByteString>, value: impl Into<ByteString>) -> Label {
         Label {
             name: name.into(),
             value: value.into(),
@@ -378,7 +383,7 @@ impl SeriesSamples {
         self.labels
             .iter()
             .find(|l| l.name == METRIC_NAME_LABEL)
-            .map_or("", |l| l.value.as_str())
+            .map_or("", |l| &*l.value)
     }
 }
 

@@ -170,9 +170,9 @@ impl Pipeline {
                 },
                 RecordKind::Samples if record.seq <= metrics_checkpoint => {}
                 RecordKind::Samples => match codec::decode_samples(&record.payload) {
-                    Ok(series) => {
-                        replayed_series += series.len();
-                        metric_store.apply(record.seq, series);
+                    Ok(samples) => {
+                        replayed_series += samples.series_count();
+                        metric_store.apply(record.seq, samples);
                     }
                     Err(error) => {
                         tracing::error!(seq = record.seq, %error, "WalRecordUndecodable: skipped")
@@ -301,11 +301,11 @@ impl Pipeline {
         if admitted.rejected > by_limits {
             self.reject_samples((admitted.rejected - by_limits) as usize, "out_of_order");
         }
-        if admitted.series.is_empty() {
+        if admitted.is_empty() {
             return Ok((rejections, None));
         }
-        let count: usize = admitted.series.iter().map(|s| s.samples.len()).sum();
-        let payload = codec::encode_samples(&admitted.series);
+        let count = admitted.sample_count();
+        let payload = admitted.encode();
         if payload.len() > self.limits.wal_queue_bytes {
             self.metric_store.undo_admission(&admitted);
             self.reject_samples(count, "too_large");

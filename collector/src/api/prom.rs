@@ -535,7 +535,7 @@ fn labels_json(labels: &[Label]) -> Json {
     Json::Object(
         labels
             .iter()
-            .map(|l| (l.name.clone(), Json::String(l.value.clone())))
+            .map(|l| (l.name.to_string(), Json::String(l.value.to_string())))
             .collect(),
     )
 }

@@ -123,7 +123,7 @@ impl Snapshot {
             .zip(histogram.buckets)
         {
             cumulative += count;
-            with_le.last_mut().expect("le pushed").value = bound;
+            with_le.last_mut().expect("le pushed").value = bound.into();
             self.push(&bucket_name, &with_le, cumulative as f64, start_ms);
         }
         self.push(

@@ -15,6 +15,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::Bytes;
+use bytestring::ByteString;
 use prost::Message;
 
 use super::IngestError;
@@ -43,13 +45,15 @@ pub struct TimeSeries {
     pub samples: Vec<WireSample>,
 }
 
-/// `prometheus.Label`.
+/// `prometheus.Label`. Its strings are declared as bytes, which protobuf
+/// encodes the same way, so that they decode as slices of the request body
+/// rather than copies; `convert` checks they are UTF-8.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
 pub struct WireLabel {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
 }
 
 /// `prometheus.Sample`: a value at a timestamp in milliseconds.
@@ -121,7 +125,7 @@ async fn store(
         ));
     }
     let body = read_body(headers, body, state.max_body_bytes).await?;
-    let request = WriteRequest::decode(body.as_ref())
+    let request = WriteRequest::decode(body)
         .map_err(|e| IngestError::Malformed(format!("invalid protobuf WriteRequest: {e}")))?;
     let (series, metadata) = convert(request)?;
     let rejections = state
@@ -143,13 +147,19 @@ fn convert(
 ) -> Result<(Vec<SeriesSamples>, Vec<MetricMetadata>), IngestError> {
     let mut series = Vec::with_capacity(request.timeseries.len());
     for timeseries in request.timeseries {
-        let mut labels: Vec<Label> = timeseries
+        // Collected in place: a label keeps the same two slices of the body.
+        let mut labels = timeseries
             .labels
             .into_iter()
             .filter(|l| !l.value.is_empty())
-            .map(|l| Label::new(l.name, l.value))
-            .collect();
-        labels.sort();
+            .map(|l| {
+                Ok(Label {
+                    name: utf8(l.name)?,
+                    value: utf8(l.value)?,
+                })
+            })
+            .collect::<Result<Vec<Label>, IngestError>>()?;
+        labels.sort_unstable();
         if let Some(pair) = labels.windows(2).find(|w| w[0].name == w[1].name) {
             return Err(IngestError::Malformed(format!(
                 "series has the label {:?} twice",
@@ -204,6 +214,12 @@ fn convert(
     Ok((series, metadata))
 }
 
+/// A label string of the request, shared with its body.
+fn utf8(bytes: Bytes) -> Result<ByteString, IngestError> {
+    ByteString::try_from(bytes)
+        .map_err(|e| IngestError::Malformed(format!("a label is not valid UTF-8: {e}")))
+}
+
 fn valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -223,8 +239,8 @@ mod tests {
             labels: labels
                 .iter()
                 .map(|(n, v)| WireLabel {
-                    name: (*n).into(),
-                    value: (*v).into(),
+                    name: Bytes::copy_from_slice(n.as_bytes()),
+                    value: Bytes::copy_from_slice(v.as_bytes()),
                 })
                 .collect(),
             samples: samples
@@ -270,6 +286,9 @@ mod tests {
                 "twice",
             ),
         ];
+        let mut not_utf8 = series(&[("__name__", "a")], &[(1, 1.0)]);
+        not_utf8.labels[0].value = Bytes::from_static(b"\xff");
+        let cases = cases.into_iter().chain([(not_utf8, "not valid UTF-8")]);
         for (series, expected) in cases {
             let error = convert(WriteRequest {
                 timeseries: vec![series],

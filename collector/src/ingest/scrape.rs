@@ -159,7 +159,7 @@ fn target_labels(target: &ScrapeTarget, mut labels: Vec<Label>) -> Vec<Label> {
     ];
     for label in own.iter().chain(&target.labels) {
         if let Some(clash) = labels.iter_mut().find(|l| l.name == label.name) {
-            clash.name = format!("exported_{}", clash.name);
+            clash.name = format!("exported_{}", clash.name).into();
         }
         labels.push(label.clone());
     }

@@ -87,7 +87,7 @@ impl MetricSource {
                 labels: Labels::from(
                     s.labels
                         .into_iter()
-                        .map(|l| (l.name, l.value))
+                        .map(|l| (l.name.into(), l.value.into()))
                         .collect::<Vec<_>>(),
                 ),
                 samples: s

@@ -506,7 +506,7 @@ fn query_vector(
 fn to_labels(map: BTreeMap<String, String>) -> Vec<Label> {
     map.into_iter()
         .filter(|(_, value)| !value.is_empty())
-        .map(|(name, value)| Label { name, value })
+        .map(|(name, value)| Label::new(name, value))
         .collect()
 }
 
@@ -902,7 +902,7 @@ mod tests {
             .map(|s| {
                 s.labels
                     .iter()
-                    .map(|l| l.value.as_str())
+                    .map(|l| &*l.value)
                     .collect::<Vec<_>>()
                     .join(",")
             })

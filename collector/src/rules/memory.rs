@@ -55,7 +55,7 @@ impl SeriesSource for MemorySeries {
                         labels
                             .iter()
                             .find(|l| l.name == m.name)
-                            .map_or("", |l| l.value.as_str()),
+                            .map_or("", |l| &*l.value),
                     )
                 })
             })
@@ -63,7 +63,7 @@ impl SeriesSource for MemorySeries {
                 labels: Labels::from(
                     labels
                         .iter()
-                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .map(|l| (l.name.to_string(), l.value.to_string()))
                         .collect::<Vec<_>>(),
                 ),
                 samples: points

@@ -581,7 +581,7 @@ fn load_input(
         }
         let labels: Vec<Label> = labels
             .into_iter()
-            .map(|(name, value)| Label { name, value })
+            .map(|(name, value)| Label::new(name, value))
             .collect();
         let values = doc.values.map(Scalar::text).unwrap_or_default();
         let mut samples: Vec<MetricSample> = Vec::new();

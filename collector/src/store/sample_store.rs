@@ -10,6 +10,7 @@ use promql_parser::label::Matcher;
 use strand_promql::Steps;
 
 use crate::backup::BackupDir;
+use crate::codec::SampleRecord;
 use crate::config::Retention;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::Result;
@@ -47,9 +48,10 @@ pub trait SampleStore: Send + Sync {
     /// duplicate. Must run before anything else is admitted.
     fn undo_admission(&self, admitted: &Admitted);
 
-    /// Appends durable samples of WAL record `seq` (the WAL replay);
-    /// samples the store has already are skipped.
-    fn apply(&self, seq: u64, batch: Vec<SeriesSamples>);
+    /// Appends the durable samples of WAL record `seq` (the WAL replay),
+    /// adding the series it names; samples the store has already are
+    /// skipped.
+    fn apply(&self, seq: u64, record: SampleRecord);
 
     /// [`apply`](Self::apply) for what [`admit`](Self::admit) returned, by
     /// series id ([`Admitted::take_samples`]): no series is looked up again

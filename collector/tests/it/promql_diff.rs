@@ -367,8 +367,8 @@ fn write_requests(data: &[Series], end: i64) -> Vec<Vec<u8>> {
                         .labels
                         .iter()
                         .map(|(name, value)| Label {
-                            name: name.clone(),
-                            value: value.clone(),
+                            name: name.clone().into(),
+                            value: value.clone().into(),
                         })
                         .collect(),
                     samples,

@@ -201,7 +201,7 @@ mod tests {
                     let value = series.iter().find(|l| l.name == extra)?;
                     let rest: Vec<&Label> = series.iter().filter(|l| l.name != extra).collect();
                     (rest.len() == labels.len() && rest.iter().zip(labels).all(|(a, b)| *a == b))
-                        .then(|| (value.value.clone(), *sample))
+                        .then(|| (value.value.to_string(), *sample))
                 })
                 .collect()
         }

@@ -210,8 +210,7 @@ pub(super) fn attribute_labels(attributes: Vec<otlp_common::KeyValue>) -> Vec<La
     for (name, _, value) in named {
         match labels.last_mut() {
             Some(last) if last.name == name => {
-                last.value.push(';');
-                last.value.push_str(&value);
+                last.value = format!("{};{value}", last.value).into();
             }
             _ => labels.push(Label::new(name, value)),
         }

@@ -36,6 +36,7 @@ use strand_promql::Steps;
 
 use super::{Checkpoint, ClickHouse, Connector, drop_expired, quote, schema, snapshot_refused};
 use crate::backup::BackupDir;
+use crate::codec::SampleRecord;
 use crate::config::Retention;
 use crate::model::{
     Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples,
@@ -97,7 +98,7 @@ impl LabelsRow {
         self.label_names
             .into_iter()
             .zip(self.label_values)
-            .map(|(name, value)| Label { name, value })
+            .map(|(name, value)| Label::new(name, value))
             .collect()
     }
 }
@@ -220,8 +221,8 @@ impl ClickHouseMetrics {
                     day: *day,
                     metric: key.metric.clone(),
                     fingerprint: key.fingerprint,
-                    label_names: key.labels.iter().map(|l| l.name.clone()).collect(),
-                    label_values: key.labels.iter().map(|l| l.value.clone()).collect(),
+                    label_names: key.labels.iter().map(|l| l.name.to_string()).collect(),
+                    label_values: key.labels.iter().map(|l| l.value.to_string()).collect(),
                 }
             }),
         )?;
@@ -442,7 +443,7 @@ impl SeriesKey {
             metric: labels
                 .iter()
                 .find(|l| l.name == METRIC_NAME_LABEL)
-                .map_or(String::new(), |l| l.value.clone()),
+                .map_or(String::new(), |l| l.value.to_string()),
             labels,
         }
     }
@@ -461,27 +462,18 @@ impl SampleStore for ClickHouseMetrics {
         self.local.undo_admission(admitted)
     }
 
-    fn apply(&self, seq: u64, batch: Vec<SeriesSamples>) {
-        let stored = seq <= self.checkpoint.get();
-        let replayed: Vec<(Vec<Label>, Vec<MetricSample>)> = match stored {
-            true => Vec::new(),
-            false => batch
+    fn apply(&self, seq: u64, record: SampleRecord) {
+        let batch = self.local.resolve(record);
+        if seq > self.checkpoint.get() {
+            // Replayed: ClickHouse may lack these even where the head has them.
+            let mut pending = self.pending();
+            pending.count += batch
                 .iter()
-                .map(|series| (series.labels.clone(), series.samples.clone()))
-                .collect(),
-        };
-        self.local.apply(seq, batch);
-        if stored {
-            return;
+                .map(|(_, samples)| samples.len())
+                .sum::<usize>();
+            pending.samples.extend(batch.iter().cloned());
         }
-        // Replayed: ClickHouse may lack these even where the head has them.
-        let mut pending = self.pending();
-        for (labels, samples) in replayed {
-            if let Some(id) = self.local.id_of(&labels) {
-                pending.count += samples.len();
-                pending.samples.push((id, samples));
-            }
-        }
+        self.local.apply_admitted(seq, batch);
     }
 
     fn apply_admitted(&self, seq: u64, batch: Vec<(u32, Vec<MetricSample>)>) {

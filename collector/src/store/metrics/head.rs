@@ -10,6 +10,7 @@ use super::SeriesLimits;
 use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
+use crate::codec::{self, SampleRecord};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::{Result, StoreError};
 
@@ -17,33 +18,52 @@ use crate::store::{Result, StoreError};
 ///
 /// [`MetricStore::admit`]: super::MetricStore::admit
 pub struct Admitted {
-    pub series: Vec<SeriesSamples>,
+    /// Admitted samples by series id, for the WAL record and
+    /// [`MetricStore::apply_admitted`].
+    ///
+    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
+    samples: Vec<(u32, Vec<MetricSample>)>,
+    /// The series of `samples` that neither `series.log` nor a WAL record
+    /// named before, with their labels: the WAL record names them, and
+    /// every other series by id alone.
+    new_series: Vec<(u32, Vec<Label>)>,
     /// Samples refused, and the first reason, for partial-success answers.
     pub rejected: u64,
     /// Of `rejected`, those refused by the series limits (the rest were out
     /// of order or conflicting duplicates).
     pub rejected_by_limits: u64,
     pub first_error: Option<String>,
-    /// Each admitted series' id (as `series`, in order) and newest admitted
-    /// sample before this admission, for [`MetricStore::undo_admission`]
-    /// and [`MetricStore::apply_admitted`].
+    /// Each admitted series' id and newest admitted sample before this
+    /// admission, for [`MetricStore::undo_admission`] (which may come after
+    /// the samples were taken).
     ///
     /// [`MetricStore::undo_admission`]: super::MetricStore::undo_admission
-    /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
     previous: Vec<(u32, Option<(i64, u64)>)>,
 }
 
 impl Admitted {
-    /// Takes the samples out of `series`, each with its series' id, for
-    /// [`MetricStore::apply_admitted`]; the labels are freed here.
+    /// Whether nothing was admitted.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// How many samples were admitted.
+    pub fn sample_count(&self) -> usize {
+        self.samples.iter().map(|(_, samples)| samples.len()).sum()
+    }
+
+    /// The WAL record of what was admitted (`codec::decode_samples` reads
+    /// it back).
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode_samples(&self.new_series, &self.samples)
+    }
+
+    /// Takes the samples, each with its series' id, for
+    /// [`MetricStore::apply_admitted`].
     ///
     /// [`MetricStore::apply_admitted`]: super::MetricStore::apply_admitted
     pub fn take_samples(&mut self) -> Vec<(u32, Vec<MetricSample>)> {
-        std::mem::take(&mut self.series)
-            .into_iter()
-            .zip(&self.previous)
-            .map(|(series, &(id, _))| (id, series.samples))
-            .collect()
+        std::mem::take(&mut self.samples)
     }
 }
 
@@ -66,7 +86,7 @@ fn point_key(labels: &[Label]) -> PointKey {
         .unwrap_or(name);
     let rest = labels
         .iter()
-        .filter(|l| !matches!(l.name.as_str(), METRIC_NAME_LABEL | "le" | "quantile"))
+        .filter(|l| !matches!(&*l.name, METRIC_NAME_LABEL | "le" | "quantile"))
         .cloned()
         .collect();
     (family.to_owned(), rest)
@@ -89,6 +109,9 @@ pub(super) struct MemSeries {
     admitted: Option<(i64, u64)>,
     /// Whether `series.log` has this series yet.
     logged: bool,
+    /// Whether `series.log` or a WAL record holds its labels, so that a WAL
+    /// record may name it by id alone.
+    named: bool,
 }
 
 impl MemSeries {
@@ -100,6 +123,7 @@ impl MemSeries {
             last: None,
             admitted: None,
             logged,
+            named: logged,
         }
     }
 
@@ -310,7 +334,8 @@ impl Head {
     /// See [`MetricStore::admit`](super::MetricStore::admit).
     pub(super) fn admit(&mut self, batch: Vec<SeriesSamples>, limits: &SeriesLimits) -> Admitted {
         let mut admitted = Admitted {
-            series: Vec::with_capacity(batch.len()),
+            samples: Vec::with_capacity(batch.len()),
+            new_series: Vec::new(),
             rejected: 0,
             rejected_by_limits: 0,
             first_error: None,
@@ -326,7 +351,7 @@ impl Head {
             .map(|series| self.index.find(&series.labels))
             .collect();
         let refused = self.refused_by_limits(&batch, &known, limits);
-        for (index, mut series) in batch.into_iter().enumerate() {
+        for (index, series) in batch.into_iter().enumerate() {
             if let Some(refusal) = refused.get(&index) {
                 if let Some(points) = refusal.points {
                     reject(&mut admitted, points, refusal.reason.clone());
@@ -375,8 +400,11 @@ impl Head {
                 }
             }
             if !kept.is_empty() {
-                series.samples = kept;
-                admitted.series.push(series);
+                if !state.named {
+                    state.named = true;
+                    admitted.new_series.push((id, series.labels));
+                }
+                admitted.samples.push((id, kept));
                 admitted.previous.push((id, previous));
             }
         }
@@ -471,14 +499,63 @@ impl Head {
                 series.admitted = previous;
             }
         }
+        // No WAL record names them now.
+        for (id, _) in &admitted.new_series {
+            if let Some(Some(series)) = self.series.get_mut(*id as usize) {
+                series.named = series.logged;
+            }
+        }
     }
 
-    /// See [`MetricStore::apply`](super::MetricStore::apply).
-    pub(super) fn apply(&mut self, batch: Vec<SeriesSamples>) {
-        for series in batch {
-            let id = self.id_or_insert(&series.labels);
-            self.apply_to(id, series.samples);
+    /// The samples of a replayed WAL record by series id, for
+    /// [`apply_admitted`](Self::apply_admitted); the series it names that
+    /// the head lacks are added, under the ids they had when written.
+    pub(super) fn resolve(&mut self, record: SampleRecord) -> Vec<(u32, Vec<MetricSample>)> {
+        let (new_series, mut samples) = match record {
+            SampleRecord::ById {
+                new_series,
+                samples,
+            } => (new_series, samples),
+            SampleRecord::ByLabels(batch) => {
+                return batch
+                    .into_iter()
+                    .map(|series| (self.id_or_insert(&series.labels), series.samples))
+                    .collect();
+            }
+        };
+        let mut conflicting = Vec::new();
+        for (id, labels) in new_series {
+            match self.index.labels(id) {
+                None => {
+                    self.insert(id, &labels, false);
+                    if let Some(Some(series)) = self.series.get_mut(id as usize) {
+                        series.named = true;
+                    }
+                }
+                Some(known) if known.equals(&labels) => {}
+                Some(_) => {
+                    tracing::error!(
+                        id,
+                        labels = %format_labels(&labels),
+                        "WalSeriesConflict: a WAL record gives a series the id of another; its samples are skipped"
+                    );
+                    conflicting.push(id);
+                }
+            }
         }
+        let mut unknown = 0;
+        samples.retain(|(id, _)| {
+            let known = self.series(*id).is_some();
+            unknown += usize::from(!known);
+            known && !conflicting.contains(id)
+        });
+        if unknown > 0 {
+            tracing::error!(
+                series = unknown,
+                "WalSeriesUnknown: samples of series that no WAL record or series.log names were skipped"
+            );
+        }
+        samples
     }
 
     /// See [`MetricStore::apply_admitted`](super::MetricStore::apply_admitted).
@@ -649,6 +726,72 @@ mod tests {
             stored
                 .iter()
                 .all(|labels| label_value(labels, "job") == "a")
+        );
+    }
+
+    #[test]
+    fn wal_records_name_a_series_once_and_replay_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        // Admits as the pipeline does, returning the WAL record read back.
+        let admit = |batch| {
+            let mut admitted = store.admit(batch);
+            let record = codec::decode_samples(&admitted.encode()).unwrap();
+            store.apply_admitted(0, admitted.take_samples());
+            record
+        };
+        let named = |record: &SampleRecord| match record {
+            SampleRecord::ById { new_series, .. } => new_series
+                .iter()
+                .map(|(_, labels)| label_value(labels, "job").to_owned())
+                .collect::<Vec<_>>(),
+            SampleRecord::ByLabels(_) => panic!("records name series by id"),
+        };
+        let first = admit(vec![series("x", "a", &[(1000, 1.0)])]);
+        // b's record never reaches the WAL: the next record must name it.
+        let refused = store.admit(vec![series("x", "b", &[(1000, 1.0)])]);
+        store.undo_admission(&refused);
+        let second = admit(vec![
+            series("x", "a", &[(2000, 2.0)]),
+            series("x", "b", &[(1000, 5.0)]),
+        ]);
+        assert_eq!(named(&first), ["a"]);
+        assert_eq!(named(&second), ["b"]);
+
+        // Replayed into a store without series.log, as after a kill
+        // before the first flush; a record naming an unknown id loses
+        // only its own samples.
+        let replay_dir = tempfile::tempdir().unwrap();
+        let replayed = open_store(replay_dir.path());
+        let unknown = SampleRecord::ById {
+            new_series: Vec::new(),
+            samples: vec![(
+                99,
+                vec![MetricSample {
+                    timestamp_ms: 3000,
+                    value: 1.0,
+                }],
+            )],
+        };
+        for (seq, record) in [first, unknown, second].into_iter().enumerate() {
+            replayed.apply(seq as u64 + 1, record);
+        }
+        let got: Vec<(String, Vec<f64>)> = replayed
+            .select(&[matcher("__name__", "x")], 0, 10_000, usize::MAX)
+            .unwrap()
+            .series
+            .iter()
+            .map(|s| {
+                let values = s.samples.iter().map(|p| p.value).collect();
+                (label_value(&s.labels, "job").to_owned(), values)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), vec![1.0, 2.0]),
+                ("b".to_owned(), vec![5.0])
+            ]
         );
     }
 

@@ -72,12 +72,12 @@ impl<'a> LabelSet<'a> {
             .collect()
     }
 
-    fn equals(self, labels: &[Label]) -> bool {
+    pub(super) fn equals(self, labels: &[Label]) -> bool {
         self.len() == labels.len()
             && self
                 .iter()
                 .zip(labels)
-                .all(|((name, value), label)| name == label.name && value == label.value)
+                .all(|((name, value), label)| label.name == name && label.value == value)
     }
 }
 
@@ -126,9 +126,9 @@ impl SeriesIndex {
         for label in labels.iter() {
             let ids = self
                 .postings
-                .entry(label.name.clone())
+                .entry(label.name.to_string())
                 .or_default()
-                .entry(label.value.clone())
+                .entry(label.value.to_string())
                 .or_default();
             // Ids are handed out in increasing order, except on open where
             // the series log is read in order too: postings stay sorted.
@@ -230,7 +230,7 @@ pub(super) fn label_value<'a>(labels: &'a [Label], name: &str) -> &'a str {
     labels
         .iter()
         .find(|l| l.name == name)
-        .map_or("", |l| l.value.as_str())
+        .map_or("", |l| &*l.value)
 }
 
 /// The `__name__` label's value.

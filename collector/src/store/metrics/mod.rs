@@ -51,6 +51,7 @@ use promql_parser::label::Matcher;
 use self::files::{ChunkFiles, SeriesLog, Snapshot};
 pub use self::head::Admitted;
 use self::head::Head;
+use crate::codec::SampleRecord;
 use crate::config::Retention;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
@@ -171,9 +172,12 @@ impl MetricStore {
         head.index.labels(id).map(|labels| labels.to_vec())
     }
 
-    /// The id of the series labelled `labels` (canonical form).
-    pub fn id_of(&self, labels: &[Label]) -> Option<u32> {
-        self.head.read().expect("not poisoned").index.find(labels)
+    /// A replayed WAL record's samples by series id, the series it names
+    /// added: what a backend keeping its own copy of the samples takes
+    /// before [`apply_admitted`](SampleStore::apply_admitted) applies them
+    /// here.
+    pub fn resolve(&self, record: SampleRecord) -> Vec<(u32, Vec<MetricSample>)> {
+        self.head.write().expect("not poisoned").resolve(record)
     }
 
     /// Bytes of the store's files.
@@ -208,11 +212,12 @@ impl SampleStore for MetricStore {
         self.head.write().expect("not poisoned").undo(admitted);
     }
 
-    /// Appends durable samples (from an acknowledged request or the WAL
-    /// replay); samples at or before a series' newest one are skipped.
-    fn apply(&self, _seq: u64, batch: Vec<SeriesSamples>) {
+    /// Appends the durable samples of a WAL record (the replay); samples
+    /// at or before a series' newest one are skipped.
+    fn apply(&self, _seq: u64, record: SampleRecord) {
         let mut head = self.head.write().expect("not poisoned");
-        head.apply(batch);
+        let batch = head.resolve(record);
+        head.apply_admitted(batch);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
@@ -564,9 +569,7 @@ mod tests {
 
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
         let mut admitted = store.admit(batch);
-        let series = admitted.series.clone();
         store.apply_admitted(0, admitted.take_samples());
-        admitted.series = series;
         admitted
     }
 
@@ -679,7 +682,10 @@ mod tests {
         std::fs::write(dir.path().join("head.snap"), old_snapshot).unwrap();
         let store = open_store(dir.path());
         assert_eq!(store.durable_through(), 1);
-        store.apply(0, vec![series("up", "a", &samples[50..])]);
+        store.apply(
+            0,
+            SampleRecord::ByLabels(vec![series("up", "a", &samples[50..])]),
+        );
         let got = store
             .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
             .unwrap();
@@ -754,7 +760,10 @@ mod tests {
             .series;
         assert_eq!(before_replay[0].samples.len(), 250);
         // Replay repeats a sample the snapshot has: skipped.
-        store.apply(0, vec![series("up", "a", &samples[249..])]);
+        store.apply(
+            0,
+            SampleRecord::ByLabels(vec![series("up", "a", &samples[249..])]),
+        );
         let got = store
             .select(&[matcher("__name__", "up")], 0, i64::MAX, usize::MAX)
             .unwrap()

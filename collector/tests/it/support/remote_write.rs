@@ -20,8 +20,8 @@ pub fn series(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Ti
             .iter()
             .chain(labels)
             .map(|(name, value)| Label {
-                name: (*name).to_string(),
-                value: (*value).to_string(),
+                name: prost::bytes::Bytes::copy_from_slice(name.as_bytes()),
+                value: prost::bytes::Bytes::copy_from_slice(value.as_bytes()),
             })
             .collect(),
         samples: samples
