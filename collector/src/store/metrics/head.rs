@@ -366,8 +366,12 @@ impl Head {
             };
             let state = self.series[id as usize].as_mut().expect("found above");
             let previous = state.admitted;
-            let mut kept = Vec::with_capacity(series.samples.len());
-            for sample in series.samples {
+            let SeriesSamples {
+                labels,
+                samples: mut kept,
+            } = series;
+            // Kept in place: most batches keep every sample.
+            kept.retain(|sample| {
                 let bits = sample.value.to_bits();
                 match state.admitted {
                     Some((t, _)) if sample.timestamp_ms < t => {
@@ -376,10 +380,11 @@ impl Head {
                             1,
                             format!(
                                 "out of order sample for series {}: {} is older than {t}",
-                                format_labels(&series.labels),
+                                format_labels(&labels),
                                 sample.timestamp_ms
                             ),
                         );
+                        false
                     }
                     Some((t, v)) if sample.timestamp_ms == t => {
                         if v != bits {
@@ -388,21 +393,22 @@ impl Head {
                                 1,
                                 format!(
                                     "duplicate sample for timestamp {t} with a different value in series {}",
-                                    format_labels(&series.labels)
+                                    format_labels(&labels)
                                 ),
                             );
                         }
+                        false
                     }
                     _ => {
                         state.admitted = Some((sample.timestamp_ms, bits));
-                        kept.push(sample);
+                        true
                     }
                 }
-            }
+            });
             if !kept.is_empty() {
                 if !state.named {
                     state.named = true;
-                    admitted.new_series.push((id, series.labels));
+                    admitted.new_series.push((id, labels));
                 }
                 admitted.samples.push((id, kept));
                 admitted.previous.push((id, previous));
