@@ -339,7 +339,9 @@ impl LogRecord {
 ///
 /// Name and value are shared byte strings: a remote-write request's labels
 /// point into its decoded body instead of being copied out one by one,
-/// and most are dropped again as soon as their series is found.
+/// and most are dropped again as soon as their series is found. What keeps
+/// labels beyond a request copies them (the series index interns its own):
+/// a kept slice would keep the whole body.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Label {
     pub name: ByteString,
