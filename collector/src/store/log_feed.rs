@@ -130,9 +130,12 @@ impl Shared {
         self.changed.wait(state).expect("not poisoned")
     }
 
-    /// Adds batches in order until the feed is closed and empty.
+    /// Adds batches in order until the feed is closed and empty. Joins
+    /// memory release rounds between batches and after each
+    /// `RELEASE_CHECK_INTERVAL` spent waiting for one.
     fn run(&self, store: &dyn LogRecordStore) {
         loop {
+            crate::memory::release_if_asked();
             let (seq, records) = {
                 let mut state = self.lock();
                 loop {
