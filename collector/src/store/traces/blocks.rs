@@ -33,9 +33,10 @@ const DIRECTORY_ENTRY_LEN: usize = 16 + 4 + 4;
 /// so this is its granularity on installs that never fill one.
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 const ZSTD_LEVEL: i32 = 3;
-/// Room for the span tables of a block as the store cuts them (a little
-/// over its 128 KiB target), so they are written without regrowing.
-const RAW_BLOCK_CAPACITY: usize = 192 << 10;
+/// Room for the span tables of a block as the store cuts them (its 512 KiB
+/// target counts estimated sizes; written tables run about a fifth over),
+/// so they are written without regrowing.
+const RAW_BLOCK_CAPACITY: usize = 768 << 10;
 /// Blocks larger than this cannot have been written by this code.
 const MAX_BLOCK_LEN: u32 = 256 << 20;
 
