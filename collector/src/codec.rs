@@ -10,9 +10,9 @@
 //! corrupt input.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -93,8 +93,8 @@ impl<'a, T: Clone + Serialize> Interner<'a, T> {
     fn new(by_content: bool) -> Self {
         Interner {
             items: Vec::new(),
-            by_bytes: by_content.then(HashMap::new),
-            by_ptr: HashMap::new(),
+            by_bytes: by_content.then(HashMap::default),
+            by_ptr: HashMap::default(),
         }
     }
 

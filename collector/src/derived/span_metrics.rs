@@ -11,7 +11,9 @@
 //! Counts accumulate in memory from acknowledged spans; `derived` has how
 //! they become samples.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use super::{Histogram, OVERFLOW, Snapshot};
@@ -39,9 +41,12 @@ pub struct SpanMetrics {
 
 /// Counts by key, looked up by a hash of the borrowed fields so that the
 /// per-span path (on the WAL writer thread) allocates only for new keys.
+/// Hashed with foldhash, seeded per table: names come from senders, and
+/// SipHash took 2 % of span ingest.
 #[derive(Default)]
 struct Table {
     by_hash: HashMap<u64, Vec<(Key, Histogram)>>,
+    hasher: foldhash::fast::RandomState,
     len: usize,
 }
 
@@ -53,7 +58,7 @@ impl Table {
         kind: SpanKind,
         status: StatusCode,
     ) -> &mut Histogram {
-        let hash = key_hash(service, span_name, kind, status);
+        let hash = self.hasher.hash_one((service, span_name, kind, status));
         let bucket = self.by_hash.entry(hash).or_default();
         let found = bucket.iter().position(|(k, _)| {
             k.kind == kind && k.status == status && k.service == service && k.span_name == span_name
@@ -79,7 +84,7 @@ impl Table {
 
     fn contains(&self, service: &str, span_name: &str, kind: SpanKind, status: StatusCode) -> bool {
         self.by_hash
-            .get(&key_hash(service, span_name, kind, status))
+            .get(&self.hasher.hash_one((service, span_name, kind, status)))
             .is_some_and(|bucket| {
                 bucket.iter().any(|(k, _)| {
                     k.kind == kind
@@ -93,13 +98,6 @@ impl Table {
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut (Key, Histogram)> {
         self.by_hash.values_mut().flatten()
     }
-}
-
-fn key_hash(service: &str, span_name: &str, kind: SpanKind, status: StatusCode) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (service, span_name, kind, status).hash(&mut hasher);
-    hasher.finish()
 }
 
 impl SpanMetrics {

@@ -26,7 +26,7 @@ mod deps;
 mod index;
 mod search;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -411,7 +411,7 @@ impl TraceStore {
             );
         }
 
-        let names: HashSet<_> = snapshot
+        let names: foldhash::HashSet<_> = snapshot
             .traces
             .values()
             .flatten()
@@ -424,7 +424,7 @@ impl TraceStore {
         let edges = state
             .dependencies
             .observe(snapshot.traces.values().flatten());
-        let mut counts: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+        let mut counts: foldhash::HashMap<Vec<u8>, (u64, u64)> = Default::default();
         for edge in &edges {
             let hour = edge.child_start_nanos - edge.child_start_nanos % index::HOUR_NANOS;
             let key = index::dependency_key(hour, &edge.parent, &edge.child);
@@ -880,6 +880,7 @@ fn estimated_size(span: &Span) -> usize {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
+    use std::collections::HashSet;
     use std::sync::Arc;
 
     const TEST_CACHE_BYTES: u64 = 1 << 20;

@@ -13,8 +13,9 @@
 //! older than its range starts, and can merge rows across tables into exact
 //! newest-first order (see [`Candidates`]).
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{self, BlockRead, BlockRef};
@@ -168,7 +169,7 @@ impl<'a> RowSummary<'a> {
         RowSummary {
             start_nanos: u64::MAX,
             error: false,
-            operations: HashMap::new(),
+            operations: HashMap::default(),
         }
     }
 
