@@ -617,6 +617,23 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_or_table_past_the_block_end_is_corrupt() {
+        let corrupt = |raw: &[u8]| {
+            let block = seal(raw).unwrap();
+            matches!(decode_trace(&block, &[1; 16]), Err(StoreError::Corrupt(_)))
+        };
+        // A count no directory follows: an error, not four billion entries.
+        assert!(corrupt(&u32::MAX.to_le_bytes()));
+        let mut raw = 1u32.to_le_bytes().to_vec();
+        raw.extend_from_slice(&[1; 16]);
+        raw.extend_from_slice(&1000u32.to_le_bytes());
+        raw.extend_from_slice(&10u32.to_le_bytes());
+        assert!(corrupt(&raw));
+        raw.extend_from_slice(&[0; 1005]);
+        assert!(corrupt(&raw));
+    }
+
+    #[test]
     fn unseals_frames_with_and_without_a_content_size() {
         let raw: Vec<u8> = (0..100_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
