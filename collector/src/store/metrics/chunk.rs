@@ -20,6 +20,8 @@
 //!   with few distinct values take a few bits per sample instead of the
 //!   dozens an XOR of their floats needs; a constant costs one bit.
 
+use bytes::Bytes;
+
 use crate::model::MetricSample;
 
 /// Samples per chunk before it is sealed (Prometheus's figure: beyond ~120
@@ -163,7 +165,7 @@ impl ChunkWriter {
 /// `chunk` in the smallest encoding that keeps every value's bits (see the
 /// module documentation): what flushes write, sealed chunks and snapshots.
 /// A chunk that does not decode, or is compact already, is returned as is.
-pub fn compact(chunk: Vec<u8>) -> Vec<u8> {
+pub fn compact(chunk: Bytes) -> Bytes {
     let is_xor = chunk
         .first_chunk::<2>()
         .is_some_and(|header| u16::from_le_bytes(*header) >> COUNT_BITS == u16::from(XOR));
@@ -174,7 +176,7 @@ pub fn compact(chunk: Vec<u8>) -> Vec<u8> {
         return chunk;
     };
     match encode_decimal(&samples) {
-        Some(decimal) if decimal.len() < chunk.len() => decimal,
+        Some(decimal) if decimal.len() < chunk.len() => decimal.into(),
         _ => chunk,
     }
 }
@@ -654,12 +656,12 @@ mod tests {
 
     /// Compacts a chunk of `samples`, checks it decodes to them bit for
     /// bit, and returns its bytes.
-    fn compact_roundtrip(samples: &[(i64, f64)]) -> Vec<u8> {
+    fn compact_roundtrip(samples: &[(i64, f64)]) -> Bytes {
         let mut writer = ChunkWriter::default();
         for &(t, v) in samples {
             writer.push(t, v);
         }
-        let bytes = compact(writer.encode());
+        let bytes = compact(writer.encode().into());
         assert!(bytes.len() <= writer.encode().len());
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.len(), samples.len());

@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupDir;
@@ -30,11 +31,61 @@ struct SeriesEntry {
     labels: Vec<Label>,
 }
 
-/// [`SeriesEntry`] as written, borrowing the labels.
+/// [`SeriesEntry`] as written, its labels borrowed as (name, value) pairs.
 #[derive(Serialize)]
-struct SeriesEntryRef<'a> {
+struct SeriesEntryRef<L> {
     id: u32,
-    labels: &'a [Label],
+    labels: L,
+}
+
+/// (name, value) pairs, serialized as a sequence of [`Label`]s is (a
+/// struct's fields and a tuple's items encode alike).
+struct LabelPairs<L>(L);
+
+impl<'a, L: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone> Serialize for LabelPairs<L> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
+/// New series encoded for [`SeriesLog::append`]. A flush encodes them while
+/// it holds the head's read lock, from the index's symbols: one buffer of
+/// about the labels' bytes, where a copy of each series' labels took five
+/// times that in small allocations (30 MB for 100k new series).
+#[derive(Default)]
+pub(super) struct SeriesEntries {
+    ids: Vec<u32>,
+    frames: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl SeriesEntries {
+    /// Adds series `id` with its labels in name order.
+    pub(super) fn push<'a>(
+        &mut self,
+        id: u32,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Result<()> {
+        let entry = SeriesEntryRef {
+            id,
+            labels: LabelPairs(labels),
+        };
+        self.payload.clear();
+        self.payload = postcard::to_extend(&entry, std::mem::take(&mut self.payload))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        frame::append(&mut self.frames, &self.payload)?;
+        self.ids.push(id);
+        Ok(())
+    }
+
+    /// The series added, in order.
+    pub(super) fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 /// `series.log`: one entry per series, appended when a flush first sees it.
@@ -72,14 +123,8 @@ impl SeriesLog {
     }
 
     /// Appends series and makes them durable.
-    pub(super) fn append(&mut self, series: &[(u32, Vec<Label>)]) -> Result<()> {
-        let mut buffer = Vec::new();
-        for (id, labels) in series {
-            let payload = postcard::to_stdvec(&SeriesEntryRef { id: *id, labels })
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            frame::append(&mut buffer, &payload)?;
-        }
-        self.file.write_all(&buffer)?;
+    pub(super) fn append(&mut self, series: &SeriesEntries) -> Result<()> {
+        self.file.write_all(&series.frames)?;
         self.file.sync_data()?;
         Ok(())
     }
@@ -139,7 +184,7 @@ pub(super) struct ChunkToWrite {
     pub(super) series: u32,
     pub(super) min_t: i64,
     pub(super) max_t: i64,
-    pub(super) bytes: Vec<u8>,
+    pub(super) bytes: Bytes,
 }
 
 /// `chunks/<n>.chk`: sealed chunks, appended by flushes.
@@ -476,6 +521,33 @@ mod tests {
     use crate::store::metrics::tests::{ingest, limits, matcher, open_store, series};
     use crate::store::sample_store::SampleStore;
     use std::time::Duration;
+
+    #[test]
+    fn series_entries_read_back_as_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = SelfMetrics::new();
+        let series = [
+            (
+                3,
+                vec![Label::new("__name__", "up"), Label::new("job", "a")],
+            ),
+            (7, vec![Label::new("__name__", "é"), Label::new("x", "")]),
+        ];
+        let mut entries = SeriesEntries::default();
+        for (id, labels) in &series {
+            entries
+                .push(*id, labels.iter().map(|l| (&*l.name, &*l.value)))
+                .unwrap();
+        }
+        assert_eq!(entries.ids(), [3, 7]);
+        SeriesLog::open(dir.path(), &metrics, |_, _| {})
+            .unwrap()
+            .append(&entries)
+            .unwrap();
+        let mut read = Vec::new();
+        SeriesLog::open(dir.path(), &metrics, |id, labels| read.push((id, labels))).unwrap();
+        assert_eq!(read, series);
+    }
 
     #[test]
     fn chunk_files_roll_over_at_their_size() {

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use bytes::Bytes;
 use promql_parser::label::{MatchOp, Matcher};
 
 use super::SeriesLimits;
 use super::chunk::ChunkWriter;
-use super::files::{ChunkRef, ChunkToWrite, Snapshot};
+use super::files::{ChunkRef, ChunkToWrite, SeriesEntries, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
 use crate::codec::{self, SampleRecord};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
@@ -93,7 +94,9 @@ fn point_key(labels: &[Label]) -> PointKey {
 }
 
 struct SealedChunk {
-    bytes: Vec<u8>,
+    /// Shared with the flush that writes it and the queries that read it
+    /// meanwhile, rather than copied under the head's lock.
+    bytes: Bytes,
     min_t: i64,
     max_t: i64,
 }
@@ -146,7 +149,7 @@ impl MemSeries {
 
     /// The chunks that overlap `[start, end]`: where the written ones are,
     /// and the bytes of those still in memory.
-    pub(super) fn chunks_overlapping(&self, start: i64, end: i64) -> (Vec<ChunkRef>, Vec<Vec<u8>>) {
+    pub(super) fn chunks_overlapping(&self, start: i64, end: i64) -> (Vec<ChunkRef>, Vec<Bytes>) {
         let overlaps = |min_t: i64, max_t: i64| min_t <= end && max_t >= start;
         let refs = self
             .persisted
@@ -154,7 +157,7 @@ impl MemSeries {
             .filter(|c| overlaps(c.min_t, c.max_t))
             .copied()
             .collect();
-        let mut chunks: Vec<Vec<u8>> = self
+        let mut chunks: Vec<Bytes> = self
             .sealed
             .iter()
             .filter(|c| overlaps(c.min_t, c.max_t))
@@ -163,7 +166,7 @@ impl MemSeries {
         if !self.open.is_empty() {
             let (min_t, max_t) = self.open.time_range();
             if overlaps(min_t, max_t) {
-                chunks.push(self.open.encode());
+                chunks.push(self.open.encode().into());
             }
         }
         (refs, chunks)
@@ -173,7 +176,7 @@ impl MemSeries {
 /// What a flush writes, taken from the head in one go.
 pub(super) struct Unflushed {
     /// Series `series.log` lacks.
-    pub(super) new_series: Vec<(u32, Vec<Label>)>,
+    pub(super) new_series: SeriesEntries,
     pub(super) sealed: Vec<ChunkToWrite>,
     pub(super) snapshot: Snapshot,
 }
@@ -584,7 +587,7 @@ impl Head {
                 let (min_t, max_t) = state.open.time_range();
                 let full = std::mem::take(&mut state.open);
                 state.sealed.push(SealedChunk {
-                    bytes: full.encode(),
+                    bytes: full.encode().into(),
                     min_t,
                     max_t,
                 });
@@ -614,8 +617,8 @@ impl Head {
     }
 
     /// What a flush through WAL sequence number `through_seq` writes.
-    pub(super) fn unflushed(&self, through_seq: u64) -> Unflushed {
-        let mut new_series = Vec::new();
+    pub(super) fn unflushed(&self, through_seq: u64) -> Result<Unflushed> {
+        let mut new_series = SeriesEntries::default();
         let mut sealed = Vec::new();
         let mut open = Vec::new();
         for (id, series) in self.series.iter().enumerate() {
@@ -624,7 +627,7 @@ impl Head {
             if !series.logged
                 && let Some(labels) = self.index.labels(id)
             {
-                new_series.push((id, labels.to_vec()));
+                new_series.push(id, labels.iter())?;
             }
             for chunk in &series.sealed {
                 sealed.push(ChunkToWrite {
@@ -638,7 +641,7 @@ impl Head {
                 open.push((id, series.open.encode()));
             }
         }
-        Unflushed {
+        Ok(Unflushed {
             new_series,
             sealed,
             snapshot: Snapshot {
@@ -646,18 +649,18 @@ impl Head {
                 open,
                 metadata: self.metadata.values().cloned().collect(),
             },
-        }
+        })
     }
 
     /// Marks what a flush wrote: the series are logged, and the sealed
     /// chunks (at `refs` now) leave memory.
     pub(super) fn flushed(
         &mut self,
-        new_series: &[(u32, Vec<Label>)],
+        new_series: &SeriesEntries,
         sealed: &[ChunkToWrite],
         refs: Vec<ChunkRef>,
     ) {
-        for (id, _) in new_series {
+        for id in new_series.ids() {
             if let Some(Some(series)) = self.series.get_mut(*id as usize) {
                 series.logged = true;
             }

@@ -51,7 +51,7 @@ pub(super) struct LabelSet<'a> {
 
 impl<'a> LabelSet<'a> {
     /// (name, value) of each label, in name order.
-    pub(super) fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+    pub(super) fn iter(self) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone {
         self.pairs
             .chunks_exact(2)
             .map(move |pair| (self.symbols.get(pair[0]), self.symbols.get(pair[1])))

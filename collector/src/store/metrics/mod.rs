@@ -279,13 +279,13 @@ impl SampleStore for MetricStore {
             .head
             .read()
             .expect("not poisoned")
-            .unflushed(applied_seq);
+            .unflushed(applied_seq)?;
         // Outside the head's lock, off the WAL writer's path.
         for sealed in &mut unflushed.sealed {
             sealed.bytes = chunk::compact(std::mem::take(&mut sealed.bytes));
         }
         for (_, open) in &mut unflushed.snapshot.open {
-            *open = chunk::compact(std::mem::take(open));
+            *open = chunk::compact(std::mem::take(open).into()).into();
         }
         // Marks the moment a crash test kills the daemon in.
         tracing::debug!(applied_seq, "MetricSnapshotStarted");
@@ -329,7 +329,7 @@ impl SampleStore for MetricStore {
         struct Pending {
             labels: Vec<Label>,
             refs: Vec<files::ChunkRef>,
-            chunks: Vec<Vec<u8>>,
+            chunks: Vec<bytes::Bytes>,
         }
         let pending: Vec<Pending> = {
             let head = self.head.read().expect("not poisoned");
@@ -588,7 +588,10 @@ mod tests {
         {
             let metrics = SelfMetrics::new();
             let mut log = SeriesLog::open(dir.path(), &metrics, |_, _| {}).unwrap();
-            log.append(&[(0, labels.clone())]).unwrap();
+            let mut entries = files::SeriesEntries::default();
+            let pairs = labels.iter().map(|l| (&*l.name, &*l.value));
+            entries.push(0, pairs).unwrap();
+            log.append(&entries).unwrap();
             let mut files =
                 ChunkFiles::open(dir.path(), MAX_CHUNK_FILE_BYTES, &metrics, |_, _| {}).unwrap();
             files
@@ -596,7 +599,7 @@ mod tests {
                     series: 0,
                     min_t: 0,
                     max_t: 119 * 15_000,
-                    bytes: gorilla(0..120),
+                    bytes: gorilla(0..120).into(),
                 }])
                 .unwrap();
             Snapshot {
