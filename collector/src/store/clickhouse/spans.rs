@@ -244,6 +244,7 @@ impl SpanStore for ClickHouseSpans {
         }
         let started = Instant::now();
         let Some(flushing) = self.buffer.begin_flush() else {
+            state.dependencies.forget_if_quiet(started);
             return Ok(None);
         };
         let traces: Vec<&[Span]> = flushing.traces.values().map(Vec::as_slice).collect();

@@ -6,12 +6,16 @@
 //! later and on its own. Parent and child often arrive in different batches,
 //! minutes apart, so the tracker remembers the service of recently seen spans
 //! and children still waiting for their parent. Both memories are bounded: two
-//! generations each, the older dropped when the newer fills up. What is
-//! forgotten (very late parents, and spans seen before a restart) yields no
-//! edge — counts are a lower bound, never invented.
+//! generations each, the older dropped when the newer fills up; and both are
+//! forgotten, their tables freed, once no span at all arrived for
+//! [`QUIET_FORGET_AFTER`], so a quiet daemon holds none of it. What is
+//! forgotten (very late parents, a pair split by a minute of silence, and
+//! spans seen before a restart) yields no edge — counts are a lower bound,
+//! never invented.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::model::{IdMap, Resource, Span, SpanId, SpanKind};
 
@@ -21,6 +25,11 @@ use crate::model::{IdMap, Resource, Span, SpanId, SpanKind};
 /// takes 13 bytes (id, packed caller, control byte), so a full generation
 /// is 13.6 MB.
 const RECENT_SPANS_PER_GENERATION: usize = (1 << 20) / 8 * 7;
+/// How long the memories last once no span arrives at all: a minute, where
+/// Tempo's service graphs wait 10 s for a pair's other half and the
+/// OpenTelemetry Collector's connector 2 s. A full generation of callers is
+/// 13.6 MB that a quiet daemon would otherwise hold for good.
+const QUIET_FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Children waiting for their parent per generation; sized the same way.
 const WAITING_CHILDREN_PER_GENERATION: usize = (1 << 17) / 8 * 7;
 /// Resources whose service name one `observe` remembers by pointer: a
@@ -121,6 +130,8 @@ pub struct DependencyTracker {
     /// Both only grow, as the set of services a deployment runs does.
     services: Vec<Arc<str>>,
     indexes: HashMap<Arc<str>, ServiceIndex>,
+    /// When `observe` last saw spans, while anything is remembered.
+    last_observed: Option<Instant>,
 }
 
 impl Default for DependencyTracker {
@@ -130,6 +141,7 @@ impl Default for DependencyTracker {
             waiting: Generations::new(WAITING_CHILDREN_PER_GENERATION),
             services: Vec::new(),
             indexes: HashMap::new(),
+            last_observed: None,
         }
     }
 }
@@ -137,6 +149,7 @@ impl Default for DependencyTracker {
 impl DependencyTracker {
     /// Records a batch of spans and returns the edges it completes.
     pub fn observe<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span> + Clone) -> Vec<Edge> {
+        self.last_observed = Some(Instant::now());
         let mut edges = Vec::new();
         // The service names of the batch's resources, by pointer: a batch
         // holds a few resources shared by many spans (see `codec::Shared`).
@@ -183,6 +196,20 @@ impl DependencyTracker {
             }
         }
         edges
+    }
+
+    /// Forgets every remembered span and frees the tables if nothing was
+    /// observed for [`QUIET_FORGET_AFTER`] before `now`; the flusher calls
+    /// it when it finds nothing to flush.
+    pub fn forget_if_quiet(&mut self, now: Instant) {
+        if self
+            .last_observed
+            .is_some_and(|seen| now.saturating_duration_since(seen) >= QUIET_FORGET_AFTER)
+        {
+            self.callers = Generations::new(RECENT_SPANS_PER_GENERATION);
+            self.waiting = Generations::new(WAITING_CHILDREN_PER_GENERATION);
+            self.last_observed = None;
+        }
     }
 
     fn edge(&self, caller: Caller, child: WaitingChild) -> Edge {
@@ -307,6 +334,25 @@ mod tests {
         );
         // Seen once, counted once.
         assert!(tracker.observe(&[span(4, None, "order", false)]).is_empty());
+    }
+
+    #[test]
+    fn a_minute_without_spans_forgets_remembered_spans() {
+        let mut tracker = DependencyTracker::default();
+        tracker.observe(&[span(3, Some(2), "payment", false)]);
+        tracker.observe(&[span(5, None, "gateway", false)]);
+        let observed = Instant::now();
+        tracker.forget_if_quiet(observed + QUIET_FORGET_AFTER / 2);
+        let edges = tracker.observe(&[span(2, None, "order", false)]);
+        assert_eq!(pairs(&edges), [("order".into(), "payment".into(), false)]);
+
+        tracker.forget_if_quiet(Instant::now() + QUIET_FORGET_AFTER);
+        assert_eq!(tracker.callers.current.capacity(), 0, "tables freed");
+        assert!(
+            tracker
+                .observe(&[span(6, Some(5), "order", false)])
+                .is_empty()
+        );
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl TraceStore {
         let mut state = self.flush_state.lock().expect("not poisoned");
         let started = Instant::now();
         let Some(snapshot) = self.buffer.begin_flush() else {
+            state.dependencies.forget_if_quiet(started);
             return Ok(None);
         };
         let max_seq = snapshot.max_seq;
