@@ -12,9 +12,9 @@
 //! they become samples.
 
 use std::hash::BuildHasher;
+use std::sync::Mutex;
 
 use foldhash::HashMap;
-use std::sync::Mutex;
 
 use super::{Histogram, OVERFLOW, Snapshot};
 use crate::model::{Label, MetricKind, MetricMetadata, SeriesSamples, Span, SpanKind, StatusCode};

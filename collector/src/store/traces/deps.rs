@@ -25,13 +25,13 @@ use crate::model::{IdMap, Resource, Span, SpanId, SpanKind};
 /// takes 13 bytes (id, packed caller, control byte), so a full generation
 /// is 13.6 MB.
 const RECENT_SPANS_PER_GENERATION: usize = (1 << 20) / 8 * 7;
+/// Children waiting for their parent per generation; sized the same way.
+const WAITING_CHILDREN_PER_GENERATION: usize = (1 << 17) / 8 * 7;
 /// How long the memories last once no span arrives at all: a minute, where
 /// Tempo's service graphs wait 10 s for a pair's other half and the
 /// OpenTelemetry Collector's connector 2 s. A full generation of callers is
 /// 13.6 MB that a quiet daemon would otherwise hold for good.
 const QUIET_FORGET_AFTER: Duration = Duration::from_secs(60);
-/// Children waiting for their parent per generation; sized the same way.
-const WAITING_CHILDREN_PER_GENERATION: usize = (1 << 17) / 8 * 7;
 /// Resources whose service name one `observe` remembers by pointer: a
 /// linear search, cheaper than hashing the name while the list is short.
 const MAX_RESOURCES_BY_POINTER: usize = 16;
