@@ -20,8 +20,6 @@
 //!   with few distinct values take a few bits per sample instead of the
 //!   dozens an XOR of their floats needs; a constant costs one bit.
 
-use bytes::Bytes;
-
 use crate::model::MetricSample;
 
 /// Samples per chunk before it is sealed (Prometheus's figure: beyond ~120
@@ -164,21 +162,17 @@ impl ChunkWriter {
 
 /// `chunk` in the smallest encoding that keeps every value's bits (see the
 /// module documentation): what flushes write, sealed chunks and snapshots.
-/// A chunk that does not decode, or is compact already, is returned as is.
-pub fn compact(chunk: Bytes) -> Bytes {
+/// `None` when the chunk does not decode or is that small already, so the
+/// caller keeps the bytes it has.
+pub fn compact(chunk: &[u8]) -> Option<Vec<u8>> {
     let is_xor = chunk
         .first_chunk::<2>()
         .is_some_and(|header| u16::from_le_bytes(*header) >> COUNT_BITS == u16::from(XOR));
     if !is_xor {
-        return chunk;
+        return None;
     }
-    let Ok(samples) = decode(&chunk) else {
-        return chunk;
-    };
-    match encode_decimal(&samples) {
-        Some(decimal) if decimal.len() < chunk.len() => decimal.into(),
-        _ => chunk,
-    }
+    let samples = decode(chunk).ok()?;
+    encode_decimal(&samples).filter(|decimal| decimal.len() < chunk.len())
 }
 
 /// A chunk whose bytes do not decode.
@@ -656,12 +650,13 @@ mod tests {
 
     /// Compacts a chunk of `samples`, checks it decodes to them bit for
     /// bit, and returns its bytes.
-    fn compact_roundtrip(samples: &[(i64, f64)]) -> Bytes {
+    fn compact_roundtrip(samples: &[(i64, f64)]) -> Vec<u8> {
         let mut writer = ChunkWriter::default();
         for &(t, v) in samples {
             writer.push(t, v);
         }
-        let bytes = compact(writer.encode().into());
+        let encoded = writer.encode();
+        let bytes = compact(&encoded).unwrap_or(encoded);
         assert!(bytes.len() <= writer.encode().len());
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.len(), samples.len());

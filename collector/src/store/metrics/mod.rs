@@ -282,10 +282,14 @@ impl SampleStore for MetricStore {
             .unflushed(applied_seq)?;
         // Outside the head's lock, off the WAL writer's path.
         for sealed in &mut unflushed.sealed {
-            sealed.bytes = chunk::compact(std::mem::take(&mut sealed.bytes));
+            if let Some(smaller) = chunk::compact(&sealed.bytes) {
+                sealed.bytes = smaller.into();
+            }
         }
         for (_, open) in &mut unflushed.snapshot.open {
-            *open = chunk::compact(std::mem::take(open).into()).into();
+            if let Some(smaller) = chunk::compact(open) {
+                *open = smaller;
+            }
         }
         // Marks the moment a crash test kills the daemon in.
         tracing::debug!(applied_seq, "MetricSnapshotStarted");
