@@ -403,7 +403,7 @@ impl Segments {
     }
 
     /// Whether block references into `segment` can be read.
-    pub fn is_live(&self, segment: u32) -> bool {
+    fn is_live(&self, segment: u32) -> bool {
         self.live.read().expect("not poisoned").contains(&segment)
     }
 

@@ -5,7 +5,8 @@
 //!
 //! | prefix | key                                              | value                  |
 //! |--------|--------------------------------------------------|------------------------|
-//! | `T`    | trace id, block seq (u64 BE)                     | `BlockRef`             |
+//! | `T`    | trace id's first 8 bytes, block number (u32 BE)  | empty                  |
+//! | `R`    | block number (u32 BE)                            | `BlockRef`             |
 //! | `B`    | newest row start ns (u64 BE), table seq (u64 BE) | `search::TableRef`     |
 //! | `O`    | service, 0, span kind byte, operation            | empty                  |
 //! | `D`    | hour start ns (u64 BE), parent, 0, child         | calls u64, errors u64  |
@@ -14,20 +15,31 @@
 //! | `M`    | `segment_newest/`, segment id (u32 BE)           | newest span ns u64     |
 //! | `M`    | `trace_sweep`                                    | next `T` key to check  |
 //!
+//! `T` keys are most of the index (one per trace and block), and sled's log
+//! writes every key it is given whole, several times over: they hold as
+//! little as finds a trace's blocks. Eight bytes of the id tell traces apart
+//! in practice, and a block read matches the whole id, so two traces that
+//! share them only cost a wasted read. Where a block is is said once, in
+//! its `R` key, not in each of its hundreds of `T` keys. Version 2 held the
+//! whole id, the block number as u64 and the block's `BlockRef` in every `T`
+//! key: 18 bytes of index per span, where this layout takes about 12.
+//! `TraceStore::open` rewrites such an index.
+//!
 //! Names are stored with NUL bytes replaced at ingest, so 0 separates fields.
 //!
-//! Retention drops whole segments: one batch removes their `M` keys, the `B`
-//! keys of the tables in them and the `D` keys of hours past the cutoff.
-//! `T` keys into dropped segments read as nothing and are removed afterwards,
-//! a bounded number per run, from `trace_sweep` on. Segments committed before
-//! `segment_newest/` existed have none; their file's modification time
-//! stands in.
+//! Retention drops whole segments: one batch removes their `M` keys, the `R`
+//! keys of the blocks and the `B` keys of the tables in them, and the `D`
+//! keys of hours past the cutoff. `T` keys of blocks without an `R` key read
+//! as nothing and are removed afterwards, a bounded number per run, from
+//! `trace_sweep` on. Segments committed before `segment_newest/` existed
+//! have none; their file's modification time stands in.
 
 use crate::frame;
 use crate::model::{SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 
 pub const TRACE_BLOCKS: u8 = b'T';
+pub const BLOCK_REFS: u8 = b'R';
 pub const SEARCH_TABLES: u8 = b'B';
 pub const OPERATIONS: u8 = b'O';
 pub const DEPENDENCIES: u8 = b'D';
@@ -46,29 +58,59 @@ pub const META_SEGMENT_NEWEST_PREFIX: &[u8] = b"Msegment_newest/";
 pub const META_TRACE_SWEEP: &[u8] = b"Mtrace_sweep";
 /// Bumped when the layout above, or the block and search table format of
 /// the segment files it points into, changes incompatibly.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The version whose `T` keys `TraceStore::open` rewrites (see the module
+/// docs); its segment files are read as they are.
+pub const UPGRADABLE_FORMAT_VERSION: u32 = 2;
+
+/// How much of a trace id a `T` key holds.
+const TRACE_KEY_ID_BYTES: usize = 8;
+const TRACE_KEY_LEN: usize = 1 + TRACE_KEY_ID_BYTES + 4;
 
 pub const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
 
-pub fn trace_blocks_prefix(trace_id: &TraceId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + 16 + 8);
-    key.push(TRACE_BLOCKS);
-    key.extend_from_slice(trace_id);
+pub fn trace_blocks_prefix(trace_id: &TraceId) -> [u8; 1 + TRACE_KEY_ID_BYTES] {
+    let mut key = [0u8; 1 + TRACE_KEY_ID_BYTES];
+    key[0] = TRACE_BLOCKS;
+    key[1..].copy_from_slice(&trace_id[..TRACE_KEY_ID_BYTES]);
     key
 }
 
-pub fn trace_block_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
-    let mut key = trace_blocks_prefix(trace_id);
-    key.extend_from_slice(&block_seq.to_be_bytes());
+pub fn trace_block_key(trace_id: &TraceId, block: u32) -> [u8; TRACE_KEY_LEN] {
+    let mut key = [0u8; TRACE_KEY_LEN];
+    key[..1 + TRACE_KEY_ID_BYTES].copy_from_slice(&trace_blocks_prefix(trace_id));
+    key[1 + TRACE_KEY_ID_BYTES..].copy_from_slice(&block.to_be_bytes());
     key
 }
 
-/// The block number at the end of a `T` key.
-pub fn trace_key_block_seq(key: &[u8]) -> Result<u64> {
-    key.len()
-        .checked_sub(8)
-        .and_then(|at| frame::read_u64_be(key, at))
-        .ok_or_else(|| StoreError::Corrupt("trace key too short".into()))
+/// The block number of a `T` key.
+pub fn trace_key_block(key: &[u8]) -> Result<u32> {
+    frame::read_u32_be(key, 1 + TRACE_KEY_ID_BYTES)
+        .filter(|_| key.len() == TRACE_KEY_LEN)
+        .ok_or_else(|| StoreError::Corrupt("trace key of the wrong length".into()))
+}
+
+/// A version-2 `T` key's trace id and block number, `None` for any other key.
+pub fn parse_v2_trace_key(key: &[u8]) -> Option<(TraceId, u64)> {
+    let body = key
+        .strip_prefix(&[TRACE_BLOCKS])
+        .filter(|b| b.len() == 24)?;
+    let trace_id = body[..16].try_into().ok()?;
+    Some((trace_id, frame::read_u64_be(body, 16)?))
+}
+
+pub fn block_ref_key(block: u32) -> [u8; 5] {
+    let mut key = [BLOCK_REFS; 5];
+    key[1..].copy_from_slice(&block.to_be_bytes());
+    key
+}
+
+/// A block's number as its keys hold it. Blocks are numbered from 0, two
+/// or three a flush: 4 billion of them take decades, so a larger number
+/// means a damaged `Mnext_block`.
+pub fn block_number(seq: u64) -> Result<u32> {
+    u32::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("block number {seq} is past the index's range")))
 }
 
 pub fn search_table_key(max_start_nanos: u64, table_seq: u64) -> [u8; 17] {
@@ -183,10 +225,16 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        assert_eq!(
-            trace_key_block_seq(&trace_block_key(&[3; 16], 9)).unwrap(),
-            9
-        );
+        assert_eq!(trace_key_block(&trace_block_key(&[3; 16], 9)).unwrap(), 9);
+        assert!(trace_key_block(&trace_blocks_prefix(&[3; 16])).is_err());
+        assert!(trace_block_key(&[3; 16], u32::MAX).starts_with(&trace_blocks_prefix(&[3; 16])));
+        assert_eq!(block_number(7).unwrap(), 7);
+        assert!(block_number(1 << 32).is_err());
+        let mut v2 = vec![TRACE_BLOCKS];
+        v2.extend_from_slice(&[4; 16]);
+        v2.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(parse_v2_trace_key(&v2), Some(([4; 16], 9)));
+        assert_eq!(parse_v2_trace_key(&trace_block_key(&[4; 16], 9)), None);
 
         let key = search_table_key(42, 7);
         assert_eq!(parse_search_table_key(&key).unwrap(), 42);

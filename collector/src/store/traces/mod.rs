@@ -26,7 +26,7 @@ mod deps;
 mod index;
 mod search;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -103,6 +103,9 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
                 db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
             }
             Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
+            Some(v) if v.as_ref() == index::UPGRADABLE_FORMAT_VERSION.to_be_bytes() => {
+                upgrade_trace_keys(&db)?;
+            }
             Some(found) => {
                 return Err(StoreError::Incompatible {
                     store: "trace",
@@ -386,18 +389,17 @@ impl TraceStore {
             index::META_RESERVED_BLOCKS,
             &(first_seq + refs.len() as u64).to_be_bytes(),
         )?;
+        let mut batch = sled::Batch::default();
         for (block_ref, ids) in refs.iter().zip(&block_traces) {
-            let block_seq = state.next_block;
+            let block = index::block_number(state.next_block)?;
             state.next_block += 1;
             for trace_id in ids {
-                self.db.insert(
-                    index::trace_block_key(trace_id, block_seq),
-                    &block_ref.to_bytes(),
-                )?;
+                self.db
+                    .insert(index::trace_block_key(trace_id, block), &[])?;
             }
+            batch.insert(&index::block_ref_key(block), &block_ref.to_bytes());
         }
 
-        let mut batch = sled::Batch::default();
         for (table_ref, table) in refs[block_count..].iter().zip(tables) {
             let table_seq = state.next_block;
             state.next_block += 1;
@@ -473,8 +475,14 @@ impl TraceStore {
         let mut damaged = false;
         self.buffer.read_trace(trace_id, &mut spans);
         for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
-            let (_, value) = entry?;
-            let block = BlockRef::from_bytes(&value)?;
+            let (key, _) = entry?;
+            let block_ref_key = index::block_ref_key(index::trace_key_block(&key)?);
+            // Not committed yet (the spans are in the head), or retention
+            // dropped the block's segment and the key is swept later.
+            let Some(block_ref) = self.db.get(block_ref_key)? else {
+                continue;
+            };
+            let block = BlockRef::from_bytes(&block_ref)?;
             match self
                 .segments
                 .read(block, |bytes| blocks::decode_trace(bytes, trace_id))?
@@ -614,6 +622,12 @@ impl TraceStore {
             batch.remove(index::segment_key(segment));
             batch.remove(index::segment_newest_key(segment));
         }
+        for entry in self.db.scan_prefix([index::BLOCK_REFS]) {
+            let (key, value) = entry?;
+            if doomed.contains(&BlockRef::from_bytes(&value)?.segment) {
+                batch.remove(key);
+            }
+        }
         for entry in self.db.scan_prefix([index::SEARCH_TABLES]) {
             let (key, value) = entry?;
             if doomed.contains(&search::TableRef::decode(&value)?.table.segment) {
@@ -639,7 +653,7 @@ impl TraceStore {
     }
 
     /// Removes up to [`TRACE_SWEEP_KEYS`] trace keys' worth of references
-    /// into dropped segments, going on where the last run stopped.
+    /// to blocks of dropped segments, going on where the last run stopped.
     fn sweep_trace_keys(&self) -> Result<()> {
         let Some(from) = self.db.get(index::META_TRACE_SWEEP)? else {
             return Ok(());
@@ -648,12 +662,13 @@ impl TraceStore {
         let mut next = None;
         let mut removed = 0u64;
         for (checked, entry) in self.db.range(from.to_vec()..end).enumerate() {
-            let (key, value) = entry?;
+            let (key, _) = entry?;
             if checked == TRACE_SWEEP_KEYS {
                 next = Some(key);
                 break;
             }
-            if !self.segments.is_live(BlockRef::from_bytes(&value)?.segment) {
+            let block = index::trace_key_block(&key)?;
+            if !self.db.contains_key(index::block_ref_key(block))? {
                 self.db.remove(&key)?;
                 removed += 1;
             }
@@ -848,8 +863,8 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
     let mut dropped = 0u64;
     for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
         let (key, _) = entry?;
-        let seq = index::trace_key_block_seq(&key)?;
-        if (committed_next_block..reserved).contains(&seq) {
+        let block = u64::from(index::trace_key_block(&key)?);
+        if (committed_next_block..reserved).contains(&block) {
             db.remove(key)?;
             dropped += 1;
         }
@@ -860,6 +875,32 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
     )?;
     db.flush()?;
     tracing::warn!(dropped, "SpanIndexUncommittedKeysDropped");
+    Ok(())
+}
+
+/// Rewrites a version-2 index's `T` keys in this version's layout, with an
+/// `R` key per block (see `index`), and marks the index as this version.
+/// A crash midway leaves version 2 with some keys rewritten, and the next
+/// open goes on from there.
+fn upgrade_trace_keys(db: &sled::Db) -> Result<()> {
+    let mut located = HashSet::new();
+    let mut rewritten = 0u64;
+    for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
+        let (key, block_ref) = entry?;
+        let Some((trace_id, seq)) = index::parse_v2_trace_key(&key) else {
+            continue;
+        };
+        let block = index::block_number(seq)?;
+        if located.insert(block) {
+            db.insert(index::block_ref_key(block), block_ref)?;
+        }
+        db.insert(index::trace_block_key(&trace_id, block), &[])?;
+        db.remove(key)?;
+        rewritten += 1;
+    }
+    db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
+    db.flush()?;
+    tracing::info!(rewritten, blocks = located.len(), "SpanIndexUpgraded");
     Ok(())
 }
 
@@ -881,7 +922,6 @@ fn estimated_size(span: &Span) -> usize {
 mod tests {
     use super::*;
     use crate::codec::tests::sample_span;
-    use std::collections::HashSet;
     use std::sync::Arc;
 
     const TEST_CACHE_BYTES: u64 = 1 << 20;
@@ -1059,13 +1099,13 @@ mod tests {
             .db
             .insert(index::META_RESERVED_BLOCKS, &(next_block + 1).to_be_bytes())
             .unwrap();
-        let stale = index::trace_block_key(&[2; 16], next_block);
-        store.db.insert(&stale, &[0u8; 16]).unwrap();
+        let stale = index::trace_block_key(&[2; 16], next_block as u32);
+        store.db.insert(stale, &[]).unwrap();
         store.db.flush().unwrap();
         drop(store);
 
         let store = open_store(dir.path());
-        assert!(store.db.get(&stale).unwrap().is_none());
+        assert!(store.db.get(stale).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
     }
@@ -1258,24 +1298,18 @@ mod tests {
         let saved = std::fs::read(&old_path).unwrap();
         // A stale trace key the sweep has not reached yet reads as nothing.
         let stale = index::trace_block_key(&[7; 16], 0);
-        let dropped_ref = BlockRef {
-            segment: 0,
-            offset: 0,
-            len: 8,
-        };
-        store.db.insert(&stale, &dropped_ref.to_bytes()).unwrap();
+        store.db.insert(stale, &[]).unwrap();
 
         let now = BASE + 3 * HOUR + HOUR / 2;
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
-        assert!(store.db.get(&stale).unwrap().is_none());
+        assert!(store.db.get(stale).unwrap().is_none());
         drop(store);
         // The index batch was durable, the file removal was not.
         std::fs::write(&old_path, &saved).unwrap();
         // And the sweep had not begun.
         let db = sled::open(dir.path().join("index")).unwrap();
-        db.insert(index::trace_block_key(&[1; 16], 0), &dropped_ref.to_bytes())
-            .unwrap();
-        db.insert(&stale, &dropped_ref.to_bytes()).unwrap();
+        db.insert(index::trace_block_key(&[1; 16], 0), &[]).unwrap();
+        db.insert(stale, &[]).unwrap();
         db.insert(index::META_TRACE_SWEEP, &[index::TRACE_BLOCKS])
             .unwrap();
         db.flush().unwrap();
@@ -1294,6 +1328,61 @@ mod tests {
         flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
+    }
+
+    #[test]
+    fn a_version_2_index_is_rewritten_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        flush_segment(&store, 2, call_at(2, BASE + 20));
+        drop(store);
+        // The same index as version 2 wrote it: the whole trace id (here
+        // its first byte repeated), the block number as u64 and the
+        // block's location in every trace key.
+        let db = sled::open(dir.path().join("index")).unwrap();
+        let block_refs: HashMap<_, _> = db
+            .scan_prefix([index::BLOCK_REFS])
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(block_refs.len(), 2);
+        for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
+            let (key, _) = entry.unwrap();
+            let block = index::trace_key_block(&key).unwrap();
+            let mut v2_key = vec![index::TRACE_BLOCKS];
+            v2_key.extend_from_slice(&[key[1]; 16]);
+            v2_key.extend_from_slice(&u64::from(block).to_be_bytes());
+            db.insert(v2_key, &block_refs[index::block_ref_key(block).as_slice()])
+                .unwrap();
+            db.remove(key).unwrap();
+        }
+        for key in block_refs.keys() {
+            db.remove(key).unwrap();
+        }
+        db.insert(index::META_FORMAT, &2u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        drop(db);
+
+        let store = open_store(dir.path());
+        assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 2);
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
+        assert_eq!(
+            store.db.get(index::META_FORMAT).unwrap().unwrap().as_ref(),
+            index::FORMAT_VERSION.to_be_bytes()
+        );
+        let keys: Vec<_> = store
+            .db
+            .scan_prefix([index::TRACE_BLOCKS])
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| index::trace_key_block(k).is_ok()));
+        // Retention finds the rewritten blocks' locations.
+        let now = BASE + 3 * HOUR;
+        flush_segment(&store, 3, call_at(3, now));
+        assert_eq!(store.enforce_retention(retention(1, 0), now).unwrap(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(trace_keys(&store), 1);
     }
 
     #[test]
@@ -1336,13 +1425,13 @@ mod tests {
         }
         store.apply(1, spans);
         store.flush().unwrap();
-        let refs: Vec<_> = store
+        let blocks: Vec<_> = store
             .db
             .scan_prefix([index::TRACE_BLOCKS])
-            .map(|e| e.unwrap().1)
+            .map(|e| index::trace_key_block(&e.unwrap().0).unwrap())
             .collect();
-        assert_eq!(refs.len(), 256, "each trace is in exactly one block");
-        let distinct: HashSet<_> = refs.iter().collect();
+        assert_eq!(blocks.len(), 256, "each trace is in exactly one block");
+        let distinct: HashSet<_> = blocks.iter().collect();
         assert!(distinct.len() > 1, "traces were cut into several blocks");
         for trace in [0u8, 77, 255] {
             assert_eq!(store.trace(&[trace; 16]).unwrap().spans.len(), 40);
