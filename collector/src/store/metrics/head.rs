@@ -586,6 +586,7 @@ impl Head {
             if state.open.is_full() {
                 let (min_t, max_t) = state.open.time_range();
                 let full = std::mem::take(&mut state.open);
+                state.sealed.reserve_exact(1);
                 state.sealed.push(SealedChunk {
                     bytes: full.encode().into(),
                     min_t,
@@ -653,7 +654,11 @@ impl Head {
     }
 
     /// Marks what a flush wrote: the series are logged, and the sealed
-    /// chunks (at `refs` now) leave memory.
+    /// chunks (at `refs` now) leave memory. A series holds a sealed chunk
+    /// only until the next flush, and gains a written one every 120
+    /// samples: their lists grow one at a time and an emptied one is freed.
+    /// A list's first room is for four, so every series kept 192 bytes of
+    /// emptied sealed list and up to 96 of unused room for written chunks.
     pub(super) fn flushed(
         &mut self,
         new_series: &SeriesEntries,
@@ -675,6 +680,10 @@ impl Head {
                     .is_some_and(|c| c.min_t == chunk.min_t)
                 {
                     series.sealed.remove(0);
+                    if series.sealed.is_empty() {
+                        series.sealed = Vec::new();
+                    }
+                    series.persisted.reserve_exact(1);
                     series.persisted.push(chunk_ref);
                 }
             }
@@ -685,6 +694,7 @@ impl Head {
     pub(super) fn drop_chunk_files(&mut self, files: &[u32]) {
         for series in self.series.iter_mut().flatten() {
             series.persisted.retain(|c| !files.contains(&c.file));
+            series.persisted.shrink_to_fit();
         }
     }
 }
@@ -693,11 +703,37 @@ impl Head {
 mod tests {
     use super::*;
     use crate::store::metrics::MetricStore;
+    use crate::store::metrics::chunk::SAMPLES_PER_CHUNK;
     use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
     use crate::store::metrics::index::label_value;
     use crate::store::metrics::tests::{ingest, matcher, open_store, series};
     use crate::store::sample_store::SampleStore;
     use crate::telemetry::SelfMetrics;
+
+    #[test]
+    fn a_flush_leaves_no_spare_room_in_a_series_chunk_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let per_chunk = i64::from(SAMPLES_PER_CHUNK);
+        for written in 1..=3 {
+            let first = (written - 1) * per_chunk;
+            let samples: Vec<_> = (first..first + per_chunk).map(|t| (t, 1.0)).collect();
+            ingest(&store, vec![series("up", "a", &samples)]);
+            // The next sample seals the full chunk.
+            ingest(&store, vec![series("up", "a", &[(first + per_chunk, 1.0)])]);
+            store.flush(0).unwrap();
+            let head = store.head.read().unwrap();
+            let state = head.series[0].as_ref().unwrap();
+            assert_eq!(state.persisted.len(), written as usize);
+            assert_eq!(state.persisted.capacity(), written as usize);
+            assert_eq!(state.sealed.capacity(), 0);
+        }
+        let got = store
+            .select(&[matcher("job", "a")], 0, i64::MAX, usize::MAX)
+            .unwrap()
+            .series;
+        assert_eq!(got[0].samples.len(), 3 * per_chunk as usize + 1);
+    }
 
     #[test]
     fn a_histogram_point_is_admitted_or_refused_whole() {
