@@ -97,6 +97,7 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
         }
     };
     let read = (|| -> Result<Option<HashMap<u32, u64>>> {
+        let mut upgrade = false;
         match db.get(index::META_FORMAT)? {
             None if holds_segments(&dir.join("blocks")) => return Ok(None),
             None => {
@@ -104,7 +105,7 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
             }
             Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
             Some(v) if v.as_ref() == index::UPGRADABLE_FORMAT_VERSION.to_be_bytes() => {
-                upgrade_trace_keys(&db)?;
+                upgrade = true;
             }
             Some(found) => {
                 return Err(StoreError::Incompatible {
@@ -122,6 +123,9 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
         for entry in db.scan_prefix(index::META_SEGMENT_PREFIX) {
             let (key, value) = entry?;
             committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
+        }
+        if upgrade {
+            upgrade_trace_keys(&db, &committed)?;
         }
         Ok(Some(committed))
     })();
@@ -880,9 +884,10 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
 
 /// Rewrites a version-2 index's `T` keys in this version's layout, with an
 /// `R` key per block (see `index`), and marks the index as this version.
+/// Keys into segments no longer `committed` (dropped, not yet swept) go.
 /// A crash midway leaves version 2 with some keys rewritten, and the next
 /// open goes on from there.
-fn upgrade_trace_keys(db: &sled::Db) -> Result<()> {
+fn upgrade_trace_keys(db: &sled::Db, committed: &HashMap<u32, u64>) -> Result<()> {
     let mut located = HashSet::new();
     let mut rewritten = 0u64;
     for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
@@ -890,13 +895,16 @@ fn upgrade_trace_keys(db: &sled::Db) -> Result<()> {
         let Some((trace_id, seq)) = index::parse_v2_trace_key(&key) else {
             continue;
         };
-        let block = index::block_number(seq)?;
-        if located.insert(block) {
-            db.insert(index::block_ref_key(block), block_ref)?;
+        if committed.contains_key(&BlockRef::from_bytes(&block_ref)?.segment) {
+            let block = index::block_number(seq)?;
+            if located.insert(block) {
+                db.insert(index::block_ref_key(block), block_ref)?;
+            }
+            // Before the old key goes: sled recovers a prefix of its writes.
+            db.insert(index::trace_block_key(&trace_id, block), &[])?;
+            rewritten += 1;
         }
-        db.insert(index::trace_block_key(&trace_id, block), &[])?;
         db.remove(key)?;
-        rewritten += 1;
     }
     db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
     db.flush()?;
@@ -1359,6 +1367,16 @@ mod tests {
         for key in block_refs.keys() {
             db.remove(key).unwrap();
         }
+        // And a key into a segment retention dropped, not swept yet.
+        let mut stale = vec![index::TRACE_BLOCKS];
+        stale.extend_from_slice(&[9; 16]);
+        stale.extend_from_slice(&50u64.to_be_bytes());
+        let dropped = BlockRef {
+            segment: 99,
+            offset: 0,
+            len: 8,
+        };
+        db.insert(stale, &dropped.to_bytes()).unwrap();
         db.insert(index::META_FORMAT, &2u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
         drop(db);
@@ -1375,8 +1393,10 @@ mod tests {
             .scan_prefix([index::TRACE_BLOCKS])
             .map(|e| e.unwrap().0)
             .collect();
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 2, "the stale key is gone, the others rewritten");
         assert!(keys.iter().all(|k| index::trace_key_block(k).is_ok()));
+        assert_eq!(store.db.scan_prefix([index::BLOCK_REFS]).count(), 2);
+        assert!(store.trace(&[9; 16]).unwrap().spans.is_empty());
         // Retention finds the rewritten blocks' locations.
         let now = BASE + 3 * HOUR;
         flush_segment(&store, 3, call_at(3, now));
