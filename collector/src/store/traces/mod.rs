@@ -855,7 +855,9 @@ impl store::TraceCandidates for IndexedCandidates<'_> {
 
 /// Deletes the trace keys of a flush that crashed before its commit: they
 /// point at block bytes that were cut off, and their block numbers are about
-/// to be used again. A full scan, but only after such a crash.
+/// to be used again. A full scan, but only after such a crash. Those
+/// numbers' `R` keys go too: a commit writes them, but the rewrite of a
+/// version-2 index gives every block it finds one.
 fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Result<()> {
     let reserved = match db.get(index::META_RESERVED_BLOCKS)? {
         Some(v) => index::decode_u64(&v)?,
@@ -872,6 +874,9 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
             db.remove(key)?;
             dropped += 1;
         }
+    }
+    for block in committed_next_block..reserved {
+        db.remove(index::block_ref_key(index::block_number(block)?))?;
     }
     db.insert(
         index::META_RESERVED_BLOCKS,
@@ -1109,11 +1114,15 @@ mod tests {
             .unwrap();
         let stale = index::trace_block_key(&[2; 16], next_block as u32);
         store.db.insert(stale, &[]).unwrap();
+        // As the rewrite of a version-2 index leaves such a flush's block.
+        let stale_location = index::block_ref_key(next_block as u32);
+        store.db.insert(stale_location, &[0u8; 16]).unwrap();
         store.db.flush().unwrap();
         drop(store);
 
         let store = open_store(dir.path());
         assert!(store.db.get(stale).unwrap().is_none());
+        assert!(store.db.get(stale_location).unwrap().is_none());
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
     }
