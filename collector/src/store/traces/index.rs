@@ -99,6 +99,15 @@ pub fn parse_v2_trace_key(key: &[u8]) -> Option<(TraceId, u64)> {
     Some((trace_id, frame::read_u64_be(body, 16)?))
 }
 
+/// A `T` key as version 2 wrote it, for tests of its rewrite.
+#[cfg(test)]
+pub fn v2_trace_key(trace_id: &TraceId, block_seq: u64) -> Vec<u8> {
+    let mut key = vec![TRACE_BLOCKS];
+    key.extend_from_slice(trace_id);
+    key.extend_from_slice(&block_seq.to_be_bytes());
+    key
+}
+
 pub fn block_ref_key(block: u32) -> [u8; 5] {
     let mut key = [BLOCK_REFS; 5];
     key[1..].copy_from_slice(&block.to_be_bytes());
@@ -230,10 +239,10 @@ mod tests {
         assert!(trace_block_key(&[3; 16], u32::MAX).starts_with(&trace_blocks_prefix(&[3; 16])));
         assert_eq!(block_number(7).unwrap(), 7);
         assert!(block_number(1 << 32).is_err());
-        let mut v2 = vec![TRACE_BLOCKS];
-        v2.extend_from_slice(&[4; 16]);
-        v2.extend_from_slice(&9u64.to_be_bytes());
-        assert_eq!(parse_v2_trace_key(&v2), Some(([4; 16], 9)));
+        assert_eq!(
+            parse_v2_trace_key(&v2_trace_key(&[4; 16], 9)),
+            Some(([4; 16], 9))
+        );
         assert_eq!(parse_v2_trace_key(&trace_block_key(&[4; 16], 9)), None);
 
         let key = search_table_key(42, 7);

@@ -1366,9 +1366,7 @@ mod tests {
         for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
             let (key, _) = entry.unwrap();
             let block = index::trace_key_block(&key).unwrap();
-            let mut v2_key = vec![index::TRACE_BLOCKS];
-            v2_key.extend_from_slice(&[key[1]; 16]);
-            v2_key.extend_from_slice(&u64::from(block).to_be_bytes());
+            let v2_key = index::v2_trace_key(&[key[1]; 16], u64::from(block));
             db.insert(v2_key, &block_refs[index::block_ref_key(block).as_slice()])
                 .unwrap();
             db.remove(key).unwrap();
@@ -1377,9 +1375,7 @@ mod tests {
             db.remove(key).unwrap();
         }
         // And a key into a segment retention dropped, not swept yet.
-        let mut stale = vec![index::TRACE_BLOCKS];
-        stale.extend_from_slice(&[9; 16]);
-        stale.extend_from_slice(&50u64.to_be_bytes());
+        let stale = index::v2_trace_key(&[9; 16], 50);
         let dropped = BlockRef {
             segment: 99,
             offset: 0,
