@@ -454,7 +454,7 @@ async fn two_nodes_over_two_shards_answer_with_everything_and_lose_nothing_ackno
         "1h",
     ];
     let node_a = Strand::spawn(STRAND_BINARY, &dir.path().join("a"), &args).await;
-    let node_b = Strand::start(&dir.path().join("b"), &args).await;
+    let node_b = Strand::spawn(STRAND_BINARY, &dir.path().join("b"), &args).await;
 
     // Both nodes take spans at once; node A is killed mid-ingest.
     let end = now_nanos();
