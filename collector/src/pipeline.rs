@@ -103,6 +103,9 @@ pub struct Pipeline {
     limits: IngestLimits,
     metrics: SelfMetrics,
     flush_wanted: Notify,
+    /// Set when the metrics store holds enough to flush before the interval
+    /// (see `SampleStore::wants_flush`).
+    metrics_flush_wanted: Notify,
     /// Set when the WAL has grown long: see [`Pipeline::flush_if_wal_long`].
     wal_long: Notify,
     /// WAL sequence numbers through which each store has made everything
@@ -219,6 +222,7 @@ impl Pipeline {
             limits,
             metrics,
             flush_wanted: Notify::new(),
+            metrics_flush_wanted: Notify::new(),
             wal_long: Notify::new(),
             traces_durable_through: AtomicU64::new(0),
             logs_durable_through: AtomicU64::new(0),
@@ -264,6 +268,9 @@ impl Pipeline {
             Err(error) => Err(error),
         };
         self.count_outcome(Signal::Samples, appended, count, transport)?;
+        if self.metric_store.wants_flush() {
+            self.metrics_flush_wanted.notify_one();
+        }
         Ok(rejections)
     }
 
@@ -651,7 +658,7 @@ impl Pipeline {
 
     /// Runs the background work until `stop` resolves: span flushes
     /// (periodically, or sooner when the head fills up), log commits, metrics
-    /// flushes, derived metrics and retention. Then flushes and commits a last time and closes the WAL.
+    /// flushes (the same), derived metrics and retention. Then flushes and commits a last time and closes the WAL.
     pub async fn run_flusher(
         self: Arc<Self>,
         healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -690,6 +697,12 @@ impl Pipeline {
                 }
                 _ = flush_metrics.tick() => {
                     self.flush_metrics().await;
+                }
+                _ = self.metrics_flush_wanted.notified() => {
+                    // Asked for again while a flush ran, it may be done.
+                    if self.metric_store.wants_flush() {
+                        self.flush_metrics().await;
+                    }
                 }
                 _ = derived_metrics.tick() => self.write_derived_metrics().await,
                 _ = retention.tick() => self.enforce_retention().await,

@@ -58,6 +58,13 @@ pub trait SampleStore: Send + Sync {
     /// by its labels, the costliest step of ingest.
     fn apply_admitted(&self, seq: u64, batch: Vec<(u32, Vec<MetricSample>)>);
 
+    /// Whether the store holds enough in memory that a flush before the
+    /// interval would be worth its cost: the pipeline then asks for one,
+    /// which bounds the store's memory under a heavy load.
+    fn wants_flush(&self) -> bool {
+        false
+    }
+
     /// Whether the store holds as many samples as it may while its backend
     /// cannot take them: new ones are refused (503) until it drains.
     fn is_full(&self) -> bool {

@@ -187,6 +187,8 @@ pub(super) struct Head {
     /// By series id, as in the index.
     series: Vec<Option<MemSeries>>,
     metadata: BTreeMap<String, MetricMetadata>,
+    /// Bytes of the sealed chunks no flush has written yet.
+    sealed_bytes: usize,
 }
 
 impl Head {
@@ -586,9 +588,11 @@ impl Head {
             if state.open.is_full() {
                 let (min_t, max_t) = state.open.time_range();
                 let full = std::mem::take(&mut state.open);
+                let bytes = Bytes::from(full.encode());
+                self.sealed_bytes += bytes.len();
                 state.sealed.reserve_exact(1);
                 state.sealed.push(SealedChunk {
-                    bytes: full.encode().into(),
+                    bytes,
                     min_t,
                     max_t,
                 });
@@ -679,7 +683,8 @@ impl Head {
                     .first()
                     .is_some_and(|c| c.min_t == chunk.min_t)
                 {
-                    series.sealed.remove(0);
+                    let written = series.sealed.remove(0);
+                    self.sealed_bytes -= written.bytes.len();
                     if series.sealed.is_empty() {
                         series.sealed = Vec::new();
                     }
@@ -688,6 +693,12 @@ impl Head {
                 }
             }
         }
+    }
+
+    /// Bytes of the sealed chunks no flush has written yet: what a flush
+    /// would take out of memory.
+    pub(super) fn sealed_bytes(&self) -> usize {
+        self.sealed_bytes
     }
 
     /// Forgets chunks in files retention is about to delete.

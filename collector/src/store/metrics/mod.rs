@@ -44,6 +44,7 @@ mod index;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use promql_parser::label::Matcher;
@@ -66,6 +67,12 @@ pub use crate::config::SeriesLimits;
 /// directory is read as it is, its chunks all being Gorilla's.
 const FORMAT_VERSION: u32 = 2;
 
+/// Sealed chunks in memory beyond which the store asks for a flush before
+/// the interval (unless the open chunks a flush also writes are larger):
+/// under a heavy load, a flush interval's worth of samples would otherwise
+/// stay in memory. 4 MiB is a few seconds of a million samples per second.
+const SEALED_BYTES_BEFORE_FLUSH: usize = 4 << 20;
+
 /// See the module documentation.
 pub struct MetricStore {
     dir: PathBuf,
@@ -78,6 +85,11 @@ pub struct MetricStore {
     metrics: SelfMetrics,
     /// Damaged chunks already reported (file, offset): once per run.
     reported: Mutex<HashSet<(u32, u64)>>,
+    /// The head's [`Head::sealed_bytes`], read without its lock.
+    sealed_bytes: AtomicUsize,
+    /// Bytes of open chunks the last flush wrote to the snapshot: a flush
+    /// asked for early writes at least as many sealed bytes as these.
+    snapshot_bytes: AtomicUsize,
 }
 
 impl MetricStore {
@@ -140,6 +152,8 @@ impl MetricStore {
             limits,
             metrics,
             reported: Mutex::new(HashSet::new()),
+            sealed_bytes: AtomicUsize::new(0),
+            snapshot_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -218,6 +232,8 @@ impl SampleStore for MetricStore {
         let mut head = self.head.write().expect("not poisoned");
         let batch = head.resolve(record);
         head.apply_admitted(batch);
+        self.sealed_bytes
+            .store(head.sealed_bytes(), Ordering::Relaxed);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
@@ -230,9 +246,19 @@ impl SampleStore for MetricStore {
     fn apply_admitted(&self, _seq: u64, batch: Vec<(u32, Vec<MetricSample>)>) {
         let mut head = self.head.write().expect("not poisoned");
         head.apply_admitted(batch);
+        self.sealed_bytes
+            .store(head.sealed_bytes(), Ordering::Relaxed);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
+    }
+
+    /// Whether the sealed chunks in memory exceed
+    /// [`SEALED_BYTES_BEFORE_FLUSH`] and the open chunks the last flush
+    /// wrote.
+    fn wants_flush(&self) -> bool {
+        let open = self.snapshot_bytes.load(Ordering::Relaxed);
+        self.sealed_bytes.load(Ordering::Relaxed) >= SEALED_BYTES_BEFORE_FLUSH.max(open)
     }
 
     /// Records type, help and unit of metric families.
@@ -305,12 +331,15 @@ impl SampleStore for MetricStore {
             .expect("not poisoned")
             .write(&unflushed.sealed)?;
         unflushed.snapshot.write(&self.dir)?;
+        let open_bytes = unflushed.snapshot.open.iter().map(|(_, open)| open.len());
+        self.snapshot_bytes
+            .store(open_bytes.sum(), Ordering::Relaxed);
 
-        self.head.write().expect("not poisoned").flushed(
-            &unflushed.new_series,
-            &unflushed.sealed,
-            refs,
-        );
+        let mut head = self.head.write().expect("not poisoned");
+        head.flushed(&unflushed.new_series, &unflushed.sealed, refs);
+        self.sealed_bytes
+            .store(head.sealed_bytes(), Ordering::Relaxed);
+        drop(head);
         *checkpoint = applied_seq;
         self.metrics
             .store_size_bytes
@@ -575,6 +604,43 @@ mod tests {
         let mut admitted = store.admit(batch);
         store.apply_admitted(0, admitted.take_samples());
         admitted
+    }
+
+    #[test]
+    fn sealed_chunks_past_the_threshold_ask_for_a_flush_that_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let jobs: Vec<String> = (0..10).map(|job| job.to_string()).collect();
+        let per_chunk = i64::from(chunk::SAMPLES_PER_CHUNK);
+        // Values that do not compress: about 8 bytes a sample.
+        let round = |first: i64| -> Vec<(i64, f64)> {
+            (first..first + per_chunk)
+                .map(|t| (t, (t as f64 * 0.7).sin() * 1e9))
+                .collect()
+        };
+        let mut rounds = 0;
+        while !store.wants_flush() {
+            let batch = jobs
+                .iter()
+                .map(|job| series("up", job, &round(rounds * per_chunk)))
+                .collect();
+            ingest(&store, batch);
+            rounds += 1;
+            assert!(rounds < 10_000, "sealed chunks never asked for a flush");
+        }
+        let sealed = store.sealed_bytes.load(Ordering::Relaxed);
+        assert!(sealed >= SEALED_BYTES_BEFORE_FLUSH, "{sealed}");
+        assert!(sealed < 2 * SEALED_BYTES_BEFORE_FLUSH, "{sealed}");
+        store.flush(0).unwrap();
+        assert!(!store.wants_flush());
+        assert_eq!(store.sealed_bytes.load(Ordering::Relaxed), 0);
+        assert!(store.disk_bytes() as usize > SEALED_BYTES_BEFORE_FLUSH / 2);
+        // Everything is still read back, sealed chunks from the chunk files.
+        let got = store
+            .select(&[matcher("job", "7")], 0, i64::MAX, usize::MAX)
+            .unwrap()
+            .series;
+        assert_eq!(got[0].samples.len(), (rounds * per_chunk) as usize);
     }
 
     #[test]
