@@ -428,8 +428,9 @@ pub struct ServeArgs {
 
     /// How often the metrics head is written out (sealed chunks and a
     /// snapshot of the open ones); bounds the write-ahead log a restart
-    /// replays for metrics. With ClickHouse, also how often samples are
-    /// inserted there, and so how soon other nodes see them.
+    /// replays for metrics. The embedded store also flushes sooner once its
+    /// sealed chunks pass 4 MiB. With ClickHouse, also how often samples
+    /// are inserted there, and so how soon other nodes see them.
     #[arg(long, env = "STRAND_METRICS_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub metrics_flush_interval: Duration,
 
