@@ -658,7 +658,8 @@ impl Pipeline {
 
     /// Runs the background work until `stop` resolves: span flushes
     /// (periodically, or sooner when the head fills up), log commits, metrics
-    /// flushes (the same), derived metrics and retention. Then flushes and commits a last time and closes the WAL.
+    /// flushes (periodically, or sooner when sealed chunks pile up, unless
+    /// the last flush failed), derived metrics and retention. Then flushes and commits a last time and closes the WAL.
     pub async fn run_flusher(
         self: Arc<Self>,
         healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -672,6 +673,9 @@ impl Pipeline {
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         let mut quiet_check = tokio::time::interval(QUIET_CHECK_INTERVAL);
         let mut written_through = self.wal.applied_through();
+        // After a failed metrics flush (a full disk), retries wait for the
+        // interval rather than follow every request.
+        let mut metrics_flushed = true;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -693,15 +697,15 @@ impl Pipeline {
                     self.flush_logs().await;
                     healthy.store(self.flush_spans().await, Ordering::Relaxed);
                     flush_at = tokio::time::Instant::now() + self.limits.flush_interval;
-                    self.flush_metrics().await;
+                    metrics_flushed = self.flush_metrics().await;
                 }
                 _ = flush_metrics.tick() => {
-                    self.flush_metrics().await;
+                    metrics_flushed = self.flush_metrics().await;
                 }
                 _ = self.metrics_flush_wanted.notified() => {
                     // Asked for again while a flush ran, it may be done.
-                    if self.metric_store.wants_flush() {
-                        self.flush_metrics().await;
+                    if metrics_flushed && self.metric_store.wants_flush() {
+                        metrics_flushed = self.flush_metrics().await;
                     }
                 }
                 _ = derived_metrics.tick() => self.write_derived_metrics().await,

@@ -17,7 +17,7 @@ use opentelemetry_sdk::metrics::{
     Aggregation, Instrument, PeriodicReader, SdkMeterProvider, Stream, Temporality,
 };
 use serde_json::json;
-use strand_testkit::Strand;
+use strand_testkit::{Strand, eventually};
 
 use crate::support::now_ms;
 use crate::support::prom::{self, Labels, label_set};
@@ -664,4 +664,50 @@ async fn remote_write_round_trips_through_the_prometheus_api() {
             ),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_load_is_flushed_to_chunk_files_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Strand::start(&data, &["--metrics-flush-interval", "1h"]).await;
+    // 200 series of 3,000 samples 2 s apart, values that barely compress:
+    // about 5 MB of sealed chunks, past the 4 MiB that asks for a flush.
+    let (series, samples_each, step_ms) = (200, 3_000, 2_000);
+    let first = now_ms() - samples_each * step_ms;
+    for batch in 0..20 {
+        let timeseries = (0..series / 20)
+            .map(|n| {
+                let instance = (batch * series / 20 + n).to_string();
+                let samples: Vec<(i64, f64)> = (0..samples_each)
+                    .map(|i| (first + i * step_ms, (i as f64 * 0.7 + n as f64).sin() * 1e9))
+                    .collect();
+                rw::series("heavy_load", &[("instance", &instance)], &samples)
+            })
+            .collect();
+        rw::write_ok(&daemon, &rw::request(timeseries)).await;
+    }
+    let chunk_bytes = || {
+        std::fs::read_dir(data.join("metrics/chunks"))
+            .map(|files| {
+                files
+                    .filter_map(|file| file.ok()?.metadata().ok())
+                    .map(|metadata| metadata.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    };
+    let flushed = eventually(Duration::from_secs(30), || async {
+        (chunk_bytes() > 2 << 20).then_some(())
+    })
+    .await;
+    assert!(
+        flushed.is_some(),
+        "{} bytes of chunk files with the interval an hour away",
+        chunk_bytes()
+    );
+    // What went to the chunk files is read from there.
+    let counted = prom::instant_value(&daemon, "sum(count_over_time(heavy_load[2h]))").await;
+    assert_eq!(counted, Some((series * samples_each) as f64));
+    daemon.stop().await;
 }
