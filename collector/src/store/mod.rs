@@ -65,6 +65,10 @@ pub enum StoreError {
     Refused(#[from] crate::deadline::QueryRefused),
     #[error("corrupt store data: {0}")]
     Corrupt(String),
+    /// Files another process holds (a second daemon on the same data
+    /// directory): refused, never taken for damage.
+    #[error("{0} is in use: is another strand running on this data directory?")]
+    InUse(String),
     /// A read that would load more series than the caller allows.
     #[error(
         "the selection matches more than {limit} series (--query-max-series): select fewer, e.g. with more label matchers"

@@ -29,7 +29,7 @@ mod search;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::backup::BackupDir;
 use crate::config::Retention;
@@ -70,6 +70,15 @@ pub struct DependencyLink {
     pub error_count: u64,
 }
 
+/// How long [`open_index`] waits for the index's file lock: a store this
+/// process closed just before may still be finishing sled's writes on its
+/// threads. Past it, another process holds the index.
+const INDEX_LOCK_WAIT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(10)
+};
+
 /// The sled index as [`open_index`] found it.
 enum IndexOpen {
     Opened(sled::Db, HashMap<u32, u64>),
@@ -81,13 +90,30 @@ enum IndexOpen {
 /// segment; refuses an index of another format version. An index sled
 /// cannot open, or one that comes up empty next to segment files (sled
 /// recovers a damaged log by dropping everything from the damage on), is
-/// `Damaged`.
+/// `Damaged`. An index whose lock another process holds is an error, never
+/// damage: moving it aside would take a running daemon's data.
 fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
-    let opened = sled::Config::new()
-        .path(dir.join("index"))
-        .cache_capacity(cache_bytes)
-        .flush_every_ms(None)
-        .open();
+    let path = dir.join("index");
+    let waited_until = Instant::now() + INDEX_LOCK_WAIT;
+    let opened = loop {
+        let opened = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(error) if is_locked(&error) && Instant::now() < waited_until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) if is_locked(&error) => {
+                return Err(StoreError::InUse(format!(
+                    "the trace index {} ({error})",
+                    path.display()
+                )));
+            }
+            opened => break opened,
+        }
+    };
     let db = match opened {
         Ok(db) => db,
         Err(error) => {
@@ -139,6 +165,12 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
         ))),
         Err(error) => Err(error),
     }
+}
+
+/// Whether sled refused to open a database because its file lock is held
+/// (sled 0.34 says so only in the message).
+fn is_locked(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
 /// Whether `dir` holds a segment file with data.
@@ -1149,6 +1181,39 @@ mod tests {
         store.segments.rotate();
         store.apply(seq, spans);
         store.flush().unwrap().expect("spans to flush");
+    }
+
+    #[test]
+    fn an_index_another_store_holds_is_waited_for_then_refused_never_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_store(dir.path());
+        flush_segment(&first, 1, call_at(1, BASE));
+        let open_second = || {
+            TraceStore::open(
+                dir.path(),
+                TEST_CACHE_BYTES,
+                Retention::MAX_FILE_BYTES,
+                SelfMetrics::new(),
+            )
+        };
+        match open_second() {
+            Err(error @ StoreError::InUse(_)) => {
+                assert!(error.to_string().contains("another strand"), "{error}")
+            }
+            Err(error) => panic!("{error}"),
+            Ok(_) => panic!("a second store opened the index of an open one"),
+        }
+        assert_eq!(first.trace(&[1; 16]).unwrap().spans.len(), 2);
+        // A store closed while another opens (a reopen in one process) is
+        // waited for.
+        let closing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let second = open_second().unwrap();
+        closing.join().unwrap();
+        // Nothing was moved aside.
+        assert_eq!(second.trace(&[1; 16]).unwrap().spans.len(), 2);
     }
 
     #[test]
