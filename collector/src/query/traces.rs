@@ -78,7 +78,8 @@ pub struct Found {
     pub damaged: bool,
 }
 
-/// Matching traces, newest first (by the start of their first span), at most
+/// Matching traces, newest first (by the start of their first span; ties
+/// by trace id), at most
 /// `query.limit`; whatever damaged storage keeps back is left out, and
 /// [`Found::damaged`] says so.
 pub fn search(store: &dyn SpanStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
@@ -133,8 +134,11 @@ pub fn search_with(
         }
     }
     found.damaged |= candidates.damaged();
-    found.traces.sort_by_key(|spans| {
-        std::cmp::Reverse(spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0))
+    // Ties go by trace id, so a trace that is still in this node's memory
+    // and one already flushed (or on another node) sort the same anywhere.
+    found.traces.sort_by_cached_key(|spans| {
+        let start = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
+        (std::cmp::Reverse(start), spans.first().map(|s| s.trace_id))
     });
     found.traces.truncate(query.limit);
     Ok(found)
@@ -308,6 +312,23 @@ mod tests {
         q.service = None;
         let ids = first_bytes(&store, &q);
         assert_eq!(ids, vec![3, 2, 1]);
+    }
+
+    #[test]
+    fn traces_that_start_together_come_in_trace_id_order_wherever_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let at_once = |trace: u8| {
+            let mut span = sample_span(trace, 1, "order");
+            span.start_unix_nano = 1_000;
+            span.end_unix_nano = 1_100;
+            span
+        };
+        store.apply(1, vec![at_once(1), at_once(3)]);
+        store.flush().unwrap();
+        // Trace 2 is still in memory, which a search reads first.
+        store.apply(2, vec![at_once(2)]);
+        assert_eq!(first_bytes(&store, &query("order")), vec![1, 2, 3]);
     }
 
     #[test]
