@@ -648,8 +648,14 @@ async fn retention_drops_whole_days_of_spans_logs_and_samples_in_clickhouse() {
         "200ms",
     ]);
     let node = Strand::spawn(STRAND_BINARY, &dir.path().join("node"), &args).await;
-    let now = now_nanos();
     let day = 86_400 * 1_000_000_000;
+    // Today's data spans the last 45 s: all of it must be in one day
+    // partition, so a run just after midnight (UTC) waits for that.
+    let into_day = now_nanos() % day;
+    if into_day < 60_000_000_000 {
+        tokio::time::sleep(std::time::Duration::from_nanos(60_000_000_000 - into_day)).await;
+    }
+    let now = now_nanos();
     // Three days old, and now.
     send(&node, shop_requests(30, 5, now - 3 * day)).await;
     send(&node, shop_requests(31, 5, now)).await;
