@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 
 /// How long the daemon may take to start or to stop.
 const START_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many of the last lines of its log a failed stop's message quotes.
+const STOP_LOG_LINES: usize = 20;
 
 /// The listen flags, each bound to loopback port 0 unless the test names
 /// an address of its own.
@@ -309,18 +311,19 @@ impl Strand {
             }
             Runner::Process { child, log } => {
                 let mut child = child.take().expect("running");
-                let status =
-                    crate::terminate(&mut child, START_STOP_TIMEOUT).unwrap_or_else(|| {
-                        panic!(
-                            "strand did not stop within {START_STOP_TIMEOUT:?}:\n{}",
-                            read_log(log)
-                        )
-                    });
-                assert!(
-                    status.success(),
-                    "strand exited with {status}:\n{}",
-                    read_log(log)
-                );
+                let failure = match crate::terminate(&mut child, START_STOP_TIMEOUT) {
+                    Some(status) if status.success() => return,
+                    Some(status) => format!("strand exited with {status}"),
+                    None => format!("strand did not stop within {START_STOP_TIMEOUT:?}"),
+                };
+                // The whole log goes to the test's output; the message keeps
+                // to its end, which says why, so that a shortened report of
+                // the run still shows it.
+                let log = read_log(log);
+                eprintln!("{failure}; its whole log:\n{log}");
+                let lines: Vec<&str> = log.lines().collect();
+                let end = lines[lines.len().saturating_sub(STOP_LOG_LINES)..].join("\n");
+                panic!("{failure}; the end of its log:\n{end}");
             }
         }
     }
