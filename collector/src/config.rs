@@ -101,7 +101,8 @@ pub struct ServeArgs {
     #[arg(long, env = "STRAND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Directory for all data: write-ahead log and stores.
+    /// Directory for all data: write-ahead log and stores. One daemon at a
+    /// time: a second one started on it waits 10 s, then refuses.
     #[arg(
         long,
         env = "STRAND_DATA_DIR",

@@ -35,6 +35,8 @@
 //! - `snapshot`: consistent copies of the data directory while ingest goes
 //!   on (`POST /api/admin/snapshot`), from the WAL's durable records and each
 //!   store's last flush; `backup` links or copies their files.
+//! - `data_dir`: the data directory's lock, so that one daemon at a time
+//!   writes it.
 //!
 //! [`run`] wires them together on [`Listeners`]; `main.rs` only parses flags,
 //! binds and waits for a signal.
@@ -45,6 +47,7 @@ mod backup;
 mod codec;
 pub mod config;
 mod connections;
+mod data_dir;
 mod deadline;
 mod derived;
 mod elastic;
@@ -144,6 +147,15 @@ pub async fn run(
         .context("loading the TLS files")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Held to the end, after the last flush.
+    let _data_dir_lock = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            data_dir::DataDirLock::acquire(&dir, data_dir::LOCK_WAIT)
+        })
+        .await
+        .context("locking the data directory")??
+    };
     let (stores, pipeline) = {
         let config = config.clone();
         let self_metrics = self_metrics.clone();

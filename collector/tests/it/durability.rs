@@ -349,6 +349,62 @@ async fn acknowledged_samples_survive_a_restart() {
     assert_restart_samples(&daemon, base, RESTART_STEPS + 1).await;
 }
 
+/// A second daemon started on a running one's data directory would write
+/// the same WAL and stores: it is refused, naming the first, which goes on
+/// with its data whole; once the first stops, the directory is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_a_data_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    let base = whole_second_ms(Duration::from_secs(3600));
+    rw::write_ok(
+        &daemon,
+        &restart_request(base, 0..RESTART_STEPS_PER_REQUEST),
+    )
+    .await;
+
+    // It waits up to 10 s for the directory, then gives up.
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut second = std::process::Command::new(STRAND_BINARY)
+        .args(["serve", "--data-dir", &data.display().to_string()])
+        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .expect("strand runs");
+    let status = strand_testkit::eventually(Duration::from_secs(30), || {
+        let exited = second.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let _ = second.kill();
+    let stderr = std::fs::read_to_string(stderr.path()).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the second daemon ran on:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    let refusal = format!(
+        "data directory {} is in use by another strand (process {})",
+        data.display(),
+        daemon.pid()
+    );
+    assert!(stderr.contains(&refusal), "{stderr}");
+    assert!(!stderr.contains("StrandListening"), "{stderr}");
+
+    rw::write_ok(
+        &daemon,
+        &restart_request(
+            base,
+            RESTART_STEPS_PER_REQUEST..2 * RESTART_STEPS_PER_REQUEST,
+        ),
+    )
+    .await;
+    assert_restart_samples(&daemon, base, 2 * RESTART_STEPS_PER_REQUEST).await;
+    daemon.stop().await;
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    assert_restart_samples(&daemon, base, 2 * RESTART_STEPS_PER_REQUEST).await;
+    assert!(!daemon.log().contains("DataDirInUse"), "{}", daemon.log());
+}
+
 const SAMPLE_CLIENTS: u8 = 4;
 const SHARDS: usize = 5;
 const SAMPLES_PER_SERIES: i64 = 3;
