@@ -111,6 +111,30 @@ impl Partition {
         self.reader.searcher()
     }
 
+    /// Reloads the reader if a merge replaced segments it holds. Tantivy
+    /// merges after commits, on its own threads, and a reader reloads only
+    /// when told: it would keep the replaced segments (deleted files, still
+    /// mapped, every page of which the merge read in) until the partition's
+    /// next commit, which a quiet daemon never makes. A failure is logged:
+    /// the next commit cycle tries again, and queries go on with the
+    /// segments they have.
+    fn follow_merges(&self) {
+        let reloaded = || -> Result<()> {
+            let on_disk: HashSet<_> = self.index.searchable_segment_ids()?.into_iter().collect();
+            let searcher = self.reader.searcher();
+            let held = searcher.segment_readers();
+            if held.len() != on_disk.len()
+                || held.iter().any(|s| !on_disk.contains(&s.segment_id()))
+            {
+                self.reader.reload()?;
+            }
+            Ok(())
+        };
+        if let Err(error) = reloaded() {
+            tracing::warn!(partition = %self.dir.display(), %error, "LogReaderReloadError");
+        }
+    }
+
     fn has_uncommitted(&self) -> bool {
         self.added_through.load(Ordering::Acquire) > self.committed_through.load(Ordering::Acquire)
     }
@@ -390,6 +414,7 @@ impl LogStore {
             }
         }
         self.release_idle_writers();
+        self.follow_merges();
         if !partitions.is_empty() {
             self.update_size_metric();
             tracing::debug!(
@@ -741,7 +766,20 @@ impl LogStore {
             let mut writer = partition.writer.write().expect("not poisoned");
             if writer.is_some() && !partition.has_uncommitted() {
                 *writer = None;
+                drop(writer);
                 tracing::debug!(partition = %partition.dir.display(), "LogWriterReleased");
+                // The last merges this writer finished.
+                partition.follow_merges();
+            }
+        }
+    }
+
+    /// [`Partition::follow_merges`] for each partition with an open writer:
+    /// only a writer merges.
+    fn follow_merges(&self) {
+        for partition in self.all_partitions() {
+            if partition.writer.read().expect("not poisoned").is_some() {
+                partition.follow_merges();
             }
         }
     }
@@ -893,6 +931,45 @@ mod tests {
         assert_eq!(store.durable_through(), 3);
         drop(store);
         assert_eq!(documents(&open(Duration::ZERO)), 3);
+    }
+
+    #[test]
+    fn a_merge_that_ends_after_the_last_commit_reaches_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open_hourly(dir.path(), Retention::MAX_FILE_BYTES);
+        let now = 1_000 * HOUR;
+        // Eight one-record segments: tantivy merges them after the last
+        // commit, on its own threads.
+        for seq in 1..=8u64 {
+            store
+                .apply(seq, vec![sample_log("a", now + seq, "line")])
+                .unwrap();
+            store.commit().unwrap();
+        }
+        let partition = store.partitions_between(0, u64::MAX)[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The commit cycle goes on with nothing new, as a quiet
+            // daemon's does.
+            store.commit().unwrap();
+            let on_disk = partition.index.searchable_segment_ids().unwrap();
+            let held: Vec<_> = partition
+                .searcher()
+                .segment_readers()
+                .iter()
+                .map(|s| s.segment_id())
+                .collect();
+            if on_disk.len() < 8 && held.len() == on_disk.len() {
+                assert!(held.iter().all(|id| on_disk.contains(id)));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reader holds {held:?}, the index has {on_disk:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(documents(&store), 8);
     }
 
     #[test]
