@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 
 /// The lock file's name in the data directory. It holds the process id of
 /// the daemon that last took it, to name it in the refusal.
-pub const LOCK_FILE: &str = "LOCK";
+const LOCK_FILE: &str = "LOCK";
 
 /// How long a daemon waits for the lock before it refuses to start: one
 /// started while the one before it still finishes its stop (a restart, a

@@ -79,9 +79,8 @@ pub struct Found {
 }
 
 /// Matching traces, newest first (by the start of their first span; ties
-/// by trace id), at most
-/// `query.limit`; whatever damaged storage keeps back is left out, and
-/// [`Found::damaged`] says so.
+/// by trace id), at most `query.limit`; whatever damaged storage keeps back
+/// is left out, and [`Found::damaged`] says so.
 pub fn search(store: &dyn SpanStore, query: &TraceQuery) -> Result<Found, TraceQueryError> {
     search_with(store, query, |spans| {
         spans.iter().any(|span| query.matches_span(span))

@@ -4,7 +4,9 @@
 //! (in WAL order, off the WAL writer thread), and are added to the writer
 //! of the partition their timestamp falls in. A commit
 //! cycle (every half second) commits every partition that received records
-//! and reloads its reader, which is what makes a record searchable. Each
+//! and reloads its reader, which is what makes a record searchable; it also
+//! reloads a reader whose segments a merge replaced since (tantivy merges on
+//! its own threads after commits), so that it lets go of them. Each
 //! partition's commit carries, as its payload, the highest WAL sequence number
 //! it contains all records of; replay skips records a partition already has,
 //! so replaying the WAL twice never duplicates a log.
@@ -449,6 +451,8 @@ impl LogStore {
             .insert(next, partition);
         if !full.has_uncommitted() {
             *full.writer.write().expect("not poisoned") = None;
+            // The last merges its writer finished.
+            full.follow_merges();
         }
         tracing::info!(partition = %full.dir.display(), "LogPartitionClosed");
         Ok(())
