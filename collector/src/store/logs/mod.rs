@@ -416,7 +416,7 @@ impl LogStore {
             }
         }
         self.release_idle_writers();
-        self.follow_merges();
+        self.follow_merges(&partitions);
         if !partitions.is_empty() {
             self.update_size_metric();
             tracing::debug!(
@@ -778,11 +778,13 @@ impl LogStore {
         }
     }
 
-    /// [`Partition::follow_merges`] for each partition with an open writer:
-    /// only a writer merges.
-    fn follow_merges(&self) {
+    /// [`Partition::follow_merges`] for each partition with an open writer
+    /// (only a writer merges), but those `just_reloaded` by this cycle's
+    /// commit: a merge that ends after that reload is seen next cycle.
+    fn follow_merges(&self, just_reloaded: &[Arc<Partition>]) {
         for partition in self.all_partitions() {
-            if partition.writer.read().expect("not poisoned").is_some() {
+            let reloaded = just_reloaded.iter().any(|p| Arc::ptr_eq(p, &partition));
+            if !reloaded && partition.writer.read().expect("not poisoned").is_some() {
                 partition.follow_merges();
             }
         }
