@@ -76,7 +76,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
-pub use memory::{disable_transparent_huge_pages, release_if_asked};
+pub use memory::{prepare_process_memory, release_if_asked};
 /// Strand's own metrics: public so tests can hand them to a
 /// [`rules::Notifier`] and read them back.
 pub use telemetry::SelfMetrics;

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    strand::disable_transparent_huge_pages();
+    strand::prepare_process_memory();
     let argv: Vec<_> = std::env::args_os().collect();
     if let Ok(Cli {
         command: Command::Rules(command),
