@@ -7,11 +7,18 @@
 //! file [`LOCK_FILE`] in it, held for as long as it runs. The kernel drops
 //! the lock when the process ends, however it ends (even `kill -9`), so a
 //! crash never leaves a stale lock behind.
+//!
+//! The held lock file also tells whether the directory is still there: a
+//! directory removed under a running daemon (a clean-up script, a volume
+//! unmounted) leaves it writing to files nobody can open again, and every
+//! acknowledgement from then on would be a lie. [`DataDirLock::removed`]
+//! notices, and the daemon stops.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,7 +38,8 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The data directory's lock, held until dropped.
 pub struct DataDirLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
 }
 
 impl DataDirLock {
@@ -78,7 +86,33 @@ impl DataDirLock {
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(DataDirLock { _file: file })
+        Ok(DataDirLock { file, path })
+    }
+
+    /// Resolves once the lock file this daemon holds is no longer the one
+    /// at its path: the data directory was removed, or removed and made
+    /// again. Looks every `interval` (a `stat` of two files).
+    pub async fn removed(&self, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if !self.is_in_place() {
+                return;
+            }
+        }
+    }
+
+    /// Whether the held file and the one at its path are the same. Only a
+    /// missing path or another file says no: an error reading either (a
+    /// path briefly unreadable) is not taken for a removal.
+    fn is_in_place(&self) -> bool {
+        let held = match self.file.metadata() {
+            Ok(held) => held,
+            Err(_) => return true,
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(named) => named.dev() == held.dev() && named.ino() == held.ino(),
+            Err(error) => error.kind() != ErrorKind::NotFound,
+        }
     }
 }
 
@@ -132,5 +166,27 @@ mod tests {
         });
         DataDirLock::acquire(dir.path(), Duration::from_secs(10)).unwrap();
         releasing.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_removed_or_replaced_directory_is_noticed() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        let lock = DataDirLock::acquire(&dir, Duration::ZERO).unwrap();
+        assert!(lock.is_in_place());
+        let interval = Duration::from_millis(10);
+        let still_there = tokio::time::timeout(Duration::from_millis(100), lock.removed(interval));
+        assert!(still_there.await.is_err(), "nothing was removed");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!lock.is_in_place());
+        // Made again, with a lock file of the same name: not the held one.
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(LOCK_FILE), "1\n").unwrap();
+        assert!(!lock.is_in_place());
+        tokio::time::timeout(Duration::from_secs(5), lock.removed(interval))
+            .await
+            .expect("the removal is noticed");
     }
 }

@@ -70,7 +70,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -105,6 +105,10 @@ pub mod log_index {
 /// How long servers get to finish in-flight requests on shutdown: half of
 /// the 10 s a stop may take, the rest is for the final flush.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the daemon looks whether its data directory is still there:
+/// within about a second of its removal it stops taking data.
+const DATA_DIR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The daemon's three listeners. The caller binds them, so that a test can
 /// bind port 0 and know every address before the daemon starts.
@@ -148,7 +152,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     // Held to the end, after the last flush.
-    let _data_dir_lock = {
+    let data_dir_lock = {
         let dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             data_dir::DataDirLock::acquire(&dir, data_dir::LOCK_WAIT)
@@ -373,7 +377,17 @@ pub async fn run(
         let _ = flusher_stop_rx.await;
     }));
 
-    shutdown.await;
+    let data_dir_removed = tokio::select! {
+        () = shutdown => false,
+        () = data_dir_lock.removed(DATA_DIR_CHECK_INTERVAL) => true,
+    };
+    if data_dir_removed {
+        tracing::error!(
+            data_dir = %config.data_dir.display(),
+            "DataDirRemoved: the data directory was removed while the daemon ran; \
+             stopping rather than acknowledge data it cannot keep"
+        );
+    }
     tracing::info!("StrandShuttingDown");
     let _ = stop_tx.send(true);
     let servers = async {
@@ -400,6 +414,13 @@ pub async fn run(
     let _ = flusher_stop_tx.send(());
     flusher.await.context("flusher task")?;
     tracing::info!("StrandStopped");
+    if data_dir_removed {
+        bail!(
+            "data directory {} was removed while the daemon ran: what it held is gone \
+             with it; start it again to begin a new one",
+            config.data_dir.display()
+        );
+    }
     Ok(())
 }
 

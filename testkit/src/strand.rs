@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -352,6 +352,21 @@ impl Strand {
                 let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
                 assert_eq!(sent, 0, "kill({}, {signal})", child.id());
             }
+        }
+    }
+
+    /// The process's exit status once it has ended by itself, for tests of
+    /// what makes the daemon stop; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        match &mut self.runner {
+            Runner::InProcess { .. } => {
+                panic!("an exit status needs the daemon as a process: start it with Strand::spawn")
+            }
+            Runner::Process { child, .. } => child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("the child's status"),
         }
     }
 

@@ -405,6 +405,39 @@ async fn a_second_daemon_on_a_data_directory_in_use_is_refused() {
     assert!(!daemon.log().contains("DataDirInUse"), "{}", daemon.log());
 }
 
+/// A data directory removed under a running daemon (a clean-up script, an
+/// unmounted volume) stops it within seconds, with an error that says so,
+/// rather than leaving it acknowledging writes into files that are gone.
+#[tokio::test]
+async fn a_daemon_whose_data_directory_is_removed_stops_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
+    let base = whole_second_ms(Duration::from_secs(3600));
+    rw::write_ok(
+        &daemon,
+        &restart_request(base, 0..RESTART_STEPS_PER_REQUEST),
+    )
+    .await;
+    assert_eq!(daemon.exit_status(), None, "{}", daemon.log());
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let status = strand_testkit::eventually(Duration::from_secs(30), || {
+        let exited = daemon.exit_status();
+        async move { exited }
+    })
+    .await;
+    let log = daemon.log();
+    let status = status.unwrap_or_else(|| panic!("the daemon ran on:\n{log}"));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("DataDirRemoved"), "{log}");
+    let error = format!(
+        "strand: data directory {} was removed while the daemon ran",
+        data.display()
+    );
+    assert!(log.contains(&error), "{log}");
+}
+
 const SAMPLE_CLIENTS: u8 = 4;
 const SHARDS: usize = 5;
 const SAMPLES_PER_SERIES: i64 = 3;
