@@ -287,7 +287,7 @@ fn resident_bytes() -> Option<u64> {
 ///   (zstd above all) allocate with, to one arena. By default each thread
 ///   that calls it gets an arena of its own, up to 16 here, and after a
 ///   load each kept about half a megabyte at its top, where trimming does
-///   not reach: 7 MB of an idle daemon's resident set. These callers
+///   not reach: 8 MB of an idle daemon's resident set. These callers
 ///   allocate a context per compressed block at most, so sharing one lock
 ///   costs nothing measurable.
 pub fn prepare_process_memory() {
@@ -322,11 +322,10 @@ pub const RELEASE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// nothing, so without this its resident set stays at the burst's peak.
 /// It keeps them per thread, and only the owning thread can hand them
 /// back: this releases the calling thread's and starts a round that every
-/// other thread joins at its next [`release_if_asked`]. The C libraries
-/// underneath (zstd) allocate with the C library's `malloc`, which keeps
-/// what they freed in an arena per thread that used it: about half a
-/// megabyte each after a load, handed back here too. Cheap: it walks the
-/// allocators' free lists, not the heap.
+/// other thread joins at its next [`release_if_asked`]. What the C
+/// libraries underneath (zstd) freed, glibc's `malloc` keeps the same way;
+/// `malloc_trim` hands it back too. Cheap: it walks the allocators' free
+/// lists, not the heap.
 pub fn release_freed_memory() {
     RELEASE_ROUNDS.fetch_add(1, Ordering::Relaxed);
     release_if_asked();
