@@ -102,7 +102,9 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Directory for all data: write-ahead log and stores. One daemon at a
-    /// time: a second one started on it waits 10 s, then refuses.
+    /// time: a second one started on it waits 10 s, then refuses. Removed
+    /// while the daemon runs, it stops the daemon (exit status 1) within
+    /// seconds rather than let it acknowledge data it cannot keep.
     #[arg(
         long,
         env = "STRAND_DATA_DIR",
