@@ -71,8 +71,7 @@ impl SeriesEntries {
             labels: LabelPairs(labels),
         };
         self.payload.clear();
-        self.payload = postcard::to_extend(&entry, std::mem::take(&mut self.payload))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.payload = crate::codec::append_postcard(std::mem::take(&mut self.payload), &entry);
         frame::append(&mut self.frames, &self.payload)?;
         self.ids.push(id);
         Ok(())
