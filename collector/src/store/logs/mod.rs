@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use tantivy::directory::MmapDirectory;
@@ -135,6 +135,15 @@ impl Partition {
         if let Err(error) = reloaded() {
             tracing::warn!(partition = %self.dir.display(), %error, "LogReaderReloadError");
         }
+    }
+
+    /// Closes the writer `writer` guards (its memory goes; the next record
+    /// opens a new one), then lets the reader go of what the writer's last
+    /// merges replaced.
+    fn close_writer(&self, mut writer: RwLockWriteGuard<'_, Option<IndexWriter>>) {
+        *writer = None;
+        drop(writer);
+        self.follow_merges();
     }
 
     fn has_uncommitted(&self) -> bool {
@@ -450,9 +459,7 @@ impl LogStore {
             .expect("not poisoned")
             .insert(next, partition);
         if !full.has_uncommitted() {
-            *full.writer.write().expect("not poisoned") = None;
-            // The last merges its writer finished.
-            full.follow_merges();
+            full.close_writer(full.writer.write().expect("not poisoned"));
         }
         tracing::info!(partition = %full.dir.display(), "LogPartitionClosed");
         Ok(())
@@ -767,13 +774,10 @@ impl LogStore {
             if idle < self.writer_idle || partition.has_uncommitted() {
                 continue;
             }
-            let mut writer = partition.writer.write().expect("not poisoned");
+            let writer = partition.writer.write().expect("not poisoned");
             if writer.is_some() && !partition.has_uncommitted() {
-                *writer = None;
-                drop(writer);
+                partition.close_writer(writer);
                 tracing::debug!(partition = %partition.dir.display(), "LogWriterReleased");
-                // The last merges this writer finished.
-                partition.follow_merges();
             }
         }
     }
