@@ -412,6 +412,48 @@ async fn four_services_one_trace_survives_restart() {
     );
 }
 
+/// Edge counts are written by span flushes, together with the checkpoint
+/// that keeps a restart from replaying what they counted. `kill -9` after
+/// a flush must not count its edges twice, and before any flush it must not
+/// lose them: the WAL's spans are counted when they are flushed after the
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_counts_are_neither_doubled_nor_lost_by_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flushed = ["--flush-interval", "200ms"];
+
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &flushed).await;
+    send_shop_traffic(&daemon).await;
+    assert_edges_eventually(&daemon).await;
+    daemon.kill9();
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &flushed).await;
+    // Had the kill beaten the flush's commit, the WAL's spans are replayed
+    // into the head and flushed again: the edges must count them once.
+    let flushed_again = eventually(Duration::from_secs(10), || async {
+        let head_is_empty = daemon
+            .self_metrics()
+            .await
+            .lines()
+            .any(|line| line == "strand_head_spans 0");
+        head_is_empty.then_some(())
+    })
+    .await;
+    assert!(flushed_again.is_some(), "{}", daemon.log());
+    // A flush that took the head a moment ago commits within the wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dependency_edges(&daemon).await, expected_edges());
+    daemon.stop().await;
+
+    let data = dir.path().join("unflushed");
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &["--flush-interval", "1h"]).await;
+    send_shop_traffic(&daemon).await;
+    assert!(dependency_edges(&daemon).await.is_empty(), "no flush yet");
+    daemon.kill9();
+    let daemon = Strand::spawn(STRAND_BINARY, &data, &flushed).await;
+    assert_edges_eventually(&daemon).await;
+}
+
 /// Under load the head is flushed once it holds `--flush-spans`, not only
 /// every `--flush-interval`: edges (written by flushes) appear though the
 /// interval is an hour.
