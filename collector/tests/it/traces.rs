@@ -440,7 +440,9 @@ async fn dependency_counts_are_neither_doubled_nor_lost_by_kill_9() {
     })
     .await;
     assert!(flushed_again.is_some(), "{}", daemon.log());
-    // A flush that took the head a moment ago commits within the wait.
+    assert_edges_eventually(&daemon).await;
+    // A flush that took the head a moment ago has committed by now, and
+    // would have counted the edges a second time.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(dependency_edges(&daemon).await, expected_edges());
     daemon.stop().await;
