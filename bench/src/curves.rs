@@ -216,14 +216,16 @@ const LOAD_S: Column = Column::new("load_s", "load of the step", "s").table_only
 const STEP_S: Column = Column::new("step_s", "whole step", "s").table_only();
 const RSS_MB: Column = Column::new("rss_mb", "RSS after the step", "MB");
 const RSS_PEAK_MB: Column = Column::new("rss_peak_mb", "peak RSS of the step", "MB");
+const ANON_MB: Column = Column::new("anon_mb", "RSS after the step without mapped files", "MB");
 const DISK_MB: Column = Column::new("disk_mb", "on disk", "MB");
 
-const TRACE_COLUMNS: [Column; 11] = [
+const TRACE_COLUMNS: [Column; 12] = [
     LOAD_S,
     STEP_S,
     Column::new("ingest_spans_per_s", "ingest", "spans/s"),
     RSS_MB,
     RSS_PEAK_MB,
+    ANON_MB,
     DISK_MB,
     Column::new("disk_bytes_per_span", "on disk per span", "bytes"),
     Column::new("trace_by_id_p50_ms", "trace by id p50", "ms"),
@@ -232,12 +234,13 @@ const TRACE_COLUMNS: [Column; 11] = [
     Column::new("search_p99_ms", "search p99", "ms"),
 ];
 
-const LOG_COLUMNS: [Column; 13] = [
+const LOG_COLUMNS: [Column; 14] = [
     LOAD_S,
     STEP_S,
     Column::new("ingest_lines_per_s", "ingest", "lines/s"),
     RSS_MB,
     RSS_PEAK_MB,
+    ANON_MB,
     DISK_MB,
     Column::new("disk_bytes_per_line", "on disk per line", "bytes"),
     Column::new("term_p50_ms", "term query p50", "ms"),
@@ -619,7 +622,10 @@ async fn traces_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Resul
             ));
         }
         settle(&mut curve, &store).await;
-        let rss = pid.and_then(daemon::rss_bytes);
+        let (rss, anon) = (
+            pid.and_then(daemon::rss_bytes),
+            pid.and_then(daemon::anon_rss_bytes),
+        );
         let disk = daemon::dir_bytes(&store)?;
         daemon::print_breakdown(&data_dir);
         steps.push((load.spans, load.sample));
@@ -640,6 +646,7 @@ async fn traces_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Resul
                 load.spans as f64 / load_s,
                 mb(rss),
                 mb(load.rss_peak.max(rss)),
+                mb(anon),
                 mb(Some(disk)),
                 disk as f64 / stored as f64,
                 p50(lookups.latency),
@@ -690,7 +697,10 @@ async fn logs_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Result<
             ));
         }
         settle(&mut curve, &store).await;
-        let rss = pid.and_then(daemon::rss_bytes);
+        let (rss, anon) = (
+            pid.and_then(daemon::rss_bytes),
+            pid.and_then(daemon::anon_rss_bytes),
+        );
         let disk = daemon::dir_bytes(&store)?;
         daemon::print_breakdown(&data_dir);
         // Everything loaded so far, with a minute's margin either side.
@@ -735,6 +745,7 @@ async fn logs_curve(args: &CurvesArgs, sizes: &[u64], queries: usize) -> Result<
                 load.lines as f64 / load_s,
                 mb(rss),
                 mb(rss.max(Some(load.rss_peak))),
+                mb(anon),
                 mb(Some(disk)),
                 disk as f64 / stored as f64,
                 p50(latencies[0]),

@@ -325,8 +325,20 @@ impl Drop for Process {
 /// Resident set size of `pid` in bytes (VmRSS), `None` if the process is
 /// gone or /proc is unavailable.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The anonymous part of `pid`'s resident set in bytes (RssAnon): heap and
+/// stacks, without the pages of files it maps (its code, tantivy's index
+/// files), which the kernel drops when it needs them and reads back.
+pub fn anon_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A size `/proc/<pid>/status` gives in kB on the line starting with `field`.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -487,7 +499,15 @@ mod tests {
 
     #[test]
     fn measures_own_rss_and_a_directory() {
-        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let (rss, anon) = (
+            rss_bytes(std::process::id()),
+            anon_rss_bytes(std::process::id()),
+        );
+        assert!(anon.unwrap() > 0);
+        assert!(
+            rss.unwrap() > anon.unwrap(),
+            "the test binary's code is mapped"
+        );
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
         let scratch = Scratch::create(false).unwrap();
         std::fs::write(scratch.data_dir().join("a"), [0u8; 100]).unwrap();

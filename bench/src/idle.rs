@@ -33,6 +33,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// RSS and CPU of the daemon over one quiet period.
 struct Quiet {
     rss_mb: f64,
+    /// The RSS without mapped files (the binary's code above all).
+    anon_mb: f64,
     cpu_percent: f64,
 }
 
@@ -40,6 +42,7 @@ impl Quiet {
     fn json(&self) -> JsonObject {
         JsonObject::new()
             .field("rss_mb", round(self.rss_mb, 1))
+            .field("anon_mb", round(self.anon_mb, 1))
             .field("cpu_percent_of_one_core", round(self.cpu_percent, 3))
     }
 }
@@ -53,8 +56,10 @@ async fn measure_quiet(pid: u32, settle: Duration, measure: Duration) -> Result<
     let cpu = daemon::cpu_seconds(pid)? - cpu_before;
     let wall = started.elapsed().as_secs_f64();
     let rss = daemon::rss_bytes(pid).context("the daemon's RSS")?;
+    let anon = daemon::anon_rss_bytes(pid).context("the daemon's anonymous RSS")?;
     Ok(Quiet {
         rss_mb: rss as f64 / 1048576.0,
+        anon_mb: anon as f64 / 1048576.0,
         cpu_percent: cpu / wall * 100.0,
     })
 }
@@ -151,11 +156,11 @@ pub async fn run(args: &IdleArgs) -> Result<String> {
     let restarted = measure_quiet(pid, settle, measure).await?;
     second.stop(STOP_TIMEOUT).await?;
 
-    eprintln!("              RSS MB   CPU % of one core");
+    eprintln!("              RSS MB  anon MB   CPU % of one core");
     for (name, quiet) in [("after load", &loaded), ("restarted", &restarted)] {
         eprintln!(
-            "{name:<12} {:>8.1} {:>19.3}",
-            quiet.rss_mb, quiet.cpu_percent
+            "{name:<12} {:>8.1} {:>8.1} {:>19.3}",
+            quiet.rss_mb, quiet.anon_mb, quiet.cpu_percent
         );
     }
     Ok(JsonObject::new()

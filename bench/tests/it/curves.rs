@@ -11,8 +11,8 @@ const EXPECTED: [(&str, [u64; 3], &str); 3] = [
     (
         "traces",
         [5_000, 10_000, 20_000],
-        "spans,load_s,step_s,ingest_spans_per_s,rss_mb,rss_peak_mb,disk_mb,disk_bytes_per_span,\
-         trace_by_id_p50_ms,trace_by_id_p99_ms,search_p50_ms,search_p99_ms",
+        "spans,load_s,step_s,ingest_spans_per_s,rss_mb,rss_peak_mb,anon_mb,disk_mb,\
+         disk_bytes_per_span,trace_by_id_p50_ms,trace_by_id_p99_ms,search_p50_ms,search_p99_ms",
     ),
     (
         "metrics",
@@ -23,8 +23,9 @@ const EXPECTED: [(&str, [u64; 3], &str); 3] = [
     (
         "logs",
         [5_000, 10_000, 20_000],
-        "lines,load_s,step_s,ingest_lines_per_s,rss_mb,rss_peak_mb,disk_mb,disk_bytes_per_line,\
-         term_p50_ms,term_p99_ms,phrase_p50_ms,phrase_p99_ms,histogram_p50_ms,histogram_p99_ms",
+        "lines,load_s,step_s,ingest_lines_per_s,rss_mb,rss_peak_mb,anon_mb,disk_mb,\
+         disk_bytes_per_line,term_p50_ms,term_p99_ms,phrase_p50_ms,phrase_p99_ms,\
+         histogram_p50_ms,histogram_p99_ms",
     ),
 ];
 

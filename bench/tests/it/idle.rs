@@ -16,7 +16,8 @@ fn quick_idle_measures_rss_and_cpu_after_load_and_after_restart() {
     assert!(json["disk_bytes"].as_u64().unwrap() > 0, "{json}");
     for phase in ["after_load", "restarted"] {
         let rss = json[phase]["rss_mb"].as_f64().unwrap_or(0.0);
-        assert!(rss > 1.0, "{phase}: {json}");
+        let anon = json[phase]["anon_mb"].as_f64().unwrap_or(0.0);
+        assert!(anon > 1.0 && anon < rss, "{phase}: {json}");
         let cpu = json[phase]["cpu_percent_of_one_core"]
             .as_f64()
             .unwrap_or(-1.0);
