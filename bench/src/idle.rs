@@ -33,7 +33,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// RSS and CPU of the daemon over one quiet period.
 struct Quiet {
     rss_mb: f64,
-    /// The RSS without mapped files (the binary's code above all).
+    /// The RSS without the pages of mapped files, the binary's code among them.
     anon_mb: f64,
     cpu_percent: f64,
 }
