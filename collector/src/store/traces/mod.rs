@@ -62,12 +62,6 @@ const SNAPSHOT_INDEX_CACHE_BYTES: u64 = 8 << 20;
 /// `strand-bench traces`, a nominal 16 MiB kept 120 MB more resident than
 /// 2 MiB, and trace by id was no faster for it (p99 1.55 vs 1.51 ms).
 const SLED_RESIDENT_PER_CACHE_BYTE: u64 = 8;
-
-/// sled's nominal cache capacity for `memory_bytes` of memory; at least
-/// 64 KiB, a few dozen pages.
-fn sled_cache_capacity(memory_bytes: u64) -> u64 {
-    (memory_bytes / SLED_RESIDENT_PER_CACHE_BYTE).max(64 << 10)
-}
 /// `T` keys checked per retention run for references into dropped segments:
 /// bounds how long one run holds up the flusher.
 const TRACE_SWEEP_KEYS: usize = 100_000;
@@ -96,6 +90,12 @@ enum IndexOpen {
     Opened(sled::Db, HashMap<u32, u64>),
     /// Unusable, and why; the database is closed again.
     Damaged(String),
+}
+
+/// sled's nominal cache capacity for `memory_bytes` of memory; at least
+/// 64 KiB, a few dozen pages.
+fn sled_cache_capacity(memory_bytes: u64) -> u64 {
+    (memory_bytes / SLED_RESIDENT_PER_CACHE_BYTE).max(64 << 10)
 }
 
 /// Opens the sled index in `dir` and reads the committed length of every
