@@ -266,11 +266,12 @@ fn sizes(data: &Path) -> (u64, String) {
     let part = |name: &str| dir_bytes(&data.join(name)) as f64 / 1e6;
     let total = dir_bytes(data);
     let line = format!(
-        "dir {:6.2} MB (traces {:5.2} = blocks {:5.2} + index {:5.2}, logs {:5.2}, wal {:5.2}, metrics {:5.2})",
+        "dir {:6.2} MB (traces {:5.2} = blocks {:5.2} + index {:5.2} + runs {:5.2}, logs {:5.2}, wal {:5.2}, metrics {:5.2})",
         total as f64 / 1e6,
         part("traces"),
         part("traces/blocks"),
         part("traces/index"),
+        part("traces/runs"),
         part("logs"),
         part("wal"),
         part("metrics"),

@@ -1,11 +1,10 @@
 //! The sled key layout of the trace store. One tree holds every key, each kind
-//! under its own one-byte prefix. A flush writes its `T` keys first (under a
-//! reservation, see `TraceStore::open`) and commits everything else, with the
-//! WAL checkpoint, in one atomic batch.
+//! under its own one-byte prefix. A flush commits its keys, with the WAL
+//! checkpoint, in one atomic batch.
 //!
 //! | prefix | key                                              | value                  |
 //! |--------|--------------------------------------------------|------------------------|
-//! | `T`    | trace id's first 8 bytes, block number (u32 BE)  | empty                  |
+//! | `I`    | run id (u64 BE)                                  | `runs::RunMeta`        |
 //! | `R`    | block number (u32 BE)                            | `BlockRef`             |
 //! | `B`    | newest row start ns (u64 BE), table seq (u64 BE) | `search::TableRef`     |
 //! | `O`    | service, 0, span kind byte, operation            | empty                  |
@@ -13,31 +12,31 @@
 //! | `M`    | name                                             | metadata               |
 //! | `M`    | `segment/`, segment id (u32 BE)                  | committed length u64   |
 //! | `M`    | `segment_newest/`, segment id (u32 BE)           | newest span ns u64     |
-//! | `M`    | `trace_sweep`                                    | next `T` key to check  |
 //!
-//! `T` keys are most of the index (one per trace and block), and sled's log
-//! writes every key it is given whole, several times over: they hold as
-//! little as finds a trace's blocks. Eight bytes of the id tell traces apart
-//! in practice, and a block read matches the whole id, so two traces that
-//! share them only cost a wasted read. Where a block is is said once, in
-//! its `R` key, not in each of its hundreds of `T` keys. Version 2 held the
-//! whole id, the block number as u64 and the block's `BlockRef` in every `T`
-//! key: 18 bytes of index per span, where this layout takes about 12.
-//! `TraceStore::open` rewrites such an index.
+//! Which blocks hold a trace is in run files (see `runs`), one `I` key per
+//! run. Where a block is is said once, in its `R` key.
+//!
+//! Versions 2 and 3 held that in a `T` key per trace and block: trace id
+//! (version 2: all of it, version 3: its first 8 bytes) and block number,
+//! which sled wrote several times over in its log and held in memory.
+//! `TraceStore::open` rewrites such an index into one run (version 2 by
+//! way of version 3's keys).
 //!
 //! Names are stored with NUL bytes replaced at ingest, so 0 separates fields.
 //!
 //! Retention drops whole segments: one batch removes their `M` keys, the `R`
 //! keys of the blocks and the `B` keys of the tables in them, and the `D`
-//! keys of hours past the cutoff. `T` keys of blocks without an `R` key read
-//! as nothing and are removed afterwards, a bounded number per run, from
-//! `trace_sweep` on. Segments committed before `segment_newest/` existed
-//! have none; their file's modification time stands in.
+//! keys of hours past the cutoff. Run entries of blocks without an `R` key
+//! read as nothing until a merge leaves them out. Segments committed before
+//! `segment_newest/` existed have none; their file's modification time
+//! stands in.
 
 use crate::frame;
 use crate::model::{SpanKind, TraceId};
 use crate::store::{Result, StoreError};
 
+pub const TRACE_RUNS: u8 = b'I';
+/// Versions 2 and 3's key per trace and block.
 pub const TRACE_BLOCKS: u8 = b'T';
 pub const BLOCK_REFS: u8 = b'R';
 pub const SEARCH_TABLES: u8 = b'B';
@@ -46,24 +45,26 @@ pub const DEPENDENCIES: u8 = b'D';
 
 pub const META_CHECKPOINT: &[u8] = b"Mcheckpoint";
 pub const META_NEXT_BLOCK: &[u8] = b"Mnext_block";
-/// Block numbers a flush in progress may have used in `T` keys.
+/// Version 3: block numbers a flush in progress may have used in `T` keys.
 pub const META_RESERVED_BLOCKS: &[u8] = b"Mreserved_blocks";
 pub const META_FORMAT: &[u8] = b"Mformat";
 pub const META_SEGMENT_PREFIX: &[u8] = b"Msegment/";
 /// Per segment, the newest start or end time of a span in it: its age for
 /// retention.
 pub const META_SEGMENT_NEWEST_PREFIX: &[u8] = b"Msegment_newest/";
-/// Where the sweep of `T` keys into dropped segments goes on; absent when
-/// there is nothing to sweep.
+/// Version 3: where the sweep of `T` keys into dropped segments went on.
 pub const META_TRACE_SWEEP: &[u8] = b"Mtrace_sweep";
 /// Bumped when the layout above, or the block and search table format of
 /// the segment files it points into, changes incompatibly.
-pub const FORMAT_VERSION: u32 = 3;
-/// The version whose `T` keys `TraceStore::open` rewrites (see the module
-/// docs); its segment files are read as they are.
-pub const UPGRADABLE_FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
+/// The version whose `T` keys hold 8 bytes of the id; `TraceStore::open`
+/// rewrites them into a run. Its segment files are read as they are.
+pub const TRACE_KEYS_FORMAT_VERSION: u32 = 3;
+/// The version whose `T` keys hold the whole id; `TraceStore::open`
+/// rewrites them as version 3's first.
+pub const WHOLE_ID_FORMAT_VERSION: u32 = 2;
 
-/// How much of a trace id a `T` key holds.
+/// How much of a trace id a version-3 `T` key holds.
 const TRACE_KEY_ID_BYTES: usize = 8;
 const TRACE_KEY_LEN: usize = 1 + TRACE_KEY_ID_BYTES + 4;
 
@@ -81,6 +82,14 @@ pub fn trace_block_key(trace_id: &TraceId, block: u32) -> [u8; TRACE_KEY_LEN] {
     key[..1 + TRACE_KEY_ID_BYTES].copy_from_slice(&trace_blocks_prefix(trace_id));
     key[1 + TRACE_KEY_ID_BYTES..].copy_from_slice(&block.to_be_bytes());
     key
+}
+
+/// A version-3 `T` key's entry in a run: the id prefix (see
+/// `runs::id_prefix`) and the block number.
+pub fn parse_trace_key(key: &[u8]) -> Result<(u64, u32)> {
+    let block = trace_key_block(key)?;
+    let prefix = frame::read_u64_be(key, 1).expect("length checked");
+    Ok((prefix, block))
 }
 
 /// The block number of a `T` key.
@@ -112,6 +121,26 @@ pub fn block_ref_key(block: u32) -> [u8; 5] {
     let mut key = [BLOCK_REFS; 5];
     key[1..].copy_from_slice(&block.to_be_bytes());
     key
+}
+
+/// The block number of an `R` key.
+pub fn block_of_ref_key(key: &[u8]) -> Result<u32> {
+    frame::read_u32_be(key, 1)
+        .filter(|_| key.len() == 5)
+        .ok_or_else(|| StoreError::Corrupt("block key of the wrong length".into()))
+}
+
+pub fn run_key(run: u64) -> [u8; 9] {
+    let mut key = [TRACE_RUNS; 9];
+    key[1..].copy_from_slice(&run.to_be_bytes());
+    key
+}
+
+/// The run id of an `I` key.
+pub fn run_of_key(key: &[u8]) -> Result<u64> {
+    frame::read_u64_be(key, 1)
+        .filter(|_| key.len() == 9)
+        .ok_or_else(|| StoreError::Corrupt("run key of the wrong length".into()))
 }
 
 /// A block's number as its keys hold it. Blocks are numbered from 0, two
@@ -237,6 +266,13 @@ mod tests {
         assert_eq!(trace_key_block(&trace_block_key(&[3; 16], 9)).unwrap(), 9);
         assert!(trace_key_block(&trace_blocks_prefix(&[3; 16])).is_err());
         assert!(trace_block_key(&[3; 16], u32::MAX).starts_with(&trace_blocks_prefix(&[3; 16])));
+        assert_eq!(
+            parse_trace_key(&trace_block_key(&[3; 16], 9)).unwrap(),
+            (u64::from_be_bytes([3; 8]), 9)
+        );
+        assert_eq!(block_of_ref_key(&block_ref_key(9)).unwrap(), 9);
+        assert_eq!(run_of_key(&run_key(11)).unwrap(), 11);
+        assert!(run_of_key(&block_ref_key(9)).is_err());
         assert_eq!(block_number(7).unwrap(), 7);
         assert!(block_number(1 << 32).is_err());
         assert_eq!(

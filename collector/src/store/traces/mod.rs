@@ -3,12 +3,12 @@
 //! Spans land in an in-memory head (queryable at once) as soon as the WAL has
 //! them. A flush moves the whole head to disk: traces sorted by id, packed into
 //! zstd blocks appended to segment files together with the flush's search
-//! tables; then sled keys map each trace id to its blocks, and one sled batch
-//! adds a key per search table, names and dependency counts and records the
-//! WAL sequence number the flush covers. That batch is the commit point: after
-//! it the WAL up to that number can go; before it a crash replays the WAL, and
-//! on open the uncommitted block bytes are cut off and the trace keys written
-//! for them deleted.
+//! tables; then a run file maps each trace id to its blocks (see `runs`), and
+//! one sled batch commits the run, adds a key per block and search table,
+//! names and dependency counts, and records the WAL sequence number the flush
+//! covers. That batch is the commit point: after it the WAL up to that number
+//! can go; before it a crash replays the WAL, and on open the uncommitted
+//! block bytes are cut off and the run file deleted.
 //!
 //! A trace whose spans arrived across several flushes simply has several block
 //! references; reads merge them with the head.
@@ -24,6 +24,7 @@ mod blocks;
 mod buffer;
 mod deps;
 mod index;
+mod runs;
 mod search;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,6 +45,7 @@ use blocks::{BlockRead, BlockRef, Segments};
 pub(crate) use buffer::{SpanBuffer, settle_trace};
 pub(crate) use deps::DependencyTracker;
 pub use deps::Edge;
+use runs::TraceRuns;
 
 /// Uncompressed bytes of span tables per block (as `estimated_size` counts
 /// them): large enough to compress well, small enough that reading one trace
@@ -62,9 +64,6 @@ const SNAPSHOT_INDEX_CACHE_BYTES: u64 = 8 << 20;
 /// `strand-bench traces`, a nominal 16 MiB kept 120 MB more resident than
 /// 2 MiB, and trace by id was no faster for it (p99 1.55 vs 1.51 ms).
 const SLED_RESIDENT_PER_CACHE_BYTE: u64 = 8;
-/// `T` keys checked per retention run for references into dropped segments:
-/// bounds how long one run holds up the flusher.
-const TRACE_SWEEP_KEYS: usize = 100_000;
 
 /// Calls from one service to another, summed over a time range;
 /// `error_count` counts the failed ones (see [`Edge::failed`]).
@@ -87,7 +86,9 @@ const INDEX_LOCK_WAIT: Duration = if cfg!(test) {
 
 /// The sled index as [`open_index`] found it.
 enum IndexOpen {
-    Opened(sled::Db, HashMap<u32, u64>),
+    /// With the committed length of every segment, and whether it is of a
+    /// version whose `T` keys [`convert_trace_keys`] turns into a run.
+    Opened(sled::Db, HashMap<u32, u64>, bool),
     /// Unusable, and why; the database is closed again.
     Damaged(String),
 }
@@ -135,16 +136,21 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
             )));
         }
     };
-    let read = (|| -> Result<Option<HashMap<u32, u64>>> {
-        let mut upgrade = false;
+    let read = (|| -> Result<Option<(HashMap<u32, u64>, bool)>> {
+        let mut whole_ids = false;
+        let mut trace_keys = false;
         match db.get(index::META_FORMAT)? {
             None if holds_segments(&dir.join("blocks")) => return Ok(None),
             None => {
                 db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
             }
             Some(v) if v.as_ref() == index::FORMAT_VERSION.to_be_bytes() => {}
-            Some(v) if v.as_ref() == index::UPGRADABLE_FORMAT_VERSION.to_be_bytes() => {
-                upgrade = true;
+            Some(v) if v.as_ref() == index::TRACE_KEYS_FORMAT_VERSION.to_be_bytes() => {
+                trace_keys = true;
+            }
+            Some(v) if v.as_ref() == index::WHOLE_ID_FORMAT_VERSION.to_be_bytes() => {
+                whole_ids = true;
+                trace_keys = true;
             }
             Some(found) => {
                 return Err(StoreError::Incompatible {
@@ -163,13 +169,13 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
             let (key, value) = entry?;
             committed.insert(segment_of_key(&key)?, index::decode_u64(&value)?);
         }
-        if upgrade {
+        if whole_ids {
             upgrade_trace_keys(&db, &committed)?;
         }
-        Ok(Some(committed))
+        Ok(Some((committed, trace_keys)))
     })();
     match read {
-        Ok(Some(committed)) => Ok(IndexOpen::Opened(db, committed)),
+        Ok(Some((committed, trace_keys))) => Ok(IndexOpen::Opened(db, committed, trace_keys)),
         Ok(None) => Ok(IndexOpen::Damaged(
             "the trace index is empty but segment files hold span blocks".into(),
         )),
@@ -224,6 +230,7 @@ struct FlushState {
 pub struct TraceStore {
     db: sled::Db,
     segments: Segments,
+    runs: TraceRuns,
     buffer: SpanBuffer,
     flush_state: Mutex<FlushState>,
     metrics: SelfMetrics,
@@ -245,10 +252,10 @@ impl TraceStore {
     ) -> Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
         let data_dir = dir.parent().unwrap_or(dir);
-        let (db, committed) = match open_index(dir, index_cache_bytes)? {
-            IndexOpen::Opened(db, committed) => (db, committed),
+        let (db, committed, trace_keys) = match open_index(dir, index_cache_bytes)? {
+            IndexOpen::Opened(db, committed, trace_keys) => (db, committed, trace_keys),
             IndexOpen::Damaged(damage) => {
-                for part in ["index", "blocks"] {
+                for part in ["index", "blocks", "runs"] {
                     let path = dir.join(part);
                     if path.exists() {
                         let moved = store::quarantine(data_dir, &path)?;
@@ -263,7 +270,7 @@ impl TraceStore {
                     }
                 }
                 match open_index(dir, index_cache_bytes)? {
-                    IndexOpen::Opened(db, committed) => (db, committed),
+                    IndexOpen::Opened(db, committed, trace_keys) => (db, committed, trace_keys),
                     IndexOpen::Damaged(damage) => return Err(StoreError::Corrupt(damage)),
                 }
             }
@@ -279,7 +286,13 @@ impl TraceStore {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
         };
-        drop_uncommitted_trace_keys(&db, next_block)?;
+        let runs = TraceRuns::open(&dir.join("runs"), data_dir, &db, metrics.clone())?;
+        if trace_keys {
+            drop_uncommitted_trace_keys(&db, next_block)?;
+            convert_trace_keys(&db, &runs)?;
+        }
+        // Left by a conversion that crashed after its commit.
+        remove_trace_keys(&db)?;
 
         let buffer = SpanBuffer::new(metrics.clone());
         for entry in db.scan_prefix([index::OPERATIONS]) {
@@ -296,6 +309,7 @@ impl TraceStore {
         let store = TraceStore {
             db,
             segments,
+            runs,
             buffer,
             flush_state: Mutex::new(FlushState {
                 next_block,
@@ -375,6 +389,11 @@ impl TraceStore {
                 self.metrics
                     .store_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
+                // The flush is committed whatever comes of this; a failed
+                // merge leaves its inputs as they were.
+                if let Err(error) = self.runs.merge(&self.db) {
+                    tracing::error!(%error, "SpanIndexMergeError");
+                }
                 self.update_size_metric();
             }
             Err(error) => {
@@ -429,24 +448,20 @@ impl TraceStore {
         encoded_blocks.extend(tables.iter().map(|t| t.bytes.clone()));
         let (refs, segment, segment_len) = self.segments.append(&encoded_blocks)?;
 
-        // One key per trace cannot go in the commit batch: sled keeps large
-        // batches in memory for good. They are written first, under a
-        // reservation of their block numbers that `open` uses to delete them
-        // if the commit below never happens.
-        let first_seq = state.next_block;
-        self.db.insert(
-            index::META_RESERVED_BLOCKS,
-            &(first_seq + refs.len() as u64).to_be_bytes(),
-        )?;
         let mut batch = sled::Batch::default();
+        let mut entries = Vec::with_capacity(trace_ids.len());
         for (block_ref, ids) in refs.iter().zip(&block_traces) {
             let block = index::block_number(state.next_block)?;
             state.next_block += 1;
-            for trace_id in ids {
-                self.db
-                    .insert(index::trace_block_key(trace_id, block), &[])?;
-            }
+            entries.extend(ids.iter().map(|id| (runs::id_prefix(id), block)));
             batch.insert(&index::block_ref_key(block), &block_ref.to_bytes());
+        }
+        // Traces are sorted by id and cut into blocks in order, so these
+        // are sorted too.
+        let run = self.runs.write(0, entries)?;
+        if let Some(run) = &run {
+            let (key, value) = TraceRuns::commit_key(run);
+            batch.insert(&key, &value);
         }
 
         for (table_ref, table) in refs[block_count..].iter().zip(tables) {
@@ -513,6 +528,9 @@ impl TraceStore {
         batch.insert(index::segment_key(segment), &segment_len.to_be_bytes());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        if let Some(run) = run {
+            self.runs.install(run);
+        }
         Ok(edges)
     }
 
@@ -521,14 +539,12 @@ impl TraceStore {
     /// answer says so.
     pub fn trace(&self, trace_id: &TraceId) -> Result<TraceRead> {
         let mut spans = Vec::new();
-        let mut damaged = false;
         self.buffer.read_trace(trace_id, &mut spans);
-        for entry in self.db.scan_prefix(index::trace_blocks_prefix(trace_id)) {
-            let (key, _) = entry?;
-            let block_ref_key = index::block_ref_key(index::trace_key_block(&key)?);
-            // Not committed yet (the spans are in the head), or retention
-            // dropped the block's segment and the key is swept later.
-            let Some(block_ref) = self.db.get(block_ref_key)? else {
+        let (blocks, mut damaged) = self.runs.blocks_of(trace_id)?;
+        for block in blocks {
+            // Retention dropped the block's segment; a merge leaves the
+            // entry out later.
+            let Some(block_ref) = self.db.get(index::block_ref_key(block))? else {
                 continue;
             };
             let block = BlockRef::from_bytes(&block_ref)?;
@@ -538,7 +554,7 @@ impl TraceStore {
             {
                 BlockRead::Read(read) => spans.extend(read),
                 BlockRead::Damaged => damaged = true,
-                // Retention dropped the segment; the key is swept later.
+                // Retention dropped the segment since.
                 BlockRead::Gone => {}
             }
         }
@@ -605,16 +621,16 @@ impl TraceStore {
     }
 
     /// Deletes the segments past the retention limits, oldest first (see
-    /// [`Retention`]; the size counts the sled index too), and removes a
-    /// bounded batch of trace keys that point into deleted segments. The
-    /// segment being appended to, and the newest committed one, always
-    /// stay. Returns how many segments went. Cheap when nothing goes (one
-    /// scan of the per-segment keys), so it runs after every flush.
+    /// [`Retention`]; the size counts the sled index and the runs too), and
+    /// the runs whose blocks all went. The segment being appended to, and
+    /// the newest committed one, always stay. Returns how many segments
+    /// went. Cheap when nothing goes (one scan of the per-segment keys), so
+    /// it runs after every flush.
     ///
     /// One sled batch removes everything that refers to the dropped segments
-    /// except trace keys; only once it is durable are the files deleted. A
+    /// except run entries; only once it is durable are the files deleted. A
     /// crash in between leaves files the index does not know, which `open`
-    /// deletes; trace keys left behind read as nothing until swept.
+    /// deletes; run entries left behind read as nothing until merged away.
     pub fn enforce_retention(&self, retention: Retention, now_nanos: u64) -> Result<usize> {
         // Flushes read and rewrite dependency counts and segment keys.
         let _flush = self.flush_state.lock().expect("not poisoned");
@@ -631,7 +647,8 @@ impl TraceStore {
             committed.keys().next_back().copied(),
             self.segments.current(),
         ];
-        let mut total: u64 = committed.values().sum::<u64>() + self.db.size_on_disk()?;
+        let mut total: u64 =
+            committed.values().sum::<u64>() + self.db.size_on_disk()? + self.runs.disk_bytes();
         let mut doomed = Vec::new();
         let mut dropped = Vec::new();
         for (&segment, &len) in &committed {
@@ -658,9 +675,9 @@ impl TraceStore {
             for (reason, len) in dropped {
                 self.metrics.retention_dropped("traces", reason, len);
             }
+            self.runs.merge(&self.db)?;
             self.update_size_metric();
         }
-        self.sweep_trace_keys()?;
         Ok(doomed.len())
     }
 
@@ -690,8 +707,6 @@ impl TraceStore {
         for entry in self.db.range(low..high) {
             batch.remove(entry?.0);
         }
-        // Restart the sweep: keys it already passed may point into these.
-        batch.insert(index::META_TRACE_SWEEP, &[index::TRACE_BLOCKS]);
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         self.segments.remove(doomed)?;
@@ -701,45 +716,14 @@ impl TraceStore {
         Ok(())
     }
 
-    /// Removes up to [`TRACE_SWEEP_KEYS`] trace keys' worth of references
-    /// to blocks of dropped segments, going on where the last run stopped.
-    fn sweep_trace_keys(&self) -> Result<()> {
-        let Some(from) = self.db.get(index::META_TRACE_SWEEP)? else {
-            return Ok(());
-        };
-        let end = vec![index::TRACE_BLOCKS + 1];
-        let mut next = None;
-        let mut removed = 0u64;
-        for (checked, entry) in self.db.range(from.to_vec()..end).enumerate() {
-            let (key, _) = entry?;
-            if checked == TRACE_SWEEP_KEYS {
-                next = Some(key);
-                break;
-            }
-            let block = index::trace_key_block(&key)?;
-            if !self.db.contains_key(index::block_ref_key(block))? {
-                self.db.remove(&key)?;
-                removed += 1;
-            }
-        }
-        let done = next.is_none();
-        match next {
-            Some(key) => self.db.insert(index::META_TRACE_SWEEP, key)?,
-            None => self.db.remove(index::META_TRACE_SWEEP)?,
-        };
-        self.db.flush()?;
-        tracing::debug!(removed, done, "SpanIndexStaleKeysSwept");
-        Ok(())
-    }
-
     /// Writes the store as a restart after its last commit would find it
     /// into `relative` under `backup`, while spans keep arriving: the head
     /// is left to the WAL the snapshot also holds. Flushes, checkpoints
     /// and retention wait meanwhile (the head keeps taking spans). The
     /// index is copied key by key into a new sled database — sled 0.34
-    /// has no online backup, and its files change behind its own threads —
-    /// and the segments the index maps are linked when sealed and copied up
-    /// to their committed length otherwise.
+    /// has no online backup, and its files change behind its own threads —,
+    /// its runs are linked, and the segments the index maps are linked when
+    /// sealed and copied up to their committed length otherwise.
     pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
         let _flush = self.flush_state.lock().expect("not poisoned");
         let index_dir = backup.create_dir(&relative.join("index"))?;
@@ -760,6 +744,7 @@ impl TraceStore {
         copy.flush()?;
         drop(copy);
         backup.count_written(&relative.join("index"))?;
+        self.runs.snapshot(backup, &relative.join("runs"))?;
         self.segments
             .snapshot(&committed, backup, &relative.join("blocks"))?;
         Ok(())
@@ -767,7 +752,7 @@ impl TraceStore {
 
     /// Bytes on disk: span blocks and index.
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.disk_bytes() + self.db.size_on_disk().unwrap_or(0)
+        self.segments.disk_bytes() + self.db.size_on_disk().unwrap_or(0) + self.runs.disk_bytes()
     }
 
     fn update_size_metric(&self) {
@@ -898,11 +883,11 @@ impl store::TraceCandidates for IndexedCandidates<'_> {
     }
 }
 
-/// Deletes the trace keys of a flush that crashed before its commit: they
-/// point at block bytes that were cut off, and their block numbers are about
-/// to be used again. A full scan, but only after such a crash. Those
-/// numbers' `R` keys go too: a commit writes them, but the rewrite of a
-/// version-2 index gives every block it finds one.
+/// Deletes the version-3 trace keys of a flush that crashed before its
+/// commit: they point at block bytes that were cut off, and their block
+/// numbers are about to be used again. A full scan, but only after such a
+/// crash. Those numbers' `R` keys go too: a commit writes them, but the
+/// rewrite of a version-2 index gives every block it finds one.
 fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Result<()> {
     let reserved = match db.get(index::META_RESERVED_BLOCKS)? {
         Some(v) => index::decode_u64(&v)?,
@@ -932,8 +917,8 @@ fn drop_uncommitted_trace_keys(db: &sled::Db, committed_next_block: u64) -> Resu
     Ok(())
 }
 
-/// Rewrites a version-2 index's `T` keys in this version's layout, with an
-/// `R` key per block (see `index`), and marks the index as this version.
+/// Rewrites a version-2 index's `T` keys in version 3's layout, with an
+/// `R` key per block (see `index`), and marks the index as version 3.
 /// Keys into segments no longer `committed` (dropped, not yet swept) go.
 /// A crash midway leaves version 2 with some keys rewritten, and the next
 /// open goes on from there.
@@ -956,9 +941,69 @@ fn upgrade_trace_keys(db: &sled::Db, committed: &HashMap<u32, u64>) -> Result<()
         }
         db.remove(key)?;
     }
-    db.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes())?;
+    db.insert(
+        index::META_FORMAT,
+        &index::TRACE_KEYS_FORMAT_VERSION.to_be_bytes(),
+    )?;
     db.flush()?;
     tracing::info!(rewritten, blocks = located.len(), "SpanIndexUpgraded");
+    Ok(())
+}
+
+/// Writes a version-3 index's `T` keys of blocks still there into one run
+/// (they come in its order) and commits it with this version's mark; the
+/// keys go after the commit ([`remove_trace_keys`]). A crash before the
+/// commit leaves version 3 and an uncommitted run file, which the next
+/// open deletes before it goes on from the start.
+fn convert_trace_keys(db: &sled::Db, runs: &TraceRuns) -> Result<()> {
+    let live = runs::live_blocks(db)?;
+    let mut error = None;
+    let entries = db
+        .scan_prefix([index::TRACE_BLOCKS])
+        .map_while(|entry| {
+            match entry
+                .map_err(StoreError::from)
+                .and_then(|(key, _)| index::parse_trace_key(&key))
+            {
+                Ok(entry) => Some(entry),
+                Err(failed) => {
+                    error = Some(failed);
+                    None
+                }
+            }
+        })
+        .filter(|(_, block)| live.contains(block));
+    let run = runs.write(runs::UNMERGED_LEVEL, entries)?;
+    if let Some(error) = error {
+        return Err(error);
+    }
+    let mut batch = sled::Batch::default();
+    if let Some(run) = &run {
+        let (key, value) = TraceRuns::commit_key(run);
+        batch.insert(&key, &value);
+    }
+    batch.insert(index::META_FORMAT, &index::FORMAT_VERSION.to_be_bytes());
+    batch.remove(index::META_RESERVED_BLOCKS);
+    batch.remove(index::META_TRACE_SWEEP);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    if let Some(run) = run {
+        runs.install(run);
+    }
+    remove_trace_keys(db)
+}
+
+/// Removes every `T` key: they are in a run.
+fn remove_trace_keys(db: &sled::Db) -> Result<()> {
+    let mut removed = 0u64;
+    for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
+        db.remove(entry?.0)?;
+        removed += 1;
+    }
+    if removed > 0 {
+        db.flush()?;
+        tracing::info!(removed, "SpanIndexTraceKeysConverted");
+    }
     Ok(())
 }
 
@@ -1145,31 +1190,33 @@ mod tests {
     }
 
     #[test]
-    fn trace_keys_of_an_uncommitted_flush_are_dropped_on_open() {
+    fn the_run_of_an_uncommitted_flush_is_deleted_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         store.apply(1, vec![span(1, 1, None, "order")]);
         store.flush().unwrap();
         let next_block =
             index::decode_u64(&store.db.get(index::META_NEXT_BLOCK).unwrap().unwrap()).unwrap();
-        // What a flush that crashed after writing its trace keys leaves.
-        store
-            .db
-            .insert(index::META_RESERVED_BLOCKS, &(next_block + 1).to_be_bytes())
-            .unwrap();
-        let stale = index::trace_block_key(&[2; 16], next_block as u32);
-        store.db.insert(stale, &[]).unwrap();
-        // As the rewrite of a version-2 index leaves such a flush's block.
-        let stale_location = index::block_ref_key(next_block as u32);
-        store.db.insert(stale_location, &[0u8; 16]).unwrap();
-        store.db.flush().unwrap();
+        // What a flush that crashed after writing its run leaves.
+        let prefix = runs::id_prefix(&[2; 16]);
+        drop(store.runs.write(0, [(prefix, next_block as u32)]).unwrap());
         drop(store);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("runs")).unwrap().count(),
+            2
+        );
 
         let store = open_store(dir.path());
-        assert!(store.db.get(stale).unwrap().is_none());
-        assert!(store.db.get(stale_location).unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("runs")).unwrap().count(),
+            1
+        );
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
+        // The next flush uses the block numbers again, and finds its own.
+        store.apply(2, vec![span(2, 1, None, "order")]);
+        store.flush().unwrap();
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 1);
     }
 
     const HOUR: u64 = index::HOUR_NANOS;
@@ -1243,8 +1290,9 @@ mod tests {
         std::fs::create_dir(&snapshot).unwrap();
         let mut backup = BackupDir::new(snapshot.clone());
         store.snapshot(&mut backup, Path::new("traces")).unwrap();
-        // The sealed segment linked; the current one and sled's files copied.
-        assert_eq!(backup.linked_files, 1);
+        // The sealed segment and both runs linked; the current segment and
+        // sled's files copied.
+        assert_eq!(backup.linked_files, 3);
         assert!(backup.copied_files > 1);
         let inode = |root: &Path, id: u32| {
             let path = root.join(format!("traces/blocks/{id:08}.blocks"));
@@ -1290,8 +1338,9 @@ mod tests {
             .collect()
     }
 
-    fn trace_keys(store: &TraceStore) -> usize {
-        store.db.scan_prefix([index::TRACE_BLOCKS]).count()
+    /// Entries of all runs, those of dropped blocks among them.
+    fn run_entries(store: &TraceStore) -> u64 {
+        store.runs.levels().iter().map(|(_, entries)| entries).sum()
     }
 
     /// What an old hour's data looks like after it was dropped, and a new
@@ -1304,7 +1353,7 @@ mod tests {
         let links = store.dependencies(0, u64::MAX).unwrap();
         assert_eq!(links.len(), 1);
         assert_eq!(links[0].call_count, 1);
-        assert_eq!(trace_keys(store), 1, "the old trace's key was swept");
+        assert_eq!(run_entries(store), 1, "the old trace's run went");
         assert_eq!(store.durable_through().unwrap(), 2);
     }
 
@@ -1357,7 +1406,7 @@ mod tests {
         assert_eq!(files.len(), 3);
         let now = BASE + HOUR;
         // Room for the two newer segments and the index.
-        let index_bytes = store.db.size_on_disk().unwrap();
+        let index_bytes = store.db.size_on_disk().unwrap() + store.runs.disk_bytes();
         let cap = files[1].1 + files[2].1 + index_bytes;
         assert_eq!(store.enforce_retention(retention(24, cap), now).unwrap(), 1);
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
@@ -1372,7 +1421,7 @@ mod tests {
         assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
         assert_eq!(found(&store, "order"), vec![3]);
-        assert_eq!(trace_keys(&store), 1);
+        assert_eq!(run_entries(&store), 1);
 
         // After a reopen nothing is being appended to: the newest committed
         // segment stays all the same.
@@ -1391,37 +1440,91 @@ mod tests {
         let old = segment_files(dir.path())[0].0.clone();
         let old_path = dir.path().join("blocks").join(&old);
         let saved = std::fs::read(&old_path).unwrap();
-        // A stale trace key the sweep has not reached yet reads as nothing.
-        let stale = index::trace_block_key(&[7; 16], 0);
-        store.db.insert(stale, &[]).unwrap();
+        let old_run = std::fs::read_dir(dir.path().join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .min()
+            .unwrap();
+        let saved_run = std::fs::read(&old_run).unwrap();
 
         let now = BASE + 3 * HOUR + HOUR / 2;
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
-        assert!(store.db.get(stale).unwrap().is_none());
+        assert!(!old_run.exists());
         drop(store);
-        // The index batch was durable, the file removal was not.
+        // The index batches were durable, the file removals were not.
         std::fs::write(&old_path, &saved).unwrap();
-        // And the sweep had not begun.
-        let db = sled::open(dir.path().join("index")).unwrap();
-        db.insert(index::trace_block_key(&[1; 16], 0), &[]).unwrap();
-        db.insert(stale, &[]).unwrap();
-        db.insert(index::META_TRACE_SWEEP, &[index::TRACE_BLOCKS])
-            .unwrap();
-        db.flush().unwrap();
-        drop(db);
+        std::fs::write(&old_run, &saved_run).unwrap();
 
         let store = open_store(dir.path());
         assert!(
-            !old_path.exists(),
+            !old_path.exists() && !old_run.exists(),
             "open deletes what the index does not know"
         );
-        assert!(store.trace(&[7; 16]).unwrap().spans.is_empty());
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 0);
         assert_only_new_hour_left(&store);
         // A new segment never reuses a dropped one's id.
         flush_segment(&store, 3, call_at(3, BASE + 3 * HOUR + 20));
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
+    }
+
+    /// Replaces the runs of a store's index by trace keys of `version`
+    /// (2 or 3), as that version wrote them, and marks it as that version.
+    /// Its trace ids are their first byte repeated.
+    fn as_trace_keys(dir: &Path, traces: &[u8], version: u32) -> sled::Db {
+        let store = open_store(dir);
+        let located: Vec<(u8, u32)> = traces
+            .iter()
+            .flat_map(|&t| {
+                let (blocks, _) = store.runs.blocks_of(&[t; 16]).unwrap();
+                blocks.into_iter().map(move |b| (t, b))
+            })
+            .collect();
+        drop(store);
+        let db = sled::open(dir.join("index")).unwrap();
+        for entry in db.scan_prefix([index::TRACE_RUNS]) {
+            db.remove(entry.unwrap().0).unwrap();
+        }
+        for (trace, block) in located {
+            if version == 2 {
+                // The whole id, the block number as u64 and the block's
+                // location, and no `R` key.
+                let key = index::v2_trace_key(&[trace; 16], u64::from(block));
+                let location = db.remove(index::block_ref_key(block)).unwrap().unwrap();
+                db.insert(key, location).unwrap();
+            } else {
+                db.insert(index::trace_block_key(&[trace; 16], block), &[])
+                    .unwrap();
+            }
+        }
+        db.insert(index::META_FORMAT, &version.to_be_bytes())
+            .unwrap();
+        db
+    }
+
+    /// Opens an index `as_trace_keys` made, and checks that it became
+    /// one run of its live entries, and that retention drops that run.
+    fn assert_converted(dir: &Path) {
+        let store = open_store(dir);
+        assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 2);
+        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
+        assert!(store.trace(&[9; 16]).unwrap().spans.is_empty());
+        assert_eq!(
+            store.db.get(index::META_FORMAT).unwrap().unwrap().as_ref(),
+            index::FORMAT_VERSION.to_be_bytes()
+        );
+        assert_eq!(store.db.scan_prefix([index::TRACE_BLOCKS]).count(), 0);
+        assert!(store.db.get(index::META_RESERVED_BLOCKS).unwrap().is_none());
+        assert_eq!(store.runs.levels(), [(runs::UNMERGED_LEVEL, 2)]);
+        assert_eq!(store.db.scan_prefix([index::BLOCK_REFS]).count(), 2);
+        // Retention finds the converted blocks' locations, and drops the
+        // run with them.
+        let now = BASE + 3 * HOUR;
+        flush_segment(&store, 3, call_at(3, now));
+        assert_eq!(store.enforce_retention(retention(1, 0), now).unwrap(), 2);
+        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(store.runs.levels(), [(0, 1)]);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }
 
@@ -1432,26 +1535,7 @@ mod tests {
         flush_segment(&store, 1, call_at(1, BASE + 10));
         flush_segment(&store, 2, call_at(2, BASE + 20));
         drop(store);
-        // The same index as version 2 wrote it: the whole trace id (here
-        // its first byte repeated), the block number as u64 and the
-        // block's location in every trace key.
-        let db = sled::open(dir.path().join("index")).unwrap();
-        let block_refs: HashMap<_, _> = db
-            .scan_prefix([index::BLOCK_REFS])
-            .map(|e| e.unwrap())
-            .collect();
-        assert_eq!(block_refs.len(), 2);
-        for entry in db.scan_prefix([index::TRACE_BLOCKS]) {
-            let (key, _) = entry.unwrap();
-            let block = index::trace_key_block(&key).unwrap();
-            let v2_key = index::v2_trace_key(&[key[1]; 16], u64::from(block));
-            db.insert(v2_key, &block_refs[index::block_ref_key(block).as_slice()])
-                .unwrap();
-            db.remove(key).unwrap();
-        }
-        for key in block_refs.keys() {
-            db.remove(key).unwrap();
-        }
+        let db = as_trace_keys(dir.path(), &[1, 2], 2);
         // And a key into a segment retention dropped, not swept yet.
         let stale = index::v2_trace_key(&[9; 16], 50);
         let dropped = BlockRef {
@@ -1460,32 +1544,52 @@ mod tests {
             len: 8,
         };
         db.insert(stale, &dropped.to_bytes()).unwrap();
-        db.insert(index::META_FORMAT, &2u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
         drop(db);
+        assert_converted(dir.path());
+    }
 
+    #[test]
+    fn a_version_3_index_becomes_one_run_on_open() {
+        let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        flush_segment(&store, 2, call_at(2, BASE + 20));
+        let next_block =
+            index::decode_u64(&store.db.get(index::META_NEXT_BLOCK).unwrap().unwrap()).unwrap();
+        drop(store);
+        let db = as_trace_keys(dir.path(), &[1, 2], 3);
+        // A key into a segment retention dropped, not swept yet ...
+        db.insert(index::trace_block_key(&[9; 16], 50), &[])
+            .unwrap();
+        // ... and one of a flush that crashed before its commit, with the
+        // `R` key a version-2 rewrite gave its block.
+        db.insert(index::META_RESERVED_BLOCKS, &(next_block + 1).to_be_bytes())
+            .unwrap();
+        let uncommitted = u32::try_from(next_block).unwrap();
+        db.insert(index::trace_block_key(&[9; 16], uncommitted), &[])
+            .unwrap();
+        db.insert(index::block_ref_key(uncommitted), &[0u8; 16])
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        assert_converted(dir.path());
+    }
+
+    #[test]
+    fn a_conversion_that_crashed_after_its_commit_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        flush_segment(&store, 1, call_at(1, BASE + 10));
+        drop(store);
+        // The run is committed and this version marked; keys are left.
+        let db = sled::open(dir.path().join("index")).unwrap();
+        db.insert(index::trace_block_key(&[1; 16], 0), &[]).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let store = open_store(dir.path());
+        assert_eq!(store.db.scan_prefix([index::TRACE_BLOCKS]).count(), 0);
         assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 2);
-        assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
-        assert_eq!(
-            store.db.get(index::META_FORMAT).unwrap().unwrap().as_ref(),
-            index::FORMAT_VERSION.to_be_bytes()
-        );
-        let keys: Vec<_> = store
-            .db
-            .scan_prefix([index::TRACE_BLOCKS])
-            .map(|e| e.unwrap().0)
-            .collect();
-        assert_eq!(keys.len(), 2, "the stale key is gone, the others rewritten");
-        assert!(keys.iter().all(|k| index::trace_key_block(k).is_ok()));
-        assert_eq!(store.db.scan_prefix([index::BLOCK_REFS]).count(), 2);
-        assert!(store.trace(&[9; 16]).unwrap().spans.is_empty());
-        // Retention finds the rewritten blocks' locations.
-        let now = BASE + 3 * HOUR;
-        flush_segment(&store, 3, call_at(3, now));
-        assert_eq!(store.enforce_retention(retention(1, 0), now).unwrap(), 2);
-        assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
-        assert_eq!(trace_keys(&store), 1);
     }
 
     #[test]
@@ -1528,13 +1632,13 @@ mod tests {
         }
         store.apply(1, spans);
         store.flush().unwrap();
-        let blocks: Vec<_> = store
-            .db
-            .scan_prefix([index::TRACE_BLOCKS])
-            .map(|e| index::trace_key_block(&e.unwrap().0).unwrap())
-            .collect();
-        assert_eq!(blocks.len(), 256, "each trace is in exactly one block");
-        let distinct: HashSet<_> = blocks.iter().collect();
+        assert_eq!(store.runs.levels(), [(0, 256)], "one run, an entry a trace");
+        let mut distinct = HashSet::new();
+        for trace in 0..=255u8 {
+            let (blocks, _) = store.runs.blocks_of(&[trace; 16]).unwrap();
+            assert_eq!(blocks.len(), 1, "each trace is in exactly one block");
+            distinct.insert(blocks[0]);
+        }
         assert!(distinct.len() > 1, "traces were cut into several blocks");
         for trace in [0u8, 77, 255] {
             assert_eq!(store.trace(&[trace; 16]).unwrap().spans.len(), 40);

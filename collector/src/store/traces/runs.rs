@@ -1,0 +1,829 @@
+//! The trace-id index: which blocks hold a trace.
+//!
+//! Each flush writes one sorted run of (trace id prefix, block number)
+//! entries to a file of its own in `runs/`, and commits it with an `I` key
+//! (see `index`) in the flush's sled batch. Runs of a level merge into one
+//! run of the next level once [`FANOUT`] of them are there, so a lookup
+//! reads a page of a few dozen runs at most, and each entry is rewritten
+//! once per level. A merge leaves out entries of blocks retention dropped;
+//! a run whose blocks are all older than the oldest block left is deleted
+//! whole.
+//!
+//! Before runs, each entry was a sled key: sled wrote it several times
+//! over in its log and held the tree nodes it touched in memory, 15.6 bytes
+//! per span at 10M spans of `strand-bench traces`. A run holds 12 bytes per
+//! trace, a tenth of that per span, and needs no memory beyond a fence
+//! (first prefix and place) per page of [`PAGE_ENTRIES`].
+//!
+//! A run file is its pages, each a checksummed frame of entries
+//! (prefix u64 BE, block u32 BE) sorted and unique, then a frame of
+//! fences (first prefix u64 BE, offset u64 BE, length u32 BE per page).
+//! Its `I` value says where the fences are. Files are written once and
+//! fsynced before their key is committed; a file without a key (a flush or
+//! merge that crashed before its commit, or a merge's inputs it committed
+//! but did not delete yet) is deleted on open.
+
+use std::collections::{BinaryHeap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::frame;
+use crate::model::TraceId;
+use crate::store::{self, Result, StoreError};
+use crate::telemetry::SelfMetrics;
+
+use super::index;
+
+/// Runs of one level that merge into one of the next.
+const FANOUT: usize = 8;
+/// Entries per page: 6 KiB, a few 4 KiB pages of the page cache to read
+/// and checksum per run and lookup.
+const PAGE_ENTRIES: usize = 512;
+const ENTRY_LEN: usize = 12;
+const FENCE_LEN: usize = 20;
+/// The level of a run that never merges: the one an upgrade writes from an
+/// older index, as large as everything before it. It goes once retention
+/// dropped all of its blocks.
+pub const UNMERGED_LEVEL: u8 = u8::MAX;
+
+/// A trace id's first 8 bytes as an entry holds them: they tell traces
+/// apart in practice, and a block read matches the whole id, so two traces
+/// that share them only cost a wasted read.
+pub fn id_prefix(trace_id: &TraceId) -> u64 {
+    u64::from_be_bytes(trace_id[..8].try_into().expect("16-byte id"))
+}
+
+/// What an `I` key records of its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunMeta {
+    level: u8,
+    entries: u64,
+    fences_offset: u64,
+    fences_len: u32,
+    min_block: u32,
+    max_block: u32,
+}
+
+const META_LEN: usize = 1 + 8 + 8 + 4 + 4 + 4;
+
+impl RunMeta {
+    fn encode(&self) -> [u8; META_LEN] {
+        let mut out = [0u8; META_LEN];
+        out[0] = self.level;
+        out[1..9].copy_from_slice(&self.entries.to_be_bytes());
+        out[9..17].copy_from_slice(&self.fences_offset.to_be_bytes());
+        out[17..21].copy_from_slice(&self.fences_len.to_be_bytes());
+        out[21..25].copy_from_slice(&self.min_block.to_be_bytes());
+        out[25..29].copy_from_slice(&self.max_block.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RunMeta> {
+        let parse = || {
+            Some(RunMeta {
+                level: *bytes.first()?,
+                entries: frame::read_u64_be(bytes, 1)?,
+                fences_offset: frame::read_u64_be(bytes, 9)?,
+                fences_len: frame::read_u32_be(bytes, 17)?,
+                min_block: frame::read_u32_be(bytes, 21)?,
+                max_block: frame::read_u32_be(bytes, 25)?,
+            })
+        };
+        parse()
+            .filter(|_| bytes.len() == META_LEN)
+            .ok_or_else(|| StoreError::Corrupt("trace run key value".into()))
+    }
+}
+
+/// Where a page is, and the first prefix in it.
+#[derive(Clone, Copy, Debug)]
+struct Fence {
+    first: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// A committed run, open for reading.
+struct Run {
+    id: u64,
+    meta: RunMeta,
+    file: File,
+    fences: Vec<Fence>,
+}
+
+/// A run written and fsynced, not yet committed: [`TraceRuns::commit_key`]
+/// goes into the batch that commits it, [`TraceRuns::install`] after it.
+pub struct NewRun(Run);
+
+/// See the module docs.
+pub struct TraceRuns {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    /// The committed runs, oldest first.
+    runs: RwLock<Vec<Arc<Run>>>,
+    next_id: AtomicU64,
+    metrics: SelfMetrics,
+}
+
+impl TraceRuns {
+    /// Opens the runs the index commits and deletes the files it does not.
+    /// A committed run that cannot be read (its file gone or its fences
+    /// damaged) is reported, moved to quarantine if there, and its key
+    /// removed: the store opens without it.
+    pub fn open(
+        dir: &Path,
+        data_dir: &Path,
+        db: &sled::Db,
+        metrics: SelfMetrics,
+    ) -> Result<TraceRuns> {
+        fs::create_dir_all(dir)?;
+        let mut committed = Vec::new();
+        for entry in db.scan_prefix([index::TRACE_RUNS]) {
+            let (key, value) = entry?;
+            committed.push((index::run_of_key(&key)?, RunMeta::decode(&value)?));
+        }
+        let known: HashSet<u64> = committed.iter().map(|(id, _)| *id).collect();
+        let mut next_id = committed.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(id) = run_of_path(&path) else {
+                continue;
+            };
+            next_id = next_id.max(id + 1);
+            if !known.contains(&id) {
+                fs::remove_file(&path)?;
+                tracing::debug!(run = id, "SpanIndexUncommittedRunRemoved");
+            }
+        }
+        let runs = TraceRuns {
+            dir: dir.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            runs: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(next_id),
+            metrics,
+        };
+        let mut opened = Vec::with_capacity(committed.len());
+        for (id, meta) in committed {
+            match runs.open_run(id, meta) {
+                Ok(run) => opened.push(Arc::new(run)),
+                Err(damage) => {
+                    let path = runs.path(id);
+                    let action = if path.exists() {
+                        let moved = store::quarantine(data_dir, &path)?;
+                        format!(
+                            "moved to {}; its traces are not found by id",
+                            moved.display()
+                        )
+                    } else {
+                        "its traces are not found by id".to_string()
+                    };
+                    runs.metrics.corrupt_data(
+                        "traces",
+                        data_dir,
+                        &path,
+                        meta.fences_offset,
+                        &damage.to_string(),
+                        &action,
+                    );
+                    db.remove(index::run_key(id))?;
+                }
+            }
+        }
+        *runs.runs.write().expect("not poisoned") = opened;
+        Ok(runs)
+    }
+
+    fn open_run(&self, id: u64, meta: RunMeta) -> Result<Run> {
+        let file = File::open(self.path(id))?;
+        let mut bytes = vec![0u8; meta.fences_len as usize];
+        file.read_exact_at(&mut bytes, meta.fences_offset)?;
+        let fences = decode_fences(&bytes)?;
+        Ok(Run {
+            id,
+            meta,
+            file,
+            fences,
+        })
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.run"))
+    }
+
+    /// Writes a run of `level` from `entries`, which come sorted by prefix
+    /// and then block (repeats are left out), and fsyncs it. `None` when
+    /// there are no entries.
+    pub fn write(
+        &self,
+        level: u8,
+        entries: impl IntoIterator<Item = (u64, u32)>,
+    ) -> Result<Option<NewRun>> {
+        let mut entries = entries.into_iter().peekable();
+        if entries.peek().is_none() {
+            return Ok(None);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(id);
+        let mut out = BufWriter::new(File::create_new(&path)?);
+        let mut meta = RunMeta {
+            level,
+            entries: 0,
+            fences_offset: 0,
+            fences_len: 0,
+            min_block: u32::MAX,
+            max_block: 0,
+        };
+        let mut fences = Vec::new();
+        let mut page = Vec::with_capacity(PAGE_ENTRIES * ENTRY_LEN);
+        let mut framed = Vec::with_capacity(frame::HEADER_LEN + PAGE_ENTRIES * ENTRY_LEN);
+        let mut first = 0;
+        let mut last = None;
+        for (prefix, block) in entries {
+            if last.is_some_and(|last| last >= (prefix, block)) {
+                if last == Some((prefix, block)) {
+                    continue;
+                }
+                return Err(StoreError::Corrupt("trace run entries out of order".into()));
+            }
+            last = Some((prefix, block));
+            if page.is_empty() {
+                first = prefix;
+            }
+            page.extend_from_slice(&prefix.to_be_bytes());
+            page.extend_from_slice(&block.to_be_bytes());
+            meta.entries += 1;
+            meta.min_block = meta.min_block.min(block);
+            meta.max_block = meta.max_block.max(block);
+            if page.len() == PAGE_ENTRIES * ENTRY_LEN {
+                fences.push(write_page(&mut out, &mut meta, first, &page, &mut framed)?);
+                page.clear();
+            }
+        }
+        if !page.is_empty() {
+            fences.push(write_page(&mut out, &mut meta, first, &page, &mut framed)?);
+        }
+        let mut raw = Vec::with_capacity(fences.len() * FENCE_LEN);
+        for fence in &fences {
+            raw.extend_from_slice(&fence.first.to_be_bytes());
+            raw.extend_from_slice(&fence.offset.to_be_bytes());
+            raw.extend_from_slice(&fence.len.to_be_bytes());
+        }
+        framed.clear();
+        frame::append(&mut framed, &raw)?;
+        out.write_all(&framed)?;
+        meta.fences_len = u32::try_from(framed.len())
+            .map_err(|_| StoreError::Corrupt("trace run too large".into()))?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(Some(NewRun(Run {
+            id,
+            meta,
+            file,
+            fences,
+        })))
+    }
+
+    /// The `I` key and value that commit `run`.
+    pub fn commit_key(run: &NewRun) -> ([u8; 9], [u8; META_LEN]) {
+        (index::run_key(run.0.id), run.0.meta.encode())
+    }
+
+    /// Makes a committed run visible to lookups.
+    pub fn install(&self, run: NewRun) {
+        self.runs
+            .write()
+            .expect("not poisoned")
+            .push(Arc::new(run.0));
+    }
+
+    /// The blocks that may hold spans of `trace_id`, and whether a damaged
+    /// page of a run kept some from being found.
+    pub fn blocks_of(&self, trace_id: &TraceId) -> Result<(Vec<u32>, bool)> {
+        let prefix = id_prefix(trace_id);
+        let runs = self.runs.read().expect("not poisoned").clone();
+        let mut blocks = Vec::new();
+        let mut damaged = false;
+        for run in runs {
+            // Pages before the first whose first prefix is at least this
+            // one's may end with it; later ones may start with it.
+            let after = run.fences.partition_point(|f| f.first < prefix);
+            let pages = after.saturating_sub(1)..run.fences.len();
+            for fence in &run.fences[pages] {
+                if fence.first > prefix {
+                    break;
+                }
+                match self.read_page(&run, fence) {
+                    Ok(entries) => blocks.extend(
+                        entries
+                            .iter()
+                            .filter(|(p, _)| *p == prefix)
+                            .map(|(_, block)| *block),
+                    ),
+                    Err(StoreError::Corrupt(_)) => damaged = true,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok((blocks, damaged))
+    }
+
+    /// Reads a page's entries; damage is reported and returned as
+    /// `Corrupt`.
+    fn read_page(&self, run: &Run, fence: &Fence) -> Result<Vec<(u64, u32)>> {
+        let mut bytes = vec![0u8; fence.len as usize];
+        let decoded = match run.file.read_exact_at(&mut bytes, fence.offset) {
+            Ok(()) => decode_page(&bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(StoreError::Corrupt("cut short".into()))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if let Err(damage) = &decoded {
+            self.metrics.corrupt_data(
+                "traces",
+                &self.data_dir,
+                &self.path(run.id),
+                fence.offset,
+                &damage.to_string(),
+                "skipped the page: its traces are not found by id",
+            );
+        }
+        decoded
+    }
+
+    /// Merges the runs of the lowest level that holds [`FANOUT`] of them
+    /// into one of the next level, leaving out entries of blocks without an
+    /// `R` key, until no level holds that many; then deletes the runs whose
+    /// blocks are all older than the oldest `R` key. Each merge commits in
+    /// one sled batch before the files it replaced go.
+    pub fn merge(&self, db: &sled::Db) -> Result<()> {
+        let mut live: Option<HashSet<u32>> = None;
+        while let Some(inputs) = self.due_merge() {
+            let live = match &mut live {
+                Some(live) => live,
+                None => live.insert(live_blocks(db)?),
+            };
+            let level = inputs[0].meta.level + 1;
+            let mut merged = MergedEntries::new(self, &inputs)?;
+            let output = self.write(level, merged.by_ref().filter(|(_, b)| live.contains(b)))?;
+            if let Some(error) = merged.error.take() {
+                // Its entries would be a subset of the inputs': it stays uncommitted.
+                if let Some(output) = output {
+                    fs::remove_file(self.path(output.0.id))?;
+                }
+                return Err(error);
+            }
+            let entries = output.as_ref().map_or(0, |run| run.0.meta.entries);
+            self.replace(db, &inputs, output)?;
+            tracing::debug!(level, inputs = inputs.len(), entries, "SpanIndexRunsMerged");
+        }
+        let oldest_live = match db.scan_prefix([index::BLOCK_REFS]).next() {
+            Some(entry) => index::block_of_ref_key(&entry?.0)?,
+            None => u32::MAX,
+        };
+        let dead: Vec<Arc<Run>> = self
+            .runs
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .filter(|run| run.meta.max_block < oldest_live)
+            .cloned()
+            .collect();
+        if !dead.is_empty() {
+            self.replace(db, &dead, None)?;
+            tracing::debug!(runs = dead.len(), "SpanIndexDeadRunsRemoved");
+        }
+        Ok(())
+    }
+
+    /// The oldest [`FANOUT`] runs of the lowest level that has as many.
+    fn due_merge(&self) -> Option<Vec<Arc<Run>>> {
+        let runs = self.runs.read().expect("not poisoned");
+        let mut levels: Vec<u8> = runs.iter().map(|run| run.meta.level).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        levels
+            .into_iter()
+            .filter(|&level| level != UNMERGED_LEVEL)
+            .find_map(|level| {
+                let of_level: Vec<_> = runs
+                    .iter()
+                    .filter(|run| run.meta.level == level)
+                    .take(FANOUT)
+                    .cloned()
+                    .collect();
+                (of_level.len() == FANOUT).then_some(of_level)
+            })
+    }
+
+    /// Commits `output` in place of `inputs`, then deletes their files.
+    fn replace(&self, db: &sled::Db, inputs: &[Arc<Run>], output: Option<NewRun>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for run in inputs {
+            batch.remove(&index::run_key(run.id));
+        }
+        if let Some(output) = &output {
+            let (key, value) = TraceRuns::commit_key(output);
+            batch.insert(&key, &value);
+        }
+        db.apply_batch(batch)?;
+        db.flush()?;
+        {
+            let mut runs = self.runs.write().expect("not poisoned");
+            runs.retain(|run| !inputs.iter().any(|input| input.id == run.id));
+            if let Some(output) = output {
+                // Runs stay in age order: the output replaces its oldest input.
+                let at = runs
+                    .iter()
+                    .position(|run| run.id > inputs[0].id)
+                    .unwrap_or(runs.len());
+                runs.insert(at, Arc::new(output.0));
+            }
+        }
+        for run in inputs {
+            match fs::remove_file(self.path(run.id)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Links the committed runs' files into `relative` under `backup`. The
+    /// caller holds off flushes, merges and retention.
+    pub fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
+        backup.create_dir(relative)?;
+        for run in self.runs.read().expect("not poisoned").iter() {
+            let path = self.path(run.id);
+            let name = relative.join(path.file_name().unwrap_or(path.as_os_str()));
+            backup.link(&path, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of all run files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.runs
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .map(|run| run.meta.fences_offset + u64::from(run.meta.fences_len))
+            .sum()
+    }
+
+    /// Committed runs and their entries, oldest first, for tests.
+    #[cfg(test)]
+    pub fn levels(&self) -> Vec<(u8, u64)> {
+        self.runs
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .map(|run| (run.meta.level, run.meta.entries))
+            .collect()
+    }
+}
+
+fn write_page(
+    out: &mut impl Write,
+    meta: &mut RunMeta,
+    first: u64,
+    page: &[u8],
+    framed: &mut Vec<u8>,
+) -> Result<Fence> {
+    framed.clear();
+    frame::append(framed, page)?;
+    out.write_all(framed)?;
+    let fence = Fence {
+        first,
+        offset: meta.fences_offset,
+        len: framed.len() as u32,
+    };
+    meta.fences_offset += framed.len() as u64;
+    Ok(fence)
+}
+
+fn decode_page(bytes: &[u8]) -> Result<Vec<(u64, u32)>> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("trace run page: {what}"));
+    let (raw, len) = frame::decode(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    if len != bytes.len() || raw.len() % ENTRY_LEN != 0 {
+        return Err(corrupt("wrong length"));
+    }
+    Ok(raw
+        .chunks_exact(ENTRY_LEN)
+        .map(|entry| {
+            let prefix = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
+            let block = u32::from_be_bytes(entry[8..].try_into().expect("4 bytes"));
+            (prefix, block)
+        })
+        .collect())
+}
+
+fn decode_fences(bytes: &[u8]) -> Result<Vec<Fence>> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("trace run fences: {what}"));
+    let (raw, len) = frame::decode(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    if len != bytes.len() || raw.len() % FENCE_LEN != 0 {
+        return Err(corrupt("wrong length"));
+    }
+    Ok(raw
+        .chunks_exact(FENCE_LEN)
+        .map(|fence| Fence {
+            first: u64::from_be_bytes(fence[..8].try_into().expect("8 bytes")),
+            offset: u64::from_be_bytes(fence[8..16].try_into().expect("8 bytes")),
+            len: u32::from_be_bytes(fence[16..].try_into().expect("4 bytes")),
+        })
+        .collect())
+}
+
+/// The block numbers with an `R` key: those whose segment is still there.
+pub fn live_blocks(db: &sled::Db) -> Result<HashSet<u32>> {
+    db.scan_prefix([index::BLOCK_REFS])
+        .map(|entry| index::block_of_ref_key(&entry?.0))
+        .collect()
+}
+
+/// The run id of a file name `<id as 16 hex digits>.run`.
+fn run_of_path(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".run")?;
+    (name.len() == 16)
+        .then(|| u64::from_str_radix(name, 16).ok())
+        .flatten()
+}
+
+/// The entries of several runs in order, one page of each in memory at a
+/// time. A damaged page is reported and skipped.
+struct MergedEntries<'a> {
+    runs: &'a TraceRuns,
+    cursors: Vec<Cursor>,
+    /// The next entry of each cursor, smallest on top.
+    heap: BinaryHeap<std::cmp::Reverse<((u64, u32), usize)>>,
+    /// What ended the entries early, if anything did.
+    error: Option<StoreError>,
+}
+
+struct Cursor {
+    run: Arc<Run>,
+    page: usize,
+    entries: std::vec::IntoIter<(u64, u32)>,
+}
+
+impl<'a> MergedEntries<'a> {
+    fn new(runs: &'a TraceRuns, inputs: &[Arc<Run>]) -> Result<MergedEntries<'a>> {
+        let mut merged = MergedEntries {
+            runs,
+            cursors: Vec::with_capacity(inputs.len()),
+            heap: BinaryHeap::with_capacity(inputs.len()),
+            error: None,
+        };
+        for (at, run) in inputs.iter().enumerate() {
+            merged.cursors.push(Cursor {
+                run: run.clone(),
+                page: 0,
+                entries: Vec::new().into_iter(),
+            });
+            merged.advance(at)?;
+        }
+        Ok(merged)
+    }
+
+    /// Puts cursor `at`'s next entry on the heap, reading its next page
+    /// when the current one is done.
+    fn advance(&mut self, at: usize) -> Result<()> {
+        let cursor = &mut self.cursors[at];
+        loop {
+            if let Some(entry) = cursor.entries.next() {
+                self.heap.push(std::cmp::Reverse((entry, at)));
+                return Ok(());
+            }
+            let Some(fence) = cursor.run.fences.get(cursor.page) else {
+                return Ok(());
+            };
+            cursor.page += 1;
+            cursor.entries = match self.runs.read_page(&cursor.run, fence) {
+                Ok(entries) => entries.into_iter(),
+                Err(StoreError::Corrupt(_)) => Vec::new().into_iter(),
+                Err(error) => return Err(error),
+            };
+        }
+    }
+}
+
+impl Iterator for MergedEntries<'_> {
+    type Item = (u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u32)> {
+        let std::cmp::Reverse((entry, at)) = self.heap.pop()?;
+        if let Err(error) = self.advance(at) {
+            self.heap.clear();
+            self.error = Some(error);
+            return None;
+        }
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn open(dir: &Path) -> (sled::Db, TraceRuns) {
+        let db = sled::open(dir.join("index")).unwrap();
+        let runs = TraceRuns::open(&dir.join("runs"), dir, &db, SelfMetrics::new()).unwrap();
+        (db, runs)
+    }
+
+    /// Writes and commits a run, as a flush does.
+    fn commit(db: &sled::Db, runs: &TraceRuns, level: u8, entries: &[(u64, u32)]) {
+        let run = runs.write(level, entries.iter().copied()).unwrap().unwrap();
+        let (key, value) = TraceRuns::commit_key(&run);
+        db.insert(key, &value).unwrap();
+        runs.install(run);
+    }
+
+    /// Gives `blocks` an `R` key, as a flush does for the blocks it wrote.
+    fn locate(db: &sled::Db, blocks: impl IntoIterator<Item = u32>) {
+        for block in blocks {
+            db.insert(index::block_ref_key(block), &[0u8; 16]).unwrap();
+        }
+    }
+
+    fn id(prefix: u64) -> TraceId {
+        let mut id = [7u8; 16];
+        id[..8].copy_from_slice(&prefix.to_be_bytes());
+        id
+    }
+
+    fn blocks(runs: &TraceRuns, prefix: u64) -> Vec<u32> {
+        let (mut blocks, damaged) = runs.blocks_of(&id(prefix)).unwrap();
+        assert!(!damaged);
+        blocks.sort_unstable();
+        blocks
+    }
+
+    fn run_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("runs")).unwrap().count()
+    }
+
+    #[test]
+    fn a_prefix_is_found_across_page_boundaries_and_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, runs) = open(dir.path());
+        // Prefix 5 fills more than two pages, between neighbours.
+        let mut entries = vec![(1, 0)];
+        entries.extend((0..2 * PAGE_ENTRIES as u32 + 3).map(|block| (5, block)));
+        entries.push((9, 1));
+        commit(&db, &runs, 0, &entries);
+        commit(&db, &runs, 0, &[(5, 5000), (6, 5001)]);
+        let mut expected: Vec<u32> = (0..2 * PAGE_ENTRIES as u32 + 3).collect();
+        expected.push(5000);
+        assert_eq!(blocks(&runs, 5), expected);
+        assert_eq!(blocks(&runs, 1), [0]);
+        assert_eq!(blocks(&runs, 9), [1]);
+        assert_eq!(blocks(&runs, 6), [5001]);
+        for absent in [0, 2, 7, 10, u64::MAX] {
+            assert!(blocks(&runs, absent).is_empty(), "{absent}");
+        }
+        // Repeats are written once; disorder is refused.
+        let run = runs.write(0, [(3, 1), (3, 1), (4, 0)]).unwrap().unwrap();
+        assert_eq!(run.0.meta.entries, 2);
+        assert!(runs.write(0, [(4, 0), (3, 1)]).is_err());
+        assert!(runs.write(0, []).unwrap().is_none());
+    }
+
+    #[test]
+    fn runs_merge_by_level_without_entries_of_dropped_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, runs) = open(dir.path());
+        // FANOUT flushes of two traces each, in blocks 2n and 2n+1.
+        for flush in 0..FANOUT as u32 {
+            let prefix = u64::from(flush) * 10;
+            commit(
+                &db,
+                &runs,
+                0,
+                &[(prefix, 2 * flush), (prefix + 1, 2 * flush + 1)],
+            );
+            locate(&db, [2 * flush, 2 * flush + 1]);
+        }
+        // Retention dropped block 3.
+        db.remove(index::block_ref_key(3)).unwrap();
+        runs.merge(&db).unwrap();
+        assert_eq!(runs.levels(), [(1, 2 * FANOUT as u64 - 1)]);
+        assert_eq!(run_files(dir.path()), 1, "the inputs' files went");
+        assert_eq!(blocks(&runs, 10), [2]);
+        assert!(blocks(&runs, 11).is_empty());
+        assert_eq!(blocks(&runs, 71), [15]);
+
+        // A run whose blocks are all older than the oldest left goes whole.
+        commit(&db, &runs, 0, &[(3, 100)]);
+        locate(&db, [100]);
+        for block in 0..16 {
+            db.remove(index::block_ref_key(block)).unwrap();
+        }
+        runs.merge(&db).unwrap();
+        assert_eq!(runs.levels(), [(0, 1)]);
+        drop(runs);
+        let (_db, runs) = open_again(dir.path(), db);
+        assert_eq!(runs.levels(), [(0, 1)]);
+        assert_eq!(blocks(&runs, 3), [100]);
+    }
+
+    fn open_again(dir: &Path, db: sled::Db) -> (sled::Db, TraceRuns) {
+        db.flush().unwrap();
+        drop(db);
+        open(dir)
+    }
+
+    #[test]
+    fn open_deletes_uncommitted_runs_and_sets_damaged_ones_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, runs) = open(dir.path());
+        commit(&db, &runs, 0, &[(1, 1)]);
+        commit(&db, &runs, 0, &[(2, 2)]);
+        // A flush that crashed before its commit.
+        runs.write(0, [(3, 3)]).unwrap().unwrap();
+        assert_eq!(run_files(dir.path()), 3);
+        // The first run's fences and the second's page damaged.
+        let path = |run: u64| dir.path().join(format!("runs/{run:016x}.run"));
+        let mut bytes = fs::read(path(0)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(path(0), bytes).unwrap();
+        let mut bytes = fs::read(path(1)).unwrap();
+        bytes[frame::HEADER_LEN] ^= 0xff;
+        fs::write(path(1), bytes).unwrap();
+        drop(runs);
+
+        let (db, runs) = open_again(dir.path(), db);
+        assert!(!path(2).exists(), "uncommitted");
+        assert!(!path(0).exists(), "damaged fences: set aside");
+        assert!(
+            dir.path()
+                .join("quarantine/runs")
+                .read_dir()
+                .unwrap()
+                .count()
+                == 1
+        );
+        assert_eq!(runs.levels(), [(0, 1)]);
+        assert!(db.get(index::run_key(0)).unwrap().is_none());
+        // A damaged page is reported as such, never taken for no entries.
+        let (found, damaged) = runs.blocks_of(&id(2)).unwrap();
+        assert!(found.is_empty() && damaged);
+        // New runs never reuse an id a file had.
+        commit(&db, &runs, 0, &[(4, 4)]);
+        assert!(path(3).exists());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Whatever the flushes and merges, a lookup finds exactly the
+        /// blocks of a prefix that still have an `R` key.
+        #[test]
+        fn lookups_match_a_model_through_merges(
+            flushes in prop::collection::vec(
+                prop::collection::btree_set((0u64..400, 0u32..8), 1..60),
+                1..30,
+            ),
+            dropped_below in 0u32..40,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, runs) = open(dir.path());
+            let mut model = BTreeSet::new();
+            for (flush, entries) in flushes.iter().enumerate() {
+                // Each flush has blocks of its own, numbered upwards.
+                let base = flush as u32 * 8;
+                let entries: Vec<_> = entries.iter().map(|&(p, b)| (p, base + b)).collect();
+                commit(&db, &runs, 0, &entries);
+                locate(&db, entries.iter().map(|&(_, b)| b));
+                model.extend(entries);
+                runs.merge(&db).unwrap();
+            }
+            for block in 0..dropped_below {
+                db.remove(index::block_ref_key(block)).unwrap();
+            }
+            runs.merge(&db).unwrap();
+            let (_db, runs) = open_again(dir.path(), db);
+            for prefix in 0..400 {
+                let found: Vec<u32> = blocks(&runs, prefix)
+                    .into_iter()
+                    .filter(|&b| b >= dropped_below)
+                    .collect();
+                let expected: Vec<u32> = model
+                    .range((prefix, dropped_below)..=(prefix, u32::MAX))
+                    .map(|&(_, b)| b)
+                    .collect();
+                prop_assert_eq!(found, expected);
+            }
+            prop_assert!(runs.levels().iter().filter(|(level, _)| *level == 0).count() < FANOUT);
+        }
+    }
+}
