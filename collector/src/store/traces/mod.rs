@@ -29,7 +29,7 @@ mod search;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backup::BackupDir;
@@ -45,7 +45,7 @@ use blocks::{BlockRead, BlockRef, Segments};
 pub(crate) use buffer::{SpanBuffer, settle_trace};
 pub(crate) use deps::DependencyTracker;
 pub use deps::Edge;
-use runs::TraceRuns;
+use runs::{RunKey, RunMerger, TraceRuns};
 
 /// Uncompressed bytes of span tables per block (as `estimated_size` counts
 /// them): large enough to compress well, small enough that reading one trace
@@ -228,9 +228,11 @@ struct FlushState {
 
 /// See the module docs.
 pub struct TraceStore {
+    /// Stops the merges first when the store is dropped: they use the index.
+    merger: RunMerger,
     db: sled::Db,
     segments: Segments,
-    runs: TraceRuns,
+    runs: Arc<TraceRuns>,
     buffer: SpanBuffer,
     flush_state: Mutex<FlushState>,
     metrics: SelfMetrics,
@@ -286,7 +288,12 @@ impl TraceStore {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
         };
-        let runs = TraceRuns::open(&dir.join("runs"), data_dir, &db, metrics.clone())?;
+        let runs = Arc::new(TraceRuns::open(
+            &dir.join("runs"),
+            data_dir,
+            &db,
+            metrics.clone(),
+        )?);
         if trace_keys {
             drop_uncommitted_trace_keys(&db, next_block)?;
             convert_trace_keys(&db, &runs)?;
@@ -307,6 +314,7 @@ impl TraceStore {
         }
 
         let store = TraceStore {
+            merger: RunMerger::start(runs.clone(), db.clone())?,
             db,
             segments,
             runs,
@@ -389,11 +397,7 @@ impl TraceStore {
                 self.metrics
                     .store_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
-                // The flush is committed whatever comes of this; a failed
-                // merge leaves its inputs as they were.
-                if let Err(error) = self.runs.merge(&self.db) {
-                    tracing::error!(%error, "SpanIndexMergeError");
-                }
+                self.merger.wake();
                 self.update_size_metric();
             }
             Err(error) => {
@@ -453,12 +457,11 @@ impl TraceStore {
         for (block_ref, ids) in refs.iter().zip(&block_traces) {
             let block = index::block_number(state.next_block)?;
             state.next_block += 1;
-            entries.extend(ids.iter().map(|id| (runs::id_prefix(id), block)));
+            entries.extend(ids.iter().map(|id| (RunKey::IdHash.of(id), block)));
             batch.insert(&index::block_ref_key(block), &block_ref.to_bytes());
         }
-        // Traces are sorted by id and cut into blocks in order, so these
-        // are sorted too.
-        let run = self.runs.write(0, entries)?;
+        entries.sort_unstable();
+        let run = self.runs.write(0, RunKey::IdHash, entries)?;
         if let Some(run) = &run {
             let (key, value) = TraceRuns::commit_key(run);
             batch.insert(&key, &value);
@@ -675,7 +678,7 @@ impl TraceStore {
             for (reason, len) in dropped {
                 self.metrics.retention_dropped("traces", reason, len);
             }
-            self.runs.merge(&self.db)?;
+            self.merger.wake();
             self.update_size_metric();
         }
         Ok(doomed.len())
@@ -726,6 +729,7 @@ impl TraceStore {
     /// sealed and copied up to their committed length otherwise.
     pub fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()> {
         let _flush = self.flush_state.lock().expect("not poisoned");
+        let _merging = self.runs.hold_merges();
         let index_dir = backup.create_dir(&relative.join("index"))?;
         let copy = sled::Config::new()
             .path(index_dir)
@@ -973,7 +977,7 @@ fn convert_trace_keys(db: &sled::Db, runs: &TraceRuns) -> Result<()> {
             }
         })
         .filter(|(_, block)| live.contains(block));
-    let run = runs.write(runs::UNMERGED_LEVEL, entries)?;
+    let run = runs.write(runs::UNMERGED_LEVEL, RunKey::IdPrefix, entries)?;
     if let Some(error) = error {
         return Err(error);
     }
@@ -1198,8 +1202,9 @@ mod tests {
         let next_block =
             index::decode_u64(&store.db.get(index::META_NEXT_BLOCK).unwrap().unwrap()).unwrap();
         // What a flush that crashed after writing its run leaves.
-        let prefix = runs::id_prefix(&[2; 16]);
-        drop(store.runs.write(0, [(prefix, next_block as u32)]).unwrap());
+        let key = RunKey::IdHash.of(&[2; 16]);
+        let entries = [(key, next_block as u32)];
+        drop(store.runs.write(0, RunKey::IdHash, entries).unwrap());
         drop(store);
         assert_eq!(
             std::fs::read_dir(dir.path().join("runs")).unwrap().count(),
@@ -1338,8 +1343,10 @@ mod tests {
             .collect()
     }
 
-    /// Entries of all runs, those of dropped blocks among them.
+    /// Entries of all runs, those of dropped blocks among them, once the
+    /// merges and removals the store asked for are done.
     fn run_entries(store: &TraceStore) -> u64 {
+        store.runs.merge(&store.db).unwrap();
         store.runs.levels().iter().map(|(_, entries)| entries).sum()
     }
 
@@ -1449,6 +1456,7 @@ mod tests {
 
         let now = BASE + 3 * HOUR + HOUR / 2;
         assert_eq!(store.enforce_retention(retention(2, 0), now).unwrap(), 1);
+        assert_eq!(run_entries(&store), 1);
         assert!(!old_run.exists());
         drop(store);
         // The index batches were durable, the file removals were not.
@@ -1524,6 +1532,7 @@ mod tests {
         flush_segment(&store, 3, call_at(3, now));
         assert_eq!(store.enforce_retention(retention(1, 0), now).unwrap(), 2);
         assert!(store.trace(&[1; 16]).unwrap().spans.is_empty());
+        assert_eq!(run_entries(&store), 1);
         assert_eq!(store.runs.levels(), [(0, 1)]);
         assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
     }

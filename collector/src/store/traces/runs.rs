@@ -1,11 +1,13 @@
 //! The trace-id index: which blocks hold a trace.
 //!
-//! Each flush writes one sorted run of (trace id prefix, block number)
-//! entries to a file of its own in `runs/`, and commits it with an `I` key
+//! Each flush writes one sorted run of (trace key, block number) entries,
+//! the key 8 bytes mixed from the trace id ([`RunKey`]), to a file of its
+//! own in `runs/`, and commits it with an `I` key
 //! (see `index`) in the flush's sled batch. Runs of a level merge into one
 //! run of the next level once [`FANOUT`] of them are there, so a lookup
 //! reads a page of a few dozen runs at most, and each entry is rewritten
-//! once per level. A merge leaves out entries of blocks retention dropped;
+//! once per level. Merges run on a thread of their own ([`RunMerger`]):
+//! the largest take a second, which a flush must not wait for. A merge leaves out entries of blocks retention dropped;
 //! a run whose blocks are all older than the oldest block left is deleted
 //! whole.
 //!
@@ -13,11 +15,11 @@
 //! over in its log and held the tree nodes it touched in memory, 15.6 bytes
 //! per span at 10M spans of `strand-bench traces`. A run holds 12 bytes per
 //! trace, a tenth of that per span, and needs no memory beyond a fence
-//! (first prefix and place) per page of [`PAGE_ENTRIES`].
+//! (first key and place) per page of [`PAGE_ENTRIES`].
 //!
 //! A run file is its pages, each a checksummed frame of entries
-//! (prefix u64 BE, block u32 BE) sorted and unique, then a frame of
-//! fences (first prefix u64 BE, offset u64 BE, length u32 BE per page).
+//! (key u64 BE, block u32 BE) sorted and unique, then a frame of
+//! fences (first key u64 BE, offset u64 BE, length u32 BE per page).
 //! Its `I` value says where the fences are. Files are written once and
 //! fsynced before their key is committed; a file without a key (a flush or
 //! merge that crashed before its commit, or a merge's inputs it committed
@@ -29,7 +31,8 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
 
 use crate::frame;
 use crate::model::TraceId;
@@ -50,17 +53,61 @@ const FENCE_LEN: usize = 20;
 /// dropped all of its blocks.
 pub const UNMERGED_LEVEL: u8 = u8::MAX;
 
-/// A trace id's first 8 bytes as an entry holds them: they tell traces
-/// apart in practice, and a block read matches the whole id, so two traces
-/// that share them only cost a wasted read.
-pub fn id_prefix(trace_id: &TraceId) -> u64 {
-    u64::from_be_bytes(trace_id[..8].try_into().expect("16-byte id"))
+/// What a run's entries hold of a trace id. Eight bytes tell traces apart
+/// in practice, and a block read matches the whole id, so two traces that
+/// share them only cost a wasted read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKey {
+    /// The id's first 8 bytes: all a version-3 index kept, so the run
+    /// converted from one has these. Ids of 64 bits (Jaeger's and Zipkin's
+    /// older clients) have 8 zero bytes there, and share one key.
+    IdPrefix,
+    /// A mix of all 16 bytes: what flushes write.
+    IdHash,
+}
+
+impl RunKey {
+    /// The key of `trace_id` in a run of this kind.
+    pub fn of(self, trace_id: &TraceId) -> u64 {
+        let high = u64::from_be_bytes(trace_id[..8].try_into().expect("16-byte id"));
+        match self {
+            RunKey::IdPrefix => high,
+            RunKey::IdHash => {
+                let low = u64::from_be_bytes(trace_id[8..].try_into().expect("16-byte id"));
+                mix(high ^ mix(low))
+            }
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            RunKey::IdPrefix => 0,
+            RunKey::IdHash => 1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<RunKey> {
+        match byte {
+            0 => Some(RunKey::IdPrefix),
+            1 => Some(RunKey::IdHash),
+            _ => None,
+        }
+    }
+}
+
+/// splitmix64's finalizer: a bijection on u64 whose every output bit
+/// depends on every input bit. Part of the format: never change it.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What an `I` key records of its run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RunMeta {
     level: u8,
+    key: RunKey,
     entries: u64,
     fences_offset: u64,
     fences_len: u32,
@@ -68,17 +115,18 @@ struct RunMeta {
     max_block: u32,
 }
 
-const META_LEN: usize = 1 + 8 + 8 + 4 + 4 + 4;
+const META_LEN: usize = 1 + 1 + 8 + 8 + 4 + 4 + 4;
 
 impl RunMeta {
     fn encode(&self) -> [u8; META_LEN] {
         let mut out = [0u8; META_LEN];
         out[0] = self.level;
-        out[1..9].copy_from_slice(&self.entries.to_be_bytes());
-        out[9..17].copy_from_slice(&self.fences_offset.to_be_bytes());
-        out[17..21].copy_from_slice(&self.fences_len.to_be_bytes());
-        out[21..25].copy_from_slice(&self.min_block.to_be_bytes());
-        out[25..29].copy_from_slice(&self.max_block.to_be_bytes());
+        out[1] = self.key.to_byte();
+        out[2..10].copy_from_slice(&self.entries.to_be_bytes());
+        out[10..18].copy_from_slice(&self.fences_offset.to_be_bytes());
+        out[18..22].copy_from_slice(&self.fences_len.to_be_bytes());
+        out[22..26].copy_from_slice(&self.min_block.to_be_bytes());
+        out[26..30].copy_from_slice(&self.max_block.to_be_bytes());
         out
     }
 
@@ -86,11 +134,12 @@ impl RunMeta {
         let parse = || {
             Some(RunMeta {
                 level: *bytes.first()?,
-                entries: frame::read_u64_be(bytes, 1)?,
-                fences_offset: frame::read_u64_be(bytes, 9)?,
-                fences_len: frame::read_u32_be(bytes, 17)?,
-                min_block: frame::read_u32_be(bytes, 21)?,
-                max_block: frame::read_u32_be(bytes, 25)?,
+                key: RunKey::from_byte(*bytes.get(1)?)?,
+                entries: frame::read_u64_be(bytes, 2)?,
+                fences_offset: frame::read_u64_be(bytes, 10)?,
+                fences_len: frame::read_u32_be(bytes, 18)?,
+                min_block: frame::read_u32_be(bytes, 22)?,
+                max_block: frame::read_u32_be(bytes, 26)?,
             })
         };
         parse()
@@ -99,7 +148,7 @@ impl RunMeta {
     }
 }
 
-/// Where a page is, and the first prefix in it.
+/// Where a page is, and the first key in it.
 #[derive(Clone, Copy, Debug)]
 struct Fence {
     first: u64,
@@ -125,6 +174,9 @@ pub struct TraceRuns {
     data_dir: PathBuf,
     /// The committed runs, oldest first.
     runs: RwLock<Vec<Arc<Run>>>,
+    /// Held by a merge from start to commit, and by a snapshot while it
+    /// copies the `I` keys and links their files.
+    merging: Mutex<()>,
     next_id: AtomicU64,
     metrics: SelfMetrics,
 }
@@ -163,6 +215,7 @@ impl TraceRuns {
             dir: dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             runs: RwLock::new(Vec::new()),
+            merging: Mutex::new(()),
             next_id: AtomicU64::new(next_id),
             metrics,
         };
@@ -214,12 +267,13 @@ impl TraceRuns {
         self.dir.join(format!("{id:016x}.run"))
     }
 
-    /// Writes a run of `level` from `entries`, which come sorted by prefix
-    /// and then block (repeats are left out), and fsyncs it. `None` when
-    /// there are no entries.
+    /// Writes a run of `level` from `entries` (trace key of kind `key`,
+    /// block), which come sorted by key and then block (repeats are left
+    /// out), and fsyncs it. `None` when there are no entries.
     pub fn write(
         &self,
         level: u8,
+        key: RunKey,
         entries: impl IntoIterator<Item = (u64, u32)>,
     ) -> Result<Option<NewRun>> {
         let mut entries = entries.into_iter().peekable();
@@ -231,6 +285,7 @@ impl TraceRuns {
         let mut out = BufWriter::new(File::create_new(&path)?);
         let mut meta = RunMeta {
             level,
+            key,
             entries: 0,
             fences_offset: 0,
             fences_len: 0,
@@ -242,18 +297,18 @@ impl TraceRuns {
         let mut framed = Vec::with_capacity(frame::HEADER_LEN + PAGE_ENTRIES * ENTRY_LEN);
         let mut first = 0;
         let mut last = None;
-        for (prefix, block) in entries {
-            if last.is_some_and(|last| last >= (prefix, block)) {
-                if last == Some((prefix, block)) {
+        for (key, block) in entries {
+            if last.is_some_and(|last| last >= (key, block)) {
+                if last == Some((key, block)) {
                     continue;
                 }
                 return Err(StoreError::Corrupt("trace run entries out of order".into()));
             }
-            last = Some((prefix, block));
+            last = Some((key, block));
             if page.is_empty() {
-                first = prefix;
+                first = key;
             }
-            page.extend_from_slice(&prefix.to_be_bytes());
+            page.extend_from_slice(&key.to_be_bytes());
             page.extend_from_slice(&block.to_be_bytes());
             meta.entries += 1;
             meta.min_block = meta.min_block.min(block);
@@ -304,24 +359,24 @@ impl TraceRuns {
     /// The blocks that may hold spans of `trace_id`, and whether a damaged
     /// page of a run kept some from being found.
     pub fn blocks_of(&self, trace_id: &TraceId) -> Result<(Vec<u32>, bool)> {
-        let prefix = id_prefix(trace_id);
         let runs = self.runs.read().expect("not poisoned").clone();
         let mut blocks = Vec::new();
         let mut damaged = false;
         for run in runs {
-            // Pages before the first whose first prefix is at least this
+            let key = run.meta.key.of(trace_id);
+            // Pages before the first whose first key is at least this
             // one's may end with it; later ones may start with it.
-            let after = run.fences.partition_point(|f| f.first < prefix);
+            let after = run.fences.partition_point(|f| f.first < key);
             let pages = after.saturating_sub(1)..run.fences.len();
             for fence in &run.fences[pages] {
-                if fence.first > prefix {
+                if fence.first > key {
                     break;
                 }
                 match self.read_page(&run, fence) {
                     Ok(entries) => blocks.extend(
                         entries
                             .iter()
-                            .filter(|(p, _)| *p == prefix)
+                            .filter(|(k, _)| *k == key)
                             .map(|(_, block)| *block),
                     ),
                     Err(StoreError::Corrupt(_)) => damaged = true,
@@ -362,15 +417,17 @@ impl TraceRuns {
     /// blocks are all older than the oldest `R` key. Each merge commits in
     /// one sled batch before the files it replaced go.
     pub fn merge(&self, db: &sled::Db) -> Result<()> {
+        let _merging = self.hold_merges();
         let mut live: Option<HashSet<u32>> = None;
         while let Some(inputs) = self.due_merge() {
             let live = match &mut live {
                 Some(live) => live,
                 None => live.insert(live_blocks(db)?),
             };
-            let level = inputs[0].meta.level + 1;
+            let (level, key) = (inputs[0].meta.level + 1, inputs[0].meta.key);
             let mut merged = MergedEntries::new(self, &inputs)?;
-            let output = self.write(level, merged.by_ref().filter(|(_, b)| live.contains(b)))?;
+            let live_entries = merged.by_ref().filter(|(_, b)| live.contains(b));
+            let output = self.write(level, key, live_entries)?;
             if let Some(error) = merged.error.take() {
                 // Its entries would be a subset of the inputs': it stays uncommitted.
                 if let Some(output) = output {
@@ -401,19 +458,23 @@ impl TraceRuns {
         Ok(())
     }
 
-    /// The oldest [`FANOUT`] runs of the lowest level that has as many.
+    /// The oldest [`FANOUT`] runs of the lowest level that has as many
+    /// with keys of one kind.
     fn due_merge(&self) -> Option<Vec<Arc<Run>>> {
         let runs = self.runs.read().expect("not poisoned");
-        let mut levels: Vec<u8> = runs.iter().map(|run| run.meta.level).collect();
+        let mut levels: Vec<(u8, u8)> = runs
+            .iter()
+            .map(|run| (run.meta.level, run.meta.key.to_byte()))
+            .collect();
         levels.sort_unstable();
         levels.dedup();
         levels
             .into_iter()
-            .filter(|&level| level != UNMERGED_LEVEL)
-            .find_map(|level| {
+            .filter(|&(level, _)| level != UNMERGED_LEVEL)
+            .find_map(|(level, key)| {
                 let of_level: Vec<_> = runs
                     .iter()
-                    .filter(|run| run.meta.level == level)
+                    .filter(|run| run.meta.level == level && run.meta.key.to_byte() == key)
                     .take(FANOUT)
                     .cloned()
                     .collect();
@@ -456,8 +517,14 @@ impl TraceRuns {
         Ok(())
     }
 
+    /// Keeps merges from starting or committing while the guard lives.
+    pub fn hold_merges(&self) -> MutexGuard<'_, ()> {
+        self.merging.lock().expect("not poisoned")
+    }
+
     /// Links the committed runs' files into `relative` under `backup`. The
-    /// caller holds off flushes, merges and retention.
+    /// caller holds off flushes and retention, and merges since before it
+    /// copied the `I` keys ([`TraceRuns::hold_merges`]).
     pub fn snapshot(&self, backup: &mut crate::backup::BackupDir, relative: &Path) -> Result<()> {
         backup.create_dir(relative)?;
         for run in self.runs.read().expect("not poisoned").iter() {
@@ -490,6 +557,77 @@ impl TraceRuns {
     }
 }
 
+/// The thread that merges runs, woken after each flush and retention run.
+pub struct RunMerger {
+    signal: Arc<(Mutex<MergerSignal>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct MergerSignal {
+    due: bool,
+    stop: bool,
+}
+
+impl RunMerger {
+    /// Starts the thread; it merges until dropped.
+    pub fn start(runs: Arc<TraceRuns>, db: sled::Db) -> std::io::Result<RunMerger> {
+        let signal = Arc::new((Mutex::new(MergerSignal::default()), Condvar::new()));
+        let shared = signal.clone();
+        let thread = std::thread::Builder::new()
+            .name("strand-run-merge".into())
+            .spawn(move || {
+                while wait_until_due(&shared) {
+                    if let Err(error) = runs.merge(&db) {
+                        tracing::error!(%error, "SpanIndexMergeError");
+                    }
+                    crate::memory::release_if_asked();
+                }
+            })?;
+        Ok(RunMerger {
+            signal,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a merge (and a look for dead runs) soon.
+    pub fn wake(&self) {
+        let (state, changed) = &*self.signal;
+        state.lock().expect("not poisoned").due = true;
+        changed.notify_one();
+    }
+}
+
+/// Waits until a merge is due (true) or the merger stops (false), joining
+/// memory release rounds after each `RELEASE_CHECK_INTERVAL` of waiting.
+fn wait_until_due(signal: &(Mutex<MergerSignal>, Condvar)) -> bool {
+    let (state, changed) = signal;
+    let mut state = state.lock().expect("not poisoned");
+    while !state.due && !state.stop {
+        let (next, waited) = changed
+            .wait_timeout(state, crate::memory::RELEASE_CHECK_INTERVAL)
+            .expect("not poisoned");
+        state = next;
+        if waited.timed_out() {
+            crate::memory::release_if_asked();
+        }
+    }
+    state.due = false;
+    !state.stop
+}
+
+impl Drop for RunMerger {
+    /// Stops the thread after the merge in progress, if any.
+    fn drop(&mut self) {
+        let (state, changed) = &*self.signal;
+        state.lock().expect("not poisoned").stop = true;
+        changed.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn write_page(
     out: &mut impl Write,
     meta: &mut RunMeta,
@@ -518,9 +656,9 @@ fn decode_page(bytes: &[u8]) -> Result<Vec<(u64, u32)>> {
     Ok(raw
         .chunks_exact(ENTRY_LEN)
         .map(|entry| {
-            let prefix = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
+            let key = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
             let block = u32::from_be_bytes(entry[8..].try_into().expect("4 bytes"));
-            (prefix, block)
+            (key, block)
         })
         .collect())
 }
@@ -642,7 +780,11 @@ mod tests {
 
     /// Writes and commits a run, as a flush does.
     fn commit(db: &sled::Db, runs: &TraceRuns, level: u8, entries: &[(u64, u32)]) {
-        let run = runs.write(level, entries.iter().copied()).unwrap().unwrap();
+        let entries = entries.iter().copied();
+        let run = runs
+            .write(level, RunKey::IdPrefix, entries)
+            .unwrap()
+            .unwrap();
         let (key, value) = TraceRuns::commit_key(&run);
         db.insert(key, &value).unwrap();
         runs.install(run);
@@ -673,6 +815,42 @@ mod tests {
     }
 
     #[test]
+    fn hashed_keys_tell_ids_with_a_common_prefix_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, runs) = open(dir.path());
+        // 64-bit ids, as OTLP carries them: 8 zero bytes first.
+        let ids: Vec<TraceId> = (0..1000u64)
+            .map(|n| {
+                let mut id = [0; 16];
+                id[8..].copy_from_slice(&(n * 7919).to_be_bytes());
+                id
+            })
+            .collect();
+        let mut entries: Vec<(u64, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (RunKey::IdHash.of(id), n as u32))
+            .collect();
+        entries.sort_unstable();
+        entries.dedup_by_key(|(key, _)| *key);
+        assert_eq!(entries.len(), ids.len(), "no two of them share a key");
+        let run = runs.write(0, RunKey::IdHash, entries).unwrap().unwrap();
+        let (key, value) = TraceRuns::commit_key(&run);
+        db.insert(key, &value).unwrap();
+        runs.install(run);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(runs.blocks_of(id).unwrap(), (vec![n as u32], false));
+        }
+        assert_eq!(RunKey::IdPrefix.of(&ids[1]), 0);
+        // Part of the format: the same id has the same key in every build.
+        assert_eq!(RunKey::IdHash.of(&[0; 16]), 0);
+        assert_eq!(
+            RunKey::IdHash.of(&[1; 16]),
+            mix(0x0101_0101_0101_0101 ^ mix(0x0101_0101_0101_0101))
+        );
+    }
+
+    #[test]
     fn a_prefix_is_found_across_page_boundaries_and_runs() {
         let dir = tempfile::tempdir().unwrap();
         let (db, runs) = open(dir.path());
@@ -692,10 +870,18 @@ mod tests {
             assert!(blocks(&runs, absent).is_empty(), "{absent}");
         }
         // Repeats are written once; disorder is refused.
-        let run = runs.write(0, [(3, 1), (3, 1), (4, 0)]).unwrap().unwrap();
-        assert_eq!(run.0.meta.entries, 2);
-        assert!(runs.write(0, [(4, 0), (3, 1)]).is_err());
-        assert!(runs.write(0, []).unwrap().is_none());
+        let write = |entries: &[(u64, u32)]| runs.write(0, RunKey::IdPrefix, entries.to_vec());
+        assert_eq!(
+            write(&[(3, 1), (3, 1), (4, 0)])
+                .unwrap()
+                .unwrap()
+                .0
+                .meta
+                .entries,
+            2
+        );
+        assert!(write(&[(4, 0), (3, 1)]).is_err());
+        assert!(write(&[]).unwrap().is_none());
     }
 
     #[test]
@@ -749,7 +935,7 @@ mod tests {
         commit(&db, &runs, 0, &[(1, 1)]);
         commit(&db, &runs, 0, &[(2, 2)]);
         // A flush that crashed before its commit.
-        runs.write(0, [(3, 3)]).unwrap().unwrap();
+        runs.write(0, RunKey::IdPrefix, [(3, 3)]).unwrap().unwrap();
         assert_eq!(run_files(dir.path()), 3);
         // The first run's fences and the second's page damaged.
         let path = |run: u64| dir.path().join(format!("runs/{run:016x}.run"));
