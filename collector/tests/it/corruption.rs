@@ -630,11 +630,7 @@ async fn log_partition_cut_in_the_middle_is_quarantined() {
 /// damage is reported, on the lookups that met it too.
 async fn trace_run_damage(damage: Damage) {
     const TRACES: u64 = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
-    send_traces(&daemon, TRACES, 250, now_nanos() - 3_600_000_000_000).await;
-    daemon.stop().await;
+    let (_dir, data) = flushed_traces(TRACES).await;
     let run = std::fs::read_dir(data.join("traces/runs"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -679,13 +675,20 @@ async fn trace_run_cut_in_the_middle_is_set_aside() {
     trace_run_damage(Damage::Cut).await;
 }
 
-async fn trace_index_damage(damage: Damage) {
-    const TRACES: u64 = 1_000;
+/// A data directory (in the returned temporary one) holding `count`
+/// traces of an hour ago, flushed by a daemon since stopped.
+async fn flushed_traces(count: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Strand::spawn(STRAND_BINARY, &data, &[]).await;
-    send_traces(&daemon, TRACES, 250, now_nanos() - 3_600_000_000_000).await;
+    send_traces(&daemon, count, 250, now_nanos() - 3_600_000_000_000).await;
     daemon.stop().await;
+    (dir, data)
+}
+
+async fn trace_index_damage(damage: Damage) {
+    const TRACES: u64 = 1_000;
+    let (_dir, data) = flushed_traces(TRACES).await;
     let index_file = data.join("traces/index/db");
     damage.apply(&index_file);
 

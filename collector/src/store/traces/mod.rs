@@ -960,7 +960,7 @@ fn upgrade_trace_keys(db: &sled::Db, committed: &HashMap<u32, u64>) -> Result<()
 /// commit leaves version 3 and an uncommitted run file, which the next
 /// open deletes before it goes on from the start.
 fn convert_trace_keys(db: &sled::Db, runs: &TraceRuns) -> Result<()> {
-    let live = runs::live_blocks(db)?;
+    let live = runs::live_blocks(db, 0..=u32::MAX)?;
     let mut error = None;
     let entries = db
         .scan_prefix([index::TRACE_BLOCKS])

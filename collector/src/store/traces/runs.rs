@@ -418,12 +418,12 @@ impl TraceRuns {
     /// one sled batch before the files it replaced go.
     pub fn merge(&self, db: &sled::Db) -> Result<()> {
         let _merging = self.hold_merges();
-        let mut live: Option<HashSet<u32>> = None;
         while let Some(inputs) = self.due_merge() {
-            let live = match &mut live {
-                Some(live) => live,
-                None => live.insert(live_blocks(db)?),
-            };
+            // Read after the inputs were chosen: a run is installed only
+            // once its blocks' `R` keys are committed.
+            let first = inputs.iter().map(|run| run.meta.min_block).min();
+            let last = inputs.iter().map(|run| run.meta.max_block).max();
+            let live = live_blocks(db, first.unwrap_or(0)..=last.unwrap_or(0))?;
             let (level, key) = (inputs[0].meta.level + 1, inputs[0].meta.key);
             let mut merged = MergedEntries::new(self, &inputs)?;
             let live_entries = merged.by_ref().filter(|(_, b)| live.contains(b));
@@ -439,17 +439,15 @@ impl TraceRuns {
             self.replace(db, &inputs, output)?;
             tracing::debug!(level, inputs = inputs.len(), entries, "SpanIndexRunsMerged");
         }
+        // The runs first, the oldest `R` key after, for the same reason.
+        let runs = self.runs.read().expect("not poisoned").clone();
         let oldest_live = match db.scan_prefix([index::BLOCK_REFS]).next() {
             Some(entry) => index::block_of_ref_key(&entry?.0)?,
             None => u32::MAX,
         };
-        let dead: Vec<Arc<Run>> = self
-            .runs
-            .read()
-            .expect("not poisoned")
-            .iter()
+        let dead: Vec<Arc<Run>> = runs
+            .into_iter()
             .filter(|run| run.meta.max_block < oldest_live)
-            .cloned()
             .collect();
         if !dead.is_empty() {
             self.replace(db, &dead, None)?;
@@ -648,12 +646,7 @@ fn write_page(
 }
 
 fn decode_page(bytes: &[u8]) -> Result<Vec<(u64, u32)>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("trace run page: {what}"));
-    let (raw, len) = frame::decode(bytes).map_err(|e| corrupt(&e.to_string()))?;
-    if len != bytes.len() || raw.len() % ENTRY_LEN != 0 {
-        return Err(corrupt("wrong length"));
-    }
-    Ok(raw
+    Ok(decode_frame(bytes, "page", ENTRY_LEN)?
         .chunks_exact(ENTRY_LEN)
         .map(|entry| {
             let key = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
@@ -664,12 +657,7 @@ fn decode_page(bytes: &[u8]) -> Result<Vec<(u64, u32)>> {
 }
 
 fn decode_fences(bytes: &[u8]) -> Result<Vec<Fence>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("trace run fences: {what}"));
-    let (raw, len) = frame::decode(bytes).map_err(|e| corrupt(&e.to_string()))?;
-    if len != bytes.len() || raw.len() % FENCE_LEN != 0 {
-        return Err(corrupt("wrong length"));
-    }
-    Ok(raw
+    Ok(decode_frame(bytes, "fences", FENCE_LEN)?
         .chunks_exact(FENCE_LEN)
         .map(|fence| Fence {
             first: u64::from_be_bytes(fence[..8].try_into().expect("8 bytes")),
@@ -679,9 +667,22 @@ fn decode_fences(bytes: &[u8]) -> Result<Vec<Fence>> {
         .collect())
 }
 
-/// The block numbers with an `R` key: those whose segment is still there.
-pub fn live_blocks(db: &sled::Db) -> Result<HashSet<u32>> {
-    db.scan_prefix([index::BLOCK_REFS])
+/// The payload of a frame that is all of `bytes` and holds whole items of
+/// `item_len` bytes; `what` names it in the damage.
+fn decode_frame<'a>(bytes: &'a [u8], what: &str, item_len: usize) -> Result<&'a [u8]> {
+    let corrupt = |damage: &str| StoreError::Corrupt(format!("trace run {what}: {damage}"));
+    let (raw, len) = frame::decode(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    if len != bytes.len() || raw.len() % item_len != 0 {
+        return Err(corrupt("wrong length"));
+    }
+    Ok(raw)
+}
+
+/// The block numbers in `blocks` with an `R` key: those whose segment is
+/// still there.
+pub fn live_blocks(db: &sled::Db, blocks: std::ops::RangeInclusive<u32>) -> Result<HashSet<u32>> {
+    let (first, last) = blocks.into_inner();
+    db.range(index::block_ref_key(first)..=index::block_ref_key(last))
         .map(|entry| index::block_of_ref_key(&entry?.0))
         .collect()
 }
