@@ -150,18 +150,40 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| corrupt("bad zstd frame"))
 }
 
-/// Decodes the spans of one trace from a block read from disk.
-pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("span block: {what}"));
-    let raw = unseal(block)?;
-    let count = frame::read_u32_le(&raw, 0).ok_or_else(|| corrupt("missing directory"))? as usize;
+fn corrupt_block(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("span block: {what}"))
+}
+
+/// A decompressed block's directory (an entry per trace, in id order) and
+/// the span tables after it.
+fn directory(raw: &[u8]) -> Result<(&[u8], &[u8])> {
+    let count =
+        frame::read_u32_le(raw, 0).ok_or_else(|| corrupt_block("missing directory"))? as usize;
     let directory_end = count
         .checked_mul(DIRECTORY_ENTRY_LEN)
         .and_then(|n| n.checked_add(4))
         .filter(|&end| end <= raw.len())
-        .ok_or_else(|| corrupt("directory out of range"))?;
-    let entries = &raw[4..directory_end];
-    let tables = &raw[directory_end..];
+        .ok_or_else(|| corrupt_block("directory out of range"))?;
+    Ok((&raw[4..directory_end], &raw[directory_end..]))
+}
+
+/// The ids of the traces in a block read from disk: what a damaged run of
+/// the trace-id index is rebuilt from.
+pub fn decode_trace_ids(block: &[u8]) -> Result<Vec<TraceId>> {
+    let raw = unseal(block)?;
+    let (entries, _) = directory(&raw)?;
+    Ok(entries
+        .chunks_exact(DIRECTORY_ENTRY_LEN)
+        .map(|entry| entry[..16].try_into().expect("16 bytes"))
+        .collect())
+}
+
+/// Decodes the spans of one trace from a block read from disk.
+pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
+    let corrupt = corrupt_block;
+    let raw = unseal(block)?;
+    let (entries, tables) = directory(&raw)?;
+    let count = entries.len() / DIRECTORY_ENTRY_LEN;
     // Traces are written in id order: binary search the directory.
     let (mut low, mut high) = (0, count);
     while low < high {

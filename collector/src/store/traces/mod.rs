@@ -288,12 +288,22 @@ impl TraceStore {
             Some(v) => index::decode_u64(&v)?,
             None => 0,
         };
-        let runs = Arc::new(TraceRuns::open(
-            &dir.join("runs"),
-            data_dir,
-            &db,
-            metrics.clone(),
-        )?);
+        let (runs, damaged) = TraceRuns::open(&dir.join("runs"), data_dir, &db, metrics.clone())?;
+        for run in damaged {
+            runs.rebuild(&db, run, |block| {
+                let Some(block_ref) = db.get(index::block_ref_key(block))? else {
+                    return Ok(Vec::new());
+                };
+                let read =
+                    segments.read(BlockRef::from_bytes(&block_ref)?, blocks::decode_trace_ids)?;
+                Ok(match read {
+                    BlockRead::Read(ids) => ids,
+                    // Reported; its traces are lost with it.
+                    BlockRead::Damaged | BlockRead::Gone => Vec::new(),
+                })
+            })?;
+        }
+        let runs = Arc::new(runs);
         if trace_keys {
             drop_uncommitted_trace_keys(&db, next_block)?;
             convert_trace_keys(&db, &runs)?;

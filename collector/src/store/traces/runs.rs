@@ -23,7 +23,10 @@
 //! Its `I` value says where the fences are. Files are written once and
 //! fsynced before their key is committed; a file without a key (a flush or
 //! merge that crashed before its commit, or a merge's inputs it committed
-//! but did not delete yet) is deleted on open.
+//! but did not delete yet) is deleted on open. Open reads every page: a
+//! damaged run goes to quarantine and is rebuilt from the directories of
+//! the blocks in its range, so damage to the index loses nothing the
+//! blocks still hold.
 
 use std::collections::{BinaryHeap, HashSet};
 use std::fs::{self, File};
@@ -164,6 +167,12 @@ struct Run {
     fences: Vec<Fence>,
 }
 
+/// A committed run that could not be opened whole.
+pub struct DamagedRun {
+    id: u64,
+    meta: RunMeta,
+}
+
 /// A run written and fsynced, not yet committed: [`TraceRuns::commit_key`]
 /// goes into the batch that commits it, [`TraceRuns::install`] after it.
 pub struct NewRun(Run);
@@ -182,16 +191,17 @@ pub struct TraceRuns {
 }
 
 impl TraceRuns {
-    /// Opens the runs the index commits and deletes the files it does not.
-    /// A committed run that cannot be read (its file gone or its fences
-    /// damaged) is reported, moved to quarantine if there, and its key
-    /// removed: the store opens without it.
+    /// Opens the runs the index commits, checking every page, and deletes
+    /// the files it does not commit. A committed run that cannot be read
+    /// whole (its file gone, or a page or its fences damaged) is reported,
+    /// moved to quarantine if there, and returned, to be rebuilt from its
+    /// blocks ([`TraceRuns::rebuild`]); its key stays until then.
     pub fn open(
         dir: &Path,
         data_dir: &Path,
         db: &sled::Db,
         metrics: SelfMetrics,
-    ) -> Result<TraceRuns> {
+    ) -> Result<(TraceRuns, Vec<DamagedRun>)> {
         fs::create_dir_all(dir)?;
         let mut committed = Vec::new();
         for entry in db.scan_prefix([index::TRACE_RUNS]) {
@@ -220,6 +230,7 @@ impl TraceRuns {
             metrics,
         };
         let mut opened = Vec::with_capacity(committed.len());
+        let mut damaged = Vec::new();
         for (id, meta) in committed {
             match runs.open_run(id, meta) {
                 Ok(run) => opened.push(Arc::new(run)),
@@ -227,34 +238,45 @@ impl TraceRuns {
                     let path = runs.path(id);
                     let action = if path.exists() {
                         let moved = store::quarantine(data_dir, &path)?;
-                        format!(
-                            "moved to {}; its traces are not found by id",
-                            moved.display()
-                        )
+                        format!("moved to {}; rebuilt from its blocks", moved.display())
                     } else {
-                        "its traces are not found by id".to_string()
+                        "rebuilt from its blocks".to_string()
                     };
                     runs.metrics.corrupt_data(
                         "traces",
                         data_dir,
                         &path,
-                        meta.fences_offset,
+                        0,
                         &damage.to_string(),
                         &action,
                     );
-                    db.remove(index::run_key(id))?;
+                    damaged.push(DamagedRun { id, meta });
                 }
             }
         }
         *runs.runs.write().expect("not poisoned") = opened;
-        Ok(runs)
+        Ok((runs, damaged))
     }
 
+    /// Opens a run and reads every page once, so that damage is found (and
+    /// the run rebuilt) at open rather than by lookups.
     fn open_run(&self, id: u64, meta: RunMeta) -> Result<Run> {
         let file = File::open(self.path(id))?;
         let mut bytes = vec![0u8; meta.fences_len as usize];
         file.read_exact_at(&mut bytes, meta.fences_offset)?;
         let fences = decode_fences(&bytes)?;
+        let mut entries = 0;
+        for fence in &fences {
+            bytes.resize(fence.len as usize, 0);
+            file.read_exact_at(&mut bytes, fence.offset)?;
+            entries += decode_frame(&bytes, "page", ENTRY_LEN)?.len() / ENTRY_LEN;
+        }
+        if entries as u64 != meta.entries {
+            return Err(StoreError::Corrupt(format!(
+                "trace run: {entries} entries, {} committed",
+                meta.entries
+            )));
+        }
         Ok(Run {
             id,
             meta,
@@ -343,6 +365,43 @@ impl TraceRuns {
         })))
     }
 
+    /// Writes the run of the traces in `damaged`'s blocks that are still
+    /// there, which `trace_ids` reads, in its place, and commits it.
+    pub fn rebuild(
+        &self,
+        db: &sled::Db,
+        damaged: DamagedRun,
+        mut trace_ids: impl FnMut(u32) -> Result<Vec<TraceId>>,
+    ) -> Result<()> {
+        let blocks = live_blocks(db, damaged.meta.min_block..=damaged.meta.max_block)?;
+        let mut entries = Vec::new();
+        for &block in &blocks {
+            let key = RunKey::IdHash;
+            entries.extend(trace_ids(block)?.iter().map(|id| (key.of(id), block)));
+        }
+        entries.sort_unstable();
+        let count = entries.len();
+        let run = self.write(damaged.meta.level, RunKey::IdHash, entries)?;
+        let mut batch = sled::Batch::default();
+        batch.remove(&index::run_key(damaged.id));
+        if let Some(run) = &run {
+            let (key, value) = TraceRuns::commit_key(run);
+            batch.insert(&key, &value);
+        }
+        db.apply_batch(batch)?;
+        db.flush()?;
+        if let Some(run) = run {
+            self.install(run);
+        }
+        tracing::info!(
+            run = damaged.id,
+            blocks = blocks.len(),
+            entries = count,
+            "SpanIndexRunRebuilt"
+        );
+        Ok(())
+    }
+
     /// The `I` key and value that commit `run`.
     pub fn commit_key(run: &NewRun) -> ([u8; 9], [u8; META_LEN]) {
         (index::run_key(run.0.id), run.0.meta.encode())
@@ -384,6 +443,9 @@ impl TraceRuns {
                 }
             }
         }
+        // Runs rebuilt from blocks may cover blocks another run has too.
+        blocks.sort_unstable();
+        blocks.dedup();
         Ok((blocks, damaged))
     }
 
@@ -775,8 +837,13 @@ mod tests {
 
     fn open(dir: &Path) -> (sled::Db, TraceRuns) {
         let db = sled::open(dir.join("index")).unwrap();
-        let runs = TraceRuns::open(&dir.join("runs"), dir, &db, SelfMetrics::new()).unwrap();
+        let (runs, damaged) = open_runs(dir, &db);
+        assert!(damaged.is_empty());
         (db, runs)
+    }
+
+    fn open_runs(dir: &Path, db: &sled::Db) -> (TraceRuns, Vec<DamagedRun>) {
+        TraceRuns::open(&dir.join("runs"), dir, db, SelfMetrics::new()).unwrap()
     }
 
     /// Writes and commits a run, as a flush does.
@@ -930,9 +997,10 @@ mod tests {
     }
 
     #[test]
-    fn open_deletes_uncommitted_runs_and_sets_damaged_ones_aside() {
+    fn open_deletes_uncommitted_runs_and_rebuilds_damaged_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (db, runs) = open(dir.path());
+        locate(&db, [1, 2]);
         commit(&db, &runs, 0, &[(1, 1)]);
         commit(&db, &runs, 0, &[(2, 2)]);
         // A flush that crashed before its commit.
@@ -940,34 +1008,43 @@ mod tests {
         assert_eq!(run_files(dir.path()), 3);
         // The first run's fences and the second's page damaged.
         let path = |run: u64| dir.path().join(format!("runs/{run:016x}.run"));
-        let mut bytes = fs::read(path(0)).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(path(0), bytes).unwrap();
-        let mut bytes = fs::read(path(1)).unwrap();
-        bytes[frame::HEADER_LEN] ^= 0xff;
-        fs::write(path(1), bytes).unwrap();
+        let damage = |run: u64, at: fn(usize) -> usize| {
+            let mut bytes = fs::read(path(run)).unwrap();
+            let at = at(bytes.len());
+            bytes[at] ^= 0xff;
+            fs::write(path(run), bytes).unwrap();
+        };
+        damage(0, |len| len - 1);
+        damage(1, |_| frame::HEADER_LEN);
         drop(runs);
+        db.flush().unwrap();
+        drop(db);
 
-        let (db, runs) = open_again(dir.path(), db);
+        let db = sled::open(dir.path().join("index")).unwrap();
+        let (runs, damaged) = open_runs(dir.path(), &db);
         assert!(!path(2).exists(), "uncommitted");
-        assert!(!path(0).exists(), "damaged fences: set aside");
-        assert!(
-            dir.path()
-                .join("quarantine/runs")
-                .read_dir()
-                .unwrap()
-                .count()
-                == 1
-        );
-        assert_eq!(runs.levels(), [(0, 1)]);
+        assert_eq!(damaged.len(), 2, "a damaged page is found at open too");
+        let aside = dir.path().join("quarantine/runs").read_dir().unwrap();
+        assert_eq!(aside.count(), 2);
+        assert!(runs.levels().is_empty());
+        for run in damaged {
+            // Each block holds the trace whose id starts with its number.
+            runs.rebuild(&db, run, |block| Ok(vec![id(u64::from(block))]))
+                .unwrap();
+        }
+        assert_eq!(runs.levels(), [(0, 1), (0, 1)]);
+        assert_eq!(runs.blocks_of(&id(1)).unwrap(), (vec![1], false));
+        assert_eq!(runs.blocks_of(&id(2)).unwrap(), (vec![2], false));
         assert!(db.get(index::run_key(0)).unwrap().is_none());
-        // A damaged page is reported as such, never taken for no entries.
-        let (found, damaged) = runs.blocks_of(&id(2)).unwrap();
-        assert!(found.is_empty() && damaged);
+        assert!(db.get(index::run_key(1)).unwrap().is_none());
         // New runs never reuse an id a file had.
-        commit(&db, &runs, 0, &[(4, 4)]);
-        assert!(path(3).exists());
+        assert!(path(3).exists() && path(4).exists());
+
+        // Damage that a lookup meets is reported as such, never taken for
+        // no entries.
+        damage(3, |_| frame::HEADER_LEN);
+        let (found, damaged) = runs.blocks_of(&id(1)).unwrap();
+        assert!(found.is_empty() && damaged);
     }
 
     proptest! {
