@@ -7,15 +7,15 @@
 //! run of the next level once [`FANOUT`] of them are there, so a lookup
 //! reads a page of a few dozen runs at most, and each entry is rewritten
 //! once per level. Merges run on a thread of their own ([`RunMerger`]):
-//! the largest take a second, which a flush must not wait for. A merge leaves out entries of blocks retention dropped;
-//! a run whose blocks are all older than the oldest block left is deleted
-//! whole.
+//! the largest take a second, which a flush must not wait for. A merge
+//! leaves out entries of blocks retention dropped; a run whose blocks are
+//! all older than the oldest block left is deleted whole.
 //!
 //! Before runs, each entry was a sled key: sled wrote it several times
 //! over in its log and held the tree nodes it touched in memory, 15.6 bytes
 //! per span at 10M spans of `strand-bench traces`. A run holds 12 bytes per
-//! trace, a tenth of that per span, and needs no memory beyond a fence
-//! (first key and place) per page of [`PAGE_ENTRIES`].
+//! trace (about 1.2 per span at ten spans a trace) and needs no memory
+//! beyond a fence (first key and place) per page of [`PAGE_ENTRIES`].
 //!
 //! A run file is its pages, each a checksummed frame of entries
 //! (key u64 BE, block u32 BE) sorted and unique, then a frame of
