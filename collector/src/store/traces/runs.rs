@@ -382,20 +382,16 @@ impl TraceRuns {
         let blocks = live_blocks(db, damaged.meta.min_block..=damaged.meta.max_block)?;
         let mut entries = Vec::new();
         for &block in &blocks {
-            let key = RunKey::IdHash;
-            entries.extend(trace_ids(block)?.iter().map(|id| (key.of(id), block)));
+            entries.extend(
+                trace_ids(block)?
+                    .iter()
+                    .map(|id| (RunKey::IdHash.of(id), block)),
+            );
         }
         entries.sort_unstable();
         let count = entries.len();
         let run = self.write(damaged.meta.level, RunKey::IdHash, entries)?;
-        let mut batch = sled::Batch::default();
-        batch.remove(&index::run_key(damaged.id));
-        if let Some(run) = &run {
-            let (key, value) = TraceRuns::commit_key(run);
-            batch.insert(&key, &value);
-        }
-        db.apply_batch(batch)?;
-        db.flush()?;
+        commit_in_place_of(db, [damaged.id], run.as_ref())?;
         if let Some(run) = run {
             self.install(run);
         }
@@ -552,16 +548,7 @@ impl TraceRuns {
 
     /// Commits `output` in place of `inputs`, then deletes their files.
     fn replace(&self, db: &sled::Db, inputs: &[Arc<Run>], output: Option<NewRun>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for run in inputs {
-            batch.remove(&index::run_key(run.id));
-        }
-        if let Some(output) = &output {
-            let (key, value) = TraceRuns::commit_key(output);
-            batch.insert(&key, &value);
-        }
-        db.apply_batch(batch)?;
-        db.flush()?;
+        commit_in_place_of(db, inputs.iter().map(|run| run.id), output.as_ref())?;
         {
             let mut runs = self.runs.write().expect("not poisoned");
             runs.retain(|run| !inputs.iter().any(|input| input.id == run.id));
@@ -623,6 +610,26 @@ impl TraceRuns {
             .map(|run| (run.meta.level, run.meta.entries))
             .collect()
     }
+}
+
+/// Commits `run` (if any) and forgets the runs `replaced`, in one durable
+/// sled batch.
+fn commit_in_place_of(
+    db: &sled::Db,
+    replaced: impl IntoIterator<Item = u64>,
+    run: Option<&NewRun>,
+) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for id in replaced {
+        batch.remove(&index::run_key(id));
+    }
+    if let Some(run) = run {
+        let (key, value) = TraceRuns::commit_key(run);
+        batch.insert(&key, &value);
+    }
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
 }
 
 /// The thread that merges runs, woken after each flush and retention run.
