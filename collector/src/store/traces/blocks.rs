@@ -180,7 +180,6 @@ pub fn decode_trace_ids(block: &[u8]) -> Result<Vec<TraceId>> {
 
 /// Decodes the spans of one trace from a block read from disk.
 pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
-    let corrupt = corrupt_block;
     let raw = unseal(block)?;
     let (entries, tables) = directory(&raw)?;
     let count = entries.len() / DIRECTORY_ENTRY_LEN;
@@ -199,7 +198,7 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
                         let offset = offset as usize;
                         tables.get(offset..offset.checked_add(len as usize)?)
                     })
-                    .ok_or_else(|| corrupt("table out of range"))?;
+                    .ok_or_else(|| corrupt_block("table out of range"))?;
                 return Ok(codec::decode_spans(table, Some(trace_id))?);
             }
         }

@@ -84,8 +84,8 @@ pub fn trace_block_key(trace_id: &TraceId, block: u32) -> [u8; TRACE_KEY_LEN] {
     key
 }
 
-/// A version-3 `T` key's entry in a run: the id prefix (see
-/// `runs::id_prefix`) and the block number.
+/// A version-3 `T` key's entry in a run: the id's first 8 bytes (the key
+/// of a `runs::RunKey::IdPrefix` run) and the block number.
 pub fn parse_trace_key(key: &[u8]) -> Result<(u64, u32)> {
     let block = trace_key_block(key)?;
     let prefix = frame::read_u64_be(key, 1).expect("length checked");
