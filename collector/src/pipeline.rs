@@ -18,12 +18,12 @@ use crate::config::{
 };
 use crate::derived::service_graph::ServiceGraph;
 use crate::derived::span_metrics::SpanMetrics;
-use crate::model::{LogRecord, MetricMetadata, SeriesSamples, Span};
+use crate::model::{LogRecord, MetricMetadata, MetricSample, SeriesSamples, Span};
 use crate::store::SpanStore;
 use crate::store::Stores;
 use crate::store::log_feed::LogFeed;
 use crate::store::log_search::LogRecordStore;
-use crate::store::sample_store::SampleStore;
+use crate::store::sample_store::{SampleStore, WireKey};
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 
@@ -71,6 +71,28 @@ enum Signal {
     Spans,
     Logs,
     Samples,
+}
+
+/// Samples for admission, their series named by labels or by the wire keys
+/// of earlier batches.
+pub enum SampleBatch {
+    /// By labels; `keys` is empty or gives each series' [`WireKey`], which
+    /// the store remembers.
+    Labelled {
+        series: Vec<SeriesSamples>,
+        keys: Vec<WireKey>,
+    },
+    /// By the [`WireKey`]s of series an earlier batch named by labels.
+    Keyed(Vec<(WireKey, Vec<MetricSample>)>),
+}
+
+impl SampleBatch {
+    fn sample_count(&self) -> usize {
+        match self {
+            SampleBatch::Labelled { series, .. } => series.iter().map(|s| s.samples.len()).sum(),
+            SampleBatch::Keyed(series) => series.iter().map(|(_, samples)| samples.len()).sum(),
+        }
+    }
 }
 
 /// Samples of one request that were not stored, and the first reason.
@@ -245,7 +267,26 @@ impl Pipeline {
         metadata: Vec<MetricMetadata>,
         transport: &str,
     ) -> Result<SampleRejections, AcceptError> {
-        let count = series.iter().map(|s| s.samples.len()).sum();
+        let batch = SampleBatch::Labelled {
+            series,
+            keys: Vec::new(),
+        };
+        // A batch by labels is always admitted: `None` does not occur.
+        let rejections = self.accept_sample_batch(batch, metadata, transport).await?;
+        Ok(rejections.unwrap_or_default())
+    }
+
+    /// [`accept_samples`](Self::accept_samples) for a batch that may name
+    /// its series by [`WireKey`]: `None`, with nothing stored, when the
+    /// store does not know one of its keys and the batch must come again
+    /// by labels.
+    pub async fn accept_sample_batch(
+        self: &Arc<Self>,
+        batch: SampleBatch,
+        metadata: Vec<MetricMetadata>,
+        transport: &str,
+    ) -> Result<Option<SampleRejections>, AcceptError> {
+        let count = batch.sample_count();
         self.check_wal_room(Signal::Samples, count)?;
         if self.metric_store.is_full() {
             self.reject_samples(count, "overloaded");
@@ -254,14 +295,17 @@ impl Pipeline {
         // Admission takes the store's locks and encodes the whole batch:
         // blocking work, kept off the async workers.
         let pipeline = self.clone();
-        let (rejections, queued) =
-            tokio::task::spawn_blocking(move || pipeline.admit_samples(series, metadata))
+        let admission =
+            tokio::task::spawn_blocking(move || pipeline.admit_samples(batch, metadata))
                 .await
                 .map_err(|error| {
                     AcceptError::Unavailable(format!("sample admission: {error}"))
                 })??;
+        let Some((rejections, queued)) = admission else {
+            return Ok(None);
+        };
         let Some((pending, count)) = queued else {
-            return Ok(rejections);
+            return Ok(Some(rejections));
         };
         let appended = match pending {
             Ok(pending) => pending.await,
@@ -271,32 +315,39 @@ impl Pipeline {
         if self.metric_store.wants_flush() {
             self.metrics_flush_wanted.notify_one();
         }
-        Ok(rejections)
+        Ok(Some(rejections))
     }
 
     /// Checks samples against the metrics store (time order, series
     /// limits), encodes the admitted ones and queues them for the WAL, under
     /// one lock so that samples reach the store in the order they were
-    /// checked in. Returns the rejections and, if anything was queued, what
-    /// to await for its durability and how many samples it holds. Blocking.
+    /// checked in. Returns `None` when a keyed batch names an unknown
+    /// series, else the rejections and, if anything was queued, what to
+    /// await for its durability and how many samples it holds. Blocking.
     #[allow(clippy::type_complexity)]
     fn admit_samples(
         &self,
-        series: Vec<SeriesSamples>,
+        batch: SampleBatch,
         metadata: Vec<MetricMetadata>,
     ) -> Result<
-        (
+        Option<(
             SampleRejections,
             Option<(
                 Result<impl Future<Output = Result<u64, WalError>> + use<>, WalError>,
                 usize,
             )>,
-        ),
+        )>,
         AcceptError,
     > {
-        self.metric_store.set_metadata(metadata);
         let _order = self.sample_admission.lock().expect("not poisoned");
-        let mut admitted = self.metric_store.admit(series);
+        let admitted = match batch {
+            SampleBatch::Labelled { series, keys } => Some(self.metric_store.admit(series, &keys)),
+            SampleBatch::Keyed(series) => self.metric_store.admit_keyed(series),
+        };
+        let Some(mut admitted) = admitted else {
+            return Ok(None);
+        };
+        self.metric_store.set_metadata(metadata);
         let rejections = SampleRejections {
             rejected: admitted.rejected,
             first_error: admitted.first_error.take(),
@@ -309,7 +360,7 @@ impl Pipeline {
             self.reject_samples((admitted.rejected - by_limits) as usize, "out_of_order");
         }
         if admitted.is_empty() {
-            return Ok((rejections, None));
+            return Ok(Some((rejections, None)));
         }
         let count = admitted.sample_count();
         let payload = admitted.encode();
@@ -332,7 +383,7 @@ impl Pipeline {
             // Not queued: the retry must find these samples new again.
             self.metric_store.undo_admission(&admitted);
         }
-        Ok((rejections, Some((pending, count))))
+        Ok(Some((rejections, Some((pending, count)))))
     }
 
     /// The newest durable sample of the series with exactly `labels`; see

@@ -16,6 +16,16 @@ use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
 use crate::store::Result;
 use crate::store::metrics::Admitted;
 
+/// What one encoding of a series' labels on the wire digests to: the
+/// remote-write label messages of a series, each hashed with a key chosen at
+/// start and folded in order. A sender encodes a series the same way in
+/// every request, so once a batch by labels has named the series, later ones
+/// name it by this key alone and skip decoding, checking and looking up its
+/// labels, most of ingest's cost. 128 bits, seeded per process: two label
+/// sets that digest alike are as likely as guessing the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WireKey(pub [u64; 2]);
+
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {
     pub labels: Vec<Label>,
@@ -40,8 +50,13 @@ pub trait SampleStore: Send + Sync {
 
     /// Checks order and cardinality and reserves the samples' place; what
     /// is returned must go to the WAL, and be applied in the same order as
-    /// admitted (the caller holds its own lock across both).
-    fn admit(&self, batch: Vec<SeriesSamples>) -> Admitted;
+    /// admitted (the caller holds its own lock across both). `keys` is empty
+    /// or gives each series' [`WireKey`], for [`admit_keyed`](Self::admit_keyed).
+    fn admit(&self, batch: Vec<SeriesSamples>, keys: &[WireKey]) -> Admitted;
+
+    /// [`admit`](Self::admit) for series named by the [`WireKey`]s of
+    /// earlier batches; `None`, with nothing admitted, when one is unknown.
+    fn admit_keyed(&self, batch: Vec<(WireKey, Vec<MetricSample>)>) -> Option<Admitted>;
 
     /// Takes back an admission whose WAL append was refused (overload), so
     /// that the sender's retry is admitted again rather than taken for a

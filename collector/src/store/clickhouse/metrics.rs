@@ -42,7 +42,7 @@ use crate::model::{
     Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples,
 };
 use crate::store::metrics::{Admitted, MetricStore};
-use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
+use crate::store::sample_store::{SampleStore, SelectedSeries, Selection, WireKey};
 use crate::store::{Result, StoreError};
 
 /// How much of its own samples a node keeps in its embedded store: enough
@@ -454,8 +454,12 @@ impl SampleStore for ClickHouseMetrics {
         self.local.durable_through().min(self.checkpoint.get())
     }
 
-    fn admit(&self, batch: Vec<SeriesSamples>) -> Admitted {
-        self.local.admit(batch)
+    fn admit(&self, batch: Vec<SeriesSamples>, keys: &[WireKey]) -> Admitted {
+        self.local.admit(batch, keys)
+    }
+
+    fn admit_keyed(&self, batch: Vec<(WireKey, Vec<MetricSample>)>) -> Option<Admitted> {
+        self.local.admit_keyed(batch)
     }
 
     fn undo_admission(&self, admitted: &Admitted) {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use promql_parser::label::{MatchOp, Matcher};
+use rustc_hash::FxBuildHasher;
 
 use super::SeriesLimits;
 use super::chunk::ChunkWriter;
@@ -13,6 +14,7 @@ use super::files::{ChunkRef, ChunkToWrite, SeriesEntries, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
 use crate::codec::{self, SampleRecord};
 use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
+use crate::store::sample_store::WireKey;
 use crate::store::{Result, StoreError};
 
 /// A series' data that made it past [`MetricStore::admit`], ready for the WAL.
@@ -43,6 +45,23 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    fn with_capacity(series: usize) -> Admitted {
+        Admitted {
+            samples: Vec::with_capacity(series),
+            new_series: Vec::new(),
+            rejected: 0,
+            rejected_by_limits: 0,
+            first_error: None,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Counts `count` samples refused, keeping the first reason.
+    fn reject(&mut self, count: usize, reason: String) {
+        self.rejected += count as u64;
+        self.first_error.get_or_insert(reason);
+    }
+
     /// Whether nothing was admitted.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
@@ -187,6 +206,9 @@ pub(super) struct Head {
     /// By series id, as in the index.
     series: Vec<Option<MemSeries>>,
     metadata: BTreeMap<String, MetricMetadata>,
+    /// The series a sender's encoding of their labels named before; see
+    /// [`WireKey`]. In memory only: learnt again after a restart.
+    wire_keys: HashMap<WireKey, u32, FxBuildHasher>,
     /// Bytes of the sealed chunks no flush has written yet.
     sealed_bytes: usize,
 }
@@ -336,20 +358,16 @@ impl Head {
         }
     }
 
-    /// See [`MetricStore::admit`](super::MetricStore::admit).
-    pub(super) fn admit(&mut self, batch: Vec<SeriesSamples>, limits: &SeriesLimits) -> Admitted {
-        let mut admitted = Admitted {
-            samples: Vec::with_capacity(batch.len()),
-            new_series: Vec::new(),
-            rejected: 0,
-            rejected_by_limits: 0,
-            first_error: None,
-            previous: Vec::new(),
-        };
-        let reject = |admitted: &mut Admitted, count: usize, reason: String| {
-            admitted.rejected += count as u64;
-            admitted.first_error.get_or_insert(reason);
-        };
+    /// See [`MetricStore::admit`](super::MetricStore::admit). `keys` is
+    /// empty or holds each series' [`WireKey`], remembered for
+    /// [`admit_keyed`](Self::admit_keyed).
+    pub(super) fn admit(
+        &mut self,
+        batch: Vec<SeriesSamples>,
+        keys: &[WireKey],
+        limits: &SeriesLimits,
+    ) -> Admitted {
+        let mut admitted = Admitted::with_capacity(batch.len());
         // One lookup per series: the limits and the loop below share it.
         let known: Vec<Option<u32>> = batch
             .iter()
@@ -359,7 +377,7 @@ impl Head {
         for (index, series) in batch.into_iter().enumerate() {
             if let Some(refusal) = refused.get(&index) {
                 if let Some(points) = refusal.points {
-                    reject(&mut admitted, points, refusal.reason.clone());
+                    admitted.reject(points, refusal.reason.clone());
                     admitted.rejected_by_limits += points as u64;
                 }
                 continue;
@@ -369,57 +387,110 @@ impl Head {
                 // New, or new earlier in this batch.
                 None => self.id_or_insert(&series.labels),
             };
-            let state = self.series[id as usize].as_mut().expect("found above");
-            let previous = state.admitted;
-            let SeriesSamples {
-                labels,
-                samples: mut kept,
-            } = series;
-            // Kept in place: most batches keep every sample.
-            kept.retain(|sample| {
-                let bits = sample.value.to_bits();
-                match state.admitted {
-                    Some((t, _)) if sample.timestamp_ms < t => {
-                        reject(
-                            &mut admitted,
-                            1,
-                            format!(
-                                "out of order sample for series {}: {} is older than {t}",
-                                format_labels(&labels),
-                                sample.timestamp_ms
-                            ),
-                        );
-                        false
-                    }
-                    Some((t, v)) if sample.timestamp_ms == t => {
-                        if v != bits {
-                            reject(
-                                &mut admitted,
-                                1,
-                                format!(
-                                    "duplicate sample for timestamp {t} with a different value in series {}",
-                                    format_labels(&labels)
-                                ),
-                            );
-                        }
-                        false
-                    }
-                    _ => {
-                        state.admitted = Some((sample.timestamp_ms, bits));
-                        true
-                    }
-                }
-            });
-            if !kept.is_empty() {
-                if !state.named {
-                    state.named = true;
-                    admitted.new_series.push((id, labels));
-                }
-                admitted.samples.push((id, kept));
-                admitted.previous.push((id, previous));
+            if let Some(&key) = keys.get(index) {
+                self.remember(key, id);
             }
+            self.admit_series(&mut admitted, id, series.samples, Some(series.labels));
         }
         admitted
+    }
+
+    /// [`admit`](Self::admit) for series named by the [`WireKey`]s an
+    /// earlier batch remembered: no label is looked up. `None`, with
+    /// nothing admitted, when a key is not known (the batch must be sent
+    /// again by labels).
+    pub(super) fn admit_keyed(
+        &mut self,
+        batch: Vec<(WireKey, Vec<MetricSample>)>,
+    ) -> Option<Admitted> {
+        let ids = batch
+            .iter()
+            .map(|(key, _)| self.wire_keys.get(key).copied())
+            .collect::<Option<Vec<u32>>>()?;
+        let mut admitted = Admitted::with_capacity(batch.len());
+        for (id, (_, samples)) in ids.into_iter().zip(batch) {
+            self.admit_series(&mut admitted, id, samples, None);
+        }
+        Some(admitted)
+    }
+
+    /// Records that `key` names series `id`. The keys are bounded: a sender
+    /// can encode one label set in endless ways (label order, empty
+    /// values), so past twice as many keys as series they are forgotten
+    /// and learnt again.
+    fn remember(&mut self, key: WireKey, id: u32) {
+        if self.wire_keys.len() >= 2 * self.index.live_series() + 1024 {
+            self.wire_keys = HashMap::default();
+        }
+        self.wire_keys.insert(key, id);
+    }
+
+    /// Admits the samples of series `id` newer than its newest admitted
+    /// one; `labels` are its labels when the caller has them (else they are
+    /// read from the index where needed: a message, a WAL record naming the
+    /// series).
+    fn admit_series(
+        &mut self,
+        admitted: &mut Admitted,
+        id: u32,
+        mut kept: Vec<MetricSample>,
+        labels: Option<Vec<Label>>,
+    ) {
+        let Self { series, index, .. } = self;
+        let state = series[id as usize]
+            .as_mut()
+            .expect("an admitted id has a series");
+        let previous = state.admitted;
+        let describe = || match &labels {
+            Some(labels) => format_labels(labels),
+            None => index
+                .labels(id)
+                .map_or_else(String::new, |l| format_labels(&l.to_vec())),
+        };
+        // Kept in place: most batches keep every sample.
+        kept.retain(|sample| {
+            let bits = sample.value.to_bits();
+            match state.admitted {
+                Some((t, _)) if sample.timestamp_ms < t => {
+                    admitted.reject(
+                        1,
+                        format!(
+                            "out of order sample for series {}: {} is older than {t}",
+                            describe(),
+                            sample.timestamp_ms
+                        ),
+                    );
+                    false
+                }
+                Some((t, v)) if sample.timestamp_ms == t => {
+                    if v != bits {
+                        admitted.reject(
+                            1,
+                            format!(
+                                "duplicate sample for timestamp {t} with a different value in series {}",
+                                describe()
+                            ),
+                        );
+                    }
+                    false
+                }
+                _ => {
+                    state.admitted = Some((sample.timestamp_ms, bits));
+                    true
+                }
+            }
+        });
+        if !kept.is_empty() {
+            if !state.named {
+                state.named = true;
+                let labels = labels
+                    .or_else(|| index.labels(id).map(|l| l.to_vec()))
+                    .unwrap_or_default();
+                admitted.new_series.push((id, labels));
+            }
+            admitted.samples.push((id, kept));
+            admitted.previous.push((id, previous));
+        }
     }
 
     /// Decides which new series the limits refuse, by batch index. The series
@@ -791,7 +862,7 @@ mod tests {
         let store = open_store(dir.path());
         // Admits as the pipeline does, returning the WAL record read back.
         let admit = |batch| {
-            let mut admitted = store.admit(batch);
+            let mut admitted = store.admit(batch, &[]);
             let record = codec::decode_samples(&admitted.encode()).unwrap();
             store.apply_admitted(0, admitted.take_samples());
             record
@@ -805,7 +876,7 @@ mod tests {
         };
         let first = admit(vec![series("x", "a", &[(1000, 1.0)])]);
         // b's record never reaches the WAL: the next record must name it.
-        let refused = store.admit(vec![series("x", "b", &[(1000, 1.0)])]);
+        let refused = store.admit(vec![series("x", "b", &[(1000, 1.0)])], &[]);
         store.undo_admission(&refused);
         let second = admit(vec![
             series("x", "a", &[(2000, 2.0)]),
@@ -852,11 +923,82 @@ mod tests {
     }
 
     #[test]
+    fn keyed_batches_admit_as_batches_by_labels_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let (a, b) = (WireKey([1, 1]), WireKey([2, 2]));
+        let sample = |timestamp_ms, value| MetricSample {
+            timestamp_ms,
+            value,
+        };
+        // Unknown: nothing is admitted, not even the known series' samples.
+        assert!(
+            store
+                .admit_keyed(vec![(a, vec![sample(1000, 1.0)])])
+                .is_none()
+        );
+        let mut first = store.admit(vec![series("x", "a", &[(1000, 1.0)])], &[a]);
+        store.apply_admitted(0, first.take_samples());
+        assert!(
+            store
+                .admit_keyed(vec![
+                    (a, vec![sample(2000, 2.0)]),
+                    (b, vec![sample(2000, 2.0)])
+                ])
+                .is_none()
+        );
+        let mut keyed = store
+            .admit_keyed(vec![(a, vec![sample(3000, 3.0), sample(2500, 9.0)])])
+            .unwrap();
+        assert_eq!(keyed.rejected, 1);
+        let reason = keyed.first_error.take().unwrap();
+        assert!(reason.contains(r#"x{job="a"}"#), "{reason}");
+        // A series the WAL has not named yet (its admission was undone)
+        // is named by its first keyed record.
+        let refused = store.admit(vec![series("x", "b", &[(1000, 1.0)])], &[b]);
+        store.undo_admission(&refused);
+        let mut by_b = store
+            .admit_keyed(vec![(b, vec![sample(1000, 1.0)])])
+            .unwrap();
+        match codec::decode_samples(&by_b.encode()).unwrap() {
+            SampleRecord::ById { new_series, .. } => {
+                assert_eq!(label_value(&new_series[0].1, "job"), "b");
+            }
+            SampleRecord::ByLabels(_) => panic!("records name series by id"),
+        }
+        store.apply_admitted(0, keyed.take_samples());
+        store.apply_admitted(0, by_b.take_samples());
+        let got = store
+            .select(&[matcher("__name__", "x")], 0, 10_000, usize::MAX)
+            .unwrap()
+            .series;
+        let values: Vec<Vec<f64>> = got
+            .iter()
+            .map(|s| s.samples.iter().map(|p| p.value).collect())
+            .collect();
+        assert_eq!(values, [vec![1.0, 3.0], vec![1.0]]);
+    }
+
+    #[test]
+    fn wire_keys_are_forgotten_past_twice_the_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let batch = vec![series("x", "a", &[(1000, 1.0)])];
+        ingest(&store, batch);
+        let mut head = store.head.write().unwrap();
+        for n in 0..2000 {
+            head.remember(WireKey([n, 0]), 0);
+        }
+        assert!(head.wire_keys.len() <= 2 + 1024);
+        assert!(head.wire_keys.contains_key(&WireKey([1999, 0])));
+    }
+
+    #[test]
     fn undone_admissions_accept_the_retry() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         ingest(&store, vec![series("x", "a", &[(1000, 1.0)])]);
-        let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])]);
+        let refused = store.admit(vec![series("x", "a", &[(2000, 2.0)])], &[]);
         store.undo_admission(&refused);
         let retry = ingest(&store, vec![series("x", "a", &[(2000, 2.0)])]);
         assert_eq!(retry.rejected, 0);

@@ -55,7 +55,7 @@ use self::head::Head;
 use crate::codec::SampleRecord;
 use crate::config::Retention;
 use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
-use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
+use crate::store::sample_store::{SampleStore, SelectedSeries, Selection, WireKey};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
@@ -210,13 +210,18 @@ impl SampleStore for MetricStore {
     /// Checks order and cardinality and reserves the samples' place; what is
     /// returned must go to the WAL, and be applied in the same order as
     /// admitted (the caller holds its own lock across both).
-    fn admit(&self, batch: Vec<SeriesSamples>) -> Admitted {
+    fn admit(&self, batch: Vec<SeriesSamples>, keys: &[WireKey]) -> Admitted {
         let mut head = self.head.write().expect("not poisoned");
-        let admitted = head.admit(batch, &self.limits);
+        let admitted = head.admit(batch, keys, &self.limits);
         self.metrics
             .metric_series
             .set(head.index.live_series() as i64);
         admitted
+    }
+
+    /// Admits samples of known series by [`WireKey`]; no series is added.
+    fn admit_keyed(&self, batch: Vec<(WireKey, Vec<MetricSample>)>) -> Option<Admitted> {
+        self.head.write().expect("not poisoned").admit_keyed(batch)
     }
 
     /// Takes back an admission whose WAL append was refused (overload), so
@@ -601,7 +606,7 @@ mod tests {
     }
 
     pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
-        let mut admitted = store.admit(batch);
+        let mut admitted = store.admit(batch, &[]);
         store.apply_admitted(0, admitted.take_samples());
         admitted
     }
