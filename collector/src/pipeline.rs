@@ -405,6 +405,15 @@ impl Pipeline {
         self.metric_store.newest_by(labels, extra)
     }
 
+    /// Counts a remote-write request admitted, by how its series were found
+    /// (`key` or `labels`).
+    pub fn count_remote_write(&self, series_by: &str) {
+        self.metrics
+            .remote_write_requests
+            .with_label_values(&[series_by])
+            .inc();
+    }
+
     /// Counts samples refused.
     pub fn reject_samples(&self, samples: usize, reason: &str) {
         self.reject(Signal::Samples, samples, reason);

@@ -27,6 +27,11 @@ pub struct SelfMetrics {
     pub samples_rejected: IntCounterVec,
     /// Series the metrics store holds.
     pub metric_series: IntGauge,
+    /// Remote-write requests admitted, by how their series were found
+    /// (`key`: every one by the digest of its labels as sent before;
+    /// `labels`: decoded and looked up by labels, as a request with a new
+    /// series or encoding is). Mostly `key` once senders are known.
+    pub remote_write_requests: IntCounterVec,
     /// Ingest requests refused as a whole, by reason (`malformed`, `too_large`, `overloaded`, `unavailable`).
     pub requests_rejected: IntCounterVec,
     pub wal_written_bytes: IntCounter,
@@ -159,6 +164,14 @@ impl SelfMetrics {
                     "Metric samples not accepted",
                 ),
                 &["reason"],
+            )
+            .expect("valid metric"),
+            remote_write_requests: IntCounterVec::new(
+                Opts::new(
+                    "strand_remote_write_requests_total",
+                    "Remote-write requests admitted, by how their series were found",
+                ),
+                &["series_by"],
             )
             .expect("valid metric"),
             metric_series: IntGauge::new(
@@ -446,6 +459,7 @@ impl SelfMetrics {
             Box::new(metrics.samples_received.clone()),
             Box::new(metrics.samples_rejected.clone()),
             Box::new(metrics.metric_series.clone()),
+            Box::new(metrics.remote_write_requests.clone()),
             Box::new(metrics.requests_rejected.clone()),
             Box::new(metrics.wal_written_bytes.clone()),
             Box::new(metrics.wal_size_bytes.clone()),

@@ -244,17 +244,22 @@ async fn store(
         .accept_sample_batch(SampleBatch::Keyed(by_key), metadata, "remote_write")
         .await?
     {
-        Some(rejections) => rejections,
+        Some(rejections) => {
+            pipeline.count_remote_write("key");
+            rejections
+        }
         None => {
             // A series new to the store, or to this sender's encoding.
             let request = WriteRequest::decode(body).map_err(malformed)?;
             let metadata = convert_metadata(request.metadata);
             let (series, keys) = convert(request.timeseries, keys)?;
             let batch = SampleBatch::Labelled { series, keys };
-            pipeline
+            let rejections = pipeline
                 .accept_sample_batch(batch, metadata, "remote_write")
                 .await?
-                .unwrap_or_default()
+                .unwrap_or_default();
+            pipeline.count_remote_write("labels");
+            rejections
         }
     };
     Ok(rejections.first_error.map(|first| {

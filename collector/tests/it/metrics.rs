@@ -628,6 +628,17 @@ async fn remote_write_round_trips_through_the_prometheus_api() {
     assert!(text.contains("duplicate sample"), "{text}");
     rw::write_ok(&daemon, &temperature(&[(at(2), 22.0)])).await;
 
+    // The first two requests named series new to the store (the second
+    // sends the temperature without its empty label: another encoding);
+    // the last two were found by the keys of their labels as sent before.
+    let metrics = daemon.self_metrics().await;
+    for line in [
+        r#"strand_remote_write_requests_total{series_by="labels"} 2"#,
+        r#"strand_remote_write_requests_total{series_by="key"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+
     let raw = prom::raw_samples(
         &daemon,
         r#"{__name__=~"rw_.+",job=~"api|sensor"}[5m]"#,
