@@ -18,12 +18,12 @@ use crate::config::{
 };
 use crate::derived::service_graph::ServiceGraph;
 use crate::derived::span_metrics::SpanMetrics;
-use crate::model::{LogRecord, MetricMetadata, MetricSample, SeriesSamples, Span};
+use crate::model::{LogRecord, MetricMetadata, MetricSample, SeriesSamples, Span, WireKey};
 use crate::store::SpanStore;
 use crate::store::Stores;
 use crate::store::log_feed::LogFeed;
 use crate::store::log_search::LogRecordStore;
-use crate::store::sample_store::{SampleStore, WireKey};
+use crate::store::sample_store::SampleStore;
 use crate::telemetry::SelfMetrics;
 use crate::wal::{RecordKind, Wal, WalError};
 

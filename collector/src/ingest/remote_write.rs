@@ -24,10 +24,9 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 use super::IngestError;
 use super::http::read_body;
 use crate::model::{
-    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples,
+    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples, WireKey,
 };
 use crate::pipeline::{Pipeline, SampleBatch};
-use crate::store::sample_store::WireKey;
 
 /// `prometheus.WriteRequest` (remote write 1.0); fields Strand does not use
 /// (exemplars, native histograms) are skipped by the decoder.

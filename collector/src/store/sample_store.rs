@@ -12,19 +12,9 @@ use strand_promql::Steps;
 use crate::backup::BackupDir;
 use crate::codec::SampleRecord;
 use crate::config::Retention;
-use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
+use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples, WireKey};
 use crate::store::Result;
 use crate::store::metrics::Admitted;
-
-/// What one encoding of a series' labels on the wire digests to: the
-/// remote-write label messages of a series, each hashed with a key chosen at
-/// start and folded in order. A sender encodes a series the same way in
-/// every request, so once a batch by labels has named the series, later ones
-/// name it by this key alone and skip decoding, checking and looking up its
-/// labels, most of ingest's cost. 128 bits, seeded per process: two label
-/// sets that digest alike are as likely as guessing the seed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct WireKey(pub [u64; 2]);
 
 /// A series and its samples in a queried range.
 pub struct SelectedSeries {

@@ -39,10 +39,10 @@ use crate::backup::BackupDir;
 use crate::codec::SampleRecord;
 use crate::config::Retention;
 use crate::model::{
-    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples,
+    Label, METRIC_NAME_LABEL, MetricKind, MetricMetadata, MetricSample, SeriesSamples, WireKey,
 };
 use crate::store::metrics::{Admitted, MetricStore};
-use crate::store::sample_store::{SampleStore, SelectedSeries, Selection, WireKey};
+use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
 use crate::store::{Result, StoreError};
 
 /// How much of its own samples a node keeps in its embedded store: enough

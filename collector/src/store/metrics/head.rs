@@ -13,8 +13,9 @@ use super::chunk::ChunkWriter;
 use super::files::{ChunkRef, ChunkToWrite, SeriesEntries, Snapshot};
 use super::index::{SeriesIndex, format_labels, metric_name};
 use crate::codec::{self, SampleRecord};
-use crate::model::{Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples};
-use crate::store::sample_store::WireKey;
+use crate::model::{
+    Label, METRIC_NAME_LABEL, MetricMetadata, MetricSample, SeriesSamples, WireKey,
+};
 use crate::store::{Result, StoreError};
 
 /// A series' data that made it past [`MetricStore::admit`], ready for the WAL.

@@ -54,8 +54,8 @@ pub use self::head::Admitted;
 use self::head::Head;
 use crate::codec::SampleRecord;
 use crate::config::Retention;
-use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples};
-use crate::store::sample_store::{SampleStore, SelectedSeries, Selection, WireKey};
+use crate::model::{Label, MetricMetadata, MetricSample, SeriesSamples, WireKey};
+use crate::store::sample_store::{SampleStore, SelectedSeries, Selection};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
 
