@@ -209,11 +209,12 @@ impl Converter<'_> {
         let mut service = None;
         let mut rest = Vec::with_capacity(attributes.len());
         for kv in self.attributes(attributes) {
-            match (kv.key.as_str(), &kv.value) {
-                (SERVICE_NAME, AttrValue::Str(name)) if !name.is_empty() => {
-                    service = Some(clean_name(name))
-                }
-                _ => rest.push(kv),
+            match kv {
+                KeyValue {
+                    key,
+                    value: AttrValue::Str(name),
+                } if key == SERVICE_NAME && !name.is_empty() => service = Some(clean_name(name)),
+                kv => rest.push(kv),
             }
         }
         Resource {
@@ -260,7 +261,7 @@ impl Converter<'_> {
             parent_span_id,
             trace_state: span.trace_state,
             flags: span.flags,
-            name: clean_name(&span.name),
+            name: clean_name(span.name),
             kind: match otlp_trace::span::SpanKind::try_from(span.kind) {
                 Ok(otlp_trace::span::SpanKind::Internal) => SpanKind::Internal,
                 Ok(otlp_trace::span::SpanKind::Server) => SpanKind::Server,
@@ -317,11 +318,11 @@ fn span_id_or_zero(bytes: &[u8]) -> Option<SpanId> {
     SpanId::try_from(bytes).ok()
 }
 
-fn clean_name(name: &str) -> String {
+fn clean_name(name: String) -> String {
     if name.contains('\0') {
         name.replace('\0', "\u{fffd}")
     } else {
-        name.to_string()
+        name
     }
 }
 
@@ -361,7 +362,11 @@ impl<'a> Converter<'a> {
         let limit = self.limits.value_length;
         Some(match value.value? {
             Value::StringValue(mut s) => {
-                if let Some((cut, _)) = s.char_indices().nth(limit) {
+                // A string of at most `limit` bytes has at most as many
+                // characters: most values are, and are not walked.
+                if s.len() > limit
+                    && let Some((cut, _)) = s.char_indices().nth(limit)
+                {
                     s.truncate(cut);
                     self.trimmed.truncated += 1;
                 }
