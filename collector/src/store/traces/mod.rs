@@ -79,7 +79,7 @@ pub struct DependencyLink {
 /// process closed just before may still be finishing sled's writes on its
 /// threads. Past it, another process holds the index.
 const INDEX_LOCK_WAIT: Duration = if cfg!(test) {
-    Duration::from_secs(1)
+    Duration::from_secs(3)
 } else {
     Duration::from_secs(10)
 };
@@ -108,28 +108,18 @@ fn sled_cache_capacity(memory_bytes: u64) -> u64 {
 /// holds about `cache_bytes` of memory.
 fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
     let path = dir.join("index");
-    let waited_until = Instant::now() + INDEX_LOCK_WAIT;
-    let opened = loop {
-        let opened = sled::Config::new()
-            .path(&path)
-            .cache_capacity(sled_cache_capacity(cache_bytes))
-            .flush_every_ms(None)
-            .open();
-        match opened {
-            Err(error) if is_locked(&error) && Instant::now() < waited_until => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(error) if is_locked(&error) => {
-                return Err(StoreError::InUse(format!(
-                    "the trace index {} ({error})",
-                    path.display()
-                )));
-            }
-            opened => break opened,
-        }
-    };
-    let db = match opened {
+    let config = sled::Config::new()
+        .path(&path)
+        .cache_capacity(sled_cache_capacity(cache_bytes))
+        .flush_every_ms(None);
+    let db = match open_sled_waiting(&config, INDEX_LOCK_WAIT) {
         Ok(db) => db,
+        Err(error) if is_locked(&error) => {
+            return Err(StoreError::InUse(format!(
+                "the trace index {} ({error})",
+                path.display()
+            )));
+        }
         Err(error) => {
             return Ok(IndexOpen::Damaged(format!(
                 "the trace index cannot be opened: {error}"
@@ -183,6 +173,21 @@ fn open_index(dir: &Path, cache_bytes: u64) -> Result<IndexOpen> {
             "the trace index cannot be read: {error}"
         ))),
         Err(error) => Err(error),
+    }
+}
+
+/// Opens a sled database, retrying for up to `wait` while its file lock is
+/// held: sled releases the lock of a database this process dropped only
+/// once its background writes have finished.
+fn open_sled_waiting(config: &sled::Config, wait: Duration) -> sled::Result<sled::Db> {
+    let waited_until = Instant::now() + wait;
+    loop {
+        match config.open() {
+            Err(error) if is_locked(&error) && Instant::now() < waited_until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
     }
 }
 
@@ -1043,6 +1048,13 @@ mod tests {
 
     const TEST_CACHE_BYTES: u64 = 1 << 20;
 
+    /// The index database in `dir`, opened as a test inspects it: waiting
+    /// out the lock of a store or database the test just dropped.
+    pub(super) fn open_index_db(dir: &Path) -> sled::Db {
+        let config = sled::Config::new().path(dir.join("index"));
+        open_sled_waiting(&config, Duration::from_secs(30)).unwrap()
+    }
+
     /// A store in `dir` with a small index cache and full-size segments.
     fn open_store(dir: &Path) -> TraceStore {
         TraceStore::open(
@@ -1500,7 +1512,7 @@ mod tests {
             })
             .collect();
         drop(store);
-        let db = sled::open(dir.join("index")).unwrap();
+        let db = open_index_db(dir);
         for entry in db.scan_prefix([index::TRACE_RUNS]) {
             db.remove(entry.unwrap().0).unwrap();
         }
@@ -1602,7 +1614,7 @@ mod tests {
         flush_segment(&store, 1, call_at(1, BASE + 10));
         drop(store);
         // The run is committed and this version marked; keys are left.
-        let db = sled::open(dir.path().join("index")).unwrap();
+        let db = open_index_db(dir.path());
         db.insert(index::trace_block_key(&[1; 16], 0), &[]).unwrap();
         db.flush().unwrap();
         drop(db);

@@ -849,7 +849,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn open(dir: &Path) -> (sled::Db, TraceRuns) {
-        let db = sled::open(dir.join("index")).unwrap();
+        let db = super::super::tests::open_index_db(dir);
         let (runs, damaged) = open_runs(dir, &db);
         assert!(damaged.is_empty());
         (db, runs)
@@ -1033,7 +1033,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
 
-        let db = sled::open(dir.path().join("index")).unwrap();
+        let db = super::super::tests::open_index_db(dir.path());
         let (runs, damaged) = open_runs(dir.path(), &db);
         assert!(!path(2).exists(), "uncommitted");
         assert_eq!(damaged.len(), 2, "a damaged page is found at open too");
