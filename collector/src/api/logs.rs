@@ -431,7 +431,7 @@ fn log_json(hit: &LogHit) -> Value {
 fn attributes_json(attributes: &[KeyValue]) -> Value {
     attributes
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.to_json()))
+        .map(|kv| (kv.key.to_string(), kv.value.to_json()))
         .collect::<serde_json::Map<_, _>>()
         .into()
 }

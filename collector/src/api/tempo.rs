@@ -493,9 +493,15 @@ fn attribute_names(sample: &[(Vec<Span>, Vec<usize>)]) -> (BTreeSet<String>, BTr
     let (mut span, mut resource) = (BTreeSet::new(), BTreeSet::new());
     for (spans, selected) in sample {
         for &i in selected {
-            span.extend(spans[i].attributes.iter().map(|kv| kv.key.clone()));
+            span.extend(spans[i].attributes.iter().map(|kv| kv.key.to_string()));
             resource.insert("service.name".to_string());
-            resource.extend(spans[i].resource.attributes.iter().map(|kv| kv.key.clone()));
+            resource.extend(
+                spans[i]
+                    .resource
+                    .attributes
+                    .iter()
+                    .map(|kv| kv.key.to_string()),
+            );
         }
     }
     (span, resource)

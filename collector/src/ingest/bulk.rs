@@ -276,7 +276,7 @@ fn parse_document(line: &str, index: &str, now_unix_nano: u64) -> Result<Documen
         .into_iter()
         .filter_map(|(key, value)| Some(KeyValue::new(key, attr_value(value)?)))
         .partition(|kv| {
-            otel_resource.contains(&kv.key)
+            otel_resource.contains(kv.key.as_str())
                 || RESOURCE_PREFIXES
                     .iter()
                     .any(|prefix| kv.key.starts_with(prefix))
@@ -318,7 +318,7 @@ fn attr_value(value: Value) -> Option<AttrValue> {
             Some(i) => AttrValue::Int(i),
             None => AttrValue::Double(n.as_f64().unwrap_or(0.0)),
         },
-        Value::String(s) => AttrValue::Str(s),
+        Value::String(s) => AttrValue::Str(s.into()),
         Value::Array(items) => AttrValue::Array(items.into_iter().filter_map(attr_value).collect()),
         Value::Object(object) => AttrValue::Map(
             object

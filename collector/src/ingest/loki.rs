@@ -325,8 +325,8 @@ fn resource(labels: &BTreeMap<String, String>) -> Resource {
             .iter()
             .filter(|(name, value)| *name != "service_name" && !value.is_empty())
             .map(|(name, value)| KeyValue {
-                key: name.clone(),
-                value: AttrValue::Str(value.clone()),
+                key: name.into(),
+                value: AttrValue::Str(value.into()),
             })
             .collect(),
     }
@@ -359,8 +359,8 @@ fn record(
         attributes: metadata
             .into_iter()
             .map(|(key, value)| KeyValue {
-                key,
-                value: AttrValue::Str(value),
+                key: key.into(),
+                value: AttrValue::Str(value.into()),
             })
             .collect(),
     }

@@ -173,7 +173,7 @@ impl Converter<'_> {
             record.severity_text
         };
         let body = match record.body.and_then(|body| self.value(body)) {
-            Some(AttrValue::Str(text)) => text,
+            Some(AttrValue::Str(text)) => text.into_string(),
             Some(other) => other.to_json().to_string(),
             None => String::new(),
         };
@@ -181,7 +181,7 @@ impl Converter<'_> {
         if !record.event_name.is_empty() {
             attributes.push(KeyValue::new(
                 "event.name",
-                AttrValue::Str(record.event_name),
+                AttrValue::Str(record.event_name.into()),
             ));
         }
         let time_unix_nano = [
@@ -213,7 +213,9 @@ impl Converter<'_> {
                 KeyValue {
                     key,
                     value: AttrValue::Str(name),
-                } if key == SERVICE_NAME && !name.is_empty() => service = Some(clean_name(name)),
+                } if key == SERVICE_NAME && !name.is_empty() => {
+                    service = Some(clean_name(name.into_string()))
+                }
                 kv => rest.push(kv),
             }
         }
@@ -351,7 +353,10 @@ impl<'a> Converter<'a> {
                 continue;
             }
             if let Some(value) = self.value(value) {
-                kept.push(KeyValue { key: kv.key, value });
+                kept.push(KeyValue {
+                    key: kv.key.into(),
+                    value,
+                });
             }
         }
         kept
@@ -370,7 +375,7 @@ impl<'a> Converter<'a> {
                     s.truncate(cut);
                     self.trimmed.truncated += 1;
                 }
-                AttrValue::Str(s)
+                AttrValue::Str(s.into())
             }
             Value::BoolValue(b) => AttrValue::Bool(b),
             Value::IntValue(i) => AttrValue::Int(i),

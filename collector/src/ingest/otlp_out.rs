@@ -98,7 +98,7 @@ fn traces_data(spans: &[Span]) -> otlp_trace::TracesData {
 
 /// `service.name` goes back first among the resource's attributes.
 fn resource_of(resource: &Resource) -> otlp_resource::Resource {
-    let service = KeyValue::new("service.name", AttrValue::Str(resource.service.clone()));
+    let service = KeyValue::new("service.name", AttrValue::Str(resource.service.as_str().into()));
     otlp_resource::Resource {
         attributes: std::iter::once(&service)
             .chain(&resource.attributes)
@@ -165,7 +165,7 @@ fn span_of(span: &Span) -> otlp_trace::Span {
 
 fn key_value(kv: &KeyValue) -> otlp_common::KeyValue {
     otlp_common::KeyValue {
-        key: kv.key.clone(),
+        key: kv.key.to_string(),
         value: Some(any_value(&kv.value)),
         ..Default::default()
     }
@@ -174,7 +174,7 @@ fn key_value(kv: &KeyValue) -> otlp_common::KeyValue {
 fn any_value(value: &AttrValue) -> otlp_common::AnyValue {
     use otlp_common::any_value::Value as V;
     let value = match value {
-        AttrValue::Str(s) => V::StringValue(s.clone()),
+        AttrValue::Str(s) => V::StringValue(s.to_string()),
         AttrValue::Bool(b) => V::BoolValue(*b),
         AttrValue::Int(i) => V::IntValue(*i),
         AttrValue::Double(d) => V::DoubleValue(*d),
@@ -244,7 +244,7 @@ mod tests {
         let mut span = sample_span(1, 1, "order");
         span.attributes = vec![
             KeyValue::new("n", AttrValue::Int(7)),
-            KeyValue::new("empty", AttrValue::Str(String::new())),
+            KeyValue::new("empty", AttrValue::Str(Default::default())),
         ];
         span.status_code = StatusCode::Error;
         span.trace_state = String::new();

@@ -410,7 +410,7 @@ mod tests {
             .resource
             .attributes
             .iter()
-            .map(|kv| kv.key.clone())
+            .map(|kv| kv.key.to_string())
             .collect();
         for key in &resource_keys {
             assert!(

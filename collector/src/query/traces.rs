@@ -181,7 +181,7 @@ pub fn tag_values(traces: &[Vec<Span>], service: Option<&str>) -> Vec<TagValues>
             .chain(span.resource.attributes.iter())
             .chain(derived.iter());
         for kv in tags {
-            let seen = counts.entry(kv.key.clone()).or_default();
+            let seen = counts.entry(kv.key.to_string()).or_default();
             seen.spans += 1;
             let value = kv.value.to_display_string();
             if value.chars().count() <= MAX_TAG_VALUE_CHARS {
@@ -336,7 +336,7 @@ mod tests {
             let mut span = sample_span(trace, 1, service);
             span.attributes = vec![
                 KeyValue::new("http.response.status_code", AttrValue::Int(status)),
-                KeyValue::new("db.statement", AttrValue::Str("x".repeat(200))),
+                KeyValue::new("db.statement", AttrValue::Str("x".repeat(200).into())),
             ];
             vec![span]
         };

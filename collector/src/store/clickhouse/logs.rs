@@ -836,7 +836,7 @@ fn flatten(
     }
     for kv in attributes {
         let path = if prefix.is_empty() {
-            kv.key.clone()
+            kv.key.to_string()
         } else {
             format!("{prefix}.{}", kv.key)
         };

@@ -498,7 +498,7 @@ fn search_row(span: &Span) -> SearchRow {
             }
             value.truncate(cut);
         }
-        tag_keys.push(kv.key.clone());
+        tag_keys.push(kv.key.to_string());
         tag_values.push(value);
     }
     SearchRow {

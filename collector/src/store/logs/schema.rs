@@ -214,7 +214,7 @@ pub fn attribute_entries(record: &LogRecord) -> impl Iterator<Item = String> + '
         let value = scalar_text(&kv.value)
             .filter(|text| text.len() <= FACET_VALUE_MAX_BYTES)
             .map(|text| format!("{}{VALUE_SEPARATOR}{text}", kv.key));
-        std::iter::once(kv.key.clone()).chain(value)
+        std::iter::once(kv.key.to_string()).chain(value)
     })
 }
 
@@ -222,7 +222,7 @@ pub fn attribute_entries(record: &LogRecord) -> impl Iterator<Item = String> + '
 /// for arrays, maps and bytes.
 fn scalar_text(value: &AttrValue) -> Option<String> {
     match value {
-        AttrValue::Str(s) => Some(s.clone()),
+        AttrValue::Str(s) => Some(s.to_string()),
         AttrValue::Bool(b) => Some(b.to_string()),
         AttrValue::Int(i) => Some(i.to_string()),
         AttrValue::Double(d) => Some(d.to_string()),
@@ -233,14 +233,14 @@ fn scalar_text(value: &AttrValue) -> Option<String> {
 fn json_object(attributes: &[KeyValue]) -> BTreeMap<String, tantivy::schema::OwnedValue> {
     attributes
         .iter()
-        .map(|kv| (kv.key.clone(), json_value(&kv.value)))
+        .map(|kv| (kv.key.to_string(), json_value(&kv.value)))
         .collect()
 }
 
 fn json_value(value: &AttrValue) -> tantivy::schema::OwnedValue {
     use tantivy::schema::OwnedValue;
     match value {
-        AttrValue::Str(s) => OwnedValue::Str(s.clone()),
+        AttrValue::Str(s) => OwnedValue::Str(s.to_string()),
         AttrValue::Bool(b) => OwnedValue::Bool(*b),
         AttrValue::Int(i) => OwnedValue::I64(*i),
         AttrValue::Double(d) => OwnedValue::F64(*d),
@@ -249,7 +249,7 @@ fn json_value(value: &AttrValue) -> tantivy::schema::OwnedValue {
         AttrValue::Map(entries) => OwnedValue::Object(
             entries
                 .iter()
-                .map(|kv| (kv.key.clone(), json_value(&kv.value)))
+                .map(|kv| (kv.key.to_string(), json_value(&kv.value)))
                 .collect(),
         ),
     }
