@@ -208,7 +208,8 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub trace_state: String,
     pub flags: u32,
-    pub name: String,
+    /// Inline when short, as attribute strings are (see [`AttrValue`]).
+    pub name: CompactString,
     pub kind: SpanKind,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,

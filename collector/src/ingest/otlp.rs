@@ -263,7 +263,7 @@ impl Converter<'_> {
             parent_span_id,
             trace_state: span.trace_state,
             flags: span.flags,
-            name: clean_name(span.name),
+            name: clean_name(span.name).into(),
             kind: match otlp_trace::span::SpanKind::try_from(span.kind) {
                 Ok(otlp_trace::span::SpanKind::Internal) => SpanKind::Internal,
                 Ok(otlp_trace::span::SpanKind::Server) => SpanKind::Server,

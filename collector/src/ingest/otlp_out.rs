@@ -130,7 +130,7 @@ fn span_of(span: &Span) -> otlp_trace::Span {
         trace_state: span.trace_state.clone(),
         parent_span_id: span.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags: span.flags,
-        name: span.name.clone(),
+        name: span.name.to_string(),
         kind: kind as i32,
         start_time_unix_nano: span.start_unix_nano,
         end_time_unix_nano: span.end_unix_nano,

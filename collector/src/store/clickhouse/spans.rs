@@ -507,7 +507,7 @@ fn search_row(span: &Span) -> SearchRow {
         start_nanos: span.start_unix_nano,
         trace_id: span.trace_id,
         span_id: span.span_id,
-        name: span.name.clone(),
+        name: span.name.to_string(),
         kind: span.kind.as_str().to_string(),
         duration_nanos: span.duration_nanos(),
         error: u8::from(span.is_error()),
