@@ -98,7 +98,10 @@ fn traces_data(spans: &[Span]) -> otlp_trace::TracesData {
 
 /// `service.name` goes back first among the resource's attributes.
 fn resource_of(resource: &Resource) -> otlp_resource::Resource {
-    let service = KeyValue::new("service.name", AttrValue::Str(resource.service.as_str().into()));
+    let service = KeyValue::new(
+        "service.name",
+        AttrValue::Str(resource.service.as_str().into()),
+    );
     otlp_resource::Resource {
         attributes: std::iter::once(&service)
             .chain(&resource.attributes)
