@@ -577,6 +577,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn attribute_strings_encode_as_the_strings_stored_tables_hold() {
+        // The attribute types as tables and WAL records were written before
+        // their strings became `CompactString`s.
+        #[derive(Serialize)]
+        enum StoredValue {
+            Str(String),
+        }
+        #[derive(Serialize)]
+        struct StoredKeyValue {
+            key: String,
+            value: StoredValue,
+        }
+        for text in ["GET", "a value longer than twenty-four bytes, held on the heap"] {
+            let stored = StoredKeyValue {
+                key: text.to_owned(),
+                value: StoredValue::Str(text.to_owned()),
+            };
+            let now = KeyValue::new(text, AttrValue::Str(text.into()));
+            let bytes = postcard::to_stdvec(&stored).unwrap();
+            assert_eq!(postcard::to_stdvec(&now).unwrap(), bytes);
+            assert_eq!(postcard::from_bytes::<KeyValue>(&bytes).unwrap(), now);
+        }
+    }
+
+    #[test]
     fn equal_resources_are_written_once() {
         // Each sample span has its own Arc; equal contents are still shared.
         let separate: Vec<Span> = (1..=50).map(|i| sample_span(1, i, "a")).collect();

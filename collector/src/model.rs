@@ -55,9 +55,10 @@ impl Hasher for IdHasher {
 ///
 /// Strings of attributes (keys and values) are `CompactString`s: most are
 /// short (`http.request.method`, `GET`, an address) and are then held
-/// inline, with no allocation of their own. A span of ten attributes was
-/// twenty allocations, each freed by another thread than the one that made
-/// it when the head is flushed. Serialized, a `CompactString` is a `str`.
+/// inline, with no allocation of their own. Otherwise a span of ten
+/// attributes is twenty allocations, each freed, when the head is flushed,
+/// by another thread than the one that made it. Serialized, a
+/// `CompactString` is a `str`, as a `String` is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     Str(CompactString),
