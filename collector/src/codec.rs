@@ -589,7 +589,10 @@ pub(crate) mod tests {
             key: String,
             value: StoredValue,
         }
-        for text in ["GET", "a value longer than twenty-four bytes, held on the heap"] {
+        for text in [
+            "GET",
+            "a value longer than twenty-four bytes, held on the heap",
+        ] {
             let stored = StoredKeyValue {
                 key: text.to_owned(),
                 value: StoredValue::Str(text.to_owned()),
