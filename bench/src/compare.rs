@@ -34,7 +34,10 @@
 //! extrapolation and lookback differ, so its agreement is a figure only.
 //!
 //! Output: a table per generator on stdout (ratios are Strand / peer), the
-//! same figures as CSV in `--results`, and the JSON line.
+//! same figures as CSV in `--results` (`compare-metrics-<data>.csv`), each
+//! query's median latency per system beside them
+//! (`compare-queries-<data>.csv`, to trace a class's figures to its
+//! queries), and the JSON line.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -367,6 +370,8 @@ struct Measured {
     settle: Duration,
     bytes_on_disk: u64,
     latency: BTreeMap<Class, Option<Summary>>,
+    /// Median latency of each request over its runs, in request order.
+    per_request_ms: Vec<f64>,
     answers: Vec<Answer>,
 }
 
@@ -435,13 +440,21 @@ pub async fn run(args: &CompareArgs) -> Result<String> {
             Values::Realistic => "realistic",
             Values::Full => "full",
         };
-        let measured = run_generator(args, values, series, rounds, query_runs).await?;
+        let (requests, measured) = run_generator(args, values, series, rounds, query_runs).await?;
         let rows = rows(&measured, series);
         println!("{}", table(data, &rows, &measured));
-        let csv_path = args.results.join(format!("compare-metrics-{data}.csv"));
-        std::fs::write(&csv_path, csv(data, &rows))
-            .with_context(|| format!("writing {}", csv_path.display()))?;
-        eprintln!("wrote {}", csv_path.display());
+        for (name, contents) in [
+            (format!("compare-metrics-{data}.csv"), csv(data, &rows)),
+            (
+                format!("compare-queries-{data}.csv"),
+                per_query_csv(&requests, &measured),
+            ),
+        ] {
+            let path = args.results.join(name);
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
         let disagreements = count(&measured, System::Strand, |a| a == Agreement::Differ);
         if disagreements > 0 {
             problems.push(format!(
@@ -497,7 +510,7 @@ async fn run_generator(
     series: usize,
     rounds: usize,
     query_runs: usize,
-) -> Result<Vec<Measured>> {
+) -> Result<(Vec<Request>, Vec<Measured>)> {
     let rounds_i64 = i64::try_from(rounds).context("--rounds is too large")?;
     let start_ms = (metrics::now_ms() / SCRAPE_INTERVAL_MS - rounds_i64 - 1) * SCRAPE_INTERVAL_MS;
     let end_s = (start_ms + rounds_i64 * SCRAPE_INTERVAL_MS) / 1000;
@@ -576,7 +589,8 @@ async fn run_generator(
         );
         let settle = settled.elapsed();
         eprintln!("{name}: data at rest after {:.1}s", settle.as_secs_f64());
-        let (latency, answers) = run_queries(name, &base, &requests, query_runs).await?;
+        let (latency, per_request_ms, answers) =
+            run_queries(name, &base, &requests, query_runs).await?;
         let stopped = match running {
             Running::Strand(daemon) => daemon.stop(STOP_TIMEOUT).await?,
             Running::Other(process) => process.stop(STOP_TIMEOUT).await?,
@@ -595,10 +609,11 @@ async fn run_generator(
             settle,
             bytes_on_disk,
             latency,
+            per_request_ms,
             answers,
         });
     }
-    Ok(measured)
+    Ok((requests, measured))
 }
 
 /// Bytes of stored data: everything but VictoriaMetrics's saved caches.
@@ -612,22 +627,24 @@ fn stored_bytes(system: System, dir: &Path) -> Result<u64> {
 }
 
 /// Runs every request `runs` times in order; returns the latencies per
-/// class and the first answer to each request.
+/// class, the median latency of each request and the first answer to each
+/// request.
 async fn run_queries(
     name: &str,
     base: &str,
     requests: &[Request],
     runs: usize,
-) -> Result<(BTreeMap<Class, Option<Summary>>, Vec<Answer>)> {
+) -> Result<(BTreeMap<Class, Option<Summary>>, Vec<f64>, Vec<Answer>)> {
     let client = reqwest::Client::builder()
         .timeout(QUERY_TIMEOUT)
         .build()
         .context("building HTTP client")?;
     let mut latencies: BTreeMap<Class, Vec<f64>> = BTreeMap::new();
+    let mut per_request = vec![Vec::with_capacity(runs); requests.len()];
     let mut answers = Vec::with_capacity(requests.len());
     let mut errors = 0;
     for run in 0..runs {
-        for request in requests {
+        for (request, request_latencies) in requests.iter().zip(&mut per_request) {
             let started = Instant::now();
             let sent = client
                 .post(format!("{base}{}", request.path()))
@@ -642,10 +659,9 @@ async fn run_queries(
                     Default::default()
                 }
             };
-            latencies
-                .entry(request.class)
-                .or_default()
-                .push(started.elapsed().as_secs_f64() * 1e3);
+            let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+            latencies.entry(request.class).or_default().push(latency_ms);
+            request_latencies.push(latency_ms);
             if run == 0 {
                 let answer = parse_answer(&body);
                 errors += usize::from(answer == Answer::Error);
@@ -666,6 +682,10 @@ async fn run_queries(
                     Summary::of(latencies.remove(&class).unwrap_or_default()),
                 )
             })
+            .collect(),
+        per_request
+            .into_iter()
+            .map(|l| Summary::of(l).map_or(f64::NAN, |s| s.p50))
             .collect(),
         answers,
     ))
@@ -884,6 +904,35 @@ fn csv(data: &str, rows: &[Row]) -> String {
             field(ratio(row, 1)),
             field(ratio(row, 2)),
         );
+    }
+    out
+}
+
+/// Each request's median latency per system, one line per request, so that
+/// a class's p50 can be traced to the queries behind it.
+fn per_query_csv(requests: &[Request], measured: &[Measured]) -> String {
+    let mut out = String::from("class,expr,strand_ms,prometheus_ms,victoria_metrics_ms\n");
+    for (i, request) in requests.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{},\"{}\"",
+            request.class.name(),
+            request.expr.replace('"', "\"\"")
+        );
+        for system in SYSTEMS {
+            let latency = measured
+                .iter()
+                .find(|m| m.system == system)
+                .and_then(|m| m.per_request_ms.get(i));
+            let _ = write!(
+                out,
+                ",{}",
+                latency
+                    .map(|&l| round(l, 4).to_string())
+                    .unwrap_or_default()
+            );
+        }
+        out.push('\n');
     }
     out
 }
