@@ -341,9 +341,7 @@ pub fn release_freed_memory() {
 /// [`release_freed_memory`] started since it last did. Threads call it
 /// where they go idle: tokio's workers when they park, the daemon's own
 /// threads between jobs and after each [`RELEASE_CHECK_INTERVAL`] spent
-/// waiting for one (of a query pool's threads, only the one holding the
-/// queue's lock waits there; the others look when they get it). One atomic
-/// load when there is nothing to do.
+/// waiting for one. One atomic load when there is nothing to do.
 pub fn release_if_asked() {
     let round = RELEASE_ROUNDS.load(Ordering::Relaxed);
     RELEASED_ROUND.with(|released| {

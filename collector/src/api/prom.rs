@@ -21,7 +21,7 @@ use strand_promql::{EvalError, Labels, Limits, Value, format_value};
 use super::ApiState;
 use super::params::query_and_form;
 use crate::model::{Label, METRIC_NAME_LABEL};
-use crate::query::metrics::MetricSource;
+use crate::query::metrics::{MetricSource, quick_limits};
 use crate::query::pool::{Deadline, QueryPool, QueryRefused};
 use crate::store::StoreError;
 
@@ -322,9 +322,30 @@ impl EvaluationTimes for RangeQuery {
 }
 
 /// What `/query` and `/query_range` evaluate at.
+#[derive(Clone, Copy)]
 enum Evaluation {
     Instant { time: i64 },
     Range { start: i64, end: i64, step: i64 },
+}
+
+impl Evaluation {
+    /// Evaluates `text` on `source`; also says whether it read damaged data.
+    fn run(
+        self,
+        source: &MetricSource,
+        text: &str,
+        limits: &Limits,
+    ) -> Result<(Value, bool), EvalError> {
+        let value = match self {
+            Evaluation::Instant { time } => {
+                strand_promql::instant_query(source, text, time, limits)
+            }
+            Evaluation::Range { start, end, step } => {
+                strand_promql::range_query(source, text, start, end, step, limits)
+            }
+        };
+        value.map(|value| (value, source.damaged()))
+    }
 }
 
 /// `/query` and `/query_range`: reads the query and its times (`T`), then
@@ -335,26 +356,33 @@ async fn evaluate<T: EvaluationTimes>(
 ) -> Result<Response, PromError> {
     let text = params.required("query")?.to_owned();
     let evaluation = T::read(&params)?;
-    let mut limits = params.limits(&state.queries)?;
+    let limits = params.limits(&state.queries)?;
+    let quick = MetricSource::quick(state.stores.metrics.clone(), state.queries.max_series());
+    let quick_limits = quick_limits(&limits);
     // The budget counts from now, as the pool's does: time spent queued is
     // not granted again once the query runs.
     let deadline = std::time::Instant::now() + limits.timeout;
     let source = MetricSource::new(state.stores.metrics.clone(), state.queries.max_series())
         .with_logs(state.stores.logs.clone(), Deadline::after(limits.timeout));
+    let quick_text = text.clone();
     let (value, damaged) = state
         .queries
-        .run(move || {
-            limits.timeout = deadline.saturating_duration_since(std::time::Instant::now());
-            let value = match evaluation {
-                Evaluation::Instant { time } => {
-                    strand_promql::instant_query(&source, &text, time, &limits)
-                }
-                Evaluation::Range { start, end, step } => {
-                    strand_promql::range_query(&source, &text, start, end, step, &limits)
-                }
-            };
-            value.map(|value| (value, source.damaged()))
-        })
+        .run_quick_first(
+            || {
+                // Beyond its budget, or failing for any other reason, the
+                // attempt gives way: the query threads' answer is the one
+                // given.
+                let answer = evaluation.run(&quick, &quick_text, &quick_limits);
+                answer.is_ok().then_some(answer)
+            },
+            move || {
+                let limits = Limits {
+                    timeout: deadline.saturating_duration_since(std::time::Instant::now()),
+                    ..limits
+                };
+                evaluation.run(&source, &text, &limits)
+            },
+        )
         .await??;
     let mut answer = json!({"status": "success", "data": value_json(&value)});
     if damaged {

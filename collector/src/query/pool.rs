@@ -16,11 +16,17 @@
 //! 19 a sub-millisecond lookup waited tens of milliseconds for the CPU
 //! whenever anything else ran. They are bounded the same way (as many
 //! threads, as long a queue, the same time budget).
+//!
+//! A query that finds little costs less than its hand-off to a thread and
+//! back; [`QueryPool::run_quick_first`] lets the caller try it first on
+//! the async worker, under a budget small enough not to hold up ingest.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use tokio::sync::oneshot;
 
@@ -38,9 +44,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The query threads and their queue; cheap to clone.
 #[derive(Clone)]
 pub struct QueryPool {
-    jobs: SyncSender<Job>,
+    jobs: Sender<Job>,
     /// The point lookups' threads (see the module docs).
-    lookups: SyncSender<Job>,
+    lookups: Sender<Job>,
+    /// Set while a quick attempt runs on an async worker: one at a time.
+    quick_running: Arc<AtomicBool>,
     settings: QuerySettings,
 }
 
@@ -51,6 +59,7 @@ impl QueryPool {
         Ok(QueryPool {
             jobs: start_threads(settings, "strand-query", true)?,
             lookups: start_threads(settings, "strand-lookup", false)?,
+            quick_running: Arc::new(AtomicBool::new(false)),
             settings: settings.clone(),
         })
     }
@@ -85,6 +94,30 @@ impl QueryPool {
         self.submit(&self.jobs, query).await
     }
 
+    /// Tries `quick` on the calling async worker and, when it gives no
+    /// answer, runs `query` on a query thread as [`QueryPool::run`] does.
+    ///
+    /// Handing a query to a query thread and its answer back costs two
+    /// thread wake-ups, about as much as evaluating a query that finds
+    /// little or nothing; `quick` is such a query under a budget of its own
+    /// (a millisecond, a few series), giving up (`None`) beyond it. One
+    /// attempt runs at a time, so the other async workers stay free for
+    /// ingest; while one runs, queries go straight to the threads. A
+    /// panicking attempt counts as no answer: `query` then meets the same
+    /// panic and reports it.
+    pub async fn run_quick_first<T: Send + 'static>(
+        &self,
+        quick: impl FnOnce() -> Option<T>,
+        query: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryRefused> {
+        if let Some(_running) = QuickAttempt::start(&self.quick_running)
+            && let Ok(Some(answer)) = std::panic::catch_unwind(AssertUnwindSafe(quick))
+        {
+            return Ok(answer);
+        }
+        self.run(query).await
+    }
+
     /// Runs a point lookup, one whose cost the data bounds, not the request
     /// (a trace by id), as [`QueryPool::run`] does but on the lookup
     /// threads, at the daemon's priority.
@@ -97,7 +130,7 @@ impl QueryPool {
 
     async fn submit<T: Send + 'static>(
         &self,
-        jobs: &SyncSender<Job>,
+        jobs: &Sender<Job>,
         query: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, QueryRefused> {
         let timeout = self.settings.timeout;
@@ -133,15 +166,33 @@ impl QueryPool {
     }
 }
 
+/// The one quick attempt running; clears the flag when dropped.
+struct QuickAttempt<'a>(&'a AtomicBool);
+
+impl<'a> QuickAttempt<'a> {
+    /// `None` while another attempt runs.
+    fn start(running: &'a AtomicBool) -> Option<QuickAttempt<'a>> {
+        running
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| QuickAttempt(running))
+    }
+}
+
+impl Drop for QuickAttempt<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Starts `settings.workers` threads named `name-N` taking jobs from one
 /// queue; `lower` lowers their priority.
 fn start_threads(
     settings: &QuerySettings,
     name: &str,
     lower: bool,
-) -> std::io::Result<SyncSender<Job>> {
-    let (jobs, queue) = sync_channel::<Job>(settings.queue);
-    let queue = Arc::new(Mutex::new(queue));
+) -> std::io::Result<Sender<Job>> {
+    let (jobs, queue) = crossbeam_channel::bounded::<Job>(settings.queue);
     for n in 0..settings.workers {
         let queue = queue.clone();
         std::thread::Builder::new()
@@ -156,19 +207,15 @@ fn start_threads(
     Ok(jobs)
 }
 
-/// Runs jobs until the pool is dropped. One thread at a time waits at the
-/// queue, the others for its lock; that wait is cut every
+/// Runs jobs until the pool is dropped. Every idle thread waits at the
+/// queue itself, so a job wakes exactly one thread (a queue behind a mutex
+/// woke a second one per job, to take over the wait: a context switch more
+/// than a sub-millisecond query can afford). The wait is cut every
 /// `RELEASE_CHECK_INTERVAL` for the thread to join a memory release round.
-/// The mutex does not hand the lock over in turn, so a thread waiting for
-/// it joins only once it gets it.
-fn work(queue: &Mutex<Receiver<Job>>) {
+fn work(queue: &Receiver<Job>) {
     loop {
         crate::memory::release_if_asked();
-        let job = match queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .recv_timeout(crate::memory::RELEASE_CHECK_INTERVAL)
-        {
+        let job = match queue.recv_timeout(crate::memory::RELEASE_CHECK_INTERVAL) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => continue,
             // Every pool handle dropped: the daemon is stopping.
@@ -292,6 +339,28 @@ mod tests {
         let error = pool.run(|| -> u8 { panic!("bad index") }).await;
         assert_eq!(error, Err(QueryRefused::Panicked("bad index".into())));
         assert_eq!(pool.run(|| 1).await, Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_quick_attempt_answers_or_gives_way_to_the_query_threads() {
+        let pool = QueryPool::start(&settings(1, 1, Duration::from_secs(120))).unwrap();
+        let here = std::thread::current().id();
+        let current = || std::thread::current().id();
+        // Answered here: the query never runs (it would answer elsewhere).
+        assert_eq!(
+            pool.run_quick_first(|| Some(current()), current).await,
+            Ok(here)
+        );
+        // No answer, or a panic: the query thread answers.
+        let there = pool.run_quick_first(|| None, current).await.unwrap();
+        assert_ne!(there, here);
+        let panicked = pool.run_quick_first(|| -> Option<u8> { panic!("bad index") }, || 2);
+        assert_eq!(panicked.await, Ok(2));
+        // While another attempt runs, none starts.
+        let running = QuickAttempt::start(&pool.quick_running).unwrap();
+        assert_eq!(pool.run_quick_first(|| Some(1), || 2).await, Ok(2));
+        drop(running);
+        assert_eq!(pool.run_quick_first(|| Some(1), || 2).await, Ok(1));
     }
 
     /// This thread's nice value.

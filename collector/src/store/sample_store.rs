@@ -104,6 +104,17 @@ pub trait SampleStore: Send + Sync {
     /// Writes the store's files into `relative` under `backup`.
     fn snapshot(&self, backup: &mut BackupDir, relative: &Path) -> Result<()>;
 
+    /// At most how many series [`select`](Self::select) finds for
+    /// `matchers`, when the store knows it without looking at each series
+    /// and without leaving this process; `None` otherwise. A query's quick
+    /// attempt on an async worker (see `QueryPool::run_quick_first`)
+    /// selects only where this bound is small, so that its selection stays
+    /// cheap; a store behind the network must never block an async worker.
+    fn select_bound(&self, matchers: &[Matcher]) -> Option<usize> {
+        let _ = matchers;
+        None
+    }
+
     /// Every series matching `matchers` with its samples in `[start, end]`
     /// (milliseconds, inclusive), one sample per timestamp; series without
     /// samples there are left out. More than `max_series` of them is

@@ -55,6 +55,10 @@ async fn time_and_sample_limits_answer_with_prometheus_errors() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errorType"], "timeout", "{body}");
     assert!(retry_after.is_some(), "503 without Retry-After");
+    // One that finds little is answered on the async worker all the same.
+    let (status, _, body) = query(&client, &daemon, "vector(1) + absent(nothing_here)").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "2", "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the timeout took {:?}",
@@ -124,7 +128,10 @@ async fn busy_query_threads_refuse_more_and_ingest_goes_on() {
         }));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, retry_after, body) = query(&client, &daemon, "vector(1)").await;
+    // A query whose selector the index cannot bound without looking at
+    // every series needs a query thread: refused.
+    let (status, retry_after, body) =
+        query(&client, &daemon, r#"count({__name__=~"ingest.*"})"#).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["errorType"], "unavailable", "{body}");
     assert!(

@@ -200,16 +200,7 @@ impl SeriesIndex {
     pub(super) fn select(&self, matchers: &[Matcher]) -> Vec<u32> {
         // Start from the smallest posting list of an equality matcher on a
         // non-empty value, else from every series.
-        let narrowest = matchers
-            .iter()
-            .filter(|m| matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
-            .map(|m| {
-                self.postings
-                    .get(&m.name)
-                    .and_then(|values| values.get(&m.value))
-                    .map_or(&[][..], |ids| ids.as_slice())
-            })
-            .min_by_key(|ids| ids.len());
+        let narrowest = self.narrowest(matchers);
         let matches = |id: u32| {
             self.labels(id)
                 .is_some_and(|labels| matchers.iter().all(|m| m.is_match(labels.value(&m.name))))
@@ -218,6 +209,28 @@ impl SeriesIndex {
             Some(ids) => ids.iter().copied().filter(|&id| matches(id)).collect(),
             None => (0..self.next_id()).filter(|&id| matches(id)).collect(),
         }
+    }
+
+    /// The shortest posting list among the equality matchers on a
+    /// non-empty value: every series `matchers` select is in it. `None`
+    /// without such a matcher.
+    fn narrowest(&self, matchers: &[Matcher]) -> Option<&[u32]> {
+        matchers
+            .iter()
+            .filter(|m| matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
+            .map(|m| {
+                self.postings
+                    .get(&m.name)
+                    .and_then(|values| values.get(&m.value))
+                    .map_or(&[][..], |ids| ids.as_slice())
+            })
+            .min_by_key(|ids| ids.len())
+    }
+
+    /// At most how many series [`select`](Self::select) finds, known
+    /// without looking at any: the length of the narrowest posting list.
+    pub(super) fn select_bound(&self, matchers: &[Matcher]) -> Option<usize> {
+        self.narrowest(matchers).map(<[u32]>::len)
     }
 }
 

@@ -207,6 +207,13 @@ impl SampleStore for MetricStore {
         *self.flushing.lock().expect("not poisoned")
     }
 
+    /// The narrowest posting list of an equality matcher, from the
+    /// in-memory index.
+    fn select_bound(&self, matchers: &[Matcher]) -> Option<usize> {
+        let head = self.head.read().expect("not poisoned");
+        head.index.select_bound(matchers)
+    }
+
     /// Checks order and cardinality and reserves the samples' place; what is
     /// returned must go to the WAL, and be applied in the same order as
     /// admitted (the caller holds its own lock across both).
@@ -570,7 +577,7 @@ fn extend_in_range(out: &mut Vec<MetricSample>, bytes: &[u8], start: i64, end: i
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::METRIC_NAME_LABEL;
     use crate::store::metrics::files::MAX_CHUNK_FILE_BYTES;
@@ -584,11 +591,11 @@ mod tests {
     }
 
     /// A store in `dir` with the test limits and full-size chunk files.
-    pub(super) fn open_store(dir: &Path) -> MetricStore {
+    pub(crate) fn open_store(dir: &Path) -> MetricStore {
         MetricStore::open(dir, limits(), MAX_CHUNK_FILE_BYTES, SelfMetrics::new()).unwrap()
     }
 
-    pub(super) fn series(name: &str, job: &str, samples: &[(i64, f64)]) -> SeriesSamples {
+    pub(crate) fn series(name: &str, job: &str, samples: &[(i64, f64)]) -> SeriesSamples {
         SeriesSamples {
             labels: vec![Label::new(METRIC_NAME_LABEL, name), Label::new("job", job)],
             samples: samples
@@ -601,11 +608,11 @@ mod tests {
         }
     }
 
-    pub(super) fn matcher(name: &str, value: &str) -> Matcher {
+    pub(crate) fn matcher(name: &str, value: &str) -> Matcher {
         Matcher::new(MatchOp::Equal, name, value)
     }
 
-    pub(super) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
+    pub(crate) fn ingest(store: &MetricStore, batch: Vec<SeriesSamples>) -> Admitted {
         let mut admitted = store.admit(batch, &[]);
         store.apply_admitted(0, admitted.take_samples());
         admitted
