@@ -1689,6 +1689,49 @@ fn range_queries() {
 }
 
 #[test]
+fn subqueries_in_range_queries_answer_as_instant_queries_at_each_step() {
+    // A range query keeps each subquery's points for the steps after it;
+    // every step must still read as an instant query at its time does.
+    let s = load(
+        "1m",
+        r#"metric{job="1"} 0+1x40 7 3 9 1+2x20
+        metric{job="2"} 5+3x30 _ _ 1+1x40"#,
+    );
+    let lim = Limits::default();
+    for query in [
+        "max_over_time(rate(metric[5m])[15m:1m])",
+        "sum_over_time(sum by (job) (metric)[10m:2m] offset 5m)",
+        "max_over_time(min_over_time(metric[3m:1m])[9m:2m])",
+        "rate(sum(metric)[10m:30s])",
+        "avg_over_time(metric[7m:1m] @ 1800)",
+        "max_over_time(deriv(metric[4m])[6m:])",
+    ] {
+        let (start, end, step) = (600_000, 4_200_000, 90_000);
+        let Value::Matrix(range) = range_query(&s, query, start, end, step, &lim).unwrap() else {
+            panic!("{query}: a range query answers a matrix");
+        };
+        let mut from_instants: Vec<Series> = Vec::new();
+        for t in (start..=end).step_by(step as usize) {
+            let Value::Vector(samples) = instant_query(&s, query, t, &lim).unwrap() else {
+                panic!("{query}: an instant vector");
+            };
+            for sample in samples {
+                match from_instants.iter_mut().find(|s| s.labels == sample.labels) {
+                    Some(series) => series.samples.push((t, sample.v)),
+                    None => from_instants.push(Series {
+                        labels: sample.labels,
+                        samples: vec![(t, sample.v)],
+                    }),
+                }
+            }
+        }
+        from_instants.sort_by(|a, b| a.labels.cmp(&b.labels));
+        assert!(!range.is_empty(), "{query}: no series");
+        assert_eq!(range, from_instants, "{query}");
+    }
+}
+
+#[test]
 fn errors_and_limits() {
     let s = http_requests();
     check_err(&s, "sum(", "0m", "bad_data");
