@@ -7,7 +7,7 @@
 //! which is exactly the grid Prometheus 2.42 uses.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, btree_map};
+use std::collections::{HashMap, hash_map};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,9 +111,9 @@ pub(crate) struct Evaluator<'a> {
     end: i64,
     /// Series of each selector, sorted by labels, loaded once by `plan`.
     loaded: HashMap<usize, Vec<Loaded>>,
-    /// Each subquery's inner results by grid time, for the windows still
-    /// to come (see [`Evaluator::subquery`]).
-    subquery_points: HashMap<usize, BTreeMap<i64, Vec<Sample>>>,
+    /// Each subquery's inner results, for the windows still to come (see
+    /// [`Evaluator::subquery`]).
+    subquery_points: HashMap<usize, SubqueryPoints>,
     /// Samples held by the result accumulated so far (range queries).
     result_samples: usize,
     /// Samples produced while evaluating the current step.
@@ -187,7 +187,7 @@ impl<'a> Evaluator<'a> {
             )));
         }
         self.plan(expr, self.start, self.end, step)?;
-        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut out: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
         let mut t = self.start;
         while t <= self.end {
             self.step_samples = 0;
@@ -441,12 +441,13 @@ impl<'a> Evaluator<'a> {
     /// `[ref - range, ref]`.
     ///
     /// The grid is absolute, so the windows of consecutive evaluation
-    /// times share most of their points: each point's result is kept for
-    /// the windows after it (evaluation times only grow, and a point
-    /// before a window's start is dropped) and evaluated once, as
-    /// Prometheus evaluates a subquery once over the whole query range. A
-    /// 30-minute range query of `max_over_time(rate(x[5m])[15m:1m])`
-    /// evaluated the rate 16 times per step, 496 times, instead of 46.
+    /// times share most of their points: the results are kept per label
+    /// set for the windows after them ([`SubqueryPoints`]: evaluation times
+    /// only grow, and points before a window's start are dropped), so each
+    /// grid time is evaluated once, as Prometheus evaluates a subquery once
+    /// over the whole query range. A 30-minute range query of
+    /// `max_over_time(rate(x[5m])[15m:1m])` evaluated the rate 16 times per
+    /// step, 496 times, instead of 46.
     fn subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<RangeVal> {
         let end = self.ref_time(&sq.at, &sq.offset, t);
         let start = end.saturating_sub(duration_ms(&sq.range));
@@ -462,51 +463,39 @@ impl<'a> Evaluator<'a> {
         if ts < start {
             ts = ts.saturating_add(step);
         }
+        let first = ts;
         let key = &*sq.expr as *const Expr as usize;
         let mut points = self.subquery_points.remove(&key).unwrap_or_default();
-        points = points.split_off(&ts);
-        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        points.keep_from(first);
+        let mut ts = match points.evaluated {
+            Some((_, through)) => through.saturating_add(step),
+            None => first,
+        };
         while ts <= end {
-            if let btree_map::Entry::Vacant(point) = points.entry(ts) {
-                let samples = match self.eval(&sq.expr, ts)? {
-                    Val::Scalar(v) => vec![Sample {
-                        labels: Labels::default(),
-                        t: ts,
-                        v,
-                    }],
-                    Val::Vector(v) => v,
-                    other => {
-                        return exec_err(format!(
-                            "subquery over a {} is not allowed",
-                            other.type_name()
-                        ));
-                    }
-                };
-                point.insert(samples);
-            }
-            let samples = &points[&ts];
-            self.charge(samples.len())?;
-            for s in samples {
-                out.entry(s.labels.clone()).or_default().push((ts, s.v));
-            }
+            let samples = match self.eval(&sq.expr, ts)? {
+                Val::Scalar(v) => vec![Sample {
+                    labels: Labels::default(),
+                    t: ts,
+                    v,
+                }],
+                Val::Vector(v) => v,
+                other => {
+                    return exec_err(format!(
+                        "subquery over a {} is not allowed",
+                        other.type_name()
+                    ));
+                }
+            };
+            points.add(ts, samples);
             match ts.checked_add(step) {
                 Some(n) => ts = n,
                 None => break,
             }
         }
+        let series = points.windows_through(end);
         self.subquery_points.insert(key, points);
-        Ok(RangeVal {
-            series: out
-                .into_iter()
-                .map(|(labels, samples)| Window {
-                    labels,
-                    range: 0..samples.len(),
-                    data: samples.into(),
-                })
-                .collect(),
-            start,
-            end,
-        })
+        self.charge(series.iter().map(|w| w.range.len()).sum())?;
+        Ok(RangeVal { series, start, end })
     }
 
     /// Evaluates `expr` at time `t`.
@@ -571,11 +560,17 @@ impl<'a> Evaluator<'a> {
 }
 
 /// Turns per-labels point lists into series sorted by labels.
-fn into_series(points: BTreeMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
-    points
+/// The points gathered per label set, as series in label order. Gathered
+/// in a hash map (label sets hash once, and the same set is the same
+/// allocation from step to step) and sorted once, rather than kept sorted
+/// at every sample.
+fn into_series(points: HashMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
+    let mut series: Vec<Series> = points
         .into_iter()
         .map(|(labels, samples)| Series { labels, samples })
-        .collect()
+        .collect();
+    series.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+    series
 }
 
 /// A selector's series as loaded once for the whole query: every step reads
@@ -634,6 +629,81 @@ impl Loaded {
             from_hint: Cell::new(0),
             to_hint: Cell::new(0),
         }
+    }
+}
+
+/// A subquery's inner results at the grid times evaluated so far, per
+/// label set, kept from one evaluation time of a query to the next.
+#[derive(Default)]
+struct SubqueryPoints {
+    /// The grid times evaluated, `first..=last` (every step between).
+    evaluated: Option<(i64, i64)>,
+    /// Each label set's points at those times, oldest first.
+    series: HashMap<Labels, Vec<(i64, f64)>>,
+    /// The keys of `series` in label order; `None` once the keys changed.
+    order: Option<Vec<Labels>>,
+}
+
+impl SubqueryPoints {
+    /// Keeps the points of a window starting at grid time `first`: those
+    /// at `first` and after, if `first` is among the times evaluated;
+    /// otherwise none (a window that does not overlap the last one is
+    /// evaluated afresh).
+    fn keep_from(&mut self, first: i64) {
+        match self.evaluated {
+            Some((from, through)) if from <= first && first <= through => {
+                if from < first {
+                    let before = self.series.len();
+                    self.series.retain(|_, points| {
+                        let old = points.partition_point(|&(t, _)| t < first);
+                        points.drain(..old);
+                        !points.is_empty()
+                    });
+                    if self.series.len() != before {
+                        self.order = None;
+                    }
+                    self.evaluated = Some((first, through));
+                }
+            }
+            _ => *self = SubqueryPoints::default(),
+        }
+    }
+
+    /// Adds the inner expression's samples at grid time `ts`, the next
+    /// after those evaluated.
+    fn add(&mut self, ts: i64, samples: Vec<Sample>) {
+        for sample in samples {
+            match self.series.entry(sample.labels) {
+                hash_map::Entry::Occupied(points) => points.into_mut().push((ts, sample.v)),
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert(vec![(ts, sample.v)]);
+                    self.order = None;
+                }
+            }
+        }
+        self.evaluated = Some((self.evaluated.map_or(ts, |(from, _)| from), ts));
+    }
+
+    /// The range vector of the points up to `end`, series in label order.
+    fn windows_through(&mut self, end: i64) -> Vec<Window> {
+        let series = &self.series;
+        let order = self.order.get_or_insert_with(|| {
+            let mut keys: Vec<Labels> = series.keys().cloned().collect();
+            keys.sort_unstable();
+            keys
+        });
+        order
+            .iter()
+            .filter_map(|labels| {
+                let points = series.get(labels)?;
+                let upto = points.partition_point(|&(t, _)| t <= end);
+                (upto > 0).then(|| Window {
+                    labels: labels.clone(),
+                    data: Arc::from(&points[..upto]),
+                    range: 0..upto,
+                })
+            })
+            .collect()
     }
 }
 

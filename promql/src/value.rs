@@ -84,7 +84,8 @@ impl Labels {
 
 impl PartialEq for Labels {
     fn eq(&self, other: &Labels) -> bool {
-        self.pairs() == other.pairs()
+        // The same set is most often the same allocation.
+        Arc::ptr_eq(&self.0, &other.0) || self.pairs() == other.pairs()
     }
 }
 
@@ -104,6 +105,9 @@ impl PartialOrd for Labels {
 
 impl Ord for Labels {
     fn cmp(&self, other: &Labels) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
         self.pairs().cmp(other.pairs())
     }
 }
