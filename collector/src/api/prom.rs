@@ -349,7 +349,8 @@ impl Evaluation {
 }
 
 /// `/query` and `/query_range`: reads the query and its times (`T`), then
-/// evaluates it off the async workers and answers in Prometheus's shape.
+/// evaluates it (a quick attempt here, else on a query thread, see
+/// `QueryPool::run_quick_first`) and answers in Prometheus's shape.
 async fn evaluate<T: EvaluationTimes>(
     State(state): State<Arc<ApiState>>,
     params: Params,

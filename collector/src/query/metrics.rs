@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::time::Duration;
 
 use promql_parser::label::Matcher;
@@ -47,10 +46,10 @@ impl MetricSource {
     /// A source for a query's quick attempt on an async worker (see
     /// `QueryPool::run_quick_first`): a selector may read only where the
     /// store bounds its series at `QUICK_MAX_SERIES` (and at `max_series`,
-    /// as every source) without looking at them ([`SampleStore::select_bound`]), over at most
-    /// `QUICK_MAX_WINDOW`, and no logs are counted; beyond that a
-    /// selection fails, so that what it costs stays within the attempt's
-    /// budget.
+    /// as every source) without looking at them
+    /// ([`SampleStore::select_bound`]), over at most `QUICK_MAX_WINDOW`,
+    /// and no logs are counted; beyond that a selection fails, so that
+    /// what it costs stays within the attempt's budget.
     pub fn quick(store: Arc<dyn SampleStore>, max_series: usize) -> MetricSource {
         MetricSource {
             quick: true,
