@@ -487,6 +487,9 @@ impl<'a> Evaluator<'a> {
                 }
             };
             points.add(ts, samples);
+            // The deadline, at every grid time: an inner expression that
+            // reads nothing never checks it itself.
+            self.charge(0)?;
             match ts.checked_add(step) {
                 Some(n) => ts = n,
                 None => break,
@@ -559,7 +562,6 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// Turns per-labels point lists into series sorted by labels.
 /// The points gathered per label set, as series in label order. Gathered
 /// in a hash map (label sets hash once, and the same set is the same
 /// allocation from step to step) and sorted once, rather than kept sorted

@@ -1732,6 +1732,21 @@ fn subqueries_in_range_queries_answer_as_instant_queries_at_each_step() {
 }
 
 #[test]
+fn a_subquery_that_reads_nothing_stops_at_its_deadline() {
+    let s = TestSource(Vec::new());
+    let lim = Limits {
+        timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    // 31.5 billion grid times of an inner expression that reads nothing.
+    let endless = "count_over_time((vector(1) > 2)[1y:1ms])";
+    let err = instant_query(&s, endless, 0, &lim).unwrap_err();
+    assert_eq!(err.error_type(), "timeout");
+    let err = range_query(&s, endless, 0, 60_000, 60_000, &lim).unwrap_err();
+    assert_eq!(err.error_type(), "timeout");
+}
+
+#[test]
 fn errors_and_limits() {
     let s = http_requests();
     check_err(&s, "sum(", "0m", "bad_data");
