@@ -459,11 +459,10 @@ impl<'a> Evaluator<'a> {
         if step <= 0 {
             return exec_err("subquery step must be positive");
         }
-        let mut ts = start.div_euclid(step).saturating_mul(step);
-        if ts < start {
-            ts = ts.saturating_add(step);
+        let mut first = start.div_euclid(step).saturating_mul(step);
+        if first < start {
+            first = first.saturating_add(step);
         }
-        let first = ts;
         let key = &*sq.expr as *const Expr as usize;
         let mut points = self.subquery_points.remove(&key).unwrap_or_default();
         points.keep_from(first);
