@@ -355,6 +355,52 @@ pub fn release_if_asked() {
     });
 }
 
+/// Fewer WAL records than this between two checks of a [`QuietWatch`] is
+/// quiet: the daemon's own writes (self-scrape, derived metrics) are a few
+/// records every 15 s; any traffic is many more.
+const QUIET_WAL_RECORDS: u64 = 10;
+
+/// While the daemon stays quiet, freed memory is handed back again every
+/// this many checks: background work (merges, compaction, retention)
+/// frees memory without traffic.
+const QUIET_CHECKS_BETWEEN_RELEASES: u32 = 10;
+
+/// Decides when to call [`release_freed_memory`], from the WAL records
+/// applied so far, read at a steady interval: at the first quiet check
+/// after traffic, so a burst's memory goes back soon after it ends, then
+/// every [`QUIET_CHECKS_BETWEEN_RELEASES`] checks while it stays quiet.
+/// Never under traffic, where the allocator reuses what it keeps.
+pub struct QuietWatch {
+    applied: u64,
+    /// Quiet checks in a row so far; `None` after traffic.
+    quiet_checks: Option<u32>,
+}
+
+impl QuietWatch {
+    /// Starts from `applied` records, as after traffic: the first quiet
+    /// check releases (what starting up and replaying the WAL freed).
+    pub fn new(applied: u64) -> QuietWatch {
+        QuietWatch {
+            applied,
+            quiet_checks: None,
+        }
+    }
+
+    /// Records a check with `applied` records so far; `true` if freed
+    /// memory should go back now.
+    pub fn release_now(&mut self, applied: u64) -> bool {
+        let quiet = applied.saturating_sub(self.applied) < QUIET_WAL_RECORDS;
+        self.applied = applied;
+        if !quiet {
+            self.quiet_checks = None;
+            return false;
+        }
+        let checks = self.quiet_checks.map_or(0, |n| n.wrapping_add(1));
+        self.quiet_checks = Some(checks);
+        checks.is_multiple_of(QUIET_CHECKS_BETWEEN_RELEASES)
+    }
+}
+
 /// Takes the pages of `bytes`, a region of a read-only file mapping, out of
 /// the process's resident set once a one-off pass over them is done (e.g.
 /// checking a whole file at startup): they stay in the page cache, and a
@@ -402,6 +448,30 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn memory_goes_back_once_traffic_stops_then_now_and_then() {
+        let mut watch = QuietWatch::new(0);
+        let mut applied = 0;
+        let mut check = |records: u64| {
+            applied += records;
+            watch.release_now(applied)
+        };
+        assert!(check(0), "quiet from the start");
+        assert!(!check(2), "still quiet: released just now");
+        assert!(!check(500), "traffic");
+        assert!(!check(QUIET_WAL_RECORDS));
+        assert!(
+            check(QUIET_WAL_RECORDS - 1),
+            "the first quiet check after it"
+        );
+        let quiet: Vec<bool> = (0..2 * QUIET_CHECKS_BETWEEN_RELEASES)
+            .map(|_| check(1))
+            .collect();
+        let releases: Vec<usize> = (0..quiet.len()).filter(|&i| quiet[i]).collect();
+        let every = QUIET_CHECKS_BETWEEN_RELEASES as usize;
+        assert_eq!(releases, [every - 1, 2 * every - 1]);
     }
 
     fn guard(limit: u64) -> (MemoryGuard, SelfMetrics) {

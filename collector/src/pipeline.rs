@@ -53,13 +53,10 @@ pub enum AcceptError {
 /// How often log indexes are committed: the bound on how long an
 /// acknowledged log takes to become searchable.
 const LOG_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How often the flusher checks whether the daemon went quiet, and if so
-/// hands freed memory back to the operating system.
-const QUIET_CHECK_INTERVAL: Duration = Duration::from_secs(10);
-/// Fewer WAL records than this in a [`QUIET_CHECK_INTERVAL`] is quiet: the
-/// daemon's own writes (self-scrape, derived metrics) are a few records
-/// every 15 s; any traffic is many more.
-const QUIET_WAL_RECORDS: u64 = 10;
+/// How often the flusher checks whether the daemon went quiet: a burst's
+/// freed memory goes back to the operating system about this long after
+/// its last request.
+const QUIET_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Once the WAL holds more than this many segments (see
 /// `IngestLimits::wal_segment_bytes`), every store is flushed at once rather
 /// than at its interval, so that the WAL can be trimmed.
@@ -732,7 +729,7 @@ impl Pipeline {
         let mut flush_metrics = tokio::time::interval(self.limits.metrics_flush_interval);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         let mut quiet_check = tokio::time::interval(QUIET_CHECK_INTERVAL);
-        let mut written_through = self.wal.applied_through();
+        let mut quiet = crate::memory::QuietWatch::new(self.wal.applied_through());
         // After a failed metrics flush (a full disk), retries wait for the
         // interval rather than follow every request.
         let mut metrics_flushed = true;
@@ -771,8 +768,7 @@ impl Pipeline {
                 _ = derived_metrics.tick() => self.write_derived_metrics().await,
                 _ = retention.tick() => self.enforce_retention().await,
                 _ = quiet_check.tick() => {
-                    let applied = self.wal.applied_through();
-                    if applied.saturating_sub(written_through) < QUIET_WAL_RECORDS {
+                    if quiet.release_now(self.wal.applied_through()) {
                         crate::memory::release_freed_memory();
                         // A task for each worker: one parked since before
                         // the round wakes to run one, and joins the round
@@ -782,7 +778,6 @@ impl Pipeline {
                             tokio::spawn(async {});
                         }
                     }
-                    written_through = applied;
                 }
             }
         }
