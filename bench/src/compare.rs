@@ -17,7 +17,11 @@
 //!   flush.
 //!
 //! "Settled" means the data directory's size did not change for
-//! [`daemon::SETTLE_QUIET`]. Then the queries run: every query of the PromQL
+//! [`daemon::SETTLE_QUIET`]. The resident set is sampled there a second
+//! time: RSS per active series is given both at the load's end (ingest
+//! buffers and allocator caches of the burst included) and at rest (what
+//! each system keeps for the series once it has settled, the way it
+//! does). Then the queries run: every query of the PromQL
 //! differential corpus (`collector/tests/it/promql_diff/queries.txt`, its
 //! placeholders filled in for this data) as an instant query at the end of
 //! the data and, unless tagged `[instant]`, as a 30-minute range query; and
@@ -368,6 +372,8 @@ struct Measured {
     sent: u64,
     load: LoadResult,
     settle: Duration,
+    /// Resident set once the data is at rest, before the queries.
+    rss_at_rest: Option<u64>,
     bytes_on_disk: u64,
     latency: BTreeMap<Class, Option<Summary>>,
     /// Median latency of each request over its runs, in request order.
@@ -588,6 +594,7 @@ async fn run_generator(
             SETTLE_TIMEOUT.as_secs()
         );
         let settle = settled.elapsed();
+        let rss_at_rest = running.process().pid().and_then(daemon::rss_bytes);
         eprintln!("{name}: data at rest after {:.1}s", settle.as_secs_f64());
         let (latency, per_request_ms, answers) =
             run_queries(name, &base, &requests, query_runs).await?;
@@ -607,6 +614,7 @@ async fn run_generator(
             sent,
             load,
             settle,
+            rss_at_rest,
             bytes_on_disk,
             latency,
             per_request_ms,
@@ -724,6 +732,11 @@ fn rows(measured: &[Measured], series: usize) -> Vec<Row> {
         }
         values
     };
+    // Growth of the resident set since just before the load.
+    let per_series = |m: &Measured, after: Option<u64>| {
+        let (before, after) = m.load.rss_before.zip(after)?;
+        Some((after as f64 - before as f64) / series as f64)
+    };
     let row = |figure: &str, key: &str, ratio: bool, values| Row {
         figure: figure.into(),
         key: key.into(),
@@ -750,13 +763,16 @@ fn rows(measured: &[Measured], series: usize) -> Vec<Row> {
             each(&|m| (m.load.samples > 0).then(|| m.bytes_on_disk as f64 / m.load.samples as f64)),
         ),
         row(
-            "RSS per active series, bytes",
+            "RSS per series at load end, bytes",
             "rss_bytes_per_series",
             true,
-            each(&|m| {
-                let (before, after) = m.load.rss_before.zip(m.load.rss_after)?;
-                Some((after as f64 - before as f64) / series as f64)
-            }),
+            each(&|m| per_series(m, m.load.rss_after)),
+        ),
+        row(
+            "RSS per series at rest, bytes",
+            "rss_at_rest_bytes_per_series",
+            true,
+            each(&|m| per_series(m, m.rss_at_rest)),
         ),
         row(
             "peak RSS, MB",
