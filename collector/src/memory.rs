@@ -18,7 +18,7 @@
 //! Queries are never refused for memory: refusing writes is what keeps them
 //! answering.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -337,6 +337,43 @@ pub fn release_freed_memory() {
     }
 }
 
+/// A thread's scratch buffers. A reader that holds one while it needs
+/// another (a block read from disk, then decompressed) takes the other.
+#[derive(Clone, Copy)]
+pub enum Scratch {
+    /// Bytes read from a file.
+    Read,
+    /// Bytes decompressed from them.
+    Inflate,
+}
+
+/// Scratch buffers larger than this are freed after use rather than kept.
+const SCRATCH_KEEP_BYTES: usize = 2 << 20;
+
+thread_local! {
+    /// This thread's scratch buffers, by [`Scratch`].
+    static SCRATCH: RefCell<[Vec<u8>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `use_buffer` on `len` bytes of this thread's `which` scratch
+/// buffer. A trace lookup reads and decompresses a block of half a
+/// megabyte: a fresh zeroed buffer for each cost as much CPU as the
+/// decompression. The buffer is zeroed once as it grows and not again, so
+/// its bytes are whatever the last user left: read only what you wrote.
+/// Kept until the thread joins a release round ([`release_if_asked`]).
+pub fn with_scratch<T>(which: Scratch, len: usize, use_buffer: impl FnOnce(&mut [u8]) -> T) -> T {
+    let slot = which as usize;
+    let mut buffer = SCRATCH.with_borrow_mut(|buffers| std::mem::take(&mut buffers[slot]));
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    let result = use_buffer(&mut buffer[..len]);
+    if buffer.len() <= SCRATCH_KEEP_BYTES {
+        SCRATCH.with_borrow_mut(|buffers| buffers[slot] = buffer);
+    }
+    result
+}
+
 /// Releases this thread's share of the freed memory if a round of
 /// [`release_freed_memory`] started since it last did. Threads call it
 /// where they go idle: tokio's workers when they park, the daemon's own
@@ -347,6 +384,7 @@ pub fn release_if_asked() {
     RELEASED_ROUND.with(|released| {
         if released.get() != round {
             released.set(round);
+            SCRATCH.with_borrow_mut(|buffers| *buffers = [Vec::new(), Vec::new()]);
             // SAFETY: mi_collect takes no pointers and only tidies
             // mimalloc's own structures; it is safe from any thread at any
             // time (and a no-op for memory another allocator gave out).
@@ -472,6 +510,23 @@ mod tests {
         let releases: Vec<usize> = (0..quiet.len()).filter(|&i| quiet[i]).collect();
         let every = QUIET_CHECKS_BETWEEN_RELEASES as usize;
         assert_eq!(releases, [every - 1, 2 * every - 1]);
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused_and_freed_in_a_release_round() {
+        with_scratch(Scratch::Read, 100, |buffer| {
+            assert_eq!(buffer.len(), 100);
+            buffer.fill(7);
+            with_scratch(Scratch::Inflate, 10, |inner| inner.fill(1));
+        });
+        with_scratch(Scratch::Read, 50, |buffer| {
+            assert_eq!(buffer, [7; 50], "the same buffer, not zeroed again");
+        });
+        SCRATCH.with_borrow(|buffers| assert_eq!(buffers[0].len(), 100));
+        release_freed_memory();
+        SCRATCH.with_borrow(|buffers| assert!(buffers.iter().all(|b| b.capacity() == 0)));
+        with_scratch(Scratch::Read, SCRATCH_KEEP_BYTES + 1, |_| {});
+        SCRATCH.with_borrow(|buffers| assert_eq!(buffers[0].capacity(), 0, "too large to keep"));
     }
 
     fn guard(limit: u64) -> (MemoryGuard, SelfMetrics) {

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use crate::backup::BackupDir;
 use crate::codec;
 use crate::frame;
+use crate::memory::{self, Scratch};
 use crate::model::{Span, TraceId};
 use crate::store::{self, Result, StoreError};
 use crate::telemetry::SelfMetrics;
@@ -101,6 +102,7 @@ thread_local! {
     /// clears about a megabyte, which cost more than compressing a block.
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static STREAM: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses and checksums bytes for a segment file.
@@ -121,22 +123,34 @@ pub fn seal(raw: &[u8]) -> Result<Vec<u8>> {
     Ok(block)
 }
 
+/// The zstd frame inside what [`seal`] made, checked, and the size it
+/// decompresses to if the frame says (`seal` writes it; a size over the
+/// frame limit is damage).
+fn sealed_frame(block: &[u8]) -> Result<(&[u8], Option<usize>)> {
+    let (compressed, len) = frame::decode(block).map_err(|e| corrupt_sealed(&e.to_string()))?;
+    if len != block.len() {
+        return Err(corrupt_sealed("longer than its frame"));
+    }
+    match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(size)) if size <= frame::MAX_PAYLOAD_LEN as u64 => {
+            Ok((compressed, Some(size as usize)))
+        }
+        Ok(None) => Ok((compressed, None)),
+        _ => Err(corrupt_sealed("bad zstd frame")),
+    }
+}
+
+fn corrupt_sealed(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("segment block: {what}"))
+}
+
 /// Checks and decompresses what [`seal`] made.
 pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("segment block: {what}"));
-    let (compressed, len) = frame::decode(block).map_err(|e| corrupt(&e.to_string()))?;
-    if len != block.len() {
-        return Err(corrupt("longer than its frame"));
-    }
-    // `seal` writes the content size into the frame: decompress in one go
-    // into a buffer of that size. A size over the frame limit is damage; a
-    // frame without one is streamed.
-    let size = match zstd::zstd_safe::get_frame_content_size(compressed) {
-        Ok(Some(size)) if size <= frame::MAX_PAYLOAD_LEN as u64 => size,
-        Ok(None) => {
-            return zstd::stream::decode_all(compressed).map_err(|_| corrupt("bad zstd frame"));
-        }
-        _ => return Err(corrupt("bad zstd frame")),
+    let (compressed, size) = sealed_frame(block)?;
+    // Of the known size: in one go, into a buffer of that size. Without
+    // one: streamed.
+    let Some(size) = size else {
+        return zstd::stream::decode_all(compressed).map_err(|_| corrupt_sealed("bad zstd frame"));
     };
     DECOMPRESSOR
         .with_borrow_mut(|decompressor| {
@@ -144,13 +158,87 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
                 *decompressor = Some(zstd::bulk::Decompressor::new()?);
             }
             match decompressor.as_mut() {
-                Some(d) => d.decompress(compressed, size as usize),
+                Some(d) => d.decompress(compressed, size),
                 None => Ok(Vec::new()),
             }
         })
         .ok()
-        .filter(|raw| raw.len() as u64 == size)
-        .ok_or_else(|| corrupt("bad zstd frame"))
+        .filter(|raw| raw.len() == size)
+        .ok_or_else(|| corrupt_sealed("bad zstd frame"))
+}
+
+/// What [`seal`] made, decompressed only as far as asked: a reader of one
+/// trace needs the directory and its own table, on average half the block.
+struct PartialBlock<'a> {
+    /// The decompression under way; `None` once the block is whole.
+    stream: Option<(
+        &'a mut zstd::zstd_safe::DCtx<'static>,
+        zstd::zstd_safe::InBuffer<'a>,
+    )>,
+    /// The block's size; what is past `filled` is not the block's yet.
+    raw: &'a mut [u8],
+    filled: usize,
+}
+
+impl PartialBlock<'_> {
+    /// The first `len` bytes of the block.
+    fn prefix(&mut self, len: usize) -> Result<&[u8]> {
+        let damaged = || corrupt_sealed("bad zstd frame");
+        if len > self.raw.len() {
+            return Err(corrupt_block("past the block's end"));
+        }
+        while self.filled < len {
+            let Some((stream, input)) = &mut self.stream else {
+                return Err(damaged());
+            };
+            let read = input.pos();
+            let mut output =
+                zstd::zstd_safe::OutBuffer::around_pos(&mut self.raw[..len], self.filled);
+            let left = stream
+                .decompress_stream(&mut output, input)
+                .map_err(|_| damaged())?;
+            let stalled = output.pos() == self.filled && input.pos() == read;
+            self.filled = output.pos();
+            // The frame ended, or nothing moved: it is shorter than its size.
+            if self.filled < len && (left == 0 || stalled) {
+                return Err(damaged());
+            }
+        }
+        Ok(&self.raw[..len])
+    }
+}
+
+/// Runs `read` on a [`PartialBlock`] of `block`, decompressed in this
+/// thread's scratch buffer as `read` asks. A frame that does not say its
+/// size (`seal` always writes it) is decompressed whole first.
+fn with_partial_block<T>(
+    block: &[u8],
+    read: impl FnOnce(&mut PartialBlock<'_>) -> Result<T>,
+) -> Result<T> {
+    let (compressed, size) = sealed_frame(block)?;
+    let Some(size) = size else {
+        let mut raw =
+            zstd::stream::decode_all(compressed).map_err(|_| corrupt_sealed("bad zstd frame"))?;
+        let filled = raw.len();
+        return read(&mut PartialBlock {
+            stream: None,
+            raw: &mut raw,
+            filled,
+        });
+    };
+    STREAM.with_borrow_mut(|stream| {
+        let stream = stream.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        stream
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|_| corrupt_sealed("zstd context"))?;
+        memory::with_scratch(Scratch::Inflate, size, |raw| {
+            read(&mut PartialBlock {
+                stream: Some((stream, zstd::zstd_safe::InBuffer::around(compressed))),
+                raw,
+                filled: 0,
+            })
+        })
+    })
 }
 
 fn corrupt_block(what: &str) -> StoreError {
@@ -181,13 +269,33 @@ pub fn decode_trace_ids(block: &[u8]) -> Result<Vec<TraceId>> {
         .collect())
 }
 
-/// Decodes the spans of one trace from a block read from disk.
+/// Decodes the spans of one trace from a block read from disk,
+/// decompressing the block only as far as the trace's table ends.
 pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
-    let raw = unseal(block)?;
-    let (entries, tables) = directory(&raw)?;
-    let count = entries.len() / DIRECTORY_ENTRY_LEN;
-    // Traces are written in id order: binary search the directory.
-    let (mut low, mut high) = (0, count);
+    with_partial_block(block, |partial| {
+        let count = frame::read_u32_le(partial.prefix(4)?, 0)
+            .ok_or_else(|| corrupt_block("missing directory"))? as usize;
+        let directory_end = count
+            .checked_mul(DIRECTORY_ENTRY_LEN)
+            .and_then(|n| n.checked_add(4))
+            .ok_or_else(|| corrupt_block("directory out of range"))?;
+        let directory = partial.prefix(directory_end)?;
+        let Some((offset, len)) = find_table(&directory[4..], trace_id) else {
+            return Ok(Vec::new());
+        };
+        let end = offset
+            .checked_add(len)
+            .and_then(|n| n.checked_add(directory_end))
+            .ok_or_else(|| corrupt_block("table out of range"))?;
+        let table = &partial.prefix(end)?[directory_end + offset..];
+        Ok(codec::decode_spans(table, Some(trace_id))?)
+    })
+}
+
+/// Where a trace's table is after the directory (`entries`, in id order):
+/// offset and length.
+fn find_table(entries: &[u8], trace_id: &TraceId) -> Option<(usize, usize)> {
+    let (mut low, mut high) = (0, entries.len() / DIRECTORY_ENTRY_LEN);
     while low < high {
         let mid = (low + high) / 2;
         let entry = &entries[mid * DIRECTORY_ENTRY_LEN..(mid + 1) * DIRECTORY_ENTRY_LEN];
@@ -195,18 +303,13 @@ pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
             std::cmp::Ordering::Less => low = mid + 1,
             std::cmp::Ordering::Greater => high = mid,
             std::cmp::Ordering::Equal => {
-                let table = frame::read_u32_le(entry, 16)
-                    .zip(frame::read_u32_le(entry, 20))
-                    .and_then(|(offset, len)| {
-                        let offset = offset as usize;
-                        tables.get(offset..offset.checked_add(len as usize)?)
-                    })
-                    .ok_or_else(|| corrupt_block("table out of range"))?;
-                return Ok(codec::decode_spans(table, Some(trace_id))?);
+                let offset = frame::read_u32_le(entry, 16)? as usize;
+                let len = frame::read_u32_le(entry, 20)? as usize;
+                return Some((offset, len));
             }
         }
     }
-    Ok(Vec::new())
+    None
 }
 
 /// A block as [`Segments::read`] found it.
@@ -510,15 +613,21 @@ impl Segments {
         let Some(file) = self.reader(block.segment)? else {
             return Ok(BlockRead::Gone);
         };
-        let mut bytes = vec![0u8; block.len as usize];
-        match file.read_exact_at(&mut bytes, block.offset) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                return Ok(self.damaged(block, "cut short"));
+        memory::with_scratch(Scratch::Read, block.len as usize, |bytes| {
+            match file.read_exact_at(bytes, block.offset) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(self.damaged(block, "cut short"));
+                }
+                Err(error) => return Err(error.into()),
             }
-            Err(error) => return Err(error.into()),
-        }
-        match decode(&bytes) {
+            self.decoded(block, decode(bytes))
+        })
+    }
+
+    /// A read block's decoding as a [`BlockRead`]: damage is reported.
+    fn decoded<T>(&self, block: BlockRef, decoded: Result<T>) -> Result<BlockRead<T>> {
+        match decoded {
             Ok(decoded) => Ok(BlockRead::Read(decoded)),
             Err(error @ (StoreError::Corrupt(_) | StoreError::Codec(_) | StoreError::Frame(_))) => {
                 Ok(self.damaged(block, &error.to_string()))
@@ -626,6 +735,54 @@ mod tests {
         assert_eq!(decode_trace(&block, &[1; 16]).unwrap(), a);
         assert_eq!(decode_trace(&block, &[5; 16]).unwrap(), b);
         assert!(decode_trace(&block, &[3; 16]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_a_trace_anywhere_in_a_block_of_many_zstd_blocks() {
+        let ids: Vec<TraceId> = (0..3000u32)
+            .map(|i| {
+                let mut id = [0; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                id
+            })
+            .collect();
+        let spans: Vec<Vec<Span>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut span = sample_span(0, (i % 200) as u8 + 1, "many");
+                span.trace_id = *id;
+                vec![span]
+            })
+            .collect();
+        let traces: Vec<(&TraceId, &[Span])> = ids
+            .iter()
+            .zip(&spans)
+            .map(|(id, s)| (id, s.as_slice()))
+            .collect();
+        let block = encode_block(&traces).unwrap();
+        assert!(
+            unseal(&block).unwrap().len() > 3 * (128 << 10),
+            "several zstd blocks"
+        );
+        for i in [0, 1, 1500, 2998, 2999] {
+            assert_eq!(
+                decode_trace(&block, &ids[i]).unwrap(),
+                spans[i],
+                "trace {i}"
+            );
+        }
+        assert!(decode_trace(&block, &[0xff; 16]).unwrap().is_empty());
+
+        // A zstd stream cut short in an intact frame: the traces past the
+        // cut are damage, found when reached.
+        let (compressed, _) = frame::decode(&block).unwrap();
+        let mut cut = Vec::new();
+        frame::append(&mut cut, &compressed[..compressed.len() / 2]).unwrap();
+        assert!(matches!(
+            decode_trace(&cut, &ids[2999]),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
