@@ -729,6 +729,10 @@ impl Pipeline {
         let mut flush_metrics = tokio::time::interval(self.limits.metrics_flush_interval);
         let mut derived_metrics = tokio::time::interval(self.metric_settings.derived_interval);
         let mut quiet_check = tokio::time::interval(QUIET_CHECK_INTERVAL);
+        // Checks missed while a flush ran are not made up in a burst: the
+        // second of two back-to-back checks would find no new records and
+        // take a busy daemon for a quiet one.
+        quiet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut quiet = crate::memory::QuietWatch::new(self.wal.applied_through());
         // After a failed metrics flush (a full disk), retries wait for the
         // interval rather than follow every request.
