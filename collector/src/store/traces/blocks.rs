@@ -140,6 +140,11 @@ fn sealed_frame(block: &[u8]) -> Result<(&[u8], Option<usize>)> {
     }
 }
 
+/// Decompresses a zstd frame that does not say its size, streamed.
+fn decompress_unsized(compressed: &[u8]) -> Result<Vec<u8>> {
+    zstd::stream::decode_all(compressed).map_err(|_| corrupt_sealed("bad zstd frame"))
+}
+
 fn corrupt_sealed(what: &str) -> StoreError {
     StoreError::Corrupt(format!("segment block: {what}"))
 }
@@ -150,7 +155,7 @@ pub fn unseal(block: &[u8]) -> Result<Vec<u8>> {
     // Of the known size: in one go, into a buffer of that size. Without
     // one: streamed.
     let Some(size) = size else {
-        return zstd::stream::decode_all(compressed).map_err(|_| corrupt_sealed("bad zstd frame"));
+        return decompress_unsized(compressed);
     };
     DECOMPRESSOR
         .with_borrow_mut(|decompressor| {
@@ -217,8 +222,7 @@ fn with_partial_block<T>(
 ) -> Result<T> {
     let (compressed, size) = sealed_frame(block)?;
     let Some(size) = size else {
-        let mut raw =
-            zstd::stream::decode_all(compressed).map_err(|_| corrupt_sealed("bad zstd frame"))?;
+        let mut raw = decompress_unsized(compressed)?;
         let filled = raw.len();
         return read(&mut PartialBlock {
             stream: None,
@@ -248,14 +252,21 @@ fn corrupt_block(what: &str) -> StoreError {
 /// A decompressed block's directory (an entry per trace, in id order) and
 /// the span tables after it.
 fn directory(raw: &[u8]) -> Result<(&[u8], &[u8])> {
-    let count =
-        frame::read_u32_le(raw, 0).ok_or_else(|| corrupt_block("missing directory"))? as usize;
-    let directory_end = count
-        .checked_mul(DIRECTORY_ENTRY_LEN)
-        .and_then(|n| n.checked_add(4))
+    let directory_end = Some(directory_end(raw)?)
         .filter(|&end| end <= raw.len())
         .ok_or_else(|| corrupt_block("directory out of range"))?;
     Ok((&raw[4..directory_end], &raw[directory_end..]))
+}
+
+/// Where the directory of a block that starts with `raw` ends: its count
+/// (the first 4 bytes) of entries after them.
+fn directory_end(raw: &[u8]) -> Result<usize> {
+    let count =
+        frame::read_u32_le(raw, 0).ok_or_else(|| corrupt_block("missing directory"))? as usize;
+    count
+        .checked_mul(DIRECTORY_ENTRY_LEN)
+        .and_then(|n| n.checked_add(4))
+        .ok_or_else(|| corrupt_block("directory out of range"))
 }
 
 /// The ids of the traces in a block read from disk: what a damaged run of
@@ -273,12 +284,7 @@ pub fn decode_trace_ids(block: &[u8]) -> Result<Vec<TraceId>> {
 /// decompressing the block only as far as the trace's table ends.
 pub fn decode_trace(block: &[u8], trace_id: &TraceId) -> Result<Vec<Span>> {
     with_partial_block(block, |partial| {
-        let count = frame::read_u32_le(partial.prefix(4)?, 0)
-            .ok_or_else(|| corrupt_block("missing directory"))? as usize;
-        let directory_end = count
-            .checked_mul(DIRECTORY_ENTRY_LEN)
-            .and_then(|n| n.checked_add(4))
-            .ok_or_else(|| corrupt_block("directory out of range"))?;
+        let directory_end = directory_end(partial.prefix(4)?)?;
         let directory = partial.prefix(directory_end)?;
         let Some((offset, len)) = find_table(&directory[4..], trace_id) else {
             return Ok(Vec::new());
